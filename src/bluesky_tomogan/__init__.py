@@ -1,0 +1,37 @@
+"""Live TomoGAN denoising of tomography frames inside Bluesky runs."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("bluesky-tomogan")
+except PackageNotFoundError:  # running from a source tree without an install
+    __version__ = "0.0.0+unknown"
+
+from .errors import (  # noqa: E402
+    BackendUnavailableError,
+    DatasetError,
+    InputShapeError,
+    InputValueError,
+    ModelLoadError,
+    OutputPathError,
+    PrecisionError,
+    TomoGANError,
+    UnknownBackendError,
+    UnknownModelError,
+)
+
+__all__ = [
+    "__version__",
+    "TomoGANError",
+    "InputShapeError",
+    "InputValueError",
+    "DatasetError",
+    "ModelLoadError",
+    "BackendUnavailableError",
+    "UnknownBackendError",
+    "UnknownModelError",
+    "PrecisionError",
+    "OutputPathError",
+]

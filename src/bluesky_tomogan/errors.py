@@ -1,0 +1,61 @@
+"""Exception hierarchy of bluesky-tomogan.
+
+Every error the package raises on purpose is a :class:`TomoGANError`, and also
+inherits the builtin a caller would naturally catch (``ValueError`` for bad
+input, ``OSError`` for files), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TomoGANError",
+    "InputShapeError",
+    "InputValueError",
+    "DatasetError",
+    "ModelLoadError",
+    "BackendUnavailableError",
+    "UnknownBackendError",
+    "UnknownModelError",
+    "PrecisionError",
+    "OutputPathError",
+]
+
+
+class TomoGANError(Exception):
+    """Base class of every error raised by bluesky-tomogan."""
+
+
+class InputShapeError(TomoGANError, ValueError):
+    """An array has the wrong number of dimensions, shape or size."""
+
+
+class InputValueError(TomoGANError, ValueError):
+    """An array holds values the denoiser cannot use (NaN, inf, wrong dtype)."""
+
+
+class DatasetError(TomoGANError, ValueError):
+    """A training/test HDF5 file lacks the TomoGAN keys or has inconsistent shapes."""
+
+
+class ModelLoadError(TomoGANError, OSError):
+    """A model file is missing, corrupt, or does not match its model card."""
+
+
+class BackendUnavailableError(TomoGANError, RuntimeError):
+    """The requested backend's runtime, library or device is not present here."""
+
+
+class UnknownBackendError(TomoGANError, ValueError):
+    """The backend name is not one bluesky-tomogan knows."""
+
+
+class UnknownModelError(TomoGANError, ValueError):
+    """The model name is neither a shipped model nor an existing path."""
+
+
+class PrecisionError(TomoGANError, ValueError):
+    """The precision is unknown or not available for this model and backend."""
+
+
+class OutputPathError(TomoGANError, OSError):
+    """An output file or directory cannot be written."""

@@ -1,0 +1,86 @@
+"""Patch sampling from TomoGAN-style datasets for training."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import DatasetError
+from ..normalise import normalise, robust_range
+from ..simulate.datasets import PairSet
+
+__all__ = ["context_indices", "PatchSampler", "normalised_frames"]
+
+
+def context_indices(group: np.ndarray, index: int, depth: int = 3) -> list[int]:
+    """Indices of the ``depth`` frames centred on ``index`` within its scan.
+
+    At a scan's first or last frame the missing neighbour repeats the edge frame
+    (the same rule the live callback uses at the start and end of a run).
+    """
+    half = depth // 2
+    out = []
+    for k in range(index - half, index + half + 1):
+        j = min(max(k, 0), len(group) - 1)
+        out.append(j if group[j] == group[index] else index)
+    # a neighbour from another scan was replaced by the centre; prefer the mirror frame
+    for pos, j in enumerate(out):
+        if j == index and pos != half:
+            mirror = 2 * index - (index - half + pos)
+            if 0 <= mirror < len(group) and group[mirror] == group[index]:
+                out[pos] = mirror
+    return out
+
+
+def normalised_frames(pairs: PairSet, index: int, depth: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised ``(depth, H, W)`` context and ``(1, H, W)`` target for frame ``index``."""
+    idx = context_indices(pairs.group, index, depth)
+    offset, scale = robust_range(pairs.ns[index])
+    return normalise(pairs.ns[idx], offset, scale), normalise(pairs.gt[index : index + 1], offset, scale)
+
+
+class PatchSampler:
+    """Random, augmented training patches with their 3-frame context.
+
+    Parameters
+    ----------
+    pairs : PairSet
+        Training frames.
+    patch : int
+        Patch edge length (a multiple of the network's size multiple).
+    depth : int
+        Context frames (the network's ``in_channels``).
+    seed : int
+        Seed of the sampling; fixed seed, same batches.
+    """
+
+    def __init__(self, pairs: PairSet, patch: int, depth: int = 3, seed: int = 0) -> None:
+        h, w = pairs.ns.shape[1:]
+        if patch > min(h, w):
+            raise DatasetError(f"patch size {patch} is larger than the frames ({h}x{w})")
+        self.pairs = pairs
+        self.patch = patch
+        self.depth = depth
+        self.rng = np.random.default_rng(seed)
+        # per-frame normalisation, computed once on the whole frame as inference does
+        self.ranges = np.array([robust_range(f) for f in pairs.ns], np.float32)
+        self.context = np.array([context_indices(pairs.group, i, depth) for i in range(len(pairs.ns))])
+
+    def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(size, depth, P, P)`` inputs and ``(size, 1, P, P)`` targets (float32)."""
+        p = self.patch
+        h, w = self.pairs.ns.shape[1:]
+        x = np.empty((size, self.depth, p, p), np.float32)
+        y = np.empty((size, 1, p, p), np.float32)
+        for b in range(size):
+            i = int(self.rng.integers(len(self.pairs.ns)))
+            r, c = int(self.rng.integers(h - p + 1)), int(self.rng.integers(w - p + 1))
+            off, scale = self.ranges[i]
+            xi = normalise(self.pairs.ns[self.context[i], r : r + p, c : c + p], off, scale)
+            yi = normalise(self.pairs.gt[i, r : r + p, c : c + p], off, scale)[None]
+            k = int(self.rng.integers(4))
+            flip = bool(self.rng.integers(2))
+            xi, yi = np.rot90(xi, k, axes=(1, 2)), np.rot90(yi, k, axes=(1, 2))
+            if flip:
+                xi, yi = xi[:, :, ::-1], yi[:, :, ::-1]
+            x[b], y[b] = xi, yi
+        return x, y

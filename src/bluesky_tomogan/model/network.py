@@ -1,0 +1,268 @@
+"""TomoGAN generator and discriminator (PyTorch).
+
+The generator follows the architecture described by Liu et al. (2019), "TomoGAN:
+low-dose synchrotron X-ray tomography with generative adversarial networks":
+a U-Net without batch normalisation that maps three adjacent slices (or
+projections) to one denoised image.
+
+```
+3 -> 1x1 conv -> 8
+  -> [3x3 32, 3x3 32]  ----------------------------------skip1-------.
+  -> maxpool -> [3x3 64, 3x3 64]  --------------------skip2------.   |
+  -> maxpool -> [3x3 128, 3x3 128]  ---------------skip3----.    |   |
+  -> maxpool -> 3x3 128 (bottleneck)                        |    |   |
+  -> up x2 -> concat(skip3) -> [3x3 64, 3x3 64]  <----------'    |   |
+  -> up x2 -> concat(skip2) -> [3x3 32, 3x3 32]  <---------------'   |
+  -> up x2 -> concat(skip1) -> [3x3 32, 3x3 32]  <-------------------'
+  -> 1x1 conv -> 16 -> 1x1 conv -> 1 (linear)
+```
+
+Options beyond the paper, each motivated by edge deployment:
+
+``upsample``
+    ``"bilinear"`` (resize, as in the paper) or ``"transposed"`` (a learned 2x2
+    stride-2 transposed convolution, which accelerators run natively).
+``input_downscale``
+    1, 2 or 4. The network receives the input at ``1/input_downscale`` resolution
+    and returns the full resolution: extra x2 upsampling stages are appended to
+    the decoder. Inference then costs roughly ``1/input_downscale**2`` of the
+    encoder work. ``forward`` takes the *full-resolution* input and downsamples
+    it itself (area average), so callers never change.
+``width``
+    Channel multiplier (e.g. 0.5 halves every layer: about 1/4 of the MACs); the
+    pruned, lighter variant with a more stable latency on small accelerators.
+``residual``
+    Adds the centre input channel to the output, so the network learns the
+    correction. This converges several times faster on short CPU budgets and
+    costs one element-wise add. Only used when ``input_downscale == 1``.
+
+Spatial sizes must be multiples of ``8 * input_downscale`` (three 2x2 poolings);
+the inference layer pads and tiles so callers never see this constraint.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputShapeError
+
+__all__ = ["GeneratorConfig", "TomoGANGenerator", "TomoGANDiscriminator"]
+
+Upsample = Literal["bilinear", "transposed"]
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Architecture options of :class:`TomoGANGenerator`.
+
+    Parameters
+    ----------
+    in_channels : int
+        Number of adjacent slices/frames given as context (3 in TomoGAN).
+    upsample : {"bilinear", "transposed"}
+        Decoder upsampling.
+    input_downscale : int
+        1, 2 or 4; see the module docstring.
+    width : float
+        Channel multiplier applied to every layer.
+    residual : bool
+        Add the centre input channel to the output.
+    """
+
+    in_channels: int = 3
+    upsample: Upsample = "bilinear"
+    input_downscale: int = 1
+    width: float = 1.0
+    residual: bool = True
+
+    def __post_init__(self) -> None:
+        if self.in_channels < 1 or self.in_channels % 2 == 0:
+            raise ValueError(f"in_channels must be odd and >= 1, got {self.in_channels}")
+        if self.upsample not in ("bilinear", "transposed"):
+            raise ValueError(f"upsample must be 'bilinear' or 'transposed', got {self.upsample!r}")
+        if self.input_downscale not in (1, 2, 4):
+            raise ValueError(f"input_downscale must be 1, 2 or 4, got {self.input_downscale}")
+        if not 0.125 <= self.width <= 4:
+            raise ValueError(f"width must be in [0.125, 4], got {self.width}")
+
+    @property
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this."""
+        return 8 * self.input_downscale
+
+    def channels(self, base: int) -> int:
+        """Scale a paper channel count by ``width`` (at least 4 channels)."""
+        return max(4, int(round(base * self.width)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GeneratorConfig:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+def _conv(cin: int, cout: int, k: int = 3) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, padding=k // 2)
+
+
+class _DoubleConv(nn.Sequential):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(_conv(cin, cout), nn.ReLU(inplace=True), _conv(cout, cout), nn.ReLU(inplace=True))
+
+
+class _Up(nn.Module):
+    """x2 upsampling: bilinear resize, or a 2x2 stride-2 transposed convolution."""
+
+    def __init__(self, channels: int, mode: Upsample) -> None:
+        super().__init__()
+        self.mode = mode
+        self.deconv = (
+            nn.ConvTranspose2d(channels, channels, 2, stride=2) if mode == "transposed" else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.deconv is not None:
+            return F.relu(self.deconv(x))
+        # align_corners=False == TF/Keras half_pixel_centers: the TFLite export matches.
+        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+class TomoGANGenerator(nn.Module):
+    """TomoGAN U-Net generator: ``(N, C, H, W) -> (N, 1, H, W)``.
+
+    Parameters
+    ----------
+    config : GeneratorConfig, optional
+        Architecture options; the paper's network by default.
+    """
+
+    def __init__(self, config: GeneratorConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or GeneratorConfig()
+        c8, c16, c32, c64, c128 = (cfg.channels(c) for c in (8, 16, 32, 64, 128))
+        self.stem = nn.Sequential(_conv(cfg.in_channels, c8, 1), nn.ReLU(inplace=True))
+        self.enc1 = _DoubleConv(c8, c32)
+        self.enc2 = _DoubleConv(c32, c64)
+        self.enc3 = _DoubleConv(c64, c128)
+        self.bottleneck = nn.Sequential(_conv(c128, c128), nn.ReLU(inplace=True))
+        self.up3 = _Up(c128, cfg.upsample)
+        self.dec3 = _DoubleConv(c128 + c128, c64)
+        self.up2 = _Up(c64, cfg.upsample)
+        self.dec2 = _DoubleConv(c64 + c64, c32)
+        self.up1 = _Up(c32, cfg.upsample)
+        self.dec1 = _DoubleConv(c32 + c32, c32)
+        # Super-resolution tail when trained on low-resolution input.
+        n_extra = int(math.log2(cfg.input_downscale))
+        self.sr = nn.ModuleList(
+            nn.Sequential(_Up(c32, cfg.upsample), _conv(c32, c32), nn.ReLU(inplace=True))
+            for _ in range(n_extra)
+        )
+        self.head = nn.Sequential(_conv(c32, c16, 1), nn.ReLU(inplace=True), _conv(c16, 1, 1))
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise :class:`InputShapeError` unless ``x`` fits the network."""
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
+            raise InputShapeError(
+                f"expected a (N, {cfg.in_channels}, H, W) tensor, got shape {tuple(x.shape)}"
+            )
+        h, w = x.shape[-2:]
+        m = cfg.size_multiple
+        if h % m or w % m or h == 0 or w == 0:
+            raise InputShapeError(
+                f"H and W must be positive multiples of {m} for this network, got {h}x{w}; "
+                "pad the frame or use bluesky_tomogan.load_denoiser, which tiles any size"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        cfg = self.config
+        centre = x[:, cfg.in_channels // 2 : cfg.in_channels // 2 + 1]
+        if cfg.input_downscale > 1:
+            x = F.avg_pool2d(x, cfg.input_downscale)
+        s = self.stem(x)
+        e1 = self.enc1(s)
+        e2 = self.enc2(F.max_pool2d(e1, 2))
+        e3 = self.enc3(F.max_pool2d(e2, 2))
+        b = self.bottleneck(F.max_pool2d(e3, 2))
+        d3 = self.dec3(torch.cat([self.up3(b), e3], dim=1))
+        d2 = self.dec2(torch.cat([self.up2(d3), e2], dim=1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))
+        for stage in self.sr:
+            d1 = stage(d1)
+        out = self.head(d1)
+        if cfg.residual and cfg.input_downscale == 1:
+            out = out + centre
+        return out
+
+    def macs_per_pixel(self, size: int = 64) -> float:
+        """Multiply-accumulates per *output* pixel, counted on a ``size`` x ``size`` input.
+
+        Documents how ``width`` and ``input_downscale`` change the cost.
+        """
+        macs = 0.0
+
+        def count(mod: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+            nonlocal macs
+            kh, kw = mod.kernel_size  # type: ignore[attr-defined]
+            cin = mod.in_channels  # type: ignore[attr-defined]
+            if isinstance(mod, nn.ConvTranspose2d):
+                # each output pixel of a 2x2/stride-2 deconv receives one tap per input channel
+                macs += out.numel() * cin
+            else:
+                macs += out.numel() * cin * kh * kw
+
+        handles = [
+            m.register_forward_hook(count)
+            for m in self.modules()
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))
+        ]
+        try:
+            with torch.no_grad():
+                self(torch.zeros(1, self.config.in_channels, size, size))
+        finally:
+            for h in handles:
+                h.remove()
+        return macs / (size * size)
+
+
+class TomoGANDiscriminator(nn.Module):
+    """Small convolutional critic used for the adversarial and feature losses.
+
+    Strided 3x3 convolutions with LeakyReLU (no normalisation, like the
+    generator), global average pooling and a linear logit. ``features`` returns
+    the intermediate activations for the feature-matching (perceptual) loss.
+    """
+
+    def __init__(self, in_channels: int = 1, base: int = 32) -> None:
+        super().__init__()
+        chans = [in_channels, base, base, base * 2, base * 2, base * 4, base * 4]
+        layers = []
+        for i in range(len(chans) - 1):
+            stride = 2 if i % 2 else 1
+            layers.append(
+                nn.Sequential(
+                    nn.Conv2d(chans[i], chans[i + 1], 3, stride=stride, padding=1),
+                    nn.LeakyReLU(0.2, inplace=True),
+                )
+            )
+        self.blocks = nn.ModuleList(layers)
+        self.logit = nn.Linear(chans[-1], 1)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for block in self.blocks:
+            x = block(x)
+            feats.append(x)
+        return feats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logit(self.features(x)[-1].mean(dim=(2, 3)))

@@ -1,0 +1,289 @@
+"""Training pairs (slice and projection domain) and TomoGAN-style HDF5 files.
+
+File layout (compatible with the original TomoGAN's ``train_ns/train_gt/
+test_ns/test_gt``): each key is a float32 ``(N, H, W)`` stack whose consecutive
+frames are adjacent slices or angles. Optional ``train_group`` / ``test_group``
+int arrays say which scan each frame belongs to, so that 3-frame context
+never crosses from one sample to the next; without them a file is one scan.
+The recipe that made a file is stored as JSON in the root attribute ``recipe``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import h5py
+import numpy as np
+
+from ..errors import DatasetError, OutputPathError
+from .phantoms import FAMILIES, make_phantom
+from .tomography import (
+    DetectorModel,
+    angles_deg,
+    fbp,
+    project,
+    scale_to_max_attenuation,
+    simulate_scan,
+)
+
+__all__ = [
+    "Domain",
+    "Recipe",
+    "PairSet",
+    "TomoDataset",
+    "simulate_pairs",
+    "write_dataset",
+    "read_dataset",
+    "make_dataset",
+]
+
+log = logging.getLogger(__name__)
+Domain = Literal["slice", "projection"]
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a simulated dataset is made; stored in the file and in model cards.
+
+    Parameters
+    ----------
+    domain : {"slice", "projection"}
+        Reconstructed slices (noise + sparse-view streaks) or detector frames
+        (photon noise).
+    size : int
+        Phantom edge length; frames are ``size x size``.
+    families : tuple of str
+        Phantom families to cycle through.
+    photons : tuple of float
+        Range (log-uniform) of incident photons per pixel per frame.
+    view_fractions : tuple of float
+        Sparse-view fractions drawn per phantom (slice domain only).
+    n_angles : int
+        Angles of the full scan over 180 degrees.
+    max_attenuation : tuple of float
+        Range of the thickest ray's line integral (sample opacity).
+    frames_per_scan : int
+        Projection domain: consecutive angles kept per scan (0 = all).
+    """
+
+    domain: Domain = "slice"
+    size: int = 128
+    families: tuple[str, ...] = tuple(FAMILIES)
+    photons: tuple[float, float] = (300.0, 3000.0)
+    view_fractions: tuple[float, ...] = (1 / 2, 1 / 4, 1 / 8)
+    n_angles: int = 192
+    max_attenuation: tuple[float, float] = (1.5, 3.0)
+    frames_per_scan: int = 0
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.domain not in ("slice", "projection"):
+            raise ValueError(f"domain must be 'slice' or 'projection', got {self.domain!r}")
+        unknown = set(self.families) - set(FAMILIES)
+        if unknown:
+            raise ValueError(f"unknown phantom families {sorted(unknown)}; known: {sorted(FAMILIES)}")
+        if self.size % 8:
+            raise ValueError(f"size must be a multiple of 8, got {self.size}")
+
+
+@dataclass
+class PairSet:
+    """Degraded/clean frame pairs with their scan grouping."""
+
+    ns: np.ndarray
+    gt: np.ndarray
+    group: np.ndarray
+
+
+def _one_scan(recipe: Recipe, seed: int, index: int) -> PairSet:
+    rng = np.random.default_rng([seed, index])
+    family = recipe.families[index % len(recipe.families)]
+    vol = make_phantom(family, recipe.size, seed=int(rng.integers(2**31)))
+    vol = scale_to_max_attenuation(vol, float(rng.uniform(*recipe.max_attenuation)))
+    lo, hi = np.log(recipe.photons[0]), np.log(recipe.photons[1])
+    detector = DetectorModel(photons=float(np.exp(rng.uniform(lo, hi))))
+    if recipe.domain == "projection":
+        angles = angles_deg(recipe.n_angles)
+        k = recipe.frames_per_scan
+        if k and k < len(angles):
+            start = int(rng.integers(0, len(angles) - k + 1))
+            angles = angles[start : start + k]
+        scan = simulate_scan(vol, angles, detector, rng)
+        ns, gt = scan.frames, scan.expected
+    else:
+        frac = float(rng.choice(recipe.view_fractions))
+        sparse_angles = angles_deg(recipe.n_angles, frac)
+        scan = simulate_scan(vol, sparse_angles, detector, rng)
+        full = angles_deg(recipe.n_angles)
+        clean = project(vol, full)
+        ns = np.stack([fbp(scan.sinogram_noisy[:, z], sparse_angles) for z in range(recipe.size)])
+        gt = np.stack([fbp(clean[:, z], full) for z in range(recipe.size)])
+    log.debug("scan %d: %s, %.0f photons", index, family, detector.photons)
+    group = np.full(len(ns), index, np.int32)
+    return PairSet(ns.astype(np.float32), gt.astype(np.float32), group)
+
+
+def simulate_pairs(recipe: Recipe, n_scans: int, seed: int, workers: int = 1) -> PairSet:
+    """Simulate ``n_scans`` phantoms and return their degraded/clean frames.
+
+    Parameters
+    ----------
+    recipe : Recipe
+        What to simulate.
+    n_scans : int
+        Number of phantoms (families cycle in order).
+    seed : int
+        Master seed: the same seed gives the same data, whatever ``workers``.
+    workers : int
+        Processes to use.
+    """
+    if n_scans < 1:
+        raise ValueError(f"n_scans must be >= 1, got {n_scans}")
+    args = [(recipe, seed, i) for i in range(n_scans)]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            parts = list(pool.map(_one_scan, *zip(*args, strict=True)))
+    else:
+        parts = [_one_scan(*a) for a in args]
+    return PairSet(
+        np.concatenate([p.ns for p in parts]),
+        np.concatenate([p.gt for p in parts]),
+        np.concatenate([p.group for p in parts]),
+    )
+
+
+@dataclass
+class TomoDataset:
+    """Arrays of a TomoGAN-style file (see the module docstring)."""
+
+    train_ns: np.ndarray
+    train_gt: np.ndarray
+    test_ns: np.ndarray
+    test_gt: np.ndarray
+    train_group: np.ndarray
+    test_group: np.ndarray
+    recipe: dict[str, object] = field(default_factory=dict)
+
+    def split(self, name: str) -> PairSet:
+        if name not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
+        return PairSet(
+            getattr(self, f"{name}_ns"), getattr(self, f"{name}_gt"), getattr(self, f"{name}_group")
+        )
+
+
+def write_dataset(
+    path: str | os.PathLike[str], train: PairSet, test: PairSet, recipe: dict[str, object] | None = None
+) -> Path:
+    """Write a TomoGAN-style HDF5 file (chunked per frame, gzip-compressed)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(path, "w") as f:
+            for name, pairs in (("train", train), ("test", test)):
+                for key, arr in (("ns", pairs.ns), ("gt", pairs.gt)):
+                    f.create_dataset(
+                        f"{name}_{key}", data=arr.astype(np.float32),
+                        chunks=(1, *arr.shape[1:]), compression="gzip", compression_opts=1,
+                    )
+                f.create_dataset(f"{name}_group", data=pairs.group.astype(np.int32))
+            f.attrs["recipe"] = json.dumps(recipe or {})
+    except OSError as exc:
+        raise OutputPathError(f"cannot write dataset to {path}: {exc}") from exc
+    return path
+
+
+def _check_split(f: h5py.File, path: Path, split: str) -> tuple[np.ndarray, ...]:
+    missing = [k for k in (f"{split}_ns", f"{split}_gt") if k not in f]
+    if missing:
+        raise DatasetError(
+            f"{path} has no {' or '.join(missing)}; a TomoGAN dataset needs the keys "
+            f"train_ns, train_gt, test_ns, test_gt (found: {sorted(f.keys())})"
+        )
+    ns, gt = f[f"{split}_ns"][()], f[f"{split}_gt"][()]
+    for key, arr in ((f"{split}_ns", ns), (f"{split}_gt", gt)):
+        if arr.ndim != 3:
+            raise DatasetError(f"{path}:{key} must be a (N, H, W) stack, got shape {arr.shape}")
+        if arr.shape[0] == 0:
+            raise DatasetError(f"{path}:{key} is empty")
+        if not np.issubdtype(arr.dtype, np.number):
+            raise DatasetError(f"{path}:{key} has non-numeric dtype {arr.dtype}")
+    if ns.shape != gt.shape:
+        raise DatasetError(
+            f"{path}: {split}_ns {ns.shape} and {split}_gt {gt.shape} must have the same shape"
+        )
+    for key, arr in ((f"{split}_ns", ns), (f"{split}_gt", gt)):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            frames = np.unique(np.nonzero(bad)[0])[:5].tolist()
+            raise DatasetError(
+                f"{path}:{key} holds {int(bad.sum())} NaN/inf values (first frames: {frames}); "
+                "clean or drop those frames"
+            )
+    gkey = f"{split}_group"
+    group = f[gkey][()] if gkey in f else np.zeros(len(ns), np.int32)
+    if group.shape != (len(ns),):
+        raise DatasetError(f"{path}:{gkey} must have shape ({len(ns)},), got {group.shape}")
+    return ns.astype(np.float32), gt.astype(np.float32), group.astype(np.int32)
+
+
+def read_dataset(path: str | os.PathLike[str]) -> TomoDataset:
+    """Read and validate a TomoGAN-style HDF5 file.
+
+    Raises
+    ------
+    DatasetError
+        Missing keys, wrong shapes, mismatched pairs, NaN/inf, or not HDF5.
+    ModelLoadError
+        Never; listed for symmetry with model loading.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"dataset file {path} does not exist")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise DatasetError(f"{path} is not a readable HDF5 file: {exc}") from exc
+    with f:
+        train = _check_split(f, path, "train")
+        test = _check_split(f, path, "test")
+        if train[0].shape[1:] != test[0].shape[1:] and min(test[0].shape[1:]) < 8:
+            raise DatasetError(f"{path}: test frames {test[0].shape[1:]} are too small")
+        recipe = json.loads(f.attrs.get("recipe", "{}"))
+    return TomoDataset(*train[:2], *test[:2], train[2], test[2], recipe)
+
+
+def make_dataset(
+    path: str | os.PathLike[str],
+    recipe: Recipe,
+    n_train: int,
+    n_test: int,
+    seed: int = 0,
+    workers: int = 1,
+) -> Path:
+    """Simulate train and held-out test scans and write them to ``path``.
+
+    The test scans use a different seed stream (``seed + 1_000_003``), so no
+    phantom or noise realisation is shared with training.
+    """
+    train = simulate_pairs(recipe, n_train, seed, workers)
+    test = simulate_pairs(recipe, n_test, seed + 1_000_003, workers)
+    meta = asdict(recipe) | {"n_train_scans": n_train, "n_test_scans": n_test, "seed": seed}
+    return write_dataset(path, train, test, meta)
+
+
+def families_of(names: Iterable[str] | None) -> Sequence[str]:
+    """Validate a list of family names (``None`` = all)."""
+    names = list(names or FAMILIES)
+    unknown = sorted(set(names) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown phantom families {unknown}; known: {sorted(FAMILIES)}")
+    return names
