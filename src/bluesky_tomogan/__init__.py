@@ -21,9 +21,12 @@ from .errors import (  # noqa: E402
     UnknownBackendError,
     UnknownModelError,
 )
+from .inference import Denoiser, load_denoiser  # noqa: E402
 
 __all__ = [
     "__version__",
+    "Denoiser",
+    "load_denoiser",
     "TomoGANError",
     "InputShapeError",
     "InputValueError",

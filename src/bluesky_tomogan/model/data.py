@@ -5,30 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DatasetError
+from ..frames import context_indices
 from ..normalise import normalise, robust_range
 from ..simulate.datasets import PairSet
 
-__all__ = ["context_indices", "PatchSampler", "normalised_frames"]
-
-
-def context_indices(group: np.ndarray, index: int, depth: int = 3) -> list[int]:
-    """Indices of the ``depth`` frames centred on ``index`` within its scan.
-
-    At a scan's first or last frame the missing neighbour repeats the edge frame
-    (the same rule the live callback uses at the start and end of a run).
-    """
-    half = depth // 2
-    out = []
-    for k in range(index - half, index + half + 1):
-        j = min(max(k, 0), len(group) - 1)
-        out.append(j if group[j] == group[index] else index)
-    # a neighbour from another scan was replaced by the centre; prefer the mirror frame
-    for pos, j in enumerate(out):
-        if j == index and pos != half:
-            mirror = 2 * index - (index - half + pos)
-            if 0 <= mirror < len(group) and group[mirror] == group[index]:
-                out[pos] = mirror
-    return out
+__all__ = ["PatchSampler", "normalised_frames"]
 
 
 def normalised_frames(pairs: PairSet, index: int, depth: int = 3) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,252 @@
+"""``bluesky-tomogan`` command line: simulate, train, export, denoise, bench, demo, models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import TomoGANError
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("bluesky_tomogan.cli")
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate.datasets import Recipe, make_dataset
+
+    recipe = Recipe(domain=args.domain, size=args.size, families=tuple(args.families or ()) or Recipe().families)
+    path = make_dataset(args.out, recipe, args.n_train, args.n_test, args.seed, args.workers)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .model.network import GeneratorConfig
+    from .model.train import TrainConfig, train
+
+    arch = GeneratorConfig(upsample=args.upsample, input_downscale=args.input_downscale, width=args.width,
+                           residual=not args.no_residual)
+    cfg = TrainConfig(
+        data=args.data, out_dir=args.out, name=args.name, domain=args.domain, arch=arch, patch=args.patch,
+        batch=args.batch, steps_per_epoch=args.steps_per_epoch, max_epochs=args.epochs, patience=args.patience,
+        time_budget_s=args.time_budget * 60, lr=args.lr, pixel=args.pixel, adv_weight=args.adv_weight,
+        feat_weight=args.feat_weight, precision=args.precision, threads=args.threads, seed=args.seed,
+        qat_steps=args.qat_steps,
+    )
+    result = train(cfg, resume=args.resume, progress=not args.no_progress)
+    best = max(result.history, key=lambda h: h["val_ssim"]) if result.history else {}
+    print(f"stopped: {result.stopped}")
+    if best:
+        print(f"best epoch {best['epoch']}: val PSNR {best['val_psnr']:.2f} dB, SSIM {best['val_ssim']:.4f}")
+    print(f"weights: {result.weights}\nmodel card: {result.card}\ncheckpoint: {result.checkpoint}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    formats = tuple(args.format)
+    if "tensorrt" in formats:
+        from .export.tensorrt import build_engine_from_card
+
+        for precision in args.trt_precision:
+            path = build_engine_from_card(args.model, precision=precision, tile=args.tile)
+            print(f"wrote {path}")
+        formats = tuple(f for f in formats if f != "tensorrt")
+    if formats:
+        from .export.pipeline import export_model
+
+        card = export_model(args.model, args.out or args.model, args.data, formats, tile=args.tile,
+                            n_calibration=args.calibration, measure=not args.no_measure)
+        data = json.loads(Path(card).read_text())
+        print(f"model card: {card}")
+        for kind, entry in sorted(data["files"].items()):
+            print(f"  {kind:14s} {entry['path']}")
+        for key, q in sorted(data.get("quantization", {}).items()):
+            drop = q.get("ssim_drop")
+            extra = f"  (SSIM drop vs fp32 {drop:+.4f})" if drop is not None else ""
+            print(f"  {key:18s} SSIM {q['ssim']:.4f}  PSNR {q['psnr']:.2f} dB{extra}")
+    return 0
+
+
+def _read_frames(path: Path, key: str | None):  # type: ignore[no-untyped-def]
+    import h5py
+    import numpy as np
+
+    if path.suffix == ".npy":
+        return np.load(path)
+    with h5py.File(path, "r") as f:
+        if key is None:
+            keys = [k for k in f if isinstance(f[k], h5py.Dataset)]
+            if len(keys) != 1:
+                raise TomoGANError(f"{path} holds {len(keys)} datasets {keys}; choose one with --key")
+            key = keys[0]
+        if key not in f:
+            raise TomoGANError(f"{path} has no dataset {key!r}")
+        return f[key][()]
+
+
+def _cmd_denoise(args: argparse.Namespace) -> int:
+    import h5py
+    import numpy as np
+
+    from .inference import load_denoiser
+
+    den = load_denoiser(args.model, backend=args.backend, precision=args.precision, threads=args.threads)
+    frames = _read_frames(Path(args.input), args.key)
+    out = den.denoise(frames, out_dtype="source" if args.keep_dtype else "float32")
+    dest = Path(args.output)
+    try:
+        if dest.suffix == ".npy":
+            np.save(dest, out)
+        else:
+            with h5py.File(dest, "w") as f:
+                f.create_dataset("denoised", data=out, chunks=(1, *out.shape[-2:]) if out.ndim == 3 else None)
+                f["denoised"].attrs.update({k: json.dumps(v) for k, v in den.provenance().items()})
+    except OSError as exc:
+        raise TomoGANError(f"cannot write {dest}: {exc}") from exc
+    print(f"denoised {frames.shape} with {den!r} -> {dest}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .inference.load import load_card, shipped_models
+
+    for name in shipped_models():
+        card = load_card(name)
+        m = card.get("metrics", {})
+        print(f"{name}: {card.get('domain')} domain, files {sorted(card['files'])}, "
+              f"val SSIM {m.get('val_ssim', float('nan')):.4f} (raw {m.get('val_raw_ssim', float('nan')):.4f})")
+        for key, q in sorted(card.get("quantization", {}).items()):
+            print(f"    {key:18s} SSIM {q['ssim']:.4f} drop {q.get('ssim_drop', 0.0):+.4f}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    argv = ["--sizes", *map(str, args.sizes), "--repeats", str(args.repeats), "--model", args.model]
+    if args.json:
+        argv += ["--json", args.json]
+    return bench_main(argv)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out).expanduser(), size=args.size, n_angles=args.angles, photons=args.photons,
+             backend=args.backend)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``bluesky-tomogan``."""
+    p = argparse.ArgumentParser(prog="bluesky-tomogan", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("demo", help="simulate a low-dose scan, denoise it, write a figure")
+    s.add_argument("--out", default="tomogan-demo", help="output directory (default: ./tomogan-demo)")
+    s.add_argument("--size", type=int, default=256, help="frame size (default 256)")
+    s.add_argument("--angles", type=int, default=180, help="projections over 180 degrees")
+    s.add_argument("--photons", type=float, default=500.0, help="incident photons per pixel (dose)")
+    s.add_argument("--backend", default="auto")
+    s.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("simulate", help="write a simulated TomoGAN-style HDF5 dataset")
+    s.add_argument("out", help="output .h5 file")
+    s.add_argument("--domain", choices=["slice", "projection"], default="slice")
+    s.add_argument("--size", type=int, default=128)
+    s.add_argument("--n-train", type=int, default=16, help="training phantoms")
+    s.add_argument("--n-test", type=int, default=4, help="held-out phantoms")
+    s.add_argument("--families", nargs="*", help="phantom families (default: all)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=1)
+    s.set_defaults(func=_cmd_simulate)
+
+    s = sub.add_parser("train", help="train a TomoGAN generator on an HDF5 dataset (needs the train extra)")
+    s.add_argument("data", help="HDF5 with train_ns, train_gt, test_ns, test_gt")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--name", default="tomogan")
+    s.add_argument("--domain", default="slice")
+    s.add_argument("--upsample", choices=["bilinear", "transposed"], default="bilinear")
+    s.add_argument("--input-downscale", type=int, choices=[1, 2, 4], default=1)
+    s.add_argument("--width", type=float, default=1.0, help="channel multiplier")
+    s.add_argument("--no-residual", action="store_true")
+    s.add_argument("--patch", type=int, default=96)
+    s.add_argument("--batch", type=int, default=16)
+    s.add_argument("--steps-per-epoch", type=int, default=200)
+    s.add_argument("--epochs", type=int, default=100)
+    s.add_argument("--patience", type=int, default=4)
+    s.add_argument("--time-budget", type=float, default=0, help="minutes (0 = none)")
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--pixel", choices=["l1", "mse"], default="l1")
+    s.add_argument("--adv-weight", type=float, default=1e-3)
+    s.add_argument("--feat-weight", type=float, default=0.05)
+    s.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    s.add_argument("--threads", type=int, default=0)
+    s.add_argument("--qat-steps", type=int, default=0, help="int8-aware fine-tuning steps")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("export", help="export a trained model to ONNX, int8 TFLite, OpenVINO int8, TensorRT")
+    s.add_argument("model", help="directory holding <name>.pt and <name>.json")
+    s.add_argument("--format", nargs="+", choices=["onnx", "tflite", "openvino", "tensorrt"],
+                   default=["onnx", "tflite", "openvino"])
+    s.add_argument("--data", help="HDF5 dataset for int8 calibration and quality measurement")
+    s.add_argument("--out", help="output directory (default: the model directory)")
+    s.add_argument("--tile", type=int, default=256, help="fixed tile of TFLite/TensorRT models")
+    s.add_argument("--calibration", type=int, default=200, help="int8 calibration samples")
+    s.add_argument("--trt-precision", nargs="+", choices=["fp32", "fp16", "int8"], default=["fp16"])
+    s.add_argument("--no-measure", action="store_true", help="skip the quality measurement")
+    s.set_defaults(func=_cmd_export)
+
+    s = sub.add_parser("denoise", help="denoise frames from a .npy or HDF5 file")
+    s.add_argument("input")
+    s.add_argument("output", help=".npy or .h5")
+    s.add_argument("--key", help="HDF5 dataset name")
+    s.add_argument("--model", default=None, help="shipped model name or model card path")
+    s.add_argument("--backend", default="auto")
+    s.add_argument("--precision", default="auto")
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--keep-dtype", action="store_true", help="cast the result back to the input dtype")
+    s.set_defaults(func=_cmd_denoise)
+
+    s = sub.add_parser("bench", help="speed of every available backend and precision")
+    s.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
+    s.add_argument("--repeats", type=int, default=10)
+    s.add_argument("--model", default="tomogan-projection")
+    s.add_argument("--json", help="also write results as JSON")
+    s.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("models", help="list shipped models with their measured quality")
+    s.set_defaults(func=_cmd_models)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bluesky-tomogan`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "export" and not args.data and "tensorrt" not in args.format:
+        print("bluesky-tomogan export: --data is required (calibration and quality measurement)", file=sys.stderr)
+        return 2
+    try:
+        return int(args.func(args))
+    except TomoGANError as exc:
+        print(f"bluesky-tomogan {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except ImportError as exc:
+        print(f"bluesky-tomogan {args.command}: error: {exc}; install the extra it needs, e.g. "
+              "pip install 'bluesky-tomogan[train]' or '[export]'", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

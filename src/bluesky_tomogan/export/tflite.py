@@ -1,0 +1,80 @@
+"""PyTorch generator -> full-integer int8 TFLite (LiteRT CPU and Edge TPU compiler input).
+
+Everything is int8: weights (per-channel), activations, and the model's input
+and output tensors, which is what ``edgetpu_compiler`` requires to map the
+whole graph onto the TPU. The shape is fixed (one tile) because the Edge TPU
+needs static shapes; the inference layer tiles frames of any size.
+Calibration uses real normalised frames (``representative``) so the
+activation ranges match what the model sees at the beamline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import OutputPathError
+from ..model.network import TomoGANGenerator
+from .keras_model import keras_from_torch
+
+__all__ = ["export_tflite_int8", "DEFAULT_TILE"]
+
+log = logging.getLogger(__name__)
+DEFAULT_TILE = 256
+
+
+def export_tflite_int8(
+    gen: TomoGANGenerator,
+    path: str | os.PathLike[str],
+    representative: np.ndarray,
+    tile: int = DEFAULT_TILE,
+) -> Path:
+    """Write a full-int8 TFLite model with a fixed ``(1, tile, tile, C)`` input.
+
+    Parameters
+    ----------
+    gen : TomoGANGenerator
+        Trained generator.
+    path : path-like
+        Output ``.tflite`` file.
+    representative : numpy.ndarray
+        ``(N, C, tile, tile)`` normalised inputs for calibration (a few hundred
+        tiles from the training distribution).
+    tile : int
+        Input height and width; a multiple of the network's size multiple.
+    """
+    import tensorflow as tf
+
+    m = gen.config.size_multiple
+    if tile % m:
+        raise ValueError(f"tile {tile} must be a multiple of {m}")
+    rep = np.asarray(representative, np.float32)
+    if rep.ndim != 4 or rep.shape[1:] != (gen.config.in_channels, tile, tile):
+        raise ValueError(
+            f"representative data must be (N, {gen.config.in_channels}, {tile}, {tile}), got {rep.shape}"
+        )
+    model = keras_from_torch(gen, tile, tile)
+    def samples() -> Iterator[list[np.ndarray]]:
+        for x in rep:
+            yield [x.transpose(1, 2, 0)[None]]
+
+    # from_keras_model freezes the variables (from_concrete_functions keeps READ_VARIABLE ops)
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = samples
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    blob = conv.convert()
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(blob)
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {path}: {exc}") from exc
+    log.info("wrote %s (%d kB)", path, len(blob) // 1024)
+    return path

@@ -1,0 +1,92 @@
+"""LiteRT adapter: the full-int8 TFLite model on CPU, or on a Coral Edge TPU.
+
+``ai-edge-litert`` is preferred; ``tflite-runtime`` or ``tensorflow.lite`` are
+used where they are what is installed. The Edge TPU runs the same int8 model
+after ``edgetpu_compiler`` (``*_edgetpu.tflite``), through the
+``libedgetpu.so.1`` delegate; pycoral is not needed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import BackendUnavailableError, ModelLoadError
+
+__all__ = ["LiteRTSession", "interpreter_module", "EDGETPU_LIBRARY"]
+
+EDGETPU_LIBRARY = "libedgetpu.so.1"
+
+
+def interpreter_module() -> Any:
+    """The first importable module providing ``Interpreter`` and ``load_delegate``."""
+    try:
+        from ai_edge_litert import interpreter
+
+        return interpreter
+    except ImportError:
+        pass
+    try:
+        import tflite_runtime.interpreter as interpreter  # type: ignore[import-not-found]
+
+        return interpreter
+    except ImportError:
+        pass
+    try:
+        import tensorflow.lite as interpreter  # type: ignore[import-not-found]
+
+        return interpreter
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "no TFLite interpreter: pip install ai-edge-litert (or tflite-runtime)"
+        ) from exc
+
+
+class LiteRTSession:
+    """Run a full-int8 TFLite model (fixed tile shape, NHWC, int8 in and out)."""
+
+    fixed_shape: tuple[int, int] | None
+    max_batch = 1
+    precision = "int8"
+
+    def __init__(self, tflite_path: str | os.PathLike[str], threads: int | None = None, edgetpu: bool = False) -> None:
+        mod = interpreter_module()
+        delegates = []
+        if edgetpu:
+            try:
+                delegates = [mod.load_delegate(EDGETPU_LIBRARY)]
+            except (ValueError, OSError, RuntimeError) as exc:
+                raise BackendUnavailableError(
+                    f"Edge TPU delegate {EDGETPU_LIBRARY} cannot be loaded ({exc}); install "
+                    "libedgetpu1-std from Coral's apt repository and plug in the device"
+                ) from exc
+        try:
+            self._it = mod.Interpreter(
+                model_path=str(Path(tflite_path)), experimental_delegates=delegates or None, num_threads=threads
+            )
+            self._it.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"LiteRT cannot load {tflite_path}: {exc}") from exc
+        self.backend = "edgetpu" if edgetpu else "litert"
+        inp, out = self._it.get_input_details()[0], self._it.get_output_details()[0]
+        if inp["dtype"] != np.int8 or out["dtype"] != np.int8:
+            raise ModelLoadError(f"{tflite_path} is not a full-int8 model (input {inp['dtype']}, output {out['dtype']})")
+        self._in, self._out = inp["index"], out["index"]
+        self._in_q, self._out_q = inp["quantization"], out["quantization"]
+        _, h, w, _ = (int(v) for v in inp["shape"])
+        self.fixed_shape = (h, w)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        scale, zero = self._in_q
+        out_scale, out_zero = self._out_q
+        results = []
+        for x in batch:  # (C, H, W) -> (1, H, W, C) int8
+            q = np.clip(np.rint(x.transpose(1, 2, 0) / scale + zero), -128, 127).astype(np.int8)
+            self._it.set_tensor(self._in, q[None])
+            self._it.invoke()
+            y = self._it.get_tensor(self._out)[0]
+            results.append(((y.astype(np.float32) - out_zero) * out_scale).transpose(2, 0, 1))
+        return np.stack(results)

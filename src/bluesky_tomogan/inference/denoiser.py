@@ -1,0 +1,215 @@
+"""The :class:`Denoiser`: frames in, denoised frames out, on any backend.
+
+Everything that is the same for every runtime lives here, once: input checks,
+3-frame context, per-frame normalisation, padding and tiling, batching, and
+mapping the result back to the source intensity scale. Backends only run
+normalised float32 batches (see :mod:`.backends.base`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Literal
+
+import numpy as np
+
+from ..errors import InputShapeError, InputValueError
+from ..frames import context_indices
+from ..normalise import denormalise, normalise, robust_range
+from .backends.base import Session
+from .tiling import TileGrid, pad_to
+
+__all__ = ["Denoiser"]
+
+log = logging.getLogger(__name__)
+
+OutDType = Literal["float32", "source"]
+
+# Largest side a dynamic-shape backend runs in one piece; beyond it, tiles keep
+# activation memory bounded (a 4096^2 frame would need ~10 GB of activations).
+MAX_WHOLE_FRAME = 2048
+
+
+class Denoiser:
+    """Denoise tomography frames with a trained TomoGAN model.
+
+    Build one with :func:`bluesky_tomogan.load_denoiser`.
+
+    Parameters
+    ----------
+    session : Session
+        Backend adapter running the network.
+    card : dict
+        The model card (architecture, normalisation, provenance).
+    tile : int, optional
+        Tile edge for dynamic-shape backends (default: whole frame up to
+        2048 px). Fixed-shape backends always use their own shape.
+    overlap : int
+        Minimum overlap between tiles, in pixels.
+
+    Notes
+    -----
+    Output is float32 in the *source* intensity scale: each frame is normalised
+    by its own robust range and the network's output is mapped back through the
+    same affine map, so a uint16 detector frame of counts comes back as counts.
+    ``out_dtype="source"`` rounds and clips back to the input dtype.
+    """
+
+    def __init__(self, session: Session, card: dict[str, Any], tile: int | None = None, overlap: int = 32) -> None:
+        self.session = session
+        self.card = card
+        arch = card.get("architecture", {})
+        self.depth = int(arch.get("in_channels", 3))
+        self.size_multiple = 8 * int(arch.get("input_downscale", 1))
+        if tile is not None and (tile <= 0 or tile % self.size_multiple):
+            raise InputShapeError(f"tile must be a positive multiple of {self.size_multiple}, got {tile}")
+        if overlap < 0:
+            raise InputShapeError(f"overlap must be >= 0, got {overlap}")
+        self.tile = tile
+        self.overlap = overlap
+        self._lock = threading.Lock()  # runtimes' requests are not re-entrant
+
+    # -- provenance -----------------------------------------------------------------------
+
+    @property
+    def backend(self) -> str:
+        """Runtime actually used (``openvino``, ``onnxruntime``, ``litert``, ``edgetpu``...)."""
+        return self.session.backend
+
+    @property
+    def precision(self) -> str:
+        """Arithmetic precision of the network (``fp32``, ``bf16``, ``fp16``, ``int8``)."""
+        return self.session.precision
+
+    @property
+    def model_name(self) -> str:
+        return str(self.card.get("name", "unknown"))
+
+    @property
+    def model_sha256(self) -> str:
+        """sha256 of the model file this denoiser runs (from the verified model card)."""
+        return str(self.card.get("_sha256", ""))
+
+    def provenance(self) -> dict[str, Any]:
+        """Flat description for a Bluesky descriptor's configuration."""
+        from .. import __version__
+
+        return {
+            "model": self.model_name,
+            "model_sha256": self.model_sha256,
+            "model_domain": self.card.get("domain", ""),
+            "backend": self.backend,
+            "precision": self.precision,
+            "tile": list(self.session.fixed_shape or (self.tile or 0, self.tile or 0)),
+            "overlap": self.overlap,
+            "bluesky_tomogan": __version__,
+        }
+
+    def __repr__(self) -> str:
+        return f"<Denoiser {self.model_name} on {self.backend}/{self.precision}>"
+
+    # -- public API -----------------------------------------------------------------------
+
+    def denoise(self, frames: np.ndarray, *, out_dtype: OutDType = "float32") -> np.ndarray:
+        """Denoise one frame ``(H, W)`` or a stack of consecutive frames ``(N, H, W)``.
+
+        In a stack, each frame's context is its neighbours (adjacent angles or
+        slices); the first and last frames use mirrored neighbours. A single
+        frame is its own context.
+
+        Parameters
+        ----------
+        frames : numpy.ndarray
+            uint8/uint16/int/float frames, finite, at least 1x1.
+        out_dtype : {"float32", "source"}
+            float32 in the source scale, or cast back to the input dtype.
+
+        Returns
+        -------
+        numpy.ndarray
+            Same shape as ``frames``.
+
+        Raises
+        ------
+        InputShapeError
+            Not 2-D or 3-D, or empty.
+        InputValueError
+            Non-numeric dtype, or NaN/inf values.
+        """
+        arr = self._check(frames)
+        stack = arr[None] if arr.ndim == 2 else arr
+        group = np.zeros(len(stack), np.int32)
+        out = np.empty(stack.shape, np.float32)
+        for i in range(len(stack)):
+            idx = context_indices(group, i, self.depth)
+            out[i] = self._denoise_context(stack[idx], stack[i])
+        result = out[0] if arr.ndim == 2 else out
+        return self._cast(result, arr.dtype) if out_dtype == "source" else result
+
+    def denoise_context(self, context: np.ndarray, *, out_dtype: OutDType = "float32") -> np.ndarray:
+        """Denoise the centre frame of an explicit context ``(depth, H, W)`` (3 for TomoGAN).
+
+        This is what a live stream uses: the caller keeps the previous,
+        current and next frame and asks for the current one.
+        """
+        arr = self._check(context)
+        if arr.ndim != 3 or arr.shape[0] != self.depth:
+            raise InputShapeError(f"context must be ({self.depth}, H, W), got shape {arr.shape}")
+        result = self._denoise_context(arr, arr[self.depth // 2])
+        return self._cast(result, arr.dtype) if out_dtype == "source" else result
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check(self, frames: Any) -> np.ndarray:
+        arr = np.asarray(frames)
+        if arr.dtype.kind not in "uif":
+            raise InputValueError(
+                f"frames must be integer or floating point, got dtype {arr.dtype}"
+            )
+        if arr.ndim not in (2, 3):
+            raise InputShapeError(f"frames must be (H, W) or (N, H, W), got {arr.ndim}-D shape {arr.shape}")
+        if arr.size == 0:
+            raise InputShapeError(f"frames are empty (shape {arr.shape})")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).sum())
+            raise InputValueError(f"frames hold {bad} NaN/inf values; replace or mask them before denoising")
+        return arr
+
+    @staticmethod
+    def _cast(result: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        if dtype.kind in "ui":
+            info = np.iinfo(dtype)
+            return np.clip(np.rint(result), info.min, info.max).astype(dtype)
+        return result.astype(dtype, copy=False)
+
+    def _denoise_context(self, context: np.ndarray, centre: np.ndarray) -> np.ndarray:
+        offset, scale = robust_range(centre)
+        x = normalise(context, offset, scale)
+        y = self._run_frame(x)
+        return denormalise(y, offset, scale)
+
+    def _tile_shape(self, h: int, w: int) -> tuple[int, int]:
+        if self.session.fixed_shape is not None:
+            return self.session.fixed_shape
+        m = self.size_multiple
+        if self.tile is not None:
+            return self.tile, self.tile
+        # whole frame, rounded up to the size multiple, capped for memory
+        th = min(-(-h // m) * m, MAX_WHOLE_FRAME)
+        tw = min(-(-w // m) * m, MAX_WHOLE_FRAME)
+        return th, tw
+
+    def _run_frame(self, x: np.ndarray) -> np.ndarray:
+        """``(C, H, W)`` normalised -> ``(H, W)`` normalised output."""
+        h, w = x.shape[-2:]
+        th, tw = self._tile_shape(h, w)
+        padded = pad_to(x, max(h, th), max(w, tw))
+        grid = TileGrid(padded.shape[-2], padded.shape[-1], (th, tw), self.overlap, margin=self.overlap // 4)
+        tiles = grid.split(padded)
+        outs = []
+        with self._lock:
+            for i in range(0, len(tiles), self.session.max_batch):
+                outs.append(self.session.run(tiles[i : i + self.session.max_batch]))
+        merged = grid.merge(np.concatenate(outs))
+        return merged[0, :h, :w]

@@ -1,0 +1,45 @@
+"""The console script: help lists the commands, errors are one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from bluesky_tomogan.cli import main
+
+COMMANDS = ["demo", "simulate", "train", "export", "denoise", "bench", "models"]
+
+
+def test_help_lists_the_commands():
+    out = subprocess.run([sys.executable, "-m", "bluesky_tomogan.cli", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for cmd in COMMANDS:
+        assert cmd in out
+
+
+def test_simulate_writes_a_dataset_the_trainer_reads(tmp_path, capsys):
+    from bluesky_tomogan.simulate.datasets import read_dataset
+
+    out = tmp_path / "d.h5"
+    assert main(["simulate", str(out), "--size", "32", "--n-train", "1", "--n-test", "1"]) == 0
+    assert read_dataset(out).train_ns.shape == (32, 32, 32)
+
+
+def test_train_on_a_bad_file_is_one_clear_error_line(tmp_path, capsys):
+    pytest.importorskip("torch")
+    bad = tmp_path / "bad.h5"
+    bad.write_text("not hdf5")
+    assert main(["train", str(bad), "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "bluesky-tomogan train: error:" in err and "not a readable HDF5 file" in err
+
+
+def test_denoise_with_an_unknown_backend_is_one_clear_error_line(tmp_path, capsys):
+    import numpy as np
+
+    src = tmp_path / "f.npy"
+    np.save(src, np.zeros((16, 16), np.float32))
+    assert main(["denoise", str(src), str(tmp_path / "o.npy"), "--backend", "quantum"]) == 1
+    assert "unknown backend 'quantum'" in capsys.readouterr().err

@@ -1,0 +1,112 @@
+"""Simulator: determinism, physics of the projector, and degradation that follows the dose."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.transform import radon
+
+from bluesky_tomogan.metrics import psnr, ssim
+from bluesky_tomogan.simulate.datasets import Recipe, simulate_pairs
+from bluesky_tomogan.simulate.phantoms import FAMILIES, make_phantom
+from bluesky_tomogan.simulate.tomography import (
+    DetectorModel,
+    angles_deg,
+    fbp,
+    project,
+    reconstruct,
+    scale_to_max_attenuation,
+    simulate_scan,
+)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_same_seed_same_phantom_and_different_seed_differs(family):
+    a, b, c = make_phantom(family, 32, 5), make_phantom(family, 32, 5), make_phantom(family, 32, 6)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert a.dtype == np.float32 and a.min() >= 0 and a.max() > 0
+
+
+def test_unknown_family_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown phantom family 'glass'"):
+        make_phantom("glass", 32)
+
+
+def test_projector_equals_skimage_radon_slice_by_slice():
+    vol = make_phantom("foam", 32, 1)
+    ang = angles_deg(20)
+    proj = project(vol, ang)
+    assert proj.shape == (20, 32, 32)
+    for z in (3, 16, 30):
+        np.testing.assert_allclose(proj[:, z], radon(vol[z].astype(float), ang, circle=True).T, atol=1e-4)
+
+
+def test_full_view_noise_free_fbp_recovers_the_phantom():
+    vol = make_phantom("layered", 64, 2)
+    ang = angles_deg(120)
+    rec = reconstruct(project(vol, ang), ang)
+    assert np.corrcoef(rec[32].ravel(), vol[32].ravel())[0, 1] > 0.95
+
+
+def test_same_seed_same_scan():
+    vol = scale_to_max_attenuation(make_phantom("bead_pack", 32, 0), 2.0)
+    a = simulate_scan(vol, angles_deg(8), DetectorModel(photons=500), np.random.default_rng(3))
+    b = simulate_scan(vol, angles_deg(8), DetectorModel(photons=500), np.random.default_rng(3))
+    np.testing.assert_array_equal(a.frames, b.frames)
+
+
+def test_photon_noise_follows_the_dose():
+    vol = scale_to_max_attenuation(make_phantom("foam", 32, 0), 1.0)
+    ang = angles_deg(16)
+    rel = []
+    for photons in (100, 400, 1600, 6400):
+        scan = simulate_scan(vol, ang, DetectorModel(photons=photons, read_noise=0.0), np.random.default_rng(0))
+        signal = scan.expected - 100.0
+        rel.append(float(np.std((scan.frames - scan.expected) / signal)))
+    # Poisson: relative noise ~ 1/sqrt(photons) -> halves with every 4x dose
+    ratios = np.array(rel[:-1]) / np.array(rel[1:])
+    np.testing.assert_allclose(ratios, 2.0, rtol=0.1)
+
+
+def test_reconstruction_quality_follows_dose_and_view_fraction():
+    vol = scale_to_max_attenuation(make_phantom("bead_pack", 64, 4), 2.0)
+    full = angles_deg(96)
+    reference = fbp(project(vol, full)[:, 32], full)
+
+    def quality(photons: float, fraction: float) -> float:
+        ang = angles_deg(96, fraction)
+        scan = simulate_scan(vol, ang, DetectorModel(photons=photons), np.random.default_rng(0))
+        return ssim(reference, fbp(scan.sinogram_noisy[:, 32], ang))
+
+    by_dose = [quality(p, 1.0) for p in (100, 1000, 10000)]
+    by_views = [quality(1e5, f) for f in (1 / 16, 1 / 4, 1.0)]
+    assert by_dose == sorted(by_dose) and by_dose[-1] - by_dose[0] > 0.1
+    assert by_views == sorted(by_views) and by_views[-1] - by_views[0] > 0.1
+
+
+def test_pairs_are_deterministic_and_degraded(tiny_recipe):
+    a = simulate_pairs(tiny_recipe, 2, seed=4)
+    b = simulate_pairs(tiny_recipe, 2, seed=4)
+    np.testing.assert_array_equal(a.ns, b.ns)
+    np.testing.assert_array_equal(a.group, [0] * 32 + [1] * 32)
+    assert psnr(a.gt[16], a.ns[16]) < 30
+
+
+def test_projection_domain_pairs_are_frames_of_consecutive_angles():
+    recipe = Recipe(domain="projection", size=32, n_angles=96, frames_per_scan=10)
+    pairs = simulate_pairs(recipe, 1, seed=0)
+    assert pairs.ns.shape == (10, 32, 32)
+    # neighbouring angles look alike; the expected (clean) frames are noise-free
+    def corr(i: int, j: int) -> float:
+        return float(np.corrcoef(pairs.gt[i].ravel(), pairs.gt[j].ravel())[0, 1])
+
+    assert corr(4, 5) > 0.9 and corr(4, 5) > corr(4, 9)
+    assert psnr(pairs.gt[4], pairs.ns[4]) < psnr(pairs.gt[4], pairs.gt[5])
+
+
+def test_invalid_recipe_is_rejected():
+    with pytest.raises(ValueError, match="domain"):
+        Recipe(domain="sinogram")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="multiple of 8"):
+        Recipe(size=30)

@@ -1,0 +1,105 @@
+"""Training: a tiny real run lowers the loss, writes a card, resumes, and rejects bad paths."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training needs the train extra (torch)")
+
+from bluesky_tomogan.errors import OutputPathError  # noqa: E402
+from bluesky_tomogan.model.data import PatchSampler  # noqa: E402
+from bluesky_tomogan.model.losses import pixel_loss  # noqa: E402
+from bluesky_tomogan.model.network import GeneratorConfig, TomoGANGenerator  # noqa: E402
+from bluesky_tomogan.model.train import TrainConfig, load_generator, train  # noqa: E402
+from bluesky_tomogan.simulate.datasets import read_dataset  # noqa: E402
+
+
+def _config(data, out, **kw):
+    base = dict(data=str(data), out_dir=str(out), name="tiny", patch=32, batch=4, steps_per_epoch=12,
+                max_epochs=2, patience=10, lr=2e-3, adv_weight=0.0, feat_weight=0.0, precision="fp32",
+                threads=1, val_frames=4, seed=0, arch=GeneratorConfig(width=0.25))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _fixed_batch_loss(gen, data):
+    x, y = PatchSampler(read_dataset(data).split("train"), 32, seed=123).batch(16)
+    with torch.no_grad():
+        return float(pixel_loss(gen(torch.from_numpy(x)), torch.from_numpy(y)))
+
+
+def test_tiny_training_run_lowers_the_loss_and_writes_a_model_card(tiny_dataset, tmp_path):
+    torch.manual_seed(0)
+    untrained = _fixed_batch_loss(TomoGANGenerator(GeneratorConfig(width=0.25)).eval(), tiny_dataset)
+    result = train(_config(tiny_dataset, tmp_path), progress=False)
+    trained = _fixed_batch_loss(load_generator(result.weights), tiny_dataset)
+    assert trained < 0.8 * untrained
+    card = json.loads(result.card.read_text())
+    assert card["name"] == "tiny"
+    assert card["architecture"]["width"] == 0.25
+    assert card["files"]["pytorch"]["sha256"]
+    assert card["data"]["sha256"] and card["training"]["epochs"] == 2
+    assert {"val_psnr", "val_ssim"} <= set(card["metrics"])
+
+
+def test_resume_continues_from_the_checkpoint(tiny_dataset, tmp_path):
+    train(_config(tiny_dataset, tmp_path, max_epochs=1), progress=False)
+    result = train(_config(tiny_dataset, tmp_path, max_epochs=2), resume=True, progress=False)
+    assert [h["epoch"] for h in result.history] == [1, 2]
+
+
+def test_training_with_the_critic_runs(tiny_dataset, tmp_path):
+    result = train(_config(tiny_dataset, tmp_path, adv_weight=1e-3, feat_weight=0.05, gan_warmup_epochs=1),
+                   progress=False)
+    assert result.history[-1]["train_adv"] > 0 and result.history[-1]["train_feat"] > 0
+
+
+def test_int8_aware_fine_tuning_keeps_float_weights_and_records_itself(tiny_dataset, tmp_path):
+    result = train(_config(tiny_dataset, tmp_path, max_epochs=1, qat_steps=5), progress=False)
+    assert (tmp_path / "tiny.float.pt").exists()
+    qat = json.loads(result.card.read_text())["training"]["qat"]
+    assert qat["steps"] == 5 and "val_ssim_int8_simulated_after" in qat
+
+
+def test_fake_quantisation_is_removed_after_the_block():
+    from bluesky_tomogan.model.qat import fake_quantized
+
+    gen = TomoGANGenerator(GeneratorConfig(width=0.25)).eval()
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        before = gen(x)
+        with fake_quantized(gen):
+            rounded = gen(x)
+        after = gen(x)
+    assert torch.equal(before, after)
+    assert not torch.equal(before, rounded)
+
+
+def test_unwritable_output_directory_is_a_clear_error(tiny_dataset, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OutputPathError, match="cannot write to output directory"):
+        train(_config(tiny_dataset, blocker / "out"), progress=False)
+
+
+def test_patch_larger_than_the_frames_is_a_clear_error(tiny_dataset, tmp_path):
+    from bluesky_tomogan.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="larger than the frames"):
+        train(_config(tiny_dataset, tmp_path, patch=64), progress=False)
+
+
+def test_patches_are_normalised_by_their_whole_frame_like_inference(tiny_dataset):
+    from bluesky_tomogan.normalise import robust_range
+
+    pairs = read_dataset(tiny_dataset).split("train")
+    sampler = PatchSampler(pairs, 32, seed=0)  # patch == frame: the patch is the whole frame
+    x, y = sampler.batch(4)
+    assert x.shape == (4, 3, 32, 32) and y.shape == (4, 1, 32, 32)
+    lo, hi = np.percentile(x[:, 1], [0.5, 99.5], axis=(1, 2))
+    np.testing.assert_allclose(lo, 0.0, atol=1e-5)
+    np.testing.assert_allclose(hi, 1.0, atol=1e-5)
+    assert sampler.ranges[0] == pytest.approx(robust_range(pairs.ns[0]))
