@@ -18,9 +18,10 @@ from bluesky_tomogan.simulate.datasets import read_dataset  # noqa: E402
 
 
 def _config(data, out, **kw):
-    base = dict(data=str(data), out_dir=str(out), name="tiny", patch=32, batch=4, steps_per_epoch=12,
-                max_epochs=2, patience=10, lr=2e-3, adv_weight=0.0, feat_weight=0.0, precision="fp32",
-                threads=1, val_frames=4, seed=0, arch=GeneratorConfig(width=0.25))
+    base = {"data": str(data), "out_dir": str(out), "name": "tiny", "patch": 32, "batch": 4,
+            "steps_per_epoch": 12, "max_epochs": 2, "patience": 10, "lr": 2e-3, "adv_weight": 0.0,
+            "feat_weight": 0.0, "precision": "fp32", "threads": 1, "val_frames": 4, "seed": 0,
+            "arch": GeneratorConfig(width=0.25)}
     base.update(kw)
     return TrainConfig(**base)
 

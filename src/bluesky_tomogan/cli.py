@@ -53,7 +53,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         from .export.tensorrt import build_engine_from_card
 
         for precision in args.trt_precision:
-            path = build_engine_from_card(args.model, precision=precision, tile=args.tile)
+            path = build_engine_from_card(args.model, precision=precision, tile=args.tile,
+                                          calibration_data=args.data)
             print(f"wrote {path}")
         formats = tuple(f for f in formats if f != "tensorrt")
     if formats:

@@ -50,6 +50,9 @@ class Denoiser:
 
     Notes
     -----
+    The exported networks return a correction to the centre frame; the
+    Denoiser adds the centre frame in float32 (model card ``"output":
+    "correction"``), so reduced precision never rounds the signal itself.
     Output is float32 in the *source* intensity scale: each frame is normalised
     by its own robust range and the network's output is mapped back through the
     same affine map, so a uint16 detector frame of counts comes back as counts.
@@ -68,6 +71,9 @@ class Denoiser:
             raise InputShapeError(f"overlap must be >= 0, got {overlap}")
         self.tile = tile
         self.overlap = overlap
+        # Exported models compute the correction; the centre frame is added here in
+        # float32, so int8/bf16/fp16 rounding never touches the pass-through signal.
+        self.residual_on_host = card.get("output") == "correction"
         self._lock = threading.Lock()  # runtimes' requests are not re-entrant
 
     # -- provenance -----------------------------------------------------------------------
@@ -211,5 +217,7 @@ class Denoiser:
         with self._lock:
             for i in range(0, len(tiles), self.session.max_batch):
                 outs.append(self.session.run(tiles[i : i + self.session.max_batch]))
-        merged = grid.merge(np.concatenate(outs))
-        return merged[0, :h, :w]
+        merged = grid.merge(np.concatenate(outs))[0, :h, :w]
+        if self.residual_on_host:
+            merged += x[self.depth // 2]
+        return merged

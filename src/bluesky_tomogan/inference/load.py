@@ -205,7 +205,8 @@ def load_denoiser(
     errors: list[str] = []
     for b, p in candidates:
         if precision == "auto" and b != "tensorrt" and not _quality_ok(card, b, p):
-            errors.append(f"{b}/{p}: quality loss not measured within tolerance in the model card")
+            errors.append(f"{b}/{p}: SSIM loss vs fp32 not within {SSIM_TOLERANCE[p]} in the model card "
+                          f"(pass precision={p!r} to use it anyway)")
             continue
         try:
             session, sha = _open_session(card, b, p, threads)

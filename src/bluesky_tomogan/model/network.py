@@ -135,6 +135,17 @@ class _Up(nn.Module):
         return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
+class _Concat(nn.Module):
+    """Channel concatenation as a module, so int8-aware training can observe its range.
+
+    Int8 converters give a concatenation one per-tensor scale for all its inputs;
+    :mod:`.qat` hooks this module to simulate that.
+    """
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(xs, dim=1)
+
+
 class TomoGANGenerator(nn.Module):
     """TomoGAN U-Net generator: ``(N, C, H, W) -> (N, 1, H, W)``.
 
@@ -159,6 +170,7 @@ class TomoGANGenerator(nn.Module):
         self.dec2 = _DoubleConv(c64 + c64, c32)
         self.up1 = _Up(c32, cfg.upsample)
         self.dec1 = _DoubleConv(c32 + c32, c32)
+        self.cat3, self.cat2, self.cat1 = _Concat(), _Concat(), _Concat()
         # Super-resolution tail when trained on low-resolution input.
         n_extra = int(math.log2(cfg.input_downscale))
         self.sr = nn.ModuleList(
@@ -193,15 +205,33 @@ class TomoGANGenerator(nn.Module):
         e2 = self.enc2(F.max_pool2d(e1, 2))
         e3 = self.enc3(F.max_pool2d(e2, 2))
         b = self.bottleneck(F.max_pool2d(e3, 2))
-        d3 = self.dec3(torch.cat([self.up3(b), e3], dim=1))
-        d2 = self.dec2(torch.cat([self.up2(d3), e2], dim=1))
-        d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))
+        d3 = self.dec3(self.cat3(self.up3(b), e3))
+        d2 = self.dec2(self.cat2(self.up2(d3), e2))
+        d1 = self.dec1(self.cat1(self.up1(d2), e1))
         for stage in self.sr:
             d1 = stage(d1)
         out = self.head(d1)
         if cfg.residual and cfg.input_downscale == 1:
             out = out + centre
         return out
+
+    def correction_network(self) -> TomoGANGenerator:
+        """A copy (shared weights) that returns only the correction, without the residual add.
+
+        Int8 exports use it: adding the centre frame on the host in float keeps
+        the input's int8 rounding out of the output (the largest single int8
+        error, measured with TFLite's quantisation debugger).
+        """
+        if not (self.config.residual and self.config.input_downscale == 1):
+            return self
+        twin = TomoGANGenerator(GeneratorConfig.from_dict(self.config.to_dict() | {"residual": False}))
+        twin.load_state_dict(self.state_dict())
+        return twin.eval()
+
+    @property
+    def adds_residual(self) -> bool:
+        """Whether ``forward`` adds the centre input frame to the network output."""
+        return self.config.residual and self.config.input_downscale == 1
 
     def macs_per_pixel(self, size: int = 64) -> float:
         """Multiply-accumulates per *output* pixel, counted on a ``size`` x ``size`` input.

@@ -9,7 +9,8 @@ backward pass) teaches the weights to tolerate it, as the seed paper did.
 What is simulated matches the converters: weights per output channel,
 symmetric; activations per tensor, asymmetric, at the network input, after
 every ReLU (TFLite fuses ReLU into the convolution, so that is the tensor it
-quantises) and at the output; ranges follow an exponential moving average of
+quantises), at every concatenation (one scale shared by its inputs) and at
+the output; ranges follow an exponential moving average of
 the batch min/max, as calibration would measure them. The fake quantisation is
 removed afterwards: the result is an ordinary float generator to export.
 """
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .network import TomoGANGenerator
+from .network import TomoGANGenerator, _Concat
 
 __all__ = ["fake_quantized", "fake_quant_activation", "fake_quant_weight"]
 
@@ -98,7 +99,7 @@ def fake_quantized(gen: TomoGANGenerator) -> Iterator[TomoGANGenerator]:
 
     convs = [m for m in gen.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     for mod in gen.modules():
-        if isinstance(mod, nn.ReLU):
+        if isinstance(mod, (nn.ReLU, _Concat)):
             handles.append(mod.register_forward_hook(act_hook))
     for conv in convs:
         parametrize.register_parametrization(conv, "weight", _WeightFakeQuant())

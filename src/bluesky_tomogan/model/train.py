@@ -209,6 +209,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     weights_path = out_dir / f"{config.name}.pt"
     history: list[dict[str, float]] = []
     best_ssim, best_epoch, epoch, elapsed_before = -math.inf, -1, 0, 0.0
+    previous_stop = ""
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         gen.load_state_dict(ck["generator"])
@@ -219,6 +220,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
             opt_d.load_state_dict(ck["opt_d"])
         history, best_ssim, best_epoch = ck["history"], ck["best_ssim"], ck["best_epoch"]
         epoch, elapsed_before = ck["epoch"], ck["elapsed_s"]
+        previous_stop = ck.get("stopped", "time budget reached")
         sampler.rng.bit_generator.state = ck["sampler_rng"]
         torch.set_rng_state(ck["torch_rng"])
         log.info("resumed %s at epoch %d (best SSIM %.4f)", ckpt_path, epoch, best_ssim)
@@ -226,7 +228,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
     autocast = config.precision == "bf16"
     t0 = time.perf_counter()
-    stopped = "max_epochs"
+    # A resumed run with no epochs left (e.g. only int8-aware fine-tuning) keeps the old reason.
+    stopped = previous_stop if epoch >= config.max_epochs and previous_stop else "max_epochs"
     bar = tqdm(total=config.max_epochs * config.steps_per_epoch, initial=epoch * config.steps_per_epoch,
                disable=not progress, desc=config.name, unit="step", dynamic_ncols=True)
     while epoch < config.max_epochs:
@@ -286,19 +289,19 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         elif epoch - best_epoch >= 2:
             for g in opt_g.param_groups:  # plateau: halve the step size
                 g["lr"] = max(g["lr"] * 0.5, config.lr / 16)
+        if epoch - best_epoch >= config.patience:
+            stopped = f"validation SSIM did not improve for {config.patience} epochs"
+        elif config.time_budget_s and time.perf_counter() - t0 >= config.time_budget_s:
+            stopped = "time budget reached (resume to continue)"
         torch.save({
-            "generator": gen.state_dict(), "opt_g": opt_g.state_dict(),
+            "generator": gen.state_dict(), "opt_g": opt_g.state_dict(), "stopped": stopped,
             "discriminator": disc.state_dict() if disc else None,
             "opt_d": opt_d.state_dict() if opt_d else None,
             "history": history, "best_ssim": best_ssim, "best_epoch": best_epoch,
             "epoch": epoch, "elapsed_s": elapsed, "config": config.to_dict(),
             "sampler_rng": sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
         }, ckpt_path)
-        if epoch - best_epoch >= config.patience:
-            stopped = f"validation SSIM did not improve for {config.patience} epochs"
-            break
-        if config.time_budget_s and time.perf_counter() - t0 >= config.time_budget_s:
-            stopped = "time budget reached (resume to continue)"
+        if stopped != "max_epochs":
             break
     bar.close()
     qat: dict[str, Any] = {}

@@ -52,7 +52,12 @@ class LiteRTSession:
     max_batch = 1
     precision = "int8"
 
-    def __init__(self, tflite_path: str | os.PathLike[str], threads: int | None = None, edgetpu: bool = False) -> None:
+    def __init__(
+        self,
+        tflite_path: str | os.PathLike[str],
+        threads: int | None = None,
+        edgetpu: bool = False,
+    ) -> None:
         mod = interpreter_module()
         delegates = []
         if edgetpu:
@@ -73,7 +78,9 @@ class LiteRTSession:
         self.backend = "edgetpu" if edgetpu else "litert"
         inp, out = self._it.get_input_details()[0], self._it.get_output_details()[0]
         if inp["dtype"] != np.int8 or out["dtype"] != np.int8:
-            raise ModelLoadError(f"{tflite_path} is not a full-int8 model (input {inp['dtype']}, output {out['dtype']})")
+            raise ModelLoadError(
+                f"{tflite_path} is not a full-int8 model (input {inp['dtype']}, output {out['dtype']})"
+            )
         self._in, self._out = inp["index"], out["index"]
         self._in_q, self._out_q = inp["quantization"], out["quantization"]
         _, h, w, _ = (int(v) for v in inp["shape"])

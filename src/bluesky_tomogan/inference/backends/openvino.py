@@ -46,7 +46,12 @@ class OpenVINOSession:
     fixed_shape: tuple[int, int] | None = None
     max_batch = 16
 
-    def __init__(self, model_path: str | os.PathLike[str], precision: str = "fp32", threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        precision: str = "fp32",
+        threads: int | None = None,
+    ) -> None:
         try:
             import openvino as ov
         except ImportError as exc:

@@ -1,0 +1,226 @@
+"""Denoiser and load_denoiser on the shipped models: shapes, dtypes, tiling, errors, provenance."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from bluesky_tomogan import (
+    BackendUnavailableError,
+    InputShapeError,
+    InputValueError,
+    ModelLoadError,
+    PrecisionError,
+    TomoGANError,
+    UnknownBackendError,
+    UnknownModelError,
+    load_denoiser,
+)
+from bluesky_tomogan.inference import shipped_models
+from bluesky_tomogan.inference.load import load_card
+from bluesky_tomogan.inference.tiling import TileGrid, pad_to, plan_axis
+from bluesky_tomogan.simulate.phantoms import make_phantom
+from bluesky_tomogan.simulate.tomography import DetectorModel, angles_deg, scale_to_max_attenuation, simulate_scan
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    """Five consecutive low-dose uint16 detector frames, 64x64."""
+    vol = scale_to_max_attenuation(make_phantom("bead_pack", 64, 3), 2.0)
+    scan = simulate_scan(vol, angles_deg(90)[:5], DetectorModel(photons=400), np.random.default_rng(0))
+    return np.clip(np.rint(scan.frames), 0, 65535).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def ort_denoiser():
+    return load_denoiser("tomogan-projection", backend="onnxruntime")
+
+
+def test_both_domain_models_are_shipped():
+    assert {"tomogan-projection", "tomogan-slice"} <= set(shipped_models())
+
+
+@pytest.mark.parametrize("backend,precision", [("onnxruntime", "fp32"), ("openvino", "fp32"),
+                                               ("openvino", "int8"), ("litert", "int8")])
+def test_every_cpu_backend_denoises_a_stack_to_the_same_shape(frames, backend, precision):
+    den = load_denoiser("tomogan-projection", backend=backend, precision=precision)
+    out = den.denoise(frames)
+    assert out.shape == frames.shape and out.dtype == np.float32
+    assert den.backend == backend and den.precision == precision
+    assert len(den.model_sha256) == 64
+
+
+def test_output_is_in_the_source_scale_and_less_noisy(frames, ort_denoiser):
+    out = ort_denoiser.denoise(frames)
+    raw = frames.astype(np.float32)
+    assert abs(float(out.mean() - raw.mean())) < 0.02 * float(raw.mean())
+    # noise: high-frequency energy (difference of neighbouring pixels) drops
+    assert np.abs(np.diff(out[2], axis=1)).mean() < 0.7 * np.abs(np.diff(raw[2], axis=1)).mean()
+
+
+def test_single_frame_and_explicit_context(frames, ort_denoiser):
+    single = ort_denoiser.denoise(frames[2])
+    assert single.shape == frames[2].shape
+    ctx = ort_denoiser.denoise_context(frames[1:4])
+    np.testing.assert_allclose(ctx, ort_denoiser.denoise(frames)[2], rtol=1e-5, atol=1e-3)
+
+
+def test_cast_back_to_the_source_dtype(frames, ort_denoiser):
+    out = ort_denoiser.denoise(frames, out_dtype="source")
+    assert out.dtype == np.uint16
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32, np.float64])
+def test_accepts_integer_and_float_dtypes(frames, ort_denoiser, dtype):
+    x = (frames[:3] // 4).astype(dtype) if dtype == np.uint8 else frames[:3].astype(dtype)
+    assert ort_denoiser.denoise(x).shape == x.shape
+
+
+@pytest.mark.parametrize("shape", [(17, 17), (100, 300), (5, 40), (1, 1)])
+def test_any_frame_size(ort_denoiser, shape):
+    x = np.random.default_rng(0).poisson(500, shape).astype(np.float32)
+    assert ort_denoiser.denoise(x).shape == shape
+
+
+def test_fixed_tile_backend_handles_odd_sizes(frames):
+    den = load_denoiser("tomogan-projection", backend="litert")
+    x = np.tile(frames[2], (2, 5))[:100, :300]
+    assert den.denoise(x).shape == (100, 300)
+
+
+def test_tiled_output_has_no_seams(frames):
+    """Interior of a tiled result equals the whole-frame result within a tight tolerance."""
+    whole = load_denoiser("tomogan-projection", backend="onnxruntime")
+    tiled = load_denoiser("tomogan-projection", backend="onnxruntime", tile=64, overlap=32)
+    big = np.tile(frames[1:4], (1, 3, 3)).astype(np.float32)  # 192x192, several tiles
+    a = whole.denoise_context(big)
+    b = tiled.denoise_context(big)
+    rel = np.abs(a - b)[8:-8, 8:-8].max() / (a.max() - a.min())
+    assert rel < 0.01
+
+
+def test_tile_grid_covers_the_frame_and_weights_sum_to_one():
+    grid = TileGrid(100, 300, (64, 64), overlap=16, margin=4)
+    merged = grid.merge(grid.split(np.ones((1, 100, 300), np.float32)))
+    np.testing.assert_allclose(merged, 1.0, rtol=1e-5)
+    assert plan_axis(300, 64, 16)[-1] == 300 - 64
+    assert pad_to(np.ones((2, 3, 3)), 10, 10).shape == (2, 10, 10)
+
+
+@pytest.mark.parametrize("bad,error,match", [
+    (np.zeros((2, 3, 4, 5)), InputShapeError, "4-D"),
+    (np.zeros(7), InputShapeError, "1-D"),
+    (np.zeros((0, 8, 8)), InputShapeError, "empty"),
+    (np.full((8, 8), np.nan), InputValueError, "64 NaN/inf"),
+    (np.array([[np.inf, 1.0], [1.0, 1.0]]), InputValueError, "1 NaN/inf"),
+    (np.zeros((8, 8), bool), InputValueError, "dtype bool"),
+    (np.zeros((8, 8), complex), InputValueError, "dtype complex"),
+])
+def test_bad_frames_are_specific_errors(ort_denoiser, bad, error, match):
+    with pytest.raises(error, match=match):
+        ort_denoiser.denoise(bad)
+
+
+def test_wrong_context_depth_is_a_shape_error(frames, ort_denoiser):
+    with pytest.raises(InputShapeError, match=r"\(3, H, W\)"):
+        ort_denoiser.denoise_context(frames[:2])
+
+
+def test_unknown_names_are_specific_errors():
+    with pytest.raises(UnknownBackendError, match="'quantum'"):
+        load_denoiser(backend="quantum")
+    with pytest.raises(PrecisionError, match="'int4'"):
+        load_denoiser(precision="int4")
+    with pytest.raises(UnknownModelError, match="tomogan-projection"):
+        load_denoiser("no-such-model")
+    with pytest.raises(PrecisionError, match="fp32 only"):
+        load_denoiser(backend="onnxruntime", precision="int8")
+
+
+def test_edgetpu_without_the_device_says_what_to_install():
+    with pytest.raises(BackendUnavailableError, match="libedgetpu"):
+        load_denoiser(backend="edgetpu")
+
+
+def test_tensorrt_without_a_gpu_is_unavailable_not_a_crash():
+    with pytest.raises(BackendUnavailableError, match="tensorrt|CUDA|cuda"):
+        load_denoiser(backend="tensorrt")
+
+
+@pytest.fixture
+def model_copy(tmp_path):
+    card = load_card("tomogan-projection")
+    for entry in card["files"].values():
+        shutil.copy2(f"{card['_dir']}/{entry['path']}", tmp_path)
+        if entry["path"].endswith(".xml"):
+            shutil.copy2(f"{card['_dir']}/{entry['path'][:-4]}.bin", tmp_path)
+    shutil.copy2(f"{card['_dir']}/tomogan-projection.json", tmp_path)
+    return tmp_path
+
+
+def test_corrupt_model_file_is_refused_by_its_checksum(model_copy):
+    onnx = model_copy / "tomogan-projection.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match="does not match the sha256"):
+        load_denoiser(model_copy, backend="onnxruntime")
+
+
+def test_missing_model_file_is_named(model_copy):
+    (model_copy / "tomogan-projection.int8.tflite").unlink()
+    with pytest.raises(ModelLoadError, match=r"int8.tflite is missing"):
+        load_denoiser(model_copy, backend="litert")
+
+
+def test_corrupt_model_card_is_named(model_copy):
+    (model_copy / "tomogan-projection.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="not readable JSON"):
+        load_denoiser(model_copy)
+
+
+def test_errors_share_the_package_hierarchy():
+    for exc in (BackendUnavailableError, InputShapeError, ModelLoadError, UnknownBackendError):
+        assert issubclass(exc, TomoGANError)
+    assert issubclass(ModelLoadError, OSError) and issubclass(InputShapeError, ValueError)
+
+
+def test_auto_picks_a_backend_within_tolerance_and_reports_it(caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="bluesky_tomogan")
+    den = load_denoiser()
+    card = load_card("tomogan-projection")
+    key = f"{den.backend}/{den.precision}"
+    if den.precision != "fp32":
+        assert card["quantization"][key]["ssim_drop"] <= {"int8": 0.005, "bf16": 0.001}[den.precision]
+    assert f"on {den.backend}/{den.precision}" in caplog.text
+    prov = den.provenance()
+    assert prov["backend"] == den.backend and prov["model_sha256"] == den.model_sha256
+
+
+def test_inference_never_imports_torch(tmp_path):
+    script = textwrap.dedent("""
+        import sys
+        sys.modules["torch"] = None  # any `import torch` now raises ImportError
+        import numpy as np
+        from bluesky_tomogan import load_denoiser
+        for backend, precision in [("onnxruntime", "fp32"), ("openvino", "int8"), ("litert", "int8")]:
+            d = load_denoiser(backend=backend, precision=precision)
+            d.denoise(np.random.default_rng(0).poisson(300, (3, 40, 40)).astype("uint16"))
+        d = load_denoiser()
+        print("ok", d.backend)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ok")
+
+
+def test_model_card_records_quality_of_every_precision():
+    card = load_card("tomogan-slice")
+    assert {"onnxruntime/fp32", "litert/int8", "openvino/int8"} <= set(card["quantization"])
+    assert json.dumps(card["training"]["stopped"])
