@@ -26,6 +26,7 @@ demo: $(STAMP_CORE)
 
 test: $(STAMP_TEST)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 # Everything, including slow tests (training runs, exports that need TensorFlow).

@@ -31,7 +31,7 @@ def _flat_corrected(frames: np.ndarray, flat: np.ndarray, dark: np.ndarray) -> n
 
 
 def run_demo(out: Path, size: int = 256, n_angles: int = 180, photons: float = 500.0,
-             backend: str = "auto", seed: int = 7) -> dict[str, object]:
+             backend: str = "auto", seed: int = 7) -> dict[str, float]:
     """Run the demo and return its measured numbers; see the module docstring."""
     import matplotlib
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Literal
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -147,9 +148,21 @@ class Denoiser:
         stack = arr[None] if arr.ndim == 2 else arr
         group = np.zeros(len(stack), np.int32)
         out = np.empty(stack.shape, np.float32)
-        for i in range(len(stack)):
-            idx = context_indices(group, i, self.depth)
-            out[i] = self._denoise_context(stack[idx], stack[i])
+
+        def prepare(i: int) -> _Prepared:
+            return self._prepare(stack[context_indices(group, i, self.depth)], stack[i])
+
+        if len(stack) == 1:
+            out[0] = self._infer(prepare(0))
+        else:
+            # Normalise and tile frame i+1 while frame i runs (runtimes release the GIL).
+            with ThreadPoolExecutor(1, thread_name_prefix="tomogan-prep") as pool:
+                pending = pool.submit(prepare, 0)
+                for i in range(len(stack)):
+                    prep = pending.result()
+                    if i + 1 < len(stack):
+                        pending = pool.submit(prepare, i + 1)
+                    out[i] = self._infer(prep)
         result = out[0] if arr.ndim == 2 else out
         return self._cast(result, arr.dtype) if out_dtype == "source" else result
 
@@ -189,12 +202,6 @@ class Denoiser:
             return np.clip(np.rint(result), info.min, info.max).astype(dtype)
         return result.astype(dtype, copy=False)
 
-    def _denoise_context(self, context: np.ndarray, centre: np.ndarray) -> np.ndarray:
-        offset, scale = robust_range(centre)
-        x = normalise(context, offset, scale)
-        y = self._run_frame(x)
-        return denormalise(y, offset, scale)
-
     def _tile_shape(self, h: int, w: int) -> tuple[int, int]:
         if self.session.fixed_shape is not None:
             return self.session.fixed_shape
@@ -206,18 +213,35 @@ class Denoiser:
         tw = min(-(-w // m) * m, MAX_WHOLE_FRAME)
         return th, tw
 
-    def _run_frame(self, x: np.ndarray) -> np.ndarray:
-        """``(C, H, W)`` normalised -> ``(H, W)`` normalised output."""
+    def _prepare(self, context: np.ndarray, centre: np.ndarray) -> _Prepared:
+        """Normalise and tile one context (CPU work that can overlap another frame's inference)."""
+        offset, scale = robust_range(centre)
+        x = normalise(context, offset, scale)
         h, w = x.shape[-2:]
         th, tw = self._tile_shape(h, w)
         padded = pad_to(x, max(h, th), max(w, tw))
         grid = TileGrid(padded.shape[-2], padded.shape[-1], (th, tw), self.overlap, margin=self.overlap // 4)
-        tiles = grid.split(padded)
+        return _Prepared(grid, grid.split(padded), x[self.depth // 2], offset, scale)
+
+    def _infer(self, prep: _Prepared) -> np.ndarray:
+        """Run the tiles through the backend, blend, add the centre frame, map back."""
         outs = []
         with self._lock:
-            for i in range(0, len(tiles), self.session.max_batch):
-                outs.append(self.session.run(tiles[i : i + self.session.max_batch]))
-        merged = grid.merge(np.concatenate(outs))[0, :h, :w]
+            for i in range(0, len(prep.tiles), self.session.max_batch):
+                outs.append(self.session.run(prep.tiles[i : i + self.session.max_batch]))
+        h, w = prep.centre.shape
+        merged = prep.grid.merge(np.concatenate(outs))[0, :h, :w]
         if self.residual_on_host:
-            merged += x[self.depth // 2]
-        return merged
+            merged += prep.centre
+        return denormalise(merged, prep.offset, prep.scale)
+
+    def _denoise_context(self, context: np.ndarray, centre: np.ndarray) -> np.ndarray:
+        return self._infer(self._prepare(context, centre))
+
+
+class _Prepared(NamedTuple):
+    grid: TileGrid
+    tiles: np.ndarray
+    centre: np.ndarray  # normalised centre frame, for the host-side residual
+    offset: float
+    scale: float

@@ -61,8 +61,7 @@ def pad_to(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     if ph == 0 and pw == 0:
         return frames
     pad = [(0, 0)] * (frames.ndim - 2) + [(0, ph), (0, pw)]
-    mode = "reflect" if ph < h and pw < w else "symmetric"
-    out = np.pad(frames, pad, mode=mode)
+    out = np.pad(frames, pad, mode="reflect") if ph < h and pw < w else np.pad(frames, pad, mode="symmetric")
     if out.shape[-2] < height or out.shape[-1] < width:  # symmetric pads at most one length
         return pad_to(out, height, width)
     return out

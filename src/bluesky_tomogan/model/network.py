@@ -242,13 +242,13 @@ class TomoGANGenerator(nn.Module):
 
         def count(mod: nn.Module, _inp: Any, out: torch.Tensor) -> None:
             nonlocal macs
-            kh, kw = mod.kernel_size  # type: ignore[attr-defined]
-            cin = mod.in_channels  # type: ignore[attr-defined]
+            assert isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d))
+            kh, kw = mod.kernel_size
             if isinstance(mod, nn.ConvTranspose2d):
                 # each output pixel of a 2x2/stride-2 deconv receives one tap per input channel
-                macs += out.numel() * cin
+                macs += float(out.numel() * mod.in_channels)
             else:
-                macs += out.numel() * cin * kh * kw
+                macs += float(out.numel() * mod.in_channels * kh * kw)
 
         handles = [
             m.register_forward_hook(count)

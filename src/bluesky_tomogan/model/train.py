@@ -198,9 +198,13 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
 
-    gen = TomoGANGenerator(config.arch).to(memory_format=torch.channels_last)
+    gen = TomoGANGenerator(config.arch).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     use_critic = config.adv_weight > 0 or config.feat_weight > 0
-    disc = TomoGANDiscriminator().to(memory_format=torch.channels_last) if use_critic else None
+    disc = (
+        TomoGANDiscriminator().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        if use_critic
+        else None
+    )
     opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr)
     opt_d = torch.optim.Adam(disc.parameters(), lr=config.lr * 0.5, betas=(0.5, 0.999)) if disc else None
     sampler = PatchSampler(train_pairs, config.patch, config.arch.in_channels, config.seed)

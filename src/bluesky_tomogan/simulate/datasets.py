@@ -258,7 +258,10 @@ def read_dataset(path: str | os.PathLike[str]) -> TomoDataset:
         if train[0].shape[1:] != test[0].shape[1:] and min(test[0].shape[1:]) < 8:
             raise DatasetError(f"{path}: test frames {test[0].shape[1:]} are too small")
         recipe = json.loads(f.attrs.get("recipe", "{}"))
-    return TomoDataset(*train[:2], *test[:2], train[2], test[2], recipe)
+    return TomoDataset(
+        train_ns=train[0], train_gt=train[1], test_ns=test[0], test_gt=test[1],
+        train_group=train[2], test_group=test[2], recipe=recipe,
+    )
 
 
 def make_dataset(

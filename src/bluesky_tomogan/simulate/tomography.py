@@ -10,6 +10,7 @@ the attenuation of a phantom voxel is "per voxel length".
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage, sparse
@@ -238,9 +239,7 @@ def sirt(sinogram: np.ndarray, angles: np.ndarray, iterations: int = 10) -> np.n
     return img.astype(np.float32)
 
 
-def reconstruct(
-    sinograms: np.ndarray, angles: np.ndarray, method: str = "fbp", **kwargs: object
-) -> np.ndarray:
+def reconstruct(sinograms: np.ndarray, angles: np.ndarray, method: str = "fbp", **kwargs: Any) -> np.ndarray:
     """Reconstruct a stack ``(n_angles, z, n_det)`` into slices ``(z, n, n)``.
 
     Parameters

@@ -128,6 +128,7 @@ def _make_calibrator(trt: Any, cudart: Any, data: np.ndarray | None, cache: Path
                 return None
             _check(cudart, cudart.cudaMemcpy(self.device, batch.ctypes.data, batch.nbytes,
                                              cudart.cudaMemcpyKind.cudaMemcpyHostToDevice))
+            assert self.device is not None
             return [int(self.device)]
 
         def read_calibration_cache(self) -> bytes | None:
@@ -146,6 +147,7 @@ class TensorRTSession:
 
     backend = "tensorrt"
     max_batch = MAX_BATCH
+    fixed_shape: tuple[int, int] | None
 
     def __init__(self, onnx_path: str | os.PathLike[str], precision: str, card: dict[str, Any],
                  tile: int = DEFAULT_TILE) -> None:
