@@ -43,7 +43,7 @@ accuracy: $(STAMP_TEST)
 
 bench: $(STAMP_TEST)
 	$(BIN)/pip install --quiet -e ".[export,bench]"
-	$(BIN)/python benchmarks/speed.py --json benchmarks/results/speed.json
+	$(BIN)/python benchmarks/speed.py --json benchmarks/results/speed.json --plot docs/speed.png
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache tomogan-demo

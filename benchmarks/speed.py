@@ -45,6 +45,37 @@ def keras_reference(size: int, repeats: int, threads: int, queue: Any) -> None:
     queue.put(float(np.median(times) * 1e3))
 
 
+def plot(reference: dict[int, float], results: list[dict[str, Any]], path: Path) -> None:
+    """Bar chart: median ms per frame per configuration and size, Keras fp32 as the reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in results if "skipped" not in r]
+    labels = ["Keras fp32 (reference)"] + sorted({f"{r['backend']} {r['precision']}" for r in ok})
+    sizes = sorted(reference)
+    fig, ax = plt.subplots(figsize=(9, 4.5), constrained_layout=True)
+    width = 0.8 / len(labels)
+    for j, label in enumerate(labels):
+        values = []
+        for size in sizes:
+            if j == 0:
+                values.append(reference[size])
+            else:
+                match = [r["median_ms"] for r in ok
+                         if f"{r['backend']} {r['precision']}" == label and r["size"] == size]
+                values.append(match[0] if match else np.nan)
+        ax.bar(np.arange(len(sizes)) + j * width, values, width, label=label)
+    ax.set_xticks(np.arange(len(sizes)) + 0.4 - width / 2, [f"{s}x{s}" for s in sizes])
+    ax.set_yscale("log")
+    ax.set_ylabel("ms per frame (median, full Denoiser path)")
+    ax.set_title("TomoGAN denoising on 2 CPU cores")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tomogan-projection")
@@ -52,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
+    ap.add_argument("--plot", help="write a PNG bar chart here")
     args = ap.parse_args(argv)
     ctx = mp.get_context("spawn")
     reference = {}
@@ -64,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Keras fp32 {size}x{size}: {reference[size]:.1f} ms (median of {args.repeats})", flush=True)
     results = run(args.model, args.sizes, args.repeats, args.threads)
     print(table(results, reference))
+    if args.plot:
+        plot(reference, results, Path(args.plot))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"keras_fp32_median_ms": reference, "results": results}, indent=2))
