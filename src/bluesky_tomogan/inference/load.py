@@ -118,16 +118,10 @@ def _open_session(card: dict[str, Any], backend: str, precision: str, threads: i
         if precision != "int8":
             raise PrecisionError(f"{backend} runs the full-int8 model only, not {precision}")
         kind = "edgetpu" if backend == "edgetpu" else "tflite_int8"
-        if backend == "edgetpu":
-            from .backends.litert import EDGETPU_LIBRARY, interpreter_module
+        if backend == "edgetpu":  # the device check first: a missing runtime is the likelier problem
+            from .backends.litert import interpreter_module, load_edgetpu_delegate
 
-            try:  # the device check first: a missing delegate is the likelier problem
-                interpreter_module().load_delegate(EDGETPU_LIBRARY)
-            except (ValueError, OSError, RuntimeError) as exc:
-                raise BackendUnavailableError(
-                    f"no Edge TPU: cannot load {EDGETPU_LIBRARY} ({exc}); install libedgetpu1-std "
-                    "from Coral's apt repository and connect the device"
-                ) from exc
+            load_edgetpu_delegate(interpreter_module())
         return LiteRTSession(card_file_path(card, kind), threads, edgetpu=backend == "edgetpu"), _sha(card, kind)
     if backend == "tensorrt":
         try:

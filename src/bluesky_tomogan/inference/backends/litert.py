@@ -8,6 +8,7 @@ after ``edgetpu_compiler`` (``*_edgetpu.tflite``), through the
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 
 from ...errors import BackendUnavailableError, ModelLoadError
 
-__all__ = ["LiteRTSession", "interpreter_module", "EDGETPU_LIBRARY"]
+__all__ = ["LiteRTSession", "interpreter_module", "load_edgetpu_delegate", "EDGETPU_LIBRARY"]
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"
 
@@ -45,6 +46,27 @@ def interpreter_module() -> Any:
         ) from exc
 
 
+def load_edgetpu_delegate(mod: Any) -> Any:
+    """Load the Edge TPU delegate, or raise :class:`BackendUnavailableError` saying what is missing.
+
+    The library is probed with ctypes first: LiteRT's ``Delegate`` raises from
+    its ``__del__`` when the library cannot be loaded at all.
+    """
+    try:
+        ctypes.CDLL(EDGETPU_LIBRARY)
+    except OSError as exc:
+        raise BackendUnavailableError(
+            f"Edge TPU runtime {EDGETPU_LIBRARY} is not installed ({exc}); install libedgetpu1-std "
+            "from Coral's apt repository (https://coral.ai/software/)"
+        ) from exc
+    try:
+        return mod.load_delegate(EDGETPU_LIBRARY)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise BackendUnavailableError(
+            f"{EDGETPU_LIBRARY} is installed but no Edge TPU could be opened ({exc}); connect the device"
+        ) from exc
+
+
 class LiteRTSession:
     """Run a full-int8 TFLite model (fixed tile shape, NHWC, int8 in and out)."""
 
@@ -61,13 +83,7 @@ class LiteRTSession:
         mod = interpreter_module()
         delegates = []
         if edgetpu:
-            try:
-                delegates = [mod.load_delegate(EDGETPU_LIBRARY)]
-            except (ValueError, OSError, RuntimeError) as exc:
-                raise BackendUnavailableError(
-                    f"Edge TPU delegate {EDGETPU_LIBRARY} cannot be loaded ({exc}); install "
-                    "libedgetpu1-std from Coral's apt repository and plug in the device"
-                ) from exc
+            delegates = [load_edgetpu_delegate(mod)]
         try:
             self._it = mod.Interpreter(
                 model_path=str(Path(tflite_path)), experimental_delegates=delegates or None, num_threads=threads
