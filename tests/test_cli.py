@@ -43,3 +43,33 @@ def test_denoise_with_an_unknown_backend_is_one_clear_error_line(tmp_path, capsy
     np.save(src, np.zeros((16, 16), np.float32))
     assert main(["denoise", str(src), str(tmp_path / "o.npy"), "--backend", "quantum"]) == 1
     assert "unknown backend 'quantum'" in capsys.readouterr().err
+
+
+def test_denoise_an_hdf5_stack_keeps_dtype_and_records_provenance(tmp_path, capsys):
+    import json
+
+    import h5py
+    import numpy as np
+
+    src, dest = tmp_path / "in.h5", tmp_path / "out.h5"
+    frames = np.random.default_rng(0).poisson(800, (4, 40, 56)).astype(np.uint16)
+    with h5py.File(src, "w") as f:
+        f["frames"] = frames
+    assert main(["denoise", str(src), str(dest), "--key", "frames", "--backend", "onnxruntime", "--keep-dtype"]) == 0
+    with h5py.File(dest, "r") as f:
+        out = f["denoised"][()]
+        assert json.loads(f["denoised"].attrs["backend"]) == "onnxruntime"
+        assert len(json.loads(f["denoised"].attrs["model_sha256"])) == 64
+    assert out.shape == frames.shape and out.dtype == np.uint16
+    assert out.std() < frames.std()  # photon noise removed
+
+
+def test_denoise_names_the_missing_dataset(tmp_path, capsys):
+    import h5py
+
+    src = tmp_path / "in.h5"
+    with h5py.File(src, "w") as f:
+        f["a"] = [[1.0]]
+        f["b"] = [[1.0]]
+    assert main(["denoise", str(src), str(tmp_path / "o.h5")]) == 1
+    assert "holds 2 datasets ['a', 'b']; choose one with --key" in capsys.readouterr().err
