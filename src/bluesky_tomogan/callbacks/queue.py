@@ -1,0 +1,97 @@
+"""A bounded, thread-safe frame queue with an explicit policy for when it is full.
+
+Policies
+--------
+``block``
+    ``put`` waits until the worker makes room: nothing is ever dropped, and the
+    RunEngine's callback thread (so the scan) slows to the denoiser's pace.
+``drop-oldest``
+    ``put`` never waits; the oldest queued frame is discarded and counted.
+``latest-only``
+    ``put`` never waits; every queued frame is discarded and counted, so the
+    worker always takes the newest frame (live display at any cost).
+
+Control items (end-of-stream markers) are never dropped.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any, Literal
+
+__all__ = ["FrameQueue", "POLICIES", "Policy"]
+
+Policy = Literal["block", "drop-oldest", "latest-only"]
+POLICIES: tuple[str, ...] = ("block", "drop-oldest", "latest-only")
+
+
+class FrameQueue:
+    """Bounded FIFO of work items; see the module docstring for the policies.
+
+    Parameters
+    ----------
+    maxsize : int
+        Most frames held at once (control items do not count).
+    policy : {"block", "drop-oldest", "latest-only"}
+        What ``put`` does when full.
+    """
+
+    def __init__(self, maxsize: int = 16, policy: Policy = "block") -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown queue policy {policy!r}; choose from {', '.join(POLICIES)}")
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be >= 1, got {maxsize}")
+        self.maxsize = maxsize
+        self.policy = policy
+        self._items: deque[tuple[bool, Any]] = deque()  # (is_frame, item)
+        self._frames = 0
+        self._cond = threading.Condition()
+        self.dropped: list[Any] = []  # every dropped item, for the record
+
+    def __len__(self) -> int:
+        with self._cond:
+            return self._frames
+
+    def put(self, item: Any) -> None:
+        """Queue a frame, applying the policy when full."""
+        with self._cond:
+            if self.policy == "block":
+                while self._frames >= self.maxsize:
+                    self._cond.wait()
+            elif self.policy == "latest-only":
+                self._drop_frames(self._frames)
+            elif self._frames >= self.maxsize:
+                self._drop_frames(1)
+            self._items.append((True, item))
+            self._frames += 1
+            self._cond.notify_all()
+
+    def put_control(self, item: Any) -> None:
+        """Queue a control item (never dropped, never blocks)."""
+        with self._cond:
+            self._items.append((False, item))
+            self._cond.notify_all()
+
+    def get(self, timeout: float | None = None) -> tuple[bool, Any] | None:
+        """Next ``(is_frame, item)``, or ``None`` after ``timeout`` seconds."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: bool(self._items), timeout):
+                return None
+            is_frame, item = self._items.popleft()
+            if is_frame:
+                self._frames -= 1
+                self._cond.notify_all()
+            return is_frame, item
+
+    def _drop_frames(self, n: int) -> None:
+        kept: deque[tuple[bool, Any]] = deque()
+        while self._items:
+            is_frame, item = self._items.popleft()
+            if is_frame and n > 0:
+                self.dropped.append(item)
+                self._frames -= 1
+                n -= 1
+            else:
+                kept.append((is_frame, item))
+        self._items = kept

@@ -1,0 +1,348 @@
+"""``TomoGANCallback``: denoise detector frames during a run into a derived stream of that run.
+
+An :class:`event_model.DocumentRouter` that sits between the RunEngine and
+storage. It passes every document through to its own subscribers unchanged
+and adds, for each stream that carries 2-D image fields, a derived stream
+(``denoised`` for ``primary``, ``<stream>_denoised`` otherwise) in the same
+run, composed with event-model so uids, times and counters are right.
+
+Threads: the RunEngine's callback thread only queues frames (bounded, with a
+policy when full) and emits documents; one worker thread denoises. Finished
+frames wait in an outbox and are emitted from the callback thread at the next
+document, so downstream consumers are never called concurrently and see
+documents in order. At ``stop`` the worker is flushed (with a timeout), the
+derived events are emitted, and the stop document's ``num_events`` counts the
+derived streams.
+
+Context: frame *k* is denoised when frame *k+1* arrives, with (k-1, k, k+1)
+as context; the first and last frames of a run use mirrored neighbours, the
+same rule as training (``bluesky_tomogan.frames.context_indices``).
+
+Scope of this version: inline image data (``event``/``event_page`` arrays).
+External data (Resource/Datum, StreamResource/StreamDatum) is passed through
+untouched and logged as not yet denoised.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import event_model
+import numpy as np
+from event_model.documents import EventDescriptor, EventPage, RunStart, RunStop
+
+from ..errors import TomoGANError
+from ..inference.denoiser import Denoiser
+from .queue import FrameQueue, Policy
+
+__all__ = ["TomoGANCallback", "image_fields"]
+
+log = logging.getLogger(__name__)
+Subscriber = Callable[[str, Any], Any]
+_END = "end-of-run"
+
+
+def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
+    """Data keys of a descriptor that hold single 2-D frames (shape ``[H, W]`` or ``[1, H, W]``)."""
+    out = []
+    for key, dk in descriptor.get("data_keys", {}).items():
+        shape = [s for s in (dk.get("shape") or []) if s is not None]
+        if dk.get("dtype") == "array" and (len(shape) == 2 or (len(shape) == 3 and shape[0] == 1)):
+            out.append(key)
+    return out
+
+
+@dataclass
+class _Frame:
+    stream: str  # raw descriptor uid
+    field: str
+    frame: np.ndarray
+    seq_num: int
+    uid: str
+    received: float
+
+
+@dataclass
+class _Result:
+    item: _Frame
+    denoised: np.ndarray | None
+    error: str = ""
+    removed_sigma: float = float("nan")
+    finished: float = 0.0
+
+
+class TomoGANCallback(event_model.DocumentRouter):
+    """Denoise every 2-D detector frame of a run into a derived stream of the same run.
+
+    Parameters
+    ----------
+    denoiser : Denoiser or mapping of field name to Denoiser
+        One denoiser for every image field, or one per field (projections and
+        reconstructed slices need different models).
+    fields : list of str, optional
+        Image fields to denoise (default: every 2-D field, or the mapping's keys).
+    policy : {"block", "drop-oldest", "latest-only"}
+        What to do when ``maxsize`` frames are waiting (see :mod:`.queue`).
+        Dropped frames are counted in ``dropped`` and logged, never silent.
+    maxsize : int
+        Queue bound.
+    flush_timeout : float
+        Seconds ``stop`` waits for the worker before passing the stop document on.
+
+    Examples
+    --------
+    >>> cb = TomoGANCallback(load_denoiser())          # doctest: +SKIP
+    >>> cb.subscribe(TiledWriter(client))              # doctest: +SKIP
+    >>> RE.subscribe(cb)                               # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        denoiser: Denoiser | Mapping[str, Denoiser],
+        fields: list[str] | None = None,
+        *,
+        policy: Policy = "block",
+        maxsize: int = 16,
+        flush_timeout: float = 60.0,
+    ) -> None:
+        super().__init__()
+        self._denoisers = dict(denoiser) if isinstance(denoiser, Mapping) else None
+        self._default = None if isinstance(denoiser, Mapping) else denoiser
+        self._fields = fields if fields is not None else (list(denoiser) if isinstance(denoiser, Mapping) else None)
+        self._policy: Policy = policy
+        self._maxsize = maxsize
+        self.flush_timeout = flush_timeout
+        self._subscribers: dict[int, Subscriber] = {}
+        self._next_token = 0
+        self._reset()
+
+    # -- subscribers ------------------------------------------------------------------------
+
+    def subscribe(self, func: Subscriber) -> int:
+        """Send every document (raw and derived) to ``func(name, doc)``; returns a token."""
+        self._next_token += 1
+        self._subscribers[self._next_token] = func
+        return self._next_token
+
+    def unsubscribe(self, token: int) -> None:
+        self._subscribers.pop(token, None)
+
+    def _publish(self, name: str, doc: Mapping[str, Any]) -> None:
+        for token, func in list(self._subscribers.items()):
+            try:
+                func(name, doc)
+            except Exception:  # a consumer's failure must not stop the scan or other consumers
+                self.consumer_errors += 1
+                log.exception("subscriber %r raised on a %s document; continuing", func, name)
+                del token
+
+    # -- per-run state ----------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self._start: RunStart | None = None
+        self._streams: dict[str, Any] = {}
+        self._counters: dict[str, int] = {}
+        self._derived: dict[tuple[str, str], Any] = {}  # (raw descriptor uid, field) -> descriptor bundle
+        self._queue = FrameQueue(self._maxsize, self._policy)
+        self._outbox: deque[_Result] = deque()
+        self._windows: dict[tuple[str, str], list[_Frame]] = {}
+        self._done = threading.Event()
+        self._worker: threading.Thread | None = None
+        self.errors: list[str] = []
+        self.consumer_errors = 0
+
+    @property
+    def dropped(self) -> int:
+        """Frames dropped by the queue policy in the current (or last) run."""
+        return len(self._queue.dropped)
+
+    def _denoiser_for(self, fieldname: str) -> Denoiser:
+        if self._denoisers is not None:
+            return self._denoisers[fieldname]
+        assert self._default is not None
+        return self._default
+
+    # -- the router -------------------------------------------------------------------------
+
+    def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
+        try:
+            self._emit_finished()
+            name, out = super().__call__(name, doc, validate)
+        except Exception:  # never let the plugin stop the RunEngine or lose a raw document
+            log.exception("TomoGAN callback failed on a %s document; passing it through", name)
+            self.errors.append(f"internal error on {name}")
+            out = doc
+            if name != "stop":
+                self._publish(name, doc)
+                return name, doc
+        if name != "stop" and name != "descriptor":
+            self._publish(name, out)
+        return name, out
+
+    def start(self, doc: RunStart) -> RunStart:
+        self._shutdown_worker()
+        self._reset()
+        self._start = doc
+        self._worker = threading.Thread(target=self._work, name="tomogan-worker", daemon=True)
+        self._worker.start()
+        return doc
+
+    def descriptor(self, doc: EventDescriptor) -> EventDescriptor:
+        self._publish("descriptor", doc)
+        wanted = [f for f in image_fields(doc) if self._fields is None or f in self._fields]
+        if not wanted or self._start is None:
+            return doc
+        stream = doc.get("name", "primary")
+        for f in wanted:
+            # One derived stream per image field keeps every row complete; with a single
+            # image field in "primary" (the common case) the stream is simply "denoised".
+            base = "denoised" if stream == "primary" else f"{stream}_denoised"
+            name = base if len(wanted) == 1 else f"{base}_{f}"
+            bundle = event_model.compose_descriptor(
+                start=self._start, streams=self._streams, event_counters=self._counters, name=name,
+                data_keys=self._data_keys(doc, f), object_keys={"tomogan": sorted(self._data_keys(doc, f))},
+                configuration=self._configuration(f),
+            )
+            self._derived[(doc["uid"], f)] = bundle
+            self._publish("descriptor", bundle.descriptor_doc)
+        return doc
+
+    @staticmethod
+    def _data_keys(raw: EventDescriptor, f: str) -> dict[str, Any]:
+        shape = [s for s in raw["data_keys"][f]["shape"] if s is not None][-2:]
+        keys: dict[str, Any] = {f"{f}_denoised": {"source": "bluesky-tomogan", "dtype": "array", "shape": shape,
+                                                  "dtype_numpy": "<f4", "object_name": "tomogan"}}
+        for qc, dtype in (("qc_latency_s", "number"), ("qc_removed_sigma", "number"), ("qc_error", "string"),
+                          ("source_seq_num", "integer"), ("source_uid", "string")):
+            keys[f"{f}_{qc}"] = {"source": "bluesky-tomogan", "dtype": dtype, "shape": [], "object_name": "tomogan"}
+        return keys
+
+    def _configuration(self, f: str) -> dict[str, Any]:
+        """Provenance (model, sha256, backend, precision, tile, versions) as descriptor configuration."""
+        prov = {k: v if isinstance(v, (str, int, float)) else str(v)
+                for k, v in self._denoiser_for(f).provenance().items()}
+        now = time.time()
+        return {"tomogan": {
+            "data": prov,
+            "timestamps": dict.fromkeys(prov, now),
+            "data_keys": {k: {"source": "bluesky-tomogan", "shape": [],
+                              "dtype": "string" if isinstance(v, str) else "number"} for k, v in prov.items()},
+        }}
+
+    def event_page(self, doc: EventPage) -> EventPage:
+        fields = [f for (uid, f) in self._derived if uid == doc["descriptor"]]
+        for f in fields:
+            column = doc["data"].get(f)
+            if column is None:
+                self._note(f"event page {doc['uid'][:8]} lacks image field {f!r}")
+                continue
+            filled = doc.get("filled", {}).get(f, True)
+            for i, value in enumerate(column):
+                if filled is False or (isinstance(filled, list) and filled[i] is False) or isinstance(value, str):
+                    self._note(f"{f}: external (unfilled) data is not denoised yet; passed through")
+                    continue
+                frame = np.asarray(value)
+                if frame.ndim == 3 and frame.shape[0] == 1:
+                    frame = frame[0]
+                self._queue.put(_Frame(doc["descriptor"], f, frame, doc["seq_num"][i], doc["uid"][i], time.time()))
+        return doc
+
+    def stop(self, doc: RunStop) -> RunStop:
+        self._queue.put_control(_END)
+        if self._worker is not None and not self._done.wait(self.flush_timeout):
+            self._note(f"worker did not finish within {self.flush_timeout} s; stop passed on without the rest")
+        self._emit_finished()
+        if self.dropped:
+            log.warning("TomoGAN dropped %d frames (policy %s)", self.dropped, self._policy)
+        out = copy.deepcopy(doc)
+        # event-model counters start at 1: num_events is counter - 1 (as compose_stop does)
+        out.setdefault("num_events", {}).update({k: v - 1 for k, v in self._counters.items()})
+        self._publish("stop", out)
+        self._shutdown_worker()
+        return out
+
+    # -- worker ---------------------------------------------------------------------------
+
+    def _note(self, message: str) -> None:
+        if message not in self.errors:
+            log.warning("TomoGAN: %s", message)
+        self.errors.append(message)
+
+    def _work(self) -> None:
+        while True:
+            got = self._queue.get(timeout=0.5)
+            if got is None:
+                continue
+            is_frame, item = got
+            if not is_frame:
+                for key in list(self._windows):
+                    self._flush_window(key)
+                self._done.set()
+                return
+            key = (item.stream, item.field)
+            window = self._windows.setdefault(key, [])
+            window.append(item)
+            if len(window) == 2:
+                self._denoise(window[0], [window[1], window[0], window[1]])
+            elif len(window) == 3:
+                self._denoise(window[1], window)
+                window.pop(0)
+
+    def _flush_window(self, key: tuple[str, str]) -> None:
+        window = self._windows.pop(key)
+        if len(window) == 1:
+            self._denoise(window[0], [window[0]] * 3)
+        elif len(window) == 2:
+            self._denoise(window[1], [window[0], window[1], window[0]])
+
+    def _denoise(self, item: _Frame, context: list[_Frame]) -> None:
+        try:
+            den = self._denoiser_for(item.field)
+            stack = np.stack([c.frame for c in context])
+            out = den.denoise_context(stack[: den.depth] if den.depth == 3 else stack)
+            removed = float(np.std(item.frame.astype(np.float32) - out))
+            self._outbox.append(_Result(item, out, "", removed, time.time()))
+        except (TomoGANError, ValueError) as exc:  # bad frame: flag it, keep going
+            self._outbox.append(_Result(item, None, f"{type(exc).__name__}: {exc}", finished=time.time()))
+        except Exception as exc:  # a model/runtime failure must not kill the worker
+            log.exception("denoising %s seq %d failed", item.field, item.seq_num)
+            self._outbox.append(_Result(item, None, f"{type(exc).__name__}: {exc}", finished=time.time()))
+
+    def _emit_finished(self) -> None:
+        """Emit finished frames as event pages (one per derived stream), from the caller's thread."""
+        groups: dict[tuple[str, str], list[_Result]] = {}
+        while self._outbox:
+            r = self._outbox.popleft()
+            groups.setdefault((r.item.stream, r.item.field), []).append(r)
+        for (stream, f), rows in groups.items():
+            for r in rows:
+                if r.error:
+                    self._note(f"{f} seq {r.item.seq_num}: {r.error}")
+            data = {
+                # a frame that could not be denoised is recorded (qc_error) with zeros, not skipped
+                f"{f}_denoised": [r.denoised if r.denoised is not None else np.zeros(r.item.frame.shape, np.float32)
+                                  for r in rows],
+                f"{f}_qc_latency_s": [r.finished - r.item.received for r in rows],
+                f"{f}_qc_removed_sigma": [r.removed_sigma for r in rows],
+                f"{f}_qc_error": [r.error for r in rows],
+                f"{f}_source_seq_num": [r.item.seq_num for r in rows],
+                f"{f}_source_uid": [r.item.uid for r in rows],
+            }
+            now = time.time()
+            page = self._derived[(stream, f)].compose_event_page(
+                data=data, timestamps={k: [now] * len(rows) for k in data}, validate=False,
+            )
+            self._publish("event_page", page)
+
+    def _shutdown_worker(self) -> None:
+        if self._worker is not None and self._worker.is_alive():
+            self._queue.put_control(_END)
+            self._worker.join(timeout=self.flush_timeout)
+        self._worker = None

@@ -1,0 +1,153 @@
+"""TomoGANCallback with a real RunEngine and ophyd.sim detectors."""
+
+from __future__ import annotations
+
+import time
+
+import bluesky.plans as bp
+import event_model
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from ophyd.sim import SynSignal
+
+from bluesky_tomogan import load_denoiser
+from bluesky_tomogan.callbacks import FrameQueue, TomoGANCallback, image_fields
+
+
+@pytest.fixture
+def RE():
+    re = RunEngine({})
+    yield re
+    if re.state != "idle":
+        re.halt()
+
+
+@pytest.fixture(scope="module")
+def denoiser():
+    return load_denoiser("tomogan-projection", backend="onnxruntime")
+
+
+def camera(name="cam", shape=(48, 64), seed=0):
+    rng = np.random.default_rng(seed)
+    return SynSignal(func=lambda: rng.poisson(500, shape).astype(np.uint16), name=name)
+
+
+def run(RE, cb, detectors, num=5):
+    docs = []
+    cb.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE.subscribe(cb)
+    RE(bp.count(detectors, num=num))
+    return docs
+
+
+def validate(docs):
+    for name, doc in docs:
+        event_model.schema_validators[getattr(event_model.DocumentNames, name)].validate(doc)
+
+
+def test_denoised_stream_in_the_same_run_with_valid_documents(RE, denoiser):
+    docs = run(RE, TomoGANCallback(denoiser), [camera()])
+    validate(docs)
+    descriptors = {d["name"]: d for n, d in docs if n == "descriptor"}
+    assert set(descriptors) == {"primary", "denoised"}
+    start = next(d for n, d in docs if n == "start")
+    assert descriptors["denoised"]["run_start"] == start["uid"]
+    assert descriptors["denoised"]["configuration"]["tomogan"]["data"]["backend"] == "onnxruntime"
+    assert len(descriptors["denoised"]["configuration"]["tomogan"]["data"]["model_sha256"]) == 64
+    pages = [d for n, d in docs if n == "event_page" and d["descriptor"] == descriptors["denoised"]["uid"]]
+    raw = [d for n, d in docs if n == "event"]
+    seq = [s for p in pages for s in p["data"]["cam_source_seq_num"]]
+    uids = [u for p in pages for u in p["data"]["cam_source_uid"]]
+    assert seq == [e["seq_num"] for e in raw] and uids == [e["uid"] for e in raw]
+    frames = [f for p in pages for f in p["data"]["cam_denoised"]]
+    assert all(np.asarray(f).shape == (48, 64) for f in frames)
+    assert docs[-1][0] == "stop" and docs[-1][1]["num_events"] == {"primary": 5, "denoised": 5}
+
+
+def test_raw_documents_pass_through_unchanged(RE, denoiser):
+    plain = []
+    RE.subscribe(lambda name, doc: plain.append((name, doc)))
+    docs = run(RE, TomoGANCallback(denoiser), [camera()])
+    raw_events = [d for n, d in plain if n == "event"]
+    passed = [d for n, d in docs if n == "event"]
+    assert len(raw_events) == len(passed) == 5
+    for a, b in zip(raw_events, passed, strict=True):
+        assert a["uid"] == b["uid"] and np.array_equal(a["data"]["cam"], b["data"]["cam"])
+
+
+def test_block_policy_drops_nothing(RE, denoiser):
+    cb = TomoGANCallback(denoiser, policy="block", maxsize=1)
+    docs = run(RE, cb, [camera()], num=12)
+    assert cb.dropped == 0 and docs[-1][1]["num_events"]["denoised"] == 12
+
+
+def test_drop_oldest_counts_every_dropped_frame():
+    q = FrameQueue(maxsize=2, policy="drop-oldest")
+    for i in range(5):
+        q.put(i)
+    assert len(q) == 2 and q.dropped == [0, 1, 2]
+    latest = FrameQueue(maxsize=4, policy="latest-only")
+    for i in range(3):
+        latest.put(i)
+    assert len(latest) == 1 and latest.dropped == [0, 1]
+    with pytest.raises(ValueError, match="unknown queue policy"):
+        FrameQueue(policy="sometimes")  # type: ignore[arg-type]
+
+
+def test_a_raising_subscriber_does_not_stop_the_scan_or_other_subscribers(RE, denoiser):
+    cb = TomoGANCallback(denoiser)
+
+    def broken(name, doc):
+        raise RuntimeError("disk full")
+
+    cb.subscribe(broken)
+    docs = run(RE, cb, [camera()])
+    assert docs[-1][0] == "stop" and docs[-1][1]["num_events"]["denoised"] == 5
+    assert cb.consumer_errors > 0
+
+
+def test_bad_frames_are_flagged_not_fatal(RE, denoiser):
+    rng = np.random.default_rng(0)
+    calls = iter(range(100))
+
+    def frame():
+        f = rng.poisson(500, (32, 32)).astype(np.float32)
+        if next(calls) == 2:
+            f[3, 3] = np.nan
+        return f
+
+    cb = TomoGANCallback(denoiser)
+    docs = run(RE, cb, [SynSignal(func=frame, name="cam")])
+    errors = [e for n, d in docs if n == "event_page" for e in d["data"].get("cam_qc_error", [])]
+    assert sum(bool(e) for e in errors) >= 1 and any("NaN" in e for e in errors)
+    assert docs[-1][1]["num_events"]["denoised"] == 5
+
+
+def test_two_detectors_get_one_derived_stream_each(RE, denoiser):
+    docs = run(RE, TomoGANCallback(denoiser), [camera("cam1"), camera("cam2", (32, 40), 1)])
+    validate(docs)
+    names = sorted(d["name"] for n, d in docs if n == "descriptor")
+    assert names == ["denoised_cam1", "denoised_cam2", "primary"]
+
+
+def test_many_runs_in_one_session(RE, denoiser):
+    cb = TomoGANCallback(denoiser)
+    docs = run(RE, cb, [camera()], num=3)
+    RE(bp.count([camera()], num=2))
+    stops = [d for n, d in docs if n == "stop"]
+    assert [s["num_events"]["denoised"] for s in stops] == [3, 2]
+
+
+def test_image_fields_finds_2d_frames_only():
+    desc = {"data_keys": {"img": {"dtype": "array", "shape": [1, 8, 8]}, "x": {"dtype": "number", "shape": []},
+                          "line": {"dtype": "array", "shape": [8]}, "img2": {"dtype": "array", "shape": [4, 5]}}}
+    assert image_fields(desc) == ["img", "img2"]
+
+
+def test_worker_finishes_before_stop_is_passed_on(RE, denoiser):
+    cb = TomoGANCallback(denoiser, flush_timeout=30)
+    t0 = time.perf_counter()
+    docs = run(RE, cb, [camera(shape=(128, 128))], num=4)
+    assert time.perf_counter() - t0 < 30
+    assert [n for n, _ in docs].index("stop") == len(docs) - 1
