@@ -151,3 +151,37 @@ def test_worker_finishes_before_stop_is_passed_on(RE, denoiser):
     docs = run(RE, cb, [camera(shape=(128, 128))], num=4)
     assert time.perf_counter() - t0 < 30
     assert [n for n, _ in docs].index("stop") == len(docs) - 1
+
+
+def test_external_mode_writes_frames_to_hdf5_described_by_stream_documents(RE, denoiser, tmp_path):
+    import h5py
+
+    cb = TomoGANCallback(denoiser, directory=tmp_path)
+    docs = run(RE, cb, [camera()], num=4)
+    validate(docs)
+    desc = next(d for n, d in docs if n == "descriptor" and d["name"] == "denoised")
+    assert desc["data_keys"]["cam_denoised"]["external"] == "STREAM:"
+    assert desc["data_keys"]["cam_denoised"]["shape"] == [1, 48, 64]
+    (resource,) = [d for n, d in docs if n == "stream_resource"]
+    datums = [d for n, d in docs if n == "stream_datum"]
+    assert resource["mimetype"] == "application/x-hdf5" and resource["parameters"]["dataset"] == "/data"
+    assert sum(d["indices"]["stop"] - d["indices"]["start"] for d in datums) == 4
+    assert all(d["descriptor"] == desc["uid"] for d in datums)
+    pages = [d for n, d in docs if n == "event_page" and d["descriptor"] == desc["uid"]]
+    assert all("cam_denoised" not in p["data"] for p in pages)  # frames are external, QC columns inline
+    path = resource["uri"].removeprefix("file://")
+    with h5py.File(path, "r", swmr=True) as f:
+        frames = f["data"][()]
+    assert frames.shape == (4, 48, 64) and frames.dtype == np.float32 and np.isfinite(frames).all()
+    assert docs[-1][1]["num_events"]["denoised"] == 4
+
+
+def test_local_tiled_starts_an_embedded_server(tmp_path):
+    from bluesky_tomogan.storage import close_local_tiled, frames_directory, local_tiled
+
+    client = local_tiled(tmp_path / "store")
+    try:
+        assert list(client) == []
+        assert frames_directory(tmp_path / "store").is_dir()
+    finally:
+        close_local_tiled(client)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -40,6 +41,7 @@ from event_model.documents import EventDescriptor, EventPage, RunStart, RunStop
 
 from ..errors import TomoGANError
 from ..inference.denoiser import Denoiser
+from .frame_writer import DerivedFrameWriter
 from .queue import FrameQueue, Policy
 
 __all__ = ["TomoGANCallback", "image_fields"]
@@ -95,6 +97,11 @@ class TomoGANCallback(event_model.DocumentRouter):
         Queue bound.
     flush_timeout : float
         Seconds ``stop`` waits for the worker before passing the stop document on.
+    directory : path-like, optional
+        Where derived frames are written as HDF5 (``<directory>/<run uid>/``) and
+        described by StreamResource/StreamDatum documents: required for storage
+        with TiledWriter. Without it, frames travel inline in the derived events
+        (fine for live plots and small tests).
 
     Examples
     --------
@@ -111,8 +118,10 @@ class TomoGANCallback(event_model.DocumentRouter):
         policy: Policy = "block",
         maxsize: int = 16,
         flush_timeout: float = 60.0,
+        directory: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
+        self.directory = directory
         self._denoisers = dict(denoiser) if isinstance(denoiser, Mapping) else None
         self._default = None if isinstance(denoiser, Mapping) else denoiser
         self._fields = fields if fields is not None else (list(denoiser) if isinstance(denoiser, Mapping) else None)
@@ -157,6 +166,7 @@ class TomoGANCallback(event_model.DocumentRouter):
         self._worker: threading.Thread | None = None
         self.errors: list[str] = []
         self.consumer_errors = 0
+        self._writer: DerivedFrameWriter | None = None
 
     @property
     def dropped(self) -> int:
@@ -190,6 +200,8 @@ class TomoGANCallback(event_model.DocumentRouter):
         self._shutdown_worker()
         self._reset()
         self._start = doc
+        if self.directory is not None:
+            self._writer = DerivedFrameWriter(self.directory, doc)
         self._worker = threading.Thread(target=self._work, name="tomogan-worker", daemon=True)
         self._worker.start()
         return doc
@@ -207,18 +219,24 @@ class TomoGANCallback(event_model.DocumentRouter):
             name = base if len(wanted) == 1 else f"{base}_{f}"
             bundle = event_model.compose_descriptor(
                 start=self._start, streams=self._streams, event_counters=self._counters, name=name,
-                data_keys=self._data_keys(doc, f), object_keys={"tomogan": sorted(self._data_keys(doc, f))},
-                configuration=self._configuration(f),
+                data_keys=self._data_keys(doc, f, external=self._writer is not None),
+                object_keys={"tomogan": sorted(self._data_keys(doc, f))}, configuration=self._configuration(f),
             )
             self._derived[(doc["uid"], f)] = bundle
             self._publish("descriptor", bundle.descriptor_doc)
+            if self._writer is not None:
+                h, w = (int(v or 0) for v in bundle.descriptor_doc["data_keys"][f"{f}_denoised"]["shape"][-2:])
+                self._publish("stream_resource", self._writer.add(f"{f}_denoised", (h, w)))
         return doc
 
     @staticmethod
-    def _data_keys(raw: EventDescriptor, f: str) -> dict[str, Any]:
+    def _data_keys(raw: EventDescriptor, f: str, external: bool = False) -> dict[str, Any]:
         shape = [s for s in raw["data_keys"][f]["shape"] if s is not None][-2:]
-        keys: dict[str, Any] = {f"{f}_denoised": {"source": "bluesky-tomogan", "dtype": "array", "shape": shape,
-                                                  "dtype_numpy": "<f4", "object_name": "tomogan"}}
+        frame_key: dict[str, Any] = {"source": "bluesky-tomogan", "dtype": "array", "shape": shape,
+                                     "dtype_numpy": "<f4", "object_name": "tomogan"}
+        if external:  # written to HDF5, described by StreamResource/StreamDatum (ophyd-async convention)
+            frame_key |= {"external": "STREAM:", "shape": [1, *shape]}
+        keys: dict[str, Any] = {f"{f}_denoised": frame_key}
         for qc, dtype in (("qc_latency_s", "number"), ("qc_removed_sigma", "number"), ("qc_error", "string"),
                           ("source_seq_num", "integer"), ("source_uid", "string")):
             keys[f"{f}_{qc}"] = {"source": "bluesky-tomogan", "dtype": dtype, "shape": [], "object_name": "tomogan"}
@@ -266,6 +284,8 @@ class TomoGANCallback(event_model.DocumentRouter):
         out.setdefault("num_events", {}).update({k: v - 1 for k, v in self._counters.items()})
         self._publish("stop", out)
         self._shutdown_worker()
+        if self._writer is not None:
+            self._writer.close()
         return out
 
     # -- worker ---------------------------------------------------------------------------
@@ -325,21 +345,25 @@ class TomoGANCallback(event_model.DocumentRouter):
             for r in rows:
                 if r.error:
                     self._note(f"{f} seq {r.item.seq_num}: {r.error}")
-            data = {
-                # a frame that could not be denoised is recorded (qc_error) with zeros, not skipped
-                f"{f}_denoised": [r.denoised if r.denoised is not None else np.zeros(r.item.frame.shape, np.float32)
-                                  for r in rows],
+            # a frame that could not be denoised is recorded (qc_error) with zeros, not skipped
+            frames = [r.denoised if r.denoised is not None else np.zeros(r.item.frame.shape, np.float32)
+                      for r in rows]
+            data: dict[str, list[Any]] = {
                 f"{f}_qc_latency_s": [r.finished - r.item.received for r in rows],
                 f"{f}_qc_removed_sigma": [r.removed_sigma for r in rows],
                 f"{f}_qc_error": [r.error for r in rows],
                 f"{f}_source_seq_num": [r.item.seq_num for r in rows],
                 f"{f}_source_uid": [r.item.uid for r in rows],
             }
+            if self._writer is None:
+                data[f"{f}_denoised"] = frames
             now = time.time()
-            page = self._derived[(stream, f)].compose_event_page(
-                data=data, timestamps={k: [now] * len(rows) for k in data}, validate=False,
-            )
+            bundle = self._derived[(stream, f)]
+            page = bundle.compose_event_page(data=data, timestamps={k: [now] * len(rows) for k in data})
             self._publish("event_page", page)
+            if self._writer is not None:
+                self._publish("stream_datum", self._writer.append(
+                    f"{f}_denoised", np.stack(frames), list(page["seq_num"]), bundle.descriptor_doc))
 
     def _shutdown_worker(self) -> None:
         if self._worker is not None and self._worker.is_alive():

@@ -1,0 +1,52 @@
+"""Storage behind a Tiled URI; by default an embedded Tiled server on local disk.
+
+``local_tiled(path)`` starts Tiled's ``SimpleTiledServer`` on a background
+thread (SQLite catalog and files under ``path``), allows it to read the
+derived-frame directory ``path/frames`` that ``TomoGANCallback(directory=...)``
+writes to, and returns a connected client. A production beamline passes the
+URI of its own (PostgreSQL-backed) Tiled server to ``tiled.client.from_uri``
+instead; everything downstream is the same.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import OutputPathError
+
+__all__ = ["local_tiled", "frames_directory", "close_local_tiled"]
+
+
+def frames_directory(path: str | os.PathLike[str]) -> Path:
+    """Where derived frames of the embedded store at ``path`` are written."""
+    return Path(path).expanduser().resolve() / "frames"
+
+
+def local_tiled(path: str | os.PathLike[str] = "~/tomogan-data") -> Any:
+    """Start (or reopen) an embedded Tiled server at ``path`` and return a client.
+
+    The server object is kept on the client as ``client.tomogan_server`` so it
+    lives as long as the client; :func:`close_local_tiled` shuts both down.
+    """
+    from tiled.client import from_uri
+    from tiled.server import SimpleTiledServer
+
+    root = Path(path).expanduser().resolve()
+    try:
+        frames_directory(root).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(f"cannot create the data directory {root}: {exc}") from exc
+    server = SimpleTiledServer(directory=root / "tiled", readable_storage=[frames_directory(root)])
+    client = from_uri(server.uri)  # the URI carries the generated API key
+    client.tomogan_server = server
+    return client
+
+
+def close_local_tiled(client: Any) -> None:
+    """Close a client returned by :func:`local_tiled` and stop its embedded server."""
+    client.context.close()
+    server = getattr(client, "tomogan_server", None)
+    if server is not None:
+        server.close()
