@@ -144,13 +144,12 @@ class TomoGANCallback(event_model.DocumentRouter):
         self._subscribers.pop(token, None)
 
     def _publish(self, name: str, doc: Mapping[str, Any]) -> None:
-        for token, func in list(self._subscribers.items()):
+        for func in list(self._subscribers.values()):
             try:
                 func(name, doc)
             except Exception:  # a consumer's failure must not stop the scan or other consumers
                 self.consumer_errors += 1
                 log.exception("subscriber %r raised on a %s document; continuing", func, name)
-                del token
 
     # -- per-run state ----------------------------------------------------------------------
 
@@ -325,8 +324,7 @@ class TomoGANCallback(event_model.DocumentRouter):
     def _denoise(self, item: _Frame, context: list[_Frame]) -> None:
         try:
             den = self._denoiser_for(item.field)
-            stack = np.stack([c.frame for c in context])
-            out = den.denoise_context(stack[: den.depth] if den.depth == 3 else stack)
+            out = den.denoise_context(np.stack([c.frame for c in context]))
             removed = float(np.std(item.frame.astype(np.float32) - out))
             self._outbox.append(_Result(item, out, "", removed, time.time()))
         except (TomoGANError, ValueError) as exc:  # bad frame: flag it, keep going

@@ -118,10 +118,10 @@ def _open_session(card: dict[str, Any], backend: str, precision: str, threads: i
         if precision != "int8":
             raise PrecisionError(f"{backend} runs the full-int8 model only, not {precision}")
         kind = "edgetpu" if backend == "edgetpu" else "tflite_int8"
-        if backend == "edgetpu":  # the device check first: a missing runtime is the likelier problem
-            from .backends.litert import interpreter_module, load_edgetpu_delegate
+        if backend == "edgetpu":  # the runtime check first: a missing library is the likelier problem
+            from .backends.litert import require_edgetpu_runtime
 
-            load_edgetpu_delegate(interpreter_module())
+            require_edgetpu_runtime()
         return LiteRTSession(card_file_path(card, kind), threads, edgetpu=backend == "edgetpu"), _sha(card, kind)
     if backend == "tensorrt":
         try:

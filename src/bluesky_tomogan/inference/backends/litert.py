@@ -17,7 +17,7 @@ import numpy as np
 
 from ...errors import BackendUnavailableError, ModelLoadError
 
-__all__ = ["LiteRTSession", "interpreter_module", "load_edgetpu_delegate", "EDGETPU_LIBRARY"]
+__all__ = ["LiteRTSession", "interpreter_module", "load_edgetpu_delegate", "require_edgetpu_runtime", "EDGETPU_LIBRARY"]
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"
 
@@ -46,11 +46,11 @@ def interpreter_module() -> Any:
         ) from exc
 
 
-def load_edgetpu_delegate(mod: Any) -> Any:
-    """Load the Edge TPU delegate, or raise :class:`BackendUnavailableError` saying what is missing.
+def require_edgetpu_runtime() -> None:
+    """Raise :class:`BackendUnavailableError` unless ``libedgetpu.so.1`` can be loaded.
 
-    The library is probed with ctypes first: LiteRT's ``Delegate`` raises from
-    its ``__del__`` when the library cannot be loaded at all.
+    Probed with ctypes: LiteRT's ``Delegate`` raises from its ``__del__`` when
+    the library cannot be loaded at all, and opening a delegate claims the device.
     """
     try:
         ctypes.CDLL(EDGETPU_LIBRARY)
@@ -59,6 +59,11 @@ def load_edgetpu_delegate(mod: Any) -> Any:
             f"Edge TPU runtime {EDGETPU_LIBRARY} is not installed ({exc}); install libedgetpu1-std "
             "from Coral's apt repository (https://coral.ai/software/)"
         ) from exc
+
+
+def load_edgetpu_delegate(mod: Any) -> Any:
+    """Load the Edge TPU delegate, or raise :class:`BackendUnavailableError` saying what is missing."""
+    require_edgetpu_runtime()
     try:
         return mod.load_delegate(EDGETPU_LIBRARY)
     except (ValueError, OSError, RuntimeError) as exc:
