@@ -25,11 +25,6 @@ __all__ = ["run_demo"]
 log = logging.getLogger(__name__)
 
 
-def _flat_corrected(frames: np.ndarray, flat: np.ndarray, dark: np.ndarray) -> np.ndarray:
-    t = (frames - dark) / np.maximum(flat - dark, 1e-3)
-    return -np.log(np.clip(t, 1e-4, None)).astype(np.float32)
-
-
 def run_demo(out: Path, size: int = 256, n_angles: int = 180, photons: float = 500.0,
              backend: str = "auto", seed: int = 7) -> dict[str, float]:
     """Run the demo and return its measured numbers; see the module docstring."""
@@ -42,7 +37,14 @@ def run_demo(out: Path, size: int = 256, n_angles: int = 180, photons: float = 5
     from .frames import context_indices
     from .inference import load_denoiser
     from .simulate.phantoms import make_phantom
-    from .simulate.tomography import DetectorModel, angles_deg, fbp, scale_to_max_attenuation, simulate_scan
+    from .simulate.tomography import (
+        DetectorModel,
+        angles_deg,
+        fbp,
+        flat_field_correct,
+        scale_to_max_attenuation,
+        simulate_scan,
+    )
 
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -65,7 +67,7 @@ def run_demo(out: Path, size: int = 256, n_angles: int = 180, photons: float = 5
     per_frame = (time.perf_counter() - t0) / n_angles
 
     z = size // 2
-    sino = {name: _flat_corrected(f[:, z], scan.flat[z], scan.dark[z])
+    sino = {name: flat_field_correct(f[:, z], scan.flat[z], scan.dark[z])
             for name, f in (("raw", scan.frames), ("denoised", denoised))}
     sino["clean"] = scan.sinogram_clean[:, z]
     rec = {k: fbp(v, angles) for k, v in sino.items()}

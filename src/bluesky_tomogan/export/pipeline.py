@@ -67,7 +67,7 @@ def _export_openvino_int8(
     import nncf
     import openvino as ov
 
-    from ..frames import context_indices
+    from ..model.data import normalised_frames
 
     model = ov.Core().read_model(str(onnx_path))
     calibration = nncf.Dataset([x[None] for x in calib])
@@ -75,12 +75,11 @@ def _export_openvino_int8(
     if validation is None:
         quantized = nncf.quantize(model, calibration, subset_size=len(calib), preset=nncf.QuantizationPreset.MIXED)
     else:
-        items = []
         idx = np.unique(np.linspace(0, len(validation.ns) - 1, 24).astype(int))
+        items = []
         for i in idx:
-            off, scale = robust_range(validation.ns[i])
-            x = normalise(validation.ns[context_indices(validation.group, int(i))], off, scale)
-            items.append((x[None], normalise(validation.gt[i], off, scale)))
+            x, y = normalised_frames(validation, int(i))
+            items.append((x[None], y[0]))
         mid = calib.shape[1] // 2
 
         def validate(compiled: Any, data: Any) -> float:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -82,7 +81,6 @@ class Recipe:
     n_angles: int = 192
     max_attenuation: tuple[float, float] = (1.5, 3.0)
     frames_per_scan: int = 0
-    extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.domain not in ("slice", "projection"):
@@ -281,12 +279,3 @@ def make_dataset(
     test = simulate_pairs(recipe, n_test, seed + 1_000_003, workers)
     meta = asdict(recipe) | {"n_train_scans": n_train, "n_test_scans": n_test, "seed": seed}
     return write_dataset(path, train, test, meta)
-
-
-def families_of(names: Iterable[str] | None) -> Sequence[str]:
-    """Validate a list of family names (``None`` = all)."""
-    names = list(names or FAMILIES)
-    unknown = sorted(set(names) - set(FAMILIES))
-    if unknown:
-        raise ValueError(f"unknown phantom families {unknown}; known: {sorted(FAMILIES)}")
-    return names

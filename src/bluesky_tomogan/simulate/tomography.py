@@ -23,6 +23,7 @@ __all__ = [
     "DetectorModel",
     "LowDoseScan",
     "simulate_scan",
+    "flat_field_correct",
     "fbp",
     "sirt",
     "reconstruct",
@@ -209,8 +210,7 @@ def simulate_scan(
     k = detector.n_flats
     flat = np.mean([acquire(flat_true + detector.dark_level) for _ in range(k)], axis=0)
     dark = detector.dark_level + rng.normal(0.0, detector.read_noise / np.sqrt(k), shape)
-    transmission = (frames - dark) / np.maximum(flat - dark, 1e-3)
-    sino = -np.log(np.clip(transmission, 1e-4, None))
+    sino = flat_field_correct(frames, flat, dark)
     return LowDoseScan(
         angles=np.asarray(angles),
         frames=frames.astype(np.float32),
@@ -220,6 +220,12 @@ def simulate_scan(
         sinogram_noisy=sino.astype(np.float32),
         sinogram_clean=line,
     )
+
+
+def flat_field_correct(frames: np.ndarray, flat: np.ndarray, dark: np.ndarray) -> np.ndarray:
+    """Line integrals ``-log((frames - dark) / (flat - dark))``, clipped against log(0)."""
+    transmission = (frames - dark) / np.maximum(flat - dark, 1e-3)
+    return -np.log(np.clip(transmission, 1e-4, None)).astype(np.float32)
 
 
 def fbp(sinogram: np.ndarray, angles: np.ndarray, filter_name: str = "ramp") -> np.ndarray:
