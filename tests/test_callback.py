@@ -185,3 +185,20 @@ def test_local_tiled_starts_an_embedded_server(tmp_path):
         assert frames_directory(tmp_path / "store").is_dir()
     finally:
         close_local_tiled(client)
+
+
+def test_run_router_factory_gives_each_run_its_own_callback(RE, denoiser):
+    from event_model import RunRouter
+
+    from bluesky_tomogan.callbacks import tomogan_factory
+
+    docs = []
+    RE.subscribe(RunRouter([tomogan_factory(denoiser, [lambda name, doc: docs.append((name, doc))])]))
+    RE(bp.count([camera()], num=3))
+    RE(bp.count([camera(shape=(32, 32))], num=2))
+    validate(docs)
+    stops = [d for n, d in docs if n == "stop"]
+    assert [s["num_events"] for s in stops] == [{"primary": 3, "denoised": 3}, {"primary": 2, "denoised": 2}]
+    starts = [d["uid"] for n, d in docs if n == "start"]
+    derived = [d for n, d in docs if n == "descriptor" and d["name"] == "denoised"]
+    assert [d["run_start"] for d in derived] == starts

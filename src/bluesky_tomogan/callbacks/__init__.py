@@ -1,6 +1,6 @@
 """Bluesky callbacks: live denoising into a derived stream of the same run."""
 
 from .queue import POLICIES, FrameQueue
-from .tomogan import TomoGANCallback, image_fields
+from .tomogan import TomoGANCallback, image_fields, tomogan_factory
 
-__all__ = ["TomoGANCallback", "FrameQueue", "POLICIES", "image_fields"]
+__all__ = ["TomoGANCallback", "FrameQueue", "POLICIES", "image_fields", "tomogan_factory"]

@@ -44,7 +44,7 @@ from ..inference.denoiser import Denoiser
 from .frame_writer import DerivedFrameWriter
 from .queue import FrameQueue, Policy
 
-__all__ = ["TomoGANCallback", "image_fields"]
+__all__ = ["TomoGANCallback", "image_fields", "tomogan_factory"]
 
 log = logging.getLogger(__name__)
 Subscriber = Callable[[str, Any], Any]
@@ -368,3 +368,29 @@ class TomoGANCallback(event_model.DocumentRouter):
             self._queue.put_control(_END)
             self._worker.join(timeout=self.flush_timeout)
         self._worker = None
+
+
+def tomogan_factory(
+    denoiser: Denoiser | Mapping[str, Denoiser],
+    subscribers: list[Subscriber] | None = None,
+    **options: Any,
+) -> Callable[[str, Any], tuple[list[TomoGANCallback], list[Any]]]:
+    """A factory for :class:`event_model.RunRouter`: one ``TomoGANCallback`` per run.
+
+    Runs never share state (queue, worker, counters), so overlapping or
+    back-to-back runs cannot mix frames. ``subscribers`` receive the documents of
+    every run (TiledWriter routes runs itself); ``options`` go to the callback.
+
+    Examples
+    --------
+    >>> from event_model import RunRouter                                   # doctest: +SKIP
+    >>> RE.subscribe(RunRouter([tomogan_factory(load_denoiser(), [writer])]))  # doctest: +SKIP
+    """
+
+    def factory(name: str, start_doc: Any) -> tuple[list[TomoGANCallback], list[Any]]:
+        cb = TomoGANCallback(denoiser, **options)
+        for sub in subscribers or []:
+            cb.subscribe(sub)
+        return [cb], []
+
+    return factory
