@@ -202,3 +202,21 @@ def test_run_router_factory_gives_each_run_its_own_callback(RE, denoiser):
     starts = [d["uid"] for n, d in docs if n == "start"]
     derived = [d for n, d in docs if n == "descriptor" and d["name"] == "denoised"]
     assert [d["run_start"] for d in derived] == starts
+
+
+def test_block_policy_never_hangs_the_producer_on_a_stuck_consumer():
+    q = FrameQueue(maxsize=1, policy="block")
+    assert q.put("a") is True
+    assert q.put("b", timeout=0.01) is False  # nobody consumes: the frame is dropped, recorded
+    assert q.dropped == ["b"] and len(q) == 1
+
+
+def test_a_failing_stop_handler_still_passes_the_raw_stop_on(RE, denoiser):
+    class Broken(TomoGANCallback):
+        def stop(self, doc):
+            raise RuntimeError("boom")
+
+    docs = run(RE, Broken(denoiser), [camera()], num=2)
+    names = [n for n, _ in docs]
+    assert names.count("stop") == 1 and names[-1] == "stop"
+    assert names.count("descriptor") == 2  # raw + derived, each exactly once

@@ -3,8 +3,10 @@
 Policies
 --------
 ``block``
-    ``put`` waits until the worker makes room: nothing is ever dropped, and the
-    RunEngine's callback thread (so the scan) slows to the denoiser's pace.
+    ``put`` waits until the worker makes room: nothing is dropped, and the
+    RunEngine's callback thread (so the scan) slows to the denoiser's pace. The
+    wait is bounded by ``put``'s ``timeout``: a consumer stuck that long loses
+    the frame (recorded in ``dropped``) rather than hanging the scan.
 ``drop-oldest``
     ``put`` never waits; the oldest queued frame is discarded and counted.
 ``latest-only``
@@ -53,12 +55,18 @@ class FrameQueue:
         with self._cond:
             return self._frames
 
-    def put(self, item: Any) -> None:
-        """Queue a frame, applying the policy when full."""
+    def put(self, item: Any, timeout: float | None = None) -> bool:
+        """Queue a frame, applying the policy when full.
+
+        With ``block``, wait at most ``timeout`` seconds for room; if none comes
+        (the consumer is stuck), the frame is dropped, recorded, and ``False``
+        returned, so a producer on the RunEngine's thread can never hang.
+        """
         with self._cond:
             if self.policy == "block":
-                while self._frames >= self.maxsize:
-                    self._cond.wait()
+                if not self._cond.wait_for(lambda: self._frames < self.maxsize, timeout):
+                    self.dropped.append(item)
+                    return False
             elif self.policy == "latest-only":
                 self._drop_frames(self._frames)
             elif self._frames >= self.maxsize:
@@ -66,6 +74,7 @@ class FrameQueue:
             self._items.append((True, item))
             self._frames += 1
             self._cond.notify_all()
+            return True
 
     def put_control(self, item: Any) -> None:
         """Queue a control item (never dropped, never blocks)."""

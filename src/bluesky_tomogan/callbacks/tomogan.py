@@ -160,12 +160,12 @@ class TomoGANCallback(event_model.DocumentRouter):
         self._derived: dict[tuple[str, str], Any] = {}  # (raw descriptor uid, field) -> descriptor bundle
         self._queue = FrameQueue(self._maxsize, self._policy)
         self._outbox: deque[_Result] = deque()
-        self._windows: dict[tuple[str, str], list[_Frame]] = {}
         self._done = threading.Event()
         self._worker: threading.Thread | None = None
         self.errors: list[str] = []
         self.consumer_errors = 0
         self._writer: DerivedFrameWriter | None = None
+        self._follow: list[tuple[str, Any]] = []
 
     @property
     def dropped(self) -> int:
@@ -181,18 +181,19 @@ class TomoGANCallback(event_model.DocumentRouter):
     # -- the router -------------------------------------------------------------------------
 
     def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
+        # Each raw document is published exactly once, here; handlers only queue the
+        # derived documents that must follow it (``_follow``).
+        self._follow = []
         try:
             self._emit_finished()
             name, out = super().__call__(name, doc, validate)
         except Exception:  # never let the plugin stop the RunEngine or lose a raw document
             log.exception("TomoGAN callback failed on a %s document; passing it through", name)
             self.errors.append(f"internal error on {name}")
-            out = doc
-            if name != "stop":
-                self._publish(name, doc)
-                return name, doc
-        if name != "stop" and name != "descriptor":
-            self._publish(name, out)
+            out, self._follow = doc, []
+        self._publish(name, out)
+        for follow_name, follow_doc in self._follow:
+            self._publish(follow_name, follow_doc)
         return name, out
 
     def start(self, doc: RunStart) -> RunStart:
@@ -201,12 +202,12 @@ class TomoGANCallback(event_model.DocumentRouter):
         self._start = doc
         if self.directory is not None:
             self._writer = DerivedFrameWriter(self.directory, doc)
-        self._worker = threading.Thread(target=self._work, name="tomogan-worker", daemon=True)
+        self._worker = threading.Thread(target=self._work, args=(self._queue, self._outbox, self._done),
+                                        name="tomogan-worker", daemon=True)
         self._worker.start()
         return doc
 
     def descriptor(self, doc: EventDescriptor) -> EventDescriptor:
-        self._publish("descriptor", doc)
         wanted = [f for f in image_fields(doc) if self._fields is None or f in self._fields]
         if not wanted or self._start is None:
             return doc
@@ -216,16 +217,16 @@ class TomoGANCallback(event_model.DocumentRouter):
             # image field in "primary" (the common case) the stream is simply "denoised".
             base = "denoised" if stream == "primary" else f"{stream}_denoised"
             name = base if len(wanted) == 1 else f"{base}_{f}"
+            data_keys = self._data_keys(doc, f, external=self._writer is not None)
             bundle = event_model.compose_descriptor(
                 start=self._start, streams=self._streams, event_counters=self._counters, name=name,
-                data_keys=self._data_keys(doc, f, external=self._writer is not None),
-                object_keys={"tomogan": sorted(self._data_keys(doc, f))}, configuration=self._configuration(f),
+                data_keys=data_keys, object_keys={"tomogan": sorted(data_keys)}, configuration=self._configuration(f),
             )
             self._derived[(doc["uid"], f)] = bundle
-            self._publish("descriptor", bundle.descriptor_doc)
+            self._follow.append(("descriptor", bundle.descriptor_doc))
             if self._writer is not None:
-                h, w = (int(v or 0) for v in bundle.descriptor_doc["data_keys"][f"{f}_denoised"]["shape"][-2:])
-                self._publish("stream_resource", self._writer.add(f"{f}_denoised", (h, w)))
+                h, w = (int(v or 0) for v in data_keys[f"{f}_denoised"]["shape"][-2:])
+                self._follow.append(("stream_resource", self._writer.add(f"{f}_denoised", (h, w))))
         return doc
 
     @staticmethod
@@ -268,7 +269,9 @@ class TomoGANCallback(event_model.DocumentRouter):
                 frame = np.asarray(value)
                 if frame.ndim == 3 and frame.shape[0] == 1:
                     frame = frame[0]
-                self._queue.put(_Frame(doc["descriptor"], f, frame, doc["seq_num"][i], doc["uid"][i], time.time()))
+                item = _Frame(doc["descriptor"], f, frame, doc["seq_num"][i], doc["uid"][i], time.time())
+                if not self._queue.put(item, timeout=self.flush_timeout):
+                    self._note(f"worker stuck for {self.flush_timeout} s; {f} seq {item.seq_num} dropped")
         return doc
 
     def stop(self, doc: RunStop) -> RunStop:
@@ -278,14 +281,13 @@ class TomoGANCallback(event_model.DocumentRouter):
         self._emit_finished()
         if self.dropped:
             log.warning("TomoGAN dropped %d frames (policy %s)", self.dropped, self._policy)
-        out = copy.deepcopy(doc)
-        # event-model counters start at 1: num_events is counter - 1 (as compose_stop does)
-        out.setdefault("num_events", {}).update({k: v - 1 for k, v in self._counters.items()})
-        self._publish("stop", out)
         self._shutdown_worker()
         if self._writer is not None:
             self._writer.close()
-        return out
+        out = copy.deepcopy(doc)
+        # event-model counters start at 1: num_events is counter - 1 (as compose_stop does)
+        out.setdefault("num_events", {}).update({k: v - 1 for k, v in self._counters.items()})
+        return out  # published by __call__, after the derived events emitted above
 
     # -- worker ---------------------------------------------------------------------------
 
@@ -294,44 +296,42 @@ class TomoGANCallback(event_model.DocumentRouter):
             log.warning("TomoGAN: %s", message)
         self.errors.append(message)
 
-    def _work(self) -> None:
+    def _work(self, queue: FrameQueue, outbox: deque[_Result], done: threading.Event) -> None:
+        """Worker loop of one run. It gets that run's queue, outbox and done-event
+        explicitly, so a worker outliving its run can never touch the next run's state."""
+        windows: dict[tuple[str, str], list[_Frame]] = {}
         while True:
-            got = self._queue.get(timeout=0.5)
+            got = queue.get(timeout=0.5)
             if got is None:
                 continue
             is_frame, item = got
-            if not is_frame:
-                for key in list(self._windows):
-                    self._flush_window(key)
-                self._done.set()
+            if not is_frame:  # end of run: mirrored context for each field's last frame
+                for window in windows.values():
+                    if len(window) == 1:
+                        self._denoise(window[0], [window[0]] * 3, outbox)
+                    elif len(window) == 2:
+                        self._denoise(window[1], [window[0], window[1], window[0]], outbox)
+                done.set()
                 return
-            key = (item.stream, item.field)
-            window = self._windows.setdefault(key, [])
+            window = windows.setdefault((item.stream, item.field), [])
             window.append(item)
-            if len(window) == 2:
-                self._denoise(window[0], [window[1], window[0], window[1]])
+            if len(window) == 2:  # first frame: mirrored context
+                self._denoise(window[0], [window[1], window[0], window[1]], outbox)
             elif len(window) == 3:
-                self._denoise(window[1], window)
+                self._denoise(window[1], window, outbox)
                 window.pop(0)
 
-    def _flush_window(self, key: tuple[str, str]) -> None:
-        window = self._windows.pop(key)
-        if len(window) == 1:
-            self._denoise(window[0], [window[0]] * 3)
-        elif len(window) == 2:
-            self._denoise(window[1], [window[0], window[1], window[0]])
-
-    def _denoise(self, item: _Frame, context: list[_Frame]) -> None:
+    def _denoise(self, item: _Frame, context: list[_Frame], outbox: deque[_Result]) -> None:
         try:
             den = self._denoiser_for(item.field)
             out = den.denoise_context(np.stack([c.frame for c in context]))
             removed = float(np.std(item.frame.astype(np.float32) - out))
-            self._outbox.append(_Result(item, out, "", removed, time.time()))
+            outbox.append(_Result(item, out, "", removed, time.time()))
         except (TomoGANError, ValueError) as exc:  # bad frame: flag it, keep going
-            self._outbox.append(_Result(item, None, f"{type(exc).__name__}: {exc}", finished=time.time()))
+            outbox.append(_Result(item, None, f"{type(exc).__name__}: {exc}", finished=time.time()))
         except Exception as exc:  # a model/runtime failure must not kill the worker
             log.exception("denoising %s seq %d failed", item.field, item.seq_num)
-            self._outbox.append(_Result(item, None, f"{type(exc).__name__}: {exc}", finished=time.time()))
+            outbox.append(_Result(item, None, f"{type(exc).__name__}: {exc}", finished=time.time()))
 
     def _emit_finished(self) -> None:
         """Emit finished frames as event pages (one per derived stream), from the caller's thread."""
@@ -364,9 +364,9 @@ class TomoGANCallback(event_model.DocumentRouter):
                     f"{f}_denoised", np.stack(frames), list(page["seq_num"]), bundle.descriptor_doc))
 
     def _shutdown_worker(self) -> None:
-        if self._worker is not None and self._worker.is_alive():
+        """Ask this run's worker to finish; never wait on a stuck one (it only holds its own run's state)."""
+        if self._worker is not None and not self._done.is_set():
             self._queue.put_control(_END)
-            self._worker.join(timeout=self.flush_timeout)
         self._worker = None
 
 

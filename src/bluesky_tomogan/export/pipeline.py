@@ -19,10 +19,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import OutputPathError
+from ..frames import context_indices
+from ..inference.tiling import pad_to
 from ..metrics import psnr, ssim
+from ..model.data import normalised_frames
 from ..model.train import load_generator
 from ..modelcard import read_card, sha256_of, write_card
-from ..normalise import normalise, robust_range
 from ..simulate.datasets import PairSet, read_dataset
 from .onnx import export_onnx
 from .tflite import DEFAULT_TILE, export_tflite_int8
@@ -38,16 +40,11 @@ def calibration_frames(pairs: PairSet, n: int, size: int, depth: int = 3, seed: 
 
     Frames smaller than ``size`` are reflection-padded exactly as inference pads them.
     """
-    from ..frames import context_indices
-    from ..inference.tiling import pad_to
-
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(pairs.ns), size=min(n, len(pairs.ns)), replace=False)
     out = []
     for i in idx:
-        off, scale = robust_range(pairs.ns[i])
-        x = normalise(pairs.ns[context_indices(pairs.group, int(i), depth)], off, scale)
-        x = pad_to(x, size, size)
+        x = pad_to(normalised_frames(pairs, int(i), depth)[0], size, size)
         h, w = x.shape[-2:]
         r, c = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
         out.append(x[:, r : r + size, c : c + size])
@@ -66,8 +63,6 @@ def _export_openvino_int8(
     """
     import nncf
     import openvino as ov
-
-    from ..model.data import normalised_frames
 
     model = ov.Core().read_model(str(onnx_path))
     calibration = nncf.Dataset([x[None] for x in calib])
@@ -108,7 +103,6 @@ def measure_quality(card_path: Path, pairs: PairSet, n_frames: int = 48) -> dict
     from ..inference.load import load_denoiser
 
     idx = np.unique(np.linspace(0, len(pairs.ns) - 1, min(n_frames, len(pairs.ns))).astype(int))
-    from ..frames import context_indices
 
     def score(backend: str, precision: str) -> dict[str, float] | None:
         try:
