@@ -9,6 +9,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0+unknown"
 
+from .callbacks import TomoGANCallback, tomogan_factory  # noqa: E402
 from .errors import (  # noqa: E402
     BackendUnavailableError,
     DatasetError,
@@ -27,6 +28,8 @@ __all__ = [
     "__version__",
     "Denoiser",
     "load_denoiser",
+    "TomoGANCallback",
+    "tomogan_factory",
     "TomoGANError",
     "InputShapeError",
     "InputValueError",

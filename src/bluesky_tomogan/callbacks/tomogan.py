@@ -18,14 +18,18 @@ Context: frame *k* is denoised when frame *k+1* arrives, with (k-1, k, k+1)
 as context; the first and last frames of a run use mirrored neighbours, the
 same rule as training (``bluesky_tomogan.frames.context_indices``).
 
-Scope of this version: inline image data (``event``/``event_page`` arrays).
-External data (Resource/Datum, StreamResource/StreamDatum) is passed through
-untouched and logged as not yet denoised.
+Frames arrive three ways, as detectors deliver them: inline arrays in
+``event``/``event_page``; legacy ``Resource``/``Datum`` references, loaded with
+:class:`event_model.Filler` and a handler registry; and ``StreamResource``/
+``StreamDatum`` (ophyd-async style, ``external: "STREAM:"``), read with
+:class:`~bluesky_tomogan.hdf5_frames.StreamFrameReader`. External frames are
+loaded on the worker thread, so the RunEngine's thread never waits for disk.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import threading
@@ -40,6 +44,7 @@ import numpy as np
 from event_model.documents import EventDescriptor, EventPage, RunStart, RunStop
 
 from ..errors import TomoGANError
+from ..hdf5_frames import HANDLER_REGISTRY, StreamFrameReader
 from ..inference.denoiser import Denoiser
 from .frame_writer import DerivedFrameWriter
 from .queue import FrameQueue, Policy
@@ -65,9 +70,9 @@ def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
 class _Frame:
     stream: str  # raw descriptor uid
     field: str
-    frame: np.ndarray
+    frame: np.ndarray | Callable[[], np.ndarray]  # external frames are loaded by the worker
     seq_num: int
-    uid: str
+    uid: str  # the document that delivered the frame: event, or StreamDatum
     received: float
 
 
@@ -102,6 +107,12 @@ class TomoGANCallback(event_model.DocumentRouter):
         described by StreamResource/StreamDatum documents: required for storage
         with TiledWriter. Without it, frames travel inline in the derived events
         (fine for live plots and small tests).
+    handler_registry : dict, optional
+        Spec -> handler class for legacy ``Resource``/``Datum`` frames, as for
+        :class:`event_model.Filler` (default: the ``"hdf5"`` handler of the
+        simulated detector; add e.g. ``area_detector_handlers`` for real ones).
+    root_map : dict, optional
+        Resource roots remapped when reading (``event_model.Filler``'s ``root_map``).
 
     Examples
     --------
@@ -119,9 +130,13 @@ class TomoGANCallback(event_model.DocumentRouter):
         maxsize: int = 16,
         flush_timeout: float = 60.0,
         directory: str | os.PathLike[str] | None = None,
+        handler_registry: Mapping[str, Any] | None = None,
+        root_map: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.directory = directory
+        self.handler_registry = dict(HANDLER_REGISTRY if handler_registry is None else handler_registry)
+        self.root_map = dict(root_map or {})
         self._denoisers = dict(denoiser) if isinstance(denoiser, Mapping) else None
         self._default = None if isinstance(denoiser, Mapping) else denoiser
         self._fields = fields if fields is not None else (list(denoiser) if isinstance(denoiser, Mapping) else None)
@@ -166,6 +181,14 @@ class TomoGANCallback(event_model.DocumentRouter):
         self.consumer_errors = 0
         self._writer: DerivedFrameWriter | None = None
         self._follow: list[tuple[str, Any]] = []
+        self._shapes: dict[tuple[str, str], tuple[int, int]] = {}  # (raw descriptor uid, field) -> frame shape
+        # Legacy Resource/Datum frames: the Filler sees start, descriptors, resources and datums
+        # (cheap cache updates on this thread) and loads frames on the worker thread.
+        self._handlers: dict[Any, Any] = {}
+        self._filler = event_model.Filler(self.handler_registry, inplace=False, root_map=self.root_map,
+                                          handler_cache=self._handlers,
+                                          retry_intervals=[0.01, 0.05, 0.1, 0.25, 0.5, 1.0])
+        self._stream_readers: dict[str, tuple[str, StreamFrameReader]] = {}  # StreamResource uid -> (key, reader)
 
     @property
     def dropped(self) -> int:
@@ -200,6 +223,7 @@ class TomoGANCallback(event_model.DocumentRouter):
         self._shutdown_worker()
         self._reset()
         self._start = doc
+        self._filler("start", dict(doc))
         if self.directory is not None:
             self._writer = DerivedFrameWriter(self.directory, doc)
         self._worker = threading.Thread(target=self._work, args=(self._queue, self._outbox, self._done),
@@ -208,6 +232,7 @@ class TomoGANCallback(event_model.DocumentRouter):
         return doc
 
     def descriptor(self, doc: EventDescriptor) -> EventDescriptor:
+        self._filler("descriptor", dict(doc))
         wanted = [f for f in image_fields(doc) if self._fields is None or f in self._fields]
         if not wanted or self._start is None:
             return doc
@@ -223,9 +248,10 @@ class TomoGANCallback(event_model.DocumentRouter):
                 data_keys=data_keys, object_keys={"tomogan": sorted(data_keys)}, configuration=self._configuration(f),
             )
             self._derived[(doc["uid"], f)] = bundle
+            h, w = (int(v or 0) for v in data_keys[f"{f}_denoised"]["shape"][-2:])
+            self._shapes[(doc["uid"], f)] = (h, w)
             self._follow.append(("descriptor", bundle.descriptor_doc))
             if self._writer is not None:
-                h, w = (int(v or 0) for v in data_keys[f"{f}_denoised"]["shape"][-2:])
                 self._follow.append(("stream_resource", self._writer.add(f"{f}_denoised", (h, w))))
         return doc
 
@@ -259,20 +285,68 @@ class TomoGANCallback(event_model.DocumentRouter):
         for f in fields:
             column = doc["data"].get(f)
             if column is None:
+                if self._shapes.get((doc["descriptor"], f)) and self._is_stream(doc["descriptor"], f):
+                    continue  # STREAM: frames come in StreamDatum documents, not in events
                 self._note(f"event page {doc['uid'][:8]} lacks image field {f!r}")
                 continue
             filled = doc.get("filled", {}).get(f, True)
             for i, value in enumerate(column):
-                if filled is False or (isinstance(filled, list) and filled[i] is False) or isinstance(value, str):
-                    self._note(f"{f}: external (unfilled) data is not denoised yet; passed through")
-                    continue
-                frame = np.asarray(value)
-                if frame.ndim == 3 and frame.shape[0] == 1:
-                    frame = frame[0]
-                item = _Frame(doc["descriptor"], f, frame, doc["seq_num"][i], doc["uid"][i], time.time())
-                if not self._queue.put(item, timeout=self.flush_timeout):
-                    self._note(f"worker stuck for {self.flush_timeout} s; {f} seq {item.seq_num} dropped")
+                unfilled = filled is False or (isinstance(filled, list) and filled[i] is False)
+                frame: np.ndarray | Callable[[], np.ndarray]
+                if unfilled or isinstance(value, str):  # a datum id: load it on the worker
+                    frame = functools.partial(self._fill, doc["descriptor"], f, value)
+                else:
+                    frame = np.asarray(value)
+                self._enqueue(_Frame(doc["descriptor"], f, frame, doc["seq_num"][i], doc["uid"][i], time.time()))
         return doc
+
+    def _is_stream(self, descriptor_uid: str, f: str) -> bool:
+        descriptor = self._filler._descriptor_cache.get(descriptor_uid, {})
+        return descriptor.get("data_keys", {}).get(f, {}).get("external") == "STREAM:"
+
+    def _fill(self, descriptor_uid: str, f: str, datum_id: str) -> np.ndarray:
+        """Load one legacy-referenced frame through the Filler (worker thread)."""
+        event = {"descriptor": descriptor_uid, "uid": "", "time": 0.0, "seq_num": 0,
+                 "data": {f: datum_id}, "timestamps": {f: 0.0}, "filled": {f: False}}
+        return np.asarray(self._filler.fill_event(event, include=[f], inplace=False)["data"][f])
+
+    def resource(self, doc: Any) -> Any:
+        return self._filler("resource", doc)[1]
+
+    def datum(self, doc: Any) -> Any:
+        return self._filler("datum", doc)[1]
+
+    def datum_page(self, doc: Any) -> Any:
+        return self._filler("datum_page", doc)[1]
+
+    def stream_resource(self, doc: Any) -> Any:
+        if any(f == doc.get("data_key") for (_, f) in self._derived) or self._fields is None:
+            try:
+                self._stream_readers[doc["uid"]] = (doc["data_key"], StreamFrameReader(doc))
+            except (ValueError, KeyError) as exc:
+                self._note(f"StreamResource {doc.get('uid')}: {exc}; its frames are not denoised")
+        return doc
+
+    def stream_datum(self, doc: Any) -> Any:
+        reader = self._stream_readers.get(doc["stream_resource"])
+        if reader is None:
+            return doc
+        key, read = reader
+        if (doc["descriptor"], key) not in self._derived:
+            return doc
+        indices, seq_nums = doc["indices"], doc["seq_nums"]
+        if seq_nums["stop"] - seq_nums["start"] != indices["stop"] - indices["start"]:
+            self._note(f"StreamDatum {doc['uid']} has seq_nums {seq_nums} for indices {indices}; not denoised")
+            return doc
+        for i, seq in zip(range(indices["start"], indices["stop"]), range(seq_nums["start"], seq_nums["stop"]),
+                          strict=True):
+            frame = functools.partial(_first_frame, read, i)
+            self._enqueue(_Frame(doc["descriptor"], key, frame, seq, doc["uid"], time.time()))
+        return doc
+
+    def _enqueue(self, item: _Frame) -> None:
+        if not self._queue.put(item, timeout=self.flush_timeout):
+            self._note(f"worker stuck for {self.flush_timeout} s; {item.field} seq {item.seq_num} dropped")
 
     def stop(self, doc: RunStop) -> RunStop:
         self._queue.put_control(_END)
@@ -284,6 +358,7 @@ class TomoGANCallback(event_model.DocumentRouter):
         self._shutdown_worker()
         if self._writer is not None:
             self._writer.close()
+        self._close_readers()
         out = copy.deepcopy(doc)
         # event-model counters start at 1: num_events is counter - 1 (as compose_stop does)
         out.setdefault("num_events", {}).update({k: v - 1 for k, v in self._counters.items()})
@@ -313,6 +388,13 @@ class TomoGANCallback(event_model.DocumentRouter):
                         self._denoise(window[1], [window[0], window[1], window[0]], outbox)
                 done.set()
                 return
+            try:
+                item.frame = _as_frame(item.frame() if callable(item.frame) else item.frame)
+            except Exception as exc:  # unreadable external frame: flag it, keep going without it
+                log.warning("cannot read %s seq %d: %s", item.field, item.seq_num, exc)
+                outbox.append(_Result(item, None, f"cannot read frame: {type(exc).__name__}: {exc}",
+                                      finished=time.time()))
+                continue
             window = windows.setdefault((item.stream, item.field), [])
             window.append(item)
             if len(window) == 2:  # first frame: mirrored context
@@ -324,8 +406,8 @@ class TomoGANCallback(event_model.DocumentRouter):
     def _denoise(self, item: _Frame, context: list[_Frame], outbox: deque[_Result]) -> None:
         try:
             den = self._denoiser_for(item.field)
-            out = den.denoise_context(np.stack([c.frame for c in context]))
-            removed = float(np.std(item.frame.astype(np.float32) - out))
+            out = den.denoise_context(np.stack([np.asarray(c.frame) for c in context]))
+            removed = float(np.std(np.asarray(item.frame, np.float32) - out))
             outbox.append(_Result(item, out, "", removed, time.time()))
         except (TomoGANError, ValueError) as exc:  # bad frame: flag it, keep going
             outbox.append(_Result(item, None, f"{type(exc).__name__}: {exc}", finished=time.time()))
@@ -344,7 +426,7 @@ class TomoGANCallback(event_model.DocumentRouter):
                 if r.error:
                     self._note(f"{f} seq {r.item.seq_num}: {r.error}")
             # a frame that could not be denoised is recorded (qc_error) with zeros, not skipped
-            frames = [r.denoised if r.denoised is not None else np.zeros(r.item.frame.shape, np.float32)
+            frames = [r.denoised if r.denoised is not None else np.zeros(self._shapes[(stream, f)], np.float32)
                       for r in rows]
             data: dict[str, list[Any]] = {
                 f"{f}_qc_latency_s": [r.finished - r.item.received for r in rows],
@@ -363,11 +445,29 @@ class TomoGANCallback(event_model.DocumentRouter):
                 self._publish("stream_datum", self._writer.append(
                     f"{f}_denoised", np.stack(frames), list(page["seq_num"]), bundle.descriptor_doc))
 
+    def _close_readers(self) -> None:
+        for _, reader in self._stream_readers.values():
+            reader.close()
+        self._stream_readers.clear()
+        for handler in self._handlers.values():
+            if hasattr(handler, "close"):
+                handler.close()
+        self._handlers.clear()
+
     def _shutdown_worker(self) -> None:
         """Ask this run's worker to finish; never wait on a stuck one (it only holds its own run's state)."""
         if self._worker is not None and not self._done.is_set():
             self._queue.put_control(_END)
         self._worker = None
+
+
+def _as_frame(value: Any) -> np.ndarray:
+    frame = np.asarray(value)
+    return frame[0] if frame.ndim == 3 and frame.shape[0] == 1 else frame
+
+
+def _first_frame(read: StreamFrameReader, index: int) -> np.ndarray:
+    return read(index, index + 1)[0]
 
 
 def tomogan_factory(

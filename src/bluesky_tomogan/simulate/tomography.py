@@ -23,6 +23,8 @@ __all__ = [
     "DetectorModel",
     "LowDoseScan",
     "simulate_scan",
+    "gain_pattern",
+    "expose",
     "flat_field_correct",
     "fbp",
     "sirt",
@@ -169,7 +171,8 @@ class LowDoseScan:
     sinogram_clean: np.ndarray
 
 
-def _gain_pattern(shape: tuple[int, int], rel: float, rng: np.random.Generator) -> np.ndarray:
+def gain_pattern(shape: tuple[int, int], rel: float, rng: np.random.Generator) -> np.ndarray:
+    """Smooth flat-field pattern around 1: vertical beam profile times scintillator/optics variation."""
     g = ndimage.gaussian_filter(rng.standard_normal(shape), max(shape) / 12)
     g /= g.std() + 1e-12
     rows = np.linspace(-1, 1, shape[0])[:, None]
@@ -198,17 +201,11 @@ def simulate_scan(
     """
     line = project(volume, angles)
     shape = line.shape[1:]
-    flat_true = detector.photons * _gain_pattern(shape, detector.gain_variation, rng)
+    flat_true = detector.photons * gain_pattern(shape, detector.gain_variation, rng)
     expected = flat_true[None] * np.exp(-line) + detector.dark_level
-
-    def acquire(mean: np.ndarray) -> np.ndarray:
-        signal = rng.poisson(np.maximum(mean - detector.dark_level, 0)).astype(np.float32)
-        noise = rng.normal(0.0, detector.read_noise, mean.shape).astype(np.float32)
-        return signal + detector.dark_level + noise
-
-    frames = acquire(expected)
+    frames = expose(expected, detector, rng)
     k = detector.n_flats
-    flat = np.mean([acquire(flat_true + detector.dark_level) for _ in range(k)], axis=0)
+    flat = np.mean([expose(flat_true + detector.dark_level, detector, rng) for _ in range(k)], axis=0)
     dark = detector.dark_level + rng.normal(0.0, detector.read_noise / np.sqrt(k), shape)
     sino = flat_field_correct(frames, flat, dark)
     return LowDoseScan(
@@ -220,6 +217,14 @@ def simulate_scan(
         sinogram_noisy=sino.astype(np.float32),
         sinogram_clean=line,
     )
+
+
+def expose(expected: np.ndarray, detector: DetectorModel, rng: np.random.Generator) -> np.ndarray:
+    """One noisy frame (float32 counts) of expected counts ``expected``: Poisson photons above
+    the dark level plus Gaussian read noise."""
+    signal = rng.poisson(np.maximum(expected - detector.dark_level, 0)).astype(np.float32)
+    noise = rng.normal(0.0, detector.read_noise, expected.shape).astype(np.float32)
+    return signal + detector.dark_level + noise
 
 
 def flat_field_correct(frames: np.ndarray, flat: np.ndarray, dark: np.ndarray) -> np.ndarray:

@@ -1,0 +1,338 @@
+"""``SimTomoDetector``: a simulated tomography camera that writes its frames to HDF5, like a real one.
+
+An ophyd v1 device. Each ``trigger`` exposes one frame of an analytic bead-pack
+sample (:class:`~bluesky_tomogan.simulate.spheres.SpherePack`) at the current
+angle of a rotation stage: Beer-Lambert attenuation of a flat field scaled by
+exposure time, photon flux and ring current, Poisson photon noise, dark
+offset and read noise, saturation at the top of ``uint16``. A closed shutter
+gives dark frames; the sample moved out of the beam gives flat frames. In
+``slice`` mode each trigger returns the next reconstructed slice (filtered
+back-projection of a low-dose sinogram), as a reconstruction pipeline would.
+
+Frames go to an HDF5 file (:class:`~bluesky_tomogan.hdf5_frames.FrameFile`)
+and are announced, as ophyd-async detectors do, by ``StreamResource`` and
+``StreamDatum`` documents (data key ``external: "STREAM:"``, shape
+``[1, H, W]``); ``asset_mode="resource"`` uses the legacy ``Resource``/``Datum``
+documents of ophyd v1 area detectors instead. The frames never travel inside
+events, so the same plans, callbacks and TiledWriter work as with hardware.
+
+Faults for tests and demos are injected with :meth:`SimTomoDetector.inject_fault`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Literal
+
+import event_model
+import numpy as np
+from ophyd import Component as Cpt
+from ophyd import Device, DeviceStatus, Signal
+from ophyd.sim import SynAxis
+
+from ..hdf5_frames import MIMETYPE, SPEC, FrameFile
+from ..simulate.spheres import SpherePack
+from ..simulate.tomography import DetectorModel, angles_deg, expose, fbp, flat_field_correct, gain_pattern
+
+__all__ = ["SimTomoDetector", "SimTomoStage", "SimBeamCurrent", "FAULTS"]
+
+log = logging.getLogger(__name__)
+
+FAULTS = ("beam_dump", "saturation", "nan", "motion")
+_UINT16_MAX = 65535
+
+
+class SimBeamCurrent(Signal):
+    """Storage-ring current in mA (a soft signal; a beam dump sets it to 0).
+
+    Suspenders watch it as they watch the real PV, e.g.
+    ``RE.install_suspender(SuspendFloor(beam, 100))``.
+    """
+
+    def __init__(self, *, name: str = "ring_current", nominal: float = 200.0, **kwargs: Any) -> None:
+        super().__init__(name=name, value=nominal, kind=kwargs.pop("kind", "hinted"), **kwargs)
+        self.nominal = nominal
+
+    def describe(self) -> OrderedDict:
+        out = super().describe()
+        out[self.name]["units"] = "mA"
+        return out
+
+
+class SimTomoStage(Device):
+    """Rotation stage (``theta``, degrees) on a translation (``x``, mm) that moves the sample out for flats."""
+
+    theta = Cpt(SynAxis, egu="deg", kind="hinted")
+    x = Cpt(SynAxis, egu="mm", kind="normal")
+
+    #: ``x`` position (mm) that takes the sample out of the beam.
+    OUT = 10.0
+
+
+class SimTomoDetector(Device):
+    """Simulated tomography camera (projection or slice mode) writing frames to HDF5.
+
+    Parameters
+    ----------
+    name : str
+        Device name; the image data key is ``<name>_image``.
+    stage : SimTomoStage, optional
+        Where the angle (``theta``) and sample position (``x``) come from
+        (default: a sample fixed at 0 degrees, in the beam).
+    beam : SimBeamCurrent, optional
+        Ring current scaling the flux (default: constant nominal current).
+    mode : {"projection", "slice"}
+        ``projection``: raw counts ``uint16`` of shape ``shape``.
+        ``slice``: reconstructed slices ``float32`` of shape ``(width, width)``
+        (a reconstruction is signed and fractional, so it is not stored as counts).
+    shape : tuple of int
+        Detector ``(height, width)``.
+    directory : path-like, optional
+        Where the HDF5 files go (default: a ``bluesky-tomogan`` folder in the
+        system temporary directory). A Tiled server must be allowed to read it.
+    asset_mode : {"stream", "resource"}
+        ``StreamResource``/``StreamDatum`` (ophyd-async style, default) or
+        legacy ``Resource``/``Datum`` (spec ``"hdf5"``, datum ``{"frame": i}``).
+    dtype : str, optional
+        Stored dtype of projections: ``uint16`` (default) or ``float32``
+        (needed to inject the ``nan`` fault).
+    seed : int
+        Seed of the sample, the flat-field pattern and the noise.
+    simulate_timing : bool
+        Sleep for the exposure time in ``trigger``, as a real camera takes that long.
+
+    Attributes
+    ----------
+    sample : SpherePack
+        The sample in the beam.
+    gain : numpy.ndarray
+        Flat-field pattern (beam profile times optics), mean about 0.9.
+    """
+
+    exposure_time = Cpt(Signal, value=0.01, kind="config")
+    photon_flux = Cpt(Signal, value=5e4, kind="config")  # photons / pixel / s, open beam, nominal current
+    shutter = Cpt(Signal, value="open", kind="config")  # "open" | "closed"
+    slice_index = Cpt(Signal, value=0, kind="config")  # next slice (slice mode)
+    slice_angles = Cpt(Signal, value=180, kind="config")  # projections per reconstructed slice (slice mode)
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        stage: SimTomoStage | None = None,
+        beam: SimBeamCurrent | None = None,
+        mode: Literal["projection", "slice"] = "projection",
+        shape: tuple[int, int] = (256, 256),
+        directory: str | os.PathLike[str] | None = None,
+        asset_mode: Literal["stream", "resource"] = "stream",
+        dtype: str | None = None,
+        seed: int = 0,
+        simulate_timing: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(name=name, **kwargs)
+        if mode not in ("projection", "slice"):
+            raise ValueError(f"mode must be 'projection' or 'slice', got {mode!r}")
+        if asset_mode not in ("stream", "resource"):
+            raise ValueError(f"asset_mode must be 'stream' or 'resource', got {asset_mode!r}")
+        h, w = (int(s) for s in shape)
+        if h < 8 or w < 8:
+            raise ValueError(f"shape must be at least 8x8, got {shape}")
+        self.mode = mode
+        self.asset_mode = asset_mode
+        self.sample_stage = stage
+        self.beam = beam
+        self.frame_shape = (w, w) if mode == "slice" else (h, w)
+        self.dtype = np.dtype(dtype or ("float32" if mode == "slice" else "uint16"))
+        if mode == "projection" and self.dtype not in (np.uint16, np.float32):
+            raise ValueError(f"projection frames are uint16 or float32, got {self.dtype}")
+        self.directory = Path(directory or Path(tempfile.gettempdir()) / "bluesky-tomogan").expanduser()
+        self.simulate_timing = simulate_timing
+        self.model = DetectorModel(photons=1.0)  # dark level and read noise; the dose is set per frame
+        self.sample = SpherePack.random((h, w), seed)
+        self._rng = np.random.default_rng(seed + 1)
+        self.gain = gain_pattern((h, w), self.model.gain_variation, np.random.default_rng(seed + 2))
+        self._faults: dict[str, int] = {}
+        self._beam_dumped = False
+        self._file: FrameFile | None = None
+        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._compose_datum: Any = None
+        self._last_datum: str | None = None
+        self._lock = threading.Lock()
+
+    # -- ophyd interface ---------------------------------------------------------------------
+
+    @property
+    def image_key(self) -> str:
+        return f"{self.name}_image"
+
+    def describe(self) -> OrderedDict:
+        out = super().describe()
+        h, w = self.frame_shape
+        stream = self.asset_mode == "stream"
+        out[self.image_key] = {
+            "source": f"SIM:{self.name}:image", "dtype": "array", "dtype_numpy": self.dtype.str,
+            "shape": [1, h, w], "external": "STREAM:" if stream else "FILESTORE:",
+        }
+        return out
+
+    def read(self) -> OrderedDict:
+        out = super().read()
+        if self.asset_mode == "resource" and self._last_datum is not None:
+            out[self.image_key] = {"value": self._last_datum, "timestamp": time.time()}
+        return out  # stream mode: the frame is announced by a StreamDatum, not in the event
+
+    def stage(self) -> list[Any]:
+        path = self.directory / f"{self.name}_{uuid.uuid4().hex[:12]}.h5"
+        self._file = FrameFile(path, self.frame_shape, self.dtype)
+        self._pending = []
+        if self.asset_mode == "stream":
+            stream = event_model.compose_stream_resource(
+                mimetype=MIMETYPE, uri=self._file.uri, data_key=self.image_key,
+                parameters={"dataset": self._file.dataset, "chunk_shape": [1, *self.frame_shape]},
+            )
+            self._pending.append(("stream_resource", dict(stream.stream_resource_doc)))
+            self._compose_datum = stream.compose_stream_datum
+        else:
+            bundle = event_model.compose_resource(
+                spec=SPEC, root="/", resource_path=str(self._file.path).lstrip("/"),
+                resource_kwargs={"dataset": self._file.dataset},
+            )
+            self._pending.append(("resource", dict(bundle.resource_doc)))
+            self._compose_datum = bundle.compose_datum
+        return super().stage()
+
+    def unstage(self) -> list[Any]:
+        if self._file is not None:
+            self._file.close()
+            log.info("%s wrote %d frames to %s", self.name, self._file.count, self._file.path)
+            self._file = None
+        return super().unstage()
+
+    def trigger(self) -> DeviceStatus:
+        if self._file is None:
+            raise RuntimeError(f"{self.name} is not staged; use it in a plan (stage_decorator) or call stage()")
+        status = DeviceStatus(self)
+        conditions = self._conditions()  # sampled now, when the exposure starts
+
+        def expose_and_write() -> None:
+            try:
+                if self.simulate_timing:
+                    time.sleep(conditions["exposure"])
+                frame = self._frame(conditions)
+                with self._lock:
+                    assert self._file is not None
+                    start, stop = self._file.append(frame)
+                    if self.asset_mode == "stream":
+                        datum = self._compose_datum(indices={"start": start, "stop": stop})
+                        self._pending.append(("stream_datum", dict(datum)))
+                    else:
+                        datum = self._compose_datum(datum_kwargs={"frame": start})
+                        self._last_datum = datum["datum_id"]
+                        self._pending.append(("datum", dict(datum)))
+            except Exception as exc:
+                log.exception("%s failed to acquire a frame", self.name)
+                status.set_exception(exc)
+            else:
+                status.set_finished()
+
+        threading.Thread(target=expose_and_write, name=f"{self.name}-exposure", daemon=True).start()
+        return status
+
+    def collect_asset_docs(self) -> Any:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        yield from pending
+
+    # -- faults ------------------------------------------------------------------------------
+
+    def inject_fault(self, kind: str, frames: int = 1, pixels: float = 6.0) -> None:
+        """Make the next ``frames`` frames faulty.
+
+        Parameters
+        ----------
+        kind : {"beam_dump", "saturation", "nan", "motion"}
+            ``beam_dump``: no beam (the ring current reads 0) for ``frames`` frames.
+            ``saturation``: 300x the flux, so the open beam clips at 65535.
+            ``nan``: 2% of the pixels are NaN (``float32`` frames only).
+            ``motion``: the sample slips sideways by ``pixels`` and stays there.
+        frames : int
+            How many frames are affected (not used by ``motion``, which is permanent).
+        pixels : float
+            Displacement of ``motion``.
+        """
+        if kind not in FAULTS:
+            raise ValueError(f"unknown fault {kind!r}; choose from {FAULTS}")
+        if kind == "nan" and self.dtype == np.uint16:
+            raise ValueError("uint16 frames cannot hold NaN; create the detector with dtype='float32'")
+        if kind == "motion":
+            self.sample = self.sample.moved(pixels)
+            return
+        self._faults[kind] = self._faults.get(kind, 0) + int(frames)
+        if kind == "beam_dump" and self.beam is not None:
+            self.beam.put(0.0)
+
+    def _take_fault(self, kind: str) -> bool:
+        left = self._faults.get(kind, 0)
+        if left <= 0:
+            return False
+        self._faults[kind] = left - 1
+        return True
+
+    # -- physics -----------------------------------------------------------------------------
+
+    def _conditions(self) -> dict[str, Any]:
+        exposure = float(self.exposure_time.get())
+        dumped = self._take_fault("beam_dump")
+        if self.beam is not None and self._beam_dumped and not dumped:
+            self.beam.put(self.beam.nominal)  # the beam is back for this frame
+        self._beam_dumped = dumped
+        current_ratio = 1.0 if self.beam is None else float(self.beam.get()) / self.beam.nominal
+        photons = 0.0 if dumped else float(self.photon_flux.get()) * exposure * current_ratio
+        if self._take_fault("saturation"):
+            photons *= 300.0
+        x = 0.0 if self.sample_stage is None else float(self.sample_stage.x.readback.get())
+        index = int(self.slice_index.get())
+        if self.mode == "slice":
+            self.slice_index.put(index + 1)
+        return {
+            "exposure": exposure,
+            "photons": photons if self.shutter.get() == "open" else 0.0,
+            "angle": 0.0 if self.sample_stage is None else float(self.sample_stage.theta.readback.get()),
+            "sample_in": abs(x) < SimTomoStage.OUT / 2,
+            "slice": index,
+            "nan": self._take_fault("nan"),
+        }
+
+    def _frame(self, c: dict[str, Any]) -> np.ndarray:
+        if self.mode == "slice":
+            return self._slice(c)
+        dark = self.model.dark_level
+        attenuation = np.exp(-self.sample.line_integrals(c["angle"])) if c["sample_in"] else 1.0
+        frame = expose(c["photons"] * self.gain * attenuation + dark, self.model, self._rng)
+        if self.dtype == np.uint16:
+            return np.clip(np.rint(frame), 0, _UINT16_MAX).astype(np.uint16)
+        frame = np.minimum(frame, _UINT16_MAX).astype(np.float32)  # the camera saturates either way
+        if c["nan"]:
+            frame[self._rng.random(frame.shape) < 0.02] = np.nan
+        return frame
+
+    def _slice(self, c: dict[str, Any]) -> np.ndarray:
+        h, _ = self.sample.shape
+        row = c["slice"] % h
+        angles = angles_deg(int(self.slice_angles.get()))
+        flat = max(c["photons"], 1e-3) * self.gain[row]
+        counts = expose(flat * np.exp(-self.sample.sinogram(row, angles)) + self.model.dark_level,
+                        self.model, self._rng)
+        sino = flat_field_correct(counts, flat + self.model.dark_level, np.full_like(flat, self.model.dark_level))
+        rec = fbp(sino, angles).astype(np.float32)
+        if c["nan"]:
+            rec[self._rng.random(rec.shape) < 0.02] = np.nan
+        return rec

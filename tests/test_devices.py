@@ -1,0 +1,150 @@
+"""SimTomoDetector, SimTomoStage and SimBeamCurrent in real RunEngine scans."""
+
+from __future__ import annotations
+
+import bluesky.plan_stubs as bps
+import bluesky.plans as bp
+import bluesky.preprocessors as bpp
+import event_model
+import numpy as np
+import pytest
+from bluesky import RunEngine
+
+from bluesky_tomogan.devices import SimBeamCurrent, SimTomoDetector, SimTomoStage
+from bluesky_tomogan.hdf5_frames import HDF5FrameHandler, StreamFrameReader
+
+
+@pytest.fixture
+def RE():
+    re = RunEngine({})
+    yield re
+    if re.state != "idle":
+        re.halt()
+
+
+@pytest.fixture
+def rig(tmp_path):
+    stage = SimTomoStage(name="stage")
+    beam = SimBeamCurrent()
+    det = SimTomoDetector(name="det", stage=stage, beam=beam, shape=(48, 64), directory=tmp_path,
+                          simulate_timing=False)
+    return det, stage, beam
+
+
+def scan(RE, plan):
+    docs = []
+    RE(plan, lambda name, doc: docs.append((name, doc)))
+    for name, doc in docs:
+        event_model.schema_validators[event_model.DocumentNames(name)].validate(doc)
+    return docs
+
+
+def frames_of(docs):
+    """Read the frames back through the documents, as any consumer would."""
+    (sres,) = [d for n, d in docs if n == "stream_resource"]
+    read = StreamFrameReader(sres)
+    try:
+        return np.concatenate([read(d["indices"]["start"], d["indices"]["stop"])
+                               for n, d in docs if n == "stream_datum"])
+    finally:
+        read.close()
+
+
+def test_stream_mode_announces_uint16_frames_like_ophyd_async(RE, rig):
+    det, stage, _ = rig
+    docs = scan(RE, bp.scan([det], stage.theta, 0, 90, 4))
+    (desc,) = [d for n, d in docs if n == "descriptor"]
+    key = desc["data_keys"]["det_image"]
+    assert key["external"] == "STREAM:" and key["shape"] == [1, 48, 64] and key["dtype_numpy"] == "<u2"
+    events = [d for n, d in docs if n == "event"]
+    assert all("det_image" not in e["data"] for e in events)  # STREAM: data is never inline
+    datums = [d for n, d in docs if n == "stream_datum"]
+    assert [d["seq_nums"] for d in datums] == [{"start": i, "stop": i + 1} for i in range(1, 5)]
+    frames = frames_of(docs)
+    assert frames.shape == (4, 48, 64) and frames.dtype == np.uint16
+    assert not np.array_equal(frames[0], frames[3])  # the sample rotated
+
+
+def test_legacy_resource_mode_reads_through_the_handler(RE, tmp_path):
+    det = SimTomoDetector(name="det", shape=(32, 32), directory=tmp_path, asset_mode="resource",
+                          simulate_timing=False)
+    docs = scan(RE, bp.count([det], num=3))
+    (res,) = [d for n, d in docs if n == "resource"]
+    assert res["spec"] == "hdf5"
+    events = [d for n, d in docs if n == "event"]
+    assert all(e["filled"] == {"det_image": False} for e in events)
+    handler = HDF5FrameHandler("/" + res["resource_path"], **res["resource_kwargs"])
+    datums = {d["datum_id"]: d for n, d in docs if n == "datum"}
+    frames = [handler(**datums[e["data"]["det_image"]]["datum_kwargs"]) for e in events]
+    handler.close()
+    assert all(f.shape == (1, 32, 32) and f.dtype == np.uint16 for f in frames)
+
+
+def test_shutter_and_sample_position_give_darks_and_flats(RE, rig):
+    det, stage, _ = rig
+
+    @bpp.stage_decorator([det])
+    @bpp.run_decorator()
+    def plan():
+        yield from bps.mv(det.shutter, "closed")
+        yield from bps.trigger_and_read([det], name="dark")
+        yield from bps.mv(det.shutter, "open", stage.x, SimTomoStage.OUT)
+        yield from bps.trigger_and_read([det], name="flat")
+        yield from bps.mv(stage.x, 0)
+        yield from bps.trigger_and_read([det])
+
+    dark, flat, sample = frames_of(scan(RE, plan())).astype(float)
+    assert abs(dark.mean() - det.model.dark_level) < 1
+    expected_flat = det.photon_flux.get() * det.exposure_time.get() * det.gain.mean() + det.model.dark_level
+    assert abs(flat.mean() - expected_flat) / expected_flat < 0.05
+    assert sample.mean() < flat.mean() - 50  # the sample absorbs
+
+
+def test_faults_beam_dump_saturation_motion(RE, rig):
+    det, stage, beam = rig
+    det.inject_fault("beam_dump", frames=2)
+    assert beam.get() == 0.0
+    docs = scan(RE, bp.count([det, beam], num=3))
+    frames = frames_of(docs).astype(float)
+    currents = [e["data"]["ring_current"] for n, e in docs if n == "event"]
+    assert currents[:2] == [0.0, 0.0] and currents[2] == beam.nominal
+    assert frames[0].mean() < det.model.dark_level + 1 and frames[2].mean() > det.model.dark_level + 100
+
+    det.inject_fault("saturation")
+    saturated = frames_of(scan(RE, bp.count([det], num=1)))[0]
+    assert (saturated == 65535).mean() > 0.1
+
+    before = det.sample.line_integrals(0.0)
+    det.inject_fault("motion", pixels=8)
+    after = det.sample.line_integrals(0.0)
+    np.testing.assert_allclose(after[:, 8:], before[:, :-8], atol=1e-5)  # the whole sample slid 8 pixels
+
+
+def test_nan_fault_needs_float_frames(tmp_path, RE):
+    det = SimTomoDetector(name="det", shape=(32, 32), directory=tmp_path, simulate_timing=False)
+    with pytest.raises(ValueError, match="uint16 frames cannot hold NaN"):
+        det.inject_fault("nan")
+    with pytest.raises(ValueError, match="unknown fault"):
+        det.inject_fault("gremlins")
+    det = SimTomoDetector(name="det", shape=(32, 32), directory=tmp_path, dtype="float32", simulate_timing=False)
+    det.inject_fault("nan")
+    frame = frames_of(scan(RE, bp.count([det], num=1)))[0]
+    assert frame.dtype == np.float32 and 0 < np.isnan(frame).mean() < 0.1
+
+
+def test_slice_mode_gives_reconstructed_float_slices(RE, tmp_path):
+    det = SimTomoDetector(name="det", mode="slice", shape=(16, 40), directory=tmp_path, simulate_timing=False)
+    det.slice_angles.put(60)
+    frames = frames_of(scan(RE, bp.count([det], num=3)))
+    assert frames.shape == (3, 40, 40) and frames.dtype == np.float32
+    assert det.slice_index.get() == 3
+    assert not np.allclose(frames[0], frames[2])  # consecutive heights differ
+
+
+def test_bad_construction_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="mode"):
+        SimTomoDetector(name="d", mode="movie", directory=tmp_path)
+    with pytest.raises(ValueError, match="asset_mode"):
+        SimTomoDetector(name="d", asset_mode="tiff", directory=tmp_path)
+    with pytest.raises(RuntimeError, match="not staged"):
+        SimTomoDetector(name="d", directory=tmp_path).trigger()
