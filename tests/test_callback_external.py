@@ -1,0 +1,141 @@
+"""TomoGANCallback on detectors that write frames to files, and storage in an embedded Tiled."""
+
+from __future__ import annotations
+
+import bluesky.plans as bp
+import event_model
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from bluesky.callbacks.tiled_writer import TiledWriter
+from tiled.queries import Key
+
+from bluesky_tomogan import TomoGANCallback, load_denoiser
+from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
+from bluesky_tomogan.frames import context_indices
+from bluesky_tomogan.hdf5_frames import StreamFrameReader
+from bluesky_tomogan.storage import close_local_tiled, frames_directory, local_tiled
+
+
+@pytest.fixture
+def RE():
+    re = RunEngine({})
+    yield re
+    if re.state != "idle":
+        re.halt()
+
+
+@pytest.fixture(scope="module")
+def denoiser():
+    return load_denoiser("tomogan-projection", backend="onnxruntime")
+
+
+@pytest.fixture
+def store(tmp_path):
+    client = local_tiled(tmp_path / "store")
+    yield client
+    close_local_tiled(client)
+
+
+def detector(directory, asset_mode="stream", seed=0):
+    return SimTomoDetector(name="det", stage=SimTomoStage(name="stage"), shape=(40, 48), directory=directory,
+                           asset_mode=asset_mode, seed=seed, simulate_timing=False)
+
+
+def collect(cb):
+    docs = []
+    cb.subscribe(lambda name, doc: docs.append((name, doc)))
+    return docs
+
+
+def raw_frames(docs):
+    """All raw frames of the run, read through whichever documents announced them."""
+    sres = [d for n, d in docs if n == "stream_resource" and d["data_key"] == "det_image"]
+    if sres:
+        read = StreamFrameReader(sres[0])
+        return np.concatenate([read(d["indices"]["start"], d["indices"]["stop"])
+                               for n, d in docs if n == "stream_datum" and d["stream_resource"] == sres[0]["uid"]])
+    (res,) = [d for n, d in docs if n == "resource"]
+    read = StreamFrameReader({"mimetype": "application/x-hdf5", "uri": "file:///" + res["resource_path"],
+                              "parameters": res["resource_kwargs"]})
+    return read(0, sum(n == "datum" for n, _ in docs))
+
+
+@pytest.mark.parametrize("asset_mode", ["stream", "resource"])
+def test_external_frames_are_read_and_denoised_with_their_neighbours(RE, denoiser, tmp_path, asset_mode):
+    det = detector(tmp_path, asset_mode)
+    cb = TomoGANCallback(denoiser)
+    docs = collect(cb)
+    RE.subscribe(cb)
+    RE(bp.scan([det], det.sample_stage.theta, 0, 40, 5))
+    for name, doc in docs:
+        event_model.schema_validators[event_model.DocumentNames(name)].validate(doc)
+    assert cb.errors == []
+    raw = raw_frames(docs).astype(np.float32)
+    pages = [d for n, d in docs if n == "event_page"]
+    got = np.stack([f for p in pages for f in p["data"]["det_image_denoised"]])
+    assert [s for p in pages for s in p["data"]["det_image_source_seq_num"]] == [1, 2, 3, 4, 5]
+    group = np.zeros(len(raw), np.int32)
+    for k in range(len(raw)):  # the same frames, the same mirrored context, the same numbers
+        want = denoiser.denoise_context(raw[context_indices(group, k, 3)])
+        np.testing.assert_allclose(got[k], want, rtol=1e-5, atol=1e-3)
+
+
+class BrokenHandler:
+    def __init__(self, path, **kwargs):
+        raise OSError(f"disk unplugged: {path}")
+
+
+def test_unreadable_external_frames_are_flagged_and_the_scan_goes_on(RE, denoiser, tmp_path):
+    det = detector(tmp_path, "resource")
+    cb = TomoGANCallback(denoiser, handler_registry={"hdf5": BrokenHandler})
+    docs = collect(cb)
+    RE.subscribe(cb)
+    (uid,) = RE(bp.count([det], num=3))
+    errors = [e for n, d in docs if n == "event_page" for e in d["data"]["det_image_qc_error"]]
+    assert len(errors) == 3 and all("cannot read frame" in e for e in errors)
+    assert [n for n, _ in docs].count("event") == 3 and docs[-1][0] == "stop"
+
+
+def test_run_stored_in_tiled_has_denoised_frames_and_qc_columns(RE, denoiser, store, tmp_path):
+    frames_dir = frames_directory(tmp_path / "store")
+    det = detector(frames_dir / "raw")
+    cb = TomoGANCallback(denoiser, directory=frames_dir)
+    cb.subscribe(TiledWriter(store))
+    RE.subscribe(cb)
+    (uid,) = RE(bp.scan([det], det.sample_stage.theta, 0, 90, 4), sample="glass beads", operator="test")
+    run = store[uid]
+    assert set(run) == {"primary", "denoised"}
+    denoised = run["denoised"]
+    frames = denoised["det_image_denoised"].read()
+    assert frames.shape == (4, 40, 48) and frames.dtype == np.float32
+    assert list(denoised["det_image_source_seq_num"].read()) == [1, 2, 3, 4]
+    assert list(denoised["det_image_qc_error"].read()) == [""] * 4
+    assert np.all(denoised["det_image_qc_latency_s"].read() > 0)
+    raw = run["primary"]["det_image"].read()
+    assert raw.shape == (4, 40, 48) and raw.dtype == np.uint16
+    assert uid in store.search(Key("start.sample") == "glass beads")
+    assert run.metadata["stop"]["num_events"] == {"primary": 4, "denoised": 4}
+
+
+def test_raw_stream_is_byte_identical_with_and_without_the_callback(RE, denoiser, store, tmp_path):
+    """The same scan (same seeds) stored once directly and once through the callback."""
+    frames_dir = frames_directory(tmp_path / "store")
+    direct = TiledWriter(store)
+    token = RE.subscribe(direct)
+    det = detector(frames_dir / "raw", seed=3)
+    (plain,) = RE(bp.scan([det], det.sample_stage.theta, 0, 90, 3))
+    RE.unsubscribe(token)
+    cb = TomoGANCallback(denoiser, directory=frames_dir)
+    cb.subscribe(TiledWriter(store))
+    RE.subscribe(cb)
+    det = detector(frames_dir / "raw", seed=3)
+    (denoised,) = RE(bp.scan([det], det.sample_stage.theta, 0, 90, 3))
+    a, b = store[plain]["primary"], store[denoised]["primary"]
+    assert set(store[denoised]) == {"primary", "denoised"}
+    assert a.metadata["data_keys"] == b.metadata["data_keys"]
+    keys = [k for k in a if k != "time" and not k.startswith("ts_")]  # clocks differ between two scans
+    assert "det_image" in keys
+    for key in keys:
+        x, y = a[key].read(), b[key].read()
+        assert x.dtype == y.dtype and np.asarray(x).tobytes() == np.asarray(y).tobytes(), key
