@@ -139,3 +139,16 @@ def test_raw_stream_is_byte_identical_with_and_without_the_callback(RE, denoiser
     for key in keys:
         x, y = a[key].read(), b[key].read()
         assert x.dtype == y.dtype and np.asarray(x).tobytes() == np.asarray(y).tobytes(), key
+
+
+def test_streams_option_leaves_darks_and_flats_alone(RE, denoiser, tmp_path):
+    from bluesky_tomogan.plans import tomo_scan
+
+    det = detector(tmp_path)
+    cb = TomoGANCallback(denoiser, streams=["primary"])
+    docs = collect(cb)
+    RE.subscribe(cb)
+    RE(tomo_scan(det, det.sample_stage, [0, 60, 120], n_darks=2, n_flats=2))
+    names = sorted(d["name"] for n, d in docs if n == "descriptor")
+    assert names == ["dark", "denoised", "flat", "primary"]
+    assert docs[-1][1]["num_events"] == {"dark": 2, "flat": 2, "primary": 3, "denoised": 3}

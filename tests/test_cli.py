@@ -73,3 +73,27 @@ def test_denoise_names_the_missing_dataset(tmp_path, capsys):
         f["b"] = [[1.0]]
     assert main(["denoise", str(src), str(tmp_path / "o.h5")]) == 1
     assert "holds 2 datasets ['a', 'b']; choose one with --key" in capsys.readouterr().err
+
+
+def test_demo_runs_a_live_scan_stored_in_tiled_and_says_where(tmp_path):
+    out = tmp_path / "demo"
+    done = subprocess.run([sys.executable, "-m", "bluesky_tomogan.cli", "demo", "--out", str(out), "--size", "64",
+                           "--angles", "24", "--exposure", "0.001", "--backend", "onnxruntime"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"figure: {out / 'demo.png'}" in done.stdout and (out / "demo.png").stat().st_size > 10_000
+    assert f"client = local_tiled({str(out)!r})" in done.stdout
+    assert "0 frames dropped" in done.stdout
+
+    from bluesky_tomogan.storage import close_local_tiled, local_tiled
+
+    client = local_tiled(out)  # reopens the demo's catalog, as the printed lines say
+    try:
+        (uid,) = list(client)
+        run = client[uid]
+        assert set(run) == {"dark", "flat", "primary", "denoised"}
+        assert run["primary"]["det_image"].shape == (24, 64, 64)
+        assert run["denoised"]["det_image_denoised"].shape == (24, 64, 64)
+        assert run.metadata["start"]["plan_name"] == "tomo_scan"
+    finally:
+        close_local_tiled(client)

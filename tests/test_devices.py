@@ -148,3 +148,21 @@ def test_bad_construction_is_refused(tmp_path):
         SimTomoDetector(name="d", asset_mode="tiff", directory=tmp_path)
     with pytest.raises(RuntimeError, match="not staged"):
         SimTomoDetector(name="d", directory=tmp_path).trigger()
+
+
+def test_tomo_scan_takes_darks_flats_then_projections(RE, rig):
+    from bluesky_tomogan.plans import tomo_scan
+
+    det, stage, _ = rig
+    docs = scan(RE, tomo_scan(det, stage, [0, 45, 90], n_darks=2, n_flats=2, md={"sample": "beads"}))
+    start = docs[0][1]
+    assert start["plan_name"] == "tomo_scan" and start["sample"] == "beads" and start["num_points"] == 3
+    streams = {d["uid"]: d["name"] for n, d in docs if n == "descriptor"}
+    assert sorted(streams.values()) == ["dark", "flat", "primary"]
+    # one StreamResource per stream (a StreamResource belongs to one stream)
+    sres = [d for n, d in docs if n == "stream_resource"]
+    per_stream = {streams[d["descriptor"]]: d["stream_resource"] for n, d in docs if n == "stream_datum"}
+    assert len(sres) == 3 and len(set(per_stream.values())) == 3
+    assert docs[-1][1]["num_events"] == {"dark": 2, "flat": 2, "primary": 3}
+    thetas = [d["data"]["stage_theta"] for n, d in docs if n == "event" and streams[d["descriptor"]] == "primary"]
+    assert thetas == [0, 45, 90] and stage.x.position == 0

@@ -138,9 +138,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out).expanduser(), size=args.size, n_angles=args.angles, photons=args.photons,
-             backend=args.backend)
-    return 0
+    metrics = run_demo(Path(args.out).expanduser(), size=args.size, n_angles=args.angles, photons=args.photons,
+                       backend=args.backend, exposure=args.exposure, report=print)
+    return 0 if metrics["qc_errors"] == 0 else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,9 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("demo", help="simulate a low-dose scan, denoise it, write a figure")
-    s.add_argument("--out", default="tomogan-demo", help="output directory (default: ./tomogan-demo)")
-    s.add_argument("--size", type=int, default=256, help="frame size (default 256)")
+    s = sub.add_parser("demo", help="a simulated low-dose scan denoised live and stored in Tiled, with a figure")
+    s.add_argument("--out", default="tomogan-demo", help="store and figure directory (default: ./tomogan-demo)")
+    s.add_argument("--size", type=int, default=512, help="frame size (default 512)")
+    s.add_argument("--exposure", type=float, default=0.1, help="simulated exposure per frame, s (default 0.1)")
     s.add_argument("--angles", type=int, default=180, help="projections over 180 degrees")
     s.add_argument("--photons", type=float, default=500.0, help="incident photons per pixel (dose)")
     s.add_argument("--backend", default="auto")

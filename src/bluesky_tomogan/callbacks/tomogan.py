@@ -95,6 +95,9 @@ class TomoGANCallback(event_model.DocumentRouter):
         reconstructed slices need different models).
     fields : list of str, optional
         Image fields to denoise (default: every 2-D field, or the mapping's keys).
+    streams : list of str, optional
+        Streams whose frames are denoised (default: every stream). A tomography
+        scan usually wants ``["primary"]``, leaving its ``dark`` and ``flat`` alone.
     policy : {"block", "drop-oldest", "latest-only"}
         What to do when ``maxsize`` frames are waiting (see :mod:`.queue`).
         Dropped frames are counted in ``dropped`` and logged, never silent.
@@ -126,6 +129,7 @@ class TomoGANCallback(event_model.DocumentRouter):
         denoiser: Denoiser | Mapping[str, Denoiser],
         fields: list[str] | None = None,
         *,
+        streams: list[str] | None = None,
         policy: Policy = "block",
         maxsize: int = 16,
         flush_timeout: float = 60.0,
@@ -135,6 +139,7 @@ class TomoGANCallback(event_model.DocumentRouter):
     ) -> None:
         super().__init__()
         self.directory = directory
+        self.stream_names = None if streams is None else list(streams)
         self.handler_registry = dict(HANDLER_REGISTRY if handler_registry is None else handler_registry)
         self.root_map = dict(root_map or {})
         self._denoisers = dict(denoiser) if isinstance(denoiser, Mapping) else None
@@ -233,10 +238,10 @@ class TomoGANCallback(event_model.DocumentRouter):
 
     def descriptor(self, doc: EventDescriptor) -> EventDescriptor:
         self._filler("descriptor", dict(doc))
-        wanted = [f for f in image_fields(doc) if self._fields is None or f in self._fields]
-        if not wanted or self._start is None:
-            return doc
         stream = doc.get("name", "primary")
+        wanted = [f for f in image_fields(doc) if self._fields is None or f in self._fields]
+        if not wanted or self._start is None or (self.stream_names is not None and stream not in self.stream_names):
+            return doc
         for f in wanted:
             # One derived stream per image field keeps every row complete; with a single
             # image field in "primary" (the common case) the stream is simply "denoised".

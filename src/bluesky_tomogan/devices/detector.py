@@ -15,6 +15,10 @@ and are announced, as ophyd-async detectors do, by ``StreamResource`` and
 ``[1, H, W]``); ``asset_mode="resource"`` uses the legacy ``Resource``/``Datum``
 documents of ophyd v1 area detectors instead. The frames never travel inside
 events, so the same plans, callbacks and TiledWriter work as with hardware.
+Each staging opens a new file with its own StreamResource. A StreamResource
+belongs to one stream, so a run with several streams (darks, flats,
+projections) stages the detector once per stream, as
+:func:`~bluesky_tomogan.plans.tomo_scan` does.
 
 Faults for tests and demos are injected with :meth:`SimTomoDetector.inject_fault`.
 """
