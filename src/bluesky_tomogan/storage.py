@@ -11,6 +11,7 @@ instead; everything downstream is the same.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,34 @@ def local_tiled(path: str | os.PathLike[str] = "~/tomogan-data") -> Any:
         frames_directory(root).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputPathError(f"cannot create the data directory {root}: {exc}") from exc
-    server = SimpleTiledServer(directory=root / "tiled", readable_storage=[frames_directory(root)])
+    server = _start_daemon(
+        lambda: SimpleTiledServer(directory=root / "tiled", readable_storage=[frames_directory(root)]))
     client = from_uri(server.uri)  # the URI carries the generated API key
     client.tomogan_server = server
     return client
+
+
+def _start_daemon(make: Any) -> Any:
+    """Call ``make`` on a daemon thread, so the threads it starts are daemons too (threads inherit it).
+
+    An embedded server must not keep the Python process (an IPython session, a
+    script) alive after its last line: non-daemon threads are joined before
+    ``atexit`` handlers could stop them.
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["server"] = make()
+        except BaseException as exc:  # re-raised on the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=run, name="tiled-start", daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["server"]
 
 
 def close_local_tiled(client: Any) -> None:

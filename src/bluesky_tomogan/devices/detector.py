@@ -54,15 +54,25 @@ _UINT16_MAX = 65535
 
 
 class SimBeamCurrent(Signal):
-    """Storage-ring current in mA (a soft signal; a beam dump sets it to 0).
+    """Storage-ring current in mA (a soft signal); :meth:`dump` loses the beam for a while.
 
-    Suspenders watch it as they watch the real PV, e.g.
-    ``RE.install_suspender(SuspendFloor(beam, 100))``.
+    The detector's flux scales with it. Suspenders watch it as they watch the
+    real PV, e.g. ``RE.install_suspender(SuspendFloor(ring_current, 50, resume_thresh=100))``.
     """
 
     def __init__(self, *, name: str = "ring_current", nominal: float = 200.0, **kwargs: Any) -> None:
         super().__init__(name=name, value=nominal, kind=kwargs.pop("kind", "hinted"), **kwargs)
         self.nominal = nominal
+        self._refill: threading.Timer | None = None
+
+    def dump(self, seconds: float) -> None:
+        """Lose the beam now (0 mA) and get it back at nominal current after ``seconds``."""
+        if self._refill is not None:
+            self._refill.cancel()
+        self.put(0.0)
+        self._refill = threading.Timer(seconds, self.put, args=(self.nominal,))
+        self._refill.daemon = True
+        self._refill.start()
 
     def describe(self) -> OrderedDict:
         out = super().describe()
@@ -164,7 +174,6 @@ class SimTomoDetector(Device):
         self._rng = np.random.default_rng(seed + 1)
         self.gain = gain_pattern((h, w), self.model.gain_variation, np.random.default_rng(seed + 2))
         self._faults: dict[str, int] = {}
-        self._beam_dumped = False
         self._file: FrameFile | None = None
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._compose_datum: Any = None
@@ -263,7 +272,9 @@ class SimTomoDetector(Device):
         Parameters
         ----------
         kind : {"beam_dump", "saturation", "nan", "motion"}
-            ``beam_dump``: no beam (the ring current reads 0) for ``frames`` frames.
+            ``beam_dump``: no photons reach the camera for ``frames`` frames
+            (beam lost upstream; only the frames show it). To lose the beam
+            in the ring, where suspenders see it, use :meth:`SimBeamCurrent.dump`.
             ``saturation``: 300x the flux, so the open beam clips at 65535.
             ``nan``: 2% of the pixels are NaN (``float32`` frames only).
             ``motion``: the sample slips sideways by ``pixels`` and stays there.
@@ -280,8 +291,6 @@ class SimTomoDetector(Device):
             self.sample = self.sample.moved(pixels)
             return
         self._faults[kind] = self._faults.get(kind, 0) + int(frames)
-        if kind == "beam_dump" and self.beam is not None:
-            self.beam.put(0.0)
 
     def _take_fault(self, kind: str) -> bool:
         left = self._faults.get(kind, 0)
@@ -295,9 +304,6 @@ class SimTomoDetector(Device):
     def _conditions(self) -> dict[str, Any]:
         exposure = float(self.exposure_time.get())
         dumped = self._take_fault("beam_dump")
-        if self.beam is not None and self._beam_dumped and not dumped:
-            self.beam.put(self.beam.nominal)  # the beam is back for this frame
-        self._beam_dumped = dumped
         current_ratio = 1.0 if self.beam is None else float(self.beam.get()) / self.beam.nominal
         photons = 0.0 if dumped else float(self.photon_flux.get()) * exposure * current_ratio
         if self._take_fault("saturation"):

@@ -1,0 +1,34 @@
+"""The IPython profile starts a working beamline session (run non-interactively)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "profile_tomogan"
+
+
+@pytest.mark.skipif(not (Path(sys.executable).parent / "ipython").exists(),
+                    reason="IPython is not installed")
+def test_profile_runs_a_tomography_scan_stored_with_its_denoised_stream(tmp_path):
+    ipython = Path(sys.executable).parent / "ipython"
+    code = ("det.exposure_time.put(0.001); "
+            "uid, = RE(tomo_scan(det, stage, [0, 45, 90, 135], n_darks=1, n_flats=1)); "
+            "run = client[uid]; "
+            "print('STREAMS', sorted(run)); "
+            "print('SHAPE', run['denoised']['det_image_denoised'].shape); "
+            "print('ERRORS', tomogan.errors, tomogan.dropped)")
+    env = {**os.environ, "TOMOGAN_DATA": str(tmp_path / "data")}
+    env.pop("TOMOGAN_TILED_URI", None)
+    done = subprocess.run([str(ipython), f"--profile-dir={PROFILE}", "--no-banner", "--colors=nocolor", "-c", code],
+                          stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "bluesky-tomogan session" in done.stdout
+    assert "STREAMS ['dark', 'denoised', 'flat', 'primary']" in done.stdout
+    assert "SHAPE (4, 512, 512)" in done.stdout
+    assert "ERRORS [] 0" in done.stdout
