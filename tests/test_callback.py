@@ -209,6 +209,11 @@ def test_block_policy_never_hangs_the_producer_on_a_stuck_consumer():
     assert q.put("a") is True
     assert q.put("b", timeout=0.01) is False  # nobody consumes: the frame is dropped, recorded
     assert q.dropped == ["b"] and len(q) == 1
+    tombs = FrameQueue(maxsize=1, policy="drop-oldest", tombstone=lambda item: f"lost {item}")
+    tombs.put("a")
+    tombs.put("b")  # "a" is dropped; its tombstone stays in its place for the consumer
+    assert tombs.dropped == ["lost a"]
+    assert [tombs.get(0), tombs.get(0)] == [(False, "lost a"), (True, "b")]
 
 
 def test_a_failing_stop_handler_still_passes_the_raw_stop_on(RE, denoiser):
@@ -220,3 +225,75 @@ def test_a_failing_stop_handler_still_passes_the_raw_stop_on(RE, denoiser):
     names = [n for n, _ in docs]
     assert names.count("stop") == 1 and names[-1] == "stop"
     assert names.count("descriptor") == 2  # raw + derived, each exactly once
+
+
+class SlowDenoiser:
+    """A real denoiser that takes ``delay`` seconds per frame, to make the queue overflow."""
+
+    def __init__(self, inner, delay):
+        self.inner, self.delay = inner, delay
+
+    def denoise_context(self, context):
+        time.sleep(self.delay)
+        return self.inner.denoise_context(context)
+
+    def provenance(self):
+        return self.inner.provenance()
+
+
+@pytest.mark.parametrize("external", [False, True], ids=["inline", "hdf5"])
+def test_dropped_frames_are_recorded_as_rows_in_their_place(RE, denoiser, tmp_path, external):
+    cb = TomoGANCallback(SlowDenoiser(denoiser, 0.1), policy="drop-oldest", maxsize=1,
+                         directory=tmp_path if external else None)
+    docs = run(RE, cb, [camera(shape=(32, 32))], num=12)
+    validate(docs)
+    pages = [d for n, d in docs if n == "event_page"]
+    errors = [e for p in pages for e in p["data"]["cam_qc_error"]]
+    seq = sorted(s for p in pages for s in p["data"]["cam_source_seq_num"])
+    assert seq == list(range(1, 13))  # every raw frame has its row, dropped or not
+    assert cb.dropped > 0 and sum(e.startswith("dropped: queue full") for e in errors) == cb.dropped
+    assert cb.errors == []  # drops are counted in ``dropped``, not repeated as errors
+    if external:
+        datums = [d for n, d in docs if n == "stream_datum"]
+        assert sum(d["indices"]["stop"] - d["indices"]["start"] for d in datums) == 12
+
+
+def test_a_frame_of_another_shape_is_flagged_and_kept_out_of_the_context(RE, denoiser):
+    rng = np.random.default_rng(0)
+    calls = iter(range(100))
+
+    def frame():
+        shape = (40, 64) if next(calls) == 2 else (48, 64)
+        return rng.poisson(500, shape).astype(np.uint16)
+
+    cb = TomoGANCallback(denoiser)
+    docs = run(RE, cb, [SynSignal(func=frame, name="cam")])
+    pages = [d for n, d in docs if n == "event_page"]
+    errors = [e for p in pages for e in p["data"]["cam_qc_error"]]
+    assert [bool(e) for e in errors].count(True) == 1
+    assert "frame shape (40, 64) is not the declared (48, 64)" in next(e for e in errors if e)
+    frames = [np.asarray(f) for p in pages for f in p["data"]["cam_denoised"]]
+    assert all(f.shape == (48, 64) for f in frames) and docs[-1][1]["num_events"]["denoised"] == 5
+
+
+def test_a_field_that_disappears_mid_run_is_noted_and_the_run_goes_on(denoiser):
+    run_bundle = event_model.compose_run()
+    desc = run_bundle.compose_descriptor(
+        name="primary", data_keys={"cam": {"source": "sim", "dtype": "array", "shape": [16, 16]},
+                                   "x": {"source": "sim", "dtype": "number", "shape": []}})
+    frame = np.full((16, 16), 100, np.uint16)
+    raw = [("start", run_bundle.start_doc), ("descriptor", desc.descriptor_doc)]
+    raw += [("event", desc.compose_event(data={"cam": frame, "x": i}, timestamps={"cam": 0, "x": 0}))
+            for i in range(3)]
+    broken = desc.compose_event(data={"cam": frame, "x": 3}, timestamps={"cam": 0, "x": 0})
+    del broken["data"]["cam"], broken["timestamps"]["cam"]  # the detector stopped sending frames
+    raw += [("event", broken), ("stop", run_bundle.compose_stop())]
+
+    cb = TomoGANCallback(denoiser)
+    out = []
+    cb.subscribe(lambda name, doc: out.append((name, doc)))
+    for name, doc in raw:
+        cb(name, doc)
+    assert [d["uid"] for n, d in out if n == "event"] == [d["uid"] for n, d in raw if n == "event"]
+    assert out[-1][0] == "stop" and out[-1][1]["num_events"]["denoised"] == 3
+    assert any("lacks image field 'cam'" in e for e in cb.errors)

@@ -84,6 +84,18 @@ class FrameFile:
         self.count = start + len(frames)
         return start, self.count
 
+    def skip(self, n: int = 1) -> tuple[int, int]:
+        """Add ``n`` rows holding the fill value (zeros) without writing them; return their indices.
+
+        For frames that exist in the record but have no data (dropped, failed):
+        HDF5 leaves unwritten chunks unallocated, so this costs no disk space.
+        """
+        start = self.count
+        self._dset.resize(start + n, axis=0)
+        self._dset.flush()
+        self.count = start + n
+        return start, self.count
+
     def close(self) -> None:
         """Close the file; never raises (it runs at the end of scans)."""
         try:

@@ -51,15 +51,25 @@ class DerivedFrameWriter:
         self._bundles[data_key] = bundle
         return dict(bundle.stream_resource_doc)
 
-    def append(self, data_key: str, frames: np.ndarray, seq_nums: list[int], descriptor: Any) -> dict[str, Any]:
-        """Append ``frames`` (N, H, W) and return the StreamDatum covering them."""
-        start, stop = self._files[data_key].append(frames)
-        datum = self._bundles[data_key].compose_stream_datum(
+    def write(self, data_key: str, frames: np.ndarray | None) -> tuple[int, int]:
+        """Append ``frames`` ``(N, H, W)`` or one ``(H, W)`` frame; return their ``[start, stop)`` rows.
+
+        ``None`` appends one row of zeros without writing it (a frame that was
+        dropped or failed). Called from the callback's worker thread, so the
+        RunEngine's thread never writes.
+        """
+        if frames is None:
+            return self._files[data_key].skip(1)
+        return self._files[data_key].append(frames)
+
+    def datum(self, data_key: str, start: int, stop: int, first_seq_num: int, descriptor: Any) -> dict[str, Any]:
+        """The StreamDatum of rows ``[start, stop)``, for events from ``first_seq_num`` on."""
+        doc = self._bundles[data_key].compose_stream_datum(
             indices={"start": start, "stop": stop},
-            seq_nums={"start": seq_nums[0], "stop": seq_nums[-1] + 1},
+            seq_nums={"start": first_seq_num, "stop": first_seq_num + stop - start},
             descriptor=descriptor,
         )
-        return dict(datum)
+        return dict(doc)
 
     def close(self) -> None:
         for f in self._files.values():

@@ -13,13 +13,18 @@ Policies
     ``put`` never waits; every queued frame is discarded and counted, so the
     worker always takes the newest frame (live display at any cost).
 
-Control items (end-of-stream markers) are never dropped.
+Control items (end-of-stream markers) are never dropped. A dropped frame leaves a
+*tombstone* (by default the item itself; the callback passes a function that keeps
+the frame's identity without its pixels) both in ``dropped`` and in the queue at
+the frame's place, so the consumer records the loss in order and memory stays
+bounded by ``maxsize`` frames.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Literal
 
 __all__ = ["FrameQueue", "POLICIES", "Policy"]
@@ -37,9 +42,14 @@ class FrameQueue:
         Most frames held at once (control items do not count).
     policy : {"block", "drop-oldest", "latest-only"}
         What ``put`` does when full.
+    tombstone : callable, optional
+        ``tombstone(item)`` is what a dropped frame leaves behind: recorded in
+        ``dropped`` and handed to the consumer as a control item. ``None``
+        keeps the item in ``dropped`` and tells the consumer nothing.
     """
 
-    def __init__(self, maxsize: int = 16, policy: Policy = "block") -> None:
+    def __init__(self, maxsize: int = 16, policy: Policy = "block",
+                 tombstone: Callable[[Any], Any] | None = None) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown queue policy {policy!r}; choose from {', '.join(POLICIES)}")
         if maxsize < 1:
@@ -49,7 +59,8 @@ class FrameQueue:
         self._items: deque[tuple[bool, Any]] = deque()  # (is_frame, item)
         self._frames = 0
         self._cond = threading.Condition()
-        self.dropped: list[Any] = []  # every dropped item, for the record
+        self._tombstone = tombstone
+        self.dropped: list[Any] = []  # a tombstone of every dropped frame, for the record
 
     def __len__(self) -> int:
         with self._cond:
@@ -65,7 +76,10 @@ class FrameQueue:
         with self._cond:
             if self.policy == "block":
                 if not self._cond.wait_for(lambda: self._frames < self.maxsize, timeout):
-                    self.dropped.append(item)
+                    tomb = self._drop(item)
+                    if self._tombstone is not None:
+                        self._items.append((False, tomb))
+                        self._cond.notify_all()
                     return False
             elif self.policy == "latest-only":
                 self._drop_frames(self._frames)
@@ -98,9 +112,16 @@ class FrameQueue:
         while self._items:
             is_frame, item = self._items.popleft()
             if is_frame and n > 0:
-                self.dropped.append(item)
+                tomb = self._drop(item)
+                if self._tombstone is not None:  # the consumer learns of the loss in order
+                    kept.append((False, tomb))
                 self._frames -= 1
                 n -= 1
             else:
                 kept.append((is_frame, item))
         self._items = kept
+
+    def _drop(self, item: Any) -> Any:
+        tomb = item if self._tombstone is None else self._tombstone(item)
+        self.dropped.append(tomb)
+        return tomb

@@ -29,6 +29,7 @@ loaded on the worker thread, so the RunEngine's thread never waits for disk.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import logging
 import os
@@ -54,6 +55,9 @@ __all__ = ["TomoGANCallback", "image_fields", "tomogan_factory"]
 log = logging.getLogger(__name__)
 Subscriber = Callable[[str, Any], Any]
 _END = "end-of-run"
+_DROPPED = "dropped"  # qc_error of a frame the queue policy dropped
+#: Nice value of the denoising worker: the scan comes first, denoising takes the CPU left over.
+WORKER_NICENESS = 10
 
 
 def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
@@ -70,10 +74,21 @@ def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
 class _Frame:
     stream: str  # raw descriptor uid
     field: str
-    frame: np.ndarray | Callable[[], np.ndarray]  # external frames are loaded by the worker
+    frame: np.ndarray | Callable[[], np.ndarray] | None  # external frames are loaded by the worker
     seq_num: int
     uid: str  # the document that delivered the frame: event, or StreamDatum
     received: float
+
+
+@dataclass
+class _Dropped:
+    """What a frame dropped by the queue policy leaves for the worker: its identity, no pixels."""
+
+    item: _Frame
+
+
+def _tombstone(item: _Frame) -> _Dropped:
+    return _Dropped(dataclasses.replace(item, frame=None))
 
 
 @dataclass
@@ -83,6 +98,7 @@ class _Result:
     error: str = ""
     removed_sigma: float = float("nan")
     finished: float = 0.0
+    index: int = -1  # row in the derived-frame file, when frames are written to one
 
 
 class TomoGANCallback(event_model.DocumentRouter):
@@ -178,7 +194,7 @@ class TomoGANCallback(event_model.DocumentRouter):
         self._streams: dict[str, Any] = {}
         self._counters: dict[str, int] = {}
         self._derived: dict[tuple[str, str], Any] = {}  # (raw descriptor uid, field) -> descriptor bundle
-        self._queue = FrameQueue(self._maxsize, self._policy)
+        self._queue = FrameQueue(self._maxsize, self._policy, tombstone=_tombstone)
         self._outbox: deque[_Result] = deque()
         self._done = threading.Event()
         self._worker: threading.Thread | None = None
@@ -231,7 +247,7 @@ class TomoGANCallback(event_model.DocumentRouter):
         self._filler("start", dict(doc))
         if self.directory is not None:
             self._writer = DerivedFrameWriter(self.directory, doc)
-        self._worker = threading.Thread(target=self._work, args=(self._queue, self._outbox, self._done),
+        self._worker = threading.Thread(target=self._work, args=(self._queue, self._outbox, self._done, self._writer),
                                         name="tomogan-worker", daemon=True)
         self._worker.start()
         return doc
@@ -376,49 +392,74 @@ class TomoGANCallback(event_model.DocumentRouter):
             log.warning("TomoGAN: %s", message)
         self.errors.append(message)
 
-    def _work(self, queue: FrameQueue, outbox: deque[_Result], done: threading.Event) -> None:
-        """Worker loop of one run. It gets that run's queue, outbox and done-event
-        explicitly, so a worker outliving its run can never touch the next run's state."""
+    def _work(self, queue: FrameQueue, outbox: deque[_Result], done: threading.Event,
+              writer: DerivedFrameWriter | None) -> None:
+        """Worker loop of one run. It gets that run's queue, outbox, done-event and
+        writer explicitly, so a worker outliving its run can never touch the next run's state."""
+        _lower_priority()
+        finish = functools.partial(self._finish, outbox=outbox, writer=writer)
         windows: dict[tuple[str, str], list[_Frame]] = {}
         while True:
             got = queue.get(timeout=0.5)
             if got is None:
                 continue
             is_frame, item = got
+            if isinstance(item, _Dropped):  # recorded as a row with no frame, in its place
+                finish(_Result(item.item, None, f"{_DROPPED}: queue full (policy {self._policy})",
+                               finished=time.time()))
+                continue
             if not is_frame:  # end of run: mirrored context for each field's last frame
                 for window in windows.values():
                     if len(window) == 1:
-                        self._denoise(window[0], [window[0]] * 3, outbox)
+                        self._denoise(window[0], [window[0]] * 3, finish)
                     elif len(window) == 2:
-                        self._denoise(window[1], [window[0], window[1], window[0]], outbox)
+                        self._denoise(window[1], [window[0], window[1], window[0]], finish)
                 done.set()
                 return
             try:
                 item.frame = _as_frame(item.frame() if callable(item.frame) else item.frame)
             except Exception as exc:  # unreadable external frame: flag it, keep going without it
                 log.warning("cannot read %s seq %d: %s", item.field, item.seq_num, exc)
-                outbox.append(_Result(item, None, f"cannot read frame: {type(exc).__name__}: {exc}",
-                                      finished=time.time()))
+                finish(_Result(item, None, f"cannot read frame: {type(exc).__name__}: {exc}", finished=time.time()))
+                continue
+            declared = self._shapes.get((item.stream, item.field), (0, 0))
+            if all(declared) and np.shape(item.frame) != declared:  # keep it out of its neighbours' context
+                finish(_Result(item, None, f"frame shape {np.shape(item.frame)} is not the declared {declared}",
+                               finished=time.time()))
                 continue
             window = windows.setdefault((item.stream, item.field), [])
             window.append(item)
             if len(window) == 2:  # first frame: mirrored context
-                self._denoise(window[0], [window[1], window[0], window[1]], outbox)
+                self._denoise(window[0], [window[1], window[0], window[1]], finish)
             elif len(window) == 3:
-                self._denoise(window[1], window, outbox)
+                self._denoise(window[1], window, finish)
                 window.pop(0)
 
-    def _denoise(self, item: _Frame, context: list[_Frame], outbox: deque[_Result]) -> None:
+    def _denoise(self, item: _Frame, context: list[_Frame], finish: Callable[[_Result], None]) -> None:
         try:
             den = self._denoiser_for(item.field)
             out = den.denoise_context(np.stack([np.asarray(c.frame) for c in context]))
             removed = float(np.std(np.asarray(item.frame, np.float32) - out))
-            outbox.append(_Result(item, out, "", removed, time.time()))
+            finish(_Result(item, out, "", removed, time.time()))
         except (TomoGANError, ValueError) as exc:  # bad frame: flag it, keep going
-            outbox.append(_Result(item, None, f"{type(exc).__name__}: {exc}", finished=time.time()))
+            finish(_Result(item, None, f"{type(exc).__name__}: {exc}", finished=time.time()))
         except Exception as exc:  # a model/runtime failure must not kill the worker
             log.exception("denoising %s seq %d failed", item.field, item.seq_num)
-            outbox.append(_Result(item, None, f"{type(exc).__name__}: {exc}", finished=time.time()))
+            finish(_Result(item, None, f"{type(exc).__name__}: {exc}", finished=time.time()))
+
+    def _finish(self, result: _Result, outbox: deque[_Result], writer: DerivedFrameWriter | None) -> None:
+        """Hand a result to the caller's thread; with a writer, write its frame first (off the RunEngine's
+        thread). A frame that could not be denoised is recorded (``qc_error``) as zeros, never skipped."""
+        if writer is None and result.denoised is None:
+            result.denoised = np.zeros(self._shapes[(result.item.stream, result.item.field)], np.float32)
+        if writer is not None:  # a missing frame becomes an unwritten (zero) row
+            try:
+                result.index, _ = writer.write(f"{result.item.field}_denoised", result.denoised)
+                result.denoised = None  # on disk now; keep the outbox small
+            except Exception as exc:  # a full disk must not stop the scan
+                log.exception("writing the denoised %s seq %d failed", result.item.field, result.item.seq_num)
+                result.error = result.error or f"cannot write the denoised frame: {type(exc).__name__}: {exc}"
+        outbox.append(result)
 
     def _emit_finished(self) -> None:
         """Emit finished frames as event pages (one per derived stream), from the caller's thread."""
@@ -428,11 +469,8 @@ class TomoGANCallback(event_model.DocumentRouter):
             groups.setdefault((r.item.stream, r.item.field), []).append(r)
         for (stream, f), rows in groups.items():
             for r in rows:
-                if r.error:
+                if r.error and not r.error.startswith(_DROPPED):  # drops are counted in ``dropped``
                     self._note(f"{f} seq {r.item.seq_num}: {r.error}")
-            # a frame that could not be denoised is recorded (qc_error) with zeros, not skipped
-            frames = [r.denoised if r.denoised is not None else np.zeros(self._shapes[(stream, f)], np.float32)
-                      for r in rows]
             data: dict[str, list[Any]] = {
                 f"{f}_qc_latency_s": [r.finished - r.item.received for r in rows],
                 f"{f}_qc_removed_sigma": [r.removed_sigma for r in rows],
@@ -441,14 +479,27 @@ class TomoGANCallback(event_model.DocumentRouter):
                 f"{f}_source_uid": [r.item.uid for r in rows],
             }
             if self._writer is None:
-                data[f"{f}_denoised"] = frames
+                data[f"{f}_denoised"] = [r.denoised for r in rows]
             now = time.time()
             bundle = self._derived[(stream, f)]
             page = bundle.compose_event_page(data=data, timestamps={k: [now] * len(rows) for k in data})
             self._publish("event_page", page)
             if self._writer is not None:
-                self._publish("stream_datum", self._writer.append(
-                    f"{f}_denoised", np.stack(frames), list(page["seq_num"]), bundle.descriptor_doc))
+                self._publish_stream_datums(f"{f}_denoised", rows, list(page["seq_num"]), bundle.descriptor_doc)
+
+    def _publish_stream_datums(self, key: str, rows: list[_Result], seq_nums: list[int], descriptor: Any) -> None:
+        """One StreamDatum per run of consecutive file rows (a frame whose write failed has none)."""
+        assert self._writer is not None
+        runs: list[tuple[int, int, int]] = []  # (first file row, first seq_num, count)
+        for r, seq in zip(rows, seq_nums, strict=True):
+            if r.index < 0:
+                continue
+            if runs and runs[-1][0] + runs[-1][2] == r.index and runs[-1][1] + runs[-1][2] == seq:
+                runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1)
+            else:
+                runs.append((r.index, seq, 1))
+        for start, seq, count in runs:
+            self._publish("stream_datum", self._writer.datum(key, start, start + count, seq, descriptor))
 
     def _close_readers(self) -> None:
         for _, reader in self._stream_readers.values():
@@ -464,6 +515,18 @@ class TomoGANCallback(event_model.DocumentRouter):
         if self._worker is not None and not self._done.is_set():
             self._queue.put_control(_END)
         self._worker = None
+
+
+def _lower_priority() -> None:
+    """Make the calling (worker) thread yield the CPU to the RunEngine and the detectors.
+
+    On Linux a thread is a task with its own nice value, and threads it starts
+    (the inference runtime's pool) inherit it. Elsewhere this is a no-op.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICENESS)
+    except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
+        log.debug("could not lower the worker's priority", exc_info=True)
 
 
 def _as_frame(value: Any) -> np.ndarray:
