@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import bluesky.plans as bp
 import event_model
 import numpy as np
@@ -152,3 +155,36 @@ def test_streams_option_leaves_darks_and_flats_alone(RE, denoiser, tmp_path):
     names = sorted(d["name"] for n, d in docs if n == "descriptor")
     assert names == ["dark", "denoised", "flat", "primary"]
     assert docs[-1][1]["num_events"] == {"dark": 2, "flat": 2, "primary": 3, "denoised": 3}
+
+
+def test_databroker_2_reads_the_denoised_stream(RE, denoiser, store, tmp_path):
+    """Analysts' existing databroker code: v1 ``Broker`` and the v2 API on the same Tiled server.
+
+    In a subprocess: databroker 2.0.2's v1 ``Broker`` switches every Tiled client of the
+    process to its v2 run classes (bluesky-tiled-plugins 2.0.12), which would leak into
+    the other tests.
+    """
+    frames_dir = frames_directory(tmp_path / "store")
+    det = detector(frames_dir / "raw")
+    cb = TomoGANCallback(denoiser, directory=frames_dir)
+    cb.subscribe(TiledWriter(store))
+    RE.subscribe(cb)
+    (uid,) = RE(bp.scan([det], det.sample_stage.theta, 0, 90, 3), sample="foam")
+    expected = store[uid]["denoised"]["det_image_denoised"].read()
+    np.save(tmp_path / "expected.npy", expected)
+    script = f"""
+import numpy as np
+from databroker import Broker
+from tiled.client import from_uri
+db = Broker(from_uri({store.tomogan_server.uri!r}))
+header = db[{uid!r}]
+assert header.start["sample"] == "foam" and set(header.stream_names) == {{"primary", "denoised"}}
+table = header.table("denoised")
+assert list(table["det_image_source_seq_num"]) == [1, 2, 3], table
+assert list(table["det_image_qc_error"]) == [""] * 3, table
+dataset = db.v2[{uid!r}]["denoised"].read()
+assert np.array_equal(dataset["det_image_denoised"].values, np.load({str(tmp_path / "expected.npy")!r}))
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

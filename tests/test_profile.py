@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "profile_tomogan"
 
 
-@pytest.mark.skipif(not (Path(sys.executable).parent / "ipython").exists(),
-                    reason="IPython is not installed")
 def test_profile_runs_a_tomography_scan_stored_with_its_denoised_stream(tmp_path):
-    ipython = Path(sys.executable).parent / "ipython"
+    ipython = Path(sys.executable).parent / "ipython"  # a core dependency
+    profile = tmp_path / "profile_tomogan"  # a copy: IPython writes its history and logs into the profile
+    shutil.copytree(PROFILE / "startup", profile / "startup")
     code = ("det.exposure_time.put(0.001); "
             "uid, = RE(tomo_scan(det, stage, [0, 45, 90, 135], n_darks=1, n_flats=1)); "
             "run = client[uid]; "
@@ -24,7 +23,7 @@ def test_profile_runs_a_tomography_scan_stored_with_its_denoised_stream(tmp_path
             "print('ERRORS', tomogan.errors, tomogan.dropped)")
     env = {**os.environ, "TOMOGAN_DATA": str(tmp_path / "data")}
     env.pop("TOMOGAN_TILED_URI", None)
-    done = subprocess.run([str(ipython), f"--profile-dir={PROFILE}", "--no-banner", "--colors=nocolor", "-c", code],
+    done = subprocess.run([str(ipython), f"--profile-dir={profile}", "--no-banner", "--colors=nocolor", "-c", code],
                           stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
