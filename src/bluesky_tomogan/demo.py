@@ -120,7 +120,7 @@ def run_demo(
     report(f"    run = client[{uid!r}]")
     report("    run['primary']['det_image'][10]             # raw projection 10 (uint16)")
     report("    run['denoised']['det_image_denoised'][10]   # the same projection, denoised")
-    report("    run['denoised'].read()                      # QC columns: latency, removed sigma, errors")
+    report("    run['denoised']['det_image_qc_error'].read()  # per-frame QC (also _qc_latency_s, _qc_removed_sigma)")
     return metrics
 
 
