@@ -422,10 +422,9 @@ class TomoGANCallback(event_model.DocumentRouter):
                 log.warning("cannot read %s seq %d: %s", item.field, item.seq_num, exc)
                 finish(_Result(item, None, f"cannot read frame: {type(exc).__name__}: {exc}", finished=time.time()))
                 continue
-            declared = self._shapes.get((item.stream, item.field), (0, 0))
-            if all(declared) and np.shape(item.frame) != declared:  # keep it out of its neighbours' context
-                finish(_Result(item, None, f"frame shape {np.shape(item.frame)} is not the declared {declared}",
-                               finished=time.time()))
+            problem = _frame_problem(item.frame, self._shapes.get((item.stream, item.field), (0, 0)))
+            if problem:  # flagged, and kept out of its neighbours' context so they are denoised as usual
+                finish(_Result(item, None, problem, finished=time.time()))
                 continue
             window = windows.setdefault((item.stream, item.field), [])
             window.append(item)
@@ -527,6 +526,17 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICENESS)
     except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
         log.debug("could not lower the worker's priority", exc_info=True)
+
+
+def _frame_problem(frame: np.ndarray, declared: tuple[int, int]) -> str:
+    """Why ``frame`` cannot be denoised or serve as context (empty if it can)."""
+    if all(declared) and frame.shape != declared:
+        return f"frame shape {frame.shape} is not the declared {declared}"
+    if frame.dtype.kind not in "uif":
+        return f"frame dtype {frame.dtype} is not a number type"
+    if frame.dtype.kind == "f" and not np.isfinite(frame).all():
+        return f"frame holds {int((~np.isfinite(frame)).sum())} NaN/inf values"
+    return ""
 
 
 def _as_frame(value: Any) -> np.ndarray:
