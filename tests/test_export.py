@@ -55,3 +55,23 @@ def test_keras_replica_and_full_int8_tflite_follow_torch(tmp_path):
     it.allocate_tensors()
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     assert inp["dtype"] == np.int8 and out["dtype"] == np.int8 and list(inp["shape"]) == [1, 32, 32, 3]
+
+
+@pytest.mark.slow
+def test_int8_input_range_ignores_rare_calibration_outliers(tmp_path):
+    pytest.importorskip("tensorflow", reason="TFLite export needs the export extra")
+    from ai_edge_litert.interpreter import Interpreter
+
+    from bluesky_tomogan.export.tflite import export_tflite_int8
+
+    torch.manual_seed(0)
+    gen = TomoGANGenerator(GeneratorConfig()).eval()
+    calib = np.random.default_rng(1).random((16, 3, 32, 32), np.float32)
+    calib[0, 1, 5, 5] = 5.0  # one streak pixel, as reconstructed slices have
+
+    def input_step(**options):
+        it = Interpreter(str(export_tflite_int8(gen, tmp_path / "m.tflite", calib, 32, **options)))
+        return it.get_input_details()[0]["quantization"][0]
+
+    assert input_step() < 1.2 / 255  # the range of the values, not of the outlier
+    assert input_step(input_percentiles=None) > 4.9 / 255
