@@ -201,6 +201,9 @@ def test_auto_picks_a_backend_within_tolerance_and_reports_it(caplog):
     assert f"on {den.backend}/{den.precision}" in caplog.text
     prov = den.provenance()
     assert prov["backend"] == den.backend and prov["model_sha256"] == den.model_sha256
+    from importlib.metadata import version
+
+    assert prov["runtime_version"] == version(prov["runtime"])  # e.g. openvino 2026.4.1
 
 
 def test_inference_never_imports_torch(tmp_path):

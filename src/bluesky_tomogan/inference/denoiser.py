@@ -111,6 +111,8 @@ class Denoiser:
             "tile": list(self.session.fixed_shape or (self.tile or 0, self.tile or 0)),
             "overlap": self.overlap,
             "bluesky_tomogan": __version__,
+            "runtime": _RUNTIME_DISTRIBUTIONS.get(self.backend, self.backend),
+            "runtime_version": _distribution_version(_RUNTIME_DISTRIBUTIONS.get(self.backend, self.backend)),
         }
 
     def __repr__(self) -> str:
@@ -245,3 +247,17 @@ class _Prepared(NamedTuple):
     centre: np.ndarray  # normalised centre frame, for the host-side residual
     offset: float
     scale: float
+
+
+#: The installed package that runs each backend (its version goes into the provenance).
+_RUNTIME_DISTRIBUTIONS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai-edge-litert",
+                          "edgetpu": "ai-edge-litert", "tensorrt": "tensorrt"}
+
+
+def _distribution_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:  # a backend object supplied by the caller, not an installed runtime
+        return ""
