@@ -210,6 +210,7 @@ class TomoGANCallback(event_model.DocumentRouter):
                                           handler_cache=self._handlers,
                                           retry_intervals=[0.01, 0.05, 0.1, 0.25, 0.5, 1.0])
         self._stream_readers: dict[str, tuple[str, StreamFrameReader]] = {}  # StreamResource uid -> (key, reader)
+        self._stream_keys: dict[str, set[str]] = {}  # raw descriptor uid -> its "STREAM:" data keys
 
     @property
     def dropped(self) -> int:
@@ -254,6 +255,7 @@ class TomoGANCallback(event_model.DocumentRouter):
 
     def descriptor(self, doc: EventDescriptor) -> EventDescriptor:
         self._filler("descriptor", dict(doc))
+        self._stream_keys[doc["uid"]] = {k for k, dk in doc["data_keys"].items() if dk.get("external") == "STREAM:"}
         stream = doc.get("name", "primary")
         wanted = [f for f in image_fields(doc) if self._fields is None or f in self._fields]
         if not wanted or self._start is None or (self.stream_names is not None and stream not in self.stream_names):
@@ -322,8 +324,7 @@ class TomoGANCallback(event_model.DocumentRouter):
         return doc
 
     def _is_stream(self, descriptor_uid: str, f: str) -> bool:
-        descriptor = self._filler._descriptor_cache.get(descriptor_uid, {})
-        return descriptor.get("data_keys", {}).get(f, {}).get("external") == "STREAM:"
+        return f in self._stream_keys.get(descriptor_uid, ())
 
     def _fill(self, descriptor_uid: str, f: str, datum_id: str) -> np.ndarray:
         """Load one legacy-referenced frame through the Filler (worker thread)."""
