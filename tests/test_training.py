@@ -104,3 +104,20 @@ def test_patches_are_normalised_by_their_whole_frame_like_inference(tiny_dataset
     np.testing.assert_allclose(lo, 0.0, atol=1e-5)
     np.testing.assert_allclose(hi, 1.0, atol=1e-5)
     assert sampler.ranges[0] == pytest.approx(robust_range(pairs.ns[0]))
+
+
+def test_fake_quantisation_saturates_the_input_at_the_export_range_and_keeps_the_residual_float():
+    from bluesky_tomogan.model.qat import fake_quantized
+
+    torch.manual_seed(0)
+    gen = TomoGANGenerator(GeneratorConfig(width=0.25, residual=True)).eval()
+    x = torch.rand(1, 3, 16, 16)
+    spiked = x.clone()
+    spiked[0, :, 4, 4] = 5.0  # a streak pixel far beyond the calibrated range
+    with torch.no_grad(), fake_quantized(gen, input_range=(0.0, 1.0)):
+        gen(x)  # calibrate the activation ranges
+        clipped = spiked.clamp(0, 1)
+        correction = gen(clipped) - clipped[:, 1:2]
+        spiked_correction = gen(spiked) - spiked[:, 1:2]
+    # the convolution path saw 5.0 as 1.0 (int8 saturation); the residual added the float 5.0
+    assert torch.allclose(correction, spiked_correction, atol=1e-6)

@@ -6,13 +6,19 @@ output is exactly the fine detail that noise hides. Fine-tuning with the int8
 rounding simulated in the forward pass (and straight-through gradients in the
 backward pass) teaches the weights to tolerate it, as the seed paper did.
 
-What is simulated matches the converters: weights per output channel,
-symmetric; activations per tensor, asymmetric, at the network input, after
-every ReLU (TFLite fuses ReLU into the convolution, so that is the tensor it
-quantises), at every concatenation (one scale shared by its inputs) and at
-the output; ranges follow an exponential moving average of
-the batch min/max, as calibration would measure them. The fake quantisation is
-removed afterwards: the result is an ordinary float generator to export.
+What is simulated matches the exports: weights per output channel,
+symmetric; activations per tensor, asymmetric, at the input of the
+convolution path, after every ReLU (TFLite fuses ReLU into the convolution,
+so that is the tensor it quantises), at every concatenation (one scale shared
+by its inputs) and at the head's output, the correction (the exports add the
+centre frame on the host in float, so neither the residual nor its input is
+rounded). Ranges are what calibration measures: the running min and max
+(``observer="minmax"``; ``"ema"`` follows a moving average instead), and the
+input range can be fixed to the export's (``input_range``; the TFLite export
+clips its calibration inputs to percentiles). With both, the simulated int8
+loss of the shipped slice model (0.020 SSIM) matched the real full-int8
+TFLite model's (0.019). The fake quantisation is removed afterwards: the
+result is an ordinary float generator to export.
 """
 
 from __future__ import annotations
@@ -58,17 +64,27 @@ class _WeightFakeQuant(nn.Module):
 
 
 class _RangeTracker:
-    """EMA of a tensor's min and max, like a calibration observer."""
+    """A tensor's range as calibration observes it: running min/max, or their moving average."""
 
-    def __init__(self, momentum: float = 0.05) -> None:
+    def __init__(self, observer: str = "minmax", momentum: float = 0.05,
+                 fixed: tuple[float, float] | None = None) -> None:
+        if observer not in ("minmax", "ema"):
+            raise ValueError(f"observer must be 'minmax' or 'ema', got {observer!r}")
+        self.observer = observer
         self.momentum = momentum
-        self.lo: torch.Tensor | None = None
-        self.hi: torch.Tensor | None = None
+        self.lo: torch.Tensor | None = None if fixed is None else torch.tensor(float(fixed[0]))
+        self.hi: torch.Tensor | None = None if fixed is None else torch.tensor(float(fixed[1]))
+        self.fixed = fixed is not None
 
     def update(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.fixed:
+            assert self.lo is not None and self.hi is not None
+            return self.lo, self.hi
         lo, hi = x.detach().amin().float(), x.detach().amax().float()
         if self.lo is None or self.hi is None:
             self.lo, self.hi = lo, hi
+        elif self.observer == "minmax":
+            self.lo, self.hi = torch.minimum(self.lo, lo), torch.maximum(self.hi, hi)
         else:
             self.lo = self.lo + self.momentum * (lo - self.lo)
             self.hi = self.hi + self.momentum * (hi - self.hi)
@@ -76,11 +92,21 @@ class _RangeTracker:
 
 
 @contextmanager
-def fake_quantized(gen: TomoGANGenerator) -> Iterator[TomoGANGenerator]:
+def fake_quantized(gen: TomoGANGenerator, *, observer: str = "minmax",
+                   input_range: tuple[float, float] | None = None) -> Iterator[TomoGANGenerator]:
     """Within the block, ``gen`` computes as its int8 export would (approximately).
 
     Weights stay float parameters (the optimiser updates them); the rounding
     is applied on the fly and disappears when the block exits.
+
+    Parameters
+    ----------
+    gen : TomoGANGenerator
+        The network, modified in place for the duration of the block.
+    observer : {"minmax", "ema"}
+        How activation ranges follow the data (see the module docstring).
+    input_range : (float, float), optional
+        Fixed int8 range of the network input, as the export calibrates it.
     """
     handles = []
     trackers: list[_RangeTracker] = []
@@ -93,7 +119,7 @@ def fake_quantized(gen: TomoGANGenerator) -> Iterator[TomoGANGenerator]:
     def tracker_for(mod: nn.Module) -> _RangeTracker:
         t = by_module.get(id(mod))
         if t is None:
-            t = by_module[id(mod)] = _RangeTracker()
+            t = by_module[id(mod)] = _RangeTracker(observer)
             trackers.append(t)
         return t
 
@@ -103,7 +129,7 @@ def fake_quantized(gen: TomoGANGenerator) -> Iterator[TomoGANGenerator]:
             handles.append(mod.register_forward_hook(act_hook))
     for conv in convs:
         parametrize.register_parametrization(conv, "weight", _WeightFakeQuant())
-    in_tracker, out_tracker = _RangeTracker(), _RangeTracker()
+    in_tracker, out_tracker = _RangeTracker(observer, fixed=input_range), _RangeTracker(observer)
 
     def quant_input(_mod: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         x = args[0]
@@ -112,8 +138,9 @@ def fake_quantized(gen: TomoGANGenerator) -> Iterator[TomoGANGenerator]:
     def quant_output(_mod: nn.Module, _inp: object, out: torch.Tensor) -> torch.Tensor:
         return fake_quant_activation(out, *out_tracker.update(out))
 
-    handles.append(gen.register_forward_pre_hook(quant_input))
-    handles.append(gen.register_forward_hook(quant_output))
+    # The convolution path's input and the head's output: the residual add stays float, as in the exports.
+    handles.append(gen.stem.register_forward_pre_hook(quant_input))
+    handles.append(gen.head.register_forward_hook(quant_output))
     try:
         yield gen
     finally:

@@ -322,6 +322,7 @@ def _quantization_aware_finetune(
     config: TrainConfig, weights_path: Path, sampler: PatchSampler, test_pairs: PairSet, progress: bool
 ) -> dict[str, Any]:
     """Fine-tune the best float weights with int8 rounding simulated (see :mod:`.qat`)."""
+    from ..export.tflite import TFLITE_INPUT_PERCENTILES
     from .qat import fake_quantized
 
     float_path = weights_path.with_suffix(".float.pt")
@@ -331,7 +332,10 @@ def _quantization_aware_finetune(
     before = _validate(gen, test_pairs, config.val_frames)
     opt = torch.optim.Adam(gen.parameters(), lr=config.qat_lr)
     t0 = time.perf_counter()
-    with fake_quantized(gen):
+    # The input's int8 range as the TFLite export calibrates it: percentiles, not outlier pixels.
+    probe = np.concatenate([sampler.batch(config.batch)[0] for _ in range(16)])
+    input_range = tuple(float(v) for v in np.percentile(probe, TFLITE_INPUT_PERCENTILES))
+    with fake_quantized(gen, observer="minmax", input_range=(input_range[0], input_range[1])):
         before_q = _validate(gen, test_pairs, config.val_frames)
         for _ in tqdm(range(config.qat_steps), disable=not progress, desc=f"{config.name} int8-aware"):
             xb, yb = sampler.batch(config.batch)
@@ -346,6 +350,7 @@ def _quantization_aware_finetune(
              before_q["val_ssim"], after_q["val_ssim"], before["val_ssim"], after["val_ssim"])
     return {
         "steps": config.qat_steps, "lr": config.qat_lr, "wall_time_s": round(time.perf_counter() - t0, 1),
+        "observer": "minmax", "input_range": list(input_range),
         "float_weights": float_path.name,
         "val_ssim_float_before": before["val_ssim"], "val_ssim_float_after": after["val_ssim"],
         "val_ssim_int8_simulated_before": before_q["val_ssim"],
