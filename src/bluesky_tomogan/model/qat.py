@@ -15,10 +15,10 @@ centre frame on the host in float, so neither the residual nor its input is
 rounded). Ranges are what calibration measures: the running min and max
 (``observer="minmax"``; ``"ema"`` follows a moving average instead), and the
 input range can be fixed to the export's (``input_range``; the TFLite export
-clips its calibration inputs to percentiles). With both, the simulated int8
-loss of the shipped slice model (0.020 SSIM) matched the real full-int8
-TFLite model's (0.019). The fake quantisation is removed afterwards: the
-result is an ordinary float generator to export.
+clips its calibration inputs to percentiles). With both, the simulation
+predicts the real full-int8 TFLite model (``benchmarks/int8_simulation.py``).
+The fake quantisation is removed afterwards: the result is an ordinary float
+generator to export.
 """
 
 from __future__ import annotations

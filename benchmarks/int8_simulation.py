@@ -1,0 +1,92 @@
+"""How well int8-aware training's simulation predicts the real full-int8 TFLite model.
+
+Usage::
+
+    python benchmarks/int8_simulation.py --model tomogan-slice --data data/sim_slice.h5
+
+Needs the ``train`` extra (torch) and a dataset made with the model card's recipe
+(``bluesky-tomogan simulate``). On the dataset's test frames (48, evenly spaced,
+as the export measures them) it prints the SSIM of: the float network; the same
+network under :func:`bluesky_tomogan.model.qat.fake_quantized` with the export's
+ranges (input fixed at the TFLite calibration percentiles, activations' running
+min/max over the export's calibration tiles); and the shipped full-int8 TFLite
+model run by LiteRT. The residual is added in float for all three, as the
+Denoiser does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import torch
+from ai_edge_litert.interpreter import Interpreter
+
+from bluesky_tomogan.export.pipeline import calibration_frames
+from bluesky_tomogan.export.tflite import TFLITE_INPUT_PERCENTILES
+from bluesky_tomogan.inference.load import load_card
+from bluesky_tomogan.inference.tiling import pad_to
+from bluesky_tomogan.metrics import ssim
+from bluesky_tomogan.model.data import normalised_frames
+from bluesky_tomogan.model.qat import fake_quantized
+from bluesky_tomogan.model.train import load_generator
+from bluesky_tomogan.modelcard import card_file_path
+from bluesky_tomogan.simulate.datasets import read_dataset
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tomogan-slice")
+    ap.add_argument("--data", required=True)
+    args = ap.parse_args(argv)
+
+    card = load_card(args.model)
+    tile = int(card["files"]["tflite_int8"]["tile"][0])
+    gen = load_generator(card_file_path(card, "pytorch")).eval()
+    dataset = read_dataset(args.data)
+    train, test = dataset.split("train"), dataset.split("test")
+    depth, mid = gen.config.in_channels, gen.config.in_channels // 2
+    frames = [normalised_frames(test, int(i), depth)
+              for i in np.unique(np.linspace(0, len(test.ns) - 1, 48).astype(int))]
+    calib = calibration_frames(train, 200, tile, depth)  # what the export calibrates on
+    lo, hi = (float(v) for v in np.percentile(calib, TFLITE_INPUT_PERCENTILES))
+
+    def score(correction) -> float:  # correction: (depth, H, W) -> (H, W), residual added here in float
+        return float(np.mean([ssim(y[0], x[mid] + correction(x)) for x, y in frames]))
+
+    def torch_correction(x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(x[None])
+        return (gen(t) - t[:, mid : mid + 1])[0, 0].numpy()
+
+    with torch.no_grad():
+        fp32 = score(torch_correction)
+        with fake_quantized(gen, observer="minmax", input_range=(lo, hi)):
+            for k in range(0, len(calib), 10):  # calibration pass, as the converter's
+                gen(torch.from_numpy(np.clip(calib[k : k + 10], lo, hi)))
+            simulated = score(torch_correction)
+
+    interpreter = Interpreter(str(card_file_path(card, "tflite_int8")), num_threads=2)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    (in_scale, in_zero), (out_scale, out_zero) = inp["quantization"], out["quantization"]
+
+    def tflite_correction(x: np.ndarray) -> np.ndarray:
+        h, w = x.shape[-2:]
+        q = np.clip(np.rint(pad_to(x, tile, tile).transpose(1, 2, 0) / in_scale + in_zero), -128, 127)
+        interpreter.set_tensor(inp["index"], q[None].astype(np.int8))
+        interpreter.invoke()
+        y = (interpreter.get_tensor(out["index"]).astype(np.float32) - out_zero) * out_scale
+        return y[0, :h, :w, 0]
+
+    real = score(tflite_correction)
+    print(f"{args.model}: {len(frames)} test frames of {args.data}; int8 input range {lo:.3f}..{hi:.3f}")
+    print(f"{'':<34}{'SSIM':>8}{'loss vs fp32':>14}")
+    print(f"{'fp32 (PyTorch)':<34}{fp32:>8.4f}")
+    print(f"{'simulated int8 (model/qat.py)':<34}{simulated:>8.4f}{fp32 - simulated:>14.4f}")
+    print(f"{'full-int8 TFLite (LiteRT)':<34}{real:>8.4f}{fp32 - real:>14.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
