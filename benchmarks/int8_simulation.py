@@ -24,7 +24,7 @@ import torch
 from ai_edge_litert.interpreter import Interpreter
 
 from bluesky_tomogan.export.pipeline import calibration_frames
-from bluesky_tomogan.export.tflite import TFLITE_INPUT_PERCENTILES
+from bluesky_tomogan.export.tflite import int8_input_range
 from bluesky_tomogan.inference.load import load_card
 from bluesky_tomogan.inference.tiling import pad_to
 from bluesky_tomogan.metrics import ssim
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     frames = [normalised_frames(test, int(i), depth)
               for i in np.unique(np.linspace(0, len(test.ns) - 1, 48).astype(int))]
     calib = calibration_frames(train, 200, tile, depth)  # what the export calibrates on
-    lo, hi = (float(v) for v in np.percentile(calib, TFLITE_INPUT_PERCENTILES))
+    lo, hi = int8_input_range(calib)
 
     def score(correction) -> float:  # correction: (depth, H, W) -> (H, W), residual added here in float
         return float(np.mean([ssim(y[0], x[mid] + correction(x)) for x, y in frames]))

@@ -46,7 +46,7 @@ from event_model.documents import EventDescriptor, EventPage, RunStart, RunStop
 
 from ..errors import TomoGANError
 from ..hdf5_frames import HANDLER_REGISTRY, StreamFrameReader
-from ..inference.denoiser import Denoiser
+from ..inference.denoiser import Denoiser, check_frames
 from .frame_writer import DerivedFrameWriter
 from .queue import FrameQueue, Policy
 
@@ -450,9 +450,10 @@ class TomoGANCallback(event_model.DocumentRouter):
     def _finish(self, result: _Result, outbox: deque[_Result], writer: DerivedFrameWriter | None) -> None:
         """Hand a result to the caller's thread; with a writer, write its frame first (off the RunEngine's
         thread). A frame that could not be denoised is recorded (``qc_error``) as zeros, never skipped."""
-        if writer is None and result.denoised is None:
-            result.denoised = np.zeros(self._shapes[(result.item.stream, result.item.field)], np.float32)
-        if writer is not None:  # a missing frame becomes an unwritten (zero) row
+        if writer is None:
+            if result.denoised is None:
+                result.denoised = np.zeros(self._shapes[(result.item.stream, result.item.field)], np.float32)
+        else:  # a missing frame becomes an unwritten (zero) row
             try:
                 result.index, _ = writer.write(f"{result.item.field}_denoised", result.denoised)
                 result.denoised = None  # on disk now; keep the outbox small
@@ -533,10 +534,10 @@ def _frame_problem(frame: np.ndarray, declared: tuple[int, int]) -> str:
     """Why ``frame`` cannot be denoised or serve as context (empty if it can)."""
     if all(declared) and frame.shape != declared:
         return f"frame shape {frame.shape} is not the declared {declared}"
-    if frame.dtype.kind not in "uif":
-        return f"frame dtype {frame.dtype} is not a number type"
-    if frame.dtype.kind == "f" and not np.isfinite(frame).all():
-        return f"frame holds {int((~np.isfinite(frame)).sum())} NaN/inf values"
+    try:
+        check_frames(frame)  # the Denoiser's own rules (dtype, NaN/inf), checked before it meets the neighbours
+    except TomoGANError as exc:
+        return f"{type(exc).__name__}: {exc}"
     return ""
 
 

@@ -29,12 +29,22 @@ from ..errors import OutputPathError
 from ..model.network import TomoGANGenerator
 from .keras_model import keras_from_torch
 
-__all__ = ["export_tflite_int8", "DEFAULT_TILE", "TFLITE_INPUT_PERCENTILES"]
+__all__ = ["export_tflite_int8", "int8_input_range", "DEFAULT_TILE", "TFLITE_INPUT_PERCENTILES"]
 
 log = logging.getLogger(__name__)
 DEFAULT_TILE = 256
 #: Calibration values outside these percentiles do not widen the int8 input range.
 TFLITE_INPUT_PERCENTILES = (0.01, 99.99)
+
+
+def int8_input_range(values: np.ndarray,
+                     percentiles: tuple[float, float] = TFLITE_INPUT_PERCENTILES) -> tuple[float, float]:
+    """The int8 input range the export calibrates from ``values``: their ``percentiles``.
+
+    Int8-aware training uses the same rule, so that it simulates the exported model.
+    """
+    lo, hi = np.percentile(np.asarray(values), percentiles)
+    return float(lo), float(hi)
 
 
 def export_tflite_int8(
@@ -72,7 +82,7 @@ def export_tflite_int8(
             f"representative data must be (N, {gen.config.in_channels}, {tile}, {tile}), got {rep.shape}"
         )
     if input_percentiles is not None:
-        lo, hi = np.percentile(rep, input_percentiles)
+        lo, hi = int8_input_range(rep, input_percentiles)
         log.info("int8 input range %.3f..%.3f (calibration extremes %.3f..%.3f)", lo, hi, rep.min(), rep.max())
         rep = np.clip(rep, lo, hi).astype(np.float32)
     model = keras_from_torch(gen, tile, tile)

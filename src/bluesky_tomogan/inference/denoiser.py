@@ -21,7 +21,7 @@ from ..normalise import denormalise, normalise, robust_range
 from .backends.base import Session
 from .tiling import TileGrid, pad_to
 
-__all__ = ["Denoiser"]
+__all__ = ["Denoiser", "check_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class Denoiser:
         """Flat description for a Bluesky descriptor's configuration."""
         from .. import __version__
 
+        runtime = _RUNTIME_DISTRIBUTIONS.get(self.backend, self.backend)
         return {
             "model": self.model_name,
             "model_sha256": self.model_sha256,
@@ -111,8 +112,8 @@ class Denoiser:
             "tile": list(self.session.fixed_shape or (self.tile or 0, self.tile or 0)),
             "overlap": self.overlap,
             "bluesky_tomogan": __version__,
-            "runtime": _RUNTIME_DISTRIBUTIONS.get(self.backend, self.backend),
-            "runtime_version": _distribution_version(_RUNTIME_DISTRIBUTIONS.get(self.backend, self.backend)),
+            "runtime": runtime,
+            "runtime_version": _distribution_version(runtime),
         }
 
     def __repr__(self) -> str:
@@ -146,7 +147,7 @@ class Denoiser:
         InputValueError
             Non-numeric dtype, or NaN/inf values.
         """
-        arr = self._check(frames)
+        arr = check_frames(frames)
         stack = arr[None] if arr.ndim == 2 else arr
         group = np.zeros(len(stack), np.int32)
         out = np.empty(stack.shape, np.float32)
@@ -174,28 +175,13 @@ class Denoiser:
         This is what a live stream uses: the caller keeps the previous,
         current and next frame and asks for the current one.
         """
-        arr = self._check(context)
+        arr = check_frames(context)
         if arr.ndim != 3 or arr.shape[0] != self.depth:
             raise InputShapeError(f"context must be ({self.depth}, H, W), got shape {arr.shape}")
         result = self._denoise_context(arr, arr[self.depth // 2])
         return self._cast(result, arr.dtype) if out_dtype == "source" else result
 
     # -- internals ------------------------------------------------------------------------
-
-    def _check(self, frames: Any) -> np.ndarray:
-        arr = np.asarray(frames)
-        if arr.dtype.kind not in "uif":
-            raise InputValueError(
-                f"frames must be integer or floating point, got dtype {arr.dtype}"
-            )
-        if arr.ndim not in (2, 3):
-            raise InputShapeError(f"frames must be (H, W) or (N, H, W), got {arr.ndim}-D shape {arr.shape}")
-        if arr.size == 0:
-            raise InputShapeError(f"frames are empty (shape {arr.shape})")
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            bad = int((~np.isfinite(arr)).sum())
-            raise InputValueError(f"frames hold {bad} NaN/inf values; replace or mask them before denoising")
-        return arr
 
     @staticmethod
     def _cast(result: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -247,6 +233,30 @@ class _Prepared(NamedTuple):
     centre: np.ndarray  # normalised centre frame, for the host-side residual
     offset: float
     scale: float
+
+
+def check_frames(frames: Any) -> np.ndarray:
+    """``frames`` as an array, if they can be denoised: ``(H, W)`` or ``(N, H, W)``, not empty,
+    integer or floating point, finite.
+
+    Raises
+    ------
+    InputValueError
+        Another dtype (bool, complex, object), or NaN/inf values.
+    InputShapeError
+        Another number of dimensions, or no pixels.
+    """
+    arr = np.asarray(frames)
+    if arr.dtype.kind not in "uif":
+        raise InputValueError(f"frames must be integer or floating point, got dtype {arr.dtype}")
+    if arr.ndim not in (2, 3):
+        raise InputShapeError(f"frames must be (H, W) or (N, H, W), got {arr.ndim}-D shape {arr.shape}")
+    if arr.size == 0:
+        raise InputShapeError(f"frames are empty (shape {arr.shape})")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise InputValueError(f"frames hold {bad} NaN/inf values; replace or mask them before denoising")
+    return arr
 
 
 #: The installed package that runs each backend (its version goes into the provenance).

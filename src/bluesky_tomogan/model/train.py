@@ -322,7 +322,7 @@ def _quantization_aware_finetune(
     config: TrainConfig, weights_path: Path, sampler: PatchSampler, test_pairs: PairSet, progress: bool
 ) -> dict[str, Any]:
     """Fine-tune the best float weights with int8 rounding simulated (see :mod:`.qat`)."""
-    from ..export.tflite import TFLITE_INPUT_PERCENTILES
+    from ..export.tflite import int8_input_range
     from .qat import fake_quantized
 
     float_path = weights_path.with_suffix(".float.pt")
@@ -334,8 +334,8 @@ def _quantization_aware_finetune(
     t0 = time.perf_counter()
     # The input's int8 range as the TFLite export calibrates it: percentiles, not outlier pixels.
     probe = np.concatenate([sampler.batch(config.batch)[0] for _ in range(16)])
-    input_range = tuple(float(v) for v in np.percentile(probe, TFLITE_INPUT_PERCENTILES))
-    with fake_quantized(gen, observer="minmax", input_range=(input_range[0], input_range[1])):
+    input_range = int8_input_range(probe)
+    with fake_quantized(gen, observer="minmax", input_range=input_range):
         before_q = _validate(gen, test_pairs, config.val_frames)
         for _ in tqdm(range(config.qat_steps), disable=not progress, desc=f"{config.name} int8-aware"):
             xb, yb = sampler.batch(config.batch)
