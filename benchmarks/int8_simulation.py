@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         return y[0, :h, :w, 0]
 
     real = score(tflite_correction)
-    print(f"{args.model}: {len(frames)} test frames of {args.data}; int8 input range {lo:.3f}..{hi:.3f}")
+    print(f"{args.model}: {len(frames)} test frames of {args.data}; int8 input range {lo:.3f}..{hi:.3f} "
+          f"(calibration extremes {calib.min():.3f}..{calib.max():.3f})")
     print(f"{'':<34}{'SSIM':>8}{'loss vs fp32':>14}")
     print(f"{'fp32 (PyTorch)':<34}{fp32:>8.4f}")
     print(f"{'simulated int8 (model/qat.py)':<34}{simulated:>8.4f}{fp32 - simulated:>14.4f}")
