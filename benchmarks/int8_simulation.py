@@ -7,11 +7,14 @@ Usage::
 Needs the ``train`` extra (torch) and a dataset made with the model card's recipe
 (``bluesky-tomogan simulate``). On the dataset's test frames (48, evenly spaced,
 as the export measures them) it prints the SSIM of: the float network; the same
-network under :func:`bluesky_tomogan.model.qat.fake_quantized` with the export's
-ranges (input fixed at the TFLite calibration percentiles, activations' running
-min/max over the export's calibration tiles); and the shipped full-int8 TFLite
-model run by LiteRT. The residual is added in float for all three, as the
-Denoiser does.
+network as the TFLite export prepares it (activations equalised,
+:mod:`bluesky_tomogan.export.equalise`) under
+:func:`bluesky_tomogan.model.qat.fake_quantized` with the export's ranges (input
+fixed at the TFLite calibration percentiles, activations' running min/max over
+the export's calibration tiles, the output's offset copies); and the shipped
+full-int8 TFLite model run by LiteRT. The centre frame is added on the host,
+as the Denoiser does: in float for the float network, as the int8 model saw it
+for the other two.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ import sys
 
 import numpy as np
 import torch
-from ai_edge_litert.interpreter import Interpreter
 
+from bluesky_tomogan.export.equalise import equalise_activations
 from bluesky_tomogan.export.pipeline import calibration_frames
 from bluesky_tomogan.export.tflite import int8_input_range
+from bluesky_tomogan.inference.backends.litert import LiteRTSession
 from bluesky_tomogan.inference.load import load_card
 from bluesky_tomogan.inference.tiling import pad_to
 from bluesky_tomogan.metrics import ssim
@@ -59,25 +63,22 @@ def main(argv: list[str] | None = None) -> int:
         t = torch.from_numpy(x[None])
         return (gen(t) - t[:, mid : mid + 1])[0, 0].numpy()
 
+    copies = int(card["files"]["tflite_int8"].get("output_copies", 1))
     with torch.no_grad():
         fp32 = score(torch_correction)
-        with fake_quantized(gen, observer="minmax", input_range=(lo, hi)):
+        clipped = np.clip(calib, lo, hi)
+        if card["files"]["tflite_int8"].get("equalised", False):
+            gen = equalise_activations(gen, clipped)
+        with fake_quantized(gen, observer="minmax", input_range=(lo, hi), output_copies=copies):
             for k in range(0, len(calib), 10):  # calibration pass, as the converter's
-                gen(torch.from_numpy(np.clip(calib[k : k + 10], lo, hi)))
+                gen(torch.from_numpy(clipped[k : k + 10]))
             simulated = score(torch_correction)
 
-    interpreter = Interpreter(str(card_file_path(card, "tflite_int8")), num_threads=2)
-    interpreter.allocate_tensors()
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    (in_scale, in_zero), (out_scale, out_zero) = inp["quantization"], out["quantization"]
+    session = LiteRTSession(card_file_path(card, "tflite_int8"), threads=2, residual_channel=mid)
 
     def tflite_correction(x: np.ndarray) -> np.ndarray:
         h, w = x.shape[-2:]
-        q = np.clip(np.rint(pad_to(x, tile, tile).transpose(1, 2, 0) / in_scale + in_zero), -128, 127)
-        interpreter.set_tensor(inp["index"], q[None].astype(np.int8))
-        interpreter.invoke()
-        y = (interpreter.get_tensor(out["index"]).astype(np.float32) - out_zero) * out_scale
-        return y[0, :h, :w, 0]
+        return session.run(pad_to(x, tile, tile)[None])[0, 0, :h, :w]
 
     real = score(tflite_correction)
     print(f"{args.model}: {len(frames)} test frames of {args.data}; int8 input range {lo:.3f}..{hi:.3f} "

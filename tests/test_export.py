@@ -55,6 +55,12 @@ def test_keras_replica_and_full_int8_tflite_follow_torch(tmp_path):
     it.allocate_tensors()
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     assert inp["dtype"] == np.int8 and out["dtype"] == np.int8 and list(inp["shape"]) == [1, 32, 32, 3]
+    assert list(out["shape"]) == [1, 32, 32, 4]  # offset copies of the output, averaged by the session
+    from bluesky_tomogan.inference.backends.litert import LiteRTSession
+
+    int8 = LiteRTSession(path).run(x)
+    assert int8.shape == ref.shape
+    assert np.abs(int8 - ref).mean() < 0.01 * np.ptp(ref)
 
 
 @pytest.mark.slow
@@ -75,3 +81,50 @@ def test_int8_input_range_ignores_rare_calibration_outliers(tmp_path):
 
     assert input_step() < 1.2 / 255  # the range of the values, not of the outlier
     assert input_step(input_percentiles=None) > 4.9 / 255
+
+
+@pytest.mark.parametrize("options", [{}, {"upsample": "transposed"}, {"input_downscale": 2, "width": 0.5}])
+def test_equalised_network_computes_the_same_function_with_balanced_channels(options):
+    from bluesky_tomogan.export.equalise import channel_maxima, equalise_activations
+
+    torch.manual_seed(0)
+    gen = TomoGANGenerator(GeneratorConfig(**options)).eval()
+    with torch.no_grad():  # unbalance the channels, as training does
+        for producer, _ in gen.activation_links():
+            axis = 1 if isinstance(producer, torch.nn.ConvTranspose2d) else 0
+            gain = torch.logspace(-1, 1, producer.weight.shape[axis])
+            shape = [1] * producer.weight.ndim
+            shape[axis] = -1
+            producer.weight.mul_(gain.view(shape))
+            producer.bias.mul_(gain)
+    frames = np.random.default_rng(0).random((6, 3, 64, 64), np.float32)
+    before = channel_maxima(gen, frames)
+    eq = equalise_activations(gen, frames, max_gain=1e6)
+    x = torch.from_numpy(np.random.default_rng(1).random((1, 3, 64, 64), np.float32))
+    with torch.no_grad():
+        np.testing.assert_allclose(eq(x).numpy(), gen(x).numpy(), rtol=1e-4, atol=1e-4)
+    after = channel_maxima(eq, frames)
+    for (p_before, _), (p_after, _) in zip(gen.activation_links(), eq.activation_links(), strict=True):
+        live = before[p_before] > 0
+        spread_before = before[p_before][live].max() / before[p_before][live].min()
+        spread_after = after[p_after][live].max() / after[p_after][live].min()
+        assert spread_after < 1.001 < spread_before
+
+
+def test_offset_output_copies_average_to_the_output_with_a_finer_step():
+    from bluesky_tomogan.export.tflite import offset_output_copies
+
+    torch.manual_seed(0)
+    gen = TomoGANGenerator().correction_network()
+    frames = np.random.default_rng(0).random((4, 3, 32, 32), np.float32)
+    wide = offset_output_copies(gen, frames, 4)
+    x = torch.from_numpy(frames[:1])
+    with torch.no_grad():
+        ref, copies = gen(x), wide(x)
+    assert copies.shape == (1, 4, 32, 32)
+    np.testing.assert_allclose(copies.mean(dim=1, keepdim=True).numpy(), ref.numpy(), atol=1e-6)
+    offsets = (copies - ref)[0, :, 0, 0].numpy()
+    with torch.no_grad():
+        outputs = torch.cat([gen(torch.from_numpy(frames[k : k + 1])) for k in range(4)])
+    step = (max(float(outputs.max()), 0) - min(float(outputs.min()), 0)) / 255
+    np.testing.assert_allclose(np.diff(offsets), step / 4, rtol=0.02)  # a quarter step apart

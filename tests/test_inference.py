@@ -227,3 +227,21 @@ def test_model_card_records_quality_of_every_precision():
     card = load_card("tomogan-slice")
     assert {"onnxruntime/fp32", "litert/int8", "openvino/int8"} <= set(card["quantization"])
     assert json.dumps(card["training"]["stopped"])
+
+
+def test_litert_adds_the_centre_frame_as_the_int8_model_saw_it():
+    """The correction removes the input's int8 rounding; saturated pixels keep their float value."""
+    from bluesky_tomogan.inference.backends.litert import LiteRTSession
+    from bluesky_tomogan.inference.load import load_card
+    from bluesky_tomogan.modelcard import card_file_path
+
+    path = card_file_path(load_card("tomogan-slice"), "tflite_int8")
+    plain, centred = LiteRTSession(path), LiteRTSession(path, residual_channel=1)
+    scale, zero = plain.input_quantization
+    x = np.random.default_rng(0).uniform(0.0, 1.0, (1, 3, *plain.fixed_shape)).astype(np.float32)
+    x[0, 1, :4, :4] = (200 - zero) * scale  # beyond the int8 input range
+    seen = (np.clip(np.rint(x[0, 1] / scale + zero), -128, 127) - zero) * scale
+    expected = np.where(x[0, 1] < (127 - zero) * scale, seen - x[0, 1], 0.0)
+    np.testing.assert_allclose(centred.run(x) - plain.run(x), expected[None, None], atol=1e-6)
+    with pytest.raises(ModelLoadError, match="no channel 3"):
+        LiteRTSession(path, residual_channel=3)

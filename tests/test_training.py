@@ -121,3 +121,18 @@ def test_fake_quantisation_saturates_the_input_at_the_export_range_and_keeps_the
         spiked_correction = gen(spiked) - spiked[:, 1:2]
     # the convolution path saw 5.0 as 1.0 (int8 saturation); the residual added the float 5.0
     assert torch.allclose(correction, spiked_correction, atol=1e-6)
+
+
+def test_int8_simulation_rounds_the_residual_input_like_the_host_and_averages_output_copies():
+    from bluesky_tomogan.model.qat import fake_quant_activation, fake_quant_copies, round_unsaturated
+
+    lo, hi = torch.tensor(0.0), torch.tensor(1.0)
+    x = torch.tensor([0.3001, 0.7003, 5.0, -2.0])
+    seen = round_unsaturated(x, lo, hi)
+    step = 1.0 / 255
+    assert torch.allclose(seen[:2], torch.round(x[:2] / step) * step)  # on the int8 grid
+    assert torch.equal(seen[2:], x[2:])  # saturated pixels keep their float value
+    ramp = torch.linspace(0.1, 0.9, 10001)
+    plain = (fake_quant_activation(ramp, lo, hi) - ramp).abs().mean()
+    four = (fake_quant_copies(ramp, lo, hi, 4) - ramp).abs().mean()
+    assert four < 0.3 * plain  # four offset copies: about a quarter of the rounding error

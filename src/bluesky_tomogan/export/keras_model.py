@@ -15,11 +15,13 @@ import numpy as np
 __all__ = ["build_keras_generator", "keras_from_torch"]
 
 
-def build_keras_generator(arch: dict[str, Any], height: int | None, width: int | None) -> Any:
+def build_keras_generator(arch: dict[str, Any], height: int | None, width: int | None,
+                          out_channels: int = 1) -> Any:
     """Build an untrained Keras generator for ``arch`` (a ``GeneratorConfig`` dict).
 
     ``height``/``width`` may be ``None`` for a dynamic shape (Keras inference);
-    the TFLite export needs them fixed.
+    the TFLite export needs them fixed. ``out_channels`` > 1 is the TFLite
+    export's offset output copies.
     """
     import keras
     from keras import layers
@@ -54,7 +56,7 @@ def build_keras_generator(arch: dict[str, Any], height: int | None, width: int |
     d1 = double(layers.Concatenate()([up(d2, c32, "up1"), e1]), c32, "dec1")
     for i in range(int(np.log2(cfg.input_downscale))):
         d1 = conv(up(d1, c32, f"sr.{i}.0"), c32, 3, f"sr.{i}.1")
-    out = conv(conv(d1, c16, 1, "head.0"), 1, 1, "head.2", act=None)
+    out = conv(conv(d1, c16, 1, "head.0"), out_channels, 1, "head.2", act=None)
     if cfg.residual and cfg.input_downscale == 1:
         mid = cfg.in_channels // 2
         centre = layers.Lambda(lambda t: t[..., mid : mid + 1], name="centre")(inp)
@@ -64,7 +66,7 @@ def build_keras_generator(arch: dict[str, Any], height: int | None, width: int |
 
 def keras_from_torch(gen: Any, height: int | None = None, width: int | None = None) -> Any:
     """Keras copy of a PyTorch :class:`TomoGANGenerator` (weights transposed to HWIO)."""
-    model = build_keras_generator(gen.config.to_dict(), height, width)
+    model = build_keras_generator(gen.config.to_dict(), height, width, gen.head[2].out_channels)
     state = {k: v.detach().float().numpy() for k, v in gen.state_dict().items()}
     for layer in model.layers:
         name = layer.name

@@ -27,7 +27,7 @@ from ..model.train import load_generator
 from ..modelcard import read_card, sha256_of, write_card
 from ..simulate.datasets import PairSet, read_dataset
 from .onnx import export_onnx
-from .tflite import DEFAULT_TILE, TFLITE_INPUT_PERCENTILES, export_tflite_int8
+from .tflite import DEFAULT_TILE, OUTPUT_COPIES, TFLITE_INPUT_PERCENTILES, export_tflite_int8
 
 __all__ = ["FORMATS", "calibration_frames", "export_model", "measure_quality"]
 
@@ -196,10 +196,12 @@ def export_model(
         files["onnx"] = {"path": onnx_path.name, "sha256": sha256_of(onnx_path), "dynamic_shape": True}
     if "tflite" in formats:
         calib = calibration_frames(train, n_calibration, tile, gen.config.in_channels)
-        tfl = export_tflite_int8(net, out / f"{name}.int8.tflite", calib, tile, TFLITE_INPUT_PERCENTILES)
+        tfl = export_tflite_int8(net, out / f"{name}.int8.tflite", calib, tile, TFLITE_INPUT_PERCENTILES,
+                                 equalise=True, output_copies=OUTPUT_COPIES)
         files["tflite_int8"] = {"path": tfl.name, "sha256": sha256_of(tfl), "tile": [tile, tile],
                                 "calibration_samples": len(calib),
-                                "calibration_input_percentiles": list(TFLITE_INPUT_PERCENTILES)}
+                                "calibration_input_percentiles": list(TFLITE_INPUT_PERCENTILES),
+                                "equalised": True, "output_copies": OUTPUT_COPIES}
     if "openvino" in formats:
         size = min(train.ns.shape[1:])
         size -= size % gen.config.size_multiple

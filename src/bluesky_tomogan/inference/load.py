@@ -122,7 +122,10 @@ def _open_session(card: dict[str, Any], backend: str, precision: str, threads: i
             from .backends.litert import require_edgetpu_runtime
 
             require_edgetpu_runtime()
-        return LiteRTSession(card_file_path(card, kind), threads, edgetpu=backend == "edgetpu"), _sha(card, kind)
+        residual_channel = int(card.get("architecture", {}).get("in_channels", 3)) // 2
+        session = LiteRTSession(card_file_path(card, kind), threads, edgetpu=backend == "edgetpu",
+                                residual_channel=residual_channel if card.get("output") == "correction" else None)
+        return session, _sha(card, kind)
     if backend == "tensorrt":
         try:
             from .backends.tensorrt import TensorRTSession

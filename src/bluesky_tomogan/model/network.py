@@ -52,9 +52,10 @@ from torch import nn
 
 from ..errors import InputShapeError
 
-__all__ = ["GeneratorConfig", "TomoGANGenerator", "TomoGANDiscriminator"]
+__all__ = ["ConvLayer", "GeneratorConfig", "TomoGANGenerator", "TomoGANDiscriminator"]
 
 Upsample = Literal["bilinear", "transposed"]
+ConvLayer = nn.Conv2d | nn.ConvTranspose2d
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,53 @@ class TomoGANGenerator(nn.Module):
         twin = TomoGANGenerator(GeneratorConfig.from_dict(self.config.to_dict() | {"residual": False}))
         twin.load_state_dict(self.state_dict())
         return twin.eval()
+
+    def activation_links(self) -> list[tuple[ConvLayer, list[tuple[ConvLayer, int]]]]:
+        """Every ReLU-activated layer and the layers that read its output channels.
+
+        Each entry is ``(producer, [(consumer, first_input_channel), ...])``. A
+        producer's output passes only through per-channel positive-homogeneous
+        operations (ReLU, max-pooling, bilinear resize, concatenation) before its
+        consumers, so scaling output channel ``c`` by ``s > 0`` and the consumers'
+        input channel ``c`` by ``1 / s`` leaves the network's function unchanged
+        (used by :mod:`bluesky_tomogan.export.equalise`). Mirrors :meth:`forward`.
+        """
+
+        def conv(seq: nn.Module, i: int = 0) -> ConvLayer:
+            layer = seq[i]  # type: ignore[index]
+            assert isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d))
+            return layer
+
+        def via(up: _Up, consumer: ConvLayer, offset: int = 0) -> list[tuple[ConvLayer, int]]:
+            # a transposed convolution is itself a ReLU-activated producer in between
+            return [(up.deconv, 0)] if up.deconv is not None else [(consumer, offset)]
+
+        links: list[tuple[ConvLayer, list[tuple[ConvLayer, int]]]] = [(conv(self.stem), [(conv(self.enc1), 0)])]
+        encoders = [self.enc1, self.enc2, self.enc3]
+        after_pool = [conv(self.enc2), conv(self.enc3), conv(self.bottleneck)]
+        for block, after, dec in zip(encoders, after_pool, [self.dec1, self.dec2, self.dec3], strict=True):
+            links.append((conv(block), [(conv(block, 2), 0)]))
+            # concatenations put the upsampled decoder path first, the skip second
+            skip_offset = conv(dec).in_channels - conv(block, 2).out_channels
+            links.append((conv(block, 2), [(after, 0), (conv(dec), skip_offset)]))
+        upstream = [(conv(self.bottleneck), self.up3, self.dec3), (conv(self.dec3, 2), self.up2, self.dec2),
+                    (conv(self.dec2, 2), self.up1, self.dec1)]
+        for producer, up, dec in upstream:
+            links.append((producer, via(up, conv(dec))))
+            if up.deconv is not None:
+                links.append((up.deconv, [(conv(dec), 0)]))
+            links.append((conv(dec), [(conv(dec, 2), 0)]))
+        last = conv(self.dec1, 2)
+        for stage in self.sr:
+            up, sr_conv = stage[0], conv(stage, 1)  # type: ignore[index]
+            assert isinstance(up, _Up)
+            links.append((last, via(up, sr_conv)))
+            if up.deconv is not None:
+                links.append((up.deconv, [(sr_conv, 0)]))
+            last = sr_conv
+        links.append((last, [(conv(self.head), 0)]))
+        links.append((conv(self.head), [(conv(self.head, 2), 0)]))
+        return links
 
     @property
     def adds_residual(self) -> bool:

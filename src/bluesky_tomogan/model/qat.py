@@ -7,12 +7,15 @@ rounding simulated in the forward pass (and straight-through gradients in the
 backward pass) teaches the weights to tolerate it, as the seed paper did.
 
 What is simulated matches the exports: weights per output channel,
-symmetric; activations per tensor, asymmetric, at the input of the
-convolution path, after every ReLU (TFLite fuses ReLU into the convolution,
-so that is the tensor it quantises), at every concatenation (one scale shared
-by its inputs) and at the head's output, the correction (the exports add the
-centre frame on the host in float, so neither the residual nor its input is
-rounded). Ranges are what calibration measures: the running min and max
+symmetric; activations per tensor, asymmetric, at the network's input, after
+every ReLU (TFLite fuses ReLU into the convolution, so that is the tensor it
+quantises), at every concatenation (one scale shared by its inputs) and at
+the head's output, the correction. The exports add the centre frame on the
+host in float, as the int8 model saw it: rounded, except where it saturates
+(see :class:`~bluesky_tomogan.inference.backends.litert.LiteRTSession`), and
+the TFLite model's output is ``output_copies`` offset copies averaged on the
+host (:func:`bluesky_tomogan.export.tflite.offset_output_copies`). Ranges
+are what calibration measures: the running min and max
 (``observer="minmax"``; ``"ema"`` follows a moving average instead), and the
 input range can be fixed to the export's (``input_range``; the TFLite export
 clips its calibration inputs to percentiles). With both, the simulation
@@ -33,7 +36,8 @@ from torch.nn.utils import parametrize
 
 from .network import TomoGANGenerator, _Concat
 
-__all__ = ["fake_quantized", "fake_quant_activation", "fake_quant_weight"]
+__all__ = ["fake_quantized", "fake_quant_activation", "fake_quant_copies", "fake_quant_weight",
+           "round_unsaturated"]
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +53,34 @@ def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
     return torch.clamp(_ste_round(w / scale), -127, 127) * scale
 
 
-def fake_quant_activation(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """Asymmetric per-tensor int8 rounding of ``x`` over ``[lo, hi]`` (STE gradient)."""
+def _int8_grid(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     lo = torch.minimum(lo, torch.zeros_like(lo))  # zero must be exactly representable
     scale = (hi - lo).clamp_min(1e-8) / 255.0
-    zero = torch.round(-lo / scale) - 128
+    return scale, torch.round(-lo / scale) - 128
+
+
+def fake_quant_activation(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Asymmetric per-tensor int8 rounding of ``x`` over ``[lo, hi]`` (STE gradient)."""
+    scale, zero = _int8_grid(lo, hi)
     q = torch.clamp(_ste_round(x / scale) + zero, -128, 127)
     return (q - zero) * scale
+
+
+def fake_quant_copies(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, copies: int) -> torch.Tensor:
+    """Mean of the int8 roundings of ``copies`` copies of ``x`` offset by fractions of a step."""
+    if copies == 1:
+        return fake_quant_activation(x, lo, hi)
+    scale, _ = _int8_grid(lo, hi)
+    offsets = (torch.arange(copies, dtype=x.dtype) - (copies - 1) / 2) * scale / copies
+    return torch.stack([fake_quant_activation(x + o, lo, hi) - o for o in offsets]).mean(0)
+
+
+def round_unsaturated(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded to the int8 grid of ``[lo, hi]`` where it lies inside, unchanged where it saturates."""
+    scale, zero = _int8_grid(lo, hi)
+    q = torch.round(x / scale) + zero
+    inside = (q > -128) & (q < 127)
+    return torch.where(inside, x + ((q - zero) * scale - x).detach(), x)
 
 
 class _WeightFakeQuant(nn.Module):
@@ -93,7 +118,8 @@ class _RangeTracker:
 
 @contextmanager
 def fake_quantized(gen: TomoGANGenerator, *, observer: str = "minmax",
-                   input_range: tuple[float, float] | None = None) -> Iterator[TomoGANGenerator]:
+                   input_range: tuple[float, float] | None = None,
+                   output_copies: int = 1) -> Iterator[TomoGANGenerator]:
     """Within the block, ``gen`` computes as its int8 export would (approximately).
 
     Weights stay float parameters (the optimiser updates them); the rounding
@@ -107,6 +133,9 @@ def fake_quantized(gen: TomoGANGenerator, *, observer: str = "minmax",
         How activation ranges follow the data (see the module docstring).
     input_range : (float, float), optional
         Fixed int8 range of the network input, as the export calibrates it.
+    output_copies : int
+        Offset copies of the output that the host averages (the TFLite export's
+        ``output_copies``; 1 for OpenVINO).
     """
     handles = []
     trackers: list[_RangeTracker] = []
@@ -131,15 +160,20 @@ def fake_quantized(gen: TomoGANGenerator, *, observer: str = "minmax",
         parametrize.register_parametrization(conv, "weight", _WeightFakeQuant())
     in_tracker, out_tracker = _RangeTracker(observer, fixed=input_range), _RangeTracker(observer)
 
-    def quant_input(_mod: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    def input_as_seen(_mod: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        # what both the network and the host's residual add get: the int8 input where it is in range
         x = args[0]
-        return (fake_quant_activation(x, *in_tracker.update(x)),)
+        return (round_unsaturated(x, *in_tracker.update(x)),)
+
+    def clip_input(_mod: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        assert in_tracker.lo is not None and in_tracker.hi is not None
+        return (fake_quant_activation(args[0], in_tracker.lo, in_tracker.hi),)  # saturates the rest
 
     def quant_output(_mod: nn.Module, _inp: object, out: torch.Tensor) -> torch.Tensor:
-        return fake_quant_activation(out, *out_tracker.update(out))
+        return fake_quant_copies(out, *out_tracker.update(out), output_copies)
 
-    # The convolution path's input and the head's output: the residual add stays float, as in the exports.
-    handles.append(gen.stem.register_forward_pre_hook(quant_input))
+    handles.append(gen.register_forward_pre_hook(input_as_seen))
+    handles.append(gen.stem.register_forward_pre_hook(clip_input))
     handles.append(gen.head.register_forward_hook(quant_output))
     try:
         yield gen
