@@ -245,3 +245,27 @@ def test_litert_adds_the_centre_frame_as_the_int8_model_saw_it():
     np.testing.assert_allclose(centred.run(x) - plain.run(x), expected[None, None], atol=1e-6)
     with pytest.raises(ModelLoadError, match="no channel 3"):
         LiteRTSession(path, residual_channel=3)
+
+
+def test_round_to_bf16_matches_torch_ties_to_even():
+    torch = pytest.importorskip("torch")
+    from bluesky_tomogan.inference.backends.openvino import round_to_bf16
+
+    x = np.random.default_rng(0).normal(0, 3, 10_000).astype(np.float32)
+    x[:4] = [1.0 + 2**-8, 1.0 + 3 * 2**-8, -0.0, 0.0]  # ties round to even
+    expected = torch.from_numpy(x).to(torch.bfloat16).float().numpy()
+    np.testing.assert_array_equal(round_to_bf16(x), expected)
+
+
+def test_bf16_adds_the_centre_frame_as_the_network_saw_it():
+    from bluesky_tomogan.inference.backends.openvino import round_to_bf16, supports_bf16
+
+    if not supports_bf16():
+        pytest.skip("this CPU has no native bf16")
+    den = load_denoiser("tomogan-projection", backend="openvino", precision="bf16")
+    assert den.session.residual_channel == 1
+    x = np.random.default_rng(0).uniform(0, 1, (1, 3, 64, 64)).astype(np.float32)
+    with_rounding = den.session.run(x)
+    den.session.residual_channel = None
+    plain = den.session.run(x)
+    np.testing.assert_allclose(with_rounding - plain, round_to_bf16(x[:, 1:2]) - x[:, 1:2], atol=1e-6)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ...errors import BackendUnavailableError, ModelLoadError, PrecisionError
 
-__all__ = ["OpenVINOSession", "available", "supports_bf16"]
+__all__ = ["OpenVINOSession", "available", "round_to_bf16", "supports_bf16"]
 
 
 def available() -> bool:
@@ -40,7 +40,21 @@ def supports_bf16() -> bool:
 
 
 class OpenVINOSession:
-    """Run a TomoGAN model with OpenVINO on the CPU."""
+    """Run a TomoGAN model with OpenVINO on the CPU.
+
+    Parameters
+    ----------
+    model_path : path-like
+        The fp32 ONNX model (fp32, bf16) or the NNCF int8 IR (int8).
+    precision : {"fp32", "bf16", "int8"}
+        Arithmetic precision.
+    threads : int, optional
+        Inference threads.
+    residual_channel : int, optional
+        For a correction model in bf16: the output also carries the bf16
+        rounding of this input channel (the centre frame the caller adds back),
+        because the network removed the noise of the rounded input it saw.
+    """
 
     backend = "openvino"
     fixed_shape: tuple[int, int] | None = None
@@ -51,6 +65,7 @@ class OpenVINOSession:
         model_path: str | os.PathLike[str],
         precision: str = "fp32",
         threads: int | None = None,
+        residual_channel: int | None = None,
     ) -> None:
         try:
             import openvino as ov
@@ -73,6 +88,8 @@ class OpenVINOSession:
         }
         if threads:
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
+        # bf16 rounds the network's input; see run()
+        self.residual_channel = residual_channel if precision == "bf16" else None
         self._compiled: dict[tuple[int, ...], Any] = {}
         self._lock = threading.Lock()
 
@@ -90,4 +107,17 @@ class OpenVINOSession:
         batch = np.ascontiguousarray(batch, np.float32)
         req = self._request(batch.shape)
         req.infer({0: batch})
-        return np.array(req.get_output_tensor(0).data, copy=True)
+        out = np.array(req.get_output_tensor(0).data, copy=True)
+        if self.residual_channel is not None:
+            # The correction removes the noise of the input the network saw, bf16 rounding
+            # included, so the centre frame the host adds must carry that rounding too.
+            centre = batch[:, self.residual_channel : self.residual_channel + 1]
+            out += round_to_bf16(centre) - centre
+        return out
+
+
+def round_to_bf16(x: np.ndarray) -> np.ndarray:
+    """``x`` (float32, finite) rounded to the nearest bfloat16, ties to even, as float32."""
+    bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+    return rounded.view(np.float32)
