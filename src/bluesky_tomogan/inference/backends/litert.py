@@ -89,8 +89,9 @@ class LiteRTSession:
         the difference between that channel as the model saw it, rounded to
         int8, and as it was given. The network's correction removes the
         rounding noise of the input it saw; adding the unrounded frame would
-        put that noise back into the result (simulated on the slice model:
-        0.0020 of SSIM, 0.0005 without it). Pixels outside the int8 input range
+        put that noise back into the result (simulated on the slice model,
+        input rounding alone: 0.0020 of SSIM with the unrounded frame added,
+        0.0005 with the rounded one). Pixels outside the int8 input range
         keep their float value: the network cannot undo the clipping, and
         adding the clipped value cost 0.7 dB of PSNR.
 
