@@ -25,6 +25,7 @@ from bluesky_tomogan import (
 from bluesky_tomogan.inference import shipped_models
 from bluesky_tomogan.inference.load import load_card
 from bluesky_tomogan.inference.tiling import TileGrid, pad_to, plan_axis
+from bluesky_tomogan.normalise import normalise, robust_range
 from bluesky_tomogan.simulate.phantoms import make_phantom
 from bluesky_tomogan.simulate.tomography import DetectorModel, angles_deg, scale_to_max_attenuation, simulate_scan
 
@@ -229,22 +230,19 @@ def test_model_card_records_quality_of_every_precision():
     assert json.dumps(card["training"]["stopped"])
 
 
-def test_litert_adds_the_centre_frame_as_the_int8_model_saw_it():
+def test_litert_adds_the_centre_frame_as_the_int8_model_saw_it(frames):
     """The correction removes the input's int8 rounding; saturated pixels keep their float value."""
-    from bluesky_tomogan.inference.backends.litert import LiteRTSession
-    from bluesky_tomogan.inference.load import load_card
-    from bluesky_tomogan.modelcard import card_file_path
-
-    path = card_file_path(load_card("tomogan-slice"), "tflite_int8")
-    plain, centred = LiteRTSession(path), LiteRTSession(path, residual_channel=1)
-    scale, zero = plain.input_quantization
-    x = np.random.default_rng(0).uniform(0.0, 1.0, (1, 3, *plain.fixed_shape)).astype(np.float32)
-    x[0, 1, :4, :4] = (200 - zero) * scale  # beyond the int8 input range
-    seen = (np.clip(np.rint(x[0, 1] / scale + zero), -128, 127) - zero) * scale
-    expected = np.where(x[0, 1] < (127 - zero) * scale, seen - x[0, 1], 0.0)
-    np.testing.assert_allclose(centred.run(x) - plain.run(x), expected[None, None], atol=1e-6)
-    with pytest.raises(ModelLoadError, match="no channel 3"):
-        LiteRTSession(path, residual_channel=3)
+    den = load_denoiser("tomogan-slice", backend="litert", precision="int8")
+    scale, zero = den.session.input_quantization
+    x = np.random.default_rng(0).uniform(0.0, 1.0, (64, 64)).astype(np.float32)
+    x[:4, :4] = (200 - zero) * scale  # beyond the int8 input range
+    seen = (np.clip(np.rint(x / scale + zero), -128, 127) - zero) * scale
+    expected = np.where(x < (127 - zero) * scale, seen, x)
+    np.testing.assert_allclose(den.session.input_as_seen(x), expected, atol=1e-6)
+    # the Denoiser's residual add uses it
+    prep = den._prepare(frames[:3], frames[1])
+    offset, scale_frame = robust_range(frames[1])
+    np.testing.assert_array_equal(prep.centre, den.session.input_as_seen(normalise(frames[1], offset, scale_frame)))
 
 
 def test_round_to_bf16_matches_torch_ties_to_even():
@@ -257,15 +255,15 @@ def test_round_to_bf16_matches_torch_ties_to_even():
     np.testing.assert_array_equal(round_to_bf16(x), expected)
 
 
-def test_bf16_adds_the_centre_frame_as_the_network_saw_it():
+def test_bf16_adds_the_centre_frame_as_the_network_saw_it(frames):
     from bluesky_tomogan.inference.backends.openvino import round_to_bf16, supports_bf16
 
     if not supports_bf16():
         pytest.skip("this CPU has no native bf16")
     den = load_denoiser("tomogan-projection", backend="openvino", precision="bf16")
-    assert den.session.residual_channel == 1
-    x = np.random.default_rng(0).uniform(0, 1, (1, 3, 64, 64)).astype(np.float32)
-    with_rounding = den.session.run(x)
-    den.session.residual_channel = None
-    plain = den.session.run(x)
-    np.testing.assert_allclose(with_rounding - plain, round_to_bf16(x[:, 1:2]) - x[:, 1:2], atol=1e-6)
+    x = np.random.default_rng(0).uniform(0, 1, (64, 64)).astype(np.float32)
+    np.testing.assert_array_equal(den.session.input_as_seen(x), round_to_bf16(x))
+    assert load_denoiser("tomogan-projection", backend="openvino", precision="fp32").session.input_as_seen(x) is x
+    prep = den._prepare(frames[:3], frames[1])
+    offset, scale = robust_range(frames[1])
+    np.testing.assert_array_equal(prep.centre, round_to_bf16(normalise(frames[1], offset, scale)))

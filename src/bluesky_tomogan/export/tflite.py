@@ -25,7 +25,7 @@ float and both measured with the int8 simulation of
   ``k`` copies of the correction, offset by ``-(k-1)/2k .. +(k-1)/2k`` of the
   output's int8 step, and the host averages them: a ``k`` times finer output
   step for ``k`` bytes per pixel (with the host-side handling of the input's
-  rounding in :class:`~bluesky_tomogan.inference.backends.litert.LiteRTSession`:
+  rounding, :meth:`~bluesky_tomogan.inference.backends.litert.LiteRTSession.input_as_seen`:
   0.0104 -> 0.0077 for ``k = 4``). The whole network stays on the Edge TPU.
 """
 
@@ -35,6 +35,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +44,7 @@ from ..model.network import TomoGANGenerator
 from .equalise import equalise_activations
 from .keras_model import keras_from_torch
 
-__all__ = ["export_tflite_int8", "int8_input_range", "offset_output_copies", "DEFAULT_TILE",
+__all__ = ["copy_offsets", "export_tflite_int8", "int8_input_range", "offset_output_copies", "DEFAULT_TILE",
            "OUTPUT_COPIES", "TFLITE_INPUT_PERCENTILES"]
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,17 @@ def int8_input_range(values: np.ndarray,
     """
     lo, hi = np.percentile(np.asarray(values), percentiles)
     return float(lo), float(hi)
+
+
+def copy_offsets(step: Any, copies: int) -> Any:
+    """Offsets of the output copies: ``copies`` fractions of one int8 ``step``, symmetric around zero.
+
+    ``step`` is a float or a torch tensor; returns a float32 torch tensor. Int8-aware
+    training (:func:`bluesky_tomogan.model.qat.fake_quant_copies`) uses the same offsets.
+    """
+    import torch
+
+    return (torch.arange(copies, dtype=torch.float32) - (copies - 1) / 2) * step / copies
 
 
 def offset_output_copies(gen: TomoGANGenerator, frames: np.ndarray, copies: int) -> TomoGANGenerator:
@@ -87,7 +99,7 @@ def offset_output_copies(gen: TomoGANGenerator, frames: np.ndarray, copies: int)
     lo, hi = min(lo, 0.0), max(hi, 0.0)  # int8 ranges hold zero
     step = (hi - lo) / 255.0
     step = (hi - lo + step * (copies - 1) / copies) / 255.0  # the copies widen the range a little
-    offsets = (torch.arange(copies, dtype=torch.float32) - (copies - 1) / 2) * step / copies
+    offsets = copy_offsets(step, copies)
     last = out.head[2]
     assert isinstance(last, nn.Conv2d) and last.out_channels == 1
     wide = nn.Conv2d(last.in_channels, copies, 1)

@@ -53,7 +53,9 @@ class Denoiser:
     -----
     The exported networks return a correction to the centre frame; the
     Denoiser adds the centre frame in float32 (model card ``"output":
-    "correction"``), so reduced precision never rounds the signal itself.
+    "correction"``), so reduced precision never rounds the signal itself. It
+    adds the frame as the model saw it (``Session.input_as_seen``): the
+    correction removes the input's rounding along with its noise.
     Output is float32 in the *source* intensity scale: each frame is normalised
     by its own robust range and the network's output is mapped back through the
     same affine map, so a uint16 detector frame of counts comes back as counts.
@@ -209,7 +211,10 @@ class Denoiser:
         th, tw = self._tile_shape(h, w)
         padded = pad_to(x, max(h, th), max(w, tw))
         grid = TileGrid(padded.shape[-2], padded.shape[-1], (th, tw), self.overlap, margin=self.overlap // 4)
-        return _Prepared(grid, grid.split(padded), x[self.depth // 2], offset, scale)
+        centre = x[self.depth // 2]
+        if self.residual_on_host:
+            centre = self.session.input_as_seen(centre)
+        return _Prepared(grid, grid.split(padded), centre, offset, scale)
 
     def _infer(self, prep: _Prepared) -> np.ndarray:
         """Run the tiles through the backend, blend, add the centre frame, map back."""
@@ -230,7 +235,7 @@ class Denoiser:
 class _Prepared(NamedTuple):
     grid: TileGrid
     tiles: np.ndarray
-    centre: np.ndarray  # normalised centre frame, for the host-side residual
+    centre: np.ndarray  # normalised centre frame as the model saw it, for the host-side residual
     offset: float
     scale: float
 

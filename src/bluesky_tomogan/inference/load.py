@@ -94,13 +94,6 @@ def _quality_ok(card: dict[str, Any], backend: str, precision: str) -> bool:
     return float(measured) <= SSIM_TOLERANCE.get(precision, 0.0)
 
 
-def _residual_channel(card: dict[str, Any]) -> int | None:
-    """The input channel the Denoiser adds back to a correction model's output (its centre frame)."""
-    if card.get("output") != "correction":
-        return None
-    return int(card.get("architecture", {}).get("in_channels", 3)) // 2
-
-
 def _open_session(card: dict[str, Any], backend: str, precision: str, threads: int | None) -> tuple[Session, str]:
     """Build the backend session; returns it and the sha256 of the file it runs."""
     if backend == "onnxruntime":
@@ -118,8 +111,7 @@ def _open_session(card: dict[str, Any], backend: str, precision: str, threads: i
         kind = "openvino_int8" if precision == "int8" else "onnx"
         if precision not in ("fp32", "bf16", "int8"):
             raise PrecisionError(f"openvino runs fp32, bf16 or int8, not {precision}")
-        return OpenVINOSession(card_file_path(card, kind), precision, threads,
-                               residual_channel=_residual_channel(card)), _sha(card, kind)
+        return OpenVINOSession(card_file_path(card, kind), precision, threads), _sha(card, kind)
     if backend in ("litert", "edgetpu"):
         from .backends.litert import LiteRTSession
 
@@ -130,9 +122,7 @@ def _open_session(card: dict[str, Any], backend: str, precision: str, threads: i
             from .backends.litert import require_edgetpu_runtime
 
             require_edgetpu_runtime()
-        session = LiteRTSession(card_file_path(card, kind), threads, edgetpu=backend == "edgetpu",
-                                residual_channel=_residual_channel(card))
-        return session, _sha(card, kind)
+        return LiteRTSession(card_file_path(card, kind), threads, edgetpu=backend == "edgetpu"), _sha(card, kind)
     if backend == "tensorrt":
         try:
             from .backends.tensorrt import TensorRTSession

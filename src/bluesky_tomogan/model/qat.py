@@ -12,7 +12,7 @@ every ReLU (TFLite fuses ReLU into the convolution, so that is the tensor it
 quantises), at every concatenation (one scale shared by its inputs) and at
 the head's output, the correction. The exports add the centre frame on the
 host in float, as the int8 model saw it: rounded, except where it saturates
-(see :class:`~bluesky_tomogan.inference.backends.litert.LiteRTSession`), and
+(see :meth:`~bluesky_tomogan.inference.backends.litert.LiteRTSession.input_as_seen`), and
 the TFLite model's output is ``output_copies`` offset copies averaged on the
 host (:func:`bluesky_tomogan.export.tflite.offset_output_copies`). Ranges
 are what calibration measures: the running min and max
@@ -70,8 +70,10 @@ def fake_quant_copies(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, copie
     """Mean of the int8 roundings of ``copies`` copies of ``x`` offset by fractions of a step."""
     if copies == 1:
         return fake_quant_activation(x, lo, hi)
+    from ..export.tflite import copy_offsets  # the export's offsets, so the simulation matches it
+
     scale, _ = _int8_grid(lo, hi)
-    offsets = (torch.arange(copies, dtype=x.dtype) - (copies - 1) / 2) * scale / copies
+    offsets = copy_offsets(scale, copies).to(x.dtype)
     return torch.stack([fake_quant_activation(x + o, lo, hi) - o for o in offsets]).mean(0)
 
 

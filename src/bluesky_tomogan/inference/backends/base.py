@@ -33,3 +33,13 @@ class Session(Protocol):
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Denoise ``(N, C, H, W)`` normalised frames into ``(N, 1, H, W)`` float32."""
         ...
+
+    def input_as_seen(self, x: np.ndarray) -> np.ndarray:
+        """Normalised input values as the model computes with them (rounded to its input precision).
+
+        The exported networks return a correction that removes the noise of the
+        input they saw, its rounding included, so the :class:`Denoiser` adds the
+        centre frame back as the model saw it; adding the exact frame would put
+        the rounding back into the result. Full-precision backends return ``x``.
+        """
+        ...

@@ -83,17 +83,6 @@ class LiteRTSession:
         CPU threads of the interpreter.
     edgetpu : bool
         Run through the ``libedgetpu.so.1`` delegate.
-    residual_channel : int, optional
-        For a model that returns a correction to this input channel (the
-        caller adds the channel back in float): the output then also carries
-        the difference between that channel as the model saw it, rounded to
-        int8, and as it was given. The network's correction removes the
-        rounding noise of the input it saw; adding the unrounded frame would
-        put that noise back into the result (simulated on the slice model,
-        input rounding alone: 0.0020 of SSIM with the unrounded frame added,
-        0.0005 with the rounded one). Pixels outside the int8 input range
-        keep their float value: the network cannot undo the clipping, and
-        adding the clipped value cost 0.7 dB of PSNR.
 
     Notes
     -----
@@ -111,7 +100,6 @@ class LiteRTSession:
         tflite_path: str | os.PathLike[str],
         threads: int | None = None,
         edgetpu: bool = False,
-        residual_channel: int | None = None,
     ) -> None:
         mod = interpreter_module()
         delegates = []
@@ -132,10 +120,7 @@ class LiteRTSession:
             )
         self._in, self._out = inp["index"], out["index"]
         self._in_q, self._out_q = inp["quantization"], out["quantization"]
-        _, h, w, channels = (int(v) for v in inp["shape"])
-        if residual_channel is not None and not 0 <= residual_channel < channels:
-            raise ModelLoadError(f"{tflite_path} has {channels} input channels; no channel {residual_channel}")
-        self.residual_channel = residual_channel
+        _, h, w, _ = (int(v) for v in inp["shape"])
         self.fixed_shape = (h, w)
 
     @property
@@ -144,19 +129,30 @@ class LiteRTSession:
         scale, zero = self._in_q
         return float(scale), int(zero)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def _quantise(self, x: np.ndarray) -> np.ndarray:
         scale, zero = self._in_q
+        return np.clip(np.rint(x / scale + zero), -128, 127)
+
+    def input_as_seen(self, x: np.ndarray) -> np.ndarray:
+        """``x`` rounded to the model's int8 input grid; values beyond its range keep their float value.
+
+        The network cannot undo the clipping of those rare pixels, and adding
+        the clipped value back cost 0.7 dB of PSNR on the slice model; inside
+        the range, adding the rounded value keeps the rounding out of the
+        result (simulated on the slice model, input rounding alone: 0.0020 of
+        SSIM with the exact frame added, 0.0005 with the rounded one).
+        """
+        scale, zero = self._in_q
+        q = self._quantise(x)
+        inside = (q > -128) & (q < 127)
+        return np.where(inside, (q - zero) * scale, x).astype(np.float32)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
         out_scale, out_zero = self._out_q
         results = []
         for x in batch:  # (C, H, W) -> (1, H, W, C) int8
-            q = np.clip(np.rint(x.transpose(1, 2, 0) / scale + zero), -128, 127).astype(np.int8)
-            self._it.set_tensor(self._in, q[None])
+            self._it.set_tensor(self._in, self._quantise(x.transpose(1, 2, 0)).astype(np.int8)[None])
             self._it.invoke()
             y = (self._it.get_tensor(self._out)[0].astype(np.float32) - out_zero) * out_scale
-            y = y.mean(axis=-1)  # offset copies -> one finer output
-            if self.residual_channel is not None:
-                qc = q[..., self.residual_channel].astype(np.float32)
-                inside = (qc > -128) & (qc < 127)  # saturated pixels keep their float value
-                y += np.where(inside, (qc - zero) * scale - x[self.residual_channel], 0.0)
-            results.append(y[None])
+            results.append(y.mean(axis=-1)[None])  # offset copies -> one finer output
         return np.stack(results)
