@@ -8,7 +8,8 @@ Needs the ``train`` extra (torch) and a dataset made with the model card's recip
 (``bluesky-tomogan simulate``). On the dataset's test frames (48, evenly spaced,
 as the export measures them) it prints the SSIM of: the float network; the same
 network as the TFLite export prepares it (activations equalised,
-:mod:`bluesky_tomogan.export.equalise`) under
+:mod:`bluesky_tomogan.export.equalise`, and the full-resolution layers' offset
+copies, :mod:`bluesky_tomogan.export.copies`) under
 :func:`bluesky_tomogan.model.qat.fake_quantized` with the export's ranges (input
 fixed at the TFLite calibration percentiles, activations' running min/max over
 the export's calibration tiles, the output's offset copies); and the shipped
@@ -25,6 +26,7 @@ import sys
 import numpy as np
 import torch
 
+from bluesky_tomogan.export.copies import offset_activation_copies
 from bluesky_tomogan.export.equalise import equalise_activations
 from bluesky_tomogan.export.pipeline import calibration_frames
 from bluesky_tomogan.export.tflite import int8_input_range
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         clipped = np.clip(calib, lo, hi)
         if card["files"]["tflite_int8"].get("equalised", False):
             gen = equalise_activations(gen, clipped)
+        gen = offset_activation_copies(gen, clipped, card["files"]["tflite_int8"].get("activation_copies", {}))
         with fake_quantized(gen, observer="minmax", input_range=(lo, hi), output_copies=copies):
             for k in range(0, len(calib), 10):  # calibration pass, as the converter's
                 gen(torch.from_numpy(clipped[k : k + 10]))

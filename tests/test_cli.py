@@ -36,6 +36,12 @@ def test_train_on_a_bad_file_is_one_clear_error_line(tmp_path, capsys):
     assert "bluesky-tomogan train: error:" in err and "not a readable HDF5 file" in err
 
 
+def test_export_activation_copies_must_be_layer_equals_count(capsys):
+    with pytest.raises(SystemExit):
+        main(["export", "somewhere", "--data", "d.h5", "--activation-copies", "stem.0:4"])
+    assert "expected LAYER=K with K >= 1 (e.g. stem.0=4), got 'stem.0:4'" in capsys.readouterr().err
+
+
 def test_denoise_with_an_unknown_backend_is_one_clear_error_line(tmp_path, capsys):
     import numpy as np
 

@@ -128,3 +128,74 @@ def test_offset_output_copies_average_to_the_output_with_a_finer_step():
         outputs = torch.cat([gen(torch.from_numpy(frames[k : k + 1])) for k in range(4)])
     step = (max(float(outputs.max()), 0) - min(float(outputs.min()), 0)) / 255
     np.testing.assert_allclose(np.diff(offsets), step / 4, rtol=0.02)  # a quarter step apart
+
+
+@pytest.mark.parametrize("options", [{}, {"upsample": "transposed"}, {"input_downscale": 2, "width": 0.5}])
+def test_offset_activation_copies_keep_the_function_and_grow_the_named_layers(options):
+    from bluesky_tomogan.export.copies import int8_steps, offset_activation_copies
+
+    torch.manual_seed(0)
+    gen = TomoGANGenerator(GeneratorConfig(**options)).eval()
+    frames = np.random.default_rng(0).random((4, 3, 32, 32), np.float32)
+    copies = {"stem.0": 4, "enc1.2": 2, "dec1.0": 2, "head.0": 4}
+    wide = offset_activation_copies(gen, frames, copies)
+    x = torch.from_numpy(frames[:2])
+    with torch.no_grad():
+        ref, out = gen(x), wide(x)
+    # offsets sum to zero, so only ReLU's kink (within a fraction of one int8 step) can differ
+    step = max(int8_steps(gen, frames).values())
+    assert float((out - ref).abs().max()) < step
+    assert wide.stem[0].out_channels == 4 * gen.stem[0].out_channels
+    assert wide.enc1[0].in_channels == 4 * gen.enc1[0].in_channels
+    assert wide.dec1[0].in_channels == gen.dec1[0].in_channels + gen.enc1[2].out_channels  # the skip, twice
+    assert wide.head[2].in_channels == 4 * gen.head[2].in_channels
+    assert wide.macs_per_pixel() > gen.macs_per_pixel()
+    assert gen.stem[0].out_channels == gen.config.channels(8)  # the original is untouched
+
+
+def test_offset_activation_copies_spread_over_a_fraction_of_one_int8_step():
+    from bluesky_tomogan.export.copies import int8_steps, offset_activation_copies
+
+    torch.manual_seed(0)
+    gen = TomoGANGenerator().eval()
+    frames = np.random.default_rng(0).random((4, 3, 32, 32), np.float32)
+    wide = offset_activation_copies(gen, frames, {"stem.0": 4})
+    n, step = gen.stem[0].out_channels, int8_steps(gen, frames)["stem.0"]
+    offsets = (wide.stem[0].bias.detach().view(4, n) - gen.stem[0].bias.detach()).mean(1)
+    np.testing.assert_allclose(offsets.numpy(), np.array([-3, -1, 1, 3]) * step / 8, rtol=1e-4)
+
+
+def test_int8_steps_share_one_range_across_a_concatenation():
+    from bluesky_tomogan.export.copies import int8_steps
+
+    torch.manual_seed(0)
+    steps = int8_steps(TomoGANGenerator().eval(), np.random.default_rng(0).random((4, 3, 32, 32), np.float32))
+    assert steps["enc1.2"] == steps["dec2.2"]  # both go into dec1's concatenation
+
+
+@pytest.mark.parametrize("bad", [{"enc1.1": 2}, {"nonexistent": 2}, {"stem.0": 0}])
+def test_offset_activation_copies_reject_layers_that_are_not_relu_producers(bad):
+    from bluesky_tomogan.errors import ExportOptionError
+    from bluesky_tomogan.export.copies import offset_activation_copies
+
+    gen = TomoGANGenerator().eval()
+    with pytest.raises(ExportOptionError, match="cannot copy|copies must be"):
+        offset_activation_copies(gen, np.zeros((1, 3, 32, 32), np.float32), bad)
+
+
+def test_equalisation_fills_the_range_a_concatenation_shares():
+    from bluesky_tomogan.export.equalise import channel_maxima, equalise_activations, shared_maxima
+
+    torch.manual_seed(0)
+    gen = TomoGANGenerator().eval()
+    with torch.no_grad():
+        gen.dec2[2].weight.mul_(4.0)  # the decoder path now sets the range of dec1's concatenation
+        gen.dec2[2].bias.mul_(4.0)
+    frames = np.random.default_rng(0).random((4, 3, 32, 32), np.float32)
+    eq = equalise_activations(gen, frames, max_gain=1e6)
+    maxima = channel_maxima(eq, frames)
+    tops = shared_maxima(eq, maxima)
+    skip, path = eq.enc1[2], eq.dec2[2]
+    assert tops[skip] == tops[path] == pytest.approx(float(maxima[path].max()), rel=1e-4)
+    live = maxima[skip] > 0
+    np.testing.assert_allclose(maxima[skip][live].numpy(), tops[skip], rtol=1e-4)

@@ -47,6 +47,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _layer_copies(text: str) -> tuple[str, int]:
+    name, sep, k = text.partition("=")
+    if not sep or not name or not k.isdigit() or int(k) < 1:
+        raise argparse.ArgumentTypeError(f"expected LAYER=K with K >= 1 (e.g. stem.0=4), got {text!r}")
+    return name, int(k)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     formats = tuple(args.format)
     if "tensorrt" in formats:
@@ -60,8 +67,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if formats:
         from .export.pipeline import export_model
 
+        copies = None if args.activation_copies is None else dict(args.activation_copies)
         card = export_model(args.model, args.out or args.model, args.data, formats, tile=args.tile,
-                            n_calibration=args.calibration, measure=not args.no_measure)
+                            n_calibration=args.calibration, measure=not args.no_measure,
+                            activation_copies=copies)
         data = json.loads(Path(card).read_text())
         print(f"model card: {card}")
         for kind, entry in sorted(data["files"].items()):
@@ -206,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--calibration", type=int, default=200, help="int8 calibration samples")
     s.add_argument("--trt-precision", nargs="+", choices=["fp32", "fp16", "int8"], default=["fp16"])
     s.add_argument("--no-measure", action="store_true", help="skip the quality measurement")
+    s.add_argument("--activation-copies", nargs="*", type=_layer_copies, metavar="LAYER=K",
+                   help="offset copies of layers' outputs in the int8 TFLite model, e.g. stem.0=4 head.0=4 "
+                        "(default: those two; none given: no copies); see docs/backends.md")
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("denoise", help="denoise frames from a .npy or HDF5 file")

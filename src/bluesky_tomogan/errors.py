@@ -18,6 +18,7 @@ __all__ = [
     "UnknownModelError",
     "PrecisionError",
     "OutputPathError",
+    "ExportOptionError",
 ]
 
 
@@ -59,3 +60,7 @@ class PrecisionError(TomoGANError, ValueError):
 
 class OutputPathError(TomoGANError, OSError):
     """An output file or directory cannot be written."""
+
+
+class ExportOptionError(TomoGANError, ValueError):
+    """An export option names something the model does not have (e.g. a layer to copy)."""

@@ -16,12 +16,13 @@ __all__ = ["build_keras_generator", "keras_from_torch"]
 
 
 def build_keras_generator(arch: dict[str, Any], height: int | None, width: int | None,
-                          out_channels: int = 1) -> Any:
+                          out_channels: int = 1, filters: dict[str, int] | None = None) -> Any:
     """Build an untrained Keras generator for ``arch`` (a ``GeneratorConfig`` dict).
 
     ``height``/``width`` may be ``None`` for a dynamic shape (Keras inference);
     the TFLite export needs them fixed. ``out_channels`` > 1 is the TFLite
-    export's offset output copies.
+    export's offset output copies; ``filters`` overrides the output channels of
+    layers by name (the offset activation copies of :mod:`.copies`).
     """
     import keras
     from keras import layers
@@ -31,8 +32,10 @@ def build_keras_generator(arch: dict[str, Any], height: int | None, width: int |
     cfg = GeneratorConfig.from_dict(arch)
     c8, c16, c32, c64, c128 = (cfg.channels(c) for c in (8, 16, 32, 64, 128))
 
+    widths = filters or {}
+
     def conv(x: Any, c: int, k: int, name: str, act: str | None = "relu") -> Any:
-        return layers.Conv2D(c, k, padding="same", activation=act, name=name)(x)
+        return layers.Conv2D(widths.get(name, c), k, padding="same", activation=act, name=name)(x)
 
     def double(x: Any, c: int, name: str) -> Any:
         return conv(conv(x, c, 3, f"{name}.0"), c, 3, f"{name}.2")
@@ -66,8 +69,10 @@ def build_keras_generator(arch: dict[str, Any], height: int | None, width: int |
 
 def keras_from_torch(gen: Any, height: int | None = None, width: int | None = None) -> Any:
     """Keras copy of a PyTorch :class:`TomoGANGenerator` (weights transposed to HWIO)."""
-    model = build_keras_generator(gen.config.to_dict(), height, width, gen.head[2].out_channels)
     state = {k: v.detach().float().numpy() for k, v in gen.state_dict().items()}
+    filters = {k.removesuffix(".weight"): v.shape[0] for k, v in state.items()
+               if k.endswith(".weight") and ".deconv" not in k}
+    model = build_keras_generator(gen.config.to_dict(), height, width, gen.head[2].out_channels, filters)
     for layer in model.layers:
         name = layer.name
         if name.endswith(".deconv"):

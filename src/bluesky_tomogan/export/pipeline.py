@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,13 @@ from ..frames import context_indices
 from ..inference.tiling import pad_to
 from ..metrics import psnr, ssim
 from ..model.data import normalised_frames
+from ..model.network import TomoGANGenerator
 from ..model.train import load_generator
 from ..modelcard import read_card, sha256_of, write_card
 from ..simulate.datasets import PairSet, read_dataset
+from .copies import check_activation_copies
 from .onnx import export_onnx
-from .tflite import DEFAULT_TILE, OUTPUT_COPIES, TFLITE_INPUT_PERCENTILES, export_tflite_int8
+from .tflite import ACTIVATION_COPIES, DEFAULT_TILE, OUTPUT_COPIES, TFLITE_INPUT_PERCENTILES, export_tflite_int8
 
 __all__ = ["FORMATS", "calibration_frames", "export_model", "measure_quality"]
 
@@ -97,6 +100,12 @@ def _export_openvino_int8(
     return xml_path, info
 
 
+def _tflite_macs(net: TomoGANGenerator, calib: np.ndarray, copies: Mapping[str, int]) -> float:
+    from .copies import offset_activation_copies
+
+    return offset_activation_copies(net, calib[:4], copies).macs_per_pixel()
+
+
 def measure_quality(card_path: Path, pairs: PairSet, n_frames: int = 48) -> dict[str, Any]:
     """SSIM/PSNR of every available backend/precision vs the clean frames, and drop vs fp32."""
     from ..errors import TomoGANError
@@ -143,6 +152,7 @@ def export_model(
     tile: int = DEFAULT_TILE,
     n_calibration: int = 200,
     measure: bool = True,
+    activation_copies: Mapping[str, int] | None = None,
 ) -> Path:
     """Export ``<name>.pt`` from ``training_dir`` into ``out_dir``; returns the new card path.
 
@@ -163,6 +173,9 @@ def export_model(
         Calibration samples for int8.
     measure : bool
         Measure and record quality of every backend/precision.
+    activation_copies : mapping of str to int, optional
+        Offset copies of layers' outputs in the TFLite model (:mod:`.copies`);
+        ``None`` for :data:`~.tflite.ACTIVATION_COPIES`.
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
@@ -182,6 +195,9 @@ def export_model(
     if out.resolve() != src.resolve():
         shutil.copy2(pt, out / pt.name)
     gen = load_generator(pt)
+    copies = dict(ACTIVATION_COPIES if activation_copies is None else activation_copies)
+    if "tflite" in formats:
+        check_activation_copies(gen.correction_network(), copies)  # before the slow steps
     dataset = read_dataset(data)
     train, test = dataset.split("train"), dataset.split("test")
     files = dict(card.get("files", {}))
@@ -197,11 +213,13 @@ def export_model(
     if "tflite" in formats:
         calib = calibration_frames(train, n_calibration, tile, gen.config.in_channels)
         tfl = export_tflite_int8(net, out / f"{name}.int8.tflite", calib, tile, TFLITE_INPUT_PERCENTILES,
-                                 equalise=True, output_copies=OUTPUT_COPIES)
+                                 equalise=True, output_copies=OUTPUT_COPIES, activation_copies=copies)
         files["tflite_int8"] = {"path": tfl.name, "sha256": sha256_of(tfl), "tile": [tile, tile],
                                 "calibration_samples": len(calib),
                                 "calibration_input_percentiles": list(TFLITE_INPUT_PERCENTILES),
-                                "equalised": True, "output_copies": OUTPUT_COPIES}
+                                "equalised": True, "output_copies": OUTPUT_COPIES,
+                                "activation_copies": copies,
+                                "macs_per_pixel": _tflite_macs(net, calib, copies)}
     if "openvino" in formats:
         size = min(train.ns.shape[1:])
         size -= size % gen.config.size_multiple
