@@ -50,6 +50,13 @@ def test_keras_replica_and_full_int8_tflite_follow_torch(tmp_path):
     keras_out = keras_from_torch(gen).predict_on_batch(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(keras_out, ref, atol=1e-5)
     calib = np.random.default_rng(1).random((16, 3, 32, 32), np.float32)
+    from bluesky_tomogan.export.copies import offset_activation_copies
+
+    wide = offset_activation_copies(gen, calib, {"stem.0": 4, "enc1.0": 2, "dec1.2": 2, "head.0": 4})
+    with torch.no_grad():
+        wide_ref = wide(torch.from_numpy(x)).numpy()
+    wide_keras = keras_from_torch(wide).predict_on_batch(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(wide_keras, wide_ref, atol=1e-5)  # the widened layers rebuilt in Keras
     path = export_tflite_int8(gen, tmp_path / "m.tflite", calib, 32)
     it = Interpreter(str(path))
     it.allocate_tensors()

@@ -90,8 +90,8 @@ def offset_activation_copies(gen: TomoGANGenerator, frames: np.ndarray,
     Returns
     -------
     TomoGANGenerator
-        The transformed network (channel counts of the named layers and of
-        their consumers grow; everything else is shared in value, not identity).
+        A transformed deep copy: the named layers' output channels and their
+        consumers' input channels grow; ``gen`` is unchanged.
     """
     from .tflite import copy_offsets
 
@@ -109,6 +109,9 @@ def offset_activation_copies(gen: TomoGANGenerator, frames: np.ndarray,
         offsets = copy_offsets(steps[name], k)
         wide = _like(producer, producer.in_channels, n * k)
         assert producer.bias is not None and wide.bias is not None
+        # Identical weights: offsetting each copy's weights by a fraction of their int8 step
+        # shifts its pre-activation by that fraction times the sum of the layer's inputs, far
+        # more than the bias offsets, and cost 0.0061 SSIM on the slice model (0.0025 -> 0.0086).
         wide.weight.copy_(producer.weight.repeat(k, 1, 1, 1))
         wide.bias.copy_(torch.cat([producer.bias + o for o in offsets]))
         for consumer, first in links[name]:
