@@ -28,7 +28,7 @@ from ..model.network import TomoGANGenerator
 from ..model.train import load_generator
 from ..modelcard import read_card, sha256_of, write_card
 from ..simulate.datasets import PairSet, read_dataset
-from .copies import check_activation_copies
+from .copies import check_activation_copies, offset_activation_copies
 from .onnx import export_onnx
 from .tflite import ACTIVATION_COPIES, DEFAULT_TILE, OUTPUT_COPIES, TFLITE_INPUT_PERCENTILES, export_tflite_int8
 
@@ -101,8 +101,7 @@ def _export_openvino_int8(
 
 
 def _tflite_macs(net: TomoGANGenerator, calib: np.ndarray, copies: Mapping[str, int]) -> float:
-    from .copies import offset_activation_copies
-
+    """Multiply-accumulates per pixel of ``net`` as the TFLite export widens it."""
     return offset_activation_copies(net, calib[:4], copies).macs_per_pixel()
 
 
