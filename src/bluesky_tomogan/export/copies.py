@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import ExportOptionError
 from ..model.network import ConvLayer, TomoGANGenerator
-from .equalise import channel_maxima, shared_maxima
+from .equalise import _output_axis, channel_maxima, shared_maxima
 
 __all__ = ["check_activation_copies", "int8_steps", "offset_activation_copies"]
 
@@ -115,16 +115,13 @@ def offset_activation_copies(gen: TomoGANGenerator, frames: np.ndarray,
         wide.weight.copy_(producer.weight.repeat(k, 1, 1, 1))
         wide.bias.copy_(torch.cat([producer.bias + o for o in offsets]))
         for consumer, first in links[name]:
-            in_axis = 1 if isinstance(consumer, nn.Conv2d) else 0
+            in_axis = 1 - _output_axis(consumer)
             w = consumer.weight
             part = w.narrow(in_axis, first, n) / k
             parts = [w.narrow(in_axis, 0, first), *([part] * k),
                      w.narrow(in_axis, first + n, w.shape[in_axis] - first - n)]
             new_w = torch.cat(parts, dim=in_axis)
-            if isinstance(consumer, nn.Conv2d):
-                grown = _like(consumer, new_w.shape[1], consumer.out_channels)
-            else:
-                grown = _like(consumer, new_w.shape[0], consumer.out_channels)
+            grown = _like(consumer, new_w.shape[in_axis], consumer.out_channels)
             grown.weight.copy_(new_w)
             assert grown.bias is not None and consumer.bias is not None
             grown.bias.copy_(consumer.bias)
