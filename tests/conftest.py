@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from bluesky_tomogan.callbacks.frame_writer import DATA_ENV
 from bluesky_tomogan.simulate.datasets import PairSet, Recipe, simulate_pairs, write_dataset
 
 
@@ -31,3 +34,11 @@ def rng() -> np.random.Generator:
 def pairs_of(n: int, h: int, w: int) -> PairSet:
     r = np.random.default_rng(n)
     return PairSet(r.random((n, h, w), np.float32), r.random((n, h, w), np.float32), np.zeros(n, np.int32))
+
+
+@pytest.fixture(autouse=True)
+def derived_frames_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Derived frames without a ``directory`` go to the per-user data directory: a temporary one in tests."""
+    path = tmp_path / "tomogan-data"
+    monkeypatch.setenv(DATA_ENV, str(path))
+    return path

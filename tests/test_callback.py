@@ -47,7 +47,7 @@ def validate(docs):
 
 
 def test_denoised_stream_in_the_same_run_with_valid_documents(RE, denoiser):
-    docs = run(RE, TomoGANCallback(denoiser), [camera()])
+    docs = run(RE, TomoGANCallback(denoiser, inline=True), [camera()])
     validate(docs)
     descriptors = {d["name"]: d for n, d in docs if n == "descriptor"}
     assert set(descriptors) == {"primary", "denoised"}
@@ -216,12 +216,14 @@ def test_block_policy_never_hangs_the_producer_on_a_stuck_consumer():
     assert [tombs.get(0), tombs.get(0)] == [(False, "lost a"), (True, "b")]
 
 
-def test_a_failing_stop_handler_still_passes_the_raw_stop_on(RE, denoiser):
-    class Broken(TomoGANCallback):
-        def stop(self, doc):
-            raise RuntimeError("boom")
+def test_a_failing_stop_handler_still_passes_the_raw_stop_on(RE, denoiser, monkeypatch):
+    from bluesky_tomogan.callbacks.run import RunDenoiser
 
-    docs = run(RE, Broken(denoiser), [camera()], num=2)
+    def broken(self, doc):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(RunDenoiser, "stop", broken)
+    docs = run(RE, TomoGANCallback(denoiser), [camera()], num=2)
     names = [n for n, _ in docs]
     assert names.count("stop") == 1 and names[-1] == "stop"
     assert names.count("descriptor") == 2  # raw + derived, each exactly once
@@ -266,7 +268,7 @@ def test_a_frame_of_another_shape_is_flagged_and_kept_out_of_the_context(RE, den
         shape = (40, 64) if next(calls) == 2 else (48, 64)
         return rng.poisson(500, shape).astype(np.uint16)
 
-    cb = TomoGANCallback(denoiser)
+    cb = TomoGANCallback(denoiser, inline=True)
     docs = run(RE, cb, [SynSignal(func=frame, name="cam")])
     pages = [d for n, d in docs if n == "event_page"]
     errors = [e for p in pages for e in p["data"]["cam_qc_error"]]

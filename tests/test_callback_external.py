@@ -17,7 +17,7 @@ from bluesky_tomogan import TomoGANCallback, load_denoiser
 from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
 from bluesky_tomogan.frames import context_indices
 from bluesky_tomogan.hdf5_frames import StreamFrameReader
-from bluesky_tomogan.storage import close_local_tiled, frames_directory, local_tiled
+from bluesky_tomogan.storage import close_local_tiled, frames_directory, local_tiled, server_of
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def raw_frames(docs):
 @pytest.mark.parametrize("asset_mode", ["stream", "resource"])
 def test_external_frames_are_read_and_denoised_with_their_neighbours(RE, denoiser, tmp_path, asset_mode):
     det = detector(tmp_path, asset_mode)
-    cb = TomoGANCallback(denoiser)
+    cb = TomoGANCallback(denoiser, inline=True)
     docs = collect(cb)
     RE.subscribe(cb)
     RE(bp.scan([det], det.sample_stage.theta, 0, 40, 5))
@@ -176,7 +176,7 @@ def test_databroker_2_reads_the_denoised_stream(RE, denoiser, store, tmp_path):
 import numpy as np
 from databroker import Broker
 from tiled.client import from_uri
-db = Broker(from_uri({store.tomogan_server.uri!r}))
+db = Broker(from_uri({server_of(store).uri!r}))
 header = db[{uid!r}]
 assert header.start["sample"] == "foam" and set(header.stream_names) == {{"primary", "denoised"}}
 table = header.table("denoised")

@@ -3,7 +3,8 @@
 ``local_tiled(path)`` starts Tiled's ``SimpleTiledServer`` on a background
 thread (SQLite catalog and files under ``path``), allows it to read the
 derived-frame directory ``path/frames`` that ``TomoGANCallback(directory=...)``
-writes to, and returns a connected client. A production beamline passes the
+writes to (and the callback's per-user default directory), and returns a
+connected client. A production beamline passes the
 URI of its own (PostgreSQL-backed) Tiled server to ``tiled.client.from_uri``
 instead; everything downstream is the same.
 """
@@ -17,7 +18,10 @@ from typing import Any
 
 from .errors import OutputPathError
 
-__all__ = ["local_tiled", "frames_directory", "close_local_tiled"]
+__all__ = ["local_tiled", "frames_directory", "close_local_tiled", "server_of"]
+
+#: Embedded servers by ``id`` of the client that :func:`local_tiled` returned (kept alive until closed).
+_SERVERS: dict[int, Any] = {}
 
 
 def frames_directory(path: str | os.PathLike[str]) -> Path:
@@ -28,22 +32,30 @@ def frames_directory(path: str | os.PathLike[str]) -> Path:
 def local_tiled(path: str | os.PathLike[str] = "~/tomogan-data") -> Any:
     """Start (or reopen) an embedded Tiled server at ``path`` and return a client.
 
-    The server object is kept on the client as ``client.tomogan_server`` so it
-    lives as long as the client; :func:`close_local_tiled` shuts both down.
+    The server lives until :func:`close_local_tiled` shuts both down;
+    :func:`server_of` returns it (its ``uri`` carries the API key).
     """
     from tiled.client import from_uri
     from tiled.server import SimpleTiledServer
 
+    from .callbacks.frame_writer import default_directory
+
     root = Path(path).expanduser().resolve()
+    readable = [frames_directory(root), default_directory()]
     try:
-        frames_directory(root).mkdir(parents=True, exist_ok=True)
+        for d in readable:
+            d.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputPathError(f"cannot create the data directory {root}: {exc}") from exc
-    server = _start_daemon(
-        lambda: SimpleTiledServer(directory=root / "tiled", readable_storage=[frames_directory(root)]))
+        raise OutputPathError(f"cannot create the data directory {exc.filename}: {exc}") from exc
+    server = _start_daemon(lambda: SimpleTiledServer(directory=root / "tiled", readable_storage=readable))
     client = from_uri(server.uri)  # the URI carries the generated API key
-    client.tomogan_server = server
+    _SERVERS[id(client)] = server
     return client
+
+
+def server_of(client: Any) -> Any:
+    """The embedded server behind a client from :func:`local_tiled` (``None`` for any other client)."""
+    return _SERVERS.get(id(client))
 
 
 def _start_daemon(make: Any) -> Any:
@@ -72,6 +84,6 @@ def _start_daemon(make: Any) -> Any:
 def close_local_tiled(client: Any) -> None:
     """Close a client returned by :func:`local_tiled` and stop its embedded server."""
     client.context.close()
-    server = getattr(client, "tomogan_server", None)
+    server = _SERVERS.pop(id(client), None)
     if server is not None:
         server.close()

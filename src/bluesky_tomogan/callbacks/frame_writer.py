@@ -17,10 +17,26 @@ from typing import Any
 
 import event_model
 import numpy as np
+import platformdirs
 
 from ..hdf5_frames import MIMETYPE, FrameFile
 
-__all__ = ["DerivedFrameWriter"]
+__all__ = ["DerivedFrameWriter", "default_directory", "DATA_ENV"]
+
+#: Environment variable naming the directory for derived frames when the raw frames are not files.
+DATA_ENV = "BLUESKY_TOMOGAN_DATA"
+
+
+def default_directory() -> Path:
+    """Where derived frames go when neither ``directory`` nor the raw frames' own files say.
+
+    ``$BLUESKY_TOMOGAN_DATA`` if set, else the per-user data directory
+    (``~/.local/share/bluesky-tomogan/derived`` on Linux, from platformdirs).
+    The embedded Tiled server of :func:`bluesky_tomogan.storage.local_tiled` may read it.
+    """
+    env = os.environ.get(DATA_ENV)
+    root = Path(env).expanduser() if env else platformdirs.user_data_path("bluesky-tomogan") / "derived"
+    return root.resolve()
 
 
 class DerivedFrameWriter:
@@ -29,7 +45,7 @@ class DerivedFrameWriter:
     Parameters
     ----------
     directory : path-like
-        Root directory; files go to ``<directory>/<run uid>/<data_key>.h5``.
+        Root directory; files go to ``<directory>/<run uid>/<slot>.h5`` (see :meth:`add`).
     start : dict
         The run's start document.
     """
@@ -40,18 +56,27 @@ class DerivedFrameWriter:
         self._files: dict[str, FrameFile] = {}
         self._bundles: dict[str, Any] = {}
 
-    def add(self, data_key: str, shape: tuple[int, int]) -> dict[str, Any]:
-        """Create the file for ``data_key`` and return its StreamResource document."""
-        f = FrameFile(self.root / f"{data_key}.h5", shape, "<f4", dataset="/data")
-        self._files[data_key] = f
+    def add(self, slot: str, data_key: str, shape: tuple[int, int]) -> dict[str, Any]:
+        """Create the file ``<slot>.h5`` for ``data_key`` frames and return its StreamResource document.
+
+        ``slot`` names the file: usually the data key, with a suffix when a
+        re-emitted descriptor changes the frame shape within a run.
+
+        Raises
+        ------
+        OutputPathError
+            The directory or file cannot be created (unwritable, disk full).
+        """
+        f = FrameFile(self.root / f"{slot}.h5", shape, "<f4", dataset="/data")
+        self._files[slot] = f
         bundle = event_model.compose_stream_resource(
             mimetype=MIMETYPE, uri=f.uri, data_key=data_key,
             parameters={"dataset": f.dataset, "chunk_shape": [1, *f.shape]}, start=self.start,
         )
-        self._bundles[data_key] = bundle
+        self._bundles[slot] = bundle
         return dict(bundle.stream_resource_doc)
 
-    def write(self, data_key: str, frames: np.ndarray | None) -> tuple[int, int]:
+    def write(self, slot: str, frames: np.ndarray | None) -> tuple[int, int]:
         """Append ``frames`` ``(N, H, W)`` or one ``(H, W)`` frame; return their ``[start, stop)`` rows.
 
         ``None`` appends one row of zeros without writing it (a frame that was
@@ -59,12 +84,12 @@ class DerivedFrameWriter:
         RunEngine's thread never writes.
         """
         if frames is None:
-            return self._files[data_key].skip(1)
-        return self._files[data_key].append(frames)
+            return self._files[slot].skip(1)
+        return self._files[slot].append(frames)
 
-    def datum(self, data_key: str, start: int, stop: int, first_seq_num: int, descriptor: Any) -> dict[str, Any]:
+    def datum(self, slot: str, start: int, stop: int, first_seq_num: int, descriptor: Any) -> dict[str, Any]:
         """The StreamDatum of rows ``[start, stop)``, for events from ``first_seq_num`` on."""
-        doc = self._bundles[data_key].compose_stream_datum(
+        doc = self._bundles[slot].compose_stream_datum(
             indices={"start": start, "stop": stop},
             seq_nums={"start": first_seq_num, "stop": first_seq_num + stop - start},
             descriptor=descriptor,
@@ -72,6 +97,7 @@ class DerivedFrameWriter:
         return dict(doc)
 
     def close(self) -> None:
+        """Close every file (never raises)."""
         for f in self._files.values():
             f.close()
         self._files.clear()

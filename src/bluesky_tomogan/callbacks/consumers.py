@@ -1,0 +1,105 @@
+"""The callback's subscribers, and what happens when one of them fails.
+
+A live plot that raises must not stop the scan or the other subscribers, so
+every failure is caught. But a *storage* consumer that raises means data is
+not being stored, and that must not look like success: its failures are
+logged at ERROR with the document name, counted per consumer, and the run
+that suffered them records them in its stop document's ``reason``.
+
+Which consumers are storage
+---------------------------
+An instance of bluesky's ``TiledWriter``, and any subscriber passed with
+``storage=True`` (a databroker ``insert``, a Kafka or 0MQ publisher that
+feeds storage, a suitcase serializer).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Consumer", "Consumers", "ConsumerFailures", "is_storage"]
+
+log = logging.getLogger(__name__)
+Subscriber = Callable[[str, Any], Any]
+
+
+def is_storage(func: Subscriber) -> bool:
+    """Whether ``func`` is known to store documents (bluesky's ``TiledWriter``)."""
+    try:
+        from bluesky.callbacks.tiled_writer import TiledWriter
+    except ImportError:  # bluesky without tiled support: nothing is recognised
+        return False
+    return isinstance(func, TiledWriter)
+
+
+def _name(func: Subscriber) -> str:
+    return str(getattr(func, "__qualname__", None) or type(func).__name__)
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """One subscriber: the callable, a readable name, and whether it stores data."""
+
+    func: Subscriber
+    name: str
+    storage: bool
+
+
+@dataclass
+class ConsumerFailures:
+    """Failures of consumers during one run: counts per consumer name, and the first message of each."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    first: dict[str, str] = field(default_factory=dict)
+    storage: set[str] = field(default_factory=set)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def storage_reason(self) -> str:
+        """A sentence for the stop document's ``reason``, or empty when storage never failed."""
+        if not self.storage:
+            return ""
+        parts = [f"{n} failed on {self.counts[n]} documents (first: {self.first[n]})" for n in sorted(self.storage)]
+        return "bluesky-tomogan: storage consumer " + "; ".join(parts) + "; the stored run is incomplete"
+
+
+class Consumers:
+    """Subscribers of the callback, called in subscription order, never allowed to raise."""
+
+    def __init__(self) -> None:
+        self._items: dict[int, Consumer] = {}
+        self._next = 0
+
+    def add(self, func: Subscriber, storage: bool | None = None) -> int:
+        """Add ``func``; ``storage=None`` recognises known storage consumers. Returns a token."""
+        self._next += 1
+        self._items[self._next] = Consumer(func, _name(func), is_storage(func) if storage is None else storage)
+        return self._next
+
+    def remove(self, token: int) -> None:
+        self._items.pop(token, None)
+
+    @property
+    def storage(self) -> list[Consumer]:
+        return [c for c in self._items.values() if c.storage]
+
+    def publish(self, name: str, doc: Mapping[str, Any], failures: ConsumerFailures) -> None:
+        """Send ``(name, doc)`` to every consumer; record a failure in ``failures`` and go on."""
+        for c in list(self._items.values()):
+            try:
+                c.func(name, doc)
+            except Exception as exc:  # a consumer's failure must not stop the scan or the other consumers
+                failures.counts[c.name] += 1
+                failures.first.setdefault(c.name, f"{name}: {type(exc).__name__}: {exc}")
+                if c.storage:
+                    failures.storage.add(c.name)
+                    log.error("storage consumer %s raised on a %s document: data of this run is not being "
+                              "stored (%s)", c.name, name, exc, exc_info=True)
+                else:
+                    log.exception("consumer %s raised on a %s document; continuing", c.name, name)

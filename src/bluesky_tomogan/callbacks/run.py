@@ -1,0 +1,634 @@
+"""One run's denoising: everything of that run, and nothing of any other.
+
+:class:`TomoGANCallback` (the facade) makes one :class:`RunDenoiser` per run
+through an :class:`event_model.RunRouter`, as bluesky's ``TiledWriter`` makes
+one ``_RunWriter`` per run. The run object owns its queue, worker thread,
+frame readers, derived-frame writer, derived streams, context windows and
+counters; its worker is given only this object, so a worker that outlives its
+run (a slow model, a short ``flush_timeout``) can never read or write the next
+run's state.
+
+Threads: the RunEngine's callback thread queues frames (bounded, with a policy
+when full) and emits documents; the worker denoises and writes derived frames.
+Finished results wait in an outbox and are emitted from the callback thread at
+the next document, so consumers are never called concurrently and see
+documents in order. At ``stop`` the worker is flushed (with a timeout); every
+frame that reached the callback gets a row in the derived stream, denoised or
+with the reason it is not (``qc_error``).
+
+Context: frame *k* is denoised when frame *k+1* of the same derived stream
+arrives, with (k-1, k, k+1) as context; the first and last frames use mirrored
+neighbours (``bluesky_tomogan.frames.context_indices``). A flagged frame is
+kept out of its neighbours' context.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import event_model
+import numpy as np
+from event_model.documents import EventDescriptor, EventPage, RunStart, RunStop
+
+from ..errors import OutputPathError, TomoGANError
+from ..hdf5_frames import StreamFrameReader, path_from_uri
+from ..inference.denoiser import Denoiser, check_frames
+from .consumers import ConsumerFailures, Consumers
+from .frame_writer import DerivedFrameWriter, default_directory
+from .queue import FrameQueue, Policy
+
+__all__ = ["RunOptions", "RunDenoiser", "RunSummary", "Turn", "image_fields"]
+
+log = logging.getLogger(__name__)
+_END = "end-of-run"
+DROPPED = "dropped"  # start of the qc_error of a frame the queue policy dropped
+#: Nice value of the denoising worker: the scan comes first, denoising takes the CPU left over.
+WORKER_NICENESS = 10
+
+
+def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
+    """Data keys of a descriptor that hold single 2-D frames (shape ``[H, W]`` or ``[1, H, W]``)."""
+    out = []
+    for key, dk in descriptor.get("data_keys", {}).items():
+        shape = [s for s in (dk.get("shape") or []) if s is not None]
+        if dk.get("dtype") == "array" and (len(shape) == 2 or (len(shape) == 3 and shape[0] == 1)):
+            out.append(key)
+    return out
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The facade's options, shared read-only by its runs."""
+
+    denoisers: Mapping[str, Denoiser] | None
+    default: Denoiser | None
+    fields: list[str] | None
+    streams: list[str] | None
+    policy: Policy
+    maxsize: int
+    flush_timeout: float
+    block_timeout: float
+    directory: Path | None
+    inline: bool
+    handler_registry: Mapping[str, Any]
+    root_map: Mapping[str, str]
+
+    def denoiser_for(self, fieldname: str) -> Denoiser:
+        if self.denoisers is not None:
+            return self.denoisers[fieldname]
+        assert self.default is not None
+        return self.default
+
+
+@dataclass
+class Turn:
+    """The raw document being handled, shared by the facade and its runs on the callback thread.
+
+    The facade publishes the raw document itself only if no run did (a
+    document of no known run, or a routing failure), so it is published
+    exactly once, under the name it came with (``RunRouter`` turns an
+    ``event`` into an ``event_page`` before its callbacks see it).
+    """
+
+    name: str = ""
+    doc: Any = None
+    passed: bool = True
+
+    def begin(self, name: str, doc: Any) -> None:
+        self.name, self.doc, self.passed = name, doc, False
+
+
+@dataclass
+class RunSummary:
+    """What happened in one run: readable after (and during) the run."""
+
+    uid: str
+    errors: list[str] = field(default_factory=list)
+    dropped: int = 0
+    missing: int = 0  # frames with a row but no denoised frame, for any reason
+    consumers: ConsumerFailures = field(default_factory=ConsumerFailures)
+    finished: bool = False
+
+
+@dataclass
+class _Stream:
+    """One derived stream (raw stream name, image field, frame shape) and its composed descriptor."""
+
+    field: str
+    shape: tuple[int, int]
+    bundle: Any  # event_model.ComposeDescriptorBundle
+    slot: str  # file name (data key, plus a suffix for a second shape)
+    resource_error: str = ""  # why its frames cannot be written, once that is known
+    resource_ready: bool = False
+
+
+@dataclass
+class _Frame:
+    stream: _Stream
+    frame: np.ndarray | Callable[[], np.ndarray] | None  # external frames are loaded by the worker
+    seq_num: int
+    uid: str  # the document that delivered the frame: event, or StreamDatum
+    received: float
+    token: int
+
+
+@dataclass
+class _Dropped:
+    """What a frame dropped by the queue policy leaves for the worker: its identity, no pixels."""
+
+    item: _Frame
+
+
+@dataclass
+class _Result:
+    item: _Frame
+    denoised: np.ndarray | None
+    error: str = ""
+    removed_sigma: float = float("nan")
+    finished: float = 0.0
+    index: int = -1  # row in the derived-frame file, when frames are written to one
+
+
+class RunDenoiser(event_model.DocumentRouter):
+    """Denoise the frames of one run into derived streams of that run (made by the facade's RunRouter).
+
+    Parameters
+    ----------
+    options : RunOptions
+        The facade's options.
+    consumers : Consumers
+        The facade's subscribers.
+    turn : Turn
+        The raw document being handled (see :class:`Turn`).
+    """
+
+    def __init__(self, options: RunOptions, consumers: Consumers, turn: Turn) -> None:
+        super().__init__()
+        self.options = options
+        self._consumers = consumers
+        self._turn = turn
+        self.summary = RunSummary(uid="")
+        self._start: RunStart | None = None
+        self._compose_streams: dict[str, Any] = {}
+        self._counters: dict[str, int] = {}
+        self._by_name: dict[tuple[str, str, tuple[int, int]], _Stream] = {}  # (raw stream, field, shape)
+        self._by_descriptor: dict[str, dict[str, _Stream]] = {}  # raw descriptor uid -> field -> stream
+        self._stream_keys: dict[str, set[str]] = {}  # raw descriptor uid -> its "STREAM:" data keys
+        self._follow: list[tuple[str, Any]] = []
+        self._queue = FrameQueue(options.maxsize, options.policy, tombstone=self._tombstone)
+        self._breaker_open = False
+        self._tokens = itertools.count()
+        self._pending: dict[int, _Frame] = {}  # queued, not yet emitted (callback thread only)
+        self._outbox: deque[_Result] = deque()
+        self._lock = threading.Lock()  # guards _closed against the worker's writes
+        self._closed = False  # set at stop: a late worker's results are discarded
+        self._done = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._writer: DerivedFrameWriter | None = None
+        self._raw_directory: Path | None = None
+        # Legacy Resource/Datum frames: the Filler sees descriptors, resources and datums
+        # (cheap cache updates on this thread) and loads frames on the worker thread.
+        self._handlers: dict[Any, Any] = {}
+        self._filler = event_model.Filler(dict(options.handler_registry), inplace=False,
+                                          root_map=dict(options.root_map), handler_cache=self._handlers,
+                                          retry_intervals=[0.01, 0.05, 0.1, 0.25, 0.5, 1.0])
+        self._stream_readers: dict[str, tuple[str, StreamFrameReader]] = {}  # StreamResource uid -> (key, reader)
+
+    # -- the router -------------------------------------------------------------------------
+
+    def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
+        self._follow = []
+        try:
+            self._emit_finished()
+            name, out = super().__call__(name, doc, validate)
+        except Exception:  # never let the plugin stop the RunEngine or lose a raw document
+            log.exception("TomoGAN callback failed on a %s document; passing it through", name)
+            self._note(f"internal error on {name}")
+            out, self._follow = doc, []
+        if not self._turn.passed:
+            self._turn.passed = True
+            raw = self._stop_with_reason(out) if self._turn.name == "stop" else self._turn.doc
+            self._publish(self._turn.name, raw)
+        for follow_name, follow_doc in self._follow:
+            self._publish(follow_name, follow_doc)
+        return name, out
+
+    def _publish(self, name: str, doc: Mapping[str, Any]) -> None:
+        self._consumers.publish(name, doc, self.summary.consumers)
+
+    def start(self, doc: RunStart) -> RunStart:
+        self._start = doc
+        self.summary.uid = doc["uid"]
+        self._filler("start", dict(doc))
+        self._worker = threading.Thread(target=self._work, name=f"tomogan-worker-{doc['uid'][:8]}", daemon=True)
+        self._worker.start()
+        return doc
+
+    def descriptor(self, doc: EventDescriptor) -> EventDescriptor:
+        self._filler("descriptor", dict(doc))
+        self._stream_keys[doc["uid"]] = {k for k, dk in doc["data_keys"].items() if dk.get("external") == "STREAM:"}
+        raw_name = doc.get("name", "primary")
+        o = self.options
+        wanted = [f for f in image_fields(doc) if o.fields is None or f in o.fields]
+        if not wanted or self._start is None or (o.streams is not None and raw_name not in o.streams):
+            return doc
+        fields: dict[str, _Stream] = {}
+        for f in wanted:
+            shape = tuple(int(v or 0) for v in [s for s in doc["data_keys"][f]["shape"] if s is not None][-2:])
+            h, w = shape[0], shape[1]
+            stream = self._by_name.get((raw_name, f, (h, w)))
+            if stream is None:  # new, or a re-emitted descriptor with another frame shape
+                stream = self._new_stream(raw_name, f, len(wanted), (h, w))
+            fields[f] = stream
+        self._by_descriptor[doc["uid"]] = fields
+        return doc
+
+    def _new_stream(self, raw_name: str, f: str, n_fields: int, shape: tuple[int, int]) -> _Stream:
+        # One derived stream per image field keeps every row complete; with a single image
+        # field in "primary" (the common case) the stream is simply "denoised". A re-emitted
+        # raw descriptor with the same shape reuses it (its configuration is the raw one's).
+        base = "denoised" if raw_name == "primary" else f"{raw_name}_denoised"
+        name = base if n_fields == 1 else f"{base}_{f}"
+        data_keys = _data_keys(f, shape, external=not self.options.inline)
+        assert self._start is not None
+        bundle = event_model.compose_descriptor(
+            start=self._start, streams=self._compose_streams, event_counters=self._counters, name=name,
+            data_keys=data_keys, object_keys={"tomogan": sorted(data_keys)}, configuration=self._configuration(f),
+        )
+        earlier = sum(s.bundle.descriptor_doc["name"] == name for s in self._by_name.values())
+        stream = _Stream(f, shape, bundle, name + (f"-{earlier}" if earlier else ""))
+        self._by_name[(raw_name, f, shape)] = stream
+        self._follow.append(("descriptor", bundle.descriptor_doc))
+        return stream
+
+    def _configuration(self, f: str) -> dict[str, Any]:
+        """Provenance (model, sha256, backend, precision, tile, versions) as descriptor configuration."""
+        prov = {k: v if isinstance(v, (str, int, float)) else str(v)
+                for k, v in self.options.denoiser_for(f).provenance().items()}
+        now = time.time()
+        return {"tomogan": {
+            "data": prov,
+            "timestamps": dict.fromkeys(prov, now),
+            "data_keys": {k: {"source": "bluesky-tomogan", "shape": [],
+                              "dtype": "string" if isinstance(v, str) else "number"} for k, v in prov.items()},
+        }}
+
+    def event_page(self, doc: EventPage) -> EventPage:
+        for f, stream in self._by_descriptor.get(doc["descriptor"], {}).items():
+            column = doc["data"].get(f)
+            if column is None:
+                if f in self._stream_keys.get(doc["descriptor"], ()):
+                    continue  # STREAM: frames come in StreamDatum documents, not in events
+                self._note(f"event page {doc['uid'][:8]} lacks image field {f!r}")
+                continue
+            filled = doc.get("filled", {}).get(f, True)
+            for i, value in enumerate(column):
+                unfilled = filled is False or (isinstance(filled, list) and filled[i] is False)
+                frame: np.ndarray | Callable[[], np.ndarray]
+                if unfilled or isinstance(value, str):  # a datum id: load it on the worker
+                    frame = functools.partial(self._fill, doc["descriptor"], f, value)
+                else:
+                    frame = np.asarray(value)
+                self._enqueue(stream, frame, doc["seq_num"][i], doc["uid"][i])
+        return doc
+
+    def _fill(self, descriptor_uid: str, f: str, datum_id: str) -> np.ndarray:
+        """Load one legacy-referenced frame through the Filler (worker thread)."""
+        event = {"descriptor": descriptor_uid, "uid": "", "time": 0.0, "seq_num": 0,
+                 "data": {f: datum_id}, "timestamps": {f: 0.0}, "filled": {f: False}}
+        return np.asarray(self._filler.fill_event(event, include=[f], inplace=False)["data"][f])
+
+    def resource(self, doc: Any) -> Any:
+        if self._raw_directory is None and "resource_path" in doc:
+            root = self.options.root_map.get(doc.get("root", ""), doc.get("root", ""))
+            self._raw_directory = (Path(root) / doc["resource_path"]).parent
+        return self._filler("resource", doc)[1]
+
+    def datum(self, doc: Any) -> Any:
+        return self._filler("datum", doc)[1]
+
+    def datum_page(self, doc: Any) -> Any:
+        return self._filler("datum_page", doc)[1]
+
+    def stream_resource(self, doc: Any) -> Any:
+        if self._raw_directory is None:
+            try:
+                self._raw_directory = path_from_uri(doc["uri"]).parent
+            except (ValueError, KeyError):
+                pass  # not a local file: derived frames go to the default directory
+        wanted = {s.field for fields in self._by_descriptor.values() for s in fields.values()}
+        if doc.get("data_key") in wanted or self.options.fields is None:
+            try:
+                self._stream_readers[doc["uid"]] = (doc["data_key"], StreamFrameReader(doc))
+            except (ValueError, KeyError) as exc:
+                self._note(f"StreamResource {doc.get('uid')}: {exc}; its frames are not denoised")
+        return doc
+
+    def stream_datum(self, doc: Any) -> Any:
+        reader = self._stream_readers.get(doc["stream_resource"])
+        if reader is None:
+            return doc
+        key, read = reader
+        stream = self._by_descriptor.get(doc["descriptor"], {}).get(key)
+        if stream is None:
+            return doc
+        indices, seq_nums = doc["indices"], doc["seq_nums"]
+        if seq_nums["stop"] - seq_nums["start"] != indices["stop"] - indices["start"]:
+            self._note(f"StreamDatum {doc['uid']} has seq_nums {seq_nums} for indices {indices}; not denoised")
+            return doc
+        for i, seq in zip(range(indices["start"], indices["stop"]), range(seq_nums["start"], seq_nums["stop"]),
+                          strict=True):
+            self._enqueue(stream, functools.partial(_first_frame, read, i), seq, doc["uid"])
+        return doc
+
+    def stop(self, doc: RunStop) -> RunStop:
+        self._queue.put_control(_END)
+        finished = self._worker is None or self._done.wait(self.options.flush_timeout)
+        with self._lock:  # from here on a late worker's results are discarded
+            self._closed = True
+        self._emit_finished()
+        if not finished:
+            self._note(f"worker did not finish within {self.options.flush_timeout} s of the stop; "
+                       f"{len(self._pending)} frames recorded as not denoised")
+        self._record_unfinished(f"not denoised: the worker did not finish within {self.options.flush_timeout} s "
+                                "of the run's stop")
+        if self.summary.dropped:
+            log.warning("TomoGAN dropped %d frames (policy %s)", self.summary.dropped, self.options.policy)
+        if finished and self._worker is not None:
+            self._worker.join(timeout=self.options.flush_timeout)
+        if self._writer is not None:
+            self._writer.close()
+        self._close_readers()
+        self.summary.finished = True
+        out = copy.deepcopy(doc)
+        # event-model counters start at 1: num_events is counter - 1 (as compose_stop does)
+        out.setdefault("num_events", {}).update({k: v - 1 for k, v in self._counters.items()})
+        return out  # published by __call__, after the derived documents emitted above
+
+    def _stop_with_reason(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """The stop document as published: ``reason`` records storage consumers that failed during the run."""
+        reason = self.summary.consumers.storage_reason()
+        if reason:
+            doc = dict(doc, reason="; ".join(r for r in (doc.get("reason", ""), reason) if r))
+        return doc
+
+    # -- queueing (callback thread) ---------------------------------------------------------
+
+    @staticmethod
+    def _tombstone(item: _Frame) -> _Dropped:
+        return _Dropped(dataclasses.replace(item, frame=None))
+
+    def _enqueue(self, stream: _Stream, frame: Any, seq_num: int, uid: str) -> None:
+        self._ensure_resource(stream)
+        item = _Frame(stream, frame, seq_num, uid, time.time(), next(self._tokens))
+        self._pending[item.token] = item
+        if self.options.policy != "block":
+            self._queue.put(item)
+            return
+        # Breaker: after one frame found no room within block_timeout (a hung or far too slow
+        # runtime), stop waiting; frames are dropped (recorded) until the worker has caught up.
+        if self._breaker_open and len(self._queue) == 0:
+            self._breaker_open = False
+            log.warning("TomoGAN worker caught up; policy block waits for room again")
+        if not self._queue.put(item, timeout=0.0 if self._breaker_open else self.options.block_timeout):
+            if not self._breaker_open:
+                self._breaker_open = True
+                self._note(f"worker made no room within {self.options.block_timeout} s; dropping frames "
+                           "(recorded) until it catches up")
+
+    def _ensure_resource(self, stream: _Stream) -> None:
+        """Open the derived-frame file of ``stream`` at its first frame; its StreamResource follows the raw document."""
+        if self.options.inline or stream.resource_ready or stream.resource_error:
+            return
+        try:
+            if self._writer is None:
+                self._writer = DerivedFrameWriter(self._derived_directory(), self._start)
+            self._follow.append(("stream_resource", self._writer.add(stream.slot, f"{stream.field}_denoised",
+                                                                     stream.shape)))
+            stream.resource_ready = True
+        except (OutputPathError, OSError) as exc:
+            stream.resource_error = f"cannot write the denoised frame: {exc}"
+            self._note(f"derived frames of {stream.field} cannot be written ({exc}); each row records why")
+
+    def _derived_directory(self) -> Path:
+        """``directory`` if given, else next to the raw frames' files, else the per-user data directory."""
+        if self.options.directory is not None:
+            return self.options.directory
+        if self._raw_directory is not None:
+            return self._raw_directory
+        return default_directory()
+
+    # -- worker ---------------------------------------------------------------------------
+
+    def _note(self, message: str) -> None:
+        if message not in self.summary.errors:
+            log.warning("TomoGAN: %s", message)
+        self.summary.errors.append(message)
+
+    def _work(self) -> None:
+        """The worker loop: denoise this run's frames until the end-of-run marker."""
+        _lower_priority()
+        windows: dict[int, list[_Frame]] = {}  # id of a derived stream -> its context window
+        while True:
+            got = self._queue.get(timeout=0.5)
+            if got is None:
+                if self._closed:  # the stop gave up on this worker: nothing left to do
+                    return
+                continue
+            if self._closed:  # the stop gave up on this worker: its rows are recorded, stop working
+                return
+            is_frame, item = got
+            if isinstance(item, _Dropped):  # recorded as a row with no frame, in its place
+                why = ("worker stalled, no room within block_timeout" if self.options.policy == "block"
+                       else "queue full")
+                self._finish(_Result(item.item, None, f"{DROPPED}: {why} (policy {self.options.policy})",
+                                     finished=time.time()))
+                continue
+            if not is_frame:  # end of run: mirrored context for each stream's last frame
+                for window in windows.values():
+                    if len(window) == 1:
+                        self._denoise(window[0], [window[0]] * 3)
+                    elif len(window) == 2:
+                        self._denoise(window[1], [window[0], window[1], window[0]])
+                self._done.set()
+                return
+            try:
+                item.frame = _as_frame(item.frame() if callable(item.frame) else item.frame)
+            except Exception as exc:  # unreadable external frame: flag it, keep going without it
+                log.warning("cannot read %s seq %d: %s", item.stream.field, item.seq_num, exc)
+                self._finish(_Result(item, None, f"cannot read frame: {type(exc).__name__}: {exc}",
+                                     finished=time.time()))
+                continue
+            problem = _frame_problem(item.frame, item.stream.shape)
+            if problem:  # flagged, and kept out of its neighbours' context so they are denoised as usual
+                self._finish(_Result(item, None, problem, finished=time.time()))
+                continue
+            window = windows.setdefault(id(item.stream), [])
+            window.append(item)
+            if len(window) == 2:  # first frame: mirrored context
+                self._denoise(window[0], [window[1], window[0], window[1]])
+            elif len(window) == 3:
+                self._denoise(window[1], window)
+                window.pop(0)
+
+    def _denoise(self, item: _Frame, context: list[_Frame]) -> None:
+        try:
+            den = self.options.denoiser_for(item.stream.field)
+            out = den.denoise_context(np.stack([np.asarray(c.frame) for c in context]))
+            removed = float(np.std(np.asarray(item.frame, np.float32) - out))
+            self._finish(_Result(item, out, "", removed, time.time()))
+        except (TomoGANError, ValueError) as exc:  # bad frame: flag it, keep going
+            self._finish(_Result(item, None, f"{type(exc).__name__}: {exc}", finished=time.time()))
+        except Exception as exc:  # a model/runtime failure must not kill the worker
+            log.exception("denoising %s seq %d failed", item.stream.field, item.seq_num)
+            self._finish(_Result(item, None, f"{type(exc).__name__}: {exc}", finished=time.time()))
+
+    def _finish(self, result: _Result, *, after_stop: bool = False) -> None:
+        """Write the result's frame (worker thread) and hand the result to the callback thread.
+
+        A frame that could not be denoised is recorded (``qc_error``): inline as
+        zeros, in a file as an unwritten (zero) row. Once the stop has given up
+        on the worker (``_closed``), a late result is discarded: its row was
+        already recorded as not denoised.
+        """
+        with self._lock:
+            if self._closed and not after_stop:
+                return
+            stream = result.item.stream
+            if self.options.inline:
+                if result.denoised is None:
+                    result.denoised = np.zeros(stream.shape, np.float32)
+            elif stream.resource_error:
+                result.error = result.error or stream.resource_error
+                result.denoised = None
+            elif self._writer is not None:
+                try:
+                    result.index, _ = self._writer.write(stream.slot, result.denoised)
+                except Exception as exc:  # a full disk must not stop the scan
+                    log.exception("writing the denoised %s seq %d failed", stream.field, result.item.seq_num)
+                    result.error = result.error or f"cannot write the denoised frame: {type(exc).__name__}: {exc}"
+                result.denoised = None  # on disk now (or lost, with the reason): keep the outbox small
+            self._outbox.append(result)
+
+    # -- emitting (callback thread) ---------------------------------------------------------
+
+    def _record_unfinished(self, reason: str) -> None:
+        """Give every frame still pending at the stop its row, with ``reason``."""
+        leftovers = sorted(self._pending.values(), key=lambda it: it.token)
+        for item in leftovers:
+            self._finish(_Result(dataclasses.replace(item, frame=None), None, reason, finished=time.time()),
+                         after_stop=True)
+        self._emit_finished()
+
+    def _emit_finished(self) -> None:
+        """Emit finished frames as event pages (one per derived stream), from the callback thread."""
+        groups: dict[int, list[_Result]] = {}
+        while self._outbox:
+            r = self._outbox.popleft()
+            if self._pending.pop(r.item.token, None) is None:
+                continue  # already emitted (a late duplicate)
+            groups.setdefault(id(r.item.stream), []).append(r)
+        for rows in groups.values():
+            stream = rows[0].item.stream
+            f = stream.field
+            for r in rows:
+                if r.error.startswith(DROPPED):  # drops are counted, not repeated as errors
+                    self.summary.dropped += 1
+                elif r.error:
+                    self._note(f"{f} seq {r.item.seq_num}: {r.error}")
+                if r.error:
+                    self.summary.missing += 1
+            data: dict[str, list[Any]] = {
+                f"{f}_qc_latency_s": [r.finished - r.item.received for r in rows],
+                f"{f}_qc_removed_sigma": [r.removed_sigma for r in rows],
+                f"{f}_qc_error": [r.error for r in rows],
+                f"{f}_source_seq_num": [r.item.seq_num for r in rows],
+                f"{f}_source_uid": [r.item.uid for r in rows],
+            }
+            if self.options.inline:
+                data[f"{f}_denoised"] = [r.denoised for r in rows]
+            now = time.time()
+            page = stream.bundle.compose_event_page(data=data, timestamps={k: [now] * len(rows) for k in data})
+            self._publish("event_page", page)
+            if self._writer is not None and stream.resource_ready:
+                self._publish_stream_datums(stream, rows, list(page["seq_num"]))
+
+    def _publish_stream_datums(self, stream: _Stream, rows: list[_Result], seq_nums: list[int]) -> None:
+        """One StreamDatum per run of consecutive file rows (a frame whose write failed has none)."""
+        assert self._writer is not None
+        runs: list[tuple[int, int, int]] = []  # (first file row, first seq_num, count)
+        for r, seq in zip(rows, seq_nums, strict=True):
+            if r.index < 0:
+                continue
+            if runs and runs[-1][0] + runs[-1][2] == r.index and runs[-1][1] + runs[-1][2] == seq:
+                runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1)
+            else:
+                runs.append((r.index, seq, 1))
+        for start, seq, count in runs:
+            self._publish("stream_datum", self._writer.datum(stream.slot, start, start + count, seq,
+                                                             stream.bundle.descriptor_doc))
+
+    def _close_readers(self) -> None:
+        for _, reader in self._stream_readers.values():
+            reader.close()
+        self._stream_readers.clear()
+        for handler in self._handlers.values():
+            if hasattr(handler, "close"):
+                handler.close()
+        self._handlers.clear()
+
+
+def _data_keys(f: str, shape: tuple[int, int], external: bool) -> dict[str, Any]:
+    frame_key: dict[str, Any] = {"source": "bluesky-tomogan", "dtype": "array", "shape": list(shape),
+                                 "dtype_numpy": "<f4", "object_name": "tomogan"}
+    if external:  # written to HDF5, described by StreamResource/StreamDatum (ophyd-async convention)
+        frame_key |= {"external": "STREAM:", "shape": [1, *shape]}
+    keys: dict[str, Any] = {f"{f}_denoised": frame_key}
+    for qc, dtype in (("qc_latency_s", "number"), ("qc_removed_sigma", "number"), ("qc_error", "string"),
+                      ("source_seq_num", "integer"), ("source_uid", "string")):
+        keys[f"{f}_{qc}"] = {"source": "bluesky-tomogan", "dtype": dtype, "shape": [], "object_name": "tomogan"}
+    return keys
+
+
+def _lower_priority() -> None:
+    """Make the calling (worker) thread yield the CPU to the RunEngine and the detectors.
+
+    On Linux a thread is a task with its own nice value, and threads it starts
+    (the inference runtime's pool) inherit it. Elsewhere this is a no-op.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICENESS)
+    except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
+        log.debug("could not lower the worker's priority", exc_info=True)
+
+
+def _frame_problem(frame: np.ndarray, declared: tuple[int, int]) -> str:
+    """Why ``frame`` cannot be denoised or serve as context (empty if it can)."""
+    if all(declared) and frame.shape != declared:
+        return f"frame shape {frame.shape} is not the declared {declared}"
+    try:
+        check_frames(frame)  # the Denoiser's own rules (dtype, NaN/inf), checked before it meets the neighbours
+    except TomoGANError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return ""
+
+
+def _as_frame(value: Any) -> np.ndarray:
+    frame = np.asarray(value)
+    return frame[0] if frame.ndim == 3 and frame.shape[0] == 1 else frame
+
+
+def _first_frame(read: StreamFrameReader, index: int) -> np.ndarray:
+    return read(index, index + 1)[0]
