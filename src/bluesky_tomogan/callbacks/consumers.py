@@ -37,7 +37,7 @@ def is_storage(func: Subscriber) -> bool:
 
 
 def _name(func: Subscriber) -> str:
-    return str(getattr(func, "__qualname__", None) or type(func).__name__)
+    return str(getattr(func, "__name__", None) or type(func).__name__)
 
 
 @dataclass(frozen=True)
