@@ -29,15 +29,14 @@ import torch
 from bluesky_tomogan.export.copies import offset_activation_copies
 from bluesky_tomogan.export.equalise import equalise_activations
 from bluesky_tomogan.export.pipeline import calibration_frames
-from bluesky_tomogan.export.tflite import int8_input_range
 from bluesky_tomogan.inference.backends.litert import LiteRTSession
 from bluesky_tomogan.inference.load import load_card
 from bluesky_tomogan.inference.tiling import pad_to
+from bluesky_tomogan.int8 import int8_input_range
 from bluesky_tomogan.metrics import ssim
 from bluesky_tomogan.model.data import normalised_frames
 from bluesky_tomogan.model.qat import fake_quantized
 from bluesky_tomogan.model.train import load_generator
-from bluesky_tomogan.modelcard import card_file_path
 from bluesky_tomogan.simulate.datasets import read_dataset
 
 
@@ -48,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     card = load_card(args.model)
-    tile = int(card["files"]["tflite_int8"]["tile"][0])
-    gen = load_generator(card_file_path(card, "pytorch")).eval()
+    tflite = card.file("tflite_int8").info
+    tile = int(tflite["tile"][0])
+    gen = load_generator(card.path("pytorch")).eval()
     dataset = read_dataset(args.data)
     train, test = dataset.split("train"), dataset.split("test")
     depth, mid = gen.config.in_channels, gen.config.in_channels // 2
@@ -65,19 +65,19 @@ def main(argv: list[str] | None = None) -> int:
         t = torch.from_numpy(x[None])
         return (gen(t) - t[:, mid : mid + 1])[0, 0].numpy()
 
-    copies = int(card["files"]["tflite_int8"].get("output_copies", 1))
+    copies = int(tflite.get("output_copies", 1))
     with torch.no_grad():
         fp32 = score(torch_correction)
         clipped = np.clip(calib, lo, hi)
-        if card["files"]["tflite_int8"].get("equalised", False):
+        if tflite.get("equalised", False):
             gen = equalise_activations(gen, clipped)
-        gen = offset_activation_copies(gen, clipped, card["files"]["tflite_int8"].get("activation_copies", {}))
+        gen = offset_activation_copies(gen, clipped, tflite.get("activation_copies", {}))
         with fake_quantized(gen, observer="minmax", input_range=(lo, hi), output_copies=copies):
             for k in range(0, len(calib), 10):  # calibration pass, as the converter's
                 gen(torch.from_numpy(clipped[k : k + 10]))
             simulated = score(torch_correction)
 
-    session = LiteRTSession(card_file_path(card, "tflite_int8"), threads=2)
+    session = LiteRTSession(card.path("tflite_int8"), threads=2)
 
     def tflite_correction(x: np.ndarray) -> np.ndarray:  # plus the centre as the model saw it, as the Denoiser adds
         h, w = x.shape[-2:]

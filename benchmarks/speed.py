@@ -33,7 +33,7 @@ def keras_reference(size: int, repeats: int, threads: int, queue: Any) -> None:
     from bluesky_tomogan.export.keras_model import build_keras_generator
     from bluesky_tomogan.inference.load import load_card
 
-    model = build_keras_generator(load_card("tomogan-projection")["architecture"], size, size)
+    model = build_keras_generator(dict(load_card("tomogan-projection").architecture), size, size)
     x = np.random.default_rng(0).random((1, size, size, 3), np.float32)
     warm_up(lambda: model.predict_on_batch(x))  # the same warm-up rule as every backend
     times = []

@@ -223,10 +223,18 @@ def test_a_failing_stop_handler_still_passes_the_raw_stop_on(RE, denoiser, monke
         raise RuntimeError("boom")
 
     monkeypatch.setattr(RunDenoiser, "stop", broken)
-    docs = run(RE, TomoGANCallback(denoiser), [camera()], num=2)
+    cb = TomoGANCallback(denoiser)
+    docs = run(RE, cb, [camera()], num=2)
     names = [n for n, _ in docs]
     assert names.count("stop") == 1 and names[-1] == "stop"
     assert names.count("descriptor") == 2  # raw + derived, each exactly once
+    import threading
+
+    worker = f"tomogan-worker-{cb.last_run.uid[:8]}"  # released anyway: nothing of the run outlives its stop
+    deadline = time.monotonic() + 5
+    while any(t.name == worker for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == worker for t in threading.enumerate())
 
 
 class SlowDenoiser:

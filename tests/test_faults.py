@@ -124,12 +124,18 @@ def _is_image_stream(raw, descriptor_uid) -> bool:
     return any(dk.get("dtype") == "array" and not dk.get("external") for dk in desc["data_keys"].values())
 
 
-def no_leftovers(tmp_path, wait=5.0) -> None:
-    """No worker thread alive (waiting up to ``wait`` s for a hung one to return) and no file open under tmp_path."""
+def no_leftovers(tmp_path, cb, wait=5.0) -> None:
+    """No worker of ``cb``'s runs alive (waiting up to ``wait`` s for a hung one to return), no file open
+    under tmp_path."""
+    names = {f"tomogan-worker-{run.uid[:8]}" for run in cb.runs}
+
+    def alive():
+        return [t.name for t in threading.enumerate() if t.name in names]
+
     deadline = time.monotonic() + wait
-    while any(t.name.startswith("tomogan-worker") for t in threading.enumerate()) and time.monotonic() < deadline:
+    while alive() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert [t.name for t in threading.enumerate() if t.name.startswith("tomogan-worker")] == []
+    assert alive() == []
     open_files = []
     for fd in os.listdir("/proc/self/fd"):
         try:
@@ -179,7 +185,7 @@ def test_default_callback_with_tiledwriter_stores_every_derived_frame(RE, denois
     assert frames.shape == (6, 32, 40) and np.isfinite(frames).all() and frames.std() > 0
     (sres,) = [d for n, d in rec.out if n == "stream_resource" and d["data_key"] == "det_image_denoised"]
     assert sres["uri"].startswith((frames_directory(tmp_path / "store") / "raw").as_uri())
-    no_leftovers(tmp_path)
+    no_leftovers(tmp_path, cb)
 
 
 def test_inline_raw_frames_put_derived_frames_in_the_user_data_directory(RE, denoiser, derived_frames_in_tmp,
@@ -191,7 +197,7 @@ def test_inline_raw_frames_put_derived_frames_in_the_user_data_directory(RE, den
     (sres,) = [d for n, d in rec.out if n == "stream_resource"]
     assert sres["uri"].startswith(derived_frames_in_tmp.resolve().as_uri())
     assert not any("cam_denoised" in d["data"] for n, d in rec.out if n == "event_page")  # never inline
-    no_leftovers(tmp_path)
+    no_leftovers(tmp_path, cb)
 
 
 def test_inline_frames_refuse_a_storage_consumer(denoiser, store):
@@ -212,7 +218,7 @@ def test_a_late_worker_never_touches_the_next_run(RE, denoiser, tmp_path):
     assert first is not None and first.missing > 0
     assert any("did not finish" in e for e in first.errors)
     assert not any("KeyError" in e for e in first.errors + cb.errors)
-    no_leftovers(tmp_path)
+    no_leftovers(tmp_path, cb)
 
 
 # -- RunEngine interruptions ----------------------------------------------------------------
@@ -236,7 +242,7 @@ def test_pause_then_abort_stop_or_resume(RE, denoiser, tmp_path, ending):
     assert stop["exit_status"] == {"abort": "abort", "stop": "success", "resume": "success"}[ending]
     # one derived row per raw event delivered: a resume re-takes the point after the last checkpoint
     assert stop["num_events"]["denoised"] == sum(n == "event" for n, _ in rec.raw)
-    no_leftovers(tmp_path)
+    no_leftovers(tmp_path, cb)
 
 
 def test_ctrl_c_during_a_scan(RE, denoiser, tmp_path):
@@ -252,7 +258,7 @@ def test_ctrl_c_during_a_scan(RE, denoiser, tmp_path):
     RE.abort()
     rec.check()
     assert rec.stop()["exit_status"] == "abort"
-    no_leftovers(tmp_path)
+    no_leftovers(tmp_path, cb)
 
 
 # -- consumers ------------------------------------------------------------------------------
@@ -296,7 +302,7 @@ def test_a_hung_worker_trips_the_breaker_instead_of_stalling_every_frame(RE, den
     assert cb.dropped > 0 and any("no room within 0.2 s" in e for e in cb.errors)
     assert sum("no room" in e for e in cb.errors) == 1  # the breaker opened once, it did not wait per frame
     assert scan < 2.0 + 60  # generous: the point is that it finishes, not how fast
-    no_leftovers(tmp_path)
+    no_leftovers(tmp_path, cb)
 
 
 def test_a_model_file_corrupted_after_loading(RE, tmp_path):
@@ -332,7 +338,7 @@ def test_an_unwritable_directory_records_every_row_and_the_scan_goes_on(RE, deno
     errors = [e for p in pages for e in p["data"]["cam_qc_error"]]
     assert len(errors) == 3 and all(e.startswith("cannot write the denoised frame") for e in errors)
     assert rec.stop()["exit_status"] == "success"
-    no_leftovers(tmp_path)
+    no_leftovers(tmp_path, cb)
 
 
 def test_a_full_disk_records_the_frames_it_could_not_write(RE, denoiser, tmp_path, monkeypatch):
@@ -351,7 +357,7 @@ def test_a_full_disk_records_the_frames_it_could_not_write(RE, denoiser, tmp_pat
     pages = [d for n, d in rec.out if n == "event_page" and "cam_qc_error" in d["data"]]
     errors = [e for p in pages for e in p["data"]["cam_qc_error"]]
     assert errors[:2] == ["", ""] and all("No space left" in e for e in errors[2:])
-    no_leftovers(tmp_path)
+    no_leftovers(tmp_path, cb)
 
 
 # -- descriptors -----------------------------------------------------------------------------
@@ -379,7 +385,7 @@ def test_a_descriptor_re_emitted_mid_run_keeps_one_derived_stream(RE, denoiser, 
     assert rec.stop()["num_events"] == {"primary": 6, "denoised": 6}
     assert store[uid]["denoised"]["det_image_denoised"].read().shape == (6, 32, 40)
     assert cb.consumer_errors == 0
-    no_leftovers(tmp_path)
+    no_leftovers(tmp_path, cb)
 
 
 def test_a_re_emitted_descriptor_with_another_shape_gets_its_own_file(denoiser, tmp_path):
@@ -410,4 +416,4 @@ def test_a_re_emitted_descriptor_with_another_shape_gets_its_own_file(denoiser, 
     datums = [d for n, d in out if n == "stream_datum"]
     assert sum(d["indices"]["stop"] - d["indices"]["start"] for d in datums) == 6
     assert cb.errors == []
-    no_leftovers(tmp_path)
+    no_leftovers(tmp_path, cb)

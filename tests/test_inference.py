@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -157,11 +156,11 @@ def test_tensorrt_without_a_gpu_is_unavailable_not_a_crash():
 @pytest.fixture
 def model_copy(tmp_path):
     card = load_card("tomogan-projection")
-    for entry in card["files"].values():
-        shutil.copy2(f"{card['_dir']}/{entry['path']}", tmp_path)
-        if entry["path"].endswith(".xml"):
-            shutil.copy2(f"{card['_dir']}/{entry['path'][:-4]}.bin", tmp_path)
-    shutil.copy2(f"{card['_dir']}/tomogan-projection.json", tmp_path)
+    for entry in card.files.values():
+        shutil.copy2(entry.path, tmp_path)
+        if entry.path.suffix == ".xml":
+            shutil.copy2(entry.path.with_suffix(".bin"), tmp_path)
+    shutil.copy2(card.directory / "tomogan-projection.json", tmp_path)
     return tmp_path
 
 
@@ -198,7 +197,7 @@ def test_auto_picks_a_backend_within_tolerance_and_reports_it(caplog):
     card = load_card("tomogan-projection")
     key = f"{den.backend}/{den.precision}"
     if den.precision != "fp32":
-        assert card["quantization"][key]["ssim_drop"] <= {"int8": 0.005, "bf16": 0.001}[den.precision]
+        assert card.quantization[key]["ssim_drop"] <= {"int8": 0.005, "bf16": 0.001}[den.precision]
     assert f"on {den.backend}/{den.precision}" in caplog.text
     prov = den.provenance()
     assert prov["backend"] == den.backend and prov["model_sha256"] == den.model_sha256
@@ -224,10 +223,72 @@ def test_inference_never_imports_torch(tmp_path):
     assert out.stdout.startswith("ok")
 
 
-def test_model_card_records_quality_of_every_precision():
+def test_auto_falls_back_past_an_edge_tpu_runtime_when_the_card_has_no_edge_tpu_model(monkeypatch):
+    from bluesky_tomogan.inference.backends import litert
+
+    monkeypatch.setattr(litert, "require_edgetpu_runtime", lambda: None)  # as if libedgetpu.so.1 were installed
+    den = load_denoiser()
+    assert den.backend != "edgetpu"
+    den.denoise(np.random.default_rng(0).poisson(300, (3, 40, 40)).astype("uint16"))
+    with pytest.raises(ModelLoadError, match="edgetpu_compiler"):
+        load_denoiser(backend="edgetpu")
+
+
+def test_auto_falls_back_past_a_corrupt_file_and_says_so(model_copy, caplog):
+    xml = model_copy / "tomogan-projection.int8.bin"
+    xml.write_bytes(xml.read_bytes()[:100])
+    den = load_denoiser(model_copy)
+    assert (den.backend, den.precision) != ("openvino", "int8")
+    assert "does not match the sha256" in caplog.text
+
+
+def test_every_configuration_comes_from_the_registry():
+    from bluesky_tomogan.bench import CONFIGS
+    from bluesky_tomogan.cli import build_parser
+    from bluesky_tomogan.inference.registry import REGISTRY, configurations
+
+    assert CONFIGS == configurations()
+    assert {b for b, _ in CONFIGS} == set(REGISTRY)
+    for backend, precision in CONFIGS:
+        assert precision in REGISTRY[backend].precisions
+    args = build_parser().parse_args(["denoise", "in.npy", "out.npy", "--backend", "edgetpu"])
+    assert args.backend == "edgetpu"
+
+
+def test_tensorrt_engines_are_built_and_looked_up_at_the_same_tile(monkeypatch):
+    import inspect
+
+    from bluesky_tomogan.export.tensorrt import build_engine_from_card
+    from bluesky_tomogan.inference.backends import tensorrt
+    from bluesky_tomogan.inference.registry import REGISTRY
+
+    assert inspect.signature(build_engine_from_card).parameters["tile"].default is None  # -> the registry's
+    assert REGISTRY["tensorrt"].fixed_tile == inspect.signature(tensorrt.TensorRTSession).parameters["tile"].default
+    opened = {}
+
+    class Engine:  # records what load_denoiser asks the TensorRT adapter for; no GPU here
+        backend, max_batch = "tensorrt", 4
+
+        def __init__(self, path, precision, card, tile):
+            opened.update(precision=precision, tile=tile)
+            self.precision, self.fixed_shape = precision, (tile, tile)
+
+    monkeypatch.setattr(tensorrt, "_import_tensorrt", lambda: (None, None))
+    monkeypatch.setattr(tensorrt, "TensorRTSession", Engine)
+    assert load_denoiser(backend="tensorrt", precision="fp16", tile=256).session.fixed_shape == (256, 256)
+    assert opened == {"precision": "fp16", "tile": 256}
+    load_denoiser(backend="tensorrt", precision="fp16")
+    assert opened["tile"] == REGISTRY["tensorrt"].fixed_tile
+
+
+def test_model_card_is_typed_and_read_only():
     card = load_card("tomogan-slice")
-    assert {"onnxruntime/fp32", "litert/int8", "openvino/int8"} <= set(card["quantization"])
-    assert json.dumps(card["training"]["stopped"])
+    assert card.name == "tomogan-slice" and card.domain == "slice" and card.in_channels == 3
+    assert card.path("onnx").is_file() and len(card.file("onnx").sha256) == 64
+    with pytest.raises(TypeError):
+        card.files["onnx"] = None  # type: ignore[index]
+    with pytest.raises(ModelLoadError, match="has no 'nope' file"):
+        card.path("nope")
 
 
 def test_litert_adds_the_centre_frame_as_the_int8_model_saw_it(frames):

@@ -136,3 +136,23 @@ def test_int8_simulation_rounds_the_residual_input_like_the_host_and_averages_ou
     plain = (fake_quant_activation(ramp, lo, hi) - ramp).abs().mean()
     four = (fake_quant_copies(ramp, lo, hi, 4) - ramp).abs().mean()
     assert four < 0.3 * plain  # four offset copies: about a quarter of the rounding error
+
+
+def test_export_to_onnx_writes_a_card_that_loads_and_records_measured_quality(tiny_dataset, tmp_path):
+    from bluesky_tomogan import load_denoiser
+    from bluesky_tomogan.export.pipeline import export_model, measure_quality
+    from bluesky_tomogan.inference.load import load_card
+
+    result = train(_config(tiny_dataset, tmp_path / "train", max_epochs=1), progress=False)
+    card_path = export_model(result.weights.parent, tmp_path / "export", tiny_dataset, formats=("onnx",))
+    card = load_card(card_path)
+    assert card.output == "correction" and card.path("onnx").is_file()
+    assert {"onnxruntime/fp32", "openvino/fp32"} <= set(card.quantization)
+    assert abs(card.ssim_drop("openvino/fp32")) < 1e-3  # the same fp32 network on another runtime
+    den = load_denoiser(card_path, backend="onnxruntime")
+    assert den.model_sha256 == card.file("onnx").sha256
+    quality = measure_quality(card_path, read_dataset(tiny_dataset).split("test"), n_frames=4)
+    ref = quality["onnxruntime/fp32"]
+    assert ref["frames"] == 4 and 0 < ref["ssim"] <= 1 and np.isfinite(ref["psnr"])
+    assert quality["openvino/fp32"]["ssim_drop"] == pytest.approx(0, abs=1e-3)
+    assert "litert/int8" not in quality  # no int8 TFLite file was exported: not measured, not invented

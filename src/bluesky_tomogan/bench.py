@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from .inference.registry import configurations
+
 __all__ = ["CONFIGS", "measure", "run", "table", "main", "warm_up"]
 
 #: Warm-up before timing: a scan runs hundreds of frames, so steady state is what counts.
@@ -28,10 +30,8 @@ __all__ = ["CONFIGS", "measure", "run", "table", "main", "warm_up"]
 WARM_UP_RUNS = 3
 WARM_UP_SECONDS = 3.0
 
-CONFIGS: list[tuple[str, str]] = [
-    ("openvino", "int8"), ("openvino", "bf16"), ("openvino", "fp32"),
-    ("litert", "int8"), ("onnxruntime", "fp32"), ("edgetpu", "int8"), ("tensorrt", "fp16"),
-]
+#: Every (backend, precision) the registry knows; one that cannot run here is reported as skipped.
+CONFIGS: list[tuple[str, str]] = configurations()
 
 
 def _frames(size: int, n: int) -> np.ndarray:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import TomoGANError
+from .inference.registry import PRECISIONS, backend_names
 
 __all__ = ["main", "build_parser"]
 
@@ -65,10 +66,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
             print(f"wrote {path}")
         formats = tuple(f for f in formats if f != "tensorrt")
     if formats:
-        from .export.pipeline import export_model
+        from .export.pipeline import DEFAULT_TILE, export_model
 
         copies = None if args.activation_copies is None else dict(args.activation_copies)
-        card = export_model(args.model, args.out or args.model, args.data, formats, tile=args.tile,
+        card = export_model(args.model, args.out or args.model, args.data, formats, tile=args.tile or DEFAULT_TILE,
                             n_calibration=args.calibration, measure=not args.no_measure,
                             activation_copies=copies)
         data = json.loads(Path(card).read_text())
@@ -127,10 +128,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     for name in shipped_models():
         card = load_card(name)
-        m = card.get("metrics", {})
-        print(f"{name}: {card.get('domain')} domain, files {sorted(card['files'])}, "
+        m = card.metrics
+        print(f"{name}: {card.domain} domain, files {sorted(card.files)}, "
               f"val SSIM {m.get('val_ssim', float('nan')):.4f} (raw {m.get('val_raw_ssim', float('nan')):.4f})")
-        for key, q in sorted(card.get("quantization", {}).items()):
+        for key, q in sorted(card.quantization.items()):
             print(f"    {key:18s} SSIM {q['ssim']:.4f} drop {q.get('ssim_drop', 0.0):+.4f}")
     return 0
 
@@ -164,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--exposure", type=float, default=0.1, help="simulated exposure per frame, s (default 0.1)")
     s.add_argument("--angles", type=int, default=180, help="projections over 180 degrees")
     s.add_argument("--photons", type=float, default=500.0, help="incident photons per pixel (dose)")
-    s.add_argument("--backend", default="auto")
+    s.add_argument("--backend", default="auto", choices=backend_names())
     s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("simulate", help="write a simulated TomoGAN-style HDF5 dataset")
@@ -211,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=["onnx", "tflite", "openvino"])
     s.add_argument("--data", help="HDF5 dataset for int8 calibration and quality measurement")
     s.add_argument("--out", help="output directory (default: the model directory)")
-    s.add_argument("--tile", type=int, default=256, help="fixed tile of TFLite/TensorRT models")
+    s.add_argument("--tile", type=int, default=None,
+                   help="fixed tile of the model (default: 256 for TFLite, the registry's 512 for TensorRT, "
+                        "the shape load_denoiser builds engines for)")
     s.add_argument("--calibration", type=int, default=200, help="int8 calibration samples")
     s.add_argument("--trt-precision", nargs="+", choices=["fp32", "fp16", "int8"], default=["fp16"])
     s.add_argument("--no-measure", action="store_true", help="skip the quality measurement")
@@ -225,8 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("output", help=".npy or .h5")
     s.add_argument("--key", help="HDF5 dataset name")
     s.add_argument("--model", default=None, help="shipped model name or model card path")
-    s.add_argument("--backend", default="auto")
-    s.add_argument("--precision", default="auto")
+    s.add_argument("--backend", default="auto", choices=backend_names())
+    s.add_argument("--precision", default="auto", choices=PRECISIONS)
     s.add_argument("--threads", type=int, default=None)
     s.add_argument("--keep-dtype", action="store_true", help="cast the result back to the input dtype")
     s.set_defaults(func=_cmd_denoise)

@@ -4,6 +4,11 @@ A card records what a model is (architecture, normalisation, domain), how it
 was made (data recipe, training settings and time, validation metrics) and the
 sha256 of each of its files, so the callback can put provenance into the
 derived descriptor and loading can refuse a corrupted file. No torch here.
+
+Two views of a card: the JSON dict that training and export build and write
+(:func:`read_card`, :func:`write_card`), and the typed, read-only
+:class:`ModelCard` that inference uses, whose file paths are checked against
+their sha256 when asked for.
 """
 
 from __future__ import annotations
@@ -11,12 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from .errors import ModelLoadError, OutputPathError
 
-__all__ = ["sha256_of", "read_card", "write_card", "card_file_path"]
+__all__ = ["sha256_of", "read_card", "write_card", "ModelCard", "CardFile"]
 
 CARD_VERSION = 1
 
@@ -41,7 +49,6 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ModelLoadError(f"model card {path} is not readable JSON: {exc}") from exc
     if not isinstance(card, dict) or "name" not in card or "files" not in card:
         raise ModelLoadError(f"model card {path} lacks the 'name' and 'files' entries")
-    card["_dir"] = str(path.parent)
     return card
 
 
@@ -58,26 +65,131 @@ def write_card(path: str | os.PathLike[str], card: dict[str, Any]) -> Path:
     return path
 
 
-def card_file_path(card: dict[str, Any], kind: str) -> Path:
-    """Path of the card's file of ``kind`` (e.g. ``"onnx"``), verified against its sha256.
+@dataclass(frozen=True)
+class CardFile:
+    """One file of a model card: where it is, its sha256, and what the card says about it.
 
-    Raises
-    ------
-    ModelLoadError
-        The card lists no such file, the file is missing, or its bytes changed.
+    Attributes
+    ----------
+    kind : str
+        Its role (``onnx``, ``openvino_int8``, ``tflite_int8``, ``edgetpu``, ``pytorch``).
+    path : pathlib.Path
+        Absolute path (the card's directory joined with the card's relative path).
+    sha256 : str
+        Expected sha256 of the file's bytes (empty when the card records none).
+    info : mapping
+        The card's whole entry (tile shape, output copies, quantisation details...).
     """
-    entry = card.get("files", {}).get(kind)
-    if not entry:
-        raise ModelLoadError(
-            f"model {card.get('name')!r} has no {kind!r} file; available: {sorted(card.get('files', {}))}"
+
+    kind: str
+    path: Path
+    sha256: str
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    def verified(self, model: str) -> Path:
+        """The path, after checking the file (and an OpenVINO ``.bin`` beside it) against the card.
+
+        Raises
+        ------
+        ModelLoadError
+            The file is missing or its bytes changed.
+        """
+        companions = [(self.path, self.sha256)]
+        if self.info.get("bin_sha256"):  # an OpenVINO IR: the weights live in the .bin beside the .xml
+            companions.append((self.path.with_suffix(".bin"), str(self.info["bin_sha256"])))
+        for path, expected in companions:
+            if not path.is_file():
+                raise ModelLoadError(f"model file {path} is missing (listed in the model card of {model!r})")
+            if expected and sha256_of(path) != expected:
+                raise ModelLoadError(
+                    f"model file {path} does not match the sha256 in its model card: the file is corrupt "
+                    "or was replaced; reinstall bluesky-tomogan or re-export the model"
+                )
+        return self.path
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A model card as inference reads it: typed, read-only, with checksum-verified file paths.
+
+    Attributes
+    ----------
+    name, domain : str
+        Model name and the images it was trained on (``projection`` or ``slice``).
+    architecture : mapping
+        Network hyper-parameters (``in_channels``, ``input_downscale``, ...).
+    output : str
+        ``correction`` (the network returns a correction added to the centre
+        frame on the host) or ``frame``.
+    files : mapping of str to CardFile
+        The model's files by kind.
+    quantization : mapping
+        Measured quality per ``backend/precision`` (``ssim_drop`` vs fp32...).
+    metrics : mapping
+        Validation metrics of the fp32 model.
+    directory : pathlib.Path
+        Where the card lives; file paths are relative to it.
+    source : mapping
+        The whole JSON, for tools that read other sections (training, data recipe).
+    """
+
+    name: str
+    domain: str
+    architecture: Mapping[str, Any]
+    output: str
+    files: Mapping[str, CardFile]
+    quantization: Mapping[str, Mapping[str, Any]]
+    metrics: Mapping[str, Any]
+    directory: Path
+    source: Mapping[str, Any]
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> ModelCard:
+        """Read the card at ``path``, raising :class:`ModelLoadError` with the reason if it is unusable."""
+        path = Path(path).expanduser().resolve()
+        card = read_card(path)
+        files = card["files"]
+        if not isinstance(files, dict) or not all(isinstance(e, dict) and "path" in e for e in files.values()):
+            raise ModelLoadError(f"model card {path}: every entry of 'files' needs a 'path'")
+        return cls(
+            name=str(card["name"]),
+            domain=str(card.get("domain", "")),
+            architecture=MappingProxyType(dict(card.get("architecture", {}))),
+            output=str(card.get("output", "frame")),
+            files=MappingProxyType({k: CardFile(k, path.parent / e["path"], str(e.get("sha256", "")),
+                                                MappingProxyType(dict(e))) for k, e in files.items()}),
+            quantization=MappingProxyType(dict(card.get("quantization", {}))),
+            metrics=MappingProxyType(dict(card.get("metrics", {}))),
+            directory=path.parent,
+            source=MappingProxyType(card),
         )
-    path = Path(card.get("_dir", ".")) / entry["path"]
-    if not path.is_file():
-        raise ModelLoadError(f"model file {path} is missing (listed in the model card of {card['name']!r})")
-    expected = entry.get("sha256")
-    if expected and sha256_of(path) != expected:
-        raise ModelLoadError(
-            f"model file {path} does not match the sha256 in its model card: the file is corrupt "
-            "or was replaced; reinstall bluesky-tomogan or re-export the model"
-        )
-    return path
+
+    @property
+    def in_channels(self) -> int:
+        """Frames of context the network reads (3 for TomoGAN)."""
+        return int(self.architecture.get("in_channels", 3))
+
+    def has(self, kind: str) -> bool:
+        """Whether the card lists a file of ``kind``."""
+        return kind in self.files
+
+    def file(self, kind: str) -> CardFile:
+        """The card's file of ``kind``.
+
+        Raises
+        ------
+        ModelLoadError
+            The card lists no such file.
+        """
+        if kind not in self.files:
+            raise ModelLoadError(f"model {self.name!r} has no {kind!r} file; available: {sorted(self.files)}")
+        return self.files[kind]
+
+    def path(self, kind: str) -> Path:
+        """Path of the card's file of ``kind``, verified against its sha256 (see :meth:`CardFile.verified`)."""
+        return self.file(kind).verified(self.name)
+
+    def ssim_drop(self, key: str) -> float | None:
+        """Measured SSIM loss vs fp32 of ``backend/precision`` ``key``, or ``None`` if not measured."""
+        value = self.quantization.get(key, {}).get("ssim_drop")
+        return None if value is None else float(value)

@@ -217,6 +217,9 @@ class RunDenoiser(event_model.DocumentRouter):
             log.exception("TomoGAN callback failed on a %s document; passing it through", name)
             self._note(f"internal error on {name}")
             out, self._follow = doc, []
+        finally:
+            if name == "stop":  # however the stop went, nothing of this run may outlive it
+                self._release()
         if not self._turn.passed:
             self._turn.passed = True
             raw = self._stop_with_reason(out) if self._turn.name == "stop" else self._turn.doc
@@ -368,10 +371,7 @@ class RunDenoiser(event_model.DocumentRouter):
             log.warning("TomoGAN dropped %d frames (policy %s)", self.summary.dropped, self.options.policy)
         if finished and self._worker is not None:
             self._worker.join(timeout=self.options.flush_timeout)
-        if self._writer is not None:
-            self._writer.close()
-        self._close_readers()
-        self.summary.finished = True
+        self._release()
         out = copy.deepcopy(doc)
         # event-model counters start at 1: num_events is counter - 1 (as compose_stop does)
         out.setdefault("num_events", {}).update({k: v - 1 for k, v in self._counters.items()})
@@ -579,6 +579,18 @@ class RunDenoiser(event_model.DocumentRouter):
         for start, seq, count in runs:
             self._publish("stream_datum", self._writer.datum(stream.slot, start, start + count, seq,
                                                              stream.bundle.descriptor_doc))
+
+    def _release(self) -> None:
+        """End the run's worker (now, or when a hung call returns) and close its files; idempotent."""
+        if self.summary.finished:
+            return
+        self.summary.finished = True
+        with self._lock:
+            self._closed = True
+        self._queue.put_control(_END)
+        if self._writer is not None:
+            self._writer.close()
+        self._close_readers()
 
     def _close_readers(self) -> None:
         for _, reader in self._stream_readers.values():

@@ -5,7 +5,7 @@ denoiser the full-resolution tensors carry the frame's fine detail, and their
 rounding noise lands on the output, where SSIM against a piecewise-constant
 clean frame is very sensitive to it. This transform gives a ReLU-activated
 layer ``k`` copies of each output channel, offset by ``-(k-1)/2k .. +(k-1)/2k``
-of that tensor's int8 step (:func:`bluesky_tomogan.export.tflite.copy_offsets`),
+of that tensor's int8 step (:func:`bluesky_tomogan.int8.copy_offsets`),
 and makes every layer that reads the tensor average the copies (its weights
 for those channels divided by ``k``). The offsets sum to zero, so the float
 function is unchanged except within one step of ReLU's kink; the mean of the
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import ExportOptionError
+from ..int8 import copy_offsets, int8_step
 from ..model.network import ConvLayer, TomoGANGenerator
 from .equalise import _output_axis, channel_maxima, shared_maxima
 
@@ -45,7 +46,7 @@ def int8_steps(gen: TomoGANGenerator, frames: np.ndarray) -> dict[str, float]:
     concatenation (:func:`bluesky_tomogan.export.equalise.shared_maxima`).
     """
     names = _names(gen)
-    return {names[id(p)]: v / 255.0 for p, v in shared_maxima(gen, channel_maxima(gen, frames)).items()}
+    return {names[id(p)]: int8_step(0.0, v) for p, v in shared_maxima(gen, channel_maxima(gen, frames)).items()}
 
 
 def check_activation_copies(gen: TomoGANGenerator, copies: Mapping[str, int]) -> None:
@@ -93,8 +94,6 @@ def offset_activation_copies(gen: TomoGANGenerator, frames: np.ndarray,
         A transformed deep copy: the named layers' output channels and their
         consumers' input channels grow; ``gen`` is unchanged.
     """
-    from .tflite import copy_offsets
-
     check_activation_copies(gen, copies)
     out = copy.deepcopy(gen).eval()
     steps = int8_steps(out, frames)

@@ -21,7 +21,9 @@ import numpy as np
 
 from ..errors import OutputPathError
 from ..frames import context_indices
+from ..inference.registry import REGISTRY, configurations
 from ..inference.tiling import pad_to
+from ..int8 import ACTIVATION_COPIES, OUTPUT_COPIES, TFLITE_INPUT_PERCENTILES
 from ..metrics import psnr, ssim
 from ..model.data import normalised_frames
 from ..model.network import TomoGANGenerator
@@ -30,7 +32,7 @@ from ..modelcard import read_card, sha256_of, write_card
 from ..simulate.datasets import PairSet, read_dataset
 from .copies import check_activation_copies, offset_activation_copies
 from .onnx import export_onnx
-from .tflite import ACTIVATION_COPIES, DEFAULT_TILE, OUTPUT_COPIES, TFLITE_INPUT_PERCENTILES, export_tflite_int8
+from .tflite import DEFAULT_TILE, export_tflite_int8
 
 __all__ = ["FORMATS", "calibration_frames", "export_model", "measure_quality"]
 
@@ -134,7 +136,7 @@ def measure_quality(card_path: Path, pairs: PairSet, n_frames: int = 48) -> dict
         "raw": {"ssim": float(np.mean(raw_s)), "psnr": float(np.mean(raw_p)), "frames": len(idx)},
         "onnxruntime/fp32": ref,
     }
-    for backend, precision in (("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8"), ("litert", "int8")):
+    for backend, precision in [(b, p) for b, p in configurations() if REGISTRY[b].measured_by_export]:
         r = score(backend, precision)
         if r is not None:
             r["ssim_drop"] = ref["ssim"] - r["ssim"]

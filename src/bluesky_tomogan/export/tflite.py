@@ -42,50 +42,27 @@ import logging
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..errors import OutputPathError
+from ..int8 import (
+    ACTIVATION_COPIES,
+    OUTPUT_COPIES,
+    TFLITE_INPUT_PERCENTILES,
+    copy_offsets,
+    int8_input_range,
+    widened_step,
+)
 from ..model.network import TomoGANGenerator
 from .copies import offset_activation_copies
 from .equalise import equalise_activations
 from .keras_model import keras_from_torch
 
-__all__ = ["ACTIVATION_COPIES", "copy_offsets", "export_tflite_int8", "int8_input_range", "offset_output_copies",
-           "DEFAULT_TILE", "OUTPUT_COPIES", "TFLITE_INPUT_PERCENTILES"]
+__all__ = ["export_tflite_int8", "offset_output_copies", "DEFAULT_TILE"]
 
 log = logging.getLogger(__name__)
 DEFAULT_TILE = 256
-#: Calibration values outside these percentiles do not widen the int8 input range.
-TFLITE_INPUT_PERCENTILES = (0.01, 99.99)
-#: Offset copies of the output the TFLite model returns (the host averages them).
-OUTPUT_COPIES = 4
-#: Offset copies of the full-resolution layers' outputs (:mod:`.copies`).
-ACTIVATION_COPIES: dict[str, int] = {"stem.0": 4, "head.0": 4}
-
-
-def int8_input_range(values: np.ndarray,
-                     percentiles: tuple[float, float] = TFLITE_INPUT_PERCENTILES) -> tuple[float, float]:
-    """The int8 input range the export calibrates from ``values``: their ``percentiles``.
-
-    Int8-aware training uses the same rule, so that it simulates the exported model.
-    """
-    lo, hi = np.percentile(np.asarray(values), percentiles)
-    return float(lo), float(hi)
-
-
-def copy_offsets(step: Any, copies: int) -> Any:
-    """Offsets of the output copies: ``copies`` fractions of one int8 ``step``, symmetric around zero.
-
-    ``step`` is a float or a torch tensor; returns a float32 torch tensor. Int8-aware
-    training (:func:`bluesky_tomogan.model.qat.fake_quant_copies`) uses the same offsets.
-    """
-    import torch
-
-    return (torch.arange(copies, dtype=torch.float32) - (copies - 1) / 2) * step / copies
-
-
 def offset_output_copies(gen: TomoGANGenerator, frames: np.ndarray, copies: int) -> TomoGANGenerator:
     """A copy of ``gen`` whose output is ``copies`` channels offset around the original output.
 
@@ -107,9 +84,7 @@ def offset_output_copies(gen: TomoGANGenerator, frames: np.ndarray, copies: int)
               for k in range(0, len(frames), 10)]
     lo, hi = min(float(y.min()) for y in ys), max(float(y.max()) for y in ys)
     lo, hi = min(lo, 0.0), max(hi, 0.0)  # int8 ranges hold zero
-    step = (hi - lo) / 255.0
-    step = (hi - lo + step * (copies - 1) / copies) / 255.0  # the copies widen the range a little
-    offsets = copy_offsets(step, copies)
+    offsets = copy_offsets(widened_step(lo, hi, copies), copies)  # the copies widen the range a little
     last = out.head[2]
     assert isinstance(last, nn.Conv2d) and last.out_channels == 1
     wide = nn.Conv2d(last.in_channels, copies, 1)

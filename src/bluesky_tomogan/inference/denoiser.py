@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import InputShapeError, InputValueError
 from ..frames import context_indices
+from ..modelcard import ModelCard
 from ..normalise import denormalise, normalise, robust_range
 from .backends.base import Session
 from .tiling import TileGrid, pad_to
@@ -41,8 +42,10 @@ class Denoiser:
     ----------
     session : Session
         Backend adapter running the network.
-    card : dict
-        The model card (architecture, normalisation, provenance).
+    card : ModelCard
+        The model card (architecture, output form, provenance).
+    model_sha256 : str
+        sha256 of the model file the session runs (for provenance).
     tile : int, optional
         Tile edge for dynamic-shape backends (default: whole frame up to
         2048 px). Fixed-shape backends always use their own shape.
@@ -62,12 +65,13 @@ class Denoiser:
     ``out_dtype="source"`` rounds and clips back to the input dtype.
     """
 
-    def __init__(self, session: Session, card: dict[str, Any], tile: int | None = None, overlap: int = 32) -> None:
+    def __init__(self, session: Session, card: ModelCard, model_sha256: str = "", tile: int | None = None,
+                 overlap: int = 32) -> None:
         self.session = session
         self.card = card
-        arch = card.get("architecture", {})
-        self.depth = int(arch.get("in_channels", 3))
-        self.size_multiple = 8 * int(arch.get("input_downscale", 1))
+        self._model_sha256 = model_sha256
+        self.depth = card.in_channels
+        self.size_multiple = 8 * int(card.architecture.get("input_downscale", 1))
         if tile is not None and (tile <= 0 or tile % self.size_multiple):
             raise InputShapeError(f"tile must be a positive multiple of {self.size_multiple}, got {tile}")
         if overlap < 0:
@@ -76,7 +80,7 @@ class Denoiser:
         self.overlap = overlap
         # Exported models compute the correction; the centre frame is added here in
         # float32, so int8/bf16/fp16 rounding never touches the pass-through signal.
-        self.residual_on_host = card.get("output") == "correction"
+        self.residual_on_host = card.output == "correction"
         self._lock = threading.Lock()  # runtimes' requests are not re-entrant
 
     # -- provenance -----------------------------------------------------------------------
@@ -93,12 +97,12 @@ class Denoiser:
 
     @property
     def model_name(self) -> str:
-        return str(self.card.get("name", "unknown"))
+        return self.card.name
 
     @property
     def model_sha256(self) -> str:
         """sha256 of the model file this denoiser runs (from the verified model card)."""
-        return str(self.card.get("_sha256", ""))
+        return self._model_sha256
 
     def provenance(self) -> dict[str, Any]:
         """Flat description for a Bluesky descriptor's configuration."""
@@ -108,7 +112,7 @@ class Denoiser:
         return {
             "model": self.model_name,
             "model_sha256": self.model_sha256,
-            "model_domain": self.card.get("domain", ""),
+            "model_domain": self.card.domain,
             "backend": self.backend,
             "precision": self.precision,
             "tile": list(self.session.fixed_shape or (self.tile or 0, self.tile or 0)),

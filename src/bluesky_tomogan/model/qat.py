@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..int8 import copy_offsets, int8_step
 from .network import TomoGANGenerator, _Concat
 
 __all__ = ["fake_quantized", "fake_quant_activation", "fake_quant_copies", "fake_quant_weight",
@@ -55,7 +56,7 @@ def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
 
 def _int8_grid(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     lo = torch.minimum(lo, torch.zeros_like(lo))  # zero must be exactly representable
-    scale = (hi - lo).clamp_min(1e-8) / 255.0
+    scale = int8_step(lo, hi).clamp_min(int8_step(0.0, 1e-8))
     return scale, torch.round(-lo / scale) - 128
 
 
@@ -70,10 +71,8 @@ def fake_quant_copies(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, copie
     """Mean of the int8 roundings of ``copies`` copies of ``x`` offset by fractions of a step."""
     if copies == 1:
         return fake_quant_activation(x, lo, hi)
-    from ..export.tflite import copy_offsets  # the export's offsets, so the simulation matches it
-
     scale, _ = _int8_grid(lo, hi)
-    offsets = copy_offsets(scale, copies).to(x.dtype)
+    offsets = copy_offsets(scale, copies).to(x.dtype)  # the export's offsets, so the simulation matches it
     return torch.stack([fake_quant_activation(x + o, lo, hi) - o for o in offsets]).mean(0)
 
 

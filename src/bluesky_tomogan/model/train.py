@@ -322,7 +322,7 @@ def _quantization_aware_finetune(
     config: TrainConfig, weights_path: Path, sampler: PatchSampler, test_pairs: PairSet, progress: bool
 ) -> dict[str, Any]:
     """Fine-tune the best float weights with int8 rounding simulated (see :mod:`.qat`)."""
-    from ..export.tflite import OUTPUT_COPIES, int8_input_range
+    from ..int8 import OUTPUT_COPIES, int8_input_range
     from .qat import fake_quantized
 
     float_path = weights_path.with_suffix(".float.pt")

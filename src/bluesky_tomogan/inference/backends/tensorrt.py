@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import BackendUnavailableError, ModelLoadError, PrecisionError
+from ...modelcard import ModelCard
 
 __all__ = ["TensorRTSession", "engine_cache_path", "cache_dir", "DEFAULT_TILE", "MAX_BATCH"]
 
@@ -149,7 +150,7 @@ class TensorRTSession:
     max_batch = MAX_BATCH
     fixed_shape: tuple[int, int] | None
 
-    def __init__(self, onnx_path: str | os.PathLike[str], precision: str, card: dict[str, Any],
+    def __init__(self, onnx_path: str | os.PathLike[str], precision: str, card: ModelCard,
                  tile: int = DEFAULT_TILE) -> None:
         if precision == "auto":
             precision = "fp16"
@@ -159,13 +160,12 @@ class TensorRTSession:
         self._cudart = cudart
         self.precision = precision
         self.fixed_shape = (tile, tile)
-        sha = str(card["files"]["onnx"].get("sha256", "unknown"))
+        sha = card.file("onnx").sha256 or "unknown"
         path = engine_cache_path(sha, precision, self.fixed_shape, trt.__version__)
         if not path.exists():
             calib_cache = path.with_suffix(".calib")
-            log.info("building TensorRT %s engine for %s (cached at %s)", precision, card.get("name"), path)
-            blob = build_engine(onnx_path, precision, self.fixed_shape,
-                                int(card.get("architecture", {}).get("in_channels", 3)), None, calib_cache)
+            log.info("building TensorRT %s engine for %s (cached at %s)", precision, card.name, path)
+            blob = build_engine(onnx_path, precision, self.fixed_shape, card.in_channels, None, calib_cache)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(blob)
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
@@ -176,7 +176,7 @@ class TensorRTSession:
         self._input = self._engine.get_tensor_name(0)
         self._output = self._engine.get_tensor_name(1)
         self._stream = _check(cudart, cudart.cudaStreamCreate())
-        c = int(card.get("architecture", {}).get("in_channels", 3))
+        c = card.in_channels
         self._in_bytes = MAX_BATCH * c * tile * tile * 4
         self._out_bytes = MAX_BATCH * tile * tile * 4
         self._d_in = _check(cudart, cudart.cudaMalloc(self._in_bytes))

@@ -1,0 +1,212 @@
+"""The backend registry: what each inference backend runs, which model file it needs, how to probe and open it.
+
+One :class:`BackendSpec` per backend. ``load_denoiser`` and its ``auto``
+choice, the export pipeline's quality measurement, ``bluesky-tomogan bench``
+and the CLI's choices all read this table, so which backend runs which
+precision from which file is decided here and nowhere else.
+
+``AUTO_ORDER`` lists (backend, precision) pairs fastest first, as measured on
+x86 CPUs (docs/benchmarks.md), with GPUs and TPUs first when present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+from ..errors import BackendUnavailableError, UnknownBackendError
+from ..modelcard import ModelCard
+from .backends.base import Session
+from .backends.tensorrt import DEFAULT_TILE as TENSORRT_TILE  # numpy only at import; tensorrt loads on use
+
+__all__ = ["BackendSpec", "OpenRequest", "REGISTRY", "AUTO_ORDER", "ALIASES", "PRECISIONS", "SSIM_TOLERANCE",
+           "backend_names", "configurations", "spec", "resolve_alias"]
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+#: Largest SSIM drop vs fp32 a reduced precision may cost and still be chosen by ``precision="auto"``.
+SSIM_TOLERANCE: Mapping[str, float] = MappingProxyType({"int8": 0.005, "bf16": 0.001, "fp16": 0.001, "fp32": 0.0})
+
+
+@dataclass(frozen=True)
+class OpenRequest:
+    """What an opener gets: the verified model file, the precision, and the caller's options."""
+
+    path: Path
+    precision: str
+    card: ModelCard
+    threads: int | None
+    tile: int | None
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """One inference backend.
+
+    Attributes
+    ----------
+    name : str
+        Registry name (``openvino``, ``onnxruntime``, ``litert``, ``edgetpu``, ``tensorrt``).
+    files : mapping of str to str
+        Precision -> the model-card file kind it runs; its keys are the precisions it supports.
+    quality_key : str
+        The ``backend`` part of the card's ``quantization`` key holding its measured loss
+        (the Edge TPU runs the LiteRT int8 model bit for bit, so it shares ``litert``).
+    probe : callable
+        Raises :class:`BackendUnavailableError` when the runtime or device is absent (cheap).
+    opener : callable
+        ``opener(OpenRequest) -> Session``.
+    measured_by_export : bool
+        The export measures its quality on this machine's CPU and records it in the card.
+    quality_on_device : bool
+        Its quality can only be measured on its own device (TensorRT): ``auto`` trusts it
+        without a card entry.
+    fixed_tile : int or None
+        Tile edge of fixed-shape engines built at load time (TensorRT), unless ``tile`` is given.
+    """
+
+    name: str
+    files: Mapping[str, str]
+    quality_key: str
+    probe: Callable[[], None]
+    opener: Callable[[OpenRequest], Session]
+    measured_by_export: bool = False
+    quality_on_device: bool = False
+    fixed_tile: int | None = None
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        return tuple(self.files)
+
+    def file_kind(self, precision: str) -> str:
+        return self.files[precision]
+
+
+# -- probes and openers (each imports its runtime only when called) ------------------------------
+
+
+def _probe_openvino() -> None:
+    from .backends.openvino import available
+
+    if not available():
+        raise BackendUnavailableError("openvino is not installed: pip install openvino")
+
+
+def _probe_onnxruntime() -> None:
+    from .backends.onnxruntime import available
+
+    if not available():
+        raise BackendUnavailableError("onnxruntime is not installed: pip install onnxruntime")
+
+
+def _probe_litert() -> None:
+    from .backends.litert import interpreter_module
+
+    interpreter_module()
+
+
+def _probe_edgetpu() -> None:
+    from .backends.litert import require_edgetpu_runtime
+
+    _probe_litert()
+    require_edgetpu_runtime()
+
+
+def _probe_tensorrt() -> None:
+    from .backends.tensorrt import _import_tensorrt
+
+    _import_tensorrt()
+
+
+def _open_openvino(r: OpenRequest) -> Session:
+    from .backends.openvino import OpenVINOSession
+
+    return OpenVINOSession(r.path, r.precision, r.threads)
+
+
+def _open_onnxruntime(r: OpenRequest) -> Session:
+    from .backends.onnxruntime import OnnxRuntimeSession
+
+    return OnnxRuntimeSession(r.path, r.precision, r.threads)
+
+
+def _open_litert(r: OpenRequest) -> Session:
+    from .backends.litert import LiteRTSession
+
+    return LiteRTSession(r.path, r.threads)
+
+
+def _open_edgetpu(r: OpenRequest) -> Session:
+    from .backends.litert import LiteRTSession
+
+    return LiteRTSession(r.path, r.threads, edgetpu=True)
+
+
+def _open_tensorrt(r: OpenRequest) -> Session:
+    from .backends.tensorrt import TensorRTSession
+
+    tile = r.tile or REGISTRY["tensorrt"].fixed_tile
+    assert tile is not None
+    return TensorRTSession(r.path, r.precision, r.card, tile=tile)
+
+
+REGISTRY: Mapping[str, BackendSpec] = MappingProxyType({s.name: s for s in (
+    BackendSpec("tensorrt", {"int8": "onnx", "fp16": "onnx", "fp32": "onnx"}, "tensorrt", _probe_tensorrt,
+                _open_tensorrt, quality_on_device=True, fixed_tile=TENSORRT_TILE),
+    BackendSpec("edgetpu", {"int8": "edgetpu"}, "litert", _probe_edgetpu, _open_edgetpu),
+    BackendSpec("openvino", {"int8": "openvino_int8", "bf16": "onnx", "fp32": "onnx"}, "openvino",
+                _probe_openvino, _open_openvino, measured_by_export=True),
+    BackendSpec("litert", {"int8": "tflite_int8"}, "litert", _probe_litert, _open_litert, measured_by_export=True),
+    BackendSpec("onnxruntime", {"fp32": "onnx"}, "onnxruntime", _probe_onnxruntime, _open_onnxruntime),
+)})
+
+#: Fastest first; ``auto`` takes the first that this machine, this model card and the tolerance allow.
+AUTO_ORDER: tuple[tuple[str, str], ...] = (
+    ("tensorrt", "int8"), ("tensorrt", "fp16"), ("edgetpu", "int8"),
+    ("openvino", "int8"), ("openvino", "bf16"), ("litert", "int8"),
+    ("openvino", "fp32"), ("onnxruntime", "fp32"),
+)
+
+
+def _cpu() -> str:
+    try:
+        _probe_openvino()
+    except BackendUnavailableError:
+        return "onnxruntime"
+    return "openvino"
+
+
+#: Names that stand for a registry backend chosen on this machine.
+ALIASES: Mapping[str, Callable[[], str]] = MappingProxyType({"cpu": _cpu})
+
+
+def backend_names() -> tuple[str, ...]:
+    """Every name ``load_denoiser(backend=...)`` accepts."""
+    return ("auto", *ALIASES, *REGISTRY)
+
+
+def resolve_alias(name: str) -> str:
+    """``cpu`` -> ``openvino`` (or ``onnxruntime`` where OpenVINO is absent); other names unchanged."""
+    return ALIASES[name]() if name in ALIASES else name
+
+
+def spec(name: str) -> BackendSpec:
+    """The spec of backend ``name``.
+
+    Raises
+    ------
+    UnknownBackendError
+        ``name`` is not a registry backend.
+    """
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UnknownBackendError(f"unknown backend {name!r}; choose from {', '.join(backend_names())}") from None
+
+
+def configurations() -> list[tuple[str, str]]:
+    """Every (backend, precision) pair the registry knows, in ``AUTO_ORDER`` first, then the rest."""
+    rest = [(s.name, p) for s in REGISTRY.values() for p in s.precisions if (s.name, p) not in AUTO_ORDER]
+    return [*AUTO_ORDER, *rest]
+
