@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bluesky import RunEngine
 
+from bluesky_tomogan import load_denoiser
 from bluesky_tomogan.callbacks.frame_writer import DATA_ENV
 from bluesky_tomogan.simulate.datasets import PairSet, Recipe, simulate_pairs, write_dataset
 
@@ -42,3 +44,28 @@ def derived_frames_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
     path = tmp_path / "tomogan-data"
     monkeypatch.setenv(DATA_ENV, str(path))
     return path
+
+
+@pytest.fixture
+def RE():
+    """A fresh RunEngine per test, halted at teardown (as bluesky's own tests do)."""
+    re = RunEngine({})
+    yield re
+    if re.state != "idle":
+        re.halt()
+
+
+@pytest.fixture(scope="session")
+def denoiser():
+    """The shipped projection model on ONNX Runtime fp32 (the same numbers on every CPU)."""
+    return load_denoiser("tomogan-projection", backend="onnxruntime")
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    """An embedded Tiled server under tmp_path, closed at teardown."""
+    from bluesky_tomogan.storage import close_local_tiled, local_tiled
+
+    client = local_tiled(tmp_path / "store")
+    yield client
+    close_local_tiled(client)

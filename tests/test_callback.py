@@ -8,24 +8,9 @@ import bluesky.plans as bp
 import event_model
 import numpy as np
 import pytest
-from bluesky import RunEngine
 from ophyd.sim import SynSignal
 
-from bluesky_tomogan import load_denoiser
 from bluesky_tomogan.callbacks import FrameQueue, TomoGANCallback, image_fields
-
-
-@pytest.fixture
-def RE():
-    re = RunEngine({})
-    yield re
-    if re.state != "idle":
-        re.halt()
-
-
-@pytest.fixture(scope="module")
-def denoiser():
-    return load_denoiser("tomogan-projection", backend="onnxruntime")
 
 
 def camera(name="cam", shape=(48, 64), seed=0):

@@ -9,35 +9,14 @@ import bluesky.plans as bp
 import event_model
 import numpy as np
 import pytest
-from bluesky import RunEngine
 from bluesky.callbacks.tiled_writer import TiledWriter
 from tiled.queries import Key
 
-from bluesky_tomogan import TomoGANCallback, load_denoiser
+from bluesky_tomogan import TomoGANCallback
 from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
 from bluesky_tomogan.frames import context_indices
 from bluesky_tomogan.hdf5_frames import StreamFrameReader
-from bluesky_tomogan.storage import close_local_tiled, frames_directory, local_tiled, server_of
-
-
-@pytest.fixture
-def RE():
-    re = RunEngine({})
-    yield re
-    if re.state != "idle":
-        re.halt()
-
-
-@pytest.fixture(scope="module")
-def denoiser():
-    return load_denoiser("tomogan-projection", backend="onnxruntime")
-
-
-@pytest.fixture
-def store(tmp_path):
-    client = local_tiled(tmp_path / "store")
-    yield client
-    close_local_tiled(client)
+from bluesky_tomogan.storage import frames_directory, server_of
 
 
 def detector(directory, asset_mode="stream", seed=0):

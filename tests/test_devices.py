@@ -10,18 +10,9 @@ import bluesky.preprocessors as bpp
 import event_model
 import numpy as np
 import pytest
-from bluesky import RunEngine
 
 from bluesky_tomogan.devices import SimBeamCurrent, SimTomoDetector, SimTomoStage
 from bluesky_tomogan.hdf5_frames import HDF5FrameHandler, StreamFrameReader
-
-
-@pytest.fixture
-def RE():
-    re = RunEngine({})
-    yield re
-    if re.state != "idle":
-        re.halt()
 
 
 @pytest.fixture
