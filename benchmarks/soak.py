@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(max {result['rss_max_growth_after_warm_up_mb']:+.1f}); worker threads left: {result['workers_left']}; "
           f"file descriptors: {result['fd_growth_after_warm_up']:+d}")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if client is not None:
         close_local_tiled(client)
