@@ -19,6 +19,7 @@ __all__ = [
     "PrecisionError",
     "OutputPathError",
     "ExportOptionError",
+    "QCPolicyError",
 ]
 
 
@@ -64,3 +65,7 @@ class OutputPathError(TomoGANError, OSError):
 
 class ExportOptionError(TomoGANError, ValueError):
     """An export option names something the model does not have (e.g. a layer to copy)."""
+
+
+class QCPolicyError(TomoGANError, ValueError):
+    """A QC policy (in code or in a file) names an unknown flag, action or option, or a bad value."""

@@ -3,18 +3,30 @@
 Written against ophyd's protocols, not the simulated classes: any detector with
 a shutter signal and any stage with ``theta`` and ``x`` positioners works,
 so the same plan runs on the simulated beamline and on hardware.
+
+Every point starts at a checkpoint, so a suspender (beam lost) rewinds to the
+point it interrupted and takes it again. :func:`qc_tomo_scan` also reads the
+live QC's recommendations between points: it re-acquires flagged angles and
+adjusts the exposure, and records every decision in a ``qc_actions`` stream.
 """
 
 from __future__ import annotations
 
+import math
+import time
+from collections import Counter
 from collections.abc import Generator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.utils import Msg
 
-__all__ = ["tomo_scan"]
+from .devices.qc_monitor import QCDecision
+from .qc.feedback import QCFeedback, Recommendation
+
+__all__ = ["tomo_scan", "qc_tomo_scan", "QCDecision"]
 
 
 def tomo_scan(
@@ -49,8 +61,139 @@ def tomo_scan(
     >>> RE(tomo_scan(det, stage, np.linspace(0, 180, 180, endpoint=False)))  # doctest: +SKIP
     """
     angles = [float(a) for a in angles]
-    _md = {
-        "plan_name": "tomo_scan",
+
+    @bpp.run_decorator(md=_metadata("tomo_scan", detector, stage, angles, n_darks, n_flats, md))
+    def inner() -> Generator[Msg, Any, None]:
+        yield from _darks_and_flats(detector, stage, n_darks, n_flats, out_position)
+        yield from bpp.stage_wrapper(_points(detector, stage, "primary", angles), [detector])
+
+    yield from inner()
+
+
+def qc_tomo_scan(
+    detector: Any,
+    stage: Any,
+    angles: Sequence[float],
+    feedback: QCFeedback,
+    *,
+    n_darks: int = 10,
+    n_flats: int = 10,
+    out_position: float = 10.0,
+    max_retries: int = 2,
+    exposure_limits: tuple[float, float] = (1e-4, 10.0),
+    stream: str = "denoised",
+    final_wait: float = 30.0,
+    md: dict[str, Any] | None = None,
+) -> Generator[Msg, Any, None]:
+    """:func:`tomo_scan` that acts on the live QC between points.
+
+    After each projection it takes the recommendations of ``feedback`` (the
+    :class:`~bluesky_tomogan.qc.QCFeedback` given to the ``TomoGANCallback``):
+
+    * ``reacquire``: move back to the flagged frame's angle and take it again,
+      at most ``max_retries`` times per angle;
+    * ``exposure``: multiply ``detector.exposure_time`` by the recommended
+      factor, within ``exposure_limits``; this re-describes the detector, so the
+      raw stream gets a new descriptor in the same run. Recommendations about
+      frames taken before the change are dropped (they saw the old exposure).
+
+    After the last angle it waits (at most ``final_wait`` s) until QC has judged
+    every projection but the last (which the denoiser finishes at the stop),
+    and acts once more. Every decision is a row of the ``qc_actions`` stream
+    (:class:`~bluesky_tomogan.devices.QCDecision`): action, flag, reason, angle,
+    exposure time, source ``seq_num``. Suspensions are recorded by the
+    RunEngine itself with ``RunEngine(record_interruptions=True)``.
+
+    Parameters
+    ----------
+    detector, stage, angles, n_darks, n_flats, out_position, md
+        As for :func:`tomo_scan`; ``detector`` also needs an ``exposure_time`` signal.
+    feedback : QCFeedback
+        The callback's feedback (``TomoGANCallback(..., feedback=feedback)``).
+    max_retries : int
+        Re-acquisitions per angle at most.
+    exposure_limits : (float, float)
+        Shortest and longest exposure time the plan may set, in seconds.
+    stream : str
+        Derived stream whose recommendations count (``denoised`` for ``primary``).
+    final_wait : float
+        Longest wait for QC at the end, in seconds.
+    """
+    angles = [float(a) for a in angles]
+    decision = QCDecision(name="qc")
+    theta_key = stage.theta.name
+    lo, hi = exposure_limits
+    retries: Counter[float] = Counter()
+    state = {"taken": 0, "changed_at": 0}  # primary frames taken; frames taken before the last exposure change
+
+    def take(angle: float) -> Generator[Msg, Any, None]:
+        yield from bps.checkpoint()
+        yield from bps.mv(stage.theta, angle)
+        yield from bps.trigger_and_read([detector, stage.theta])
+        state["taken"] += 1
+
+    def record(action: str, rec: Recommendation, angle: float = math.nan) -> Generator[Msg, Any, None]:
+        exposure = yield from bps.rd(detector.exposure_time)
+        for sig, value in ((decision.action, action), (decision.flag, rec.flag), (decision.reason, rec.reason),
+                           (decision.angle, angle), (decision.exposure_time, float(exposure)),
+                           (decision.source_seq_num, rec.seq_num)):
+            sig.put(value)
+        yield from bps.trigger_and_read([decision], name="qc_actions")
+
+    def act() -> Generator[Msg, Any, None]:
+        for rec in feedback.take_recommendations():
+            if rec.stream != stream:
+                continue
+            if rec.kind == "exposure":
+                if rec.seq_num <= state["changed_at"]:
+                    continue  # measured at the old exposure
+                old = float((yield from bps.rd(detector.exposure_time)))
+                new = min(max(old * rec.factor, lo), hi)
+                if math.isclose(new, old, rel_tol=1e-6):
+                    yield from record("hold", replace(rec, reason=f"{rec.reason}; exposure at its limit {old:g} s"))
+                    continue
+                yield from bps.configure(detector, {"exposure_time": new})
+                state["changed_at"] = state["taken"]
+                yield from record("adjust", replace(rec, reason=f"{rec.reason}; exposure {old:g} -> {new:g} s"))
+            else:
+                angle = rec.position.get(theta_key)
+                if angle is None:
+                    continue  # not a projection of this plan
+                angle = float(angle)
+                if retries[angle] >= max_retries:
+                    yield from record("give-up", replace(rec, reason=f"{rec.reason}; {max_retries} retries used"),
+                                      angle)
+                    continue
+                retries[angle] += 1
+                yield from take(angle)
+                yield from record("reacquire", rec, angle)
+
+    def projections() -> Generator[Msg, Any, None]:
+        judged_before = feedback.judged(stream)
+        for angle in angles:
+            yield from take(angle)
+            yield from act()
+        deadline = time.monotonic() + final_wait
+        while feedback.judged(stream) - judged_before < state["taken"] - 1 and time.monotonic() < deadline:
+            yield from bps.sleep(0.05)
+            yield from act()
+        yield from act()
+
+    _md = _metadata("qc_tomo_scan", detector, stage, angles, n_darks, n_flats, md)
+    _md["plan_args"] |= {"max_retries": max_retries, "exposure_limits": list(exposure_limits)}
+
+    @bpp.run_decorator(md=_md)
+    def inner() -> Generator[Msg, Any, None]:
+        yield from _darks_and_flats(detector, stage, n_darks, n_flats, out_position)
+        yield from bpp.stage_wrapper(projections(), [detector])
+
+    yield from inner()
+
+
+def _metadata(plan: str, detector: Any, stage: Any, angles: list[float], n_darks: int, n_flats: int,
+              md: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "plan_name": plan,
         "detectors": [detector.name],
         "motors": [stage.theta.name],
         "num_points": len(angles),
@@ -62,22 +205,22 @@ def tomo_scan(
         **(md or {}),
     }
 
-    def phase(stream: str, points: Sequence[float | None]) -> Generator[Msg, Any, None]:
-        for angle in points:
-            if angle is not None:
-                yield from bps.mv(stage.theta, angle)
-            yield from bps.trigger_and_read([detector] if angle is None else [detector, stage.theta], name=stream)
 
-    @bpp.run_decorator(md=_md)
-    def inner() -> Generator[Msg, Any, None]:
-        # One staging per stream: a detector opens one file (one StreamResource) per staging,
-        # and a StreamResource belongs to one stream (TiledWriter stores it under that stream).
-        x0 = yield from bps.rd(stage.x)
-        yield from bps.mv(detector.shutter, "closed")
-        yield from bpp.stage_wrapper(phase("dark", [None] * n_darks), [detector])
-        yield from bps.mv(detector.shutter, "open", stage.x, out_position)
-        yield from bpp.stage_wrapper(phase("flat", [None] * n_flats), [detector])
-        yield from bps.mv(stage.x, x0)
-        yield from bpp.stage_wrapper(phase("primary", angles), [detector])
+def _points(detector: Any, stage: Any, stream: str, points: Sequence[float | None]) -> Generator[Msg, Any, None]:
+    for angle in points:
+        yield from bps.checkpoint()  # a suspension re-takes this point
+        if angle is not None:
+            yield from bps.mv(stage.theta, angle)
+        yield from bps.trigger_and_read([detector] if angle is None else [detector, stage.theta], name=stream)
 
-    yield from inner()
+
+def _darks_and_flats(detector: Any, stage: Any, n_darks: int, n_flats: int,
+                     out_position: float) -> Generator[Msg, Any, None]:
+    # One staging per stream: a detector opens one file (one StreamResource) per staging,
+    # and a StreamResource belongs to one stream (TiledWriter stores it under that stream).
+    x0 = yield from bps.rd(stage.x)
+    yield from bps.mv(detector.shutter, "closed")
+    yield from bpp.stage_wrapper(_points(detector, stage, "dark", [None] * n_darks), [detector])
+    yield from bps.mv(detector.shutter, "open", stage.x, out_position)
+    yield from bpp.stage_wrapper(_points(detector, stage, "flat", [None] * n_flats), [detector])
+    yield from bps.mv(stage.x, x0)

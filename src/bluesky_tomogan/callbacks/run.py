@@ -30,6 +30,7 @@ import functools
 import itertools
 import logging
 import os
+import queue
 import threading
 import time
 from collections import deque
@@ -45,6 +46,9 @@ from event_model.documents import EventDescriptor, EventPage, RunStart, RunStop
 from ..errors import OutputPathError, TomoGANError
 from ..hdf5_frames import StreamFrameReader, path_from_uri
 from ..inference.denoiser import Denoiser, check_frames
+from ..qc.feedback import QCFeedback, Verdict
+from ..qc.metrics import UNITS, FrameMetrics, IntensityReference, frame_metrics, residual_metrics
+from ..qc.policy import UNUSABLE, Action, QCPolicy
 from .consumers import ConsumerFailures, Consumers
 from .frame_writer import DerivedFrameWriter, default_directory
 from .queue import FrameQueue, Policy
@@ -56,6 +60,10 @@ _END = "end-of-run"
 DROPPED = "dropped"  # start of the qc_error of a frame the queue policy dropped
 #: Nice value of the denoising worker: the scan comes first, denoising takes the CPU left over.
 WORKER_NICENESS = 10
+#: Verdicts waiting for the feedback thread; when full the newest is dropped (logged): acting is fast.
+FEEDBACK_QUEUE = 256
+#: Scalar readings of so many recent raw events are kept, so a recommendation can say where to re-acquire.
+POSITIONS_KEPT = 4096
 
 
 def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
@@ -84,6 +92,11 @@ class RunOptions:
     inline: bool
     handler_registry: Mapping[str, Any]
     root_map: Mapping[str, str]
+    feedback: QCFeedback
+
+    @property
+    def qc(self) -> QCPolicy:
+        return self.feedback.policy
 
     def denoiser_for(self, fieldname: str) -> Denoiser:
         if self.denoisers is not None:
@@ -126,12 +139,15 @@ class RunSummary:
 class _Stream:
     """One derived stream (raw stream name, image field, frame shape) and its composed descriptor."""
 
+    raw_name: str
     field: str
     shape: tuple[int, int]
     bundle: Any  # event_model.ComposeDescriptorBundle
     slot: str  # file name (data key, plus a suffix for a second shape)
     resource_error: str = ""  # why its frames cannot be written, once that is known
     resource_ready: bool = False
+    reference: IntensityReference = dataclasses.field(default_factory=IntensityReference)  # worker only
+    previous: np.ndarray | None = None  # last usable frame, for registration (worker only)
 
 
 @dataclass
@@ -142,6 +158,7 @@ class _Frame:
     uid: str  # the document that delivered the frame: event, or StreamDatum
     received: float
     token: int
+    metrics: FrameMetrics = field(default_factory=FrameMetrics)
 
 
 @dataclass
@@ -156,9 +173,9 @@ class _Result:
     item: _Frame
     denoised: np.ndarray | None
     error: str = ""
-    removed_sigma: float = float("nan")
     finished: float = 0.0
     index: int = -1  # row in the derived-frame file, when frames are written to one
+    flags: dict[str, Action] = field(default_factory=dict)  # QC flag -> action
 
 
 class RunDenoiser(event_model.DocumentRouter):
@@ -190,7 +207,8 @@ class RunDenoiser(event_model.DocumentRouter):
         self._queue = FrameQueue(options.maxsize, options.policy, tombstone=self._tombstone)
         self._breaker_open = False
         self._tokens = itertools.count()
-        self._pending: dict[int, _Frame] = {}  # queued, not yet emitted (callback thread only)
+        self._pending: dict[int, _Frame] = {}  # queued, not yet emitted, in arrival order (callback thread only)
+        self._ready: dict[int, _Result] = {}  # finished, waiting for earlier frames of their stream
         self._outbox: deque[_Result] = deque()
         self._lock = threading.Lock()  # guards _closed against the worker's writes
         self._closed = False  # set at stop: a late worker's results are discarded
@@ -205,6 +223,9 @@ class RunDenoiser(event_model.DocumentRouter):
                                           root_map=dict(options.root_map), handler_cache=self._handlers,
                                           retry_intervals=[0.01, 0.05, 0.1, 0.25, 0.5, 1.0])
         self._stream_readers: dict[str, tuple[str, StreamFrameReader]] = {}  # StreamResource uid -> (key, reader)
+        self._positions: dict[tuple[str, int], dict[str, Any]] = {}  # (raw stream, seq_num) -> scalar readings
+        self._verdicts: queue.Queue[Verdict | None] = queue.Queue(FEEDBACK_QUEUE)
+        self._feedback_thread: threading.Thread | None = None
 
     # -- the router -------------------------------------------------------------------------
 
@@ -237,6 +258,9 @@ class RunDenoiser(event_model.DocumentRouter):
         self._filler("start", dict(doc))
         self._worker = threading.Thread(target=self._work, name=f"tomogan-worker-{doc['uid'][:8]}", daemon=True)
         self._worker.start()
+        self._feedback_thread = threading.Thread(target=self._feed, name=f"tomogan-qc-{doc['uid'][:8]}",
+                                                 daemon=True)
+        self._feedback_thread.start()
         return doc
 
     def descriptor(self, doc: EventDescriptor) -> EventDescriptor:
@@ -271,7 +295,7 @@ class RunDenoiser(event_model.DocumentRouter):
             data_keys=data_keys, object_keys={"tomogan": sorted(data_keys)}, configuration=self._configuration(f),
         )
         earlier = sum(s.bundle.descriptor_doc["name"] == name for s in self._by_name.values())
-        stream = _Stream(f, shape, bundle, name + (f"-{earlier}" if earlier else ""))
+        stream = _Stream(raw_name, f, shape, bundle, name + (f"-{earlier}" if earlier else ""))
         self._by_name[(raw_name, f, shape)] = stream
         self._follow.append(("descriptor", bundle.descriptor_doc))
         return stream
@@ -289,7 +313,10 @@ class RunDenoiser(event_model.DocumentRouter):
         }}
 
     def event_page(self, doc: EventPage) -> EventPage:
-        for f, stream in self._by_descriptor.get(doc["descriptor"], {}).items():
+        fields = self._by_descriptor.get(doc["descriptor"], {})
+        if fields:
+            self._keep_positions(next(iter(fields.values())).raw_name, doc)
+        for f, stream in fields.items():
             column = doc["data"].get(f)
             if column is None:
                 if f in self._stream_keys.get(doc["descriptor"], ()):
@@ -306,6 +333,17 @@ class RunDenoiser(event_model.DocumentRouter):
                     frame = np.asarray(value)
                 self._enqueue(stream, frame, doc["seq_num"][i], doc["uid"][i])
         return doc
+
+    def _keep_positions(self, raw_name: str, doc: EventPage) -> None:
+        """Scalar readings (angle, positions) of each raw event: where a recommendation re-acquires."""
+        scalars = {k: v for k, v in doc["data"].items() if v and np.isscalar(v[0])}
+        for i, seq in enumerate(doc["seq_num"]):
+            self._positions[(raw_name, seq)] = {k: v[i] for k, v in scalars.items()}
+        while len(self._positions) > POSITIONS_KEPT:
+            del self._positions[next(iter(self._positions))]
+
+    def _position(self, raw_name: str, seq_num: int) -> dict[str, Any]:
+        return self._positions.get((raw_name, seq_num), {})
 
     def _fill(self, descriptor_uid: str, f: str, datum_id: str) -> np.ndarray:
         """Load one legacy-referenced frame through the Filler (worker thread)."""
@@ -378,11 +416,11 @@ class RunDenoiser(event_model.DocumentRouter):
         return out  # published by __call__, after the derived documents emitted above
 
     def _stop_with_reason(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """The stop document as published: ``reason`` records storage consumers that failed during the run."""
-        reason = self.summary.consumers.storage_reason()
-        if reason:
-            doc = dict(doc, reason="; ".join(r for r in (doc.get("reason", ""), reason) if r))
-        return doc
+        """The stop document as published: ``reason`` adds why QC aborted the run and which storage consumers failed."""
+        reasons = [doc.get("reason", ""), self.options.feedback.abort_reason(self.summary.uid),
+                   self.summary.consumers.storage_reason()]
+        reason = "; ".join(dict.fromkeys(r for r in reasons if r))
+        return dict(doc, reason=reason) if reason != doc.get("reason", "") else doc
 
     # -- queueing (callback thread) ---------------------------------------------------------
 
@@ -472,8 +510,10 @@ class RunDenoiser(event_model.DocumentRouter):
                                      finished=time.time()))
                 continue
             problem = _frame_problem(item.frame, item.stream.shape)
-            if problem:  # flagged, and kept out of its neighbours' context so they are denoised as usual
-                self._finish(_Result(item, None, problem, finished=time.time()))
+            unusable = self._measure(item)
+            if problem or unusable:  # flagged, and kept out of its neighbours' context: they are denoised as usual
+                self._finish(_Result(item, None, problem or f"not denoised: unusable frame ({', '.join(unusable)})",
+                                     finished=time.time()))
                 continue
             window = windows.setdefault(id(item.stream), [])
             window.append(item)
@@ -487,13 +527,56 @@ class RunDenoiser(event_model.DocumentRouter):
         try:
             den = self.options.denoiser_for(item.stream.field)
             out = den.denoise_context(np.stack([np.asarray(c.frame) for c in context]))
-            removed = float(np.std(np.asarray(item.frame, np.float32) - out))
-            self._finish(_Result(item, out, "", removed, time.time()))
+            residual_metrics(np.asarray(item.frame), out, item.metrics)
+            self._finish(_Result(item, out, "", time.time()))
         except (TomoGANError, ValueError) as exc:  # bad frame: flag it, keep going
             self._finish(_Result(item, None, f"{type(exc).__name__}: {exc}", finished=time.time()))
         except Exception as exc:  # a model/runtime failure must not kill the worker
             log.exception("denoising %s seq %d failed", item.stream.field, item.seq_num)
             self._finish(_Result(item, None, f"{type(exc).__name__}: {exc}", finished=time.time()))
+
+    def _measure(self, item: _Frame) -> list[str]:
+        """Raw-frame QC metrics of ``item`` (worker thread); returns the flags that make it unusable."""
+        stream, frame = item.stream, np.asarray(item.frame)
+        try:
+            level = self.options.qc.saturation_for(frame.dtype)
+        except (TypeError, ValueError):  # not a number dtype: check_frames flags it
+            return []
+        previous = stream.previous if stream.previous is not None and stream.previous.shape == frame.shape else None
+        item.metrics = frame_metrics(frame, stream.reference, previous, level, self.options.qc.dark_level)
+        unusable = sorted(UNUSABLE & set(self.options.qc.evaluate(item.metrics)))
+        if not unusable and frame.shape == stream.shape:
+            stream.reference.add(float(np.nanmean(frame)))
+            stream.previous = frame
+        return unusable
+
+    def _feed(self) -> None:
+        """The run's feedback thread: act on verdicts, in order, off the worker and the RunEngine's thread.
+
+        It is not joined at the stop: an action may wait for the RunEngine's event loop
+        (``request_pause``), which is busy delivering that very stop.
+        """
+        while True:
+            verdict = self._verdicts.get()
+            if verdict is None:
+                return
+            self.options.feedback.act(verdict)
+
+    def _judge(self, result: _Result) -> None:
+        """Evaluate the QC policy on a finished frame and hand the verdict to the feedback thread."""
+        item = result.item
+        item.metrics.latency_s = result.finished - item.received
+        result.flags = dict(self.options.qc.evaluate(item.metrics))
+        if result.error.startswith(DROPPED):  # dropped means the denoiser fell behind
+            result.flags["lagging"] = self.options.qc.rules["lagging"].action
+        verdict = Verdict(self.summary.uid, item.stream.bundle.descriptor_doc["name"], item.seq_num,
+                          item.metrics.as_dict(), result.flags,
+                          functools.partial(self._position, item.stream.raw_name, item.seq_num))
+        try:
+            self._verdicts.put_nowait(verdict)
+        except queue.Full:
+            log.warning("QC feedback queue full (%d); verdict of %s seq %d dropped", FEEDBACK_QUEUE,
+                        verdict.stream, verdict.seq_num)
 
     def _finish(self, result: _Result, *, after_stop: bool = False) -> None:
         """Write the result's frame (worker thread) and hand the result to the callback thread.
@@ -503,6 +586,8 @@ class RunDenoiser(event_model.DocumentRouter):
         on the worker (``_closed``), a late result is discarded: its row was
         already recorded as not denoised.
         """
+        if not after_stop:
+            self._judge(result)
         with self._lock:
             if self._closed and not after_stop:
                 return
@@ -533,13 +618,28 @@ class RunDenoiser(event_model.DocumentRouter):
         self._emit_finished()
 
     def _emit_finished(self) -> None:
-        """Emit finished frames as event pages (one per derived stream), from the callback thread."""
-        groups: dict[int, list[_Result]] = {}
+        """Emit finished frames as event pages (one per derived stream), from the callback thread.
+
+        Rows go out in the raw frames' order: a frame flagged at once (unusable, unreadable)
+        waits for its neighbours that wait for their context, so row ``i`` of a derived
+        stream is frame ``i`` of its raw stream.
+        """
         while self._outbox:
             r = self._outbox.popleft()
-            if self._pending.pop(r.item.token, None) is None:
-                continue  # already emitted (a late duplicate)
-            groups.setdefault(id(r.item.stream), []).append(r)
+            if r.item.token in self._pending:
+                self._ready[r.item.token] = r
+        groups: dict[int, list[_Result]] = {}
+        blocked: set[int] = set()
+        for token, item in list(self._pending.items()):
+            sid = id(item.stream)
+            if sid in blocked:
+                continue
+            r = self._ready.pop(token, None)
+            if r is None:
+                blocked.add(sid)  # an earlier frame of this stream is not finished: keep the order
+                continue
+            del self._pending[token]
+            groups.setdefault(sid, []).append(r)
         for rows in groups.values():
             stream = rows[0].item.stream
             f = stream.field
@@ -550,9 +650,11 @@ class RunDenoiser(event_model.DocumentRouter):
                     self._note(f"{f} seq {r.item.seq_num}: {r.error}")
                 if r.error:
                     self.summary.missing += 1
-            data: dict[str, list[Any]] = {
+            data: dict[str, list[Any]] = {f"{f}_qc_{m}": [getattr(r.item.metrics, m) for r in rows] for m in UNITS}
+            data |= {
                 f"{f}_qc_latency_s": [r.finished - r.item.received for r in rows],
-                f"{f}_qc_removed_sigma": [r.removed_sigma for r in rows],
+                f"{f}_qc_flags": [",".join(sorted(r.flags)) for r in rows],
+                f"{f}_qc_actions": [",".join(sorted({a for a in r.flags.values() if a != "ignore"})) for r in rows],
                 f"{f}_qc_error": [r.error for r in rows],
                 f"{f}_source_seq_num": [r.item.seq_num for r in rows],
                 f"{f}_source_uid": [r.item.uid for r in rows],
@@ -588,6 +690,10 @@ class RunDenoiser(event_model.DocumentRouter):
         with self._lock:
             self._closed = True
         self._queue.put_control(_END)
+        try:  # the feedback thread ends after the verdicts before it; never wait for it here (see _feed)
+            self._verdicts.put(None, timeout=1.0)
+        except queue.Full:
+            log.warning("QC feedback of run %s is stuck; its thread is left to end on its own", self.summary.uid)
         if self._writer is not None:
             self._writer.close()
         self._close_readers()
@@ -608,7 +714,10 @@ def _data_keys(f: str, shape: tuple[int, int], external: bool) -> dict[str, Any]
     if external:  # written to HDF5, described by StreamResource/StreamDatum (ophyd-async convention)
         frame_key |= {"external": "STREAM:", "shape": [1, *shape]}
     keys: dict[str, Any] = {f"{f}_denoised": frame_key}
-    for qc, dtype in (("qc_latency_s", "number"), ("qc_removed_sigma", "number"), ("qc_error", "string"),
+    for metric, units in UNITS.items():
+        keys[f"{f}_qc_{metric}"] = {"source": "bluesky-tomogan", "dtype": "number", "shape": [],
+                                    "object_name": "tomogan", "units": units}
+    for qc, dtype in (("qc_flags", "string"), ("qc_actions", "string"), ("qc_error", "string"),
                       ("source_seq_num", "integer"), ("source_uid", "string")):
         keys[f"{f}_{qc}"] = {"source": "bluesky-tomogan", "dtype": dtype, "shape": [], "object_name": "tomogan"}
     return keys

@@ -39,6 +39,8 @@ import event_model
 
 from ..hdf5_frames import HANDLER_REGISTRY
 from ..inference.denoiser import Denoiser
+from ..qc.feedback import QCFeedback
+from ..qc.policy import QCPolicy
 from .consumers import ConsumerFailures, Consumers
 from .queue import POLICIES, Policy
 from .run import RunDenoiser, RunOptions, RunSummary, Turn, image_fields
@@ -101,6 +103,16 @@ class TomoGANCallback:
         simulated detector; add e.g. ``area_detector_handlers`` for real ones).
     root_map : dict, optional
         Resource roots remapped when reading (``event_model.Filler``'s ``root_map``).
+    qc : QCPolicy or path, optional
+        Thresholds and actions of the QC flags (a :class:`~bluesky_tomogan.qc.QCPolicy`
+        or a TOML file for :meth:`~bluesky_tomogan.qc.QCPolicy.from_file`); default
+        :class:`~bluesky_tomogan.qc.QCPolicy` defaults. Every frame's metrics and
+        flags are columns of the derived stream whatever the policy says.
+    feedback : QCFeedback, optional
+        Acts on the flags: a QC monitor for suspenders, the RunEngine for
+        ``pause``/``abort``, recommendations for adaptive plans. Without it,
+        ``warn`` still logs and the rest is only recorded. Its policy is used
+        when ``qc`` is not given.
 
     Examples
     --------
@@ -123,11 +135,18 @@ class TomoGANCallback:
         inline: bool = False,
         handler_registry: Mapping[str, Any] | None = None,
         root_map: Mapping[str, str] | None = None,
+        qc: QCPolicy | str | os.PathLike[str] | None = None,
+        feedback: QCFeedback | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown queue policy {policy!r}; choose from {', '.join(POLICIES)}")
         if maxsize < 1:
             raise ValueError(f"maxsize must be >= 1, got {maxsize}")
+        qc_policy = QCPolicy.from_file(qc) if isinstance(qc, (str, os.PathLike)) else qc
+        if feedback is None:
+            feedback = QCFeedback(qc_policy)
+        elif qc_policy is not None and qc_policy != feedback.policy:
+            raise ValueError("qc and feedback.policy differ; give the policy to QCFeedback only")
         per_field = dict(denoiser) if isinstance(denoiser, Mapping) else None
         self.options = RunOptions(
             denoisers=per_field,
@@ -139,12 +158,18 @@ class TomoGANCallback:
             inline=inline,
             handler_registry=dict(HANDLER_REGISTRY if handler_registry is None else handler_registry),
             root_map=dict(root_map or {}),
+            feedback=feedback,
         )
         self._consumers = Consumers()
         self._turn = Turn()
         self._orphans = ConsumerFailures()  # consumer failures on documents of no known run
         self.runs: deque[RunSummary] = deque(maxlen=KEEP_RUNS)
         self._router = event_model.RunRouter([self._factory], filler_class=_NoFill)  # type: ignore[arg-type]
+
+    @property
+    def feedback(self) -> QCFeedback:
+        """What acts on the QC flags (see :class:`~bluesky_tomogan.qc.QCFeedback`)."""
+        return self.options.feedback
 
     def __repr__(self) -> str:
         return f"<TomoGANCallback policy={self.options.policy} maxsize={self.options.maxsize}>"

@@ -1,5 +1,6 @@
-"""Simulated beamline devices (ophyd v1): tomography detector, rotation/translation stage, ring current."""
+"""Beamline devices (ophyd v1): the simulated tomography detector, stage and ring current, and the QC monitor."""
 
 from .detector import FAULTS, SimBeamCurrent, SimTomoDetector, SimTomoStage
+from .qc_monitor import QCDecision, QCMonitor
 
-__all__ = ["SimTomoDetector", "SimTomoStage", "SimBeamCurrent", "FAULTS"]
+__all__ = ["SimTomoDetector", "SimTomoStage", "SimBeamCurrent", "FAULTS", "QCMonitor", "QCDecision"]

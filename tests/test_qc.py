@@ -1,0 +1,354 @@
+"""QC: metrics with known answers, the policy and its file, and flags that act on a real RunEngine."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+import time
+
+import bluesky.plans as bp
+import numpy as np
+import pytest
+from bluesky.callbacks.tiled_writer import TiledWriter
+from bluesky.suspenders import SuspendFloor
+from bluesky.utils import RunEngineInterrupted
+from ophyd.sim import SynSignal
+
+from bluesky_tomogan import TomoGANCallback
+from bluesky_tomogan.devices import QCMonitor, SimBeamCurrent, SimTomoDetector, SimTomoStage
+from bluesky_tomogan.plans import qc_tomo_scan, tomo_scan
+from bluesky_tomogan.qc import QCFeedback, QCPolicy, QCPolicyError, Rule
+from bluesky_tomogan.qc.metrics import (
+    FrameMetrics,
+    IntensityReference,
+    frame_metrics,
+    noise_sigma,
+    residual_metrics,
+    shift_px,
+)
+from bluesky_tomogan.storage import frames_directory
+
+# -- metrics with known answers ----------------------------------------------------------------
+
+
+def ramp(shape=(128, 160)):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (1000 + 2 * xx + yy).astype(np.float32)
+
+
+def test_noise_sigma_of_gaussian_noise_on_a_ramp(rng):
+    frame = ramp() + rng.normal(0, 10, ramp().shape).astype(np.float32)
+    assert noise_sigma(frame) == pytest.approx(10, rel=0.05)
+    assert noise_sigma(ramp()) == pytest.approx(0, abs=1e-3)  # smooth structure is not noise
+
+
+def test_snr_saturation_dead_and_nonfinite_fractions(rng):
+    frame = rng.poisson(400, (100, 100)).astype(np.uint16)
+    frame.flat[:100] = 65535  # 1 % saturated
+    frame.flat[100:300] = 0  # 2 % dead
+    m = frame_metrics(frame, IntensityReference(), None, 65535)
+    assert m.saturated_fraction == pytest.approx(0.01) and m.dead_fraction == pytest.approx(0.02)
+    assert m.nonfinite_fraction == 0
+    clean = rng.poisson(400, (100, 100)).astype(np.uint16)
+    assert frame_metrics(clean, IntensityReference(), None, 65535).snr == pytest.approx(20, rel=0.1)
+    nan = rng.normal(400, 20, (100, 100)).astype(np.float32)
+    nan.flat[::50] = np.nan
+    assert frame_metrics(nan, IntensityReference(), None, 65535).nonfinite_fraction == pytest.approx(0.02)
+
+
+def test_intensity_ratio_against_the_running_reference_above_the_dark_offset():
+    ref = IntensityReference()
+    for _ in range(5):
+        ref.add(500.0)
+    frame = np.full((20, 20), 140.0, np.float32)
+    assert frame_metrics(frame, ref, None, 65535).intensity_ratio == pytest.approx(0.28)
+    assert frame_metrics(frame, ref, None, 65535, dark_level=100).intensity_ratio == pytest.approx(0.1)
+    assert IntensityReference().ratio(7.0) == 1.0  # no reference yet: nothing to compare with
+
+
+def test_all_zero_frame_is_dead_and_dark():
+    ref = IntensityReference()
+    ref.add(500.0)
+    m = frame_metrics(np.zeros((32, 32), np.uint16), ref, None, 65535)
+    assert m.dead_fraction == 1.0 and m.intensity_ratio == 0.0
+    assert {"dead_pixels", "beam_lost"} <= set(QCPolicy().evaluate(m))
+
+
+def test_registration_measures_a_known_shift(rng):
+    base = np.zeros((128, 128), np.float32)
+    for _ in range(30):
+        y, x = rng.integers(10, 118, 2)
+        base[y - 4 : y + 4, x - 4 : x + 4] += rng.uniform(50, 200)
+    moved = np.roll(base, (3, 4), axis=(0, 1))
+    assert shift_px(base, moved) == pytest.approx(5.0, abs=0.5)
+    assert shift_px(base, base) == pytest.approx(0.0, abs=0.2)
+
+
+def test_residual_correlation_tells_removed_noise_from_removed_structure(rng):
+    structure = ramp((128, 128)) + 300 * (np.indices((128, 128)).sum(0) // 16 % 2)
+    noise = rng.normal(0, 10, structure.shape).astype(np.float32)
+    good = residual_metrics(structure + noise, structure, FrameMetrics())  # removed exactly the noise
+    assert abs(good.residual_correlation) < 0.05 and good.removed_sigma == pytest.approx(10, rel=0.05)
+    from scipy.ndimage import uniform_filter
+
+    blurred = uniform_filter(structure, 9)  # a "denoiser" that also removes the edges
+    bad = residual_metrics(structure + noise, blurred, FrameMetrics())
+    assert bad.residual_correlation > QCPolicy().rules["out_of_distribution"].threshold
+
+
+# -- the policy -------------------------------------------------------------------------------
+
+
+def test_default_policy_and_rules_in_code():
+    policy = QCPolicy({"motion": Rule(1.5, "pause")})
+    assert policy.rules["motion"] == Rule(1.5, "pause") and policy.rules["beam_lost"].action == "suspend"
+    m = FrameMetrics(shift_px=2.0, snr=30, intensity_ratio=1.0)
+    assert policy.evaluate(m) == {"motion": "pause"}
+    assert QCPolicy().evaluate(m) == {}
+    with pytest.raises(QCPolicyError, match="unknown action 'explode'"):
+        Rule(1.0, "explode")  # type: ignore[arg-type]
+    with pytest.raises(QCPolicyError, match="unknown QC flags"):
+        QCPolicy({"sunspots": Rule(1.0, "warn")})
+
+
+def test_policy_file_changes_only_what_it_sets(tmp_path):
+    path = tmp_path / "qc.toml"
+    path.write_text('[motion]\nthreshold = 1.0\naction = "pause"\n\n[options]\ndark_level = 100\n')
+    policy = QCPolicy.from_file(path)
+    assert policy.rules["motion"] == Rule(1.0, "pause") and policy.dark_level == 100
+    assert policy.rules["saturated"] == QCPolicy().rules["saturated"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[motion]\nthreshold = 1.0\naction = "explode"\n', r"qc.toml:3: 'motion.action': unknown action 'explode'"),
+    ('[motion]\nthreshold = "big"\n', r"qc.toml:2: 'motion.threshold': threshold must be a number"),
+    ('\n[sunspots]\naction = "warn"\n', r"qc.toml:2: unknown QC flag \[sunspots\]"),
+    ('[motion]\nthreshold = 1.0\nwhen = "always"\n', r"qc.toml:3: unknown key 'motion.when'"),
+    ('[options]\nsaturation = 4095\n', r"qc.toml:2: unknown option 'options.saturation'"),
+    ('[motion\nthreshold = 1.0\n', r"qc.toml: not valid TOML: .*line 1"),
+])
+def test_a_malformed_policy_file_names_the_key_and_line(tmp_path, text, message):
+    path = tmp_path / "qc.toml"
+    path.write_text(text)
+    with pytest.raises(QCPolicyError, match=message):
+        QCPolicy.from_file(path)
+
+
+# -- flags in the derived stream, with a plain plan ------------------------------------------
+
+
+def scripted_camera(frames):
+    """An ophyd.sim camera that returns ``frames`` in order (inline arrays), then repeats the last."""
+    it = itertools.chain(frames[:1], frames, itertools.repeat(frames[-1]))  # SynSignal calls func once when made
+    return SynSignal(func=lambda: next(it), name="cam")
+
+
+def collect(RE, cb):
+    docs = []
+    cb.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE.subscribe(cb)
+    return docs
+
+
+def column(docs, key):
+    return [v for n, d in docs if n == "event_page" and key in d["data"] for v in d["data"][key]]
+
+
+def test_nan_zero_and_dead_frames_are_flagged_and_kept_by_a_plain_plan(RE, denoiser, rng):
+    good = [rng.poisson(500, (32, 40)).astype(np.float32) for _ in range(7)]
+    nan, zero, dead = good[2].copy(), np.zeros((32, 40), np.float32), good[5].copy()
+    nan[::4, ::4] = np.nan
+    dead[:20] = 0
+    frames = [good[0], good[1], nan, zero, good[4], dead, good[6]]
+    cb = TomoGANCallback(denoiser)
+    docs = collect(RE, cb)
+    RE(bp.count([scripted_camera(frames)], num=7))
+    flags = column(docs, "cam_qc_flags")
+    assert len(flags) == 7 and RE.state == "idle"
+    assert "nonfinite" in flags[2] and {"beam_lost", "dead_pixels"} <= set(flags[3].split(","))
+    assert "dead_pixels" in flags[5]
+    assert [flags[i] for i in (0, 1, 4, 6)] == ["", "", "", ""]
+    errors = column(docs, "cam_qc_error")
+    assert errors[3].startswith("not denoised: unusable frame") and errors[4] == ""
+    desc = next(d for n, d in docs if n == "descriptor" and d["name"] == "denoised")
+    assert desc["data_keys"]["cam_qc_shift_px"]["units"] == "pixel"
+    assert desc["data_keys"]["cam_qc_latency_s"]["units"] == "s"
+
+
+def test_motion_is_flagged_with_the_measured_shift(RE, denoiser, tmp_path):
+    det = SimTomoDetector(name="det", stage=SimTomoStage(name="stage"), shape=(64, 96), directory=tmp_path,
+                          simulate_timing=False)
+    cb = TomoGANCallback(denoiser)
+    docs = collect(RE, cb)
+    RE.subscribe(lambda name, doc: det.inject_fault("motion", pixels=6.0)
+                 if name == "event" and doc["seq_num"] == 3 else None)
+    RE(bp.count([det], num=6))
+    flags, shifts = column(docs, "det_image_qc_flags"), column(docs, "det_image_qc_shift_px")
+    moved = [i for i, f in enumerate(flags) if "motion" in f]
+    assert moved == [3]  # frame 4 (index 3) is the first after the slip
+    assert shifts[3] == pytest.approx(6.0, abs=0.7)
+    assert all(s < 1.0 for i, s in enumerate(shifts) if i != 3 and not math.isnan(s))
+
+
+def test_a_lagging_denoiser_is_flagged_and_its_drops_recorded(RE, denoiser):
+    class Slow:
+        def denoise_context(self, context):
+            time.sleep(0.15)
+            return denoiser.denoise_context(context)
+
+        def provenance(self):
+            return denoiser.provenance()
+
+    monitor = QCMonitor(name="qc")
+    feedback = QCFeedback(QCPolicy({"lagging": Rule(0.1, "warn")}), monitor=monitor, RE=RE)
+    cb = TomoGANCallback(Slow(), policy="drop-oldest", maxsize=1, feedback=feedback)
+    docs = collect(RE, cb)
+    seen = []
+    monitor.lagging.subscribe(lambda value, **kw: seen.append(value), run=False)
+    RE(bp.count([scripted_camera([np.full((32, 40), 500, np.uint16)] * 8)], num=8))
+    flags, errors = column(docs, "cam_qc_flags"), column(docs, "cam_qc_error")
+    dropped = [f for f, e in zip(flags, errors, strict=True) if e.startswith("dropped")]
+    assert dropped and all("lagging" in f for f in dropped)
+    assert any("lagging" in f for f, e in zip(flags, errors, strict=True) if not e)  # late, not dropped
+    assert 1 in seen
+
+
+# -- flags that act on the RunEngine ----------------------------------------------------------
+
+
+def sim_rig(tmp_path, shape=(48, 64), **kw):
+    stage = SimTomoStage(name="stage")
+    beam = SimBeamCurrent(name="ring_current")
+    det = SimTomoDetector(name="det", stage=stage, beam=beam, shape=shape, directory=tmp_path / "raw",
+                          simulate_timing=False, **kw)
+    return det, stage, beam
+
+
+def test_beam_dump_suspends_and_resumes_and_every_angle_has_a_good_frame(RE, denoiser, tmp_path):
+    RE.record_interruptions = True
+    det, stage, beam = sim_rig(tmp_path)
+    monitor = QCMonitor(name="qc", beam=beam, beam_ok=100)
+    feedback = QCFeedback(QCPolicy(dark_level=100), monitor=monitor, RE=RE)
+    feedback.install_suspenders(RE)
+    RE.install_suspender(SuspendFloor(beam, 50, resume_thresh=100, sleep=0.2))
+    puts = []
+    monitor.beam_lost.subscribe(lambda value, **kw: puts.append((value, threading.current_thread().name)),
+                                run=False)
+    cb = TomoGANCallback(denoiser, streams=["primary"], feedback=feedback)
+    docs = collect(RE, cb)
+    # The ring loses the beam for 1.5 s during the exposure of the fourth projection, from its own thread.
+    RE.subscribe(lambda name, doc: threading.Timer(0.0, beam.dump, args=(1.5,)).start()
+                 if name == "event" and doc.get("seq_num") == 3 and "stage_theta" in doc["data"] else None)
+    angles = list(range(0, 16, 2))
+    RE(tomo_scan(det, stage, angles, n_darks=2, n_flats=2))
+    assert [d["exit_status"] for n, d in docs if n == "stop"] == ["success"]
+    assert any(n == "descriptor" and d["name"] == "interruptions" for n, d in docs)  # the suspension, recorded
+    primary = next(d["uid"] for n, d in docs if n == "descriptor" and d["name"] == "primary")
+    theta = [v for n, d in docs if n == "event" and d["descriptor"] == primary for v in [d["data"]["stage_theta"]]]
+    flags = column(docs, "det_image_qc_flags")
+    good = {t for t, f in zip(theta, flags, strict=True) if "beam_lost" not in f}
+    assert good == set(map(float, angles))
+    assert all(name != "bluesky-run-engine" for _, name in puts)  # flags are never set on the RunEngine's loop
+
+
+def test_a_frame_only_beam_loss_suspends_through_the_qc_monitor(RE, denoiser, tmp_path):
+    RE.record_interruptions = True
+    det, stage, _ = sim_rig(tmp_path)
+    monitor = QCMonitor(name="qc", retry_after=0.5)  # no beam signal: resume and test the next frame
+    feedback = QCFeedback(QCPolicy(dark_level=100), monitor=monitor, RE=RE)
+    feedback.install_suspenders(RE)
+    threads = []
+    monitor.beam_lost.subscribe(lambda value, **kw: threads.append(threading.current_thread().name), run=False)
+    cb = TomoGANCallback(denoiser, streams=["primary"], feedback=feedback)
+    docs = collect(RE, cb)
+    RE.subscribe(lambda name, doc: det.inject_fault("beam_dump", frames=1)
+                 if name == "event" and doc.get("seq_num") == 2 and "stage_theta" in doc["data"] else None)
+    RE(tomo_scan(det, stage, range(0, 12, 2), n_darks=1, n_flats=1))
+    interruptions = [d for n, d in docs if n == "event" and "interruption" in d["data"]]
+    assert any("qc_beam_lost is high" in d["data"]["interruption"] for d in interruptions)  # suspended, recorded
+    assert "beam_lost" in ",".join(column(docs, "det_image_qc_flags"))
+    assert threads and "bluesky-run-engine" not in threads
+    assert [d["exit_status"] for n, d in docs if n == "stop"] == ["success"]
+
+
+def test_a_policy_file_that_pauses_on_motion(RE, denoiser, tmp_path):
+    path = tmp_path / "qc.toml"
+    path.write_text('[motion]\nthreshold = 2.0\naction = "pause"\n')
+    det, stage, _ = sim_rig(tmp_path, shape=(64, 96))
+    feedback = QCFeedback(QCPolicy.from_file(path), RE=RE)
+    cb = TomoGANCallback(denoiser, streams=["primary"], feedback=feedback)
+    docs = collect(RE, cb)
+    RE.subscribe(lambda name, doc: det.inject_fault("motion", pixels=6.0)
+                 if name == "event" and doc.get("seq_num") == 2 and "stage_theta" in doc["data"] else None)
+    with pytest.raises(RunEngineInterrupted):
+        RE(tomo_scan(det, stage, [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5], n_darks=1, n_flats=1))
+    assert RE.state == "paused"
+    RE.resume()
+    assert [d["exit_status"] for n, d in docs if n == "stop"] == ["success"]
+    assert any("motion" in f for f in column(docs, "det_image_qc_flags"))
+
+
+def test_abort_ends_the_run_cleanly_with_the_reason(RE, denoiser, tmp_path):
+    det, stage, _ = sim_rig(tmp_path, dtype="float32")
+    feedback = QCFeedback(QCPolicy({"nonfinite": Rule(0.0, "abort")}), RE=RE)
+    cb = TomoGANCallback(denoiser, streams=["primary"], feedback=feedback)
+    docs = collect(RE, cb)
+    RE.subscribe(lambda name, doc: det.inject_fault("nan")
+                 if name == "event" and doc.get("seq_num") == 2 and "stage_theta" in doc["data"] else None)
+    try:
+        RE(tomo_scan(det, stage, range(0, 40, 2), n_darks=1, n_flats=1))
+    except RunEngineInterrupted:
+        pass
+    (stop,) = [d for n, d in docs if n == "stop"]
+    assert stop["exit_status"] == "abort" and "QC: nonfinite" in stop["reason"]
+    assert stop["num_events"]["primary"] < 20
+    assert RE.state == "idle"
+
+
+# -- the adaptive plan ------------------------------------------------------------------------
+
+
+def test_adaptive_plan_reacquires_a_nan_frame_and_records_it(RE, denoiser, tmp_path):
+    det, stage, _ = sim_rig(tmp_path, dtype="float32")
+    feedback = QCFeedback(QCPolicy(dark_level=100), RE=RE)
+    cb = TomoGANCallback(denoiser, streams=["primary"], feedback=feedback)
+    docs = collect(RE, cb)
+    RE.subscribe(lambda name, doc: det.inject_fault("nan")
+                 if name == "event" and doc.get("seq_num") == 3 and "stage_theta" in doc["data"] else None)
+    angles = [float(a) for a in range(0, 16, 2)]
+    RE(qc_tomo_scan(det, stage, angles, feedback, n_darks=1, n_flats=1))
+    actions = [d["data"] for n, d in docs if n == "event" and "qc_action" in d["data"]]
+    assert [(a["qc_action"], a["qc_flag"], a["qc_angle"]) for a in actions] == [("reacquire", "nonfinite", 6.0)]
+    primary = next(d["uid"] for n, d in docs if n == "descriptor" and d["name"] == "primary")
+    theta = [d["data"]["stage_theta"] for n, d in docs if n == "event" and d["descriptor"] == primary]
+    flags = column(docs, "det_image_qc_flags")
+    assert theta.count(6.0) == 2 and len(flags) == len(angles) + 1
+    assert {t for t, f in zip(theta, flags, strict=True) if not f} == set(angles)  # a good frame at every angle
+
+
+def test_adaptive_plan_lowers_the_exposure_on_saturation_and_the_store_keeps_it(RE, denoiser, store, tmp_path):
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(48, 64), directory=frames_directory(tmp_path / "store"),
+                          simulate_timing=False)
+    det.photon_flux.put(2e7)  # 200,000 photons per pixel at 0.01 s: the open beam clips at 65535
+    feedback = QCFeedback(QCPolicy(dark_level=100), RE=RE)
+    cb = TomoGANCallback(denoiser, streams=["primary"], feedback=feedback)
+    cb.subscribe(TiledWriter(store))
+    docs = collect(RE, cb)
+    (uid,) = RE(qc_tomo_scan(det, stage, [float(a) for a in range(0, 24, 2)], feedback, n_darks=1, n_flats=1,
+                             exposure_limits=(1e-3, 0.1)))
+    actions = store[uid]["qc_actions"].read()
+    adjusted = [i for i, a in enumerate(actions["qc_action"].values) if a == "adjust"]
+    assert adjusted, "the exposure was not lowered"
+    assert "saturated_fraction" in str(actions["qc_reason"].values[adjusted[0]])
+    assert float(actions["qc_exposure_time"].values[adjusted[0]]) < 0.01
+    assert det.exposure_time.get() < 0.01
+    primary_descriptors = [d for n, d in docs if n == "descriptor" and d["name"] == "primary"]
+    assert len(primary_descriptors) >= 2  # the exposure change re-described the detector
+    assert [d["exit_status"] for n, d in docs if n == "stop"] == ["success"]
+    assert store[uid]["denoised"]["det_image_denoised"].shape[0] == len(column(docs, "det_image_qc_flags"))
+
+
+def test_registration_of_pure_noise_is_no_shift_not_a_random_one(rng):
+    assert math.isnan(shift_px(rng.poisson(500, (256, 256)), rng.poisson(500, (256, 256))))
