@@ -20,7 +20,9 @@ def test_profile_runs_a_tomography_scan_stored_with_its_denoised_stream(tmp_path
             "run = client[uid]; "
             "print('STREAMS', sorted(run)); "
             "print('SHAPE', run['denoised']['det_image_denoised'].shape); "
-            "print('ERRORS', tomogan.errors, tomogan.dropped)")
+            "print('ERRORS', tomogan.errors, tomogan.dropped); "
+            "print('QC', type(qc).__name__, [s._sig.name for s in feedback.suspenders], RE.record_interruptions); "
+            "print('QCCOLUMNS', len(run['denoised']['det_image_qc_flags'].read()))")
     env = {**os.environ, "TOMOGAN_DATA": str(tmp_path / "data")}
     env.pop("TOMOGAN_TILED_URI", None)
     done = subprocess.run([str(ipython), f"--profile-dir={profile}", "--no-banner", "--colors=nocolor", "-c", code],
@@ -28,6 +30,8 @@ def test_profile_runs_a_tomography_scan_stored_with_its_denoised_stream(tmp_path
                           capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "bluesky-tomogan session" in done.stdout
-    assert "STREAMS ['dark', 'denoised', 'flat', 'primary']" in done.stdout
+    assert "STREAMS ['dark', 'denoised', 'flat', 'interruptions', 'primary']" in done.stdout
     assert "SHAPE (4, 512, 512)" in done.stdout
     assert "ERRORS [] 0" in done.stdout
+    assert "QC QCMonitor ['qc_beam_lost'] True" in done.stdout  # QC monitor, its suspender, interruptions recorded
+    assert "QCCOLUMNS 4" in done.stdout

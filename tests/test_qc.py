@@ -218,10 +218,13 @@ def test_a_lagging_denoiser_is_flagged_and_its_drops_recorded(RE, denoiser):
 
 
 def sim_rig(tmp_path, shape=(48, 64), **kw):
+    """A small simulated beamline whose camera takes its 0.03 s exposure, as a real one does: QC acts
+    while the scan runs, not after a scan that took no time at all."""
     stage = SimTomoStage(name="stage")
     beam = SimBeamCurrent(name="ring_current")
-    det = SimTomoDetector(name="det", stage=stage, beam=beam, shape=shape, directory=tmp_path / "raw",
-                          simulate_timing=False, **kw)
+    det = SimTomoDetector(name="det", stage=stage, beam=beam, shape=shape, directory=tmp_path / "raw", **kw)
+    det.exposure_time.put(0.03)
+    det.photon_flux.put(500 / 0.03)
     return det, stage, beam
 
 
@@ -264,7 +267,7 @@ def test_a_frame_only_beam_loss_suspends_through_the_qc_monitor(RE, denoiser, tm
     docs = collect(RE, cb)
     RE.subscribe(lambda name, doc: det.inject_fault("beam_dump", frames=1)
                  if name == "event" and doc.get("seq_num") == 2 and "stage_theta" in doc["data"] else None)
-    RE(tomo_scan(det, stage, range(0, 12, 2), n_darks=1, n_flats=1))
+    RE(tomo_scan(det, stage, range(0, 40, 2), n_darks=1, n_flats=1))
     interruptions = [d for n, d in docs if n == "event" and "interruption" in d["data"]]
     assert any("qc_beam_lost is high" in d["data"]["interruption"] for d in interruptions)  # suspended, recorded
     assert "beam_lost" in ",".join(column(docs, "det_image_qc_flags"))
@@ -282,7 +285,7 @@ def test_a_policy_file_that_pauses_on_motion(RE, denoiser, tmp_path):
     RE.subscribe(lambda name, doc: det.inject_fault("motion", pixels=6.0)
                  if name == "event" and doc.get("seq_num") == 2 and "stage_theta" in doc["data"] else None)
     with pytest.raises(RunEngineInterrupted):
-        RE(tomo_scan(det, stage, [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5], n_darks=1, n_flats=1))
+        RE(tomo_scan(det, stage, [0.5 * i for i in range(20)], n_darks=1, n_flats=1))
     assert RE.state == "paused"
     RE.resume()
     assert [d["exit_status"] for n, d in docs if n == "stop"] == ["success"]

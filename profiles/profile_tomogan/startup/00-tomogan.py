@@ -8,6 +8,7 @@ TOMOGAN_DATA       embedded store directory (default ~/tomogan-data)
 TOMOGAN_TILED_URI  use this Tiled server instead of the embedded one
                    (it must be able to read TOMOGAN_DATA/frames)
 TOMOGAN_BACKEND    denoiser backend (default auto)
+TOMOGAN_QC_POLICY  a QC policy file (TOML, see docs/qc.md; default: the built-in policy)
 """
 
 import os
@@ -21,8 +22,9 @@ from bluesky.suspenders import SuspendFloor
 
 from bluesky_tomogan import TomoGANCallback, load_denoiser
 from bluesky_tomogan.callbacks import ScanProgress
-from bluesky_tomogan.devices import SimBeamCurrent, SimTomoDetector, SimTomoStage
-from bluesky_tomogan.plans import tomo_scan  # noqa: F401
+from bluesky_tomogan.devices import QCMonitor, SimBeamCurrent, SimTomoDetector, SimTomoStage
+from bluesky_tomogan.plans import qc_tomo_scan, tomo_scan  # noqa: F401
+from bluesky_tomogan.qc import QCFeedback, QCPolicy
 from bluesky_tomogan.storage import frames_directory, local_tiled
 
 DATA = os.path.expanduser(os.environ.get("TOMOGAN_DATA", "~/tomogan-data"))
@@ -34,6 +36,7 @@ else:
     client = local_tiled(DATA)
 
 RE = RunEngine({})
+RE.record_interruptions = True  # suspensions and pauses become an "interruptions" stream of the run
 
 stage = SimTomoStage(name="stage")
 ring_current = SimBeamCurrent(name="ring_current")
@@ -42,12 +45,22 @@ det = SimTomoDetector(name="det", stage=stage, beam=ring_current, shape=(512, 51
 det.exposure_time.put(0.05)
 det.photon_flux.put(1e4)  # 500 photons per pixel per frame: low dose
 
+# QC: flags on the QC monitor's signals, suspenders on the "suspend" flags. beam_lost clears from the
+# ring current, which keeps updating while the scan is suspended (no frames are taken then).
+if os.environ.get("TOMOGAN_QC_POLICY"):
+    policy = QCPolicy.from_file(os.environ["TOMOGAN_QC_POLICY"])
+else:
+    policy = QCPolicy(dark_level=det.model.dark_level)
+qc = QCMonitor(name="qc", beam=ring_current, beam_ok=100)
+feedback = QCFeedback(policy, monitor=qc, RE=RE)
+feedback.install_suspenders(RE, sleep=1)
+
 denoiser = load_denoiser(backend=os.environ.get("TOMOGAN_BACKEND", "auto"))
-tomogan = TomoGANCallback(denoiser, streams=["primary"], directory=frames_directory(DATA))
+tomogan = TomoGANCallback(denoiser, streams=["primary"], directory=frames_directory(DATA), feedback=feedback)
 tomogan.subscribe(TiledWriter(client))
 RE.subscribe(tomogan)
 RE.subscribe(ScanProgress())
-# No beam, no data worth taking: pause below 50 mA, resume 5 s after it is back.
+# No beam, no data worth taking: suspend below 50 mA, resume 5 s after it is back.
 RE.install_suspender(SuspendFloor(ring_current, 50, resume_thresh=100, sleep=5))
 
 print(f"""bluesky-tomogan session
@@ -55,8 +68,12 @@ print(f"""bluesky-tomogan session
                       else 'embedded Tiled in ' + DATA})
   devices   det (simulated camera, {det.frame_shape[0]}x{det.frame_shape[1]}), stage.theta / stage.x, ring_current
   denoiser  {denoiser!r}, subscribed as `tomogan` (policy block)
+  QC        qc (QCMonitor; suspenders on {', '.join(f for f, r in policy.rules.items() if r.action == 'suspend')}),
+            feedback (QCFeedback), interruptions recorded
   try       uid, = RE(tomo_scan(det, stage, np.linspace(0, 180, 90, endpoint=False)))
             client[uid]["denoised"]["det_image_denoised"][0]
             ring_current.dump(10)                     # lose the beam: the scan suspends
             det.inject_fault("saturation", frames=3)  # or "beam_dump", "motion"
+            uid, = RE(qc_tomo_scan(det, stage, np.linspace(0, 180, 90, endpoint=False), feedback))
+            client[uid]["qc_actions"].read()          # what the adaptive scan decided, and why
 """)

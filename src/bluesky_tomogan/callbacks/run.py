@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import itertools
 import logging
+import math
 import os
 import queue
 import threading
@@ -47,7 +48,15 @@ from ..errors import OutputPathError, TomoGANError
 from ..hdf5_frames import StreamFrameReader, path_from_uri
 from ..inference.denoiser import Denoiser, check_frames
 from ..qc.feedback import QCFeedback, Verdict
-from ..qc.metrics import UNITS, FrameMetrics, IntensityReference, frame_metrics, residual_metrics
+from ..qc.metrics import (
+    UNITS,
+    FrameMetrics,
+    IntensityReference,
+    frame_metrics,
+    registered_shift,
+    registration_image,
+    residual_metrics,
+)
 from ..qc.policy import UNUSABLE, Action, QCPolicy
 from .consumers import ConsumerFailures, Consumers
 from .frame_writer import DerivedFrameWriter, default_directory
@@ -64,6 +73,8 @@ WORKER_NICENESS = 10
 FEEDBACK_QUEUE = 256
 #: Scalar readings of so many recent raw events are kept, so a recommendation can say where to re-acquire.
 POSITIONS_KEPT = 4096
+#: Recent usable frames per stream (binned) among which registration looks for a neighbouring angle.
+REGISTRATION_HISTORY = 8
 
 
 def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
@@ -147,7 +158,10 @@ class _Stream:
     resource_error: str = ""  # why its frames cannot be written, once that is known
     resource_ready: bool = False
     reference: IntensityReference = dataclasses.field(default_factory=IntensityReference)  # worker only
-    previous: np.ndarray | None = None  # last usable frame, for registration (worker only)
+    # Recent usable frames as (angle or None, registration image), and angular steps seen (worker only)
+    history: deque[tuple[float | None, np.ndarray]] = dataclasses.field(
+        default_factory=lambda: deque(maxlen=REGISTRATION_HISTORY))
+    steps: deque[float] = dataclasses.field(default_factory=lambda: deque(maxlen=32))
 
 
 @dataclass
@@ -226,6 +240,7 @@ class RunDenoiser(event_model.DocumentRouter):
         self._positions: dict[tuple[str, int], dict[str, Any]] = {}  # (raw stream, seq_num) -> scalar readings
         self._verdicts: queue.Queue[Verdict | None] = queue.Queue(FEEDBACK_QUEUE)
         self._feedback_thread: threading.Thread | None = None
+        self._motor: str | None = None
 
     # -- the router -------------------------------------------------------------------------
 
@@ -255,6 +270,8 @@ class RunDenoiser(event_model.DocumentRouter):
     def start(self, doc: RunStart) -> RunStart:
         self._start = doc
         self.summary.uid = doc["uid"]
+        motors: list[Any] = list(doc.get("motors") or [])  # type: ignore[call-overload]
+        self._motor = str(motors[0]) if motors else None  # the scanned axis (the rotation in tomo_scan)
         self._filler("start", dict(doc))
         self._worker = threading.Thread(target=self._work, name=f"tomogan-worker-{doc['uid'][:8]}", daemon=True)
         self._worker.start()
@@ -527,6 +544,7 @@ class RunDenoiser(event_model.DocumentRouter):
         try:
             den = self.options.denoiser_for(item.stream.field)
             out = den.denoise_context(np.stack([np.asarray(c.frame) for c in context]))
+            self._register(item)
             residual_metrics(np.asarray(item.frame), out, item.metrics)
             self._finish(_Result(item, out, "", time.time()))
         except (TomoGANError, ValueError) as exc:  # bad frame: flag it, keep going
@@ -542,13 +560,44 @@ class RunDenoiser(event_model.DocumentRouter):
             level = self.options.qc.saturation_for(frame.dtype)
         except (TypeError, ValueError):  # not a number dtype: check_frames flags it
             return []
-        previous = stream.previous if stream.previous is not None and stream.previous.shape == frame.shape else None
-        item.metrics = frame_metrics(frame, stream.reference, previous, level, self.options.qc.dark_level)
+        item.metrics = frame_metrics(frame, stream.reference, None, level, self.options.qc.dark_level)
         unusable = sorted(UNUSABLE & set(self.options.qc.evaluate(item.metrics)))
         if not unusable and frame.shape == stream.shape:
             stream.reference.add(float(np.nanmean(frame)))
-            stream.previous = frame
         return unusable
+
+    def _register(self, item: _Frame) -> None:
+        """Shift of a usable frame against the last frame at the same or a neighbouring angle (worker thread).
+
+        Runs when the frame is denoised, one frame after it arrived, so its raw event (with
+        the angle) has been seen. Without an angle (a plain count) the previous frame is the
+        neighbour; with one, the nearest recent angle within 1.5 angular steps, so that a
+        re-acquired or rewound angle is not compared with a far one.
+        """
+        stream = item.stream
+        angle = self._angle(stream.raw_name, item.seq_num)
+        image = registration_image(np.asarray(item.frame))
+        neighbour = None
+        if angle is None:
+            neighbour = stream.history[-1][1] if stream.history else None
+        else:
+            known = [(abs(a - angle), img) for a, img in stream.history if a is not None]
+            if known:
+                gap, img = min(known, key=lambda t: t[0])
+                tolerance = 1.5 * float(np.median(stream.steps)) if stream.steps else math.inf
+                neighbour = img if gap <= tolerance else None
+            last = stream.history[-1][0] if stream.history else None
+            if last is not None and abs(angle - last) > 0:
+                stream.steps.append(abs(angle - last))
+        if neighbour is not None:
+            item.metrics.shift_px = registered_shift(neighbour, image)
+        stream.history.append((angle, image))
+
+    def _angle(self, raw_name: str, seq_num: int) -> float | None:
+        if self._motor is None:
+            return None
+        value = self._positions.get((raw_name, seq_num), {}).get(self._motor)
+        return None if value is None else float(value)
 
     def _feed(self) -> None:
         """The run's feedback thread: act on verdicts, in order, off the worker and the RunEngine's thread.
@@ -634,10 +683,10 @@ class RunDenoiser(event_model.DocumentRouter):
             sid = id(item.stream)
             if sid in blocked:
                 continue
-            r = self._ready.pop(token, None)
-            if r is None:
+            if token not in self._ready:
                 blocked.add(sid)  # an earlier frame of this stream is not finished: keep the order
                 continue
+            r = self._ready.pop(token)
             del self._pending[token]
             groups.setdefault(sid, []).append(r)
         for rows in groups.values():

@@ -244,7 +244,10 @@ class SimTomoDetector(Device):
                 if self.simulate_timing:  # a camera takes the exposure time, however fast the simulation is
                     time.sleep(max(0.0, conditions["exposure"] - (time.monotonic() - t0)))
                 with self._lock:
-                    assert self._file is not None
+                    if self._file is None:  # unstaged during the exposure (the run was aborted): discard it
+                        log.info("%s was unstaged during an exposure; the frame is discarded", self.name)
+                        status.set_finished()
+                        return
                     start, stop = self._file.append(frame)
                     if self.asset_mode == "stream":
                         datum = self._compose_datum(indices={"start": start, "stop": stop})

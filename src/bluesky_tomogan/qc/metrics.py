@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = ["FrameMetrics", "IntensityReference", "frame_metrics", "residual_metrics", "noise_sigma", "shift_px",
-           "UNITS"]
+           "registration_image", "registered_shift", "UNITS"]
 
 #: Units of each metric, for the data keys of the derived stream.
 UNITS: dict[str, str] = {
@@ -99,6 +99,15 @@ def _bin(frame: np.ndarray, k: int) -> np.ndarray:
     return frame[:h, :w].reshape(h // k, k, w // k, k).mean(axis=(1, 3))
 
 
+def registration_image(frame: np.ndarray) -> np.ndarray:
+    """``frame`` as registration uses it: NaN-free, float32, binned by :data:`REGISTRATION_BIN`.
+
+    A quarter of the frame's pixels: the callback keeps a few of these per stream
+    to find a neighbouring angle to register against.
+    """
+    return _bin(np.nan_to_num(np.asarray(frame, np.float32)), REGISTRATION_BIN)
+
+
 def shift_px(previous: np.ndarray, frame: np.ndarray) -> float:
     """Length in pixels of the translation that best maps ``previous`` onto ``frame`` (phase correlation).
 
@@ -107,8 +116,11 @@ def shift_px(previous: np.ndarray, frame: np.ndarray) -> float:
     binned pixel by a parabola through its neighbours. NaN when the frames have
     no common structure to register (the peak does not stand out of the noise).
     """
-    a = _bin(np.nan_to_num(np.asarray(previous, np.float32)), REGISTRATION_BIN)
-    b = _bin(np.nan_to_num(np.asarray(frame, np.float32)), REGISTRATION_BIN)
+    return registered_shift(registration_image(previous), registration_image(frame))
+
+
+def registered_shift(a: np.ndarray, b: np.ndarray) -> float:
+    """:func:`shift_px` of two :func:`registration_image` results, in pixels of the full frame."""
     if a.shape != b.shape or min(a.shape) < 4:
         return math.nan
     window = np.outer(np.hanning(a.shape[0]), np.hanning(a.shape[1])).astype(np.float32)
