@@ -106,6 +106,7 @@ def test_demo_runs_a_live_scan_stored_in_tiled_and_says_where(tmp_path):
     assert f"figure: {out / 'demo.png'}" in done.stdout and (out / "demo.png").stat().st_size > 10_000
     assert f"client = local_tiled({str(out)!r})" in done.stdout
     assert "0 frames dropped" in done.stdout
+    assert "QC: " in done.stdout and "suspensions" in done.stdout
 
     from bluesky_tomogan.storage import close_local_tiled, local_tiled
 
@@ -113,9 +114,20 @@ def test_demo_runs_a_live_scan_stored_in_tiled_and_says_where(tmp_path):
     try:
         (uid,) = list(client)
         run = client[uid]
-        assert set(run) == {"dark", "flat", "primary", "denoised"}
+        assert set(run) == {"dark", "flat", "primary", "denoised", "interruptions"}  # interruptions are recorded
         assert run["primary"]["det_image"].shape == (24, 64, 64)
         assert run["denoised"]["det_image_denoised"].shape == (24, 64, 64)
         assert run.metadata["start"]["plan_name"] == "tomo_scan"
     finally:
         close_local_tiled(client)
+
+
+def test_demo_with_faults_suspends_on_the_beam_dump_and_shows_the_qc_timeline(tmp_path):
+    out = tmp_path / "demo"
+    done = subprocess.run([sys.executable, "-m", "bluesky_tomogan.cli", "demo", "--out", str(out), "--size", "64",
+                           "--angles", "30", "--exposure", "0.02", "--backend", "onnxruntime", "--faults"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "fault: the ring loses the beam for 2 s" in done.stdout and "fault: three saturated frames" in done.stdout
+    assert "1 suspensions" in done.stdout
+    assert (out / "demo.png").stat().st_size > 10_000

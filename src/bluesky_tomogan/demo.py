@@ -6,15 +6,22 @@ What a beamline session does, end to end, on simulated hardware:
 2. a RunEngine with the simulated camera, rotation stage and ring current;
 3. ``TomoGANCallback`` between the RunEngine and ``TiledWriter``, denoising the
    ``primary`` projections with the shipped projection model;
-4. ``tomo_scan``: darks, flats, then the projections, with a progress bar;
-5. afterwards, everything is read back *from Tiled* (as an analyst would):
+4. live QC: every frame's flags go to a ``QCMonitor`` whose ``beam_lost``
+   flag a suspender watches, beside a ring-current suspender; suspensions are
+   recorded in the run (``interruptions``);
+5. ``tomo_scan``: darks, flats, then the projections, with a progress bar;
+   with ``faults=True`` the ring loses the beam for 2 s a third of the way in
+   and three frames saturate two thirds of the way in;
+6. afterwards, everything is read back *from Tiled* (as an analyst would):
    one slice is reconstructed from the raw and from the denoised projections
-   and compared with the noise-free answer; a PNG figure is written.
+   (the last good frame of each angle) and compared with the noise-free answer;
+   a PNG figure is written, with the QC timeline (flags and suspensions) of the scan.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +45,7 @@ def run_demo(
     backend: str = "auto",
     exposure: float = 0.1,
     seed: int = 7,
+    faults: bool = False,
     report: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
     """Run the demo scan and return its measured numbers; see the module docstring.
@@ -58,16 +66,21 @@ def run_demo(
         Simulated exposure time per frame in seconds.
     seed : int
         Seed of the sample and the noise.
+    faults : bool
+        Lose the beam for 2 s a third of the way in, saturate three frames two
+        thirds of the way in (see the QC timeline in the figure).
     report : callable
         Receives the human-readable summary lines (the CLI passes ``print``).
     """
     from bluesky import RunEngine
     from bluesky.callbacks.tiled_writer import TiledWriter
+    from bluesky.suspenders import SuspendFloor
 
     from .callbacks import ScanProgress, TomoGANCallback
-    from .devices import SimBeamCurrent, SimTomoDetector, SimTomoStage
+    from .devices import QCMonitor, SimBeamCurrent, SimTomoDetector, SimTomoStage
     from .inference import load_denoiser
     from .plans import tomo_scan
+    from .qc import QCFeedback, QCPolicy
     from .simulate.tomography import angles_deg
     from .storage import close_local_tiled, frames_directory, local_tiled
 
@@ -88,27 +101,41 @@ def run_demo(
         report(f"denoiser: {den!r}")
 
         RE = RunEngine({})
-        cb = TomoGANCallback(den, streams=["primary"], directory=frames_directory(root), policy="block")
+        RE.record_interruptions = True
+        monitor = QCMonitor(name="qc", beam=beam, beam_ok=0.5 * beam.nominal)
+        feedback = QCFeedback(QCPolicy(dark_level=det.model.dark_level), monitor=monitor, RE=RE)
+        feedback.install_suspenders(RE, sleep=0.5)
+        RE.install_suspender(SuspendFloor(beam, 0.25 * beam.nominal, resume_thresh=0.5 * beam.nominal, sleep=0.5))
+        cb = TomoGANCallback(den, streams=["primary"], directory=frames_directory(root), policy="block",
+                             feedback=feedback)
         cb.subscribe(TiledWriter(client))
         RE.subscribe(cb)
         RE.subscribe(ScanProgress())
         angles = angles_deg(n_angles)
+        if faults:
+            RE.subscribe(_fault_injector(det, beam, n_angles, report))
         report(f"scanning: {n_angles} projections of {size}x{size} at {photons:g} photons/pixel ...")
         t0 = time.perf_counter()
         result = RE(tomo_scan(det, stage, list(angles), md={"sample": "glass beads (simulated)",
                                                             "purpose": "bluesky-tomogan demo"}))
         (uid,) = result if isinstance(result, tuple) else result.run_start_uids
         wall = time.perf_counter() - t0
-        metrics = _evaluate(client[uid], det, angles, photons)
+        run = client[uid]
+        metrics = _evaluate(run, det, angles, photons)
         metrics |= {"uid": uid, "scan_seconds": wall, "dropped": cb.dropped, "qc_errors": len(cb.errors),
-                    "denoiser": repr(den)}
+                    "denoiser": repr(den), "exit_status": run.metadata["stop"]["exit_status"]}
+        timeline = _qc_timeline(run)
+        metrics |= {"suspensions": len(timeline["suspensions"]), "flagged_frames": len(timeline["flags"])}
         figure = root / "demo.png"
-        _figure(figure, metrics.pop("_panels"), den, metrics)
+        _figure(figure, metrics.pop("_panels"), den, metrics, timeline)
+        monitor.cancel_timers()
     finally:
         close_local_tiled(client)
 
     report(f"scan {uid} took {wall:.1f} s; {cb.dropped} frames dropped; "
            f"median latency {metrics['latency_median_s'] * 1e3:.0f} ms per frame")
+    report(f"QC: {metrics['flagged_frames']} frames flagged, {metrics['suspensions']} suspensions "
+           "(see the timeline in the figure)")
     report(f"projection PSNR {metrics['frame_psnr_raw']:.1f} -> {metrics['frame_psnr_denoised']:.1f} dB; "
            f"slice SSIM {metrics['slice_ssim_raw']:.3f} -> {metrics['slice_ssim_denoised']:.3f} "
            f"(against the noise-free reconstruction)")
@@ -120,8 +147,40 @@ def run_demo(
     report(f"    run = client[{uid!r}]")
     report("    run['primary']['det_image'][10]             # raw projection 10 (uint16)")
     report("    run['denoised']['det_image_denoised'][10]   # the same projection, denoised")
-    report("    run['denoised']['det_image_qc_error'].read()  # per-frame QC (also _qc_latency_s, _qc_removed_sigma)")
+    report("    run['denoised']['det_image_qc_flags'].read()  # per-frame QC flags (and _qc_snr, _qc_shift_px, ...)")
     return metrics
+
+
+def _fault_injector(det: Any, beam: Any, n_angles: int, report: Callable[[str], None]) -> Callable[[str, Any], None]:
+    """A document callback that loses the beam a third of the way in and saturates frames two thirds in."""
+
+    def inject(name: str, doc: Any) -> None:
+        if name != "event" or "stage_theta" not in doc.get("data", {}):
+            return
+        if doc["seq_num"] == n_angles // 3:
+            report("fault: the ring loses the beam for 2 s")
+            threading.Timer(0.0, beam.dump, args=(2.0,)).start()  # from the ring's side, not the RunEngine's
+        elif doc["seq_num"] == 2 * n_angles // 3:
+            report("fault: three saturated frames")
+            det.inject_fault("saturation", frames=3)
+
+    return inject
+
+
+#: Flags that disqualify a frame from the reconstruction when a better frame of its angle exists.
+_BAD = ("beam_lost", "dead_pixels", "nonfinite", "saturated")
+
+
+def _best_rows(run: Any, angles: np.ndarray) -> list[int]:
+    """For each angle, the last primary row without a disqualifying QC flag (else its last row)."""
+    theta = np.asarray(run["primary"]["stage_theta"].read(), float)
+    flags = [str(f) for f in run["denoised"]["det_image_qc_flags"].read()]
+    rows = []
+    for a in angles:
+        mine = [i for i in range(len(theta)) if abs(theta[i] - a) < 1e-6]
+        good = [i for i in mine if not any(b in flags[i].split(",") for b in _BAD)]
+        rows.append((good or mine)[-1])
+    return rows
 
 
 def _evaluate(run: Any, det: Any, angles: np.ndarray, photons: float) -> dict[str, Any]:
@@ -129,15 +188,16 @@ def _evaluate(run: Any, det: Any, angles: np.ndarray, photons: float) -> dict[st
     from .simulate.tomography import fbp, flat_field_correct
 
     size = det.frame_shape[1]
+    rows = _best_rows(run, angles)
     k, z = len(angles) // 3, size // 2
-    raw_k = run["primary"]["det_image"][k].astype(np.float32)
-    den_k = run["denoised"]["det_image_denoised"][k]
+    raw_k = run["primary"]["det_image"][rows[k]].astype(np.float32)
+    den_k = run["denoised"]["det_image_denoised"][rows[k]]
     dark_level = det.model.dark_level
     clean_k = photons * det.gain * np.exp(-det.sample.line_integrals(float(angles[k]))) + dark_level
     flat = run["flat"]["det_image"][:, z, :].astype(np.float32).mean(0)
     dark = run["dark"]["det_image"][:, z, :].astype(np.float32).mean(0)
-    sino_raw = flat_field_correct(run["primary"]["det_image"][:, z, :].astype(np.float32), flat, dark)
-    sino_den = flat_field_correct(run["denoised"]["det_image_denoised"][:, z, :], flat, dark)
+    sino_raw = flat_field_correct(run["primary"]["det_image"][:, z, :].astype(np.float32)[rows], flat, dark)
+    sino_den = flat_field_correct(run["denoised"]["det_image_denoised"][:, z, :][rows], flat, dark)
     rec = {"raw": fbp(sino_raw, angles), "denoised": fbp(sino_den, angles),
            "clean": fbp(det.sample.sinogram(z, angles), angles)}
     latency = np.asarray(run["denoised"]["det_image_qc_latency_s"].read())
@@ -151,13 +211,42 @@ def _evaluate(run: Any, det: Any, angles: np.ndarray, photons: float) -> dict[st
     }
 
 
-def _figure(path: Path, p: dict[str, Any], den: Any, m: dict[str, Any]) -> None:
+def _qc_timeline(run: Any) -> dict[str, Any]:
+    """QC flags per derived row (seconds from the start) and the suspensions, read back from Tiled."""
+    t0 = float(run.metadata["start"]["time"])
+    times = np.asarray(run["denoised"]["time"].read(), float) - t0
+    flags = [str(f) for f in run["denoised"]["det_image_qc_flags"].read()]
+    raised = [(float(t), flag) for t, fs in zip(times, flags, strict=True) for flag in fs.split(",") if flag]
+    # bluesky records when a suspension starts (its justification) and when a pause is resumed, not
+    # when a suspension ends: that is when the scan takes its next projection.
+    frames = np.sort(np.asarray(run["primary"]["time"].read(), float) - t0)
+    end = float(max(times.max() if len(times) else 0.0, frames.max() if len(frames) else 0.0, 1e-3))
+    spans: list[tuple[float, float, str]] = []
+    try:  # the stream exists from the start of a run that records interruptions, its columns from the first
+        what = [str(v) for v in run["interruptions"]["interruption"].read()]
+        when = np.asarray(run["interruptions"]["time"].read(), float) - t0
+    except KeyError:
+        what, when = [], np.zeros(0)
+    if what:
+        for i, (t, w) in enumerate(zip(when, what, strict=True)):
+            if w == "resume":
+                continue
+            later = [u for u, x in zip(when[i + 1 :], what[i + 1 :], strict=True) if x == "resume"]
+            after = frames[frames > t]
+            stop = later[0] if w == "pause" and later else (after[0] if len(after) else end)
+            spans.append((float(t), float(stop), w))
+    return {"flags": raised, "suspensions": spans, "end": end}
+
+
+def _figure(path: Path, p: dict[str, Any], den: Any, m: dict[str, Any], timeline: dict[str, Any]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(2, 3, figsize=(13, 8.5), constrained_layout=True)
+    fig = plt.figure(figsize=(13, 11), constrained_layout=True)
+    grid = fig.add_gridspec(3, 3, height_ratios=[1, 1, 0.55])
+    ax = np.array([[fig.add_subplot(grid[r, c]) for c in range(3)] for r in range(2)])
     lo, hi = np.percentile(p["clean"], [0.5, 99.5])
     slo, shi = np.percentile(p["rec"]["clean"], [0.5, 99.5])
     panels = [
@@ -172,6 +261,7 @@ def _figure(path: Path, p: dict[str, Any], den: Any, m: dict[str, Any]) -> None:
         a.imshow(img, cmap="gray", vmin=None if lim is None else lim[0], vmax=None if lim is None else lim[1])
         a.set_title(title, fontsize=10)
         a.axis("off")
+    _draw_timeline(fig.add_subplot(grid[2, :]), timeline)
     fig.suptitle(f"bluesky-tomogan demo: live scan, {den.model_name} on {den.backend}/{den.precision}, "
                  f"median latency {m['latency_median_s'] * 1e3:.0f} ms/frame")
     try:
@@ -180,3 +270,21 @@ def _figure(path: Path, p: dict[str, Any], den: Any, m: dict[str, Any]) -> None:
         raise OutputPathError(f"cannot write the figure {path}: {exc}") from exc
     finally:
         plt.close(fig)
+
+
+def _draw_timeline(ax: Any, timeline: dict[str, Any]) -> None:
+    """QC flags over the scan, one row per flag, and the suspensions as shaded spans."""
+    from .qc.policy import FLAGS
+
+    names = list(FLAGS)
+    for t, flag in timeline["flags"]:
+        ax.plot(t, names.index(flag), "|", color="tab:red", markersize=12)
+    for start, stop, _ in timeline["suspensions"]:
+        ax.axvspan(start, stop, color="tab:orange", alpha=0.3)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_ylim(-0.5, len(names) - 0.5)
+    ax.set_xlim(0, max(timeline["end"], 1e-3))
+    ax.set_xlabel("seconds since the start of the run")
+    ax.set_title(f"QC timeline: {len(timeline['flags'])} flags raised (red), "
+                 f"{len(timeline['suspensions'])} interruptions (orange: suspended or paused)",
+                 fontsize=10)

@@ -84,10 +84,15 @@ def noise_sigma(frame: np.ndarray) -> float:
     f = np.asarray(frame, np.float32)
     if f.shape[0] < 3 or f.shape[1] < 3:
         return math.nan
-    c = f[1:-1, 1:-1]
-    n, s, w, e = f[:-2, 1:-1], f[2:, 1:-1], f[1:-1, :-2], f[1:-1, 2:]
-    corners = f[:-2, :-2] + f[:-2, 2:] + f[2:, :-2] + f[2:, 2:]
-    response = corners - 2 * (n + s + w + e) + 4 * c
+    # The response at every other pixel in each direction: a quarter of the work, the same statistics.
+    k = 2 if min(f.shape) >= 64 else 1
+    h, w_ = f.shape[0] - 2, f.shape[1] - 2
+
+    def at(dy: int, dx: int) -> np.ndarray:
+        return f[dy : dy + h : k, dx : dx + w_ : k]
+
+    response = (at(0, 0) + at(0, 2) + at(2, 0) + at(2, 2)) - 2 * (at(0, 1) + at(2, 1) + at(1, 0) + at(1, 2)) \
+        + 4 * at(1, 1)
     valid = np.isfinite(response)
     if not valid.any():
         return math.nan
@@ -96,7 +101,11 @@ def noise_sigma(frame: np.ndarray) -> float:
 
 def _bin(frame: np.ndarray, k: int) -> np.ndarray:
     h, w = (frame.shape[0] // k) * k, (frame.shape[1] // k) * k
-    return frame[:h, :w].reshape(h // k, k, w // k, k).mean(axis=(1, 3))
+    out = np.zeros((h // k, w // k), np.float32)
+    for dy in range(k):
+        for dx in range(k):
+            out += frame[dy:h:k, dx:w:k]
+    return out / (k * k)
 
 
 def registration_image(frame: np.ndarray) -> np.ndarray:
@@ -105,7 +114,9 @@ def registration_image(frame: np.ndarray) -> np.ndarray:
     A quarter of the frame's pixels: the callback keeps a few of these per stream
     to find a neighbouring angle to register against.
     """
-    return _bin(np.nan_to_num(np.asarray(frame, np.float32)), REGISTRATION_BIN)
+    f = np.asarray(frame)
+    f = np.nan_to_num(f.astype(np.float32)) if f.dtype.kind == "f" else f
+    return _bin(f, REGISTRATION_BIN)
 
 
 def shift_px(previous: np.ndarray, frame: np.ndarray) -> float:
