@@ -90,6 +90,7 @@ def test_residual_correlation_tells_removed_noise_from_removed_structure(rng):
     noise = rng.normal(0, 10, structure.shape).astype(np.float32)
     good = residual_metrics(structure + noise, structure, FrameMetrics())  # removed exactly the noise
     assert abs(good.residual_correlation) < 0.05 and good.removed_sigma == pytest.approx(10, rel=0.05)
+    assert good.denoised_noise_sigma == pytest.approx(noise_sigma(structure))  # no noise left beyond the edges
     from scipy.ndimage import uniform_filter
 
     blurred = uniform_filter(structure, 9)  # a "denoiser" that also removes the edges

@@ -24,7 +24,7 @@ __all__ = ["FrameMetrics", "IntensityReference", "frame_metrics", "residual_metr
 UNITS: dict[str, str] = {
     "noise_sigma": "counts", "snr": "", "intensity_ratio": "", "saturated_fraction": "", "dead_fraction": "",
     "nonfinite_fraction": "", "shift_px": "pixel", "removed_sigma": "counts", "residual_correlation": "",
-    "latency_s": "s",
+    "denoised_noise_sigma": "counts", "latency_s": "s",
 }
 #: Mean intensity of so many recent good frames is the reference for beam loss.
 REFERENCE_FRAMES = 10
@@ -47,6 +47,7 @@ class FrameMetrics:
     shift_px: float = math.nan
     removed_sigma: float = math.nan
     residual_correlation: float = math.nan
+    denoised_noise_sigma: float = math.nan
     latency_s: float = math.nan
 
     def as_dict(self) -> dict[str, float]:
@@ -188,12 +189,13 @@ def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np
 
 
 def residual_metrics(raw: np.ndarray, denoised: np.ndarray, m: FrameMetrics) -> FrameMetrics:
-    """Add what the denoiser removed: its standard deviation, and its structure.
+    """Add what the denoiser removed (its standard deviation and its structure) and the noise it left.
 
     ``residual_correlation`` is the mean lag-1 autocorrelation of the residual
     (raw minus denoised) along both axes: about 0 for removed white noise,
     towards 1 when the denoiser removed edges and texture (signal).
     """
+    m.denoised_noise_sigma = noise_sigma(denoised)
     r = np.asarray(raw, np.float32) - np.asarray(denoised, np.float32)
     r = r - r.mean()
     var = float(np.mean(r * r))
