@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from bluesky import RunEngine
 from bluesky.utils import RunEngineInterrupted
 
 from bluesky_tomogan import TomoGANCallback, load_denoiser
+from bluesky_tomogan.bench import cpu_name
 from bluesky_tomogan.devices import QCMonitor, SimTomoDetector, SimTomoStage
 from bluesky_tomogan.plans import qc_tomo_scan
 from bluesky_tomogan.qc import QCFeedback, QCPolicy, Rule
@@ -51,19 +51,8 @@ CASES: dict[str, tuple[str, dict[str, Rule]]] = {
 BAD_AT = 4  # the fourth projection is bad
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def cost(size: int, repeats: int = 20) -> dict[str, float]:
     den = load_denoiser()
-    rng = np.random.default_rng(0)
     stage = SimTomoStage(name="stage")
     det = SimTomoDetector(name="det", stage=stage, shape=(size, size), directory=tempfile.mkdtemp(),
                           simulate_timing=False)
@@ -85,7 +74,6 @@ def cost(size: int, repeats: int = 20) -> dict[str, float]:
         t0 = time.perf_counter()
         den.denoise_context(np.stack(frames[1:4]))
         t_den.append(time.perf_counter() - t0)
-    del rng
     qc_ms, den_ms = statistics.median(t_qc) * 1e3, statistics.median(t_den) * 1e3
     return {"size": size, "qc_ms": qc_ms, "denoise_ms": den_ms, "ratio": qc_ms / den_ms, "denoiser": repr(den)}
 

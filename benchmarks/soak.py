@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -34,18 +33,9 @@ from bluesky import RunEngine
 from bluesky.callbacks.tiled_writer import TiledWriter
 
 from bluesky_tomogan import TomoGANCallback, load_denoiser
+from bluesky_tomogan.bench import cpu_name
 from bluesky_tomogan.devices import SimTomoDetector
 from bluesky_tomogan.storage import close_local_tiled, frames_directory, local_tiled
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def workers() -> int:

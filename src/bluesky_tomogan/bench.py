@@ -22,7 +22,7 @@ import numpy as np
 
 from .inference.registry import configurations
 
-__all__ = ["CONFIGS", "measure", "run", "table", "main", "warm_up"]
+__all__ = ["CONFIGS", "measure", "run", "table", "main", "warm_up", "cpu_name"]
 
 #: Warm-up before timing: a scan runs hundreds of frames, so steady state is what counts.
 #: On the AMX machine OpenVINO int8 at 1024x1024 took ~220 ms per frame for its first
@@ -32,6 +32,20 @@ WARM_UP_SECONDS = 3.0
 
 #: Every (backend, precision) the registry knows; one that cannot run here is reported as skipped.
 CONFIGS: list[tuple[str, str]] = configurations()
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), to print beside every speed figure."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def _frames(size: int, n: int) -> np.ndarray:
