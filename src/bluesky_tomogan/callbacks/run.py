@@ -353,7 +353,7 @@ class RunDenoiser(event_model.DocumentRouter):
 
     def _keep_positions(self, raw_name: str, doc: EventPage) -> None:
         """Scalar readings (angle, positions) of each raw event: where a recommendation re-acquires."""
-        scalars = {k: v for k, v in doc["data"].items() if v and np.isscalar(v[0])}
+        scalars = {k: v for k, v in doc["data"].items() if len(v) and np.isscalar(v[0])}
         for i, seq in enumerate(doc["seq_num"]):
             self._positions[(raw_name, seq)] = {k: v[i] for k, v in scalars.items()}
         while len(self._positions) > POSITIONS_KEPT:
