@@ -263,13 +263,19 @@ def test_a_storage_consumer_that_raises_is_reported_and_recorded_in_the_stop(RE,
     assert any(r.levelno == logging.ERROR and "event_page" in r.getMessage() for r in caplog.records)
 
 
-def test_a_live_consumer_that_raises_leaves_the_stop_reason_alone(RE, denoiser, tmp_path):
+def test_a_live_consumer_that_raises_is_named_in_the_stop_without_calling_the_run_incomplete(RE, denoiser,
+                                                                                          tmp_path):
+    def live_plot(name, doc):
+        raise ZeroDivisionError("division by zero")
+
     cb = TomoGANCallback(denoiser)
-    cb.subscribe(lambda name, doc: 1 / 0)
+    cb.subscribe(live_plot)
     rec = Recorder(RE, cb)
     RE(bp.count([camera()], num=3))
     rec.check()
-    assert cb.consumer_errors > 0 and rec.stop()["reason"] == ""
+    reason = rec.stop()["reason"]
+    assert cb.consumer_errors > 0 and "consumer live_plot failed on" in reason
+    assert "incomplete" not in reason and "storage" not in reason
 
 
 # -- workers and models ---------------------------------------------------------------------

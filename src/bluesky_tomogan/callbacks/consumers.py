@@ -1,10 +1,10 @@
 """The callback's subscribers, and what happens when one of them fails.
 
 A live plot that raises must not stop the scan or the other subscribers, so
-every failure is caught. But a *storage* consumer that raises means data is
-not being stored, and that must not look like success: its failures are
-logged at ERROR with the document name, counted per consumer, and the run
-that suffered them records them in its stop document's ``reason``.
+every failure is caught, logged at ERROR with the document name, counted per
+consumer, and named in the run's stop document ``reason``. A *storage*
+consumer that raises means data is not being stored, and that must not look
+like success: its sentence in the reason says the stored run is incomplete.
 
 Which consumers are storage
 ---------------------------
@@ -61,12 +61,15 @@ class ConsumerFailures:
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def storage_reason(self) -> str:
-        """A sentence for the stop document's ``reason``, or empty when storage never failed."""
-        if not self.storage:
-            return ""
-        parts = [f"{n} failed on {self.counts[n]} documents (first: {self.first[n]})" for n in sorted(self.storage)]
-        return "bluesky-tomogan: storage consumer " + "; ".join(parts) + "; the stored run is incomplete"
+    def reason(self) -> str:
+        """A sentence for the stop document's ``reason``, or empty when no consumer failed."""
+        sentences = []
+        for label, names, tail in (("storage consumer", sorted(self.storage), "; the stored run is incomplete"),
+                                   ("consumer", sorted(set(self.counts) - self.storage), "")):
+            if names:
+                parts = [f"{n} failed on {self.counts[n]} documents (first: {self.first[n]})" for n in names]
+                sentences.append(f"bluesky-tomogan: {label} " + "; ".join(parts) + tail)
+        return "; ".join(sentences)
 
 
 class Consumers:

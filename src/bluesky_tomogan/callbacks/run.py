@@ -433,9 +433,9 @@ class RunDenoiser(event_model.DocumentRouter):
         return out  # published by __call__, after the derived documents emitted above
 
     def _stop_with_reason(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """The stop document as published: ``reason`` adds why QC aborted the run and which storage consumers failed."""
+        """The stop document as published: ``reason`` adds why QC aborted the run and which consumers failed."""
         reasons = [doc.get("reason", ""), self.options.feedback.abort_reason(self.summary.uid),
-                   self.summary.consumers.storage_reason()]
+                   self.summary.consumers.reason()]
         reason = "; ".join(dict.fromkeys(r for r in reasons if r))
         return dict(doc, reason=reason) if reason != doc.get("reason", "") else doc
 
