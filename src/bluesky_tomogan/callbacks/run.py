@@ -58,11 +58,12 @@ from ..qc.metrics import (
     residual_metrics,
 )
 from ..qc.policy import UNUSABLE, Action, QCPolicy
-from .consumers import ConsumerFailures, Consumers
+from .consumers import Consumers
 from .frame_writer import DerivedFrameWriter, default_directory
+from .passthrough import PassThroughRun, Turn
 from .queue import FrameQueue, Policy
 
-__all__ = ["RunOptions", "RunDenoiser", "RunSummary", "Turn", "image_fields"]
+__all__ = ["RunOptions", "RunDenoiser", "image_fields"]
 
 log = logging.getLogger(__name__)
 _END = "end-of-run"
@@ -117,36 +118,6 @@ class RunOptions:
 
 
 @dataclass
-class Turn:
-    """The raw document being handled, shared by the facade and its runs on the callback thread.
-
-    The facade publishes the raw document itself only if no run did (a
-    document of no known run, or a routing failure), so it is published
-    exactly once, under the name it came with (``RunRouter`` turns an
-    ``event`` into an ``event_page`` before its callbacks see it).
-    """
-
-    name: str = ""
-    doc: Any = None
-    passed: bool = True
-
-    def begin(self, name: str, doc: Any) -> None:
-        self.name, self.doc, self.passed = name, doc, False
-
-
-@dataclass
-class RunSummary:
-    """What happened in one run: readable after (and during) the run."""
-
-    uid: str
-    errors: list[str] = field(default_factory=list)
-    dropped: int = 0
-    missing: int = 0  # frames with a row but no denoised frame, for any reason
-    consumers: ConsumerFailures = field(default_factory=ConsumerFailures)
-    finished: bool = False
-
-
-@dataclass
 class _Stream:
     """One derived stream (raw stream name, image field, frame shape) and its composed descriptor."""
 
@@ -192,7 +163,7 @@ class _Result:
     flags: dict[str, Action] = field(default_factory=dict)  # QC flag -> action
 
 
-class RunDenoiser(event_model.DocumentRouter):
+class RunDenoiser(PassThroughRun):
     """Denoise the frames of one run into derived streams of that run (made by the facade's RunRouter).
 
     Parameters
@@ -205,19 +176,17 @@ class RunDenoiser(event_model.DocumentRouter):
         The raw document being handled (see :class:`Turn`).
     """
 
+    label = "TomoGAN"
+
     def __init__(self, options: RunOptions, consumers: Consumers, turn: Turn) -> None:
-        super().__init__()
+        super().__init__(consumers, turn)
         self.options = options
-        self._consumers = consumers
-        self._turn = turn
-        self.summary = RunSummary(uid="")
         self._start: RunStart | None = None
         self._compose_streams: dict[str, Any] = {}
         self._counters: dict[str, int] = {}
         self._by_name: dict[tuple[str, str, tuple[int, int]], _Stream] = {}  # (raw stream, field, shape)
         self._by_descriptor: dict[str, dict[str, _Stream]] = {}  # raw descriptor uid -> field -> stream
         self._stream_keys: dict[str, set[str]] = {}  # raw descriptor uid -> its "STREAM:" data keys
-        self._follow: list[tuple[str, Any]] = []
         self._queue = FrameQueue(options.maxsize, options.policy, tombstone=self._tombstone)
         self._breaker_open = False
         self._tokens = itertools.count()
@@ -244,28 +213,8 @@ class RunDenoiser(event_model.DocumentRouter):
 
     # -- the router -------------------------------------------------------------------------
 
-    def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
-        self._follow = []
-        try:
-            self._emit_finished()
-            name, out = super().__call__(name, doc, validate)
-        except Exception:  # never let the plugin stop the RunEngine or lose a raw document
-            log.exception("TomoGAN callback failed on a %s document; passing it through", name)
-            self._note(f"internal error on {name}")
-            out, self._follow = doc, []
-        finally:
-            if name == "stop":  # however the stop went, nothing of this run may outlive it
-                self._release()
-        if not self._turn.passed:
-            self._turn.passed = True
-            raw = self._stop_with_reason(out) if self._turn.name == "stop" else self._turn.doc
-            self._publish(self._turn.name, raw)
-        for follow_name, follow_doc in self._follow:
-            self._publish(follow_name, follow_doc)
-        return name, out
-
-    def _publish(self, name: str, doc: Mapping[str, Any]) -> None:
-        self._consumers.publish(name, doc, self.summary.consumers)
+    def _before(self) -> None:
+        self._emit_finished()
 
     def start(self, doc: RunStart) -> RunStart:
         self._start = doc
@@ -432,12 +381,8 @@ class RunDenoiser(event_model.DocumentRouter):
         out.setdefault("num_events", {}).update({k: v - 1 for k, v in self._counters.items()})
         return out  # published by __call__, after the derived documents emitted above
 
-    def _stop_with_reason(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """The stop document as published: ``reason`` adds why QC aborted the run and which consumers failed."""
-        reasons = [doc.get("reason", ""), self.options.feedback.abort_reason(self.summary.uid),
-                   self.summary.consumers.reason()]
-        reason = "; ".join(dict.fromkeys(r for r in reasons if r))
-        return dict(doc, reason=reason) if reason != doc.get("reason", "") else doc
+    def _stop_reasons(self) -> list[str]:
+        return [self.options.feedback.abort_reason(self.summary.uid)]
 
     # -- queueing (callback thread) ---------------------------------------------------------
 
@@ -486,11 +431,6 @@ class RunDenoiser(event_model.DocumentRouter):
         return default_directory()
 
     # -- worker ---------------------------------------------------------------------------
-
-    def _note(self, message: str) -> None:
-        if message not in self.summary.errors:
-            log.warning("TomoGAN: %s", message)
-        self.summary.errors.append(message)
 
     def _work(self) -> None:
         """The worker loop: denoise this run's frames until the end-of-run marker."""

@@ -30,40 +30,25 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-
-import event_model
 
 from ..hdf5_frames import HANDLER_REGISTRY
 from ..inference.denoiser import Denoiser
 from ..qc.feedback import QCFeedback
 from ..qc.policy import QCPolicy
-from .consumers import ConsumerFailures, Consumers
+from .passthrough import RunRouterFacade
 from .queue import POLICIES, Policy
-from .run import RunDenoiser, RunOptions, RunSummary, Turn, image_fields
+from .run import RunDenoiser, RunOptions, image_fields
 
 __all__ = ["TomoGANCallback", "image_fields", "tomogan_factory"]
 
 log = logging.getLogger(__name__)
 Subscriber = Callable[[str, Any], Any]
-#: Summaries of this many recent runs are kept (``TomoGANCallback.runs``).
-KEEP_RUNS = 32
 
 
-class _NoFill(event_model.DocumentRouter):
-    """The RunRouter's per-run filler, doing nothing: each run reads its own frames on its worker thread."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__()
-
-    def event_page(self, doc: Any) -> Any:
-        return doc
-
-
-class TomoGANCallback:
+class TomoGANCallback(RunRouterFacade):
     """Denoise every 2-D detector frame of a run into a derived stream of the same run.
 
     Parameters
@@ -160,11 +145,7 @@ class TomoGANCallback:
             root_map=dict(root_map or {}),
             feedback=feedback,
         )
-        self._consumers = Consumers()
-        self._turn = Turn()
-        self._orphans = ConsumerFailures()  # consumer failures on documents of no known run
-        self.runs: deque[RunSummary] = deque(maxlen=KEEP_RUNS)
-        self._router = event_model.RunRouter([self._factory], filler_class=_NoFill)  # type: ignore[arg-type]
+        super().__init__()
 
     @property
     def feedback(self) -> QCFeedback:
@@ -174,8 +155,6 @@ class TomoGANCallback:
     def __repr__(self) -> str:
         return f"<TomoGANCallback policy={self.options.policy} maxsize={self.options.maxsize}>"
 
-    # -- subscribers ------------------------------------------------------------------------
-
     def subscribe(self, func: Subscriber, *, storage: bool | None = None) -> int:
         """Send every document (raw and derived) to ``func(name, doc)``; returns a token.
 
@@ -184,65 +163,28 @@ class TomoGANCallback:
         func : callable
             The consumer.
         storage : bool, optional
-            Whether ``func`` stores the documents: its failures are then logged at
-            ERROR and recorded in the stop document's ``reason``. Default:
-            recognised for bluesky's ``TiledWriter``.
+            Whether ``func`` stores the documents: its failures then say that the
+            stored run is incomplete. Default: recognised for bluesky's ``TiledWriter``.
 
         Raises
         ------
         ValueError
             A storage consumer on a callback made with ``inline=True``.
         """
-        token = self._consumers.add(func, storage)
+        token = super().subscribe(func, storage=storage)
         if self.options.inline and any(c.func is func for c in self._consumers.storage):
             self._consumers.remove(token)
             raise ValueError(f"{func!r} stores documents, and this callback puts derived frames inside events "
                              "(inline=True), which storage cannot hold; make the callback without inline=True")
         return token
 
-    def unsubscribe(self, token: int) -> None:
-        """Stop sending documents to the subscriber of ``token``."""
-        self._consumers.remove(token)
-
-    # -- documents --------------------------------------------------------------------------
-
-    def __call__(self, name: str, doc: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        self._turn.begin(name, doc)
-        try:
-            self._router(name, doc)
-        except Exception:  # a document of no known run (subscribed mid-run) or a routing failure
-            log.exception("TomoGAN could not route a %s document; passing it through", name)
-        if not self._turn.passed:
-            self._turn.passed = True
-            self._consumers.publish(name, doc, self._orphans)
-        return name, doc
-
-    def _factory(self, name: str, start_doc: Any) -> tuple[list[RunDenoiser], list[Any]]:
-        run = RunDenoiser(self.options, self._consumers, self._turn)
-        self.runs.append(run.summary)
-        return [run], []
-
-    # -- what happened ----------------------------------------------------------------------
-
-    @property
-    def last_run(self) -> RunSummary | None:
-        """Summary of the current or most recent run."""
-        return self.runs[-1] if self.runs else None
-
-    @property
-    def errors(self) -> list[str]:
-        """Problems noted in the current or most recent run (each also logged)."""
-        return self.last_run.errors if self.last_run else []
+    def _make_run(self, start_doc: Any) -> RunDenoiser:
+        return RunDenoiser(self.options, self._consumers, self._turn)
 
     @property
     def dropped(self) -> int:
         """Frames dropped by the queue policy in the current or most recent run."""
         return self.last_run.dropped if self.last_run else 0
-
-    @property
-    def consumer_errors(self) -> int:
-        """Documents a consumer raised on, in the current or most recent run."""
-        return self.last_run.consumers.total if self.last_run else 0
 
 
 def tomogan_factory(

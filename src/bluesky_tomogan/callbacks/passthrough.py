@@ -1,0 +1,195 @@
+"""What every callback here shares: a facade over ``event_model.RunRouter``, and a run that passes documents on.
+
+The shape is bluesky's ``TiledWriter``: the facade holds the subscribers and a
+``RunRouter`` that makes one run object per run; the run object owns all of its
+run's state. Here the run objects also *produce* documents (derived streams in the
+same run), so they publish: each raw document exactly once, under the name it came
+with, and their own documents before or after it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import event_model
+
+from .consumers import ConsumerFailures, Consumers
+
+__all__ = ["Turn", "RunSummary", "PassThroughRun", "RunRouterFacade", "KEEP_RUNS"]
+
+log = logging.getLogger(__name__)
+Subscriber = Callable[[str, Any], Any]
+#: Summaries of this many recent runs are kept (``runs``).
+KEEP_RUNS = 32
+
+
+@dataclass
+class Turn:
+    """The raw document being handled, shared by the facade and its runs on the callback thread.
+
+    The facade publishes the raw document itself only if no run did (a
+    document of no known run, or a routing failure), so it is published
+    exactly once, under the name it came with (``RunRouter`` turns an
+    ``event`` into an ``event_page`` before its callbacks see it).
+    """
+
+    name: str = ""
+    doc: Any = None
+    passed: bool = True
+
+    def begin(self, name: str, doc: Any) -> None:
+        self.name, self.doc, self.passed = name, doc, False
+
+
+@dataclass
+class RunSummary:
+    """What happened in one run: readable after (and during) the run."""
+
+    uid: str
+    errors: list[str] = field(default_factory=list)
+    dropped: int = 0
+    missing: int = 0  # frames with a row but no result, for any reason
+    consumers: ConsumerFailures = field(default_factory=ConsumerFailures)
+    finished: bool = False
+
+
+class PassThroughRun(event_model.DocumentRouter):
+    """A run object that passes every raw document on and adds its own documents around it.
+
+    Subclasses handle documents with the ``DocumentRouter`` methods; they put
+    documents that must follow the raw one in ``self._follow``, emit earlier
+    results in :meth:`_before`, may extend the stop in :meth:`_stop_reasons`,
+    and release their threads and files in :meth:`_release` (called after the
+    stop, however its handling went).
+    """
+
+    #: Prefix of this callback's log messages.
+    label = "bluesky-tomogan"
+
+    def __init__(self, consumers: Consumers, turn: Turn) -> None:
+        super().__init__()
+        self._consumers = consumers
+        self._turn = turn
+        self.summary = RunSummary(uid="")
+        self._follow: list[tuple[str, Any]] = []
+
+    def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
+        self._follow = []
+        try:
+            self._before()
+            name, out = super().__call__(name, doc, validate)
+        except Exception:  # never let the plugin stop the RunEngine or lose a raw document
+            log.exception("%s failed on a %s document; passing it through", self.label, name)
+            self._note(f"internal error on {name}")
+            out, self._follow = doc, []
+        finally:
+            if name == "stop":  # however the stop went, nothing of this run may outlive it
+                self._release()
+        if not self._turn.passed:
+            self._turn.passed = True
+            raw = self._stop_with_reason(out) if self._turn.name == "stop" else self._turn.doc
+            self._publish(self._turn.name, raw)
+        for follow_name, follow_doc in self._follow:
+            self._publish(follow_name, follow_doc)
+        return name, out
+
+    def _publish(self, name: str, doc: Mapping[str, Any]) -> None:
+        self._consumers.publish(name, doc, self.summary.consumers)
+
+    def _note(self, message: str) -> None:
+        if message not in self.summary.errors:
+            log.warning("%s: %s", self.label, message)
+        self.summary.errors.append(message)
+
+    def _before(self) -> None:
+        """Emit what is ready before the next raw document (callback thread)."""
+
+    def _release(self) -> None:
+        """End the run's threads and close its files; idempotent."""
+        self.summary.finished = True
+
+    def _stop_reasons(self) -> list[str]:
+        """Sentences this run adds to its stop document's ``reason``."""
+        return []
+
+    def _stop_with_reason(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """The stop document as published: ``reason`` gains this run's sentences and its failed consumers."""
+        reasons = [doc.get("reason", ""), *self._stop_reasons(), self.summary.consumers.reason()]
+        reason = "; ".join(dict.fromkeys(r for r in reasons if r))
+        return dict(doc, reason=reason) if reason != doc.get("reason", "") else doc
+
+
+class RunRouterFacade:
+    """Subscribers, and an ``event_model.RunRouter`` that makes one run object per run (:meth:`_make_run`)."""
+
+    def __init__(self) -> None:
+        self._consumers = Consumers()
+        self._turn = Turn()
+        self._orphans = ConsumerFailures()  # consumer failures on documents of no known run
+        self.runs: deque[RunSummary] = deque(maxlen=KEEP_RUNS)
+        self._router = event_model.RunRouter([self._factory], filler_class=_NoFill)  # type: ignore[arg-type]
+
+    def subscribe(self, func: Subscriber, *, storage: bool | None = None) -> int:
+        """Send every document (raw and derived) to ``func(name, doc)``; returns a token.
+
+        Parameters
+        ----------
+        func : callable
+            The consumer.
+        storage : bool, optional
+            Whether ``func`` stores the documents: its failures then say that the
+            stored run is incomplete. Default: recognised for bluesky's ``TiledWriter``.
+        """
+        return self._consumers.add(func, storage)
+
+    def unsubscribe(self, token: int) -> None:
+        """Stop sending documents to the subscriber of ``token``."""
+        self._consumers.remove(token)
+
+    def __call__(self, name: str, doc: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        self._turn.begin(name, doc)
+        try:
+            self._router(name, doc)
+        except Exception:  # a document of no known run (subscribed mid-run) or a routing failure
+            log.exception("could not route a %s document; passing it through", name)
+        if not self._turn.passed:
+            self._turn.passed = True
+            self._consumers.publish(name, doc, self._orphans)
+        return name, doc
+
+    def _factory(self, name: str, start_doc: Any) -> tuple[list[PassThroughRun], list[Any]]:
+        run = self._make_run(start_doc)
+        self.runs.append(run.summary)
+        return [run], []
+
+    def _make_run(self, start_doc: Any) -> PassThroughRun:
+        raise NotImplementedError
+
+    @property
+    def last_run(self) -> RunSummary | None:
+        """Summary of the current or most recent run."""
+        return self.runs[-1] if self.runs else None
+
+    @property
+    def errors(self) -> list[str]:
+        """Problems noted in the current or most recent run (each also logged)."""
+        return self.last_run.errors if self.last_run else []
+
+    @property
+    def consumer_errors(self) -> int:
+        """Documents a consumer raised on, in the current or most recent run."""
+        return self.last_run.consumers.total if self.last_run else 0
+
+
+class _NoFill(event_model.DocumentRouter):
+    """The RunRouter's per-run filler, doing nothing: each run reads its own frames on its own threads."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+
+    def event_page(self, doc: Any) -> Any:
+        return doc
