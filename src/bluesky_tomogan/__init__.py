@@ -9,7 +9,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0+unknown"
 
-from .callbacks import TomoGANCallback, tomogan_factory  # noqa: E402
+from .callbacks import TomoGANCallback, TomoReconstruction, tomogan_factory  # noqa: E402
 from .errors import (  # noqa: E402
     BackendUnavailableError,
     DatasetError,
@@ -29,6 +29,7 @@ __all__ = [
     "Denoiser",
     "load_denoiser",
     "TomoGANCallback",
+    "TomoReconstruction",
     "tomogan_factory",
     "TomoGANError",
     "InputShapeError",

@@ -2,6 +2,8 @@
 
 from .progress import ScanProgress
 from .queue import POLICIES, FrameQueue
+from .reconstruction import TomoReconstruction
 from .tomogan import TomoGANCallback, image_fields, tomogan_factory
 
-__all__ = ["TomoGANCallback", "FrameQueue", "POLICIES", "image_fields", "tomogan_factory", "ScanProgress"]
+__all__ = ["TomoGANCallback", "TomoReconstruction", "FrameQueue", "POLICIES", "image_fields", "tomogan_factory",
+           "ScanProgress"]

@@ -74,6 +74,8 @@ WORKER_NICENESS = 10
 FEEDBACK_QUEUE = 256
 #: Scalar readings of so many recent raw events are kept, so a recommendation can say where to re-acquire.
 POSITIONS_KEPT = 4096
+#: Seconds a stream's newest frame waits for its next frame (its context) before it is denoised without it.
+CONTEXT_WAIT = 2.0
 #: Recent usable frames per stream (binned) among which registration looks for a neighbouring angle.
 REGISTRATION_HISTORY = 8
 
@@ -133,6 +135,7 @@ class _Stream:
     history: deque[tuple[float | None, np.ndarray]] = dataclasses.field(
         default_factory=lambda: deque(maxlen=REGISTRATION_HISTORY))
     steps: deque[float] = dataclasses.field(default_factory=lambda: deque(maxlen=32))
+    interval: float | None = None  # typical seconds between frames (worker only)
 
 
 @dataclass
@@ -144,6 +147,7 @@ class _Frame:
     received: float
     token: int
     metrics: FrameMetrics = field(default_factory=FrameMetrics)
+    done: bool = False  # denoised (its row is on its way)
 
 
 @dataclass
@@ -438,6 +442,7 @@ class RunDenoiser(PassThroughRun):
         windows: dict[int, list[_Frame]] = {}  # id of a derived stream -> its context window
         while True:
             got = self._queue.get(timeout=0.5)
+            self._flush_stale(windows)
             if got is None:
                 if self._closed:  # the stop gave up on this worker: nothing left to do
                     return
@@ -453,10 +458,7 @@ class RunDenoiser(PassThroughRun):
                 continue
             if not is_frame:  # end of run: mirrored context for each stream's last frame
                 for window in windows.values():
-                    if len(window) == 1:
-                        self._denoise(window[0], [window[0]] * 3)
-                    elif len(window) == 2:
-                        self._denoise(window[1], [window[0], window[1], window[0]])
+                    self._denoise_last(window)
                 self._done.set()
                 return
             try:
@@ -473,6 +475,9 @@ class RunDenoiser(PassThroughRun):
                                      finished=time.time()))
                 continue
             window = windows.setdefault(id(item.stream), [])
+            if window:  # how often this stream's frames come, for _flush_stale
+                gap = item.received - window[-1].received
+                item.stream.interval = gap if item.stream.interval is None else 0.8 * item.stream.interval + 0.2 * gap
             window.append(item)
             if len(window) == 2:  # first frame: mirrored context
                 self._denoise(window[0], [window[1], window[0], window[1]])
@@ -480,7 +485,29 @@ class RunDenoiser(PassThroughRun):
                 self._denoise(window[1], window)
                 window.pop(0)
 
+    def _denoise_last(self, window: list[_Frame]) -> None:
+        """Denoise a stream's newest frame with mirrored context (its next frame is not coming, or not yet)."""
+        if len(window) == 1:
+            self._denoise(window[0], [window[0]] * 3)
+        elif len(window) == 2:
+            self._denoise(window[1], [window[0], window[1], window[0]])
+
+    def _flush_stale(self, windows: dict[int, list[_Frame]]) -> None:
+        """A stream whose next frame is overdue (``CONTEXT_WAIT`` s, or three of its usual intervals if longer:
+        its phase ended, as the flats of a tomography scan do before the projections) gets its newest frame
+        denoised now, with mirrored context, not at the stop."""
+        now = time.time()
+        for window in windows.values():
+            if not window or window[-1].done:
+                continue
+            wait = max(CONTEXT_WAIT, 3 * (window[-1].stream.interval or 0.0))
+            if now - window[-1].received > wait:
+                self._denoise_last(window)
+
     def _denoise(self, item: _Frame, context: list[_Frame]) -> None:
+        if item.done:  # already denoised with mirrored context while its next frame was late
+            return
+        item.done = True
         try:
             den = self.options.denoiser_for(item.stream.field)
             out = den.denoise_context(np.stack([np.asarray(c.frame) for c in context]))

@@ -1,0 +1,416 @@
+"""``TomoReconstruction``: slices reconstructed (and denoised) while a tomography scan runs.
+
+Subscribe it downstream of :class:`~bluesky_tomogan.callbacks.TomoGANCallback`
+(so that it sees the denoised stream) and upstream of storage::
+
+    cb = TomoGANCallback(load_denoiser(), streams=["primary", "flat"])   # denoised flats too
+    rec = TomoReconstruction(load_denoiser("tomogan-slice"))
+    cb.subscribe(rec)
+    rec.subscribe(TiledWriter(client))
+    RE.subscribe(cb)
+
+For a run with a rotation axis (the start document's first ``motors`` entry)
+it collects a few sinogram rows (default: the centre and the quarters, each
+with its two neighbours as the slice model's context) from the ``denoised``
+frames (or the raw ones), flat/dark-corrects them with the run's ``flat`` and
+``dark`` streams (denoised flats when the callback made them: the flat's
+noise is otherwise the strongest stripe in the sinogram), removes stripes,
+finds the rotation centre and reconstructs with algotom
+(:mod:`bluesky_tomogan.reconstruction`), denoises each slice with the slice
+model, and emits a ``reconstruction`` stream in the same run, before its stop:
+every ``every`` projections while the scan runs (on a worker thread, emitted
+at the next document), and once more at the end. Slices are written to HDF5
+and announced by StreamResource/StreamDatum, like the denoised frames.
+
+Problems (no rotation axis, no darks or flats, angles that do not cover 180
+degrees, a given centre far from the found one) are noted in the stream's
+``note`` column and logged; the scan and its raw data are never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+import event_model
+import numpy as np
+
+from .. import reconstruction as recon
+from ..errors import OutputPathError
+from ..hdf5_frames import StreamFrameReader, path_from_uri
+from ..inference.denoiser import Denoiser
+from .consumers import Consumers
+from .frame_writer import DerivedFrameWriter, default_directory
+from .passthrough import PassThroughRun, RunRouterFacade, Turn
+from .run import image_fields
+
+__all__ = ["TomoReconstruction"]
+
+log = logging.getLogger(__name__)
+#: A given centre further than this (pixels) from the one found is noted as probably wrong.
+CENTER_TOLERANCE = 5.0
+STREAM = "reconstruction"
+
+
+class TomoReconstruction(RunRouterFacade):
+    """Reconstruct and denoise a few slices of a tomography run while it runs (see the module docstring).
+
+    Parameters
+    ----------
+    slice_denoiser : Denoiser, optional
+        The slice model (``load_denoiser("tomogan-slice")``); without it the
+        stream holds the filtered back-projections only.
+    rows : sequence of int, optional
+        Detector rows to reconstruct (default: the quarter, centre and three-quarter rows).
+    source : {"denoised", "raw"}
+        Which projections: the ``denoised`` stream (default) or the raw ``primary`` frames.
+    center : float, optional
+        Rotation centre in pixels (default: found with algotom's ``find_center_vo``).
+    remove_stripes : bool
+        Remove stripes (algotom's sorting-based filter) before back-projecting.
+    every : int
+        Reconstruct every ``every`` projections while the scan runs (0: only at the end).
+    directory : path-like, optional
+        Where slice files go (default: next to the raw frames, else the per-user data directory).
+    timeout : float
+        Seconds the stop waits for the final reconstruction.
+    """
+
+    def __init__(self, slice_denoiser: Denoiser | None = None, *, rows: Sequence[int] | None = None,
+                 source: Literal["denoised", "raw"] = "denoised", center: float | None = None,
+                 remove_stripes: bool = True, every: int = 0,
+                 directory: str | os.PathLike[str] | None = None, timeout: float = 120.0) -> None:
+        if source not in ("denoised", "raw"):
+            raise ValueError(f"source must be 'denoised' or 'raw', got {source!r}")
+        super().__init__()
+        self.slice_denoiser = slice_denoiser
+        self.rows = None if rows is None else [int(r) for r in rows]
+        self.source = source
+        self.center = center
+        self.remove_stripes = remove_stripes
+        self.every = int(every)
+        self.directory = None if directory is None else Path(directory).expanduser().resolve()
+        self.timeout = timeout
+
+    def _make_run(self, start_doc: Any) -> PassThroughRun:
+        return _RunReconstruction(self, self._consumers, self._turn)
+
+
+class _Frames:
+    """Where the frames of one stream are: (seq_num -> (reader, index)) or inline rows."""
+
+    def __init__(self) -> None:
+        self.located: dict[int, tuple[StreamFrameReader, int]] = {}
+        self.inline: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.located) + len(self.inline)
+
+    def rows(self, seqs: Sequence[int], rows: Sequence[int]) -> np.ndarray:
+        """``(len(seqs), len(rows), W)`` of the frames ``seqs`` (worker thread)."""
+        out = []
+        for s in seqs:
+            if s in self.inline:
+                frame = self.inline[s]
+            else:
+                reader, i = self.located[s]
+                frame = reader(i, i + 1)[0]
+            out.append(np.asarray(frame, np.float32)[list(rows)])
+        return np.stack(out)
+
+
+class _RunReconstruction(PassThroughRun):
+    label = "TomoReconstruction"
+
+    def __init__(self, options: TomoReconstruction, consumers: Consumers, turn: Turn) -> None:
+        super().__init__(consumers, turn)
+        self.o = options
+        self._start: Any = None
+        self._motor: str | None = None
+        self._names: dict[str, str] = {}  # descriptor uid -> stream name
+        self._image_key: dict[str, str] = {}  # stream name -> its frame data key
+        self._shape: tuple[int, int] | None = None
+        self._frames: dict[str, _Frames] = {}  # stream name -> frames
+        self._readers: dict[str, tuple[str, StreamFrameReader]] = {}  # StreamResource uid -> (data key, reader)
+        self._angles: dict[int, float] = {}  # primary seq_num -> angle
+        self._source_seq: dict[int, int] = {}  # denoised seq_num -> primary seq_num
+        self._unusable: set[int] = set()  # primary seq_nums whose frame QC called unusable
+        self._raw_directory: Path | None = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tomogan-recon")
+        self._pending: Future[dict[str, Any] | None] | None = None
+        self._last_update = 0
+        self._lock = threading.Lock()
+        self._writer: DerivedFrameWriter | None = None
+        self._bundle: Any = None
+        self._streams: dict[str, Any] = {}
+        self._counters: dict[str, int] = {}
+        self._resources: dict[str, Any] = {}
+        self._found_center = float("nan")  # from the last reconstruction that covered 180 degrees
+
+    # -- documents ---------------------------------------------------------------------------
+
+    def start(self, doc: Any) -> Any:
+        self._start = doc
+        self.summary.uid = doc["uid"]
+        motors = list(doc.get("motors") or [])
+        self._motor = str(motors[0]) if motors else None
+        return doc
+
+    def descriptor(self, doc: Any) -> Any:
+        name = doc.get("name", "primary")
+        self._names[doc["uid"]] = name
+        if name in ("primary", "dark", "flat", "denoised", "flat_denoised", "dark_denoised"):
+            keys = image_fields(doc)
+            if name.endswith("denoised"):
+                keys = [k for k in keys if k.endswith("_denoised")]
+            if keys and name not in self._image_key:
+                self._image_key[name] = keys[0]
+                self._frames.setdefault(name, _Frames())
+                if name == "primary":
+                    shape = [s for s in doc["data_keys"][keys[0]]["shape"] if s is not None][-2:]
+                    self._shape = (int(shape[0]), int(shape[1]))
+        return doc
+
+    def stream_resource(self, doc: Any) -> Any:
+        if self._raw_directory is None:
+            try:
+                self._raw_directory = path_from_uri(doc["uri"]).parent
+            except (ValueError, KeyError):
+                pass
+        if doc.get("data_key") in self._image_key.values():
+            try:
+                self._readers[doc["uid"]] = (doc["data_key"], StreamFrameReader(doc))
+            except (ValueError, KeyError) as exc:
+                self._note(f"StreamResource {doc.get('uid')}: {exc}; its frames are not reconstructed")
+        return doc
+
+    def stream_datum(self, doc: Any) -> Any:
+        found = self._readers.get(doc["stream_resource"])
+        name = self._names.get(doc["descriptor"])
+        if found is None or name is None or name not in self._frames:
+            return doc
+        _, reader = found
+        start, stop = doc["indices"]["start"], doc["indices"]["stop"]
+        for i, seq in zip(range(start, stop), range(doc["seq_nums"]["start"], doc["seq_nums"]["stop"]), strict=True):
+            self._frames[name].located[seq] = (reader, i)
+        return doc
+
+    def event_page(self, doc: Any) -> Any:
+        name = self._names.get(doc["descriptor"])
+        if name is None:
+            return doc
+        data = doc["data"]
+        if name == "primary" and self._motor is not None and self._motor in data:
+            self._angles.update(zip(doc["seq_num"], map(float, data[self._motor]), strict=True))
+        if name == "denoised":
+            key = self._image_key.get(name, "")
+            field = key[: -len("_denoised")]
+            sources = data.get(f"{field}_source_seq_num", [])
+            flags = data.get(f"{field}_qc_flags", [""] * len(sources))
+            errors = data.get(f"{field}_qc_error", [""] * len(sources))
+            for seq, src, flag, err in zip(doc["seq_num"], sources, flags, errors, strict=True):
+                self._source_seq[seq] = int(src)
+                if err or any(f in str(flag).split(",") for f in ("beam_lost", "dead_pixels", "nonfinite")):
+                    self._unusable.add(int(src))
+        frame_key = self._image_key.get(name)
+        if frame_key is not None and frame_key in data:  # inline frames
+            for seq, frame in zip(doc["seq_num"], data[frame_key], strict=True):
+                self._frames[name].inline[seq] = np.asarray(frame)
+        if name == "primary" and self.o.every and len(self._angles) - self._last_update >= self.o.every:
+            self._submit(final=False)
+        return doc
+
+    def stop(self, doc: Any) -> Any:
+        if self._motor is None:
+            self._note("not a tomography scan (the start document names no rotation axis in 'motors'); "
+                       "nothing reconstructed")
+            return doc
+        if self._pending is not None:
+            self._collect(wait=self.o.timeout)
+        self._submit(final=True)
+        self._collect(wait=self.o.timeout)
+        if not self._counters:
+            return doc
+        out = dict(doc, num_events=dict(doc.get("num_events") or {}))
+        out["num_events"].update({k: v - 1 for k, v in self._counters.items()})  # counters start at 1
+        return out
+
+    # -- reconstruction (worker thread) --------------------------------------------------------
+
+    def _submit(self, final: bool) -> None:
+        if self._pending is not None and not self._pending.done():
+            return  # one at a time: an update waits for the one before it
+        self._collect(wait=0)
+        self._last_update = len(self._angles)
+        self._pending = self._pool.submit(self._reconstruct, final)
+
+    def _before(self) -> None:
+        if self._pending is not None and self._pending.done():
+            self._collect(wait=0)
+
+    def _collect(self, wait: float) -> None:
+        future, self._pending = self._pending, None
+        if future is None:
+            return
+        try:
+            result = future.result(timeout=wait)
+        except TimeoutError:
+            self._note(f"the reconstruction took longer than {wait} s; the run goes on without it")
+            return
+        except Exception as exc:  # a library failure must not stop the scan
+            log.exception("reconstruction failed")
+            self._note(f"reconstruction failed: {type(exc).__name__}: {exc}")
+            return
+        if result is not None:
+            self._emit(result)
+
+    def _rows(self) -> list[int]:
+        assert self._shape is not None
+        h = self._shape[0]
+        centres = self.o.rows if self.o.rows is not None else [h // 4, h // 2, (3 * h) // 4]
+        return [min(max(r, 1), h - 2) for r in centres]
+
+    def _reconstruct(self, final: bool) -> dict[str, Any] | None:
+        """Read the rows, correct, reconstruct and denoise (worker thread). ``None`` if nothing to do yet."""
+        if self._shape is None:
+            return None
+        notes: list[str] = []
+        rows = self._rows()
+        wanted = sorted({r + d for r in rows for d in (-1, 0, 1)})
+        source = "denoised" if self.o.source == "denoised" and "denoised" in self._frames else "primary"
+        if source != self.o.source and final:
+            notes.append("no denoised stream: reconstructed from the raw frames")
+        frames = self._frames.get(source)
+        if frames is None or len(frames) < 3:
+            return None
+        # the last usable frame of each angle
+        by_angle: dict[float, int] = {}
+        for seq in sorted(set(frames.located) | set(frames.inline)):
+            raw_seq = self._source_seq.get(seq, seq) if source == "denoised" else seq
+            if raw_seq in self._angles and raw_seq not in self._unusable:
+                by_angle[self._angles[raw_seq]] = seq
+        if len(by_angle) < 3:
+            return None
+        angles = np.array(sorted(by_angle))
+        seqs = [by_angle[a] for a in angles]
+        sino = frames.rows(seqs, wanted)  # (angles, rows, W)
+        flat = self._mean_rows("flat_denoised" if source == "denoised" and "flat_denoised" in self._frames else "flat",
+                               wanted)
+        dark = self._mean_rows("dark", wanted)
+        if flat is None:
+            notes.append("no flat frames: flat field taken as each column's brightest value")
+        if dark is None:
+            notes.append("no dark frames: dark taken as 0")
+        angle_problem = recon.check_angles(angles)
+        if angle_problem and final:  # while the scan runs, a partial rotation is expected
+            notes.append(angle_problem)
+        middle = wanted.index(rows[len(rows) // 2])
+        transmission = {r: recon.corrected_sinogram(sino[:, i], None if flat is None else flat[i],
+                                                    None if dark is None else dark[i]) for i, r in enumerate(wanted)}
+        found = self._found_center
+        if not angle_problem:
+            found = self._found_center = recon.find_center(transmission[wanted[middle]], angles)
+        center = self.o.center if self.o.center is not None else found
+        if center != center:  # NaN: no centre could be found (yet), use the detector centre
+            center = (self._shape[1] - 1) / 2
+            if final:
+                notes.append(f"rotation centre not found ({angle_problem}); using the detector centre {center:g}")
+        elif self.o.center is not None and found == found and abs(found - self.o.center) > CENTER_TOLERANCE:
+            notes.append(f"the given rotation centre {self.o.center:g} is {abs(found - self.o.center):.1f} px from "
+                         f"the one found ({found:.2f}): probably wrong")
+        slices = {r: recon.reconstruct(transmission[r], angles, center, row=r, remove_stripes=self.o.remove_stripes)
+                  for r in wanted}
+        out_fbp, out_den, stripes = [], [], []
+        for r in rows:
+            out_fbp.append(slices[r].slice)
+            stripes.append(slices[r].stripe_raw)
+            if self.o.slice_denoiser is not None:
+                context = np.stack([slices[r - 1].slice, slices[r].slice, slices[r + 1].slice])
+                out_den.append(self.o.slice_denoiser.denoise_context(context))
+            else:
+                out_den.append(slices[r].slice)
+        return {"rows": rows, "fbp": out_fbp, "slice": out_den, "center": float(center), "found": found,
+                "projections": len(angles), "stripe": stripes, "note": "; ".join(notes), "final": final,
+                "source": source}
+
+    def _mean_rows(self, name: str, rows: Sequence[int]) -> np.ndarray | None:
+        frames = self._frames.get(name)
+        if frames is None or len(frames) == 0:
+            return None
+        seqs = sorted(set(frames.located) | set(frames.inline))
+        return frames.rows(seqs, rows).mean(axis=0)
+
+    # -- emitting (callback thread) ---------------------------------------------------------
+
+    def _emit(self, r: dict[str, Any]) -> None:
+        n = len(r["rows"])
+        w = r["slice"][0].shape
+        if self._bundle is None:
+            data_keys: dict[str, Any] = {
+                key: {"source": "bluesky-tomogan", "dtype": "array", "shape": [1, *w], "dtype_numpy": "<f4",
+                      "external": "STREAM:", "object_name": "reconstruction"} for key in ("slice", "slice_fbp")}
+            for key, dtype, units in (("row", "integer", "pixel"), ("center", "number", "pixel"),
+                                      ("projections", "integer", ""), ("stripe_metric", "number", ""),
+                                      ("final", "boolean", ""), ("note", "string", "")):
+                data_keys[key] = {"source": "bluesky-tomogan", "dtype": dtype, "shape": [], "units": units,
+                                  "object_name": "reconstruction"}
+            config = {"algorithm": "algotom fbp_reconstruction (hann), centre by find_center_vo",
+                      "stripe_removal": "algotom remove_stripe_based_sorting" if self.o.remove_stripes else "none",
+                      "source": r["source"], "center_given": "" if self.o.center is None else str(self.o.center)}
+            if self.o.slice_denoiser is not None:
+                config |= {f"slice_{k}": str(v) for k, v in self.o.slice_denoiser.provenance().items()}
+            now = time.time()
+            self._bundle = event_model.compose_descriptor(
+                start=self._start, streams=self._streams, event_counters=self._counters, name=STREAM,
+                data_keys=data_keys, object_keys={"reconstruction": sorted(data_keys)},
+                configuration={"reconstruction": {
+                    "data": config, "timestamps": dict.fromkeys(config, now),
+                    "data_keys": {k: {"source": "bluesky-tomogan", "dtype": "string", "shape": []} for k in config}}},
+            )
+            self._publish("descriptor", self._bundle.descriptor_doc)
+            try:
+                self._writer = DerivedFrameWriter(self._directory(), self._start)
+                for key in ("slice", "slice_fbp"):
+                    self._resources[key] = self._writer.add(f"{STREAM}-{key}", key, w)
+                    self._publish("stream_resource", self._resources[key])
+            except (OutputPathError, OSError) as exc:
+                self._note(f"slices cannot be written ({exc}); the stream records the rest")
+                self._writer = None
+        indices = {}
+        if self._writer is not None:
+            for key, arrays in (("slice", r["slice"]), ("slice_fbp", r["fbp"])):
+                indices[key] = self._writer.write(f"{STREAM}-{key}", np.stack(arrays))
+        data = {"row": r["rows"], "center": [r["center"]] * n, "projections": [r["projections"]] * n,
+                "stripe_metric": r["stripe"], "final": [r["final"]] * n, "note": [r["note"]] * n}
+        now = time.time()
+        page = self._bundle.compose_event_page(data=data, timestamps={k: [now] * n for k in data})
+        self._publish("event_page", page)
+        if r["note"] and r["final"]:
+            self._note(r["note"])
+        first = int(page["seq_num"][0])
+        for key, (start, stop) in indices.items():
+            assert self._writer is not None
+            self._publish("stream_datum", self._writer.datum(f"{STREAM}-{key}", start, stop, first,
+                                                             self._bundle.descriptor_doc))
+
+    def _directory(self) -> Path:
+        if self.o.directory is not None:
+            return self.o.directory
+        return self._raw_directory if self._raw_directory is not None else default_directory()
+
+    def _release(self) -> None:
+        if self.summary.finished:
+            return
+        super()._release()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._writer is not None:
+            self._writer.close()
+        for _, reader in self._readers.values():
+            reader.close()
+        self._readers.clear()

@@ -1,0 +1,137 @@
+"""Live reconstruction: the algotom steps with known answers, and the stream in a real run."""
+
+from __future__ import annotations
+
+import bluesky.plans as bp
+import event_model
+import numpy as np
+import pytest
+from bluesky.callbacks.tiled_writer import TiledWriter
+
+from bluesky_tomogan import TomoGANCallback, load_denoiser
+from bluesky_tomogan.callbacks import TomoReconstruction
+from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
+from bluesky_tomogan.metrics import ssim
+from bluesky_tomogan.plans import tomo_scan
+from bluesky_tomogan.reconstruction import check_angles, corrected_sinogram, find_center, reconstruct, stripe_metric
+from bluesky_tomogan.simulate.tomography import angles_deg, fbp
+from bluesky_tomogan.storage import frames_directory
+
+pytest.importorskip("algotom", reason="live reconstruction needs algotom (a core dependency)")
+
+
+def test_stripe_metric_of_one_offset_column():
+    sino = np.zeros((90, 100))
+    sino[:, 40] += 0.5
+    assert stripe_metric(sino) == pytest.approx(0.5 / np.sqrt(100), rel=1e-6)
+    assert stripe_metric(np.random.default_rng(0).normal(0, 1, (2000, 100))) < 0.03  # noise averages out
+
+
+def test_check_angles_wants_180_degrees():
+    assert check_angles(angles_deg(90)) == ""
+    assert "cover 90.0 degrees, not 180" in check_angles(np.arange(0, 90, 1.0))
+
+
+@pytest.fixture(scope="module")
+def sim_sinogram():
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(64, 96), simulate_timing=False, seed=3)
+    angles = angles_deg(120)
+    row = 32
+    clean = det.sample.sinogram(row, angles)  # line integrals, centred on the detector
+    return det, angles, row, clean
+
+
+def test_rotation_centre_and_slice_of_a_centred_sample(sim_sinogram):
+    det, angles, row, clean = sim_sinogram
+    transmission = np.exp(-clean)
+    center = find_center(transmission, angles)
+    assert center == pytest.approx((clean.shape[1] - 1) / 2, abs=1.0)
+    result = reconstruct(transmission, angles, center, row=row)
+    assert ssim(fbp(clean, angles), result.slice) > 0.8
+    with pytest.raises(ValueError, match="outside the detector"):
+        reconstruct(transmission, angles, 500.0)
+
+
+def test_flat_dark_correction_and_its_fallbacks():
+    rows = np.full((5, 4), 600.0)
+    assert np.allclose(corrected_sinogram(rows, np.full(4, 1100.0), np.full(4, 100.0)), 0.5)
+    assert np.allclose(corrected_sinogram(rows, None, None), 1.0)  # flat = the brightest value of each column
+
+
+def scan(RE, tmp_path, store=None, angles=None, rec=None, **scan_kw):
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(64, 64), directory=frames_directory(tmp_path / "store"),
+                          simulate_timing=False, seed=7)
+    det.photon_flux.put(5e4)
+    cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="onnxruntime"), streams=["primary", "flat"])
+    rec = rec or TomoReconstruction(load_denoiser("tomogan-slice", backend="onnxruntime"), every=20)
+    cb.subscribe(rec)
+    docs = []
+    rec.subscribe(lambda name, doc: docs.append((name, doc)))
+    if store is not None:
+        rec.subscribe(TiledWriter(store))
+    RE.subscribe(cb)
+    angles = list(angles_deg(60)) if angles is None else angles
+    (uid,) = RE(tomo_scan(det, stage, angles, **({"n_darks": 3, "n_flats": 3} | scan_kw)))
+    return uid, docs, rec, det
+
+
+def test_the_reconstruction_stream_is_stored_in_the_same_run_before_its_stop(RE, store, tmp_path):
+    uid, docs, rec, det = scan(RE, tmp_path, store)
+    for name, doc in docs:
+        event_model.schema_validators[getattr(event_model.DocumentNames, name)].validate(doc)
+    names = [n for n, _ in docs]
+    assert names[-1] == "stop" and docs[-1][1]["exit_status"] == "success"
+    (desc,) = [d for n, d in docs if n == "descriptor" and d["name"] == "reconstruction"]
+    assert "algotom" in desc["configuration"]["reconstruction"]["data"]["algorithm"]
+    assert desc["configuration"]["reconstruction"]["data"]["slice_model"] == "tomogan-slice"
+    stored = store[uid]["reconstruction"]
+    slices = stored["slice"].read()
+    assert slices.shape[1:] == (64, 64) and slices.shape[0] % 3 == 0 and np.isfinite(slices).all()
+    assert list(stored["row"].read()[-3:]) == [16, 32, 48]
+    assert bool(stored["final"].read()[-1]) and int(stored["projections"].read()[-1]) == 60
+    assert float(stored["center"].read()[-1]) == pytest.approx(31.5, abs=1.0)
+    assert docs[-1][1]["num_events"]["reconstruction"] == slices.shape[0]
+    assert rec.errors == []
+    clean = fbp(det.sample.sinogram(32, angles_deg(60)), angles_deg(60))
+    assert ssim(clean, slices[-2]) > ssim(clean, stored["slice_fbp"].read()[-2]) - 0.05  # the slice model helps
+
+
+def test_a_scan_without_rotation_axis_is_noted_and_left_alone(RE, tmp_path):
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(32, 32), directory=tmp_path, simulate_timing=False)
+    cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="onnxruntime"))
+    rec = TomoReconstruction()
+    cb.subscribe(rec)
+    docs = []
+    rec.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE.subscribe(cb)
+    RE(bp.count([det], num=3))
+    assert any("not a tomography scan" in e for e in rec.errors)
+    assert not any(n == "descriptor" and d["name"] == "reconstruction" for n, d in docs)
+    assert docs[-1][1]["exit_status"] == "success"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no flats", "no flat frames"),
+    ("no darks", "no dark frames"),
+    ("90 degrees", "not 180"),
+    ("wrong centre", "probably wrong"),
+])
+def test_problems_are_noted_in_the_stream_and_the_scan_completes(RE, tmp_path, case, message):
+    kw: dict = {}
+    angles = None
+    rec = None
+    if case == "no flats":
+        kw["n_flats"] = 0
+    elif case == "no darks":
+        kw["n_darks"] = 0
+    elif case == "90 degrees":
+        angles = [float(a) for a in np.arange(0, 90, 1.5)]
+    else:
+        rec = TomoReconstruction(center=10.0)
+    uid, docs, rec, _ = scan(RE, tmp_path, angles=angles, rec=rec, **kw)
+    notes = [note for n, d in docs if n == "event_page" and "note" in d["data"] for note in d["data"]["note"]]
+    assert any(message in note for note in notes) and any(message in e for e in rec.errors)
+    assert docs[-1][1]["exit_status"] == "success"
