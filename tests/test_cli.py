@@ -114,9 +114,10 @@ def test_demo_runs_a_live_scan_stored_in_tiled_and_says_where(tmp_path):
     try:
         (uid,) = list(client)
         run = client[uid]
-        assert set(run) == {"dark", "flat", "primary", "denoised", "interruptions"}  # interruptions are recorded
+        assert set(run) == {"dark", "flat", "primary", "denoised", "flat_denoised", "interruptions", "reconstruction"}
         assert run["primary"]["det_image"].shape == (24, 64, 64)
         assert run["denoised"]["det_image_denoised"].shape == (24, 64, 64)
+        assert run["reconstruction"]["slice"].shape[1:] == (64, 64)  # reconstructed live, stored in the run
         assert run.metadata["start"]["plan_name"] == "tomo_scan"
     finally:
         close_local_tiled(client)

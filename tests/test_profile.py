@@ -30,7 +30,8 @@ def test_profile_runs_a_tomography_scan_stored_with_its_denoised_stream(tmp_path
                           capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "bluesky-tomogan session" in done.stdout
-    assert "STREAMS ['dark', 'denoised', 'flat', 'interruptions', 'primary']" in done.stdout
+    assert ("STREAMS ['dark', 'denoised', 'flat', 'flat_denoised', 'interruptions', 'primary', 'reconstruction']"
+            in done.stdout)
     assert "SHAPE (4, 512, 512)" in done.stdout
     assert "ERRORS [] 0" in done.stdout
     assert "QC QCMonitor ['qc_beam_lost'] True" in done.stdout  # QC monitor, its suspender, interruptions recorded

@@ -76,7 +76,7 @@ def run_demo(
     from bluesky.callbacks.tiled_writer import TiledWriter
     from bluesky.suspenders import SuspendFloor
 
-    from .callbacks import ScanProgress, TomoGANCallback
+    from .callbacks import ScanProgress, TomoGANCallback, TomoReconstruction
     from .devices import QCMonitor, SimBeamCurrent, SimTomoDetector, SimTomoStage
     from .inference import load_denoiser
     from .plans import tomo_scan
@@ -106,9 +106,13 @@ def run_demo(
         feedback = QCFeedback(QCPolicy(dark_level=det.model.dark_level), monitor=monitor, RE=RE)
         feedback.install_suspenders(RE, sleep=0.5)
         RE.install_suspender(SuspendFloor(beam, 0.25 * beam.nominal, resume_thresh=0.5 * beam.nominal, sleep=0.5))
-        cb = TomoGANCallback(den, streams=["primary"], directory=frames_directory(root), policy="block",
+        # Flats are denoised too: the flat's own noise is the strongest stripe in the sinogram.
+        cb = TomoGANCallback(den, streams=["primary", "flat"], directory=frames_directory(root), policy="block",
                              feedback=feedback)
-        cb.subscribe(TiledWriter(client))
+        live = TomoReconstruction(load_denoiser("tomogan-slice", backend=backend), every=max(n_angles // 3, 1),
+                                  directory=frames_directory(root))
+        cb.subscribe(live)
+        live.subscribe(TiledWriter(client))
         RE.subscribe(cb)
         RE.subscribe(ScanProgress())
         angles = angles_deg(n_angles)
@@ -136,9 +140,12 @@ def run_demo(
            f"median latency {metrics['latency_median_s'] * 1e3:.0f} ms per frame")
     report(f"QC: {metrics['flagged_frames']} frames flagged, {metrics['suspensions']} suspensions "
            "(see the timeline in the figure)")
-    report(f"projection PSNR {metrics['frame_psnr_raw']:.1f} -> {metrics['frame_psnr_denoised']:.1f} dB; "
-           f"slice SSIM {metrics['slice_ssim_raw']:.3f} -> {metrics['slice_ssim_denoised']:.3f} "
-           f"(against the noise-free reconstruction)")
+    m = metrics
+    report(f"projection PSNR {m['frame_psnr_raw']:.1f} -> {m['frame_psnr_denoised']:.1f} dB; "
+           f"middle slice SSIM against the noise-free reconstruction: FBP of raw {m['slice_ssim_raw']:.3f}, "
+           f"FBP of denoised {m['slice_ssim_denoised']:.3f}, live reconstruction {m['slice_ssim_live']:.3f}")
+    report(f"stripe metric of the sinogram: raw {m['stripe_raw']:.4f}, denoised {m['stripe_denoised']:.4f}; "
+           f"rotation centre {m['center']:.2f} px")
     report(f"figure: {figure}")
     report(f"data:   {root}  (Tiled catalog in tiled/, frame files in frames/)")
     report("read it back in Python:")
@@ -184,8 +191,10 @@ def _best_rows(run: Any, angles: np.ndarray) -> list[int]:
 
 
 def _evaluate(run: Any, det: Any, angles: np.ndarray, photons: float) -> dict[str, Any]:
-    """Metrics read back from Tiled: one projection, and one reconstructed slice."""
-    from .simulate.tomography import fbp, flat_field_correct
+    """Metrics read back from Tiled: one projection; the middle slice from the raw frames, and as reconstructed
+    (and denoised) live; the stripe metric of the raw and the denoised sinogram."""
+    from .reconstruction import corrected_sinogram, reconstruct, stripe_metric
+    from .simulate.tomography import fbp
 
     size = det.frame_shape[1]
     rows = _best_rows(run, angles)
@@ -195,19 +204,26 @@ def _evaluate(run: Any, det: Any, angles: np.ndarray, photons: float) -> dict[st
     dark_level = det.model.dark_level
     clean_k = photons * det.gain * np.exp(-det.sample.line_integrals(float(angles[k]))) + dark_level
     flat = run["flat"]["det_image"][:, z, :].astype(np.float32).mean(0)
+    flat_den = run["flat_denoised"]["det_image_denoised"][:, z, :].mean(0)
     dark = run["dark"]["det_image"][:, z, :].astype(np.float32).mean(0)
-    sino_raw = flat_field_correct(run["primary"]["det_image"][:, z, :].astype(np.float32)[rows], flat, dark)
-    sino_den = flat_field_correct(run["denoised"]["det_image_denoised"][:, z, :][rows], flat, dark)
-    rec = {"raw": fbp(sino_raw, angles), "denoised": fbp(sino_den, angles),
+    raw_t = corrected_sinogram(run["primary"]["det_image"][:, z, :].astype(np.float32)[rows], flat, dark)
+    den_t = corrected_sinogram(run["denoised"]["det_image_denoised"][:, z, :][rows], flat_den, dark)
+    live = run["reconstruction"]
+    last = [i for i, (r, f) in enumerate(zip(live["row"].read(), live["final"].read(), strict=True)) if f and r == z]
+    center = float(live["center"].read()[last[-1]])
+    rec = {"raw": reconstruct(raw_t, angles, center, remove_stripes=False).slice,
+           "fbp": live["slice_fbp"][last[-1]], "live": live["slice"][last[-1]],
            "clean": fbp(det.sample.sinogram(z, angles), angles)}
+    stripes = {"raw": -np.log(raw_t), "denoised": -np.log(den_t)}
     latency = np.asarray(run["denoised"]["det_image_qc_latency_s"].read())
     return {
         "frame_psnr_raw": psnr(clean_k, raw_k), "frame_psnr_denoised": psnr(clean_k, den_k),
         "frame_ssim_raw": ssim(clean_k, raw_k), "frame_ssim_denoised": ssim(clean_k, den_k),
-        "slice_psnr_raw": psnr(rec["clean"], rec["raw"]), "slice_psnr_denoised": psnr(rec["clean"], rec["denoised"]),
-        "slice_ssim_raw": ssim(rec["clean"], rec["raw"]), "slice_ssim_denoised": ssim(rec["clean"], rec["denoised"]),
+        "slice_ssim_raw": ssim(rec["clean"], rec["raw"]), "slice_ssim_denoised": ssim(rec["clean"], rec["fbp"]),
+        "slice_ssim_live": ssim(rec["clean"], rec["live"]), "center": center,
+        "stripe_raw": stripe_metric(stripes["raw"]), "stripe_denoised": stripe_metric(stripes["denoised"]),
         "latency_median_s": float(np.median(latency)), "latency_p99_s": float(np.percentile(latency, 99)),
-        "_panels": {"k": k, "raw": raw_k, "denoised": den_k, "clean": clean_k, "rec": rec},
+        "_panels": {"k": k, "raw": raw_k, "denoised": den_k, "clean": clean_k, "rec": rec, "stripes": stripes},
     }
 
 
@@ -244,23 +260,25 @@ def _figure(path: Path, p: dict[str, Any], den: Any, m: dict[str, Any], timeline
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = plt.figure(figsize=(13, 11), constrained_layout=True)
-    grid = fig.add_gridspec(3, 3, height_ratios=[1, 1, 0.55])
-    ax = np.array([[fig.add_subplot(grid[r, c]) for c in range(3)] for r in range(2)])
+    fig = plt.figure(figsize=(17, 11), constrained_layout=True)
+    grid = fig.add_gridspec(3, 4, height_ratios=[1, 1, 0.55])
+    ax = np.array([[fig.add_subplot(grid[r, c]) for c in range(4)] for r in range(2)])
     lo, hi = np.percentile(p["clean"], [0.5, 99.5])
     slo, shi = np.percentile(p["rec"]["clean"], [0.5, 99.5])
     panels = [
         (p["raw"], f"raw projection {p['k']} (PSNR {m['frame_psnr_raw']:.1f} dB)", (lo, hi)),
         (p["denoised"], f"denoised (PSNR {m['frame_psnr_denoised']:.1f} dB)", (lo, hi)),
         (p["raw"] - p["denoised"], "raw - denoised (removed noise)", None),
-        (p["rec"]["raw"], f"slice from raw (SSIM {m['slice_ssim_raw']:.3f})", (slo, shi)),
-        (p["rec"]["denoised"], f"slice from denoised (SSIM {m['slice_ssim_denoised']:.3f})", (slo, shi)),
         (p["rec"]["clean"], "slice from noise-free projections", (slo, shi)),
+        (p["rec"]["raw"], f"FBP of raw (SSIM {m['slice_ssim_raw']:.3f})", (slo, shi)),
+        (p["rec"]["fbp"], f"live: FBP of denoised (SSIM {m['slice_ssim_denoised']:.3f})", (slo, shi)),
+        (p["rec"]["live"], f"live: + slice model (SSIM {m['slice_ssim_live']:.3f})", (slo, shi)),
     ]
-    for a, (img, title, lim) in zip(ax.ravel(), panels, strict=True):
+    for a, (img, title, lim) in zip(list(ax.ravel()[:7]), panels, strict=True):
         a.imshow(img, cmap="gray", vmin=None if lim is None else lim[0], vmax=None if lim is None else lim[1])
         a.set_title(title, fontsize=10)
         a.axis("off")
+    _draw_stripes(ax[1, 3], p["stripes"], m)
     _draw_timeline(fig.add_subplot(grid[2, :]), timeline)
     fig.suptitle(f"bluesky-tomogan demo: live scan, {den.model_name} on {den.backend}/{den.precision}, "
                  f"median latency {m['latency_median_s'] * 1e3:.0f} ms/frame")
@@ -288,3 +306,18 @@ def _draw_timeline(ax: Any, timeline: dict[str, Any]) -> None:
     ax.set_title(f"QC timeline: {len(timeline['flags'])} flags raised (red), "
                  f"{len(timeline['suspensions'])} interruptions (orange: suspended or paused)",
                  fontsize=10)
+
+
+def _draw_stripes(ax: Any, sinograms: dict[str, np.ndarray], m: dict[str, Any]) -> None:
+    """Column means of the raw and the denoised sinogram minus their local median: stripes, i.e. rings."""
+    from scipy.ndimage import median_filter
+
+    from .reconstruction import STRIPE_WINDOW
+
+    for name, sino in sinograms.items():
+        means = sino.mean(axis=0)
+        ax.plot(means - median_filter(means, size=STRIPE_WINDOW, mode="nearest"), lw=0.8,
+                label=f"{name} ({m['stripe_' + name]:.4f})")
+    ax.set_title("stripes: column mean minus local median", fontsize=10)
+    ax.set_xlabel("detector column")
+    ax.legend(fontsize=8)

@@ -20,7 +20,7 @@ from bluesky import RunEngine
 from bluesky.callbacks.tiled_writer import TiledWriter
 from bluesky.suspenders import SuspendFloor
 
-from bluesky_tomogan import TomoGANCallback, load_denoiser
+from bluesky_tomogan import TomoGANCallback, TomoReconstruction, load_denoiser
 from bluesky_tomogan.callbacks import ScanProgress
 from bluesky_tomogan.devices import QCMonitor, SimBeamCurrent, SimTomoDetector, SimTomoStage
 from bluesky_tomogan.plans import qc_tomo_scan, tomo_scan  # noqa: F401
@@ -56,8 +56,14 @@ feedback = QCFeedback(policy, monitor=qc, RE=RE)
 feedback.install_suspenders(RE, sleep=1)
 
 denoiser = load_denoiser(backend=os.environ.get("TOMOGAN_BACKEND", "auto"))
-tomogan = TomoGANCallback(denoiser, streams=["primary"], directory=frames_directory(DATA), feedback=feedback)
-tomogan.subscribe(TiledWriter(client))
+# Flats are denoised too: their noise is otherwise the strongest stripe (ring) in the live slices.
+tomogan = TomoGANCallback(denoiser, streams=["primary", "flat"], directory=frames_directory(DATA),
+                          feedback=feedback)
+# Three slices reconstructed with algotom and denoised with the slice model, every 30 projections and at the end.
+reconstruction = TomoReconstruction(load_denoiser("tomogan-slice", backend=os.environ.get("TOMOGAN_BACKEND", "auto")),
+                                    every=30, directory=frames_directory(DATA))
+tomogan.subscribe(reconstruction)
+reconstruction.subscribe(TiledWriter(client))
 RE.subscribe(tomogan)
 RE.subscribe(ScanProgress())
 # No beam, no data worth taking: suspend below 50 mA, resume 5 s after it is back.
@@ -68,10 +74,12 @@ print(f"""bluesky-tomogan session
                       else 'embedded Tiled in ' + DATA})
   devices   det (simulated camera, {det.frame_shape[0]}x{det.frame_shape[1]}), stage.theta / stage.x, ring_current
   denoiser  {denoiser!r}, subscribed as `tomogan` (policy block)
+  live      `reconstruction`: 3 slices, algotom + slice model, every 30 projections
   QC        qc (QCMonitor; suspenders on {', '.join(f for f, r in policy.rules.items() if r.action == 'suspend')}),
             feedback (QCFeedback), interruptions recorded
   try       uid, = RE(tomo_scan(det, stage, np.linspace(0, 180, 90, endpoint=False)))
             client[uid]["denoised"]["det_image_denoised"][0]
+            client[uid]["reconstruction"]["slice"][-2]  # the middle slice, reconstructed and denoised live
             ring_current.dump(10)                     # lose the beam: the scan suspends
             det.inject_fault("saturation", frames=3)  # or "beam_dump", "motion"
             uid, = RE(qc_tomo_scan(det, stage, np.linspace(0, 180, 90, endpoint=False), feedback))

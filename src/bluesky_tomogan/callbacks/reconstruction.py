@@ -108,20 +108,26 @@ class _Frames:
     def __init__(self) -> None:
         self.located: dict[int, tuple[StreamFrameReader, int]] = {}
         self.inline: dict[int, np.ndarray] = {}
+        # The rows of each frame already read: a progressive update reads only the new frames.
+        self._cache: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.located) + len(self.inline)
 
     def rows(self, seqs: Sequence[int], rows: Sequence[int]) -> np.ndarray:
         """``(len(seqs), len(rows), W)`` of the frames ``seqs`` (worker thread)."""
+        wanted = tuple(rows)
         out = []
         for s in seqs:
-            if s in self.inline:
-                frame = self.inline[s]
-            else:
-                reader, i = self.located[s]
-                frame = reader(i, i + 1)[0]
-            out.append(np.asarray(frame, np.float32)[list(rows)])
+            cached = self._cache.get((s, wanted))
+            if cached is None:
+                if s in self.inline:
+                    frame = self.inline[s]
+                else:
+                    reader, i = self.located[s]
+                    frame = reader(i, i + 1)[0]
+                cached = self._cache[(s, wanted)] = np.asarray(frame, np.float32)[list(wanted)]
+            out.append(cached)
         return np.stack(out)
 
 
@@ -152,6 +158,7 @@ class _RunReconstruction(PassThroughRun):
         self._counters: dict[str, int] = {}
         self._resources: dict[str, Any] = {}
         self._found_center = float("nan")  # from the last reconstruction that covered 180 degrees
+        self._found_at = 0  # with how many projections it was found
 
     # -- documents ---------------------------------------------------------------------------
 
@@ -314,8 +321,9 @@ class _RunReconstruction(PassThroughRun):
         transmission = {r: recon.corrected_sinogram(sino[:, i], None if flat is None else flat[i],
                                                     None if dark is None else dark[i]) for i, r in enumerate(wanted)}
         found = self._found_center
-        if not angle_problem:
+        if not angle_problem and (found != found or self._found_at != len(angles)):
             found = self._found_center = recon.find_center(transmission[wanted[middle]], angles)
+            self._found_at = len(angles)
         center = self.o.center if self.o.center is not None else found
         if center != center:  # NaN: no centre could be found (yet), use the detector centre
             center = (self._shape[1] - 1) / 2
