@@ -156,15 +156,7 @@ class TomoGANCallback(RunRouterFacade):
         return f"<TomoGANCallback policy={self.options.policy} maxsize={self.options.maxsize}>"
 
     def subscribe(self, func: Subscriber, *, storage: bool | None = None) -> int:
-        """Send every document (raw and derived) to ``func(name, doc)``; returns a token.
-
-        Parameters
-        ----------
-        func : callable
-            The consumer.
-        storage : bool, optional
-            Whether ``func`` stores the documents: its failures then say that the
-            stored run is incomplete. Default: recognised for bluesky's ``TiledWriter``.
+        """As :meth:`RunRouterFacade.subscribe <bluesky_tomogan.callbacks.passthrough.RunRouterFacade.subscribe>`.
 
         Raises
         ------
