@@ -248,10 +248,12 @@ def test_beam_dump_suspends_and_resumes_and_every_angle_has_a_good_frame(RE, den
     RE(tomo_scan(det, stage, angles, n_darks=2, n_flats=2))
     assert [d["exit_status"] for n, d in docs if n == "stop"] == ["success"]
     assert any(n == "descriptor" and d["name"] == "interruptions" for n, d in docs)  # the suspension, recorded
-    primary = next(d["uid"] for n, d in docs if n == "descriptor" and d["name"] == "primary")
-    theta = [v for n, d in docs if n == "event" and d["descriptor"] == primary for v in [d["data"]["stage_theta"]]]
-    flags = column(docs, "det_image_qc_flags")
-    good = {t for t, f in zip(theta, flags, strict=True) if "beam_lost" not in f}
+    # A suspension can land between a frame's StreamDatum and its event (the point is then taken again),
+    # so rows are matched to angles through their source seq_num, not by position.
+    primary = {d["uid"] for n, d in docs if n == "descriptor" and d["name"] == "primary"}
+    events = [(d["seq_num"], d["data"]["stage_theta"]) for n, d in docs if n == "event" and d["descriptor"] in primary]
+    rows = list(zip(column(docs, "det_image_source_seq_num"), column(docs, "det_image_qc_flags"), strict=True))
+    good = {theta for seq, theta in events if any(s == seq and "beam_lost" not in f for s, f in rows)}
     assert good == set(map(float, angles))
     assert all(name != "bluesky-run-engine" for _, name in puts)  # flags are never set on the RunEngine's loop
 
@@ -324,8 +326,8 @@ def test_adaptive_plan_reacquires_a_nan_frame_and_records_it(RE, denoiser, tmp_p
     RE(qc_tomo_scan(det, stage, angles, feedback, n_darks=1, n_flats=1))
     actions = [d["data"] for n, d in docs if n == "event" and "qc_action" in d["data"]]
     assert [(a["qc_action"], a["qc_flag"], a["qc_angle"]) for a in actions] == [("reacquire", "nonfinite", 6.0)]
-    primary = next(d["uid"] for n, d in docs if n == "descriptor" and d["name"] == "primary")
-    theta = [d["data"]["stage_theta"] for n, d in docs if n == "event" and d["descriptor"] == primary]
+    primary = {d["uid"] for n, d in docs if n == "descriptor" and d["name"] == "primary"}
+    theta = [d["data"]["stage_theta"] for n, d in docs if n == "event" and d["descriptor"] in primary]
     flags = column(docs, "det_image_qc_flags")
     assert theta.count(6.0) == 2 and len(flags) == len(angles) + 1
     assert {t for t, f in zip(theta, flags, strict=True) if not f} == set(angles)  # a good frame at every angle
