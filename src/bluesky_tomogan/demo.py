@@ -155,6 +155,7 @@ def run_demo(
     report("    run['primary']['det_image'][10]             # raw projection 10 (uint16)")
     report("    run['denoised']['det_image_denoised'][10]   # the same projection, denoised")
     report("    run['denoised']['det_image_qc_flags'].read()  # per-frame QC flags (and _qc_snr, _qc_shift_px, ...)")
+    report("    run['reconstruction']['slice'][-2]          # the middle slice, reconstructed and denoised live")
     return metrics
 
 
