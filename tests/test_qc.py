@@ -315,21 +315,44 @@ def test_abort_ends_the_run_cleanly_with_the_reason(RE, denoiser, tmp_path):
 # -- the adaptive plan ------------------------------------------------------------------------
 
 
-def test_adaptive_plan_reacquires_a_nan_frame_and_records_it(RE, denoiser, tmp_path):
+@pytest.mark.parametrize("fault, flag", [("nan", "nonfinite"), ("zero", "dead_pixels"), ("dead", "dead_pixels")])
+def test_adaptive_plan_reacquires_an_unusable_frame_and_records_it(RE, denoiser, tmp_path, fault, flag):
     det, stage, _ = sim_rig(tmp_path, dtype="float32")
+    make_frame = det._frame
+    bad = {"armed": False}
+
+    def frame(conditions):  # the camera's readout fails for one frame: all zeros, or a dead half
+        out = make_frame(conditions)
+        if bad["armed"]:
+            bad["armed"] = False
+            if fault == "zero":
+                out = np.zeros_like(out)
+            else:
+                out[: out.shape[0] // 2] = 0
+        return out
+
+    det._frame = frame
     feedback = QCFeedback(QCPolicy(dark_level=100), RE=RE)
     cb = TomoGANCallback(denoiser, streams=["primary"], feedback=feedback)
     docs = collect(RE, cb)
-    RE.subscribe(lambda name, doc: det.inject_fault("nan")
-                 if name == "event" and doc.get("seq_num") == 3 and "stage_theta" in doc["data"] else None)
+
+    def arm(name, doc):
+        if name == "event" and doc.get("seq_num") == 3 and "stage_theta" in doc["data"]:
+            if fault == "nan":
+                det.inject_fault("nan")
+            else:
+                bad["armed"] = True
+
+    RE.subscribe(arm)
     angles = [float(a) for a in range(0, 16, 2)]
     RE(qc_tomo_scan(det, stage, angles, feedback, n_darks=1, n_flats=1))
     actions = [d["data"] for n, d in docs if n == "event" and "qc_action" in d["data"]]
-    assert [(a["qc_action"], a["qc_flag"], a["qc_angle"]) for a in actions] == [("reacquire", "nonfinite", 6.0)]
+    assert [(a["qc_action"], a["qc_flag"], a["qc_angle"]) for a in actions] == [("reacquire", flag, 6.0)]
     primary = {d["uid"] for n, d in docs if n == "descriptor" and d["name"] == "primary"}
     theta = [d["data"]["stage_theta"] for n, d in docs if n == "event" and d["descriptor"] in primary]
     flags = column(docs, "det_image_qc_flags")
     assert theta.count(6.0) == 2 and len(flags) == len(angles) + 1
+    assert flag in flags[theta.index(6.0)]
     assert {t for t, f in zip(theta, flags, strict=True) if not f} == set(angles)  # a good frame at every angle
 
 

@@ -99,7 +99,8 @@ def qc_tomo_scan(
 
     After the last angle it waits (at most ``final_wait`` s) until QC has judged
     every projection but the last (which the denoiser finishes at the stop),
-    and acts once more. Every decision is a row of the ``qc_actions`` stream
+    and re-acquires what is still flagged (exposure recommendations are dropped
+    then: no projection is left to take at a new exposure). Every decision is a row of the ``qc_actions`` stream
     (:class:`~bluesky_tomogan.devices.QCDecision`): action, flag, reason, angle,
     exposure time, source ``seq_num``. Suspensions are recorded by the
     RunEngine itself with ``RunEngine(record_interruptions=True)``.
@@ -140,10 +141,13 @@ def qc_tomo_scan(
             sig.put(value)
         yield from bps.trigger_and_read([decision], name="qc_actions")
 
-    def act() -> Generator[Msg, Any, None]:
-        for rec in feedback.take_recommendations():
-            if rec.stream != stream:
-                continue
+    def act(adjust: bool = True) -> Generator[Msg, Any, None]:
+        # One exposure decision per batch (the newest recommendation), before any other record: bluesky 1.15
+        # re-describes the detector's streams on ``configure`` from the cache of the stream read last, which
+        # must not be ``qc_actions`` (no detector in it).
+        recs = [r for r in feedback.take_recommendations() if r.stream == stream]
+        exposure = [r for r in recs if r.kind == "exposure"][-1:] if adjust else []
+        for rec in exposure + [r for r in recs if r.kind != "exposure"]:
             if rec.kind == "exposure":
                 if rec.seq_num <= state["changed_at"]:
                     continue  # measured at the old exposure
@@ -173,11 +177,12 @@ def qc_tomo_scan(
         for angle in angles:
             yield from take(angle)
             yield from act()
+        # After the last angle only re-acquisitions are left to do: no exposure change for no more frames.
         deadline = time.monotonic() + final_wait
         while feedback.judged(stream) - judged_before < state["taken"] - 1 and time.monotonic() < deadline:
             yield from bps.sleep(0.05)
-            yield from act()
-        yield from act()
+            yield from act(adjust=False)
+        yield from act(adjust=False)
 
     _md = _metadata("qc_tomo_scan", detector, stage, angles, n_darks, n_flats, md)
     _md["plan_args"] |= {"max_retries": max_retries, "exposure_limits": list(exposure_limits)}

@@ -160,7 +160,11 @@ class QCPolicy:
             raise QCPolicyError(f"exposure_step must be > 1, got {self.exposure_step}")
 
     def evaluate(self, metrics: FrameMetrics) -> dict[str, Action]:
-        """The flags ``metrics`` raise, each with its action (``ignore`` flags included: they are recorded)."""
+        """The flags ``metrics`` raise, each with its action (``ignore`` flags included: they are recorded).
+
+        An unusable frame (``beam_lost``, ``dead_pixels``, ``nonfinite``) does not also raise
+        ``noisy``: its low SNR says nothing about the exposure.
+        """
         values = metrics.as_dict()
         raised: dict[str, Action] = {}
         for flag, (metric, direction) in FLAGS.items():
@@ -170,6 +174,8 @@ class QCPolicy:
                 continue
             if (value < rule.threshold) if direction == "below" else (value > rule.threshold):
                 raised[flag] = rule.action
+        if UNUSABLE & set(raised):  # a frame without beam or readout is not "noisy": no exposure change for it
+            raised.pop("noisy", None)
         return raised
 
     def saturation_for(self, dtype: Any) -> float:
