@@ -18,8 +18,13 @@ with the reason it is not (``qc_error``).
 
 Context: frame *k* is denoised when frame *k+1* of the same derived stream
 arrives, with (k-1, k, k+1) as context; the first and last frames use mirrored
-neighbours (``bluesky_tomogan.frames.context_indices``). A flagged frame is
-kept out of its neighbours' context.
+neighbours (``bluesky_tomogan.frames.context_indices``), and so does a frame
+whose next frame is overdue (its stream's phase ended). A flagged frame is
+kept out of its neighbours' context. Rows are emitted in the raw frames' order.
+
+QC: the worker measures every frame (:mod:`bluesky_tomogan.qc.metrics`), the
+policy turns the metrics into flags, and a third thread per run acts on them
+(:class:`~bluesky_tomogan.qc.QCFeedback`), never the RunEngine's own thread.
 """
 
 from __future__ import annotations
