@@ -135,3 +135,20 @@ def test_problems_are_noted_in_the_stream_and_the_scan_completes(RE, tmp_path, c
     notes = [note for n, d in docs if n == "event_page" and "note" in d["data"] for note in d["data"]["note"]]
     assert any(message in note for note in notes) and any(message in e for e in rec.errors)
     assert docs[-1][1]["exit_status"] == "success"
+
+
+def test_inline_frames_keep_only_their_rows_and_reconstruct(RE):
+    from ophyd.sim import SynSignal
+
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(32, 48), simulate_timing=False, seed=3)
+    cam = SynSignal(func=lambda: (1000 * np.exp(-det.sample.line_integrals(stage.theta.readback.get())))
+                    .astype(np.float32), name="cam")
+    rec = TomoReconstruction(source="raw")
+    docs = []
+    rec.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE.subscribe(rec)
+    RE(bp.scan([cam], stage.theta, 0, 177, 60))  # inline frames, a rotation axis, no darks or flats
+    pages = [d for n, d in docs if n == "event_page" and "row" in d["data"]]
+    assert pages and list(pages[-1]["data"]["row"]) == [8, 16, 24]
+    assert "no flat frames" in pages[-1]["data"]["note"][0] and docs[-1][1]["exit_status"] == "success"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import median_filter
@@ -82,14 +82,13 @@ def _sorted_180(sino: np.ndarray, angles_deg: np.ndarray) -> np.ndarray:
 
 @dataclass
 class SliceResult:
-    """One reconstructed row: the slice, the centre used, and what was noted on the way."""
+    """One reconstructed row: the slice, the centre used, and the stripe metric before and after removal."""
 
     row: int
     slice: np.ndarray
     center: float
     stripe_raw: float
     stripe_after: float
-    notes: list[str] = field(default_factory=list)
 
 
 def reconstruct(transmission: np.ndarray, angles_deg: np.ndarray, center: float, *, row: int = 0,

@@ -21,7 +21,7 @@ import platformdirs
 
 from ..hdf5_frames import MIMETYPE, FrameFile
 
-__all__ = ["DerivedFrameWriter", "default_directory", "DATA_ENV"]
+__all__ = ["DerivedFrameWriter", "default_directory", "derived_directory", "DATA_ENV"]
 
 #: Environment variable naming the directory for derived frames when the raw frames are not files.
 DATA_ENV = "BLUESKY_TOMOGAN_DATA"
@@ -37,6 +37,14 @@ def default_directory() -> Path:
     env = os.environ.get(DATA_ENV)
     root = Path(env).expanduser() if env else platformdirs.user_data_path("bluesky-tomogan") / "derived"
     return root.resolve()
+
+
+def derived_directory(directory: Path | None, raw_directory: Path | None) -> Path:
+    """Where a run's derived files go: ``directory`` if given, else next to the raw frames' files,
+    else :func:`default_directory`."""
+    if directory is not None:
+        return directory
+    return raw_directory if raw_directory is not None else default_directory()
 
 
 class DerivedFrameWriter:

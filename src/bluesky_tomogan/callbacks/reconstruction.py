@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,8 +44,9 @@ from .. import reconstruction as recon
 from ..errors import OutputPathError
 from ..hdf5_frames import StreamFrameReader, path_from_uri
 from ..inference.denoiser import Denoiser
+from ..qc.policy import UNUSABLE
 from .consumers import Consumers
-from .frame_writer import DerivedFrameWriter, default_directory
+from .frame_writer import DerivedFrameWriter, derived_directory
 from .passthrough import PassThroughRun, RunRouterFacade, Turn
 from .run import image_fields
 
@@ -107,27 +107,29 @@ class _Frames:
 
     def __init__(self) -> None:
         self.located: dict[int, tuple[StreamFrameReader, int]] = {}
-        self.inline: dict[int, np.ndarray] = {}
-        # The rows of each frame already read: a progressive update reads only the new frames.
-        self._cache: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
+        # The wanted rows of each frame, once read (or as they came inline): an update reads only new frames,
+        # and an inline frame keeps only its rows.
+        self._rows: dict[int, np.ndarray] = {}
+
+    @property
+    def seqs(self) -> set[int]:
+        return set(self.located) | set(self._rows)
 
     def __len__(self) -> int:
-        return len(self.located) + len(self.inline)
+        return len(self.seqs)
+
+    def add_inline(self, seq: int, frame: Any, rows: Sequence[int]) -> None:
+        """Keep the ``rows`` of a frame that came inside its event."""
+        self._rows[seq] = np.asarray(frame, np.float32).reshape(np.shape(frame)[-2:])[list(rows)]
 
     def rows(self, seqs: Sequence[int], rows: Sequence[int]) -> np.ndarray:
-        """``(len(seqs), len(rows), W)`` of the frames ``seqs`` (worker thread)."""
-        wanted = tuple(rows)
+        """``(len(seqs), len(rows), W)`` of the frames ``seqs`` (worker thread); ``rows`` are the run's rows."""
         out = []
         for s in seqs:
-            cached = self._cache.get((s, wanted))
-            if cached is None:
-                if s in self.inline:
-                    frame = self.inline[s]
-                else:
-                    reader, i = self.located[s]
-                    frame = reader(i, i + 1)[0]
-                cached = self._cache[(s, wanted)] = np.asarray(frame, np.float32)[list(wanted)]
-            out.append(cached)
+            if s not in self._rows:
+                reader, i = self.located[s]
+                self._rows[s] = np.asarray(reader(i, i + 1)[0], np.float32)[list(rows)]
+            out.append(self._rows[s])
         return np.stack(out)
 
 
@@ -151,12 +153,10 @@ class _RunReconstruction(PassThroughRun):
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="tomogan-recon")
         self._pending: Future[dict[str, Any] | None] | None = None
         self._last_update = 0
-        self._lock = threading.Lock()
         self._writer: DerivedFrameWriter | None = None
         self._bundle: Any = None
         self._streams: dict[str, Any] = {}
         self._counters: dict[str, int] = {}
-        self._resources: dict[str, Any] = {}
         self._found_center = float("nan")  # from the last reconstruction that covered 180 degrees
         self._found_at = 0  # with how many projections it was found
 
@@ -179,7 +179,7 @@ class _RunReconstruction(PassThroughRun):
             if keys and name not in self._image_key:
                 self._image_key[name] = keys[0]
                 self._frames.setdefault(name, _Frames())
-                if name == "primary":
+                if self._shape is None:  # one detector: its first image stream (the darks, in tomo_scan) says
                     shape = [s for s in doc["data_keys"][keys[0]]["shape"] if s is not None][-2:]
                     self._shape = (int(shape[0]), int(shape[1]))
         return doc
@@ -223,12 +223,12 @@ class _RunReconstruction(PassThroughRun):
             errors = data.get(f"{field}_qc_error", [""] * len(sources))
             for seq, src, flag, err in zip(doc["seq_num"], sources, flags, errors, strict=True):
                 self._source_seq[seq] = int(src)
-                if err or any(f in str(flag).split(",") for f in ("beam_lost", "dead_pixels", "nonfinite")):
+                if err or UNUSABLE & set(str(flag).split(",")):
                     self._unusable.add(int(src))
         frame_key = self._image_key.get(name)
         if frame_key is not None and frame_key in data:  # inline frames
             for seq, frame in zip(doc["seq_num"], data[frame_key], strict=True):
-                self._frames[name].inline[seq] = np.asarray(frame)
+                self._frames[name].add_inline(seq, frame, self._wanted())
         if name == "primary" and self.o.every and len(self._angles) - self._last_update >= self.o.every:
             self._submit(final=False)
         return doc
@@ -278,18 +278,22 @@ class _RunReconstruction(PassThroughRun):
             self._emit(result)
 
     def _rows(self) -> list[int]:
+        """The rows to reconstruct."""
         assert self._shape is not None
         h = self._shape[0]
         centres = self.o.rows if self.o.rows is not None else [h // 4, h // 2, (3 * h) // 4]
         return [min(max(r, 1), h - 2) for r in centres]
+
+    def _wanted(self) -> list[int]:
+        """The rows to read: each row to reconstruct and its neighbours (the slice model's context)."""
+        return sorted({r + d for r in self._rows() for d in (-1, 0, 1)})
 
     def _reconstruct(self, final: bool) -> dict[str, Any] | None:
         """Read the rows, correct, reconstruct and denoise (worker thread). ``None`` if nothing to do yet."""
         if self._shape is None:
             return None
         notes: list[str] = []
-        rows = self._rows()
-        wanted = sorted({r + d for r in rows for d in (-1, 0, 1)})
+        rows, wanted = self._rows(), self._wanted()
         source = "denoised" if self.o.source == "denoised" and "denoised" in self._frames else "primary"
         if source != self.o.source and final:
             notes.append("no denoised stream: reconstructed from the raw frames")
@@ -298,7 +302,7 @@ class _RunReconstruction(PassThroughRun):
             return None
         # the last usable frame of each angle
         by_angle: dict[float, int] = {}
-        for seq in sorted(set(frames.located) | set(frames.inline)):
+        for seq in sorted(frames.seqs):
             raw_seq = self._source_seq.get(seq, seq) if source == "denoised" else seq
             if raw_seq in self._angles and raw_seq not in self._unusable:
                 by_angle[self._angles[raw_seq]] = seq
@@ -351,8 +355,7 @@ class _RunReconstruction(PassThroughRun):
         frames = self._frames.get(name)
         if frames is None or len(frames) == 0:
             return None
-        seqs = sorted(set(frames.located) | set(frames.inline))
-        return frames.rows(seqs, rows).mean(axis=0)
+        return frames.rows(sorted(frames.seqs), rows).mean(axis=0)
 
     # -- emitting (callback thread) ---------------------------------------------------------
 
@@ -383,10 +386,9 @@ class _RunReconstruction(PassThroughRun):
             )
             self._publish("descriptor", self._bundle.descriptor_doc)
             try:
-                self._writer = DerivedFrameWriter(self._directory(), self._start)
+                self._writer = DerivedFrameWriter(derived_directory(self.o.directory, self._raw_directory), self._start)
                 for key in ("slice", "slice_fbp"):
-                    self._resources[key] = self._writer.add(f"{STREAM}-{key}", key, w)
-                    self._publish("stream_resource", self._resources[key])
+                    self._publish("stream_resource", self._writer.add(f"{STREAM}-{key}", key, w))
             except (OutputPathError, OSError) as exc:
                 self._note(f"slices cannot be written ({exc}); the stream records the rest")
                 self._writer = None
@@ -406,11 +408,6 @@ class _RunReconstruction(PassThroughRun):
             assert self._writer is not None
             self._publish("stream_datum", self._writer.datum(f"{STREAM}-{key}", start, stop, first,
                                                              self._bundle.descriptor_doc))
-
-    def _directory(self) -> Path:
-        if self.o.directory is not None:
-            return self.o.directory
-        return self._raw_directory if self._raw_directory is not None else default_directory()
 
     def _release(self) -> None:
         if self.summary.finished:

@@ -64,7 +64,7 @@ from ..qc.metrics import (
 )
 from ..qc.policy import UNUSABLE, Action, QCPolicy
 from .consumers import Consumers
-from .frame_writer import DerivedFrameWriter, default_directory
+from .frame_writer import DerivedFrameWriter, derived_directory
 from .passthrough import PassThroughRun, Turn
 from .queue import FrameQueue, Policy
 
@@ -423,21 +423,14 @@ class RunDenoiser(PassThroughRun):
             return
         try:
             if self._writer is None:
-                self._writer = DerivedFrameWriter(self._derived_directory(), self._start)
+                self._writer = DerivedFrameWriter(derived_directory(self.options.directory, self._raw_directory),
+                                                  self._start)
             self._follow.append(("stream_resource", self._writer.add(stream.slot, f"{stream.field}_denoised",
                                                                      stream.shape)))
             stream.resource_ready = True
         except (OutputPathError, OSError) as exc:
             stream.resource_error = f"cannot write the denoised frame: {exc}"
             self._note(f"derived frames of {stream.field} cannot be written ({exc}); each row records why")
-
-    def _derived_directory(self) -> Path:
-        """``directory`` if given, else next to the raw frames' files, else the per-user data directory."""
-        if self.options.directory is not None:
-            return self.options.directory
-        if self._raw_directory is not None:
-            return self._raw_directory
-        return default_directory()
 
     # -- worker ---------------------------------------------------------------------------
 

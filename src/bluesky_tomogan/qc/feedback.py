@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from .policy import UNUSABLE, Action, QCPolicy
+from .policy import FLAGS, UNUSABLE, Action, QCPolicy
 
 __all__ = ["QCFeedback", "Recommendation", "Verdict"]
 
@@ -196,8 +196,6 @@ class QCFeedback:
                                            _position=v.position))
 
     def _why(self, v: Verdict, flag: str) -> str:
-        from .policy import FLAGS
-
         metric, direction = FLAGS[flag]
         return (f"{metric} {v.metrics.get(metric, float('nan')):.4g} {direction} "
                 f"{self.policy.rules[flag].threshold:g}")
