@@ -13,7 +13,15 @@ from bluesky_tomogan.callbacks import TomoReconstruction
 from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
 from bluesky_tomogan.metrics import ssim
 from bluesky_tomogan.plans import tomo_scan
-from bluesky_tomogan.reconstruction import check_angles, corrected_sinogram, find_center, reconstruct, stripe_metric
+from bluesky_tomogan.reconstruction import (
+    check_angles,
+    corrected_sinogram,
+    estimate_center,
+    find_center,
+    reconstruct,
+    reconstruct_rows,
+    stripe_metric,
+)
 from bluesky_tomogan.simulate.tomography import angles_deg, fbp
 from bluesky_tomogan.storage import frames_directory
 
@@ -51,6 +59,31 @@ def test_rotation_centre_and_slice_of_a_centred_sample(sim_sinogram):
     assert ssim(fbp(clean, angles), result.slice) > 0.8
     with pytest.raises(ValueError, match="outside the detector"):
         reconstruct(transmission, angles, 500.0)
+
+
+def test_centre_of_mass_estimate_and_vo_search_on_an_off_centre_axis():
+    rng = np.random.default_rng(1)
+    angles = np.arange(0, 180, 1.0)
+    cols, axis = np.arange(128), 70.3
+    # two discs at different radii: their projections are sinusoids around the axis
+    sino = np.zeros((len(angles), len(cols)))
+    for radius, phase, size in ((20, 0.3, 6), (8, 2.0, 4)):
+        pos = axis + radius * np.cos(np.deg2rad(angles) + phase)
+        sino += 2 * np.sqrt(np.clip(size**2 - (cols[None] - pos[:, None]) ** 2, 0, None)) * 0.02
+    transmission = np.exp(-sino) * (1 + 0.003 * rng.standard_normal(sino.shape))
+    assert estimate_center(transmission, angles) == pytest.approx(axis, abs=0.5)
+    assert estimate_center(transmission[:30], angles[:30]) != estimate_center(transmission[:30], angles[:30])  # NaN
+    assert find_center(transmission, angles) == pytest.approx(axis, abs=0.5)
+
+
+def test_rows_reconstructed_on_two_threads_equal_one_thread(sim_sinogram):
+    det, angles, row, clean = sim_sinogram
+    transmission = {r: np.exp(-clean * s) for r, s in ((10, 0.8), (11, 1.0), (12, 1.2))}
+    one = reconstruct_rows(transmission, angles, 47.5, threads=1)
+    two = reconstruct_rows(transmission, angles, 47.5, threads=2)
+    assert sorted(two) == [10, 11, 12]
+    for r in one:
+        np.testing.assert_array_equal(one[r].slice, two[r].slice)
 
 
 def test_flat_dark_correction_and_its_fallbacks():

@@ -30,6 +30,7 @@ degrees, a given centre far from the found one) are noted in the stream's
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -150,7 +151,8 @@ class _RunReconstruction(PassThroughRun):
         self._source_seq: dict[int, int] = {}  # denoised seq_num -> primary seq_num
         self._unusable: set[int] = set()  # primary seq_nums whose frame QC called unusable
         self._raw_directory: Path | None = None
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tomogan-recon")
+        # a background thread: progressive updates use the CPU that the RunEngine and the denoiser leave
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tomogan-recon", initializer=recon.background_thread)
         self._pending: Future[dict[str, Any] | None] | None = None
         self._last_update = 0
         self._writer: DerivedFrameWriter | None = None
@@ -229,8 +231,9 @@ class _RunReconstruction(PassThroughRun):
         if frame_key is not None and frame_key in data:  # inline frames
             for seq, frame in zip(doc["seq_num"], data[frame_key], strict=True):
                 self._frames[name].add_inline(seq, frame, self._wanted())
-        if name == "primary" and self.o.every and len(self._angles) - self._last_update >= self.o.every:
-            self._submit(final=False)
+        if name == "primary" and self.o.every and len(self._angles) - self._last_update >= self.o.every \
+                and len(self._angles) < self._expected():
+            self._submit(final=False)  # not at the last projection: the final reconstruction follows it
         return doc
 
     def stop(self, doc: Any) -> Any:
@@ -276,6 +279,11 @@ class _RunReconstruction(PassThroughRun):
             return
         if result is not None:
             self._emit(result)
+
+    def _expected(self) -> float:
+        """Projections the plan announced (the start document's ``num_points``), else infinity."""
+        n = self._start.get("num_points") if self._start is not None else None
+        return float(n) if isinstance(n, int) and n > 0 else math.inf
 
     def _rows(self) -> list[int]:
         """The rows to reconstruct."""
@@ -329,15 +337,19 @@ class _RunReconstruction(PassThroughRun):
             found = self._found_center = recon.find_center(transmission[wanted[middle]], angles)
             self._found_at = len(angles)
         center = self.o.center if self.o.center is not None else found
-        if center != center:  # NaN: no centre could be found (yet), use the detector centre
-            center = (self._shape[1] - 1) / 2
+        if center != center:  # less than 180 degrees (yet): the centre-of-mass estimate, else the detector centre
+            center = recon.estimate_center(transmission[wanted[middle]], angles)
+            how = "the centre-of-mass estimate"
+            if center != center:
+                center, how = (self._shape[1] - 1) / 2, "the detector centre"
             if final:
-                notes.append(f"rotation centre not found ({angle_problem}); using the detector centre {center:g}")
+                notes.append(f"rotation centre not found ({angle_problem}); using {how} {center:.2f}")
         elif self.o.center is not None and found == found and abs(found - self.o.center) > CENTER_TOLERANCE:
             notes.append(f"the given rotation centre {self.o.center:g} is {abs(found - self.o.center):.1f} px from "
                          f"the one found ({found:.2f}): probably wrong")
-        slices = {r: recon.reconstruct(transmission[r], angles, center, row=r, remove_stripes=self.o.remove_stripes)
-                  for r in wanted}
+        # the final reconstruction holds the stop (and so the RunEngine): it takes both cores
+        slices = recon.reconstruct_rows({r: transmission[r] for r in wanted}, angles, center,
+                                        remove_stripes=self.o.remove_stripes, threads=2 if final else 1)
         out_fbp, out_den, stripes = [], [], []
         for r in rows:
             out_fbp.append(slices[r].slice)
@@ -371,7 +383,8 @@ class _RunReconstruction(PassThroughRun):
                                       ("final", "boolean", ""), ("note", "string", "")):
                 data_keys[key] = {"source": "bluesky-tomogan", "dtype": dtype, "shape": [], "units": units,
                                   "object_name": "reconstruction"}
-            config = {"algorithm": "algotom fbp_reconstruction (hann), centre by find_center_vo",
+            config = {"algorithm": "algotom fbp_reconstruction (hann); centre: find_center_vo "
+                                   "(centre-of-mass fit before 180 degrees)",
                       "stripe_removal": "algotom remove_stripe_based_sorting" if self.o.remove_stripes else "none",
                       "source": r["source"], "center_given": "" if self.o.center is None else str(self.o.center)}
             if self.o.slice_denoiser is not None:
