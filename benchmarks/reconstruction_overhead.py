@@ -34,13 +34,15 @@ from bluesky_tomogan.simulate.tomography import angles_deg
 from bluesky_tomogan.storage import close_local_tiled, frames_directory, local_tiled
 
 
-def one_scan(arm: str, args: argparse.Namespace, models: tuple[Any, Any], root: Path, client: Any) -> float:
+def one_scan(arm: str, args: argparse.Namespace, models: tuple[Any, Any], root: Path,
+             client: Any) -> tuple[float, float]:
     RE = RunEngine({})
     stage = SimTomoStage(name="stage")
     det = SimTomoDetector(name="det", stage=stage, shape=(args.size, args.size),
                           directory=frames_directory(root) / "raw")
     det.exposure_time.put(args.exposure)
     det.photon_flux.put(500 / args.exposure)
+    rec = None
     if arm == "without":
         RE.subscribe(TiledWriter(client))
     else:
@@ -51,7 +53,10 @@ def one_scan(arm: str, args: argparse.Namespace, models: tuple[Any, Any], root: 
         RE.subscribe(cb)
     t0 = time.perf_counter()
     RE(tomo_scan(det, stage, list(angles_deg(args.angles)), n_darks=5, n_flats=5))
-    return time.perf_counter() - t0
+    returned = time.perf_counter() - t0
+    if rec is not None:
+        rec.wait()
+    return returned, time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,21 +72,26 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="tomogan-recon-bench-"))
     client = local_tiled(root)
     walls: dict[str, list[float]] = {"without": [], "denoise+reconstruct": []}
+    stored: dict[str, list[float]] = {"without": [], "denoise+reconstruct": []}
     try:
         for _ in range(args.repeats):
             for arm in walls:
-                walls[arm].append(one_scan(arm, args, models, root, client))
+                returned, complete = one_scan(arm, args, models, root, client)
+                walls[arm].append(returned)
+                stored[arm].append(complete)
     finally:
         close_local_tiled(client)
     base = statistics.median(walls["without"])
     print(f"tomo_scan of {args.angles} projections of {args.size}x{args.size}, {args.exposure} s exposure, "
           f"{models[0]!r} + {models[1]!r}, reconstruction every {args.every}; CPU: {cpu_name()}")
-    print(f"{'arm':<22}{'wall s':>8}{'ratio':>8}")
-    for arm, values in walls.items():
-        print(f"{arm:<22}{statistics.median(values):>8.2f}{statistics.median(values) / base:>8.3f}")
+    print(f"{'arm':<22}{'RE returned s':>14}{'ratio':>8}{'run stored s':>14}{'ratio':>8}")
+    for arm in walls:
+        w, c = statistics.median(walls[arm]), statistics.median(stored[arm])
+        print(f"{arm:<22}{w:>14.2f}{w / base:>8.3f}{c:>14.2f}{c / base:>8.3f}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "walls": walls}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "every": args.every, "walls": walls,
+                                               "stored": stored}, indent=2) + "\n")
     return 0
 
 

@@ -16,7 +16,7 @@ def test_profile_runs_a_tomography_scan_stored_with_its_denoised_stream(tmp_path
     profile = tmp_path / "profile_tomogan"  # a copy: IPython writes its history and logs into the profile
     shutil.copytree(PROFILE / "startup", profile / "startup")
     code = ("det.exposure_time.put(0.001); "
-            "uid, = RE(tomo_scan(det, stage, [0, 45, 90, 135], n_darks=1, n_flats=1)); "
+            "uid, = RE(tomo_scan(det, stage, [0, 45, 90, 135], n_darks=1, n_flats=1)); reconstruction.wait(); "
             "run = client[uid]; "
             "print('STREAMS', sorted(run)); "
             "print('SHAPE', run['denoised']['det_image_denoised'].shape); "

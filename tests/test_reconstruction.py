@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import bluesky.plans as bp
 import event_model
 import numpy as np
@@ -107,6 +110,7 @@ def scan(RE, tmp_path, store=None, angles=None, rec=None, **scan_kw):
     RE.subscribe(cb)
     angles = list(angles_deg(60)) if angles is None else angles
     (uid,) = RE(tomo_scan(det, stage, angles, **({"n_darks": 3, "n_flats": 3} | scan_kw)))
+    assert rec.wait(timeout=60)
     return uid, docs, rec, det
 
 
@@ -182,6 +186,81 @@ def test_inline_frames_keep_only_their_rows_and_reconstruct(RE):
     rec.subscribe(lambda name, doc: docs.append((name, doc)))
     RE.subscribe(rec)
     RE(bp.scan([cam], stage.theta, 0, 177, 60))  # inline frames, a rotation axis, no darks or flats
+    assert rec.wait(timeout=60)
     pages = [d for n, d in docs if n == "event_page" and "row" in d["data"]]
     assert pages and list(pages[-1]["data"]["row"]) == [8, 16, 24]
     assert "no flat frames" in pages[-1]["data"]["note"][0] and docs[-1][1]["exit_status"] == "success"
+
+
+class SlowSliceModel:
+    """A slice 'model' that takes its time, so that the final reconstruction is still running when RE returns."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def denoise_context(self, context):
+        time.sleep(self.seconds)
+        return context[1]
+
+    def provenance(self):
+        return {"model": "slow"}
+
+
+def test_the_final_reconstruction_does_not_hold_the_runengine_and_documents_stay_in_order(RE, tmp_path):
+    rec = TomoReconstruction(SlowSliceModel(2.0))
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(32, 32), directory=tmp_path, simulate_timing=False)
+    docs = []
+    rec.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE.subscribe(rec)
+    (first,) = RE(tomo_scan(det, stage, list(angles_deg(30)), n_darks=2, n_flats=2))
+    assert "stop" not in [n for n, _ in docs]  # RE returned; the final reconstruction (3 x 2 s) is running
+    (second,) = RE(tomo_scan(det, stage, list(angles_deg(30)), n_darks=2, n_flats=2))
+    assert [n for n, _ in docs].count("start") == 1  # the second scan ran; its documents wait in the backlog
+    assert rec.wait(timeout=60) and not [t for t in threading.enumerate() if t.name == "tomogan-recon-stop"]
+    starts = [i for i, (n, _) in enumerate(docs) if n == "start"]
+    stops = [i for i, (n, _) in enumerate(docs) if n == "stop"]
+    assert len(starts) == len(stops) == 2 and stops[0] < starts[1]  # the second run waited for the first's stop
+    for run_docs in (docs[: stops[0] + 1], docs[starts[1]:]):
+        finals = [d for n, d in run_docs if n == "event_page" and "final" in d["data"] and all(d["data"]["final"])]
+        assert len(finals) == 1 and run_docs[-1][1]["num_events"]["reconstruction"] >= 3
+
+
+def test_background_false_holds_the_stop_until_the_reconstruction_is_published(RE, tmp_path):
+    rec = TomoReconstruction(SlowSliceModel(0.1), background=False)
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(32, 32), directory=tmp_path, simulate_timing=False)
+    docs = []
+    rec.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE.subscribe(rec)
+    RE(tomo_scan(det, stage, list(angles_deg(30)), n_darks=2, n_flats=2))
+    assert docs[-1][0] == "stop" and docs[-1][1]["num_events"]["reconstruction"] == 3
+
+
+def test_a_script_that_ends_right_after_its_scan_still_delivers_the_final_reconstruction_and_stop(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    names = tmp_path / "names.txt"
+    script = textwrap.dedent(f"""
+        from bluesky import RunEngine
+        from bluesky_tomogan import TomoReconstruction
+        from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
+        from bluesky_tomogan.plans import tomo_scan
+        from bluesky_tomogan.simulate.tomography import angles_deg
+        out = open({str(names)!r}, "w")
+        rec = TomoReconstruction()
+        rec.subscribe(lambda name, doc: (out.write(name + "\\n"), out.flush()))
+        RE = RunEngine({{}})
+        RE.subscribe(rec)
+        stage = SimTomoStage(name="stage")
+        det = SimTomoDetector(name="det", stage=stage, shape=(32, 32), directory={str(tmp_path)!r},
+                              simulate_timing=False)
+        RE(tomo_scan(det, stage, list(angles_deg(30)), n_darks=2, n_flats=2))
+    """)  # no rec.wait(): the interpreter exits at once
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    written = names.read_text().split()
+    assert written[-4:] == ["event_page", "stream_datum", "stream_datum", "stop"]  # final rows, then the stop
+    assert written.count("descriptor") == 4  # dark, flat, primary and reconstruction

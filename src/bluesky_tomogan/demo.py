@@ -124,6 +124,7 @@ def run_demo(
                                                             "purpose": "bluesky-tomogan demo"}))
         (uid,) = result if isinstance(result, tuple) else result.run_start_uids
         wall = time.perf_counter() - t0
+        live.wait()  # the final reconstruction finishes after the RunEngine returns
         run = client[uid]
         metrics = _evaluate(run, det, angles, photons)
         metrics |= {"uid": uid, "scan_seconds": wall, "dropped": cb.dropped, "qc_errors": len(cb.errors),

@@ -167,10 +167,13 @@ def reconstruct_rows(transmissions: Mapping[int, np.ndarray], angles_deg: np.nda
         _single_numba_thread()
         return reconstruct(item[1], angles_deg, center, row=item[0], remove_stripes=remove_stripes)
 
-    if threads <= 1 or len(transmissions) <= 1:
-        return {r: one((r, t)) for r, t in transmissions.items()}
-    with ThreadPoolExecutor(min(threads, len(transmissions)), thread_name_prefix="tomogan-fbp") as pool:
-        return {result.row: result for result in pool.map(one, transmissions.items())}
+    if threads > 1 and len(transmissions) > 1:
+        try:
+            with ThreadPoolExecutor(min(threads, len(transmissions)), thread_name_prefix="tomogan-fbp") as pool:
+                return {result.row: result for result in pool.map(one, transmissions.items())}
+        except RuntimeError as exc:  # no new threads while the interpreter exits: one thread it is
+            log.debug("reconstructing rows on one thread: %s", exc)
+    return {r: one((r, t)) for r, t in transmissions.items()}
 
 
 def _single_numba_thread() -> None:

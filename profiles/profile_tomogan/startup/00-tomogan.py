@@ -59,7 +59,8 @@ denoiser = load_denoiser(backend=os.environ.get("TOMOGAN_BACKEND", "auto"))
 # Flats are denoised too: their noise is otherwise the strongest stripe (ring) in the live slices.
 tomogan = TomoGANCallback(denoiser, streams=["primary", "flat"], directory=frames_directory(DATA),
                           feedback=feedback)
-# Three slices reconstructed with algotom and denoised with the slice model, every 30 projections and at the end.
+# Three slices reconstructed with algotom and denoised with the slice model, every 30 projections and at the end
+# (the final one finishes a second or two after RE returns; reconstruction.wait() waits for it).
 reconstruction = TomoReconstruction(load_denoiser("tomogan-slice", backend=os.environ.get("TOMOGAN_BACKEND", "auto")),
                                     every=30, directory=frames_directory(DATA))
 tomogan.subscribe(reconstruction)
@@ -79,7 +80,7 @@ print(f"""bluesky-tomogan session
             feedback (QCFeedback), interruptions recorded
   try       uid, = RE(tomo_scan(det, stage, np.linspace(0, 180, 90, endpoint=False)))
             client[uid]["denoised"]["det_image_denoised"][0]
-            client[uid]["reconstruction"]["slice"][-2]  # the middle slice, reconstructed and denoised live
+            reconstruction.wait(); client[uid]["reconstruction"]["slice"][-2]  # the middle slice, live
             ring_current.dump(10)                     # lose the beam: the scan suspends
             det.inject_fault("saturation", frames=3)  # or "beam_dump", "motion"
             uid, = RE(qc_tomo_scan(det, stage, np.linspace(0, 180, 90, endpoint=False), feedback))

@@ -22,6 +22,16 @@ every ``every`` projections while the scan runs (on a worker thread, emitted
 at the next document), and once more at the end. Slices are written to HDF5
 and announced by StreamResource/StreamDatum, like the denoised frames.
 
+The final reconstruction does not hold the RunEngine: the stop returns at
+once, and a thread finishes the reconstruction and then passes the stop on, so
+subscribers still see the ``reconstruction`` rows before the stop. Documents
+that come meanwhile (the next scan's) wait in a backlog (at most
+``BACKLOG_LIMIT`` documents; when full, the RunEngine waits) and that thread
+passes them on after the stop: every subscriber gets every run's documents in
+order, from one thread at a time. A script that reads the run back right after
+``RE(...)`` calls :meth:`TomoReconstruction.wait` first (``background=False``
+makes the stop wait instead).
+
 Problems (no rotation axis, no darks or flats, angles that do not cover 180
 degrees, a given centre far from the found one) are noted in the stream's
 ``note`` column and logged; the scan and its raw data are never touched.
@@ -32,7 +42,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -57,6 +69,8 @@ log = logging.getLogger(__name__)
 #: A given centre further than this (pixels) from the one found is noted as probably wrong.
 CENTER_TOLERANCE = 5.0
 STREAM = "reconstruction"
+#: Documents that may wait behind a run's final reconstruction; when full, the RunEngine waits.
+BACKLOG_LIMIT = 10_000
 
 
 class TomoReconstruction(RunRouterFacade):
@@ -80,13 +94,17 @@ class TomoReconstruction(RunRouterFacade):
     directory : path-like, optional
         Where slice files go (default: next to the raw frames, else the per-user data directory).
     timeout : float
-        Seconds the stop waits for the final reconstruction.
+        Seconds the final reconstruction may take; after that the stop goes on without it, noted.
+    background : bool
+        Finish the final reconstruction after the RunEngine's stop returns (default; see :meth:`wait`).
+        False: the stop waits for it, and the RunEngine with it.
     """
 
     def __init__(self, slice_denoiser: Denoiser | None = None, *, rows: Sequence[int] | None = None,
                  source: Literal["denoised", "raw"] = "denoised", center: float | None = None,
                  remove_stripes: bool = True, every: int = 0,
-                 directory: str | os.PathLike[str] | None = None, timeout: float = 120.0) -> None:
+                 directory: str | os.PathLike[str] | None = None, timeout: float = 120.0,
+                 background: bool = True) -> None:
         if source not in ("denoised", "raw"):
             raise ValueError(f"source must be 'denoised' or 'raw', got {source!r}")
         super().__init__()
@@ -98,6 +116,79 @@ class TomoReconstruction(RunRouterFacade):
         self.every = int(every)
         self.directory = None if directory is None else Path(directory).expanduser().resolve()
         self.timeout = timeout
+        self.background = background
+        self._finishing: list[threading.Thread] = []  # threads finishing a run's stop
+        # While a finishing thread owns delivery, later documents wait in the backlog, in order, and it
+        # routes them after the stop it finished: subscribers get every run's documents in order and
+        # the RunEngine goes on with the next scan.
+        self._delivery = threading.Condition()
+        self._backlog: deque[tuple[str, dict[str, Any]]] = deque()
+        self._owner: threading.Thread | None = None
+        self._routing = threading.Lock()  # one routing call at a time (RunEngine thread or finishing thread)
+
+    def __call__(self, name: str, doc: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        with self._delivery:
+            while self._owner is not None and len(self._backlog) >= BACKLOG_LIMIT:
+                self._delivery.wait()  # full: the RunEngine waits for the final reconstruction after all
+            if self._owner is not None:
+                self._backlog.append((name, doc))
+                return name, doc
+        with self._routing:
+            return super().__call__(name, doc)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until finished runs' final reconstructions, stops and later documents reached the subscribers.
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds to wait at most (default: as long as it takes; each run's final
+            reconstruction is bounded by the ``timeout`` given at construction).
+
+        Returns
+        -------
+        bool
+            True when nothing is left to deliver.
+
+        Examples
+        --------
+        >>> (uid,) = RE(tomo_scan(det, stage, angles))  # doctest: +SKIP
+        >>> rec.wait()                                   # doctest: +SKIP
+        True
+        >>> client[uid]["reconstruction"]                # doctest: +SKIP
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._delivery:
+                alive = [t for t in self._finishing if t.is_alive()]
+                self._finishing = alive
+            if not alive:
+                return True
+            alive[0].join(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+            if deadline is not None and time.monotonic() >= deadline and alive[0].is_alive():
+                return False
+
+    def _hand_over(self, thread: threading.Thread) -> None:
+        """``thread`` finishes a stop and then delivers the backlog (called while routing that stop)."""
+        with self._delivery:
+            self._owner = thread
+            self._finishing.append(thread)
+
+    def _deliver_backlog(self) -> None:
+        """Route the documents that waited behind a finished stop (on its finishing thread)."""
+        me = threading.current_thread()
+        while True:
+            with self._delivery:
+                if self._owner is not me:
+                    return  # a later stop in the backlog handed delivery to its own finishing thread
+                if not self._backlog:
+                    self._owner = None
+                    self._delivery.notify_all()
+                    return
+                name, doc = self._backlog.popleft()
+                self._delivery.notify_all()
+            with self._routing:  # also waits until the call that routed our stop has returned
+                RunRouterFacade.__call__(self, name, doc)
 
     def _make_run(self, start_doc: Any) -> PassThroughRun:
         return _RunReconstruction(self, self._consumers, self._turn)
@@ -161,6 +252,32 @@ class _RunReconstruction(PassThroughRun):
         self._counters: dict[str, int] = {}
         self._found_center = float("nan")  # from the last reconstruction that covered 180 degrees
         self._found_at = 0  # with how many projections it was found
+
+    def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
+        if name == "stop" and self.o.background and self._motor is not None and not self.summary.finished:
+            self._turn.passed = True  # published by the finishing thread, after the reconstruction rows
+            # not a daemon (threads inherit it from the RunEngine's daemon loop thread): a script that ends
+            # right after its scan still stores the final reconstruction and the stop before Python exits
+            thread = threading.Thread(target=self._finish, args=(doc,), name="tomogan-recon-stop", daemon=False)
+            self.o._hand_over(thread)
+            thread.start()
+            return name, doc
+        return super().__call__(name, doc, validate)
+
+    def _finish(self, doc: dict[str, Any]) -> None:
+        """The stop, handled after the RunEngine moved on (finishing thread; the facade publishes nothing
+        until this returns, so the subscribers are called from one thread at a time)."""
+        out = doc
+        try:
+            self._before()
+            out = self.stop(doc)
+        except Exception:  # never lose the stop
+            log.exception("%s failed on a stop document; passing it through", self.label)
+            self._note("internal error on stop")
+        finally:
+            self._release()
+        self._publish("stop", self._stop_with_reason(out))
+        self.o._deliver_backlog()
 
     # -- documents ---------------------------------------------------------------------------
 
@@ -258,7 +375,16 @@ class _RunReconstruction(PassThroughRun):
             return  # one at a time: an update waits for the one before it
         self._collect(wait=0)
         self._last_update = len(self._angles)
-        self._pending = self._pool.submit(self._reconstruct, final)
+        try:
+            self._pending = self._pool.submit(self._reconstruct, final)
+        except RuntimeError:  # the interpreter is exiting (a scan, then exit): finish on this thread instead
+            if not final:
+                return
+            self._pending = Future()
+            try:
+                self._pending.set_result(self._reconstruct(final))
+            except Exception as exc:
+                self._pending.set_exception(exc)
 
     def _before(self) -> None:
         if self._pending is not None and self._pending.done():
