@@ -1,4 +1,4 @@
-"""``bluesky-tomogan`` command line: simulate, train, export, denoise, bench, demo, models."""
+"""``bluesky-tomogan`` command line: simulate, train, export, denoise, bench, demo, models, serve."""
 
 from __future__ import annotations
 
@@ -154,6 +154,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import ServeError, serve
+
+    try:
+        return serve(args.zmq_in, tiled=args.tiled, store=args.store, zmq_out=args.zmq_out, model=args.model,
+                     backend=args.backend, streams=args.streams, fields=args.fields, policy=args.policy,
+                     reconstruct=args.reconstruct, reconstruct_every=args.every, directory=args.directory,
+                     state_dir=args.state_dir, share=args.share, grace=args.grace, prefix=args.prefix.encode())
+    except (ServeError, ValueError) as exc:
+        log.error("%s", exc)
+        print(f"bluesky-tomogan serve: error: {exc}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``bluesky-tomogan``."""
     p = argparse.ArgumentParser(prog="bluesky-tomogan", description=__doc__)
@@ -170,6 +184,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--faults", action="store_true",
                    help="lose the beam for 2 s and saturate three frames during the scan (see the QC timeline)")
     s.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("serve", help="denoise runs from a bluesky 0MQ stream in this process (docs/deployment.md)")
+    s.add_argument("--zmq-in", required=True, metavar="HOST:PORT", help="bluesky-0MQ-proxy out port to read")
+    s.add_argument("--tiled", metavar="URI", help="Tiled server of the runs (URI with ?api_key= if needed)")
+    s.add_argument("--store", choices=["derived", "run", "none"], default="derived",
+                   help="derived: add derived streams to the run the RunEngine host stores (default); "
+                        "run: store the whole run here; none: store nothing")
+    s.add_argument("--zmq-out", metavar="HOST:PORT", help="a second proxy's in port: republish derived documents")
+    s.add_argument("--model", default="tomogan-projection")
+    s.add_argument("--backend", default="auto", choices=backend_names())
+    s.add_argument("--streams", nargs="+", help="streams to denoise (default: primary flat)")
+    s.add_argument("--fields", nargs="+", help="image fields to denoise (default: every 2-D field)")
+    s.add_argument("--policy", default="block", choices=["block", "drop-oldest", "latest-only"])
+    s.add_argument("--reconstruct", action="store_true", help="reconstruct and denoise three slices live")
+    s.add_argument("--every", type=int, default=0, help="progressive reconstruction every N projections")
+    s.add_argument("--directory", help="where derived frames are written (default: next to the raw frames)")
+    s.add_argument("--state-dir", default="~/.local/state/bluesky-tomogan", help="journal of runs in flight")
+    s.add_argument("--share", default="0/1", metavar="K/N", help="serve share K of N runs (several workers)")
+    s.add_argument("--grace", type=float, default=60.0, help="seconds runs in flight may take after SIGTERM")
+    s.add_argument("--prefix", default="", help="the Publisher's prefix to listen to")
+    s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("simulate", help="write a simulated TomoGAN-style HDF5 dataset")
     s.add_argument("out", help="output .h5 file")

@@ -1,0 +1,115 @@
+"""Out of the RunEngine's process: a denoising worker on bluesky's 0MQ document stream.
+
+``bluesky-tomogan serve`` (:func:`serve`) is the command; :class:`DenoisingWorker`
+the object; :mod:`.transport` the one seam to the stream (0MQ here, Kafka by
+the same interface); :mod:`.tiled_derived` writes derived streams into runs that
+the RunEngine host stores. See docs/deployment.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from .tiled_derived import DerivedStreamsWriter, record_on_run
+from .transport import DocumentSource, Unreachable, ZMQSource, check_reachable, parse_address, zmq_publisher
+from .worker import DenoisingWorker, DerivedOnly, RunShare, Store, WorkerStats
+
+__all__ = ["serve", "DenoisingWorker", "DerivedOnly", "RunShare", "WorkerStats", "DocumentSource", "ZMQSource",
+           "zmq_publisher", "check_reachable", "parse_address", "Unreachable", "DerivedStreamsWriter",
+           "record_on_run", "ServeError"]
+
+log = logging.getLogger(__name__)
+
+
+class ServeError(RuntimeError):
+    """The worker cannot start: a proxy or Tiled server it needs is not there (the message says which)."""
+
+
+def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zmq_out: str | None = None,
+          model: str = "tomogan-projection", backend: str = "auto", streams: list[str] | None = None,
+          fields: list[str] | None = None, policy: str = "block", reconstruct: bool = False,
+          reconstruct_every: int = 0, directory: str | os.PathLike[str] | None = None,
+          state_dir: str | os.PathLike[str] = "~/.local/state/bluesky-tomogan", share: str = "0/1",
+          grace: float = 60.0, prefix: bytes = b"") -> int:
+    """Serve the document stream at ``zmq_in`` (a ``bluesky-0MQ-proxy`` out port) until SIGTERM.
+
+    Parameters
+    ----------
+    zmq_in : str
+        ``host:port`` of the proxy's out port, where the RunEngine's ``Publisher`` documents come from.
+    tiled : str, optional
+        Tiled URI (with ``?api_key=`` if the server needs one) where the runs are stored.
+    store : {"derived", "run", "none"}
+        See :class:`DenoisingWorker`.
+    zmq_out : str, optional
+        ``host:port`` of a second proxy's in port: the derived documents are republished there.
+    model, backend : str
+        As :func:`~bluesky_tomogan.load_denoiser`.
+    streams, fields, policy
+        As :class:`~bluesky_tomogan.TomoGANCallback` (default streams: ``primary`` and ``flat``).
+    reconstruct : bool
+        Also reconstruct slices live (:class:`~bluesky_tomogan.TomoReconstruction`).
+    reconstruct_every : int
+        Progressive reconstruction every N projections (0: at the end only).
+    directory : path-like, optional
+        Where derived frames are written (default: next to the raw frames).
+    state_dir : path-like
+        Where the journal of runs in flight is kept.
+    share : str
+        ``K/N``: serve share K of N (several workers split the runs).
+    grace : float
+        Seconds runs in flight may take to finish after SIGTERM.
+    prefix : bytes
+        The ``Publisher``'s prefix to listen to (default: every document).
+
+    Returns
+    -------
+    int
+        The exit status: 0 after a clean shutdown.
+
+    Raises
+    ------
+    ServeError
+        The proxy is unreachable or the Tiled server refuses.
+    """
+    from ..callbacks import TomoGANCallback, TomoReconstruction
+    from ..inference.load import load_denoiser
+
+    run_share = RunShare.parse(share)
+    try:
+        check_reachable(zmq_in)
+        if zmq_out is not None:
+            check_reachable(zmq_out)
+    except (Unreachable, ValueError) as exc:
+        raise ServeError(str(exc)) from exc
+    client = _tiled_client(tiled) if store != "none" else None
+    denoiser = load_denoiser(model, backend=backend)
+    callback = TomoGANCallback(denoiser, fields=fields, streams=streams or ["primary", "flat"],
+                               policy=policy, directory=directory)  # type: ignore[arg-type]
+    outlet: Any = callback
+    wait = None
+    if reconstruct:
+        rec = TomoReconstruction(load_denoiser("tomogan-slice", backend=backend), every=reconstruct_every,
+                                 directory=directory)
+        callback.subscribe(rec)
+        outlet, wait = rec, rec.wait
+    worker = DenoisingWorker(ZMQSource(zmq_in, prefix=prefix), callback, outlet=outlet, client=client, store=store,
+                             republish=zmq_publisher(zmq_out) if zmq_out else None,
+                             state_dir=Path(state_dir).expanduser(), share=run_share, grace=grace, wait=wait)
+    log.info("bluesky-tomogan serve: %s from %s, store=%s%s, share %s", denoiser, zmq_in, store,
+             f" in {tiled}" if tiled else "", share)
+    return worker.run()
+
+
+def _tiled_client(uri: str | None) -> Any:
+    if not uri:
+        raise ServeError("storing runs needs --tiled URI (or --store none)")
+    from tiled.client import from_uri
+
+    try:
+        return from_uri(uri)
+    except Exception as exc:  # connection refused, 401, not a Tiled server...
+        raise ServeError(f"Tiled at {uri.split('?')[0]} refused: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,309 @@
+"""``bluesky-tomogan serve`` in real processes: a 0MQ proxy, the worker, the RunEngine here, Tiled here."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bluesky.callbacks.tiled_writer import TiledWriter
+
+from bluesky_tomogan import TomoGANCallback, load_denoiser
+from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
+from bluesky_tomogan.plans import tomo_scan
+from bluesky_tomogan.serve import RunShare
+from bluesky_tomogan.simulate.tomography import angles_deg
+from bluesky_tomogan.storage import close_local_tiled, frames_directory, local_tiled, server_of
+
+zmq = pytest.importorskip("zmq", reason="the worker needs pyzmq (a core dependency)")
+from bluesky.callbacks.zmq import Publisher  # noqa: E402
+
+BIN = Path(sys.executable).parent
+ANGLES = 24
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("localhost", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def proxy():
+    """``bluesky-0MQ-proxy`` in its own process: (in port, out port)."""
+    ports = free_port(), free_port()
+    process = subprocess.Popen([str(BIN / "bluesky-0MQ-proxy"), "--in-address", str(ports[0]),
+                                "--out-address", str(ports[1])], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: listening(ports[1]) and listening(ports[0]), 20, "the 0MQ proxy")
+        yield ports
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture
+def tiled(tmp_path):
+    client = local_tiled(tmp_path / "tiled-store")
+    yield client, server_of(client).uri
+    close_local_tiled(client)
+
+
+WORKERS: list = []
+
+
+@pytest.fixture(autouse=True)
+def kill_workers_left():
+    """A failed test must not leave a worker holding connections to the embedded Tiled server."""
+    yield
+    while WORKERS:
+        process = WORKERS.pop().process
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+class Worker:
+    """``bluesky-tomogan serve`` as a subprocess; its log goes to a file the test can read."""
+
+    def __init__(self, tmp_path: Path, out_port: int, uri: str, *extra: str) -> None:
+        WORKERS.append(self)
+        self.log = tmp_path / f"worker-{time.monotonic_ns()}.log"
+        env = dict(os.environ, BLUESKY_TOMOGAN_DATA=str(tmp_path / "worker-data"))
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen(
+                [str(BIN / "bluesky-tomogan"), "-v", "serve", "--zmq-in", f"localhost:{out_port}", "--tiled", uri,
+                 "--backend", "onnxruntime", "--state-dir", str(tmp_path / "state"), "--grace", "30", *extra],
+                stdout=log, stderr=subprocess.STDOUT, env=env)
+        wait_until(lambda: "serving;" in self.text() or self.process.poll() is not None, 90, "the worker to start")
+        assert self.process.poll() is None, self.text()
+        time.sleep(1.0)  # 0MQ subscriptions propagate asynchronously ("slow joiner")
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+
+def make_scan(tmp_path: Path, name: str):
+    stage = SimTomoStage(name="stage")
+    # raw frames where the embedded Tiled server may read them
+    directory = frames_directory(tmp_path / "tiled-store") / name
+    det = SimTomoDetector(name="det", stage=stage, shape=(64, 64), directory=directory, seed=5, simulate_timing=False)
+    det.photon_flux.put(2e4)
+    return tomo_scan(det, stage, list(angles_deg(ANGLES)), n_darks=2, n_flats=2)
+
+
+CLOSE: list = []
+
+
+@pytest.fixture(autouse=True)
+def close_connections():
+    """The RunEngine host's publishers and Tiled clients of a test."""
+    yield
+    while CLOSE:
+        CLOSE.pop()()
+
+
+def publishing_RE(RE, uri: str | None, in_port: int):
+    """The RunEngine host: publishes every document to the proxy, and stores its raw run in Tiled if ``uri``.
+
+    The host's writer keeps TiledWriter's default batching, so its table rows go in at the stop: the
+    embedded Tiled server (SQLite through ADBC) crashed with heap corruption when two processes appended
+    to tables at the same moment (seen while writing these tests); a beamline's Tiled runs on PostgreSQL.
+    """
+    from tiled.client import from_uri
+
+    if uri is not None:
+        host_client = from_uri(uri)
+        CLOSE.append(host_client.context.close)
+        RE.subscribe(TiledWriter(host_client))
+    publisher = Publisher(("localhost", in_port))
+    CLOSE.append(publisher.close)
+    RE.subscribe(publisher)
+    time.sleep(0.5)  # the publisher's connection to the proxy
+    return publisher
+
+
+def derived_rows(client, uid: str, stream: str = "denoised") -> int:
+    try:
+        return len(client[uid][stream]["det_image_denoised"])
+    except KeyError:
+        return 0
+
+
+def test_served_run_stores_the_same_raw_and_derived_arrays_as_the_in_process_callback(RE, proxy, tiled, tmp_path):
+    client, uri = tiled
+    worker = Worker(tmp_path, proxy[1], uri, "--store", "run")  # the host only publishes; the worker stores all
+    try:
+        publishing_RE(RE, None, proxy[0])
+        (served,) = RE(make_scan(tmp_path, "served"))
+        wait_until(lambda: derived_rows(client, served) == ANGLES, 90, "the worker's denoised stream")
+        wait_until(lambda: derived_rows(client, served, "flat_denoised") == 2, 30, "the denoised flats")
+    finally:
+        assert worker.stop() == 0, worker.text()
+    assert "stopped with" not in worker.text()  # nothing left in flight
+
+    from bluesky import RunEngine
+
+    RE2 = RunEngine({})
+    cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="onnxruntime"), streams=["primary", "flat"])
+    cb.subscribe(TiledWriter(client))
+    RE2.subscribe(cb)
+    (local,) = RE2(make_scan(tmp_path, "local"))
+
+    a, b = client[served], client[local]
+    np.testing.assert_array_equal(a["primary"]["det_image"].read(), b["primary"]["det_image"].read())
+    np.testing.assert_allclose(a["denoised"]["det_image_denoised"].read(), b["denoised"]["det_image_denoised"].read(),
+                               rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(a["flat_denoised"]["det_image_denoised"].read(),
+                               b["flat_denoised"]["det_image_denoised"].read(), rtol=1e-5, atol=1e-3)
+    assert list(a["denoised"]["det_image_source_seq_num"].read()) == list(range(1, ANGLES + 1))
+    assert a.metadata["stop"]["exit_status"] == "success"
+    assert a.metadata["stop"]["num_events"]["denoised"] == ANGLES
+
+
+def test_a_killed_worker_leaves_raw_data_complete_and_the_next_one_records_the_missing_frames(
+        RE, proxy, tiled, tmp_path):
+    client, uri = tiled
+    worker = Worker(tmp_path, proxy[1], uri)
+    publishing_RE(RE, uri, proxy[0])
+
+    def kill_at_frame_8(name, doc):
+        if name in ("event", "event_page") and worker.process.poll() is None:
+            seq = doc["seq_num"] if name == "event" else doc["seq_num"][-1]
+            if seq == 8 and client is not None:
+                worker.process.send_signal(signal.SIGKILL)
+                worker.process.wait(10)
+
+    RE.subscribe(kill_at_frame_8, "event")
+    (uid,) = RE(make_scan(tmp_path, "killed"))
+    assert worker.process.returncode == -signal.SIGKILL
+    run = client[uid]
+    assert len(run["primary"]["det_image"]) == ANGLES and run.metadata["stop"]["exit_status"] == "success"
+    assert np.isfinite(run["primary"]["det_image"].read()).all()
+
+    restarted = Worker(tmp_path, proxy[1], uri)
+    try:
+        record = wait_until(lambda: client[uid].metadata.get("bluesky_tomogan"), 30, "the gap record")
+    finally:
+        assert restarted.stop() == 0, restarted.text()
+    assert record["incomplete"] is True and "stopped before the run ended" in record["reason"]
+    assert record["raw_rows"]["primary"] == ANGLES and record["derived_rows"].get("denoised", 0) < ANGLES
+    assert "recorded missing derived frames" in restarted.text()
+
+
+def test_sigterm_during_a_run_finishes_it_then_exits(RE, proxy, tiled, tmp_path):
+    client, uri = tiled
+    worker = Worker(tmp_path, proxy[1], uri, "--store", "run")
+    publishing_RE(RE, None, proxy[0])
+
+    def term_at_frame_4(name, doc):
+        if doc["seq_num"] == 4 and worker.process.poll() is None:
+            worker.process.send_signal(signal.SIGTERM)
+
+    RE.subscribe(term_at_frame_4, "event")
+    (uid,) = RE(make_scan(tmp_path, "terminated"))
+    assert worker.process.wait(60) == 0, worker.text()
+    wait_until(lambda: derived_rows(client, uid) == ANGLES, 30, "the stored run")  # finished before the exit
+    assert "shutting down: 1 runs in flight" in worker.text()
+    assert (tmp_path / "state" / "runs.json").read_text().strip() == "{}"
+
+
+def test_a_malformed_message_is_logged_and_the_stream_goes_on(RE, proxy, tiled, tmp_path):
+    client, uri = tiled
+    worker = Worker(tmp_path, proxy[1], uri, "--store", "run")
+    try:
+        publisher = publishing_RE(RE, None, proxy[0])
+        publisher._socket.send(b" start \x80\x04not-a-pickle")
+        (uid,) = RE(make_scan(tmp_path, "after-garbage"))
+        wait_until(lambda: derived_rows(client, uid) == ANGLES, 90, "the worker's denoised stream")
+    finally:
+        assert worker.stop() == 0, worker.text()
+    assert "dropped a malformed message" in worker.text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--zmq-in", "localhost:{closed}", "--store", "none"], "nothing listens at localhost:"),
+    (["--zmq-in", "localhost:{out}", "--tiled", "http://localhost:{closed}/api"], "refused"),
+    (["--zmq-in", "not-an-address", "--store", "none"], "is not host:port"),
+    (["--zmq-in", "localhost:{out}", "--share", "2/2", "--store", "none"], "need 0 <= index < count"),
+])
+def test_bad_input_to_serve_is_a_clear_error_and_exit_status_2(proxy, tmp_path, args, message):
+    closed = free_port()
+    argv = [a.format(closed=closed, out=proxy[1]) for a in args]
+    done = subprocess.run([str(BIN / "bluesky-tomogan"), "serve", *argv, "--state-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_run_shares_split_runs_between_workers():
+    uids = [f"{i:08x}-run" for i in range(200)]
+    shares = [RunShare.parse("0/2"), RunShare.parse("1/2")]
+    served = [[u for u in uids if s.serves(u)] for s in shares]
+    assert sorted(served[0] + served[1]) == sorted(uids) and not set(served[0]) & set(served[1])
+    assert 60 < len(served[0]) < 140
+
+
+def test_derived_streams_go_into_the_run_another_writer_stored(RE, tiled, tmp_path):
+    """The split deployment's storage, in one process: the host's TiledWriter stores the raw run, then
+    ``DerivedOnly(DerivedStreamsWriter)`` adds the derived streams to that same run."""
+    from bluesky_tomogan.serve import DerivedOnly, DerivedStreamsWriter
+
+    client, _ = tiled
+    docs = []
+    cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="onnxruntime"), streams=["primary", "flat"])
+    cb.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE.subscribe(cb)
+    (uid,) = RE(make_scan(tmp_path, "split"))
+    derived_descriptors = {d["uid"] for n, d in docs if n == "descriptor" and d["name"].endswith("denoised")}
+
+    def is_derived(name, doc):
+        if name == "descriptor":
+            return doc["uid"] in derived_descriptors
+        if name in ("event", "event_page", "stream_datum"):
+            return doc["descriptor"] in derived_descriptors
+        return name == "stream_resource" and doc["data_key"].endswith("_denoised")
+
+    host = TiledWriter(client)
+    for name, doc in docs:
+        if not is_derived(name, doc):
+            host(name, doc)  # the raw run, as the RunEngine host stores it
+    assert sorted(client[uid]) == ["dark", "flat", "primary"]
+    derived = DerivedOnly(DerivedStreamsWriter(client, attach_timeout=5))
+    for name, doc in docs:
+        derived(name, doc)
+    run = client[uid]
+    assert sorted(run) == ["dark", "denoised", "flat", "flat_denoised", "primary"]
+    assert len(run["denoised"]["det_image_denoised"]) == ANGLES and np.isfinite(
+        run["denoised"]["det_image_denoised"].read()).all()
+    assert run["denoised"].metadata["bluesky_tomogan"]["rows"]["denoised"] == ANGLES
+    assert run.metadata["stop"]["exit_status"] == "success"  # the host's stop, left alone
