@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -307,3 +308,63 @@ def test_derived_streams_go_into_the_run_another_writer_stored(RE, tiled, tmp_pa
         run["denoised"]["det_image_denoised"].read()).all()
     assert run["denoised"].metadata["bluesky_tomogan"]["rows"]["denoised"] == ANGLES
     assert run.metadata["stop"]["exit_status"] == "success"  # the host's stop, left alone
+
+
+RE_HOST_WITH_REMOTE_SUSPENDERS = """
+import json, sys, time
+import ophyd
+ophyd.set_cl("caproto")
+from bluesky import RunEngine
+from bluesky.callbacks.zmq import Publisher
+from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
+from bluesky_tomogan.plans import tomo_scan
+from bluesky_tomogan.serve.ioc import install_qc_suspenders
+from bluesky_tomogan.simulate.tomography import angles_deg
+
+prefix, in_port, directory = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+RE = RunEngine({})
+RE.record_interruptions = True
+suspenders = install_qc_suspenders(RE, prefix)
+publisher = Publisher(("localhost", in_port))
+RE.subscribe(publisher)
+time.sleep(0.5)
+stage = SimTomoStage(name="stage")
+det = SimTomoDetector(name="det", stage=stage, shape=(64, 64), directory=directory, seed=5)
+det.exposure_time.put(0.05)
+det.photon_flux.put(2e4 / 0.05)
+RE.subscribe(lambda name, doc: det.inject_fault("beam_dump", frames=2) if doc["seq_num"] == 8 else None, "event")
+interruptions = []
+RE.subscribe(lambda name, doc: interruptions.append(doc["data"].get("interruption")), "event")
+stops = []
+RE.subscribe(lambda name, doc: stops.append(doc), "stop")
+(uid,) = RE(tomo_scan(det, stage, list(angles_deg(24)), n_darks=2, n_flats=2))
+print("RESULT", json.dumps({"suspenders": [s._sig.name for s in suspenders],
+                            "interruptions": [i for i in interruptions if isinstance(i, str)],
+                            "exit_status": stops[-1]["exit_status"], "primary": stops[-1]["num_events"]["primary"]}))
+publisher.close()
+"""
+
+
+def test_a_qc_flag_of_the_workers_ioc_suspends_the_scan_in_the_runengine_process(proxy, tiled, tmp_path,
+                                                                               monkeypatch):
+    pytest.importorskip("caproto", reason="the QC IOC needs caproto (a core dependency)")
+    _, uri = tiled
+    port = free_port()  # Channel Access on localhost only, on a port of this test's own
+    for key, value in {"EPICS_CA_AUTO_ADDR_LIST": "NO", "EPICS_CA_ADDR_LIST": "127.0.0.1",
+                       "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1", "EPICS_CA_SERVER_PORT": str(port),
+                       "EPICS_CAS_SERVER_PORT": str(port)}.items():
+        monkeypatch.setenv(key, value)
+    prefix = f"TOMOGAN{port}:QC:"
+    worker = Worker(tmp_path, proxy[1], uri, "--store", "none", "--ioc-prefix", prefix, "--retry-after", "1")
+    try:
+        host = subprocess.run([sys.executable, "-c", RE_HOST_WITH_REMOTE_SUSPENDERS, prefix, str(proxy[0]),
+                               str(tmp_path / "frames")], capture_output=True, text=True, timeout=180)
+    finally:
+        assert worker.stop() == 0, worker.text()
+    assert host.returncode == 0, host.stderr[-3000:]
+    result = json.loads(host.stdout.split("RESULT", 1)[1])
+    assert result["suspenders"] == ["tomogan_qc_beam_lost"]
+    # the dark frames' flag, raised by QC in the worker, suspended the scan here; it resumed when the flag cleared
+    assert any("tomogan_qc_beam_lost is high" in i for i in result["interruptions"])
+    assert result["exit_status"] == "success" and result["primary"] == 24
+    assert "QC PVs under " + prefix in worker.text()

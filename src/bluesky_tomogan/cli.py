@@ -161,7 +161,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return serve(args.zmq_in, tiled=args.tiled, store=args.store, zmq_out=args.zmq_out, model=args.model,
                      backend=args.backend, streams=args.streams, fields=args.fields, policy=args.policy,
                      reconstruct=args.reconstruct, reconstruct_every=args.every, directory=args.directory,
-                     state_dir=args.state_dir, share=args.share, grace=args.grace, prefix=args.prefix.encode())
+                     state_dir=args.state_dir, share=args.share, grace=args.grace, prefix=args.prefix.encode(),
+                     ioc_prefix=args.ioc_prefix, retry_after=args.retry_after)
     except (ServeError, ValueError) as exc:
         log.error("%s", exc)
         print(f"bluesky-tomogan serve: error: {exc}", file=sys.stderr)
@@ -204,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--share", default="0/1", metavar="K/N", help="serve share K of N runs (several workers)")
     s.add_argument("--grace", type=float, default=60.0, help="seconds runs in flight may take after SIGTERM")
     s.add_argument("--prefix", default="", help="the Publisher's prefix to listen to")
+    s.add_argument("--ioc-prefix", metavar="PREFIX",
+                   help="publish QC flags and metrics as EPICS PVs PREFIX<name> (caproto soft IOC)")
+    s.add_argument("--retry-after", type=float, default=10.0,
+                   help="seconds after which a suspending QC flag clears and the next frame tests again")
     s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("simulate", help="write a simulated TomoGAN-style HDF5 dataset")

@@ -33,7 +33,8 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
           fields: list[str] | None = None, policy: str = "block", reconstruct: bool = False,
           reconstruct_every: int = 0, directory: str | os.PathLike[str] | None = None,
           state_dir: str | os.PathLike[str] = "~/.local/state/bluesky-tomogan", share: str = "0/1",
-          grace: float = 60.0, prefix: bytes = b"") -> int:
+          grace: float = 60.0, prefix: bytes = b"", ioc_prefix: str | None = None,
+          retry_after: float = 10.0) -> int:
     """Serve the document stream at ``zmq_in`` (a ``bluesky-0MQ-proxy`` out port) until SIGTERM.
 
     Parameters
@@ -64,6 +65,13 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
         Seconds runs in flight may take to finish after SIGTERM.
     prefix : bytes
         The ``Publisher``'s prefix to listen to (default: every document).
+    ioc_prefix : str, optional
+        Publish the QC flags and metrics as EPICS PVs under this prefix (a caproto
+        soft IOC, :class:`~bluesky_tomogan.serve.ioc.QCIOC`); the RunEngine host
+        installs suspenders on them with :func:`~bluesky_tomogan.serve.ioc.install_qc_suspenders`.
+    retry_after : float
+        Seconds after which a suspending flag clears so that the scan resumes and
+        tests the condition with its next frame (:class:`~bluesky_tomogan.devices.QCMonitor`).
 
     Returns
     -------
@@ -87,8 +95,17 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
         raise ServeError(str(exc)) from exc
     client = _tiled_client(tiled) if store != "none" else None
     denoiser = load_denoiser(model, backend=backend)
+    feedback, ioc = None, None
+    if ioc_prefix:
+        from ..devices.qc_monitor import QCMonitor
+        from ..qc.feedback import QCFeedback
+        from .ioc import QCIOC
+
+        monitor = QCMonitor(name="qc", retry_after=retry_after)
+        feedback = QCFeedback(monitor=monitor)
+        ioc = QCIOC(monitor, ioc_prefix)
     callback = TomoGANCallback(denoiser, fields=fields, streams=streams or ["primary", "flat"],
-                               policy=policy, directory=directory)  # type: ignore[arg-type]
+                               policy=policy, directory=directory, feedback=feedback)  # type: ignore[arg-type]
     outlet: Any = callback
     wait = None
     if reconstruct:
@@ -99,9 +116,16 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
     worker = DenoisingWorker(ZMQSource(zmq_in, prefix=prefix), callback, outlet=outlet, client=client, store=store,
                              republish=zmq_publisher(zmq_out) if zmq_out else None,
                              state_dir=Path(state_dir).expanduser(), share=run_share, grace=grace, wait=wait)
-    log.info("bluesky-tomogan serve: %s from %s, store=%s%s, share %s", denoiser, zmq_in, store,
-             f" in {tiled}" if tiled else "", share)
-    return worker.run()
+    if ioc is not None:
+        ioc.start()
+    log.info("bluesky-tomogan serve: %s from %s, store=%s%s, share %s%s", denoiser, zmq_in, store,
+             f" in {tiled}" if tiled else "", share, f", QC PVs under {ioc_prefix}" if ioc_prefix else "")
+    try:
+        return worker.run()
+    finally:
+        if ioc is not None:
+            ioc.stop()
+            ioc.monitor.cancel_timers()
 
 
 def _tiled_client(uri: str | None) -> Any:

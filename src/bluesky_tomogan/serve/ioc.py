@@ -1,0 +1,176 @@
+"""QC flags and metrics as EPICS PVs: a caproto soft IOC beside the worker, suspenders beside the RunEngine.
+
+Across machines the feedback works exactly as in process: the worker's
+:class:`~bluesky_tomogan.devices.QCMonitor` (flags raised by QC, cleared by its
+``retry_after`` timer or a ``beam`` signal, see its docstring) is mirrored, signal
+by signal, to PVs ``<prefix><flag>`` (0/1) and ``<prefix><metric>``; on the
+RunEngine host, :func:`install_qc_suspenders` puts bluesky's ``SuspendBoolHigh``
+on ophyd ``EpicsSignalRO`` of the flags whose policy action is ``suspend``.
+
+The IOC is caproto (pure Python, installs from PyPI, Channel Access). Name
+search follows the usual EPICS environment (``EPICS_CA_ADDR_LIST``,
+``EPICS_CA_AUTO_ADDR_LIST``, ``EPICS_CA_SERVER_PORT``) on both sides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from ..devices.qc_monitor import QCMonitor
+from ..qc.policy import QCPolicy
+
+__all__ = ["QCIOC", "qc_flag_signals", "install_qc_suspenders", "DEFAULT_PREFIX"]
+
+log = logging.getLogger(__name__)
+DEFAULT_PREFIX = "TOMOGAN:QC:"
+
+
+class QCIOC:
+    """Serve a :class:`QCMonitor`'s signals as PVs ``<prefix><name>`` until :meth:`stop`.
+
+    Parameters
+    ----------
+    monitor : QCMonitor
+        The worker's monitor (given to its ``QCFeedback``).
+    prefix : str
+        PV prefix, e.g. ``"BL32:TOMOGAN:QC:"``.
+    interfaces : sequence of str
+        Network interfaces to serve on (default: all).
+    """
+
+    def __init__(self, monitor: QCMonitor, prefix: str = DEFAULT_PREFIX,
+                 interfaces: Sequence[str] = ("0.0.0.0",)) -> None:
+        from caproto.server import PVGroup, pvproperty
+
+        self.monitor = monitor
+        self.prefix = prefix
+        self.interfaces = list(interfaces)
+        names = [*QCMonitor.FLAGS, *QCMonitor.METRICS, "seq_num"]
+        body: dict[str, Any] = {}
+        for name in names:
+            integer = name in QCMonitor.FLAGS or name == "seq_num"
+            body[name] = pvproperty(value=0 if integer else 0.0, name=name, read_only=True,
+                                    doc=f"bluesky-tomogan QC {'flag' if name in QCMonitor.FLAGS else 'metric'}")
+        self._group = type("TomoGANQC", (PVGroup,), body)(prefix=prefix)
+        self._names = names
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._tokens: list[tuple[Any, int]] = []
+
+    @property
+    def pvnames(self) -> list[str]:
+        """Every PV this IOC serves."""
+        return sorted(self._group.pvdb)
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start serving on a daemon thread; mirror the monitor's signals from now on."""
+        self._thread = threading.Thread(target=self._serve, name="tomogan-qc-ioc", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError(f"the QC IOC did not start within {timeout} s")
+        for name in self._names:
+            signal = getattr(self.monitor, name)
+            self._tokens.append((signal, signal.subscribe(self._mirror(name), run=True)))
+        log.info("QC IOC serving %d PVs under %s", len(self._names), self.prefix)
+
+    def stop(self) -> None:
+        """Stop mirroring and serving."""
+        for signal, token in self._tokens:
+            signal.unsubscribe(token)
+        self._tokens.clear()
+        if self._loop is not None and not self._loop.is_closed():
+            loop = self._loop
+
+            def cancel() -> None:
+                for task in asyncio.all_tasks(loop):
+                    task.cancel()
+
+            loop.call_soon_threadsafe(cancel)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _serve(self) -> None:
+        from caproto.asyncio.server import Context
+
+        async def main() -> None:
+            context = Context(self._group.pvdb, self.interfaces)  # made inside the running loop, as caproto wants
+            asyncio.get_running_loop().call_soon(self._ready.set)
+            await context.run()
+
+        loop = self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(main())
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("the QC IOC stopped")
+        finally:
+            loop.close()
+
+    def _mirror(self, name: str) -> Any:
+        pv = getattr(self._group, name)
+        integer = name in QCMonitor.FLAGS or name == "seq_num"
+
+        def write(value: Any = None, **kwargs: Any) -> None:
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                return
+            try:
+                number = int(value) if integer else float(value)
+            except (TypeError, ValueError):
+                return
+            if not integer and not math.isfinite(number):
+                number = math.nan
+            asyncio.run_coroutine_threadsafe(pv.write(number), loop)
+
+        return write
+
+
+def qc_flag_signals(prefix: str = DEFAULT_PREFIX, flags: Sequence[str] | None = None) -> dict[str, Any]:
+    """Ophyd ``EpicsSignalRO`` of the QC flag PVs under ``prefix`` (default: every flag), by flag name."""
+    from ophyd import EpicsSignalRO
+
+    return {flag: EpicsSignalRO(f"{prefix}{flag}", name=f"tomogan_qc_{flag}")
+            for flag in (QCMonitor.FLAGS if flags is None else flags)}
+
+
+def install_qc_suspenders(RE: Any, prefix: str = DEFAULT_PREFIX, policy: QCPolicy | None = None,
+                          sleep: float = 0.0, connect_timeout: float = 10.0) -> list[Any]:
+    """On the RunEngine host: ``SuspendBoolHigh`` on the remote PV of every flag whose action is ``suspend``.
+
+    Parameters
+    ----------
+    RE : RunEngine
+    prefix : str
+        The worker's ``--ioc-prefix``.
+    policy : QCPolicy, optional
+        Which flags suspend (default: the default policy, as the worker's).
+    sleep : float
+        Seconds to wait after a flag clears before resuming.
+    connect_timeout : float
+        Seconds to wait for the PVs; a missing IOC raises ``TimeoutError`` here, not mid-scan.
+
+    Returns
+    -------
+    list
+        The installed suspenders.
+    """
+    from bluesky.suspenders import SuspendBoolHigh
+
+    policy = policy or QCPolicy()
+    flags = [f for f, rule in policy.rules.items() if rule.action == "suspend"]
+    signals = qc_flag_signals(prefix, flags)
+    suspenders = []
+    for flag, signal in signals.items():
+        signal.wait_for_connection(timeout=connect_timeout)
+        suspender = SuspendBoolHigh(signal, sleep=sleep, tripped_message=f"remote QC flag {flag} ({prefix}{flag})")
+        RE.install_suspender(suspender)
+        suspenders.append(suspender)
+    return suspenders
