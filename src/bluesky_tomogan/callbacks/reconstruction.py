@@ -473,7 +473,7 @@ class _RunReconstruction(PassThroughRun):
         elif self.o.center is not None and found == found and abs(found - self.o.center) > CENTER_TOLERANCE:
             notes.append(f"the given rotation centre {self.o.center:g} is {abs(found - self.o.center):.1f} px from "
                          f"the one found ({found:.2f}): probably wrong")
-        # the final reconstruction holds the stop (and so the RunEngine): it takes both cores
+        # the final reconstruction is what the stop (and wait()) waits for: it takes both cores
         slices = recon.reconstruct_rows({r: transmission[r] for r in wanted}, angles, center,
                                         remove_stripes=self.o.remove_stripes, threads=2 if final else 1)
         out_fbp, out_den, stripes = [], [], []

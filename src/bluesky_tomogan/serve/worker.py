@@ -134,6 +134,7 @@ class DenoisingWorker:
         self._orphans = self._journal.load()  # runs a previous worker left unfinished: uid -> entry
         self._open: dict[str, dict[str, Any]] = {}  # run uid -> journal entry
         self._descriptors: dict[str, str] = {}  # descriptor uid -> run uid, of served runs
+        self._resources: dict[str, str] = {}  # legacy Resource uid -> run uid, of served runs
         self._foreign_logged: set[str] = set()
         self._stopping = False
         self._lock = threading.Lock()
@@ -232,17 +233,22 @@ class DenoisingWorker:
                 self._descriptors[doc["uid"]] = run
                 return run
             return self._foreign(name, run)
-        if name in ("event", "event_page", "stream_datum", "datum", "datum_page"):
+        if name in ("event", "event_page", "stream_datum"):
             run = self._descriptors.get(doc.get("descriptor", ""))
-            if name.startswith("datum"):
-                return next(iter(self._open), None) if len(self._open) == 1 else self._foreign(name, None)
             return run if run is not None else self._foreign(name, doc.get("descriptor"))
+        if name in ("datum", "datum_page"):  # legacy frames: a datum names its resource
+            resource = doc.get("resource")
+            resource = resource[0] if isinstance(resource, list) and resource else resource
+            run = self._resources.get(str(resource))
+            return run if run is not None else self._foreign(name, str(resource))
         if name in ("stream_resource", "resource", "stop"):
             run = doc.get("run_start")
             if run in self._open:
+                if name == "resource":
+                    self._resources[doc["uid"]] = run
                 return run
             if name == "stop" and run in self._orphans:
-                self._record_orphan(run, ended=True)
+                self._record_orphan(run)
             return self._foreign(name, run)
         return self._foreign(name, None)
 
@@ -256,6 +262,7 @@ class DenoisingWorker:
     def _finished(self, run: str, stop: dict[str, Any]) -> None:
         self._open.pop(run, None)
         self._descriptors = {d: r for d, r in self._descriptors.items() if r != run}
+        self._resources = {d: r for d, r in self._resources.items() if r != run}
         self._journal.save({**self._orphans, **self._open})
         if self._stopping and not self._open:
             self.source.stop()
@@ -272,16 +279,18 @@ class DenoisingWorker:
                 log.warning("cannot look up run %s left by a previous worker: %s", uid, exc)
                 continue
             if ended:
-                self._record_orphan(uid, ended=True, delay=0.0)
+                self._record_orphan(uid, delay=0.0)
 
-    def _record_orphan(self, uid: str, *, ended: bool, delay: float = 2.0) -> None:
+    def _record_orphan(self, uid: str, *, delay: float = 2.0) -> None:
         entry = self._orphans.pop(uid, {})
         self._journal.save({**self._orphans, **self._open})
         if self.client is None:
             log.error("run %s: derived frames missing (the worker serving it stopped); no Tiled to record it in", uid)
             return
-        # let the host's writer store the stop first: both writers update the run's metadata
-        threading.Timer(delay, self._write_gap, args=(uid, entry)).start() if delay else self._write_gap(uid, entry)
+        if delay:  # let the host's writer store the stop first: both writers update the run's metadata
+            threading.Timer(delay, self._write_gap, args=(uid, entry)).start()
+        else:
+            self._write_gap(uid, entry)
 
     def _write_gap(self, uid: str, entry: dict[str, Any]) -> None:
         try:
