@@ -10,8 +10,9 @@ live QC's recommendations between points: it re-acquires flagged angles and
 adjusts the exposure, and records every decision in a ``qc_actions`` stream.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: bluesky-queueserver validates a queued plan's
+# arguments against its signature's annotations, which must be objects, not strings; and it turns
+# device names into devices for parameters annotated with bluesky's protocols (``Readable``).
 import math
 import time
 from collections import Counter
@@ -21,6 +22,7 @@ from typing import Any
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
+from bluesky.protocols import Readable
 from bluesky.utils import Msg
 
 from .devices.qc_monitor import QCDecision
@@ -30,8 +32,8 @@ __all__ = ["tomo_scan", "qc_tomo_scan", "QCDecision"]
 
 
 def tomo_scan(
-    detector: Any,
-    stage: Any,
+    detector: Readable,
+    stage: Readable,
     angles: Sequence[float],
     *,
     n_darks: int = 10,

@@ -1,0 +1,121 @@
+"""bluesky-queueserver runs the beamline's tomography plans with the callback subscribed.
+
+``start-re-manager --startup-dir profiles/profile_tomogan/startup --keep-re``: the IPython
+profile's startup code is the queue server's startup directory, unchanged. Redis comes
+from the system packages (``redis-server``) and is started and stopped by the test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bluesky_tomogan.storage import close_local_tiled, local_tiled, server_of
+
+STARTUP = Path(__file__).resolve().parents[1] / "profiles" / "profile_tomogan" / "startup"
+BIN = Path(sys.executable).parent
+
+pytest.importorskip("bluesky_queueserver", reason="needs bluesky-queueserver (test extra)")
+pytest.importorskip("bluesky_queueserver_api", reason="needs bluesky-queueserver-api (test extra)")
+if shutil.which("redis-server") is None:
+    pytest.skip("needs redis-server (Debian package redis-server; .ci/run installs it)", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def redis(tmp_path):
+    port = free_port()
+    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--dir", str(tmp_path)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def up() -> bool:
+        try:
+            with socket.create_connection(("localhost", port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    try:
+        wait_until(up, 20, "redis-server")
+        yield f"localhost:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_a_queued_tomography_plan_runs_and_its_denoised_stream_is_in_tiled(redis, tmp_path):
+    from bluesky_queueserver_api import BPlan
+    from bluesky_queueserver_api.zmq import REManagerAPI
+
+    store = tmp_path / "store"
+    client = local_tiled(store)
+    control, info = free_port(), free_port()
+    env = dict(os.environ, TOMOGAN_TILED_URI=server_of(client).uri, TOMOGAN_DATA=str(store),
+               TOMOGAN_BACKEND="onnxruntime")
+    log = open(tmp_path / "re-manager.log", "w")
+    manager = subprocess.Popen(
+        [str(BIN / "start-re-manager"), "--startup-dir", str(STARTUP), "--keep-re", "--redis-addr", redis,
+         "--redis-name-prefix", f"tomogan-test-{control}",
+         "--zmq-control-addr", f"tcp://127.0.0.1:{control}", "--zmq-info-addr", f"tcp://127.0.0.1:{info}",
+         "--existing-plans-devices", str(tmp_path / "existing_plans_and_devices.yaml"),
+         "--update-existing-plans-devices", "ENVIRONMENT_OPEN", "--use-ipython-kernel", "OFF",
+         "--user-group-permissions", str(STARTUP / "user_group_permissions.yaml")],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    RM = REManagerAPI(zmq_control_addr=f"tcp://127.0.0.1:{control}", zmq_info_addr=f"tcp://127.0.0.1:{info}")
+    try:
+        wait_until(lambda: _status(RM), 60, "the RE manager")
+        RM.environment_open()
+        RM.wait_for_idle(timeout=180)
+        assert RM.status()["worker_environment_exists"], (tmp_path / "re-manager.log").read_text()[-3000:]
+        RM.item_add(BPlan("tomo_scan", "det", "stage", [0, 45, 90, 135], n_darks=1, n_flats=1))
+        RM.queue_start()
+        RM.wait_for_idle(timeout=180)
+        item = RM.history_get()["items"][-1]
+        assert item["result"]["exit_status"] == "completed", item["result"]
+        (uid,) = item["result"]["run_uids"]
+        # the final reconstruction and the stop follow the plan's end (TomoReconstruction finishes them)
+        run = wait_until(lambda: "stop" in client[uid].metadata and client[uid], 60, "the stored run's stop")
+        assert run["denoised"]["det_image_denoised"].shape == (4, 512, 512)
+        assert run.metadata["stop"]["exit_status"] == "success"
+        assert len(run["reconstruction"]["slice"].read()) == 3
+        RM.environment_close()
+        RM.wait_for_idle(timeout=60)
+    finally:
+        RM.close()
+        manager.terminate()
+        try:
+            manager.wait(30)
+        except subprocess.TimeoutExpired:
+            manager.kill()
+        log.close()
+        close_local_tiled(client)
+
+
+def _status(RM) -> bool:
+    try:
+        return bool(RM.status())
+    except Exception:
+        return False
