@@ -239,17 +239,25 @@ def test_sigterm_during_a_run_finishes_it_then_exits(RE, proxy, tiled, tmp_path)
     assert (tmp_path / "state" / "runs.json").read_text().strip() == "{}"
 
 
-def test_a_malformed_message_is_logged_and_the_stream_goes_on(RE, proxy, tiled, tmp_path):
+def test_a_malformed_message_is_logged_recorded_in_the_run_and_the_stream_goes_on(RE, proxy, tiled, tmp_path):
     client, uri = tiled
     worker = Worker(tmp_path, proxy[1], uri, "--store", "run")
     try:
         publisher = publishing_RE(RE, None, proxy[0])
-        publisher._socket.send(b" start \x80\x04not-a-pickle")
+        publisher._socket.send(b" start \x80\x04not-a-pickle")  # between runs: logged, nothing to record
+
+        def garbage_at_frame_3(name, doc):
+            if doc["seq_num"] == 3:
+                publisher._socket.send(b" event_page \x80\x04not-a-pickle-either")  # the RE thread's own socket
+
+        RE.subscribe(garbage_at_frame_3, "event")
         (uid,) = RE(make_scan(tmp_path, "after-garbage"))
         wait_until(lambda: derived_rows(client, uid) == ANGLES, 90, "the worker's denoised stream")
+        record = wait_until(lambda: client[uid].metadata.get("bluesky_tomogan"), 30, "the recorded gap")
     finally:
         assert worker.stop() == 0, worker.text()
-    assert "dropped a malformed message" in worker.text()
+    assert worker.text().count("dropped a malformed message") == 2
+    assert record["malformed_messages"] == 1 and "undecodable" in record["reason"]
 
 
 @pytest.mark.parametrize("args, message", [

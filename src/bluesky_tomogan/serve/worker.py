@@ -222,7 +222,7 @@ class DenoisingWorker:
                 self.stats.runs_skipped += 1
                 log.info("run %s not served (%s)", uid, "shutting down" if self._stopping else "another share")
                 return None
-            self._open[uid] = {"started": time.time(), "pid": os.getpid()}
+            self._open[uid] = {"started": time.time(), "pid": os.getpid(), "malformed": self._malformed()}
             self._journal.save({**self._orphans, **self._open})
             self.stats.runs_served += 1
             self.stats.started_runs.append(uid)
@@ -259,13 +259,34 @@ class DenoisingWorker:
             log.info("ignoring %s documents of a run this worker does not serve (%s)", name, key)
         return None
 
+    def _malformed(self) -> int:
+        """Messages the source could not decode so far (0 for a source that does not count them)."""
+        return int(getattr(self.source, "malformed", 0))
+
     def _finished(self, run: str, stop: dict[str, Any]) -> None:
-        self._open.pop(run, None)
+        entry = self._open.pop(run, {})
+        lost = self._malformed() - int(entry.get("malformed", 0))
+        if lost > 0:  # undecodable messages arrived while this run was open: some of its documents may be gone
+            log.error("run %s: %d malformed messages arrived during the run; its derived data may be incomplete",
+                      run, lost)
+            if self.client is not None and self.store != "none":
+                record = {"malformed_messages": lost,
+                          "reason": f"{lost} undecodable messages arrived on the stream during this run; documents "
+                                    "of this run may have been among them"}
+                # after the stop is stored by whichever writer stores it (both update the run's metadata)
+                threading.Timer(2.0, self._record, args=(run, record)).start()
         self._descriptors = {d: r for d, r in self._descriptors.items() if r != run}
         self._resources = {d: r for d, r in self._resources.items() if r != run}
         self._journal.save({**self._orphans, **self._open})
         if self._stopping and not self._open:
             self.source.stop()
+
+    def _record(self, uid: str, record: dict[str, Any]) -> None:
+        try:
+            record_on_run(self.client, uid, record)
+            self.stats.gaps_recorded += 1
+        except Exception as exc:
+            log.error("run %s: could not record %s: %s", uid, sorted(record), exc)
 
     # -- runs a previous worker left ------------------------------------------------------------
 
