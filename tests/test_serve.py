@@ -114,10 +114,10 @@ class Worker:
         return self.process.wait(timeout)
 
 
-def make_scan(tmp_path: Path, name: str):
+def make_scan(tmp_path: Path, name: str, store: str = "tiled-store"):
     stage = SimTomoStage(name="stage")
     # raw frames where the embedded Tiled server may read them
-    directory = frames_directory(tmp_path / "tiled-store") / name
+    directory = frames_directory(tmp_path / store) / name
     det = SimTomoDetector(name="det", stage=stage, shape=(64, 64), directory=directory, seed=5, simulate_timing=False)
     det.photon_flux.put(2e4)
     return tomo_scan(det, stage, list(angles_deg(ANGLES)), n_darks=2, n_flats=2)
@@ -353,8 +353,9 @@ publisher.close()
 """
 
 
+@pytest.mark.parametrize("where", ["in the worker", "on its own"])
 def test_a_qc_flag_of_the_workers_ioc_suspends_the_scan_in_the_runengine_process(proxy, tiled, tmp_path,
-                                                                               monkeypatch):
+                                                                               monkeypatch, where):
     pytest.importorskip("caproto", reason="the QC IOC needs caproto (a core dependency)")
     _, uri = tiled
     port = free_port()  # Channel Access on localhost only, on a port of this test's own
@@ -363,16 +364,51 @@ def test_a_qc_flag_of_the_workers_ioc_suspends_the_scan_in_the_runengine_process
                        "EPICS_CAS_SERVER_PORT": str(port)}.items():
         monkeypatch.setenv(key, value)
     prefix = f"TOMOGAN{port}:QC:"
-    worker = Worker(tmp_path, proxy[1], uri, "--store", "none", "--ioc-prefix", prefix, "--retry-after", "1")
+    extra: list[str] = []
+    if where == "in the worker":
+        worker = Worker(tmp_path, proxy[1], uri, "--store", "none", "--ioc-prefix", prefix, "--retry-after", "1")
+    else:  # the worker republishes its documents; `bluesky-tomogan qc-ioc` serves the PVs from them
+        out = free_port(), free_port()
+        second = subprocess.Popen([str(BIN / "bluesky-0MQ-proxy"), "--in-address", str(out[0]),
+                                   "--out-address", str(out[1])], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        wait_until(lambda: listening(out[0]) and listening(out[1]), 20, "the second proxy")
+        with open(tmp_path / "ioc.log", "w") as ioc_log:  # the child keeps its own descriptor
+            ioc = subprocess.Popen([str(BIN / "bluesky-tomogan"), "-v", "qc-ioc", "--zmq-in", f"localhost:{out[1]}",
+                                    "--prefix", prefix, "--retry-after", "1"], stdout=ioc_log,
+                                   stderr=subprocess.STDOUT)
+        extra = ["--zmq-out", f"localhost:{out[0]}"]
+        worker = Worker(tmp_path, proxy[1], uri, "--store", "none", *extra)
+        wait_until(lambda: "QC IOC on its own" in (tmp_path / "ioc.log").read_text(), 60, "the IOC")
     try:
         host = subprocess.run([sys.executable, "-c", RE_HOST_WITH_REMOTE_SUSPENDERS, prefix, str(proxy[0]),
                                str(tmp_path / "frames")], capture_output=True, text=True, timeout=180)
     finally:
         assert worker.stop() == 0, worker.text()
+        if extra:
+            ioc.terminate()
+            assert ioc.wait(30) == 0, (tmp_path / "ioc.log").read_text()
+            second.terminate()
+            second.wait(10)
     assert host.returncode == 0, host.stderr[-3000:]
     result = json.loads(host.stdout.split("RESULT", 1)[1])
     assert result["suspenders"] == ["tomogan_qc_beam_lost"]
     # the dark frames' flag, raised by QC in the worker, suspended the scan here; it resumed when the flag cleared
     assert any("tomogan_qc_beam_lost is high" in i for i in result["interruptions"])
     assert result["exit_status"] == "success" and result["primary"] == 24
-    assert "QC PVs under " + prefix in worker.text()
+
+
+def test_serve_with_an_embedded_tiled_server_stores_the_run(RE, proxy, tmp_path):
+    from bluesky_tomogan.storage import local_tiled as open_store
+
+    store = tmp_path / "worker-store"
+    worker = Worker(tmp_path, proxy[1], str(store), "--store", "run")
+    publishing_RE(RE, None, proxy[0])
+    (uid,) = RE(make_scan(tmp_path, "embedded", store="worker-store"))
+    time.sleep(3)  # the worker's last rows
+    assert worker.stop() == 0, worker.text()  # SIGTERM: it finishes what is in flight, then exits
+    client = open_store(store)
+    try:
+        assert derived_rows(client, uid) == ANGLES and client[uid].metadata["stop"]["exit_status"] == "success"
+    finally:
+        close_local_tiled(client)

@@ -169,6 +169,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 2
 
 
+def _cmd_qc_ioc(args: argparse.Namespace) -> int:
+    from .serve.ioc import run_qc_ioc
+    from .serve.transport import Unreachable
+
+    try:
+        return run_qc_ioc(args.zmq_in, args.prefix, retry_after=args.retry_after)
+    except (Unreachable, ValueError) as exc:
+        print(f"bluesky-tomogan qc-ioc: error: {exc}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``bluesky-tomogan``."""
     p = argparse.ArgumentParser(prog="bluesky-tomogan", description=__doc__)
@@ -188,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="denoise runs from a bluesky 0MQ stream in this process (docs/deployment.md)")
     s.add_argument("--zmq-in", required=True, metavar="HOST:PORT", help="bluesky-0MQ-proxy out port to read")
-    s.add_argument("--tiled", metavar="URI", help="Tiled server of the runs (URI with ?api_key= if needed)")
+    s.add_argument("--tiled", metavar="URI|DIR",
+                   help="Tiled server of the runs (URI with ?api_key= if needed), or a directory for an embedded one")
     s.add_argument("--store", choices=["derived", "run", "none"], default="derived",
                    help="derived: add derived streams to the run the RunEngine host stores (default); "
                         "run: store the whole run here; none: store nothing")
@@ -210,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--retry-after", type=float, default=10.0,
                    help="seconds after which a suspending QC flag clears and the next frame tests again")
     s.set_defaults(func=_cmd_serve)
+
+    s = sub.add_parser("qc-ioc", help="QC flags and metrics of a 0MQ document stream as EPICS PVs (caproto IOC)")
+    s.add_argument("--zmq-in", required=True, metavar="HOST:PORT",
+                   help="a proxy's out port carrying denoised streams (e.g. serve --zmq-out's proxy)")
+    s.add_argument("--prefix", default="TOMOGAN:QC:", help="PV prefix (default TOMOGAN:QC:)")
+    s.add_argument("--retry-after", type=float, default=10.0,
+                   help="seconds after which a suspending QC flag clears and the next frame tests again")
+    s.set_defaults(func=_cmd_qc_ioc)
 
     s = sub.add_parser("simulate", help="write a simulated TomoGAN-style HDF5 dataset")
     s.add_argument("out", help="output .h5 file")

@@ -42,7 +42,8 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
     zmq_in : str
         ``host:port`` of the proxy's out port, where the RunEngine's ``Publisher`` documents come from.
     tiled : str, optional
-        Tiled URI (with ``?api_key=`` if the server needs one) where the runs are stored.
+        Tiled URI (with ``?api_key=`` if the server needs one) where the runs are stored, or a
+        directory: an embedded Tiled server (:func:`~bluesky_tomogan.storage.local_tiled`) in the worker.
     store : {"derived", "run", "none"}
         See :class:`DenoisingWorker`.
     zmq_out : str, optional
@@ -130,7 +131,13 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
 
 def _tiled_client(uri: str | None) -> Any:
     if not uri:
-        raise ServeError("storing runs needs --tiled URI (or --store none)")
+        raise ServeError("storing runs needs --tiled URI or DIR (or --store none)")
+    if "://" not in uri:  # a directory: an embedded server in this process, as storage.local_tiled makes
+        from ..storage import local_tiled, server_of
+
+        client = local_tiled(uri)
+        log.info("embedded Tiled in %s at %s", uri, server_of(client).uri)
+        return client
     from tiled.client import from_uri
 
     try:

@@ -22,9 +22,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..devices.qc_monitor import QCMonitor
+from ..qc.feedback import QCFeedback, Verdict
+from ..qc.metrics import UNITS
 from ..qc.policy import QCPolicy
 
-__all__ = ["QCIOC", "qc_flag_signals", "install_qc_suspenders", "DEFAULT_PREFIX"]
+__all__ = ["QCIOC", "QCFromDocuments", "qc_flag_signals", "install_qc_suspenders", "run_qc_ioc", "DEFAULT_PREFIX"]
 
 log = logging.getLogger(__name__)
 DEFAULT_PREFIX = "TOMOGAN:QC:"
@@ -131,6 +133,70 @@ class QCIOC:
             asyncio.run_coroutine_threadsafe(pv.write(number), loop)
 
         return write
+
+
+class QCFromDocuments:
+    """Feed a :class:`QCFeedback` (and so its ``QCMonitor``) from the derived documents of a stream.
+
+    The IOC on its own (``bluesky-tomogan qc-ioc``) listens to the worker's
+    republished documents (``serve --zmq-out``), or to any stream that carries a
+    ``denoised`` stream: each row's ``<field>_qc_flags`` and ``<field>_qc_<metric>``
+    columns become the verdict that QC made in the worker, and the monitor raises
+    and clears flags exactly as in the worker's own process.
+    """
+
+    def __init__(self, feedback: QCFeedback) -> None:
+        self.feedback = feedback
+        self._fields: dict[str, tuple[str, str, str]] = {}  # derived descriptor uid -> (run, stream, field)
+
+    def __call__(self, name: str, doc: Any) -> None:
+        if name == "descriptor" and str(doc.get("name", "")).endswith("denoised"):
+            fields = [k[: -len("_qc_flags")] for k in doc.get("data_keys", {}) if k.endswith("_qc_flags")]
+            if fields:
+                self._fields[doc["uid"]] = (doc["run_start"], doc["name"], fields[0])
+        elif name in ("event", "event_page") and doc.get("descriptor") in self._fields:
+            run, stream, f = self._fields[doc["descriptor"]]
+            data = doc["data"]
+            rows = len(data[f"{f}_qc_flags"]) if name == "event_page" else 1
+
+            def column(key: str, default: Any) -> list[Any]:
+                values = data.get(key, [default] * rows if name == "event_page" else default)
+                return list(values) if name == "event_page" else [values]
+
+            flags, seqs = column(f"{f}_qc_flags", ""), column(f"{f}_source_seq_num", 0)
+            metrics = {m: column(f"{f}_qc_{m}", math.nan) for m in UNITS}
+            rules = self.feedback.policy.rules
+            for i in range(rows):
+                raised = {flag: rules[flag].action for flag in str(flags[i]).split(",") if flag in rules}
+                self.feedback.act(Verdict(run, stream, int(seqs[i]), {m: float(v[i]) for m, v in metrics.items()},
+                                          raised))
+        elif name == "stop":
+            self._fields = {d: v for d, v in self._fields.items() if v[0] != doc.get("run_start")}
+
+
+def run_qc_ioc(zmq_in: str, prefix: str = DEFAULT_PREFIX, *, retry_after: float = 10.0,
+               policy: QCPolicy | None = None, interfaces: Sequence[str] = ("0.0.0.0",)) -> int:
+    """The QC IOC on its own: PVs from the QC columns of a 0MQ document stream, until SIGTERM/SIGINT."""
+    import signal
+
+    from .transport import ZMQSource, check_reachable
+
+    check_reachable(zmq_in)
+    monitor = QCMonitor(name="qc", retry_after=retry_after)
+    source = ZMQSource(zmq_in)
+    source.subscribe(QCFromDocuments(QCFeedback(policy, monitor=monitor)))
+    ioc = QCIOC(monitor, prefix, interfaces)
+    ioc.start()
+    previous = {s: signal.signal(s, lambda *_: source.stop()) for s in (signal.SIGTERM, signal.SIGINT)}
+    log.info("QC IOC on its own: %s from %s", prefix, zmq_in)
+    try:
+        source.start()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        ioc.stop()
+        monitor.cancel_timers()
+    return 0
 
 
 def qc_flag_signals(prefix: str = DEFAULT_PREFIX, flags: Sequence[str] | None = None) -> dict[str, Any]:
