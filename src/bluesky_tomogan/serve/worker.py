@@ -36,7 +36,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,6 +48,8 @@ __all__ = ["DenoisingWorker", "DerivedOnly", "RunShare", "WorkerStats"]
 log = logging.getLogger(__name__)
 Subscriber = Callable[[str, Any], Any]
 Store = Literal["derived", "run", "none"]
+#: Foreign runs/descriptors remembered for logging once; the memory is cleared past this size.
+FOREIGN_LOGGED_LIMIT = 1000
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,6 @@ class WorkerStats:
     runs_skipped: int = 0  # another worker's share, or started during shutdown
     foreign_documents: int = 0  # of runs that started before this worker (or are skipped)
     gaps_recorded: int = 0
-    started_runs: list[str] = field(default_factory=list)
 
 
 class DenoisingWorker:
@@ -225,7 +226,6 @@ class DenoisingWorker:
             self._open[uid] = {"started": time.time(), "pid": os.getpid(), "malformed": self._malformed()}
             self._journal.save({**self._orphans, **self._open})
             self.stats.runs_served += 1
-            self.stats.started_runs.append(uid)
             return uid
         if name == "descriptor":
             run = doc.get("run_start")
@@ -254,6 +254,8 @@ class DenoisingWorker:
 
     def _foreign(self, name: str, key: str | None) -> str | None:
         self.stats.foreign_documents += 1
+        if len(self._foreign_logged) > FOREIGN_LOGGED_LIMIT:  # bounded: a long-running worker sees many runs
+            self._foreign_logged.clear()
         if key not in self._foreign_logged:
             self._foreign_logged.add(str(key))
             log.info("ignoring %s documents of a run this worker does not serve (%s)", name, key)
