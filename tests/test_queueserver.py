@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from bluesky_tomogan.storage import close_local_tiled, local_tiled, server_of
+
+from .processes import free_port, listening, wait_until
 
 STARTUP = Path(__file__).resolve().parents[1] / "profiles" / "profile_tomogan" / "startup"
 BIN = Path(sys.executable).parent
@@ -28,20 +28,6 @@ if shutil.which("redis-server") is None:
     pytest.skip("needs redis-server (Debian package redis-server; .ci/run installs it)", allow_module_level=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture
@@ -51,15 +37,8 @@ def redis(tmp_path):
                                 "--appendonly", "no", "--dir", str(tmp_path)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def up() -> bool:
-        try:
-            with socket.create_connection(("localhost", port), timeout=0.2):
-                return True
-        except OSError:
-            return False
-
     try:
-        wait_until(up, 20, "redis-server")
+        wait_until(lambda: listening(port), 20, "redis-server")
         yield f"localhost:{port}"
     finally:
         process.terminate()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,32 +24,13 @@ from bluesky_tomogan.storage import close_local_tiled, frames_directory, local_t
 zmq = pytest.importorskip("zmq", reason="the worker needs pyzmq (a core dependency)")
 from bluesky.callbacks.zmq import Publisher  # noqa: E402
 
+from .processes import free_port, listening, wait_until  # noqa: E402
+
 BIN = Path(sys.executable).parent
 ANGLES = 24
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return int(s.getsockname()[1])
 
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("localhost", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture
