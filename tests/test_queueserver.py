@@ -7,6 +7,7 @@ from the system packages (``redis-server``) and is started and stopped by the te
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -45,56 +46,63 @@ def redis(tmp_path):
         process.wait(10)
 
 
-def test_a_queued_tomography_plan_runs_and_its_denoised_stream_is_in_tiled(redis, tmp_path):
-    from bluesky_queueserver_api import BPlan
-    from bluesky_queueserver_api.zmq import REManagerAPI
+#: The client side, in its own process like a real one (and because bluesky-queueserver's client leaves its
+#: zmq.Context to the garbage collector, whose ResourceWarning would fail whichever test ran next here).
+CLIENT = """
+import json, sys
+from bluesky_queueserver_api import BPlan
+from bluesky_queueserver_api.zmq import REManagerAPI
 
+control, info = sys.argv[1], sys.argv[2]
+RM = REManagerAPI(zmq_control_addr=control, zmq_info_addr=info)
+RM.wait_for_idle(timeout=60)
+RM.environment_open()
+RM.wait_for_idle(timeout=180)
+status = RM.status()
+assert status["worker_environment_exists"], status
+RM.item_add(BPlan("tomo_scan", "det", "stage", [0, 45, 90, 135], n_darks=1, n_flats=1))
+RM.queue_start()
+RM.wait_for_idle(timeout=180)
+item = RM.history_get()["items"][-1]
+RM.environment_close()
+RM.wait_for_idle(timeout=60)
+RM.close()
+print("RESULT", json.dumps(item["result"]))
+"""
+
+
+def test_a_queued_tomography_plan_runs_and_its_denoised_stream_is_in_tiled(redis, tmp_path):
     store = tmp_path / "store"
     client = local_tiled(store)
     control, info = free_port(), free_port()
     env = dict(os.environ, TOMOGAN_TILED_URI=server_of(client).uri, TOMOGAN_DATA=str(store),
                TOMOGAN_BACKEND="onnxruntime")
-    log = open(tmp_path / "re-manager.log", "w")
-    manager = subprocess.Popen(
-        [str(BIN / "start-re-manager"), "--startup-dir", str(STARTUP), "--keep-re", "--redis-addr", redis,
-         "--redis-name-prefix", f"tomogan-test-{control}",
-         "--zmq-control-addr", f"tcp://127.0.0.1:{control}", "--zmq-info-addr", f"tcp://127.0.0.1:{info}",
-         "--existing-plans-devices", str(tmp_path / "existing_plans_and_devices.yaml"),
-         "--update-existing-plans-devices", "ENVIRONMENT_OPEN", "--use-ipython-kernel", "OFF",
-         "--user-group-permissions", str(STARTUP / "user_group_permissions.yaml")],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-    RM = REManagerAPI(zmq_control_addr=f"tcp://127.0.0.1:{control}", zmq_info_addr=f"tcp://127.0.0.1:{info}")
+    with open(tmp_path / "re-manager.log", "w") as log:  # the child keeps its own descriptor
+        manager = subprocess.Popen(
+            [str(BIN / "start-re-manager"), "--startup-dir", str(STARTUP), "--keep-re", "--redis-addr", redis,
+             "--redis-name-prefix", f"tomogan-test-{control}",
+             "--zmq-control-addr", f"tcp://127.0.0.1:{control}", "--zmq-info-addr", f"tcp://127.0.0.1:{info}",
+             "--existing-plans-devices", str(tmp_path / "existing_plans_and_devices.yaml"),
+             "--update-existing-plans-devices", "ENVIRONMENT_OPEN", "--use-ipython-kernel", "OFF",
+             "--user-group-permissions", str(STARTUP / "user_group_permissions.yaml")],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     try:
-        wait_until(lambda: _status(RM), 60, "the RE manager")
-        RM.environment_open()
-        RM.wait_for_idle(timeout=180)
-        assert RM.status()["worker_environment_exists"], (tmp_path / "re-manager.log").read_text()[-3000:]
-        RM.item_add(BPlan("tomo_scan", "det", "stage", [0, 45, 90, 135], n_darks=1, n_flats=1))
-        RM.queue_start()
-        RM.wait_for_idle(timeout=180)
-        item = RM.history_get()["items"][-1]
-        assert item["result"]["exit_status"] == "completed", item["result"]
-        (uid,) = item["result"]["run_uids"]
+        wait_until(lambda: listening(control), 60, "the RE manager")
+        done = subprocess.run([sys.executable, "-c", CLIENT, f"tcp://127.0.0.1:{control}",
+                               f"tcp://127.0.0.1:{info}"], capture_output=True, text=True, timeout=400)
+        assert done.returncode == 0, done.stderr[-3000:] + (tmp_path / "re-manager.log").read_text()[-3000:]
+        result = json.loads(done.stdout.split("RESULT", 1)[1])
+        assert result["exit_status"] == "completed", result
+        (uid,) = result["run_uids"]
         # the final reconstruction and the stop follow the plan's end (TomoReconstruction finishes them)
         run = wait_until(lambda: "stop" in client[uid].metadata and client[uid], 60, "the stored run's stop")
         assert run["denoised"]["det_image_denoised"].shape == (4, 512, 512)
         assert run.metadata["stop"]["exit_status"] == "success"
         assert len(run["reconstruction"]["slice"].read()) == 3
-        RM.environment_close()
-        RM.wait_for_idle(timeout=60)
     finally:
-        RM.close()
         manager.terminate()
         try:
             manager.wait(30)
         except subprocess.TimeoutExpired:
             manager.kill()
-        log.close()
         close_local_tiled(client)
-
-
-def _status(RM) -> bool:
-    try:
-        return bool(RM.status())
-    except Exception:
-        return False
