@@ -120,7 +120,8 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
     if ioc is not None:
         ioc.start()
     log.info("bluesky-tomogan serve: %s from %s, store=%s%s, share %s%s", denoiser, zmq_in, store,
-             f" in {tiled}" if tiled else "", share, f", QC PVs under {ioc_prefix}" if ioc_prefix else "")
+             f" in {tiled.split('?')[0]}" if tiled else "", share,  # no API key in logs
+             f", QC PVs under {ioc_prefix}" if ioc_prefix else "")
     try:
         return worker.run()
     finally:
