@@ -19,7 +19,7 @@ import event_model
 import numpy as np
 import platformdirs
 
-from ..hdf5_frames import MIMETYPE, FrameFile
+from ..hdf5_frames import MIMETYPE, FrameFile, path_from_uri
 
 __all__ = ["DerivedFrameWriter", "default_directory", "derived_directory", "DATA_ENV"]
 
@@ -45,6 +45,15 @@ def derived_directory(directory: Path | None, raw_directory: Path | None) -> Pat
     if directory is not None:
         return directory
     return raw_directory if raw_directory is not None else default_directory()
+
+
+def stream_resource_directory(doc: Any) -> Path | None:
+    """The directory of a StreamResource's file (where :func:`derived_directory` puts derived files by
+    default), or None when it is not a local file."""
+    try:
+        return path_from_uri(doc["uri"]).parent
+    except (ValueError, KeyError):
+        return None
 
 
 class DerivedFrameWriter:

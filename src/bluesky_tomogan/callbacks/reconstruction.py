@@ -55,11 +55,11 @@ import numpy as np
 
 from .. import reconstruction as recon
 from ..errors import OutputPathError
-from ..hdf5_frames import StreamFrameReader, path_from_uri
+from ..hdf5_frames import StreamFrameReader
 from ..inference.denoiser import Denoiser
 from ..qc.policy import UNUSABLE
 from .consumers import Consumers
-from .frame_writer import DerivedFrameWriter, derived_directory
+from .frame_writer import DerivedFrameWriter, derived_directory, stream_resource_directory
 from .passthrough import PassThroughRun, RunRouterFacade, Turn
 from .run import image_fields
 
@@ -305,10 +305,7 @@ class _RunReconstruction(PassThroughRun):
 
     def stream_resource(self, doc: Any) -> Any:
         if self._raw_directory is None:
-            try:
-                self._raw_directory = path_from_uri(doc["uri"]).parent
-            except (ValueError, KeyError):
-                pass
+            self._raw_directory = stream_resource_directory(doc)
         if doc.get("data_key") in self._image_key.values():
             try:
                 self._readers[doc["uid"]] = (doc["data_key"], StreamFrameReader(doc))

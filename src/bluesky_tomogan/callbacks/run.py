@@ -50,7 +50,7 @@ import numpy as np
 from event_model.documents import EventDescriptor, EventPage, RunStart, RunStop
 
 from ..errors import OutputPathError, TomoGANError
-from ..hdf5_frames import StreamFrameReader, path_from_uri
+from ..hdf5_frames import StreamFrameReader
 from ..inference.denoiser import Denoiser, check_frames
 from ..qc.feedback import QCFeedback, Verdict
 from ..qc.metrics import (
@@ -64,7 +64,7 @@ from ..qc.metrics import (
 )
 from ..qc.policy import UNUSABLE, Action, QCPolicy
 from .consumers import Consumers
-from .frame_writer import DerivedFrameWriter, derived_directory
+from .frame_writer import DerivedFrameWriter, derived_directory, stream_resource_directory
 from .passthrough import PassThroughRun, Turn
 from .queue import FrameQueue, Policy
 
@@ -339,11 +339,8 @@ class RunDenoiser(PassThroughRun):
         return self._filler("datum_page", doc)[1]
 
     def stream_resource(self, doc: Any) -> Any:
-        if self._raw_directory is None:
-            try:
-                self._raw_directory = path_from_uri(doc["uri"]).parent
-            except (ValueError, KeyError):
-                pass  # not a local file: derived frames go to the default directory
+        if self._raw_directory is None:  # None if not a local file: derived frames go to the default directory
+            self._raw_directory = stream_resource_directory(doc)
         wanted = {s.field for fields in self._by_descriptor.values() for s in fields.values()}
         if doc.get("data_key") in wanted or self.options.fields is None:
             try:
