@@ -267,16 +267,12 @@ class _RunReconstruction(PassThroughRun):
     def _finish(self, doc: dict[str, Any]) -> None:
         """The stop, handled after the RunEngine moved on (finishing thread; the facade publishes nothing
         until this returns, so the subscribers are called from one thread at a time)."""
-        out = doc
-        try:
-            self._before()
-            out = self.stop(doc)
-        except Exception:  # never lose the stop
-            log.exception("%s failed on a stop document; passing it through", self.label)
-            self._note("internal error on stop")
-        finally:
-            self._release()
-        self._publish("stop", self._stop_with_reason(out))
+        # The facade's turn has moved on to later documents: this run, which gets no more of them, takes a
+        # turn of its own, so that the shared handling (errors noted, release, the stop published once with
+        # its reasons) is the one every document goes through.
+        self._turn = Turn()
+        self._turn.begin("stop", doc)
+        super().__call__("stop", doc)
         self.o._deliver_backlog()
 
     # -- documents ---------------------------------------------------------------------------
