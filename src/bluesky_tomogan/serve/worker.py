@@ -283,12 +283,15 @@ class DenoisingWorker:
         if self._stopping and not self._open:
             self.source.stop()
 
-    def _record(self, uid: str, record: dict[str, Any]) -> None:
+    def _record(self, uid: str, record: dict[str, Any]) -> bool:
+        """Merge ``record`` into the run's metadata in Tiled; False (logged) if that failed."""
         try:
             record_on_run(self.client, uid, record)
-            self.stats.gaps_recorded += 1
         except Exception as exc:
             log.error("run %s: could not record %s: %s", uid, sorted(record), exc)
+            return False
+        self.stats.gaps_recorded += 1
+        return True
 
     # -- runs a previous worker left ------------------------------------------------------------
 
@@ -321,16 +324,15 @@ class DenoisingWorker:
             raw = {name: _rows(run, name) for name in run if not str(name).endswith("denoised")
                    and name not in ("reconstruction",)}
             derived = {name: _rows(run, name) for name in run if str(name).endswith("denoised")}
-            started = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(entry.get("started", 0)))
-            reason = (f"the denoising worker serving this run (pid {entry.get('pid', '?')}, run started {started}) "
-                      f"stopped before the run ended (killed or crashed); frames it had not stored were not "
-                      f"denoised; a new worker found this at {time.strftime('%Y-%m-%dT%H:%M:%S')}")
-            record_on_run(self.client, uid, {"incomplete": True, "reason": reason, "raw_rows": raw,
-                                             "derived_rows": derived})
-            self.stats.gaps_recorded += 1
-            log.warning("run %s: recorded missing derived frames (raw %s, derived %s)", uid, raw, derived)
         except Exception as exc:
-            log.error("run %s: could not record its missing derived frames: %s", uid, exc)
+            log.error("run %s: could not read it to record its missing derived frames: %s", uid, exc)
+            return
+        started = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(entry.get("started", 0)))
+        reason = (f"the denoising worker serving this run (pid {entry.get('pid', '?')}, run started {started}) "
+                  f"stopped before the run ended (killed or crashed); frames it had not stored were not "
+                  f"denoised; a new worker found this at {time.strftime('%Y-%m-%dT%H:%M:%S')}")
+        if self._record(uid, {"incomplete": True, "reason": reason, "raw_rows": raw, "derived_rows": derived}):
+            log.warning("run %s: recorded missing derived frames (raw %s, derived %s)", uid, raw, derived)
 
 
 def _rows(run: Any, stream: str) -> int:
