@@ -25,6 +25,7 @@ from ..devices.qc_monitor import QCMonitor
 from ..qc.feedback import QCFeedback, Verdict
 from ..qc.metrics import UNITS
 from ..qc.policy import QCPolicy
+from .transport import cancel_loop
 
 __all__ = ["QCIOC", "QCFromDocuments", "qc_flag_signals", "install_qc_suspenders", "run_qc_ioc", "DEFAULT_PREFIX"]
 
@@ -86,14 +87,7 @@ class QCIOC:
         for signal, token in self._tokens:
             signal.unsubscribe(token)
         self._tokens.clear()
-        if self._loop is not None and not self._loop.is_closed():
-            loop = self._loop
-
-            def cancel() -> None:
-                for task in asyncio.all_tasks(loop):
-                    task.cancel()
-
-            loop.call_soon_threadsafe(cancel)
+        cancel_loop(self._loop)
         if self._thread is not None:
             self._thread.join(10)
 

@@ -108,15 +108,19 @@ class ZMQSource:
 
     def stop(self) -> None:
         """End :meth:`start` from another thread or a signal handler."""
-        loop = self._dispatcher.loop
-        if loop.is_closed():
-            return
+        cancel_loop(self._dispatcher.loop)
 
-        def cancel() -> None:
-            for task in asyncio.all_tasks(loop):
-                task.cancel()
 
-        loop.call_soon_threadsafe(cancel)
+def cancel_loop(loop: asyncio.AbstractEventLoop | None) -> None:
+    """Cancel every task of ``loop`` from any thread (its ``run_until_complete`` then returns); no-op if closed."""
+    if loop is None or loop.is_closed():
+        return
+
+    def cancel() -> None:
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+
+    loop.call_soon_threadsafe(cancel)
 
 
 def zmq_publisher(address: str, *, prefix: bytes = b"") -> Subscriber:
