@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from ..errors import DatasetError, OutputPathError
-from .phantoms import FAMILIES, make_phantom
+from .phantoms import FAMILIES, HELD_OUT_FAMILIES, make_phantom
 from .tomography import (
     DetectorModel,
     angles_deg,
@@ -30,6 +30,7 @@ from .tomography import (
     project,
     scale_to_max_attenuation,
     simulate_scan,
+    with_fringes,
 )
 
 __all__ = [
@@ -41,11 +42,13 @@ __all__ = [
     "write_dataset",
     "read_dataset",
     "make_dataset",
+    "write_scan_file",
 ]
 
 log = logging.getLogger(__name__)
 Domain = Literal["slice", "projection"]
 SPLITS = ("train", "test")
+FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,29 @@ class Recipe:
         Range of the thickest ray's line integral (sample opacity).
     frames_per_scan : int
         Projection domain: consecutive angles kept per scan (0 = all).
+    psf_sigma : tuple of float
+        Range (uniform) of the detector's point-spread function, pixels; see
+        :class:`~.tomography.DetectorModel`. ``(0, 0)``: an ideal detector.
+    zinger_rate : float
+        Zingers per pixel and frame (a zinger-free target teaches their removal).
+    fringes : tuple of float
+        Range (uniform) of phase-contrast fringe strength, pixels squared (signal: in the
+        targets too).
+    column_gain_error : tuple of float
+        Range (uniform) of the RMS of uncorrected column gains: stripes and rings that the
+        targets do not have.
+    filters : tuple of str
+        Slice domain: FBP filters drawn per scan (``ramp``, ``shepp-logan``, ``cosine``,
+        ``hamming``, ``hann``); the target uses the same filter, so the model denoises
+        and does not sharpen.
+    eight_bit : float
+        Slice domain: fraction of scans stored as people store images, 8-bit after
+        clipping at the 0.1 and 99.9 percentiles (the target gets the same affine map,
+        unclipped and unrounded).
+    realistic_fraction : float
+        Fraction of scans that get ``psf_sigma``, ``zinger_rate``, ``fringes``,
+        ``column_gain_error`` and ``eight_bit``; the others are ideal, so one dataset
+        teaches both.
     """
 
     domain: Domain = "slice"
@@ -81,15 +107,34 @@ class Recipe:
     n_angles: int = 192
     max_attenuation: tuple[float, float] = (1.5, 3.0)
     frames_per_scan: int = 0
+    psf_sigma: tuple[float, float] = (0.0, 0.0)
+    zinger_rate: float = 0.0
+    fringes: tuple[float, float] = (0.0, 0.0)
+    column_gain_error: tuple[float, float] = (0.0, 0.0)
+    filters: tuple[str, ...] = ("ramp",)
+    eight_bit: float = 0.0
+    realistic_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         if self.domain not in ("slice", "projection"):
             raise ValueError(f"domain must be 'slice' or 'projection', got {self.domain!r}")
-        unknown = set(self.families) - set(FAMILIES)
+        unknown = set(self.families) - set(FAMILIES) - set(HELD_OUT_FAMILIES)
         if unknown:
-            raise ValueError(f"unknown phantom families {sorted(unknown)}; known: {sorted(FAMILIES)}")
+            raise ValueError(
+                f"unknown phantom families {sorted(unknown)}; known: {sorted(FAMILIES | HELD_OUT_FAMILIES)}")
         if self.size % 8:
             raise ValueError(f"size must be a multiple of 8, got {self.size}")
+        if not 0 < self.photons[0] <= self.photons[1]:
+            raise ValueError(f"photons must be a range 0 < low <= high, got {self.photons}")
+        for name in ("psf_sigma", "fringes", "column_gain_error"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi:
+                raise ValueError(f"{name} must be a range 0 <= low <= high, got {(lo, hi)}")
+        bad = set(self.filters) - set(FILTERS)
+        if bad or not self.filters:
+            raise ValueError(f"unknown FBP filters {sorted(bad)}; choose from {FILTERS}")
+        if not (0 <= self.eight_bit <= 1 and 0 <= self.realistic_fraction <= 1):
+            raise ValueError("eight_bit and realistic_fraction are fractions in [0, 1]")
 
 
 @dataclass
@@ -107,7 +152,17 @@ def _one_scan(recipe: Recipe, seed: int, index: int) -> PairSet:
     vol = make_phantom(family, recipe.size, seed=int(rng.integers(2**31)))
     vol = scale_to_max_attenuation(vol, float(rng.uniform(*recipe.max_attenuation)))
     lo, hi = np.log(recipe.photons[0]), np.log(recipe.photons[1])
-    detector = DetectorModel(photons=float(np.exp(rng.uniform(lo, hi))))
+    photons = float(np.exp(rng.uniform(lo, hi)))
+    # Extra draws only when an option is on, so datasets of older recipes are reproduced exactly.
+    realistic = recipe.realistic_fraction >= 1 or bool(rng.random() < recipe.realistic_fraction)
+
+    def draw(bounds: tuple[float, float]) -> float:
+        return float(rng.uniform(*bounds)) if realistic and bounds[1] > 0 else 0.0
+
+    detector = DetectorModel(
+        photons=photons, psf_sigma=draw(recipe.psf_sigma), zinger_rate=recipe.zinger_rate if realistic else 0.0,
+        fringes=draw(recipe.fringes), column_gain_error=draw(recipe.column_gain_error),
+    )
     if recipe.domain == "projection":
         angles = angles_deg(recipe.n_angles)
         k = recipe.frames_per_scan
@@ -118,15 +173,26 @@ def _one_scan(recipe: Recipe, seed: int, index: int) -> PairSet:
         ns, gt = scan.frames, scan.expected
     else:
         frac = float(rng.choice(recipe.view_fractions))
+        filt = str(rng.choice(recipe.filters)) if len(recipe.filters) > 1 else recipe.filters[0]
         sparse_angles = angles_deg(recipe.n_angles, frac)
         scan = simulate_scan(vol, sparse_angles, detector, rng)
         full = angles_deg(recipe.n_angles)
-        clean = project(vol, full)
-        ns = np.stack([fbp(scan.sinogram_noisy[:, z], sparse_angles) for z in range(recipe.size)])
-        gt = np.stack([fbp(clean[:, z], full) for z in range(recipe.size)])
+        clean = -np.log(with_fringes(np.exp(-project(vol, full)), detector.fringes))
+        ns = np.stack([fbp(scan.sinogram_noisy[:, z], sparse_angles, filt) for z in range(recipe.size)])
+        gt = np.stack([fbp(clean[:, z], full, filt) for z in range(recipe.size)])
+        if recipe.eight_bit > 0 and realistic and rng.random() < recipe.eight_bit:
+            ns, gt = stored_as_8bit(ns, gt)
     log.debug("scan %d: %s, %.0f photons", index, family, detector.photons)
     group = np.full(len(ns), index, np.int32)
     return PairSet(ns.astype(np.float32), gt.astype(np.float32), group)
+
+
+def stored_as_8bit(ns: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``ns`` as an 8-bit image stack clipped at its 0.1/99.9 percentiles, and ``gt`` in the same units."""
+    lo, hi = np.percentile(ns, [0.1, 99.9])
+    scale = 255.0 / max(float(hi - lo), 1e-12)
+    stored = np.rint(np.clip((ns - lo) * scale, 0, 255))
+    return stored.astype(np.float32), ((gt - lo) * scale).astype(np.float32)
 
 
 def simulate_pairs(recipe: Recipe, n_scans: int, seed: int, workers: int = 1) -> PairSet:
@@ -279,3 +345,44 @@ def make_dataset(
     test = simulate_pairs(recipe, n_test, seed + 1_000_003, workers)
     meta = asdict(recipe) | {"n_train_scans": n_train, "n_test_scans": n_test, "seed": seed}
     return write_dataset(path, train, test, meta)
+
+
+def write_scan_file(
+    path: str | os.PathLike[str],
+    family: str = "grains",
+    size: int = 128,
+    n_angles: int = 192,
+    photons: float = 300.0,
+    seed: int = 0,
+    max_attenuation: float = 2.5,
+) -> tuple[Path, np.ndarray]:
+    """Simulate one low-dose scan and write it as an APS Data Exchange HDF5 file.
+
+    The file holds what a beamline writes: ``/exchange/data`` (uint16 counts, one frame
+    per angle), ``/exchange/data_white`` and ``/exchange/data_dark`` (one averaged frame
+    each) and ``/exchange/theta`` (degrees). Used to try ``bluesky-tomogan finetune``.
+
+    Returns
+    -------
+    path : Path
+        The file.
+    clean_line_integrals : numpy.ndarray
+        ``(n_angles, size, size)`` noise-free line integrals, the reference a real scan lacks.
+    """
+    rng = np.random.default_rng(seed)
+    vol = scale_to_max_attenuation(make_phantom(family, size, seed=seed), max_attenuation)
+    angles = angles_deg(n_angles)
+    scan = simulate_scan(vol, angles, DetectorModel(photons=photons), rng)
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(path, "w") as f:
+            counts = np.clip(np.rint(scan.frames), 0, 65535).astype(np.uint16)
+            f.create_dataset("exchange/data", data=counts, chunks=(1, *counts.shape[1:]))
+            f.create_dataset("exchange/data_white", data=scan.flat[None])
+            f.create_dataset("exchange/data_dark", data=scan.dark[None])
+            f.create_dataset("exchange/theta", data=angles)
+            f.attrs["simulated"] = json.dumps({"family": family, "size": size, "photons": photons, "seed": seed})
+    except OSError as exc:
+        raise OutputPathError(f"cannot write scan to {path}: {exc}") from exc
+    return path, scan.sinogram_clean

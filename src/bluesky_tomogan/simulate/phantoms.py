@@ -14,7 +14,8 @@ from collections.abc import Callable
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["FAMILIES", "make_phantom", "bead_pack", "foam", "fibres", "layered_ellipsoids"]
+__all__ = ["FAMILIES", "HELD_OUT_FAMILIES", "make_phantom", "bead_pack", "foam", "fibres", "layered_ellipsoids",
+           "grains"]
 
 
 def _grid(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -144,12 +145,38 @@ def layered_ellipsoids(n: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(vol, 0, None) * _texture(n, rng, 0.02, 2.0)
 
 
+def grains(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A rock-like polycrystal: Voronoi grains of a few minerals, thin cracks along some boundaries."""
+    seeds = np.zeros((n, n, n), bool)
+    count = int(rng.integers(150, 400))
+    pts = rng.integers(0, n, (count, 3))
+    seeds[pts[:, 0], pts[:, 1], pts[:, 2]] = True
+    # nearest seed of every voxel: the Voronoi cell it belongs to
+    _, (iz, iy, ix) = ndimage.distance_transform_edt(~seeds, return_indices=True)
+    labels = np.zeros((n, n, n), np.int32)
+    labels[pts[:, 0], pts[:, 1], pts[:, 2]] = np.arange(1, count + 1)
+    cell = labels[iz, iy, ix]
+    minerals = rng.choice([0.6, 1.0, 1.4, 2.2], size=count + 1, p=[0.3, 0.4, 0.2, 0.1])
+    vol = minerals[cell].astype(np.float32)
+    boundary = np.zeros_like(seeds)
+    for axis in range(3):
+        boundary |= np.diff(cell, axis=axis, append=np.take(cell, [-1], axis=axis)) != 0
+    cracked = rng.random(count + 1) < 0.3
+    vol[boundary & cracked[cell]] = 0.05
+    _, y, x = _grid(n)
+    vol *= (x * x + y * y) <= 0.8**2
+    return vol * _texture(n, rng, 0.03, 1.5)
+
+
+#: The families training data are made of.
 FAMILIES: dict[str, Callable[[int, np.random.Generator], np.ndarray]] = {
     "bead_pack": bead_pack,
     "foam": foam,
     "fibres": fibres,
     "layered": layered_ellipsoids,
 }
+#: Families no shipped model was trained on: held-out checks of generalisation and fine-tuning.
+HELD_OUT_FAMILIES: dict[str, Callable[[int, np.random.Generator], np.ndarray]] = {"grains": grains}
 
 
 def make_phantom(family: str, n: int = 128, seed: int = 0) -> np.ndarray:
@@ -158,7 +185,8 @@ def make_phantom(family: str, n: int = 128, seed: int = 0) -> np.ndarray:
     Parameters
     ----------
     family : str
-        One of :data:`FAMILIES` (``bead_pack``, ``foam``, ``fibres``, ``layered``).
+        One of :data:`FAMILIES` (``bead_pack``, ``foam``, ``fibres``, ``layered``) or
+        :data:`HELD_OUT_FAMILIES` (``grains``).
     n : int
         Edge length; the volume is ``(n, n, n)`` with the rotation axis along z.
     seed : int
@@ -169,10 +197,11 @@ def make_phantom(family: str, n: int = 128, seed: int = 0) -> np.ndarray:
     numpy.ndarray
         float32 attenuation, >= 0, zero outside the field-of-view cylinder.
     """
+    known = FAMILIES | HELD_OUT_FAMILIES
     try:
-        make = FAMILIES[family]
+        make = known[family]
     except KeyError:
-        raise ValueError(f"unknown phantom family {family!r}; choose from {sorted(FAMILIES)}") from None
+        raise ValueError(f"unknown phantom family {family!r}; choose from {sorted(known)}") from None
     if n < 16:
         raise ValueError(f"phantom size must be >= 16, got {n}")
     rng = np.random.default_rng(seed)

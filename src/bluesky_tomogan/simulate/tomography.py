@@ -129,6 +129,22 @@ class DetectorModel:
         Gaussian read noise in counts (RMS).
     n_flats : int
         Flat and dark frames averaged for flat-field correction.
+    psf_sigma : float
+        Gaussian point-spread function of scintillator and optics (pixels, 0 = none).
+        It acts on the photons after their shot noise, so the noise becomes spatially
+        correlated, as on a real indirect detector; the noise-free frame is blurred too.
+    zinger_rate : float
+        Probability per pixel and frame of a zinger (a scattered or cosmic hit: a
+        bright speck of 1-2 pixels, 3-30x the open-beam level). Never in flats.
+    fringes : float
+        Strength (pixels squared) of propagation phase-contrast edge fringes: the
+        transmission becomes ``T - fringes * laplacian(T)`` (the transport-of-intensity
+        approximation), bright and dark bands at every edge. Part of the signal, so
+        noise-free frames have them too.
+    column_gain_error : float
+        RMS of per-column gain errors that the flats do not correct (a drifting
+        scintillator, a flat taken at another time), on 10% of the columns: stripes
+        in sinograms, rings in slices. Noise-free frames do not have them.
     """
 
     photons: float = 2000.0
@@ -136,10 +152,18 @@ class DetectorModel:
     dark_level: float = 100.0
     read_noise: float = 2.0
     n_flats: int = 20
+    psf_sigma: float = 0.0
+    zinger_rate: float = 0.0
+    fringes: float = 0.0
+    column_gain_error: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.photons > 0:
             raise ValueError(f"photons must be > 0, got {self.photons}")
+        if self.psf_sigma < 0 or not 0 <= self.zinger_rate < 0.1:
+            raise ValueError(
+                f"psf_sigma must be >= 0 and zinger_rate in [0, 0.1), got {self.psf_sigma}, {self.zinger_rate}"
+            )
 
 
 @dataclass
@@ -202,8 +226,17 @@ def simulate_scan(
     line = project(volume, angles)
     shape = line.shape[1:]
     flat_true = detector.photons * gain_pattern(shape, detector.gain_variation, rng)
-    expected = flat_true[None] * np.exp(-line) + detector.dark_level
-    frames = expose(expected, detector, rng)
+    if detector.fringes > 0:
+        line = -np.log(with_fringes(np.exp(-line), detector.fringes))
+    photons = flat_true[None] * np.exp(-line)
+    frames = expose(photons + detector.dark_level, detector, rng)
+    if detector.column_gain_error > 0:
+        columns = rng.random(shape[1]) < 0.1
+        error = np.where(columns, 1.0 + rng.normal(0.0, detector.column_gain_error, shape[1]), 1.0)
+        frames = (frames - detector.dark_level) * error.astype(np.float32) + detector.dark_level
+    if detector.zinger_rate > 0:
+        frames = add_zingers(frames, detector.photons, detector.zinger_rate, rng)
+    expected = blur(photons, detector.psf_sigma) + detector.dark_level
     k = detector.n_flats
     flat = np.mean([expose(flat_true + detector.dark_level, detector, rng) for _ in range(k)], axis=0)
     dark = detector.dark_level + rng.normal(0.0, detector.read_noise / np.sqrt(k), shape)
@@ -219,10 +252,43 @@ def simulate_scan(
     )
 
 
+def with_fringes(transmission: np.ndarray, strength: float) -> np.ndarray:
+    """Propagation phase-contrast fringes on transmission frames: ``T - strength * laplacian(T)``, kept > 0."""
+    if strength <= 0:
+        return transmission
+    t = np.asarray(transmission, np.float32)
+    stack = t[None] if t.ndim == 2 else t
+    lap = np.stack([ndimage.laplace(frame, mode="nearest") for frame in stack]).reshape(t.shape)
+    return np.clip(t - strength * lap, 1e-3, None)
+
+
+def blur(frames: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur over the last two axes of a frame or a stack (never across frames)."""
+    if sigma <= 0:
+        return frames
+    sigmas = (0.0,) * (frames.ndim - 2) + (sigma, sigma)
+    return ndimage.gaussian_filter(frames, sigmas, mode="nearest")
+
+
+def add_zingers(frames: np.ndarray, level: float, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Add zingers to ``(n, H, W)`` counts: bright specks of 1-2 pixels, 3-30x ``level``."""
+    out = frames.copy()
+    hits = np.argwhere(rng.random(frames.shape) < rate)
+    for n, r, c in hits:
+        amp = level * float(rng.uniform(3.0, 30.0))
+        out[n, r, c] += amp
+        if rng.random() < 0.5:  # a second pixel along a random direction
+            dr, dc = ((0, 1), (1, 0), (1, 1))[int(rng.integers(3))]
+            out[n, min(r + dr, frames.shape[1] - 1), min(c + dc, frames.shape[2] - 1)] += 0.5 * amp
+    return out
+
+
 def expose(expected: np.ndarray, detector: DetectorModel, rng: np.random.Generator) -> np.ndarray:
-    """One noisy frame (float32 counts) of expected counts ``expected``: Poisson photons above
-    the dark level plus Gaussian read noise."""
-    signal = rng.poisson(np.maximum(expected - detector.dark_level, 0)).astype(np.float32)
+    """A noisy frame or stack (float32 counts) of ``expected`` counts at the scintillator:
+    Poisson photons above the dark level, blurred by the detector's PSF (so the noise is
+    correlated and the mean is ``blur(expected)``), plus Gaussian read noise."""
+    signal = blur(rng.poisson(np.maximum(expected - detector.dark_level, 0)).astype(np.float32),
+                  detector.psf_sigma)
     noise = rng.normal(0.0, detector.read_noise, expected.shape).astype(np.float32)
     return signal + detector.dark_level + noise
 
