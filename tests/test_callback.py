@@ -329,3 +329,28 @@ def test_frames_of_an_unusable_dtype_are_flagged(RE, denoiser):
     errors = [e for n, d in docs if n == "event_page" for e in d["data"]["cam_qc_error"]]
     assert sum(bool(e) for e in errors) == 1 and "bool" in next(e for e in errors if e)
     assert docs[-1][1]["num_events"]["denoised"] == 4
+
+
+def test_a_worker_running_behind_keeps_every_frame_full_context(RE, denoiser, monkeypatch):
+    """Frames whose next frame already waits in the queue are not 'overdue', however late the worker is."""
+    from bluesky_tomogan.callbacks import run as run_module
+
+    monkeypatch.setattr(run_module, "CONTEXT_WAIT", 0.05)
+
+    class Slow:  # a denoiser that takes longer per frame than the wait for a next frame
+        def __getattr__(self, name):
+            return getattr(denoiser, name)
+
+        def denoise_context(self, context, **kwargs):
+            time.sleep(0.2)
+            return denoiser.denoise_context(context, **kwargs)
+
+    cb = TomoGANCallback(Slow(), policy="block", inline=True)
+    docs = run(RE, cb, [camera(seed=3)], num=6)
+    raw = [np.asarray(d["data"]["cam"]) for n, d in docs if n == "event"]
+    out = [np.asarray(f) for n, d in docs if n == "event_page" and "cam_denoised" in d["data"]
+           for f in d["data"]["cam_denoised"]]
+    assert len(raw) == len(out) == 6
+    for k in range(1, 5):  # every inner frame with its real neighbours, none with mirrored context
+        expected = denoiser.denoise_context(np.stack(raw[k - 1 : k + 2]))
+        np.testing.assert_allclose(out[k], expected, atol=1e-3)

@@ -141,6 +141,9 @@ class _Stream:
         default_factory=lambda: deque(maxlen=REGISTRATION_HISTORY))
     steps: deque[float] = dataclasses.field(default_factory=lambda: deque(maxlen=32))
     interval: float | None = None  # typical seconds between frames (worker only)
+    # Token of this stream's newest frame handed to the queue (set by the RunEngine's thread): a frame
+    # whose successor is already queued waits for it, however far behind the worker runs.
+    latest_token: int = -1
 
 
 @dataclass
@@ -399,6 +402,7 @@ class RunDenoiser(PassThroughRun):
     def _enqueue(self, stream: _Stream, frame: Any, seq_num: int, uid: str) -> None:
         self._ensure_resource(stream)
         item = _Frame(stream, frame, seq_num, uid, time.time(), next(self._tokens))
+        stream.latest_token = item.token
         self._pending[item.token] = item
         if self.options.policy != "block":
             self._queue.put(item)
@@ -490,10 +494,11 @@ class RunDenoiser(PassThroughRun):
     def _flush_stale(self, windows: dict[int, list[_Frame]]) -> None:
         """A stream whose next frame is overdue (``CONTEXT_WAIT`` s, or three of its usual intervals if longer:
         its phase ended, as the flats of a tomography scan do before the projections) gets its newest frame
-        denoised now, with mirrored context, not at the stop."""
+        denoised now, with mirrored context, not at the stop. A next frame that has arrived but waits in the
+        queue is not overdue: a worker that runs behind keeps the full context."""
         now = time.time()
         for window in windows.values():
-            if not window or window[-1].done:
+            if not window or window[-1].done or window[-1].stream.latest_token > window[-1].token:
                 continue
             wait = max(CONTEXT_WAIT, 3 * (window[-1].stream.interval or 0.0))
             if now - window[-1].received > wait:
