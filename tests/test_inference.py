@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -198,12 +199,36 @@ def test_auto_picks_a_backend_within_tolerance_and_reports_it(caplog):
     key = f"{den.backend}/{den.precision}"
     if den.precision != "fp32":
         assert card.quantization[key]["ssim_drop"] <= {"int8": 0.005, "bf16": 0.001}[den.precision]
+        assert card.quantization[key]["ssim_drop_worst"] <= {"int8": 0.01, "bf16": 0.003}[den.precision]
     assert f"on {den.backend}/{den.precision}" in caplog.text
     prov = den.provenance()
     assert prov["backend"] == den.backend and prov["model_sha256"] == den.model_sha256
     from importlib.metadata import version
 
     assert prov["runtime_version"] == version(prov["runtime"])  # e.g. openvino 2026.4.1
+
+
+@pytest.mark.parametrize(("mean", "worst", "reason"), [
+    (0.004, 0.02, "worst-frame SSIM loss vs fp32 0.0200 > 0.01"),
+    (0.006, 0.008, "mean SSIM loss vs fp32 0.0060 > 0.005"),
+    (0.004, None, "no worst-frame SSIM loss measured"),
+])
+def test_auto_passes_over_int8_whose_mean_or_worst_frame_loss_is_too_high(model_copy, caplog, mean, worst, reason):
+    import logging
+
+    card_path = model_copy / "tomogan-projection.json"
+    card = json.loads(card_path.read_text())
+    for key in [k for k in card["quantization"] if k.endswith("/int8")]:
+        card["quantization"][key]["ssim_drop"] = mean
+        card["quantization"][key]["ssim_drop_worst"] = worst
+        if worst is None:
+            del card["quantization"][key]["ssim_drop_worst"]
+    card_path.write_text(json.dumps(card))
+    caplog.set_level(logging.INFO, logger="bluesky_tomogan")
+    den = load_denoiser(card_path)
+    assert den.precision != "int8"
+    assert reason in caplog.text and "precision auto: not openvino/int8" in caplog.text
+    assert load_denoiser(card_path, backend="openvino", precision="int8").precision == "int8"  # asked for: given
 
 
 def test_inference_never_imports_torch(tmp_path):
@@ -235,10 +260,13 @@ def test_auto_falls_back_past_an_edge_tpu_runtime_when_the_card_has_no_edge_tpu_
 
 
 def test_auto_falls_back_past_a_corrupt_file_and_says_so(model_copy, caplog):
-    xml = model_copy / "tomogan-projection.int8.bin"
-    xml.write_bytes(xml.read_bytes()[:100])
+    from bluesky_tomogan.inference.registry import spec
+
+    first = load_denoiser(model_copy)  # whatever auto picks here: corrupt its file
+    path = load_card(model_copy).file(spec(first.backend).file_kind(first.precision)).path
+    path.write_bytes(path.read_bytes()[:100])
     den = load_denoiser(model_copy)
-    assert (den.backend, den.precision) != ("openvino", "int8")
+    assert (den.backend, den.precision) != (first.backend, first.precision)
     assert "does not match the sha256" in caplog.text
 
 

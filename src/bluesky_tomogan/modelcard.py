@@ -189,7 +189,12 @@ class ModelCard:
         """Path of the card's file of ``kind``, verified against its sha256 (see :meth:`CardFile.verified`)."""
         return self.file(kind).verified(self.name)
 
-    def ssim_drop(self, key: str) -> float | None:
-        """Measured SSIM loss vs fp32 of ``backend/precision`` ``key``, or ``None`` if not measured."""
-        value = self.quantization.get(key, {}).get("ssim_drop")
+    def ssim_drop(self, key: str, which: str = "mean") -> float | None:
+        """Measured SSIM loss vs fp32 of ``backend/precision`` ``key``, or ``None`` if not measured.
+
+        ``which="mean"``: the mean over the measured frames; ``"worst"``: the loss on the
+        frame that lost most (cards written before version 0.4 do not have it).
+        """
+        field = {"mean": "ssim_drop", "worst": "ssim_drop_worst"}[which]
+        value = self.quantization.get(key, {}).get(field)
         return None if value is None else float(value)

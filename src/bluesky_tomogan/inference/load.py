@@ -7,7 +7,9 @@ model file, runtime or device is missing here.
 
 Precision ``auto`` picks the fastest precision whose measured quality loss
 (recorded in the model card's ``quantization`` section) is within
-:data:`~.registry.SSIM_TOLERANCE`, on the first backend that can run it.
+:data:`~.registry.SSIM_TOLERANCE` on average *and* within
+:data:`~.registry.SSIM_TOLERANCE_WORST` on the worst measured frame, on the first
+backend that can run it; each precision it passes over is logged with the reason.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .registry import (
     AUTO_ORDER,
     PRECISIONS,
     SSIM_TOLERANCE,
+    SSIM_TOLERANCE_WORST,
     BackendSpec,
     OpenRequest,
     backend_names,
@@ -37,7 +40,9 @@ from .registry import (
     spec,
 )
 
-__all__ = ["load_denoiser", "load_card", "shipped_models", "BACKENDS", "PRECISIONS", "DEFAULT_MODEL", "SSIM_TOLERANCE"]
+__all__ = ["load_denoiser", "load_card", "shipped_models", "shipped_weights_dir", "BACKENDS", "PRECISIONS",
+           "DEFAULT_MODEL", "SSIM_TOLERANCE",
+           "SSIM_TOLERANCE_WORST", "precision_verdict"]
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +50,14 @@ DEFAULT_MODEL = "tomogan-projection"
 BACKENDS = backend_names()
 
 
-def _weights_dir() -> Path:
+def shipped_weights_dir() -> Path:
+    """Directory of the model files installed with the package."""
     return Path(str(resources.files("bluesky_tomogan") / "weights"))
 
 
 def shipped_models() -> list[str]:
     """Names of the models installed with the package."""
-    return sorted(p.stem for p in _weights_dir().glob("*.json"))
+    return sorted(p.stem for p in shipped_weights_dir().glob("*.json"))
 
 
 def load_card(model: str | os.PathLike[str] | None = None) -> ModelCard:
@@ -65,7 +71,7 @@ def load_card(model: str | os.PathLike[str] | None = None) -> ModelCard:
         if len(cards) != 1:
             raise UnknownModelError(f"{path} must hold exactly one model card (*.json), found {len(cards)}")
         return ModelCard.read(cards[0])
-    shipped = _weights_dir() / f"{name}.json"
+    shipped = shipped_weights_dir() / f"{name}.json"
     if shipped.is_file():
         return ModelCard.read(shipped)
     raise UnknownModelError(
@@ -74,12 +80,25 @@ def load_card(model: str | os.PathLike[str] | None = None) -> ModelCard:
     )
 
 
-def quality_ok(card: ModelCard, backend: BackendSpec, precision: str) -> bool:
-    """Whether ``precision`` on ``backend`` is known to stay within :data:`SSIM_TOLERANCE` of fp32 for this model."""
+def precision_verdict(card: ModelCard, backend: BackendSpec, precision: str) -> str | None:
+    """Why ``precision="auto"`` must not pick ``precision`` on ``backend`` for this model, or ``None``.
+
+    The card must show a measured SSIM loss vs fp32 within :data:`SSIM_TOLERANCE` on
+    average and within :data:`SSIM_TOLERANCE_WORST` on the worst frame; an unmeasured
+    loss is not trusted.
+    """
     if precision == "fp32" or backend.quality_on_device:
-        return True
-    measured = card.ssim_drop(f"{backend.quality_key}/{precision}")
-    return measured is not None and measured <= SSIM_TOLERANCE.get(precision, 0.0)
+        return None
+    key = f"{backend.quality_key}/{precision}"
+    mean, worst = card.ssim_drop(key), card.ssim_drop(key, "worst")
+    tol, tol_worst = SSIM_TOLERANCE.get(precision, 0.0), SSIM_TOLERANCE_WORST.get(precision, 0.0)
+    if mean is None or worst is None:
+        return f"the model card has no {'' if mean is None else 'worst-frame '}SSIM loss measured for {key}"
+    if mean > tol:
+        return f"mean SSIM loss vs fp32 {mean:.4f} > {tol} (model card, {key})"
+    if worst > tol_worst:
+        return f"worst-frame SSIM loss vs fp32 {worst:.4f} > {tol_worst} (model card, {key})"
+    return None
 
 
 def _candidates(backend: str, precision: str) -> list[tuple[str, str]]:
@@ -97,9 +116,9 @@ def _candidates(backend: str, precision: str) -> list[tuple[str, str]]:
 def _open(card: ModelCard, s: BackendSpec, precision: str, threads: int | None, tile: int | None,
           overlap: int, check_quality: bool) -> Denoiser:
     """One candidate: the measured quality, the runtime or device (the likelier thing missing), the card's file."""
-    if check_quality and not quality_ok(card, s, precision):
-        raise PrecisionError(f"SSIM loss vs fp32 not within {SSIM_TOLERANCE[precision]} in the model card "
-                             f"(pass precision={precision!r} to use it anyway)")
+    reason = precision_verdict(card, s, precision) if check_quality else None
+    if reason is not None:
+        raise PrecisionError(f"{reason} (pass precision={precision!r} to use it anyway)")
     s.probe()
     kind = s.file_kind(precision)
     if not card.has(kind):
@@ -172,6 +191,8 @@ def load_denoiser(
             if isinstance(exc, ModelLoadError) and card.has(spec(b).file_kind(p)):  # a corrupt file: say so
                 corrupt = True
                 log.warning("skipping %s/%s: %s", b, p, exc)
+            elif isinstance(exc, PrecisionError):  # the user asked for auto: say why not the faster one
+                log.info("precision auto: not %s/%s: %s", b, p, exc)
             else:
                 log.debug("skipping %s/%s: %s", b, p, exc)
             errors.append(f"{b}/{p}: {exc}")

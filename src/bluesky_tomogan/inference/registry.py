@@ -22,11 +22,15 @@ from .backends.base import Session
 from .backends.tensorrt import DEFAULT_TILE as TENSORRT_TILE  # numpy only at import; tensorrt loads on use
 
 __all__ = ["BackendSpec", "OpenRequest", "REGISTRY", "AUTO_ORDER", "ALIASES", "PRECISIONS", "SSIM_TOLERANCE",
+           "SSIM_TOLERANCE_WORST",
            "backend_names", "configurations", "spec", "resolve_alias"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
-#: Largest SSIM drop vs fp32 a reduced precision may cost and still be chosen by ``precision="auto"``.
+#: Largest mean SSIM drop vs fp32 a reduced precision may cost and still be chosen by ``precision="auto"``.
 SSIM_TOLERANCE: Mapping[str, float] = MappingProxyType({"int8": 0.005, "bf16": 0.001, "fp16": 0.001, "fp32": 0.0})
+#: Largest SSIM drop on the worst measured frame, the second condition of ``precision="auto"``.
+SSIM_TOLERANCE_WORST: Mapping[str, float] = MappingProxyType(
+    {"int8": 0.01, "bf16": 0.003, "fp16": 0.003, "fp32": 0.0})
 
 
 @dataclass(frozen=True)
