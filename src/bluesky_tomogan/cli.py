@@ -20,7 +20,18 @@ log = logging.getLogger("bluesky_tomogan.cli")
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from .simulate.datasets import Recipe, make_dataset
 
-    recipe = Recipe(domain=args.domain, size=args.size, families=tuple(args.families or ()) or Recipe().families)
+    try:
+        recipe = Recipe(
+        domain=args.domain, size=args.size, families=tuple(args.families or ()) or Recipe().families,
+        photons=tuple(args.photons), max_attenuation=tuple(args.max_attenuation),
+        frames_per_scan=args.frames_per_scan, psf_sigma=tuple(args.psf), zinger_rate=args.zingers,
+        fringes=tuple(args.fringes), column_gain_error=tuple(args.column_gain_error), filters=tuple(args.filters),
+        eight_bit=args.eight_bit, realistic_fraction=args.realistic_fraction,
+        view_fractions=tuple(args.view_fractions), n_angles=args.n_angles,
+        )
+    except ValueError as exc:
+        print(f"bluesky-tomogan simulate: error: {exc}", file=sys.stderr)
+        return 2
     path = make_dataset(args.out, recipe, args.n_train, args.n_test, args.seed, args.workers)
     print(f"wrote {path}")
     return 0
@@ -37,7 +48,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         batch=args.batch, steps_per_epoch=args.steps_per_epoch, max_epochs=args.epochs, patience=args.patience,
         time_budget_s=args.time_budget * 60, lr=args.lr, pixel=args.pixel, adv_weight=args.adv_weight,
         feat_weight=args.feat_weight, precision=args.precision, threads=args.threads, seed=args.seed,
-        qat_steps=args.qat_steps,
+        qat_steps=args.qat_steps, init_weights=args.init or "",
     )
     result = train(cfg, resume=args.resume, progress=not args.no_progress)
     best = max(result.history, key=lambda h: h["val_ssim"]) if result.history else {}
@@ -45,6 +56,43 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if best:
         print(f"best epoch {best['epoch']}: val PSNR {best['val_psnr']:.2f} dB, SSIM {best['val_ssim']:.4f}")
     print(f"weights: {result.weights}\nmodel card: {result.card}\ncheckpoint: {result.checkpoint}")
+    return 0
+
+
+def _print_quality(card: dict) -> None:
+    for key, q in sorted(card.get("quantization", {}).items()):
+        drop, worst = q.get("ssim_drop"), q.get("ssim_drop_worst")
+        extra = f"  (SSIM loss vs fp32: mean {drop:+.4f}, worst frame {worst:+.4f})" if drop is not None else ""
+        print(f"  {key:18s} SSIM {q['ssim']:.4f}  PSNR {q['psnr']:.2f} dB{extra}")
+
+
+def _cmd_quality(args: argparse.Namespace) -> int:
+    from .export.pipeline import record_quality
+    from .inference.load import load_card
+    from .simulate.datasets import read_dataset
+
+    card = load_card(args.model)
+    test = read_dataset(args.data).split("test")
+    path = record_quality(card.directory / f"{card.name}.json", test, args.frames,
+                          source=f"{Path(args.data).name} (test split)")
+    print(f"model card: {path}")
+    _print_quality(json.loads(path.read_text()))
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig(source=args.source, out_dir=args.out, domain=args.domain, uid=args.uid, field=args.field,
+                         key=args.key, model=args.model, minutes=args.minutes, splits=args.splits,
+                         threads=args.threads, formats=tuple(args.format), seed=args.seed)
+    result = finetune(cfg, resume=args.resume, progress=not args.no_progress)
+    data = json.loads(result.card.read_text())
+    print(f"stopped: {result.stopped} after {result.wall_time_s:.0f} s")
+    print(f"model card: {result.card}")
+    for kind, entry in sorted(data["files"].items()):
+        print(f"  {kind:14s} {entry['path']}")
+    print(f"use it: load_denoiser({str(result.card.parent)!r}) or TomoGANCallback(model={str(result.card.parent)!r})")
     return 0
 
 
@@ -76,10 +124,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"model card: {card}")
         for kind, entry in sorted(data["files"].items()):
             print(f"  {kind:14s} {entry['path']}")
-        for key, q in sorted(data.get("quantization", {}).items()):
-            drop = q.get("ssim_drop")
-            extra = f"  (SSIM drop vs fp32 {drop:+.4f})" if drop is not None else ""
-            print(f"  {key:18s} SSIM {q['ssim']:.4f}  PSNR {q['psnr']:.2f} dB{extra}")
+        _print_quality(data)
     return 0
 
 
@@ -238,6 +283,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-train", type=int, default=16, help="training phantoms")
     s.add_argument("--n-test", type=int, default=4, help="held-out phantoms")
     s.add_argument("--families", nargs="*", help="phantom families (default: all)")
+    s.add_argument("--photons", type=float, nargs=2, default=[300.0, 3000.0], metavar=("LOW", "HIGH"),
+                   help="dose range, photons/pixel (log-uniform per scan; default 300 3000)")
+    s.add_argument("--max-attenuation", type=float, nargs=2, default=[1.5, 3.0], metavar=("LOW", "HIGH"),
+                   help="range of the thickest ray's line integral (default 1.5 3.0)")
+    s.add_argument("--frames-per-scan", type=int, default=0,
+                   help="projection domain: consecutive angles kept per scan (0 = all)")
+    s.add_argument("--psf", type=float, nargs=2, default=[0.0, 0.0], metavar=("LOW", "HIGH"),
+                   help="detector blur range, pixels (default 0 0: none)")
+    s.add_argument("--zingers", type=float, default=0.0, help="zingers per pixel and frame (default 0)")
+    s.add_argument("--fringes", type=float, nargs=2, default=[0.0, 0.0], metavar=("LOW", "HIGH"),
+                   help="phase-contrast edge fringe strength range, pixels^2 (default 0 0)")
+    s.add_argument("--column-gain-error", type=float, nargs=2, default=[0.0, 0.0], metavar=("LOW", "HIGH"),
+                   help="RMS range of uncorrected column gains: stripes and rings (default 0 0)")
+    s.add_argument("--filters", nargs="+", default=["ramp"],
+                   help="slice domain: FBP filters drawn per scan (ramp shepp-logan cosine hamming hann)")
+    s.add_argument("--eight-bit", type=float, default=0.0,
+                   help="slice domain: fraction of scans stored 8-bit, percentile-clipped (default 0)")
+    s.add_argument("--realistic-fraction", type=float, default=1.0,
+                   help="fraction of scans that get the detector and storage effects above (default 1)")
+    s.add_argument("--view-fractions", type=float, nargs="+", default=[0.5, 0.25, 0.125],
+                   help="slice domain: sparse-view fractions drawn per scan (default 0.5 0.25 0.125)")
+    s.add_argument("--n-angles", type=int, default=192, help="angles of the full scan (default 192)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=1)
     s.set_defaults(func=_cmd_simulate)
@@ -265,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=0)
     s.add_argument("--qat-steps", type=int, default=0, help="int8-aware fine-tuning steps")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--init", metavar="WEIGHTS",
+                   help="start from these weights (a .pt of the same architecture, or a shipped model's name)")
     s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_train)
@@ -285,6 +354,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="offset copies of layers' outputs in the int8 TFLite model, e.g. stem.0=4 head.0=4 "
                         "(default: those two; none given: no copies); see docs/backends.md")
     s.set_defaults(func=_cmd_export)
+
+    s = sub.add_parser("finetune", help="fine-tune a shipped model on your own noisy scan, no clean data "
+                                        "(needs the export extra)")
+    s.add_argument("source", help="HDF5 of projections (Data Exchange or plain keys), or a Tiled URI with --uid")
+    s.add_argument("--out", required=True, help="output directory (pairs, checkpoint, weights, exports, card)")
+    s.add_argument("--domain", choices=["slice", "projection"], default="slice",
+                   help="slice model (Noise2Inverse) or projection model (Neighbor2Neighbor); default slice")
+    s.add_argument("--uid", help="run uid (with a Tiled URI)")
+    s.add_argument("--field", help="image field of the run's primary stream (default: its only image field)")
+    s.add_argument("--key", help="HDF5 dataset of the projections (default: exchange/data, projections, data)")
+    s.add_argument("--model", help="starting weights: a shipped model or a .pt (default tomogan-<domain>)")
+    s.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget, export included (default 15)")
+    s.add_argument("--splits", type=int, default=4, help="Noise2Inverse angle subsets (default 4)")
+    s.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    s.add_argument("--format", nargs="+", choices=["onnx", "tflite", "openvino"],
+                   default=["onnx", "tflite", "openvino"], help="export formats (default: all three)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_cmd_finetune)
+
+    s = sub.add_parser("quality", help="re-measure a model's quality and precision losses on a dataset, into its card")
+    s.add_argument("model", help="model directory or card (*.json)")
+    s.add_argument("--data", required=True, help="HDF5 dataset whose test split is measured (use hard frames)")
+    s.add_argument("--frames", type=int, default=48, help="test frames measured (evenly spaced)")
+    s.set_defaults(func=_cmd_quality)
 
     s = sub.add_parser("denoise", help="denoise frames from a .npy or HDF5 file")
     s.add_argument("input")

@@ -20,6 +20,7 @@ __all__ = [
     "OutputPathError",
     "ExportOptionError",
     "QCPolicyError",
+    "ScanError",
 ]
 
 
@@ -69,3 +70,7 @@ class ExportOptionError(TomoGANError, ValueError):
 
 class QCPolicyError(TomoGANError, ValueError):
     """A QC policy (in code or in a file) names an unknown flag, action or option, or a bad value."""
+
+
+class ScanError(TomoGANError, ValueError):
+    """A scan to fine-tune on cannot be used: missing, unreadable, no projections, too few angles, too small."""

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..errors import OutputPathError
+from ..errors import ModelLoadError, OutputPathError
 from ..metrics import psnr, ssim
 from ..modelcard import sha256_of, write_card
 from ..simulate.datasets import PairSet, read_dataset
@@ -91,6 +91,15 @@ class TrainConfig:
         see :mod:`.qat`. The float weights are kept as ``<name>.float.pt``.
     qat_lr : float
         Learning rate of the fine-tuning.
+    select_by : {"ssim", "psnr"}
+        Validation metric that picks the best epoch and stops early. ``psnr`` when the
+        targets are noisy (self-supervised pairs): its mean squared error to a noisy
+        target ranks models as the error to the clean one would (the noise adds a
+        constant), which SSIM does not.
+    init_weights : str
+        Start from these generator weights (a ``.pt`` written by :func:`train`, or a
+        shipped model's name) instead of a random initialisation; the architecture
+        must match. Ignored when a run resumes from its checkpoint.
     """
 
     data: str
@@ -116,6 +125,8 @@ class TrainConfig:
     seed: int = 0
     qat_steps: int = 0
     qat_lr: float = 1e-4
+    init_weights: str = ""
+    select_by: Literal["ssim", "psnr"] = "ssim"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -158,6 +169,39 @@ def load_generator(path: str | os.PathLike[str], arch: GeneratorConfig | None = 
     gen = TomoGANGenerator(cfg)
     gen.load_state_dict(state["generator"])
     return gen.eval()
+
+
+def resolve_weights(name_or_path: str) -> Path:
+    """The ``.pt`` file of a shipped model's name, or the path itself.
+
+    Raises
+    ------
+    ModelLoadError
+        Neither a readable file nor a shipped model's name.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    from ..inference.load import shipped_weights_dir
+
+    shipped = shipped_weights_dir() / f"{name_or_path}.pt"
+    if shipped.is_file():
+        return shipped
+    raise ModelLoadError(f"no weights file {name_or_path!r} (neither a file nor a shipped model's name)")
+
+
+def _load_initial_weights(gen: TomoGANGenerator, name_or_path: str) -> None:
+    path = resolve_weights(name_or_path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        arch = GeneratorConfig.from_dict(state.get("arch", {}))
+    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+        raise ModelLoadError(f"cannot read initial weights {path}: {exc}") from exc
+    if arch != gen.config:
+        raise ModelLoadError(f"initial weights {path} are for architecture {arch.to_dict()}, "
+                             f"this run trains {gen.config.to_dict()}")
+    gen.load_state_dict(state["generator"])
+    log.info("initial weights from %s", path)
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -212,7 +256,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     ckpt_path = out_dir / "checkpoint.pt"
     weights_path = out_dir / f"{config.name}.pt"
     history: list[dict[str, float]] = []
-    best_ssim, best_epoch, epoch, elapsed_before = -math.inf, -1, 0, 0.0
+    best_score, best_epoch, epoch, elapsed_before = -math.inf, -1, 0, 0.0
+    key = f"val_{config.select_by}"
     previous_stop = ""
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -222,12 +267,15 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
             disc.load_state_dict(ck["discriminator"])
             assert opt_d is not None
             opt_d.load_state_dict(ck["opt_d"])
-        history, best_ssim, best_epoch = ck["history"], ck["best_ssim"], ck["best_epoch"]
+        history, best_epoch = ck["history"], ck["best_epoch"]
+        best_score = ck.get("best_score", ck.get("best_ssim"))  # "best_ssim": checkpoints before 0.4
         epoch, elapsed_before = ck["epoch"], ck["elapsed_s"]
         previous_stop = ck.get("stopped", "time budget reached")
         sampler.rng.bit_generator.state = ck["sampler_rng"]
         torch.set_rng_state(ck["torch_rng"])
-        log.info("resumed %s at epoch %d (best SSIM %.4f)", ckpt_path, epoch, best_ssim)
+        log.info("resumed %s at epoch %d (best %s %.4f)", ckpt_path, epoch, key, best_score)
+    elif config.init_weights:
+        _load_initial_weights(gen, config.init_weights)
 
     dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
     autocast = config.precision == "bf16"
@@ -277,7 +325,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
             sums["loss"] += loss.item()
             sums["pixel"] += loss_pix.item()
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", best_ssim=f"{best_ssim:.4f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", best=f"{best_score:.4f}")
         epoch += 1
         metrics = _validate(gen, test_pairs, config.val_frames)
         elapsed = elapsed_before + time.perf_counter() - t0
@@ -287,21 +335,21 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         log.info("epoch %d: val PSNR %.2f dB SSIM %.4f (raw %.2f/%.4f), %.0f s", epoch,
                  metrics["val_psnr"], metrics["val_ssim"], metrics["val_raw_psnr"],
                  metrics["val_raw_ssim"], elapsed)
-        if metrics["val_ssim"] > best_ssim + config.min_delta:
-            best_ssim, best_epoch = metrics["val_ssim"], epoch
+        if metrics[key] > best_score + config.min_delta:
+            best_score, best_epoch = metrics[key], epoch
             torch.save({"generator": gen.state_dict(), "arch": config.arch.to_dict()}, weights_path)
         elif epoch - best_epoch >= 2:
             for g in opt_g.param_groups:  # plateau: halve the step size
                 g["lr"] = max(g["lr"] * 0.5, config.lr / 16)
         if epoch - best_epoch >= config.patience:
-            stopped = f"validation SSIM did not improve for {config.patience} epochs"
+            stopped = f"validation {config.select_by.upper()} did not improve for {config.patience} epochs"
         elif config.time_budget_s and time.perf_counter() - t0 >= config.time_budget_s:
             stopped = "time budget reached (resume to continue)"
         torch.save({
             "generator": gen.state_dict(), "opt_g": opt_g.state_dict(), "stopped": stopped,
             "discriminator": disc.state_dict() if disc else None,
             "opt_d": opt_d.state_dict() if opt_d else None,
-            "history": history, "best_ssim": best_ssim, "best_epoch": best_epoch,
+            "history": history, "best_score": best_score, "best_epoch": best_epoch,
             "epoch": epoch, "elapsed_s": elapsed, "config": config.to_dict(),
             "sampler_rng": sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
         }, ckpt_path)

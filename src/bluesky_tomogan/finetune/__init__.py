@@ -1,0 +1,185 @@
+"""Self-supervised fine-tuning of a shipped model on the user's own scan (``bluesky-tomogan finetune``).
+
+No clean data: :mod:`.pairs` makes input/target pairs with independent noise from the
+scan itself (Noise2Inverse for the slice model, Neighbor2Neighbor for the projection
+model), :func:`bluesky_tomogan.model.train.train` fine-tunes from the shipped weights
+within a wall-clock budget, and :func:`bluesky_tomogan.export.pipeline.export_model`
+writes every format and a model card that says how the model was made. Every check on
+the scan runs before any reconstruction or training; an interrupted run resumes from
+its checkpoint (``resume=True``) without rebuilding the pairs.
+
+Needs the ``export`` extra (torch, TensorFlow, NNCF); reading and pair-making need only
+the core package.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import DatasetError, ScanError
+from .pairs import HOLDOUT_DEFAULT, holdout_split, neighbour_pairs, noise2inverse_pairs
+from .sources import Scan, read_scan
+
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "make_pairs", "Scan", "read_scan"]
+
+log = logging.getLogger(__name__)
+
+Domain = Literal["slice", "projection"]
+#: Seconds kept back from the budget for each export format and the quality measurement
+#: that follows; measured at 256x256 on 2 cores (docs/models.md).
+EXPORT_RESERVE_S = {"onnx": 20.0, "tflite": 60.0, "openvino": 90.0}
+PAIRS_FILE = "pairs.h5"
+#: int8 calibration samples: fewer than a full export's 200, because TensorFlow's calibrator runs
+#: reference kernels (minutes per hundred 256x256 tiles on 2 cores) and one scan varies less.
+CALIBRATION_SAMPLES = 64
+
+
+@dataclass
+class FinetuneConfig:
+    """Settings of one fine-tuning run (all stored in the model card).
+
+    Parameters
+    ----------
+    source : str
+        HDF5 file of projections, or a Tiled URI (then ``uid`` names the run).
+    out_dir : str
+        Where pairs, checkpoint, weights, exports and the card go.
+    domain : {"slice", "projection"}
+        Which model to fine-tune: ``slice`` (Noise2Inverse) or ``projection`` (Neighbor2Neighbor).
+    uid, field, key : str, optional
+        Run uid and image field (Tiled), or dataset key (HDF5) of the projections.
+    model : str, optional
+        Starting weights: a shipped model's name or a ``.pt`` (default ``tomogan-<domain>``).
+    minutes : float
+        Wall-clock budget of the whole run, pairs and export included.
+    splits : int
+        Noise2Inverse angle subsets.
+    threads : int
+        torch threads (0 = torch's default).
+    lr : float
+        Learning rate (small: the starting weights are already good).
+    formats : tuple of str
+        Export formats.
+    seed : int
+        Seed of the pair sampling and training.
+    """
+
+    source: str
+    out_dir: str
+    domain: Domain = "slice"
+    uid: str | None = None
+    field: str | None = None
+    key: str | None = None
+    model: str | None = None
+    minutes: float = 15.0
+    splits: int = 4
+    threads: int = 0
+    lr: float = 2e-4
+    formats: tuple[str, ...] = ("onnx", "tflite", "openvino")
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.domain not in ("slice", "projection"):
+            raise ScanError(f"domain must be 'slice' or 'projection', got {self.domain!r}")
+        if not self.minutes > 0:
+            raise ScanError(f"the time budget must be > 0 minutes, got {self.minutes}")
+
+
+@dataclass
+class FinetuneResult:
+    """What a fine-tune produced."""
+
+    card: Path
+    pairs: Path
+    stopped: str
+    wall_time_s: float
+
+
+def make_pairs(scan: Scan, domain: Domain, splits: int = 4, seed: int = 0, progress: bool = True
+               ) -> tuple[Any, Any, dict[str, Any]]:
+    """Training and held-out pairs for ``domain`` from ``scan`` (see :mod:`.pairs`)."""
+    if domain == "slice":
+        pairs, info = noise2inverse_pairs(scan, splits, progress=progress)
+        method = "noise2inverse"
+    else:
+        pairs, info = neighbour_pairs(scan, seed)
+        method = "neighbor2neighbor"
+    train, test = holdout_split(pairs, HOLDOUT_DEFAULT)
+    return train, test, {"method": method, **info, "held_out_fraction": HOLDOUT_DEFAULT}
+
+
+def _patch_for(frame_shape: tuple[int, ...], multiple: int) -> int:
+    edge = min(96, min(frame_shape))
+    return edge - edge % multiple
+
+
+def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True) -> FinetuneResult:
+    """Fine-tune a shipped model on one scan, without clean data; see the module docstring.
+
+    Raises
+    ------
+    ScanError
+        The scan is missing, unreadable, without projections, has too few angles, or is too
+        small to split; raised before any training.
+    OutputPathError
+        ``out_dir`` cannot be written.
+    """
+    from ..export.pipeline import export_model
+    from ..model.network import GeneratorConfig
+    from ..model.train import TrainConfig, _check_out_dir, resolve_weights, train
+    from ..modelcard import read_card, sha256_of, write_card
+    from ..simulate.datasets import read_dataset, write_dataset
+
+    t0 = time.perf_counter()
+    out = Path(config.out_dir).expanduser()
+    _check_out_dir(out)
+    base = resolve_weights(config.model or f"tomogan-{config.domain}")
+    name = f"{base.stem}-finetuned"
+    pairs_path = out / PAIRS_FILE
+    checkpoint = out / "checkpoint.pt"
+    if resume and checkpoint.exists() and pairs_path.exists():
+        try:
+            recipe = read_dataset(pairs_path).recipe
+        except DatasetError as exc:
+            raise ScanError(f"cannot resume: {exc}") from exc
+        log.info("resuming %s from %s", name, checkpoint)
+    else:
+        scan = read_scan(config.source, config.uid, config.field, config.key)
+        train_pairs, test_pairs, info = make_pairs(scan, config.domain, config.splits, config.seed, progress)
+        recipe = {"self_supervised": info, "source": scan.source, "uid": config.uid,
+                  "scan_shape": list(scan.shape)}
+        write_dataset(pairs_path, train_pairs, test_pairs, recipe)
+    import torch
+
+    arch = GeneratorConfig.from_dict(torch.load(base, map_location="cpu", weights_only=True).get("arch", {}))
+    patch = _patch_for(read_dataset(pairs_path).train_ns.shape[1:], arch.size_multiple)
+    spent = time.perf_counter() - t0
+    reserve = sum(EXPORT_RESERVE_S.get(f, 60.0) for f in config.formats)
+    budget = config.minutes * 60 - spent - reserve
+    if budget < 20:
+        raise ScanError(f"a budget of {config.minutes} min leaves {budget:.0f} s to train after making the pairs "
+                        f"({spent:.0f} s) and keeping {reserve:.0f} s for export; raise --minutes")
+    train_config = TrainConfig(
+        data=str(pairs_path), out_dir=str(out), name=name, domain=config.domain, arch=arch, patch=patch,
+        batch=8, steps_per_epoch=40, max_epochs=1000, patience=8, min_delta=0.005, time_budget_s=budget,
+        lr=config.lr, adv_weight=0.0, feat_weight=0.0, threads=config.threads, val_frames=24, seed=config.seed,
+        init_weights=str(base), select_by="psnr",
+    )
+    result = train(train_config, resume=resume, progress=progress)
+    card = read_card(result.card)
+    card["finetune"] = {
+        "config": asdict(config) | {"formats": list(config.formats)},
+        "base_weights": {"path": base.name, "sha256": sha256_of(base)}, **recipe,
+        "clean_data_used": False,
+        "metric_note": "val_* metrics compare with an independent noisy copy of the held-out slab, "
+                       "not with clean frames (there are none); they rank epochs, they are not a quality",
+    }
+    write_card(result.card, card)
+    card_path = export_model(out, out, pairs_path, config.formats, n_calibration=CALIBRATION_SAMPLES)
+    wall = time.perf_counter() - t0
+    log.info("fine-tuned %s in %.0f s: %s", name, wall, card_path)
+    return FinetuneResult(card_path, pairs_path, result.stopped, wall)

@@ -1,0 +1,160 @@
+"""Self-supervised training pairs from one noisy scan: no clean data anywhere.
+
+Two methods, one per model domain; both give pairs whose input and target carry
+*independent* noise on the same structure, so a network trained to predict the
+target from the input learns the clean signal (Noise2Noise: the expected loss is
+minimised by the noise-free mean).
+
+Slices: Noise2Inverse (Hendriksen et al. 2020, "Noise2Inverse: self-supervised deep
+convolutional denoising for tomography", IEEE TCI 6). The projections are split
+into ``K`` interleaved angle subsets; each subset is reconstructed on its own. The
+input is the mean of ``K - 1`` sub-reconstructions, the target the remaining one
+(the paper's "X:1" strategy): photon noise of different projections is independent,
+and the input is close to the full reconstruction a deployed model sees.
+
+Projections: Neighbor2Neighbor (Huang et al. 2021, CVPR). Each frame is split into
+two half-resolution images by taking, in every 2x2 cell, two different random
+pixels; neighbouring pixels see almost the same structure and independent photon
+noise. Detector blur correlates neighbouring pixels' noise and weakens this
+assumption (say so to users whose detector has a wide point-spread function).
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import ScanError
+from ..reconstruction import corrected_sinogram, estimate_center, find_center, reconstruct
+from ..simulate.datasets import PairSet
+from .sources import Scan
+
+__all__ = ["HOLDOUT_DEFAULT", "MIN_ANGLES_PER_SPLIT", "noise2inverse_pairs", "neighbour_pairs", "rotation_center",
+           "holdout_split"]
+
+log = logging.getLogger(__name__)
+
+#: Fewest projections a Noise2Inverse angle subset may have (fewer make streaks, not slices).
+MIN_ANGLES_PER_SPLIT = 16
+#: Fewest frames (slices or projections) a scan must give: training plus a held-out slab.
+MIN_FRAMES = 16
+#: Fraction of every group held out (a contiguous slab at the end) to rank epochs.
+HOLDOUT_DEFAULT = 0.125
+
+
+def holdout_split(pairs: PairSet, fraction: float = HOLDOUT_DEFAULT) -> tuple[PairSet, PairSet]:
+    """Split ``pairs`` into training and a held-out contiguous slab (the last ``fraction`` of every group).
+
+    A slab, not random frames: held-out frames must not be the training frames' neighbours,
+    which share their structure through the 3-frame context.
+    """
+    train_idx: list[int] = []
+    test_idx: list[int] = []
+    for g in np.unique(pairs.group):
+        members = np.flatnonzero(pairs.group == g)
+        cut = len(members) - max(3, int(round(len(members) * fraction)))
+        train_idx += members[:cut].tolist()
+        test_idx += members[cut:].tolist()
+
+    def take(idx: list[int]) -> PairSet:
+        return PairSet(pairs.ns[idx], pairs.gt[idx], pairs.group[idx])
+
+    return take(train_idx), take(test_idx)
+
+
+def rotation_center(scan: Scan) -> float:
+    """The rotation centre (column) from the middle detector row: Vo's method over 180 degrees, else a fit."""
+    n, z, x = scan.shape
+    row = corrected_sinogram(scan.projections[:, z // 2, :], _row(scan.flats, z // 2), _row(scan.darks, z // 2))
+    try:
+        if scan.angles.max() - scan.angles.min() >= 179.0:
+            return find_center(row, scan.angles)
+    except Exception as exc:  # algotom fails in many ways on odd data; the fit below still works
+        log.warning("Vo's centre search failed (%s); fitting the centre of mass instead", exc)
+    c = estimate_center(row, scan.angles)
+    if not np.isfinite(c):
+        log.warning("no rotation centre found; using the detector centre %.1f", (x - 1) / 2)
+        return (x - 1) / 2
+    return c
+
+
+def _row(frame: np.ndarray | None, z: int) -> np.ndarray | None:
+    return None if frame is None else frame[z]
+
+
+def noise2inverse_pairs(scan: Scan, splits: int = 4, rows: slice | None = None, threads: int = 2,
+                        progress: bool = True) -> tuple[PairSet, dict[str, float]]:
+    """Noise2Inverse slice pairs, one group per split; see the module docstring.
+
+    Parameters
+    ----------
+    scan : Scan
+        The projections (flat-field corrected here with the scan's flats and darks).
+    splits : int
+        Angle subsets ``K`` (>= 2).
+    rows : slice, optional
+        Detector rows to reconstruct (default: all).
+    threads : int
+        Rows reconstructed at a time.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    pairs : PairSet
+        ``K * n_rows`` input/target slices; group ``j`` holds the pairs whose target is subset ``j``.
+    info : dict
+        The rotation centre used and the angles per subset.
+    """
+    n, z, x = scan.shape
+    if splits < 2:
+        raise ScanError(f"Noise2Inverse needs at least 2 angle subsets, got {splits}")
+    if n // splits < MIN_ANGLES_PER_SPLIT:
+        raise ScanError(f"{scan.source}: {n} projections are too few to split in {splits} subsets of at least "
+                        f"{MIN_ANGLES_PER_SPLIT} angles (need >= {splits * MIN_ANGLES_PER_SPLIT})")
+    if scan.angles.max() - scan.angles.min() < 170.0:
+        raise ScanError(f"{scan.source}: the angles span {scan.angles.max() - scan.angles.min():.0f} degrees; "
+                        "slices need about 180")
+    picked = range(z)[rows or slice(None)]
+    if len(picked) < MIN_FRAMES:
+        raise ScanError(f"{scan.source}: {len(picked)} detector rows are too few to split into training and "
+                        f"held-out slices (need >= {MIN_FRAMES})")
+    center = rotation_center(scan)
+    subsets = [np.arange(j, n, splits) for j in range(splits)]
+
+    def one_row(r: int) -> np.ndarray:
+        trans = corrected_sinogram(scan.projections[:, r, :], _row(scan.flats, r), _row(scan.darks, r))
+        return np.stack([reconstruct(trans[s], scan.angles[s], center, row=r).slice for s in subsets])
+
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="tomogan-n2i") as pool:
+        recs = list(tqdm(pool.map(one_row, picked), total=len(picked), disable=not progress,
+                         desc="Noise2Inverse reconstructions", unit="row"))
+    sub = np.stack(recs, axis=1)  # (K, rows, n, n)
+    total = sub.sum(axis=0)
+    ns = np.concatenate([(total - sub[j]) / (splits - 1) for j in range(splits)])
+    gt = np.concatenate(list(sub))
+    group = np.repeat(np.arange(splits, dtype=np.int32), len(picked))
+    info = {"center": float(center), "angles_per_split": float(n / splits), "rows": float(len(picked))}
+    return PairSet(ns.astype(np.float32), gt.astype(np.float32), group), info
+
+
+def neighbour_pairs(scan: Scan, seed: int = 0) -> tuple[PairSet, dict[str, float]]:
+    """Neighbor2Neighbor projection pairs at half resolution, consecutive angles kept adjacent."""
+    n, z, x = scan.shape
+    if n < MIN_FRAMES:
+        raise ScanError(f"{scan.source}: {n} projections are too few (need >= {MIN_FRAMES})")
+    h, w = z // 2, x // 2
+    if min(h, w) < 32:
+        raise ScanError(f"{scan.source}: frames of {z}x{x} are too small to split into neighbour pairs "
+                        "(need at least 64x64)")
+    rng = np.random.default_rng(seed)
+    cells = scan.projections[:, : 2 * h, : 2 * w].reshape(n, h, 2, w, 2).transpose(0, 1, 3, 2, 4).reshape(n, h, w, 4)
+    # two different positions of the 2x2 cell for every cell of every frame
+    first = rng.integers(0, 4, (n, h, w))
+    second = (first + rng.integers(1, 4, (n, h, w))) % 4
+    ns = np.take_along_axis(cells, first[..., None], axis=-1)[..., 0]
+    gt = np.take_along_axis(cells, second[..., None], axis=-1)[..., 0]
+    return PairSet(ns.astype(np.float32), gt.astype(np.float32), np.zeros(n, np.int32)), {"half_size": float(h)}

@@ -1,0 +1,207 @@
+"""Read a user's scan to fine-tune on: an HDF5 file (Data Exchange or plain keys) or a run stored in Tiled.
+
+Everything a fine-tune needs is checked here, before any reconstruction or training:
+the projections exist and are a finite 3-D stack, the angles match them, and darks
+and flats (optional) have the frames' shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ScanError
+
+__all__ = ["Scan", "read_scan", "read_scan_hdf5", "read_scan_tiled"]
+
+log = logging.getLogger(__name__)
+
+#: Where projections, flats, darks and angles are looked for, first match wins:
+#: the APS Data Exchange layout (``/exchange/...``, read by tomopy and dxchange), then plain names.
+PROJECTION_KEYS = ("exchange/data", "projections", "data", "proj")
+FLAT_KEYS = ("exchange/data_white", "flats", "flat", "data_white")
+DARK_KEYS = ("exchange/data_dark", "darks", "dark", "data_dark")
+ANGLE_KEYS = ("exchange/theta", "angles", "theta")
+
+
+@dataclass
+class Scan:
+    """Projections of one scan, sorted by angle, with what flat-field correction needs.
+
+    Attributes
+    ----------
+    projections : numpy.ndarray
+        ``(n_angles, rows, columns)`` raw detector frames (float32).
+    angles : numpy.ndarray
+        Rotation angles, degrees, ascending.
+    flats, darks : numpy.ndarray or None
+        ``(rows, columns)`` averages of the open-beam and dark frames.
+    source : str
+        Where the scan came from (recorded in the model card).
+    """
+
+    projections: np.ndarray
+    angles: np.ndarray
+    flats: np.ndarray | None
+    darks: np.ndarray | None
+    source: str
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        n, z, x = self.projections.shape
+        return int(n), int(z), int(x)
+
+
+def _mean_frame(stack: Any, shape: tuple[int, int], what: str, where: str) -> np.ndarray | None:
+    if stack is None:
+        return None
+    arr = np.asarray(stack, np.float32)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or arr.shape[1:] != shape or len(arr) == 0:
+        raise ScanError(f"{where}: {what} have shape {arr.shape}, expected (k, {shape[0]}, {shape[1]})")
+    return arr.mean(axis=0)
+
+
+def _angles_in_degrees(angles: Any, n: int, where: str) -> np.ndarray:
+    if angles is None:
+        log.warning("%s: no rotation angles stored; assuming %d angles evenly over [0, 180) degrees", where, n)
+        return np.arange(n) * (180.0 / n)
+    a = np.asarray(angles, float).ravel()
+    if len(a) != n:
+        raise ScanError(f"{where}: {len(a)} angles for {n} projections")
+    if not np.isfinite(a).all():
+        raise ScanError(f"{where}: the rotation angles hold NaN/inf")
+    span = float(a.max() - a.min())
+    if 0 < span <= 2 * math.pi + 1e-6 and n > 8:
+        # a span of a few degrees would make no tomogram; it is radians
+        log.info("%s: angles span %.3f, taken as radians", where, span)
+        a = np.rad2deg(a)
+    return a
+
+
+def _assemble(projections: Any, angles: Any, flats: Any, darks: Any, where: str) -> Scan:
+    proj = np.asarray(projections)
+    if proj.ndim != 3:
+        raise ScanError(f"{where}: projections must be a (n_angles, rows, columns) stack, got shape {proj.shape}")
+    if not np.issubdtype(proj.dtype, np.number):
+        raise ScanError(f"{where}: projections have non-numeric dtype {proj.dtype}")
+    proj = proj.astype(np.float32)
+    if not np.isfinite(proj).all():
+        bad = np.unique(np.nonzero(~np.isfinite(proj))[0])[:5].tolist()
+        raise ScanError(f"{where}: projections hold NaN/inf (first frames: {bad}); drop those frames first")
+    shape = proj.shape[1:]
+    a = _angles_in_degrees(angles, len(proj), where)
+    order = np.argsort(a, kind="stable")
+    return Scan(proj[order], a[order], _mean_frame(flats, shape, "flats", where),
+                _mean_frame(darks, shape, "darks", where), where)
+
+
+def read_scan_hdf5(path: str | Path, key: str | None = None) -> Scan:
+    """Read a scan from HDF5: the Data Exchange layout or plain ``projections``/``angles``/``flats``/``darks``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    key : str, optional
+        Dataset of the projections (default: the first of :data:`PROJECTION_KEYS`).
+
+    Raises
+    ------
+    ScanError
+        Missing or unreadable file, no projections, inconsistent shapes or angles.
+    """
+    import h5py
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ScanError(f"scan file {p} does not exist")
+    try:
+        f = h5py.File(p, "r")
+    except OSError as exc:
+        raise ScanError(f"{p} is not a readable HDF5 file: {exc}") from exc
+    with f:
+        def first(keys: tuple[str, ...]) -> Any:
+            return next((f[k][()] for k in keys if k in f and isinstance(f[k], h5py.Dataset)), None)
+
+        if key is not None and key not in f:
+            raise ScanError(f"{p} has no dataset {key!r}")
+        proj = f[key][()] if key is not None else first(PROJECTION_KEYS)
+        if proj is None:
+            found: list[str] = []
+            f.visit(lambda name: found.append(name) if isinstance(f[name], h5py.Dataset) else None)
+            raise ScanError(f"{p} holds no projections: none of {', '.join(PROJECTION_KEYS)} "
+                            f"(datasets found: {', '.join(found[:12]) or 'none'}); name one with --key")
+        return _assemble(proj, first(ANGLE_KEYS), first(FLAT_KEYS), first(DARK_KEYS), str(p))
+
+
+def _image_field(stream: Any, field: str | None, where: str) -> str:
+    fields = [k for k in stream if len(getattr(stream[k], "shape", ())) == 3]
+    if field is not None:
+        if field not in stream:
+            raise ScanError(f"{where}: no field {field!r} in the primary stream (image fields: {fields or 'none'})")
+        return field
+    if not fields:
+        raise ScanError(f"{where}: the primary stream has no image field (a stack of 2-D frames)")
+    if len(fields) > 1:
+        raise ScanError(f"{where}: several image fields {fields}; name one with --field")
+    return str(fields[0])
+
+
+def read_scan_tiled(uri: str, uid: str, field: str | None = None) -> Scan:
+    """Read a scan from a run stored in Tiled (bluesky's TiledWriter layout).
+
+    Projections are the run's ``primary`` stream image field, angles the column of
+    the plan's first dimension hint (``stage_theta`` for :func:`~bluesky_tomogan.plans.tomo_scan`)
+    or the start document's ``angles``; flats and darks come from the ``flat`` and
+    ``dark`` streams when the run has them.
+
+    Raises
+    ------
+    ScanError
+        Tiled unreachable, no such run, no primary stream or image field.
+    """
+    where = f"run {uid} at {uri}"
+    try:
+        from tiled.client import from_uri
+
+        run = from_uri(uri)[uid]
+    except KeyError:
+        raise ScanError(f"{where}: no such run") from None
+    except Exception as exc:  # tiled raises transport, auth and parsing errors of many types
+        raise ScanError(f"{where}: cannot read it: {exc}") from exc
+    if "primary" not in run:
+        raise ScanError(f"{where}: the run has no primary stream (streams: {list(run)})")
+    primary = run["primary"]
+    name = _image_field(primary, field, where)
+    start = dict(run.metadata.get("start", {}))
+    angles = None
+    try:
+        dims = start.get("hints", {}).get("dimensions", [])
+        axis = dims[0][0][0] if dims else None
+        if axis is not None and axis in primary:
+            angles = primary[axis].read()
+    except (IndexError, TypeError):
+        pass
+    if angles is None and "angles" in start:
+        angles = start["angles"]
+
+    def stream_frames(stream: str) -> Any:
+        return run[stream][name].read() if stream in run and name in run[stream] else None
+
+    return _assemble(primary[name].read(), angles, stream_frames("flat"), stream_frames("dark"), where)
+
+
+def read_scan(source: str, uid: str | None = None, field: str | None = None, key: str | None = None) -> Scan:
+    """A scan from an HDF5 path, or from a Tiled URI (``http://`` or ``https://``) and a run ``uid``."""
+    if source.startswith(("http://", "https://")):
+        if not uid:
+            raise ScanError(f"{source} is a Tiled URI: name the run with its uid (--uid)")
+        return read_scan_tiled(source, uid, field)
+    return read_scan_hdf5(source, key)

@@ -1,0 +1,156 @@
+"""Self-supervised fine-tuning on the user's own scan (``bluesky-tomogan finetune``)."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from bluesky_tomogan.cli import main  # noqa: E402
+from bluesky_tomogan.errors import ScanError  # noqa: E402
+from bluesky_tomogan.finetune import FinetuneConfig, finetune, read_scan  # noqa: E402
+from bluesky_tomogan.finetune.evaluate import slice_quality  # noqa: E402
+from bluesky_tomogan.finetune.pairs import neighbour_pairs, noise2inverse_pairs  # noqa: E402
+from bluesky_tomogan.finetune.sources import Scan  # noqa: E402
+from bluesky_tomogan.simulate.datasets import write_scan_file  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def grains_scan(tmp_path_factory):
+    """A low-dose scan of a phantom family no shipped model was trained on, with its clean reference."""
+    path = tmp_path_factory.mktemp("scan") / "grains.h5"
+    return write_scan_file(path, family="grains", size=64, n_angles=128, photons=150.0, seed=5)
+
+
+def test_fine_tuning_raises_held_out_ssim_on_an_unseen_family_without_clean_data(grains_scan, tmp_path):
+    path, clean = grains_scan
+    out = tmp_path / "ft"
+    result = finetune(FinetuneConfig(source=str(path), out_dir=str(out), minutes=1.6, formats=("onnx",),
+                                     threads=2), progress=False)
+    card = result.card
+    import json
+
+    data = json.loads(card.read_text())
+    assert data["finetune"]["clean_data_used"] is False
+    assert data["finetune"]["self_supervised"]["method"] == "noise2inverse"
+    assert {"pytorch", "onnx"} <= set(data["files"])
+    # scored on the held-out slab against the clean slices the fine-tune never saw
+    quality = slice_quality(read_scan(str(path)), clean, {"shipped": "tomogan-slice", "fine-tuned": str(out)})
+    assert quality["fine-tuned"]["ssim"] > quality["shipped"]["ssim"] + 0.01, quality
+    assert quality["fine-tuned"]["ssim"] > quality["raw"]["ssim"]
+
+
+def test_an_interrupted_fine_tune_resumes_from_its_checkpoint(grains_scan, tmp_path, monkeypatch):
+    from bluesky_tomogan.model import data as model_data
+    from bluesky_tomogan.model.train import TrainResult
+
+    path, _ = grains_scan
+    out = tmp_path / "ft"
+    cfg = FinetuneConfig(source=str(path), out_dir=str(out), minutes=1.0, formats=("onnx",), threads=2)
+    long = FinetuneConfig(source=str(path), out_dir=str(out), minutes=10.0, formats=("onnx",), threads=2)
+    original = model_data.PatchSampler.batch
+    calls = {"n": 0}
+
+    def interrupted(self, size):
+        calls["n"] += 1
+        if calls["n"] > 100:  # two epochs and a half of 40 steps
+            raise KeyboardInterrupt
+        return original(self, size)
+
+    monkeypatch.setattr(model_data.PatchSampler, "batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(long, progress=False)
+    import torch
+
+    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ck["epoch"] == 2
+    monkeypatch.setattr(model_data.PatchSampler, "batch", original)
+
+    def no_rereading(*args, **kwargs):
+        raise AssertionError("a resumed fine-tune must not rebuild its pairs")
+
+    monkeypatch.setattr("bluesky_tomogan.finetune.read_scan", no_rereading)
+    seen: dict[str, TrainResult] = {}
+    from bluesky_tomogan.model import train as train_module
+
+    real_train = train_module.train
+
+    def spy(config, resume=False, progress=True):
+        assert resume
+        seen["result"] = real_train(config, resume=resume, progress=progress)
+        return seen["result"]
+
+    monkeypatch.setattr(train_module, "train", spy)
+    finetune(cfg, resume=True, progress=False)
+    history = seen["result"].history
+    assert [h["epoch"] for h in history[:3]] == [1, 2, 3]
+    assert history[0] == ck["history"][0]
+
+
+@pytest.mark.parametrize("case", ["missing", "not-hdf5", "no-projections", "few-angles", "too-small", "nan",
+                                  "angles-mismatch"])
+def test_bad_scans_are_clear_errors_before_any_training(case, tmp_path):
+    path = tmp_path / "scan.h5"
+    rng = np.random.default_rng(0)
+    frames = rng.poisson(100, (128, 32, 32)).astype(np.uint16)
+    if case == "not-hdf5":
+        path.write_text("not a scan")
+    elif case != "missing":
+        with h5py.File(path, "w") as f:
+            if case == "no-projections":
+                f["exchange/theta"] = np.arange(128.0)
+            elif case == "few-angles":
+                f["exchange/data"] = frames[:40]
+            elif case == "too-small":
+                f["exchange/data"] = frames[:, :8]
+            elif case == "nan":
+                f["exchange/data"] = np.where(np.arange(32) == 5, np.nan, frames.astype(np.float32))
+            elif case == "angles-mismatch":
+                f["exchange/data"] = frames
+                f["exchange/theta"] = np.arange(100.0)
+    expected = {"missing": "does not exist", "not-hdf5": "not a readable HDF5", "no-projections": "no projections",
+                "few-angles": "too few to split", "too-small": "too few to split into training",
+                "nan": "NaN", "angles-mismatch": "100 angles for 128 projections"}[case]
+    out = tmp_path / "out"
+    with pytest.raises(ScanError, match=expected):
+        finetune(FinetuneConfig(source=str(path), out_dir=str(out), formats=("onnx",)), progress=False)
+    assert not (out / "checkpoint.pt").exists() and not (out / "pairs.h5").exists()
+
+
+def test_finetune_command_reports_a_bad_scan_in_one_line(tmp_path, capsys):
+    code = main(["finetune", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "finetune: error:" in err[0] and "does not exist" in err[0]
+    assert main(["finetune", "http://localhost:1", "--out", str(tmp_path / "o")]) == 1
+    assert "--uid" in capsys.readouterr().err
+
+
+def test_a_projection_scan_of_another_name_and_radian_angles_is_read(tmp_path):
+    path = tmp_path / "plain.h5"
+    with h5py.File(path, "w") as f:
+        f["projections"] = np.ones((64, 16, 16), np.float32)
+        f["angles"] = np.linspace(0, np.pi, 64, endpoint=False)[::-1]
+    scan = read_scan(str(path))
+    assert scan.angles[0] == 0 and scan.angles[-1] == pytest.approx(180 - 180 / 64)
+    assert scan.flats is None and scan.darks is None
+
+
+def test_neighbour_pairs_have_independent_noise_at_half_resolution():
+    rng = np.random.default_rng(1)
+    frames = rng.poisson(200.0, (24, 96, 96)).astype(np.float32)  # a flat field: all structure is noise
+    pairs, info = neighbour_pairs(Scan(frames, np.arange(24.0), None, None, "test"))
+    assert pairs.ns.shape == (24, 48, 48) and info["half_size"] == 48
+    a, b = pairs.ns - 200.0, pairs.gt - 200.0
+    assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.02  # different pixels of each 2x2 cell
+    assert not np.array_equal(pairs.ns, pairs.gt)
+
+
+def test_noise2inverse_targets_are_subsets_and_inputs_their_complements(grains_scan):
+    path, _ = grains_scan
+    pairs, info = noise2inverse_pairs(read_scan(str(path)), splits=4, rows=slice(20, 40), progress=False)
+    assert pairs.ns.shape[0] == 4 * 20 and info["angles_per_split"] == 32
+    sub = pairs.gt.reshape(4, 20, *pairs.gt.shape[1:])
+    np.testing.assert_allclose(pairs.ns[:20], (sub[1] + sub[2] + sub[3]) / 3, atol=1e-5)
+    assert list(np.unique(pairs.group)) == [0, 1, 2, 3]
