@@ -98,7 +98,7 @@ def run_domain(domain: str, n_scans: int, n_frames: int, tune_data: PairSet | No
         ("TomoGAN fp32 (ONNX Runtime)", "onnxruntime", "fp32"),
         ("TomoGAN bf16 (OpenVINO)", "openvino", "bf16"),
         ("TomoGAN int8 (OpenVINO)", "openvino", "int8"),
-        ("TomoGAN int8 (LiteRT full-int8, Edge TPU model)", "litert", "int8"),
+        ("TomoGAN int8 (LiteRT full-int8 on the CPU; the Edge TPU compiler's input)", "litert", "int8"),
     ):
         fn = tomogan(backend, precision)
         if fn is not None:

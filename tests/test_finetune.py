@@ -154,3 +154,28 @@ def test_noise2inverse_targets_are_subsets_and_inputs_their_complements(grains_s
     sub = pairs.gt.reshape(4, 20, *pairs.gt.shape[1:])
     np.testing.assert_allclose(pairs.ns[:20], (sub[1] + sub[2] + sub[3]) / 3, atol=1e-5)
     assert list(np.unique(pairs.group)) == [0, 1, 2, 3]
+
+
+def test_a_scan_stored_in_tiled_is_read_with_its_angles_flats_and_darks(RE, store, tmp_path):
+    from bluesky.callbacks.tiled_writer import TiledWriter
+
+    from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
+    from bluesky_tomogan.plans import tomo_scan
+    from bluesky_tomogan.simulate.tomography import angles_deg
+    from bluesky_tomogan.storage import frames_directory, server_of
+
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(32, 48), seed=1, simulate_timing=False,
+                          directory=frames_directory(tmp_path / "store") / "ft")
+    RE.subscribe(TiledWriter(store))
+    angles = list(angles_deg(40))[::-1]  # stored in any order: the scan comes back sorted
+    (uid,) = RE(tomo_scan(det, stage, angles, n_darks=2, n_flats=3))
+    uri = server_of(store).uri
+    scan = read_scan(uri, uid)
+    assert scan.shape == (40, 32, 48) and scan.source == f"run {uid} at {uri}"
+    np.testing.assert_allclose(scan.angles, sorted(angles))
+    assert scan.flats.shape == scan.darks.shape == (32, 48) and scan.flats.mean() > scan.darks.mean()
+    with pytest.raises(ScanError, match="no such run"):
+        read_scan(uri, "not-a-uid")
+    with pytest.raises(ScanError, match="no field 'nope'"):
+        read_scan(uri, uid, field="nope")

@@ -231,6 +231,17 @@ def test_auto_passes_over_int8_whose_mean_or_worst_frame_loss_is_too_high(model_
     assert load_denoiser(card_path, backend="openvino", precision="int8").precision == "int8"  # asked for: given
 
 
+def test_a_named_backend_outside_tolerance_still_runs_and_says_so(model_copy, caplog):
+    card_path = model_copy / "tomogan-projection.json"
+    card = json.loads(card_path.read_text())
+    card["quantization"]["litert/int8"]["ssim_drop_worst"] = 0.05
+    card_path.write_text(json.dumps(card))
+    den = load_denoiser(card_path, backend="litert")  # LiteRT runs int8 only: asked for, so given
+    assert (den.backend, den.precision) == ("litert", "int8")
+    assert "using it because backend='litert' was asked for" in caplog.text
+    assert load_denoiser(card_path).backend != "litert"  # auto goes past it
+
+
 def test_inference_never_imports_torch(tmp_path):
     script = textwrap.dedent("""
         import sys
@@ -260,13 +271,15 @@ def test_auto_falls_back_past_an_edge_tpu_runtime_when_the_card_has_no_edge_tpu_
 
 
 def test_auto_falls_back_past_a_corrupt_file_and_says_so(model_copy, caplog):
-    from bluesky_tomogan.inference.registry import spec
-
-    first = load_denoiser(model_copy)  # whatever auto picks here: corrupt its file
-    path = load_card(model_copy).file(spec(first.backend).file_kind(first.precision)).path
-    path.write_bytes(path.read_bytes()[:100])
+    card_path = model_copy / "tomogan-projection.json"
+    card = json.loads(card_path.read_text())
+    card["quantization"]["openvino/int8"] |= {"ssim_drop": 0.001, "ssim_drop_worst": 0.002}  # auto's first pick
+    card_path.write_text(json.dumps(card))
+    assert (load_denoiser(model_copy).backend, load_denoiser(model_copy).precision) == ("openvino", "int8")
+    weights = model_copy / "tomogan-projection.int8.bin"
+    weights.write_bytes(weights.read_bytes()[:100])
     den = load_denoiser(model_copy)
-    assert (den.backend, den.precision) != (first.backend, first.precision)
+    assert (den.backend, den.precision) != ("openvino", "int8")
     assert "does not match the sha256" in caplog.text
 
 

@@ -28,11 +28,22 @@ import numpy as np
 from .errors import OutputPathError
 
 __all__ = ["MIMETYPE", "SPEC", "FrameFile", "HDF5FrameHandler", "StreamFrameReader", "HANDLER_REGISTRY",
-           "path_from_uri"]
+           "path_from_uri", "open_for_reading"]
 
 log = logging.getLogger(__name__)
 MIMETYPE = "application/x-hdf5"
 SPEC = "hdf5"
+
+
+def open_for_reading(path: str | os.PathLike[str], error: type[Exception], what: str) -> h5py.File:
+    """Open an HDF5 file read-only, or raise ``error`` saying the ``what`` file is missing or not HDF5."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise error(f"{what} file {p} does not exist")
+    try:
+        return h5py.File(p, "r")
+    except OSError as exc:
+        raise error(f"{p} is not a readable HDF5 file: {exc}") from exc
 
 
 class FrameFile:

@@ -151,7 +151,7 @@ def export_tflite_int8(
         gen = equalise_activations(gen, rep)
     gen = offset_activation_copies(gen, rep, ACTIVATION_COPIES if activation_copies is None else activation_copies)
     gen = offset_output_copies(gen, rep, output_copies)
-    model = keras_from_torch(gen, tile, tile)
+    model = keras_from_torch(gen, tile, tile, edgetpu=True, int8_taps=True)
 
     def samples() -> Iterator[list[np.ndarray]]:
         for x in rep:

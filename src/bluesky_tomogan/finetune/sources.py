@@ -119,14 +119,10 @@ def read_scan_hdf5(path: str | Path, key: str | None = None) -> Scan:
     """
     import h5py
 
+    from ..hdf5_frames import open_for_reading
+
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise ScanError(f"scan file {p} does not exist")
-    try:
-        f = h5py.File(p, "r")
-    except OSError as exc:
-        raise ScanError(f"{p} is not a readable HDF5 file: {exc}") from exc
-    with f:
+    with open_for_reading(p, ScanError, "scan") as f:
         def first(keys: tuple[str, ...]) -> Any:
             return next((f[k][()] for k in keys if k in f and isinstance(f[k], h5py.Dataset)), None)
 
@@ -171,10 +167,21 @@ def read_scan_tiled(uri: str, uid: str, field: str | None = None) -> Scan:
     try:
         from tiled.client import from_uri
 
-        run = from_uri(uri)[uid]
+        client = from_uri(uri)
+    except Exception as exc:  # tiled raises transport, auth and parsing errors of many types
+        raise ScanError(f"{where}: cannot read it: {exc}") from exc
+    try:
+        return _scan_of_run(client, uid, field, where)
+    finally:
+        client.context.close()  # the client's connection pool, not the server
+
+
+def _scan_of_run(client: Any, uid: str, field: str | None, where: str) -> Scan:
+    try:
+        run = client[uid]
     except KeyError:
         raise ScanError(f"{where}: no such run") from None
-    except Exception as exc:  # tiled raises transport, auth and parsing errors of many types
+    except Exception as exc:
         raise ScanError(f"{where}: cannot read it: {exc}") from exc
     if "primary" not in run:
         raise ScanError(f"{where}: the run has no primary stream (streams: {list(run)})")

@@ -151,7 +151,9 @@ def load_denoiser(
         One of :data:`BACKENDS`: ``auto``, ``cpu`` (OpenVINO, else ONNX
         Runtime), or a registry backend.
     precision : str
-        One of :data:`PRECISIONS`; ``auto`` = fastest within tolerance.
+        One of :data:`PRECISIONS`; ``auto`` = fastest within tolerance. With a named
+        ``backend`` none of whose precisions is within tolerance (LiteRT runs int8 only),
+        ``auto`` runs its last precision and logs a WARNING saying so.
     threads : int, optional
         Runtime threads (default: the runtime's own choice).
     tile, overlap : int
@@ -185,14 +187,20 @@ def load_denoiser(
     for b, p in candidates:
         try:
             den = _open(card, spec(b), p, threads, tile, overlap, check_quality=precision == "auto")
-        except (BackendUnavailableError, PrecisionError, ModelLoadError) as exc:
+        except PrecisionError as exc:
+            if backend != "auto" and (b, p) == candidates[-1]:
+                # The user named this backend: its last precision is what it runs, within tolerance or not.
+                log.warning("%s/%s: %s; using it because backend=%r was asked for", b, p, exc, backend)
+                return _open(card, spec(b), p, threads, tile, overlap, check_quality=False)
+            log.info("precision auto: not %s/%s: %s", b, p, exc)
+            errors.append(f"{b}/{p}: {exc}")
+            continue
+        except (BackendUnavailableError, ModelLoadError) as exc:
             if len(candidates) == 1:
                 raise
             if isinstance(exc, ModelLoadError) and card.has(spec(b).file_kind(p)):  # a corrupt file: say so
                 corrupt = True
                 log.warning("skipping %s/%s: %s", b, p, exc)
-            elif isinstance(exc, PrecisionError):  # the user asked for auto: say why not the faster one
-                log.info("precision auto: not %s/%s: %s", b, p, exc)
             else:
                 log.debug("skipping %s/%s: %s", b, p, exc)
             errors.append(f"{b}/{p}: {exc}")

@@ -309,14 +309,10 @@ def read_dataset(path: str | os.PathLike[str]) -> TomoDataset:
     ModelLoadError
         Never; listed for symmetry with model loading.
     """
+    from ..hdf5_frames import open_for_reading
+
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"dataset file {path} does not exist")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise DatasetError(f"{path} is not a readable HDF5 file: {exc}") from exc
-    with f:
+    with open_for_reading(path, DatasetError, "dataset") as f:
         train = _check_split(f, path, "train")
         test = _check_split(f, path, "test")
         if train[0].shape[1:] != test[0].shape[1:] and min(test[0].shape[1:]) < 8:
