@@ -92,7 +92,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     print(f"model card: {result.card}")
     for kind, entry in sorted(data["files"].items()):
         print(f"  {kind:14s} {entry['path']}")
-    print(f"use it: load_denoiser({str(result.card.parent)!r}) or TomoGANCallback(model={str(result.card.parent)!r})")
+    print(f"use it: load_denoiser({str(result.card.parent)!r}), e.g. in TomoGANCallback(load_denoiser(...))")
     return 0
 
 

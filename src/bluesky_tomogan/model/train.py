@@ -282,8 +282,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     t0 = time.perf_counter()
     # A resumed run with no epochs left (e.g. only int8-aware fine-tuning) keeps the old reason.
     stopped = previous_stop if epoch >= config.max_epochs and previous_stop else "max_epochs"
-    bar = tqdm(total=config.max_epochs * config.steps_per_epoch, initial=epoch * config.steps_per_epoch,
-               disable=not progress, desc=config.name, unit="step", dynamic_ncols=True)
+    # With a wall-clock budget the bar counts seconds of it: the step total of max_epochs would
+    # promise hours for a run that stops at its budget (bluesky-tomogan finetune's 1000 epochs).
+    timed = config.time_budget_s > 0
+    bar = tqdm(total=round(config.time_budget_s) if timed else config.max_epochs * config.steps_per_epoch,
+               initial=0 if timed else epoch * config.steps_per_epoch, disable=not progress,
+               desc=config.name, unit="s" if timed else "step", dynamic_ncols=True)
     while epoch < config.max_epochs:
         gan_on = disc is not None and epoch >= config.gan_warmup_epochs
         sums = {"loss": 0.0, "pixel": 0.0, "adv": 0.0, "feat": 0.0, "d": 0.0}
@@ -324,8 +328,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
             opt_g.step()
             sums["loss"] += loss.item()
             sums["pixel"] += loss_pix.item()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", best=f"{best_score:.4f}")
+            if timed:
+                bar.update(min(round(time.perf_counter() - t0), bar.total) - bar.n)
+            else:
+                bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}", best=f"{best_score:.4f}")
         epoch += 1
         metrics = _validate(gen, test_pairs, config.val_frames)
         elapsed = elapsed_before + time.perf_counter() - t0
