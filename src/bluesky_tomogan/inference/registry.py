@@ -138,13 +138,13 @@ def _open_onnxruntime(r: OpenRequest) -> Session:
 def _open_litert(r: OpenRequest) -> Session:
     from .backends.litert import LiteRTSession
 
-    return LiteRTSession(r.path, r.threads)
+    return LiteRTSession(r.path, r.threads, isolated_spikes=r.card.domain == "projection")
 
 
 def _open_edgetpu(r: OpenRequest) -> Session:
     from .backends.litert import LiteRTSession
 
-    return LiteRTSession(r.path, r.threads, edgetpu=True)
+    return LiteRTSession(r.path, r.threads, edgetpu=True, isolated_spikes=r.card.domain == "projection")
 
 
 def _open_tensorrt(r: OpenRequest) -> Session:

@@ -83,6 +83,10 @@ class LiteRTSession:
         CPU threads of the interpreter.
     edgetpu : bool
         Run through the ``libedgetpu.so.1`` delegate.
+    isolated_spikes : bool
+        The frames may hold isolated spikes (zingers in raw projections): a pixel beyond
+        the int8 input range whose 3x3 median is inside it is added back as that median
+        (:meth:`input_as_seen`). Not for slices, whose out-of-range pixels are thin streaks.
 
     Notes
     -----
@@ -100,7 +104,9 @@ class LiteRTSession:
         tflite_path: str | os.PathLike[str],
         threads: int | None = None,
         edgetpu: bool = False,
+        isolated_spikes: bool = False,
     ) -> None:
+        self.isolated_spikes = isolated_spikes
         mod = interpreter_module()
         delegates = []
         if edgetpu:
@@ -134,7 +140,8 @@ class LiteRTSession:
         return np.clip(np.rint(x / scale + zero), -128, 127)
 
     def input_as_seen(self, x: np.ndarray) -> np.ndarray:
-        """``x`` rounded to the model's int8 input grid; values beyond its range keep their float value.
+        """``x`` rounded to the model's int8 input grid; values beyond its range keep their float value
+        (isolated spikes their 3x3 median, with ``isolated_spikes``).
 
         The network cannot undo the clipping of those rare pixels, and adding
         the clipped value back cost 0.7 dB of PSNR on the slice model; inside
@@ -145,12 +152,35 @@ class LiteRTSession:
         scale, zero = self._in_q
         q = self._quantise(x)
         inside = (q > -128) & (q < 127)
-        return np.where(inside, (q - zero) * scale, x).astype(np.float32)
+        beyond = self._despiked(x) if self.isolated_spikes else x
+        return np.where(inside, (q - zero) * scale, beyond).astype(np.float32)
+
+    def _despiked(self, x: np.ndarray) -> np.ndarray:
+        """``x`` with each pixel beyond the int8 input range whose 3x3 median is inside it set to that median.
+
+        A zinger saturates the int8 input: the network then computes its correction from
+        the clipped value and the host would add the spike back. Its neighbourhood's
+        median, the network's input and the value added back, is what the fp32 model
+        returns there. Measured on the projection model's dose test set: LiteRT PSNR
+        30.8 -> 41.2 dB (fp32 43.0); on slices, whose out-of-range pixels are thin streaks,
+        it cost 0.008 SSIM, hence the option.
+        """
+        q = self._quantise(x)
+        if ((q > -128) & (q < 127)).all():
+            return x
+        from scipy.ndimage import median_filter
+
+        median = median_filter(x, size=(1,) * (x.ndim - 2) + (3, 3), mode="nearest")
+        mq = self._quantise(median)
+        spike = ((q <= -128) | (q >= 127)) & (mq > -128) & (mq < 127)
+        return np.where(spike, median, x)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         out_scale, out_zero = self._out_q
         results = []
         for x in batch:  # (C, H, W) -> (1, H, W, C) int8
+            if self.isolated_spikes:
+                x = self._despiked(x)
             self._it.set_tensor(self._in, self._quantise(x.transpose(1, 2, 0)).astype(np.int8)[None])
             self._it.invoke()
             y = (self._it.get_tensor(self._out)[0].astype(np.float32) - out_zero) * out_scale
