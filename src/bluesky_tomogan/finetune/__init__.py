@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import DatasetError, ScanError
+from ..simulate.datasets import PairSet
 from .pairs import HOLDOUT_DEFAULT, holdout_split, neighbour_pairs, noise2inverse_pairs
 from .sources import Scan, read_scan
 
@@ -100,7 +101,7 @@ class FinetuneResult:
 
 
 def make_pairs(scan: Scan, domain: Domain, splits: int = 4, seed: int = 0, progress: bool = True
-               ) -> tuple[Any, Any, dict[str, Any]]:
+               ) -> tuple[PairSet, PairSet, dict[str, Any]]:
     """Training and held-out pairs for ``domain`` from ``scan`` (see :mod:`.pairs`)."""
     if domain == "slice":
         pairs, info = noise2inverse_pairs(scan, splits, progress=progress)
@@ -153,10 +154,12 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
         recipe = {"self_supervised": info, "source": scan.source, "uid": config.uid,
                   "scan_shape": list(scan.shape)}
         write_dataset(pairs_path, train_pairs, test_pairs, recipe)
+    import h5py
     import torch
 
     arch = GeneratorConfig.from_dict(torch.load(base, map_location="cpu", weights_only=True).get("arch", {}))
-    patch = _patch_for(read_dataset(pairs_path).train_ns.shape[1:], arch.size_multiple)
+    with h5py.File(pairs_path, "r") as f:  # the frame shape only: the pairs are read by train()
+        patch = _patch_for(f["train_ns"].shape[1:], arch.size_multiple)
     spent = time.perf_counter() - t0
     reserve = sum(EXPORT_RESERVE_S.get(f, 60.0) for f in config.formats)
     budget = config.minutes * 60 - spent - reserve
