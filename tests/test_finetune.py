@@ -179,3 +179,19 @@ def test_a_scan_stored_in_tiled_is_read_with_its_angles_flats_and_darks(RE, stor
         read_scan(uri, "not-a-uid")
     with pytest.raises(ScanError, match="no field 'nope'"):
         read_scan(uri, uid, field="nope")
+
+
+def test_starting_weights_are_found_by_name_model_directory_or_file(tmp_path):
+    import shutil
+
+    from bluesky_tomogan.errors import ModelLoadError
+    from bluesky_tomogan.model.train import resolve_weights
+
+    shipped = resolve_weights("tomogan-slice")
+    assert shipped.name == "tomogan-slice.pt"
+    for suffix in (".pt", ".json"):  # a model directory, as finetune and export write them
+        shutil.copy2(shipped.with_suffix(suffix), tmp_path)
+    assert resolve_weights(str(tmp_path)) == tmp_path / "tomogan-slice.pt"
+    assert resolve_weights(str(tmp_path / "tomogan-slice.pt")) == tmp_path / "tomogan-slice.pt"
+    with pytest.raises(ModelLoadError, match="neither a file nor a shipped model"):
+        resolve_weights("no-such-model")

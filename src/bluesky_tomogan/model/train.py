@@ -172,17 +172,20 @@ def load_generator(path: str | os.PathLike[str], arch: GeneratorConfig | None = 
 
 
 def resolve_weights(name_or_path: str) -> Path:
-    """The ``.pt`` file of a shipped model's name, or the path itself.
+    """The ``.pt`` file of a shipped model's name or of a model directory (its card's), or the path itself.
 
     Raises
     ------
     ModelLoadError
-        Neither a readable file nor a shipped model's name.
+        Neither a readable file, a model directory with PyTorch weights, nor a shipped model's name.
     """
+    from ..inference.load import load_card, shipped_weights_dir
+
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
-    from ..inference.load import shipped_weights_dir
+    if path.is_dir():
+        return load_card(path).path("pytorch")
 
     shipped = shipped_weights_dir() / f"{name_or_path}.pt"
     if shipped.is_file():
