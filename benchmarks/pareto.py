@@ -1,0 +1,123 @@
+"""Quality against speed: held-out SSIM vs ms per 1024x1024 frame, every model on every backend and precision.
+
+For each model (shipped names or model directories; their domain from the card), every
+(backend, precision) the registry knows and this machine runs is timed at 1024x1024
+through the full ``Denoiser`` path (``bluesky_tomogan.bench.run``: a fresh process per
+configuration, the same warm-up rule for all) and scored on the held-out frames of
+``benchmarks/accuracy.py`` for its domain (SSIM against the clean frames). The reference
+is the full network in TensorFlow/Keras fp32 in the same run (``benchmarks/speed.py``;
+needs the ``export`` extra). Prints a Markdown table with the speed-up over Keras fp32,
+names the CPU and its instruction sets, and plots SSIM against ms per frame.
+
+Usage::
+
+    python benchmarks/pareto.py [--models tomogan-projection tomogan-slice] [--repeats 5]
+                                [--json out.json] [--plot docs/pareto.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from accuracy import evaluate, held_out
+from speed import keras_reference
+
+from bluesky_tomogan.bench import CONFIGS, cpu_name, run
+from bluesky_tomogan.errors import TomoGANError
+from bluesky_tomogan.frames import context_indices
+from bluesky_tomogan.inference import load_card, load_denoiser
+
+SIZE = 1024
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_flags() -> list[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    have = set(line.split(":", 1)[-1].split())
+    return [f for f in FLAGS if f in have]
+
+
+def quality(model: str, frames: int) -> dict[tuple[str, str], float]:
+    """Held-out SSIM of every configuration that loads here."""
+    pairs = held_out(load_card(model).domain or "projection", 4)
+    idx = np.unique(np.linspace(0, len(pairs.ns) - 1, frames).astype(int))
+    out = {}
+    for backend, precision in CONFIGS:
+        try:
+            den = load_denoiser(model, backend=backend, precision=precision)
+        except TomoGANError:
+            continue
+        run_one = lambda i, d=den: d.denoise_context(pairs.ns[context_indices(pairs.group, i, d.depth)])  # noqa: E731
+        out[(backend, precision)] = evaluate(run_one, pairs, idx)["ssim"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["tomogan-projection", "tomogan-slice"])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--frames", type=int, default=24, help="held-out frames scored per model")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json")
+    ap.add_argument("--plot")
+    args = ap.parse_args(argv)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=keras_reference, args=(SIZE, args.repeats, args.threads, q))
+    p.start()
+    p.join()
+    keras_ms = q.get()[0] if p.exitcode == 0 and not q.empty() else float("nan")
+    rows: list[dict[str, Any]] = []
+    for model in args.models:
+        ssim_of = quality(model, args.frames)
+        for r in run(model, [SIZE], args.repeats, args.threads):
+            if "skipped" in r or (r["backend"], r["precision"]) not in ssim_of:
+                continue
+            rows.append({"model": model, "backend": r["backend"], "precision": r["precision"],
+                         "ssim": ssim_of[(r["backend"], r["precision"])], "median_ms": r["median_ms"],
+                         "speedup_vs_keras_fp32": keras_ms / r["median_ms"]})
+    print(f"CPU: {cpu_name()} ({', '.join(cpu_flags())}); {args.threads} threads; {SIZE}x{SIZE} frames")
+    print(f"Keras fp32, full network: {keras_ms:.0f} ms per frame (median of {args.repeats})\n")
+    print("| model | backend | precision | held-out SSIM | ms / frame | x Keras fp32 |")
+    print("|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: (r["model"], r["median_ms"])):
+        print(f"| {r['model']} | {r['backend']} | {r['precision']} | {r['ssim']:.4f} | {r['median_ms']:.0f} | "
+              f"{r['speedup_vs_keras_fp32']:.1f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "flags": cpu_flags(), "keras_fp32_ms": keras_ms,
+                                               "rows": rows}, indent=2))
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+        for model in args.models:
+            mine = [r for r in rows if r["model"] == model]
+            ax.scatter([r["median_ms"] for r in mine], [r["ssim"] for r in mine], label=model)
+            for r in mine:
+                ax.annotate(f"{r['backend']} {r['precision']}", (r["median_ms"], r["ssim"]), fontsize=7)
+        if np.isfinite(keras_ms):
+            ax.axvline(keras_ms, color="grey", ls="--", label="Keras fp32 (full network)")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"ms per {SIZE}x{SIZE} frame (log)")
+        ax.set_ylabel("held-out SSIM")
+        ax.set_title(f"{cpu_name()}, {args.threads} threads", fontsize=9)
+        ax.legend(fontsize=8)
+        fig.savefig(args.plot, dpi=90)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
