@@ -133,3 +133,30 @@ def test_demo_with_faults_suspends_on_the_beam_dump_and_shows_the_qc_timeline(tm
     assert "fault: the ring loses the beam for 2 s" in done.stdout and "fault: three saturated frames" in done.stdout
     assert "1 suspensions" in done.stdout
     assert (out / "demo.png").stat().st_size > 10_000
+
+
+def test_quality_remeasures_mean_and_worst_frame_losses_into_a_copied_card(tmp_path, capsys):
+    import json
+    import shutil
+
+    from bluesky_tomogan.inference import load_card
+
+    card = load_card("tomogan-projection")
+    model = tmp_path / "model"
+    model.mkdir()
+    for entry in card.files.values():
+        shutil.copy2(entry.path, model)
+        if entry.path.suffix == ".xml":
+            shutil.copy2(entry.path.with_suffix(".bin"), model)
+    shutil.copy2(card.directory / "tomogan-projection.json", model)
+    data = tmp_path / "hard.h5"
+    assert main(["simulate", str(data), "--domain", "projection", "--size", "32", "--n-train", "1",
+                 "--n-test", "1", "--photons", "20", "40", "--frames-per-scan", "8"]) == 0
+    assert main(["quality", str(model), "--data", str(data), "--frames", "6"]) == 0
+    assert "worst frame" in capsys.readouterr().out
+    written = json.loads((model / "tomogan-projection.json").read_text())
+    assert written["metrics"]["val_frames"] == 6 and written["metrics"]["frames_source"] == "hard.h5 (test split)"
+    for key, q in written["quantization"].items():
+        if not key.endswith("/fp32"):
+            assert q["ssim_drop_worst"] >= q["ssim_drop"] - 1e-9  # the worst frame is at least the mean
+    assert main(["quality", str(model), "--data", str(tmp_path / "missing.h5")]) == 1
