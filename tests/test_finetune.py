@@ -27,7 +27,7 @@ def grains_scan(tmp_path_factory):
 def test_fine_tuning_raises_held_out_ssim_on_an_unseen_family_without_clean_data(grains_scan, tmp_path):
     path, clean = grains_scan
     out = tmp_path / "ft"
-    result = finetune(FinetuneConfig(source=str(path), out_dir=str(out), minutes=1.6, formats=("onnx",),
+    result = finetune(FinetuneConfig(source=str(path), out_dir=str(out), minutes=1.8, formats=("onnx",),
                                      threads=2), progress=False)
     card = result.card
     import json
