@@ -120,10 +120,12 @@ def test_bad_scans_are_clear_errors_before_any_training(case, tmp_path):
 
 
 def test_finetune_command_reports_a_bad_scan_in_one_line(tmp_path, capsys):
-    code = main(["finetune", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "o"), "--no-progress"])
+    # --format onnx: the suite's environment has no TensorFlow, whose absence is reported first otherwise
+    code = main(["finetune", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "o"), "--no-progress",
+                 "--format", "onnx"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "finetune: error:" in err[0] and "does not exist" in err[0]
-    assert main(["finetune", "http://localhost:1", "--out", str(tmp_path / "o")]) == 1
+    assert main(["finetune", "http://localhost:1", "--out", str(tmp_path / "o"), "--format", "onnx"]) == 1
     assert "--uid" in capsys.readouterr().err
 
 
@@ -195,3 +197,13 @@ def test_starting_weights_are_found_by_name_model_directory_or_file(tmp_path):
     assert resolve_weights(str(tmp_path / "tomogan-slice.pt")) == tmp_path / "tomogan-slice.pt"
     with pytest.raises(ModelLoadError, match="neither a file nor a shipped model"):
         resolve_weights("no-such-model")
+
+
+def test_a_missing_export_tool_is_reported_before_any_work(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real(name, *a))
+    with pytest.raises(ImportError, match=r"tflite export needs tensorflow .*bluesky-tomogan\[export\]"):
+        finetune(FinetuneConfig(source=str(tmp_path / "nope.h5"), out_dir=str(tmp_path / "out")), progress=False)
+    assert not (tmp_path / "out").exists()

@@ -114,6 +114,24 @@ def make_pairs(scan: Scan, domain: Domain, splits: int = 4, seed: int = 0, progr
     return train, test, {"method": method, **info, "held_out_fraction": HOLDOUT_DEFAULT}
 
 
+#: The module each export format needs, and the extra that installs it.
+_EXPORT_TOOLS = {"onnx": ("onnx", "train"), "tflite": ("tensorflow", "export"), "openvino": ("nncf", "export")}
+
+
+def _check_export_tools(formats: tuple[str, ...]) -> None:
+    """Raise ImportError naming the extra to install for a requested export format, before any work."""
+    import importlib.util
+
+    unknown = sorted(set(formats) - set(_EXPORT_TOOLS))
+    if unknown:
+        raise ScanError(f"unknown export formats {unknown}; choose from {sorted(_EXPORT_TOOLS)}")
+    for fmt in formats:
+        module, extra = _EXPORT_TOOLS[fmt]
+        if importlib.util.find_spec(module) is None:
+            raise ImportError(f"the {fmt} export needs {module} (pip install 'bluesky-tomogan[{extra}]'), "
+                              f"or leave {fmt} out with --format")
+
+
 def _patch_for(frame_shape: tuple[int, ...], multiple: int) -> int:
     edge = min(96, min(frame_shape))
     return edge - edge % multiple
@@ -137,6 +155,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
     from ..simulate.datasets import read_dataset, write_dataset
 
     t0 = time.perf_counter()
+    _check_export_tools(config.formats)  # not after ten minutes of training
     out = Path(config.out_dir).expanduser()
     _check_out_dir(out)
     base = resolve_weights(config.model or f"tomogan-{config.domain}")
