@@ -135,16 +135,15 @@ def _open_onnxruntime(r: OpenRequest) -> Session:
     return OnnxRuntimeSession(r.path, r.precision, r.threads)
 
 
-def _open_litert(r: OpenRequest) -> Session:
+def _open_litert(r: OpenRequest, edgetpu: bool = False) -> Session:
     from .backends.litert import LiteRTSession
 
-    return LiteRTSession(r.path, r.threads, isolated_spikes=r.card.domain == "projection")
+    # raw projections hold isolated spikes (zingers); slices' out-of-range pixels are streaks
+    return LiteRTSession(r.path, r.threads, edgetpu=edgetpu, isolated_spikes=r.card.domain == "projection")
 
 
 def _open_edgetpu(r: OpenRequest) -> Session:
-    from .backends.litert import LiteRTSession
-
-    return LiteRTSession(r.path, r.threads, edgetpu=True, isolated_spikes=r.card.domain == "projection")
+    return _open_litert(r, edgetpu=True)
 
 
 def _open_tensorrt(r: OpenRequest) -> Session:
