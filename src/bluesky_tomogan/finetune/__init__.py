@@ -14,13 +14,14 @@ the core package.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import DatasetError, ScanError
+from ..errors import ScanError
 from ..simulate.datasets import PairSet
 from .pairs import HOLDOUT_DEFAULT, holdout_split, neighbour_pairs, noise2inverse_pairs
 from .sources import Scan, read_scan
@@ -149,10 +150,11 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
         ``out_dir`` cannot be written.
     """
     from ..export.pipeline import export_model
+    from ..hdf5_frames import open_for_reading
     from ..model.network import GeneratorConfig
     from ..model.train import TrainConfig, _check_out_dir, resolve_weights, train
     from ..modelcard import read_card, sha256_of, write_card
-    from ..simulate.datasets import read_dataset, write_dataset
+    from ..simulate.datasets import write_dataset
 
     t0 = time.perf_counter()
     _check_export_tools(config.formats)  # not after ten minutes of training
@@ -163,25 +165,25 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
     pairs_path = out / PAIRS_FILE
     checkpoint = out / "checkpoint.pt"
     if resume and checkpoint.exists() and pairs_path.exists():
-        try:
-            recipe = read_dataset(pairs_path).recipe
-        except DatasetError as exc:
-            raise ScanError(f"cannot resume: {exc}") from exc
-        log.info("resuming %s from %s", name, checkpoint)
+        log.info("resuming %s from %s with the pairs of %s", name, checkpoint, pairs_path)
     else:
         scan = read_scan(config.source, config.uid, config.field, config.key)
         train_pairs, test_pairs, info = make_pairs(scan, config.domain, config.splits, config.seed, progress)
-        recipe = {"self_supervised": info, "source": scan.source, "uid": config.uid,
-                  "scan_shape": list(scan.shape)}
-        write_dataset(pairs_path, train_pairs, test_pairs, recipe)
-    import h5py
+        write_dataset(pairs_path, train_pairs, test_pairs, {"self_supervised": info, "source": scan.source,
+                                                            "uid": config.uid, "scan_shape": list(scan.shape)})
     import torch
 
     arch = GeneratorConfig.from_dict(torch.load(base, map_location="cpu", weights_only=True).get("arch", {}))
-    with h5py.File(pairs_path, "r") as f:  # the frame shape only: the pairs are read by train()
-        patch = _patch_for(f["train_ns"].shape[1:], arch.size_multiple)
+    # the recipe and the frame shape only: train() reads the pairs themselves
+    with open_for_reading(pairs_path, ScanError, "pairs") as f:
+        try:
+            recipe = json.loads(f.attrs["recipe"])
+            patch = _patch_for(f["train_ns"].shape[1:], arch.size_multiple)
+        except (KeyError, ValueError) as exc:
+            raise ScanError(f"{pairs_path} is not a pairs file of bluesky-tomogan finetune ({exc}); "
+                            "remove it to start again") from exc
     spent = time.perf_counter() - t0
-    reserve = sum(EXPORT_RESERVE_S.get(f, 60.0) for f in config.formats)
+    reserve = sum(EXPORT_RESERVE_S[f] for f in config.formats)
     budget = config.minutes * 60 - spent - reserve
     if budget < 20:
         raise ScanError(f"a budget of {config.minutes} min leaves {budget:.0f} s to train after making the pairs "
