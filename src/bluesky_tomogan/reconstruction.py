@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter, median_filter
 
-__all__ = ["stripe_metric", "corrected_sinogram", "estimate_center", "find_center", "reconstruct",
+__all__ = ["stripe_metric", "corrected_sinogram", "estimate_center", "fallback_center", "find_center", "reconstruct",
            "reconstruct_rows", "check_angles", "SliceResult", "background_thread"]
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,15 @@ def estimate_center(transmission: np.ndarray, angles_deg: np.ndarray) -> float:
     design = np.stack([np.ones(int(ok.sum())), np.cos(a[ok]), np.sin(a[ok])], axis=1)
     coef, *_ = np.linalg.lstsq(design, com, rcond=None)
     return float(coef[0])
+
+
+def fallback_center(transmission: np.ndarray, angles_deg: np.ndarray) -> tuple[float, str]:
+    """The centre where :func:`find_center` cannot run, and how it was had: the centre-of-mass
+    estimate (:func:`estimate_center`), else the detector centre."""
+    center = estimate_center(transmission, angles_deg)
+    if math.isfinite(center):
+        return center, "the centre-of-mass estimate"
+    return (np.asarray(transmission).shape[1] - 1) / 2, "the detector centre"
 
 
 def find_center(transmission: np.ndarray, angles_deg: np.ndarray) -> float:

@@ -457,10 +457,7 @@ class _RunReconstruction(PassThroughRun):
             self._found_at = len(angles)
         center = self.o.center if self.o.center is not None else found
         if center != center:  # less than 180 degrees (yet): the centre-of-mass estimate, else the detector centre
-            center = recon.estimate_center(transmission[wanted[middle]], angles)
-            how = "the centre-of-mass estimate"
-            if center != center:
-                center, how = (self._shape[1] - 1) / 2, "the detector centre"
+            center, how = recon.fallback_center(transmission[wanted[middle]], angles)
             if final:
                 notes.append(f"rotation centre not found ({angle_problem}); using {how} {center:.2f}")
         elif self.o.center is not None and found == found and abs(found - self.o.center) > CENTER_TOLERANCE:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ..frames import context_indices
 from ..inference import load_denoiser
 from ..metrics import psnr, ssim
 from ..reconstruction import corrected_sinogram, reconstruct
@@ -46,7 +47,9 @@ def slice_quality(scan: Scan, clean_line_integrals: np.ndarray, models: Mapping[
     rows = list(rows if rows is not None else held_out_rows(scan))
     center = rotation_center(scan)
     z = scan.shape[1]
-    needed = sorted({min(max(r + d, 0), z - 1) for r in rows for d in (-1, 0, 1)})
+    one_scan = np.zeros(z, np.int32)
+    context = {r: context_indices(one_scan, r) for r in rows}  # the rule of training and inference
+    needed = sorted({i for c in context.values() for i in c})
 
     def noisy(r: int) -> np.ndarray:
         t = corrected_sinogram(scan.projections[:, r, :], _row(scan.flats, r), _row(scan.darks, r))
@@ -63,7 +66,6 @@ def slice_quality(scan: Scan, clean_line_integrals: np.ndarray, models: Mapping[
     result = {"raw": score(slices)}
     for label, model in models.items():
         den = load_denoiser(model, backend="onnxruntime", precision="fp32")
-        out = {r: den.denoise_context(np.stack([slices[min(max(r + d, 0), z - 1)] for d in (-1, 0, 1)]))
-               for r in rows}
+        out = {r: den.denoise_context(np.stack([slices[i] for i in context[r]])) for r in rows}
         result[label] = score(out)
     return result

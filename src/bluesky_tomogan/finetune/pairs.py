@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import ScanError
-from ..reconstruction import corrected_sinogram, estimate_center, find_center, reconstruct
+from ..reconstruction import corrected_sinogram, fallback_center, find_center, reconstruct
 from ..simulate.datasets import PairSet
 from .sources import Scan
 
@@ -67,18 +67,16 @@ def holdout_split(pairs: PairSet, fraction: float = HOLDOUT_DEFAULT) -> tuple[Pa
 
 def rotation_center(scan: Scan) -> float:
     """The rotation centre (column) from the middle detector row: Vo's method over 180 degrees, else a fit."""
-    n, z, x = scan.shape
+    z = scan.shape[1]
     row = corrected_sinogram(scan.projections[:, z // 2, :], _row(scan.flats, z // 2), _row(scan.darks, z // 2))
     try:
         if scan.angles.max() - scan.angles.min() >= 179.0:
             return find_center(row, scan.angles)
-    except Exception as exc:  # algotom fails in many ways on odd data; the fit below still works
-        log.warning("Vo's centre search failed (%s); fitting the centre of mass instead", exc)
-    c = estimate_center(row, scan.angles)
-    if not np.isfinite(c):
-        log.warning("no rotation centre found; using the detector centre %.1f", (x - 1) / 2)
-        return (x - 1) / 2
-    return c
+    except Exception as exc:  # algotom fails in many ways on odd data; the fallback still works
+        log.warning("Vo's centre search failed (%s)", exc)
+    center, how = fallback_center(row, scan.angles)
+    log.warning("rotation centre: %s, %.2f", how, center)
+    return center
 
 
 def _row(frame: np.ndarray | None, z: int) -> np.ndarray | None:
