@@ -76,22 +76,20 @@ def check_edgetpu_compatible(path: str | Path) -> EdgeTPUReport:
     graph = model.Subgraphs(0)
     ops: dict[str, int] = {}
     versions: dict[str, int] = {}
+    bias_like: set[int] = set()  # inputs of weighted ops: their int32 biases are allowed
     for i in range(graph.OperatorsLength()):
-        name, version = codes[graph.Operators(i).OpcodeIndex()]
+        op = graph.Operators(i)
+        name, version = codes[op.OpcodeIndex()]
         ops[name] = ops.get(name, 0) + 1
         versions[name] = max(versions.get(name, 0), version)
+        if name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"):
+            bias_like.update(op.Inputs(k) for k in range(op.InputsLength()))
     for name in sorted(set(ops) - SUPPORTED_OPS):
         problems.append(f"operator {name} is not supported by the Edge TPU")
     for name, version in sorted(versions.items()):
         if version > MAX_VERSION.get(name, version):
             problems.append(f"operator {name} version {version} (half-pixel centres) is one the compiler "
                             f"rejects (\"Operation version not supported\"); at most version {MAX_VERSION[name]}")
-    bias_like: set[int] = set()
-    for i in range(graph.OperatorsLength()):
-        op = graph.Operators(i)
-        name = codes[op.OpcodeIndex()][0]
-        if name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"):
-            bias_like.update(op.Inputs(k) for k in range(op.InputsLength()))
     for i in range(graph.TensorsLength()):
         t = graph.Tensors(i)
         tname = t.Name().decode()
