@@ -40,7 +40,8 @@ def figure(scan_path: Path, clean: np.ndarray, model_dir: Path, out: Path) -> No
     from bluesky_tomogan.reconstruction import corrected_sinogram, reconstruct
 
     scan = read_scan(str(scan_path))
-    r = held_out_rows(scan)[len(held_out_rows(scan)) // 2]
+    held = held_out_rows(scan)
+    r = held[len(held) // 2]
     center = rotation_center(scan)
     rows = [reconstruct(corrected_sinogram(scan.projections[:, k, :], scan.flats[k], scan.darks[k]),
                         scan.angles, center).slice for k in (r - 1, r, r + 1)]

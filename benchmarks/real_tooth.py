@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     scan = read_scan(args.path)
     center = rotation_center(scan)
     sparse = np.arange(0, len(scan.angles), args.every)
+    denoisers = {model: load_denoiser(model, backend="onnxruntime") for model in args.models}
     results: dict[str, list[float]] = {}
     images: dict[str, np.ndarray] = {}
     for row in range(scan.shape[1]):
@@ -61,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
         mask = yy**2 + xx**2 < (0.45 * n) ** 2
         outputs = {"sparse FBP": noisy}
-        for model in args.models:
-            den = load_denoiser(model, backend="onnxruntime")
+        for model, den in denoisers.items():
             outputs[model] = den.denoise_context(np.stack([noisy] * den.depth))
         for method, grid in (("tv", [0.5, 1, 2, 4, 8, 16]), ("bm3d", [0.5, 1, 2, 4, 8])):
             best = max((classical(method, k)(noisy) for k in grid), key=lambda y: scaled_ssim(reference, y, mask))

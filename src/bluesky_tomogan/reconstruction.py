@@ -150,11 +150,15 @@ def reconstruct(transmission: np.ndarray, angles_deg: np.ndarray, center: float,
     """Filtered back-projection of one transmission sinogram ``(angles, columns)`` at ``center``.
 
     Stripes are removed first (algotom's sorting-based filter) unless
-    ``remove_stripes`` is false; the result is cropped to the field of view.
+    ``remove_stripes`` is false; the result is cropped to the field of view. The
+    calling thread is set to one numba thread (see :func:`_single_numba_thread`), so
+    the same input gives the same slice on any thread; :func:`reconstruct_rows`
+    reconstructs rows in parallel.
     """
     from algotom.prep.removal import remove_stripe_based_sorting
     from algotom.rec.reconstruction import fbp_reconstruction
 
+    _single_numba_thread()
     order = np.argsort(angles_deg)
     a = np.deg2rad(np.asarray(angles_deg, float)[order])
     sino = -np.log(np.asarray(transmission, np.float32)[order])
@@ -173,7 +177,6 @@ def reconstruct_rows(transmissions: Mapping[int, np.ndarray], angles_deg: np.nda
     """:func:`reconstruct` for several rows, on ``threads`` threads (algotom's filters and back-projection
     release the GIL, so two rows take the time of one on two cores)."""
     def one(item: tuple[int, np.ndarray]) -> SliceResult:
-        _single_numba_thread()
         return reconstruct(item[1], angles_deg, center, row=item[0], remove_stripes=remove_stripes)
 
     if threads > 1 and len(transmissions) > 1:
