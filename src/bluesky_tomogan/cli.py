@@ -48,7 +48,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         batch=args.batch, steps_per_epoch=args.steps_per_epoch, max_epochs=args.epochs, patience=args.patience,
         time_budget_s=args.time_budget * 60, lr=args.lr, pixel=args.pixel, adv_weight=args.adv_weight,
         feat_weight=args.feat_weight, precision=args.precision, threads=args.threads, seed=args.seed,
-        qat_steps=args.qat_steps, init_weights=args.init or "",
+        qat_steps=args.qat_steps, init_weights=args.init or "", ratios=tuple(args.ratios or ()),
     )
     result = train(cfg, resume=args.resume, progress=not args.no_progress)
     best = max(result.history, key=lambda h: h["val_ssim"]) if result.history else {}
@@ -151,7 +151,8 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
     from .inference import load_denoiser
 
-    den = load_denoiser(args.model, backend=args.backend, precision=args.precision, threads=args.threads)
+    den = load_denoiser(args.model, backend=args.backend, precision=args.precision, threads=args.threads,
+                        ratio=args.ratio)
     frames = _read_frames(Path(args.input), args.key)
     out = den.denoise(frames, out_dtype="source" if args.keep_dtype else "float32")
     dest = Path(args.output)
@@ -254,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", default="auto", choices=backend_names())
     s.add_argument("--streams", nargs="+", help="streams to denoise (default: primary flat)")
     s.add_argument("--fields", nargs="+", help="image fields to denoise (default: every 2-D field)")
-    s.add_argument("--policy", default="block", choices=["block", "drop-oldest", "latest-only"])
+    s.add_argument("--policy", default="block", choices=["block", "drop-oldest", "latest-only", "adaptive"],
+                   help="when the denoiser falls behind; adaptive: switch the pruning ratio of an All-in-One "
+                        "--model (e.g. tomogan-projection-aio)")
     s.add_argument("--reconstruct", action="store_true", help="reconstruct and denoise three slices live")
     s.add_argument("--every", type=int, default=0, help="progressive reconstruction every N projections")
     s.add_argument("--directory", help="where derived frames are written (default: next to the raw frames)")
@@ -334,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--init", metavar="WEIGHTS",
                    help="start from these weights (a .pt of the same architecture, or a shipped model's name)")
+    s.add_argument("--ratios", type=float, nargs="+", metavar="PERCENT",
+                   help="All-in-One pruning ratios to train into one set of weights (percent of the MACs "
+                        "removed, e.g. 0 25 50 75; needs --adv-weight 0 --feat-weight 0; best from --init)")
     s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_train)
@@ -390,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="auto", choices=PRECISIONS)
     s.add_argument("--threads", type=int, default=None)
     s.add_argument("--keep-dtype", action="store_true", help="cast the result back to the input dtype")
+    s.add_argument("--ratio", type=float, default=None, metavar="PERCENT",
+                   help="pruning ratio of an All-in-One model (default: the full network)")
     s.set_defaults(func=_cmd_denoise)
 
     s = sub.add_parser("bench", help="speed of every available backend and precision")

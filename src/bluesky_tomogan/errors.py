@@ -56,6 +56,10 @@ class UnknownModelError(TomoGANError, ValueError):
     """The model name is neither a shipped model nor an existing path."""
 
 
+class RatioError(TomoGANError, ValueError):
+    """A pruning ratio the model does not have, or a ratio asked of a model trained without ratios."""
+
+
 class PrecisionError(TomoGANError, ValueError):
     """The precision is unknown or not available for this model and backend."""
 

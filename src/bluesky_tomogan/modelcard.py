@@ -22,7 +22,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .errors import ModelLoadError, OutputPathError
+from .errors import ModelLoadError, OutputPathError, RatioError
 
 __all__ = ["sha256_of", "read_card", "write_card", "ModelCard", "CardFile"]
 
@@ -188,6 +188,52 @@ class ModelCard:
     def path(self, kind: str) -> Path:
         """Path of the card's file of ``kind``, verified against its sha256 (see :meth:`CardFile.verified`)."""
         return self.file(kind).verified(self.name)
+
+    @property
+    def ratio(self) -> float:
+        """Pruning ratio of this network: percent of the full network's MACs removed (0 = unpruned)."""
+        return float(self.source.get("pruning", {}).get("ratio", 0.0))
+
+    @property
+    def ratios(self) -> Mapping[str, Mapping[str, Any]]:
+        """An All-in-One model's pruning ratios (:func:`~bluesky_tomogan.model.allinone.ratio_key`) -> entry.
+
+        Each entry names the ratio's own model directory (``model``, relative to this card; ``"."``
+        is this card) and what the export measured (``mac_fraction``, ``ssim_drop_vs_full``...).
+        Empty for a model trained without ratios.
+        """
+        ratios = self.source.get("ratios", {})
+        return MappingProxyType(dict(ratios)) if isinstance(ratios, dict) else MappingProxyType({})
+
+    def ratio_card(self, ratio: float) -> ModelCard:
+        """The model card of pruning ratio ``ratio`` (percent) of this All-in-One model.
+
+        Ratio 0 of a model without ratios is the model itself.
+
+        Raises
+        ------
+        RatioError
+            The model has no ratios, or not this one.
+        ModelLoadError
+            The ratio's card is missing or unreadable.
+        """
+        key = f"{float(ratio):g}"
+        if not self.ratios:
+            if float(ratio) == 0:
+                return self
+            raise RatioError(f"model {self.name!r} has no pruning ratios (it was not trained All-in-One, "
+                             f"bluesky-tomogan train --ratios); ask for ratio 0 or none")
+        if key not in self.ratios:
+            raise RatioError(f"model {self.name!r} has no pruning ratio {key}; it has "
+                             f"{', '.join(sorted(self.ratios, key=float))}")
+        where = self.directory / str(self.ratios[key].get("model", "."))
+        if where.resolve() == self.directory.resolve():
+            return self
+        cards = sorted(where.glob("*.json")) if where.is_dir() else []
+        if len(cards) != 1:
+            raise ModelLoadError(f"model {self.name!r}: ratio {key}'s directory {where} must hold exactly one "
+                                 f"model card, found {len(cards)}")
+        return ModelCard.read(cards[0])
 
     def ssim_drop(self, key: str, which: str = "mean") -> float | None:
         """Measured SSIM loss vs fp32 of ``backend/precision`` ``key``, or ``None`` if not measured.

@@ -12,6 +12,12 @@ Policies
 ``latest-only``
     ``put`` never waits; every queued frame is discarded and counted, so the
     worker always takes the newest frame (live display at any cost).
+``adaptive``
+    The queue itself behaves as ``drop-oldest``; the callback keeps it from
+    filling by moving to a lighter pruning ratio of an All-in-One model when
+    the queue passes a high-water mark, and back when it drains
+    (:class:`~bluesky_tomogan.inference.ratios.RatioController`). A frame is
+    dropped only when even the lightest ratio cannot keep up.
 
 Control items (end-of-stream markers) are never dropped. A dropped frame leaves a
 *tombstone* (by default the item itself; the callback passes a function that keeps
@@ -29,8 +35,8 @@ from typing import Any, Literal
 
 __all__ = ["FrameQueue", "POLICIES", "Policy"]
 
-Policy = Literal["block", "drop-oldest", "latest-only"]
-POLICIES: tuple[str, ...] = ("block", "drop-oldest", "latest-only")
+Policy = Literal["block", "drop-oldest", "latest-only", "adaptive"]
+POLICIES: tuple[str, ...] = ("block", "drop-oldest", "latest-only", "adaptive")
 
 
 class FrameQueue:
@@ -40,8 +46,8 @@ class FrameQueue:
     ----------
     maxsize : int
         Most frames held at once (control items do not count).
-    policy : {"block", "drop-oldest", "latest-only"}
-        What ``put`` does when full.
+    policy : {"block", "drop-oldest", "latest-only", "adaptive"}
+        What ``put`` does when full (``adaptive``: as ``drop-oldest``).
     tombstone : callable, optional
         ``tombstone(item)`` is what a dropped frame leaves behind: recorded in
         ``dropped`` and handed to the consumer as a control item. ``None``

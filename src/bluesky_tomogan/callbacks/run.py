@@ -52,6 +52,7 @@ from event_model.documents import EventDescriptor, EventPage, RunStart, RunStop
 from ..errors import OutputPathError, TomoGANError
 from ..hdf5_frames import StreamFrameReader
 from ..inference.denoiser import Denoiser, check_frames
+from ..inference.ratios import RatioController, RatioDenoisers
 from ..qc.feedback import QCFeedback, Verdict
 from ..qc.metrics import (
     UNITS,
@@ -99,8 +100,8 @@ def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
 class RunOptions:
     """The facade's options, shared read-only by its runs."""
 
-    denoisers: Mapping[str, Denoiser] | None
-    default: Denoiser | None
+    denoisers: Mapping[str, Denoiser | RatioDenoisers] | None
+    default: Denoiser | RatioDenoisers | None
     fields: list[str] | None
     streams: list[str] | None
     policy: Policy
@@ -112,12 +113,14 @@ class RunOptions:
     handler_registry: Mapping[str, Any]
     root_map: Mapping[str, str]
     feedback: QCFeedback
+    high_water: int = 8
+    low_water: int = 1
 
     @property
     def qc(self) -> QCPolicy:
         return self.feedback.policy
 
-    def denoiser_for(self, fieldname: str) -> Denoiser:
+    def denoiser_for(self, fieldname: str) -> Denoiser | RatioDenoisers:
         if self.denoisers is not None:
             return self.denoisers[fieldname]
         assert self.default is not None
@@ -172,6 +175,7 @@ class _Result:
     error: str = ""
     finished: float = 0.0
     index: int = -1  # row in the derived-frame file, when frames are written to one
+    ratio: float = math.nan  # pruning ratio of the network that denoised it (percent of MACs removed)
     flags: dict[str, Action] = field(default_factory=dict)  # QC flag -> action
 
 
@@ -222,6 +226,7 @@ class RunDenoiser(PassThroughRun):
         self._verdicts: queue.Queue[Verdict | None] = queue.Queue(FEEDBACK_QUEUE)
         self._feedback_thread: threading.Thread | None = None
         self._motor: str | None = None
+        self._controllers: dict[str, RatioController] = {}  # field -> ratio policy (policy "adaptive")
 
     # -- the router -------------------------------------------------------------------------
 
@@ -509,16 +514,33 @@ class RunDenoiser(PassThroughRun):
             return
         item.done = True
         try:
-            den = self.options.denoiser_for(item.stream.field)
+            den = self._network(item.stream)
+            began = time.perf_counter()
             out = den.denoise_context(np.stack([np.asarray(c.frame) for c in context]))
+            if item.stream.field in self._controllers:
+                self._controllers[item.stream.field].record(den.ratio, time.perf_counter() - began)
             self._register(item)
             residual_metrics(np.asarray(item.frame), out, item.metrics)
-            self._finish(_Result(item, out, "", time.time()))
+            # a denoiser of the user's own (duck-typed) has no ratio: an unpruned network
+            self._finish(_Result(item, out, "", time.time(), ratio=float(getattr(den, "ratio", 0.0))))
         except (TomoGANError, ValueError) as exc:  # bad frame: flag it, keep going
             self._finish(_Result(item, None, f"{type(exc).__name__}: {exc}", finished=time.time()))
         except Exception as exc:  # a model/runtime failure must not kill the worker
             log.exception("denoising %s seq %d failed", item.stream.field, item.seq_num)
             self._finish(_Result(item, None, f"{type(exc).__name__}: {exc}", finished=time.time()))
+
+    def _network(self, stream: _Stream) -> Denoiser:
+        """The denoiser for the next frame of ``stream``: with ``policy="adaptive"``, at the ratio the
+        queue's length and the frame rate call for (worker thread)."""
+        f = stream.field
+        den = self.options.denoiser_for(f)
+        if not isinstance(den, RatioDenoisers):
+            return den
+        if self.options.policy != "adaptive":
+            return den.at(den.ratio)
+        if f not in self._controllers:
+            self._controllers[f] = RatioController(den, self.options.high_water, self.options.low_water)
+        return den.at(self._controllers[f].next_ratio(len(self._queue), stream.interval))
 
     def _measure(self, item: _Frame) -> list[str]:
         """Raw-frame QC metrics of ``item`` (worker thread); returns the flags that make it unusable."""
@@ -672,6 +694,7 @@ class RunDenoiser(PassThroughRun):
                 f"{f}_qc_flags": [",".join(sorted(r.flags)) for r in rows],
                 f"{f}_qc_actions": [",".join(sorted({a for a in r.flags.values() if a != "ignore"})) for r in rows],
                 f"{f}_qc_error": [r.error for r in rows],
+                f"{f}_ratio": [r.ratio for r in rows],
                 f"{f}_source_seq_num": [r.item.seq_num for r in rows],
                 f"{f}_source_uid": [r.item.uid for r in rows],
             }
@@ -730,6 +753,10 @@ def _data_keys(f: str, shape: tuple[int, int], external: bool) -> dict[str, Any]
     if external:  # written to HDF5, described by StreamResource/StreamDatum (ophyd-async convention)
         frame_key |= {"external": "STREAM:", "shape": [1, *shape]}
     keys: dict[str, Any] = {f"{f}_denoised": frame_key}
+    keys[f"{f}_ratio"] = {"source": "bluesky-tomogan", "dtype": "number", "shape": [], "units": "%",
+                          "object_name": "tomogan",
+                          "description": "pruning ratio of the network that denoised the frame (percent of "
+                                         "the full network's MACs removed; NaN: not denoised)"}
     for metric, units in UNITS.items():
         keys[f"{f}_qc_{metric}"] = {"source": "bluesky-tomogan", "dtype": "number", "shape": [],
                                     "object_name": "tomogan", "units": units}

@@ -36,6 +36,7 @@ from typing import Any
 
 from ..hdf5_frames import HANDLER_REGISTRY
 from ..inference.denoiser import Denoiser
+from ..inference.ratios import RatioDenoisers
 from ..qc.feedback import QCFeedback
 from ..qc.policy import QCPolicy
 from .passthrough import RunRouterFacade
@@ -53,17 +54,26 @@ class TomoGANCallback(RunRouterFacade):
 
     Parameters
     ----------
-    denoiser : Denoiser or mapping of field name to Denoiser
+    denoiser : Denoiser, RatioDenoisers, or mapping of field name to either
         One denoiser for every image field, or one per field (projections and
-        reconstructed slices need different models).
+        reconstructed slices need different models). A
+        :class:`~bluesky_tomogan.inference.ratios.RatioDenoisers` (every pruning ratio of an
+        All-in-One model, :func:`~bluesky_tomogan.inference.ratios.load_ratios`) runs its
+        current ratio, or with ``policy="adaptive"`` the ratio the queue calls for.
     fields : list of str, optional
         Image fields to denoise (default: every 2-D field, or the mapping's keys).
     streams : list of str, optional
         Streams whose frames are denoised (default: every stream). A tomography
         scan usually wants ``["primary"]``, leaving its ``dark`` and ``flat`` alone.
-    policy : {"block", "drop-oldest", "latest-only"}
+    policy : {"block", "drop-oldest", "latest-only", "adaptive"}
         What to do when ``maxsize`` frames are waiting (see :mod:`.queue`).
         Every dropped frame keeps its row in the derived stream, with the reason.
+        ``adaptive`` needs a ``RatioDenoisers`` of two or more ratios for every field:
+        when ``high_water`` frames wait, the next frames are denoised at a lighter
+        pruning ratio, and at a heavier one again once the queue has drained to
+        ``low_water``; the scan is never blocked (a full queue drops its oldest frame,
+        which happens only if the lightest ratio cannot keep up). The ratio that
+        denoised each frame is the ``<field>_ratio`` column (percent of MACs removed).
     maxsize : int
         Queue bound.
     flush_timeout : float
@@ -98,6 +108,8 @@ class TomoGANCallback(RunRouterFacade):
         ``pause``/``abort``, recommendations for adaptive plans. Without it,
         ``warn`` still logs and the rest is only recorded. Its policy is used
         when ``qc`` is not given.
+    high_water, low_water : int, optional
+        Queue lengths of ``policy="adaptive"`` (default ``maxsize // 2`` and ``maxsize // 8``).
 
     Examples
     --------
@@ -108,7 +120,7 @@ class TomoGANCallback(RunRouterFacade):
 
     def __init__(
         self,
-        denoiser: Denoiser | Mapping[str, Denoiser],
+        denoiser: Denoiser | RatioDenoisers | Mapping[str, Denoiser | RatioDenoisers],
         fields: list[str] | None = None,
         *,
         streams: list[str] | None = None,
@@ -122,11 +134,23 @@ class TomoGANCallback(RunRouterFacade):
         root_map: Mapping[str, str] | None = None,
         qc: QCPolicy | str | os.PathLike[str] | None = None,
         feedback: QCFeedback | None = None,
+        high_water: int | None = None,
+        low_water: int | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown queue policy {policy!r}; choose from {', '.join(POLICIES)}")
         if maxsize < 1:
             raise ValueError(f"maxsize must be >= 1, got {maxsize}")
+        high = max(1, maxsize // 2) if high_water is None else high_water
+        low = min(high - 1, max(0, maxsize // 8)) if low_water is None else low_water
+        if not 0 <= low < high <= maxsize:
+            raise ValueError(f"need 0 <= low_water < high_water <= maxsize, got {low}, {high}, {maxsize}")
+        if policy == "adaptive":
+            denoisers = denoiser.values() if isinstance(denoiser, Mapping) else [denoiser]
+            if not all(isinstance(d, RatioDenoisers) and len(d.ratios) > 1 for d in denoisers):
+                raise ValueError("policy='adaptive' switches pruning ratios: give a RatioDenoisers of two or "
+                                 "more ratios for every field (bluesky_tomogan.inference.ratios.load_ratios "
+                                 "of an All-in-One model such as 'tomogan-projection-aio')")
         qc_policy = QCPolicy.from_file(qc) if isinstance(qc, (str, os.PathLike)) else qc
         if feedback is None:
             feedback = QCFeedback(qc_policy)
@@ -143,7 +167,7 @@ class TomoGANCallback(RunRouterFacade):
             inline=inline,
             handler_registry=dict(HANDLER_REGISTRY if handler_registry is None else handler_registry),
             root_map=dict(root_map or {}),
-            feedback=feedback,
+            feedback=feedback, high_water=high, low_water=low,
         )
         super().__init__()
 
@@ -180,7 +204,7 @@ class TomoGANCallback(RunRouterFacade):
 
 
 def tomogan_factory(
-    denoiser: Denoiser | Mapping[str, Denoiser],
+    denoiser: Denoiser | RatioDenoisers | Mapping[str, Denoiser | RatioDenoisers],
     subscribers: list[Subscriber] | None = None,
     **options: Any,
 ) -> Callable[[str, Any], tuple[list[TomoGANCallback], list[Any]]]:

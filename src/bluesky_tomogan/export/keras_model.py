@@ -104,7 +104,8 @@ def build_keras_generator(arch: dict[str, Any], height: int | None, width: int |
 
     def up(x: Any, c: int, name: str) -> Any:
         if cfg.upsample == "transposed":
-            return layers.Conv2DTranspose(c, 2, strides=2, activation="relu", name=f"{name}.deconv")(x)
+            return layers.Conv2DTranspose(widths.get(f"{name}.deconv", c), 2, strides=2, activation="relu",
+                                          name=f"{name}.deconv")(x)
         if edgetpu:
             return bilinear_x2_as_transposed_conv(x, int(x.shape[-1]), name, int8_taps)
         return layers.UpSampling2D(2, interpolation="bilinear", name=name)(x)
@@ -136,8 +137,10 @@ def keras_from_torch(gen: Any, height: int | None = None, width: int | None = No
     """Keras copy of a PyTorch :class:`TomoGANGenerator` (weights transposed to HWIO); ``edgetpu``: see
     :func:`build_keras_generator`."""
     state = {k: v.detach().float().numpy() for k, v in gen.state_dict().items()}
-    filters = {k.removesuffix(".weight"): v.shape[0] for k, v in state.items()
-               if k.endswith(".weight") and ".deconv" not in k}
+    # output channels of every layer (a pruned network's differ per layer); torch stores a
+    # transposed convolution's weight as (in, out, kh, kw)
+    filters = {k.removesuffix(".weight"): v.shape[1 if ".deconv" in k else 0] for k, v in state.items()
+               if k.endswith(".weight")}
     model = build_keras_generator(gen.config.to_dict(), height, width, gen.head[2].out_channels, filters, edgetpu,
                                   int8_taps)
     for layer in model.layers:

@@ -25,6 +25,7 @@ from ..inference.registry import REGISTRY, configurations
 from ..inference.tiling import pad_to
 from ..int8 import ACTIVATION_COPIES, OUTPUT_COPIES, TFLITE_INPUT_PERCENTILES
 from ..metrics import psnr, ssim
+from ..model.allinone import PrunePlan, prune, ratio_key
 from ..model.data import normalised_frames
 from ..model.network import TomoGANGenerator
 from ..model.train import load_generator
@@ -262,4 +263,62 @@ def export_model(
     card_path = write_card(out / f"{name}.json", card)
     if measure:
         card_path = record_quality(card_path, test, source=f"{Path(data).name} (test split)")
+    plan = torch_plan(pt)
+    if plan is not None:
+        card_path = _export_ratios(card_path, pt, plan, data, formats, tile, n_calibration, measure,
+                                   activation_copies)
     return card_path
+
+
+def torch_plan(pt: Path) -> PrunePlan | None:
+    """The All-in-One pruning plan saved with a ``.pt`` by training, or ``None`` for an ordinary network."""
+    import torch
+
+    state = torch.load(pt, map_location="cpu", weights_only=True)
+    return PrunePlan.from_dict(state["prune_plan"]) if state.get("prune_plan") else None
+
+
+def _export_ratios(card_path: Path, pt: Path, plan: PrunePlan, data: str | os.PathLike[str],
+                   formats: tuple[str, ...], tile: int, n_calibration: int, measure: bool,
+                   activation_copies: Mapping[str, int] | None) -> Path:
+    """Export every pruning ratio but 0 as a network of its own under ``ratios/r<ratio>/`` and list them all
+    in the (ratio 0) card at ``card_path``, with each ratio's MACs and measured loss vs the full network."""
+    import tempfile
+
+    import torch
+
+    out = card_path.parent
+    card = read_card(card_path)
+    name = card["name"]
+    gen = load_generator(pt)
+    full_macs = gen.macs_per_pixel()
+    full_ssim = card.get("metrics", {}).get("val_ssim")
+    ratios: dict[str, Any] = {}
+    for r in plan.ratios:
+        key = ratio_key(r)
+        entry: dict[str, Any] = {"mac_fraction": plan.mac_fraction[key], "widths": plan.widths[key]}
+        if r == 0:
+            ratios[key] = entry | {"model": ".", "macs_per_pixel": full_macs, "ssim": full_ssim,
+                                   "ssim_drop_vs_full": 0.0 if full_ssim is not None else None}
+            continue
+        small = prune(gen, plan.kept(r))
+        sub_name = f"{name}-r{key}"
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save({"generator": small.state_dict(), "arch": small.config.to_dict()}, Path(tmp) / f"{sub_name}.pt")
+            sub_card = {k: v for k, v in card.items() if k not in ("files", "quantization", "metrics", "ratios",
+                                                                    "allinone")}
+            sub_card |= {"name": sub_name, "architecture": small.config.to_dict(), "files": {},
+                         "pruning": {"ratio": r, "parent": name, "mac_fraction": plan.mac_fraction[key],
+                                     "method": "All-in-One (bluesky_tomogan.model.allinone)"}}
+            write_card(Path(tmp) / f"{sub_name}.json", sub_card)
+            sub_path = export_model(tmp, out / "ratios" / f"r{key}", data, formats, tile, n_calibration, measure,
+                                    activation_copies)
+        sub = read_card(sub_path)
+        ssim_r = sub.get("metrics", {}).get("val_ssim")
+        ratios[key] = entry | {"model": f"ratios/r{key}", "macs_per_pixel": small.macs_per_pixel(), "ssim": ssim_r,
+                               "ssim_drop_vs_full": (full_ssim - ssim_r) if None not in (full_ssim, ssim_r) else None}
+        log.info("ratio %s%%: %.0f MACs/pixel (%.2f of the full network), SSIM loss vs full %s", key,
+                 ratios[key]["macs_per_pixel"], plan.mac_fraction[key], ratios[key]["ssim_drop_vs_full"])
+    card["ratios"] = ratios
+    card["pruning"] = {"ratio": 0.0, "method": "All-in-One (bluesky_tomogan.model.allinone)"}
+    return write_card(card_path, card)

@@ -100,6 +100,11 @@ class Denoiser:
         return self.card.name
 
     @property
+    def ratio(self) -> float:
+        """Pruning ratio of the network (percent of the full network's MACs removed; 0 = unpruned)."""
+        return self.card.ratio
+
+    @property
     def model_sha256(self) -> str:
         """sha256 of the model file this denoiser runs (from the verified model card)."""
         return self._model_sha256
@@ -113,6 +118,7 @@ class Denoiser:
             "model": self.model_name,
             "model_sha256": self.model_sha256,
             "model_domain": self.card.domain,
+            "pruning_ratio": self.ratio,
             "backend": self.backend,
             "precision": self.precision,
             "tile": list(self.session.fixed_shape or (self.tile or 0, self.tile or 0)),

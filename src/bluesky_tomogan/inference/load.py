@@ -135,6 +135,7 @@ def load_denoiser(
     backend: str = "auto",
     precision: str = "auto",
     *,
+    ratio: float | None = None,
     threads: int | None = None,
     tile: int | None = None,
     overlap: int = 32,
@@ -154,6 +155,11 @@ def load_denoiser(
         One of :data:`PRECISIONS`; ``auto`` = fastest within tolerance. With a named
         ``backend`` none of whose precisions is within tolerance (LiteRT runs int8 only),
         ``auto`` runs its last precision and logs a WARNING saying so.
+    ratio : float, optional
+        Pruning ratio (percent of the MACs removed) of an All-in-One model
+        (``tomogan-projection-aio``); default: the full network. Each ratio is an
+        exported network of its own: ``auto`` goes past a backend that has no file
+        for it. :func:`~bluesky_tomogan.inference.ratios.load_ratios` loads them all.
     threads : int, optional
         Runtime threads (default: the runtime's own choice).
     tile, overlap : int
@@ -169,6 +175,8 @@ def load_denoiser(
     ------
     UnknownModelError, UnknownBackendError, PrecisionError
         A name that is not known, or a precision the backend does not run.
+    RatioError
+        A ratio the model does not have, or any ratio but 0 of a model without ratios.
     ModelLoadError
         A missing or corrupt model file (with ``auto``: on every backend).
     BackendUnavailableError
@@ -180,6 +188,8 @@ def load_denoiser(
     if precision not in PRECISIONS:
         raise PrecisionError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     card = load_card(model)
+    if ratio is not None:
+        card = card.ratio_card(ratio)
     backend = resolve_alias(backend)
     candidates = _candidates(backend, precision)
     errors: list[str] = []

@@ -43,7 +43,7 @@ the inference layer pads and tiles so callers never see this constraint.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -74,6 +74,10 @@ class GeneratorConfig:
         Channel multiplier applied to every layer.
     residual : bool
         Add the centre input channel to the output.
+    channels_override : dict of str to int
+        Output channels of individual layers by module name (``"enc1.0"``), over
+        ``width``: the per-layer widths of a pruned network
+        (:func:`bluesky_tomogan.model.allinone.prune`).
     """
 
     in_channels: int = 3
@@ -81,6 +85,7 @@ class GeneratorConfig:
     input_downscale: int = 1
     width: float = 1.0
     residual: bool = True
+    channels_override: dict[str, int] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if self.in_channels < 1 or self.in_channels % 2 == 0:
@@ -91,6 +96,9 @@ class GeneratorConfig:
             raise ValueError(f"input_downscale must be 1, 2 or 4, got {self.input_downscale}")
         if not 0.125 <= self.width <= 4:
             raise ValueError(f"width must be in [0.125, 4], got {self.width}")
+        bad = {k: v for k, v in self.channels_override.items() if not (isinstance(v, int) and v >= 1)}
+        if bad:
+            raise ValueError(f"channels_override needs positive integer widths, got {bad}")
 
     @property
     def size_multiple(self) -> int:
@@ -101,12 +109,21 @@ class GeneratorConfig:
         """Scale a paper channel count by ``width`` (at least 4 channels)."""
         return max(4, int(round(base * self.width)))
 
+    def width_of(self, layer: str, base: int) -> int:
+        """Output channels of ``layer`` (a module name): its override, else ``base`` scaled by ``width``."""
+        return int(self.channels_override.get(layer, self.channels(base)))
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not d["channels_override"]:  # cards of unpruned networks stay as they were
+            del d["channels_override"]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GeneratorConfig:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        if "channels_override" in known:
+            known["channels_override"] = {str(k): int(v) for k, v in dict(known["channels_override"]).items()}
         return cls(**known)
 
 
@@ -115,18 +132,20 @@ def _conv(cin: int, cout: int, k: int = 3) -> nn.Conv2d:
 
 
 class _DoubleConv(nn.Sequential):
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__(_conv(cin, cout), nn.ReLU(inplace=True), _conv(cout, cout), nn.ReLU(inplace=True))
+    def __init__(self, cin: int, cout: int, cout2: int | None = None) -> None:
+        last = cout if cout2 is None else cout2
+        super().__init__(_conv(cin, cout), nn.ReLU(inplace=True), _conv(cout, last), nn.ReLU(inplace=True))
 
 
 class _Up(nn.Module):
     """x2 upsampling: bilinear resize, or a 2x2 stride-2 transposed convolution."""
 
-    def __init__(self, channels: int, mode: Upsample) -> None:
+    def __init__(self, channels: int, mode: Upsample, out_channels: int | None = None) -> None:
         super().__init__()
         self.mode = mode
+        self.out_channels = channels if mode == "bilinear" or out_channels is None else out_channels
         self.deconv = (
-            nn.ConvTranspose2d(channels, channels, 2, stride=2) if mode == "transposed" else None
+            nn.ConvTranspose2d(channels, self.out_channels, 2, stride=2) if mode == "transposed" else None
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,26 +178,38 @@ class TomoGANGenerator(nn.Module):
     def __init__(self, config: GeneratorConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or GeneratorConfig()
-        c8, c16, c32, c64, c128 = (cfg.channels(c) for c in (8, 16, 32, 64, 128))
-        self.stem = nn.Sequential(_conv(cfg.in_channels, c8, 1), nn.ReLU(inplace=True))
-        self.enc1 = _DoubleConv(c8, c32)
-        self.enc2 = _DoubleConv(c32, c64)
-        self.enc3 = _DoubleConv(c64, c128)
-        self.bottleneck = nn.Sequential(_conv(c128, c128), nn.ReLU(inplace=True))
-        self.up3 = _Up(c128, cfg.upsample)
-        self.dec3 = _DoubleConv(c128 + c128, c64)
-        self.up2 = _Up(c64, cfg.upsample)
-        self.dec2 = _DoubleConv(c64 + c64, c32)
-        self.up1 = _Up(c32, cfg.upsample)
-        self.dec1 = _DoubleConv(c32 + c32, c32)
+        w = cfg.width_of
+        stem = w("stem.0", 8)
+        e1a, e1b = w("enc1.0", 32), w("enc1.2", 32)
+        e2a, e2b = w("enc2.0", 64), w("enc2.2", 64)
+        e3a, e3b = w("enc3.0", 128), w("enc3.2", 128)
+        bott = w("bottleneck.0", 128)
+        self.stem = nn.Sequential(_conv(cfg.in_channels, stem, 1), nn.ReLU(inplace=True))
+        self.enc1 = _DoubleConv(stem, e1a, e1b)
+        self.enc2 = _DoubleConv(e1b, e2a, e2b)
+        self.enc3 = _DoubleConv(e2b, e3a, e3b)
+        self.bottleneck = nn.Sequential(_conv(e3b, bott), nn.ReLU(inplace=True))
+        self.up3 = _Up(bott, cfg.upsample, w("up3.deconv", bott))
+        self.dec3 = _DoubleConv(self.up3.out_channels + e3b, w("dec3.0", 64), w("dec3.2", 64))
+        d3 = w("dec3.2", 64)
+        self.up2 = _Up(d3, cfg.upsample, w("up2.deconv", d3))
+        self.dec2 = _DoubleConv(self.up2.out_channels + e2b, w("dec2.0", 32), w("dec2.2", 32))
+        d2 = w("dec2.2", 32)
+        self.up1 = _Up(d2, cfg.upsample, w("up1.deconv", d2))
+        self.dec1 = _DoubleConv(self.up1.out_channels + e1b, w("dec1.0", 32), w("dec1.2", 32))
         self.cat3, self.cat2, self.cat1 = _Concat(), _Concat(), _Concat()
         # Super-resolution tail when trained on low-resolution input.
         n_extra = int(math.log2(cfg.input_downscale))
-        self.sr = nn.ModuleList(
-            nn.Sequential(_Up(c32, cfg.upsample), _conv(c32, c32), nn.ReLU(inplace=True))
-            for _ in range(n_extra)
-        )
-        self.head = nn.Sequential(_conv(c32, c16, 1), nn.ReLU(inplace=True), _conv(c16, 1, 1))
+        last = w("dec1.2", 32)
+        sr = []
+        for i in range(n_extra):
+            up = _Up(last, cfg.upsample, w(f"sr.{i}.0.deconv", last))
+            width = w(f"sr.{i}.1", 32)
+            sr.append(nn.Sequential(up, _conv(up.out_channels, width), nn.ReLU(inplace=True)))
+            last = width
+        self.sr = nn.ModuleList(sr)
+        self.head = nn.Sequential(_conv(last, w("head.0", 16), 1), nn.ReLU(inplace=True),
+                                  _conv(w("head.0", 16), 1, 1))
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise :class:`InputShapeError` unless ``x`` fits the network."""

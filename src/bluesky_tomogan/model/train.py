@@ -32,6 +32,7 @@ from ..errors import ModelLoadError, OutputPathError
 from ..metrics import psnr, ssim
 from ..modelcard import sha256_of, write_card
 from ..simulate.datasets import PairSet, read_dataset
+from .allinone import PrunePlan, channel_importance, masked, plan_pruning, ratio_key
 from .data import PatchSampler, normalised_frames
 from .losses import (
     discriminator_loss,
@@ -100,6 +101,13 @@ class TrainConfig:
         Start from these generator weights (a ``.pt`` written by :func:`train`, or a
         shipped model's name) instead of a random initialisation; the architecture
         must match. Ignored when a run resumes from its checkpoint.
+    ratios : tuple of float
+        All-in-One pruning ratios (percent of the MACs removed, e.g. ``(0, 25, 50, 75)``):
+        the channels of each are chosen once, at the start, from ``init_weights``
+        (:mod:`.allinone`), and every step trains all of them. Empty: an ordinary network.
+        Pixel loss only (the critic's weights must be 0).
+    importance_batches : int
+        Training batches that estimate the channels' importance for ``ratios``.
     """
 
     data: str
@@ -127,10 +135,20 @@ class TrainConfig:
     qat_lr: float = 1e-4
     init_weights: str = ""
     select_by: Literal["ssim", "psnr"] = "ssim"
+    ratios: tuple[float, ...] = ()
+    importance_batches: int = 16
+
+    def __post_init__(self) -> None:
+        self.ratios = tuple(sorted({float(r) for r in self.ratios}))
+        if self.ratios and (self.adv_weight > 0 or self.feat_weight > 0):
+            raise ValueError("All-in-One training (ratios) uses the pixel loss only; set adv_weight=feat_weight=0")
+        if any(not 0 <= r < 100 for r in self.ratios):
+            raise ValueError(f"ratios are percent of the MACs removed, in [0, 100); got {list(self.ratios)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["arch"] = self.arch.to_dict()
+        d["ratios"] = list(self.ratios)
         return d
 
 
@@ -160,6 +178,22 @@ def _validate(gen: TomoGANGenerator, pairs: PairSet, n_frames: int) -> dict[str,
             out["raw_ssim"].append(ssim(y[0], x[depth // 2]))
     gen.train()
     return {f"val_{k}": float(np.mean(v)) for k, v in out.items()}
+
+
+def _validate_ratios(gen: TomoGANGenerator, pairs: PairSet, n_frames: int, plan: PrunePlan | None
+                     ) -> dict[str, float]:
+    """:func:`_validate`; for an All-in-One network, of every ratio, the headline numbers their mean."""
+    if plan is None:
+        return _validate(gen, pairs, n_frames)
+    rows = {}
+    with masked(gen) as set_masks:
+        for r in plan.ratios:
+            set_masks(plan.masks(r))
+            rows[ratio_key(r)] = _validate(gen, pairs, n_frames)
+    out = {k: float(np.mean([row[k] for row in rows.values()])) for k in next(iter(rows.values()))}
+    for key, row in rows.items():
+        out |= {f"val_ssim_r{key}": row["val_ssim"], f"val_psnr_r{key}": row["val_psnr"]}
+    return out
 
 
 def load_generator(path: str | os.PathLike[str], arch: GeneratorConfig | None = None) -> TomoGANGenerator:
@@ -276,9 +310,15 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         previous_stop = ck.get("stopped", "time budget reached")
         sampler.rng.bit_generator.state = ck["sampler_rng"]
         torch.set_rng_state(ck["torch_rng"])
+        plan = PrunePlan.from_dict(ck["prune_plan"]) if ck.get("prune_plan") else None
         log.info("resumed %s at epoch %d (best %s %.4f)", ckpt_path, epoch, key, best_score)
-    elif config.init_weights:
-        _load_initial_weights(gen, config.init_weights)
+    else:
+        if config.init_weights:
+            _load_initial_weights(gen, config.init_weights)
+        plan = _plan(gen, sampler, config) if config.ratios else None
+    saved: dict[str, Any] = {"arch": config.arch.to_dict()}
+    if plan is not None:
+        saved["prune_plan"] = plan.to_dict()
 
     dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
     autocast = config.precision == "bf16"
@@ -298,6 +338,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
             xb, yb = sampler.batch(config.batch)
             x = torch.from_numpy(xb).to(memory_format=torch.channels_last)
             y = torch.from_numpy(yb).to(memory_format=torch.channels_last)
+            if plan is not None:  # All-in-One: every ratio, one backward pass
+                _ratio_step(gen, plan, x, y, opt_g, dtype, autocast, config, sums)
+                bar.update(min(round(time.perf_counter() - t0), bar.total) - bar.n if timed else 1)
+                bar.set_postfix(epoch=epoch + 1, best=f"{best_score:.4f}")
+                continue
             with torch.autocast("cpu", dtype=dtype, enabled=autocast):
                 fake = gen(x)
             fake = fake.float()
@@ -337,7 +382,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
                 bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}", best=f"{best_score:.4f}")
         epoch += 1
-        metrics = _validate(gen, test_pairs, config.val_frames)
+        metrics = _validate_ratios(gen, test_pairs, config.val_frames, plan)
         elapsed = elapsed_before + time.perf_counter() - t0
         row = {"epoch": epoch, "elapsed_s": round(elapsed, 1), "lr": opt_g.param_groups[0]["lr"]}
         row |= {f"train_{k}": v / config.steps_per_epoch for k, v in sums.items()} | metrics
@@ -347,7 +392,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
                  metrics["val_raw_ssim"], elapsed)
         if metrics[key] > best_score + config.min_delta:
             best_score, best_epoch = metrics[key], epoch
-            torch.save({"generator": gen.state_dict(), "arch": config.arch.to_dict()}, weights_path)
+            torch.save(saved | {"generator": gen.state_dict()}, weights_path)
         elif epoch - best_epoch >= 2:
             for g in opt_g.param_groups:  # plateau: halve the step size
                 g["lr"] = max(g["lr"] * 0.5, config.lr / 16)
@@ -362,6 +407,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
             "history": history, "best_score": best_score, "best_epoch": best_epoch,
             "epoch": epoch, "elapsed_s": elapsed, "config": config.to_dict(),
             "sampler_rng": sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            "prune_plan": plan.to_dict() if plan is not None else None,
         }, ckpt_path)
         if stopped != "max_epochs":
             break
@@ -370,10 +416,43 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     if config.qat_steps > 0:
         qat = _quantization_aware_finetune(config, weights_path, sampler, test_pairs, progress)
     card = _card(config, dataset.recipe, history, best_epoch, stopped, weights_path)
+    if plan is not None:
+        card["allinone"] = plan.to_dict() | {"importance": "first-order Taylor (squared mask gradient)",
+                                             "importance_batches": config.importance_batches}
     if qat:
         card["training"]["qat"] = qat
     card_path = write_card(out_dir / f"{config.name}.json", card)
     return TrainResult(weights_path, card_path, ckpt_path, history, stopped)
+
+
+def _plan(gen: TomoGANGenerator, sampler: PatchSampler, config: TrainConfig) -> PrunePlan:
+    """Each ratio's channels, from the importance of the starting weights' channels."""
+    batches = [tuple(torch.from_numpy(a) for a in sampler.batch(config.batch))
+               for _ in range(config.importance_batches)]
+    importance = channel_importance(gen, batches, lambda p, t: pixel_loss(p, t, config.pixel))  # type: ignore[arg-type]
+    plan = plan_pruning(gen, importance, config.ratios)
+    log.info("All-in-One ratios %s: MAC fractions %s", list(config.ratios),
+             {k: round(v, 3) for k, v in plan.mac_fraction.items()})
+    return plan
+
+
+def _ratio_step(gen: TomoGANGenerator, plan: PrunePlan, x: torch.Tensor, y: torch.Tensor,
+                opt: torch.optim.Optimizer, dtype: torch.dtype, autocast: bool, config: TrainConfig,
+                sums: dict[str, float]) -> None:
+    """One optimiser step on the mean pixel loss of every pruning ratio (masks nested, weights shared)."""
+    losses = []
+    with masked(gen) as set_masks:
+        for r in plan.ratios:
+            set_masks(plan.masks(r))
+            with torch.autocast("cpu", dtype=dtype, enabled=autocast):
+                fake = gen(x)
+            losses.append(pixel_loss(fake.float(), y, config.pixel))
+    loss = torch.stack(losses).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sums["loss"] += loss.item()
+    sums["pixel"] += loss.item()
 
 
 def _quantization_aware_finetune(

@@ -86,6 +86,7 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
     """
     from ..callbacks import TomoGANCallback, TomoReconstruction
     from ..inference.load import load_denoiser
+    from ..inference.ratios import load_ratios
 
     run_share = RunShare.parse(share)
     try:
@@ -95,7 +96,9 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
     except (Unreachable, ValueError) as exc:
         raise ServeError(str(exc)) from exc
     client = _tiled_client(tiled) if store != "none" else None
-    denoiser = load_denoiser(model, backend=backend)
+    # adaptive: every pruning ratio of an All-in-One model, loaded now so that a switch costs nothing
+    denoiser: Any = load_ratios(model, backend=backend) if policy == "adaptive" else load_denoiser(model,
+                                                                                                  backend=backend)
     feedback, ioc = None, None
     if ioc_prefix:
         from ..devices.qc_monitor import QCMonitor

@@ -1,0 +1,229 @@
+"""Every pruning ratio of an All-in-One model, loaded up front, and the rule that switches between them.
+
+An All-in-One model (:mod:`bluesky_tomogan.model.allinone`) is exported as one
+network per pruning ratio. :func:`load_ratios` opens all of them at once, so a
+switch during a scan costs no load and no compile: it is a different
+:class:`Denoiser` for the next frame. :class:`RatioController` is the policy
+the callback's ``policy="adaptive"`` uses: a lighter ratio when its queue
+passes a high-water mark, a heavier one again when the queue has drained.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import RatioError
+from ..modelcard import ModelCard
+from .denoiser import Denoiser, OutDType
+from .load import load_card, load_denoiser
+
+__all__ = ["RatioDenoisers", "RatioController", "load_ratios"]
+
+log = logging.getLogger(__name__)
+
+
+class RatioDenoisers:
+    """One :class:`Denoiser` per pruning ratio of an All-in-One model; use as a Denoiser of ``ratio``.
+
+    Build one with :func:`load_ratios`.
+
+    Parameters
+    ----------
+    denoisers : mapping of float to Denoiser
+        Ratio (percent of the MACs removed) -> its denoiser.
+    ratio : float, optional
+        The ratio :meth:`denoise` uses (default: the smallest, the best quality).
+    """
+
+    def __init__(self, denoisers: Mapping[float, Denoiser], ratio: float | None = None) -> None:
+        if not denoisers:
+            raise RatioError("RatioDenoisers needs at least one ratio")
+        self._by_ratio = {float(r): d for r, d in sorted(denoisers.items())}
+        self.ratios: tuple[float, ...] = tuple(self._by_ratio)
+        depths = {d.depth for d in self._by_ratio.values()}
+        if len(depths) != 1:
+            raise RatioError(f"the ratios' networks read different context depths {sorted(depths)}")
+        self.depth = depths.pop()
+        self.ratio = self.ratios[0] if ratio is None else ratio
+
+    @property
+    def ratio(self) -> float:
+        """The ratio :meth:`denoise` and :meth:`denoise_context` use."""
+        return self._ratio
+
+    @ratio.setter
+    def ratio(self, value: float) -> None:
+        self._ratio = self._key(value)
+
+    def _key(self, ratio: float) -> float:
+        if float(ratio) not in self._by_ratio:
+            raise RatioError(f"no pruning ratio {float(ratio):g} loaded; loaded: "
+                             f"{', '.join(f'{r:g}' for r in self.ratios)}")
+        return float(ratio)
+
+    def at(self, ratio: float) -> Denoiser:
+        """The denoiser of ``ratio``."""
+        return self._by_ratio[self._key(ratio)]
+
+    def lighter(self, ratio: float) -> float:
+        """The next lighter loaded ratio after ``ratio`` (itself if it is the lightest)."""
+        i = self.ratios.index(self._key(ratio))
+        return self.ratios[min(i + 1, len(self.ratios) - 1)]
+
+    def heavier(self, ratio: float) -> float:
+        """The next heavier loaded ratio before ``ratio`` (itself if it is the heaviest)."""
+        i = self.ratios.index(self._key(ratio))
+        return self.ratios[max(i - 1, 0)]
+
+    # Denoiser's interface, at the current ratio
+    @property
+    def card(self) -> ModelCard:
+        return self.at(self.ratio).card
+
+    @property
+    def backend(self) -> str:
+        return self.at(self.ratio).backend
+
+    @property
+    def precision(self) -> str:
+        return self.at(self.ratio).precision
+
+    @property
+    def model_name(self) -> str:
+        return self.at(self.ratios[0]).model_name
+
+    @property
+    def model_sha256(self) -> str:
+        return self.at(self.ratio).model_sha256
+
+    def denoise(self, frames: np.ndarray, *, out_dtype: OutDType = "float32") -> np.ndarray:
+        """:meth:`Denoiser.denoise` at the current :attr:`ratio`."""
+        return self.at(self.ratio).denoise(frames, out_dtype=out_dtype)
+
+    def denoise_context(self, context: np.ndarray, *, out_dtype: OutDType = "float32") -> np.ndarray:
+        """:meth:`Denoiser.denoise_context` at the current :attr:`ratio`."""
+        return self.at(self.ratio).denoise_context(context, out_dtype=out_dtype)
+
+    def provenance(self) -> dict[str, Any]:
+        """The heaviest ratio's provenance, plus every loaded ratio and what runs it."""
+        prov = self.at(self.ratios[0]).provenance()
+        prov["pruning_ratios"] = ",".join(f"{r:g}" for r in self.ratios)
+        prov["pruning_ratio_runtimes"] = ",".join(
+            f"{r:g}:{d.backend}/{d.precision}" for r, d in self._by_ratio.items())
+        prov["pruning_ratio_sha256"] = ",".join(f"{r:g}:{d.model_sha256}" for r, d in self._by_ratio.items())
+        return prov
+
+    def __repr__(self) -> str:
+        runs = ", ".join(f"{r:g}%: {d.backend}/{d.precision}" for r, d in self._by_ratio.items())
+        return f"<RatioDenoisers {self.model_name} ({runs}), at {self.ratio:g}%>"
+
+
+def load_ratios(
+    model: str | os.PathLike[str],
+    backend: str = "auto",
+    precision: str = "auto",
+    *,
+    ratios: list[float] | None = None,
+    threads: int | None = None,
+    tile: int | None = None,
+    overlap: int = 32,
+) -> RatioDenoisers:
+    """Load every pruning ratio of an All-in-One model (or those in ``ratios``), each ready to run.
+
+    Parameters
+    ----------
+    model : str or path
+        An All-in-One model: a shipped name (``tomogan-projection-aio``), card or directory.
+    backend, precision : str
+        As for :func:`~bluesky_tomogan.load_denoiser`, for each ratio on its own: with
+        ``auto``, a ratio whose file is missing for the fastest backend falls back to the
+        next, and the precision is the fastest within the tolerance that ratio's card measured.
+    ratios : list of float, optional
+        A subset of the model's ratios (percent).
+    threads, tile, overlap
+        As for :func:`~bluesky_tomogan.load_denoiser`.
+
+    Raises
+    ------
+    RatioError
+        The model has no ratios, or not one of ``ratios``.
+    """
+    card = load_card(model)
+    if not card.ratios:
+        raise RatioError(f"model {card.name!r} has no pruning ratios (it was not trained All-in-One, "
+                         "bluesky-tomogan train --ratios); load it with load_denoiser")
+    wanted = sorted(float(k) for k in card.ratios) if ratios is None else sorted({float(r) for r in ratios})
+    loaded = {r: load_denoiser(model, backend, precision, ratio=r, threads=threads, tile=tile, overlap=overlap)
+              for r in wanted}
+    out = RatioDenoisers(loaded)
+    log.info("loaded %r", out)
+    return out
+
+
+class RatioController:
+    """Which ratio the next frame gets, from how many frames wait (the callback's ``policy="adaptive"``).
+
+    A step lighter when the queue holds ``high_water`` frames or more. A step heavier after
+    ``calm`` consecutive frames found at most ``low_water`` waiting, and only if the heavier
+    ratio, as measured on this scan (:meth:`record`), denoises a frame in less than
+    ``headroom`` of the time between frames: a ratio known to fall behind is not retried
+    until the frames come slower, so the queue does not saw up and down. After a switch the
+    next one waits ``settle`` frames, so a step shows its effect before the next is taken.
+
+    Parameters
+    ----------
+    denoisers : RatioDenoisers
+        The loaded ratios.
+    high_water, low_water : int
+        Queue lengths that move to a lighter / back to a heavier ratio.
+    calm : int
+        Frames in a row at or below ``low_water`` before a heavier ratio.
+    settle : int
+        Frames after a switch before another.
+    headroom : float
+        Fraction of the frame interval a heavier ratio may take.
+    """
+
+    def __init__(self, denoisers: RatioDenoisers, high_water: int, low_water: int, calm: int = 4,
+                 settle: int = 2, headroom: float = 0.9) -> None:
+        if not 0 <= low_water < high_water:
+            raise ValueError(f"need 0 <= low_water < high_water, got {low_water} and {high_water}")
+        self.denoisers = denoisers
+        self.high_water, self.low_water, self.calm, self.settle = high_water, low_water, calm, settle
+        self.headroom = headroom
+        self.ratio = denoisers.ratios[0]
+        self.switches = 0
+        self.seconds: dict[float, float] = {}  # ratio -> typical seconds per frame on this scan
+        self._quiet = 0
+        self._since_switch = settle
+
+    def record(self, ratio: float, seconds: float) -> None:
+        """Remember that a frame took ``seconds`` at ``ratio`` (a moving average)."""
+        old = self.seconds.get(ratio)
+        self.seconds[ratio] = seconds if old is None else 0.8 * old + 0.2 * seconds
+
+    def next_ratio(self, waiting: int, interval: float | None = None) -> float:
+        """The ratio for the next frame, with ``waiting`` frames queued behind it and frames
+        arriving every ``interval`` seconds (``None``: not known yet)."""
+        self._since_switch += 1
+        self._quiet = self._quiet + 1 if waiting <= self.low_water else 0
+        new = self.ratio
+        if self._since_switch >= self.settle:
+            if waiting >= self.high_water:
+                new = self.denoisers.lighter(self.ratio)
+            elif self._quiet >= self.calm and self._keeps_up(self.denoisers.heavier(self.ratio), interval):
+                new = self.denoisers.heavier(self.ratio)
+        if new != self.ratio:
+            log.info("TomoGAN ratio %g%% -> %g%% (%d frames waiting)", self.ratio, new, waiting)
+            self.ratio, self._since_switch, self._quiet = new, 0, 0
+            self.switches += 1
+        return self.ratio
+
+    def _keeps_up(self, ratio: float, interval: float | None) -> bool:
+        cost = self.seconds.get(ratio)
+        return cost is None or interval is None or cost < self.headroom * interval

@@ -1,0 +1,216 @@
+"""All-in-One pruning: nested masks, exact pruning, training, export per ratio, loading and the adaptive policy."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import bluesky.plans as bp
+import numpy as np
+import pytest
+import torch
+from ophyd.sim import SynSignal
+
+from bluesky_tomogan import TomoGANCallback, load_denoiser
+from bluesky_tomogan.errors import ModelLoadError, RatioError
+from bluesky_tomogan.export.pipeline import export_model
+from bluesky_tomogan.inference.ratios import RatioController, RatioDenoisers, load_ratios
+from bluesky_tomogan.model.allinone import channel_importance, masked, plan_pruning, prune
+from bluesky_tomogan.model.network import GeneratorConfig, TomoGANGenerator
+from bluesky_tomogan.model.train import TrainConfig, train
+
+RATIOS = (0, 25, 50, 75)
+
+
+def _importance(gen, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(2, 3, 32, 32, generator=g)
+    return channel_importance(gen, [(x, x[:, 1:2])], lambda p, t: (p - t).abs().mean())
+
+
+@pytest.mark.parametrize("upsample", ["bilinear", "transposed"])
+def test_each_ratio_prunes_to_a_smaller_network_that_computes_what_the_masked_one_does(upsample):
+    torch.manual_seed(0)
+    gen = TomoGANGenerator(GeneratorConfig(upsample=upsample)).eval()
+    plan = plan_pruning(gen, _importance(gen), RATIOS)
+    x = torch.rand(1, 3, 48, 64)
+    full = gen.macs_per_pixel()
+    for r in RATIOS:
+        small = prune(gen, plan.kept(r))
+        with torch.no_grad(), masked(gen, plan.masks(r)):
+            expected = gen(x)
+        assert torch.allclose(small(x), expected, atol=1e-5)
+        # the method removes about the asked fraction of the MACs (widths rounded to multiples of 4)
+        assert small.macs_per_pixel() / full == pytest.approx(plan.mac_fraction[str(r)], rel=1e-6)
+        assert abs(plan.mac_fraction[str(r)] - (1 - r / 100)) < 0.06
+
+
+def test_lighter_ratios_keep_subsets_of_heavier_ratios_channels():
+    torch.manual_seed(1)
+    gen = TomoGANGenerator()
+    plan = plan_pruning(gen, _importance(gen), RATIOS)
+    for heavy, light in zip(RATIOS, RATIOS[1:], strict=False):
+        kept_heavy, kept_light = plan.kept(heavy), plan.kept(light)
+        assert all(set(kept_light[n]) <= set(kept_heavy[n]) for n in kept_heavy)
+    widths = plan.widths["75"]
+    assert len(set(widths.values())) > 3  # per-layer widths chosen by the method, not one multiplier
+    assert all(w % 4 == 0 and w >= 4 for w in widths.values())
+
+
+def test_ratios_out_of_range_are_refused():
+    gen = TomoGANGenerator()
+    with pytest.raises(ValueError, match="in \\[0, 100\\)"):
+        plan_pruning(gen, _importance(gen), [100])
+    with pytest.raises(ValueError, match="pixel loss only"):
+        TrainConfig(data="x.h5", out_dir="o", ratios=(0, 50))
+    with pytest.raises(ValueError, match="in \\[0, 100\\)"):
+        TrainConfig(data="x.h5", out_dir="o", ratios=(-5,), adv_weight=0, feat_weight=0)
+
+
+@pytest.fixture(scope="module")
+def aio_model(tiny_dataset, tmp_path_factory):
+    """A tiny All-in-One model trained (briefly) and exported to ONNX for every ratio."""
+    root = tmp_path_factory.mktemp("aio")
+    cfg = TrainConfig(data=str(tiny_dataset), out_dir=str(root / "train"), name="tiny-aio", patch=32, batch=4,
+                      steps_per_epoch=3, max_epochs=1, adv_weight=0, feat_weight=0, val_frames=4, threads=1,
+                      ratios=RATIOS, importance_batches=2)
+    result = train(cfg, progress=False)
+    card = export_model(result.weights.parent, root / "model", tiny_dataset, formats=("onnx",))
+    return card.parent, result
+
+
+def test_training_records_every_ratio_and_the_plan(aio_model):
+    model_dir, result = aio_model
+    row = result.history[-1]
+    assert all(f"val_ssim_r{r}" in row for r in RATIOS)
+    card = json.loads(result.card.read_text())
+    assert sorted(card["allinone"]["widths"], key=float) == [str(r) for r in RATIOS]
+    assert card["training"]["config"]["ratios"] == list(map(float, RATIOS))
+
+
+def test_every_ratio_is_exported_and_listed_in_one_card(aio_model):
+    model_dir, _ = aio_model
+    card = json.loads((model_dir / "tiny-aio.json").read_text())
+    assert sorted(card["ratios"], key=float) == [str(r) for r in RATIOS]
+    fractions = [card["ratios"][str(r)]["mac_fraction"] for r in RATIOS]
+    assert fractions == sorted(fractions, reverse=True) and fractions[0] == 1.0
+    for r in RATIOS[1:]:
+        entry = card["ratios"][str(r)]
+        sub = json.loads(next((model_dir / entry["model"]).glob("*.json")).read_text())
+        assert sub["pruning"]["ratio"] == r and "onnx" in sub["files"]
+        assert entry["ssim_drop_vs_full"] == pytest.approx(card["metrics"]["val_ssim"] - sub["metrics"]["val_ssim"])
+        assert entry["macs_per_pixel"] < card["ratios"]["0"]["macs_per_pixel"]
+
+
+def test_load_ratios_opens_every_ratio_up_front(aio_model, rng):
+    model_dir, _ = aio_model
+    ratios = load_ratios(model_dir, backend="onnxruntime")
+    assert ratios.ratios == tuple(map(float, RATIOS)) and ratios.ratio == 0
+    frames = rng.poisson(300, (3, 32, 32)).astype(np.float32)
+    outs = {r: ratios.at(r).denoise_context(frames) for r in ratios.ratios}
+    assert all(o.shape == (32, 32) and np.isfinite(o).all() for o in outs.values())
+    assert ratios.at(50).ratio == 50 and ratios.at(50).model_name == "tiny-aio-r50"
+    ratios.ratio = 50
+    np.testing.assert_array_equal(ratios.denoise_context(frames), outs[50.0])
+    prov = ratios.provenance()
+    assert prov["pruning_ratios"] == "0,25,50,75" and prov["pruning_ratio_runtimes"].count("onnxruntime") == 4
+    assert load_denoiser(model_dir, backend="onnxruntime", ratio=25).provenance()["pruning_ratio"] == 25
+
+
+def test_an_unknown_ratio_and_a_model_without_ratios_are_specific_errors(aio_model):
+    model_dir, _ = aio_model
+    with pytest.raises(RatioError, match="no pruning ratio 33; it has 0, 25, 50, 75"):
+        load_denoiser(model_dir, ratio=33)
+    with pytest.raises(RatioError, match="no pruning ratio 30"):
+        load_ratios(model_dir, ratios=[0, 30])
+    with pytest.raises(RatioError, match="'tomogan-projection' has no pruning ratios"):
+        load_denoiser("tomogan-projection", ratio=50)
+    with pytest.raises(RatioError, match="has no pruning ratios"):
+        load_ratios("tomogan-projection")
+    assert load_denoiser("tomogan-projection", backend="onnxruntime", ratio=0).ratio == 0  # the model itself
+
+
+def test_a_ratio_missing_for_one_backend_is_named_and_auto_falls_back(aio_model, tmp_path):
+    model_dir, _ = aio_model
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    sub = next((copy / "ratios" / "r50").glob("*.json"))
+    card = json.loads(sub.read_text())
+    card["files"]["tflite_int8"] = {"path": "gone.int8.tflite", "sha256": ""}  # listed, not there
+    sub.write_text(json.dumps(card))
+    with pytest.raises(ModelLoadError, match="gone.int8.tflite is missing"):
+        load_denoiser(copy, backend="litert", ratio=50)
+    card["files"].pop("tflite_int8")
+    sub.write_text(json.dumps(card))
+    with pytest.raises(ModelLoadError, match="'tiny-aio-r50' has no 'tflite_int8' file for litert"):
+        load_denoiser(copy, backend="litert", precision="int8", ratio=50)
+    den = load_denoiser(copy, ratio=50)  # auto: the next backend that has the ratio's file
+    assert den.ratio == 50 and den.backend in ("openvino", "onnxruntime")
+
+
+class Timed:
+    """A real denoiser that takes ``delay`` seconds per frame, as a network of that cost would."""
+
+    def __init__(self, inner, delay, ratio):
+        self.inner, self.delay, self.ratio, self.depth = inner, delay, ratio, inner.depth
+
+    def denoise_context(self, context):
+        time.sleep(self.delay)
+        return self.inner.denoise_context(context)
+
+    def provenance(self):
+        return self.inner.provenance()
+
+    backend, precision, model_sha256 = "onnxruntime", "fp32", ""
+
+
+def test_the_controller_steps_lighter_above_high_water_and_back_after_calm(denoiser):
+    ratios = RatioDenoisers({r: Timed(denoiser, 0, r) for r in RATIOS})
+    c = RatioController(ratios, high_water=4, low_water=1, calm=3, settle=2)
+    seen = [c.next_ratio(w) for w in [0, 5, 5, 5, 5, 5, 5, 3, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0]]
+    assert seen[:2] == [0, 25] and max(seen) == 75  # one step at a time, settling between steps
+    assert seen[seen.index(75):].count(75) >= 2 and seen[-1] < 75  # back to heavier ratios once drained
+    assert all(abs(RATIOS.index(a) - RATIOS.index(b)) <= 1 for a, b in zip(seen, seen[1:], strict=False))
+
+
+def test_adaptive_needs_ratio_denoisers(denoiser):
+    with pytest.raises(ValueError, match="RatioDenoisers of two or more ratios"):
+        TomoGANCallback(denoiser, policy="adaptive")
+    with pytest.raises(ValueError, match="low_water < high_water"):
+        TomoGANCallback(RatioDenoisers({0: denoiser, 50: denoiser}), policy="adaptive", high_water=2, low_water=2)
+
+
+def test_adaptive_policy_keeps_up_with_a_scan_faster_than_the_full_model(RE, denoiser):
+    """Frames come every 80 ms; the full network needs 120 ms (1.5x too slow), the lightest 20 ms.
+
+    (The sleeps dominate the real denoising of 32x32 frames, so a busy CI machine does not
+    change the outcome; benchmarks/adaptive_scan.py measures it with the real networks.)"""
+    costs = {0: 0.120, 25: 0.090, 50: 0.050, 75: 0.020}
+    ratios = RatioDenoisers({r: Timed(denoiser, costs[r], r) for r in RATIOS})
+    rng = np.random.default_rng(0)
+
+    def frame():
+        time.sleep(0.080)
+        return rng.poisson(500, (32, 32)).astype(np.uint16)
+
+    docs = []
+
+    def run_with(policy, den):
+        docs.clear()
+        cb = TomoGANCallback(den, policy=policy, maxsize=8, inline=True)
+        cb.subscribe(lambda name, doc: docs.append((name, doc)))
+        token = RE.subscribe(cb)
+        RE(bp.count([SynSignal(func=frame, name="cam")], num=60))
+        RE.unsubscribe(token)
+        pages = [d for n, d in docs if n == "event_page" and "cam_ratio" in d["data"]]
+        column = lambda key: [v for p in pages for v in p["data"][key]]  # noqa: E731
+        return cb, column("cam_ratio"), column("cam_qc_error")
+
+    cb, used, errors = run_with("adaptive", ratios)
+    assert cb.dropped == 0 and errors == [""] * 60
+    assert len(used) == 60 and set(used) <= set(map(float, RATIOS)) and len(set(used)) > 1
+    assert used[0] == 0  # starts with the full network
+    # the same scan with the full network alone cannot keep up
+    cb, used, errors = run_with("drop-oldest", Timed(denoiser, costs[0], 0))
+    assert cb.dropped > 0 and {u for u, e in zip(used, errors, strict=True) if not e} == {0.0}
