@@ -1,6 +1,7 @@
 """Quality against speed: held-out SSIM vs ms per 1024x1024 frame, every model on every backend and precision.
 
-For each model (shipped names or model directories; their domain from the card), every
+For each model (shipped names or model directories; their domain from the card; every
+pruning ratio of an All-in-One model as a model of its own), every
 (backend, precision) the registry knows and this machine runs is timed at 1024x1024
 through the full ``Denoiser`` path (``bluesky_tomogan.bench.run``: a fresh process per
 configuration, the same warm-up rule for all) and scored on the held-out frames of
@@ -11,7 +12,8 @@ names the CPU and its instruction sets, and plots SSIM against ms per frame.
 
 Usage::
 
-    python benchmarks/pareto.py [--models tomogan-projection tomogan-slice] [--repeats 5]
+    python benchmarks/pareto.py [--models tomogan-projection tomogan-slice tomogan-projection-aio
+                                 tomogan-slice-aio] [--repeats 5]
                                 [--json out.json] [--plot docs/pareto.png]
 """
 
@@ -62,9 +64,23 @@ def quality(model: str, frames: int) -> dict[tuple[str, str], float]:
     return out
 
 
+def expand_ratios(models: list[str]) -> list[tuple[str, str, float]]:
+    """``(label, model directory or name, pruning ratio)`` of every model, each ratio of an All-in-One one."""
+    out = []
+    for model in models:
+        card = load_card(model)
+        if not card.ratios:
+            out.append((model, model, 0.0))
+            continue
+        for key in sorted(card.ratios, key=float):
+            out.append((f"{model} r{key}", str(card.ratio_card(float(key)).directory), float(key)))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["tomogan-projection", "tomogan-slice"])
+    ap.add_argument("--models", nargs="+", default=["tomogan-projection", "tomogan-slice", "tomogan-projection-aio",
+                                                    "tomogan-slice-aio"])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--frames", type=int, default=24, help="held-out frames scored per model")
     ap.add_argument("--threads", type=int, default=2)
@@ -78,21 +94,28 @@ def main(argv: list[str] | None = None) -> int:
     p.join()
     keras_ms = q.get()[0] if p.exitcode == 0 and not q.empty() else float("nan")
     rows: list[dict[str, Any]] = []
-    for model in args.models:
+    full_fp32: dict[str, float] = {}  # domain -> held-out SSIM of the first (full) model on ONNX Runtime fp32
+    for label, model, ratio in expand_ratios(args.models):
         ssim_of = quality(model, args.frames)
+        domain = load_card(model).domain or "projection"
+        if ("onnxruntime", "fp32") in ssim_of:
+            full_fp32.setdefault(domain, ssim_of[("onnxruntime", "fp32")])
         for r in run(model, [SIZE], args.repeats, args.threads):
             if "skipped" in r or (r["backend"], r["precision"]) not in ssim_of:
                 continue
-            rows.append({"model": model, "backend": r["backend"], "precision": r["precision"],
-                         "ssim": ssim_of[(r["backend"], r["precision"])], "median_ms": r["median_ms"],
-                         "speedup_vs_keras_fp32": keras_ms / r["median_ms"]})
+            ssim_r = ssim_of[(r["backend"], r["precision"])]
+            rows.append({"model": label, "ratio": ratio, "domain": domain, "backend": r["backend"],
+                         "precision": r["precision"], "ssim": ssim_r,
+                         "ssim_loss_vs_full_fp32": full_fp32.get(domain, float("nan")) - ssim_r,
+                         "median_ms": r["median_ms"], "speedup_vs_keras_fp32": keras_ms / r["median_ms"]})
     print(f"CPU: {cpu_name()} ({', '.join(cpu_flags())}); {args.threads} threads; {SIZE}x{SIZE} frames")
     print(f"Keras fp32, full network: {keras_ms:.0f} ms per frame (median of {args.repeats})\n")
-    print("| model | backend | precision | held-out SSIM | ms / frame | x Keras fp32 |")
-    print("|---|---|---|---|---|---|")
-    for r in sorted(rows, key=lambda r: (r["model"], r["median_ms"])):
-        print(f"| {r['model']} | {r['backend']} | {r['precision']} | {r['ssim']:.4f} | {r['median_ms']:.0f} | "
-              f"{r['speedup_vs_keras_fp32']:.1f} |")
+    print("SSIM loss: against the first model of the same domain on ONNX Runtime fp32 (the full network)\n")
+    print("| model | backend | precision | held-out SSIM | SSIM loss | ms / frame | x Keras fp32 |")
+    print("|---|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: (r["domain"], r["model"], r["median_ms"])):
+        print(f"| {r['model']} | {r['backend']} | {r['precision']} | {r['ssim']:.4f} | "
+              f"{r['ssim_loss_vs_full_fp32']:+.4f} | {r['median_ms']:.0f} | {r['speedup_vs_keras_fp32']:.1f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "flags": cpu_flags(), "keras_fp32_ms": keras_ms,
                                                "rows": rows}, indent=2))
@@ -103,18 +126,18 @@ def main(argv: list[str] | None = None) -> int:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-        for model in args.models:
-            mine = [r for r in rows if r["model"] == model]
-            ax.scatter([r["median_ms"] for r in mine], [r["ssim"] for r in mine], label=model)
+        for label in dict.fromkeys(r["model"] for r in rows):
+            mine = [r for r in rows if r["model"] == label]
+            ax.scatter([r["median_ms"] for r in mine], [r["ssim"] for r in mine], label=label, s=14)
             for r in mine:
-                ax.annotate(f"{r['backend']} {r['precision']}", (r["median_ms"], r["ssim"]), fontsize=7)
+                ax.annotate(f"{r['backend']} {r['precision']}", (r["median_ms"], r["ssim"]), fontsize=5)
         if np.isfinite(keras_ms):
             ax.axvline(keras_ms, color="grey", ls="--", label="Keras fp32 (full network)")
         ax.set_xscale("log")
         ax.set_xlabel(f"ms per {SIZE}x{SIZE} frame (log)")
         ax.set_ylabel("held-out SSIM")
         ax.set_title(f"{cpu_name()}, {args.threads} threads", fontsize=9)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=6, ncol=2)
         fig.savefig(args.plot, dpi=90)
     return 0
 

@@ -15,7 +15,8 @@ from bluesky_tomogan.model.network import GeneratorConfig, TomoGANGenerator  # n
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@pytest.mark.parametrize("options", [{}, {"upsample": "transposed"}, {"input_downscale": 2, "width": 0.5}])
+@pytest.mark.parametrize("options", [{}, {"upsample": "transposed"}, {"input_downscale": 2, "width": 0.5},
+                                     {"input_downscale": 2, "downscale": "space-to-depth"}])
 def test_onnx_matches_torch_at_several_shapes(tmp_path, options):
     from bluesky_tomogan.export.onnx import export_onnx
 
@@ -94,7 +95,8 @@ def test_int8_input_range_ignores_rare_calibration_outliers(tmp_path):
     assert input_step(input_percentiles=None) > 4.9 / 255
 
 
-@pytest.mark.parametrize("options", [{}, {"upsample": "transposed"}, {"input_downscale": 2, "width": 0.5}])
+@pytest.mark.parametrize("options", [{}, {"upsample": "transposed"}, {"input_downscale": 2, "width": 0.5},
+                                     {"input_downscale": 2, "downscale": "space-to-depth"}])
 def test_equalised_network_computes_the_same_function_with_balanced_channels(options):
     from bluesky_tomogan.export.equalise import channel_maxima, equalise_activations
 
@@ -141,7 +143,8 @@ def test_offset_output_copies_average_to_the_output_with_a_finer_step():
     np.testing.assert_allclose(np.diff(offsets), step / 4, rtol=0.02)  # a quarter step apart
 
 
-@pytest.mark.parametrize("options", [{}, {"upsample": "transposed"}, {"input_downscale": 2, "width": 0.5}])
+@pytest.mark.parametrize("options", [{}, {"upsample": "transposed"}, {"input_downscale": 2, "width": 0.5},
+                                     {"input_downscale": 2, "downscale": "space-to-depth"}])
 def test_offset_activation_copies_keep_the_function_and_grow_the_named_layers(options):
     from bluesky_tomogan.export.copies import int8_steps, offset_activation_copies
 
@@ -161,7 +164,7 @@ def test_offset_activation_copies_keep_the_function_and_grow_the_named_layers(op
     assert wide.dec1[0].in_channels == gen.dec1[0].in_channels + gen.enc1[2].out_channels  # the skip, twice
     assert wide.head[2].in_channels == 4 * gen.head[2].in_channels
     assert wide.macs_per_pixel() > gen.macs_per_pixel()
-    assert gen.stem[0].out_channels == gen.config.channels(8)  # the original is untouched
+    assert gen.stem[0].out_channels == TomoGANGenerator(gen.config).stem[0].out_channels  # the original is untouched
 
 
 def test_offset_activation_copies_spread_over_a_fraction_of_one_int8_step():
@@ -246,11 +249,18 @@ def test_the_edge_tpu_check_names_what_the_compiler_would_refuse(tmp_path):
     assert "dynamic shape [-1," in text and "RESIZE_BILINEAR version 3" in text
 
 
-@pytest.mark.parametrize("model", ["tomogan-projection", "tomogan-slice"])
+def _shipped_tflite() -> list[str]:
+    from bluesky_tomogan.inference.load import shipped_weights_dir
+
+    root = shipped_weights_dir()
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*.tflite"))  # the pruning ratios' too
+
+
+@pytest.mark.parametrize("model", _shipped_tflite())
 def test_every_shipped_tflite_model_maps_onto_the_edge_tpu(model):
     from bluesky_tomogan.export.edgetpu_check import check_edgetpu_compatible
-    from bluesky_tomogan.inference import load_card
+    from bluesky_tomogan.inference.load import shipped_weights_dir
 
-    report = check_edgetpu_compatible(load_card(model).path("tflite_int8"))
+    report = check_edgetpu_compatible(shipped_weights_dir() / model)
     assert report.compatible, report.problems
     assert set(report.ops) <= {"CONV_2D", "MAX_POOL_2D", "CONCATENATION", "TRANSPOSE_CONV", "STRIDED_SLICE"}

@@ -57,6 +57,24 @@ def test_input_downscale_returns_full_resolution_at_lower_cost():
     assert low.macs_per_pixel() < 0.45 * full.macs_per_pixel()
 
 
+def test_space_to_depth_runs_at_half_resolution_without_averaging_pixels_away():
+    torch.manual_seed(0)
+    s2d = TomoGANGenerator(GeneratorConfig(input_downscale=2, downscale="space-to-depth")).eval()
+    area = TomoGANGenerator(GeneratorConfig(input_downscale=2, residual=False)).eval()
+    x = torch.rand(1, 3, 64, 48)
+    assert s2d(x).shape == (1, 1, 64, 48) and s2d.config.size_multiple == 16
+    assert s2d.adds_residual and isinstance(s2d.head[2], torch.nn.ConvTranspose2d)
+    assert s2d.stem[0].stride == (2, 2) and s2d.stem[0].kernel_size == (2, 2)
+    # a pattern with zero mean in every 2x2 block: invisible after area averaging, seen by space-to-depth
+    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(32, 24).expand(1, 3, 64, 48) * 0.1
+    with torch.no_grad():
+        assert torch.allclose(area(x), area(x + checker), atol=1e-6)  # equal up to float rounding
+        correction = s2d.correction_network()
+        assert float((correction(x) - correction(x + checker)).abs().max()) > 1e-3
+    # every level runs on a quarter of the pixels, and there is no full-resolution tail
+    assert s2d.macs_per_pixel() < 0.3 * TomoGANGenerator().macs_per_pixel()
+
+
 def test_width_multiplier_scales_cost_quadratically():
     full = TomoGANGenerator().macs_per_pixel()
     half = TomoGANGenerator(GeneratorConfig(width=0.5)).macs_per_pixel()
@@ -68,6 +86,8 @@ def test_invalid_options_are_rejected():
         GeneratorConfig(upsample="nearest")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="input_downscale"):
         GeneratorConfig(input_downscale=3)
+    with pytest.raises(ValueError, match="downscale must be"):
+        GeneratorConfig(input_downscale=2, downscale="nearest")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="in_channels"):
         GeneratorConfig(in_channels=2)
 

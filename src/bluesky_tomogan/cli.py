@@ -41,8 +41,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .model.network import GeneratorConfig
     from .model.train import TrainConfig, train
 
-    arch = GeneratorConfig(upsample=args.upsample, input_downscale=args.input_downscale, width=args.width,
-                           residual=not args.no_residual)
+    arch = GeneratorConfig(upsample=args.upsample, input_downscale=args.input_downscale, downscale=args.downscale,
+                           width=args.width, residual=not args.no_residual)
     cfg = TrainConfig(
         data=args.data, out_dir=args.out, name=args.name, domain=args.domain, arch=arch, patch=args.patch,
         batch=args.batch, steps_per_epoch=args.steps_per_epoch, max_epochs=args.epochs, patience=args.patience,
@@ -318,7 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", default="tomogan")
     s.add_argument("--domain", default="slice")
     s.add_argument("--upsample", choices=["bilinear", "transposed"], default="bilinear")
-    s.add_argument("--input-downscale", type=int, choices=[1, 2, 4], default=1)
+    s.add_argument("--input-downscale", type=int, choices=[1, 2, 4], default=1,
+                   help="run the U-Net at 1/N resolution, trained against full-resolution targets")
+    s.add_argument("--downscale", choices=["space-to-depth", "area"], default="space-to-depth",
+                   help="how the input reaches 1/N resolution: a strided stem and a sub-pixel head (no pixel "
+                        "averaged away, the default), or area averaging with an upsampling tail")
     s.add_argument("--width", type=float, default=1.0, help="channel multiplier")
     s.add_argument("--no-residual", action="store_true")
     s.add_argument("--patch", type=int, default=96)

@@ -69,7 +69,8 @@ def _replace(gen: nn.Module, name: str, new: nn.Module) -> None:
 def _like(mod: ConvLayer, in_channels: int, out_channels: int) -> ConvLayer:
     if isinstance(mod, nn.ConvTranspose2d):
         return nn.ConvTranspose2d(in_channels, out_channels, mod.kernel_size, stride=mod.stride)  # type: ignore[arg-type]
-    return nn.Conv2d(in_channels, out_channels, mod.kernel_size, padding=mod.padding)  # type: ignore[arg-type]
+    return nn.Conv2d(in_channels, out_channels, mod.kernel_size, stride=mod.stride,  # type: ignore[arg-type]
+                     padding=mod.padding)  # type: ignore[arg-type]
 
 
 @torch.no_grad()

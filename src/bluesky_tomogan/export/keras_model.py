@@ -112,9 +112,14 @@ def build_keras_generator(arch: dict[str, Any], height: int | None, width: int |
 
     inp = keras.Input((height, width, cfg.in_channels), batch_size=1 if edgetpu else None, name="frames")
     x = inp
-    if cfg.input_downscale > 1:
-        x = layers.AveragePooling2D(cfg.input_downscale, name="downscale")(x)
-    s = conv(x, c8, 1, "stem.0")
+    f = cfg.input_downscale
+    if f > 1 and not cfg.space_to_depth:
+        x = layers.AveragePooling2D(f, name="downscale")(x)
+    if cfg.space_to_depth:  # space-to-depth + 1x1 convolution, as one strided convolution
+        s = layers.Conv2D(widths.get("stem.0", c32), f, strides=f, padding="valid", activation="relu",
+                          name="stem.0")(x)
+    else:
+        s = conv(x, c8, 1, "stem.0")
     e1 = double(s, c32, "enc1")
     e2 = double(layers.MaxPooling2D(2)(e1), c64, "enc2")
     e3 = double(layers.MaxPooling2D(2)(e2), c128, "enc3")
@@ -122,10 +127,14 @@ def build_keras_generator(arch: dict[str, Any], height: int | None, width: int |
     d3 = double(layers.Concatenate()([up(b, c128, "up3"), e3]), c64, "dec3")
     d2 = double(layers.Concatenate()([up(d3, c64, "up2"), e2]), c32, "dec2")
     d1 = double(layers.Concatenate()([up(d2, c32, "up1"), e1]), c32, "dec1")
-    for i in range(int(np.log2(cfg.input_downscale))):
+    for i in range(0 if cfg.space_to_depth else int(np.log2(f))):
         d1 = conv(up(d1, c32, f"sr.{i}.0"), c32, 3, f"sr.{i}.1")
-    out = conv(conv(d1, c16, 1, "head.0"), out_channels, 1, "head.2", act=None)
-    if cfg.residual and cfg.input_downscale == 1:
+    h = conv(d1, c16, 1, "head.0")
+    if cfg.space_to_depth:  # sub-pixel convolution back to full resolution
+        out = layers.Conv2DTranspose(out_channels, f, strides=f, padding="valid", name="head.2")(h)
+    else:
+        out = conv(h, out_channels, 1, "head.2", act=None)
+    if cfg.adds_residual:
         mid = cfg.in_channels // 2
         centre = layers.Lambda(lambda t: t[..., mid : mid + 1], name="centre")(inp)
         out = layers.Add(name="residual")([out, centre])
@@ -139,13 +148,14 @@ def keras_from_torch(gen: Any, height: int | None = None, width: int | None = No
     state = {k: v.detach().float().numpy() for k, v in gen.state_dict().items()}
     # output channels of every layer (a pruned network's differ per layer); torch stores a
     # transposed convolution's weight as (in, out, kh, kw)
-    filters = {k.removesuffix(".weight"): v.shape[1 if ".deconv" in k else 0] for k, v in state.items()
-               if k.endswith(".weight")}
+    transposed = {n for n, m in gen.named_modules() if type(m).__name__ == "ConvTranspose2d"}
+    filters = {k.removesuffix(".weight"): v.shape[1 if k.removesuffix(".weight") in transposed else 0]
+               for k, v in state.items() if k.endswith(".weight")}
     model = build_keras_generator(gen.config.to_dict(), height, width, gen.head[2].out_channels, filters, edgetpu,
                                   int8_taps)
     for layer in model.layers:
         name = layer.name
-        if name.endswith(".deconv"):
+        if name in transposed:
             prefix = name  # torch: up3.deconv.weight (in, out, kh, kw) -> (kh, kw, out, in)
             w = state[f"{prefix}.weight"].transpose(2, 3, 1, 0)
             layer.set_weights([w, state[f"{prefix}.bias"]])

@@ -281,7 +281,7 @@ def torch_plan(pt: Path) -> PrunePlan | None:
 def _export_ratios(card_path: Path, pt: Path, plan: PrunePlan, data: str | os.PathLike[str],
                    formats: tuple[str, ...], tile: int, n_calibration: int, measure: bool,
                    activation_copies: Mapping[str, int] | None) -> Path:
-    """Export every pruning ratio but 0 as a network of its own under ``ratios/r<ratio>/`` and list them all
+    """Export every pruning ratio but 0 as a network of its own under ``<name>.ratios/r<ratio>/`` and list them all
     in the (ratio 0) card at ``card_path``, with each ratio's MACs and measured loss vs the full network."""
     import tempfile
 
@@ -311,11 +311,11 @@ def _export_ratios(card_path: Path, pt: Path, plan: PrunePlan, data: str | os.Pa
                          "pruning": {"ratio": r, "parent": name, "mac_fraction": plan.mac_fraction[key],
                                      "method": "All-in-One (bluesky_tomogan.model.allinone)"}}
             write_card(Path(tmp) / f"{sub_name}.json", sub_card)
-            sub_path = export_model(tmp, out / "ratios" / f"r{key}", data, formats, tile, n_calibration, measure,
+            sub_path = export_model(tmp, out / f"{name}.ratios" / f"r{key}", data, formats, tile, n_calibration, measure,
                                     activation_copies)
         sub = read_card(sub_path)
         ssim_r = sub.get("metrics", {}).get("val_ssim")
-        ratios[key] = entry | {"model": f"ratios/r{key}", "macs_per_pixel": small.macs_per_pixel(), "ssim": ssim_r,
+        ratios[key] = entry | {"model": f"{name}.ratios/r{key}", "macs_per_pixel": small.macs_per_pixel(), "ssim": ssim_r,
                                "ssim_drop_vs_full": (full_ssim - ssim_r) if None not in (full_ssim, ssim_r) else None}
         log.info("ratio %s%%: %.0f MACs/pixel (%.2f of the full network), SSIM loss vs full %s", key,
                  ratios[key]["macs_per_pixel"], plan.mac_fraction[key], ratios[key]["ssim_drop_vs_full"])

@@ -86,11 +86,17 @@ def offset_output_copies(gen: TomoGANGenerator, frames: np.ndarray, copies: int)
     lo, hi = min(lo, 0.0), max(hi, 0.0)  # int8 ranges hold zero
     offsets = copy_offsets(widened_step(lo, hi, copies), copies)  # the copies widen the range a little
     last = out.head[2]
-    assert isinstance(last, nn.Conv2d) and last.out_channels == 1
-    wide = nn.Conv2d(last.in_channels, copies, 1)
+    assert isinstance(last, (nn.Conv2d, nn.ConvTranspose2d)) and last.out_channels == 1
+    wide: nn.Conv2d | nn.ConvTranspose2d
+    if isinstance(last, nn.ConvTranspose2d):  # the sub-pixel head of a space-to-depth network
+        wide = nn.ConvTranspose2d(last.in_channels, copies, last.kernel_size, stride=last.stride)  # type: ignore[arg-type]
+        repeats = (1, copies, 1, 1)  # weights (in, out, kh, kw)
+    else:
+        wide = nn.Conv2d(last.in_channels, copies, 1)
+        repeats = (copies, 1, 1, 1)
     assert wide.bias is not None and last.bias is not None
     with torch.no_grad():
-        wide.weight.copy_(last.weight.repeat(copies, 1, 1, 1))
+        wide.weight.copy_(last.weight.repeat(*repeats))
         wide.bias.copy_(last.bias.repeat(copies) + offsets)
     out.head[2] = wide
     return out

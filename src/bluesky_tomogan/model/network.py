@@ -23,18 +23,31 @@ Options beyond the paper, each motivated by edge deployment:
     ``"bilinear"`` (resize, as in the paper) or ``"transposed"`` (a learned 2x2
     stride-2 transposed convolution, which accelerators run natively).
 ``input_downscale``
-    1, 2 or 4. The network receives the input at ``1/input_downscale`` resolution
-    and returns the full resolution: extra x2 upsampling stages are appended to
-    the decoder. Inference then costs roughly ``1/input_downscale**2`` of the
-    encoder work. ``forward`` takes the *full-resolution* input and downsamples
-    it itself (area average), so callers never change.
+    1, 2 or 4. The U-Net runs at ``1/input_downscale`` of the frame's resolution and
+    returns the full resolution, trained against full-resolution targets.
+    ``forward`` takes the *full-resolution* input, so callers never change. How
+    the input gets there is ``downscale``:
+
+    ``"space-to-depth"`` (the one to use)
+        The stem is a ``f x f`` convolution of stride ``f`` (``f = input_downscale``):
+        exactly space-to-depth (each ``f x f`` block of every input frame becomes
+        ``f**2`` channels) followed by a 1x1 convolution, so no pixel is averaged
+        away. The head ends in a ``f x f`` transposed convolution of stride ``f``
+        (sub-pixel convolution, Shi et al. 2016) back to full resolution, and the
+        residual add is at full resolution. Every level of the U-Net costs
+        ``1/f**2`` of its MACs; both ends are plain (transposed) convolutions,
+        which every exporter and the Edge TPU map.
+    ``"area"``
+        The input is area-averaged and extra x2 upsampling stages (with a 3x3
+        convolution each) are appended to the decoder. The averaging removes the
+        fine detail the targets hold; kept for comparison and old cards.
 ``width``
     Channel multiplier (e.g. 0.5 halves every layer: about 1/4 of the MACs); the
     pruned, lighter variant with a more stable latency on small accelerators.
 ``residual``
     Adds the centre input channel to the output, so the network learns the
     correction. This converges several times faster on short CPU budgets and
-    costs one element-wise add. Only used when ``input_downscale == 1``.
+    costs one element-wise add. Not used with ``input_downscale > 1`` and ``downscale="area"``.
 
 Spatial sizes must be multiples of ``8 * input_downscale`` (three 2x2 poolings);
 the inference layer pads and tiles so callers never see this constraint.
@@ -55,6 +68,7 @@ from ..errors import InputShapeError
 __all__ = ["ConvLayer", "GeneratorConfig", "TomoGANGenerator", "TomoGANDiscriminator"]
 
 Upsample = Literal["bilinear", "transposed"]
+Downscale = Literal["area", "space-to-depth"]
 ConvLayer = nn.Conv2d | nn.ConvTranspose2d
 
 
@@ -70,6 +84,8 @@ class GeneratorConfig:
         Decoder upsampling.
     input_downscale : int
         1, 2 or 4; see the module docstring.
+    downscale : {"area", "space-to-depth"}
+        How the input reaches the lower resolution; see the module docstring.
     width : float
         Channel multiplier applied to every layer.
     residual : bool
@@ -83,6 +99,7 @@ class GeneratorConfig:
     in_channels: int = 3
     upsample: Upsample = "bilinear"
     input_downscale: int = 1
+    downscale: Downscale = "area"
     width: float = 1.0
     residual: bool = True
     channels_override: dict[str, int] = field(default_factory=dict, hash=False)
@@ -94,11 +111,23 @@ class GeneratorConfig:
             raise ValueError(f"upsample must be 'bilinear' or 'transposed', got {self.upsample!r}")
         if self.input_downscale not in (1, 2, 4):
             raise ValueError(f"input_downscale must be 1, 2 or 4, got {self.input_downscale}")
+        if self.downscale not in ("area", "space-to-depth"):
+            raise ValueError(f"downscale must be 'area' or 'space-to-depth', got {self.downscale!r}")
         if not 0.125 <= self.width <= 4:
             raise ValueError(f"width must be in [0.125, 4], got {self.width}")
         bad = {k: v for k, v in self.channels_override.items() if not (isinstance(v, int) and v >= 1)}
         if bad:
             raise ValueError(f"channels_override needs positive integer widths, got {bad}")
+
+    @property
+    def space_to_depth(self) -> bool:
+        """Whether the U-Net runs at lower resolution behind a strided stem (see the module docstring)."""
+        return self.input_downscale > 1 and self.downscale == "space-to-depth"
+
+    @property
+    def adds_residual(self) -> bool:
+        """Whether the network adds its centre input frame to its output (at full resolution)."""
+        return self.residual and (self.input_downscale == 1 or self.space_to_depth)
 
     @property
     def size_multiple(self) -> int:
@@ -117,6 +146,8 @@ class GeneratorConfig:
         d = asdict(self)
         if not d["channels_override"]:  # cards of unpruned networks stay as they were
             del d["channels_override"]
+        if d["downscale"] == "area" and d["input_downscale"] == 1:  # no downscaling: nothing to say
+            del d["downscale"]
         return d
 
     @classmethod
@@ -179,12 +210,15 @@ class TomoGANGenerator(nn.Module):
         super().__init__()
         self.config = cfg = config or GeneratorConfig()
         w = cfg.width_of
-        stem = w("stem.0", 8)
+        f = cfg.input_downscale
+        stem = w("stem.0", 32 if cfg.space_to_depth else 8)  # f*f*3 values per position need room
         e1a, e1b = w("enc1.0", 32), w("enc1.2", 32)
         e2a, e2b = w("enc2.0", 64), w("enc2.2", 64)
         e3a, e3b = w("enc3.0", 128), w("enc3.2", 128)
         bott = w("bottleneck.0", 128)
-        self.stem = nn.Sequential(_conv(cfg.in_channels, stem, 1), nn.ReLU(inplace=True))
+        first = (nn.Conv2d(cfg.in_channels, stem, f, stride=f) if cfg.space_to_depth
+                 else _conv(cfg.in_channels, stem, 1))
+        self.stem = nn.Sequential(first, nn.ReLU(inplace=True))
         self.enc1 = _DoubleConv(stem, e1a, e1b)
         self.enc2 = _DoubleConv(e1b, e2a, e2b)
         self.enc3 = _DoubleConv(e2b, e3a, e3b)
@@ -199,7 +233,7 @@ class TomoGANGenerator(nn.Module):
         self.dec1 = _DoubleConv(self.up1.out_channels + e1b, w("dec1.0", 32), w("dec1.2", 32))
         self.cat3, self.cat2, self.cat1 = _Concat(), _Concat(), _Concat()
         # Super-resolution tail when trained on low-resolution input.
-        n_extra = int(math.log2(cfg.input_downscale))
+        n_extra = 0 if cfg.space_to_depth else int(math.log2(cfg.input_downscale))
         last = w("dec1.2", 32)
         sr = []
         for i in range(n_extra):
@@ -208,8 +242,10 @@ class TomoGANGenerator(nn.Module):
             sr.append(nn.Sequential(up, _conv(up.out_channels, width), nn.ReLU(inplace=True)))
             last = width
         self.sr = nn.ModuleList(sr)
-        self.head = nn.Sequential(_conv(last, w("head.0", 16), 1), nn.ReLU(inplace=True),
-                                  _conv(w("head.0", 16), 1, 1))
+        head = _conv(last, w("head.0", 16), 1)  # created first: the same initialisation as before for a seed
+        last_layer: ConvLayer = (nn.ConvTranspose2d(w("head.0", 16), 1, f, stride=f) if cfg.space_to_depth
+                                 else _conv(w("head.0", 16), 1, 1))
+        self.head = nn.Sequential(head, nn.ReLU(inplace=True), last_layer)
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise :class:`InputShapeError` unless ``x`` fits the network."""
@@ -230,7 +266,7 @@ class TomoGANGenerator(nn.Module):
         self.check_input(x)
         cfg = self.config
         centre = x[:, cfg.in_channels // 2 : cfg.in_channels // 2 + 1]
-        if cfg.input_downscale > 1:
+        if cfg.input_downscale > 1 and not cfg.space_to_depth:
             x = F.avg_pool2d(x, cfg.input_downscale)
         s = self.stem(x)
         e1 = self.enc1(s)
@@ -243,7 +279,7 @@ class TomoGANGenerator(nn.Module):
         for stage in self.sr:
             d1 = stage(d1)
         out = self.head(d1)
-        if cfg.residual and cfg.input_downscale == 1:
+        if cfg.adds_residual:
             out = out + centre
         return out
 
@@ -254,7 +290,7 @@ class TomoGANGenerator(nn.Module):
         the input's int8 rounding out of the output (the largest single int8
         error, measured with TFLite's quantisation debugger).
         """
-        if not (self.config.residual and self.config.input_downscale == 1):
+        if not self.config.adds_residual:
             return self
         twin = TomoGANGenerator(GeneratorConfig.from_dict(self.config.to_dict() | {"residual": False}))
         twin.load_state_dict(self.state_dict())
@@ -310,7 +346,7 @@ class TomoGANGenerator(nn.Module):
     @property
     def adds_residual(self) -> bool:
         """Whether ``forward`` adds the centre input frame to the network output."""
-        return self.config.residual and self.config.input_downscale == 1
+        return self.config.adds_residual
 
     def macs_per_pixel(self, size: int = 64) -> float:
         """Multiply-accumulates per *output* pixel, counted on a ``size`` x ``size`` input.
@@ -324,7 +360,7 @@ class TomoGANGenerator(nn.Module):
             assert isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d))
             kh, kw = mod.kernel_size
             if isinstance(mod, nn.ConvTranspose2d):
-                # each output pixel of a 2x2/stride-2 deconv receives one tap per input channel
+                # each output pixel of a kernel = stride deconv receives one tap per input channel
                 macs += float(out.numel() * mod.in_channels)
             else:
                 macs += float(out.numel() * mod.in_channels * kh * kw)

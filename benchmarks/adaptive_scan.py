@@ -1,0 +1,117 @@
+"""A scan faster than the full network can follow: ``policy="adaptive"`` against dropping frames.
+
+Usage::
+
+    python benchmarks/adaptive_scan.py [--model tomogan-projection-aio] [--size 512] [--frames 150]
+                                       [--speed 1.5] [--backend auto] [--json out.json]
+
+1. Loads every pruning ratio of the All-in-One model (``load_ratios``) and measures each
+   one's time per frame at ``--size`` through ``Denoiser.denoise_context`` (median of 15
+   after warm-up), on this machine, in this run.
+2. Sets the simulated camera's exposure so that frames come ``--speed`` times faster than
+   the full network (ratio 0) denoises them.
+3. Runs the same ``bp.count`` of ``SimTomoDetector`` (projections of a sphere pack, 500
+   photons) twice: with ``policy="adaptive"`` (every ratio loaded) and with the full
+   network alone under ``policy="drop-oldest"``. Reports dropped frames, how many frames
+   each ratio denoised (the derived stream's ``<field>_ratio`` column) and the latency.
+
+All numbers are of this CPU, named in the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import bluesky.plans as bp
+import numpy as np
+from bluesky import RunEngine
+
+from bluesky_tomogan import TomoGANCallback
+from bluesky_tomogan.bench import cpu_name
+from bluesky_tomogan.devices import SimTomoDetector
+from bluesky_tomogan.inference.ratios import load_ratios
+
+
+def time_per_frame(den: Any, size: int, repeats: int = 15) -> float:
+    rng = np.random.default_rng(0)
+    ctx = rng.poisson(500, (3, size, size)).astype(np.float32)
+    for _ in range(3):
+        den.denoise_context(ctx)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        den.denoise_context(ctx)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def scan(den: Any, policy: str, args: argparse.Namespace, exposure: float, root: Path) -> dict[str, Any]:
+    RE = RunEngine({})
+    det = SimTomoDetector(name="det", shape=(args.size, args.size), directory=root / "raw")
+    det.exposure_time.put(exposure)
+    det.photon_flux.put(500 / exposure)
+    cb = TomoGANCallback(den, policy=policy, maxsize=args.maxsize, directory=root / "derived")
+    rows: dict[str, list[Any]] = collections.defaultdict(list)
+
+    def collect(name: str, doc: dict[str, Any]) -> None:
+        if name == "event_page":
+            for key, values in doc["data"].items():
+                rows[key].extend(values)
+
+    cb.subscribe(collect)
+    RE.subscribe(cb)
+    t0 = time.perf_counter()
+    RE(bp.count([det], num=args.frames))
+    wall = time.perf_counter() - t0
+    field = next(k.removesuffix("_ratio") for k in rows if k.endswith("_ratio"))
+    ratios = [r for r, e in zip(rows[f"{field}_ratio"], rows[f"{field}_qc_error"], strict=True) if not e]
+    latency = [x for x, e in zip(rows[f"{field}_qc_latency_s"], rows[f"{field}_qc_error"], strict=True) if not e]
+    return {"policy": policy, "frames": len(rows[f"{field}_ratio"]), "dropped": cb.dropped, "wall_s": wall,
+            "frames_per_ratio": {f"{k:g}": v for k, v in sorted(collections.Counter(ratios).items())},
+            "median_latency_s": statistics.median(latency) if latency else None,
+            "max_latency_s": max(latency) if latency else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tomogan-projection-aio")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--frames", type=int, default=150)
+    ap.add_argument("--speed", type=float, default=1.5, help="frame rate over what the full network sustains")
+    ap.add_argument("--maxsize", type=int, default=16)
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+
+    ratios = load_ratios(args.model, backend=args.backend)
+    per_frame = {r: time_per_frame(ratios.at(r), args.size) for r in ratios.ratios}
+    exposure = per_frame[ratios.ratios[0]] / args.speed
+    print(f"CPU: {cpu_name()}; {args.size}x{args.size} frames; {ratios!r}")
+    for r, t in per_frame.items():
+        print(f"  ratio {r:g}%: {1000 * t:.1f} ms per frame ({per_frame[ratios.ratios[0]] / t:.2f}x the full network)")
+    print(f"frames every {1000 * exposure:.1f} ms ({args.speed}x the full network's rate), {args.frames} frames\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [scan(ratios, "adaptive", args, exposure, Path(tmp) / "adaptive"),
+                   scan(ratios.at(ratios.ratios[0]), "drop-oldest", args, exposure, Path(tmp) / "full")]
+    print("| policy | networks | frames | dropped | frames per ratio | median / max latency (s) | wall (s) |")
+    print("|---|---|---|---|---|---|---|")
+    for res, nets in zip(results, ["every ratio", "full network"], strict=True):
+        print(f"| {res['policy']} | {nets} | {res['frames']} | {res['dropped']} | {res['frames_per_ratio']} | "
+              f"{res['median_latency_s']:.2f} / {res['max_latency_s']:.2f} | {res['wall_s']:.1f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "size": args.size, "exposure_s": exposure,
+                                               "ms_per_frame": {f"{r:g}": 1000 * t for r, t in per_frame.items()},
+                                               "runs": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
