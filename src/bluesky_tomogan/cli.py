@@ -179,6 +179,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
               f"val SSIM {m.get('val_ssim', float('nan')):.4f} (raw {m.get('val_raw_ssim', float('nan')):.4f})")
         for key, q in sorted(card.quantization.items()):
             print(f"    {key:18s} SSIM {q['ssim']:.4f} drop {q.get('ssim_drop', 0.0):+.4f}")
+        for key in sorted(card.ratios, key=float):  # an All-in-One model: every pruning ratio
+            r = card.ratios[key]
+            loss = r.get("ssim_drop_vs_full")
+            print(f"    ratio {key:>4s}%  {r.get('macs_per_pixel', float('nan')):8.0f} MACs/pixel "
+                  f"({r.get('mac_fraction', float('nan')):.2f} of ratio 0)"
+                  + (f", SSIM loss vs ratio 0 {loss:+.4f}" if loss is not None else ""))
     return 0
 
 

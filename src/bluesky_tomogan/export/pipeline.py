@@ -311,14 +311,47 @@ def _export_ratios(card_path: Path, pt: Path, plan: PrunePlan, data: str | os.Pa
                          "pruning": {"ratio": r, "parent": name, "mac_fraction": plan.mac_fraction[key],
                                      "method": "All-in-One (bluesky_tomogan.model.allinone)"}}
             write_card(Path(tmp) / f"{sub_name}.json", sub_card)
-            sub_path = export_model(tmp, out / f"{name}.ratios" / f"r{key}", data, formats, tile, n_calibration, measure,
-                                    activation_copies)
+            sub_path = export_model(tmp, out / f"{name}.ratios" / f"r{key}", data, formats, tile, n_calibration,
+                                    measure, activation_copies)
         sub = read_card(sub_path)
         ssim_r = sub.get("metrics", {}).get("val_ssim")
-        ratios[key] = entry | {"model": f"{name}.ratios/r{key}", "macs_per_pixel": small.macs_per_pixel(), "ssim": ssim_r,
-                               "ssim_drop_vs_full": (full_ssim - ssim_r) if None not in (full_ssim, ssim_r) else None}
+        loss = (full_ssim - ssim_r) if full_ssim is not None and ssim_r is not None else None
+        ratios[key] = entry | {"model": f"{name}.ratios/r{key}", "macs_per_pixel": small.macs_per_pixel(),
+                               "ssim": ssim_r, "ssim_drop_vs_full": loss}
         log.info("ratio %s%%: %.0f MACs/pixel (%.2f of the full network), SSIM loss vs full %s", key,
                  ratios[key]["macs_per_pixel"], plan.mac_fraction[key], ratios[key]["ssim_drop_vs_full"])
     card["ratios"] = ratios
     card["pruning"] = {"ratio": 0.0, "method": "All-in-One (bluesky_tomogan.model.allinone)"}
-    return write_card(card_path, card)
+    card_path = write_card(card_path, card)
+    if measure:
+        card["ratio_speed"] = time_ratios(card_path)
+        card_path = write_card(card_path, card)
+    return card_path
+
+
+def time_ratios(card_path: Path, size: int = 512, repeats: int = 7) -> dict[str, Any]:
+    """Milliseconds per ``size`` x ``size`` frame of every ratio, each with ``precision="auto"`` on this machine.
+
+    Rounds go through the ratios in turn, so a machine that slows down during the measurement
+    slows every ratio alike; the median per ratio is recorded with the CPU's name.
+    """
+    import functools
+    import time
+
+    from ..bench import cpu_name, warm_up
+    from ..inference.ratios import load_ratios
+
+    ratios = load_ratios(card_path)
+    frames = np.random.default_rng(0).poisson(500, (3, size, size)).astype(np.float32)
+    for r in ratios.ratios:
+        den = ratios.at(r)
+        warm_up(functools.partial(den.denoise_context, frames))
+    times: dict[float, list[float]] = {r: [] for r in ratios.ratios}
+    for _ in range(repeats):
+        for r in ratios.ratios:
+            t0 = time.perf_counter()
+            ratios.at(r).denoise_context(frames)
+            times[r].append(1e3 * (time.perf_counter() - t0))
+    return {"cpu": cpu_name(), "frame": [size, size], "repeats": repeats, "note": "precision auto, this CPU",
+            "ms_per_frame": {ratio_key(r): float(np.median(t)) for r, t in times.items()},
+            "runs_on": {ratio_key(r): f"{ratios.at(r).backend}/{ratios.at(r).precision}" for r in ratios.ratios}}

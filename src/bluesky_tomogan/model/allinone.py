@@ -326,9 +326,9 @@ def prune(gen: TomoGANGenerator, kept: Mapping[str, list[int]]) -> TomoGANGenera
         w, b = mod.weight.detach(), mod.bias.detach() if mod.bias is not None else None
         out_axis, in_axis = _out_axis(mod), 1 - _out_axis(mod)
         if name in producers:
-            idx = torch.tensor(kept.get(name, list(range(_width(mod)))))
-            w = w.index_select(out_axis, idx)
-            b = b.index_select(0, idx) if b is not None else None
+            keep = torch.tensor(kept.get(name, list(range(_width(mod)))))
+            w = w.index_select(out_axis, keep)
+            b = b.index_select(0, keep) if b is not None else None
         if name in reads:
             w = w.index_select(in_axis, torch.tensor(sorted(reads[name])))
         state[f"{name}.weight"] = w.clone()
