@@ -149,6 +149,24 @@ def test_a_ratio_missing_for_one_backend_is_named_and_auto_falls_back(aio_model,
     assert den.ratio == 50 and den.backend in ("openvino", "onnxruntime")
 
 
+def test_the_command_line_trains_ratios_and_denoises_at_one(tiny_dataset, aio_model, tmp_path, capsys):
+    from bluesky_tomogan.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", str(tiny_dataset), "--out", str(out), "--name", "cli-aio", "--patch", "32", "--batch", "2",
+                 "--steps-per-epoch", "2", "--epochs", "1", "--ratios", "0", "50", "--no-progress"]) == 0
+    assert json.loads((out / "cli-aio.json").read_text())["training"]["config"]["ratios"] == [0.0, 50.0]
+    assert main(["train", str(tiny_dataset), "--out", str(out), "--ratios", "0", "50", "--adv-weight", "0.1"]) == 2
+    assert "pixel loss only" in capsys.readouterr().err
+    frames = tmp_path / "f.npy"
+    np.save(frames, np.random.default_rng(0).poisson(300, (3, 32, 32)).astype(np.float32))
+    assert main(["denoise", str(frames), str(tmp_path / "o.npy"), "--model", str(aio_model[0]), "--ratio", "75",
+                 "--backend", "onnxruntime"]) == 0
+    assert "tiny-aio-r75" in capsys.readouterr().out
+    assert main(["denoise", str(frames), str(tmp_path / "o.npy"), "--model", str(aio_model[0]), "--ratio", "10"]) == 1
+    assert "no pruning ratio 10" in capsys.readouterr().err
+
+
 class Timed:
     """A real denoiser that takes ``delay`` seconds per frame, as a network of that cost would."""
 

@@ -43,13 +43,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     arch = GeneratorConfig(upsample=args.upsample, input_downscale=args.input_downscale, downscale=args.downscale,
                            width=args.width, residual=not args.no_residual)
-    cfg = TrainConfig(
-        data=args.data, out_dir=args.out, name=args.name, domain=args.domain, arch=arch, patch=args.patch,
-        batch=args.batch, steps_per_epoch=args.steps_per_epoch, max_epochs=args.epochs, patience=args.patience,
-        time_budget_s=args.time_budget * 60, lr=args.lr, pixel=args.pixel, adv_weight=args.adv_weight,
-        feat_weight=args.feat_weight, precision=args.precision, threads=args.threads, seed=args.seed,
-        qat_steps=args.qat_steps, init_weights=args.init or "", ratios=tuple(args.ratios or ()),
-    )
+    # All-in-One training takes the pixel loss only: the critic's weights default to 0 with --ratios
+    adv = args.adv_weight if args.adv_weight is not None else (0.0 if args.ratios else 1e-3)
+    feat = args.feat_weight if args.feat_weight is not None else (0.0 if args.ratios else 0.05)
+    try:
+        cfg = TrainConfig(
+            data=args.data, out_dir=args.out, name=args.name, domain=args.domain, arch=arch, patch=args.patch,
+            batch=args.batch, steps_per_epoch=args.steps_per_epoch, max_epochs=args.epochs, patience=args.patience,
+            time_budget_s=args.time_budget * 60, lr=args.lr, pixel=args.pixel, adv_weight=adv,
+            feat_weight=feat, precision=args.precision, threads=args.threads, seed=args.seed,
+            qat_steps=args.qat_steps, init_weights=args.init or "", ratios=tuple(args.ratios or ()),
+        )
+    except ValueError as exc:
+        print(f"bluesky-tomogan train: error: {exc}", file=sys.stderr)
+        return 2
     result = train(cfg, resume=args.resume, progress=not args.no_progress)
     best = max(result.history, key=lambda h: h["val_ssim"]) if result.history else {}
     print(f"stopped: {result.stopped}")
@@ -339,8 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--time-budget", type=float, default=0, help="minutes (0 = none)")
     s.add_argument("--lr", type=float, default=1e-3)
     s.add_argument("--pixel", choices=["l1", "mse"], default="l1")
-    s.add_argument("--adv-weight", type=float, default=1e-3)
-    s.add_argument("--feat-weight", type=float, default=0.05)
+    s.add_argument("--adv-weight", type=float, default=None, help="adversarial loss weight (default 1e-3; 0 "
+                   "with --ratios)")
+    s.add_argument("--feat-weight", type=float, default=None, help="feature-matching loss weight (default 0.05; "
+                   "0 with --ratios)")
     s.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     s.add_argument("--threads", type=int, default=0)
     s.add_argument("--qat-steps", type=int, default=0, help="int8-aware fine-tuning steps")
@@ -349,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from these weights (a .pt of the same architecture, or a shipped model's name)")
     s.add_argument("--ratios", type=float, nargs="+", metavar="PERCENT",
                    help="All-in-One pruning ratios to train into one set of weights (percent of the MACs "
-                        "removed, e.g. 0 25 50 75; needs --adv-weight 0 --feat-weight 0; best from --init)")
+                        "removed, e.g. 0 25 50 75; pixel loss only; best from --init)")
     s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_train)
