@@ -232,3 +232,22 @@ def test_adaptive_policy_keeps_up_with_a_scan_faster_than_the_full_model(RE, den
     # the same scan with the full network alone cannot keep up
     cb, used, errors = run_with("drop-oldest", Timed(denoiser, costs[0], 0))
     assert cb.dropped > 0 and {u for u, e in zip(used, errors, strict=True) if not e} == {0.0}
+
+
+@pytest.mark.parametrize("name", ["tomogan-projection-aio", "tomogan-slice-aio"])
+def test_shipped_all_in_one_models_hold_every_ratio_with_its_cost_and_quality(name, rng):
+    from bluesky_tomogan.inference import load_card
+
+    card = load_card(name)
+    assert sorted(card.ratios, key=float) == ["0", "25", "50", "75"]
+    macs = [card.ratios[k]["macs_per_pixel"] for k in ("0", "25", "50", "75")]
+    assert macs == sorted(macs, reverse=True) and macs[-1] < 0.3 * macs[0]
+    # measured at export on the card's test frames: half the MACs within 0.005 SSIM of ratio 0
+    assert card.ratios["50"]["ssim_drop_vs_full"] < 0.005
+    assert set(card.source["ratio_speed"]["ms_per_frame"]) == {"0", "25", "50", "75"}
+    ratios = load_ratios(name, backend="onnxruntime")
+    frames = rng.poisson(300, (3, 64, 64)).astype(np.float32)
+    for r in ratios.ratios:
+        den = ratios.at(r)
+        assert den.ratio == r and np.isfinite(den.denoise_context(frames)).all()
+        assert den.card.has("tflite_int8") and den.card.has("openvino_int8")  # every format, every ratio
