@@ -73,7 +73,8 @@ def expand_ratios(models: list[str]) -> list[tuple[str, str, float]]:
             out.append((model, model, 0.0))
             continue
         for key in sorted(card.ratios, key=float):
-            out.append((f"{model} r{key}", str(card.ratio_card(float(key)).directory), float(key)))
+            sub = card.ratio_card(float(key))
+            out.append((f"{model} r{key}", model if sub is card else str(sub.directory), float(key)))
     return out
 
 
