@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .network import ConvLayer, GeneratorConfig, TomoGANGenerator
+from .network import ConvLayer, GeneratorConfig, TomoGANGenerator, conv_taps
 
 __all__ = ["CHANNEL_MULTIPLE", "MIN_KEEP", "PrunePlan", "plan_pruning", "channel_importance", "masked", "prune",
            "ratio_key"]
@@ -69,41 +69,18 @@ def _out_axis(layer: ConvLayer) -> int:
     return 1 if isinstance(layer, nn.ConvTranspose2d) else 0
 
 
-def _pixels_per_output(gen: TomoGANGenerator, size: int = 64) -> dict[str, float]:
-    """Output pixels of each conv layer per output pixel of the network (1/4 one level down...)."""
-    seen: dict[str, float] = {}
-    handles = []
-    for name, mod in gen.named_modules():
-        if isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d)):
-            handles.append(mod.register_forward_hook(
-                lambda m, i, o, name=name: seen.__setitem__(name, o.shape[-1] * o.shape[-2] / size**2)))
-    try:
-        with torch.no_grad():
-            gen(torch.zeros(1, gen.config.in_channels, size, size))
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
-
-
 def _channel_cost(gen: TomoGANGenerator) -> dict[str, float]:
     """MACs per output pixel saved by removing one output channel of each prunable layer."""
-    pixels = _pixels_per_output(gen)
+    pixels = gen.layer_pixels()
     modules = dict(gen.named_modules())
     cost: dict[str, float] = {}
     for name, (layer, consumers) in _producers(gen).items():
-        kh, kw = layer.kernel_size
-        if isinstance(layer, nn.ConvTranspose2d):  # each output pixel gets one tap per input channel
-            own = layer.in_channels * pixels[name]
-        else:
-            own = layer.in_channels * kh * kw * pixels[name]
+        own = layer.in_channels * conv_taps(layer) * pixels[name]
         reads = 0.0
         for cname, _ in consumers:
             c = modules[cname]
             assert isinstance(c, (nn.Conv2d, nn.ConvTranspose2d))
-            ckh, ckw = c.kernel_size
-            taps = 1 if isinstance(c, nn.ConvTranspose2d) else ckh * ckw
-            reads += c.out_channels * taps * pixels[cname]
+            reads += c.out_channels * conv_taps(c) * pixels[cname]
         cost[name] = own + reads
     return cost
 
@@ -277,7 +254,7 @@ class _MacCounter:
     """MACs per output pixel of ``gen`` with its prunable layers at other widths, in closed form."""
 
     def __init__(self, gen: TomoGANGenerator) -> None:
-        self.pixels = _pixels_per_output(gen)
+        self.pixels = gen.layer_pixels()
         self.layers = {n: m for n, m in gen.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}
         self.sources: dict[str, list[str]] = {}
         for n, (_, consumers) in _producers(gen).items():
@@ -289,9 +266,7 @@ class _MacCounter:
         for n, m in self.layers.items():
             out = widths.get(n, m.out_channels)
             cin = sum(widths[p] for p in self.sources[n]) if n in self.sources else m.in_channels
-            kh, kw = m.kernel_size
-            taps = 1 if isinstance(m, nn.ConvTranspose2d) else kh * kw
-            total += out * cin * taps * self.pixels[n]
+            total += out * cin * conv_taps(m) * self.pixels[n]
         return total
 
 

@@ -65,7 +65,7 @@ from torch import nn
 
 from ..errors import InputShapeError
 
-__all__ = ["ConvLayer", "GeneratorConfig", "TomoGANGenerator", "TomoGANDiscriminator"]
+__all__ = ["ConvLayer", "GeneratorConfig", "TomoGANGenerator", "TomoGANDiscriminator", "conv_taps"]
 
 Upsample = Literal["bilinear", "transposed"]
 Downscale = Literal["area", "space-to-depth"]
@@ -348,35 +348,43 @@ class TomoGANGenerator(nn.Module):
         """Whether ``forward`` adds the centre input frame to the network output."""
         return self.config.adds_residual
 
-    def macs_per_pixel(self, size: int = 64) -> float:
-        """Multiply-accumulates per *output* pixel, counted on a ``size`` x ``size`` input.
+    def layer_pixels(self, size: int = 64) -> dict[str, float]:
+        """Output pixels of every (transposed) convolution per output pixel of the network, by module name.
 
-        Documents how ``width`` and ``input_downscale`` change the cost.
+        1 at full resolution, 1/4 one level down...; counted on a ``size`` x ``size`` input.
         """
-        macs = 0.0
+        seen: dict[str, float] = {}
 
-        def count(mod: nn.Module, _inp: Any, out: torch.Tensor) -> None:
-            nonlocal macs
-            assert isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d))
-            kh, kw = mod.kernel_size
-            if isinstance(mod, nn.ConvTranspose2d):
-                # each output pixel of a kernel = stride deconv receives one tap per input channel
-                macs += float(out.numel() * mod.in_channels)
-            else:
-                macs += float(out.numel() * mod.in_channels * kh * kw)
+        def hook(name: str) -> Any:
+            return lambda _m, _i, out: seen.__setitem__(name, out.shape[-1] * out.shape[-2] / size**2)
 
-        handles = [
-            m.register_forward_hook(count)
-            for m in self.modules()
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))
-        ]
+        handles = [m.register_forward_hook(hook(n)) for n, m in self.named_modules()
+                   if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
         try:
             with torch.no_grad():
                 self(torch.zeros(1, self.config.in_channels, size, size))
         finally:
             for h in handles:
                 h.remove()
-        return macs / (size * size)
+        return seen
+
+    def macs_per_pixel(self, size: int = 64) -> float:
+        """Multiply-accumulates per *output* pixel, counted on a ``size`` x ``size`` input.
+
+        Documents how ``width`` and ``input_downscale`` change the cost.
+        """
+        pixels = self.layer_pixels(size)
+        return sum(m.out_channels * m.in_channels * conv_taps(m) * pixels[n] for n, m in self.named_modules()
+                   if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
+
+
+def conv_taps(layer: ConvLayer) -> int:
+    """Multiply-accumulates per output value and input channel: the kernel's taps, or 1 for a
+    transposed convolution whose kernel equals its stride (each output pixel gets one tap)."""
+    if isinstance(layer, nn.ConvTranspose2d):
+        return 1
+    kh, kw = layer.kernel_size
+    return int(kh * kw)
 
 
 class TomoGANDiscriminator(nn.Module):
