@@ -183,6 +183,14 @@ class Timed:
     backend, precision, model_sha256 = "onnxruntime", "fp32", ""
 
 
+class Counting(RatioDenoisers):
+    """Remembers the shape every ratio was warmed up at."""
+
+    def warm_up(self, shape):
+        super().warm_up(shape)
+        self.warmed = shape
+
+
 def test_the_controller_steps_lighter_above_high_water_and_back_after_calm(denoiser):
     ratios = RatioDenoisers({r: Timed(denoiser, 0, r) for r in RATIOS})
     c = RatioController(ratios, high_water=4, low_water=1, calm=3, settle=2)
@@ -205,7 +213,7 @@ def test_adaptive_policy_keeps_up_with_a_scan_faster_than_the_full_model(RE, den
     (The sleeps dominate the real denoising of 32x32 frames, so a busy CI machine does not
     change the outcome; benchmarks/adaptive_scan.py measures it with the real networks.)"""
     costs = {0: 0.150, 25: 0.110, 50: 0.060, 75: 0.020}
-    ratios = RatioDenoisers({r: Timed(denoiser, costs[r], r) for r in RATIOS})
+    ratios = Counting({r: Timed(denoiser, costs[r], r) for r in RATIOS})
     rng = np.random.default_rng(0)
 
     def frame():
@@ -229,6 +237,7 @@ def test_adaptive_policy_keeps_up_with_a_scan_faster_than_the_full_model(RE, den
     assert cb.dropped == 0 and errors == [""] * 60
     assert len(used) == 60 and set(used) <= set(map(float, RATIOS)) and len(set(used)) > 1
     assert used[0] == 0  # starts with the full network
+    assert ratios.warmed == (32, 32)  # every ratio ran once at the frame shape before the first switch
     # the same scan with the full network alone cannot keep up
     cb, used, errors = run_with("drop-oldest", Timed(denoiser, costs[0], 0))
     assert cb.dropped > 0 and {u for u, e in zip(used, errors, strict=True) if not e} == {0.0}

@@ -538,7 +538,8 @@ class RunDenoiser(PassThroughRun):
             return den
         if self.options.policy != "adaptive":
             return den.at(den.ratio)
-        if f not in self._controllers:
+        if f not in self._controllers:  # the first frame of this field: every ratio runs once at its shape
+            den.warm_up(stream.shape)
             self._controllers[f] = RatioController(den, self.options.high_water, self.options.low_water)
         return den.at(self._controllers[f].next_ratio(len(self._queue), stream.interval))
 

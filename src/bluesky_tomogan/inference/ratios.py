@@ -70,6 +70,13 @@ class RatioDenoisers:
         """The denoiser of ``ratio``."""
         return self._by_ratio[self._key(ratio)]
 
+    def warm_up(self, shape: tuple[int, int]) -> None:
+        """Run every ratio once on a frame of ``shape``, so that no switch during a scan waits for a
+        runtime's first call at a new shape (OpenVINO and TensorRT compile or allocate there)."""
+        context = np.ones((self.depth, *shape), np.float32)
+        for d in self._by_ratio.values():
+            d.denoise_context(context)
+
     def lighter(self, ratio: float) -> float:
         """The next lighter loaded ratio after ``ratio`` (itself if it is the lightest)."""
         i = self.ratios.index(self._key(ratio))
