@@ -24,7 +24,7 @@ from typing import Any
 
 from .errors import ModelLoadError, OutputPathError, RatioError
 
-__all__ = ["sha256_of", "read_card", "write_card", "ModelCard", "CardFile"]
+__all__ = ["sha256_of", "read_card", "write_card", "card_in_directory", "ModelCard", "CardFile"]
 
 CARD_VERSION = 1
 
@@ -50,6 +50,14 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(card, dict) or "name" not in card or "files" not in card:
         raise ModelLoadError(f"model card {path} lacks the 'name' and 'files' entries")
     return card
+
+
+def card_in_directory(directory: Path, error: type[Exception] = ModelLoadError) -> Path:
+    """The one model card (``*.json``) of a model directory; ``error`` (with the count) if it holds none or several."""
+    cards = sorted(directory.glob("*.json"))
+    if len(cards) != 1:
+        raise error(f"{directory} must hold exactly one model card (*.json), found {len(cards)}")
+    return cards[0]
 
 
 def write_card(path: str | os.PathLike[str], card: dict[str, Any]) -> Path:
@@ -229,11 +237,7 @@ class ModelCard:
         where = self.directory / str(self.ratios[key].get("model", "."))
         if where.resolve() == self.directory.resolve():
             return self
-        cards = sorted(where.glob("*.json")) if where.is_dir() else []
-        if len(cards) != 1:
-            raise ModelLoadError(f"model {self.name!r}: ratio {key}'s directory {where} must hold exactly one "
-                                 f"model card, found {len(cards)}")
-        return ModelCard.read(cards[0])
+        return ModelCard.read(card_in_directory(where))  # "<name>.ratios/r<k>" names the ratio in the error
 
     def ssim_drop(self, key: str, which: str = "mean") -> float | None:
         """Measured SSIM loss vs fp32 of ``backend/precision`` ``key``, or ``None`` if not measured.

@@ -29,7 +29,7 @@ from ..model.allinone import PrunePlan, prune, ratio_key
 from ..model.data import normalised_frames
 from ..model.network import TomoGANGenerator
 from ..model.train import load_generator
-from ..modelcard import read_card, sha256_of, write_card
+from ..modelcard import card_in_directory, read_card, sha256_of, write_card
 from ..simulate.datasets import PairSet, read_dataset
 from .copies import check_activation_copies, offset_activation_copies
 from .onnx import export_onnx
@@ -209,10 +209,7 @@ def export_model(
     if unknown:
         raise ValueError(f"unknown export formats {unknown}; choose from {FORMATS}")
     src = Path(training_dir)
-    cards = sorted(src.glob("*.json"))
-    if len(cards) != 1:
-        raise OutputPathError(f"{src} must hold exactly one model card (*.json), found {len(cards)}")
-    card = read_card(cards[0])
+    card = read_card(card_in_directory(src, OutputPathError))
     name = card["name"]
     out = Path(out_dir)
     try:

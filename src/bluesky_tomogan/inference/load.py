@@ -27,7 +27,7 @@ from ..errors import (
     UnknownBackendError,
     UnknownModelError,
 )
-from ..modelcard import ModelCard
+from ..modelcard import ModelCard, card_in_directory
 from .denoiser import Denoiser
 from .registry import (
     PRECISIONS,
@@ -68,10 +68,7 @@ def load_card(model: str | os.PathLike[str] | None = None) -> ModelCard:
     if path.suffix == ".json" and path.is_file():
         return ModelCard.read(path)
     if path.is_dir():
-        cards = sorted(path.glob("*.json"))
-        if len(cards) != 1:
-            raise UnknownModelError(f"{path} must hold exactly one model card (*.json), found {len(cards)}")
-        return ModelCard.read(cards[0])
+        return ModelCard.read(card_in_directory(path, UnknownModelError))
     shipped = shipped_weights_dir() / f"{name}.json"
     if shipped.is_file():
         return ModelCard.read(shipped)

@@ -331,6 +331,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     bar = tqdm(total=round(config.time_budget_s) if timed else config.max_epochs * config.steps_per_epoch,
                initial=0 if timed else epoch * config.steps_per_epoch, disable=not progress,
                desc=config.name, unit="s" if timed else "step", dynamic_ncols=True)
+    def advance(**postfix: str) -> None:
+        """One step done: move the bar (by a step, or to the seconds spent) and show where the run is."""
+        bar.update(min(round(time.perf_counter() - t0), bar.total) - bar.n if timed else 1)
+        bar.set_postfix({"epoch": epoch + 1, **postfix, "best": f"{best_score:.4f}"})
+
     while epoch < config.max_epochs:
         gan_on = disc is not None and epoch >= config.gan_warmup_epochs
         sums = {"loss": 0.0, "pixel": 0.0, "adv": 0.0, "feat": 0.0, "d": 0.0}
@@ -340,8 +345,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
             y = torch.from_numpy(yb).to(memory_format=torch.channels_last)
             if plan is not None:  # All-in-One: every ratio, one backward pass
                 _ratio_step(gen, plan, x, y, opt_g, dtype, autocast, config, sums)
-                bar.update(min(round(time.perf_counter() - t0), bar.total) - bar.n if timed else 1)
-                bar.set_postfix(epoch=epoch + 1, best=f"{best_score:.4f}")
+                advance()
                 continue
             with torch.autocast("cpu", dtype=dtype, enabled=autocast):
                 fake = gen(x)
@@ -376,11 +380,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
             opt_g.step()
             sums["loss"] += loss.item()
             sums["pixel"] += loss_pix.item()
-            if timed:
-                bar.update(min(round(time.perf_counter() - t0), bar.total) - bar.n)
-            else:
-                bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4f}", best=f"{best_score:.4f}")
+            advance(loss=f"{loss.item():.4f}")
         epoch += 1
         metrics = _validate_ratios(gen, test_pairs, config.val_frames, plan)
         elapsed = elapsed_before + time.perf_counter() - t0
