@@ -30,23 +30,19 @@ import numpy as np
 from accuracy import evaluate, held_out
 from speed import keras_reference
 
-from bluesky_tomogan.bench import CONFIGS, cpu_name, run
+from bluesky_tomogan.bench import CONFIGS, run
+from bluesky_tomogan.cpu import SPEED_FLAGS, cpu_name
+from bluesky_tomogan.cpu import cpu_flags as current_cpu_flags
 from bluesky_tomogan.errors import TomoGANError
 from bluesky_tomogan.frames import context_indices
 from bluesky_tomogan.inference import load_card, load_denoiser
 
 SIZE = 1024
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 
 
 def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    have = set(line.split(":", 1)[-1].split())
-    return [f for f in FLAGS if f in have]
+    have = current_cpu_flags()
+    return [f for f in SPEED_FLAGS if f in have]
 
 
 def quality(model: str, frames: int) -> dict[tuple[str, str], float]:

@@ -213,14 +213,9 @@ def test_auto_picks_a_backend_within_tolerance_and_reports_it(caplog):
     (0.006, 0.008, "mean SSIM loss vs fp32 0.0060 > 0.005"),
     (0.004, None, "no worst-frame SSIM loss measured"),
 ])
-def test_auto_passes_over_int8_whose_mean_or_worst_frame_loss_is_too_high(model_copy, caplog, monkeypatch, mean, worst,
-                                                                          reason):
+def test_auto_passes_over_int8_whose_mean_or_worst_frame_loss_is_too_high(model_copy, caplog, mean, worst, reason):
     import logging
 
-    from bluesky_tomogan.inference import load
-    from bluesky_tomogan.inference.registry import AUTO_ORDER
-
-    monkeypatch.setattr(load, "auto_order", lambda: AUTO_ORDER)  # int8 first, as on a CPU without AMX
     card_path = model_copy / "tomogan-projection.json"
     card = json.loads(card_path.read_text())
     for key in [k for k in card["quantization"] if k.endswith("/int8")]:
@@ -275,11 +270,7 @@ def test_auto_falls_back_past_an_edge_tpu_runtime_when_the_card_has_no_edge_tpu_
         load_denoiser(backend="edgetpu")
 
 
-def test_auto_falls_back_past_a_corrupt_file_and_says_so(model_copy, caplog, monkeypatch):
-    from bluesky_tomogan.inference import load
-    from bluesky_tomogan.inference.registry import AUTO_ORDER
-
-    monkeypatch.setattr(load, "auto_order", lambda: AUTO_ORDER)  # int8 first, as on a CPU without AMX
+def test_auto_falls_back_past_a_corrupt_file_and_says_so(model_copy, caplog):
     card_path = model_copy / "tomogan-projection.json"
     card = json.loads(card_path.read_text())
     card["quantization"]["openvino/int8"] |= {"ssim_drop": 0.001, "ssim_drop_worst": 0.002}  # auto's first pick
@@ -393,11 +384,10 @@ def test_full_int8_projection_model_does_not_pass_zingers_through(frames):
     assert not load_denoiser("tomogan-slice", backend="litert").session.isolated_spikes
 
 
-def test_auto_tries_bf16_before_int8_on_a_cpu_with_amx_and_int8_first_without():
-    from bluesky_tomogan.inference.registry import AUTO_ORDER, auto_order
+def test_int8_float_parts_run_in_bf16_only_where_amx_is():
+    from bluesky_tomogan.inference.backends.openvino import int8_float_precision
+    from bluesky_tomogan.inference.registry import AUTO_ORDER
 
-    with_amx = auto_order({"avx512f", "amx_tile", "amx_bf16", "amx_int8"})
-    assert with_amx.index(("openvino", "bf16")) < with_amx.index(("openvino", "int8"))
-    assert auto_order({"avx512f", "avx512_vnni", "avx512_bf16"}) == AUTO_ORDER  # AMD Zen 5: int8 is faster
+    assert int8_float_precision({"avx512f", "amx_tile", "amx_bf16", "amx_int8"}) == "bf16"
+    assert int8_float_precision({"avx512f", "avx512_vnni", "avx512_bf16"}) == "f32"  # AMD Zen 5
     assert AUTO_ORDER.index(("openvino", "int8")) < AUTO_ORDER.index(("openvino", "bf16"))
-    assert sorted(with_amx) == sorted(AUTO_ORDER)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .cpu import cpu_name
 from .inference.registry import configurations
 
 __all__ = ["CONFIGS", "measure", "run", "table", "main", "warm_up", "cpu_name"]
@@ -32,20 +33,6 @@ WARM_UP_SECONDS = 3.0
 
 #: Every (backend, precision) the registry knows; one that cannot run here is reported as skipped.
 CONFIGS: list[tuple[str, str]] = configurations()
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), to print beside every speed figure."""
-    import platform
-    from pathlib import Path
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _frames(size: int, n: int) -> np.ndarray:

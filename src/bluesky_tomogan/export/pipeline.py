@@ -161,10 +161,15 @@ def record_quality(card_path: Path, pairs: PairSet, n_frames: int = 48, source: 
     The card's headline ``metrics`` become the fp32 model's numbers through the full
     Denoiser path; ``source`` names the frames (a file) in the card.
     """
+    from ..cpu import cpu_name
+    from ..inference.backends.openvino import int8_float_precision
+
     quality = measure_quality(card_path, pairs, n_frames)
     raw, fp32 = quality.pop("raw"), quality["onnxruntime/fp32"]
     card = read_card(card_path)
     card["quantization"] = quality
+    # int8 and bf16 numerics depend on the CPU (OpenVINO's int8 float parts: bf16 with AMX)
+    card["quantization_measured_on"] = {"cpu": cpu_name(), "openvino_int8_float_precision": int8_float_precision()}
     card["metrics"] = {"val_ssim": fp32["ssim"], "val_psnr": fp32["psnr"], "val_raw_ssim": raw["ssim"],
                        "val_raw_psnr": raw["psnr"], "val_raw_ssim_min": raw["ssim_min"],
                        "val_frames": fp32["frames"], "frames_source": source,

@@ -2,8 +2,7 @@
 
 Which backends exist, what each runs and from which model-card file is the
 registry's business (:mod:`.registry`); this module walks it. ``auto`` tries
-the registry's ``AUTO_ORDER`` (as :func:`~.registry.auto_order` adapts it to this CPU),
-fastest first, and goes past any backend whose
+the registry's ``AUTO_ORDER``, fastest first, and goes past any backend whose
 model file, runtime or device is missing here.
 
 Precision ``auto`` picks the fastest precision whose measured quality loss
@@ -30,12 +29,12 @@ from ..errors import (
 from ..modelcard import ModelCard, card_in_directory
 from .denoiser import Denoiser
 from .registry import (
+    AUTO_ORDER,
     PRECISIONS,
     SSIM_TOLERANCE,
     SSIM_TOLERANCE_WORST,
     BackendSpec,
     OpenRequest,
-    auto_order,
     backend_names,
     resolve_alias,
     spec,
@@ -101,10 +100,10 @@ def precision_verdict(card: ModelCard, backend: BackendSpec, precision: str) -> 
 
 def _candidates(backend: str, precision: str) -> list[tuple[str, str]]:
     if backend == "auto":
-        return [(b, p) for b, p in auto_order() if precision in ("auto", p)]
+        return [(b, p) for b, p in AUTO_ORDER if precision in ("auto", p)]
     s = spec(backend)
     if precision == "auto":
-        return [(b, p) for b, p in auto_order() if b == backend] or [(backend, s.precisions[0])]
+        return [(b, p) for b, p in AUTO_ORDER if b == backend] or [(backend, s.precisions[0])]
     if precision not in s.precisions:
         only = " only" if len(s.precisions) == 1 else ""
         raise PrecisionError(f"{backend} runs {', '.join(s.precisions)}{only}, not {precision}")

@@ -6,9 +6,7 @@ and the CLI's choices all read this table, so which backend runs which
 precision from which file is decided here and nowhere else.
 
 ``AUTO_ORDER`` lists (backend, precision) pairs fastest first, as measured on
-x86 CPUs (docs/benchmarks.md), with GPUs and TPUs first when present;
-:func:`auto_order` is that order for this machine's CPU (bf16 before int8 where
-AMX runs bf16 tiles).
+x86 CPUs (docs/benchmarks.md), with GPUs and TPUs first when present.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from .backends.tensorrt import DEFAULT_TILE as TENSORRT_TILE  # numpy only at im
 
 __all__ = ["BackendSpec", "OpenRequest", "REGISTRY", "AUTO_ORDER", "ALIASES", "PRECISIONS", "SSIM_TOLERANCE",
            "SSIM_TOLERANCE_WORST",
-           "auto_order", "backend_names", "configurations", "spec", "resolve_alias"]
+           "backend_names", "configurations", "spec", "resolve_alias"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 #: Largest mean SSIM drop vs fp32 a reduced precision may cost and still be chosen by ``precision="auto"``.
@@ -167,38 +165,15 @@ REGISTRY: Mapping[str, BackendSpec] = MappingProxyType({s.name: s for s in (
 )})
 
 #: Fastest first; ``auto`` takes the first that this machine, this model card and the tolerance allow.
+#: OpenVINO int8 is ahead of bf16 on every CPU measured once its float parts run in bf16
+#: where AMX is (:func:`~.backends.openvino.int8_float_precision`): Xeon with AMX, 1024x1024,
+#: int8 179-267 ms against bf16 188-321 ms for the shipped models (2 threads, loaded CPU);
+#: AMD Zen 5 int8 194 ms, bf16 237 ms (issue 20).
 AUTO_ORDER: tuple[tuple[str, str], ...] = (
     ("tensorrt", "int8"), ("tensorrt", "fp16"), ("edgetpu", "int8"),
     ("openvino", "int8"), ("openvino", "bf16"), ("litert", "int8"),
     ("openvino", "fp32"), ("onnxruntime", "fp32"),
 )
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            line = next((ln for ln in f if ln.startswith("flags")), "")
-    except OSError:
-        return set()
-    return set(line.split(":", 1)[-1].split())
-
-
-def auto_order(cpu_flags: set[str] | None = None) -> tuple[tuple[str, str], ...]:
-    """:data:`AUTO_ORDER` for this CPU (or one with ``cpu_flags``).
-
-    With AMX bf16 tiles (``amx_bf16``), OpenVINO bf16 comes before int8: measured at
-    1024x1024 on a Xeon with AMX, bf16 166 ms against int8 209 ms for an int8 model that
-    NNCF kept wholly int8 (411 ms for one with five convolutions returned to float),
-    while on an AMD Zen 5 without AMX int8 (194 ms) beats bf16 (237 ms)
-    (docs/benchmarks.md, "Quality against speed").
-    """
-    flags = _cpu_flags() if cpu_flags is None else cpu_flags
-    if "amx_bf16" not in flags:
-        return AUTO_ORDER
-    order = list(AUTO_ORDER)
-    i, j = order.index(("openvino", "int8")), order.index(("openvino", "bf16"))
-    order[i], order[j] = order[j], order[i]
-    return tuple(order)
 
 
 def _cpu() -> str:
