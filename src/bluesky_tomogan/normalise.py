@@ -45,9 +45,9 @@ def robust_range(frame: np.ndarray) -> tuple[float, float]:
 
 def normalise(x: np.ndarray, offset: float, scale: float) -> np.ndarray:
     """``(x - offset) / scale`` as float32."""
-    return ((np.asarray(x, dtype=np.float32) - np.float32(offset)) / np.float32(scale)).astype(
-        np.float32, copy=False
-    )
+    out = np.subtract(x, np.float32(offset), dtype=np.float32)
+    out /= np.float32(scale)  # in place: one full-frame temporary fewer
+    return out
 
 
 def denormalise(y: np.ndarray, offset: float, scale: float) -> np.ndarray:

@@ -116,13 +116,22 @@ class TileGrid:
             for j in range(len(xs))
         ]
 
+    @property
+    def whole(self) -> bool:
+        """One tile covers the frame exactly: nothing to cut out or blend."""
+        return self.tile == (self.height, self.width)
+
     def split(self, frames: np.ndarray) -> np.ndarray:
-        """``(C, H, W)`` -> ``(n_tiles, C, th, tw)`` (copies)."""
+        """``(C, H, W)`` -> ``(n_tiles, C, th, tw)`` (copies, or a view of a whole frame)."""
+        if self.whole:
+            return frames[None]
         th, tw = self.tile
         return np.stack([frames[:, y : y + th, x : x + tw] for y, x in self.starts])
 
     def merge(self, tiles: np.ndarray) -> np.ndarray:
-        """``(n_tiles, C, th, tw)`` outputs -> blended ``(C, H, W)``."""
+        """``(n_tiles, C, th, tw)`` outputs -> blended ``(C, H, W)`` (a view of a whole frame's tile)."""
+        if self.whole:
+            return tiles[0]
         th, tw = self.tile
         acc = np.zeros((tiles.shape[1], self.height, self.width), np.float32)
         norm = np.zeros((self.height, self.width), np.float32)
