@@ -117,6 +117,17 @@ def test_faults_beam_dump_saturation_motion(RE, rig):
     np.testing.assert_allclose(after[:, 8:], before[:, :-8], atol=1e-5)  # the whole sample slid 8 pixels
 
 
+def test_frames_at_one_angle_reuse_the_projection_until_the_sample_moves(RE, rig):
+    det, _, _ = rig
+    first, second = frames_of(scan(RE, bp.count([det], num=2))).astype(float)
+    assert det._last_attenuation is not None and det._last_attenuation[0] is det.sample
+    assert 0 < np.abs(first - second).mean() < 0.2 * first.mean()  # new noise, same projection
+    det.inject_fault("motion", pixels=8)
+    moved = frames_of(scan(RE, bp.count([det], num=1)))[0].astype(float)
+    expected = det.photon_flux.get() * det.exposure_time.get() * det.gain * np.exp(-det.sample.line_integrals(0.0))
+    assert abs(moved - expected).mean() < abs(first - expected).mean()  # the moved sample, not the cached one
+
+
 def test_nan_fault_needs_float_frames(tmp_path, RE):
     det = SimTomoDetector(name="det", shape=(32, 32), directory=tmp_path, simulate_timing=False)
     with pytest.raises(ValueError, match="uint16 frames cannot hold NaN"):
