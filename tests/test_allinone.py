@@ -200,6 +200,17 @@ def test_the_controller_steps_lighter_above_high_water_and_back_after_calm(denoi
     assert all(abs(RATIOS.index(a) - RATIOS.index(b)) <= 1 for a, b in zip(seen, seen[1:], strict=False))
 
 
+def test_the_controller_counts_the_workers_other_work_before_stepping_heavier(denoiser):
+    ratios = RatioDenoisers({r: Timed(denoiser, 0, r) for r in RATIOS})
+    c = RatioController(ratios, high_water=4, low_water=1, calm=2, settle=1)
+    assert [c.next_ratio(w, 0.1) for w in (5, 5)] == [25, 50]
+    c.record(25, 0.05)  # the network alone fits 90 % of the 100 ms between frames...
+    c.record_cycle(0.12)  # ...but reading, QC and writing take another 70 ms per frame
+    assert c.overhead == pytest.approx(0.07)
+    assert [c.next_ratio(0, 0.1) for _ in range(5)] == [50] * 5  # so 25 % is not retried
+    assert c.next_ratio(0, 0.2) == 25  # frames twice as far apart: it fits
+
+
 def test_adaptive_needs_ratio_denoisers(denoiser):
     with pytest.raises(ValueError, match="RatioDenoisers of two or more ratios"):
         TomoGANCallback(denoiser, policy="adaptive")

@@ -454,6 +454,7 @@ class RunDenoiser(PassThroughRun):
             if self._closed:  # the stop gave up on this worker: its rows are recorded, stop working
                 return
             is_frame, item = got
+            began = time.perf_counter()
             if isinstance(item, _Dropped):  # recorded as a row with no frame, in its place
                 why = ("worker stalled, no room within block_timeout" if self.options.policy == "block"
                        else "queue full")
@@ -488,6 +489,8 @@ class RunDenoiser(PassThroughRun):
             elif len(window) == 3:
                 self._denoise(window[1], window)
                 window.pop(0)
+            if item.stream.field in self._controllers:  # what a frame costs besides the network
+                self._controllers[item.stream.field].record_cycle(time.perf_counter() - began)
 
     def _denoise_last(self, window: list[_Frame]) -> None:
         """Denoise a stream's newest frame with mirrored context (its next frame is not coming, or not yet)."""

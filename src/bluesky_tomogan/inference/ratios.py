@@ -177,9 +177,10 @@ class RatioController:
 
     A step lighter when the queue holds ``high_water`` frames or more. A step heavier after
     ``calm`` consecutive frames found at most ``low_water`` waiting, and only if the heavier
-    ratio, as measured on this scan (:meth:`record`), denoises a frame in less than
-    ``headroom`` of the time between frames: a ratio known to fall behind is not retried
-    until the frames come slower, so the queue does not saw up and down. After a switch the
+    ratio, as measured on this scan (:meth:`record`), denoises a frame, together with the
+    rest of the worker's work per frame (reading, QC, writing: :meth:`record_cycle`), in
+    less than ``headroom`` of the time between frames: a ratio known to fall behind is not
+    retried until the frames come slower, so the queue does not saw up and down. After a switch the
     next one waits ``settle`` frames, so a step shows its effect before the next is taken.
 
     Parameters
@@ -206,6 +207,8 @@ class RatioController:
         self.ratio = denoisers.ratios[0]
         self.switches = 0
         self.seconds: dict[float, float] = {}  # ratio -> typical seconds per frame on this scan
+        self.overhead = 0.0  # typical seconds per frame of the worker's other work
+        self._network = 0.0  # network seconds within the current worker cycle
         self._quiet = 0
         self._since_switch = settle
 
@@ -213,6 +216,15 @@ class RatioController:
         """Remember that a frame took ``seconds`` at ``ratio`` (a moving average)."""
         old = self.seconds.get(ratio)
         self.seconds[ratio] = seconds if old is None else 0.8 * old + 0.2 * seconds
+        self._network += seconds
+
+    def record_cycle(self, seconds: float) -> None:
+        """Remember that the worker spent ``seconds`` on one incoming frame, the network
+        included (a moving average of what is not the network)."""
+        if self._network > 0:  # a cycle that denoised: the rest is the per-frame overhead
+            rest = max(seconds - self._network, 0.0)
+            self.overhead = rest if self.overhead == 0.0 else 0.8 * self.overhead + 0.2 * rest
+        self._network = 0.0
 
     def next_ratio(self, waiting: int, interval: float | None = None) -> float:
         """The ratio for the next frame, with ``waiting`` frames queued behind it and frames
@@ -233,4 +245,4 @@ class RatioController:
 
     def _keeps_up(self, ratio: float, interval: float | None) -> bool:
         cost = self.seconds.get(ratio)
-        return cost is None or interval is None or cost < self.headroom * interval
+        return cost is None or interval is None or cost + self.overhead < self.headroom * interval
