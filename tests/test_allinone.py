@@ -131,6 +131,20 @@ def test_an_unknown_ratio_and_a_model_without_ratios_are_specific_errors(aio_mod
     assert load_denoiser("tomogan-projection", backend="onnxruntime", ratio=0).ratio == 0  # the model itself
 
 
+def test_quality_remeasures_every_ratio_card_of_an_all_in_one_model(aio_model, tiny_dataset, tmp_path, capsys):
+    from bluesky_tomogan.cli import main
+
+    model_dir, _ = aio_model
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    assert main(["quality", str(copy), "--data", str(tiny_dataset), "--frames", "3"]) == 0
+    cards = [copy / "tiny-aio.json", *(next((copy / "tiny-aio.ratios" / f"r{r}").glob("*.json")) for r in RATIOS[1:])]
+    for path in cards:
+        card = json.loads(path.read_text())
+        assert card["quantization"]["onnxruntime/fp32"]["frames"] == 3 and "cpu" in card["quantization_measured_on"]
+    assert capsys.readouterr().out.count("model card:") == len(RATIOS)
+
+
 def test_a_ratio_missing_for_one_backend_is_named_and_auto_falls_back(aio_model, tmp_path):
     model_dir, _ = aio_model
     copy = tmp_path / "model"

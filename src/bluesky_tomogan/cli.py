@@ -80,10 +80,13 @@ def _cmd_quality(args: argparse.Namespace) -> int:
 
     card = load_card(args.model)
     test = read_dataset(args.data).split("test")
-    path = record_quality(card.directory / f"{card.name}.json", test, args.frames,
-                          source=f"{Path(args.data).name} (test split)")
-    print(f"model card: {path}")
-    _print_quality(json.loads(path.read_text()))
+    # an All-in-One model's ratios are part of it: each has its own card and precision losses
+    cards = [card] + [card.ratio_card(float(k)) for k in sorted(card.ratios, key=float) if float(k) > 0]
+    for each in cards:
+        path = record_quality(each.directory / f"{each.name}.json", test, args.frames,
+                              source=f"{Path(args.data).name} (test split)")
+        print(f"model card: {path}")
+        _print_quality(json.loads(path.read_text()))
     return 0
 
 
@@ -400,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_finetune)
 
-    s = sub.add_parser("quality", help="re-measure a model's quality and precision losses on a dataset, into its card")
+    s = sub.add_parser("quality", help="re-measure a model's quality and precision losses on a dataset, into its "
+                                       "card (and each pruning ratio's card)")
     s.add_argument("model", help="model directory or card (*.json)")
     s.add_argument("--data", required=True, help="HDF5 dataset whose test split is measured (use hard frames)")
     s.add_argument("--frames", type=int, default=48, help="test frames measured (evenly spaced)")
