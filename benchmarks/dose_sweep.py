@@ -38,20 +38,22 @@ HELD_OUT_SEED = 90_000
 GRIDS = {"tv": [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0], "bm3d": [0.5, 0.75, 1.0, 1.5, 2.0, 3.0]}
 
 
-def held_out(dose: float, samples: int, frames: int, size: int) -> PairSet:
-    recipe = Recipe(domain="projection", size=size, photons=(dose, dose), max_attenuation=(1.2, 3.5),
+def held_out(dose: float, samples: int, frames: int, size: int,
+             opacity: tuple[float, float] = (1.2, 3.5)) -> PairSet:
+    recipe = Recipe(domain="projection", size=size, photons=(dose, dose), max_attenuation=opacity,
                     frames_per_scan=frames)
     return simulate_pairs(recipe, samples, seed=HELD_OUT_SEED + int(dose), workers=2)
 
 
-def sweep(model: str, samples: int, frames: int, size: int, methods: list[str]) -> dict[str, dict[str, dict]]:
+def sweep(model: str, samples: int, frames: int, size: int, methods: list[str],
+          opacity: tuple[float, float] = (1.2, 3.5)) -> dict[str, dict[str, dict]]:
     fp32 = load_denoiser(model, backend="onnxruntime", precision="fp32")
     auto = load_denoiser(model, backend="auto", precision="auto")
     auto_label = f"model, auto ({auto.backend}/{auto.precision})"
     results: dict[str, dict[str, dict]] = {}
     grid_scores: dict[str, dict[str, dict[float, dict[str, float]]]] = {}
     for dose in DOSES:
-        pairs = held_out(dose, samples, frames, size)
+        pairs = held_out(dose, samples, frames, size, opacity)
         # the middle frames of each scan, whose context is three real neighbours
         idx = np.arange(len(pairs.ns))
         rows: dict[str, dict] = {"raw": evaluate(lambda i, p=pairs: p.ns[i], pairs, idx)}
@@ -106,9 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=8, help="projections per phantom")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--methods", nargs="*", default=["tv", "bm3d"], choices=["tv", "bm3d"])
+    ap.add_argument("--opacity", type=float, nargs=2, default=[1.2, 3.5], metavar=("LOW", "HIGH"),
+                    help="range of the phantoms' largest line integral (low: faint samples, little contrast)")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args(argv)
-    results = sweep(args.model, args.samples, args.frames, args.size, args.methods)
+    results = sweep(args.model, args.samples, args.frames, args.size, args.methods, tuple(args.opacity))
     print(f"CPU: {cpu_name()}\n")
     print(markdown(results))
     if args.json:
