@@ -46,6 +46,17 @@ def test_tiny_training_run_lowers_the_loss_and_writes_a_model_card(tiny_dataset,
     assert {"val_psnr", "val_ssim"} <= set(card["metrics"])
 
 
+def test_fine_tuning_a_shipped_model_with_the_command_line_defaults_loads_its_weights():
+    """`train --init tomogan-projection` without --input-downscale: the CLI's default `downscale`
+    ("space-to-depth") means nothing at input_downscale 1 and must not make another architecture."""
+    from bluesky_tomogan.model.network import GeneratorConfig, TomoGANGenerator
+    from bluesky_tomogan.model.train import _load_initial_weights
+
+    cfg = GeneratorConfig(input_downscale=1, downscale="space-to-depth")
+    assert cfg == GeneratorConfig() and "downscale" not in cfg.to_dict()
+    _load_initial_weights(TomoGANGenerator(cfg), "tomogan-projection")  # raised "are for architecture ..."
+
+
 def test_resume_continues_from_the_checkpoint(tiny_dataset, tmp_path):
     train(_config(tiny_dataset, tmp_path, max_epochs=1), progress=False)
     result = train(_config(tiny_dataset, tmp_path, max_epochs=2), resume=True, progress=False)

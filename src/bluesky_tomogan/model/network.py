@@ -113,6 +113,8 @@ class GeneratorConfig:
             raise ValueError(f"input_downscale must be 1, 2 or 4, got {self.input_downscale}")
         if self.downscale not in ("area", "space-to-depth"):
             raise ValueError(f"downscale must be 'area' or 'space-to-depth', got {self.downscale!r}")
+        if self.input_downscale == 1:  # nothing is downscaled: one network, one config (and one card)
+            object.__setattr__(self, "downscale", "area")
         if not 0.125 <= self.width <= 4:
             raise ValueError(f"width must be in [0.125, 4], got {self.width}")
         bad = {k: v for k, v in self.channels_override.items() if not (isinstance(v, int) and v >= 1)}
@@ -146,7 +148,7 @@ class GeneratorConfig:
         d = asdict(self)
         if not d["channels_override"]:  # cards of unpruned networks stay as they were
             del d["channels_override"]
-        if d["downscale"] == "area" and d["input_downscale"] == 1:  # no downscaling: nothing to say
+        if d["input_downscale"] == 1:  # no downscaling: nothing to say
             del d["downscale"]
         return d
 
