@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import threading
 import time
@@ -192,7 +193,7 @@ def test_motion_is_flagged_with_the_measured_shift(RE, denoiser, tmp_path):
     assert all(s < 1.0 for i, s in enumerate(shifts) if i != 3 and not math.isnan(s))
 
 
-def test_a_lagging_denoiser_is_flagged_and_its_drops_recorded(RE, denoiser):
+def test_a_lagging_denoiser_is_flagged_and_its_drops_recorded(RE, denoiser, caplog):
     class Slow:
         def denoise_context(self, context):
             time.sleep(0.15)
@@ -207,10 +208,13 @@ def test_a_lagging_denoiser_is_flagged_and_its_drops_recorded(RE, denoiser):
     docs = collect(RE, cb)
     seen = []
     monitor.lagging.subscribe(lambda value, **kw: seen.append(value), run=False)
-    RE(bp.count([scripted_camera([np.full((32, 40), 500, np.uint16)] * 8)], num=8))
+    with caplog.at_level(logging.WARNING, logger="bluesky_tomogan"):
+        RE(bp.count([scripted_camera([np.full((32, 40), 500, np.uint16)] * 8)], num=8))
     flags, errors = column(docs, "cam_qc_flags"), column(docs, "cam_qc_error")
     dropped = [f for f, e in zip(flags, errors, strict=True) if e.startswith("dropped")]
     assert dropped and all("lagging" in f for f in dropped)
+    # a dropped frame says so, not "latency_s 0.3 above 5" (its latency is not what flagged it)
+    assert any("lagging" in r.message and "(dropped: queue full" in r.message for r in caplog.records)
     assert any("lagging" in f for f, e in zip(flags, errors, strict=True) if not e)  # late, not dropped
     assert 1 in seen
 

@@ -609,11 +609,13 @@ class RunDenoiser(PassThroughRun):
         item = result.item
         item.metrics.latency_s = result.finished - item.received
         result.flags = dict(self.options.qc.evaluate(item.metrics))
+        reasons = {}
         if result.error.startswith(DROPPED):  # dropped means the denoiser fell behind
             result.flags["lagging"] = self.options.qc.rules["lagging"].action
+            reasons["lagging"] = result.error
         verdict = Verdict(self.summary.uid, item.stream.bundle.descriptor_doc["name"], item.seq_num,
                           item.metrics.as_dict(), result.flags,
-                          functools.partial(self._position, item.stream.raw_name, item.seq_num))
+                          functools.partial(self._position, item.stream.raw_name, item.seq_num), reasons)
         try:
             self._verdicts.put_nowait(verdict)
         except queue.Full:

@@ -62,6 +62,8 @@ class Verdict:
     metrics: Mapping[str, float]
     flags: Mapping[str, Action]
     position: Callable[[], Mapping[str, Any]] = field(default=dict, compare=False, repr=False)
+    #: Why a flag was raised where its metric does not say (a dropped frame is ``lagging``).
+    reasons: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def unusable(self) -> bool:
@@ -196,6 +198,8 @@ class QCFeedback:
                                            _position=v.position))
 
     def _why(self, v: Verdict, flag: str) -> str:
+        if flag in v.reasons:
+            return v.reasons[flag]
         metric, direction = FLAGS[flag]
         return (f"{metric} {v.metrics.get(metric, float('nan')):.4g} {direction} "
                 f"{self.policy.rules[flag].threshold:g}")
