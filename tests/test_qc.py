@@ -202,19 +202,32 @@ def test_a_lagging_denoiser_is_flagged_and_its_drops_recorded(RE, denoiser, capl
         def provenance(self):
             return denoiser.provenance()
 
+    verdicts = []
+
+    class Recording(QCFeedback):
+        def act(self, verdict):
+            verdicts.append(verdict)
+            super().act(verdict)
+
     monitor = QCMonitor(name="qc")
-    feedback = QCFeedback(QCPolicy({"lagging": Rule(0.1, "warn")}), monitor=monitor, RE=RE)
+    feedback = Recording(QCPolicy({"lagging": Rule(0.1, "warn")}), monitor=monitor, RE=RE)
     cb = TomoGANCallback(Slow(), policy="drop-oldest", maxsize=1, feedback=feedback)
     docs = collect(RE, cb)
     seen = []
     monitor.lagging.subscribe(lambda value, **kw: seen.append(value), run=False)
-    with caplog.at_level(logging.WARNING, logger="bluesky_tomogan"):
-        RE(bp.count([scripted_camera([np.full((32, 40), 500, np.uint16)] * 8)], num=8))
+    RE(bp.count([scripted_camera([np.full((32, 40), 500, np.uint16)] * 8)], num=8))
     flags, errors = column(docs, "cam_qc_flags"), column(docs, "cam_qc_error")
     dropped = [f for f, e in zip(flags, errors, strict=True) if e.startswith("dropped")]
     assert dropped and all("lagging" in f for f in dropped)
-    # a dropped frame says so, not "latency_s 0.3 above 5" (its latency is not what flagged it)
-    assert any("lagging" in r.message and "(dropped: queue full" in r.message for r in caplog.records)
+    # a dropped frame's verdict says why it lags, not "latency_s 0.3 above 0.1" (its latency did not flag it)
+    deadline = time.monotonic() + 5  # verdicts reach the feedback thread asynchronously
+    while len(verdicts) < len(flags) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    reasons = [v.reasons.get("lagging", "") for v in verdicts]
+    assert sum(r.startswith("dropped: queue full") for r in reasons) == len(dropped)
+    caplog.set_level(logging.WARNING, logger="bluesky_tomogan")
+    QCFeedback(QCPolicy({"lagging": Rule(0.1, "warn")})).act(next(v for v in verdicts if v.reasons))
+    assert any("QC: lagging" in r.getMessage() and "(dropped: queue full" in r.getMessage() for r in caplog.records)
     assert any("lagging" in f for f, e in zip(flags, errors, strict=True) if not e)  # late, not dropped
     assert 1 in seen
 
