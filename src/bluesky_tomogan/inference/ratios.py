@@ -180,8 +180,9 @@ class RatioController:
     ratio, as measured on this scan (:meth:`record`), denoises a frame, together with the
     rest of the worker's work per frame (reading, QC, writing: :meth:`record_cycle`), in
     less than ``headroom`` of the time between frames: a ratio known to fall behind is not
-    retried until the frames come slower, so the queue does not saw up and down. After a switch the
-    next one waits ``settle`` frames, so a step shows its effect before the next is taken.
+    retried until the frames come slower, so the queue does not saw up and down. After a
+    switch the next one waits ``settle`` frames, so a step shows its effect before the next
+    is taken.
 
     Parameters
     ----------

@@ -4,8 +4,9 @@ The fastest CPU runtime measured here. fp32 and bf16 compile the fp32 ONNX
 model (bf16 through ``INFERENCE_PRECISION_HINT``); int8 loads the NNCF-quantised
 IR shipped beside it, whose float parts (the operations between the quantised
 convolutions, and any convolution NNCF kept in float) run in bf16 on CPUs with AMX
-and in fp32 elsewhere (:func:`int8_float_precision`). Compiled models are cached per input shape: OpenVINO
-runs static shapes fastest, and a scan has one or two frame shapes.
+and in fp32 elsewhere (:func:`int8_float_precision`). Compiled models are cached
+per input shape: OpenVINO runs static shapes fastest, and a scan has one or two
+frame shapes.
 """
 
 from __future__ import annotations
