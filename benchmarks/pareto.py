@@ -65,12 +65,9 @@ def expand_ratios(models: list[str]) -> list[tuple[str, str, float]]:
     out = []
     for model in models:
         card = load_card(model)
-        if not card.ratios:
-            out.append((model, model, 0.0))
-            continue
-        for key in sorted(card.ratios, key=float):
-            sub = card.ratio_card(float(key))
-            out.append((f"{model} r{key}", model if sub is card else str(sub.directory), float(key)))
+        for ratio, sub in card.ratio_cards().items():
+            label = f"{model} r{ratio:g}" if card.ratios else model
+            out.append((label, model if sub is card else str(sub.directory), ratio))
     return out
 
 

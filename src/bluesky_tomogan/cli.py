@@ -81,8 +81,7 @@ def _cmd_quality(args: argparse.Namespace) -> int:
     card = load_card(args.model)
     test = read_dataset(args.data).split("test")
     # an All-in-One model's ratios are part of it: each has its own card and precision losses
-    cards = [card] + [card.ratio_card(float(k)) for k in sorted(card.ratios, key=float) if float(k) > 0]
-    for each in cards:
+    for each in card.ratio_cards().values():
         path = record_quality(each.directory / f"{each.name}.json", test, args.frames,
                               source=f"{Path(args.data).name} (test split)")
         print(f"model card: {path}")

@@ -213,6 +213,13 @@ class ModelCard:
         ratios = self.source.get("ratios", {})
         return MappingProxyType(dict(ratios)) if isinstance(ratios, dict) else MappingProxyType({})
 
+    def ratio_cards(self) -> dict[float, ModelCard]:
+        """The card of every pruning ratio, lightest last (ratio 0 is this card); ``{0.0: self}``
+        for a model trained without ratios."""
+        if not self.ratios:
+            return {0.0: self}
+        return {float(k): self.ratio_card(float(k)) for k in sorted(self.ratios, key=float)}
+
     def ratio_card(self, ratio: float) -> ModelCard:
         """The model card of pruning ratio ``ratio`` (percent) of this All-in-One model.
 
