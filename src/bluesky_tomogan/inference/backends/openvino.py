@@ -48,13 +48,13 @@ def int8_float_precision(cpu_flags: Collection[str] | None = None) -> str:
     """Precision of an int8 graph's float parts on this CPU (or one with ``cpu_flags``).
 
     ``"bf16"`` with AMX bf16 tiles (``amx_bf16``), else ``"f32"``. Measured on a Xeon
-    with AMX at 512x512 (All-in-One projection model, 2 threads): the int8 IR ran 25.9 ms
-    with bf16 float parts and 90.6 ms with fp32 ones, the same network in bf16 28.4 ms,
-    because every layout change, upsampling and concatenation between the int8
-    convolutions otherwise runs in AVX-512 fp32. Without AMX the fp32 float parts are
-    what the int8 numbers of issue 20 were measured with (AMD Zen 5: int8 faster than
-    bf16). The model card's int8 losses are measured with the precision of the CPU that
-    exported it, named in the card.
+    with AMX at 512x512 (All-in-One projection model, 2 threads, ``benchmarks/layer_profile.py
+    --precision bf16|f32``, two runs): the int8 IR ran 32.5-38.2 ms with bf16 float parts and
+    118.8-121.7 ms with fp32 ones, the same network in bf16 40.2-40.7 ms, because every
+    layout change, upsampling and concatenation between the int8 convolutions otherwise
+    runs in AVX-512 fp32. Without AMX the fp32 float parts are what the int8 numbers of
+    issue 20 were measured with (AMD Zen 5: int8 faster than bf16). The model card's int8
+    losses are measured with the precision of the CPU that exported it, named in the card.
     """
     flags = current_cpu_flags() if cpu_flags is None else cpu_flags
     return "bf16" if "amx_bf16" in flags else "f32"
