@@ -57,6 +57,27 @@ def test_fine_tuning_a_shipped_model_with_the_command_line_defaults_loads_its_we
     _load_initial_weights(TomoGANGenerator(cfg), "tomogan-projection")  # raised "are for architecture ..."
 
 
+def test_the_ssim_loss_is_the_ssim_the_project_scores_with():
+    from bluesky_tomogan.metrics import ssim
+    from bluesky_tomogan.model.losses import ssim_loss
+
+    rng = np.random.default_rng(0)
+    clean = rng.random((2, 1, 40, 40)).astype(np.float32) * 3 + 5  # not on [0, 1]: the loss maps it as ssim() does
+    noisy = clean + rng.normal(0, 0.4, clean.shape).astype(np.float32)
+    mixed = pixel_loss(torch.from_numpy(noisy), torch.from_numpy(clean), "l1+ssim")
+    expected = np.mean([1 - ssim(c[0], n[0]) for c, n in zip(clean, noisy, strict=True)])
+    assert float(ssim_loss(*[torch.from_numpy((a - clean.min()) / np.ptp(clean)) for a in (noisy, clean)])) > 0
+    assert 0.84 * expected < float(mixed) < 0.84 * expected + 0.16 * 0.2  # SSIM term plus a small L1 term
+    assert float(pixel_loss(torch.from_numpy(clean), torch.from_numpy(clean), "l1+ssim")) == pytest.approx(0, abs=1e-6)
+    with pytest.raises(ValueError, match="l1\\+ssim"):
+        pixel_loss(torch.from_numpy(clean), torch.from_numpy(clean), "ssim")  # type: ignore[arg-type]
+
+
+def test_training_with_the_ssim_loss_runs(tiny_dataset, tmp_path):
+    result = train(_config(tiny_dataset, tmp_path, pixel="l1+ssim", max_epochs=1), progress=False)
+    assert json.loads(result.card.read_text())["training"]["config"]["pixel"] == "l1+ssim"
+
+
 def test_resume_continues_from_the_checkpoint(tiny_dataset, tmp_path):
     train(_config(tiny_dataset, tmp_path, max_epochs=1), progress=False)
     result = train(_config(tiny_dataset, tmp_path, max_epochs=2), resume=True, progress=False)

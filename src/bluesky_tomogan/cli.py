@@ -347,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--patience", type=int, default=4)
     s.add_argument("--time-budget", type=float, default=0, help="minutes (0 = none)")
     s.add_argument("--lr", type=float, default=1e-3)
-    s.add_argument("--pixel", choices=["l1", "mse"], default="l1")
+    s.add_argument("--pixel", choices=["l1", "mse", "l1+ssim"], default="l1",
+                   help="pixel loss: l1, mse, or l1+ssim (0.84 (1 - SSIM) + 0.16 L1, Zhao et al. 2017)")
     s.add_argument("--adv-weight", type=float, default=None, help="adversarial loss weight (default 1e-3; 0 "
                    "with --ratios)")
     s.add_argument("--feat-weight", type=float, default=None, help="feature-matching loss weight (default 0.05; "

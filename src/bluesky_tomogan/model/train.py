@@ -35,6 +35,7 @@ from ..simulate.datasets import PairSet, read_dataset
 from .allinone import PrunePlan, channel_importance, masked, plan_pruning, ratio_key
 from .data import PatchSampler, normalised_frames
 from .losses import (
+    PixelLoss,
     discriminator_loss,
     feature_matching_loss,
     generator_adversarial_loss,
@@ -73,8 +74,8 @@ class TrainConfig:
         Stop (with a checkpoint) after this many seconds of this run; 0 = none.
     lr : float
         Adam learning rate of the generator (halved on a plateau).
-    pixel : {"l1", "mse"}
-        Pixel loss.
+    pixel : {"l1", "mse", "l1+ssim"}
+        Pixel loss (``"l1+ssim"``: the SSIM-aware mix, see :mod:`bluesky_tomogan.model.losses`).
     adv_weight, feat_weight : float
         Weights of the adversarial and feature-matching terms (0 and 0 = no critic).
     gan_warmup_epochs : int
@@ -123,7 +124,7 @@ class TrainConfig:
     min_delta: float = 5e-4
     time_budget_s: float = 0.0
     lr: float = 1e-3
-    pixel: Literal["l1", "mse"] = "l1"
+    pixel: PixelLoss = "l1"
     adv_weight: float = 1e-3
     feat_weight: float = 0.05
     gan_warmup_epochs: int = 3
