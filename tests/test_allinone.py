@@ -184,8 +184,9 @@ def test_the_command_line_trains_ratios_and_denoises_at_one(tiny_dataset, aio_mo
 class Timed:
     """A real denoiser that takes ``delay`` seconds per frame, as a network of that cost would."""
 
-    def __init__(self, inner, delay, ratio):
+    def __init__(self, inner, delay, ratio, model="timed"):
         self.inner, self.delay, self.ratio, self.depth = inner, delay, ratio, inner.depth
+        self.model_name = f"{model}-r{ratio}"
 
     def denoise_context(self, context):
         time.sleep(self.delay)
@@ -201,14 +202,14 @@ class Counting(RatioDenoisers):
     """Remembers the shape every ratio was warmed up at."""
 
     def warm_up(self, shape):
-        super().warm_up(shape)
         self.warmed = shape
+        return super().warm_up(shape)
 
 
 def test_the_controller_steps_lighter_above_high_water_and_back_after_calm(denoiser):
     ratios = RatioDenoisers({r: Timed(denoiser, 0, r) for r in RATIOS})
     c = RatioController(ratios, high_water=4, low_water=1, calm=3, settle=2)
-    seen = [c.next_ratio(w) for w in [0, 5, 5, 5, 5, 5, 5, 3, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0]]
+    seen = [c.next_denoiser(w).ratio for w in [0, 5, 5, 5, 5, 5, 5, 3, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0]]
     assert seen[:2] == [0, 25] and max(seen) == 75  # one step at a time, settling between steps
     assert seen[seen.index(75):].count(75) >= 2 and seen[-1] < 75  # back to heavier ratios once drained
     assert all(abs(RATIOS.index(a) - RATIOS.index(b)) <= 1 for a, b in zip(seen, seen[1:], strict=False))
@@ -217,12 +218,48 @@ def test_the_controller_steps_lighter_above_high_water_and_back_after_calm(denoi
 def test_the_controller_counts_the_workers_other_work_before_stepping_heavier(denoiser):
     ratios = RatioDenoisers({r: Timed(denoiser, 0, r) for r in RATIOS})
     c = RatioController(ratios, high_water=4, low_water=1, calm=2, settle=1)
-    assert [c.next_ratio(w, 0.1) for w in (5, 5)] == [25, 50]
-    c.record(25, 0.05)  # the network alone fits 90 % of the 100 ms between frames...
+    assert c.next_denoiser(5, 0.1).ratio == 25
+    c.record(0.05)  # the network alone fits 90 % of the 100 ms between frames...
     c.record_cycle(0.12)  # ...but reading, QC and writing take another 70 ms per frame
     assert c.overhead == pytest.approx(0.07)
-    assert [c.next_ratio(0, 0.1) for _ in range(5)] == [50] * 5  # so 25 % is not retried
-    assert c.next_ratio(0, 0.2) == 25  # frames twice as far apart: it fits
+    assert c.next_denoiser(5, 0.1).ratio == 50
+    assert [c.next_denoiser(0, 0.1).ratio for _ in range(5)] == [50] * 5  # so 25 % is not retried
+    assert c.next_denoiser(0, 0.2).ratio == 25  # frames twice as far apart: it fits
+
+
+def test_the_controller_steps_on_into_the_fallback_after_the_lightest_ratio_and_back(denoiser):
+    light = RatioDenoisers({r: Timed(denoiser, 0, r, "light") for r in (0, 50)})
+    ladder = RatioDenoisers({r: Timed(denoiser, 0, r) for r in RATIOS}, fallback=light)
+    assert [d.model_name for d in ladder.ladder] == ["timed-r0", "timed-r25", "timed-r50", "timed-r75",
+                                                     "light-r0", "light-r50"]
+    assert ladder.ratios == tuple(map(float, RATIOS))  # the model's own ratios; at() and denoise() use them
+    c = RatioController(ladder, high_water=4, low_water=1, calm=1, settle=1)
+    down = [c.next_denoiser(9).model_name for _ in range(7)]
+    assert down == ["timed-r25", "timed-r50", "timed-r75", "light-r0", "light-r50", "light-r50", "light-r50"]
+    up = [c.next_denoiser(0).model_name for _ in range(6)]
+    assert up == ["light-r0", "timed-r75", "timed-r50", "timed-r25", "timed-r0", "timed-r0"]
+    prov = ladder.provenance()
+    assert prov["fallback_ladder"].startswith("light-r0:onnxruntime/fp32,light-r50")
+    # with each step's cost known (the warm-up's), a high queue goes straight to the heaviest step that keeps up
+    costs = [0.15, 0.14, 0.13, 0.12, 0.05, 0.02]
+    c = RatioController(ladder, high_water=4, low_water=1, calm=1, settle=1, costs=costs)
+    assert c.next_denoiser(5, 0.1).model_name == "light-r0"  # 50 ms of 100 fits; every ratio of the model is slower
+    assert c.next_denoiser(0, 0.1).model_name == "light-r0"  # and it does not climb back into a step too slow
+    c = RatioController(ladder, high_water=4, low_water=1, calm=1, settle=1, costs=costs)
+    assert c.next_denoiser(5, 0.03).model_name == "light-r50"  # none keeps up: the lightest
+
+
+def test_a_fallback_must_read_the_same_context_and_denoise_the_same_domain(denoiser, aio_model):
+    shallow = Timed(denoiser, 0, 0)
+    shallow.depth = 1
+    with pytest.raises(RatioError, match="different context depths.*fallback"):
+        RatioDenoisers({0: denoiser, 50: denoiser}, fallback=RatioDenoisers({0: shallow}))
+    model_dir, _ = aio_model
+    with pytest.raises(RatioError, match="fallback 'tomogan-projection-aio' denoises projections"):
+        load_ratios(model_dir / "tiny-aio.json", backend="onnxruntime", fallback="tomogan-projection-aio")
+    ladder = load_ratios(model_dir / "tiny-aio.json", backend="onnxruntime", ratios=[0, 75],
+                         fallback=model_dir / "tiny-aio.json", fallback_ratios=[50])
+    assert [d.model_name for d in ladder.ladder] == ["tiny-aio", "tiny-aio-r75", "tiny-aio-r50"]
 
 
 def test_adaptive_needs_ratio_denoisers(denoiser):
@@ -232,13 +269,11 @@ def test_adaptive_needs_ratio_denoisers(denoiser):
         TomoGANCallback(RatioDenoisers({0: denoiser, 50: denoiser}), policy="adaptive", high_water=2, low_water=2)
 
 
-def test_adaptive_policy_keeps_up_with_a_scan_faster_than_the_full_model(RE, denoiser):
-    """Frames come every 100 ms; the full network needs 150 ms (1.5x too slow), the lightest 20 ms.
+def _scan_every_100_ms(RE, policy, den, frames=60, maxsize=16):
+    """A 60-frame count whose camera delivers a frame every 100 ms; the derived stream's columns.
 
-    (The sleeps dominate the real denoising of 32x32 frames, so a busy CI machine does not
-    change the outcome; benchmarks/adaptive_scan.py measures it with the real networks.)"""
-    costs = {0: 0.150, 25: 0.110, 50: 0.060, 75: 0.020}
-    ratios = Counting({r: Timed(denoiser, costs[r], r) for r in RATIOS})
+    (The adaptive policy warms every network of the ladder up at the first frame, twice, to
+    time it: with these slow fakes that is up to 1.1 s of frames, which a queue of 16 holds.)"""
     rng = np.random.default_rng(0)
 
     def frame():
@@ -246,26 +281,46 @@ def test_adaptive_policy_keeps_up_with_a_scan_faster_than_the_full_model(RE, den
         return rng.poisson(500, (32, 32)).astype(np.uint16)
 
     docs = []
+    cb = TomoGANCallback(den, policy=policy, maxsize=maxsize, inline=True)
+    cb.subscribe(lambda name, doc: docs.append((name, doc)))
+    token = RE.subscribe(cb)
+    RE(bp.count([SynSignal(func=frame, name="cam")], num=frames))
+    RE.unsubscribe(token)
+    pages = [d for n, d in docs if n == "event_page" and "cam_ratio" in d["data"]]
+    return cb, {key: [v for p in pages for v in p["data"][key]] for key in pages[0]["data"]}
 
-    def run_with(policy, den):
-        docs.clear()
-        cb = TomoGANCallback(den, policy=policy, maxsize=8, inline=True)
-        cb.subscribe(lambda name, doc: docs.append((name, doc)))
-        token = RE.subscribe(cb)
-        RE(bp.count([SynSignal(func=frame, name="cam")], num=60))
-        RE.unsubscribe(token)
-        pages = [d for n, d in docs if n == "event_page" and "cam_ratio" in d["data"]]
-        column = lambda key: [v for p in pages for v in p["data"][key]]  # noqa: E731
-        return cb, column("cam_ratio"), column("cam_qc_error")
 
-    cb, used, errors = run_with("adaptive", ratios)
-    assert cb.dropped == 0 and errors == [""] * 60
+def test_adaptive_policy_keeps_up_with_a_scan_faster_than_the_full_model(RE, denoiser):
+    """Frames come every 100 ms; the full network needs 150 ms (1.5x too slow), the lightest 20 ms.
+
+    (The sleeps dominate the real denoising of 32x32 frames, so a busy CI machine does not
+    change the outcome; benchmarks/adaptive_scan.py measures it with the real networks.)"""
+    costs = {0: 0.150, 25: 0.110, 50: 0.060, 75: 0.020}
+    ratios = Counting({r: Timed(denoiser, costs[r], r) for r in RATIOS})
+    cb, rows = _scan_every_100_ms(RE, "adaptive", ratios)
+    used = rows["cam_ratio"]
+    assert cb.dropped == 0 and rows["cam_qc_error"] == [""] * 60
     assert len(used) == 60 and set(used) <= set(map(float, RATIOS)) and len(set(used)) > 1
-    assert used[0] == 0  # starts with the full network
+    # once the warm-up's backlog has drained, no frame goes to a ratio known to be too slow (0 and 25 %)
+    assert set(used[20:]) <= {50.0, 75.0}
+    assert rows["cam_model"] == [f"timed-r{r:g}" for r in used]  # which network denoised each frame
     assert ratios.warmed == (32, 32)  # every ratio ran once at the frame shape before the first switch
     # the same scan with the full network alone cannot keep up
-    cb, used, errors = run_with("drop-oldest", Timed(denoiser, costs[0], 0))
-    assert cb.dropped > 0 and {u for u, e in zip(used, errors, strict=True) if not e} == {0.0}
+    cb, rows = _scan_every_100_ms(RE, "drop-oldest", Timed(denoiser, costs[0], 0), maxsize=8)
+    denoised = {u for u, e in zip(rows["cam_ratio"], rows["cam_qc_error"], strict=True) if not e}
+    assert cb.dropped > 0 and denoised == {0.0}
+
+
+def test_adaptive_policy_keeps_up_through_the_fallback_where_pruning_does_not_buy_time(RE, denoiser):
+    """As on a CPU, where pruning hardly speeds up the full-resolution layers: every ratio is too
+    slow for frames every 100 ms (150 to 120 ms); the fallback network (20 ms) keeps up."""
+    costs = {0: 0.150, 25: 0.140, 50: 0.130, 75: 0.120}
+    light = RatioDenoisers({0: Timed(denoiser, 0.020, 0, "light")})
+    ladder = Counting({r: Timed(denoiser, costs[r], r) for r in RATIOS}, fallback=light)
+    cb, rows = _scan_every_100_ms(RE, "adaptive", ladder)
+    assert cb.dropped == 0 and rows["cam_qc_error"] == [""] * 60
+    assert rows["cam_model"].count("light-r0") > 30 and set(rows["cam_model"][20:]) == {"light-r0"}
+    assert ladder.warmed == (32, 32)  # the fallback too: warm_up runs the whole ladder
 
 
 @pytest.mark.parametrize("name", ["tomogan-projection-aio", "tomogan-slice-aio"])

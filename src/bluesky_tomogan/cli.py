@@ -223,7 +223,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                      backend=args.backend, streams=args.streams, fields=args.fields, policy=args.policy,
                      reconstruct=args.reconstruct, reconstruct_every=args.every, directory=args.directory,
                      state_dir=args.state_dir, share=args.share, grace=args.grace, prefix=args.prefix.encode(),
-                     ioc_prefix=args.ioc_prefix, retry_after=args.retry_after)
+                     ioc_prefix=args.ioc_prefix, retry_after=args.retry_after, fallback=args.fallback)
     except (ServeError, ValueError) as exc:
         log.error("%s", exc)
         print(f"bluesky-tomogan serve: error: {exc}", file=sys.stderr)
@@ -273,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--policy", default="block", choices=["block", "drop-oldest", "latest-only", "adaptive"],
                    help="when the denoiser falls behind; adaptive: switch the pruning ratio of an All-in-One "
                         "--model (e.g. tomogan-projection-aio)")
+    s.add_argument("--fallback", metavar="MODEL",
+                   help="with --policy adaptive: a lighter All-in-One model to step down to after the lightest "
+                        "ratio (e.g. tomogan-projection-s2d-aio)")
     s.add_argument("--reconstruct", action="store_true", help="reconstruct and denoise three slices live")
     s.add_argument("--every", type=int, default=0, help="progressive reconstruction every N projections")
     s.add_argument("--directory", help="where derived frames are written (default: next to the raw frames)")

@@ -176,6 +176,7 @@ class _Result:
     finished: float = 0.0
     index: int = -1  # row in the derived-frame file, when frames are written to one
     ratio: float = math.nan  # pruning ratio of the network that denoised it (percent of MACs removed)
+    model: str = ""  # name of the network that denoised it (an adaptive ladder may hold two models)
     flags: dict[str, Action] = field(default_factory=dict)  # QC flag -> action
 
 
@@ -521,11 +522,12 @@ class RunDenoiser(PassThroughRun):
             began = time.perf_counter()
             out = den.denoise_context(np.stack([np.asarray(c.frame) for c in context]))
             if item.stream.field in self._controllers:
-                self._controllers[item.stream.field].record(den.ratio, time.perf_counter() - began)
+                self._controllers[item.stream.field].record(time.perf_counter() - began)
             self._register(item)
             residual_metrics(np.asarray(item.frame), out, item.metrics)
             # a denoiser of the user's own (duck-typed) has no ratio: an unpruned network
-            self._finish(_Result(item, out, "", time.time(), ratio=float(getattr(den, "ratio", 0.0))))
+            self._finish(_Result(item, out, "", time.time(), ratio=float(getattr(den, "ratio", 0.0)),
+                                 model=str(getattr(den, "model_name", type(den).__name__))))
         except (TomoGANError, ValueError) as exc:  # bad frame: flag it, keep going
             self._finish(_Result(item, None, f"{type(exc).__name__}: {exc}", finished=time.time()))
         except Exception as exc:  # a model/runtime failure must not kill the worker
@@ -541,10 +543,11 @@ class RunDenoiser(PassThroughRun):
             return den
         if self.options.policy != "adaptive":
             return den.at(den.ratio)
-        if f not in self._controllers:  # the first frame of this field: every ratio runs once at its shape
-            den.warm_up(stream.shape)
-            self._controllers[f] = RatioController(den, self.options.high_water, self.options.low_water)
-        return den.at(self._controllers[f].next_ratio(len(self._queue), stream.interval))
+        if f not in self._controllers:  # the first frame of this field: every network runs at its shape
+            costs = den.warm_up(stream.shape)
+            self._controllers[f] = RatioController(den, self.options.high_water, self.options.low_water,
+                                                   costs=costs)
+        return self._controllers[f].next_denoiser(len(self._queue), stream.interval)
 
     def _measure(self, item: _Frame) -> list[str]:
         """Raw-frame QC metrics of ``item`` (worker thread); returns the flags that make it unusable."""
@@ -701,6 +704,7 @@ class RunDenoiser(PassThroughRun):
                 f"{f}_qc_actions": [",".join(sorted({a for a in r.flags.values() if a != "ignore"})) for r in rows],
                 f"{f}_qc_error": [r.error for r in rows],
                 f"{f}_ratio": [r.ratio for r in rows],
+                f"{f}_model": [r.model for r in rows],
                 f"{f}_source_seq_num": [r.item.seq_num for r in rows],
                 f"{f}_source_uid": [r.item.uid for r in rows],
             }
@@ -763,6 +767,9 @@ def _data_keys(f: str, shape: tuple[int, int], external: bool) -> dict[str, Any]
                           "object_name": "tomogan",
                           "description": "pruning ratio of the network that denoised the frame (percent of "
                                          "the full network's MACs removed; NaN: not denoised)"}
+    keys[f"{f}_model"] = {"source": "bluesky-tomogan", "dtype": "string", "shape": [], "object_name": "tomogan",
+                          "description": "the network that denoised the frame (model name, with -r<ratio> for a "
+                                         "pruning ratio; empty: not denoised)"}
     for metric, units in UNITS.items():
         keys[f"{f}_qc_{metric}"] = {"source": "bluesky-tomogan", "dtype": "number", "shape": [],
                                     "object_name": "tomogan", "units": units}

@@ -72,8 +72,11 @@ class TomoGANCallback(RunRouterFacade):
         when ``high_water`` frames wait, the next frames are denoised at a lighter
         pruning ratio, and at a heavier one again once the queue has drained to
         ``low_water``; the scan is never blocked (a full queue drops its oldest frame,
-        which happens only if the lightest ratio cannot keep up). The ratio that
-        denoised each frame is the ``<field>_ratio`` column (percent of MACs removed).
+        which happens only if the lightest ratio cannot keep up). After the lightest
+        ratio come the ratios of the ``RatioDenoisers``' fallback model, if it has one
+        (``load_ratios(..., fallback=...)``). The network that denoised each frame is
+        the ``<field>_model`` column, its pruning ratio ``<field>_ratio`` (percent of
+        MACs removed).
     maxsize : int
         Queue bound.
     flush_timeout : float
@@ -147,7 +150,7 @@ class TomoGANCallback(RunRouterFacade):
             raise ValueError(f"need 0 <= low_water < high_water <= maxsize, got {low}, {high}, {maxsize}")
         if policy == "adaptive":
             denoisers = denoiser.values() if isinstance(denoiser, Mapping) else [denoiser]
-            if not all(isinstance(d, RatioDenoisers) and len(d.ratios) > 1 for d in denoisers):
+            if not all(isinstance(d, RatioDenoisers) and len(d.ladder) > 1 for d in denoisers):
                 raise ValueError("policy='adaptive' switches pruning ratios: give a RatioDenoisers of two or "
                                  "more ratios for every field (bluesky_tomogan.inference.ratios.load_ratios "
                                  "of an All-in-One model such as 'tomogan-projection-aio')")

@@ -6,13 +6,22 @@ switch during a scan costs no load and no compile: it is a different
 :class:`Denoiser` for the next frame. :class:`RatioController` is the policy
 the callback's ``policy="adaptive"`` uses: a lighter ratio when its queue
 passes a high-water mark, a heavier one again when the queue has drained.
+
+A ladder may go on past the model's own lightest ratio into a *fallback* model
+(``load_ratios(..., fallback="tomogan-projection-s2d-aio")``): on a CPU, pruning
+channels hardly speeds up the layers that run at full resolution (they are bound
+by memory traffic, not by multiply-accumulates; ``benchmarks/layer_profile.py``),
+so a network that never runs at full resolution is the step that still buys time
+when the lightest ratio is too slow. The derived stream records which network
+denoised each frame (``<field>_model`` and ``<field>_ratio``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,16 +47,24 @@ class RatioDenoisers:
         Ratio (percent of the MACs removed) -> its denoiser.
     ratio : float, optional
         The ratio :meth:`denoise` uses (default: the smallest, the best quality).
+    fallback : RatioDenoisers, optional
+        Lighter networks for ``policy="adaptive"`` to step down to after this model's
+        lightest ratio (their steps follow this model's in :attr:`ladder`).
     """
 
-    def __init__(self, denoisers: Mapping[float, Denoiser], ratio: float | None = None) -> None:
+    def __init__(self, denoisers: Mapping[float, Denoiser], ratio: float | None = None, *,
+                 fallback: RatioDenoisers | None = None) -> None:
         if not denoisers:
             raise RatioError("RatioDenoisers needs at least one ratio")
         self._by_ratio = {float(r): d for r, d in sorted(denoisers.items())}
         self.ratios: tuple[float, ...] = tuple(self._by_ratio)
-        depths = {d.depth for d in self._by_ratio.values()}
+        self.fallback = fallback
+        #: every network ``policy="adaptive"`` may use, heaviest first: this model's ratios, then the fallback's
+        self.ladder: tuple[Denoiser, ...] = (*self._by_ratio.values(), *(fallback.ladder if fallback else ()))
+        depths = {d.depth for d in self.ladder}
         if len(depths) != 1:
-            raise RatioError(f"the ratios' networks read different context depths {sorted(depths)}")
+            raise RatioError(f"the ratios' networks read different context depths {sorted(depths)}"
+                             + (" (the fallback model's included)" if fallback else ""))
         self.depth = depths.pop()
         self.ratio = self.ratios[0] if ratio is None else ratio
 
@@ -70,12 +87,18 @@ class RatioDenoisers:
         """The denoiser of ``ratio``."""
         return self._by_ratio[self._key(ratio)]
 
-    def warm_up(self, shape: tuple[int, int]) -> None:
-        """Run every ratio once on a frame of ``shape``, so that no switch during a scan waits for a
-        runtime's first call at a new shape (OpenVINO and TensorRT compile or allocate there)."""
+    def warm_up(self, shape: tuple[int, int]) -> list[float]:
+        """Run every network of the :attr:`ladder` on a frame of ``shape``, so that no switch during a
+        scan waits for a runtime's first call at a new shape (OpenVINO and TensorRT compile or
+        allocate there); returns each one's seconds per frame, timed on a second call."""
         context = np.ones((self.depth, *shape), np.float32)
-        for d in self._by_ratio.values():
+        seconds = []
+        for d in self.ladder:
             d.denoise_context(context)
+            began = time.perf_counter()
+            d.denoise_context(context)
+            seconds.append(time.perf_counter() - began)
+        return seconds
 
     def lighter(self, ratio: float) -> float:
         """The next lighter loaded ratio after ``ratio`` (itself if it is the lightest)."""
@@ -123,11 +146,16 @@ class RatioDenoisers:
         prov["pruning_ratio_runtimes"] = ",".join(
             f"{r:g}:{d.backend}/{d.precision}" for r, d in self._by_ratio.items())
         prov["pruning_ratio_sha256"] = ",".join(f"{r:g}:{d.model_sha256}" for r, d in self._by_ratio.items())
+        if self.fallback is not None:  # the lighter networks of the adaptive ladder, in its order
+            prov["fallback_ladder"] = ",".join(f"{d.model_name}:{d.backend}/{d.precision}"
+                                               for d in self.fallback.ladder)
+            prov["fallback_sha256"] = ",".join(f"{d.model_name}:{d.model_sha256}" for d in self.fallback.ladder)
         return prov
 
     def __repr__(self) -> str:
         runs = ", ".join(f"{r:g}%: {d.backend}/{d.precision}" for r, d in self._by_ratio.items())
-        return f"<RatioDenoisers {self.model_name} ({runs}), at {self.ratio:g}%>"
+        then = f", then {self.fallback!r}" if self.fallback is not None else ""
+        return f"<RatioDenoisers {self.model_name} ({runs}), at {self.ratio:g}%{then}>"
 
 
 def load_ratios(
@@ -139,6 +167,8 @@ def load_ratios(
     threads: int | None = None,
     tile: int | None = None,
     overlap: int = 32,
+    fallback: str | os.PathLike[str] | None = None,
+    fallback_ratios: list[float] | None = None,
 ) -> RatioDenoisers:
     """Load every pruning ratio of an All-in-One model (or those in ``ratios``), each ready to run.
 
@@ -154,69 +184,105 @@ def load_ratios(
         A subset of the model's ratios (percent).
     threads, tile, overlap
         As for :func:`~bluesky_tomogan.load_denoiser`.
+    fallback : str or path, optional
+        A lighter All-in-One model of the same domain and context depth (such as
+        ``tomogan-projection-s2d-aio``, which never runs at full resolution) whose ratios
+        ``policy="adaptive"`` steps down to after this model's lightest one.
+    fallback_ratios : list of float, optional
+        Which of the fallback's ratios (default: all).
 
     Raises
     ------
     RatioError
-        The model has no ratios, or not one of ``ratios``.
+        The model has no ratios, or not one of ``ratios``; the fallback is of another domain.
+
+    Examples
+    --------
+    >>> ladder = load_ratios("tomogan-projection-aio", fallback="tomogan-projection-s2d-aio",
+    ...                      fallback_ratios=[0, 50])  # doctest: +SKIP
+    >>> RE.subscribe(TomoGANCallback(ladder, policy="adaptive"))  # doctest: +SKIP
     """
     card = load_card(model)
     if not card.ratios:
         raise RatioError(f"model {card.name!r} has no pruning ratios (it was not trained All-in-One, "
                          "bluesky-tomogan train --ratios); load it with load_denoiser")
     wanted = sorted(float(k) for k in card.ratios) if ratios is None else sorted({float(r) for r in ratios})
+    lighter = None
+    if fallback is not None:
+        fallback_card = load_card(fallback)
+        if fallback_card.domain != card.domain:  # checked before anything is compiled
+            raise RatioError(f"fallback {fallback_card.name!r} denoises {fallback_card.domain}s, "
+                             f"{card.name!r} {card.domain}s")
+        lighter = load_ratios(fallback, backend, precision, ratios=fallback_ratios, threads=threads, tile=tile,
+                              overlap=overlap)
     loaded = {r: load_denoiser(model, backend, precision, ratio=r, threads=threads, tile=tile, overlap=overlap)
               for r in wanted}
-    out = RatioDenoisers(loaded)
+    out = RatioDenoisers(loaded, fallback=lighter)
     log.info("loaded %r", out)
     return out
 
 
 class RatioController:
-    """Which ratio the next frame gets, from how many frames wait (the callback's ``policy="adaptive"``).
+    """Which network the next frame gets, from how many frames wait (the callback's ``policy="adaptive"``).
 
-    A step lighter when the queue holds ``high_water`` frames or more. A step heavier after
-    ``calm`` consecutive frames found at most ``low_water`` waiting, and only if the heavier
-    ratio, as measured on this scan (:meth:`record`), denoises a frame, together with the
-    rest of the worker's work per frame (reading, QC, writing: :meth:`record_cycle`), in
-    less than ``headroom`` of the time between frames: a ratio known to fall behind is not
-    retried until the frames come slower, so the queue does not saw up and down. After a
-    switch the next one waits ``settle`` frames, so a step shows its effect before the next
-    is taken.
+    It walks :attr:`RatioDenoisers.ladder` (the model's ratios, heaviest first, then a
+    fallback's). When the queue holds ``high_water`` frames or more it goes lighter: to
+    the heaviest step known to keep up (below), or, if none is known to, to the lightest;
+    one step lighter while the frame rate or the costs are not known yet. A step heavier
+    after ``calm`` consecutive frames found at most ``low_water`` waiting, and only if the
+    heavier step keeps up. A step keeps up if its network, as measured on this scan
+    (:meth:`record`; before its first frame, ``costs`` from the warm-up), denoises a
+    frame, together with the rest of the worker's work per frame (reading, QC, writing:
+    :meth:`record_cycle`), in less than ``headroom`` of the time between frames: a step
+    known to fall behind is neither taken nor retried until the frames come slower, so
+    the queue does not saw up and down and does not fill while steps that cannot help
+    are tried one by one. After a switch the next one waits ``settle`` frames, so a
+    step shows its effect before the next is taken.
 
     Parameters
     ----------
     denoisers : RatioDenoisers
-        The loaded ratios.
+        The loaded ratios (and fallback).
     high_water, low_water : int
-        Queue lengths that move to a lighter / back to a heavier ratio.
+        Queue lengths that move to a lighter / back to a heavier step.
     calm : int
-        Frames in a row at or below ``low_water`` before a heavier ratio.
+        Frames in a row at or below ``low_water`` before a heavier step.
     settle : int
         Frames after a switch before another.
     headroom : float
-        Fraction of the frame interval a heavier ratio may take.
+        Fraction of the frame interval a step may take.
+    costs : sequence of float, optional
+        Seconds per frame of each step of the ladder, as :meth:`RatioDenoisers.warm_up`
+        measured them (replaced by what the scan measures).
     """
 
     def __init__(self, denoisers: RatioDenoisers, high_water: int, low_water: int, calm: int = 4,
-                 settle: int = 2, headroom: float = 0.9) -> None:
+                 settle: int = 2, headroom: float = 0.9, costs: Sequence[float] | None = None) -> None:
         if not 0 <= low_water < high_water:
             raise ValueError(f"need 0 <= low_water < high_water, got {low_water} and {high_water}")
-        self.denoisers = denoisers
+        self.ladder = denoisers.ladder
         self.high_water, self.low_water, self.calm, self.settle = high_water, low_water, calm, settle
         self.headroom = headroom
-        self.ratio = denoisers.ratios[0]
+        self.step = 0  # index into the ladder: 0 is the full network
         self.switches = 0
-        self.seconds: dict[float, float] = {}  # ratio -> typical seconds per frame on this scan
+        # step -> typical network seconds per frame on this scan (the warm-up's until it has run)
+        self.seconds: dict[int, float] = dict(enumerate(costs)) if costs is not None else {}
+        self._measured: set[int] = set()
         self.overhead = 0.0  # typical seconds per frame of the worker's other work
         self._network = 0.0  # network seconds within the current worker cycle
         self._quiet = 0
         self._since_switch = settle
 
-    def record(self, ratio: float, seconds: float) -> None:
-        """Remember that a frame took ``seconds`` at ``ratio`` (a moving average)."""
-        old = self.seconds.get(ratio)
-        self.seconds[ratio] = seconds if old is None else 0.8 * old + 0.2 * seconds
+    @property
+    def current(self) -> Denoiser:
+        """The network of the current step."""
+        return self.ladder[self.step]
+
+    def record(self, seconds: float) -> None:
+        """Remember that the current step's network took ``seconds`` for a frame (a moving average)."""
+        old = self.seconds.get(self.step) if self.step in self._measured else None
+        self.seconds[self.step] = seconds if old is None else 0.8 * old + 0.2 * seconds
+        self._measured.add(self.step)
         self._network += seconds
 
     def record_cycle(self, seconds: float) -> None:
@@ -227,23 +293,39 @@ class RatioController:
             self.overhead = rest if self.overhead == 0.0 else 0.8 * self.overhead + 0.2 * rest
         self._network = 0.0
 
-    def next_ratio(self, waiting: int, interval: float | None = None) -> float:
-        """The ratio for the next frame, with ``waiting`` frames queued behind it and frames
+    def next_denoiser(self, waiting: int, interval: float | None = None) -> Denoiser:
+        """The network for the next frame, with ``waiting`` frames queued behind it and frames
         arriving every ``interval`` seconds (``None``: not known yet)."""
         self._since_switch += 1
         self._quiet = self._quiet + 1 if waiting <= self.low_water else 0
-        new = self.ratio
+        new = self.step
         if self._since_switch >= self.settle:
             if waiting >= self.high_water:
-                new = self.denoisers.lighter(self.ratio)
-            elif self._quiet >= self.calm and self._keeps_up(self.denoisers.heavier(self.ratio), interval):
-                new = self.denoisers.heavier(self.ratio)
-        if new != self.ratio:
-            log.info("TomoGAN ratio %g%% -> %g%% (%d frames waiting)", self.ratio, new, waiting)
-            self.ratio, self._since_switch, self._quiet = new, 0, 0
+                new = self._lighter(interval)
+            elif self._quiet >= self.calm and self.step > 0 and self._keeps_up(self.step - 1, interval):
+                new = self.step - 1
+        if new != self.step:
+            log.info("TomoGAN network %s -> %s (%d frames waiting)", _label(self.current),
+                     _label(self.ladder[new]), waiting)
+            self.step, self._since_switch, self._quiet = new, 0, 0
             self.switches += 1
-        return self.ratio
+        return self.current
 
-    def _keeps_up(self, ratio: float, interval: float | None) -> bool:
-        cost = self.seconds.get(ratio)
+    def _lighter(self, interval: float | None) -> int:
+        """The step to take when the queue is high: the heaviest lighter step known to keep up,
+        else the lightest; one step if that cannot be known yet."""
+        lighter = range(self.step + 1, len(self.ladder))
+        if not lighter:
+            return self.step
+        if interval is None or any(j not in self.seconds for j in lighter):
+            return self.step + 1
+        return next((j for j in lighter if self._keeps_up(j, interval)), lighter[-1])
+
+    def _keeps_up(self, step: int, interval: float | None) -> bool:
+        cost = self.seconds.get(step)
         return cost is None or interval is None or cost + self.overhead < self.headroom * interval
+
+
+def _label(den: Denoiser) -> str:
+    """A step's name in the log: its model and pruning ratio."""
+    return f"{getattr(den, 'model_name', type(den).__name__)} ({float(getattr(den, 'ratio', 0.0)):g}%)"

@@ -34,7 +34,7 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
           reconstruct_every: int = 0, directory: str | os.PathLike[str] | None = None,
           state_dir: str | os.PathLike[str] = "~/.local/state/bluesky-tomogan", share: str = "0/1",
           grace: float = 60.0, prefix: bytes = b"", ioc_prefix: str | None = None,
-          retry_after: float = 10.0) -> int:
+          retry_after: float = 10.0, fallback: str | None = None) -> int:
     """Serve the document stream at ``zmq_in`` (a ``bluesky-0MQ-proxy`` out port) until SIGTERM.
 
     Parameters
@@ -73,6 +73,9 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
     retry_after : float
         Seconds after which a suspending flag clears so that the scan resumes and
         tests the condition with its next frame (:class:`~bluesky_tomogan.devices.QCMonitor`).
+    fallback : str, optional
+        With ``policy="adaptive"``: a lighter All-in-One model to step down to after the
+        model's lightest ratio (``load_ratios(..., fallback=...)``).
 
     Returns
     -------
@@ -97,8 +100,10 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
         raise ServeError(str(exc)) from exc
     client = _tiled_client(tiled) if store != "none" else None
     # adaptive: every pruning ratio of an All-in-One model, loaded now so that a switch costs nothing
-    denoiser: Any = load_ratios(model, backend=backend) if policy == "adaptive" else load_denoiser(model,
-                                                                                                  backend=backend)
+    if fallback is not None and policy != "adaptive":
+        raise ServeError(f"a fallback model ({fallback}) is for policy 'adaptive', not {policy!r}")
+    denoiser: Any = (load_ratios(model, backend=backend, fallback=fallback) if policy == "adaptive"
+                     else load_denoiser(model, backend=backend))
     feedback, ioc = None, None
     if ioc_prefix:
         from ..devices.qc_monitor import QCMonitor
