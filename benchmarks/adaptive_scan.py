@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/adaptive_scan.py [--model tomogan-projection-aio] [--size 512] [--frames 150]
                                        [--speed 1.5] [--backend auto] [--json out.json]
+                                       [--fallback tomogan-projection-s2d-aio [--fallback-ratios 0 50]]
 
 1. Loads every pruning ratio of the All-in-One model (``load_ratios``) and measures each
    one's time per frame at ``--size`` through ``Denoiser.denoise_context`` (median of 15
@@ -16,7 +17,8 @@ Usage::
 3. Runs the same ``bp.count`` of ``SimTomoDetector`` (projections of a sphere pack, 500
    photons) twice: with ``policy="adaptive"`` (every ratio loaded) and with the full
    network alone under ``policy="drop-oldest"``. Reports dropped frames, how many frames
-   each ratio denoised (the derived stream's ``<field>_ratio`` column) and the latency.
+   each network denoised (the derived stream's ``<field>_model`` column) and the latency.
+   With ``--fallback``, the adaptive ladder goes on into that lighter model's ratios.
 
 All numbers are of this CPU, named in the output.
 """
@@ -100,11 +102,11 @@ def scan(den: Any, policy: str, args: argparse.Namespace, exposure: float, root:
     RE(bp.count([det], num=frames or args.frames))
     wall = time.perf_counter() - t0
     field = next(k.removesuffix("_source_uid") for k in rows if k.endswith("_source_uid"))
-    ratios = [r for r, e in zip(rows[f"{field}_ratio"], rows[f"{field}_qc_error"], strict=True) if not e]
+    ratios = [r for r, e in zip(rows[f"{field}_model"], rows[f"{field}_qc_error"], strict=True) if not e]
     latency = [x for x, e in zip(rows[f"{field}_qc_latency_s"], rows[f"{field}_qc_error"], strict=True) if not e]
     return {"policy": policy, "frames": len(rows[f"{field}_ratio"]), "dropped": cb.dropped, "wall_s": wall,
             "s_per_frame": wall / len(rows[f"{field}_ratio"]),
-            "frames_per_ratio": {f"{k:g}": v for k, v in sorted(collections.Counter(ratios).items())},
+            "frames_per_network": dict(sorted(collections.Counter(ratios).items())),
             "median_latency_s": statistics.median(latency) if latency else None,
             "max_latency_s": max(latency) if latency else None}
 
@@ -117,15 +119,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed", type=float, default=1.5, help="frame rate over what the full network sustains")
     ap.add_argument("--maxsize", type=int, default=16)
     ap.add_argument("--backend", default="auto")
+    ap.add_argument("--fallback", help="a lighter All-in-One model the adaptive ladder steps down to")
+    ap.add_argument("--fallback-ratios", type=float, nargs="+", help="which of the fallback's ratios")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
 
-    ratios = load_ratios(args.model, backend=args.backend)
+    ratios = load_ratios(args.model, backend=args.backend, fallback=args.fallback,
+                         fallback_ratios=args.fallback_ratios)
     full = ratios.at(ratios.ratios[0])
-    per_frame = {r: time_per_frame(ratios.at(r), args.size) for r in ratios.ratios}
+    per_frame = {d.model_name: time_per_frame(d, args.size) for d in ratios.ladder}
     print(f"CPU: {cpu_name()}; {args.size}x{args.size} frames; {ratios!r}")
-    for r, t in per_frame.items():
-        print(f"  ratio {r:g}%: {1000 * t:.1f} ms per denoise_context ({per_frame[ratios.ratios[0]] / t:.2f}x ratio 0)")
+    for name, t in per_frame.items():
+        speedup = per_frame[full.model_name] / t
+        print(f"  {name}: {1000 * t:.1f} ms per denoise_context ({speedup:.2f}x the full network)")
     with tempfile.TemporaryDirectory() as tmp:
         camera = camera_only(args, Path(tmp) / "camera")
         sustained = scan(full, "block", args, 0.001, Path(tmp) / "sustained", frames=args.frames // 3)["s_per_frame"]
@@ -135,17 +141,18 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.speed}x that rate, {args.frames} frames\n")
         results = [scan(ratios, "adaptive", args, exposure, Path(tmp) / "adaptive"),
                    scan(full, "drop-oldest", args, exposure, Path(tmp) / "full")]
-    print("| policy | networks | frames | frame rate / full network's | dropped | frames per ratio "
+    print("| policy | networks | frames | frame rate / full network's | dropped | frames per network "
           "| median / max latency (s) |")
     print("|---|---|---|---|---|---|---|")
-    for res, nets in zip(results, ["every ratio", "full network"], strict=True):
+    ladder = "every ratio" + (f", then {args.fallback}" if args.fallback else "")
+    for res, nets in zip(results, [ladder, "full network"], strict=True):
         print(f"| {res['policy']} | {nets} | {res['frames']} | {sustained / res['s_per_frame']:.2f} | "
-              f"{res['dropped']} | {res['frames_per_ratio']} | "
+              f"{res['dropped']} | {res['frames_per_network']} | "
               f"{res['median_latency_s']:.2f} / {res['max_latency_s']:.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "size": args.size, "exposure_s": exposure,
                                                "camera_s_per_frame": camera, "sustained_s_per_frame": sustained,
-                                               "ms_per_frame": {f"{r:g}": 1000 * t for r, t in per_frame.items()},
+                                               "ms_per_frame": {k: 1000 * t for k, t in per_frame.items()},
                                                "runs": results}, indent=2))
     return 0
 

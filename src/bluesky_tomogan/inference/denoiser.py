@@ -15,6 +15,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+from ..despike import remove_isolated_spikes
 from ..errors import InputShapeError, InputValueError
 from ..frames import context_indices
 from ..modelcard import ModelCard
@@ -81,6 +82,8 @@ class Denoiser:
         # Exported models compute the correction; the centre frame is added here in
         # float32, so int8/bf16/fp16 rounding never touches the pass-through signal.
         self.residual_on_host = card.output == "correction"
+        # a network that does not remove zingers itself gets them taken out of its input (its card says so)
+        self.despike_sigmas: float | None = card.source.get("input_despike", {}).get("sigmas")
         self._lock = threading.Lock()  # runtimes' requests are not re-entrant
 
     # -- provenance -----------------------------------------------------------------------
@@ -217,6 +220,8 @@ class Denoiser:
         """Normalise and tile one context (CPU work that can overlap another frame's inference)."""
         offset, scale = robust_range(centre)
         x = normalise(context, offset, scale)
+        if self.despike_sigmas is not None:
+            remove_isolated_spikes(x, self.despike_sigmas)
         h, w = x.shape[-2:]
         th, tw = self._tile_shape(h, w)
         padded = pad_to(x, max(h, th), max(w, tw))
