@@ -61,13 +61,15 @@ RM.wait_for_idle(timeout=180)
 status = RM.status()
 assert status["worker_environment_exists"], status
 RM.item_add(BPlan("tomo_scan", "det", "stage", [0, 45, 90, 135], n_darks=1, n_flats=1))
+# the adaptive plan with the session's QC feedback (the profile's qc_tomo_scan_with(feedback))
+RM.item_add(BPlan("tomo_scan_with_qc", "det", "stage", [0, 60, 120], n_darks=1, n_flats=1, final_wait=5))
 RM.queue_start()
-RM.wait_for_idle(timeout=180)
-item = RM.history_get()["items"][-1]
+RM.wait_for_idle(timeout=240)
+items = RM.history_get()["items"][-2:]
 RM.environment_close()
 RM.wait_for_idle(timeout=60)
 RM.close()
-print("RESULT", json.dumps(item["result"]))
+print("RESULT", json.dumps([item["result"] for item in items]))
 """
 
 
@@ -91,14 +93,19 @@ def test_a_queued_tomography_plan_runs_and_its_denoised_stream_is_in_tiled(redis
         done = subprocess.run([sys.executable, "-c", CLIENT, f"tcp://127.0.0.1:{control}",
                                f"tcp://127.0.0.1:{info}"], capture_output=True, text=True, timeout=400)
         assert done.returncode == 0, done.stderr[-3000:] + (tmp_path / "re-manager.log").read_text()[-3000:]
-        result = json.loads(done.stdout.split("RESULT", 1)[1])
+        result, qc_result = json.loads(done.stdout.split("RESULT", 1)[1])
         assert result["exit_status"] == "completed", result
+        assert qc_result["exit_status"] == "completed", qc_result
         (uid,) = result["run_uids"]
         # the final reconstruction and the stop follow the plan's end (TomoReconstruction finishes them)
         run = wait_until(lambda: "stop" in client[uid].metadata and client[uid], 60, "the stored run's stop")
         assert run["denoised"]["det_image_denoised"].shape == (4, 512, 512)
         assert run.metadata["stop"]["exit_status"] == "success"
         assert len(run["reconstruction"]["slice"].read()) == 3
+        (qc_uid,) = qc_result["run_uids"]
+        qc_run = wait_until(lambda: "stop" in client[qc_uid].metadata and client[qc_uid], 60, "the QC run's stop")
+        assert qc_run.metadata["start"]["plan_name"] == "qc_tomo_scan"
+        assert qc_run["denoised"]["det_image_denoised"].shape[0] >= 3  # and any angle QC had re-taken
     finally:
         manager.terminate()
         try:

@@ -16,7 +16,7 @@ adjusts the exposure, and records every decision in a ``qc_actions`` stream.
 import math
 import time
 from collections import Counter
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -28,7 +28,7 @@ from bluesky.utils import Msg
 from .devices.qc_monitor import QCDecision
 from .qc.feedback import QCFeedback, Recommendation
 
-__all__ = ["tomo_scan", "qc_tomo_scan", "QCDecision"]
+__all__ = ["tomo_scan", "qc_tomo_scan", "qc_tomo_scan_with", "QCDecision"]
 
 
 def tomo_scan(
@@ -196,6 +196,43 @@ def qc_tomo_scan(
 
     yield from inner()
 
+
+
+def qc_tomo_scan_with(feedback: QCFeedback) -> Callable[..., Generator[Msg, Any, None]]:
+    """:func:`qc_tomo_scan` bound to a session's ``feedback``, as a plan the queue server can run.
+
+    A queued item names its arguments (``"det"``, a list of angles); it cannot name a
+    :class:`~bluesky_tomogan.qc.QCFeedback`. A startup file that makes the callback's
+    feedback also makes this plan (the profile's ``tomo_scan_with_qc``), and a queued
+    ``BPlan("tomo_scan_with_qc", "det", "stage", angles)`` then steers the scan with the
+    live QC as ``qc_tomo_scan(det, stage, angles, feedback)`` does in IPython.
+
+    Examples
+    --------
+    >>> tomo_scan_with_qc = qc_tomo_scan_with(feedback)  # doctest: +SKIP
+    >>> RM.item_add(BPlan("tomo_scan_with_qc", "det", "stage", [0, 1, 2]))  # doctest: +SKIP
+    """
+
+    def tomo_scan_with_qc(
+        detector: Readable,
+        stage: Readable,
+        angles: Sequence[float],
+        *,
+        n_darks: int = 10,
+        n_flats: int = 10,
+        out_position: float = 10.0,
+        max_retries: int = 2,
+        exposure_limits: tuple[float, float] = (1e-4, 10.0),
+        stream: str = "denoised",
+        final_wait: float = 30.0,
+        md: dict[str, Any] | None = None,
+    ) -> Generator[Msg, Any, None]:
+        """:func:`bluesky_tomogan.plans.qc_tomo_scan` with the session's QC feedback (see its parameters)."""
+        yield from qc_tomo_scan(detector, stage, angles, feedback, n_darks=n_darks, n_flats=n_flats,
+                                out_position=out_position, max_retries=max_retries,
+                                exposure_limits=exposure_limits, stream=stream, final_wait=final_wait, md=md)
+
+    return tomo_scan_with_qc
 
 def _metadata(plan: str, detector: Any, stage: Any, angles: list[float], n_darks: int, n_flats: int,
               md: dict[str, Any] | None) -> dict[str, Any]:

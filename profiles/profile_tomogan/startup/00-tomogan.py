@@ -23,7 +23,7 @@ from bluesky.suspenders import SuspendFloor
 from bluesky_tomogan import TomoGANCallback, TomoReconstruction, load_denoiser
 from bluesky_tomogan.callbacks import ScanProgress
 from bluesky_tomogan.devices import QCMonitor, SimBeamCurrent, SimTomoDetector, SimTomoStage
-from bluesky_tomogan.plans import qc_tomo_scan, tomo_scan  # noqa: F401
+from bluesky_tomogan.plans import qc_tomo_scan, qc_tomo_scan_with, tomo_scan  # noqa: F401
 from bluesky_tomogan.qc import QCFeedback, QCPolicy
 from bluesky_tomogan.storage import frames_directory, local_tiled
 
@@ -54,6 +54,8 @@ else:
 qc = QCMonitor(name="qc", beam=ring_current, beam_ok=100)
 feedback = QCFeedback(policy, monitor=qc, RE=RE)
 feedback.install_suspenders(RE, sleep=1)
+# qc_tomo_scan with this session's feedback: the plan to queue (a queued item cannot name the feedback object)
+tomo_scan_with_qc = qc_tomo_scan_with(feedback)
 
 denoiser = load_denoiser(backend=os.environ.get("TOMOGAN_BACKEND", "auto"))
 # Flats are denoised too: their noise is otherwise the strongest stripe (ring) in the live slices.
@@ -85,4 +87,5 @@ print(f"""bluesky-tomogan session
             det.inject_fault("saturation", frames=3)  # or "beam_dump", "motion"
             uid, = RE(qc_tomo_scan(det, stage, np.linspace(0, 180, 90, endpoint=False), feedback))
             client[uid]["qc_actions"].read()          # what the adaptive scan decided, and why
+            (queue server: BPlan("tomo_scan_with_qc", "det", "stage", angles) is the same scan)
 """)
