@@ -6,8 +6,9 @@ import h5py
 import numpy as np
 import pytest
 
+from bluesky_tomogan.cli import main
 from bluesky_tomogan.errors import DatasetError, OutputPathError
-from bluesky_tomogan.simulate.datasets import read_dataset, write_dataset
+from bluesky_tomogan.simulate.datasets import merge_datasets, read_dataset, write_dataset
 
 from .conftest import pairs_of
 
@@ -32,6 +33,35 @@ def test_round_trip_keeps_arrays_groups_and_recipe(tmp_path):
     np.testing.assert_array_equal(ds.train_ns, train.ns)
     np.testing.assert_array_equal(ds.train_group, train.group)
     assert ds.recipe == {"domain": "slice", "seed": 3}
+
+
+def test_merged_datasets_keep_every_frame_and_their_scans_apart(tmp_path, capsys):
+    a_train, b_train = pairs_of(6, 16, 24), pairs_of(4, 16, 24)
+    a_train.group[3:] = 1
+    a = write_dataset(tmp_path / "a.h5", a_train, pairs_of(2, 16, 24), {"domain": "projection", "seed": 1})
+    b = write_dataset(tmp_path / "b.h5", b_train, pairs_of(3, 16, 24), {"domain": "projection", "seed": 2})
+    assert main(["merge", str(tmp_path / "ab.h5"), str(a), str(b)]) == 0
+    assert "ab.h5" in capsys.readouterr().out
+    ds = read_dataset(tmp_path / "ab.h5")
+    np.testing.assert_array_equal(ds.train_ns, np.concatenate([a_train.ns, b_train.ns]))
+    assert ds.train_group.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]  # b's scan follows a's two
+    assert len(ds.test_ns) == 5 and ds.test_group.tolist() == [0, 0, 1, 1, 1]
+    assert ds.recipe["domain"] == "projection" and [r["seed"] for r in ds.recipe["merged"]] == [1, 2]
+
+
+def test_merging_needs_two_datasets_of_one_domain_and_shape(tmp_path):
+    a = write_dataset(tmp_path / "a.h5", pairs_of(2, 16, 24), pairs_of(1, 16, 24), {"domain": "projection"})
+    b = write_dataset(tmp_path / "b.h5", pairs_of(2, 16, 24), pairs_of(1, 16, 24), {"domain": "slice"})
+    c = write_dataset(tmp_path / "c.h5", pairs_of(2, 8, 8), pairs_of(1, 8, 8), {"domain": "projection"})
+    with pytest.raises(DatasetError, match="two or more"):
+        merge_datasets(tmp_path / "o.h5", [a])
+    with pytest.raises(DatasetError, match="domains"):
+        merge_datasets(tmp_path / "o.h5", [a, b])
+    with pytest.raises(DatasetError, match="frame shapes"):
+        merge_datasets(tmp_path / "o.h5", [a, c])
+    with pytest.raises(DatasetError, match="missing.h5"):
+        merge_datasets(tmp_path / "o.h5", [a, tmp_path / "missing.h5"])
+    assert main(["merge", str(tmp_path / "o.h5"), str(a), str(b)]) == 1  # the CLI says why, no traceback
 
 
 def test_original_tomogan_files_without_groups_are_one_scan(tmp_path):

@@ -37,6 +37,14 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from .simulate.datasets import merge_datasets
+
+    path = merge_datasets(args.out, args.sources)
+    print(f"wrote {path}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .model.network import GeneratorConfig
     from .model.train import TrainConfig, train
@@ -296,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--retry-after", type=float, default=10.0,
                    help="seconds after which a suspending QC flag clears and the next frame tests again")
     s.set_defaults(func=_cmd_qc_ioc)
+
+    s = sub.add_parser("merge", help="one TomoGAN-style dataset of the frames of several (to train on all)")
+    s.add_argument("out", help="output .h5 file")
+    s.add_argument("sources", nargs="+", help="datasets to merge (same domain and frame shape)")
+    s.set_defaults(func=_cmd_merge)
 
     s = sub.add_parser("simulate", help="write a simulated TomoGAN-style HDF5 dataset")
     s.add_argument("out", help="output .h5 file")

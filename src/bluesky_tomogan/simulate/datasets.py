@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ __all__ = [
     "write_dataset",
     "read_dataset",
     "make_dataset",
+    "merge_datasets",
     "write_scan_file",
 ]
 
@@ -322,6 +324,37 @@ def read_dataset(path: str | os.PathLike[str]) -> TomoDataset:
         train_ns=train[0], train_gt=train[1], test_ns=test[0], test_gt=test[1],
         train_group=train[2], test_group=test[2], recipe=recipe,
     )
+
+
+def merge_datasets(path: str | os.PathLike[str], sources: Sequence[str | os.PathLike[str]]) -> Path:
+    """Write one dataset holding every frame of ``sources`` (to train on several recipes at once).
+
+    Each split is the sources' frames in order; a source's scan groups are renumbered after
+    the previous source's, so no context window spans two sources. The recipe attribute
+    lists the sources' recipes (``{"domain": ..., "merged": [...]}``).
+
+    Raises
+    ------
+    DatasetError
+        Fewer than two sources, a source that is not a valid dataset, or sources of
+        different domains or frame shapes.
+    """
+    if len(sources) < 2:
+        raise DatasetError(f"merging needs two or more datasets, got {len(sources)}")
+    parts = [read_dataset(s) for s in sources]
+    domains = {str(p.recipe.get("domain", "")) for p in parts}
+    shapes = {p.train_ns.shape[1:] for p in parts}
+    if len(domains) > 1 or len(shapes) > 1:
+        raise DatasetError(f"cannot merge datasets of domains {sorted(domains)} and frame shapes {sorted(shapes)}")
+    splits = {}
+    for name in SPLITS:
+        sets = [p.split(name) for p in parts]
+        offsets = np.cumsum([0] + [int(s.group.max()) + 1 if s.group.size else 0 for s in sets[:-1]])
+        splits[name] = PairSet(np.concatenate([s.ns for s in sets]), np.concatenate([s.gt for s in sets]),
+                               np.concatenate([s.group + off for s, off in zip(sets, offsets, strict=True)]))
+    recipe: dict[str, object] = {"domain": domains.pop(), "merged": [p.recipe for p in parts],
+              "sources": [Path(s).name for s in sources]}
+    return write_dataset(path, splits["train"], splits["test"], recipe)
 
 
 def make_dataset(
