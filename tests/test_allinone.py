@@ -143,6 +143,12 @@ def test_quality_remeasures_every_ratio_card_of_an_all_in_one_model(aio_model, t
         card = json.loads(path.read_text())
         assert card["quantization"]["onnxruntime/fp32"]["frames"] == 3 and "cpu" in card["quantization_measured_on"]
     assert capsys.readouterr().out.count("model card:") == len(RATIOS)
+    # the model's summary of its ratios holds what was just measured, each against ratio 0
+    summary, full = json.loads(cards[0].read_text())["ratios"], json.loads(cards[0].read_text())["metrics"]["val_ssim"]
+    for r, path in zip(RATIOS, cards, strict=True):
+        measured = json.loads(path.read_text())["metrics"]["val_ssim"]
+        assert summary[str(r)]["ssim"] == measured
+        assert summary[str(r)]["ssim_drop_vs_full"] == pytest.approx(full - measured)
 
 
 def test_a_ratio_missing_for_one_backend_is_named_and_auto_falls_back(aio_model, tmp_path):

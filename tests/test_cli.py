@@ -9,8 +9,8 @@ import pytest
 
 from bluesky_tomogan.cli import main
 
-COMMANDS = ["demo", "simulate", "train", "finetune", "export", "quality", "denoise", "bench", "models", "serve",
-            "qc-ioc"]
+COMMANDS = ["demo", "merge", "simulate", "train", "finetune", "export", "quality", "denoise", "bench", "models",
+            "serve", "qc-ioc"]
 
 
 def test_every_command_parses_and_has_its_own_help(capsys):

@@ -82,7 +82,7 @@ def _print_quality(card: dict) -> None:
 
 
 def _cmd_quality(args: argparse.Namespace) -> int:
-    from .export.pipeline import record_quality
+    from .export.pipeline import record_quality, record_ratio_quality
     from .inference.load import load_card
     from .simulate.datasets import read_dataset
 
@@ -94,6 +94,8 @@ def _cmd_quality(args: argparse.Namespace) -> int:
                               source=f"{Path(args.data).name} (test split)")
         print(f"model card: {path}")
         _print_quality(json.loads(path.read_text()))
+    if card.ratios:  # the summary of the ratios in the model's own card, from what was just measured
+        record_ratio_quality(card.directory / f"{card.name}.json")
     return 0
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import OutputPathError
+from ..errors import ModelLoadError, OutputPathError
 from ..frames import context_indices
 from ..inference.registry import REGISTRY, configurations
 from ..inference.tiling import pad_to
@@ -174,6 +174,22 @@ def record_quality(card_path: Path, pairs: PairSet, n_frames: int = 48, source: 
                        "val_raw_psnr": raw["psnr"], "val_raw_ssim_min": raw["ssim_min"],
                        "val_frames": fp32["frames"], "frames_source": source,
                        "metric": "mean over test frames; SSIM/PSNR in the clean frame's min-max scale"}
+    return write_card(card_path, card)
+
+
+def record_ratio_quality(card_path: Path) -> Path:
+    """Copy each pruning ratio's measured fp32 SSIM (its own card's ``metrics``) into an
+    All-in-One card's ``ratios`` summary, with the loss against ratio 0 (after
+    :func:`record_quality` has re-measured every ratio's card on the same frames)."""
+    card = read_card(card_path)
+    ratios = card.get("ratios", {})
+    full = card.get("metrics", {}).get("val_ssim")
+    for entry in ratios.values():
+        own = card if entry.get("model") == "." else read_card(
+            card_in_directory(card_path.parent / entry["model"], ModelLoadError))
+        ssim_r = own.get("metrics", {}).get("val_ssim")
+        entry["ssim"] = ssim_r
+        entry["ssim_drop_vs_full"] = full - ssim_r if full is not None and ssim_r is not None else None
     return write_card(card_path, card)
 
 
