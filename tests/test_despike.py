@@ -49,17 +49,16 @@ def test_it_finds_what_the_whole_frame_median_rule_finds(rng):
     expected = frames.copy()
     for frame in expected:  # the plain rule: the whole frame's 3x3 median; sigma of pixel minus neighbours
         median = median_filter(frame, 3, mode="nearest")
-        sigma = 1.4826 * np.median(np.abs(frame - _neighbour_mean(frame)))
+        sigma = 1.4826 * np.median(np.abs(frame - _cross_mean(frame)))
         spike = frame - median > 12 * sigma
         frame[spike] = median[spike]
     assert np.array_equal(remove_isolated_spikes(frames, 12.0), expected)
 
 
-def _neighbour_mean(frame):
+def _cross_mean(frame):
     p = np.pad(frame, 1, mode="edge")
     h, w = frame.shape
-    total = sum(p[dr : dr + h, dc : dc + w] for dr in range(3) for dc in range(3)) - frame
-    return total / 8
+    return (p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:]) / 4
 
 
 def test_the_space_to_depth_model_despikes_its_input_and_the_full_models_do_not(rng):
