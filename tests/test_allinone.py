@@ -266,6 +266,10 @@ def test_a_fallback_must_read_the_same_context_and_denoise_the_same_domain(denoi
     ladder = load_ratios(model_dir / "tiny-aio.json", backend="onnxruntime", ratios=[0, 75],
                          fallback=model_dir / "tiny-aio.json", fallback_ratios=[50])
     assert [d.model_name for d in ladder.ladder] == ["tiny-aio", "tiny-aio-r75", "tiny-aio-r50"]
+    # a plain model is one step
+    ladder = load_ratios("tomogan-projection-aio", backend="onnxruntime", ratios=[0, 75], fallback="tomogan-projection")
+    assert [d.model_name for d in ladder.ladder] == ["tomogan-projection-aio", "tomogan-projection-aio-r75",
+                                                     "tomogan-projection"]
 
 
 def test_adaptive_needs_ratio_denoisers(denoiser):

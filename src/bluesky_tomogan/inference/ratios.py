@@ -100,16 +100,6 @@ class RatioDenoisers:
             seconds.append(time.perf_counter() - began)
         return seconds
 
-    def lighter(self, ratio: float) -> float:
-        """The next lighter loaded ratio after ``ratio`` (itself if it is the lightest)."""
-        i = self.ratios.index(self._key(ratio))
-        return self.ratios[min(i + 1, len(self.ratios) - 1)]
-
-    def heavier(self, ratio: float) -> float:
-        """The next heavier loaded ratio before ``ratio`` (itself if it is the heaviest)."""
-        i = self.ratios.index(self._key(ratio))
-        return self.ratios[max(i - 1, 0)]
-
     # Denoiser's interface, at the current ratio
     @property
     def card(self) -> ModelCard:
@@ -185,11 +175,12 @@ def load_ratios(
     threads, tile, overlap
         As for :func:`~bluesky_tomogan.load_denoiser`.
     fallback : str or path, optional
-        A lighter All-in-One model of the same domain and context depth (such as
-        ``tomogan-projection-s2d-aio``, which never runs at full resolution) whose ratios
-        ``policy="adaptive"`` steps down to after this model's lightest one.
+        A lighter model of the same domain and context depth (such as
+        ``tomogan-projection-s2d-aio``, which never runs at full resolution) that
+        ``policy="adaptive"`` steps down to after this model's lightest ratio: every ratio
+        of an All-in-One model, or a plain model as one step.
     fallback_ratios : list of float, optional
-        Which of the fallback's ratios (default: all).
+        Which of an All-in-One fallback's ratios (default: all).
 
     Raises
     ------
@@ -213,8 +204,12 @@ def load_ratios(
         if fallback_card.domain != card.domain:  # checked before anything is compiled
             raise RatioError(f"fallback {fallback_card.name!r} denoises {fallback_card.domain}s, "
                              f"{card.name!r} {card.domain}s")
-        lighter = load_ratios(fallback, backend, precision, ratios=fallback_ratios, threads=threads, tile=tile,
-                              overlap=overlap)
+        if fallback_card.ratios:
+            lighter = load_ratios(fallback, backend, precision, ratios=fallback_ratios, threads=threads,
+                                  tile=tile, overlap=overlap)
+        else:  # a plain model: one step
+            lighter = RatioDenoisers({0.0: load_denoiser(fallback, backend, precision, threads=threads, tile=tile,
+                                                         overlap=overlap)})
     loaded = {r: load_denoiser(model, backend, precision, ratio=r, threads=threads, tile=tile, overlap=overlap)
               for r in wanted}
     out = RatioDenoisers(loaded, fallback=lighter)
