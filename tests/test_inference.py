@@ -96,14 +96,25 @@ def test_fixed_tile_backend_handles_odd_sizes(frames):
 
 
 def test_tiled_output_has_no_seams(frames):
-    """Interior of a tiled result equals the whole-frame result within a tight tolerance."""
+    """Interior of a tiled result equals the whole-frame result within a tight tolerance (default overlap)."""
     whole = load_denoiser("tomogan-projection", backend="onnxruntime")
-    tiled = load_denoiser("tomogan-projection", backend="onnxruntime", tile=64, overlap=32)
-    big = np.tile(frames[1:4], (1, 3, 3)).astype(np.float32)  # 192x192, several tiles
+    tiled = load_denoiser("tomogan-projection", backend="onnxruntime", tile=128)
+    big = np.tile(frames[1:4], (1, 5, 5)).astype(np.float32)  # 320x320: four tiles a side
     a = whole.denoise_context(big)
     b = tiled.denoise_context(big)
     rel = np.abs(a - b)[8:-8, 8:-8].max() / (a.max() - a.min())
-    assert rel < 0.01
+    assert rel < 0.002
+    # tiles smaller than the network's reach still agree to 1-2 % at their largest overlap
+    small = load_denoiser("tomogan-projection", backend="onnxruntime", tile=64).denoise_context(big)
+    assert np.abs(a - small)[8:-8, 8:-8].max() / (a.max() - a.min()) < 0.02
+
+
+def test_an_overlap_above_half_the_tile_is_capped_there(frames):
+    """Three tiles over a pixel would let a tile's edge through the blend (3-4 % off at 64/40)."""
+    big = np.tile(frames[1:4], (1, 3, 3)).astype(np.float32)
+    at_half = load_denoiser("tomogan-projection", backend="onnxruntime", tile=64, overlap=32).denoise_context(big)
+    above = load_denoiser("tomogan-projection", backend="onnxruntime", tile=64, overlap=40).denoise_context(big)
+    np.testing.assert_array_equal(above, at_half)
 
 
 def test_tile_grid_covers_the_frame_and_weights_sum_to_one():

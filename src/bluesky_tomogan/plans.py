@@ -13,6 +13,7 @@ adjusts the exposure, and records every decision in a ``qc_actions`` stream.
 # No ``from __future__ import annotations`` here: bluesky-queueserver validates a queued plan's
 # arguments against its signature's annotations, which must be objects, not strings; and it turns
 # device names into devices for parameters annotated with bluesky's protocols (``Readable``).
+import inspect
 import math
 import time
 from collections import Counter
@@ -213,26 +214,20 @@ def qc_tomo_scan_with(feedback: QCFeedback) -> Callable[..., Generator[Msg, Any,
     >>> RM.item_add(BPlan("tomo_scan_with_qc", "det", "stage", [0, 1, 2]))  # doctest: +SKIP
     """
 
-    def tomo_scan_with_qc(
-        detector: Readable,
-        stage: Readable,
-        angles: Sequence[float],
-        *,
-        n_darks: int = 10,
-        n_flats: int = 10,
-        out_position: float = 10.0,
-        max_retries: int = 2,
-        exposure_limits: tuple[float, float] = (1e-4, 10.0),
-        stream: str = "denoised",
-        final_wait: float = 30.0,
-        md: dict[str, Any] | None = None,
-    ) -> Generator[Msg, Any, None]:
+    def tomo_scan_with_qc(detector: Readable, stage: Readable, angles: Sequence[float],
+                          **kwargs: Any) -> Generator[Msg, Any, None]:
         """:func:`bluesky_tomogan.plans.qc_tomo_scan` with the session's QC feedback (see its parameters)."""
-        yield from qc_tomo_scan(detector, stage, angles, feedback, n_darks=n_darks, n_flats=n_flats,
-                                out_position=out_position, max_retries=max_retries,
-                                exposure_limits=exposure_limits, stream=stream, final_wait=final_wait, md=md)
+        yield from qc_tomo_scan(detector, stage, angles, feedback, **kwargs)
 
+    # The queue server validates an item's arguments against the plan's signature: show it
+    # qc_tomo_scan's keywords (kept in step with it), with the devices annotated as Readable
+    # so that their names in a queued item become the devices.
+    signature = inspect.signature(qc_tomo_scan)
+    parameters = [p.replace(annotation=Readable) if p.name in ("detector", "stage") else p
+                  for p in signature.parameters.values() if p.name != "feedback"]
+    tomo_scan_with_qc.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
     return tomo_scan_with_qc
+
 
 def _metadata(plan: str, detector: Any, stage: Any, angles: list[float], n_darks: int, n_flats: int,
               md: dict[str, Any] | None) -> dict[str, Any]:

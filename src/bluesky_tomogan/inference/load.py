@@ -135,7 +135,7 @@ def load_denoiser(
     ratio: float | None = None,
     threads: int | None = None,
     tile: int | None = None,
-    overlap: int = 32,
+    overlap: int = 64,
 ) -> Denoiser:
     """Load a TomoGAN model on the best (or the requested) backend.
 

@@ -156,7 +156,7 @@ def load_ratios(
     ratios: list[float] | None = None,
     threads: int | None = None,
     tile: int | None = None,
-    overlap: int = 32,
+    overlap: int = 64,
     fallback: str | os.PathLike[str] | None = None,
     fallback_ratios: list[float] | None = None,
 ) -> RatioDenoisers:
