@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -131,7 +132,11 @@ def test_demo_with_faults_suspends_on_the_beam_dump_and_shows_the_qc_timeline(tm
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "fault: the ring loses the beam for 2 s" in done.stdout and "fault: three saturated frames" in done.stdout
-    assert "1 suspensions" in done.stdout
+    # The ring-current suspender suspends the scan. If a frame was already exposing when the beam went,
+    # QC flags it beam_lost and its own suspender adds a second record (RunEngine.request_suspend records
+    # every trip): a race between the two guards, both right, so one or two.
+    qc_line = next((line for line in done.stdout.splitlines() if line.startswith("QC: ")), done.stdout[-500:])
+    assert re.search(r"frames flagged, [12] suspensions", qc_line), qc_line
     assert (out / "demo.png").stat().st_size > 10_000
 
 

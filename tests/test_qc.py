@@ -246,6 +246,21 @@ def sim_rig(tmp_path, shape=(48, 64), **kw):
     return det, stage, beam
 
 
+def test_a_late_beam_lost_verdict_after_the_refill_raises_nothing():
+    """A frame exposed in the dark can be judged after the beam is back: its flag would never clear."""
+    beam = SimBeamCurrent(name="ring")
+    monitor = QCMonitor(name="qc", beam=beam, beam_ok=100)
+    beam.put(0.0)
+    monitor.raise_flag("beam_lost", suspending=True)
+    assert monitor.beam_lost.get() == 1  # the beam is gone: suspend
+    beam.put(200.0)
+    assert monitor.beam_lost.get() == 0  # back: resume
+    monitor.raise_flag("beam_lost", suspending=True)  # a late verdict of a frame taken in the dark
+    assert monitor.beam_lost.get() == 0
+    monitor.raise_flag("saturated")  # other flags are not about the beam
+    assert monitor.saturated.get() == 1
+
+
 def test_beam_dump_suspends_and_resumes_and_every_angle_has_a_good_frame(RE, denoiser, tmp_path):
     RE.record_interruptions = True
     det, stage, beam = sim_rig(tmp_path)

@@ -15,7 +15,10 @@ the flag. What clears it has to keep updating during the suspension:
 * ``beam`` (recommended): a signal that keeps updating, such as the storage
   ring current or an ion chamber. ``beam_lost`` clears when it reads at least
   ``beam_ok``: it measures the cause directly, so the scan resumes as soon as
-  the beam is back and not before.
+  the beam is back and not before. A ``beam_lost`` verdict that arrives when
+  ``beam`` already reads the beam back (QC judges a frame after it was taken:
+  one exposed in the dark can be judged after the refill) raises nothing: the
+  flag would have nothing left to clear it, and the scan would stay suspended.
 * otherwise ``retry_after`` seconds: the flag clears, the scan resumes and
   takes the next frame as a test frame; if that frame is dark too, QC raises
   the flag again and the scan suspends again.
@@ -103,6 +106,9 @@ class QCMonitor(Device):
 
     def raise_flag(self, name: str, *, suspending: bool = False) -> None:
         """Set flag ``name``; a suspending flag also gets its way of clearing (see the module docstring)."""
+        if name == "beam_lost" and self.beam is not None and self._beam_back():
+            log.info("QC: beam_lost of an earlier frame, but %s reads the beam back; not raised", self.beam.name)
+            return
         self.flag(name).put(1)
         if suspending and not (name == "beam_lost" and self.beam is not None):
             with self._lock:
@@ -135,12 +141,16 @@ class QCMonitor(Device):
             self._timers.clear()
 
     def _beam_changed(self, value: Any = None, **kwargs: Any) -> None:
-        try:
-            back = float(value) >= float(self.beam_ok)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            return
-        if back:
+        if self._beam_back(value):
             self.clear_flag("beam_lost")
+
+    def _beam_back(self, value: Any = None) -> bool:
+        """Whether ``beam`` (its reading now, or ``value``) is at least ``beam_ok``; False if unreadable."""
+        try:
+            reading = self.beam.get() if value is None else value  # type: ignore[union-attr]
+            return float(reading) >= float(self.beam_ok)  # type: ignore[arg-type]
+        except Exception:  # a disconnected PV: keep the flag, as without a reading
+            return False
 
 
 class QCDecision(Device):
