@@ -284,8 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when the denoiser falls behind; adaptive: switch the pruning ratio of an All-in-One "
                         "--model (e.g. tomogan-projection-aio)")
     s.add_argument("--fallback", metavar="MODEL",
-                   help="with --policy adaptive: a lighter All-in-One model to step down to after the lightest "
-                        "ratio (e.g. tomogan-projection-s2d-aio)")
+                   help="with --policy adaptive: a lighter model to step down to after the lightest ratio "
+                        "(e.g. tomogan-projection-s2d-aio)")
     s.add_argument("--reconstruct", action="store_true", help="reconstruct and denoise three slices live")
     s.add_argument("--every", type=int, default=0, help="progressive reconstruction every N projections")
     s.add_argument("--directory", help="where derived frames are written (default: next to the raw frames)")

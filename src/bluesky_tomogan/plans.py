@@ -198,7 +198,6 @@ def qc_tomo_scan(
     yield from inner()
 
 
-
 def qc_tomo_scan_with(feedback: QCFeedback) -> Callable[..., Generator[Msg, Any, None]]:
     """:func:`qc_tomo_scan` bound to a session's ``feedback``, as a plan the queue server can run.
 

@@ -74,8 +74,8 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
         Seconds after which a suspending flag clears so that the scan resumes and
         tests the condition with its next frame (:class:`~bluesky_tomogan.devices.QCMonitor`).
     fallback : str, optional
-        With ``policy="adaptive"``: a lighter All-in-One model to step down to after the
-        model's lightest ratio (``load_ratios(..., fallback=...)``).
+        With ``policy="adaptive"``: a lighter model to step down to after the model's
+        lightest ratio (``load_ratios(..., fallback=...)``).
 
     Returns
     -------
@@ -91,6 +91,8 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
     from ..inference.load import load_denoiser
     from ..inference.ratios import load_ratios
 
+    if fallback is not None and policy != "adaptive":
+        raise ServeError(f"a fallback model ({fallback}) is for policy 'adaptive', not {policy!r}")
     run_share = RunShare.parse(share)
     try:
         check_reachable(zmq_in)
@@ -100,8 +102,6 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
         raise ServeError(str(exc)) from exc
     client = _tiled_client(tiled) if store != "none" else None
     # adaptive: every pruning ratio of an All-in-One model, loaded now so that a switch costs nothing
-    if fallback is not None and policy != "adaptive":
-        raise ServeError(f"a fallback model ({fallback}) is for policy 'adaptive', not {policy!r}")
     denoiser: Any = (load_ratios(model, backend=backend, fallback=fallback) if policy == "adaptive"
                      else load_denoiser(model, backend=backend))
     feedback, ioc = None, None
