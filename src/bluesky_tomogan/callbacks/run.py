@@ -52,7 +52,7 @@ from event_model.documents import EventDescriptor, EventPage, RunStart, RunStop
 from ..errors import OutputPathError, TomoGANError
 from ..hdf5_frames import StreamFrameReader
 from ..inference.denoiser import Denoiser, check_frames
-from ..inference.ratios import RatioController, RatioDenoisers
+from ..inference.ratios import RatioController, RatioDenoisers, network_name
 from ..qc.feedback import QCFeedback, Verdict
 from ..qc.metrics import (
     UNITS,
@@ -527,7 +527,7 @@ class RunDenoiser(PassThroughRun):
             residual_metrics(np.asarray(item.frame), out, item.metrics)
             # a denoiser of the user's own (duck-typed) has no ratio: an unpruned network
             self._finish(_Result(item, out, "", time.time(), ratio=float(getattr(den, "ratio", 0.0)),
-                                 model=str(getattr(den, "model_name", type(den).__name__))))
+                                 model=network_name(den)))
         except (TomoGANError, ValueError) as exc:  # bad frame: flag it, keep going
             self._finish(_Result(item, None, f"{type(exc).__name__}: {exc}", finished=time.time()))
         except Exception as exc:  # a model/runtime failure must not kill the worker

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelLoadError, OutputPathError
+from ..errors import OutputPathError
 from ..frames import context_indices
 from ..inference.registry import REGISTRY, configurations
 from ..inference.tiling import pad_to
@@ -29,7 +29,7 @@ from ..model.allinone import PrunePlan, prune, ratio_key
 from ..model.data import normalised_frames
 from ..model.network import TomoGANGenerator
 from ..model.train import load_generator
-from ..modelcard import card_in_directory, read_card, sha256_of, write_card
+from ..modelcard import ModelCard, card_in_directory, read_card, sha256_of, write_card
 from ..simulate.datasets import PairSet, read_dataset
 from .copies import check_activation_copies, offset_activation_copies
 from .onnx import export_onnx
@@ -181,13 +181,12 @@ def record_ratio_quality(card_path: Path) -> Path:
     """Copy each pruning ratio's measured fp32 SSIM (its own card's ``metrics``) into an
     All-in-One card's ``ratios`` summary, with the loss against ratio 0 (after
     :func:`record_quality` has re-measured every ratio's card on the same frames)."""
+    measured = {f"{r:g}": c.source.get("metrics", {}).get("val_ssim")
+                for r, c in ModelCard.read(card_path).ratio_cards().items()}
     card = read_card(card_path)
-    ratios = card.get("ratios", {})
     full = card.get("metrics", {}).get("val_ssim")
-    for entry in ratios.values():
-        own = card if entry.get("model") == "." else read_card(
-            card_in_directory(card_path.parent / entry["model"], ModelLoadError))
-        ssim_r = own.get("metrics", {}).get("val_ssim")
+    for key, entry in card.get("ratios", {}).items():
+        ssim_r = measured[f"{float(key):g}"]
         entry["ssim"] = ssim_r
         entry["ssim_drop_vs_full"] = full - ssim_r if full is not None and ssim_r is not None else None
     return write_card(card_path, card)

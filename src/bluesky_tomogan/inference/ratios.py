@@ -31,7 +31,7 @@ from ..modelcard import ModelCard
 from .denoiser import Denoiser, OutDType
 from .load import load_card, load_denoiser
 
-__all__ = ["RatioDenoisers", "RatioController", "load_ratios"]
+__all__ = ["RatioDenoisers", "RatioController", "load_ratios", "network_name"]
 
 log = logging.getLogger(__name__)
 
@@ -300,8 +300,8 @@ class RatioController:
             elif self._quiet >= self.calm and self.step > 0 and self._keeps_up(self.step - 1, interval):
                 new = self.step - 1
         if new != self.step:
-            log.info("TomoGAN network %s -> %s (%d frames waiting)", _label(self.current),
-                     _label(self.ladder[new]), waiting)
+            log.info("TomoGAN network %s -> %s (%d frames waiting)", network_name(self.current),
+                     network_name(self.ladder[new]), waiting)
             self.step, self._since_switch, self._quiet = new, 0, 0
             self.switches += 1
         return self.current
@@ -321,6 +321,7 @@ class RatioController:
         return cost is None or interval is None or cost + self.overhead < self.headroom * interval
 
 
-def _label(den: Denoiser) -> str:
-    """A step's name in the log: its model and pruning ratio."""
-    return f"{getattr(den, 'model_name', type(den).__name__)} ({float(getattr(den, 'ratio', 0.0)):g}%)"
+def network_name(den: Any) -> str:
+    """The name of the network ``den`` runs (a pruning ratio's ends in ``-r<ratio>``); a denoiser
+    of the user's own (duck-typed, without ``model_name``) is named by its class."""
+    return str(getattr(den, "model_name", type(den).__name__))

@@ -20,7 +20,7 @@ computes it (7x7 uniform window, each target's min-max range mapped to [0, 1]).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ __all__ = ["pixel_loss", "ssim_loss", "generator_adversarial_loss", "discriminat
 
 
 PixelLoss = Literal["l1", "mse", "l1+ssim"]
-PIXEL_LOSSES: tuple[str, ...] = ("l1", "mse", "l1+ssim")
+PIXEL_LOSSES: tuple[str, ...] = get_args(PixelLoss)
 
 # Zhao et al. 2017's weights of the SSIM and L1 terms.
 _SSIM_WEIGHT = 0.84

@@ -353,7 +353,7 @@ def merge_datasets(path: str | os.PathLike[str], sources: Sequence[str | os.Path
         splits[name] = PairSet(np.concatenate([s.ns for s in sets]), np.concatenate([s.gt for s in sets]),
                                np.concatenate([s.group + off for s, off in zip(sets, offsets, strict=True)]))
     recipe: dict[str, object] = {"domain": domains.pop(), "merged": [p.recipe for p in parts],
-              "sources": [Path(s).name for s in sources]}
+                                 "sources": [Path(s).name for s in sources]}
     return write_dataset(path, splits["train"], splits["test"], recipe)
 
 
