@@ -41,7 +41,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,16 +55,22 @@ from ..inference.denoiser import Denoiser, check_frames
 from ..inference.ratios import RatioController, RatioDenoisers, network_name
 from ..qc.feedback import QCFeedback, Verdict
 from ..qc.metrics import (
-    UNITS,
-    FrameMetrics,
-    IntensityReference,
     frame_metrics,
     registered_shift,
     registration_image,
     residual_metrics,
 )
-from ..qc.policy import UNUSABLE, Action, QCPolicy
+from ..qc.policy import UNUSABLE, QCPolicy
 from .consumers import Consumers
+from .derived_stream import (
+    DerivedStream,
+    Dropped,
+    FrameResult,
+    QueuedFrame,
+    derived_data_keys,
+    image_fields,
+    row_columns,
+)
 from .frame_writer import DerivedFrameWriter, derived_directory, stream_resource_directory
 from .passthrough import PassThroughRun, Turn
 from .queue import FrameQueue, Policy
@@ -82,18 +88,6 @@ FEEDBACK_QUEUE = 256
 POSITIONS_KEPT = 4096
 #: Seconds a stream's newest frame waits for its next frame (its context) before it is denoised without it.
 CONTEXT_WAIT = 2.0
-#: Recent usable frames per stream (binned) among which registration looks for a neighbouring angle.
-REGISTRATION_HISTORY = 8
-
-
-def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
-    """Data keys of a descriptor that hold single 2-D frames (shape ``[H, W]`` or ``[1, H, W]``)."""
-    out = []
-    for key, dk in descriptor.get("data_keys", {}).items():
-        shape = [s for s in (dk.get("shape") or []) if s is not None]
-        if dk.get("dtype") == "array" and (len(shape) == 2 or (len(shape) == 3 and shape[0] == 1)):
-            out.append(key)
-    return out
 
 
 @dataclass(frozen=True)
@@ -127,59 +121,6 @@ class RunOptions:
         return self.default
 
 
-@dataclass
-class _Stream:
-    """One derived stream (raw stream name, image field, frame shape) and its composed descriptor."""
-
-    raw_name: str
-    field: str
-    shape: tuple[int, int]
-    bundle: Any  # event_model.ComposeDescriptorBundle
-    slot: str  # file name (data key, plus a suffix for a second shape)
-    resource_error: str = ""  # why its frames cannot be written, once that is known
-    resource_ready: bool = False
-    reference: IntensityReference = dataclasses.field(default_factory=IntensityReference)  # worker only
-    # Recent usable frames as (angle or None, registration image), and angular steps seen (worker only)
-    history: deque[tuple[float | None, np.ndarray]] = dataclasses.field(
-        default_factory=lambda: deque(maxlen=REGISTRATION_HISTORY))
-    steps: deque[float] = dataclasses.field(default_factory=lambda: deque(maxlen=32))
-    interval: float | None = None  # typical seconds between frames (worker only)
-    # Token of this stream's newest frame handed to the queue (set by the RunEngine's thread): a frame
-    # whose successor is already queued waits for it, however far behind the worker runs.
-    latest_token: int = -1
-
-
-@dataclass
-class _Frame:
-    stream: _Stream
-    frame: np.ndarray | Callable[[], np.ndarray] | None  # external frames are loaded by the worker
-    seq_num: int
-    uid: str  # the document that delivered the frame: event, or StreamDatum
-    received: float
-    token: int
-    metrics: FrameMetrics = field(default_factory=FrameMetrics)
-    done: bool = False  # denoised (its row is on its way)
-
-
-@dataclass
-class _Dropped:
-    """What a frame dropped by the queue policy leaves for the worker: its identity, no pixels."""
-
-    item: _Frame
-
-
-@dataclass
-class _Result:
-    item: _Frame
-    denoised: np.ndarray | None
-    error: str = ""
-    finished: float = 0.0
-    index: int = -1  # row in the derived-frame file, when frames are written to one
-    ratio: float = math.nan  # pruning ratio of the network that denoised it (percent of MACs removed)
-    model: str = ""  # name of the network that denoised it (an adaptive ladder may hold two models)
-    flags: dict[str, Action] = field(default_factory=dict)  # QC flag -> action
-
-
 class RunDenoiser(PassThroughRun):
     """Denoise the frames of one run into derived streams of that run (made by the facade's RunRouter).
 
@@ -201,15 +142,15 @@ class RunDenoiser(PassThroughRun):
         self._start: RunStart | None = None
         self._compose_streams: dict[str, Any] = {}
         self._counters: dict[str, int] = {}
-        self._by_name: dict[tuple[str, str, tuple[int, int]], _Stream] = {}  # (raw stream, field, shape)
-        self._by_descriptor: dict[str, dict[str, _Stream]] = {}  # raw descriptor uid -> field -> stream
+        self._by_name: dict[tuple[str, str, tuple[int, int]], DerivedStream] = {}  # (raw stream, field, shape)
+        self._by_descriptor: dict[str, dict[str, DerivedStream]] = {}  # raw descriptor uid -> field -> stream
         self._stream_keys: dict[str, set[str]] = {}  # raw descriptor uid -> its "STREAM:" data keys
         self._queue = FrameQueue(options.maxsize, options.policy, tombstone=self._tombstone)
         self._breaker_open = False
         self._tokens = itertools.count()
-        self._pending: dict[int, _Frame] = {}  # queued, not yet emitted, in arrival order (callback thread only)
-        self._ready: dict[int, _Result] = {}  # finished, waiting for earlier frames of their stream
-        self._outbox: deque[_Result] = deque()
+        self._pending: dict[int, QueuedFrame] = {}  # queued, not yet emitted, in arrival order (callback thread only)
+        self._ready: dict[int, FrameResult] = {}  # finished, waiting for earlier frames of their stream
+        self._outbox: deque[FrameResult] = deque()
         self._lock = threading.Lock()  # guards _closed against the worker's writes
         self._closed = False  # set at stop: a late worker's results are discarded
         self._done = threading.Event()
@@ -255,7 +196,7 @@ class RunDenoiser(PassThroughRun):
         wanted = [f for f in image_fields(doc) if o.fields is None or f in o.fields]
         if not wanted or self._start is None or (o.streams is not None and raw_name not in o.streams):
             return doc
-        fields: dict[str, _Stream] = {}
+        fields: dict[str, DerivedStream] = {}
         for f in wanted:
             shape = tuple(int(v or 0) for v in [s for s in doc["data_keys"][f]["shape"] if s is not None][-2:])
             h, w = shape[0], shape[1]
@@ -266,20 +207,20 @@ class RunDenoiser(PassThroughRun):
         self._by_descriptor[doc["uid"]] = fields
         return doc
 
-    def _new_stream(self, raw_name: str, f: str, n_fields: int, shape: tuple[int, int]) -> _Stream:
+    def _new_stream(self, raw_name: str, f: str, n_fields: int, shape: tuple[int, int]) -> DerivedStream:
         # One derived stream per image field keeps every row complete; with a single image
         # field in "primary" (the common case) the stream is simply "denoised". A re-emitted
         # raw descriptor with the same shape reuses it (its configuration is the raw one's).
         base = "denoised" if raw_name == "primary" else f"{raw_name}_denoised"
         name = base if n_fields == 1 else f"{base}_{f}"
-        data_keys = _data_keys(f, shape, external=not self.options.inline)
+        keys = derived_data_keys(f, shape, external=not self.options.inline)
         assert self._start is not None
         bundle = event_model.compose_descriptor(
             start=self._start, streams=self._compose_streams, event_counters=self._counters, name=name,
-            data_keys=data_keys, object_keys={"tomogan": sorted(data_keys)}, configuration=self._configuration(f),
+            data_keys=keys, object_keys={"tomogan": sorted(keys)}, configuration=self._configuration(f),
         )
         earlier = sum(s.bundle.descriptor_doc["name"] == name for s in self._by_name.values())
-        stream = _Stream(raw_name, f, shape, bundle, name + (f"-{earlier}" if earlier else ""))
+        stream = DerivedStream(raw_name, f, shape, bundle, name + (f"-{earlier}" if earlier else ""))
         self._by_name[(raw_name, f, shape)] = stream
         self._follow.append(("descriptor", bundle.descriptor_doc))
         return stream
@@ -402,12 +343,12 @@ class RunDenoiser(PassThroughRun):
     # -- queueing (callback thread) ---------------------------------------------------------
 
     @staticmethod
-    def _tombstone(item: _Frame) -> _Dropped:
-        return _Dropped(dataclasses.replace(item, frame=None))
+    def _tombstone(item: QueuedFrame) -> Dropped:
+        return Dropped(dataclasses.replace(item, frame=None))
 
-    def _enqueue(self, stream: _Stream, frame: Any, seq_num: int, uid: str) -> None:
+    def _enqueue(self, stream: DerivedStream, frame: Any, seq_num: int, uid: str) -> None:
         self._ensure_resource(stream)
-        item = _Frame(stream, frame, seq_num, uid, time.time(), next(self._tokens))
+        item = QueuedFrame(stream, frame, seq_num, uid, time.time(), next(self._tokens))
         stream.latest_token = item.token
         self._pending[item.token] = item
         if self.options.policy != "block":
@@ -424,7 +365,7 @@ class RunDenoiser(PassThroughRun):
                 self._note(f"worker made no room within {self.options.block_timeout} s; dropping frames "
                            "(recorded) until it catches up")
 
-    def _ensure_resource(self, stream: _Stream) -> None:
+    def _ensure_resource(self, stream: DerivedStream) -> None:
         """Open the derived-frame file of ``stream`` at its first frame; its StreamResource follows the raw document."""
         if self.options.inline or stream.resource_ready or stream.resource_error:
             return
@@ -444,7 +385,7 @@ class RunDenoiser(PassThroughRun):
     def _work(self) -> None:
         """The worker loop: denoise this run's frames until the end-of-run marker."""
         _lower_priority()
-        windows: dict[int, list[_Frame]] = {}  # id of a derived stream -> its context window
+        windows: dict[int, list[QueuedFrame]] = {}  # id of a derived stream -> its context window
         while True:
             got = self._queue.get(timeout=0.5)
             self._flush_stale(windows)
@@ -456,10 +397,10 @@ class RunDenoiser(PassThroughRun):
                 return
             is_frame, item = got
             began = time.perf_counter()
-            if isinstance(item, _Dropped):  # recorded as a row with no frame, in its place
+            if isinstance(item, Dropped):  # recorded as a row with no frame, in its place
                 why = ("worker stalled, no room within block_timeout" if self.options.policy == "block"
                        else "queue full")
-                self._finish(_Result(item.item, None, f"{DROPPED}: {why} (policy {self.options.policy})",
+                self._finish(FrameResult(item.item, None, f"{DROPPED}: {why} (policy {self.options.policy})",
                                      finished=time.time()))
                 continue
             if not is_frame:  # end of run: mirrored context for each stream's last frame
@@ -471,13 +412,13 @@ class RunDenoiser(PassThroughRun):
                 item.frame = _as_frame(item.frame() if callable(item.frame) else item.frame)
             except Exception as exc:  # unreadable external frame: flag it, keep going without it
                 log.warning("cannot read %s seq %d: %s", item.stream.field, item.seq_num, exc)
-                self._finish(_Result(item, None, f"cannot read frame: {type(exc).__name__}: {exc}",
+                self._finish(FrameResult(item, None, f"cannot read frame: {type(exc).__name__}: {exc}",
                                      finished=time.time()))
                 continue
             problem = _frame_problem(item.frame, item.stream.shape)
             unusable = self._measure(item)
             if problem or unusable:  # flagged, and kept out of its neighbours' context: they are denoised as usual
-                self._finish(_Result(item, None, problem or f"not denoised: unusable frame ({', '.join(unusable)})",
+                self._finish(FrameResult(item, None, problem or f"not denoised: unusable frame ({', '.join(unusable)})",
                                      finished=time.time()))
                 continue
             window = windows.setdefault(id(item.stream), [])
@@ -493,14 +434,14 @@ class RunDenoiser(PassThroughRun):
             if item.stream.field in self._controllers:  # what a frame costs besides the network
                 self._controllers[item.stream.field].record_cycle(time.perf_counter() - began)
 
-    def _denoise_last(self, window: list[_Frame]) -> None:
+    def _denoise_last(self, window: list[QueuedFrame]) -> None:
         """Denoise a stream's newest frame with mirrored context (its next frame is not coming, or not yet)."""
         if len(window) == 1:
             self._denoise(window[0], [window[0]] * 3)
         elif len(window) == 2:
             self._denoise(window[1], [window[0], window[1], window[0]])
 
-    def _flush_stale(self, windows: dict[int, list[_Frame]]) -> None:
+    def _flush_stale(self, windows: dict[int, list[QueuedFrame]]) -> None:
         """A stream whose next frame is overdue (``CONTEXT_WAIT`` s, or three of its usual intervals if longer:
         its phase ended, as the flats of a tomography scan do before the projections) gets its newest frame
         denoised now, with mirrored context, not at the stop. A next frame that has arrived but waits in the
@@ -513,7 +454,7 @@ class RunDenoiser(PassThroughRun):
             if now - window[-1].received > wait:
                 self._denoise_last(window)
 
-    def _denoise(self, item: _Frame, context: list[_Frame]) -> None:
+    def _denoise(self, item: QueuedFrame, context: list[QueuedFrame]) -> None:
         if item.done:  # already denoised with mirrored context while its next frame was late
             return
         item.done = True
@@ -526,15 +467,15 @@ class RunDenoiser(PassThroughRun):
             self._register(item)
             residual_metrics(np.asarray(item.frame), out, item.metrics)
             # a denoiser of the user's own (duck-typed) has no ratio: an unpruned network
-            self._finish(_Result(item, out, "", time.time(), ratio=float(getattr(den, "ratio", 0.0)),
+            self._finish(FrameResult(item, out, "", time.time(), ratio=float(getattr(den, "ratio", 0.0)),
                                  model=network_name(den)))
         except (TomoGANError, ValueError) as exc:  # bad frame: flag it, keep going
-            self._finish(_Result(item, None, f"{type(exc).__name__}: {exc}", finished=time.time()))
+            self._finish(FrameResult(item, None, f"{type(exc).__name__}: {exc}", finished=time.time()))
         except Exception as exc:  # a model/runtime failure must not kill the worker
             log.exception("denoising %s seq %d failed", item.stream.field, item.seq_num)
-            self._finish(_Result(item, None, f"{type(exc).__name__}: {exc}", finished=time.time()))
+            self._finish(FrameResult(item, None, f"{type(exc).__name__}: {exc}", finished=time.time()))
 
-    def _network(self, stream: _Stream) -> Denoiser:
+    def _network(self, stream: DerivedStream) -> Denoiser:
         """The denoiser for the next frame of ``stream``: with ``policy="adaptive"``, at the ratio the
         queue's length and the frame rate call for (worker thread)."""
         f = stream.field
@@ -549,7 +490,7 @@ class RunDenoiser(PassThroughRun):
                                                    costs=costs)
         return self._controllers[f].next_denoiser(len(self._queue), stream.interval)
 
-    def _measure(self, item: _Frame) -> list[str]:
+    def _measure(self, item: QueuedFrame) -> list[str]:
         """Raw-frame QC metrics of ``item`` (worker thread); returns the flags that make it unusable."""
         stream, frame = item.stream, np.asarray(item.frame)
         try:
@@ -562,7 +503,7 @@ class RunDenoiser(PassThroughRun):
             stream.reference.add(float(np.nanmean(frame)))
         return unusable
 
-    def _register(self, item: _Frame) -> None:
+    def _register(self, item: QueuedFrame) -> None:
         """Shift of a usable frame against the last frame at the same or a neighbouring angle (worker thread).
 
         Runs when the frame is denoised, one frame after it arrived, so its raw event (with
@@ -607,7 +548,7 @@ class RunDenoiser(PassThroughRun):
                 return
             self.options.feedback.act(verdict)
 
-    def _judge(self, result: _Result) -> None:
+    def _judge(self, result: FrameResult) -> None:
         """Evaluate the QC policy on a finished frame and hand the verdict to the feedback thread."""
         item = result.item
         item.metrics.latency_s = result.finished - item.received
@@ -625,7 +566,7 @@ class RunDenoiser(PassThroughRun):
             log.warning("QC feedback queue full (%d); verdict of %s seq %d dropped", FEEDBACK_QUEUE,
                         verdict.stream, verdict.seq_num)
 
-    def _finish(self, result: _Result, *, after_stop: bool = False) -> None:
+    def _finish(self, result: FrameResult, *, after_stop: bool = False) -> None:
         """Write the result's frame (worker thread) and hand the result to the callback thread.
 
         A frame that could not be denoised is recorded (``qc_error``): inline as
@@ -660,7 +601,7 @@ class RunDenoiser(PassThroughRun):
         """Give every frame still pending at the stop its row, with ``reason``."""
         leftovers = sorted(self._pending.values(), key=lambda it: it.token)
         for item in leftovers:
-            self._finish(_Result(dataclasses.replace(item, frame=None), None, reason, finished=time.time()),
+            self._finish(FrameResult(dataclasses.replace(item, frame=None), None, reason, finished=time.time()),
                          after_stop=True)
         self._emit_finished()
 
@@ -675,7 +616,7 @@ class RunDenoiser(PassThroughRun):
             r = self._outbox.popleft()
             if r.item.token in self._pending:
                 self._ready[r.item.token] = r
-        groups: dict[int, list[_Result]] = {}
+        groups: dict[int, list[FrameResult]] = {}
         blocked: set[int] = set()
         for token, item in list(self._pending.items()):
             sid = id(item.stream)
@@ -697,26 +638,14 @@ class RunDenoiser(PassThroughRun):
                     self._note(f"{f} seq {r.item.seq_num}: {r.error}")
                 if r.error:
                     self.summary.missing += 1
-            data: dict[str, list[Any]] = {f"{f}_qc_{m}": [getattr(r.item.metrics, m) for r in rows] for m in UNITS}
-            data |= {
-                f"{f}_qc_latency_s": [r.finished - r.item.received for r in rows],
-                f"{f}_qc_flags": [",".join(sorted(r.flags)) for r in rows],
-                f"{f}_qc_actions": [",".join(sorted({a for a in r.flags.values() if a != "ignore"})) for r in rows],
-                f"{f}_qc_error": [r.error for r in rows],
-                f"{f}_ratio": [r.ratio for r in rows],
-                f"{f}_model": [r.model for r in rows],
-                f"{f}_source_seq_num": [r.item.seq_num for r in rows],
-                f"{f}_source_uid": [r.item.uid for r in rows],
-            }
-            if self.options.inline:
-                data[f"{f}_denoised"] = [r.denoised for r in rows]
+            data = row_columns(f, rows, inline=self.options.inline)
             now = time.time()
             page = stream.bundle.compose_event_page(data=data, timestamps={k: [now] * len(rows) for k in data})
             self._publish("event_page", page)
             if self._writer is not None and stream.resource_ready:
                 self._publish_stream_datums(stream, rows, list(page["seq_num"]))
 
-    def _publish_stream_datums(self, stream: _Stream, rows: list[_Result], seq_nums: list[int]) -> None:
+    def _publish_stream_datums(self, stream: DerivedStream, rows: list[FrameResult], seq_nums: list[int]) -> None:
         """One StreamDatum per run of consecutive file rows (a frame whose write failed has none)."""
         assert self._writer is not None
         runs: list[tuple[int, int, int]] = []  # (first file row, first seq_num, count)
@@ -755,28 +684,6 @@ class RunDenoiser(PassThroughRun):
             if hasattr(handler, "close"):
                 handler.close()
         self._handlers.clear()
-
-
-def _data_keys(f: str, shape: tuple[int, int], external: bool) -> dict[str, Any]:
-    frame_key: dict[str, Any] = {"source": "bluesky-tomogan", "dtype": "array", "shape": list(shape),
-                                 "dtype_numpy": "<f4", "object_name": "tomogan"}
-    if external:  # written to HDF5, described by StreamResource/StreamDatum (ophyd-async convention)
-        frame_key |= {"external": "STREAM:", "shape": [1, *shape]}
-    keys: dict[str, Any] = {f"{f}_denoised": frame_key}
-    keys[f"{f}_ratio"] = {"source": "bluesky-tomogan", "dtype": "number", "shape": [], "units": "%",
-                          "object_name": "tomogan",
-                          "description": "pruning ratio of the network that denoised the frame (percent of "
-                                         "the full network's MACs removed; NaN: not denoised)"}
-    keys[f"{f}_model"] = {"source": "bluesky-tomogan", "dtype": "string", "shape": [], "object_name": "tomogan",
-                          "description": "the network that denoised the frame (model name, with -r<ratio> for a "
-                                         "pruning ratio; empty: not denoised)"}
-    for metric, units in UNITS.items():
-        keys[f"{f}_qc_{metric}"] = {"source": "bluesky-tomogan", "dtype": "number", "shape": [],
-                                    "object_name": "tomogan", "units": units}
-    for qc, dtype in (("qc_flags", "string"), ("qc_actions", "string"), ("qc_error", "string"),
-                      ("source_seq_num", "integer"), ("source_uid", "string")):
-        keys[f"{f}_{qc}"] = {"source": "bluesky-tomogan", "dtype": dtype, "shape": [], "object_name": "tomogan"}
-    return keys
 
 
 def _lower_priority() -> None:

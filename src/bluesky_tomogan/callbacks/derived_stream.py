@@ -1,0 +1,138 @@
+"""The derived streams' layout: which raw fields are frames, and what each derived row holds.
+
+:mod:`.run` makes one derived stream per (raw stream, image field, frame shape). Its data
+keys (:func:`derived_data_keys`) and the columns of its rows (:func:`row_columns`) are
+defined here side by side, so that a column added to one is added to the other. The
+frames on their way through a run's queue and worker (:class:`QueuedFrame`,
+:class:`Dropped`) and what the worker makes of them (:class:`FrameResult`) are the rows'
+raw material.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..qc.metrics import UNITS, FrameMetrics, IntensityReference
+from ..qc.policy import Action
+
+__all__ = ["DerivedStream", "Dropped", "FrameResult", "QueuedFrame", "derived_data_keys", "image_fields",
+           "row_columns"]
+
+#: Recent usable frames per stream (binned) among which registration looks for a neighbouring angle.
+REGISTRATION_HISTORY = 8
+
+
+def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
+    """Data keys of a descriptor that hold single 2-D frames (shape ``[H, W]`` or ``[1, H, W]``)."""
+    out = []
+    for key, dk in descriptor.get("data_keys", {}).items():
+        shape = [s for s in (dk.get("shape") or []) if s is not None]
+        if dk.get("dtype") == "array" and (len(shape) == 2 or (len(shape) == 3 and shape[0] == 1)):
+            out.append(key)
+    return out
+
+
+@dataclass
+class DerivedStream:
+    """One derived stream (raw stream name, image field, frame shape) and its composed descriptor."""
+
+    raw_name: str
+    field: str
+    shape: tuple[int, int]
+    bundle: Any  # event_model.ComposeDescriptorBundle
+    slot: str  # file name (data key, plus a suffix for a second shape)
+    resource_error: str = ""  # why its frames cannot be written, once that is known
+    resource_ready: bool = False
+    reference: IntensityReference = dataclasses.field(default_factory=IntensityReference)  # worker only
+    # Recent usable frames as (angle or None, registration image), and angular steps seen (worker only)
+    history: deque[tuple[float | None, np.ndarray]] = dataclasses.field(
+        default_factory=lambda: deque(maxlen=REGISTRATION_HISTORY))
+    steps: deque[float] = dataclasses.field(default_factory=lambda: deque(maxlen=32))
+    interval: float | None = None  # typical seconds between frames (worker only)
+    # Token of this stream's newest frame handed to the queue (set by the RunEngine's thread): a frame
+    # whose successor is already queued waits for it, however far behind the worker runs.
+    latest_token: int = -1
+
+
+@dataclass
+class QueuedFrame:
+    """A raw frame on its way through a run's queue and worker, with its identity and QC metrics."""
+
+    stream: DerivedStream
+    frame: np.ndarray | Callable[[], np.ndarray] | None  # external frames are loaded by the worker
+    seq_num: int
+    uid: str  # the document that delivered the frame: event, or StreamDatum
+    received: float
+    token: int
+    metrics: FrameMetrics = field(default_factory=FrameMetrics)
+    done: bool = False  # denoised (its row is on its way)
+
+
+@dataclass
+class Dropped:
+    """What a frame dropped by the queue policy leaves for the worker: its identity, no pixels."""
+
+    item: QueuedFrame
+
+
+@dataclass
+class FrameResult:
+    """What the worker made of a frame: the denoised frame (or why there is none), its network and flags."""
+
+    item: QueuedFrame
+    denoised: np.ndarray | None
+    error: str = ""
+    finished: float = 0.0
+    index: int = -1  # row in the derived-frame file, when frames are written to one
+    ratio: float = math.nan  # pruning ratio of the network that denoised it (percent of MACs removed)
+    model: str = ""  # name of the network that denoised it (an adaptive ladder may hold two models)
+    flags: dict[str, Action] = field(default_factory=dict)  # QC flag -> action
+
+
+def derived_data_keys(f: str, shape: tuple[int, int], external: bool) -> dict[str, Any]:
+    """Data keys of the derived stream of image field ``f``: the frame (inline, or ``external`` in a file),
+    the network that made it, its QC metrics, flags and error, and the raw frame it came from."""
+    frame_key: dict[str, Any] = {"source": "bluesky-tomogan", "dtype": "array", "shape": list(shape),
+                                 "dtype_numpy": "<f4", "object_name": "tomogan"}
+    if external:  # written to HDF5, described by StreamResource/StreamDatum (ophyd-async convention)
+        frame_key |= {"external": "STREAM:", "shape": [1, *shape]}
+    keys: dict[str, Any] = {f"{f}_denoised": frame_key}
+    keys[f"{f}_ratio"] = {"source": "bluesky-tomogan", "dtype": "number", "shape": [], "units": "%",
+                          "object_name": "tomogan",
+                          "description": "pruning ratio of the network that denoised the frame (percent of "
+                                         "the full network's MACs removed; NaN: not denoised)"}
+    keys[f"{f}_model"] = {"source": "bluesky-tomogan", "dtype": "string", "shape": [], "object_name": "tomogan",
+                          "description": "the network that denoised the frame (model name, with -r<ratio> for a "
+                                         "pruning ratio; empty: not denoised)"}
+    for metric, units in UNITS.items():
+        keys[f"{f}_qc_{metric}"] = {"source": "bluesky-tomogan", "dtype": "number", "shape": [],
+                                    "object_name": "tomogan", "units": units}
+    for qc, dtype in (("qc_flags", "string"), ("qc_actions", "string"), ("qc_error", "string"),
+                      ("source_seq_num", "integer"), ("source_uid", "string")):
+        keys[f"{f}_{qc}"] = {"source": "bluesky-tomogan", "dtype": dtype, "shape": [], "object_name": "tomogan"}
+    return keys
+
+
+def row_columns(f: str, rows: list[FrameResult], *, inline: bool) -> dict[str, list[Any]]:
+    """The columns of derived rows of image field ``f``, one value per result (see :func:`derived_data_keys`)."""
+    data: dict[str, list[Any]] = {f"{f}_qc_{m}": [getattr(r.item.metrics, m) for r in rows] for m in UNITS}
+    data |= {
+        f"{f}_qc_latency_s": [r.finished - r.item.received for r in rows],
+        f"{f}_qc_flags": [",".join(sorted(r.flags)) for r in rows],
+        f"{f}_qc_actions": [",".join(sorted({a for a in r.flags.values() if a != "ignore"})) for r in rows],
+        f"{f}_qc_error": [r.error for r in rows],
+        f"{f}_ratio": [r.ratio for r in rows],
+        f"{f}_model": [r.model for r in rows],
+        f"{f}_source_seq_num": [r.item.seq_num for r in rows],
+        f"{f}_source_uid": [r.item.uid for r in rows],
+    }
+    if inline:
+        data[f"{f}_denoised"] = [r.denoised for r in rows]
+    return data
