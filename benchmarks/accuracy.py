@@ -9,6 +9,7 @@ validation frames, then run on the held-out frames like TomoGAN.
 Usage::
 
     python benchmarks/accuracy.py [--frames 48] [--json results.json]
+    python benchmarks/accuracy.py --domains slice --model runs/my-slice-model   # a candidate
 
 Prints a Markdown table (PSNR/SSIM against the clean frames, ms per frame).
 """
@@ -80,10 +81,11 @@ def evaluate(fn: Callable[[int], np.ndarray], pairs: PairSet, idx: np.ndarray) -
     return {"psnr": float(np.mean(p)), "ssim": float(np.mean(s)), "ms_per_frame": 1e3 * float(np.median(t))}
 
 
-def run_domain(domain: str, n_scans: int, n_frames: int, tune_data: PairSet | None) -> dict[str, dict[str, float]]:
+def run_domain(domain: str, n_scans: int, n_frames: int, tune_data: PairSet | None,
+               model: str | None = None) -> dict[str, dict[str, float]]:
     pairs = held_out(domain, n_scans)
     idx = np.unique(np.linspace(0, len(pairs.ns) - 1, n_frames).astype(int))
-    model = f"tomogan-{domain}"
+    model = model or f"tomogan-{domain}"
     rows: dict[str, dict[str, float]] = {"raw": evaluate(lambda i: pairs.ns[i], pairs, idx)}
 
     def tomogan(backend: str, precision: str) -> Callable[[int], np.ndarray] | None:
@@ -134,8 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scans", type=int, default=4, help="held-out phantoms per domain (one per family)")
     ap.add_argument("--frames", type=int, default=48, help="frames evaluated per domain")
     ap.add_argument("--tune-data", help="HDF5 whose test split tunes the baselines (default: data/sim_<domain>.h5)")
+    ap.add_argument("--model", help="model (name, card or directory) in place of the shipped tomogan-<domain>; "
+                                    "with one domain only")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args(argv)
+    if args.model and len(args.domains) != 1:
+        ap.error("--model needs exactly one --domains")
     from pathlib import Path
 
     from bluesky_tomogan.simulate.datasets import read_dataset
@@ -144,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     for domain in args.domains:
         tune_path = Path(args.tune_data or f"data/sim_{domain}.h5")
         tune = read_dataset(tune_path).split("test") if tune_path.exists() else None
-        results[domain] = run_domain(domain, args.scans, args.frames, tune)
+        results[domain] = run_domain(domain, args.scans, args.frames, tune, args.model)
         print(markdown(domain, results[domain]), "\n", flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

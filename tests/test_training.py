@@ -44,6 +44,7 @@ def test_tiny_training_run_lowers_the_loss_and_writes_a_model_card(tiny_dataset,
     assert card["files"]["pytorch"]["sha256"]
     assert card["data"]["sha256"] and card["training"]["epochs"] == 2
     assert {"val_psnr", "val_ssim"} <= set(card["metrics"])
+    assert result.best_epoch == card["training"]["best_epoch"] >= 1  # the epoch whose weights were written
 
 
 def test_fine_tuning_a_shipped_model_with_the_command_line_defaults_loads_its_weights():

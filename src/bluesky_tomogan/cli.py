@@ -66,10 +66,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"bluesky-tomogan train: error: {exc}", file=sys.stderr)
         return 2
     result = train(cfg, resume=args.resume, progress=not args.no_progress)
-    best = max(result.history, key=lambda h: h["val_ssim"]) if result.history else {}
+    # the epoch whose weights were written: the last one that beat the one before by min_delta,
+    # not necessarily the highest validation score (a later, smaller gain is not kept)
+    best = next((h for h in result.history if h["epoch"] == result.best_epoch), {})
     print(f"stopped: {result.stopped}")
     if best:
-        print(f"best epoch {best['epoch']}: val PSNR {best['val_psnr']:.2f} dB, SSIM {best['val_ssim']:.4f}")
+        print(f"best epoch {best['epoch']} (its weights written): val PSNR {best['val_psnr']:.2f} dB, "
+              f"SSIM {best['val_ssim']:.4f}")
     print(f"weights: {result.weights}\nmodel card: {result.card}\ncheckpoint: {result.checkpoint}")
     return 0
 

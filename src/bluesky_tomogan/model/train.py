@@ -162,6 +162,7 @@ class TrainResult:
     checkpoint: Path
     history: list[dict[str, float]]
     stopped: str
+    best_epoch: int = -1  # the epoch whose weights are in ``weights`` (-1: no epoch ran)
 
 
 def _validate(gen: TomoGANGenerator, pairs: PairSet, n_frames: int) -> dict[str, float]:
@@ -423,7 +424,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     if qat:
         card["training"]["qat"] = qat
     card_path = write_card(out_dir / f"{config.name}.json", card)
-    return TrainResult(weights_path, card_path, ckpt_path, history, stopped)
+    return TrainResult(weights_path, card_path, ckpt_path, history, stopped, best_epoch)
 
 
 def _plan(gen: TomoGANGenerator, sampler: PatchSampler, config: TrainConfig) -> PrunePlan:
