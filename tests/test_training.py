@@ -189,3 +189,13 @@ def test_export_to_onnx_writes_a_card_that_loads_and_records_measured_quality(ti
     assert ref["frames"] == 4 and 0 < ref["ssim"] <= 1 and np.isfinite(ref["psnr"])
     assert quality["openvino/fp32"]["ssim_drop"] == pytest.approx(0, abs=1e-3)
     assert "litert/int8" not in quality  # no int8 TFLite file was exported: not measured, not invented
+
+
+def test_the_ssim_loss_of_a_flat_patch_is_measured_on_the_frames_range():
+    """A patch of empty space (flat target) is judged on the normalised frame's range, not its own:
+    mapped by its own tiny range, 1 % noise became losses of 50-75 that wrecked a slice fine-tune."""
+    rng = np.random.default_rng(1)
+    flat = (0.3 + rng.normal(0, 1e-4, (4, 1, 32, 32))).astype(np.float32)  # background around a sample
+    pred = flat + rng.normal(0, 0.01, flat.shape).astype(np.float32)
+    loss = float(pixel_loss(torch.from_numpy(pred), torch.from_numpy(flat), "l1+ssim"))
+    assert 0 < loss < 0.2  # 0.10; mapped by its own range (~8e-4) it was 2.76

@@ -15,7 +15,8 @@ network stops improving SSIM where smoothing away fine, low-contrast structure
 costs little L1 (high doses, faint samples). ``"l1+ssim"`` is the mix of Zhao et
 al. 2017 ("Loss Functions for Image Restoration with Neural Networks"):
 0.84 (1 - SSIM) + 0.16 L1, with SSIM computed as :func:`bluesky_tomogan.metrics.ssim`
-computes it (7x7 uniform window, each target's min-max range mapped to [0, 1]).
+computes it (7x7 uniform window, each target's min-max range mapped to [0, 1], a patch's
+range taken as at least the normalised frame's: see ``_canonical``).
 """
 
 from __future__ import annotations
@@ -47,10 +48,22 @@ def pixel_loss(pred: torch.Tensor, target: torch.Tensor, kind: PixelLoss = "l1")
     raise ValueError(f"pixel loss must be one of {', '.join(PIXEL_LOSSES)}, got {kind!r}")
 
 
+# Training patches are cut from frames normalised to their robust range (``normalise``: 0.5-99.5
+# percentiles -> [0, 1]), so a whole frame spans about 1: the range the metric maps to [0, 1].
+_FRAME_RANGE = 1.0
+
+
 def _canonical(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Map each sample of both tensors by the affine map taking the target's range to [0, 1]."""
+    """Map each sample of both tensors by the affine map taking the target's range to [0, 1], with the
+    range at least a normalised frame's.
+
+    The metric maps a *frame's* range to [0, 1]; a patch is a part of a frame. Mapping a flat patch
+    (the empty space around a slice's sample, the open beam beside a projection) by its own tiny
+    range scaled its noise up by orders of magnitude (session 12: single batches with losses of
+    50-75 in a slice fine-tune that then lost 0.047 SSIM on the held-out hard slices).
+    """
     lo = target.amin(dim=(1, 2, 3), keepdim=True)
-    scale = (target.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp_min(1e-6)
+    scale = (target.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp_min(_FRAME_RANGE)
     return (pred - lo) / scale, (target - lo) / scale
 
 
