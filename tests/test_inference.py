@@ -402,6 +402,8 @@ def test_int8_float_parts_run_in_bf16_only_where_amx_is():
     assert int8_float_precision({"avx512f", "amx_tile", "amx_bf16", "amx_int8"}) == "bf16"
     assert int8_float_precision({"avx512f", "avx512_vnni", "avx512_bf16"}) == "f32"  # AMD Zen 5
     assert AUTO_ORDER.index(("openvino", "int8")) < AUTO_ORDER.index(("openvino", "bf16"))
+    # on a CPU the Edge TPU's full-int8 form is no faster than OpenVINO fp32, and loses quality
+    assert AUTO_ORDER.index(("openvino", "fp32")) < AUTO_ORDER.index(("litert", "int8"))
     den = load_denoiser("tomogan-projection", backend="openvino", precision="int8")
     assert den.session.float_precision == int8_float_precision()  # what this CPU's int8 graph computes in
     assert load_denoiser("tomogan-projection", backend="openvino", precision="fp32").session.float_precision == "f32"
