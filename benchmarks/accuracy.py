@@ -10,6 +10,7 @@ Usage::
 
     python benchmarks/accuracy.py [--frames 48] [--json results.json]
     python benchmarks/accuracy.py --domains slice --model runs/my-slice-model   # a candidate
+    python benchmarks/accuracy.py --domains slice --test-data data/sim_slice_real2.h5  # another test set
 
 Prints a Markdown table (PSNR/SSIM against the clean frames, ms per frame).
 """
@@ -82,8 +83,8 @@ def evaluate(fn: Callable[[int], np.ndarray], pairs: PairSet, idx: np.ndarray) -
 
 
 def run_domain(domain: str, n_scans: int, n_frames: int, tune_data: PairSet | None,
-               model: str | None = None) -> dict[str, dict[str, float]]:
-    pairs = held_out(domain, n_scans)
+               model: str | None = None, test_data: PairSet | None = None) -> dict[str, dict[str, float]]:
+    pairs = test_data if test_data is not None else held_out(domain, n_scans)
     idx = np.unique(np.linspace(0, len(pairs.ns) - 1, n_frames).astype(int))
     model = model or f"tomogan-{domain}"
     rows: dict[str, dict[str, float]] = {"raw": evaluate(lambda i: pairs.ns[i], pairs, idx)}
@@ -138,10 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tune-data", help="HDF5 whose test split tunes the baselines (default: data/sim_<domain>.h5)")
     ap.add_argument("--model", help="model (name, card or directory) in place of the shipped tomogan-<domain>; "
                                     "with one domain only")
+    ap.add_argument("--test-data", help="HDF5 whose test split is scored instead of the simulated held-out "
+                                        "scans; with one domain only")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args(argv)
-    if args.model and len(args.domains) != 1:
-        ap.error("--model needs exactly one --domains")
+    if (args.model or args.test_data) and len(args.domains) != 1:
+        ap.error("--model and --test-data need exactly one --domains")
     from pathlib import Path
 
     from bluesky_tomogan.simulate.datasets import read_dataset
@@ -150,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     for domain in args.domains:
         tune_path = Path(args.tune_data or f"data/sim_{domain}.h5")
         tune = read_dataset(tune_path).split("test") if tune_path.exists() else None
-        results[domain] = run_domain(domain, args.scans, args.frames, tune, args.model)
+        test = read_dataset(Path(args.test_data)).split("test") if args.test_data else None
+        results[domain] = run_domain(domain, args.scans, args.frames, tune, args.model, test)
         print(markdown(domain, results[domain]), "\n", flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
