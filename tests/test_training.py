@@ -193,7 +193,7 @@ def test_export_to_onnx_writes_a_card_that_loads_and_records_measured_quality(ti
 
 def test_the_ssim_loss_of_a_flat_patch_is_measured_on_the_frames_range():
     """A patch of empty space (flat target) is judged on the normalised frame's range, not its own:
-    mapped by its own tiny range, 1 % noise became losses of 50-75 that wrecked a slice fine-tune."""
+    mapped by its own tiny range, its noise was scaled up by orders of magnitude."""
     rng = np.random.default_rng(1)
     flat = (0.3 + rng.normal(0, 1e-4, (4, 1, 32, 32))).astype(np.float32)  # background around a sample
     pred = flat + rng.normal(0, 0.01, flat.shape).astype(np.float32)

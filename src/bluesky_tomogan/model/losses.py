@@ -60,7 +60,7 @@ def _canonical(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, 
     The metric maps a *frame's* range to [0, 1]; a patch is a part of a frame. Mapping a flat patch
     (the empty space around a slice's sample, the open beam beside a projection) by its own tiny
     range scaled its noise up by orders of magnitude (session 12: single batches with losses of
-    50-75 in a slice fine-tune that then lost 0.047 SSIM on the held-out hard slices).
+    50-75 in a slice fine-tune).
     """
     lo = target.amin(dim=(1, 2, 3), keepdim=True)
     scale = (target.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp_min(_FRAME_RANGE)
