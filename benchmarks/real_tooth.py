@@ -14,7 +14,7 @@ inside the reconstruction circle, in the reference's 1-99 percentile scale.
 
 Usage::
 
-    python benchmarks/real_tooth.py data/tooth.h5 [--every 4] [--models tomogan-slice runs/x] [--figure f.png]
+    python benchmarks/real_tooth.py data/tooth.h5 [--every 4] [--models tomogan-slice before=runs/x] [--figure f.png]
 """
 
 from __future__ import annotations
@@ -44,14 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("path")
     ap.add_argument("--every", type=int, default=4, help="keep every k-th projection (default 4: 46 of 181)")
-    ap.add_argument("--models", nargs="+", default=["tomogan-slice"])
+    ap.add_argument("--models", nargs="+", default=["tomogan-slice"],
+                    help="shipped names, cards or directories; LABEL=MODEL names a model's row and panel")
     ap.add_argument("--figure")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     scan = read_scan(args.path)
     center = rotation_center(scan)
     sparse = np.arange(0, len(scan.angles), args.every)
-    denoisers = {model: load_denoiser(model, backend="onnxruntime") for model in args.models}
+    named = dict(m.split("=", 1) if "=" in m else (m, m) for m in args.models)
+    denoisers = {label: load_denoiser(model, backend="onnxruntime") for label, model in named.items()}
     results: dict[str, list[float]] = {}
     images: dict[str, np.ndarray] = {}
     for row in range(scan.shape[1]):
