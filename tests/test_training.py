@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training needs the train extra (torch)")
 
-from bluesky_tomogan.errors import OutputPathError  # noqa: E402
+from bluesky_tomogan.errors import ModelLoadError, OutputPathError  # noqa: E402
 from bluesky_tomogan.model.data import PatchSampler  # noqa: E402
 from bluesky_tomogan.model.losses import pixel_loss  # noqa: E402
 from bluesky_tomogan.model.network import GeneratorConfig, TomoGANGenerator  # noqa: E402
@@ -56,6 +56,23 @@ def test_fine_tuning_a_shipped_model_with_the_command_line_defaults_loads_its_we
     cfg = GeneratorConfig(input_downscale=1, downscale="space-to-depth")
     assert cfg == GeneratorConfig() and "downscale" not in cfg.to_dict()
     _load_initial_weights(TomoGANGenerator(cfg), "tomogan-projection")  # raised "are for architecture ..."
+
+
+def test_a_run_starts_from_another_runs_last_epoch_through_its_checkpoint(tiny_dataset, tmp_path):
+    """`--init runs/x/checkpoint.pt`: the last epoch's generator, not the kept best weights."""
+    from bluesky_tomogan.model.train import _load_initial_weights
+
+    first = train(_config(tiny_dataset, tmp_path / "first", max_epochs=2), progress=False)
+    last = torch.load(first.checkpoint, weights_only=True)["generator"]
+    gen = TomoGANGenerator(GeneratorConfig(width=0.25))
+    _load_initial_weights(gen, str(first.checkpoint))
+    assert all(torch.equal(gen.state_dict()[k], v) for k, v in last.items())
+
+    second = train(_config(tiny_dataset, tmp_path / "second", max_epochs=1, init_weights=str(first.checkpoint)),
+                   progress=False)
+    assert second.history[0]["epoch"] == 1
+    with pytest.raises(ModelLoadError, match="are for architecture"):
+        _load_initial_weights(TomoGANGenerator(GeneratorConfig(width=0.5)), str(first.checkpoint))
 
 
 def test_the_ssim_loss_is_the_ssim_the_project_scores_with():

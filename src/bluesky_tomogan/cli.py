@@ -379,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--qat-steps", type=int, default=0, help="int8-aware fine-tuning steps")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--init", metavar="WEIGHTS",
-                   help="start from these weights (a .pt of the same architecture, or a shipped model's name)")
+                   help="start from these weights (a .pt of the same architecture, another run's "
+                        "checkpoint.pt for its last epoch, or a shipped model's name)")
     s.add_argument("--ratios", type=float, nargs="+", metavar="PERCENT",
                    help="All-in-One pruning ratios to train into one set of weights (percent of the MACs "
                         "removed, e.g. 0 25 50 75; pixel loss only; best from --init)")

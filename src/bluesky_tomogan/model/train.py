@@ -99,9 +99,10 @@ class TrainConfig:
         target ranks models as the error to the clean one would (the noise adds a
         constant), which SSIM does not.
     init_weights : str
-        Start from these generator weights (a ``.pt`` written by :func:`train`, or a
-        shipped model's name) instead of a random initialisation; the architecture
-        must match. Ignored when a run resumes from its checkpoint.
+        Start from these generator weights (a ``.pt`` written by :func:`train`, another
+        run's ``checkpoint.pt`` for its last epoch, a model directory, or a shipped
+        model's name) instead of a random initialisation; the architecture must match.
+        Ignored when a run resumes from its checkpoint.
     ratios : tuple of float
         All-in-One pruning ratios (percent of the MACs removed, e.g. ``(0, 25, 50, 75)``):
         the channels of each are chosen once, at the start, from ``init_weights``
@@ -230,9 +231,17 @@ def resolve_weights(name_or_path: str) -> Path:
 
 
 def _load_initial_weights(gen: TomoGANGenerator, name_or_path: str) -> None:
+    """Start from a weights file, a model directory, a shipped model, or another run's ``checkpoint.pt``.
+
+    A checkpoint holds the run's *last* epoch (its weights file holds the best one), which is
+    the better start when validation stopped rewarding what the next run is after. Checkpoints
+    hold only tensors and plain values, so they load with ``weights_only=True`` like weights.
+    """
     path = resolve_weights(name_or_path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+        if "arch" not in state and "config" in state:  # a training checkpoint (masks are hooks, not weights)
+            state = {"arch": state["config"].get("arch", {}), "generator": state["generator"]}
         arch = GeneratorConfig.from_dict(state.get("arch", {}))
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
         raise ModelLoadError(f"cannot read initial weights {path}: {exc}") from exc
