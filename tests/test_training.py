@@ -208,6 +208,29 @@ def test_export_to_onnx_writes_a_card_that_loads_and_records_measured_quality(ti
     assert "litert/int8" not in quality  # no int8 TFLite file was exported: not measured, not invented
 
 
+def test_export_can_ship_the_float_weights_from_before_the_int8_aware_steps(tiny_dataset, tmp_path):
+    from bluesky_tomogan.errors import ExportOptionError
+    from bluesky_tomogan.export.pipeline import export_model
+
+    plain = train(_config(tiny_dataset, tmp_path / "plain", max_epochs=1), progress=False)
+    with pytest.raises(ExportOptionError, match="no int8-aware steps"):
+        export_model(plain.weights.parent, tmp_path / "x", tiny_dataset, formats=("onnx",), float_weights=True)
+
+    run = train(_config(tiny_dataset, tmp_path / "run", max_epochs=1, qat_steps=3), progress=False)
+    float_state = torch.load(run.weights.with_suffix(".float.pt"), weights_only=True)["generator"]
+    qat_state = torch.load(run.weights, weights_only=True)["generator"]
+    for out in (tmp_path / "shipped", run.weights.parent):  # another directory, then in place
+        card_path = export_model(run.weights.parent, out, tiny_dataset, formats=("onnx",), measure=False,
+                                 float_weights=True)
+        card = json.loads(card_path.read_text())
+        shipped = torch.load(out / "tiny.pt", weights_only=True)["generator"]
+        assert all(torch.equal(shipped[k], v) for k, v in float_state.items())
+        kept = torch.load(out / "tiny.qat.pt", weights_only=True)["generator"]
+        assert all(torch.equal(kept[k], v) for k, v in qat_state.items())
+        assert "qat" not in card["training"] and card["training"]["qat_tried"]["shipped"] is False
+        assert card["training"]["qat_tried"]["steps"] == 3
+
+
 def test_the_ssim_loss_of_a_flat_patch_is_measured_on_the_frames_range():
     """A patch of empty space (flat target) is judged on the normalised frame's range, not its own:
     mapped by its own tiny range, its noise was scaled up by orders of magnitude."""

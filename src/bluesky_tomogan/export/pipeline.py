@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import OutputPathError
+from ..errors import ExportOptionError, OutputPathError
 from ..frames import context_indices
 from ..inference.registry import REGISTRY, configurations
 from ..inference.tiling import pad_to
@@ -201,6 +201,7 @@ def export_model(
     n_calibration: int = 200,
     measure: bool = True,
     activation_copies: Mapping[str, int] | None = None,
+    float_weights: bool = False,
 ) -> Path:
     """Export ``<name>.pt`` from ``training_dir`` into ``out_dir``; returns the new card path.
 
@@ -224,6 +225,17 @@ def export_model(
     activation_copies : mapping of str to int, optional
         Offset copies of layers' outputs in the TFLite model (:mod:`.copies`);
         ``None`` for :data:`~.tflite.ACTIVATION_COPIES`.
+    float_weights : bool
+        Export the float weights from before the run's int8-aware steps
+        (``<name>.float.pt``, ``train --qat-steps``) instead of the steps' result, for
+        when the exported int8 forms did not gain from them. The card records the steps
+        as tried, not applied (``training.qat_tried``), and the steps' weights are kept
+        beside the float ones as ``<name>.qat.pt``.
+
+    Raises
+    ------
+    ExportOptionError
+        ``float_weights`` for a run without int8-aware steps or without its float weights.
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
@@ -237,7 +249,9 @@ def export_model(
     except OSError as exc:
         raise OutputPathError(f"cannot create {out}: {exc}") from exc
     pt = src / f"{name}.pt"
-    if out.resolve() != src.resolve():
+    if float_weights:
+        pt = _float_weights(card, src, out)
+    elif out.resolve() != src.resolve():
         shutil.copy2(pt, out / pt.name)
     gen = load_generator(pt)
     copies = dict(ACTIVATION_COPIES if activation_copies is None else activation_copies)
@@ -285,6 +299,26 @@ def export_model(
         card_path = _export_ratios(card_path, pt, plan, data, formats, tile, n_calibration, measure,
                                    activation_copies)
     return card_path
+
+
+def _float_weights(card: dict[str, Any], src: Path, out: Path) -> Path:
+    """Put the float weights from before the int8-aware steps in ``out`` as ``<name>.pt``; edits ``card``."""
+    name, training = card["name"], card.get("training", {})
+    qat = training.get("qat") or training.get("qat_tried")
+    if not qat:
+        raise ExportOptionError(f"float weights asked of {name}, whose run had no int8-aware steps "
+                                "(train --qat-steps); its weights are float already")
+    float_pt = src / qat.get("float_weights", f"{name}.float.pt")
+    if not float_pt.is_file():
+        raise ExportOptionError(f"float weights {float_pt} not found (written by train --qat-steps)")
+    qat_pt = out / f"{name}.qat.pt"
+    current = src / f"{name}.pt"
+    if "qat" in training and current.is_file() and not qat_pt.exists():
+        shutil.copy2(current, qat_pt)  # the int8-aware result, kept: the next line may overwrite it
+    shutil.copy2(float_pt, out / f"{name}.pt")
+    training.pop("qat", None)
+    training["qat_tried"] = qat | {"shipped": False, "weights": qat_pt.name if qat_pt.exists() else None}
+    return out / f"{name}.pt"
 
 
 def torch_plan(pt: Path) -> PrunePlan | None:
