@@ -394,3 +394,21 @@ def test_serve_with_an_embedded_tiled_server_stores_the_run(RE, proxy, tmp_path)
         assert derived_rows(client, uid) == ANGLES and client[uid].metadata["stop"]["exit_status"] == "success"
     finally:
         close_local_tiled(client)
+
+
+def test_a_bluesky_without_the_run_writer_the_derived_writer_extends_is_a_clear_start_up_error(monkeypatch):
+    """The derived-streams writer extends bluesky's private per-run Tiled writer: if a bluesky release
+    renames it, the worker must refuse to start with that said, not fail at the first run."""
+    from bluesky.callbacks import tiled_writer
+
+    from bluesky_tomogan.serve import DerivedStreamsWriter, tiled_derived
+
+    monkeypatch.setattr(tiled_derived, "_CLASS", None)
+    monkeypatch.delattr(tiled_writer._RunWriter, "_write_internal_data")
+
+    class Client:
+        def include_data_sources(self):
+            return self
+
+    with pytest.raises(ImportError, match="_RunWriter._write_internal_data.*pin bluesky"):
+        DerivedStreamsWriter(Client())

@@ -41,6 +41,7 @@ class DerivedStreamsWriter:
     def __init__(self, client: Any, *, attach_timeout: float = 30.0) -> None:
         self.client = client.include_data_sources()
         self.attach_timeout = attach_timeout
+        _attached_writer_class()  # fail at start-up, not at the first run, if bluesky changed
         self._router = event_model.RunRouter([self._factory])
 
     def _factory(self, name: str, doc: Any) -> tuple[list[Any], list[Any]]:
@@ -58,7 +59,19 @@ def _attached_writer_class() -> Any:
     global _CLASS
     if _CLASS is not None:
         return _CLASS
-    from bluesky.callbacks.tiled_writer import _RunWriter
+    import bluesky
+    from bluesky.callbacks import tiled_writer
+
+    # bluesky has no public "append to a run another writer owns"; these private parts are
+    # what this subclass uses, checked here so that a bluesky that renamed them is a clear error.
+    needed = ("_write_internal_data", "_write_external_data", "descriptor", "event")
+    base = getattr(tiled_writer, "_RunWriter", None)
+    missing = [n for n in needed if base is not None and not hasattr(base, n)]
+    if base is None or missing:
+        raise ImportError(f"bluesky {bluesky.__version__} lacks bluesky.callbacks.tiled_writer._RunWriter"
+                          f"{'.' + ', '.join(missing) if missing else ''}, which the derived-streams writer "
+                          "extends (tested with bluesky 1.14-1.15); pin bluesky to that range")
+    _RunWriter = base
 
     class AttachedRunWriter(_RunWriter):  # type: ignore[misc,valid-type]
         def __init__(self, client: Any, attach_timeout: float) -> None:
