@@ -130,6 +130,30 @@ def test_image_fields_finds_2d_frames_only():
     assert image_fields(desc) == ["img", "img2"]
 
 
+def test_several_frames_per_event_are_said_not_to_be_denoised(RE, denoiser, caplog):
+    """A detector taking 4 exposures per point gives [4, H, W] per event: no derived stream, and a
+    warning that says why, once per run, instead of silence."""
+    from bluesky_tomogan.callbacks.derived_stream import unsupported_image_fields
+
+    desc = {"data_keys": {"burst": {"dtype": "array", "shape": [4, 8, 8]},
+                          "one": {"dtype": "array", "shape": [1, 8, 8]},
+                          "rgb": {"dtype": "array", "shape": [480, 640, 3]},
+                          "vol": {"dtype": "array", "shape": [2, 3, 8, 8]}}}
+    reasons = unsupported_image_fields(desc)
+    assert sorted(reasons) == ["burst", "rgb", "vol"]
+    assert "4 frames per event" in reasons["burst"] and "colour" in reasons["rgb"]
+
+    burst = SynSignal(func=lambda: np.ones((4, 16, 16), np.float32), name="burst")
+    cb = TomoGANCallback(denoiser)
+    with caplog.at_level("WARNING"):
+        docs = run(RE, cb, [burst], num=3)
+    said = [r.getMessage() for r in caplog.records if "not denoised" in r.getMessage()]
+    assert len(said) == 1 and "'burst'" in said[0] and "4 frames per event" in said[0]
+    assert cb.errors == ["field 'burst' of stream 'primary' is not denoised: " + reasons["burst"].replace(
+        "[4, 8, 8]", "[4, 16, 16]")]
+    assert [d["name"] for n, d in docs if n == "descriptor"] == ["primary"]  # raw only: nothing invented
+
+
 def test_worker_finishes_before_stop_is_passed_on(RE, denoiser):
     cb = TomoGANCallback(denoiser, flush_timeout=30)
     docs = run(RE, cb, [camera(shape=(128, 128))], num=4)

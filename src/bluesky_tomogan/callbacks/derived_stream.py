@@ -23,7 +23,7 @@ from ..qc.metrics import UNITS, FrameMetrics, IntensityReference
 from ..qc.policy import Action
 
 __all__ = ["DerivedStream", "Dropped", "FrameResult", "QueuedFrame", "derived_data_keys", "image_fields",
-           "row_columns"]
+           "row_columns", "unsupported_image_fields"]
 
 #: Recent usable frames per stream (binned) among which registration looks for a neighbouring angle.
 REGISTRATION_HISTORY = 8
@@ -36,6 +36,28 @@ def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
         shape = [s for s in (dk.get("shape") or []) if s is not None]
         if dk.get("dtype") == "array" and (len(shape) == 2 or (len(shape) == 3 and shape[0] == 1)):
             out.append(key)
+    return out
+
+
+def unsupported_image_fields(descriptor: Mapping[str, Any]) -> dict[str, str]:
+    """Array data keys that look like images but are not one 2-D frame per event, with the reason.
+
+    Several frames per event (``[N, H, W]``, N > 1: a detector taking N exposures per
+    point) and colour or higher-rank images are not denoised; the callback says so
+    instead of leaving the user to wonder why no derived stream appeared.
+    """
+    out = {}
+    for key, dk in descriptor.get("data_keys", {}).items():
+        shape = [s for s in (dk.get("shape") or []) if s is not None]
+        if dk.get("dtype") != "array" or len(shape) < 3 or (len(shape) == 3 and shape[0] == 1):
+            continue
+        if len(shape) == 3 and shape[-1] in (3, 4) and shape[0] > 4:
+            out[key] = f"shape {shape} looks like a colour image; only single-channel frames are denoised"
+        elif len(shape) == 3:
+            out[key] = (f"{shape[0]} frames per event (shape {shape}); frames are denoised one per event "
+                        "(set the detector to one exposure per event, or stream its frames as StreamDatum rows)")
+        else:
+            out[key] = f"shape {shape} has more than three dimensions"
     return out
 
 

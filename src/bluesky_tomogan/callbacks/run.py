@@ -70,6 +70,7 @@ from .derived_stream import (
     derived_data_keys,
     image_fields,
     row_columns,
+    unsupported_image_fields,
 )
 from .frame_writer import DerivedFrameWriter, derived_directory, stream_resource_directory
 from .passthrough import PassThroughRun, Turn
@@ -145,6 +146,7 @@ class RunDenoiser(PassThroughRun):
         self._by_name: dict[tuple[str, str, tuple[int, int]], DerivedStream] = {}  # (raw stream, field, shape)
         self._by_descriptor: dict[str, dict[str, DerivedStream]] = {}  # raw descriptor uid -> field -> stream
         self._stream_keys: dict[str, set[str]] = {}  # raw descriptor uid -> its "STREAM:" data keys
+        self._unsupported_logged: set[tuple[str, str]] = set()  # (raw stream, field) said not to be denoised
         self._queue = FrameQueue(options.maxsize, options.policy, tombstone=self._tombstone)
         self._breaker_open = False
         self._tokens = itertools.count()
@@ -193,8 +195,14 @@ class RunDenoiser(PassThroughRun):
         self._stream_keys[doc["uid"]] = {k for k, dk in doc["data_keys"].items() if dk.get("external") == "STREAM:"}
         raw_name = doc.get("name", "primary")
         o = self.options
+        if self._start is None or (o.streams is not None and raw_name not in o.streams):
+            return doc
+        for f, reason in unsupported_image_fields(doc).items():
+            if (o.fields is None or f in o.fields) and (raw_name, f) not in self._unsupported_logged:
+                self._unsupported_logged.add((raw_name, f))
+                self._note(f"field {f!r} of stream {raw_name!r} is not denoised: {reason}")
         wanted = [f for f in image_fields(doc) if o.fields is None or f in o.fields]
-        if not wanted or self._start is None or (o.streams is not None and raw_name not in o.streams):
+        if not wanted:
             return doc
         fields: dict[str, DerivedStream] = {}
         for f in wanted:
