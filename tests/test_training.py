@@ -91,9 +91,30 @@ def test_the_ssim_loss_is_the_ssim_the_project_scores_with():
         pixel_loss(torch.from_numpy(clean), torch.from_numpy(clean), "ssim")  # type: ignore[arg-type]
 
 
+def test_dose_balance_weights_each_patch_by_how_noisy_its_input_was():
+    """With balance 1 every patch is asked for the same relative gain: a patch whose input is 10x
+    closer to the target counts 10x more; balance 0 is the plain mean, as before."""
+    rng = np.random.default_rng(2)
+    target = torch.from_numpy(rng.random((2, 1, 24, 24)).astype(np.float32))
+    noise = torch.from_numpy(rng.normal(0, 1, (2, 1, 24, 24)).astype(np.float32))
+    noisy = target + noise * torch.tensor([0.5, 0.05]).view(2, 1, 1, 1)  # a low-dose and a high-dose patch
+    pred = target + noise * 0.01  # the same residual error on both
+    for kind in ("l1", "mse", "l1+ssim"):
+        plain = pixel_loss(pred, target, kind)
+        assert float(pixel_loss(pred, target, kind, noisy, 0.0)) == pytest.approx(float(plain))
+        per = [float(pixel_loss(pred[i:i + 1], target[i:i + 1], kind)) for i in range(2)]
+        start = [float(pixel_loss(noisy[i:i + 1], target[i:i + 1], kind)) for i in range(2)]
+        w = np.array(start) ** -1.0
+        expected = float(np.mean(w / w.mean() * np.array(per)))
+        assert float(pixel_loss(pred, target, kind, noisy, 1.0)) == pytest.approx(expected, rel=1e-4)
+        assert w[1] > 5 * w[0]  # the high-dose patch weighs more
+
+
 def test_training_with_the_ssim_loss_runs(tiny_dataset, tmp_path):
-    result = train(_config(tiny_dataset, tmp_path, pixel="l1+ssim", max_epochs=1), progress=False)
-    assert json.loads(result.card.read_text())["training"]["config"]["pixel"] == "l1+ssim"
+    result = train(_config(tiny_dataset, tmp_path, pixel="l1+ssim", dose_balance=0.5, max_epochs=1), progress=False)
+    config = json.loads(result.card.read_text())["training"]["config"]
+    assert config["pixel"] == "l1+ssim" and config["dose_balance"] == 0.5
+    assert np.isfinite(result.history[-1]["train_pixel"])
 
 
 def test_resume_continues_from_the_checkpoint(tiny_dataset, tmp_path):

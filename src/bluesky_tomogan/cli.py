@@ -58,8 +58,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = TrainConfig(
             data=args.data, out_dir=args.out, name=args.name, domain=args.domain, arch=arch, patch=args.patch,
             batch=args.batch, steps_per_epoch=args.steps_per_epoch, max_epochs=args.epochs, patience=args.patience,
-            time_budget_s=args.time_budget * 60, lr=args.lr, pixel=args.pixel, adv_weight=adv,
-            feat_weight=feat, precision=args.precision, threads=args.threads, seed=args.seed,
+            time_budget_s=args.time_budget * 60, lr=args.lr, pixel=args.pixel, dose_balance=args.dose_balance,
+            adv_weight=adv, feat_weight=feat, precision=args.precision, threads=args.threads, seed=args.seed,
             qat_steps=args.qat_steps, init_weights=args.init or "", ratios=tuple(args.ratios or ()),
         )
     except ValueError as exc:
@@ -370,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=1e-3)
     s.add_argument("--pixel", choices=["l1", "mse", "l1+ssim"], default="l1",
                    help="pixel loss: l1, mse, or l1+ssim (0.84 (1 - SSIM) + 0.16 L1, Zhao et al. 2017)")
+    s.add_argument("--dose-balance", type=float, default=0.0, metavar="GAMMA",
+                   help="weight each patch's pixel loss by its noisy input's own loss to the power -GAMMA, so "
+                        "high-dose patches count for more (0: plain mean, the default; 1: equal relative gains)")
     s.add_argument("--adv-weight", type=float, default=None, help="adversarial loss weight (default 1e-3; 0 "
                    "with --ratios)")
     s.add_argument("--feat-weight", type=float, default=None, help="feature-matching loss weight (default 0.05; "

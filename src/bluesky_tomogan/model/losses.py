@@ -36,16 +36,45 @@ PIXEL_LOSSES: tuple[str, ...] = get_args(PixelLoss)
 _SSIM_WEIGHT = 0.84
 
 
-def pixel_loss(pred: torch.Tensor, target: torch.Tensor, kind: PixelLoss = "l1") -> torch.Tensor:
-    """Mean absolute or squared error, or the L1 + SSIM mix (see the module docstring)."""
+def pixel_loss(pred: torch.Tensor, target: torch.Tensor, kind: PixelLoss = "l1",
+               noisy: torch.Tensor | None = None, balance: float = 0.0) -> torch.Tensor:
+    """Mean absolute or squared error, or the L1 + SSIM mix (see the module docstring).
+
+    Parameters
+    ----------
+    pred, target : torch.Tensor
+        (N, 1, H, W) network output and clean target.
+    kind : {"l1", "mse", "l1+ssim"}
+        The loss.
+    noisy : torch.Tensor, optional
+        (N, 1, H, W) the noisy input's centre frame, for ``balance``.
+    balance : float
+        Weight each sample's loss by ``(its input's own loss / the batch's mean) ** -balance``
+        (weights normalised to a mean of 1, no gradient through them). A patch of a few
+        photons per pixel starts with a loss tens of times that of a patch of thousands, so
+        a plain mean spends the network's capacity on low doses; ``balance=1`` asks each
+        patch for the same *relative* improvement, 0 (the default) is the plain mean.
+    """
+    if kind not in PIXEL_LOSSES:
+        raise ValueError(f"pixel loss must be one of {', '.join(PIXEL_LOSSES)}, got {kind!r}")
+    losses = _per_sample(pred, target, kind)
+    if balance == 0 or noisy is None:
+        return losses.mean()
+    with torch.no_grad():
+        start = _per_sample(noisy.float(), target, kind).clamp_min(1e-6)
+        weights = (start / start.mean()) ** -balance
+        weights = weights / weights.mean()
+    return (weights * losses).mean()
+
+
+def _per_sample(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "l1":
-        return F.l1_loss(pred, target)
+        return (pred - target).abs().mean(dim=(1, 2, 3))
     if kind == "mse":
-        return F.mse_loss(pred, target)
-    if kind == "l1+ssim":
-        pred_c, target_c = _canonical(pred, target)
-        return _SSIM_WEIGHT * ssim_loss(pred_c, target_c) + (1 - _SSIM_WEIGHT) * F.l1_loss(pred_c, target_c)
-    raise ValueError(f"pixel loss must be one of {', '.join(PIXEL_LOSSES)}, got {kind!r}")
+        return ((pred - target) ** 2).mean(dim=(1, 2, 3))
+    pred_c, target_c = _canonical(pred, target)
+    return (_SSIM_WEIGHT * ssim_loss(pred_c, target_c, per_sample=True)
+            + (1 - _SSIM_WEIGHT) * (pred_c - target_c).abs().mean(dim=(1, 2, 3)))
 
 
 # Training patches are cut from frames normalised to their robust range (``normalise``: 0.5-99.5
@@ -67,8 +96,9 @@ def _canonical(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, 
     return (pred - lo) / scale, (target - lo) / scale
 
 
-def ssim_loss(pred: torch.Tensor, target: torch.Tensor, window: int = 7) -> torch.Tensor:
-    """``1 - SSIM`` of (N, 1, H, W) images on [0, 1]: uniform window, sample covariances, valid region.
+def ssim_loss(pred: torch.Tensor, target: torch.Tensor, window: int = 7, per_sample: bool = False) -> torch.Tensor:
+    """``1 - SSIM`` of (N, 1, H, W) images on [0, 1]: uniform window, sample covariances, valid region
+    (the batch's mean, or one value per sample with ``per_sample``).
 
     The same definition as scikit-image's ``structural_similarity`` with its
     defaults (so the loss and the metric agree to float precision).
@@ -85,7 +115,7 @@ def ssim_loss(pred: torch.Tensor, target: torch.Tensor, window: int = 7) -> torc
     var_t = (mean(target * target) - mu_t * mu_t) * unbias
     cov = (mean(pred * target) - mu_p * mu_t) * unbias
     ssim_map = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2))
-    return 1 - ssim_map.mean()
+    return 1 - (ssim_map.mean(dim=(1, 2, 3)) if per_sample else ssim_map.mean())
 
 
 def generator_adversarial_loss(fake_logits: torch.Tensor) -> torch.Tensor:

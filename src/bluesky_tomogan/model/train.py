@@ -76,6 +76,10 @@ class TrainConfig:
         Adam learning rate of the generator (halved on a plateau).
     pixel : {"l1", "mse", "l1+ssim"}
         Pixel loss (``"l1+ssim"``: the SSIM-aware mix, see :mod:`bluesky_tomogan.model.losses`).
+    dose_balance : float
+        Weight each patch's pixel loss by its noisy input's own loss to the power
+        ``-dose_balance`` (:func:`~bluesky_tomogan.model.losses.pixel_loss`): above 0, high-dose
+        patches, whose input is already close to the target, count for more; 0 = plain mean.
     adv_weight, feat_weight : float
         Weights of the adversarial and feature-matching terms (0 and 0 = no critic).
     gan_warmup_epochs : int
@@ -126,6 +130,7 @@ class TrainConfig:
     time_budget_s: float = 0.0
     lr: float = 1e-3
     pixel: PixelLoss = "l1"
+    dose_balance: float = 0.0
     adv_weight: float = 1e-3
     feat_weight: float = 0.05
     gan_warmup_epochs: int = 3
@@ -369,7 +374,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
                 d_loss.backward()
                 opt_d.step()
                 sums["d"] += d_loss.item()
-            loss_pix = pixel_loss(fake, y, config.pixel)
+            loss_pix = pixel_loss(fake, y, config.pixel, _centre(x), config.dose_balance)
             loss = loss_pix
             if gan_on:
                 assert disc is not None
@@ -447,6 +452,12 @@ def _plan(gen: TomoGANGenerator, sampler: PatchSampler, config: TrainConfig) -> 
     return plan
 
 
+def _centre(x: torch.Tensor) -> torch.Tensor:
+    """The centre frame of a batch of contexts (N, depth, H, W) as (N, 1, H, W): the noisy input."""
+    c = x.shape[1] // 2
+    return x[:, c:c + 1].float()
+
+
 def _ratio_step(gen: TomoGANGenerator, plan: PrunePlan, x: torch.Tensor, y: torch.Tensor,
                 opt: torch.optim.Optimizer, dtype: torch.dtype, autocast: bool, config: TrainConfig,
                 sums: dict[str, float]) -> None:
@@ -457,7 +468,7 @@ def _ratio_step(gen: TomoGANGenerator, plan: PrunePlan, x: torch.Tensor, y: torc
             set_masks(plan.masks(r))
             with torch.autocast("cpu", dtype=dtype, enabled=autocast):
                 fake = gen(x)
-            losses.append(pixel_loss(fake.float(), y, config.pixel))
+            losses.append(pixel_loss(fake.float(), y, config.pixel, _centre(x), config.dose_balance))
     loss = torch.stack(losses).mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -489,7 +500,8 @@ def _quantization_aware_finetune(
         before_q = _validate(gen, test_pairs, config.val_frames)
         for _ in tqdm(range(config.qat_steps), disable=not progress, desc=f"{config.name} int8-aware"):
             xb, yb = sampler.batch(config.batch)
-            loss = pixel_loss(gen(torch.from_numpy(xb)), torch.from_numpy(yb), config.pixel)
+            x = torch.from_numpy(xb)
+            loss = pixel_loss(gen(x), torch.from_numpy(yb), config.pixel, _centre(x), config.dose_balance)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
