@@ -22,9 +22,10 @@ neighbours (``bluesky_tomogan.frames.context_indices``), and so does a frame
 whose next frame is overdue (its stream's phase ended). A flagged frame is
 kept out of its neighbours' context. Rows are emitted in the raw frames' order.
 
-QC: the worker measures every frame (:mod:`bluesky_tomogan.qc.metrics`), the
-policy turns the metrics into flags, and a third thread per run acts on them
-(:class:`~bluesky_tomogan.qc.QCFeedback`), never the RunEngine's own thread.
+QC (:class:`~.run_qc.RunQC`, one per run): the worker measures every frame
+(:mod:`bluesky_tomogan.qc.metrics`), the policy turns the metrics into flags, and a
+third thread per run acts on them (:class:`~bluesky_tomogan.qc.QCFeedback`), never the
+RunEngine's own thread.
 """
 
 from __future__ import annotations
@@ -34,9 +35,7 @@ import dataclasses
 import functools
 import itertools
 import logging
-import math
 import os
-import queue
 import threading
 import time
 from collections import deque
@@ -53,14 +52,11 @@ from ..errors import OutputPathError, TomoGANError
 from ..hdf5_frames import StreamFrameReader
 from ..inference.denoiser import Denoiser, check_frames
 from ..inference.ratios import RatioController, RatioDenoisers, network_name
-from ..qc.feedback import QCFeedback, Verdict
+from ..qc.feedback import QCFeedback
 from ..qc.metrics import (
-    frame_metrics,
-    registered_shift,
-    registration_image,
     residual_metrics,
 )
-from ..qc.policy import UNUSABLE, QCPolicy
+from ..qc.policy import QCPolicy
 from .consumers import Consumers
 from .derived_stream import (
     DerivedStream,
@@ -75,18 +71,14 @@ from .derived_stream import (
 from .frame_writer import DerivedFrameWriter, derived_directory, stream_resource_directory
 from .passthrough import PassThroughRun, Turn
 from .queue import FrameQueue, Policy
+from .run_qc import DROPPED, RunQC
 
 __all__ = ["RunOptions", "RunDenoiser", "image_fields"]
 
 log = logging.getLogger(__name__)
 _END = "end-of-run"
-DROPPED = "dropped"  # start of the qc_error of a frame the queue policy dropped
 #: Nice value of the denoising worker: the scan comes first, denoising takes the CPU left over.
 WORKER_NICENESS = 10
-#: Verdicts waiting for the feedback thread; when full the newest is dropped (logged): acting is fast.
-FEEDBACK_QUEUE = 256
-#: Scalar readings of so many recent raw events are kept, so a recommendation can say where to re-acquire.
-POSITIONS_KEPT = 4096
 #: Seconds a stream's newest frame waits for its next frame (its context) before it is denoised without it.
 CONTEXT_WAIT = 2.0
 
@@ -166,10 +158,7 @@ class RunDenoiser(PassThroughRun):
                                           root_map=dict(options.root_map), handler_cache=self._handlers,
                                           retry_intervals=[0.01, 0.05, 0.1, 0.25, 0.5, 1.0])
         self._stream_readers: dict[str, tuple[str, StreamFrameReader]] = {}  # StreamResource uid -> (key, reader)
-        self._positions: dict[tuple[str, int], dict[str, Any]] = {}  # (raw stream, seq_num) -> scalar readings
-        self._verdicts: queue.Queue[Verdict | None] = queue.Queue(FEEDBACK_QUEUE)
-        self._feedback_thread: threading.Thread | None = None
-        self._motor: str | None = None
+        self._qc = RunQC(options.feedback)
         self._controllers: dict[str, RatioController] = {}  # field -> ratio policy (policy "adaptive")
 
     # -- the router -------------------------------------------------------------------------
@@ -180,14 +169,10 @@ class RunDenoiser(PassThroughRun):
     def start(self, doc: RunStart) -> RunStart:
         self._start = doc
         self.summary.uid = doc["uid"]
-        motors: list[Any] = list(doc.get("motors") or [])  # type: ignore[call-overload]
-        self._motor = str(motors[0]) if motors else None  # the scanned axis (the rotation in tomo_scan)
         self._filler("start", dict(doc))
         self._worker = threading.Thread(target=self._work, name=f"tomogan-worker-{doc['uid'][:8]}", daemon=True)
         self._worker.start()
-        self._feedback_thread = threading.Thread(target=self._feed, name=f"tomogan-qc-{doc['uid'][:8]}",
-                                                 daemon=True)
-        self._feedback_thread.start()
+        self._qc.start(doc)
         return doc
 
     def descriptor(self, doc: EventDescriptor) -> EventDescriptor:
@@ -248,7 +233,7 @@ class RunDenoiser(PassThroughRun):
     def event_page(self, doc: EventPage) -> EventPage:
         fields = self._by_descriptor.get(doc["descriptor"], {})
         if fields:
-            self._keep_positions(next(iter(fields.values())).raw_name, doc)
+            self._qc.keep_positions(next(iter(fields.values())).raw_name, doc)
         for f, stream in fields.items():
             column = doc["data"].get(f)
             if column is None:
@@ -266,17 +251,6 @@ class RunDenoiser(PassThroughRun):
                     frame = np.asarray(value)
                 self._enqueue(stream, frame, doc["seq_num"][i], doc["uid"][i])
         return doc
-
-    def _keep_positions(self, raw_name: str, doc: EventPage) -> None:
-        """Scalar readings (angle, positions) of each raw event: where a recommendation re-acquires."""
-        scalars = {k: v for k, v in doc["data"].items() if len(v) and np.isscalar(v[0])}
-        for i, seq in enumerate(doc["seq_num"]):
-            self._positions[(raw_name, seq)] = {k: v[i] for k, v in scalars.items()}
-        while len(self._positions) > POSITIONS_KEPT:
-            del self._positions[next(iter(self._positions))]
-
-    def _position(self, raw_name: str, seq_num: int) -> dict[str, Any]:
-        return self._positions.get((raw_name, seq_num), {})
 
     def _fill(self, descriptor_uid: str, f: str, datum_id: str) -> np.ndarray:
         """Load one legacy-referenced frame through the Filler (worker thread)."""
@@ -424,7 +398,7 @@ class RunDenoiser(PassThroughRun):
                                      finished=time.time()))
                 continue
             problem = _frame_problem(item.frame, item.stream.shape)
-            unusable = self._measure(item)
+            unusable = self._qc.measure(item)
             if problem or unusable:  # flagged, and kept out of its neighbours' context: they are denoised as usual
                 self._finish(FrameResult(item, None, problem or f"not denoised: unusable frame ({', '.join(unusable)})",
                                      finished=time.time()))
@@ -472,7 +446,7 @@ class RunDenoiser(PassThroughRun):
             out = den.denoise_context(np.stack([np.asarray(c.frame) for c in context]))
             if item.stream.field in self._controllers:
                 self._controllers[item.stream.field].record(time.perf_counter() - began)
-            self._register(item)
+            self._qc.register(item)
             residual_metrics(np.asarray(item.frame), out, item.metrics)
             # a denoiser of the user's own (duck-typed) has no ratio: an unpruned network
             self._finish(FrameResult(item, out, "", time.time(), ratio=float(getattr(den, "ratio", 0.0)),
@@ -498,82 +472,6 @@ class RunDenoiser(PassThroughRun):
                                                    costs=costs)
         return self._controllers[f].next_denoiser(len(self._queue), stream.interval)
 
-    def _measure(self, item: QueuedFrame) -> list[str]:
-        """Raw-frame QC metrics of ``item`` (worker thread); returns the flags that make it unusable."""
-        stream, frame = item.stream, np.asarray(item.frame)
-        try:
-            level = self.options.qc.saturation_for(frame.dtype)
-        except (TypeError, ValueError):  # not a number dtype: check_frames flags it
-            return []
-        item.metrics = frame_metrics(frame, stream.reference, None, level, self.options.qc.dark_level)
-        unusable = sorted(UNUSABLE & set(self.options.qc.evaluate(item.metrics)))
-        if not unusable and frame.shape == stream.shape:
-            stream.reference.add(float(np.nanmean(frame)))
-        return unusable
-
-    def _register(self, item: QueuedFrame) -> None:
-        """Shift of a usable frame against the last frame at the same or a neighbouring angle (worker thread).
-
-        Runs when the frame is denoised, one frame after it arrived, so its raw event (with
-        the angle) has been seen. Without an angle (a plain count) the previous frame is the
-        neighbour; with one, the nearest recent angle within 1.5 angular steps, so that a
-        re-acquired or rewound angle is not compared with a far one.
-        """
-        stream = item.stream
-        angle = self._angle(stream.raw_name, item.seq_num)
-        image = registration_image(np.asarray(item.frame))
-        neighbour = None
-        if angle is None:
-            neighbour = stream.history[-1][1] if stream.history else None
-        else:
-            known = [(abs(a - angle), img) for a, img in stream.history if a is not None]
-            if known:
-                gap, img = min(known, key=lambda t: t[0])
-                tolerance = 1.5 * float(np.median(stream.steps)) if stream.steps else math.inf
-                neighbour = img if gap <= tolerance else None
-            last = stream.history[-1][0] if stream.history else None
-            if last is not None and abs(angle - last) > 0:
-                stream.steps.append(abs(angle - last))
-        if neighbour is not None:
-            item.metrics.shift_px = registered_shift(neighbour, image)
-        stream.history.append((angle, image))
-
-    def _angle(self, raw_name: str, seq_num: int) -> float | None:
-        if self._motor is None:
-            return None
-        value = self._positions.get((raw_name, seq_num), {}).get(self._motor)
-        return None if value is None else float(value)
-
-    def _feed(self) -> None:
-        """The run's feedback thread: act on verdicts, in order, off the worker and the RunEngine's thread.
-
-        It is not joined at the stop: an action may wait for the RunEngine's event loop
-        (``request_pause``), which is busy delivering that very stop.
-        """
-        while True:
-            verdict = self._verdicts.get()
-            if verdict is None:
-                return
-            self.options.feedback.act(verdict)
-
-    def _judge(self, result: FrameResult) -> None:
-        """Evaluate the QC policy on a finished frame and hand the verdict to the feedback thread."""
-        item = result.item
-        item.metrics.latency_s = result.finished - item.received
-        result.flags = dict(self.options.qc.evaluate(item.metrics))
-        reasons = {}
-        if result.error.startswith(DROPPED):  # dropped means the denoiser fell behind
-            result.flags["lagging"] = self.options.qc.rules["lagging"].action
-            reasons["lagging"] = result.error
-        verdict = Verdict(self.summary.uid, item.stream.bundle.descriptor_doc["name"], item.seq_num,
-                          item.metrics.as_dict(), result.flags,
-                          functools.partial(self._position, item.stream.raw_name, item.seq_num), reasons)
-        try:
-            self._verdicts.put_nowait(verdict)
-        except queue.Full:
-            log.warning("QC feedback queue full (%d); verdict of %s seq %d dropped", FEEDBACK_QUEUE,
-                        verdict.stream, verdict.seq_num)
-
     def _finish(self, result: FrameResult, *, after_stop: bool = False) -> None:
         """Write the result's frame (worker thread) and hand the result to the callback thread.
 
@@ -583,7 +481,7 @@ class RunDenoiser(PassThroughRun):
         already recorded as not denoised.
         """
         if not after_stop:
-            self._judge(result)
+            self._qc.judge(result)
         with self._lock:
             if self._closed and not after_stop:
                 return
@@ -676,10 +574,7 @@ class RunDenoiser(PassThroughRun):
         with self._lock:
             self._closed = True
         self._queue.put_control(_END)
-        try:  # the feedback thread ends after the verdicts before it; never wait for it here (see _feed)
-            self._verdicts.put(None, timeout=1.0)
-        except queue.Full:
-            log.warning("QC feedback of run %s is stuck; its thread is left to end on its own", self.summary.uid)
+        self._qc.close()
         if self._writer is not None:
             self._writer.close()
         self._close_readers()
