@@ -57,6 +57,25 @@ def test_every_cpu_backend_denoises_a_stack_to_the_same_shape(frames, backend, p
     assert len(den.model_sha256) == 64
 
 
+def test_masked_detector_pixels_do_not_spoil_their_neighbours(frames, ort_denoiser):
+    """Module gaps and flagged pixels at 2**32 - 1 (photon counters): the network sees their nearest
+    unmasked values, the derived frame keeps the raw value there, and the rest is denoised as without them."""
+    plain = frames.astype(np.uint32)
+    masked = plain.copy()
+    mask = np.zeros(frames.shape[1:], bool)
+    mask[:, 30:32] = True
+    mask[10, 50] = mask[40, 12] = True
+    masked[:, mask] = np.iinfo(np.uint32).max
+    expected, got = ort_denoiser.denoise(plain), ort_denoiser.denoise(masked)
+    assert (got[:, mask] == np.float32(np.iinfo(np.uint32).max)).all()
+    away = np.ones_like(mask)
+    away[:, 22:40] = away[2:19, 42:59] = away[32:49, 4:21] = False  # 8 pixels around each masked pixel
+    span = float(expected.max() - expected.min())
+    assert np.abs(got - expected)[:, away].max() < 0.02 * span  # without the fill: wrong everywhere
+    everywhere = np.full((3, 16, 16), np.iinfo(np.uint16).max, np.uint16)
+    assert (ort_denoiser.denoise(everywhere) == 65535).all()  # nothing to take values from: raw
+
+
 def test_output_is_in_the_source_scale_and_less_noisy(frames, ort_denoiser):
     out = ort_denoiser.denoise(frames)
     raw = frames.astype(np.float32)

@@ -21,10 +21,12 @@ from bluesky_tomogan.devices import QCMonitor, SimBeamCurrent, SimTomoDetector, 
 from bluesky_tomogan.plans import qc_tomo_scan, tomo_scan
 from bluesky_tomogan.qc import QCFeedback, QCPolicy, QCPolicyError, Rule
 from bluesky_tomogan.qc.metrics import (
+    REGISTRATION_BIN,
     FrameMetrics,
     IntensityReference,
     frame_metrics,
     noise_sigma,
+    registration_image,
     residual_metrics,
     shift_px,
 )
@@ -56,6 +58,41 @@ def test_snr_saturation_dead_and_nonfinite_fractions(rng):
     nan = rng.normal(400, 20, (100, 100)).astype(np.float32)
     nan.flat[::50] = np.nan
     assert frame_metrics(nan, IntensityReference(), None, 65535).nonfinite_fraction == pytest.approx(0.02)
+
+
+def test_masked_detector_pixels_are_neither_saturated_nor_noise(rng):
+    """A photon counter writes 2**32 - 1 in module gaps and flagged pixels: not saturation (that would
+    ask for a shorter exposure on every frame), not noise, not intensity."""
+    clean = rng.poisson(400, (100, 100)).astype(np.uint32)
+    gaps = clean.copy()
+    gaps[:, 40:43] = np.iinfo(np.uint32).max  # a module gap, 3 % of the pixels
+    ref = IntensityReference()
+    ref.add(400.0)
+    m, plain = frame_metrics(gaps, ref, None, QCPolicy().saturation_for(gaps.dtype)), frame_metrics(
+        clean, ref, None, QCPolicy().saturation_for(clean.dtype))
+    assert m.saturated_fraction == 0 and m.intensity_ratio == pytest.approx(plain.intensity_ratio, rel=0.01)
+    assert m.noise_sigma == pytest.approx(plain.noise_sigma, rel=0.1) and m.snr == pytest.approx(20, rel=0.15)
+    assert "saturated" not in QCPolicy().evaluate(m) and "noisy" not in QCPolicy().evaluate(m)
+    dark = np.zeros_like(gaps)
+    dark[:, 40:43] = np.iinfo(np.uint32).max
+    assert "beam_lost" in QCPolicy().evaluate(frame_metrics(dark, ref, None, 2.0**32 - 1))  # gaps hide no beam loss
+    # 16 bits: at the default level the top value may be a clipped reading, so it counts as saturated;
+    # with the camera's real level given (a 12-bit camera), it is a mask again
+    clipped = gaps.astype(np.uint16)
+    clipped[:, 40:43] = 65535
+    assert frame_metrics(clipped, ref, None, 65535).saturated_fraction == pytest.approx(0.03)
+    assert frame_metrics(clipped, ref, None, 4095).saturated_fraction == 0
+
+
+def test_registration_is_not_pinned_by_detector_gaps(rng):
+    base = np.zeros((128, 128), np.float32)
+    for _ in range(30):
+        y, x = rng.integers(10, 118, 2)
+        base[y - 4 : y + 4, x - 4 : x + 4] += rng.uniform(50, 200)
+    frames = [np.rint(f + 100).astype(np.uint32) for f in (base, np.roll(base, (3, 4), axis=(0, 1)))]
+    for f in frames:
+        f[:, 60:64] = np.iinfo(np.uint32).max  # the same gap in both: it does not move with the sample
+    assert shift_px(*[registration_image(f) for f in frames]) * REGISTRATION_BIN == pytest.approx(5.0, abs=1.0)
 
 
 def test_intensity_ratio_against_the_running_reference_above_the_dark_offset():

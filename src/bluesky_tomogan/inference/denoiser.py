@@ -18,6 +18,7 @@ import numpy as np
 from ..despike import remove_isolated_spikes
 from ..errors import InputShapeError, InputValueError
 from ..frames import context_indices
+from ..masked import fill_masked, masked_pixels
 from ..modelcard import ModelCard
 from ..normalise import normalise, robust_range
 from .backends.base import Session
@@ -222,6 +223,13 @@ class Denoiser:
 
     def _prepare(self, context: np.ndarray, centre: np.ndarray) -> _Prepared:
         """Normalise and tile one context (CPU work that can overlap another frame's inference)."""
+        mask = masked_pixels(context)
+        raw_masked = None
+        if mask is not None:  # detector gaps and flagged pixels: see bluesky_tomogan.masked
+            centre_mask = mask[self.depth // 2]
+            raw_masked = (centre_mask, centre[centre_mask].astype(np.float32)) if centre_mask.any() else None
+            context = fill_masked(context, mask)
+            centre = context[self.depth // 2]
         offset, scale = robust_range(centre)
         x = normalise(context, offset, scale)
         if self.despike_sigmas is not None:
@@ -234,7 +242,7 @@ class Denoiser:
         centre = x[self.depth // 2]
         if self.residual_on_host:
             centre = self.session.input_as_seen(centre)
-        return _Prepared(grid, grid.split(padded), centre, offset, scale)
+        return _Prepared(grid, grid.split(padded), centre, offset, scale, raw_masked)
 
     def _infer(self, prep: _Prepared) -> np.ndarray:
         """Run the tiles through the backend, blend, add the centre frame, map back."""
@@ -248,6 +256,9 @@ class Denoiser:
         out = merged + prep.centre if self.residual_on_host else np.array(merged, np.float32)
         out *= np.float32(prep.scale)
         out += np.float32(prep.offset)
+        if prep.raw_masked is not None:  # the raw value where the detector has no data: the same mask
+            where, values = prep.raw_masked
+            out[where] = values
         return out
 
     def _denoise_context(self, context: np.ndarray, centre: np.ndarray) -> np.ndarray:
@@ -260,6 +271,7 @@ class _Prepared(NamedTuple):
     centre: np.ndarray  # normalised centre frame as the model saw it, for the host-side residual
     offset: float
     scale: float
+    raw_masked: tuple[np.ndarray, np.ndarray] | None = None  # the centre's masked pixels and raw values
 
 
 def check_frames(frames: Any) -> np.ndarray:

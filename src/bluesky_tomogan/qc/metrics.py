@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..masked import fill_masked, masked_pixels
+
 __all__ = ["FrameMetrics", "IntensityReference", "frame_metrics", "residual_metrics", "noise_sigma", "shift_px",
            "registration_image", "registered_shift", "UNITS"]
 
@@ -117,6 +119,9 @@ def registration_image(frame: np.ndarray) -> np.ndarray:
     """
     f = np.asarray(frame)
     f = np.nan_to_num(f.astype(np.float32)) if f.dtype.kind == "f" else f
+    masked = masked_pixels(f)
+    if masked is not None:  # detector gaps do not move with the sample: they would pin the shift at 0
+        f = fill_masked(f, masked)
     return _bin(f, REGISTRATION_BIN)
 
 
@@ -176,9 +181,23 @@ def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np
     m.nonfinite_fraction = 1.0 - n_finite / f.size
     if n_finite == 0:
         return m
+    # Pixels at the integer type's top are not intensities (bluesky_tomogan.masked): kept out of
+    # the mean and the noise. They count as saturated only where that value can be a clipped
+    # reading: at the default level of a type narrower than 32 bits (no detector fills 32 bits;
+    # a photon counter's saturation is set with saturation_level, below the mask value).
+    masked = masked_pixels(f)
+    clipped = 0
+    if masked is not None:
+        if saturation_level >= np.iinfo(f.dtype).max and f.dtype.itemsize < 4:
+            clipped = int(masked.sum())
+        finite &= ~masked
+        n_finite = int(finite.sum())
+        if n_finite == 0:
+            m.saturated_fraction = clipped / f.size
+            return m
     values = f[finite] if n_finite < f.size else f.ravel()
     mean = float(values.mean(dtype=np.float64))
-    m.saturated_fraction = float(np.count_nonzero(values >= saturation_level)) / f.size
+    m.saturated_fraction = float(clipped + np.count_nonzero(values >= saturation_level)) / f.size
     m.dead_fraction = float(np.count_nonzero(values <= 0)) / f.size
     m.intensity_ratio = reference.ratio(mean, dark_level)
     m.noise_sigma = noise_sigma(np.where(finite, f, mean) if n_finite < f.size else f)
