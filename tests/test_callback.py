@@ -109,6 +109,29 @@ def test_bad_frames_are_flagged_not_fatal(RE, denoiser):
     assert docs[-1][1]["num_events"]["denoised"] == 5
 
 
+def test_a_photon_counter_with_module_gaps_is_denoised_without_false_flags(RE, denoiser):
+    """uint32 frames with a masked gap column (2**32 - 1), as Eiger/Pilatus write them: no "saturated"
+    (which would ask for a shorter exposure on every frame), no "noisy", and the derived frames are
+    denoised around the gap, which keeps its raw value."""
+    rng = np.random.default_rng(3)
+    top = np.iinfo(np.uint32).max
+
+    def frame():
+        f = rng.poisson(500, (48, 64)).astype(np.uint32)
+        f[:, 30:32] = top
+        return f
+
+    cb = TomoGANCallback(denoiser, inline=True)
+    docs = run(RE, cb, [SynSignal(func=frame, name="cam")])
+    rows = [d["data"] for n, d in docs if n == "event_page" and "cam_denoised" in d["data"]]
+    flags = [f for r in rows for f in r["cam_qc_flags"]]
+    assert len(flags) == 5 and not any(flags), flags
+    denoised = np.stack([np.asarray(f) for r in rows for f in r["cam_denoised"]])
+    assert (denoised[:, :, 30:32] == np.float32(top)).all()
+    rest = np.delete(denoised, [30, 31], axis=2)
+    assert abs(float(rest.mean()) - 500) < 10 and rest.std() < 0.5 * np.sqrt(500)  # denoised, in the raw scale
+
+
 def test_two_detectors_get_one_derived_stream_each(RE, denoiser):
     docs = run(RE, TomoGANCallback(denoiser), [camera("cam1"), camera("cam2", (32, 40), 1)])
     validate(docs)

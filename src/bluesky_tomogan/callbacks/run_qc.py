@@ -20,7 +20,7 @@ import numpy as np
 from event_model.documents import EventPage, RunStart
 
 from ..qc.feedback import QCFeedback, Verdict
-from ..qc.metrics import frame_metrics, registered_shift, registration_image
+from ..qc.metrics import frame_mean, frame_metrics, registered_shift, registration_image
 from ..qc.policy import UNUSABLE, QCPolicy
 from .derived_stream import FrameResult, QueuedFrame
 
@@ -92,7 +92,7 @@ class RunQC:
         item.metrics = frame_metrics(frame, stream.reference, None, level, self.policy.dark_level)
         unusable = sorted(UNUSABLE & set(self.policy.evaluate(item.metrics)))
         if not unusable and frame.shape == stream.shape:
-            stream.reference.add(float(np.nanmean(frame)))
+            stream.reference.add(frame_mean(frame))
         return unusable
 
     def register(self, item: QueuedFrame) -> None:

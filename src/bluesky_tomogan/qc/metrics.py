@@ -19,7 +19,8 @@ import numpy as np
 
 from ..masked import fill_masked, masked_pixels
 
-__all__ = ["FrameMetrics", "IntensityReference", "frame_metrics", "residual_metrics", "noise_sigma", "shift_px",
+__all__ = ["FrameMetrics", "IntensityReference", "frame_mean", "frame_metrics", "residual_metrics", "noise_sigma",
+           "shift_px",
            "registration_image", "registered_shift", "UNITS"]
 
 #: Units of each metric, for the data keys of the derived stream.
@@ -177,34 +178,43 @@ def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np
     if f.ndim != 2 or f.size == 0 or f.dtype.kind not in "uif":
         return m
     finite = np.isfinite(f) if f.dtype.kind == "f" else np.ones(f.shape, bool)
-    n_finite = int(finite.sum())
-    m.nonfinite_fraction = 1.0 - n_finite / f.size
-    if n_finite == 0:
+    m.nonfinite_fraction = 1.0 - int(finite.sum()) / f.size
+    valid, masked = _valid_pixels(f)
+    n_valid = int(valid.sum())
+    # Masked pixels count as saturated only where the top value can be a clipped reading: at the
+    # default level of a type narrower than 32 bits (no detector fills 32 bits; a photon
+    # counter's saturation is set with saturation_level, below the mask value).
+    clipped = masked if masked and saturation_level >= np.iinfo(f.dtype).max and f.dtype.itemsize < 4 else 0
+    if n_valid == 0:
+        m.saturated_fraction = clipped / f.size if m.nonfinite_fraction < 1 else math.nan
         return m
-    # Pixels at the integer type's top are not intensities (bluesky_tomogan.masked): kept out of
-    # the mean and the noise. They count as saturated only where that value can be a clipped
-    # reading: at the default level of a type narrower than 32 bits (no detector fills 32 bits;
-    # a photon counter's saturation is set with saturation_level, below the mask value).
-    masked = masked_pixels(f)
-    clipped = 0
-    if masked is not None:
-        if saturation_level >= np.iinfo(f.dtype).max and f.dtype.itemsize < 4:
-            clipped = int(masked.sum())
-        finite &= ~masked
-        n_finite = int(finite.sum())
-        if n_finite == 0:
-            m.saturated_fraction = clipped / f.size
-            return m
-    values = f[finite] if n_finite < f.size else f.ravel()
+    values = f[valid] if n_valid < f.size else f.ravel()
     mean = float(values.mean(dtype=np.float64))
     m.saturated_fraction = float(clipped + np.count_nonzero(values >= saturation_level)) / f.size
     m.dead_fraction = float(np.count_nonzero(values <= 0)) / f.size
     m.intensity_ratio = reference.ratio(mean, dark_level)
-    m.noise_sigma = noise_sigma(np.where(finite, f, mean) if n_finite < f.size else f)
+    m.noise_sigma = noise_sigma(np.where(valid, f, mean) if n_valid < f.size else f)
     m.snr = mean / m.noise_sigma if m.noise_sigma > 0 else (math.inf if mean > 0 else 0.0)
     if previous is not None:
         m.shift_px = shift_px(previous, f)
     return m
+
+
+def frame_mean(frame: np.ndarray) -> float:
+    """Mean of the pixels that hold intensities (finite, not masked): what the beam-loss reference keeps."""
+    f = np.asarray(frame)
+    valid, _ = _valid_pixels(f)
+    return float(f[valid].mean(dtype=np.float64)) if valid.any() else math.nan
+
+
+def _valid_pixels(f: np.ndarray) -> tuple[np.ndarray, int]:
+    """Pixels that hold intensities (finite, and not an integer type's top: :mod:`bluesky_tomogan.masked`),
+    and how many are masked."""
+    valid = np.isfinite(f) if f.dtype.kind == "f" else np.ones(f.shape, bool)
+    masked = masked_pixels(f)
+    if masked is None:
+        return valid, 0
+    return valid & ~masked, int(masked.sum())
 
 
 def residual_metrics(raw: np.ndarray, denoised: np.ndarray, m: FrameMetrics) -> FrameMetrics:
