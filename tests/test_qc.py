@@ -49,9 +49,15 @@ def test_noise_sigma_of_gaussian_noise_on_a_ramp(rng):
 def test_snr_saturation_dead_and_nonfinite_fractions(rng):
     frame = rng.poisson(400, (100, 100)).astype(np.uint16)
     frame.flat[:100] = 65535  # 1 % saturated
-    frame.flat[100:300] = 0  # 2 % dead
+    frame[10:30, 10:20] = 0  # 2 % dead, in a block as a failed readout leaves them
     m = frame_metrics(frame, IntensityReference(), None, 65535)
     assert m.saturated_fraction == pytest.approx(0.01) and m.dead_fraction == pytest.approx(0.02)
+    # A photon counter at 20 photons/pixel behind a sample absorbing 97 % reads zeros in over half
+    # of the sample's pixels: photon statistics, not dead pixels (they almost never fill a 3x3 block)
+    yy, xx = np.mgrid[:200, :200]
+    low_dose = rng.poisson(np.where((xx - 100) ** 2 + (yy - 100) ** 2 < 80**2, 20 * np.exp(-3.5), 20))
+    assert (low_dose == 0).mean() > 0.25
+    assert frame_metrics(low_dose.astype(np.uint32), IntensityReference(), None, 2.0**32 - 1).dead_fraction < 0.05
     assert m.nonfinite_fraction == 0
     clean = rng.poisson(400, (100, 100)).astype(np.uint16)
     assert frame_metrics(clean, IntensityReference(), None, 65535).snr == pytest.approx(20, rel=0.1)

@@ -19,9 +19,8 @@ import numpy as np
 
 from ..masked import fill_masked, masked_pixels
 
-__all__ = ["FrameMetrics", "IntensityReference", "frame_mean", "frame_metrics", "residual_metrics", "noise_sigma",
-           "shift_px",
-           "registration_image", "registered_shift", "UNITS"]
+__all__ = ["FrameMetrics", "IntensityReference", "dead_fraction", "frame_mean", "frame_metrics", "residual_metrics",
+           "noise_sigma", "shift_px", "registration_image", "registered_shift", "UNITS"]
 
 #: Units of each metric, for the data keys of the derived stream.
 UNITS: dict[str, str] = {
@@ -191,13 +190,38 @@ def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np
     values = f[valid] if n_valid < f.size else f.ravel()
     mean = float(values.mean(dtype=np.float64))
     m.saturated_fraction = float(clipped + np.count_nonzero(values >= saturation_level)) / f.size
-    m.dead_fraction = float(np.count_nonzero(values <= 0)) / f.size
+    m.dead_fraction = dead_fraction(np.where(valid, f, 1) if n_valid < f.size else f)
     m.intensity_ratio = reference.ratio(mean, dark_level)
     m.noise_sigma = noise_sigma(np.where(valid, f, mean) if n_valid < f.size else f)
     m.snr = mean / m.noise_sigma if m.noise_sigma > 0 else (math.inf if mean > 0 else 0.0)
     if previous is not None:
         m.shift_px = shift_px(previous, f)
     return m
+
+
+def dead_fraction(frame: np.ndarray) -> float:
+    """Fraction of pixels at or below 0 that lie in a 3x3 block of such pixels.
+
+    A failed readout or a dropped frame zeroes whole regions; a photon-counting detector
+    at a few photons per pixel reads isolated zeros everywhere the sample absorbs (at
+    0.6 photons, 55 % of those pixels), which is the low-dose data this package is for,
+    not a fault. Isolated zeros almost never fill a 3x3 block (0.55 ** 9 = 0.5 %).
+    """
+    zero = np.asarray(frame) <= 0
+    h, w = zero.shape
+    if h < 3 or w < 3 or not zero.any():
+        return float(zero.mean()) if zero.size else math.nan
+    # A morphological opening by a 3x3 square, separable and in place on booleans (5x faster
+    # than scipy's at 1024x1024): the top-left corners of all-zero blocks, then every pixel they cover.
+    rows = zero[:, :-2] & zero[:, 1:-1] & zero[:, 2:]
+    corners = rows[:-2] & rows[1:-1] & rows[2:]
+    across = np.zeros((h - 2, w), bool)
+    for dx in range(3):
+        across[:, dx:dx + w - 2] |= corners
+    covered = np.zeros((h, w), bool)
+    for dy in range(3):
+        covered[dy:dy + h - 2] |= across
+    return float(np.count_nonzero(covered)) / zero.size
 
 
 def frame_mean(frame: np.ndarray) -> float:
