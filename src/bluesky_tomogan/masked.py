@@ -1,14 +1,15 @@
-"""Masked pixels: integer frames' all-ones value, which is not a measurement.
+"""Masked pixels: integer values that photon-counting detectors write where there is no measurement.
 
-Photon-counting detectors (Eiger, Pilatus, Jungfrau...) write the largest value of their
-integer type (``2**N - 1``) where a pixel has no data: gaps between modules, dead and
-flagged pixels. A camera whose ADC fills its type writes the same value where a pixel
-clipped. Either way the value is not an intensity, and fed to a network it is an outlier
-millions of times the frame's range that spoils every pixel in the receptive field around
-it (measured: a projection with 0.1 % of its pixels at ``2**32 - 1`` came out at SSIM
-0.0004 instead of 0.97). The denoiser gives the network each masked pixel's nearest
-unmasked value instead and returns the raw value there, so the derived frame has the same
-mask as the raw one; QC leaves masked pixels out of its intensity and noise metrics.
+Photon-counting detectors write the largest value of their integer type (``2**N - 1``,
+Eiger) or, in ``int32``, a negative one (Pilatus: -1, -2) where a pixel has no data: gaps
+between modules, dead and flagged pixels. A camera whose ADC fills its type writes its top
+value where a pixel clipped. Either way the value is not an intensity, and fed to a network
+it is an outlier millions of times the frame's range that spoils every pixel in the
+receptive field around it (measured: a projection with 0.1 % of its pixels at ``2**32 - 1``
+came out at SSIM 0.0004 instead of 0.97). The denoiser gives the network each masked
+pixel's nearest unmasked value instead and returns the raw value there, so the derived
+frame has the same mask as the raw one; QC leaves masked pixels out of its intensity and
+noise metrics.
 """
 
 from __future__ import annotations
@@ -20,13 +21,17 @@ __all__ = ["masked_pixels", "fill_masked"]
 
 
 def masked_pixels(frames: np.ndarray) -> np.ndarray | None:
-    """Where ``frames`` (integer) hold their type's largest value; ``None`` if nowhere (or not integer)."""
+    """Where ``frames`` (integer) hold their type's largest value, or a negative value in ``int32``
+    (Pilatus: -1 in gaps, -2 at bad pixels); ``None`` if nowhere (or not integer)."""
     if frames.dtype.kind not in "ui":
         return None
     top = np.iinfo(frames.dtype).max
-    if frames.max() < top:  # the common case: one cheap pass, no mask array
+    # Negative counts mean "no data" only for 32-bit photon counters: a dark-subtracted int16 or
+    # int64 frame is negative where the noise is.
+    signed_mask = frames.dtype.kind == "i" and frames.dtype.itemsize == 4
+    if frames.max() < top and not (signed_mask and frames.min() < 0):  # the common case: no mask array
         return None
-    return frames == top
+    return (frames == top) | (frames < 0) if signed_mask else frames == top
 
 
 def fill_masked(frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
