@@ -139,6 +139,20 @@ def test_a_projection_scan_of_another_name_and_radian_angles_is_read(tmp_path):
     assert scan.flats is None and scan.darks is None
 
 
+def test_a_photon_counters_masked_gaps_never_reach_the_training_pairs(tmp_path):
+    """Gap columns at 2**32 - 1 in projections and flats: read as their nearest unmasked neighbours."""
+    top = np.iinfo(np.uint32).max
+    proj = np.full((64, 16, 16), 300, np.uint32)
+    proj[:, :, 7] = top
+    flats = np.full((4, 16, 16), 1000, np.uint32)
+    flats[:, :, 7] = top
+    path = tmp_path / "eiger.h5"
+    with h5py.File(path, "w") as f:
+        f["projections"], f["flats"] = proj, flats
+    scan = read_scan(str(path))
+    assert scan.projections.max() == 300 and scan.flats is not None and scan.flats.max() == 1000
+
+
 def test_neighbour_pairs_have_independent_noise_at_half_resolution():
     rng = np.random.default_rng(1)
     frames = rng.poisson(200.0, (24, 96, 96)).astype(np.float32)  # a flat field: all structure is noise

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ScanError
+from ..masked import fill_masked, masked_pixels
 
 __all__ = ["Scan", "read_scan", "read_scan_hdf5", "read_scan_tiled"]
 
@@ -57,10 +58,17 @@ class Scan:
         return int(n), int(z), int(x)
 
 
+def _unmasked(frames: np.ndarray) -> np.ndarray:
+    """float32 frames with a photon counter's masked pixels filled from their nearest unmasked
+    neighbours (:mod:`bluesky_tomogan.masked`): training pairs must not hold gap values."""
+    mask = masked_pixels(frames) if frames.ndim >= 2 else None
+    return np.asarray(frames, np.float32) if mask is None else fill_masked(frames, mask)
+
+
 def _mean_frame(stack: Any, shape: tuple[int, int], what: str, where: str) -> np.ndarray | None:
     if stack is None:
         return None
-    arr = np.asarray(stack, np.float32)
+    arr = _unmasked(np.asarray(stack))
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3 or arr.shape[1:] != shape or len(arr) == 0:
@@ -91,7 +99,7 @@ def _assemble(projections: Any, angles: Any, flats: Any, darks: Any, where: str)
         raise ScanError(f"{where}: projections must be a (n_angles, rows, columns) stack, got shape {proj.shape}")
     if not np.issubdtype(proj.dtype, np.number):
         raise ScanError(f"{where}: projections have non-numeric dtype {proj.dtype}")
-    proj = proj.astype(np.float32)
+    proj = _unmasked(proj)
     if not np.isfinite(proj).all():
         bad = np.unique(np.nonzero(~np.isfinite(proj))[0])[:5].tolist()
         raise ScanError(f"{where}: projections hold NaN/inf (first frames: {bad}); drop those frames first")
