@@ -124,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json")
     args = ap.parse_args(argv)
 
+    # warmed at the frame shape when loaded, as a profile does (docs/callback.md): the scan's first
+    # frame does not wait for every network's first call
     ratios = load_ratios(args.model, backend=args.backend, fallback=args.fallback,
-                         fallback_ratios=args.fallback_ratios)
+                         fallback_ratios=args.fallback_ratios, warm_up=(args.size, args.size))
     full = ratios.at(ratios.ratios[0])
     per_frame = {d.model_name: time_per_frame(d, args.size) for d in ratios.ladder}
     print(f"CPU: {cpu_name()}; {args.size}x{args.size} frames; {ratios!r}")

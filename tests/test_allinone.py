@@ -118,6 +118,20 @@ def test_load_ratios_opens_every_ratio_up_front(aio_model, rng):
     assert load_denoiser(model_dir, backend="onnxruntime", ratio=25).provenance()["pruning_ratio"] == 25
 
 
+def test_a_ladder_warmed_when_loaded_is_not_warmed_again_at_a_scans_first_frame(aio_model):
+    """The first warm-up runs every network twice (about 1 s for seven at 512x512): done at load, the
+    scan's first frame reuses its timings instead of letting frames queue up behind it."""
+    model_dir, _ = aio_model
+    ratios = load_ratios(model_dir, backend="onnxruntime", warm_up=(32, 40))
+    calls = []
+    for d in ratios.ladder:
+        d.denoise_context = lambda context, _f=d.denoise_context: calls.append(1) or _f(context)
+    costs = ratios.warm_up((32, 40))
+    assert len(costs) == len(ratios.ladder) and all(c > 0 for c in costs) and not calls
+    ratios.warm_up((32, 40), again=True)
+    assert len(calls) == 2 * len(ratios.ladder)
+
+
 def test_an_unknown_ratio_and_a_model_without_ratios_are_specific_errors(aio_model):
     model_dir, _ = aio_model
     with pytest.raises(RatioError, match="no pruning ratio 33; it has 0, 25, 50, 75"):

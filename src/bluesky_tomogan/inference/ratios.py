@@ -67,6 +67,7 @@ class RatioDenoisers:
                              + (" (the fallback model's included)" if fallback else ""))
         self.depth = depths.pop()
         self.ratio = self.ratios[0] if ratio is None else ratio
+        self._costs: dict[tuple[int, int], list[float]] = {}  # frame shape -> seconds per frame of each step
 
     @property
     def ratio(self) -> float:
@@ -87,18 +88,29 @@ class RatioDenoisers:
         """The denoiser of ``ratio``."""
         return self._by_ratio[self._key(ratio)]
 
-    def warm_up(self, shape: tuple[int, int]) -> list[float]:
+    def warm_up(self, shape: tuple[int, int], *, again: bool = False) -> list[float]:
         """Run every network of the :attr:`ladder` on a frame of ``shape``, so that no switch during a
         scan waits for a runtime's first call at a new shape (OpenVINO and TensorRT compile or
-        allocate there); returns each one's seconds per frame, timed on a second call."""
-        context = np.ones((self.depth, *shape), np.float32)
+        allocate there); returns each one's seconds per frame, timed on a second call.
+
+        The result is kept per shape (``again=True`` measures anew): the callback warms the
+        ladder at a run's first frame unless this was done before, and that first warm-up
+        (about 1 s for seven networks at 512x512 on two cores) is time in which frames queue
+        up. Warm the ladder at the detector's frame shape when loading it
+        (``load_ratios(..., warm_up=(H, W))``) and no scan waits for it.
+        """
+        key = (int(shape[0]), int(shape[1]))
+        if key in self._costs and not again:
+            return list(self._costs[key])
+        context = np.ones((self.depth, *key), np.float32)
         seconds = []
         for d in self.ladder:
             d.denoise_context(context)
             began = time.perf_counter()
             d.denoise_context(context)
             seconds.append(time.perf_counter() - began)
-        return seconds
+        self._costs[key] = seconds
+        return list(seconds)
 
     # Denoiser's interface, at the current ratio
     @property
@@ -159,6 +171,7 @@ def load_ratios(
     overlap: int = 64,
     fallback: str | os.PathLike[str] | None = None,
     fallback_ratios: list[float] | None = None,
+    warm_up: tuple[int, int] | None = None,
 ) -> RatioDenoisers:
     """Load every pruning ratio of an All-in-One model (or those in ``ratios``), each ready to run.
 
@@ -181,6 +194,9 @@ def load_ratios(
         of an All-in-One model, or a plain model as one step.
     fallback_ratios : list of float, optional
         Which of an All-in-One fallback's ratios (default: all).
+    warm_up : tuple of int, optional
+        The detector's frame shape ``(H, W)``: run and time every network at it now
+        (:meth:`RatioDenoisers.warm_up`), so that a scan's first frame does not wait for it.
 
     Raises
     ------
@@ -213,6 +229,9 @@ def load_ratios(
     loaded = {r: load_denoiser(model, backend, precision, ratio=r, threads=threads, tile=tile, overlap=overlap)
               for r in wanted}
     out = RatioDenoisers(loaded, fallback=lighter)
+    if warm_up is not None:
+        costs = out.warm_up(warm_up)
+        log.info("warmed up at %s: %s ms per frame", warm_up, ", ".join(f"{1000 * c:.1f}" for c in costs))
     log.info("loaded %r", out)
     return out
 
