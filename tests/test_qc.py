@@ -90,6 +90,21 @@ def test_masked_detector_pixels_are_neither_saturated_nor_noise(rng):
     assert frame_metrics(clipped, ref, None, 4095).saturated_fraction == 0
 
 
+def test_a_frame_with_no_intensities_leaves_the_beam_loss_reference_alone():
+    """A frame masked everywhere has no mean: kept out of the reference, whose median a NaN would poison
+    (no beam loss could be seen after it)."""
+    from types import SimpleNamespace
+
+    from bluesky_tomogan.callbacks.run_qc import RunQC
+
+    qc = RunQC(QCFeedback())
+    stream = SimpleNamespace(reference=IntensityReference(), shape=(8, 8))
+    for value in (np.iinfo(np.uint32).max, 500, 500, 20):
+        item = SimpleNamespace(stream=stream, frame=np.full((8, 8), value, np.uint32), metrics=None)
+        unusable = qc.measure(item)
+    assert list(stream.reference.means) == [500.0, 500.0] and unusable == ["beam_lost"]
+
+
 def test_registration_is_not_pinned_by_detector_gaps(rng):
     base = np.zeros((128, 128), np.float32)
     for _ in range(30):

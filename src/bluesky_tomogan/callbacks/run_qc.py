@@ -91,8 +91,9 @@ class RunQC:
             return []
         item.metrics = frame_metrics(frame, stream.reference, None, level, self.policy.dark_level)
         unusable = sorted(UNUSABLE & set(self.policy.evaluate(item.metrics)))
-        if not unusable and frame.shape == stream.shape:
-            stream.reference.add(frame_mean(frame))
+        mean = frame_mean(frame)
+        if not unusable and frame.shape == stream.shape and math.isfinite(mean):  # a NaN would poison the median
+            stream.reference.add(mean)
         return unusable
 
     def register(self, item: QueuedFrame) -> None:
