@@ -247,6 +247,7 @@ def test_a_malformed_message_is_logged_recorded_in_the_run_and_the_stream_goes_o
     (["--zmq-in", "localhost:{out}", "--share", "2/2", "--store", "none"], "need 0 <= index < count"),
     (["--zmq-in", "localhost:{out}", "--fallback", "tomogan-projection-s2d-aio", "--store", "none"],
      "is for policy 'adaptive'"),
+    (["--zmq-in", "localhost:{out}", "--warm-up", "64", "64", "--store", "none"], "is for policy 'adaptive'"),
 ])
 def test_bad_input_to_serve_is_a_clear_error_and_exit_status_2(proxy, tmp_path, args, message):
     closed = free_port()

@@ -236,7 +236,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                      backend=args.backend, streams=args.streams, fields=args.fields, policy=args.policy,
                      reconstruct=args.reconstruct, reconstruct_every=args.every, directory=args.directory,
                      state_dir=args.state_dir, share=args.share, grace=args.grace, prefix=args.prefix.encode(),
-                     ioc_prefix=args.ioc_prefix, retry_after=args.retry_after, fallback=args.fallback)
+                     ioc_prefix=args.ioc_prefix, retry_after=args.retry_after, fallback=args.fallback,
+                     warm_up=tuple(args.warm_up) if args.warm_up else None)
     except (ServeError, ValueError) as exc:
         log.error("%s", exc)
         print(f"bluesky-tomogan serve: error: {exc}", file=sys.stderr)
@@ -289,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fallback", metavar="MODEL",
                    help="with --policy adaptive: a lighter model to step down to after the lightest ratio "
                         "(e.g. tomogan-projection-s2d-aio)")
+    s.add_argument("--warm-up", type=int, nargs=2, metavar=("H", "W"),
+                   help="with --policy adaptive: run and time every network at the detector's frame shape at "
+                        "start-up, so that the first scan does not wait for it")
     s.add_argument("--reconstruct", action="store_true", help="reconstruct and denoise three slices live")
     s.add_argument("--every", type=int, default=0, help="progressive reconstruction every N projections")
     s.add_argument("--directory", help="where derived frames are written (default: next to the raw frames)")

@@ -34,7 +34,8 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
           reconstruct_every: int = 0, directory: str | os.PathLike[str] | None = None,
           state_dir: str | os.PathLike[str] = "~/.local/state/bluesky-tomogan", share: str = "0/1",
           grace: float = 60.0, prefix: bytes = b"", ioc_prefix: str | None = None,
-          retry_after: float = 10.0, fallback: str | None = None) -> int:
+          retry_after: float = 10.0, fallback: str | None = None,
+          warm_up: tuple[int, int] | None = None) -> int:
     """Serve the document stream at ``zmq_in`` (a ``bluesky-0MQ-proxy`` out port) until SIGTERM.
 
     Parameters
@@ -76,6 +77,9 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
     fallback : str, optional
         With ``policy="adaptive"``: a lighter model to step down to after the model's
         lightest ratio (``load_ratios(..., fallback=...)``).
+    warm_up : tuple of int, optional
+        With ``policy="adaptive"``: the detector's frame shape ``(H, W)``, at which every
+        network is run and timed at start-up, so that the first scan does not wait for it.
 
     Returns
     -------
@@ -93,6 +97,8 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
 
     if fallback is not None and policy != "adaptive":
         raise ServeError(f"a fallback model ({fallback}) is for policy 'adaptive', not {policy!r}")
+    if warm_up is not None and policy != "adaptive":
+        raise ServeError(f"--warm-up (a frame shape for the adaptive ladder) is for policy 'adaptive', not {policy!r}")
     run_share = RunShare.parse(share)
     try:
         check_reachable(zmq_in)
@@ -102,8 +108,8 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
         raise ServeError(str(exc)) from exc
     client = _tiled_client(tiled) if store != "none" else None
     # adaptive: every pruning ratio of an All-in-One model, loaded now so that a switch costs nothing
-    denoiser: Any = (load_ratios(model, backend=backend, fallback=fallback) if policy == "adaptive"
-                     else load_denoiser(model, backend=backend))
+    denoiser: Any = (load_ratios(model, backend=backend, fallback=fallback, warm_up=warm_up)
+                     if policy == "adaptive" else load_denoiser(model, backend=backend))
     feedback, ioc = None, None
     if ioc_prefix:
         from ..devices.qc_monitor import QCMonitor
