@@ -20,7 +20,7 @@ import numpy as np
 from event_model.documents import EventPage, RunStart
 
 from ..qc.feedback import QCFeedback, Verdict
-from ..qc.metrics import frame_mean, frame_metrics, registered_shift, registration_image
+from ..qc.metrics import frame_metrics, registered_shift, registration_image
 from ..qc.policy import UNUSABLE, QCPolicy
 from .derived_stream import FrameResult, QueuedFrame
 
@@ -91,7 +91,7 @@ class RunQC:
             return []
         item.metrics = frame_metrics(frame, stream.reference, None, level, self.policy.dark_level)
         unusable = sorted(UNUSABLE & set(self.policy.evaluate(item.metrics)))
-        mean = frame_mean(frame)
+        mean = item.metrics.mean
         if not unusable and frame.shape == stream.shape and math.isfinite(mean):  # a NaN would poison the median
             stream.reference.add(mean)
         return unusable

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..masked import fill_masked, masked_pixels
 
-__all__ = ["FrameMetrics", "IntensityReference", "dead_fraction", "frame_mean", "frame_metrics", "residual_metrics",
+__all__ = ["FrameMetrics", "IntensityReference", "dead_fraction", "frame_metrics", "residual_metrics",
            "noise_sigma", "shift_px", "registration_image", "registered_shift", "UNITS"]
 
 #: Units of each metric, for the data keys of the derived stream.
@@ -51,9 +51,13 @@ class FrameMetrics:
     residual_correlation: float = math.nan
     denoised_noise_sigma: float = math.nan
     latency_s: float = math.nan
+    #: Mean of the pixels that hold intensities (finite, not masked): what the beam-loss reference
+    #: keeps. Not a column of the derived stream (not in :data:`UNITS`).
+    mean: float = math.nan
 
     def as_dict(self) -> dict[str, float]:
-        return dict(self.__dict__)
+        """The metrics that are columns of the derived stream (:data:`UNITS`)."""
+        return {k: getattr(self, k) for k in UNITS}
 
 
 @dataclass
@@ -176,9 +180,8 @@ def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np
     m = FrameMetrics()
     if f.ndim != 2 or f.size == 0 or f.dtype.kind not in "uif":
         return m
-    finite = np.isfinite(f) if f.dtype.kind == "f" else np.ones(f.shape, bool)
-    m.nonfinite_fraction = 1.0 - int(finite.sum()) / f.size
-    valid, masked = _valid_pixels(f)
+    valid, n_finite, masked = _valid_pixels(f)
+    m.nonfinite_fraction = 1.0 - n_finite / f.size
     n_valid = int(valid.sum())
     # Masked pixels count as saturated only where the top value can be a clipped reading: at the
     # default level of a type narrower than 32 bits (no detector fills 32 bits; a photon
@@ -188,7 +191,7 @@ def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np
         m.saturated_fraction = clipped / f.size if m.nonfinite_fraction < 1 else math.nan
         return m
     values = f[valid] if n_valid < f.size else f.ravel()
-    mean = float(values.mean(dtype=np.float64))
+    m.mean = mean = float(values.mean(dtype=np.float64))
     m.saturated_fraction = float(clipped + np.count_nonzero(values >= saturation_level)) / f.size
     m.dead_fraction = dead_fraction(np.where(valid, f, 1) if n_valid < f.size else f)
     m.intensity_ratio = reference.ratio(mean, dark_level)
@@ -224,21 +227,15 @@ def dead_fraction(frame: np.ndarray) -> float:
     return float(np.count_nonzero(covered)) / zero.size
 
 
-def frame_mean(frame: np.ndarray) -> float:
-    """Mean of the pixels that hold intensities (finite, not masked): what the beam-loss reference keeps."""
-    f = np.asarray(frame)
-    valid, _ = _valid_pixels(f)
-    return float(f[valid].mean(dtype=np.float64)) if valid.any() else math.nan
-
-
-def _valid_pixels(f: np.ndarray) -> tuple[np.ndarray, int]:
-    """Pixels that hold intensities (finite, and not an integer type's top: :mod:`bluesky_tomogan.masked`),
-    and how many are masked."""
-    valid = np.isfinite(f) if f.dtype.kind == "f" else np.ones(f.shape, bool)
+def _valid_pixels(f: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """Pixels that hold intensities (finite, and not masked: :mod:`bluesky_tomogan.masked`), how many
+    are finite, and how many are masked."""
+    finite = np.isfinite(f) if f.dtype.kind == "f" else np.ones(f.shape, bool)
+    n_finite = int(finite.sum())
     masked = masked_pixels(f)
     if masked is None:
-        return valid, 0
-    return valid & ~masked, int(masked.sum())
+        return finite, n_finite, 0
+    return finite & ~masked, n_finite, int(masked.sum())
 
 
 def residual_metrics(raw: np.ndarray, denoised: np.ndarray, m: FrameMetrics) -> FrameMetrics:
