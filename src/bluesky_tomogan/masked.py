@@ -14,6 +14,10 @@ noise metrics.
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
+
 import numpy as np
 from scipy import ndimage
 
@@ -43,6 +47,28 @@ def fill_masked(frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
     flat_out, flat_mask = out.reshape(-1, *out.shape[-2:]), mask.reshape(-1, *mask.shape[-2:])
     for frame, where in zip(flat_out, flat_mask, strict=True):
         if where.any() and not where.all():
-            nearest = ndimage.distance_transform_edt(where, return_distances=False, return_indices=True)
-            frame[where] = frame[tuple(nearest)][where]
+            frame[where] = frame[_nearest_unmasked(where)]
     return out
+
+
+#: Masks whose nearest-pixel sources are kept: a detector's mask is the same in every frame, and
+#: the distance transform that finds them costs ~90 ms at 1024x1024, for every frame of a context.
+MASKS_KEPT = 8
+_sources: OrderedDict[tuple[tuple[int, ...], bytes], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+_sources_lock = threading.Lock()
+
+
+def _nearest_unmasked(where: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of the nearest unmasked pixel of each masked pixel of ``where`` (in mask order)."""
+    key = (where.shape, hashlib.blake2b(np.packbits(where).tobytes(), digest_size=16).digest())
+    with _sources_lock:
+        if key in _sources:
+            _sources.move_to_end(key)
+            return _sources[key]
+    rows, cols = ndimage.distance_transform_edt(where, return_distances=False, return_indices=True)
+    found = (rows[where], cols[where])
+    with _sources_lock:
+        _sources[key] = found
+        while len(_sources) > MASKS_KEPT:
+            _sources.popitem(last=False)
+    return found
