@@ -214,8 +214,9 @@ def dead_fraction(frame: np.ndarray) -> float:
     h, w = zero.shape
     if h < 3 or w < 3 or not zero.any():
         return float(zero.mean()) if zero.size else math.nan
-    # A morphological opening by a 3x3 square, separable and in place on booleans (5x faster
-    # than scipy's at 1024x1024): the top-left corners of all-zero blocks, then every pixel they cover.
+    # A morphological opening by a 3x3 square, separable on booleans (the same result as scipy's
+    # binary_opening, about 3x faster: 9 against 33 ms at 1024x1024 with half the pixels zero):
+    # the top-left corners of all-zero blocks, then every pixel they cover.
     rows = zero[:, :-2] & zero[:, 1:-1] & zero[:, 2:]
     corners = rows[:-2] & rows[1:-1] & rows[2:]
     across = np.zeros((h - 2, w), bool)
