@@ -127,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     # warmed at the frame shape when loaded, as a profile does (docs/callback.md): the scan's first
     # frame does not wait for every network's first call
     ratios = load_ratios(args.model, backend=args.backend, fallback=args.fallback,
-                         fallback_ratios=args.fallback_ratios, warm_up=(args.size, args.size))
+                         fallback_ratios=args.fallback_ratios)
+    began = time.perf_counter()
+    ratios.warm_up((args.size, args.size))
+    print(f"warm-up of {len(ratios.ladder)} networks at {args.size}x{args.size}: {time.perf_counter() - began:.2f} s")
     full = ratios.at(ratios.ratios[0])
     per_frame = {d.model_name: time_per_frame(d, args.size) for d in ratios.ladder}
     print(f"CPU: {cpu_name()}; {args.size}x{args.size} frames; {ratios!r}")
