@@ -24,15 +24,21 @@ from scipy import ndimage
 __all__ = ["masked_pixels", "fill_masked"]
 
 
-def masked_pixels(frames: np.ndarray) -> np.ndarray | None:
-    """Where ``frames`` (integer) hold their type's largest value, or a negative value in ``int32``
-    (Pilatus: -1 in gaps, -2 at bad pixels); ``None`` if nowhere (or not integer)."""
-    if frames.dtype.kind not in "ui":
+def masked_pixels(frames: np.ndarray, raw_dtype: np.dtype | str | None = None) -> np.ndarray | None:
+    """Where ``frames`` hold their integer type's largest value, or a negative value in ``int32``
+    (Pilatus: -1 in gaps, -2 at bad pixels); ``None`` if nowhere (or not integer).
+
+    ``raw_dtype``: the detector's integer type when ``frames`` are a float copy of its frames
+    (a derived frame keeps the raw value where the detector has no data), e.g. ``"<u4"``.
+    """
+    dtype = frames.dtype if raw_dtype is None else np.dtype(raw_dtype)
+    if dtype.kind not in "ui":
         return None
-    top = np.iinfo(frames.dtype).max
+    # compared in the frames' own type: float32(2**32 - 1) is 2**32, and so is the derived copy of it
+    top = frames.dtype.type(np.iinfo(dtype).max)
     # Negative counts mean "no data" only for 32-bit photon counters: a dark-subtracted int16 or
     # int64 frame is negative where the noise is.
-    signed_mask = frames.dtype.kind == "i" and frames.dtype.itemsize == 4
+    signed_mask = dtype.kind == "i" and dtype.itemsize == 4
     if frames.max() < top and not (signed_mask and frames.min() < 0):  # the common case: no mask array
         return None
     return (frames == top) | (frames < 0) if signed_mask else frames == top

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import threading
+import warnings
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter, median_filter
 
-__all__ = ["stripe_metric", "corrected_sinogram", "estimate_center", "fallback_center", "find_center", "reconstruct",
-           "reconstruct_rows", "check_angles", "SliceResult", "background_thread"]
+__all__ = ["stripe_metric", "corrected_sinogram", "fill_row_gaps", "estimate_center", "fallback_center",
+           "find_center", "reconstruct", "reconstruct_rows", "check_angles", "SliceResult", "background_thread"]
 
 log = logging.getLogger(__name__)
 #: Width (columns) of the median filter that separates a stripe from the object's own column profile.
@@ -53,12 +54,38 @@ def corrected_sinogram(rows: np.ndarray, flat: np.ndarray | None, dark: np.ndarr
 
     Without darks the dark is 0; without flats the flat is each column's largest
     value over the angles (the open beam beside the sample), a fallback the
-    caller reports.
+    caller reports. NaN in any of them marks a pixel without data (a detector's
+    module gap, a flagged pixel: :mod:`bluesky_tomogan.masked`); its transmission
+    is interpolated along the detector row (:func:`fill_row_gaps`).
     """
     r = np.asarray(rows, np.float32)
     d = np.zeros(r.shape[1], np.float32) if dark is None else np.asarray(dark, np.float32)
-    f = r.max(axis=0) if flat is None else np.asarray(flat, np.float32)
-    return np.clip((r - d) / np.maximum(f - d, 1e-3), 1e-4, 2.0)
+    if flat is not None:
+        f = np.asarray(flat, np.float32)
+    else:
+        with warnings.catch_warnings():  # a column without data at every angle: NaN, filled below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            f = np.nanmax(r, axis=0)
+    t = (r - d) / np.maximum(f - d, 1e-3)  # NaN stays NaN
+    return np.clip(fill_row_gaps(t), 1e-4, 2.0)
+
+
+def fill_row_gaps(transmission: np.ndarray) -> np.ndarray:
+    """``transmission`` ``(angles, columns)`` with its NaN interpolated linearly along each row.
+
+    A masked column read as open beam (or as any fixed value) would be a ring in
+    the slice; interpolated from its neighbours at each angle it follows the
+    sample. A row without any data is set to 1 (no attenuation).
+    """
+    gaps = np.isnan(transmission)
+    if not gaps.any():
+        return transmission
+    out = np.array(transmission, np.float32)
+    columns = np.arange(out.shape[1])
+    for i in np.flatnonzero(gaps.any(axis=1)):
+        valid = ~gaps[i]
+        out[i] = np.interp(columns, columns[valid], out[i, valid]) if valid.any() else 1.0
+    return out
 
 
 def check_angles(angles_deg: np.ndarray) -> str:

@@ -44,6 +44,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -57,6 +58,7 @@ from .. import reconstruction as recon
 from ..errors import OutputPathError
 from ..hdf5_frames import StreamFrameReader
 from ..inference.denoiser import Denoiser
+from ..masked import masked_pixels
 from ..qc.policy import UNUSABLE
 from .consumers import Consumers
 from .frame_writer import DerivedFrameWriter, derived_directory, stream_resource_directory
@@ -195,7 +197,12 @@ class TomoReconstruction(RunRouterFacade):
 
 
 class _Frames:
-    """Where the frames of one stream are: (seq_num -> (reader, index)) or inline rows."""
+    """Where the frames of one stream are: (seq_num -> (reader, index)) or inline rows.
+
+    Rows are kept as float32 with NaN where the detector has no data (masked pixels,
+    :mod:`bluesky_tomogan.masked`): found by value in the raw integer frames, and in a derived
+    (float) stream by the raw value it keeps there, given the detector's type.
+    """
 
     def __init__(self) -> None:
         self.located: dict[int, tuple[StreamFrameReader, int]] = {}
@@ -210,19 +217,38 @@ class _Frames:
     def __len__(self) -> int:
         return len(self.seqs)
 
-    def add_inline(self, seq: int, frame: Any, rows: Sequence[int]) -> None:
+    def add_inline(self, seq: int, frame: Any, rows: Sequence[int], raw_dtype: np.dtype | None) -> None:
         """Keep the ``rows`` of a frame that came inside its event."""
-        self._rows[seq] = np.asarray(frame, np.float32).reshape(np.shape(frame)[-2:])[list(rows)]
+        self._rows[seq] = _picked_rows(frame, rows, raw_dtype)
 
-    def rows(self, seqs: Sequence[int], rows: Sequence[int]) -> np.ndarray:
+    def rows(self, seqs: Sequence[int], rows: Sequence[int], raw_dtype: np.dtype | None) -> np.ndarray:
         """``(len(seqs), len(rows), W)`` of the frames ``seqs`` (worker thread); ``rows`` are the run's rows."""
         out = []
         for s in seqs:
             if s not in self._rows:
                 reader, i = self.located[s]
-                self._rows[s] = np.asarray(reader(i, i + 1)[0], np.float32)[list(rows)]
+                self._rows[s] = _picked_rows(reader(i, i + 1)[0], rows, raw_dtype)
             out.append(self._rows[s])
         return np.stack(out)
+
+
+def _picked_rows(frame: Any, rows: Sequence[int], raw_dtype: np.dtype | None) -> np.ndarray:
+    """``rows`` of ``frame`` as float32, NaN where masked (the frame's own integer type says, else ``raw_dtype``)."""
+    arr = np.asarray(frame)
+    picked = arr.reshape(arr.shape[-2:])[list(rows)]
+    mask = masked_pixels(picked, None if picked.dtype.kind in "ui" else raw_dtype)
+    out = picked.astype(np.float32)
+    if mask is not None:
+        out[mask] = np.nan
+    return out
+
+
+def _numpy_dtype(text: Any) -> np.dtype | None:
+    """The descriptor's ``dtype_numpy`` as a dtype (``None`` where it has none or it is not a plain type)."""
+    try:
+        return np.dtype(text) if isinstance(text, str) and text else None
+    except TypeError:
+        return None
 
 
 class _RunReconstruction(PassThroughRun):
@@ -236,6 +262,9 @@ class _RunReconstruction(PassThroughRun):
         self._names: dict[str, str] = {}  # descriptor uid -> stream name
         self._image_key: dict[str, str] = {}  # stream name -> its frame data key
         self._shape: tuple[int, int] | None = None
+        # the detector's raw type: where it is an integer type, its mask value marks pixels without data, also
+        # in the derived (float) frames, which keep the raw value there
+        self._raw_dtype: np.dtype | None = None
         self._frames: dict[str, _Frames] = {}  # stream name -> frames
         self._readers: dict[str, tuple[str, StreamFrameReader]] = {}  # StreamResource uid -> (data key, reader)
         self._angles: dict[int, float] = {}  # primary seq_num -> angle
@@ -297,6 +326,8 @@ class _RunReconstruction(PassThroughRun):
                 if self._shape is None:  # one detector: its first image stream (the darks, in tomo_scan) says
                     shape = [s for s in doc["data_keys"][keys[0]]["shape"] if s is not None][-2:]
                     self._shape = (int(shape[0]), int(shape[1]))
+                if self._raw_dtype is None and not name.endswith("denoised"):
+                    self._raw_dtype = _numpy_dtype(doc["data_keys"][keys[0]].get("dtype_numpy"))
         return doc
 
     def stream_resource(self, doc: Any) -> Any:
@@ -340,7 +371,9 @@ class _RunReconstruction(PassThroughRun):
         frame_key = self._image_key.get(name)
         if frame_key is not None and frame_key in data:  # inline frames
             for seq, frame in zip(doc["seq_num"], data[frame_key], strict=True):
-                self._frames[name].add_inline(seq, frame, self._wanted())
+                if self._raw_dtype is None and not name.endswith("denoised"):  # a descriptor without dtype_numpy
+                    self._raw_dtype = np.asarray(frame).dtype
+                self._frames[name].add_inline(seq, frame, self._wanted(), self._raw_dtype)
         if name == "primary" and self.o.every and len(self._angles) - self._last_update >= self.o.every \
                 and len(self._angles) < self._expected():
             self._submit(final=False)  # not at the last projection: the final reconstruction follows it
@@ -437,7 +470,7 @@ class _RunReconstruction(PassThroughRun):
             return None
         angles = np.array(sorted(by_angle))
         seqs = [by_angle[a] for a in angles]
-        sino = frames.rows(seqs, wanted)  # (angles, rows, W)
+        sino = frames.rows(seqs, wanted, self._raw_dtype)  # (angles, rows, W), NaN where masked
         flat = self._mean_rows("flat_denoised" if source == "denoised" and "flat_denoised" in self._frames else "flat",
                                wanted)
         dark = self._mean_rows("dark", wanted)
@@ -445,6 +478,10 @@ class _RunReconstruction(PassThroughRun):
             notes.append("no flat frames: flat field taken as each column's brightest value")
         if dark is None:
             notes.append("no dark frames: dark taken as 0")
+        masked = np.isnan(sino[:, [wanted.index(r) for r in rows]]).any(axis=0).sum()
+        if masked:
+            notes.append(f"{masked} detector pixels of the reconstructed rows hold no data (module gaps, flagged "
+                         "pixels): filled from their neighbours along the row")
         angle_problem = recon.check_angles(angles)
         if angle_problem and final:  # while the scan runs, a partial rotation is expected
             notes.append(angle_problem)
@@ -483,7 +520,10 @@ class _RunReconstruction(PassThroughRun):
         frames = self._frames.get(name)
         if frames is None or len(frames) == 0:
             return None
-        return frames.rows(sorted(frames.seqs), rows).mean(axis=0)
+        stack = frames.rows(sorted(frames.seqs), rows, self._raw_dtype)
+        with warnings.catch_warnings():  # a pixel masked in every frame stays NaN (filled in the transmission)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(stack, axis=0)
 
     # -- emitting (callback thread) ---------------------------------------------------------
 
