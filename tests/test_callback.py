@@ -105,8 +105,32 @@ def test_bad_frames_are_flagged_not_fatal(RE, denoiser):
     cb = TomoGANCallback(denoiser)
     docs = run(RE, cb, [SynSignal(func=frame, name="cam")])
     errors = [e for n, d in docs if n == "event_page" for e in d["data"].get("cam_qc_error", [])]
-    assert sum(bool(e) for e in errors) == 1 and any("NaN" in e for e in errors)  # its neighbours are fine
+    # QC calls it unusable (a NaN that its previous frame did not have); its neighbours are fine
+    assert sum(bool(e) for e in errors) == 1 and any("nonfinite" in e for e in errors)
     assert docs[-1][1]["num_events"]["denoised"] == 5
+
+
+def test_a_float_detector_that_marks_pixels_without_data_with_nan_is_denoised_around_them(RE, denoiser):
+    """NaN in the same pixels of every frame (a mask applied upstream) is the detector's mask: only the
+    first frame that shows it is flagged, in this run and none in the next; the derived frames keep NaN
+    there and are denoised elsewhere."""
+    rng = np.random.default_rng(4)
+
+    def frame():
+        f = rng.poisson(500, (48, 64)).astype(np.float32)
+        f[:, 30:32] = np.nan
+        return f
+
+    cb = TomoGANCallback(denoiser, inline=True)
+    docs = run(RE, cb, [SynSignal(func=frame, name="cam")], num=5)
+    RE(bp.count([SynSignal(func=frame, name="cam")], num=3))
+    rows = [d["data"] for n, d in docs if n == "event_page" and "cam_denoised" in d["data"]]
+    flags = [f for r in rows for f in r["cam_qc_flags"]]
+    assert len(flags) == 8 and flags[0] == "nonfinite" and not any(flags[1:]), flags
+    denoised = np.stack([np.asarray(f) for r in rows for f in r["cam_denoised"]][1:])
+    assert np.isnan(denoised[:, :, 30:32]).all()
+    rest = np.delete(denoised, [30, 31], axis=2)
+    assert np.isfinite(rest).all() and abs(float(rest.mean()) - 500) < 10 and rest.std() < 0.5 * np.sqrt(500)
 
 
 def test_a_photon_counter_with_module_gaps_is_denoised_without_false_flags(RE, denoiser):

@@ -105,8 +105,9 @@ def test_bad_scans_are_clear_errors_before_any_training(case, tmp_path):
                 f["exchange/data"] = frames[:40]
             elif case == "too-small":
                 f["exchange/data"] = frames[:, :8]
-            elif case == "nan":
-                f["exchange/data"] = np.where(np.arange(32) == 5, np.nan, frames.astype(np.float32))
+            elif case == "nan":  # NaN in some frames only: a fault (in every frame it is the detector's mask)
+                f["exchange/data"] = np.where((np.arange(128) == 7)[:, None, None] & (np.arange(32) == 5), np.nan,
+                                              frames.astype(np.float32))
             elif case == "angles-mismatch":
                 f["exchange/data"] = frames
                 f["exchange/theta"] = np.arange(100.0)
@@ -151,6 +152,21 @@ def test_a_photon_counters_masked_gaps_never_reach_the_training_pairs(tmp_path):
         f["projections"], f["flats"] = proj, flats
     scan = read_scan(str(path))
     assert scan.projections.max() == 300 and scan.flats is not None and scan.flats.max() == 1000
+
+
+def test_nan_in_the_same_pixels_of_every_frame_is_filled_like_a_gap(tmp_path):
+    """A float scan whose detector marks pixels without data with NaN (the same pixels in every
+    projection and flat): read as their nearest neighbours, not refused."""
+    proj = np.full((64, 16, 16), 300, np.float32)
+    proj[:, :, 7] = np.nan
+    flats = np.full((4, 16, 16), 1000, np.float32)
+    flats[:, :, 7] = np.nan
+    path = tmp_path / "masked.h5"
+    with h5py.File(path, "w") as f:
+        f["projections"], f["flats"] = proj, flats
+    scan = read_scan(str(path))
+    assert np.isfinite(scan.projections).all() and scan.projections.max() == 300
+    assert scan.flats is not None and np.isfinite(scan.flats).all() and scan.flats.max() == 1000
 
 
 def test_neighbour_pairs_have_independent_noise_at_half_resolution():

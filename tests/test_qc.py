@@ -66,6 +66,21 @@ def test_snr_saturation_dead_and_nonfinite_fractions(rng):
     assert frame_metrics(nan, IntensityReference(), None, 65535).nonfinite_fraction == pytest.approx(0.02)
 
 
+def test_nan_where_the_previous_frame_was_nan_is_the_detectors_mask_not_a_fault(rng):
+    """A detector that marks pixels without data with NaN does so in every frame: with the previous
+    frame's NaN known, those pixels are left out like masked ones; new NaN still count."""
+    frame = rng.normal(400, 20, (100, 100)).astype(np.float32)
+    frame[:, 40:42] = np.nan
+    known = np.isnan(frame)
+    m = frame_metrics(frame, IntensityReference(), None, 65535, known_nan=known)
+    assert m.nonfinite_fraction == 0 and m.mean == pytest.approx(400, abs=2) and m.snr == pytest.approx(20, rel=0.1)
+    frame[5, 5] = np.nan  # a new NaN beside the mask: a fault
+    assert frame_metrics(frame, IntensityReference(), None, 65535, known_nan=known).nonfinite_fraction == 1e-4
+    everywhere = np.full((100, 100), np.nan, np.float32)  # no data at all is never a mask
+    assert frame_metrics(everywhere, IntensityReference(), None, 65535,
+                         known_nan=np.ones((100, 100), bool)).nonfinite_fraction == 1.0
+
+
 def test_masked_detector_pixels_are_neither_saturated_nor_noise(rng):
     """A photon counter writes 2**32 - 1 in module gaps and flagged pixels: not saturation (that would
     ask for a shorter exposure on every frame), not noise, not intensity."""
@@ -98,7 +113,7 @@ def test_a_frame_with_no_intensities_leaves_the_beam_loss_reference_alone():
     from bluesky_tomogan.callbacks.run_qc import RunQC
 
     qc = RunQC(QCFeedback())
-    stream = SimpleNamespace(reference=IntensityReference(), shape=(8, 8))
+    stream = SimpleNamespace(reference=IntensityReference(), shape=(8, 8), field="cam")
     for value in (np.iinfo(np.uint32).max, 500, 500, 20):
         item = SimpleNamespace(stream=stream, frame=np.full((8, 8), value, np.uint32), metrics=None)
         unusable = qc.measure(item)

@@ -9,7 +9,7 @@ receptive field around it (``benchmarks/masked_pixels.py``: with 1.3 % of its pi
 ``2**32 - 1`` a projection came out at SSIM 0.0000 instead of 0.995). The denoiser gives the network each masked
 pixel's nearest unmasked value instead and returns the raw value there, so the derived
 frame has the same mask as the raw one; QC leaves masked pixels out of its intensity and
-noise metrics.
+noise metrics. NaN plays the same part in floating-point frames (:func:`missing_pixels`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections import OrderedDict
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["masked_pixels", "fill_masked"]
+__all__ = ["masked_pixels", "missing_pixels", "fill_masked"]
 
 
 def masked_pixels(frames: np.ndarray, raw_dtype: np.dtype | str | None = None) -> np.ndarray | None:
@@ -42,6 +42,18 @@ def masked_pixels(frames: np.ndarray, raw_dtype: np.dtype | str | None = None) -
     if frames.max() < top and not (signed_mask and frames.min() < 0):  # the common case: no mask array
         return None
     return (frames == top) | (frames < 0) if signed_mask else frames == top
+
+
+def missing_pixels(frames: np.ndarray) -> np.ndarray | None:
+    """Pixels without data: :func:`masked_pixels` of integer frames, NaN in floating-point ones.
+
+    Floating-point data mark pixels without a measurement with NaN (a detector's mask
+    applied by its IOC or a processing step); ``None`` if there are none.
+    """
+    if frames.dtype.kind != "f":
+        return masked_pixels(frames)
+    nan = np.isnan(frames)
+    return nan if nan.any() else None
 
 
 def fill_masked(frames: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -102,6 +102,9 @@ class RunOptions:
     feedback: QCFeedback
     high_water: int = 8
     low_water: int = 1
+    #: Where each field's last frame was NaN (None: nowhere), kept across runs because a detector's
+    #: NaN mask outlives a run: QC tells a mask from a fault by it (:class:`~.run_qc.RunQC`).
+    known_nan: dict[str, np.ndarray | None] = dataclasses.field(default_factory=dict)
 
     @property
     def qc(self) -> QCPolicy:
@@ -158,7 +161,7 @@ class RunDenoiser(PassThroughRun):
                                           root_map=dict(options.root_map), handler_cache=self._handlers,
                                           retry_intervals=[0.01, 0.05, 0.1, 0.25, 0.5, 1.0])
         self._stream_readers: dict[str, tuple[str, StreamFrameReader]] = {}  # StreamResource uid -> (key, reader)
-        self._qc = RunQC(options.feedback)
+        self._qc = RunQC(options.feedback, options.known_nan)
         self._controllers: dict[str, RatioController] = {}  # field -> ratio policy (policy "adaptive")
 
     # -- the router -------------------------------------------------------------------------

@@ -41,10 +41,17 @@ class RunQC:
     ----------
     feedback : QCFeedback
         The session's feedback (its policy judges, its actions steer the scan).
+    known_nan : dict, optional
+        Field name -> where its last frame was NaN, shared with the facade's other runs (a
+        detector that marks pixels without data with NaN does so in every frame: those pixels
+        are its mask, not ``nonfinite``; the first frame that shows them is flagged).
     """
 
-    def __init__(self, feedback: QCFeedback) -> None:
+    def __init__(self, feedback: QCFeedback, known_nan: dict[str, np.ndarray | None] | None = None) -> None:
         self.feedback = feedback
+        # field -> where its last frame was NaN: a NaN pixel that was NaN in the detector's previous frame
+        # too (in any stream, in an earlier run) is its mask, not a fault. Shared by the facade's runs.
+        self._known_nan = {} if known_nan is None else known_nan
         self.uid = ""
         self._motor: str | None = None
         self._positions: dict[tuple[str, int], dict[str, Any]] = {}  # (raw stream, seq_num) -> scalar readings
@@ -89,7 +96,10 @@ class RunQC:
             level = self.policy.saturation_for(frame.dtype)
         except (TypeError, ValueError):  # not a number dtype: check_frames flags it
             return []
-        item.metrics = frame_metrics(frame, stream.reference, None, level, self.policy.dark_level)
+        nan = np.isnan(frame) if frame.dtype.kind == "f" and frame.ndim == 2 else None
+        item.metrics = frame_metrics(frame, stream.reference, None, level, self.policy.dark_level,
+                                     known_nan=self._known_nan.get(stream.field))
+        self._known_nan[stream.field] = nan if nan is not None and nan.any() else None
         unusable = sorted(UNUSABLE & set(self.policy.evaluate(item.metrics)))
         mean = item.metrics.mean
         if not unusable and frame.shape == stream.shape and math.isfinite(mean):  # a NaN would poison the median

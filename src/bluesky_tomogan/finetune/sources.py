@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ScanError
-from ..masked import fill_masked, masked_pixels
+from ..masked import fill_masked, missing_pixels
 
 __all__ = ["Scan", "read_scan", "read_scan_hdf5", "read_scan_tiled"]
 
@@ -59,9 +59,9 @@ class Scan:
 
 
 def _unmasked(frames: np.ndarray) -> np.ndarray:
-    """float32 frames with a photon counter's masked pixels filled from their nearest unmasked
-    neighbours (:mod:`bluesky_tomogan.masked`): training pairs must not hold gap values."""
-    mask = masked_pixels(frames) if frames.ndim >= 2 else None
+    """float32 frames with pixels without data (a photon counter's masked pixels, NaN) filled from their
+    nearest neighbours with data (:mod:`bluesky_tomogan.masked`): training pairs must not hold gap values."""
+    mask = missing_pixels(frames) if frames.ndim >= 2 else None
     return np.asarray(frames, np.float32) if mask is None else fill_masked(frames, mask)
 
 
@@ -99,10 +99,17 @@ def _assemble(projections: Any, angles: Any, flats: Any, darks: Any, where: str)
         raise ScanError(f"{where}: projections must be a (n_angles, rows, columns) stack, got shape {proj.shape}")
     if not np.issubdtype(proj.dtype, np.number):
         raise ScanError(f"{where}: projections have non-numeric dtype {proj.dtype}")
+    if proj.dtype.kind == "f" and not np.isfinite(proj).all():
+        # NaN in the same pixels of every projection is the detector's mask (pixels without data), filled
+        # below like a photon counter's gaps; NaN in some frames only, or inf, is a fault in those frames
+        nan = np.isnan(proj)
+        bad_pixels = ~np.isfinite(proj) & ~nan.all(axis=0)
+        if bad_pixels.any():
+            bad = np.unique(np.nonzero(bad_pixels)[0])[:5].tolist()
+            raise ScanError(f"{where}: projections hold NaN/inf (first frames: {bad}); drop those frames first")
+        if nan.all():
+            raise ScanError(f"{where}: projections are NaN everywhere")
     proj = _unmasked(proj)
-    if not np.isfinite(proj).all():
-        bad = np.unique(np.nonzero(~np.isfinite(proj))[0])[:5].tolist()
-        raise ScanError(f"{where}: projections hold NaN/inf (first frames: {bad}); drop those frames first")
     shape = proj.shape[1:]
     a = _angles_in_degrees(angles, len(proj), where)
     order = np.argsort(a, kind="stable")

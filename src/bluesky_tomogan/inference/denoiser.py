@@ -18,7 +18,7 @@ import numpy as np
 from ..despike import remove_isolated_spikes
 from ..errors import InputShapeError, InputValueError
 from ..frames import context_indices
-from ..masked import fill_masked, masked_pixels
+from ..masked import fill_masked, missing_pixels
 from ..modelcard import ModelCard
 from ..normalise import normalise, robust_range
 from .backends.base import Session
@@ -223,9 +223,9 @@ class Denoiser:
 
     def _prepare(self, context: np.ndarray, centre: np.ndarray) -> _Prepared:
         """Normalise and tile one context (CPU work that can overlap another frame's inference)."""
-        mask = masked_pixels(context)
+        mask = missing_pixels(context)
         raw_masked = None
-        if mask is not None:  # detector gaps and flagged pixels: see bluesky_tomogan.masked
+        if mask is not None:  # detector gaps, flagged pixels, NaN: see bluesky_tomogan.masked
             centre_mask = mask[self.depth // 2]
             raw_masked = (centre_mask, centre[centre_mask].astype(np.float32)) if centre_mask.any() else None
             context = fill_masked(context, mask)
@@ -276,12 +276,15 @@ class _Prepared(NamedTuple):
 
 def check_frames(frames: Any) -> np.ndarray:
     """``frames`` as an array, if they can be denoised: ``(H, W)`` or ``(N, H, W)``, not empty,
-    integer or floating point, finite.
+    integer or floating point, no infinite values, and each frame with data somewhere.
+
+    NaN marks a pixel without data (:func:`~bluesky_tomogan.masked.missing_pixels`): the
+    network gets its nearest pixel with data, and the output keeps NaN there.
 
     Raises
     ------
     InputValueError
-        Another dtype (bool, complex, object), or NaN/inf values.
+        Another dtype (bool, complex, object), infinite values, or a frame that is NaN everywhere.
     InputShapeError
         Another number of dimensions, or no pixels.
     """
@@ -293,8 +296,13 @@ def check_frames(frames: Any) -> np.ndarray:
     if arr.size == 0:
         raise InputShapeError(f"frames are empty (shape {arr.shape})")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        bad = int((~np.isfinite(arr)).sum())
-        raise InputValueError(f"frames hold {bad} NaN/inf values; replace or mask them before denoising")
+        infinite = int(np.isinf(arr).sum())
+        if infinite:
+            raise InputValueError(f"frames hold {infinite} inf values; replace them (NaN marks a pixel without data)")
+        empty = np.flatnonzero(np.isnan(arr).reshape(-1, arr.shape[-2] * arr.shape[-1]).all(axis=1))
+        if empty.size:
+            raise InputValueError(f"frame {int(empty[0])} is NaN in all {arr.shape[-2] * arr.shape[-1]} pixels: "
+                                  "no data to denoise")
     return arr
 
 

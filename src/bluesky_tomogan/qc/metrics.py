@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..masked import fill_masked, masked_pixels
+from ..masked import fill_masked, masked_pixels, missing_pixels
 
 __all__ = ["FrameMetrics", "IntensityReference", "dead_fraction", "frame_metrics", "residual_metrics",
            "noise_sigma", "shift_px", "registration_image", "registered_shift", "UNITS"]
@@ -122,10 +122,11 @@ def registration_image(frame: np.ndarray) -> np.ndarray:
     to find a neighbouring angle to register against.
     """
     f = np.asarray(frame)
-    f = np.nan_to_num(f.astype(np.float32)) if f.dtype.kind == "f" else f
-    masked = masked_pixels(f)
-    if masked is not None:  # detector gaps do not move with the sample: they would pin the shift at 0
-        f = fill_masked(f, masked)
+    f = f.astype(np.float32) if f.dtype.kind == "f" else f
+    missing = missing_pixels(f)
+    if missing is not None:  # detector gaps do not move with the sample: they would pin the shift at 0
+        f = fill_masked(f, missing) if not missing.all() else np.zeros(f.shape, np.float32)
+    f = np.nan_to_num(f) if f.dtype.kind == "f" else f  # +-inf: a frame QC flags anyway
     return _bin(f, REGISTRATION_BIN)
 
 
@@ -171,24 +172,32 @@ def registered_shift(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np.ndarray | None,
-                  saturation_level: float, dark_level: float = 0.0) -> FrameMetrics:
+                  saturation_level: float, dark_level: float = 0.0, *,
+                  known_nan: np.ndarray | None = None) -> FrameMetrics:
     """Raw-frame metrics of ``frame``; ``previous`` is the last good frame of the same stream (or ``None``).
 
     ``dark_level`` is the camera's dark offset: the intensity ratio compares signal above it.
+    ``known_nan``: where the detector's previous frame was NaN. A NaN pixel there too is the
+    detector's mask (pixels without data, the same in every frame), not a fault: it is left
+    out of the metrics like a masked pixel and does not count in ``nonfinite_fraction``
+    (unless the frame has no finite pixel at all).
     """
     f = np.asarray(frame)
     m = FrameMetrics()
     if f.ndim != 2 or f.size == 0 or f.dtype.kind not in "uif":
         return m
     valid, n_finite, masked = _valid_pixels(f)
-    m.nonfinite_fraction = 1.0 - n_finite / f.size
+    nonfinite = f.size - n_finite
+    if nonfinite and n_finite and known_nan is not None and known_nan.shape == f.shape:
+        nonfinite -= int(np.count_nonzero(known_nan & np.isnan(f)))
+    m.nonfinite_fraction = nonfinite / f.size
     n_valid = int(valid.sum())
     # Masked pixels count as saturated only where the top value can be a clipped reading: at the
     # default level of a type narrower than 32 bits (no detector fills 32 bits; a photon
     # counter's saturation is set with saturation_level, below the mask value).
     clipped = masked if masked and saturation_level >= np.iinfo(f.dtype).max and f.dtype.itemsize < 4 else 0
     if n_valid == 0:
-        m.saturated_fraction = clipped / f.size if m.nonfinite_fraction < 1 else math.nan
+        m.saturated_fraction = clipped / f.size if n_finite else math.nan
         return m
     values = f[valid] if n_valid < f.size else f.ravel()
     m.mean = mean = float(values.mean(dtype=np.float64))
@@ -248,8 +257,14 @@ def residual_metrics(raw: np.ndarray, denoised: np.ndarray, m: FrameMetrics) -> 
     """
     m.denoised_noise_sigma = noise_sigma(denoised)
     r = np.asarray(raw, np.float32) - np.asarray(denoised, np.float32)
-    r = r - r.mean()
-    var = float(np.mean(r * r))
+    finite = np.isfinite(r)
+    if finite.all():
+        r = r - r.mean()
+    elif finite.any():  # NaN where the detector has no data (kept in the derived frame): out of the sums
+        r = np.where(finite, r - r[finite].mean(), np.float32(0))
+    else:
+        return m
+    var = float(np.sum(r * r)) / max(int(np.count_nonzero(finite)), 1)
     m.removed_sigma = math.sqrt(var)
     if var <= 0 or r.shape[0] < 2 or r.shape[1] < 2:
         m.residual_correlation = 0.0
