@@ -609,7 +609,7 @@ def _frame_problem(frame: np.ndarray, declared: tuple[int, int]) -> str:
     if all(declared) and frame.shape != declared:
         return f"frame shape {frame.shape} is not the declared {declared}"
     try:
-        check_frames(frame)  # the Denoiser's own rules (dtype, NaN/inf), checked before it meets the neighbours
+        check_frames(frame)  # the Denoiser's own rules (dtype, inf, no data at all), checked before the neighbours
     except TomoGANError as exc:
         return f"{type(exc).__name__}: {exc}"
     return ""
