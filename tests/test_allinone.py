@@ -165,6 +165,21 @@ def test_quality_remeasures_every_ratio_card_of_an_all_in_one_model(aio_model, t
         assert summary[str(r)]["ssim_drop_vs_full"] == pytest.approx(full - measured)
 
 
+def test_export_records_the_input_despike_in_every_ratios_card(aio_model, tiny_dataset, tmp_path):
+    """What the space-to-depth models need (they do not remove zingers themselves): asked for at export,
+    not written into the cards by hand, and every ratio's network gets its input despiked."""
+    from bluesky_tomogan.errors import ExportOptionError
+
+    _, result = aio_model
+    with pytest.raises(ExportOptionError, match="positive number of sigmas"):
+        export_model(result.weights.parent, tmp_path / "bad", tiny_dataset, formats=("onnx",), input_despike=0)
+    card = export_model(result.weights.parent, tmp_path / "model", tiny_dataset, formats=("onnx",), measure=False,
+                        input_despike=12)
+    assert json.loads(card.read_text())["input_despike"] == {"sigmas": 12.0}
+    for r in RATIOS:
+        assert load_denoiser(card.parent, backend="onnxruntime", ratio=r).despike_sigmas == 12.0
+
+
 def test_a_ratio_missing_for_one_backend_is_named_and_auto_falls_back(aio_model, tmp_path):
     model_dir, _ = aio_model
     copy = tmp_path / "model"

@@ -141,7 +141,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         copies = None if args.activation_copies is None else dict(args.activation_copies)
         card = export_model(args.model, args.out or args.model, args.data, formats, tile=args.tile or DEFAULT_TILE,
                             n_calibration=args.calibration, measure=not args.no_measure,
-                            activation_copies=copies, float_weights=args.float_weights)
+                            activation_copies=copies, float_weights=args.float_weights,
+                            input_despike=args.input_despike)
         data = json.loads(Path(card).read_text())
         print(f"model card: {card}")
         for kind, entry in sorted(data["files"].items()):
@@ -410,6 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--float-weights", action="store_true",
                    help="export the float weights from before the run's int8-aware steps (train --qat-steps), "
                         "recorded in the card as tried, not applied")
+    s.add_argument("--input-despike", type=float, metavar="SIGMAS",
+                   help="record in the card that the input is despiked on the host (pixels more than SIGMAS "
+                        "robust sigmas above their 3x3 median), for a network that does not remove zingers itself "
+                        "(the space-to-depth models: 12); every ratio's card too")
     s.add_argument("--activation-copies", nargs="*", type=_layer_copies, metavar="LAYER=K",
                    help="offset copies of layers' outputs in the int8 TFLite model, e.g. stem.0=4 head.0=4 "
                         "(default: those two; none given: no copies); see docs/backends.md")

@@ -202,6 +202,7 @@ def export_model(
     measure: bool = True,
     activation_copies: Mapping[str, int] | None = None,
     float_weights: bool = False,
+    input_despike: float | None = None,
 ) -> Path:
     """Export ``<name>.pt`` from ``training_dir`` into ``out_dir``; returns the new card path.
 
@@ -231,11 +232,18 @@ def export_model(
         when the exported int8 forms did not gain from them. The card records the steps
         as tried, not applied (``training.qat_tried``), and the steps' weights are kept
         beside the float ones as ``<name>.qat.pt``.
+    input_despike : float, optional
+        Ask, in the card, for the input to be despiked on the host in every backend
+        (:mod:`bluesky_tomogan.despike`: pixels more than this many robust sigmas above
+        their 3x3 median take the median), for a network that does not remove zingers
+        itself (the space-to-depth models: 12). Every ratio's card gets it too, and the
+        quality measured at export includes it.
 
     Raises
     ------
     ExportOptionError
-        ``float_weights`` for a run without int8-aware steps or without its float weights.
+        ``float_weights`` for a run without int8-aware steps or without its float weights;
+        ``input_despike`` not a positive number.
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
@@ -243,6 +251,10 @@ def export_model(
     src = Path(training_dir)
     card = read_card(card_in_directory(src, OutputPathError))
     name = card["name"]
+    if input_despike is not None:
+        if not input_despike > 0:
+            raise ExportOptionError(f"input_despike must be a positive number of sigmas, got {input_despike}")
+        card["input_despike"] = {"sigmas": float(input_despike)}
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
