@@ -125,6 +125,20 @@ def test_demo_runs_a_live_scan_stored_in_tiled_and_says_where(tmp_path):
         close_local_tiled(client)
 
 
+def test_demo_with_the_adaptive_policy_counts_the_frames_of_each_network(tmp_path):
+    out = tmp_path / "demo"
+    done = subprocess.run([sys.executable, "-m", "bluesky_tomogan.cli", "demo", "--out", str(out), "--size", "64",
+                           "--angles", "24", "--exposure", "0.001", "--backend", "onnxruntime", "--policy",
+                           "adaptive"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "<RatioDenoisers tomogan-projection-aio" in done.stdout
+    line = next((x for x in done.stdout.splitlines() if x.startswith("networks: ")), done.stdout[-500:])
+    counts = dict(re.findall(r"(?:^networks: |, )(.+?) (\d+) frames", line))
+    assert sum(map(int, counts.values())) == 24, line  # every projection, by one of the ladder's networks
+    assert all(name.startswith(("tomogan-projection-aio-r", "tomogan-projection-s2d-aio-r"))
+               or name == "(not denoised)" for name in counts), line
+
+
 def test_demo_with_faults_suspends_on_the_beam_dump_and_shows_the_qc_timeline(tmp_path):
     out = tmp_path / "demo"
     done = subprocess.run([sys.executable, "-m", "bluesky_tomogan.cli", "demo", "--out", str(out), "--size", "64",

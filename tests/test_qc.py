@@ -25,9 +25,11 @@ from bluesky_tomogan.qc.metrics import (
     FrameMetrics,
     IntensityReference,
     frame_metrics,
+    motion_px,
     noise_sigma,
     registration_image,
     residual_metrics,
+    rotation_allowance,
     shift_px,
 )
 from bluesky_tomogan.storage import frames_directory
@@ -178,7 +180,7 @@ def test_residual_correlation_tells_removed_noise_from_removed_structure(rng):
 def test_default_policy_and_rules_in_code():
     policy = QCPolicy({"motion": Rule(1.5, "pause")})
     assert policy.rules["motion"] == Rule(1.5, "pause") and policy.rules["beam_lost"].action == "suspend"
-    m = FrameMetrics(shift_px=2.0, snr=30, intensity_ratio=1.0)
+    m = FrameMetrics(shift_px=2.0, motion_px=2.0, snr=30, intensity_ratio=1.0)
     assert policy.evaluate(m) == {"motion": "pause"}
     assert QCPolicy().evaluate(m) == {}
     with pytest.raises(QCPolicyError, match="unknown action 'explode'"):
@@ -264,6 +266,40 @@ def test_motion_is_flagged_with_the_measured_shift(RE, denoiser, tmp_path):
     assert moved == [3]  # frame 4 (index 3) is the first after the slip
     assert shifts[3] == pytest.approx(6.0, abs=0.7)
     assert all(s < 1.0 for i, s in enumerate(shifts) if i != 3 and not math.isnan(s))
+
+
+def test_rotation_allowance_learns_what_rotation_does_on_the_scan():
+    # no history: half of what rotation moves a point at the frame's edge, nothing without an angle
+    assert rotation_allowance([], 2.0, 512) == pytest.approx(0.5 * 256 * math.radians(2.0))
+    assert rotation_allowance([], None, 512) == 0.0
+    assert rotation_allowance([0.2, 0.1], 0.0, 512) == 0.0  # a re-acquired angle does not rotate
+    # four or more recent sideways shifts: three times their median, a slip among them does not count
+    assert rotation_allowance([1.0, 2.0, 1.5, 6.0, 1.2], 2.0, 512) == pytest.approx(3 * 1.5)
+    assert motion_px(4.0, 3.0, allowance=5.0) == pytest.approx(4.0)  # the vertical part always counts
+    assert motion_px(0.0, -7.0, allowance=5.0) == pytest.approx(2.0)
+    assert math.isnan(motion_px(math.nan, math.nan, allowance=1.0))  # no match: no motion measured
+
+
+def test_rotation_at_coarse_steps_is_not_motion_but_a_vertical_slip_is(RE, denoiser, tmp_path):
+    # At 4 degrees per projection, rotation shifts these projections sideways by more than the
+    # 3-pixel threshold (shift_px); only the sample slipping 6 pixels up is motion.
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(192, 192), directory=tmp_path, seed=7,
+                          simulate_timing=False)
+    det.exposure_time.put(0.1)
+    det.photon_flux.put(5000.0)
+    cb = TomoGANCallback(denoiser)
+    docs = collect(RE, cb)
+    events = itertools.count(1)
+    RE.subscribe(lambda name, doc: setattr(det, "sample", det.sample.moved(0.0, -6.0))
+                 if name == "event" and next(events) == 12 else None)
+    RE(tomo_scan(det, stage, list(30.0 + 4.0 * np.arange(16)), n_darks=0, n_flats=0))
+    flags, shifts = column(docs, "det_image_qc_flags"), column(docs, "det_image_qc_shift_px")
+    motion = column(docs, "det_image_qc_motion_px")
+    assert max(s for s in shifts[:12] if not math.isnan(s)) > 3.0  # what a fixed threshold would have flagged
+    assert [i for i, f in enumerate(flags) if "motion" in f] == [12]
+    assert motion[12] == pytest.approx(6.0, abs=0.7)
+    assert all(m < 1.5 for i, m in enumerate(motion) if i != 12 and not math.isnan(m))
 
 
 def test_a_lagging_denoiser_is_flagged_and_its_drops_recorded(RE, denoiser, caplog):

@@ -224,7 +224,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     metrics = run_demo(Path(args.out).expanduser(), size=args.size, n_angles=args.angles, photons=args.photons,
-                       backend=args.backend, exposure=args.exposure, faults=args.faults, report=print)
+                       backend=args.backend, exposure=args.exposure, faults=args.faults, policy=args.policy,
+                       report=print)
     ok = metrics["exit_status"] == "success" and (args.faults or metrics["qc_errors"] == 0)
     return 0 if ok else 1
 
@@ -271,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", default="auto", choices=backend_names())
     s.add_argument("--faults", action="store_true",
                    help="lose the beam for 2 s and saturate three frames during the scan (see the QC timeline)")
+    s.add_argument("--policy", choices=["block", "adaptive"], default="block",
+                   help="block: the full projection model denoises every frame and the scan waits for it (the "
+                        "default); adaptive: the All-in-One ladder steps down to lighter networks while the "
+                        "denoiser falls behind this CPU")
     s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("serve", help="denoise runs from a bluesky 0MQ stream in this process (docs/deployment.md)")

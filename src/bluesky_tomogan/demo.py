@@ -5,7 +5,10 @@ What a beamline session does, end to end, on simulated hardware:
 1. an embedded Tiled server (SQLite catalog and frame files under ``out``);
 2. a RunEngine with the simulated camera, rotation stage and ring current;
 3. ``TomoGANCallback`` between the RunEngine and ``TiledWriter``, denoising the
-   ``primary`` projections with the shipped projection model;
+   ``primary`` projections with the shipped projection model (``policy="block"``:
+   every frame by the full network, the scan waits when the queue is full) or with
+   the All-in-One ladder (``policy="adaptive"``: lighter networks while the
+   denoiser falls behind this CPU, so the scan never waits);
 4. live QC: every frame's flags go to a ``QCMonitor`` whose ``beam_lost``
    flag a suspender watches, beside a ring-current suspender; suspensions are
    recorded in the run (``interruptions``);
@@ -25,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -46,6 +49,7 @@ def run_demo(
     exposure: float = 0.1,
     seed: int = 7,
     faults: bool = False,
+    policy: Literal["block", "adaptive"] = "block",
     report: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
     """Run the demo scan and return its measured numbers; see the module docstring.
@@ -69,6 +73,13 @@ def run_demo(
     faults : bool
         Lose the beam for 2 s a third of the way in, saturate three frames two
         thirds of the way in (see the QC timeline in the figure).
+    policy : {"block", "adaptive"}
+        ``block``: the shipped projection model denoises every frame, and the scan waits
+        for room in the callback's queue. ``adaptive``: every ratio of
+        ``tomogan-projection-aio`` and then ``tomogan-projection-s2d-aio`` are loaded
+        (warmed at the frame shape), and the callback steps down to a lighter one while
+        the queue is long (docs/callback.md, "When the denoiser cannot keep up"); the
+        summary counts the frames each network denoised.
     report : callable
         Receives the human-readable summary lines (the CLI passes ``print``).
     """
@@ -79,11 +90,14 @@ def run_demo(
     from .callbacks import ScanProgress, TomoGANCallback, TomoReconstruction
     from .devices import QCMonitor, SimBeamCurrent, SimTomoDetector, SimTomoStage
     from .inference import load_denoiser
+    from .inference.ratios import load_ratios
     from .plans import tomo_scan
     from .qc import QCFeedback, QCPolicy
     from .simulate.tomography import angles_deg
     from .storage import close_local_tiled, frames_directory, local_tiled
 
+    if policy not in _POLICIES:
+        raise ValueError(f"policy must be one of {_POLICIES}, got {policy!r}")
     root = Path(out).expanduser().resolve()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -97,7 +111,11 @@ def run_demo(
                               directory=frames_directory(root) / "raw", seed=seed)
         det.exposure_time.put(exposure)
         det.photon_flux.put(photons / exposure)
-        den = load_denoiser("tomogan-projection", backend=backend)
+        if policy == "adaptive":  # every network loaded and warmed now: no compile during the scan
+            den: Any = load_ratios("tomogan-projection-aio", backend=backend,
+                                   fallback="tomogan-projection-s2d-aio", warm_up=(size, size))
+        else:
+            den = load_denoiser("tomogan-projection", backend=backend)
         report(f"denoiser: {den!r}")
 
         RE = RunEngine({})
@@ -107,7 +125,7 @@ def run_demo(
         feedback.install_suspenders(RE, sleep=0.5)
         RE.install_suspender(SuspendFloor(beam, 0.25 * beam.nominal, resume_thresh=0.5 * beam.nominal, sleep=0.5))
         # Flats are denoised too: the flat's own noise is the strongest stripe in the sinogram.
-        cb = TomoGANCallback(den, streams=["primary", "flat"], directory=frames_directory(root), policy="block",
+        cb = TomoGANCallback(den, streams=["primary", "flat"], directory=frames_directory(root), policy=policy,
                              feedback=feedback)
         live = TomoReconstruction(load_denoiser("tomogan-slice", backend=backend), every=max(n_angles // 3, 1),
                                   directory=frames_directory(root))
@@ -130,7 +148,9 @@ def run_demo(
         metrics |= {"uid": uid, "scan_seconds": wall, "dropped": cb.dropped, "qc_errors": len(cb.errors),
                     "denoiser": repr(den), "exit_status": run.metadata["stop"]["exit_status"]}
         timeline = _qc_timeline(run)
-        metrics |= {"suspensions": len(timeline["suspensions"]), "flagged_frames": len(timeline["flags"])}
+        metrics |= {"suspensions": len(timeline["suspensions"]), "flagged_frames": len(timeline["flags"]),
+                    "lagging_frames": sum(flag == "lagging" for _, flag in timeline["flags"]),
+                    "networks": _networks(run)}
         figure = root / "demo.png"
         _figure(figure, metrics.pop("_panels"), den, metrics, timeline)
         monitor.cancel_timers()
@@ -142,6 +162,12 @@ def run_demo(
     report(f"QC: {metrics['flagged_frames']} frames flagged, {metrics['suspensions']} suspensions "
            "(see the timeline in the figure)")
     m = metrics
+    if policy == "adaptive":
+        report("networks: " + ", ".join(f"{name} {n} frames" for name, n in m["networks"].items()))
+    elif m["lagging_frames"]:
+        report(f"the denoiser fell behind the detector on this CPU ({m['lagging_frames']} frames flagged "
+               "lagging; with policy block the scan waited for it); other policies, such as --policy adaptive: "
+               "docs/callback.md, 'When the denoiser cannot keep up'")
     report(f"projection PSNR {m['frame_psnr_raw']:.1f} -> {m['frame_psnr_denoised']:.1f} dB; "
            f"middle slice SSIM against the noise-free reconstruction: FBP of raw {m['slice_ssim_raw']:.3f}, "
            f"FBP of denoised {m['slice_ssim_denoised']:.3f}, live reconstruction {m['slice_ssim_live']:.3f}")
@@ -178,6 +204,15 @@ def _fault_injector(det: Any, beam: Any, n_angles: int, report: Callable[[str], 
 
 #: Flags that disqualify a frame from the reconstruction when a better frame of its angle exists.
 _BAD = ("beam_lost", "dead_pixels", "nonfinite", "saturated")
+
+
+_POLICIES = ("block", "adaptive")
+
+
+def _networks(run: Any) -> dict[str, int]:
+    """How many projections each network denoised (its ``_model`` column; empty: not denoised)."""
+    names = [str(n) or "(not denoised)" for n in run["denoised"]["det_image_model"].read()]
+    return {name: names.count(name) for name in dict.fromkeys(names)}
 
 
 def _best_rows(run: Any, angles: np.ndarray) -> list[int]:
@@ -285,7 +320,8 @@ def _figure(path: Path, p: dict[str, Any], den: Any, m: dict[str, Any], timeline
         a.axis("off")
     _draw_stripes(ax[1, 3], p["stripes"], m)
     _draw_timeline(fig.add_subplot(grid[2, :]), timeline)
-    fig.suptitle(f"bluesky-tomogan demo: live scan, {den.model_name} on {den.backend}/{den.precision}, "
+    runs = ("adaptive ladder" if hasattr(den, "ladder") else f"on {den.backend}/{den.precision}")
+    fig.suptitle(f"bluesky-tomogan demo: live scan, {den.model_name} {runs}, "
                  f"median latency {m['latency_median_s'] * 1e3:.0f} ms/frame")
     try:
         fig.savefig(path, dpi=90)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..qc.metrics import UNITS, FrameMetrics, IntensityReference
+from ..qc.metrics import SIDEWAYS_HISTORY, UNITS, FrameMetrics, IntensityReference
 from ..qc.policy import Action
 
 __all__ = ["DerivedStream", "Dropped", "FrameResult", "QueuedFrame", "derived_data_keys", "image_fields",
@@ -77,6 +77,8 @@ class DerivedStream:
     history: deque[tuple[float | None, np.ndarray]] = dataclasses.field(
         default_factory=lambda: deque(maxlen=REGISTRATION_HISTORY))
     steps: deque[float] = dataclasses.field(default_factory=lambda: deque(maxlen=32))
+    # Recent sideways shifts between neighbouring frames, in pixels: what rotation does on this scan (worker only)
+    sideways: deque[float] = dataclasses.field(default_factory=lambda: deque(maxlen=SIDEWAYS_HISTORY))
     interval: float | None = None  # typical seconds between frames (worker only)
     # Token of this stream's newest frame handed to the queue (set by the RunEngine's thread): a frame
     # whose successor is already queued waits for it, however far behind the worker runs.

@@ -20,7 +20,7 @@ import numpy as np
 from event_model.documents import EventPage, RunStart
 
 from ..qc.feedback import QCFeedback, Verdict
-from ..qc.metrics import frame_metrics, registered_shift, registration_image
+from ..qc.metrics import frame_metrics, motion_px, registered_offset, registration_image, rotation_allowance
 from ..qc.policy import UNUSABLE, QCPolicy
 from .derived_stream import FrameResult, QueuedFrame
 
@@ -112,25 +112,33 @@ class RunQC:
         Runs when the frame is denoised, one frame after it arrived, so its raw event (with
         the angle) has been seen. Without an angle (a plain count) the previous frame is the
         neighbour; with one, the nearest recent angle within 1.5 angular steps, so that a
-        re-acquired or rewound angle is not compared with a far one.
+        re-acquired or rewound angle is not compared with a far one. ``shift_px`` is the
+        whole shift; ``motion_px`` (the ``motion`` flag's metric) leaves out the sideways
+        shift that rotation makes between the two angles (:func:`~..qc.metrics.rotation_allowance`).
         """
         stream = item.stream
+        frame = np.asarray(item.frame)
         angle = self._angle(stream.raw_name, item.seq_num)
-        image = registration_image(np.asarray(item.frame))
-        neighbour = None
+        image = registration_image(frame)
+        neighbour, step = None, None
         if angle is None:
             neighbour = stream.history[-1][1] if stream.history else None
         else:
             known = [(abs(a - angle), img) for a, img in stream.history if a is not None]
             if known:
-                gap, img = min(known, key=lambda t: t[0])
+                step, img = min(known, key=lambda t: t[0])
                 tolerance = 1.5 * float(np.median(stream.steps)) if stream.steps else math.inf
-                neighbour = img if gap <= tolerance else None
+                neighbour = img if step <= tolerance else None
             last = stream.history[-1][0] if stream.history else None
             if last is not None and abs(angle - last) > 0:
                 stream.steps.append(abs(angle - last))
         if neighbour is not None:
-            item.metrics.shift_px = registered_shift(neighbour, image)
+            down, right = registered_offset(neighbour, image)
+            item.metrics.shift_px = math.hypot(down, right)
+            allowance = rotation_allowance(stream.sideways, step, frame.shape[-1])
+            item.metrics.motion_px = motion_px(down, right, allowance)
+            if math.isfinite(right):
+                stream.sideways.append(abs(right))
         stream.history.append((angle, image))
 
     def judge(self, result: FrameResult) -> None:

@@ -76,14 +76,15 @@ class QCMonitor(Device):
     saturated_fraction = Cpt(Signal, value=math.nan, kind="normal")
     dead_fraction = Cpt(Signal, value=math.nan, kind="normal")
     shift_px = Cpt(Signal, value=math.nan, kind="normal")
+    motion_px = Cpt(Signal, value=math.nan, kind="normal")
     residual_correlation = Cpt(Signal, value=math.nan, kind="normal")
     latency_s = Cpt(Signal, value=math.nan, kind="normal")
     seq_num = Cpt(Signal, value=0, kind="normal")
 
     FLAGS = ("beam_lost", "saturated", "dead_pixels", "nonfinite", "noisy", "motion", "out_of_distribution",
              "lagging")
-    METRICS = ("intensity_ratio", "snr", "saturated_fraction", "dead_fraction", "shift_px", "residual_correlation",
-               "latency_s")
+    METRICS = ("intensity_ratio", "snr", "saturated_fraction", "dead_fraction", "shift_px", "motion_px",
+               "residual_correlation", "latency_s")
 
     def __init__(self, *, name: str = "qc", beam: Any = None, beam_ok: float | None = None,
                  retry_after: float = 10.0, **kwargs: Any) -> None:

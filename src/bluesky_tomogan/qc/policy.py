@@ -11,7 +11,7 @@ flag                   metric                      threshold  action
 ``dead_pixels``        ``dead_fraction`` above     0.25       reacquire
 ``nonfinite``          ``nonfinite_fraction`` above 0.0       reacquire
 ``noisy``              ``snr`` below               5.0        adjust
-``motion``             ``shift_px`` above          3.0        warn
+``motion``             ``motion_px`` above         3.0        warn
 ``out_of_distribution`` ``residual_correlation`` above 0.15   warn
 ``lagging``            ``latency_s`` above         5.0        warn
 =====================  ==========================  =========  ===========
@@ -63,7 +63,7 @@ FLAGS: Mapping[str, tuple[str, Literal["below", "above"]]] = {
     "dead_pixels": ("dead_fraction", "above"),
     "nonfinite": ("nonfinite_fraction", "above"),
     "noisy": ("snr", "below"),
-    "motion": ("shift_px", "above"),
+    "motion": ("motion_px", "above"),
     "out_of_distribution": ("residual_correlation", "above"),
     "lagging": ("latency_s", "above"),
 }
@@ -81,9 +81,9 @@ DEFAULT_REASONS: Mapping[str, str] = {
     "nonfinite": "any NaN/inf pixel breaks reconstruction; reacquire the angle",
     "noisy": "an SNR under 5 (about 25 photons per pixel) is below what the denoiser was trained for; a "
              "longer exposure is the cure, so adjust",
-    "motion": "a shift over 3 pixels against the previous angle is more than rotation moves a sample's "
-              "projection between neighbouring angles; a false pause costs beam time, so warn and let the "
-              "scientist decide (set pause for a fine angular step)",
+    "motion": "a shift over 3 pixels against the previous angle, beyond the sideways shift that rotation "
+              "makes between neighbouring angles on this scan, is the sample or the stage moving; a false "
+              "pause costs beam time, so warn and let the scientist decide (set pause for a fine angular step)",
     "out_of_distribution": "a residual whose neighbouring pixels correlate above 0.15 holds structure, so the "
                            "denoiser removed signal; warn, since the raw frame is still good",
     "lagging": "results more than 5 s behind the detector no longer steer the scan; warn (the queue "
