@@ -276,6 +276,39 @@ def test_auto_passes_over_int8_whose_mean_or_worst_frame_loss_is_too_high(model_
     assert load_denoiser(card_path, backend="openvino", precision="int8").precision == "int8"  # asked for: given
 
 
+@pytest.mark.parametrize("speedup", [0.6, 3.0])
+def test_auto_takes_bf16_only_where_this_cpu_runs_it_faster_than_fp32(model_copy, caplog, monkeypatch, speedup):
+    import logging
+
+    from bluesky_tomogan.inference.backends import openvino
+
+    card_path = model_copy / "tomogan-projection.json"
+    card = json.loads(card_path.read_text())
+    for key in [k for k in card["quantization"] if k.endswith("/int8")]:  # int8 out of tolerance: bf16 is next
+        card["quantization"][key]["ssim_drop"] = 0.02
+    card_path.write_text(json.dumps(card))
+    monkeypatch.setattr(openvino, "bf16_speedup", lambda: speedup)  # as measured on a CPU of each kind
+    caplog.set_level(logging.INFO, logger="bluesky_tomogan")
+    den = load_denoiser(card_path)
+    if speedup < openvino.BF16_MIN_SPEEDUP:  # e.g. AVX-512 BF16 without AMX on an Intel Xeon: 0.4-0.7x
+        assert (den.backend, den.precision) == ("openvino", "fp32")
+        assert "not openvino/bf16: bf16 runs 0.60x the speed of fp32 on this CPU" in caplog.text
+        if openvino.supports_bf16():  # asked for by name: given, however slow
+            assert load_denoiser(card_path, backend="openvino", precision="bf16").precision == "bf16"
+    elif openvino.supports_bf16():
+        assert (den.backend, den.precision) == ("openvino", "bf16")
+    else:  # no bf16 at all here: OpenVINO refuses it, fp32 is next
+        assert (den.backend, den.precision) == ("openvino", "fp32")
+
+
+def test_bf16_speedup_is_measured_on_this_cpu():
+    from bluesky_tomogan.inference.backends import openvino
+
+    speedup = openvino.bf16_speedup()
+    assert speedup > 0 if openvino.supports_bf16() else speedup == 0.0
+    assert openvino.bf16_speedup() == speedup  # measured once per process
+
+
 def test_a_named_backend_outside_tolerance_still_runs_and_says_so(model_copy, caplog):
     card_path = model_copy / "tomogan-projection.json"
     card = json.loads(card_path.read_text())

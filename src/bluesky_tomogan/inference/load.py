@@ -9,7 +9,9 @@ Precision ``auto`` picks the fastest precision whose measured quality loss
 (recorded in the model card's ``quantization`` section) is within
 :data:`~.registry.SSIM_TOLERANCE` on average *and* within
 :data:`~.registry.SSIM_TOLERANCE_WORST` on the worst measured frame, on the first
-backend that can run it; each precision it passes over is logged with the reason.
+backend that can run it, and not a precision that this CPU runs no faster than the
+next one (OpenVINO bf16 where it is measured slower than fp32); each precision it
+passes over is logged with the reason.
 """
 
 from __future__ import annotations
@@ -117,6 +119,9 @@ def _open(card: ModelCard, s: BackendSpec, precision: str, threads: int | None, 
     if reason is not None:
         raise PrecisionError(f"{reason} (pass precision={precision!r} to use it anyway)")
     s.probe()
+    slower = s.speed_verdict(precision) if check_quality and s.speed_verdict is not None else None
+    if slower is not None:
+        raise PrecisionError(f"{slower} (pass precision={precision!r} to use it anyway)")
     kind = s.file_kind(precision)
     if not card.has(kind):
         hint = " (compile the int8 .tflite with edgetpu_compiler)" if s.name == "edgetpu" else ""

@@ -68,6 +68,10 @@ class BackendSpec:
         without a card entry.
     fixed_tile : int or None
         Tile edge of fixed-shape engines built at load time (TensorRT), unless ``tile`` is given.
+    speed_verdict : callable or None
+        ``speed_verdict(precision)``: why ``auto`` should pass over this precision on this
+        machine because it is not faster than the next one (OpenVINO bf16 without fast bf16
+        kernels), or ``None``; called once the runtime is known to be present.
     """
 
     name: str
@@ -78,6 +82,7 @@ class BackendSpec:
     measured_by_export: bool = False
     quality_on_device: bool = False
     fixed_tile: int | None = None
+    speed_verdict: Callable[[str], str | None] | None = None
 
     @property
     def precisions(self) -> tuple[str, ...]:
@@ -154,12 +159,18 @@ def _open_tensorrt(r: OpenRequest) -> Session:
     return TensorRTSession(r.path, r.precision, r.card, tile=tile)
 
 
+def _openvino_speed(precision: str) -> str | None:
+    from .backends.openvino import bf16_verdict
+
+    return bf16_verdict(precision)
+
+
 REGISTRY: Mapping[str, BackendSpec] = MappingProxyType({s.name: s for s in (
     BackendSpec("tensorrt", {"int8": "onnx", "fp16": "onnx", "fp32": "onnx"}, "tensorrt", _probe_tensorrt,
                 _open_tensorrt, quality_on_device=True, fixed_tile=TENSORRT_TILE),
     BackendSpec("edgetpu", {"int8": "edgetpu"}, "litert", _probe_edgetpu, _open_edgetpu),
     BackendSpec("openvino", {"int8": "openvino_int8", "bf16": "onnx", "fp32": "onnx"}, "openvino",
-                _probe_openvino, _open_openvino, measured_by_export=True),
+                _probe_openvino, _open_openvino, measured_by_export=True, speed_verdict=_openvino_speed),
     BackendSpec("litert", {"int8": "tflite_int8"}, "litert", _probe_litert, _open_litert, measured_by_export=True),
     BackendSpec("onnxruntime", {"fp32": "onnx"}, "onnxruntime", _probe_onnxruntime, _open_onnxruntime),
 )})

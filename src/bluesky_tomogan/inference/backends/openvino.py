@@ -6,13 +6,17 @@ IR shipped beside it, whose float parts (the operations between the quantised
 convolutions, and any convolution NNCF kept in float) run in bf16 on CPUs with AMX
 and in fp32 elsewhere (:func:`int8_float_precision`). Compiled models are cached
 per input shape: OpenVINO runs static shapes fastest, and a scan has one or two
-frame shapes.
+frame shapes. ``precision="auto"`` takes bf16 only where it is faster than fp32
+on this CPU (:func:`bf16_speedup`, measured).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import threading
+import time
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,12 @@ import numpy as np
 from ...cpu import cpu_flags as current_cpu_flags
 from ...errors import BackendUnavailableError, ModelLoadError, PrecisionError
 
-__all__ = ["OpenVINOSession", "available", "int8_float_precision", "round_to_bf16", "supports_bf16"]
+log = logging.getLogger(__name__)
+
+__all__ = ["OpenVINOSession", "available", "bf16_speedup", "int8_float_precision", "round_to_bf16", "supports_bf16"]
+
+#: ``precision="auto"`` takes OpenVINO bf16 only where it is at least this much faster than fp32.
+BF16_MIN_SPEEDUP = 1.1
 
 
 def available() -> bool:
@@ -42,6 +51,59 @@ def supports_bf16() -> bool:
     except Exception:  # no openvino, or no CPU plugin
         return False
     return "BF16" in caps
+
+
+@functools.cache
+def bf16_speedup() -> float:
+    """How much faster OpenVINO runs convolutions in bf16 than in fp32 on this CPU (fp32 time over bf16).
+
+    Having bf16 instructions is not being fast in them: measured on the shipped models at
+    512x512 (2 threads, ``Denoiser.denoise_context``), bf16 took 0.4-0.7x the speed of fp32
+    on an Intel Xeon whose AVX-512 BF16 is exposed without AMX, while with AMX it ran about
+    4x faster than fp32 and on an AMD Zen 5 2.1x (issue 20). So it is measured, once per process (about
+    1 s): three 3x3 convolutions of 16-32 channels at 256x256, the kind of layer that
+    dominates the network, compiled in each precision and timed (median of 7 runs after 2).
+    0.0 where OpenVINO cannot run them in bf16.
+    """
+    if not supports_bf16():
+        return 0.0
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    rng = np.random.default_rng(0)
+    x = ops.parameter([1, 16, 256, 256], np.float32, name="x")
+    h = x
+    for cin, cout in ((16, 32), (32, 32), (32, 16)):
+        w = ops.constant((rng.standard_normal((cout, cin, 3, 3)) * 0.1).astype(np.float32))
+        h = ops.relu(ops.convolution(h, w, [1, 1], [1, 1], [1, 1], [1, 1]))
+    model, core = ov.Model([h], [x]), ov.Core()
+    data = rng.random((1, 16, 256, 256), np.float32)
+    seconds = {}
+    for precision in ("f32", "bf16"):
+        request = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision,
+                                                   "PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+        times = []
+        for i in range(9):
+            began = time.perf_counter()
+            request.infer({0: data})
+            if i >= 2:
+                times.append(time.perf_counter() - began)
+        seconds[precision] = float(np.median(times))
+    speedup = seconds["f32"] / seconds["bf16"]
+    log.info("OpenVINO bf16 on this CPU: %.2fx the speed of fp32 (%.1f vs %.1f ms, 3 convolutions at 256x256)",
+             speedup, seconds["bf16"] * 1e3, seconds["f32"] * 1e3)
+    return speedup
+
+
+def bf16_verdict(precision: str) -> str | None:
+    """Why ``precision="auto"`` should not take OpenVINO ``precision`` on this CPU for speed, or ``None``."""
+    if precision != "bf16":
+        return None
+    speedup = bf16_speedup()
+    if speedup >= BF16_MIN_SPEEDUP:
+        return None
+    return (f"bf16 runs {speedup:.2f}x the speed of fp32 on this CPU (measured: bf16_speedup), "
+            f"not faster by {BF16_MIN_SPEEDUP}x; fp32 is as fast and exact")
 
 
 def int8_float_precision(cpu_flags: Collection[str] | None = None) -> str:
