@@ -177,9 +177,8 @@ def test_image_fields_finds_2d_frames_only():
     assert image_fields(desc) == ["img", "img2"]
 
 
-def test_several_frames_per_event_are_said_not_to_be_denoised(RE, denoiser, caplog):
-    """A detector taking 4 exposures per point gives [4, H, W] per event: no derived stream, and a
-    warning that says why, once per run, instead of silence."""
+def test_colour_and_higher_rank_images_are_said_not_to_be_denoised(RE, denoiser, caplog):
+    """Colour frames and 4-D arrays: no derived stream, and a warning that says why, once per run."""
     from bluesky_tomogan.callbacks.derived_stream import unsupported_image_fields
 
     desc = {"data_keys": {"burst": {"dtype": "array", "shape": [4, 8, 8]},
@@ -187,18 +186,88 @@ def test_several_frames_per_event_are_said_not_to_be_denoised(RE, denoiser, capl
                           "rgb": {"dtype": "array", "shape": [480, 640, 3]},
                           "vol": {"dtype": "array", "shape": [2, 3, 8, 8]}}}
     reasons = unsupported_image_fields(desc)
-    assert sorted(reasons) == ["burst", "rgb", "vol"]
-    assert "4 frames per event" in reasons["burst"] and "colour" in reasons["rgb"]
+    assert sorted(reasons) == ["rgb", "vol"]
+    assert "colour" in reasons["rgb"] and "more than three dimensions" in reasons["vol"]
+    assert image_fields(desc) == ["burst", "one"]
 
-    burst = SynSignal(func=lambda: np.ones((4, 16, 16), np.float32), name="burst")
+    rgb = SynSignal(func=lambda: np.ones((40, 48, 3), np.float32), name="rgb")
     cb = TomoGANCallback(denoiser)
     with caplog.at_level("WARNING"):
-        docs = run(RE, cb, [burst], num=3)
+        docs = run(RE, cb, [rgb], num=3)
     said = [r.getMessage() for r in caplog.records if "not denoised" in r.getMessage()]
-    assert len(said) == 1 and "'burst'" in said[0] and "4 frames per event" in said[0]
-    assert cb.errors == ["field 'burst' of stream 'primary' is not denoised: " + reasons["burst"].replace(
-        "[4, 8, 8]", "[4, 16, 16]")]
+    assert len(said) == 1 and "'rgb'" in said[0] and "colour" in said[0]
     assert [d["name"] for n, d in docs if n == "descriptor"] == ["primary"]  # raw only: nothing invented
+
+
+def test_several_frames_per_event_get_a_row_each(RE, denoiser):
+    """A detector taking 4 exposures per point gives [4, H, W] per event: each frame is denoised
+    (its neighbours are the event's other frames) and gets its own row, in order."""
+    rng = np.random.default_rng(3)
+    marked = np.full((4, 32, 40), 500.0)
+    for k in range(4):  # exposure k has a bright block in columns 10k..10k+6: the rows' order shows
+        marked[k, 12:20, 10 * k : 10 * k + 6] = 3000.0
+
+    burst = SynSignal(func=lambda: rng.poisson(marked).astype(np.uint16), name="burst")
+    cb = TomoGANCallback(denoiser, inline=True)
+    docs = run(RE, cb, [burst], num=3)
+    validate(docs)
+    desc = next(d for n, d in docs if n == "descriptor" and d["name"] == "denoised")
+    assert desc["data_keys"]["burst_denoised"]["shape"] == [32, 40]
+    assert desc["data_keys"]["burst_source_exposure"]["dtype"] == "integer"
+    rows = {k: [v for n, d in docs if n == "event_page" and d["descriptor"] == desc["uid"] for v in d["data"][k]]
+            for k in ("burst_denoised", "burst_source_seq_num", "burst_source_exposure", "burst_qc_error")}
+    assert rows["burst_source_seq_num"] == [1] * 4 + [2] * 4 + [3] * 4
+    assert rows["burst_source_exposure"] == [0, 1, 2, 3] * 3
+    assert rows["burst_qc_error"] == [""] * 12 and cb.errors == []
+    brightest = [int(np.argmax(np.asarray(f)[12:20].mean(0))) // 10 for f in rows["burst_denoised"]]
+    assert brightest == [0, 1, 2, 3] * 3
+    stop = next(d for n, d in docs if n == "stop")
+    assert stop["num_events"]["denoised"] == 12 and stop["num_events"]["primary"] == 3
+
+
+def test_an_event_with_fewer_frames_than_declared_is_flagged_and_the_scan_goes_on(denoiser, tmp_path):
+    """StreamDatum rows of a [3, H, W] key (ophyd-async ``exposures_per_event=3``): the file holds the
+    frames one after the other; a file cut short flags the frames it lacks."""
+    import h5py
+
+    frames = np.random.default_rng(0).poisson(300, (8, 16, 24)).astype(np.uint16)  # 3 events need 9
+    path = tmp_path / "det.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/entry/data/data", data=frames)
+    run_bundle = event_model.compose_run()
+    desc = run_bundle.compose_descriptor(name="primary", data_keys={"det": {
+        "source": "sim", "dtype": "array", "shape": [3, 16, 24], "external": "STREAM:", "dtype_numpy": "<u2"}})
+    resource = run_bundle.compose_stream_resource(
+        mimetype="application/x-hdf5", uri=path.as_uri(), data_key="det",
+        parameters={"dataset": "/entry/data/data", "chunk_shape": [3, 16, 24]})
+    cb = TomoGANCallback(denoiser, directory=tmp_path / "derived")
+    out = []
+    cb.subscribe(lambda name, doc: out.append((name, doc)))
+    cb("start", run_bundle.start_doc)
+    cb("descriptor", desc.descriptor_doc)
+    cb("stream_resource", resource.stream_resource_doc)
+    cb("stream_datum", resource.compose_stream_datum(indices={"start": 0, "stop": 3}, seq_nums={"start": 1, "stop": 4},
+                                                     descriptor=desc.descriptor_doc))
+    cb("stop", run_bundle.compose_stop())
+    ddesc = next(d for n, d in out if n == "descriptor" and d["name"] == "denoised")
+    pages = [d for n, d in out if n == "event_page" and d["descriptor"] == ddesc["uid"]]
+    errors = [e for p in pages for e in p["data"]["det_qc_error"]]
+    exposure = [e for p in pages for e in p["data"]["det_source_exposure"]]
+    assert exposure == [0, 1, 2] * 3
+    assert errors[:8] == [""] * 8 and "the event holds 2 frames; frame 2 (0-based) is missing" in errors[8]
+    datums = [d for n, d in out if n == "stream_datum" and d["descriptor"] == ddesc["uid"]]
+    assert sum(d["indices"]["stop"] - d["indices"]["start"] for d in datums) == 9  # a file row for every row
+    from bluesky_tomogan.hdf5_frames import StreamFrameReader
+
+    (written,) = [d for n, d in out if n == "stream_resource" and d["data_key"] == "det_denoised"]
+    reader = StreamFrameReader(written)
+    try:
+        rows_written = reader(0, 9)
+    finally:
+        reader.close()
+    assert rows_written.shape == (9, 16, 24)
+    # file rows are in the order frames finished (the StreamDatums map them): the missing frame's is zeros
+    assert sum(not r.any() for r in rows_written) == 1 and sum(r.mean() > 100 for r in rows_written) == 8
 
 
 def test_worker_finishes_before_stop_is_passed_on(RE, denoiser):

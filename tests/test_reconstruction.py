@@ -96,10 +96,10 @@ def test_flat_dark_correction_and_its_fallbacks():
     assert np.allclose(corrected_sinogram(rows, None, None), 1.0)  # flat = the brightest value of each column
 
 
-def scan(RE, tmp_path, store=None, angles=None, rec=None, **scan_kw):
+def scan(RE, tmp_path, store=None, angles=None, rec=None, det_kw=None, **scan_kw):
     stage = SimTomoStage(name="stage")
     det = SimTomoDetector(name="det", stage=stage, shape=(64, 64), directory=frames_directory(tmp_path / "store"),
-                          simulate_timing=False, seed=7)
+                          simulate_timing=False, seed=7, **(det_kw or {}))
     det.photon_flux.put(5e4)
     cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="onnxruntime"), streams=["primary", "flat"])
     rec = rec or TomoReconstruction(load_denoiser("tomogan-slice", backend="onnxruntime"), every=20)
@@ -134,6 +134,27 @@ def test_the_reconstruction_stream_is_stored_in_the_same_run_before_its_stop(RE,
     assert rec.errors == []
     clean = fbp(det.sample.sinogram(32, angles_deg(60)), angles_deg(60))
     assert ssim(clean, slices[-2]) > ssim(clean, stored["slice_fbp"].read()[-2]) - 0.05  # the slice model helps
+
+
+def test_three_exposures_per_angle_are_denoised_one_by_one_and_reconstructed(RE, store, tmp_path):
+    """A camera taking 3 exposures per trigger ([3, H, W] per event, ophyd-async's exposures_per_event):
+    every exposure is denoised into a row of its own, and the reconstruction reads the events (darks
+    and flats as the mean of their exposures) as well as it reads a camera of one exposure."""
+    angles = list(angles_deg(40))
+    uid, docs, rec, det = scan(RE, tmp_path, store, angles=angles, det_kw={"exposures": 3})
+    assert rec.errors == []
+    run = store[uid]
+    raw_shape = run["primary"]["det_image"].shape  # Tiled serves the 120 frames flat or by event
+    assert raw_shape[-2:] == (64, 64) and int(np.prod(raw_shape[:-2])) == 120
+    denoised = run["denoised"]
+    assert list(denoised["det_image_source_exposure"].read()) == [0, 1, 2] * 40
+    assert list(denoised["det_image_source_seq_num"].read()) == [s for s in range(1, 41) for _ in range(3)]
+    assert all(e == "" for e in denoised["det_image_qc_error"].read())
+    assert np.isfinite(denoised["det_image_denoised"].read()).all()
+    slices = run["reconstruction"]["slice"].read()
+    assert bool(run["reconstruction"]["final"].read()[-1]) and np.isfinite(slices).all()
+    clean = fbp(det.sample.sinogram(32, angles), angles)
+    assert ssim(clean, slices[-2]) > 0.5, ssim(clean, slices[-2])
 
 
 def test_a_scan_without_rotation_axis_is_noted_and_left_alone(RE, tmp_path):

@@ -29,34 +29,41 @@ __all__ = ["DerivedStream", "Dropped", "FrameResult", "QueuedFrame", "derived_da
 REGISTRATION_HISTORY = 8
 
 
+def _looks_like_colour(shape: list[int]) -> bool:
+    return len(shape) == 3 and shape[-1] in (3, 4) and shape[0] > 4
+
+
 def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
-    """Data keys of a descriptor that hold single 2-D frames (shape ``[H, W]`` or ``[1, H, W]``)."""
+    """Data keys of a descriptor that hold 2-D frames: one per event (shape ``[H, W]`` or ``[1, H, W]``)
+    or several (``[N, H, W]``: a detector taking N exposures per event, :func:`exposures_per_event`)."""
     out = []
     for key, dk in descriptor.get("data_keys", {}).items():
         shape = [s for s in (dk.get("shape") or []) if s is not None]
-        if dk.get("dtype") == "array" and (len(shape) == 2 or (len(shape) == 3 and shape[0] == 1)):
+        if dk.get("dtype") == "array" and (len(shape) == 2 or (len(shape) == 3 and not _looks_like_colour(shape))):
             out.append(key)
     return out
 
 
-def unsupported_image_fields(descriptor: Mapping[str, Any]) -> dict[str, str]:
-    """Array data keys that look like images but are not one 2-D frame per event, with the reason.
+def exposures_per_event(data_key: Mapping[str, Any]) -> int:
+    """How many frames one event of an image data key holds: N of ``[N, H, W]``, else 1."""
+    shape = [s for s in (data_key.get("shape") or []) if s is not None]
+    return max(int(shape[0]), 1) if len(shape) == 3 else 1
 
-    Several frames per event (``[N, H, W]``, N > 1: a detector taking N exposures per
-    point) and colour or higher-rank images are not denoised; the callback says so
-    instead of leaving the user to wonder why no derived stream appeared.
+
+def unsupported_image_fields(descriptor: Mapping[str, Any]) -> dict[str, str]:
+    """Array data keys that look like images but are not 2-D frames, with the reason.
+
+    Colour and higher-rank images are not denoised; the callback says so instead of
+    leaving the user to wonder why no derived stream appeared.
     """
     out = {}
     for key, dk in descriptor.get("data_keys", {}).items():
         shape = [s for s in (dk.get("shape") or []) if s is not None]
-        if dk.get("dtype") != "array" or len(shape) < 3 or (len(shape) == 3 and shape[0] == 1):
+        if dk.get("dtype") != "array" or len(shape) < 3:
             continue
-        if len(shape) == 3 and shape[-1] in (3, 4) and shape[0] > 4:
+        if _looks_like_colour(shape):
             out[key] = f"shape {shape} looks like a colour image; only single-channel frames are denoised"
-        elif len(shape) == 3:
-            out[key] = (f"{shape[0]} frames per event (shape {shape}); frames are denoised one per event "
-                        "(set the detector to one exposure per event, or stream its frames as StreamDatum rows)")
-        else:
+        elif len(shape) > 3:
             out[key] = f"shape {shape} has more than three dimensions"
     return out
 
@@ -70,6 +77,7 @@ class DerivedStream:
     shape: tuple[int, int]
     bundle: Any  # event_model.ComposeDescriptorBundle
     slot: str  # file name (data key, plus a suffix for a second shape)
+    exposures: int = 1  # frames per raw event ([N, H, W]); each is denoised and gets a row of its own
     resource_error: str = ""  # why its frames cannot be written, once that is known
     resource_ready: bool = False
     reference: IntensityReference = dataclasses.field(default_factory=IntensityReference)  # worker only
@@ -95,6 +103,7 @@ class QueuedFrame:
     uid: str  # the document that delivered the frame: event, or StreamDatum
     received: float
     token: int
+    exposure: int = 0  # which of its event's frames (events of an [N, H, W] field hold N)
     metrics: FrameMetrics = field(default_factory=FrameMetrics)
     done: bool = False  # denoised (its row is on its way)
 
@@ -120,9 +129,10 @@ class FrameResult:
     flags: dict[str, Action] = field(default_factory=dict)  # QC flag -> action
 
 
-def derived_data_keys(f: str, shape: tuple[int, int], external: bool) -> dict[str, Any]:
+def derived_data_keys(f: str, shape: tuple[int, int], external: bool, exposures: int = 1) -> dict[str, Any]:
     """Data keys of the derived stream of image field ``f``: the frame (inline, or ``external`` in a file),
-    the network that made it, its QC metrics, flags and error, and the raw frame it came from."""
+    the network that made it, its QC metrics, flags and error, and the raw frame it came from (with
+    ``exposures`` > 1, one row per frame of an event: which one, ``source_exposure``)."""
     frame_key: dict[str, Any] = {"source": "bluesky-tomogan", "dtype": "array", "shape": list(shape),
                                  "dtype_numpy": "<f4", "object_name": "tomogan"}
     if external:  # written to HDF5, described by StreamResource/StreamDatum (ophyd-async convention)
@@ -141,6 +151,10 @@ def derived_data_keys(f: str, shape: tuple[int, int], external: bool) -> dict[st
     for qc, dtype in (("qc_flags", "string"), ("qc_actions", "string"), ("qc_error", "string"),
                       ("source_seq_num", "integer"), ("source_uid", "string")):
         keys[f"{f}_{qc}"] = {"source": "bluesky-tomogan", "dtype": dtype, "shape": [], "object_name": "tomogan"}
+    if exposures > 1:
+        keys[f"{f}_source_exposure"] = {
+            "source": "bluesky-tomogan", "dtype": "integer", "shape": [], "object_name": "tomogan",
+            "description": f"which of the raw event's {exposures} frames this row is (0-based)"}
     return keys
 
 
@@ -157,6 +171,8 @@ def row_columns(f: str, rows: list[FrameResult], *, inline: bool) -> dict[str, l
         f"{f}_source_seq_num": [r.item.seq_num for r in rows],
         f"{f}_source_uid": [r.item.uid for r in rows],
     }
+    if rows and rows[0].item.stream.exposures > 1:
+        data[f"{f}_source_exposure"] = [r.item.exposure for r in rows]
     if inline:
         data[f"{f}_denoised"] = [r.denoised for r in rows]
     return data

@@ -61,6 +61,7 @@ from ..inference.denoiser import Denoiser
 from ..masked import masked_pixels
 from ..qc.policy import UNUSABLE
 from .consumers import Consumers
+from .derived_stream import exposures_per_event
 from .frame_writer import DerivedFrameWriter, derived_directory, stream_resource_directory
 from .passthrough import PassThroughRun, RunRouterFacade, Turn
 from .run import image_fields
@@ -204,7 +205,8 @@ class _Frames:
     (float) stream by the raw value it keeps there, given the detector's type.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, exposures: int = 1) -> None:
+        self.exposures = exposures  # frames per event of the stream's image field ([N, H, W])
         self.located: dict[int, tuple[StreamFrameReader, int]] = {}
         # The wanted rows of each frame, once read (or as they came inline): an update reads only new frames,
         # and an inline frame keeps only its rows.
@@ -227,20 +229,29 @@ class _Frames:
         for s in seqs:
             if s not in self._rows:
                 reader, i = self.located[s]
-                self._rows[s] = _picked_rows(reader(i, i + 1)[0], rows, raw_dtype)
+                frame = reader(i, i + 1)[0] if self.exposures == 1 else reader.event(i, self.exposures)
+                self._rows[s] = _picked_rows(frame, rows, raw_dtype)
             out.append(self._rows[s])
         return np.stack(out)
 
 
 def _picked_rows(frame: Any, rows: Sequence[int], raw_dtype: np.dtype | None) -> np.ndarray:
-    """``rows`` of ``frame`` as float32, NaN where masked (the frame's own integer type says, else ``raw_dtype``)."""
+    """``rows`` of ``frame`` as float32, NaN where masked (the frame's own integer type says, else ``raw_dtype``).
+
+    An event of several frames (``[N, H, W]``: exposures at one angle) gives their mean, pixel by
+    pixel over the exposures that hold data there.
+    """
     arr = np.asarray(frame)
-    picked = arr.reshape(arr.shape[-2:])[list(rows)]
+    picked = arr.reshape(-1, *arr.shape[-2:])[:, list(rows)]
     mask = masked_pixels(picked, None if picked.dtype.kind in "ui" else raw_dtype)
     out = picked.astype(np.float32)
     if mask is not None:
         out[mask] = np.nan
-    return out
+    if len(out) == 1:
+        return out[0]
+    with warnings.catch_warnings():  # a pixel without data in every exposure stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(out, axis=0)
 
 
 def _numpy_dtype(text: Any) -> np.dtype | None:
@@ -322,7 +333,7 @@ class _RunReconstruction(PassThroughRun):
                 keys = [k for k in keys if k.endswith("_denoised")]
             if keys and name not in self._image_key:
                 self._image_key[name] = keys[0]
-                self._frames.setdefault(name, _Frames())
+                self._frames.setdefault(name, _Frames(exposures_per_event(doc["data_keys"][keys[0]])))
                 if self._shape is None:  # one detector: its first image stream (the darks, in tomo_scan) says
                     shape = [s for s in doc["data_keys"][keys[0]]["shape"] if s is not None][-2:]
                     self._shape = (int(shape[0]), int(shape[1]))

@@ -64,6 +64,7 @@ from .derived_stream import (
     FrameResult,
     QueuedFrame,
     derived_data_keys,
+    exposures_per_event,
     image_fields,
     row_columns,
     unsupported_image_fields,
@@ -161,6 +162,8 @@ class RunDenoiser(PassThroughRun):
                                           root_map=dict(options.root_map), handler_cache=self._handlers,
                                           retry_intervals=[0.01, 0.05, 0.1, 0.25, 0.5, 1.0])
         self._stream_readers: dict[str, tuple[str, StreamFrameReader]] = {}  # StreamResource uid -> (key, reader)
+        # The frames of the last multi-frame event read (worker thread): its N rows read it once.
+        self._last_event: tuple[Any, np.ndarray] | None = None
         self._qc = RunQC(options.feedback, options.known_nan)
         self._controllers: dict[str, RatioController] = {}  # field -> ratio policy (policy "adaptive")
 
@@ -198,25 +201,28 @@ class RunDenoiser(PassThroughRun):
             h, w = shape[0], shape[1]
             stream = self._by_name.get((raw_name, f, (h, w)))
             if stream is None:  # new, or a re-emitted descriptor with another frame shape
-                stream = self._new_stream(raw_name, f, len(wanted), (h, w))
+                stream = self._new_stream(raw_name, f, len(wanted), (h, w), exposures_per_event(doc["data_keys"][f]))
             fields[f] = stream
         self._by_descriptor[doc["uid"]] = fields
         return doc
 
-    def _new_stream(self, raw_name: str, f: str, n_fields: int, shape: tuple[int, int]) -> DerivedStream:
+    def _new_stream(self, raw_name: str, f: str, n_fields: int, shape: tuple[int, int],
+                    exposures: int = 1) -> DerivedStream:
         # One derived stream per image field keeps every row complete; with a single image
         # field in "primary" (the common case) the stream is simply "denoised". A re-emitted
         # raw descriptor with the same shape reuses it (its configuration is the raw one's).
+        # An event of N frames ([N, H, W]) gets N rows, one per frame, each with its own QC.
         base = "denoised" if raw_name == "primary" else f"{raw_name}_denoised"
         name = base if n_fields == 1 else f"{base}_{f}"
-        keys = derived_data_keys(f, shape, external=not self.options.inline)
+        keys = derived_data_keys(f, shape, external=not self.options.inline, exposures=exposures)
         assert self._start is not None
         bundle = event_model.compose_descriptor(
             start=self._start, streams=self._compose_streams, event_counters=self._counters, name=name,
             data_keys=keys, object_keys={"tomogan": sorted(keys)}, configuration=self._configuration(f),
         )
         earlier = sum(s.bundle.descriptor_doc["name"] == name for s in self._by_name.values())
-        stream = DerivedStream(raw_name, f, shape, bundle, name + (f"-{earlier}" if earlier else ""))
+        stream = DerivedStream(raw_name, f, shape, bundle, name + (f"-{earlier}" if earlier else ""),
+                               exposures=exposures)
         self._by_name[(raw_name, f, shape)] = stream
         self._follow.append(("descriptor", bundle.descriptor_doc))
         return stream
@@ -247,19 +253,30 @@ class RunDenoiser(PassThroughRun):
             filled = doc.get("filled", {}).get(f, True)
             for i, value in enumerate(column):
                 unfilled = filled is False or (isinstance(filled, list) and filled[i] is False)
-                frame: np.ndarray | Callable[[], np.ndarray]
+                frames: list[np.ndarray | Callable[[], np.ndarray]]
                 if unfilled or isinstance(value, str):  # a datum id: load it on the worker
-                    frame = functools.partial(self._fill, doc["descriptor"], f, value)
+                    frames = ([functools.partial(self._fill, doc["descriptor"], f, value, k)
+                               for k in range(stream.exposures)] if stream.exposures > 1
+                              else [functools.partial(self._fill, doc["descriptor"], f, value)])
                 else:
-                    frame = np.asarray(value)
-                self._enqueue(stream, frame, doc["seq_num"][i], doc["uid"][i])
+                    array = np.asarray(value)
+                    frames = list(array) if stream.exposures > 1 and array.ndim == 3 else [array]
+                for k, frame in enumerate(frames):
+                    self._enqueue(stream, frame, doc["seq_num"][i], doc["uid"][i], exposure=k)
         return doc
 
-    def _fill(self, descriptor_uid: str, f: str, datum_id: str) -> np.ndarray:
-        """Load one legacy-referenced frame through the Filler (worker thread)."""
+    def _fill(self, descriptor_uid: str, f: str, datum_id: str, exposure: int | None = None) -> np.ndarray:
+        """Load a legacy-referenced frame through the Filler (worker thread); of a multi-frame
+        event's datum, frame ``exposure`` (the datum is read once for all of them)."""
+        if exposure is not None and self._last_event is not None and self._last_event[0] == ("datum", datum_id):
+            return _exposure(self._last_event[1], exposure)
         event = {"descriptor": descriptor_uid, "uid": "", "time": 0.0, "seq_num": 0,
                  "data": {f: datum_id}, "timestamps": {f: 0.0}, "filled": {f: False}}
-        return np.asarray(self._filler.fill_event(event, include=[f], inplace=False)["data"][f])
+        filled = np.asarray(self._filler.fill_event(event, include=[f], inplace=False)["data"][f])
+        if exposure is None:
+            return filled
+        self._last_event = (("datum", datum_id), filled)
+        return _exposure(filled, exposure)
 
     def resource(self, doc: Any) -> Any:
         if self._raw_directory is None and "resource_path" in doc:
@@ -298,8 +315,18 @@ class RunDenoiser(PassThroughRun):
             return doc
         for i, seq in zip(range(indices["start"], indices["stop"]), range(seq_nums["start"], seq_nums["stop"]),
                           strict=True):
-            self._enqueue(stream, functools.partial(_first_frame, read, i), seq, doc["uid"])
+            for k in range(stream.exposures):
+                self._enqueue(stream, functools.partial(self._read_exposure, read, i, k, stream.exposures), seq,
+                              doc["uid"], exposure=k)
         return doc
+
+    def _read_exposure(self, read: StreamFrameReader, index: int, exposure: int, exposures: int) -> np.ndarray:
+        """Frame ``exposure`` of StreamDatum row ``index`` (worker thread; a multi-frame row is read once)."""
+        if exposures == 1:
+            return read(index, index + 1)[0]
+        if self._last_event is None or self._last_event[0] != (id(read), index):
+            self._last_event = ((id(read), index), read.event(index, exposures))
+        return _exposure(self._last_event[1], exposure)
 
     def stop(self, doc: RunStop) -> RunStop:
         self._queue.put_control(_END)
@@ -331,9 +358,9 @@ class RunDenoiser(PassThroughRun):
     def _tombstone(item: QueuedFrame) -> Dropped:
         return Dropped(dataclasses.replace(item, frame=None))
 
-    def _enqueue(self, stream: DerivedStream, frame: Any, seq_num: int, uid: str) -> None:
+    def _enqueue(self, stream: DerivedStream, frame: Any, seq_num: int, uid: str, exposure: int = 0) -> None:
         self._ensure_resource(stream)
-        item = QueuedFrame(stream, frame, seq_num, uid, time.time(), next(self._tokens))
+        item = QueuedFrame(stream, frame, seq_num, uid, time.time(), next(self._tokens), exposure)
         stream.latest_token = item.token
         self._pending[item.token] = item
         if self.options.policy != "block":
@@ -620,5 +647,10 @@ def _as_frame(value: Any) -> np.ndarray:
     return frame[0] if frame.ndim == 3 and frame.shape[0] == 1 else frame
 
 
-def _first_frame(read: StreamFrameReader, index: int) -> np.ndarray:
-    return read(index, index + 1)[0]
+def _exposure(frames: np.ndarray, exposure: int) -> np.ndarray:
+    """Frame ``exposure`` of an event's ``(N, H, W)`` frames (a 2-D array is an event of one frame)."""
+    if frames.ndim == 2:
+        frames = frames[None]
+    if exposure >= frames.shape[0]:
+        raise IndexError(f"the event holds {frames.shape[0]} frames; frame {exposure} (0-based) is missing")
+    return frames[exposure]

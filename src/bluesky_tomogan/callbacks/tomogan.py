@@ -24,6 +24,7 @@ Frames arrive three ways, as detectors deliver them: inline arrays in
 :class:`event_model.Filler` and a handler registry; and ``StreamResource``/
 ``StreamDatum`` (ophyd-async style, ``external: "STREAM:"``). External frames
 are loaded on the worker thread, so the RunEngine's thread never waits for disk.
+A field of N frames per event (``[N, H, W]``) gets a derived row per frame.
 """
 
 from __future__ import annotations

@@ -123,6 +123,10 @@ class SimTomoDetector(Device):
         A trigger takes the exposure time, as on a real camera. The frame is
         simulated during that time, so the simulation's own CPU cost only shows
         when it exceeds the exposure.
+    exposures : int
+        Frames per trigger (ophyd-async's ``exposures_per_event``): the image data key
+        is ``[exposures, H, W]``, the frames are written one after the other and each
+        event's ``StreamDatum`` covers one index. ``stream`` asset mode only.
 
     Attributes
     ----------
@@ -151,6 +155,7 @@ class SimTomoDetector(Device):
         dtype: str | None = None,
         seed: int = 0,
         simulate_timing: bool = True,
+        exposures: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(name=name, **kwargs)
@@ -158,6 +163,9 @@ class SimTomoDetector(Device):
             raise ValueError(f"mode must be 'projection' or 'slice', got {mode!r}")
         if asset_mode not in ("stream", "resource"):
             raise ValueError(f"asset_mode must be 'stream' or 'resource', got {asset_mode!r}")
+        if int(exposures) < 1 or (int(exposures) > 1 and asset_mode != "stream"):
+            raise ValueError(f"exposures must be >= 1, and 1 with asset_mode {asset_mode!r}; got {exposures}")
+        self.exposures = int(exposures)
         h, w = (int(s) for s in shape)
         if h < 8 or w < 8:
             raise ValueError(f"shape must be at least 8x8, got {shape}")
@@ -195,7 +203,7 @@ class SimTomoDetector(Device):
         stream = self.asset_mode == "stream"
         out[self.image_key] = {
             "source": f"SIM:{self.name}:image", "dtype": "array", "dtype_numpy": self.dtype.str,
-            "shape": [1, h, w], "external": "STREAM:" if stream else "FILESTORE:",
+            "shape": [self.exposures, h, w], "external": "STREAM:" if stream else "FILESTORE:",
         }
         return out
 
@@ -212,7 +220,7 @@ class SimTomoDetector(Device):
         if self.asset_mode == "stream":
             stream = event_model.compose_stream_resource(
                 mimetype=MIMETYPE, uri=self._file.uri, data_key=self.image_key,
-                parameters={"dataset": self._file.dataset, "chunk_shape": [1, *self.frame_shape]},
+                parameters={"dataset": self._file.dataset, "chunk_shape": [self.exposures, *self.frame_shape]},
             )
             self._pending.append(("stream_resource", dict(stream.stream_resource_doc)))
             self._compose_datum = stream.compose_stream_datum
@@ -241,7 +249,8 @@ class SimTomoDetector(Device):
         def expose_and_write() -> None:
             try:
                 t0 = time.monotonic()
-                frame = self._frame(conditions)
+                frames = [self._frame(conditions) for _ in range(self.exposures)]  # each with its own noise
+                frame = frames[0] if self.exposures == 1 else np.stack(frames)
                 if self.simulate_timing:  # a camera takes the exposure time, however fast the simulation is
                     time.sleep(max(0.0, conditions["exposure"] - (time.monotonic() - t0)))
                 with self._lock:
@@ -250,8 +259,9 @@ class SimTomoDetector(Device):
                         status.set_finished()
                         return
                     start, stop = self._file.append(frame)
-                    if self.asset_mode == "stream":
-                        datum = self._compose_datum(indices={"start": start, "stop": stop})
+                    if self.asset_mode == "stream":  # indices count events: exposures frames each
+                        event = start // self.exposures
+                        datum = self._compose_datum(indices={"start": event, "stop": event + 1})
                         self._pending.append(("stream_datum", dict(datum)))
                     else:
                         datum = self._compose_datum(datum_kwargs={"frame": start})
