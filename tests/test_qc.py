@@ -272,7 +272,7 @@ def test_rotation_allowance_learns_what_rotation_does_on_the_scan():
     # no history: half of what rotation moves a point at the frame's edge, nothing without an angle
     assert rotation_allowance([], 2.0, 512) == pytest.approx(0.5 * 256 * math.radians(2.0))
     assert rotation_allowance([], None, 512) == 0.0
-    assert rotation_allowance([0.2, 0.1], 0.0, 512) == 0.0  # a re-acquired angle does not rotate
+    assert rotation_allowance([3.0, 2.0, 4.0, 3.5], 0.0, 512) == 0.0  # a re-acquired angle does not rotate
     # four or more recent sideways shifts: three times their median, a slip among them does not count
     assert rotation_allowance([1.0, 2.0, 1.5, 6.0, 1.2], 2.0, 512) == pytest.approx(3 * 1.5)
     assert motion_px(4.0, 3.0, allowance=5.0) == pytest.approx(4.0)  # the vertical part always counts
@@ -280,12 +280,14 @@ def test_rotation_allowance_learns_what_rotation_does_on_the_scan():
     assert math.isnan(motion_px(math.nan, math.nan, allowance=1.0))  # no match: no motion measured
 
 
-def test_rotation_at_coarse_steps_is_not_motion_but_a_vertical_slip_is(RE, denoiser, tmp_path):
+@pytest.mark.parametrize("exposures", [1, 3])
+def test_rotation_at_coarse_steps_is_not_motion_but_a_vertical_slip_is(RE, denoiser, tmp_path, exposures):
     # At 4 degrees per projection, rotation shifts these projections sideways by more than the
-    # 3-pixel threshold (shift_px); only the sample slipping 6 pixels up is motion.
+    # 3-pixel threshold (shift_px); only the sample slipping 6 pixels up is motion. With several
+    # exposures per angle, the frames of one angle do not teach the rotation allowance anything.
     stage = SimTomoStage(name="stage")
     det = SimTomoDetector(name="det", stage=stage, shape=(192, 192), directory=tmp_path, seed=7,
-                          simulate_timing=False)
+                          simulate_timing=False, exposures=exposures)
     det.exposure_time.put(0.1)
     det.photon_flux.put(5000.0)
     cb = TomoGANCallback(denoiser)
@@ -296,10 +298,14 @@ def test_rotation_at_coarse_steps_is_not_motion_but_a_vertical_slip_is(RE, denoi
     RE(tomo_scan(det, stage, list(30.0 + 4.0 * np.arange(16)), n_darks=0, n_flats=0))
     flags, shifts = column(docs, "det_image_qc_flags"), column(docs, "det_image_qc_shift_px")
     motion = column(docs, "det_image_qc_motion_px")
-    assert max(s for s in shifts[:12] if not math.isnan(s)) > 3.0  # what a fixed threshold would have flagged
-    assert [i for i, f in enumerate(flags) if "motion" in f] == [12]
-    assert motion[12] == pytest.approx(6.0, abs=0.7)
-    assert all(m < 1.5 for i, m in enumerate(motion) if i != 12 and not math.isnan(m))
+    slip = 12 * exposures  # the first frame after the slip
+    assert len(flags) == 16 * exposures
+    # rotation alone: over the fixed threshold (one exposure), or at least over the 1.5 px that motion_px
+    # stays under below (three: so the allowance must not have learnt "no shift" from same-angle pairs)
+    assert max(s for s in shifts[:slip] if not math.isnan(s)) > (3.0 if exposures == 1 else 1.5)
+    assert [i for i, f in enumerate(flags) if "motion" in f] == [slip]
+    assert motion[slip] == pytest.approx(6.0, abs=0.7)
+    assert all(m < 1.5 for i, m in enumerate(motion) if i != slip and not math.isnan(m))
 
 
 def test_a_lagging_denoiser_is_flagged_and_its_drops_recorded(RE, denoiser, caplog):

@@ -137,7 +137,7 @@ class RunQC:
             item.metrics.shift_px = math.hypot(down, right)
             allowance = rotation_allowance(stream.sideways, step, frame.shape[-1])
             item.metrics.motion_px = motion_px(down, right, allowance)
-            if math.isfinite(right):
+            if math.isfinite(right) and step != 0:  # frames at one angle say nothing about rotation
                 stream.sideways.append(abs(right))
         stream.history.append((angle, image))
 

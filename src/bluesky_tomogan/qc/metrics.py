@@ -195,8 +195,11 @@ def rotation_allowance(sideways: Sequence[float], step_deg: float | None, width:
     (``sideways``, absolute values) the allowance is :data:`ROTATION_SPREAD` times their median:
     what rotation does on this scan, robust to a slip among them. Before that, half of what
     rotation moves a point at the frame's edge (``width / 2 * step``), or nothing without an
-    angle (``step_deg`` None: frames of a plain count are not rotated).
+    angle (``step_deg`` None: frames of a plain count are not rotated). Two frames at the same
+    angle (a re-acquired angle, the exposures of one event) are allowed nothing.
     """
+    if step_deg is not None and step_deg == 0:
+        return 0.0
     if len(sideways) >= 4:
         return ROTATION_SPREAD * float(np.median(np.asarray(sideways, np.float64)))
     if step_deg is None:
