@@ -29,6 +29,11 @@ __all__ = ["DerivedStream", "Dropped", "FrameResult", "QueuedFrame", "derived_da
 REGISTRATION_HISTORY = 8
 
 
+def declared_shape(data_key: Mapping[str, Any]) -> list[int]:
+    """A data key's shape without its unknown (``None``) dimensions."""
+    return [s for s in (data_key.get("shape") or []) if s is not None]
+
+
 def _looks_like_colour(shape: list[int]) -> bool:
     return len(shape) == 3 and shape[-1] in (3, 4) and shape[0] > 4
 
@@ -38,7 +43,7 @@ def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
     or several (``[N, H, W]``: a detector taking N exposures per event, :func:`exposures_per_event`)."""
     out = []
     for key, dk in descriptor.get("data_keys", {}).items():
-        shape = [s for s in (dk.get("shape") or []) if s is not None]
+        shape = declared_shape(dk)
         if dk.get("dtype") == "array" and (len(shape) == 2 or (len(shape) == 3 and not _looks_like_colour(shape))):
             out.append(key)
     return out
@@ -46,7 +51,7 @@ def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
 
 def exposures_per_event(data_key: Mapping[str, Any]) -> int:
     """How many frames one event of an image data key holds: N of ``[N, H, W]``, else 1."""
-    shape = [s for s in (data_key.get("shape") or []) if s is not None]
+    shape = declared_shape(data_key)
     return max(int(shape[0]), 1) if len(shape) == 3 else 1
 
 
@@ -58,7 +63,7 @@ def unsupported_image_fields(descriptor: Mapping[str, Any]) -> dict[str, str]:
     """
     out = {}
     for key, dk in descriptor.get("data_keys", {}).items():
-        shape = [s for s in (dk.get("shape") or []) if s is not None]
+        shape = declared_shape(dk)
         if dk.get("dtype") != "array" or len(shape) < 3:
             continue
         if _looks_like_colour(shape):

@@ -63,6 +63,7 @@ from .derived_stream import (
     Dropped,
     FrameResult,
     QueuedFrame,
+    declared_shape,
     derived_data_keys,
     exposures_per_event,
     image_fields,
@@ -197,7 +198,7 @@ class RunDenoiser(PassThroughRun):
             return doc
         fields: dict[str, DerivedStream] = {}
         for f in wanted:
-            shape = tuple(int(v or 0) for v in [s for s in doc["data_keys"][f]["shape"] if s is not None][-2:])
+            shape = tuple(int(v or 0) for v in declared_shape(doc["data_keys"][f])[-2:])
             h, w = shape[0], shape[1]
             stream = self._by_name.get((raw_name, f, (h, w)))
             if stream is None:  # new, or a re-emitted descriptor with another frame shape
