@@ -167,3 +167,85 @@ print("ok")
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_ophyd_sim_image_detector_is_read_through_its_entry_point_handler(RE, denoiser):
+    """ophyd's simulated ``img`` writes ``NPY_SEQ`` files, whose handler ophyd announces as a
+    ``databroker.handlers`` entry point: no registry has to be given."""
+    from ophyd.sim import img, motor
+
+    cb = TomoGANCallback(denoiser, inline=True)
+    docs = collect(cb)
+    RE.subscribe(cb)
+    RE(bp.scan([img], motor, -1, 1, 3))
+    pages = [d for n, d in docs if n == "event_page" and "img_denoised" in d["data"]]
+    assert [e for p in pages for e in p["data"]["img_qc_error"]] == [""] * 3
+    got = np.stack([f for p in pages for f in p["data"]["img_denoised"]])
+    assert got.shape == (3, 10, 10) and np.isfinite(got).all()
+
+
+def ophyd_v1_area_detector_run(tmp_path, spec, frames_per_point, points=2, shape=(24, 32)):
+    """The documents an ophyd v1 area detector with a file plugin emits: data key shape
+    ``(num_images, y, x)`` (``DetectorBase.make_data_key``), ``frame_per_point`` in the resource
+    and ``point_number`` in each datum; frames written as the IOC would."""
+    frames = np.random.default_rng(3).poisson(400, (points * frames_per_point, *shape)).astype(np.uint16)
+    if spec == "AD_HDF5":
+        import h5py
+
+        with h5py.File(tmp_path / "scan_000.h5", "w") as f:
+            f.create_dataset("/entry/data/data", data=frames)
+        path, kwargs = "scan_000.h5", {"frame_per_point": frames_per_point}
+    else:
+        import tifffile
+
+        for j, frame in enumerate(frames):
+            tifffile.imwrite(tmp_path / f"scan_{j:06d}.tiff", frame)
+        path, kwargs = "", {"template": "%s%s_%6.6d.tiff", "filename": "scan", "frame_per_point": frames_per_point}
+    run_bundle = event_model.compose_run()
+    desc = run_bundle.compose_descriptor(name="primary", data_keys={"cam_image": {
+        "source": "PV:XF:CAM1:", "dtype": "array", "shape": [frames_per_point, *shape], "external": "FILESTORE:"}})
+    resource = run_bundle.compose_resource(spec=spec, root=str(tmp_path), resource_path=path,
+                                           resource_kwargs=kwargs)
+    docs = [("start", run_bundle.start_doc), ("descriptor", desc.descriptor_doc),
+            ("resource", resource.resource_doc)]
+    for i in range(points):
+        datum = resource.compose_datum(datum_kwargs={"point_number": i})
+        docs += [("datum", datum), ("event", desc.compose_event(data={"cam_image": datum["datum_id"]},
+                                                                timestamps={"cam_image": 0.0},
+                                                                filled={"cam_image": False}))]
+    return frames, docs + [("stop", run_bundle.compose_stop())]
+
+
+@pytest.mark.parametrize(("spec", "frames_per_point"), [("AD_HDF5", 1), ("AD_HDF5", 3), ("AD_TIFF", 2)])
+def test_ophyd_v1_area_detector_files_are_read_with_area_detector_handlers(denoiser, tmp_path, spec,
+                                                                            frames_per_point):
+    frames, raw = ophyd_v1_area_detector_run(tmp_path, spec, frames_per_point)
+    cb = TomoGANCallback(denoiser, inline=True)
+    out = collect(cb)
+    for name, doc in raw:
+        cb(name, doc)
+    pages = [d for n, d in out if n == "event_page" and "cam_image_denoised" in d["data"]]
+    assert [e for p in pages for e in p["data"]["cam_image_qc_error"]] == [""] * len(frames)
+    got = np.stack([f for p in pages for f in p["data"]["cam_image_denoised"]])
+    assert got.shape == frames.shape
+    # each row is its own frame: denoised frames correlate with the raw frame they came from
+    for k in range(len(frames)):
+        corr = [np.corrcoef(got[k].ravel(), f.ravel())[0, 1] for f in frames.astype(np.float32)]
+        assert int(np.argmax(corr)) == k
+
+
+def test_a_handler_package_that_fails_to_import_costs_only_its_own_spec(monkeypatch, caplog):
+    from importlib.metadata import EntryPoint
+
+    from bluesky_tomogan import handlers
+
+    fake = [EntryPoint("BROKEN", "no_such_package_xyz.handlers:Handler", handlers.ENTRY_POINT_GROUP),
+            EntryPoint("NPY_SEQ", "ophyd.sim:NumpySeqHandler", handlers.ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(handlers, "entry_points", lambda group: fake)
+    handlers._discovered.cache_clear()
+    try:
+        registry = handlers.default_handler_registry()
+    finally:
+        handlers._discovered.cache_clear()
+    assert "BROKEN" not in registry and "NPY_SEQ" in registry and "hdf5" in registry
+    assert "cannot load the handler of spec 'BROKEN'" in caplog.text

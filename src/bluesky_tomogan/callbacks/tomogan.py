@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..hdf5_frames import HANDLER_REGISTRY
+from ..handlers import default_handler_registry
 from ..inference.denoiser import Denoiser
 from ..inference.ratios import RatioDenoisers
 from ..qc.feedback import QCFeedback
@@ -98,8 +98,12 @@ class TomoGANCallback(RunRouterFacade):
         store 2-D arrays from events.
     handler_registry : dict, optional
         Spec -> handler class for legacy ``Resource``/``Datum`` frames, as for
-        :class:`event_model.Filler` (default: the ``"hdf5"`` handler of the
-        simulated detector; add e.g. ``area_detector_handlers`` for real ones).
+        :class:`event_model.Filler` (default:
+        :func:`~bluesky_tomogan.handlers.default_handler_registry`, every handler
+        that installed packages announce as ``databroker.handlers`` entry points,
+        such as ophyd's ``NPY_SEQ`` or ``area-detector-handlers``' ``AD_HDF5`` and
+        ``AD_TIFF``, and the simulated detector's ``"hdf5"``). A frame whose spec
+        has no handler gets a row flagged unreadable that names the spec.
     root_map : dict, optional
         Resource roots remapped when reading (``event_model.Filler``'s ``root_map``).
     qc : QCPolicy or path, optional
@@ -169,7 +173,7 @@ class TomoGANCallback(RunRouterFacade):
             policy=policy, maxsize=maxsize, flush_timeout=flush_timeout, block_timeout=block_timeout,
             directory=None if directory is None else Path(directory).expanduser().resolve(),
             inline=inline,
-            handler_registry=dict(HANDLER_REGISTRY if handler_registry is None else handler_registry),
+            handler_registry=default_handler_registry() if handler_registry is None else dict(handler_registry),
             root_map=dict(root_map or {}),
             feedback=feedback, high_water=high, low_water=low,
         )
