@@ -15,29 +15,61 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from .hdf5_frames import HANDLER_REGISTRY
 
-__all__ = ["ENTRY_POINT_GROUP", "default_handler_registry"]
+__all__ = ["ENTRY_POINT_GROUP", "AnnouncedHandler", "default_handler_registry"]
 
 log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "databroker.handlers"
 
 
+class AnnouncedHandler:
+    """A handler class announced by an entry point, imported when the first resource of its spec
+    arrives (importing every installed handler package up front costs seconds and threads).
+
+    Called as the handler class would be (``handler(resource_path, **resource_kwargs)``);
+    :class:`event_model.Filler` does so on the worker thread when it fills a frame.
+    """
+
+    def __init__(self, entry_point: EntryPoint) -> None:
+        self.entry_point = entry_point
+        self._class: Any = None
+
+    def load(self) -> Any:
+        """The handler class.
+
+        Raises
+        ------
+        ImportError
+            Its package cannot be imported; the message names the spec and the entry point.
+        """
+        if self._class is None:
+            try:
+                self._class = self.entry_point.load()
+            except Exception as exc:  # a broken third-party package: its own frames say so, nothing else
+                raise ImportError(f"cannot load the handler of spec {self.entry_point.name!r} "
+                                  f"({self.entry_point.value}): {type(exc).__name__}: {exc}") from exc
+        return self._class
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.load()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<AnnouncedHandler {self.entry_point.name}: {self.entry_point.value}>"
+
+
 @functools.cache
-def _discovered() -> Mapping[str, Any]:
-    found: dict[str, Any] = {}
+def _discovered() -> Mapping[str, AnnouncedHandler]:
+    found: dict[str, AnnouncedHandler] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in found:
-            log.warning("two handlers announce spec %r; keeping the first, not %s", ep.name, ep.value)
+            log.warning("two handlers announce spec %r; keeping %s, not %s", ep.name,
+                        found[ep.name].entry_point.value, ep.value)
             continue
-        try:
-            found[ep.name] = ep.load()
-        except Exception as exc:  # a broken third-party package must not stop the callback
-            log.warning("cannot load the handler of spec %r (%s): %s: %s; frames of that spec will be "
-                        "flagged as unreadable", ep.name, ep.value, type(exc).__name__, exc)
+        found[ep.name] = AnnouncedHandler(ep)
     return found
 
 
@@ -45,8 +77,9 @@ def default_handler_registry() -> dict[str, Any]:
     """Spec -> handler class: every ``databroker.handlers`` entry point, then this package's own.
 
     This package's ``"hdf5"`` handler (the simulated detector's files) wins over an
-    entry point of the same spec. An entry point that fails to import is logged and
-    left out, so one broken package costs only the frames of its own spec.
+    entry point of the same spec. Announced handlers are imported when a resource of
+    their spec first needs them (:class:`AnnouncedHandler`); one whose package fails to
+    import costs only the frames of its own spec, each flagged with the reason.
 
     Returns
     -------
