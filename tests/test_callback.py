@@ -341,6 +341,23 @@ def test_block_policy_never_hangs_the_producer_on_a_stuck_consumer():
     assert [tombs.get(0), tombs.get(0)] == [(False, "lost a"), (True, "b")]
 
 
+def test_closing_the_queue_wakes_a_waiting_put_and_refuses_frames():
+    import threading
+
+    q = FrameQueue(maxsize=1, policy="block")
+    q.put("a")
+    answers = []
+    waiting = threading.Thread(target=lambda: answers.append(q.put("b", timeout=60)))
+    waiting.start()
+    q.close()  # the consumer died: the producer must not wait 60 s for it
+    waiting.join(timeout=5)
+    assert not waiting.is_alive() and answers == [False]
+    assert FrameQueue(policy="drop-oldest").put("c") is True
+    closed = FrameQueue(policy="drop-oldest")
+    closed.close()
+    assert closed.put("c") is False and closed.dropped == [] and len(closed) == 0
+
+
 def test_a_failing_stop_handler_still_passes_the_raw_stop_on(RE, denoiser, monkeypatch):
     from bluesky_tomogan.callbacks.run import RunDenoiser
 
@@ -391,6 +408,37 @@ def test_dropped_frames_are_recorded_as_rows_in_their_place(RE, denoiser, tmp_pa
     if external:
         datums = [d for n, d in docs if n == "stream_datum"]
         assert sum(d["indices"]["stop"] - d["indices"]["start"] for d in datums) == 12
+
+
+def test_a_grey_frame_with_a_trailing_channel_axis_is_one_frame(RE, denoiser):
+    """``[H, W, 1]`` (how some cameras and PIL declare a grey image) is one frame per event, not H
+    exposures of ``W x 1``."""
+    from bluesky_tomogan.callbacks.derived_stream import exposures_per_event, frame_shape
+
+    key = {"dtype": "array", "shape": [40, 48, 1]}
+    assert exposures_per_event(key) == 1 and frame_shape(key) == (40, 48)
+    assert frame_shape({"dtype": "array", "shape": [3, 40, 48]}) == (40, 48)
+    rng = np.random.default_rng(0)
+    cam = SynSignal(func=lambda: rng.poisson(500, (40, 48, 1)).astype(np.uint16), name="cam")
+    cb = TomoGANCallback(denoiser, inline=True)
+    docs = run(RE, cb, [cam], num=3)
+    pages = [d for n, d in docs if n == "event_page" and "cam_denoised" in d["data"]]
+    frames = [np.asarray(f) for p in pages for f in p["data"]["cam_denoised"]]
+    assert [f.shape for f in frames] == [(40, 48)] * 3
+    assert [e for p in pages for e in p["data"]["cam_qc_error"]] == [""] * 3
+
+
+def test_float16_frames_are_denoised_without_numpy_warnings(RE, denoiser):
+    import warnings
+
+    rng = np.random.default_rng(0)
+    cam = SynSignal(func=lambda: rng.poisson(500, (40, 48)).astype(np.float16), name="cam")
+    cb = TomoGANCallback(denoiser, inline=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a warning in the worker would become a row's error
+        docs = run(RE, cb, [cam], num=3)
+    pages = [d for n, d in docs if n == "event_page" and "cam_denoised" in d["data"]]
+    assert [e for p in pages for e in p["data"]["cam_qc_error"]] == [""] * 3
 
 
 def test_a_frame_of_another_shape_is_flagged_and_kept_out_of_the_context(RE, denoiser):

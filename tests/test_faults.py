@@ -404,3 +404,47 @@ def test_a_re_emitted_descriptor_with_another_shape_gets_its_own_file(denoiser, 
     assert sum(d["indices"]["stop"] - d["indices"]["start"] for d in datums) == 6
     assert cb.errors == []
     no_leftovers(tmp_path, cb)
+
+
+def test_a_bug_in_qc_of_one_frame_costs_only_that_frame(RE, denoiser, tmp_path, monkeypatch):
+    """An unexpected exception while handling one frame (here: QC raising on its 3rd frame) gets that
+    frame a row naming it; the worker goes on with the next frames."""
+    from bluesky_tomogan.callbacks import run_qc
+
+    real, calls = run_qc.frame_metrics, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise ZeroDivisionError("a bug")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run_qc, "frame_metrics", flaky)
+    cb = TomoGANCallback(denoiser, flush_timeout=60)
+    rec = Recorder(RE, cb)
+    RE(bp.count([camera()], num=6))
+    rec.check()
+    errors = rec.column("cam_qc_error")
+    assert errors[2] == "internal error: ZeroDivisionError: a bug"
+    assert errors[:2] == ["", ""] and errors[3:] == ["", "", ""]
+    no_leftovers(tmp_path, cb)
+
+
+def test_a_worker_that_dies_releases_the_stop_at_once_and_names_why(RE, denoiser, tmp_path, monkeypatch):
+    """Should the worker loop itself fail, the stop does not wait ``flush_timeout`` for it, later
+    frames are not queued for nobody, and every row says what happened."""
+    from bluesky_tomogan.callbacks.run import RunDenoiser
+
+    def broken(self, windows):
+        raise RuntimeError("loop bug")
+
+    monkeypatch.setattr(RunDenoiser, "_flush_stale", broken)
+    cb = TomoGANCallback(denoiser, policy="block", maxsize=1, block_timeout=30, flush_timeout=600)
+    rec = Recorder(RE, cb)
+    RE(bp.count([camera()], num=5))  # with a dead worker and maxsize 1 each frame would wait 30 s
+    rec.check()
+    errors = rec.column("cam_qc_error")
+    assert len(errors) == 5
+    assert all(e == "not denoised: the worker stopped early (RuntimeError: loop bug)" for e in errors)
+    assert "the worker stopped early" in " ".join(cb.errors)
+    no_leftovers(tmp_path, cb)

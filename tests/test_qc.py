@@ -174,6 +174,19 @@ def test_residual_correlation_tells_removed_noise_from_removed_structure(rng):
     assert bad.residual_correlation > QCPolicy().rules["out_of_distribution"].threshold
 
 
+def test_residual_correlation_does_not_shrink_with_pixels_without_data(rng):
+    """NaN-masked pixels (kept NaN in the derived frame) are left out of the lag-1 pairs and of
+    their count alike: a detector's mask does not make a structured residual look like noise."""
+    from scipy.ndimage import gaussian_filter
+
+    residual = gaussian_filter(rng.normal(0, 10, (128, 128)), 1.5).astype(np.float32)
+    whole = residual_metrics(residual, np.zeros_like(residual), FrameMetrics()).residual_correlation
+    holed = residual.copy()
+    holed[rng.random(holed.shape) < 0.3] = np.nan  # 30 % of the pixels: half of the pairs
+    masked = residual_metrics(holed, np.zeros_like(holed), FrameMetrics()).residual_correlation
+    assert whole > 0.5 and masked == pytest.approx(whole, abs=0.03)
+
+
 # -- the policy -------------------------------------------------------------------------------
 
 

@@ -22,8 +22,8 @@ import numpy as np
 from ..qc.metrics import SIDEWAYS_HISTORY, UNITS, FrameMetrics, IntensityReference
 from ..qc.policy import Action
 
-__all__ = ["DerivedStream", "Dropped", "FrameResult", "QueuedFrame", "derived_data_keys", "image_fields",
-           "row_columns", "unsupported_image_fields"]
+__all__ = ["DerivedStream", "Dropped", "FrameResult", "QueuedFrame", "declared_shape", "derived_data_keys",
+           "exposures_per_event", "frame_shape", "image_fields", "row_columns", "unsupported_image_fields"]
 
 #: Recent usable frames per stream (binned) among which registration looks for a neighbouring angle.
 REGISTRATION_HISTORY = 8
@@ -38,9 +38,16 @@ def _looks_like_colour(shape: list[int]) -> bool:
     return len(shape) == 3 and shape[-1] in (3, 4) and shape[0] > 4
 
 
+def _has_channel_axis(shape: list[int]) -> bool:
+    """``[H, W, 1]``: one frame with a trailing single channel (how some cameras and PIL declare a
+    grey image), not H exposures of ``W x 1`` frames."""
+    return len(shape) == 3 and shape[-1] == 1 and shape[0] > 1 and shape[1] > 1
+
+
 def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
-    """Data keys of a descriptor that hold 2-D frames: one per event (shape ``[H, W]`` or ``[1, H, W]``)
-    or several (``[N, H, W]``: a detector taking N exposures per event, :func:`exposures_per_event`)."""
+    """Data keys of a descriptor that hold 2-D frames: one per event (shape ``[H, W]``, ``[1, H, W]`` or
+    ``[H, W, 1]``) or several (``[N, H, W]``: a detector taking N exposures per event,
+    :func:`exposures_per_event`)."""
     out = []
     for key, dk in descriptor.get("data_keys", {}).items():
         shape = declared_shape(dk)
@@ -49,10 +56,16 @@ def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def frame_shape(data_key: Mapping[str, Any]) -> tuple[int, int]:
+    """``(H, W)`` of an image data key's frames (0 where the key leaves a dimension unknown)."""
+    shape = [int(v or 0) for v in (data_key.get("shape") or [])]
+    return (shape[0], shape[1]) if _has_channel_axis(declared_shape(data_key)) else (shape[-2], shape[-1])
+
+
 def exposures_per_event(data_key: Mapping[str, Any]) -> int:
     """How many frames one event of an image data key holds: N of ``[N, H, W]``, else 1."""
     shape = declared_shape(data_key)
-    return max(int(shape[0]), 1) if len(shape) == 3 else 1
+    return max(int(shape[0]), 1) if len(shape) == 3 and not _has_channel_axis(shape) else 1
 
 
 def unsupported_image_fields(descriptor: Mapping[str, Any]) -> dict[str, str]:
@@ -111,6 +124,7 @@ class QueuedFrame:
     exposure: int = 0  # which of its event's frames (events of an [N, H, W] field hold N)
     metrics: FrameMetrics = field(default_factory=FrameMetrics)
     done: bool = False  # denoised (its row is on its way)
+    recorded: bool = False  # its result was handed to the row writer (denoised or not)
 
 
 @dataclass

@@ -66,6 +66,7 @@ class FrameQueue:
         self._frames = 0
         self._cond = threading.Condition()
         self._tombstone = tombstone
+        self._closed = False
         self.dropped: list[Any] = []  # a tombstone of every dropped frame, for the record
 
     def __len__(self) -> int:
@@ -80,12 +81,16 @@ class FrameQueue:
         returned, so a producer on the RunEngine's thread can never hang.
         """
         with self._cond:
+            if self._closed:
+                return False
             if self.policy == "block":
-                if not self._cond.wait_for(lambda: self._frames < self.maxsize, timeout):
+                if not self._cond.wait_for(lambda: self._closed or self._frames < self.maxsize, timeout):
                     tomb = self._drop(item)
                     if self._tombstone is not None:
                         self._items.append((False, tomb))
                         self._cond.notify_all()
+                    return False
+                if self._closed:
                     return False
             elif self.policy == "latest-only":
                 self._drop_frames(self._frames)
@@ -95,6 +100,13 @@ class FrameQueue:
             self._frames += 1
             self._cond.notify_all()
             return True
+
+    def close(self) -> None:
+        """The consumer is gone: wake a ``put`` that waits for room; from now on ``put`` refuses frames
+        (returns ``False``, records nothing: the producer accounts for them)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
     def put_control(self, item: Any) -> None:
         """Queue a control item (never dropped, never blocks)."""

@@ -61,7 +61,7 @@ from ..inference.denoiser import Denoiser
 from ..masked import masked_pixels
 from ..qc.policy import UNUSABLE
 from .consumers import Consumers
-from .derived_stream import declared_shape, exposures_per_event
+from .derived_stream import exposures_per_event, frame_shape
 from .frame_writer import DerivedFrameWriter, derived_directory, stream_resource_directory
 from .passthrough import PassThroughRun, RunRouterFacade, Turn
 from .run import image_fields
@@ -335,8 +335,7 @@ class _RunReconstruction(PassThroughRun):
                 self._image_key[name] = keys[0]
                 self._frames.setdefault(name, _Frames(exposures_per_event(doc["data_keys"][keys[0]])))
                 if self._shape is None:  # one detector: its first image stream (the darks, in tomo_scan) says
-                    shape = declared_shape(doc["data_keys"][keys[0]])[-2:]
-                    self._shape = (int(shape[0]), int(shape[1]))
+                    self._shape = frame_shape(doc["data_keys"][keys[0]])
                 if self._raw_dtype is None and not name.endswith("denoised"):
                     self._raw_dtype = _numpy_dtype(doc["data_keys"][keys[0]].get("dtype_numpy"))
         return doc

@@ -63,9 +63,9 @@ from .derived_stream import (
     Dropped,
     FrameResult,
     QueuedFrame,
-    declared_shape,
     derived_data_keys,
     exposures_per_event,
+    frame_shape,
     image_fields,
     row_columns,
     unsupported_image_fields,
@@ -153,6 +153,7 @@ class RunDenoiser(PassThroughRun):
         self._lock = threading.Lock()  # guards _closed against the worker's writes
         self._closed = False  # set at stop: a late worker's results are discarded
         self._done = threading.Event()
+        self._worker_error = ""  # why the worker thread ended early (a bug), if it did
         self._worker: threading.Thread | None = None
         self._writer: DerivedFrameWriter | None = None
         self._raw_directory: Path | None = None
@@ -198,8 +199,7 @@ class RunDenoiser(PassThroughRun):
             return doc
         fields: dict[str, DerivedStream] = {}
         for f in wanted:
-            shape = tuple(int(v or 0) for v in declared_shape(doc["data_keys"][f])[-2:])
-            h, w = shape[0], shape[1]
+            h, w = frame_shape(doc["data_keys"][f])
             stream = self._by_name.get((raw_name, f, (h, w)))
             if stream is None:  # new, or a re-emitted descriptor with another frame shape
                 stream = self._new_stream(raw_name, f, len(wanted), (h, w), exposures_per_event(doc["data_keys"][f]))
@@ -335,6 +335,10 @@ class RunDenoiser(PassThroughRun):
         with self._lock:  # from here on a late worker's results are discarded
             self._closed = True
         self._emit_finished()
+        if self._worker_error:
+            self._note(f"the worker stopped early ({self._worker_error}); {len(self._pending)} frames recorded "
+                       "as not denoised")
+            self._record_unfinished(f"not denoised: the worker stopped early ({self._worker_error})")
         if not finished:
             self._note(f"worker did not finish within {self.options.flush_timeout} s of the stop; "
                        f"{len(self._pending)} frames recorded as not denoised")
@@ -364,6 +368,12 @@ class RunDenoiser(PassThroughRun):
         item = QueuedFrame(stream, frame, seq_num, uid, time.time(), next(self._tokens), exposure)
         stream.latest_token = item.token
         self._pending[item.token] = item
+        if self._worker_error:  # nobody would take it off the queue: its row says why, now
+            self._finish(FrameResult(dataclasses.replace(item, frame=None), None,
+                                     f"not denoised: the worker stopped early ({self._worker_error})",
+                                     finished=time.time()), after_stop=True)
+            self._emit_finished()
+            return
         if self.options.policy != "block":
             self._queue.put(item)
             return
@@ -373,6 +383,8 @@ class RunDenoiser(PassThroughRun):
             self._breaker_open = False
             log.warning("TomoGAN worker caught up; policy block waits for room again")
         if not self._queue.put(item, timeout=0.0 if self._breaker_open else self.options.block_timeout):
+            if self._worker_error:  # refused by a closed queue: the stop records it with the reason
+                return
             if not self._breaker_open:
                 self._breaker_open = True
                 self._note(f"worker made no room within {self.options.block_timeout} s; dropping frames "
@@ -396,8 +408,23 @@ class RunDenoiser(PassThroughRun):
     # -- worker ---------------------------------------------------------------------------
 
     def _work(self) -> None:
-        """The worker loop: denoise this run's frames until the end-of-run marker."""
+        """The worker thread: denoise this run's frames until the end-of-run marker.
+
+        Nothing that goes wrong here may reach the RunEngine or keep the stop waiting: a
+        frame whose handling raises gets a row that says why, and should the loop itself
+        fail, the stop is released at once and the frames left get rows naming the failure.
+        """
         _lower_priority()
+        try:
+            self._work_loop()
+        except BaseException as exc:  # a bug in this package: record it, never hang the run's stop
+            log.exception("the TomoGAN worker of run %s stopped", self.summary.uid)
+            self._worker_error = f"{type(exc).__name__}: {exc}"
+            self._queue.close()  # a frame waiting for room must not wait for nobody
+        finally:
+            self._done.set()
+
+    def _work_loop(self) -> None:
         windows: dict[int, list[QueuedFrame]] = {}  # id of a derived stream -> its context window
         while True:
             got = self._queue.get(timeout=0.5)
@@ -409,43 +436,52 @@ class RunDenoiser(PassThroughRun):
             if self._closed:  # the stop gave up on this worker: its rows are recorded, stop working
                 return
             is_frame, item = got
-            began = time.perf_counter()
-            if isinstance(item, Dropped):  # recorded as a row with no frame, in its place
-                why = ("worker stalled, no room within block_timeout" if self.options.policy == "block"
-                       else "queue full")
-                self._finish(FrameResult(item.item, None, f"{DROPPED}: {why} (policy {self.options.policy})",
-                                     finished=time.time()))
-                continue
-            if not is_frame:  # end of run: mirrored context for each stream's last frame
+            if not is_frame and not isinstance(item, Dropped):  # end of run: each stream's last frame, mirrored
                 for window in windows.values():
                     self._denoise_last(window)
-                self._done.set()
                 return
             try:
-                item.frame = _as_frame(item.frame() if callable(item.frame) else item.frame)
-            except Exception as exc:  # unreadable external frame: flag it, keep going without it
-                log.warning("cannot read %s seq %d: %s", item.stream.field, item.seq_num, exc)
-                self._finish(FrameResult(item, None, f"cannot read frame: {type(exc).__name__}: {exc}",
+                self._handle(item, windows)
+            except Exception as exc:  # a bug (QC of an odd frame, ...): this frame's row says so, the rest go on
+                frame = item.item if isinstance(item, Dropped) else item
+                log.exception("TomoGAN: handling %s seq %d failed", frame.stream.field, frame.seq_num)
+                if not frame.recorded:
+                    self._finish(FrameResult(frame, None, f"internal error: {type(exc).__name__}: {exc}",
+                                             finished=time.time()), judge=False)
+
+    def _handle(self, item: QueuedFrame | Dropped, windows: dict[int, list[QueuedFrame]]) -> None:
+        """One frame off the queue: record it if dropped or unusable, else denoise it once its context is in."""
+        began = time.perf_counter()
+        if isinstance(item, Dropped):  # recorded as a row with no frame, in its place
+            why = "worker stalled, no room within block_timeout" if self.options.policy == "block" else "queue full"
+            self._finish(FrameResult(item.item, None, f"{DROPPED}: {why} (policy {self.options.policy})",
                                      finished=time.time()))
-                continue
-            problem = _frame_problem(item.frame, item.stream.shape)
-            unusable = self._qc.measure(item)
-            if problem or unusable:  # flagged, and kept out of its neighbours' context: they are denoised as usual
-                self._finish(FrameResult(item, None, problem or f"not denoised: unusable frame ({', '.join(unusable)})",
+            return
+        try:
+            item.frame = _as_frame(item.frame() if callable(item.frame) else item.frame)
+        except Exception as exc:  # unreadable external frame: flag it, keep going without it
+            log.warning("cannot read %s seq %d: %s", item.stream.field, item.seq_num, exc)
+            self._finish(FrameResult(item, None, f"cannot read frame: {type(exc).__name__}: {exc}",
                                      finished=time.time()))
-                continue
-            window = windows.setdefault(id(item.stream), [])
-            if window:  # how often this stream's frames come, for _flush_stale
-                gap = item.received - window[-1].received
-                item.stream.interval = gap if item.stream.interval is None else 0.8 * item.stream.interval + 0.2 * gap
-            window.append(item)
-            if len(window) == 2:  # first frame: mirrored context
-                self._denoise(window[0], [window[1], window[0], window[1]])
-            elif len(window) == 3:
-                self._denoise(window[1], window)
-                window.pop(0)
-            if item.stream.field in self._controllers:  # what a frame costs besides the network
-                self._controllers[item.stream.field].record_cycle(time.perf_counter() - began)
+            return
+        problem = _frame_problem(item.frame, item.stream.shape)
+        unusable = self._qc.measure(item)
+        if problem or unusable:  # flagged, and kept out of its neighbours' context: they are denoised as usual
+            self._finish(FrameResult(item, None, problem or f"not denoised: unusable frame ({', '.join(unusable)})",
+                                     finished=time.time()))
+            return
+        window = windows.setdefault(id(item.stream), [])
+        if window:  # how often this stream's frames come, for _flush_stale
+            gap = item.received - window[-1].received
+            item.stream.interval = gap if item.stream.interval is None else 0.8 * item.stream.interval + 0.2 * gap
+        window.append(item)
+        if len(window) == 2:  # first frame: mirrored context
+            self._denoise(window[0], [window[1], window[0], window[1]])
+        elif len(window) == 3:
+            self._denoise(window[1], window)
+            window.pop(0)
+        if item.stream.field in self._controllers:  # what a frame costs besides the network
+            self._controllers[item.stream.field].record_cycle(time.perf_counter() - began)
 
     def _denoise_last(self, window: list[QueuedFrame]) -> None:
         """Denoise a stream's newest frame with mirrored context (its next frame is not coming, or not yet)."""
@@ -503,7 +539,7 @@ class RunDenoiser(PassThroughRun):
                                                    costs=costs)
         return self._controllers[f].next_denoiser(len(self._queue), stream.interval)
 
-    def _finish(self, result: FrameResult, *, after_stop: bool = False) -> None:
+    def _finish(self, result: FrameResult, *, after_stop: bool = False, judge: bool = True) -> None:
         """Write the result's frame (worker thread) and hand the result to the callback thread.
 
         A frame that could not be denoised is recorded (``qc_error``): inline as
@@ -511,8 +547,13 @@ class RunDenoiser(PassThroughRun):
         on the worker (``_closed``), a late result is discarded: its row was
         already recorded as not denoised.
         """
-        if not after_stop:
-            self._qc.judge(result)
+        result.item.recorded = True
+        if not after_stop and judge:
+            try:
+                self._qc.judge(result)
+            except Exception as exc:  # the row is kept, with what went wrong in QC
+                log.exception("TomoGAN: QC of %s seq %d failed", result.item.stream.field, result.item.seq_num)
+                result.error = result.error or f"internal error in QC: {type(exc).__name__}: {exc}"
         with self._lock:
             if self._closed and not after_stop:
                 return
@@ -644,8 +685,11 @@ def _frame_problem(frame: np.ndarray, declared: tuple[int, int]) -> str:
 
 
 def _as_frame(value: Any) -> np.ndarray:
+    """An event's one frame as ``(H, W)``: without a leading exposure axis or a trailing channel axis of 1."""
     frame = np.asarray(value)
-    return frame[0] if frame.ndim == 3 and frame.shape[0] == 1 else frame
+    if frame.ndim == 3 and frame.shape[0] == 1:
+        return frame[0]
+    return frame[..., 0] if frame.ndim == 3 and frame.shape[-1] == 1 else frame
 
 
 def _exposure(frames: np.ndarray, exposure: int) -> np.ndarray:

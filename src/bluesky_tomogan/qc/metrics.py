@@ -243,7 +243,10 @@ def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np
         return m
     values = f[valid] if n_valid < f.size else f.ravel()
     m.mean = mean = float(values.mean(dtype=np.float64))
-    m.saturated_fraction = float(clipped + np.count_nonzero(values >= saturation_level)) / f.size
+    # a level beyond a narrow float type's range (float16 frames) saturates nothing, and casting it would overflow
+    above = 0 if f.dtype.kind == "f" and saturation_level > float(np.finfo(f.dtype).max) else np.count_nonzero(
+        values >= saturation_level)
+    m.saturated_fraction = float(clipped + above) / f.size
     m.dead_fraction = dead_fraction(np.where(valid, f, 1) if n_valid < f.size else f)
     m.intensity_ratio = reference.ratio(mean, dark_level)
     m.noise_sigma = noise_sigma(np.where(valid, f, mean) if n_valid < f.size else f)
@@ -311,7 +314,11 @@ def residual_metrics(raw: np.ndarray, denoised: np.ndarray, m: FrameMetrics) -> 
     if var <= 0 or r.shape[0] < 2 or r.shape[1] < 2:
         m.residual_correlation = 0.0
         return m
-    rx = float(np.mean(r[:, 1:] * r[:, :-1])) / var
-    ry = float(np.mean(r[1:, :] * r[:-1, :])) / var
+    # a pixel without data is 0 in r, so the sums hold only pairs of two pixels with data; each is
+    # divided by the number of such pairs (the mean over all pairs would shrink it by the masked share)
+    pairs_x = r[:, 1:].size if finite.all() else max(int(np.count_nonzero(finite[:, 1:] & finite[:, :-1])), 1)
+    pairs_y = r[1:, :].size if finite.all() else max(int(np.count_nonzero(finite[1:, :] & finite[:-1, :])), 1)
+    rx = float(np.sum(r[:, 1:] * r[:, :-1])) / pairs_x / var
+    ry = float(np.sum(r[1:, :] * r[:-1, :])) / pairs_y / var
     m.residual_correlation = 0.5 * (rx + ry)
     return m
