@@ -140,6 +140,19 @@ def test_a_projection_scan_of_another_name_and_radian_angles_is_read(tmp_path):
     assert scan.flats is None and scan.darks is None
 
 
+def test_a_stack_of_several_exposures_per_angle_is_unstacked(tmp_path):
+    path = tmp_path / "bursts.h5"
+    proj = np.arange(20 * 2 * 8 * 8, dtype=np.float32).reshape(20, 2, 8, 8)
+    with h5py.File(path, "w") as f:
+        f["projections"] = proj
+        f["angles"] = np.arange(20) * 9.0
+        f["flats"] = np.full((3, 2, 8, 8), 5.0, np.float32)
+    scan = read_scan(str(path))
+    assert scan.shape == (40, 8, 8) and scan.flats.shape == (8, 8)
+    np.testing.assert_allclose(scan.angles, np.repeat(np.arange(20) * 9.0, 2))
+    np.testing.assert_array_equal(scan.projections[2:4], proj[1])
+
+
 def test_a_photon_counters_masked_gaps_never_reach_the_training_pairs(tmp_path):
     """Gap columns at 2**32 - 1 in projections and flats: read as their nearest unmasked neighbours."""
     top = np.iinfo(np.uint32).max
@@ -211,6 +224,31 @@ def test_a_scan_stored_in_tiled_is_read_with_its_angles_flats_and_darks(RE, stor
         read_scan(uri, "not-a-uid")
     with pytest.raises(ScanError, match="no field 'nope'"):
         read_scan(uri, uid, field="nope")
+
+
+def test_a_run_of_several_exposures_per_event_gives_one_projection_per_exposure(RE, store, tmp_path):
+    """ophyd-async's ``exposures_per_event`` (data key ``[N, rows, columns]``): each exposure
+    is a projection at its event's angle (as the live callback denoises them), flats and darks averaged."""
+    from bluesky.callbacks.tiled_writer import TiledWriter
+
+    from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
+    from bluesky_tomogan.plans import tomo_scan
+    from bluesky_tomogan.simulate.tomography import angles_deg
+    from bluesky_tomogan.storage import frames_directory, server_of
+
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(32, 48), seed=1, simulate_timing=False, exposures=3,
+                          directory=frames_directory(tmp_path / "store") / "ft3")
+    RE.subscribe(TiledWriter(store))
+    angles = list(angles_deg(12))
+    (uid,) = RE(tomo_scan(det, stage, angles, n_darks=2, n_flats=2))
+    stored = store[uid]["primary"]["det_image"].read()
+    stored = stored.reshape(12, 3, 32, 48)  # TiledWriter keeps ophyd-async's flat stack: (36, 32, 48)
+    scan = read_scan(server_of(store).uri, uid)
+    assert scan.shape == (36, 32, 48)
+    np.testing.assert_allclose(scan.angles, np.repeat(angles, 3))
+    np.testing.assert_array_equal(scan.projections[3:6], stored[1].astype(np.float32))  # exposures in order
+    assert scan.flats.shape == scan.darks.shape == (32, 48) and scan.flats.mean() > scan.darks.mean()
 
 
 def test_starting_weights_are_found_by_name_model_directory_or_file(tmp_path):

@@ -189,6 +189,15 @@ def test_unknown_names_are_specific_errors():
         load_denoiser(backend="onnxruntime", precision="int8")
 
 
+def test_a_network_file_instead_of_its_card_says_what_to_give(tmp_path):
+    network = tmp_path / "tomogan.onnx"
+    network.write_bytes(b"\x08\x07")
+    with pytest.raises(UnknownModelError, match="is not a model card: give the model card"):
+        load_denoiser(network)
+    with pytest.raises(TypeError, match="shipped model's name"):
+        load_denoiser(5)  # type: ignore[arg-type]
+
+
 def test_edgetpu_without_the_device_says_what_to_install():
     with pytest.raises(BackendUnavailableError, match="libedgetpu"):
         load_denoiser(backend="edgetpu")

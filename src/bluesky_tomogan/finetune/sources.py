@@ -1,8 +1,9 @@
 """Read a user's scan to fine-tune on: an HDF5 file (Data Exchange or plain keys) or a run stored in Tiled.
 
 Everything a fine-tune needs is checked here, before any reconstruction or training:
-the projections exist and are a finite 3-D stack, the angles match them, and darks
-and flats (optional) have the frames' shape.
+the projections exist and are a finite 3-D stack (events of several exposures each are
+unstacked, one projection per exposure at the event's angle), the angles match them,
+and darks and flats (optional) have the frames' shape.
 """
 
 from __future__ import annotations
@@ -65,10 +66,20 @@ def _unmasked(frames: np.ndarray) -> np.ndarray:
     return np.asarray(frames, np.float32) if mask is None else fill_masked(frames, mask)
 
 
+def _frames_stack(stack: Any) -> np.ndarray:
+    """``(k, rows, columns)`` frames of a stored stack: events of several exposures each (``(events, N, rows,
+    columns)``, ophyd-async's ``exposures_per_event``) become one frame per exposure, in order, and a grey
+    camera's trailing channel axis (``(events, rows, columns, 1)``) is dropped."""
+    arr = np.asarray(stack)
+    if arr.ndim == 4 and arr.shape[-1] == 1 and arr.shape[1] > 1:
+        return arr[..., 0]
+    return arr.reshape(-1, *arr.shape[2:]) if arr.ndim == 4 else arr
+
+
 def _mean_frame(stack: Any, shape: tuple[int, int], what: str, where: str) -> np.ndarray | None:
     if stack is None:
         return None
-    arr = _unmasked(np.asarray(stack))
+    arr = _unmasked(_frames_stack(stack))
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3 or arr.shape[1:] != shape or len(arr) == 0:
@@ -93,10 +104,17 @@ def _angles_in_degrees(angles: Any, n: int, where: str) -> np.ndarray:
     return a
 
 
-def _assemble(projections: Any, angles: Any, flats: Any, darks: Any, where: str) -> Scan:
-    proj = np.asarray(projections)
+def _assemble(projections: Any, angles: Any, flats: Any, darks: Any, where: str, exposures: int = 1) -> Scan:
+    stored = np.asarray(projections)
+    proj = _frames_stack(stored)
     if proj.ndim != 3:
         raise ScanError(f"{where}: projections must be a (n_angles, rows, columns) stack, got shape {proj.shape}")
+    if stored.ndim == 4 and len(proj) != len(stored):
+        exposures = len(proj) // len(stored)
+    if exposures > 1 and angles is not None and np.size(angles) * exposures == len(proj):
+        # several exposures per event, all at the event's angle: each is a projection of its own
+        # (independent noise, as the live callback denoises them), so each keeps that angle
+        angles = np.repeat(np.asarray(angles, float).ravel(), exposures)
     if not np.issubdtype(proj.dtype, np.number):
         raise ScanError(f"{where}: projections have non-numeric dtype {proj.dtype}")
     if proj.dtype.kind == "f" and not np.isfinite(proj).all():
@@ -153,7 +171,8 @@ def read_scan_hdf5(path: str | Path, key: str | None = None) -> Scan:
 
 
 def _image_field(stream: Any, field: str | None, where: str) -> str:
-    fields = [k for k in stream if len(getattr(stream[k], "shape", ())) == 3]
+    # (events, rows, columns), or (events, exposures, rows, columns) for detectors taking several per event
+    fields = [k for k in stream if len(getattr(stream[k], "shape", ())) in (3, 4)]
     if field is not None:
         if field not in stream:
             raise ScanError(f"{where}: no field {field!r} in the primary stream (image fields: {fields or 'none'})")
@@ -217,7 +236,12 @@ def _scan_of_run(client: Any, uid: str, field: str | None, where: str) -> Scan:
     def stream_frames(stream: str) -> Any:
         return run[stream][name].read() if stream in run and name in run[stream] else None
 
-    return _assemble(primary[name].read(), angles, stream_frames("flat"), stream_frames("dark"), where)
+    # a key declared [N, rows, columns] holds N exposures per event; TiledWriter may store them as one
+    # flat stack of frames (ophyd-async writes them one after the other)
+    shape = [s for s in primary.metadata.get("data_keys", {}).get(name, {}).get("shape") or [] if s]
+    exposures = int(shape[0]) if len(shape) == 3 and shape[-1] != 1 else 1
+    return _assemble(primary[name].read(), angles, stream_frames("flat"), stream_frames("dark"), where,
+                     exposures=exposures)
 
 
 def read_scan(source: str, uid: str | None = None, field: str | None = None, key: str | None = None) -> Scan:

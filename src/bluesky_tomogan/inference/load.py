@@ -65,11 +65,16 @@ def shipped_models() -> list[str]:
 def load_card(model: str | os.PathLike[str] | None = None) -> ModelCard:
     """Find and read the model card of a shipped model name, a card file or a directory."""
     name = DEFAULT_MODEL if model is None else model
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(f"model must be a shipped model's name, a model card or its directory, got {name!r}")
     path = Path(name).expanduser()
     if path.suffix == ".json" and path.is_file():
         return ModelCard.read(path)
     if path.is_dir():
         return ModelCard.read(card_in_directory(path, UnknownModelError))
+    if path.is_file():  # a network file (.onnx, .xml, .tflite, ...): its card says how to run it
+        raise UnknownModelError(f"{path} is not a model card: give the model card (the .json that "
+                                "`bluesky-tomogan export` writes beside the network files) or its directory")
     shipped = shipped_weights_dir() / f"{name}.json"
     if shipped.is_file():
         return ModelCard.read(shipped)
