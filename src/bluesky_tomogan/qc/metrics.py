@@ -244,8 +244,8 @@ def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np
     values = f[valid] if n_valid < f.size else f.ravel()
     m.mean = mean = float(values.mean(dtype=np.float64))
     # a level beyond a narrow float type's range (float16 frames) saturates nothing, and casting it would overflow
-    above = 0 if f.dtype.kind == "f" and saturation_level > float(np.finfo(f.dtype).max) else np.count_nonzero(
-        values >= saturation_level)
+    beyond_type = f.dtype.kind == "f" and saturation_level > float(np.finfo(f.dtype).max)
+    above = 0 if beyond_type else int(np.count_nonzero(values >= saturation_level))
     m.saturated_fraction = float(clipped + above) / f.size
     m.dead_fraction = dead_fraction(np.where(valid, f, 1) if n_valid < f.size else f)
     m.intensity_ratio = reference.ratio(mean, dark_level)
@@ -303,7 +303,8 @@ def residual_metrics(raw: np.ndarray, denoised: np.ndarray, m: FrameMetrics) -> 
     m.denoised_noise_sigma = noise_sigma(denoised)
     r = np.asarray(raw, np.float32) - np.asarray(denoised, np.float32)
     finite = np.isfinite(r)
-    if finite.all():
+    all_finite = bool(finite.all())
+    if all_finite:
         r = r - r.mean()
     elif finite.any():  # NaN where the detector has no data (kept in the derived frame): out of the sums
         r = np.where(finite, r - r[finite].mean(), np.float32(0))
@@ -316,8 +317,8 @@ def residual_metrics(raw: np.ndarray, denoised: np.ndarray, m: FrameMetrics) -> 
         return m
     # a pixel without data is 0 in r, so the sums hold only pairs of two pixels with data; each is
     # divided by the number of such pairs (the mean over all pairs would shrink it by the masked share)
-    pairs_x = r[:, 1:].size if finite.all() else max(int(np.count_nonzero(finite[:, 1:] & finite[:, :-1])), 1)
-    pairs_y = r[1:, :].size if finite.all() else max(int(np.count_nonzero(finite[1:, :] & finite[:-1, :])), 1)
+    pairs_x = r[:, 1:].size if all_finite else max(int(np.count_nonzero(finite[:, 1:] & finite[:, :-1])), 1)
+    pairs_y = r[1:, :].size if all_finite else max(int(np.count_nonzero(finite[1:, :] & finite[:-1, :])), 1)
     rx = float(np.sum(r[:, 1:] * r[:, :-1])) / pairs_x / var
     ry = float(np.sum(r[1:, :] * r[:-1, :])) / pairs_y / var
     m.residual_correlation = 0.5 * (rx + ry)
