@@ -334,3 +334,13 @@ def test_a_script_that_ends_right_after_its_scan_still_delivers_the_final_recons
     written = names.read_text().split()
     assert written[-4:] == ["event_page", "stream_datum", "stream_datum", "stop"]  # final rows, then the stop
     assert written.count("descriptor") == 4  # dark, flat, primary and reconstruction
+
+
+def test_sinogram_rows_of_a_grey_frame_with_a_trailing_channel_axis():
+    """A camera declaring ``[H, W, 1]``: the live reconstruction picks detector rows of the frame,
+    the same as of the plain ``[H, W]`` frame (not rows of a ``W x 1`` reshaping)."""
+    from bluesky_tomogan.callbacks.reconstruction import _picked_rows
+
+    frame = np.arange(6 * 5, dtype=np.uint16).reshape(6, 5)
+    np.testing.assert_array_equal(_picked_rows(frame[..., None], [1, 4], None), _picked_rows(frame, [1, 4], None))
+    assert _picked_rows(frame[..., None], [1, 4], None).shape == (2, 5)

@@ -23,7 +23,8 @@ from ..qc.metrics import SIDEWAYS_HISTORY, UNITS, FrameMetrics, IntensityReferen
 from ..qc.policy import Action
 
 __all__ = ["DerivedStream", "Dropped", "FrameResult", "QueuedFrame", "declared_shape", "derived_data_keys",
-           "exposures_per_event", "frame_shape", "image_fields", "row_columns", "unsupported_image_fields"]
+           "exposures_per_event", "frame_shape", "image_fields", "row_columns", "unsupported_image_fields",
+           "without_channel_axis"]
 
 #: Recent usable frames per stream (binned) among which registration looks for a neighbouring angle.
 REGISTRATION_HISTORY = 8
@@ -42,6 +43,11 @@ def _has_channel_axis(shape: list[int]) -> bool:
     """``[H, W, 1]``: one frame with a trailing single channel (how some cameras and PIL declare a
     grey image), not H exposures of ``W x 1`` frames."""
     return len(shape) == 3 and shape[-1] == 1 and shape[0] > 1 and shape[1] > 1
+
+
+def without_channel_axis(frame: np.ndarray) -> np.ndarray:
+    """A frame that came as ``[H, W, 1]`` as ``[H, W]`` (see :func:`image_fields`); other arrays unchanged."""
+    return frame[..., 0] if _has_channel_axis(list(frame.shape)) else frame
 
 
 def image_fields(descriptor: Mapping[str, Any]) -> list[str]:

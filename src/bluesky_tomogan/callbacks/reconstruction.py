@@ -61,7 +61,7 @@ from ..inference.denoiser import Denoiser
 from ..masked import masked_pixels
 from ..qc.policy import UNUSABLE
 from .consumers import Consumers
-from .derived_stream import exposures_per_event, frame_shape
+from .derived_stream import exposures_per_event, frame_shape, without_channel_axis
 from .frame_writer import DerivedFrameWriter, derived_directory, stream_resource_directory
 from .passthrough import PassThroughRun, RunRouterFacade, Turn
 from .run import image_fields
@@ -241,7 +241,7 @@ def _picked_rows(frame: Any, rows: Sequence[int], raw_dtype: np.dtype | None) ->
     An event of several frames (``[N, H, W]``: exposures at one angle) gives their mean, pixel by
     pixel over the exposures that hold data there.
     """
-    arr = np.asarray(frame)
+    arr = without_channel_axis(np.asarray(frame))
     picked = arr.reshape(-1, *arr.shape[-2:])[:, list(rows)]
     mask = masked_pixels(picked, None if picked.dtype.kind in "ui" else raw_dtype)
     out = picked.astype(np.float32)

@@ -69,6 +69,7 @@ from .derived_stream import (
     image_fields,
     row_columns,
     unsupported_image_fields,
+    without_channel_axis,
 )
 from .frame_writer import DerivedFrameWriter, derived_directory, stream_resource_directory
 from .passthrough import PassThroughRun, Turn
@@ -686,10 +687,8 @@ def _frame_problem(frame: np.ndarray, declared: tuple[int, int]) -> str:
 
 def _as_frame(value: Any) -> np.ndarray:
     """An event's one frame as ``(H, W)``: without a leading exposure axis or a trailing channel axis of 1."""
-    frame = np.asarray(value)
-    if frame.ndim == 3 and frame.shape[0] == 1:
-        return frame[0]
-    return frame[..., 0] if frame.ndim == 3 and frame.shape[-1] == 1 else frame
+    frame = without_channel_axis(np.asarray(value))
+    return frame[0] if frame.ndim == 3 and frame.shape[0] == 1 else frame
 
 
 def _exposure(frames: np.ndarray, exposure: int) -> np.ndarray:
