@@ -519,6 +519,36 @@ def test_frames_of_an_unusable_dtype_are_flagged(RE, denoiser):
     assert docs[-1][1]["num_events"]["denoised"] == 4
 
 
+def test_a_streams_first_frame_waits_for_its_neighbour_however_slow_the_run(RE, denoiser, monkeypatch):
+    """The first frame's context does not depend on timing: a next frame that comes long after the
+    wait for context still becomes its neighbour (a stream's later frames keep the timed rule)."""
+    import bluesky.plan_stubs as bps
+
+    from bluesky_tomogan.callbacks import run as run_module
+
+    monkeypatch.setattr(run_module, "CONTEXT_WAIT", 0.05)
+    cam = camera(seed=4)
+
+    def slow_start():
+        yield from bps.open_run()
+        yield from bps.trigger_and_read([cam])
+        yield from bps.sleep(1.5)  # thirty times the wait for context, three of the worker's polls
+        for _ in range(2):
+            yield from bps.trigger_and_read([cam])
+        yield from bps.close_run()
+
+    docs = []
+    cb = TomoGANCallback(denoiser, inline=True)
+    cb.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE.subscribe(cb)
+    RE(slow_start())
+    raw = [np.asarray(d["data"]["cam"]) for n, d in docs if n == "event"]
+    out = [np.asarray(f) for n, d in docs if n == "event_page" and "cam_denoised" in d["data"]
+           for f in d["data"]["cam_denoised"]]
+    assert len(raw) == len(out) == 3
+    np.testing.assert_allclose(out[0], denoiser.denoise_context(np.stack([raw[1], raw[0], raw[1]])), atol=1e-3)
+
+
 def test_a_worker_running_behind_keeps_every_frame_full_context(RE, denoiser, monkeypatch):
     """Frames whose next frame already waits in the queue are not 'overdue', however late the worker is."""
     from bluesky_tomogan.callbacks import run as run_module

@@ -495,10 +495,19 @@ class RunDenoiser(PassThroughRun):
         """A stream whose next frame is overdue (``CONTEXT_WAIT`` s, or three of its usual intervals if longer:
         its phase ended, as the flats of a tomography scan do before the projections) gets its newest frame
         denoised now, with mirrored context, not at the stop. A next frame that has arrived but waits in the
-        queue is not overdue: a worker that runs behind keeps the full context."""
+        queue is not overdue: a worker that runs behind keeps the full context.
+
+        A stream's first frame is never overdue on time alone: it waits for its next frame, for a
+        frame of another stream (the run has moved on) or for the stop. Its context would otherwise
+        depend on how fast documents happen to arrive (a storage write on the callback thread, a
+        loaded machine), and with no neighbour at all it is the worst context there is."""
         now = time.time()
+        streams = list(self._by_name.values())  # a snapshot: the callback thread may add a stream
         for window in windows.values():
             if not window or window[-1].done or window[-1].stream.latest_token > window[-1].token:
+                continue
+            if len(window) == 1 and not any(s.latest_token > window[0].token for s in streams
+                                            if s is not window[0].stream):
                 continue
             wait = max(CONTEXT_WAIT, 3 * (window[-1].stream.interval or 0.0))
             if now - window[-1].received > wait:
