@@ -147,32 +147,35 @@ class StreamFrameReader:
         self.dataset = stream_resource["parameters"]["dataset"]
         self._file: h5py.File | None = None
 
-    def __call__(self, start: int, stop: int) -> np.ndarray:
-        """Frames ``[start, stop)`` as ``(N, H, W)``."""
+    def _dataset(self) -> h5py.Dataset:
         if self._file is None:
             self._file = _open(self.path)
         dset = self._file[self.dataset]
         dset.refresh()  # SWMR: see frames appended since the file was opened
+        return dset
+
+    def _frames(self, dset: h5py.Dataset, start: int, stop: int) -> np.ndarray:
         if stop > dset.shape[0]:
             raise IndexError(f"{self.path}:{self.dataset} has {dset.shape[0]} frames; frames up to {stop} requested")
         return np.asarray(dset[start:stop])
+
+    def __call__(self, start: int, stop: int) -> np.ndarray:
+        """Frames ``[start, stop)`` as ``(N, H, W)``."""
+        return self._frames(self._dataset(), start, stop)
 
     def event(self, index: int, exposures: int) -> np.ndarray:
         """The ``exposures`` frames of StreamDatum row ``index`` of a multi-frame data key (``[N, H, W]``),
         as ``(N, H, W)``: row ``index`` of a 4-D dataset, or frames ``[index * N, (index + 1) * N)`` of a
         3-D one (how ophyd-async writes ``exposures_per_event`` frames: one after the other). Of a
         3-D dataset cut short, the frames it holds (the caller flags the missing ones)."""
-        if self._file is None:
-            self._file = _open(self.path)
-        dset = self._file[self.dataset]
+        dset = self._dataset()  # refreshed once for the event's frames
         if dset.ndim == 4:
-            return self(index, index + 1)[0]
-        dset.refresh()
+            return self._frames(dset, index, index + 1)[0]
         first = index * exposures
         stop = max(min(first + exposures, dset.shape[0]), first + 1)
         # one frame (one chunk) per read: a read across chunks of a file that this process also has
         # open for SWMR writing failed in HDF5 ("can't insert duplicate key"); single frames do not
-        return np.stack([self(i, i + 1)[0] for i in range(first, stop)])
+        return np.stack([self._frames(dset, i, i + 1)[0] for i in range(first, stop)])
 
     def close(self) -> None:
         if self._file is not None:

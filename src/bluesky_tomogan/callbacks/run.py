@@ -270,15 +270,20 @@ class RunDenoiser(PassThroughRun):
     def _fill(self, descriptor_uid: str, f: str, datum_id: str, exposure: int | None = None) -> np.ndarray:
         """Load a legacy-referenced frame through the Filler (worker thread); of a multi-frame
         event's datum, frame ``exposure`` (the datum is read once for all of them)."""
-        if exposure is not None and self._last_event is not None and self._last_event[0] == ("datum", datum_id):
-            return _exposure(self._last_event[1], exposure)
-        event = {"descriptor": descriptor_uid, "uid": "", "time": 0.0, "seq_num": 0,
-                 "data": {f: datum_id}, "timestamps": {f: 0.0}, "filled": {f: False}}
-        filled = np.asarray(self._filler.fill_event(event, include=[f], inplace=False)["data"][f])
+        def fill() -> np.ndarray:
+            event = {"descriptor": descriptor_uid, "uid": "", "time": 0.0, "seq_num": 0,
+                     "data": {f: datum_id}, "timestamps": {f: 0.0}, "filled": {f: False}}
+            return np.asarray(self._filler.fill_event(event, include=[f], inplace=False)["data"][f])
+
         if exposure is None:
-            return filled
-        self._last_event = (("datum", datum_id), filled)
-        return _exposure(filled, exposure)
+            return fill()
+        return _exposure(self._event_frames(("datum", datum_id), fill), exposure)
+
+    def _event_frames(self, key: Any, load: Callable[[], np.ndarray]) -> np.ndarray:
+        """The frames of one multi-frame event, loaded once for its N rows (worker thread)."""
+        if self._last_event is None or self._last_event[0] != key:
+            self._last_event = (key, load())
+        return self._last_event[1]
 
     def resource(self, doc: Any) -> Any:
         if self._raw_directory is None and "resource_path" in doc:
@@ -326,9 +331,7 @@ class RunDenoiser(PassThroughRun):
         """Frame ``exposure`` of StreamDatum row ``index`` (worker thread; a multi-frame row is read once)."""
         if exposures == 1:
             return read(index, index + 1)[0]
-        if self._last_event is None or self._last_event[0] != (id(read), index):
-            self._last_event = ((id(read), index), read.event(index, exposures))
-        return _exposure(self._last_event[1], exposure)
+        return _exposure(self._event_frames((id(read), index), lambda: read.event(index, exposures)), exposure)
 
     def stop(self, doc: RunStop) -> RunStop:
         self._queue.put_control(_END)
@@ -369,11 +372,8 @@ class RunDenoiser(PassThroughRun):
         item = QueuedFrame(stream, frame, seq_num, uid, time.time(), next(self._tokens), exposure)
         stream.latest_token = item.token
         self._pending[item.token] = item
-        if self._worker_error:  # nobody would take it off the queue: its row says why, now
-            self._finish(FrameResult(dataclasses.replace(item, frame=None), None,
-                                     f"not denoised: the worker stopped early ({self._worker_error})",
-                                     finished=time.time()), after_stop=True)
-            self._emit_finished()
+        if self._worker_error:  # nobody will take frames off the queue: their rows say why, now
+            self._record_unfinished(f"not denoised: the worker stopped early ({self._worker_error})")
             return
         if self.options.policy != "block":
             self._queue.put(item)
