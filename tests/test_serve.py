@@ -248,6 +248,7 @@ def test_a_malformed_message_is_logged_recorded_in_the_run_and_the_stream_goes_o
     (["--zmq-in", "localhost:{out}", "--fallback", "tomogan-projection-s2d-aio", "--store", "none"],
      "is for policy 'adaptive'"),
     (["--zmq-in", "localhost:{out}", "--warm-up", "64", "64", "--store", "none"], "is for policy 'adaptive'"),
+    (["--zmq-in", "localhost:{out}", "--abandon-after", "-5", "--store", "none"], "abandon_after must be"),
 ])
 def test_bad_input_to_serve_is_a_clear_error_and_exit_status_2(proxy, tmp_path, args, message):
     closed = free_port()
@@ -413,3 +414,71 @@ def test_a_bluesky_without_the_run_writer_the_derived_writer_extends_is_a_clear_
 
     with pytest.raises(ImportError, match="_RunWriter._write_internal_data.*pin bluesky"):
         DerivedStreamsWriter(Client())
+
+
+class ReplaySource:
+    """A document source that replays recorded documents, then waits for ``until()`` (or 30 s)."""
+
+    def __init__(self, docs, until, late=()) -> None:
+        self.docs, self.until, self.late = docs, until, list(late)
+        self.subscribers: list = []
+
+    def subscribe(self, func):
+        self.subscribers.append(func)
+
+    def _send(self, name, doc):
+        for func in self.subscribers:
+            func(name, doc)
+
+    def start(self) -> None:
+        for name, doc in self.docs:
+            self._send(name, doc)
+        wait_until(self.until, 30, "the worker to close the run")
+        for name, doc in self.late:
+            self._send(name, doc)
+
+    def stop(self) -> None:
+        pass
+
+
+def test_a_run_whose_stop_never_comes_is_closed_after_abandon_after_and_says_why(RE, tiled, tmp_path, caplog):
+    """The RunEngine host crashed mid-scan: the worker denoises what came, releases the run's thread and
+    files, records why in the run, and warns about documents of that run that arrive later."""
+    from bluesky_tomogan.serve import DenoisingWorker
+
+    client, _ = tiled
+    docs = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    (uid,) = RE(make_scan(tmp_path, "crashed"))
+    host = TiledWriter(client)
+    crashed = [(n, d) for n, d in docs if n != "stop"]
+    for name, doc in crashed:
+        host(name, doc)  # the host stored the run up to its crash: no stop
+    cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="onnxruntime"), streams=["primary", "flat"])
+    late_event = next(d for n, d in reversed(docs) if n == "event")
+    holder: dict = {}
+    source = ReplaySource(crashed, lambda: holder["worker"].stats.runs_abandoned == 1, late=[("event", late_event)])
+    holder["worker"] = worker = DenoisingWorker(source, cb, client=client, state_dir=tmp_path / "state",
+                                                abandon_after=0.3)
+    with caplog.at_level("WARNING", logger="bluesky_tomogan.serve.worker"):
+        assert worker.run() == 0
+    run = client[uid]
+    assert len(run["denoised"]["det_image_denoised"]) == ANGLES  # every frame that came was denoised
+    summary = run["denoised"].metadata["bluesky_tomogan"]
+    assert "no document of this run" in summary["reason"] and summary["rows"]["denoised"] == ANGLES
+    assert run.metadata["bluesky_tomogan"]["abandoned"] is True
+    assert "stop" not in run.metadata  # the host never stopped it; the worker does not pretend it did
+    assert json.loads((tmp_path / "state" / "runs.json").read_text()) == {}
+    assert not [t for t in __import__("threading").enumerate() if t.name.startswith(f"tomogan-worker-{uid[:8]}")]
+    assert "arrived after the worker closed that run as abandoned" in caplog.text
+
+
+def test_abandon_after_is_refused_where_the_worker_stores_the_raw_run(tiled):
+    from bluesky_tomogan.serve import DenoisingWorker
+
+    client, _ = tiled
+    with pytest.raises(ValueError, match="store='run'"):
+        DenoisingWorker(ReplaySource([], lambda: True), lambda n, d: None, client=client, store="run",
+                        abandon_after=60)
+    with pytest.raises(ValueError, match="positive"):
+        DenoisingWorker(ReplaySource([], lambda: True), lambda n, d: None, store="none", abandon_after=0)

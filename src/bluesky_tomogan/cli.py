@@ -239,7 +239,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                      reconstruct=args.reconstruct, reconstruct_every=args.every, directory=args.directory,
                      state_dir=args.state_dir, share=args.share, grace=args.grace, prefix=args.prefix.encode(),
                      ioc_prefix=args.ioc_prefix, retry_after=args.retry_after, fallback=args.fallback,
-                     warm_up=tuple(args.warm_up) if args.warm_up else None)
+                     warm_up=tuple(args.warm_up) if args.warm_up else None,
+                     abandon_after=args.abandon_after or None)
     except (ServeError, ValueError) as exc:
         log.error("%s", exc)
         print(f"bluesky-tomogan serve: error: {exc}", file=sys.stderr)
@@ -305,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state-dir", default="~/.local/state/bluesky-tomogan", help="journal of runs in flight")
     s.add_argument("--share", default="0/1", metavar="K/N", help="serve share K of N runs (several workers)")
     s.add_argument("--grace", type=float, default=60.0, help="seconds runs in flight may take after SIGTERM")
+    s.add_argument("--abandon-after", type=float, default=86400.0, metavar="SECONDS",
+                   help="close a run that has sent no document for this long (its RunEngine host is gone), "
+                        "default one day; 0: never; not with --store run")
     s.add_argument("--prefix", default="", help="the Publisher's prefix to listen to")
     s.add_argument("--ioc-prefix", metavar="PREFIX",
                    help="publish QC flags and metrics as EPICS PVs PREFIX<name> (caproto soft IOC)")

@@ -35,7 +35,7 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
           state_dir: str | os.PathLike[str] = "~/.local/state/bluesky-tomogan", share: str = "0/1",
           grace: float = 60.0, prefix: bytes = b"", ioc_prefix: str | None = None,
           retry_after: float = 10.0, fallback: str | None = None,
-          warm_up: tuple[int, int] | None = None) -> int:
+          warm_up: tuple[int, int] | None = None, abandon_after: float | None = 86400.0) -> int:
     """Serve the document stream at ``zmq_in`` (a ``bluesky-0MQ-proxy`` out port) until SIGTERM.
 
     Parameters
@@ -80,6 +80,10 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
     warm_up : tuple of int, optional
         With ``policy="adaptive"``: the detector's frame shape ``(H, W)``, at which every
         network is run and timed at start-up, so that the first scan does not wait for it.
+    abandon_after : float, optional
+        Close a run that has sent no document for this many seconds (its RunEngine host
+        crashed before the stop): :class:`DenoisingWorker`. None: never. Ignored (logged)
+        with ``store="run"``, where closing a run that resumes would lose its raw documents.
 
     Returns
     -------
@@ -100,6 +104,11 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
     if warm_up is not None and policy != "adaptive":
         raise ServeError(f"--warm-up (a frame shape for the adaptive ladder) is for policy 'adaptive', not {policy!r}")
     run_share = RunShare.parse(share)
+    if abandon_after is not None and not abandon_after > 0:
+        raise ServeError(f"abandon_after must be a positive number of seconds (or None: never), got {abandon_after}")
+    if abandon_after is not None and store == "run":
+        log.info("store='run': runs without a stop are kept open (the worker is the only writer of their raw data)")
+        abandon_after = None
     try:
         check_reachable(zmq_in)
         if zmq_out is not None:
@@ -130,7 +139,8 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
         outlet, wait = rec, rec.wait
     worker = DenoisingWorker(ZMQSource(zmq_in, prefix=prefix), callback, outlet=outlet, client=client, store=store,
                              republish=zmq_publisher(zmq_out) if zmq_out else None,
-                             state_dir=Path(state_dir).expanduser(), share=run_share, grace=grace, wait=wait)
+                             state_dir=Path(state_dir).expanduser(), share=run_share, grace=grace, wait=wait,
+                             abandon_after=abandon_after)
     if ioc is not None:
         ioc.start()
     log.info("bluesky-tomogan serve: %s from %s, store=%s%s, share %s%s", denoiser, zmq_in, store,

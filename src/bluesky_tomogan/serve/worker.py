@@ -24,6 +24,12 @@ What it guarantees:
   exits; runs it had to leave stay in the journal (and are recorded as above).
 * Runs that started before the worker are not served (their descriptors are
   unknown); their documents are counted and logged once.
+* A run that sends no document for ``abandon_after`` seconds (its RunEngine host
+  crashed or lost its connection, so its stop will never come) is closed as if
+  its stop had arrived with ``exit_status="fail"``: its queued frames are
+  denoised and stored, its thread and files are released, and the reason is
+  recorded on the run. Off with ``store="run"``, where the worker is the only
+  writer of the raw run and must not close a run that may yet resume.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,6 +91,7 @@ class WorkerStats:
     runs_skipped: int = 0  # another worker's share, or started during shutdown
     foreign_documents: int = 0  # of runs that started before this worker (or are skipped)
     gaps_recorded: int = 0
+    runs_abandoned: int = 0  # closed after abandon_after seconds without a document
 
 
 class DenoisingWorker:
@@ -113,14 +121,22 @@ class DenoisingWorker:
         Which runs this worker serves.
     grace : float
         Seconds runs in flight may take to finish after SIGTERM.
+    abandon_after : float, optional
+        Close a served run that has sent no document for this many seconds (see the
+        module docstring); None: never. Not with ``store="run"``.
     """
 
     def __init__(self, source: DocumentSource, callback: Subscriber, *, outlet: Any = None, client: Any = None,
                  store: Store = "derived", republish: Subscriber | None = None,
                  state_dir: str | os.PathLike[str] = ".", share: RunShare = RunShare(), grace: float = 60.0,
-                 wait: Callable[[], Any] | None = None) -> None:
+                 wait: Callable[[], Any] | None = None, abandon_after: float | None = None) -> None:
         if store not in ("derived", "run", "none"):
             raise ValueError(f"store must be 'derived', 'run' or 'none', got {store!r}")
+        if abandon_after is not None and not abandon_after > 0:
+            raise ValueError(f"abandon_after must be a positive number of seconds or None, got {abandon_after!r}")
+        if abandon_after is not None and store == "run":
+            raise ValueError("abandon_after cannot be used with store='run': the worker is the only writer of the "
+                             "raw run there, and a run it closed would lose the raw documents of a late resume")
         if store != "none" and client is None:
             raise ValueError(f"store={store!r} needs a Tiled client")
         self.source = source
@@ -129,6 +145,7 @@ class DenoisingWorker:
         self.store = store
         self.share = share
         self.grace = grace
+        self.abandon_after = abandon_after
         self.stats = WorkerStats()
         self._wait = wait
         self._journal = Journal(Path(state_dir) / "runs.json")
@@ -137,8 +154,13 @@ class DenoisingWorker:
         self._descriptors: dict[str, str] = {}  # descriptor uid -> run uid, of served runs
         self._resources: dict[str, str] = {}  # legacy Resource uid -> run uid, of served runs
         self._foreign_logged: set[str] = set()
+        self._last_document: dict[str, float] = {}  # run uid -> time.monotonic() of its last document
+        self._abandoned: dict[str, str] = {}  # run, descriptor and resource uids of abandoned runs -> run uid
         self._stopping = False
         self._lock = threading.Lock()
+        # documents and the abandoned-run watch reach the pipeline one at a time, from two threads
+        self._dispatch = threading.Lock()
+        self._watch_ended = threading.Event()
         outlet = callback if outlet is None else outlet
         sinks: list[Subscriber] = []
         if store == "run":
@@ -160,9 +182,14 @@ class DenoisingWorker:
         self._record_orphans_that_ended()
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         log.info("serving; runs left by a previous worker: %d", len(self._orphans))
+        watch = None
+        if self.abandon_after is not None:
+            watch = threading.Thread(target=self._watch_abandoned, name="abandoned-run-watch", daemon=True)
+            watch.start()
         try:
             self.source.start()
         finally:
+            self._watch_ended.set()
             for s, handler in previous.items():
                 signal.signal(s, handler)
         if self._wait is not None:
@@ -203,9 +230,15 @@ class DenoisingWorker:
     # -- documents ----------------------------------------------------------------------------
 
     def _on_document(self, name: str, doc: dict[str, Any]) -> None:
-        run = self._run_of(name, doc)
-        if run is None:
-            return
+        with self._dispatch:
+            run = self._run_of(name, doc)
+            if run is None:
+                return
+            self._dispatch_to_pipeline(run, name, doc)
+            if run in self._open:  # silence counts from the end of its last document's handling
+                self._last_document[run] = time.monotonic()
+
+    def _dispatch_to_pipeline(self, run: str, name: str, doc: dict[str, Any]) -> None:
         try:
             self.callback(name, doc)
         except Exception:  # the callback never raises by design; a worker must not die of one document
@@ -258,7 +291,12 @@ class DenoisingWorker:
             self._foreign_logged.clear()
         if key not in self._foreign_logged:
             self._foreign_logged.add(str(key))
-            log.info("ignoring %s documents of a run this worker does not serve (%s)", name, key)
+            abandoned = self._abandoned.get(str(key))
+            if abandoned is not None:
+                log.warning("a %s document of run %s arrived after the worker closed that run as abandoned; its "
+                            "frames from here on are not denoised (raw data are the host's to store)", name, abandoned)
+            else:
+                log.info("ignoring %s documents of a run this worker does not serve (%s)", name, key)
         return None
 
     def _malformed(self) -> int:
@@ -267,6 +305,7 @@ class DenoisingWorker:
 
     def _finished(self, run: str, stop: dict[str, Any]) -> None:
         entry = self._open.pop(run, {})
+        self._last_document.pop(run, None)
         lost = self._malformed() - int(entry.get("malformed", 0))
         if lost > 0:  # undecodable messages arrived while this run was open: some of its documents may be gone
             log.error("run %s: %d malformed messages arrived during the run; its derived data may be incomplete",
@@ -292,6 +331,57 @@ class DenoisingWorker:
             return False
         self.stats.gaps_recorded += 1
         return True
+
+    # -- runs whose stop never comes --------------------------------------------------------------
+
+    def _watch_abandoned(self) -> None:
+        assert self.abandon_after is not None
+        period = min(60.0, self.abandon_after / 4)
+        while not self._watch_ended.wait(period):
+            try:
+                self.close_abandoned_runs()
+            except Exception:  # the watch must outlive any one failure
+                log.exception("closing abandoned runs failed")
+
+    def close_abandoned_runs(self, now: float | None = None) -> list[str]:
+        """Close every served run that has sent no document for ``abandon_after`` seconds.
+
+        Called periodically while :meth:`run` serves; ``now`` is a ``time.monotonic()``
+        value (for tests). Each run gets the stop its RunEngine never sent
+        (``exit_status="fail"``), so its frames are denoised and stored, and the reason
+        is recorded on the run in Tiled.
+
+        Returns
+        -------
+        list of str
+            The uids of the runs closed.
+        """
+        if self.abandon_after is None:
+            return []
+        with self._dispatch:
+            now = time.monotonic() if now is None else now
+            idle = {run: now - seen for run, seen in self._last_document.items()
+                    if run in self._open and now - seen >= self.abandon_after}
+            for run, silent in idle.items():
+                self._abandon(run, silent)
+        return list(idle)
+
+    def _abandon(self, run: str, silent: float) -> None:
+        reason = (f"bluesky-tomogan serve: no document of this run for {silent:.0f} s (abandon_after "
+                  f"{self.abandon_after:g} s); its RunEngine stopped sending before the stop, so the worker "
+                  "closed the run: frames received were denoised, later ones are not")
+        log.error("run %s: %s", run, reason)
+        if len(self._abandoned) > FOREIGN_LOGGED_LIMIT:
+            self._abandoned.clear()
+        self._abandoned[run] = run
+        self._abandoned.update({k: run for k, r in (*self._descriptors.items(), *self._resources.items())
+                                if r == run})
+        stop = {"uid": str(uuid.uuid4()), "time": time.time(), "run_start": run, "exit_status": "fail",
+                "reason": reason}
+        self._dispatch_to_pipeline(run, "stop", stop)
+        self.stats.runs_abandoned += 1
+        if self.client is not None and self.store != "none":
+            self._record(run, {"abandoned": True, "reason": reason})
 
     # -- runs a previous worker left ------------------------------------------------------------
 
