@@ -572,3 +572,67 @@ def test_a_worker_running_behind_keeps_every_frame_full_context(RE, denoiser, mo
     for k in range(1, 5):  # every inner frame with its real neighbours, none with mirrored context
         expected = denoiser.denoise_context(np.stack(raw[k - 1 : k + 2]))
         np.testing.assert_allclose(out[k], expected, atol=1e-3)
+
+
+def _streams(docs):
+    descriptors = {d["uid"]: d["name"] for n, d in docs if n == "descriptor"}
+    rows: dict = {}
+    for name, doc in docs:
+        if name in ("event", "event_page"):
+            stream = descriptors[doc["descriptor"]]
+            rows[stream] = rows.get(stream, 0) + (len(doc["seq_num"]) if name == "event_page" else 1)
+    return rows
+
+
+def test_a_derived_stream_never_takes_the_name_of_a_raw_stream_that_came_before(RE, denoiser):
+    import bluesky.plan_stubs as bps
+
+    cam = camera()
+
+    def plan():  # the plan's own stream "denoised" comes first
+        yield from bps.open_run()
+        for _ in range(3):
+            yield from bps.trigger_and_read([cam], name="denoised")
+            yield from bps.trigger_and_read([cam])
+        yield from bps.close_run()
+
+    cb = TomoGANCallback(denoiser, inline=True, streams=["primary"])
+    docs = []
+    cb.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE.subscribe(cb)
+    RE(plan())
+    assert _streams(docs) == {"denoised": 3, "primary": 3, "denoised_2": 3}
+    assert docs[-1][1]["num_events"] == {"denoised": 3, "primary": 3, "denoised_2": 3}
+    assert any("is named 'denoised_2'" in e for e in cb.errors)
+
+
+def test_a_raw_stream_that_takes_a_derived_streams_name_later_is_said_to_clash(RE, denoiser):
+    import bluesky.plan_stubs as bps
+
+    cam = camera()
+
+    def plan():
+        yield from bps.open_run()
+        for _ in range(3):
+            yield from bps.trigger_and_read([cam])
+            yield from bps.trigger_and_read([cam], name="denoised")
+        yield from bps.close_run()
+
+    cb = TomoGANCallback(denoiser, inline=True, streams=["primary"])
+    RE.subscribe(cb)
+    RE(plan())
+    assert any("stores that key streams by name will mix the two: give the plan's stream another name" in e
+               for e in cb.errors)
+
+
+def test_replaying_a_denoised_run_does_not_denoise_its_derived_streams_again(RE, denoiser):
+    first = TomoGANCallback(denoiser, inline=True)
+    stored = run(RE, first, [camera()], num=3)  # the run as a store holds it: raw and derived streams
+    again = TomoGANCallback(denoiser, inline=True)
+    out = []
+    again.subscribe(lambda name, doc: out.append((name, doc)))
+    for name, doc in stored:
+        again(name, doc)
+    assert "denoised_denoised" not in _streams(out)
+    assert any("made by bluesky-tomogan" in e and "not denoised again" in e for e in again.errors)
+    assert any("replay the stored run without its derived streams" in e for e in again.errors)

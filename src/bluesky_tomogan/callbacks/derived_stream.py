@@ -154,31 +154,41 @@ class FrameResult:
     flags: dict[str, Action] = field(default_factory=dict)  # QC flag -> action
 
 
+#: The ``source`` of every data key this package makes (derived frames, QC columns, reconstructions).
+SOURCE = "bluesky-tomogan"
+
+
+def made_by_us(descriptor: Mapping[str, Any]) -> bool:
+    """Whether a descriptor is one this package made: every data key has ``source`` :data:`SOURCE`."""
+    keys = descriptor.get("data_keys") or {}
+    return bool(keys) and all(k.get("source") == SOURCE for k in keys.values())
+
+
 def derived_data_keys(f: str, shape: tuple[int, int], external: bool, exposures: int = 1) -> dict[str, Any]:
     """Data keys of the derived stream of image field ``f``: the frame (inline, or ``external`` in a file),
     the network that made it, its QC metrics, flags and error, and the raw frame it came from (with
     ``exposures`` > 1, one row per frame of an event: which one, ``source_exposure``)."""
-    frame_key: dict[str, Any] = {"source": "bluesky-tomogan", "dtype": "array", "shape": list(shape),
+    frame_key: dict[str, Any] = {"source": SOURCE, "dtype": "array", "shape": list(shape),
                                  "dtype_numpy": "<f4", "object_name": "tomogan"}
     if external:  # written to HDF5, described by StreamResource/StreamDatum (ophyd-async convention)
         frame_key |= {"external": "STREAM:", "shape": [1, *shape]}
     keys: dict[str, Any] = {f"{f}_denoised": frame_key}
-    keys[f"{f}_ratio"] = {"source": "bluesky-tomogan", "dtype": "number", "shape": [], "units": "%",
+    keys[f"{f}_ratio"] = {"source": SOURCE, "dtype": "number", "shape": [], "units": "%",
                           "object_name": "tomogan",
                           "description": "pruning ratio of the network that denoised the frame (percent of "
                                          "the full network's MACs removed; NaN: not denoised)"}
-    keys[f"{f}_model"] = {"source": "bluesky-tomogan", "dtype": "string", "shape": [], "object_name": "tomogan",
+    keys[f"{f}_model"] = {"source": SOURCE, "dtype": "string", "shape": [], "object_name": "tomogan",
                           "description": "the network that denoised the frame (model name, with -r<ratio> for a "
                                          "pruning ratio; empty: not denoised)"}
     for metric, units in UNITS.items():
-        keys[f"{f}_qc_{metric}"] = {"source": "bluesky-tomogan", "dtype": "number", "shape": [],
+        keys[f"{f}_qc_{metric}"] = {"source": SOURCE, "dtype": "number", "shape": [],
                                     "object_name": "tomogan", "units": units}
     for qc, dtype in (("qc_flags", "string"), ("qc_actions", "string"), ("qc_error", "string"),
                       ("source_seq_num", "integer"), ("source_uid", "string")):
-        keys[f"{f}_{qc}"] = {"source": "bluesky-tomogan", "dtype": dtype, "shape": [], "object_name": "tomogan"}
+        keys[f"{f}_{qc}"] = {"source": SOURCE, "dtype": dtype, "shape": [], "object_name": "tomogan"}
     if exposures > 1:
         keys[f"{f}_source_exposure"] = {
-            "source": "bluesky-tomogan", "dtype": "integer", "shape": [], "object_name": "tomogan",
+            "source": SOURCE, "dtype": "integer", "shape": [], "object_name": "tomogan",
             "description": f"which of the raw event's {exposures} frames this row is (0-based)"}
     return keys
 

@@ -61,7 +61,7 @@ from ..inference.denoiser import Denoiser
 from ..masked import masked_pixels
 from ..qc.policy import UNUSABLE
 from .consumers import Consumers
-from .derived_stream import exposures_per_event, frame_shape, without_channel_axis
+from .derived_stream import SOURCE, exposures_per_event, frame_shape, without_channel_axis
 from .frame_writer import DerivedFrameWriter, derived_directory, stream_resource_directory
 from .passthrough import PassThroughRun, RunRouterFacade, Turn
 from .run import image_fields
@@ -542,12 +542,12 @@ class _RunReconstruction(PassThroughRun):
         w = r["slice"][0].shape
         if self._bundle is None:
             data_keys: dict[str, Any] = {
-                key: {"source": "bluesky-tomogan", "dtype": "array", "shape": [1, *w], "dtype_numpy": "<f4",
+                key: {"source": SOURCE, "dtype": "array", "shape": [1, *w], "dtype_numpy": "<f4",
                       "external": "STREAM:", "object_name": "reconstruction"} for key in ("slice", "slice_fbp")}
             for key, dtype, units in (("row", "integer", "pixel"), ("center", "number", "pixel"),
                                       ("projections", "integer", ""), ("stripe_metric", "number", ""),
                                       ("final", "boolean", ""), ("note", "string", "")):
-                data_keys[key] = {"source": "bluesky-tomogan", "dtype": dtype, "shape": [], "units": units,
+                data_keys[key] = {"source": SOURCE, "dtype": dtype, "shape": [], "units": units,
                                   "object_name": "reconstruction"}
             config = {"algorithm": "algotom fbp_reconstruction (hann); centre: find_center_vo "
                                    "(centre-of-mass fit before 180 degrees)",
@@ -561,7 +561,7 @@ class _RunReconstruction(PassThroughRun):
                 data_keys=data_keys, object_keys={"reconstruction": sorted(data_keys)},
                 configuration={"reconstruction": {
                     "data": config, "timestamps": dict.fromkeys(config, now),
-                    "data_keys": {k: {"source": "bluesky-tomogan", "dtype": "string", "shape": []} for k in config}}},
+                    "data_keys": {k: {"source": SOURCE, "dtype": "string", "shape": []} for k in config}}},
             )
             self._publish("descriptor", self._bundle.descriptor_doc)
             try:

@@ -67,6 +67,7 @@ from .derived_stream import (
     exposures_per_event,
     frame_shape,
     image_fields,
+    made_by_us,
     row_columns,
     unsupported_image_fields,
     without_channel_axis,
@@ -145,6 +146,7 @@ class RunDenoiser(PassThroughRun):
         self._by_descriptor: dict[str, dict[str, DerivedStream]] = {}  # raw descriptor uid -> field -> stream
         self._stream_keys: dict[str, set[str]] = {}  # raw descriptor uid -> its "STREAM:" data keys
         self._unsupported_logged: set[tuple[str, str]] = set()  # (raw stream, field) said not to be denoised
+        self._raw_names: set[str] = set()  # names of the run's raw streams so far: derived names avoid them
         self._queue = FrameQueue(options.maxsize, options.policy, tombstone=self._tombstone)
         self._breaker_open = False
         self._tokens = itertools.count()
@@ -189,7 +191,16 @@ class RunDenoiser(PassThroughRun):
         self._stream_keys[doc["uid"]] = {k for k, dk in doc["data_keys"].items() if dk.get("external") == "STREAM:"}
         raw_name = doc.get("name", "primary")
         o = self.options
+        first_of_name = raw_name not in self._raw_names
+        if first_of_name:
+            self._check_name_is_free(doc)
+        self._raw_names.add(raw_name)
         if self._start is None or (o.streams is not None and raw_name not in o.streams):
+            return doc
+        if o.streams is None and made_by_us(doc):  # not asked for by name: never denoise a derived stream
+            if first_of_name:
+                self._note(f"stream {raw_name!r} was made by bluesky-tomogan (a stored run replayed?); "
+                           "it is not denoised again")
             return doc
         for f, reason in unsupported_image_fields(doc).items():
             if (o.fields is None or f in o.fields) and (raw_name, f) not in self._unsupported_logged:
@@ -215,7 +226,15 @@ class RunDenoiser(PassThroughRun):
         # raw descriptor with the same shape reuses it (its configuration is the raw one's).
         # An event of N frames ([N, H, W]) gets N rows, one per frame, each with its own QC.
         base = "denoised" if raw_name == "primary" else f"{raw_name}_denoised"
-        name = base if n_fields == 1 else f"{base}_{f}"
+        name = wanted = base if n_fields == 1 else f"{base}_{f}"
+        # a raw stream of the run already has that name: the stores key streams by name, so two
+        # streams of one name would be mixed into one table
+        copy = 2
+        while name in self._raw_names:
+            name, copy = f"{wanted}_{copy}", copy + 1
+        if name != wanted:
+            self._note(f"the run has a raw stream named {wanted!r}; the derived stream of {raw_name!r} "
+                       f"field {f!r} is named {name!r}")
         keys = derived_data_keys(f, shape, external=not self.options.inline, exposures=exposures)
         assert self._start is not None
         bundle = event_model.compose_descriptor(
@@ -228,6 +247,21 @@ class RunDenoiser(PassThroughRun):
         self._by_name[(raw_name, f, shape)] = stream
         self._follow.append(("descriptor", bundle.descriptor_doc))
         return stream
+
+    def _check_name_is_free(self, doc: EventDescriptor) -> None:
+        """Say so when a raw stream arrives with the name of a derived stream already described.
+
+        Nothing can mend it then (the derived descriptor is out, the raw one must pass unchanged);
+        a derived stream avoids the names of raw streams that came before it (:meth:`_new_stream`).
+        """
+        raw_name = doc.get("name", "primary")
+        for stream in self._by_name.values():
+            if stream.bundle.descriptor_doc["name"] == raw_name:
+                fix = ("replay the stored run without its derived streams" if made_by_us(doc)
+                       else "give the plan's stream another name")
+                self._note(f"raw stream {raw_name!r} arrived after this run's derived stream of that name (from "
+                           f"{stream.raw_name!r}); stores that key streams by name will mix the two: {fix}")
+                return
 
     def _configuration(self, f: str) -> dict[str, Any]:
         """Provenance (model, sha256, backend, precision, tile, versions) as descriptor configuration."""

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ..callbacks.derived_stream import made_by_us
 from .tiled_derived import DerivedStreamsWriter, record_on_run
 from .transport import DocumentSource
 
@@ -450,11 +451,10 @@ class DerivedOnly:
 
     def __call__(self, name: str, doc: Any) -> None:
         if name == "descriptor":
-            keys = doc.get("data_keys") or {}
-            if not keys or any(k.get("source") != "bluesky-tomogan" for k in keys.values()):
+            if not made_by_us(doc):
                 return
             self._descriptors[doc["uid"]] = doc["run_start"]
-            self._keys.setdefault(doc["run_start"], set()).update(keys)
+            self._keys.setdefault(doc["run_start"], set()).update(doc["data_keys"])
         elif name in ("event", "event_page", "stream_datum"):
             if doc.get("descriptor") not in self._descriptors:
                 return
