@@ -12,7 +12,7 @@ The last refine convolution starts at zero, so training starts from the shipped 
 function. Validation numbers of the full network and the shipped space-to-depth network on
 the same frames are logged first, as the reference.
 
-    .venv/bin/python -u checkpoints/space-to-depth/refine_experiment.py runs/s2d-refine 16 50
+    .venv/bin/python -u checkpoints/space-to-depth/refine_experiment.py runs/s2d-refine 16 55
 """
 import logging
 import sys
@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 import bluesky_tomogan.model.train as train_mod
-from bluesky_tomogan.simulate.datasets import read_dataset
 from bluesky_tomogan.model.network import GeneratorConfig, TomoGANGenerator
 from bluesky_tomogan.model.train import TrainConfig, _validate, load_generator, resolve_weights
+from bluesky_tomogan.simulate.datasets import read_dataset
 
 log = logging.getLogger("refine")
 DATA = "data/sim_projection_all2.h5"
