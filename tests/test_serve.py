@@ -482,3 +482,27 @@ def test_abandon_after_is_refused_where_the_worker_stores_the_raw_run(tiled):
                         abandon_after=60)
     with pytest.raises(ValueError, match="positive"):
         DenoisingWorker(ReplaySource([], lambda: True), lambda n, d: None, store="none", abandon_after=0)
+
+
+def test_a_run_a_killed_worker_left_is_recorded_when_its_stop_has_not_come_within_abandon_after(RE, tiled, tmp_path):
+    from bluesky_tomogan.serve import DenoisingWorker
+
+    client, _ = tiled
+    docs = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    (uid,) = RE(make_scan(tmp_path, "orphan"))
+    host = TiledWriter(client)
+    for name, doc in docs:
+        if name != "stop":
+            host(name, doc)  # the host died too: no stop
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "runs.json").write_text(json.dumps({uid: {"started": time.time() - 10, "pid": 1, "malformed": 0}}))
+    holder: dict = {}
+    source = ReplaySource([], lambda: holder["worker"].stats.gaps_recorded == 1)
+    cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="onnxruntime"))
+    holder["worker"] = worker = DenoisingWorker(source, cb, client=client, state_dir=state, abandon_after=5)
+    assert worker.run() == 0
+    record = client[uid].metadata["bluesky_tomogan"]
+    assert record["incomplete"] is True and "stopped before the run ended" in record["reason"]
+    assert json.loads((state / "runs.json").read_text()) == {}

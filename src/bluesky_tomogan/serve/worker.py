@@ -350,12 +350,14 @@ class DenoisingWorker:
         Called periodically while :meth:`run` serves; ``now`` is a ``time.monotonic()``
         value (for tests). Each run gets the stop its RunEngine never sent
         (``exit_status="fail"``), so its frames are denoised and stored, and the reason
-        is recorded on the run in Tiled.
+        is recorded on the run in Tiled. A run that a previous worker left in the journal
+        is recorded as incomplete once ``abandon_after`` seconds have passed since it
+        started without its stop.
 
         Returns
         -------
         list of str
-            The uids of the runs closed.
+            The uids of the runs closed or recorded.
         """
         if self.abandon_after is None:
             return []
@@ -365,7 +367,15 @@ class DenoisingWorker:
                     if run in self._open and now - seen >= self.abandon_after}
             for run, silent in idle.items():
                 self._abandon(run, silent)
-        return list(idle)
+            # a previous worker's run whose stop has not come within the limit of its start: its
+            # last document's time is not known, so the start's is what counts
+            stale = [uid for uid, entry in self._orphans.items()
+                     if time.time() - float(entry.get("started", 0)) >= self.abandon_after]
+            for uid in stale:
+                log.warning("run %s, left by a previous worker, has had no stop for %g s since it started; "
+                            "recording its missing derived frames now", uid, self.abandon_after)
+                self._record_orphan(uid, delay=0.0)
+        return [*idle, *stale]
 
     def _abandon(self, run: str, silent: float) -> None:
         reason = (f"bluesky-tomogan serve: no document of this run for {silent:.0f} s (abandon_after "
