@@ -183,10 +183,8 @@ class DenoisingWorker:
         self._record_orphans_that_ended()
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         log.info("serving; runs left by a previous worker: %d", len(self._orphans))
-        watch = None
         if self.abandon_after is not None:
-            watch = threading.Thread(target=self._watch_abandoned, name="abandoned-run-watch", daemon=True)
-            watch.start()
+            threading.Thread(target=self._watch_abandoned, name="abandoned-run-watch", daemon=True).start()
         try:
             self.source.start()
         finally:
