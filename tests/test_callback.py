@@ -636,3 +636,23 @@ def test_replaying_a_denoised_run_does_not_denoise_its_derived_streams_again(RE,
     assert "denoised_denoised" not in _streams(out)
     assert any("made by bluesky-tomogan" in e and "not denoised again" in e for e in again.errors)
     assert any("replay the stored run without its derived streams" in e for e in again.errors)
+
+
+@pytest.mark.parametrize("option, message", [
+    ({"fields": ["cma"]}, "fields=['cma'] named no image field of the streams denoised (their image fields: ['cam'])"),
+    ({"streams": ["primry"]}, "streams=['primry'] names no stream of this run with images (its streams with "
+                              "images: ['primary']); nothing was denoised"),
+])
+def test_a_misspelt_stream_or_field_is_said_not_to_match(RE, denoiser, option, message):
+    cb = TomoGANCallback(denoiser, inline=True, **option)
+    docs = run(RE, cb, [camera()], num=2)
+    assert not [d for n, d in docs if n == "descriptor" and d["name"] != "primary"]
+    assert message in cb.errors
+
+
+def test_a_scan_without_images_says_nothing_about_the_options(RE, denoiser):
+    from ophyd.sim import det
+
+    cb = TomoGANCallback(denoiser, fields=["cam"], streams=["primary"])
+    run(RE, cb, [det], num=2)
+    assert cb.errors == []

@@ -147,6 +147,7 @@ class RunDenoiser(PassThroughRun):
         self._stream_keys: dict[str, set[str]] = {}  # raw descriptor uid -> its "STREAM:" data keys
         self._unsupported_logged: set[tuple[str, str]] = set()  # (raw stream, field) said not to be denoised
         self._raw_names: set[str] = set()  # names of the run's raw streams so far: derived names avoid them
+        self._images_seen: dict[str, set[str]] = {}  # raw stream -> its 2-D image fields, whatever the options
         self._queue = FrameQueue(options.maxsize, options.policy, tombstone=self._tombstone)
         self._breaker_open = False
         self._tokens = itertools.count()
@@ -195,6 +196,8 @@ class RunDenoiser(PassThroughRun):
         if first_of_name:
             self._check_name_is_free(doc)
         self._raw_names.add(raw_name)
+        if not made_by_us(doc):
+            self._images_seen.setdefault(raw_name, set()).update(image_fields(doc))
         if self._start is None or (o.streams is not None and raw_name not in o.streams):
             return doc
         if o.streams is None and made_by_us(doc):  # not asked for by name: never denoise a derived stream
@@ -367,7 +370,24 @@ class RunDenoiser(PassThroughRun):
             return read(index, index + 1)[0]
         return _exposure(self._event_frames((id(read), index), lambda: read.event(index, exposures)), exposure)
 
+    def _note_options_that_matched_nothing(self) -> None:
+        """A misspelt ``streams=`` or ``fields=`` must not look like a run with nothing to denoise."""
+        o, seen = self.options, self._images_seen
+        if not any(seen.values()):
+            return
+        streams = sorted(s for s, fields in seen.items() if fields)
+        if o.streams is not None and not set(o.streams) & set(streams):
+            self._note(f"streams={sorted(o.streams)} names no stream of this run with images "
+                       f"(its streams with images: {streams}); nothing was denoised")
+        if o.fields is not None:
+            fields = set().union(*(seen[s] for s in streams if o.streams is None or s in o.streams))
+            missing = sorted(set(o.fields) - fields)
+            if missing and fields:
+                self._note(f"fields={missing} named no image field of the streams denoised "
+                           f"(their image fields: {sorted(fields)})")
+
     def stop(self, doc: RunStop) -> RunStop:
+        self._note_options_that_matched_nothing()
         self._queue.put_control(_END)
         finished = self._worker is None or self._done.wait(self.options.flush_timeout)
         with self._lock:  # from here on a late worker's results are discarded
