@@ -184,16 +184,17 @@ def test_ophyd_sim_image_detector_is_read_through_its_entry_point_handler(RE, de
     assert got.shape == (3, 10, 10) and np.isfinite(got).all()
 
 
-def ophyd_v1_area_detector_run(tmp_path, spec, frames_per_point, points=2, shape=(24, 32)):
+def ophyd_v1_area_detector_run(tmp_path, spec, frames_per_point, points=2, shape=(24, 32), compression=None):
     """The documents an ophyd v1 area detector with a file plugin emits: data key shape
     ``(num_images, y, x)`` (``DetectorBase.make_data_key``), ``frame_per_point`` in the resource
-    and ``point_number`` in each datum; frames written as the IOC would."""
+    and ``point_number`` in each datum; frames written as the IOC would (``compression``: the
+    keyword arguments of an ``hdf5plugin`` filter)."""
     frames = np.random.default_rng(3).poisson(400, (points * frames_per_point, *shape)).astype(np.uint16)
     if spec == "AD_HDF5":
         import h5py
 
         with h5py.File(tmp_path / "scan_000.h5", "w") as f:
-            f.create_dataset("/entry/data/data", data=frames)
+            f.create_dataset("/entry/data/data", data=frames, chunks=(1, *shape), **(compression or {}))
         path, kwargs = "scan_000.h5", {"frame_per_point": frames_per_point}
     else:
         import tifffile
@@ -216,10 +217,21 @@ def ophyd_v1_area_detector_run(tmp_path, spec, frames_per_point, points=2, shape
     return frames, docs + [("stop", run_bundle.compose_stop())]
 
 
-@pytest.mark.parametrize(("spec", "frames_per_point"), [("AD_HDF5", 1), ("AD_HDF5", 3), ("AD_TIFF", 2)])
+def _compressed(name):
+    import hdf5plugin
+
+    return {None: None, "bitshuffle-lz4": hdf5plugin.Bitshuffle(nelems=0, cname="lz4"),
+            "blosc-zstd": hdf5plugin.Blosc(cname="zstd", clevel=5)}[name]
+
+
+@pytest.mark.parametrize(("spec", "frames_per_point", "compression"), [
+    ("AD_HDF5", 1, None), ("AD_HDF5", 3, None), ("AD_TIFF", 2, None),
+    ("AD_HDF5", 1, "bitshuffle-lz4"),  # as Eiger and other Dectris detectors write
+    ("AD_HDF5", 2, "blosc-zstd"),
+])
 def test_ophyd_v1_area_detector_files_are_read_with_area_detector_handlers(denoiser, tmp_path, spec,
-                                                                            frames_per_point):
-    frames, raw = ophyd_v1_area_detector_run(tmp_path, spec, frames_per_point)
+                                                                            frames_per_point, compression):
+    frames, raw = ophyd_v1_area_detector_run(tmp_path, spec, frames_per_point, compression=_compressed(compression))
     cb = TomoGANCallback(denoiser, inline=True)
     out = collect(cb)
     for name, doc in raw:
@@ -287,3 +299,23 @@ def test_an_ophyd_async_detector_is_denoised_and_stored_with_its_raw_frames(RE, 
     for i in usable:  # each denoised frame is its own raw frame's
         assert np.corrcoef(frames[i].ravel(), raw[i].astype(np.float32).ravel())[0, 1] > 0.9
     assert "blob-sum" not in {k[: -len("_denoised")] for k in denoised if k.endswith("_denoised")}
+
+
+def test_importing_the_frame_reader_registers_the_detectors_compression_filters(tmp_path):
+    """In a fresh process, h5py alone cannot read bitshuffle/LZ4 frames (an Eiger's); after importing the
+    package's frame reader, any reader in the process can (the handlers of other packages, Tiled)."""
+    import subprocess
+    import sys
+
+    import h5py
+
+    path = tmp_path / "eiger.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("entry/data/data", data=np.arange(2 * 16 * 16, dtype=np.uint16).reshape(2, 16, 16),
+                         chunks=(1, 16, 16), **_compressed("bitshuffle-lz4"))
+    read = f"import h5py; print(int(h5py.File({str(path)!r})['entry/data/data'][1].sum()))"
+    plain = subprocess.run([sys.executable, "-c", read], capture_output=True, text=True)
+    assert plain.returncode != 0  # the filter is not built into HDF5: the test means something
+    ours = subprocess.run([sys.executable, "-c", "import bluesky_tomogan.hdf5_frames; " + read],
+                          capture_output=True, text=True)
+    assert ours.returncode == 0 and int(ours.stdout) == int(np.arange(256, 512).sum()), ours.stderr

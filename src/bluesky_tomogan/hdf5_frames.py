@@ -12,6 +12,11 @@ Reading goes through the documents, never by guessing paths:
 * ``Resource``/``Datum`` (legacy ophyd v1): the handler registry that
   :class:`event_model.Filler` uses; :class:`HDF5FrameHandler` is registered as
   spec ``"hdf5"``, which ``TiledWriter`` maps to ``application/x-hdf5`` too.
+
+Importing this module imports ``hdf5plugin``, which registers the compression
+filters of detector files (bitshuffle/LZ4 from Eiger and other Dectris
+detectors, Blosc, Zstd, LZ4) with HDF5 for the whole process: the handlers of
+other packages and an embedded Tiled server read them too.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import h5py
+import hdf5plugin  # noqa: F401  registers the compression filters detector files use (bitshuffle/LZ4, Blosc, ...)
 import numpy as np
 
 from .errors import OutputPathError
