@@ -192,15 +192,15 @@ class RunDenoiser(PassThroughRun):
         self._stream_keys[doc["uid"]] = {k for k, dk in doc["data_keys"].items() if dk.get("external") == "STREAM:"}
         raw_name = doc.get("name", "primary")
         o = self.options
-        first_of_name = raw_name not in self._raw_names
+        first_of_name, ours = raw_name not in self._raw_names, made_by_us(doc)
         if first_of_name:
-            self._check_name_is_free(doc)
+            self._check_name_is_free(doc, ours)
         self._raw_names.add(raw_name)
-        if not made_by_us(doc):
+        if not ours:
             self._images_seen.setdefault(raw_name, set()).update(image_fields(doc))
         if self._start is None or (o.streams is not None and raw_name not in o.streams):
             return doc
-        if o.streams is None and made_by_us(doc):  # not asked for by name: never denoise a derived stream
+        if o.streams is None and ours:  # not asked for by name: never denoise a derived stream
             if first_of_name:
                 self._note(f"stream {raw_name!r} was made by bluesky-tomogan (a stored run replayed?); "
                            "it is not denoised again")
@@ -251,7 +251,7 @@ class RunDenoiser(PassThroughRun):
         self._follow.append(("descriptor", bundle.descriptor_doc))
         return stream
 
-    def _check_name_is_free(self, doc: EventDescriptor) -> None:
+    def _check_name_is_free(self, doc: EventDescriptor, ours: bool) -> None:
         """Say so when a raw stream arrives with the name of a derived stream already described.
 
         Nothing can mend it then (the derived descriptor is out, the raw one must pass unchanged);
@@ -260,7 +260,7 @@ class RunDenoiser(PassThroughRun):
         raw_name = doc.get("name", "primary")
         for stream in self._by_name.values():
             if stream.bundle.descriptor_doc["name"] == raw_name:
-                fix = ("replay the stored run without its derived streams" if made_by_us(doc)
+                fix = ("replay the stored run without its derived streams" if ours
                        else "give the plan's stream another name")
                 self._note(f"raw stream {raw_name!r} arrived after this run's derived stream of that name (from "
                            f"{stream.raw_name!r}); stores that key streams by name will mix the two: {fix}")
