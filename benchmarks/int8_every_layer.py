@@ -100,18 +100,26 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     card = args.card.resolve()
     every = requantise(card, args.out, args.data, args.keep_float, args.ranges)
-    test = read_dataset(args.data).split("test")
+    compare(card, {"every layer int8": every}, args.data, f"activation ranges: {args.ranges}", args.keep_float,
+            not args.no_speed)
+    return 0
+
+
+def compare(card: Path, candidates: dict[str, Path], data: str, recipe: str, keep_float: list[str],
+            timed: bool = True) -> None:
+    """Print the SSIM loss (mean, worst frame) against ONNX Runtime fp32 on 48 test frames of ``data``,
+    and the ms per 1024x1024 frame, of ``card``'s shipped int8 IR and of each candidate's."""
+    test = read_dataset(data).split("test")
     idx = np.unique(np.linspace(0, len(test.ns) - 1, 48).astype(int))
     fp32 = load_denoiser(card, backend="onnxruntime", precision="fp32")
     reference = np.array([ssim(test.gt[i], fp32.denoise_context(test.ns[context_indices(test.group, int(i), 3)]))
                           for i in idx])
-    print(f"CPU: {cpu_name()}; fp32 SSIM {reference.mean():.4f} on {len(idx)} frames of {args.data}")
-    print(f"kept in float: {args.keep_float or 'nothing'}; activation ranges: {args.ranges}")
-    for label, c in (("shipped int8 IR", card), ("every layer int8", every)):
-        mean, loss, worst = losses(c, reference, args.data, idx)
-        ms = "" if args.no_speed else f", {speed(c):.0f} ms per 1024x1024 frame"
-        print(f"{label}: SSIM {mean:.4f}, loss mean {loss:.4f} worst {worst:.4f}{ms}")
-    return 0
+    print(f"CPU: {cpu_name()}; fp32 SSIM {reference.mean():.4f} on {len(idx)} frames of {data}")
+    print(f"kept in float: {keep_float or 'nothing'}; {recipe}")
+    for label, c in {"shipped int8 IR": card, **candidates}.items():
+        mean, loss, worst = losses(c, reference, data, idx)
+        ms = f", {speed(c):.0f} ms per 1024x1024 frame" if timed else ""
+        print(f"{label}: SSIM {mean:.4f}, loss mean {loss:.4f} worst {worst:.4f}{ms}", flush=True)
 
 
 if __name__ == "__main__":

@@ -28,16 +28,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from bluesky_tomogan.cpu import cpu_name
-from bluesky_tomogan.frames import context_indices
-from bluesky_tomogan.inference import load_denoiser
-from bluesky_tomogan.metrics import ssim
 from bluesky_tomogan.simulate.datasets import read_dataset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from int8_every_layer import losses, speed  # noqa: E402
+from int8_every_layer import compare  # noqa: E402
 
 
 def quantisation_aware(card: Path, out: Path, train_data: str, steps: int, lr: float, keep_float: list[str],
@@ -131,17 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     card = args.card.resolve()
     qat = quantisation_aware(card, args.out, args.train_data, args.steps, args.lr, args.keep_float, args.threads)
-    test = read_dataset(args.data).split("test")
-    idx = np.unique(np.linspace(0, len(test.ns) - 1, 48).astype(int))
-    fp32 = load_denoiser(card, backend="onnxruntime", precision="fp32")
-    reference = np.array([ssim(test.gt[i], fp32.denoise_context(test.ns[context_indices(test.group, int(i), 3)]))
-                          for i in idx])
-    print(f"CPU: {cpu_name()}; fp32 SSIM {reference.mean():.4f} on {len(idx)} frames of {args.data}")
-    print(f"kept in float: {args.keep_float or 'nothing'}; {args.steps} QAT steps at lr {args.lr}")
-    for label, c in (("shipped int8 IR", card), ("every layer int8, QAT", qat)):
-        mean, loss, worst = losses(c, reference, args.data, idx)
-        ms = "" if args.no_speed else f", {speed(c):.0f} ms per 1024x1024 frame"
-        print(f"{label}: SSIM {mean:.4f}, loss mean {loss:.4f} worst {worst:.4f}{ms}", flush=True)
+    compare(card, {"every layer int8, QAT": qat}, args.data, f"{args.steps} QAT steps at lr {args.lr}",
+            args.keep_float, not args.no_speed)
     return 0
 
 
