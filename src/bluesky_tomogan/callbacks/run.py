@@ -146,8 +146,9 @@ class RunDenoiser(PassThroughRun):
         self._by_descriptor: dict[str, dict[str, DerivedStream]] = {}  # raw descriptor uid -> field -> stream
         self._stream_keys: dict[str, set[str]] = {}  # raw descriptor uid -> its "STREAM:" data keys
         self._unsupported_logged: set[tuple[str, str]] = set()  # (raw stream, field) said not to be denoised
-        self._raw_names: set[str] = set()  # names of the run's raw streams so far: derived names avoid them
-        self._images_seen: dict[str, set[str]] = {}  # raw stream -> its 2-D image fields, whatever the options
+        # the run's raw streams so far (derived names avoid them) -> their 2-D image fields, whatever
+        # the options (none for streams this package made)
+        self._raw_streams: dict[str, set[str]] = {}
         self._queue = FrameQueue(options.maxsize, options.policy, tombstone=self._tombstone)
         self._breaker_open = False
         self._tokens = itertools.count()
@@ -192,12 +193,10 @@ class RunDenoiser(PassThroughRun):
         self._stream_keys[doc["uid"]] = {k for k, dk in doc["data_keys"].items() if dk.get("external") == "STREAM:"}
         raw_name = doc.get("name", "primary")
         o = self.options
-        first_of_name, ours = raw_name not in self._raw_names, made_by_us(doc)
+        first_of_name, ours, images = raw_name not in self._raw_streams, made_by_us(doc), image_fields(doc)
         if first_of_name:
             self._check_name_is_free(doc, ours)
-        self._raw_names.add(raw_name)
-        if not ours:
-            self._images_seen.setdefault(raw_name, set()).update(image_fields(doc))
+        self._raw_streams.setdefault(raw_name, set()).update(() if ours else images)
         if self._start is None or (o.streams is not None and raw_name not in o.streams):
             return doc
         if o.streams is None and ours:  # not asked for by name: never denoise a derived stream
@@ -209,7 +208,7 @@ class RunDenoiser(PassThroughRun):
             if (o.fields is None or f in o.fields) and (raw_name, f) not in self._unsupported_logged:
                 self._unsupported_logged.add((raw_name, f))
                 self._note(f"field {f!r} of stream {raw_name!r} is not denoised: {reason}")
-        wanted = [f for f in image_fields(doc) if o.fields is None or f in o.fields]
+        wanted = [f for f in images if o.fields is None or f in o.fields]
         if not wanted:
             return doc
         fields: dict[str, DerivedStream] = {}
@@ -233,7 +232,7 @@ class RunDenoiser(PassThroughRun):
         # a raw stream of the run already has that name: the stores key streams by name, so two
         # streams of one name would be mixed into one table
         copy = 2
-        while name in self._raw_names:
+        while name in self._raw_streams:
             name, copy = f"{wanted}_{copy}", copy + 1
         if name != wanted:
             self._note(f"the run has a raw stream named {wanted!r}; the derived stream of {raw_name!r} "
@@ -372,7 +371,7 @@ class RunDenoiser(PassThroughRun):
 
     def _note_options_that_matched_nothing(self) -> None:
         """A misspelt ``streams=`` or ``fields=`` must not look like a run with nothing to denoise."""
-        o, seen = self.options, self._images_seen
+        o, seen = self.options, self._raw_streams
         if not any(seen.values()):
             return
         streams = sorted(s for s, fields in seen.items() if fields)
