@@ -16,7 +16,7 @@ from bluesky_tomogan import TomoGANCallback, load_denoiser
 from bluesky_tomogan.errors import ModelLoadError, RatioError
 from bluesky_tomogan.export.pipeline import export_model
 from bluesky_tomogan.inference.ratios import RatioController, RatioDenoisers, load_ratios
-from bluesky_tomogan.model.allinone import channel_importance, masked, plan_pruning, prune
+from bluesky_tomogan.model.allinone import channel_importance, masked, plan_pruning, prune, widen
 from bluesky_tomogan.model.network import GeneratorConfig, TomoGANGenerator
 from bluesky_tomogan.model.train import TrainConfig, train
 
@@ -44,6 +44,26 @@ def test_each_ratio_prunes_to_a_smaller_network_that_computes_what_the_masked_on
         # the method removes about the asked fraction of the MACs (widths rounded to multiples of 4)
         assert small.macs_per_pixel() / full == pytest.approx(plan.mac_fraction[str(r)], rel=1e-6)
         assert abs(plan.mac_fraction[str(r)] - (1 - r / 100)) < 0.06
+
+
+@pytest.mark.parametrize("arch", [{"upsample": "transposed"},
+                                  {"input_downscale": 2, "downscale": "space-to-depth"}])
+def test_a_widened_network_computes_what_the_narrow_one_does_and_its_new_channels_learn(arch):
+    torch.manual_seed(2)
+    small = TomoGANGenerator(GeneratorConfig(**arch)).eval()
+    wide_config = GeneratorConfig(**arch, width=1.5)
+    big = widen(small, wide_config)
+    x = torch.rand(2, 3, 32, 64)
+    with torch.no_grad():
+        assert torch.allclose(big(x), small(x), atol=1e-5)
+    assert big.macs_per_pixel() > 2 * small.macs_per_pixel()
+    # the new channels are not dead: the zero weights with which old channels read them get gradients
+    big.train()
+    (big(x) - x[:, 1:2]).abs().mean().backward()
+    narrow, wide = small.dec1[2].weight.shape[1], big.dec1[2].weight.shape[1]
+    assert wide > narrow and big.dec1[2].weight.grad[:, narrow:].abs().sum() > 0
+    with pytest.raises(ValueError, match="does not fit"):
+        widen(big, GeneratorConfig(**arch))
 
 
 def test_lighter_ratios_keep_subsets_of_heavier_ratios_channels():

@@ -45,7 +45,7 @@ from torch import nn
 from .network import ConvLayer, GeneratorConfig, TomoGANGenerator, conv_taps
 
 __all__ = ["CHANNEL_MULTIPLE", "MIN_KEEP", "PrunePlan", "plan_pruning", "channel_importance", "masked", "prune",
-           "ratio_key"]
+           "ratio_key", "widen"]
 
 #: Pruned layer widths are multiples of this (or the layer's full width).
 CHANNEL_MULTIPLE = 4
@@ -311,3 +311,39 @@ def prune(gen: TomoGANGenerator, kept: Mapping[str, list[int]]) -> TomoGANGenera
             state[f"{name}.bias"] = b.clone()
     small.load_state_dict(state)
     return small.eval()
+
+
+def widen(small: TomoGANGenerator, config: GeneratorConfig, seed: int = 0) -> TomoGANGenerator:
+    """A wider network computing exactly what ``small`` computes: :func:`prune`'s inverse (Net2Net-style).
+
+    Every layer of ``config`` must be at least as wide as ``small``'s. The first channels of each
+    layer take ``small``'s weights; the new channels get a fresh initialisation, and the weights
+    with which the old channels read them are zero, so the function is unchanged until training
+    gives the new channels something to add. Lets a wider architecture start from a trained one.
+    """
+    torch.manual_seed(seed)
+    big = TomoGANGenerator(config)
+    small_modules = dict(small.named_modules())
+    kept = {n: list(range(_width(small_modules[n]))) for n in _producers(big)}
+    reads: dict[str, list[int]] = {}
+    for n, (_layer, consumers) in _producers(big).items():
+        for cname, offset in consumers:
+            reads.setdefault(cname, []).extend(offset + i for i in kept[n])
+    with torch.no_grad():
+        for name, mod in big.named_modules():
+            if not isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d)):
+                continue
+            old = small_modules[name]
+            assert isinstance(old, (nn.Conv2d, nn.ConvTranspose2d))
+            out_axis = _out_axis(mod)
+            outs = torch.tensor(kept.get(name, list(range(_width(mod)))))
+            ins = torch.tensor(sorted(reads[name])) if name in reads else torch.arange(mod.weight.shape[1 - out_axis])
+            w = mod.weight.movedim(out_axis, 0)  # (out, in, kh, kw) view of either layer type
+            if (ins.numel() != old.weight.shape[1 - out_axis] or outs.numel() != old.weight.shape[out_axis]
+                    or int(ins.max()) >= w.shape[1] or int(outs.max()) >= w.shape[0]):
+                raise ValueError(f"layer {name}: {tuple(old.weight.shape)} does not fit in {tuple(mod.weight.shape)}")
+            w[outs] = 0.0  # the old channels read nothing new ...
+            w[outs.unsqueeze(1), ins.unsqueeze(0)] = old.weight.movedim(out_axis, 0)  # ... and what they read before
+            if mod.bias is not None and old.bias is not None:
+                mod.bias[outs] = old.bias
+    return big.eval()
