@@ -11,6 +11,9 @@ import pytest
 from ophyd.sim import SynSignal
 
 from bluesky_tomogan.callbacks import FrameQueue, TomoGANCallback, image_fields
+from bluesky_tomogan.callbacks.derived_stream import derived_from
+from bluesky_tomogan.qc.feedback import QCFeedback
+from bluesky_tomogan.serve.ioc import QCFromDocuments
 
 
 def camera(name="cam", shape=(48, 64), seed=0):
@@ -604,6 +607,15 @@ def test_a_derived_stream_never_takes_the_name_of_a_raw_stream_that_came_before(
     assert _streams(docs) == {"denoised": 3, "primary": 3, "denoised_2": 3}
     assert docs[-1][1]["num_events"] == {"denoised": 3, "primary": 3, "denoised_2": 3}
     assert any("is named 'denoised_2'" in e for e in cb.errors)
+    (renamed,) = [d for n, d in docs if n == "descriptor" and d["name"] == "denoised_2"]
+    assert derived_from(renamed) == ("primary", "cam")  # found by what it denoises, not by its name
+
+    # the QC IOC of a split deployment reads the verdicts from the derived stream, whatever its name
+    feedback = QCFeedback()
+    reader = QCFromDocuments(feedback)
+    for name, doc in docs:
+        reader(name, doc)
+    assert (feedback.judged("denoised_2"), feedback.judged("denoised")) == (3, 0)
 
 
 def test_a_raw_stream_that_takes_a_derived_streams_name_later_is_said_to_clash(RE, denoiser):

@@ -136,6 +136,40 @@ def test_the_reconstruction_stream_is_stored_in_the_same_run_before_its_stop(RE,
     assert ssim(clean, slices[-2]) > ssim(clean, stored["slice_fbp"].read()[-2]) - 0.05  # the slice model helps
 
 
+def test_the_denoised_stream_is_found_by_what_it_denoises_not_by_its_name(RE, tmp_path):
+    """A plan with its own stream called ``denoised`` (an image field ending in ``_denoised``, too) gets
+    the callback's stream as ``denoised_2``; the reconstruction reads ``denoised_2``, not the plan's."""
+    import bluesky.plan_stubs as bps
+    import bluesky.preprocessors as bpp
+    from ophyd.sim import SynSignal
+
+    impostor = SynSignal(func=lambda: np.zeros((64, 64), np.float32), name="junk_denoised")
+
+    def own_denoised_stream(msg):
+        if msg.command == "open_run":
+            return None, bps.trigger_and_read([impostor], name="denoised")
+        return None, None
+
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(64, 64), directory=frames_directory(tmp_path / "store"),
+                          simulate_timing=False, seed=7)
+    det.photon_flux.put(5e4)
+    cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="onnxruntime"), streams=["primary", "flat"])
+    rec = TomoReconstruction()
+    cb.subscribe(rec)
+    docs = []
+    rec.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE.subscribe(cb)
+    RE(bpp.plan_mutator(tomo_scan(det, stage, list(angles_deg(60)), n_darks=3, n_flats=3), own_denoised_stream))
+    assert rec.wait(timeout=60)
+    streams = {d["name"] for n, d in docs if n == "descriptor"}
+    assert {"denoised", "denoised_2", "flat_denoised", "reconstruction"} <= streams
+    assert any("is named 'denoised_2'" in e for e in cb.errors)
+    (page,) = [d for n, d in docs if n == "event_page" and "row" in d["data"] and d["data"]["final"][0]][-1:]
+    assert not any("no denoised stream" in note for note in page["data"]["note"])
+    assert int(page["data"]["projections"][0]) == 60 and rec.errors == []
+
+
 def test_three_exposures_per_angle_are_denoised_one_by_one_and_reconstructed(RE, store, tmp_path):
     """A camera taking 3 exposures per trigger ([3, H, W] per event, ophyd-async's exposures_per_event):
     every exposure is denoised into a row of its own, and the reconstruction reads the events (darks

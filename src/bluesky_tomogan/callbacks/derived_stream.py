@@ -23,6 +23,7 @@ from ..qc.metrics import SIDEWAYS_HISTORY, UNITS, FrameMetrics, IntensityReferen
 from ..qc.policy import Action
 
 __all__ = ["DerivedStream", "Dropped", "FrameResult", "QueuedFrame", "declared_shape", "derived_data_keys",
+           "derived_from", "made_by_us",
            "exposures_per_event", "frame_shape", "image_fields", "row_columns", "unsupported_image_fields",
            "without_channel_axis"]
 
@@ -162,6 +163,26 @@ def made_by_us(descriptor: Mapping[str, Any]) -> bool:
     """Whether a descriptor is one this package made: every data key has ``source`` :data:`SOURCE`."""
     keys = descriptor.get("data_keys") or {}
     return bool(keys) and all(k.get("source") == SOURCE for k in keys.values())
+
+
+def derived_from(descriptor: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(raw stream, image field)`` that a derived stream of this package denoises; ``None`` for others.
+
+    Read from the descriptor's ``tomogan`` configuration (``source_stream``, ``source_field``),
+    so that a derived stream renamed to avoid a raw stream's name (``denoised_2``) is still
+    found. Runs written before that configuration existed are read by their names
+    (``denoised`` from ``primary``, ``<raw>_denoised`` from ``<raw>``).
+    """
+    if not made_by_us(descriptor):
+        return None
+    data = ((descriptor.get("configuration") or {}).get("tomogan") or {}).get("data") or {}
+    fields = [k[: -len("_denoised")] for k in descriptor.get("data_keys", {}) if k.endswith("_denoised")]
+    if "source_stream" in data:
+        return str(data["source_stream"]), str(data.get("source_field") or (fields[0] if fields else ""))
+    name = str(descriptor.get("name", ""))
+    if not fields or not name.endswith("denoised"):
+        return None
+    return ("primary" if name == "denoised" else name[: -len("_denoised")]), fields[0]
 
 
 def derived_data_keys(f: str, shape: tuple[int, int], external: bool, exposures: int = 1) -> dict[str, Any]:

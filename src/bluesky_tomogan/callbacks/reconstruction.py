@@ -61,7 +61,7 @@ from ..inference.denoiser import Denoiser
 from ..masked import masked_pixels
 from ..qc.policy import UNUSABLE
 from .consumers import Consumers
-from .derived_stream import SOURCE, exposures_per_event, frame_shape, without_channel_axis
+from .derived_stream import SOURCE, derived_from, exposures_per_event, frame_shape, made_by_us, without_channel_axis
 from .frame_writer import DerivedFrameWriter, derived_directory, stream_resource_directory
 from .passthrough import PassThroughRun, RunRouterFacade, Turn
 from .run import image_fields
@@ -72,6 +72,8 @@ log = logging.getLogger(__name__)
 #: A given centre further than this (pixels) from the one found is noted as probably wrong.
 CENTER_TOLERANCE = 5.0
 STREAM = "reconstruction"
+#: The raw streams a reconstruction reads (each may have a derived, denoised counterpart).
+RAW_ROLES = ("primary", "dark", "flat")
 #: Documents that may wait behind a run's final reconstruction; when full, the RunEngine waits.
 BACKLOG_LIMIT = 10_000
 
@@ -270,13 +272,14 @@ class _RunReconstruction(PassThroughRun):
         self.o = options
         self._start: Any = None
         self._motor: str | None = None
-        self._names: dict[str, str] = {}  # descriptor uid -> stream name
-        self._image_key: dict[str, str] = {}  # stream name -> its frame data key
+        self._names: dict[str, str] = {}  # descriptor uid -> the stream's role (:meth:`_role`)
+        self._role_stream: dict[str, str] = {}  # derived role -> the name of the stream that has it
+        self._image_key: dict[str, str] = {}  # role -> its frame data key
         self._shape: tuple[int, int] | None = None
         # the detector's raw type: where it is an integer type, its mask value marks pixels without data, also
         # in the derived (float) frames, which keep the raw value there
         self._raw_dtype: np.dtype | None = None
-        self._frames: dict[str, _Frames] = {}  # stream name -> frames
+        self._frames: dict[str, _Frames] = {}  # role -> frames
         self._readers: dict[str, tuple[str, StreamFrameReader]] = {}  # StreamResource uid -> (data key, reader)
         self._angles: dict[int, float] = {}  # primary seq_num -> angle
         self._source_seq: dict[int, int] = {}  # denoised seq_num -> primary seq_num
@@ -324,20 +327,37 @@ class _RunReconstruction(PassThroughRun):
         self._motor = str(motors[0]) if motors else None
         return doc
 
+    def _role(self, doc: Any) -> str | None:
+        """What a stream is to the reconstruction: ``primary``, ``dark``, ``flat`` (raw) or ``denoised``,
+        ``dark_denoised``, ``flat_denoised`` (the callback's, found by what they denoise, not by their
+        names: a plan's own stream called ``denoised`` is not ours, and ours may be ``denoised_2``);
+        ``None`` for the rest."""
+        source = derived_from(doc)
+        if source is None:
+            name = doc.get("name", "primary")
+            return name if name in RAW_ROLES and not made_by_us(doc) else None
+        raw_stream, raw_field = source
+        if raw_stream not in RAW_ROLES or raw_field != self._image_key.get(raw_stream, raw_field):
+            return None  # another stream, or the derived stream of another detector's field
+        role = "denoised" if raw_stream == "primary" else f"{raw_stream}_denoised"
+        taken = self._role_stream.setdefault(role, doc.get("name", ""))
+        return role if taken == doc.get("name", "") else None
+
     def descriptor(self, doc: Any) -> Any:
-        name = doc.get("name", "primary")
-        self._names[doc["uid"]] = name
-        if name in ("primary", "dark", "flat", "denoised", "flat_denoised", "dark_denoised"):
-            keys = image_fields(doc)
-            if name.endswith("denoised"):
-                keys = [k for k in keys if k.endswith("_denoised")]
-            if keys and name not in self._image_key:
-                self._image_key[name] = keys[0]
-                self._frames.setdefault(name, _Frames(exposures_per_event(doc["data_keys"][keys[0]])))
-                if self._shape is None:  # one detector: its first image stream (the darks, in tomo_scan) says
-                    self._shape = frame_shape(doc["data_keys"][keys[0]])
-                if self._raw_dtype is None and not name.endswith("denoised"):
-                    self._raw_dtype = _numpy_dtype(doc["data_keys"][keys[0]].get("dtype_numpy"))
+        role = self._role(doc)
+        if role is None:
+            return doc
+        self._names[doc["uid"]] = role
+        keys = image_fields(doc)
+        if role.endswith("denoised"):
+            keys = [k for k in keys if k.endswith("_denoised")]
+        if keys and role not in self._image_key:
+            self._image_key[role] = keys[0]
+            self._frames.setdefault(role, _Frames(exposures_per_event(doc["data_keys"][keys[0]])))
+            if self._shape is None:  # one detector: its first image stream (the darks, in tomo_scan) says
+                self._shape = frame_shape(doc["data_keys"][keys[0]])
+            if self._raw_dtype is None and not role.endswith("denoised"):
+                self._raw_dtype = _numpy_dtype(doc["data_keys"][keys[0]].get("dtype_numpy"))
         return doc
 
     def stream_resource(self, doc: Any) -> Any:

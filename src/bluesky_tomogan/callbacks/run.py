@@ -241,7 +241,7 @@ class RunDenoiser(PassThroughRun):
         assert self._start is not None
         bundle = event_model.compose_descriptor(
             start=self._start, streams=self._compose_streams, event_counters=self._counters, name=name,
-            data_keys=keys, object_keys={"tomogan": sorted(keys)}, configuration=self._configuration(f),
+            data_keys=keys, object_keys={"tomogan": sorted(keys)}, configuration=self._configuration(raw_name, f),
         )
         earlier = sum(s.bundle.descriptor_doc["name"] == name for s in self._by_name.values())
         stream = DerivedStream(raw_name, f, shape, bundle, name + (f"-{earlier}" if earlier else ""),
@@ -265,10 +265,12 @@ class RunDenoiser(PassThroughRun):
                            f"{stream.raw_name!r}); stores that key streams by name will mix the two: {fix}")
                 return
 
-    def _configuration(self, f: str) -> dict[str, Any]:
-        """Provenance (model, sha256, backend, precision, tile, versions) as descriptor configuration."""
+    def _configuration(self, raw_name: str, f: str) -> dict[str, Any]:
+        """Provenance (model, sha256, backend, precision, tile, versions) and the raw stream and field
+        denoised (:func:`~.derived_stream.derived_from`) as descriptor configuration."""
         prov = {k: v if isinstance(v, (str, int, float)) else str(v)
                 for k, v in self.options.denoiser_for(f).provenance().items()}
+        prov |= {"source_stream": raw_name, "source_field": f}
         now = time.time()
         return {"tomogan": {
             "data": prov,

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from ..callbacks.derived_stream import derived_from
 from ..devices.qc_monitor import QCMonitor
 from ..qc.feedback import QCFeedback, Verdict
 from ..qc.metrics import UNITS
@@ -144,7 +145,7 @@ class QCFromDocuments:
         self._fields: dict[str, tuple[str, str, str]] = {}  # derived descriptor uid -> (run, stream, field)
 
     def __call__(self, name: str, doc: Any) -> None:
-        if name == "descriptor" and str(doc.get("name", "")).endswith("denoised"):
+        if name == "descriptor" and derived_from(doc) is not None:  # ours, whatever its name (denoised_2)
             fields = [k[: -len("_qc_flags")] for k in doc.get("data_keys", {}) if k.endswith("_qc_flags")]
             if fields:
                 self._fields[doc["uid"]] = (doc["run_start"], doc["name"], fields[0])
