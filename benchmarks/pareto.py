@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['model']} | {r['backend']} | {r['precision']} | {r['ssim']:.4f} | "
               f"{r['ssim_loss_vs_full_fp32']:+.4f} | {r['median_ms']:.0f} | {r['speedup_vs_keras_fp32']:.1f} |")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "flags": cpu_flags(), "keras_fp32_ms": keras_ms,
                                                "rows": rows}, indent=2))
     if args.plot:

@@ -4,7 +4,7 @@ The fastest CPU runtime measured here. fp32 and bf16 compile the fp32 ONNX
 model (bf16 through ``INFERENCE_PRECISION_HINT``); int8 loads the NNCF-quantised
 IR shipped beside it, whose float parts (the operations between the quantised
 convolutions, and any convolution NNCF kept in float) run in bf16 on CPUs with AMX
-and in fp32 elsewhere (:func:`int8_float_precision`). Compiled models are cached
+or with a measured bf16 gain, and in fp32 elsewhere (:func:`int8_float_precision`). Compiled models are cached
 per input shape: OpenVINO runs static shapes fastest, and a scan has one or two
 frame shapes. ``precision="auto"`` takes bf16 only where it is faster than fp32
 on this CPU (:func:`bf16_speedup`, measured).
@@ -106,20 +106,27 @@ def bf16_verdict(precision: str) -> str | None:
             f"not faster by {BF16_MIN_SPEEDUP}x; fp32 is as fast and exact")
 
 
-def int8_float_precision(cpu_flags: Collection[str] | None = None) -> str:
-    """Precision of an int8 graph's float parts on this CPU (or one with ``cpu_flags``).
+def int8_float_precision(cpu_flags: Collection[str] | None = None, speedup: float | None = None) -> str:
+    """Precision of an int8 graph's float parts on this CPU (or one with ``cpu_flags`` and bf16 ``speedup``).
 
-    ``"bf16"`` with AMX bf16 tiles (``amx_bf16``), else ``"f32"``. Measured on a Xeon
-    with AMX at 512x512 (All-in-One projection model, 2 threads, ``benchmarks/layer_profile.py
-    --precision bf16|f32``, two runs): the int8 IR ran 32.5-38.2 ms with bf16 float parts and
-    118.8-121.7 ms with fp32 ones, the same network in bf16 40.2-40.7 ms, because every
-    layout change, upsampling and concatenation between the int8 convolutions otherwise
-    runs in AVX-512 fp32. Without AMX the fp32 float parts are what the int8 numbers of
-    issue 20 were measured with (AMD Zen 5: int8 faster than bf16). The model card's int8
-    losses are measured with the precision of the CPU that exported it, named in the card.
+    ``"bf16"`` with AMX bf16 tiles (``amx_bf16``), or with AVX-512 BF16 where bf16 is measured
+    faster than fp32 (:func:`bf16_speedup` >= :data:`BF16_MIN_SPEEDUP`), else ``"f32"``. The
+    layout changes, upsampling and concatenations between the int8 convolutions, and the
+    convolutions NNCF's accuracy control kept in float, otherwise run in fp32, and they are
+    most of the time: on a Xeon with AMX at 512x512 (All-in-One projection model, 2 threads,
+    ``benchmarks/layer_profile.py --precision bf16|f32``) the int8 IR ran 32.5-38.2 ms with bf16
+    float parts and 118.8-121.7 ms with fp32 ones; on an AMD EPYC (Zen 4, AVX-512 BF16, no
+    AMX) at 1024x1024 82.6 against 135.9 ms (space-to-depth ratio 50) and 278 against about
+    460 ms (All-in-One ratio 50). On an Intel Xeon whose AVX-512 BF16 comes without AMX, bf16
+    is slower than fp32 (:func:`bf16_speedup` 0.4-0.7) and the float parts stay fp32. The
+    shipped cards' int8 losses were measured with bf16 float parts (``quantization_measured_on``).
     """
     flags = current_cpu_flags() if cpu_flags is None else cpu_flags
-    return "bf16" if "amx_bf16" in flags else "f32"
+    if "amx_bf16" in flags:
+        return "bf16"
+    if "avx512_bf16" not in flags:
+        return "f32"
+    return "bf16" if (bf16_speedup() if speedup is None else speedup) >= BF16_MIN_SPEEDUP else "f32"
 
 
 class OpenVINOSession:
