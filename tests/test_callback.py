@@ -462,6 +462,26 @@ def test_a_frame_of_another_shape_is_flagged_and_kept_out_of_the_context(RE, den
     assert all(f.shape == (48, 64) for f in frames) and docs[-1][1]["num_events"]["denoised"] == 5
 
 
+def test_a_detector_wrong_for_the_whole_scan_gives_a_few_lines_not_one_per_frame(RE, denoiser, caplog):
+    """Every frame but the first has another shape than declared (an ROI plugin the describe() does not
+    know of): every row says why, ``cb.errors`` and the log list five frames and count the rest."""
+    rng = np.random.default_rng(0)
+    calls = iter(range(100))
+
+    def frame():
+        return rng.poisson(500, (48, 64) if next(calls) < 2 else (40, 64)).astype(np.uint16)
+
+    cb = TomoGANCallback(denoiser, inline=True)
+    with caplog.at_level("WARNING"):
+        docs = run(RE, cb, [SynSignal(func=frame, name="cam")], num=40)
+    errors = [e for _, d in docs if _ == "event_page" for e in d["data"].get("cam_qc_error", [])]
+    assert len(errors) == 40 and sum("is not the declared (48, 64)" in e for e in errors) == 39
+    listed = [e for e in cb.errors if "is not the declared" in e]
+    assert len(listed) == 6 and "cam: 34 more frames not denoised: frame shape (40, 64)" in listed[-1]
+    assert sum("is not the declared" in r.getMessage() for r in caplog.records) == 6
+    assert docs[-1][1]["exit_status"] == "success"
+
+
 def test_a_field_that_disappears_mid_run_is_noted_and_the_run_goes_on(denoiser):
     run_bundle = event_model.compose_run()
     desc = run_bundle.compose_descriptor(

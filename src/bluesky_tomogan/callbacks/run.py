@@ -85,6 +85,12 @@ _END = "end-of-run"
 WORKER_NICENESS = 10
 #: Seconds a stream's newest frame waits for its next frame (its context) before it is denoised without it.
 CONTEXT_WAIT = 2.0
+#: Frames of a run with one problem (the same ``qc_error``) listed one by one in ``cb.errors`` and the
+#: log; later ones are counted and summed up at the stop, so that a detector that is wrong for a whole
+#: scan gives a few lines, not one per frame. Their rows say why, each.
+FRAMES_LISTED_PER_PROBLEM = 5
+#: Distinct problems listed per run; frames with others are counted together.
+PROBLEMS_LISTED = 20
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,9 @@ class RunDenoiser(PassThroughRun):
         self._by_descriptor: dict[str, dict[str, DerivedStream]] = {}  # raw descriptor uid -> field -> stream
         self._stream_keys: dict[str, set[str]] = {}  # raw descriptor uid -> its "STREAM:" data keys
         self._unsupported_logged: set[tuple[str, str]] = set()  # (raw stream, field) said not to be denoised
+        self._problems_listed: dict[tuple[str, str], int] = {}  # (field, qc_error) -> frames (_note_frame_problem)
+        self._problems_unlisted: dict[tuple[str, str], int] = {}  # ... frames counted, not listed
+        self._frames_unlisted = 0  # frames with a problem beyond PROBLEMS_LISTED
         # the run's raw streams so far (derived names avoid them) -> their 2-D image fields, whatever
         # the options (none for streams this package made)
         self._raw_streams: dict[str, set[str]] = {}
@@ -403,6 +412,7 @@ class RunDenoiser(PassThroughRun):
                        f"{len(self._pending)} frames recorded as not denoised")
         self._record_unfinished(f"not denoised: the worker did not finish within {self.options.flush_timeout} s "
                                 "of the run's stop")
+        self._sum_up_frame_problems()
         if self.summary.dropped:
             log.warning("TomoGAN dropped %d frames (policy %s)", self.summary.dropped, self.options.policy)
         if finished and self._worker is not None:
@@ -678,7 +688,7 @@ class RunDenoiser(PassThroughRun):
                 if r.error.startswith(DROPPED):  # drops are counted, not repeated as errors
                     self.summary.dropped += 1
                 elif r.error:
-                    self._note(f"{f} seq {r.item.seq_num}: {r.error}")
+                    self._note_frame_problem(f, r)
                 if r.error:
                     self.summary.missing += 1
             data = row_columns(f, rows, inline=self.options.inline)
@@ -687,6 +697,28 @@ class RunDenoiser(PassThroughRun):
             self._publish("event_page", page)
             if self._writer is not None and stream.resource_ready:
                 self._publish_stream_datums(stream, rows, list(page["seq_num"]))
+
+    def _note_frame_problem(self, f: str, r: FrameResult) -> None:
+        """List a frame that has no denoised frame in ``cb.errors``, or count it (:data:`FRAMES_LISTED_PER_PROBLEM`)."""
+        key = (f, r.error)
+        listed = self._problems_listed.get(key)
+        if listed is None and len(self._problems_listed) >= PROBLEMS_LISTED:
+            self._frames_unlisted += 1
+        elif (listed or 0) < FRAMES_LISTED_PER_PROBLEM:
+            self._problems_listed[key] = (listed or 0) + 1
+            self._note(f"{f} seq {r.item.seq_num}: {r.error}")
+        else:
+            self._problems_unlisted[key] = self._problems_unlisted.get(key, 0) + 1
+
+    def _sum_up_frame_problems(self) -> None:
+        """At the stop: one line per problem with frames counted but not listed."""
+        for (f, error), n in self._problems_unlisted.items():
+            self._note(f"{f}: {n} more frames not denoised: {error}")
+        if self._frames_unlisted:
+            self._note(f"{self._frames_unlisted} more frames not denoised, for other reasons "
+                       "(each row's qc_error says why)")
+        self._problems_unlisted.clear()
+        self._frames_unlisted = 0
 
     def _publish_stream_datums(self, stream: DerivedStream, rows: list[FrameResult], seq_nums: list[int]) -> None:
         """One StreamDatum per run of consecutive file rows (a frame whose write failed has none)."""
