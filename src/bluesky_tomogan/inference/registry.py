@@ -177,9 +177,10 @@ REGISTRY: Mapping[str, BackendSpec] = MappingProxyType({s.name: s for s in (
 
 #: Fastest first; ``auto`` takes the first that this machine, this model card and the tolerance allow.
 #: OpenVINO int8 is ahead of bf16 on every CPU measured once its float parts run in bf16
-#: where AMX is (:func:`~.backends.openvino.int8_float_precision`): Xeon with AMX, 1024x1024,
+#: where bf16 is fast (:func:`~.backends.openvino.int8_float_precision`): Xeon with AMX, 1024x1024,
 #: int8 179-267 ms against bf16 188-321 ms for the shipped models (2 threads, loaded CPU);
-#: AMD Zen 5 int8 194 ms, bf16 237 ms (issue 20).
+#: AMD Zen 5 int8 194 ms, bf16 237 ms (issue 20); AMD EPYC Zen 4, full projection model, int8
+#: 360 ms against bf16 481 ms (docs/benchmarks.md, session 19).
 # LiteRT int8 comes after OpenVINO fp32: on an x86 CPU the full-int8 form (the Edge TPU's input,
 # fixed 256-pixel tiles) is no faster (slice model, Intel Xeon with AMX, 2 threads: 309 vs 210 ms
 # per 512x512 frame, 852 vs 931 ms at 1024x1024) and costs quality. It stays ahead of ONNX Runtime
