@@ -116,8 +116,9 @@ def int8_float_precision(cpu_flags: Collection[str] | None = None, speedup: floa
     most of the time: on a Xeon with AMX at 512x512 (All-in-One projection model, 2 threads,
     ``benchmarks/layer_profile.py --precision bf16|f32``) the int8 IR ran 32.5-38.2 ms with bf16
     float parts and 118.8-121.7 ms with fp32 ones; on an AMD EPYC (Zen 4, AVX-512 BF16, no
-    AMX) at 1024x1024 82.6 against 135.9 ms (space-to-depth ratio 50) and 278 against about
-    460 ms (All-in-One ratio 50). On an Intel Xeon whose AVX-512 BF16 comes without AMX, bf16
+    AMX) at 1024x1024 82.6 against 135.9 ms (space-to-depth ratio 50, the same command), and
+    through ``Denoiser.denoise_context`` (``benchmarks/pareto.py``, two runs) 260 against 459 ms
+    (All-in-One ratio 50), 360 against 612 ms (full projection model). On an Intel Xeon whose AVX-512 BF16 comes without AMX, bf16
     is slower than fp32 (:func:`bf16_speedup` 0.4-0.7) and the float parts stay fp32. The
     shipped cards' int8 losses were measured with bf16 float parts (``quantization_measured_on``).
     """
