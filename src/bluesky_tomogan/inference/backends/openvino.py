@@ -118,9 +118,10 @@ def int8_float_precision(cpu_flags: Collection[str] | None = None, speedup: floa
     float parts and 118.8-121.7 ms with fp32 ones; on an AMD EPYC (Zen 4, AVX-512 BF16, no
     AMX) at 1024x1024 82.6 against 135.9 ms (space-to-depth ratio 50, the same command), and
     through ``Denoiser.denoise_context`` (``benchmarks/pareto.py``, two runs) 260 against 459 ms
-    (All-in-One ratio 50), 360 against 612 ms (full projection model). On an Intel Xeon whose AVX-512 BF16 comes without AMX, bf16
-    is slower than fp32 (:func:`bf16_speedup` 0.4-0.7) and the float parts stay fp32. The
-    shipped cards' int8 losses were measured with bf16 float parts (``quantization_measured_on``).
+    (All-in-One ratio 50), 360 against 612 ms (full projection model). On an Intel Xeon whose
+    AVX-512 BF16 comes without AMX, bf16 is slower than fp32 (:func:`bf16_speedup` 0.4-0.7) and
+    the float parts stay fp32. The shipped cards' int8 losses were measured with bf16 float
+    parts (``quantization_measured_on``).
     """
     flags = current_cpu_flags() if cpu_flags is None else cpu_flags
     if "amx_bf16" in flags:
