@@ -22,6 +22,7 @@ from bluesky_tomogan import (
     UnknownModelError,
     load_denoiser,
 )
+from bluesky_tomogan.cpu import cpu_name
 from bluesky_tomogan.inference import shipped_models
 from bluesky_tomogan.inference.load import load_card
 from bluesky_tomogan.inference.tiling import TileGrid, pad_to, plan_axis
@@ -260,6 +261,9 @@ def test_auto_picks_a_backend_within_tolerance_and_reports_it(caplog):
     from importlib.metadata import version
 
     assert prov["runtime_version"] == version(prov["runtime"])  # e.g. openvino 2026.4.1
+    assert prov["host_cpu"] == cpu_name()  # int8 and bf16 numbers differ slightly between CPUs
+    if den.backend == "openvino":
+        assert prov["float_precision"] == den.session.float_precision
 
 
 @pytest.mark.parametrize(("mean", "worst", "reason"), [

@@ -15,6 +15,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+from ..cpu import cpu_name
 from ..despike import remove_isolated_spikes
 from ..errors import InputShapeError, InputValueError
 from ..frames import context_indices
@@ -122,6 +123,9 @@ class Denoiser:
         from .. import __version__
 
         runtime = _RUNTIME_DISTRIBUTIONS.get(self.backend, self.backend)
+        # int8 and bf16 numbers differ slightly between CPUs (AMX tiles or AVX-512 kernels) and,
+        # in OpenVINO int8, with the precision of the graph's float parts: both are provenance
+        extra = {"float_precision": self.session.float_precision} if hasattr(self.session, "float_precision") else {}
         return {
             "model": self.model_name,
             "model_sha256": self.model_sha256,
@@ -134,7 +138,8 @@ class Denoiser:
             "bluesky_tomogan": __version__,
             "runtime": runtime,
             "runtime_version": _distribution_version(runtime),
-        }
+            "host_cpu": cpu_name(),
+        } | extra
 
     def __repr__(self) -> str:
         return f"<Denoiser {self.model_name} on {self.backend}/{self.precision}>"
