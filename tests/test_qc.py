@@ -20,6 +20,7 @@ from bluesky_tomogan import TomoGANCallback
 from bluesky_tomogan.devices import QCMonitor, SimBeamCurrent, SimTomoDetector, SimTomoStage
 from bluesky_tomogan.plans import qc_tomo_scan, tomo_scan
 from bluesky_tomogan.qc import QCFeedback, QCPolicy, QCPolicyError, Rule
+from bluesky_tomogan.qc.feedback import Verdict
 from bluesky_tomogan.qc.metrics import (
     REGISTRATION_BIN,
     FrameMetrics,
@@ -319,6 +320,28 @@ def test_rotation_at_coarse_steps_is_not_motion_but_a_vertical_slip_is(RE, denoi
     assert [i for i, f in enumerate(flags) if "motion" in f] == [slip]
     assert motion[slip] == pytest.approx(6.0, abs=0.7)
     assert all(m < 1.5 for i, m in enumerate(motion) if i != slip and not math.isnan(m))
+
+
+def test_a_warn_flag_that_comes_and_goes_every_frame_is_logged_once_per_interval(caplog, monkeypatch):
+    """While frames are dropped ``lagging`` flaps frame by frame: one warning, then a count, not one per frame."""
+    from bluesky_tomogan.qc import feedback as feedback_module
+
+    feedback = QCFeedback(QCPolicy({"lagging": Rule(0.1, "warn")}))
+    caplog.set_level(logging.WARNING, logger="bluesky_tomogan")
+
+    def frames(first, n):
+        for seq in range(first, first + n):
+            flags = {"lagging": "warn"} if seq % 2 else {}
+            feedback.act(Verdict("run", "denoised", seq, {"latency_s": 1.0 if seq % 2 else 0.0}, flags))
+
+    frames(1, 40)  # raised 20 times, cleared in between
+    warnings = [r.getMessage() for r in caplog.records if "QC: lagging" in r.getMessage()]
+    assert len(warnings) == 1 and "seq 1 " in warnings[0]
+    monkeypatch.setattr(feedback_module, "WARN_INTERVAL_S", 0.0)  # the interval has passed
+    frames(41, 2)
+    warnings = [r.getMessage() for r in caplog.records if "QC: lagging" in r.getMessage()]
+    assert len(warnings) == 2 and "seq 41 " in warnings[1] and "raised 19 more times" in warnings[1]
+    assert sum(flag == "lagging" for _, _, flag, _ in feedback.log) == 21  # every raise is in the log
 
 
 def test_a_lagging_denoiser_is_flagged_and_its_drops_recorded(RE, denoiser, caplog):

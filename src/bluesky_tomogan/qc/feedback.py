@@ -50,6 +50,12 @@ __all__ = ["QCFeedback", "Recommendation", "Verdict"]
 log = logging.getLogger(__name__)
 #: How long a suspending flag is re-raised while the event loop is too busy to take the suspender's request.
 TRIP_RETRY_S = 30.0
+#: A ``warn`` flag raised again within this many seconds of its last warning (a flag that comes and
+#: goes frame by frame, as ``lagging`` does while frames are dropped) is counted, and the count is
+#: given with its next warning; every frame's flags are in the derived stream.
+WARN_INTERVAL_S = 10.0
+#: (run, stream, flag) warning times kept; the oldest is forgotten first.
+WARNED_KEPT = 256
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,8 @@ class QCFeedback:
         self._aborted: dict[str, str] = {}  # run uid -> why QC aborted it
         self.log: deque[tuple[float, int, str, str]] = deque(maxlen=10_000)  # (time, seq_num, flag, action) done
         self._judged: Counter[str] = Counter()  # verdicts acted on, per derived stream name
+        # (run, stream, flag) -> (when it was last logged, raises since then not logged): see WARN_INTERVAL_S
+        self._warned: dict[tuple[str, str, str], tuple[float, int]] = {}
 
     def install_suspenders(self, RE: Any, sleep: float = 0.0) -> list[Any]:
         """Install a ``SuspendBoolHigh`` on the monitor's signal of every flag whose action is ``suspend``."""
@@ -176,7 +184,7 @@ class QCFeedback:
         for flag, action in v.flags.items():
             new = flag not in before
             if action == "warn" and new:
-                log.warning("QC: %s on %s seq %d (%s)", flag, v.stream, v.seq_num, self._why(v, flag))
+                self._warn(v, flag)
             elif action == "pause" and new:
                 self._pause(v, flag)
             elif action == "abort":
@@ -196,6 +204,19 @@ class QCFeedback:
             flag = sorted(UNUSABLE & set(v.flags))[0]
             self._recommend(Recommendation("reacquire", v.stream, v.seq_num, flag, self._why(v, flag),
                                            _position=v.position))
+
+    def _warn(self, v: Verdict, flag: str) -> None:
+        """Log a ``warn`` flag, at most once per :data:`WARN_INTERVAL_S` for a run's stream."""
+        key, now = (v.run_uid, v.stream, flag), time.monotonic()
+        last, since = self._warned.pop(key, (-WARN_INTERVAL_S, 0))
+        if now - last < WARN_INTERVAL_S:
+            self._warned[key] = (last, since + 1)
+            return
+        more = f"; raised {since} more times since its last warning" if since else ""
+        log.warning("QC: %s on %s seq %d (%s)%s", flag, v.stream, v.seq_num, self._why(v, flag), more)
+        self._warned[key] = (now, 0)
+        while len(self._warned) > WARNED_KEPT:
+            del self._warned[next(iter(self._warned))]
 
     def _why(self, v: Verdict, flag: str) -> str:
         if flag in v.reasons:
