@@ -491,9 +491,11 @@ def test_a_field_that_disappears_mid_run_is_noted_and_the_run_goes_on(denoiser):
     raw = [("start", run_bundle.start_doc), ("descriptor", desc.descriptor_doc)]
     raw += [("event", desc.compose_event(data={"cam": frame, "x": i}, timestamps={"cam": 0, "x": 0}))
             for i in range(3)]
-    broken = desc.compose_event(data={"cam": frame, "x": 3}, timestamps={"cam": 0, "x": 0})
-    del broken["data"]["cam"], broken["timestamps"]["cam"]  # the detector stopped sending frames
-    raw += [("event", broken), ("stop", run_bundle.compose_stop())]
+    for i in range(3, 15):  # the detector stopped sending frames
+        broken = desc.compose_event(data={"cam": frame, "x": i}, timestamps={"cam": 0, "x": 0})
+        del broken["data"]["cam"], broken["timestamps"]["cam"]
+        raw.append(("event", broken))
+    raw.append(("stop", run_bundle.compose_stop()))
 
     cb = TomoGANCallback(denoiser)
     out = []
@@ -502,7 +504,8 @@ def test_a_field_that_disappears_mid_run_is_noted_and_the_run_goes_on(denoiser):
         cb(name, doc)
     assert [d["uid"] for n, d in out if n == "event"] == [d["uid"] for n, d in raw if n == "event"]
     assert out[-1][0] == "stop" and out[-1][1]["num_events"]["denoised"] == 3
-    assert any("lacks image field 'cam'" in e for e in cb.errors)
+    assert sum("lacks image field 'cam'" in e for e in cb.errors) == 5  # five listed, then counted
+    assert "7 more event pages lack image field 'cam'" in cb.errors
 
 
 class FailingDenoiser(SlowDenoiser):

@@ -89,7 +89,7 @@ CONTEXT_WAIT = 2.0
 #: log; later ones are counted and summed up at the stop, so that a detector that is wrong for a whole
 #: scan gives a few lines, not one per frame. Their rows say why, each.
 FRAMES_LISTED_PER_PROBLEM = 5
-#: Distinct problems listed per run; frames with others are counted together.
+#: Distinct problems listed per run; frames (and events lacking their image field) with others are counted together.
 PROBLEMS_LISTED = 20
 
 
@@ -152,9 +152,9 @@ class RunDenoiser(PassThroughRun):
         self._by_descriptor: dict[str, dict[str, DerivedStream]] = {}  # raw descriptor uid -> field -> stream
         self._stream_keys: dict[str, set[str]] = {}  # raw descriptor uid -> its "STREAM:" data keys
         self._unsupported_logged: set[tuple[str, str]] = set()  # (raw stream, field) said not to be denoised
-        self._problems_listed: dict[tuple[str, str], int] = {}  # (field, qc_error) -> frames (_note_frame_problem)
-        self._problems_unlisted: dict[tuple[str, str], int] = {}  # ... frames counted, not listed
-        self._frames_unlisted = 0  # frames with a problem beyond PROBLEMS_LISTED
+        self._problems_listed: dict[tuple[str, str], int] = {}  # (field, problem) -> times noted (_note_repeated)
+        self._problems_unlisted: dict[tuple[str, str], tuple[int, str]] = {}  # ... -> (times counted, summary)
+        self._frames_unlisted = 0  # frames and events with a problem beyond PROBLEMS_LISTED
         # the run's raw streams so far (derived names avoid them) -> their 2-D image fields, whatever
         # the options (none for streams this package made)
         self._raw_streams: dict[str, set[str]] = {}
@@ -297,7 +297,8 @@ class RunDenoiser(PassThroughRun):
             if column is None:
                 if f in self._stream_keys.get(doc["descriptor"], ()):
                     continue  # STREAM: frames come in StreamDatum documents, not in events
-                self._note(f"event page {doc['uid'][:8]} lacks image field {f!r}")
+                self._note_repeated((f, "lacks image field"), f"event page {doc['uid'][:8]} lacks image field {f!r}",
+                                    f"{{n}} more event pages lack image field {f!r}")
                 continue
             filled = doc.get("filled", {}).get(f, True)
             for i, value in enumerate(column):
@@ -688,7 +689,8 @@ class RunDenoiser(PassThroughRun):
                 if r.error.startswith(DROPPED):  # drops are counted, not repeated as errors
                     self.summary.dropped += 1
                 elif r.error:
-                    self._note_frame_problem(f, r)
+                    self._note_repeated((f, r.error), f"{f} seq {r.item.seq_num}: {r.error}",
+                                        f"{f}: {{n}} more frames not denoised: {r.error}")
                 if r.error:
                     self.summary.missing += 1
             data = row_columns(f, rows, inline=self.options.inline)
@@ -698,25 +700,26 @@ class RunDenoiser(PassThroughRun):
             if self._writer is not None and stream.resource_ready:
                 self._publish_stream_datums(stream, rows, list(page["seq_num"]))
 
-    def _note_frame_problem(self, f: str, r: FrameResult) -> None:
-        """List a frame that has no denoised frame in ``cb.errors``, or count it (:data:`FRAMES_LISTED_PER_PROBLEM`)."""
-        key = (f, r.error)
-        listed = self._problems_listed.get(key)
+    def _note_repeated(self, problem: tuple[str, str], message: str, summary: str) -> None:
+        """Note ``message`` for the first :data:`FRAMES_LISTED_PER_PROBLEM` times of ``problem`` (and the first
+        :data:`PROBLEMS_LISTED` problems); count the rest, summed up at the stop by ``summary`` (``{n}``: how many)."""
+        listed = self._problems_listed.get(problem)
         if listed is None and len(self._problems_listed) >= PROBLEMS_LISTED:
             self._frames_unlisted += 1
         elif (listed or 0) < FRAMES_LISTED_PER_PROBLEM:
-            self._problems_listed[key] = (listed or 0) + 1
-            self._note(f"{f} seq {r.item.seq_num}: {r.error}")
+            self._problems_listed[problem] = (listed or 0) + 1
+            self._note(message)
         else:
-            self._problems_unlisted[key] = self._problems_unlisted.get(key, 0) + 1
+            n, _ = self._problems_unlisted.get(problem, (0, summary))
+            self._problems_unlisted[problem] = (n + 1, summary)
 
     def _sum_up_frame_problems(self) -> None:
-        """At the stop: one line per problem with frames counted but not listed."""
-        for (f, error), n in self._problems_unlisted.items():
-            self._note(f"{f}: {n} more frames not denoised: {error}")
+        """At the stop: one line per problem counted but not listed."""
+        for n, summary in self._problems_unlisted.values():
+            self._note(summary.format(n=n))
         if self._frames_unlisted:
-            self._note(f"{self._frames_unlisted} more frames not denoised, for other reasons "
-                       "(each row's qc_error says why)")
+            self._note(f"{self._frames_unlisted} more problems with frames or events, of other kinds (each row's "
+                       "qc_error says why)")
         self._problems_unlisted.clear()
         self._frames_unlisted = 0
 
