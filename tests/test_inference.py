@@ -80,6 +80,26 @@ def test_masked_detector_pixels_do_not_spoil_their_neighbours(frames, ort_denois
     assert (ort_denoiser.denoise(everywhere) == 65535).all()  # nothing to take values from: raw
 
 
+def test_dark_subtracted_int32_frames_are_data_not_a_photon_counters_mask(frames, ort_denoiser):
+    """Negative values in int32 are a mask only where they are -1 and -2 alone (Pilatus); a dark-subtracted
+    frame, negative where the noise is, is denoised as the same values in float32 are."""
+    from bluesky_tomogan.masked import masked_pixels
+
+    subtracted = frames.astype(np.int32) - int(np.percentile(frames, 30))
+    assert (subtracted < 0).mean() > 0.2 and len(np.unique(subtracted[subtracted < 0])) > 2
+    assert masked_pixels(subtracted) is None
+    np.testing.assert_allclose(ort_denoiser.denoise(subtracted), ort_denoiser.denoise(subtracted.astype(np.float32)),
+                               rtol=1e-5, atol=1e-3)
+    gaps = frames.astype(np.int32)
+    gaps[:, :, 30:32], gaps[:, 10, 50] = -1, -2
+    mask = masked_pixels(gaps)
+    assert mask is not None and mask.sum() == len(frames) * (2 * frames.shape[1] + 1)
+    # a derived (float) copy keeps the raw value where the detector had no data; denoised values near 0 are data
+    copy = ort_denoiser.denoise(gaps)
+    copy[:, 0, 0] = -0.25
+    assert np.array_equal(masked_pixels(copy, "<i4"), mask)
+
+
 def test_output_is_in_the_source_scale_and_less_noisy(frames, ort_denoiser):
     out = ort_denoiser.denoise(frames)
     raw = frames.astype(np.float32)

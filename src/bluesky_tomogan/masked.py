@@ -21,27 +21,44 @@ from collections import OrderedDict
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["masked_pixels", "missing_pixels", "fill_masked"]
+__all__ = ["SIGNED_MASK_VALUES", "masked_pixels", "missing_pixels", "fill_masked"]
+
+#: The negative values a 32-bit photon counter writes where a pixel has no data (Pilatus: -1 in the
+#: gaps between modules, -2 at bad pixels).
+SIGNED_MASK_VALUES = (-1, -2)
 
 
 def masked_pixels(frames: np.ndarray, raw_dtype: np.dtype | str | None = None) -> np.ndarray | None:
-    """Where ``frames`` hold their integer type's largest value, or a negative value in ``int32``
-    (Pilatus: -1 in gaps, -2 at bad pixels); ``None`` if nowhere (or not integer).
+    """Where ``frames`` hold their integer type's largest value, or in ``int32`` one of
+    :data:`SIGNED_MASK_VALUES` (Pilatus: -1 in gaps, -2 at bad pixels); ``None`` if nowhere (or not
+    integer).
+
+    Negative values are a mask only where they are nothing else: an ``int32`` frame with other
+    negative values is dark-subtracted data, negative where the noise is (an areaDetector
+    background subtraction, a processing step), and none of its pixels is masked for being
+    negative; nor is any negative pixel of an ``int16`` or ``int64`` frame.
 
     ``raw_dtype``: the detector's integer type when ``frames`` are a float copy of its frames
-    (a derived frame keeps the raw value where the detector has no data), e.g. ``"<u4"``.
+    (a derived frame keeps the raw value where the detector has no data), e.g. ``"<u4"``; in a
+    copy of ``int32`` frames the pixels at exactly -1 or -2 are masked (denoised values are not
+    whole numbers).
     """
     dtype = frames.dtype if raw_dtype is None else np.dtype(raw_dtype)
     if dtype.kind not in "ui":
         return None
     # compared in the frames' own type: float32(2**32 - 1) is 2**32, and so is the derived copy of it
     top = frames.dtype.type(np.iinfo(dtype).max)
-    # Negative counts mean "no data" only for 32-bit photon counters: a dark-subtracted int16 or
-    # int64 frame is negative where the noise is.
     signed_mask = dtype.kind == "i" and dtype.itemsize == 4
     if frames.max() < top and not (signed_mask and frames.min() < 0):  # the common case: no mask array
         return None
-    return (frames == top) | (frames < 0) if signed_mask else frames == top
+    at_top = frames == top
+    if not signed_mask:
+        return at_top
+    flagged = np.isin(frames, SIGNED_MASK_VALUES)
+    if frames.dtype.kind in "ui" and np.count_nonzero(flagged) < np.count_nonzero(frames < 0):
+        flagged[...] = False  # other negative values too: dark-subtracted data, not a detector's mask
+    mask = at_top | flagged
+    return mask if mask.any() else None
 
 
 def missing_pixels(frames: np.ndarray) -> np.ndarray | None:
