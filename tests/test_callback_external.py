@@ -16,7 +16,7 @@ from bluesky_tomogan import TomoGANCallback
 from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
 from bluesky_tomogan.frames import context_indices
 from bluesky_tomogan.hdf5_frames import StreamFrameReader
-from bluesky_tomogan.storage import frames_directory, server_of
+from bluesky_tomogan.storage import derived_streams, frames_directory, server_of
 
 
 def detector(directory, asset_mode="stream", seed=0):
@@ -98,6 +98,7 @@ def test_run_stored_in_tiled_has_denoised_frames_and_qc_columns(RE, denoiser, st
     assert raw.shape == (4, 40, 48) and raw.dtype == np.uint16
     assert uid in store.search(Key("start.sample") == "glass beads")
     assert run.metadata["stop"]["num_events"] == {"primary": 4, "denoised": 4}
+    assert derived_streams(run) == {("primary", "det_image"): "denoised"}  # found by what it denoises
 
 
 def test_raw_stream_is_byte_identical_with_and_without_the_callback(RE, denoiser, store, tmp_path):

@@ -27,7 +27,7 @@ from bluesky_tomogan.reconstruction import (
     stripe_metric,
 )
 from bluesky_tomogan.simulate.tomography import angles_deg, fbp
-from bluesky_tomogan.storage import frames_directory
+from bluesky_tomogan.storage import derived_streams, frames_directory
 
 pytest.importorskip("algotom", reason="live reconstruction needs algotom (a core dependency)")
 
@@ -136,7 +136,7 @@ def test_the_reconstruction_stream_is_stored_in_the_same_run_before_its_stop(RE,
     assert ssim(clean, slices[-2]) > ssim(clean, stored["slice_fbp"].read()[-2]) - 0.05  # the slice model helps
 
 
-def test_the_denoised_stream_is_found_by_what_it_denoises_not_by_its_name(RE, tmp_path):
+def test_the_denoised_stream_is_found_by_what_it_denoises_not_by_its_name(RE, store, tmp_path):
     """A plan with its own stream called ``denoised`` (an image field ending in ``_denoised``, too) gets
     the callback's stream as ``denoised_2``; the reconstruction reads ``denoised_2``, not the plan's."""
     import bluesky.plan_stubs as bps
@@ -159,8 +159,10 @@ def test_the_denoised_stream_is_found_by_what_it_denoises_not_by_its_name(RE, tm
     cb.subscribe(rec)
     docs = []
     rec.subscribe(lambda name, doc: docs.append((name, doc)))
+    rec.subscribe(TiledWriter(store))
     RE.subscribe(cb)
-    RE(bpp.plan_mutator(tomo_scan(det, stage, list(angles_deg(60)), n_darks=3, n_flats=3), own_denoised_stream))
+    scan = tomo_scan(det, stage, list(angles_deg(60)), n_darks=3, n_flats=3)
+    (uid,) = RE(bpp.plan_mutator(scan, own_denoised_stream))
     assert rec.wait(timeout=60)
     streams = {d["name"] for n, d in docs if n == "descriptor"}
     assert {"denoised", "denoised_2", "flat_denoised", "reconstruction"} <= streams
@@ -168,6 +170,9 @@ def test_the_denoised_stream_is_found_by_what_it_denoises_not_by_its_name(RE, tm
     (page,) = [d for n, d in docs if n == "event_page" and "row" in d["data"] and d["data"]["final"][0]][-1:]
     assert not any("no denoised stream" in note for note in page["data"]["note"])
     assert int(page["data"]["projections"][0]) == 60 and rec.errors == []
+    # and an analyst finds it in the store the same way
+    assert derived_streams(store[uid]) == {("primary", "det_image"): "denoised_2",
+                                           ("flat", "det_image"): "flat_denoised"}
 
 
 def test_three_exposures_per_angle_are_denoised_one_by_one_and_reconstructed(RE, store, tmp_path):

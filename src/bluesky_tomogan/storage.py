@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import OutputPathError
 
-__all__ = ["local_tiled", "frames_directory", "close_local_tiled", "server_of"]
+__all__ = ["local_tiled", "frames_directory", "close_local_tiled", "derived_streams", "server_of"]
 
 #: Embedded servers by ``id`` of the client that :func:`local_tiled` returned (kept alive until closed).
 _SERVERS: dict[int, Any] = {}
@@ -51,6 +51,28 @@ def local_tiled(path: str | os.PathLike[str] = "~/tomogan-data") -> Any:
     client = from_uri(server.uri)  # the URI carries the generated API key
     _SERVERS[id(client)] = server
     return client
+
+
+def derived_streams(run: Any) -> dict[tuple[str, str], str]:
+    """The denoised streams of a run stored in Tiled: ``(raw stream, image field) -> derived stream name``.
+
+    Found by what each stream denoises (its configuration, read from the stream's metadata), not
+    by its name: a plan with its own stream called ``denoised`` gets ``denoised_2``.
+
+    Examples
+    --------
+    >>> derived_streams(client[uid])  # doctest: +SKIP
+    {('primary', 'det_image'): 'denoised', ('flat', 'det_image'): 'flat_denoised'}
+    """
+    from .callbacks.derived_stream import derived_from
+
+    out = {}
+    for name in run:
+        # a stream's metadata in Tiled is its descriptor's data keys and configuration
+        source = derived_from({**dict(run[name].metadata), "name": name})
+        if source is not None:
+            out[source] = str(name)
+    return out
 
 
 def server_of(client: Any) -> Any:

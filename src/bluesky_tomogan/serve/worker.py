@@ -47,7 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..callbacks.derived_stream import derived_from, made_by_us
+from ..callbacks.derived_stream import made_by_us
+from ..storage import derived_streams
 from .tiled_derived import DerivedStreamsWriter, record_on_run
 from .transport import DocumentSource
 
@@ -421,10 +422,8 @@ class DenoisingWorker:
         try:
             run = self.client[uid]
             # a stream's metadata in Tiled is its descriptor's data keys and configuration
-            ours = {name for name in run if made_by_us(run[name].metadata)}
-            raw = {name: _rows(run, name) for name in run if name not in ours}
-            derived = {name: _rows(run, name) for name in ours
-                       if derived_from({**run[name].metadata, "name": name}) is not None}
+            raw = {name: _rows(run, name) for name in run if not made_by_us(run[name].metadata)}
+            derived = {name: _rows(run, name) for name in derived_streams(run).values()}
         except Exception as exc:
             log.error("run %s: could not read it to record its missing derived frames: %s", uid, exc)
             return
