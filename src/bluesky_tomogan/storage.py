@@ -59,6 +59,16 @@ def derived_streams(run: Any) -> dict[tuple[str, str], str]:
     Found by what each stream denoises (its configuration, read from the stream's metadata), not
     by its name: a plan with its own stream called ``denoised`` gets ``denoised_2``.
 
+    Parameters
+    ----------
+    run : tiled BlueskyRun
+        A run as the Tiled client returns it (``client[uid]``).
+
+    Returns
+    -------
+    dict of (str, str) to str
+        ``(raw stream, image field) -> derived stream name``; empty for a run with none.
+
     Examples
     --------
     >>> derived_streams(client[uid])  # doctest: +SKIP
