@@ -23,7 +23,7 @@ from ..qc.metrics import SIDEWAYS_HISTORY, UNITS, FrameMetrics, IntensityReferen
 from ..qc.policy import Action
 
 __all__ = ["DerivedStream", "Dropped", "FrameResult", "QueuedFrame", "declared_shape", "derived_data_keys",
-           "derived_from", "made_by_us",
+           "derived_from", "derived_name", "made_by_us",
            "exposures_per_event", "frame_shape", "image_fields", "row_columns", "unsupported_image_fields",
            "without_channel_axis"]
 
@@ -163,6 +163,12 @@ def made_by_us(descriptor: Mapping[str, Any]) -> bool:
     """Whether a descriptor is one this package made: every data key has ``source`` :data:`SOURCE`."""
     keys = descriptor.get("data_keys") or {}
     return bool(keys) and all(k.get("source") == SOURCE for k in keys.values())
+
+
+def derived_name(raw_stream: str) -> str:
+    """The name of the derived stream of ``raw_stream`` (one image field, no clash): ``denoised`` for
+    ``primary``, ``<raw>_denoised`` for the others. :func:`derived_from` reads it back for old runs."""
+    return "denoised" if raw_stream == "primary" else f"{raw_stream}_denoised"
 
 
 def derived_from(descriptor: Mapping[str, Any]) -> tuple[str, str] | None:

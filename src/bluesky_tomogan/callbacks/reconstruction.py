@@ -61,7 +61,15 @@ from ..inference.denoiser import Denoiser
 from ..masked import masked_pixels
 from ..qc.policy import UNUSABLE
 from .consumers import Consumers
-from .derived_stream import SOURCE, derived_from, exposures_per_event, frame_shape, made_by_us, without_channel_axis
+from .derived_stream import (
+    SOURCE,
+    derived_from,
+    derived_name,
+    exposures_per_event,
+    frame_shape,
+    made_by_us,
+    without_channel_axis,
+)
 from .frame_writer import DerivedFrameWriter, derived_directory, stream_resource_directory
 from .passthrough import PassThroughRun, RunRouterFacade, Turn
 from .run import image_fields
@@ -339,7 +347,7 @@ class _RunReconstruction(PassThroughRun):
         raw_stream, raw_field = source
         if raw_stream not in RAW_ROLES or raw_field != self._image_key.get(raw_stream, raw_field):
             return None  # another stream, or the derived stream of another detector's field
-        role = "denoised" if raw_stream == "primary" else f"{raw_stream}_denoised"
+        role = derived_name(raw_stream)  # the name it has when nothing clashes
         taken = self._role_stream.setdefault(role, doc.get("name", ""))
         return role if taken == doc.get("name", "") else None
 

@@ -64,6 +64,7 @@ from .derived_stream import (
     FrameResult,
     QueuedFrame,
     derived_data_keys,
+    derived_name,
     exposures_per_event,
     frame_shape,
     image_fields,
@@ -236,7 +237,7 @@ class RunDenoiser(PassThroughRun):
         # field in "primary" (the common case) the stream is simply "denoised". A re-emitted
         # raw descriptor with the same shape reuses it (its configuration is the raw one's).
         # An event of N frames ([N, H, W]) gets N rows, one per frame, each with its own QC.
-        base = "denoised" if raw_name == "primary" else f"{raw_name}_denoised"
+        base = derived_name(raw_name)
         name = wanted = base if n_fields == 1 else f"{base}_{f}"
         # a raw stream of the run already has that name: the stores key streams by name, so two
         # streams of one name would be mixed into one table
