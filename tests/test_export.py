@@ -95,6 +95,47 @@ def test_int8_input_range_ignores_rare_calibration_outliers(tmp_path):
     assert input_step(input_percentiles=None) > 4.9 / 255
 
 
+def test_openvino_int8_ir_is_all_int8_with_an_input_range_that_ignores_zingers(tmp_path):
+    pytest.importorskip("nncf", reason="the OpenVINO int8 export needs the export extra")
+    from bluesky_tomogan.export.pipeline import _export_openvino_int8
+    from bluesky_tomogan.inference.backends.openvino import OpenVINOSession
+
+    torch.manual_seed(0)
+    gen = TomoGANGenerator(GeneratorConfig(width=0.25)).eval()
+    calib = np.random.default_rng(1).random((16, 3, 32, 32), np.float32)
+    calib[0, 1, 5, 5] = 50.0  # one zinger in the calibration frames
+    xml, info = _export_openvino_int8(gen.correction_network(), tmp_path / "m.int8.xml", calib, isolated_spikes=True)
+    lo, hi = info["input_range"]
+    assert hi < 1.1 and info["convolutions_in_float"] == 0 and info["equalised"]
+    session = OpenVINOSession(xml, "int8", threads=1, isolated_spikes=True)
+    grid = session.input_grid
+    assert grid is not None and grid.quantise(np.float32(hi)) == 255 and grid.scale < 1.2 / 255
+    # equalisation and the offset copies keep the network's function: int8 follows torch
+    x = np.random.default_rng(2).random((1, 3, 32, 32), np.float32)
+    with torch.no_grad():
+        expected = gen.correction_network()(torch.from_numpy(x)).numpy()
+    out = session.run(x)
+    assert np.abs(out - expected).max() < 0.1 * np.abs(expected).max()
+
+
+def test_exporting_one_format_again_keeps_the_card_entries_of_the_others(tmp_path):
+    import json
+
+    from bluesky_tomogan.export.pipeline import _files_kept
+
+    files = {"pytorch": {"path": "m.pt"}, "onnx": {"path": "m.onnx"}, "tflite_int8": {"path": "m.int8.tflite"},
+             "openvino_int8": {"path": "m.int8.xml"}}
+    for entry in files.values():
+        (tmp_path / entry["path"]).write_bytes(b"x")
+    card = tmp_path / "m.json"
+    card.write_text(json.dumps({"name": "m", "files": files}))
+    assert _files_kept(card, ("openvino",)) == {"tflite_int8": {"path": "m.int8.tflite"}}  # the IR needs a new ONNX
+    assert set(_files_kept(card, ("tflite",))) == {"onnx", "openvino_int8"}
+    (tmp_path / "m.int8.tflite").unlink()
+    assert _files_kept(card, ("openvino",)) == {}  # an entry whose file is gone is not kept
+    assert _files_kept(tmp_path / "none.json", ("onnx",)) == {}  # a first export
+
+
 @pytest.mark.parametrize("options", [{}, {"upsample": "transposed"}, {"input_downscale": 2, "width": 0.5},
                                      {"input_downscale": 2, "downscale": "space-to-depth"}])
 def test_equalised_network_computes_the_same_function_with_balanced_channels(options):

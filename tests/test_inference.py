@@ -458,6 +458,75 @@ def test_litert_adds_the_centre_frame_as_the_int8_model_saw_it(frames):
     np.testing.assert_array_equal(prep.centre, den.session.input_as_seen(normalise(frames[1], offset, scale_frame)))
 
 
+def test_input_grid_gives_isolated_spikes_beyond_its_range_their_median_and_keeps_the_rest():
+    from scipy.ndimage import median_filter
+
+    from bluesky_tomogan.int8 import InputGrid
+
+    grid = InputGrid.from_range(-0.1, 1.2)
+    assert (grid.qmin, grid.qmax) == (0, 255) and grid.quantise(np.float32(-0.1)) == 0
+    x = np.random.default_rng(0).uniform(0.0, 1.0, (2, 64, 64)).astype(np.float32)
+    x[0, 10, 10] = 50.0  # a zinger
+    x[1, 30:33, 5:8] = 5.0  # a bright patch: its centre's median is beyond the range too, so it stays
+    despiked, codes = grid.despiked(x)
+    assert codes is None  # no codes asked for, none computed
+    median = median_filter(x, size=(1, 3, 3), mode="nearest")
+    assert despiked[0, 10, 10] == median[0, 10, 10] < 1.0
+    changed = despiked != x
+    assert changed[0].sum() == 1 and changed[0, 10, 10] and not changed[1, 31, 6]
+    # "beyond" is exactly "quantises to an end code", without quantising the whole frame
+    y = np.random.default_rng(1).uniform(-0.3, 1.4, 100_000).astype(np.float32)
+    q = grid.quantise(y)
+    np.testing.assert_array_equal(grid.beyond(y), (q <= 0) | (q >= 255))
+    seen = grid.as_seen(x[0], isolated_spikes=True)
+    assert seen[10, 10] == median[0, 10, 10]
+    inside = ~grid.beyond(x[0])
+    np.testing.assert_allclose(seen[inside], (grid.quantise(x[0]) - grid.zero)[inside] * grid.scale, atol=1e-6)
+    assert grid.as_seen(x[0])[10, 10] == 50.0  # without isolated_spikes a saturated pixel keeps its value
+
+
+def _ir_with_quantised_input(path, lo: float, hi: float):
+    """A small OpenVINO IR as NNCF writes one whose first convolution is int8: input FakeQuantize, conv."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    x = ops.parameter([1, 3, 32, 32], np.float32, name="frames")
+    low, high = ops.constant(np.float32(lo)), ops.constant(np.float32(hi))
+    fq = ops.fake_quantize(x, low, high, low, high, 256)
+    w = ops.constant(np.random.default_rng(0).normal(0, 0.3, (1, 3, 3, 3)).astype(np.float32))
+    y = ops.convolution(fq, w, [1, 1], [1, 1], [1, 1], [1, 1])
+    ov.save_model(ov.Model([y], [x]), str(path))
+    return path
+
+
+def test_openvino_int8_with_a_quantised_input_treats_saturated_pixels_as_litert_does(tmp_path):
+    from scipy.ndimage import median_filter
+
+    from bluesky_tomogan.inference.backends.openvino import OpenVINOSession
+    from bluesky_tomogan.int8 import InputGrid
+
+    xml = _ir_with_quantised_input(tmp_path / "q.xml", -0.05, 1.1)
+    session = OpenVINOSession(xml, "int8", threads=1, isolated_spikes=True)
+    grid = InputGrid.from_range(-0.05, 1.1, 256)
+    assert session.input_grid is not None
+    assert (session.input_grid.scale, session.input_grid.zero) == pytest.approx((grid.scale, grid.zero), rel=1e-6)
+    frames = np.random.default_rng(2).uniform(0.0, 1.0, (1, 3, 32, 32)).astype(np.float32)
+    zinger = frames.copy()
+    zinger[0, 1, 16, 16] = 40.0
+    clean = zinger.copy()
+    clean[0, 1, 16, 16] = median_filter(zinger[0, 1], size=3, mode="nearest")[16, 16]
+    # the network sees the zinger as its neighbourhood's median, and the host adds that back
+    np.testing.assert_array_equal(session.run(zinger), session.run(clean))
+    assert session.input_as_seen(zinger[0, 1])[16, 16] == clean[0, 1, 16, 16]
+    plain = OpenVINOSession(xml, "int8", threads=1)  # slices: saturated pixels are not spikes
+    assert not np.array_equal(plain.run(zinger), plain.run(clean))
+    assert plain.input_as_seen(zinger[0, 1])[16, 16] == 40.0
+    # an IR whose input is not quantised (older exports, a first convolution kept in float)
+    onnx_like = OpenVINOSession(xml, "fp32", threads=1)
+    centre = frames[0, 1]
+    assert onnx_like.input_grid is None and onnx_like.input_as_seen(centre) is centre
+
+
 def test_round_to_bf16_matches_torch_ties_to_even():
     torch = pytest.importorskip("torch")
     from bluesky_tomogan.inference.backends.openvino import round_to_bf16

@@ -7,11 +7,12 @@ helpers import torch when called (inference never needs it).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["LEVELS", "TFLITE_INPUT_PERCENTILES", "OUTPUT_COPIES", "ACTIVATION_COPIES", "int8_step",
+__all__ = ["LEVELS", "TFLITE_INPUT_PERCENTILES", "OUTPUT_COPIES", "ACTIVATION_COPIES", "InputGrid", "int8_step",
            "widened_step", "int8_input_range", "copy_fractions", "copy_offsets"]
 
 #: Steps between the ends of an int8 range (256 levels).
@@ -58,3 +59,80 @@ def copy_offsets(step: Any, copies: int) -> Any:
     import torch
 
     return torch.from_numpy(copy_fractions(copies)) * step
+
+
+@dataclass(frozen=True)
+class InputGrid:
+    """The int8 grid of a model's input: ``value = (q - zero) * scale`` for codes ``qmin..qmax``.
+
+    A full-int8 model saturates its input at the grid's ends. The host adds the
+    centre frame to the network's correction, so it must add the frame *as the
+    model saw it* (:meth:`as_seen`), and a zinger (an isolated spike far beyond
+    the range) must reach both the network and that sum as its neighbourhood's
+    median (:meth:`despiked`): otherwise the network corrects the clipped value
+    and the host adds the spike back. The LiteRT backend (codes -128..127) and
+    OpenVINO's int8 IR (its input ``FakeQuantize``, codes 0..255) share this.
+
+    Parameters
+    ----------
+    scale : float
+        Input units per code.
+    zero : float
+        The code of the value 0.
+    qmin, qmax : int
+        The lowest and highest code; a value at either is beyond the range.
+    """
+
+    scale: float
+    zero: float
+    qmin: int = -128
+    qmax: int = 127
+
+    @classmethod
+    def from_range(cls, lo: float, hi: float, levels: int = LEVELS + 1) -> InputGrid:
+        """The grid of a ``FakeQuantize`` from ``lo`` to ``hi`` with ``levels`` levels (codes ``0..levels-1``)."""
+        scale = (hi - lo) / (levels - 1)
+        return cls(scale, -lo / scale, 0, levels - 1)
+
+    def quantise(self, x: np.ndarray) -> np.ndarray:
+        """The codes of ``x`` (float, clipped to ``qmin..qmax``)."""
+        return np.clip(np.rint(x / self.scale + self.zero), self.qmin, self.qmax)
+
+    def beyond(self, x: np.ndarray) -> np.ndarray:
+        """Where ``x`` quantises to ``qmin`` or ``qmax`` (at or beyond the range's ends)."""
+        low = (self.qmin + 0.5 - self.zero) * self.scale
+        high = (self.qmax - 0.5 - self.zero) * self.scale
+        return (x <= low) | (x >= high)
+
+    def despiked(self, x: np.ndarray, q: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """``x`` (and its codes ``q``, if given) with each pixel beyond the range whose 3x3 median
+        is inside it set to that median (over the last two axes).
+
+        Measured on the projection model's dose test set (LiteRT): PSNR 30.8 -> 43.8 dB
+        (fp32 43.0). Not for slices, whose out-of-range pixels are thin streaks (it cost
+        0.008 SSIM there).
+        """
+        beyond = self.beyond(x) if q is None else (q <= self.qmin) | (q >= self.qmax)
+        if not beyond.any():  # the common case: one comparison per pixel, no median
+            return x, q
+        from scipy.ndimage import median_filter
+
+        median = median_filter(x, size=(1,) * (x.ndim - 2) + (3, 3), mode="nearest")
+        spike = beyond & ~self.beyond(median)
+        despiked_q = None if q is None else np.where(spike, self.quantise(median), q)
+        return np.where(spike, median, x), despiked_q
+
+    def as_seen(self, x: np.ndarray, isolated_spikes: bool = False) -> np.ndarray:
+        """``x`` rounded to the grid; values beyond its range keep their float value (isolated
+        spikes their 3x3 median, with ``isolated_spikes``).
+
+        The network cannot undo the clipping of those rare pixels, and adding the clipped
+        value back cost 0.7 dB of PSNR on the slice model; inside the range, adding the
+        rounded value keeps the rounding out of the result (simulated on the slice model,
+        input rounding alone: 0.0020 of SSIM with the exact frame added, 0.0005 with the
+        rounded one).
+        """
+        q = self.quantise(x)
+        inside = (q > self.qmin) & (q < self.qmax)
+        beyond = self.despiked(x, q)[0] if isolated_spikes else x
+        return np.where(inside, (q - self.zero) * self.scale, beyond).astype(np.float32)

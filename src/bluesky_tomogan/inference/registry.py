@@ -131,7 +131,8 @@ def _probe_tensorrt() -> None:
 def _open_openvino(r: OpenRequest) -> Session:
     from .backends.openvino import OpenVINOSession
 
-    return OpenVINOSession(r.path, r.precision, r.threads)
+    # raw projections hold isolated spikes (zingers); slices' out-of-range pixels are streaks
+    return OpenVINOSession(r.path, r.precision, r.threads, isolated_spikes=r.card.domain == "projection")
 
 
 def _open_onnxruntime(r: OpenRequest) -> Session:

@@ -25,6 +25,7 @@ import numpy as np
 
 from ...cpu import cpu_flags as current_cpu_flags
 from ...errors import BackendUnavailableError, ModelLoadError, PrecisionError
+from ...int8 import InputGrid
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,11 @@ class OpenVINOSession:
         Arithmetic precision.
     threads : int, optional
         Inference threads.
+    isolated_spikes : bool
+        The frames may hold isolated spikes (zingers in raw projections). An int8 IR
+        whose input is quantised (:attr:`input_grid`) then gets each pixel beyond its
+        input range whose 3x3 median is inside it as that median, like the full-int8
+        LiteRT model (:class:`bluesky_tomogan.int8.InputGrid`).
     """
 
     backend = "openvino"
@@ -155,6 +161,7 @@ class OpenVINOSession:
         model_path: str | os.PathLike[str],
         precision: str = "fp32",
         threads: int | None = None,
+        isolated_spikes: bool = False,
     ) -> None:
         try:
             import openvino as ov
@@ -170,6 +177,10 @@ class OpenVINOSession:
         except Exception as exc:  # openvino raises RuntimeError subclasses on bad files
             raise ModelLoadError(f"OpenVINO cannot read {model_path}: {exc}") from exc
         self.precision = precision
+        self.isolated_spikes = isolated_spikes
+        #: The int8 grid of the IR's input, or ``None`` where the input is not quantised (fp32, bf16,
+        #: and int8 IRs whose first convolution stayed in float).
+        self.input_grid = input_fake_quantize_grid(self._model) if precision == "int8" else None
         #: What the graph's float operations compute in ("f32" or "bf16").
         self.float_precision = {"fp32": "f32", "bf16": "bf16", "int8": int8_float_precision()}[precision]
         self._config: dict[str, Any] = {
@@ -193,14 +204,35 @@ class OpenVINOSession:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, np.float32)
+        if self.input_grid is not None and self.isolated_spikes:
+            batch = np.ascontiguousarray(self.input_grid.despiked(batch)[0], np.float32)
         req = self._request(batch.shape)
         req.infer({0: batch})
         return np.array(req.get_output_tensor(0).data, copy=True)
 
     def input_as_seen(self, x: np.ndarray) -> np.ndarray:
-        # bf16 rounds the network's input; the int8 IR's input quantiser sits inside the IR
-        # and is not modelled (its loss is within tolerance without it)
+        # bf16 rounds the network's input; an int8 IR with a quantised input rounds and clips it
+        if self.input_grid is not None:
+            return self.input_grid.as_seen(x, self.isolated_spikes)
         return round_to_bf16(x) if self.precision == "bf16" else x
+
+
+def input_fake_quantize_grid(model: Any) -> InputGrid | None:
+    """The grid of the ``FakeQuantize`` that reads an OpenVINO model's input directly, or ``None``.
+
+    NNCF quantises the input of an IR whose first convolution runs in int8 with one
+    per-tensor ``FakeQuantize`` (constant ranges, input range = output range).
+    """
+    for target in model.inputs[0].get_target_inputs():
+        node = target.get_node()
+        if node.get_type_name() != "FakeQuantize":
+            continue
+        bounds = [node.input(i).get_source_output().get_node() for i in (1, 2)]
+        if any(b.get_type_name() != "Constant" for b in bounds):
+            return None
+        lo, hi = (float(np.asarray(b.get_data()).reshape(-1)[0]) for b in bounds)
+        return InputGrid.from_range(lo, hi, int(node.get_levels())) if hi > lo else None
+    return None
 
 
 def round_to_bf16(x: np.ndarray) -> np.ndarray:
