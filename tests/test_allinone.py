@@ -382,6 +382,19 @@ def test_adaptive_policy_keeps_up_through_the_fallback_where_pruning_does_not_bu
     assert ladder.warmed == (32, 32)  # the fallback too: warm_up runs the whole ladder
 
 
+def test_every_ratio_of_the_shipped_projection_model_has_an_int8_ir_that_auto_accepts():
+    """Re-exported in session 20: input range from the calibration percentiles, the worst frame guarded."""
+    from bluesky_tomogan.inference import load_card
+    from bluesky_tomogan.inference.registry import SSIM_TOLERANCE, SSIM_TOLERANCE_WORST
+
+    for ratio, card in load_card("tomogan-projection-aio").ratio_cards().items():
+        quantization = card.files["openvino_int8"].info["quantization"]
+        assert quantization["input_range"][1] < 2.0 and quantization["convolutions_in_float"] <= 1, ratio
+        measured = card.source["quantization"]["openvino/int8"]
+        assert measured["ssim_drop"] <= SSIM_TOLERANCE["int8"], ratio
+        assert measured["ssim_drop_worst"] <= SSIM_TOLERANCE_WORST["int8"], ratio
+
+
 @pytest.mark.parametrize("name", ["tomogan-projection-aio", "tomogan-slice-aio"])
 def test_shipped_all_in_one_models_hold_every_ratio_with_its_cost_and_quality(name, rng):
     from bluesky_tomogan.inference import load_card

@@ -485,14 +485,15 @@ def test_input_grid_gives_isolated_spikes_beyond_its_range_their_median_and_keep
     assert grid.as_seen(x[0])[10, 10] == 50.0  # without isolated_spikes a saturated pixel keeps its value
 
 
-def _ir_with_quantised_input(path, lo: float, hi: float):
-    """A small OpenVINO IR as NNCF writes one whose first convolution is int8: input FakeQuantize, conv."""
+def _ir_with_quantised_input(path, lo: float, hi: float, quantised: bool = True):
+    """A small OpenVINO IR as NNCF writes one whose first convolution is int8 (input FakeQuantize, conv),
+    or, ``quantised=False``, one whose first convolution stayed in float."""
     import openvino as ov
     from openvino import opset13 as ops
 
     x = ops.parameter([1, 3, 32, 32], np.float32, name="frames")
     low, high = ops.constant(np.float32(lo)), ops.constant(np.float32(hi))
-    fq = ops.fake_quantize(x, low, high, low, high, 256)
+    fq = ops.fake_quantize(x, low, high, low, high, 256) if quantised else x
     w = ops.constant(np.random.default_rng(0).normal(0, 0.3, (1, 3, 3, 3)).astype(np.float32))
     y = ops.convolution(fq, w, [1, 1], [1, 1], [1, 1], [1, 1])
     ov.save_model(ov.Model([y], [x]), str(path))
@@ -525,6 +526,13 @@ def test_openvino_int8_with_a_quantised_input_treats_saturated_pixels_as_litert_
     onnx_like = OpenVINOSession(xml, "fp32", threads=1)
     centre = frames[0, 1]
     assert onnx_like.input_grid is None and onnx_like.input_as_seen(centre) is centre
+    # ... whose stem still clips a zinger: the card's calibrated range marks the spikes
+    float_stem = _ir_with_quantised_input(tmp_path / "f.xml", -0.05, 1.1, quantised=False)
+    session = OpenVINOSession(float_stem, "int8", threads=1, isolated_spikes=True, input_range=(-0.05, 1.1))
+    assert session.input_grid is None
+    np.testing.assert_array_equal(session.run(zinger), session.run(clean))
+    assert session.input_as_seen(zinger[0, 1])[16, 16] == clean[0, 1, 16, 16]
+    assert session.input_as_seen(centre)[5, 5] == centre[5, 5]  # not rounded: the IR does not round it
 
 
 def test_round_to_bf16_matches_torch_ties_to_even():

@@ -69,8 +69,10 @@ def _export_openvino_int8(
     leaves the frame a handful of levels), the activations are equalised (:mod:`.equalise`)
     and the full-resolution ends get their offset copies (:data:`ACTIVATION_COPIES`,
     :mod:`.copies`): the same function in float, a finer int8 grid. The input range
-    is then the IR's input ``FakeQuantize``, which the OpenVINO session reads to treat
-    saturated pixels as the LiteRT one does (:class:`~bluesky_tomogan.int8.InputGrid`).
+    is then the IR's input ``FakeQuantize`` (and ``input_range`` in the returned record,
+    for an IR whose first convolution the accuracy control returned to float), which the
+    OpenVINO session uses to treat saturated pixels as the LiteRT one does
+    (:class:`~bluesky_tomogan.int8.InputGrid`).
     Measured on All-in-One ratio 50 (held-out projections, 24 frames; SSIM 0.9728 in fp32):
     every convolution in int8 with NNCF's plain calibration 0.7094; with the clipped
     input range 0.9681, equalised 0.9694, with the copies 0.9705, and with the saturated
@@ -136,7 +138,8 @@ def _export_openvino_int8(
                      "max_ssim_drop_worst_frame": max_drop * worst_factor, "validation_frames": len(items)}
         ov.save_model(quantized, str(xml_path), compress_to_fp16=False)
     fq = sum(1 for op in quantized.get_ops() if op.get_type_name() == "FakeQuantize")
-    convs = [op for op in quantized.get_ops() if op.get_type_name() in ("Convolution", "GroupConvolution")]
+    convs = [op for op in quantized.get_ops()
+             if op.get_type_name() in ("Convolution", "GroupConvolution", "ConvolutionBackpropData")]
     # NNCF stores an int8 convolution's weights as int8 constants behind a dequantisation
     in_float = sum(1 for op in convs if op.input(1).get_source_output().get_node().get_type_name() == "Constant")
     info |= {"fake_quantize_ops": fq, "convolutions": len(convs), "convolutions_in_float": in_float}

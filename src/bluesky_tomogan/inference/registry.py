@@ -132,7 +132,10 @@ def _open_openvino(r: OpenRequest) -> Session:
     from .backends.openvino import OpenVINOSession
 
     # raw projections hold isolated spikes (zingers); slices' out-of-range pixels are streaks
-    return OpenVINOSession(r.path, r.precision, r.threads, isolated_spikes=r.card.domain == "projection")
+    calibrated = r.card.files["openvino_int8"].info.get("quantization", {}) if r.card.has("openvino_int8") else {}
+    input_range = calibrated.get("input_range") if r.precision == "int8" else None
+    return OpenVINOSession(r.path, r.precision, r.threads, isolated_spikes=r.card.domain == "projection",
+                           input_range=tuple(input_range) if input_range else None)
 
 
 def _open_onnxruntime(r: OpenRequest) -> Session:

@@ -147,9 +147,14 @@ class OpenVINOSession:
         Inference threads.
     isolated_spikes : bool
         The frames may hold isolated spikes (zingers in raw projections). An int8 IR
-        whose input is quantised (:attr:`input_grid`) then gets each pixel beyond its
-        input range whose 3x3 median is inside it as that median, like the full-int8
-        LiteRT model (:class:`bluesky_tomogan.int8.InputGrid`).
+        then gets each pixel beyond its input range whose 3x3 median is inside it as that
+        median, like the full-int8 LiteRT model (:class:`bluesky_tomogan.int8.InputGrid`).
+    input_range : (float, float), optional
+        The int8 calibration's input range (the card's
+        ``files.openvino_int8.quantization.input_range``), for an IR whose first
+        convolution stayed in float: its input is not quantised, but the stem's int8
+        output clips a zinger all the same, so ``isolated_spikes`` applies to pixels
+        beyond this range (the export's accuracy control measured it so).
     """
 
     backend = "openvino"
@@ -162,6 +167,7 @@ class OpenVINOSession:
         precision: str = "fp32",
         threads: int | None = None,
         isolated_spikes: bool = False,
+        input_range: tuple[float, float] | None = None,
     ) -> None:
         try:
             import openvino as ov
@@ -181,6 +187,9 @@ class OpenVINOSession:
         #: The int8 grid of the IR's input, or ``None`` where the input is not quantised (fp32, bf16,
         #: and int8 IRs whose first convolution stayed in float).
         self.input_grid = input_fake_quantize_grid(self._model) if precision == "int8" else None
+        self._spike_grid = self.input_grid
+        if self._spike_grid is None and precision == "int8" and input_range is not None:
+            self._spike_grid = InputGrid.from_range(*input_range)
         #: What the graph's float operations compute in ("f32" or "bf16").
         self.float_precision = {"fp32": "f32", "bf16": "bf16", "int8": int8_float_precision()}[precision]
         self._config: dict[str, Any] = {
@@ -204,8 +213,8 @@ class OpenVINOSession:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, np.float32)
-        if self.input_grid is not None and self.isolated_spikes:
-            batch = np.ascontiguousarray(self.input_grid.despiked(batch)[0], np.float32)
+        if self._spike_grid is not None and self.isolated_spikes:
+            batch = np.ascontiguousarray(self._spike_grid.despiked(batch)[0], np.float32)
         req = self._request(batch.shape)
         req.infer({0: batch})
         return np.array(req.get_output_tensor(0).data, copy=True)
@@ -214,6 +223,8 @@ class OpenVINOSession:
         # bf16 rounds the network's input; an int8 IR with a quantised input rounds and clips it
         if self.input_grid is not None:
             return self.input_grid.as_seen(x, self.isolated_spikes)
+        if self._spike_grid is not None and self.isolated_spikes:
+            return self._spike_grid.despiked(x)[0]
         return round_to_bf16(x) if self.precision == "bf16" else x
 
 
