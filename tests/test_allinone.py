@@ -395,6 +395,26 @@ def test_every_ratio_of_the_shipped_projection_model_has_an_int8_ir_that_auto_ac
         assert measured["ssim_drop_worst"] <= SSIM_TOLERANCE_WORST["int8"], ratio
 
 
+def test_the_shipped_light_projection_model_is_lighter_than_ratio_50_in_every_format(rng):
+    from bluesky_tomogan.inference import load_card
+    from bluesky_tomogan.inference.registry import SSIM_TOLERANCE, SSIM_TOLERANCE_WORST
+
+    card = load_card("tomogan-projection-light")
+    aio = load_card("tomogan-projection-aio")
+    assert card.domain == "projection" and all(card.has(k) for k in ("pytorch", "onnx", "openvino_int8", "tflite_int8"))
+    assert card.source["pruning"]["mac_fraction"] < aio.ratios["50"]["mac_fraction"]
+    # the frames' ratio column: the percent of the full network's MACs it removed
+    assert card.ratio == pytest.approx(100 * (1 - card.source["pruning"]["mac_fraction"]), abs=0.1)
+    measured = card.source["quantization"]["openvino/int8"]
+    assert measured["ssim_drop"] <= SSIM_TOLERANCE["int8"]
+    assert measured["ssim_drop_worst"] <= SSIM_TOLERANCE_WORST["int8"]
+    # as good as ratio 50 on the same test frames, in fp32
+    assert card.source["metrics"]["val_ssim"] >= aio.ratios["50"]["ssim"] - 0.001
+    den = load_denoiser("tomogan-projection-light", backend="onnxruntime")
+    frames = rng.poisson(300, (3, 64, 64)).astype(np.float32)
+    assert np.isfinite(den.denoise_context(frames)).all() and den.ratio == card.ratio
+
+
 @pytest.mark.parametrize("name", ["tomogan-projection-aio", "tomogan-slice-aio"])
 def test_shipped_all_in_one_models_hold_every_ratio_with_its_cost_and_quality(name, rng):
     from bluesky_tomogan.inference import load_card
