@@ -483,6 +483,14 @@ def test_input_grid_gives_isolated_spikes_beyond_its_range_their_median_and_keep
     inside = ~grid.beyond(x[0])
     np.testing.assert_allclose(seen[inside], (grid.quantise(x[0]) - grid.zero)[inside] * grid.scale, atol=1e-6)
     assert grid.as_seen(x[0])[10, 10] == 50.0  # without isolated_spikes a saturated pixel keeps its value
+    # medians only where needed, the same as a whole-frame median filter (edges included)
+    many = np.random.default_rng(4).uniform(-0.5, 1.6, (2, 3, 40, 40)).astype(np.float32)
+    whole = median_filter(many, size=(1, 1, 3, 3), mode="nearest")
+    expected = np.where(grid.beyond(many) & ~grid.beyond(whole), whole, many)
+    np.testing.assert_array_equal(grid.despiked(many)[0], expected)
+    codes = grid.quantise(many)
+    expected_codes = np.where(expected != many, grid.quantise(whole), codes)
+    np.testing.assert_array_equal(grid.despiked(many, codes)[1], expected_codes)
 
 
 def _ir_with_quantised_input(path, lo: float, hi: float, quantised: bool = True):

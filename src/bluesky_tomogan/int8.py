@@ -113,14 +113,21 @@ class InputGrid:
         0.008 SSIM there).
         """
         beyond = self.beyond(x) if q is None else (q <= self.qmin) | (q >= self.qmax)
-        if not beyond.any():  # the common case: one comparison per pixel, no median
+        where = np.nonzero(beyond)
+        if not where[0].size:  # the common case: one comparison per pixel, no median
             return x, q
-        from scipy.ndimage import median_filter
-
-        median = median_filter(x, size=(1,) * (x.ndim - 2) + (3, 3), mode="nearest")
-        spike = beyond & ~self.beyond(median)
-        despiked_q = None if q is None else np.where(spike, self.quantise(median), q)
-        return np.where(spike, median, x), despiked_q
+        # medians at those pixels only: a whole-frame median filter costs 235 ms per 3x1024x1024
+        # context on two cores, for the handful of pixels a zinger or two saturate
+        median = _medians_3x3(x, where)
+        spike = ~self.beyond(median)
+        at = tuple(i[spike] for i in where)
+        despiked = np.array(x, copy=True)
+        despiked[at] = median[spike]
+        despiked_q = None
+        if q is not None:
+            despiked_q = np.array(q, copy=True)
+            despiked_q[at] = self.quantise(median[spike])
+        return despiked, despiked_q
 
     def as_seen(self, x: np.ndarray, isolated_spikes: bool = False) -> np.ndarray:
         """``x`` rounded to the grid; values beyond its range keep their float value (isolated
@@ -136,3 +143,15 @@ class InputGrid:
         inside = (q > self.qmin) & (q < self.qmax)
         beyond = self.despiked(x, q)[0] if isolated_spikes else x
         return np.where(inside, (q - self.zero) * self.scale, beyond).astype(np.float32)
+
+
+def _medians_3x3(x: np.ndarray, where: tuple[np.ndarray, ...]) -> np.ndarray:
+    """The 3x3 medians (over the last two axes, edges repeated) of ``x`` at the indices ``where``.
+
+    The same values as ``scipy.ndimage.median_filter(x, size=(1, ..., 3, 3), mode="nearest")[where]``.
+    """
+    pad = [(0, 0)] * (x.ndim - 2) + [(1, 1), (1, 1)]
+    padded = np.pad(x, pad, mode="edge")
+    *lead, rows, cols = where
+    neighbours = np.stack([padded[(*lead, rows + dr, cols + dc)] for dr in range(3) for dc in range(3)])
+    return np.median(neighbours, axis=0).astype(x.dtype, copy=False)
