@@ -389,7 +389,9 @@ def test_every_ratio_of_the_shipped_projection_model_has_an_int8_ir_that_auto_ac
 
     for ratio, card in load_card("tomogan-projection-aio").ratio_cards().items():
         quantization = card.files["openvino_int8"].info["quantization"]
-        assert quantization["input_range"][1] < 2.0 and quantization["convolutions_in_float"] <= 1, ratio
+        # at most one convolution in float besides the output layer (which stays in float by design)
+        in_float = quantization["convolutions_in_float"] - quantization.get("output_layer_in_float", False)
+        assert quantization["input_range"][1] < 2.0 and in_float <= 1, ratio
         measured = card.source["quantization"]["openvino/int8"]
         assert measured["ssim_drop"] <= SSIM_TOLERANCE["int8"], ratio
         assert measured["ssim_drop_worst"] <= SSIM_TOLERANCE_WORST["int8"], ratio
