@@ -415,6 +415,11 @@ def test_the_shipped_light_projection_model_is_lighter_than_ratio_50_in_every_fo
     den = load_denoiser("tomogan-projection-light", backend="onnxruntime")
     frames = rng.poisson(300, (3, 64, 64)).astype(np.float32)
     assert np.isfinite(den.denoise_context(frames)).all() and den.ratio == card.ratio
+    # the step after ratio 50 of an adaptive ladder (docs/callback.md)
+    ladder = load_ratios("tomogan-projection-aio", ratios=[0, 25, 50], fallback="tomogan-projection-light",
+                         backend="onnxruntime")
+    assert [d.ratio for d in ladder.ladder] == [0, 25, 50, card.ratio]
+    assert ladder.ladder[-1].model_name == "tomogan-projection-light"
 
 
 @pytest.mark.parametrize("name", ["tomogan-projection-aio", "tomogan-slice-aio"])
