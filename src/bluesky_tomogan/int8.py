@@ -1,8 +1,10 @@
-"""The int8 rules that the TFLite export, int8-aware training and the int8 simulation share.
+"""The int8 rules that the exports, int8-aware training, the int8 simulation and the int8 sessions share.
 
 Each rule lives here once, so the simulation in training and the benchmarks
-quantise exactly as the exported model does. NumPy only at import; the torch
-helpers import torch when called (inference never needs it).
+quantise exactly as the exported model does, and the LiteRT and OpenVINO int8
+sessions treat the pixels that saturate a model's input alike (:class:`InputGrid`).
+NumPy only at import; the torch helpers import torch when called (inference never
+needs it).
 """
 
 from __future__ import annotations
