@@ -40,6 +40,8 @@ __all__ = ["FORMATS", "calibration_frames", "export_model", "measure_quality", "
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "tflite", "openvino")
+#: OpenVINO's operation types of the network's (transposed) convolutions.
+_CONVOLUTIONS = ("Convolution", "GroupConvolution", "ConvolutionBackpropData")
 #: Offset copies in the OpenVINO int8 IR: the stem's only (its output layer stays in float).
 OPENVINO_ACTIVATION_COPIES: dict[str, int] = {"stem.0": 4}
 
@@ -118,19 +120,16 @@ def _export_openvino_int8(
                             "output_layer_in_float": True}
     with tempfile.TemporaryDirectory() as tmp:
         model = ov.Core().read_model(str(export_onnx(net, Path(tmp) / "int8-source.onnx")))
-        convs = [op.get_friendly_name() for op in model.get_ordered_ops()
-                 if op.get_type_name() in ("Convolution", "ConvolutionBackpropData")]
-        output_layer = nncf.IgnoredScope(names=convs[-1:])
+        conv_names = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in _CONVOLUTIONS]
+        output_layer = nncf.IgnoredScope(names=conv_names[-1:])
         if validation is None:
             quantized = nncf.quantize(model, calibration, subset_size=len(calib), ignored_scope=output_layer,
                                       preset=nncf.QuantizationPreset.MIXED, advanced_parameters=ranges)
         else:
             mid = calib.shape[1] // 2
 
-            def denoised(compiled: Any, x: np.ndarray) -> np.ndarray:
-                # as the OpenVINO session runs the IR: saturated zingers at their median, the
-                # centre added unrounded (conservative: the session adds it rounded)
-                seen = grid.despiked(x)[0] if isolated_spikes else x
+            def denoised(compiled: Any, seen: np.ndarray) -> np.ndarray:
+                # the centre added unrounded (conservative: the session adds it rounded)
                 return np.asarray(compiled(seen)[0][0, 0] + (seen[0, mid] if add_centre else 0.0))
 
             # the card's loss is against fp32, and OpenVINO compiles in bf16 by default on CPUs
@@ -139,7 +138,10 @@ def _export_openvino_int8(
             items = []
             for i in quality_frames(validation):
                 x, y = normalised_frames(validation, i)
-                items.append((x[None], y[0], ssim(y[0], denoised(reference, x[None]))))
+                # the input as the OpenVINO session gives it to the IR (saturated zingers at their
+                # median), once per frame rather than once per model NNCF validates
+                seen = grid.despiked(x[None])[0] if isolated_spikes else x[None]
+                items.append((seen, y[0], ssim(y[0], denoised(reference, seen))))
             worst_factor = SSIM_TOLERANCE_WORST["int8"] / SSIM_TOLERANCE["int8"]
 
             def validate(compiled: Any, data: Any) -> float:
@@ -160,8 +162,7 @@ def _export_openvino_int8(
                      "max_ssim_drop_worst_frame": max_drop * worst_factor, "validation_frames": len(items)}
         ov.save_model(quantized, str(xml_path), compress_to_fp16=False)
     fq = sum(1 for op in quantized.get_ops() if op.get_type_name() == "FakeQuantize")
-    convs = [op for op in quantized.get_ops()
-             if op.get_type_name() in ("Convolution", "GroupConvolution", "ConvolutionBackpropData")]
+    convs = [op for op in quantized.get_ops() if op.get_type_name() in _CONVOLUTIONS]
     # NNCF stores an int8 convolution's weights as int8 constants behind a dequantisation
     in_float = sum(1 for op in convs if op.input(1).get_source_output().get_node().get_type_name() == "Constant")
     info |= {"fake_quantize_ops": fq, "convolutions": len(convs), "convolutions_in_float": in_float}

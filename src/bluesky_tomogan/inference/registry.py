@@ -132,8 +132,9 @@ def _open_openvino(r: OpenRequest) -> Session:
     from .backends.openvino import OpenVINOSession
 
     # raw projections hold isolated spikes (zingers); slices' out-of-range pixels are streaks
-    calibrated = r.card.files["openvino_int8"].info.get("quantization", {}) if r.card.has("openvino_int8") else {}
-    input_range = calibrated.get("input_range") if r.precision == "int8" else None
+    input_range = None
+    if r.precision == "int8":  # the int8 calibration's range, for an IR whose input is not quantised
+        input_range = r.card.files["openvino_int8"].info.get("quantization", {}).get("input_range")
     return OpenVINOSession(r.path, r.precision, r.threads, isolated_spikes=r.card.domain == "projection",
                            input_range=tuple(input_range) if input_range else None)
 
