@@ -95,6 +95,22 @@ def test_int8_input_range_ignores_rare_calibration_outliers(tmp_path):
     assert input_step(input_percentiles=None) > 4.9 / 255
 
 
+def _int8_weight_extremes(xml) -> list[int]:
+    """The largest |int8 weight| of each int8 convolution of an IR, in graph order."""
+    import openvino as ov
+
+    out = []
+    for op in ov.Core().read_model(str(xml)).get_ordered_ops():
+        if op.get_type_name() != "Convolution":
+            continue
+        node = op.input(1).get_source_output().get_node()
+        while node.get_type_name() != "Constant":  # NNCF: int8 Constant -> Convert -> (Subtract) -> Multiply
+            node = node.input(0).get_source_output().get_node()
+        if node.get_element_type().get_type_name() == "i8":
+            out.append(int(np.abs(node.get_data().astype(int)).max()))
+    return out
+
+
 def test_openvino_int8_ir_is_all_int8_with_an_input_range_that_ignores_zingers(tmp_path):
     pytest.importorskip("nncf", reason="the OpenVINO int8 export needs the export extra")
     from bluesky_tomogan.export.pipeline import _export_openvino_int8
@@ -109,6 +125,8 @@ def test_openvino_int8_ir_is_all_int8_with_an_input_range_that_ignores_zingers(t
     assert hi < 1.1 and info["equalised"] and info["activation_copies"] == {"stem.0": 4}
     assert info["convolutions_in_float"] == 1 and info["output_layer_in_float"]  # the output layer only
     assert info["activation_ranges"] == "min-max"  # as TFLite calibrates; the hardest frames overflow the mean
+    # the first layer's weights use the whole int8 range (NNCF's overflow fix would halve it)
+    assert info["overflow_fix"] == "disable" and _int8_weight_extremes(xml)[0] == 127
     session = OpenVINOSession(xml, "int8", threads=1, isolated_spikes=True)
     grid = session.input_grid
     assert grid is not None and grid.quantise(np.float32(hi)) == 255 and grid.scale < 1.2 / 255

@@ -580,6 +580,37 @@ def test_full_int8_projection_model_does_not_pass_zingers_through(frames):
     assert not load_denoiser("tomogan-slice", backend="litert").session.isolated_spikes
 
 
+def test_int8_weights_of_full_range_need_vnni_on_x86():
+    from bluesky_tomogan.inference.backends.openvino import int8_sums_exact
+
+    assert int8_sums_exact({"avx2", "avx512f", "avx512_vnni"}, "x86_64")  # Xeon since Cascade Lake, AMD Zen 4
+    assert int8_sums_exact({"avx2", "avx_vnni"}, "x86_64")  # Alder Lake and later cores without AVX-512
+    assert int8_sums_exact({"amx_tile", "amx_int8"}, "x86_64")
+    assert not int8_sums_exact({"avx2", "avx512f", "avx512bw"}, "x86_64")  # Skylake-SP: vpmaddubsw saturates
+    assert not int8_sums_exact(set(), "x86_64")  # flags unknown: assume the worst
+    assert int8_sums_exact(set(), "aarch64")  # no such instruction there
+
+
+def test_an_ir_with_full_range_first_layer_weights_falls_back_on_a_cpu_without_vnni(tmp_path, monkeypatch):
+    from bluesky_tomogan.inference.backends import openvino
+
+    for f in load_card("tomogan-projection-light").directory.glob("tomogan-projection-light.*"):
+        shutil.copy2(f, tmp_path / f.name)
+    card_path = tmp_path / "tomogan-projection-light.json"
+    card = json.loads(card_path.read_text())
+    card["files"]["openvino_int8"]["quantization"]["overflow_fix"] = "disable"
+    card_path.write_text(json.dumps(card))
+    assert load_denoiser(tmp_path, backend="openvino", precision="int8").precision == "int8"
+    monkeypatch.setattr(openvino, "int8_sums_exact", lambda *a, **k: False)  # a Skylake-SP Xeon
+    with pytest.raises(PrecisionError, match="without VNNI"):
+        load_denoiser(tmp_path, backend="openvino", precision="int8")
+    den = load_denoiser(tmp_path, backend="openvino", precision="auto")
+    assert den.backend == "openvino" and den.precision in ("bf16", "fp32")
+    card["files"]["openvino_int8"]["quantization"].pop("overflow_fix")  # 7-bit first layer: safe anywhere
+    card_path.write_text(json.dumps(card))
+    assert load_denoiser(tmp_path, backend="openvino", precision="int8").precision == "int8"
+
+
 def test_int8_float_parts_run_in_bf16_where_amx_is_or_bf16_is_measured_faster():
     from bluesky_tomogan.inference.backends.openvino import int8_float_precision
     from bluesky_tomogan.inference.registry import AUTO_ORDER

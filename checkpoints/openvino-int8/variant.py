@@ -19,7 +19,8 @@ copies = {k: int(v) for k, v in (a.split("=") for a in sys.argv[4:])}
 if out.exists(): shutil.rmtree(out)
 shutil.copytree(src, out)
 card_path = next(out.glob("*.json")); card = json.loads(card_path.read_text()); name = card["name"]
-train = read_dataset("data/sim_projection_dose.h5").split("train")
+import os
+train = read_dataset(os.environ.get("DATA", "data/sim_projection_dose.h5")).split("train")  # DATA: another calibration set
 m = 8 * card["architecture"].get("input_downscale", 1)
 size = min(train.ns.shape[1:]); size -= size % m
 calib = calibration_frames(train, 200, size, 3)
@@ -34,10 +35,14 @@ onnx = export_onnx(gen, out / "int8src.onnx")
 model = ov.Core().read_model(str(onnx))
 convs = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in ("Convolution", "ConvolutionBackpropData")]
 ignored = (convs[:1] if "first" in opts else []) + (convs[-1:] if "last" in opts else [])
+ignored += [convs[int(i)] for i in os.environ.get("FLOAT", "").split(",") if i]  # FLOAT: more convolutions (indices) in float
 kw = {}
 if "quantile" in opts: kw["activations_range_estimator_params"] = RangeEstimatorParametersSet.MEAN_QUANTILE
 if "nobias" in opts: kw["disable_bias_correction"] = True
 if "minmax" in opts: kw["activations_range_estimator_params"] = RangeEstimatorParametersSet.MINMAX
+if "nooverflow" in opts:  # 8-bit weights in the first layer too (NNCF default: 7-bit there)
+    from nncf.quantization.advanced_parameters import OverflowFix
+    kw["overflow_fix"] = OverflowFix.DISABLE
 adv = AdvancedQuantizationParameters(**kw) if kw else None
 preset = nncf.QuantizationPreset.PERFORMANCE if "perf" in opts else nncf.QuantizationPreset.MIXED
 q = nncf.quantize(model, nncf.Dataset([x[None] for x in calib]), subset_size=len(calib), preset=preset,

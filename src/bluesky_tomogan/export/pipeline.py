@@ -89,6 +89,15 @@ def _export_openvino_int8(
     input range 0.9681, equalised 0.9694, with the copies 0.9705, and with the saturated
     pixels handled on the host 0.9713; faint samples at 20 photons/pixel (fp32 0.7487):
     0.3612 with NNCF's default ranges, 0.7391 with the extremes.
+    Every layer's weights use the whole int8 range, the first one's too: NNCF's default
+    ``overflow_fix`` halves the first layer's (7-bit weights, for x86 CPUs without VNNI, whose
+    8-bit dot products can saturate a 16-bit sum), and on the stem, which mixes the three
+    context frames, that cost the light projection model 0.0049 SSIM on faint samples at 20
+    photons/pixel (0.7382 -> 0.7431, fp32 0.7487) and 0.0017-0.0032 at 20-60 photons on faint
+    and medium ones. Such an IR is recorded (``overflow_fix: "disable"``) and the OpenVINO
+    session refuses it in int8 on an x86 CPU without VNNI
+    (:func:`~bluesky_tomogan.inference.backends.openvino.int8_sums_exact`), so ``auto`` goes on
+    to bf16 or fp32 there.
 
     With ``validation`` frames (those :func:`measure_quality` scores for the card), NNCF's
     accuracy control measures SSIM against the clean frames and returns the most sensitive
@@ -103,7 +112,7 @@ def _export_openvino_int8(
 
     import nncf
     import openvino as ov
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     lo, hi = int8_input_range(calib)
@@ -112,9 +121,12 @@ def _export_openvino_int8(
     grid = InputGrid.from_range(lo, hi)
     calibration = nncf.Dataset([x[None] for x in calib])
     # the extremes over all calibration frames, as TFLite calibrates: NNCF's default (the mean of
-    # each frame's extremes) gives narrower ranges that the hardest frames overflow
-    ranges = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
+    # each frame's extremes) gives narrower ranges that the hardest frames overflow; 8-bit weights
+    # in the first layer too (see above: the session checks the CPU)
+    ranges = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
+                                            overflow_fix=OverflowFix.DISABLE)
     info: dict[str, Any] = {"method": "nncf post-training", "preset": "mixed", "activation_ranges": "min-max",
+                            "overflow_fix": "disable",
                             "input_range": [lo, hi], "input_percentiles": list(TFLITE_INPUT_PERCENTILES),
                             "equalised": True, "activation_copies": dict(OPENVINO_ACTIVATION_COPIES),
                             "output_layer_in_float": True}

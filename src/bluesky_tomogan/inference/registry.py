@@ -132,11 +132,11 @@ def _open_openvino(r: OpenRequest) -> Session:
     from .backends.openvino import OpenVINOSession
 
     # raw projections hold isolated spikes (zingers); slices' out-of-range pixels are streaks
-    input_range = None
-    if r.precision == "int8":  # the int8 calibration's range, for an IR whose input is not quantised
-        input_range = r.card.files["openvino_int8"].info.get("quantization", {}).get("input_range")
+    quantization = r.card.files["openvino_int8"].info.get("quantization", {}) if r.precision == "int8" else {}
+    input_range = quantization.get("input_range")  # the int8 calibration's, for an IR whose input is not quantised
     return OpenVINOSession(r.path, r.precision, r.threads, isolated_spikes=r.card.domain == "projection",
-                           input_range=tuple(input_range) if input_range else None)
+                           input_range=tuple(input_range) if input_range else None,
+                           full_range_weights=quantization.get("overflow_fix") == "disable")
 
 
 def _open_onnxruntime(r: OpenRequest) -> Session:

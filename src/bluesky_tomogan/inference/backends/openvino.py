@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import platform
 import threading
 import time
 from collections.abc import Collection
@@ -29,10 +30,14 @@ from ...int8 import InputGrid
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OpenVINOSession", "available", "bf16_speedup", "int8_float_precision", "round_to_bf16", "supports_bf16"]
+__all__ = ["OpenVINOSession", "available", "bf16_speedup", "int8_float_precision", "int8_sums_exact", "round_to_bf16",
+           "supports_bf16"]
 
 #: ``precision="auto"`` takes OpenVINO bf16 only where it is at least this much faster than fp32.
 BF16_MIN_SPEEDUP = 1.1
+
+#: x86 instruction sets whose 8-bit dot products sum in 32 bits (VNNI; AMX tiles).
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def available() -> bool:
@@ -134,6 +139,22 @@ def int8_float_precision(cpu_flags: Collection[str] | None = None, speedup: floa
     return "bf16" if (bf16_speedup() if speedup is None else speedup) >= BF16_MIN_SPEEDUP else "f32"
 
 
+def int8_sums_exact(cpu_flags: Collection[str] | None = None, machine: str | None = None) -> bool:
+    """Whether int8 weights that use their whole range are safe on this CPU (or one with ``cpu_flags``).
+
+    Without VNNI, x86 CPUs multiply 8-bit numbers with ``vpmaddubsw``, which sums pairs of
+    products into 16 bits and saturates when both are large; NNCF's ``overflow_fix`` avoids
+    it by giving the first layer 7-bit weights. IRs exported without it (``overflow_fix:
+    "disable"`` on the card, every IR since session 21) need VNNI or AMX on x86 (every Xeon
+    since Cascade Lake, AMD since Zen 4). Other architectures do not have this instruction.
+    """
+    arch = (machine or platform.machine()).lower()
+    if arch not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return True
+    flags = current_cpu_flags() if cpu_flags is None else cpu_flags
+    return bool(VNNI_FLAGS & set(flags))
+
+
 class OpenVINOSession:
     """Run a TomoGAN model with OpenVINO on the CPU.
 
@@ -155,6 +176,10 @@ class OpenVINOSession:
         convolution stayed in float: its input is not quantised, but the stem's int8
         output clips a zinger all the same, so ``isolated_spikes`` applies to pixels
         beyond this range (the export's accuracy control measured it so).
+    full_range_weights : bool
+        An int8 IR whose first layer also has 8-bit weights (the card's
+        ``overflow_fix: "disable"``): refused on an x86 CPU without VNNI
+        (:func:`int8_sums_exact`), where its sums could saturate.
     """
 
     backend = "openvino"
@@ -168,6 +193,7 @@ class OpenVINOSession:
         threads: int | None = None,
         isolated_spikes: bool = False,
         input_range: tuple[float, float] | None = None,
+        full_range_weights: bool = False,
     ) -> None:
         try:
             import openvino as ov
@@ -177,6 +203,11 @@ class OpenVINOSession:
             raise PrecisionError(f"openvino backend supports fp32, bf16, int8; not {precision!r}")
         if precision == "bf16" and not supports_bf16():
             raise PrecisionError("this CPU has no native bf16 (needs AVX-512 BF16 or AMX)")
+        if precision == "int8" and full_range_weights and not int8_sums_exact():
+            raise PrecisionError(
+                f"{Path(model_path).name} has 8-bit weights in its first layer (exported without NNCF's "
+                "overflow fix), whose sums can saturate on an x86 CPU without VNNI (avx512_vnni, avx_vnni "
+                "or amx_int8); run it in bf16 or fp32 here")
         self._core = ov.Core()
         try:
             self._model = self._core.read_model(str(Path(model_path)))
