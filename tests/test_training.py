@@ -260,3 +260,32 @@ def test_the_ssim_loss_of_a_flat_patch_is_measured_on_the_frames_range():
     pred = flat + rng.normal(0, 0.01, flat.shape).astype(np.float32)
     loss = float(pixel_loss(torch.from_numpy(pred), torch.from_numpy(flat), "l1+ssim"))
     assert 0 < loss < 0.2  # 0.10; mapped by its own range (~8e-4) it was 2.76
+
+
+def test_a_student_learns_the_teachers_output_with_distillation(tiny_dataset, tmp_path):
+    first = train(_config(tiny_dataset, tmp_path / "teacher", max_epochs=1), progress=False)
+    # a student that starts as the teacher and learns only its output has nothing to learn
+    taught = train(_config(tiny_dataset, tmp_path / "same", max_epochs=1, init_weights=str(first.weights),
+                           teacher=str(first.weights), distill_weight=1.0, lr=1e-9), progress=False)
+    plain = train(_config(tiny_dataset, tmp_path / "plain", max_epochs=1, init_weights=str(first.weights),
+                          lr=1e-9), progress=False)
+    assert taught.history[0]["train_pixel"] < 1e-4 < plain.history[0]["train_pixel"]
+    card = json.loads(taught.card.read_text())
+    assert card["training"]["config"]["teacher"] == str(first.weights)
+    half = train(_config(tiny_dataset, tmp_path / "half", max_epochs=1, init_weights=str(first.weights),
+                         teacher=str(first.weights), distill_weight=0.5, lr=1e-9), progress=False)
+    assert half.history[0]["train_pixel"] == pytest.approx(0.5 * plain.history[0]["train_pixel"], rel=1e-3)
+
+
+def test_a_teacher_that_cannot_teach_is_a_clear_error_before_training(tiny_dataset, tmp_path):
+    with pytest.raises(ModelLoadError, match="cannot read the teacher"):
+        train(_config(tiny_dataset, tmp_path / "a", teacher=str(tmp_path / "missing.pt")), progress=False)
+    five = tmp_path / "five.pt"
+    torch.save({"generator": TomoGANGenerator(GeneratorConfig(width=0.25, in_channels=5)).state_dict(),
+                "arch": GeneratorConfig(width=0.25, in_channels=5).to_dict()}, five)
+    with pytest.raises(ModelLoadError, match="reads 5 frames"):
+        train(_config(tiny_dataset, tmp_path / "b", teacher=str(five)), progress=False)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        _config(tiny_dataset, tmp_path / "c", teacher=str(five), ratios=(0, 50))
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        _config(tiny_dataset, tmp_path / "d", teacher=str(five), distill_weight=1.5)

@@ -1,5 +1,6 @@
 """The starting point of ``tomogan-projection-light``: the shipped All-in-One projection model at ratio 50,
 its full-resolution layers cut to 16 channels (the most important ones, in the model's own order).
+``--parent tomogan-slice-aio --name tomogan-slice-light`` makes the slice model's the same way.
 
 At ratio 50 the full-resolution convolutions (``enc1.2``, ``dec1.0``, ``dec1.2``: 24, 24 and 20
 channels) are most of the int8 time on a CPU without AMX, and OpenVINO's int8 kernels pad
@@ -26,11 +27,10 @@ from bluesky_tomogan.export.pipeline import torch_plan
 from bluesky_tomogan.model.allinone import prune
 from bluesky_tomogan.model.train import load_generator, resolve_weights
 
-NAME = "tomogan-projection-light"
 FULL_RESOLUTION_WIDTHS = {"enc1.2": 16, "dec1.0": 16, "dec1.2": 16}
 
 
-def initial_weights(out: Path, parent: str = "tomogan-projection-aio", ratio: str = "50") -> None:
+def initial_weights(out: Path, parent: str, ratio: str = "50") -> None:
     weights = resolve_weights(parent)
     plan = torch_plan(weights)
     assert plan is not None, f"{parent} is not an All-in-One model"
@@ -42,7 +42,7 @@ def initial_weights(out: Path, parent: str = "tomogan-projection-aio", ratio: st
     print(f"{out}: {small.macs_per_pixel():.0f} MACs per pixel, widths {widths}")
 
 
-def pruning(macs: float, parent: str = "tomogan-projection-aio") -> dict[str, object]:
+def pruning(macs: float, parent: str) -> dict[str, object]:
     """The card's ``pruning`` entry: the percent of the full network's MACs removed is the frames' ``ratio``."""
     full = load_generator(resolve_weights(parent)).macs_per_pixel()
     return {"ratio": round(100 * (1 - macs / full), 1), "mac_fraction": macs / full, "parent": parent,
@@ -50,26 +50,29 @@ def pruning(macs: float, parent: str = "tomogan-projection-aio") -> dict[str, ob
             "method": "All-in-One ratio 50, full-resolution layers cut to 16 channels, fine-tuned"}
 
 
-def named_model(run: Path, out: Path) -> None:
+def named_model(run: Path, out: Path, name: str, parent: str) -> None:
     """Copy a training run's weights and card under the model's name, ready for ``bluesky-tomogan export``."""
-    card = json.loads((run / "tomogan-projection.json").read_text())
-    card["name"] = NAME
-    card["pruning"] = pruning(load_generator(run / "tomogan-projection.pt").macs_per_pixel())
+    trained = next(run.glob("*.json")).stem  # the name the run trained under (``train_wide.py``'s)
+    card = json.loads((run / f"{trained}.json").read_text())
+    card["name"] = name
+    card["pruning"] = pruning(load_generator(run / f"{trained}.pt").macs_per_pixel(), parent)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(run / "tomogan-projection.pt", out / f"{NAME}.pt")
-    (out / f"{NAME}.json").write_text(json.dumps(card, indent=2))
-    print(f"{out / NAME}.json")
+    shutil.copy2(run / f"{trained}.pt", out / f"{name}.pt")
+    (out / f"{name}.json").write_text(json.dumps(card, indent=2))
+    print(f"{out / name}.json")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--card", type=Path, help="a finished training run: copy it under the model's name into OUT")
+    ap.add_argument("--parent", default="tomogan-projection-aio", help="the All-in-One model whose ratio 50 is cut")
+    ap.add_argument("--name", default="tomogan-projection-light", help="the light model's name (with --card)")
     ap.add_argument("out", type=Path)
     args = ap.parse_args()
     if args.card:
-        named_model(args.card, args.out)
+        named_model(args.card, args.out, args.name, args.parent)
     else:
-        initial_weights(args.out)
+        initial_weights(args.out, args.parent)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,10 @@
 """Train a widened projection model (``widen.py``) with the shipped model's loss and data.
 
     .venv/bin/python -u checkpoints/projection-wide48/train_wide.py /tmp/wide48.pt runs/proj-wide48 110 1.5e-4
+
+``--slice``: the slice models' data (``data/sim_slice.h5``) and domain instead.
+``--teacher NAME [--distill W]``: also learn the output of NAME (a shipped model's name or weights),
+``W`` (default 0.5) of the pixel loss (``TrainConfig.teacher``).
 """
 import logging
 import sys
@@ -13,9 +17,13 @@ from bluesky_tomogan.model.train import TrainConfig, train
 logging.basicConfig(level=logging.INFO)
 init, out, minutes, lr = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 arch = GeneratorConfig.from_dict(torch.load(init, weights_only=True)["arch"])
-cfg = TrainConfig(data="data/sim_projection_all2.h5", out_dir=out, name="tomogan-projection",
-                  domain="projection", arch=arch, steps_per_epoch=150, max_epochs=80, patience=10,
+domain = "slice" if "--slice" in sys.argv else "projection"
+data = {"slice": "data/sim_slice.h5", "projection": "data/sim_projection_all2.h5"}[domain]
+cfg = TrainConfig(data=data, out_dir=out, name=f"tomogan-{domain}",
+                  domain=domain, arch=arch, steps_per_epoch=150, max_epochs=80, patience=10,
                   time_budget_s=minutes * 60, lr=lr, pixel="l1+ssim", adv_weight=0.0, feat_weight=0.0,
-                  threads=1, init_weights=init)
+                  threads=1, init_weights=init,
+                  teacher=sys.argv[sys.argv.index("--teacher") + 1] if "--teacher" in sys.argv else "",
+                  distill_weight=float(sys.argv[sys.argv.index("--distill") + 1]) if "--distill" in sys.argv else 0.5)
 result = train(cfg, resume="--resume" in sys.argv, progress=True)
 print(result.stopped, result.best_epoch, result.weights)

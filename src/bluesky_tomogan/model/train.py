@@ -114,6 +114,16 @@ class TrainConfig:
         Pixel loss only (the critic's weights must be 0).
     importance_batches : int
         Training batches that estimate the channels' importance for ``ratios``.
+    teacher : str
+        Weights of a larger network (what ``init_weights`` accepts: a shipped model's name,
+        a model directory, a ``.pt``) whose output becomes a second target: the pixel loss is
+        ``(1 - distill_weight)`` times the loss to the clean frame plus ``distill_weight``
+        times the loss to the teacher's output, the teacher frozen (knowledge distillation).
+        For a light network: at a few photons per pixel the clean frame is far from anything
+        the input can tell, and the teacher's output is the estimate the student can reach.
+        Empty: no teacher.
+    distill_weight : float
+        The teacher's share of the pixel loss, in [0, 1].
     """
 
     data: str
@@ -144,9 +154,15 @@ class TrainConfig:
     select_by: Literal["ssim", "psnr"] = "ssim"
     ratios: tuple[float, ...] = ()
     importance_batches: int = 16
+    teacher: str = ""
+    distill_weight: float = 0.5
 
     def __post_init__(self) -> None:
         self.ratios = tuple(sorted({float(r) for r in self.ratios}))
+        if not 0 <= self.distill_weight <= 1:
+            raise ValueError(f"distill_weight is the teacher's share of the loss, in [0, 1]; got {self.distill_weight}")
+        if self.teacher and self.ratios:
+            raise ValueError("a teacher (distillation) and All-in-One ratios cannot be combined")
         if self.ratios and (self.adv_weight > 0 or self.feat_weight > 0):
             raise ValueError("All-in-One training (ratios) uses the pixel loss only; set adv_weight=feat_weight=0")
         if any(not 0 <= r < 100 for r in self.ratios):
@@ -332,6 +348,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         if config.init_weights:
             _load_initial_weights(gen, config.init_weights)
         plan = _plan(gen, sampler, config) if config.ratios else None
+    teacher = _teacher(config) if config.teacher else None
     saved: dict[str, Any] = {"arch": config.arch.to_dict()}
     if plan is not None:
         saved["prune_plan"] = plan.to_dict()
@@ -375,6 +392,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
                 opt_d.step()
                 sums["d"] += d_loss.item()
             loss_pix = pixel_loss(fake, y, config.pixel, _centre(x), config.dose_balance)
+            if teacher is not None:
+                with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=autocast):
+                    taught = teacher(x).float()
+                loss_pix = ((1 - config.distill_weight) * loss_pix
+                            + config.distill_weight * pixel_loss(fake, taught, config.pixel, _centre(x),
+                                                                 config.dose_balance))
             loss = loss_pix
             if gan_on:
                 assert disc is not None
@@ -450,6 +473,24 @@ def _plan(gen: TomoGANGenerator, sampler: PatchSampler, config: TrainConfig) -> 
     log.info("All-in-One ratios %s: MAC fractions %s", list(config.ratios),
              {k: round(v, 3) for k, v in plan.mac_fraction.items()})
     return plan
+
+
+def _teacher(config: TrainConfig) -> TomoGANGenerator:
+    """The frozen network whose output the student also learns (``config.teacher``)."""
+    try:
+        path = resolve_weights(config.teacher)
+        teacher = load_generator(path)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"cannot read the teacher's weights: {exc}") from exc
+    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+        raise ModelLoadError(f"cannot read the teacher's weights {config.teacher}: {exc}") from exc
+    if teacher.config.in_channels != config.arch.in_channels:
+        raise ModelLoadError(f"the teacher {path} reads {teacher.config.in_channels} frames, "
+                             f"the network trained here {config.arch.in_channels}")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    log.info("distillation: %.2f of the pixel loss against the output of %s", config.distill_weight, path)
+    return teacher.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 def _centre(x: torch.Tensor) -> torch.Tensor:
