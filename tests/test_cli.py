@@ -51,6 +51,17 @@ def test_train_on_a_bad_file_is_one_clear_error_line(tmp_path, capsys):
     assert "bluesky-tomogan train: error:" in err and "not a readable HDF5 file" in err
 
 
+def test_train_with_a_teacher_it_cannot_read_is_one_clear_error_line(tmp_path, capsys):
+    pytest.importorskip("torch")
+    data = tmp_path / "d.h5"
+    assert main(["simulate", str(data), "--size", "32", "--n-train", "1", "--n-test", "1"]) == 0
+    args = ["train", str(data), "--out", str(tmp_path / "o"), "--no-progress", "--patch", "32"]
+    assert main([*args, "--teacher", str(tmp_path / "nope.pt")]) == 1
+    assert "cannot read the teacher's weights" in capsys.readouterr().err
+    assert main([*args, "--teacher", "tomogan-projection", "--distill-weight", "2"]) == 2
+    assert "distill_weight is the teacher's share of the loss, in [0, 1]" in capsys.readouterr().err
+
+
 def test_export_activation_copies_must_be_layer_equals_count(capsys):
     with pytest.raises(SystemExit):
         main(["export", "somewhere", "--data", "d.h5", "--activation-copies", "stem.0:4"])

@@ -61,6 +61,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             time_budget_s=args.time_budget * 60, lr=args.lr, pixel=args.pixel, dose_balance=args.dose_balance,
             adv_weight=adv, feat_weight=feat, precision=args.precision, threads=args.threads, seed=args.seed,
             qat_steps=args.qat_steps, init_weights=args.init or "", ratios=tuple(args.ratios or ()),
+            teacher=args.teacher or "", distill_weight=args.distill_weight,
         )
     except ValueError as exc:
         print(f"bluesky-tomogan train: error: {exc}", file=sys.stderr)
@@ -401,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ratios", type=float, nargs="+", metavar="PERCENT",
                    help="All-in-One pruning ratios to train into one set of weights (percent of the MACs "
                         "removed, e.g. 0 25 50 75; pixel loss only; best from --init)")
+    s.add_argument("--teacher", metavar="WEIGHTS",
+                   help="distillation: also learn this larger network's output (a shipped model's name or "
+                        "weights, as --init), e.g. tomogan-projection for a light model")
+    s.add_argument("--distill-weight", type=float, default=0.5, metavar="W",
+                   help="the teacher's share of the pixel loss, in [0, 1] (default 0.5)")
     s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_train)
