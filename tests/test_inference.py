@@ -620,9 +620,15 @@ def test_int8_float_parts_run_in_bf16_where_amx_is_or_bf16_is_measured_faster():
     assert int8_float_precision(no_amx, speedup=1.8) == "bf16"  # AMD EPYC Zen 4, measured 1.7-1.9x
     assert int8_float_precision(no_amx, speedup=0.5) == "f32"  # Intel Xeon without AMX, 0.4-0.7x
     assert int8_float_precision({"avx2", "avx512f", "avx512_vnni"}, speedup=2.0) == "f32"  # no bf16 at all
+    # every convolution but the output layer in int8: bf16 would round the output for little time
+    assert int8_float_precision(no_amx, speedup=1.8, convolutions_in_float=1) == "f32"
+    assert int8_float_precision(no_amx, speedup=1.8, convolutions_in_float=2) == "bf16"
+    assert int8_float_precision({"amx_bf16", "amx_int8"}, speedup=1.8, convolutions_in_float=1) == "bf16"
     assert AUTO_ORDER.index(("openvino", "int8")) < AUTO_ORDER.index(("openvino", "bf16"))
     # on a CPU the Edge TPU's full-int8 form is no faster than OpenVINO fp32, and loses quality
     assert AUTO_ORDER.index(("openvino", "fp32")) < AUTO_ORDER.index(("litert", "int8"))
     den = load_denoiser("tomogan-projection", backend="openvino", precision="int8")
     assert den.session.float_precision == int8_float_precision()  # what this CPU's int8 graph computes in
+    light = load_denoiser("tomogan-projection-light", backend="openvino", precision="int8")  # only its output in float
+    assert light.session.float_precision == int8_float_precision(convolutions_in_float=1)
     assert load_denoiser("tomogan-projection", backend="openvino", precision="fp32").session.float_precision == "f32"

@@ -7,7 +7,10 @@ from bluesky_tomogan.inference import load_denoiser
 from bluesky_tomogan.simulate.datasets import read_dataset
 frames = 24
 import os
-sets = {"held-out": held_out("projection", 4), "dose-test": read_dataset("data/sim_projection_dose.h5").split("test")}
+if os.environ.get("SLICE"):  # SLICE=1: the slice models' held-out slices and data/hard_slice.h5's test split
+    sets = {"held-out": held_out("slice", 4), "hard-test": read_dataset("data/hard_slice.h5").split("test")}
+else:
+    sets = {"held-out": held_out("projection", 4), "dose-test": read_dataset("data/sim_projection_dose.h5").split("test")}
 if os.environ.get("ALL2"): sets["all2-test"] = read_dataset("data/sim_projection_all2.h5").split("test")
 for model, backend, precision in [a.split(":") for a in sys.argv[1:]]:
     den = load_denoiser(model, backend=backend, precision=precision)

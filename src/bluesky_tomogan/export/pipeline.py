@@ -41,7 +41,6 @@ __all__ = ["FORMATS", "calibration_frames", "export_model", "measure_quality", "
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "tflite", "openvino")
 #: OpenVINO's operation types of the network's (transposed) convolutions.
-_CONVOLUTIONS = ("Convolution", "GroupConvolution", "ConvolutionBackpropData")
 #: Offset copies in the OpenVINO int8 IR: the stem's only (its output layer stays in float).
 OPENVINO_ACTIVATION_COPIES: dict[str, int] = {"stem.0": 4}
 
@@ -115,6 +114,8 @@ def _export_openvino_int8(
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
+    from ..inference.backends.openvino import CONVOLUTIONS, float_convolutions
+
     lo, hi = int8_input_range(calib)
     calib = np.clip(calib, lo, hi).astype(np.float32)
     net = offset_activation_copies(equalise_activations(net, calib), calib, OPENVINO_ACTIVATION_COPIES)
@@ -132,7 +133,7 @@ def _export_openvino_int8(
                             "output_layer_in_float": True}
     with tempfile.TemporaryDirectory() as tmp:
         model = ov.Core().read_model(str(export_onnx(net, Path(tmp) / "int8-source.onnx")))
-        conv_names = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in _CONVOLUTIONS]
+        conv_names = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in CONVOLUTIONS]
         output_layer = nncf.IgnoredScope(names=conv_names[-1:])
         if validation is None:
             quantized = nncf.quantize(model, calibration, subset_size=len(calib), ignored_scope=output_layer,
@@ -174,10 +175,9 @@ def _export_openvino_int8(
                      "max_ssim_drop_worst_frame": max_drop * worst_factor, "validation_frames": len(items)}
         ov.save_model(quantized, str(xml_path), compress_to_fp16=False)
     fq = sum(1 for op in quantized.get_ops() if op.get_type_name() == "FakeQuantize")
-    convs = [op for op in quantized.get_ops() if op.get_type_name() in _CONVOLUTIONS]
-    # NNCF stores an int8 convolution's weights as int8 constants behind a dequantisation
-    in_float = sum(1 for op in convs if op.input(1).get_source_output().get_node().get_type_name() == "Constant")
-    info |= {"fake_quantize_ops": fq, "convolutions": len(convs), "convolutions_in_float": in_float}
+    convs = [op for op in quantized.get_ops() if op.get_type_name() in CONVOLUTIONS]
+    info |= {"fake_quantize_ops": fq, "convolutions": len(convs),
+             "convolutions_in_float": float_convolutions(quantized)}
     return xml_path, info
 
 
@@ -242,6 +242,19 @@ def measure_quality(card_path: Path, pairs: PairSet, n_frames: int = QUALITY_FRA
     return result
 
 
+def _int8_float_precision_of(card_path: Path, card: Mapping[str, Any]) -> str:
+    """What the float parts of the card's OpenVINO int8 IR compute in on this CPU."""
+    from ..inference.backends.openvino import float_convolutions, int8_float_precision
+
+    entry = card.get("files", {}).get("openvino_int8")
+    if not entry or not (card_path.parent / entry["path"]).is_file():
+        return int8_float_precision()
+    import openvino as ov
+
+    model = ov.Core().read_model(str(card_path.parent / entry["path"]))
+    return int8_float_precision(convolutions_in_float=float_convolutions(model))
+
+
 def record_quality(card_path: Path, pairs: PairSet, n_frames: int = QUALITY_FRAMES, source: str = "") -> Path:
     """Measure (:func:`measure_quality`) and write the results into the card at ``card_path``.
 
@@ -249,14 +262,14 @@ def record_quality(card_path: Path, pairs: PairSet, n_frames: int = QUALITY_FRAM
     Denoiser path; ``source`` names the frames (a file) in the card.
     """
     from ..cpu import cpu_name
-    from ..inference.backends.openvino import int8_float_precision
 
     quality = measure_quality(card_path, pairs, n_frames)
     raw, fp32 = quality.pop("raw"), quality["onnxruntime/fp32"]
     card = read_card(card_path)
     card["quantization"] = quality
     # int8 and bf16 numerics depend on the CPU (OpenVINO's int8 float parts: bf16 with AMX)
-    card["quantization_measured_on"] = {"cpu": cpu_name(), "openvino_int8_float_precision": int8_float_precision()}
+    card["quantization_measured_on"] = {"cpu": cpu_name(),
+                                        "openvino_int8_float_precision": _int8_float_precision_of(card_path, card)}
     card["metrics"] = {"val_ssim": fp32["ssim"], "val_psnr": fp32["psnr"], "val_raw_ssim": raw["ssim"],
                        "val_raw_psnr": raw["psnr"], "val_raw_ssim_min": raw["ssim_min"],
                        "val_frames": fp32["frames"], "frames_source": source,
