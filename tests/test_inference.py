@@ -580,6 +580,21 @@ def test_full_int8_projection_model_does_not_pass_zingers_through(frames):
     assert not load_denoiser("tomogan-slice", backend="litert").session.isolated_spikes
 
 
+def test_the_share_of_an_irs_work_in_float_counts_multiply_accumulates():
+    import openvino as ov
+
+    from bluesky_tomogan.inference.backends.openvino import float_convolutions, float_mac_share
+
+    weights = load_card("tomogan-projection").directory
+    light = ov.Core().read_model(str(weights / "tomogan-projection-light.int8.xml"))
+    assert float_convolutions(light) == 1 and 0 < float_mac_share(light) < 0.001  # the 12 -> 1 output layer
+    full = ov.Core().read_model(str(weights / "tomogan-projection.int8.xml"))  # full-resolution layers in float
+    assert float_convolutions(full) == 8 and float_mac_share(full) > 0.3
+    fp32 = ov.Core().read_model(str(weights / "tomogan-projection.onnx"))
+    assert float_mac_share(fp32) == 1.0
+    assert float_mac_share(fp32, 32) == pytest.approx(float_mac_share(fp32, 128))
+
+
 def test_int8_weights_of_full_range_need_vnni_on_x86():
     from bluesky_tomogan.inference.backends.openvino import int8_sums_exact
 
@@ -621,14 +636,14 @@ def test_int8_float_parts_run_in_bf16_where_amx_is_or_bf16_is_measured_faster():
     assert int8_float_precision(no_amx, speedup=0.5) == "f32"  # Intel Xeon without AMX, 0.4-0.7x
     assert int8_float_precision({"avx2", "avx512f", "avx512_vnni"}, speedup=2.0) == "f32"  # no bf16 at all
     # every convolution but the output layer in int8: bf16 would round the output for little time
-    assert int8_float_precision(no_amx, speedup=1.8, convolutions_in_float=1) == "f32"
-    assert int8_float_precision(no_amx, speedup=1.8, convolutions_in_float=2) == "bf16"
-    assert int8_float_precision({"amx_bf16", "amx_int8"}, speedup=1.8, convolutions_in_float=1) == "bf16"
+    assert int8_float_precision(no_amx, speedup=1.8, float_share=0.0003) == "f32"
+    assert int8_float_precision(no_amx, speedup=1.8, float_share=0.13) == "bf16"  # a full-resolution layer
+    assert int8_float_precision({"amx_bf16", "amx_int8"}, speedup=1.8, float_share=0.0003) == "bf16"
     assert AUTO_ORDER.index(("openvino", "int8")) < AUTO_ORDER.index(("openvino", "bf16"))
     # on a CPU the Edge TPU's full-int8 form is no faster than OpenVINO fp32, and loses quality
     assert AUTO_ORDER.index(("openvino", "fp32")) < AUTO_ORDER.index(("litert", "int8"))
     den = load_denoiser("tomogan-projection", backend="openvino", precision="int8")
     assert den.session.float_precision == int8_float_precision()  # what this CPU's int8 graph computes in
     light = load_denoiser("tomogan-projection-light", backend="openvino", precision="int8")  # only its output in float
-    assert light.session.float_precision == int8_float_precision(convolutions_in_float=1)
+    assert light.session.float_precision == int8_float_precision(float_share=0.0)
     assert load_denoiser("tomogan-projection", backend="openvino", precision="fp32").session.float_precision == "f32"

@@ -50,6 +50,6 @@ q = nncf.quantize(model, nncf.Dataset([x[None] for x in calib]), subset_size=len
                   fast_bias_correction="slowbias" not in opts, advanced_parameters=adv)
 xml = out / f"{name}.int8.xml"
 ov.save_model(q, str(xml), compress_to_fp16=False)
-card["files"]["openvino_int8"].update({"sha256": sha256_of(xml), "bin_sha256": sha256_of(xml.with_suffix(".bin"))})
+card["files"].setdefault("openvino_int8", {"path": xml.name}).update({"sha256": sha256_of(xml), "bin_sha256": sha256_of(xml.with_suffix(".bin"))})
 card_path.write_text(json.dumps(card, indent=2))
 print(opts, copies, "ignored", ignored, "->", card_path)

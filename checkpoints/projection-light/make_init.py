@@ -50,14 +50,25 @@ def pruning(macs: float, parent: str) -> dict[str, object]:
             "method": "All-in-One ratio 50, full-resolution layers cut to 16 channels, fine-tuned"}
 
 
-def named_model(run: Path, out: Path, name: str, parent: str) -> None:
-    """Copy a training run's weights and card under the model's name, ready for ``bluesky-tomogan export``."""
+def named_model(run: Path, out: Path, name: str, parent: str, last_epoch: bool = False) -> None:
+    """Copy a training run's weights and card under the model's name, ready for ``bluesky-tomogan export``.
+
+    ``last_epoch``: the run's last epoch (its ``checkpoint.pt``) instead of the kept weights, for a
+    run whose validation score kept rising by less than ``min_delta`` (the distilled light model).
+    """
     trained = next(run.glob("*.json")).stem  # the name the run trained under (``train_wide.py``'s)
     card = json.loads((run / f"{trained}.json").read_text())
     card["name"] = name
-    card["pruning"] = pruning(load_generator(run / f"{trained}.pt").macs_per_pixel(), parent)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(run / f"{trained}.pt", out / f"{name}.pt")
+    if last_epoch:
+        ck = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+        torch.save({"generator": ck["generator"], "arch": ck["config"]["arch"]}, out / f"{name}.pt")
+        last = ck["history"][-1]
+        card["training"]["weights_from"] = (f"checkpoint.pt: the last epoch ({last['epoch']}, validation SSIM "
+                                            f"{last['val_ssim']:.4f}), not the kept epoch {ck['best_epoch']}")
+    else:
+        shutil.copy2(run / f"{trained}.pt", out / f"{name}.pt")
+    card["pruning"] = pruning(load_generator(out / f"{name}.pt").macs_per_pixel(), parent)
     (out / f"{name}.json").write_text(json.dumps(card, indent=2))
     print(f"{out / name}.json")
 
@@ -67,10 +78,11 @@ def main() -> None:
     ap.add_argument("--card", type=Path, help="a finished training run: copy it under the model's name into OUT")
     ap.add_argument("--parent", default="tomogan-projection-aio", help="the All-in-One model whose ratio 50 is cut")
     ap.add_argument("--name", default="tomogan-projection-light", help="the light model's name (with --card)")
+    ap.add_argument("--last-epoch", action="store_true", help="with --card: the run's last epoch (checkpoint.pt)")
     ap.add_argument("out", type=Path)
     args = ap.parse_args()
     if args.card:
-        named_model(args.card, args.out, args.name, args.parent)
+        named_model(args.card, args.out, args.name, args.parent, args.last_epoch)
     else:
         initial_weights(args.out, args.parent)
 

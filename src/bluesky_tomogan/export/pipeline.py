@@ -244,7 +244,7 @@ def measure_quality(card_path: Path, pairs: PairSet, n_frames: int = QUALITY_FRA
 
 def _int8_float_precision_of(card_path: Path, card: Mapping[str, Any]) -> str:
     """What the float parts of the card's OpenVINO int8 IR compute in on this CPU."""
-    from ..inference.backends.openvino import float_convolutions, int8_float_precision
+    from ..inference.backends.openvino import float_mac_share, int8_float_precision
 
     entry = card.get("files", {}).get("openvino_int8")
     if not entry or not (card_path.parent / entry["path"]).is_file():
@@ -252,7 +252,7 @@ def _int8_float_precision_of(card_path: Path, card: Mapping[str, Any]) -> str:
     import openvino as ov
 
     model = ov.Core().read_model(str(card_path.parent / entry["path"]))
-    return int8_float_precision(convolutions_in_float=float_convolutions(model))
+    return int8_float_precision(float_share=float_mac_share(model))
 
 
 def record_quality(card_path: Path, pairs: PairSet, n_frames: int = QUALITY_FRAMES, source: str = "") -> Path:

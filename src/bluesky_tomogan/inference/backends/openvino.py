@@ -118,30 +118,59 @@ def bf16_verdict(precision: str) -> str | None:
 CONVOLUTIONS = ("Convolution", "GroupConvolution", "ConvolutionBackpropData")
 
 
+#: Without AMX, an int8 IR's float parts run in fp32 where its float convolutions are at most
+#: this share of its multiply-accumulates (:func:`int8_float_precision`).
+FLOAT_MAC_SHARE_FOR_F32 = 0.02
+
+
+def _is_float_convolution(op: Any) -> bool:
+    # NNCF stores an int8 convolution's weights as int8 constants behind a dequantisation;
+    # a float one reads a float constant
+    return bool(op.input(1).get_source_output().get_node().get_type_name() == "Constant")
+
+
 def float_convolutions(model: Any) -> int:
-    """How many convolutions of an OpenVINO model run in float (NNCF stores an int8 one's
-    weights as int8 constants behind a dequantisation; a float one reads a float constant)."""
-    convs = [op for op in model.get_ops() if op.get_type_name() in CONVOLUTIONS]
-    return sum(1 for op in convs if op.input(1).get_source_output().get_node().get_type_name() == "Constant")
+    """How many convolutions of an OpenVINO model run in float."""
+    return sum(1 for op in model.get_ops() if op.get_type_name() in CONVOLUTIONS and _is_float_convolution(op))
+
+
+def float_mac_share(model: Any, size: int = 64) -> float:
+    """The share of an OpenVINO model's convolution multiply-accumulates that run in float
+    (counted on a ``size`` x ``size`` input: the share does not depend on the size)."""
+    static = model.clone()
+    shape = static.inputs[0].get_partial_shape()
+    channels = shape[1].get_length() if shape[1].is_static else 3
+    static.reshape({static.inputs[0].any_name: [1, channels, size, size]})
+    total = in_float = 0
+    for op in static.get_ops():
+        if op.get_type_name() not in CONVOLUTIONS:
+            continue
+        weights, out = op.get_input_shape(1), op.get_output_shape(0)
+        # each output value: one MAC per weight of its output channel (weights over the channels)
+        macs = int(np.prod(list(out))) * int(np.prod(list(weights))) // max(int(out[1]), 1)
+        total += macs
+        in_float += macs if _is_float_convolution(op) else 0
+    return in_float / total if total else 0.0
 
 
 def int8_float_precision(cpu_flags: Collection[str] | None = None, speedup: float | None = None,
-                         convolutions_in_float: int | None = None) -> str:
+                         float_share: float | None = None) -> str:
     """Precision of an int8 graph's float parts on this CPU (or one with ``cpu_flags`` and bf16 ``speedup``).
 
     ``"bf16"`` with AMX bf16 tiles (``amx_bf16``), or with AVX-512 BF16 where bf16 is measured
-    faster than fp32 (:func:`bf16_speedup` >= :data:`BF16_MIN_SPEEDUP`) and the graph keeps more
-    than its output layer in float (``convolutions_in_float`` > 1, :func:`float_convolutions`;
-    ``None``: unknown, taken as more), else ``"f32"``. Where every convolution but the output
-    layer is int8, the float parts are the upsampling, the concatenations and that one-channel
-    layer, a few percent of the time, and bf16 there rounds the network's output to 8
-    significant bits: the light projection model's IR on its card's 48 frames (AMD EPYC) lost
-    0.0014 mean / 0.0116 worst-frame SSIM with bf16 float parts and 0.0004 / 0.0061 with fp32
-    ones, for 5 % more time (the IR alone at 1024x1024, ``checkpoints/openvino-int8/profile_ir.py``:
-    299 against 316 ms, the cores shared with a training run). The
+    faster than fp32 (:func:`bf16_speedup` >= :data:`BF16_MIN_SPEEDUP`) and the graph's float
+    convolutions are more than :data:`FLOAT_MAC_SHARE_FOR_F32` of its multiply-accumulates
+    (``float_share``, :func:`float_mac_share`; ``None``: unknown, taken as more), else
+    ``"f32"``. Where every convolution but the output layer (and perhaps a 1x1 head) is int8,
+    the float parts are the upsampling, the concatenations and those small layers, a few
+    percent of the time, and bf16 there rounds the network's output to 8 significant bits:
+    the light projection model's IR on its card's 48 frames (AMD EPYC) lost 0.0014 mean /
+    0.0116 worst-frame SSIM with bf16 float parts and 0.0004 / 0.0061 with fp32 ones, for 5 %
+    more time (the IR alone at 1024x1024, ``checkpoints/openvino-int8/profile_ir.py``: 299
+    against 316 ms, the cores shared with a training run). Where more stays in float (the
     layout changes, upsampling and concatenations between the int8 convolutions, and the
-    convolutions NNCF's accuracy control kept in float, otherwise run in fp32, and they are
-    most of the time: on a Xeon with AMX at 512x512 (All-in-One projection model, 2 threads,
+    convolutions NNCF's accuracy control kept in float) the float parts are most of the time:
+    on a Xeon with AMX at 512x512 (All-in-One projection model, 2 threads,
     ``benchmarks/layer_profile.py --precision bf16|f32``) the int8 IR ran 32.5-38.2 ms with bf16
     float parts and 118.8-121.7 ms with fp32 ones; on an AMD EPYC (Zen 4, AVX-512 BF16, no
     AMX) at 1024x1024 82.6 against 135.9 ms (space-to-depth ratio 50, the same command), and
@@ -154,7 +183,7 @@ def int8_float_precision(cpu_flags: Collection[str] | None = None, speedup: floa
     flags = current_cpu_flags() if cpu_flags is None else cpu_flags
     if "amx_bf16" in flags:
         return "bf16"
-    if "avx512_bf16" not in flags or (convolutions_in_float is not None and convolutions_in_float <= 1):
+    if "avx512_bf16" not in flags or (float_share is not None and float_share <= FLOAT_MAC_SHARE_FOR_F32):
         return "f32"
     return "bf16" if (bf16_speedup() if speedup is None else speedup) >= BF16_MIN_SPEEDUP else "f32"
 
@@ -244,7 +273,7 @@ class OpenVINOSession:
         #: What the graph's float operations compute in ("f32" or "bf16").
         self.float_precision = "bf16" if precision == "bf16" else "f32"
         if precision == "int8":
-            self.float_precision = int8_float_precision(convolutions_in_float=float_convolutions(self._model))
+            self.float_precision = int8_float_precision(float_share=float_mac_share(self._model))
         self._config: dict[str, Any] = {
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": self.float_precision,
