@@ -40,7 +40,6 @@ __all__ = ["FORMATS", "calibration_frames", "export_model", "measure_quality", "
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "tflite", "openvino")
-#: OpenVINO's operation types of the network's (transposed) convolutions.
 #: Offset copies in the OpenVINO int8 IR: the stem's only (its output layer stays in float).
 OPENVINO_ACTIVATION_COPIES: dict[str, int] = {"stem.0": 4}
 
