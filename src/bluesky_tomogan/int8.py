@@ -152,8 +152,9 @@ def _medians_3x3(x: np.ndarray, where: tuple[np.ndarray, ...]) -> np.ndarray:
 
     The same values as ``scipy.ndimage.median_filter(x, size=(1, ..., 3, 3), mode="nearest")[where]``.
     """
-    pad = [(0, 0)] * (x.ndim - 2) + [(1, 1), (1, 1)]
-    padded = np.pad(x, pad, mode="edge")
     *lead, rows, cols = where
-    neighbours = np.stack([padded[(*lead, rows + dr, cols + dc)] for dr in range(3) for dc in range(3)])
+    h, w = x.shape[-2:]
+    # clipped indices repeat the edges, as padding would, without copying the frame
+    neighbours = np.stack([x[(*lead, np.clip(rows + dr, 0, h - 1), np.clip(cols + dc, 0, w - 1))]
+                           for dr in (-1, 0, 1) for dc in (-1, 0, 1)])
     return np.median(neighbours, axis=0).astype(x.dtype, copy=False)

@@ -243,15 +243,14 @@ def measure_quality(card_path: Path, pairs: PairSet, n_frames: int = QUALITY_FRA
 
 def _int8_float_precision_of(card_path: Path, card: Mapping[str, Any]) -> str:
     """What the float parts of the card's OpenVINO int8 IR compute in on this CPU."""
-    from ..inference.backends.openvino import float_mac_share, int8_float_precision
+    from ..inference.backends.openvino import int8_float_precision, ir_float_precision
 
     entry = card.get("files", {}).get("openvino_int8")
     if not entry or not (card_path.parent / entry["path"]).is_file():
         return int8_float_precision()
     import openvino as ov
 
-    model = ov.Core().read_model(str(card_path.parent / entry["path"]))
-    return int8_float_precision(float_share=float_mac_share(model))
+    return ir_float_precision(ov.Core().read_model(str(card_path.parent / entry["path"])))
 
 
 def record_quality(card_path: Path, pairs: PairSet, n_frames: int = QUALITY_FRAMES, source: str = "") -> Path:

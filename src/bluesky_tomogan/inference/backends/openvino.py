@@ -30,8 +30,8 @@ from ...int8 import InputGrid
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OpenVINOSession", "available", "bf16_speedup", "int8_float_precision", "int8_sums_exact", "round_to_bf16",
-           "supports_bf16"]
+__all__ = ["OpenVINOSession", "available", "bf16_speedup", "int8_float_precision", "int8_sums_exact",
+           "ir_float_precision", "round_to_bf16", "supports_bf16"]
 
 #: ``precision="auto"`` takes OpenVINO bf16 only where it is at least this much faster than fp32.
 BF16_MIN_SPEEDUP = 1.1
@@ -188,6 +188,12 @@ def int8_float_precision(cpu_flags: Collection[str] | None = None, speedup: floa
     return "bf16" if (bf16_speedup() if speedup is None else speedup) >= BF16_MIN_SPEEDUP else "f32"
 
 
+def ir_float_precision(model: Any) -> str:
+    """What the float parts of the int8 OpenVINO ``model`` compute in on this CPU
+    (:func:`int8_float_precision` of its :func:`float_mac_share`)."""
+    return int8_float_precision(float_share=float_mac_share(model))
+
+
 def int8_sums_exact(cpu_flags: Collection[str] | None = None, machine: str | None = None) -> bool:
     """Whether int8 weights that use their whole range are safe on this CPU (or one with ``cpu_flags``).
 
@@ -273,7 +279,7 @@ class OpenVINOSession:
         #: What the graph's float operations compute in ("f32" or "bf16").
         self.float_precision = "bf16" if precision == "bf16" else "f32"
         if precision == "int8":
-            self.float_precision = int8_float_precision(float_share=float_mac_share(self._model))
+            self.float_precision = ir_float_precision(self._model)
         self._config: dict[str, Any] = {
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": self.float_precision,
