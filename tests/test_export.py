@@ -139,6 +139,69 @@ def test_openvino_int8_ir_is_all_int8_with_an_input_range_that_ignores_zingers(t
 
 
 
+def _smooth_pairs(n: int, size: int, seed: int):
+    """Piecewise-smooth clean frames and their noisy versions, three frames per scan."""
+    from bluesky_tomogan.simulate.datasets import PairSet
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    gt = np.stack([0.5 + 0.3 * np.sin(6 * xx + k) * np.cos(4 * yy) for k in range(n)]).astype(np.float32)
+    ns = (gt + rng.normal(0, 0.05, gt.shape)).astype(np.float32)
+    return PairSet(ns=ns, gt=gt, group=np.arange(n) // 3)
+
+
+def test_quantisation_aware_ir_is_int8_follows_the_fine_tuned_network_and_says_how_it_was_made(tmp_path):
+    pytest.importorskip("nncf", reason="the OpenVINO int8 export needs the export extra")
+    from bluesky_tomogan.export.openvino_int8 import ir_record, quantisation_aware_ir
+    from bluesky_tomogan.inference.backends.openvino import OpenVINOSession
+
+    torch.manual_seed(0)
+    gen = TomoGANGenerator(GeneratorConfig(width=0.25)).eval()
+    net = gen.correction_network()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    pairs = _smooth_pairs(6, 32, 0)
+    calib = np.stack([pairs.ns[i:i + 3] for i in range(4)])
+    calib[0, 1, 5, 5] = 50.0  # a zinger: the input range ignores it, as the post-training IR's does
+    xml, info = quantisation_aware_ir(net, tmp_path / "m.int8.xml", calib, pairs, 8, patch=32, batch=4,
+                                      validation=pairs, keep_float=["head"])
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # the float network is untouched
+    assert info["method"] == "nncf quantization-aware training" and info["steps"] == 8
+    assert info["overflow_fix"] == "disable" and info["input_range"][1] < 1.2
+    assert info["kept_in_float"] == ["head.0", "head.2"]
+    assert 0 <= info["val_ssim_int8_simulated_after"] <= 1
+    record = ir_record(xml)
+    assert record["convolutions_in_float"] == 2 and record["convolutions"] > 2  # the rest runs in int8
+    assert _int8_weight_extremes(xml)[0] == 127  # 8-bit first layer, as the post-training IR
+    session = OpenVINOSession(xml, "int8", threads=1)
+    assert session.input_grid is not None  # the session saturates the input as the fine-tuning did
+    x = pairs.ns[None, :3]
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    assert np.abs(session.run(x) - expected).max() < 0.2 * np.abs(expected).max() + 0.05
+
+
+def test_quantisation_aware_ir_names_a_module_it_cannot_keep_in_float(tmp_path):
+    pytest.importorskip("nncf", reason="the OpenVINO int8 export needs the export extra")
+    from bluesky_tomogan.export.openvino_int8 import quantisation_aware_ir
+
+    pairs = _smooth_pairs(3, 32, 0)
+    net = TomoGANGenerator(GeneratorConfig(width=0.25)).eval().correction_network()
+    with pytest.raises(ValueError, match="no convolution named .'decoder9'."):
+        quantisation_aware_ir(net, tmp_path / "m.int8.xml", pairs.ns[None, :3], pairs, 1, keep_float=["decoder9"])
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"openvino_qat_steps": -1}, "0 or positive"),
+    ({"openvino_qat_steps": 10, "formats": ("onnx",)}, "add the 'openvino' format"),
+])
+def test_export_refuses_quantisation_aware_options_it_cannot_honour_before_any_work(tmp_path, options, message):
+    from bluesky_tomogan.errors import ExportOptionError
+    from bluesky_tomogan.export.pipeline import export_model
+
+    with pytest.raises(ExportOptionError, match=message):
+        export_model(tmp_path / "nothing-here", tmp_path / "out", tmp_path / "no.h5", **options)
+
+
 def test_exporting_one_format_again_keeps_the_card_entries_of_the_others(tmp_path):
     import json
 

@@ -143,7 +143,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         card = export_model(args.model, args.out or args.model, args.data, formats, tile=args.tile or DEFAULT_TILE,
                             n_calibration=args.calibration, measure=not args.no_measure,
                             activation_copies=copies, float_weights=args.float_weights,
-                            input_despike=args.input_despike)
+                            input_despike=args.input_despike, openvino_qat_steps=args.openvino_qat_steps,
+                            qat_data=args.qat_data, qat_lr=args.qat_lr, qat_float=tuple(args.qat_float))
         data = json.loads(Path(card).read_text())
         print(f"model card: {card}")
         for kind, entry in sorted(data["files"].items()):
@@ -433,6 +434,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--activation-copies", nargs="*", type=_layer_copies, metavar="LAYER=K",
                    help="offset copies of layers' outputs in the int8 TFLite model, e.g. stem.0=4 head.0=4 "
                         "(default: those two; none given: no copies); see docs/backends.md")
+    s.add_argument("--openvino-qat-steps", type=int, default=0, metavar="N",
+                   help="make the OpenVINO int8 IR by N batches of quantisation-aware fine-tuning, every "
+                        "convolution but the output layer in int8 (default 0: post-training quantisation with "
+                        "accuracy control), for networks whose full-resolution layers post-training "
+                        "quantisation cannot hold (the light slice model), "
+                        "see docs/models.md")
+    s.add_argument("--qat-data", metavar="H5", help="training pairs of that fine-tuning (default: --data)")
+    s.add_argument("--qat-lr", type=float, default=2e-5, help="its learning rate (default 2e-5)")
+    s.add_argument("--qat-float", nargs="*", default=[], metavar="MODULE",
+                   help="modules it keeps in float besides the output layer, e.g. head")
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("finetune", help="fine-tune a shipped model on your own noisy scan, no clean data "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from ..errors import ExportOptionError, OutputPathError
 from ..frames import context_indices
 from ..inference.registry import REGISTRY, SSIM_TOLERANCE, SSIM_TOLERANCE_WORST, configurations
 from ..inference.tiling import pad_to
-from ..int8 import ACTIVATION_COPIES, OUTPUT_COPIES, TFLITE_INPUT_PERCENTILES, InputGrid, int8_input_range
+from ..int8 import ACTIVATION_COPIES, OUTPUT_COPIES, TFLITE_INPUT_PERCENTILES, InputGrid
 from ..metrics import psnr, ssim
 from ..model.allinone import PrunePlan, prune, ratio_key
 from ..model.data import normalised_frames
@@ -32,16 +32,14 @@ from ..model.train import load_generator
 from ..modelcard import ModelCard, card_in_directory, read_card, sha256_of, write_card
 from ..simulate.datasets import PairSet, read_dataset
 from .copies import check_activation_copies, offset_activation_copies
-from .equalise import equalise_activations
 from .onnx import export_onnx
+from .openvino_int8 import ir_record, nncf_parameters, prepared_for_int8, quantisation_aware_ir
 from .tflite import DEFAULT_TILE, export_tflite_int8
 
 __all__ = ["FORMATS", "calibration_frames", "export_model", "measure_quality", "record_quality"]
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "tflite", "openvino")
-#: Offset copies in the OpenVINO int8 IR: the stem's only (its output layer stays in float).
-OPENVINO_ACTIVATION_COPIES: dict[str, int] = {"stem.0": 4}
 
 
 def calibration_frames(pairs: PairSet, n: int, size: int, depth: int = 3, seed: int = 0) -> np.ndarray:
@@ -66,30 +64,28 @@ def _export_openvino_int8(
 ) -> tuple[Path, dict[str, Any]]:
     """NNCF int8 IR of ``net`` (the network the ONNX export wrote), made as the full-int8 TFLite model is.
 
-    Before NNCF places its quantisers, the calibration frames are clipped to the TFLite
-    export's input percentiles (one zinger otherwise sets the input's int8 range and
-    leaves the frame a handful of levels), the activations are equalised (:mod:`.equalise`)
-    and the stem's output gets offset copies (:data:`OPENVINO_ACTIVATION_COPIES`,
-    :mod:`.copies`): the same function in float, a finer int8 grid. The output layer (one
-    convolution to the one-channel correction) stays in float: its int8 rounding would land on
-    the result unaveraged, and in float it needs no copies of the head's output, which cost
-    more than they save (the light projection model at 1024x1024 on an AMD EPYC: 169 ms with
-    the head's copies and the output layer returned to float by the accuracy control, 134 ms
-    without the copies, the same SSIM to 0.0001 on held-out and test frames). The input range
-    is then the IR's input ``FakeQuantize`` (and ``input_range`` in the returned record,
-    for an IR whose first convolution the accuracy control returned to float), which the
-    OpenVINO session uses to treat saturated pixels as the LiteRT one does
-    (:class:`~bluesky_tomogan.int8.InputGrid`).
-    Activation ranges are the extremes over all calibration frames (as TFLite calibrates),
-    not NNCF's default mean of each frame's extremes, which the hardest frames overflow.
-    Measured on All-in-One ratio 50 (held-out projections, 24 frames; SSIM 0.9728 in fp32):
-    every convolution in int8 with NNCF's plain calibration 0.7094; with the clipped
-    input range 0.9681, equalised 0.9694, with the copies 0.9705, and with the saturated
-    pixels handled on the host 0.9713; faint samples at 20 photons/pixel (fp32 0.7487):
-    0.3612 with NNCF's default ranges, 0.7391 with the extremes.
-    Every layer's weights use the whole int8 range, the first one's too: NNCF's default
-    ``overflow_fix`` halves the first layer's (7-bit weights, for x86 CPUs without VNNI, whose
-    8-bit dot products can saturate a 16-bit sum), and on the stem, which mixes the three
+    Before NNCF places its quantisers, the calibration frames are clipped to the TFLite export's
+    input percentiles (one zinger otherwise sets the input's int8 range and leaves the frame a
+    handful of levels), the activations are equalised (:mod:`.equalise`) and the stem's output
+    gets offset copies (:func:`.openvino_int8.prepared_for_int8`): the same function in float, a
+    finer int8 grid. The output layer (one convolution to the one-channel correction) stays in
+    float: its int8 rounding would land on the result unaveraged, and in float it needs no
+    copies of the head's output, which cost more than they save (the light projection model at
+    1024x1024 on an AMD EPYC: 169 ms with the head's copies and the output layer returned to
+    float by the accuracy control, 134 ms without the copies, the same SSIM to 0.0001 on
+    held-out and test frames). The input range is then the IR's input ``FakeQuantize`` (and
+    ``input_range`` in the returned record, for an IR whose first convolution the accuracy
+    control returned to float), which the OpenVINO session uses to treat saturated pixels as the
+    LiteRT one does (:class:`~bluesky_tomogan.int8.InputGrid`). Activation ranges are the
+    extremes over all calibration frames (as TFLite calibrates), not NNCF's default mean of each
+    frame's extremes, which the hardest frames overflow. Measured on All-in-One ratio 50
+    (held-out projections, 24 frames; SSIM 0.9728 in fp32): every convolution in int8 with
+    NNCF's plain calibration 0.7094; with the clipped input range 0.9681, equalised 0.9694, with
+    the copies 0.9705, and with the saturated pixels handled on the host 0.9713; faint samples
+    at 20 photons/pixel (fp32 0.7487): 0.3612 with NNCF's default ranges, 0.7391 with the
+    extremes. Every layer's weights use the whole int8 range, the first one's too: NNCF's
+    default ``overflow_fix`` halves the first layer's (7-bit weights, for x86 CPUs without VNNI,
+    whose 8-bit dot products can saturate a 16-bit sum), and on the stem, which mixes the three
     context frames, that cost the light projection model 0.0049 SSIM on faint samples at 20
     photons/pixel (0.7382 -> 0.7431, fp32 0.7487) and 0.0017-0.0032 at 20-60 photons on faint
     and medium ones. Such an IR is recorded (``overflow_fix: "disable"``) and the OpenVINO
@@ -110,26 +106,14 @@ def _export_openvino_int8(
 
     import nncf
     import openvino as ov
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
-    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    from ..inference.backends.openvino import CONVOLUTIONS, float_convolutions
+    from ..inference.backends.openvino import CONVOLUTIONS
 
-    lo, hi = int8_input_range(calib)
-    calib = np.clip(calib, lo, hi).astype(np.float32)
-    net = offset_activation_copies(equalise_activations(net, calib), calib, OPENVINO_ACTIVATION_COPIES)
+    net, calib, (lo, hi), info = prepared_for_int8(net, calib)
     grid = InputGrid.from_range(lo, hi)
     calibration = nncf.Dataset([x[None] for x in calib])
-    # the extremes over all calibration frames, as TFLite calibrates: NNCF's default (the mean of
-    # each frame's extremes) gives narrower ranges that the hardest frames overflow; 8-bit weights
-    # in the first layer too (see above: the session checks the CPU)
-    ranges = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
-                                            overflow_fix=OverflowFix.DISABLE)
-    info: dict[str, Any] = {"method": "nncf post-training", "preset": "mixed", "activation_ranges": "min-max",
-                            "overflow_fix": "disable",
-                            "input_range": [lo, hi], "input_percentiles": list(TFLITE_INPUT_PERCENTILES),
-                            "equalised": True, "activation_copies": dict(OPENVINO_ACTIVATION_COPIES),
-                            "output_layer_in_float": True}
+    ranges = nncf_parameters()
+    info["method"] = "nncf post-training"
     with tempfile.TemporaryDirectory() as tmp:
         model = ov.Core().read_model(str(export_onnx(net, Path(tmp) / "int8-source.onnx")))
         conv_names = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in CONVOLUTIONS]
@@ -173,11 +157,7 @@ def _export_openvino_int8(
             info |= {"method": "nncf accuracy control", "max_ssim_drop": max_drop,
                      "max_ssim_drop_worst_frame": max_drop * worst_factor, "validation_frames": len(items)}
         ov.save_model(quantized, str(xml_path), compress_to_fp16=False)
-    fq = sum(1 for op in quantized.get_ops() if op.get_type_name() == "FakeQuantize")
-    convs = [op for op in quantized.get_ops() if op.get_type_name() in CONVOLUTIONS]
-    info |= {"fake_quantize_ops": fq, "convolutions": len(convs),
-             "convolutions_in_float": float_convolutions(quantized)}
-    return xml_path, info
+    return xml_path, info | ir_record(xml_path)
 
 
 def _tflite_macs(net: TomoGANGenerator, calib: np.ndarray, copies: Mapping[str, int]) -> float:
@@ -301,6 +281,10 @@ def export_model(
     activation_copies: Mapping[str, int] | None = None,
     float_weights: bool = False,
     input_despike: float | None = None,
+    openvino_qat_steps: int = 0,
+    qat_data: str | os.PathLike[str] | None = None,
+    qat_lr: float = 2e-5,
+    qat_float: Sequence[str] = (),
 ) -> Path:
     """Export ``<name>.pt`` from ``training_dir`` into ``out_dir``; returns the new card path.
 
@@ -336,19 +320,39 @@ def export_model(
         their 3x3 median take the median), for a network that does not remove zingers
         itself (the space-to-depth models: 12). Every ratio's card gets it too, and the
         quality measured at export includes it.
+    openvino_qat_steps : int
+        Make the OpenVINO int8 IR by quantisation-aware fine-tuning
+        (:func:`.openvino_int8.quantisation_aware_ir`: this many batches, every convolution
+        but the output layer in int8) instead of post-training quantisation with accuracy
+        control; 0 (the default) for the latter.
+    qat_data : path-like, optional
+        Training pairs of that fine-tuning (its train split); ``data`` by default.
+    qat_lr : float
+        Its learning rate.
+    qat_float : sequence of str
+        Modules whose convolutions it keeps in float (``"head"``), besides the output layer.
 
     Raises
     ------
     ExportOptionError
         ``float_weights`` for a run without int8-aware steps or without its float weights;
-        ``input_despike`` not a positive number.
+        ``input_despike`` not a positive number; ``openvino_qat_steps`` negative, without the
+        ``openvino`` format, or for an All-in-One model (its ratios share weights that one
+        ratio's fine-tuning would change: export the ratio as its own model).
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise ValueError(f"unknown export formats {unknown}; choose from {FORMATS}")
+    if openvino_qat_steps < 0:
+        raise ExportOptionError(f"openvino_qat_steps must be 0 or positive, got {openvino_qat_steps}")
+    if openvino_qat_steps and "openvino" not in formats:
+        raise ExportOptionError("openvino_qat_steps makes the OpenVINO int8 IR: add the 'openvino' format")
     src = Path(training_dir)
     card = read_card(card_in_directory(src, OutputPathError))
     name = card["name"]
+    if openvino_qat_steps and torch_plan(src / f"{name}.pt") is not None:
+        raise ExportOptionError(f"{name} is an All-in-One model: its ratios share the weights that quantisation-aware "
+                                "fine-tuning would change; export one ratio as its own model to fine-tune its IR")
     if input_despike is not None:
         if not input_despike > 0:
             raise ExportOptionError(f"input_despike must be a positive number of sigmas, got {input_despike}")
@@ -393,9 +397,19 @@ def export_model(
         size = min(train.ns.shape[1:])
         size -= size % gen.config.size_multiple
         calib = calibration_frames(train, n_calibration, size, gen.config.in_channels)
-        xml, qinfo = _export_openvino_int8(net, out / f"{name}.int8.xml", calib, test,
-                                           add_centre=gen.adds_residual,
-                                           isolated_spikes=card.get("domain") == "projection")
+        if openvino_qat_steps:
+            qat_train = train if qat_data is None else read_dataset(qat_data).split("train")
+            config = card.get("training", {}).get("config", {})
+            xml, qinfo = quantisation_aware_ir(
+                net, out / f"{name}.int8.xml", calib, qat_train, openvino_qat_steps, lr=qat_lr,
+                batch=int(config.get("batch") or 16), patch=int(config.get("patch") or 96),
+                pixel=str(config.get("pixel") or "l1+ssim"), add_centre=gen.adds_residual, validation=test,
+                keep_float=qat_float, progress=True)
+            qinfo |= ir_record(xml) | {"training_data": Path(qat_data if qat_data is not None else data).name}
+        else:
+            xml, qinfo = _export_openvino_int8(net, out / f"{name}.int8.xml", calib, test,
+                                               add_centre=gen.adds_residual,
+                                               isolated_spikes=card.get("domain") == "projection")
         files["openvino_int8"] = {"path": xml.name, "sha256": sha256_of(xml),
                                   "bin_sha256": sha256_of(xml.with_suffix(".bin")),
                                   "calibration_samples": len(calib),

@@ -1,0 +1,211 @@
+"""What every OpenVINO int8 IR of a generator shares, and its quantisation-aware form.
+
+:func:`bluesky_tomogan.export.pipeline._export_openvino_int8` quantises after training
+(NNCF post-training quantisation, with accuracy control for the shipped models).
+:func:`quantisation_aware_ir` starts from exactly the same quantisers and then fine-tunes
+the weights and the quantisers' ranges with the int8 rounding in the forward pass (NNCF's
+PyTorch fake quantisers, straight-through gradients), for the networks whose full-resolution
+layers post-training quantisation cannot hold: on slices, the light slice network lost
+0.0142 SSIM with every convolution in int8 (held-out slices, 0.9285 -> 0.9143; docs/models.md).
+
+Both prepare the network the same way (:func:`prepared_for_int8`): calibration inputs clipped
+to the TFLite export's percentiles, activations equalised, offset copies of the stem's output,
+min/max activation ranges, 8-bit weights in the first layer too, the output layer in float.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..int8 import TFLITE_INPUT_PERCENTILES, int8_input_range
+from ..model.network import TomoGANGenerator
+from ..simulate.datasets import PairSet
+from .copies import offset_activation_copies
+from .equalise import equalise_activations
+
+__all__ = ["OPENVINO_ACTIVATION_COPIES", "ir_record", "nncf_parameters", "prepared_for_int8", "quantisation_aware_ir"]
+
+log = logging.getLogger(__name__)
+
+#: Offset copies in the OpenVINO int8 IR: the stem's only (its output layer stays in float).
+OPENVINO_ACTIVATION_COPIES: dict[str, int] = {"stem.0": 4}
+
+
+def prepared_for_int8(net: TomoGANGenerator, calib: np.ndarray
+                      ) -> tuple[TomoGANGenerator, np.ndarray, tuple[float, float], dict[str, Any]]:
+    """The network and calibration frames as NNCF should see them, the input range, and their record.
+
+    The calibration frames are clipped to the TFLite export's input percentiles (one zinger
+    otherwise sets the input's int8 range), the activations equalised (:mod:`.equalise`) and
+    the stem's output given offset copies (:data:`OPENVINO_ACTIVATION_COPIES`, :mod:`.copies`):
+    the same function in float, a finer int8 grid.
+    """
+    lo, hi = int8_input_range(calib)
+    calib = np.clip(calib, lo, hi).astype(np.float32)
+    net = offset_activation_copies(equalise_activations(net, calib), calib, OPENVINO_ACTIVATION_COPIES)
+    record: dict[str, Any] = {"preset": "mixed", "activation_ranges": "min-max", "overflow_fix": "disable",
+                              "input_range": [lo, hi], "input_percentiles": list(TFLITE_INPUT_PERCENTILES),
+                              "equalised": True, "activation_copies": dict(OPENVINO_ACTIVATION_COPIES),
+                              "output_layer_in_float": True}
+    return net, calib, (lo, hi), record
+
+
+def nncf_parameters() -> Any:
+    """NNCF's advanced parameters of every int8 IR: min/max activation ranges, 8-bit first layer.
+
+    The extremes over all calibration frames, as TFLite calibrates: NNCF's default (the mean
+    of each frame's extremes) gives narrower ranges that the hardest frames overflow. NNCF's
+    ``overflow_fix`` would give the first layer 7-bit weights; the OpenVINO session refuses
+    the IR in int8 on x86 CPUs without VNNI instead
+    (:func:`~bluesky_tomogan.inference.backends.openvino.int8_sums_exact`).
+    """
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    return AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
+                                          overflow_fix=OverflowFix.DISABLE)
+
+
+def ir_record(xml_path: Path) -> dict[str, Any]:
+    """What an int8 IR holds: its ``FakeQuantize`` operations and its convolutions, all and in float."""
+    import openvino as ov
+
+    from ..inference.backends.openvino import CONVOLUTIONS, float_convolutions
+
+    model = ov.Core().read_model(str(xml_path))
+    return {"fake_quantize_ops": sum(1 for op in model.get_ops() if op.get_type_name() == "FakeQuantize"),
+            "convolutions": sum(1 for op in model.get_ops() if op.get_type_name() in CONVOLUTIONS),
+            "convolutions_in_float": float_convolutions(model)}
+
+
+def quantisation_aware_ir(
+    net: TomoGANGenerator, xml_path: Path, calib: np.ndarray, train: PairSet, steps: int, *,
+    lr: float = 2e-5, batch: int = 16, patch: int = 96, pixel: str = "l1+ssim", add_centre: bool = True,
+    validation: PairSet | None = None, keep_float: Sequence[str] = (), seed: int = 0, progress: bool = False,
+) -> tuple[Path, dict[str, Any]]:
+    """An OpenVINO int8 IR of ``net`` fine-tuned with its int8 rounding simulated.
+
+    NNCF places its quantisers in the PyTorch network as it places them in the post-training
+    IR (:func:`prepared_for_int8`, :func:`nncf_parameters`) and calibrates them on ``calib``;
+    then ``steps`` batches of training patches fine-tune the weights and the quantisers'
+    ranges with the model's loss, on the output as the Denoiser makes it (the centre frame
+    added in float, the input saturated at the int8 input range). The converted IR carries
+    the fine-tuned weights; the model's float forms (ONNX, PyTorch) keep the trained ones,
+    so the card's int8 loss is measured against the float network as trained.
+
+    Parameters
+    ----------
+    net : TomoGANGenerator
+        The network the ONNX export wrote (the correction network for a residual model).
+        Not modified.
+    xml_path : Path
+        Where the IR goes (``.bin`` beside it).
+    calib : numpy.ndarray
+        ``(n, depth, h, w)`` calibration frames (:func:`~.pipeline.calibration_frames`).
+    train : PairSet
+        Training pairs for the fine-tuning patches.
+    steps : int
+        Batches of fine-tuning (positive).
+    lr : float
+        Adam's learning rate (small: the weights start trained).
+    batch, patch : int
+        Patches per batch and their edge.
+    pixel : str
+        The pixel loss (:func:`~bluesky_tomogan.model.losses.pixel_loss`): the model's own.
+    add_centre : bool
+        The network computes a correction that the Denoiser adds to the centre frame.
+    validation : PairSet, optional
+        Frames whose SSIM in simulated int8 is logged and recorded before and after.
+    keep_float : sequence of str
+        Module names (``"dec1.2"``, ``"head"``) whose convolutions stay in float, besides
+        the output layer.
+    seed : int
+        Seed of the patches and of torch.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    (Path, dict)
+        The IR and the card's record of how it was made.
+    """
+    import nncf
+    import openvino as ov
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..model.data import PatchSampler
+    from ..model.losses import pixel_loss
+    from ..model.train import _validate
+
+    if steps <= 0:
+        raise ValueError(f"steps must be positive, got {steps}")
+    torch.manual_seed(seed)
+    net, calib, (lo, hi), record = prepared_for_int8(net, calib)
+    convs = [name for name, mod in net.named_modules() if isinstance(mod, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    unknown = [k for k in keep_float if not any(c == k or c.startswith(k + ".") for c in convs)]
+    if unknown:
+        raise ValueError(f"no convolution named {unknown} in the network; it has {convs}")
+    in_float = [c for c in convs if c == convs[-1] or any(c == k or c.startswith(k + ".") for k in keep_float)]
+    # NNCF's PyTorch graph names a module's operations "<module path with />/<op>/<n>"
+    # NNCF compiles a C++ extension for its PyTorch quantisers at first use (a few minutes on 2 cores,
+    # then cached); its default limit of 60 s can kill that build and leave a lock behind
+    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")
+    scope = nncf.IgnoredScope(patterns=[c.replace(".", "/") + "/.*" for c in in_float])
+    qnet = nncf.quantize(net.eval(), nncf.Dataset([torch.from_numpy(x[None]) for x in calib]),
+                         subset_size=len(calib), preset=nncf.QuantizationPreset.MIXED,
+                         advanced_parameters=nncf_parameters(), ignored_scope=scope)
+    centre = net.config.in_channels // 2
+
+    class AsRun(torch.nn.Module):
+        """The output as the Denoiser makes it."""
+
+        config = net.config
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.qnet = qnet
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = torch.clamp(x, lo, hi)  # the session saturates the input at the IR's input range
+            y = self.qnet(x)
+            return y + x[:, centre:centre + 1] if add_centre else y
+
+    as_run = AsRun()
+    # _validate reads only `config` and calls the module, which AsRun provides
+    before = _validate(as_run, validation, 24)["val_ssim"] if validation is not None else None  # type: ignore[arg-type]
+    sampler = PatchSampler(train, patch, net.config.in_channels, seed)
+    opt = torch.optim.Adam(qnet.parameters(), lr=lr)
+    t0 = time.perf_counter()
+    as_run.train()
+    for _ in tqdm(range(steps), disable=not progress, desc="int8-aware (OpenVINO)"):
+        xb, yb = sampler.batch(batch)
+        x = torch.from_numpy(xb)
+        loss = pixel_loss(as_run(x), torch.from_numpy(yb), pixel)  # type: ignore[arg-type]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    wall = time.perf_counter() - t0
+    after = _validate(as_run, validation, 24)["val_ssim"] if validation is not None else None  # type: ignore[arg-type]
+    qnet.eval()
+    with warnings.catch_warnings():  # the tracer's notes on NNCF's range constants
+        warnings.simplefilter("ignore")
+        model = ov.convert_model(qnet, example_input=torch.from_numpy(calib[:1]),
+                                 input=[ov.PartialShape([-1, net.config.in_channels, -1, -1])])
+    ov.save_model(model, str(xml_path), compress_to_fp16=False)
+    record |= {"method": "nncf quantization-aware training", "steps": steps, "lr": lr, "batch": batch,
+               "patch": patch, "pixel_loss": pixel, "wall_time_s": round(wall, 1),
+               "kept_in_float": in_float}
+    if validation is not None:
+        record |= {"val_ssim_int8_simulated_before": before, "val_ssim_int8_simulated_after": after}
+        log.info("int8-aware fine-tuning of the OpenVINO IR: simulated int8 SSIM %.4f -> %.4f in %d steps (%.0f s)",
+                 before, after, steps, wall)
+    return xml_path, record
