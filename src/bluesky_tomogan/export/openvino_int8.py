@@ -115,7 +115,8 @@ def quantisation_aware_ir(
     steps : int
         Batches of fine-tuning (positive).
     lr : float
-        Adam's learning rate (small: the weights start trained).
+        Adam's first learning rate (small: the weights start trained), decayed to zero over
+        the steps along a cosine.
     batch, patch : int
         Patches per batch and their edge.
     pixel : str
@@ -184,6 +185,9 @@ def quantisation_aware_ir(
     before = _validate(as_run, validation, 24)["val_ssim"] if validation is not None else None  # type: ignore[arg-type]
     sampler = PatchSampler(train, patch, net.config.in_channels, seed)
     opt = torch.optim.Adam(qnet.parameters(), lr=lr)
+    # cosine decay to zero: at a constant 2e-5 the light slice model's simulated int8 SSIM stopped
+    # rising after 400 of 2,100 steps, moving by +-0.0005 around its level
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     t0 = time.perf_counter()
     as_run.train()
     for _ in tqdm(range(steps), disable=not progress, desc="int8-aware (OpenVINO)"):
@@ -193,6 +197,7 @@ def quantisation_aware_ir(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        schedule.step()
     wall = time.perf_counter() - t0
     after = _validate(as_run, validation, 24)["val_ssim"] if validation is not None else None  # type: ignore[arg-type]
     qnet.eval()
@@ -201,7 +206,8 @@ def quantisation_aware_ir(
         model = ov.convert_model(qnet, example_input=torch.from_numpy(calib[:1]),
                                  input=[ov.PartialShape([-1, net.config.in_channels, -1, -1])])
     ov.save_model(model, str(xml_path), compress_to_fp16=False)
-    record |= {"method": "nncf quantization-aware training", "steps": steps, "lr": lr, "batch": batch,
+    record |= {"method": "nncf quantization-aware training", "steps": steps, "lr": lr, "lr_schedule": "cosine",
+               "batch": batch,
                "patch": patch, "pixel_loss": pixel, "wall_time_s": round(wall, 1),
                "kept_in_float": in_float}
     if validation is not None:
