@@ -166,14 +166,16 @@ def test_quantisation_aware_ir_is_int8_follows_the_fine_tuned_network_and_says_h
                                       validation=pairs, keep_float=["head"])
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # the float network is untouched
     assert info["method"] == "nncf quantization-aware training" and info["steps"] == 8
-    assert info["overflow_fix"] == "disable" and info["input_range"][1] < 1.2
+    assert info["overflow_fix"] == "disable" and info["input_range_calibrated"][1] < 1.2
     assert info["kept_in_float"] == ["head.0", "head.2"]
     assert 0 <= info["val_ssim_int8_simulated_after"] <= 1
     record = ir_record(xml)
     assert record["convolutions_in_float"] == 2 and record["convolutions"] > 2  # the rest runs in int8
     assert _int8_weight_extremes(xml)[0] == 127  # 8-bit first layer, as the post-training IR
     session = OpenVINOSession(xml, "int8", threads=1)
-    assert session.input_grid is not None  # the session saturates the input as the fine-tuning did
+    grid = session.input_grid  # the session saturates the input at the trained range, which the card records
+    assert grid is not None
+    assert np.allclose(info["input_range"], [(q - grid.zero) * grid.scale for q in (grid.qmin, grid.qmax)], atol=1e-6)
     x = pairs.ns[None, :3]
     with torch.no_grad():
         expected = net(torch.from_numpy(x)).numpy()
