@@ -204,6 +204,21 @@ def test_export_refuses_quantisation_aware_options_it_cannot_honour_before_any_w
         export_model(tmp_path / "nothing-here", tmp_path / "out", tmp_path / "no.h5", **options)
 
 
+def test_export_names_a_module_it_cannot_keep_in_float_before_any_work(tmp_path):
+    import shutil
+
+    from bluesky_tomogan.errors import ExportOptionError
+    from bluesky_tomogan.export.pipeline import export_model
+    from bluesky_tomogan.inference import load_card
+
+    src = tmp_path / "model"
+    src.mkdir()
+    for suffix in (".json", ".pt"):
+        shutil.copy2(load_card("tomogan-slice-light").directory / f"tomogan-slice-light{suffix}", src)
+    with pytest.raises(ExportOptionError, match=r"qat_float: no convolution named \['decoder9'\].*'head.2'"):
+        export_model(src, tmp_path / "out", tmp_path / "no.h5", openvino_qat_steps=10, qat_float=["decoder9"])
+    assert not (tmp_path / "out" / "tomogan-slice-light.onnx").exists()
+
 def test_exporting_one_format_again_keeps_the_card_entries_of_the_others(tmp_path):
     import json
 

@@ -31,7 +31,8 @@ from ..simulate.datasets import PairSet
 from .copies import offset_activation_copies
 from .equalise import equalise_activations
 
-__all__ = ["OPENVINO_ACTIVATION_COPIES", "ir_record", "nncf_parameters", "prepared_for_int8", "quantisation_aware_ir"]
+__all__ = ["OPENVINO_ACTIVATION_COPIES", "convolutions_in_float", "ir_record", "nncf_parameters", "prepared_for_int8",
+           "quantisation_aware_ir"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,23 @@ def ir_record(xml_path: Path) -> dict[str, Any]:
             "convolutions_in_float": float_convolutions(model)}
 
 
+def convolutions_in_float(net: TomoGANGenerator, keep_float: Sequence[str] = ()) -> list[str]:
+    """The convolutions a quantisation-aware IR keeps in float: the output layer and those of ``keep_float``.
+
+    Raises
+    ------
+    ValueError
+        A name of ``keep_float`` that is no module holding a convolution of ``net``.
+    """
+    from torch import nn
+
+    convs = [name for name, mod in net.named_modules() if isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d))]
+    unknown = [k for k in keep_float if not any(c == k or c.startswith(k + ".") for c in convs)]
+    if unknown:
+        raise ValueError(f"no convolution named {unknown} in the network; it has {convs}")
+    return [c for c in convs if c == convs[-1] or any(c == k or c.startswith(k + ".") for k in keep_float)]
+
+
 def quantisation_aware_ir(
     net: TomoGANGenerator, xml_path: Path, calib: np.ndarray, train: PairSet, steps: int, *,
     lr: float = 2e-5, batch: int = 16, patch: int = 96, pixel: str = "l1+ssim", add_centre: bool = True,
@@ -96,8 +114,9 @@ def quantisation_aware_ir(
     NNCF places its quantisers in the PyTorch network as it places them in the post-training
     IR (:func:`prepared_for_int8`, :func:`nncf_parameters`) and calibrates them on ``calib``;
     then ``steps`` batches of training patches fine-tune the weights and the quantisers'
-    ranges with the model's loss, on the output as the Denoiser makes it (the centre frame
-    added in float, the input saturated at the int8 input range). The converted IR carries
+    ranges with the model's loss, on the output as the Denoiser makes it (the input saturated
+    by the input quantiser, the centre frame added in float and unclipped, as
+    :meth:`~bluesky_tomogan.int8.InputGrid.as_seen` adds it). The converted IR carries
     the fine-tuned weights; the model's float forms (ONNX, PyTorch) keep the trained ones,
     so the card's int8 loss is measured against the float network as trained.
 
@@ -150,17 +169,13 @@ def quantisation_aware_ir(
 
     if steps <= 0:
         raise ValueError(f"steps must be positive, got {steps}")
+    in_float = convolutions_in_float(net, keep_float)  # before the slow steps
     torch.manual_seed(seed)
     net, calib, (lo, hi), record = prepared_for_int8(net, calib)
-    convs = [name for name, mod in net.named_modules() if isinstance(mod, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
-    unknown = [k for k in keep_float if not any(c == k or c.startswith(k + ".") for c in convs)]
-    if unknown:
-        raise ValueError(f"no convolution named {unknown} in the network; it has {convs}")
-    in_float = [c for c in convs if c == convs[-1] or any(c == k or c.startswith(k + ".") for k in keep_float)]
-    # NNCF's PyTorch graph names a module's operations "<module path with />/<op>/<n>"
     # NNCF compiles a C++ extension for its PyTorch quantisers at first use (a few minutes on 2 cores,
     # then cached); its default limit of 60 s can kill that build and leave a lock behind
     os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")
+    # NNCF's PyTorch graph names a module's operations "<module path with />/<op>/<n>"
     scope = nncf.IgnoredScope(patterns=[c.replace(".", "/") + "/.*" for c in in_float])
     qnet = nncf.quantize(net.eval(), nncf.Dataset([torch.from_numpy(x[None]) for x in calib]),
                          subset_size=len(calib), preset=nncf.QuantizationPreset.MIXED,
@@ -189,8 +204,8 @@ def quantisation_aware_ir(
     before = _validate(as_run, validation, 24)["val_ssim"] if validation is not None else None  # type: ignore[arg-type]
     sampler = PatchSampler(train, patch, net.config.in_channels, seed)
     opt = torch.optim.Adam(qnet.parameters(), lr=lr)
-    # cosine decay to zero: at a constant 2e-5 the light slice model's simulated int8 SSIM stopped
-    # rising after 400 of 2,100 steps, moving by +-0.0005 around its level
+    # at a constant 2e-5 the light slice model's simulated int8 SSIM stopped rising after 400 of
+    # 2,100 steps, moving by +-0.0005 around its level; the steps end at a learning rate of zero
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     t0 = time.perf_counter()
     as_run.train()
@@ -215,8 +230,7 @@ def quantisation_aware_ir(
         record["input_range"] = [float((q - grid.zero) * grid.scale) for q in (grid.qmin, grid.qmax)]
         record["input_range_calibrated"] = [lo, hi]
     record |= {"method": "nncf quantization-aware training", "steps": steps, "lr": lr, "lr_schedule": "cosine",
-               "batch": batch,
-               "patch": patch, "pixel_loss": pixel, "wall_time_s": round(wall, 1),
+               "batch": batch, "patch": patch, "pixel_loss": pixel, "wall_time_s": round(wall, 1),
                "kept_in_float": in_float}
     if validation is not None:
         record |= {"val_ssim_int8_simulated_before": before, "val_ssim_int8_simulated_after": after}

@@ -33,7 +33,13 @@ from ..modelcard import ModelCard, card_in_directory, read_card, sha256_of, writ
 from ..simulate.datasets import PairSet, read_dataset
 from .copies import check_activation_copies, offset_activation_copies
 from .onnx import export_onnx
-from .openvino_int8 import ir_record, nncf_parameters, prepared_for_int8, quantisation_aware_ir
+from .openvino_int8 import (
+    convolutions_in_float,
+    ir_record,
+    nncf_parameters,
+    prepared_for_int8,
+    quantisation_aware_ir,
+)
 from .tflite import DEFAULT_TILE, export_tflite_int8
 
 __all__ = ["FORMATS", "calibration_frames", "export_model", "measure_quality", "record_quality"]
@@ -338,7 +344,8 @@ def export_model(
         ``float_weights`` for a run without int8-aware steps or without its float weights;
         ``input_despike`` not a positive number; ``openvino_qat_steps`` negative, without the
         ``openvino`` format, or for an All-in-One model (its ratios share weights that one
-        ratio's fine-tuning would change: export the ratio as its own model).
+        ratio's fine-tuning would change: export the ratio as its own model); ``qat_float``
+        naming no module with a convolution.
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
@@ -368,6 +375,11 @@ def export_model(
     elif out.resolve() != src.resolve():
         shutil.copy2(pt, out / pt.name)
     gen = load_generator(pt)
+    if openvino_qat_steps:
+        try:
+            convolutions_in_float(gen.correction_network(), qat_float)  # before the slow steps
+        except ValueError as exc:
+            raise ExportOptionError(f"qat_float: {exc}") from exc
     copies = dict(ACTIVATION_COPIES if activation_copies is None else activation_copies)
     if "tflite" in formats:
         check_activation_copies(gen.correction_network(), copies)  # before the slow steps
