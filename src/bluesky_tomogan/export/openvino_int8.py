@@ -236,4 +236,4 @@ def quantisation_aware_ir(
         record |= {"val_ssim_int8_simulated_before": before, "val_ssim_int8_simulated_after": after}
         log.info("int8-aware fine-tuning of the OpenVINO IR: simulated int8 SSIM %.4f -> %.4f in %d steps (%.0f s)",
                  before, after, steps, wall)
-    return xml_path, record
+    return xml_path, record | ir_record(xml_path)

@@ -417,7 +417,7 @@ def export_model(
                 batch=int(config.get("batch") or 16), patch=int(config.get("patch") or 96),
                 pixel=str(config.get("pixel") or "l1+ssim"), add_centre=gen.adds_residual, validation=test,
                 keep_float=qat_float, progress=True)
-            qinfo |= ir_record(xml) | {"training_data": Path(qat_data if qat_data is not None else data).name}
+            qinfo["training_data"] = Path(qat_data if qat_data is not None else data).name
         else:
             xml, qinfo = _export_openvino_int8(net, out / f"{name}.int8.xml", calib, test,
                                                add_centre=gen.adds_residual,
