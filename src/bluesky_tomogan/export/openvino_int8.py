@@ -75,13 +75,10 @@ def nncf_parameters() -> Any:
                                           overflow_fix=OverflowFix.DISABLE)
 
 
-def ir_record(xml_path: Path) -> dict[str, Any]:
-    """What an int8 IR holds: its ``FakeQuantize`` operations and its convolutions, all and in float."""
-    import openvino as ov
-
+def ir_record(model: Any) -> dict[str, Any]:
+    """What an int8 OpenVINO model holds: its ``FakeQuantize`` operations and its convolutions, all and in float."""
     from ..inference.backends.openvino import CONVOLUTIONS, float_convolutions
 
-    model = ov.Core().read_model(str(xml_path))
     return {"fake_quantize_ops": sum(1 for op in model.get_ops() if op.get_type_name() == "FakeQuantize"),
             "convolutions": sum(1 for op in model.get_ops() if op.get_type_name() in CONVOLUTIONS),
             "convolutions_in_float": float_convolutions(model)}
@@ -236,4 +233,4 @@ def quantisation_aware_ir(
         record |= {"val_ssim_int8_simulated_before": before, "val_ssim_int8_simulated_after": after}
         log.info("int8-aware fine-tuning of the OpenVINO IR: simulated int8 SSIM %.4f -> %.4f in %d steps (%.0f s)",
                  before, after, steps, wall)
-    return xml_path, record | ir_record(xml_path)
+    return xml_path, record | ir_record(model)

@@ -163,7 +163,7 @@ def _export_openvino_int8(
             info |= {"method": "nncf accuracy control", "max_ssim_drop": max_drop,
                      "max_ssim_drop_worst_frame": max_drop * worst_factor, "validation_frames": len(items)}
         ov.save_model(quantized, str(xml_path), compress_to_fp16=False)
-    return xml_path, info | ir_record(xml_path)
+    return xml_path, info | ir_record(quantized)
 
 
 def _tflite_macs(net: TomoGANGenerator, calib: np.ndarray, copies: Mapping[str, int]) -> float:
