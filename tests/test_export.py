@@ -184,6 +184,26 @@ def test_quantisation_aware_ir_is_int8_follows_the_fine_tuned_network_and_says_h
     assert np.abs(session.run(x) - expected).max() < 0.2 * np.abs(expected).max() + 0.05
 
 
+@pytest.mark.parametrize(("copies", "stem_outputs"), [(None, 4), ({}, 1)])
+def test_quantisation_aware_ir_copies_the_stem_only_as_told(tmp_path, copies, stem_outputs):
+    pytest.importorskip("nncf", reason="the OpenVINO int8 export needs the export extra")
+    import openvino as ov
+
+    from bluesky_tomogan.export.openvino_int8 import quantisation_aware_ir
+
+    torch.manual_seed(0)
+    net = TomoGANGenerator(GeneratorConfig(width=0.25)).eval().correction_network()
+    pairs = _smooth_pairs(3, 32, 0)
+    xml, info = quantisation_aware_ir(net, tmp_path / "m.int8.xml", pairs.ns[None, :3], pairs, 1, patch=32, batch=2,
+                                      copies=copies)
+    assert info["activation_copies"] == ({"stem.0": 4} if copies is None else copies)
+    convs = [op for op in ov.Core().read_model(str(xml)).get_ordered_ops() if op.get_type_name() == "Convolution"]
+    stem = net.stem[0].out_channels
+    # each copy is more int8 input channels of the layer after the stem: its weights say how many
+    assert convs[0].get_output_partial_shape(0)[1].get_length() == stem * stem_outputs
+    assert convs[1].get_input_partial_shape(1)[1].get_length() == stem * stem_outputs
+
+
 def test_quantisation_aware_ir_names_a_module_it_cannot_keep_in_float(tmp_path):
     pytest.importorskip("nncf", reason="the OpenVINO int8 export needs the export extra")
     from bluesky_tomogan.export.openvino_int8 import quantisation_aware_ir
@@ -197,6 +217,7 @@ def test_quantisation_aware_ir_names_a_module_it_cannot_keep_in_float(tmp_path):
 @pytest.mark.parametrize(("options", "message"), [
     ({"openvino_qat_steps": -1}, "0 or positive"),
     ({"openvino_qat_steps": 10, "formats": ("onnx",)}, "add the 'openvino' format"),
+    ({"qat_copies": {}}, "give openvino_qat_steps too"),
 ])
 def test_export_refuses_quantisation_aware_options_it_cannot_honour_before_any_work(tmp_path, options, message):
     from bluesky_tomogan.errors import ExportOptionError
@@ -219,6 +240,8 @@ def test_export_names_a_module_it_cannot_keep_in_float_before_any_work(tmp_path)
         shutil.copy2(load_card("tomogan-slice-light").directory / f"tomogan-slice-light{suffix}", src)
     with pytest.raises(ExportOptionError, match=r"qat_float: no convolution named \['decoder9'\].*'head.2'"):
         export_model(src, tmp_path / "out", tmp_path / "no.h5", openvino_qat_steps=10, qat_float=["decoder9"])
+    with pytest.raises(ExportOptionError, match=r"cannot copy 'decoder9'"):
+        export_model(src, tmp_path / "out", tmp_path / "no.h5", openvino_qat_steps=10, qat_copies={"decoder9": 2})
     assert not (tmp_path / "out" / "tomogan-slice-light.onnx").exists()
 
 

@@ -1,7 +1,8 @@
 # Usage: see README.md in this directory (an experiment script, as run in session 20).
 import time, numpy as np, cProfile, pstats
 from bluesky_tomogan.inference import load_denoiser
-d = load_denoiser("tomogan-projection-light", backend="openvino", precision="int8", threads=2)
+import sys
+d = load_denoiser(sys.argv[1] if len(sys.argv) > 1 else "tomogan-projection-light", backend="openvino", precision="int8", threads=2)
 fr = np.random.default_rng(0).poisson(500, (3, 1024, 1024)).astype(np.float32)
 for _ in range(5): d.denoise_context(fr)
 x = np.random.default_rng(0).random((1, 3, 1024, 1024)).astype(np.float32)

@@ -30,11 +30,11 @@ from bluesky_tomogan.model.train import load_generator, resolve_weights
 FULL_RESOLUTION_WIDTHS = {"enc1.2": 16, "dec1.0": 16, "dec1.2": 16}
 
 
-def initial_weights(out: Path, parent: str, ratio: str = "50") -> None:
+def initial_weights(out: Path, parent: str, ratio: str = "50", cut: dict[str, int] | None = None) -> None:
     weights = resolve_weights(parent)
     plan = torch_plan(weights)
     assert plan is not None, f"{parent} is not an All-in-One model"
-    widths = dict(plan.widths[ratio]) | FULL_RESOLUTION_WIDTHS
+    widths = dict(plan.widths[ratio]) | FULL_RESOLUTION_WIDTHS | (cut or {})
     kept = {n: sorted(plan.order[n][: widths[n]]) for n in plan.order}
     small = prune(load_generator(weights), kept)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -79,12 +79,14 @@ def main() -> None:
     ap.add_argument("--parent", default="tomogan-projection-aio", help="the All-in-One model whose ratio 50 is cut")
     ap.add_argument("--name", default="tomogan-projection-light", help="the light model's name (with --card)")
     ap.add_argument("--last-epoch", action="store_true", help="with --card: the run's last epoch (checkpoint.pt)")
+    ap.add_argument("--cut", default="", help="more layers' widths, e.g. stem.0=4,enc1.0=16 (session 23)")
     ap.add_argument("out", type=Path)
     args = ap.parse_args()
     if args.card:
         named_model(args.card, args.out, args.name, args.parent, args.last_epoch)
     else:
-        initial_weights(args.out, args.parent)
+        cut = {k: int(v) for k, v in (kv.split("=") for kv in args.cut.split(",") if kv)}
+        initial_weights(args.out, args.parent, cut=cut)
 
 
 if __name__ == "__main__":

@@ -144,7 +144,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
                             n_calibration=args.calibration, measure=not args.no_measure,
                             activation_copies=copies, float_weights=args.float_weights,
                             input_despike=args.input_despike, openvino_qat_steps=args.openvino_qat_steps,
-                            qat_data=args.qat_data, qat_lr=args.qat_lr, qat_float=tuple(args.qat_float))
+                            qat_data=args.qat_data, qat_lr=args.qat_lr, qat_float=tuple(args.qat_float),
+                            qat_copies=None if args.qat_copies is None else dict(args.qat_copies))
         data = json.loads(Path(card).read_text())
         print(f"model card: {card}")
         for kind, entry in sorted(data["files"].items()):
@@ -444,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--qat-lr", type=float, default=2e-5, help="its learning rate (default 2e-5)")
     s.add_argument("--qat-float", nargs="*", default=[], metavar="MODULE",
                    help="modules it keeps in float besides the output layer, e.g. head")
+    s.add_argument("--qat-copies", nargs="*", type=_layer_copies, metavar="LAYER=K",
+                   help="offset copies of layers' outputs in that IR (default: the post-training IR's stem.0=4; "
+                        "none given: no copies; each costs the layers reading it their input channels again)")
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("finetune", help="fine-tune a shipped model on your own noisy scan, no clean data "

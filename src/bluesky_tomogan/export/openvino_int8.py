@@ -19,7 +19,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import numpy as np
 from ..int8 import TFLITE_INPUT_PERCENTILES, int8_input_range
 from ..model.network import TomoGANGenerator
 from ..simulate.datasets import PairSet
-from .copies import offset_activation_copies
+from .copies import check_activation_copies, offset_activation_copies
 from .equalise import equalise_activations
 
 __all__ = ["OPENVINO_ACTIVATION_COPIES", "convolutions_in_float", "ir_record", "nncf_parameters", "prepared_for_int8",
@@ -40,21 +40,23 @@ log = logging.getLogger(__name__)
 OPENVINO_ACTIVATION_COPIES: dict[str, int] = {"stem.0": 4}
 
 
-def prepared_for_int8(net: TomoGANGenerator, calib: np.ndarray
+def prepared_for_int8(net: TomoGANGenerator, calib: np.ndarray, copies: Mapping[str, int] | None = None,
                       ) -> tuple[TomoGANGenerator, np.ndarray, tuple[float, float], dict[str, Any]]:
     """The network and calibration frames as NNCF should see them, the input range, and their record.
 
     The calibration frames are clipped to the TFLite export's input percentiles (one zinger
     otherwise sets the input's int8 range), the activations equalised (:mod:`.equalise`) and
-    the stem's output given offset copies (:data:`OPENVINO_ACTIVATION_COPIES`, :mod:`.copies`):
-    the same function in float, a finer int8 grid.
+    the named layers' outputs given offset copies (``copies``, default
+    :data:`OPENVINO_ACTIVATION_COPIES`; :mod:`.copies`): the same function in float, a finer
+    int8 grid, and as many times the input channels for the layers that read them.
     """
+    copies = dict(OPENVINO_ACTIVATION_COPIES if copies is None else copies)
     lo, hi = int8_input_range(calib)
     calib = np.clip(calib, lo, hi).astype(np.float32)
-    net = offset_activation_copies(equalise_activations(net, calib), calib, OPENVINO_ACTIVATION_COPIES)
+    net = offset_activation_copies(equalise_activations(net, calib), calib, copies)
     record: dict[str, Any] = {"preset": "mixed", "activation_ranges": "min-max", "overflow_fix": "disable",
                               "input_range": [lo, hi], "input_percentiles": list(TFLITE_INPUT_PERCENTILES),
-                              "equalised": True, "activation_copies": dict(OPENVINO_ACTIVATION_COPIES),
+                              "equalised": True, "activation_copies": copies,
                               "output_layer_in_float": True}
     return net, calib, (lo, hi), record
 
@@ -104,7 +106,8 @@ def convolutions_in_float(net: TomoGANGenerator, keep_float: Sequence[str] = ())
 def quantisation_aware_ir(
     net: TomoGANGenerator, xml_path: Path, calib: np.ndarray, train: PairSet, steps: int, *,
     lr: float = 2e-5, batch: int = 16, patch: int = 96, pixel: str = "l1+ssim", add_centre: bool = True,
-    validation: PairSet | None = None, keep_float: Sequence[str] = (), seed: int = 0, progress: bool = False,
+    validation: PairSet | None = None, keep_float: Sequence[str] = (), copies: Mapping[str, int] | None = None,
+    seed: int = 0, progress: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """An OpenVINO int8 IR of ``net`` fine-tuned with its int8 rounding simulated.
 
@@ -144,6 +147,11 @@ def quantisation_aware_ir(
     keep_float : sequence of str
         Module names (``"dec1.2"``, ``"head"``) whose convolutions stay in float, besides
         the output layer.
+    copies : mapping of str to int, optional
+        Offset copies of layers' outputs (default: the post-training IR's,
+        :data:`OPENVINO_ACTIVATION_COPIES`; ``{}``: none). Each copy adds the input channels
+        of the layers that read it to their int8 work; the fine-tuning trains the quantisers'
+        ranges, so it may need fewer copies than post-training quantisation does.
     seed : int
         Seed of the patches and of torch.
     progress : bool
@@ -167,8 +175,10 @@ def quantisation_aware_ir(
     if steps <= 0:
         raise ValueError(f"steps must be positive, got {steps}")
     in_float = convolutions_in_float(net, keep_float)  # before the slow steps
+    if copies is not None:
+        check_activation_copies(net, copies)
     torch.manual_seed(seed)
-    net, calib, (lo, hi), record = prepared_for_int8(net, calib)
+    net, calib, (lo, hi), record = prepared_for_int8(net, calib, copies)
     # NNCF compiles a C++ extension for its PyTorch quantisers at first use (a few minutes on 2 cores,
     # then cached); its default limit of 60 s can kill that build and leave a lock behind
     os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")

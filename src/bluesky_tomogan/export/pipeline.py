@@ -291,6 +291,7 @@ def export_model(
     qat_data: str | os.PathLike[str] | None = None,
     qat_lr: float = 2e-5,
     qat_float: Sequence[str] = (),
+    qat_copies: Mapping[str, int] | None = None,
 ) -> Path:
     """Export ``<name>.pt`` from ``training_dir`` into ``out_dir``; returns the new card path.
 
@@ -337,6 +338,10 @@ def export_model(
         Its learning rate.
     qat_float : sequence of str
         Modules whose convolutions it keeps in float (``"head"``), besides the output layer.
+    qat_copies : mapping of str to int, optional
+        Offset copies of layers' outputs in that IR (default: the post-training IR's,
+        ``stem.0=4``; ``{}``: none). Each costs the layers reading it their input channels again:
+        the light slice model's stem copies were a tenth of its int8 time (docs/benchmarks.md).
 
     Raises
     ------
@@ -345,7 +350,8 @@ def export_model(
         ``input_despike`` not a positive number; ``openvino_qat_steps`` negative, without the
         ``openvino`` format, or for an All-in-One model (its ratios share weights that one
         ratio's fine-tuning would change: export the ratio as its own model); ``qat_float``
-        naming no module with a convolution.
+        naming no module with a convolution; ``qat_copies`` without ``openvino_qat_steps`` or
+        naming a layer that cannot be copied.
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
@@ -354,6 +360,9 @@ def export_model(
         raise ExportOptionError(f"openvino_qat_steps must be 0 or positive, got {openvino_qat_steps}")
     if openvino_qat_steps and "openvino" not in formats:
         raise ExportOptionError("openvino_qat_steps makes the OpenVINO int8 IR: add the 'openvino' format")
+    if qat_copies is not None and not openvino_qat_steps:
+        raise ExportOptionError("qat_copies are the quantisation-aware IR's: give openvino_qat_steps too "
+                                "(the post-training IR keeps its stem copies)")
     src = Path(training_dir)
     card = read_card(card_in_directory(src, OutputPathError))
     name = card["name"]
@@ -380,6 +389,8 @@ def export_model(
             convolutions_in_float(gen.correction_network(), qat_float)  # before the slow steps
         except ValueError as exc:
             raise ExportOptionError(f"qat_float: {exc}") from exc
+        if qat_copies is not None:
+            check_activation_copies(gen.correction_network(), qat_copies)
     copies = dict(ACTIVATION_COPIES if activation_copies is None else activation_copies)
     if "tflite" in formats:
         check_activation_copies(gen.correction_network(), copies)  # before the slow steps
@@ -416,7 +427,7 @@ def export_model(
                 net, out / f"{name}.int8.xml", calib, qat_train, openvino_qat_steps, lr=qat_lr,
                 batch=int(config.get("batch") or 16), patch=int(config.get("patch") or 96),
                 pixel=str(config.get("pixel") or "l1+ssim"), add_centre=gen.adds_residual, validation=test,
-                keep_float=qat_float, progress=True)
+                keep_float=qat_float, copies=qat_copies, progress=True)
             qinfo["training_data"] = Path(qat_data if qat_data is not None else data).name
         else:
             xml, qinfo = _export_openvino_int8(net, out / f"{name}.int8.xml", calib, test,
