@@ -15,6 +15,10 @@ inside the reconstruction circle, in the reference's 1-99 percentile scale.
 Usage::
 
     python benchmarks/real_tooth.py data/tooth.h5 [--every 4] [--models tomogan-slice before=runs/x] [--figure f.png]
+
+A model runs in fp32 in ONNX Runtime; ``MODEL:PRECISION`` (``tomogan-slice-light:auto``,
+``tomogan-slice:int8``) runs it as ``load_denoiser(MODEL, precision=PRECISION)`` does, on the
+backend that picks.
 """
 
 from __future__ import annotations
@@ -40,12 +44,21 @@ def scaled_ssim(reference: np.ndarray, image: np.ndarray, mask: np.ndarray) -> f
     return float(full[mask].mean())
 
 
+def _denoiser(spec: str):
+    model, _, precision = spec.partition(":")
+    if not precision:
+        return load_denoiser(model, backend="onnxruntime")
+    return load_denoiser(model, precision=precision)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("path")
     ap.add_argument("--every", type=int, default=4, help="keep every k-th projection (default 4: 46 of 181)")
     ap.add_argument("--models", nargs="+", default=["tomogan-slice"],
-                    help="shipped names, cards or directories; LABEL=MODEL names a model's row and panel")
+                    help="shipped names, cards or directories; LABEL=MODEL names a model's row and panel; "
+                         "MODEL:PRECISION (auto, int8, bf16, fp32) runs it on the backend load_denoiser picks "
+                         "instead of ONNX Runtime fp32")
     ap.add_argument("--figure")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
@@ -53,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     center = rotation_center(scan)
     sparse = np.arange(0, len(scan.angles), args.every)
     named = dict(m.split("=", 1) if "=" in m else (m, m) for m in args.models)
-    denoisers = {label: load_denoiser(model, backend="onnxruntime") for label, model in named.items()}
+    denoisers = {label: _denoiser(model) for label, model in named.items()}
     results: dict[str, list[float]] = {}
     images: dict[str, np.ndarray] = {}
     for row in range(scan.shape[1]):

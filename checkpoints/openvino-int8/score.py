@@ -12,6 +12,7 @@ if os.environ.get("SLICE"):  # SLICE=1: the slice models' held-out slices and da
 else:
     sets = {"held-out": held_out("projection", 4), "dose-test": read_dataset("data/sim_projection_dose.h5").split("test")}
 if os.environ.get("ALL2"): sets["all2-test"] = read_dataset("data/sim_projection_all2.h5").split("test")
+if os.environ.get("REAL2"): sets["real2-test"] = read_dataset("data/sim_slice_real2.h5").split("test")  # beamline-like slices (session 23)
 for model, backend, precision in [a.split(":") for a in sys.argv[1:]]:
     den = load_denoiser(model, backend=backend, precision=precision)
     res = []

@@ -3,6 +3,8 @@
     .venv/bin/python -u checkpoints/projection-wide48/train_wide.py /tmp/wide48.pt runs/proj-wide48 110 1.5e-4
 
 ``--slice``: the slice models' data (``data/sim_slice.h5``) and domain instead.
+``--data H5``: train on that dataset instead (session 23: ``data/sim_slice_mix2.h5``, the shipped
+slice model's ideal + beamline-like mixture).
 ``--teacher NAME [--distill W]``: also learn the output of NAME (a shipped model's name or weights),
 ``W`` (default 0.5) of the pixel loss (``TrainConfig.teacher``).
 """
@@ -19,6 +21,8 @@ init, out, minutes, lr = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys
 arch = GeneratorConfig.from_dict(torch.load(init, weights_only=True)["arch"])
 domain = "slice" if "--slice" in sys.argv else "projection"
 data = {"slice": "data/sim_slice.h5", "projection": "data/sim_projection_all2.h5"}[domain]
+if "--data" in sys.argv:
+    data = sys.argv[sys.argv.index("--data") + 1]
 cfg = TrainConfig(data=data, out_dir=out, name=f"tomogan-{domain}",
                   domain=domain, arch=arch, steps_per_epoch=150, max_epochs=80, patience=10,
                   time_budget_s=minutes * 60, lr=lr, pixel="l1+ssim", adv_weight=0.0, feat_weight=0.0,
