@@ -598,19 +598,28 @@ def test_the_share_of_an_irs_work_in_float_counts_multiply_accumulates():
 def test_the_light_slice_models_ir_is_quantisation_aware_and_int8_at_full_resolution():
     import openvino as ov
 
-    from bluesky_tomogan.inference.backends.openvino import float_convolutions, float_mac_share, int8_sums_exact
+    from bluesky_tomogan.inference.backends.openvino import float_convolutions, float_mac_share
 
     card = load_card("tomogan-slice-light")
     assert card.domain == "slice" and not card.ratios
     record = card.files["openvino_int8"].info["quantization"]
     assert record["method"] == "nncf quantization-aware training" and record["overflow_fix"] == "disable"
+    assert record["activation_copies"] == {}  # the stem's copies cost its next layer 4x the input channels
     ir = ov.Core().read_model(str(card.directory / "tomogan-slice-light.int8.xml"))
-    # only the 1x1 head and the output layer in float: every full-resolution 3x3 convolution in int8
-    assert float_convolutions(ir) == 2 == len(record["kept_in_float"]) and float_mac_share(ir) < 0.01
+    # only the 1x1 stem, the 1x1 head and the output layer in float: every 3x3 convolution in int8
+    assert record["kept_in_float"] == ["stem.0", "head.0", "head.2"]
+    assert float_convolutions(ir) == 3 and float_mac_share(ir) < 0.01
+
+
+def test_the_light_slice_models_card_is_measured_on_beamline_like_slices_and_auto_obeys_it():
+    card = load_card("tomogan-slice-light")
+    # the card's frames include the beamline-like slices (8-bit storage, 1/32 of the views, rings)
+    # on which int8 loses most; measured on ideal slices only, auto ran int8 that lost 0.099 there
+    assert card.source["data"]["file"] == "sim_slice_mix2.h5"
     losses = card.quantization["openvino/int8"]
-    assert losses["ssim_drop"] <= 0.005 and losses["ssim_drop_worst"] <= 0.01  # within auto's tolerances
-    if int8_sums_exact():  # 8-bit first-layer weights: int8 only with VNNI
-        assert load_denoiser("tomogan-slice-light", backend="openvino", precision="auto").precision == "int8"
+    within = losses["ssim_drop"] <= 0.005 and losses["ssim_drop_worst"] <= 0.01
+    picked = load_denoiser("tomogan-slice-light", backend="openvino", precision="auto").precision
+    assert within or picked != "int8"
 
 
 def test_int8_weights_of_full_range_need_vnni_on_x86():
