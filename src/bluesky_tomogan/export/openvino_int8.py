@@ -28,7 +28,7 @@ import numpy as np
 from ..int8 import TFLITE_INPUT_PERCENTILES, int8_input_range
 from ..model.network import TomoGANGenerator
 from ..simulate.datasets import PairSet
-from .copies import check_activation_copies, offset_activation_copies
+from .copies import offset_activation_copies
 from .equalise import equalise_activations
 
 __all__ = ["OPENVINO_ACTIVATION_COPIES", "convolutions_in_float", "ir_record", "nncf_parameters", "prepared_for_int8",
@@ -175,9 +175,8 @@ def quantisation_aware_ir(
     if steps <= 0:
         raise ValueError(f"steps must be positive, got {steps}")
     in_float = convolutions_in_float(net, keep_float)  # before the slow steps
-    if copies is not None:
-        check_activation_copies(net, copies)
     torch.manual_seed(seed)
+    # offset_activation_copies checks the copies' layer names before NNCF and the training start
     net, calib, (lo, hi), record = prepared_for_int8(net, calib, copies)
     # NNCF compiles a C++ extension for its PyTorch quantisers at first use (a few minutes on 2 cores,
     # then cached); its default limit of 60 s can kill that build and leave a lock behind
