@@ -109,6 +109,25 @@ def test_training_records_every_ratio_and_the_plan(aio_model):
     assert card["training"]["config"]["ratios"] == list(map(float, RATIOS))
 
 
+def test_fine_tuning_an_all_in_one_model_at_its_ratios_keeps_its_channels(aio_model, tiny_dataset, tmp_path,
+                                                                         caplog):
+    _, result = aio_model
+    trained = json.loads(result.card.read_text())["allinone"]
+    common = {"data": str(tiny_dataset), "patch": 32, "batch": 4, "steps_per_epoch": 2, "max_epochs": 1,
+              "adv_weight": 0, "feat_weight": 0, "val_frames": 4, "threads": 1, "importance_batches": 2, "seed": 5,
+              "init_weights": str(result.weights)}
+    with caplog.at_level("INFO", logger="bluesky_tomogan.model.train"):
+        same = train(TrainConfig(out_dir=str(tmp_path / "same"), name="same", ratios=RATIOS, **common),
+                     progress=False)
+    kept = json.loads(same.card.read_text())["allinone"]
+    assert (kept["order"], kept["widths"]) == (trained["order"], trained["widths"])
+    assert "keeping the channels" in caplog.text
+    # Other ratios cannot reuse the plan: their channels are chosen anew from the weights.
+    other = train(TrainConfig(out_dir=str(tmp_path / "other"), name="other", ratios=(0, 50), **common),
+                  progress=False)
+    assert sorted(json.loads(other.card.read_text())["allinone"]["widths"], key=float) == ["0", "50"]
+
+
 def test_every_ratio_is_exported_and_listed_in_one_card(aio_model):
     model_dir, _ = aio_model
     card = json.loads((model_dir / "tiny-aio.json").read_text())

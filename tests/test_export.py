@@ -204,6 +204,30 @@ def test_quantisation_aware_ir_copies_the_stem_only_as_told(tmp_path, copies, st
     assert convs[1].get_input_partial_shape(1)[1].get_length() == stem * stem_outputs
 
 
+def test_quantisation_aware_ir_distilled_follows_the_float_network_not_the_targets(tmp_path):
+    pytest.importorskip("nncf", reason="the OpenVINO int8 export needs the export extra")
+    from bluesky_tomogan.export.openvino_int8 import quantisation_aware_ir
+    from bluesky_tomogan.inference.backends.openvino import OpenVINOSession
+    from bluesky_tomogan.simulate.datasets import PairSet
+
+    torch.manual_seed(0)
+    net = TomoGANGenerator(GeneratorConfig(width=0.25)).eval().correction_network()
+    pairs = _smooth_pairs(6, 32, 0)
+    wrong = PairSet(ns=pairs.ns, gt=np.zeros_like(pairs.gt), group=pairs.group)  # targets nothing should learn
+    x = pairs.ns[None, :3]
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    errors = {}
+    for distill in (0.0, 1.0):
+        xml, info = quantisation_aware_ir(net, tmp_path / f"d{distill}.int8.xml", x, wrong, 12, lr=3e-3, patch=32,
+                                          batch=4, distill=distill)
+        assert info["distill"] == distill
+        errors[distill] = np.abs(OpenVINOSession(xml, "int8", threads=1).run(x) - expected).mean()
+    assert errors[1.0] < 0.5 * errors[0.0]
+    with pytest.raises(ValueError, match="share of the loss"):
+        quantisation_aware_ir(net, tmp_path / "m.int8.xml", x, wrong, 1, distill=2.0)
+
+
 def test_quantisation_aware_ir_names_a_module_it_cannot_keep_in_float(tmp_path):
     pytest.importorskip("nncf", reason="the OpenVINO int8 export needs the export extra")
     from bluesky_tomogan.export.openvino_int8 import quantisation_aware_ir
@@ -218,6 +242,8 @@ def test_quantisation_aware_ir_names_a_module_it_cannot_keep_in_float(tmp_path):
     ({"openvino_qat_steps": -1}, "0 or positive"),
     ({"openvino_qat_steps": 10, "formats": ("onnx",)}, "add the 'openvino' format"),
     ({"qat_copies": {}}, "give openvino_qat_steps too"),
+    ({"qat_distill": 0.5}, "give openvino_qat_steps too"),
+    ({"openvino_qat_steps": 10, "qat_distill": 1.5}, r"share of the loss, in \[0, 1\]"),
 ])
 def test_export_refuses_quantisation_aware_options_it_cannot_honour_before_any_work(tmp_path, options, message):
     from bluesky_tomogan.errors import ExportOptionError

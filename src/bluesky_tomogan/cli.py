@@ -145,7 +145,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
                             activation_copies=copies, float_weights=args.float_weights,
                             input_despike=args.input_despike, openvino_qat_steps=args.openvino_qat_steps,
                             qat_data=args.qat_data, qat_lr=args.qat_lr, qat_float=tuple(args.qat_float),
-                            qat_copies=None if args.qat_copies is None else dict(args.qat_copies))
+                            qat_copies=None if args.qat_copies is None else dict(args.qat_copies),
+                            qat_distill=args.qat_distill)
         data = json.loads(Path(card).read_text())
         print(f"model card: {card}")
         for kind, entry in sorted(data["files"].items()):
@@ -403,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "checkpoint.pt for its last epoch, or a shipped model's name)")
     s.add_argument("--ratios", type=float, nargs="+", metavar="PERCENT",
                    help="All-in-One pruning ratios to train into one set of weights (percent of the MACs "
-                        "removed, e.g. 0 25 50 75; pixel loss only; best from --init)")
+                        "removed, e.g. 0 25 50 75; pixel loss only; best from --init; an All-in-One --init at "
+                        "the same ratios keeps its channels)")
     s.add_argument("--teacher", metavar="WEIGHTS",
                    help="distillation: also learn this larger network's output (a shipped model's name or "
                         "weights, as --init), e.g. tomogan-projection for a light model")
@@ -448,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--qat-copies", nargs="*", type=_layer_copies, metavar="LAYER=K",
                    help="offset copies of layers' outputs in that IR (default: the post-training IR's stem.0=4; "
                         "none given: no copies; each costs the layers reading it their input channels again)")
+    s.add_argument("--qat-distill", type=float, default=0.0, metavar="W",
+                   help="share of that fine-tuning's loss taken against the float network's own output "
+                        "rather than the clean target, in [0, 1] (default 0)")
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("finetune", help="fine-tune a shipped model on your own noisy scan, no clean data "

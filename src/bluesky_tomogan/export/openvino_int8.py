@@ -15,6 +15,7 @@ min/max activation ranges, 8-bit weights in the first layer too, the output laye
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -107,7 +108,7 @@ def quantisation_aware_ir(
     net: TomoGANGenerator, xml_path: Path, calib: np.ndarray, train: PairSet, steps: int, *,
     lr: float = 2e-5, batch: int = 16, patch: int = 96, pixel: str = "l1+ssim", add_centre: bool = True,
     validation: PairSet | None = None, keep_float: Sequence[str] = (), copies: Mapping[str, int] | None = None,
-    seed: int = 0, progress: bool = False,
+    distill: float = 0.0, seed: int = 0, progress: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """An OpenVINO int8 IR of ``net`` fine-tuned with its int8 rounding simulated.
 
@@ -152,6 +153,10 @@ def quantisation_aware_ir(
         :data:`OPENVINO_ACTIVATION_COPIES`; ``{}``: none). Each copy adds the input channels
         of the layers that read it to their int8 work; the fine-tuning trains the quantisers'
         ranges, so it may need fewer copies than post-training quantisation does.
+    distill : float
+        Share of the loss, in [0, 1], taken against the float network's own output instead of
+        the clean target: the card measures the int8 IR against that output, and it is what
+        the int8 rounding should not change (0: the clean target only).
     seed : int
         Seed of the patches and of torch.
     progress : bool
@@ -174,8 +179,11 @@ def quantisation_aware_ir(
 
     if steps <= 0:
         raise ValueError(f"steps must be positive, got {steps}")
+    if not 0.0 <= distill <= 1.0:
+        raise ValueError(f"distill is a share of the loss, in [0, 1]; got {distill}")
     in_float = convolutions_in_float(net, keep_float)  # before the slow steps
     torch.manual_seed(seed)
+    teacher = copy.deepcopy(net).eval() if distill else None
     # offset_activation_copies checks the copies' layer names before NNCF and the training start
     net, calib, (lo, hi), record = prepared_for_int8(net, calib, copies)
     # NNCF compiles a C++ extension for its PyTorch quantisers at first use (a few minutes on 2 cores,
@@ -218,7 +226,12 @@ def quantisation_aware_ir(
     for _ in tqdm(range(steps), disable=not progress, desc="int8-aware (OpenVINO)"):
         xb, yb = sampler.batch(batch)
         x = torch.from_numpy(xb)
-        loss = pixel_loss(as_run(x), torch.from_numpy(yb), pixel)  # type: ignore[arg-type]
+        out = as_run(x)
+        loss = pixel_loss(out, torch.from_numpy(yb), pixel)  # type: ignore[arg-type]
+        if teacher is not None:
+            with torch.no_grad():
+                target = teacher(x) + x[:, centre:centre + 1] if add_centre else teacher(x)
+            loss = (1 - distill) * loss + distill * pixel_loss(out, target, pixel)  # type: ignore[arg-type]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -236,7 +249,8 @@ def quantisation_aware_ir(
         record["input_range"] = [float((q - grid.zero) * grid.scale) for q in (grid.qmin, grid.qmax)]
         record["input_range_calibrated"] = [lo, hi]
     record |= {"method": "nncf quantization-aware training", "steps": steps, "lr": lr, "lr_schedule": "cosine",
-               "batch": batch, "patch": patch, "pixel_loss": pixel, "wall_time_s": round(wall, 1),
+               "batch": batch, "patch": patch, "pixel_loss": pixel, "distill": distill,
+               "wall_time_s": round(wall, 1),
                "kept_in_float": in_float}
     if validation is not None:
         record |= {"val_ssim_int8_simulated_before": before, "val_ssim_int8_simulated_after": after}

@@ -292,6 +292,7 @@ def export_model(
     qat_lr: float = 2e-5,
     qat_float: Sequence[str] = (),
     qat_copies: Mapping[str, int] | None = None,
+    qat_distill: float = 0.0,
 ) -> Path:
     """Export ``<name>.pt`` from ``training_dir`` into ``out_dir``; returns the new card path.
 
@@ -342,6 +343,9 @@ def export_model(
         Offset copies of layers' outputs in that IR (default: the post-training IR's,
         ``stem.0=4``; ``{}``: none). Each costs the layers reading it their input channels again:
         the light slice model's stem copies were a tenth of its int8 time (docs/benchmarks.md).
+    qat_distill : float
+        Share of that fine-tuning's loss, in [0, 1], taken against the float network's output
+        rather than the clean target (0: the clean target only).
 
     Raises
     ------
@@ -351,7 +355,8 @@ def export_model(
         ``openvino`` format, or for an All-in-One model (its ratios share weights that one
         ratio's fine-tuning would change: export the ratio as its own model); ``qat_float``
         naming no module with a convolution; ``qat_copies`` without ``openvino_qat_steps`` or
-        naming a layer that cannot be copied.
+        naming a layer that cannot be copied; ``qat_distill`` outside [0, 1] or without
+        ``openvino_qat_steps``.
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
@@ -360,6 +365,10 @@ def export_model(
         raise ExportOptionError(f"openvino_qat_steps must be 0 or positive, got {openvino_qat_steps}")
     if openvino_qat_steps and "openvino" not in formats:
         raise ExportOptionError("openvino_qat_steps makes the OpenVINO int8 IR: add the 'openvino' format")
+    if qat_distill and not openvino_qat_steps:
+        raise ExportOptionError("qat_distill is the quantisation-aware IR's: give openvino_qat_steps too")
+    if not 0.0 <= qat_distill <= 1.0:
+        raise ExportOptionError(f"qat_distill is a share of the loss, in [0, 1]; got {qat_distill}")
     if qat_copies is not None and not openvino_qat_steps:
         raise ExportOptionError("qat_copies are the quantisation-aware IR's: give openvino_qat_steps too "
                                 "(the post-training IR keeps its stem copies)")
@@ -427,7 +436,7 @@ def export_model(
                 net, out / f"{name}.int8.xml", calib, qat_train, openvino_qat_steps, lr=qat_lr,
                 batch=int(config.get("batch") or 16), patch=int(config.get("patch") or 96),
                 pixel=str(config.get("pixel") or "l1+ssim"), add_centre=gen.adds_residual, validation=test,
-                keep_float=qat_float, copies=qat_copies, progress=True)
+                keep_float=qat_float, copies=qat_copies, distill=qat_distill, progress=True)
             qinfo["training_data"] = Path(qat_data if qat_data is not None else data).name
         else:
             xml, qinfo = _export_openvino_int8(net, out / f"{name}.int8.xml", calib, test,

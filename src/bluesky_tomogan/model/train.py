@@ -110,7 +110,9 @@ class TrainConfig:
     ratios : tuple of float
         All-in-One pruning ratios (percent of the MACs removed, e.g. ``(0, 25, 50, 75)``):
         the channels of each are chosen once, at the start, from ``init_weights``
-        (:mod:`.allinone`), and every step trains all of them. Empty: an ordinary network.
+        (:mod:`.allinone`), and every step trains all of them. An All-in-One ``init_weights``
+        trained at the same ratios keeps its own channels (fine-tuning it on new data).
+        Empty: an ordinary network.
         Pixel loss only (the critic's weights must be 0).
     importance_batches : int
         Training batches that estimate the channels' importance for ``ratios``.
@@ -251,19 +253,23 @@ def resolve_weights(name_or_path: str) -> Path:
     raise ModelLoadError(f"no weights file {name_or_path!r} (neither a file nor a shipped model's name)")
 
 
-def _load_initial_weights(gen: TomoGANGenerator, name_or_path: str) -> None:
+def _load_initial_weights(gen: TomoGANGenerator, name_or_path: str) -> PrunePlan | None:
     """Start from a weights file, a model directory, a shipped model, or another run's ``checkpoint.pt``.
 
     A checkpoint holds the run's *last* epoch (its weights file holds the best one), which is
     the better start when validation stopped rewarding what the next run is after. Checkpoints
     hold only tensors and plain values, so they load with ``weights_only=True`` like weights.
+
+    Returns the All-in-One channel plan that the weights were trained with, if any.
     """
     path = resolve_weights(name_or_path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if "arch" not in state and "config" in state:  # a training checkpoint (masks are hooks, not weights)
-            state = {"arch": state["config"].get("arch", {}), "generator": state["generator"]}
+            state = {"arch": state["config"].get("arch", {}), "generator": state["generator"],
+                     "prune_plan": state.get("prune_plan")}
         arch = GeneratorConfig.from_dict(state.get("arch", {}))
+        plan = PrunePlan.from_dict(state["prune_plan"]) if state.get("prune_plan") else None
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
         raise ModelLoadError(f"cannot read initial weights {path}: {exc}") from exc
     if arch != gen.config:
@@ -271,6 +277,7 @@ def _load_initial_weights(gen: TomoGANGenerator, name_or_path: str) -> None:
                              f"this run trains {gen.config.to_dict()}")
     gen.load_state_dict(state["generator"])
     log.info("initial weights from %s", path)
+    return plan
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -345,9 +352,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         plan = PrunePlan.from_dict(ck["prune_plan"]) if ck.get("prune_plan") else None
         log.info("resumed %s at epoch %d (best %s %.4f)", ckpt_path, epoch, key, best_score)
     else:
-        if config.init_weights:
-            _load_initial_weights(gen, config.init_weights)
-        plan = _plan(gen, sampler, config) if config.ratios else None
+        initial_plan = _load_initial_weights(gen, config.init_weights) if config.init_weights else None
+        plan = _initial_plan(gen, sampler, config, initial_plan) if config.ratios else None
     teacher = _teacher(config) if config.teacher else None
     saved: dict[str, Any] = {"arch": config.arch.to_dict()}
     if plan is not None:
@@ -462,6 +468,22 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         card["training"]["qat"] = qat
     card_path = write_card(out_dir / f"{config.name}.json", card)
     return TrainResult(weights_path, card_path, ckpt_path, history, stopped, best_epoch)
+
+
+def _initial_plan(gen: TomoGANGenerator, sampler: PatchSampler, config: TrainConfig,
+                  inherited: PrunePlan | None) -> PrunePlan:
+    """An All-in-One model fine-tuned at its own ratios keeps its channels; anything else plans anew.
+
+    Re-ranking the channels of weights trained with nested masks would hand a light ratio
+    channels that were trained only inside heavier ratios, and undo what the masks taught.
+    """
+    if inherited is not None and inherited.ratios == list(config.ratios):
+        log.info("All-in-One ratios %s: keeping the channels of %s", list(config.ratios), config.init_weights)
+        return inherited
+    if inherited is not None:
+        log.info("the initial weights were trained at ratios %s; choosing channels anew for %s",
+                 inherited.ratios, list(config.ratios))
+    return _plan(gen, sampler, config)
 
 
 def _plan(gen: TomoGANGenerator, sampler: PatchSampler, config: TrainConfig) -> PrunePlan:
