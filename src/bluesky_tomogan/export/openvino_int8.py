@@ -196,6 +196,9 @@ def quantisation_aware_ir(
                          advanced_parameters=nncf_parameters(), ignored_scope=scope)
     centre = net.config.in_channels // 2
 
+    def with_centre(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return y + x[:, centre:centre + 1] if add_centre else y
+
     class AsRun(torch.nn.Module):
         """The output as the Denoiser makes it."""
 
@@ -210,8 +213,7 @@ def quantisation_aware_ir(
             # session adds the centre frame beyond that range unclipped (int8.InputGrid.as_seen):
             # clamping before the network as well taught it a frame the session never makes, and
             # kept the range from widening (light slice model, worst card frame 0.0105)
-            y = self.qnet(x)
-            return y + x[:, centre:centre + 1] if add_centre else y
+            return with_centre(self.qnet(x), x)
 
     as_run = AsRun()
     # _validate reads only `config` and calls the module, which AsRun provides
@@ -230,7 +232,7 @@ def quantisation_aware_ir(
         loss = pixel_loss(out, torch.from_numpy(yb), pixel)  # type: ignore[arg-type]
         if teacher is not None:
             with torch.no_grad():
-                target = teacher(x) + x[:, centre:centre + 1] if add_centre else teacher(x)
+                target = with_centre(teacher(x), x)
             loss = (1 - distill) * loss + distill * pixel_loss(out, target, pixel)  # type: ignore[arg-type]
         opt.zero_grad(set_to_none=True)
         loss.backward()

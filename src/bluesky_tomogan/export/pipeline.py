@@ -483,7 +483,7 @@ def torch_plan(pt: Path) -> PrunePlan | None:
     import torch
 
     state = torch.load(pt, map_location="cpu", weights_only=True)
-    return PrunePlan.from_dict(state["prune_plan"]) if state.get("prune_plan") else None
+    return PrunePlan.stored_in(state)
 
 
 def _export_ratios(card_path: Path, pt: Path, plan: PrunePlan, data: str | os.PathLike[str],

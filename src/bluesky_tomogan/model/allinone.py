@@ -197,6 +197,11 @@ class PrunePlan:
                    {str(r): {str(k): int(v) for k, v in w.items()} for r, w in data["widths"].items()},
                    {str(k): float(v) for k, v in data["mac_fraction"].items()})
 
+    @classmethod
+    def stored_in(cls, state: Mapping[str, Any]) -> PrunePlan | None:
+        """The plan a weights file or training checkpoint holds (``"prune_plan"``), or None."""
+        return cls.from_dict(state["prune_plan"]) if state.get("prune_plan") else None
+
 
 def plan_pruning(gen: TomoGANGenerator, importance: Mapping[str, torch.Tensor],
                  ratios: Iterable[float]) -> PrunePlan:

@@ -269,7 +269,7 @@ def _load_initial_weights(gen: TomoGANGenerator, name_or_path: str) -> PrunePlan
             state = {"arch": state["config"].get("arch", {}), "generator": state["generator"],
                      "prune_plan": state.get("prune_plan")}
         arch = GeneratorConfig.from_dict(state.get("arch", {}))
-        plan = PrunePlan.from_dict(state["prune_plan"]) if state.get("prune_plan") else None
+        plan = PrunePlan.stored_in(state)
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
         raise ModelLoadError(f"cannot read initial weights {path}: {exc}") from exc
     if arch != gen.config:
@@ -349,7 +349,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         previous_stop = ck.get("stopped", "time budget reached")
         sampler.rng.bit_generator.state = ck["sampler_rng"]
         torch.set_rng_state(ck["torch_rng"])
-        plan = PrunePlan.from_dict(ck["prune_plan"]) if ck.get("prune_plan") else None
+        plan = PrunePlan.stored_in(ck)
         log.info("resumed %s at epoch %d (best %s %.4f)", ckpt_path, epoch, key, best_score)
     else:
         initial_plan = _load_initial_weights(gen, config.init_weights) if config.init_weights else None
