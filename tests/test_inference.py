@@ -23,7 +23,9 @@ from bluesky_tomogan import (
     load_denoiser,
 )
 from bluesky_tomogan.cpu import cpu_name
+from bluesky_tomogan.inference import denoiser as denoiser_module
 from bluesky_tomogan.inference import shipped_models
+from bluesky_tomogan.inference.denoiser import whole_or_fewest_tiles
 from bluesky_tomogan.inference.load import load_card
 from bluesky_tomogan.inference.tiling import TileGrid, pad_to, plan_axis
 from bluesky_tomogan.normalise import normalise, robust_range
@@ -150,6 +152,31 @@ def test_tiled_output_has_no_seams(frames):
     # tiles smaller than the network's reach still agree to 1-2 % at their largest overlap
     small = load_denoiser("tomogan-projection", backend="onnxruntime", tile=64).denoise_context(big)
     assert np.abs(a - small)[8:-8, 8:-8].max() / (a.max() - a.min()) < 0.02
+
+
+def test_frames_above_the_whole_frame_limit_take_the_fewest_smallest_tiles():
+    # a 2560x2160 sCMOS frame: two tiles a side just large enough, not four of the 2048 limit
+    assert whole_or_fewest_tiles(2160, 8, 64) == 1112
+    assert whole_or_fewest_tiles(2560, 8, 64) == 1312
+    assert whole_or_fewest_tiles(2048, 8, 64) == 2048  # up to the limit: the whole axis
+    assert whole_or_fewest_tiles(1001, 8, 64) == 1008  # rounded up to the size multiple
+    for length in (2049, 2100, 4000, 4097, 9000):
+        side = whole_or_fewest_tiles(length, 8, 64)
+        starts = plan_axis(length, side, 64)
+        assert side <= 2048 and side % 8 == 0
+        assert starts[-1] + side == length  # covered to the last pixel
+        assert len(starts) == -(-(length - 64) // (2048 - 64))  # no more tiles than the limit needs
+
+
+def test_a_frame_above_the_whole_frame_limit_matches_the_whole_frame_result(frames, monkeypatch):
+    # sides that are multiples of 8, so that the whole frame needs no padding either
+    big = np.tile(frames[1:4], (1, 5, 5)).astype(np.float32)[:, :312, :296]
+    whole = load_denoiser("tomogan-projection", backend="onnxruntime").denoise_context(big)
+    monkeypatch.setattr(denoiser_module, "MAX_WHOLE_FRAME", 256)  # two tiles a side instead of one
+    tiled = load_denoiser("tomogan-projection", backend="onnxruntime")
+    assert tiled._tile_shape(312, 296) == (192, 184)
+    out = tiled.denoise_context(big)
+    assert np.abs(out - whole)[8:-8, 8:-8].max() / (whole.max() - whole.min()) < 0.002
 
 
 def test_an_overlap_above_half_the_tile_is_capped_there(frames):
