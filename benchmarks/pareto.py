@@ -10,11 +10,17 @@ is the full network in TensorFlow/Keras fp32 in the same run (``benchmarks/speed
 needs the ``export`` extra). Prints a Markdown table with the speed-up over Keras fp32,
 names the CPU and its instruction sets, and plots SSIM against ms per frame.
 
+On a shared machine the speed of the same command moves by 15-25 % between runs, and a
+slow spell that hits a configuration but not the Keras reference moves its ratio with it.
+``--rounds N`` times the reference and every configuration N times in turn (reference
+first in each round) and reports each configuration's median ms and the median of its N
+per-round ratios, with their range.
+
 Usage::
 
     python benchmarks/pareto.py [--models tomogan-projection tomogan-slice tomogan-projection-aio
                                  tomogan-slice-aio tomogan-projection-s2d-aio] [--repeats 5]
-                                [--json out.json] [--plot docs/pareto.png]
+                                [--rounds 3] [--json out.json] [--plot docs/pareto.png]
 """
 
 from __future__ import annotations
@@ -60,6 +66,22 @@ def quality(model: str, frames: int) -> dict[tuple[str, str], float]:
     return out
 
 
+def keras_reference_ms(repeats: int, threads: int) -> float:
+    """Median ms of the full network in Keras fp32 at SIZE, in a process of its own (nan without TensorFlow)."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=keras_reference, args=(SIZE, repeats, threads, q))
+    p.start()
+    p.join()
+    return q.get()[0] if p.exitcode == 0 and not q.empty() else float("nan")
+
+
+def spread(row: dict[str, Any]) -> str:
+    """`` (lo-hi)``: the range of a configuration's per-round ratios, when it was timed more than once."""
+    lo, hi = row["speedup_range"]
+    return f" ({lo:.1f}-{hi:.1f})" if row["rounds"] > 1 else ""
+
+
 def expand_ratios(models: list[str]) -> list[tuple[str, str, float]]:
     """``(label, model directory or name, pruning ratio)`` of every model, each ratio of an All-in-One one."""
     out = []
@@ -78,42 +100,57 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--frames", type=int, default=24, help="held-out frames scored per model")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time the Keras reference and every configuration this many times in turn")
     ap.add_argument("--json")
     ap.add_argument("--plot")
     args = ap.parse_args(argv)
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=keras_reference, args=(SIZE, args.repeats, args.threads, q))
-    p.start()
-    p.join()
-    keras_ms = q.get()[0] if p.exitcode == 0 and not q.empty() else float("nan")
     rows: list[dict[str, Any]] = []
     full_fp32: dict[str, float] = {}  # domain -> held-out SSIM of the first (full) model on ONNX Runtime fp32
-    for label, model, ratio in expand_ratios(args.models):
-        ssim_of = quality(model, args.frames)
+    models = expand_ratios(args.models)
+    ssim_of: dict[str, dict[tuple[str, str], float]] = {}
+    for label, model, _ in models:
+        ssim_of[label] = quality(model, args.frames)
         domain = load_card(model).domain or "projection"
-        if ("onnxruntime", "fp32") in ssim_of:
-            full_fp32.setdefault(domain, ssim_of[("onnxruntime", "fp32")])
-        for r in run(model, [SIZE], args.repeats, args.threads):
-            if "skipped" in r or (r["backend"], r["precision"]) not in ssim_of:
-                continue
-            ssim_r = ssim_of[(r["backend"], r["precision"])]
-            rows.append({"model": label, "ratio": ratio, "domain": domain, "backend": r["backend"],
-                         "precision": r["precision"], "ssim": ssim_r,
-                         "ssim_loss_vs_full_fp32": full_fp32.get(domain, float("nan")) - ssim_r,
-                         "median_ms": r["median_ms"], "speedup_vs_keras_fp32": keras_ms / r["median_ms"]})
+        if ("onnxruntime", "fp32") in ssim_of[label]:
+            full_fp32.setdefault(domain, ssim_of[label][("onnxruntime", "fp32")])
+    keras_rounds: list[float] = []
+    timed: dict[tuple[str, str, str], list[tuple[float, float]]] = {}  # (label, backend, precision) -> (ms, ratio)
+    for _ in range(args.rounds):
+        keras_ms = keras_reference_ms(args.repeats, args.threads)
+        keras_rounds.append(keras_ms)
+        for label, model, _ in models:
+            for r in run(model, [SIZE], args.repeats, args.threads):
+                if "skipped" not in r and (r["backend"], r["precision"]) in ssim_of[label]:
+                    timed.setdefault((label, r["backend"], r["precision"]), []).append(
+                        (r["median_ms"], keras_ms / r["median_ms"]))
+    of_label = {label: (model, ratio) for label, model, ratio in models}
+    for (label, backend, precision), per_round in timed.items():
+        model, ratio = of_label[label]
+        domain = load_card(model).domain or "projection"
+        ssim_r = ssim_of[label][(backend, precision)]
+        ratios = [x for _, x in per_round]
+        rows.append({"model": label, "ratio": ratio, "domain": domain, "backend": backend,
+                     "precision": precision, "ssim": ssim_r,
+                     "ssim_loss_vs_full_fp32": full_fp32.get(domain, float("nan")) - ssim_r,
+                     "median_ms": float(np.median([ms for ms, _ in per_round])),
+                     "speedup_vs_keras_fp32": float(np.median(ratios)),
+                     "speedup_range": [min(ratios), max(ratios)], "rounds": len(per_round)})
+    keras_ms = float(np.median(keras_rounds))
     print(f"CPU: {cpu_name()} ({', '.join(cpu_flags())}); {args.threads} threads; {SIZE}x{SIZE} frames")
-    print(f"Keras fp32, full network: {keras_ms:.0f} ms per frame (median of {args.repeats})\n")
+    print(f"Keras fp32, full network: {keras_ms:.0f} ms per frame (median of {args.repeats}"
+          + (f"; rounds: {', '.join(f'{k:.0f}' for k in keras_rounds)})\n" if args.rounds > 1 else ")\n"))
     print("SSIM loss: against the first model of the same domain on ONNX Runtime fp32 (the full network)\n")
     print("| model | backend | precision | held-out SSIM | SSIM loss | ms / frame | x Keras fp32 |")
     print("|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: (r["domain"], r["model"], r["median_ms"])):
         print(f"| {r['model']} | {r['backend']} | {r['precision']} | {r['ssim']:.4f} | "
-              f"{r['ssim_loss_vs_full_fp32']:+.4f} | {r['median_ms']:.0f} | {r['speedup_vs_keras_fp32']:.1f} |")
+              f"{r['ssim_loss_vs_full_fp32']:+.4f} | {r['median_ms']:.0f} | "
+              f"{r['speedup_vs_keras_fp32']:.1f}{spread(r)} |")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "flags": cpu_flags(), "keras_fp32_ms": keras_ms,
-                                               "rows": rows}, indent=2))
+                                               "keras_fp32_ms_rounds": keras_rounds, "rows": rows}, indent=2))
     if args.plot:
         import matplotlib
 
