@@ -166,6 +166,9 @@ def test_frames_above_the_whole_frame_limit_take_the_fewest_smallest_tiles():
         assert side <= 2048 and side % 8 == 0
         assert starts[-1] + side == length  # covered to the last pixel
         assert len(starts) == -(-(length - 64) // (2048 - 64))  # no more tiles than the limit needs
+    # an overlap beyond half the limit is capped there, as the tiling caps it: still a valid tile
+    side = whole_or_fewest_tiles(2160, 8, 5000)
+    assert side == 1592 and plan_axis(2160, side, side // 2)[-1] + side == 2160
 
 
 def test_a_frame_above_the_whole_frame_limit_matches_the_whole_frame_result(frames, monkeypatch):

@@ -50,6 +50,7 @@ def whole_or_fewest_tiles(length: int, multiple: int, overlap: int, cap: int | N
     whole = -(-length // multiple) * multiple
     if whole <= cap:
         return whole
+    overlap = min(overlap, cap // 2)  # as the tiling caps it: more than half a tile lets an edge through
     n = -(-(length - overlap) // (cap - overlap))  # the fewest tiles of side cap that cover the axis
     side = -(-(length + (n - 1) * overlap) // n)  # the smallest side that n tiles cover it with
     return min(-(-side // multiple) * multiple, cap)
