@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 import numpy as np
-from speed import keras_reference
+from speed import keras_reference_in_process
 
 from bluesky_tomogan.cpu import SPEED_FLAGS, cpu_flags, cpu_name
 
@@ -84,12 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--names", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
     ap.add_argument("--size", type=int, default=1024)
     args = ap.parse_args(argv)
+    keras = keras_reference_in_process(args.size, 5, 2)[0]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    process = ctx.Process(target=keras_reference, args=(args.size, 5, 2, queue))
-    process.start()
-    process.join()
-    keras = queue.get()[0]
     flags = [f for f in SPEED_FLAGS if f in cpu_flags()]
     print(f"CPU: {cpu_name()} ({', '.join(flags)}); 2 threads; {args.size}x{args.size}; "
           f"Keras fp32 of the full network {keras:.0f} ms\n")

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from accuracy import evaluate, held_out
-from speed import keras_reference
+from speed import keras_reference_in_process
 
 from bluesky_tomogan.bench import CONFIGS, run
 from bluesky_tomogan.cpu import SPEED_FLAGS, cpu_name
@@ -64,16 +63,6 @@ def quality(model: str, frames: int) -> dict[tuple[str, str], float]:
         run_one = lambda i, d=den: d.denoise_context(pairs.ns[context_indices(pairs.group, i, d.depth)])  # noqa: E731
         out[(backend, precision)] = evaluate(run_one, pairs, idx)["ssim"]
     return out
-
-
-def keras_reference_ms(repeats: int, threads: int) -> float:
-    """Median ms of the full network in Keras fp32 at SIZE, in a process of its own (nan without TensorFlow)."""
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=keras_reference, args=(SIZE, repeats, threads, q))
-    p.start()
-    p.join()
-    return q.get()[0] if p.exitcode == 0 and not q.empty() else float("nan")
 
 
 def spread(row: dict[str, Any]) -> str:
@@ -109,25 +98,25 @@ def main(argv: list[str] | None = None) -> int:
     full_fp32: dict[str, float] = {}  # domain -> held-out SSIM of the first (full) model on ONNX Runtime fp32
     models = expand_ratios(args.models)
     ssim_of: dict[str, dict[tuple[str, str], float]] = {}
+    domain_of: dict[str, str] = {}
     for label, model, _ in models:
         ssim_of[label] = quality(model, args.frames)
-        domain = load_card(model).domain or "projection"
+        domain = domain_of[label] = load_card(model).domain or "projection"
         if ("onnxruntime", "fp32") in ssim_of[label]:
             full_fp32.setdefault(domain, ssim_of[label][("onnxruntime", "fp32")])
     keras_rounds: list[float] = []
     timed: dict[tuple[str, str, str], list[tuple[float, float]]] = {}  # (label, backend, precision) -> (ms, ratio)
     for _ in range(args.rounds):
-        keras_ms = keras_reference_ms(args.repeats, args.threads)
+        keras_ms = keras_reference_in_process(SIZE, args.repeats, args.threads)[0]
         keras_rounds.append(keras_ms)
         for label, model, _ in models:
             for r in run(model, [SIZE], args.repeats, args.threads):
                 if "skipped" not in r and (r["backend"], r["precision"]) in ssim_of[label]:
                     timed.setdefault((label, r["backend"], r["precision"]), []).append(
                         (r["median_ms"], keras_ms / r["median_ms"]))
-    of_label = {label: (model, ratio) for label, model, ratio in models}
+    ratio_of = {label: ratio for label, _, ratio in models}
     for (label, backend, precision), per_round in timed.items():
-        model, ratio = of_label[label]
-        domain = load_card(model).domain or "projection"
+        ratio, domain = ratio_of[label], domain_of[label]
         ssim_r = ssim_of[label][(backend, precision)]
         ratios = [x for _, x in per_round]
         rows.append({"model": label, "ratio": ratio, "domain": domain, "backend": backend,

@@ -44,6 +44,17 @@ def keras_reference(size: int, repeats: int, threads: int, queue: Any) -> None:
     queue.put((float(np.median(times) * 1e3), float(np.min(times) * 1e3)))
 
 
+
+def keras_reference_in_process(size: int, repeats: int, threads: int) -> tuple[float, float]:
+    """:func:`keras_reference` in a spawned process of its own: ``(median ms, min ms)``, nan if it failed
+    (no TensorFlow: the ``export`` extra)."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=keras_reference, args=(size, repeats, threads, q))
+    p.start()
+    p.join()
+    return q.get() if p.exitcode == 0 and not q.empty() else (float("nan"), float("nan"))
+
 def plot(reference: dict[int, float], results: list[dict[str, Any]], path: Path) -> None:
     """Bar chart: median ms per frame per configuration and size, Keras fp32 as the reference."""
     import matplotlib
@@ -84,14 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json")
     ap.add_argument("--plot", help="write a PNG bar chart here")
     args = ap.parse_args(argv)
-    ctx = mp.get_context("spawn")
     reference, reference_min = {}, {}
     for size in args.sizes:
-        q = ctx.Queue()
-        p = ctx.Process(target=keras_reference, args=(size, args.repeats, args.threads, q))
-        p.start()
-        reference[size], reference_min[size] = q.get()
-        p.join()
+        reference[size], reference_min[size] = keras_reference_in_process(size, args.repeats, args.threads)
         print(f"Keras fp32 {size}x{size}: {reference[size]:.1f} ms median, {reference_min[size]:.1f} ms min "
               f"of {args.repeats}", flush=True)
     results = run(args.model, args.sizes, args.repeats, args.threads)
