@@ -80,6 +80,20 @@ def test_centre_of_mass_estimate_and_vo_search_on_an_off_centre_axis():
     assert find_center(transmission, angles) == pytest.approx(axis, abs=0.5)
 
 
+@pytest.mark.parametrize("axis", [41.3, 80.9, 91.2])
+def test_an_axis_outside_the_middle_eighth_is_found(axis):
+    """A small sample, inside the field of view, on an axis 10-27 px from the middle of 128 columns:
+    searched around the centre-of-mass estimate (the middle eighth alone gave 73.2, 59.5 and 59.0)."""
+    rng = np.random.default_rng(1)
+    angles, cols = np.arange(0, 180, 1.0), np.arange(128)
+    sino = np.zeros((len(angles), len(cols)))
+    for radius, phase, size in ((12.8, 0.3, 6.4), (5.1, 2.0, 3.8)):
+        pos = axis + radius * np.cos(np.deg2rad(angles) + phase)
+        sino += np.sqrt(np.clip(size**2 - (cols[None] - pos[:, None]) ** 2, 0, None)) * 0.04
+    transmission = np.exp(-sino) * (1 + 0.003 * rng.standard_normal(sino.shape))
+    assert find_center(transmission, angles) == pytest.approx(axis, abs=0.6)
+
+
 def test_rows_reconstructed_on_two_threads_equal_one_thread(sim_sinogram):
     det, angles, row, clean = sim_sinogram
     transmission = {r: np.exp(-clean * s) for r, s in ((10, 0.8), (11, 1.0), (12, 1.2))}
@@ -383,3 +397,54 @@ def test_sinogram_rows_of_a_grey_frame_with_a_trailing_channel_axis():
     frame = np.arange(6 * 5, dtype=np.uint16).reshape(6, 5)
     np.testing.assert_array_equal(_picked_rows(frame[..., None], [1, 4], None), _picked_rows(frame, [1, 4], None))
     assert _picked_rows(frame[..., None], [1, 4], None).shape == (2, 5)
+
+
+def _inline_rotation_scan(RE, rows_of_frame, rec, angles=(0, 177, 60)):
+    """A rotation scan of a camera whose frames are ``rows_of_frame`` of the simulated sample's projection."""
+    from ophyd.sim import SynSignal
+
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(32, 48), simulate_timing=False, seed=3)
+    cam = SynSignal(func=lambda: (1000 * np.exp(-det.sample.line_integrals(stage.theta.readback.get())))
+                    [rows_of_frame].astype(np.float32), name="cam")
+    docs = []
+    rec.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE.subscribe(rec)
+    RE(bp.scan([cam], stage.theta, *angles))
+    assert rec.wait(timeout=60)
+    pages = [d["data"] for n, d in docs if n == "event_page" and "row" in d["data"]]
+    return pages, docs
+
+
+@pytest.mark.parametrize("height", [1, 2, 3])
+def test_a_detector_of_one_to_three_rows_reconstructs_each_row_once(RE, height):
+    """A line detector or a narrow region of interest: every row is reconstructed once, its missing
+    neighbours mirrored as the slice model's context (a 1-row frame failed on every event, 2 and 3 rows
+    gave one row three times)."""
+    rec = TomoReconstruction(load_denoiser("tomogan-slice", backend="onnxruntime"), source="raw")
+    pages, docs = _inline_rotation_scan(RE, slice(14, 14 + height), rec)
+    assert pages and list(pages[-1]["row"]) == list(range(height))
+    assert not any("internal error" in e for e in rec.errors) and docs[-1][1]["exit_status"] == "success"
+
+
+def test_rows_beyond_the_detector_are_noted_and_the_edge_rows_reconstructed(RE):
+    rec = TomoReconstruction(rows=[0, 31, 40, 31])
+    pages, _ = _inline_rotation_scan(RE, slice(None), rec)
+    assert list(pages[-1]["row"]) == [0, 31]
+    assert "rows [40] are beyond the detector's 32 rows" in pages[-1]["note"][0]
+    assert np.isfinite(pages[-1]["center"]).all()
+
+
+def test_fewer_than_three_angles_say_why_nothing_was_reconstructed(RE):
+    """One angle repeated (a scan whose rotation stage did not move): no slice, and a note that says why."""
+    rec = TomoReconstruction(source="raw")
+    pages, docs = _inline_rotation_scan(RE, slice(None), rec, angles=(10, 10, 20))
+    assert pages == [] and docs[-1][1]["exit_status"] == "success"
+    assert any("projection angles: 1 usable in 20 frames" in e and "at least 3" in e for e in rec.errors)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"rows": []}, "at least one"), ({"rows": [-1, 5]}, "detector rows"),
+                                             ({"center": float("nan")}, "finite")])
+def test_impossible_rows_or_centre_are_refused_when_made(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TomoReconstruction(**kwargs)

@@ -134,14 +134,23 @@ def fallback_center(transmission: np.ndarray, angles_deg: np.ndarray) -> tuple[f
 
 
 def find_center(transmission: np.ndarray, angles_deg: np.ndarray) -> float:
-    """Rotation centre (column) of a 180-degree transmission sinogram, by Vo's method in algotom.
+    """Rotation centre (column) of a 180-degree transmission sinogram, by Vo's method in algotom; NaN if
+    its search finds no minimum inside any of its windows.
 
-    algotom's ``find_center_vo`` steps: a coarse search over the middle
-    eighth of the detector, then a quarter-pixel search around its result.
-    The coarse search runs on a copy downsampled to about 48 angles and 256
+    algotom's ``find_center_vo`` steps: a coarse search over a window an eighth
+    of the detector wide, then a quarter-pixel search around its result. When
+    the sample stays inside the field of view at every angle, the window is
+    centred on the centre-of-mass estimate (:func:`estimate_center`, unbiased
+    then), so that an axis outside the middle eighth is found too (Vo's metric
+    has only false minima inside a window that misses the axis). Otherwise, or
+    if the minimum lies at that window's edge, the middle eighth of the detector
+    (``find_center_vo``'s), and then the middle half: a minimum at a window's
+    edge is no minimum (algotom warns and returns the edge). Each window is at
+    least 16 pixels wide. The
+    coarse search runs on a copy downsampled to about 48 angles and 256
     columns (``find_center_vo`` downsamples only above 900 angles or 1000
-    columns), which makes the whole search 4x cheaper at 180 x 512 with
-    the same answer: the fine search on the full sinogram decides.
+    columns), which makes the whole search 4x cheaper at 180 x 512 with the
+    same answer: the fine search on the full sinogram decides.
     """
     from algotom.prep.calculation import coarse_search_cor, downsample_cor, fine_search_cor
 
@@ -150,9 +159,30 @@ def find_center(transmission: np.ndarray, angles_deg: np.ndarray) -> float:
     dsp_row, dsp_col = max(nrow // 48, 1), max(ncol // 256, 1)
     coarse = gaussian_filter(sino, (3, 1), mode="reflect")
     coarse = downsample_cor(coarse, dsp_row, dsp_col)
-    start, stop = ncol // 2 - ncol // 16, ncol // 2 + ncol // 16
-    raw = coarse_search_cor(coarse, start // dsp_col, -(-stop // dsp_col), denoise=False, ncore=1)
-    return float(fine_search_cor(sino, raw * dsp_col + 0.5 * (dsp_col - 1), max(2, dsp_col), 0.25, ncore=1))
+    half = max(ncol // 16, 8)  # a few pixels' error of the estimate must not put the axis at the edge
+    windows = [(ncol // 2 - half, ncol // 2 + half), (ncol // 4, ncol - ncol // 4)]
+    estimate = estimate_center(transmission, angles_deg) if _inside_field_of_view(transmission) else math.nan
+    if math.isfinite(estimate):
+        start = int(np.clip(round(estimate) - half, 0, max(ncol - 1 - 2 * half, 0)))
+        windows.insert(0, (start, start + 2 * half))
+    for start, stop in windows:
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            raw = coarse_search_cor(coarse, start // dsp_col, -(-stop // dsp_col), denoise=False, ncore=1)
+        if not any("out of the searching range" in str(w.message) for w in said):
+            return float(fine_search_cor(sino, raw * dsp_col + 0.5 * (dsp_col - 1), max(2, dsp_col), 0.25,
+                                         ncore=1))
+    return float("nan")
+
+
+def _inside_field_of_view(transmission: np.ndarray) -> bool:
+    """Whether the sample leaves the outer columns of every projection clear (it stays in the field of view)."""
+    attenuation = np.clip(-np.log(np.clip(np.asarray(transmission, np.float64), 1e-6, None)), 0.0, None)
+    edge = max(2, attenuation.shape[1] // 50)
+    strongest = float(np.median(attenuation.max(axis=1)))
+    outer = max(float(np.percentile(attenuation[:, :edge].mean(axis=1), 95)),
+                float(np.percentile(attenuation[:, -edge:].mean(axis=1), 95)))
+    return strongest > 0 and outer < 0.05 * strongest
 
 
 def _sorted_180(sino: np.ndarray, angles_deg: np.ndarray) -> np.ndarray:

@@ -95,7 +95,9 @@ class TomoReconstruction(RunRouterFacade):
         The slice model (``load_denoiser("tomogan-slice")``); without it the
         stream holds the filtered back-projections only.
     rows : sequence of int, optional
-        Detector rows to reconstruct (default: the quarter, centre and three-quarter rows).
+        Detector rows to reconstruct, 0 the top one (default: the quarter, centre and
+        three-quarter rows). A row beyond the detector is noted and skipped; the edge rows
+        get their one neighbour mirrored as the slice model's context.
     source : {"denoised", "raw"}
         Which projections: the ``denoised`` stream (default) or the raw ``primary`` frames.
     center : float, optional
@@ -120,11 +122,15 @@ class TomoReconstruction(RunRouterFacade):
                  background: bool = True) -> None:
         if source not in ("denoised", "raw"):
             raise ValueError(f"source must be 'denoised' or 'raw', got {source!r}")
+        if rows is not None and (not len(rows) or min(rows) < 0):
+            raise ValueError(f"rows must be detector rows (0 is the top one), at least one, got {list(rows)}")
+        if center is not None and not math.isfinite(center):
+            raise ValueError(f"center must be a finite column position in pixels, got {center}")
         super().__init__()
         self.slice_denoiser = slice_denoiser
         self.rows = None if rows is None else [int(r) for r in rows]
         self.source = source
-        self.center = center
+        self.center = None if center is None else float(center)
         self.remove_stripes = remove_stripes
         self.every = int(every)
         self.directory = None if directory is None else Path(directory).expanduser().resolve()
@@ -295,7 +301,7 @@ class _RunReconstruction(PassThroughRun):
         self._raw_directory: Path | None = None
         # a background thread: progressive updates use the CPU that the RunEngine and the denoiser leave
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="tomogan-recon", initializer=recon.background_thread)
-        self._pending: Future[dict[str, Any] | None] | None = None
+        self._pending: Future[dict[str, Any] | str | None] | None = None
         self._last_update = 0
         self._writer: DerivedFrameWriter | None = None
         self._bundle: Any = None
@@ -467,7 +473,9 @@ class _RunReconstruction(PassThroughRun):
             log.exception("reconstruction failed")
             self._note(f"reconstruction failed: {type(exc).__name__}: {exc}")
             return
-        if result is not None:
+        if isinstance(result, str):  # the final reconstruction could make no slice: why
+            self._note(result)
+        elif result is not None:
             self._emit(result)
 
     def _expected(self) -> float:
@@ -476,36 +484,62 @@ class _RunReconstruction(PassThroughRun):
         return float(n) if isinstance(n, int) and n > 0 else math.inf
 
     def _rows(self) -> list[int]:
-        """The rows to reconstruct."""
+        """The rows to reconstruct: the given ones that the detector has (see :meth:`_rows_missing`)."""
         assert self._shape is not None
         h = self._shape[0]
-        centres = self.o.rows if self.o.rows is not None else [h // 4, h // 2, (3 * h) // 4]
-        return [min(max(r, 1), h - 2) for r in centres]
+        if self.o.rows is None:
+            return sorted({h // 4, h // 2, (3 * h) // 4})
+        return sorted({r for r in self.o.rows if r < h})
+
+    def _rows_missing(self) -> str:
+        """Why some of the given rows are not reconstructed (empty if all are)."""
+        assert self._shape is not None
+        h = self._shape[0]
+        beyond = sorted({r for r in self.o.rows or () if r >= h})
+        if not beyond:
+            return ""
+        return f"rows {beyond} are beyond the detector's {h} rows (0..{h - 1}): not reconstructed"
+
+    def _neighbours(self, r: int) -> tuple[int, int]:
+        """The rows above and below ``r`` as the slice model's context, mirrored at the detector's edges."""
+        assert self._shape is not None
+        h = self._shape[0]
+        above = r - 1 if r >= 1 else min(r + 1, h - 1)
+        below = r + 1 if r + 1 < h else max(r - 1, 0)
+        return above, below
 
     def _wanted(self) -> list[int]:
         """The rows to read: each row to reconstruct and its neighbours (the slice model's context)."""
-        return sorted({r + d for r in self._rows() for d in (-1, 0, 1)})
+        return sorted({n for r in self._rows() for n in (r, *self._neighbours(r))})
 
-    def _reconstruct(self, final: bool) -> dict[str, Any] | None:
-        """Read the rows, correct, reconstruct and denoise (worker thread). ``None`` if nothing to do yet."""
+    def _reconstruct(self, final: bool) -> dict[str, Any] | str | None:
+        """Read the rows, correct, reconstruct and denoise (worker thread). ``None`` if nothing to do yet;
+        for the final one, why no slice could be made."""
         if self._shape is None:
             return None
         notes: list[str] = []
         rows, wanted = self._rows(), self._wanted()
+        if self._rows_missing() and final:
+            notes.append(self._rows_missing())
+        if not rows:
+            return "; ".join(notes) if final else None
         source = "denoised" if self.o.source == "denoised" and "denoised" in self._frames else "primary"
         if source != self.o.source and final:
             notes.append("no denoised stream: reconstructed from the raw frames")
         frames = self._frames.get(source)
         if frames is None or len(frames) < 3:
-            return None
+            return (f"projections: {0 if frames is None else len(frames)}, at least 3 needed: "
+                    "nothing reconstructed") if final else None
         # the last usable frame of each angle
         by_angle: dict[float, int] = {}
         for seq in sorted(frames.seqs):
             raw_seq = self._source_seq.get(seq, seq) if source == "denoised" else seq
             if raw_seq in self._angles and raw_seq not in self._unusable:
                 by_angle[self._angles[raw_seq]] = seq
-        if len(by_angle) < 3:
-            return None
+        if len(by_angle) < 3:  # no slice can be made of fewer
+            return (f"projection angles: {len(by_angle)} usable in {len(frames)} frames (frames flagged unusable "
+                    "are left out, a repeated angle counts once), at least 3 needed: nothing reconstructed"
+                    ) if final else None
         angles = np.array(sorted(by_angle))
         seqs = [by_angle[a] for a in angles]
         sino = frames.rows(seqs, wanted, self._raw_dtype)  # (angles, rows, W), NaN where masked
@@ -523,9 +557,9 @@ class _RunReconstruction(PassThroughRun):
         angle_problem = recon.check_angles(angles)
         if angle_problem and final:  # while the scan runs, a partial rotation is expected
             notes.append(angle_problem)
-        middle = wanted.index(rows[len(rows) // 2])
         transmission = {r: recon.corrected_sinogram(sino[:, i], None if flat is None else flat[i],
                                                     None if dark is None else dark[i]) for i, r in enumerate(wanted)}
+        middle = wanted.index(self._center_row(rows, transmission))
         found = self._found_center
         if not angle_problem and (found != found or self._found_at != len(angles)):
             found = self._found_center = recon.find_center(transmission[wanted[middle]], angles)
@@ -534,7 +568,8 @@ class _RunReconstruction(PassThroughRun):
         if center != center:  # less than 180 degrees (yet): the centre-of-mass estimate, else the detector centre
             center, how = recon.fallback_center(transmission[wanted[middle]], angles)
             if final:
-                notes.append(f"rotation centre not found ({angle_problem}); using {how} {center:.2f}")
+                why = angle_problem or "Vo's search found no minimum in the detector's middle half"
+                notes.append(f"rotation centre not found ({why}); using {how} {center:.2f}")
         elif self.o.center is not None and found == found and abs(found - self.o.center) > CENTER_TOLERANCE:
             notes.append(f"the given rotation centre {self.o.center:g} is {abs(found - self.o.center):.1f} px from "
                          f"the one found ({found:.2f}): probably wrong")
@@ -546,13 +581,22 @@ class _RunReconstruction(PassThroughRun):
             out_fbp.append(slices[r].slice)
             stripes.append(slices[r].stripe_raw)
             if self.o.slice_denoiser is not None:
-                context = np.stack([slices[r - 1].slice, slices[r].slice, slices[r + 1].slice])
+                above, below = self._neighbours(r)
+                context = np.stack([slices[above].slice, slices[r].slice, slices[below].slice])
                 out_den.append(self.o.slice_denoiser.denoise_context(context))
             else:
                 out_den.append(slices[r].slice)
         return {"rows": rows, "fbp": out_fbp, "slice": out_den, "center": float(center), "found": found,
                 "projections": len(angles), "stripe": stripes, "note": "; ".join(notes), "final": final,
                 "source": source}
+
+    @staticmethod
+    def _center_row(rows: Sequence[int], transmission: dict[int, np.ndarray]) -> int:
+        """The row the rotation centre is searched on: the middle one of ``rows``, unless it sees little of the
+        sample (an edge row above or below it), then the one that sees the most."""
+        seen = {r: float(np.sum(-np.log(np.clip(transmission[r], 1e-6, 1.0)))) for r in rows}
+        middle = rows[len(rows) // 2]
+        return middle if seen[middle] >= 0.1 * max(seen.values()) else max(seen, key=seen.__getitem__)
 
     def _mean_rows(self, name: str, rows: Sequence[int]) -> np.ndarray | None:
         frames = self._frames.get(name)

@@ -22,6 +22,7 @@ assumption (say so to users whose detector has a wide point-spread function).
 from __future__ import annotations
 
 import logging
+import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -71,7 +72,10 @@ def rotation_center(scan: Scan) -> float:
     row = corrected_sinogram(scan.projections[:, z // 2, :], _row(scan.flats, z // 2), _row(scan.darks, z // 2))
     try:
         if scan.angles.max() - scan.angles.min() >= 179.0:
-            return find_center(row, scan.angles)
+            center = find_center(row, scan.angles)
+            if math.isfinite(center):
+                return center
+            log.warning("Vo's centre search found no minimum in the detector's middle half")
     except Exception as exc:  # algotom fails in many ways on odd data; the fallback still works
         log.warning("Vo's centre search failed (%s)", exc)
     center, how = fallback_center(row, scan.angles)
