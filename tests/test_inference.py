@@ -240,6 +240,14 @@ def test_unknown_names_are_specific_errors():
         load_denoiser(backend="onnxruntime", precision="int8")
 
 
+def test_a_missing_card_path_names_the_part_that_is_missing(tmp_path):
+    """A typo in a path is not an unknown model name: the error names the first directory that is not there."""
+    with pytest.raises(UnknownModelError, match=f"there is no '{tmp_path / 'run'}'"):
+        load_denoiser(tmp_path / "run" / "tomogan.json")
+    with pytest.raises(UnknownModelError, match="'my-model.json' does not exist; shipped models: tomogan-projection"):
+        load_denoiser("my-model.json")
+
+
 def test_a_network_file_instead_of_its_card_says_what_to_give(tmp_path):
     network = tmp_path / "tomogan.onnx"
     network.write_bytes(b"\x08\x07")

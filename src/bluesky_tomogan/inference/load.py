@@ -78,6 +78,11 @@ def load_card(model: str | os.PathLike[str] | None = None) -> ModelCard:
     shipped = shipped_weights_dir() / f"{name}.json"
     if shipped.is_file():
         return ModelCard.read(shipped)
+    if path.suffix == ".json" or len(path.parts) > 1:  # a path, not a name: say which part is missing
+        missing = next((p for p in reversed((path, *path.parents)) if not p.exists()), path)
+        where = "" if missing == path else f" (there is no {str(missing)!r})"
+        raise UnknownModelError(f"model card {str(path)!r} does not exist{where}; "
+                                f"shipped models: {', '.join(shipped_models()) or 'none installed'}")
     raise UnknownModelError(
         f"unknown model {str(name)!r}: not a shipped model ({', '.join(shipped_models()) or 'none installed'}) "
         "nor a model card file or directory"
