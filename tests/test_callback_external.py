@@ -79,6 +79,39 @@ def test_unreadable_external_frames_are_flagged_and_the_scan_goes_on(RE, denoise
     assert [n for n, _ in docs].count("event") == 3 and docs[-1][0] == "stop"
 
 
+def test_frames_announced_before_the_file_shows_them_are_waited_for(denoiser, tmp_path):
+    """An area detector's file writer that flushes for SWMR readers a moment after its frame counter (which
+    ophyd-async's StreamDatum follows) has moved on: the frames are read when they come, not flagged."""
+    import threading
+
+    from bluesky_tomogan.hdf5_frames import ANNOUNCED_FRAMES_WAIT_S, FrameFile
+
+    frames = np.random.default_rng(0).poisson(300, (3, 16, 24)).astype(np.uint16)
+    file = FrameFile(tmp_path / "det.h5", (16, 24), np.uint16)
+    file.append(frames[:1])
+    run_bundle = event_model.compose_run()
+    desc = run_bundle.compose_descriptor(name="primary", data_keys={"det": {
+        "source": "sim", "dtype": "array", "shape": [16, 24], "external": "STREAM:", "dtype_numpy": "<u2"}})
+    resource = run_bundle.compose_stream_resource(mimetype="application/x-hdf5", uri=file.uri, data_key="det",
+                                                  parameters={"dataset": file.dataset, "chunk_shape": [1, 16, 24]})
+    cb = TomoGANCallback(denoiser, inline=True)
+    out = collect(cb)
+    for name, doc in (("start", run_bundle.start_doc), ("descriptor", desc.descriptor_doc),
+                      ("stream_resource", resource.stream_resource_doc)):
+        cb(name, doc)
+    late = threading.Timer(0.3 * ANNOUNCED_FRAMES_WAIT_S, file.append, (frames[1:],))
+    late.start()
+    cb("stream_datum", resource.compose_stream_datum(indices={"start": 0, "stop": 3},
+                                                     seq_nums={"start": 1, "stop": 4}, descriptor=desc.descriptor_doc))
+    cb("stop", run_bundle.compose_stop())
+    late.join()
+    file.close()
+    rows = [d["data"] for n, d in out if n == "event_page" and "det_denoised" in d["data"]]
+    assert [e for r in rows for e in r["det_qc_error"]] == ["", "", ""]
+    got = np.stack([f for r in rows for f in r["det_denoised"]])
+    assert abs(float(got.mean()) - 300) < 10
+
+
 def test_run_stored_in_tiled_has_denoised_frames_and_qc_columns(RE, denoiser, store, tmp_path):
     frames_dir = frames_directory(tmp_path / "store")
     det = detector(frames_dir / "raw")

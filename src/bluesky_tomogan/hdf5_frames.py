@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -39,6 +40,11 @@ __all__ = ["MIMETYPE", "SPEC", "FrameFile", "HDF5FrameHandler", "StreamFrameRead
 log = logging.getLogger(__name__)
 MIMETYPE = "application/x-hdf5"
 SPEC = "hdf5"
+#: Seconds a reader waits for frames that a document announced but the file does not show yet: an
+#: area detector's file writer may flush for SWMR readers (``NumFramesFlush``) after its frame counter,
+#: which ophyd-async's StreamDatum follows, has moved on. A file that stays short is waited for once.
+ANNOUNCED_FRAMES_WAIT_S = 2.0
+_POLL_S = 0.05
 
 
 def open_for_reading(path: str | os.PathLike[str], error: type[Exception], what: str) -> h5py.File:
@@ -152,13 +158,25 @@ class StreamFrameReader:
         self.path = path_from_uri(stream_resource["uri"])
         self.dataset = stream_resource["parameters"]["dataset"]
         self._file: h5py.File | None = None
+        self._waited_in_vain: int | None = None  # the length the file had when a wait for more ran out
 
-    def _dataset(self) -> h5py.Dataset:
-        if self._file is None:
-            self._file = _open(self.path)
-        dset = self._file[self.dataset]
-        dset.refresh()  # SWMR: see frames appended since the file was opened
-        return dset
+    def _dataset(self, frames: int = 0) -> h5py.Dataset:
+        """The dataset, refreshed; holding at least ``frames`` frames if they come within
+        :data:`ANNOUNCED_FRAMES_WAIT_S` (a file that stayed short before is not waited for again
+        until it grows)."""
+        deadline = time.monotonic() + ANNOUNCED_FRAMES_WAIT_S
+        while True:
+            if self._file is None:
+                self._file = _open(self.path)
+            dset = self._file[self.dataset]
+            dset.refresh()  # SWMR: see frames appended since the file was opened
+            n = dset.shape[0]
+            if n >= frames or n == self._waited_in_vain:
+                return dset
+            if time.monotonic() >= deadline:
+                self._waited_in_vain = n
+                return dset
+            time.sleep(_POLL_S)
 
     def _frames(self, dset: h5py.Dataset, start: int, stop: int) -> np.ndarray:
         if stop > dset.shape[0]:
@@ -167,17 +185,18 @@ class StreamFrameReader:
 
     def __call__(self, start: int, stop: int) -> np.ndarray:
         """Frames ``[start, stop)`` as ``(N, H, W)``."""
-        return self._frames(self._dataset(), start, stop)
+        return self._frames(self._dataset(stop), start, stop)
 
     def event(self, index: int, exposures: int) -> np.ndarray:
         """The ``exposures`` frames of StreamDatum row ``index`` of a multi-frame data key (``[N, H, W]``),
         as ``(N, H, W)``: row ``index`` of a 4-D dataset, or frames ``[index * N, (index + 1) * N)`` of a
         3-D one (how ophyd-async writes ``exposures_per_event`` frames: one after the other). Of a
         3-D dataset cut short, the frames it holds (the caller flags the missing ones)."""
-        dset = self._dataset()  # refreshed once for the event's frames
+        first = index * exposures
+        dset = self._dataset()
+        dset = self._dataset(index + 1 if dset.ndim == 4 else first + exposures)  # all of the event's frames
         if dset.ndim == 4:
             return self._frames(dset, index, index + 1)[0]
-        first = index * exposures
         stop = max(min(first + exposures, dset.shape[0]), first + 1)
         # one frame (one chunk) per read: a read across chunks of a file that this process also has
         # open for SWMR writing failed in HDF5 ("can't insert duplicate key"); single frames do not
