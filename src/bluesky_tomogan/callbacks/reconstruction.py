@@ -568,7 +568,7 @@ class _RunReconstruction(PassThroughRun):
         if center != center:  # less than 180 degrees (yet): the centre-of-mass estimate, else the detector centre
             center, how = recon.fallback_center(transmission[wanted[middle]], angles)
             if final:
-                why = angle_problem or "Vo's search found no minimum in the detector's middle half"
+                why = angle_problem or "Vo's search found no minimum inside its windows"
                 notes.append(f"rotation centre not found ({why}); using {how} {center:.2f}")
         elif self.o.center is not None and found == found and abs(found - self.o.center) > CENTER_TOLERANCE:
             notes.append(f"the given rotation centre {self.o.center:g} is {abs(found - self.o.center):.1f} px from "

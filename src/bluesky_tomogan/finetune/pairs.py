@@ -75,7 +75,7 @@ def rotation_center(scan: Scan) -> float:
             center = find_center(row, scan.angles)
             if math.isfinite(center):
                 return center
-            log.warning("Vo's centre search found no minimum in the detector's middle half")
+            log.warning("Vo's centre search found no minimum inside its windows")
     except Exception as exc:  # algotom fails in many ways on odd data; the fallback still works
         log.warning("Vo's centre search failed (%s)", exc)
     center, how = fallback_center(row, scan.angles)
