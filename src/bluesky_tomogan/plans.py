@@ -59,10 +59,17 @@ def tomo_scan(
     md : dict, optional
         Extra start-document metadata.
 
+    Raises
+    ------
+    TypeError
+        The detector has no ``shutter`` or the stage no ``theta`` or ``x``; raised before
+        any run is opened.
+
     Examples
     --------
     >>> RE(tomo_scan(det, stage, np.linspace(0, 180, 180, endpoint=False)))  # doctest: +SKIP
     """
+    _require(detector, stage, "tomo_scan")
     angles = [float(a) for a in angles]
 
     @bpp.run_decorator(md=_metadata("tomo_scan", detector, stage, angles, n_darks, n_flats, md))
@@ -122,7 +129,13 @@ def qc_tomo_scan(
         Derived stream whose recommendations count (``denoised`` for ``primary``).
     final_wait : float
         Longest wait for QC at the end, in seconds.
+
+    Raises
+    ------
+    TypeError
+        As :func:`tomo_scan`, or the detector has no ``exposure_time``; before any run is opened.
     """
+    _require(detector, stage, "qc_tomo_scan", "exposure_time")
     angles = [float(a) for a in angles]
     decision = QCDecision(name="qc")
     theta_key = stage.theta.name
@@ -226,6 +239,21 @@ def qc_tomo_scan_with(feedback: QCFeedback) -> Callable[..., Generator[Msg, Any,
                   for p in signature.parameters.values() if p.name != "feedback"]
     tomo_scan_with_qc.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
     return tomo_scan_with_qc
+
+
+def _require(detector: Any, stage: Any, plan: str, *detector_signals: str) -> None:
+    """Refuse devices that lack what ``plan`` moves or reads, before any run is opened (a plan that failed
+    half way would leave a run of darks only, and the stage out of the beam)."""
+    missing = [f"detector {getattr(detector, 'name', detector)!r} has no {attr!r}"
+               for attr in ("shutter", *detector_signals) if not hasattr(detector, attr)]
+    missing += [f"stage {getattr(stage, 'name', stage)!r} has no {attr!r}"
+                for attr in ("theta", "x") if not hasattr(stage, attr)]
+    if missing:
+        raise TypeError(f"{plan}: {'; '.join(missing)}. It needs a detector with a 'shutter' signal "
+                        "('open'/'closed')" + (f" and {', '.join(repr(a) for a in detector_signals)}"
+                                              if detector_signals else "")
+                        + " and a stage with 'theta' (degrees) and 'x' positioners: give the device those "
+                        "components (an ophyd Device subclass, or Signals that alias the existing ones)")
 
 
 def _metadata(plan: str, detector: Any, stage: Any, angles: list[float], n_darks: int, n_flats: int,
