@@ -564,3 +564,28 @@ def test_adaptive_plan_lowers_the_exposure_on_saturation_and_the_store_keeps_it(
 
 def test_registration_of_pure_noise_is_no_shift_not_a_random_one(rng):
     assert math.isnan(shift_px(rng.poisson(500, (256, 256)), rng.poisson(500, (256, 256))))
+
+
+def test_a_detector_without_an_exposure_time_holds_the_exposure_and_the_scan_completes(RE, denoiser, tmp_path,
+                                                                                       monkeypatch):
+    """An ophyd v1 area detector keeps its exposure in ``cam.acquire_time``: the plan records each exposure
+    recommendation as held, with the reason, re-acquires as usual and completes."""
+    import bluesky_tomogan.plans as plans
+
+    monkeypatch.setattr(plans, "_exposure_signal", lambda detector: None)
+    stage = SimTomoStage(name="stage")
+    # exposures simulated in real time: QC judges frames while the scan runs (its recommendations about
+    # the last frames come after the last angle, when no exposure change is made any more)
+    det = SimTomoDetector(name="det", stage=stage, shape=(48, 64), directory=tmp_path)
+    det.photon_flux.put(2e7)  # the open beam clips at 65535: QC recommends a shorter exposure
+    feedback = QCFeedback(QCPolicy(dark_level=100), RE=RE)
+    cb = TomoGANCallback(denoiser, streams=["primary"], feedback=feedback)
+    docs = collect(RE, cb)
+    exposure = det.exposure_time.get()
+    RE(qc_tomo_scan(det, stage, [float(a) for a in range(0, 48, 2)], feedback, n_darks=1, n_flats=1))
+    rows = [d["data"] for n, d in docs if n == "event" and "qc_action" in d["data"]]
+    held = [r["qc_reason"] for r in rows if r["qc_action"] == "hold"]
+    assert held and all("the detector has no exposure_time" in r for r in held)
+    assert "adjust" not in [r["qc_action"] for r in rows] and det.exposure_time.get() == exposure
+    assert all(math.isnan(r["qc_exposure_time"]) for r in rows)
+    assert [d["exit_status"] for n, d in docs if n == "stop"] == ["success"]

@@ -118,7 +118,8 @@ def qc_tomo_scan(
     Parameters
     ----------
     detector, stage, angles, n_darks, n_flats, out_position, md
-        As for :func:`tomo_scan`; ``detector`` also needs an ``exposure_time`` signal.
+        As for :func:`tomo_scan`. Without an ``exposure_time`` signal on ``detector``,
+        exposure recommendations are recorded as ``hold`` and the exposure is left alone.
     feedback : QCFeedback
         The callback's feedback (``TomoGANCallback(..., feedback=feedback)``).
     max_retries : int
@@ -133,9 +134,10 @@ def qc_tomo_scan(
     Raises
     ------
     TypeError
-        As :func:`tomo_scan`, or the detector has no ``exposure_time``; before any run is opened.
+        As :func:`tomo_scan`, before any run is opened.
     """
-    _require(detector, stage, "qc_tomo_scan", "exposure_time")
+    _require(detector, stage, "qc_tomo_scan")
+    has_exposure = _exposure_signal(detector) is not None
     angles = [float(a) for a in angles]
     decision = QCDecision(name="qc")
     theta_key = stage.theta.name
@@ -150,7 +152,7 @@ def qc_tomo_scan(
         state["taken"] += 1
 
     def record(action: str, rec: Recommendation, angle: float = math.nan) -> Generator[Msg, Any, None]:
-        exposure = yield from bps.rd(detector.exposure_time)
+        exposure = (yield from bps.rd(detector.exposure_time)) if has_exposure else math.nan
         for sig, value in ((decision.action, action), (decision.flag, rec.flag), (decision.reason, rec.reason),
                            (decision.angle, angle), (decision.exposure_time, float(exposure)),
                            (decision.source_seq_num, rec.seq_num)):
@@ -167,6 +169,9 @@ def qc_tomo_scan(
             if rec.kind == "exposure":
                 if rec.seq_num <= state["changed_at"]:
                     continue  # measured at the old exposure
+                if not has_exposure:
+                    yield from record("hold", replace(rec, reason=f"{rec.reason}; the detector has no exposure_time"))
+                    continue
                 old = float((yield from bps.rd(detector.exposure_time)))
                 new = min(max(old * rec.factor, lo), hi)
                 if math.isclose(new, old, rel_tol=1e-6):
@@ -254,6 +259,11 @@ def _require(detector: Any, stage: Any, plan: str, *detector_signals: str) -> No
                                               if detector_signals else "")
                         + " and a stage with 'theta' (degrees) and 'x' positioners: give the device those "
                         "components (an ophyd Device subclass, or Signals that alias the existing ones)")
+
+
+def _exposure_signal(detector: Any) -> Any:
+    """The detector's ``exposure_time`` signal, or None."""
+    return getattr(detector, "exposure_time", None)
 
 
 def _metadata(plan: str, detector: Any, stage: Any, angles: list[float], n_darks: int, n_flats: int,
