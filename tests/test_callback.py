@@ -691,3 +691,24 @@ def test_a_scan_without_images_says_nothing_about_the_options(RE, denoiser):
     cb = TomoGANCallback(denoiser, fields=["cam"], streams=["primary"])
     run(RE, cb, [det], num=2)
     assert cb.errors == []
+
+
+def test_a_run_that_began_before_the_callback_was_subscribed_passes_through_with_one_warning(denoiser, caplog):
+    """Subscribed in the middle of a run: its documents go on unchanged, and the log says why once, not once
+    per frame with a traceback (a 1000-frame scan gave 1000 tracebacks)."""
+    run_bundle = event_model.compose_run()
+    desc = run_bundle.compose_descriptor(name="primary", data_keys={"cam": {
+        "source": "X", "dtype": "array", "shape": [16, 16], "dtype_numpy": "<u2"}})
+    events = [desc.compose_event(data={"cam": np.full((16, 16), 400, np.uint16)}, timestamps={"cam": 0.0})
+              for _ in range(20)]
+    cb = TomoGANCallback(denoiser, inline=True)
+    out = []
+    cb.subscribe(lambda name, doc: out.append((name, doc)))
+    with caplog.at_level("WARNING"):
+        for name, doc in [("descriptor", desc.descriptor_doc), *[("event", e) for e in events],
+                          ("stop", run_bundle.compose_stop())]:
+            cb(name, doc)
+    assert [n for n, _ in out] == ["descriptor"] + ["event"] * 20 + ["stop"]
+    assert all(a is b for (_, a), b in zip(out[1:-1], events, strict=True))
+    said = [r for r in caplog.records if "has not seen" in r.getMessage()]
+    assert 1 <= len(said) <= 3 and not any(r.exc_info for r in caplog.records)

@@ -10,7 +10,7 @@ with, and their own documents before or after it.
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,6 +130,7 @@ class RunRouterFacade:
         self._consumers = Consumers()
         self._turn = Turn()
         self._orphans = ConsumerFailures()  # consumer failures on documents of no known run
+        self._unknown: OrderedDict[str, None] = OrderedDict()  # starts/descriptors of no known run, said once
         self.runs: deque[RunSummary] = deque(maxlen=KEEP_RUNS)
         self._router = event_model.RunRouter([self._factory], filler_class=_NoFill)  # type: ignore[arg-type]
 
@@ -154,12 +155,25 @@ class RunRouterFacade:
         self._turn.begin(name, doc)
         try:
             self._router(name, doc)
-        except Exception:  # a document of no known run (subscribed mid-run) or a routing failure
+        except KeyError as exc:  # a document of no known run: the callback was subscribed during that run
+            self._unknown_run(name, str(exc))
+        except Exception:  # a routing failure
             log.exception("could not route a %s document; passing it through", name)
         if not self._turn.passed:
             self._turn.passed = True
             self._consumers.publish(name, doc, self._orphans)
         return name, doc
+
+    def _unknown_run(self, name: str, key: str) -> None:
+        """Say once per unknown start or descriptor (not once per frame) that its documents pass through as they are."""
+        if key in self._unknown:
+            return
+        if len(self._unknown) >= KEEP_RUNS:
+            self._unknown.popitem(last=False)
+        self._unknown[key] = None
+        log.warning("%s document refers to %s, which this callback has not seen: a run whose start came "
+                    "before it was subscribed; its documents are passed on as they are, not processed",
+                    name.capitalize().replace("_", " "), key)
 
     def _factory(self, name: str, start_doc: Any) -> tuple[list[PassThroughRun], list[Any]]:
         run = self._make_run(start_doc)
