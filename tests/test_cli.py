@@ -107,7 +107,55 @@ def test_denoise_names_the_missing_dataset(tmp_path, capsys):
         f["a"] = [[1.0]]
         f["b"] = [[1.0]]
     assert main(["denoise", str(src), str(tmp_path / "o.h5")]) == 1
-    assert "holds 2 datasets ['a', 'b']; choose one with --key" in capsys.readouterr().err
+    assert "holds 2 datasets ['a', 'b'] and none of the usual names for projections" in capsys.readouterr().err
+    assert main(["denoise", str(src), str(tmp_path / "o.h5"), "--key", "c"]) == 1
+    assert "has no dataset 'c' (its datasets: a, b)" in capsys.readouterr().err
+
+
+def test_denoise_reads_data_exchange_and_tiff_and_writes_tiff(tmp_path, capsys):
+    """The files a tomography beamline has: Data Exchange HDF5 (``exchange/data`` among flats and darks,
+    found without --key) and multi-page TIFF stacks; a TIFF result has one page per frame and the
+    provenance in its description."""
+    import json
+
+    import h5py
+    import numpy as np
+    import tifffile
+
+    frames = np.random.default_rng(0).poisson(800, (3, 40, 56)).astype(np.uint16)
+    dx, tif = tmp_path / "scan.h5", tmp_path / "scan.tif"
+    with h5py.File(dx, "w") as f:
+        f["exchange/data"] = frames
+        f["exchange/data_white"] = frames[:2]
+        f["exchange/data_dark"] = np.zeros_like(frames[:2])
+    tifffile.imwrite(tif, frames, photometric="minisblack")
+    for src in (dx, tif):
+        dest = tmp_path / f"{src.stem}-{src.suffix[1:]}.tif"
+        assert main(["denoise", str(src), str(dest), "--backend", "onnxruntime"]) == 0
+        with tifffile.TiffFile(dest) as t:
+            assert len(t.pages) == 3 and t.pages[0].shape == (40, 56)
+            assert json.loads(t.pages[0].description)["backend"] == "onnxruntime"
+        out = tifffile.imread(dest)
+        assert out.dtype == np.float32 and out.std() < frames.std()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "input file {src} does not exist"),
+    ("text", "is not a .npy, TIFF or HDF5 file"),
+    ("bad output", "must end in one of .npy"),
+])
+def test_denoise_says_what_is_wrong_with_its_files(tmp_path, capsys, case, message):
+    src, dest = tmp_path / "in.npy", tmp_path / "out.npy"
+    if case == "text":
+        src = tmp_path / "notes.txt"
+        src.write_text("not frames")
+    elif case == "bad output":
+        import numpy as np
+
+        np.save(src, np.zeros((8, 8), np.float32))
+        dest = tmp_path / "out.png"
+    assert main(["denoise", str(src), str(dest)]) == 1
+    assert message.format(src=src) in capsys.readouterr().err
 
 
 def test_demo_runs_a_live_scan_stored_in_tiled_and_says_where(tmp_path):

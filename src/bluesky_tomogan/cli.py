@@ -155,21 +155,53 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The file kinds ``denoise`` reads and writes, by suffix.
+_NPY, _HDF5, _TIFF = (".npy",), (".h5", ".hdf5", ".hdf", ".nxs"), (".tif", ".tiff")
+
+
 def _read_frames(path: Path, key: str | None):  # type: ignore[no-untyped-def]
+    """Frames from a .npy, an HDF5 file (``key``, else the Data Exchange ``exchange/data`` or another
+    usual name for projections, else the file's only dataset) or a (multi-page) TIFF."""
     import h5py
     import numpy as np
 
-    if path.suffix == ".npy":
-        return np.load(path)
-    with h5py.File(path, "r") as f:
-        if key is None:
-            keys = [k for k in f if isinstance(f[k], h5py.Dataset)]
-            if len(keys) != 1:
-                raise TomoGANError(f"{path} holds {len(keys)} datasets {keys}; choose one with --key")
-            key = keys[0]
-        if key not in f:
-            raise TomoGANError(f"{path} has no dataset {key!r}")
-        return f[key][()]
+    if not path.is_file():
+        raise TomoGANError(f"input file {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in _NPY:
+            return np.load(path, allow_pickle=False)
+        if suffix in _TIFF:
+            import tifffile
+
+            return tifffile.imread(path)
+        if not h5py.is_hdf5(path):
+            raise TomoGANError(f"{path} is not a .npy, TIFF or HDF5 file (its suffix {suffix!r} and its contents "
+                               f"say neither): give frames as {', '.join(_NPY + _HDF5 + _TIFF)}")
+        with h5py.File(path, "r") as f:
+            return f[_frames_key(f, path, key)][()]
+    except (OSError, ValueError) as exc:  # a damaged file: say which, not a traceback
+        raise TomoGANError(f"cannot read frames from {path}: {exc}") from exc
+
+
+def _frames_key(f, path: Path, key: str | None) -> str:  # type: ignore[no-untyped-def]
+    import h5py
+
+    from .finetune.sources import PROJECTION_KEYS
+
+    found: list[str] = []
+    f.visit(lambda name: found.append(name) if isinstance(f[name], h5py.Dataset) else None)
+    if key is not None:
+        if key not in f or not isinstance(f[key], h5py.Dataset):
+            raise TomoGANError(f"{path} has no dataset {key!r} (its datasets: {', '.join(found[:12]) or 'none'})")
+        return key
+    usual = [k for k in PROJECTION_KEYS if k in f and isinstance(f[k], h5py.Dataset)]
+    if usual:
+        return usual[0]
+    if len(found) != 1:
+        raise TomoGANError(f"{path} holds {len(found)} datasets {found[:12]} and none of the usual names for "
+                           f"projections ({', '.join(PROJECTION_KEYS)}); choose one with --key")
+    return found[0]
 
 
 def _cmd_denoise(args: argparse.Namespace) -> int:
@@ -178,14 +210,22 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
     from .inference import load_denoiser
 
+    dest = Path(args.output)
+    if dest.suffix.lower() not in _NPY + _HDF5 + _TIFF:  # before any work: a typo must not cost a long run
+        raise TomoGANError(f"output {dest} must end in one of {', '.join(_NPY + _HDF5 + _TIFF)}")
+    frames = _read_frames(Path(args.input), args.key)
     den = load_denoiser(args.model, backend=args.backend, precision=args.precision, threads=args.threads,
                         ratio=args.ratio)
-    frames = _read_frames(Path(args.input), args.key)
     out = den.denoise(frames, out_dtype="source" if args.keep_dtype else "float32")
-    dest = Path(args.output)
     try:
-        if dest.suffix == ".npy":
+        if dest.suffix.lower() in _NPY:
             np.save(dest, out)
+        elif dest.suffix.lower() in _TIFF:
+            import tifffile
+
+            # the provenance as the TIFF's description, so the file says what made it
+            tifffile.imwrite(dest, out, photometric="minisblack", description=json.dumps(den.provenance()),
+                             metadata=None)
         else:
             with h5py.File(dest, "w") as f:
                 f.create_dataset("denoised", data=out, chunks=(1, *out.shape[-2:]) if out.ndim == 3 else None)
@@ -482,10 +522,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--frames", type=int, default=48, help="test frames measured (evenly spaced)")
     s.set_defaults(func=_cmd_quality)
 
-    s = sub.add_parser("denoise", help="denoise frames from a .npy or HDF5 file")
-    s.add_argument("input")
-    s.add_argument("output", help=".npy or .h5")
-    s.add_argument("--key", help="HDF5 dataset name")
+    s = sub.add_parser("denoise", help="denoise frames from a .npy, HDF5 (Data Exchange too) or TIFF file")
+    s.add_argument("input", help="frames (H, W) or (N, H, W): .npy, .h5/.hdf5/.nxs or a (multi-page) .tif")
+    s.add_argument("output", help=".npy, .h5 (dataset 'denoised', with the provenance) or .tif")
+    s.add_argument("--key", help="HDF5 dataset (default: exchange/data or another usual name for projections, "
+                                 "else the file's only dataset)")
     s.add_argument("--model", default=None, help="shipped model name or model card path")
     s.add_argument("--backend", default="auto", choices=backend_names())
     s.add_argument("--precision", default="auto", choices=PRECISIONS)
