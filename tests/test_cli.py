@@ -238,3 +238,43 @@ def test_quality_remeasures_mean_and_worst_frame_losses_into_a_copied_card(tmp_p
         if not key.endswith("/fp32"):
             assert q["ssim_drop_worst"] >= q["ssim_drop"] - 1e-9  # the worst frame is at least the mean
     assert main(["quality", str(model), "--data", str(tmp_path / "missing.h5")]) == 1
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".h5", ".tif"])
+def test_a_file_denoised_chunk_by_chunk_equals_the_whole_stack_at_once(tmp_path, suffix):
+    """A scan larger than memory is read and written a chunk at a time; each chunk takes the neighbours its
+    edge frames need, so the frames are those of the whole stack denoised at once."""
+    import h5py
+    import numpy as np
+    import tifffile
+
+    from bluesky_tomogan import load_denoiser
+    from bluesky_tomogan.frame_files import denoise_file, open_frames
+
+    den = load_denoiser("tomogan-projection", backend="onnxruntime")
+    rng = np.random.default_rng(2)
+    frames = rng.poisson(np.linspace(200, 900, 11)[:, None, None] * np.ones((11, 24, 32))).astype(np.uint16)
+    src = tmp_path / f"in{suffix}"
+    if suffix == ".npy":
+        np.save(src, frames)
+    elif suffix == ".h5":
+        with h5py.File(src, "w") as f:
+            f["exchange/data"] = frames
+    else:
+        tifffile.imwrite(src, frames, photometric="minisblack")
+    dest = tmp_path / f"out{suffix}"
+    done = []
+    with open_frames(src) as source:
+        denoise_file(den, source, dest, chunk=4, progress=done.append)
+    assert done == [4, 4, 3]
+    with open_frames(dest, "denoised") as written:
+        got = written.read(0, 11)
+    np.testing.assert_allclose(got, den.denoise(frames), rtol=0, atol=1e-3)
+
+    one = tmp_path / f"one{suffix}"  # a file of one (H, W) frame gives one frame back
+    with open_frames(src) as source:
+        single = type(source)((1, 24, 32), source.dtype, lambda a, b: frames[3:4], single=True)
+        denoise_file(den, single, one, keep_dtype=True)
+    with open_frames(one, "denoised") as written:
+        assert written.single and written.dtype == np.uint16
+        np.testing.assert_allclose(written.read(0, 1)[0], den.denoise(frames[3], out_dtype="source"), atol=1)

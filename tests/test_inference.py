@@ -60,6 +60,13 @@ def test_every_cpu_backend_denoises_a_stack_to_the_same_shape(frames, backend, p
     assert len(den.model_sha256) == 64
 
 
+def test_only_some_frames_of_a_stack_keep_their_neighbours_as_context(frames, ort_denoiser):
+    whole = ort_denoiser.denoise(frames)
+    np.testing.assert_array_equal(ort_denoiser.denoise(frames, only=slice(1, 4)), whole[1:4])
+    np.testing.assert_array_equal(ort_denoiser.denoise(frames, only=slice(4, 5)), whole[4:5])
+    assert ort_denoiser.denoise(frames, only=slice(2, 2)).shape == (0, *frames.shape[1:])
+
+
 def test_masked_detector_pixels_do_not_spoil_their_neighbours(frames, ort_denoiser):
     """Module gaps and flagged pixels at 2**32 - 1 (photon counters): the network sees their nearest
     unmasked values, the derived frame keeps the raw value there, and the rest is denoised as without them."""

@@ -155,84 +155,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-#: The file kinds ``denoise`` reads and writes, by suffix.
-_NPY, _HDF5, _TIFF = (".npy",), (".h5", ".hdf5", ".hdf", ".nxs"), (".tif", ".tiff")
-
-
-def _read_frames(path: Path, key: str | None):  # type: ignore[no-untyped-def]
-    """Frames from a .npy, an HDF5 file (``key``, else the Data Exchange ``exchange/data`` or another
-    usual name for projections, else the file's only dataset) or a (multi-page) TIFF."""
-    import h5py
-    import numpy as np
-
-    if not path.is_file():
-        raise TomoGANError(f"input file {path} does not exist")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in _NPY:
-            return np.load(path, allow_pickle=False)
-        if suffix in _TIFF:
-            import tifffile
-
-            return tifffile.imread(path)
-        if not h5py.is_hdf5(path):
-            raise TomoGANError(f"{path} is not a .npy, TIFF or HDF5 file (its suffix {suffix!r} and its contents "
-                               f"say neither): give frames as {', '.join(_NPY + _HDF5 + _TIFF)}")
-        with h5py.File(path, "r") as f:
-            return f[_frames_key(f, path, key)][()]
-    except (OSError, ValueError) as exc:  # a damaged file: say which, not a traceback
-        raise TomoGANError(f"cannot read frames from {path}: {exc}") from exc
-
-
-def _frames_key(f, path: Path, key: str | None) -> str:  # type: ignore[no-untyped-def]
-    import h5py
-
-    from .finetune.sources import PROJECTION_KEYS
-
-    found: list[str] = []
-    f.visit(lambda name: found.append(name) if isinstance(f[name], h5py.Dataset) else None)
-    if key is not None:
-        if key not in f or not isinstance(f[key], h5py.Dataset):
-            raise TomoGANError(f"{path} has no dataset {key!r} (its datasets: {', '.join(found[:12]) or 'none'})")
-        return key
-    usual = [k for k in PROJECTION_KEYS if k in f and isinstance(f[k], h5py.Dataset)]
-    if usual:
-        return usual[0]
-    if len(found) != 1:
-        raise TomoGANError(f"{path} holds {len(found)} datasets {found[:12]} and none of the usual names for "
-                           f"projections ({', '.join(PROJECTION_KEYS)}); choose one with --key")
-    return found[0]
-
-
 def _cmd_denoise(args: argparse.Namespace) -> int:
-    import h5py
-    import numpy as np
+    from tqdm.auto import tqdm
 
+    from .frame_files import check_output, denoise_file, open_frames
     from .inference import load_denoiser
 
-    dest = Path(args.output)
-    if dest.suffix.lower() not in _NPY + _HDF5 + _TIFF:  # before any work: a typo must not cost a long run
-        raise TomoGANError(f"output {dest} must end in one of {', '.join(_NPY + _HDF5 + _TIFF)}")
-    frames = _read_frames(Path(args.input), args.key)
-    den = load_denoiser(args.model, backend=args.backend, precision=args.precision, threads=args.threads,
-                        ratio=args.ratio)
-    out = den.denoise(frames, out_dtype="source" if args.keep_dtype else "float32")
-    try:
-        if dest.suffix.lower() in _NPY:
-            np.save(dest, out)
-        elif dest.suffix.lower() in _TIFF:
-            import tifffile
-
-            # the provenance as the TIFF's description, so the file says what made it
-            tifffile.imwrite(dest, out, photometric="minisblack", description=json.dumps(den.provenance()),
-                             metadata=None)
-        else:
-            with h5py.File(dest, "w") as f:
-                f.create_dataset("denoised", data=out, chunks=(1, *out.shape[-2:]) if out.ndim == 3 else None)
-                f["denoised"].attrs.update({k: json.dumps(v) for k, v in den.provenance().items()})
-    except OSError as exc:
-        raise TomoGANError(f"cannot write {dest}: {exc}") from exc
-    print(f"denoised {frames.shape} with {den!r} -> {dest}")
+    dest = check_output(args.output)  # before any work: a typo must not cost a long run
+    with open_frames(args.input, args.key) as source:
+        den = load_denoiser(args.model, backend=args.backend, precision=args.precision, threads=args.threads,
+                            ratio=args.ratio)
+        with tqdm(total=source.shape[0], unit="frame", disable=None, desc="denoise") as bar:
+            denoise_file(den, source, dest, keep_dtype=args.keep_dtype, progress=bar.update)
+    shape = source.shape[1:] if source.single else source.shape
+    print(f"denoised {shape} with {den!r} -> {dest}")
     return 0
 
 

@@ -166,7 +166,7 @@ class Denoiser:
 
     # -- public API -----------------------------------------------------------------------
 
-    def denoise(self, frames: np.ndarray, *, out_dtype: OutDType = "float32") -> np.ndarray:
+    def denoise(self, frames: np.ndarray, *, out_dtype: OutDType = "float32", only: slice | None = None) -> np.ndarray:
         """Denoise one frame ``(H, W)`` or a stack of consecutive frames ``(N, H, W)``.
 
         In a stack, each frame's context is its neighbours (adjacent angles or
@@ -179,11 +179,14 @@ class Denoiser:
             uint8/uint16/int/float frames, finite, at least 1x1.
         out_dtype : {"float32", "source"}
             float32 in the source scale, or cast back to the input dtype.
+        only : slice, optional
+            Of a stack, denoise only ``frames[only]``; the frames around them still serve as their
+            context (a long scan denoised a chunk at a time, each chunk read with its neighbours).
 
         Returns
         -------
         numpy.ndarray
-            Same shape as ``frames``.
+            Same shape as ``frames`` (as ``frames[only]`` with ``only``).
 
         Raises
         ------
@@ -195,22 +198,23 @@ class Denoiser:
         arr = check_frames(frames)
         stack = arr[None] if arr.ndim == 2 else arr
         group = np.zeros(len(stack), np.int32)
-        out = np.empty(stack.shape, np.float32)
+        wanted = range(len(stack))[only] if only is not None and arr.ndim == 3 else range(len(stack))
+        out = np.empty((len(wanted), *stack.shape[1:]), np.float32)
 
         def prepare(i: int) -> _Prepared:
             return self._prepare(stack[context_indices(group, i, self.depth)], stack[i])
 
-        if len(stack) == 1:
-            out[0] = self._infer(prepare(0))
-        else:
-            # Normalise and tile frame i+1 while frame i runs (runtimes release the GIL).
+        if len(wanted) == 1:
+            out[0] = self._infer(prepare(wanted[0]))
+        elif len(wanted):
+            # Normalise and tile the next frame while this one runs (runtimes release the GIL).
             with ThreadPoolExecutor(1, thread_name_prefix="tomogan-prep") as pool:
-                pending = pool.submit(prepare, 0)
-                for i in range(len(stack)):
+                pending = pool.submit(prepare, wanted[0])
+                for k in range(len(wanted)):
                     prep = pending.result()
-                    if i + 1 < len(stack):
-                        pending = pool.submit(prepare, i + 1)
-                    out[i] = self._infer(prep)
+                    if k + 1 < len(wanted):
+                        pending = pool.submit(prepare, wanted[k + 1])
+                    out[k] = self._infer(prep)
         result = out[0] if arr.ndim == 2 else out
         return self._cast(result, arr.dtype) if out_dtype == "source" else result
 

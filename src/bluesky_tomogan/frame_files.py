@@ -1,0 +1,226 @@
+"""Frames in and out of .npy, HDF5 and TIFF files, a chunk at a time (``bluesky-tomogan denoise``).
+
+A beamline scan is often larger than memory (1500 projections of 2048 x 2048 are
+12 GB as uint16, 24 GB denoised in float32), so a file is never read or written
+whole: :func:`denoise_file` reads a chunk of frames plus the neighbours that its
+first and last frames need as context, denoises it, and appends the result. The
+frames of a file are consecutive (adjacent angles or slices), so each frame gets
+the same context as if the whole stack had been denoised at once.
+
+Inputs: ``.npy`` (memory-mapped), HDF5 (``key``, else Data Exchange's
+``exchange/data`` or another usual name for projections, else the file's only
+dataset) and TIFF (one frame per page, or one page holding the stack). Outputs:
+``.npy``, HDF5 (dataset ``denoised`` with the provenance as attributes) and TIFF
+(one page per frame, the provenance as the first page's description).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .errors import TomoGANError
+
+__all__ = ["NPY", "HDF5", "TIFF", "FrameSource", "open_frames", "denoise_file"]
+
+NPY, HDF5, TIFF = (".npy",), (".h5", ".hdf5", ".hdf", ".nxs"), (".tif", ".tiff")
+#: Where the projections are in an HDF5 file when no key is given: Data Exchange first, as APS writes it.
+PROJECTION_KEYS = ("exchange/data", "projections", "data", "proj")
+#: Frames denoised per chunk (plus the neighbours its edge frames need, read but not denoised):
+#: 16 float32 frames of 2048 x 2048 are 256 MB.
+CHUNK = 16
+
+
+class _Denoiser(Protocol):
+    depth: int
+
+    def denoise(self, frames: np.ndarray, *, out_dtype: Any = ..., only: slice | None = ...) -> np.ndarray: ...
+
+    def provenance(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class FrameSource:
+    """Frames of one file: ``shape`` ``(N, H, W)`` (``single``: the file holds one ``(H, W)`` frame),
+    ``dtype``, and ``read(start, stop)``."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    read: Callable[[int, int], np.ndarray]
+    single: bool = False
+
+
+def _source(array: Any) -> FrameSource:
+    """A source over an array-like that slices lazily (a memory map, an HDF5 dataset)."""
+    if array.ndim not in (2, 3) or 0 in array.shape:
+        raise TomoGANError(f"frames must be (H, W) or (N, H, W) and not empty, got shape {tuple(array.shape)}")
+    if array.ndim == 2:
+        return FrameSource((1, *array.shape), np.dtype(array.dtype), lambda a, b: np.asarray(array)[None], True)
+    return FrameSource(tuple(array.shape), np.dtype(array.dtype), lambda a, b: np.asarray(array[a:b]))
+
+
+@contextlib.contextmanager
+def open_frames(path: str | os.PathLike[str], key: str | None = None) -> Iterator[FrameSource]:
+    """The frames of a .npy, HDF5 or TIFF file, read a chunk at a time.
+
+    Raises
+    ------
+    TomoGANError
+        A missing file, another kind of file, a damaged one, no such dataset, or frames
+        that are not ``(H, W)`` or ``(N, H, W)``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise TomoGANError(f"input file {p} does not exist")
+    with contextlib.ExitStack() as stack:
+        try:
+            source = _open(p, key, stack)
+        except (OSError, ValueError) as exc:  # a damaged file: say which, not a traceback
+            raise TomoGANError(f"cannot read frames from {p}: {exc}") from exc
+        yield source
+
+
+def _open(p: Path, key: str | None, stack: contextlib.ExitStack) -> FrameSource:
+    import h5py
+
+    suffix = p.suffix.lower()
+    if suffix in NPY:
+        return _source(np.load(p, mmap_mode="r", allow_pickle=False))
+    if suffix in TIFF:
+        import tifffile
+
+        tif = stack.enter_context(tifffile.TiffFile(p))
+        if len(tif.pages) == 1:
+            return _source(tif.asarray())
+        first = tif.pages[0]  # one frame per page: a chunk reads only its pages
+        shape = tuple(first.shape)
+        return FrameSource((len(tif.pages), *shape), np.dtype(first.dtype),
+                           lambda a, b: np.asarray(tif.asarray(key=range(a, b))).reshape(b - a, *shape))
+    if h5py.is_hdf5(p):
+        f = stack.enter_context(h5py.File(p, "r"))
+        return _source(f[_frames_key(f, p, key)])
+    raise TomoGANError(f"{p} is not a .npy, TIFF or HDF5 file (its suffix {suffix!r} and its contents say "
+                       f"neither): give frames as {', '.join(NPY + HDF5 + TIFF)}")
+
+
+def _frames_key(f: Any, path: Path, key: str | None) -> str:
+    import h5py
+
+    found: list[str] = []
+    f.visit(lambda name: found.append(name) if isinstance(f[name], h5py.Dataset) else None)
+    if key is not None:
+        if key not in f or not isinstance(f[key], h5py.Dataset):
+            raise TomoGANError(f"{path} has no dataset {key!r} (its datasets: {', '.join(found[:12]) or 'none'})")
+        return key
+    usual = [k for k in PROJECTION_KEYS if k in f and isinstance(f[k], h5py.Dataset)]
+    if usual:
+        return usual[0]
+    if len(found) != 1:
+        raise TomoGANError(f"{path} holds {len(found)} datasets {found[:12]} and none of the usual names for "
+                           f"projections ({', '.join(PROJECTION_KEYS)}); choose one with --key")
+    return str(found[0])
+
+
+def check_output(path: str | os.PathLike[str]) -> Path:
+    """``path`` if this module can write it (by its suffix), before any work is done."""
+    p = Path(path)
+    if p.suffix.lower() not in NPY + HDF5 + TIFF:
+        raise TomoGANError(f"output {p} must end in one of {', '.join(NPY + HDF5 + TIFF)}")
+    return p
+
+
+@contextlib.contextmanager
+def _sink(path: Path, shape: tuple[int, ...], dtype: np.dtype,
+          provenance: dict[str, Any]) -> Iterator[Callable[[int, np.ndarray], None]]:
+    """``write(start, frames)`` into a new file of ``shape`` (``(N, H, W)``, or ``(H, W)`` for one frame)."""
+    import h5py
+
+    suffix = path.suffix.lower()
+    with contextlib.ExitStack() as stack:
+        try:
+            if suffix in NPY:
+                target: Any = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+                stack.callback(target.flush)
+            elif suffix in TIFF:
+                import tifffile
+
+                tif = stack.enter_context(
+                    tifffile.TiffWriter(path, bigtiff=int(np.prod(shape)) * dtype.itemsize > 2**31))
+                pages = [0]
+
+                def target_write(start: int, frames: np.ndarray) -> None:
+                    for frame in frames:  # one page per frame, so that any TIFF reader shows a stack
+                        tif.write(frame, photometric="minisblack", metadata=None,
+                                  description=json.dumps(provenance) if pages[0] == 0 else None)
+                        pages[0] += 1
+            else:
+                f = stack.enter_context(h5py.File(path, "w"))
+                target = f.create_dataset("denoised", shape=shape, dtype=dtype,
+                                          chunks=(1, *shape[-2:]) if len(shape) == 3 else None)
+                target.attrs.update({k: json.dumps(v) for k, v in provenance.items()})
+        except OSError as exc:
+            raise TomoGANError(f"cannot write {path}: {exc}") from exc
+
+        def write(start: int, frames: np.ndarray) -> None:
+            try:
+                if suffix in TIFF:
+                    target_write(start, frames)
+                elif len(shape) == 3:
+                    target[start:start + len(frames)] = frames
+                else:
+                    target[...] = frames[0]
+            except OSError as exc:  # a full disk
+                raise TomoGANError(f"cannot write {path}: {exc}") from exc
+
+        yield write
+
+
+def denoise_file(denoiser: _Denoiser, source: FrameSource, dest: str | os.PathLike[str], *,
+                 keep_dtype: bool = False, chunk: int = CHUNK,
+                 progress: Callable[[int], Any] | None = None) -> Path:
+    """Denoise every frame of ``source`` into ``dest`` (.npy, HDF5 or TIFF), ``chunk`` frames at a time.
+
+    Each chunk is read with the neighbours its edge frames need (``denoiser.depth // 2`` on
+    each side), so every frame has the context it would have in the whole stack.
+
+    Parameters
+    ----------
+    denoiser : Denoiser
+        What :func:`~bluesky_tomogan.load_denoiser` returns.
+    source : FrameSource
+        From :func:`open_frames`.
+    dest : path-like
+        Output file; its suffix says the kind.
+    keep_dtype : bool
+        Cast the result back to the input's dtype (default float32).
+    chunk : int
+        Frames per chunk.
+    progress : callable, optional
+        Called with the number of frames finished after each chunk.
+
+    Returns
+    -------
+    Path
+        ``dest``.
+    """
+    path = check_output(dest)
+    n, h, w = source.shape
+    halo = denoiser.depth // 2
+    dtype = source.dtype if keep_dtype else np.dtype(np.float32)
+    with _sink(path, (h, w) if source.single else (n, h, w), dtype, denoiser.provenance()) as write:
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            lo, hi = max(start - halo, 0), min(stop + halo, n)
+            out = denoiser.denoise(source.read(lo, hi), out_dtype="source" if keep_dtype else "float32",
+                                   only=slice(start - lo, stop - lo))
+            write(start, out)
+            if progress is not None:
+                progress(stop - start)
+    return path
