@@ -712,3 +712,16 @@ def test_a_run_that_began_before_the_callback_was_subscribed_passes_through_with
     assert all(a is b for (_, a), b in zip(out[1:-1], events, strict=True))
     said = [r for r in caplog.records if "has not seen" in r.getMessage()]
     assert 1 <= len(said) <= 3 and not any(r.exc_info for r in caplog.records)
+
+
+def test_one_stream_or_field_name_is_a_name_not_its_letters(RE, denoiser):
+    """``streams="primary"`` (a common slip for ``["primary"]``) denoises the primary stream; it matched
+    nothing before (the letters 'p', 'r', ...). Timeouts below 0 and names that are not strings are refused."""
+    cb = TomoGANCallback(denoiser, streams="primary", fields="cam", inline=True)
+    assert cb.options.streams == ["primary"] and cb.options.fields == ["cam"]
+    docs = run(RE, cb, [camera()], num=3)
+    assert docs[-1][1]["num_events"]["denoised"] == 3
+    with pytest.raises(ValueError, match="flush_timeout must be a number of seconds >= 0, got -1"):
+        TomoGANCallback(denoiser, flush_timeout=-1)
+    with pytest.raises(TypeError, match="streams must be a name or a list of names"):
+        TomoGANCallback(denoiser, streams=[1])  # type: ignore[list-item]

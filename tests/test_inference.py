@@ -245,6 +245,8 @@ def test_unknown_names_are_specific_errors():
         load_denoiser("no-such-model")
     with pytest.raises(PrecisionError, match="fp32 only"):
         load_denoiser(backend="onnxruntime", precision="int8")
+    with pytest.raises(ValueError, match="threads must be a number of threads >= 1"):
+        load_denoiser(backend="onnxruntime", threads=0)  # ONNX Runtime would read 0 as "all cores"
 
 
 def test_a_missing_card_path_names_the_part_that_is_missing(tmp_path):

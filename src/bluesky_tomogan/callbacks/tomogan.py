@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +61,12 @@ class TomoGANCallback(RunRouterFacade):
         :class:`~bluesky_tomogan.inference.ratios.RatioDenoisers` (every pruning ratio of an
         All-in-One model, :func:`~bluesky_tomogan.inference.ratios.load_ratios`) runs its
         current ratio, or with ``policy="adaptive"`` the ratio the queue calls for.
-    fields : list of str, optional
-        Image fields to denoise (default: every 2-D field, or the mapping's keys).
-    streams : list of str, optional
-        Streams whose frames are denoised (default: every stream). A tomography
-        scan usually wants ``["primary"]``, leaving its ``dark`` and ``flat`` alone.
+    fields : str or list of str, optional
+        Image fields to denoise (default: every 2-D field, or the mapping's keys); one
+        name is one field.
+    streams : str or list of str, optional
+        Streams whose frames are denoised (default: every stream); one name is one stream.
+        A tomography scan usually wants ``["primary"]``, leaving its ``dark`` and ``flat`` alone.
     policy : {"block", "drop-oldest", "latest-only", "adaptive"}
         What to do when ``maxsize`` frames are waiting (see :mod:`.queue`).
         Every dropped frame keeps its row in the derived stream, with the reason.
@@ -129,9 +130,9 @@ class TomoGANCallback(RunRouterFacade):
     def __init__(
         self,
         denoiser: Denoiser | RatioDenoisers | Mapping[str, Denoiser | RatioDenoisers],
-        fields: list[str] | None = None,
+        fields: str | list[str] | None = None,
         *,
-        streams: list[str] | None = None,
+        streams: str | list[str] | None = None,
         policy: Policy = "block",
         maxsize: int = 16,
         flush_timeout: float = 60.0,
@@ -149,6 +150,10 @@ class TomoGANCallback(RunRouterFacade):
             raise ValueError(f"unknown queue policy {policy!r}; choose from {', '.join(POLICIES)}")
         if maxsize < 1:
             raise ValueError(f"maxsize must be >= 1, got {maxsize}")
+        for name, seconds in (("flush_timeout", flush_timeout), ("block_timeout", block_timeout)):
+            if not seconds >= 0:  # NaN too
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {seconds}")
+        fields, streams = _names("fields", fields), _names("streams", streams)
         high = max(1, maxsize // 2) if high_water is None else high_water
         low = min(high - 1, max(0, maxsize // 8)) if low_water is None else low_water
         if not 0 <= low < high <= maxsize:
@@ -235,3 +240,15 @@ def tomogan_factory(
         return [cb], []
 
     return factory
+
+
+def _names(option: str, names: str | Sequence[str] | None) -> list[str] | None:
+    """``streams=``/``fields=`` as a list: one name is one name, not its letters."""
+    if names is None:
+        return None
+    if isinstance(names, str):
+        return [names]
+    out = list(names)
+    if not all(isinstance(n, str) for n in out):
+        raise TypeError(f"{option} must be a name or a list of names, got {names!r}")
+    return out

@@ -17,6 +17,7 @@ passes over is logged with the reason.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from importlib import resources
 from pathlib import Path
@@ -194,7 +195,11 @@ def load_denoiser(
     BackendUnavailableError
         The named backend's runtime or device is absent; with ``auto``: no
         backend can run the model here (the message lists why, per backend).
+    ValueError
+        ``threads`` below 1.
     """
+    if threads is not None and not (isinstance(threads, numbers.Integral) and threads >= 1):
+        raise ValueError(f"threads must be a number of threads >= 1 (or None: the runtime's choice), got {threads!r}")
     if backend not in BACKENDS:
         raise UnknownBackendError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
