@@ -184,6 +184,17 @@ def test_demo_runs_a_live_scan_stored_in_tiled_and_says_where(tmp_path):
         close_local_tiled(client)
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--size", "7"], "size must be 16-2048 pixels, got 7"),
+    (["--angles", "1"], "angles must be at least 3"),
+    (["--photons", "0"], "photons must be above 0 per pixel"),  # a lost beam: the scan stayed suspended
+    (["--exposure", "0"], "exposure must be above 0 s"),       # a ZeroDivisionError
+])
+def test_demo_settings_it_cannot_run_are_one_error_line_before_anything_is_made(tmp_path, capsys, args, message):
+    assert main(["demo", "--out", str(tmp_path / "demo"), *args]) == 1
+    assert message in capsys.readouterr().err and not (tmp_path / "demo").exists()
+
+
 def test_demo_with_the_adaptive_policy_counts_the_frames_of_each_network(tmp_path):
     out = tmp_path / "demo"
     done = subprocess.run([sys.executable, "-m", "bluesky_tomogan.cli", "demo", "--out", str(out), "--size", "64",

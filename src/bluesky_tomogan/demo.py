@@ -24,6 +24,7 @@ What a beamline session does, end to end, on simulated hardware:
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -32,12 +33,33 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .errors import OutputPathError
+from .errors import InputValueError, OutputPathError
 from .metrics import psnr, ssim
 
 __all__ = ["run_demo"]
 
 log = logging.getLogger(__name__)
+
+
+#: The demo's frame sizes: the smallest that reconstructs three slices with neighbours, the largest whose
+#: 180 frames the demo's store and this package's tests have held (2048 x 2048 is 1.5 GB raw).
+DEMO_SIZES = (16, 2048)
+
+
+def _check_settings(size: int, n_angles: int, photons: float, exposure: float) -> None:
+    """Refuse settings the demo cannot run, before its store or server is made."""
+    problems = []
+    if not DEMO_SIZES[0] <= size <= DEMO_SIZES[1]:
+        problems.append(f"size must be {DEMO_SIZES[0]}-{DEMO_SIZES[1]} pixels, got {size}")
+    if n_angles < 3:
+        problems.append(f"angles must be at least 3 (a slice needs them), got {n_angles}")
+    if not (math.isfinite(photons) and photons > 0):
+        problems.append(f"photons must be above 0 per pixel, got {photons} (0 is a lost beam: the scan "
+                        "would stay suspended)")
+    if not (math.isfinite(exposure) and exposure > 0):
+        problems.append(f"exposure must be above 0 s, got {exposure}")
+    if problems:
+        raise InputValueError("demo: " + "; ".join(problems))
 
 
 def run_demo(
@@ -98,6 +120,7 @@ def run_demo(
 
     if policy not in _POLICIES:
         raise ValueError(f"policy must be one of {_POLICIES}, got {policy!r}")
+    _check_settings(size, n_angles, photons, exposure)
     root = Path(out).expanduser().resolve()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -179,8 +202,9 @@ def run_demo(
     report("    from bluesky_tomogan.storage import local_tiled")
     report(f"    client = local_tiled({str(root)!r})")
     report(f"    run = client[{uid!r}]")
-    report("    run['primary']['det_image'][10]             # raw projection 10 (uint16)")
-    report("    run['denoised']['det_image_denoised'][10]   # the same projection, denoised")
+    k = min(10, n_angles - 1)  # a projection the run has
+    report(f"    run['primary']['det_image'][{k}]{' ' * (15 - len(str(k)))}# raw projection {k} (uint16)")
+    report(f"    run['denoised']['det_image_denoised'][{k}]{' ' * (5 - len(str(k)))}# the same projection, denoised")
     report("    run['denoised']['det_image_qc_flags'].read()  # per-frame QC flags (and _qc_snr, _qc_shift_px, ...)")
     report("    run['reconstruction']['slice'][-2]          # the middle slice, reconstructed and denoised live")
     return metrics
