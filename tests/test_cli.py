@@ -68,6 +68,18 @@ def test_export_activation_copies_must_be_layer_equals_count(capsys):
     assert "expected LAYER=K with K >= 1 (e.g. stem.0=4), got 'stem.0:4'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["simulate", "x.h5", "--n-train", "0"], "argument --n-train: expected a whole number >= 1, got 0"),
+    (["bench", "--sizes", "0"], "argument --sizes: expected a whole number >= 8, got 0"),
+    (["bench", "--repeats", "ten"], "argument --repeats: expected a whole number, got 'ten'"),
+    (["denoise", "a.npy", "b.npy", "--threads", "0"], "argument --threads: expected a whole number >= 1, got 0"),
+])
+def test_counts_out_of_range_are_usage_errors_not_tracebacks(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_denoise_with_an_unknown_backend_is_one_clear_error_line(tmp_path, capsys):
     import numpy as np
 

@@ -129,11 +129,13 @@ def table(results: list[dict[str, Any]], reference: dict[int, float] | None = No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .cli import count
+
     ap = argparse.ArgumentParser(prog="bluesky-tomogan bench", description=__doc__)
     ap.add_argument("--model", default="tomogan-projection")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--sizes", type=count(8), nargs="+", default=[512, 1024, 2048])
+    ap.add_argument("--repeats", type=count(1), default=10)
+    ap.add_argument("--threads", type=count(1), default=None)
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     results = run(args.model, args.sizes, args.repeats, args.threads)

@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import TomoGANError
@@ -15,6 +15,23 @@ from .inference.registry import PRECISIONS, backend_names
 __all__ = ["main", "build_parser"]
 
 log = logging.getLogger("bluesky_tomogan.cli")
+
+
+def count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum`` (a clear usage error otherwise, not a traceback
+    from deep inside the command)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"count >= {minimum}"
+    return parse
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -277,11 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fallback", metavar="MODEL",
                    help="with --policy adaptive: a lighter model to step down to after the lightest ratio "
                         "(e.g. tomogan-projection-s2d-aio)")
-    s.add_argument("--warm-up", type=int, nargs=2, metavar=("H", "W"),
+    s.add_argument("--warm-up", type=count(8), nargs=2, metavar=("H", "W"),
                    help="with --policy adaptive: run and time every network at the detector's frame shape at "
                         "start-up, so that the first scan does not wait for it")
     s.add_argument("--reconstruct", action="store_true", help="reconstruct and denoise three slices live")
-    s.add_argument("--every", type=int, default=0, help="progressive reconstruction every N projections")
+    s.add_argument("--every", type=count(0), default=0, help="progressive reconstruction every N projections")
     s.add_argument("--directory", help="where derived frames are written (default: next to the raw frames)")
     s.add_argument("--state-dir", default="~/.local/state/bluesky-tomogan", help="journal of runs in flight")
     s.add_argument("--share", default="0/1", metavar="K/N", help="serve share K of N runs (several workers)")
@@ -312,15 +329,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("simulate", help="write a simulated TomoGAN-style HDF5 dataset")
     s.add_argument("out", help="output .h5 file")
     s.add_argument("--domain", choices=["slice", "projection"], default="slice")
-    s.add_argument("--size", type=int, default=128)
-    s.add_argument("--n-train", type=int, default=16, help="training phantoms")
-    s.add_argument("--n-test", type=int, default=4, help="held-out phantoms")
+    s.add_argument("--size", type=count(16), default=128)
+    s.add_argument("--n-train", type=count(1), default=16, help="training phantoms")
+    s.add_argument("--n-test", type=count(1), default=4, help="held-out phantoms")
     s.add_argument("--families", nargs="*", help="phantom families (default: all)")
     s.add_argument("--photons", type=float, nargs=2, default=[300.0, 3000.0], metavar=("LOW", "HIGH"),
                    help="dose range, photons/pixel (log-uniform per scan; default 300 3000)")
     s.add_argument("--max-attenuation", type=float, nargs=2, default=[1.5, 3.0], metavar=("LOW", "HIGH"),
                    help="range of the thickest ray's line integral (default 1.5 3.0)")
-    s.add_argument("--frames-per-scan", type=int, default=0,
+    s.add_argument("--frames-per-scan", type=count(0), default=0,
                    help="projection domain: consecutive angles kept per scan (0 = all)")
     s.add_argument("--psf", type=float, nargs=2, default=[0.0, 0.0], metavar=("LOW", "HIGH"),
                    help="detector blur range, pixels (default 0 0: none)")
@@ -337,9 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of scans that get the detector and storage effects above (default 1)")
     s.add_argument("--view-fractions", type=float, nargs="+", default=[0.5, 0.25, 0.125],
                    help="slice domain: sparse-view fractions drawn per scan (default 0.5 0.25 0.125)")
-    s.add_argument("--n-angles", type=int, default=192, help="angles of the full scan (default 192)")
+    s.add_argument("--n-angles", type=count(3), default=192, help="angles of the full scan (default 192)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--workers", type=count(1), default=1)
     s.set_defaults(func=_cmd_simulate)
 
     s = sub.add_parser("train", help="train a TomoGAN generator on an HDF5 dataset (needs the train extra)")
@@ -355,11 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "averaged away, the default), or area averaging with an upsampling tail")
     s.add_argument("--width", type=float, default=1.0, help="channel multiplier")
     s.add_argument("--no-residual", action="store_true")
-    s.add_argument("--patch", type=int, default=96)
-    s.add_argument("--batch", type=int, default=16)
-    s.add_argument("--steps-per-epoch", type=int, default=200)
-    s.add_argument("--epochs", type=int, default=100)
-    s.add_argument("--patience", type=int, default=4)
+    s.add_argument("--patch", type=count(8), default=96)
+    s.add_argument("--batch", type=count(1), default=16)
+    s.add_argument("--steps-per-epoch", type=count(1), default=200)
+    s.add_argument("--epochs", type=count(1), default=100)
+    s.add_argument("--patience", type=count(1), default=4)
     s.add_argument("--time-budget", type=float, default=0, help="minutes (0 = none)")
     s.add_argument("--lr", type=float, default=1e-3)
     s.add_argument("--pixel", choices=["l1", "mse", "l1+ssim"], default="l1",
@@ -373,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "0 with --ratios)")
     s.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     s.add_argument("--threads", type=int, default=0)
-    s.add_argument("--qat-steps", type=int, default=0, help="int8-aware fine-tuning steps")
+    s.add_argument("--qat-steps", type=count(0), default=0, help="int8-aware fine-tuning steps")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--init", metavar="WEIGHTS",
                    help="start from these weights (a .pt of the same architecture, another run's "
@@ -400,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tile", type=int, default=None,
                    help="fixed tile of the model (default: 256 for TFLite, the registry's 512 for TensorRT, "
                         "the shape load_denoiser builds engines for)")
-    s.add_argument("--calibration", type=int, default=200, help="int8 calibration samples")
+    s.add_argument("--calibration", type=count(1), default=200, help="int8 calibration samples")
     s.add_argument("--trt-precision", nargs="+", choices=["fp32", "fp16", "int8"], default=["fp16"])
     s.add_argument("--no-measure", action="store_true", help="skip the quality measurement")
     s.add_argument("--float-weights", action="store_true",
@@ -413,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--activation-copies", nargs="*", type=_layer_copies, metavar="LAYER=K",
                    help="offset copies of layers' outputs in the int8 TFLite model, e.g. stem.0=4 head.0=4 "
                         "(default: those two; none given: no copies); see docs/backends.md")
-    s.add_argument("--openvino-qat-steps", type=int, default=0, metavar="N",
+    s.add_argument("--openvino-qat-steps", type=count(0), default=0, metavar="N",
                    help="make the OpenVINO int8 IR by N batches of quantisation-aware fine-tuning, every "
                         "convolution but the output layer in int8 (default 0: post-training quantisation with "
                         "accuracy control), for networks whose full-resolution layers post-training "
@@ -442,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--key", help="HDF5 dataset of the projections (default: exchange/data, projections, data)")
     s.add_argument("--model", help="starting weights: a shipped model or a .pt (default tomogan-<domain>)")
     s.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget, export included (default 15)")
-    s.add_argument("--splits", type=int, default=4, help="Noise2Inverse angle subsets (default 4)")
+    s.add_argument("--splits", type=count(2), default=4, help="Noise2Inverse angle subsets (default 4)")
     s.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     s.add_argument("--format", nargs="+", choices=["onnx", "tflite", "openvino"],
                    default=["onnx", "tflite", "openvino"], help="export formats (default: all three)")
@@ -455,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "card (and each pruning ratio's card)")
     s.add_argument("model", help="model directory or card (*.json)")
     s.add_argument("--data", required=True, help="HDF5 dataset whose test split is measured (use hard frames)")
-    s.add_argument("--frames", type=int, default=48, help="test frames measured (evenly spaced)")
+    s.add_argument("--frames", type=count(1), default=48, help="test frames measured (evenly spaced)")
     s.set_defaults(func=_cmd_quality)
 
     s = sub.add_parser("denoise", help="denoise frames from a .npy, HDF5 (Data Exchange too) or TIFF file")
@@ -466,15 +483,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="shipped model name or model card path")
     s.add_argument("--backend", default="auto", choices=backend_names())
     s.add_argument("--precision", default="auto", choices=PRECISIONS)
-    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--threads", type=count(1), default=None)
     s.add_argument("--keep-dtype", action="store_true", help="cast the result back to the input dtype")
     s.add_argument("--ratio", type=float, default=None, metavar="PERCENT",
                    help="pruning ratio of an All-in-One model (default: the full network)")
     s.set_defaults(func=_cmd_denoise)
 
     s = sub.add_parser("bench", help="speed of every available backend and precision")
-    s.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
-    s.add_argument("--repeats", type=int, default=10)
+    s.add_argument("--sizes", type=count(8), nargs="+", default=[512, 1024, 2048])
+    s.add_argument("--repeats", type=count(1), default=10)
     s.add_argument("--model", default="tomogan-projection")
     s.add_argument("--json", help="also write results as JSON")
     s.set_defaults(func=_cmd_bench)
