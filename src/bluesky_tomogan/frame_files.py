@@ -28,10 +28,11 @@ import numpy as np
 
 from .errors import TomoGANError
 
-__all__ = ["NPY", "HDF5", "TIFF", "FrameSource", "open_frames", "denoise_file"]
+__all__ = ["NPY", "HDF5", "TIFF", "PROJECTION_KEYS", "FrameSource", "open_frames", "check_output", "denoise_file"]
 
 NPY, HDF5, TIFF = (".npy",), (".h5", ".hdf5", ".hdf", ".nxs"), (".tif", ".tiff")
-#: Where the projections are in an HDF5 file when no key is given: Data Exchange first, as APS writes it.
+#: Where the projections are in an HDF5 file when no key is given: Data Exchange first, as APS writes it
+#: (``bluesky-tomogan finetune`` looks in the same places).
 PROJECTION_KEYS = ("exchange/data", "projections", "data", "proj")
 #: Frames denoised per chunk (plus the neighbours its edge frames need, read but not denoised):
 #: 16 float32 frames of 2048 x 2048 are 256 MB.

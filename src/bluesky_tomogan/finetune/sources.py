@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ScanError
+from ..frame_files import PROJECTION_KEYS
 from ..masked import fill_masked, missing_pixels
 
 __all__ = ["Scan", "read_scan", "read_scan_hdf5", "read_scan_tiled"]
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 
 #: Where projections, flats, darks and angles are looked for, first match wins:
 #: the APS Data Exchange layout (``/exchange/...``, read by tomopy and dxchange), then plain names.
-PROJECTION_KEYS = ("exchange/data", "projections", "data", "proj")
 FLAT_KEYS = ("exchange/data_white", "flats", "flat", "data_white")
 DARK_KEYS = ("exchange/data_dark", "darks", "dark", "data_dark")
 ANGLE_KEYS = ("exchange/theta", "angles", "theta")
