@@ -725,3 +725,28 @@ def test_one_stream_or_field_name_is_a_name_not_its_letters(RE, denoiser):
         TomoGANCallback(denoiser, flush_timeout=-1)
     with pytest.raises(TypeError, match="streams must be a name or a list of names"):
         TomoGANCallback(denoiser, streams=[1])  # type: ignore[list-item]
+
+
+def test_a_slow_storage_write_never_gives_a_frame_a_mirrored_context(RE, denoiser, monkeypatch):
+    """A subscriber that takes longer than the context wait on one document (a storage write under load):
+    the RunEngine waits on the callback meanwhile, so the next frame is not overdue, and every frame is
+    denoised with its real neighbours, as in a run without the slow subscriber."""
+    import bluesky_tomogan.callbacks.run as run_module
+
+    monkeypatch.setattr(run_module, "CONTEXT_WAIT", 0.3)
+
+    def frames_of(slow: bool) -> np.ndarray:
+        cam = camera(seed=11)
+        cb = TomoGANCallback(denoiser, inline=True)
+        events = iter(range(100))
+
+        def storage(name, doc):
+            if slow and name == "event" and next(events) == 2:
+                time.sleep(1.0)  # > CONTEXT_WAIT, inside the document call
+
+        cb.subscribe(storage)
+        docs = run(RE, cb, [cam], num=6)
+        pages = [d["data"] for n, d in docs if n == "event_page" and "cam_denoised" in d["data"]]
+        return np.stack([np.asarray(f) for page in pages for f in page["cam_denoised"]])
+
+    np.testing.assert_array_equal(frames_of(slow=True), frames_of(slow=False))

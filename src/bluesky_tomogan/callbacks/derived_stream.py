@@ -129,6 +129,9 @@ class QueuedFrame:
     received: float
     token: int
     exposure: int = 0  # which of its event's frames (events of an [N, H, W] field hold N)
+    # the run's busy clock when it came (RunDenoiser.busy_clock): time the RunEngine spent waiting on
+    # this callback since then is not time in which its next frame could have come
+    busy_at_receipt: float = 0.0
     metrics: FrameMetrics = field(default_factory=FrameMetrics)
     done: bool = False  # denoised (its row is on its way)
     recorded: bool = False  # its result was handed to the row writer (denoised or not)

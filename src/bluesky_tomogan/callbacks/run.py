@@ -183,8 +183,25 @@ class RunDenoiser(PassThroughRun):
         self._last_event: tuple[Any, np.ndarray] | None = None
         self._qc = RunQC(options.feedback, options.known_nan)
         self._controllers: dict[str, RatioController] = {}  # field -> ratio policy (policy "adaptive")
+        # Seconds spent inside this run's document calls (the RunEngine, or the 0MQ dispatcher, waits on
+        # them: subscribers such as a storage writer run there), and since when the current call runs.
+        self._busy_s = 0.0
+        self._busy_since: float | None = None
 
     # -- the router -------------------------------------------------------------------------
+
+    def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
+        self._busy_since = time.time()
+        try:
+            return super().__call__(name, doc, validate)
+        finally:  # added before the current call is cleared: the worker may overcount an instant, never undercount
+            self._busy_s += time.time() - self._busy_since
+            self._busy_since = None
+
+    def busy_clock(self) -> float:
+        """Seconds this run's document calls have taken so far, the current one included (any thread)."""
+        since = self._busy_since
+        return self._busy_s + (time.time() - since if since is not None else 0.0)
 
     def _before(self) -> None:
         self._emit_finished()
@@ -436,7 +453,8 @@ class RunDenoiser(PassThroughRun):
 
     def _enqueue(self, stream: DerivedStream, frame: Any, seq_num: int, uid: str, exposure: int = 0) -> None:
         self._ensure_resource(stream)
-        item = QueuedFrame(stream, frame, seq_num, uid, time.time(), next(self._tokens), exposure)
+        item = QueuedFrame(stream, frame, seq_num, uid, time.time(), next(self._tokens), exposure,
+                           busy_at_receipt=self.busy_clock())
         stream.latest_token = item.token
         self._pending[item.token] = item
         if self._worker_error:  # nobody will take frames off the queue: their rows say why, now
@@ -567,8 +585,12 @@ class RunDenoiser(PassThroughRun):
         A stream's first frame is never overdue on time alone: it waits for its next frame, for a
         frame of another stream (the run has moved on) or for the stop. Its context would otherwise
         depend on how fast documents happen to arrive (a storage write on the callback thread, a
-        loaded machine), and with no neighbour at all it is the worst context there is."""
-        now = time.time()
+        loaded machine), and with no neighbour at all it is the worst context there is.
+
+        Time in which the RunEngine waited on this callback (its subscribers, a storage write, run
+        in the document call) does not count: no next frame can come meanwhile, so a slow storage
+        write never gives a frame a mirrored context."""
+        now, busy = time.time(), self.busy_clock()
         streams = list(self._by_name.values())  # a snapshot: the callback thread may add a stream
         for window in windows.values():
             if not window or window[-1].done or window[-1].stream.latest_token > window[-1].token:
@@ -577,7 +599,8 @@ class RunDenoiser(PassThroughRun):
                                             if s is not window[0].stream):
                 continue
             wait = max(CONTEXT_WAIT, 3 * (window[-1].stream.interval or 0.0))
-            if now - window[-1].received > wait:
+            newest = window[-1]
+            if (now - newest.received) - (busy - newest.busy_at_receipt) > wait:
                 self._denoise_last(window)
 
     def _denoise(self, item: QueuedFrame, context: list[QueuedFrame]) -> None:
