@@ -152,7 +152,7 @@ def find_center(transmission: np.ndarray, angles_deg: np.ndarray) -> float:
     columns), which makes the whole search 4x cheaper at 180 x 512 with the
     same answer: the fine search on the full sinogram decides.
     """
-    from algotom.prep.calculation import coarse_search_cor, downsample_cor, fine_search_cor
+    from algotom.prep.calculation import downsample_cor, fine_search_cor
 
     sino = _sorted_180(-np.log(transmission), angles_deg)
     nrow, ncol = sino.shape
@@ -166,13 +166,26 @@ def find_center(transmission: np.ndarray, angles_deg: np.ndarray) -> float:
         start = int(np.clip(round(estimate) - half, 0, max(ncol - 1 - 2 * half, 0)))
         windows.insert(0, (start, start + 2 * half))
     for start, stop in windows:
-        with warnings.catch_warnings(record=True) as said:
-            warnings.simplefilter("always")
-            raw = coarse_search_cor(coarse, start // dsp_col, -(-stop // dsp_col), denoise=False, ncore=1)
-        if not any("out of the searching range" in str(w.message) for w in said):
+        raw = _coarse_search(coarse, start // dsp_col, -(-stop // dsp_col))
+        if raw is not None:
             return float(fine_search_cor(sino, raw * dsp_col + 0.5 * (dsp_col - 1), max(2, dsp_col), 0.25,
                                          ncore=1))
     return float("nan")
+
+
+def _coarse_search(sino: np.ndarray, start: int, stop: int) -> int | None:
+    """algotom's ``coarse_search_cor`` (integer shifts, its default mask), made of its public parts; None when
+    the minimum lies at the window's edge, where algotom warns and returns the edge (a warning to match by
+    its text, caught by changing the process's warnings filters from a worker thread)."""
+    from algotom.prep.calculation import calculate_center_metric, make_inverse_double_wedge_mask
+
+    nrow, ncol = sino.shape
+    candidates = np.arange(int(np.clip(start, 0, ncol - 1)), int(np.clip(stop, 0, ncol - 1)) + 1)
+    flipped, complement = np.fliplr(sino), np.flipud(sino)
+    mask = make_inverse_double_wedge_mask(2 * nrow, ncol, 0.25 * ncol, None, None)  # ratio 0.5, as algotom's
+    metric = [calculate_center_metric(c, sino, flipped, complement, mask) for c in candidates]
+    best = int(np.argmin(metric))
+    return None if best in (0, len(candidates) - 1) else int(candidates[best])
 
 
 def _inside_field_of_view(transmission: np.ndarray) -> bool:
