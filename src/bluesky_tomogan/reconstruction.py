@@ -146,11 +146,10 @@ def find_center(transmission: np.ndarray, angles_deg: np.ndarray) -> float:
     if the minimum lies at that window's edge, the middle eighth of the detector
     (``find_center_vo``'s), and then the middle half: a minimum at a window's
     edge is no minimum (algotom warns and returns the edge). Each window is at
-    least 16 pixels wide. The
-    coarse search runs on a copy downsampled to about 48 angles and 256
-    columns (``find_center_vo`` downsamples only above 900 angles or 1000
-    columns), which makes the whole search 4x cheaper at 180 x 512 with the
-    same answer: the fine search on the full sinogram decides.
+    least 16 pixels wide. The coarse search runs on a copy downsampled to about
+    48 angles and 256 columns (``find_center_vo`` downsamples only above 900
+    angles or 1000 columns), which makes the whole search 4x cheaper at
+    180 x 512 with the same answer: the fine search on the full sinogram decides.
     """
     from algotom.prep.calculation import downsample_cor, fine_search_cor
 
