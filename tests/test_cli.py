@@ -155,10 +155,19 @@ def test_denoise_reads_data_exchange_and_tiff_and_writes_tiff(tmp_path, capsys):
     ("missing", "input file {src} does not exist"),
     ("text", "is not a .npy, TIFF or HDF5 file"),
     ("bad output", "must end in one of .npy"),
+    ("mixed tiff", "is not a stack of frames: its pages are not all 2-D of one shape"),
 ])
 def test_denoise_says_what_is_wrong_with_its_files(tmp_path, capsys, case, message):
     src, dest = tmp_path / "in.npy", tmp_path / "out.npy"
-    if case == "text":
+    if case == "mixed tiff":
+        import numpy as np
+        import tifffile
+
+        src = tmp_path / "mixed.tif"
+        with tifffile.TiffWriter(src) as tif:
+            tif.write(np.zeros((8, 8), np.uint16), photometric="minisblack")
+            tif.write(np.zeros((16, 8), np.uint16), photometric="minisblack")
+    elif case == "text":
         src = tmp_path / "notes.txt"
         src.write_text("not frames")
     elif case == "bad output":

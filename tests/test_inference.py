@@ -257,6 +257,16 @@ def test_a_missing_card_path_names_the_part_that_is_missing(tmp_path):
         load_denoiser("my-model.json")
 
 
+def test_a_model_directory_that_does_not_exist_is_said_not_to_exist(tmp_path):
+    from bluesky_tomogan.errors import ModelLoadError
+    from bluesky_tomogan.modelcard import card_in_directory
+
+    with pytest.raises(ModelLoadError, match="model directory .*nope does not exist"):
+        card_in_directory(tmp_path / "nope")  # what `bluesky-tomogan export nope` reads first
+    with pytest.raises(ModelLoadError, match="must hold exactly one model card"):
+        card_in_directory(tmp_path)
+
+
 def test_a_network_file_instead_of_its_card_says_what_to_give(tmp_path):
     network = tmp_path / "tomogan.onnx"
     network.write_bytes(b"\x08\x07")

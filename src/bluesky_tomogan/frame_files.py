@@ -102,6 +102,9 @@ def _open(p: Path, key: str | None, stack: contextlib.ExitStack) -> FrameSource:
             return _source(tif.asarray())
         first = tif.pages[0]  # one frame per page: a chunk reads only its pages
         shape = tuple(first.shape)
+        if len(shape) != 2 or any(tuple(page.shape) != shape for page in tif.pages):
+            raise TomoGANError(f"{p} is not a stack of frames: its pages are not all 2-D of one shape "
+                               f"(the first is {shape})")
         return FrameSource((len(tif.pages), *shape), np.dtype(first.dtype),
                            lambda a, b: np.asarray(tif.asarray(key=range(a, b))).reshape(b - a, *shape))
     if h5py.is_hdf5(p):

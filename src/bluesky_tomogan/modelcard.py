@@ -53,7 +53,10 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def card_in_directory(directory: Path, error: type[Exception] = ModelLoadError) -> Path:
-    """The one model card (``*.json``) of a model directory; ``error`` (with the count) if it holds none or several."""
+    """The one model card (``*.json``) of a model directory; ``error`` (with the count) if it holds none or several,
+    or if there is no such directory."""
+    if not directory.is_dir():
+        raise error(f"model directory {directory} does not exist")
     cards = sorted(directory.glob("*.json"))
     if len(cards) != 1:
         raise error(f"{directory} must hold exactly one model card (*.json), found {len(cards)}")
