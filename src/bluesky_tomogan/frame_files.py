@@ -28,7 +28,8 @@ import numpy as np
 
 from .errors import TomoGANError
 
-__all__ = ["NPY", "HDF5", "TIFF", "PROJECTION_KEYS", "FrameSource", "open_frames", "check_output", "denoise_file"]
+__all__ = ["NPY", "HDF5", "TIFF", "PROJECTION_KEYS", "FrameSource", "open_frames", "check_output", "denoise_file",
+           "first_dataset", "hdf5_datasets"]
 
 NPY, HDF5, TIFF = (".npy",), (".h5", ".hdf5", ".hdf", ".nxs"), (".tif", ".tiff")
 #: Where the projections are in an HDF5 file when no key is given: Data Exchange first, as APS writes it
@@ -117,19 +118,35 @@ def _open(p: Path, key: str | None, stack: contextlib.ExitStack) -> FrameSource:
 def _frames_key(f: Any, path: Path, key: str | None) -> str:
     import h5py
 
-    found: list[str] = []
-    f.visit(lambda name: found.append(name) if isinstance(f[name], h5py.Dataset) else None)
     if key is not None:
         if key not in f or not isinstance(f[key], h5py.Dataset):
-            raise TomoGANError(f"{path} has no dataset {key!r} (its datasets: {', '.join(found[:12]) or 'none'})")
+            raise TomoGANError(f"{path} has no dataset {key!r} "
+                               f"(its datasets: {', '.join(hdf5_datasets(f)[:12]) or 'none'})")
         return key
-    usual = [k for k in PROJECTION_KEYS if k in f and isinstance(f[k], h5py.Dataset)]
-    if usual:
-        return usual[0]
+    usual = first_dataset(f, PROJECTION_KEYS)
+    if usual is not None:
+        return usual
+    found = hdf5_datasets(f)
     if len(found) != 1:
         raise TomoGANError(f"{path} holds {len(found)} datasets {found[:12]} and none of the usual names for "
                            f"projections ({', '.join(PROJECTION_KEYS)}); choose one with --key")
-    return str(found[0])
+    return found[0]
+
+
+def first_dataset(f: Any, keys: tuple[str, ...]) -> str | None:
+    """The first of ``keys`` that is a dataset of the open HDF5 file ``f``, or None."""
+    import h5py
+
+    return next((k for k in keys if k in f and isinstance(f[k], h5py.Dataset)), None)
+
+
+def hdf5_datasets(f: Any) -> list[str]:
+    """Every dataset of the open HDF5 file ``f``, by path (walks the file: for error messages)."""
+    import h5py
+
+    found: list[str] = []
+    f.visit(lambda name: found.append(name) if isinstance(f[name], h5py.Dataset) else None)
+    return found
 
 
 def check_output(path: str | os.PathLike[str]) -> Path:
@@ -146,40 +163,39 @@ def _sink(path: Path, shape: tuple[int, ...], dtype: np.dtype,
     """``write(start, frames)`` into a new file of ``shape`` (``(N, H, W)``, or ``(H, W)`` for one frame)."""
     import h5py
 
-    suffix = path.suffix.lower()
     with contextlib.ExitStack() as stack:
         try:
-            if suffix in NPY:
-                target: Any = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-                stack.callback(target.flush)
-            elif suffix in TIFF:
+            if path.suffix.lower() in TIFF:
                 import tifffile
 
                 tif = stack.enter_context(
                     tifffile.TiffWriter(path, bigtiff=int(np.prod(shape)) * dtype.itemsize > 2**31))
-                pages = [0]
 
-                def target_write(start: int, frames: np.ndarray) -> None:
-                    for frame in frames:  # one page per frame, so that any TIFF reader shows a stack
+                def put(start: int, frames: np.ndarray) -> None:
+                    for i, frame in enumerate(frames):  # one page per frame, so that any TIFF reader shows a stack
                         tif.write(frame, photometric="minisblack", metadata=None,
-                                  description=json.dumps(provenance) if pages[0] == 0 else None)
-                        pages[0] += 1
+                                  description=json.dumps(provenance) if start + i == 0 else None)
             else:
-                f = stack.enter_context(h5py.File(path, "w"))
-                target = f.create_dataset("denoised", shape=shape, dtype=dtype,
-                                          chunks=(1, *shape[-2:]) if len(shape) == 3 else None)
-                target.attrs.update({k: json.dumps(v) for k, v in provenance.items()})
+                if path.suffix.lower() in NPY:
+                    target: Any = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+                    stack.callback(target.flush)
+                else:
+                    f = stack.enter_context(h5py.File(path, "w"))
+                    target = f.create_dataset("denoised", shape=shape, dtype=dtype,
+                                              chunks=(1, *shape[-2:]) if len(shape) == 3 else None)
+                    target.attrs.update({k: json.dumps(v) for k, v in provenance.items()})
+
+                def put(start: int, frames: np.ndarray) -> None:
+                    if len(shape) == 3:
+                        target[start:start + len(frames)] = frames
+                    else:
+                        target[...] = frames[0]
         except OSError as exc:
             raise TomoGANError(f"cannot write {path}: {exc}") from exc
 
         def write(start: int, frames: np.ndarray) -> None:
             try:
-                if suffix in TIFF:
-                    target_write(start, frames)
-                elif len(shape) == 3:
-                    target[start:start + len(frames)] = frames
-                else:
-                    target[...] = frames[0]
+                put(start, frames)
             except OSError as exc:  # a full disk
                 raise TomoGANError(f"cannot write {path}: {exc}") from exc
 

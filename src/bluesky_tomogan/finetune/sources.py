@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ScanError
-from ..frame_files import PROJECTION_KEYS
+from ..frame_files import PROJECTION_KEYS, first_dataset, hdf5_datasets
 from ..masked import fill_masked, missing_pixels
 
 __all__ = ["Scan", "read_scan", "read_scan_hdf5", "read_scan_tiled"]
@@ -150,23 +150,20 @@ def read_scan_hdf5(path: str | Path, key: str | None = None) -> Scan:
     ScanError
         Missing or unreadable file, no projections, inconsistent shapes or angles.
     """
-    import h5py
-
     from ..hdf5_frames import open_for_reading
 
     p = Path(path).expanduser()
     with open_for_reading(p, ScanError, "scan") as f:
         def first(keys: tuple[str, ...]) -> Any:
-            return next((f[k][()] for k in keys if k in f and isinstance(f[k], h5py.Dataset)), None)
+            found = first_dataset(f, keys)
+            return None if found is None else f[found][()]
 
         if key is not None and key not in f:
             raise ScanError(f"{p} has no dataset {key!r}")
         proj = f[key][()] if key is not None else first(PROJECTION_KEYS)
         if proj is None:
-            found: list[str] = []
-            f.visit(lambda name: found.append(name) if isinstance(f[name], h5py.Dataset) else None)
             raise ScanError(f"{p} holds no projections: none of {', '.join(PROJECTION_KEYS)} "
-                            f"(datasets found: {', '.join(found[:12]) or 'none'}); name one with --key")
+                            f"(datasets found: {', '.join(hdf5_datasets(f)[:12]) or 'none'}); name one with --key")
         return _assemble(proj, first(ANGLE_KEYS), first(FLAT_KEYS), first(DARK_KEYS), str(p))
 
 
