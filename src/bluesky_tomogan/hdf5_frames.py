@@ -193,8 +193,10 @@ class StreamFrameReader:
         3-D one (how ophyd-async writes ``exposures_per_event`` frames: one after the other). Of a
         3-D dataset cut short, the frames it holds (the caller flags the missing ones)."""
         first = index * exposures
-        dset = self._dataset()
-        dset = self._dataset(index + 1 if dset.ndim == 4 else first + exposures)  # all of the event's frames
+        dset = self._dataset()  # refreshed once for the event's frames
+        want = index + 1 if dset.ndim == 4 else first + exposures
+        if dset.shape[0] < want:  # not all shown yet: wait for them (see ANNOUNCED_FRAMES_WAIT_S)
+            dset = self._dataset(want)
         if dset.ndim == 4:
             return self._frames(dset, index, index + 1)[0]
         stop = max(min(first + exposures, dset.shape[0]), first + 1)

@@ -518,9 +518,9 @@ class _RunReconstruction(PassThroughRun):
         if self._shape is None:
             return None
         notes: list[str] = []
-        rows, wanted = self._rows(), self._wanted()
-        if self._rows_missing() and final:
-            notes.append(self._rows_missing())
+        rows, wanted, missing = self._rows(), self._wanted(), self._rows_missing()
+        if missing and final:
+            notes.append(missing)
         if not rows:
             return "; ".join(notes) if final else None
         source = "denoised" if self.o.source == "denoised" and "denoised" in self._frames else "primary"
