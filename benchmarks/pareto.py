@@ -20,7 +20,8 @@ Usage::
 
     python benchmarks/pareto.py [--models tomogan-projection tomogan-slice tomogan-projection-aio
                                  tomogan-slice-aio tomogan-projection-s2d-aio] [--repeats 5]
-                                [--rounds 3] [--json out.json] [--plot docs/pareto.png]
+                                [--rounds 3] [--configs openvino:int8 ...] [--json out.json]
+                                [--plot docs/pareto.png]
 """
 
 from __future__ import annotations
@@ -91,9 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=1,
                     help="time the Keras reference and every configuration this many times in turn")
+    ap.add_argument("--configs", nargs="+", metavar="BACKEND:PRECISION",
+                    help="time only these configurations (all are still scored), e.g. openvino:int8")
     ap.add_argument("--json")
     ap.add_argument("--plot")
     args = ap.parse_args(argv)
+    configs = CONFIGS if not args.configs else [tuple(c.split(":", 1)) for c in args.configs]
+    unknown = [":".join(c) for c in configs if c not in CONFIGS]
+    if unknown:
+        ap.error(f"unknown configuration {', '.join(unknown)}; known: {', '.join(':'.join(c) for c in CONFIGS)}")
     rows: list[dict[str, Any]] = []
     full_fp32: dict[str, float] = {}  # domain -> held-out SSIM of the first (full) model on ONNX Runtime fp32
     models = expand_ratios(args.models)
@@ -110,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         keras_ms = keras_reference_in_process(SIZE, args.repeats, args.threads)[0]
         keras_rounds.append(keras_ms)
         for label, model, _ in models:
-            for r in run(model, [SIZE], args.repeats, args.threads):
+            for r in run(model, [SIZE], args.repeats, args.threads, configs):
                 if "skipped" not in r and (r["backend"], r["precision"]) in ssim_of[label]:
                     timed.setdefault((label, r["backend"], r["precision"]), []).append(
                         (r["median_ms"], keras_ms / r["median_ms"]))

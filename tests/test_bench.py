@@ -17,3 +17,28 @@ def test_unavailable_backend_is_reported_as_skipped():
     assert "libedgetpu" in r["skipped"]
     text = table([r, measure("tomogan-projection", "onnxruntime", "fp32", 64, 2, 1)], {64: 10.0})
     assert "| 64 | onnxruntime | fp32 |" in text and "skipped edgetpu/int8" in text
+
+
+ZEN5_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 26
+model\t\t: 2
+model name\t: AMD EPYC
+flags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16
+
+processor\t: 1
+cpu family\t: 26
+model\t\t: 2
+model name\t: AMD EPYC
+flags\t\t: fpu avx2
+"""
+
+
+def test_the_cpu_name_carries_the_family_and_model_that_a_virtual_machine_name_hides(monkeypatch):
+    from bluesky_tomogan import cpu
+
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: ZEN5_CPUINFO)
+    assert cpu.cpu_name() == "AMD EPYC (family 26, model 2)"
+    assert cpu.cpu_flags() == {"fpu", "avx2", "avx512f", "avx512_vnni", "avx512_bf16"}  # the first CPU's
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: "processor\t: 0\nmodel name\t: Neoverse\n")
+    assert cpu.cpu_name() == "Neoverse"
