@@ -432,6 +432,68 @@ def test_resize_network_deployed_with_transposed_convolutions_matches_the_traine
     assert "RESIZE_BILINEAR" not in report.ops and report.ops["TRANSPOSE_CONV"] == 3
 
 
+def _edge_network() -> TomoGANGenerator:
+    """The shipped light projection network's weights, its upsampled maps padded by replication."""
+    from bluesky_tomogan.model.train import load_generator, resolve_weights
+
+    trained = load_generator(resolve_weights("tomogan-projection-light"))
+    gen = TomoGANGenerator(GeneratorConfig.from_dict(trained.config.to_dict() | {"upsampled_padding": "edge"}))
+    gen.load_state_dict(trained.state_dict())
+    return gen.eval()
+
+
+def test_an_edge_network_is_exported_with_each_resize_and_convolution_as_one_transposed_convolution(tmp_path):
+    import onnx
+
+    from bluesky_tomogan.export.equalise import channel_maxima
+    from bluesky_tomogan.export.onnx import export_onnx
+
+    gen = _edge_network()
+    path = export_onnx(gen.correction_network(), tmp_path / "m.onnx")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("ConvTranspose") == 3 and "Resize" not in ops and "Concat" not in ops
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in [(1, 3, 64, 96), (2, 3, 40, 24)]:  # edges everywhere: the frame is mostly edge band here
+        x = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            ref = gen.correction_network()(x).numpy()
+        assert np.abs(session.run(None, {"frames": x.numpy()})[0] - ref).max() <= 1e-4
+    # the int8 export's equalisation and copies still see every decoder's first convolution
+    maxima = channel_maxima(gen, np.random.default_rng(0).random((2, 3, 32, 32), np.float32))
+    assert {gen.dec3[0], gen.dec2[0], gen.dec1[0]} <= set(maxima)
+
+
+def test_a_fused_form_that_does_not_match_the_network_is_refused(monkeypatch):
+    from bluesky_tomogan.errors import ExportOptionError
+    from bluesky_tomogan.export import fused_decoder
+    from bluesky_tomogan.export.onnx import fused_form
+
+    with pytest.raises(ValueError, match="only a network with upsampled_padding='edge'"):
+        fused_decoder.FusedDecoderGenerator(TomoGANGenerator())
+    monkeypatch.setattr(fused_decoder, "fused_kernel", lambda w: torch.zeros(w.shape[1], w.shape[0], 6, 6))
+    with pytest.raises(ExportOptionError, match="fused decoders differ from the network"):
+        fused_form(_edge_network())
+
+
+@pytest.mark.slow
+def test_an_edge_network_in_keras_and_full_int8_tflite_follows_torch(tmp_path):
+    pytest.importorskip("tensorflow", reason="the Keras form needs the export extra")
+    from bluesky_tomogan.export.edgetpu_check import check_edgetpu_compatible
+    from bluesky_tomogan.export.keras_model import keras_from_torch
+    from bluesky_tomogan.export.tflite import export_tflite_int8
+
+    gen = _edge_network()
+    x = np.random.default_rng(0).random((1, 3, 48, 64), np.float32)
+    with torch.no_grad():
+        ref = gen(torch.from_numpy(x)).numpy()
+    for edgetpu in (False, True):
+        out = keras_from_torch(gen, 48, 64, edgetpu=edgetpu).predict_on_batch(x.transpose(0, 2, 3, 1))
+        assert np.abs(out.transpose(0, 3, 1, 2) - ref).max() <= 1e-4
+    calib = np.random.default_rng(1).random((8, 3, 32, 32), np.float32)
+    report = check_edgetpu_compatible(export_tflite_int8(gen, tmp_path / "m.tflite", calib, 32))
+    assert report.compatible, report.problems
+
+
 def test_the_edge_tpu_check_names_what_the_compiler_would_refuse(tmp_path):
     """A model written the TensorFlow 2 default way: dynamic batch, resize with half-pixel centres."""
     from bluesky_tomogan.export.edgetpu_check import check_edgetpu_compatible

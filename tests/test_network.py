@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="the network tests need the train extra (torch)")
@@ -90,6 +91,34 @@ def test_invalid_options_are_rejected():
         GeneratorConfig(input_downscale=2, downscale="nearest")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="in_channels"):
         GeneratorConfig(in_channels=2)
+    with pytest.raises(ValueError, match="upsampled_padding must be"):
+        GeneratorConfig(upsampled_padding="reflect")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs upsample='bilinear'"):
+        GeneratorConfig(upsample="transposed", upsampled_padding="edge")
+
+
+def _light_projection(padding: str) -> TomoGANGenerator:
+    """The shipped light projection network's weights (trained, so its edges carry signal) with ``padding``."""
+    from bluesky_tomogan.model.train import load_generator, resolve_weights
+
+    trained = load_generator(resolve_weights("tomogan-projection-light"))
+    gen = TomoGANGenerator(GeneratorConfig.from_dict(trained.config.to_dict() | {"upsampled_padding": padding}))
+    gen.load_state_dict(trained.state_dict())
+    return gen.eval()
+
+
+def test_edge_padding_of_the_upsampled_maps_changes_only_the_frames_edge():
+    zeros, edge = _light_projection("zeros"), _light_projection("edge")
+    assert "upsampled_padding" not in zeros.config.to_dict()  # cards written before the option are unchanged
+    assert GeneratorConfig.from_dict(edge.config.to_dict()) == edge.config
+    x = torch.rand(1, 3, 96, 80, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = (zeros(x) - edge(x)).abs()[0, 0].numpy()
+    rows, cols = np.arange(96), np.arange(80)
+    from_edge = np.minimum.outer(np.minimum(rows, rows[::-1]), np.minimum(cols, cols[::-1]))
+    # measured: nothing reaches beyond 16 pixels from the edge (the deepest decoder works at 1/4 scale)
+    assert diff[from_edge >= 17].max() < 1e-5
+    assert diff[from_edge == 0].max() > 1e-3
 
 
 def test_residual_network_starts_near_identity_on_the_centre_frame():

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["build_keras_generator", "keras_from_torch", "bilinear_x2_as_transposed_conv"]
+__all__ = ["build_keras_generator", "keras_from_torch", "bilinear_x2_as_transposed_conv", "replicate_edges"]
 
 #: Taps of x2 bilinear upsampling with half-pixel centres along one axis: output 2j is
 #: 0.75 x[j] + 0.25 x[j-1], output 2j+1 is 0.75 x[j] + 0.25 x[j+1].
@@ -45,6 +45,19 @@ def bilinear_x2_kernel(channels: int, int8_compensated: bool = False) -> np.ndar
     return kernel
 
 
+def replicate_edges(x: Any, name: str) -> Any:
+    """``x`` (NHWC) padded by one pixel that repeats its edge, in ops every converter and the Edge TPU
+    map (slices and concatenations: TFLite's ``MIRROR_PAD`` cannot repeat the edge pixel itself)."""
+    from keras import layers
+
+    rows = layers.Concatenate(axis=1, name=f"{name}.pad_rows")(
+        [layers.Lambda(lambda t: t[:, :1], name=f"{name}.top")(x), x,
+         layers.Lambda(lambda t: t[:, -1:], name=f"{name}.bottom")(x)])
+    return layers.Concatenate(axis=2, name=f"{name}.pad_cols")(
+        [layers.Lambda(lambda t: t[:, :, :1], name=f"{name}.left")(rows), rows,
+         layers.Lambda(lambda t: t[:, :, -1:], name=f"{name}.right")(rows)])
+
+
 def bilinear_x2_as_transposed_conv(x: Any, channels: int, name: str, int8_compensated: bool = False) -> Any:
     """Keras ops equal to ``UpSampling2D(2, interpolation="bilinear")`` without a resize op.
 
@@ -59,12 +72,7 @@ def bilinear_x2_as_transposed_conv(x: Any, channels: int, name: str, int8_compen
     """
     from keras import layers
 
-    rows = layers.Concatenate(axis=1, name=f"{name}.pad_rows")(
-        [layers.Lambda(lambda t: t[:, :1], name=f"{name}.top")(x), x,
-         layers.Lambda(lambda t: t[:, -1:], name=f"{name}.bottom")(x)])
-    padded = layers.Concatenate(axis=2, name=f"{name}.pad_cols")(
-        [layers.Lambda(lambda t: t[:, :, :1], name=f"{name}.left")(rows), rows,
-         layers.Lambda(lambda t: t[:, :, -1:], name=f"{name}.right")(rows)])
+    padded = replicate_edges(x, name)
     deconv = layers.Conv2DTranspose(channels, 4, strides=2, padding="valid", use_bias=False,
                                     name=f"{name}.bilinear", trainable=False)
     up = deconv(padded)
@@ -124,9 +132,20 @@ def build_keras_generator(arch: dict[str, Any], height: int | None, width: int |
     e2 = double(layers.MaxPooling2D(2)(e1), c64, "enc2")
     e3 = double(layers.MaxPooling2D(2)(e2), c128, "enc3")
     b = conv(layers.MaxPooling2D(2)(e3), c128, 3, "bottleneck.0")
-    d3 = double(layers.Concatenate()([up(b, c128, "up3"), e3]), c64, "dec3")
-    d2 = double(layers.Concatenate()([up(d3, c64, "up2"), e2]), c32, "dec2")
-    d1 = double(layers.Concatenate()([up(d2, c32, "up1"), e1]), c32, "dec1")
+    def decoder(x: Any, skip: Any, c_up: int, c: int, level: int) -> Any:
+        upsampled = up(x, c_up, f"up{level}")
+        if cfg.upsampled_padding == "zeros":
+            return double(layers.Concatenate()([upsampled, skip]), c, f"dec{level}")
+        # the upsampled map padded by replication, the skip input with zeros (GeneratorConfig.upsampled_padding)
+        both = layers.Concatenate()([replicate_edges(upsampled, f"dec{level}.up_pad"),
+                                     layers.ZeroPadding2D(1, name=f"dec{level}.skip_pad")(skip)])
+        first = layers.Conv2D(widths.get(f"dec{level}.0", c), 3, padding="valid", activation="relu",
+                              name=f"dec{level}.0")(both)
+        return conv(first, c, 3, f"dec{level}.2")
+
+    d3 = decoder(b, e3, c128, c64, 3)
+    d2 = decoder(d3, e2, c64, c32, 2)
+    d1 = decoder(d2, e1, c32, c32, 1)
     for i in range(0 if cfg.space_to_depth else int(np.log2(f))):
         d1 = conv(up(d1, c32, f"sr.{i}.0"), c32, 3, f"sr.{i}.1")
     h = conv(d1, c16, 1, "head.0")

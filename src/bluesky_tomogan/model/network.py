@@ -44,6 +44,15 @@ Options beyond the paper, each motivated by edge deployment:
 ``width``
     Channel multiplier (e.g. 0.5 halves every layer: about 1/4 of the MACs); the
     pruned, lighter variant with a more stable latency on small accelerators.
+``upsampled_padding``
+    How the first convolution of each decoder pads the upsampled map at the frame's
+    edge: ``"zeros"`` (every model before session 27) or ``"edge"`` (replicated, as
+    the bilinear resize clamps; the skip input is zero-padded either way). With
+    ``"edge"`` the resize and the part of that convolution that reads the upsampled
+    map are one 6x6 stride-2 transposed convolution of the low-resolution map, which
+    the export writes instead (:mod:`bluesky_tomogan.export.fused_decoder`): no resize,
+    no concatenation and no full-resolution copy of the upsampled map at inference.
+    Bilinear upsampling only.
 ``residual``
     Adds the centre input channel to the output, so the network learns the
     correction. This converges several times faster on short CPU budgets and
@@ -69,6 +78,7 @@ __all__ = ["ConvLayer", "GeneratorConfig", "TomoGANGenerator", "TomoGANDiscrimin
 
 Upsample = Literal["bilinear", "transposed"]
 Downscale = Literal["area", "space-to-depth"]
+UpsampledPadding = Literal["zeros", "edge"]
 ConvLayer = nn.Conv2d | nn.ConvTranspose2d
 
 
@@ -90,6 +100,8 @@ class GeneratorConfig:
         Channel multiplier applied to every layer.
     residual : bool
         Add the centre input channel to the output.
+    upsampled_padding : {"zeros", "edge"}
+        How each decoder's first convolution pads the upsampled map; see the module docstring.
     channels_override : dict of str to int
         Output channels of individual layers by module name (``"enc1.0"``), over
         ``width``: the per-layer widths of a pruned network
@@ -103,12 +115,17 @@ class GeneratorConfig:
     width: float = 1.0
     residual: bool = True
     channels_override: dict[str, int] = field(default_factory=dict, hash=False)
+    upsampled_padding: UpsampledPadding = "zeros"
 
     def __post_init__(self) -> None:
         if self.in_channels < 1 or self.in_channels % 2 == 0:
             raise ValueError(f"in_channels must be odd and >= 1, got {self.in_channels}")
         if self.upsample not in ("bilinear", "transposed"):
             raise ValueError(f"upsample must be 'bilinear' or 'transposed', got {self.upsample!r}")
+        if self.upsampled_padding not in ("zeros", "edge"):
+            raise ValueError(f"upsampled_padding must be 'zeros' or 'edge', got {self.upsampled_padding!r}")
+        if self.upsampled_padding == "edge" and self.upsample != "bilinear":
+            raise ValueError("upsampled_padding='edge' needs upsample='bilinear' (the resize it fuses with)")
         if self.input_downscale not in (1, 2, 4):
             raise ValueError(f"input_downscale must be 1, 2 or 4, got {self.input_downscale}")
         if self.downscale not in ("area", "space-to-depth"):
@@ -150,6 +167,8 @@ class GeneratorConfig:
             del d["channels_override"]
         if d["input_downscale"] == 1:  # no downscaling: nothing to say
             del d["downscale"]
+        if d["upsampled_padding"] == "zeros":  # cards written before the option stay as they were
+            del d["upsampled_padding"]
         return d
 
     @classmethod
@@ -234,6 +253,11 @@ class TomoGANGenerator(nn.Module):
         self.up1 = _Up(d2, cfg.upsample, w("up1.deconv", d2))
         self.dec1 = _DoubleConv(self.up1.out_channels + e1b, w("dec1.0", 32), w("dec1.2", 32))
         self.cat3, self.cat2, self.cat1 = _Concat(), _Concat(), _Concat()
+        if cfg.upsampled_padding == "edge":  # _decoder pads their inputs
+            for dec in (self.dec3, self.dec2, self.dec1):
+                reads_padded = dec[0]
+                assert isinstance(reads_padded, nn.Conv2d)
+                reads_padded.padding = (0, 0)
         # Super-resolution tail when trained on low-resolution input.
         n_extra = 0 if cfg.space_to_depth else int(math.log2(cfg.input_downscale))
         last = w("dec1.2", 32)
@@ -275,15 +299,22 @@ class TomoGANGenerator(nn.Module):
         e2 = self.enc2(F.max_pool2d(e1, 2))
         e3 = self.enc3(F.max_pool2d(e2, 2))
         b = self.bottleneck(F.max_pool2d(e3, 2))
-        d3 = self.dec3(self.cat3(self.up3(b), e3))
-        d2 = self.dec2(self.cat2(self.up2(d3), e2))
-        d1 = self.dec1(self.cat1(self.up1(d2), e1))
+        d1 = self._decoder(1, self._decoder(2, self._decoder(3, b, e3), e2), e1)
         for stage in self.sr:
             d1 = stage(d1)
         out = self.head(d1)
         if cfg.adds_residual:
             out = out + centre
         return out
+
+    def _decoder(self, level: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """Decoder ``level`` (3: the deepest): ``x`` upsampled, concatenated with ``skip``, two convolutions."""
+        up, cat, dec = getattr(self, f"up{level}"), getattr(self, f"cat{level}"), getattr(self, f"dec{level}")
+        if self.config.upsampled_padding == "zeros":
+            return dec(cat(up(x), skip))
+        # each input padded as the first convolution (built without padding) reads it: the upsampled map
+        # by replication, the skip input with zeros
+        return dec(cat(F.pad(up(x), (1, 1, 1, 1), mode="replicate"), F.pad(skip, (1, 1, 1, 1))))
 
     def correction_network(self) -> TomoGANGenerator:
         """A copy (shared weights) that returns only the correction, without the residual add.
