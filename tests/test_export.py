@@ -447,6 +447,7 @@ def test_an_edge_network_is_exported_with_each_resize_and_convolution_as_one_tra
 
     from bluesky_tomogan.export.equalise import channel_maxima
     from bluesky_tomogan.export.onnx import export_onnx
+    from bluesky_tomogan.export.openvino_int8 import prepared_for_int8
 
     gen = _edge_network()
     path = export_onnx(gen.correction_network(), tmp_path / "m.onnx")
@@ -458,9 +459,18 @@ def test_an_edge_network_is_exported_with_each_resize_and_convolution_as_one_tra
         with torch.no_grad():
             ref = gen.correction_network()(x).numpy()
         assert np.abs(session.run(None, {"frames": x.numpy()})[0] - ref).max() <= 1e-4
-    # the int8 export's equalisation and copies still see every decoder's first convolution
-    maxima = channel_maxima(gen, np.random.default_rng(0).random((2, 3, 32, 32), np.float32))
+    # the int8 export's equalisation and copies still see every decoder's first convolution, and the
+    # network they make (wider than its config says) is written fused too
+    calib = np.random.default_rng(0).random((2, 3, 32, 32), np.float32)
+    maxima = channel_maxima(gen, calib)
     assert {gen.dec3[0], gen.dec2[0], gen.dec1[0]} <= set(maxima)
+    net, calib, _, _ = prepared_for_int8(gen.correction_network(), calib, {"stem.0": 4, "dec3.2": 2})
+    path = export_onnx(net, tmp_path / "int8-source.onnx")
+    x = torch.from_numpy(calib[:1])
+    with torch.no_grad():
+        ref = net(x).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert np.abs(session.run(None, {"frames": x.numpy()})[0] - ref).max() <= 1e-4
 
 
 def test_a_fused_form_that_does_not_match_the_network_is_refused(monkeypatch):
@@ -469,7 +479,7 @@ def test_a_fused_form_that_does_not_match_the_network_is_refused(monkeypatch):
     from bluesky_tomogan.export.onnx import fused_form
 
     with pytest.raises(ValueError, match="only a network with upsampled_padding='edge'"):
-        fused_decoder.FusedDecoderGenerator(TomoGANGenerator())
+        fused_decoder.fuse_decoders(TomoGANGenerator())
     monkeypatch.setattr(fused_decoder, "fused_kernel", lambda w: torch.zeros(w.shape[1], w.shape[0], 6, 6))
     with pytest.raises(ExportOptionError, match="fused decoders differ from the network"):
         fused_form(_edge_network())

@@ -23,13 +23,15 @@ Measured on the light projection network (AMD EPYC, family 26 model 2, 2 threads
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..model.network import TomoGANGenerator
 
-__all__ = ["BILINEAR_TAPS", "FusedDecoderGenerator", "fused_kernel"]
+__all__ = ["BILINEAR_TAPS", "FusedDecoderGenerator", "fuse_decoders", "fused_kernel"]
 
 #: Bilinear x2 with half-pixel centres, per axis: ``x[i]`` contributes to upsampled pixel
 #: ``2i + t`` with weight ``BILINEAR_TAPS[t]`` (``t = -1 .. 2``).
@@ -66,31 +68,46 @@ class _FusedUpConv(nn.Module):
 
 
 class FusedDecoderGenerator(TomoGANGenerator):
-    """The same function as ``gen`` (an ``upsampled_padding="edge"`` network), each decoder's
-    resize and first convolution fused into a transposed convolution: the form to export.
+    """A :class:`TomoGANGenerator` whose decoders run fused (:func:`fuse_decoders` makes one)."""
 
-    Parameters
-    ----------
-    gen : TomoGANGenerator
-        The trained network; its weights are copied.
+    fused: nn.ModuleDict
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("FusedDecoderGenerator is made from a trained network: fuse_decoders(gen)")
+
+    def _decoder(self, level: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        dec = getattr(self, f"dec{level}")
+        return dec[3](dec[2](dec[1](self.fused[str(level)](x, skip))))
+
+
+def _out_channels(conv: nn.Module) -> int:
+    assert isinstance(conv, nn.Conv2d)
+    return conv.out_channels
+
+
+def fuse_decoders(gen: TomoGANGenerator) -> FusedDecoderGenerator:
+    """A copy of ``gen`` (an ``upsampled_padding="edge"`` network) that computes the same function with
+    each decoder's resize and first convolution fused into a transposed convolution: the form to export.
+
+    ``gen`` may be a network the int8 export transformed (equalised, with offset activation
+    copies: :mod:`.copies`), whose layers are wider than its config says: the copy keeps its
+    modules as they are. ``gen`` is not modified.
 
     Raises
     ------
     ValueError
         ``gen`` pads its upsampled maps with zeros, or does not upsample bilinearly.
     """
-
-    def __init__(self, gen: TomoGANGenerator) -> None:
-        if gen.config.upsampled_padding != "edge":
-            raise ValueError("only a network with upsampled_padding='edge' has a fused form; "
-                             f"this one has {gen.config.upsampled_padding!r}")
-        super().__init__(gen.config)
-        self.load_state_dict(gen.state_dict())
-        self.fused = nn.ModuleDict({
-            str(level): _FusedUpConv(getattr(self, f"dec{level}")[0], getattr(self, f"up{level}").out_channels)
-            for level in (1, 2, 3)
-        })
-
-    def _decoder(self, level: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        dec = getattr(self, f"dec{level}")
-        return dec[3](dec[2](dec[1](self.fused[str(level)](x, skip))))
+    if gen.config.upsampled_padding != "edge":
+        raise ValueError("only a network with upsampled_padding='edge' has a fused form; "
+                         f"this one has {gen.config.upsampled_padding!r}")
+    fused = copy.deepcopy(gen).eval()
+    fused.__class__ = FusedDecoderGenerator  # the same modules; only _decoder differs
+    # the upsampled input's channels come first in each decoder's concatenation; their number is
+    # what the layer before the resize puts out (wider than the config says after offset copies)
+    up_channels = {3: _out_channels(fused.bottleneck[0]), 2: _out_channels(fused.dec3[2]),
+                   1: _out_channels(fused.dec2[2])}
+    fused.fused = nn.ModuleDict({str(level): _FusedUpConv(getattr(fused, f"dec{level}")[0], up_channels[level])
+                                 for level in (1, 2, 3)})
+    assert isinstance(fused, FusedDecoderGenerator)
+    return fused

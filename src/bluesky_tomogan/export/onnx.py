@@ -10,7 +10,7 @@ import torch
 
 from ..errors import ExportOptionError, OutputPathError
 from ..model.network import TomoGANGenerator
-from .fused_decoder import FusedDecoderGenerator
+from .fused_decoder import FusedDecoderGenerator, fuse_decoders
 
 __all__ = ["export_onnx", "fused_form", "ONNX_INPUT", "ONNX_OUTPUT", "ONNX_OPSET"]
 
@@ -27,7 +27,7 @@ def export_onnx(gen: TomoGANGenerator, path: str | os.PathLike[str]) -> Path:
     ``denoised`` is ``(N, 1, H, W)``. A network whose decoders pad the upsampled map by
     replication (``upsampled_padding="edge"``) is written in its fused form, each resize and
     the convolution behind it one transposed convolution
-    (:class:`~bluesky_tomogan.export.fused_decoder.FusedDecoderGenerator`), checked to give
+    (:func:`~bluesky_tomogan.export.fused_decoder.fuse_decoders`), checked to give
     the same output on a random input first.
     """
     path = Path(path)
@@ -63,9 +63,9 @@ FUSED_TOLERANCE = 1e-4
 
 
 def fused_form(gen: TomoGANGenerator) -> FusedDecoderGenerator:
-    """``gen`` with its decoders fused (:class:`FusedDecoderGenerator`), after checking that both
+    """``gen`` with its decoders fused (:func:`fuse_decoders`), after checking that both
     give the same output on a random input, edges included."""
-    fused = FusedDecoderGenerator(gen).eval()
+    fused = fuse_decoders(gen)
     m = gen.config.size_multiple
     x = torch.rand(1, gen.config.in_channels, 6 * m, 5 * m, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
