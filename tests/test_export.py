@@ -529,4 +529,5 @@ def test_every_shipped_tflite_model_maps_onto_the_edge_tpu(model):
 
     report = check_edgetpu_compatible(shipped_weights_dir() / model)
     assert report.compatible, report.problems
-    assert set(report.ops) <= {"CONV_2D", "MAX_POOL_2D", "CONCATENATION", "TRANSPOSE_CONV", "STRIDED_SLICE"}
+    # PAD: the zero-padded skip input of a network whose upsampled maps are padded by replication
+    assert set(report.ops) <= {"CONV_2D", "MAX_POOL_2D", "CONCATENATION", "TRANSPOSE_CONV", "STRIDED_SLICE", "PAD"}

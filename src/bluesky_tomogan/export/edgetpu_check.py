@@ -10,7 +10,8 @@ requirements (coral.ai/docs/edgetpu/models-intro, "Model requirements" and
   dimension, which the TensorFlow 2 converter writes by default, makes the compiler
   refuse the whole model);
 - only the three innermost dimensions may be larger than 1;
-- one subgraph; only operator types in the compiler's supported list;
+- one subgraph; only operator types in the compiler's supported list, and ``PAD`` only
+  on height and width;
 - no operator *version* that compilers up to 16.0 report as "Operation version not
   supported": ``RESIZE_BILINEAR`` and ``RESIZE_NEAREST_NEIGHBOR`` with half-pixel
   centres (version 3+), which TensorFlow 2 writes for Keras ``UpSampling2D`` (reported in
@@ -25,6 +26,7 @@ the output to expect.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 __all__ = ["SUPPORTED_OPS", "EdgeTPUReport", "check_edgetpu_compatible"]
@@ -57,6 +59,10 @@ class EdgeTPUReport:
         return not self.problems
 
 
+def _shape(tensor: Any) -> list[int]:
+    return [tensor.Shape(k) for k in range(tensor.ShapeLength())]
+
+
 def check_edgetpu_compatible(path: str | Path) -> EdgeTPUReport:
     """Check a ``.tflite`` file against the Edge TPU compiler's requirements (see the module docstring)."""
     from ai_edge_litert import schema_py_generated as schema
@@ -84,6 +90,10 @@ def check_edgetpu_compatible(path: str | Path) -> EdgeTPUReport:
         versions[name] = max(versions.get(name, 0), version)
         if name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"):
             bias_like.update(op.Inputs(k) for k in range(op.InputsLength()))
+        if name == "PAD":  # Coral's operator table: "supports padding only on height and width"
+            before, after = (_shape(graph.Tensors(t)) for t in (op.Inputs(0), op.Outputs(0)))
+            if len(before) != 4 or len(after) != 4 or before[0] != after[0] or before[3] != after[3]:
+                problems.append(f"PAD from {before} to {after}: the Edge TPU pads only height and width")
     for name in sorted(set(ops) - SUPPORTED_OPS):
         problems.append(f"operator {name} is not supported by the Edge TPU")
     for name, version in sorted(versions.items()):
@@ -94,7 +104,7 @@ def check_edgetpu_compatible(path: str | Path) -> EdgeTPUReport:
         t = graph.Tensors(i)
         tname = t.Name().decode()
         ttype = type_names.get(t.Type(), str(t.Type()))
-        shape = [t.Shape(k) for k in range(t.ShapeLength())]
+        shape = _shape(t)
         signature = [t.ShapeSignature(k) for k in range(t.ShapeSignatureLength())] or shape
         constant = t.Buffer() > 0 and model.Buffers(t.Buffer()).DataLength() > 0
         if ttype not in _EIGHT_BIT and not (ttype == "INT32" and (constant or i in bias_like)):
