@@ -26,8 +26,8 @@ the output to expect.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 __all__ = ["SUPPORTED_OPS", "EdgeTPUReport", "check_edgetpu_compatible"]
 
