@@ -184,6 +184,28 @@ def test_quantisation_aware_ir_is_int8_follows_the_fine_tuned_network_and_says_h
     assert np.abs(session.run(x) - expected).max() < 0.2 * np.abs(expected).max() + 0.05
 
 
+def test_quantisation_aware_ir_of_an_edge_network_is_written_with_fused_decoders(tmp_path):
+    pytest.importorskip("nncf", reason="the OpenVINO int8 export needs the export extra")
+    import openvino as ov
+
+    from bluesky_tomogan.export.openvino_int8 import quantisation_aware_ir
+    from bluesky_tomogan.inference.backends.openvino import OpenVINOSession
+
+    torch.manual_seed(0)
+    net = TomoGANGenerator(GeneratorConfig(width=0.25, upsampled_padding="edge")).eval().correction_network()
+    pairs = _smooth_pairs(6, 32, 0)
+    calib = np.stack([pairs.ns[i:i + 3] for i in range(4)])
+    xml, info = quantisation_aware_ir(net, tmp_path / "m.int8.xml", calib, pairs, 4, patch=32, batch=4,
+                                      keep_float=["head"])
+    ops = [op.get_type_name() for op in ov.Core().read_model(str(xml)).get_ordered_ops()]
+    assert ops.count("ConvolutionBackpropData") == 3 and "Interpolate" not in ops and "Concat" not in ops
+    assert info["kept_in_float"] == ["head.0", "head.2"] and info["convolutions_in_float"] == 2
+    x = pairs.ns[None, :3]
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    assert np.abs(OpenVINOSession(xml, "int8", threads=1).run(x) - expected).max() < 0.2 * np.abs(expected).max() + 0.05
+
+
 @pytest.mark.parametrize(("copies", "stem_outputs"), [(None, 4), ({}, 1)])
 def test_quantisation_aware_ir_copies_the_stem_only_as_told(tmp_path, copies, stem_outputs):
     pytest.importorskip("nncf", reason="the OpenVINO int8 export needs the export extra")
