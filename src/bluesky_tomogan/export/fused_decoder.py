@@ -4,9 +4,9 @@ A decoder of :class:`~bluesky_tomogan.model.network.TomoGANGenerator` upsamples 
 ``x`` (bilinear x2), concatenates the skip input and runs a 3x3 convolution. The convolution
 of a concatenation is the sum of a convolution of each part, and a 3x3 convolution behind a
 fixed bilinear x2 resize is one 6x6 stride-2 transposed convolution of ``x`` itself: per axis,
-``x[i]`` reaches upsampled pixel ``2i + t`` with weight ``TAPS[t]`` and output pixel ``p``
-reads upsampled pixels ``p - 1 .. p + 1``, so ``x[i]`` reaches output ``p`` through the kernel
-``G[p - 2i] = sum_dy W[dy] TAPS[p - 2i + dy]``, six taps. The deployed decoder is then
+``x[i]`` reaches upsampled pixel ``2i + t`` with weight ``BILINEAR_TAPS[t]`` and output pixel
+``p`` reads upsampled pixels ``p - 1 .. p + 1``, so ``x[i]`` reaches output ``p`` through the
+kernel ``G[p - 2i] = sum_dy W[dy] BILINEAR_TAPS[p - 2i + dy]``, six taps. The deployed decoder is then
 ``conv3x3(skip) + conv_transpose6x6_stride2(edge-padded x)``: no resize op, no concatenation,
 and no full-resolution copy of the upsampled map, the three things of the decoder that int8
 runtimes run slowest (OpenVINO keeps a bilinear resize in float and concatenates in a

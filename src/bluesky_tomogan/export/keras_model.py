@@ -132,6 +132,7 @@ def build_keras_generator(arch: dict[str, Any], height: int | None, width: int |
     e2 = double(layers.MaxPooling2D(2)(e1), c64, "enc2")
     e3 = double(layers.MaxPooling2D(2)(e2), c128, "enc3")
     b = conv(layers.MaxPooling2D(2)(e3), c128, 3, "bottleneck.0")
+
     def decoder(x: Any, skip: Any, c_up: int, c: int, level: int) -> Any:
         upsampled = up(x, c_up, f"up{level}")
         if cfg.upsampled_padding == "zeros":
