@@ -184,7 +184,7 @@ def test_quantisation_aware_ir_is_int8_follows_the_fine_tuned_network_and_says_h
     assert np.abs(session.run(x) - expected).max() < 0.2 * np.abs(expected).max() + 0.05
 
 
-def test_quantisation_aware_ir_of_an_edge_network_is_written_with_fused_decoders(tmp_path):
+def test_quantisation_aware_ir_of_an_edge_network_follows_it_in_its_trained_form(tmp_path):
     pytest.importorskip("nncf", reason="the OpenVINO int8 export needs the export extra")
     import openvino as ov
 
@@ -198,7 +198,8 @@ def test_quantisation_aware_ir_of_an_edge_network_is_written_with_fused_decoders
     xml, info = quantisation_aware_ir(net, tmp_path / "m.int8.xml", calib, pairs, 4, patch=32, batch=4,
                                       keep_float=["head"])
     ops = [op.get_type_name() for op in ov.Core().read_model(str(xml)).get_ordered_ops()]
-    assert ops.count("ConvolutionBackpropData") == 3 and "Interpolate" not in ops and "Concat" not in ops
+    # not fused: see quantisation_aware_ir
+    assert "ConvolutionBackpropData" not in ops and ops.count("Interpolate") == 3
     assert info["kept_in_float"] == ["head.0", "head.2"] and info["convolutions_in_float"] == 2
     x = pairs.ns[None, :3]
     with torch.no_grad():
