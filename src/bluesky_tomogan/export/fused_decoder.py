@@ -4,9 +4,10 @@ A decoder of :class:`~bluesky_tomogan.model.network.TomoGANGenerator` upsamples 
 ``x`` (bilinear x2), concatenates the skip input and runs a 3x3 convolution. The convolution
 of a concatenation is the sum of a convolution of each part, and a 3x3 convolution behind a
 fixed bilinear x2 resize is one 6x6 stride-2 transposed convolution of ``x`` itself: per axis,
-``x[i]`` reaches upsampled pixel ``2i + t`` with weight ``BILINEAR_TAPS[t]`` and output pixel
-``p`` reads upsampled pixels ``p - 1 .. p + 1``, so ``x[i]`` reaches output ``p`` through the
-kernel ``G[p - 2i] = sum_dy W[dy] BILINEAR_TAPS[p - 2i + dy]``, six taps. The deployed decoder is then
+``x[i]`` reaches upsampled pixel ``2i + t`` (``t = -1 .. 2``) with the resize's weight
+``B[t]`` (:data:`~.keras_model.BILINEAR_X2_TAPS`) and output pixel ``p`` reads upsampled pixels
+``p - 1 .. p + 1``, so ``x[i]`` reaches output ``p`` through the kernel
+``G[p - 2i] = sum_dy W[dy] B[p - 2i + dy]``, six taps. The deployed decoder is then
 ``conv3x3(skip) + conv_transpose6x6_stride2(edge-padded x)``: no resize op, no concatenation,
 and no full-resolution copy of the upsampled map, the three things of the decoder that int8
 runtimes run slowest (OpenVINO keeps a bilinear resize in float and concatenates in a
@@ -30,21 +31,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.network import TomoGANGenerator
+from .keras_model import BILINEAR_X2_TAPS
 
-__all__ = ["BILINEAR_TAPS", "FusedDecoderGenerator", "fuse_decoders", "fused_kernel"]
-
-#: Bilinear x2 with half-pixel centres, per axis: ``x[i]`` contributes to upsampled pixel
-#: ``2i + t`` with weight ``BILINEAR_TAPS[t]`` (``t = -1 .. 2``).
-BILINEAR_TAPS = {-1: 0.25, 0: 0.75, 1: 0.75, 2: 0.25}
+__all__ = ["FusedDecoderGenerator", "fuse_decoders", "fused_kernel"]
 
 
 def fused_kernel(weight: torch.Tensor) -> torch.Tensor:
     """The ``(C, O, 6, 6)`` transposed-convolution kernel (stride 2, padding 4, on the input padded
     by one pixel) of the ``(O, C, 3, 3)`` convolution ``weight`` behind a bilinear x2 resize."""
-    taps = torch.zeros(6, 3, dtype=weight.dtype)  # taps[k, dy + 1]: the resize's weight for kernel tap k
+    # taps[k, dy + 1]: the resize's weight for kernel tap k, B[t] with t = k - 2 + dy (B is indexed from t = -1)
+    taps = torch.zeros(6, 3, dtype=weight.dtype)
     for k in range(6):
         for dy in (-1, 0, 1):
-            taps[k, dy + 1] = BILINEAR_TAPS.get(k - 2 + dy, 0.0)
+            if 0 <= k - 1 + dy < len(BILINEAR_X2_TAPS):
+                taps[k, dy + 1] = float(BILINEAR_X2_TAPS[k - 1 + dy])
     # G[c, o, ky, kx] = sum_{dy, dx} taps[ky, dy] taps[kx, dx] W[o, c, dy, dx]
     return torch.einsum("ya,xb,ocab->coyx", taps, taps, weight)
 
