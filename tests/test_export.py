@@ -184,7 +184,7 @@ def test_quantisation_aware_ir_is_int8_follows_the_fine_tuned_network_and_says_h
     assert np.abs(session.run(x) - expected).max() < 0.2 * np.abs(expected).max() + 0.05
 
 
-def test_quantisation_aware_ir_of_an_edge_network_follows_it_in_its_trained_form(tmp_path):
+def test_quantisation_aware_ir_of_an_edge_network_is_fused_with_its_sums_in_float(tmp_path):
     pytest.importorskip("nncf", reason="the OpenVINO int8 export needs the export extra")
     import openvino as ov
 
@@ -196,11 +196,18 @@ def test_quantisation_aware_ir_of_an_edge_network_follows_it_in_its_trained_form
     pairs = _smooth_pairs(6, 32, 0)
     calib = np.stack([pairs.ns[i:i + 3] for i in range(4)])
     xml, info = quantisation_aware_ir(net, tmp_path / "m.int8.xml", calib, pairs, 4, patch=32, batch=4,
-                                      keep_float=["head"])
-    ops = [op.get_type_name() for op in ov.Core().read_model(str(xml)).get_ordered_ops()]
-    # not fused: see quantisation_aware_ir
-    assert "ConvolutionBackpropData" not in ops and ops.count("Interpolate") == 3
-    assert info["kept_in_float"] == ["head.0", "head.2"] and info["convolutions_in_float"] == 2
+                                      keep_float=["head", "dec2.0"])
+    model = ov.Core().read_model(str(xml))
+    ops = [op.get_type_name() for op in model.get_ordered_ops()]
+    # the form the ONNX export writes: no resize, no concatenation
+    assert ops.count("ConvolutionBackpropData") == 3 and "Interpolate" not in ops and "Concat" not in ops
+    sums = [op for op in model.get_ops() if op.get_type_name() == "Add"
+            and any(i.get_source_output().get_node().get_type_name() == "ConvolutionBackpropData" for i in op.inputs())]
+    assert len(sums) == 3  # none of their inputs rounded to int8 (each a signed map before the ReLU)
+    assert all(i.get_source_output().get_node().get_type_name() != "FakeQuantize" for op in sums for i in op.inputs())
+    assert "fused" in info["decoders"]
+    # a trained module's name still keeps its convolutions in float: dec2.0's two halves, and the head's
+    assert info["kept_in_float"] == ["dec2.0", "head.0", "head.2"] and info["convolutions_in_float"] == 4
     x = pairs.ns[None, :3]
     with torch.no_grad():
         expected = net(torch.from_numpy(x)).numpy()

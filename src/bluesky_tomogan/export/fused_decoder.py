@@ -33,7 +33,7 @@ from torch import nn
 from ..model.network import TomoGANGenerator
 from .keras_model import BILINEAR_X2_TAPS
 
-__all__ = ["FusedDecoderGenerator", "fuse_decoders", "fused_kernel"]
+__all__ = ["FUSED_SUM_PATTERNS", "FusedDecoderGenerator", "FusedUpConv", "fuse_decoders", "fused_kernel"]
 
 
 def fused_kernel(weight: torch.Tensor) -> torch.Tensor:
@@ -49,8 +49,13 @@ def fused_kernel(weight: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ya,xb,ocab->coyx", taps, taps, weight)
 
 
-class _FusedUpConv(nn.Module):
-    """``conv(cat(up(x), skip))`` of an ``"edge"`` decoder as ``conv(skip) + conv_transpose(pad(x))``."""
+class FusedUpConv(nn.Module):
+    """``conv(cat(up(x), skip))`` of an ``"edge"`` decoder as ``conv(skip) + conv_transpose(pad(x))``.
+
+    It takes ``(x, skip)`` as one tuple, so that it can stand first in the decoder's
+    ``nn.Sequential`` in place of the convolution it replaces: the decoder keeps its module
+    path (``dec1.0.up``, ``dec1.2``), which NNCF's names and ignored scopes follow.
+    """
 
     def __init__(self, conv: nn.Conv2d, up_channels: int) -> None:
         super().__init__()
@@ -63,21 +68,28 @@ class _FusedUpConv(nn.Module):
             self.skip.bias.copy_(conv.bias.detach())
             self.up.weight.copy_(fused_kernel(w[:, :up_channels]))
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.skip(skip) + self.up(F.pad(x, (1, 1, 1, 1), mode="replicate"))
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, skip = inputs
+        return torch.add(self.skip(skip), self.up(F.pad(x, (1, 1, 1, 1), mode="replicate")))
+
+
+#: NNCF's names (PyTorch graph) of the fused decoders' sums: ``torch.add`` in ``dec<level>.0``.
+#: Quantised, each sum's two inputs are signed pre-activation maps on one int8 grid each, which the
+#: trained form never rounds; see :func:`~.openvino_int8.quantisation_aware_ir`.
+FUSED_SUM_PATTERNS: tuple[str, ...] = (r"dec[123]/0/add/\d+",)
 
 
 class FusedDecoderGenerator(TomoGANGenerator):
-    """A :class:`TomoGANGenerator` whose decoders run fused (:func:`fuse_decoders` makes one)."""
+    """A :class:`TomoGANGenerator` whose decoders run fused (:func:`fuse_decoders` makes one).
 
-    fused: nn.ModuleDict
+    Each ``dec<level>[0]`` is a :class:`FusedUpConv`; the rest of the decoder is as trained.
+    """
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         raise TypeError("FusedDecoderGenerator is made from a trained network: fuse_decoders(gen)")
 
     def _decoder(self, level: int, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        dec = getattr(self, f"dec{level}")
-        return dec[3](dec[2](dec[1](self.fused[str(level)](x, skip))))
+        return getattr(self, f"dec{level}")((x, skip))
 
 
 def _out_channels(conv: nn.Module) -> int:
@@ -107,7 +119,8 @@ def fuse_decoders(gen: TomoGANGenerator) -> FusedDecoderGenerator:
     # what the layer before the resize puts out (wider than the config says after offset copies)
     up_channels = {3: _out_channels(fused.bottleneck[0]), 2: _out_channels(fused.dec3[2]),
                    1: _out_channels(fused.dec2[2])}
-    fused.fused = nn.ModuleDict({str(level): _FusedUpConv(getattr(fused, f"dec{level}")[0], up_channels[level])
-                                 for level in (1, 2, 3)})
+    for level in (1, 2, 3):
+        dec = getattr(fused, f"dec{level}")
+        dec[0] = FusedUpConv(dec[0], up_channels[level])
     assert isinstance(fused, FusedDecoderGenerator)
     return fused

@@ -176,6 +176,8 @@ def quantisation_aware_ir(
     from ..model.data import PatchSampler
     from ..model.losses import pixel_loss
     from ..model.train import _validate
+    from .fused_decoder import FUSED_SUM_PATTERNS
+    from .onnx import fused_form
 
     if steps <= 0:
         raise ValueError(f"steps must be positive, got {steps}")
@@ -186,13 +188,19 @@ def quantisation_aware_ir(
     teacher = copy.deepcopy(net).eval() if distill else None
     # offset_activation_copies checks the copies' layer names before NNCF and the training start
     net, calib, (lo, hi), record = prepared_for_int8(net, calib, copies)
-    # an "edge" network stays in its trained form here: fused before these steps, the light slice
-    # network's IR lost 0.0231 mean SSIM on its card (0.0104 for the zero-padded network's IR; session 27)
+    sums_in_float: list[str] = []
+    if net.config.upsampled_padding == "edge":
+        # the form the ONNX export writes, so the IR is as fast as the post-training one. Each fused
+        # decoder's sum stays in float: NNCF would quantise both of its inputs, signed maps before the
+        # ReLU that the trained form never rounds, and with them the light slice network's IR lost
+        # 0.0231 mean SSIM on its card (0.0093 in the trained form; session 28, docs/models.md)
+        net = fused_form(net)
+        sums_in_float = list(FUSED_SUM_PATTERNS)
     # NNCF compiles a C++ extension for its PyTorch quantisers at first use (a few minutes on 2 cores,
     # then cached); its default limit of 60 s can kill that build and leave a lock behind
     os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")
     # NNCF's PyTorch graph names a module's operations "<module path with />/<op>/<n>"
-    scope = nncf.IgnoredScope(patterns=[c.replace(".", "/") + "/.*" for c in in_float])
+    scope = nncf.IgnoredScope(patterns=[c.replace(".", "/") + "/.*" for c in in_float] + sums_in_float)
     qnet = nncf.quantize(net.eval(), nncf.Dataset([torch.from_numpy(x[None]) for x in calib]),
                          subset_size=len(calib), preset=nncf.QuantizationPreset.MIXED,
                          advanced_parameters=nncf_parameters(), ignored_scope=scope)
@@ -256,6 +264,8 @@ def quantisation_aware_ir(
                "batch": batch, "patch": patch, "pixel_loss": pixel, "distill": distill,
                "wall_time_s": round(wall, 1),
                "kept_in_float": in_float}
+    if sums_in_float:
+        record["decoders"] = "fused into transposed convolutions, each decoder's sum in float"
     if validation is not None:
         record |= {"val_ssim_int8_simulated_before": before, "val_ssim_int8_simulated_after": after}
         log.info("int8-aware fine-tuning of the OpenVINO IR: simulated int8 SSIM %.4f -> %.4f in %d steps (%.0f s)",
