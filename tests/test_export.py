@@ -503,6 +503,28 @@ def test_an_edge_network_is_exported_with_each_resize_and_convolution_as_one_tra
     assert np.abs(session.run(None, {"frames": x.numpy()})[0] - ref).max() <= 1e-4
 
 
+def test_an_edge_network_can_be_written_as_trained_and_a_plain_one_cannot_be_fused(tmp_path):
+    import onnx
+
+    from bluesky_tomogan.errors import ExportOptionError
+    from bluesky_tomogan.export.fused_decoder import fuse_decoders
+    from bluesky_tomogan.export.onnx import export_onnx
+
+    net = _edge_network().correction_network()
+    path = export_onnx(net, tmp_path / "m.resize.onnx", fused=False)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("Resize") == 3 and ops.count("Concat") == 3 and "ConvTranspose" not in ops
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = net(x).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert np.abs(session.run(None, {"frames": x.numpy()})[0] - ref).max() <= 1e-4
+    with pytest.raises(ExportOptionError, match="only a network trained with upsampled_padding='edge'"):
+        export_onnx(TomoGANGenerator(GeneratorConfig(width=0.25)), tmp_path / "x.onnx", fused=True)
+    with pytest.raises(ExportOptionError, match="already fused"):
+        export_onnx(fuse_decoders(net), tmp_path / "y.onnx", fused=False)
+
+
 def test_a_fused_form_that_does_not_match_the_network_is_refused(monkeypatch):
     from bluesky_tomogan.errors import ExportOptionError
     from bluesky_tomogan.export import fused_decoder

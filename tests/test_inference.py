@@ -733,3 +733,15 @@ def test_int8_float_parts_run_in_bf16_where_amx_is_or_bf16_is_measured_faster():
         light = load_denoiser("tomogan-projection-light", backend="openvino", precision="int8")  # output in float
         assert light.session.float_precision == int8_float_precision(float_share=0.0)
     assert load_denoiser("tomogan-projection", backend="openvino", precision="fp32").session.float_precision == "f32"
+
+
+def test_onnx_runtime_runs_a_cards_resize_form_where_it_has_one():
+    from bluesky_tomogan.inference.load import load_card
+    from bluesky_tomogan.inference.registry import spec
+
+    light, full = load_card("tomogan-projection-light"), load_card("tomogan-projection")
+    assert spec("onnxruntime").file_kind("fp32", light) == "onnx_resize"
+    assert spec("onnxruntime").file_kind("fp32", full) == "onnx"  # zero-padded: one form only
+    assert spec("openvino").file_kind("fp32", light) == "onnx" and spec("tensorrt").file_kind("fp32", light) == "onnx"
+    den = load_denoiser("tomogan-projection-light", backend="onnxruntime")
+    assert den.model_sha256 == light.file("onnx_resize").sha256 == den.provenance()["model_sha256"]

@@ -229,6 +229,35 @@ def test_export_to_onnx_writes_a_card_that_loads_and_records_measured_quality(ti
     assert "litert/int8" not in quality  # no int8 TFLite file was exported: not measured, not invented
 
 
+def test_an_edge_network_is_exported_in_both_forms_and_onnx_runtime_runs_the_trained_one(tiny_dataset, tmp_path):
+    import onnx
+
+    from bluesky_tomogan import load_denoiser
+    from bluesky_tomogan.export.pipeline import export_model
+    from bluesky_tomogan.inference.load import load_card
+
+    result = train(_config(tiny_dataset, tmp_path / "train", max_epochs=1,
+                           arch=GeneratorConfig(width=0.25, upsampled_padding="edge")), progress=False)
+    card_path = export_model(result.weights.parent, tmp_path / "export", tiny_dataset, formats=("onnx",))
+    card = load_card(card_path)
+    ops = {kind: [n.op_type for n in onnx.load(str(card.path(kind))).graph.node] for kind in ("onnx", "onnx_resize")}
+    assert ops["onnx"].count("ConvTranspose") == 3 and "Resize" not in ops["onnx"]
+    assert ops["onnx_resize"].count("Resize") == 3 and "ConvTranspose" not in ops["onnx_resize"]
+    ort_den = load_denoiser(card_path, backend="onnxruntime")
+    ov_den = load_denoiser(card_path, backend="openvino", precision="fp32")
+    assert ort_den.model_sha256 == card.file("onnx_resize").sha256  # the form it runs faster
+    assert ov_den.model_sha256 == card.file("onnx").sha256  # OpenVINO (and TensorRT) read the fused one
+    frames = read_dataset(tiny_dataset).split("test").ns[:3]
+    a, b = ort_den.denoise_context(frames), ov_den.denoise_context(frames)
+    assert np.abs(a - b).max() <= 1e-4 * max(1.0, float(np.abs(b).max()))
+    assert abs(card.ssim_drop("openvino/fp32")) < 1e-3
+
+    # exported again as a zero-padded network, the card keeps no resize form behind
+    plain = train(_config(tiny_dataset, tmp_path / "plain", max_epochs=1), progress=False)
+    card_path = export_model(plain.weights.parent, tmp_path / "export", tiny_dataset, formats=("onnx",), measure=False)
+    assert not load_card(card_path).has("onnx_resize")
+
+
 def test_export_can_ship_the_float_weights_from_before_the_int8_aware_steps(tiny_dataset, tmp_path):
     from bluesky_tomogan.errors import ExportOptionError
     from bluesky_tomogan.export.pipeline import export_model

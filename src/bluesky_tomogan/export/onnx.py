@@ -20,7 +20,7 @@ ONNX_OUTPUT = "denoised"
 ONNX_OPSET = 18
 
 
-def export_onnx(gen: TomoGANGenerator, path: str | os.PathLike[str]) -> Path:
+def export_onnx(gen: TomoGANGenerator, path: str | os.PathLike[str], *, fused: bool | None = None) -> Path:
     """Write ``gen`` as ONNX with dynamic N, H, W (H, W multiples of the size multiple).
 
     Input ``frames`` is ``(N, C, H, W)`` float32 normalised frames; output
@@ -28,15 +28,29 @@ def export_onnx(gen: TomoGANGenerator, path: str | os.PathLike[str]) -> Path:
     replication (``upsampled_padding="edge"``) is written in its fused form, each resize and
     the convolution behind it one transposed convolution
     (:func:`~bluesky_tomogan.export.fused_decoder.fuse_decoders`), checked to give
-    the same output on a random input first.
+    the same output on a random input first; ``fused=False`` writes it as trained (resize,
+    concatenation, convolution: faster in ONNX Runtime), ``fused=True`` requires the fused form.
+
+    Raises
+    ------
+    ExportOptionError
+        ``fused=True`` for a network that has no fused form, or a fused form that does not match.
+    OutputPathError
+        The file cannot be written.
     """
     path = Path(path)
+    gen = gen.eval().float()
+    if fused is None:
+        fused = gen.config.upsampled_padding == "edge"
+    if fused and gen.config.upsampled_padding != "edge":
+        raise ExportOptionError("only a network trained with upsampled_padding='edge' has a fused form")
+    if isinstance(gen, FusedDecoderGenerator) and not fused:
+        raise ExportOptionError("this network is already fused; export the trained network for its resize form")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputPathError(f"cannot create {path.parent}: {exc}") from exc
-    gen = gen.eval().float()
-    if gen.config.upsampled_padding == "edge" and not isinstance(gen, FusedDecoderGenerator):
+    if fused and not isinstance(gen, FusedDecoderGenerator):
         gen = fused_form(gen)
     m = gen.config.size_multiple
     example = torch.zeros(1, gen.config.in_channels, 4 * m, 4 * m)

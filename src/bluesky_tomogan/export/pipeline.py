@@ -415,6 +415,14 @@ def export_model(
     if "onnx" in formats or "openvino" in formats:
         onnx_path = export_onnx(net, out / f"{name}.onnx")
         files["onnx"] = {"path": onnx_path.name, "sha256": sha256_of(onnx_path), "dynamic_shape": True}
+        files.pop("onnx_resize", None)
+        if net.config.upsampled_padding == "edge":
+            # the fused form serves OpenVINO and TensorRT; ONNX Runtime runs the trained form faster
+            # (registry.REGISTRY["onnxruntime"].preferred_files)
+            files["onnx"]["form"] = "fused decoders"
+            resize = export_onnx(net, out / f"{name}.resize.onnx", fused=False)
+            files["onnx_resize"] = {"path": resize.name, "sha256": sha256_of(resize), "dynamic_shape": True,
+                                    "form": "resize, concatenation and convolution, as trained"}
     if "tflite" in formats:
         calib = calibration_frames(train, n_calibration, tile, gen.config.in_channels)
         tfl = export_tflite_int8(net, out / f"{name}.int8.tflite", calib, tile, TFLITE_INPUT_PERCENTILES,
@@ -553,6 +561,8 @@ def _files_kept(card_path: Path, formats: tuple[str, ...]) -> dict[str, Any]:
     rewritten = {FORMAT_FILES[f] for f in formats} | {"pytorch"}
     if "openvino" in formats:
         rewritten.add("onnx")  # the int8 IR is made from a fresh ONNX export
+    if "onnx" in rewritten:
+        rewritten.add("onnx_resize")  # written beside it, for an edge network
     kept = read_card(card_path).get("files", {})
     return {k: v for k, v in kept.items() if k not in rewritten and (card_path.parent / v["path"]).is_file()}
 

@@ -133,7 +133,7 @@ def _open(card: ModelCard, s: BackendSpec, precision: str, threads: int | None, 
     slower = s.speed_verdict(precision) if check_quality and s.speed_verdict is not None else None
     if slower is not None:
         raise PrecisionError(f"{slower} (pass precision={precision!r} to use it anyway)")
-    kind = s.file_kind(precision)
+    kind = s.file_kind(precision, card)
     if not card.has(kind):
         hint = " (compile the int8 .tflite with edgetpu_compiler)" if s.name == "edgetpu" else ""
         raise ModelLoadError(f"model {card.name!r} has no {kind!r} file for {s.name}/{precision}{hint}; "
@@ -225,7 +225,7 @@ def load_denoiser(
         except (BackendUnavailableError, ModelLoadError) as exc:
             if len(candidates) == 1:
                 raise
-            if isinstance(exc, ModelLoadError) and card.has(spec(b).file_kind(p)):  # a corrupt file: say so
+            if isinstance(exc, ModelLoadError) and card.has(spec(b).file_kind(p, card)):  # a corrupt file: say so
                 corrupt = True
                 log.warning("skipping %s/%s: %s", b, p, exc)
             else:

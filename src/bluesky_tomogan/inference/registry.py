@@ -12,7 +12,7 @@ x86 CPUs (docs/benchmarks.md), with GPUs and TPUs first when present.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
@@ -72,6 +72,10 @@ class BackendSpec:
         ``speed_verdict(precision)``: why ``auto`` should pass over this precision on this
         machine because it is not faster than the next one (OpenVINO bf16 without fast bf16
         kernels), or ``None``; called once the runtime is known to be present.
+    preferred_files : mapping of str to str
+        Precision -> a file kind run instead of ``files[precision]`` where the card lists
+        one: the same function in the form this runtime runs fastest (ONNX Runtime reads
+        ``onnx_resize``, the decoders as trained, where the ``onnx`` file has them fused).
     """
 
     name: str
@@ -83,12 +87,17 @@ class BackendSpec:
     quality_on_device: bool = False
     fixed_tile: int | None = None
     speed_verdict: Callable[[str], str | None] | None = None
+    preferred_files: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def precisions(self) -> tuple[str, ...]:
         return tuple(self.files)
 
-    def file_kind(self, precision: str) -> str:
+    def file_kind(self, precision: str, card: ModelCard | None = None) -> str:
+        """The card's file kind this backend runs at ``precision``: the preferred form where ``card`` lists it."""
+        preferred = self.preferred_files.get(precision)
+        if card is not None and preferred is not None and card.has(preferred):
+            return preferred
         return self.files[precision]
 
 
@@ -177,7 +186,11 @@ REGISTRY: Mapping[str, BackendSpec] = MappingProxyType({s.name: s for s in (
     BackendSpec("openvino", {"int8": "openvino_int8", "bf16": "onnx", "fp32": "onnx"}, "openvino",
                 _probe_openvino, _open_openvino, measured_by_export=True, speed_verdict=_openvino_speed),
     BackendSpec("litert", {"int8": "tflite_int8"}, "litert", _probe_litert, _open_litert, measured_by_export=True),
-    BackendSpec("onnxruntime", {"fp32": "onnx"}, "onnxruntime", _probe_onnxruntime, _open_onnxruntime),
+    # ONNX Runtime's fp32 transposed convolution is slower than its resize and concatenation: the
+    # light projection model through the Denoiser, AMD EPYC Zen 5, 294 ms as trained against 373 ms
+    # fused (docs/benchmarks.md); OpenVINO and TensorRT read the fused form
+    BackendSpec("onnxruntime", {"fp32": "onnx"}, "onnxruntime", _probe_onnxruntime, _open_onnxruntime,
+                preferred_files=MappingProxyType({"fp32": "onnx_resize"})),
 )})
 
 #: Fastest first; ``auto`` takes the first that this machine, this model card and the tolerance allow.
