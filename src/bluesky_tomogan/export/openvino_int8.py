@@ -193,7 +193,7 @@ def quantisation_aware_ir(
         # the form the ONNX export writes, so the IR is as fast as the post-training one. Each fused
         # decoder's sum stays in float: NNCF would quantise both of its inputs, signed maps before the
         # ReLU that the trained form never rounds, and with them the light slice network's IR lost
-        # 0.0231 mean SSIM on its card (0.0093 in the trained form; session 28, docs/models.md)
+        # 0.0231 mean SSIM on its card, without them 0.0079 (session 28, docs/models.md)
         net = fused_form(net)
         sums_in_float = list(FUSED_SUM_PATTERNS)
     # NNCF compiles a C++ extension for its PyTorch quantisers at first use (a few minutes on 2 cores,

@@ -187,8 +187,8 @@ REGISTRY: Mapping[str, BackendSpec] = MappingProxyType({s.name: s for s in (
                 _probe_openvino, _open_openvino, measured_by_export=True, speed_verdict=_openvino_speed),
     BackendSpec("litert", {"int8": "tflite_int8"}, "litert", _probe_litert, _open_litert, measured_by_export=True),
     # ONNX Runtime's fp32 transposed convolution is slower than its resize and concatenation: the
-    # light projection model through the Denoiser, AMD EPYC Zen 5, 294 ms as trained against 373 ms
-    # fused (docs/benchmarks.md); OpenVINO and TensorRT read the fused form
+    # light projection model through the Denoiser at 1024x1024, AMD EPYC Zen 5, 428 ms as trained
+    # against 503 ms fused, interleaved (docs/backends.md); OpenVINO and TensorRT read the fused form
     BackendSpec("onnxruntime", {"fp32": "onnx"}, "onnxruntime", _probe_onnxruntime, _open_onnxruntime,
                 preferred_files=MappingProxyType({"fp32": "onnx_resize"})),
 )})
