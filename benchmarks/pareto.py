@@ -18,8 +18,9 @@ per-round ratios, with their range.
 
 Usage::
 
-    python benchmarks/pareto.py [--models tomogan-projection tomogan-slice tomogan-projection-aio
-                                 tomogan-slice-aio tomogan-projection-s2d-aio] [--repeats 5]
+    python benchmarks/pareto.py [--models tomogan-projection tomogan-projection-light tomogan-projection-aio
+                                 tomogan-projection-s2d-aio tomogan-slice tomogan-slice-light
+                                 tomogan-slice-aio] [--repeats 5]
                                 [--rounds 3] [--configs openvino:int8 ...] [--json out.json]
                                 [--plot docs/pareto.png]
 """
@@ -85,8 +86,9 @@ def expand_ratios(models: list[str]) -> list[tuple[str, str, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["tomogan-projection", "tomogan-slice", "tomogan-projection-aio",
-                                                    "tomogan-slice-aio", "tomogan-projection-s2d-aio"])
+    ap.add_argument("--models", nargs="+", default=["tomogan-projection", "tomogan-projection-light",
+                                                    "tomogan-projection-aio", "tomogan-projection-s2d-aio",
+                                                    "tomogan-slice", "tomogan-slice-light", "tomogan-slice-aio"])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--frames", type=int, default=24, help="held-out frames scored per model")
     ap.add_argument("--threads", type=int, default=2)
