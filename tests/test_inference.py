@@ -745,3 +745,23 @@ def test_onnx_runtime_runs_a_cards_resize_form_where_it_has_one():
     assert spec("openvino").file_kind("fp32", light) == "onnx" and spec("tensorrt").file_kind("fp32", light) == "onnx"
     den = load_denoiser("tomogan-projection-light", backend="onnxruntime")
     assert den.model_sha256 == light.file("onnx_resize").sha256 == den.provenance()["model_sha256"]
+
+
+def test_a_missing_or_damaged_resize_form_costs_onnx_runtime_its_speed_not_the_backend(tmp_path, caplog):
+    card = load_card("tomogan-projection-light")
+    for entry in card.files.values():
+        shutil.copy2(entry.path, tmp_path)
+        if entry.path.suffix == ".xml":
+            shutil.copy2(entry.path.with_suffix(".bin"), tmp_path)
+    shutil.copy2(card.directory / "tomogan-projection-light.json", tmp_path)
+    resize = tmp_path / "tomogan-projection-light.resize.onnx"
+    resize.write_bytes(resize.read_bytes()[:1000])
+    with caplog.at_level("WARNING", logger="bluesky_tomogan.inference.load"):
+        den = load_denoiser(tmp_path, backend="onnxruntime")
+    assert den.model_sha256 == card.file("onnx").sha256  # the fused form: the same function
+    assert "does not match the sha256" in caplog.text and "runs the card's 'onnx' file instead" in caplog.text
+    resize.unlink()
+    assert load_denoiser(tmp_path, backend="onnxruntime").model_sha256 == card.file("onnx").sha256
+    (tmp_path / "tomogan-projection-light.onnx").unlink()  # neither form: a clear error, as for any model file
+    with pytest.raises(ModelLoadError, match="missing"):
+        load_denoiser(tmp_path, backend="onnxruntime")

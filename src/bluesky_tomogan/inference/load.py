@@ -139,7 +139,19 @@ def _open(card: ModelCard, s: BackendSpec, precision: str, threads: int | None, 
         raise ModelLoadError(f"model {card.name!r} has no {kind!r} file for {s.name}/{precision}{hint}; "
                              f"it has {sorted(card.files)}")
     file = card.file(kind)
-    session = s.opener(OpenRequest(file.verified(card.name), precision, card, threads, tile))
+    try:
+        path = file.verified(card.name)
+    except ModelLoadError as exc:
+        plain = s.files[precision]
+        if kind == plain or not card.has(plain):
+            raise
+        # a preferred form is the same function as the plain file, only faster here: a missing or
+        # damaged one costs speed, not the backend (the plain file is checked in its turn)
+        log.warning("%s; %s/%s runs the card's %r file instead (the same network in another form)",
+                    exc, s.name, precision, plain)
+        file = card.file(plain)
+        path = file.verified(card.name)
+    session = s.opener(OpenRequest(path, precision, card, threads, tile))
     return Denoiser(session, card, model_sha256=file.sha256, tile=tile, overlap=overlap)
 
 
