@@ -38,6 +38,23 @@ def pairs_of(n: int, h: int, w: int) -> PairSet:
     return PairSet(r.random((n, h, w), np.float32), r.random((n, h, w), np.float32), np.zeros(n, np.int32))
 
 
+def copy_of_shipped_model(name: str, directory: Path) -> Path:
+    """A model directory holding a copy of the shipped model ``name``'s card and files (each IR's
+    ``.bin`` too), for tests that damage or re-measure them."""
+    import shutil
+
+    from bluesky_tomogan.inference import load_card
+
+    card = load_card(name)
+    directory.mkdir(parents=True, exist_ok=True)
+    for entry in card.files.values():
+        shutil.copy2(entry.path, directory)
+        if entry.path.suffix == ".xml":
+            shutil.copy2(entry.path.with_suffix(".bin"), directory)
+    shutil.copy2(card.directory / f"{name}.json", directory)
+    return directory
+
+
 @pytest.fixture(autouse=True)
 def derived_frames_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Derived frames without a ``directory`` go to the per-user data directory: a temporary one in tests."""

@@ -10,6 +10,8 @@ import pytest
 
 from bluesky_tomogan.cli import main
 
+from .conftest import copy_of_shipped_model
+
 COMMANDS = ["demo", "merge", "simulate", "train", "finetune", "export", "quality", "denoise", "bench", "models",
             "serve", "qc-ioc"]
 
@@ -247,18 +249,8 @@ def test_demo_with_faults_suspends_on_the_beam_dump_and_shows_the_qc_timeline(tm
 
 def test_quality_remeasures_mean_and_worst_frame_losses_into_a_copied_card(tmp_path, capsys):
     import json
-    import shutil
 
-    from bluesky_tomogan.inference import load_card
-
-    card = load_card("tomogan-projection")
-    model = tmp_path / "model"
-    model.mkdir()
-    for entry in card.files.values():
-        shutil.copy2(entry.path, model)
-        if entry.path.suffix == ".xml":
-            shutil.copy2(entry.path.with_suffix(".bin"), model)
-    shutil.copy2(card.directory / "tomogan-projection.json", model)
+    model = copy_of_shipped_model("tomogan-projection", tmp_path / "model")
     data = tmp_path / "hard.h5"
     assert main(["simulate", str(data), "--domain", "projection", "--size", "32", "--n-train", "1",
                  "--n-test", "1", "--photons", "20", "40", "--frames-per-scan", "8"]) == 0

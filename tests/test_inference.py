@@ -32,6 +32,8 @@ from bluesky_tomogan.normalise import normalise, robust_range
 from bluesky_tomogan.simulate.phantoms import make_phantom
 from bluesky_tomogan.simulate.tomography import DetectorModel, angles_deg, scale_to_max_attenuation, simulate_scan
 
+from .conftest import copy_of_shipped_model
+
 
 @pytest.fixture(scope="module")
 def frames() -> np.ndarray:
@@ -288,13 +290,7 @@ def test_tensorrt_without_a_gpu_is_unavailable_not_a_crash():
 
 @pytest.fixture
 def model_copy(tmp_path):
-    card = load_card("tomogan-projection")
-    for entry in card.files.values():
-        shutil.copy2(entry.path, tmp_path)
-        if entry.path.suffix == ".xml":
-            shutil.copy2(entry.path.with_suffix(".bin"), tmp_path)
-    shutil.copy2(card.directory / "tomogan-projection.json", tmp_path)
-    return tmp_path
+    return copy_of_shipped_model("tomogan-projection", tmp_path)
 
 
 def test_corrupt_model_file_is_refused_by_its_checksum(model_copy):
@@ -749,11 +745,7 @@ def test_onnx_runtime_runs_a_cards_resize_form_where_it_has_one():
 
 def test_a_missing_or_damaged_resize_form_costs_onnx_runtime_its_speed_not_the_backend(tmp_path, caplog):
     card = load_card("tomogan-projection-light")
-    for entry in card.files.values():
-        shutil.copy2(entry.path, tmp_path)
-        if entry.path.suffix == ".xml":
-            shutil.copy2(entry.path.with_suffix(".bin"), tmp_path)
-    shutil.copy2(card.directory / "tomogan-projection-light.json", tmp_path)
+    copy_of_shipped_model("tomogan-projection-light", tmp_path)
     resize = tmp_path / "tomogan-projection-light.resize.onnx"
     resize.write_bytes(resize.read_bytes()[:1000])
     with caplog.at_level("WARNING", logger="bluesky_tomogan.inference.load"):
