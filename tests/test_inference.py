@@ -732,7 +732,6 @@ def test_int8_float_parts_run_in_bf16_where_amx_is_or_bf16_is_measured_faster():
 
 
 def test_onnx_runtime_runs_a_cards_resize_form_where_it_has_one():
-    from bluesky_tomogan.inference.load import load_card
     from bluesky_tomogan.inference.registry import spec
 
     light, full = load_card("tomogan-projection-light"), load_card("tomogan-projection")
