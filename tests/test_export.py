@@ -583,3 +583,60 @@ def test_every_shipped_tflite_model_maps_onto_the_edge_tpu(model):
     assert report.compatible, report.problems
     # PAD: the zero-padded skip input of a network whose upsampled maps are padded by replication
     assert set(report.ops) <= {"CONV_2D", "MAX_POOL_2D", "CONCATENATION", "TRANSPOSE_CONV", "STRIDED_SLICE", "PAD"}
+
+
+def _shipped_onnx() -> list[str]:
+    from bluesky_tomogan.inference.load import shipped_weights_dir
+
+    root = shipped_weights_dir()
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*.onnx"))  # both forms, every ratio
+
+
+@pytest.mark.parametrize("model", _shipped_onnx())
+def test_every_shipped_onnx_model_parses_in_tensorrt(model):
+    from bluesky_tomogan.export.tensorrt_check import check_tensorrt_parsable
+    from bluesky_tomogan.inference.load import shipped_weights_dir
+
+    report = check_tensorrt_parsable(shipped_weights_dir() / model)
+    assert report.compatible, report.problems
+    assert set(report.ops) <= {"Conv", "ConvTranspose", "Relu", "MaxPool", "Resize", "Concat", "Pad", "Add"}
+
+
+def test_the_tensorrt_check_names_each_node_the_parser_would_refuse(tmp_path):
+    """One node of each kind TensorRT 8.6 or 10 refuses, in a graph ONNX itself accepts."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from bluesky_tomogan.export.tensorrt_check import check_tensorrt_parsable
+
+    def const(name: str, values: list, kind=TensorProto.INT64) -> onnx.TensorProto:
+        return helper.make_tensor(name, kind, [len(values)], values)
+
+    nodes = [
+        helper.make_node("Pad", ["x", "pads", "", "axes"], ["p"], mode="wrap", name="pad_wrap_axes"),
+        helper.make_node("Resize", ["p", "", "scales"], ["r"], mode="cubic", antialias=1, name="resize_cubic"),
+        helper.make_node("Conv", ["r", "w"], ["c"], name="conv_runtime_weights"),
+        helper.make_node("MaxPool", ["c"], ["m", "idx"], kernel_shape=[2, 2], name="pool_indices"),
+        helper.make_node("Unique", ["m"], ["u"], name="unique"),
+        helper.make_node("MyOp", ["u"], ["y"], domain="beamline.custom", name="custom"),
+    ]
+    graph = helper.make_graph(
+        nodes, "refused",
+        [helper.make_tensor_value_info("x", TensorProto.INT64, ["batch", 3, "h", "w"]),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, [1, 3, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [const("pads", [0, 0, 1, 1, 0, 0, 1, 1]), const("axes", [2, 3]),
+         const("scales", [1.0, 1.0, 2.0, 2.0], TensorProto.FLOAT)])
+    path = tmp_path / "refused.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), path)
+
+    report = check_tensorrt_parsable(path)
+    assert not report.compatible
+    text = "\n".join(report.problems)
+    for expected in ("opset 21", "input 'x' is INT64", "pad_wrap_axes': mode 'wrap', which only TensorRT 10",
+                     "pad_wrap_axes': an axes input (opset 18)", "resize_cubic': mode 'cubic'",
+                     "resize_cubic': antialiasing", "conv_runtime_weights': weights computed at run time",
+                     "pool_indices': an Indices output", "unique': operator Unique is not supported",
+                     "custom' is in domain 'beamline.custom'"):
+        assert expected in text, (expected, report.problems)
+    assert "input 'w'" not in text  # a float input of rank 4: fine as an input, refused as conv weights

@@ -40,6 +40,7 @@ from .openvino_int8 import (
     prepared_for_int8,
     quantisation_aware_ir,
 )
+from .tensorrt_check import check_tensorrt_parsable
 from .tflite import DEFAULT_TILE, export_tflite_int8
 
 __all__ = ["FORMATS", "calibration_frames", "export_model", "measure_quality", "record_quality"]
@@ -416,6 +417,7 @@ def export_model(
         onnx_path = export_onnx(net, out / f"{name}.onnx")
         files["onnx"] = {"path": onnx_path.name, "sha256": sha256_of(onnx_path), "dynamic_shape": True}
         files.pop("onnx_resize", None)
+        _warn_unless_tensorrt_parses(onnx_path)
         if net.config.upsampled_padding == "edge":
             # the fused form serves OpenVINO and TensorRT; ONNX Runtime runs the trained form faster
             # (registry.REGISTRY["onnxruntime"].preferred_files)
@@ -464,6 +466,13 @@ def export_model(
         card_path = _export_ratios(card_path, pt, plan, data, formats, tile, n_calibration, measure,
                                    activation_copies)
     return card_path
+
+
+def _warn_unless_tensorrt_parses(onnx_path: Path) -> None:
+    """TensorRT reads the ``.onnx`` on the GPU host: say here, not at the beamline, what it would refuse."""
+    report = check_tensorrt_parsable(onnx_path)
+    if not report.compatible:
+        log.warning("TensorRT's ONNX parser would refuse %s: %s", onnx_path.name, "; ".join(report.problems))
 
 
 def _float_weights(card: dict[str, Any], src: Path, out: Path) -> Path:
