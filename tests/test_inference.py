@@ -233,6 +233,33 @@ def test_nan_pixels_are_missing_data_denoised_around_and_kept(ort_denoiser):
     assert np.abs(out[:, :48] - ref[:, :48]).max() < 0.02 * 800  # away from the gap, as without it
 
 
+def test_a_masked_array_is_denoised_as_the_same_frames_with_nan_where_masked(frames, ort_denoiser):
+    mask = np.zeros(frames.shape, bool)
+    mask[:, 20:23, 30:50] = True
+    marked = frames.astype(np.float32)
+    marked[mask] = np.nan
+    out = ort_denoiser.denoise(np.ma.masked_array(frames, mask))  # the values under the mask are not data
+    np.testing.assert_array_equal(out, ort_denoiser.denoise(marked))
+    assert np.isnan(out[mask]).all() and np.isfinite(out[~mask]).all()
+    unmasked = np.ma.masked_array(frames, np.zeros(frames.shape, bool))
+    np.testing.assert_array_equal(ort_denoiser.denoise(unmasked, out_dtype="source"),
+                                  ort_denoiser.denoise(frames, out_dtype="source"))
+
+
+@pytest.mark.parametrize("value, dtype", [(0, np.uint16), (7, np.uint16), (65535, np.uint16), (-3.5, np.float32)])
+def test_a_frame_of_one_value_comes_back_as_it_is(frames, ort_denoiser, value, dtype):
+    """A closed shutter or a saturated or blank detector: nothing to denoise, no pattern added."""
+    flat = np.full(frames.shape[1:], value, dtype)
+    out = ort_denoiser.denoise(flat, out_dtype="source")
+    assert out.dtype == dtype and (out == flat).all()
+    stack = frames.astype(dtype) if dtype == np.float32 else frames.copy()
+    stack[2] = flat
+    out = ort_denoiser.denoise(stack)
+    assert (out[2] == np.float32(value)).all()
+    np.testing.assert_array_equal(out[0], ort_denoiser.denoise(stack[:2])[0])  # its neighbours as before
+    assert not (out[1] == stack[1]).all()  # and denoised
+
+
 def test_wrong_context_depth_is_a_shape_error(frames, ort_denoiser):
     with pytest.raises(InputShapeError, match=r"\(3, H, W\)"):
         ort_denoiser.denoise_context(frames[:2])

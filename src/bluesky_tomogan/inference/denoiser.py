@@ -257,6 +257,12 @@ class Denoiser:
             context = fill_masked(context, mask)
             centre = context[self.depth // 2]
         offset, scale = robust_range(centre)
+        # robust_range's scale for a frame without spread; only then can it be one value everywhere
+        if scale == max(abs(offset), 1.0) and centre.min() == centre.max():
+            # a closed shutter, a saturated or blank detector: nothing to denoise, and the
+            # network would add its own faint pattern to it
+            flat = np.broadcast_to(np.float32(0), centre.shape)
+            return _Prepared(None, np.empty((0,)), flat, float(centre.flat[0]), 1.0, raw_masked)
         x = normalise(context, offset, scale)
         if self.despike_sigmas is not None:
             remove_isolated_spikes(x, self.despike_sigmas)
@@ -272,6 +278,12 @@ class Denoiser:
 
     def _infer(self, prep: _Prepared) -> np.ndarray:
         """Run the tiles through the backend, blend, add the centre frame, map back."""
+        if prep.grid is None:  # a flat frame: its own value everywhere
+            out = np.full(prep.centre.shape, np.float32(prep.offset))
+            if prep.raw_masked is not None:
+                where, values = prep.raw_masked
+                out[where] = values
+            return out
         outs = []
         with self._lock:
             for i in range(0, len(prep.tiles), self.session.max_batch):
@@ -292,7 +304,7 @@ class Denoiser:
 
 
 class _Prepared(NamedTuple):
-    grid: TileGrid
+    grid: TileGrid | None  # None: a flat frame, returned as it is
     tiles: np.ndarray
     centre: np.ndarray  # normalised centre frame as the model saw it, for the host-side residual
     offset: float
@@ -305,7 +317,9 @@ def check_frames(frames: Any) -> np.ndarray:
     integer or floating point, no infinite values, and each frame with data somewhere.
 
     NaN marks a pixel without data (:func:`~bluesky_tomogan.masked.missing_pixels`): the
-    network gets its nearest pixel with data, and the output keeps NaN there.
+    network gets its nearest pixel with data, and the output keeps NaN there. So do the
+    masked pixels of a :class:`numpy.ma.MaskedArray`: it becomes a floating-point array with
+    NaN where it is masked (its values there are not data).
 
     Raises
     ------
@@ -314,7 +328,7 @@ def check_frames(frames: Any) -> np.ndarray:
     InputShapeError
         Another number of dimensions, or no pixels.
     """
-    arr = np.asarray(frames)
+    arr = _nan_where_masked(frames) if isinstance(frames, np.ma.MaskedArray) else np.asarray(frames)
     if arr.dtype.kind not in "uif":
         raise InputValueError(f"frames must be integer or floating point, got dtype {arr.dtype}")
     if arr.ndim not in (2, 3):
@@ -329,6 +343,15 @@ def check_frames(frames: Any) -> np.ndarray:
         if empty.size:
             raise InputValueError(f"frame {int(empty[0])} is NaN in all {arr.shape[-2] * arr.shape[-1]} pixels: "
                                   "no data to denoise")
+    return arr
+
+
+def _nan_where_masked(frames: np.ma.MaskedArray) -> np.ndarray:
+    data, mask = np.asarray(frames.data), np.ma.getmaskarray(frames)
+    if not mask.any() or data.dtype.kind not in "uif":
+        return data
+    arr = data.astype(np.float64 if data.dtype.itemsize > 4 else np.float32)
+    arr[mask] = np.nan
     return arr
 
 
