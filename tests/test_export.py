@@ -97,10 +97,10 @@ def test_int8_input_range_ignores_rare_calibration_outliers(tmp_path):
 
 def _int8_weight_extremes(xml) -> list[int]:
     """The largest |int8 weight| of each int8 convolution of an IR, in graph order."""
-    import openvino as ov
+    from bluesky_tomogan.inference.backends.openvino import openvino_core
 
     out = []
-    for op in ov.Core().read_model(str(xml)).get_ordered_ops():
+    for op in openvino_core().read_model(str(xml)).get_ordered_ops():
         if op.get_type_name() != "Convolution":
             continue
         node = op.input(1).get_source_output().get_node()
@@ -169,9 +169,9 @@ def test_quantisation_aware_ir_is_int8_follows_the_fine_tuned_network_and_says_h
     assert info["kept_in_float"] == ["head.0", "head.2"]
     assert 0 <= info["val_ssim_int8_simulated_after"] <= 1
     assert info["convolutions_in_float"] == 2 and info["convolutions"] > 2  # the rest runs in int8
-    import openvino as ov
+    from bluesky_tomogan.inference.backends.openvino import openvino_core
 
-    saved = ir_record(ov.Core().read_model(str(xml)))  # the record describes the IR as written
+    saved = ir_record(openvino_core().read_model(str(xml)))  # the record describes the IR as written
     assert {k: info[k] for k in saved} == saved
     assert _int8_weight_extremes(xml)[0] == 127  # 8-bit first layer, as the post-training IR
     session = OpenVINOSession(xml, "int8", threads=1)
@@ -186,10 +186,8 @@ def test_quantisation_aware_ir_is_int8_follows_the_fine_tuned_network_and_says_h
 
 def test_quantisation_aware_ir_of_an_edge_network_is_fused_with_its_sums_in_float(tmp_path):
     pytest.importorskip("nncf", reason="the OpenVINO int8 export needs the export extra")
-    import openvino as ov
-
     from bluesky_tomogan.export.openvino_int8 import quantisation_aware_ir
-    from bluesky_tomogan.inference.backends.openvino import OpenVINOSession
+    from bluesky_tomogan.inference.backends.openvino import OpenVINOSession, openvino_core
 
     torch.manual_seed(0)
     net = TomoGANGenerator(GeneratorConfig(width=0.25, upsampled_padding="edge")).eval().correction_network()
@@ -197,7 +195,7 @@ def test_quantisation_aware_ir_of_an_edge_network_is_fused_with_its_sums_in_floa
     calib = np.stack([pairs.ns[i:i + 3] for i in range(4)])
     xml, info = quantisation_aware_ir(net, tmp_path / "m.int8.xml", calib, pairs, 4, patch=32, batch=4,
                                       keep_float=["head", "dec2.0"])
-    model = ov.Core().read_model(str(xml))
+    model = openvino_core().read_model(str(xml))
     ops = [op.get_type_name() for op in model.get_ordered_ops()]
     # the form the ONNX export writes: no resize, no concatenation
     assert ops.count("ConvolutionBackpropData") == 3 and "Interpolate" not in ops and "Concat" not in ops
@@ -217,9 +215,8 @@ def test_quantisation_aware_ir_of_an_edge_network_is_fused_with_its_sums_in_floa
 @pytest.mark.parametrize(("copies", "stem_outputs"), [(None, 4), ({}, 1)])
 def test_quantisation_aware_ir_copies_the_stem_only_as_told(tmp_path, copies, stem_outputs):
     pytest.importorskip("nncf", reason="the OpenVINO int8 export needs the export extra")
-    import openvino as ov
-
     from bluesky_tomogan.export.openvino_int8 import quantisation_aware_ir
+    from bluesky_tomogan.inference.backends.openvino import openvino_core
 
     torch.manual_seed(0)
     net = TomoGANGenerator(GeneratorConfig(width=0.25)).eval().correction_network()
@@ -227,7 +224,7 @@ def test_quantisation_aware_ir_copies_the_stem_only_as_told(tmp_path, copies, st
     xml, info = quantisation_aware_ir(net, tmp_path / "m.int8.xml", pairs.ns[None, :3], pairs, 1, patch=32, batch=2,
                                       copies=copies)
     assert info["activation_copies"] == ({"stem.0": 4} if copies is None else copies)
-    convs = [op for op in ov.Core().read_model(str(xml)).get_ordered_ops() if op.get_type_name() == "Convolution"]
+    convs = [op for op in openvino_core().read_model(str(xml)).get_ordered_ops() if op.get_type_name() == "Convolution"]
     stem = net.stem[0].out_channels
     # each copy is more int8 input channels of the layer after the stem: its weights say how many
     assert convs[0].get_output_partial_shape(0)[1].get_length() == stem * stem_outputs

@@ -114,7 +114,7 @@ def _export_openvino_int8(
     import nncf
     import openvino as ov
 
-    from ..inference.backends.openvino import CONVOLUTIONS
+    from ..inference.backends.openvino import CONVOLUTIONS, openvino_core
 
     net, calib, (lo, hi), info = prepared_for_int8(net, calib)
     grid = InputGrid.from_range(lo, hi)
@@ -122,7 +122,7 @@ def _export_openvino_int8(
     ranges = nncf_parameters()
     info["method"] = "nncf post-training"
     with tempfile.TemporaryDirectory() as tmp:
-        model = ov.Core().read_model(str(export_onnx(net, Path(tmp) / "int8-source.onnx")))
+        model = openvino_core().read_model(str(export_onnx(net, Path(tmp) / "int8-source.onnx")))
         conv_names = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in CONVOLUTIONS]
         output_layer = nncf.IgnoredScope(names=conv_names[-1:])
         if validation is None:
@@ -137,7 +137,7 @@ def _export_openvino_int8(
 
             # the card's loss is against fp32, and OpenVINO compiles in bf16 by default on CPUs
             # with bf16 (an AMD EPYC too), which understated the worst frame's drop by ~0.002
-            reference = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            reference = openvino_core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
             items = []
             for i in quality_frames(validation):
                 x, y = normalised_frames(validation, i)
@@ -230,14 +230,12 @@ def measure_quality(card_path: Path, pairs: PairSet, n_frames: int = QUALITY_FRA
 
 def _int8_float_precision_of(card_path: Path, card: Mapping[str, Any]) -> str:
     """What the float parts of the card's OpenVINO int8 IR compute in on this CPU."""
-    from ..inference.backends.openvino import int8_float_precision, ir_float_precision
+    from ..inference.backends.openvino import int8_float_precision, ir_float_precision, openvino_core
 
     entry = card.get("files", {}).get("openvino_int8")
     if not entry or not (card_path.parent / entry["path"]).is_file():
         return int8_float_precision()
-    import openvino as ov
-
-    return ir_float_precision(ov.Core().read_model(str(card_path.parent / entry["path"])))
+    return ir_float_precision(openvino_core().read_model(str(card_path.parent / entry["path"])))
 
 
 def record_quality(card_path: Path, pairs: PairSet, n_frames: int = QUALITY_FRAMES, source: str = "") -> Path:

@@ -31,7 +31,7 @@ from ...int8 import InputGrid
 log = logging.getLogger(__name__)
 
 __all__ = ["OpenVINOSession", "available", "bf16_speedup", "int8_float_precision", "int8_sums_exact",
-           "ir_float_precision", "round_to_bf16", "supports_bf16"]
+           "ir_float_precision", "openvino_core", "round_to_bf16", "supports_bf16"]
 
 #: ``precision="auto"`` takes OpenVINO bf16 only where it is at least this much faster than fp32.
 BF16_MIN_SPEEDUP = 1.1
@@ -48,12 +48,28 @@ def available() -> bool:
     return True
 
 
+@functools.cache
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core``, shared by every session, probe and export step.
+
+    One Core is what OpenVINO recommends (it loads and configures its device plugins once),
+    and here it is also what keeps Ctrl-C from crashing the session. The CPU plugin of
+    OpenVINO 2025 installs an alternate signal stack on the thread that creates it and, when
+    it is destroyed, unmaps that stack and puts back the one it found. With two Cores alive
+    and the older one destroyed first, the thread is left with an unmapped alternate stack,
+    and the next signal delivered there (Python's SIGINT handler runs on it) kills the
+    process with SIGSEGV: a RunEngine paused with Ctrl-C took the IPython session down
+    (tests/test_inference.py, the Ctrl-C test). Never destroyed, the one Core never restores.
+    """
+    import openvino as ov
+
+    return ov.Core()
+
+
 def supports_bf16() -> bool:
     """Whether this CPU has native bf16 (OpenVINO reports it as an optimisation capability)."""
     try:
-        import openvino as ov
-
-        caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        caps = openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     except Exception:  # no openvino, or no CPU plugin
         return False
     return "BF16" in caps
@@ -83,7 +99,7 @@ def bf16_speedup() -> float:
     for cin, cout in ((16, 32), (32, 32), (32, 16)):
         w = ops.constant((rng.standard_normal((cout, cin, 3, 3)) * 0.1).astype(np.float32))
         h = ops.relu(ops.convolution(h, w, [1, 1], [1, 1], [1, 1], [1, 1]))
-    model, core = ov.Model([h], [x]), ov.Core()
+    model, core = ov.Model([h], [x]), openvino_core()
     data = rng.random((1, 16, 256, 256), np.float32)
     requests = {p: core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": p, "PERFORMANCE_HINT": "LATENCY"})
                 .create_infer_request() for p in ("f32", "bf16")}
@@ -251,7 +267,7 @@ class OpenVINOSession:
         full_range_weights: bool = False,
     ) -> None:
         try:
-            import openvino as ov
+            import openvino  # noqa: F401
         except ImportError as exc:
             raise BackendUnavailableError("openvino is not installed: pip install openvino") from exc
         if precision not in ("fp32", "bf16", "int8"):
@@ -263,7 +279,7 @@ class OpenVINOSession:
                 f"{Path(model_path).name} has 8-bit weights in its first layer (exported without NNCF's "
                 "overflow fix), whose sums can saturate on an x86 CPU without VNNI (avx512_vnni, avx_vnni "
                 "or amx_int8); run it in bf16 or fp32 here")
-        self._core = ov.Core()
+        self._core = openvino_core()
         try:
             self._model = self._core.read_model(str(Path(model_path)))
         except Exception as exc:  # openvino raises RuntimeError subclasses on bad files
