@@ -54,7 +54,7 @@ def openvino_core() -> Any:
 
     One Core is what OpenVINO recommends (it loads and configures its device plugins once),
     and here it is also what keeps Ctrl-C from crashing the session. The CPU plugin of
-    OpenVINO 2025 installs an alternate signal stack on the thread that creates it and, when
+    OpenVINO (2026.4) installs an alternate signal stack on the thread that creates it and, when
     it is destroyed, unmaps that stack and puts back the one it found. With two Cores alive
     and the older one destroyed first, the thread is left with an unmapped alternate stack,
     and the next signal delivered there (Python's SIGINT handler runs on it) kills the
