@@ -58,8 +58,8 @@ def openvino_core() -> Any:
     it is destroyed, unmaps that stack and puts back the one it found. With two Cores alive
     and the older one destroyed first, the thread is left with an unmapped alternate stack,
     and the next signal delivered there (Python's SIGINT handler runs on it) kills the
-    process with SIGSEGV: a RunEngine paused with Ctrl-C took the IPython session down
-    (tests/test_inference.py, the Ctrl-C test). Never destroyed, the one Core never restores.
+    process with SIGSEGV: a RunEngine paused with Ctrl-C took the whole process down (the
+    suite's Ctrl-C test, run after an OpenVINO test). Never destroyed, the one Core never restores.
     """
     import openvino as ov
 
