@@ -606,6 +606,34 @@ def test_ctrl_c_after_openvino_sessions_come_and_go_is_a_keyboard_interrupt_not_
     assert done.returncode == 0 and done.stdout.strip() == "KeyboardInterrupt", (done.returncode, done.stderr[-2000:])
 
 
+def test_an_openvino_session_keeps_the_most_recently_used_compiled_shapes_only(tmp_path):
+    """A compiled model per frame shape holds its activations (~300 MB at 1024x1024): a session that saw
+    every region of interest of a long beamline day must not keep them all."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    from bluesky_tomogan.inference.backends.openvino import MAX_COMPILED_SHAPES, OpenVINOSession
+
+    x = ops.parameter([1, 3, 16, 16], np.float32, name="frames")
+    w = ops.constant(np.full((1, 3, 3, 3), 0.1, np.float32))
+    ov.save_model(ov.Model([ops.convolution(x, w, [1, 1], [1, 1], [1, 1], [1, 1])], [x]), tmp_path / "conv.xml",
+                  compress_to_fp16=False)
+    session = OpenVINOSession(tmp_path / "conv.xml", "fp32", threads=1)
+    shapes = [(1, 3, 8 * k, 16) for k in range(1, MAX_COMPILED_SHAPES + 3)]
+    for shape in shapes:
+        assert session.run(np.ones(shape, np.float32)).shape == (1, 1, *shape[2:])
+    assert session.compiled_shapes == shapes[-MAX_COMPILED_SHAPES:]
+    kept = shapes[-MAX_COMPILED_SHAPES]
+    session.run(np.ones(kept, np.float32))  # used again: the most recent now, nothing compiled or dropped
+    assert session.compiled_shapes == [*shapes[-MAX_COMPILED_SHAPES + 1:], kept]
+    # a dropped shape is compiled again: 3 channels x 0.1 x the in-frame pixels of each 3x3 neighbourhood
+    from scipy.signal import convolve2d
+
+    expected = 0.3 * convolve2d(np.ones(shapes[0][2:]), np.ones((3, 3)), mode="same")
+    np.testing.assert_allclose(session.run(np.ones(shapes[0], np.float32))[0, 0], expected, rtol=1e-5)
+    assert session.compiled_shapes[-1] == shapes[0] and len(session.compiled_shapes) == MAX_COMPILED_SHAPES
+
+
 def _ir_with_quantised_input(path, lo: float, hi: float, quantised: bool = True):
     """A small OpenVINO IR as NNCF writes one whose first convolution is int8 (input FakeQuantize, conv),
     or, ``quantised=False``, one whose first convolution stayed in float."""

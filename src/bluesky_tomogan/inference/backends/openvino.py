@@ -18,6 +18,7 @@ import os
 import platform
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,18 @@ from ...int8 import InputGrid
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OpenVINOSession", "available", "bf16_speedup", "int8_float_precision", "int8_sums_exact",
-           "ir_float_precision", "openvino_core", "round_to_bf16", "supports_bf16"]
+__all__ = ["MAX_COMPILED_SHAPES", "OpenVINOSession", "available", "bf16_speedup", "int8_float_precision",
+           "int8_sums_exact", "ir_float_precision", "openvino_core", "round_to_bf16", "supports_bf16"]
 
 #: ``precision="auto"`` takes OpenVINO bf16 only where it is at least this much faster than fp32.
 BF16_MIN_SPEEDUP = 1.1
+
+#: Compiled models a session keeps, one per input shape, the least recently used dropped first. Each
+#: holds its activation buffers (measured: about 270-330 MB for the projection model at 1024x1024),
+#: so a beamline session that changes the detector's region of interest or binning now and then
+#: would otherwise grow by that much per shape it ever saw. A dropped shape costs a compile
+#: (about a second) when it comes back; a run's frames keep one shape.
+MAX_COMPILED_SHAPES = 4
 
 #: x86 instruction sets whose 8-bit dot products sum in 32 bits (VNNI; AMX tiles).
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
@@ -302,18 +310,31 @@ class OpenVINOSession:
         }
         if threads:
             self._config["INFERENCE_NUM_THREADS"] = int(threads)
-        self._compiled: dict[tuple[int, ...], Any] = {}
+        self._compiled: OrderedDict[tuple[int, ...], Any] = OrderedDict()
         self._lock = threading.Lock()
 
     def _request(self, shape: tuple[int, ...]) -> Any:
+        """The infer request compiled for ``shape``: one per input shape, the most recently used
+        :data:`MAX_COMPILED_SHAPES` kept (each holds its activations: about 300 MB at 1024x1024)."""
         with self._lock:
             req = self._compiled.get(shape)
-            if req is None:
-                model = self._model.clone()
-                model.reshape({model.inputs[0].any_name: list(shape)})
-                compiled = self._core.compile_model(model, "CPU", self._config)
-                req = self._compiled[shape] = compiled.create_infer_request()
+            if req is not None:
+                self._compiled.move_to_end(shape)
+                return req
+            model = self._model.clone()
+            model.reshape({model.inputs[0].any_name: list(shape)})
+            compiled = self._core.compile_model(model, "CPU", self._config)
+            req = self._compiled[shape] = compiled.create_infer_request()
+            while len(self._compiled) > MAX_COMPILED_SHAPES:
+                dropped, _ = self._compiled.popitem(last=False)
+                log.debug("compiled shape %s dropped (least recently used of %d)", dropped, MAX_COMPILED_SHAPES + 1)
             return req
+
+    @property
+    def compiled_shapes(self) -> list[tuple[int, ...]]:
+        """Input shapes with a compiled model held, least recently used first."""
+        with self._lock:
+            return list(self._compiled)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, np.float32)
