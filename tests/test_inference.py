@@ -587,6 +587,8 @@ def test_ctrl_c_after_openvino_sessions_come_and_go_is_a_keyboard_interrupt_not_
         w = ops.constant(np.full((1, 3, 3, 3), 0.1, np.float32))
         ov.save_model(ov.Model([ops.convolution(x, w, [1, 1], [1, 1], [1, 1], [1, 1])], [x]), sys.argv[1])
         frames = np.ones((1, 3, 16, 16), np.float32)
+        # Python's own handler, as an interactive session has it (a background job inherits SIGINT ignored)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         older = OpenVINOSession(sys.argv[1], "fp32", threads=1)
         older.run(frames)
         newer = OpenVINOSession(sys.argv[1], "fp32", threads=1)
