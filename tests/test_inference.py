@@ -608,32 +608,43 @@ def test_ctrl_c_after_openvino_sessions_come_and_go_is_a_keyboard_interrupt_not_
     assert done.returncode == 0 and done.stdout.strip() == "KeyboardInterrupt", (done.returncode, done.stderr[-2000:])
 
 
-def test_an_openvino_session_keeps_the_most_recently_used_compiled_shapes_only(tmp_path):
+def test_an_openvino_session_keeps_the_most_recently_used_compiled_shapes_within_its_budget(tmp_path, monkeypatch):
     """A compiled model per frame shape holds its activations (~300 MB at 1024x1024): a session that saw
     every region of interest of a long beamline day must not keep them all."""
     import openvino as ov
     from openvino import opset13 as ops
+    from scipy.signal import convolve2d
 
-    from bluesky_tomogan.inference.backends.openvino import MAX_COMPILED_SHAPES, OpenVINOSession
+    from bluesky_tomogan.inference.backends import openvino as openvino_backend
 
     x = ops.parameter([1, 3, 16, 16], np.float32, name="frames")
     w = ops.constant(np.full((1, 3, 3, 3), 0.1, np.float32))
     ov.save_model(ov.Model([ops.convolution(x, w, [1, 1], [1, 1], [1, 1], [1, 1])], [x]), tmp_path / "conv.xml",
                   compress_to_fp16=False)
-    session = OpenVINOSession(tmp_path / "conv.xml", "fp32", threads=1)
-    shapes = [(1, 3, 8 * k, 16) for k in range(1, MAX_COMPILED_SHAPES + 3)]
+    session = openvino_backend.OpenVINOSession(tmp_path / "conv.xml", "fp32", threads=1)
+    monkeypatch.setattr(openvino_backend, "COMPILED_PIXEL_BUDGET", (2 * 64 + 24 + 16) * 16)  # the last three below
+    shapes = [(1, 3, 64, 16), (1, 3, 8, 16), (1, 3, 16, 16), (1, 3, 24, 16), (2, 3, 64, 16)]
     for shape in shapes:
-        assert session.run(np.ones(shape, np.float32)).shape == (1, 1, *shape[2:])
-    assert session.compiled_shapes == shapes[-MAX_COMPILED_SHAPES:]
-    kept = shapes[-MAX_COMPILED_SHAPES]
-    session.run(np.ones(kept, np.float32))  # used again: the most recent now, nothing compiled or dropped
-    assert session.compiled_shapes == [*shapes[-MAX_COMPILED_SHAPES + 1:], kept]
+        assert session.run(np.ones(shape, np.float32)).shape == (shape[0], 1, *shape[2:])
+    assert session.compiled_shapes == [(1, 3, 16, 16), (1, 3, 24, 16), (2, 3, 64, 16)]  # batch x height x width
+    session.run(np.ones((1, 3, 16, 16), np.float32))  # used again: the most recent now, nothing compiled or dropped
+    assert session.compiled_shapes == [(1, 3, 24, 16), (2, 3, 64, 16), (1, 3, 16, 16)]
     # a dropped shape is compiled again: 3 channels x 0.1 x the in-frame pixels of each 3x3 neighbourhood
-    from scipy.signal import convolve2d
+    expected = 0.3 * convolve2d(np.ones((8, 16)), np.ones((3, 3)), mode="same")
+    np.testing.assert_allclose(session.run(np.ones((1, 3, 8, 16), np.float32))[0, 0], expected, rtol=1e-5)
+    assert session.compiled_shapes == [(2, 3, 64, 16), (1, 3, 16, 16), (1, 3, 8, 16)]
+    session.run(np.ones((8, 3, 64, 16), np.float32))  # over the budget alone: kept, as the newest always is
+    assert session.compiled_shapes == [(8, 3, 64, 16)]
 
-    expected = 0.3 * convolve2d(np.ones(shapes[0][2:]), np.ones((3, 3)), mode="same")
-    np.testing.assert_allclose(session.run(np.ones(shapes[0], np.float32))[0, 0], expected, rtol=1e-5)
-    assert session.compiled_shapes[-1] == shapes[0] and len(session.compiled_shapes) == MAX_COMPILED_SHAPES
+
+def test_tiles_of_a_large_frame_go_to_the_backend_in_batches_no_larger_than_the_largest_whole_frame():
+    from bluesky_tomogan.inference.denoiser import MAX_WHOLE_FRAME, tiles_per_call
+
+    assert tiles_per_call(16, (1408, 1408)) == 2  # a 4096x4096 frame's nine tiles: two at a time
+    assert tiles_per_call(16, (MAX_WHOLE_FRAME, MAX_WHOLE_FRAME)) == 1
+    assert tiles_per_call(16, (4096, 4096)) == 1  # one tile is one call however large
+    assert tiles_per_call(4, (512, 512)) == 4  # TensorRT's fixed tile: its own batch limit
+    assert tiles_per_call(1, (256, 256)) == 1
 
 
 def _ir_with_quantised_input(path, lo: float, hi: float, quantised: bool = True):

@@ -56,6 +56,15 @@ def whole_or_fewest_tiles(length: int, multiple: int, overlap: int, cap: int | N
     return min(-(-side // multiple) * multiple, cap)
 
 
+def tiles_per_call(max_batch: int, tile: tuple[int, int]) -> int:
+    """How many tiles of shape ``tile`` one backend call takes: up to the backend's ``max_batch``, and no
+    more pixels than the largest whole frame (:data:`MAX_WHOLE_FRAME` squared), so that tiling keeps the
+    activation memory of the largest whole frame. Nine 1408x1408 tiles of a 4096x4096 frame in one
+    call took 5.9 GB of memory (OpenVINO int8), the tiles of a 6000x6000 frame 17 GB; two at a time
+    take what one 2048x2048 frame does."""
+    return max(1, min(max_batch, MAX_WHOLE_FRAME**2 // (tile[0] * tile[1])))
+
+
 class Denoiser:
     """Denoise tomography frames with a trained TomoGAN model.
 
@@ -285,9 +294,10 @@ class Denoiser:
                 out[where] = values
             return out
         outs = []
+        batch = tiles_per_call(self.session.max_batch, prep.tiles.shape[-2:])
         with self._lock:
-            for i in range(0, len(prep.tiles), self.session.max_batch):
-                outs.append(self.session.run(prep.tiles[i : i + self.session.max_batch]))
+            for i in range(0, len(prep.tiles), batch):
+                outs.append(self.session.run(prep.tiles[i : i + batch]))
         h, w = prep.centre.shape
         merged = prep.grid.merge(outs[0] if len(outs) == 1 else np.concatenate(outs))[0, :h, :w]
         # a fresh array either way, so the mapping back runs in place (two passes fewer per frame)

@@ -31,18 +31,20 @@ from ...int8 import InputGrid
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_COMPILED_SHAPES", "OpenVINOSession", "available", "bf16_speedup", "int8_float_precision",
+__all__ = ["COMPILED_PIXEL_BUDGET", "OpenVINOSession", "available", "bf16_speedup", "int8_float_precision",
            "int8_sums_exact", "ir_float_precision", "openvino_core", "round_to_bf16", "supports_bf16"]
 
 #: ``precision="auto"`` takes OpenVINO bf16 only where it is at least this much faster than fp32.
 BF16_MIN_SPEEDUP = 1.1
 
-#: Compiled models a session keeps, one per input shape, the least recently used dropped first. Each
-#: holds its activation buffers (measured: about 270-330 MB for the projection model at 1024x1024),
-#: so a beamline session that changes the detector's region of interest or binning now and then
-#: would otherwise grow by that much per shape it ever saw. A dropped shape costs a compile
-#: (about a second) when it comes back; a run's frames keep one shape.
-MAX_COMPILED_SHAPES = 4
+#: Input pixels (batch x height x width) of the compiled models a session keeps, one model per input
+#: shape, the least recently used dropped first (the newest always kept). Each holds its activation
+#: buffers: process RSS grew 270-330 MB per new 1024x1024 shape (projection model, OpenVINO int8), so
+#: a beamline session that changes the detector's region of interest or binning now and then grew
+#: by that much per shape it ever met. This budget, two 2048x2048 frames' worth (about 2 GB for the
+#: full network), keeps eight 1024x1024 shapes or both shapes of a tiled 4096x4096 frame. A dropped
+#: shape costs a compile (about a second) when it comes back; a run's frames keep one shape.
+COMPILED_PIXEL_BUDGET = 2 * 2048 * 2048
 
 #: x86 instruction sets whose 8-bit dot products sum in 32 bits (VNNI; AMX tiles).
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
@@ -314,8 +316,8 @@ class OpenVINOSession:
         self._lock = threading.Lock()
 
     def _request(self, shape: tuple[int, ...]) -> Any:
-        """The infer request compiled for ``shape``: one per input shape, the most recently used
-        :data:`MAX_COMPILED_SHAPES` kept (each holds its activations: about 300 MB at 1024x1024)."""
+        """The infer request compiled for ``shape``: one per input shape, the most recently used kept
+        within :data:`COMPILED_PIXEL_BUDGET` (each holds its activations: about 300 MB at 1024x1024)."""
         with self._lock:
             req = self._compiled.get(shape)
             if req is not None:
@@ -325,9 +327,9 @@ class OpenVINOSession:
             model.reshape({model.inputs[0].any_name: list(shape)})
             compiled = self._core.compile_model(model, "CPU", self._config)
             req = self._compiled[shape] = compiled.create_infer_request()
-            while len(self._compiled) > MAX_COMPILED_SHAPES:
+            while len(self._compiled) > 1 and sum(b * h * w for b, _, h, w in self._compiled) > COMPILED_PIXEL_BUDGET:
                 dropped, _ = self._compiled.popitem(last=False)
-                log.debug("compiled shape %s dropped (least recently used of %d)", dropped, MAX_COMPILED_SHAPES + 1)
+                log.debug("compiled shape %s dropped: the least recently used", dropped)
             return req
 
     @property
