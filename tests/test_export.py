@@ -612,7 +612,7 @@ def test_the_tensorrt_check_names_each_node_the_parser_would_refuse(tmp_path):
     nodes = [
         helper.make_node("Pad", ["x", "pads", "", "axes"], ["p"], mode="wrap", name="pad_wrap_axes"),
         helper.make_node("Resize", ["p", "", "scales"], ["r"], mode="cubic", antialias=1, name="resize_cubic"),
-        helper.make_node("Conv", ["r", "w"], ["c"], name="conv_runtime_weights"),
+        helper.make_node("Conv", ["r", "w4d"], ["c"], name="conv_4d"),
         helper.make_node("MaxPool", ["c"], ["m", "idx"], kernel_shape=[2, 2], name="pool_indices"),
         helper.make_node("Unique", ["m"], ["u"], name="unique"),
         helper.make_node("MyOp", ["u"], ["y"], domain="beamline.custom", name="custom"),
@@ -623,7 +623,8 @@ def test_the_tensorrt_check_names_each_node_the_parser_would_refuse(tmp_path):
          helper.make_tensor_value_info("w", TensorProto.FLOAT, [1, 3, 3, 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [const("pads", [0, 0, 1, 1, 0, 0, 1, 1]), const("axes", [2, 3]),
-         const("scales", [1.0, 1.0, 2.0, 2.0], TensorProto.FLOAT)])
+         const("scales", [1.0, 1.0, 2.0, 2.0], TensorProto.FLOAT),
+         helper.make_tensor("w4d", TensorProto.FLOAT, [1, 3, 1, 1, 1, 1], [1.0, 1.0, 1.0])])
     path = tmp_path / "refused.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), path)
 
@@ -632,8 +633,8 @@ def test_the_tensorrt_check_names_each_node_the_parser_would_refuse(tmp_path):
     text = "\n".join(report.problems)
     for expected in ("opset 21", "input 'x' is INT64", "pad_wrap_axes': mode 'wrap', which only TensorRT 10",
                      "pad_wrap_axes': an axes input (opset 18)", "resize_cubic': mode 'cubic'",
-                     "resize_cubic': antialiasing", "conv_runtime_weights': weights computed at run time",
+                     "resize_cubic': antialiasing", "conv_4d': weights of shape [1, 3, 1, 1, 1, 1]",
                      "pool_indices': an Indices output", "unique': operator Unique is not supported",
                      "custom' is in domain 'beamline.custom'"):
         assert expected in text, (expected, report.problems)
-    assert "input 'w'" not in text  # a float input of rank 4: fine as an input, refused as conv weights
+    assert "input 'w'" not in text  # a float input of rank 4 with fixed channels

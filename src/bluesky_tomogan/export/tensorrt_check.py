@@ -11,8 +11,7 @@ restrictions, releases 8.6-GA and 10.1) and its op importers:
   needs a TensorRT plugin);
 - opset 9-20 (TensorRT 10; TensorRT 8.6 documents up to 17 and parses newer files with
   the operators it knows, so the opset-18 features below are refused to keep both);
-- ``Conv`` and ``ConvTranspose``: 2-D or 3-D, weights an initializer (TensorRT 8.6 takes
-  no weights computed at run time);
+- ``Conv`` and ``ConvTranspose``: 1-D to 3-D (weights of rank 3 to 5);
 - ``MaxPool`` and ``AveragePool``: 2-D or 3-D, no ``Indices`` output, dilations of 1;
 - ``Pad``: mode ``constant``, ``reflect`` or ``edge`` (``wrap`` is TensorRT 10 only),
   ``pads`` an initializer, no ``axes`` input (opset 18, which TensorRT 8.6 ignores);
@@ -139,10 +138,8 @@ def _node_problems(node: Any, attrs: dict[str, Any], constants: dict[str, list[i
     why: list[str] = []
     if node.op_type in ("Conv", "ConvTranspose"):
         weights = inputs[1] if len(inputs) > 1 else ""
-        if weights not in constants:
-            why.append("weights computed at run time; TensorRT 8.6 needs them as an initializer")
-        elif len(constants[weights]) not in (4, 5):
-            why.append(f"weights of shape {constants[weights]}; TensorRT convolves in 2-D or 3-D only")
+        if weights in constants and len(constants[weights]) not in (3, 4, 5):
+            why.append(f"weights of shape {constants[weights]}; TensorRT convolves in 1-D to 3-D only")
     elif node.op_type in ("MaxPool", "AveragePool"):
         if len(attrs.get("kernel_shape", [])) not in (2, 3):
             why.append(f"kernel {attrs.get('kernel_shape')}; TensorRT pools in 2-D or 3-D only")
