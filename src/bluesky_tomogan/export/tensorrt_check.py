@@ -67,6 +67,7 @@ class TensorRTReport:
 
     @property
     def compatible(self) -> bool:
+        """True when the parser would import every node."""
         return not self.problems
 
 
