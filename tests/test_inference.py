@@ -637,14 +637,30 @@ def test_an_openvino_session_keeps_the_most_recently_used_compiled_shapes_within
     assert session.compiled_shapes == [(8, 3, 64, 16)]
 
 
-def test_tiles_of_a_large_frame_go_to_the_backend_in_batches_no_larger_than_the_largest_whole_frame():
+def test_tiles_of_a_large_frame_go_to_the_backend_in_equal_batches_no_larger_than_the_largest_whole_frame():
     from bluesky_tomogan.inference.denoiser import MAX_WHOLE_FRAME, tiles_per_call
 
-    assert tiles_per_call(16, (1408, 1408)) == 2  # a 4096x4096 frame's nine tiles: two at a time
-    assert tiles_per_call(16, (MAX_WHOLE_FRAME, MAX_WHOLE_FRAME)) == 1
-    assert tiles_per_call(16, (4096, 4096)) == 1  # one tile is one call however large
-    assert tiles_per_call(4, (512, 512)) == 4  # TensorRT's fixed tile: its own batch limit
-    assert tiles_per_call(1, (256, 256)) == 1
+    assert tiles_per_call(16, (1408, 1408), 9) == 1  # a 4096x4096 frame's nine tiles: two fit, 2 does not divide 9
+    assert tiles_per_call(16, (1112, 1312), 4) == 2  # a 2560x2160 frame's four tiles: two calls of two
+    assert tiles_per_call(16, (MAX_WHOLE_FRAME, MAX_WHOLE_FRAME), 4) == 1
+    assert tiles_per_call(16, (4096, 4096), 1) == 1  # one tile is one call however large
+    assert tiles_per_call(4, (512, 512), 9) == 3  # TensorRT's fixed tile: its own batch limit, one shape
+    assert tiles_per_call(4, (512, 512), 8) == 4
+    assert tiles_per_call(16, (256, 256), 3) == 3
+    assert tiles_per_call(1, (256, 256), 30) == 1
+
+
+def test_every_call_for_a_large_frame_has_one_input_shape(ort_denoiser, monkeypatch):
+    """One compiled model per frame size on a backend that compiles per shape (OpenVINO)."""
+    from bluesky_tomogan.inference import denoiser as denoiser_module
+
+    monkeypatch.setattr(denoiser_module, "MAX_WHOLE_FRAME", 256)  # 1000x100: five 256x104 tiles, two fit a call
+    shapes = []
+    run = ort_denoiser.session.run
+    monkeypatch.setattr(ort_denoiser.session, "run", lambda batch: (shapes.append(batch.shape), run(batch))[1])
+    frame = np.random.default_rng(0).poisson(500, (1000, 100)).astype(np.uint16)
+    assert ort_denoiser.denoise(frame).shape == frame.shape
+    assert shapes == [(1, 3, 256, 104)] * 5  # not two calls of two and one of one
 
 
 def _ir_with_quantised_input(path, lo: float, hi: float, quantised: bool = True):

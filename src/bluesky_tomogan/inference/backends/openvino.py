@@ -41,10 +41,11 @@ BF16_MIN_SPEEDUP = 1.1
 #: shape, the least recently used dropped first (the newest always kept). Each holds its activation
 #: buffers: process RSS grew 270-330 MB per new 1024x1024 shape (projection model, OpenVINO int8), so
 #: a beamline session that changes the detector's region of interest or binning now and then grew
-#: by that much per shape it ever met. This budget, two 2048x2048 frames' worth (about 2 GB for the
-#: full network), keeps eight 1024x1024 shapes or both shapes of a tiled 4096x4096 frame. A dropped
-#: shape costs a compile (about a second) when it comes back; a run's frames keep one shape.
-COMPILED_PIXEL_BUDGET = 2 * 2048 * 2048
+#: by that much per shape it ever met. This budget, one 2048x2048 frame's worth (about 1.2 GB for
+#: the full network), keeps four 1024x1024 shapes, or the one shape of a tiled large frame (the
+#: Denoiser gives every call of a frame one shape). A dropped shape costs a compile (about a
+#: second) when it comes back; a run's frames keep one shape.
+COMPILED_PIXEL_BUDGET = 2048 * 2048
 
 #: x86 instruction sets whose 8-bit dot products sum in 32 bits (VNNI; AMX tiles).
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
