@@ -608,6 +608,32 @@ def test_ctrl_c_after_openvino_sessions_come_and_go_is_a_keyboard_interrupt_not_
     assert done.returncode == 0 and done.stdout.strip() == "KeyboardInterrupt", (done.returncode, done.stderr[-2000:])
 
 
+def test_threads_loading_openvino_sessions_at_once_share_the_one_core():
+    import threading
+
+    from bluesky_tomogan.inference.backends import openvino as openvino_backend
+
+    cores: list = []
+    barrier = threading.Barrier(8)
+
+    def load() -> None:
+        barrier.wait()
+        cores.append(openvino_backend.openvino_core())
+
+    saved = openvino_backend._CORE[:]
+    openvino_backend._CORE.clear()  # as in a fresh process
+    try:
+        threads = [threading.Thread(target=load) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        if saved:  # the process's Core, which sessions use; the one made here never compiled (no plugin)
+            openvino_backend._CORE[:] = saved
+    assert len(cores) == 8 and len({id(c) for c in cores}) == 1
+
+
 def test_an_openvino_session_keeps_the_most_recently_used_compiled_shapes_within_its_budget(tmp_path, monkeypatch):
     """A compiled model per frame shape holds its activations (~300 MB at 1024x1024): a session that saw
     every region of interest of a long beamline day must not keep them all."""

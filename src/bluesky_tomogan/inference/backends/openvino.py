@@ -59,7 +59,10 @@ def available() -> bool:
     return True
 
 
-@functools.cache
+_CORE: list[Any] = []  # the one Core, once made
+_CORE_LOCK = threading.Lock()
+
+
 def openvino_core() -> Any:
     """The process's one ``openvino.Core``, shared by every session, probe and export step.
 
@@ -71,10 +74,14 @@ def openvino_core() -> Any:
     and the next signal delivered there (Python's SIGINT handler runs on it) kills the
     process with SIGSEGV: a RunEngine paused with Ctrl-C took the whole process down (the
     suite's Ctrl-C test, run after an OpenVINO test). Never destroyed, the one Core never restores.
+    Made under a lock: two threads loading denoisers at once must not make a second one.
     """
-    import openvino as ov
+    with _CORE_LOCK:
+        if not _CORE:
+            import openvino as ov
 
-    return ov.Core()
+            _CORE.append(ov.Core())
+        return _CORE[0]
 
 
 def supports_bf16() -> bool:
