@@ -670,14 +670,15 @@ def test_tiles_of_a_large_frame_go_to_the_backend_in_equal_batches_no_larger_tha
     assert tiles_per_call(16, (1112, 1312), 4) == 2  # a 2560x2160 frame's four tiles: two calls of two
     assert tiles_per_call(16, (MAX_WHOLE_FRAME, MAX_WHOLE_FRAME), 4) == 1
     assert tiles_per_call(16, (4096, 4096), 1) == 1  # one tile is one call however large
-    assert tiles_per_call(4, (512, 512), 9) == 3  # TensorRT's fixed tile: its own batch limit, one shape
+    assert tiles_per_call(4, (512, 512), 9) == 3  # a dynamic-shape backend's batch limit of 4, one shape
+    assert tiles_per_call(4, (512, 512), 25, equal=False) == 4  # TensorRT's fixed tile: full batches, one engine
     assert tiles_per_call(4, (512, 512), 8) == 4
     assert tiles_per_call(16, (256, 256), 3) == 3
     assert tiles_per_call(1, (256, 256), 30) == 1
 
 
 def test_every_call_for_a_large_frame_has_one_input_shape(ort_denoiser, monkeypatch):
-    """One compiled model per frame size on a backend that compiles per shape (OpenVINO)."""
+    """One compiled model per frame size on a dynamic-shape backend that compiles per shape (OpenVINO)."""
     from bluesky_tomogan.inference import denoiser as denoiser_module
 
     monkeypatch.setattr(denoiser_module, "MAX_WHOLE_FRAME", 256)  # 1000x100: five 256x104 tiles, two fit a call
@@ -687,6 +688,11 @@ def test_every_call_for_a_large_frame_has_one_input_shape(ort_denoiser, monkeypa
     frame = np.random.default_rng(0).poisson(500, (1000, 100)).astype(np.uint16)
     assert ort_denoiser.denoise(frame).shape == frame.shape
     assert shapes == [(1, 3, 256, 104)] * 5  # not two calls of two and one of one
+    # a fixed-shape backend (TensorRT: one engine for every batch up to its limit) fills its batches
+    shapes.clear()
+    monkeypatch.setattr(ort_denoiser.session, "fixed_shape", (256, 104), raising=False)
+    assert ort_denoiser.denoise(frame).shape == frame.shape
+    assert shapes == [(2, 3, 256, 104), (2, 3, 256, 104), (1, 3, 256, 104)]
 
 
 def _ir_with_quantised_input(path, lo: float, hi: float, quantised: bool = True):

@@ -56,18 +56,20 @@ def whole_or_fewest_tiles(length: int, multiple: int, overlap: int, cap: int | N
     return min(-(-side // multiple) * multiple, cap)
 
 
-def tiles_per_call(max_batch: int, tile: tuple[int, int], n_tiles: int) -> int:
+def tiles_per_call(max_batch: int, tile: tuple[int, int], n_tiles: int, equal: bool = True) -> int:
     """How many of a frame's ``n_tiles`` tiles of shape ``tile`` one backend call takes.
 
     At most the backend's ``max_batch``, and no more pixels than the largest whole frame
     (:data:`MAX_WHOLE_FRAME` squared), so that tiling keeps the activation memory of the
     largest whole frame: nine 1408x1408 tiles of a 4096x4096 frame in one call took 5.9 GB of
-    memory (OpenVINO int8), the tiles of a 6000x6000 frame 17 GB. And a divisor of
-    ``n_tiles``, so that every call of the frame has one input shape: a backend that compiles
-    per shape (OpenVINO) then holds one compiled model per frame size, not two.
+    memory (OpenVINO int8), the tiles of a 6000x6000 frame 17 GB. With ``equal`` (for a
+    dynamic-shape backend), a divisor of ``n_tiles``, so that every call of the frame has one
+    input shape: a backend that compiles per shape (OpenVINO) then holds one compiled model
+    per frame size, not two. A fixed-shape backend (TensorRT: one engine for batches 1 to
+    its ``max_batch``) fills its batches instead.
     """
     cap = max(1, min(max_batch, MAX_WHOLE_FRAME**2 // (tile[0] * tile[1]), n_tiles))
-    return next(b for b in range(cap, 0, -1) if n_tiles % b == 0)
+    return next(b for b in range(cap, 0, -1) if n_tiles % b == 0) if equal else cap
 
 
 class Denoiser:
@@ -299,7 +301,8 @@ class Denoiser:
                 out[where] = values
             return out
         outs = []
-        batch = tiles_per_call(self.session.max_batch, prep.tiles.shape[-2:], len(prep.tiles))
+        batch = tiles_per_call(self.session.max_batch, prep.tiles.shape[-2:], len(prep.tiles),
+                               equal=self.session.fixed_shape is None)
         with self._lock:
             for i in range(0, len(prep.tiles), batch):
                 outs.append(self.session.run(prep.tiles[i : i + batch]))
