@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["LOW_PERCENTILE", "HIGH_PERCENTILE", "robust_range", "normalise", "denormalise"]
+__all__ = ["LOW_PERCENTILE", "HIGH_PERCENTILE", "robust_range", "no_spread_scale", "normalise", "denormalise"]
 
 LOW_PERCENTILE = 0.5
 HIGH_PERCENTILE = 99.5
@@ -39,8 +39,14 @@ def robust_range(frame: np.ndarray) -> tuple[float, float]:
     scale = float(hi - lo)
     if not np.isfinite(scale) or scale <= 0:
         # flat frame (closed shutter, constant): any positive scale is exact
-        scale = max(abs(float(lo)), 1.0)
+        scale = no_spread_scale(float(lo))
     return float(lo), scale
+
+
+def no_spread_scale(offset: float) -> float:
+    """The scale :func:`robust_range` gives a frame whose robust range is empty (all of a frame of
+    one value has it, so a caller may test for one value only where the scale is this)."""
+    return max(abs(offset), 1.0)
 
 
 def normalise(x: np.ndarray, offset: float, scale: float) -> np.ndarray:

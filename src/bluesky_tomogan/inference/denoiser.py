@@ -21,7 +21,7 @@ from ..errors import InputShapeError, InputValueError
 from ..frames import context_indices
 from ..masked import fill_masked, missing_pixels
 from ..modelcard import ModelCard
-from ..normalise import normalise, robust_range
+from ..normalise import no_spread_scale, normalise, robust_range
 from .backends.base import Session
 from .tiling import TileGrid, pad_to
 
@@ -273,8 +273,8 @@ class Denoiser:
             context = fill_masked(context, mask)
             centre = context[self.depth // 2]
         offset, scale = robust_range(centre)
-        # robust_range's scale for a frame without spread; only then can it be one value everywhere
-        if scale == max(abs(offset), 1.0) and centre.min() == centre.max():
+        # only a frame without spread can be one value everywhere: the full check only then
+        if scale == no_spread_scale(offset) and centre.min() == centre.max():
             # a closed shutter, a saturated or blank detector: nothing to denoise, and the
             # network would add its own faint pattern to it
             flat = np.broadcast_to(np.float32(0), centre.shape)
@@ -296,10 +296,14 @@ class Denoiser:
         """Run the tiles through the backend, blend, add the centre frame, map back."""
         if prep.grid is None:  # a flat frame: its own value everywhere
             out = np.full(prep.centre.shape, np.float32(prep.offset))
-            if prep.raw_masked is not None:
-                where, values = prep.raw_masked
-                out[where] = values
-            return out
+        else:
+            out = self._run_tiles(prep, prep.grid)
+        if prep.raw_masked is not None:  # the raw value where the detector has no data: the same mask
+            where, values = prep.raw_masked
+            out[where] = values
+        return out
+
+    def _run_tiles(self, prep: _Prepared, grid: TileGrid) -> np.ndarray:
         outs = []
         batch = tiles_per_call(self.session.max_batch, prep.tiles.shape[-2:], len(prep.tiles),
                                equal=self.session.fixed_shape is None)
@@ -307,14 +311,11 @@ class Denoiser:
             for i in range(0, len(prep.tiles), batch):
                 outs.append(self.session.run(prep.tiles[i : i + batch]))
         h, w = prep.centre.shape
-        merged = prep.grid.merge(outs[0] if len(outs) == 1 else np.concatenate(outs))[0, :h, :w]
+        merged = grid.merge(outs[0] if len(outs) == 1 else np.concatenate(outs))[0, :h, :w]
         # a fresh array either way, so the mapping back runs in place (two passes fewer per frame)
         out = merged + prep.centre if self.residual_on_host else np.array(merged, np.float32)
         out *= np.float32(prep.scale)
         out += np.float32(prep.offset)
-        if prep.raw_masked is not None:  # the raw value where the detector has no data: the same mask
-            where, values = prep.raw_masked
-            out[where] = values
         return out
 
     def _denoise_context(self, context: np.ndarray, centre: np.ndarray) -> np.ndarray:

@@ -284,10 +284,8 @@ class OpenVINOSession:
         input_range: tuple[float, float] | None = None,
         full_range_weights: bool = False,
     ) -> None:
-        try:
-            import openvino  # noqa: F401
-        except ImportError as exc:
-            raise BackendUnavailableError("openvino is not installed: pip install openvino") from exc
+        if not available():
+            raise BackendUnavailableError("openvino is not installed: pip install openvino")
         if precision not in ("fp32", "bf16", "int8"):
             raise PrecisionError(f"openvino backend supports fp32, bf16, int8; not {precision!r}")
         if precision == "bf16" and not supports_bf16():
