@@ -94,6 +94,16 @@ def test_denoise_with_an_unknown_backend_is_one_clear_error_line(tmp_path, capsy
     assert "edgetpu" in err and "tensorrt" in err  # the choices come from the backend registry
 
 
+def test_a_grey_frame_with_a_trailing_channel_axis_is_denoised_as_one_frame(tmp_path, capsys):
+    import numpy as np
+
+    src, dest = tmp_path / "grey.npy", tmp_path / "out.npy"
+    np.save(src, np.random.default_rng(0).poisson(100, (40, 24, 1)).astype(np.uint16))
+    assert main(["denoise", str(src), str(dest), "--backend", "onnxruntime"]) == 0
+    out = np.load(dest)
+    assert out.shape == (40, 24) and out.std() < np.load(src).std()
+
+
 def test_denoise_an_hdf5_stack_keeps_dtype_and_records_provenance(tmp_path, capsys):
     import json
 
@@ -158,6 +168,9 @@ def test_denoise_reads_data_exchange_and_tiff_and_writes_tiff(tmp_path, capsys):
     ("text", "is not a .npy, TIFF or HDF5 file"),
     ("bad output", "must end in one of .npy"),
     ("mixed tiff", "is not a stack of frames: its pages are not all 2-D of one shape"),
+    ("colour tiff", "look like one colour image (H, W, 3); only grey frames are denoised"),
+    ("colour tiff stack", "holds colour pages ((16, 12, 4)); only grey frames are denoised"),
+    ("not npy", "is not a NumPy .npy file (it lacks the .npy header)"),
 ])
 def test_denoise_says_what_is_wrong_with_its_files(tmp_path, capsys, case, message):
     src, dest = tmp_path / "in.npy", tmp_path / "out.npy"
@@ -169,6 +182,14 @@ def test_denoise_says_what_is_wrong_with_its_files(tmp_path, capsys, case, messa
         with tifffile.TiffWriter(src) as tif:
             tif.write(np.zeros((8, 8), np.uint16), photometric="minisblack")
             tif.write(np.zeros((16, 8), np.uint16), photometric="minisblack")
+    elif case.startswith("colour tiff"):
+        import numpy as np
+        import tifffile
+
+        src = tmp_path / "photo.tif"  # a stack of 16 frames of 12 x 3 pixels would be the other reading
+        tifffile.imwrite(src, np.zeros((16, 12, 3) if case == "colour tiff" else (2, 16, 12, 4), np.uint8))
+    elif case == "not npy":
+        src.write_bytes(b"frames? no")
     elif case == "text":
         src = tmp_path / "notes.txt"
         src.write_text("not frames")

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .errors import TomoGANError
+from .frames import has_channel_axis, looks_like_colour
 
 __all__ = ["NPY", "HDF5", "TIFF", "PROJECTION_KEYS", "FrameSource", "open_frames", "check_output", "denoise_file",
            "first_dataset", "hdf5_datasets"]
@@ -38,6 +39,7 @@ PROJECTION_KEYS = ("exchange/data", "projections", "data", "proj")
 #: Frames denoised per chunk (plus the neighbours its edge frames need, read but not denoised):
 #: 16 float32 frames of 2048 x 2048 are 256 MB.
 CHUNK = 16
+NPY_MAGIC = b"\x93NUMPY"
 
 
 class _Denoiser(Protocol):
@@ -61,6 +63,12 @@ class FrameSource:
 
 def _source(array: Any) -> FrameSource:
     """A source over an array-like that slices lazily (a memory map, an HDF5 dataset)."""
+    if looks_like_colour(array.shape):
+        raise TomoGANError(f"frames of shape {tuple(array.shape)} look like one colour image (H, W, "
+                           f"{array.shape[-1]}); only grey frames are denoised: convert it to grey first")
+    if has_channel_axis(array.shape):  # one grey frame (H, W, 1)
+        return FrameSource((1, *array.shape[:2]), np.dtype(array.dtype),
+                           lambda a, b: np.asarray(array)[None, ..., 0], True)
     if array.ndim not in (2, 3) or 0 in array.shape:
         raise TomoGANError(f"frames must be (H, W) or (N, H, W) and not empty, got shape {tuple(array.shape)}")
     if array.ndim == 2:
@@ -94,6 +102,10 @@ def _open(p: Path, key: str | None, stack: contextlib.ExitStack) -> FrameSource:
 
     suffix = p.suffix.lower()
     if suffix in NPY:
+        with p.open("rb") as head:  # else NumPy calls any other file "pickled (object) data"
+            if head.read(len(NPY_MAGIC)) != NPY_MAGIC:
+                raise TomoGANError(f"{p} is not a NumPy .npy file (it lacks the .npy header); "
+                                   f"give frames as {', '.join(NPY + HDF5 + TIFF)}")
         return _source(np.load(p, mmap_mode="r", allow_pickle=False))
     if suffix in TIFF:
         import tifffile
@@ -103,6 +115,9 @@ def _open(p: Path, key: str | None, stack: contextlib.ExitStack) -> FrameSource:
             return _source(tif.asarray())
         first = tif.pages[0]  # one frame per page: a chunk reads only its pages
         shape = tuple(first.shape)
+        if looks_like_colour(shape):
+            raise TomoGANError(f"{p} holds colour pages ({shape}); only grey frames are denoised: "
+                               f"convert them to grey first")
         if len(shape) != 2 or any(tuple(page.shape) != shape for page in tif.pages):
             raise TomoGANError(f"{p} is not a stack of frames: its pages are not all 2-D of one shape "
                                f"(the first is {shape})")

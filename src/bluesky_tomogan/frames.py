@@ -1,10 +1,11 @@
-"""Which neighbouring frames form a frame's context (shared by training, inference, callback)."""
+"""What a frame is: which neighbouring frames form its context, and which array shapes hold one
+grey frame (shared by training, inference, the callback and the file reader)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["context_indices"]
+__all__ = ["context_indices", "has_channel_axis", "looks_like_colour", "without_channel_axis"]
 
 
 def context_indices(group: np.ndarray, index: int, depth: int = 3) -> list[int]:
@@ -31,3 +32,19 @@ def context_indices(group: np.ndarray, index: int, depth: int = 3) -> list[int]:
         else:
             out.append(index)
     return out
+
+
+def looks_like_colour(shape: tuple[int, ...] | list[int]) -> bool:
+    """``(H, W, 3)`` or ``(H, W, 4)``: an RGB(A) image, not H frames of ``W x 3`` pixels."""
+    return len(shape) == 3 and shape[-1] in (3, 4) and shape[0] > 4
+
+
+def has_channel_axis(shape: tuple[int, ...] | list[int]) -> bool:
+    """``(H, W, 1)``: one grey frame with a trailing single channel (how some cameras, PIL and
+    TIFF readers give a grey image), not H frames of ``W x 1`` pixels."""
+    return len(shape) == 3 and shape[-1] == 1 and shape[0] > 1 and shape[1] > 1
+
+
+def without_channel_axis(frame: np.ndarray) -> np.ndarray:
+    """A frame that came as ``(H, W, 1)`` as ``(H, W)``; other arrays unchanged."""
+    return frame[..., 0] if has_channel_axis(frame.shape) else frame

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..frames import has_channel_axis, looks_like_colour, without_channel_axis
 from ..qc.metrics import SIDEWAYS_HISTORY, UNITS, FrameMetrics, IntensityReference
 from ..qc.policy import Action
 
@@ -36,21 +37,6 @@ def declared_shape(data_key: Mapping[str, Any]) -> list[int]:
     return [s for s in (data_key.get("shape") or []) if s is not None]
 
 
-def _looks_like_colour(shape: list[int]) -> bool:
-    return len(shape) == 3 and shape[-1] in (3, 4) and shape[0] > 4
-
-
-def _has_channel_axis(shape: list[int]) -> bool:
-    """``[H, W, 1]``: one frame with a trailing single channel (how some cameras and PIL declare a
-    grey image), not H exposures of ``W x 1`` frames."""
-    return len(shape) == 3 and shape[-1] == 1 and shape[0] > 1 and shape[1] > 1
-
-
-def without_channel_axis(frame: np.ndarray) -> np.ndarray:
-    """A frame that came as ``[H, W, 1]`` as ``[H, W]`` (see :func:`image_fields`); other arrays unchanged."""
-    return frame[..., 0] if _has_channel_axis(list(frame.shape)) else frame
-
-
 def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
     """Data keys of a descriptor that hold 2-D frames: one per event (shape ``[H, W]``, ``[1, H, W]`` or
     ``[H, W, 1]``) or several (``[N, H, W]``: a detector taking N exposures per event,
@@ -58,7 +44,7 @@ def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
     out = []
     for key, dk in descriptor.get("data_keys", {}).items():
         shape = declared_shape(dk)
-        if dk.get("dtype") == "array" and (len(shape) == 2 or (len(shape) == 3 and not _looks_like_colour(shape))):
+        if dk.get("dtype") == "array" and (len(shape) == 2 or (len(shape) == 3 and not looks_like_colour(shape))):
             out.append(key)
     return out
 
@@ -66,13 +52,13 @@ def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
 def frame_shape(data_key: Mapping[str, Any]) -> tuple[int, int]:
     """``(H, W)`` of an image data key's frames (0 where the key leaves a dimension unknown)."""
     shape = [int(v or 0) for v in (data_key.get("shape") or [])]
-    return (shape[0], shape[1]) if _has_channel_axis(declared_shape(data_key)) else (shape[-2], shape[-1])
+    return (shape[0], shape[1]) if has_channel_axis(declared_shape(data_key)) else (shape[-2], shape[-1])
 
 
 def exposures_per_event(data_key: Mapping[str, Any]) -> int:
     """How many frames one event of an image data key holds: N of ``[N, H, W]``, else 1."""
     shape = declared_shape(data_key)
-    return max(int(shape[0]), 1) if len(shape) == 3 and not _has_channel_axis(shape) else 1
+    return max(int(shape[0]), 1) if len(shape) == 3 and not has_channel_axis(shape) else 1
 
 
 def unsupported_image_fields(descriptor: Mapping[str, Any]) -> dict[str, str]:
@@ -86,7 +72,7 @@ def unsupported_image_fields(descriptor: Mapping[str, Any]) -> dict[str, str]:
         shape = declared_shape(dk)
         if dk.get("dtype") != "array" or len(shape) < 3:
             continue
-        if _looks_like_colour(shape):
+        if looks_like_colour(shape):
             out[key] = f"shape {shape} looks like a colour image; only single-channel frames are denoised"
         elif len(shape) > 3:
             out[key] = f"shape {shape} has more than three dimensions"
