@@ -673,6 +673,17 @@ def test_replaying_a_denoised_run_does_not_denoise_its_derived_streams_again(RE,
     assert any("replay the stored run without its derived streams" in e for e in again.errors)
 
 
+@pytest.mark.parametrize("given, message", [
+    ("tomogan-projection", "got str 'tomogan-projection'; load it first: load_denoiser('tomogan-projection')"),
+    (None, "got NoneType None (a Denoiser from load_denoiser"),
+    ({"cam": object()}, "needs a denoiser for field 'cam', got object"),
+])
+def test_what_cannot_denoise_is_refused_before_the_scan(given, message):
+    with pytest.raises(TypeError) as info:
+        TomoGANCallback(given)
+    assert message in str(info.value)
+
+
 @pytest.mark.parametrize("option, message", [
     ({"fields": ["cma"]}, "fields=['cma'] named no image field of the streams denoised (their image fields: ['cam'])"),
     ({"streams": ["primry"]}, "streams=['primry'] names no stream of this run with images (its streams with "

@@ -154,6 +154,7 @@ class TomoGANCallback(RunRouterFacade):
             if not seconds >= 0:  # NaN too
                 raise ValueError(f"{name} must be a number of seconds >= 0, got {seconds}")
         fields, streams = _names("fields", fields), _names("streams", streams)
+        _check_denoisers(denoiser)
         high = max(1, maxsize // 2) if high_water is None else high_water
         low = min(high - 1, max(0, maxsize // 8)) if low_water is None else low_water
         if not 0 <= low < high <= maxsize:
@@ -240,6 +241,20 @@ def tomogan_factory(
         return [cb], []
 
     return factory
+
+
+def _check_denoisers(denoiser: Any) -> None:
+    """Refuse, before any scan, what cannot denoise: a model's name instead of a loaded denoiser,
+    None, a mapping with such values. What the run calls is ``denoise_context`` and ``provenance``
+    (a denoiser of the user's own needs only those two)."""
+    given = denoiser.items() if isinstance(denoiser, Mapping) else [(None, denoiser)]
+    for field_name, den in given:
+        if not all(callable(getattr(den, m, None)) for m in ("denoise_context", "provenance")):
+            where = "" if field_name is None else f" for field {field_name!r}"
+            hint = (f"; load it first: load_denoiser({den!r})" if isinstance(den, (str, os.PathLike))
+                    else " (a Denoiser from load_denoiser, a RatioDenoisers from load_ratios, or an object "
+                         "with denoise_context(context) and provenance())")
+            raise TypeError(f"TomoGANCallback needs a denoiser{where}, got {type(den).__name__} {den!r:.80}{hint}")
 
 
 def _names(option: str, names: str | Sequence[str] | None) -> list[str] | None:
