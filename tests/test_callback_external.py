@@ -353,3 +353,50 @@ def test_importing_the_frame_reader_registers_the_detectors_compression_filters(
     ours = subprocess.run([sys.executable, "-c", "import bluesky_tomogan.hdf5_frames; " + read],
                           capture_output=True, text=True)
     assert ours.returncode == 0 and int(ours.stdout) == int(np.arange(256, 512).sum()), ours.stderr
+
+
+def derived_frames(docs, key="det_image_denoised"):
+    """The derived frames of the run, read through their StreamResource and StreamDatum documents."""
+    frames = []
+    for sres in (d for n, d in docs if n == "stream_resource" and d["data_key"] == key):
+        read = StreamFrameReader(sres)
+        frames += [read(d["indices"]["start"], d["indices"]["stop"])
+                   for n, d in docs if n == "stream_datum" and d["stream_resource"] == sres["uid"]]
+    return np.concatenate(frames)
+
+
+@pytest.mark.parametrize("declared", [[1, 32, 40], [None, None], [48, 40, 0]],
+                         ids=["cropped by a plugin", "no size", "ophyd before 1.4"])
+def test_frames_of_another_shape_than_declared_are_denoised_and_stored(RE, denoiser, store, tmp_path, declared):
+    """A detector that declares what it does not deliver (a region-of-interest plugin before the file
+    writer, ophyd-async issue 659; no size; old ophyd's ``[X, Y, 0]``): the frames are denoised as
+    they come, into a derived stream that declares their shape, with one line saying so."""
+    frames_dir = frames_directory(tmp_path / "store")
+    det = detector(frames_dir / "raw")
+    describe = det.describe
+
+    def declaring() -> dict:
+        out = describe()
+        out["det_image"]["shape"] = declared
+        return out
+
+    det.describe = declaring
+    cb = TomoGANCallback(denoiser, directory=frames_dir)
+    cb.subscribe(TiledWriter(store))  # it cannot store raw frames of no declared size; the derived ones, yes
+    docs = collect(cb)
+    RE.subscribe(cb)
+    (uid,) = RE(bp.scan([det], det.sample_stage.theta, 0, 90, 4))
+    for name, doc in docs:
+        event_model.schema_validators[event_model.DocumentNames(name)].validate(doc)
+    derived = [d for n, d in docs if n == "descriptor" and d["name"] == "denoised"]
+    assert [d["data_keys"]["det_image_denoised"]["shape"] for d in derived] == [[1, 40, 48]]
+    assert [e for e in cb.errors if "storage consumer" not in e] == [
+        "det_image of stream 'primary' declares " + ("frames of (32, 40)" if declared[0] == 1 else "no frame size")
+        + " but delivers frames of (40, 48); they are denoised as they come, into a derived stream of that shape"]
+    assert docs[-1][1]["num_events"]["denoised"] == 4
+    errors = [e for n, d in docs if n == "event_page" for e in d["data"].get("det_image_qc_error", [])]
+    assert errors == [""] * 4
+    frames, raw = derived_frames(docs), raw_frames(docs)
+    assert frames.shape == (4, 40, 48) and np.all(frames.std(axis=(1, 2)) < raw.std(axis=(1, 2)))
+    if declared[0] == 1:  # a raw shape TiledWriter takes: the run is stored and read back
+        np.testing.assert_array_equal(store[uid]["denoised"]["det_image_denoised"].read(), frames)

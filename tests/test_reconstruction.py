@@ -150,6 +150,28 @@ def test_the_reconstruction_stream_is_stored_in_the_same_run_before_its_stop(RE,
     assert ssim(clean, slices[-2]) > ssim(clean, stored["slice_fbp"].read()[-2]) - 0.05  # the slice model helps
 
 
+def test_a_detector_that_declares_no_frame_size_is_reconstructed_from_its_denoised_stream(RE, tmp_path,
+                                                                                         monkeypatch):
+    """The size comes from the frames (the callback's derived stream declares it), not the raw descriptor."""
+    describe = SimTomoDetector.describe
+
+    def no_size(self):
+        out = describe(self)
+        out["det_image"]["shape"] = [None, None]
+        return out
+
+    monkeypatch.setattr(SimTomoDetector, "describe", no_size)
+    uid, docs, rec, det = scan(RE, tmp_path)
+    assert [d["data_keys"]["det_image"]["shape"] for n, d in docs if n == "descriptor" and d["name"] == "primary"] \
+        == [[None, None]]
+    (desc,) = [d for n, d in docs if n == "descriptor" and d["name"] == "denoised"]
+    assert desc["data_keys"]["det_image_denoised"]["shape"] == [1, 64, 64]
+    final = [d for n, d in docs if n == "event_page" and d["descriptor"] in
+             {d["uid"] for n, d in docs if n == "descriptor" and d["name"] == "reconstruction"}][-1]
+    assert list(final["data"]["row"][-3:]) == [16, 32, 48] and final["data"]["final"][-1]
+    assert rec.errors == []
+
+
 def test_the_denoised_stream_is_found_by_what_it_denoises_not_by_its_name(RE, store, tmp_path):
     """A plan with its own stream called ``denoised`` (an image field ending in ``_denoised``, too) gets
     the callback's stream as ``denoised_2``; the reconstruction reads ``denoised_2``, not the plan's."""

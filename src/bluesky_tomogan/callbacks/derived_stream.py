@@ -33,8 +33,20 @@ REGISTRATION_HISTORY = 8
 
 
 def declared_shape(data_key: Mapping[str, Any]) -> list[int]:
-    """A data key's shape without its unknown (``None``) dimensions."""
-    return [s for s in (data_key.get("shape") or []) if s is not None]
+    """A data key's shape as the callback reads it, 0 for a size it leaves unknown.
+
+    A frame count left unknown (``[None, H, W]``) is dropped; other unknown (``None``) sizes
+    are 0. ophyd's area detectors before 1.4 declared ``[X, Y, 0]`` (the frame's width first, and
+    a depth of 0; ophyd PR 746): read as one frame of unknown size, ``[0, 0]``. A frame whose size
+    is unknown gets it from the frames themselves (:class:`~.run.RunDenoiser`).
+    """
+    raw = list(data_key.get("shape") or [])
+    if len(raw) == 3 and raw[0] is None:
+        raw = raw[1:]
+    shape = [0 if s is None else int(s) for s in raw]
+    if len(shape) == 3 and shape[-1] == 0 and shape[0] > 0 and shape[1] > 0:
+        return [0, 0]
+    return shape
 
 
 def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
@@ -51,8 +63,8 @@ def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
 
 def frame_shape(data_key: Mapping[str, Any]) -> tuple[int, int]:
     """``(H, W)`` of an image data key's frames (0 where the key leaves a dimension unknown)."""
-    shape = [int(v or 0) for v in (data_key.get("shape") or [])]
-    return (shape[0], shape[1]) if has_channel_axis(declared_shape(data_key)) else (shape[-2], shape[-1])
+    shape = declared_shape(data_key)
+    return (shape[0], shape[1]) if has_channel_axis(shape) else (shape[-2], shape[-1])
 
 
 def exposures_per_event(data_key: Mapping[str, Any]) -> int:
@@ -102,6 +114,11 @@ class DerivedStream:
     # Token of this stream's newest frame handed to the queue (set by the RunEngine's thread): a frame
     # whose successor is already queued waits for it, however far behind the worker runs.
     latest_token: int = -1
+    matched: bool = False  # a frame of the declared shape has come (worker only)
+    redirected: bool = False  # frames came in another shape and went to a stream of their own (worker only)
+    # Documents of a stream that the worker made (frames of a shape other than the declared one): its
+    # descriptor and StreamResource, published by the RunEngine's thread before its first rows
+    unpublished: list[tuple[str, Any]] = dataclasses.field(default_factory=list)
 
 
 @dataclass
@@ -115,12 +132,20 @@ class QueuedFrame:
     received: float
     token: int
     exposure: int = 0  # which of its event's frames (events of an [N, H, W] field hold N)
+    # The derived stream of the raw descriptor that announced it (``stream`` until the worker finds the
+    # frame's shape to differ from the declared one; it then moves to the stream of its real shape).
+    # Frames are emitted in their origin's order.
+    origin: DerivedStream | None = None
     # the run's busy clock when it came (RunDenoiser.busy_clock): time the RunEngine spent waiting on
     # this callback since then is not time in which its next frame could have come
     busy_at_receipt: float = 0.0
     metrics: FrameMetrics = field(default_factory=FrameMetrics)
     done: bool = False  # denoised (its row is on its way)
     recorded: bool = False  # its result was handed to the row writer (denoised or not)
+
+    def __post_init__(self) -> None:
+        if self.origin is None:
+            self.origin = self.stream
 
 
 @dataclass

@@ -368,10 +368,11 @@ class _RunReconstruction(PassThroughRun):
         if keys and role not in self._image_key:
             self._image_key[role] = keys[0]
             self._frames.setdefault(role, _Frames(exposures_per_event(doc["data_keys"][keys[0]])))
-            if self._shape is None:  # one detector: its first image stream (the darks, in tomo_scan) says
-                self._shape = frame_shape(doc["data_keys"][keys[0]])
             if self._raw_dtype is None and not role.endswith("denoised"):
                 self._raw_dtype = _numpy_dtype(doc["data_keys"][keys[0]].get("dtype_numpy"))
+        if keys and self._shape is None:  # one detector: its first image stream (the darks, in tomo_scan) says,
+            shape = frame_shape(doc["data_keys"][keys[0]])  # or, of frames of no declared size, the derived stream
+            self._shape = shape if all(shape) else None
         return doc
 
     def stream_resource(self, doc: Any) -> Any:

@@ -166,6 +166,7 @@ class RunDenoiser(PassThroughRun):
         self._ready: dict[int, FrameResult] = {}  # finished, waiting for earlier frames of their stream
         self._outbox: deque[FrameResult] = deque()
         self._lock = threading.Lock()  # guards _closed against the worker's writes
+        self._compose_lock = threading.Lock()  # guards composing derived streams (both threads)
         self._closed = False  # set at stop: a late worker's results are discarded
         self._done = threading.Event()
         self._worker_error = ""  # why the worker thread ended early (a bug), if it did
@@ -264,17 +265,53 @@ class RunDenoiser(PassThroughRun):
         if name != wanted:
             self._note(f"the run has a raw stream named {wanted!r}; the derived stream of {raw_name!r} "
                        f"field {f!r} is named {name!r}")
+        return self._compose_stream(raw_name, f, name, shape, exposures)
+
+    def _compose_stream(self, raw_name: str, f: str, name: str, shape: tuple[int, int],
+                        exposures: int) -> DerivedStream:
+        """A derived stream and its descriptor, composed (either thread); the descriptor is published
+        with the stream's first row (:meth:`_emit_rows`), or at the stop if no frame came."""
         keys = derived_data_keys(f, shape, external=not self.options.inline, exposures=exposures)
         assert self._start is not None
-        bundle = event_model.compose_descriptor(
-            start=self._start, streams=self._compose_streams, event_counters=self._counters, name=name,
-            data_keys=keys, object_keys={"tomogan": sorted(keys)}, configuration=self._configuration(raw_name, f),
-        )
-        earlier = sum(s.bundle.descriptor_doc["name"] == name for s in self._by_name.values())
-        stream = DerivedStream(raw_name, f, shape, bundle, name + (f"-{earlier}" if earlier else ""),
-                               exposures=exposures)
-        self._by_name[(raw_name, f, shape)] = stream
-        self._follow.append(("descriptor", bundle.descriptor_doc))
+        with self._compose_lock:  # the worker composes streams too (frames of an undeclared shape)
+            bundle = event_model.compose_descriptor(
+                start=self._start, streams=self._compose_streams, event_counters=self._counters, name=name,
+                data_keys=keys, object_keys={"tomogan": sorted(keys)},
+                configuration=self._configuration(raw_name, f),
+            )
+            earlier = sum(s.bundle.descriptor_doc["name"] == name for s in self._by_name.values())
+            stream = DerivedStream(raw_name, f, shape, bundle, name + (f"-{earlier}" if earlier else ""),
+                                   exposures=exposures)
+            self._by_name[(raw_name, f, shape)] = stream
+            stream.unpublished.append(("descriptor", bundle.descriptor_doc))
+        return stream
+
+    def _stream_of_frame(self, item: QueuedFrame, shape: tuple[int, ...]) -> DerivedStream:
+        """The derived stream for a frame of ``shape`` announced as ``item.origin`` (worker thread).
+
+        Detectors do not always declare what they deliver: a plugin between an area detector's
+        driver and its file writer (region of interest, binning, rotation) changes the frames but
+        not the declared shape (ophyd-async issue 659), older ophyd declared ``[X, Y, 0]``, and some
+        declare no size at all. Then the frames are what is denoised: a frame of another shape goes
+        to a derived stream of its own shape (a second descriptor of the same name, as a re-described
+        detector gets), made here and published before its first row. Once frames of the declared
+        shape have come, one of another shape is a faulty frame instead: flagged, not denoised.
+        """
+        origin = item.origin
+        assert origin is not None
+        if shape == origin.shape:
+            origin.matched = True
+        if len(shape) != 2 or shape == origin.shape or min(shape) == 0 or origin.matched:
+            return origin
+        key = (origin.raw_name, origin.field, (int(shape[0]), int(shape[1])))
+        stream = self._by_name.get(key)
+        if stream is None:
+            stream = self._compose_stream(origin.raw_name, origin.field, origin.bundle.descriptor_doc["name"],
+                                          key[2], origin.exposures)
+            origin.redirected = True
+            declared = "no frame size" if 0 in origin.shape else f"frames of {origin.shape}"
+            self._note(f"{origin.field} of stream {origin.raw_name!r} declares {declared} but delivers frames of "
+                       f"{key[2]}; they are denoised as they come, into a derived stream of that shape")
         return stream
 
     def _check_name_is_free(self, doc: EventDescriptor, ours: bool) -> None:
@@ -432,6 +469,7 @@ class RunDenoiser(PassThroughRun):
         self._record_unfinished(f"not denoised: the worker did not finish within {self.options.flush_timeout} s "
                                 "of the run's stop")
         self._sum_up_frame_problems()
+        self._publish_streams_without_rows()
         if self.summary.dropped:
             log.warning("TomoGAN dropped %d frames (policy %s)", self.summary.dropped, self.options.policy)
         if finished and self._worker is not None:
@@ -441,6 +479,17 @@ class RunDenoiser(PassThroughRun):
         # event-model counters start at 1: num_events is counter - 1 (as compose_stop does)
         out.setdefault("num_events", {}).update({k: v - 1 for k, v in self._counters.items()})
         return out  # published by __call__, after the derived documents emitted above
+
+    def _publish_streams_without_rows(self) -> None:
+        """At the stop: the descriptor of each derived stream that got no row (its raw stream had no
+        frames), as the raw stream has one; not of a stream whose frames all came in another shape."""
+        for stream in list(self._by_name.values()):
+            if stream.redirected:
+                continue
+            with self._lock:
+                owed, stream.unpublished = stream.unpublished, []
+            for name, doc in owed:
+                self._publish(name, doc)
 
     def _stop_reasons(self) -> list[str]:
         return [self.options.feedback.abort_reason(self.summary.uid)]
@@ -452,7 +501,6 @@ class RunDenoiser(PassThroughRun):
         return Dropped(dataclasses.replace(item, frame=None))
 
     def _enqueue(self, stream: DerivedStream, frame: Any, seq_num: int, uid: str, exposure: int = 0) -> None:
-        self._ensure_resource(stream)
         item = QueuedFrame(stream, frame, seq_num, uid, time.time(), next(self._tokens), exposure,
                            busy_at_receipt=self.busy_clock())
         stream.latest_token = item.token
@@ -476,16 +524,15 @@ class RunDenoiser(PassThroughRun):
                 self._note(f"worker made no room within {self.options.block_timeout} s; dropping frames "
                            "(recorded) until it catches up")
 
-    def _ensure_resource(self, stream: DerivedStream) -> None:
-        """Open the derived-frame file of ``stream`` at its first frame; its StreamResource follows the raw document."""
-        if self.options.inline or stream.resource_ready or stream.resource_error:
-            return
+    def _open_file(self, stream: DerivedStream) -> None:
+        """Open the derived-frame file of ``stream`` at its first denoised frame (worker thread, holding
+        ``_lock``); its StreamResource is published with the stream's rows."""
         try:
             if self._writer is None:
                 self._writer = DerivedFrameWriter(derived_directory(self.options.directory, self._raw_directory),
                                                   self._start)
-            self._follow.append(("stream_resource", self._writer.add(stream.slot, f"{stream.field}_denoised",
-                                                                     stream.shape)))
+            stream.unpublished.append(("stream_resource", self._writer.add(stream.slot, f"{stream.field}_denoised",
+                                                                           stream.shape)))
             stream.resource_ready = True
         except (OutputPathError, OSError) as exc:
             stream.resource_error = f"cannot write the denoised frame: {exc}"
@@ -550,6 +597,7 @@ class RunDenoiser(PassThroughRun):
             self._finish(FrameResult(item, None, f"cannot read frame: {type(exc).__name__}: {exc}",
                                      finished=time.time()))
             return
+        item.stream = self._stream_of_frame(item, np.shape(item.frame))
         problem = _frame_problem(item.frame, item.stream.shape)
         unusable = self._qc.measure(item)
         if problem or unusable:  # flagged, and kept out of its neighbours' context: they are denoised as usual
@@ -593,10 +641,10 @@ class RunDenoiser(PassThroughRun):
         now, busy = time.time(), self.busy_clock()
         streams = list(self._by_name.values())  # a snapshot: the callback thread may add a stream
         for window in windows.values():
-            if not window or window[-1].done or window[-1].stream.latest_token > window[-1].token:
+            if not window or window[-1].done or window[-1].origin.latest_token > window[-1].token:  # type: ignore[union-attr]
                 continue
             if len(window) == 1 and not any(s.latest_token > window[0].token for s in streams
-                                            if s is not window[0].stream):
+                                            if s is not window[0].origin):
                 continue
             wait = max(CONTEXT_WAIT, 3 * (window[-1].stream.interval or 0.0))
             newest = window[-1]
@@ -661,10 +709,14 @@ class RunDenoiser(PassThroughRun):
             if self.options.inline:
                 if result.denoised is None:
                     result.denoised = np.zeros(stream.shape, np.float32)
-            elif stream.resource_error:
+                self._outbox.append(result)
+                return
+            if not (stream.resource_ready or stream.resource_error) and all(stream.shape):
+                self._open_file(stream)  # at the stream's first row: failed and dropped rows have theirs too
+            if stream.resource_error:
                 result.error = result.error or stream.resource_error
                 result.denoised = None
-            elif self._writer is not None:
+            elif self._writer is not None and stream.resource_ready:
                 try:
                     result.index, _ = self._writer.write(stream.slot, result.denoised)
                 except Exception as exc:  # a full disk must not stop the scan
@@ -697,7 +749,7 @@ class RunDenoiser(PassThroughRun):
         groups: dict[int, list[FrameResult]] = {}
         blocked: set[int] = set()
         for token, item in list(self._pending.items()):
-            sid = id(item.stream)
+            sid = id(item.origin)
             if sid in blocked:
                 continue
             if token not in self._ready:
@@ -706,23 +758,31 @@ class RunDenoiser(PassThroughRun):
             r = self._ready.pop(token)
             del self._pending[token]
             groups.setdefault(sid, []).append(r)
-        for rows in groups.values():
-            stream = rows[0].item.stream
-            f = stream.field
-            for r in rows:
-                if r.error.startswith(DROPPED):  # drops are counted, not repeated as errors
-                    self.summary.dropped += 1
-                elif r.error:
-                    self._note_repeated((f, r.error), f"{f} seq {r.item.seq_num}: {r.error}",
-                                        f"{f}: {{n}} more frames not denoised: {r.error}")
-                if r.error:
-                    self.summary.missing += 1
-            data = row_columns(f, rows, inline=self.options.inline)
-            now = time.time()
-            page = stream.bundle.compose_event_page(data=data, timestamps={k: [now] * len(rows) for k in data})
-            self._publish("event_page", page)
-            if self._writer is not None and stream.resource_ready:
-                self._publish_stream_datums(stream, rows, list(page["seq_num"]))
+        for in_order in groups.values():
+            for rows in _runs_by_stream(in_order):
+                self._emit_rows(rows[0].item.stream, rows)
+
+    def _emit_rows(self, stream: DerivedStream, rows: list[FrameResult]) -> None:
+        """One event page of ``stream`` (and its StreamDatums), after the documents it still owes."""
+        with self._lock:
+            owed, stream.unpublished = stream.unpublished, []
+        for name, doc in owed:
+            self._publish(name, doc)
+        f = stream.field
+        for r in rows:
+            if r.error.startswith(DROPPED):  # drops are counted, not repeated as errors
+                self.summary.dropped += 1
+            elif r.error:
+                self._note_repeated((f, r.error), f"{f} seq {r.item.seq_num}: {r.error}",
+                                    f"{f}: {{n}} more frames not denoised: {r.error}")
+            if r.error:
+                self.summary.missing += 1
+        data = row_columns(f, rows, inline=self.options.inline)
+        now = time.time()
+        page = stream.bundle.compose_event_page(data=data, timestamps={k: [now] * len(rows) for k in data})
+        self._publish("event_page", page)
+        if self._writer is not None and stream.resource_ready:
+            self._publish_stream_datums(stream, rows, list(page["seq_num"]))
 
     def _note_repeated(self, problem: tuple[str, str], message: str, summary: str) -> None:
         """Note ``message`` for the first :data:`FRAMES_LISTED_PER_PROBLEM` times of ``problem`` (and the first
@@ -783,6 +843,17 @@ class RunDenoiser(PassThroughRun):
             if hasattr(handler, "close"):
                 handler.close()
         self._handlers.clear()
+
+
+def _runs_by_stream(rows: list[FrameResult]) -> list[list[FrameResult]]:
+    """Consecutive rows of one derived stream, in order (an origin's frames can go to several, by shape)."""
+    runs: list[list[FrameResult]] = []
+    for r in rows:
+        if runs and runs[-1][0].item.stream is r.item.stream:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    return runs
 
 
 def _lower_priority() -> None:
