@@ -400,3 +400,93 @@ def test_frames_of_another_shape_than_declared_are_denoised_and_stored(RE, denoi
     assert frames.shape == (4, 40, 48) and np.all(frames.std(axis=(1, 2)) < raw.std(axis=(1, 2)))
     if declared[0] == 1:  # a raw shape TiledWriter takes: the run is stored and read back
         np.testing.assert_array_equal(store[uid]["denoised"]["det_image_denoised"].read(), frames)
+
+
+@pytest.mark.parametrize("kind, template", [
+    ("tiff", "scan_{:06d}.tiff"),                    # ophyd-async's ADTIFFWriter
+    ("tiff", "%s%s_%6.6d.tiff"),                     # the area detector's own template, with "filename"
+    ("jpeg", "scan_{:06d}.jpg"),                     # ADJPEGWriter: 8-bit, lossy
+    ("x-npy", "%s_%d.npy"),                          # ophyd.sim's NPY_SEQ: "<filename>_<i>.npy" whatever the template
+])
+def test_a_detector_writing_a_file_per_frame_is_denoised_and_stored(denoiser, store, tmp_path, kind, template):
+    """A TIFF, JPEG or NumPy file plugin announces a directory and a file-name template (StreamResource
+    ``multipart/related;type=...``): its frames are read as ``TiledWriter`` reads them, denoised, and the
+    derived frames go next to them, stored in the same run."""
+    import tifffile
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    frames = rng.poisson(120 if kind == "jpeg" else 600, (5, 32, 40)).astype(np.uint8 if kind == "jpeg" else np.uint16)
+    raw_dir = frames_directory(tmp_path / "store") / "raw" / "cam"
+    raw_dir.mkdir(parents=True)
+    for i, frame in enumerate(frames):
+        name = template.replace("%s%s", "scan").replace("%s", "scan").replace("%6.6d", "{:06d}").replace(
+            "%d", "{:d}").format(i)
+        if kind == "tiff":
+            tifffile.imwrite(raw_dir / name, frame, photometric="minisblack")
+        elif kind == "jpeg":
+            Image.fromarray(frame).save(raw_dir / name, quality=100)
+        else:
+            np.save(raw_dir / name, frame)
+    run_bundle = event_model.compose_run()
+    desc = run_bundle.compose_descriptor(name="primary", data_keys={"cam": {
+        "source": "sim", "dtype": "array", "shape": [1, 32, 40], "external": "STREAM:",
+        "dtype_numpy": frames.dtype.str}})
+    params = {"template": template, "chunk_shape": [1, 32, 40]} | ({"filename": "scan"} if "%s" in template else {})
+    mimetype = f"multipart/related;type={'application' if kind == 'x-npy' else 'image'}/{kind}"
+    resource = run_bundle.compose_stream_resource(mimetype=mimetype, uri=raw_dir.as_uri() + "/", data_key="cam",
+                                                  parameters=params)
+    cb = TomoGANCallback(denoiser)
+    cb.subscribe(TiledWriter(store))
+    out = collect(cb)
+    for name, doc in (("start", run_bundle.start_doc), ("descriptor", desc.descriptor_doc),
+                      ("stream_resource", resource.stream_resource_doc)):
+        cb(name, doc)
+    for i in range(5):
+        cb("stream_datum", resource.compose_stream_datum(indices={"start": i, "stop": i + 1},
+                                                         seq_nums={"start": i + 1, "stop": i + 2},
+                                                         descriptor=desc.descriptor_doc))
+    cb("stop", run_bundle.compose_stop())
+    assert cb.errors == [] and cb.consumer_errors == 0
+    errors = [e for n, d in out if n == "event_page" for e in d["data"]["cam_qc_error"]]
+    assert errors == [""] * 5
+    (derived_resource,) = [d for n, d in out if n == "stream_resource" and d["data_key"] == "cam_denoised"]
+    assert derived_resource["uri"].startswith((raw_dir / run_bundle.start_doc["uid"]).as_uri())  # next to the raw files
+    run = store[run_bundle.start_doc["uid"]]
+    if kind == "jpeg":  # lossy: what the files hold
+        frames = np.stack([np.asarray(Image.open(raw_dir / f"scan_{i:06d}.jpg")) for i in range(5)])
+    stored = run["primary"]["cam"].read()  # Tiled reads what was denoised (NumPy files: stacked as [N, 1, H, W])
+    np.testing.assert_array_equal(stored.reshape(frames.shape), frames)
+    got = run["denoised"]["cam_denoised"].read()
+    assert got.shape == (5, 32, 40) and np.all(got.std(axis=(1, 2)) < frames.std(axis=(1, 2)))
+
+
+def test_a_file_sequence_without_a_template_or_of_another_mimetype_is_said_not_to_be_read(denoiser, tmp_path):
+    from bluesky_tomogan.stream_readers import new_style_template, reader_for
+
+    assert new_style_template("%s%s_%6.6d.tiff", "scan") == "scan_{:06d}.tiff"
+    assert new_style_template("%s%s_%d.tif", "a") == "a_{:d}.tif"
+    with pytest.raises(ValueError, match="has no parameters\\['template'\\]"):
+        reader_for({"uid": "x", "mimetype": "multipart/related;type=image/tiff", "uri": "file:///d/",
+                    "parameters": {}})
+    with pytest.raises(ValueError, match="no reader for mimetype 'image/png'"):
+        reader_for({"uid": "x", "mimetype": "image/png", "uri": "file:///d/", "parameters": {}})
+
+
+def test_a_frame_file_written_after_its_announcement_is_waited_for(tmp_path):
+    import threading
+
+    import tifffile
+
+    from bluesky_tomogan.hdf5_frames import ANNOUNCED_FRAMES_WAIT_S
+    from bluesky_tomogan.stream_readers import reader_for
+
+    frame = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    read = reader_for({"uid": "x", "mimetype": "multipart/related;type=image/tiff", "uri": tmp_path.as_uri() + "/",
+                       "parameters": {"template": "f_{:03d}.tif", "chunk_shape": [1, 3, 4]}})
+    late = threading.Timer(0.3 * ANNOUNCED_FRAMES_WAIT_S, tifffile.imwrite, (tmp_path / "f_000.tif", frame))
+    late.start()
+    np.testing.assert_array_equal(read(0, 1), frame[None])
+    late.join()
+    with pytest.raises(FileNotFoundError, match="cannot read frame 1 from .*f_001.tif"):
+        read(1, 2)

@@ -48,12 +48,13 @@ def derived_directory(directory: Path | None, raw_directory: Path | None) -> Pat
 
 
 def stream_resource_directory(doc: Any) -> Path | None:
-    """The directory of a StreamResource's file (where :func:`derived_directory` puts derived files by
+    """The directory of a StreamResource's file or files (where :func:`derived_directory` puts derived files by
     default), or None when it is not a local file."""
     try:
-        return path_from_uri(doc["uri"]).parent
+        path = path_from_uri(doc["uri"])
     except (ValueError, KeyError):
         return None
+    return path if str(doc["uri"]).endswith("/") else path.parent  # a directory of files (TIFF sequence): itself
 
 
 class DerivedFrameWriter:

@@ -56,10 +56,10 @@ import numpy as np
 
 from .. import reconstruction as recon
 from ..errors import OutputPathError
-from ..hdf5_frames import StreamFrameReader
 from ..inference.denoiser import Denoiser
 from ..masked import masked_pixels
 from ..qc.policy import UNUSABLE
+from ..stream_readers import FrameReader, reader_for
 from .consumers import Consumers
 from .derived_stream import (
     SOURCE,
@@ -223,7 +223,7 @@ class _Frames:
 
     def __init__(self, exposures: int = 1) -> None:
         self.exposures = exposures  # frames per event of the stream's image field ([N, H, W])
-        self.located: dict[int, tuple[StreamFrameReader, int]] = {}
+        self.located: dict[int, tuple[FrameReader, int]] = {}
         # The wanted rows of each frame, once read (or as they came inline): an update reads only new frames,
         # and an inline frame keeps only its rows.
         self._rows: dict[int, np.ndarray] = {}
@@ -294,7 +294,7 @@ class _RunReconstruction(PassThroughRun):
         # in the derived (float) frames, which keep the raw value there
         self._raw_dtype: np.dtype | None = None
         self._frames: dict[str, _Frames] = {}  # role -> frames
-        self._readers: dict[str, tuple[str, StreamFrameReader]] = {}  # StreamResource uid -> (data key, reader)
+        self._readers: dict[str, tuple[str, FrameReader]] = {}  # StreamResource uid -> (data key, reader)
         self._angles: dict[int, float] = {}  # primary seq_num -> angle
         self._source_seq: dict[int, int] = {}  # denoised seq_num -> primary seq_num
         self._unusable: set[int] = set()  # primary seq_nums whose frame QC called unusable
@@ -380,7 +380,7 @@ class _RunReconstruction(PassThroughRun):
             self._raw_directory = stream_resource_directory(doc)
         if doc.get("data_key") in self._image_key.values():
             try:
-                self._readers[doc["uid"]] = (doc["data_key"], StreamFrameReader(doc))
+                self._readers[doc["uid"]] = (doc["data_key"], reader_for(doc))
             except (ValueError, KeyError) as exc:
                 self._note(f"StreamResource {doc.get('uid')}: {exc}; its frames are not reconstructed")
         return doc

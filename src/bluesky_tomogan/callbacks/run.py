@@ -49,7 +49,6 @@ import numpy as np
 from event_model.documents import EventDescriptor, EventPage, RunStart, RunStop
 
 from ..errors import OutputPathError, TomoGANError
-from ..hdf5_frames import StreamFrameReader
 from ..inference.denoiser import Denoiser, check_frames
 from ..inference.ratios import RatioController, RatioDenoisers, network_name
 from ..qc.feedback import QCFeedback
@@ -57,6 +56,7 @@ from ..qc.metrics import (
     residual_metrics,
 )
 from ..qc.policy import QCPolicy
+from ..stream_readers import FrameReader, reader_for
 from .consumers import Consumers
 from .derived_stream import (
     DerivedStream,
@@ -179,7 +179,7 @@ class RunDenoiser(PassThroughRun):
         self._filler = event_model.Filler(dict(options.handler_registry), inplace=False,
                                           root_map=dict(options.root_map), handler_cache=self._handlers,
                                           retry_intervals=[0.01, 0.05, 0.1, 0.25, 0.5, 1.0])
-        self._stream_readers: dict[str, tuple[str, StreamFrameReader]] = {}  # StreamResource uid -> (key, reader)
+        self._stream_readers: dict[str, tuple[str, FrameReader]] = {}  # StreamResource uid -> (key, reader)
         # The frames of the last multi-frame event read (worker thread): its N rows read it once.
         self._last_event: tuple[Any, np.ndarray] | None = None
         self._qc = RunQC(options.feedback, options.known_nan)
@@ -406,7 +406,7 @@ class RunDenoiser(PassThroughRun):
         wanted = {s.field for fields in self._by_descriptor.values() for s in fields.values()}
         if doc.get("data_key") in wanted or self.options.fields is None:
             try:
-                self._stream_readers[doc["uid"]] = (doc["data_key"], StreamFrameReader(doc))
+                self._stream_readers[doc["uid"]] = (doc["data_key"], reader_for(doc))
             except (ValueError, KeyError) as exc:
                 self._note(f"StreamResource {doc.get('uid')}: {exc}; its frames are not denoised")
         return doc
@@ -430,7 +430,7 @@ class RunDenoiser(PassThroughRun):
                               doc["uid"], exposure=k)
         return doc
 
-    def _read_exposure(self, read: StreamFrameReader, index: int, exposure: int, exposures: int) -> np.ndarray:
+    def _read_exposure(self, read: FrameReader, index: int, exposure: int, exposures: int) -> np.ndarray:
         """Frame ``exposure`` of StreamDatum row ``index`` (worker thread; a multi-frame row is read once)."""
         if exposures == 1:
             return read(index, index + 1)[0]
