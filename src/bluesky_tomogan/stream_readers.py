@@ -33,12 +33,9 @@ from .hdf5_frames import ANNOUNCED_FRAMES_WAIT_S, MIMETYPE, StreamFrameReader, p
 __all__ = ["FrameReader", "FileSequenceReader", "SEQUENCE_MIMETYPES", "reader_for"]
 
 log = logging.getLogger(__name__)
-#: File suffixes of each file-sequence mimetype.
-SEQUENCE_MIMETYPES = {
-    "multipart/related;type=image/tiff": (".tif", ".tiff"),
-    "multipart/related;type=image/jpeg": (".jpg", ".jpeg"),
-    "multipart/related;type=application/x-npy": (".npy",),
-}
+#: Mimetypes of a directory of files, one (or a few) frames each.
+SEQUENCE_MIMETYPES = ("multipart/related;type=image/tiff", "multipart/related;type=image/jpeg",
+                      "multipart/related;type=application/x-npy")
 _POLL_S = 0.05
 
 
