@@ -116,8 +116,8 @@ class DerivedStream:
     latest_token: int = -1
     matched: bool = False  # a frame of the declared shape has come (worker only)
     redirected: bool = False  # frames came in another shape and went to a stream of their own (worker only)
-    # Documents of a stream that the worker made (frames of a shape other than the declared one): its
-    # descriptor and StreamResource, published by the RunEngine's thread before its first rows
+    # Its descriptor and StreamResource, composed but not yet published: the RunEngine's thread publishes
+    # them before the stream's first rows (or, for a stream that got none, its descriptor at the stop)
     unpublished: list[tuple[str, Any]] = dataclasses.field(default_factory=list)
 
 
