@@ -104,6 +104,42 @@ def test_a_grey_frame_with_a_trailing_channel_axis_is_denoised_as_one_frame(tmp_
     assert out.shape == (40, 24) and out.std() < np.load(src).std()
 
 
+def test_a_directory_of_tiff_files_is_denoised_as_one_stack_in_the_order_of_their_numbers(tmp_path, capsys):
+    import numpy as np
+    import tifffile
+
+    frames = np.random.default_rng(0).poisson(300, (12, 24, 32)).astype(np.uint16)
+    scan = tmp_path / "scan"
+    scan.mkdir()
+    for i, frame in enumerate(frames):  # proj_2 before proj_10, as the numbers say
+        tifffile.imwrite(scan / f"proj_{i}.tif", frame, photometric="minisblack")
+    (scan / "notes.txt").write_text("not a frame")
+    np.save(tmp_path / "stack.npy", frames)
+    for src, dest in ((scan, tmp_path / "from-dir.npy"), (tmp_path / "stack.npy", tmp_path / "from-npy.npy")):
+        assert main(["denoise", str(src), str(dest), "--backend", "onnxruntime"]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "from-dir.npy"), np.load(tmp_path / "from-npy.npy"))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "holds no TIFF files"),
+    ("two shapes", "holds a frame of (16, 8), not (8, 8) as a_0.tif"),
+    ("a stack", "holds 2 pages; the files of a directory must hold one frame each"),
+])
+def test_a_directory_that_is_not_a_scan_is_one_clear_error(tmp_path, capsys, case, message):
+    import numpy as np
+    import tifffile
+
+    scan = tmp_path / "scan"
+    scan.mkdir()
+    if case == "two shapes":
+        tifffile.imwrite(scan / "a_0.tif", np.zeros((8, 8), np.uint16))
+        tifffile.imwrite(scan / "a_1.tif", np.zeros((16, 8), np.uint16))
+    elif case == "a stack":
+        tifffile.imwrite(scan / "a_0.tif", np.zeros((2, 8, 8), np.uint16), photometric="minisblack")
+    assert main(["denoise", str(scan), str(tmp_path / "out.npy")]) == 1
+    assert message in capsys.readouterr().err
+
+
 def test_denoise_an_hdf5_stack_keeps_dtype_and_records_provenance(tmp_path, capsys):
     import json
 

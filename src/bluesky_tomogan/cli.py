@@ -475,8 +475,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--frames", type=count(1), default=48, help="test frames measured (evenly spaced)")
     s.set_defaults(func=_cmd_quality)
 
-    s = sub.add_parser("denoise", help="denoise frames from a .npy, HDF5 (Data Exchange too) or TIFF file")
-    s.add_argument("input", help="frames (H, W) or (N, H, W): .npy, .h5/.hdf5/.nxs or a (multi-page) .tif")
+    s = sub.add_parser("denoise", help="denoise frames from a .npy, HDF5 (Data Exchange too) or TIFF file, or a "
+                                       "directory of TIFF files")
+    s.add_argument("input", help="frames (H, W) or (N, H, W): .npy, .h5/.hdf5/.nxs, a (multi-page) .tif, or a "
+                                 "directory of .tif files, one frame each (in the order of their names' numbers)")
     s.add_argument("output", help=".npy, .h5 (dataset 'denoised', with the provenance) or .tif")
     s.add_argument("--key", help="HDF5 dataset (default: exchange/data or another usual name for projections, "
                                  "else the file's only dataset)")

@@ -9,7 +9,8 @@ the same context as if the whole stack had been denoised at once.
 
 Inputs: ``.npy`` (memory-mapped), HDF5 (``key``, else Data Exchange's
 ``exchange/data`` or another usual name for projections, else the file's only
-dataset) and TIFF (one frame per page, or one page holding the stack). Outputs:
+dataset), TIFF (one frame per page, or one page holding the stack) and a directory of TIFF
+files, one frame each, in the order of the numbers in their names. Outputs:
 ``.npy``, HDF5 (dataset ``denoised`` with the provenance as attributes) and TIFF
 (one page per frame, the provenance as the first page's description).
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .errors import TomoGANError
-from .frames import has_channel_axis, looks_like_colour
+from .frames import has_channel_axis, looks_like_colour, without_channel_axis
 
 __all__ = ["NPY", "HDF5", "TIFF", "PROJECTION_KEYS", "FrameSource", "open_frames", "check_output", "denoise_file",
            "first_dataset", "hdf5_datasets"]
@@ -78,7 +80,7 @@ def _source(array: Any) -> FrameSource:
 
 @contextlib.contextmanager
 def open_frames(path: str | os.PathLike[str], key: str | None = None) -> Iterator[FrameSource]:
-    """The frames of a .npy, HDF5 or TIFF file, read a chunk at a time.
+    """The frames of a .npy, HDF5 or TIFF file, or of a directory of TIFF files, read a chunk at a time.
 
     Raises
     ------
@@ -87,6 +89,9 @@ def open_frames(path: str | os.PathLike[str], key: str | None = None) -> Iterato
         that are not ``(H, W)`` or ``(N, H, W)``.
     """
     p = Path(path)
+    if p.is_dir():
+        yield _directory(p)
+        return
     if not p.is_file():
         raise TomoGANError(f"input file {p} does not exist")
     with contextlib.ExitStack() as stack:
@@ -128,6 +133,48 @@ def _open(p: Path, key: str | None, stack: contextlib.ExitStack) -> FrameSource:
         return _source(f[_frames_key(f, p, key)])
     raise TomoGANError(f"{p} is not a .npy, TIFF or HDF5 file (its suffix {suffix!r} and its contents say "
                        f"neither): give frames as {', '.join(NPY + HDF5 + TIFF)}")
+
+
+def _natural_key(path: Path) -> list[Any]:
+    """``proj_2.tif`` before ``proj_10.tif``: the numbers in a name compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def _directory(p: Path) -> FrameSource:
+    """The frames of a directory of TIFF files, one grey frame each (how many beamlines and area
+    detector TIFF plugins store a scan), in the order of the numbers in their names."""
+    files = sorted((f for f in p.iterdir() if f.suffix.lower() in TIFF and f.is_file()), key=_natural_key)
+    if not files:
+        raise TomoGANError(f"directory {p} holds no TIFF files ({', '.join(TIFF)}); give a directory of "
+                           "one frame per file, or a file")
+    first = _tiff_frame(files[0])
+    if first.ndim != 2 or 0 in first.shape:
+        raise TomoGANError(f"{files[0]} holds an array of {first.shape}, not one grey frame (a colour image?); "
+                           "a directory's files must hold one grey frame each")
+
+    def read(a: int, b: int) -> np.ndarray:
+        frames = [_tiff_frame(f) for f in files[a:b]]
+        for f, frame in zip(files[a:b], frames, strict=True):
+            if frame.shape != first.shape:
+                raise TomoGANError(f"{f} holds a frame of {frame.shape}, not {first.shape} as {files[0].name}: "
+                                   "the files of a directory must be frames of one shape")
+        return np.stack(frames)
+
+    return FrameSource((len(files), *first.shape), np.dtype(first.dtype), read)
+
+
+def _tiff_frame(f: Path) -> np.ndarray:
+    """The one frame of a TIFF file (``(H, W, 1)`` as ``(H, W)``)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(f) as tif:
+            if len(tif.pages) != 1:
+                raise TomoGANError(f"{f} holds {len(tif.pages)} pages; the files of a directory must hold one "
+                                   "frame each")
+            return without_channel_axis(tif.asarray())
+    except (OSError, ValueError) as exc:  # not a TIFF, or damaged
+        raise TomoGANError(f"cannot read frames from {f}: {exc}") from exc
 
 
 def _frames_key(f: Any, path: Path, key: str | None) -> str:
