@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import bluesky.plans as bp
 import event_model
@@ -490,3 +491,56 @@ def test_a_frame_file_written_after_its_announcement_is_waited_for(tmp_path):
     late.join()
     with pytest.raises(FileNotFoundError, match="cannot read frame 1 from .*f_001.tif"):
         read(1, 2)
+
+
+def test_frames_written_under_another_machines_path_are_read_through_root_map(denoiser, tmp_path):
+    """The detector's IOC writes under its own path (here ``/ioc/data``), mounted elsewhere on this
+    machine: ``root_map`` says where; the raw StreamResource passes on unchanged, and the derived
+    frames go next to the raw file as this machine sees it."""
+    from bluesky_tomogan.hdf5_frames import FrameFile
+
+    frames = np.random.default_rng(0).poisson(300, (3, 16, 24)).astype(np.uint16)
+    file = FrameFile(tmp_path / "mnt" / "scan" / "det.h5", (16, 24), np.uint16)
+    file.append(frames)
+    file.close()
+    run_bundle = event_model.compose_run()
+    desc = run_bundle.compose_descriptor(name="primary", data_keys={"det": {
+        "source": "sim", "dtype": "array", "shape": [1, 16, 24], "external": "STREAM:", "dtype_numpy": "<u2"}})
+    resource = run_bundle.compose_stream_resource(mimetype="application/x-hdf5", uri="file://localhost/ioc/data/scan/det.h5",
+                                                  data_key="det", parameters={"dataset": file.dataset})
+    cb = TomoGANCallback(denoiser, root_map={"/ioc": "/nowhere", "/ioc/data": str(tmp_path / "mnt")})
+    out = collect(cb)
+    for name, doc in (("start", run_bundle.start_doc), ("descriptor", desc.descriptor_doc),
+                      ("stream_resource", resource.stream_resource_doc),
+                      ("stream_datum", resource.compose_stream_datum(indices={"start": 0, "stop": 3},
+                                                                     seq_nums={"start": 1, "stop": 4},
+                                                                     descriptor=desc.descriptor_doc)),
+                      ("stop", run_bundle.compose_stop())):
+        cb(name, doc)
+    assert cb.errors == []
+    assert [e for n, d in out if n == "event_page" for e in d["data"].get("det_qc_error", [])] == [""] * 3
+    raw = [d for n, d in out if n == "stream_resource" and d["data_key"] == "det"]
+    assert raw == [resource.stream_resource_doc]  # unchanged
+    (derived,) = [d for n, d in out if n == "stream_resource" and d["data_key"] == "det_denoised"]
+    assert derived["uri"].startswith((tmp_path / "mnt" / "scan").as_uri())
+    assert derived_frames(out, "det_denoised").shape == (3, 16, 24)
+
+
+def test_files_that_never_come_cost_the_wait_once(tmp_path):
+    from bluesky_tomogan.hdf5_frames import ANNOUNCED_FRAMES_WAIT_S
+    from bluesky_tomogan.stream_readers import reader_for
+
+    read = reader_for({"uid": "x", "mimetype": "multipart/related;type=image/tiff", "uri": tmp_path.as_uri() + "/",
+                       "parameters": {"template": "f_{:03d}.tif"}})
+    began = time.monotonic()
+    for i in range(4):
+        with pytest.raises(FileNotFoundError):
+            read(i, i + 1)
+    assert time.monotonic() - began < 2 * ANNOUNCED_FRAMES_WAIT_S  # once, not four times
+    elsewhere = reader_for({"uid": "y", "mimetype": "multipart/related;type=image/tiff",
+                            "uri": (tmp_path / "not-mounted").as_uri() + "/",
+                            "parameters": {"template": "f_{:03d}.tif"}})
+    began = time.monotonic()
+    with pytest.raises(FileNotFoundError, match="not-mounted"):
+        elsewhere(0, 1)
+    assert time.monotonic() - began < 0.5 * ANNOUNCED_FRAMES_WAIT_S  # no directory: nothing to wait for

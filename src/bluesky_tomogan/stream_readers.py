@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,7 +31,7 @@ import numpy as np
 
 from .hdf5_frames import ANNOUNCED_FRAMES_WAIT_S, MIMETYPE, StreamFrameReader, path_from_uri
 
-__all__ = ["FrameReader", "FileSequenceReader", "SEQUENCE_MIMETYPES", "reader_for"]
+__all__ = ["FrameReader", "FileSequenceReader", "SEQUENCE_MIMETYPES", "reader_for", "remapped"]
 
 log = logging.getLogger(__name__)
 #: Mimetypes of a directory of files, one (or a few) frames each.
@@ -47,6 +48,22 @@ class FrameReader(Protocol):
     def event(self, index: int, exposures: int) -> np.ndarray: ...
 
     def close(self) -> None: ...
+
+
+def remapped(stream_resource: dict[str, Any], root_map: Mapping[str, str]) -> dict[str, Any]:
+    """The StreamResource as this machine reads it: the longest ``root_map`` key that leads its ``uri``'s
+    path replaced by that key's value (a detector's IOC writes under a path that is mounted elsewhere
+    here). A copy: the document itself passes on unchanged. Without a match, the document itself."""
+    try:
+        path = path_from_uri(stream_resource["uri"])
+    except (KeyError, ValueError):
+        return stream_resource
+    for root in sorted(root_map, key=len, reverse=True):
+        if root and path.is_relative_to(root):
+            local = Path(root_map[root]) / path.relative_to(root)
+            uri = local.as_uri() + ("/" if str(stream_resource["uri"]).endswith("/") else "")
+            return dict(stream_resource, uri=uri)
+    return stream_resource
 
 
 def reader_for(stream_resource: dict[str, Any]) -> FrameReader:
@@ -108,6 +125,9 @@ class FileSequenceReader:
                              f"template {params['template']!r}: {exc}") from exc
         chunk = params.get("chunk_shape") or (1,)
         self.frames_per_file = max(int(chunk[0] or 1), 1)
+        # a wait for a file ran out: later missing files are not waited for until a file is read (files
+        # that never come must not cost the wait each)
+        self._waited_in_vain = False
 
     def path(self, file_index: int) -> Path:
         return self.directory / self.template.format(file_index)
@@ -131,12 +151,16 @@ class FileSequenceReader:
         announced but not written (or not whole) yet: a detector's file plugin may write after the
         counter that the StreamDatum follows has moved on."""
         path = self.path(index // self.frames_per_file)
-        deadline = time.monotonic() + ANNOUNCED_FRAMES_WAIT_S
+        waits = not self._waited_in_vain and self.directory.is_dir()  # no directory: nothing is on its way
+        deadline = time.monotonic() + (ANNOUNCED_FRAMES_WAIT_S if waits else 0.0)
         while True:
             try:
-                return self._load(path, index % self.frames_per_file)
+                frame = self._load(path, index % self.frames_per_file)
+                self._waited_in_vain = False
+                return frame
             except (OSError, ValueError, IndexError) as exc:  # missing, half-written, or too few pages
                 if time.monotonic() >= deadline:
+                    self._waited_in_vain = True
                     raise FileNotFoundError(f"cannot read frame {index} from {path}: {exc}") from exc
             time.sleep(_POLL_S)
 

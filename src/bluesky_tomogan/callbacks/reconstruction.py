@@ -46,7 +46,7 @@ import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -59,7 +59,7 @@ from ..errors import OutputPathError
 from ..inference.denoiser import Denoiser
 from ..masked import masked_pixels
 from ..qc.policy import UNUSABLE
-from ..stream_readers import FrameReader, reader_for
+from ..stream_readers import FrameReader, reader_for, remapped
 from .consumers import Consumers
 from .derived_stream import (
     SOURCE,
@@ -113,13 +113,16 @@ class TomoReconstruction(RunRouterFacade):
     background : bool
         Finish the final reconstruction after the RunEngine's stop returns (default; see :meth:`wait`).
         False: the stop waits for it, and the RunEngine with it.
+    root_map : dict, optional
+        Where this machine sees the raw frames' files that the detector wrote elsewhere: the leading
+        part of a ``StreamResource``'s file path, as for :class:`~.tomogan.TomoGANCallback`.
     """
 
     def __init__(self, slice_denoiser: Denoiser | None = None, *, rows: Sequence[int] | None = None,
                  source: Literal["denoised", "raw"] = "denoised", center: float | None = None,
                  remove_stripes: bool = True, every: int = 0,
                  directory: str | os.PathLike[str] | None = None, timeout: float = 120.0,
-                 background: bool = True) -> None:
+                 background: bool = True, root_map: Mapping[str, str] | None = None) -> None:
         if source not in ("denoised", "raw"):
             raise ValueError(f"source must be 'denoised' or 'raw', got {source!r}")
         if rows is not None and (not len(rows) or min(rows) < 0):
@@ -136,6 +139,7 @@ class TomoReconstruction(RunRouterFacade):
         self.directory = None if directory is None else Path(directory).expanduser().resolve()
         self.timeout = timeout
         self.background = background
+        self.root_map = dict(root_map or {})
         self._finishing: list[threading.Thread] = []  # threads finishing a run's stop
         # While a finishing thread owns delivery, later documents wait in the backlog, in order, and it
         # routes them after the stop it finished: subscribers get every run's documents in order and
@@ -376,11 +380,12 @@ class _RunReconstruction(PassThroughRun):
         return doc
 
     def stream_resource(self, doc: Any) -> Any:
+        here = remapped(doc, self.o.root_map)  # the document itself passes on unchanged
         if self._raw_directory is None:
-            self._raw_directory = stream_resource_directory(doc)
+            self._raw_directory = stream_resource_directory(here)
         if doc.get("data_key") in self._image_key.values():
             try:
-                self._readers[doc["uid"]] = (doc["data_key"], reader_for(doc))
+                self._readers[doc["uid"]] = (doc["data_key"], reader_for(here))
             except (ValueError, KeyError) as exc:
                 self._note(f"StreamResource {doc.get('uid')}: {exc}; its frames are not reconstructed")
         return doc

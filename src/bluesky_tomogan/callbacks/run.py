@@ -56,7 +56,7 @@ from ..qc.metrics import (
     residual_metrics,
 )
 from ..qc.policy import QCPolicy
-from ..stream_readers import FrameReader, reader_for
+from ..stream_readers import FrameReader, reader_for, remapped
 from .consumers import Consumers
 from .derived_stream import (
     DerivedStream,
@@ -401,12 +401,13 @@ class RunDenoiser(PassThroughRun):
         return self._filler("datum_page", doc)[1]
 
     def stream_resource(self, doc: Any) -> Any:
+        here = remapped(doc, self.options.root_map)  # the raw document passes on unchanged
         if self._raw_directory is None:  # None if not a local file: derived frames go to the default directory
-            self._raw_directory = stream_resource_directory(doc)
+            self._raw_directory = stream_resource_directory(here)
         wanted = {s.field for fields in self._by_descriptor.values() for s in fields.values()}
         if doc.get("data_key") in wanted or self.options.fields is None:
             try:
-                self._stream_readers[doc["uid"]] = (doc["data_key"], reader_for(doc))
+                self._stream_readers[doc["uid"]] = (doc["data_key"], reader_for(here))
             except (ValueError, KeyError) as exc:
                 self._note(f"StreamResource {doc.get('uid')}: {exc}; its frames are not denoised")
         return doc

@@ -106,7 +106,10 @@ class TomoGANCallback(RunRouterFacade):
         ``AD_TIFF``, and the simulated detector's ``"hdf5"``). A frame whose spec
         has no handler gets a row flagged unreadable that names the spec.
     root_map : dict, optional
-        Resource roots remapped when reading (``event_model.Filler``'s ``root_map``).
+        Where this machine sees what the detector wrote elsewhere: ``Resource`` roots remapped
+        when reading (``event_model.Filler``'s ``root_map``), and the leading part of a
+        ``StreamResource``'s file path (``{"/ioc/data": "/mnt/beamline"}``; the longest match).
+        The raw documents pass on unchanged.
     qc : QCPolicy or path, optional
         Thresholds and actions of the QC flags (a :class:`~bluesky_tomogan.qc.QCPolicy`
         or a TOML file for :meth:`~bluesky_tomogan.qc.QCPolicy.from_file`); default
