@@ -75,6 +75,8 @@ def test_export_activation_copies_must_be_layer_equals_count(capsys):
     (["bench", "--sizes", "0"], "argument --sizes: expected a whole number >= 8, got 0"),
     (["bench", "--repeats", "ten"], "argument --repeats: expected a whole number, got 'ten'"),
     (["denoise", "a.npy", "b.npy", "--threads", "0"], "argument --threads: expected a whole number >= 1, got 0"),
+    (["serve", "--zmq-in", "localhost:5578", "--root-map", "/ioc/data:/mnt"],
+     "argument --root-map: expected THERE=HERE (two paths), got '/ioc/data:/mnt'"),
 ])
 def test_counts_out_of_range_are_usage_errors_not_tracebacks(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_:

@@ -17,6 +17,14 @@ __all__ = ["main", "build_parser"]
 log = logging.getLogger("bluesky_tomogan.cli")
 
 
+def _path_pair(text: str) -> tuple[str, str]:
+    """An argparse type: ``THERE=HERE``, two non-empty paths."""
+    there, sep, here = text.partition("=")
+    if not sep or not there or not here:
+        raise argparse.ArgumentTypeError(f"expected THERE=HERE (two paths), got {text!r}")
+    return there, here
+
+
 def count(minimum: int) -> Callable[[str], int]:
     """An argparse type: a whole number of at least ``minimum`` (a clear usage error otherwise, not a traceback
     from deep inside the command)."""
@@ -237,7 +245,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                      state_dir=args.state_dir, share=args.share, grace=args.grace, prefix=args.prefix.encode(),
                      ioc_prefix=args.ioc_prefix, retry_after=args.retry_after, fallback=args.fallback,
                      warm_up=tuple(args.warm_up) if args.warm_up else None,
-                     abandon_after=args.abandon_after or None)
+                     abandon_after=args.abandon_after or None, root_map=dict(args.root_map))
     except (ServeError, ValueError) as exc:
         log.error("%s", exc)
         print(f"bluesky-tomogan serve: error: {exc}", file=sys.stderr)
@@ -300,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reconstruct", action="store_true", help="reconstruct and denoise three slices live")
     s.add_argument("--every", type=count(0), default=0, help="progressive reconstruction every N projections")
     s.add_argument("--directory", help="where derived frames are written (default: next to the raw frames)")
+    s.add_argument("--root-map", nargs="+", type=_path_pair, default=[], metavar="THERE=HERE",
+                   help="the detector's files written under THERE are read under HERE on this machine "
+                        "(e.g. /ioc/data=/mnt/beamline): StreamResource paths and Resource roots")
     s.add_argument("--state-dir", default="~/.local/state/bluesky-tomogan", help="journal of runs in flight")
     s.add_argument("--share", default="0/1", metavar="K/N", help="serve share K of N runs (several workers)")
     s.add_argument("--grace", type=float, default=60.0, help="seconds runs in flight may take after SIGTERM")

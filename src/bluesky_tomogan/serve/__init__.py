@@ -35,7 +35,8 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
           state_dir: str | os.PathLike[str] = "~/.local/state/bluesky-tomogan", share: str = "0/1",
           grace: float = 60.0, prefix: bytes = b"", ioc_prefix: str | None = None,
           retry_after: float = 10.0, fallback: str | None = None,
-          warm_up: tuple[int, int] | None = None, abandon_after: float | None = 86400.0) -> int:
+          warm_up: tuple[int, int] | None = None, abandon_after: float | None = 86400.0,
+          root_map: dict[str, str] | None = None) -> int:
     """Serve the document stream at ``zmq_in`` (a ``bluesky-0MQ-proxy`` out port) until SIGTERM.
 
     Parameters
@@ -84,6 +85,9 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
         Close a run that has sent no document for this many seconds (its RunEngine host
         crashed before the stop): :class:`DenoisingWorker`. None: never. Ignored (logged)
         with ``store="run"``, where closing a run that resumes would lose its raw documents.
+    root_map : dict, optional
+        Where this machine sees the detector's files that its IOC wrote under another path
+        (``{"/ioc/data": "/mnt/beamline"}``), as :class:`~bluesky_tomogan.TomoGANCallback` takes it.
 
     Returns
     -------
@@ -129,12 +133,13 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
         feedback = QCFeedback(monitor=monitor)
         ioc = QCIOC(monitor, ioc_prefix)
     callback = TomoGANCallback(denoiser, fields=fields, streams=streams or ["primary", "flat"],
-                               policy=policy, directory=directory, feedback=feedback)  # type: ignore[arg-type]
+                               policy=policy, directory=directory, feedback=feedback,  # type: ignore[arg-type]
+                               root_map=root_map)
     outlet: Any = callback
     wait = None
     if reconstruct:
         rec = TomoReconstruction(load_denoiser("tomogan-slice", backend=backend), every=reconstruct_every,
-                                 directory=directory)
+                                 directory=directory, root_map=root_map)
         callback.subscribe(rec)
         outlet, wait = rec, rec.wait
     worker = DenoisingWorker(ZMQSource(zmq_in, prefix=prefix), callback, outlet=outlet, client=client, store=store,
