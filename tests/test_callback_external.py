@@ -544,3 +544,36 @@ def test_files_that_never_come_cost_the_wait_once(tmp_path):
     with pytest.raises(FileNotFoundError, match="not-mounted"):
         elsewhere(0, 1)
     assert time.monotonic() - began < 0.5 * ANNOUNCED_FRAMES_WAIT_S  # no directory: nothing to wait for
+
+
+def test_derived_frames_go_to_the_data_directory_when_the_raw_ones_cannot_have_them(denoiser, tmp_path, monkeypatch):
+    """Raw data on a read-only mount (here: a file where the run's directory would go, as root ignores
+    permissions): the derived frames go to the per-user data directory, said once, none lost."""
+    from bluesky_tomogan.callbacks.frame_writer import DATA_ENV
+    from bluesky_tomogan.hdf5_frames import FrameFile
+
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "data"))
+    frames = np.random.default_rng(0).poisson(300, (3, 16, 24)).astype(np.uint16)
+    file = FrameFile(tmp_path / "raw" / "det.h5", (16, 24), np.uint16)
+    file.append(frames)
+    file.close()
+    run_bundle = event_model.compose_run()
+    (tmp_path / "raw" / run_bundle.start_doc["uid"]).write_text("in the way")
+    desc = run_bundle.compose_descriptor(name="primary", data_keys={"det": {
+        "source": "sim", "dtype": "array", "shape": [1, 16, 24], "external": "STREAM:", "dtype_numpy": "<u2"}})
+    resource = run_bundle.compose_stream_resource(mimetype="application/x-hdf5", uri=file.uri, data_key="det",
+                                                  parameters={"dataset": file.dataset})
+    cb = TomoGANCallback(denoiser)
+    out = collect(cb)
+    for name, doc in (("start", run_bundle.start_doc), ("descriptor", desc.descriptor_doc),
+                      ("stream_resource", resource.stream_resource_doc),
+                      ("stream_datum", resource.compose_stream_datum(indices={"start": 0, "stop": 3},
+                                                                     seq_nums={"start": 1, "stop": 4},
+                                                                     descriptor=desc.descriptor_doc)),
+                      ("stop", run_bundle.compose_stop())):
+        cb(name, doc)
+    assert len(cb.errors) == 1 and "cannot be written next to the raw frames" in cb.errors[0]
+    assert [e for n, d in out if n == "event_page" for e in d["data"].get("det_qc_error", [])] == [""] * 3
+    (derived,) = [d for n, d in out if n == "stream_resource" and d["data_key"] == "det_denoised"]
+    assert derived["uri"].startswith((tmp_path / "data").as_uri())
+    assert derived_frames(out, "det_denoised").shape == (3, 16, 24)

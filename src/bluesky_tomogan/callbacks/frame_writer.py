@@ -19,6 +19,7 @@ import event_model
 import numpy as np
 import platformdirs
 
+from ..errors import OutputPathError
 from ..hdf5_frames import MIMETYPE, FrameFile, path_from_uri
 
 __all__ = ["DerivedFrameWriter", "default_directory", "derived_directory", "DATA_ENV"]
@@ -68,11 +69,23 @@ class DerivedFrameWriter:
         The run's start document.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], start: Any) -> None:
+    def __init__(self, directory: str | os.PathLike[str], start: Any, *,
+                 fallback: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(directory).expanduser().resolve() / start["uid"]
         self.start = start
+        self._fallback = None if fallback is None else Path(fallback).expanduser().resolve() / start["uid"]
+        #: Why the files went to ``fallback`` instead (empty if they did not): for the run's notes.
+        self.moved = ""
         self._files: dict[str, FrameFile] = {}
         self._bundles: dict[str, Any] = {}
+
+    @classmethod
+    def for_run(cls, directory: Path | None, raw_directory: Path | None, start: Any) -> DerivedFrameWriter:
+        """The writer of a run's derived files in :func:`derived_directory`. Next to the raw frames (no
+        ``directory`` given), it falls back to :func:`default_directory` if that is not writable: raw
+        data are often on a read-only mount, and the derived frames must not be lost for it."""
+        fallback = default_directory() if directory is None and raw_directory is not None else None
+        return cls(derived_directory(directory, raw_directory), start, fallback=fallback)
 
     def add(self, slot: str, data_key: str, shape: tuple[int, int]) -> dict[str, Any]:
         """Create the file ``<slot>.h5`` for ``data_key`` frames and return its StreamResource document.
@@ -85,7 +98,15 @@ class DerivedFrameWriter:
         OutputPathError
             The directory or file cannot be created (unwritable, disk full).
         """
-        f = FrameFile(self.root / f"{slot}.h5", shape, "<f4", dataset="/data")
+        try:
+            f = FrameFile(self.root / f"{slot}.h5", shape, "<f4", dataset="/data")
+        except OutputPathError as exc:
+            if self._fallback is None or self._files:  # a directory chosen by the user, or files already there
+                raise
+            self.moved = (f"derived frames cannot be written next to the raw frames ({exc}); they go to "
+                          f"{self._fallback} (directory= chooses where)")
+            self.root, self._fallback = self._fallback, None
+            f = FrameFile(self.root / f"{slot}.h5", shape, "<f4", dataset="/data")
         self._files[slot] = f
         bundle = event_model.compose_stream_resource(
             mimetype=MIMETYPE, uri=f.uri, data_key=data_key,

@@ -70,7 +70,7 @@ from .derived_stream import (
     made_by_us,
     without_channel_axis,
 )
-from .frame_writer import DerivedFrameWriter, derived_directory, stream_resource_directory
+from .frame_writer import DerivedFrameWriter, stream_resource_directory
 from .passthrough import PassThroughRun, RunRouterFacade, Turn
 from .run import image_fields
 
@@ -107,7 +107,8 @@ class TomoReconstruction(RunRouterFacade):
     every : int
         Reconstruct every ``every`` projections while the scan runs (0: only at the end).
     directory : path-like, optional
-        Where slice files go (default: next to the raw frames, else the per-user data directory).
+        Where slice files go (default: next to the raw frames if that directory can be written, else
+        the per-user data directory).
     timeout : float
         Seconds the final reconstruction may take; after that the stop goes on without it, noted.
     background : bool
@@ -643,9 +644,11 @@ class _RunReconstruction(PassThroughRun):
             )
             self._publish("descriptor", self._bundle.descriptor_doc)
             try:
-                self._writer = DerivedFrameWriter(derived_directory(self.o.directory, self._raw_directory), self._start)
+                self._writer = DerivedFrameWriter.for_run(self.o.directory, self._raw_directory, self._start)
                 for key in ("slice", "slice_fbp"):
                     self._publish("stream_resource", self._writer.add(f"{STREAM}-{key}", key, w))
+                if self._writer.moved:
+                    self._note(self._writer.moved.replace("derived frames", "slices"))
             except (OutputPathError, OSError) as exc:
                 self._note(f"slices cannot be written ({exc}); the stream records the rest")
                 self._writer = None

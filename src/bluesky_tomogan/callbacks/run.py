@@ -73,7 +73,7 @@ from .derived_stream import (
     unsupported_image_fields,
     without_channel_axis,
 )
-from .frame_writer import DerivedFrameWriter, derived_directory, stream_resource_directory
+from .frame_writer import DerivedFrameWriter, stream_resource_directory
 from .passthrough import PassThroughRun, Turn
 from .queue import FrameQueue, Policy
 from .run_qc import DROPPED, RunQC
@@ -530,11 +530,12 @@ class RunDenoiser(PassThroughRun):
         ``_lock``); its StreamResource is published with the stream's rows."""
         try:
             if self._writer is None:
-                self._writer = DerivedFrameWriter(derived_directory(self.options.directory, self._raw_directory),
-                                                  self._start)
+                self._writer = DerivedFrameWriter.for_run(self.options.directory, self._raw_directory, self._start)
             stream.unpublished.append(("stream_resource", self._writer.add(stream.slot, f"{stream.field}_denoised",
                                                                            stream.shape)))
             stream.resource_ready = True
+            if self._writer.moved and self._writer.moved not in self.summary.errors:
+                self._note(self._writer.moved)
         except (OutputPathError, OSError) as exc:
             stream.resource_error = f"cannot write the denoised frame: {exc}"
             self._note(f"derived frames of {stream.field} cannot be written ({exc}); each row records why")

@@ -14,8 +14,9 @@ run, composed with event-model.
 
 Derived frames are never put inside documents for storage: they are written to
 HDF5 and described by StreamResource/StreamDatum documents, in ``directory``
-if given, else next to the raw frames' own files, else in the per-user data
-directory (:func:`~bluesky_tomogan.callbacks.frame_writer.default_directory`).
+if given, else next to the raw frames' own files (if that directory can be
+written), else in the per-user data directory
+(:func:`~bluesky_tomogan.callbacks.frame_writer.default_directory`).
 ``inline=True`` puts them in the events instead, for live displays only; it
 refuses storage consumers.
 
@@ -92,7 +93,7 @@ class TomoGANCallback(RunRouterFacade):
         Where derived frames are written as HDF5 (``<directory>/<run uid>/``).
         Default: the directory of the raw frames' files, or
         :func:`~bluesky_tomogan.callbacks.frame_writer.default_directory` when
-        the raw frames travel inside the events.
+        the raw frames travel inside the events or their directory cannot be written.
     inline : bool
         Put the derived frames inside the event documents instead of files: for
         live displays only. Storage consumers are refused, since they cannot
