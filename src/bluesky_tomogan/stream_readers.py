@@ -20,7 +20,6 @@ Detectors write frames in one of two ways, and both reach the callback as
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from collections.abc import Mapping
@@ -33,7 +32,6 @@ from .hdf5_frames import ANNOUNCED_FRAMES_WAIT_S, MIMETYPE, StreamFrameReader, p
 
 __all__ = ["FrameReader", "FileSequenceReader", "SEQUENCE_MIMETYPES", "reader_for", "remapped"]
 
-log = logging.getLogger(__name__)
 #: Mimetypes of a directory of files, one (or a few) frames each.
 SEQUENCE_MIMETYPES = ("multipart/related;type=image/tiff", "multipart/related;type=image/jpeg",
                       "multipart/related;type=application/x-npy")
@@ -130,6 +128,7 @@ class FileSequenceReader:
         self._waited_in_vain = False
 
     def path(self, file_index: int) -> Path:
+        """The file of number ``file_index`` (frames ``[file_index * per_file, ...)``)."""
         return self.directory / self.template.format(file_index)
 
     def _load(self, path: Path, page: int) -> np.ndarray:
@@ -158,7 +157,7 @@ class FileSequenceReader:
                 frame = self._load(path, index % self.frames_per_file)
                 self._waited_in_vain = False
                 return frame
-            except (OSError, ValueError, IndexError) as exc:  # missing, half-written, or too few pages
+            except (OSError, ValueError, IndexError, EOFError) as exc:  # missing, half-written, too few pages
                 if time.monotonic() >= deadline:
                     self._waited_in_vain = True
                     raise FileNotFoundError(f"cannot read frame {index} from {path}: {exc}") from exc
