@@ -493,6 +493,24 @@ def test_a_frame_file_written_after_its_announcement_is_waited_for(tmp_path):
         read(1, 2)
 
 
+def feed_three_frame_run(cb, file, uri=None, run_bundle=None):
+    """A run of three frames of 16x24 in the HDF5 ``file``, announced at ``uri`` (default: the file's own),
+    composed by hand and sent through ``cb``; returns the run's bundle."""
+    run_bundle = run_bundle or event_model.compose_run()
+    desc = run_bundle.compose_descriptor(name="primary", data_keys={"det": {
+        "source": "sim", "dtype": "array", "shape": [1, 16, 24], "external": "STREAM:", "dtype_numpy": "<u2"}})
+    resource = run_bundle.compose_stream_resource(mimetype="application/x-hdf5", uri=uri or file.uri, data_key="det",
+                                                  parameters={"dataset": file.dataset})
+    for name, doc in (("start", run_bundle.start_doc), ("descriptor", desc.descriptor_doc),
+                      ("stream_resource", resource.stream_resource_doc),
+                      ("stream_datum", resource.compose_stream_datum(indices={"start": 0, "stop": 3},
+                                                                     seq_nums={"start": 1, "stop": 4},
+                                                                     descriptor=desc.descriptor_doc)),
+                      ("stop", run_bundle.compose_stop())):
+        cb(name, doc)
+    return run_bundle
+
+
 def test_frames_written_under_another_machines_path_are_read_through_root_map(denoiser, tmp_path):
     """The detector's IOC writes under its own path (here ``/ioc/data``), mounted elsewhere on this
     machine: ``root_map`` says where; the raw StreamResource passes on unchanged, and the derived
@@ -503,24 +521,14 @@ def test_frames_written_under_another_machines_path_are_read_through_root_map(de
     file = FrameFile(tmp_path / "mnt" / "scan" / "det.h5", (16, 24), np.uint16)
     file.append(frames)
     file.close()
-    run_bundle = event_model.compose_run()
-    desc = run_bundle.compose_descriptor(name="primary", data_keys={"det": {
-        "source": "sim", "dtype": "array", "shape": [1, 16, 24], "external": "STREAM:", "dtype_numpy": "<u2"}})
-    resource = run_bundle.compose_stream_resource(mimetype="application/x-hdf5", uri="file://localhost/ioc/data/scan/det.h5",
-                                                  data_key="det", parameters={"dataset": file.dataset})
     cb = TomoGANCallback(denoiser, root_map={"/ioc": "/nowhere", "/ioc/data": str(tmp_path / "mnt")})
     out = collect(cb)
-    for name, doc in (("start", run_bundle.start_doc), ("descriptor", desc.descriptor_doc),
-                      ("stream_resource", resource.stream_resource_doc),
-                      ("stream_datum", resource.compose_stream_datum(indices={"start": 0, "stop": 3},
-                                                                     seq_nums={"start": 1, "stop": 4},
-                                                                     descriptor=desc.descriptor_doc)),
-                      ("stop", run_bundle.compose_stop())):
-        cb(name, doc)
+    uri = "file://localhost/ioc/data/scan/det.h5"
+    feed_three_frame_run(cb, file, uri)
     assert cb.errors == []
     assert [e for n, d in out if n == "event_page" for e in d["data"].get("det_qc_error", [])] == [""] * 3
     raw = [d for n, d in out if n == "stream_resource" and d["data_key"] == "det"]
-    assert raw == [resource.stream_resource_doc]  # unchanged
+    assert [d["uri"] for d in raw] == [uri]  # passed on unchanged
     (derived,) = [d for n, d in out if n == "stream_resource" and d["data_key"] == "det_denoised"]
     assert derived["uri"].startswith((tmp_path / "mnt" / "scan").as_uri())
     assert derived_frames(out, "det_denoised").shape == (3, 16, 24)
@@ -559,19 +567,9 @@ def test_derived_frames_go_to_the_data_directory_when_the_raw_ones_cannot_have_t
     file.close()
     run_bundle = event_model.compose_run()
     (tmp_path / "raw" / run_bundle.start_doc["uid"]).write_text("in the way")
-    desc = run_bundle.compose_descriptor(name="primary", data_keys={"det": {
-        "source": "sim", "dtype": "array", "shape": [1, 16, 24], "external": "STREAM:", "dtype_numpy": "<u2"}})
-    resource = run_bundle.compose_stream_resource(mimetype="application/x-hdf5", uri=file.uri, data_key="det",
-                                                  parameters={"dataset": file.dataset})
     cb = TomoGANCallback(denoiser)
     out = collect(cb)
-    for name, doc in (("start", run_bundle.start_doc), ("descriptor", desc.descriptor_doc),
-                      ("stream_resource", resource.stream_resource_doc),
-                      ("stream_datum", resource.compose_stream_datum(indices={"start": 0, "stop": 3},
-                                                                     seq_nums={"start": 1, "stop": 4},
-                                                                     descriptor=desc.descriptor_doc)),
-                      ("stop", run_bundle.compose_stop())):
-        cb(name, doc)
+    feed_three_frame_run(cb, file, run_bundle=run_bundle)
     assert len(cb.errors) == 1 and "cannot be written next to the raw frames" in cb.errors[0]
     assert [e for n, d in out if n == "event_page" for e in d["data"].get("det_qc_error", [])] == [""] * 3
     (derived,) = [d for n, d in out if n == "stream_resource" and d["data_key"] == "det_denoised"]
