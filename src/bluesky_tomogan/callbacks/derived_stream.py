@@ -134,8 +134,8 @@ class QueuedFrame:
     exposure: int = 0  # which of its event's frames (events of an [N, H, W] field hold N)
     # The derived stream of the raw descriptor that announced it (``stream`` until the worker finds the
     # frame's shape to differ from the declared one; it then moves to the stream of its real shape).
-    # Frames are emitted in their origin's order.
-    origin: DerivedStream | None = None
+    # Frames are emitted in their origin's order. Always a stream: __post_init__ sets it to ``stream``.
+    origin: DerivedStream = None  # type: ignore[assignment]
     # the run's busy clock when it came (RunDenoiser.busy_clock): time the RunEngine spent waiting on
     # this callback since then is not time in which its next frame could have come
     busy_at_receipt: float = 0.0

@@ -298,7 +298,6 @@ class RunDenoiser(PassThroughRun):
         shape have come, one of another shape is a faulty frame instead: flagged, not denoised.
         """
         origin = item.origin
-        assert origin is not None
         if shape == origin.shape:
             origin.matched = True
         if len(shape) != 2 or shape == origin.shape or min(shape) == 0 or origin.matched:
@@ -487,10 +486,14 @@ class RunDenoiser(PassThroughRun):
         for stream in list(self._by_name.values()):
             if stream.redirected:
                 continue
-            with self._lock:
-                owed, stream.unpublished = stream.unpublished, []
-            for name, doc in owed:
-                self._publish(name, doc)
+            self._publish_owed(stream)
+
+    def _publish_owed(self, stream: DerivedStream) -> None:
+        """Publish the documents ``stream`` still owes (its descriptor, its StreamResource), once."""
+        with self._lock:  # the worker adds a StreamResource under it
+            owed, stream.unpublished = stream.unpublished, []
+        for name, doc in owed:
+            self._publish(name, doc)
 
     def _stop_reasons(self) -> list[str]:
         return [self.options.feedback.abort_reason(self.summary.uid)]
@@ -643,7 +646,7 @@ class RunDenoiser(PassThroughRun):
         now, busy = time.time(), self.busy_clock()
         streams = list(self._by_name.values())  # a snapshot: the callback thread may add a stream
         for window in windows.values():
-            if not window or window[-1].done or window[-1].origin.latest_token > window[-1].token:  # type: ignore[union-attr]
+            if not window or window[-1].done or window[-1].origin.latest_token > window[-1].token:
                 continue
             if len(window) == 1 and not any(s.latest_token > window[0].token for s in streams
                                             if s is not window[0].origin):
@@ -766,10 +769,7 @@ class RunDenoiser(PassThroughRun):
 
     def _emit_rows(self, stream: DerivedStream, rows: list[FrameResult]) -> None:
         """One event page of ``stream`` (and its StreamDatums), after the documents it still owes."""
-        with self._lock:
-            owed, stream.unpublished = stream.unpublished, []
-        for name, doc in owed:
-            self._publish(name, doc)
+        self._publish_owed(stream)
         f = stream.field
         for r in rows:
             if r.error.startswith(DROPPED):  # drops are counted, not repeated as errors
