@@ -602,6 +602,40 @@ def test_a_worker_running_behind_keeps_every_frame_full_context(RE, denoiser, mo
         np.testing.assert_allclose(out[k], expected, atol=1e-3)
 
 
+@pytest.mark.parametrize("depth", [1, 5, 7])
+def test_a_network_of_another_context_depth_gets_that_many_neighbours_mirrored_at_both_ends(RE, denoiser, depth):
+    """A network that reads 5 (or 7, or 1) adjacent frames gets them, in the rule of training and offline
+    inference (``context_indices``); the frames at the end of the run are denoised at the stop."""
+    from bluesky_tomogan.frames import context_indices
+
+    seen: list[np.ndarray] = []
+
+    class Wide:  # the shipped network on the middle three frames, recording the whole context
+        def __getattr__(self, name):
+            return getattr(denoiser, name)
+
+        depth = 0  # set below; a class attribute wins over __getattr__
+
+        def denoise_context(self, context, **kwargs):
+            seen.append(np.asarray(context).copy())
+            half = len(context) // 2
+            return denoiser.denoise_context(np.stack([context[max(half - 1, 0)], context[half],
+                                                      context[min(half + 1, len(context) - 1)]]), **kwargs)
+
+    Wide.depth = depth
+    docs = run(RE, TomoGANCallback(Wide(), policy="block", inline=True), [camera(seed=5)], num=6)
+    raw = [np.asarray(d["data"]["cam"]) for n, d in docs if n == "event"]
+    rows = [f for n, d in docs if n == "event_page" and "cam_denoised" in d["data"] for f in d["data"]["cam_denoised"]]
+    assert len(raw) == len(rows) == 6 and len(seen) == 6
+    for context in seen:
+        assert context.shape == (depth, *raw[0].shape)
+        index = [next(i for i, r in enumerate(raw) if np.array_equal(r, c)) for c in context]
+        centre = index[depth // 2]
+        assert index == context_indices(np.zeros(6, np.int32), centre, depth)
+    centres = [next(i for i, r in enumerate(raw) if np.array_equal(r, c[depth // 2])) for c in seen]
+    assert sorted(centres) == list(range(6))
+
+
 def _streams(docs):
     descriptors = {d["uid"]: d["name"] for n, d in docs if n == "descriptor"}
     rows: dict = {}

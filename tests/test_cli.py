@@ -77,6 +77,9 @@ def test_export_activation_copies_must_be_layer_equals_count(capsys):
     (["denoise", "a.npy", "b.npy", "--threads", "0"], "argument --threads: expected a whole number >= 1, got 0"),
     (["serve", "--zmq-in", "localhost:5578", "--root-map", "/ioc/data:/mnt"],
      "argument --root-map: expected THERE=HERE (two paths), got '/ioc/data:/mnt'"),
+    (["train", "x.h5", "--out", "o", "--context", "4"], "argument --context: the context is the centre frame and "
+                                                          "as many on each side: an odd number, got 4"),
+    (["train", "x.h5", "--out", "o", "--context", "0"], "argument --context: expected a whole number >= 1, got 0"),
 ])
 def test_counts_out_of_range_are_usage_errors_not_tracebacks(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_:

@@ -449,6 +449,31 @@ def test_a_detector_of_one_to_three_rows_reconstructs_each_row_once(RE, height):
     assert not any("internal error" in e for e in rec.errors) and docs[-1][1]["exit_status"] == "success"
 
 
+def test_a_slice_model_of_five_rows_context_reads_two_neighbours_each_side_mirrored_at_the_edge(RE):
+    """The slice model's context is as deep as the model reads: rows r-2..r+2, mirrored at the detector's top."""
+    slice_model = load_denoiser("tomogan-slice", backend="onnxruntime")
+    contexts: list[np.ndarray] = []
+
+    class FiveRows:  # records its context and denoises the middle three rows with the shipped model
+        depth = 5
+
+        def __getattr__(self, name):
+            return getattr(slice_model, name)
+
+        def denoise_context(self, context):
+            contexts.append(np.asarray(context))
+            return slice_model.denoise_context(np.asarray(context)[1:4])
+
+    rec = TomoReconstruction(FiveRows(), rows=[0, 16], source="raw")
+    pages, docs = _inline_rotation_scan(RE, slice(None), rec)
+    assert list(pages[-1]["row"]) == [0, 16] and docs[-1][1]["exit_status"] == "success"
+    assert contexts and all(c.shape[0] == 5 for c in contexts)
+    top = contexts[-2]  # the final reconstruction's row 0: rows 2, 1, 0, 1, 2
+    np.testing.assert_array_equal(top[0], top[4])
+    np.testing.assert_array_equal(top[1], top[3])
+    assert not np.array_equal(top[0], top[1])
+
+
 def test_rows_beyond_the_detector_are_noted_and_the_edge_rows_reconstructed(RE):
     rec = TomoReconstruction(rows=[0, 31, 40, 31])
     pages, _ = _inline_rotation_scan(RE, slice(None), rec)

@@ -58,6 +58,30 @@ def test_fine_tuning_a_shipped_model_with_the_command_line_defaults_loads_its_we
     _load_initial_weights(TomoGANGenerator(cfg), "tomogan-projection")  # raised "are for architecture ..."
 
 
+@pytest.mark.parametrize("downscale", [1, 2])
+def test_a_wider_context_starts_from_narrower_weights_as_the_same_function(downscale, tmp_path):
+    """`train --context 5 --init tomogan-projection`: the two outer frames start with zero weights, so the
+    network computes what the 3-frame one did; a narrower context, or any other difference, is refused."""
+    import torch
+
+    from bluesky_tomogan.model.train import _load_initial_weights
+
+    arch = {"input_downscale": downscale, "downscale": "space-to-depth"} if downscale > 1 else {}
+    three = TomoGANGenerator(GeneratorConfig(**arch)).eval()
+    five = TomoGANGenerator(GeneratorConfig(in_channels=5, **arch)).eval()
+    path = str(tmp_path / "weights.pt")
+    torch.save({"arch": three.config.to_dict(), "generator": three.state_dict()}, path)
+    _load_initial_weights(five, path)
+    x = torch.randn(2, 5, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(five(x), three(x[:, 1:4]))
+    with pytest.raises(ModelLoadError, match="architecture"):
+        _load_initial_weights(TomoGANGenerator(GeneratorConfig(in_channels=5, width=0.5, **arch)), path)
+    torch.save({"arch": five.config.to_dict(), "generator": five.state_dict()}, path)
+    with pytest.raises(ModelLoadError, match="architecture"):
+        _load_initial_weights(TomoGANGenerator(GeneratorConfig(**arch)), path)
+
+
 def test_a_run_starts_from_another_runs_last_epoch_through_its_checkpoint(tiny_dataset, tmp_path):
     """`--init runs/x/checkpoint.pt`: the last epoch's generator, not the kept best weights."""
     from bluesky_tomogan.model.train import _load_initial_weights

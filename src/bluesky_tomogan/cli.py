@@ -25,6 +25,15 @@ def _path_pair(text: str) -> tuple[str, str]:
     return there, here
 
 
+def _context_frames(text: str) -> int:
+    """An argparse type: an odd number of frames, at least 1 (the centre frame and as many on each side)."""
+    frames = count(1)(text)
+    if frames % 2 == 0:
+        raise argparse.ArgumentTypeError(f"the context is the centre frame and as many on each side: an odd "
+                                         f"number, got {frames}")
+    return frames
+
+
 def count(minimum: int) -> Callable[[str], int]:
     """An argparse type: a whole number of at least ``minimum`` (a clear usage error otherwise, not a traceback
     from deep inside the command)."""
@@ -75,7 +84,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .model.train import TrainConfig, train
 
     arch = GeneratorConfig(upsample=args.upsample, input_downscale=args.input_downscale, downscale=args.downscale,
-                           width=args.width, residual=not args.no_residual)
+                           width=args.width, residual=not args.no_residual, in_channels=args.context)
     # All-in-One training takes the pixel loss only: the critic's weights default to 0 with --ratios
     adv = args.adv_weight if args.adv_weight is not None else (0.0 if args.ratios else 1e-3)
     feat = args.feat_weight if args.feat_weight is not None else (0.0 if args.ratios else 0.05)
@@ -382,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how the input reaches 1/N resolution: a strided stem and a sub-pixel head (no pixel "
                         "averaged away, the default), or area averaging with an upsampling tail")
     s.add_argument("--width", type=float, default=1.0, help="channel multiplier")
+    s.add_argument("--context", type=_context_frames, default=3, metavar="FRAMES",
+                   help="adjacent frames the network reads, odd (default 3); an --init that reads fewer "
+                        "starts with zero weights for the outer ones, so it begins as it was")
     s.add_argument("--no-residual", action="store_true")
     s.add_argument("--patch", type=count(8), default=96)
     s.add_argument("--batch", type=count(1), default=16)

@@ -11,7 +11,7 @@ Subscribe it downstream of :class:`~bluesky_tomogan.callbacks.TomoGANCallback`
 
 For a run with a rotation axis (the start document's first ``motors`` entry)
 it collects a few sinogram rows (default: the centre and the quarters, each
-with its two neighbours as the slice model's context) from the ``denoised``
+with its neighbours as the slice model's context) from the ``denoised``
 frames (or the raw ones), flat/dark-corrects them with the run's ``flat`` and
 ``dark`` streams (denoised flats when the callback made them: the flat's
 noise is otherwise the strongest stripe in the sinogram), removes stripes,
@@ -56,6 +56,7 @@ import numpy as np
 
 from .. import reconstruction as recon
 from ..errors import OutputPathError
+from ..frames import context_indices
 from ..inference.denoiser import Denoiser
 from ..masked import masked_pixels
 from ..qc.policy import UNUSABLE
@@ -96,8 +97,8 @@ class TomoReconstruction(RunRouterFacade):
         stream holds the filtered back-projections only.
     rows : sequence of int, optional
         Detector rows to reconstruct, 0 the top one (default: the quarter, centre and
-        three-quarter rows). A row beyond the detector is noted and skipped; the edge rows
-        get their one neighbour mirrored as the slice model's context.
+        three-quarter rows). A row beyond the detector is noted and skipped; at the detector's
+        edges the slice model's context is mirrored.
     source : {"denoised", "raw"}
         Which projections: the ``denoised`` stream (default) or the raw ``primary`` frames.
     center : float, optional
@@ -507,17 +508,16 @@ class _RunReconstruction(PassThroughRun):
             return ""
         return f"rows {beyond} are beyond the detector's {h} rows (0..{h - 1}): not reconstructed"
 
-    def _neighbours(self, r: int) -> tuple[int, int]:
-        """The rows above and below ``r`` as the slice model's context, mirrored at the detector's edges."""
+    def _context_rows(self, r: int) -> list[int]:
+        """Row ``r`` and the rows around it that the slice model reads as its context (as many as its
+        depth), mirrored at the detector's edges by the rule of training."""
         assert self._shape is not None
-        h = self._shape[0]
-        above = r - 1 if r >= 1 else min(r + 1, h - 1)
-        below = r + 1 if r + 1 < h else max(r - 1, 0)
-        return above, below
+        depth = int(getattr(self.o.slice_denoiser, "depth", 3)) if self.o.slice_denoiser is not None else 1
+        return context_indices(np.zeros(self._shape[0], np.int32), r, depth)
 
     def _wanted(self) -> list[int]:
         """The rows to read: each row to reconstruct and its neighbours (the slice model's context)."""
-        return sorted({n for r in self._rows() for n in (r, *self._neighbours(r))})
+        return sorted({n for r in self._rows() for n in self._context_rows(r)})
 
     def _reconstruct(self, final: bool) -> dict[str, Any] | str | None:
         """Read the rows, correct, reconstruct and denoise (worker thread). ``None`` if nothing to do yet;
@@ -588,8 +588,7 @@ class _RunReconstruction(PassThroughRun):
             out_fbp.append(slices[r].slice)
             stripes.append(slices[r].stripe_raw)
             if self.o.slice_denoiser is not None:
-                above, below = self._neighbours(r)
-                context = np.stack([slices[above].slice, slices[r].slice, slices[below].slice])
+                context = np.stack([slices[n].slice for n in self._context_rows(r)])
                 out_den.append(self.o.slice_denoiser.denoise_context(context))
             else:
                 out_den.append(slices[r].slice)

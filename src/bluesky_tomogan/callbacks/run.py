@@ -17,9 +17,10 @@ frame that reached the callback gets a row in the derived stream, denoised or
 with the reason it is not (``qc_error``).
 
 Context: frame *k* is denoised when frame *k+1* of the same derived stream
-arrives, with (k-1, k, k+1) as context; the first and last frames use mirrored
-neighbours (``bluesky_tomogan.frames.context_indices``), and so does a frame
-whose next frame is overdue (its stream's phase ended). A flagged frame is
+arrives, with (k-1, k, k+1) as context (a network that reads 5 frames waits for
+*k+2*); the first and last frames use mirrored neighbours
+(``bluesky_tomogan.frames.context_indices``), and so do frames whose next frame
+is overdue (their stream's phase ended). A flagged frame is
 kept out of its neighbours' context. Rows are emitted in the raw frames' order.
 
 QC (:class:`~.run_qc.RunQC`, one per run): the worker measures every frame
@@ -49,6 +50,7 @@ import numpy as np
 from event_model.documents import EventDescriptor, EventPage, RunStart, RunStop
 
 from ..errors import OutputPathError, TomoGANError
+from ..frames import context_indices
 from ..inference.denoiser import Denoiser, check_frames
 from ..inference.ratios import RatioController, RatioDenoisers, network_name
 from ..qc.feedback import QCFeedback
@@ -614,20 +616,27 @@ class RunDenoiser(PassThroughRun):
             gap = item.received - window[-1].received
             item.stream.interval = gap if item.stream.interval is None else 0.8 * item.stream.interval + 0.2 * gap
         window.append(item)
-        if len(window) == 2:  # first frame: mirrored context
-            self._denoise(window[0], [window[1], window[0], window[1]])
-        elif len(window) == 3:
-            self._denoise(window[1], window)
-            window.pop(0)
+        half = self._depth(item.stream) // 2
+        ready = len(window) - 1 - half  # the frame whose last neighbour has just come
+        if ready >= 0:  # at a stream's start, its missing earlier neighbours are mirrored
+            self._denoise(window[ready], _context(window, ready, 2 * half + 1))
+        del window[:max(len(window) - max(2 * half, 1), 0)]  # keep what the next frames' contexts need
         if item.stream.field in self._controllers:  # what a frame costs besides the network
             self._controllers[item.stream.field].record_cycle(time.perf_counter() - began)
 
+    def _depth(self, stream: DerivedStream) -> int:
+        """How many adjacent frames the stream's network reads (a denoiser of the user's own: 3)."""
+        return int(getattr(self.options.denoiser_for(stream.field), "depth", 3))
+
     def _denoise_last(self, window: list[QueuedFrame]) -> None:
-        """Denoise a stream's newest frame with mirrored context (its next frame is not coming, or not yet)."""
-        if len(window) == 1:
-            self._denoise(window[0], [window[0]] * 3)
-        elif len(window) == 2:
-            self._denoise(window[1], [window[0], window[1], window[0]])
+        """Denoise a stream's frames still waiting for later neighbours, those mirrored (they are not coming,
+        or not yet)."""
+        if not window:
+            return
+        depth = self._depth(window[-1].stream)
+        for i, item in enumerate(window):
+            if not item.done:
+                self._denoise(item, _context(window, i, depth))
 
     def _flush_stale(self, windows: dict[int, list[QueuedFrame]]) -> None:
         """A stream whose next frame is overdue (``CONTEXT_WAIT`` s, or three of its usual intervals if longer:
@@ -856,6 +865,12 @@ def _runs_by_stream(rows: list[FrameResult]) -> list[list[FrameResult]]:
         else:
             runs.append([r])
     return runs
+
+
+def _context(window: list[QueuedFrame], index: int, depth: int) -> list[QueuedFrame]:
+    """The ``depth`` frames of ``window`` centred on ``window[index]``, missing neighbours mirrored (the rule
+    of training and offline inference, :func:`~bluesky_tomogan.frames.context_indices`)."""
+    return [window[j] for j in context_indices(np.zeros(len(window), np.int32), index, depth)]
 
 
 def _lower_priority() -> None:

@@ -19,12 +19,13 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import __version__
@@ -272,12 +273,34 @@ def _load_initial_weights(gen: TomoGANGenerator, name_or_path: str) -> PrunePlan
         plan = PrunePlan.stored_in(state)
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
         raise ModelLoadError(f"cannot read initial weights {path}: {exc}") from exc
-    if arch != gen.config:
+    weights = state["generator"]
+    if arch != gen.config and arch.in_channels < gen.config.in_channels \
+            and replace(arch, in_channels=gen.config.in_channels) == gen.config:
+        weights = widened_context(weights, gen.config.in_channels)
+        log.info("initial weights read %d frames, this network %d: the outer frames start with zero weights",
+                 arch.in_channels, gen.config.in_channels)
+    elif arch != gen.config:
         raise ModelLoadError(f"initial weights {path} are for architecture {arch.to_dict()}, "
                              f"this run trains {gen.config.to_dict()}")
-    gen.load_state_dict(state["generator"])
+    gen.load_state_dict(weights)
     log.info("initial weights from %s", path)
     return plan
+
+
+def widened_context(weights: dict[str, torch.Tensor], frames: int) -> dict[str, torch.Tensor]:
+    """A generator's weights for a wider context of ``frames`` adjacent frames, computing the same function.
+
+    The context frames meet only in the first layer (``stem.0``). Its weights for the
+    frames it read stay on the middle input channels; the new outer frames get zero weights,
+    so the widened network's output equals the original's until training teaches it to use them.
+    """
+    first = weights["stem.0.weight"]
+    extra = frames - first.shape[1]
+    if extra < 0 or extra % 2:
+        raise ModelLoadError(f"cannot widen a context of {first.shape[1]} frames to {frames}")
+    out = dict(weights)
+    out["stem.0.weight"] = F.pad(first, (0, 0, 0, 0, extra // 2, extra // 2))
+    return out
 
 
 def _check_out_dir(out_dir: Path) -> None:
