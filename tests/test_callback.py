@@ -12,6 +12,7 @@ from ophyd.sim import SynSignal
 
 from bluesky_tomogan.callbacks import FrameQueue, TomoGANCallback, image_fields
 from bluesky_tomogan.callbacks.derived_stream import derived_from
+from bluesky_tomogan.frames import context_indices
 from bluesky_tomogan.qc.feedback import QCFeedback
 from bluesky_tomogan.serve.ioc import QCFromDocuments
 
@@ -574,7 +575,8 @@ def test_a_streams_first_frame_waits_for_its_neighbour_however_slow_the_run(RE, 
     out = [np.asarray(f) for n, d in docs if n == "event_page" and "cam_denoised" in d["data"]
            for f in d["data"]["cam_denoised"]]
     assert len(raw) == len(out) == 3
-    np.testing.assert_allclose(out[0], denoiser.denoise_context(np.stack([raw[1], raw[0], raw[1]])), atol=1e-3)
+    first = [raw[j] for j in context_indices(np.zeros(3, np.int32), 0, denoiser.depth)]  # neighbours mirrored
+    np.testing.assert_allclose(out[0], denoiser.denoise_context(np.stack(first)), atol=1e-3)
 
 
 def test_a_worker_running_behind_keeps_every_frame_full_context(RE, denoiser, monkeypatch):
@@ -597,8 +599,9 @@ def test_a_worker_running_behind_keeps_every_frame_full_context(RE, denoiser, mo
     out = [np.asarray(f) for n, d in docs if n == "event_page" and "cam_denoised" in d["data"]
            for f in d["data"]["cam_denoised"]]
     assert len(raw) == len(out) == 6
-    for k in range(1, 5):  # every inner frame with its real neighbours, none with mirrored context
-        expected = denoiser.denoise_context(np.stack(raw[k - 1 : k + 2]))
+    half = denoiser.depth // 2
+    for k in range(half, 6 - half):  # every inner frame with its real neighbours, none with mirrored context
+        expected = denoiser.denoise_context(np.stack(raw[k - half : k + half + 1]))
         np.testing.assert_allclose(out[k], expected, atol=1e-3)
 
 
@@ -606,8 +609,6 @@ def test_a_worker_running_behind_keeps_every_frame_full_context(RE, denoiser, mo
 def test_a_network_of_another_context_depth_gets_that_many_neighbours_mirrored_at_both_ends(RE, denoiser, depth):
     """A network that reads 5 (or 7, or 1) adjacent frames gets them, in the rule of training and offline
     inference (``context_indices``); the frames at the end of the run are denoised at the stop."""
-    from bluesky_tomogan.frames import context_indices
-
     seen: list[np.ndarray] = []
 
     class Wide:  # the shipped network on the middle three frames, recording the whole context

@@ -60,7 +60,7 @@ def test_external_frames_are_read_and_denoised_with_their_neighbours(RE, denoise
     assert [s for p in pages for s in p["data"]["det_image_source_seq_num"]] == [1, 2, 3, 4, 5]
     group = np.zeros(len(raw), np.int32)
     for k in range(len(raw)):  # the same frames, the same mirrored context, the same numbers
-        want = denoiser.denoise_context(raw[context_indices(group, k, 3)])
+        want = denoiser.denoise_context(raw[context_indices(group, k, denoiser.depth)])
         np.testing.assert_allclose(got[k], want, rtol=1e-5, atol=1e-3)
 
 

@@ -587,7 +587,7 @@ def time_ratios(card_path: Path, size: int = 512, repeats: int = 7) -> dict[str,
     from ..inference.ratios import load_ratios
 
     ratios = load_ratios(card_path)
-    frames = np.random.default_rng(0).poisson(500, (3, size, size)).astype(np.float32)
+    frames = np.random.default_rng(0).poisson(500, (ratios.depth, size, size)).astype(np.float32)
     for r in ratios.ratios:
         den = ratios.at(r)
         warm_up(functools.partial(den.denoise_context, frames))
