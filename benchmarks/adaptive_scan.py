@@ -47,7 +47,7 @@ from bluesky_tomogan.inference.ratios import load_ratios
 
 def time_per_frame(den: Any, size: int, repeats: int = 15) -> float:
     rng = np.random.default_rng(0)
-    ctx = rng.poisson(500, (3, size, size)).astype(np.float32)
+    ctx = rng.poisson(500, (den.depth, size, size)).astype(np.float32)
     for _ in range(3):
         den.denoise_context(ctx)
     times = []

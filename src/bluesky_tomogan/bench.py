@@ -1,8 +1,9 @@
 """Speed of every available backend and precision through the full ``Denoiser`` path.
 
 Each configuration runs in its own subprocess, so its peak RSS is its own.
-Latency is one 3-frame context -> one denoised frame (normalisation, tiling,
-inference, blending); throughput streams consecutive frames. Used by
+Latency is one context (as many frames as the network reads) -> one denoised
+frame (normalisation, tiling, inference, blending); throughput streams
+consecutive frames. Used by
 ``bluesky-tomogan bench`` and ``benchmarks/speed.py`` (which adds the
 TensorFlow/Keras fp32 reference).
 """
@@ -60,12 +61,13 @@ def measure(model: str, backend: str, precision: str, size: int, repeats: int, t
         den = load_denoiser(model, backend=backend, precision=precision, threads=threads)
     except TomoGANError as exc:
         return {"backend": backend, "precision": precision, "size": size, "skipped": str(exc).splitlines()[0]}
-    frames = _frames(size, max(repeats, 4) + 2)
-    warm_up(lambda: den.denoise_context(frames[:3]))  # compile per shape, allocate, reach steady state
+    depth = den.depth
+    frames = _frames(size, max(repeats, 4) + depth - 1)
+    warm_up(lambda: den.denoise_context(frames[:depth]))  # compile per shape, allocate, reach steady state
     times = []
     for i in range(repeats):
         t0 = time.perf_counter()
-        den.denoise_context(frames[i : i + 3])
+        den.denoise_context(frames[i : i + depth])
         times.append(time.perf_counter() - t0)
     n_stream = min(8, len(frames))
     t0 = time.perf_counter()
