@@ -50,7 +50,7 @@ def requantise(card: Path, out: Path, data: str, keep_float: list[str], ranges: 
     model = ov.Core().read_model(str(out / meta["files"]["onnx"]["path"]))
     train = read_dataset(data).split("train")
     size = min(train.ns.shape[1:]) // 8 * 8
-    calib = calibration_frames(train, 200, size, 3)
+    calib = calibration_frames(train, 200, size, int(meta["architecture"]["in_channels"]))
     convs = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
     scope = nncf.IgnoredScope(names=[n for n in convs if n.split("/")[0] in keep_float])
     quantile = RangeEstimatorParametersSet.MEAN_QUANTILE
@@ -112,7 +112,8 @@ def compare(card: Path, candidates: dict[str, Path], data: str, recipe: str, kee
     test = read_dataset(data).split("test")
     idx = np.unique(np.linspace(0, len(test.ns) - 1, 48).astype(int))
     fp32 = load_denoiser(card, backend="onnxruntime", precision="fp32")
-    reference = np.array([ssim(test.gt[i], fp32.denoise_context(test.ns[context_indices(test.group, int(i), 3)]))
+    reference = np.array([ssim(test.gt[i], fp32.denoise_context(test.ns[context_indices(test.group, int(i),
+                                                                                         fp32.depth)]))
                           for i in idx])
     print(f"CPU: {cpu_name()}; fp32 SSIM {reference.mean():.4f} on {len(idx)} frames of {data}")
     print(f"kept in float: {keep_float or 'nothing'}; {recipe}")

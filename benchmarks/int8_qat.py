@@ -61,7 +61,7 @@ def quantisation_aware(card: Path, out: Path, train_data: str, steps: int, lr: f
     pairs = read_dataset(train_data)
     train, test = pairs.split("train"), pairs.split("test")
     size = min(train.ns.shape[1:]) // 8 * 8
-    calib = calibration_frames(train, 200, min(size, 128), 3)
+    calib = calibration_frames(train, 200, min(size, 128), gen.config.in_channels)
     scope = nncf.IgnoredScope(patterns=[f"{name}/.*" for name in keep_float]) if keep_float else None
     # quantile ranges to start from: min/max ranges stretch to zingers and lose most of the image
     quantile = RangeEstimatorParametersSet.MEAN_QUANTILE

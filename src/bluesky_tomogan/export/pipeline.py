@@ -140,7 +140,7 @@ def _export_openvino_int8(
             reference = openvino_core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
             items = []
             for i in quality_frames(validation):
-                x, y = normalised_frames(validation, i)
+                x, y = normalised_frames(validation, i, calib.shape[1])
                 # the input as the OpenVINO session gives it to the IR (saturated zingers at their
                 # median), once per frame rather than once per model NNCF validates
                 seen = grid.despiked(x[None])[0] if isolated_spikes else x[None]

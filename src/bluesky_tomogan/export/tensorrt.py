@@ -36,7 +36,7 @@ def build_engine_from_card(model: str | os.PathLike[str], precision: str = "fp16
         from ..simulate.datasets import read_dataset
         from .pipeline import calibration_frames
 
-        calib = calibration_frames(read_dataset(calibration_data).split("train"), 200, tile)
+        calib = calibration_frames(read_dataset(calibration_data).split("train"), 200, tile, card.in_channels)
     blob = build_engine(onnx, precision, (tile, tile), card.in_channels, calib, path.with_suffix(".calib"))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(blob)

@@ -42,14 +42,18 @@ def slice_quality(scan: Scan, clean_line_integrals: np.ndarray, models: Mapping[
     models : mapping of str to str
         Label -> model (shipped name, card or directory), each run in fp32 on ONNX Runtime.
     rows : sequence of int, optional
-        Rows to score (default :func:`held_out_rows`); each needs its two neighbours for context.
+        Rows to score (default :func:`held_out_rows`); each needs its neighbours for context.
     """
     rows = list(rows if rows is not None else held_out_rows(scan))
     center = rotation_center(scan)
-    z = scan.shape[1]
-    one_scan = np.zeros(z, np.int32)
-    context = {r: context_indices(one_scan, r) for r in rows}  # the rule of training and inference
-    needed = sorted({i for c in context.values() for i in c})
+    denoisers = {label: load_denoiser(model, backend="onnxruntime", precision="fp32")
+                 for label, model in models.items()}
+    one_scan = np.zeros(scan.shape[1], np.int32)
+
+    def context(r: int, depth: int) -> list[int]:
+        return context_indices(one_scan, r, depth)  # the rule of training and inference
+
+    needed = sorted({i for r in rows for den in denoisers.values() for i in context(r, den.depth)} | set(rows))
 
     def noisy(r: int) -> np.ndarray:
         t = corrected_sinogram(scan.projections[:, r, :], _row(scan.flats, r), _row(scan.darks, r))
@@ -64,8 +68,7 @@ def slice_quality(scan: Scan, clean_line_integrals: np.ndarray, models: Mapping[
                 "psnr": float(np.mean([psnr(clean[r], outputs[r]) for r in rows]))}
 
     result = {"raw": score(slices)}
-    for label, model in models.items():
-        den = load_denoiser(model, backend="onnxruntime", precision="fp32")
-        out = {r: den.denoise_context(np.stack([slices[i] for i in context[r]])) for r in rows}
+    for label, den in denoisers.items():
+        out = {r: den.denoise_context(np.stack([slices[i] for i in context(r, den.depth)])) for r in rows}
         result[label] = score(out)
     return result
