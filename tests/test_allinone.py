@@ -15,6 +15,7 @@ from ophyd.sim import SynSignal
 from bluesky_tomogan import TomoGANCallback, load_denoiser
 from bluesky_tomogan.errors import ModelLoadError, RatioError
 from bluesky_tomogan.export.pipeline import export_model
+from bluesky_tomogan.frames import context_indices
 from bluesky_tomogan.inference.ratios import RatioController, RatioDenoisers, load_ratios
 from bluesky_tomogan.model.allinone import channel_importance, masked, plan_pruning, prune, widen
 from bluesky_tomogan.model.network import GeneratorConfig, TomoGANGenerator
@@ -323,11 +324,36 @@ def test_the_controller_steps_on_into_the_fallback_after_the_lightest_ratio_and_
     assert c.next_denoiser(5, 0.03).model_name == "light-r50"  # none keeps up: the lightest
 
 
-def test_a_fallback_must_read_the_same_context_and_denoise_the_same_domain(denoiser, aio_model):
-    shallow = Timed(denoiser, 0, 0)
-    shallow.depth = 1
-    with pytest.raises(RatioError, match="different context depths.*fallback"):
-        RatioDenoisers({0: denoiser, 50: denoiser}, fallback=RatioDenoisers({0: shallow}))
+def test_a_fallback_must_denoise_the_same_domain_and_may_read_a_narrower_context(RE, denoiser, aio_model):
+    """The 5-frame full projection model above the 3-frame All-in-One model: the stream's context is the
+    deeper one, and each step that reads fewer frames gets the middle of it (mirrored ends included)."""
+    shallow = load_denoiser("tomogan-projection-aio", backend="onnxruntime")
+    seen: list[np.ndarray] = []
+
+    class Recording(Timed):
+        def denoise_context(self, context, **kwargs):
+            seen.append(np.asarray(context).copy())
+            return self.inner.denoise_context(context, **kwargs)
+
+    assert (denoiser.depth, shallow.depth) == (5, 3)
+    ladder = RatioDenoisers({0: denoiser}, fallback=RatioDenoisers({0: Recording(shallow, 0, 50, "aio")}))
+    assert ladder.depth == 5 and len(ladder.warm_up((32, 32))) == 2
+    context = np.random.default_rng(0).poisson(300, (5, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(ladder.fallback.denoise_context(context), shallow.denoise_context(context[1:4]))
+    # in a run: a ladder held at its 3-frame step gets, for each frame, the middle of the 5-frame context
+    seen.clear()
+    mixed = RatioDenoisers({0: denoiser, 50: Recording(shallow, 0, 50, "aio")}, ratio=50)
+    rng = np.random.default_rng(1)
+    docs = []
+    cb = TomoGANCallback(mixed, policy="block", inline=True)
+    cb.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE.subscribe(cb)
+    RE(bp.count([SynSignal(func=lambda: rng.poisson(300, (24, 32)).astype(np.uint16), name="cam")], num=5))
+    raw = [np.asarray(d["data"]["cam"]) for n, d in docs if n == "event"]
+    assert len(seen) == 5 and all(c.shape == (3, 24, 32) for c in seen)
+    for k, context3 in enumerate(sorted(seen, key=lambda c: [np.array_equal(c[1], r) for r in raw].index(True))):
+        expected = [raw[j] for j in context_indices(np.zeros(5, np.int32), k, 3)]
+        np.testing.assert_array_equal(context3, np.stack(expected))
     model_dir, _ = aio_model
     with pytest.raises(RatioError, match="fallback 'tomogan-projection-aio' denoises projections"):
         load_ratios(model_dir / "tiny-aio.json", backend="onnxruntime", fallback="tomogan-projection-aio")

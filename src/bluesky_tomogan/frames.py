@@ -3,9 +3,14 @@ grey frame (shared by training, inference, the callback and the file reader)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
 import numpy as np
 
-__all__ = ["context_indices", "has_channel_axis", "looks_like_colour", "without_channel_axis"]
+__all__ = ["centred", "context_indices", "has_channel_axis", "looks_like_colour", "without_channel_axis"]
+
+T = TypeVar("T", bound=Sequence[Any])
 
 
 def context_indices(group: np.ndarray, index: int, depth: int = 3) -> list[int]:
@@ -32,6 +37,17 @@ def context_indices(group: np.ndarray, index: int, depth: int = 3) -> list[int]:
         else:
             out.append(index)
     return out
+
+
+def centred(context: T, depth: int) -> T:
+    """The middle ``depth`` frames of a deeper ``context`` (all of it if it is not deeper).
+
+    A network that reads fewer frames than the context a stream was given (a lighter step of
+    an adaptive ladder) gets these: by the rule of :func:`context_indices`, the middle of a
+    deeper context is the context of that depth, mirrored neighbours included.
+    """
+    cut = max((len(context) - depth) // 2, 0)
+    return context[cut:len(context) - cut] if cut else context  # type: ignore[return-value]
 
 
 def looks_like_colour(shape: tuple[int, ...] | list[int]) -> bool:

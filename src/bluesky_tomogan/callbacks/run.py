@@ -50,7 +50,7 @@ import numpy as np
 from event_model.documents import EventDescriptor, EventPage, RunStart, RunStop
 
 from ..errors import OutputPathError, TomoGANError
-from ..frames import context_indices
+from ..frames import centred, context_indices
 from ..inference.denoiser import Denoiser, check_frames
 from ..inference.ratios import RatioController, RatioDenoisers, network_name
 from ..qc.feedback import QCFeedback
@@ -672,7 +672,9 @@ class RunDenoiser(PassThroughRun):
         try:
             den = self._network(item.stream)
             began = time.perf_counter()
-            out = den.denoise_context(np.stack([np.asarray(c.frame) for c in context]))
+            # a lighter step of an adaptive ladder may read fewer frames than the stream's context
+            frames = centred(context, int(getattr(den, "depth", len(context))))
+            out = den.denoise_context(np.stack([np.asarray(c.frame) for c in frames]))
             if item.stream.field in self._controllers:
                 self._controllers[item.stream.field].record(time.perf_counter() - began)
             self._qc.register(item)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import RatioError
+from ..frames import centred
 from ..modelcard import ModelCard
 from .denoiser import Denoiser, OutDType
 from .load import load_card, load_denoiser
@@ -61,11 +62,9 @@ class RatioDenoisers:
         self.fallback = fallback
         #: every network ``policy="adaptive"`` may use, heaviest first: this model's ratios, then the fallback's
         self.ladder: tuple[Denoiser, ...] = (*self._by_ratio.values(), *(fallback.ladder if fallback else ()))
-        depths = {d.depth for d in self.ladder}
-        if len(depths) != 1:
-            raise RatioError(f"the ratios' networks read different context depths {sorted(depths)}"
-                             + (" (the fallback model's included)" if fallback else ""))
-        self.depth = depths.pop()
+        #: the context a stream gives this ladder: the deepest network's; a step that reads fewer frames
+        #: gets the middle of it (:func:`~bluesky_tomogan.frames.centred`)
+        self.depth = max(d.depth for d in self.ladder)
         self.ratio = self.ratios[0] if ratio is None else ratio
         self._costs: dict[tuple[int, int], list[float]] = {}  # frame shape -> seconds per frame of each step
 
@@ -105,9 +104,9 @@ class RatioDenoisers:
         context = np.ones((self.depth, *key), np.float32)
         seconds = []
         for d in self.ladder:
-            d.denoise_context(context)
+            d.denoise_context(centred(context, d.depth))
             began = time.perf_counter()
-            d.denoise_context(context)
+            d.denoise_context(centred(context, d.depth))
             seconds.append(time.perf_counter() - began)
         self._costs[key] = seconds
         return list(seconds)
@@ -138,8 +137,10 @@ class RatioDenoisers:
         return self.at(self.ratio).denoise(frames, out_dtype=out_dtype)
 
     def denoise_context(self, context: np.ndarray, *, out_dtype: OutDType = "float32") -> np.ndarray:
-        """:meth:`Denoiser.denoise_context` at the current :attr:`ratio`."""
-        return self.at(self.ratio).denoise_context(context, out_dtype=out_dtype)
+        """:meth:`Denoiser.denoise_context` at the current :attr:`ratio`; a ``(depth, H, W)`` context
+        of this ladder's :attr:`depth`, whose middle frames a network that reads fewer gets."""
+        den = self.at(self.ratio)
+        return den.denoise_context(centred(np.asarray(context), den.depth), out_dtype=out_dtype)
 
     def provenance(self) -> dict[str, Any]:
         """The heaviest ratio's provenance, plus every loaded ratio and what runs it."""
@@ -188,7 +189,7 @@ def load_ratios(
     threads, tile, overlap
         As for :func:`~bluesky_tomogan.load_denoiser`.
     fallback : str or path, optional
-        A lighter model of the same domain and context depth (such as
+        A lighter model of the same domain (such as
         ``tomogan-projection-s2d-aio``, which never runs at full resolution) that
         ``policy="adaptive"`` steps down to after this model's lightest ratio: every ratio
         of an All-in-One model, or a plain model as one step.
