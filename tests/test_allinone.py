@@ -458,7 +458,7 @@ def test_the_shipped_light_projection_model_is_lighter_than_ratio_50_in_every_fo
     # as good as ratio 50 on the same test frames, in fp32
     assert card.source["metrics"]["val_ssim"] >= aio.ratios["50"]["ssim"] - 0.001
     den = load_denoiser("tomogan-projection-light", backend="onnxruntime")
-    frames = rng.poisson(300, (3, 64, 64)).astype(np.float32)
+    frames = rng.poisson(300, (den.depth, 64, 64)).astype(np.float32)
     assert np.isfinite(den.denoise_context(frames)).all() and den.ratio == card.ratio
     # the step after ratio 50 of an adaptive ladder (docs/callback.md)
     ladder = load_ratios("tomogan-projection-aio", ratios=[0, 25, 50], fallback="tomogan-projection-light",

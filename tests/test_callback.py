@@ -389,7 +389,7 @@ class SlowDenoiser:
     """A real denoiser that takes ``delay`` seconds per frame, to make the queue overflow."""
 
     def __init__(self, inner, delay):
-        self.inner, self.delay = inner, delay
+        self.inner, self.delay, self.depth = inner, delay, inner.depth
 
     def denoise_context(self, context):
         time.sleep(self.delay)

@@ -481,14 +481,15 @@ def test_an_edge_network_is_exported_with_each_resize_and_convolution_as_one_tra
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert ops.count("ConvTranspose") == 3 and "Resize" not in ops and "Concat" not in ops
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for shape in [(1, 3, 64, 96), (2, 3, 40, 24)]:  # edges everywhere: the frame is mostly edge band here
+    depth = gen.config.in_channels
+    for shape in [(1, depth, 64, 96), (2, depth, 40, 24)]:  # edges everywhere: the frame is mostly edge band here
         x = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             ref = gen.correction_network()(x).numpy()
         assert np.abs(session.run(None, {"frames": x.numpy()})[0] - ref).max() <= 1e-4
     # the int8 export's equalisation and copies still see every decoder's first convolution, and the
     # network they make (wider than its config says) is written fused too
-    calib = np.random.default_rng(0).random((2, 3, 32, 32), np.float32)
+    calib = np.random.default_rng(0).random((2, depth, 32, 32), np.float32)
     maxima = channel_maxima(gen, calib)
     assert {gen.dec3[0], gen.dec2[0], gen.dec1[0]} <= set(maxima)
     net, calib, _, _ = prepared_for_int8(gen.correction_network(), calib, {"stem.0": 4, "dec3.2": 2})
@@ -511,7 +512,7 @@ def test_an_edge_network_can_be_written_as_trained_and_a_plain_one_cannot_be_fus
     path = export_onnx(net, tmp_path / "m.resize.onnx", fused=False)
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert ops.count("Resize") == 3 and ops.count("Concat") == 3 and "ConvTranspose" not in ops
-    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(2))
+    x = torch.rand(1, net.config.in_channels, 64, 96, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref = net(x).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

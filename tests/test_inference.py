@@ -48,6 +48,11 @@ def ort_denoiser():
     return load_denoiser("tomogan-projection", backend="onnxruntime")
 
 
+def around(frames: np.ndarray, centre: int, depth: int) -> np.ndarray:
+    """The ``depth`` consecutive frames centred on ``frames[centre]``: a context without mirrored ends."""
+    return frames[centre - depth // 2 : centre + depth // 2 + 1]
+
+
 def test_both_domain_models_are_shipped():
     assert {"tomogan-projection", "tomogan-slice"} <= set(shipped_models())
 
@@ -122,7 +127,7 @@ def test_output_is_in_the_source_scale_and_less_noisy(frames, ort_denoiser):
 def test_single_frame_and_explicit_context(frames, ort_denoiser):
     single = ort_denoiser.denoise(frames[2])
     assert single.shape == frames[2].shape
-    ctx = ort_denoiser.denoise_context(frames[1:4])
+    ctx = ort_denoiser.denoise_context(around(frames, 2, ort_denoiser.depth))
     np.testing.assert_allclose(ctx, ort_denoiser.denoise(frames)[2], rtol=1e-5, atol=1e-3)
 
 
@@ -153,7 +158,7 @@ def test_tiled_output_has_no_seams(frames):
     """Interior of a tiled result equals the whole-frame result within a tight tolerance (default overlap)."""
     whole = load_denoiser("tomogan-projection", backend="onnxruntime")
     tiled = load_denoiser("tomogan-projection", backend="onnxruntime", tile=128)
-    big = np.tile(frames[1:4], (1, 5, 5)).astype(np.float32)  # 320x320: four tiles a side
+    big = np.tile(around(frames, 2, whole.depth), (1, 5, 5)).astype(np.float32)  # 320x320: four tiles a side
     a = whole.denoise_context(big)
     b = tiled.denoise_context(big)
     rel = np.abs(a - b)[8:-8, 8:-8].max() / (a.max() - a.min())
@@ -182,8 +187,9 @@ def test_frames_above_the_whole_frame_limit_take_the_fewest_smallest_tiles():
 
 def test_a_frame_above_the_whole_frame_limit_matches_the_whole_frame_result(frames, monkeypatch):
     # sides that are multiples of 8, so that the whole frame needs no padding either
-    big = np.tile(frames[1:4], (1, 5, 5)).astype(np.float32)[:, :312, :296]
-    whole = load_denoiser("tomogan-projection", backend="onnxruntime").denoise_context(big)
+    den = load_denoiser("tomogan-projection", backend="onnxruntime")
+    big = np.tile(around(frames, 2, den.depth), (1, 5, 5)).astype(np.float32)[:, :312, :296]
+    whole = den.denoise_context(big)
     monkeypatch.setattr(denoiser_module, "MAX_WHOLE_FRAME", 256)  # two tiles a side instead of one
     tiled = load_denoiser("tomogan-projection", backend="onnxruntime")
     assert tiled._tile_shape(312, 296) == (192, 184)
@@ -193,8 +199,9 @@ def test_a_frame_above_the_whole_frame_limit_matches_the_whole_frame_result(fram
 
 def test_an_overlap_above_half_the_tile_is_capped_there(frames):
     """Three tiles over a pixel would let a tile's edge through the blend (3-4 % off at 64/40)."""
-    big = np.tile(frames[1:4], (1, 3, 3)).astype(np.float32)
-    at_half = load_denoiser("tomogan-projection", backend="onnxruntime", tile=64, overlap=32).denoise_context(big)
+    at_half_denoiser = load_denoiser("tomogan-projection", backend="onnxruntime", tile=64, overlap=32)
+    big = np.tile(around(frames, 2, at_half_denoiser.depth), (1, 3, 3)).astype(np.float32)
+    at_half = at_half_denoiser.denoise_context(big)
     above = load_denoiser("tomogan-projection", backend="onnxruntime", tile=64, overlap=40).denoise_context(big)
     np.testing.assert_array_equal(above, at_half)
 
@@ -225,7 +232,7 @@ def test_nan_pixels_are_missing_data_denoised_around_and_kept(ort_denoiser):
     """NaN marks pixels without data (a mask applied upstream): the output keeps NaN there and the
     rest is denoised as if those pixels held their neighbours' values."""
     rng = np.random.default_rng(0)
-    context = rng.poisson(800, (3, 96, 128)).astype(np.float32)
+    context = rng.poisson(800, (ort_denoiser.depth, 96, 128)).astype(np.float32)
     gap = context.copy()
     gap[:, :, 60:62] = np.nan
     out, ref = ort_denoiser.denoise_context(gap), ort_denoiser.denoise_context(context)
@@ -253,11 +260,12 @@ def test_a_frame_of_one_value_comes_back_as_it_is(frames, ort_denoiser, value, d
     out = ort_denoiser.denoise(flat, out_dtype="source")
     assert out.dtype == dtype and (out == flat).all()
     stack = frames.astype(dtype) if dtype == np.float32 else frames.copy()
-    stack[2] = flat
+    f = ort_denoiser.depth // 2 + 1  # the first frame whose context does not reach it
+    stack[f] = flat
     out = ort_denoiser.denoise(stack)
-    assert (out[2] == np.float32(value)).all()
-    np.testing.assert_array_equal(out[0], ort_denoiser.denoise(stack[:2])[0])  # its neighbours as before
-    assert not (out[1] == stack[1]).all()  # and denoised
+    assert (out[f] == np.float32(value)).all()
+    np.testing.assert_array_equal(out[0], ort_denoiser.denoise(stack[:f])[0])  # its neighbours as before
+    assert not (out[f - 1] == stack[f - 1]).all()  # and denoised
 
 
 def test_wrong_context_depth_is_a_shape_error(frames, ort_denoiser):
@@ -687,12 +695,13 @@ def test_every_call_for_a_large_frame_has_one_input_shape(ort_denoiser, monkeypa
     monkeypatch.setattr(ort_denoiser.session, "run", lambda batch: (shapes.append(batch.shape), run(batch))[1])
     frame = np.random.default_rng(0).poisson(500, (1000, 100)).astype(np.uint16)
     assert ort_denoiser.denoise(frame).shape == frame.shape
-    assert shapes == [(1, 3, 256, 104)] * 5  # not two calls of two and one of one
+    depth = ort_denoiser.depth
+    assert shapes == [(1, depth, 256, 104)] * 5  # not two calls of two and one of one
     # a fixed-shape backend (TensorRT: one engine for every batch up to its limit) fills its batches
     shapes.clear()
     monkeypatch.setattr(ort_denoiser.session, "fixed_shape", (256, 104), raising=False)
     assert ort_denoiser.denoise(frame).shape == frame.shape
-    assert shapes == [(2, 3, 256, 104), (2, 3, 256, 104), (1, 3, 256, 104)]
+    assert shapes == [(2, depth, 256, 104), (2, depth, 256, 104), (1, depth, 256, 104)]
 
 
 def _ir_with_quantised_input(path, lo: float, hi: float, quantised: bool = True):
@@ -764,9 +773,9 @@ def test_bf16_adds_the_centre_frame_as_the_network_saw_it(frames):
     x = np.random.default_rng(0).uniform(0, 1, (64, 64)).astype(np.float32)
     np.testing.assert_array_equal(den.session.input_as_seen(x), round_to_bf16(x))
     assert load_denoiser("tomogan-projection", backend="openvino", precision="fp32").session.input_as_seen(x) is x
-    prep = den._prepare(frames[:3], frames[1])
-    offset, scale = robust_range(frames[1])
-    np.testing.assert_array_equal(prep.centre, round_to_bf16(normalise(frames[1], offset, scale)))
+    prep = den._prepare(around(frames, 2, den.depth), frames[2])
+    offset, scale = robust_range(frames[2])
+    np.testing.assert_array_equal(prep.centre, round_to_bf16(normalise(frames[2], offset, scale)))
 
 
 def test_full_int8_projection_model_does_not_pass_zingers_through(frames):
@@ -788,8 +797,10 @@ def test_the_share_of_an_irs_work_in_float_counts_multiply_accumulates():
     weights = load_card("tomogan-projection").directory
     light = openvino_core().read_model(str(weights / "tomogan-projection-light.int8.xml"))
     assert float_convolutions(light) == 1 and 0 < float_mac_share(light) < 0.001  # the 12 -> 1 output layer
-    full = openvino_core().read_model(str(weights / "tomogan-projection.int8.xml"))  # full-resolution layers in float
-    assert float_convolutions(full) == 8 and float_mac_share(full) > 0.3
+    full = openvino_core().read_model(str(weights / "tomogan-projection.int8.xml"))  # every layer int8 but the last
+    assert float_convolutions(full) == 1 and 0 < float_mac_share(full) < 0.001
+    slice_ir = openvino_core().read_model(str(weights / "tomogan-slice.int8.xml"))  # full-resolution layers in float
+    assert float_convolutions(slice_ir) == 7 and float_mac_share(slice_ir) > 0.3
     fp32 = openvino_core().read_model(str(weights / "tomogan-projection.onnx"))
     assert float_mac_share(fp32) == 1.0
     assert float_mac_share(fp32, 32) == pytest.approx(float_mac_share(fp32, 128))
@@ -868,8 +879,10 @@ def test_int8_float_parts_run_in_bf16_where_amx_is_or_bf16_is_measured_faster():
     assert AUTO_ORDER.index(("openvino", "int8")) < AUTO_ORDER.index(("openvino", "bf16"))
     # on a CPU the Edge TPU's full-int8 form is no faster than OpenVINO fp32, and loses quality
     assert AUTO_ORDER.index(("openvino", "fp32")) < AUTO_ORDER.index(("litert", "int8"))
-    den = load_denoiser("tomogan-projection", backend="openvino", precision="int8")
-    assert den.session.float_precision == int8_float_precision()  # what this CPU's int8 graph computes in
+    slice_int8 = load_denoiser("tomogan-slice", backend="openvino", precision="int8")  # full-resolution float layers
+    assert slice_int8.session.float_precision == int8_float_precision()  # what this CPU's int8 graph computes in
+    den = load_denoiser("tomogan-projection", backend="openvino", precision="int8")  # only its output layer in float
+    assert den.session.float_precision == int8_float_precision(float_share=0.0)
     if int8_sums_exact():  # the light model's IR has 8-bit first-layer weights: VNNI needed
         light = load_denoiser("tomogan-projection-light", backend="openvino", precision="int8")  # output in float
         assert light.session.float_precision == int8_float_precision(float_share=0.0)

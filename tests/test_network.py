@@ -111,7 +111,7 @@ def test_edge_padding_of_the_upsampled_maps_changes_only_the_frames_edge():
     zeros, edge = _light_projection("zeros"), _light_projection("edge")
     assert "upsampled_padding" not in zeros.config.to_dict()  # cards written before the option are unchanged
     assert GeneratorConfig.from_dict(edge.config.to_dict()) == edge.config
-    x = torch.rand(1, 3, 96, 80, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(1, edge.config.in_channels, 96, 80, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         diff = (zeros(x) - edge(x)).abs()[0, 0].numpy()
     rows, cols = np.arange(96), np.arange(80)

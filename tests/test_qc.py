@@ -346,6 +346,8 @@ def test_a_warn_flag_that_comes_and_goes_every_frame_is_logged_once_per_interval
 
 def test_a_lagging_denoiser_is_flagged_and_its_drops_recorded(RE, denoiser, caplog):
     class Slow:
+        depth = denoiser.depth
+
         def denoise_context(self, context):
             time.sleep(0.15)
             return denoiser.denoise_context(context)

@@ -50,11 +50,13 @@ def test_tiny_training_run_lowers_the_loss_and_writes_a_model_card(tiny_dataset,
 def test_fine_tuning_a_shipped_model_with_the_command_line_defaults_loads_its_weights():
     """`train --init tomogan-projection` without --input-downscale: the CLI's default `downscale`
     ("space-to-depth") means nothing at input_downscale 1 and must not make another architecture."""
+    from bluesky_tomogan.inference import load_card
     from bluesky_tomogan.model.network import GeneratorConfig, TomoGANGenerator
     from bluesky_tomogan.model.train import _load_initial_weights
 
-    cfg = GeneratorConfig(input_downscale=1, downscale="space-to-depth")
-    assert cfg == GeneratorConfig() and "downscale" not in cfg.to_dict()
+    frames = load_card("tomogan-projection").in_channels
+    cfg = GeneratorConfig(input_downscale=1, downscale="space-to-depth", in_channels=frames)
+    assert cfg == GeneratorConfig(in_channels=frames) and "downscale" not in cfg.to_dict()
     _load_initial_weights(TomoGANGenerator(cfg), "tomogan-projection")  # raised "are for architecture ..."
 
 

@@ -3,14 +3,13 @@ grey frame (shared by training, inference, the callback and the file reader)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import numpy as np
 
 __all__ = ["centred", "context_indices", "has_channel_axis", "looks_like_colour", "without_channel_axis"]
 
-T = TypeVar("T", bound=Sequence[Any])
+T = TypeVar("T")
 
 
 def context_indices(group: np.ndarray, index: int, depth: int = 3) -> list[int]:
@@ -39,7 +38,15 @@ def context_indices(group: np.ndarray, index: int, depth: int = 3) -> list[int]:
     return out
 
 
-def centred(context: T, depth: int) -> T:
+@overload
+def centred(context: np.ndarray, depth: int) -> np.ndarray: ...
+
+
+@overload
+def centred(context: list[T], depth: int) -> list[T]: ...
+
+
+def centred(context: Any, depth: int) -> Any:
     """The middle ``depth`` frames of a deeper ``context`` (all of it if it is not deeper).
 
     A network that reads fewer frames than the context a stream was given (a lighter step of
@@ -47,7 +54,7 @@ def centred(context: T, depth: int) -> T:
     deeper context is the context of that depth, mirrored neighbours included.
     """
     cut = max((len(context) - depth) // 2, 0)
-    return context[cut:len(context) - cut] if cut else context  # type: ignore[return-value]
+    return context[cut:len(context) - cut] if cut else context
 
 
 def looks_like_colour(shape: tuple[int, ...] | list[int]) -> bool:

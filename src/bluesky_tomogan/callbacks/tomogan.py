@@ -61,7 +61,9 @@ class TomoGANCallback(RunRouterFacade):
         reconstructed slices need different models). A
         :class:`~bluesky_tomogan.inference.ratios.RatioDenoisers` (every pruning ratio of an
         All-in-One model, :func:`~bluesky_tomogan.inference.ratios.load_ratios`) runs its
-        current ratio, or with ``policy="adaptive"`` the ratio the queue calls for.
+        current ratio, or with ``policy="adaptive"`` the ratio the queue calls for. An object of
+        your own works too: ``denoise_context(context)``, ``provenance()`` and ``depth``, the
+        number of adjacent frames in its context (3 if it has none).
     fields : str or list of str, optional
         Image fields to denoise (default: every 2-D field, or the mapping's keys); one
         name is one field.
@@ -250,14 +252,15 @@ def tomogan_factory(
 def _check_denoisers(denoiser: Any) -> None:
     """Refuse, before any scan, what cannot denoise: a model's name instead of a loaded denoiser,
     None, a mapping with such values. What the run calls is ``denoise_context`` and ``provenance``
-    (a denoiser of the user's own needs only those two)."""
+    (a denoiser of the user's own needs only those two, and ``depth``, the number of adjacent frames
+    its context holds, where that is not 3)."""
     given = denoiser.items() if isinstance(denoiser, Mapping) else [(None, denoiser)]
     for field_name, den in given:
         if not all(callable(getattr(den, m, None)) for m in ("denoise_context", "provenance")):
             where = "" if field_name is None else f" for field {field_name!r}"
             hint = (f"; load it first: load_denoiser({den!r})" if isinstance(den, (str, os.PathLike))
                     else " (a Denoiser from load_denoiser, a RatioDenoisers from load_ratios, or an object "
-                         "with denoise_context(context) and provenance())")
+                         "with denoise_context(context), provenance() and, unless it reads 3 frames, depth)")
             raise TypeError(f"TomoGANCallback needs a denoiser{where}, got {type(den).__name__} {den!r:.80}{hint}")
 
 
