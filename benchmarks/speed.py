@@ -2,7 +2,7 @@
 
 The Keras reference (the original TomoGAN's stack) is the same architecture
 built by ``bluesky_tomogan.export.keras_model`` and timed with
-``predict_on_batch`` on one (1, H, W, 3) input in the same run, so the ratios
+``predict_on_batch`` on one (1, H, W, frames) input in the same run, so the ratios
 compare like with like on this machine. Needs the ``export`` extra
 (TensorFlow); users never do.
 
@@ -33,8 +33,9 @@ def keras_reference(size: int, repeats: int, threads: int, queue: Any) -> None:
     from bluesky_tomogan.export.keras_model import build_keras_generator
     from bluesky_tomogan.inference.load import load_card
 
-    model = build_keras_generator(dict(load_card("tomogan-projection").architecture), size, size)
-    x = np.random.default_rng(0).random((1, size, size, 3), np.float32)
+    arch = dict(load_card("tomogan-projection").architecture)
+    model = build_keras_generator(arch, size, size)
+    x = np.random.default_rng(0).random((1, size, size, int(arch.get("in_channels", 3))), np.float32)
     warm_up(lambda: model.predict_on_batch(x))  # the same warm-up rule as every backend
     times = []
     for _ in range(repeats):
