@@ -44,7 +44,7 @@ from .losses import (
 )
 from .network import GeneratorConfig, TomoGANDiscriminator, TomoGANGenerator
 
-__all__ = ["TrainConfig", "TrainResult", "train", "load_generator"]
+__all__ = ["TrainConfig", "TrainResult", "train", "load_generator", "widened_context"]
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +293,23 @@ def widened_context(weights: dict[str, torch.Tensor], frames: int) -> dict[str, 
     The context frames meet only in the first layer (``stem.0``). Its weights for the
     frames it read stay on the middle input channels; the new outer frames get zero weights,
     so the widened network's output equals the original's until training teaches it to use them.
+
+    Parameters
+    ----------
+    weights : dict of str to torch.Tensor
+        A generator's ``state_dict``.
+    frames : int
+        The wider context, odd, at least the one the weights read.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        The same weights, ``stem.0.weight`` padded with zeros for the new frames.
+
+    Raises
+    ------
+    ModelLoadError
+        ``frames`` is narrower than the weights' context, or not wider by an even number.
     """
     first = weights["stem.0.weight"]
     extra = frames - first.shape[1]
