@@ -104,9 +104,10 @@ class RatioDenoisers:
         context = np.ones((self.depth, *key), np.float32)
         seconds = []
         for d in self.ladder:
-            d.denoise_context(centred(context, d.depth))
+            own = centred(context, d.depth)
+            d.denoise_context(own)
             began = time.perf_counter()
-            d.denoise_context(centred(context, d.depth))
+            d.denoise_context(own)
             seconds.append(time.perf_counter() - began)
         self._costs[key] = seconds
         return list(seconds)

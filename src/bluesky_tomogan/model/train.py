@@ -274,14 +274,14 @@ def _load_initial_weights(gen: TomoGANGenerator, name_or_path: str) -> PrunePlan
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
         raise ModelLoadError(f"cannot read initial weights {path}: {exc}") from exc
     weights = state["generator"]
-    if arch != gen.config and arch.in_channels < gen.config.in_channels \
-            and replace(arch, in_channels=gen.config.in_channels) == gen.config:
-        weights = widened_context(weights, gen.config.in_channels)
+    if arch != gen.config:  # only a narrower context is taken, widened
+        frames = gen.config.in_channels
+        if arch.in_channels > frames or replace(arch, in_channels=frames) != gen.config:
+            raise ModelLoadError(f"initial weights {path} are for architecture {arch.to_dict()}, "
+                                 f"this run trains {gen.config.to_dict()}")
+        weights = widened_context(weights, frames)
         log.info("initial weights read %d frames, this network %d: the outer frames start with zero weights",
-                 arch.in_channels, gen.config.in_channels)
-    elif arch != gen.config:
-        raise ModelLoadError(f"initial weights {path} are for architecture {arch.to_dict()}, "
-                             f"this run trains {gen.config.to_dict()}")
+                 arch.in_channels, frames)
     gen.load_state_dict(weights)
     log.info("initial weights from %s", path)
     return plan
