@@ -75,8 +75,8 @@ def losses(card: Path, reference: np.ndarray, data: str, idx: np.ndarray) -> tup
 
 
 def speed(card: Path) -> float:
-    x = np.random.default_rng(0).poisson(800, (3, 1024, 1024)).astype(np.uint16)
     den = load_denoiser(card, backend="openvino", precision="int8", threads=2)
+    x = np.random.default_rng(0).poisson(800, (den.depth, 1024, 1024)).astype(np.uint16)
     for _ in range(3):
         den.denoise_context(x)
     times: list[float] = []

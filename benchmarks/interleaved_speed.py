@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from bluesky_tomogan.cpu import cpu_name
+from bluesky_tomogan.frames import centred
 from bluesky_tomogan.inference import load_denoiser
 
 
@@ -27,21 +28,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--size", type=int, default=1024)
     args = ap.parse_args(argv)
-    context = np.random.default_rng(0).normal(1000, 50, (3, args.size, args.size)).astype(np.float32)
     denoisers = {}
     for spec in args.models:
         model, _, backend = spec.partition(":")
         denoisers[spec] = load_denoiser(model, backend=backend or "litert")
-        denoisers[spec].denoise_context(context)  # compile and warm up
+    # one context for all, as deep as the deepest network reads; each gets its middle frames
+    depth = max(den.depth for den in denoisers.values())
+    frames = np.random.default_rng(0).normal(1000, 50, (depth, args.size, args.size)).astype(np.float32)
+    contexts = {spec: centred(frames, den.depth) for spec, den in denoisers.items()}
+    for spec, den in denoisers.items():
+        den.denoise_context(contexts[spec])  # compile and warm up
     times: dict[str, list[float]] = {spec: [] for spec in denoisers}
     for _ in range(args.rounds):
         for spec, den in denoisers.items():
             began = time.perf_counter()
-            den.denoise_context(context)
+            den.denoise_context(contexts[spec])
             times[spec].append(time.perf_counter() - began)
     print(f"CPU: {cpu_name()}; {args.size}x{args.size}, medians of {args.rounds} interleaved rounds")
     for spec, t in times.items():
-        print(f"{spec:40s} {denoisers[spec].session.backend}/{denoisers[spec].precision}: "
+        print(f"{spec:40s} {denoisers[spec].session.backend}/{denoisers[spec].precision}, "
+              f"{denoisers[spec].depth} frames: "
               f"{1e3 * np.median(t):.0f} ms")
     return 0
 
