@@ -58,7 +58,8 @@ def large(model: str) -> None:
 def ort_arena(model: str) -> None:
     import onnxruntime as ort
 
-    path = str(load_card(model).path("onnx"))
+    card = load_card(model)
+    path, frames = str(card.path("onnx")), card.in_channels
     for arena in (True, False):
         opts = ort.SessionOptions()
         opts.enable_cpu_mem_arena = arena
@@ -68,9 +69,9 @@ def ort_arena(model: str) -> None:
         base = rss_mb()
         for _ in range(24):
             h, w = 8 * rng.integers(100, 129), 8 * rng.integers(100, 129)
-            session.run(None, {name: rng.random((1, 3, h, w), np.float32)})
+            session.run(None, {name: rng.random((1, frames, h, w), np.float32)})
         grown = rss_mb() - base
-        x = rng.random((1, 3, 1024, 1024), np.float32)
+        x = rng.random((1, frames, 1024, 1024), np.float32)
         times = []
         for _ in range(5):
             began = time.perf_counter()

@@ -5,7 +5,7 @@ Usage::
     python benchmarks/layer_profile.py MODEL.onnx|MODEL.int8.xml [...] [--size 512] [--precision bf16]
         [--top 12]
 
-Compiles each model for one ``(1, 3, size, size)`` input with ``PERF_COUNT`` on (2 threads,
+Compiles each model for one ``(1, frames, size, size)`` input with ``PERF_COUNT`` on (2 threads,
 latency hint), runs it 5 times to warm up and 10 times timed, and prints the wall time
 per call and the layers that took longest (mean ms, layer type, the kernel OpenVINO chose),
 with every convolution's weight shape. Use it to compare a pruned ratio with the full
@@ -42,11 +42,12 @@ def profile(path: str, size: int, precision: str, top: int) -> None:
     core = ov.Core()
     model = core.read_model(path)
     shapes = conv_shapes(model)
-    model.reshape([1, 3, size, size])
+    frames = model.input(0).get_partial_shape()[1].get_length()  # the context the network reads
+    model.reshape([1, frames, size, size])
     compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision, "PERF_COUNT": "YES",
                                                  "INFERENCE_NUM_THREADS": 2, "PERFORMANCE_HINT": "LATENCY"})
     request = compiled.create_infer_request()
-    x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
+    x = np.random.default_rng(0).random((1, frames, size, size), dtype=np.float32)
     for _ in range(5):
         request.infer({0: x})
     per_layer: collections.Counter[tuple[str, str, str]] = collections.Counter()

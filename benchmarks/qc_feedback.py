@@ -57,22 +57,24 @@ def cost(size: int, repeats: int = 20) -> dict[str, float]:
     det = SimTomoDetector(name="det", stage=stage, shape=(size, size), directory=tempfile.mkdtemp(),
                           simulate_timing=False)
     frames = []
-    for angle in range(4):
+    for angle in range(den.depth + 1):  # two contexts of the network's depth, one frame apart
         stage.theta.set(float(angle)).wait()
         frames.append(det._frame(det._conditions()))
+    first, second = np.stack(frames[:-1]), np.stack(frames[1:])
     ref = IntensityReference()
     ref.add(float(frames[0].mean()))
-    out = den.denoise_context(np.stack(frames[:3]))
+    out = den.denoise_context(first)
     for _ in range(3):  # warm up
-        den.denoise_context(np.stack(frames[:3]))
+        den.denoise_context(first)
     t_qc, t_den = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        m = frame_metrics(frames[2], ref, frames[1], 65535.0, 100.0)
-        residual_metrics(frames[2], out, m)
+        centre = den.depth // 2  # the frame ``out`` denoised, and the one before it
+        m = frame_metrics(frames[centre], ref, frames[centre - 1] if centre else None, 65535.0, 100.0)
+        residual_metrics(frames[centre], out, m)
         t_qc.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        den.denoise_context(np.stack(frames[1:4]))
+        den.denoise_context(second)
         t_den.append(time.perf_counter() - t0)
     qc_ms, den_ms = statistics.median(t_qc) * 1e3, statistics.median(t_den) * 1e3
     return {"size": size, "qc_ms": qc_ms, "denoise_ms": den_ms, "ratio": qc_ms / den_ms, "denoiser": repr(den)}
