@@ -7,6 +7,11 @@
 slice model's ideal + beamline-like mixture).
 ``--teacher NAME [--distill W]``: also learn the output of NAME (a shipped model's name or weights),
 ``W`` (default 0.5) of the pixel loss (``TrainConfig.teacher``).
+``--patience N`` (default 10), ``--min-delta D`` (default 0.0005): early stopping and the plateau
+that halves the step size (two epochs without a gain of ``D``); session 32 fine-tuned with 1e-4,
+where gains of a few 1e-4 per epoch had halved the step size to its floor within 9 epochs.
+``--dose-balance G`` (default 0): ``TrainConfig.dose_balance``; below 0 the noisiest patches count
+for more.
 """
 import logging
 import sys
@@ -18,16 +23,23 @@ from bluesky_tomogan.model.train import TrainConfig, train
 
 logging.basicConfig(level=logging.INFO)
 init, out, minutes, lr = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+
+
+def option(name: str, default: float) -> float:
+    return float(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else default
+
+
 arch = GeneratorConfig.from_dict(torch.load(init, weights_only=True)["arch"])
 domain = "slice" if "--slice" in sys.argv else "projection"
 data = {"slice": "data/sim_slice.h5", "projection": "data/sim_projection_all2.h5"}[domain]
 if "--data" in sys.argv:
     data = sys.argv[sys.argv.index("--data") + 1]
 cfg = TrainConfig(data=data, out_dir=out, name=f"tomogan-{domain}",
-                  domain=domain, arch=arch, steps_per_epoch=150, max_epochs=80, patience=10,
+                  domain=domain, arch=arch, steps_per_epoch=150, max_epochs=80, patience=int(option("--patience", 10)),
+                  min_delta=option("--min-delta", 0.0005), dose_balance=option("--dose-balance", 0.0),
                   time_budget_s=minutes * 60, lr=lr, pixel="l1+ssim", adv_weight=0.0, feat_weight=0.0,
                   threads=1, init_weights=init,
                   teacher=sys.argv[sys.argv.index("--teacher") + 1] if "--teacher" in sys.argv else "",
-                  distill_weight=float(sys.argv[sys.argv.index("--distill") + 1]) if "--distill" in sys.argv else 0.5)
+                  distill_weight=option("--distill", 0.5))
 result = train(cfg, resume="--resume" in sys.argv, progress=True)
 print(result.stopped, result.best_epoch, result.weights)
