@@ -177,7 +177,7 @@ class ModelCard:
 
     @property
     def in_channels(self) -> int:
-        """Frames of context the network reads (3 for TomoGAN)."""
+        """Frames of context the network reads (3 for the paper's TomoGAN, 5 for the shipped projection models)."""
         return int(self.architecture.get("in_channels", 3))
 
     def has(self, kind: str) -> bool:

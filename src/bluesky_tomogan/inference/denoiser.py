@@ -235,10 +235,11 @@ class Denoiser:
         return self._cast(result, arr.dtype) if out_dtype == "source" else result
 
     def denoise_context(self, context: np.ndarray, *, out_dtype: OutDType = "float32") -> np.ndarray:
-        """Denoise the centre frame of an explicit context ``(depth, H, W)`` (3 for TomoGAN).
+        """Denoise the centre frame of an explicit context ``(depth, H, W)``.
 
-        This is what a live stream uses: the caller keeps the previous,
-        current and next frame and asks for the current one.
+        ``depth`` is the network's (:attr:`depth`: 3 for the paper's TomoGAN, 5 for the
+        shipped projection models). This is what a live stream uses: the caller keeps the
+        ``depth // 2`` frames on each side of the current one and asks for the current one.
         """
         arr = check_frames(context)
         if arr.ndim != 3 or arr.shape[0] != self.depth:

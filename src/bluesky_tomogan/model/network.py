@@ -3,7 +3,8 @@
 The generator follows the architecture described by Liu et al. (2019), "TomoGAN:
 low-dose synchrotron X-ray tomography with generative adversarial networks":
 a U-Net without batch normalisation that maps three adjacent slices (or
-projections) to one denoised image.
+projections) to one denoised image. ``GeneratorConfig.in_channels`` reads more (any odd
+number: the shipped projection models read five); the frames meet only in the 1x1 stem.
 
 ```
 3 -> 1x1 conv -> 8
