@@ -138,6 +138,25 @@ def test_openvino_int8_ir_is_all_int8_with_an_input_range_that_ignores_zingers(t
     assert np.abs(out - expected).max() < 0.1 * np.abs(expected).max()
 
 
+def test_openvino_int8_ir_takes_the_copies_it_is_given(tmp_path):
+    """``openvino_copies``: a wider stem needs fewer copies; the reading layer gets stem x copies inputs."""
+    pytest.importorskip("nncf", reason="the OpenVINO int8 export needs the export extra")
+    import openvino as ov
+
+    from bluesky_tomogan.export.pipeline import _export_openvino_int8
+
+    torch.manual_seed(0)
+    gen = TomoGANGenerator(GeneratorConfig(width=0.25, in_channels=5)).eval()
+    stem = gen.stem[0].out_channels
+    calib = np.random.default_rng(1).random((8, 5, 32, 32), np.float32)
+    xml, info = _export_openvino_int8(gen.correction_network(), tmp_path / "m.int8.xml", calib,
+                                      copies={"stem.0": 2})
+    assert info["activation_copies"] == {"stem.0": 2}
+    weights = [op.input_value(1).get_partial_shape() for op in ov.Core().read_model(str(xml)).get_ordered_ops()
+               if op.get_type_name() == "Convolution"]
+    assert weights[0][1].get_length() == 5 and weights[1][1].get_length() == 2 * stem
+
+
 def _smooth_pairs(n: int, size: int, seed: int):
     """Piecewise-smooth clean frames and their noisy versions, three frames per scan."""
     from bluesky_tomogan.simulate.datasets import PairSet
@@ -270,6 +289,7 @@ def test_quantisation_aware_ir_names_a_module_it_cannot_keep_in_float(tmp_path):
     ({"openvino_qat_steps": 10, "formats": ("onnx",)}, "add the 'openvino' format"),
     ({"qat_copies": {}}, "give openvino_qat_steps too"),
     ({"qat_distill": 0.5}, "give openvino_qat_steps too"),
+    ({"openvino_qat_steps": 10, "openvino_copies": {"stem.0": 2}}, "the quantisation-aware IR's are qat_copies"),
     ({"openvino_qat_steps": 10, "qat_distill": 1.5}, r"share of the loss, in \[0, 1\]"),
 ])
 def test_export_refuses_quantisation_aware_options_it_cannot_honour_before_any_work(tmp_path, options, message):
@@ -295,6 +315,8 @@ def test_export_names_a_module_it_cannot_keep_in_float_before_any_work(tmp_path)
         export_model(src, tmp_path / "out", tmp_path / "no.h5", openvino_qat_steps=10, qat_float=["decoder9"])
     with pytest.raises(ExportOptionError, match=r"cannot copy 'decoder9'"):
         export_model(src, tmp_path / "out", tmp_path / "no.h5", openvino_qat_steps=10, qat_copies={"decoder9": 2})
+    with pytest.raises(ExportOptionError, match=r"cannot copy 'decoder9'"):
+        export_model(src, tmp_path / "out", tmp_path / "no.h5", openvino_copies={"decoder9": 2})
     assert not (tmp_path / "out" / "tomogan-slice-light.onnx").exists()
 
 

@@ -177,6 +177,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         card = export_model(args.model, args.out or args.model, args.data, formats, tile=args.tile or DEFAULT_TILE,
                             n_calibration=args.calibration, measure=not args.no_measure,
                             activation_copies=copies, float_weights=args.float_weights,
+                            openvino_copies=None if args.openvino_copies is None else dict(args.openvino_copies),
                             input_despike=args.input_despike, openvino_qat_steps=args.openvino_qat_steps,
                             qat_data=args.qat_data, qat_lr=args.qat_lr, qat_float=tuple(args.qat_float),
                             qat_copies=None if args.qat_copies is None else dict(args.qat_copies),
@@ -453,6 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--activation-copies", nargs="*", type=_layer_copies, metavar="LAYER=K",
                    help="offset copies of layers' outputs in the int8 TFLite model, e.g. stem.0=4 head.0=4 "
                         "(default: those two; none given: no copies); see docs/backends.md")
+    s.add_argument("--openvino-copies", nargs="*", type=_layer_copies, metavar="LAYER=K",
+                   help="offset copies of layers' outputs in the post-training OpenVINO int8 IR (default: "
+                        "stem.0=4; none given: no copies; each costs the layers reading it their input "
+                        "channels again)")
     s.add_argument("--openvino-qat-steps", type=count(0), default=0, metavar="N",
                    help="make the OpenVINO int8 IR by N batches of quantisation-aware fine-tuning, every "
                         "convolution but the output layer in int8 (default 0: post-training quantisation with "

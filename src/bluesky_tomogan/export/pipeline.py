@@ -68,6 +68,7 @@ def calibration_frames(pairs: PairSet, n: int, size: int, depth: int = 3, seed: 
 def _export_openvino_int8(
     net: TomoGANGenerator, xml_path: Path, calib: np.ndarray, validation: PairSet | None = None,
     max_drop: float = 0.004, add_centre: bool = True, isolated_spikes: bool = False,
+    copies: Mapping[str, int] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """NNCF int8 IR of ``net`` (the network the ONNX export wrote), made as the full-int8 TFLite model is.
 
@@ -116,7 +117,7 @@ def _export_openvino_int8(
 
     from ..inference.backends.openvino import CONVOLUTIONS, openvino_core
 
-    net, calib, (lo, hi), info = prepared_for_int8(net, calib)
+    net, calib, (lo, hi), info = prepared_for_int8(net, calib, copies)
     grid = InputGrid.from_range(lo, hi)
     calibration = nncf.Dataset([x[None] for x in calib])
     ranges = nncf_parameters()
@@ -284,6 +285,7 @@ def export_model(
     n_calibration: int = 200,
     measure: bool = True,
     activation_copies: Mapping[str, int] | None = None,
+    openvino_copies: Mapping[str, int] | None = None,
     float_weights: bool = False,
     input_despike: float | None = None,
     openvino_qat_steps: int = 0,
@@ -315,6 +317,12 @@ def export_model(
     activation_copies : mapping of str to int, optional
         Offset copies of layers' outputs in the TFLite model (:mod:`.copies`);
         ``None`` for :data:`~.tflite.ACTIVATION_COPIES`.
+    openvino_copies : mapping of str to int, optional
+        Offset copies of layers' outputs in the post-training OpenVINO int8 IR; ``None`` for
+        :data:`~.openvino_int8.OPENVINO_ACTIVATION_COPIES` (``stem.0=4``), ``{}`` for none.
+        Each copy costs the layers reading it their input channels again: a stem twice as
+        wide needs half the copies for the same cost (the 5-frame light projection model's
+        8-channel stem, ``stem.0=2``; docs/models.md). The quantisation-aware IR's are ``qat_copies``.
     float_weights : bool
         Export the float weights from before the run's int8-aware steps
         (``<name>.float.pt``, ``train --qat-steps``) instead of the steps' result, for
@@ -354,7 +362,8 @@ def export_model(
         ``openvino`` format, or for an All-in-One model (its ratios share weights that one
         ratio's fine-tuning would change: export the ratio as its own model); ``qat_float``
         naming no module with a convolution; ``qat_copies`` without ``openvino_qat_steps`` or
-        naming a layer that cannot be copied; ``qat_distill`` outside [0, 1] or without
+        naming a layer that cannot be copied; ``openvino_copies`` with ``openvino_qat_steps``,
+        or naming a layer that cannot be copied; ``qat_distill`` outside [0, 1] or without
         ``openvino_qat_steps``.
     """
     unknown = sorted(set(formats) - set(FORMATS))
@@ -371,6 +380,9 @@ def export_model(
     if qat_copies is not None and not openvino_qat_steps:
         raise ExportOptionError("qat_copies are the quantisation-aware IR's: give openvino_qat_steps too "
                                 "(the post-training IR keeps its stem copies)")
+    if openvino_copies is not None and openvino_qat_steps:
+        raise ExportOptionError("openvino_copies are the post-training IR's: the quantisation-aware IR's "
+                                "are qat_copies")
     src = Path(training_dir)
     card = read_card(card_in_directory(src, OutputPathError))
     name = card["name"]
@@ -402,6 +414,8 @@ def export_model(
     copies = dict(ACTIVATION_COPIES if activation_copies is None else activation_copies)
     if "tflite" in formats:
         check_activation_copies(gen.correction_network(), copies)  # before the slow steps
+    if openvino_copies is not None and "openvino" in formats:
+        check_activation_copies(gen.correction_network(), openvino_copies)
     dataset = read_dataset(data)
     train, test = dataset.split("train"), dataset.split("test")
     files = dict(card.get("files", {}))
@@ -449,7 +463,8 @@ def export_model(
         else:
             xml, qinfo = _export_openvino_int8(net, out / f"{name}.int8.xml", calib, test,
                                                add_centre=gen.adds_residual,
-                                               isolated_spikes=card.get("domain") == "projection")
+                                               isolated_spikes=card.get("domain") == "projection",
+                                               copies=openvino_copies)
         files["openvino_int8"] = {"path": xml.name, "sha256": sha256_of(xml),
                                   "bin_sha256": sha256_of(xml.with_suffix(".bin")),
                                   "calibration_samples": len(calib),
@@ -462,7 +477,7 @@ def export_model(
     plan = torch_plan(pt)
     if plan is not None:
         card_path = _export_ratios(card_path, pt, plan, data, formats, tile, n_calibration, measure,
-                                   activation_copies)
+                                   activation_copies, openvino_copies)
     return card_path
 
 
@@ -503,7 +518,8 @@ def torch_plan(pt: Path) -> PrunePlan | None:
 
 def _export_ratios(card_path: Path, pt: Path, plan: PrunePlan, data: str | os.PathLike[str],
                    formats: tuple[str, ...], tile: int, n_calibration: int, measure: bool,
-                   activation_copies: Mapping[str, int] | None) -> Path:
+                   activation_copies: Mapping[str, int] | None,
+                   openvino_copies: Mapping[str, int] | None = None) -> Path:
     """Export every pruning ratio but 0 as a network of its own under ``<name>.ratios/r<ratio>/`` and list them all
     in the (ratio 0) card at ``card_path``, with each ratio's MACs and measured loss vs the full network."""
     import tempfile
@@ -536,7 +552,8 @@ def _export_ratios(card_path: Path, pt: Path, plan: PrunePlan, data: str | os.Pa
                          "pruning": {"ratio": r, "parent": name, "mac_fraction": plan.mac_fraction[key],
                                      "method": "All-in-One (bluesky_tomogan.model.allinone)"}}
             write_card(Path(tmp) / f"{sub_name}.json", sub_card)
-            sub_path = export_model(tmp, sub_dir, data, formats, tile, n_calibration, measure, activation_copies)
+            sub_path = export_model(tmp, sub_dir, data, formats, tile, n_calibration, measure, activation_copies,
+                                    openvino_copies)
         sub = read_card(sub_path)
         ssim_r = sub.get("metrics", {}).get("val_ssim")
         loss = (full_ssim - ssim_r) if full_ssim is not None and ssim_r is not None else None
