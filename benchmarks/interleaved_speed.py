@@ -2,8 +2,9 @@
 
 Each round runs every model once in turn, so that a slow spell of a shared machine slows them
 alike; the medians of the rounds are compared within this one run. A model is a shipped name,
-a card or a model directory, optionally ``:BACKEND`` (default ``litert``), run through
-``Denoiser.denoise_context``.
+a card or a model directory, optionally ``:BACKEND`` (default ``litert``) and ``:PRECISION``
+(default ``auto``: a model directory exported with ``--no-measure`` has no measured int8 loss,
+so ``auto`` runs it in fp32), run through ``Denoiser.denoise_context``.
 
 Usage::
 
@@ -24,14 +25,15 @@ from bluesky_tomogan.inference import load_denoiser
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("models", nargs="+", help="MODEL[:BACKEND], backend litert by default")
+    ap.add_argument("models", nargs="+", help="MODEL[:BACKEND[:PRECISION]], backend litert by default")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--size", type=int, default=1024)
     args = ap.parse_args(argv)
     denoisers = {}
     for spec in args.models:
-        model, _, backend = spec.partition(":")
-        denoisers[spec] = load_denoiser(model, backend=backend or "litert")
+        model, _, rest = spec.partition(":")
+        backend, _, precision = rest.partition(":")
+        denoisers[spec] = load_denoiser(model, backend=backend or "litert", precision=precision or "auto")
     # one context for all, as deep as the deepest network reads; each gets its middle frames
     depth = max(den.depth for den in denoisers.values())
     frames = np.random.default_rng(0).normal(1000, 50, (depth, args.size, args.size)).astype(np.float32)
