@@ -796,7 +796,8 @@ def test_the_share_of_an_irs_work_in_float_counts_multiply_accumulates():
 
     weights = load_card("tomogan-projection").directory
     light = openvino_core().read_model(str(weights / "tomogan-projection-light.int8.xml"))
-    assert float_convolutions(light) == 1 and 0 < float_mac_share(light) < 0.001  # the 12 -> 1 output layer
+    # its 1x1 head (16 -> 12; NNCF's accuracy control returned it to float) and the 12 -> 1 output layer
+    assert float_convolutions(light) == 2 and 0 < float_mac_share(light) < 0.005
     full = openvino_core().read_model(str(weights / "tomogan-projection.int8.xml"))  # every layer int8 but the last
     assert float_convolutions(full) == 1 and 0 < float_mac_share(full) < 0.001
     slice_ir = openvino_core().read_model(str(weights / "tomogan-slice.int8.xml"))  # full-resolution layers in float
