@@ -379,7 +379,7 @@ def export_model(
         raise ExportOptionError(f"qat_distill is a share of the loss, in [0, 1]; got {qat_distill}")
     if qat_copies is not None and not openvino_qat_steps:
         raise ExportOptionError("qat_copies are the quantisation-aware IR's: give openvino_qat_steps too "
-                                "(the post-training IR keeps its stem copies)")
+                                "(the post-training IR's are openvino_copies)")
     if openvino_copies is not None and openvino_qat_steps:
         raise ExportOptionError("openvino_copies are the post-training IR's: the quantisation-aware IR's "
                                 "are qat_copies")
