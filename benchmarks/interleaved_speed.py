@@ -17,10 +17,10 @@ import argparse
 import time
 
 import numpy as np
+from light_gap import load  # the same NAME[:BACKEND[:PRECISION]] specs
 
 from bluesky_tomogan.cpu import cpu_name
 from bluesky_tomogan.frames import centred
-from bluesky_tomogan.inference import load_denoiser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,9 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     denoisers = {}
     for spec in args.models:
-        model, _, rest = spec.partition(":")
-        backend, _, precision = rest.partition(":")
-        denoisers[spec] = load_denoiser(model, backend=backend or "litert", precision=precision or "auto")
+        denoisers[spec] = load(spec, backend="litert")
     # one context for all, as deep as the deepest network reads; each gets its middle frames
     depth = max(den.depth for den in denoisers.values())
     frames = np.random.default_rng(0).normal(1000, 50, (depth, args.size, args.size)).astype(np.float32)

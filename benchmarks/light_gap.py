@@ -35,10 +35,11 @@ from bluesky_tomogan.inference import Denoiser, load_denoiser
 SAMPLE_SETS = {"ordinary": (1.2, 3.5), "medium": (0.4, 1.2), "faint": (0.1, 0.5)}
 
 
-def load(spec: str) -> Denoiser:
+def load(spec: str, backend: str = "auto") -> Denoiser:
+    """The denoiser of ``NAME[:BACKEND[:PRECISION]]`` (``backend`` where the spec names none; precision ``auto``)."""
     model, _, rest = spec.partition(":")
-    backend, _, precision = rest.partition(":")
-    return load_denoiser(model, backend=backend or "auto", precision=precision or "auto")
+    named, _, precision = rest.partition(":")
+    return load_denoiser(model, backend=named or backend, precision=precision or "auto")
 
 
 def scores(specs: list[str], samples: int, frames: int, size: int) -> dict[str, dict[str, float]]:

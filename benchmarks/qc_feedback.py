@@ -67,9 +67,9 @@ def cost(size: int, repeats: int = 20) -> dict[str, float]:
     for _ in range(3):  # warm up
         den.denoise_context(first)
     t_qc, t_den = [], []
+    centre = den.depth // 2  # the frame ``out`` denoised, and the one before it
     for _ in range(repeats):
         t0 = time.perf_counter()
-        centre = den.depth // 2  # the frame ``out`` denoised, and the one before it
         m = frame_metrics(frames[centre], ref, frames[centre - 1] if centre else None, 65535.0, 100.0)
         residual_metrics(frames[centre], out, m)
         t_qc.append(time.perf_counter() - t0)
