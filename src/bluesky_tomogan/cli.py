@@ -92,6 +92,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = TrainConfig(
             data=args.data, out_dir=args.out, name=args.name, domain=args.domain, arch=arch, patch=args.patch,
             batch=args.batch, steps_per_epoch=args.steps_per_epoch, max_epochs=args.epochs, patience=args.patience,
+            min_delta=args.min_delta,
             time_budget_s=args.time_budget * 60, lr=args.lr, pixel=args.pixel, dose_balance=args.dose_balance,
             adv_weight=adv, feat_weight=feat, precision=args.precision, threads=args.threads, seed=args.seed,
             qat_steps=args.qat_steps, init_weights=args.init or "", ratios=tuple(args.ratios or ()),
@@ -401,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps-per-epoch", type=count(1), default=200)
     s.add_argument("--epochs", type=count(1), default=100)
     s.add_argument("--patience", type=count(1), default=4)
+    s.add_argument("--min-delta", type=float, default=5e-4, metavar="GAIN",
+                   help="smallest validation gain that counts as an improvement (default 5e-4); two epochs "
+                        "without one halve the step size, --patience of them stop the run")
     s.add_argument("--time-budget", type=float, default=0, help="minutes (0 = none)")
     s.add_argument("--lr", type=float, default=1e-3)
     s.add_argument("--pixel", choices=["l1", "mse", "l1+ssim"], default="l1",

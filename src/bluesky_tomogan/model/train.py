@@ -164,6 +164,8 @@ class TrainConfig:
         self.ratios = tuple(sorted({float(r) for r in self.ratios}))
         if not 0 <= self.distill_weight <= 1:
             raise ValueError(f"distill_weight is the teacher's share of the loss, in [0, 1]; got {self.distill_weight}")
+        if not self.min_delta >= 0:
+            raise ValueError(f"min_delta is the smallest validation gain that counts, >= 0; got {self.min_delta}")
         if self.teacher and self.ratios:
             raise ValueError("a teacher (distillation) and All-in-One ratios cannot be combined")
         if self.ratios and (self.adv_weight > 0 or self.feat_weight > 0):
