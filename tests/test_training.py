@@ -344,3 +344,18 @@ def test_a_teacher_that_cannot_teach_is_a_clear_error_before_training(tiny_datas
         _config(tiny_dataset, tmp_path / "c", teacher=str(five), ratios=(0, 50))
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
         _config(tiny_dataset, tmp_path / "d", teacher=str(five), distill_weight=1.5)
+
+
+def test_context_dropout_is_learnt_with_a_teacher_that_sees_every_neighbour_and_asks_for_the_gate(tiny_dataset,
+                                                                                                   tmp_path):
+    from bluesky_tomogan.context import DEFAULT_THRESHOLD
+
+    plain = train(_config(tiny_dataset, tmp_path / "plain", max_epochs=1), progress=False)
+    assert "context_gate" not in json.loads(plain.card.read_text())
+    dropped = train(_config(tiny_dataset, tmp_path / "dropped", max_epochs=1, context_dropout=0.5,
+                            teacher=str(plain.weights)), progress=False)
+    card = json.loads(dropped.card.read_text())
+    assert card["context_gate"]["threshold"] == DEFAULT_THRESHOLD
+    assert card["training"]["config"]["context_dropout"] == 0.5
+    with pytest.raises(ValueError, match="context_dropout is a share of the patches"):
+        _config(tiny_dataset, tmp_path / "bad", context_dropout=-0.1)

@@ -10,6 +10,7 @@ slice model's ideal + beamline-like mixture).
 ``--patience N`` (default 10), ``--min-delta D`` (default 0.0005): early stopping and the plateau
 that halves the step size (two epochs without a gain of ``D``); session 32 fine-tuned with 1e-4,
 where gains of a few 1e-4 per epoch had halved the step size to its floor within 9 epochs.
+``--context-dropout P`` (default 0): ``TrainConfig.context_dropout`` (session 33).
 ``--dose-balance G`` (default 0): ``TrainConfig.dose_balance``; below 0 the noisiest patches count
 for more.
 """
@@ -37,6 +38,7 @@ if "--data" in sys.argv:
 cfg = TrainConfig(data=data, out_dir=out, name=f"tomogan-{domain}",
                   domain=domain, arch=arch, steps_per_epoch=150, max_epochs=80, patience=int(option("--patience", 10)),
                   min_delta=option("--min-delta", 0.0005), dose_balance=option("--dose-balance", 0.0),
+                  context_dropout=option("--context-dropout", 0.0),
                   time_budget_s=minutes * 60, lr=lr, pixel="l1+ssim", adv_weight=0.0, feat_weight=0.0,
                   threads=1, init_weights=init,
                   teacher=sys.argv[sys.argv.index("--teacher") + 1] if "--teacher" in sys.argv else "",

@@ -94,6 +94,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             batch=args.batch, steps_per_epoch=args.steps_per_epoch, max_epochs=args.epochs, patience=args.patience,
             min_delta=args.min_delta,
             time_budget_s=args.time_budget * 60, lr=args.lr, pixel=args.pixel, dose_balance=args.dose_balance,
+            context_dropout=args.context_dropout,
             adv_weight=adv, feat_weight=feat, precision=args.precision, threads=args.threads, seed=args.seed,
             qat_steps=args.qat_steps, init_weights=args.init or "", ratios=tuple(args.ratios or ()),
             teacher=args.teacher or "", distill_weight=args.distill_weight,
@@ -412,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dose-balance", type=float, default=0.0, metavar="GAMMA",
                    help="weight each patch's pixel loss by its noisy input's own loss to the power -GAMMA, so "
                         "high-dose patches count for more (0: plain mean, the default; 1: equal relative gains)")
+    s.add_argument("--context-dropout", type=float, default=0.0, metavar="SHARE",
+                   help="share of training patches whose neighbours are withheld (half of them all, half some), "
+                        "so the network also denoises a frame without context: a single frame, or neighbours "
+                        "that are not views of the same thing (default 0)")
     s.add_argument("--adv-weight", type=float, default=None, help="adversarial loss weight (default 1e-3; 0 "
                    "with --ratios)")
     s.add_argument("--feat-weight", type=float, default=None, help="feature-matching loss weight (default 0.05; "

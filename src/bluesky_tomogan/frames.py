@@ -7,9 +7,28 @@ from typing import Any, TypeVar, overload
 
 import numpy as np
 
-__all__ = ["centred", "context_indices", "has_channel_axis", "looks_like_colour", "without_channel_axis"]
+__all__ = ["centred", "context_indices", "context_offsets", "has_channel_axis", "looks_like_colour",
+           "without_channel_axis"]
 
 T = TypeVar("T")
+
+
+def context_offsets(depth: int, left: int, right: int) -> list[int]:
+    """Offsets from the centre frame that fill a ``depth``-frame context when only the ``left``
+    nearest frames before it and the ``right`` nearest after it may be used.
+
+    An unusable neighbour is replaced by its mirror image about the centre when that one is
+    usable, else by the centre itself: the rule of :func:`context_indices` at a scan's ends,
+    of :func:`bluesky_tomogan.context.gate_context` for neighbours that are not views of the
+    same thing, and of training's context dropout, so the network sees one kind of stand-in.
+    ``context_offsets(5, 0, 0)`` is ``[0, 0, 0, 0, 0]``: the frame is its own context.
+    """
+    half = depth // 2
+
+    def usable(o: int) -> bool:
+        return o == 0 or (o < 0 and -o <= left) or (o > 0 and o <= right)
+
+    return [o if usable(o) else -o if usable(-o) else 0 for o in range(-half, half + 1)]
 
 
 def context_indices(group: np.ndarray, index: int, depth: int = 3) -> list[int]:
@@ -24,18 +43,13 @@ def context_indices(group: np.ndarray, index: int, depth: int = 3) -> list[int]:
     half = depth // 2
     n = len(group)
 
-    def usable(j: int) -> bool:
-        return 0 <= j < n and group[j] == group[index]
+    def reach(step: int) -> int:  # usable neighbours on one side: same scan, inside the stack
+        k = 0
+        while k < half and 0 <= index + step * (k + 1) < n and group[index + step * (k + 1)] == group[index]:
+            k += 1
+        return k
 
-    out = []
-    for k in range(index - half, index + half + 1):
-        if usable(k):
-            out.append(k)
-        elif usable(2 * index - k):
-            out.append(2 * index - k)
-        else:
-            out.append(index)
-    return out
+    return [index + o for o in context_offsets(depth, reach(-1), reach(1))]
 
 
 @overload

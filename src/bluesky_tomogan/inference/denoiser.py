@@ -15,6 +15,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+from ..context import gate_context
 from ..cpu import cpu_name
 from ..despike import remove_isolated_spikes
 from ..errors import InputShapeError, InputValueError
@@ -106,6 +107,14 @@ class Denoiser:
     by its own robust range and the network's output is mapped back through the
     same affine map, so a uint16 detector frame of counts comes back as counts.
     ``out_dtype="source"`` rounds and clips back to the input dtype.
+
+    A model whose card has a ``context_gate`` (trained with ``--context-dropout``) is given
+    only the neighbours that show the same thing as the frame it denoises
+    (:func:`bluesky_tomogan.context.gate_context`): a stack of different samples, an
+    interleaved scan or a frame after a jump is denoised without the frames that do not
+    belong to it, instead of with their structure painted in. :attr:`context_gate` holds
+    the threshold (``inf``: every neighbour is used) and :attr:`contexts_gated` counts the
+    frames denoised with neighbours withheld.
     """
 
     def __init__(self, session: Session, card: ModelCard, model_sha256: str = "", tile: int | None = None,
@@ -126,6 +135,11 @@ class Denoiser:
         self.residual_on_host = card.output == "correction"
         # a network that does not remove zingers itself gets them taken out of its input (its card says so)
         self.despike_sigmas: float | None = card.source.get("input_despike", {}).get("sigmas")
+        # A network trained to denoise without its neighbours (train --context-dropout) is not
+        # given neighbours that are not views of the same thing (bluesky_tomogan.context): the
+        # largest distance its card allows; inf (keep every neighbour) for the others.
+        self.context_gate: float = float(card.source.get("context_gate", {}).get("threshold", np.inf))
+        self.contexts_gated = 0  # frames denoised with some neighbours withheld
         self._lock = threading.Lock()  # runtimes' requests are not re-entrant
 
     # -- provenance -----------------------------------------------------------------------
@@ -187,7 +201,8 @@ class Denoiser:
 
         In a stack, each frame's context is its neighbours (adjacent angles or
         slices); the first and last frames use mirrored neighbours. A single
-        frame is its own context.
+        frame is its own context. Neighbours that do not show the same thing are
+        withheld the same way where the card asks for it (see the class notes).
 
         Parameters
         ----------
@@ -274,6 +289,14 @@ class Denoiser:
             context = fill_masked(context, mask)
             centre = context[self.depth // 2]
         offset, scale = robust_range(centre)
+        if self.depth > 1 and self.context_gate < np.inf:
+            context, kept = gate_context(context, self.context_gate, (offset, scale))
+            if kept != (self.depth // 2, self.depth // 2):
+                self.contexts_gated += 1
+                log.log(logging.INFO if self.contexts_gated == 1 else logging.DEBUG,
+                        "%s: %d of %d neighbours are not views of the same thing (bluesky_tomogan.context); the "
+                        "frame is denoised without them (%d frame(s) so far)", self.card.name,
+                        self.depth - 1 - sum(kept), self.depth - 1, self.contexts_gated)
         # only a frame without spread can be one value everywhere: the full check only then
         if scale == no_spread_scale(offset) and centre.min() == centre.max():
             # a closed shutter, a saturated or blank detector: nothing to denoise, and the

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..context import DEFAULT_THRESHOLD
 from ..errors import ModelLoadError, OutputPathError
 from ..metrics import psnr, ssim
 from ..modelcard import sha256_of, write_card
@@ -81,6 +82,11 @@ class TrainConfig:
         Weight each patch's pixel loss by its noisy input's own loss to the power
         ``-dose_balance`` (:func:`~bluesky_tomogan.model.losses.pixel_loss`): above 0, high-dose
         patches, whose input is already close to the target, count for more; 0 = plain mean.
+    context_dropout : float
+        Share of training patches whose neighbours are withheld (:class:`~.data.PatchSampler`),
+        so the network also denoises a frame without its context (a single frame, or
+        neighbours that :func:`~bluesky_tomogan.context.gate_context` turned away); a
+        teacher still reads every neighbour. 0: always the full context.
     adv_weight, feat_weight : float
         Weights of the adversarial and feature-matching terms (0 and 0 = no critic).
     gan_warmup_epochs : int
@@ -144,6 +150,7 @@ class TrainConfig:
     lr: float = 1e-3
     pixel: PixelLoss = "l1"
     dose_balance: float = 0.0
+    context_dropout: float = 0.0
     adv_weight: float = 1e-3
     feat_weight: float = 0.05
     gan_warmup_epochs: int = 3
@@ -164,6 +171,8 @@ class TrainConfig:
         self.ratios = tuple(sorted({float(r) for r in self.ratios}))
         if not 0 <= self.distill_weight <= 1:
             raise ValueError(f"distill_weight is the teacher's share of the loss, in [0, 1]; got {self.distill_weight}")
+        if not 0 <= self.context_dropout <= 1:
+            raise ValueError(f"context_dropout is a share of the patches, in [0, 1]; got {self.context_dropout}")
         if not self.min_delta >= 0:
             raise ValueError(f"min_delta is the smallest validation gain that counts, >= 0; got {self.min_delta}")
         if self.teacher and self.ratios:
@@ -369,7 +378,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     )
     opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr)
     opt_d = torch.optim.Adam(disc.parameters(), lr=config.lr * 0.5, betas=(0.5, 0.999)) if disc else None
-    sampler = PatchSampler(train_pairs, config.patch, config.arch.in_channels, config.seed)
+    sampler = PatchSampler(train_pairs, config.patch, config.arch.in_channels, config.seed,
+                           context_dropout=config.context_dropout)
 
     ckpt_path = out_dir / "checkpoint.pt"
     weights_path = out_dir / f"{config.name}.pt"
@@ -421,7 +431,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         gan_on = disc is not None and epoch >= config.gan_warmup_epochs
         sums = {"loss": 0.0, "pixel": 0.0, "adv": 0.0, "feat": 0.0, "d": 0.0}
         for _ in range(config.steps_per_epoch):
-            xb, yb = sampler.batch(config.batch)
+            xb, yb, full_b = sampler.batch_with_full_context(config.batch)
             x = torch.from_numpy(xb).to(memory_format=torch.channels_last)
             y = torch.from_numpy(yb).to(memory_format=torch.channels_last)
             if plan is not None:  # All-in-One: every ratio, one backward pass
@@ -442,7 +452,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
             loss_pix = pixel_loss(fake, y, config.pixel, _centre(x), config.dose_balance)
             if teacher is not None:
                 with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=autocast):
-                    taught = teacher(x).float()
+                    taught = teacher(torch.from_numpy(full_b).to(memory_format=torch.channels_last)).float()
                 loss_pix = ((1 - config.distill_weight) * loss_pix
                             + config.distill_weight * pixel_loss(fake, taught, config.pixel, _centre(x),
                                                                  config.dose_balance))
@@ -629,7 +639,12 @@ def _card(config: TrainConfig, recipe: dict[str, Any], history: list[dict[str, f
           best_epoch: int, stopped: str, weights: Path) -> dict[str, Any]:
     best = next((h for h in history if h["epoch"] == best_epoch), history[-1] if history else {})
     patches = len(history) * config.steps_per_epoch * config.batch
-    return {
+    gate = {"context_gate": {
+        "threshold": DEFAULT_THRESHOLD,
+        "method": "neighbours whose 8/16-px block means differ from the centre frame's by more than this share "
+                  "of its structure are withheld (bluesky_tomogan.context), as training withheld them",
+    }} if config.context_dropout > 0 and config.arch.in_channels > 1 else {}
+    return gate | {
         "name": config.name,
         "domain": config.domain,
         "architecture": config.arch.to_dict(),

@@ -1,0 +1,167 @@
+"""Which neighbours of a frame may serve as its context.
+
+A network that reads adjacent frames (projections at neighbouring angles, neighbouring
+slices) averages what they share with the frame it denoises. Given frames that are not
+views of the same thing (a stack of projections of different samples, a golden-angle or
+interlaced scan stored in acquisition order, a sample that jumped, a closed shutter) it
+would paint their structure into the output: the frames at 20 photons/pixel of three
+different phantoms, stacked, came out at SSIM 0.45 where each alone (the frame its own
+context) scores far better with a network trained for it (docs/models.md, "Context that
+is not a neighbour").
+
+:func:`gate_context` compares each neighbour with the centre frame on a coarse grid (means of
+8x8 blocks, where noise averages out and structure stays) and keeps, on each side, the
+nearest neighbours up to the first that differs by more than ``threshold`` of the centre's
+own structure, after the difference that noise alone makes is taken off. The rest are
+replaced as at a scan's ends (:func:`~bluesky_tomogan.frames.context_offsets`). Training
+withholds neighbours the same way (``TrainConfig.context_dropout``), so the network has
+learnt what to do with the stand-ins.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .frames import context_offsets
+from .normalise import robust_range
+
+__all__ = ["BLOCK", "DEFAULT_THRESHOLD", "context_distance", "gate_context", "usable_neighbours"]
+
+BLOCK = 8
+"""Edge of the small blocks whose means are compared (pixels); the large ones are twice as wide."""
+
+DEFAULT_THRESHOLD = 0.35
+"""Largest structural difference, as a share of the centre frame's own structure, that a
+neighbour may have. Measured on simulated scans (docs/models.md, "Context that is not a
+neighbour"): neighbours up to 7.5 degrees apart stay below it at 20-5000 photons/pixel, with
+detector blur and zingers; views of other samples lie above."""
+
+_MIN_LARGE_BLOCKS = 64  # fewer (a frame under 128 x 128 pixels) give too unsteady an estimate to judge by
+_BANDS = 8  # bands of large blocks compared: an eighth of a 1024-row frame, 512 blocks, enough to decide
+
+
+def _sampled_bands(frame: np.ndarray) -> np.ndarray:
+    """A view of the bands of large blocks that are compared: about 16 of them, evenly spread."""
+    big = 2 * BLOCK
+    n_bands, w = frame.shape[0] // big, (frame.shape[1] // big) * big
+    bands = frame[: n_bands * big, :w].reshape(n_bands, big, w)
+    return bands[:: max(1, n_bands // _BANDS)]
+
+
+def _block_means(bands: np.ndarray, offset: float, scale: float, gain: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Means of ``BLOCK``- and ``2 * BLOCK``-wide blocks of the ``bands`` times ``gain``, in units of
+    the robust range ``(offset, scale)``; pixels far outside it (zingers, hot pixels) clipped."""
+    x = bands.astype(np.float32)
+    x *= np.float32(gain / scale)
+    x -= np.float32(offset / scale)
+    np.clip(x, -0.5, 1.5, out=x)
+    n, big, w = x.shape
+    small = x.reshape(n, 2, BLOCK, w // BLOCK, BLOCK).mean(axis=(2, 4), dtype=np.float64).reshape(2 * n, -1)
+    large = small.reshape(n, 2, w // big, 2).mean(axis=(1, 3))
+    return small, large
+
+
+def context_distance(neighbour: np.ndarray, centre: np.ndarray) -> float:
+    """How unlike ``centre`` a ``neighbour`` is: the structural difference of their block means
+    as a share of the centre's own structure, the part that noise explains taken off.
+
+    About 0 for a frame and itself or a nearby view of the same object; about 1 or more for
+    a view of something else. Both frames in the units of the centre's robust range, so a
+    change of gain (beam decay) counts only as far as it changes the picture. Frames
+    smaller than a block cannot be judged: 0.
+    """
+    return _Centre(centre).distance(neighbour)
+
+
+class _Centre:
+    """The centre frame's block means and structure, computed once for all its neighbours.
+
+    Noise is told from structure by its scale: averaged over a block four times larger, white
+    noise keeps a quarter of its variance and structure (coarser than a block) all of it. So
+    for two variances ``v`` (small blocks) and ``V`` (large), ``(4 V - v) / 3`` is the
+    structure's part whatever the noise level, photon statistics, gain or detector blur
+    (a blur of a pixel or two leaves block means of noise uncorrelated).
+    """
+
+    def __init__(self, centre: np.ndarray, offset: float | None = None, scale: float | None = None) -> None:
+        big = 2 * BLOCK
+        self.small_frame = (centre.shape[0] // big) * (centre.shape[1] // big) < _MIN_LARGE_BLOCKS
+        if self.small_frame:
+            return
+        self.offset, self.scale = robust_range(centre) if offset is None or scale is None else (offset, scale)
+        bands = _sampled_bands(centre)
+        self.mean = float(np.mean(bands, dtype=np.float64))
+        self.small, self.large = _block_means(bands, self.offset, self.scale)
+        # a frame with almost no structure of its own (open beam): its neighbours cannot differ much
+        self.structure = max(_structure(float(self.small.var()), float(self.large.var())), 1e-4)
+
+    def distance(self, neighbour: np.ndarray) -> float:
+        if self.small_frame:
+            return 0.0
+        bands = _sampled_bands(neighbour)
+        # the neighbour on the centre's gain (beam decay, top-up, a brighter flat): the gate asks
+        # whether it shows the same thing, not whether it is as bright
+        # (intensities only: a reconstructed slice's mean can be 0 or below)
+        gain = 1.0
+        if self.mean > 0:
+            mean = float(np.mean(bands, dtype=np.float64))
+            if not 0.5 * self.mean < mean < 2 * self.mean:
+                return np.inf  # half or twice as bright (a closed shutter, a beam dump), or NaN
+            gain = self.mean / mean
+        small, large = _block_means(bands, self.offset, self.scale, gain)
+        change = _structure(float(np.mean((small - self.small) ** 2)), float(np.mean((large - self.large) ** 2)))
+        return float(np.sqrt(max(change, 0.0) / self.structure)) if np.isfinite(change) else np.inf
+
+
+def _structure(small: float, large: float) -> float:
+    """The structural part of a variance measured over small (``small``) and large (``large``) blocks."""
+    return (4 * large - small) / 3
+
+
+def usable_neighbours(context: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
+                      centre_range: tuple[float, float] | None = None) -> tuple[int, int]:
+    """How many neighbours before and after the centre of ``context`` ``(depth, H, W)`` are
+    close enough to it (:func:`context_distance` at most ``threshold``), counting outwards and
+    stopping at the first that is not. ``centre_range``: the centre's robust range, if known."""
+    half = context.shape[0] // 2
+    centre = _Centre(context[half], *(centre_range or (None, None)))
+
+    def reach(step: int) -> int:
+        k = 0
+        while k < half and centre.distance(context[half + step * (k + 1)]) <= threshold:
+            k += 1
+        return k
+
+    return reach(-1), reach(1)
+
+
+def gate_context(context: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
+                 centre_range: tuple[float, float] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """``context`` with the neighbours that are not views of the same thing replaced.
+
+    Parameters
+    ----------
+    context : numpy.ndarray
+        ``(depth, H, W)`` frames without NaN, the one to denoise in the middle.
+    threshold : float
+        Largest :func:`context_distance` a kept neighbour may have (``inf``: keep all).
+    centre_range : tuple of float, optional
+        The centre frame's :func:`~bluesky_tomogan.normalise.robust_range`, when the caller has it.
+
+    Returns
+    -------
+    numpy.ndarray
+        The context to give the network: ``context`` itself when every neighbour is kept,
+        else a new array whose withheld neighbours are stand-ins
+        (:func:`~bluesky_tomogan.frames.context_offsets`).
+    tuple of int
+        Neighbours kept before and after the centre.
+    """
+    depth = context.shape[0]
+    half = depth // 2
+    if depth == 1 or threshold == np.inf:
+        return context, (half, half)
+    left, right = usable_neighbours(context, threshold, centre_range)
+    if left == right == half:
+        return context, (left, right)
+    return context[[half + o for o in context_offsets(depth, left, right)]], (left, right)

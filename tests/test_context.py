@@ -1,0 +1,131 @@
+"""Which neighbours serve as a frame's context: the shared stand-in rule, the distance that
+tells a nearby view from another sample, training's context dropout and the Denoiser's gate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bluesky_tomogan.context import DEFAULT_THRESHOLD, context_distance, gate_context, usable_neighbours
+from bluesky_tomogan.frames import context_indices, context_offsets
+from bluesky_tomogan.simulate.datasets import Recipe, simulate_pairs
+
+from .conftest import copy_of_shipped_model
+
+
+@pytest.fixture(scope="module")
+def scans():
+    """Two simulated scans of different phantoms, 6 consecutive angles each, 20 photons/pixel
+    (the hardest case for telling structure from noise), detector blur and zingers."""
+    recipe = Recipe(domain="projection", size=128, photons=(20, 20), max_attenuation=(0.4, 1.2),
+                    frames_per_scan=6, psf_sigma=(1.0, 1.5), zinger_rate=1e-3)
+    return simulate_pairs(recipe, 2, seed=4242, workers=1)
+
+
+def test_context_offsets_stand_in_with_the_mirror_then_the_centre():
+    assert context_offsets(5, 2, 2) == [-2, -1, 0, 1, 2]
+    assert context_offsets(5, 0, 0) == [0, 0, 0, 0, 0]  # a single frame is its own context
+    assert context_offsets(5, 1, 0) == [0, -1, 0, -1, 0]
+    assert context_offsets(5, 2, 1) == [-2, -1, 0, 1, -2]
+    assert context_offsets(3, 0, 1) == [1, 0, 1]
+    # a scan's ends follow the same rule
+    group = np.array([0, 0, 0, 1, 1])
+    assert context_indices(group, 0, 5) == [2, 1, 0, 1, 2]
+    assert context_indices(group, 2, 5) == [0, 1, 2, 1, 0]
+    assert context_indices(group, 3, 3) == [4, 3, 4]
+
+
+def test_a_nearby_view_is_close_and_another_sample_is_far(scans):
+    a, b = scans.ns[:6], scans.ns[6:]
+    for scan in (a, b):
+        for i in range(4):
+            assert context_distance(scan[i + 1], scan[i]) < DEFAULT_THRESHOLD
+            assert context_distance(scan[i + 2], scan[i]) < DEFAULT_THRESHOLD
+    assert context_distance(b[0], a[0]) > 1.5 * DEFAULT_THRESHOLD
+    assert context_distance(a[0], b[0]) > 1.5 * DEFAULT_THRESHOLD
+    assert context_distance(a[0], a[0]) == 0.0
+    # a change of gain (beam decay) is not a change of picture; a closed shutter is
+    assert context_distance(a[1] * 0.97, a[0]) < DEFAULT_THRESHOLD / 2
+    assert context_distance(np.zeros_like(a[1]), a[0]) > 1.5 * DEFAULT_THRESHOLD
+    # too small to judge: kept
+    assert context_distance(a[0, :64, :64], b[0, :64, :64]) == 0.0
+
+
+def test_the_distance_does_not_depend_on_the_noise_level():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:128, :128]
+    clean = 1000 * np.exp(-0.8 * ((xx - 60) ** 2 + (yy - 70) ** 2 < 900))
+    for photons in (20, 200, 20_000):
+        scale = photons / 1000
+        f0, f1 = (rng.poisson(clean * scale).astype(np.float32) for _ in range(2))
+        assert context_distance(f1, f0) < 0.15, photons
+
+
+def test_gate_context_withholds_from_the_first_far_neighbour_outwards(scans):
+    a, b = scans.ns[:6], scans.ns[6:]
+    same = a[:5]
+    out, kept = gate_context(same)
+    assert kept == (2, 2) and out is same
+    mixed = np.stack([a[0], b[1], a[2], a[3], b[4]])  # far: -1 (so -2 too) and +2
+    assert usable_neighbours(mixed) == (0, 1)
+    out, kept = gate_context(mixed)
+    assert kept == (0, 1)
+    np.testing.assert_array_equal(out, mixed[[2 + o for o in context_offsets(5, 0, 1)]])
+    assert not np.shares_memory(out, mixed)
+    assert gate_context(mixed, np.inf)[1] == (2, 2)
+    nan_neighbour = mixed.copy()
+    nan_neighbour[3] = np.nan
+    assert usable_neighbours(nan_neighbour)[1] == 0  # a neighbour it cannot judge is not used
+
+
+def test_context_dropout_withholds_neighbours_at_its_rate_and_keeps_the_full_context_for_a_teacher(scans):
+    from bluesky_tomogan.model.data import PatchSampler
+
+    plain = PatchSampler(scans, 32, depth=5, seed=1).batch(8)
+    same = PatchSampler(scans, 32, depth=5, seed=1, context_dropout=0.0).batch_with_full_context(8)
+    np.testing.assert_array_equal(plain[0], same[0])  # no dropout: the batches of before
+    np.testing.assert_array_equal(same[0], same[2])
+    sampler = PatchSampler(scans, 32, depth=5, seed=1, context_dropout=0.5)
+    x, _, full = sampler.batch_with_full_context(400)
+    withheld = np.array([not np.array_equal(x[i], full[i]) for i in range(len(x))])
+    single = np.array([all(np.array_equal(x[i, k], x[i, 2]) for k in range(5)) for i in range(len(x))])
+    np.testing.assert_array_equal(x[:, 2], full[:, 2])  # the centre is always the frame itself
+    assert 0.35 < withheld.mean() < 0.65
+    assert 0.15 < single.mean() < 0.45  # half of the withheld ones get no neighbour at all
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        PatchSampler(scans, 32, depth=5, context_dropout=1.5)
+
+
+@pytest.fixture(scope="module")
+def gated_and_plain(tmp_path_factory):
+    from bluesky_tomogan import load_denoiser
+
+    plain_dir = copy_of_shipped_model("tomogan-projection", tmp_path_factory.mktemp("plain"))
+    gated_dir = copy_of_shipped_model("tomogan-projection", tmp_path_factory.mktemp("gated"))
+    card_path = gated_dir / "tomogan-projection.json"
+    card = json.loads(card_path.read_text())
+    card.pop("context_gate", None)
+    (plain_dir / "tomogan-projection.json").write_text(json.dumps(card))
+    card["context_gate"] = {"threshold": DEFAULT_THRESHOLD}
+    card_path.write_text(json.dumps(card))
+    load = {"backend": "onnxruntime", "precision": "fp32"}
+    return load_denoiser(str(gated_dir), **load), load_denoiser(str(plain_dir), **load)
+
+
+def test_the_denoiser_gives_a_frame_only_neighbours_that_show_the_same_thing(scans, gated_and_plain):
+    gated, plain = gated_and_plain
+    assert gated.context_gate == DEFAULT_THRESHOLD and plain.context_gate == np.inf
+    a, b = scans.ns[:6], scans.ns[6:]
+    # a real scan: every neighbour kept, the same result as without the gate
+    np.testing.assert_array_equal(gated.denoise(a), plain.denoise(a))
+    assert gated.contexts_gated == 0
+    # one frame of each of three samples: each frame is denoised on its own, as a single frame is
+    c = scans.ns[3:4] * 0 + np.flipud(a[2])
+    stack = np.stack([a[0], b[0], c[0]])
+    out = gated.denoise(stack)
+    assert gated.contexts_gated == 3
+    for i in range(3):
+        np.testing.assert_array_equal(out[i], gated.denoise(stack[i]))
+    assert not np.allclose(plain.denoise(stack)[1], out[1])  # without the gate, the others' structure leaks in
