@@ -54,7 +54,7 @@ def sweep(model: str, samples: int, frames: int, size: int, methods: list[str],
     grid_scores: dict[str, dict[str, dict[float, dict[str, float]]]] = {}
     for dose in DOSES:
         pairs = held_out(dose, samples, frames, size, opacity)
-        # the middle frames of each scan, whose context is three real neighbours
+        # every frame of each scan; those near its ends with mirrored neighbours (context_indices)
         idx = np.arange(len(pairs.ns))
         rows: dict[str, dict] = {"raw": evaluate(lambda i, p=pairs: p.ns[i], pairs, idx)}
         for label, den in (("model fp32", fp32), (auto_label, auto)):

@@ -108,7 +108,7 @@ def quantisation_aware_ir(
     net: TomoGANGenerator, xml_path: Path, calib: np.ndarray, train: PairSet, steps: int, *,
     lr: float = 2e-5, batch: int = 16, patch: int = 96, pixel: str = "l1+ssim", add_centre: bool = True,
     validation: PairSet | None = None, keep_float: Sequence[str] = (), copies: Mapping[str, int] | None = None,
-    distill: float = 0.0, seed: int = 0, progress: bool = False,
+    distill: float = 0.0, seed: int = 0, progress: bool = False, context_dropout: float = 0.0,
 ) -> tuple[Path, dict[str, Any]]:
     """An OpenVINO int8 IR of ``net`` fine-tuned with its int8 rounding simulated.
 
@@ -161,6 +161,9 @@ def quantisation_aware_ir(
         Seed of the patches and of torch.
     progress : bool
         Show a progress bar.
+    context_dropout : float
+        Share of patches with neighbours withheld (:class:`~bluesky_tomogan.model.data.PatchSampler`),
+        as the network was trained: the IR keeps denoising frames without their context.
 
     Returns
     -------
@@ -228,7 +231,7 @@ def quantisation_aware_ir(
     as_run = AsRun()
     # _validate reads only `config` and calls the module, which AsRun provides
     before = _validate(as_run, validation, 24)["val_ssim"] if validation is not None else None  # type: ignore[arg-type]
-    sampler = PatchSampler(train, patch, net.config.in_channels, seed)
+    sampler = PatchSampler(train, patch, net.config.in_channels, seed, context_dropout=context_dropout)
     opt = torch.optim.Adam(qnet.parameters(), lr=lr)
     # at a constant 2e-5 the light slice model's simulated int8 SSIM stopped rising after 400 of
     # 2,100 steps, moving by +-0.0005 around its level; the steps end at a learning rate of zero

@@ -458,7 +458,9 @@ def export_model(
                 net, out / f"{name}.int8.xml", calib, qat_train, openvino_qat_steps, lr=qat_lr,
                 batch=int(config.get("batch") or 16), patch=int(config.get("patch") or 96),
                 pixel=str(config.get("pixel") or "l1+ssim"), add_centre=gen.adds_residual, validation=test,
-                keep_float=qat_float, copies=qat_copies, distill=qat_distill, progress=True)
+                keep_float=qat_float, copies=qat_copies, distill=qat_distill, progress=True,
+                # a network trained to denoise without its neighbours keeps learning both
+                context_dropout=float(config.get("context_dropout") or 0.0))
             qinfo["training_data"] = Path(qat_data if qat_data is not None else data).name
         else:
             xml, qinfo = _export_openvino_int8(net, out / f"{name}.int8.xml", calib, test,

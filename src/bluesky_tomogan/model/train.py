@@ -431,7 +431,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         gan_on = disc is not None and epoch >= config.gan_warmup_epochs
         sums = {"loss": 0.0, "pixel": 0.0, "adv": 0.0, "feat": 0.0, "d": 0.0}
         for _ in range(config.steps_per_epoch):
-            xb, yb, full_b = sampler.batch_with_full_context(config.batch)
+            if teacher is not None:  # the teacher reads every neighbour, whatever the student was given
+                xb, yb, full_b = sampler.batch_with_full_context(config.batch)
+            else:
+                xb, yb = sampler.batch(config.batch)
             x = torch.from_numpy(xb).to(memory_format=torch.channels_last)
             y = torch.from_numpy(yb).to(memory_format=torch.channels_last)
             if plan is not None:  # All-in-One: every ratio, one backward pass
