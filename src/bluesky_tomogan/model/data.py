@@ -9,7 +9,7 @@ from ..frames import context_indices, context_offsets
 from ..normalise import normalise, robust_range
 from ..simulate.datasets import PairSet
 
-__all__ = ["PatchSampler", "normalised_frames"]
+__all__ = ["PatchSampler", "check_context_dropout", "normalised_frames"]
 
 
 def normalised_frames(pairs: PairSet, index: int, depth: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -17,6 +17,12 @@ def normalised_frames(pairs: PairSet, index: int, depth: int = 3) -> tuple[np.nd
     idx = context_indices(pairs.group, index, depth)
     offset, scale = robust_range(pairs.ns[index])
     return normalise(pairs.ns[idx], offset, scale), normalise(pairs.gt[index : index + 1], offset, scale)
+
+
+def check_context_dropout(share: float) -> None:
+    """Refuse a ``context_dropout`` that is not a share of the patches (``ValueError``)."""
+    if not 0 <= share <= 1:
+        raise ValueError(f"context_dropout is a share of the patches, in [0, 1]; got {share}")
 
 
 class PatchSampler:
@@ -43,8 +49,7 @@ class PatchSampler:
 
     def __init__(self, pairs: PairSet, patch: int, depth: int = 3, seed: int = 0,
                  context_dropout: float = 0.0) -> None:
-        if not 0 <= context_dropout <= 1:
-            raise ValueError(f"context_dropout is a share of the patches, in [0, 1]; got {context_dropout}")
+        check_context_dropout(context_dropout)
         h, w = pairs.ns.shape[1:]
         if patch > min(h, w):
             raise DatasetError(f"patch size {patch} is larger than the frames ({h}x{w})")
@@ -59,17 +64,24 @@ class PatchSampler:
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(size, depth, P, P)`` inputs and ``(size, 1, P, P)`` targets (float32)."""
-        x, y, _ = self.batch_with_full_context(size)
+        x, y, _ = self._batch(size, with_full=False)
         return x, y
 
     def batch_with_full_context(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`batch` plus the same patches with every neighbour: a teacher's input
         (distillation), whose output is then a target for the student in every case."""
+        x, y, full = self._batch(size, with_full=True)
+        assert full is not None
+        return x, y, full
+
+    def _batch(self, size: int, with_full: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The patches of :meth:`batch` (the same random draws either way), and with ``with_full``
+        their full contexts too."""
         p = self.patch
         h, w = self.pairs.ns.shape[1:]
         x = np.empty((size, self.depth, p, p), np.float32)
         y = np.empty((size, 1, p, p), np.float32)
-        full = np.empty_like(x)
+        full = np.empty_like(x) if with_full else None
         for b in range(size):
             i = int(self.rng.integers(len(self.pairs.ns)))
             r, c = int(self.rng.integers(h - p + 1)), int(self.rng.integers(w - p + 1))
@@ -82,15 +94,17 @@ class PatchSampler:
             xi, yi = np.rot90(xi, k, axes=(1, 2)), np.rot90(yi, k, axes=(1, 2))
             if flip:
                 xi, yi = xi[:, :, ::-1], yi[:, :, ::-1]
-            full[b], x[b], y[b] = xi, xi[kept], yi
+            x[b], y[b] = (xi if kept is None else xi[kept]), yi
+            if full is not None:
+                full[b] = xi
         return x, y, full
 
-    def _kept(self) -> list[int]:
-        """Positions of the full context that stand in for each input frame: all of them, or
-        (at the rate of ``context_dropout``) some neighbours withheld."""
+    def _kept(self) -> list[int] | None:
+        """Positions of the full context that stand in for each input frame: ``None`` for all of
+        them, or (at the rate of ``context_dropout``) some neighbours withheld."""
         half = self.depth // 2
         if self.depth == 1 or not self.context_dropout or self.rng.random() >= self.context_dropout:
-            return list(range(self.depth))
+            return None
         if self.rng.random() < 0.5:
             left = right = 0
         else:

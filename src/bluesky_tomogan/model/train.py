@@ -35,7 +35,7 @@ from ..metrics import psnr, ssim
 from ..modelcard import sha256_of, write_card
 from ..simulate.datasets import PairSet, read_dataset
 from .allinone import PrunePlan, channel_importance, masked, plan_pruning, ratio_key
-from .data import PatchSampler, normalised_frames
+from .data import PatchSampler, check_context_dropout, normalised_frames
 from .losses import (
     PixelLoss,
     discriminator_loss,
@@ -171,8 +171,7 @@ class TrainConfig:
         self.ratios = tuple(sorted({float(r) for r in self.ratios}))
         if not 0 <= self.distill_weight <= 1:
             raise ValueError(f"distill_weight is the teacher's share of the loss, in [0, 1]; got {self.distill_weight}")
-        if not 0 <= self.context_dropout <= 1:
-            raise ValueError(f"context_dropout is a share of the patches, in [0, 1]; got {self.context_dropout}")
+        check_context_dropout(self.context_dropout)
         if not self.min_delta >= 0:
             raise ValueError(f"min_delta is the smallest validation gain that counts, >= 0; got {self.min_delta}")
         if self.teacher and self.ratios:
