@@ -1,0 +1,73 @@
+"""How far apart the context gate puts real neighbours and views of other samples, and what it costs.
+
+For simulated scans (128x128, detector blur and zingers, the held-out seeds of ``dose_sweep.py``)
+at 20, 250 and 5000 photons/pixel on ordinary, medium and faint samples, and angular steps of
+0.94-15 degrees, prints ``bluesky_tomogan.context.context_distance`` of the neighbours one and two
+frames away (largest) and of frames of other phantoms (smallest and median), against the gate's
+threshold; then the time ``gate_context`` takes for one 1024x1024 five-frame uint16 context
+(median of 50, with the centre's robust range given, as the ``Denoiser`` gives it).
+
+Usage::
+
+    python benchmarks/context_gate.py
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+from dose_sweep import HELD_OUT_SEED
+from light_gap import SAMPLE_SETS
+
+from bluesky_tomogan.context import DEFAULT_THRESHOLD, context_distance, gate_context
+from bluesky_tomogan.cpu import cpu_name
+from bluesky_tomogan.normalise import robust_range
+from bluesky_tomogan.simulate.datasets import Recipe, simulate_pairs
+
+DOSES = (20.0, 250.0, 5000.0)
+ANGLES = (192, 48, 24, 12)  # 0.94, 3.75, 7.5 and 15 degrees between frames
+
+
+def distances() -> None:
+    print(f"threshold {DEFAULT_THRESHOLD}")
+    print("| samples | photons | step (deg) | next frame, largest | two frames on, largest | other phantoms, "
+          "smallest | median |\n|---|---|---|---|---|---|---|")
+    for set_name, opacity in SAMPLE_SETS.items():
+        for dose in DOSES:
+            for n_angles in ANGLES:
+                recipe = Recipe(domain="projection", size=128, photons=(dose, dose), max_attenuation=opacity,
+                                frames_per_scan=6, n_angles=n_angles, psf_sigma=(0, 1.5), zinger_rate=5e-5)
+                p = simulate_pairs(recipe, 3, seed=HELD_OUT_SEED + int(dose), workers=2)
+                n = len(p.ns)
+                near = [[context_distance(p.ns[i + k], p.ns[i]) for i in range(n - k) if p.group[i] == p.group[i + k]]
+                        for k in (1, 2)]
+                others = [context_distance(p.ns[j], p.ns[i]) for i in range(0, n, 3) for j in range(0, n, 3)
+                          if p.group[i] != p.group[j]]
+                print(f"| {set_name} | {dose:g} | {180 / n_angles:.2f} | {max(near[0]):.3f} | {max(near[1]):.3f} | "
+                      f"{min(others):.3f} | {np.median(others):.3f} |", flush=True)
+
+
+def cost() -> float:
+    rng = np.random.default_rng(0)
+    context = rng.poisson(500, (5, 1024, 1024)).astype(np.uint16)
+    centre_range = robust_range(context[2])
+    gate_context(context, centre_range=centre_range)
+    times = []
+    for _ in range(50):
+        t0 = time.perf_counter()
+        gate_context(context, centre_range=centre_range)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def main() -> int:
+    print(f"CPU: {cpu_name()}\n")
+    distances()
+    print(f"\ngate_context, one 1024x1024 five-frame uint16 context: {cost():.2f} ms (median of 50)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
