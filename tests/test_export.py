@@ -12,6 +12,8 @@ from pathlib import Path  # noqa: E402
 
 from bluesky_tomogan.model.network import GeneratorConfig, TomoGANGenerator  # noqa: E402
 
+from .conftest import copy_of_shipped_model  # noqa: E402
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -318,6 +320,22 @@ def test_export_names_a_module_it_cannot_keep_in_float_before_any_work(tmp_path)
     with pytest.raises(ExportOptionError, match=r"cannot copy 'decoder9'"):
         export_model(src, tmp_path / "out", tmp_path / "no.h5", openvino_copies={"decoder9": 2})
     assert not (tmp_path / "out" / "tomogan-slice-light.onnx").exists()
+
+
+def test_an_export_into_another_directory_lists_only_the_files_it_wrote_there(tmp_path, tiny_dataset):
+    """A source card that lists every format, one format exported elsewhere: the new card does not
+    name the formats left behind (``auto`` would have looked for their files and not found them)."""
+    from bluesky_tomogan.export.pipeline import export_model
+    from bluesky_tomogan.inference import load_card
+
+    src = copy_of_shipped_model("tomogan-slice-light", tmp_path / "src")
+    card = load_card(export_model(src, tmp_path / "out", tiny_dataset, formats=("onnx",), measure=False))
+    assert set(card.files) == {"pytorch", "onnx", "onnx_resize"}
+    assert all(entry.path.is_file() for entry in card.files.values())
+    assert "tflite_int8" in load_card(src / "tomogan-slice-light.json").files  # the source's card as it was
+    # exported in place, the other formats' files stay, and so do their entries
+    card = load_card(export_model(src, src, tiny_dataset, formats=("onnx",), measure=False))
+    assert {"tflite_int8", "openvino_int8"} <= set(card.files)
 
 
 def test_exporting_one_format_again_keeps_the_card_entries_of_the_others(tmp_path):

@@ -418,7 +418,9 @@ def export_model(
         check_activation_copies(gen.correction_network(), openvino_copies)
     dataset = read_dataset(data)
     train, test = dataset.split("train"), dataset.split("test")
-    files = dict(card.get("files", {}))
+    # the card lists what lies in `out`: the files this export leaves there from an earlier one (in
+    # place: the source's own), never the source's entries for files that were not written
+    files = _files_kept(out / f"{name}.json", formats)
     files["pytorch"] = {"path": pt.name, "sha256": sha256_of(pt)}
 
     # Every exported file computes the correction; the Denoiser adds the centre frame
