@@ -233,6 +233,28 @@ def test_quantisation_aware_ir_of_an_edge_network_is_fused_with_its_sums_in_floa
     assert np.abs(OpenVINOSession(xml, "int8", threads=1).run(x) - expected).max() < 0.2 * np.abs(expected).max() + 0.05
 
 
+def test_quantisation_aware_ir_rounds_the_fused_sums_it_is_not_told_to_keep_in_float(tmp_path):
+    """Only the full-resolution decoder's sum in float: the deeper two sums read int8 inputs (faster;
+    the light projection model lost nothing by it), and the card says which stayed in float."""
+    pytest.importorskip("nncf", reason="the OpenVINO int8 export needs the export extra")
+    from bluesky_tomogan.export.openvino_int8 import quantisation_aware_ir
+    from bluesky_tomogan.inference.backends.openvino import openvino_core
+
+    torch.manual_seed(0)
+    net = TomoGANGenerator(GeneratorConfig(width=0.25, upsampled_padding="edge")).eval().correction_network()
+    pairs = _smooth_pairs(6, 32, 0)
+    calib = np.stack([pairs.ns[i:i + 3] for i in range(4)])
+    xml, info = quantisation_aware_ir(net, tmp_path / "m.int8.xml", calib, pairs, 2, patch=32, batch=4,
+                                      float_sums=(1,))
+    model = openvino_core().read_model(str(xml))
+    sums = {op.get_friendly_name().split(".")[1]: op for op in model.get_ops()
+            if op.get_type_name() == "Add" and op.get_friendly_name().endswith(".0/aten::add/Add")}
+    rounded = {name: all(i.get_source_output().get_node().get_type_name() == "FakeQuantize" for i in op.inputs())
+               for name, op in sums.items()}
+    assert rounded == {"dec1": False, "dec2": True, "dec3": True}
+    assert info["decoder_sums_in_float"] == [1] and "decoders [1] in float" in info["decoders"]
+
+
 @pytest.mark.parametrize(("copies", "stem_outputs"), [(None, 4), ({}, 1)])
 def test_quantisation_aware_ir_copies_the_stem_only_as_told(tmp_path, copies, stem_outputs):
     pytest.importorskip("nncf", reason="the OpenVINO int8 export needs the export extra")
@@ -293,6 +315,8 @@ def test_quantisation_aware_ir_names_a_module_it_cannot_keep_in_float(tmp_path):
     ({"qat_distill": 0.5}, "give openvino_qat_steps too"),
     ({"openvino_qat_steps": 10, "openvino_copies": {"stem.0": 2}}, "the quantisation-aware IR's are qat_copies"),
     ({"openvino_qat_steps": 10, "qat_distill": 1.5}, r"share of the loss, in \[0, 1\]"),
+    ({"qat_float_sums": (1,)}, "give openvino_qat_steps too"),
+    ({"openvino_qat_steps": 10, "qat_float_sums": (1, 4)}, r"qat_float_sums: no decoder level \[4\]"),
 ])
 def test_export_refuses_quantisation_aware_options_it_cannot_honour_before_any_work(tmp_path, options, message):
     from bluesky_tomogan.errors import ExportOptionError

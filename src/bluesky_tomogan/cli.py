@@ -183,7 +183,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
                             input_despike=args.input_despike, openvino_qat_steps=args.openvino_qat_steps,
                             qat_data=args.qat_data, qat_lr=args.qat_lr, qat_float=tuple(args.qat_float),
                             qat_copies=None if args.qat_copies is None else dict(args.qat_copies),
-                            qat_distill=args.qat_distill)
+                            qat_distill=args.qat_distill, qat_float_sums=args.qat_float_sums)
         data = json.loads(Path(card).read_text())
         print(f"model card: {card}")
         for kind, entry in sorted(data["files"].items()):
@@ -483,6 +483,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--qat-distill", type=float, default=0.0, metavar="W",
                    help="share of that fine-tuning's loss taken against the float network's own output "
                         "rather than the clean target, in [0, 1] (default 0)")
+    s.add_argument("--qat-float-sums", nargs="*", type=int, choices=(1, 2, 3), metavar="LEVEL",
+                   help="decoder levels (1: full resolution, 3: the deepest) whose fused sum that IR keeps in "
+                        "float, for a network with fused decoders (default: 1 2 3; none given: every sum in "
+                        "int8, the fastest)")
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("finetune", help="fine-tune a shipped model on your own noisy scan, no clean data "

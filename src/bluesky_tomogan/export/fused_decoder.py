@@ -25,6 +25,7 @@ Measured on the light projection network (AMD EPYC, family 26 model 2, 2 threads
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,8 @@ from torch import nn
 from ..model.network import TomoGANGenerator
 from .keras_model import BILINEAR_X2_TAPS
 
-__all__ = ["FUSED_SUM_PATTERNS", "FusedDecoderGenerator", "FusedUpConv", "fuse_decoders", "fused_kernel"]
+__all__ = ["DECODER_LEVELS", "FusedDecoderGenerator", "FusedUpConv", "fuse_decoders", "fused_kernel",
+           "fused_sum_patterns"]
 
 
 def fused_kernel(weight: torch.Tensor) -> torch.Tensor:
@@ -73,10 +75,25 @@ class FusedUpConv(nn.Module):
         return torch.add(self.skip(skip), self.up(F.pad(x, (1, 1, 1, 1), mode="replicate")))
 
 
-#: NNCF's names (PyTorch graph) of the fused decoders' sums: ``torch.add`` in ``dec<level>.0``.
-#: Quantised, each sum's two inputs are signed pre-activation maps on one int8 grid each, which the
-#: trained form never rounds; see :func:`~.openvino_int8.quantisation_aware_ir`.
-FUSED_SUM_PATTERNS: tuple[str, ...] = (r"dec[123]/0/add/\d+",)
+#: The decoders' levels: 1 at full resolution, 3 the deepest.
+DECODER_LEVELS: tuple[int, ...] = (1, 2, 3)
+
+
+def fused_sum_patterns(levels: Sequence[int]) -> list[str]:
+    """NNCF's names (PyTorch graph) of the fused decoders' sums at ``levels``: ``torch.add`` in ``dec<level>.0``.
+
+    Quantised, each sum's two inputs are signed pre-activation maps on one int8 grid each, which the
+    trained form never rounds; see :func:`~.openvino_int8.quantisation_aware_ir`.
+
+    Raises
+    ------
+    ValueError
+        A level that is not one of :data:`DECODER_LEVELS`.
+    """
+    unknown = sorted(set(levels) - set(DECODER_LEVELS))
+    if unknown:
+        raise ValueError(f"no decoder level {unknown}; the levels are {list(DECODER_LEVELS)} (1: full resolution)")
+    return [rf"dec{level}/0/add/\d+" for level in sorted(set(levels))]
 
 
 class FusedDecoderGenerator(TomoGANGenerator):

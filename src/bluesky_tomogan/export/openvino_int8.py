@@ -109,6 +109,7 @@ def quantisation_aware_ir(
     lr: float = 2e-5, batch: int = 16, patch: int = 96, pixel: str = "l1+ssim", add_centre: bool = True,
     validation: PairSet | None = None, keep_float: Sequence[str] = (), copies: Mapping[str, int] | None = None,
     distill: float = 0.0, seed: int = 0, progress: bool = False, context_dropout: float = 0.0,
+    float_sums: Sequence[int] = (1, 2, 3),
 ) -> tuple[Path, dict[str, Any]]:
     """An OpenVINO int8 IR of ``net`` fine-tuned with its int8 rounding simulated.
 
@@ -164,6 +165,10 @@ def quantisation_aware_ir(
     context_dropout : float
         Share of patches with neighbours withheld (:class:`~bluesky_tomogan.model.data.PatchSampler`),
         as the network was trained: the IR keeps denoising frames without their context.
+    float_sums : sequence of int
+        For an ``"edge"`` network (whose decoders the IR runs fused): the decoder levels (1 at
+        full resolution, 3 the deepest) whose sum of the two halves stays in float; the others'
+        inputs are rounded to int8, which is faster. All three by default.
 
     Returns
     -------
@@ -179,7 +184,7 @@ def quantisation_aware_ir(
     from ..model.data import PatchSampler
     from ..model.losses import pixel_loss
     from ..model.train import _validate
-    from .fused_decoder import FUSED_SUM_PATTERNS
+    from .fused_decoder import fused_sum_patterns
     from .onnx import fused_form
 
     if steps <= 0:
@@ -187,6 +192,7 @@ def quantisation_aware_ir(
     if not 0.0 <= distill <= 1.0:
         raise ValueError(f"distill is a share of the loss, in [0, 1]; got {distill}")
     in_float = convolutions_in_float(net, keep_float)  # before the slow steps
+    sum_patterns = fused_sum_patterns(float_sums)
     torch.manual_seed(seed)
     teacher = copy.deepcopy(net).eval() if distill else None
     # offset_activation_copies checks the copies' layer names before NNCF and the training start
@@ -196,9 +202,12 @@ def quantisation_aware_ir(
         # the form the ONNX export writes, so the IR is as fast as the post-training one. Each fused
         # decoder's sum stays in float: NNCF would quantise both of its inputs, signed maps before the
         # ReLU that the trained form never rounds, and with them the light slice network's IR lost
-        # 0.0231 mean SSIM on its card, without them 0.0079 (session 28, docs/models.md)
+        # 0.0231 mean SSIM on its card, without them 0.0079 (session 28, docs/models.md). The deeper
+        # sums cost the most time in float and the least quality in int8: the light projection
+        # model's IR with only the full-resolution sum in float ran 115 ms against 121 ms with
+        # all three, at the same quality (session 34, docs/models.md)
         net = fused_form(net)
-        sums_in_float = list(FUSED_SUM_PATTERNS)
+        sums_in_float = sum_patterns
     # NNCF compiles a C++ extension for its PyTorch quantisers at first use (a few minutes on 2 cores,
     # then cached); its default limit of 60 s can kill that build and leave a lock behind
     os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")
@@ -267,8 +276,12 @@ def quantisation_aware_ir(
                "batch": batch, "patch": patch, "pixel_loss": pixel, "distill": distill,
                "wall_time_s": round(wall, 1),
                "kept_in_float": in_float}
-    if sums_in_float:
-        record["decoders"] = "fused into transposed convolutions, each decoder's sum in float"
+    if net.config.upsampled_padding == "edge":
+        levels = sorted(set(float_sums))
+        record["decoders"] = ("fused into transposed convolutions, "
+                              + (f"the sums of decoders {levels} in float (1: full resolution)" if levels
+                                 else "every sum in int8"))
+        record["decoder_sums_in_float"] = levels
     if validation is not None:
         record |= {"val_ssim_int8_simulated_before": before, "val_ssim_int8_simulated_after": after}
         log.info("int8-aware fine-tuning of the OpenVINO IR: simulated int8 SSIM %.4f -> %.4f in %d steps (%.0f s)",

@@ -32,6 +32,7 @@ from ..model.train import load_generator
 from ..modelcard import ModelCard, card_in_directory, read_card, sha256_of, write_card
 from ..simulate.datasets import PairSet, read_dataset
 from .copies import check_activation_copies, offset_activation_copies
+from .fused_decoder import DECODER_LEVELS, fused_sum_patterns
 from .onnx import export_onnx
 from .openvino_int8 import (
     convolutions_in_float,
@@ -294,6 +295,7 @@ def export_model(
     qat_float: Sequence[str] = (),
     qat_copies: Mapping[str, int] | None = None,
     qat_distill: float = 0.0,
+    qat_float_sums: Sequence[int] | None = None,
 ) -> Path:
     """Export ``<name>.pt`` from ``training_dir`` into ``out_dir``; returns the new card path.
 
@@ -353,6 +355,9 @@ def export_model(
     qat_distill : float
         Share of that fine-tuning's loss, in [0, 1], taken against the float network's output
         rather than the clean target (0: the clean target only).
+    qat_float_sums : sequence of int, optional
+        The decoder levels (1 at full resolution, 3 the deepest) whose fused sum that IR keeps
+        in float, for a network with ``upsampled_padding="edge"`` (default: all three).
 
     Raises
     ------
@@ -364,7 +369,8 @@ def export_model(
         naming no module with a convolution; ``qat_copies`` without ``openvino_qat_steps`` or
         naming a layer that cannot be copied; ``openvino_copies`` with ``openvino_qat_steps``,
         or naming a layer that cannot be copied; ``qat_distill`` outside [0, 1] or without
-        ``openvino_qat_steps``.
+        ``openvino_qat_steps``; ``qat_float_sums`` without ``openvino_qat_steps``, or naming a
+        level that is not 1, 2 or 3.
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
@@ -377,6 +383,13 @@ def export_model(
         raise ExportOptionError("qat_distill is the quantisation-aware IR's: give openvino_qat_steps too")
     if not 0.0 <= qat_distill <= 1.0:
         raise ExportOptionError(f"qat_distill is a share of the loss, in [0, 1]; got {qat_distill}")
+    if qat_float_sums is not None:
+        if not openvino_qat_steps:
+            raise ExportOptionError("qat_float_sums are the quantisation-aware IR's: give openvino_qat_steps too")
+        try:
+            fused_sum_patterns(qat_float_sums)
+        except ValueError as exc:
+            raise ExportOptionError(f"qat_float_sums: {exc}") from exc
     if qat_copies is not None and not openvino_qat_steps:
         raise ExportOptionError("qat_copies are the quantisation-aware IR's: give openvino_qat_steps too "
                                 "(the post-training IR's are openvino_copies)")
@@ -461,6 +474,7 @@ def export_model(
                 batch=int(config.get("batch") or 16), patch=int(config.get("patch") or 96),
                 pixel=str(config.get("pixel") or "l1+ssim"), add_centre=gen.adds_residual, validation=test,
                 keep_float=qat_float, copies=qat_copies, distill=qat_distill, progress=True,
+                float_sums=DECODER_LEVELS if qat_float_sums is None else tuple(qat_float_sums),
                 # a network trained to denoise without its neighbours keeps learning both
                 context_dropout=float(config.get("context_dropout") or 0.0))
             qinfo["training_data"] = Path(qat_data if qat_data is not None else data).name
