@@ -100,10 +100,13 @@ class InputGrid:
         """The codes of ``x`` (float, clipped to ``qmin..qmax``)."""
         return np.clip(np.rint(x / self.scale + self.zero), self.qmin, self.qmax)
 
+    def _ends(self) -> tuple[float, float]:
+        """The highest value that quantises to ``qmin`` and the lowest that quantises to ``qmax``."""
+        return (self.qmin + 0.5 - self.zero) * self.scale, (self.qmax - 0.5 - self.zero) * self.scale
+
     def beyond(self, x: np.ndarray) -> np.ndarray:
         """Where ``x`` quantises to ``qmin`` or ``qmax`` (at or beyond the range's ends)."""
-        low = (self.qmin + 0.5 - self.zero) * self.scale
-        high = (self.qmax - 0.5 - self.zero) * self.scale
+        low, high = self._ends()
         return (x <= low) | (x >= high)
 
     def despiked(self, x: np.ndarray, q: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -114,8 +117,16 @@ class InputGrid:
         (fp32 43.0). Not for slices, whose out-of-range pixels are thin streaks (it cost
         0.008 SSIM there).
         """
-        beyond = self.beyond(x) if q is None else (q <= self.qmin) | (q >= self.qmax)
-        if not beyond.any():  # the common case: two comparisons per pixel (nonzero costs 5 ms more)
+        if q is None:
+            low, high = self._ends()
+            # the common case, nothing beyond: two reductions without temporaries, 1.3 ms per 5x1024x1024
+            # context where the mask and its any() took 4.5 ms (a NaN fails both tests and goes on)
+            if float(x.min()) > low and float(x.max()) < high:
+                return x, q
+            beyond = self.beyond(x)
+        else:
+            beyond = (q <= self.qmin) | (q >= self.qmax)
+        if not beyond.any():  # nonzero costs 5 ms more
             return x, q
         where = np.nonzero(beyond)
         # medians at those pixels only: a whole-frame median filter costs 235 ms per 3x1024x1024
