@@ -407,6 +407,7 @@ def test_auto_takes_bf16_only_where_this_cpu_runs_it_faster_than_fp32(model_copy
     card = json.loads(card_path.read_text())
     for key in [k for k in card["quantization"] if k.endswith("/int8")]:  # int8 out of tolerance: bf16 is next
         card["quantization"][key]["ssim_drop"] = 0.02
+    card["quantization"]["openvino/bf16"] |= {"ssim_drop": 0.0008, "ssim_drop_worst": 0.002}  # bf16 within it
     card_path.write_text(json.dumps(card))
     monkeypatch.setattr(openvino, "bf16_speedup", lambda: speedup)  # as measured on a CPU of each kind
     caplog.set_level(logging.INFO, logger="bluesky_tomogan")
@@ -796,10 +797,11 @@ def test_the_share_of_an_irs_work_in_float_counts_multiply_accumulates():
 
     weights = load_card("tomogan-projection").directory
     light = openvino_core().read_model(str(weights / "tomogan-projection-light.int8.xml"))
-    # its 1x1 head (16 -> 12; NNCF's accuracy control returned it to float) and the 12 -> 1 output layer
+    # its 1x1 head (16 -> 12; kept in float by the int8-aware export, --qat-float head) and the 12 -> 1 output layer
     assert float_convolutions(light) == 2 and 0 < float_mac_share(light) < 0.005
-    full = openvino_core().read_model(str(weights / "tomogan-projection.int8.xml"))  # every layer int8 but the last
-    assert float_convolutions(full) == 1 and 0 < float_mac_share(full) < 0.001
+    # the output layer and the 5 -> 32 stem (NNCF's accuracy control returned it to float): 0.18 % of the work
+    full = openvino_core().read_model(str(weights / "tomogan-projection.int8.xml"))
+    assert float_convolutions(full) == 2 and 0 < float_mac_share(full) < 0.005
     slice_ir = openvino_core().read_model(str(weights / "tomogan-slice.int8.xml"))  # full-resolution layers in float
     assert float_convolutions(slice_ir) == 7 and float_mac_share(slice_ir) > 0.3
     fp32 = openvino_core().read_model(str(weights / "tomogan-projection.onnx"))
