@@ -152,10 +152,17 @@ class InputGrid:
         input rounding alone: 0.0020 of SSIM with the exact frame added, 0.0005 with the
         rounded one).
         """
-        q = self.quantise(x)
+        # quantise() without its clip (a code at or past either end is not inside either way), in
+        # place: 3 ms per 1024x1024 frame where quantise, where() and a cast took 9 ms, the same values
+        q = x / self.scale
+        q += self.zero
+        np.rint(q, out=q)
         inside = (q > self.qmin) & (q < self.qmax)
         beyond = self.despiked(x, q)[0] if isolated_spikes else x
-        return np.where(inside, (q - self.zero) * self.scale, beyond).astype(np.float32)
+        q -= self.zero
+        q *= self.scale
+        np.copyto(q, beyond, where=~inside, casting="same_kind")
+        return q.astype(np.float32, copy=False)
 
 
 def _medians_3x3(x: np.ndarray, where: tuple[np.ndarray, ...]) -> np.ndarray:

@@ -51,7 +51,10 @@ def no_spread_scale(offset: float) -> float:
 
 def normalise(x: np.ndarray, offset: float, scale: float) -> np.ndarray:
     """``(x - offset) / scale`` as float32."""
-    out = np.subtract(x, np.float32(offset), dtype=np.float32)
+    # a plain cast first: subtracting from an integer array with dtype=float32 casts through numpy's
+    # buffered loop, 1.4x slower for a 5x1024x1024 uint16 context (the same values either way)
+    out = np.asarray(x).astype(np.float32)
+    out -= np.float32(offset)
     out /= np.float32(scale)  # in place: one full-frame temporary fewer
     return out
 
