@@ -205,15 +205,20 @@ def test_quantisation_aware_ir_is_int8_follows_the_fine_tuned_network_and_says_h
     assert np.abs(session.run(x) - expected).max() < 0.2 * np.abs(expected).max() + 0.05
 
 
+def _small_edge_network():
+    """A narrow ``"edge"`` correction network (fused decoders at export), smooth pairs and 4 calibration contexts."""
+    torch.manual_seed(0)
+    net = TomoGANGenerator(GeneratorConfig(width=0.25, upsampled_padding="edge")).eval().correction_network()
+    pairs = _smooth_pairs(6, 32, 0)
+    return net, pairs, np.stack([pairs.ns[i:i + 3] for i in range(4)])
+
+
 def test_quantisation_aware_ir_of_an_edge_network_is_fused_with_its_sums_in_float(tmp_path):
     pytest.importorskip("nncf", reason="the OpenVINO int8 export needs the export extra")
     from bluesky_tomogan.export.openvino_int8 import quantisation_aware_ir
     from bluesky_tomogan.inference.backends.openvino import OpenVINOSession, openvino_core
 
-    torch.manual_seed(0)
-    net = TomoGANGenerator(GeneratorConfig(width=0.25, upsampled_padding="edge")).eval().correction_network()
-    pairs = _smooth_pairs(6, 32, 0)
-    calib = np.stack([pairs.ns[i:i + 3] for i in range(4)])
+    net, pairs, calib = _small_edge_network()
     xml, info = quantisation_aware_ir(net, tmp_path / "m.int8.xml", calib, pairs, 4, patch=32, batch=4,
                                       keep_float=["head", "dec2.0"])
     model = openvino_core().read_model(str(xml))
@@ -240,10 +245,7 @@ def test_quantisation_aware_ir_rounds_the_fused_sums_it_is_not_told_to_keep_in_f
     from bluesky_tomogan.export.openvino_int8 import quantisation_aware_ir
     from bluesky_tomogan.inference.backends.openvino import openvino_core
 
-    torch.manual_seed(0)
-    net = TomoGANGenerator(GeneratorConfig(width=0.25, upsampled_padding="edge")).eval().correction_network()
-    pairs = _smooth_pairs(6, 32, 0)
-    calib = np.stack([pairs.ns[i:i + 3] for i in range(4)])
+    net, pairs, calib = _small_edge_network()
     xml, info = quantisation_aware_ir(net, tmp_path / "m.int8.xml", calib, pairs, 2, patch=32, batch=4,
                                       float_sums=(1,))
     model = openvino_core().read_model(str(xml))
