@@ -184,14 +184,9 @@ def _fine_search(sino: np.ndarray, start: float, radius: float, step: float = 0.
     as little as the metric does. It stays within half a step of the grid point, where the metric is
     close enough to a parabola; at the search's edge the grid point is returned.
     """
-    from algotom.prep.calculation import calculate_center_metric, make_inverse_double_wedge_mask
-
     smooth = gaussian_filter(sino, (2, 2), mode="reflect")
-    nrow, ncol = smooth.shape
-    flipped, complement = np.fliplr(smooth), np.flipud(smooth)
-    mask = make_inverse_double_wedge_mask(2 * nrow, ncol, 0.25 * ncol, None, None)
-    candidates = np.clip(start + np.arange(-radius, radius + step, step), 0.0, ncol - 1.0)
-    metric = np.array([calculate_center_metric(c, smooth, flipped, complement, mask) for c in candidates])
+    candidates = np.clip(start + np.arange(-radius, radius + step, step), 0.0, smooth.shape[1] - 1.0)
+    metric = _vo_metric(smooth, candidates)
     best = int(np.argmin(metric))
     if best in (0, len(candidates) - 1) or candidates[best - 1] == candidates[best + 1]:
         return float(candidates[best])
@@ -205,15 +200,20 @@ def _coarse_search(sino: np.ndarray, start: int, stop: int) -> int | None:
     """algotom's ``coarse_search_cor`` (integer shifts, its default mask), made of its public parts; None when
     the minimum lies at the window's edge, where algotom warns and returns the edge (a warning to match by
     its text, caught by changing the process's warnings filters from a worker thread)."""
+    ncol = sino.shape[1]
+    candidates = np.arange(int(np.clip(start, 0, ncol - 1)), int(np.clip(stop, 0, ncol - 1)) + 1)
+    best = int(np.argmin(_vo_metric(sino, candidates)))
+    return None if best in (0, len(candidates) - 1) else int(candidates[best])
+
+
+def _vo_metric(sino: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Vo's metric (algotom's ``calculate_center_metric``, its default mask) of each candidate centre."""
     from algotom.prep.calculation import calculate_center_metric, make_inverse_double_wedge_mask
 
     nrow, ncol = sino.shape
-    candidates = np.arange(int(np.clip(start, 0, ncol - 1)), int(np.clip(stop, 0, ncol - 1)) + 1)
     flipped, complement = np.fliplr(sino), np.flipud(sino)
     mask = make_inverse_double_wedge_mask(2 * nrow, ncol, 0.25 * ncol, None, None)  # ratio 0.5, as algotom's
-    metric = [calculate_center_metric(c, sino, flipped, complement, mask) for c in candidates]
-    best = int(np.argmin(metric))
-    return None if best in (0, len(candidates) - 1) else int(candidates[best])
+    return np.array([calculate_center_metric(c, sino, flipped, complement, mask) for c in candidates])
 
 
 def _inside_field_of_view(transmission: np.ndarray) -> bool:

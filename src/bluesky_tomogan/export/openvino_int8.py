@@ -31,6 +31,7 @@ from ..model.network import TomoGANGenerator
 from ..simulate.datasets import PairSet
 from .copies import offset_activation_copies
 from .equalise import equalise_activations
+from .fused_decoder import DECODER_LEVELS, fused_sum_patterns
 
 __all__ = ["OPENVINO_ACTIVATION_COPIES", "convolutions_in_float", "ir_record", "nncf_parameters", "prepared_for_int8",
            "quantisation_aware_ir"]
@@ -109,7 +110,7 @@ def quantisation_aware_ir(
     lr: float = 2e-5, batch: int = 16, patch: int = 96, pixel: str = "l1+ssim", add_centre: bool = True,
     validation: PairSet | None = None, keep_float: Sequence[str] = (), copies: Mapping[str, int] | None = None,
     distill: float = 0.0, seed: int = 0, progress: bool = False, context_dropout: float = 0.0,
-    float_sums: Sequence[int] = (1, 2, 3),
+    float_sums: Sequence[int] = DECODER_LEVELS,
 ) -> tuple[Path, dict[str, Any]]:
     """An OpenVINO int8 IR of ``net`` fine-tuned with its int8 rounding simulated.
 
@@ -184,7 +185,6 @@ def quantisation_aware_ir(
     from ..model.data import PatchSampler
     from ..model.losses import pixel_loss
     from ..model.train import _validate
-    from .fused_decoder import fused_sum_patterns
     from .onnx import fused_form
 
     if steps <= 0:
