@@ -42,15 +42,26 @@ def initial_weights(out: Path, parent: str, ratio: str = "50", cut: dict[str, in
     print(f"{out}: {small.macs_per_pixel():.0f} MACs per pixel, widths {widths}")
 
 
-def pruning(macs: float, parent: str) -> dict[str, object]:
-    """The card's ``pruning`` entry: the percent of the full network's MACs removed is the frames' ``ratio``."""
+def pruning(macs: float, parent: str, cut: dict[str, int] | None = None) -> dict[str, object]:
+    """The card's ``pruning`` entry: the percent of the full network's MACs removed is the frames' ``ratio``.
+
+    ``cut``: the layers' widths cut further from the trained light model
+    (``checkpoints/projection-light-cut/cut.py``, session 35).
+    """
     full = load_generator(resolve_weights(parent)).macs_per_pixel()
-    return {"ratio": round(100 * (1 - macs / full), 1), "mac_fraction": macs / full, "parent": parent,
-            "parent_ratio_widths": 50, "full_resolution_widths": FULL_RESOLUTION_WIDTHS,
-            "method": "All-in-One ratio 50, full-resolution layers cut to 16 channels, fine-tuned"}
+    entry: dict[str, object] = {
+        "ratio": round(100 * (1 - macs / full), 1), "mac_fraction": macs / full, "parent": parent,
+        "parent_ratio_widths": 50, "full_resolution_widths": FULL_RESOLUTION_WIDTHS,
+        "method": "All-in-One ratio 50, full-resolution layers cut to 16 channels, fine-tuned"}
+    if cut:
+        entry["cut_from_light_model"] = cut
+        entry["method"] += ("; then the channels of least weight magnitude cut from the trained light model "
+                            "(cut_from_light_model), fine-tuned again")
+    return entry
 
 
-def named_model(run: Path, out: Path, name: str, parent: str, last_epoch: bool = False) -> None:
+def named_model(run: Path, out: Path, name: str, parent: str, last_epoch: bool = False,
+                cut: dict[str, int] | None = None) -> None:
     """Copy a training run's weights and card under the model's name, ready for ``bluesky-tomogan export``.
 
     ``last_epoch``: the run's last epoch (its ``checkpoint.pt``) instead of the kept weights, for a
@@ -68,7 +79,7 @@ def named_model(run: Path, out: Path, name: str, parent: str, last_epoch: bool =
                                             f"{last['val_ssim']:.4f}), not the kept epoch {ck['best_epoch']}")
     else:
         shutil.copy2(run / f"{trained}.pt", out / f"{name}.pt")
-    card["pruning"] = pruning(load_generator(out / f"{name}.pt").macs_per_pixel(), parent)
+    card["pruning"] = pruning(load_generator(out / f"{name}.pt").macs_per_pixel(), parent, cut)
     (out / f"{name}.json").write_text(json.dumps(card, indent=2))
     print(f"{out / name}.json")
 
@@ -79,13 +90,14 @@ def main() -> None:
     ap.add_argument("--parent", default="tomogan-projection-aio", help="the All-in-One model whose ratio 50 is cut")
     ap.add_argument("--name", default="tomogan-projection-light", help="the light model's name (with --card)")
     ap.add_argument("--last-epoch", action="store_true", help="with --card: the run's last epoch (checkpoint.pt)")
-    ap.add_argument("--cut", default="", help="more layers' widths, e.g. stem.0=4,enc1.0=16 (session 23)")
+    ap.add_argument("--cut", default="", help="more layers' widths, e.g. stem.0=4,enc1.0=16 (session 23); with "
+                    "--card: the widths cut.py cut from the trained light model, recorded in the card (session 35)")
     ap.add_argument("out", type=Path)
     args = ap.parse_args()
+    cut = {k: int(v) for k, v in (kv.split("=") for kv in args.cut.split(",") if kv)}
     if args.card:
-        named_model(args.card, args.out, args.name, args.parent, args.last_epoch)
+        named_model(args.card, args.out, args.name, args.parent, args.last_epoch, cut)
     else:
-        cut = {k: int(v) for k, v in (kv.split("=") for kv in args.cut.split(",") if kv)}
         initial_weights(args.out, args.parent, cut=cut)
 
 
