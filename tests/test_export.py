@@ -78,6 +78,27 @@ def test_keras_replica_and_full_int8_tflite_follow_torch(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_full_int8_models_mean_output_error_is_measured_and_taken_off_its_bias(tmp_path):
+    pytest.importorskip("tensorflow", reason="TFLite export needs the export extra")
+    from bluesky_tomogan.export.tflite import export_tflite_int8, int8_output_bias, shift_output_bias
+
+    torch.manual_seed(0)
+    gen = TomoGANGenerator(GeneratorConfig()).eval()
+    calib = np.random.default_rng(1).random((16, 3, 32, 32), np.float32)
+    plain: dict[str, float] = {}
+    blob = export_tflite_int8(gen, tmp_path / "plain.tflite", calib, 32, bias_correction=False, info=plain).read_bytes()
+    assert set(plain) == {"output_bias_before"}
+    # the measure: int8 minus float, so a float network 0.01 higher is 0.01 less below it
+    before = int8_output_bias(blob, gen, calib)
+    assert int8_output_bias(blob, shift_output_bias(gen, 0.01), calib) == pytest.approx(before - 0.01, abs=1e-5)
+    assert before == pytest.approx(plain["output_bias_before"], abs=1e-6)
+    corrected: dict[str, float] = {}
+    export_tflite_int8(gen, tmp_path / "m.tflite", calib, 32, info=corrected)
+    assert corrected["output_bias_before"] == pytest.approx(before, abs=1e-6)  # the same first conversion
+    assert abs(corrected["output_bias_after"]) < 0.5 * abs(before)
+
+
+@pytest.mark.slow
 def test_int8_input_range_ignores_rare_calibration_outliers(tmp_path):
     pytest.importorskip("tensorflow", reason="TFLite export needs the export extra")
     from ai_edge_litert.interpreter import Interpreter

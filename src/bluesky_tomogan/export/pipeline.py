@@ -454,13 +454,14 @@ def export_model(
                                     "form": "resize, concatenation and convolution, as trained"}
     if "tflite" in formats:
         calib = calibration_frames(train, n_calibration, tile, gen.config.in_channels)
+        bias: dict[str, float] = {}
         tfl = export_tflite_int8(net, out / f"{name}.int8.tflite", calib, tile, TFLITE_INPUT_PERCENTILES,
-                                 equalise=True, output_copies=OUTPUT_COPIES, activation_copies=copies)
+                                 equalise=True, output_copies=OUTPUT_COPIES, activation_copies=copies, info=bias)
         files["tflite_int8"] = {"path": tfl.name, "sha256": sha256_of(tfl), "tile": [tile, tile],
                                 "calibration_samples": len(calib),
                                 "calibration_input_percentiles": list(TFLITE_INPUT_PERCENTILES),
                                 "equalised": True, "output_copies": OUTPUT_COPIES,
-                                "activation_copies": copies,
+                                "activation_copies": copies, "output_bias_correction": bias,
                                 "macs_per_pixel": _tflite_macs(net, calib, copies)}
     if "openvino" in formats:
         size = min(train.ns.shape[1:])

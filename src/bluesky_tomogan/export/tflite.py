@@ -31,7 +31,13 @@ the slice model's validation frames:
   0.0104 -> 0.0077 for ``k = 4``, simulated);
 * offset activation copies (``activation_copies``, :mod:`.copies`): the same
   inside the network, for the full-resolution layers whose rounding reaches the
-  output; the real model's loss and the extra cost are in docs/models.md.
+  output; the real model's loss and the extra cost are in docs/models.md;
+* output bias correction (``bias_correction``): the converted model is run on
+  calibration tiles, and the mean by which its correction differs from the float
+  network's is taken off the output layer's bias before a second conversion. The
+  roundings of a deep int8 network need not average to zero; the context-robust
+  projection model's correction came out shifted by one to two input steps
+  (SSIM loss 0.0039 mean, 0.0221 worst frame; PSNR 3.3 dB below fp32).
 
 The whole network stays on the Edge TPU.
 """
@@ -102,6 +108,51 @@ def offset_output_copies(gen: TomoGANGenerator, frames: np.ndarray, copies: int)
     return out
 
 
+#: Calibration tiles the output bias correction compares the converted model with the float network on.
+BIAS_CORRECTION_TILES = 32
+
+
+def shift_output_bias(gen: TomoGANGenerator, shift: float) -> TomoGANGenerator:
+    """A copy of ``gen`` whose output (every copy of it) is ``shift`` higher."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    out = copy.deepcopy(gen).eval()
+    last = out.head[2]
+    assert isinstance(last, (nn.Conv2d, nn.ConvTranspose2d)) and last.bias is not None
+    with torch.no_grad():
+        last.bias.add_(shift)
+    return out
+
+
+def int8_output_bias(blob: bytes, gen: TomoGANGenerator, tiles: np.ndarray) -> float:
+    """Mean of (the full-int8 model's output - ``gen``'s float output) over ``tiles`` (N, C, H, W).
+
+    The model's output channels are ``gen``'s offset copies of one correction; their mean is
+    the correction (:func:`offset_output_copies`), as ``LiteRTSession`` computes it.
+    """
+    import torch
+
+    from ..inference.backends.litert import interpreter_module
+
+    it = interpreter_module().Interpreter(model_content=blob, num_threads=os.cpu_count() or 1)
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    (s_in, z_in), (s_out, z_out) = inp["quantization"], out["quantization"]
+    diffs = []
+    for x in tiles:
+        q = np.clip(np.round(x.transpose(1, 2, 0)[None] / s_in + z_in), -128, 127).astype(np.int8)
+        it.set_tensor(inp["index"], q)
+        it.invoke()
+        y8 = (it.get_tensor(out["index"]).astype(np.float32) - z_out) * s_out
+        with torch.no_grad():
+            y = gen(torch.from_numpy(np.ascontiguousarray(x[None], np.float32))).numpy()
+        diffs.append(float(y8.mean() - y.mean()))  # every copy and pixel: the copies' offsets sum to zero
+    return float(np.mean(diffs))
+
+
 def export_tflite_int8(
     gen: TomoGANGenerator,
     path: str | os.PathLike[str],
@@ -111,6 +162,8 @@ def export_tflite_int8(
     equalise: bool = True,
     output_copies: int = OUTPUT_COPIES,
     activation_copies: Mapping[str, int] | None = None,
+    bias_correction: bool = True,
+    info: dict[str, float] | None = None,
 ) -> Path:
     """Write a full-int8 TFLite model with a fixed ``(1, tile, tile, C)`` input.
 
@@ -136,6 +189,14 @@ def export_tflite_int8(
     activation_copies : mapping of str to int, optional
         Offset copies of inner layers' outputs (:mod:`.copies`); defaults to
         :data:`ACTIVATION_COPIES`, ``{}`` for none.
+    bias_correction : bool
+        Take the converted model's mean output error on :data:`BIAS_CORRECTION_TILES`
+        calibration tiles off the output layer's bias and convert again (see the
+        module docstring).
+    info : dict, optional
+        Filled with what the export measured: ``output_bias_before`` and, with
+        ``bias_correction``, ``output_bias_after`` (mean int8 - float output, in the
+        network's normalised units).
     """
     import tensorflow as tf
 
@@ -157,20 +218,32 @@ def export_tflite_int8(
         gen = equalise_activations(gen, rep)
     gen = offset_activation_copies(gen, rep, ACTIVATION_COPIES if activation_copies is None else activation_copies)
     gen = offset_output_copies(gen, rep, output_copies)
-    model = keras_from_torch(gen, tile, tile, edgetpu=True, int8_taps=True)
 
     def samples() -> Iterator[list[np.ndarray]]:
         for x in rep:
             yield [x.transpose(1, 2, 0)[None]]
 
-    # from_keras_model freezes the variables (from_concrete_functions keeps READ_VARIABLE ops)
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = samples
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    blob = conv.convert()
+    def convert(net: TomoGANGenerator) -> bytes:
+        # from_keras_model freezes the variables (from_concrete_functions keeps READ_VARIABLE ops)
+        conv = tf.lite.TFLiteConverter.from_keras_model(keras_from_torch(net, tile, tile, edgetpu=True, int8_taps=True))
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = samples
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.int8
+        conv.inference_output_type = tf.int8
+        return bytes(conv.convert())
+
+    blob = convert(gen)
+    check = rep[np.unique(np.linspace(0, len(rep) - 1, min(BIAS_CORRECTION_TILES, len(rep))).astype(int))]
+    bias = int8_output_bias(blob, gen, check)
+    record = {"output_bias_before": bias}
+    if bias_correction:
+        # the same calibration ranges again: the shift is far below the output's range
+        blob = convert(shift_output_bias(gen, -bias))
+        record["output_bias_after"] = int8_output_bias(blob, gen, check)
+        log.info("int8 output bias %.5f -> %.5f (normalised units)", bias, record["output_bias_after"])
+    if info is not None:
+        info.update(record)
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
