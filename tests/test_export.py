@@ -77,14 +77,18 @@ def test_keras_replica_and_full_int8_tflite_follow_torch(tmp_path):
     assert np.abs(int8 - ref).mean() < 0.01 * np.ptp(ref)
 
 
+def _small_network_and_calibration() -> tuple[TomoGANGenerator, np.ndarray]:
+    """A seeded 3-frame network and 16 calibration tiles of 32x32 for the TFLite export's tests."""
+    pytest.importorskip("tensorflow", reason="TFLite export needs the export extra")
+    torch.manual_seed(0)
+    return TomoGANGenerator(GeneratorConfig()).eval(), np.random.default_rng(1).random((16, 3, 32, 32), np.float32)
+
+
 @pytest.mark.slow
 def test_the_full_int8_models_mean_output_error_is_measured_and_taken_off_its_bias(tmp_path):
-    pytest.importorskip("tensorflow", reason="TFLite export needs the export extra")
+    gen, calib = _small_network_and_calibration()
     from bluesky_tomogan.export.tflite import export_tflite_int8, int8_output_bias, shift_output_bias
 
-    torch.manual_seed(0)
-    gen = TomoGANGenerator(GeneratorConfig()).eval()
-    calib = np.random.default_rng(1).random((16, 3, 32, 32), np.float32)
     plain: dict[str, float] = {}
     blob = export_tflite_int8(gen, tmp_path / "plain.tflite", calib, 32, bias_correction=False, info=plain).read_bytes()
     assert set(plain) == {"output_bias_before"}
@@ -100,14 +104,11 @@ def test_the_full_int8_models_mean_output_error_is_measured_and_taken_off_its_bi
 
 @pytest.mark.slow
 def test_int8_input_range_ignores_rare_calibration_outliers(tmp_path):
-    pytest.importorskip("tensorflow", reason="TFLite export needs the export extra")
+    gen, calib = _small_network_and_calibration()
     from ai_edge_litert.interpreter import Interpreter
 
     from bluesky_tomogan.export.tflite import export_tflite_int8
 
-    torch.manual_seed(0)
-    gen = TomoGANGenerator(GeneratorConfig()).eval()
-    calib = np.random.default_rng(1).random((16, 3, 32, 32), np.float32)
     calib[0, 1, 5, 5] = 5.0  # one streak pixel, as reconstructed slices have
 
     def input_step(**options):

@@ -238,7 +238,7 @@ def export_tflite_int8(
     bias = int8_output_bias(blob, gen, check)
     record = {"output_bias_before": bias}
     if bias_correction:
-        # the same calibration ranges again: the shift is far below the output's range
+        # calibrated again on the same tiles: the shift is far below the output's range, which barely moves
         blob = convert(shift_output_bias(gen, -bias))
         record["output_bias_after"] = int8_output_bias(blob, gen, check)
         log.info("int8 output bias %.5f -> %.5f (normalised units)", bias, record["output_bias_after"])
