@@ -90,11 +90,11 @@ def test_the_full_int8_models_mean_output_error_is_measured_and_taken_off_its_bi
     from bluesky_tomogan.export.tflite import export_tflite_int8, int8_output_bias, shift_output_bias
 
     plain: dict[str, float] = {}
-    blob = export_tflite_int8(gen, tmp_path / "plain.tflite", calib, 32, bias_correction=False, info=plain).read_bytes()
+    model = export_tflite_int8(gen, tmp_path / "plain.tflite", calib, 32, bias_correction=False, info=plain)
     assert set(plain) == {"output_bias_before"}
     # the measure: int8 minus float, so a float network 0.01 higher is 0.01 less below it
-    before = int8_output_bias(blob, gen, calib)
-    assert int8_output_bias(blob, shift_output_bias(gen, 0.01), calib) == pytest.approx(before - 0.01, abs=1e-5)
+    before = int8_output_bias(model, gen, calib)
+    assert int8_output_bias(model, shift_output_bias(gen, 0.01), calib) == pytest.approx(before - 0.01, abs=1e-5)
     assert before == pytest.approx(plain["output_bias_before"], abs=1e-6)
     corrected: dict[str, float] = {}
     export_tflite_int8(gen, tmp_path / "m.tflite", calib, 32, info=corrected)

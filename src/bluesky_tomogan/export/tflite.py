@@ -127,30 +127,22 @@ def shift_output_bias(gen: TomoGANGenerator, shift: float) -> TomoGANGenerator:
     return out
 
 
-def int8_output_bias(blob: bytes, gen: TomoGANGenerator, tiles: np.ndarray) -> float:
+def int8_output_bias(tflite_path: str | os.PathLike[str], gen: TomoGANGenerator, tiles: np.ndarray) -> float:
     """Mean of (the full-int8 model's output - ``gen``'s float output) over ``tiles`` (N, C, H, W).
 
-    The model's output channels are ``gen``'s offset copies of one correction; their mean is
-    the correction (:func:`offset_output_copies`), as ``LiteRTSession`` computes it.
+    The model runs as the backend runs it (:class:`~bluesky_tomogan.inference.backends.litert.LiteRTSession`:
+    the input on its int8 grid, the offset output copies averaged into one output); the copies'
+    offsets sum to zero, so ``gen``'s copies are averaged over too.
     """
     import torch
 
-    from ..inference.backends.litert import interpreter_module
+    from ..inference.backends.litert import LiteRTSession
 
-    it = interpreter_module().Interpreter(model_content=blob, num_threads=os.cpu_count() or 1)
-    it.allocate_tensors()
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    (s_in, z_in), (s_out, z_out) = inp["quantization"], out["quantization"]
-    diffs = []
-    for x in tiles:
-        q = np.clip(np.round(x.transpose(1, 2, 0)[None] / s_in + z_in), -128, 127).astype(np.int8)
-        it.set_tensor(inp["index"], q)
-        it.invoke()
-        y8 = (it.get_tensor(out["index"]).astype(np.float32) - z_out) * s_out
-        with torch.no_grad():
-            y = gen(torch.from_numpy(np.ascontiguousarray(x[None], np.float32))).numpy()
-        diffs.append(float(y8.mean() - y.mean()))  # every copy and pixel: the copies' offsets sum to zero
-    return float(np.mean(diffs))
+    int8 = LiteRTSession(tflite_path, threads=os.cpu_count() or 1).run(tiles)
+    with torch.no_grad():
+        ys = [gen(torch.from_numpy(np.ascontiguousarray(tiles[k : k + 8], np.float32))).numpy()
+              for k in range(0, len(tiles), 8)]
+    return float(int8.mean() - np.concatenate(ys).mean())  # equal tiles: the mean of the per-tile means
 
 
 def export_tflite_int8(
@@ -233,22 +225,25 @@ def export_tflite_int8(
         conv.inference_output_type = tf.int8
         return bytes(conv.convert())
 
-    blob = convert(gen)
+    path = Path(path)
+
+    def write(blob: bytes) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(blob)
+        except OSError as exc:
+            raise OutputPathError(f"cannot write {path}: {exc}") from exc
+        log.info("wrote %s (%d kB)", path, len(blob) // 1024)
+
+    write(convert(gen))
     check = rep[np.unique(np.linspace(0, len(rep) - 1, min(BIAS_CORRECTION_TILES, len(rep))).astype(int))]
-    bias = int8_output_bias(blob, gen, check)
+    bias = int8_output_bias(path, gen, check)
     record = {"output_bias_before": bias}
     if bias_correction:
         # calibrated again on the same tiles: the shift is far below the output's range, which barely moves
-        blob = convert(shift_output_bias(gen, -bias))
-        record["output_bias_after"] = int8_output_bias(blob, gen, check)
+        write(convert(shift_output_bias(gen, -bias)))
+        record["output_bias_after"] = int8_output_bias(path, gen, check)
         log.info("int8 output bias %.5f -> %.5f (normalised units)", bias, record["output_bias_after"])
     if info is not None:
         info.update(record)
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(blob)
-    except OSError as exc:
-        raise OutputPathError(f"cannot write {path}: {exc}") from exc
-    log.info("wrote %s (%d kB)", path, len(blob) // 1024)
     return path
