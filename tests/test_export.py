@@ -631,13 +631,14 @@ def test_an_edge_network_in_keras_and_full_int8_tflite_follows_torch(tmp_path):
     from bluesky_tomogan.export.tflite import export_tflite_int8
 
     gen = _edge_network()
-    x = np.random.default_rng(0).random((1, 3, 48, 64), np.float32)
+    frames = gen.config.in_channels  # the light projection model's context (5 since session 31)
+    x = np.random.default_rng(0).random((1, frames, 48, 64), np.float32)
     with torch.no_grad():
         ref = gen(torch.from_numpy(x)).numpy()
     for edgetpu in (False, True):
         out = keras_from_torch(gen, 48, 64, edgetpu=edgetpu).predict_on_batch(x.transpose(0, 2, 3, 1))
         assert np.abs(out.transpose(0, 3, 1, 2) - ref).max() <= 1e-4
-    calib = np.random.default_rng(1).random((8, 3, 32, 32), np.float32)
+    calib = np.random.default_rng(1).random((8, frames, 32, 32), np.float32)
     report = check_edgetpu_compatible(export_tflite_int8(gen, tmp_path / "m.tflite", calib, 32))
     assert report.compatible, report.problems
 
