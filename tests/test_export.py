@@ -728,3 +728,32 @@ def test_the_tensorrt_check_names_each_node_the_parser_would_refuse(tmp_path):
                      "custom' is in domain 'beamline.custom'"):
         assert expected in text, (expected, report.problems)
     assert "input 'w'" not in text  # a float input of rank 4 with fixed channels
+
+
+def test_a_cpu_without_vnni_records_its_own_int8_loss_and_keeps_what_it_cannot_measure(tmp_path, monkeypatch):
+    import json
+
+    from bluesky_tomogan.export.pipeline import record_quality
+    from bluesky_tomogan.inference.backends import openvino
+    from bluesky_tomogan.simulate.datasets import Recipe, simulate_pairs
+
+    copy_of_shipped_model("tomogan-projection", tmp_path)
+    card_path = tmp_path / "tomogan-projection.json"
+    before = json.loads(card_path.read_text())
+    before["quantization"].pop("openvino/int8@no-vnni", None)
+    card_path.write_text(json.dumps(before))
+    pairs = simulate_pairs(Recipe(domain="projection", size=64, frames_per_scan=6, photons=(300.0, 600.0)), 1, seed=5)
+    monkeypatch.setattr(openvino, "int8_sums_exact", lambda *a, **k: False)  # a Skylake-SP Xeon, an AMD Zen 3
+    record_quality(card_path, pairs, n_frames=3, only=["openvino/int8"])
+    after = json.loads(card_path.read_text())
+    entry = after["quantization"]["openvino/int8@no-vnni"]
+    assert entry["frames"] == 3 and {"ssim_drop", "ssim_drop_worst", "cpu"} <= set(entry)
+    # what a CPU without VNNI cannot measure stays, naming the CPU it was measured on
+    assert after["quantization"]["openvino/int8"]["ssim_drop"] == before["quantization"]["openvino/int8"]["ssim_drop"]
+    assert after["quantization"]["openvino/int8"]["cpu"] == before["quantization_measured_on"]["cpu"]
+    assert after["metrics"] == before["metrics"]  # only the named entries were measured
+    record_quality(card_path, pairs, n_frames=3, source="five frames")  # a full re-measure keeps them too
+    again = json.loads(card_path.read_text())
+    assert {"openvino/int8", "openvino/int8@no-vnni", "onnxruntime/fp32"} <= set(again["quantization"])
+    assert again["quantization"]["openvino/int8@no-vnni"]["frames"] == 3
+    assert again["metrics"]["frames_source"] == "five frames"

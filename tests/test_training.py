@@ -32,6 +32,19 @@ def _fixed_batch_loss(gen, data):
         return float(pixel_loss(gen(torch.from_numpy(x)), torch.from_numpy(y)))
 
 
+def test_training_runs_bf16_autocast_only_where_the_cpu_computes_bf16_natively():
+    from bluesky_tomogan.model.train import training_precision
+
+    assert training_precision("auto", frozenset({"avx2", "avx512f", "avx512_bf16"})) == "bf16"  # Zen 4/5
+    assert training_precision("auto", frozenset({"avx512f", "amx_tile", "amx_bf16"})) == "bf16"  # Xeon with AMX
+    assert training_precision("auto", frozenset({"avx2", "fma"})) == "fp32"  # Zen 3: bf16 emulated, 0.17x
+    assert training_precision("auto", frozenset()) == "fp32"  # unknown: the safe one
+    assert training_precision("bf16", frozenset({"avx2"})) == "bf16"  # asked for by name
+    assert TrainConfig(data="d.h5", out_dir="o").precision == "auto"
+    with pytest.raises(ValueError, match="auto, bf16 or fp32"):
+        training_precision("fp16")
+
+
 def test_tiny_training_run_lowers_the_loss_and_writes_a_model_card(tiny_dataset, tmp_path):
     torch.manual_seed(0)
     untrained = _fixed_batch_loss(TomoGANGenerator(GeneratorConfig(width=0.25)).eval(), tiny_dataset)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import TomoGANError
-from .inference.registry import PRECISIONS, backend_names
+from .inference.registry import PRECISIONS, backend_names, configurations
 
 __all__ = ["main", "build_parser"]
 
@@ -131,10 +131,10 @@ def _cmd_quality(args: argparse.Namespace) -> int:
     # an All-in-One model's ratios are part of it: each has its own card and precision losses
     for each in card.ratio_cards().values():
         path = record_quality(each.directory / f"{each.name}.json", test, args.frames,
-                              source=f"{Path(args.data).name} (test split)")
+                              source=f"{Path(args.data).name} (test split)", only=args.only)
         print(f"model card: {path}")
         _print_quality(json.loads(path.read_text()))
-    if card.ratios:  # the summary of the ratios in the model's own card, from what was just measured
+    if card.ratios and args.only is None:  # the ratios' summary in the model's own card, from what was just measured
         record_ratio_quality(card.directory / f"{card.name}.json")
     return 0
 
@@ -421,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "with --ratios)")
     s.add_argument("--feat-weight", type=float, default=None, help="feature-matching loss weight (default 0.05; "
                    "0 with --ratios)")
-    s.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    s.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="autocast precision (default auto: bf16 where the CPU computes it natively, else fp32)")
     s.add_argument("--threads", type=int, default=0)
     s.add_argument("--qat-steps", type=count(0), default=0, help="int8-aware fine-tuning steps")
     s.add_argument("--seed", type=int, default=0)
@@ -514,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="model directory or card (*.json)")
     s.add_argument("--data", required=True, help="HDF5 dataset whose test split is measured (use hard frames)")
     s.add_argument("--frames", type=count(1), default=48, help="test frames measured (evenly spaced)")
+    s.add_argument("--only", nargs="+", metavar="BACKEND/PRECISION", choices=[f"{b}/{p}" for b, p in configurations()],
+                   help="measure only these (and the fp32 reference), keeping the card's other entries and metrics: "
+                        "e.g. openvino/int8 on an x86 CPU without VNNI, recorded as openvino/int8@no-vnni")
     s.set_defaults(func=_cmd_quality)
 
     s = sub.add_parser("denoise", help="denoise frames from a .npy, HDF5 (Data Exchange too) or TIFF file, or a "

@@ -183,15 +183,21 @@ def quality_frames(pairs: PairSet, n_frames: int = QUALITY_FRAMES) -> list[int]:
     return [int(i) for i in np.unique(np.linspace(0, len(pairs.ns) - 1, min(n_frames, len(pairs.ns))).astype(int))]
 
 
-def measure_quality(card_path: Path, pairs: PairSet, n_frames: int = QUALITY_FRAMES) -> dict[str, Any]:
+def measure_quality(card_path: Path, pairs: PairSet, n_frames: int = QUALITY_FRAMES,
+                    only: Sequence[str] | None = None) -> dict[str, Any]:
     """SSIM/PSNR of every available backend/precision vs the clean frames, and the loss vs fp32.
 
     Each reduced precision gets the mean SSIM loss over the frames (``ssim_drop``) and
     the loss on its worst frame (``ssim_drop_worst``): ``precision="auto"`` needs both
     (:func:`~bluesky_tomogan.inference.load.precision_verdict`), because int8 loses most
     on the noisiest frames and a mean over easy ones hides that. Measure on frames as hard
-    as the hardest the model will see (the lowest dose, the sparsest view).
+    as the hardest the model will see (the lowest dose, the sparsest view). Each entry is
+    keyed as ``auto`` reads it on this machine
+    (:meth:`~bluesky_tomogan.inference.registry.BackendSpec.quality_entry`: OpenVINO int8 on
+    an x86 CPU without VNNI is ``openvino/int8@no-vnni``) and names the CPU it was measured on.
+    ``only`` (``backend/precision`` names) measures those and fp32 alone.
     """
+    from ..cpu import cpu_name
     from ..errors import TomoGANError
     from ..inference.load import load_denoiser
 
@@ -220,12 +226,15 @@ def measure_quality(card_path: Path, pairs: PairSet, n_frames: int = QUALITY_FRA
            np.array([psnr(pairs.gt[i], pairs.ns[i]) for i in idx]))
     result: dict[str, Any] = {"raw": summary(*raw), "onnxruntime/fp32": summary(*ref)}
     for backend, precision in [(b, p) for b, p in configurations() if REGISTRY[b].measured_by_export]:
+        if only is not None and f"{backend}/{precision}" not in only:
+            continue
         r = score(backend, precision)
         if r is not None:
-            result[f"{backend}/{precision}"] = summary(*r) | {
+            result[REGISTRY[backend].quality_entry(precision)] = summary(*r) | {
                 "ssim_drop": float(np.mean(ref[0] - r[0])),
                 "ssim_drop_worst": float(np.max(ref[0] - r[0])),
                 "psnr_drop": float(np.mean(ref[1] - r[1])),
+                "cpu": cpu_name(),
             }
     return result
 
@@ -240,18 +249,30 @@ def _int8_float_precision_of(card_path: Path, card: Mapping[str, Any]) -> str:
     return ir_float_precision(openvino_core().read_model(str(card_path.parent / entry["path"])))
 
 
-def record_quality(card_path: Path, pairs: PairSet, n_frames: int = QUALITY_FRAMES, source: str = "") -> Path:
+def record_quality(card_path: Path, pairs: PairSet, n_frames: int = QUALITY_FRAMES, source: str = "",
+                   only: Sequence[str] | None = None) -> Path:
     """Measure (:func:`measure_quality`) and write the results into the card at ``card_path``.
 
     The card's headline ``metrics`` become the fp32 model's numbers through the full
-    Denoiser path; ``source`` names the frames (a file) in the card.
+    Denoiser path; ``source`` names the frames (a file) in the card. Entries this machine
+    cannot measure (bf16 on a CPU without it; OpenVINO int8 with VNNI on one without, and
+    the other way round) are kept, each naming the CPU it was measured on. With ``only``
+    (``backend/precision`` names) just those entries are measured and replaced, on the same
+    frames as the rest (pass the card's ``frames_source``); ``metrics`` stay as they are.
     """
     from ..cpu import cpu_name
 
-    quality = measure_quality(card_path, pairs, n_frames)
+    quality = measure_quality(card_path, pairs, n_frames, only)
     raw, fp32 = quality.pop("raw"), quality["onnxruntime/fp32"]
     card = read_card(card_path)
-    card["quantization"] = quality
+    if only is not None:  # the reference of these losses; the card's fp32 entry stays as measured
+        quality.pop("onnxruntime/fp32")
+    earlier_cpu = card.get("quantization_measured_on", {}).get("cpu")
+    kept = {key: ({"cpu": earlier_cpu} if earlier_cpu else {}) | entry
+            for key, entry in card.get("quantization", {}).items() if key not in quality}
+    card["quantization"] = kept | quality
+    if only is not None:
+        return write_card(card_path, card)
     # int8 and bf16 numerics depend on the CPU (OpenVINO's int8 float parts: bf16 with AMX)
     card["quantization_measured_on"] = {"cpu": cpu_name(),
                                         "openvino_int8_float_precision": _int8_float_precision_of(card_path, card)}

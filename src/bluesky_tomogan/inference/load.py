@@ -95,11 +95,13 @@ def precision_verdict(card: ModelCard, backend: BackendSpec, precision: str) -> 
 
     The card must show a measured SSIM loss vs fp32 within :data:`SSIM_TOLERANCE` on
     average and within :data:`SSIM_TOLERANCE_WORST` on the worst frame; an unmeasured
-    loss is not trusted.
+    loss is not trusted. Where this machine's arithmetic differs from that of the machines
+    the card was measured on (OpenVINO int8 on an x86 CPU without VNNI), the loss is that of
+    its own entry (:meth:`~bluesky_tomogan.inference.registry.BackendSpec.quality_entry`).
     """
     if precision == "fp32" or backend.quality_on_device:
         return None
-    key = f"{backend.quality_key}/{precision}"
+    key = backend.quality_entry(precision)
     mean, worst = card.ssim_drop(key), card.ssim_drop(key, "worst")
     tol, tol_worst = SSIM_TOLERANCE.get(precision, 0.0), SSIM_TOLERANCE_WORST.get(precision, 0.0)
     if mean is None or worst is None:
@@ -126,9 +128,12 @@ def _candidates(backend: str, precision: str) -> list[tuple[str, str]]:
 def _open(card: ModelCard, s: BackendSpec, precision: str, threads: int | None, tile: int | None,
           overlap: int, check_quality: bool) -> Denoiser:
     """One candidate: the measured quality, the runtime or device (the likelier thing missing), the card's file."""
-    reason = precision_verdict(card, s, precision) if check_quality else None
-    if reason is not None:
+    reason = precision_verdict(card, s, precision)
+    if reason is not None and check_quality:
         raise PrecisionError(f"{reason} (pass precision={precision!r} to use it anyway)")
+    if reason is not None and s.numerics is not None and s.numerics(precision):
+        # asked for by name on a CPU whose arithmetic the card's main entry does not describe
+        log.warning("%s/%s on this CPU (%s): %s", s.name, precision, s.numerics(precision), reason)
     s.probe()
     slower = s.speed_verdict(precision) if check_quality and s.speed_verdict is not None else None
     if slower is not None:

@@ -76,6 +76,11 @@ class BackendSpec:
         Precision -> a file kind run instead of ``files[precision]`` where the card lists
         one: the same function in the form this runtime runs fastest (ONNX Runtime reads
         ``onnx_resize``, the decoders as trained, where the ``onnx`` file has them fused).
+    numerics : callable or None
+        ``numerics(precision)``: the name of this machine's arithmetic at ``precision`` where
+        it differs from that of the machines the cards were measured on, or ``None``
+        (OpenVINO int8 on an x86 CPU without VNNI: ``"no-vnni"``). Its losses are the card's
+        own ``quantization`` entry (:meth:`quality_entry`).
     """
 
     name: str
@@ -88,10 +93,17 @@ class BackendSpec:
     fixed_tile: int | None = None
     speed_verdict: Callable[[str], str | None] | None = None
     preferred_files: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    numerics: Callable[[str], str | None] | None = None
 
     @property
     def precisions(self) -> tuple[str, ...]:
         return tuple(self.files)
+
+    def quality_entry(self, precision: str) -> str:
+        """The card's ``quantization`` key of this backend's loss at ``precision`` on this machine:
+        ``openvino/int8``, or ``openvino/int8@no-vnni`` where :attr:`numerics` names a variant."""
+        variant = self.numerics(precision) if self.numerics is not None else None
+        return f"{self.quality_key}/{precision}" + (f"@{variant}" if variant else "")
 
     def file_kind(self, precision: str, card: ModelCard | None = None) -> str:
         """The card's file kind this backend runs at ``precision``: the preferred form where ``card`` lists it."""
@@ -179,12 +191,19 @@ def _openvino_speed(precision: str) -> str | None:
     return bf16_verdict(precision)
 
 
+def _openvino_numerics(precision: str) -> str | None:
+    from .backends.openvino import int8_numerics
+
+    return int8_numerics() if precision == "int8" else None
+
+
 REGISTRY: Mapping[str, BackendSpec] = MappingProxyType({s.name: s for s in (
     BackendSpec("tensorrt", {"int8": "onnx", "fp16": "onnx", "fp32": "onnx"}, "tensorrt", _probe_tensorrt,
                 _open_tensorrt, quality_on_device=True, fixed_tile=TENSORRT_TILE),
     BackendSpec("edgetpu", {"int8": "edgetpu"}, "litert", _probe_edgetpu, _open_edgetpu),
     BackendSpec("openvino", {"int8": "openvino_int8", "bf16": "onnx", "fp32": "onnx"}, "openvino",
-                _probe_openvino, _open_openvino, measured_by_export=True, speed_verdict=_openvino_speed),
+                _probe_openvino, _open_openvino, measured_by_export=True, speed_verdict=_openvino_speed,
+                numerics=_openvino_numerics),
     BackendSpec("litert", {"int8": "tflite_int8"}, "litert", _probe_litert, _open_litert, measured_by_export=True),
     # ONNX Runtime's fp32 transposed convolution is slower than its resize and concatenation: the
     # light projection model through the Denoiser at 1024x1024, AMD EPYC Zen 5, 428 ms as trained

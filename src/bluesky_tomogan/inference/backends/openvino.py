@@ -1,4 +1,4 @@
-"""OpenVINO adapter: fp32, bf16 (AMX/AVX-512 BF16) and int8 (VNNI/AMX) on x86 CPUs.
+"""OpenVINO adapter: fp32, bf16 (AMX/AVX-512 BF16) and int8 (exact with VNNI/AMX) on x86 CPUs.
 
 The fastest CPU runtime measured here. fp32 and bf16 compile the fp32 ONNX
 model (bf16 through ``INFERENCE_PRECISION_HINT``); int8 loads the NNCF-quantised
@@ -32,7 +32,8 @@ from ...int8 import InputGrid
 log = logging.getLogger(__name__)
 
 __all__ = ["COMPILED_PIXEL_BUDGET", "OpenVINOSession", "available", "bf16_speedup", "int8_float_precision",
-           "int8_sums_exact", "ir_float_precision", "openvino_core", "round_to_bf16", "supports_bf16"]
+           "int8_numerics", "int8_sums_exact", "ir_float_precision", "openvino_core", "round_to_bf16",
+           "seven_bit_first_layer", "supports_bf16"]
 
 #: ``precision="auto"`` takes OpenVINO bf16 only where it is at least this much faster than fp32.
 BF16_MIN_SPEEDUP = 1.1
@@ -49,6 +50,14 @@ COMPILED_PIXEL_BUDGET = 2048 * 2048
 
 #: x86 instruction sets whose 8-bit dot products sum in 32 bits (VNNI; AMX tiles).
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+#: The card's ``quantization`` variant of OpenVINO int8 losses measured on an x86 CPU without VNNI
+#: (key ``openvino/int8@no-vnni``): int8 sums there are not those of the CPUs with VNNI.
+NO_VNNI = "no-vnni"
+
+#: Largest weight magnitude whose products with two unsigned 8-bit activations fit the 16-bit
+#: sum of ``vpmaddubsw``: 2 x 255 x 64 = 32,640 <= 32,767 (7-bit weights).
+SEVEN_BIT_WEIGHT_MAX = 64
 
 
 def available() -> bool:
@@ -233,15 +242,69 @@ def int8_sums_exact(cpu_flags: Collection[str] | None = None, machine: str | Non
 
     Without VNNI, x86 CPUs multiply 8-bit numbers with ``vpmaddubsw``, which sums pairs of
     products into 16 bits and saturates when both are large; NNCF's ``overflow_fix`` avoids
-    it by giving the first layer 7-bit weights. IRs exported without it (``overflow_fix:
-    "disable"`` on the card, every IR since session 21) need VNNI or AMX on x86 (every Xeon
-    since Cascade Lake, AMD since Zen 4). Other architectures do not have this instruction.
+    it in the first layer by giving it 7-bit weights. IRs exported without it (``overflow_fix:
+    "disable"`` on the card, every IR since session 21) get that at load on such a CPU
+    (:func:`seven_bit_first_layer`); hidden layers can saturate all the same, so their int8 loss
+    there is measured on such a CPU (:func:`int8_numerics`). VNNI or AMX: every Xeon since
+    Cascade Lake, AMD since Zen 4. Other architectures do not have this instruction.
     """
     arch = (machine or platform.machine()).lower()
     if arch not in ("x86_64", "amd64", "i386", "i686", "x86"):
         return True
     flags = current_cpu_flags() if cpu_flags is None else cpu_flags
     return bool(VNNI_FLAGS & set(flags))
+
+
+def int8_numerics(cpu_flags: Collection[str] | None = None, machine: str | None = None) -> str | None:
+    """Which int8 numerics this CPU has, as a card ``quantization`` variant: :data:`NO_VNNI` or ``None``.
+
+    On an x86 CPU without VNNI every int8 convolution's sums pass through saturating 16-bit
+    pairs (:func:`int8_sums_exact`), in hidden layers too, not only the first one that NNCF's
+    overflow fix protects. On an AMD EPYC Zen 3 (avx2, no VNNI; ``bluesky-tomogan quality
+    tomogan-projection-light --data data/sim_projection_dose.h5 --only openvino/int8``, the card's
+    48 frames) the light projection model's IR lost 0.0166 mean / 0.0531 worst-frame SSIM with a
+    7-bit first layer (0.0355 / 0.1383 without it), against 0.0002 / 0.0031 on a CPU with VNNI;
+    the full model's lost 0.0008 / 0.0029, as with VNNI. So a loss measured with VNNI says
+    nothing about a CPU without it, and ``precision="auto"`` reads this variant's own entry.
+    """
+    return None if int8_sums_exact(cpu_flags, machine) else NO_VNNI
+
+
+def seven_bit_first_layer(model: Any) -> bool:
+    """Give the first convolution of an int8 OpenVINO ``model`` 7-bit weights, in place (NNCF's overflow fix).
+
+    Each int8 weight ``q`` becomes ``round(q / 2)`` (within :data:`SEVEN_BIT_WEIGHT_MAX`) and its
+    channel's scale doubles, so the dequantised weights move by at most one original step and
+    the layer's 8-bit products can no longer saturate a 16-bit pair sum on an x86 CPU without
+    VNNI. The first layer reads the input frames, dense and bright, where saturation is all but
+    certain. Returns ``False`` where the first convolution runs in float (nothing to do).
+
+    Raises
+    ------
+    PrecisionError
+        The first convolution's weights are not an int8 constant behind a per-channel scale,
+        the form NNCF saves; nothing is changed.
+    """
+    from openvino import opset13
+
+    conv = next(op for op in model.get_ordered_ops() if op.get_type_name() in CONVOLUTIONS)
+    if _is_float_convolution(conv):
+        return False
+    scale_mul = conv.input(1).get_source_output().get_node()
+    convert = scale_mul.input(0).get_source_output().get_node()
+    scale = scale_mul.input(1).get_source_output().get_node()
+    weights = convert.input(0).get_source_output().get_node() if convert.get_type_name() == "Convert" else None
+    if (scale_mul.get_type_name() != "Multiply" or weights is None or weights.get_type_name() != "Constant"
+            or scale.get_type_name() != "Constant" or weights.get_output_element_type(0).get_type_name() != "i8"):
+        raise PrecisionError(f"the first convolution's weights ({conv.get_friendly_name()}) are not an int8 "
+                             "constant behind a scale: their 8-bit range cannot be halved")
+    q = np.asarray(weights.get_data(), np.float32)
+    halved = np.clip(np.round(q / 2), -SEVEN_BIT_WEIGHT_MAX, SEVEN_BIT_WEIGHT_MAX).astype(np.int8)
+    convert.input(0).replace_source_output(opset13.constant(halved).output(0))
+    scale_mul.input(1).replace_source_output(
+        opset13.constant(np.asarray(scale.get_data(), np.float32) * 2).output(0))
+    model.validate_nodes_and_infer_types()
+    return True
 
 
 class OpenVINOSession:
@@ -267,8 +330,11 @@ class OpenVINOSession:
         beyond this range (the export's accuracy control measured it so).
     full_range_weights : bool
         An int8 IR whose first layer also has 8-bit weights (the card's
-        ``overflow_fix: "disable"``): refused on an x86 CPU without VNNI
-        (:func:`int8_sums_exact`), where its sums could saturate.
+        ``overflow_fix: "disable"``): on an x86 CPU without VNNI (:func:`int8_sums_exact`),
+        where its sums would saturate, that layer gets 7-bit weights at load
+        (:func:`seven_bit_first_layer`). Hidden layers can still saturate there, which is
+        why ``precision="auto"`` trusts int8 on such a CPU only by losses measured on one
+        (:func:`int8_numerics`).
     """
 
     backend = "openvino"
@@ -290,16 +356,17 @@ class OpenVINOSession:
             raise PrecisionError(f"openvino backend supports fp32, bf16, int8; not {precision!r}")
         if precision == "bf16" and not supports_bf16():
             raise PrecisionError("this CPU has no native bf16 (needs AVX-512 BF16 or AMX)")
-        if precision == "int8" and full_range_weights and not int8_sums_exact():
-            raise PrecisionError(
-                f"{Path(model_path).name} has 8-bit weights in its first layer (exported without NNCF's "
-                "overflow fix), whose sums can saturate on an x86 CPU without VNNI (avx512_vnni, avx_vnni "
-                "or amx_int8); run it in bf16 or fp32 here")
         self._core = openvino_core()
         try:
             self._model = self._core.read_model(str(Path(model_path)))
         except Exception as exc:  # openvino raises RuntimeError subclasses on bad files
             raise ModelLoadError(f"OpenVINO cannot read {model_path}: {exc}") from exc
+        #: The int8 numerics of this CPU (:func:`int8_numerics`): ``"no-vnni"`` or ``None``.
+        self.int8_numerics = int8_numerics() if precision == "int8" else None
+        if self.int8_numerics == NO_VNNI and full_range_weights and seven_bit_first_layer(self._model):
+            log.info("%s: first layer's weights halved to 7 bits (NNCF's overflow fix, at load): this x86 CPU "
+                     "has no VNNI, and its 8-bit sums saturate a 16-bit pair on bright input frames",
+                     Path(model_path).name)
         self.precision = precision
         self.isolated_spikes = isolated_spikes
         #: The int8 grid of the IR's input, or ``None`` where the input is not quantised (fp32, bf16,
