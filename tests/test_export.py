@@ -381,9 +381,12 @@ def test_an_export_into_another_directory_lists_only_the_files_it_wrote_there(tm
     assert set(card.files) == {"pytorch", "onnx", "onnx_resize"}
     assert all(entry.path.is_file() for entry in card.files.values())
     assert "tflite_int8" in load_card(src / "tomogan-slice-light.json").files  # the source's card as it was
-    # exported in place, the other formats' files stay, and so do their entries
+    # exported in place, the other formats' files stay, and so do their entries and measured losses
+    before = load_card(src / "tomogan-slice-light.json").quantization
     card = load_card(export_model(src, src, tiny_dataset, formats=("onnx",), measure=False))
     assert {"tflite_int8", "openvino_int8"} <= set(card.files)
+    assert card.quantization["litert/int8"] == before["litert/int8"]  # auto still reads them
+    assert card.quantization["openvino/int8"] == before["openvino/int8"]
 
 
 def test_exporting_one_format_again_keeps_the_card_entries_of_the_others(tmp_path):
@@ -757,3 +760,27 @@ def test_a_cpu_without_vnni_records_its_own_int8_loss_and_keeps_what_it_cannot_m
     assert {"openvino/int8", "openvino/int8@no-vnni", "onnxruntime/fp32"} <= set(again["quantization"])
     assert again["quantization"]["openvino/int8@no-vnni"]["frames"] == 3
     assert again["metrics"]["frames_source"] == "five frames"
+
+
+def test_measured_losses_outlive_an_export_only_for_unchanged_weights_and_files(tmp_path):
+    import json
+
+    from bluesky_tomogan.export.pipeline import _quantization_kept
+
+    then = {"pytorch": {"path": "m.pt", "sha256": "w1"}, "onnx": {"path": "m.onnx", "sha256": "o1"},
+            "openvino_int8": {"path": "m.int8.xml", "sha256": "i1"},
+            "tflite_int8": {"path": "m.tflite", "sha256": "t1"}}
+    entry = {"ssim_drop": 0.001, "ssim_drop_worst": 0.003}
+    keys = ("onnxruntime/fp32", "openvino/fp32", "openvino/bf16", "openvino/int8", "openvino/int8@no-vnni",
+            "litert/int8", "nosuch/int8")
+    quantization = dict.fromkeys(keys, entry)
+    card = tmp_path / "m.json"
+    card.write_text(json.dumps({"name": "m", "files": then, "quantization": quantization}))
+    tflite_again = {**then, "tflite_int8": {"path": "m.tflite", "sha256": "t2"}}
+    assert set(_quantization_kept(card, tflite_again)) == {"onnxruntime/fp32", "openvino/fp32", "openvino/bf16",
+                                                           "openvino/int8", "openvino/int8@no-vnni"}
+    ir_again = {**then, "onnx": {"path": "m.onnx", "sha256": "o2"}, "openvino_int8": {"path": "m.int8.xml",
+                                                                                       "sha256": "i2"}}
+    assert set(_quantization_kept(card, ir_again)) == {"litert/int8"}
+    assert _quantization_kept(card, {**then, "pytorch": {"path": "m.pt", "sha256": "w2"}}) == {}  # other weights
+    assert _quantization_kept(tmp_path / "none.json", then) == {}

@@ -456,6 +456,7 @@ def export_model(
     # place: the source's own), never the source's entries for files that were not written
     files = _files_kept(out / f"{name}.json", formats)
     files["pytorch"] = {"path": pt.name, "sha256": sha256_of(pt)}
+    measured = _quantization_kept(out / f"{name}.json", files)
 
     # Every exported file computes the correction; the Denoiser adds the centre frame
     # in float32 (measured: the residual add in int8/bf16 cost most of their SSIM loss).
@@ -511,6 +512,8 @@ def export_model(
                                   "quantization": qinfo}
     card["files"] = files
     card.pop("quantization", None)
+    if measured:
+        card["quantization"] = measured
     card_path = write_card(out / f"{name}.json", card)
     if measure:
         card_path = record_quality(card_path, test, source=f"{Path(data).name} (test split)")
@@ -629,6 +632,37 @@ def _files_kept(card_path: Path, formats: tuple[str, ...]) -> dict[str, Any]:
         rewritten.add("onnx_resize")  # written beside it, for an edge network
     kept = read_card(card_path).get("files", {})
     return {k: v for k, v in kept.items() if k not in rewritten and (card_path.parent / v["path"]).is_file()}
+
+
+def _quantization_kept(card_path: Path, files: Mapping[str, Any]) -> dict[str, Any]:
+    """The measured ``quantization`` entries of an earlier export at ``card_path`` that still hold.
+
+    An entry holds where the weights are those it was measured with (the same ``pytorch``
+    sha256) and the file it ran was not written again (``files`` lists it with its sha256 of
+    then): exporting ``--format tflite --no-measure`` keeps the OpenVINO int8 loss, so ``auto``
+    still takes that IR. Every other entry goes; the fp32 reference holds while its ONNX does.
+    """
+    if not card_path.is_file():
+        return {}
+    earlier = read_card(card_path)
+    then = earlier.get("files", {})
+    if then.get("pytorch", {}).get("sha256") != files["pytorch"]["sha256"]:
+        return {}
+
+    def unchanged(kind: str) -> bool:
+        return kind in files and files[kind].get("sha256") == then.get(kind, {}).get("sha256")
+
+    kept = {}
+    for key, entry in earlier.get("quantization", {}).items():
+        backend, _, precision = key.partition("@")[0].partition("/")
+        spec = REGISTRY.get(backend)
+        if spec is None or precision not in spec.files:
+            continue
+        # the file each backend ran: its own, and where it prefers another form, that one too
+        kinds = {spec.files[precision], spec.preferred_files.get(precision, spec.files[precision])}
+        if all(unchanged(kind) or kind not in then for kind in kinds) and unchanged(spec.files[precision]):
+            kept[key] = entry
+    return kept
 
 
 def time_ratios(card_path: Path, size: int = 512, repeats: int = 7) -> dict[str, Any]:
