@@ -1012,3 +1012,12 @@ def test_a_missing_or_damaged_resize_form_costs_onnx_runtime_its_speed_not_the_b
     (tmp_path / "tomogan-projection-light.onnx").unlink()  # neither form: a clear error, as for any model file
     with pytest.raises(ModelLoadError, match="missing"):
         load_denoiser(tmp_path, backend="onnxruntime")
+
+
+def test_a_precision_this_cpu_cannot_run_is_refused_without_a_warning_that_it_is_used(caplog, monkeypatch):
+    from bluesky_tomogan.inference.backends import openvino
+
+    monkeypatch.setattr(openvino, "supports_bf16", lambda: False)  # an AMD Zen 3, a Xeon before Cooper Lake
+    with pytest.raises(PrecisionError, match="no native bf16"):
+        load_denoiser("tomogan-projection", backend="openvino", precision="bf16")
+    assert "using it" not in caplog.text

@@ -232,6 +232,8 @@ def load_denoiser(
         try:
             den = _open(card, spec(b), p, threads, tile, overlap, check_quality=precision == "auto")
         except PrecisionError as exc:
+            if precision != "auto" and len(candidates) == 1:
+                raise  # the precision named is one this runtime or CPU cannot run at all: nothing to use anyway
             if backend != "auto" and (b, p) == candidates[-1]:
                 # The user named this backend: its last precision is what it runs, within tolerance or not.
                 log.warning("%s/%s: %s; using it because backend=%r was asked for", b, p, exc, backend)
