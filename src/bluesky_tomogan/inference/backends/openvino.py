@@ -277,7 +277,8 @@ def seven_bit_first_layer(model: Any) -> bool:
     channel's scale doubles, so the dequantised weights move by at most one original step and
     the layer's 8-bit products can no longer saturate a 16-bit pair sum on an x86 CPU without
     VNNI. The first layer reads the input frames, dense and bright, where saturation is all but
-    certain. Returns ``False`` where the first convolution runs in float (nothing to do).
+    certain. Returns ``False`` where the first convolution runs in float, or there is none
+    (nothing to do).
 
     Raises
     ------
@@ -287,8 +288,8 @@ def seven_bit_first_layer(model: Any) -> bool:
     """
     from openvino import opset13
 
-    conv = next(op for op in model.get_ordered_ops() if op.get_type_name() in CONVOLUTIONS)
-    if _is_float_convolution(conv):
+    conv = next((op for op in model.get_ordered_ops() if op.get_type_name() in CONVOLUTIONS), None)
+    if conv is None or _is_float_convolution(conv):
         return False
     scale_mul = conv.input(1).get_source_output().get_node()
     convert = scale_mul.input(0).get_source_output().get_node()
