@@ -658,9 +658,9 @@ def _quantization_kept(card_path: Path, files: Mapping[str, Any]) -> dict[str, A
         spec = REGISTRY.get(backend)
         if spec is None or precision not in spec.files:
             continue
-        # the file each backend ran: its own, and where it prefers another form, that one too
-        kinds = {spec.files[precision], spec.preferred_files.get(precision, spec.files[precision])}
-        if all(unchanged(kind) or kind not in then for kind in kinds) and unchanged(spec.files[precision]):
+        # the file it ran: its own, and the form it prefers where the earlier export had one
+        preferred = spec.preferred_files.get(precision)
+        if unchanged(spec.files[precision]) and (preferred is None or preferred not in then or unchanged(preferred)):
             kept[key] = entry
     return kept
 

@@ -131,9 +131,10 @@ def _open(card: ModelCard, s: BackendSpec, precision: str, threads: int | None, 
     reason = precision_verdict(card, s, precision)
     if reason is not None and check_quality:
         raise PrecisionError(f"{reason} (pass precision={precision!r} to use it anyway)")
-    if reason is not None and s.numerics is not None and s.numerics(precision):
+    variant = s.numerics(precision) if s.numerics is not None else None
+    if reason is not None and variant:
         # asked for by name on a CPU whose arithmetic the card's main entry does not describe
-        log.warning("%s/%s on this CPU (%s): %s", s.name, precision, s.numerics(precision), reason)
+        log.warning("%s/%s on this CPU (%s): %s", s.name, precision, variant, reason)
     s.probe()
     slower = s.speed_verdict(precision) if check_quality and s.speed_verdict is not None else None
     if slower is not None:
