@@ -199,13 +199,13 @@ def measure_quality(card_path: Path, pairs: PairSet, n_frames: int = QUALITY_FRA
     """
     from ..cpu import cpu_name
     from ..errors import TomoGANError
-    from ..inference.load import load_denoiser
+    from ..inference.load import load_unchecked
 
     idx = quality_frames(pairs, n_frames)
 
     def score(backend: str, precision: str) -> tuple[np.ndarray, np.ndarray] | None:
         try:
-            den = load_denoiser(card_path, backend=backend, precision=precision)
+            den = load_unchecked(card_path, backend, precision)
         except TomoGANError as exc:
             log.info("not measured: %s/%s (%s)", backend, precision, exc)
             return None

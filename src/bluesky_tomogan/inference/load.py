@@ -126,15 +126,17 @@ def _candidates(backend: str, precision: str) -> list[tuple[str, str]]:
 
 
 def _open(card: ModelCard, s: BackendSpec, precision: str, threads: int | None, tile: int | None,
-          overlap: int, check_quality: bool) -> Denoiser:
-    """One candidate: the measured quality, the runtime or device (the likelier thing missing), the card's file."""
+          overlap: int, asked_for: str | None) -> Denoiser:
+    """One candidate: the measured quality, the runtime or device (the likelier thing missing), the card's file.
+
+    ``asked_for`` names what the user asked for that makes this precision run even beyond
+    ``auto``'s tolerance (``"precision='int8'"``), and the WARNING says so; ``""`` runs it
+    without a word (it is being measured); ``None`` holds it to the tolerance.
+    """
+    check_quality = asked_for is None
     reason = precision_verdict(card, s, precision)
     if reason is not None and check_quality:
         raise PrecisionError(f"{reason} (pass precision={precision!r} to use it anyway)")
-    variant = s.numerics(precision) if s.numerics is not None else None
-    if reason is not None and variant:
-        # asked for by name on a CPU whose arithmetic the card's main entry does not describe
-        log.warning("%s/%s on this CPU (%s): %s", s.name, precision, variant, reason)
     s.probe()
     slower = s.speed_verdict(precision) if check_quality and s.speed_verdict is not None else None
     if slower is not None:
@@ -158,7 +160,22 @@ def _open(card: ModelCard, s: BackendSpec, precision: str, threads: int | None, 
         file = card.file(plain)
         path = file.verified(card.name)
     session = s.opener(OpenRequest(path, precision, card, threads, tile))
+    if reason is not None and asked_for:
+        # run as asked, but never silently below what the card shows `auto` would accept
+        variant = s.numerics(precision) if s.numerics is not None else None
+        where = f" on this CPU ({variant})" if variant else ""
+        log.warning("%s/%s%s: %s; using it because %s was asked for", s.name, precision, where, reason, asked_for)
     return Denoiser(session, card, model_sha256=file.sha256, tile=tile, overlap=overlap)
+
+
+def load_unchecked(model: str | os.PathLike[str], backend: str, precision: str) -> Denoiser:
+    """``backend``/``precision`` as they are, within ``auto``'s tolerance or not, without a warning.
+
+    For measuring that tolerance: the SSIM losses of the export and of ``bluesky-tomogan
+    quality``. Everything else loads with :func:`load_denoiser`.
+    """
+    ((b, p),) = _candidates(resolve_alias(backend), precision)
+    return _open(load_card(model), spec(b), p, None, None, 64, asked_for="")
 
 
 def load_denoiser(
@@ -231,14 +248,14 @@ def load_denoiser(
     corrupt = False
     for b, p in candidates:
         try:
-            den = _open(card, spec(b), p, threads, tile, overlap, check_quality=precision == "auto")
+            den = _open(card, spec(b), p, threads, tile, overlap,
+                        asked_for=None if precision == "auto" else f"precision={precision!r}")
         except PrecisionError as exc:
             if precision != "auto" and len(candidates) == 1:
                 raise  # the precision named is one this runtime or CPU cannot run at all: nothing to use anyway
             if backend != "auto" and (b, p) == candidates[-1]:
                 # The user named this backend: its last precision is what it runs, within tolerance or not.
-                log.warning("%s/%s: %s; using it because backend=%r was asked for", b, p, exc, backend)
-                return _open(card, spec(b), p, threads, tile, overlap, check_quality=False)
+                return _open(card, spec(b), p, threads, tile, overlap, asked_for=f"backend={backend!r}")
             log.info("precision auto: not %s/%s: %s", b, p, exc)
             errors.append(f"{b}/{p}: {exc}")
             continue
