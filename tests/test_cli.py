@@ -139,6 +139,40 @@ def test_a_directory_of_tiff_files_is_denoised_as_one_stack_in_the_order_of_thei
     np.testing.assert_array_equal(np.load(tmp_path / "from-dir.npy"), np.load(tmp_path / "from-npy.npy"))
 
 
+
+def test_a_directory_of_tiff_files_is_denoised_into_a_directory_of_the_same_names_and_never_over_raw_files(
+        tmp_path, capsys):
+    import json
+
+    import numpy as np
+    import tifffile
+
+    frames = np.random.default_rng(1).poisson(300, (11, 24, 32)).astype(np.uint16)
+    scan = tmp_path / "scan"
+    scan.mkdir()
+    names = [f"proj_{i}.tif" for i in range(len(frames))]
+    for name, frame in zip(names, frames, strict=True):
+        tifffile.imwrite(scan / name, frame, photometric="minisblack")
+    raw = {name: (scan / name).read_bytes() for name in names}
+    assert main(["denoise", str(scan), str(tmp_path / "stack.npy"), "--backend", "onnxruntime"]) == 0
+    assert main(["denoise", str(scan), str(tmp_path / "denoised"), "--backend", "onnxruntime"]) == 0
+    assert sorted(p.name for p in (tmp_path / "denoised").iterdir()) == sorted(names)  # frame by frame, same names
+    stack = np.load(tmp_path / "stack.npy")
+    for i, name in enumerate(names):  # each frame with the context it has in the stack
+        with tifffile.TiffFile(tmp_path / "denoised" / name) as t:
+            np.testing.assert_array_equal(t.asarray(), stack[i])
+            assert json.loads(t.pages[0].description)["model"] == "tomogan-projection"
+    # a single .npy frame, into a directory named with a separator: numbered files
+    np.save(tmp_path / "one.npy", frames[0])
+    assert main(["denoise", str(tmp_path / "one.npy"), f"{tmp_path / 'single'}/", "--backend", "onnxruntime"]) == 0
+    assert [p.name for p in (tmp_path / "single").iterdir()] == ["frame_00000.tif"]
+    capsys.readouterr()
+    # the input directory as the output (or any directory that holds something) is refused before any work
+    for dest in (scan, tmp_path / "denoised"):
+        assert main(["denoise", str(scan), str(dest), "--backend", "onnxruntime"]) == 1
+        assert "is not empty; give a new or empty directory" in capsys.readouterr().err
+    assert {name: (scan / name).read_bytes() for name in names} == raw
+
 @pytest.mark.parametrize("case, message", [
     ("empty", "holds no TIFF files"),
     ("two shapes", "holds a frame of (16, 8), not (8, 8) as a_0.tif"),

@@ -524,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "directory of TIFF files")
     s.add_argument("input", help="frames (H, W) or (N, H, W): .npy, .h5/.hdf5/.nxs, a (multi-page) .tif, or a "
                                  "directory of .tif files, one frame each (in the order of their names' numbers)")
-    s.add_argument("output", help=".npy, .h5 (dataset 'denoised', with the provenance) or .tif")
+    s.add_argument("output", help=".npy, .h5 (dataset 'denoised', with the provenance), .tif, or a new or empty "
+                                  "directory: one .tif per frame, named as the input directory's files")
     s.add_argument("--key", help="HDF5 dataset (default: exchange/data or another usual name for projections, "
                                  "else the file's only dataset)")
     s.add_argument("--model", default=None, help="shipped model name or model card path")

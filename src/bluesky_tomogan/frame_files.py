@@ -11,8 +11,10 @@ Inputs: ``.npy`` (memory-mapped), HDF5 (``key``, else Data Exchange's
 ``exchange/data`` or another usual name for projections, else the file's only
 dataset), TIFF (one frame per page, or one page holding the stack) and a directory of TIFF
 files, one frame each, in the order of the numbers in their names. Outputs:
-``.npy``, HDF5 (dataset ``denoised`` with the provenance as attributes) and TIFF
-(one page per frame, the provenance as the first page's description).
+``.npy``, HDF5 (dataset ``denoised`` with the provenance as attributes), TIFF
+(one page per frame, the provenance as the first page's description) and a new or empty
+directory: one TIFF file per frame, named as the input directory's files (else
+``frame_00000.tif`` ...), each with the provenance as its description.
 """
 
 from __future__ import annotations
@@ -55,12 +57,13 @@ class _Denoiser(Protocol):
 @dataclass
 class FrameSource:
     """Frames of one file: ``shape`` ``(N, H, W)`` (``single``: the file holds one ``(H, W)`` frame),
-    ``dtype``, and ``read(start, stop)``."""
+    ``dtype``, and ``read(start, stop)``; ``names``: a directory's file names, frame by frame."""
 
     shape: tuple[int, ...]
     dtype: np.dtype
     read: Callable[[int, int], np.ndarray]
     single: bool = False
+    names: tuple[str, ...] | None = None
 
 
 def _source(array: Any) -> FrameSource:
@@ -160,7 +163,7 @@ def _directory(p: Path) -> FrameSource:
                                    "the files of a directory must be frames of one shape")
         return np.stack(frames)
 
-    return FrameSource((len(files), *first.shape), np.dtype(first.dtype), read)
+    return FrameSource((len(files), *first.shape), np.dtype(first.dtype), read, names=tuple(f.name for f in files))
 
 
 def _tiff_frame(f: Path) -> np.ndarray:
@@ -211,23 +214,62 @@ def hdf5_datasets(f: Any) -> list[str]:
     return found
 
 
-def check_output(path: str | os.PathLike[str]) -> Path:
-    """``path`` if this module can write it (by its suffix), before any work is done."""
+def is_directory_output(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names a directory to write one TIFF per frame into: an existing
+    directory, a name ending in a separator, or a name without a suffix."""
     p = Path(path)
+    return p.is_dir() or os.fspath(path).endswith(("/", os.sep)) or not p.suffix
+
+
+def check_output(path: str | os.PathLike[str]) -> Path:
+    """``path`` if this module can write it (by its suffix, or a new or empty directory), before any work is done.
+
+    A directory that holds anything is refused: its files could be the raw frames
+    themselves (the input directory given twice), and a denoised frame must never replace one.
+    """
+    p = Path(path)
+    if is_directory_output(path):
+        if p.is_dir() and any(p.iterdir()):
+            raise TomoGANError(f"output directory {p} is not empty; give a new or empty directory (its files "
+                               "could be the raw frames, which are never overwritten)")
+        if p.exists() and not p.is_dir():
+            raise TomoGANError(f"output {p} is a file, not a directory")
+        return p
     if p.suffix.lower() not in NPY + HDF5 + TIFF:
-        raise TomoGANError(f"output {p} must end in one of {', '.join(NPY + HDF5 + TIFF)}")
+        raise TomoGANError(f"output {p} must end in one of {', '.join(NPY + HDF5 + TIFF)}, or be a directory "
+                           "(one TIFF file per frame)")
     return p
 
 
+def _frame_names(n: int, names: tuple[str, ...] | None) -> list[str]:
+    """Each frame's file in a directory output: the input directory's names, else numbered."""
+    if names is not None:
+        return list(names)
+    width = max(5, len(str(n - 1)))
+    return [f"frame_{i:0{width}d}.tif" for i in range(n)]
+
+
 @contextlib.contextmanager
-def _sink(path: Path, shape: tuple[int, ...], dtype: np.dtype,
-          provenance: dict[str, Any]) -> Iterator[Callable[[int, np.ndarray], None]]:
-    """``write(start, frames)`` into a new file of ``shape`` (``(N, H, W)``, or ``(H, W)`` for one frame)."""
+def _sink(path: Path, shape: tuple[int, ...], dtype: np.dtype, provenance: dict[str, Any],
+          names: tuple[str, ...] | None = None) -> Iterator[Callable[[int, np.ndarray], None]]:
+    """``write(start, frames)`` into a new file of ``shape`` (``(N, H, W)``, or ``(H, W)`` for one frame),
+    or into a directory, one TIFF file per frame (``names``: the input directory's)."""
     import h5py
 
     with contextlib.ExitStack() as stack:
         try:
-            if path.suffix.lower() in TIFF:
+            if is_directory_output(path):
+                import tifffile
+
+                path.mkdir(parents=True, exist_ok=True)
+                files = _frame_names(1 if len(shape) == 2 else shape[0], names)
+                description = json.dumps(provenance)
+
+                def put(start: int, frames: np.ndarray) -> None:
+                    for i, frame in enumerate(frames):
+                        tifffile.imwrite(path / files[start + i], frame, photometric="minisblack", metadata=None,
+                                         description=description)
+            elif path.suffix.lower() in TIFF:
                 import tifffile
 
                 tif = stack.enter_context(
@@ -279,7 +321,8 @@ def denoise_file(denoiser: _Denoiser, source: FrameSource, dest: str | os.PathLi
     source : FrameSource
         From :func:`open_frames`.
     dest : path-like
-        Output file; its suffix says the kind.
+        Output file, its suffix says the kind; or a new or empty directory (a name without a
+        suffix): one TIFF file per frame, named as ``source``'s files where it is a directory.
     keep_dtype : bool
         Cast the result back to the input's dtype (default float32).
     chunk : int
@@ -296,7 +339,7 @@ def denoise_file(denoiser: _Denoiser, source: FrameSource, dest: str | os.PathLi
     n, h, w = source.shape
     halo = denoiser.depth // 2
     dtype = source.dtype if keep_dtype else np.dtype(np.float32)
-    with _sink(path, (h, w) if source.single else (n, h, w), dtype, denoiser.provenance()) as write:
+    with _sink(path, (h, w) if source.single else (n, h, w), dtype, denoiser.provenance(), source.names) as write:
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
             lo, hi = max(start - halo, 0), min(stop + halo, n)
