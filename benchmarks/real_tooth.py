@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         outputs = {"sparse FBP": noisy}
         for model, den in denoisers.items():
             outputs[model] = den.denoise_context(np.stack([noisy] * den.depth))
-        for method, grid in (("tv", [0.5, 1, 2, 4, 8, 16]), ("bm3d", [0.5, 1, 2, 4, 8])):
+        # TV's SSIM is not monotonic in its strength here (91 views: 0.644 at 8, 0.640 at 16,
+        # 0.654 at 24 times the noise estimate), so its oracle gets a fine grid
+        for method, grid in (("tv", [0.5, 1, 2, 4, 6, 8, 12, 16, 20, 24, 28, 32, 40]), ("bm3d", [0.5, 1, 2, 4, 8])):
             best = max((classical(method, k)(noisy) for k in grid), key=lambda y: scaled_ssim(reference, y, mask))
             outputs[f"{method} (oracle-tuned)"] = best
         for label, img in outputs.items():

@@ -993,6 +993,13 @@ def test_auto_reads_the_card_entry_of_this_cpus_int8_arithmetic(monkeypatch):
     assert light.ssim_drop("openvino/int8@no-vnni", "worst") > 0.01
     assert load_denoiser("tomogan-projection", backend="openvino").precision == "int8"
     assert load_denoiser("tomogan-projection-light", backend="openvino").precision in ("bf16", "fp32")
+    # the slice All-in-One ratios, whose IRs keep much in float: fp32 float parts there (no bf16 on
+    # such a CPU) and within tolerance; the slice models beyond it
+    for ratio in (0, 25, 50, 75):
+        assert load_denoiser("tomogan-slice-aio", backend="openvino", ratio=ratio).precision == "int8"
+    for model in ("tomogan-slice", "tomogan-slice-light"):
+        assert load_card(model).ssim_drop("openvino/int8@no-vnni", "worst") > 0.01
+        assert load_denoiser(model, backend="openvino").precision in ("bf16", "fp32")
 
 
 def test_int8_float_parts_run_in_bf16_where_amx_is_or_bf16_is_measured_faster():
