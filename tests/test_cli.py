@@ -37,6 +37,18 @@ def test_the_console_script_module_runs():
     assert "tomogan-projection: projection domain" in out
 
 
+def test_models_lists_each_measured_loss_with_its_worst_frame_and_cpu_and_says_what_auto_runs_here(capsys):
+    from bluesky_tomogan.inference.load import load_denoiser, shipped_models
+
+    assert main(["models", "--here"]) == 0
+    out = capsys.readouterr().out
+    assert "openvino/int8@no-vnni  SSIM" in out and " worst frame  (AMD EPYC (family 25, model 1))" in out
+    picks = [line.split("auto here: ")[1] for line in out.splitlines() if "auto here: " in line]
+    assert len(picks) == len(shipped_models())
+    den = load_denoiser("tomogan-projection")
+    assert picks[0] == f"{den.backend}/{den.precision}"
+
+
 def test_simulate_writes_a_dataset_the_trainer_reads(tmp_path, capsys):
     from bluesky_tomogan.simulate.datasets import read_dataset
 

@@ -6,8 +6,9 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import TomoGANError
 from .inference.registry import PRECISIONS, backend_names, configurations
@@ -209,8 +210,18 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quality_line(key: str, q: Mapping[str, Any]) -> str:
+    """One measured entry of a card: SSIM, and the mean and worst-frame loss against fp32."""
+    line = f"    {key:22s} SSIM {q['ssim']:.4f}"
+    if "ssim_drop" in q:
+        line += f"  loss {q['ssim_drop']:+.4f} mean"
+        if "ssim_drop_worst" in q:
+            line += f", {q['ssim_drop_worst']:+.4f} worst frame"
+    return line + (f"  ({q['cpu']})" if "cpu" in q else "")
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .inference.load import load_card, shipped_models
+    from .inference.load import load_card, load_denoiser, shipped_models
 
     for name in shipped_models():
         card = load_card(name)
@@ -218,7 +229,13 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(f"{name}: {card.domain} domain, files {sorted(card.files)}, "
               f"val SSIM {m.get('val_ssim', float('nan')):.4f} (raw {m.get('val_raw_ssim', float('nan')):.4f})")
         for key, q in sorted(card.quantization.items()):
-            print(f"    {key:18s} SSIM {q['ssim']:.4f} drop {q.get('ssim_drop', 0.0):+.4f}")
+            print(_quality_line(key, q))
+        if args.here:
+            try:
+                den = load_denoiser(name)
+                print(f"    auto here: {den.backend}/{den.precision}")
+            except TomoGANError as exc:
+                print(f"    auto here: none ({str(exc).splitlines()[0]})")
         for key in sorted(card.ratios, key=float):  # an All-in-One model: every pruning ratio
             r = card.ratios[key]
             loss = r.get("ssim_drop_vs_full")
@@ -545,6 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("models", help="list shipped models with their measured quality")
+    s.add_argument("--here", action="store_true",
+                   help="also load each model as precision='auto' does on this machine and say what it runs on")
     s.set_defaults(func=_cmd_models)
     return p
 
