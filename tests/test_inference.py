@@ -141,6 +141,16 @@ def test_accepts_integer_and_float_dtypes(frames, ort_denoiser, dtype):
     assert ort_denoiser.denoise(x).shape == x.shape
 
 
+def test_a_grey_frame_with_a_channel_axis_is_one_frame_and_a_colour_image_is_refused(frames, ort_denoiser):
+    grey = frames[2][..., None]  # (H, W, 1), as some cameras and image readers give a grey frame
+    out = ort_denoiser.denoise(grey, out_dtype="source")
+    assert out.shape == grey.shape and out.dtype == grey.dtype
+    np.testing.assert_array_equal(out[..., 0], ort_denoiser.denoise(frames[2], out_dtype="source"))
+    rgb = np.repeat(frames[2][..., None], 3, axis=-1)  # not 64 frames of 64 x 3 pixels
+    with pytest.raises(InputShapeError, match=r"look like one colour image \(H, W, 3\), not 64 frames of 64 x 3"):
+        ort_denoiser.denoise(rgb)
+
+
 @pytest.mark.parametrize("shape", [(17, 17), (100, 300), (5, 40), (1, 1)])
 def test_any_frame_size(ort_denoiser, shape):
     x = np.random.default_rng(0).poisson(500, shape).astype(np.float32)

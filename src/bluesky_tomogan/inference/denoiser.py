@@ -19,7 +19,7 @@ from ..context import gate_context
 from ..cpu import cpu_name
 from ..despike import remove_isolated_spikes
 from ..errors import InputShapeError, InputValueError
-from ..frames import context_indices
+from ..frames import context_indices, has_channel_axis, looks_like_colour
 from ..masked import fill_masked, missing_pixels
 from ..modelcard import ModelCard
 from ..normalise import no_spread_scale, normalise, robust_range
@@ -207,7 +207,9 @@ class Denoiser:
         Parameters
         ----------
         frames : numpy.ndarray
-            uint8/uint16/int/float frames, finite, at least 1x1.
+            uint8/uint16/int/float frames, finite, at least 1x1. One grey frame with a trailing
+            channel, ``(H, W, 1)`` (as some cameras and image readers give it), is denoised as
+            ``(H, W)`` and returned as ``(H, W, 1)``.
         out_dtype : {"float32", "source"}
             float32 in the source scale, or cast back to the input dtype.
         only : slice, optional
@@ -222,10 +224,12 @@ class Denoiser:
         Raises
         ------
         InputShapeError
-            Not 2-D or 3-D, or empty.
+            Not 2-D or 3-D, empty, or one colour image ``(H, W, 3)`` / ``(H, W, 4)``.
         InputValueError
             Non-numeric dtype, or NaN/inf values.
         """
+        if has_channel_axis(np.shape(frames)):
+            return self.denoise(np.asarray(frames)[..., 0], out_dtype=out_dtype)[..., None]
         arr = check_frames(frames)
         stack = arr[None] if arr.ndim == 2 else arr
         group = np.zeros(len(stack), np.int32)
@@ -369,7 +373,8 @@ def check_frames(frames: Any) -> np.ndarray:
     InputValueError
         Another dtype (bool, complex, object), infinite values, or a frame that is NaN everywhere.
     InputShapeError
-        Another number of dimensions, or no pixels.
+        Another number of dimensions, no pixels, or the shape of one colour image (``(H, W, 3)``
+        or ``(H, W, 4)``: an RGB(A) picture, not ``H`` frames of ``W x 3`` pixels).
     """
     arr = _nan_where_masked(frames) if isinstance(frames, np.ma.MaskedArray) else np.asarray(frames)
     if arr.dtype.kind not in "uif":
@@ -378,6 +383,10 @@ def check_frames(frames: Any) -> np.ndarray:
         raise InputShapeError(f"frames must be (H, W) or (N, H, W), got {arr.ndim}-D shape {arr.shape}")
     if arr.size == 0:
         raise InputShapeError(f"frames are empty (shape {arr.shape})")
+    if looks_like_colour(arr.shape):
+        raise InputShapeError(f"frames of shape {arr.shape} look like one colour image (H, W, {arr.shape[-1]}), not "
+                              f"{arr.shape[0]} frames of {arr.shape[1]} x {arr.shape[2]} pixels; only grey frames are "
+                              "denoised: convert it to grey first")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         infinite = int(np.isinf(arr).sum())
         if infinite:
