@@ -151,7 +151,6 @@ def test_a_directory_of_tiff_files_is_denoised_as_one_stack_in_the_order_of_thei
     np.testing.assert_array_equal(np.load(tmp_path / "from-dir.npy"), np.load(tmp_path / "from-npy.npy"))
 
 
-
 def test_a_directory_of_tiff_files_is_denoised_into_a_directory_of_the_same_names_and_never_over_raw_files(
         tmp_path, capsys):
     import json
@@ -184,6 +183,7 @@ def test_a_directory_of_tiff_files_is_denoised_into_a_directory_of_the_same_name
         assert main(["denoise", str(scan), str(dest), "--backend", "onnxruntime"]) == 1
         assert "is not empty; give a new or empty directory" in capsys.readouterr().err
     assert {name: (scan / name).read_bytes() for name in names} == raw
+
 
 @pytest.mark.parametrize("case, message", [
     ("empty", "holds no TIFF files"),

@@ -460,13 +460,7 @@ def test_a_named_precision_outside_tolerance_still_runs_and_says_so_but_a_measur
     for key in [k for k in card["quantization"] if k.startswith("litert/int8")]:
         card["quantization"][key]["ssim_drop"] = 0.0321  # as int8 slices lose on beamline-like data
     card_path.write_text(json.dumps(card))
-    den = load_denoiser(card_path, precision="int8")  # asked for by name: it runs, and the user is told why not auto
-    assert den.precision == "int8"
-    if den.backend == "litert":  # the first int8 backend here (OpenVINO int8 is within tolerance on a CPU with VNNI)
-        assert "litert/int8: mean SSIM loss vs fp32 0.0321 > 0.005" in caplog.text
-        assert "using it because precision='int8' was asked for" in caplog.text
-    caplog.clear()
-    den = load_denoiser(card_path, backend="litert", precision="int8")
+    den = load_denoiser(card_path, backend="litert", precision="int8")  # asked for by name: it runs, and says why
     assert (den.backend, den.precision) == ("litert", "int8")
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == ["litert/int8: mean SSIM loss vs fp32 0.0321 > 0.005 (model card, litert/int8); "
