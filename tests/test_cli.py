@@ -177,6 +177,9 @@ def test_a_directory_of_tiff_files_is_denoised_into_a_directory_of_the_same_name
     np.save(tmp_path / "one.npy", frames[0])
     assert main(["denoise", str(tmp_path / "one.npy"), f"{tmp_path / 'single'}/", "--backend", "onnxruntime"]) == 0
     assert [p.name for p in (tmp_path / "single").iterdir()] == ["frame_00000.tif"]
+    # a directory whose name has a dot says so by its separator
+    assert main(["denoise", str(tmp_path / "one.npy"), f"{tmp_path / 'single.v2'}/", "--backend", "onnxruntime"]) == 0
+    assert [p.name for p in (tmp_path / "single.v2").iterdir()] == ["frame_00000.tif"]
     capsys.readouterr()
     # the input directory as the output (or any directory that holds something) is refused before any work
     for dest in (scan, tmp_path / "denoised"):

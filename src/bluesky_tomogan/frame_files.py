@@ -226,6 +226,8 @@ def check_output(path: str | os.PathLike[str]) -> Path:
 
     A directory that holds anything is refused: its files could be the raw frames
     themselves (the input directory given twice), and a denoised frame must never replace one.
+    A new one is made here, so that the returned path names a directory however it was
+    spelled (``out.v2/`` loses its separator as a :class:`~pathlib.Path`).
     """
     p = Path(path)
     if is_directory_output(path):
@@ -234,6 +236,10 @@ def check_output(path: str | os.PathLike[str]) -> Path:
                                "could be the raw frames, which are never overwritten)")
         if p.exists() and not p.is_dir():
             raise TomoGANError(f"output {p} is a file, not a directory")
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TomoGANError(f"cannot make the output directory {p}: {exc}") from exc
         return p
     if p.suffix.lower() not in NPY + HDF5 + TIFF:
         raise TomoGANError(f"output {p} must end in one of {', '.join(NPY + HDF5 + TIFF)}, or be a directory "
@@ -258,10 +264,9 @@ def _sink(path: Path, shape: tuple[int, ...], dtype: np.dtype, provenance: dict[
 
     with contextlib.ExitStack() as stack:
         try:
-            if is_directory_output(path):
+            if path.is_dir():  # made by check_output
                 import tifffile
 
-                path.mkdir(parents=True, exist_ok=True)
                 files = _frame_names(1 if len(shape) == 2 else shape[0], names)
                 description = json.dumps(provenance)
 
