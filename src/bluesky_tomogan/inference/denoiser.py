@@ -26,7 +26,10 @@ from ..normalise import no_spread_scale, normalise, robust_range
 from .backends.base import Session
 from .tiling import TileGrid, pad_to
 
-__all__ = ["Denoiser", "check_frames"]
+__all__ = ["DEFAULT_OVERLAP", "Denoiser", "check_frames"]
+
+#: Minimum overlap of neighbouring tiles, in pixels (:class:`Denoiser`, :func:`~bluesky_tomogan.load_denoiser`).
+DEFAULT_OVERLAP = 64
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +121,7 @@ class Denoiser:
     """
 
     def __init__(self, session: Session, card: ModelCard, model_sha256: str = "", tile: int | None = None,
-                 overlap: int = 64) -> None:
+                 overlap: int = DEFAULT_OVERLAP) -> None:
         self.session = session
         self.card = card
         self._model_sha256 = model_sha256

@@ -30,7 +30,7 @@ from ..errors import (
     UnknownModelError,
 )
 from ..modelcard import ModelCard, card_in_directory
-from .denoiser import Denoiser
+from .denoiser import DEFAULT_OVERLAP, Denoiser
 from .registry import (
     AUTO_ORDER,
     PRECISIONS,
@@ -175,7 +175,7 @@ def load_unchecked(model: str | os.PathLike[str], backend: str, precision: str) 
     quality``. Everything else loads with :func:`load_denoiser`.
     """
     ((b, p),) = _candidates(resolve_alias(backend), precision)
-    return _open(load_card(model), spec(b), p, None, None, 64, asked_for="")
+    return _open(load_card(model), spec(b), p, None, None, DEFAULT_OVERLAP, asked_for="")
 
 
 def load_denoiser(
@@ -186,7 +186,7 @@ def load_denoiser(
     ratio: float | None = None,
     threads: int | None = None,
     tile: int | None = None,
-    overlap: int = 64,
+    overlap: int = DEFAULT_OVERLAP,
 ) -> Denoiser:
     """Load a TomoGAN model on the best (or the requested) backend.
 

@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import RatioError
 from ..frames import centred
 from ..modelcard import ModelCard
-from .denoiser import Denoiser, OutDType
+from .denoiser import DEFAULT_OVERLAP, Denoiser, OutDType
 from .load import load_card, load_denoiser
 
 __all__ = ["RatioDenoisers", "RatioController", "load_ratios", "network_name"]
@@ -170,7 +170,7 @@ def load_ratios(
     ratios: list[float] | None = None,
     threads: int | None = None,
     tile: int | None = None,
-    overlap: int = 64,
+    overlap: int = DEFAULT_OVERLAP,
     fallback: str | os.PathLike[str] | None = None,
     fallback_ratios: list[float] | None = None,
     warm_up: tuple[int, int] | None = None,
