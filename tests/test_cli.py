@@ -188,6 +188,41 @@ def test_a_directory_of_tiff_files_is_denoised_into_a_directory_of_the_same_name
     assert {name: (scan / name).read_bytes() for name in names} == raw
 
 
+@pytest.mark.parametrize("suffix", [".npy", ".tif", ".h5"])
+def test_the_input_named_as_output_is_refused_and_the_raw_frames_stay_as_they_were(tmp_path, capsys, suffix):
+    """``denoise scan.tif scan.tif`` (or through a link, or a file of the input directory) would
+    replace raw frames with denoised ones: refused before any work, for every kind of file."""
+    import h5py
+    import numpy as np
+    import tifffile
+
+    from bluesky_tomogan.errors import TomoGANError
+    from bluesky_tomogan.frame_files import denoise_file, open_frames
+
+    frames = np.random.default_rng(2).poisson(300, (3, 16, 24)).astype(np.uint16)
+    src = tmp_path / f"scan{suffix}"
+    if suffix == ".npy":
+        np.save(src, frames)
+    elif suffix == ".tif":
+        tifffile.imwrite(src, frames, photometric="minisblack")
+    else:
+        with h5py.File(src, "w") as f:
+            f["exchange/data"] = frames
+    (tmp_path / f"link{suffix}").symlink_to(src)
+    scan = tmp_path / "scan"
+    scan.mkdir()
+    tifffile.imwrite(scan / "p_0.tif", frames[0], photometric="minisblack")
+    raw = src.read_bytes(), (scan / "p_0.tif").read_bytes()
+    for source, dest, what in ((src, src, "is the input ("), (src, tmp_path / f"link{suffix}", "is the input ("),
+                               (scan, scan / "p_0.tif", "is the input or one of its files"),
+                               (scan, scan / ".." / "scan" / "p_0.tif", "is the input or one of its files")):
+        assert main(["denoise", str(source), str(dest), "--backend", "onnxruntime"]) == 1
+        assert what in capsys.readouterr().err
+    with open_frames(src) as source, pytest.raises(TomoGANError, match="raw frames are never overwritten"):
+        denoise_file(object(), source, tmp_path / f"link{suffix}")  # the library refuses it too, before any work
+    assert (src.read_bytes(), (scan / "p_0.tif").read_bytes()) == raw
+
+
 @pytest.mark.parametrize("case, message", [
     ("empty", "holds no TIFF files"),
     ("two shapes", "holds a frame of (16, 8), not (8, 8) as a_0.tif"),

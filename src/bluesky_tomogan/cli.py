@@ -199,7 +199,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     from .frame_files import check_output, denoise_file, open_frames
     from .inference import load_denoiser
 
-    dest = check_output(args.output)  # before any work: a typo must not cost a long run
+    dest = check_output(args.output, args.input)  # before any work: a typo must not cost a long run
     with open_frames(args.input, args.key) as source:
         den = load_denoiser(args.model, backend=args.backend, precision=args.precision, threads=args.threads,
                             ratio=args.ratio)

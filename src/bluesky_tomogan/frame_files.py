@@ -20,6 +20,7 @@ directory: one TIFF file per frame, named as the input directory's files (else
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -57,13 +58,15 @@ class _Denoiser(Protocol):
 @dataclass
 class FrameSource:
     """Frames of one file: ``shape`` ``(N, H, W)`` (``single``: the file holds one ``(H, W)`` frame),
-    ``dtype``, and ``read(start, stop)``; ``names``: a directory's file names, frame by frame."""
+    ``dtype``, and ``read(start, stop)``; ``names``: a directory's file names, frame by frame;
+    ``origin``: the file or directory read (an output there is refused)."""
 
     shape: tuple[int, ...]
     dtype: np.dtype
     read: Callable[[int, int], np.ndarray]
     single: bool = False
     names: tuple[str, ...] | None = None
+    origin: Path | None = None
 
 
 def _source(array: Any) -> FrameSource:
@@ -93,7 +96,7 @@ def open_frames(path: str | os.PathLike[str], key: str | None = None) -> Iterato
     """
     p = Path(path)
     if p.is_dir():
-        yield _directory(p)
+        yield dataclasses.replace(_directory(p), origin=p)
         return
     if not p.is_file():
         raise TomoGANError(f"input file {p} does not exist")
@@ -102,7 +105,7 @@ def open_frames(path: str | os.PathLike[str], key: str | None = None) -> Iterato
             source = _open(p, key, stack)
         except (OSError, ValueError) as exc:  # a damaged file: say which, not a traceback
             raise TomoGANError(f"cannot read frames from {p}: {exc}") from exc
-        yield source
+        yield dataclasses.replace(source, origin=p)
 
 
 def _open(p: Path, key: str | None, stack: contextlib.ExitStack) -> FrameSource:
@@ -221,15 +224,28 @@ def is_directory_output(path: str | os.PathLike[str]) -> bool:
     return p.is_dir() or os.fspath(path).endswith(("/", os.sep)) or not p.suffix
 
 
-def check_output(path: str | os.PathLike[str]) -> Path:
+def _is_source(output: Path, source: Path) -> bool:
+    """Whether writing ``output`` would replace ``source`` or, for a directory, one of its files
+    (links and other spellings of the same file included)."""
+    if not output.exists():
+        return False
+    read = [f for f in source.iterdir() if f.is_file()] if source.is_dir() else [source]
+    return any(output.samefile(f) for f in read if f.exists())
+
+
+def check_output(path: str | os.PathLike[str], source: str | os.PathLike[str] | None = None) -> Path:
     """``path`` if this module can write it (by its suffix, or a new or empty directory), before any work is done.
 
     A directory that holds anything is refused: its files could be the raw frames
     themselves (the input directory given twice), and a denoised frame must never replace one.
-    A new one is made here, so that the returned path names a directory however it was
+    So is a file that is the ``source`` (the file or directory of frames read) or one of its files.
+    A new directory is made here, so that the returned path names a directory however it was
     spelled (``out.v2/`` loses its separator as a :class:`~pathlib.Path`).
     """
     p = Path(path)
+    if source is not None and _is_source(p, Path(source)):
+        raise TomoGANError(f"output {p} is the input {'or one of its files ' if Path(source).is_dir() else ''}"
+                           f"({source}); give another output: raw frames are never overwritten")
     if is_directory_output(path):
         if p.is_dir() and any(p.iterdir()):
             raise TomoGANError(f"output directory {p} is not empty; give a new or empty directory (its files "
@@ -340,7 +356,7 @@ def denoise_file(denoiser: _Denoiser, source: FrameSource, dest: str | os.PathLi
     Path
         ``dest``.
     """
-    path = check_output(dest)
+    path = check_output(dest, source.origin)
     n, h, w = source.shape
     halo = denoiser.depth // 2
     dtype = source.dtype if keep_dtype else np.dtype(np.float32)
