@@ -302,6 +302,44 @@ def test_denoise_reads_data_exchange_and_tiff_and_writes_tiff(tmp_path, capsys):
         assert out.dtype == np.float32 and out.std() < frames.std()
 
 
+def test_an_hdf5_scan_denoised_into_hdf5_keeps_its_layout_for_reconstruction(tmp_path, capsys):
+    """Data Exchange in, Data Exchange out: flats, darks, angles and metadata copied as they were, the
+    projections denoised at ``exchange/data`` (and every other name the raw frames had: NeXus
+    hard-links its detector data), ``denoised`` the same frames; ``--frames-only`` writes just those."""
+    import h5py
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    frames = rng.poisson(800, (5, 32, 48)).astype(np.uint16)
+    src = tmp_path / "scan.h5"
+    with h5py.File(src, "w") as f:
+        f.attrs["facility"] = "APS"
+        f["exchange/data"] = frames
+        f["exchange/data"].attrs["units"] = "counts"
+        f["exchange/data_white"] = frames[:2] + 100
+        f["exchange/data_dark"] = np.zeros_like(frames[:2])
+        f["exchange/theta"] = np.linspace(0, 180, 5)
+        f["entry/data/data"] = f["exchange/data"]  # a hard link, as NeXus writers make
+        f["entry/soft"] = h5py.SoftLink("/exchange/theta")
+        f["denoised"] = [0.0]  # an earlier result: the output's `denoised` is this run's
+    raw = src.read_bytes()
+    assert main(["denoise", str(src), str(tmp_path / "out.h5"), "--backend", "onnxruntime"]) == 0
+    with h5py.File(tmp_path / "out.h5", "r") as out, h5py.File(src, "r") as f:
+        assert out.attrs["facility"] == "APS"
+        for key in ("exchange/data_white", "exchange/data_dark", "exchange/theta", "entry/soft"):
+            np.testing.assert_array_equal(out[key][()], f[key][()])
+        assert out["exchange/data"] == out["denoised"] == out["entry/data/data"]  # one dataset, three names
+        assert out["exchange/data"].dtype == np.float32 and out["exchange/data"].shape == frames.shape
+        assert out["exchange/data"].attrs["units"] == "counts"
+        assert json.loads(out["exchange/data"].attrs["backend"]) == "onnxruntime"
+        assert out["exchange/data"][()].std() < frames.std()
+    assert main(["denoise", str(src), str(tmp_path / "only.h5"), "--frames-only", "--backend", "onnxruntime"]) == 0
+    with h5py.File(tmp_path / "only.h5", "r") as out, h5py.File(tmp_path / "out.h5", "r") as full:
+        assert list(out) == ["denoised"]
+        np.testing.assert_array_equal(out["denoised"][()], full["denoised"][()])
+    assert src.read_bytes() == raw
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "input file {src} does not exist"),
     ("text", "is not a .npy, TIFF or HDF5 file"),

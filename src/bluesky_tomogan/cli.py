@@ -204,7 +204,8 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         den = load_denoiser(args.model, backend=args.backend, precision=args.precision, threads=args.threads,
                             ratio=args.ratio)
         with tqdm(total=source.shape[0], unit="frame", disable=None, desc="denoise") as bar:
-            denoise_file(den, source, dest, keep_dtype=args.keep_dtype, progress=bar.update)
+            denoise_file(den, source, dest, keep_dtype=args.keep_dtype, frames_only=args.frames_only,
+                         progress=bar.update)
     shape = source.shape[1:] if source.single else source.shape
     print(f"denoised {shape} with {den!r} -> {dest}")
     return 0
@@ -541,7 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "directory of TIFF files")
     s.add_argument("input", help="frames (H, W) or (N, H, W): .npy, .h5/.hdf5/.nxs, a (multi-page) .tif, or a "
                                  "directory of .tif files, one frame each (in the order of their names' numbers)")
-    s.add_argument("output", help=".npy, .h5 (dataset 'denoised', with the provenance), .tif, or a new or empty "
+    s.add_argument("output", help=".npy, .h5 (dataset 'denoised', with the provenance; from an HDF5 input, a copy of "
+                                  "it with the frames denoised at their place), .tif, or a new or empty "
                                   "directory: one .tif per frame, named as the input directory's files")
     s.add_argument("--key", help="HDF5 dataset (default: exchange/data or another usual name for projections, "
                                  "else the file's only dataset)")
@@ -550,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="auto", choices=PRECISIONS)
     s.add_argument("--threads", type=count(1), default=None)
     s.add_argument("--keep-dtype", action="store_true", help="cast the result back to the input dtype")
+    s.add_argument("--frames-only", action="store_true",
+                   help="HDF5 to HDF5: write only the 'denoised' dataset (by default the output is a copy of the "
+                        "input file, flats, darks and angles included, with the frames denoised at their place)")
     s.add_argument("--ratio", type=float, default=None, metavar="PERCENT",
                    help="pruning ratio of an All-in-One model (default: the full network)")
     s.set_defaults(func=_cmd_denoise)

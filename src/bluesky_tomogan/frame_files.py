@@ -15,6 +15,11 @@ files, one frame each, in the order of the numbers in their names. Outputs:
 (one page per frame, the provenance as the first page's description) and a new or empty
 directory: one TIFF file per frame, named as the input directory's files (else
 ``frame_00000.tif`` ...), each with the provenance as its description.
+
+HDF5 to HDF5 keeps the input's layout: the output is a copy of the input file with the
+frames denoised where they were (``exchange/data`` of a Data Exchange file, beside its
+flats, darks and angles, so a reconstruction reads it as it reads the scan), and
+``denoised`` a link to them; ``frames_only`` writes just ``denoised``.
 """
 
 from __future__ import annotations
@@ -34,8 +39,8 @@ import numpy as np
 from .errors import TomoGANError
 from .frames import has_channel_axis, looks_like_colour, without_channel_axis
 
-__all__ = ["NPY", "HDF5", "TIFF", "PROJECTION_KEYS", "FrameSource", "open_frames", "check_output", "denoise_file",
-           "first_dataset", "hdf5_datasets"]
+__all__ = ["NPY", "HDF5", "TIFF", "PROJECTION_KEYS", "DENOISED_KEY", "FrameSource", "open_frames", "check_output",
+           "denoise_file", "first_dataset", "hdf5_datasets"]
 
 NPY, HDF5, TIFF = (".npy",), (".h5", ".hdf5", ".hdf", ".nxs"), (".tif", ".tiff")
 #: Where the projections are in an HDF5 file when no key is given: Data Exchange first, as APS writes it
@@ -59,7 +64,8 @@ class _Denoiser(Protocol):
 class FrameSource:
     """Frames of one file: ``shape`` ``(N, H, W)`` (``single``: the file holds one ``(H, W)`` frame),
     ``dtype``, and ``read(start, stop)``; ``names``: a directory's file names, frame by frame;
-    ``origin``: the file or directory read (an output there is refused)."""
+    ``origin``: the file or directory read (an output there is refused); ``hdf5_key``: the
+    dataset read, in an HDF5 file."""
 
     shape: tuple[int, ...]
     dtype: np.dtype
@@ -67,6 +73,7 @@ class FrameSource:
     single: bool = False
     names: tuple[str, ...] | None = None
     origin: Path | None = None
+    hdf5_key: str | None = None
 
 
 def _source(array: Any) -> FrameSource:
@@ -136,7 +143,8 @@ def _open(p: Path, key: str | None, stack: contextlib.ExitStack) -> FrameSource:
                            lambda a, b: np.asarray(tif.asarray(key=range(a, b))).reshape(b - a, *shape))
     if h5py.is_hdf5(p):
         f = stack.enter_context(h5py.File(p, "r"))
-        return _source(f[_frames_key(f, p, key)])
+        frames = f[_frames_key(f, p, key)]
+        return dataclasses.replace(_source(frames), hdf5_key=frames.name)
     raise TomoGANError(f"{p} is not a .npy, TIFF or HDF5 file (its suffix {suffix!r} and its contents say "
                        f"neither): give frames as {', '.join(NPY + HDF5 + TIFF)}")
 
@@ -271,11 +279,50 @@ def _frame_names(n: int, names: tuple[str, ...] | None) -> list[str]:
     return [f"frame_{i:0{width}d}.tif" for i in range(n)]
 
 
+#: The dataset an HDF5 output always has, the denoised frames (a link where the input's layout is kept).
+DENOISED_KEY = "denoised"
+
+
+def _copy_hdf5_layout(src: Any, dst: Any, frames: Any, made: dict[int, str] | None = None) -> list[str]:
+    """Copy every object of the open HDF5 group ``src`` into ``dst`` but the ``frames`` dataset,
+    attributes included; returns the paths (in ``dst``) where ``frames`` was, to be linked to the
+    denoised frames. An object met again (a hard link; ``made``: its first copy's path by object) is
+    linked, not copied twice; soft and external links are copied as links; a root ``denoised`` is not copied."""
+    import h5py
+
+    made = {hash(src.id): dst.name} if made is None else made
+    dst.attrs.update(src.attrs)
+    places = []
+    for name in src:
+        link = src.get(name, getlink=True)
+        here = f"{dst.name.rstrip('/')}/{name}"
+        if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+            dst[name] = link
+            continue
+        if src.name == "/" and name == DENOISED_KEY:
+            continue  # the output's `denoised` is this run's frames
+        obj = src[name]
+        if obj == frames:  # the frames, here or at another hard link (NeXus links detector data)
+            places.append(here)
+        elif hash(obj.id) in made:
+            dst[name] = dst.file[made[hash(obj.id)]]
+        elif isinstance(obj, h5py.Group):  # walked, not copied whole: it may hold a link to the frames
+            made[hash(obj.id)] = here
+            places += _copy_hdf5_layout(obj, dst.create_group(name), frames, made)
+        else:
+            made[hash(obj.id)] = here
+            src.copy(obj, dst, name=name)
+    return places
+
+
 @contextlib.contextmanager
 def _sink(path: Path, shape: tuple[int, ...], dtype: np.dtype, provenance: dict[str, Any],
-          names: tuple[str, ...] | None = None) -> Iterator[Callable[[int, np.ndarray], None]]:
+          names: tuple[str, ...] | None = None,
+          layout: tuple[Path, str] | None = None) -> Iterator[Callable[[int, np.ndarray], None]]:
     """``write(start, frames)`` into a new file of ``shape`` (``(N, H, W)``, or ``(H, W)`` for one frame),
-    or into a directory, one TIFF file per frame (``names``: the input directory's)."""
+    or into a directory, one TIFF file per frame (``names``: the input directory's). An HDF5
+    output with ``layout`` (the input HDF5 file and its frames' dataset) is a copy of that
+    file with the frames at their place."""
     import h5py
 
     with contextlib.ExitStack() as stack:
@@ -306,9 +353,18 @@ def _sink(path: Path, shape: tuple[int, ...], dtype: np.dtype, provenance: dict[
                     stack.callback(target.flush)
                 else:
                     f = stack.enter_context(h5py.File(path, "w"))
-                    target = f.create_dataset("denoised", shape=shape, dtype=dtype,
+                    places = [f"/{DENOISED_KEY}"]
+                    attrs: dict[str, Any] = {}
+                    if layout is not None:
+                        with h5py.File(layout[0], "r") as src:
+                            raw = src[layout[1]]
+                            places = _copy_hdf5_layout(src, f, raw) + places
+                            attrs.update(raw.attrs)
+                    target = f.create_dataset(places[0], shape=shape, dtype=dtype,
                                               chunks=(1, *shape[-2:]) if len(shape) == 3 else None)
-                    target.attrs.update({k: json.dumps(v) for k, v in provenance.items()})
+                    target.attrs.update(attrs | {k: json.dumps(v) for k, v in provenance.items()})
+                    for place in places[1:]:
+                        f[place] = target  # hard links: the same frames under every name
 
                 def put(start: int, frames: np.ndarray) -> None:
                     if len(shape) == 3:
@@ -328,7 +384,7 @@ def _sink(path: Path, shape: tuple[int, ...], dtype: np.dtype, provenance: dict[
 
 
 def denoise_file(denoiser: _Denoiser, source: FrameSource, dest: str | os.PathLike[str], *,
-                 keep_dtype: bool = False, chunk: int = CHUNK,
+                 keep_dtype: bool = False, chunk: int = CHUNK, frames_only: bool = False,
                  progress: Callable[[int], Any] | None = None) -> Path:
     """Denoise every frame of ``source`` into ``dest`` (.npy, HDF5 or TIFF), ``chunk`` frames at a time.
 
@@ -348,6 +404,10 @@ def denoise_file(denoiser: _Denoiser, source: FrameSource, dest: str | os.PathLi
         Cast the result back to the input's dtype (default float32).
     chunk : int
         Frames per chunk.
+    frames_only : bool
+        From an HDF5 file into one, write only the ``denoised`` dataset; by default the output
+        is a copy of the input file (flats, darks, angles, metadata) with the frames denoised
+        at their place and ``denoised`` a link to them.
     progress : callable, optional
         Called with the number of frames finished after each chunk.
 
@@ -360,7 +420,11 @@ def denoise_file(denoiser: _Denoiser, source: FrameSource, dest: str | os.PathLi
     n, h, w = source.shape
     halo = denoiser.depth // 2
     dtype = source.dtype if keep_dtype else np.dtype(np.float32)
-    with _sink(path, (h, w) if source.single else (n, h, w), dtype, denoiser.provenance(), source.names) as write:
+    layout = None
+    if source.hdf5_key is not None and source.origin is not None and not frames_only:
+        layout = (source.origin, source.hdf5_key)
+    with _sink(path, (h, w) if source.single else (n, h, w), dtype, denoiser.provenance(), source.names,
+               layout) as write:
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
             lo, hi = max(start - halo, 0), min(stop + halo, n)
