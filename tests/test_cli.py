@@ -13,8 +13,8 @@ from bluesky_tomogan.cli import main
 
 from .conftest import copy_of_shipped_model
 
-COMMANDS = ["demo", "merge", "simulate", "train", "finetune", "export", "quality", "denoise", "bench", "models",
-            "serve", "qc-ioc"]
+COMMANDS = ["demo", "merge", "simulate", "train", "finetune", "export", "quality", "denoise", "reprocess", "bench",
+            "models", "serve", "qc-ioc"]
 
 
 def test_every_command_parses_and_has_its_own_help(capsys):

@@ -1,4 +1,4 @@
-"""``bluesky-tomogan`` command line: simulate, train, export, denoise, bench, demo, models, serve."""
+"""``bluesky-tomogan`` command line: simulate, train, export, denoise, reprocess, bench, demo, models, serve."""
 
 from __future__ import annotations
 
@@ -208,6 +208,41 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                          progress=bar.update)
     shape = source.shape[1:] if source.single else source.shape
     print(f"denoised {shape} with {den!r} -> {dest}")
+    return 0
+
+
+def _cmd_reprocess(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .inference import load_denoiser
+    from .reprocess import REPROCESSED_FROM, ReprocessError, reprocess
+    from .storage import close_local_tiled, open_tiled, server_of
+
+    den = load_denoiser(args.model, backend=args.backend, precision=args.precision, threads=args.threads)
+    client = open_tiled(args.tiled, ReprocessError)
+    try:
+        before = set(client[args.uid]) if args.uid in client else set()
+        with tqdm(unit="doc", disable=None, desc="replay") as bar:
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            written, summary = reprocess(client, args.uid, den, into=args.into, streams=args.streams,
+                                         fields=args.fields, directory=args.directory, root_map=dict(args.root_map),
+                                         progress=progress)
+        for line in summary.errors if summary is not None else []:
+            print(f"note: {line}", file=sys.stderr)
+        if args.into == "run":
+            added = sorted(set(client[written]) - before)
+            print(f"run {args.uid} denoised with {den!r}; streams added to it: {added}")
+        else:
+            print(f"run {args.uid} denoised with {den!r} into the new run {written} (streams {list(client[written])})")
+            print(f"every reprocessing of the scan: client.search(Key('start.{REPROCESSED_FROM}') == {args.uid!r})")
+    finally:
+        if server_of(client) is not None:
+            close_local_tiled(client)
+        else:
+            client.context.close()  # the connection pool, not the server
     return 0
 
 
@@ -507,6 +542,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "float, for a network with fused decoders (default: 1 2 3; none given: every sum in "
                         "int8, the fastest)")
     s.set_defaults(func=_cmd_export)
+
+    s = sub.add_parser("reprocess", help="denoise a run stored in Tiled, into that run or a new one (a scan taken "
+                                         "without the callback, or another model)")
+    s.add_argument("tiled", metavar="URI|DIR",
+                   help="Tiled server holding the run (URI with ?api_key= if needed), or the directory of an "
+                        "embedded one (as the demo and the profile make)")
+    s.add_argument("--uid", required=True, help="the stored run")
+    s.add_argument("--into", choices=["run", "new"], default="run",
+                   help="run: add the derived streams to the stored run, as the live callback does (default; "
+                        "'denoised_2' if it has a 'denoised' already); new: write a new run beside it, found by "
+                        "Key('start.tomogan_reprocessed_from') == UID")
+    s.add_argument("--model", default=None, help="shipped model name or model card path (e.g. a fine-tuned one)")
+    s.add_argument("--backend", default="auto", choices=backend_names())
+    s.add_argument("--precision", default="auto", choices=PRECISIONS)
+    s.add_argument("--threads", type=count(1), default=None)
+    s.add_argument("--streams", nargs="+", help="streams to denoise (default: every stream with images)")
+    s.add_argument("--fields", nargs="+", help="image fields to denoise (default: every 2-D field)")
+    s.add_argument("--directory", help="where derived frames are written (default: next to the raw frames); "
+                                       "the Tiled server must be able to read it")
+    s.add_argument("--root-map", nargs="+", type=_path_pair, default=[], metavar="THERE=HERE",
+                   help="the detector's files written under THERE are read under HERE on this machine")
+    s.set_defaults(func=_cmd_reprocess)
 
     s = sub.add_parser("finetune", help="fine-tune a shipped model on your own noisy scan, no clean data "
                                         "(needs the export extra)")

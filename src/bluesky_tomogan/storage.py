@@ -6,11 +6,15 @@ derived-frame directory ``path/frames`` that ``TomoGANCallback(directory=...)``
 writes to (and the callback's per-user default directory), and returns a
 connected client. A production beamline passes the
 URI of its own (PostgreSQL-backed) Tiled server to ``tiled.client.from_uri``
-instead; everything downstream is the same.
+instead; everything downstream is the same. The embedded server exports a run as its
+documents (``client[uid].documents()``), as bluesky-tiled-plugins' exporter does when a
+production server's ``media_types`` name it: replaying a stored run needs it
+(:mod:`bluesky_tomogan.reprocess`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -18,7 +22,9 @@ from typing import Any
 
 from .errors import OutputPathError
 
-__all__ = ["local_tiled", "frames_directory", "close_local_tiled", "derived_streams", "server_of"]
+__all__ = ["local_tiled", "open_tiled", "frames_directory", "close_local_tiled", "derived_streams", "server_of"]
+
+log = logging.getLogger(__name__)
 
 #: Embedded servers by ``id`` of the client that :func:`local_tiled` returned (kept alive until closed).
 _SERVERS: dict[int, Any] = {}
@@ -40,6 +46,7 @@ def local_tiled(path: str | os.PathLike[str] = "~/tomogan-data") -> Any:
 
     from .callbacks.frame_writer import default_directory
 
+    _export_runs_as_documents()
     root = Path(path).expanduser().resolve()
     readable = [frames_directory(root), default_directory()]
     try:
@@ -53,11 +60,45 @@ def local_tiled(path: str | os.PathLike[str] = "~/tomogan-data") -> Any:
     return client
 
 
+def _export_runs_as_documents() -> None:
+    """Let Tiled servers built from here on serve ``run.documents()``: bluesky-tiled-plugins'
+    ``application/json-seq`` exporter, which a production server names in its config's
+    ``media_types``; ``SimpleTiledServer`` takes no config, so it goes into Tiled's default
+    registry (idempotent: the same exporter under the same name)."""
+    from bluesky_tiled_plugins.exporters import json_seq_exporter
+    from tiled.media_type_registration import default_serialization_registry
+
+    default_serialization_registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)
+
+
+def open_tiled(where: str, error: type[Exception] = OutputPathError) -> Any:
+    """A client of the Tiled server at the URI ``where`` (``?api_key=`` if it needs one), or of an
+    embedded one in the directory ``where`` (:func:`local_tiled`).
+
+    Raises
+    ------
+    error
+        The server cannot be reached or refuses (the message leaves out the API key).
+    """
+    if "://" not in where:  # a directory: an embedded server in this process
+        client = local_tiled(where)
+        log.info("embedded Tiled in %s at %s", where, server_of(client).uri.split("?")[0])
+        return client
+    from tiled.client import from_uri
+
+    try:
+        return from_uri(where)
+    except Exception as exc:  # connection refused, 401, not a Tiled server...
+        raise error(f"Tiled at {where.split('?')[0]} refused: {type(exc).__name__}: {exc}") from exc
+
+
 def derived_streams(run: Any) -> dict[tuple[str, str], str]:
     """The denoised streams of a run stored in Tiled: ``(raw stream, image field) -> derived stream name``.
 
     Found by what each stream denoises (its configuration, read from the stream's metadata), not
-    by its name: a plan with its own stream called ``denoised`` gets ``denoised_2``.
+    by its name: a plan with its own stream called ``denoised`` gets ``denoised_2``. Where a
+    stream was denoised more than once (``bluesky-tomogan reprocess``), the latest: the highest
+    copy number (``denoised_3`` over ``denoised_2`` over ``denoised``).
 
     Parameters
     ----------
@@ -76,11 +117,15 @@ def derived_streams(run: Any) -> dict[tuple[str, str], str]:
     """
     from .callbacks.derived_stream import derived_from
 
-    out = {}
+    def copy_number(name: str) -> int:
+        head, _, tail = name.rpartition("_")
+        return int(tail) if head and tail.isdigit() else 1
+
+    out: dict[tuple[str, str], str] = {}
     for name in run:
         # a stream's metadata in Tiled is its descriptor's data keys and configuration
         source = derived_from({**dict(run[name].metadata), "name": name})
-        if source is not None:
+        if source is not None and (source not in out or copy_number(str(name)) > copy_number(out[source])):
             out[source] = str(name)
     return out
 

@@ -265,7 +265,8 @@ class RunDenoiser(PassThroughRun):
         while name in self._raw_streams:
             name, copy = f"{wanted}_{copy}", copy + 1
         if name != wanted:
-            self._note(f"the run has a raw stream named {wanted!r}; the derived stream of {raw_name!r} "
+            self._note(f"the run has a stream named {wanted!r} already (the plan's, or denoised before); "
+                       f"the derived stream of {raw_name!r} "
                        f"field {f!r} is named {name!r}")
         return self._compose_stream(raw_name, f, name, shape, exposures)
 

@@ -162,15 +162,6 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
 def _tiled_client(uri: str | None) -> Any:
     if not uri:
         raise ServeError("storing runs needs --tiled URI or DIR (or --store none)")
-    if "://" not in uri:  # a directory: an embedded server in this process, as storage.local_tiled makes
-        from ..storage import local_tiled, server_of
+    from ..storage import open_tiled
 
-        client = local_tiled(uri)
-        log.info("embedded Tiled in %s at %s", uri, server_of(client).uri)
-        return client
-    from tiled.client import from_uri
-
-    try:
-        return from_uri(uri)
-    except Exception as exc:  # connection refused, 401, not a Tiled server...
-        raise ServeError(f"Tiled at {uri.split('?')[0]} refused: {type(exc).__name__}: {exc}") from exc
+    return open_tiled(uri, ServeError)

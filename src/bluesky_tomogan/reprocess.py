@@ -1,0 +1,253 @@
+"""Denoise a run already stored in Tiled (``bluesky-tomogan reprocess``).
+
+A scan taken without the callback, or one to denoise again with another model (one
+fine-tuned on it, ``bluesky-tomogan finetune``), is replayed from storage: the stored
+run's documents (``run.documents()``, bluesky-tiled-plugins) go through a
+:class:`~bluesky_tomogan.TomoGANCallback`, as the RunEngine's did during the scan. Raw data
+are never changed or copied. The result goes
+
+- ``into="run"`` (default): into the stored run itself, as the live callback would have put
+  it: a ``denoised`` stream beside ``primary`` (``denoised_2`` where the run has one already;
+  :func:`~bluesky_tomogan.storage.derived_streams` tells them apart), written by the worker's
+  :class:`~bluesky_tomogan.serve.DerivedStreamsWriter`, which adds streams to a run another
+  writer stored and leaves its documents as they are;
+- ``into="new"``: into a new run with its own uids, the same metadata, the raw streams
+  referring to the same raw files, only this model's derived streams (the stored run's are
+  left out), and ``tomogan_reprocessed_from`` in its start document, so
+  ``client.search(Key("start.tomogan_reprocessed_from") == uid)`` finds every reprocessing of a scan.
+
+The server must export runs as documents: :func:`~bluesky_tomogan.storage.local_tiled` does;
+another Tiled server needs bluesky-tiled-plugins' exporter in its ``media_types``
+(docs/callback.md, "Denoising a stored run afterwards").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Literal
+
+from .callbacks.derived_stream import made_by_us
+from .errors import TomoGANError
+
+__all__ = ["ReprocessError", "REPROCESSED_FROM", "as_new_run", "derived_first", "read_run", "replay", "reprocess",
+           "stored_documents"]
+
+log = logging.getLogger(__name__)
+
+#: Start-document key of a reprocessed run: the uid of the stored run it was made from.
+REPROCESSED_FROM = "tomogan_reprocessed_from"
+#: Seconds a replayed frame may wait for room in the queue, and the stop for the worker: offline, no frame is dropped.
+OFFLINE_TIMEOUT_S = 3600.0
+
+
+class ReprocessError(TomoGANError, RuntimeError):
+    """A stored run that cannot be replayed: missing, unreadable, or a server that does not export documents."""
+
+
+def stored_documents(run: Any, where: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """The documents of a run stored in Tiled, as plain (mutable) dicts, in their stored order.
+
+    Raises
+    ------
+    ReprocessError
+        The server does not export runs as documents, or reading them failed.
+    """
+    where = where or f"run {run.metadata.get('start', {}).get('uid', '?')}"
+    try:
+        return [(name, doc.to_dict() if hasattr(doc, "to_dict") else dict(doc)) for name, doc in run.documents()]
+    except Exception as exc:  # tiled raises transport, HTTP and parsing errors of many types
+        if "406" in str(exc) or "json-seq" in str(exc):
+            raise ReprocessError(
+                f"{where}: the Tiled server does not export runs as documents (application/json-seq); add "
+                "bluesky_tiled_plugins.exporters:json_seq_exporter to its media_types for BlueskyRun "
+                "(docs/callback.md)") from exc
+        raise ReprocessError(f"{where}: cannot read its documents: {type(exc).__name__}: {exc}") from exc
+
+
+def as_new_run(documents: Iterable[tuple[str, Mapping[str, Any]]], *,
+               extra_start: Mapping[str, Any] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The documents of a stored run as those of a new run: every uid new, ``run_start`` and each
+    reference to a descriptor or stream resource following it, ``tomogan_reprocessed_from`` (and
+    ``extra_start``) in the start document, and the run's own derived streams (descriptors made by
+    this package, with their events, stream resources and datums) left out.
+
+    Legacy ``Resource``/``Datum`` keep their uids: events name their datums by them.
+    """
+    new: dict[str, str] = {}  # old descriptor or stream resource uid -> new uid
+    dropped: set[str] = set()  # descriptors left out
+    dropped_keys: set[str] = set()  # their data keys (their stream resources name them)
+    kept_keys: set[str] = set()
+    dropped_streams: set[str] = set()
+    run_start = ""
+    for name, original in documents:
+        doc = dict(original)
+        if name == "start":
+            run_start = str(uuid.uuid4())
+            doc.update({REPROCESSED_FROM: doc["uid"], **(extra_start or {})}, uid=run_start)
+        elif name == "descriptor":
+            if made_by_us(doc):
+                dropped.add(doc["uid"])
+                dropped_keys.update(doc.get("data_keys", {}))
+                dropped_streams.add(doc.get("name", ""))
+                continue
+            kept_keys.update(doc.get("data_keys", {}))
+            new[doc["uid"]] = doc["uid"] = str(uuid.uuid4())
+        elif name in ("event", "event_page", "stream_datum"):
+            if doc["descriptor"] in dropped:
+                continue
+            doc["descriptor"] = new.get(doc["descriptor"], doc["descriptor"])
+            if name == "event_page":
+                doc["uid"] = [str(uuid.uuid4()) for _ in doc["uid"]]
+            elif name == "event":
+                doc["uid"] = str(uuid.uuid4())
+            else:
+                resource = new.get(doc["stream_resource"], doc["stream_resource"])
+                doc["stream_resource"] = resource
+                doc["uid"] = f"{resource}/{str(doc['uid']).rpartition('/')[2] or uuid.uuid4()}"
+        elif name == "stream_resource":
+            if doc.get("data_key") in dropped_keys - kept_keys:
+                continue
+            new[doc["uid"]] = doc["uid"] = str(uuid.uuid4())
+        elif name == "stop":
+            doc["uid"] = str(uuid.uuid4())
+            doc["num_events"] = {k: v for k, v in (doc.get("num_events") or {}).items() if k not in dropped_streams}
+        if "run_start" in doc:
+            doc["run_start"] = run_start
+        yield name, doc
+
+
+def derived_first(documents: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """The stored documents with the run's derived descriptors (made by this package) right after its
+    start: the callback then knows every stream name the run has before it names its own
+    (``denoised_2`` where ``denoised`` is taken), whatever order the store lists streams in."""
+    derived = [(n, d) for n, d in documents if n == "descriptor" and made_by_us(d)]
+    moved = {id(d) for _, d in derived}
+    rest = [(n, d) for n, d in documents if id(d) not in moved]
+    return rest[:1] + derived + rest[1:]
+
+
+class _NotStored:
+    """Pass on the documents the callback made, not those replayed from storage (the run's
+    start and stop pass: the writer attaches to the run at the start and finishes at the stop)."""
+
+    def __init__(self, sink: Callable[[str, Any], Any], stored: list[tuple[str, dict[str, Any]]]) -> None:
+        self._sink = sink
+        self._stored = {d["uid"] for n, d in stored if n in ("descriptor", "stream_resource")}
+
+    def __call__(self, name: str, doc: Any) -> None:
+        if name in ("descriptor", "stream_resource"):
+            stored = doc["uid"] in self._stored
+        else:
+            stored = doc.get("descriptor") in self._stored
+        if not stored:
+            self._sink(name, doc)
+
+
+def read_run(client: Any, uid: str) -> list[tuple[str, dict[str, Any]]]:
+    """The documents of the run ``uid`` stored at ``client`` (:func:`stored_documents`).
+
+    Raises
+    ------
+    ReprocessError
+        No such run, or its documents cannot be read.
+    """
+    where = f"run {uid}"
+    try:
+        run = client[uid]
+    except KeyError:
+        raise ReprocessError(f"{where}: no such run") from None
+    except Exception as exc:
+        raise ReprocessError(f"{where}: cannot read it: {type(exc).__name__}: {exc}") from exc
+    documents = stored_documents(run, where)
+    if not documents or documents[0][0] != "start":
+        raise ReprocessError(f"{where}: its stored documents do not begin with a start document")
+    return documents
+
+
+def replay(documents: list[tuple[str, dict[str, Any]]], callback: Callable[[str, Any], Any], *,
+           into: Literal["run", "new"] = "new", extra_start: Mapping[str, Any] | None = None,
+           progress: Callable[[int, int], Any] | None = None) -> str:
+    """Replay a stored run's ``documents`` into ``callback``; return the uid of the run written.
+
+    ``callback`` is what the RunEngine would have fed: a :class:`~bluesky_tomogan.TomoGANCallback`
+    with a writer subscribed to it (:func:`reprocess` builds that). ``into="new"``: the documents
+    of a new run (:func:`as_new_run`, with ``extra_start``); ``into="run"``: the stored documents
+    as they are, the run's derived descriptors first (:func:`derived_first`). ``progress`` is
+    called with the number of documents replayed and their total after each.
+    """
+    stream = as_new_run(documents, extra_start=extra_start) if into == "new" else iter(derived_first(documents))
+    written = ""
+    for done, (name, doc) in enumerate(stream, 1):
+        if name == "start":
+            written = doc["uid"]
+        callback(name, doc)
+        if progress is not None:
+            progress(done, len(documents))
+    return written
+
+
+def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new"] = "run",
+              streams: list[str] | None = None, fields: list[str] | None = None, directory: Any = None,
+              root_map: Mapping[str, str] | None = None,
+              progress: Callable[[int, int], Any] | None = None) -> tuple[str, Any]:
+    """Denoise the stored run ``uid`` with ``denoiser``, into that run or a new one of the same catalog.
+
+    Parameters
+    ----------
+    client : tiled client
+        The catalog holding the run (``tiled.client.from_uri``, ``storage.local_tiled``); the result
+        is written there.
+    uid : str
+        The stored run.
+    denoiser : Denoiser
+        What :func:`~bluesky_tomogan.load_denoiser` returns.
+    into : {"run", "new"}
+        ``"run"``: add the derived streams to the stored run (its documents stay as they are);
+        ``"new"``: write a new run (see the module docstring).
+    streams, fields : list of str, optional
+        As for :class:`~bluesky_tomogan.TomoGANCallback` (default: every stream and image field).
+    directory : path-like, optional
+        Where the derived frames' files go (default: next to the raw frames' files); the Tiled
+        server must be able to read it.
+    root_map : dict, optional
+        Where this machine sees the raw frames' files, as for the callback.
+    progress : callable, optional
+        Called with the number of documents replayed and their total, after each.
+
+    Returns
+    -------
+    (str, RunSummary)
+        The uid of the run written (``uid`` itself with ``into="run"``), and the callback's
+        summary of it (``errors``, ``dropped``, ...).
+
+    Raises
+    ------
+    ReprocessError
+        No such run, its documents cannot be read, ``into`` is neither, or writing the result failed.
+    """
+    from bluesky.callbacks.tiled_writer import TiledWriter
+
+    from .callbacks import TomoGANCallback
+
+    if into not in ("run", "new"):
+        raise ReprocessError(f"into must be 'run' (the stored run) or 'new' (a new run), got {into!r}")
+    documents = read_run(client, uid)
+    callback = TomoGANCallback(denoiser, fields=fields, streams=streams, policy="block", directory=directory,
+                               root_map=root_map, block_timeout=OFFLINE_TIMEOUT_S, flush_timeout=OFFLINE_TIMEOUT_S)
+    if into == "new":
+        callback.subscribe(TiledWriter(client))
+    else:
+        from .serve.tiled_derived import DerivedStreamsWriter
+        from .serve.worker import DerivedOnly
+
+        callback.subscribe(DerivedOnly(_NotStored(DerivedStreamsWriter(client), documents)), storage=True)
+    extra = {"tomogan_reprocessed_at": time.time()}
+    written = replay(documents, callback, into=into, extra_start=extra, progress=progress)
+    summary = callback.last_run
+    if summary is not None and summary.consumers.total:
+        raise ReprocessError(f"run {uid}: {summary.consumers.reason()} (the log has each error)")
+    log.info("run %s denoised into %s (%s)", uid, "itself" if into == "run" else f"the new run {written}", denoiser)
+    return written, summary

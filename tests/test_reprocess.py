@@ -1,0 +1,119 @@
+"""A run stored in Tiled, denoised afterwards into that run or a new one (``bluesky-tomogan reprocess``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from bluesky.callbacks.tiled_writer import TiledWriter
+from tiled.queries import Key
+
+from bluesky_tomogan import load_denoiser
+from bluesky_tomogan.cli import main
+from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
+from bluesky_tomogan.frames import context_indices
+from bluesky_tomogan.plans import tomo_scan
+from bluesky_tomogan.reprocess import REPROCESSED_FROM, ReprocessError, as_new_run, reprocess, stored_documents
+from bluesky_tomogan.storage import derived_streams, frames_directory, server_of
+
+
+def scan(RE, client, directory):
+    """A short scan stored in ``client`` without the callback, raw frames under ``directory``; its uid."""
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(40, 48), directory=directory, simulate_timing=False)
+    RE.subscribe(TiledWriter(client))
+    (uid,) = RE(tomo_scan(det, stage, angles=range(0, 180, 30), n_darks=2, n_flats=2), sample="beads")
+    return uid
+
+
+def test_a_stored_scan_gets_its_denoised_stream_and_another_models_then_a_new_run_that_search_finds(
+        RE, denoiser, store, tmp_path, capsys):
+    """A scan stored without the callback, reprocessed from the command line (the Tiled server's URI):
+    ``denoised`` added to the run as the live callback adds it, then ``denoised_2`` by another model;
+    then into a new run, which holds only that model's stream."""
+    client = store
+    uid = scan(RE, client, frames_directory(tmp_path / "store") / "raw")
+    stored_stop = dict(client[uid].metadata["stop"])
+    raw = np.asarray(client[uid]["primary"]["det_image"].read())
+    assert main(["reprocess", server_of(client).uri, "--uid", uid, "--backend", "onnxruntime",
+                 "--streams", "primary"]) == 0
+    assert "streams added to it: ['denoised']" in capsys.readouterr().out
+    run = client[uid]
+    assert sorted(run) == ["dark", "denoised", "flat", "primary"]
+    assert dict(run.metadata["stop"]) == stored_stop  # the run's own documents stay as they were
+    np.testing.assert_array_equal(np.asarray(run["primary"]["det_image"].read()), raw)
+    frames = np.asarray(run["denoised"]["det_image_denoised"].read())
+    assert frames.shape == (6, 40, 48) and frames.std() < raw.std()
+    assert list(run["denoised"]["det_image_qc_error"].read()) == [""] * 6
+    raw = raw.reshape(6, 40, 48)
+    for k in range(6):  # each frame with its neighbours, as the live callback denoises it
+        want = denoiser.denoise_context(raw[context_indices(np.zeros(6, np.int32), k, denoiser.depth)])
+        np.testing.assert_allclose(frames[k], want, atol=1e-3)
+
+    assert main(["reprocess", server_of(client).uri, "--uid", uid, "--model", "tomogan-projection-light",
+                 "--backend", "onnxruntime", "--streams", "primary"]) == 0
+    assert "streams added to it: ['denoised_2']" in capsys.readouterr().out
+    assert derived_streams(client[uid]) == {("primary", "det_image"): "denoised_2"}
+    assert set(client[uid]["denoised_2"]["det_image_model"].read()) == {"tomogan-projection-light"}
+
+    light = load_denoiser("tomogan-projection-light", backend="onnxruntime")
+    new_uid, summary = reprocess(client, uid, light, into="new", streams=["primary"])
+    assert summary.errors == [] or all("not denoised again" in e for e in summary.errors)
+    assert list(client.search(Key(f"start.{REPROCESSED_FROM}") == uid)) == [new_uid]
+    new = client[new_uid]
+    assert sorted(new) == ["dark", "denoised", "flat", "primary"]  # the stored run's derived streams left out
+    assert new.metadata["start"]["sample"] == "beads" and new.metadata["stop"]["exit_status"] == "success"
+    assert new.metadata["stop"]["num_events"]["denoised"] == 6
+    np.testing.assert_array_equal(np.asarray(new["primary"]["det_image"].read()).reshape(raw.shape), raw)
+    np.testing.assert_allclose(np.asarray(new["denoised"]["det_image_denoised"].read()),
+                               np.asarray(client[uid]["denoised_2"]["det_image_denoised"].read()), atol=1e-5)
+    with pytest.raises(ReprocessError, match="run no-such-run: no such run"):
+        reprocess(client, "no-such-run", light)
+
+
+def test_a_replayed_run_has_new_uids_throughout_and_leaves_out_its_derived_streams():
+    import event_model
+
+    run = event_model.compose_run()
+    raw = run.compose_descriptor(name="primary", data_keys={
+        "det_image": {"source": "SIM:det", "dtype": "array", "shape": [1, 8, 8], "external": "STREAM:"}})
+    derived = run.compose_descriptor(name="denoised", data_keys={
+        "det_image_denoised": {"source": "bluesky-tomogan", "dtype": "array", "shape": [1, 8, 8],
+                               "external": "STREAM:"}})
+    resources = [run.compose_stream_resource(mimetype="application/x-hdf5", uri="file:///d/raw.h5",
+                                             data_key=key, parameters={"dataset": "/d"})
+                 for key in ("det_image", "det_image_denoised")]
+    docs = [("start", run.start_doc), ("descriptor", raw.descriptor_doc), ("descriptor", derived.descriptor_doc),
+            ("event", raw.compose_event(data={}, timestamps={}, seq_num=1)),
+            ("event", derived.compose_event(data={}, timestamps={}, seq_num=1)),
+            ("stream_resource", resources[0].stream_resource_doc),
+            ("stream_resource", resources[1].stream_resource_doc),
+            *(("stream_datum", r.compose_stream_datum(indices={"start": 0, "stop": 1},
+                                                      seq_nums={"start": 1, "stop": 2}, descriptor=d))
+              for r, d in zip(resources, (raw.descriptor_doc, derived.descriptor_doc), strict=True)),
+            ("stop", run.compose_stop())]
+    docs[-1][1]["num_events"] = {"primary": 1, "denoised": 1}
+    out = list(as_new_run(docs, extra_start={"note": "again"}))
+    assert [n for n, _ in out] == ["start", "descriptor", "event", "stream_resource", "stream_datum", "stop"]
+    (start, descriptor, event, resource, datum, stop) = (d for _, d in out)
+    old = {d.get("uid") for _, d in docs}
+    assert not {start["uid"], descriptor["uid"], event["uid"], resource["uid"], datum["uid"], stop["uid"]} & old
+    assert start[REPROCESSED_FROM] == run.start_doc["uid"] and start["note"] == "again"
+    assert descriptor["run_start"] == resource["run_start"] == stop["run_start"] == start["uid"]
+    assert event["descriptor"] == datum["descriptor"] == descriptor["uid"]
+    assert datum["stream_resource"] == resource["uid"] and datum["uid"].startswith(f"{resource['uid']}/")
+    assert stop["num_events"] == {"primary": 1}
+    assert docs[0][1]["uid"] == run.start_doc["uid"]  # the stored documents are not touched
+
+
+class _RunOfAServerWithoutTheExporter:
+    metadata = {"start": {"uid": "abc"}}
+
+    def documents(self):
+        raise RuntimeError("406: None of the media types requested by the client are supported. "
+                           "Requested: application/json-seq.")
+        yield  # pragma: no cover
+
+
+def test_a_server_that_does_not_export_documents_is_one_clear_error():
+    with pytest.raises(ReprocessError, match="does not export runs as documents .*json_seq_exporter"):
+        stored_documents(_RunOfAServerWithoutTheExporter())
