@@ -219,6 +219,7 @@ def _cmd_reprocess(args: argparse.Namespace) -> int:
     from .storage import close_local_tiled, open_tiled, server_of
 
     den = load_denoiser(args.model, backend=args.backend, precision=args.precision, threads=args.threads)
+    slices = load_denoiser("tomogan-slice", backend=args.backend, threads=args.threads) if args.reconstruct else None
     client = open_tiled(args.tiled, ReprocessError)
     try:
         before = set(client[args.uid]) if args.uid in client else set()
@@ -229,9 +230,10 @@ def _cmd_reprocess(args: argparse.Namespace) -> int:
 
             written, summary = reprocess(client, args.uid, den, into=args.into, streams=args.streams,
                                          fields=args.fields, directory=args.directory, root_map=dict(args.root_map),
-                                         progress=progress)
+                                         reconstruct=slices, progress=progress)
         for line in summary.errors if summary is not None else []:
-            print(f"note: {line}", file=sys.stderr)
+            if "was made by bluesky-tomogan" not in line:  # the run's earlier derived streams: expected here
+                print(f"note: {line}", file=sys.stderr)
         if args.into == "run":
             added = sorted(set(client[written]) - before)
             print(f"run {args.uid} denoised with {den!r}; streams added to it: {added}")
@@ -563,6 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "the Tiled server must be able to read it")
     s.add_argument("--root-map", nargs="+", type=_path_pair, default=[], metavar="THERE=HERE",
                    help="the detector's files written under THERE are read under HERE on this machine")
+    s.add_argument("--reconstruct", action="store_true",
+                   help="also reconstruct and denoise three slices (tomogan-slice), as TomoReconstruction does live")
     s.set_defaults(func=_cmd_reprocess)
 
     s = sub.add_parser("finetune", help="fine-tune a shipped model on your own noisy scan, no clean data "

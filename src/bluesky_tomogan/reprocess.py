@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 from .callbacks.derived_stream import made_by_us
+from .callbacks.reconstruction import STREAM as RECONSTRUCTION
 from .errors import TomoGANError
 
 __all__ = ["ReprocessError", "REPROCESSED_FROM", "as_new_run", "derived_first", "read_run", "replay", "reprocess",
@@ -129,13 +130,19 @@ def derived_first(documents: list[tuple[str, dict[str, Any]]]) -> list[tuple[str
     return rest[:1] + derived + rest[1:]
 
 
-class _NotStored:
-    """Pass on the documents the callback made, not those replayed from storage (the run's
-    start and stop pass: the writer attaches to the run at the start and finishes at the stop)."""
+class _WithoutStoredDerived:
+    """Pass on every document but the stored run's own derived streams (replayed with the rest so that
+    the callback names its streams around them), so that what follows the callback (a reconstruction,
+    the writer) sees the raw streams and this model's only."""
 
     def __init__(self, sink: Callable[[str, Any], Any], stored: list[tuple[str, dict[str, Any]]]) -> None:
         self._sink = sink
-        self._stored = {d["uid"] for n, d in stored if n in ("descriptor", "stream_resource")}
+        self.__name__ = getattr(sink, "__name__", type(sink).__name__)
+        derived = [d for n, d in stored if n == "descriptor" and made_by_us(d)]
+        kept_keys = {k for n, d in stored if n == "descriptor" and not made_by_us(d) for k in d.get("data_keys", {})}
+        derived_keys = {k for d in derived for k in d.get("data_keys", {})} - kept_keys
+        self._stored = {d["uid"] for d in derived} | {
+            d["uid"] for n, d in stored if n == "stream_resource" and d.get("data_key") in derived_keys}
 
     def __call__(self, name: str, doc: Any) -> None:
         if name in ("descriptor", "stream_resource"):
@@ -191,7 +198,7 @@ def replay(documents: list[tuple[str, dict[str, Any]]], callback: Callable[[str,
 
 def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new"] = "run",
               streams: list[str] | None = None, fields: list[str] | None = None, directory: Any = None,
-              root_map: Mapping[str, str] | None = None,
+              root_map: Mapping[str, str] | None = None, reconstruct: Any = None,
               progress: Callable[[int, int], Any] | None = None) -> tuple[str, Any]:
     """Denoise the stored run ``uid`` with ``denoiser``, into that run or a new one of the same catalog.
 
@@ -214,6 +221,10 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
         server must be able to read it.
     root_map : dict, optional
         Where this machine sees the raw frames' files, as for the callback.
+    reconstruct : Denoiser, optional
+        Also reconstruct three slices and denoise them with this slice model (``load_denoiser(
+        "tomogan-slice")``) into a ``reconstruction`` stream, as
+        :class:`~bluesky_tomogan.TomoReconstruction` does live.
     progress : callable, optional
         Called with the number of documents replayed and their total, after each.
 
@@ -238,16 +249,31 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
     callback = TomoGANCallback(denoiser, fields=fields, streams=streams, policy="block", directory=directory,
                                root_map=root_map, block_timeout=OFFLINE_TIMEOUT_S, flush_timeout=OFFLINE_TIMEOUT_S)
     if into == "new":
-        callback.subscribe(TiledWriter(client))
+        writer: Any = TiledWriter(client)
     else:
         from .serve.tiled_derived import DerivedStreamsWriter
         from .serve.worker import DerivedOnly
 
-        callback.subscribe(DerivedOnly(_NotStored(DerivedStreamsWriter(client), documents)), storage=True)
+        if reconstruct is not None and any(n == "descriptor" and d.get("name") == RECONSTRUCTION
+                                           for n, d in documents):
+            raise ReprocessError(f"run {uid} has a {RECONSTRUCTION!r} stream already; reconstruct into a new run "
+                                 "(into='new', --into new)")
+        writer = DerivedOnly(DerivedStreamsWriter(client))  # adds this model's streams to the stored run
+    outlet: Any = callback  # what the writer reads: the callback, or the reconstruction after it
+    if reconstruct is not None:
+        from .callbacks import TomoReconstruction
+
+        outlet = TomoReconstruction(reconstruct, directory=directory, root_map=root_map, timeout=OFFLINE_TIMEOUT_S,
+                                    background=False)
+        callback.subscribe(_WithoutStoredDerived(outlet, documents))
+        outlet.subscribe(writer, storage=True)
+    else:
+        callback.subscribe(_WithoutStoredDerived(writer, documents), storage=True)
     extra = {"tomogan_reprocessed_at": time.time()}
     written = replay(documents, callback, into=into, extra_start=extra, progress=progress)
     summary = callback.last_run
-    if summary is not None and summary.consumers.total:
-        raise ReprocessError(f"run {uid}: {summary.consumers.reason()} (the log has each error)")
+    failed = [run.consumers.reason() for run in (summary, outlet.last_run) if run is not None and run.consumers.total]
+    if failed:
+        raise ReprocessError(f"run {uid}: {'; '.join(dict.fromkeys(failed))} (the log has each error)")
     log.info("run %s denoised into %s (%s)", uid, "itself" if into == "run" else f"the new run {written}", denoiser)
     return written, summary
