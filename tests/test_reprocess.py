@@ -122,3 +122,22 @@ class _RunOfAServerWithoutTheExporter:
 def test_a_server_that_does_not_export_documents_is_one_clear_error():
     with pytest.raises(ReprocessError, match="does not export runs as documents .*json_seq_exporter"):
         stored_documents(_RunOfAServerWithoutTheExporter())
+
+
+def test_a_stored_run_without_a_stop_is_replayed_with_one_that_says_so(store, denoiser, caplog):
+    """A scan that never finished (or whose writer stopped) is stored without a stop; the exporter
+    then gives an empty one. The replay closes the new run with a stop that says why."""
+    import event_model
+
+    from bluesky_tomogan.reprocess import read_run
+
+    writer, run = TiledWriter(store), event_model.compose_run()
+    writer("start", run.start_doc)
+    keys = {"x": {"source": "s", "dtype": "number", "shape": []}}
+    descriptor = run.compose_descriptor(name="primary", data_keys=keys)
+    writer("descriptor", descriptor.descriptor_doc)
+    stop = read_run(store, run.start_doc["uid"])[-1]
+    assert stop[0] == "stop" and stop[1]["exit_status"] == "fail" and "has no stop document" in stop[1]["reason"]
+    assert "has no stop document; replayed with one that says so" in caplog.text
+    new_uid, _ = reprocess(store, run.start_doc["uid"], denoiser, into="new")
+    assert store[new_uid].metadata["stop"]["exit_status"] == "fail"

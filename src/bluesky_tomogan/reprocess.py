@@ -45,7 +45,8 @@ OFFLINE_TIMEOUT_S = 3600.0
 
 
 class ReprocessError(TomoGANError, RuntimeError):
-    """A stored run that cannot be replayed: missing, unreadable, or a server that does not export documents."""
+    """A stored run that cannot be replayed (missing, unreadable, a server that does not export
+    documents), or a result that could not be written."""
 
 
 def stored_documents(run: Any, where: str = "") -> list[tuple[str, dict[str, Any]]]:
@@ -169,8 +170,16 @@ def read_run(client: Any, uid: str) -> list[tuple[str, dict[str, Any]]]:
     except Exception as exc:
         raise ReprocessError(f"{where}: cannot read it: {type(exc).__name__}: {exc}") from exc
     documents = stored_documents(run, where)
-    if not documents or documents[0][0] != "start":
+    if not documents or documents[0][0] != "start" or not documents[0][1].get("uid"):
         raise ReprocessError(f"{where}: its stored documents do not begin with a start document")
+    if documents[-1][0] == "stop" and not documents[-1][1]:  # the exporter's stand-in for a stop never stored
+        documents.pop()
+    if documents[-1][0] != "stop":  # the scan did not finish, or its writer stopped: the callback needs a stop
+        log.warning("%s has no stop document; replayed with one that says so", where)
+        documents.append(("stop", {"uid": str(uuid.uuid4()), "time": time.time(), "run_start": documents[0][1]["uid"],
+                                   "exit_status": "fail", "num_events": {},
+                                   "reason": "the stored run has no stop document (the scan did not finish, "
+                                             "or its writer stopped); replayed without one"}))
     return documents
 
 
