@@ -22,7 +22,9 @@ def test_profile_runs_a_tomography_scan_stored_with_its_denoised_stream(tmp_path
             "print('SHAPE', run['denoised']['det_image_denoised'].shape); "
             "print('ERRORS', tomogan.errors, tomogan.dropped); "
             "print('QC', type(qc).__name__, [s._sig.name for s in feedback.suspenders], RE.record_interruptions); "
-            "print('QCCOLUMNS', len(run['denoised']['det_image_qc_flags'].read()))")
+            "print('QCCOLUMNS', len(run['denoised']['det_image_qc_flags'].read())); "
+            "reprocess(client, uid, denoiser, streams=['primary']); "  # the session's stored run, denoised again
+            "print('AGAIN', list(client[uid]['denoised_2']['det_image_denoised'].shape))")
     env = {**os.environ, "TOMOGAN_DATA": str(tmp_path / "data")}
     env.pop("TOMOGAN_TILED_URI", None)
     done = subprocess.run([str(ipython), f"--profile-dir={profile}", "--no-banner", "--colors=nocolor", "-c", code],
@@ -36,3 +38,4 @@ def test_profile_runs_a_tomography_scan_stored_with_its_denoised_stream(tmp_path
     assert "ERRORS [] 0" in done.stdout
     assert "QC QCMonitor ['qc_beam_lost'] True" in done.stdout  # QC monitor, its suspender, interruptions recorded
     assert "QCCOLUMNS 4" in done.stdout
+    assert "AGAIN [4, 512, 512]" in done.stdout

@@ -25,6 +25,7 @@ from bluesky_tomogan.callbacks import ScanProgress
 from bluesky_tomogan.devices import QCMonitor, SimBeamCurrent, SimTomoDetector, SimTomoStage
 from bluesky_tomogan.plans import qc_tomo_scan, qc_tomo_scan_with, tomo_scan  # noqa: F401
 from bluesky_tomogan.qc import QCFeedback, QCPolicy
+from bluesky_tomogan.reprocess import reprocess  # noqa: F401  (a stored run denoised afterwards)
 from bluesky_tomogan.storage import frames_directory, local_tiled
 
 DATA = os.path.expanduser(os.environ.get("TOMOGAN_DATA", "~/tomogan-data"))
@@ -87,5 +88,6 @@ print(f"""bluesky-tomogan session
             det.inject_fault("saturation", frames=3)  # or "beam_dump", "motion"
             uid, = RE(qc_tomo_scan(det, stage, np.linspace(0, 180, 90, endpoint=False), feedback))
             client[uid]["qc_actions"].read()          # what the adaptive scan decided, and why
+            reprocess(client, uid, load_denoiser("tomogan-projection-light"))  # again: a denoised_2 stream
             (queue server: BPlan("tomo_scan_with_qc", "det", "stage", angles) is the same scan)
 """)
