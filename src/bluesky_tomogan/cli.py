@@ -330,6 +330,14 @@ def _cmd_qc_ioc(args: argparse.Namespace) -> int:
         return 2
 
 
+def _denoiser_arguments(s: argparse.ArgumentParser, model_help: str) -> None:
+    """``--model``, ``--backend``, ``--precision`` and ``--threads``: what ``load_denoiser`` takes."""
+    s.add_argument("--model", default=None, help=model_help)
+    s.add_argument("--backend", default="auto", choices=backend_names())
+    s.add_argument("--precision", default="auto", choices=PRECISIONS)
+    s.add_argument("--threads", type=count(1), default=None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``bluesky-tomogan``."""
     p = argparse.ArgumentParser(prog="bluesky-tomogan", description=__doc__)
@@ -555,10 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run: add the derived streams to the stored run, as the live callback does (default; "
                         "'denoised_2' if it has a 'denoised' already); new: write a new run beside it, found by "
                         "Key('start.tomogan_reprocessed_from') == UID")
-    s.add_argument("--model", default=None, help="shipped model name or model card path (e.g. a fine-tuned one)")
-    s.add_argument("--backend", default="auto", choices=backend_names())
-    s.add_argument("--precision", default="auto", choices=PRECISIONS)
-    s.add_argument("--threads", type=count(1), default=None)
+    _denoiser_arguments(s, "shipped model name or model card path (e.g. a fine-tuned one)")
     s.add_argument("--streams", nargs="+", help="streams to denoise (default: every stream with images)")
     s.add_argument("--fields", nargs="+", help="image fields to denoise (default: every 2-D field)")
     s.add_argument("--directory", help="where derived frames are written (default: next to the raw frames); "
@@ -608,10 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "directory: one .tif per frame, named as the input directory's files")
     s.add_argument("--key", help="HDF5 dataset (default: exchange/data or another usual name for projections, "
                                  "else the file's only dataset)")
-    s.add_argument("--model", default=None, help="shipped model name or model card path")
-    s.add_argument("--backend", default="auto", choices=backend_names())
-    s.add_argument("--precision", default="auto", choices=PRECISIONS)
-    s.add_argument("--threads", type=count(1), default=None)
+    _denoiser_arguments(s, "shipped model name or model card path")
     s.add_argument("--keep-dtype", action="store_true", help="cast the result back to the input dtype")
     s.add_argument("--frames-only", action="store_true",
                    help="HDF5 to HDF5: write only the 'denoised' dataset (by default the output is a copy of the "

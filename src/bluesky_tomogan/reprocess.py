@@ -162,14 +162,10 @@ def read_run(client: Any, uid: str) -> list[tuple[str, dict[str, Any]]]:
     ReprocessError
         No such run, or its documents cannot be read.
     """
+    from .storage import stored_run
+
     where = f"run {uid}"
-    try:
-        run = client[uid]
-    except KeyError:
-        raise ReprocessError(f"{where}: no such run") from None
-    except Exception as exc:
-        raise ReprocessError(f"{where}: cannot read it: {type(exc).__name__}: {exc}") from exc
-    documents = stored_documents(run, where)
+    documents = stored_documents(stored_run(client, uid, ReprocessError, where), where)
     if not documents or documents[0][0] != "start" or not documents[0][1].get("uid"):
         raise ReprocessError(f"{where}: its stored documents do not begin with a start document")
     if documents[-1][0] == "stop" and not documents[-1][1]:  # the exporter's stand-in for a stop never stored

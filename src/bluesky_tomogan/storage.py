@@ -22,7 +22,8 @@ from typing import Any
 
 from .errors import OutputPathError
 
-__all__ = ["local_tiled", "open_tiled", "frames_directory", "close_local_tiled", "derived_streams", "server_of"]
+__all__ = ["local_tiled", "open_tiled", "stored_run", "frames_directory", "close_local_tiled", "derived_streams",
+           "server_of"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,18 @@ def open_tiled(where: str, error: type[Exception] = OutputPathError) -> Any:
         return from_uri(where)
     except Exception as exc:  # connection refused, 401, not a Tiled server...
         raise error(f"Tiled at {where.split('?')[0]} refused: {type(exc).__name__}: {exc}") from exc
+
+
+def stored_run(client: Any, uid: str, error: type[Exception], where: str = "") -> Any:
+    """The run ``uid`` of a Tiled catalog; ``error`` (its message begins with ``where``) where there is
+    no such run or the server cannot give it."""
+    where = where or f"run {uid}"
+    try:
+        return client[uid]
+    except KeyError:
+        raise error(f"{where}: no such run") from None
+    except Exception as exc:  # tiled raises transport, HTTP and parsing errors of many types
+        raise error(f"{where}: cannot read it: {type(exc).__name__}: {exc}") from exc
 
 
 def derived_streams(run: Any) -> dict[tuple[str, str], str]:

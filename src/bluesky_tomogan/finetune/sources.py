@@ -208,12 +208,9 @@ def read_scan_tiled(uri: str, uid: str, field: str | None = None) -> Scan:
 
 
 def _scan_of_run(client: Any, uid: str, field: str | None, where: str) -> Scan:
-    try:
-        run = client[uid]
-    except KeyError:
-        raise ScanError(f"{where}: no such run") from None
-    except Exception as exc:
-        raise ScanError(f"{where}: cannot read it: {exc}") from exc
+    from ..storage import stored_run
+
+    run = stored_run(client, uid, ScanError, where)
     if "primary" not in run:
         raise ScanError(f"{where}: the run has no primary stream (streams: {list(run)})")
     primary = run["primary"]
