@@ -207,6 +207,8 @@ def run_demo(
     report(f"    run['denoised']['det_image_denoised'][{k}]{' ' * (5 - len(str(k)))}# the same projection, denoised")
     report("    run['denoised']['det_image_qc_flags'].read()  # per-frame QC flags (and _qc_snr, _qc_shift_px, ...)")
     report("    run['reconstruction']['slice'][-2]          # the middle slice, reconstructed and denoised live")
+    report("denoise it again with another model (into a 'denoised_2' stream of the same run):")
+    report(f"    bluesky-tomogan reprocess {str(root)!r} --uid {uid} --model tomogan-projection-light")
     return metrics
 
 
