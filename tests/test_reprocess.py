@@ -126,7 +126,8 @@ def test_a_server_that_does_not_export_documents_is_one_clear_error():
 
 def test_a_stored_run_without_a_stop_is_replayed_with_one_that_says_so(store, denoiser, caplog):
     """A scan that never finished (or whose writer stopped) is stored without a stop; the exporter
-    then gives an empty one. The replay closes the new run with a stop that says why."""
+    then gives an empty one. The replay closes the new run with a stop that says why; into the stored
+    run itself (perhaps still being written) it is refused."""
     import event_model
 
     from bluesky_tomogan.reprocess import read_run
@@ -141,3 +142,5 @@ def test_a_stored_run_without_a_stop_is_replayed_with_one_that_says_so(store, de
     assert "has no stop document; replayed with one that says so" in caplog.text
     new_uid, _ = reprocess(store, run.start_doc["uid"], denoiser, into="new")
     assert store[new_uid].metadata["stop"]["exit_status"] == "fail"
+    with pytest.raises(ReprocessError, match="has no stop document: it is still running, or it was interrupted"):
+        reprocess(store, run.start_doc["uid"], denoiser)  # into a run that may still be written: refused

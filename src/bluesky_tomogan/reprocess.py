@@ -44,6 +44,10 @@ REPROCESSED_FROM = "tomogan_reprocessed_from"
 OFFLINE_TIMEOUT_S = 3600.0
 
 
+#: The stop document's ``reason`` of a replayed run that had none stored.
+_NO_STOP = "the stored run has no stop document"
+
+
 class ReprocessError(TomoGANError, RuntimeError):
     """A stored run that cannot be replayed (missing, unreadable, a server that does not export
     documents), or a result that could not be written."""
@@ -174,8 +178,8 @@ def read_run(client: Any, uid: str) -> list[tuple[str, dict[str, Any]]]:
         log.warning("%s has no stop document; replayed with one that says so", where)
         documents.append(("stop", {"uid": str(uuid.uuid4()), "time": time.time(), "run_start": documents[0][1]["uid"],
                                    "exit_status": "fail", "num_events": {},
-                                   "reason": "the stored run has no stop document (the scan did not finish, "
-                                             "or its writer stopped); replayed without one"}))
+                                   "reason": f"{_NO_STOP} (the scan did not finish, or its writer stopped); "
+                                             "replayed without one"}))
     return documents
 
 
@@ -251,6 +255,9 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
     if into not in ("run", "new"):
         raise ReprocessError(f"into must be 'run' (the stored run) or 'new' (a new run), got {into!r}")
     documents = read_run(client, uid)
+    if into == "run" and documents[-1][1].get("exit_status") == "fail" and _NO_STOP in documents[-1][1]["reason"]:
+        raise ReprocessError(f"run {uid} has no stop document: it is still running, or it was interrupted; "
+                             "reprocess it into a new run (into='new', --into new)")
     callback = TomoGANCallback(denoiser, fields=fields, streams=streams, policy="block", directory=directory,
                                root_map=root_map, block_timeout=OFFLINE_TIMEOUT_S, flush_timeout=OFFLINE_TIMEOUT_S)
     if into == "new":
