@@ -228,12 +228,10 @@ def _cmd_reprocess(args: argparse.Namespace) -> int:
                 bar.total = total
                 bar.update(done - bar.n)
 
-            written, summary = reprocess(client, args.uid, den, into=args.into, streams=args.streams,
-                                         fields=args.fields, directory=args.directory, root_map=dict(args.root_map),
-                                         reconstruct=slices, progress=progress)
-        for line in summary.errors if summary is not None else []:
-            if "was made by bluesky-tomogan" not in line:  # the run's earlier derived streams: expected here
-                print(f"note: {line}", file=sys.stderr)
+            # the callback's notes (streams renamed, frames that failed) are logged as they come
+            written, _ = reprocess(client, args.uid, den, into=args.into, streams=args.streams, fields=args.fields,
+                                   directory=args.directory, root_map=dict(args.root_map), reconstruct=slices,
+                                   progress=progress)
         if args.into == "run":
             added = sorted(set(client[written]) - before)
             print(f"run {args.uid} denoised with {den!r}; streams added to it: {added}")
