@@ -306,12 +306,19 @@ def test_external_mode_writes_frames_to_hdf5_described_by_stream_documents(RE, d
 
 
 def test_local_tiled_starts_an_embedded_server(tmp_path):
+    """Also a second one in the same process, on the same store (a notebook cell run twice) or another:
+    every client keeps working (tiled keeps a server's API key process-wide)."""
     from bluesky_tomogan.storage import close_local_tiled, frames_directory, local_tiled
 
     client = local_tiled(tmp_path / "store")
     try:
         assert list(client) == []
         assert frames_directory(tmp_path / "store").is_dir()
+        for again in (tmp_path / "store", tmp_path / "other"):
+            second = local_tiled(again)
+            assert list(second) == list(client) == []  # neither is refused ("401: Invalid API key")
+            close_local_tiled(second)
+            assert list(client) == []
     finally:
         close_local_tiled(client)
 

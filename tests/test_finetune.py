@@ -219,13 +219,18 @@ def test_a_scan_stored_in_tiled_is_read_with_its_angles_flats_and_darks(RE, stor
     (uid,) = RE(tomo_scan(det, stage, angles, n_darks=2, n_flats=3))
     uri = server_of(store).uri
     scan = read_scan(uri, uid)
-    assert scan.shape == (40, 32, 48) and scan.source == f"run {uid} at {uri}"
+    assert "api_key" in uri and scan.source == f"run {uid} at {uri.split('?')[0]}"  # the key stays out of cards
+    assert scan.shape == (40, 32, 48)
     np.testing.assert_allclose(scan.angles, sorted(angles))
     assert scan.flats.shape == scan.darks.shape == (32, 48) and scan.flats.mean() > scan.darks.mean()
     with pytest.raises(ScanError, match="no such run"):
         read_scan(uri, "not-a-uid")
     with pytest.raises(ScanError, match="no field 'nope'"):
         read_scan(uri, uid, field="nope")
+    # the embedded store's directory, as the demo and the profile name it, is read as its URI is
+    assert read_scan(str(tmp_path / "store"), uid).shape == (40, 32, 48)
+    with pytest.raises(ScanError, match="holds no embedded Tiled store"):
+        read_scan(str(tmp_path), uid)
 
 
 def test_a_run_of_several_exposures_per_event_gives_one_projection_per_exposure(RE, store, tmp_path):

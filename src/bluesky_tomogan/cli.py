@@ -216,11 +216,11 @@ def _cmd_reprocess(args: argparse.Namespace) -> int:
 
     from .inference import load_denoiser
     from .reprocess import REPROCESSED_FROM, ReprocessError, reprocess
-    from .storage import close_local_tiled, open_tiled, server_of
+    from .storage import close_tiled, open_tiled
 
     den = load_denoiser(args.model, backend=args.backend, precision=args.precision, threads=args.threads)
     slices = load_denoiser("tomogan-slice", backend=args.backend, threads=args.threads) if args.reconstruct else None
-    client = open_tiled(args.tiled, ReprocessError)
+    client = open_tiled(args.tiled, ReprocessError, create=False)
     try:
         before = set(client[args.uid]) if args.uid in client else set()
         with tqdm(unit="doc", disable=None, desc="replay") as bar:
@@ -239,10 +239,7 @@ def _cmd_reprocess(args: argparse.Namespace) -> int:
             print(f"run {args.uid} denoised with {den!r} into the new run {written} (streams {list(client[written])})")
             print(f"every reprocessing of the scan: client.search(Key('start.{REPROCESSED_FROM}') == {args.uid!r})")
     finally:
-        if server_of(client) is not None:
-            close_local_tiled(client)
-        else:
-            client.context.close()  # the connection pool, not the server
+        close_tiled(client)
     return 0
 
 
@@ -574,7 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("finetune", help="fine-tune a shipped model on your own noisy scan, no clean data "
                                         "(needs the export extra)")
-    s.add_argument("source", help="HDF5 of projections (Data Exchange or plain keys), or a Tiled URI with --uid")
+    s.add_argument("source", help="HDF5 of projections (Data Exchange or plain keys), or a Tiled URI or the "
+                                  "directory of an embedded store (the demo's, the profile's) with --uid")
     s.add_argument("--out", required=True, help="output directory (pairs, checkpoint, weights, exports, card)")
     s.add_argument("--domain", choices=["slice", "projection"], default="slice",
                    help="slice model (Noise2Inverse) or projection model (Neighbor2Neighbor); default slice")

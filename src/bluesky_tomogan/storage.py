@@ -16,19 +16,24 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 from pathlib import Path
 from typing import Any
 
 from .errors import OutputPathError
 
-__all__ = ["local_tiled", "open_tiled", "stored_run", "frames_directory", "close_local_tiled", "derived_streams",
-           "server_of"]
+__all__ = ["local_tiled", "open_tiled", "close_tiled", "stored_run", "frames_directory", "close_local_tiled",
+           "derived_streams", "server_of"]
 
 log = logging.getLogger(__name__)
 
 #: Embedded servers by ``id`` of the client that :func:`local_tiled` returned (kept alive until closed).
 _SERVERS: dict[int, Any] = {}
+#: The API key of every embedded server of this process. Tiled keeps a server's single-user key in
+#: process-wide settings, so a second server with a key of its own made every earlier client of this
+#: process fail with "401: Invalid API key" (measured with tiled 0.2.20: two local_tiled calls).
+_PROCESS_API_KEY = secrets.token_hex(16)
 
 
 def frames_directory(path: str | os.PathLike[str]) -> Path:
@@ -55,7 +60,8 @@ def local_tiled(path: str | os.PathLike[str] = "~/tomogan-data") -> Any:
             d.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputPathError(f"cannot create the data directory {exc.filename}: {exc}") from exc
-    server = _start_daemon(lambda: SimpleTiledServer(directory=root / "tiled", readable_storage=readable))
+    server = _start_daemon(lambda: SimpleTiledServer(directory=root / "tiled", readable_storage=readable,
+                                                     api_key=_PROCESS_API_KEY))
     client = from_uri(server.uri)  # the URI carries the generated API key
     _SERVERS[id(client)] = server
     return client
@@ -72,16 +78,22 @@ def _export_runs_as_documents() -> None:
     default_serialization_registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)
 
 
-def open_tiled(where: str, error: type[Exception] = OutputPathError) -> Any:
+def open_tiled(where: str, error: type[Exception] = OutputPathError, *, create: bool = True) -> Any:
     """A client of the Tiled server at the URI ``where`` (``?api_key=`` if it needs one), or of an
-    embedded one in the directory ``where`` (:func:`local_tiled`).
+    embedded one in the directory ``where`` (:func:`local_tiled`; ``create=False``: only one that
+    exists, as the demo and the profile make: a misspelt directory must not become an empty store).
+    Close it with :func:`close_tiled`.
 
     Raises
     ------
     error
-        The server cannot be reached or refuses (the message leaves out the API key).
+        The server cannot be reached or refuses (the message leaves out the API key), or, with
+        ``create=False``, the directory holds no embedded store.
     """
     if "://" not in where:  # a directory: an embedded server in this process
+        if not create and not (Path(where).expanduser() / "tiled").is_dir():
+            raise error(f"{where} holds no embedded Tiled store (no tiled/ directory in it); give the directory "
+                        "that the demo or the profile stored runs in, or a Tiled server's URI")
         client = local_tiled(where)
         log.info("embedded Tiled in %s at %s", where, server_of(client).uri.split("?")[0])
         return client
@@ -169,6 +181,14 @@ def _start_daemon(make: Any) -> Any:
     if "error" in box:
         raise box["error"]
     return box["server"]
+
+
+def close_tiled(client: Any) -> None:
+    """Close a client of :func:`open_tiled`: its embedded server too, if it has one."""
+    if server_of(client) is not None:
+        close_local_tiled(client)
+    else:
+        client.context.close()  # the connection pool, not the server
 
 
 def close_local_tiled(client: Any) -> None:

@@ -197,7 +197,8 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
     result = train(train_config, resume=resume, progress=progress)
     card = read_card(result.card)
     card["finetune"] = {
-        "config": asdict(config) | {"formats": list(config.formats)},
+        # a Tiled URI's query may carry its API key: never into a card that is shared with the weights
+        "config": asdict(config) | {"formats": list(config.formats), "source": config.source.split("?")[0]},
         "base_weights": {"path": base.name, "sha256": sha256_of(base)}, **recipe,
         "clean_data_used": False,
         "metric_note": "val_* metrics compare with an independent noisy copy of the held-out slab, "

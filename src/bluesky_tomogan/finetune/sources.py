@@ -194,17 +194,14 @@ def read_scan_tiled(uri: str, uid: str, field: str | None = None) -> Scan:
     ScanError
         Tiled unreachable, no such run, no primary stream or image field.
     """
-    where = f"run {uid} at {uri}"
-    try:
-        from tiled.client import from_uri
+    from ..storage import close_tiled, open_tiled
 
-        client = from_uri(uri)
-    except Exception as exc:  # tiled raises transport, auth and parsing errors of many types
-        raise ScanError(f"{where}: cannot read it: {exc}") from exc
+    where = f"run {uid} at {uri.split('?')[0]}"  # no API key in messages
+    client = open_tiled(uri, ScanError, create=False)
     try:
         return _scan_of_run(client, uid, field, where)
     finally:
-        client.context.close()  # the client's connection pool, not the server
+        close_tiled(client)
 
 
 def _scan_of_run(client: Any, uid: str, field: str | None, where: str) -> Scan:
@@ -239,8 +236,9 @@ def _scan_of_run(client: Any, uid: str, field: str | None, where: str) -> Scan:
 
 
 def read_scan(source: str, uid: str | None = None, field: str | None = None, key: str | None = None) -> Scan:
-    """A scan from an HDF5 path, or from a Tiled URI (``http://`` or ``https://``) and a run ``uid``."""
-    if source.startswith(("http://", "https://")):
+    """A scan from an HDF5 path, or from a Tiled URI (``http://`` or ``https://``) or the directory of
+    an embedded Tiled store (as the demo and the profile make) and a run ``uid``."""
+    if source.startswith(("http://", "https://")) or (uid is not None and Path(source).expanduser().is_dir()):
         if not uid:
             raise ScanError(f"{source} is a Tiled URI: name the run with its uid (--uid)")
         return read_scan_tiled(source, uid, field)
