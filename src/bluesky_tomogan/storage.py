@@ -95,7 +95,7 @@ def open_tiled(where: str, error: type[Exception] = OutputPathError, *, create: 
             raise error(f"{where} holds no embedded Tiled store (no tiled/ directory in it); give the directory "
                         "that the demo or the profile stored runs in, or a Tiled server's URI")
         client = local_tiled(where)
-        log.info("embedded Tiled in %s at %s", where, server_of(client).uri.split("?")[0])
+        log.info("embedded Tiled in %s at %s", where, server_of(client).uri)  # its key: how other clients connect
         return client
     from tiled.client import from_uri
 
