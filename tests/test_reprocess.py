@@ -34,11 +34,10 @@ def test_a_stored_scan_gets_its_denoised_stream_and_another_models_then_a_new_ru
     uid = scan(RE, client, frames_directory(tmp_path / "store") / "raw")
     stored_stop = dict(client[uid].metadata["stop"])
     raw = np.asarray(client[uid]["primary"]["det_image"].read())
-    assert main(["reprocess", server_of(client).uri, "--uid", uid, "--backend", "onnxruntime",
-                 "--streams", "primary"]) == 0
-    assert "streams added to it: ['denoised']" in capsys.readouterr().out
+    assert main(["reprocess", server_of(client).uri, "--uid", uid, "--backend", "onnxruntime"]) == 0
+    assert "streams added to it: ['denoised', 'flat_denoised']" in capsys.readouterr().out  # as live: not the darks
     run = client[uid]
-    assert sorted(run) == ["dark", "denoised", "flat", "primary"]
+    assert sorted(run) == ["dark", "denoised", "flat", "flat_denoised", "primary"]
     assert dict(run.metadata["stop"]) == stored_stop  # the run's own documents stay as they were
     np.testing.assert_array_equal(np.asarray(run["primary"]["det_image"].read()), raw)
     frames = np.asarray(run["denoised"]["det_image_denoised"].read())
@@ -52,7 +51,8 @@ def test_a_stored_scan_gets_its_denoised_stream_and_another_models_then_a_new_ru
     assert main(["reprocess", server_of(client).uri, "--uid", uid, "--model", "tomogan-projection-light",
                  "--backend", "onnxruntime", "--streams", "primary"]) == 0
     assert "streams added to it: ['denoised_2']" in capsys.readouterr().out
-    assert derived_streams(client[uid]) == {("primary", "det_image"): "denoised_2"}
+    assert derived_streams(client[uid]) == {("primary", "det_image"): "denoised_2",  # the latest
+                                            ("flat", "det_image"): "flat_denoised"}
     assert set(client[uid]["denoised_2"]["det_image_model"].read()) == {"tomogan-projection-light"}
 
     light = load_denoiser("tomogan-projection-light", backend="onnxruntime")

@@ -559,7 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "'denoised_2' if it has a 'denoised' already); new: write a new run beside it, found by "
                         "Key('start.tomogan_reprocessed_from') == UID")
     _denoiser_arguments(s, "shipped model name or model card path (e.g. a fine-tuned one)")
-    s.add_argument("--streams", nargs="+", help="streams to denoise (default: every stream with images)")
+    s.add_argument("--streams", nargs="+", default=["primary", "flat"],
+                   help="streams to denoise (default: primary flat, as live)")
     s.add_argument("--fields", nargs="+", help="image fields to denoise (default: every 2-D field)")
     s.add_argument("--directory", help="where derived frames are written (default: next to the raw frames); "
                                        "the Tiled server must be able to read it")

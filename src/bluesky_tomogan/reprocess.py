@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: Start-document key of a reprocessed run: the uid of the stored run it was made from.
 REPROCESSED_FROM = "tomogan_reprocessed_from"
+#: The streams denoised unless asked otherwise: those the demo, the profile and ``serve`` denoise live.
+LIVE_STREAMS = ["primary", "flat"]
 #: Seconds a replayed frame may wait for room in the queue, and the stop for the worker: offline, no frame is dropped.
 OFFLINE_TIMEOUT_S = 3600.0
 
@@ -206,7 +208,7 @@ def replay(documents: list[tuple[str, dict[str, Any]]], callback: Callable[[str,
 
 
 def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new"] = "run",
-              streams: list[str] | None = None, fields: list[str] | None = None, directory: Any = None,
+              streams: list[str] | None = LIVE_STREAMS, fields: list[str] | None = None, directory: Any = None,
               root_map: Mapping[str, str] | None = None, reconstruct: Any = None,
               progress: Callable[[int, int], Any] | None = None) -> tuple[str, Any]:
     """Denoise the stored run ``uid`` with ``denoiser``, into that run or a new one of the same catalog.
@@ -224,7 +226,9 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
         ``"run"``: add the derived streams to the stored run (its documents stay as they are);
         ``"new"``: write a new run (see the module docstring).
     streams, fields : list of str, optional
-        As for :class:`~bluesky_tomogan.TomoGANCallback` (default: every stream and image field).
+        As for :class:`~bluesky_tomogan.TomoGANCallback`; by default the projections and flats
+        (``primary`` and ``flat``, as the demo, the profile and ``serve`` denoise live) and every
+        image field; ``streams=None``: every stream with images.
     directory : path-like, optional
         Where the derived frames' files go (default: next to the raw frames' files); the Tiled
         server must be able to read it.
