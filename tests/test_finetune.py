@@ -231,6 +231,8 @@ def test_a_scan_stored_in_tiled_is_read_with_its_angles_flats_and_darks(RE, stor
     assert read_scan(str(tmp_path / "store"), uid).shape == (40, 32, 48)
     with pytest.raises(ScanError, match="holds no embedded Tiled store"):
         read_scan(str(tmp_path), uid)
+    with pytest.raises(ScanError, match="is a Tiled store: name the run with its uid"):
+        read_scan(str(tmp_path / "store"))
 
 
 def test_a_run_of_several_exposures_per_event_gives_one_projection_per_exposure(RE, store, tmp_path):

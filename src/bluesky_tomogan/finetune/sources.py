@@ -238,8 +238,9 @@ def _scan_of_run(client: Any, uid: str, field: str | None, where: str) -> Scan:
 def read_scan(source: str, uid: str | None = None, field: str | None = None, key: str | None = None) -> Scan:
     """A scan from an HDF5 path, or from a Tiled URI (``http://`` or ``https://``) or the directory of
     an embedded Tiled store (as the demo and the profile make) and a run ``uid``."""
-    if source.startswith(("http://", "https://")) or (uid is not None and Path(source).expanduser().is_dir()):
+    store = Path(source).expanduser().is_dir() and (Path(source).expanduser() / "tiled").is_dir()
+    if source.startswith(("http://", "https://")) or store or (uid is not None and Path(source).is_dir()):
         if not uid:
-            raise ScanError(f"{source} is a Tiled URI: name the run with its uid (--uid)")
+            raise ScanError(f"{source} is a Tiled {'store' if store else 'URI'}: name the run with its uid (--uid)")
         return read_scan_tiled(source, uid, field)
     return read_scan_hdf5(source, key)
