@@ -319,6 +319,9 @@ def test_an_hdf5_scan_denoised_into_hdf5_keeps_its_layout_for_reconstruction(tmp
         f["exchange/data_white"] = frames[:2] + 100
         f["exchange/data_dark"] = np.zeros_like(frames[:2])
         f["exchange/theta"] = np.linspace(0, 180, 5)
+        f["exchange/theta"].make_scale("theta")
+        f["exchange/data"].dims[0].attach_scale(f["exchange/theta"])  # references into this file
+        f["exchange/data"].attrs["flat_field"] = f["exchange/data_white"].ref
         f["entry/data/data"] = f["exchange/data"]  # a hard link, as NeXus writers make
         f["entry/soft"] = h5py.SoftLink("/exchange/theta")
         f["denoised"] = [0.0]  # an earlier result: the output's `denoised` is this run's
@@ -331,6 +334,9 @@ def test_an_hdf5_scan_denoised_into_hdf5_keeps_its_layout_for_reconstruction(tmp
         assert out["exchange/data"] == out["denoised"] == out["entry/data/data"]  # one dataset, three names
         assert out["exchange/data"].dtype == np.float32 and out["exchange/data"].shape == frames.shape
         assert out["exchange/data"].attrs["units"] == "counts"
+        # references point into their own file: the dimension scale is attached anew, others left out
+        assert [d.name for d in out["exchange/data"].dims[0].values()] == ["/exchange/theta"]
+        assert out["exchange/theta"].is_scale and "flat_field" not in out["exchange/data"].attrs
         assert json.loads(out["exchange/data"].attrs["backend"]) == "onnxruntime"
         assert out["exchange/data"][()].std() < frames.std()
     assert main(["denoise", str(src), str(tmp_path / "only.h5"), "--frames-only", "--backend", "onnxruntime"]) == 0

@@ -283,15 +283,38 @@ def _frame_names(n: int, names: tuple[str, ...] | None) -> list[str]:
 DENOISED_KEY = "denoised"
 
 
+def _has_reference(dtype: np.dtype) -> bool:
+    """Whether values of ``dtype`` hold HDF5 object or region references (alone or in a compound)."""
+    import h5py
+
+    if dtype.names:
+        return any(_has_reference(dtype[n]) for n in dtype.names)
+    base = h5py.check_dtype(vlen=dtype)  # a variable-length sequence (a dimension list) of its base type
+    if base is not None and base not in (str, bytes):
+        return _has_reference(np.dtype(base))
+    return h5py.check_dtype(ref=dtype) is not None
+
+
+def _copy_attrs(src: Any, dst: Any) -> None:
+    """Copy the attributes of an HDF5 object that mean the same in another file, with their own types
+    (a dimension scale's fixed-length ``CLASS`` among them): not references, which point into their
+    own file (dimension scales' lists among them; :func:`_attach_scales` remakes those)."""
+    for key in src.attrs:
+        dtype = src.attrs.get_id(key).dtype
+        if not _has_reference(dtype):
+            dst.attrs.create(key, src.attrs[key], dtype=dtype)
+
+
 def _copy_hdf5_layout(src: Any, dst: Any, frames: Any, made: dict[int, str] | None = None) -> list[str]:
     """Copy every object of the open HDF5 group ``src`` into ``dst`` but the ``frames`` dataset,
     attributes included; returns the paths (in ``dst``) where ``frames`` was, to be linked to the
     denoised frames. An object met again (a hard link; ``made``: its first copy's path by object) is
-    linked, not copied twice; soft and external links are copied as links; a root ``denoised`` is not copied."""
+    linked, not copied twice; soft and external links are copied as links; a root ``denoised`` is not
+    copied; attributes holding references are left out (:func:`_copy_attrs`)."""
     import h5py
 
     made = {hash(src.id): dst.name} if made is None else made
-    dst.attrs.update(src.attrs)
+    _copy_attrs(src, dst)
     places = []
     for name in src:
         link = src.get(name, getlink=True)
@@ -311,8 +334,28 @@ def _copy_hdf5_layout(src: Any, dst: Any, frames: Any, made: dict[int, str] | No
             places += _copy_hdf5_layout(obj, dst.create_group(name), frames, made)
         else:
             made[hash(obj.id)] = here
-            src.copy(obj, dst, name=name)
+            src.copy(obj, dst, name=name, without_attrs=True)
+            _copy_attrs(obj, dst[name])
     return places
+
+
+def _attach_scales(src: Any, dst: Any) -> None:
+    """Attach in ``dst`` the dimension scales that ``src``'s datasets have (the files' objects at the
+    same paths, the frames included), which :func:`_copy_hdf5_layout` could not copy as references."""
+    import h5py
+
+    def attach(name: str, obj: Any) -> None:
+        if not isinstance(obj, h5py.Dataset) or "DIMENSION_LIST" not in obj.attrs or obj.name not in dst:
+            return
+        for i, dim in enumerate(obj.dims):
+            for scale in dim.values():
+                there = dst.get(scale.name)
+                if isinstance(there, h5py.Dataset):
+                    if not there.is_scale:
+                        there.make_scale(scale.attrs.get("NAME", b"").decode() if scale.is_scale else "")
+                    dst[obj.name].dims[i].attach_scale(there)
+
+    src.visititems(attach)
 
 
 @contextlib.contextmanager
@@ -354,17 +397,20 @@ def _sink(path: Path, shape: tuple[int, ...], dtype: np.dtype, provenance: dict[
                 else:
                     f = stack.enter_context(h5py.File(path, "w"))
                     places = [f"/{DENOISED_KEY}"]
-                    attrs: dict[str, Any] = {}
+                    src, raw = None, None
                     if layout is not None:
-                        with h5py.File(layout[0], "r") as src:
-                            raw = src[layout[1]]
-                            places = _copy_hdf5_layout(src, f, raw) + places
-                            attrs.update(raw.attrs)
+                        src = stack.enter_context(h5py.File(layout[0], "r"))
+                        raw = src[layout[1]]
+                        places = _copy_hdf5_layout(src, f, raw) + places
                     target = f.create_dataset(places[0], shape=shape, dtype=dtype,
                                               chunks=(1, *shape[-2:]) if len(shape) == 3 else None)
-                    target.attrs.update(attrs | {k: json.dumps(v) for k, v in provenance.items()})
+                    if raw is not None:
+                        _copy_attrs(raw, target)  # the raw frames' own (units, axes, ...)
+                    target.attrs.update({k: json.dumps(v) for k, v in provenance.items()})
                     for place in places[1:]:
                         f[place] = target  # hard links: the same frames under every name
+                    if src is not None:
+                        _attach_scales(src, f)
 
                 def put(start: int, frames: np.ndarray) -> None:
                     if len(shape) == 3:
