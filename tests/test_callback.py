@@ -714,7 +714,7 @@ def test_replaying_a_denoised_run_does_not_denoise_its_derived_streams_again(RE,
         again(name, doc)
     assert "denoised_denoised" not in _streams(out)
     assert any("made by bluesky-tomogan" in e and "not denoised again" in e for e in again.errors)
-    assert any("replay the stored run without its derived streams" in e for e in again.errors)
+    assert any("replay the stored run with `bluesky-tomogan reprocess`" in e for e in again.errors)
 
 
 @pytest.mark.parametrize("given, message", [
@@ -726,6 +726,21 @@ def test_what_cannot_denoise_is_refused_before_the_scan(given, message):
     with pytest.raises(TypeError) as info:
         TomoGANCallback(given)
     assert message in str(info.value)
+
+
+def test_a_model_trained_on_the_other_kind_of_image_is_warned_about(caplog):
+    """A slice model given to denoise projections (a fine-tuned slice model where its projection model
+    belongs), or a projection model to denoise slices: it runs, with a warning that names the fix."""
+    from bluesky_tomogan import TomoReconstruction, load_denoiser
+
+    slices = load_denoiser("tomogan-slice", backend="onnxruntime")
+    projections = load_denoiser("tomogan-projection", backend="onnxruntime")
+    TomoGANCallback(projections), TomoReconstruction(slices)
+    assert "model (trained on" not in caplog.text
+    TomoGANCallback(slices)
+    assert "is a slice model (trained on slices); use a projection model" in caplog.text
+    TomoReconstruction(projections)
+    assert "is a projection model (trained on projections); use a slice model" in caplog.text
 
 
 @pytest.mark.parametrize("option, message", [

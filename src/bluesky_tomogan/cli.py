@@ -219,7 +219,8 @@ def _cmd_reprocess(args: argparse.Namespace) -> int:
     from .storage import close_tiled, open_tiled
 
     den = load_denoiser(args.model, backend=args.backend, precision=args.precision, threads=args.threads)
-    slices = load_denoiser("tomogan-slice", backend=args.backend, threads=args.threads) if args.reconstruct else None
+    slices = (load_denoiser(args.slice_model, backend=args.backend, threads=args.threads)
+              if args.reconstruct else None)
     client = open_tiled(args.tiled, ReprocessError, create=False)
     try:
         before = set(client[args.uid]) if args.uid in client else set()
@@ -567,7 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--root-map", nargs="+", type=_path_pair, default=[], metavar="THERE=HERE",
                    help="the detector's files written under THERE are read under HERE on this machine")
     s.add_argument("--reconstruct", action="store_true",
-                   help="also reconstruct and denoise three slices (tomogan-slice), as TomoReconstruction does live")
+                   help="also reconstruct and denoise three slices, as TomoReconstruction does live")
+    s.add_argument("--slice-model", default="tomogan-slice",
+                   help="with --reconstruct: the slice model (default tomogan-slice; or one fine-tuned on the scan)")
     s.set_defaults(func=_cmd_reprocess)
 
     s = sub.add_parser("finetune", help="fine-tune a shipped model on your own noisy scan, no clean data "

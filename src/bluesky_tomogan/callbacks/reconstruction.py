@@ -133,6 +133,10 @@ class TomoReconstruction(RunRouterFacade):
             raise ValueError(f"center must be a finite column position in pixels, got {center}")
         super().__init__()
         self.slice_denoiser = slice_denoiser
+        if slice_denoiser is not None:
+            from .tomogan import warn_if_domain_is_not
+
+            warn_if_domain_is_not(slice_denoiser, "slice", "TomoReconstruction denoises reconstructed slices")
         self.rows = None if rows is None else [int(r) for r in rows]
         self.source = source
         self.center = None if center is None else float(center)

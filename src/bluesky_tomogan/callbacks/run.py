@@ -325,8 +325,8 @@ class RunDenoiser(PassThroughRun):
         raw_name = doc.get("name", "primary")
         for stream in self._by_name.values():
             if stream.bundle.descriptor_doc["name"] == raw_name:
-                fix = ("replay the stored run without its derived streams" if ours
-                       else "give the plan's stream another name")
+                fix = ("replay the stored run with `bluesky-tomogan reprocess`, which names the new streams "
+                       "around the old ones" if ours else "give the plan's stream another name")
                 self._note(f"raw stream {raw_name!r} arrived after this run's derived stream of that name (from "
                            f"{stream.raw_name!r}); stores that key streams by name will mix the two: {fix}")
                 return

@@ -262,6 +262,20 @@ def _check_denoisers(denoiser: Any) -> None:
                     else " (a Denoiser from load_denoiser, a RatioDenoisers from load_ratios, or an object "
                          "with denoise_context(context), provenance() and, unless it reads 3 frames, depth)")
             raise TypeError(f"TomoGANCallback needs a denoiser{where}, got {type(den).__name__} {den!r:.80}{hint}")
+        warn_if_domain_is_not(den, "projection", "TomoGANCallback denoises detector frames (projections)")
+
+
+def warn_if_domain_is_not(denoiser: Any, domain: str, what: str) -> None:
+    """Log a warning where ``denoiser``'s model was trained on the other kind of image (its card's
+    ``domain``): a slice model on projections, or the other way round, runs, but paints what it learnt
+    (a fine-tuned slice model given where its projection model belongs is an easy slip)."""
+    try:
+        trained_on = denoiser.provenance().get("model_domain")
+    except Exception:  # a denoiser of the user's own: it says what it says
+        return
+    if trained_on is not None and trained_on != domain:
+        log.warning("%s, but %r is a %s model (trained on %ss); use a %s model (tomogan-%s, or one "
+                    "fine-tuned with --domain %s)", what, denoiser, trained_on, trained_on, domain, domain, domain)
 
 
 def _names(option: str, names: str | Sequence[str] | None) -> list[str] | None:
