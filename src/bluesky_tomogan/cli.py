@@ -152,7 +152,13 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     print(f"model card: {result.card}")
     for kind, entry in sorted(data["files"].items()):
         print(f"  {kind:14s} {entry['path']}")
-    print(f"use it: load_denoiser({str(result.card.parent)!r}), e.g. in TomoGANCallback(load_denoiser(...))")
+    where = str(result.card.parent)
+    if args.domain == "slice":
+        print(f"use it: TomoReconstruction(load_denoiser({where!r})), or on a stored run: bluesky-tomogan "
+              f"reprocess TILED --uid UID --into new --reconstruct --slice-model {where}")
+    else:
+        print(f"use it: TomoGANCallback(load_denoiser({where!r})), or on a stored run: bluesky-tomogan "
+              f"reprocess TILED --uid UID --model {where}")
     return 0
 
 
