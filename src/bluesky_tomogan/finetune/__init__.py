@@ -171,6 +171,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
         train_pairs, test_pairs, info = make_pairs(scan, config.domain, config.splits, config.seed, progress)
         write_dataset(pairs_path, train_pairs, test_pairs, {"self_supervised": info, "source": scan.source,
                                                             "uid": config.uid, "scan_shape": list(scan.shape)})
+        del scan, train_pairs, test_pairs  # training reads the pairs file: these would stay in memory throughout
     import torch
 
     arch = GeneratorConfig.from_dict(torch.load(base, map_location="cpu", weights_only=True).get("arch", {}))
