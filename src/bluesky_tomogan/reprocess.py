@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 from .callbacks.derived_stream import made_by_us
@@ -75,7 +75,26 @@ def stored_documents(run: Any, where: str = "") -> list[tuple[str, dict[str, Any
         raise ReprocessError(f"{where}: cannot read its documents: {type(exc).__name__}: {exc}") from exc
 
 
-def as_new_run(documents: Iterable[tuple[str, Mapping[str, Any]]], *,
+Documents = Sequence[tuple[str, Mapping[str, Any]]]
+
+
+def _own_derived(documents: Documents) -> tuple[set[str], set[str]]:
+    """The uids of a stored run's own derived descriptors (made by this package) and of their stream
+    resources (those of data keys no raw descriptor has), and those streams' names."""
+    derived = [d for n, d in documents if n == "descriptor" and made_by_us(d)]
+    raw_keys = {k for n, d in documents if n == "descriptor" and not made_by_us(d) for k in d.get("data_keys", {})}
+    derived_keys = {k for d in derived for k in d.get("data_keys", {})} - raw_keys
+    uids = {d["uid"] for d in derived} | {
+        d["uid"] for n, d in documents if n == "stream_resource" and d.get("data_key") in derived_keys}
+    return uids, {d.get("name", "") for d in derived}
+
+
+def _is_one_of(name: str, doc: Mapping[str, Any], uids: set[str]) -> bool:
+    """Whether ``doc`` is, or belongs to, one of the descriptors or stream resources ``uids``."""
+    return doc["uid"] in uids if name in ("descriptor", "stream_resource") else doc.get("descriptor") in uids
+
+
+def as_new_run(documents: Documents, *,
                extra_start: Mapping[str, Any] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """The documents of a stored run as those of a new run: every uid new, ``run_start`` and each
     reference to a descriptor or stream resource following it, ``tomogan_reprocessed_from`` (and
@@ -84,28 +103,19 @@ def as_new_run(documents: Iterable[tuple[str, Mapping[str, Any]]], *,
 
     Legacy ``Resource``/``Datum`` keep their uids: events name their datums by them.
     """
+    left_out, left_out_streams = _own_derived(documents)
     new: dict[str, str] = {}  # old descriptor or stream resource uid -> new uid
-    dropped: set[str] = set()  # descriptors left out
-    dropped_keys: set[str] = set()  # their data keys (their stream resources name them)
-    kept_keys: set[str] = set()
-    dropped_streams: set[str] = set()
     run_start = ""
     for name, original in documents:
+        if _is_one_of(name, original, left_out):
+            continue
         doc = dict(original)
         if name == "start":
             run_start = str(uuid.uuid4())
             doc.update({REPROCESSED_FROM: doc["uid"], **(extra_start or {})}, uid=run_start)
-        elif name == "descriptor":
-            if made_by_us(doc):
-                dropped.add(doc["uid"])
-                dropped_keys.update(doc.get("data_keys", {}))
-                dropped_streams.add(doc.get("name", ""))
-                continue
-            kept_keys.update(doc.get("data_keys", {}))
+        elif name in ("descriptor", "stream_resource"):
             new[doc["uid"]] = doc["uid"] = str(uuid.uuid4())
         elif name in ("event", "event_page", "stream_datum"):
-            if doc["descriptor"] in dropped:
-                continue
             doc["descriptor"] = new.get(doc["descriptor"], doc["descriptor"])
             if name == "event_page":
                 doc["uid"] = [str(uuid.uuid4()) for _ in doc["uid"]]
@@ -115,13 +125,9 @@ def as_new_run(documents: Iterable[tuple[str, Mapping[str, Any]]], *,
                 resource = new.get(doc["stream_resource"], doc["stream_resource"])
                 doc["stream_resource"] = resource
                 doc["uid"] = f"{resource}/{str(doc['uid']).rpartition('/')[2] or uuid.uuid4()}"
-        elif name == "stream_resource":
-            if doc.get("data_key") in dropped_keys - kept_keys:
-                continue
-            new[doc["uid"]] = doc["uid"] = str(uuid.uuid4())
         elif name == "stop":
             doc["uid"] = str(uuid.uuid4())
-            doc["num_events"] = {k: v for k, v in (doc.get("num_events") or {}).items() if k not in dropped_streams}
+            doc["num_events"] = {k: v for k, v in (doc.get("num_events") or {}).items() if k not in left_out_streams}
         if "run_start" in doc:
             doc["run_start"] = run_start
         yield name, doc
@@ -142,21 +148,13 @@ class _WithoutStoredDerived:
     the callback names its streams around them), so that what follows the callback (a reconstruction,
     the writer) sees the raw streams and this model's only."""
 
-    def __init__(self, sink: Callable[[str, Any], Any], stored: list[tuple[str, dict[str, Any]]]) -> None:
+    def __init__(self, sink: Callable[[str, Any], Any], stored: Documents) -> None:
         self._sink = sink
         self.__name__ = getattr(sink, "__name__", type(sink).__name__)
-        derived = [d for n, d in stored if n == "descriptor" and made_by_us(d)]
-        kept_keys = {k for n, d in stored if n == "descriptor" and not made_by_us(d) for k in d.get("data_keys", {})}
-        derived_keys = {k for d in derived for k in d.get("data_keys", {})} - kept_keys
-        self._stored = {d["uid"] for d in derived} | {
-            d["uid"] for n, d in stored if n == "stream_resource" and d.get("data_key") in derived_keys}
+        self._stored, _ = _own_derived(stored)
 
     def __call__(self, name: str, doc: Any) -> None:
-        if name in ("descriptor", "stream_resource"):
-            stored = doc["uid"] in self._stored
-        else:
-            stored = doc.get("descriptor") in self._stored
-        if not stored:
+        if not _is_one_of(name, doc, self._stored):
             self._sink(name, doc)
 
 
