@@ -550,8 +550,9 @@ def test_adaptive_plan_lowers_the_exposure_on_saturation_and_the_store_keeps_it(
     cb = TomoGANCallback(denoiser, streams=["primary"], feedback=feedback)
     cb.subscribe(TiledWriter(store))
     docs = collect(RE, cb)
+    # max_qc_lag=0: the plan waits for QC at each point, so the exposure changes however slow the worker is
     (uid,) = RE(qc_tomo_scan(det, stage, [float(a) for a in range(0, 24, 2)], feedback, n_darks=1, n_flats=1,
-                             exposure_limits=(1e-3, 0.1)))
+                             exposure_limits=(1e-3, 0.1), max_qc_lag=0))
     actions = store[uid]["qc_actions"].read()
     adjusted = [i for i, a in enumerate(actions["qc_action"].values) if a == "adjust"]
     assert adjusted, "the exposure was not lowered"
@@ -562,6 +563,54 @@ def test_adaptive_plan_lowers_the_exposure_on_saturation_and_the_store_keeps_it(
     assert len(primary_descriptors) >= 2  # the exposure change re-described the detector
     assert [d["exit_status"] for n, d in docs if n == "stop"] == ["success"]
     assert store[uid]["denoised"]["det_image_denoised"].shape[0] == len(column(docs, "det_image_qc_flags"))
+
+
+def test_the_plan_paced_by_qc_acts_within_the_lag_it_was_given(RE, denoiser, tmp_path):
+    """With ``max_qc_lag=0`` each decision comes before the projection after the frames the denoiser must see."""
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(48, 64), directory=tmp_path, simulate_timing=False)
+    det.photon_flux.put(2e7)  # every open-beam frame saturates
+
+    class Slow:  # a worker far slower than the detector: unpaced, the plan would act after its last angle
+        depth = denoiser.depth
+
+        def denoise_context(self, context):
+            time.sleep(0.1)
+            return denoiser.denoise_context(context)
+
+        def provenance(self):
+            return denoiser.provenance()
+
+    feedback = QCFeedback(QCPolicy(dark_level=100), RE=RE)
+    cb = TomoGANCallback(Slow(), streams=["primary"], feedback=feedback)
+    docs = collect(RE, cb)
+    RE(qc_tomo_scan(det, stage, [float(a) for a in range(0, 20, 2)], feedback, n_darks=1, n_flats=1,
+                    exposure_limits=(1e-3, 0.1), max_qc_lag=0))
+    primary = {d["uid"] for n, d in docs if n == "descriptor" and d["name"] == "primary"}
+    taken = 0
+    for name, doc in docs:
+        if name == "event" and doc["descriptor"] in primary:
+            taken += 1
+        elif name == "event" and doc["data"].get("qc_action") == "adjust":
+            # frame n is judged once frames n+1 and n+2 (the 5-frame model's look-ahead) are in
+            assert taken - doc["data"]["qc_source_seq_num"] <= feedback.lookahead() == 2
+            break
+    else:
+        raise AssertionError("the exposure was never adjusted")
+
+
+def test_a_plan_paced_by_a_stuck_qc_stops_waiting_and_completes(RE, denoiser, tmp_path, caplog):
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(48, 64), directory=tmp_path, simulate_timing=False)
+    feedback = QCFeedback(QCPolicy(dark_level=100), RE=RE)
+    docs = collect(RE, TomoGANCallback(denoiser, streams=["primary"], feedback=feedback))
+    began = time.monotonic()
+    # QC never judges a stream of this name: the first wait times out, the others are not made
+    RE(qc_tomo_scan(det, stage, [float(a) for a in range(0, 12, 2)], feedback, n_darks=1, n_flats=1,
+                    stream="never_judged", max_qc_lag=0, final_wait=0.5))
+    assert time.monotonic() - began < 6 * 0.5  # one timed-out wait at a point, one at the end: not one per point
+    assert [d["exit_status"] for n, d in docs if n == "stop"] == ["success"]
+    assert "stayed more than 0 frames behind" in caplog.text
 
 
 def test_registration_of_pure_noise_is_no_shift_not_a_random_one(rng):
@@ -576,15 +625,16 @@ def test_a_detector_without_an_exposure_time_holds_the_exposure_and_the_scan_com
 
     monkeypatch.setattr(plans, "_exposure_signal", lambda detector: None)
     stage = SimTomoStage(name="stage")
-    # exposures simulated in real time: QC judges frames while the scan runs (its recommendations about
-    # the last frames come after the last angle, when no exposure change is made any more)
-    det = SimTomoDetector(name="det", stage=stage, shape=(48, 64), directory=tmp_path)
+    # max_qc_lag=0: QC judges frames while the scan runs (its recommendations about the last frames come
+    # after the last angle, when no exposure change is made any more)
+    det = SimTomoDetector(name="det", stage=stage, shape=(48, 64), directory=tmp_path, simulate_timing=False)
     det.photon_flux.put(2e7)  # the open beam clips at 65535: QC recommends a shorter exposure
     feedback = QCFeedback(QCPolicy(dark_level=100), RE=RE)
     cb = TomoGANCallback(denoiser, streams=["primary"], feedback=feedback)
     docs = collect(RE, cb)
     exposure = det.exposure_time.get()
-    RE(qc_tomo_scan(det, stage, [float(a) for a in range(0, 48, 2)], feedback, n_darks=1, n_flats=1))
+    RE(qc_tomo_scan(det, stage, [float(a) for a in range(0, 48, 2)], feedback, n_darks=1, n_flats=1,
+                    max_qc_lag=0))
     rows = [d["data"] for n, d in docs if n == "event" and "qc_action" in d["data"]]
     held = [r["qc_reason"] for r in rows if r["qc_action"] == "hold"]
     assert held and all("the detector has no exposure_time" in r for r in held)

@@ -14,6 +14,7 @@ adjusts the exposure, and records every decision in a ``qc_actions`` stream.
 # arguments against its signature's annotations, which must be objects, not strings; and it turns
 # device names into devices for parameters annotated with bluesky's protocols (``Readable``).
 import inspect
+import logging
 import math
 import time
 from collections import Counter
@@ -30,6 +31,8 @@ from .devices.qc_monitor import QCDecision
 from .qc.feedback import QCFeedback, Recommendation
 
 __all__ = ["tomo_scan", "qc_tomo_scan", "qc_tomo_scan_with", "QCDecision"]
+
+log = logging.getLogger(__name__)
 
 
 def tomo_scan(
@@ -93,6 +96,7 @@ def qc_tomo_scan(
     exposure_limits: tuple[float, float] = (1e-4, 10.0),
     stream: str = "denoised",
     final_wait: float = 30.0,
+    max_qc_lag: int | None = None,
     md: dict[str, Any] | None = None,
 ) -> Generator[Msg, Any, None]:
     """:func:`tomo_scan` that acts on the live QC between points.
@@ -129,7 +133,16 @@ def qc_tomo_scan(
     stream : str
         Derived stream whose recommendations count (``denoised`` for ``primary``).
     final_wait : float
-        Longest wait for QC at the end, in seconds.
+        Longest wait for QC at the end, in seconds; also the longest wait at one point for ``max_qc_lag``.
+    max_qc_lag : int, optional
+        Before the next angle, wait until QC has judged every projection but the newest
+        ``max_qc_lag``, besides those the denoiser cannot judge yet (its look-ahead, half its
+        context: 2 frames for the shipped projection models). ``0`` acts on each frame as soon as it
+        can be judged, so a saturated open beam changes the exposure within three frames however
+        slow the denoiser; the scan then goes at the denoiser's pace. ``None`` (default): never
+        wait; recommendations are taken as they come, and a worker far behind the detector acts late.
+        A wait that times out is logged, and the plan stops waiting for the rest of the scan (QC
+        is stuck or the worker far too slow; the scan must not crawl at ``final_wait`` per point).
 
     Raises
     ------
@@ -143,7 +156,8 @@ def qc_tomo_scan(
     theta_key = stage.theta.name
     lo, hi = exposure_limits
     retries: Counter[float] = Counter()
-    state = {"taken": 0, "changed_at": 0}  # primary frames taken; frames taken before the last exposure change
+    # primary frames taken; frames taken before the last exposure change; frames QC judged before the projections
+    state = {"taken": 0, "changed_at": 0, "judged_before": 0}
 
     def take(angle: float) -> Generator[Msg, Any, None]:
         yield from bps.checkpoint()
@@ -193,17 +207,30 @@ def qc_tomo_scan(
                 yield from take(angle)
                 yield from record("reacquire", rec, angle)
 
+    def catch_up(behind: Callable[[], int], adjust: bool) -> Generator[Msg, Any, bool]:
+        # Acts on recommendations while it waits until QC is at most ``behind()`` projections behind.
+        deadline = time.monotonic() + final_wait
+        while feedback.judged(stream) - state["judged_before"] < state["taken"] - behind():
+            if time.monotonic() >= deadline:
+                return False
+            yield from bps.sleep(0.05)
+            yield from act(adjust)
+        yield from act(adjust)
+        return True
+
     def projections() -> Generator[Msg, Any, None]:
-        judged_before = feedback.judged(stream)
+        state["judged_before"] = feedback.judged(stream)
+        pace = max_qc_lag is not None
         for angle in angles:
             yield from take(angle)
-            yield from act()
+            if not pace:
+                yield from act()
+            elif not (yield from catch_up(lambda: feedback.lookahead(stream) + int(max_qc_lag or 0), adjust=True)):
+                log.warning("qc_tomo_scan: QC of %r stayed more than %s frames behind for %g s; the scan goes on "
+                            "without waiting for it", stream, max_qc_lag, final_wait)
+                pace = False
         # After the last angle only re-acquisitions are left to do: no exposure change for no more frames.
-        deadline = time.monotonic() + final_wait
-        while feedback.judged(stream) - judged_before < state["taken"] - 1 and time.monotonic() < deadline:
-            yield from bps.sleep(0.05)
-            yield from act(adjust=False)
-        yield from act(adjust=False)
+        yield from catch_up(lambda: 1, adjust=False)
 
     _md = _metadata("qc_tomo_scan", detector, stage, angles, n_darks, n_flats, md)
     _md["plan_args"] |= {"max_retries": max_retries, "exposure_limits": list(exposure_limits)}

@@ -618,6 +618,7 @@ class RunDenoiser(PassThroughRun):
             item.stream.interval = gap if item.stream.interval is None else 0.8 * item.stream.interval + 0.2 * gap
         window.append(item)
         half = self._depth(item.stream) // 2
+        self._qc.feedback.note_lookahead(item.stream.bundle.descriptor_doc["name"], half)  # what a plan can wait for
         ready = len(window) - 1 - half  # the frame whose last neighbour has just come
         if ready >= 0:  # at a stream's start, its missing earlier neighbours are mirrored
             self._denoise(window[ready], _context(window, ready, 2 * half + 1))

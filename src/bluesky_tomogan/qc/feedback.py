@@ -141,6 +141,7 @@ class QCFeedback:
         self._aborted: dict[str, str] = {}  # run uid -> why QC aborted it
         self.log: deque[tuple[float, int, str, str]] = deque(maxlen=10_000)  # (time, seq_num, flag, action) done
         self._judged: Counter[str] = Counter()  # verdicts acted on, per derived stream name
+        self._lookahead: dict[str, int] = {}  # derived stream name -> later frames its denoiser waits for
         # (run, stream, flag) -> (when it was last logged, raises since then not logged): see WARN_INTERVAL_S
         self._warned: dict[tuple[str, str, str], tuple[float, int]] = {}
 
@@ -296,3 +297,17 @@ class QCFeedback:
         """Frames of derived stream ``stream`` acted on so far (all runs): a plan waits on it at its end."""
         with self._lock:
             return self._judged[stream]
+
+    def lookahead(self, stream: str = "denoised") -> int:
+        """How many later frames of derived stream ``stream`` the denoiser reads before a frame can be judged.
+
+        Half the denoiser's context (``depth // 2``: 2 for the shipped 5-frame projection models); 1
+        until the stream's first frame has been seen.
+        """
+        with self._lock:
+            return self._lookahead.get(stream, 1)
+
+    def note_lookahead(self, stream: str, frames: int) -> None:
+        """Called by the run's worker: derived stream ``stream`` judges a frame once ``frames`` later ones came."""
+        with self._lock:
+            self._lookahead[stream] = frames
