@@ -284,3 +284,13 @@ def test_a_missing_export_tool_is_reported_before_any_work(tmp_path, monkeypatch
     with pytest.raises(ImportError, match=r"tflite export needs tensorflow .*bluesky-tomogan\[export\]"):
         finetune(FinetuneConfig(source=str(tmp_path / "nope.h5"), out_dir=str(tmp_path / "out")), progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_export_reserve_grows_with_the_frames_area():
+    """A 512-wide scan's export and measurement take four times a 256-wide one's: a fixed reserve overran."""
+    from bluesky_tomogan.finetune import EXPORT_RESERVE_S, export_reserve_s
+
+    assert export_reserve_s(["onnx"], (256, 256)) == EXPORT_RESERVE_S["onnx"]
+    assert export_reserve_s(["onnx"], (128, 128)) == EXPORT_RESERVE_S["onnx"]  # never below the measured cost
+    assert export_reserve_s(["onnx", "tflite"], (3, 512, 512)) == 4 * (EXPORT_RESERVE_S["onnx"]
+                                                                      + EXPORT_RESERVE_S["tflite"])

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,9 +34,12 @@ log = logging.getLogger(__name__)
 
 Domain = Literal["slice", "projection"]
 #: Seconds kept back from the budget for each export format and the quality measurement
-#: that follows. A 256^3 scan's export took about 250-290 s in all on 2 cores (Intel Xeon, one
-#: core busy with another job; docs/models.md), so the three formats keep 300 s.
+#: that follows, for pairs of 256x256 frames. A 256^3 scan's export took about 250-290 s in all
+#: on 2 cores (Intel Xeon, one core busy with another job; docs/models.md), so the three formats
+#: keep 300 s. The measurement (a fixed number of frames) and the OpenVINO calibration grow with
+#: a frame's area: :func:`export_reserve_s`.
 EXPORT_RESERVE_S = {"onnx": 30.0, "tflite": 150.0, "openvino": 120.0}
+RESERVE_FRAME_AREA = 256 * 256
 PAIRS_FILE = "pairs.h5"
 #: int8 calibration samples: fewer than a full export's 200, because TensorFlow's calibrator runs
 #: reference kernels (minutes per hundred 256x256 tiles on 2 cores) and one scan varies less.
@@ -133,6 +138,16 @@ def _check_export_tools(formats: tuple[str, ...]) -> None:
                               f"or leave {fmt} out with --format")
 
 
+def export_reserve_s(formats: Sequence[str], frame_shape: Sequence[int]) -> float:
+    """Seconds to keep back for exporting ``formats`` and measuring them on frames of ``frame_shape``.
+
+    :data:`EXPORT_RESERVE_S` scaled by the frames' area over 256x256 (never below it): with a fixed
+    reserve a 512-wide scan's ``--minutes 10`` took 676 s (Zen 3, 2 cores; docs/models.md).
+    """
+    scale = max(1.0, math.prod(frame_shape[-2:]) / RESERVE_FRAME_AREA)
+    return scale * sum(EXPORT_RESERVE_S[f] for f in formats)
+
+
 def _patch_for(frame_shape: tuple[int, ...], multiple: int) -> int:
     edge = min(96, min(frame_shape))
     return edge - edge % multiple
@@ -179,12 +194,13 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
     with open_for_reading(pairs_path, ScanError, "pairs") as f:
         try:
             recipe = json.loads(f.attrs["recipe"])
-            patch = _patch_for(f["train_ns"].shape[1:], arch.size_multiple)
+            frame_shape = f["train_ns"].shape[1:]
+            patch = _patch_for(frame_shape, arch.size_multiple)
         except (KeyError, ValueError) as exc:
             raise ScanError(f"{pairs_path} is not a pairs file of bluesky-tomogan finetune ({exc}); "
                             "remove it to start again") from exc
     spent = time.perf_counter() - t0
-    reserve = sum(EXPORT_RESERVE_S[f] for f in config.formats)
+    reserve = export_reserve_s(config.formats, frame_shape)
     budget = config.minutes * 60 - spent - reserve
     if budget < 20:
         raise ScanError(f"a budget of {config.minutes} min leaves {budget:.0f} s to train after making the pairs "

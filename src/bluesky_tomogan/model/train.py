@@ -76,7 +76,9 @@ class TrainConfig:
     min_delta : float
         Smallest validation-SSIM gain that counts as improvement.
     time_budget_s : float
-        Stop (with a checkpoint) after this many seconds of this run; 0 = none.
+        Seconds this run may take; 0 = none. It stops (with a checkpoint) after the epoch
+        that leaves too little time for another as long as the longest so far, so it ends
+        within the budget unless its first epoch alone is longer.
     lr : float
         Adam learning rate of the generator (halved on a plateau).
     pixel : {"l1", "mse", "l1+ssim"}
@@ -455,7 +457,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         bar.update(min(round(time.perf_counter() - t0), bar.total) - bar.n if timed else 1)
         bar.set_postfix({"epoch": epoch + 1, **postfix, "best": f"{best_score:.4f}"})
 
+    epoch_s = 0.0  # the longest epoch yet, validation included: one more would end past the budget
     while epoch < config.max_epochs:
+        epoch_began = time.perf_counter()
         gan_on = disc is not None and epoch >= config.gan_warmup_epochs
         sums = {"loss": 0.0, "pixel": 0.0, "adv": 0.0, "feat": 0.0, "d": 0.0}
         for _ in range(config.steps_per_epoch):
@@ -524,9 +528,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         elif epoch - best_epoch >= 2:
             for g in opt_g.param_groups:  # plateau: halve the step size
                 g["lr"] = max(g["lr"] * 0.5, config.lr / 16)
+        epoch_s = max(epoch_s, time.perf_counter() - epoch_began)
         if epoch - best_epoch >= config.patience:
             stopped = f"validation {config.select_by.upper()} did not improve for {config.patience} epochs"
-        elif config.time_budget_s and time.perf_counter() - t0 >= config.time_budget_s:
+        elif config.time_budget_s and time.perf_counter() - t0 + epoch_s > config.time_budget_s:
             stopped = "time budget reached (resume to continue)"
         torch.save({
             "generator": gen.state_dict(), "opt_g": opt_g.state_dict(), "stopped": stopped,
