@@ -220,6 +220,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 def _cmd_reprocess(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from .callbacks import SCAN_STREAMS
     from .inference import load_denoiser
     from .reprocess import REPROCESSED_FROM, ReprocessError, reprocess
     from .storage import close_tiled, open_tiled
@@ -236,9 +237,9 @@ def _cmd_reprocess(args: argparse.Namespace) -> int:
                 bar.update(done - bar.n)
 
             # the callback's notes (streams renamed, frames that failed) are logged as they come
-            written, _ = reprocess(client, args.uid, den, into=args.into, streams=args.streams, fields=args.fields,
-                                   directory=args.directory, root_map=dict(args.root_map), reconstruct=slices,
-                                   progress=progress)
+            written, _ = reprocess(client, args.uid, den, into=args.into, streams=args.streams or SCAN_STREAMS,
+                                   fields=args.fields, directory=args.directory, root_map=dict(args.root_map),
+                                   reconstruct=slices, progress=progress)
         if args.into == "run":
             added = sorted(set(client[written]) - before)
             print(f"run {args.uid} denoised with {den!r}; streams added to it: {added}")
@@ -566,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "'denoised_2' if it has a 'denoised' already); new: write a new run beside it, found by "
                         "Key('start.tomogan_reprocessed_from') == UID")
     _denoiser_arguments(s, "shipped model name or model card path (e.g. a fine-tuned one)")
-    s.add_argument("--streams", nargs="+", default=["primary", "flat"],
+    s.add_argument("--streams", nargs="+",
                    help="streams to denoise (default: primary flat, as live)")
     s.add_argument("--fields", nargs="+", help="image fields to denoise (default: every 2-D field)")
     s.add_argument("--directory", help="where derived frames are written (default: next to the raw frames); "

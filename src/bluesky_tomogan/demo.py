@@ -109,7 +109,7 @@ def run_demo(
     from bluesky.callbacks.tiled_writer import TiledWriter
     from bluesky.suspenders import SuspendFloor
 
-    from .callbacks import ScanProgress, TomoGANCallback, TomoReconstruction
+    from .callbacks import SCAN_STREAMS, ScanProgress, TomoGANCallback, TomoReconstruction
     from .devices import QCMonitor, SimBeamCurrent, SimTomoDetector, SimTomoStage
     from .inference import load_denoiser
     from .inference.ratios import load_ratios
@@ -148,7 +148,7 @@ def run_demo(
         feedback.install_suspenders(RE, sleep=0.5)
         RE.install_suspender(SuspendFloor(beam, 0.25 * beam.nominal, resume_thresh=0.5 * beam.nominal, sleep=0.5))
         # Flats are denoised too: the flat's own noise is the strongest stripe in the sinogram.
-        cb = TomoGANCallback(den, streams=["primary", "flat"], directory=frames_directory(root), policy=policy,
+        cb = TomoGANCallback(den, streams=list(SCAN_STREAMS), directory=frames_directory(root), policy=policy,
                              feedback=feedback)
         live = TomoReconstruction(load_denoiser("tomogan-slice", backend=backend), every=max(n_angles // 3, 1),
                                   directory=frames_directory(root))

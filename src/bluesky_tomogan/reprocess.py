@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from .callbacks.derived_stream import made_by_us
 from .callbacks.reconstruction import STREAM as RECONSTRUCTION
+from .callbacks.tomogan import SCAN_STREAMS
 from .errors import TomoGANError
 
 __all__ = ["ReprocessError", "REPROCESSED_FROM", "as_new_run", "derived_first", "read_run", "replay", "reprocess",
@@ -40,8 +41,6 @@ log = logging.getLogger(__name__)
 
 #: Start-document key of a reprocessed run: the uid of the stored run it was made from.
 REPROCESSED_FROM = "tomogan_reprocessed_from"
-#: The streams denoised unless asked otherwise: those the demo, the profile and ``serve`` denoise live.
-LIVE_STREAMS = ["primary", "flat"]
 #: Seconds a replayed frame may wait for room in the queue, and the stop for the worker: offline, no frame is dropped.
 OFFLINE_TIMEOUT_S = 3600.0
 
@@ -206,7 +205,7 @@ def replay(documents: list[tuple[str, dict[str, Any]]], callback: Callable[[str,
 
 
 def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new"] = "run",
-              streams: list[str] | None = LIVE_STREAMS, fields: list[str] | None = None, directory: Any = None,
+              streams: Sequence[str] | None = SCAN_STREAMS, fields: list[str] | None = None, directory: Any = None,
               root_map: Mapping[str, str] | None = None, reconstruct: Any = None,
               progress: Callable[[int, int], Any] | None = None) -> tuple[str, Any]:
     """Denoise the stored run ``uid`` with ``denoiser``, into that run or a new one of the same catalog.
@@ -225,7 +224,7 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
         ``"new"``: write a new run (see the module docstring).
     streams, fields : list of str, optional
         As for :class:`~bluesky_tomogan.TomoGANCallback`; by default the projections and flats
-        (``primary`` and ``flat``, as the demo, the profile and ``serve`` denoise live) and every
+        (:data:`~bluesky_tomogan.callbacks.SCAN_STREAMS`, as the demo, the profile and ``serve`` denoise live) and every
         image field; ``streams=None``: every stream with images.
     directory : path-like, optional
         Where the derived frames' files go (default: next to the raw frames' files); the Tiled
@@ -260,7 +259,8 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
     if into == "run" and documents[-1][1].get("exit_status") == "fail" and _NO_STOP in documents[-1][1]["reason"]:
         raise ReprocessError(f"run {uid} has no stop document: it is still running, or it was interrupted; "
                              "reprocess it into a new run (into='new', --into new)")
-    callback = TomoGANCallback(denoiser, fields=fields, streams=streams, policy="block", directory=directory,
+    callback = TomoGANCallback(denoiser, fields=fields, streams=None if streams is None else list(streams),
+                               policy="block", directory=directory,
                                root_map=root_map, block_timeout=OFFLINE_TIMEOUT_S, flush_timeout=OFFLINE_TIMEOUT_S)
     if into == "new":
         writer: Any = TiledWriter(client)

@@ -3,7 +3,7 @@
 from .progress import ScanProgress
 from .queue import POLICIES, FrameQueue
 from .reconstruction import TomoReconstruction
-from .tomogan import TomoGANCallback, image_fields, tomogan_factory
+from .tomogan import SCAN_STREAMS, TomoGANCallback, image_fields, tomogan_factory
 
-__all__ = ["TomoGANCallback", "TomoReconstruction", "FrameQueue", "POLICIES", "image_fields", "tomogan_factory",
-           "ScanProgress"]
+__all__ = ["SCAN_STREAMS", "TomoGANCallback", "TomoReconstruction", "FrameQueue", "POLICIES", "image_fields",
+           "tomogan_factory", "ScanProgress"]

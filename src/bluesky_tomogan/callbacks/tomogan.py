@@ -45,9 +45,13 @@ from .passthrough import RunRouterFacade
 from .queue import POLICIES, Policy
 from .run import RunDenoiser, RunOptions, image_fields
 
-__all__ = ["TomoGANCallback", "image_fields", "tomogan_factory"]
+__all__ = ["TomoGANCallback", "image_fields", "tomogan_factory", "SCAN_STREAMS"]
 
 log = logging.getLogger(__name__)
+#: The streams of a tomography scan that the demo, the profile, ``serve`` and ``reprocess`` denoise:
+#: the projections and the flats (a flat-field correction of denoised projections wants denoised
+#: flats: docs/reconstruction.md); darks carry no image worth denoising.
+SCAN_STREAMS: tuple[str, ...] = ("primary", "flat")
 Subscriber = Callable[[str, Any], Any]
 
 

@@ -99,7 +99,7 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
     ServeError
         The proxy is unreachable or the Tiled server refuses.
     """
-    from ..callbacks import TomoGANCallback, TomoReconstruction
+    from ..callbacks import SCAN_STREAMS, TomoGANCallback, TomoReconstruction
     from ..inference.load import load_denoiser
     from ..inference.ratios import load_ratios
 
@@ -132,7 +132,7 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
         monitor = QCMonitor(name="qc", retry_after=retry_after)
         feedback = QCFeedback(monitor=monitor)
         ioc = QCIOC(monitor, ioc_prefix)
-    callback = TomoGANCallback(denoiser, fields=fields, streams=streams or ["primary", "flat"],
+    callback = TomoGANCallback(denoiser, fields=fields, streams=streams or list(SCAN_STREAMS),
                                policy=policy, directory=directory, feedback=feedback,  # type: ignore[arg-type]
                                root_map=root_map)
     outlet: Any = callback
