@@ -153,6 +153,10 @@ def test_a_stack_of_several_exposures_per_angle_is_unstacked(tmp_path):
     assert scan.shape == (40, 8, 8) and scan.flats.shape == (8, 8)
     np.testing.assert_allclose(scan.angles, np.repeat(np.arange(20) * 9.0, 2))
     np.testing.assert_array_equal(scan.projections[2:4], proj[1])
+    seen = []
+    band = read_scan(str(path), rows=lambda shape: seen.append(shape) or slice(2, 5))
+    assert seen == [(40, 8, 8)] and band.shape == (40, 3, 8) and band.flats.shape == (3, 8)
+    np.testing.assert_array_equal(band.projections[2:4], proj[1][:, 2:5])
 
 
 def test_a_photon_counters_masked_gaps_never_reach_the_training_pairs(tmp_path):
@@ -227,6 +231,11 @@ def test_a_scan_stored_in_tiled_is_read_with_its_angles_flats_and_darks(RE, stor
         read_scan(uri, "not-a-uid")
     with pytest.raises(ScanError, match="no field 'nope'"):
         read_scan(uri, uid, field="nope")
+    band = read_scan(uri, uid, rows=lambda shape: slice(8, 24))  # only those rows are fetched
+    assert band.rows == (8, 24) and scan.rows is None
+    np.testing.assert_array_equal(band.projections, scan.projections[:, 8:24])
+    np.testing.assert_allclose(band.flats, scan.flats[8:24])
+    np.testing.assert_allclose(band.darks, scan.darks[8:24])
     # the embedded store's directory, as the demo and the profile name it, is read as its URI is
     assert read_scan(str(tmp_path / "store"), uid).shape == (40, 32, 48)
     with pytest.raises(ScanError, match="holds no embedded Tiled store"):
@@ -294,3 +303,57 @@ def test_the_export_reserve_grows_with_the_frames_area():
     assert export_reserve_s(["onnx"], (128, 128)) == EXPORT_RESERVE_S["onnx"]  # never below the measured cost
     assert export_reserve_s(["onnx", "tflite"], (3, 512, 512)) == 4 * (EXPORT_RESERVE_S["onnx"]
                                                                       + EXPORT_RESERVE_S["tflite"])
+
+
+def test_a_grey_cameras_channel_axis_is_not_taken_for_the_rows(tmp_path):
+    path = tmp_path / "grey.h5"
+    proj = np.arange(64 * 8 * 6, dtype=np.float32).reshape(64, 8, 6, 1)
+    with h5py.File(path, "w") as f:
+        f["projections"] = proj
+        f["flats"] = np.ones((2, 8, 6, 1), np.float32)
+    band = read_scan(str(path), rows=lambda shape: slice(1, 4) if shape == (64, 8, 6) else None)
+    assert band.shape == (64, 3, 6) and band.flats.shape == (3, 6) and band.rows == (1, 4)
+    np.testing.assert_array_equal(band.projections[5], proj[5, 1:4, :, 0])
+
+
+def test_rows_whose_pairs_do_not_fit_in_memory_are_a_clear_error_and_by_default_a_centred_slab():
+    """A 2048-wide detector's Noise2Inverse pairs need about 590 GB for all its rows: without a choice of rows
+    the fine-tune would read them all and end in the kernel's out-of-memory kill."""
+    from bluesky_tomogan.finetune import pairs_bytes, row_choice
+
+    def big(**kw):  # a budget the export leaves time in (its reserve grows with the frames' area)
+        return FinetuneConfig(source="big.h5", out_dir="o", formats=("onnx",), minutes=60, **kw)
+
+    shape = (1500, 2048, 2048)
+    per_row = pairs_bytes("slice", (1500, 1, 2048))
+    assert pairs_bytes("slice", shape) == 2048 * per_row > 5.8e11
+    config = big()
+    memory = 100 * per_row  # 80 rows fit in 80 % of it
+    chosen = row_choice(config, memory)(shape)
+    assert (chosen.start, chosen.stop) == ((2048 - 80) // 2, (2048 - 80) // 2 + 80)
+    assert row_choice(config, 10 ** 15)(shape) is None  # all rows fit
+    assert row_choice(big(rows=(0, 64)), memory)(shape) == slice(0, 64)
+    with pytest.raises(ScanError, match=r"rows 0:512 needs about .* GB, .* GB are available: give at most 80 rows"):
+        row_choice(big(rows=(0, 512)), memory)(shape)
+    with pytest.raises(ScanError, match="lie outside the detector's 2048 rows"):
+        row_choice(big(rows=(2000, 2100)), memory)(shape)
+    with pytest.raises(ScanError, match="too large to fine-tune on here"):
+        row_choice(config, 10 * per_row)(shape)
+    with pytest.raises(ScanError, match="0 <= first < stop"):
+        big(rows=(5, 5))
+
+
+def test_a_budget_that_the_export_of_large_frames_would_use_up_is_refused_before_the_scan_is_read():
+    from bluesky_tomogan.finetune import row_choice
+
+    with pytest.raises(ScanError, match=r"frames of 2048x2048 takes about 19200 s, .* raise --minutes"):
+        row_choice(FinetuneConfig(source="big.h5", out_dir="o"), 10 ** 15)((1500, 2048, 2048))
+    assert row_choice(FinetuneConfig(source="big.h5", out_dir="o"), 10 ** 15)((180, 256, 256)) is None
+
+
+def test_the_finetune_command_takes_detector_rows(tmp_path, capsys):
+    from bluesky_tomogan.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["finetune", "scan.h5", "--out", str(tmp_path / "o"), "--rows", "10-20"])
+    assert "expected detector rows FIRST:STOP" in capsys.readouterr().err

@@ -52,6 +52,18 @@ def count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def row_range(text: str) -> tuple[int, int]:
+    """An argparse type: detector rows ``FIRST:STOP`` (``0 <= FIRST < STOP``), as a Python slice reads them."""
+    first, sep, stop = text.partition(":")
+    try:
+        rows = int(first), int(stop)
+    except ValueError:
+        rows = (-1, -1)
+    if not sep or not 0 <= rows[0] < rows[1]:
+        raise argparse.ArgumentTypeError(f"expected detector rows FIRST:STOP with 0 <= FIRST < STOP, got {text!r}")
+    return rows
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from .simulate.datasets import Recipe, make_dataset
 
@@ -145,7 +157,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
     cfg = FinetuneConfig(source=args.source, out_dir=args.out, domain=args.domain, uid=args.uid, field=args.field,
                          key=args.key, model=args.model, minutes=args.minutes, splits=args.splits,
-                         threads=args.threads, formats=tuple(args.format), seed=args.seed)
+                         threads=args.threads, formats=tuple(args.format), seed=args.seed, rows=args.rows)
     result = finetune(cfg, resume=args.resume, progress=not args.no_progress)
     data = json.loads(result.card.read_text())
     print(f"stopped: {result.stopped} after {result.wall_time_s:.0f} s")
@@ -593,6 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="starting weights: a shipped model or a .pt (default tomogan-<domain>)")
     s.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget, export included (default 15)")
     s.add_argument("--splits", type=count(2), default=4, help="Noise2Inverse angle subsets (default 4)")
+    s.add_argument("--rows", type=row_range, metavar="FIRST:STOP",
+                   help="detector rows to fine-tune on (default: all if the pairs fit in memory, else the centred "
+                        "rows that do)")
     s.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     s.add_argument("--format", nargs="+", choices=["onnx", "tflite", "openvino"],
                    default=["onnx", "tflite", "openvino"], help="export formats (default: all three)")

@@ -18,14 +18,14 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ScanError
 from ..simulate.datasets import PairSet
-from .pairs import HOLDOUT_DEFAULT, holdout_split, neighbour_pairs, noise2inverse_pairs
+from .pairs import HOLDOUT_DEFAULT, MIN_FRAMES, holdout_split, neighbour_pairs, noise2inverse_pairs
 from .sources import Scan, read_scan
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "make_pairs", "Scan", "read_scan"]
@@ -74,6 +74,11 @@ class FinetuneConfig:
         Export formats.
     seed : int
         Seed of the pair sampling and training.
+    rows : (int, int), optional
+        Detector rows ``[first, stop)`` to fine-tune on (slices of a slab for the slice model, a
+        band of each projection for the projection model). By default all of them if the pairs
+        fit in memory, else the centred slab that does (logged, and recorded in the card); rows
+        that do not fit are refused before any work (:func:`pairs_bytes`).
     """
 
     source: str
@@ -89,8 +94,11 @@ class FinetuneConfig:
     lr: float = 2e-4
     formats: tuple[str, ...] = ("onnx", "tflite", "openvino")
     seed: int = 0
+    rows: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        if self.rows is not None and not 0 <= self.rows[0] < self.rows[1]:
+            raise ScanError(f"rows must be first:stop with 0 <= first < stop, got {self.rows[0]}:{self.rows[1]}")
         if self.domain not in ("slice", "projection"):
             raise ScanError(f"domain must be 'slice' or 'projection', got {self.domain!r}")
         if not self.minutes > 0:
@@ -117,7 +125,8 @@ def make_pairs(scan: Scan, domain: Domain, splits: int = 4, seed: int = 0, progr
         pairs, info = neighbour_pairs(scan, seed)
         method = "neighbor2neighbor"
     train, test = holdout_split(pairs, HOLDOUT_DEFAULT)
-    return train, test, {"method": method, **info, "held_out_fraction": HOLDOUT_DEFAULT}
+    rows = {} if scan.rows is None else {"detector_rows": list(scan.rows)}
+    return train, test, {"method": method, **info, "held_out_fraction": HOLDOUT_DEFAULT, **rows}
 
 
 #: The module each export format needs, and the extra that installs it.
@@ -136,6 +145,89 @@ def _check_export_tools(formats: tuple[str, ...]) -> None:
         if importlib.util.find_spec(module) is None:
             raise ImportError(f"the {fmt} export needs {module} (pip install 'bluesky-tomogan[{extra}]'), "
                               f"or leave {fmt} out with --format")
+
+
+#: Fewest seconds of training a budget must leave after the pairs and the export's reserve.
+MIN_TRAINING_S = 20.0
+#: Share of the memory available when a fine-tune starts that its pairs may take.
+MEMORY_SHARE = 0.8
+
+
+def pairs_bytes(domain: Domain, shape: tuple[int, int, int], splits: int = 4) -> int:
+    """Peak memory of making a fine-tune's pairs from a scan of ``(frames, rows, columns)``, in bytes.
+
+    Slices: ``splits`` sub-reconstructions of every row (columns x columns each), as many
+    inputs, and the held-out split's copy of both; projections: the frames, their 2x2 cells,
+    the cells' draws and the half-resolution pairs. The scan of the demo (180 x 512 x 512,
+    4 splits): 8.9 GB by this rule; 9.2 GB measured (``make_pairs``, ``/usr/bin/time -v``,
+    docs/models.md).
+    """
+    frames, rows, columns = shape
+    scan = 6 * frames * rows * columns  # float32 frames and a 16-bit copy as read
+    if domain == "slice":
+        return scan + 16 * splits * rows * columns * columns
+    return scan + 12 * frames * rows * columns
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def row_choice(config: FinetuneConfig, available: int | None = None) -> Callable[[tuple[int, int, int]], slice | None]:
+    """The detector rows to read from a scan of ``(frames, rows, columns)``: ``config.rows``, checked
+    against the scan and the memory, or all rows, or the centred slab whose pairs fit in memory.
+    A budget that the export alone would use up (:func:`export_reserve_s`) is refused here too,
+    before the scan is read.
+
+    A 2048-wide detector's pairs (1500 angles) need 590 GB for all its rows; reading them would end in the
+    kernel's out-of-memory kill, not in an error.
+    """
+    def choose(shape: tuple[int, int, int]) -> slice | None:
+        frames, rows, columns = shape
+        # the export's share of the budget is known from the frames' size: refused before the pairs, not after
+        pair_frame = (columns, columns) if config.domain == "slice" else (rows // 2, columns // 2)
+        reserve = export_reserve_s(config.formats, pair_frame)
+        if reserve + MIN_TRAINING_S > config.minutes * 60:
+            raise ScanError(f"{config.source}: exporting {', '.join(config.formats)} for frames of "
+                            f"{pair_frame[0]}x{pair_frame[1]} takes about {reserve:.0f} s, which leaves a budget of "
+                            f"{config.minutes:g} min too little to train: raise --minutes or export fewer formats")
+        if config.rows is not None and config.rows[1] > rows:
+            raise ScanError(f"{config.source}: rows {config.rows[0]}:{config.rows[1]} lie outside the detector's "
+                            f"{rows} rows")
+        free = available_memory() if available is None else available
+        if free is None:  # not Linux: no check
+            return None if config.rows is None else slice(*config.rows)
+        per_row = pairs_bytes(config.domain, (frames, 1, columns), config.splits)
+        fit = int(MEMORY_SHARE * free // per_row)
+        gb = 1e-9
+        if config.rows is not None:
+            first, stop = config.rows
+            if stop - first > fit:
+                raise ScanError(f"{config.source}: fine-tuning on rows {first}:{stop} needs about "
+                                f"{(stop - first) * per_row * gb:.1f} GB, {free * gb:.1f} GB are available: "
+                                f"give at most {fit} rows (--rows)")
+            return slice(first, stop)
+        if rows <= fit:
+            return None
+        least = MIN_FRAMES if config.domain == "slice" else 64  # slices to split; projections' neighbour pairs
+        if fit < least:
+            raise ScanError(f"{config.source}: frames of {rows}x{columns} are too large to fine-tune on here: "
+                            f"{least} rows need about {least * per_row * gb:.1f} GB, {free * gb:.1f} GB are available")
+        first = (rows - fit) // 2
+        log.warning("%s: all %d detector rows would need about %.1f GB for the pairs, %.1f GB are available: "
+                    "fine-tuning on the centred rows %d:%d (choose others with --rows)", config.source, rows,
+                    rows * per_row * gb, free * gb, first, first + fit)
+        return slice(first, first + fit)
+
+    return choose
 
 
 def export_reserve_s(formats: Sequence[str], frame_shape: Sequence[int]) -> float:
@@ -182,7 +274,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
     if resume and checkpoint.exists() and pairs_path.exists():
         log.info("resuming %s from %s with the pairs of %s", name, checkpoint, pairs_path)
     else:
-        scan = read_scan(config.source, config.uid, config.field, config.key)
+        scan = read_scan(config.source, config.uid, config.field, config.key, row_choice(config))
         train_pairs, test_pairs, info = make_pairs(scan, config.domain, config.splits, config.seed, progress)
         write_dataset(pairs_path, train_pairs, test_pairs, {"self_supervised": info, "source": scan.source,
                                                             "uid": config.uid, "scan_shape": list(scan.shape)})
@@ -202,7 +294,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
     spent = time.perf_counter() - t0
     reserve = export_reserve_s(config.formats, frame_shape)
     budget = config.minutes * 60 - spent - reserve
-    if budget < 20:
+    if budget < MIN_TRAINING_S:
         raise ScanError(f"a budget of {config.minutes} min leaves {budget:.0f} s to train after making the pairs "
                         f"({spent:.0f} s) and keeping {reserve:.0f} s for export; raise --minutes")
     train_config = TrainConfig(

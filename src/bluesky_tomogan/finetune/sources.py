@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from ..errors import ScanError
 from ..frame_files import PROJECTION_KEYS, first_dataset, hdf5_datasets
 from ..masked import fill_masked, missing_pixels
 
-__all__ = ["Scan", "read_scan", "read_scan_hdf5", "read_scan_tiled"]
+__all__ = ["Scan", "RowChoice", "read_scan", "read_scan_hdf5", "read_scan_tiled"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 FLAT_KEYS = ("exchange/data_white", "flats", "flat", "data_white")
 DARK_KEYS = ("exchange/data_dark", "darks", "dark", "data_dark")
 ANGLE_KEYS = ("exchange/theta", "angles", "theta")
+
+#: Given the stored projections' ``(frames, rows, columns)``, the detector rows to read (``None``: all).
+RowChoice = Callable[[tuple[int, int, int]], "slice | None"]
 
 
 @dataclass
@@ -45,6 +49,8 @@ class Scan:
         ``(rows, columns)`` averages of the open-beam and dark frames.
     source : str
         Where the scan came from (recorded in the model card).
+    rows : (int, int) or None
+        The detector rows read, ``[first, stop)``, where not all of them were.
     """
 
     projections: np.ndarray
@@ -52,6 +58,7 @@ class Scan:
     flats: np.ndarray | None
     darks: np.ndarray | None
     source: str
+    rows: tuple[int, int] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -74,6 +81,33 @@ def _frames_stack(stack: Any) -> np.ndarray:
     if arr.ndim == 4 and arr.shape[-1] == 1 and arr.shape[1] > 1:
         return arr[..., 0]
     return arr.reshape(-1, *arr.shape[2:]) if arr.ndim == 4 else arr
+
+
+def _rows_axis(shape: tuple[int, ...]) -> int:
+    """The detector-row axis of a stored stack (see :func:`_frames_stack`): a grey camera's
+    ``(events, rows, columns, 1)`` has its channel last, every other layout ends in rows and columns."""
+    return 1 if len(shape) == 4 and shape[-1] == 1 and shape[1] > 1 else len(shape) - 2
+
+
+def _stored_shape(stack: Any) -> tuple[int, int, int] | None:
+    """``(frames, rows, columns)`` of a stored stack (an h5py dataset, a Tiled array) from its metadata,
+    without reading it; ``None`` for one that is not a stack of frames (:func:`_assemble` names the problem)."""
+    shape = tuple(int(s) for s in stack.shape)
+    if len(shape) not in (3, 4):
+        return None
+    axis = _rows_axis(shape)
+    return math.prod(shape[:axis]), shape[axis], shape[axis + 1]
+
+
+def _read(stack: Any, rows: slice | None) -> Any:
+    """A stored stack (h5py dataset, Tiled array) read whole, or only detector rows ``rows`` of each frame."""
+    if stack is None:
+        return None
+    if rows is None:
+        return stack.read() if hasattr(stack, "read") else stack[()]
+    index = [slice(None)] * len(stack.shape)
+    index[_rows_axis(tuple(stack.shape))] = rows
+    return stack[tuple(index)]
 
 
 def _mean_frame(stack: Any, shape: tuple[int, int], what: str, where: str) -> np.ndarray | None:
@@ -104,7 +138,14 @@ def _angles_in_degrees(angles: Any, n: int, where: str) -> np.ndarray:
     return a
 
 
-def _assemble(projections: Any, angles: Any, flats: Any, darks: Any, where: str, exposures: int = 1) -> Scan:
+def _choose_rows(stack: Any, choose: RowChoice | None) -> slice | None:
+    """The rows ``choose`` picks for the stored projections ``stack`` (before any frame is read)."""
+    shape = None if choose is None else _stored_shape(stack)
+    return None if shape is None or choose is None else choose(shape)
+
+
+def _assemble(projections: Any, angles: Any, flats: Any, darks: Any, where: str, exposures: int = 1,
+              rows: slice | None = None) -> Scan:
     stored = np.asarray(projections)
     proj = _frames_stack(stored)
     if proj.ndim != 3:
@@ -132,10 +173,11 @@ def _assemble(projections: Any, angles: Any, flats: Any, darks: Any, where: str,
     a = _angles_in_degrees(angles, len(proj), where)
     order = np.argsort(a, kind="stable")
     return Scan(proj[order], a[order], _mean_frame(flats, shape, "flats", where),
-                _mean_frame(darks, shape, "darks", where), where)
+                _mean_frame(darks, shape, "darks", where), where,
+                None if rows is None else (int(rows.start), int(rows.start) + shape[0]))
 
 
-def read_scan_hdf5(path: str | Path, key: str | None = None) -> Scan:
+def read_scan_hdf5(path: str | Path, key: str | None = None, rows: RowChoice | None = None) -> Scan:
     """Read a scan from HDF5: the Data Exchange layout or plain ``projections``/``angles``/``flats``/``darks``.
 
     Parameters
@@ -144,6 +186,9 @@ def read_scan_hdf5(path: str | Path, key: str | None = None) -> Scan:
         The file.
     key : str, optional
         Dataset of the projections (default: the first of :data:`PROJECTION_KEYS`).
+    rows : callable, optional
+        Given the stored projections' ``(frames, rows, columns)``, the detector rows to read
+        (a ``slice``, or ``None`` for all); only those are read, of flats and darks too.
 
     Raises
     ------
@@ -156,15 +201,17 @@ def read_scan_hdf5(path: str | Path, key: str | None = None) -> Scan:
     with open_for_reading(p, ScanError, "scan") as f:
         def first(keys: tuple[str, ...]) -> Any:
             found = first_dataset(f, keys)
-            return None if found is None else f[found][()]
+            return None if found is None else f[found]
 
         if key is not None and key not in f:
             raise ScanError(f"{p} has no dataset {key!r}")
-        proj = f[key][()] if key is not None else first(PROJECTION_KEYS)
+        proj = f[key] if key is not None else first(PROJECTION_KEYS)
         if proj is None:
             raise ScanError(f"{p} holds no projections: none of {', '.join(PROJECTION_KEYS)} "
                             f"(datasets found: {', '.join(hdf5_datasets(f)[:12]) or 'none'}); name one with --key")
-        return _assemble(proj, first(ANGLE_KEYS), first(FLAT_KEYS), first(DARK_KEYS), str(p))
+        picked = _choose_rows(proj, rows)
+        return _assemble(_read(proj, picked), _read(first(ANGLE_KEYS), None), _read(first(FLAT_KEYS), picked),
+                         _read(first(DARK_KEYS), picked), str(p), rows=picked)
 
 
 def _image_field(stream: Any, field: str | None, where: str) -> str:
@@ -181,13 +228,14 @@ def _image_field(stream: Any, field: str | None, where: str) -> str:
     return str(fields[0])
 
 
-def read_scan_tiled(uri: str, uid: str, field: str | None = None) -> Scan:
+def read_scan_tiled(uri: str, uid: str, field: str | None = None, rows: RowChoice | None = None) -> Scan:
     """Read a scan from a run stored in Tiled (bluesky's TiledWriter layout).
 
     Projections are the run's ``primary`` stream image field, angles the column of
     the plan's first dimension hint (``stage_theta`` for :func:`~bluesky_tomogan.plans.tomo_scan`)
     or the start document's ``angles``; flats and darks come from the ``flat`` and
-    ``dark`` streams when the run has them.
+    ``dark`` streams when the run has them. ``rows`` as for :func:`read_scan_hdf5`: only those
+    rows are fetched from the server.
 
     Raises
     ------
@@ -199,12 +247,12 @@ def read_scan_tiled(uri: str, uid: str, field: str | None = None) -> Scan:
     where = f"run {uid} at {uri.split('?')[0]}"  # no API key in messages
     client = open_tiled(uri, ScanError, create=False)
     try:
-        return _scan_of_run(client, uid, field, where)
+        return _scan_of_run(client, uid, field, where, rows)
     finally:
         close_tiled(client)
 
 
-def _scan_of_run(client: Any, uid: str, field: str | None, where: str) -> Scan:
+def _scan_of_run(client: Any, uid: str, field: str | None, where: str, rows: RowChoice | None = None) -> Scan:
     from ..storage import stored_run
 
     run = stored_run(client, uid, ScanError, where)
@@ -224,23 +272,27 @@ def _scan_of_run(client: Any, uid: str, field: str | None, where: str) -> Scan:
     if angles is None and "angles" in start:
         angles = start["angles"]
 
+    picked = _choose_rows(primary[name], rows)
+
     def stream_frames(stream: str) -> Any:
-        return run[stream][name].read() if stream in run and name in run[stream] else None
+        return _read(run[stream][name], picked) if stream in run and name in run[stream] else None
 
     # a key declared [N, rows, columns] holds N exposures per event; TiledWriter may store them as one
     # flat stack of frames (ophyd-async writes them one after the other)
     shape = [s for s in primary.metadata.get("data_keys", {}).get(name, {}).get("shape") or [] if s]
     exposures = int(shape[0]) if len(shape) == 3 and shape[-1] != 1 else 1
-    return _assemble(primary[name].read(), angles, stream_frames("flat"), stream_frames("dark"), where,
-                     exposures=exposures)
+    return _assemble(_read(primary[name], picked), angles, stream_frames("flat"), stream_frames("dark"), where,
+                     exposures=exposures, rows=picked)
 
 
-def read_scan(source: str, uid: str | None = None, field: str | None = None, key: str | None = None) -> Scan:
+def read_scan(source: str, uid: str | None = None, field: str | None = None, key: str | None = None,
+              rows: RowChoice | None = None) -> Scan:
     """A scan from an HDF5 path, or from a Tiled URI (``http://`` or ``https://``) or the directory of
-    an embedded Tiled store (as the demo and the profile make) and a run ``uid``."""
+    an embedded Tiled store (as the demo and the profile make) and a run ``uid``; ``rows`` picks the
+    detector rows to read (:func:`read_scan_hdf5`)."""
     store = Path(source).expanduser().is_dir() and (Path(source).expanduser() / "tiled").is_dir()
     if source.startswith(("http://", "https://")) or store or (uid is not None and Path(source).is_dir()):
         if not uid:
             raise ScanError(f"{source} is a Tiled {'store' if store else 'URI'}: name the run with its uid (--uid)")
-        return read_scan_tiled(source, uid, field)
-    return read_scan_hdf5(source, key)
+        return read_scan_tiled(source, uid, field, rows)
+    return read_scan_hdf5(source, key, rows)
