@@ -683,6 +683,9 @@ def test_a_derived_stream_never_takes_the_name_of_a_raw_stream_that_came_before(
     for name, doc in docs:
         reader(name, doc)
     assert (feedback.judged("denoised_2"), feedback.judged("denoised")) == (3, 0)
+    # and what a paced plan (max_qc_lag) may wait for: the model reads 5 frames, 2 after the one it denoises
+    assert renamed["configuration"]["tomogan"]["data"]["context_frames"] == denoiser.depth == 5
+    assert feedback.lookahead("denoised_2") == 2
 
 
 def test_a_raw_stream_that_takes_a_derived_streams_name_later_is_said_to_clash(RE, denoiser):

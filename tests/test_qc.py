@@ -586,6 +586,7 @@ def test_the_plan_paced_by_qc_acts_within_the_lag_it_was_given(RE, denoiser, tmp
     docs = collect(RE, cb)
     RE(qc_tomo_scan(det, stage, [float(a) for a in range(0, 20, 2)], feedback, n_darks=1, n_flats=1,
                     exposure_limits=(1e-3, 0.1), max_qc_lag=0))
+    assert [d["plan_args"]["max_qc_lag"] for n, d in docs if n == "start"] == [0]  # the analyst sees the pacing
     primary = {d["uid"] for n, d in docs if n == "descriptor" and d["name"] == "primary"}
     taken = 0
     for name, doc in docs:

@@ -233,7 +233,8 @@ def qc_tomo_scan(
         yield from catch_up(lambda: 1, adjust=False)
 
     _md = _metadata("qc_tomo_scan", detector, stage, angles, n_darks, n_flats, md)
-    _md["plan_args"] |= {"max_retries": max_retries, "exposure_limits": list(exposure_limits)}
+    _md["plan_args"] |= {"max_retries": max_retries, "exposure_limits": list(exposure_limits),
+                         "max_qc_lag": max_qc_lag}
 
     @bpp.run_decorator(md=_md)
     def inner() -> Generator[Msg, Any, None]:

@@ -332,11 +332,12 @@ class RunDenoiser(PassThroughRun):
                 return
 
     def _configuration(self, raw_name: str, f: str) -> dict[str, Any]:
-        """Provenance (model, sha256, backend, precision, tile, versions) and the raw stream and field
-        denoised (:func:`~.derived_stream.derived_from`) as descriptor configuration."""
-        prov = {k: v if isinstance(v, (str, int, float)) else str(v)
-                for k, v in self.options.denoiser_for(f).provenance().items()}
-        prov |= {"source_stream": raw_name, "source_field": f}
+        """Provenance (model, sha256, backend, precision, tile, versions), the frames each result read
+        (``context_frames``: a QC reader elsewhere knows from it how far behind judging runs) and the
+        raw stream and field denoised (:func:`~.derived_stream.derived_from`) as descriptor configuration."""
+        denoiser = self.options.denoiser_for(f)
+        prov = {k: v if isinstance(v, (str, int, float)) else str(v) for k, v in denoiser.provenance().items()}
+        prov |= {"context_frames": int(getattr(denoiser, "depth", 3)), "source_stream": raw_name, "source_field": f}
         now = time.time()
         return {"tomogan": {
             "data": prov,

@@ -28,7 +28,8 @@ from ..simulate.datasets import PairSet
 from .pairs import HOLDOUT_DEFAULT, MIN_FRAMES, holdout_split, neighbour_pairs, noise2inverse_pairs
 from .sources import Scan, read_scan
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "make_pairs", "Scan", "read_scan"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "make_pairs", "Scan", "read_scan", "row_choice",
+           "pairs_bytes", "available_memory", "export_reserve_s"]
 
 log = logging.getLogger(__name__)
 

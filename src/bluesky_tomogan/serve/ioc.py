@@ -149,6 +149,9 @@ class QCFromDocuments:
             fields = [k[: -len("_qc_flags")] for k in doc.get("data_keys", {}) if k.endswith("_qc_flags")]
             if fields:
                 self._fields[doc["uid"]] = (doc["run_start"], doc["name"], fields[0])
+                depth = ((doc.get("configuration") or {}).get("tomogan") or {}).get("data", {}).get("context_frames")
+                if isinstance(depth, int):  # a plan paced by QC (max_qc_lag) waits for no frame judged later
+                    self.feedback.note_lookahead(doc["name"], depth // 2)
         elif name in ("event", "event_page") and doc.get("descriptor") in self._fields:
             run, stream, f = self._fields[doc["descriptor"]]
             data = doc["data"]
