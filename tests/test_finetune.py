@@ -92,7 +92,7 @@ def test_an_interrupted_fine_tune_resumes_from_its_checkpoint(grains_scan, tmp_p
 
 
 @pytest.mark.parametrize("case", ["missing", "not-hdf5", "no-projections", "few-angles", "too-small", "nan",
-                                  "angles-mismatch"])
+                                  "angles-mismatch", "key-is-a-group", "rows-outside"])
 def test_bad_scans_are_clear_errors_before_any_training(case, tmp_path):
     path = tmp_path / "scan.h5"
     rng = np.random.default_rng(0)
@@ -113,12 +113,19 @@ def test_bad_scans_are_clear_errors_before_any_training(case, tmp_path):
             elif case == "angles-mismatch":
                 f["exchange/data"] = frames
                 f["exchange/theta"] = np.arange(100.0)
+            elif case == "key-is-a-group":
+                f["exchange/data"] = frames
+            elif case == "rows-outside":
+                f["exchange/data"] = frames
     expected = {"missing": "does not exist", "not-hdf5": "not a readable HDF5", "no-projections": "no projections",
                 "few-angles": "too few to split", "too-small": "too few to split into training",
-                "nan": "NaN", "angles-mismatch": "100 angles for 128 projections"}[case]
+                "nan": "NaN", "angles-mismatch": "100 angles for 128 projections",
+                "key-is-a-group": "'exchange' is a group, not a dataset",
+                "rows-outside": "lie outside the detector's 32 rows"}[case]
     out = tmp_path / "out"
+    options = {"key-is-a-group": {"key": "exchange"}, "rows-outside": {"rows": (16, 40)}}.get(case, {})
     with pytest.raises(ScanError, match=expected):
-        finetune(FinetuneConfig(source=str(path), out_dir=str(out), formats=("onnx",)), progress=False)
+        finetune(FinetuneConfig(source=str(path), out_dir=str(out), formats=("onnx",), **options), progress=False)
     assert not (out / "checkpoint.pt").exists() and not (out / "pairs.h5").exists()
 
 

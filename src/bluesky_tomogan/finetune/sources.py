@@ -139,9 +139,16 @@ def _angles_in_degrees(angles: Any, n: int, where: str) -> np.ndarray:
 
 
 def _choose_rows(stack: Any, choose: RowChoice | None) -> slice | None:
-    """The rows ``choose`` picks for the stored projections ``stack`` (before any frame is read)."""
+    """The rows ``choose`` picks for the stored projections ``stack`` (before any frame is read), as
+    ``slice(first, stop)`` within the detector; ``None`` for all."""
     shape = None if choose is None else _stored_shape(stack)
-    return None if shape is None or choose is None else choose(shape)
+    picked = None if shape is None or choose is None else choose(shape)
+    if picked is None or shape is None:
+        return None
+    first, stop, step = picked.indices(shape[1])
+    if step != 1 or stop <= first:
+        raise ScanError(f"rows {picked} pick no band of the detector's {shape[1]} rows")
+    return slice(first, stop)
 
 
 def _assemble(projections: Any, angles: Any, flats: Any, darks: Any, where: str, exposures: int = 1,
@@ -206,6 +213,8 @@ def read_scan_hdf5(path: str | Path, key: str | None = None, rows: RowChoice | N
         if key is not None and key not in f:
             raise ScanError(f"{p} has no dataset {key!r}")
         proj = f[key] if key is not None else first(PROJECTION_KEYS)
+        if proj is not None and not hasattr(proj, "shape"):
+            raise ScanError(f"{p}: {key!r} is a group, not a dataset of projections")
         if proj is None:
             raise ScanError(f"{p} holds no projections: none of {', '.join(PROJECTION_KEYS)} "
                             f"(datasets found: {', '.join(hdf5_datasets(f)[:12]) or 'none'}); name one with --key")
