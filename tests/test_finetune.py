@@ -364,3 +364,14 @@ def test_the_finetune_command_takes_detector_rows(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["finetune", "scan.h5", "--out", str(tmp_path / "o"), "--rows", "10-20"])
     assert "expected detector rows FIRST:STOP" in capsys.readouterr().err
+
+
+def test_the_rows_fine_tuned_on_are_recorded_with_the_pairs(tmp_path):
+    from bluesky_tomogan.finetune import make_pairs
+
+    path = tmp_path / "scan.h5"
+    with h5py.File(path, "w") as f:
+        f["projections"] = np.random.default_rng(0).poisson(100, (32, 96, 80)).astype(np.uint16)
+    _, _, info = make_pairs(read_scan(str(path), rows=lambda shape: slice(8, 72)), "projection")
+    assert info["detector_rows"] == [8, 72] and info["half_size"] == 32
+    assert "detector_rows" not in make_pairs(read_scan(str(path)), "projection")[2]
