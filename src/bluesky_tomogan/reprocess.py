@@ -224,8 +224,8 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
         ``"new"``: write a new run (see the module docstring).
     streams, fields : list of str, optional
         As for :class:`~bluesky_tomogan.TomoGANCallback`; by default the projections and flats
-        (:data:`~bluesky_tomogan.callbacks.SCAN_STREAMS`, as the demo, the profile and ``serve`` denoise live) and every
-        image field; ``streams=None``: every stream with images.
+        (:data:`~bluesky_tomogan.callbacks.SCAN_STREAMS`, as the demo, the profile and ``serve``
+        denoise live) and every image field; ``streams=None``: every stream with images.
     directory : path-like, optional
         Where the derived frames' files go (default: next to the raw frames' files); the Tiled
         server must be able to read it.
@@ -260,8 +260,8 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
         raise ReprocessError(f"run {uid} has no stop document: it is still running, or it was interrupted; "
                              "reprocess it into a new run (into='new', --into new)")
     callback = TomoGANCallback(denoiser, fields=fields, streams=None if streams is None else list(streams),
-                               policy="block", directory=directory,
-                               root_map=root_map, block_timeout=OFFLINE_TIMEOUT_S, flush_timeout=OFFLINE_TIMEOUT_S)
+                               policy="block", directory=directory, root_map=root_map,
+                               block_timeout=OFFLINE_TIMEOUT_S, flush_timeout=OFFLINE_TIMEOUT_S)
     if into == "new":
         writer: Any = TiledWriter(client)
     else:

@@ -150,8 +150,8 @@ class QCFromDocuments:
             if fields:
                 self._fields[doc["uid"]] = (doc["run_start"], doc["name"], fields[0])
                 depth = ((doc.get("configuration") or {}).get("tomogan") or {}).get("data", {}).get("context_frames")
-                if isinstance(depth, int):  # a plan paced by QC (max_qc_lag) waits for no frame judged later
-                    self.feedback.note_lookahead(doc["name"], depth // 2)
+                if isinstance(depth, (int, float)) and depth >= 1:  # a paced plan (max_qc_lag) waits for no
+                    self.feedback.note_lookahead(doc["name"], int(depth) // 2)  # frame that is judged later
         elif name in ("event", "event_page") and doc.get("descriptor") in self._fields:
             run, stream, f = self._fields[doc["descriptor"]]
             data = doc["data"]
