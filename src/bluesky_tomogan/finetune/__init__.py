@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from ..errors import ScanError
 from ..simulate.datasets import PairSet
-from .pairs import HOLDOUT_DEFAULT, MIN_FRAMES, holdout_split, neighbour_pairs, noise2inverse_pairs
+from .pairs import HOLDOUT_DEFAULT, MIN_FRAMES, holdout_split, neighbour_pairs, noise2inverse_split
 from .sources import Scan, read_scan
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "make_pairs", "Scan", "read_scan", "row_choice",
@@ -119,13 +119,13 @@ class FinetuneResult:
 def make_pairs(scan: Scan, domain: Domain, splits: int = 4, seed: int = 0, progress: bool = True
                ) -> tuple[PairSet, PairSet, dict[str, Any]]:
     """Training and held-out pairs for ``domain`` from ``scan`` (see :mod:`.pairs`)."""
-    if domain == "slice":
-        pairs, info = noise2inverse_pairs(scan, splits, progress=progress)
+    if domain == "slice":  # laid out split from the start: no copy of the largest arrays of a fine-tune
+        train, test, info = noise2inverse_split(scan, splits, HOLDOUT_DEFAULT, progress=progress)
         method = "noise2inverse"
     else:
         pairs, info = neighbour_pairs(scan, seed)
+        train, test = holdout_split(pairs, HOLDOUT_DEFAULT)
         method = "neighbor2neighbor"
-    train, test = holdout_split(pairs, HOLDOUT_DEFAULT)
     rows = {} if scan.rows is None else {"detector_rows": list(scan.rows)}
     return train, test, {"method": method, **info, "held_out_fraction": HOLDOUT_DEFAULT, **rows}
 
@@ -157,16 +157,16 @@ MEMORY_SHARE = 0.8
 def pairs_bytes(domain: Domain, shape: tuple[int, int, int], splits: int = 4) -> int:
     """Peak memory of making a fine-tune's pairs from a scan of ``(frames, rows, columns)``, in bytes.
 
-    Slices: ``splits`` sub-reconstructions of every row (columns x columns each), as many
-    inputs, and the held-out split's copy of both; projections: the frames, their 2x2 cells,
-    the cells' draws and the half-resolution pairs. The scan of the demo (180 x 512 x 512,
-    4 splits): 8.9 GB by this rule; 9.2 GB measured (``make_pairs``, ``/usr/bin/time -v``,
-    docs/models.md).
+    Slices: ``splits`` sub-reconstructions of every row (columns x columns each, float32), as
+    many inputs, and their sum; projections: the frames, their 2x2 cells, the cells' draws and
+    the half-resolution pairs. A scan of 180 x 256 x 512 with 4 splits: 2.56 GB by this rule,
+    2.60 GB measured (``make_pairs``, ``/usr/bin/time -v``, docs/models.md). Training reads
+    the pairs whole, which takes less.
     """
     frames, rows, columns = shape
     scan = 6 * frames * rows * columns  # float32 frames and a 16-bit copy as read
     if domain == "slice":
-        return scan + 16 * splits * rows * columns * columns
+        return scan + (8 * splits + 4) * rows * columns * columns
     return scan + 12 * frames * rows * columns
 
 
@@ -188,7 +188,7 @@ def row_choice(config: FinetuneConfig, available: int | None = None) -> Callable
     A budget that the export alone would use up (:func:`export_reserve_s`) is refused here too,
     before the scan is read.
 
-    A 2048-wide detector's pairs (1500 angles) need 590 GB for all its rows; reading them would end in the
+    A 2048-wide detector's pairs (1500 angles) need 350 GB for all its rows; reading them would end in the
     kernel's out-of-memory kill, not in an error.
     """
     def choose(shape: tuple[int, int, int]) -> slice | None:
