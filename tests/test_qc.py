@@ -605,13 +605,12 @@ def test_a_plan_paced_by_a_stuck_qc_stops_waiting_and_completes(RE, denoiser, tm
     det = SimTomoDetector(name="det", stage=stage, shape=(48, 64), directory=tmp_path, simulate_timing=False)
     feedback = QCFeedback(QCPolicy(dark_level=100), RE=RE)
     docs = collect(RE, TomoGANCallback(denoiser, streams=["primary"], feedback=feedback))
-    began = time.monotonic()
-    # QC never judges a stream of this name: the first wait times out, the others are not made
+    # QC never judges a stream of this name, and final_wait=0 times every wait out at once (no clock in the
+    # test): the first wait that times out ends the pacing, so it is the only one logged, not one per point
     RE(qc_tomo_scan(det, stage, [float(a) for a in range(0, 12, 2)], feedback, n_darks=1, n_flats=1,
-                    stream="never_judged", max_qc_lag=0, final_wait=0.5))
-    assert time.monotonic() - began < 6 * 0.5  # one timed-out wait at a point, one at the end: not one per point
+                    stream="never_judged", max_qc_lag=0, final_wait=0))
     assert [d["exit_status"] for n, d in docs if n == "stop"] == ["success"]
-    assert "stayed more than 0 frames behind" in caplog.text
+    assert len([r for r in caplog.records if "stayed more than 0 frames behind" in r.getMessage()]) == 1
 
 
 def test_registration_of_pure_noise_is_no_shift_not_a_random_one(rng):
