@@ -288,14 +288,13 @@ def _check_split(f: h5py.File, path: Path, split: str) -> tuple[np.ndarray, ...]
         )
     for key, arr in ((f"{split}_ns", ns), (f"{split}_gt", gt)):
         if np.issubdtype(arr.dtype, np.integer) or np.isfinite(arr).all():
-            continue
+            continue  # one boolean temporary for the usual, finite stack (a fine-tune's largest arrays)
         bad = ~np.isfinite(arr)
-        if bad.any():
-            frames = np.unique(np.nonzero(bad)[0])[:5].tolist()
-            raise DatasetError(
-                f"{path}:{key} holds {int(bad.sum())} NaN/inf values (first frames: {frames}); "
-                "clean or drop those frames"
-            )
+        frames = np.unique(np.nonzero(bad)[0])[:5].tolist()
+        raise DatasetError(
+            f"{path}:{key} holds {int(bad.sum())} NaN/inf values (first frames: {frames}); "
+            "clean or drop those frames"
+        )
     gkey = f"{split}_group"
     group = f[gkey][()] if gkey in f else np.zeros(len(ns), np.int32)
     if group.shape != (len(ns),):
