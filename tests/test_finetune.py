@@ -373,6 +373,20 @@ def test_a_budget_that_the_export_of_large_frames_would_use_up_is_refused_before
     assert row_choice(FinetuneConfig(source="big.h5", out_dir="o"), 10 ** 15)((180, 256, 256)) is None
 
 
+def test_the_export_reserve_is_judged_on_the_rows_that_will_be_read():
+    """A band of a large projection detector exports small frames: a budget that all rows' frames would use
+    up is enough for the band's."""
+    from bluesky_tomogan.finetune import row_choice
+
+    def projections(**kw):
+        return FinetuneConfig(source="big.h5", out_dir="o", domain="projection", formats=("onnx",), minutes=5, **kw)
+
+    shape = (1500, 2048, 2048)  # all rows: pair frames of 1024x1024, whose ONNX export takes about 480 s
+    with pytest.raises(ScanError, match=r"frames of 1024x1024 takes about 480 s"):
+        row_choice(projections(), 10 ** 15)(shape)
+    assert row_choice(projections(rows=(0, 256)), 10 ** 15)(shape) == slice(0, 256)
+
+
 def test_the_finetune_command_takes_detector_rows(tmp_path, capsys):
     from bluesky_tomogan.cli import main
 

@@ -192,14 +192,22 @@ def row_choice(config: FinetuneConfig, available: int | None = None) -> Callable
     kernel's out-of-memory kill, not in an error.
     """
     def choose(shape: tuple[int, int, int]) -> slice | None:
+        chosen = band(shape)
         frames, rows, columns = shape
-        # the export's share of the budget is known from the frames' size: refused before the pairs, not after
+        if chosen is not None:
+            rows = chosen.stop - chosen.start
+        # the export's share of the budget is known from the frames' size (of the rows read): refused
+        # before the pairs are made, not after
         pair_frame = (columns, columns) if config.domain == "slice" else (rows // 2, columns // 2)
         reserve = export_reserve_s(config.formats, pair_frame)
         if reserve + MIN_TRAINING_S > config.minutes * 60:
             raise ScanError(f"{config.source}: exporting {', '.join(config.formats)} for frames of "
                             f"{pair_frame[0]}x{pair_frame[1]} takes about {reserve:.0f} s, which leaves a budget of "
                             f"{config.minutes:g} min too little to train: raise --minutes or export fewer formats")
+        return chosen
+
+    def band(shape: tuple[int, int, int]) -> slice | None:
+        frames, rows, columns = shape
         if config.rows is not None and config.rows[1] > rows:
             raise ScanError(f"{config.source}: rows {config.rows[0]}:{config.rows[1]} lie outside the detector's "
                             f"{rows} rows")
