@@ -57,7 +57,7 @@ def test_an_interrupted_fine_tune_resumes_from_its_checkpoint(grains_scan, tmp_p
 
     def interrupted(self, size):
         calls["n"] += 1
-        if calls["n"] > 100:  # two epochs and a half of 40 steps
+        if calls["n"] > 60:  # an epoch and a half of 40 steps
             raise KeyboardInterrupt
         return original(self, size)
 
@@ -67,7 +67,7 @@ def test_an_interrupted_fine_tune_resumes_from_its_checkpoint(grains_scan, tmp_p
     import torch
 
     ck = torch.load(out / "checkpoint.pt", weights_only=False)
-    assert ck["epoch"] == 2
+    assert ck["epoch"] == 1
     monkeypatch.setattr(model_data.PatchSampler, "batch", original)
 
     def no_rereading(*args, **kwargs):
@@ -87,7 +87,7 @@ def test_an_interrupted_fine_tune_resumes_from_its_checkpoint(grains_scan, tmp_p
     monkeypatch.setattr(train_module, "train", spy)
     finetune(cfg, resume=True, progress=False)
     history = seen["result"].history
-    assert [h["epoch"] for h in history[:3]] == [1, 2, 3]
+    assert [h["epoch"] for h in history[:2]] == [1, 2]
     assert history[0] == ck["history"][0]
 
 
