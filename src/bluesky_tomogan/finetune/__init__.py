@@ -193,7 +193,7 @@ def row_choice(config: FinetuneConfig, available: int | None = None) -> Callable
     """
     def choose(shape: tuple[int, int, int]) -> slice | None:
         chosen = band(shape)
-        frames, rows, columns = shape
+        _, rows, columns = shape
         if chosen is not None:
             rows = chosen.stop - chosen.start
         # the export's share of the budget is known from the frames' size (of the rows read): refused
