@@ -24,8 +24,8 @@ $(STAMP_TEST): pyproject.toml | $(BIN)/python
 demo: $(STAMP_CORE)
 	$(BIN)/bluesky-tomogan demo --out tomogan-demo
 
-# The suite in TEST_WORKERS processes (pytest-xdist): 15 instead of 20 min on 2 cores, since much of
-# it waits on subprocesses, servers and threads. TEST_WORKERS=0 runs it in this process.
+# The suite in TEST_WORKERS processes (pytest-xdist): 13-15 instead of 19-23 min on 2 cores, since much
+# of it waits on subprocesses, servers and threads. TEST_WORKERS=0 runs it in this process.
 TEST_WORKERS ?= 2
 
 test: $(STAMP_TEST)

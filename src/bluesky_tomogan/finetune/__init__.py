@@ -185,8 +185,8 @@ def available_memory() -> int | None:
 def row_choice(config: FinetuneConfig, available: int | None = None) -> Callable[[tuple[int, int, int]], slice | None]:
     """The detector rows to read from a scan of ``(frames, rows, columns)``: ``config.rows``, checked
     against the scan and the memory, or all rows, or the centred slab whose pairs fit in memory.
-    A budget that the export alone would use up (:func:`export_reserve_s`) is refused here too,
-    before the scan is read.
+    A budget that the export alone would use up on the frames of the rows chosen
+    (:func:`export_reserve_s`) is refused here too, before the scan is read.
 
     A 2048-wide detector's pairs (1500 angles) need 350 GB for all its rows; reading them would end in the
     kernel's out-of-memory kill, not in an error.
