@@ -335,9 +335,9 @@ class RunDenoiser(PassThroughRun):
         """Provenance (model, sha256, backend, precision, tile, versions), the frames each result read
         (``context_frames``: a QC reader elsewhere knows from it how far behind judging runs) and the
         raw stream and field denoised (:func:`~.derived_stream.derived_from`) as descriptor configuration."""
-        denoiser = self.options.denoiser_for(f)
-        prov = {k: v if isinstance(v, (str, int, float)) else str(v) for k, v in denoiser.provenance().items()}
-        prov |= {"context_frames": int(getattr(denoiser, "depth", 3)), "source_stream": raw_name, "source_field": f}
+        prov = {k: v if isinstance(v, (str, int, float)) else str(v)
+                for k, v in self.options.denoiser_for(f).provenance().items()}
+        prov |= {"context_frames": self._depth(f), "source_stream": raw_name, "source_field": f}
         now = time.time()
         return {"tomogan": {
             "data": prov,
@@ -618,7 +618,7 @@ class RunDenoiser(PassThroughRun):
             gap = item.received - window[-1].received
             item.stream.interval = gap if item.stream.interval is None else 0.8 * item.stream.interval + 0.2 * gap
         window.append(item)
-        half = self._depth(item.stream) // 2
+        half = self._depth(item.stream.field) // 2
         self._qc.feedback.note_lookahead(item.stream.bundle.descriptor_doc["name"], half)  # what a plan can wait for
         ready = len(window) - 1 - half  # the frame whose last neighbour has just come
         if ready >= 0:  # at a stream's start, its missing earlier neighbours are mirrored
@@ -627,16 +627,16 @@ class RunDenoiser(PassThroughRun):
         if item.stream.field in self._controllers:  # what a frame costs besides the network
             self._controllers[item.stream.field].record_cycle(time.perf_counter() - began)
 
-    def _depth(self, stream: DerivedStream) -> int:
-        """How many adjacent frames the stream's network reads (a denoiser of the user's own: 3)."""
-        return int(getattr(self.options.denoiser_for(stream.field), "depth", 3))
+    def _depth(self, field: str) -> int:
+        """How many adjacent frames the network of ``field`` reads (a denoiser of the user's own: 3)."""
+        return int(getattr(self.options.denoiser_for(field), "depth", 3))
 
     def _denoise_last(self, window: list[QueuedFrame]) -> None:
         """Denoise a stream's frames still waiting for later neighbours, those mirrored (they are not coming,
         or not yet)."""
         if not window:
             return
-        depth = self._depth(window[-1].stream)
+        depth = self._depth(window[-1].stream.field)
         for i, item in enumerate(window):
             if not item.done:
                 self._denoise(item, _context(window, i, depth))
