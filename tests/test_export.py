@@ -322,6 +322,33 @@ def test_quantisation_aware_ir_distilled_follows_the_float_network_not_the_targe
         quantisation_aware_ir(net, tmp_path / "m.int8.xml", x, wrong, 1, distill=2.0)
 
 
+def test_quantisation_aware_ir_with_7_bit_weights_cannot_saturate_without_vnni_and_says_so(tmp_path):
+    """``weight_bits=7``: every int8 convolution's weights on the 7-bit grid (|w| <= 64, so no 16-bit
+    pair sum of ``vpmaddubsw`` can saturate), recorded as NNCF's overflow fix, which tells the
+    registry not to halve its first layer again on a CPU without VNNI."""
+    pytest.importorskip("nncf", reason="the OpenVINO int8 export needs the export extra")
+    from bluesky_tomogan.export.openvino_int8 import quantisation_aware_ir
+    from bluesky_tomogan.inference.backends import openvino as ov_backend
+
+    torch.manual_seed(0)
+    net = TomoGANGenerator(GeneratorConfig(width=0.25)).eval().correction_network()
+    pairs = _smooth_pairs(6, 32, 0)
+    calib = np.stack([pairs.ns[i:i + 3] for i in range(4)])
+    xml, info = quantisation_aware_ir(net, tmp_path / "m.int8.xml", calib, pairs, 4, patch=32, batch=4,
+                                      weight_bits=7)
+    assert info["overflow_fix"] == "enable" and info["weight_bits"] == 7
+    extremes = _int8_weight_extremes(xml)
+    assert len(extremes) == info["convolutions"] - info["convolutions_in_float"]
+    assert max(extremes) <= ov_backend.SEVEN_BIT_WEIGHT_MAX + 1 and max(extremes) > 32  # the 7-bit grid, used
+    x = pairs.ns[None, :3]
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    session = ov_backend.OpenVINOSession(xml, "int8", threads=1)  # as the registry opens it: overflow_fix set
+    assert np.abs(session.run(x) - expected).max() < 0.2 * np.abs(expected).max() + 0.05
+    with pytest.raises(ValueError, match="8 or 7"):
+        quantisation_aware_ir(net, tmp_path / "n.int8.xml", calib, pairs, 1, weight_bits=4)
+
+
 def test_quantisation_aware_ir_names_a_module_it_cannot_keep_in_float(tmp_path):
     pytest.importorskip("nncf", reason="the OpenVINO int8 export needs the export extra")
     from bluesky_tomogan.export.openvino_int8 import quantisation_aware_ir
@@ -341,6 +368,8 @@ def test_quantisation_aware_ir_names_a_module_it_cannot_keep_in_float(tmp_path):
     ({"openvino_qat_steps": 10, "qat_distill": 1.5}, r"share of the loss, in \[0, 1\]"),
     ({"qat_float_sums": (1,)}, "give openvino_qat_steps too"),
     ({"openvino_qat_steps": 10, "qat_float_sums": (1, 4)}, r"qat_float_sums: no decoder level \[4\]"),
+    ({"qat_weight_bits": 7}, "give openvino_qat_steps too"),
+    ({"openvino_qat_steps": 10, "qat_weight_bits": 4}, "8 or 7"),
 ])
 def test_export_refuses_quantisation_aware_options_it_cannot_honour_before_any_work(tmp_path, options, message):
     from bluesky_tomogan.errors import ExportOptionError

@@ -979,6 +979,27 @@ def test_a_7_bit_first_layer_moves_each_weight_by_at_most_one_step_and_cannot_sa
         assert error[8] > 3 * error[7], error
 
 
+def test_an_ir_with_7_bit_weights_throughout_is_judged_by_its_one_entry_on_every_x86_cpu(tmp_path, monkeypatch, caplog):
+    """``export --qat-weight-bits 7``: no sum of such an IR saturates without VNNI, so its int8 is the same
+    everywhere; the card's ``openvino/int8`` entry holds there, and its first layer is not halved again."""
+    from bluesky_tomogan.inference.backends import openvino
+    from bluesky_tomogan.inference.registry import spec
+    from bluesky_tomogan.modelcard import ModelCard
+
+    copy_of_shipped_model("tomogan-projection", tmp_path)
+    card_path = tmp_path / "tomogan-projection.json"
+    card = json.loads(card_path.read_text())
+    card["files"]["openvino_int8"]["quantization"]["overflow_fix"] = "enable"
+    card["quantization"].pop("openvino/int8@no-vnni", None)
+    card_path.write_text(json.dumps(card))
+    monkeypatch.setattr(openvino, "int8_sums_exact", lambda *a, **k: False)  # an AMD Zen 3
+    assert spec("openvino").quality_entry("int8", ModelCard.read(card_path)) == "openvino/int8"
+    assert spec("openvino").quality_entry("int8") == "openvino/int8@no-vnni"  # a model not known to be 7-bit
+    with caplog.at_level("INFO"):
+        den = load_denoiser(tmp_path, backend="openvino", precision="auto")
+    assert den.precision == "int8" and "halved to 7 bits" not in caplog.text
+
+
 def test_auto_reads_the_card_entry_of_this_cpus_int8_arithmetic(monkeypatch):
     from bluesky_tomogan.inference.backends import openvino
     from bluesky_tomogan.inference.registry import spec

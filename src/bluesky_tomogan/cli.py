@@ -202,7 +202,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
                             input_despike=args.input_despike, openvino_qat_steps=args.openvino_qat_steps,
                             qat_data=args.qat_data, qat_lr=args.qat_lr, qat_float=tuple(args.qat_float),
                             qat_copies=None if args.qat_copies is None else dict(args.qat_copies),
-                            qat_distill=args.qat_distill, qat_float_sums=args.qat_float_sums)
+                            qat_distill=args.qat_distill, qat_float_sums=args.qat_float_sums,
+                            qat_weight_bits=args.qat_weight_bits)
         data = json.loads(Path(card).read_text())
         print(f"model card: {card}")
         for kind, entry in sorted(data["files"].items()):
@@ -566,6 +567,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decoder levels (1: full resolution, 3: the deepest) whose fused sum that IR keeps in "
                         "float, for a network with fused decoders (default: 1 2 3; none given: every sum in "
                         "int8, the fastest)")
+    s.add_argument("--qat-weight-bits", type=int, choices=(8, 7), default=8,
+                   help="7: that IR's weights on a 7-bit grid in every layer, trained so; none of its sums "
+                        "saturates on an x86 CPU without VNNI, where it then runs in int8 as elsewhere "
+                        "(default 8; docs/backends.md)")
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("reprocess", help="denoise a run stored in Tiled, into that run or a new one (a scan taken "
@@ -623,7 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--frames", type=count(1), default=48, help="test frames measured (evenly spaced)")
     s.add_argument("--only", nargs="+", metavar="BACKEND/PRECISION", choices=[f"{b}/{p}" for b, p in configurations()],
                    help="measure only these (and the fp32 reference), keeping the card's other entries and metrics: "
-                        "e.g. openvino/int8 on an x86 CPU without VNNI, recorded as openvino/int8@no-vnni")
+                        "e.g. openvino/int8 on an x86 CPU without VNNI, recorded as openvino/int8@no-vnni "
+                        "(as openvino/int8 for an IR with 7-bit weights, whose int8 is the same on every CPU)")
     s.set_defaults(func=_cmd_quality)
 
     s = sub.add_parser("denoise", help="denoise frames from a .npy, HDF5 (Data Exchange too) or TIFF file, or a "

@@ -43,7 +43,7 @@ OPENVINO_ACTIVATION_COPIES: dict[str, int] = {"stem.0": 4}
 
 
 def prepared_for_int8(net: TomoGANGenerator, calib: np.ndarray, copies: Mapping[str, int] | None = None,
-                      ) -> tuple[TomoGANGenerator, np.ndarray, tuple[float, float], dict[str, Any]]:
+                      weight_bits: int = 8) -> tuple[TomoGANGenerator, np.ndarray, tuple[float, float], dict[str, Any]]:
     """The network and calibration frames as NNCF should see them, the input range, and their record.
 
     The calibration frames are clipped to the TFLite export's input percentiles (one zinger
@@ -51,32 +51,52 @@ def prepared_for_int8(net: TomoGANGenerator, calib: np.ndarray, copies: Mapping[
     the named layers' outputs given offset copies (``copies``, default
     :data:`OPENVINO_ACTIVATION_COPIES`; :mod:`.copies`): the same function in float, a finer
     int8 grid, and as many times the input channels for the layers that read them.
+    ``weight_bits`` (:func:`nncf_parameters`) is recorded as NNCF's ``overflow_fix``.
     """
     copies = dict(OPENVINO_ACTIVATION_COPIES if copies is None else copies)
     lo, hi = int8_input_range(calib)
     calib = np.clip(calib, lo, hi).astype(np.float32)
     net = offset_activation_copies(equalise_activations(net, calib), calib, copies)
-    record: dict[str, Any] = {"preset": "mixed", "activation_ranges": "min-max", "overflow_fix": "disable",
+    record: dict[str, Any] = {"preset": "mixed", "activation_ranges": "min-max",
+                              "overflow_fix": _overflow_fix_name(weight_bits).lower(),
                               "input_range": [lo, hi], "input_percentiles": list(TFLITE_INPUT_PERCENTILES),
                               "equalised": True, "activation_copies": copies,
                               "output_layer_in_float": True}
     return net, calib, (lo, hi), record
 
 
-def nncf_parameters() -> Any:
-    """NNCF's advanced parameters of every int8 IR: min/max activation ranges, 8-bit first layer.
+def nncf_parameters(weight_bits: int = 8) -> Any:
+    """NNCF's advanced parameters of every int8 IR: min/max activation ranges, 8-bit weights everywhere.
 
     The extremes over all calibration frames, as TFLite calibrates: NNCF's default (the mean
     of each frame's extremes) gives narrower ranges that the hardest frames overflow. NNCF's
-    ``overflow_fix`` would give the first layer 7-bit weights; the OpenVINO session refuses
-    the IR in int8 on x86 CPUs without VNNI instead
-    (:func:`~bluesky_tomogan.inference.backends.openvino.int8_sums_exact`).
+    default ``overflow_fix`` would give the first layer 7-bit weights, which cost the light
+    projection model most where frames are faint and noisy (docs/backends.md); on an x86 CPU
+    without VNNI the OpenVINO session halves that layer's weights at load instead
+    (:func:`~bluesky_tomogan.inference.backends.openvino.seven_bit_first_layer`).
+
+    ``weight_bits=7`` gives *every* convolution 7-bit weights (NNCF's ``OverflowFix.ENABLE``),
+    for a quantisation-aware IR trained on that grid: no 16-bit pair sum of such an IR can
+    saturate on a CPU without VNNI, so its int8 numerics, and its measured loss, are the same
+    on every x86 CPU.
+
+    Raises
+    ------
+    ValueError
+        ``weight_bits`` is neither 7 nor 8.
     """
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     return AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
-                                          overflow_fix=OverflowFix.DISABLE)
+                                          overflow_fix=OverflowFix[_overflow_fix_name(weight_bits)])
+
+
+def _overflow_fix_name(weight_bits: int) -> str:
+    if weight_bits not in (7, 8):
+        raise ValueError(f"int8 IR weights are 8 or 7 bits (7: none of their sums saturates without VNNI), "
+                         f"got {weight_bits}")
+    return "DISABLE" if weight_bits == 8 else "ENABLE"
 
 
 def ir_record(model: Any) -> dict[str, Any]:
@@ -110,7 +130,7 @@ def quantisation_aware_ir(
     lr: float = 2e-5, batch: int = 16, patch: int = 96, pixel: str = "l1+ssim", add_centre: bool = True,
     validation: PairSet | None = None, keep_float: Sequence[str] = (), copies: Mapping[str, int] | None = None,
     distill: float = 0.0, seed: int = 0, progress: bool = False, context_dropout: float = 0.0,
-    float_sums: Sequence[int] = DECODER_LEVELS,
+    float_sums: Sequence[int] = DECODER_LEVELS, weight_bits: int = 8,
 ) -> tuple[Path, dict[str, Any]]:
     """An OpenVINO int8 IR of ``net`` fine-tuned with its int8 rounding simulated.
 
@@ -170,6 +190,9 @@ def quantisation_aware_ir(
         For an ``"edge"`` network (whose decoders the IR runs fused): the decoder levels (1 at
         full resolution, 3 the deepest) whose sum of the two halves stays in float; the others'
         inputs are rounded to int8, which is faster. All three by default.
+    weight_bits : {8, 7}
+        7: every convolution's weights on a 7-bit grid (:func:`nncf_parameters`), trained so, for an
+        IR whose sums cannot saturate on an x86 CPU without VNNI.
 
     Returns
     -------
@@ -196,7 +219,8 @@ def quantisation_aware_ir(
     torch.manual_seed(seed)
     teacher = copy.deepcopy(net).eval() if distill else None
     # offset_activation_copies checks the copies' layer names before NNCF and the training start
-    net, calib, (lo, hi), record = prepared_for_int8(net, calib, copies)
+    nncf_parameters(weight_bits)  # an unknown width fails before the slow steps
+    net, calib, (lo, hi), record = prepared_for_int8(net, calib, copies, weight_bits)
     sums_in_float: list[str] = []
     if net.config.upsampled_padding == "edge":
         # the form the ONNX export writes, so the IR is as fast as the post-training one. Each fused
@@ -215,7 +239,7 @@ def quantisation_aware_ir(
     scope = nncf.IgnoredScope(patterns=[c.replace(".", "/") + "/.*" for c in in_float] + sums_in_float)
     qnet = nncf.quantize(net.eval(), nncf.Dataset([torch.from_numpy(x[None]) for x in calib]),
                          subset_size=len(calib), preset=nncf.QuantizationPreset.MIXED,
-                         advanced_parameters=nncf_parameters(), ignored_scope=scope)
+                         advanced_parameters=nncf_parameters(weight_bits), ignored_scope=scope)
     centre = net.config.in_channels // 2
 
     def with_centre(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -273,7 +297,7 @@ def quantisation_aware_ir(
         record["input_range"] = [float((q - grid.zero) * grid.scale) for q in (grid.qmin, grid.qmax)]
         record["input_range_calibrated"] = [lo, hi]
     record |= {"method": "nncf quantization-aware training", "steps": steps, "lr": lr, "lr_schedule": "cosine",
-               "batch": batch, "patch": patch, "pixel_loss": pixel, "distill": distill,
+               "batch": batch, "patch": patch, "pixel_loss": pixel, "distill": distill, "weight_bits": weight_bits,
                "wall_time_s": round(wall, 1),
                "kept_in_float": in_float}
     if net.config.upsampled_padding == "edge":

@@ -194,7 +194,8 @@ def measure_quality(card_path: Path, pairs: PairSet, n_frames: int = QUALITY_FRA
     as the hardest the model will see (the lowest dose, the sparsest view). Each entry is
     keyed as ``auto`` reads it on this machine
     (:meth:`~bluesky_tomogan.inference.registry.BackendSpec.quality_entry`: OpenVINO int8 on
-    an x86 CPU without VNNI is ``openvino/int8@no-vnni``) and names the CPU it was measured on.
+    an x86 CPU without VNNI is ``openvino/int8@no-vnni``, unless the IR's weights are 7-bit
+    throughout) and names the CPU it was measured on.
     ``only`` (``backend/precision`` names) measures those and fp32 alone.
     """
     from ..cpu import cpu_name
@@ -202,6 +203,7 @@ def measure_quality(card_path: Path, pairs: PairSet, n_frames: int = QUALITY_FRA
     from ..inference.load import load_unchecked
 
     idx = quality_frames(pairs, n_frames)
+    card = ModelCard.read(card_path)
 
     def score(backend: str, precision: str) -> tuple[np.ndarray, np.ndarray] | None:
         try:
@@ -230,7 +232,7 @@ def measure_quality(card_path: Path, pairs: PairSet, n_frames: int = QUALITY_FRA
             continue
         r = score(backend, precision)
         if r is not None:
-            result[REGISTRY[backend].quality_entry(precision)] = summary(*r) | {
+            result[REGISTRY[backend].quality_entry(precision, card)] = summary(*r) | {
                 "ssim_drop": float(np.mean(ref[0] - r[0])),
                 "ssim_drop_worst": float(np.max(ref[0] - r[0])),
                 "psnr_drop": float(np.mean(ref[1] - r[1])),
@@ -317,6 +319,7 @@ def export_model(
     qat_copies: Mapping[str, int] | None = None,
     qat_distill: float = 0.0,
     qat_float_sums: Sequence[int] | None = None,
+    qat_weight_bits: int = 8,
 ) -> Path:
     """Export ``<name>.pt`` from ``training_dir`` into ``out_dir``; returns the new card path.
 
@@ -379,6 +382,9 @@ def export_model(
     qat_float_sums : sequence of int, optional
         The decoder levels (1 at full resolution, 3 the deepest) whose fused sum that IR keeps
         in float, for a network with ``upsampled_padding="edge"`` (default: all three).
+    qat_weight_bits : {8, 7}
+        7: that IR's weights on a 7-bit grid in every convolution, trained so: none of its sums
+        saturates on an x86 CPU without VNNI, so it runs in int8 there as it does elsewhere.
 
     Raises
     ------
@@ -391,7 +397,8 @@ def export_model(
         naming a layer that cannot be copied; ``openvino_copies`` with ``openvino_qat_steps``,
         or naming a layer that cannot be copied; ``qat_distill`` outside [0, 1] or without
         ``openvino_qat_steps``; ``qat_float_sums`` without ``openvino_qat_steps``, or naming a
-        level that is not 1, 2 or 3.
+        level that is not 1, 2 or 3; ``qat_weight_bits`` other than 8 or 7, or 7 without
+        ``openvino_qat_steps``.
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
@@ -411,6 +418,11 @@ def export_model(
             fused_sum_patterns(qat_float_sums)
         except ValueError as exc:
             raise ExportOptionError(f"qat_float_sums: {exc}") from exc
+    if qat_weight_bits not in (7, 8):
+        raise ExportOptionError(f"qat_weight_bits is 8 or 7, got {qat_weight_bits}")
+    if qat_weight_bits != 8 and not openvino_qat_steps:
+        raise ExportOptionError("qat_weight_bits is the quantisation-aware IR's (7-bit weights need training on "
+                                "that grid): give openvino_qat_steps too")
     if qat_copies is not None and not openvino_qat_steps:
         raise ExportOptionError("qat_copies are the quantisation-aware IR's: give openvino_qat_steps too "
                                 "(the post-training IR's are openvino_copies)")
@@ -498,6 +510,7 @@ def export_model(
                 pixel=str(config.get("pixel") or "l1+ssim"), add_centre=gen.adds_residual, validation=test,
                 keep_float=qat_float, copies=qat_copies, distill=qat_distill, progress=True,
                 float_sums=DECODER_LEVELS if qat_float_sums is None else tuple(qat_float_sums),
+                weight_bits=qat_weight_bits,
                 # a network trained to denoise without its neighbours keeps learning both
                 context_dropout=float(config.get("context_dropout") or 0.0))
             qinfo["training_data"] = Path(qat_data if qat_data is not None else data).name

@@ -101,7 +101,7 @@ def precision_verdict(card: ModelCard, backend: BackendSpec, precision: str) -> 
     """
     if precision == "fp32" or backend.quality_on_device:
         return None
-    key = backend.quality_entry(precision)
+    key = backend.quality_entry(precision, card)
     mean, worst = card.ssim_drop(key), card.ssim_drop(key, "worst")
     tol, tol_worst = SSIM_TOLERANCE.get(precision, 0.0), SSIM_TOLERANCE_WORST.get(precision, 0.0)
     if mean is None or worst is None:
@@ -162,7 +162,7 @@ def _open(card: ModelCard, s: BackendSpec, precision: str, threads: int | None, 
     session = s.opener(OpenRequest(path, precision, card, threads, tile))
     if reason is not None and asked_for:
         # run as asked, but never silently below what the card shows `auto` would accept
-        variant = s.numerics(precision) if s.numerics is not None else None
+        variant = s.variant(precision, card)
         where = f" on this CPU ({variant})" if variant else ""
         log.warning("%s/%s%s: %s; using it because %s was asked for", s.name, precision, where, reason, asked_for)
     return Denoiser(session, card, model_sha256=file.sha256, tile=tile, overlap=overlap)

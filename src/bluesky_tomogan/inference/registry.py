@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from ..errors import BackendUnavailableError, UnknownBackendError
 from ..modelcard import ModelCard
@@ -77,10 +78,11 @@ class BackendSpec:
         one: the same function in the form this runtime runs fastest (ONNX Runtime reads
         ``onnx_resize``, the decoders as trained, where the ``onnx`` file has them fused).
     numerics : callable or None
-        ``numerics(precision)``: the name of this machine's arithmetic at ``precision`` where
-        it differs from that of the machines the cards were measured on, or ``None``
-        (OpenVINO int8 on an x86 CPU without VNNI: ``"no-vnni"``). Its losses are the card's
-        own ``quantization`` entry (:meth:`quality_entry`).
+        ``numerics(precision, card)``: the name of this machine's arithmetic at ``precision`` for
+        the model of ``card`` (``None``: any model) where it differs from that of the machines
+        the cards were measured on, or ``None`` (OpenVINO int8 on an x86 CPU without VNNI:
+        ``"no-vnni"``, unless the model's IR has 7-bit weights throughout). Its losses are the
+        card's own ``quantization`` entry (:meth:`quality_entry`).
     """
 
     name: str
@@ -93,17 +95,22 @@ class BackendSpec:
     fixed_tile: int | None = None
     speed_verdict: Callable[[str], str | None] | None = None
     preferred_files: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    numerics: Callable[[str], str | None] | None = None
+    numerics: Callable[[str, ModelCard | None], str | None] | None = None
 
     @property
     def precisions(self) -> tuple[str, ...]:
         return tuple(self.files)
 
-    def quality_entry(self, precision: str) -> str:
+    def quality_entry(self, precision: str, card: ModelCard | None = None) -> str:
         """The card's ``quantization`` key of this backend's loss at ``precision`` on this machine:
-        ``openvino/int8``, or ``openvino/int8@no-vnni`` where :attr:`numerics` names a variant."""
-        variant = self.numerics(precision) if self.numerics is not None else None
+        ``openvino/int8``, or ``openvino/int8@no-vnni`` where :attr:`numerics` names a variant
+        (for the model of ``card``; ``None``: a model without a 7-bit IR)."""
+        variant = self.variant(precision, card)
         return f"{self.quality_key}/{precision}" + (f"@{variant}" if variant else "")
+
+    def variant(self, precision: str, card: ModelCard | None = None) -> str | None:
+        """:attr:`numerics` of ``precision`` for the model of ``card``: ``None`` where it is the cards' own."""
+        return self.numerics(precision, card) if self.numerics is not None else None
 
     def file_kind(self, precision: str, card: ModelCard | None = None) -> str:
         """The card's file kind this backend runs at ``precision``: the preferred form where ``card`` lists it."""
@@ -153,7 +160,7 @@ def _open_openvino(r: OpenRequest) -> Session:
     from .backends.openvino import OpenVINOSession
 
     # raw projections hold isolated spikes (zingers); slices' out-of-range pixels are streaks
-    quantization = r.card.files["openvino_int8"].info.get("quantization", {}) if r.precision == "int8" else {}
+    quantization = _int8_quantization(r.card) if r.precision == "int8" else {}
     input_range = quantization.get("input_range")  # the int8 calibration's, for an IR whose input is not quantised
     return OpenVINOSession(r.path, r.precision, r.threads, isolated_spikes=r.card.domain == "projection",
                            input_range=tuple(input_range) if input_range else None,
@@ -191,10 +198,22 @@ def _openvino_speed(precision: str) -> str | None:
     return bf16_verdict(precision)
 
 
-def _openvino_numerics(precision: str) -> str | None:
+def _openvino_numerics(precision: str, card: ModelCard | None) -> str | None:
     from .backends.openvino import int8_numerics
 
-    return int8_numerics() if precision == "int8" else None
+    if precision != "int8" or (card is not None and _seven_bit_weights(card)):
+        return None  # no 16-bit pair sum of 7-bit weights saturates: the same int8 on every x86 CPU
+    return int8_numerics()
+
+
+def _int8_quantization(card: ModelCard) -> Mapping[str, Any]:
+    """The record of how the card's OpenVINO int8 IR was made (empty: none)."""
+    return card.files["openvino_int8"].info.get("quantization", {}) if card.has("openvino_int8") else {}
+
+
+def _seven_bit_weights(card: ModelCard) -> bool:
+    """The IR's weights are 7-bit in every layer (NNCF's overflow fix, trained so: ``export --qat-weight-bits 7``)."""
+    return _int8_quantization(card).get("overflow_fix") == "enable"
 
 
 REGISTRY: Mapping[str, BackendSpec] = MappingProxyType({s.name: s for s in (
