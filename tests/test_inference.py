@@ -936,6 +936,55 @@ def test_on_a_cpu_without_vnni_int8_gets_a_7_bit_first_layer_and_auto_trusts_onl
     assert load_denoiser(tmp_path, backend="openvino", precision="auto").precision in ("bf16", "fp32")
 
 
+def test_sub_pixel_weights_are_the_transposed_convolution_as_four_interleaved_convolutions():
+    torch = pytest.importorskip("torch", reason="the reference transposed convolution is PyTorch's")
+    from bluesky_tomogan.inference.backends.sub_pixel import int8_transposed_convolutions_native, sub_pixel_weights
+
+    kernel = np.random.default_rng(0).standard_normal((5, 3, 6, 6)).astype(np.float32)
+    x = torch.rand(2, 5, 9, 7, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = torch.nn.functional.conv_transpose2d(x, torch.from_numpy(kernel), stride=2, padding=4)
+        out = torch.pixel_shuffle(torch.nn.functional.conv2d(x, torch.from_numpy(sub_pixel_weights(kernel))), 2)
+    assert out.shape == ref.shape and float((out - ref).abs().max()) <= 1e-5
+    assert not int8_transposed_convolutions_native({"avx2", "fma"}, "x86_64")  # an AMD Zen 3: fp32 kernels
+    assert int8_transposed_convolutions_native({"avx2", "avx512f", "avx512bw", "avx512_vnni"}, "x86_64")
+    assert int8_transposed_convolutions_native(set(), "aarch64")  # not measured there: left as it is
+
+
+def test_without_avx512_an_int8_irs_transposed_convolutions_run_as_convolutions_with_the_same_output(
+        monkeypatch, caplog):
+    """OpenVINO runs an int8 transposed convolution in fp32 on an AVX2-only CPU (238 of 745 ms of the
+    light projection model on an AMD Zen 3); the session rewrites the three at load, the same int8 weights."""
+    import openvino as ov
+
+    from bluesky_tomogan.inference.backends import openvino as ov_backend
+    from bluesky_tomogan.inference.backends.sub_pixel import sub_pixel_transposed_convolutions
+
+    path = load_card("tomogan-projection-light").path("openvino_int8")
+    model = ov.Core().read_model(str(path))
+    assert sub_pixel_transposed_convolutions(model) == 3
+    kinds = [op.get_type_name() for op in model.get_ordered_ops()]
+    assert "ConvolutionBackpropData" not in kinds and kinds.count("DepthToSpace") == 3
+    f32 = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": "1"}
+    x = (0.5 + 0.1 * np.random.default_rng(0).standard_normal((1, 5, 64, 96))).astype(np.float32)
+    ref = ov.Core().compile_model(str(path), "CPU", f32)(x)[0]
+    out = ov.Core().compile_model(model, "CPU", f32)(x)[0]
+    # the same products, summed in another order: a requantised activation may round the other way
+    assert np.abs(out - ref).mean() <= 1e-3 * np.abs(ref).mean()
+    assert np.abs(out - ref).max() <= 0.05 * np.abs(ref).max()
+    full = ov.Core().read_model(str(load_card("tomogan-projection").path("openvino_int8")))
+    assert sub_pixel_transposed_convolutions(full) == 0  # zero padding: its decoders resize, nothing to rewrite
+    monkeypatch.setattr(ov_backend, "int8_transposed_convolutions_native", lambda *a, **k: False)
+    with caplog.at_level("INFO"):
+        den = load_denoiser("tomogan-projection-light", backend="openvino", precision="int8")
+    assert den.session.sub_pixel_rewrites == 3 and "run as convolutions and pixel shuffles" in caplog.text
+    fp32 = load_denoiser("tomogan-projection-light", backend="openvino", precision="fp32")
+    assert fp32.session.sub_pixel_rewrites == 0  # an fp32 transposed convolution runs in fp32 anyway
+    monkeypatch.setattr(ov_backend, "int8_transposed_convolutions_native", lambda *a, **k: True)
+    den = load_denoiser("tomogan-projection-light", backend="openvino", precision="int8")
+    assert den.session.sub_pixel_rewrites == 0
+
+
 def test_a_7_bit_first_layer_moves_each_weight_by_at_most_one_step_and_cannot_saturate():
     import openvino as ov
 

@@ -28,6 +28,7 @@ import numpy as np
 from ...cpu import cpu_flags as current_cpu_flags
 from ...errors import BackendUnavailableError, ModelLoadError, PrecisionError
 from ...int8 import InputGrid
+from .sub_pixel import int8_transposed_convolutions_native, sub_pixel_transposed_convolutions
 
 log = logging.getLogger(__name__)
 
@@ -368,6 +369,14 @@ class OpenVINOSession:
             log.info("%s: first layer's weights halved to 7 bits (NNCF's overflow fix, at load): this x86 CPU "
                      "has no VNNI, and its 8-bit sums saturate a 16-bit pair on bright input frames",
                      Path(model_path).name)
+        #: Transposed convolutions rewritten as convolutions and pixel shuffles at load (:mod:`.sub_pixel`).
+        self.sub_pixel_rewrites = 0
+        if precision == "int8" and not int8_transposed_convolutions_native():
+            self.sub_pixel_rewrites = sub_pixel_transposed_convolutions(self._model)
+            if self.sub_pixel_rewrites:
+                log.info("%s: %d transposed convolutions run as convolutions and pixel shuffles (the same int8 "
+                         "weights): OpenVINO has no int8 transposed convolution on this CPU (no AVX-512)",
+                         Path(model_path).name, self.sub_pixel_rewrites)
         self.precision = precision
         self.isolated_spikes = isolated_spikes
         #: The int8 grid of the IR's input, or ``None`` where the input is not quantised (fp32, bf16,
