@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/layer_profile.py MODEL.onnx|MODEL.int8.xml [...] [--size 512] [--precision bf16]
-        [--top 12]
+        [--top 12] [--sub-pixel]
 
 Compiles each model for one ``(1, frames, size, size)`` input with ``PERF_COUNT`` on (2 threads,
 latency hint), runs it 5 times to warm up and 10 times timed, and prints the wall time
@@ -11,7 +11,9 @@ per call and the layers that took longest (mean ms, layer type, the kernel OpenV
 with every convolution's weight shape. Use it to compare a pruned ratio with the full
 network: a layer whose time does not shrink with its channels is bound by memory traffic.
 ``--precision`` is OpenVINO's ``INFERENCE_PRECISION_HINT`` (``bf16`` or ``f32``; for an int8
-IR it is the precision of the graph's float parts).
+IR it is the precision of the graph's float parts). ``--sub-pixel`` profiles an int8 IR as the
+session runs it on a CPU without AVX-512: its transposed convolutions rewritten as convolutions
+and pixel shuffles (``bluesky_tomogan.inference.backends.sub_pixel``).
 """
 
 from __future__ import annotations
@@ -36,11 +38,15 @@ def conv_shapes(model: object) -> dict[str, str]:
     return shapes
 
 
-def profile(path: str, size: int, precision: str, top: int) -> None:
+def profile(path: str, size: int, precision: str, top: int, sub_pixel: bool = False) -> None:
     import openvino as ov
+
+    from bluesky_tomogan.inference.backends.sub_pixel import sub_pixel_transposed_convolutions
 
     core = ov.Core()
     model = core.read_model(path)
+    if sub_pixel:
+        print(f"{path}: {sub_pixel_transposed_convolutions(model)} transposed convolutions rewritten")
     shapes = conv_shapes(model)
     frames = model.input(0).get_partial_shape()[1].get_length()  # the context the network reads
     model.reshape([1, frames, size, size])
@@ -69,10 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--precision", default="bf16", choices=["bf16", "f32"])
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--sub-pixel", action="store_true", help="rewrite an int8 IR's transposed convolutions first")
     args = ap.parse_args(argv)
     print(f"CPU: {cpu_name()}; {args.size}x{args.size}; float precision {args.precision}; 2 threads")
     for path in args.models:
-        profile(path, args.size, args.precision, args.top)
+        profile(path, args.size, args.precision, args.top, args.sub_pixel)
     return 0
 
 

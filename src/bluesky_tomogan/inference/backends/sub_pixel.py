@@ -94,6 +94,7 @@ def sub_pixel_transposed_convolutions(model: Any) -> int:
                                                   convert.get_output_element_type(0)),
                                   opset13.constant(new_scale))
         conv = opset13.convolution(op.input(0).get_source_output(), kernel, [1, 1], [0, 0], [0, 0], [1, 1])
+        conv.set_friendly_name(f"{op.get_friendly_name()}/sub_pixel")  # profiles name the decoder it computes
         shuffled = opset13.depth_to_space(conv, "depth_first", 2)
         shuffled.set_friendly_name(op.get_friendly_name())
         op.output(0).replace(shuffled.output(0))
