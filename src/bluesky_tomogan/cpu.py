@@ -10,7 +10,7 @@ import functools
 import platform
 from pathlib import Path
 
-__all__ = ["cpu_flags", "cpu_name", "SPEED_FLAGS"]
+__all__ = ["cpu_flags", "cpu_name", "is_x86", "SPEED_FLAGS"]
 
 #: The instruction sets that decide CPU inference speed, in the order benchmarks print them.
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
@@ -54,3 +54,9 @@ def cpu_name() -> str:
 def cpu_flags() -> frozenset[str]:
     """The first CPU's feature flags (``amx_bf16``, ``avx512_vnni``, ...); empty where unknown."""
     return frozenset(_first_cpu_fields().get("flags", "").split())
+
+
+def is_x86(machine: str | None = None) -> bool:
+    """Whether ``machine`` (default: this one, ``platform.machine()``) is an x86 CPU, whose int8
+    kernels depend on its instruction sets (VNNI, AVX-512)."""
+    return (machine or platform.machine()).lower() in ("x86_64", "amd64", "i386", "i686", "x86")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import platform
 import threading
 import time
 from collections import OrderedDict
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ...cpu import cpu_flags as current_cpu_flags
+from ...cpu import is_x86
 from ...errors import BackendUnavailableError, ModelLoadError, PrecisionError
 from ...int8 import InputGrid
 from .sub_pixel import int8_transposed_convolutions_native, sub_pixel_transposed_convolutions
@@ -249,8 +249,7 @@ def int8_sums_exact(cpu_flags: Collection[str] | None = None, machine: str | Non
     there is measured on such a CPU (:func:`int8_numerics`). VNNI or AMX: every Xeon since
     Cascade Lake, AMD since Zen 4. Other architectures do not have this instruction.
     """
-    arch = (machine or platform.machine()).lower()
-    if arch not in ("x86_64", "amd64", "i386", "i686", "x86"):
+    if not is_x86(machine):
         return True
     flags = current_cpu_flags() if cpu_flags is None else cpu_flags
     return bool(VNNI_FLAGS & set(flags))

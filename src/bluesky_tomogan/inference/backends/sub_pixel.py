@@ -20,13 +20,13 @@ another order. OpenVINO runs both the convolution and ``DepthToSpace`` in int8 k
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Collection
 from typing import Any
 
 import numpy as np
 
 from ...cpu import cpu_flags as current_cpu_flags
+from ...cpu import is_x86
 
 __all__ = ["int8_transposed_convolutions_native", "sub_pixel_transposed_convolutions", "sub_pixel_weights"]
 
@@ -39,8 +39,7 @@ def int8_transposed_convolutions_native(cpu_flags: Collection[str] | None = None
 
     On x86 it needs AVX-512 (``avx512bw``); other architectures are left as they are (not measured).
     """
-    arch = (machine or platform.machine()).lower()
-    if arch not in ("x86_64", "amd64", "i386", "i686", "x86"):
+    if not is_x86(machine):
         return True
     flags = current_cpu_flags() if cpu_flags is None else cpu_flags
     return "avx512bw" in flags
