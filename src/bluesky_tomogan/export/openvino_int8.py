@@ -33,8 +33,8 @@ from .copies import offset_activation_copies
 from .equalise import equalise_activations
 from .fused_decoder import DECODER_LEVELS, fused_sum_patterns
 
-__all__ = ["OPENVINO_ACTIVATION_COPIES", "convolutions_in_float", "ir_record", "nncf_parameters", "prepared_for_int8",
-           "quantisation_aware_ir"]
+__all__ = ["OPENVINO_ACTIVATION_COPIES", "convolutions_in_float", "ir_record", "nncf_parameters", "overflow_fix",
+           "prepared_for_int8", "quantisation_aware_ir"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def prepared_for_int8(net: TomoGANGenerator, calib: np.ndarray, copies: Mapping[
     calib = np.clip(calib, lo, hi).astype(np.float32)
     net = offset_activation_copies(equalise_activations(net, calib), calib, copies)
     record: dict[str, Any] = {"preset": "mixed", "activation_ranges": "min-max",
-                              "overflow_fix": _overflow_fix_name(weight_bits).lower(),
+                              "overflow_fix": overflow_fix(weight_bits),
                               "input_range": [lo, hi], "input_percentiles": list(TFLITE_INPUT_PERCENTILES),
                               "equalised": True, "activation_copies": copies,
                               "output_layer_in_float": True}
@@ -89,14 +89,22 @@ def nncf_parameters(weight_bits: int = 8) -> Any:
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     return AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
-                                          overflow_fix=OverflowFix[_overflow_fix_name(weight_bits)])
+                                          overflow_fix=OverflowFix[overflow_fix(weight_bits).upper()])
 
 
-def _overflow_fix_name(weight_bits: int) -> str:
+def overflow_fix(weight_bits: int) -> str:
+    """NNCF's ``overflow_fix`` for weights of ``weight_bits`` (:func:`nncf_parameters`), as the card records
+    it: ``"disable"`` (8) or ``"enable"`` (7). Checked without NNCF, before any slow step.
+
+    Raises
+    ------
+    ValueError
+        ``weight_bits`` is neither 7 nor 8.
+    """
     if weight_bits not in (7, 8):
         raise ValueError(f"int8 IR weights are 8 or 7 bits (7: none of their sums saturates without VNNI), "
                          f"got {weight_bits}")
-    return "DISABLE" if weight_bits == 8 else "ENABLE"
+    return "disable" if weight_bits == 8 else "enable"
 
 
 def ir_record(model: Any) -> dict[str, Any]:
@@ -219,7 +227,7 @@ def quantisation_aware_ir(
     torch.manual_seed(seed)
     teacher = copy.deepcopy(net).eval() if distill else None
     # offset_activation_copies checks the copies' layer names before NNCF and the training start
-    nncf_parameters(weight_bits)  # an unknown width fails before the slow steps
+    overflow_fix(weight_bits)  # an unknown width fails before the slow steps
     net, calib, (lo, hi), record = prepared_for_int8(net, calib, copies, weight_bits)
     sums_in_float: list[str] = []
     if net.config.upsampled_padding == "edge":

@@ -38,6 +38,7 @@ from .openvino_int8 import (
     convolutions_in_float,
     ir_record,
     nncf_parameters,
+    overflow_fix,
     prepared_for_int8,
     quantisation_aware_ir,
 )
@@ -418,8 +419,10 @@ def export_model(
             fused_sum_patterns(qat_float_sums)
         except ValueError as exc:
             raise ExportOptionError(f"qat_float_sums: {exc}") from exc
-    if qat_weight_bits not in (7, 8):
-        raise ExportOptionError(f"qat_weight_bits is 8 or 7, got {qat_weight_bits}")
+    try:
+        overflow_fix(qat_weight_bits)
+    except ValueError as exc:
+        raise ExportOptionError(f"qat_weight_bits: {exc}") from exc
     if qat_weight_bits != 8 and not openvino_qat_steps:
         raise ExportOptionError("qat_weight_bits is the quantisation-aware IR's (7-bit weights need training on "
                                 "that grid): give openvino_qat_steps too")
