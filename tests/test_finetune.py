@@ -393,6 +393,9 @@ def test_the_finetune_command_takes_detector_rows(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["finetune", "scan.h5", "--out", str(tmp_path / "o"), "--rows", "10-20"])
     assert "expected detector rows FIRST:STOP" in capsys.readouterr().err
+    # a well-formed but empty range is the config's to refuse, before the scan is opened
+    assert main(["finetune", "scan.h5", "--out", str(tmp_path / "o"), "--rows", "20:10"]) == 1
+    assert "rows must be first:stop with 0 <= first < stop, got 20:10" in capsys.readouterr().err
 
 
 def test_the_rows_fine_tuned_on_are_recorded_with_the_pairs(tmp_path):
