@@ -33,8 +33,8 @@ from .copies import offset_activation_copies
 from .equalise import equalise_activations
 from .fused_decoder import DECODER_LEVELS, fused_sum_patterns
 
-__all__ = ["OPENVINO_ACTIVATION_COPIES", "convolutions_in_float", "ir_record", "nncf_parameters", "overflow_fix",
-           "prepared_for_int8", "quantisation_aware_ir"]
+__all__ = ["OPENVINO_ACTIVATION_COPIES", "check_float_activations", "convolutions_in_float", "float_activations",
+           "ir_record", "nncf_parameters", "overflow_fix", "prepared_for_int8", "quantisation_aware_ir"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,75 @@ def ir_record(model: Any) -> dict[str, Any]:
             "convolutions_in_float": float_convolutions(model)}
 
 
+def check_float_activations(net: TomoGANGenerator, layers: Sequence[str]) -> None:
+    """Raise :class:`ValueError` unless every name of ``layers`` is a ReLU-activated layer of ``net``
+    (whose output an int8 IR rounds for the layers reading it). Runs before any slow step."""
+    names = {id(m): n for n, m in net.named_modules()}
+    producers = sorted(names[id(p)] for p, _ in net.activation_links())
+    unknown = [k for k in layers if k not in producers]
+    if unknown:
+        raise ValueError(f"no ReLU-activated layer named {unknown} whose output could stay in float; "
+                         f"choose from {producers}")
+
+
+def _module_of(node: Any) -> str:
+    # OpenVINO names a converted PyTorch module's operations "__module.<path>/<op>/..."
+    return str(node.get_friendly_name()).split("/", 1)[0].removeprefix("__module.")
+
+
+def float_activations(model: Any, layers: Sequence[str]) -> list[str]:
+    """Let the convolutions that read the named layers' outputs read them in float, in place.
+
+    Each such output passes an activation ``FakeQuantize`` (its int8 grid, with the ReLU fused
+    in). The convolutions reading it read it clamped to the same range instead (the ReLU and the
+    clipping kept, the rounding gone), with their kernels dequantised to float constants, so they
+    run in float and count as float (:func:`~bluesky_tomogan.inference.backends.openvino.float_mac_share`);
+    other readers (a max-pool into the next level) keep the int8 grid. The full-resolution
+    layers' rounding is what int8 costs on low-contrast, noise-dominated slices: the light slice
+    model's int8 IR lost 0.0081 mean / 0.0321 worst-frame SSIM on its card's 48 frames, 0.0199 on
+    the three such scans among them, and with the outputs of ``stem.0 enc1.0 enc1.2 dec1.0`` read
+    in float -0.0001 / 0.0076, for 16 % more time than all-int8 and 30 % less than fp32 (AMD EPYC
+    Zen 3, 1024x1024; docs/backends.md, "Float activations at full resolution").
+
+    Parameters
+    ----------
+    model : openvino.Model
+        An int8 IR converted from the PyTorch network (its operations named by module).
+    layers : sequence of str
+        Module names of ReLU-activated layers (``"enc1.0"``), as :func:`check_float_activations` takes.
+
+    Returns
+    -------
+    list of str
+        The convolutions (friendly names) that now read a float input.
+    """
+    from openvino import opset13
+
+    from ..inference.backends.ir_weights import int8_weights
+    from ..inference.backends.openvino import CONVOLUTIONS
+
+    wanted, changed = set(layers), []
+    for fq in list(model.get_ordered_ops()):
+        if fq.get_type_name() != "FakeQuantize" or fq.input_value(0).get_node().get_type_name() == "Constant":
+            continue  # not an activation's grid (a weight's)
+        if _module_of(fq.input_value(0).get_node()) not in wanted:
+            continue
+        readers = [t for t in fq.output(0).get_target_inputs() if t.get_node().get_type_name() in CONVOLUTIONS]
+        if not readers:
+            continue
+        # the grid's own (per-tensor or per-channel) bounds, as the rounding clipped
+        clamped = opset13.maximum(opset13.minimum(fq.input_value(0), fq.input_value(2)), fq.input_value(1))
+        for reader in readers:
+            conv = reader.get_node()
+            reader.replace_source_output(clamped.output(0))
+            weights = int8_weights(conv)
+            if weights is not None:
+                conv.input(1).replace_source_output(opset13.constant(weights.dequantised()).output(0))
+            changed.append(conv.get_friendly_name())
+    model.validate_nodes_and_infer_types()
+    return changed
+
+
 def convolutions_in_float(net: TomoGANGenerator, keep_float: Sequence[str] = ()) -> list[str]:
     """The convolutions a quantisation-aware IR keeps in float: the output layer and those of ``keep_float``.
 
@@ -138,7 +207,7 @@ def quantisation_aware_ir(
     lr: float = 2e-5, batch: int = 16, patch: int = 96, pixel: str = "l1+ssim", add_centre: bool = True,
     validation: PairSet | None = None, keep_float: Sequence[str] = (), copies: Mapping[str, int] | None = None,
     distill: float = 0.0, seed: int = 0, progress: bool = False, context_dropout: float = 0.0,
-    float_sums: Sequence[int] = DECODER_LEVELS, weight_bits: int = 8,
+    float_sums: Sequence[int] = DECODER_LEVELS, weight_bits: int = 8, float_activation_layers: Sequence[str] = (),
 ) -> tuple[Path, dict[str, Any]]:
     """An OpenVINO int8 IR of ``net`` fine-tuned with its int8 rounding simulated.
 
@@ -201,6 +270,9 @@ def quantisation_aware_ir(
     weight_bits : {8, 7}
         7: every convolution's weights on a 7-bit grid (:func:`nncf_parameters`), trained so, for an
         IR whose sums cannot saturate on an x86 CPU without VNNI.
+    float_activation_layers : sequence of str
+        Layers whose outputs the convolutions reading them take in float in the IR
+        (:func:`float_activations`), after the fine-tuning, which rounds them as the rest.
 
     Returns
     -------
@@ -228,6 +300,7 @@ def quantisation_aware_ir(
     teacher = copy.deepcopy(net).eval() if distill else None
     # offset_activation_copies checks the copies' layer names before NNCF and the training start
     overflow_fix(weight_bits)  # an unknown width fails before the slow steps
+    check_float_activations(net, float_activation_layers)
     net, calib, (lo, hi), record = prepared_for_int8(net, calib, copies, weight_bits)
     sums_in_float: list[str] = []
     if net.config.upsampled_padding == "edge":
@@ -299,6 +372,9 @@ def quantisation_aware_ir(
         warnings.simplefilter("ignore")
         model = ov.convert_model(qnet, example_input=torch.from_numpy(calib[:1]),
                                  input=[ov.PartialShape([-1, net.config.in_channels, -1, -1])])
+    if float_activation_layers:
+        record["float_activations"] = list(float_activation_layers)
+        record["convolutions_reading_float"] = float_activations(model, float_activation_layers)
     ov.save_model(model, str(xml_path), compress_to_fp16=False)
     grid = input_fake_quantize_grid(model)
     if grid is not None:  # the trained range, which the session reads from the IR

@@ -28,6 +28,7 @@ from ...cpu import cpu_flags as current_cpu_flags
 from ...cpu import is_x86
 from ...errors import BackendUnavailableError, ModelLoadError, PrecisionError
 from ...int8 import InputGrid
+from .ir_weights import int8_weights
 from .sub_pixel import int8_transposed_convolutions_native, sub_pixel_transposed_convolutions
 
 log = logging.getLogger(__name__)
@@ -291,19 +292,14 @@ def seven_bit_first_layer(model: Any) -> bool:
     conv = next((op for op in model.get_ordered_ops() if op.get_type_name() in CONVOLUTIONS), None)
     if conv is None or _is_float_convolution(conv):
         return False
-    scale_mul = conv.input(1).get_source_output().get_node()
-    convert = scale_mul.input(0).get_source_output().get_node()
-    scale = scale_mul.input(1).get_source_output().get_node()
-    weights = convert.input(0).get_source_output().get_node() if convert.get_type_name() == "Convert" else None
-    if (scale_mul.get_type_name() != "Multiply" or weights is None or weights.get_type_name() != "Constant"
-            or scale.get_type_name() != "Constant" or weights.get_output_element_type(0).get_type_name() != "i8"):
+    weights = int8_weights(conv)
+    if weights is None:
         raise PrecisionError(f"the first convolution's weights ({conv.get_friendly_name()}) are not an int8 "
                              "constant behind a scale: their 8-bit range cannot be halved")
-    q = np.asarray(weights.get_data(), np.float32)
-    halved = np.clip(np.round(q / 2), -SEVEN_BIT_WEIGHT_MAX, SEVEN_BIT_WEIGHT_MAX).astype(np.int8)
-    convert.input(0).replace_source_output(opset13.constant(halved).output(0))
-    scale_mul.input(1).replace_source_output(
-        opset13.constant(np.asarray(scale.get_data(), np.float32) * 2).output(0))
+    halved = np.clip(np.round(weights.q.astype(np.float32) / 2), -SEVEN_BIT_WEIGHT_MAX,
+                     SEVEN_BIT_WEIGHT_MAX).astype(np.int8)
+    weights.convert.input(0).replace_source_output(opset13.constant(halved).output(0))
+    weights.multiply.input(1).replace_source_output(opset13.constant(weights.scale * 2).output(0))
     model.validate_nodes_and_infer_types()
     return True
 

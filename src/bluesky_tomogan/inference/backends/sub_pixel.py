@@ -27,6 +27,7 @@ import numpy as np
 
 from ...cpu import cpu_flags as current_cpu_flags
 from ...cpu import is_x86
+from .ir_weights import int8_weights
 
 __all__ = ["int8_transposed_convolutions_native", "sub_pixel_transposed_convolutions", "sub_pixel_weights"]
 
@@ -74,23 +75,16 @@ def sub_pixel_transposed_convolutions(model: Any) -> int:
         if (attrs["strides"], attrs["pads_begin"], attrs["pads_end"], attrs["dilations"], attrs["output_padding"]) \
                 != ([2, 2], [4, 4], [4, 4], [1, 1], [0, 0]):
             continue
-        scale_mul = op.input(1).get_source_output().get_node()
-        if scale_mul.get_type_name() != "Multiply":
+        weights = int8_weights(op)
+        if weights is None:
             continue
-        convert = scale_mul.input(0).get_source_output().get_node()
-        scale = scale_mul.input(1).get_source_output().get_node()
-        weights = convert.input(0).get_source_output().get_node() if convert.get_type_name() == "Convert" else None
-        if (weights is None or weights.get_type_name() != "Constant" or scale.get_type_name() != "Constant"
-                or weights.get_output_element_type(0).get_type_name() != "i8"):
-            continue
-        q = np.asarray(weights.get_data())
-        per_channel = np.asarray(scale.get_data(), np.float32)
+        q, per_channel = weights.q, weights.scale
         if q.ndim != 4 or q.shape[2:] != (6, 6) or per_channel.size not in (1, q.shape[1]):
             continue
         o = q.shape[1]
         new_scale = np.repeat(np.broadcast_to(per_channel.reshape(-1), (o,)), 4).reshape(4 * o, 1, 1, 1)
         kernel = opset13.multiply(opset13.convert(opset13.constant(sub_pixel_weights(q)),
-                                                  convert.get_output_element_type(0)),
+                                                  weights.convert.get_output_element_type(0)),
                                   opset13.constant(new_scale))
         conv = opset13.convolution(op.input(0).get_source_output(), kernel, [1, 1], [0, 0], [0, 0], [1, 1])
         conv.set_friendly_name(f"{op.get_friendly_name()}/sub_pixel")  # profiles name the decoder it computes
