@@ -163,7 +163,7 @@ def float_activations(model: Any, layers: Sequence[str]) -> list[str]:
     from ..inference.backends.ir_weights import int8_weights
     from ..inference.backends.openvino import CONVOLUTIONS
 
-    wanted, changed = set(layers), []
+    wanted, changed, matched = set(layers), [], set()
     for fq in list(model.get_ordered_ops()):
         if fq.get_type_name() != "FakeQuantize" or fq.input_value(0).get_node().get_type_name() == "Constant":
             continue  # not an activation's grid (a weight's)
@@ -172,6 +172,7 @@ def float_activations(model: Any, layers: Sequence[str]) -> list[str]:
         readers = [t for t in fq.output(0).get_target_inputs() if t.get_node().get_type_name() in CONVOLUTIONS]
         if not readers:
             continue
+        matched.add(_module_of(fq.input_value(0).get_node()))
         # the grid's own (per-tensor or per-channel) bounds, as the rounding clipped
         clamped = opset13.maximum(opset13.minimum(fq.input_value(0), fq.input_value(2)), fq.input_value(1))
         for reader in readers:
@@ -181,6 +182,9 @@ def float_activations(model: Any, layers: Sequence[str]) -> list[str]:
             if weights is not None:
                 conv.input(1).replace_source_output(opset13.constant(weights.dequantised()).output(0))
             changed.append(conv.get_friendly_name())
+    missing = [layer for layer in layers if layer not in matched]
+    if missing:  # already read in float, or named otherwise in this IR
+        log.warning("no convolution of the IR reads %s through an int8 grid; nothing to change there", missing)
     model.validate_nodes_and_infer_types()
     return changed
 
