@@ -237,7 +237,7 @@ def _small_edge_network():
 
 def test_quantisation_aware_ir_of_an_edge_network_is_fused_with_its_sums_in_float(tmp_path):
     pytest.importorskip("nncf", reason="the OpenVINO int8 export needs the export extra")
-    from bluesky_tomogan.export.openvino_int8 import quantisation_aware_ir
+    from bluesky_tomogan.export.openvino_int8 import convolutions_in_float, quantisation_aware_ir
     from bluesky_tomogan.inference.backends.openvino import OpenVINOSession, openvino_core
 
     net, pairs, calib = _small_edge_network()
@@ -253,7 +253,10 @@ def test_quantisation_aware_ir_of_an_edge_network_is_fused_with_its_sums_in_floa
     assert all(i.get_source_output().get_node().get_type_name() != "FakeQuantize" for op in sums for i in op.inputs())
     assert "fused" in info["decoders"]
     # a trained module's name still keeps its convolutions in float: dec2.0's two halves, and the head's
-    assert info["kept_in_float"] == ["dec2.0", "head.0", "head.2"] and info["convolutions_in_float"] == 4
+    assert info["kept_in_float"] == ["dec2.0.skip", "dec2.0.up", "head.0", "head.2"]
+    assert info["convolutions_in_float"] == 4
+    # one half can be named alone: the full-resolution skip convolution, not the transposed one
+    assert convolutions_in_float(net, ["dec1.0.skip"]) == ["dec1.0.skip", "head.2"]
     x = pairs.ns[None, :3]
     with torch.no_grad():
         expected = net(torch.from_numpy(x)).numpy()

@@ -31,7 +31,7 @@ from ..model.network import TomoGANGenerator
 from ..simulate.datasets import PairSet
 from .copies import offset_activation_copies
 from .equalise import equalise_activations
-from .fused_decoder import DECODER_LEVELS, fused_sum_patterns
+from .fused_decoder import DECODER_LEVELS, fuse_decoders, fused_sum_patterns
 
 __all__ = ["OPENVINO_ACTIVATION_COPIES", "check_float_activations", "convolutions_in_float", "float_activations",
            "ir_record", "nncf_parameters", "overflow_fix", "prepared_for_int8", "quantisation_aware_ir"]
@@ -192,6 +192,11 @@ def float_activations(model: Any, layers: Sequence[str]) -> list[str]:
 def convolutions_in_float(net: TomoGANGenerator, keep_float: Sequence[str] = ()) -> list[str]:
     """The convolutions a quantisation-aware IR keeps in float: the output layer and those of ``keep_float``.
 
+    For an ``"edge"`` network the names are those of the fused form the IR is made of
+    (:func:`~.fused_decoder.fuse_decoders`): a decoder's ``dec1.0`` is its two halves, ``dec1.0.skip`` (the
+    skip input's convolution, at full resolution for level 1) and ``dec1.0.up`` (the transposed
+    convolution of the level below), and either can be named alone.
+
     Raises
     ------
     ValueError
@@ -199,7 +204,8 @@ def convolutions_in_float(net: TomoGANGenerator, keep_float: Sequence[str] = ())
     """
     from torch import nn
 
-    convs = [name for name, mod in net.named_modules() if isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d))]
+    form = fuse_decoders(net) if net.config.upsampled_padding == "edge" else net
+    convs = [name for name, mod in form.named_modules() if isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d))]
     unknown = [k for k in keep_float if not any(c == k or c.startswith(k + ".") for c in convs)]
     if unknown:
         raise ValueError(f"no convolution named {unknown} in the network; it has {convs}")
