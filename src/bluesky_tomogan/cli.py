@@ -560,7 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--qat-data", metavar="H5", help="training pairs of that fine-tuning (default: --data)")
     s.add_argument("--qat-lr", type=float, default=2e-5, help="its learning rate (default 2e-5)")
     s.add_argument("--qat-float", nargs="*", default=[], metavar="MODULE",
-                   help="modules it keeps in float besides the output layer, e.g. head")
+                   help="modules it keeps in float besides the output layer, e.g. head (with fused decoders, one "
+                        "half of a decoder too: dec1.0.skip, the full-resolution one)")
     s.add_argument("--qat-copies", nargs="*", type=_layer_copies, metavar="LAYER=K",
                    help="offset copies of layers' outputs in that IR (default: the post-training IR's stem.0=4; "
                         "none given: no copies; each costs the layers reading it their input channels again)")
