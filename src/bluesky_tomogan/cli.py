@@ -206,8 +206,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
                             qat_data=args.qat_data, qat_lr=args.qat_lr, qat_float=tuple(args.qat_float),
                             qat_copies=None if args.qat_copies is None else dict(args.qat_copies),
                             qat_distill=args.qat_distill, qat_float_sums=args.qat_float_sums,
-                            qat_weight_bits=args.qat_weight_bits,
-                            qat_float_activations=tuple(args.qat_float_activations))
+                            qat_weight_bits=args.qat_weight_bits)
         data = json.loads(Path(card).read_text())
         print(f"model card: {card}")
         for kind, entry in sorted(data["files"].items()):
@@ -576,10 +575,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="7: that IR's weights on a 7-bit grid in every layer, trained so; none of its sums "
                         "saturates on an x86 CPU without VNNI, where it then runs in int8 as elsewhere "
                         "(default 8; docs/backends.md)")
-    s.add_argument("--qat-float-activations", nargs="+", default=[], metavar="LAYER",
-                   help="layers whose outputs the convolutions reading them take in float in that IR, not "
-                        "rounded to int8, e.g. stem.0 enc1.0 enc1.2 dec1.0 (the full-resolution ones; slower, "
-                        "holds low-contrast slices; docs/backends.md)")
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("reprocess", help="denoise a run stored in Tiled, into that run or a new one (a scan taken "

@@ -33,7 +33,7 @@ from .copies import offset_activation_copies
 from .equalise import equalise_activations
 from .fused_decoder import DECODER_LEVELS, fuse_decoders, fused_sum_patterns
 
-__all__ = ["OPENVINO_ACTIVATION_COPIES", "check_float_activations", "convolutions_in_float", "float_activations",
+__all__ = ["OPENVINO_ACTIVATION_COPIES", "convolutions_in_float", "float_activations",
            "ir_record", "nncf_parameters", "overflow_fix", "prepared_for_int8", "quantisation_aware_ir"]
 
 log = logging.getLogger(__name__)
@@ -116,17 +116,6 @@ def ir_record(model: Any) -> dict[str, Any]:
             "convolutions_in_float": float_convolutions(model)}
 
 
-def check_float_activations(net: TomoGANGenerator, layers: Sequence[str]) -> None:
-    """Raise :class:`ValueError` unless every name of ``layers`` is a ReLU-activated layer of ``net``
-    (whose output an int8 IR rounds for the layers reading it). Runs before any slow step."""
-    names = {id(m): n for n, m in net.named_modules()}
-    producers = sorted(names[id(p)] for p, _ in net.activation_links())
-    unknown = [k for k in layers if k not in producers]
-    if unknown:
-        raise ValueError(f"no ReLU-activated layer named {unknown} whose output could stay in float; "
-                         f"choose from {producers}")
-
-
 def _module_of(node: Any) -> str:
     # OpenVINO names a converted PyTorch module's operations "__module.<path>/<op>/..."
     return str(node.get_friendly_name()).split("/", 1)[0].removeprefix("__module.")
@@ -139,19 +128,19 @@ def float_activations(model: Any, layers: Sequence[str]) -> list[str]:
     in). The convolutions reading it read it clamped to the same range instead (the ReLU and the
     clipping kept, the rounding gone), with their kernels dequantised to float constants, so they
     run in float and count as float (:func:`~bluesky_tomogan.inference.backends.openvino.float_mac_share`);
-    other readers (a max-pool into the next level) keep the int8 grid. The full-resolution
-    layers' rounding is what int8 costs on low-contrast, noise-dominated slices: the light slice
-    model's int8 IR lost 0.0081 mean / 0.0321 worst-frame SSIM on its card's 48 frames, 0.0199 on
-    the three such scans among them, and with the outputs of ``stem.0 enc1.0 enc1.2 dec1.0`` read
-    in float -0.0001 / 0.0076, for 16 % more time than all-int8 and 30 % less than fp32 (AMD EPYC
-    Zen 3, 1024x1024; docs/backends.md, "Float activations at full resolution").
+    other readers (a max-pool into the next level) keep the int8 grid. No training: it tells what
+    an int8 IR loses to each grid (``benchmarks/int8_activation_grids.py``). The light slice
+    model's IR lost 0.0081 mean / 0.0321 worst-frame SSIM on its card's frames, mostly on
+    low-contrast and 8-bit scans, and -0.0001 / 0.0076 with the outputs of ``stem.0 enc1.0 enc1.2
+    dec1.0`` read in float; an IR trained so from the start keeps those convolutions in float
+    (``export --qat-float``; docs/backends.md, "Full-resolution convolutions in float").
 
     Parameters
     ----------
     model : openvino.Model
         An int8 IR converted from the PyTorch network (its operations named by module).
     layers : sequence of str
-        Module names of ReLU-activated layers (``"enc1.0"``), as :func:`check_float_activations` takes.
+        Module names of ReLU-activated layers (``"enc1.0"``).
 
     Returns
     -------
@@ -217,7 +206,7 @@ def quantisation_aware_ir(
     lr: float = 2e-5, batch: int = 16, patch: int = 96, pixel: str = "l1+ssim", add_centre: bool = True,
     validation: PairSet | None = None, keep_float: Sequence[str] = (), copies: Mapping[str, int] | None = None,
     distill: float = 0.0, seed: int = 0, progress: bool = False, context_dropout: float = 0.0,
-    float_sums: Sequence[int] = DECODER_LEVELS, weight_bits: int = 8, float_activation_layers: Sequence[str] = (),
+    float_sums: Sequence[int] = DECODER_LEVELS, weight_bits: int = 8,
 ) -> tuple[Path, dict[str, Any]]:
     """An OpenVINO int8 IR of ``net`` fine-tuned with its int8 rounding simulated.
 
@@ -280,9 +269,6 @@ def quantisation_aware_ir(
     weight_bits : {8, 7}
         7: every convolution's weights on a 7-bit grid (:func:`nncf_parameters`), trained so, for an
         IR whose sums cannot saturate on an x86 CPU without VNNI.
-    float_activation_layers : sequence of str
-        Layers whose outputs the convolutions reading them take in float in the IR
-        (:func:`float_activations`), after the fine-tuning, which rounds them as the rest.
 
     Returns
     -------
@@ -310,7 +296,6 @@ def quantisation_aware_ir(
     teacher = copy.deepcopy(net).eval() if distill else None
     # offset_activation_copies checks the copies' layer names before NNCF and the training start
     overflow_fix(weight_bits)  # an unknown width fails before the slow steps
-    check_float_activations(net, float_activation_layers)
     net, calib, (lo, hi), record = prepared_for_int8(net, calib, copies, weight_bits)
     sums_in_float: list[str] = []
     if net.config.upsampled_padding == "edge":
@@ -382,9 +367,6 @@ def quantisation_aware_ir(
         warnings.simplefilter("ignore")
         model = ov.convert_model(qnet, example_input=torch.from_numpy(calib[:1]),
                                  input=[ov.PartialShape([-1, net.config.in_channels, -1, -1])])
-    if float_activation_layers:
-        record["float_activations"] = list(float_activation_layers)
-        record["convolutions_reading_float"] = float_activations(model, float_activation_layers)
     ov.save_model(model, str(xml_path), compress_to_fp16=False)
     grid = input_fake_quantize_grid(model)
     if grid is not None:  # the trained range, which the session reads from the IR

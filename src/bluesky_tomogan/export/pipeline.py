@@ -35,7 +35,6 @@ from .copies import check_activation_copies, offset_activation_copies
 from .fused_decoder import DECODER_LEVELS, fused_sum_patterns
 from .onnx import export_onnx
 from .openvino_int8 import (
-    check_float_activations,
     convolutions_in_float,
     ir_record,
     nncf_parameters,
@@ -322,7 +321,6 @@ def export_model(
     qat_distill: float = 0.0,
     qat_float_sums: Sequence[int] | None = None,
     qat_weight_bits: int = 8,
-    qat_float_activations: Sequence[str] = (),
 ) -> Path:
     """Export ``<name>.pt`` from ``training_dir`` into ``out_dir``; returns the new card path.
 
@@ -388,10 +386,6 @@ def export_model(
     qat_weight_bits : {8, 7}
         7: that IR's weights on a 7-bit grid in every convolution, trained so: none of its sums
         saturates on an x86 CPU without VNNI, so it runs in int8 there as it does elsewhere.
-    qat_float_activations : sequence of str
-        ReLU-activated layers (``"enc1.0"``) whose outputs the convolutions reading them take in
-        float in that IR, not rounded to int8 (:func:`~.openvino_int8.float_activations`): the
-        full-resolution ones hold low-contrast slices' detail.
 
     Raises
     ------
@@ -405,8 +399,7 @@ def export_model(
         or naming a layer that cannot be copied; ``qat_distill`` outside [0, 1] or without
         ``openvino_qat_steps``; ``qat_float_sums`` without ``openvino_qat_steps``, or naming a
         level that is not 1, 2 or 3; ``qat_weight_bits`` other than 8 or 7, or 7 without
-        ``openvino_qat_steps``; ``qat_float_activations`` without ``openvino_qat_steps``, or naming
-        no ReLU-activated layer.
+        ``openvino_qat_steps``.
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
@@ -433,8 +426,6 @@ def export_model(
     if qat_weight_bits != 8 and not openvino_qat_steps:
         raise ExportOptionError("qat_weight_bits is the quantisation-aware IR's (7-bit weights need training on "
                                 "that grid): give openvino_qat_steps too")
-    if qat_float_activations and not openvino_qat_steps:
-        raise ExportOptionError("qat_float_activations are the quantisation-aware IR's: give openvino_qat_steps too")
     if qat_copies is not None and not openvino_qat_steps:
         raise ExportOptionError("qat_copies are the quantisation-aware IR's: give openvino_qat_steps too "
                                 "(the post-training IR's are openvino_copies)")
@@ -469,10 +460,6 @@ def export_model(
             raise ExportOptionError(f"qat_float: {exc}") from exc
         if qat_copies is not None:
             check_activation_copies(gen.correction_network(), qat_copies)
-        try:
-            check_float_activations(gen.correction_network(), qat_float_activations)
-        except ValueError as exc:
-            raise ExportOptionError(f"qat_float_activations: {exc}") from exc
     copies = dict(ACTIVATION_COPIES if activation_copies is None else activation_copies)
     if "tflite" in formats:
         check_activation_copies(gen.correction_network(), copies)  # before the slow steps
@@ -526,7 +513,7 @@ def export_model(
                 pixel=str(config.get("pixel") or "l1+ssim"), add_centre=gen.adds_residual, validation=test,
                 keep_float=qat_float, copies=qat_copies, distill=qat_distill, progress=True,
                 float_sums=DECODER_LEVELS if qat_float_sums is None else tuple(qat_float_sums),
-                weight_bits=qat_weight_bits, float_activation_layers=tuple(qat_float_activations),
+                weight_bits=qat_weight_bits,
                 # a network trained to denoise without its neighbours keeps learning both
                 context_dropout=float(config.get("context_dropout") or 0.0))
             qinfo["training_data"] = Path(qat_data if qat_data is not None else data).name
