@@ -819,6 +819,10 @@ def test_a_cpu_without_vnni_records_its_own_int8_loss_and_keeps_what_it_cannot_m
     after = json.loads(card_path.read_text())
     entry = after["quantization"]["openvino/int8@no-vnni"]
     assert entry["frames"] == 3 and {"ssim_drop", "ssim_drop_worst", "cpu"} <= set(entry)
+    # what the IR's float parts computed in (this CPU's choice): the loss holds for that
+    from bluesky_tomogan.inference.load import load_unchecked
+
+    assert entry["float_precision"] == load_unchecked(card_path, "openvino", "int8").session.float_precision
     # what a CPU without VNNI cannot measure stays, naming the CPU it was measured on
     assert after["quantization"]["openvino/int8"]["ssim_drop"] == before["quantization"]["openvino/int8"]["ssim_drop"]
     assert after["quantization"]["openvino/int8"]["cpu"] == before["quantization_measured_on"]["cpu"]

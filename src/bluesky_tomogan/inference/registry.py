@@ -162,9 +162,12 @@ def _open_openvino(r: OpenRequest) -> Session:
     # raw projections hold isolated spikes (zingers); slices' out-of-range pixels are streaks
     quantization = _int8_quantization(r.card) if r.precision == "int8" else {}
     input_range = quantization.get("input_range")  # the int8 calibration's, for an IR whose input is not quantised
+    # the card's loss holds for the float parts it was measured with
+    measured = r.card.quantization.get(REGISTRY["openvino"].quality_entry(r.precision, r.card), {})
     return OpenVINOSession(r.path, r.precision, r.threads, isolated_spikes=r.card.domain == "projection",
                            input_range=tuple(input_range) if input_range else None,
-                           full_range_weights=quantization.get("overflow_fix") == "disable")
+                           full_range_weights=quantization.get("overflow_fix") == "disable",
+                           float_precision=measured.get("float_precision") if r.precision == "int8" else None)
 
 
 def _open_onnxruntime(r: OpenRequest) -> Session:

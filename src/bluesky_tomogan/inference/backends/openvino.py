@@ -332,6 +332,12 @@ class OpenVINOSession:
         (:func:`seven_bit_first_layer`). Hidden layers can still saturate there, which is
         why ``precision="auto"`` trusts int8 on such a CPU only by losses measured on one
         (:func:`int8_numerics`).
+    float_precision : {"f32", "bf16"}, optional
+        What an int8 IR's float parts computed in when its card's loss was measured (the
+        entry's ``float_precision``). ``"f32"`` keeps them in fp32 where this CPU would run them
+        in bf16 (:func:`int8_float_precision`): an IR that keeps its full-resolution
+        convolutions in float for precision (the light slice model's) holds its measured loss
+        only so. ``None`` or ``"bf16"``: the CPU's choice.
     """
 
     backend = "openvino"
@@ -346,6 +352,7 @@ class OpenVINOSession:
         isolated_spikes: bool = False,
         input_range: tuple[float, float] | None = None,
         full_range_weights: bool = False,
+        float_precision: str | None = None,
     ) -> None:
         if not available():
             raise BackendUnavailableError("openvino is not installed: pip install openvino")
@@ -384,6 +391,12 @@ class OpenVINOSession:
         self.float_precision = "bf16" if precision == "bf16" else "f32"
         if precision == "int8":
             self.float_precision = ir_float_precision(self._model)
+            if float_precision == "f32" and self.float_precision != "f32":
+                # the card's loss was measured with fp32 float parts; bf16 ones would round the
+                # float convolutions' inputs and weights to 8 significant bits, unmeasured
+                log.info("%s: float parts in fp32, as its int8 loss was measured (bf16 is not measured)",
+                         Path(model_path).name)
+                self.float_precision = "f32"
         self._config: dict[str, Any] = {
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": self.float_precision,
