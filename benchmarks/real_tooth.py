@@ -80,8 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         for model, den in denoisers.items():
             outputs[model] = den.denoise_context(np.stack([noisy] * den.depth))
         # TV's SSIM is not monotonic in its strength here (91 views: 0.644 at 8, 0.640 at 16,
-        # 0.654 at 24 times the noise estimate), so its oracle gets a fine grid
-        for method, grid in (("tv", [0.5, 1, 2, 4, 6, 8, 12, 16, 20, 24, 28, 32, 40]), ("bm3d", [0.5, 1, 2, 4, 8])):
+        # 0.654 at 24 times the noise estimate), so its oracle gets a fine grid, and a long one:
+        # at 46 views it peaks near 96 (0.5779; 0.5103 at 40, where the grid ended until session 42);
+        # BM3D near 96 and 64 (46 and 91 views: 0.4974 and 0.6415; 0.2328 and 0.5157 at 8, its old end)
+        tv_grid = [0.5, 1, 2, 4, 6, 8, 12, 16, 20, 24, 28, 32, 40, 48, 64, 80, 96, 112, 128, 160]
+        bm3d_grid = [0.5, 1, 2, 4, 8, 16, 32, 48, 64, 96, 128]
+        for method, grid in (("tv", tv_grid), ("bm3d", bm3d_grid)):
             best = max((classical(method, k)(noisy) for k in grid), key=lambda y: scaled_ssim(reference, y, mask))
             outputs[f"{method} (oracle-tuned)"] = best
         for label, img in outputs.items():
