@@ -312,7 +312,10 @@ def quantisation_aware_ir(
     # then cached); its default limit of 60 s can kill that build and leave a lock behind
     os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")
     # NNCF's PyTorch graph names a module's operations "<module path with />/<op>/<n>"
-    scope = nncf.IgnoredScope(patterns=[c.replace(".", "/") + "/.*" for c in in_float] + sums_in_float)
+    # the names as given (a whole decoder's "dec2.0" keeps its sum in float too, as its halves' names
+    # would not), and the output layer
+    scope = nncf.IgnoredScope(patterns=[c.replace(".", "/") + "/.*" for c in (*keep_float, in_float[-1])]
+                              + sums_in_float)
     qnet = nncf.quantize(net.eval(), nncf.Dataset([torch.from_numpy(x[None]) for x in calib]),
                          subset_size=len(calib), preset=nncf.QuantizationPreset.MIXED,
                          advanced_parameters=nncf_parameters(weight_bits), ignored_scope=scope)

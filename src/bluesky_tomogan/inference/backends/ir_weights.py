@@ -2,7 +2,7 @@
 
 NNCF stores an int8 convolution's kernel as an ``i8`` constant, converted to float and
 multiplied by a per-output-channel scale. The transforms that change such a kernel (7-bit
-first layer, sub-pixel rewrite, float activations at export) read it here.
+first layer, sub-pixel rewrite, float activations) read it here.
 """
 
 from __future__ import annotations
