@@ -8,6 +8,7 @@ import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 import bluesky.preprocessors as bpp
 import event_model
+import h5py
 import numpy as np
 import pytest
 
@@ -192,3 +193,29 @@ def test_plans_refuse_devices_without_what_they_move_before_any_run(RE):
     with pytest.raises(TypeError, match="qc_tomo_scan: .*stage 'motor' has no 'x'"):
         RE(qc_tomo_scan(cam, motor, [0, 90], QCFeedback()))
     assert names == []
+
+
+def test_unstaging_during_a_write_waits_for_it_instead_of_closing_the_file_under_it(tmp_path, monkeypatch):
+    """A run aborted mid-exposure unstages while the exposure thread may be appending its frame:
+    closing the HDF5 file under that append failed it ("identifier is not of specified type")."""
+    import threading
+
+    from bluesky_tomogan.hdf5_frames import FrameFile
+
+    det = SimTomoDetector(name="det", shape=(16, 16), directory=tmp_path, simulate_timing=False)
+    det.stage()
+    entered, original = threading.Event(), FrameFile.append
+
+    def slow_append(self, frames):
+        entered.set()
+        time.sleep(0.3)  # the unstage below comes while this append holds the file
+        return original(self, frames)
+
+    monkeypatch.setattr(FrameFile, "append", slow_append)
+    status = det.trigger()
+    assert entered.wait(5)
+    det.unstage()
+    status.wait(5)
+    assert status.success
+    with h5py.File(next(tmp_path.glob("det_*.h5")), "r") as f:
+        assert f["/entry/data/data"].shape == (1, 16, 16)  # the frame was written, then the file closed

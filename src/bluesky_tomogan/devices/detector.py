@@ -234,10 +234,14 @@ class SimTomoDetector(Device):
         return super().stage()
 
     def unstage(self) -> list[Any]:
-        if self._file is not None:
-            self._file.close()
-            log.info("%s wrote %d frames to %s", self.name, self._file.count, self._file.path)
-            self._file = None
+        # under the exposure thread's lock: a run aborted mid-exposure unstages while that thread
+        # may be appending, and closing the file under it failed the append in HDF5 ("identifier
+        # is not of specified type"; tests/test_qc.py's abort and pause tests on a loaded machine)
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                log.info("%s wrote %d frames to %s", self.name, self._file.count, self._file.path)
+                self._file = None
         return super().unstage()
 
     def trigger(self) -> DeviceStatus:
