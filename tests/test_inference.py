@@ -1076,7 +1076,7 @@ def test_auto_reads_the_card_entry_of_this_cpus_int8_arithmetic(monkeypatch):
     assert load_denoiser("tomogan-projection", backend="openvino").precision == "int8"
     assert load_denoiser("tomogan-projection-light", backend="openvino").precision == "int8"
     # the slice All-in-One ratios, whose IRs keep much in float: fp32 float parts there (no bf16 on
-    # such a CPU) and within tolerance; the slice models beyond it
+    # such a CPU) and within tolerance; the full slice model beyond it
     for ratio in (0, 25, 50, 75):
         assert load_denoiser("tomogan-slice-aio", backend="openvino", ratio=ratio).precision == "int8"
     assert load_card("tomogan-slice").ssim_drop("openvino/int8@no-vnni", "worst") > 0.01
