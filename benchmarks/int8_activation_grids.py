@@ -30,24 +30,13 @@ import numpy as np
 import openvino as ov
 
 from bluesky_tomogan.cpu import cpu_name
-from bluesky_tomogan.export.openvino_int8 import float_activations
+from bluesky_tomogan.export.openvino_int8 import activation_grids, float_activations
 from bluesky_tomogan.export.pipeline import quality_frames
 from bluesky_tomogan.frames import context_indices
 from bluesky_tomogan.inference import load_denoiser
 from bluesky_tomogan.inference.backends.openvino import openvino_core
 from bluesky_tomogan.metrics import ssim
 from bluesky_tomogan.simulate.datasets import read_dataset
-
-
-def activation_layers(model: object) -> list[str]:
-    """The layers whose outputs the IR rounds for a convolution, in graph order."""
-    names = []
-    for op in model.get_ordered_ops():  # type: ignore[attr-defined]
-        if op.get_type_name() == "FakeQuantize" and op.input_value(0).get_node().get_type_name() != "Constant":
-            name = op.input_value(0).get_node().get_friendly_name().split("/", 1)[0].removeprefix("__module.")
-            if name not in names:
-                names.append(name)
-    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| read in float | mean loss | worst frame | mean loss per scan |")
     print("|---|---|---|---|")
     print(f"| nothing (as exported) | {score([])}", flush=True)
-    for layer in activation_layers(core.read_model(str(ir))):
+    for layer in dict.fromkeys(name for name, _ in activation_grids(core.read_model(str(ir)))):
         print(f"| {layer} | {score([layer])}", flush=True)
     if args.together:
         print(f"| {' '.join(args.together)} | {score(args.together)}", flush=True)

@@ -33,7 +33,7 @@ from .copies import offset_activation_copies
 from .equalise import equalise_activations
 from .fused_decoder import DECODER_LEVELS, fuse_decoders, fused_sum_patterns
 
-__all__ = ["OPENVINO_ACTIVATION_COPIES", "convolutions_in_float", "float_activations",
+__all__ = ["OPENVINO_ACTIVATION_COPIES", "activation_grids", "convolutions_in_float", "float_activations",
            "ir_record", "nncf_parameters", "overflow_fix", "prepared_for_int8", "quantisation_aware_ir"]
 
 log = logging.getLogger(__name__)
@@ -116,9 +116,17 @@ def ir_record(model: Any) -> dict[str, Any]:
             "convolutions_in_float": float_convolutions(model)}
 
 
-def _module_of(node: Any) -> str:
-    # OpenVINO names a converted PyTorch module's operations "__module.<path>/<op>/..."
-    return str(node.get_friendly_name()).split("/", 1)[0].removeprefix("__module.")
+def activation_grids(model: Any) -> list[tuple[str, Any]]:
+    """The activation ``FakeQuantize`` operations of an int8 IR converted from the PyTorch network,
+    in graph order, each with the module whose output it rounds (``"enc1.0"``); weights' grids
+    (on constants) are left out."""
+    grids = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "FakeQuantize" and op.input_value(0).get_node().get_type_name() != "Constant":
+            # OpenVINO names a converted PyTorch module's operations "__module.<path>/<op>/..."
+            producer = str(op.input_value(0).get_node().get_friendly_name())
+            grids.append((producer.split("/", 1)[0].removeprefix("__module."), op))
+    return grids
 
 
 def float_activations(model: Any, layers: Sequence[str]) -> list[str]:
@@ -153,15 +161,13 @@ def float_activations(model: Any, layers: Sequence[str]) -> list[str]:
     from ..inference.backends.openvino import CONVOLUTIONS
 
     wanted, changed, matched = set(layers), [], set()
-    for fq in list(model.get_ordered_ops()):
-        if fq.get_type_name() != "FakeQuantize" or fq.input_value(0).get_node().get_type_name() == "Constant":
-            continue  # not an activation's grid (a weight's)
-        if _module_of(fq.input_value(0).get_node()) not in wanted:
+    for layer, fq in activation_grids(model):
+        if layer not in wanted:
             continue
         readers = [t for t in fq.output(0).get_target_inputs() if t.get_node().get_type_name() in CONVOLUTIONS]
         if not readers:
             continue
-        matched.add(_module_of(fq.input_value(0).get_node()))
+        matched.add(layer)
         # the grid's own (per-tensor or per-channel) bounds, as the rounding clipped
         clamped = opset13.maximum(opset13.minimum(fq.input_value(0), fq.input_value(2)), fq.input_value(1))
         for reader in readers:
