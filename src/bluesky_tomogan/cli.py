@@ -541,8 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "recorded in the card as tried, not applied")
     s.add_argument("--input-despike", type=float, metavar="SIGMAS",
                    help="record in the card that the input is despiked on the host (pixels more than SIGMAS "
-                        "robust sigmas above their 3x3 median), for a network that does not remove zingers itself "
-                        "(the space-to-depth models: 12); every ratio's card too")
+                        "robust sigmas above their 3x3 median: zingers, hot pixels); every ratio's card too "
+                        "(default: what the card says, else 12 for a projection model, none for a slice model)")
     s.add_argument("--activation-copies", nargs="*", type=_layer_copies, metavar="LAYER=K",
                    help="offset copies of layers' outputs in the int8 TFLite model, e.g. stem.0=4 head.0=4 "
                         "(default: those two; none given: no copies); see docs/backends.md")

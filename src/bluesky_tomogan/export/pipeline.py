@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..despike import PROJECTION_DESPIKE_SIGMAS
 from ..errors import ExportOptionError, OutputPathError
 from ..frames import context_indices
 from ..inference.registry import REGISTRY, SSIM_TOLERANCE, SSIM_TOLERANCE_WORST, configurations
@@ -362,9 +363,12 @@ def export_model(
     input_despike : float, optional
         Ask, in the card, for the input to be despiked on the host in every backend
         (:mod:`bluesky_tomogan.despike`: pixels more than this many robust sigmas above
-        their 3x3 median take the median), for a network that does not remove zingers
-        itself (the space-to-depth models: 12). Every ratio's card gets it too, and the
-        quality measured at export includes it.
+        their 3x3 median take the median). Every ratio's card gets it too, and the quality
+        measured at export includes it. Default: what the card says, else
+        :data:`~bluesky_tomogan.despike.PROJECTION_DESPIKE_SIGMAS` for a projection model (no
+        network removes every zinger and hot pixel itself, and one in a neighbouring frame
+        leaks into the output: docs/models.md, "Zingers and hot pixels") and none for a slice
+        model.
     openvino_qat_steps : int
         Make the OpenVINO int8 IR by quantisation-aware fine-tuning
         (:func:`.openvino_int8.quantisation_aware_ir`: this many batches, every convolution
@@ -445,6 +449,9 @@ def export_model(
         if not input_despike > 0:
             raise ExportOptionError(f"input_despike must be a positive number of sigmas, got {input_despike}")
         card["input_despike"] = {"sigmas": float(input_despike)}
+    elif "input_despike" not in card and card.get("domain") == "projection":
+        card["input_despike"] = {"sigmas": PROJECTION_DESPIKE_SIGMAS,
+                                 "why": "the projection models' default: zingers and hot pixels (docs/models.md)"}
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
