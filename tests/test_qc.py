@@ -26,6 +26,7 @@ from bluesky_tomogan.qc.metrics import (
     FrameMetrics,
     IntensityReference,
     frame_metrics,
+    frame_residual,
     motion_px,
     noise_sigma,
     registration_image,
@@ -175,6 +176,33 @@ def test_residual_correlation_tells_removed_noise_from_removed_structure(rng):
     assert bad.residual_correlation > QCPolicy().rules["out_of_distribution"].threshold
 
 
+def test_a_residual_that_repeats_in_the_next_frame_is_signal_even_when_it_is_white(rng):
+    """Photon noise is new in every frame; a fine texture the frames share is not, however white it looks
+    (a real synchrotron camera's projections: the denoiser flattened a 5 % pixel-scale texture, spatial
+    correlation -0.03, repeat 0.99)."""
+    structure = ramp((96, 96))
+    texture = rng.normal(0, 30, structure.shape).astype(np.float32)  # white, the same in every frame
+    frames = [structure + texture + rng.normal(0, 10, structure.shape).astype(np.float32) for _ in range(3)]
+
+    def measured(denoised):
+        metrics, previous = [], None
+        for frame in frames:
+            residual = frame_residual(frame, denoised)
+            metrics.append(residual_metrics(frame, denoised, FrameMetrics(), previous=previous, residual=residual))
+            previous = residual
+        return metrics, previous
+
+    (keeps, _), (flattens, last) = measured(structure + texture), measured(structure)
+    threshold = QCPolicy().rules["signal_removed"].threshold
+    assert math.isnan(keeps[0].residual_repeat)  # a stream's first frame has nothing to repeat
+    assert all(abs(m.residual_repeat) < 0.1 for m in keeps[1:])  # removed exactly the noise
+    assert all(m.residual_repeat > threshold for m in flattens[1:])  # removed the texture too
+    assert all(abs(m.residual_correlation) < 0.05 for m in flattens)  # which lag-1 correlation cannot see
+    other = FrameMetrics()
+    residual_metrics(frames[0][:50], structure[:50], other, previous=last)
+    assert math.isnan(other.residual_repeat)  # a frame of another shape repeats nothing
+
+
 def test_residual_correlation_does_not_shrink_with_pixels_without_data(rng):
     """NaN-masked pixels (kept NaN in the derived frame) are left out of the lag-1 pairs and of
     their count alike: a detector's mask does not make a structured residual look like noise."""
@@ -265,6 +293,23 @@ def test_nan_zero_and_dead_frames_are_flagged_and_kept_by_a_plain_plan(RE, denoi
     desc = next(d for n, d in docs if n == "descriptor" and d["name"] == "denoised")
     assert desc["data_keys"]["cam_qc_shift_px"]["units"] == "pixel"
     assert desc["data_keys"]["cam_qc_latency_s"]["units"] == "s"
+
+
+def test_a_detector_texture_the_denoiser_flattens_is_flagged_as_signal_removed(RE, denoiser, rng):
+    """A camera whose frames share a fine pixel texture (10 % of the signal, twice its photon noise): the
+    shipped model flattens it; each frame after the first says so, and plain frames say nothing."""
+    texture = 1 + 0.1 * rng.standard_normal((64, 80))
+    textured = [rng.poisson(500 * texture).astype(np.float32) for _ in range(5)]
+    plain = [rng.poisson(500, (64, 80)).astype(np.float32) for _ in range(5)]
+    cb = TomoGANCallback(denoiser)
+    docs = collect(RE, cb)
+    RE(bp.count([scripted_camera(textured + plain)], num=10))
+    flags, repeats = column(docs, "cam_qc_flags"), column(docs, "cam_qc_residual_repeat")
+    assert all("signal_removed" in f for f in flags[1:5]) and math.isnan(repeats[0])
+    assert all(r > 0.5 for r in repeats[1:5])
+    assert not any("signal_removed" in f for f in flags[6:]) and all(abs(r) < 0.2 for r in repeats[6:])
+    desc = next(d for n, d in docs if n == "descriptor" and d["name"] == "denoised")
+    assert desc["data_keys"]["cam_qc_residual_repeat"]["units"] == ""
 
 
 def test_motion_is_flagged_with_the_measured_shift(RE, denoiser, tmp_path):

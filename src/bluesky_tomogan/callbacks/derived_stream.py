@@ -111,6 +111,8 @@ class DerivedStream:
     # Recent sideways shifts between neighbouring frames, in pixels: what rotation does on this scan (worker only)
     sideways: deque[float] = dataclasses.field(default_factory=lambda: deque(maxlen=SIDEWAYS_HISTORY))
     interval: float | None = None  # typical seconds between frames (worker only)
+    # What the denoiser removed from the last frame (qc.metrics.frame_residual): signal if the next repeats it
+    last_residual: np.ndarray | None = None  # (worker only)
     # Token of this stream's newest frame handed to the queue (set by the RunEngine's thread): a frame
     # whose successor is already queued waits for it, however far behind the worker runs.
     latest_token: int = -1

@@ -6,7 +6,10 @@ closed shutter), saturated, dead and non-finite pixels, and the shift against
 the previous good frame (sample motion). Residual metrics
 (:func:`residual_metrics`) say whether the denoiser removed noise or signal:
 the noise it removed should be white, so a residual (raw minus denoised) with
-spatial structure means the frame is outside what the model learned.
+spatial structure means the frame is outside what the model learned; and photon
+noise is new in every frame, so a residual that repeats in the next frame is
+signal too, even when it is white (a sample's fine texture, a detector's fixed
+pattern: the denoiser flattened them as if they were noise).
 """
 
 from __future__ import annotations
@@ -22,13 +25,13 @@ from ..masked import fill_masked, masked_pixels, missing_pixels
 
 __all__ = ["FrameMetrics", "IntensityReference", "dead_fraction", "frame_metrics", "residual_metrics",
            "noise_sigma", "shift_px", "registration_image", "registered_shift", "registered_offset",
-           "rotation_allowance", "motion_px", "UNITS"]
+           "rotation_allowance", "motion_px", "frame_residual", "residual_repeat", "UNITS"]
 
 #: Units of each metric, for the data keys of the derived stream.
 UNITS: dict[str, str] = {
     "noise_sigma": "counts", "snr": "", "intensity_ratio": "", "saturated_fraction": "", "dead_fraction": "",
     "nonfinite_fraction": "", "shift_px": "pixel", "motion_px": "pixel", "removed_sigma": "counts",
-    "residual_correlation": "", "denoised_noise_sigma": "counts", "latency_s": "s",
+    "residual_correlation": "", "residual_repeat": "", "denoised_noise_sigma": "counts", "latency_s": "s",
 }
 #: Mean intensity of so many recent good frames is the reference for beam loss.
 REFERENCE_FRAMES = 10
@@ -56,6 +59,7 @@ class FrameMetrics:
     motion_px: float = math.nan
     removed_sigma: float = math.nan
     residual_correlation: float = math.nan
+    residual_repeat: float = math.nan
     denoised_noise_sigma: float = math.nan
     latency_s: float = math.nan
     #: Mean of the pixels that hold intensities (finite, not masked): what the beam-loss reference
@@ -293,23 +297,27 @@ def _valid_pixels(f: np.ndarray) -> tuple[np.ndarray, int, int]:
     return finite & ~masked, n_finite, int(masked.sum())
 
 
-def residual_metrics(raw: np.ndarray, denoised: np.ndarray, m: FrameMetrics) -> FrameMetrics:
+def residual_metrics(raw: np.ndarray, denoised: np.ndarray, m: FrameMetrics,
+                     previous: np.ndarray | None = None, residual: np.ndarray | None = None) -> FrameMetrics:
     """Add what the denoiser removed (its standard deviation and its structure) and the noise it left.
 
     ``residual_correlation`` is the mean lag-1 autocorrelation of the residual
     (raw minus denoised) along both axes: about 0 for removed white noise,
     towards 1 when the denoiser removed edges and texture (signal).
+    ``residual_repeat`` is the correlation of the residual with ``previous``, the
+    residual (:func:`frame_residual`) of the stream's previous frame: about 0 for
+    photon noise, which is new in every frame, towards 1 when the denoiser removed
+    something that both frames show (docs/qc.md). ``residual``: this frame's
+    :func:`frame_residual`, when the caller has it already.
     """
     m.denoised_noise_sigma = noise_sigma(denoised)
-    r = np.asarray(raw, np.float32) - np.asarray(denoised, np.float32)
-    finite = np.isfinite(r)
-    all_finite = bool(finite.all())
-    if all_finite:
-        r = r - r.mean()
-    elif finite.any():  # NaN where the detector has no data (kept in the derived frame): out of the sums
-        r = np.where(finite, r - r[finite].mean(), np.float32(0))
-    else:
+    r = frame_residual(raw, denoised) if residual is None else residual
+    if r is None:
         return m
+    m.residual_repeat = residual_repeat(r, previous)
+    raw, denoised = np.asarray(raw), np.asarray(denoised)
+    finite = np.isfinite(denoised) if raw.dtype.kind in "ui" else np.isfinite(raw) & np.isfinite(denoised)
+    all_finite = bool(finite.all())
     var = float(np.sum(r * r)) / max(int(np.count_nonzero(finite)), 1)
     m.removed_sigma = math.sqrt(var)
     if var <= 0 or r.shape[0] < 2 or r.shape[1] < 2:
@@ -323,3 +331,26 @@ def residual_metrics(raw: np.ndarray, denoised: np.ndarray, m: FrameMetrics) -> 
     ry = float(np.sum(r[1:, :] * r[:-1, :])) / pairs_y / var
     m.residual_correlation = 0.5 * (rx + ry)
     return m
+
+
+def frame_residual(raw: np.ndarray, denoised: np.ndarray) -> np.ndarray | None:
+    """What the denoiser removed, ``raw - denoised`` as float32, mean-subtracted, 0 where either
+    has no data (NaN); None where no pixel has data."""
+    r = np.asarray(raw, np.float32) - np.asarray(denoised, np.float32)
+    finite = np.isfinite(r)
+    if finite.all():
+        return r - r.mean()
+    if not finite.any():
+        return None
+    # NaN where the detector has no data (kept in the derived frame): out of the sums
+    return np.where(finite, r - r[finite].mean(), np.float32(0))
+
+
+def residual_repeat(residual: np.ndarray, previous: np.ndarray | None) -> float:
+    """Correlation of two frames' residuals (each mean-subtracted, 0 where it has no data); NaN
+    without a previous residual of the same shape, or where either is 0 everywhere."""
+    if previous is None or previous.shape != residual.shape:
+        return math.nan
+    a, b = residual.ravel(), previous.ravel()
+    norm = math.sqrt(float(np.dot(a, a)) * float(np.dot(b, b)))
+    return float(np.dot(a, b)) / norm if norm > 0 else math.nan

@@ -13,6 +13,7 @@ flag                   metric                      threshold  action
 ``noisy``              ``snr`` below               5.0        adjust
 ``motion``             ``motion_px`` above         3.0        warn
 ``out_of_distribution`` ``residual_correlation`` above 0.15   warn
+``signal_removed``     ``residual_repeat`` above   0.5        warn
 ``lagging``            ``latency_s`` above         5.0        warn
 =====================  ==========================  =========  ===========
 
@@ -65,6 +66,7 @@ FLAGS: Mapping[str, tuple[str, Literal["below", "above"]]] = {
     "noisy": ("snr", "below"),
     "motion": ("motion_px", "above"),
     "out_of_distribution": ("residual_correlation", "above"),
+    "signal_removed": ("residual_repeat", "above"),
     "lagging": ("latency_s", "above"),
 }
 #: Flags that make a frame unusable: it is not denoised and stays out of its neighbours' context.
@@ -86,6 +88,10 @@ DEFAULT_REASONS: Mapping[str, str] = {
               "pause costs beam time, so warn and let the scientist decide (set pause for a fine angular step)",
     "out_of_distribution": "a residual whose neighbouring pixels correlate above 0.15 holds structure, so the "
                            "denoiser removed signal; warn, since the raw frame is still good",
+    "signal_removed": "photon noise is new in every frame, so a residual that correlates above 0.5 with the "
+                      "previous frame's is something both frames show (a sample's fine texture, a detector's "
+                      "fixed pattern) that the denoiser flattened as noise; on simulated scans it stays under "
+                      "0.11; warn, since the raw frame is still good",
     "lagging": "results more than 5 s behind the detector no longer steer the scan; warn (the queue "
                "policy decides what happens to frames)",
 }
@@ -115,6 +121,7 @@ def _default_rules() -> dict[str, Rule]:
         "noisy": Rule(5.0, "adjust"),
         "motion": Rule(3.0, "warn"),
         "out_of_distribution": Rule(0.15, "warn"),
+        "signal_removed": Rule(0.5, "warn"),
         "lagging": Rule(5.0, "warn"),
     }
 
