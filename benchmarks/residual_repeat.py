@@ -1,0 +1,92 @@
+"""QC's ``residual_repeat`` on simulated scans and on real frames: what the ``signal_removed`` flag sees.
+
+Photon noise is new in every frame, so what a denoiser removes from consecutive frames should not
+correlate; when it does, the denoiser flattened something the frames share (``qc.metrics``). For
+each set, the correlation of each frame's residual (raw minus denoised, ``qc.metrics.frame_residual``)
+with the previous frame's, through ``Denoiser.denoise`` of the stack (fp32, ONNX Runtime):
+
+- the 15 dose x sample cells of ``benchmarks/dose_sweep.py`` (held-out simulated projections,
+  3 phantoms x 6 consecutive angles of 128x128 each): median and largest value per cell;
+- ``--diad``: real projections of Diamond Light Source's DIAD beamline (K11) from HTTomo's test
+  data (Apache-2.0 / GPL-3.0): 3001 projections of 22x26 pixels, about 38,000 counts, a fine
+  sample texture (5 % of the signal after flat-field correction, 1.2 % photon noise) that stays
+  from one projection to the next;
+- ``--xrm``: TomoPy's seven 256x256 projections of a chip, 15 degrees apart (benchmarks/real_specks.py).
+
+Fetch the DIAD files (or ``git show`` them from a clone of HTTomo at that commit)::
+
+    base=https://github.com/DiamondLightSource/httomo/raw/6fb28a02a32bba96dde584b7b9afa4ed9805fbab/tests/test_data/k11_diad
+    curl -L -o data/k11-18014-imaging.h5 $base/k11-18014/k11-18014-imaging.h5
+    curl -L -o data/k11-18014.nxs $base/k11-18014.nxs
+    python benchmarks/residual_repeat.py [--model tomogan-projection]
+        [--diad data/k11-18014-imaging.h5 data/k11-18014.nxs] [--xrm data/txrm_test_chip_tomo.txrm] [--no-sweep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+from dose_sweep import DOSES, held_out
+
+from bluesky_tomogan.bench import cpu_name
+from bluesky_tomogan.inference import Denoiser, load_denoiser
+from bluesky_tomogan.qc.metrics import FrameMetrics, frame_residual, residual_metrics
+
+SAMPLES = {"ordinary": (1.2, 3.5), "medium": (0.4, 1.2), "faint": (0.1, 0.5)}
+
+
+def repeats(den: Denoiser, frames: np.ndarray) -> list[float]:
+    """``residual_repeat`` of each frame after the first of consecutive ``frames``, as the callback measures it."""
+    out = den.denoise(frames)
+    values, previous = [], None
+    for raw, denoised in zip(frames, out, strict=True):
+        residual = frame_residual(raw, denoised)
+        m = residual_metrics(raw, denoised, FrameMetrics(), previous=previous, residual=residual)
+        if previous is not None:
+            values.append(m.residual_repeat)
+        previous = residual
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tomogan-projection")
+    ap.add_argument("--diad", nargs=2, metavar=("IMAGING_H5", "NXS"))
+    ap.add_argument("--xrm")
+    ap.add_argument("--frames", type=int, default=200, help="DIAD projections measured (the first N)")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the simulated dose cells")
+    args = ap.parse_args(argv)
+    den = load_denoiser(args.model, backend="onnxruntime", precision="fp32")
+    print(f"CPU: {cpu_name()}; {args.model}, ONNX Runtime fp32\n")
+    print("| frames | residual_repeat: median | largest |")
+    print("|---|---|---|")
+    if not args.no_sweep:
+        for sample, opacity in SAMPLES.items():
+            for dose in DOSES:
+                pairs = held_out(dose, 3, 6, 128, opacity)
+                values = [v for g in np.unique(pairs.group) for v in repeats(den, pairs.ns[pairs.group == g])]
+                print(f"| simulated, {sample}, {dose:g} photons | {np.median(values):.3f} | {np.max(values):.3f} |",
+                      flush=True)
+    if args.diad:
+        import h5py
+
+        with h5py.File(args.diad[0], "r") as f:
+            frames = f["entry/detector/detector"][:]
+        with h5py.File(args.diad[1], "r") as f:
+            key = f["entry/instrument/imaging/image_key"][:]
+        projections = frames[key == 0][: args.frames]
+        values = repeats(den, projections)
+        print(f"| DIAD (K11), {len(projections)} projections of {projections.shape[1]}x{projections.shape[2]} | "
+              f"{np.median(values):.3f} | {np.max(values):.3f} |")
+    if args.xrm:
+        from real_specks import read_xrm
+
+        values = repeats(den, read_xrm(args.xrm))
+        print(f"| {args.xrm}, 15 degrees apart | {np.median(values):.3f} | {np.max(values):.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
