@@ -33,6 +33,9 @@ UNITS: dict[str, str] = {
     "nonfinite_fraction": "", "shift_px": "pixel", "motion_px": "pixel", "removed_sigma": "counts",
     "residual_correlation": "", "residual_repeat": "", "denoised_noise_sigma": "counts", "latency_s": "s",
 }
+#: ``residual_repeat`` clips each residual at so many robust sigmas (hot pixels, zingers: see there).
+REPEAT_CLIP = 3.0
+_REPEAT_SAMPLES = 65536  # the median and robust sigma of a residual from a subsample: the same to about 1 %
 #: Mean intensity of so many recent good frames is the reference for beam loss.
 REFERENCE_FRAMES = 10
 #: Frames are binned by this factor before registration: a fraction of the cost, sub-pixel shifts still seen.
@@ -347,10 +350,27 @@ def frame_residual(raw: np.ndarray, denoised: np.ndarray) -> np.ndarray | None:
 
 
 def residual_repeat(residual: np.ndarray, previous: np.ndarray | None) -> float:
-    """Correlation of two frames' residuals (each mean-subtracted, 0 where it has no data); NaN
-    without a previous residual of the same shape, or where either is 0 everywhere."""
+    """Correlation of two frames' residuals (:func:`frame_residual`), each centred on its median and
+    clipped at ``REPEAT_CLIP`` robust sigmas; NaN without a previous residual of the same shape, or
+    where either has no spread.
+
+    A detector's hot pixels are in every frame, and the despike takes them out of every frame: left
+    as they are, their residuals (thousands of counts) would make any two frames look alike, and
+    would shift a plain mean off the noise's centre by the same amount in both.
+    """
     if previous is None or previous.shape != residual.shape:
         return math.nan
-    a, b = residual.ravel(), previous.ravel()
+    a, b = _robust(residual).ravel(), _robust(previous).ravel()
     norm = math.sqrt(float(np.dot(a, a)) * float(np.dot(b, b)))
     return float(np.dot(a, b)) / norm if norm > 0 else math.nan
+
+
+def _robust(residual: np.ndarray) -> np.ndarray:
+    """``residual`` minus its median, clipped at ``REPEAT_CLIP`` robust sigmas (from a subsample)."""
+    sample = residual.ravel()[:: max(1, residual.size // _REPEAT_SAMPLES)]
+    centre = float(np.median(sample))
+    sigma = 1.4826 * float(np.median(np.abs(sample - centre)))
+    out = residual - np.float32(centre)
+    if sigma > 0:
+        np.clip(out, -REPEAT_CLIP * sigma, REPEAT_CLIP * sigma, out=out)
+    return out
