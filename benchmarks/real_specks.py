@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import median_filter
+from zinger_sweep import fp32_and_auto  # each model in fp32 and in auto
 
 from bluesky_tomogan.bench import cpu_name
-from bluesky_tomogan.inference import Denoiser, load_denoiser
 from bluesky_tomogan.qc.metrics import FrameMetrics, noise_sigma, residual_metrics
 
 SIGMAS = 12.0
@@ -79,11 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", default=["tomogan-projection", "tomogan-projection-light"])
     ap.add_argument("--figure", help="write raw / denoised (despike off, on) crops of the first file here")
     args = ap.parse_args(argv)
-    denoisers: dict[str, Denoiser] = {}
-    for model in args.models:
-        denoisers[f"{model} fp32"] = load_denoiser(model, backend="onnxruntime", precision="fp32")
-        auto = load_denoiser(model)
-        denoisers[f"{model} auto ({auto.backend}/{auto.precision})"] = auto
+    denoisers = fp32_and_auto(args.models)
     print(f"CPU: {cpu_name()}\n")
     print("| image | model | despike | specks | dark dots at specks | specks left | removed sigma (raw noise) | "
           "residual correlation |")

@@ -45,6 +45,16 @@ def add_specks(frames: np.ndarray, rate: float, heights: tuple[float, float], le
     return out
 
 
+def fp32_and_auto(models: list[str]) -> dict[str, Denoiser]:
+    """Each model in fp32 (ONNX Runtime) and as ``precision="auto"`` picks here, by a label naming which."""
+    denoisers: dict[str, Denoiser] = {}
+    for model in models:
+        denoisers[f"{model} fp32"] = load_denoiser(model, backend="onnxruntime", precision="fp32")
+        auto = load_denoiser(model)
+        denoisers[f"{model} auto ({auto.backend}/{auto.precision})"] = auto
+    return denoisers
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["tomogan-projection", "tomogan-projection-light"])
@@ -55,11 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kinds", nargs="+", choices=["none", "zingers", "hot"], default=["none", "zingers", "hot"])
     ap.add_argument("--json", help="write the scores here")
     args = ap.parse_args(argv)
-    denoisers: dict[str, Denoiser] = {}
-    for model in args.models:
-        denoisers[f"{model} fp32"] = load_denoiser(model, backend="onnxruntime", precision="fp32")
-        auto = load_denoiser(model)
-        denoisers[f"{model} auto ({auto.backend}/{auto.precision})"] = auto
+    denoisers = fp32_and_auto(args.models)
     specks = {"none": (0.0, (0.0, 0.0)), "zingers": (args.zinger_rate, (3.0, 30.0)), "hot": (args.hot_rate, (1.0, 5.0))}
     specks = {kind: specks[kind] for kind in args.kinds}
     results: dict[str, dict] = {}
