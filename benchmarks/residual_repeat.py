@@ -2,8 +2,8 @@
 
 Photon noise is new in every frame, so what a denoiser removes from consecutive frames should not
 correlate; when it does, the denoiser flattened something the frames share (``qc.metrics``). For
-each set, the correlation of each frame's residual (raw minus denoised, ``qc.metrics.frame_residual``)
-with the previous frame's, through ``Denoiser.denoise`` of the stack (fp32, ONNX Runtime):
+each set, the correlation of each frame's residual (raw minus denoised) with the previous frame's
+(``qc.metrics.PreviousResidual``), through ``Denoiser.denoise`` of the stack (fp32, ONNX Runtime):
 
 - the 15 dose x sample cells of ``benchmarks/dose_sweep.py`` (held-out simulated projections,
   3 phantoms x 6 consecutive angles of 128x128 each): median and largest value per cell;
@@ -32,22 +32,17 @@ from dose_sweep import DOSES, held_out
 
 from bluesky_tomogan.bench import cpu_name
 from bluesky_tomogan.inference import Denoiser, load_denoiser
-from bluesky_tomogan.qc.metrics import FrameMetrics, frame_residual, residual_metrics
+from bluesky_tomogan.qc.metrics import FrameMetrics, PreviousResidual, residual_metrics
 
 SAMPLES = {"ordinary": (1.2, 3.5), "medium": (0.4, 1.2), "faint": (0.1, 0.5)}
 
 
 def repeats(den: Denoiser, frames: np.ndarray) -> list[float]:
     """``residual_repeat`` of each frame after the first of consecutive ``frames``, as the callback measures it."""
-    out = den.denoise(frames)
-    values, previous = [], None
-    for raw, denoised in zip(frames, out, strict=True):
-        residual = frame_residual(raw, denoised)
-        m = residual_metrics(raw, denoised, FrameMetrics(), previous=previous, residual=residual)
-        if previous is not None:
-            values.append(m.residual_repeat)
-        previous = residual
-    return values
+    previous = PreviousResidual()
+    metrics = [residual_metrics(raw, denoised, FrameMetrics(), previous=previous)
+               for raw, denoised in zip(frames, den.denoise(frames), strict=True)]
+    return [m.residual_repeat for m in metrics[1:]]
 
 
 def main(argv: list[str] | None = None) -> int:

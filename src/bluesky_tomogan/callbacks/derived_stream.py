@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..frames import has_channel_axis, looks_like_colour, without_channel_axis
-from ..qc.metrics import SIDEWAYS_HISTORY, UNITS, FrameMetrics, IntensityReference
+from ..qc.metrics import SIDEWAYS_HISTORY, UNITS, FrameMetrics, IntensityReference, PreviousResidual
 from ..qc.policy import Action
 
 __all__ = ["DerivedStream", "Dropped", "FrameResult", "QueuedFrame", "declared_shape", "derived_data_keys",
@@ -111,8 +111,8 @@ class DerivedStream:
     # Recent sideways shifts between neighbouring frames, in pixels: what rotation does on this scan (worker only)
     sideways: deque[float] = dataclasses.field(default_factory=lambda: deque(maxlen=SIDEWAYS_HISTORY))
     interval: float | None = None  # typical seconds between frames (worker only)
-    # What the denoiser removed from the last frame (qc.metrics.frame_residual): signal if the next repeats it
-    last_residual: np.ndarray | None = None  # (worker only)
+    # What the denoiser removed from the last frame: signal if the next repeats it (worker only)
+    previous_residual: PreviousResidual = dataclasses.field(default_factory=PreviousResidual)
     # Token of this stream's newest frame handed to the queue (set by the RunEngine's thread): a frame
     # whose successor is already queued waits for it, however far behind the worker runs.
     latest_token: int = -1

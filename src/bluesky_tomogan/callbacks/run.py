@@ -55,7 +55,6 @@ from ..inference.denoiser import Denoiser, check_frames
 from ..inference.ratios import RatioController, RatioDenoisers, network_name
 from ..qc.feedback import QCFeedback
 from ..qc.metrics import (
-    frame_residual,
     residual_metrics,
 )
 from ..qc.policy import QCPolicy
@@ -682,10 +681,7 @@ class RunDenoiser(PassThroughRun):
             if item.stream.field in self._controllers:
                 self._controllers[item.stream.field].record(time.perf_counter() - began)
             self._qc.register(item)
-            raw = np.asarray(item.frame)
-            residual = frame_residual(raw, out)
-            residual_metrics(raw, out, item.metrics, previous=item.stream.last_residual, residual=residual)
-            item.stream.last_residual = residual
+            residual_metrics(np.asarray(item.frame), out, item.metrics, previous=item.stream.previous_residual)
             # a denoiser of the user's own (duck-typed) has no ratio: an unpruned network
             self._finish(FrameResult(item, out, "", time.time(), ratio=float(getattr(den, "ratio", 0.0)),
                                  model=network_name(den)))

@@ -25,7 +25,7 @@ from ..masked import fill_masked, masked_pixels, missing_pixels
 
 __all__ = ["FrameMetrics", "IntensityReference", "dead_fraction", "frame_metrics", "residual_metrics",
            "noise_sigma", "shift_px", "registration_image", "registered_shift", "registered_offset",
-           "rotation_allowance", "motion_px", "frame_residual", "residual_repeat", "UNITS"]
+           "rotation_allowance", "motion_px", "PreviousResidual", "UNITS"]
 
 #: Units of each metric, for the data keys of the derived stream.
 UNITS: dict[str, str] = {
@@ -33,7 +33,7 @@ UNITS: dict[str, str] = {
     "nonfinite_fraction": "", "shift_px": "pixel", "motion_px": "pixel", "removed_sigma": "counts",
     "residual_correlation": "", "residual_repeat": "", "denoised_noise_sigma": "counts", "latency_s": "s",
 }
-#: ``residual_repeat`` clips each residual at so many robust sigmas (hot pixels, zingers: see there).
+#: ``residual_repeat`` clips each residual at so many robust sigmas (hot pixels: :class:`PreviousResidual`).
 REPEAT_CLIP = 3.0
 _REPEAT_SAMPLES = 65536  # the median and robust sigma of a residual from a subsample: the same to about 1 %
 #: Mean intensity of so many recent good frames is the reference for beam loss.
@@ -301,26 +301,31 @@ def _valid_pixels(f: np.ndarray) -> tuple[np.ndarray, int, int]:
 
 
 def residual_metrics(raw: np.ndarray, denoised: np.ndarray, m: FrameMetrics,
-                     previous: np.ndarray | None = None, residual: np.ndarray | None = None) -> FrameMetrics:
+                     previous: PreviousResidual | None = None) -> FrameMetrics:
     """Add what the denoiser removed (its standard deviation and its structure) and the noise it left.
 
     ``residual_correlation`` is the mean lag-1 autocorrelation of the residual
     (raw minus denoised) along both axes: about 0 for removed white noise,
     towards 1 when the denoiser removed edges and texture (signal).
-    ``residual_repeat`` is the correlation of the residual with ``previous``, the
-    residual (:func:`frame_residual`) of the stream's previous frame: about 0 for
-    photon noise, which is new in every frame, towards 1 when the denoiser removed
-    something that both frames show (docs/qc.md). ``residual``: this frame's
-    :func:`frame_residual`, when the caller has it already.
+    ``residual_repeat`` is the correlation of the residual with the one ``previous``
+    holds, the stream's previous frame's (:class:`PreviousResidual`, which then holds
+    this one): about 0 for photon noise, which is new in every frame, towards 1 when
+    the denoiser removed something that both frames show (docs/qc.md).
     """
     m.denoised_noise_sigma = noise_sigma(denoised)
-    r = frame_residual(raw, denoised) if residual is None else residual
-    if r is None:
-        return m
-    m.residual_repeat = residual_repeat(r, previous)
-    raw, denoised = np.asarray(raw), np.asarray(denoised)
-    finite = np.isfinite(denoised) if raw.dtype.kind in "ui" else np.isfinite(raw) & np.isfinite(denoised)
+    r = np.asarray(raw, np.float32) - np.asarray(denoised, np.float32)
+    finite = np.isfinite(r)
     all_finite = bool(finite.all())
+    if all_finite:
+        r = r - r.mean()
+    elif finite.any():  # NaN where the detector has no data (kept in the derived frame): out of the sums
+        r = np.where(finite, r - r[finite].mean(), np.float32(0))
+    else:
+        if previous is not None:
+            previous.repeat(None)  # a frame without data: the next one has nothing to repeat
+        return m
+    if previous is not None:
+        m.residual_repeat = previous.repeat(r)
     var = float(np.sum(r * r)) / max(int(np.count_nonzero(finite)), 1)
     m.removed_sigma = math.sqrt(var)
     if var <= 0 or r.shape[0] < 2 or r.shape[1] < 2:
@@ -336,33 +341,29 @@ def residual_metrics(raw: np.ndarray, denoised: np.ndarray, m: FrameMetrics,
     return m
 
 
-def frame_residual(raw: np.ndarray, denoised: np.ndarray) -> np.ndarray | None:
-    """What the denoiser removed, ``raw - denoised`` as float32, mean-subtracted, 0 where either
-    has no data (NaN); None where no pixel has data."""
-    r = np.asarray(raw, np.float32) - np.asarray(denoised, np.float32)
-    finite = np.isfinite(r)
-    if finite.all():
-        return r - r.mean()
-    if not finite.any():
-        return None
-    # NaN where the detector has no data (kept in the derived frame): out of the sums
-    return np.where(finite, r - r[finite].mean(), np.float32(0))
+class PreviousResidual:
+    """What the denoiser removed from a stream's last frame, for :func:`residual_metrics`'s
+    ``residual_repeat`` (one per derived stream: a frame of float32).
 
-
-def residual_repeat(residual: np.ndarray, previous: np.ndarray | None) -> float:
-    """Correlation of two frames' residuals (:func:`frame_residual`), each centred on its median and
-    clipped at ``REPEAT_CLIP`` robust sigmas; NaN without a previous residual of the same shape, or
-    where either has no spread.
-
-    A detector's hot pixels are in every frame, and the despike takes them out of every frame: left
-    as they are, their residuals (thousands of counts) would make any two frames look alike, and
-    would shift a plain mean off the noise's centre by the same amount in both.
+    Each residual is centred on its median and clipped at ``REPEAT_CLIP`` robust sigmas once, when
+    it comes. A detector's hot pixels are in every frame, and the despike takes them out of every
+    frame: left as they are, their residuals (thousands of counts) would make any two frames look
+    alike, and would shift a plain mean off the noise's centre by the same amount in both.
     """
-    if previous is None or previous.shape != residual.shape:
-        return math.nan
-    a, b = _robust(residual).ravel(), _robust(previous).ravel()
-    norm = math.sqrt(float(np.dot(a, a)) * float(np.dot(b, b)))
-    return float(np.dot(a, b)) / norm if norm > 0 else math.nan
+
+    def __init__(self) -> None:
+        self._last: np.ndarray | None = None
+
+    def repeat(self, residual: np.ndarray | None) -> float:
+        """The correlation of ``residual`` (mean-subtracted, 0 where it has no data) with the last one
+        given, NaN without one of the same shape or where either has no spread; then holds ``residual``."""
+        robust = None if residual is None else _robust(residual)
+        last, self._last = self._last, robust
+        if robust is None or last is None or last.shape != robust.shape:
+            return math.nan
+        a, b = robust.ravel(), last.ravel()
+        norm = math.sqrt(float(np.dot(a, a)) * float(np.dot(b, b)))
+        return float(np.dot(a, b)) / norm if norm > 0 else math.nan
 
 
 def _robust(residual: np.ndarray) -> np.ndarray:
