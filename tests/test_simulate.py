@@ -140,6 +140,22 @@ def test_zingers_are_in_the_frames_only_and_column_errors_make_stripes():
     assert column_means.std() > 0.01  # uncorrected column gains: stripes in every frame
 
 
+def test_pixel_gains_are_a_fixed_texture_in_frames_targets_and_flats():
+    plain = _flat_scan(DetectorModel(photons=1e5))
+    textured = _flat_scan(DetectorModel(photons=1e5, pixel_gain_error=0.05))
+    ratio = (textured.expected - 100) / (plain.expected - 100)
+    assert 0.04 < float(ratio.std()) < 0.06  # the texture is in the noise-free frames: signal
+    np.testing.assert_allclose(ratio[0], ratio[-1], rtol=1e-5)  # the same in every frame
+    seen = (textured.frames - 100) / (plain.expected - 100)  # and in the noisy ones, well above photon noise
+    assert np.corrcoef(seen[3].ravel(), ratio[3].ravel())[0, 1] > 0.9
+    # the flats have it too, so flat-field correction divides it out of the line integrals
+    assert float(textured.sinogram_noisy.std()) < 0.3 * float(ratio.std())
+    with pytest.raises(ValueError, match="pixel_gain_error"):
+        DetectorModel(pixel_gain_error=0.7)
+    with pytest.raises(ValueError, match="pixel_gain_error"):
+        Recipe(pixel_gain_error=(0.05, 0.01))
+
+
 def test_phase_fringes_are_signal_in_noisy_and_clean_frames_alike():
     vol = make_phantom("bead_pack", 32, 1)
     plain = simulate_scan(vol, angles_deg(4), DetectorModel(photons=1e6), np.random.default_rng(0))

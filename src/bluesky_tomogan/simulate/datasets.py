@@ -87,6 +87,9 @@ class Recipe:
     column_gain_error : tuple of float
         Range (uniform) of the RMS of uncorrected column gains: stripes and rings that the
         targets do not have.
+    pixel_gain_error : tuple of float
+        Range (uniform) of the RMS of a fixed pixel-to-pixel gain (a pixel-scale texture
+        that stays from frame to frame; signal: in the targets too).
     filters : tuple of str
         Slice domain: FBP filters drawn per scan (``ramp``, ``shepp-logan``, ``cosine``,
         ``hamming``, ``hann``); the target uses the same filter, so the model denoises
@@ -97,8 +100,8 @@ class Recipe:
         unclipped and unrounded).
     realistic_fraction : float
         Fraction of scans that get ``psf_sigma``, ``zinger_rate``, ``fringes``,
-        ``column_gain_error`` and ``eight_bit``; the others are ideal, so one dataset
-        teaches both.
+        ``column_gain_error``, ``pixel_gain_error`` and ``eight_bit``; the others are
+        ideal, so one dataset teaches both.
     """
 
     domain: Domain = "slice"
@@ -113,6 +116,7 @@ class Recipe:
     zinger_rate: float = 0.0
     fringes: tuple[float, float] = (0.0, 0.0)
     column_gain_error: tuple[float, float] = (0.0, 0.0)
+    pixel_gain_error: tuple[float, float] = (0.0, 0.0)
     filters: tuple[str, ...] = ("ramp",)
     eight_bit: float = 0.0
     realistic_fraction: float = 1.0
@@ -128,7 +132,7 @@ class Recipe:
             raise ValueError(f"size must be a multiple of 8, got {self.size}")
         if not 0 < self.photons[0] <= self.photons[1]:
             raise ValueError(f"photons must be a range 0 < low <= high, got {self.photons}")
-        for name in ("psf_sigma", "fringes", "column_gain_error"):
+        for name in ("psf_sigma", "fringes", "column_gain_error", "pixel_gain_error"):
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi:
                 raise ValueError(f"{name} must be a range 0 <= low <= high, got {(lo, hi)}")
@@ -164,6 +168,7 @@ def _one_scan(recipe: Recipe, seed: int, index: int) -> PairSet:
     detector = DetectorModel(
         photons=photons, psf_sigma=draw(recipe.psf_sigma), zinger_rate=recipe.zinger_rate if realistic else 0.0,
         fringes=draw(recipe.fringes), column_gain_error=draw(recipe.column_gain_error),
+        pixel_gain_error=draw(recipe.pixel_gain_error),
     )
     if recipe.domain == "projection":
         angles = angles_deg(recipe.n_angles)

@@ -24,6 +24,7 @@ __all__ = [
     "LowDoseScan",
     "simulate_scan",
     "gain_pattern",
+    "pixel_gains",
     "expose",
     "flat_field_correct",
     "fbp",
@@ -145,6 +146,13 @@ class DetectorModel:
         RMS of per-column gain errors that the flats do not correct (a drifting
         scintillator, a flat taken at another time), on 10% of the columns: stripes
         in sinograms, rings in slices. Noise-free frames do not have them.
+    pixel_gain_error : float
+        RMS of a fixed pixel-to-pixel gain (photo-response non-uniformity: scintillator
+        grain, pixel response), before the detector blur. A pixel-scale texture that stays
+        from frame to frame: in the flats too (flat-field correction divides it out) and in
+        the noise-free frames, because it is what the detector records, not noise. A
+        denoiser that learns it keeps what repeats across its context (a real sample's
+        fine texture looks the same to it) instead of smoothing every pixel-scale detail.
     """
 
     photons: float = 2000.0
@@ -156,6 +164,7 @@ class DetectorModel:
     zinger_rate: float = 0.0
     fringes: float = 0.0
     column_gain_error: float = 0.0
+    pixel_gain_error: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.photons > 0:
@@ -164,6 +173,8 @@ class DetectorModel:
             raise ValueError(
                 f"psf_sigma must be >= 0 and zinger_rate in [0, 0.1), got {self.psf_sigma}, {self.zinger_rate}"
             )
+        if not 0 <= self.pixel_gain_error < 0.5:
+            raise ValueError(f"pixel_gain_error must be in [0, 0.5), got {self.pixel_gain_error}")
 
 
 @dataclass
@@ -204,6 +215,11 @@ def gain_pattern(shape: tuple[int, int], rel: float, rng: np.random.Generator) -
     return (beam * (1 + rel * g)).astype(np.float32)
 
 
+def pixel_gains(shape: tuple[int, int], rel: float, rng: np.random.Generator) -> np.ndarray:
+    """Fixed pixel-to-pixel gains around 1 with relative RMS ``rel`` (white, kept above 0.2)."""
+    return np.clip(1.0 + rel * rng.standard_normal(shape), 0.2, None).astype(np.float32)
+
+
 def simulate_scan(
     volume: np.ndarray,
     angles: np.ndarray,
@@ -226,6 +242,8 @@ def simulate_scan(
     line = project(volume, angles)
     shape = line.shape[1:]
     flat_true = detector.photons * gain_pattern(shape, detector.gain_variation, rng)
+    if detector.pixel_gain_error > 0:  # drawn only when on: older scans are reproduced exactly
+        flat_true = flat_true * pixel_gains(shape, detector.pixel_gain_error, rng)
     if detector.fringes > 0:
         line = -np.log(with_fringes(np.exp(-line), detector.fringes))
     photons = flat_true[None] * np.exp(-line)
