@@ -45,6 +45,17 @@ def repeats(den: Denoiser, frames: np.ndarray) -> list[float]:
     return [m.residual_repeat for m in metrics[1:]]
 
 
+def read_diad(imaging: str, nxs: str, n: int) -> np.ndarray:
+    """The first ``n`` projections (raw counts) of HTTomo's DIAD test scan: its image keys are in the NeXus file."""
+    import h5py
+
+    with h5py.File(imaging, "r") as f:
+        frames = f["entry/detector/detector"][:]
+    with h5py.File(nxs, "r") as f:
+        key = f["entry/instrument/imaging/image_key"][:]
+    return np.asarray(frames[key == 0][:n])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tomogan-projection")
@@ -65,13 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| simulated, {sample}, {dose:g} photons | {np.median(values):.3f} | {np.max(values):.3f} |",
                       flush=True)
     if args.diad:
-        import h5py
-
-        with h5py.File(args.diad[0], "r") as f:
-            frames = f["entry/detector/detector"][:]
-        with h5py.File(args.diad[1], "r") as f:
-            key = f["entry/instrument/imaging/image_key"][:]
-        projections = frames[key == 0][: args.frames]
+        projections = read_diad(*args.diad, args.frames)
         values = repeats(den, projections)
         print(f"| DIAD (K11), {len(projections)} projections of {projections.shape[1]}x{projections.shape[2]} | "
               f"{np.median(values):.3f} | {np.max(values):.3f} |")
