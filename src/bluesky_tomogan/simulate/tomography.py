@@ -150,9 +150,9 @@ class DetectorModel:
         RMS of a fixed pixel-to-pixel gain (photo-response non-uniformity: scintillator
         grain, pixel response), before the detector blur. A pixel-scale texture that stays
         from frame to frame: in the flats too (flat-field correction divides it out) and in
-        the noise-free frames, because it is what the detector records, not noise. A
-        denoiser that learns it keeps what repeats across its context (a real sample's
-        fine texture looks the same to it) instead of smoothing every pixel-scale detail.
+        the noise-free frames, because it is what the detector records, not noise. Trained
+        on it, a projection model learns to keep what repeats across its context instead of
+        smoothing every pixel-scale detail (docs/models.md, "A texture that repeats").
     """
 
     photons: float = 2000.0
