@@ -322,8 +322,10 @@ RE.subscribe(publisher)
 time.sleep(0.5)
 stage = SimTomoStage(name="stage")
 det = SimTomoDetector(name="det", stage=stage, shape=(64, 64), directory=directory, seed=5)
-det.exposure_time.put(0.05)
-det.photon_flux.put(2e4 / 0.05)
+# 0.2 s frames: the scan (about 6 s) outlasts the flag's way from the worker's QC through the IOC to the
+# suspender here on a loaded machine (with 0.05 s frames a starved CI run saw the flag after the scan ended)
+det.exposure_time.put(0.2)
+det.photon_flux.put(2e4 / 0.2)
 RE.subscribe(lambda name, doc: det.inject_fault("beam_dump", frames=2) if doc["seq_num"] == 8 else None, "event")
 interruptions = []
 RE.subscribe(lambda name, doc: interruptions.append(doc["data"].get("interruption")), "event")
