@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| simulated, {sample}, {dose:g} photons | {np.median(values):.3f} | {np.max(values):.3f} |",
                       flush=True)
     if args.diad:
-        projections = read_diad(*args.diad, args.frames)
+        projections = read_diad(args.diad[0], args.diad[1], args.frames)
         values = repeats(den, projections)
         print(f"| DIAD (K11), {len(projections)} projections of {projections.shape[1]}x{projections.shape[2]} | "
               f"{np.median(values):.3f} | {np.max(values):.3f} |")

@@ -40,7 +40,7 @@ from residual_repeat import read_diad, repeats
 from scipy.ndimage import uniform_filter
 
 from bluesky_tomogan.bench import cpu_name
-from bluesky_tomogan.inference import load_denoiser
+from bluesky_tomogan.inference import Denoiser, load_denoiser
 
 #: (photons, texture RMS, counts per photon, height, width)
 CASES = [
@@ -58,30 +58,30 @@ def high_pass(a: np.ndarray) -> np.ndarray:
     return (a - uniform_filter(a, 5, mode="nearest"))[2:-2, 2:-2]
 
 
-def measure(den: object, photons: float, rel: float, gain: float, shape: tuple[int, int], n: int,
+def measure(den: Denoiser, photons: float, rel: float, gain: float, shape: tuple[int, int], n: int,
             seed: int) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     texture = 1 + rel * rng.standard_normal(shape)
     clean = gain * photons * texture + 100
     frames = np.stack([gain * rng.poisson(photons * texture) + 100 for _ in range(n)]).astype(np.float32)
-    out = den.denoise(frames)  # type: ignore[attr-defined]
+    out = den.denoise(frames)
     full = range(2, n - 2)  # frames with their whole context
     ref = high_pass(clean).ravel()
     kept = [float(high_pass(out[i]).ravel() @ ref / (ref @ ref)) for i in full]
     corr = [float(np.corrcoef(high_pass(out[i]).ravel(), ref)[0, 1]) for i in full]
     return {"kept": float(np.median(kept)), "corr": float(np.median(corr)),
-            "residual_repeat": float(np.median(repeats(den, frames)))}  # type: ignore[arg-type]
+            "residual_repeat": float(np.median(repeats(den, frames)))}
 
 
-def measure_diad(den: object, projections: np.ndarray) -> dict[str, float]:
+def measure_diad(den: Denoiser, projections: np.ndarray) -> dict[str, float]:
     """``kept``, ``corr`` and ``residual_repeat`` on real projections, against their mean as the texture."""
     frames = projections.astype(np.float32)
     ref = high_pass(frames.mean(axis=0)).ravel()
-    out = den.denoise(frames)  # type: ignore[attr-defined]
+    out = den.denoise(frames)
     full = range(2, len(frames) - 2)
     return {"kept": float(np.median([high_pass(out[i]).ravel() @ ref / (ref @ ref) for i in full])),
             "corr": float(np.median([np.corrcoef(high_pass(out[i]).ravel(), ref)[0, 1] for i in full])),
-            "residual_repeat": float(np.median(repeats(den, frames)))}  # type: ignore[arg-type]
+            "residual_repeat": float(np.median(repeats(den, frames)))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {model} | {photons:g} x {gain:g} | {100 * rel:g} % | {h}x{w} | {r['kept']:.2f} | "
                   f"{r['corr']:.2f} | {r['residual_repeat']:.3f} |", flush=True)
         if args.diad:
-            projections = read_diad(*args.diad, 40)
+            projections = read_diad(args.diad[0], args.diad[1], 40)
             r = measure_diad(den, projections)
             results.append({"model": model, "case": "DIAD"} | r)
             h, w = projections.shape[1:]
