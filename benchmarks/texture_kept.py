@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU: {cpu_name()}; {args.backend} {args.precision}\n")
     print("| model | photons x counts each | texture | frame | kept | corr | residual_repeat |")
     print("|---|---|---|---|---|---|---|")
-    results = []
+    results, notes = [], []
     for model in args.models:
         den = load_denoiser(model, backend=args.backend, precision=args.precision)
         for k, (photons, rel, gain, h, w) in enumerate(CASES):
@@ -107,10 +107,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.diad:
             projections = read_diad(args.diad[0], args.diad[1], 40)
             r = measure_diad(den, projections)
+            drift = [float(np.corrcoef(high_pass(projections[0].astype(np.float32)).ravel(),
+                                       high_pass(projections[k].astype(np.float32)).ravel())[0, 1]) for k in (1, 20)]
+            r |= {"highpass_corr_1_2": drift[0], "highpass_corr_1_21": drift[1]}
             results.append({"model": model, "case": "DIAD"} | r)
             h, w = projections.shape[1:]
             print(f"| {model} | DIAD (K11), real | - | {h}x{w} | {r['kept']:.2f} | {r['corr']:.2f} | "
                   f"{r['residual_repeat']:.3f} |", flush=True)
+            notes.append(f"DIAD: the high-passes of projections 1 and 2 correlate at {drift[0]:.2f}, "
+                         f"of 1 and 21 at {drift[1]:.2f} (its texture drifts as the sample turns)")
+    for note in sorted(set(notes)):
+        print(f"\n{note}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"cpu": cpu_name(), "backend": args.backend, "precision": args.precision,
