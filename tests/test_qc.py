@@ -315,13 +315,13 @@ def textured_plain_and_hot_frames(rng):
     plain = [rng.poisson(500, (64, 80)).astype(np.float32) for _ in range(5)]
     hot = np.where(rng.random((64, 80)) < 0.01, np.float32(1500), np.float32(0))
     hot_pixels = [rng.poisson(500, (64, 80)).astype(np.float32) + hot for _ in range(5)]
-    return texture, textured + plain + hot_pixels
+    return textured + plain + hot_pixels
 
 
 def test_a_detector_texture_the_denoiser_flattens_is_flagged_as_signal_removed(RE, denoiser, rng):
     """Each textured frame after the first says that the texture went; plain frames say nothing, and
     nor do frames with hot pixels, which the despike takes out of each."""
-    _, frames = textured_plain_and_hot_frames(rng)
+    frames = textured_plain_and_hot_frames(rng)
     cb = TomoGANCallback(Flattening(denoiser))
     docs = collect(RE, cb)
     RE(bp.count([scripted_camera(frames)], num=15))
