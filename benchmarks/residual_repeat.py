@@ -39,9 +39,14 @@ SAMPLES = {"ordinary": (1.2, 3.5), "medium": (0.4, 1.2), "faint": (0.1, 0.5)}
 
 def repeats(den: Denoiser, frames: np.ndarray) -> list[float]:
     """``residual_repeat`` of each frame after the first of consecutive ``frames``, as the callback measures it."""
+    return repeats_of(frames, den.denoise(frames))
+
+
+def repeats_of(frames: np.ndarray, denoised: np.ndarray) -> list[float]:
+    """:func:`repeats` of frames already denoised."""
     previous = PreviousResidual()
-    metrics = [residual_metrics(raw, denoised, FrameMetrics(), previous=previous)
-               for raw, denoised in zip(frames, den.denoise(frames), strict=True)]
+    metrics = [residual_metrics(raw, out, FrameMetrics(), previous=previous)
+               for raw, out in zip(frames, denoised, strict=True)]
     return [m.residual_repeat for m in metrics[1:]]
 
 

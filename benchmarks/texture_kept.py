@@ -36,7 +36,7 @@ import json
 import sys
 
 import numpy as np
-from residual_repeat import read_diad, repeats
+from residual_repeat import read_diad, repeats_of
 from scipy.ndimage import uniform_filter
 
 from bluesky_tomogan.bench import cpu_name
@@ -70,7 +70,7 @@ def measure(den: Denoiser, photons: float, rel: float, gain: float, shape: tuple
     kept = [float(high_pass(out[i]).ravel() @ ref / (ref @ ref)) for i in full]
     corr = [float(np.corrcoef(high_pass(out[i]).ravel(), ref)[0, 1]) for i in full]
     return {"kept": float(np.median(kept)), "corr": float(np.median(corr)),
-            "residual_repeat": float(np.median(repeats(den, frames)))}
+            "residual_repeat": float(np.median(repeats_of(frames, out)))}
 
 
 def measure_diad(den: Denoiser, projections: np.ndarray) -> dict[str, float]:
@@ -81,7 +81,7 @@ def measure_diad(den: Denoiser, projections: np.ndarray) -> dict[str, float]:
     full = range(2, len(frames) - 2)
     return {"kept": float(np.median([high_pass(out[i]).ravel() @ ref / (ref @ ref) for i in full])),
             "corr": float(np.median([np.corrcoef(high_pass(out[i]).ravel(), ref)[0, 1] for i in full])),
-            "residual_repeat": float(np.median(repeats(den, frames)))}
+            "residual_repeat": float(np.median(repeats_of(frames, out)))}
 
 
 def main(argv: list[str] | None = None) -> int:
