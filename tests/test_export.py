@@ -352,84 +352,6 @@ def test_quantisation_aware_ir_with_7_bit_weights_cannot_saturate_without_vnni_a
         quantisation_aware_ir(net, tmp_path / "n.int8.xml", calib, pairs, 1, weight_bits=4)
 
 
-def _two_convolutions():
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(),
-                              torch.nn.Conv2d(16, 8, 3, padding=1), torch.nn.ConvTranspose2d(8, 4, 2, stride=2)).eval()
-    return net, torch.rand(1, 16, 32, 32) * 3 + 1
-
-
-def test_convolutions_in_bf16_round_inputs_weights_and_outputs_pass_gradients_and_are_undone():
-    from bluesky_tomogan.export.openvino_int8 import convolutions_in_bf16
-
-    net, x = _two_convolutions()
-    first, second = net[0], net[2]
-
-    def bf16(t):
-        return t.to(torch.bfloat16).float()
-
-    with torch.no_grad():
-        plain = net(x)
-        h = torch.relu(bf16(torch.nn.functional.conv2d(bf16(x), bf16(first.weight), first.bias, padding=1)))
-        expected = net[3](bf16(torch.nn.functional.conv2d(bf16(h), bf16(second.weight), second.bias, padding=1)))
-    with convolutions_in_bf16(net, ["0", "2"]):
-        out = net(x)
-        out.sum().backward()  # straight through the rounding: the weights still learn
-    torch.testing.assert_close(out.detach(), expected, rtol=0, atol=0)
-    assert not torch.equal(out.detach(), plain)
-    assert first.weight.grad is not None and first.weight.grad.abs().sum() > 0
-    with torch.no_grad():
-        torch.testing.assert_close(net(x), plain, rtol=0, atol=0)  # undone on leaving
-    for wrong in ("1", "3"):  # a ReLU; a transposed convolution, which OpenVINO's bf16 rounds otherwise
-        with pytest.raises(ValueError, match=rf"no convolution named \['{wrong}'\]"):
-            with convolutions_in_bf16(net, [wrong]):
-                pass
-
-
-def test_convolutions_in_bf16_compute_what_openvino_computes_in_bf16():
-    """The rounding simulated in training is the one OpenVINO's bf16 float parts make: its bf16 output is
-    several times closer to the simulation than to fp32 (measured: 0.00014 against 0.0017 on average; the
-    rest is the order of the sums)."""
-    ov = pytest.importorskip("openvino")
-    from bluesky_tomogan.export.openvino_int8 import convolutions_in_bf16
-    from bluesky_tomogan.inference.backends.openvino import openvino_core, supports_bf16
-
-    if not supports_bf16():
-        pytest.skip("this CPU has no native bf16 (AMX or AVX-512 BF16): OpenVINO runs bf16 hints in fp32")
-    net, x = _two_convolutions()
-    net = net[:3]  # the plain convolutions
-    model = ov.convert_model(net, example_input=x)
-    compiled = openvino_core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16",
-                                                            "INFERENCE_NUM_THREADS": 1})
-    got = compiled(x.numpy())[0]
-    with torch.no_grad():
-        plain = net(x).numpy()
-        with convolutions_in_bf16(net, ["0", "2"]):
-            simulated = net(x).numpy()
-    assert np.abs(got - simulated).mean() < 0.25 * np.abs(got - plain).mean()
-
-
-def test_quantisation_aware_ir_trains_its_float_convolutions_in_bf16_when_told(tmp_path):
-    """``float_bf16``: the convolutions kept in float see bf16 rounding in the steps (so the simulated
-    SSIM differs from the same steps without it), the card's record says so, and the IR is the same
-    kind of IR; a transposed convolution kept in float is refused before any step."""
-    pytest.importorskip("nncf", reason="the OpenVINO int8 export needs the export extra")
-    from bluesky_tomogan.export.openvino_int8 import quantisation_aware_ir
-
-    net, pairs, calib = _small_edge_network()
-    infos = {}
-    for bf16 in (False, True):
-        _, infos[bf16] = quantisation_aware_ir(net, tmp_path / f"{bf16}.int8.xml", calib, pairs, 2, patch=32, batch=4,
-                                               validation=pairs, keep_float=["dec1.0.skip", "head"], float_bf16=bf16)
-    assert infos[True]["kept_in_float_trained_in"] == "bf16" and "kept_in_float_trained_in" not in infos[False]
-    assert infos[True]["kept_in_float"] == infos[False]["kept_in_float"] == ["dec1.0.skip", "head.0", "head.2"]
-    assert infos[True]["val_ssim_int8_simulated_before"] != infos[False]["val_ssim_int8_simulated_before"]
-    assert infos[True]["convolutions_in_float"] == infos[False]["convolutions_in_float"]
-    with pytest.raises(ValueError, match="transposed ones are not simulated"):
-        quantisation_aware_ir(net, tmp_path / "up.int8.xml", calib, pairs, 1, keep_float=["dec1.0.up"],
-                              float_bf16=True)
-
-
 def test_float_activations_let_the_named_layers_outputs_be_read_in_float(tmp_path, caplog):
     """The convolutions reading those outputs read them unrounded (clamped to the grid's range) with
     float kernels; the max-pool into the next level keeps the int8 grid; nothing else changes."""
@@ -486,7 +408,6 @@ def test_quantisation_aware_ir_names_a_module_it_cannot_keep_in_float(tmp_path):
     ({"qat_float_sums": (1,)}, "give openvino_qat_steps too"),
     ({"openvino_qat_steps": 10, "qat_float_sums": (1, 4)}, r"qat_float_sums: no decoder level \[4\]"),
     ({"qat_weight_bits": 7}, "give openvino_qat_steps too"),
-    ({"qat_float_bf16": True}, "give openvino_qat_steps too"),
     ({"openvino_qat_steps": 10, "qat_weight_bits": 4}, "8 or 7"),
 ])
 def test_export_refuses_quantisation_aware_options_it_cannot_honour_before_any_work(tmp_path, options, message):

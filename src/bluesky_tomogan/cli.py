@@ -207,7 +207,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
                             qat_data=args.qat_data, qat_lr=args.qat_lr, qat_float=tuple(args.qat_float),
                             qat_copies=None if args.qat_copies is None else dict(args.qat_copies),
                             qat_distill=args.qat_distill, qat_float_sums=args.qat_float_sums,
-                            qat_weight_bits=args.qat_weight_bits, qat_float_bf16=args.qat_bf16)
+                            qat_weight_bits=args.qat_weight_bits)
         data = json.loads(Path(card).read_text())
         print(f"model card: {card}")
         for kind, entry in sorted(data["files"].items()):
@@ -579,10 +579,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="7: that IR's weights on a 7-bit grid in every layer, trained so; none of its sums "
                         "saturates on an x86 CPU without VNNI, where it then runs in int8 as elsewhere "
                         "(default 8; docs/backends.md)")
-    s.add_argument("--qat-bf16", action="store_true",
-                   help="train the convolutions that IR keeps in float with their inputs, weights and outputs "
-                        "rounded to bf16, as they run on CPUs with AMX or AVX-512 BF16, where bf16 is faster "
-                        "(docs/backends.md)")
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("reprocess", help="denoise a run stored in Tiled, into that run or a new one (a scan taken "

@@ -15,13 +15,12 @@ min/max activation ranges, 8-bit weights in the first layer too, the output laye
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import os
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +33,8 @@ from .copies import offset_activation_copies
 from .equalise import equalise_activations
 from .fused_decoder import DECODER_LEVELS, fuse_decoders, fused_sum_patterns
 
-__all__ = ["OPENVINO_ACTIVATION_COPIES", "activation_grids", "convolutions_in_bf16", "convolutions_in_float",
-           "float_activations", "ir_record", "nncf_parameters", "overflow_fix", "prepared_for_int8",
-           "quantisation_aware_ir"]
+__all__ = ["OPENVINO_ACTIVATION_COPIES", "activation_grids", "convolutions_in_float", "float_activations",
+           "ir_record", "nncf_parameters", "overflow_fix", "prepared_for_int8", "quantisation_aware_ir"]
 
 log = logging.getLogger(__name__)
 
@@ -209,64 +207,12 @@ def convolutions_in_float(net: TomoGANGenerator, keep_float: Sequence[str] = ())
     return [c for c in convs if c == convs[-1] or any(c == k or c.startswith(k + ".") for k in keep_float)]
 
 
-@contextlib.contextmanager
-def convolutions_in_bf16(net: Any, names: Sequence[str]) -> Iterator[None]:
-    """Within the block, the convolutions of ``net`` named ``names`` compute as OpenVINO's bf16 float parts do.
-
-    Where an int8 IR's float parts run in bf16 (AMX, or AVX-512 BF16 measured faster:
-    :func:`~bluesky_tomogan.inference.backends.openvino.int8_float_precision`), each float
-    convolution reads its input and weights rounded to bfloat16 (8 significant bits, ties to
-    even), sums the products in float32 and stores its output in bfloat16 again. Here each is
-    rounded so in the forward pass and passed through unchanged in the backward one (a
-    straight-through estimate), so that training can make the network hold that rounding as
-    it is made to hold the int8 grids. The bias is added in float32.
-
-    Parameters
-    ----------
-    net : torch.nn.Module
-        The network (NNCF's quantised form keeps the modules' names).
-    names : sequence of str
-        Full names of ``Conv2d`` modules of ``net``.
-
-    Raises
-    ------
-    ValueError
-        A name that is no ``Conv2d`` of ``net``.
-    """
-    import torch
-    from torch import nn
-
-    def rounded(x: torch.Tensor) -> torch.Tensor:
-        return x + (x.to(torch.bfloat16).to(x.dtype) - x).detach()
-
-    modules = dict(net.named_modules())
-    unknown = [n for n in names if not isinstance(modules.get(n), nn.Conv2d)]
-    if unknown:
-        # OpenVINO's bf16 transposed convolution rounds otherwise (measured: its output nearer the fp32
-        # one than this rounding's); none is kept in float in the shipped IRs
-        raise ValueError(f"no convolution named {unknown} in the network (transposed ones are not simulated)")
-    patched = []
-    for name in names:
-        mod = modules[name]
-
-        def forward(x: torch.Tensor, m: Any = mod) -> torch.Tensor:
-            return rounded(m._conv_forward(rounded(x), rounded(m.weight), m.bias))
-
-        mod.forward = forward  # an instance attribute: nn.Module.__call__ finds it first
-        patched.append(mod)
-    try:
-        yield
-    finally:
-        for mod in patched:
-            del mod.forward
-
-
 def quantisation_aware_ir(
     net: TomoGANGenerator, xml_path: Path, calib: np.ndarray, train: PairSet, steps: int, *,
     lr: float = 2e-5, batch: int = 16, patch: int = 96, pixel: str = "l1+ssim", add_centre: bool = True,
     validation: PairSet | None = None, keep_float: Sequence[str] = (), copies: Mapping[str, int] | None = None,
     distill: float = 0.0, seed: int = 0, progress: bool = False, context_dropout: float = 0.0,
-    float_sums: Sequence[int] = DECODER_LEVELS, weight_bits: int = 8, float_bf16: bool = False,
+    float_sums: Sequence[int] = DECODER_LEVELS, weight_bits: int = 8,
 ) -> tuple[Path, dict[str, Any]]:
     """An OpenVINO int8 IR of ``net`` fine-tuned with its int8 rounding simulated.
 
@@ -329,12 +275,6 @@ def quantisation_aware_ir(
     weight_bits : {8, 7}
         7: every convolution's weights on a 7-bit grid (:func:`nncf_parameters`), trained so, for an
         IR whose sums cannot saturate on an x86 CPU without VNNI.
-    float_bf16 : bool
-        Train the convolutions kept in float (the output layer and ``keep_float``'s) with their
-        inputs, weights and outputs rounded to bfloat16 (:func:`convolutions_in_bf16`), as they
-        compute where the IR's float parts run in bf16, which is faster than fp32 on CPUs with
-        AMX or AVX-512 BF16. The validation is simulated so too. Elsewhere they compute in fp32,
-        finer than trained.
 
     Returns
     -------
@@ -344,8 +284,12 @@ def quantisation_aware_ir(
     import nncf
     import openvino as ov
     import torch
+    from tqdm.auto import tqdm
 
     from ..inference.backends.openvino import input_fake_quantize_grid
+    from ..model.data import PatchSampler
+    from ..model.losses import pixel_loss
+    from ..model.train import _validate
     from .onnx import fused_form
 
     if steps <= 0:
@@ -353,9 +297,6 @@ def quantisation_aware_ir(
     if not 0.0 <= distill <= 1.0:
         raise ValueError(f"distill is a share of the loss, in [0, 1]; got {distill}")
     in_float = convolutions_in_float(net, keep_float)  # before the slow steps
-    if float_bf16:
-        with convolutions_in_bf16(fuse_decoders(net) if net.config.upsampled_padding == "edge" else net, in_float):
-            pass  # the same check
     sum_patterns = fused_sum_patterns(float_sums)
     torch.manual_seed(seed)
     teacher = copy.deepcopy(net).eval() if distill else None
@@ -406,54 +347,9 @@ def quantisation_aware_ir(
             return with_centre(self.qnet(x), x)
 
     as_run = AsRun()
-    in_bf16 = convolutions_in_bf16(qnet, in_float) if float_bf16 else contextlib.nullcontext()
-    with in_bf16:
-        before, after, wall = _fine_tune(as_run, qnet, teacher, with_centre, train, validation, steps, lr=lr,
-                                         batch=batch, patch=patch, pixel=pixel, seed=seed,
-                                         context_dropout=context_dropout, distill=distill, progress=progress)
-    qnet.eval()
-    with warnings.catch_warnings():  # the tracer's notes on NNCF's range constants
-        warnings.simplefilter("ignore")
-        model = ov.convert_model(qnet, example_input=torch.from_numpy(calib[:1]),
-                                 input=[ov.PartialShape([-1, net.config.in_channels, -1, -1])])
-    ov.save_model(model, str(xml_path), compress_to_fp16=False)
-    grid = input_fake_quantize_grid(model)
-    if grid is not None:  # the trained range, which the session reads from the IR
-        record["input_range"] = [float((q - grid.zero) * grid.scale) for q in (grid.qmin, grid.qmax)]
-        record["input_range_calibrated"] = [lo, hi]
-    record |= {"method": "nncf quantization-aware training", "steps": steps, "lr": lr, "lr_schedule": "cosine",
-               "batch": batch, "patch": patch, "pixel_loss": pixel, "distill": distill, "weight_bits": weight_bits,
-               "wall_time_s": round(wall, 1),
-               "kept_in_float": in_float}
-    if float_bf16:
-        record["kept_in_float_trained_in"] = "bf16"
-    if net.config.upsampled_padding == "edge":
-        levels = sorted(set(float_sums))
-        record["decoders"] = ("fused into transposed convolutions, "
-                              + (f"the sums of decoders {levels} in float (1: full resolution)" if levels
-                                 else "every sum in int8"))
-        record["decoder_sums_in_float"] = levels
-    if validation is not None:
-        record |= {"val_ssim_int8_simulated_before": before, "val_ssim_int8_simulated_after": after}
-        log.info("int8-aware fine-tuning of the OpenVINO IR: simulated int8 SSIM %.4f -> %.4f in %d steps (%.0f s)",
-                 before, after, steps, wall)
-    return xml_path, record | ir_record(model)
-
-
-def _fine_tune(as_run: Any, qnet: Any, teacher: Any, with_centre: Any, train: PairSet, validation: PairSet | None,
-               steps: int, *, lr: float, batch: int, patch: int, pixel: str, seed: int, context_dropout: float,
-               distill: float, progress: bool) -> tuple[float | None, float | None, float]:
-    """:func:`quantisation_aware_ir`'s steps: simulated SSIM before and after, and the steps' wall time (s)."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from ..model.data import PatchSampler
-    from ..model.losses import pixel_loss
-    from ..model.train import _validate
-
     # _validate reads only `config` and calls the module, which AsRun provides
-    before = _validate(as_run, validation, 24)["val_ssim"] if validation is not None else None
-    sampler = PatchSampler(train, patch, as_run.config.in_channels, seed, context_dropout=context_dropout)
+    before = _validate(as_run, validation, 24)["val_ssim"] if validation is not None else None  # type: ignore[arg-type]
+    sampler = PatchSampler(train, patch, net.config.in_channels, seed, context_dropout=context_dropout)
     opt = torch.optim.Adam(qnet.parameters(), lr=lr)
     # at a constant 2e-5 the light slice model's simulated int8 SSIM stopped rising after 400 of
     # 2,100 steps, moving by +-0.0005 around its level; the steps end at a learning rate of zero
@@ -474,5 +370,29 @@ def _fine_tune(as_run: Any, qnet: Any, teacher: Any, with_centre: Any, train: Pa
         opt.step()
         schedule.step()
     wall = time.perf_counter() - t0
-    after = _validate(as_run, validation, 24)["val_ssim"] if validation is not None else None
-    return before, after, wall
+    after = _validate(as_run, validation, 24)["val_ssim"] if validation is not None else None  # type: ignore[arg-type]
+    qnet.eval()
+    with warnings.catch_warnings():  # the tracer's notes on NNCF's range constants
+        warnings.simplefilter("ignore")
+        model = ov.convert_model(qnet, example_input=torch.from_numpy(calib[:1]),
+                                 input=[ov.PartialShape([-1, net.config.in_channels, -1, -1])])
+    ov.save_model(model, str(xml_path), compress_to_fp16=False)
+    grid = input_fake_quantize_grid(model)
+    if grid is not None:  # the trained range, which the session reads from the IR
+        record["input_range"] = [float((q - grid.zero) * grid.scale) for q in (grid.qmin, grid.qmax)]
+        record["input_range_calibrated"] = [lo, hi]
+    record |= {"method": "nncf quantization-aware training", "steps": steps, "lr": lr, "lr_schedule": "cosine",
+               "batch": batch, "patch": patch, "pixel_loss": pixel, "distill": distill, "weight_bits": weight_bits,
+               "wall_time_s": round(wall, 1),
+               "kept_in_float": in_float}
+    if net.config.upsampled_padding == "edge":
+        levels = sorted(set(float_sums))
+        record["decoders"] = ("fused into transposed convolutions, "
+                              + (f"the sums of decoders {levels} in float (1: full resolution)" if levels
+                                 else "every sum in int8"))
+        record["decoder_sums_in_float"] = levels
+    if validation is not None:
+        record |= {"val_ssim_int8_simulated_before": before, "val_ssim_int8_simulated_after": after}
+        log.info("int8-aware fine-tuning of the OpenVINO IR: simulated int8 SSIM %.4f -> %.4f in %d steps (%.0f s)",
+                 before, after, steps, wall)
+    return xml_path, record | ir_record(model)

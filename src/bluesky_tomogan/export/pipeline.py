@@ -325,7 +325,6 @@ def export_model(
     qat_distill: float = 0.0,
     qat_float_sums: Sequence[int] | None = None,
     qat_weight_bits: int = 8,
-    qat_float_bf16: bool = False,
 ) -> Path:
     """Export ``<name>.pt`` from ``training_dir`` into ``out_dir``; returns the new card path.
 
@@ -394,10 +393,6 @@ def export_model(
     qat_weight_bits : {8, 7}
         7: that IR's weights on a 7-bit grid in every convolution, trained so: none of its sums
         saturates on an x86 CPU without VNNI, so it runs in int8 there as it does elsewhere.
-    qat_float_bf16 : bool
-        That IR's float convolutions trained with bf16 rounding
-        (:func:`~.openvino_int8.convolutions_in_bf16`), for CPUs whose int8 IRs run their float
-        parts in bf16.
 
     Raises
     ------
@@ -411,7 +406,7 @@ def export_model(
         or naming a layer that cannot be copied; ``qat_distill`` outside [0, 1] or without
         ``openvino_qat_steps``; ``qat_float_sums`` without ``openvino_qat_steps``, or naming a
         level that is not 1, 2 or 3; ``qat_weight_bits`` other than 8 or 7, or 7 without
-        ``openvino_qat_steps``; ``qat_float_bf16`` without ``openvino_qat_steps``.
+        ``openvino_qat_steps``.
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
@@ -438,8 +433,6 @@ def export_model(
     if qat_weight_bits != 8 and not openvino_qat_steps:
         raise ExportOptionError("qat_weight_bits is the quantisation-aware IR's (7-bit weights need training on "
                                 "that grid): give openvino_qat_steps too")
-    if qat_float_bf16 and not openvino_qat_steps:
-        raise ExportOptionError("qat_float_bf16 is the quantisation-aware IR's: give openvino_qat_steps too")
     if qat_copies is not None and not openvino_qat_steps:
         raise ExportOptionError("qat_copies are the quantisation-aware IR's: give openvino_qat_steps too "
                                 "(the post-training IR's are openvino_copies)")
@@ -530,7 +523,7 @@ def export_model(
                 pixel=str(config.get("pixel") or "l1+ssim"), add_centre=gen.adds_residual, validation=test,
                 keep_float=qat_float, copies=qat_copies, distill=qat_distill, progress=True,
                 float_sums=DECODER_LEVELS if qat_float_sums is None else tuple(qat_float_sums),
-                weight_bits=qat_weight_bits, float_bf16=qat_float_bf16,
+                weight_bits=qat_weight_bits,
                 # a network trained to denoise without its neighbours keeps learning both
                 context_dropout=float(config.get("context_dropout") or 0.0))
             qinfo["training_data"] = Path(qat_data if qat_data is not None else data).name
