@@ -55,6 +55,12 @@ def test_simulate_writes_a_dataset_the_trainer_reads(tmp_path, capsys):
     out = tmp_path / "d.h5"
     assert main(["simulate", str(out), "--size", "32", "--n-train", "1", "--n-test", "1"]) == 0
     assert read_dataset(out).train_ns.shape == (32, 32, 32)
+    grain = tmp_path / "g.h5"
+    assert main(["simulate", str(grain), "--size", "32", "--n-train", "1", "--n-test", "1",
+                 "--sample-grain", "0.2", "0.3"]) == 0
+    assert read_dataset(grain).recipe["sample_grain"] == [0.2, 0.3]
+    assert main(["simulate", str(tmp_path / "x.h5"), "--sample-grain", "0.2", "0.9"]) == 2
+    assert "sample_grain is a relative RMS of at most 0.5" in capsys.readouterr().err
 
 
 def test_train_on_a_bad_file_is_one_clear_error_line(tmp_path, capsys):

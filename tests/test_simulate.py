@@ -156,6 +156,42 @@ def test_pixel_gains_are_a_fixed_texture_in_frames_targets_and_flats():
         Recipe(pixel_gain_error=(0.05, 0.01))
 
 
+def test_sample_grain_is_a_texture_of_the_sample_that_turns_with_it():
+    """Unlike pixel gains, the grain is in the volume: in the noise-free projections (signal), a
+    pixel-scale texture that neighbouring angles share in part and distant ones do not."""
+    from dataclasses import replace
+
+    from scipy import ndimage
+
+    from bluesky_tomogan.simulate.phantoms import with_grain
+
+    vol = scale_to_max_attenuation(make_phantom("foam", 48, 2), 2.0)
+    grained = with_grain(vol, 0.3, np.random.default_rng(0))
+    assert not grained[vol == 0].any() and grained.min() >= 0  # inside the sample only, never negative
+    ratio = grained[vol > 0] / vol[vol > 0]
+    assert 0.25 < float(ratio.std()) < 0.35
+    angles = angles_deg(96)[:12]
+    texture = np.exp(project(vol, angles) - project(grained, angles)) - 1  # transmission ratio - 1
+    fine = texture - ndimage.uniform_filter(texture, (1, 3, 3))
+    inside = project(vol, angles[:1])[0] > 0.3
+
+    def corr(a, b):
+        return np.corrcoef(fine[a][inside], fine[b][inside])[0, 1]
+
+    assert float(fine[0][inside].std()) > 0.01  # visible at the scale of a pixel
+    assert corr(0, 1) > 0.6 and corr(0, 11) < 0.3  # shared by neighbours, drifting away with the angle
+    with pytest.raises(ValueError, match="sample grain RMS"):
+        with_grain(vol, 0.7, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="sample_grain"):
+        Recipe(sample_grain=(0.1, 0.6))
+    # in a dataset: the targets carry it (the noise-free frames differ), and older recipes are unchanged
+    recipe = Recipe(domain="projection", size=32, n_angles=32, frames_per_scan=4, photons=(1e4, 1e4))
+    plain = simulate_pairs(recipe, 1, seed=4)
+    grainy = simulate_pairs(replace(recipe, sample_grain=(0.3, 0.3)), 1, seed=4)
+    assert not np.allclose(plain.gt, grainy.gt)
+    np.testing.assert_array_equal(plain.gt, simulate_pairs(replace(recipe, sample_grain=(0.0, 0.0)), 1, seed=4).gt)
+
+
 def test_phase_fringes_are_signal_in_noisy_and_clean_frames_alike():
     vol = make_phantom("bead_pack", 32, 1)
     plain = simulate_scan(vol, angles_deg(4), DetectorModel(photons=1e6), np.random.default_rng(0))

@@ -76,7 +76,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         photons=tuple(args.photons), max_attenuation=tuple(args.max_attenuation),
         frames_per_scan=args.frames_per_scan, psf_sigma=tuple(args.psf), zinger_rate=args.zingers,
         fringes=tuple(args.fringes), column_gain_error=tuple(args.column_gain_error), filters=tuple(args.filters),
-        pixel_gain_error=tuple(args.pixel_gain_error), eight_bit=args.eight_bit,
+        pixel_gain_error=tuple(args.pixel_gain_error), sample_grain=tuple(args.sample_grain),
+        eight_bit=args.eight_bit,
         realistic_fraction=args.realistic_fraction,
         view_fractions=tuple(args.view_fractions), n_angles=args.n_angles,
         )
@@ -455,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pixel-gain-error", type=float, nargs=2, default=[0.0, 0.0], metavar=("LOW", "HIGH"),
                    help="RMS range of a fixed pixel-to-pixel gain: a texture that stays from frame to frame, "
                         "kept in the targets (default 0 0)")
+    s.add_argument("--sample-grain", type=float, nargs=2, default=[0.0, 0.0], metavar=("LOW", "HIGH"),
+                   help="relative RMS range of a fine density variation inside the sample: a pixel-scale texture "
+                        "that turns with it, kept in the targets (default 0 0)")
     s.add_argument("--filters", nargs="+", default=["ramp"],
                    help="slice domain: FBP filters drawn per scan (ramp shepp-logan cosine hamming hann)")
     s.add_argument("--eight-bit", type=float, default=0.0,

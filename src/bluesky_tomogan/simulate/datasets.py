@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from ..errors import DatasetError, OutputPathError
-from .phantoms import FAMILIES, HELD_OUT_FAMILIES, make_phantom
+from .phantoms import FAMILIES, HELD_OUT_FAMILIES, make_phantom, with_grain
 from .tomography import (
     DetectorModel,
     angles_deg,
@@ -90,6 +90,11 @@ class Recipe:
     pixel_gain_error : tuple of float
         Range (uniform) of the RMS of a fixed pixel-to-pixel gain (a pixel-scale texture
         that stays from frame to frame; signal: in the targets too).
+    sample_grain : tuple of float
+        Range (uniform) of the relative RMS of a fine density variation inside the sample
+        (:func:`~.phantoms.with_grain`): a pixel-scale texture that turns with the sample, shared
+        in part by neighbouring projections and drifting between them; signal: in the targets
+        too.
     filters : tuple of str
         Slice domain: FBP filters drawn per scan (``ramp``, ``shepp-logan``, ``cosine``,
         ``hamming``, ``hann``); the target uses the same filter, so the model denoises
@@ -100,7 +105,7 @@ class Recipe:
         unclipped and unrounded).
     realistic_fraction : float
         Fraction of scans that get ``psf_sigma``, ``zinger_rate``, ``fringes``,
-        ``column_gain_error``, ``pixel_gain_error`` and ``eight_bit``; the others are
+        ``column_gain_error``, ``pixel_gain_error``, ``sample_grain`` and ``eight_bit``; the others are
         ideal, so one dataset teaches both.
     """
 
@@ -117,6 +122,7 @@ class Recipe:
     fringes: tuple[float, float] = (0.0, 0.0)
     column_gain_error: tuple[float, float] = (0.0, 0.0)
     pixel_gain_error: tuple[float, float] = (0.0, 0.0)
+    sample_grain: tuple[float, float] = (0.0, 0.0)
     filters: tuple[str, ...] = ("ramp",)
     eight_bit: float = 0.0
     realistic_fraction: float = 1.0
@@ -132,10 +138,12 @@ class Recipe:
             raise ValueError(f"size must be a multiple of 8, got {self.size}")
         if not 0 < self.photons[0] <= self.photons[1]:
             raise ValueError(f"photons must be a range 0 < low <= high, got {self.photons}")
-        for name in ("psf_sigma", "fringes", "column_gain_error", "pixel_gain_error"):
+        for name in ("psf_sigma", "fringes", "column_gain_error", "pixel_gain_error", "sample_grain"):
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi:
                 raise ValueError(f"{name} must be a range 0 <= low <= high, got {(lo, hi)}")
+        if self.sample_grain[1] > 0.5:
+            raise ValueError(f"sample_grain is a relative RMS of at most 0.5, got {self.sample_grain}")
         bad = set(self.filters) - set(FILTERS)
         if bad or not self.filters:
             raise ValueError(f"unknown FBP filters {sorted(bad)}; choose from {FILTERS}")
@@ -170,6 +178,9 @@ def _one_scan(recipe: Recipe, seed: int, index: int) -> PairSet:
         fringes=draw(recipe.fringes), column_gain_error=draw(recipe.column_gain_error),
         pixel_gain_error=draw(recipe.pixel_gain_error),
     )
+    grain = draw(recipe.sample_grain)
+    if grain > 0:
+        vol = with_grain(vol, grain, rng)
     if recipe.domain == "projection":
         angles = angles_deg(recipe.n_angles)
         k = recipe.frames_per_scan
@@ -189,7 +200,7 @@ def _one_scan(recipe: Recipe, seed: int, index: int) -> PairSet:
         gt = np.stack([fbp(clean[:, z], full, filt) for z in range(recipe.size)])
         if recipe.eight_bit > 0 and realistic and rng.random() < recipe.eight_bit:
             ns, gt = stored_as_8bit(ns, gt)
-    log.debug("scan %d: %s, %.0f photons", index, family, detector.photons)
+    log.debug("scan %d: %s, %.0f photons, sample grain %.3f", index, family, detector.photons, grain)
     group = np.full(len(ns), index, np.int32)
     return PairSet(ns.astype(np.float32), gt.astype(np.float32), group)
 
