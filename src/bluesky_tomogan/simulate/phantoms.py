@@ -246,7 +246,5 @@ def with_grain(vol: np.ndarray, rms: float, rng: np.random.Generator, sigma: flo
         raise ValueError(f"sample grain RMS must be in [0, 0.5], got {rms}")
     if rms == 0:
         return vol.astype(np.float32, copy=True)
-    field = ndimage.gaussian_filter(rng.standard_normal(vol.shape).astype(np.float32), sigma)
-    field *= np.float32(rms / (field.std() + 1e-12))
-    field += np.float32(1.0)
-    return np.clip(vol * field, 0, None).astype(np.float32, copy=False)
+    # the families' own density variation, at the scale of a voxel and stronger
+    return np.clip(vol * _texture(vol.shape[0], rng, rms, sigma), 0, None).astype(np.float32, copy=False)
