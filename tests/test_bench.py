@@ -42,3 +42,32 @@ def test_the_cpu_name_carries_the_family_and_model_that_a_virtual_machine_name_h
     assert cpu.cpu_flags() == {"fpu", "avx2", "avx512f", "avx512_vnni", "avx512_bf16"}  # the first CPU's
     monkeypatch.setattr(cpu, "_cpuinfo", lambda: "processor\t: 0\nmodel name\t: Neoverse\n")
     assert cpu.cpu_name() == "Neoverse"
+
+
+def test_a_cap_on_onednns_instruction_sets_is_what_the_kernels_use_and_is_named_beside_the_cpu(monkeypatch, caplog):
+    from bluesky_tomogan import cpu
+
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: ZEN5_CPUINFO)
+    for variable in cpu.ISA_CAP_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    assert cpu.isa_cap() is None and cpu.dispatch_cpu_flags() == cpu.cpu_flags()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")  # oneDNN reads it in any case
+    assert cpu.isa_cap() == "AVX2"
+    assert cpu.dispatch_cpu_flags() == {"fpu", "avx2"}  # no AVX-512, no VNNI, no bf16
+    assert cpu.cpu_name() == "AMD EPYC (family 26, model 2), ONEDNN_MAX_CPU_ISA=AVX2"
+    assert cpu.cpu_flags() == {"fpu", "avx2", "avx512f", "avx512_vnni", "avx512_bf16"}  # what the CPU has
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")  # AVX-512 without VNNI: a Skylake-SP Xeon
+    assert cpu.dispatch_cpu_flags() == {"fpu", "avx2", "avx512f"}
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")
+    assert cpu.dispatch_cpu_flags() == {"fpu", "avx2", "avx512f", "avx512_vnni"}
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")  # caps nothing
+    assert cpu.isa_cap() is None and cpu.cpu_name() == "AMD EPYC (family 26, model 2)"
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")  # the older spelling
+    assert cpu.isa_cap() == "AVX2"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")  # the newer one wins, as in oneDNN
+    assert cpu.isa_cap() == "AVX512_CORE_BF16" and "avx512_bf16" in cpu.dispatch_cpu_flags()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX3")  # not a value oneDNN knows: no cap, and the user is told
+    with caplog.at_level("WARNING"):
+        assert cpu.isa_cap() is None
+    assert "ONEDNN_MAX_CPU_ISA=AVX3 is not an instruction set oneDNN knows" in caplog.text

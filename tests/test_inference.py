@@ -913,6 +913,23 @@ def test_int8_weights_of_full_range_need_vnni_on_x86():
     assert int8_sums_exact(set(), "aarch64")  # no such instruction there
 
 
+def test_int8_numerics_follow_a_cap_on_onednns_instruction_sets_not_only_the_cpu(monkeypatch):
+    # Measured (docs/backends.md): with ONEDNN_MAX_CPU_ISA=AVX2 on an AMD Zen 4, which has VNNI, the
+    # light projection model's 8-bit IR lost the same SSIM as on a Zen 3 without VNNI, to eight digits
+    from bluesky_tomogan import cpu
+    from bluesky_tomogan.inference.backends import openvino
+
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512bw", "avx512_vnni"}))
+    monkeypatch.setattr(openvino, "is_x86", lambda machine=None: True)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert openvino.int8_numerics() is None
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert openvino.int8_numerics() == openvino.NO_VNNI  # auto reads the card's openvino/int8@no-vnni entry
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")
+    assert openvino.int8_numerics() is None
+
+
 def test_on_a_cpu_without_vnni_int8_gets_a_7_bit_first_layer_and_auto_trusts_only_losses_measured_there(
         tmp_path, monkeypatch, caplog):
     from bluesky_tomogan.inference.backends import openvino

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..context import DEFAULT_THRESHOLD
-from ..cpu import cpu_flags as current_cpu_flags
+from ..cpu import dispatch_cpu_flags as current_cpu_flags
 from ..errors import ModelLoadError, OutputPathError
 from ..metrics import psnr, ssim
 from ..modelcard import sha256_of, write_card

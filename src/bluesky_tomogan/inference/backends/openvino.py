@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ...cpu import cpu_flags as current_cpu_flags
+from ...cpu import dispatch_cpu_flags as current_cpu_flags
 from ...cpu import is_x86
 from ...errors import BackendUnavailableError, ModelLoadError, PrecisionError
 from ...int8 import InputGrid

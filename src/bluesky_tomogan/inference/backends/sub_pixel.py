@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ...cpu import cpu_flags as current_cpu_flags
+from ...cpu import dispatch_cpu_flags as current_cpu_flags
 from ...cpu import is_x86
 from .ir_weights import int8_weights
 
