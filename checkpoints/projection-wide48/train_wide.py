@@ -13,6 +13,7 @@ where gains of a few 1e-4 per epoch had halved the step size to its floor within
 ``--context-dropout P`` (default 0): ``TrainConfig.context_dropout`` (session 33).
 ``--dose-balance G`` (default 0): ``TrainConfig.dose_balance``; below 0 the noisiest patches count
 for more.
+``--threads N`` (default 1): torch threads (session 46: 2, the machine to itself).
 """
 import logging
 import sys
@@ -40,7 +41,7 @@ cfg = TrainConfig(data=data, out_dir=out, name=f"tomogan-{domain}",
                   min_delta=option("--min-delta", 0.0005), dose_balance=option("--dose-balance", 0.0),
                   context_dropout=option("--context-dropout", 0.0),
                   time_budget_s=minutes * 60, lr=lr, pixel="l1+ssim", adv_weight=0.0, feat_weight=0.0,
-                  threads=1, init_weights=init,
+                  threads=int(option("--threads", 1)), init_weights=init,
                   teacher=sys.argv[sys.argv.index("--teacher") + 1] if "--teacher" in sys.argv else "",
                   distill_weight=option("--distill", 0.5))
 result = train(cfg, resume="--resume" in sys.argv, progress=True)
