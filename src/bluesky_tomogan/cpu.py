@@ -33,7 +33,7 @@ _AMX = "amx"  # amx_tile, amx_int8, amx_bf16, amx_fp16
 #: AVX-VNNI too (its ISAs are feature sets, not a ladder). Under ``AVX2`` or ``AVX512_CORE``
 #: int8 convolutions sum through saturating 16-bit pairs, as on a CPU without VNNI: with the
 #: cap set on an AMD Zen 4 (which has VNNI) the light projection model's 8-bit IR lost the same
-#: SSIM, to eight digits, as on a Zen 3 without VNNI (docs/backends.md).
+#: SSIM, to six digits, as on a Zen 3 without VNNI (docs/backends.md).
 _CAP_RULES_OUT: dict[str, tuple[str, ...]] = {
     "SSE41": ("avx", "f16c", "fma", _AMX),
     "AVX": ("avx2", "avx512", "avx_vnni", "fma", _AMX),
@@ -52,6 +52,7 @@ _CAP_RULES_OUT: dict[str, tuple[str, ...]] = {
     "ALL": (),
     "DEFAULT": (),
 }
+_UNKNOWN_CAPS_TOLD: set[tuple[str, str]] = set()
 
 
 @functools.cache
@@ -105,11 +106,14 @@ def isa_cap() -> str | None:
     the variable once, at its first kernel, so set it before the process starts.
     """
     for variable in ISA_CAP_VARIABLES:
-        value = os.environ.get(variable, "").strip().upper()
+        value = os.environ.get(variable, "").strip().upper()  # oneDNN reads it in any case
         if not value:
             continue
         if value not in _CAP_RULES_OUT:
-            log.warning("%s=%s is not an instruction set oneDNN knows; its kernels are not capped", variable, value)
+            if (variable, value) not in _UNKNOWN_CAPS_TOLD:  # once: this is asked at every card entry
+                _UNKNOWN_CAPS_TOLD.add((variable, value))
+                log.warning("%s=%s is not an instruction set oneDNN knows; its kernels are not capped",
+                            variable, value)
             return None
         return value if _CAP_RULES_OUT[value] else None
     return None
