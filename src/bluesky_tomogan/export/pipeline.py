@@ -197,7 +197,10 @@ def measure_quality(card_path: Path, pairs: PairSet, n_frames: int = QUALITY_FRA
     keyed as ``auto`` reads it on this machine
     (:meth:`~bluesky_tomogan.inference.registry.BackendSpec.quality_entry`: OpenVINO int8 on
     an x86 CPU without VNNI is ``openvino/int8@no-vnni``, unless the IR's weights are 7-bit
-    throughout) and names the CPU it was measured on.
+    throughout) and names the CPU it was measured on. An OpenVINO int8 entry names what the
+    IR's float parts computed in (``float_precision``): this CPU's choice, or fp32 where bf16
+    ones put the loss beyond ``auto``'s tolerance and fp32 ones do not (the session then keeps
+    them fp32 on every CPU).
     ``only`` (``backend/precision`` names) measures those and fp32 alone.
     """
     from ..cpu import cpu_name
@@ -207,10 +210,11 @@ def measure_quality(card_path: Path, pairs: PairSet, n_frames: int = QUALITY_FRA
     idx = quality_frames(pairs, n_frames)
     card = ModelCard.read(card_path)
 
-    def score(backend: str, precision: str) -> tuple[np.ndarray, np.ndarray, str | None] | None:
+    def score(backend: str, precision: str, float_precision: str | None = None
+              ) -> tuple[np.ndarray, np.ndarray, str | None] | None:
         # also what an int8 graph's float parts computed in (OpenVINO): a loss holds for that
         try:
-            den = load_unchecked(card_path, backend, precision)
+            den = load_unchecked(card_path, backend, precision, float_precision=float_precision)
         except TomoGANError as exc:
             log.info("not measured: %s/%s (%s)", backend, precision, exc)
             return None
@@ -235,21 +239,50 @@ def measure_quality(card_path: Path, pairs: PairSet, n_frames: int = QUALITY_FRA
         if only is not None and f"{backend}/{precision}" not in only:
             continue
         r = score(backend, precision)
+        if r is not None and r[2] == "bf16" and precision == "int8" and not _within_tolerance(ref[0], r[0], precision):
+            # bf16 float parts (AMX, or AVX-512 BF16 measured faster) round the float layers'
+            # inputs and weights to 8 significant bits: an IR that keeps its full-resolution
+            # layers in float for precision can lose there what its int8 layers do not (the
+            # light slice model's, session 45). With fp32 float parts within the tolerance, the
+            # entry records those, and the session keeps them fp32 on every CPU
+            f32 = score(backend, precision, "f32")
+            if f32 is not None and _within_tolerance(ref[0], f32[0], precision):
+                log.info("%s/int8: beyond auto's tolerance with bf16 float parts (mean / worst-frame SSIM loss "
+                         "%.4f / %.4f), within it with fp32 ones (%.4f / %.4f): recorded with fp32 float parts",
+                         backend, *_losses(ref[0], r[0]), *_losses(ref[0], f32[0]))
+                r = f32
         if r is not None:
             s_r, p_r, float_precision = r
             result[REGISTRY[backend].quality_entry(precision, card)] = summary(s_r, p_r) | {
-                "ssim_drop": float(np.mean(ref[0] - s_r)),
-                "ssim_drop_worst": float(np.max(ref[0] - s_r)),
+                "ssim_drop": _losses(ref[0], s_r)[0],
+                "ssim_drop_worst": _losses(ref[0], s_r)[1],
                 "psnr_drop": float(np.mean(ref[1] - p_r)),
                 "cpu": cpu_name(),
             } | ({"float_precision": float_precision} if float_precision and precision == "int8" else {})
     return result
 
 
+def _losses(reference: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
+    """Mean and worst-frame SSIM loss of ``measured`` against ``reference``, frame by frame."""
+    return float(np.mean(reference - measured)), float(np.max(reference - measured))
+
+
+def _within_tolerance(reference: np.ndarray, measured: np.ndarray, precision: str) -> bool:
+    """Whether ``precision="auto"`` would accept these losses (:func:`~..inference.load.precision_verdict`)."""
+    from ..inference.registry import SSIM_TOLERANCE, SSIM_TOLERANCE_WORST
+
+    mean, worst = _losses(reference, measured)
+    return mean <= SSIM_TOLERANCE.get(precision, 0.0) and worst <= SSIM_TOLERANCE_WORST.get(precision, 0.0)
+
+
 def _int8_float_precision_of(card_path: Path, card: Mapping[str, Any]) -> str:
-    """What the float parts of the card's OpenVINO int8 IR compute in on this CPU."""
+    """What the float parts of the card's OpenVINO int8 IR compute in on this CPU: as its int8 entry
+    was measured (:func:`measure_quality`), else this CPU's choice."""
     from ..inference.backends.openvino import int8_float_precision, ir_float_precision, openvino_core
 
+    measured = card.get("quantization", {}).get("openvino/int8", {}).get("float_precision")
+    if measured:
+        return str(measured)
     entry = card.get("files", {}).get("openvino_int8")
     if not entry or not (card_path.parent / entry["path"]).is_file():
         return int8_float_precision()

@@ -19,8 +19,10 @@ from __future__ import annotations
 import logging
 import numbers
 import os
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 
 from ..errors import (
     BackendUnavailableError,
@@ -168,14 +170,23 @@ def _open(card: ModelCard, s: BackendSpec, precision: str, threads: int | None, 
     return Denoiser(session, card, model_sha256=file.sha256, tile=tile, overlap=overlap)
 
 
-def load_unchecked(model: str | os.PathLike[str], backend: str, precision: str) -> Denoiser:
+def load_unchecked(model: str | os.PathLike[str], backend: str, precision: str, *,
+                   float_precision: str | None = None) -> Denoiser:
     """``backend``/``precision`` as they are, within ``auto``'s tolerance or not, without a warning.
 
     For measuring that tolerance: the SSIM losses of the export and of ``bluesky-tomogan
-    quality``. Everything else loads with :func:`load_denoiser`.
+    quality``. Everything else loads with :func:`load_denoiser`. ``float_precision``
+    (``"f32"`` or ``"bf16"``): what an OpenVINO int8 graph's float parts compute in, in place
+    of the card's record or, without one, this CPU's choice.
     """
     ((b, p),) = _candidates(resolve_alias(backend), precision)
-    return _open(load_card(model), spec(b), p, None, None, DEFAULT_OVERLAP, asked_for="")
+    card, s = load_card(model), spec(b)
+    if float_precision is not None:
+        # the session reads the float parts' precision from the entry it would be measured into
+        key = s.quality_entry(p, card)
+        entry = dict(card.quantization.get(key, {})) | {"float_precision": float_precision}
+        card = replace(card, quantization=MappingProxyType(dict(card.quantization) | {key: entry}))
+    return _open(card, s, p, None, None, DEFAULT_OVERLAP, asked_for="")
 
 
 def load_denoiser(
