@@ -875,6 +875,7 @@ def test_an_int8_ir_that_bf16_float_parts_put_beyond_tolerance_is_recorded_with_
     card_path = tmp_path / "tomogan-slice-light.json"
     card = json.loads(card_path.read_text())
     del card["quantization"]["openvino/int8"]["float_precision"]  # as a fresh export leaves it
+    card["quantization_measured_on"]["openvino_int8_float_precision"] = "bf16"
     card_path.write_text(json.dumps(card))
     monkeypatch.setattr(openvino, "int8_float_precision", lambda *a, **k: "bf16")  # this CPU's choice
     real = load_module.load_unchecked
@@ -890,8 +891,10 @@ def test_an_int8_ir_that_bf16_float_parts_put_beyond_tolerance_is_recorded_with_
     monkeypatch.setattr(load_module, "load_unchecked", load_unchecked)
     pairs = simulate_pairs(Recipe(domain="slice", size=64, frames_per_scan=6), 1, seed=5)
     record_quality(card_path, pairs, n_frames=3, only=["openvino/int8"])
-    entry = json.loads(card_path.read_text())["quantization"]["openvino/int8"]
+    measured = json.loads(card_path.read_text())
+    entry = measured["quantization"]["openvino/int8"]
     assert entry["float_precision"] == "f32" and entry["ssim_drop_worst"] <= 0.01
+    assert measured["quantization_measured_on"]["openvino_int8_float_precision"] == "f32"
     den = load_module.load_denoiser(card_path, backend="openvino", precision="auto")
     assert den.precision == "int8" and den.session.float_precision == "f32"
 

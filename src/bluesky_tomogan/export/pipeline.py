@@ -312,6 +312,10 @@ def record_quality(card_path: Path, pairs: PairSet, n_frames: int = QUALITY_FRAM
             for key, entry in card.get("quantization", {}).items() if key not in quality}
     card["quantization"] = kept | quality
     if only is not None:
+        measured_on = card.get("quantization_measured_on")
+        if measured_on and quality.get("openvino/int8", {}).get("float_precision"):
+            # the IR's float parts as its entry was measured again (fp32 where bf16 ones lost)
+            measured_on["openvino_int8_float_precision"] = quality["openvino/int8"]["float_precision"]
         return write_card(card_path, card)
     # int8 and bf16 numerics depend on the CPU (OpenVINO's int8 float parts: bf16 with AMX)
     card["quantization_measured_on"] = {"cpu": cpu_name(),
