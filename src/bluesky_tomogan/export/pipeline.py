@@ -253,9 +253,10 @@ def measure_quality(card_path: Path, pairs: PairSet, n_frames: int = QUALITY_FRA
                 r = f32
         if r is not None:
             s_r, p_r, float_precision = r
+            mean, worst = _losses(ref[0], s_r)
             result[REGISTRY[backend].quality_entry(precision, card)] = summary(s_r, p_r) | {
-                "ssim_drop": _losses(ref[0], s_r)[0],
-                "ssim_drop_worst": _losses(ref[0], s_r)[1],
+                "ssim_drop": mean,
+                "ssim_drop_worst": worst,
                 "psnr_drop": float(np.mean(ref[1] - p_r)),
                 "cpu": cpu_name(),
             } | ({"float_precision": float_precision} if float_precision and precision == "int8" else {})
@@ -268,11 +269,10 @@ def _losses(reference: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
 
 
 def _within_tolerance(reference: np.ndarray, measured: np.ndarray, precision: str) -> bool:
-    """Whether ``precision="auto"`` would accept these losses (:func:`~..inference.load.precision_verdict`)."""
-    from ..inference.registry import SSIM_TOLERANCE, SSIM_TOLERANCE_WORST
+    """Whether ``precision="auto"`` would accept these losses (:func:`~..inference.load.loss_beyond_tolerance`)."""
+    from ..inference.load import loss_beyond_tolerance
 
-    mean, worst = _losses(reference, measured)
-    return mean <= SSIM_TOLERANCE.get(precision, 0.0) and worst <= SSIM_TOLERANCE_WORST.get(precision, 0.0)
+    return loss_beyond_tolerance(precision, *_losses(reference, measured)) is None
 
 
 def _int8_float_precision_of(card_path: Path, card: Mapping[str, Any]) -> str:

@@ -47,7 +47,7 @@ from .registry import (
 
 __all__ = ["load_denoiser", "load_card", "shipped_models", "shipped_weights_dir", "BACKENDS", "PRECISIONS",
            "DEFAULT_MODEL", "SSIM_TOLERANCE",
-           "SSIM_TOLERANCE_WORST", "precision_verdict"]
+           "SSIM_TOLERANCE_WORST", "loss_beyond_tolerance", "precision_verdict"]
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +105,20 @@ def precision_verdict(card: ModelCard, backend: BackendSpec, precision: str) -> 
         return None
     key = backend.quality_entry(precision, card)
     mean, worst = card.ssim_drop(key), card.ssim_drop(key, "worst")
-    tol, tol_worst = SSIM_TOLERANCE.get(precision, 0.0), SSIM_TOLERANCE_WORST.get(precision, 0.0)
     if mean is None or worst is None:
         return f"the model card has no {'' if mean is None else 'worst-frame '}SSIM loss measured for {key}"
+    beyond = loss_beyond_tolerance(precision, mean, worst)
+    return f"{beyond} (model card, {key})" if beyond is not None else None
+
+
+def loss_beyond_tolerance(precision: str, mean: float, worst: float) -> str | None:
+    """Which of a measured mean and worst-frame SSIM loss vs fp32 is beyond ``auto``'s tolerance
+    for ``precision`` (:data:`SSIM_TOLERANCE`, :data:`SSIM_TOLERANCE_WORST`), or ``None``."""
+    tol, tol_worst = SSIM_TOLERANCE.get(precision, 0.0), SSIM_TOLERANCE_WORST.get(precision, 0.0)
     if mean > tol:
-        return f"mean SSIM loss vs fp32 {mean:.4f} > {tol} (model card, {key})"
+        return f"mean SSIM loss vs fp32 {mean:.4f} > {tol}"
     if worst > tol_worst:
-        return f"worst-frame SSIM loss vs fp32 {worst:.4f} > {tol_worst} (model card, {key})"
+        return f"worst-frame SSIM loss vs fp32 {worst:.4f} > {tol_worst}"
     return None
 
 
