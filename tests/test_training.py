@@ -162,6 +162,38 @@ def test_resume_continues_from_the_checkpoint(tiny_dataset, tmp_path):
     assert [h["epoch"] for h in result.history] == [1, 2]
 
 
+def test_a_moving_average_of_the_weights_is_what_is_validated_kept_and_resumed(tiny_dataset, tmp_path):
+    from bluesky_tomogan.model.train import _validate
+
+    first = train(_config(tiny_dataset, tmp_path, max_epochs=1, ema_decay=0.9),
+                  progress=False)
+    ck = torch.load(first.checkpoint, weights_only=False)
+    kept = torch.load(first.weights, weights_only=True)["generator"]
+    averaged = {k.removeprefix("module."): v for k, v in ck["generator_average"].items() if k.startswith("module.")}
+    assert ck["generator_average"]["n_averaged"] == 1 + 12  # the starting weights, then every step
+    assert all(torch.equal(kept[k], averaged[k]) for k in kept)
+    assert any(not torch.equal(kept[k], ck["generator"][k]) for k in kept)  # not the last step's weights
+    # the history's validation is the kept (averaged) weights'
+    again = _validate(load_generator(first.weights), read_dataset(tiny_dataset).split("test"), 4)
+    assert again["val_ssim"] == pytest.approx(first.history[0]["val_ssim"], abs=1e-6)
+    resumed = train(_config(tiny_dataset, tmp_path, max_epochs=2, ema_decay=0.9), resume=True, progress=False)
+    assert torch.load(resumed.checkpoint, weights_only=False)["generator_average"]["n_averaged"] == 1 + 24
+    assert json.loads(resumed.card.read_text())["training"]["config"]["ema_decay"] == 0.9
+    with pytest.raises(ValueError, match="ema_decay"):
+        _config(tiny_dataset, tmp_path, ema_decay=1.0)
+
+
+def test_a_moving_average_starts_from_the_starting_weights_not_the_first_steps(tiny_dataset, tmp_path):
+    first = train(_config(tiny_dataset, tmp_path / "first", max_epochs=1), progress=False)
+    start = torch.load(first.weights, weights_only=True)["generator"]
+    slow = train(_config(tiny_dataset, tmp_path / "slow", max_epochs=1, init_weights=str(first.weights),
+                         ema_decay=1 - 1e-7), progress=False)
+    kept = torch.load(slow.weights, weights_only=True)["generator"]
+    moved = torch.load(slow.checkpoint, weights_only=False)["generator"]
+    assert max((kept[k] - start[k]).abs().max().item() for k in start) < 1e-6
+    assert max((moved[k] - start[k]).abs().max().item() for k in start) > 1e-4
+
+
 def test_training_with_the_critic_runs(tiny_dataset, tmp_path):
     result = train(_config(tiny_dataset, tmp_path, adv_weight=1e-3, feat_weight=0.05, gan_warmup_epochs=1),
                    progress=False)

@@ -14,6 +14,7 @@ where gains of a few 1e-4 per epoch had halved the step size to its floor within
 ``--dose-balance G`` (default 0): ``TrainConfig.dose_balance``; below 0 the noisiest patches count
 for more.
 ``--threads N`` (default 1): torch threads (session 46: 2, the machine to itself).
+``--ema D`` (default 0): ``TrainConfig.ema_decay``, a moving average of the weights (session 49).
 """
 import logging
 import sys
@@ -43,6 +44,6 @@ cfg = TrainConfig(data=data, out_dir=out, name=f"tomogan-{domain}",
                   time_budget_s=minutes * 60, lr=lr, pixel="l1+ssim", adv_weight=0.0, feat_weight=0.0,
                   threads=int(option("--threads", 1)), init_weights=init,
                   teacher=sys.argv[sys.argv.index("--teacher") + 1] if "--teacher" in sys.argv else "",
-                  distill_weight=option("--distill", 0.5))
+                  distill_weight=option("--distill", 0.5), ema_decay=option("--ema", 0.0))
 result = train(cfg, resume="--resume" in sys.argv, progress=True)
 print(result.stopped, result.best_epoch, result.weights)

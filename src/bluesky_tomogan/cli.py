@@ -115,7 +115,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             context_dropout=args.context_dropout,
             adv_weight=adv, feat_weight=feat, precision=args.precision, threads=args.threads, seed=args.seed,
             qat_steps=args.qat_steps, init_weights=args.init or "", ratios=tuple(args.ratios or ()),
-            teacher=args.teacher or "", distill_weight=args.distill_weight,
+            teacher=args.teacher or "", distill_weight=args.distill_weight, ema_decay=args.ema_decay,
         )
     except ValueError as exc:
         print(f"bluesky-tomogan train: error: {exc}", file=sys.stderr)
@@ -528,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "weights, as --init), e.g. tomogan-projection for a light model")
     s.add_argument("--distill-weight", type=float, default=0.5, metavar="W",
                    help="the teacher's share of the pixel loss, in [0, 1] (default 0.5)")
+    s.add_argument("--ema-decay", type=float, default=0.0, metavar="DECAY",
+                   help="validate and keep a moving average of the weights, updated after every step with "
+                        "this decay (e.g. 0.999 when fine-tuning from --init; default 0: none)")
     s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_train)
