@@ -1178,9 +1178,9 @@ def test_a_precision_this_cpu_cannot_run_is_refused_without_a_warning_that_it_is
 
 
 def test_the_fast_slice_model_is_lighter_than_the_light_one_and_auto_runs_its_ir_with_fp32_float_parts():
-    """Session 48: the light slice network with a narrower full-resolution decoder, 6.2x Keras fp32
-    of the full network on a Zen 4 EPYC where the light one runs 4.8x (docs/models.md). Its IR holds
-    with fp32 float parts only (bf16 ones: 0.0104 / 0.0596 on the card), so the card says so and the
+    """Sessions 48-49: the light slice network with a narrower full-resolution decoder, 6.1x Keras fp32
+    of the full network on a Zen 4 EPYC where the light one runs 4.6-4.8x (docs/models.md). Its IR holds
+    with fp32 float parts only (bf16 ones: 0.0112 / 0.0564 on the card), so the card says so and the
     session keeps them on every CPU; its bf16 and LiteRT forms are beyond the tolerance."""
     from bluesky_tomogan.model.train import load_generator, resolve_weights
 
