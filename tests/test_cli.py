@@ -96,6 +96,19 @@ def test_train_min_delta_reaches_the_run_and_a_negative_one_is_refused(tmp_path,
     assert card["training"]["config"]["min_delta"] == 1e-4
 
 
+def test_train_ema_decay_reaches_the_run_and_one_outside_0_1_is_refused(tmp_path, capsys):
+    pytest.importorskip("torch")
+    data = tmp_path / "d.h5"
+    assert main(["simulate", str(data), "--size", "32", "--n-train", "1", "--n-test", "1"]) == 0
+    args = ["train", str(data), "--no-progress", "--patch", "32", "--epochs", "1", "--steps-per-epoch", "2",
+            "--width", "0.25", "--adv-weight", "0", "--feat-weight", "0"]
+    assert main([*args, "--out", str(tmp_path / "one"), "--ema-decay", "1"]) == 2
+    assert "ema_decay is the weight average's decay per step, in [0, 1); got 1.0" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "o"), "--ema-decay", "0.99"]) == 0
+    card = json.loads((tmp_path / "o" / "tomogan.json").read_text())
+    assert card["training"]["config"]["ema_decay"] == 0.99
+
+
 def test_export_activation_copies_must_be_layer_equals_count(capsys):
     with pytest.raises(SystemExit):
         main(["export", "somewhere", "--data", "d.h5", "--activation-copies", "stem.0:4"])
