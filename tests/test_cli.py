@@ -83,30 +83,23 @@ def test_train_with_a_teacher_it_cannot_read_is_one_clear_error_line(tmp_path, c
     assert "distill_weight is the teacher's share of the loss, in [0, 1]" in capsys.readouterr().err
 
 
-def test_train_min_delta_reaches_the_run_and_a_negative_one_is_refused(tmp_path, capsys):
-    pytest.importorskip("torch")
-    data = tmp_path / "d.h5"
-    assert main(["simulate", str(data), "--size", "32", "--n-train", "1", "--n-test", "1"]) == 0
-    args = ["train", str(data), "--no-progress", "--patch", "32", "--epochs", "1", "--steps-per-epoch", "1",
-            "--width", "0.25", "--adv-weight", "0", "--feat-weight", "0"]
-    assert main([*args, "--out", str(tmp_path / "neg"), "--min-delta=-1e-4"]) == 2
-    assert "min_delta is the smallest validation gain that counts, >= 0; got -0.0001" in capsys.readouterr().err
-    assert main([*args, "--out", str(tmp_path / "o"), "--min-delta", "1e-4"]) == 0
-    card = json.loads((tmp_path / "o" / "tomogan.json").read_text())
-    assert card["training"]["config"]["min_delta"] == 1e-4
-
-
-def test_train_ema_decay_reaches_the_run_and_one_outside_0_1_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("option, bad, message, good, key", [
+    ("--min-delta", "-1e-4", "min_delta is the smallest validation gain that counts, >= 0; got -0.0001",
+     "1e-4", "min_delta"),
+    ("--ema-decay", "1", "ema_decay is the weight average's decay per step, in [0, 1); got 1.0", "0.99", "ema_decay"),
+])
+def test_a_training_option_reaches_the_run_and_a_value_outside_its_range_is_one_clear_error_line(
+        tmp_path, capsys, option, bad, message, good, key):
     pytest.importorskip("torch")
     data = tmp_path / "d.h5"
     assert main(["simulate", str(data), "--size", "32", "--n-train", "1", "--n-test", "1"]) == 0
     args = ["train", str(data), "--no-progress", "--patch", "32", "--epochs", "1", "--steps-per-epoch", "2",
             "--width", "0.25", "--adv-weight", "0", "--feat-weight", "0"]
-    assert main([*args, "--out", str(tmp_path / "one"), "--ema-decay", "1"]) == 2
-    assert "ema_decay is the weight average's decay per step, in [0, 1); got 1.0" in capsys.readouterr().err
-    assert main([*args, "--out", str(tmp_path / "o"), "--ema-decay", "0.99"]) == 0
+    assert main([*args, "--out", str(tmp_path / "bad"), f"{option}={bad}"]) == 2
+    assert message in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "o"), option, good]) == 0
     card = json.loads((tmp_path / "o" / "tomogan.json").read_text())
-    assert card["training"]["config"]["ema_decay"] == 0.99
+    assert card["training"]["config"][key] == float(good)
 
 
 def test_export_activation_copies_must_be_layer_equals_count(capsys):
