@@ -27,7 +27,7 @@ from bluesky_tomogan.cpu import cpu_name
 from bluesky_tomogan.metrics import ssim
 from bluesky_tomogan.model.data import PatchSampler, normalised_frames
 from bluesky_tomogan.model.losses import pixel_loss
-from bluesky_tomogan.model.train import _validate, load_generator, resolve_weights, training_precision
+from bluesky_tomogan.model.train import _centre, _validate, load_generator, resolve_weights, training_precision
 from bluesky_tomogan.simulate.datasets import read_dataset
 
 
@@ -50,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     start = load_generator(resolve_weights(args.weights)).eval()
     depth = start.config.in_channels
     sampler = PatchSampler(dataset.split("train"), 96, depth, args.seed)
-    autocast = training_precision() == "bf16"
-    print(f"{cpu_name()}; {training_precision()} autocast; Adam lr {args.lr:g}, batch 16 of 96x96")
+    precision = training_precision()
+    autocast = precision == "bf16"
+    print(f"{cpu_name()}; {precision} autocast; Adam lr {args.lr:g}, batch 16 of 96x96")
     print(f"before: validation SSIM {_validate(start, test, args.frames)['val_ssim']:.4f} ({args.frames} frames)")
 
     gen = copy.deepcopy(start).train()
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         x, y = torch.from_numpy(xb), torch.from_numpy(yb)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             out = gen(x)
-        loss = pixel_loss(out.float(), y, args.pixel, x[:, depth // 2:depth // 2 + 1])  # type: ignore[arg-type]
+        loss = pixel_loss(out.float(), y, args.pixel, _centre(x))  # type: ignore[arg-type]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
