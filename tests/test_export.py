@@ -559,6 +559,42 @@ def test_offset_activation_copies_spread_over_a_fraction_of_one_int8_step():
     np.testing.assert_allclose(offsets.numpy(), np.array([-3, -1, 1, 3]) * step / 8, rtol=1e-4)
 
 
+@pytest.mark.parametrize(("card", "expected"), [
+    ({"domain": "projection"}, {"stem.0": 4, "head.0": 4}),
+    # a slice model's detail also runs through enc1 and dec1: what every shipped slice model needed
+    ({"domain": "slice"}, {"stem.0": 4, "head.0": 4, "enc1.0": 2, "dec1.0": 2, "dec1.2": 2}),
+    # exported before: its card's own copies, whatever the domain
+    ({"domain": "slice", "files": {"tflite_int8": {"activation_copies": {"stem.0": 4}}}}, {"stem.0": 4}),
+])
+def test_an_export_not_told_which_copies_takes_the_cards_else_its_domains(card, expected):
+    from bluesky_tomogan.export.copies import default_activation_copies
+
+    assert default_activation_copies(card) == expected
+
+
+@pytest.mark.slow
+def test_a_freshly_trained_slice_model_is_exported_with_the_slice_copies(tmp_path, tiny_dataset):
+    """The shipped slice models' full-int8 form, not the projection default, without being told."""
+    import shutil
+
+    from bluesky_tomogan.export.pipeline import export_model
+    from bluesky_tomogan.inference import load_card
+    from bluesky_tomogan.int8 import SLICE_ACTIVATION_COPIES
+    from bluesky_tomogan.modelcard import read_card, write_card
+
+    src = tmp_path / "run"
+    src.mkdir()
+    shipped = load_card("tomogan-slice-light").directory
+    shutil.copy2(shipped / "tomogan-slice-light.pt", src)
+    card = read_card(shipped / "tomogan-slice-light.json")
+    card["files"] = {"pytorch": card["files"]["pytorch"]}  # as `train` leaves it: nothing exported yet
+    write_card(src / "tomogan-slice-light.json", card)
+    out = load_card(export_model(src, src, tiny_dataset, formats=("tflite",), tile=32, n_calibration=8,
+                                 measure=False))
+    assert out.files["tflite_int8"].info["activation_copies"] == SLICE_ACTIVATION_COPIES
+    assert out.files["tflite_int8"].path.is_file()
+
+
 def test_int8_steps_share_one_range_across_a_concatenation():
     from bluesky_tomogan.export.copies import int8_steps
 

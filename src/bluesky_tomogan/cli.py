@@ -556,7 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: what the card says, else 12 for a projection model, none for a slice model)")
     s.add_argument("--activation-copies", nargs="*", type=_layer_copies, metavar="LAYER=K",
                    help="offset copies of layers' outputs in the int8 TFLite model, e.g. stem.0=4 head.0=4 "
-                        "(default: those two; none given: no copies); see docs/backends.md")
+                        "(default: those the card records, else stem.0=4 head.0=4, and for a slice model "
+                        "enc1.0=2 dec1.0=2 dec1.2=2 too; none given: no copies); see docs/backends.md")
     s.add_argument("--openvino-copies", nargs="*", type=_layer_copies, metavar="LAYER=K",
                    help="offset copies of layers' outputs in the post-training OpenVINO int8 IR (default: "
                         "stem.0=4; none given: no copies; each costs the layers reading it their input "

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LEVELS", "TFLITE_INPUT_PERCENTILES", "OUTPUT_COPIES", "ACTIVATION_COPIES", "InputGrid", "int8_step",
-           "widened_step", "int8_input_range", "copy_fractions", "copy_offsets"]
+__all__ = ["LEVELS", "TFLITE_INPUT_PERCENTILES", "OUTPUT_COPIES", "ACTIVATION_COPIES", "SLICE_ACTIVATION_COPIES",
+           "InputGrid", "int8_step", "widened_step", "int8_input_range", "copy_fractions", "copy_offsets"]
 
 #: Steps between the ends of an int8 range (256 levels).
 LEVELS = 255
@@ -25,6 +25,10 @@ TFLITE_INPUT_PERCENTILES = (0.01, 99.99)
 OUTPUT_COPIES = 4
 #: Offset copies of the full-resolution layers' outputs (:mod:`bluesky_tomogan.export.copies`).
 ACTIVATION_COPIES: dict[str, int] = {"stem.0": 4, "head.0": 4}
+#: The same for slice models: their fine detail also runs through the first encoder's and the
+#: last decoder's convolutions, and without copies of those every shipped slice model's
+#: full-int8 form lost twice the SSIM (docs/models.md, "Offset activation copies").
+SLICE_ACTIVATION_COPIES: dict[str, int] = ACTIVATION_COPIES | {"enc1.0": 2, "dec1.0": 2, "dec1.2": 2}
 
 
 def int8_step(lo: Any, hi: Any) -> Any:

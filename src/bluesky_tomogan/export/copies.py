@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import ExportOptionError
-from ..int8 import copy_offsets, int8_step
+from ..int8 import ACTIVATION_COPIES, SLICE_ACTIVATION_COPIES, copy_offsets, int8_step
 from ..model.network import ConvLayer, TomoGANGenerator
 from .equalise import _output_axis, channel_maxima, shared_maxima
 
-__all__ = ["check_activation_copies", "int8_steps", "offset_activation_copies"]
+__all__ = ["check_activation_copies", "default_activation_copies", "int8_steps", "offset_activation_copies"]
 
 
 def _names(gen: TomoGANGenerator) -> dict[int, str]:
@@ -59,6 +60,28 @@ def check_activation_copies(gen: TomoGANGenerator, copies: Mapping[str, int]) ->
             raise ExportOptionError(f"cannot copy {name!r}: not a ReLU-activated Conv2d; choose from {choices}")
         if int(k) < 1:
             raise ExportOptionError(f"copies must be >= 1, got {k} for {name!r}")
+
+
+def default_activation_copies(card: Mapping[str, Any]) -> dict[str, int]:
+    """The offset activation copies of a full-int8 TFLite export that is not told which.
+
+    Parameters
+    ----------
+    card : mapping
+        The model card of the network to export.
+
+    Returns
+    -------
+    dict of str to int
+        The copies the card records for its TFLite model (``files.tflite_int8``), so that
+        exporting a shipped or exported model again gives the form its card describes;
+        otherwise the default of the card's domain, :data:`~bluesky_tomogan.int8.SLICE_ACTIVATION_COPIES`
+        for slices and :data:`~bluesky_tomogan.int8.ACTIVATION_COPIES` else.
+    """
+    recorded = card.get("files", {}).get("tflite_int8", {}).get("activation_copies")
+    if recorded is not None:
+        return {str(k): int(v) for k, v in recorded.items()}
+    return dict(SLICE_ACTIVATION_COPIES if card.get("domain") == "slice" else ACTIVATION_COPIES)
 
 
 def _replace(gen: nn.Module, name: str, new: nn.Module) -> None:

@@ -24,7 +24,7 @@ from ..errors import ExportOptionError, OutputPathError
 from ..frames import context_indices
 from ..inference.registry import REGISTRY, SSIM_TOLERANCE, SSIM_TOLERANCE_WORST, configurations
 from ..inference.tiling import pad_to
-from ..int8 import ACTIVATION_COPIES, OUTPUT_COPIES, TFLITE_INPUT_PERCENTILES, InputGrid
+from ..int8 import OUTPUT_COPIES, TFLITE_INPUT_PERCENTILES, InputGrid
 from ..metrics import psnr, ssim
 from ..model.allinone import PrunePlan, prune, ratio_key
 from ..model.data import normalised_frames
@@ -32,7 +32,7 @@ from ..model.network import TomoGANGenerator
 from ..model.train import load_generator
 from ..modelcard import ModelCard, card_in_directory, read_card, sha256_of, write_card
 from ..simulate.datasets import PairSet, read_dataset
-from .copies import check_activation_copies, offset_activation_copies
+from .copies import check_activation_copies, default_activation_copies, offset_activation_copies
 from .fused_decoder import DECODER_LEVELS, fused_sum_patterns
 from .onnx import export_onnx
 from .openvino_int8 import (
@@ -383,8 +383,9 @@ def export_model(
     measure : bool
         Measure and record quality of every backend/precision.
     activation_copies : mapping of str to int, optional
-        Offset copies of layers' outputs in the TFLite model (:mod:`.copies`);
-        ``None`` for :data:`~.tflite.ACTIVATION_COPIES`.
+        Offset copies of layers' outputs in the TFLite model (:mod:`.copies`); ``None`` for
+        those the card records for its TFLite model, else its domain's default
+        (:func:`.copies.default_activation_copies`).
     openvino_copies : mapping of str to int, optional
         Offset copies of layers' outputs in the post-training OpenVINO int8 IR; ``None`` for
         :data:`~.openvino_int8.OPENVINO_ACTIVATION_COPIES` (``stem.0=4``), ``{}`` for none.
@@ -507,7 +508,7 @@ def export_model(
             raise ExportOptionError(f"qat_float: {exc}") from exc
         if qat_copies is not None:
             check_activation_copies(gen.correction_network(), qat_copies)
-    copies = dict(ACTIVATION_COPIES if activation_copies is None else activation_copies)
+    copies = default_activation_copies(card) if activation_copies is None else dict(activation_copies)
     if "tflite" in formats:
         check_activation_copies(gen.correction_network(), copies)  # before the slow steps
     if openvino_copies is not None and "openvino" in formats:
@@ -582,8 +583,9 @@ def export_model(
         card_path = record_quality(card_path, test, source=f"{Path(data).name} (test split)")
     plan = torch_plan(pt)
     if plan is not None:
+        # every ratio gets the copies the full network got: their cards record none to default from
         card_path = _export_ratios(card_path, pt, plan, data, formats, tile, n_calibration, measure,
-                                   activation_copies, openvino_copies)
+                                   copies, openvino_copies)
     return card_path
 
 
