@@ -194,6 +194,23 @@ def test_a_moving_average_starts_from_the_starting_weights_not_the_first_steps(t
     assert max((moved[k] - start[k]).abs().max().item() for k in start) > 1e-4
 
 
+def test_starting_from_an_averaging_runs_checkpoint_takes_its_average_not_its_last_step(tiny_dataset, tmp_path):
+    from bluesky_tomogan.model.train import _load_initial_weights
+
+    first = train(_config(tiny_dataset, tmp_path / "first", max_epochs=1, ema_decay=0.9), progress=False)
+    ck = torch.load(first.checkpoint, weights_only=False)
+    average = {k.removeprefix("module."): v for k, v in ck["generator_average"].items() if k.startswith("module.")}
+    gen = TomoGANGenerator(GeneratorConfig.from_dict(ck["config"]["arch"]))
+    _load_initial_weights(gen, str(first.checkpoint))
+    assert all(torch.equal(v, average[k]) for k, v in gen.state_dict().items())
+    assert any(not torch.equal(v, ck["generator"][k]) for k, v in gen.state_dict().items())
+    # a run without an average: its last step's weights, as before
+    plain = train(_config(tiny_dataset, tmp_path / "plain", max_epochs=1), progress=False)
+    _load_initial_weights(gen, str(plain.checkpoint))
+    last = torch.load(plain.checkpoint, weights_only=False)["generator"]
+    assert all(torch.equal(v, last[k]) for k, v in gen.state_dict().items())
+
+
 def test_training_with_the_critic_runs(tiny_dataset, tmp_path):
     result = train(_config(tiny_dataset, tmp_path, adv_weight=1e-3, feat_weight=0.05, gan_warmup_epochs=1),
                    progress=False)

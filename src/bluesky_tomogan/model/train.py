@@ -286,7 +286,10 @@ def _load_initial_weights(gen: TomoGANGenerator, name_or_path: str) -> PrunePlan
     """Start from a weights file, a model directory, a shipped model, or another run's ``checkpoint.pt``.
 
     A checkpoint holds the run's *last* epoch (its weights file holds the best one), which is
-    the better start when validation stopped rewarding what the next run is after. Checkpoints
+    the better start when validation stopped rewarding what the next run is after. Of a run
+    with a moving average of its weights (``ema_decay``) that is the average, which its last
+    epoch validated: the raw weights beside it are the optimiser's last step, for ``--resume``
+    only (single steps moved a light slice network's validation SSIM by up to 0.19). Checkpoints
     hold only tensors and plain values, so they load with ``weights_only=True`` like weights.
 
     Returns the All-in-One channel plan that the weights were trained with, if any.
@@ -295,7 +298,7 @@ def _load_initial_weights(gen: TomoGANGenerator, name_or_path: str) -> PrunePlan
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if "arch" not in state and "config" in state:  # a training checkpoint (masks are hooks, not weights)
-            state = {"arch": state["config"].get("arch", {}), "generator": state["generator"],
+            state = {"arch": state["config"].get("arch", {}), "generator": _last_validated(state),
                      "prune_plan": state.get("prune_plan")}
         arch = GeneratorConfig.from_dict(state.get("arch", {}))
         plan = PrunePlan.stored_in(state)
@@ -313,6 +316,16 @@ def _load_initial_weights(gen: TomoGANGenerator, name_or_path: str) -> PrunePlan
     gen.load_state_dict(weights)
     log.info("initial weights from %s", path)
     return plan
+
+
+def _last_validated(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The generator weights a training checkpoint's last epoch validated: its moving average, if it kept one."""
+    average = checkpoint.get("generator_average")
+    if average is None:
+        return checkpoint["generator"]
+    log.info("initial weights: the checkpoint's moving average of the weights, which its last epoch validated")
+    # AveragedModel's state: the network's under "module.", and its count of updates
+    return {k.removeprefix("module."): v for k, v in average.items() if k.startswith("module.")}
 
 
 def widened_context(weights: dict[str, torch.Tensor], frames: int) -> dict[str, torch.Tensor]:
