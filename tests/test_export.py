@@ -871,6 +871,37 @@ def test_a_cpu_without_vnni_records_its_own_int8_loss_and_keeps_what_it_cannot_m
     assert again["metrics"]["frames_source"] == "five frames"
 
 
+def test_frames_larger_than_the_measure_edge_are_measured_on_their_centre(tmp_path):
+    """What an export measures takes as long for a 2048-wide detector as for a 256-wide one."""
+    import json
+
+    from scipy.ndimage import gaussian_filter
+
+    from bluesky_tomogan.export.pipeline import MEASURE_EDGE, centre_crop, record_quality
+    from bluesky_tomogan.frames import context_indices
+    from bluesky_tomogan.inference import load_denoiser
+    from bluesky_tomogan.metrics import ssim
+    from bluesky_tomogan.simulate.datasets import PairSet
+
+    rng = np.random.default_rng(3)
+    gt = gaussian_filter(rng.random((3, 300, 333)), (0, 6, 6)).astype(np.float32)
+    pairs = PairSet((gt + rng.normal(0, 0.02, gt.shape)).astype(np.float32), gt, np.zeros(3, np.int64))
+    crop = centre_crop(pairs)
+    assert crop.ns.shape == (3, MEASURE_EDGE, MEASURE_EDGE) and np.shares_memory(crop.ns, pairs.ns)
+    np.testing.assert_array_equal(crop.gt[1], gt[1, 22:278, 38:294])
+    assert centre_crop(PairSet(gt[:, :100], gt[:, :100], pairs.group)).ns.shape == (3, 100, MEASURE_EDGE)
+
+    copy_of_shipped_model("tomogan-slice-fast", tmp_path)
+    card_path = tmp_path / "tomogan-slice-fast.json"
+    record_quality(card_path, pairs, n_frames=2)
+    metrics = json.loads(card_path.read_text())["metrics"]
+    assert metrics["val_frame_shape"] == [MEASURE_EDGE, MEASURE_EDGE] and metrics["val_frames"] == 2
+    den = load_denoiser(card_path, backend="onnxruntime", precision="fp32")
+    by_hand = [ssim(crop.gt[i], den.denoise_context(crop.ns[context_indices(crop.group, i, den.depth)]))
+               for i in (0, 2)]
+    assert metrics["val_ssim"] == pytest.approx(np.mean(by_hand), abs=1e-6)
+
+
 def test_measured_losses_outlive_an_export_only_for_unchanged_weights_and_files(tmp_path):
     import json
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -34,13 +33,15 @@ __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "make_pairs", "Scan",
 log = logging.getLogger(__name__)
 
 Domain = Literal["slice", "projection"]
-#: Seconds kept back from the budget for each export format and the quality measurement
-#: that follows, for pairs of 256x256 frames. A 256^3 scan's export took about 250-290 s in all
-#: on 2 cores (Intel Xeon, one core busy with another job; docs/models.md), so the three formats
-#: keep 300 s. The measurement (a fixed number of frames) and the OpenVINO calibration grow with
-#: a frame's area: :func:`export_reserve_s`.
+#: Seconds kept back from the budget for each export format and the quality measurement that
+#: follows. A 256^3 scan's export took about 250-290 s in all on 2 cores (Intel Xeon, one core
+#: busy with another job; docs/models.md), so the three formats keep 300 s. The export measures
+#: and calibrates on at most 256x256 of each frame (:data:`~bluesky_tomogan.export.pipeline.MEASURE_EDGE`),
+#: so this holds for any frame size: the three formats took 161, 185, 174 and 201 s for frames of
+#: 256, 512, 1024 and 2048 pixels a side (AMD EPYC Zen 4, 2 cores, session 50), where frames of
+#: 512 had taken 369 s before, and a reserve that grew with their area refused the default
+#: 15-minute fine-tune of slices more than 438 pixels wide.
 EXPORT_RESERVE_S = {"onnx": 30.0, "tflite": 150.0, "openvino": 120.0}
-RESERVE_FRAME_AREA = 256 * 256
 PAIRS_FILE = "pairs.h5"
 #: int8 calibration samples: fewer than a full export's 200, because TensorFlow's calibrator runs
 #: reference kernels (minutes per hundred 256x256 tiles on 2 cores) and one scan varies less.
@@ -185,25 +186,20 @@ def available_memory() -> int | None:
 def row_choice(config: FinetuneConfig, available: int | None = None) -> Callable[[tuple[int, int, int]], slice | None]:
     """The detector rows to read from a scan of ``(frames, rows, columns)``: ``config.rows``, checked
     against the scan and the memory, or all rows, or the centred slab whose pairs fit in memory.
-    A budget that the export alone would use up on the frames of the rows chosen
-    (:func:`export_reserve_s`) is refused here too, before the scan is read.
+    A budget that the export alone would use up (:func:`export_reserve_s`) is refused here too,
+    before the scan is read.
 
     A 2048-wide detector's pairs (1500 angles) need 350 GB for all its rows; reading them would end in the
     kernel's out-of-memory kill, not in an error.
     """
     def choose(shape: tuple[int, int, int]) -> slice | None:
         chosen = band(shape)
-        _, rows, columns = shape
-        if chosen is not None:
-            rows = chosen.stop - chosen.start
-        # the export's share of the budget is known from the frames' size (of the rows read): refused
-        # before the pairs are made, not after
-        pair_frame = (columns, columns) if config.domain == "slice" else (rows // 2, columns // 2)
-        reserve = export_reserve_s(config.formats, pair_frame)
+        # a budget the export alone would use up: refused before the pairs are made, not after
+        reserve = export_reserve_s(config.formats)
         if reserve + MIN_TRAINING_S > config.minutes * 60:
-            raise ScanError(f"{config.source}: exporting {', '.join(config.formats)} for frames of "
-                            f"{pair_frame[0]}x{pair_frame[1]} takes about {reserve:.0f} s, which leaves a budget of "
-                            f"{config.minutes:g} min too little to train: raise --minutes or export fewer formats")
+            raise ScanError(f"{config.source}: exporting {', '.join(config.formats)} takes about {reserve:.0f} s, "
+                            f"which leaves a budget of {config.minutes:g} min too little to train: raise --minutes "
+                            "or export fewer formats")
         return chosen
 
     def band(shape: tuple[int, int, int]) -> slice | None:
@@ -239,14 +235,9 @@ def row_choice(config: FinetuneConfig, available: int | None = None) -> Callable
     return choose
 
 
-def export_reserve_s(formats: Sequence[str], frame_shape: Sequence[int]) -> float:
-    """Seconds to keep back for exporting ``formats`` and measuring them on frames of ``frame_shape``.
-
-    :data:`EXPORT_RESERVE_S` scaled by the frames' area over 256x256 (never below it): with a fixed
-    reserve a 512-wide scan's ``--minutes 10`` took 676 s (Zen 3, 2 cores; docs/models.md).
-    """
-    scale = max(1.0, math.prod(frame_shape[-2:]) / RESERVE_FRAME_AREA)
-    return scale * sum(EXPORT_RESERVE_S[f] for f in formats)
+def export_reserve_s(formats: Sequence[str]) -> float:
+    """Seconds to keep back for exporting ``formats`` and measuring them (:data:`EXPORT_RESERVE_S`)."""
+    return sum(EXPORT_RESERVE_S[f] for f in formats)
 
 
 def _patch_for(frame_shape: tuple[int, ...], multiple: int) -> int:
@@ -301,7 +292,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
             raise ScanError(f"{pairs_path} is not a pairs file of bluesky-tomogan finetune ({exc}); "
                             "remove it to start again") from exc
     spent = time.perf_counter() - t0
-    reserve = export_reserve_s(config.formats, frame_shape)
+    reserve = export_reserve_s(config.formats)
     budget = config.minutes * 60 - spent - reserve
     if budget < MIN_TRAINING_S:
         raise ScanError(f"a budget of {config.minutes} min leaves {budget:.0f} s to train after making the pairs "
