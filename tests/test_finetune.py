@@ -91,6 +91,39 @@ def test_an_interrupted_fine_tune_resumes_from_its_checkpoint(grains_scan, tmp_p
     assert history[0] == ck["history"][0]
 
 
+def test_pairs_made_before_a_budget_too_small_to_train_are_used_again_with_resume(grains_scan, tmp_path,
+                                                                                 monkeypatch):
+    """A large scan's pairs take minutes: a first try with too small a budget must not waste them."""
+    from dataclasses import replace
+
+    from bluesky_tomogan.model import train as train_module
+
+    path, _ = grains_scan
+    out = tmp_path / "ft"
+    # 50.4 s: the ONNX export's 30 s and 20 s of training fit before the pairs are made, not after
+    small = FinetuneConfig(source=str(path), out_dir=str(out), minutes=0.84, formats=("onnx",), threads=2)
+    with pytest.raises(ScanError, match=r"raise --minutes \(with --resume the pairs in .*pairs.h5 are used again\)"):
+        finetune(small, progress=False)
+    assert (out / "pairs.h5").is_file() and not (out / "pairs.h5.partial").exists()
+
+    def no_rereading(*args, **kwargs):
+        raise AssertionError("a resumed fine-tune must not rebuild its pairs")
+
+    class Started(Exception):
+        pass
+
+    def started(config, resume=False, progress=True):
+        assert resume and config.data == str(out / "pairs.h5")
+        raise Started
+
+    monkeypatch.setattr("bluesky_tomogan.finetune.read_scan", no_rereading)
+    monkeypatch.setattr(train_module, "train", started)
+    with pytest.raises(ScanError, match=r"holds pairs made with seed 0 \(asked: 1\): give another --out"):
+        finetune(replace(small, minutes=5, seed=1), resume=True, progress=False)
+    with pytest.raises(Started):
+        finetune(replace(small, minutes=5), resume=True, progress=False)
+
+
 @pytest.mark.parametrize("case", ["missing", "not-hdf5", "no-projections", "few-angles", "too-small", "nan",
                                   "angles-mismatch", "key-is-a-group", "rows-outside"])
 def test_bad_scans_are_clear_errors_before_any_training(case, tmp_path):

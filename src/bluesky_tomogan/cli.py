@@ -633,7 +633,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", nargs="+", choices=["onnx", "tflite", "openvino"],
                    default=["onnx", "tflite", "openvino"], help="export formats (default: all three)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT")
+    s.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in OUT, or train on the pairs an earlier run made there")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_finetune)
 

@@ -6,7 +6,8 @@ model), :func:`bluesky_tomogan.model.train.train` fine-tunes from the shipped we
 within a wall-clock budget, and :func:`bluesky_tomogan.export.pipeline.export_model`
 writes every format and a model card that says how the model was made. Every check on
 the scan runs before any reconstruction or training; an interrupted run resumes from
-its checkpoint (``resume=True``) without rebuilding the pairs.
+its checkpoint (``resume=True``) without rebuilding the pairs, and a run stopped before
+its first checkpoint trains on the pairs it made.
 
 Needs the ``export`` extra (torch, TensorFlow, NNCF); reading and pair-making need only
 the core package.
@@ -235,6 +236,30 @@ def row_choice(config: FinetuneConfig, available: int | None = None) -> Callable
     return choose
 
 
+def _pairs_identity(config: FinetuneConfig) -> dict[str, Any]:
+    """What makes a fine-tune's pairs: the scan (a URI without its query, where an API key may be), rows and split."""
+    return {"source": config.source.split("?")[0], "uid": config.uid, "field": config.field, "key": config.key,
+            "rows": list(config.rows) if config.rows is not None else None, "domain": config.domain,
+            "splits": config.splits, "seed": config.seed}
+
+
+def _check_pairs_made_for(pairs_path: Path, config: FinetuneConfig) -> None:
+    """Raise :class:`ScanError` if the pairs at ``pairs_path`` were made from another scan or with other settings."""
+    from ..hdf5_frames import open_for_reading
+
+    with open_for_reading(pairs_path, ScanError, "pairs") as f:
+        try:
+            made_for = json.loads(f.attrs["recipe"]).get("made_for")
+        except (KeyError, ValueError) as exc:
+            raise ScanError(f"{pairs_path} is not a pairs file of bluesky-tomogan finetune ({exc}); "
+                            "remove it to start again") from exc
+    wanted = _pairs_identity(config)
+    if made_for is not None and made_for != wanted:
+        differ = ", ".join(f"{k} {made_for.get(k)!r} (asked: {v!r})" for k, v in wanted.items() if made_for.get(k) != v)
+        raise ScanError(f"{pairs_path} holds pairs made with {differ}: give another --out, or leave out --resume "
+                        "to make them again")
+
+
 def export_reserve_s(formats: Sequence[str]) -> float:
     """Seconds to keep back for exporting ``formats`` and measuring them (:data:`EXPORT_RESERVE_S`)."""
     return sum(EXPORT_RESERVE_S[f] for f in formats)
@@ -248,11 +273,23 @@ def _patch_for(frame_shape: tuple[int, ...], multiple: int) -> int:
 def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True) -> FinetuneResult:
     """Fine-tune a shipped model on one scan, without clean data; see the module docstring.
 
+    Parameters
+    ----------
+    config : FinetuneConfig
+        The scan, the model, the budget and the export formats.
+    resume : bool
+        Continue the run in ``config.out_dir``: from its checkpoint, with the pairs it made
+        (without a checkpoint, training starts afresh on those pairs).
+    progress : bool
+        Show progress bars.
+
     Raises
     ------
     ScanError
         The scan is missing, unreadable, without projections, has too few angles, or is too
-        small to split; raised before any training.
+        small to split; raised before any training. With ``resume``, pairs in ``out_dir``
+        made from another scan or with other settings. A budget that leaves too little time
+        to train after making the pairs.
     OutputPathError
         ``out_dir`` cannot be written.
     """
@@ -271,13 +308,20 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
     name = f"{base.stem}-finetuned"
     pairs_path = out / PAIRS_FILE
     checkpoint = out / "checkpoint.pt"
-    if resume and checkpoint.exists() and pairs_path.exists():
-        log.info("resuming %s from %s with the pairs of %s", name, checkpoint, pairs_path)
+    if resume and pairs_path.exists():
+        # the pairs of a large scan take minutes: a run stopped before its first checkpoint (a budget
+        # too small to train, an interruption) keeps them for the next
+        _check_pairs_made_for(pairs_path, config)
+        log.info("resuming %s with the pairs of %s, %s", name, pairs_path,
+                 f"from {checkpoint}" if checkpoint.exists() else "training from the start (no checkpoint yet)")
     else:
         scan = read_scan(config.source, config.uid, config.field, config.key, row_choice(config))
         train_pairs, test_pairs, info = make_pairs(scan, config.domain, config.splits, config.seed, progress)
-        write_dataset(pairs_path, train_pairs, test_pairs, {"self_supervised": info, "source": scan.source,
-                                                            "uid": config.uid, "scan_shape": list(scan.shape)})
+        partial = pairs_path.with_name(pairs_path.name + ".partial")  # an interrupted write is never taken for pairs
+        write_dataset(partial, train_pairs, test_pairs, {"self_supervised": info, "source": scan.source,
+                                                         "uid": config.uid, "scan_shape": list(scan.shape),
+                                                         "made_for": _pairs_identity(config)})
+        partial.replace(pairs_path)
         del scan, train_pairs, test_pairs  # training reads the pairs file: these would stay in memory throughout
     import torch
 
@@ -296,7 +340,8 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
     budget = config.minutes * 60 - spent - reserve
     if budget < MIN_TRAINING_S:
         raise ScanError(f"a budget of {config.minutes} min leaves {budget:.0f} s to train after making the pairs "
-                        f"({spent:.0f} s) and keeping {reserve:.0f} s for export; raise --minutes")
+                        f"({spent:.0f} s) and keeping {reserve:.0f} s for export; raise --minutes (with --resume "
+                        f"the pairs in {pairs_path} are used again)")
     train_config = TrainConfig(
         data=str(pairs_path), out_dir=str(out), name=name, domain=config.domain, arch=arch, patch=patch,
         batch=8, steps_per_epoch=40, max_epochs=1000, patience=8, min_delta=0.005, time_budget_s=budget,
