@@ -182,6 +182,84 @@ def test_a_projection_scan_of_another_name_and_radian_angles_is_read(tmp_path):
     assert scan.flats is None and scan.darks is None
 
 
+def _nexus_frames(n_proj: int = 70):
+    """Darks, flats, projections and one invalid frame in one stack, as NeXus files keep them."""
+    rng = np.random.default_rng(0)
+    key = np.array([2] * 3 + [1] * 4 + [0] * n_proj + [3], np.int32)
+    frames = np.where(key[:, None, None] == 2, 100.0, 1000.0 + 10.0 * key[:, None, None])
+    frames = (frames + rng.normal(0, 1, (len(key), 20, 24))).astype(np.float32)
+    angles = np.concatenate([np.zeros(7), np.linspace(0, np.pi, n_proj, endpoint=False)[::-1], [0.0]])
+    return key, frames, angles
+
+
+def test_an_nxtomo_file_is_read_by_its_image_key_and_rotation_angles(tmp_path):
+    key, frames, angles = _nexus_frames()
+    path = tmp_path / "scan.nx"
+    with h5py.File(path, "w") as f:
+        entry = f.create_group("entry")
+        entry.attrs["NX_class"], entry["definition"] = "NXentry", "NXtomo"
+        detector = entry.create_group("instrument/detector")
+        detector["data"], detector["image_key"] = frames, key
+        sample = entry.create_group("sample")
+        sample["rotation_angle"] = angles
+        sample["rotation_angle"].attrs["units"] = "rad"
+        data = entry.create_group("data")
+        data.attrs.update({"NX_class": "NXdata", "signal": "data"})
+        data["data"] = h5py.SoftLink("/entry/instrument/detector/data")
+        data["image_key"] = h5py.SoftLink("/entry/instrument/detector/image_key")
+    for key_option in (None, "entry/instrument/detector/data"):
+        scan = read_scan(str(path), key=key_option)
+        assert scan.shape == (70, 20, 24)  # the invalid frame (3) left out
+        np.testing.assert_allclose(scan.angles, np.sort(np.rad2deg(angles[7:77])), atol=1e-9)
+        np.testing.assert_allclose(scan.flats, frames[3:7].mean(0), rtol=1e-6)
+        np.testing.assert_allclose(scan.darks, frames[:3].mean(0), rtol=1e-6)
+        np.testing.assert_allclose(scan.projections[0], frames[76], rtol=1e-6)  # angle 0 was stored last
+
+
+def test_a_diamond_nexus_file_with_frames_and_angles_in_linked_files_is_read(tmp_path):
+    """As DIAD (Diamond K11) writes: the frames and angles in files beside the .nxs, an axis whose file is absent."""
+    key, frames, angles = _nexus_frames()
+    (tmp_path / "k11-1").mkdir()
+    with h5py.File(tmp_path / "k11-1" / "k11-1-imaging.h5", "w") as f:
+        f["entry/detector/detector"] = frames
+    with h5py.File(tmp_path / "k11-1" / "k11-1-pcompPanda.h5", "w") as f:
+        f["entry/gts_theta.value/gts_theta.value"] = np.rad2deg(angles) + 90
+    path = tmp_path / "k11-1.nxs"
+    with h5py.File(path, "w") as f:
+        entry = f.create_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        imaging = entry.create_group("imaging")
+        imaging.attrs.update({"NX_class": "NXdata", "signal": "data", "axes": ["gts_theta_value_set", ".", "."],
+                              "gts_theta_value_set_indices": [0], "gts_theta_value_indices": [0],
+                              "RingCurrent_indices": [0]})
+        imaging["data"] = h5py.ExternalLink("k11-1/k11-1-imaging.h5", "/entry/detector/detector")
+        imaging["gts_theta_value_set"] = h5py.ExternalLink("k11-1/k11-1-EtherCAT.h5", "/entry/set")  # not there
+        imaging["gts_theta_value"] = h5py.ExternalLink("k11-1/k11-1-pcompPanda.h5",
+                                                       "/entry/gts_theta.value/gts_theta.value")
+        imaging["RingCurrent"] = np.full(len(key), 300.0)  # a monitor along the frames: not an angle
+        entry["instrument/imaging/image_key"] = key
+    scan = read_scan(str(path))
+    assert scan.shape == (70, 20, 24) and scan.flats is not None and scan.darks is not None
+    np.testing.assert_allclose(scan.angles, np.sort(np.rad2deg(angles[7:77]) + 90), atol=1e-9)
+    # the .nxs alone, copied without its directory: said so, with the file it misses
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "k11-1.nxs").write_bytes(path.read_bytes())
+    with pytest.raises(ScanError, match=r"entry/imaging/data -> k11-1/k11-1-imaging.h5\): copy the scan's directory"):
+        read_scan(str(alone / "k11-1.nxs"))
+
+
+def test_a_nexus_image_key_without_projections_is_a_clear_error(tmp_path):
+    key, frames, _ = _nexus_frames()
+    path = tmp_path / "flats.nx"
+    with h5py.File(path, "w") as f:
+        data = f.create_group("entry/data")
+        data.attrs.update({"NX_class": "NXdata", "signal": "data"})
+        data["data"], data["image_key"] = frames[:7], key[:7]
+    with pytest.raises(ScanError, match=r"marks no frame as a projection \(0\); it holds 4 of 1, 3 of 2"):
+        read_scan(str(path))
+
+
 def test_a_stack_of_several_exposures_per_angle_is_unstacked(tmp_path):
     path = tmp_path / "bursts.h5"
     proj = np.arange(20 * 2 * 8 * 8, dtype=np.float32).reshape(20, 2, 8, 8)

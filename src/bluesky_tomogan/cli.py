@@ -615,8 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("finetune", help="fine-tune a shipped model on your own noisy scan, no clean data "
                                         "(needs the export extra)")
-    s.add_argument("source", help="HDF5 of projections (Data Exchange or plain keys), or a Tiled URI or the "
-                                  "directory of an embedded store (the demo's, the profile's) with --uid")
+    s.add_argument("source", help="HDF5 of projections (Data Exchange, NeXus NXtomo or plain keys), or a Tiled "
+                                  "URI or the directory of an embedded store (the demo's, the profile's) with --uid")
     s.add_argument("--out", required=True, help="output directory (pairs, checkpoint, weights, exports, card)")
     s.add_argument("--domain", choices=["slice", "projection"], default="slice",
                    help="slice model (Noise2Inverse) or projection model (Neighbor2Neighbor); default slice")

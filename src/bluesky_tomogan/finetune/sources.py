@@ -1,4 +1,4 @@
-"""Read a user's scan to fine-tune on: an HDF5 file (Data Exchange or plain keys) or a run stored in Tiled.
+"""Read a user's scan to fine-tune on: an HDF5 file (Data Exchange, NeXus or plain keys) or a run stored in Tiled.
 
 Everything a fine-tune needs is checked here, before any reconstruction or training:
 the projections exist and are a finite 3-D stack (events of several exposures each are
@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import ScanError
 from ..frame_files import PROJECTION_KEYS, first_dataset, hdf5_datasets
 from ..masked import fill_masked, missing_pixels
+from ..nexus import IMAGE_KEY, NexusScan, find_nexus_scan, missing_frame_files
 
 __all__ = ["Scan", "RowChoice", "read_scan", "read_scan_hdf5", "read_scan_tiled"]
 
@@ -185,14 +186,18 @@ def _assemble(projections: Any, angles: Any, flats: Any, darks: Any, where: str,
 
 
 def read_scan_hdf5(path: str | Path, key: str | None = None, rows: RowChoice | None = None) -> Scan:
-    """Read a scan from HDF5: the Data Exchange layout or plain ``projections``/``angles``/``flats``/``darks``.
+    """Read a scan from HDF5: Data Exchange, NeXus (NXtomo, :mod:`bluesky_tomogan.nexus`) or plain
+    ``projections``/``angles``/``flats``/``darks``.
 
     Parameters
     ----------
     path : str or Path
         The file.
     key : str, optional
-        Dataset of the projections (default: the first of :data:`PROJECTION_KEYS`).
+        Dataset of the projections (default: the first of :data:`PROJECTION_KEYS`, else the
+        frames of the first NeXus NXdata group that holds a stack of them). Where a NeXus
+        ``image_key`` of one value per frame is found, it says which frames are projections,
+        flats and darks.
     rows : callable, optional
         Given the stored projections' ``(frames, rows, columns)``, the detector rows to read
         (a ``slice``, or ``None`` for all); only those are read, of flats and darks too.
@@ -215,12 +220,44 @@ def read_scan_hdf5(path: str | Path, key: str | None = None, rows: RowChoice | N
         proj = f[key] if key is not None else first(PROJECTION_KEYS)
         if proj is not None and not hasattr(proj, "shape"):
             raise ScanError(f"{p}: {key!r} is a group, not a dataset of projections")
+        nexus = find_nexus_scan(f, key) if key is not None or proj is None else None
+        if nexus is not None:
+            return _nexus_scan(f, nexus, str(p), rows)
         if proj is None:
-            raise ScanError(f"{p} holds no projections: none of {', '.join(PROJECTION_KEYS)} "
-                            f"(datasets found: {', '.join(hdf5_datasets(f)[:12]) or 'none'}); name one with --key")
+            missing = missing_frame_files(f)
+            if missing:
+                raise ScanError(f"{p}: its frames are in files that are not beside it ({'; '.join(missing)}): "
+                                "copy the scan's directory whole")
+            raise ScanError(f"{p} holds no projections: none of {', '.join(PROJECTION_KEYS)} and no NeXus NXdata "
+                            f"group of frames (datasets found: {', '.join(hdf5_datasets(f)[:12]) or 'none'}); "
+                            "name one with --key")
         picked = _choose_rows(proj, rows)
         return _assemble(_read(proj, picked), _read(first(ANGLE_KEYS), None), _read(first(FLAT_KEYS), picked),
                          _read(first(DARK_KEYS), picked), str(p), rows=picked)
+
+
+def _nexus_scan(f: Any, nexus: NexusScan, where: str, rows: RowChoice | None) -> Scan:
+    """The scan of a NeXus file: one stack of frames whose ``image_key`` says which are projections,
+    flats and darks (:mod:`bluesky_tomogan.nexus`)."""
+    stack = f[nexus.frames]
+    picked = _choose_rows(stack, rows)
+    frames = _read(stack, picked)
+    angles = None if nexus.angles is None else np.asarray(f[nexus.angles][()], float)
+    if nexus.image_key is None:
+        return _assemble(frames, angles, None, None, where, rows=picked)
+    kind = nexus.image_key
+    if not (kind == IMAGE_KEY["projection"]).any():
+        values, counts = np.unique(kind, return_counts=True)
+        held = ", ".join(f"{int(c)} of {int(k)}" for k, c in zip(values, counts, strict=True))
+        raise ScanError(f"{where}: the image_key of {nexus.frames} marks no frame as a projection (0); "
+                        f"it holds {held}")
+
+    def of(name: str) -> Any:
+        chosen = kind == IMAGE_KEY[name]
+        return frames[chosen] if chosen.any() else None
+
+    return _assemble(of("projection"), None if angles is None else angles[kind == IMAGE_KEY["projection"]],
+                     of("flat"), of("dark"), where, rows=picked)
 
 
 def _image_field(stream: Any, field: str | None, where: str) -> str:

@@ -1,0 +1,171 @@
+"""Where a NeXus file keeps a tomography scan: NXtomo, and the layout Diamond's beamlines write.
+
+NeXus stores projections, flat fields and dark fields in one stack of frames and says which
+is which in ``image_key`` (0 projection, 1 flat field, 2 dark field, 3 invalid), with each
+frame's rotation angle beside it: NXtomo's ``entry/sample/rotation_angle`` (also linked into
+its NXdata group), or in Diamond's files an axis of the NXdata group that holds the frames,
+often an external link to another file of the scan (the DIAD beamline's: ``entry/imaging``
+with the frames in ``k11-NNNNN/k11-NNNNN-imaging.h5`` and the measured angles as
+``gts_theta_value``). Links into files that are not there are passed over, as a reader
+of the scan would.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["IMAGE_KEY", "NexusScan", "find_nexus_scan", "missing_frame_files"]
+
+log = logging.getLogger(__name__)
+
+#: NXtomo's ``image_key`` values (3, an invalid frame, is neither and is left out).
+IMAGE_KEY = {"projection": 0, "flat": 1, "dark": 2}
+#: An axis of the frames' NXdata group is taken for the rotation angle only under such a name:
+#: that group's other axes of the frame index are monitors (ring current, temperature).
+_ANGLE_NAME = re.compile(r"theta|angle|rot|omega", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class NexusScan:
+    """What a NeXus file says about its frames.
+
+    Attributes
+    ----------
+    frames : str
+        Path of the stack of frames.
+    image_key : numpy.ndarray or None
+        Each frame's kind (:data:`IMAGE_KEY`); ``None``: all are projections.
+    angles : str or None
+        Path of each frame's rotation angle.
+    """
+
+    frames: str
+    image_key: np.ndarray | None
+    angles: str | None
+
+
+def _nx_class(obj: Any) -> str:
+    value = obj.attrs.get("NX_class", b"")
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _dataset(f: Any, path: str) -> Any | None:
+    """The dataset at ``path``, or None where there is none (or a link into a file that is not there)."""
+    import h5py
+
+    try:
+        obj = f[path]
+    except (KeyError, OSError, ValueError):
+        return None
+    return obj if isinstance(obj, h5py.Dataset) else None
+
+
+def _nxdata_frames(f: Any) -> list[tuple[str, str]]:
+    """``(group, frames)`` paths of every NXdata group whose signal is a stack of frames, in file order."""
+    import h5py
+
+    groups: list[str] = []
+    f.visititems(lambda name, obj: groups.append(name)
+                 if isinstance(obj, h5py.Group) and _nx_class(obj) == "NXdata" else None)
+    found = []
+    for group in groups:
+        signal = f[group].attrs.get("signal")
+        if signal is None:
+            continue
+        path = f"{group}/{_text(signal)}"  # the path in this file: a linked dataset's name is its own file's
+        stack = _dataset(f, path)
+        if stack is not None and stack.ndim in (3, 4):
+            found.append((group, path))
+    return found
+
+
+def _per_frame(f: Any, paths: list[str], n: int) -> str | None:
+    """The first of ``paths`` that is a 1-D numeric dataset of ``n`` values."""
+    for path in paths:
+        ds = _dataset(f, path)
+        if ds is not None and ds.shape == (n,) and np.issubdtype(ds.dtype, np.number):
+            return path
+    return None
+
+
+def _named(f: Any, leaf: str) -> list[str]:
+    import h5py
+
+    found: list[str] = []
+    f.visititems(lambda name, obj: found.append(name)
+                 if isinstance(obj, h5py.Dataset) and name.rsplit("/", 1)[-1] == leaf else None)
+    return found
+
+
+def _angle_axes(f: Any, group: str) -> list[str]:
+    """The NXdata group's axes along the frame index: its first ``axes`` entry, then any
+    ``<name>_indices = 0`` whose name says it is an angle."""
+    attrs = f[group].attrs
+    axes = [_text(a) for a in np.atleast_1d(attrs.get("axes", []))]
+    names = axes[:1] + [k[: -len("_indices")] for k in attrs
+                        if k.endswith("_indices") and np.atleast_1d(attrs[k])[:1].tolist() == [0]]
+    return [f"{group}/{name}" for name in names if name != "." and _ANGLE_NAME.search(name)]
+
+
+def find_nexus_scan(f: Any, frames: str | None = None) -> NexusScan | None:
+    """Where the open HDF5 file ``f`` keeps its frames, their ``image_key`` and angles.
+
+    Parameters
+    ----------
+    f : h5py.File
+        The file.
+    frames : str, optional
+        The frames' path, if known (``--key``); else the signal of the first NXdata group
+        that is a stack of frames.
+
+    Returns
+    -------
+    NexusScan or None
+        ``None`` where ``frames`` is not given and no NXdata group holds frames.
+    """
+    candidates = _nxdata_frames(f)
+    if frames is None:
+        if not candidates:
+            return None
+        group, frames = candidates[0]
+    else:
+        frames = frames.strip("/")
+        group = next((g for g, path in candidates if path == frames), frames.rpartition("/")[0])
+    n = int(f[frames].shape[0])
+    parent = frames.rpartition("/")[0]
+    # NXtomo keeps image_key beside the detector's frames and links it into its NXdata group
+    key_path = _per_frame(f, [f"{parent}/image_key", f"{group}/image_key", *_named(f, "image_key")], n)
+    angles = _per_frame(f, [f"{group}/rotation_angle", f"{parent}/rotation_angle", *_named(f, "rotation_angle"),
+                            *_angle_axes(f, group)], n)
+    image_key = None if key_path is None else np.asarray(f[key_path][()]).astype(int)
+    log.info("NeXus scan: frames %s, image_key %s, angles %s", frames, key_path, angles)
+    return NexusScan(frames, image_key, angles)
+
+
+def missing_frame_files(f: Any) -> list[str]:
+    """``"<signal path> -> <file>"`` for every NXdata signal that links into a file that is not there
+    (a scan's ``.nxs`` copied without the detector's files beside it)."""
+    import h5py
+
+    groups: list[str] = []
+    f.visititems(lambda name, obj: groups.append(name)
+                 if isinstance(obj, h5py.Group) and _nx_class(obj) == "NXdata" else None)
+    missing = []
+    for group in groups:
+        signal = f[group].attrs.get("signal")
+        if signal is None:
+            continue
+        path = f"{group}/{_text(signal)}"
+        link = f[group].get(_text(signal), getlink=True)
+        if isinstance(link, h5py.ExternalLink) and _dataset(f, path) is None:
+            missing.append(f"{path} -> {link.filename}")
+    return missing
