@@ -358,6 +358,36 @@ def test_an_hdf5_scan_denoised_into_hdf5_keeps_its_layout_for_reconstruction(tmp
     assert src.read_bytes() == raw
 
 
+def test_a_nexus_scan_with_its_frames_in_a_linked_file_is_denoised_in_place_of_that_link(tmp_path):
+    """Diamond's .nxs: the frames are an external link into the detector's file, the angles another; the
+    output's frames are the denoised ones, and its other links still resolve wherever it is written."""
+    import h5py
+    import numpy as np
+
+    rng = np.random.default_rng(4)
+    frames = rng.poisson(800, (6, 32, 40)).astype(np.uint16)
+    scan = tmp_path / "scan"
+    (scan / "k11-1").mkdir(parents=True)
+    with h5py.File(scan / "k11-1" / "k11-1-imaging.h5", "w") as f:
+        f["entry/detector/detector"] = frames
+    with h5py.File(scan / "k11-1" / "k11-1-angles.h5", "w") as f:
+        f["theta"] = np.linspace(0, 180, 6)
+    with h5py.File(scan / "k11-1.nxs", "w") as f:
+        imaging = f.create_group("entry/imaging")
+        imaging.attrs.update({"NX_class": "NXdata", "signal": "data"})
+        imaging["data"] = h5py.ExternalLink("k11-1/k11-1-imaging.h5", "/entry/detector/detector")
+        imaging["theta"] = h5py.ExternalLink("k11-1/k11-1-angles.h5", "/theta")
+        f["entry/instrument/imaging/image_key"] = np.zeros(6, np.int32)
+    out = tmp_path / "elsewhere" / "out.h5"
+    out.parent.mkdir()
+    assert main(["denoise", str(scan / "k11-1.nxs"), str(out), "--backend", "onnxruntime"]) == 0
+    with h5py.File(out, "r") as f:
+        assert f["entry/imaging/data"] == f["denoised"] and f["denoised"].dtype == np.float32
+        assert f["denoised"].shape == frames.shape and f["denoised"][()].std() < frames.std()
+        np.testing.assert_array_equal(f["entry/imaging/theta"][()], np.linspace(0, 180, 6))
+        np.testing.assert_array_equal(f["entry/instrument/imaging/image_key"][()], np.zeros(6))
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "input file {src} does not exist"),
     ("text", "is not a .npy, TIFF or HDF5 file"),

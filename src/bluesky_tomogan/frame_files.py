@@ -38,6 +38,7 @@ import numpy as np
 
 from .errors import TomoGANError
 from .frames import has_channel_axis, looks_like_colour, without_channel_axis
+from .nexus import find_nexus_scan, missing_frame_files
 
 __all__ = ["NPY", "HDF5", "TIFF", "PROJECTION_KEYS", "DENOISED_KEY", "FrameSource", "open_frames", "check_output",
            "denoise_file", "first_dataset", "hdf5_datasets"]
@@ -143,8 +144,9 @@ def _open(p: Path, key: str | None, stack: contextlib.ExitStack) -> FrameSource:
                            lambda a, b: np.asarray(tif.asarray(key=range(a, b))).reshape(b - a, *shape))
     if h5py.is_hdf5(p):
         f = stack.enter_context(h5py.File(p, "r"))
-        frames = f[_frames_key(f, p, key)]
-        return dataclasses.replace(_source(frames), hdf5_key=frames.name)
+        frames_key = _frames_key(f, p, key)
+        # the path in this file: a dataset reached through an external link (NeXus) has its own file's name
+        return dataclasses.replace(_source(f[frames_key]), hdf5_key="/" + frames_key.lstrip("/"))
     raise TomoGANError(f"{p} is not a .npy, TIFF or HDF5 file (its suffix {suffix!r} and its contents say "
                        f"neither): give frames as {', '.join(NPY + HDF5 + TIFF)}")
 
@@ -202,6 +204,13 @@ def _frames_key(f: Any, path: Path, key: str | None) -> str:
     usual = first_dataset(f, PROJECTION_KEYS)
     if usual is not None:
         return usual
+    nexus = find_nexus_scan(f)
+    if nexus is not None:  # every frame, flats and darks too: each is denoised as the callback denoises them
+        return nexus.frames
+    missing = missing_frame_files(f)
+    if missing:
+        raise TomoGANError(f"{path}: its frames are in files that are not beside it ({'; '.join(missing)}): "
+                           "copy the scan's directory whole")
     found = hdf5_datasets(f)
     if len(found) != 1:
         raise TomoGANError(f"{path} holds {len(found)} datasets {found[:12]} and none of the usual names for "
@@ -319,7 +328,13 @@ def _copy_hdf5_layout(src: Any, dst: Any, frames: Any, made: dict[int, str] | No
     for name in src:
         link = src.get(name, getlink=True)
         here = f"{dst.name.rstrip('/')}/{name}"
-        if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+        if isinstance(link, h5py.ExternalLink):
+            if _resolves_to(src, name, frames):
+                places.append(here)  # NeXus keeps the detector's frames in a file of their own
+            else:  # still found from wherever the copy is written
+                dst[name] = h5py.ExternalLink(str(Path(src.file.filename).parent / link.filename), link.path)
+            continue
+        if isinstance(link, h5py.SoftLink):
             dst[name] = link
             continue
         if src.name == "/" and name == DENOISED_KEY:
@@ -337,6 +352,15 @@ def _copy_hdf5_layout(src: Any, dst: Any, frames: Any, made: dict[int, str] | No
             src.copy(obj, dst, name=name, without_attrs=True)
             _copy_attrs(obj, dst[name])
     return places
+
+
+def _resolves_to(group: Any, name: str, frames: Any) -> bool:
+    """Whether ``group[name]`` (a link) leads to the dataset ``frames``; a link into a missing file does not."""
+    try:
+        obj = group[name]
+    except (KeyError, OSError):
+        return False
+    return bool(obj == frames)
 
 
 def _attach_scales(src: Any, dst: Any) -> None:
