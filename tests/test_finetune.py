@@ -454,23 +454,52 @@ def test_rows_whose_pairs_do_not_fit_in_memory_are_a_clear_error_and_by_default_
     def big(**kw):
         return FinetuneConfig(source="big.h5", out_dir="o", **kw)
 
+    def instant(shape):  # pairs that take no time: memory alone decides
+        return 0.0
+
     shape = (1500, 2048, 2048)
     per_row = pairs_bytes("slice", (1500, 1, 2048))
     assert pairs_bytes("slice", shape) == 2048 * per_row > 3.4e11
     config = big()
     memory = 100 * per_row  # 80 rows fit in 80 % of it
-    chosen = row_choice(config, memory)(shape)
+    chosen = row_choice(config, memory, instant)(shape)
     assert (chosen.start, chosen.stop) == ((2048 - 80) // 2, (2048 - 80) // 2 + 80)
-    assert row_choice(config, 10 ** 15)(shape) is None  # all rows fit
-    assert row_choice(big(rows=(0, 64)), memory)(shape) == slice(0, 64)
+    assert row_choice(config, 10 ** 15, instant)(shape) is None  # all rows fit
+    assert row_choice(big(rows=(0, 64)), memory, instant)(shape) == slice(0, 64)
     with pytest.raises(ScanError, match=r"rows 0:512 needs about .* GB, .* GB are available: give at most 80 rows"):
-        row_choice(big(rows=(0, 512)), memory)(shape)
+        row_choice(big(rows=(0, 512)), memory, instant)(shape)
     with pytest.raises(ScanError, match="lie outside the detector's 2048 rows"):
-        row_choice(big(rows=(2000, 2100)), memory)(shape)
+        row_choice(big(rows=(2000, 2100)), memory, instant)(shape)
     with pytest.raises(ScanError, match="too large to fine-tune on here"):
-        row_choice(config, 10 * per_row)(shape)
+        row_choice(config, 10 * per_row, instant)(shape)
     with pytest.raises(ScanError, match="0 <= first < stop"):
         big(rows=(5, 5))
+
+
+def test_a_large_detectors_slice_pairs_are_made_of_the_centred_rows_they_have_time_for(caplog):
+    """All 2048 rows of a 2048-wide detector with 1500 angles: about 6 s a row on 2 cores, 3.5 hours for the
+    pairs alone. By default the slab whose pairs take their share of the budget; rows given are kept."""
+    from bluesky_tomogan.finetune import EXPORT_RESERVE_S, PAIRS_TIME_SHARE, row_choice
+
+    shape = (1500, 2048, 2048)
+    config = FinetuneConfig(source="big.h5", out_dir="o")  # 15 minutes, the three formats
+    share = PAIRS_TIME_SHARE * (15 * 60 - sum(EXPORT_RESERVE_S.values()))
+    keep = int(share // 6.0)
+    chosen = row_choice(config, 10 ** 15, lambda sh: 6.0)(shape)
+    assert (chosen.start, chosen.stop) == ((2048 - keep) // 2, (2048 - keep) // 2 + keep)
+    assert "would take about 12288 s here" in caplog.text and "--rows" in caplog.text
+    # less memory than time: memory decides; rows given, or projections (cheap pairs): no time limit
+    from bluesky_tomogan.finetune import pairs_bytes
+
+    small_memory = int((keep // 2) * pairs_bytes("slice", (1500, 1, 2048)) / 0.8) + 1
+    by_memory = row_choice(config, small_memory, lambda sh: 6.0)(shape)
+    assert by_memory.stop - by_memory.start == keep // 2
+    given = FinetuneConfig(source="big.h5", out_dir="o", rows=(0, 512))
+    assert row_choice(given, 10 ** 15, lambda sh: 6.0)(shape) == slice(0, 512)
+    projections = FinetuneConfig(source="big.h5", out_dir="o", domain="projection")
+    assert row_choice(projections, 10 ** 15, lambda sh: 6.0)(shape) is None
+    # a scan whose pairs take less than their share: every row (the demo's 512 rows: about 0.07 s each here)
+    assert row_choice(config, 10 ** 15, lambda sh: 0.07)((180, 512, 512)) is None
 
 
 def test_a_budget_that_the_export_would_use_up_is_refused_before_the_scan_is_read():
@@ -480,9 +509,10 @@ def test_a_budget_that_the_export_would_use_up_is_refused_before_the_scan_is_rea
         row_choice(FinetuneConfig(source="big.h5", out_dir="o", minutes=5), 10 ** 15)((180, 256, 256))
     # the export measures and calibrates on 256x256 of each frame: a 2048-wide detector's fine-tune keeps the
     # default 15 minutes (its export took 201 s), where a reserve that grew with the frames refused it
-    assert row_choice(FinetuneConfig(source="big.h5", out_dir="o"), 10 ** 15)((1500, 2048, 2048)) is None
+    everything = row_choice(FinetuneConfig(source="big.h5", out_dir="o"), 10 ** 15, lambda sh: 0.0)
+    assert everything((1500, 2048, 2048)) is None
     assert row_choice(FinetuneConfig(source="big.h5", out_dir="o", minutes=5, formats=("onnx",)),
-                      10 ** 15)((180, 256, 256)) is None
+                      10 ** 15, lambda sh: 0.0)((180, 256, 256)) is None
 
 
 def test_the_finetune_command_takes_detector_rows(tmp_path, capsys):

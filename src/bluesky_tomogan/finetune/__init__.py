@@ -23,13 +23,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from ..errors import ScanError
 from ..simulate.datasets import PairSet
 from .pairs import HOLDOUT_DEFAULT, MIN_FRAMES, holdout_split, neighbour_pairs, noise2inverse_split
 from .sources import Scan, read_scan
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "make_pairs", "Scan", "read_scan", "row_choice",
-           "pairs_bytes", "available_memory", "export_reserve_s"]
+           "pairs_bytes", "available_memory", "export_reserve_s", "slice_row_seconds"]
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +156,11 @@ def _check_export_tools(formats: tuple[str, ...]) -> None:
 MIN_TRAINING_S = 20.0
 #: Share of the memory available when a fine-tune starts that its pairs may take.
 MEMORY_SHARE = 0.8
+#: Share of the budget left after the export's reserve that making a slice scan's pairs may take
+#: when the rows are not chosen (``--rows``): the rest trains. Each row gives slices of columns x
+#: columns pixels, and training draws 96x96 patches of them, so a band of a large detector's rows
+#: is data enough; all 2048 rows of a 2048-wide detector with 1500 angles would take hours here.
+PAIRS_TIME_SHARE = 0.4
 
 
 def pairs_bytes(domain: Domain, shape: tuple[int, int, int], splits: int = 4) -> int:
@@ -184,24 +191,57 @@ def available_memory() -> int | None:
     return None
 
 
-def row_choice(config: FinetuneConfig, available: int | None = None) -> Callable[[tuple[int, int, int]], slice | None]:
+def slice_row_seconds(shape: tuple[int, int, int], splits: int = 4, threads: int = 2) -> float:
+    """Seconds making one detector row's Noise2Inverse pairs takes here, for a scan of
+    ``(frames, rows, columns)``: its ``splits`` sub-reconstructions, timed on a random sinogram of
+    that size (the second of two runs: the first pays for setting up), ``threads`` rows at a time."""
+    from ..reconstruction import reconstruct
+
+    frames, _, columns = shape
+    angles = np.linspace(0.0, 180.0, frames, endpoint=False)[::splits]
+    sinogram = np.random.default_rng(0).uniform(0.5, 1.0, (len(angles), columns)).astype(np.float32)
+    took = 0.0
+    for _ in range(2):
+        t0 = time.perf_counter()
+        reconstruct(sinogram, angles, columns / 2)
+        took = time.perf_counter() - t0
+    return splits * took / max(1, threads)
+
+
+def row_choice(config: FinetuneConfig, available: int | None = None,
+               row_seconds: Callable[[tuple[int, int, int]], float] | None = None
+               ) -> Callable[[tuple[int, int, int]], slice | None]:
     """The detector rows to read from a scan of ``(frames, rows, columns)``: ``config.rows``, checked
-    against the scan and the memory, or all rows, or the centred slab whose pairs fit in memory.
-    A budget that the export alone would use up (:func:`export_reserve_s`) is refused here too,
-    before the scan is read.
+    against the scan and the memory, or all rows, or the centred slab whose pairs fit in memory
+    and, for slices, whose pairs take at most :data:`PAIRS_TIME_SHARE` of the budget left after
+    the export (``row_seconds``: the seconds of one row's pairs, by default
+    :func:`slice_row_seconds`). A budget that the export alone would use up
+    (:func:`export_reserve_s`) is refused here too, before the scan is read.
 
     A 2048-wide detector's pairs (1500 angles) need 350 GB for all its rows; reading them would end in the
     kernel's out-of-memory kill, not in an error.
     """
     def choose(shape: tuple[int, int, int]) -> slice | None:
-        chosen = band(shape)
         # a budget the export alone would use up: refused before the pairs are made, not after
         reserve = export_reserve_s(config.formats)
         if reserve + MIN_TRAINING_S > config.minutes * 60:
             raise ScanError(f"{config.source}: exporting {', '.join(config.formats)} takes about {reserve:.0f} s, "
                             f"which leaves a budget of {config.minutes:g} min too little to train: raise --minutes "
                             "or export fewer formats")
-        return chosen
+        return band(shape)
+
+    def in_time(shape: tuple[int, int, int]) -> tuple[int, str] | None:
+        """The most rows whose slice pairs take their share of the budget, and why; None: no limit."""
+        if config.rows is not None or config.domain != "slice":
+            return None
+        seconds = (row_seconds or (lambda sh: slice_row_seconds(sh, config.splits)))(shape)
+        share = PAIRS_TIME_SHARE * (config.minutes * 60 - export_reserve_s(config.formats))
+        keep = max(int(share // seconds), MIN_FRAMES) if seconds > 0 else shape[1]
+        if keep >= shape[1]:
+            return None
+        return (keep,
+                f"the pairs of all {shape[1]} detector rows would take about {shape[1] * seconds:.0f} s here, "
+                f"{share:.0f} s of the {config.minutes:g}-minute budget are theirs")
 
     def band(shape: tuple[int, int, int]) -> slice | None:
         frames, rows, columns = shape
@@ -209,8 +249,11 @@ def row_choice(config: FinetuneConfig, available: int | None = None) -> Callable
             raise ScanError(f"{config.source}: rows {config.rows[0]}:{config.rows[1]} lie outside the detector's "
                             f"{rows} rows")
         free = available_memory() if available is None else available
-        if free is None:  # not Linux: no check
-            return None if config.rows is None else slice(*config.rows)
+        timed = in_time(shape)
+        if free is None:  # not Linux: no memory check
+            if config.rows is not None:
+                return slice(*config.rows)
+            return None if timed is None else centred(rows, *timed)
         per_row = pairs_bytes(config.domain, (frames, 1, columns), config.splits)
         fit = int(MEMORY_SHARE * free // per_row)
         gb = 1e-9
@@ -221,17 +264,22 @@ def row_choice(config: FinetuneConfig, available: int | None = None) -> Callable
                                 f"{(stop - first) * per_row * gb:.1f} GB, {free * gb:.1f} GB are available: "
                                 f"give at most {fit} rows (--rows)")
             return slice(first, stop)
-        if rows <= fit:
+        if rows <= fit and timed is None:
             return None
         least = MIN_FRAMES if config.domain == "slice" else 64  # slices to split; projections' neighbour pairs
         if fit < least:
             raise ScanError(f"{config.source}: frames of {rows}x{columns} are too large to fine-tune on here: "
                             f"{least} rows need about {least * per_row * gb:.1f} GB, {free * gb:.1f} GB are available")
-        first = (rows - fit) // 2
-        log.warning("%s: all %d detector rows would need about %.1f GB for the pairs, %.1f GB are available: "
-                    "fine-tuning on the centred rows %d:%d (choose others with --rows)", config.source, rows,
-                    rows * per_row * gb, free * gb, first, first + fit)
-        return slice(first, first + fit)
+        if timed is not None and timed[0] <= fit:
+            return centred(rows, *timed)
+        return centred(rows, fit, f"all {rows} detector rows would need about {rows * per_row * gb:.1f} GB for the "
+                                  f"pairs, {free * gb:.1f} GB are available")
+
+    def centred(rows: int, keep: int, why: str) -> slice:
+        first = (rows - keep) // 2
+        log.warning("%s: %s: fine-tuning on the centred rows %d:%d (choose others with --rows)", config.source, why,
+                    first, first + keep)
+        return slice(first, first + keep)
 
     return choose
 
