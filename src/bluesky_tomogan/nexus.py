@@ -69,22 +69,24 @@ def _dataset(f: Any, path: str) -> Any | None:
     return obj if isinstance(obj, h5py.Dataset) else None
 
 
-def _nxdata_frames(f: Any) -> list[tuple[str, str]]:
-    """``(group, frames)`` paths of every NXdata group whose signal is a stack of frames, in file order."""
+def _nxdata_signals(f: Any) -> list[tuple[str, str]]:
+    """``(group, signal)`` of every NXdata group that names its signal, in file order; the signal's path
+    is ``group/signal``, in this file (a linked dataset's own name is its own file's)."""
     import h5py
 
     groups: list[str] = []
     f.visititems(lambda name, obj: groups.append(name)
                  if isinstance(obj, h5py.Group) and _nx_class(obj) == "NXdata" else None)
+    return [(g, _text(f[g].attrs["signal"])) for g in groups if f[g].attrs.get("signal") is not None]
+
+
+def _nxdata_frames(f: Any) -> list[tuple[str, str]]:
+    """``(group, frames)`` paths of every NXdata group whose signal is a stack of frames, in file order."""
     found = []
-    for group in groups:
-        signal = f[group].attrs.get("signal")
-        if signal is None:
-            continue
-        path = f"{group}/{_text(signal)}"  # the path in this file: a linked dataset's name is its own file's
-        stack = _dataset(f, path)
+    for group, signal in _nxdata_signals(f):
+        stack = _dataset(f, f"{group}/{signal}")
         if stack is not None and stack.ndim in (3, 4):
-            found.append((group, path))
+            found.append((group, f"{group}/{signal}"))
     return found
 
 
@@ -156,16 +158,9 @@ def missing_frame_files(f: Any) -> list[str]:
     (a scan's ``.nxs`` copied without the detector's files beside it)."""
     import h5py
 
-    groups: list[str] = []
-    f.visititems(lambda name, obj: groups.append(name)
-                 if isinstance(obj, h5py.Group) and _nx_class(obj) == "NXdata" else None)
     missing = []
-    for group in groups:
-        signal = f[group].attrs.get("signal")
-        if signal is None:
-            continue
-        path = f"{group}/{_text(signal)}"
-        link = f[group].get(_text(signal), getlink=True)
-        if isinstance(link, h5py.ExternalLink) and _dataset(f, path) is None:
-            missing.append(f"{path} -> {link.filename}")
+    for group, signal in _nxdata_signals(f):
+        link = f[group].get(signal, getlink=True)
+        if isinstance(link, h5py.ExternalLink) and _dataset(f, f"{group}/{signal}") is None:
+            missing.append(f"{group}/{signal} -> {link.filename}")
     return missing
