@@ -207,6 +207,10 @@ def test_an_nxtomo_file_is_read_by_its_image_key_and_rotation_angles(tmp_path):
         data.attrs.update({"NX_class": "NXdata", "signal": "data"})
         data["data"] = h5py.SoftLink("/entry/instrument/detector/data")
         data["image_key"] = h5py.SoftLink("/entry/instrument/detector/image_key")
+        entry.attrs["default"] = "data"  # before "binned", a stack of another shape that sorts first by name
+        binned = entry.create_group("binned")
+        binned.attrs.update({"NX_class": "NXdata", "signal": "data"})
+        binned["data"] = frames[:, ::2, ::2]
     for key_option in (None, "entry/instrument/detector/data"):
         scan = read_scan(str(path), key=key_option)
         assert scan.shape == (70, 20, 24)  # the invalid frame (3) left out

@@ -70,7 +70,7 @@ def _dataset(f: Any, path: str) -> Any | None:
 
 
 def _nxdata_signals(f: Any) -> list[tuple[str, str]]:
-    """``(group, signal)`` of every NXdata group that names its signal, in file order; the signal's path
+    """``(group, signal)`` of every NXdata group that names its signal, in name order; the signal's path
     is ``group/signal``, in this file (a linked dataset's own name is its own file's)."""
     import h5py
 
@@ -81,13 +81,19 @@ def _nxdata_signals(f: Any) -> list[tuple[str, str]]:
 
 
 def _nxdata_frames(f: Any) -> list[tuple[str, str]]:
-    """``(group, frames)`` paths of every NXdata group whose signal is a stack of frames, in file order."""
+    """``(group, frames)`` paths of every NXdata group whose signal is a stack of frames: first those
+    that their parent names its ``default`` (NeXus's plot to show), then in name order."""
     found = []
     for group, signal in _nxdata_signals(f):
         stack = _dataset(f, f"{group}/{signal}")
         if stack is not None and stack.ndim in (3, 4):
             found.append((group, f"{group}/{signal}"))
-    return found
+
+    def is_default(group: str) -> bool:
+        parent, _, leaf = group.rpartition("/")
+        return _text(f[parent or "/"].attrs.get("default", "")) == leaf
+
+    return sorted(found, key=lambda item: not is_default(item[0]))
 
 
 def _per_frame(f: Any, paths: list[str], n: int) -> str | None:
