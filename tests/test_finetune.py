@@ -220,6 +220,19 @@ def test_an_nxtomo_file_is_read_by_its_image_key_and_rotation_angles(tmp_path):
         np.testing.assert_allclose(scan.projections[0], frames[76], rtol=1e-6)  # angle 0 was stored last
 
 
+def test_projections_named_by_key_in_a_data_exchange_file_keep_its_flats_darks_and_angles(tmp_path):
+    rng = np.random.default_rng(1)
+    path = tmp_path / "dx.h5"
+    with h5py.File(path, "w") as f:
+        f["exchange/data"] = rng.poisson(800, (8, 16, 20)).astype(np.uint16)
+        f["exchange/data_white"] = np.full((2, 16, 20), 900, np.uint16)
+        f["exchange/data_dark"] = np.full((2, 16, 20), 10, np.uint16)
+        f["exchange/theta"] = np.linspace(0, 175, 8)
+    scan = read_scan(str(path), key="exchange/data")
+    assert scan.flats is not None and scan.darks is not None and scan.flats.mean() == 900
+    np.testing.assert_allclose(scan.angles, np.linspace(0, 175, 8))
+
+
 def test_a_diamond_nexus_file_with_frames_and_angles_in_linked_files_is_read(tmp_path):
     """As DIAD (Diamond K11) writes: the frames and angles in files beside the .nxs, an axis whose file is absent."""
     key, frames, angles = _nexus_frames()

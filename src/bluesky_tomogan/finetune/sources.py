@@ -221,7 +221,9 @@ def read_scan_hdf5(path: str | Path, key: str | None = None, rows: RowChoice | N
         if proj is not None and not hasattr(proj, "shape"):
             raise ScanError(f"{p}: {key!r} is a group, not a dataset of projections")
         nexus = find_nexus_scan(f, key) if key is not None or proj is None else None
-        if nexus is not None:
+        # frames named by --key are NeXus's only where an image_key says what each is: a Data Exchange
+        # file's flats, darks and angles are in datasets of their own
+        if nexus is not None and (proj is None or nexus.image_key is not None):
             return _nexus_scan(f, nexus, str(p), rows)
         if proj is None:
             missing = missing_frame_files(f)
