@@ -332,7 +332,8 @@ def _copy_hdf5_layout(src: Any, dst: Any, frames: Any, made: dict[int, str] | No
             if _resolves_to(src, name, frames):
                 places.append(here)  # NeXus keeps the detector's frames in a file of their own
             else:  # still found from wherever the copy is written
-                dst[name] = h5py.ExternalLink(str(Path(src.file.filename).parent / link.filename), link.path)
+                dst[name] = h5py.ExternalLink(str(Path(src.file.filename).resolve().parent / link.filename),
+                                              link.path)
             continue
         if isinstance(link, h5py.SoftLink):
             dst[name] = link
