@@ -231,6 +231,9 @@ def test_projections_named_by_key_in_a_data_exchange_file_keep_its_flats_darks_a
     scan = read_scan(str(path), key="exchange/data")
     assert scan.flats is not None and scan.darks is not None and scan.flats.mean() == 900
     np.testing.assert_allclose(scan.angles, np.linspace(0, 175, 8))
+    with h5py.File(path, "a") as f:
+        f["mine"] = f["exchange/data"][()]  # at the root, under a name of the user's
+    assert read_scan(str(path), key="mine").shape == (8, 16, 20)
 
 
 def test_a_diamond_nexus_file_with_frames_and_angles_in_linked_files_is_read(tmp_path):

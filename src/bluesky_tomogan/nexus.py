@@ -147,9 +147,9 @@ def find_nexus_scan(f: Any, frames: str | None = None) -> NexusScan | None:
         group, frames = candidates[0]
     else:
         frames = frames.strip("/")
-        group = next((g for g, path in candidates if path == frames), frames.rpartition("/")[0])
+        group = next((g for g, path in candidates if path == frames), frames.rpartition("/")[0] or "/")
     n = int(f[frames].shape[0])
-    parent = frames.rpartition("/")[0]
+    parent = frames.rpartition("/")[0]  # "" at the root: "/image_key" below
     # NXtomo keeps image_key beside the detector's frames and links it into its NXdata group
     key_path = _per_frame(f, [f"{parent}/image_key", f"{group}/image_key", *_named(f, "image_key")], n)
     angles = _per_frame(f, [f"{group}/rotation_angle", f"{parent}/rotation_angle", *_named(f, "rotation_angle"),
