@@ -642,14 +642,15 @@ def build_parser() -> argparse.ArgumentParser:
                                        "card (and each pruning ratio's card)")
     s.add_argument("model", help="model directory or card (*.json)")
     s.add_argument("--data", required=True, help="HDF5 dataset whose test split is measured (use hard frames)")
-    s.add_argument("--frames", type=count(1), default=48, help="test frames measured (evenly spaced)")
+    s.add_argument("--frames", type=count(1), default=48,
+                   help="test frames measured (evenly spaced; of frames larger than 256x256, their centre 256x256)")
     s.add_argument("--only", nargs="+", metavar="BACKEND/PRECISION", choices=[f"{b}/{p}" for b, p in configurations()],
                    help="measure only these (and the fp32 reference), keeping the card's other entries and metrics: "
                         "e.g. openvino/int8 on an x86 CPU without VNNI, recorded as openvino/int8@no-vnni "
                         "(as openvino/int8 for an IR with 7-bit weights, whose int8 is the same on every CPU)")
     s.set_defaults(func=_cmd_quality)
 
-    s = sub.add_parser("denoise", help="denoise frames from a .npy, HDF5 (Data Exchange too) or TIFF file, or a "
+    s = sub.add_parser("denoise", help="denoise frames from a .npy, HDF5 (Data Exchange, NeXus too) or TIFF file, or a "
                                        "directory of TIFF files")
     s.add_argument("input", help="frames (H, W) or (N, H, W): .npy, .h5/.hdf5/.nxs, a (multi-page) .tif, or a "
                                  "directory of .tif files, one frame each (in the order of their names' numbers)")
