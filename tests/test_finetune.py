@@ -100,8 +100,8 @@ def test_pairs_made_before_a_budget_too_small_to_train_are_used_again_with_resum
 
     path, _ = grains_scan
     out = tmp_path / "ft"
-    # 50.4 s: the ONNX export's 30 s and 20 s of training fit before the pairs are made, not after
-    small = FinetuneConfig(source=str(path), out_dir=str(out), minutes=0.84, formats=("onnx",), threads=2)
+    # the ONNX export's 30 s and 20 s of training, and a millisecond: they fit before the pairs are made, not after
+    small = FinetuneConfig(source=str(path), out_dir=str(out), minutes=50.001 / 60, formats=("onnx",), threads=2)
     with pytest.raises(ScanError, match=r"raise --minutes \(with --resume the pairs in .*pairs.h5 are used again\)"):
         finetune(small, progress=False)
     assert (out / "pairs.h5").is_file() and not (out / "pairs.h5.partial").exists()

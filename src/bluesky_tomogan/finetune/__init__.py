@@ -387,7 +387,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
     reserve = export_reserve_s(config.formats)
     budget = config.minutes * 60 - spent - reserve
     if budget < MIN_TRAINING_S:
-        raise ScanError(f"a budget of {config.minutes} min leaves {budget:.0f} s to train after making the pairs "
+        raise ScanError(f"a budget of {config.minutes:g} min leaves {budget:.0f} s to train after making the pairs "
                         f"({spent:.0f} s) and keeping {reserve:.0f} s for export; raise --minutes (with --resume "
                         f"the pairs in {pairs_path} are used again)")
     train_config = TrainConfig(
