@@ -291,16 +291,8 @@ def _pairs_identity(config: FinetuneConfig) -> dict[str, Any]:
             "splits": config.splits, "seed": config.seed}
 
 
-def _check_pairs_made_for(pairs_path: Path, config: FinetuneConfig) -> None:
-    """Raise :class:`ScanError` if the pairs at ``pairs_path`` were made from another scan or with other settings."""
-    from ..hdf5_frames import open_for_reading
-
-    with open_for_reading(pairs_path, ScanError, "pairs") as f:
-        try:
-            made_for = json.loads(f.attrs["recipe"]).get("made_for")
-        except (KeyError, ValueError) as exc:
-            raise ScanError(f"{pairs_path} is not a pairs file of bluesky-tomogan finetune ({exc}); "
-                            "remove it to start again") from exc
+def _check_pairs_made_for(made_for: dict[str, Any] | None, config: FinetuneConfig, pairs_path: Path) -> None:
+    """Raise :class:`ScanError` if pairs made for ``made_for`` (their recipe's) are of another scan or settings."""
     wanted = _pairs_identity(config)
     if made_for is not None and made_for != wanted:
         differ = ", ".join(f"{k} {made_for.get(k)!r} (asked: {v!r})" for k, v in wanted.items() if made_for.get(k) != v)
@@ -356,10 +348,10 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
     name = f"{base.stem}-finetuned"
     pairs_path = out / PAIRS_FILE
     checkpoint = out / "checkpoint.pt"
-    if resume and pairs_path.exists():
+    reused = resume and pairs_path.exists()
+    if reused:
         # the pairs of a large scan take minutes: a run stopped before its first checkpoint (a budget
-        # too small to train, an interruption) keeps them for the next
-        _check_pairs_made_for(pairs_path, config)
+        # too small to train, an interruption) keeps them for the next (checked below, with their recipe)
         log.info("resuming %s with the pairs of %s, %s", name, pairs_path,
                  f"from {checkpoint}" if checkpoint.exists() else "training from the start (no checkpoint yet)")
     else:
@@ -383,6 +375,8 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
         except (KeyError, ValueError) as exc:
             raise ScanError(f"{pairs_path} is not a pairs file of bluesky-tomogan finetune ({exc}); "
                             "remove it to start again") from exc
+    if reused:
+        _check_pairs_made_for(recipe.get("made_for"), config, pairs_path)
     spent = time.perf_counter() - t0
     reserve = export_reserve_s(config.formats)
     budget = config.minutes * 60 - spent - reserve
