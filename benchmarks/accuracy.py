@@ -83,7 +83,8 @@ def evaluate(fn: Callable[[int], np.ndarray], pairs: PairSet, idx: np.ndarray) -
 
 
 def run_domain(domain: str, n_scans: int, n_frames: int, tune_data: PairSet | None,
-               model: str | None = None, test_data: PairSet | None = None) -> dict[str, dict[str, float]]:
+               model: str | None = None, test_data: PairSet | None = None,
+               self_ensemble: int = 1) -> dict[str, dict[str, float]]:
     pairs = test_data if test_data is not None else held_out(domain, n_scans)
     idx = np.unique(np.linspace(0, len(pairs.ns) - 1, n_frames).astype(int))
     model = model or f"tomogan-{domain}"
@@ -91,7 +92,7 @@ def run_domain(domain: str, n_scans: int, n_frames: int, tune_data: PairSet | No
 
     def tomogan(backend: str, precision: str) -> Callable[[int], np.ndarray] | None:
         try:
-            den = load_denoiser(model, backend=backend, precision=precision)
+            den = load_denoiser(model, backend=backend, precision=precision, self_ensemble=self_ensemble)
         except TomoGANError as exc:
             print(f"  skip {backend}/{precision}: {exc}", file=sys.stderr)
             return None
@@ -141,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                                     "with one domain only")
     ap.add_argument("--test-data", help="HDF5 whose test split is scored instead of the simulated held-out "
                                         "scans; with one domain only")
+    ap.add_argument("--self-ensemble", type=int, default=1, choices=[1, 2, 4, 8],
+                    help="the model's rows with a self-ensemble of this many turned copies (load_denoiser's)")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args(argv)
     if (args.model or args.test_data) and len(args.domains) != 1:
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         tune_path = Path(args.tune_data or f"data/sim_{domain}.h5")
         tune = read_dataset(tune_path).split("test") if tune_path.exists() else None
         test = read_dataset(Path(args.test_data)).split("test") if args.test_data else None
-        results[domain] = run_domain(domain, args.scans, args.frames, tune, args.model, test)
+        results[domain] = run_domain(domain, args.scans, args.frames, tune, args.model, test, args.self_ensemble)
         print(markdown(domain, results[domain]), "\n", flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

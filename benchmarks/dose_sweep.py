@@ -46,9 +46,9 @@ def held_out(dose: float, samples: int, frames: int, size: int,
 
 
 def sweep(model: str, samples: int, frames: int, size: int, methods: list[str],
-          opacity: tuple[float, float] = (1.2, 3.5)) -> dict[str, dict[str, dict]]:
-    fp32 = load_denoiser(model, backend="onnxruntime", precision="fp32")
-    auto = load_denoiser(model, backend="auto", precision="auto")
+          opacity: tuple[float, float] = (1.2, 3.5), self_ensemble: int = 1) -> dict[str, dict[str, dict]]:
+    fp32 = load_denoiser(model, backend="onnxruntime", precision="fp32", self_ensemble=self_ensemble)
+    auto = load_denoiser(model, backend="auto", precision="auto", self_ensemble=self_ensemble)
     auto_label = f"model, auto ({auto.backend}/{auto.precision})"
     results: dict[str, dict[str, dict]] = {}
     grid_scores: dict[str, dict[str, dict[float, dict[str, float]]]] = {}
@@ -110,9 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="*", default=["tv", "bm3d"], choices=["tv", "bm3d"])
     ap.add_argument("--opacity", type=float, nargs=2, default=[1.2, 3.5], metavar=("LOW", "HIGH"),
                     help="range of the phantoms' largest line integral (low: faint samples, little contrast)")
+    ap.add_argument("--self-ensemble", type=int, default=1, choices=[1, 2, 4, 8],
+                    help="the model's rows with a self-ensemble of this many turned copies (load_denoiser's)")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args(argv)
-    results = sweep(args.model, args.samples, args.frames, args.size, args.methods, tuple(args.opacity))
+    results = sweep(args.model, args.samples, args.frames, args.size, args.methods, tuple(args.opacity),
+                    args.self_ensemble)
     print(f"CPU: {cpu_name()}\n")
     print(markdown(results))
     if args.json:

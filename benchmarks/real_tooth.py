@@ -18,7 +18,7 @@ Usage::
 
 A model runs in fp32 in ONNX Runtime; ``MODEL:PRECISION`` (``tomogan-slice-light:auto``,
 ``tomogan-slice:int8``) runs it as ``load_denoiser(MODEL, precision=PRECISION)`` does, on the
-backend that picks.
+backend that picks; ``MODEL:PRECISION:N`` (``tomogan-slice:fp32:8``) with a self-ensemble of ``N``.
 """
 
 from __future__ import annotations
@@ -45,10 +45,12 @@ def scaled_ssim(reference: np.ndarray, image: np.ndarray, mask: np.ndarray) -> f
 
 
 def _denoiser(spec: str):
-    model, _, precision = spec.partition(":")
+    model, _, rest = spec.partition(":")
+    precision, _, copies = rest.partition(":")
+    self_ensemble = int(copies or 1)
     if not precision:
-        return load_denoiser(model, backend="onnxruntime")
-    return load_denoiser(model, precision=precision)
+        return load_denoiser(model, backend="onnxruntime", self_ensemble=self_ensemble)
+    return load_denoiser(model, precision=precision, self_ensemble=self_ensemble)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", default=["tomogan-slice"],
                     help="shipped names, cards or directories; LABEL=MODEL names a model's row and panel; "
                          "MODEL:PRECISION (auto, int8, bf16, fp32) runs it on the backend load_denoiser picks "
-                         "instead of ONNX Runtime fp32")
+                         "instead of ONNX Runtime fp32; MODEL:PRECISION:N with a self-ensemble of N (1, 2, 4, 8)")
     ap.add_argument("--figure")
     ap.add_argument("--json")
     args = ap.parse_args(argv)

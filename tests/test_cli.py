@@ -550,3 +550,19 @@ def test_a_file_denoised_chunk_by_chunk_equals_the_whole_stack_at_once(tmp_path,
     with open_frames(one, "denoised") as written:
         assert written.single and written.dtype == np.uint16
         np.testing.assert_allclose(written.read(0, 1)[0], den.denoise(frames[3], out_dtype="source"), atol=1)
+
+
+def test_denoise_with_a_self_ensemble_records_it_with_the_frames(tmp_path, capsys):
+    import h5py
+    import numpy as np
+
+    src, dest = tmp_path / "frames.npy", tmp_path / "out.h5"
+    frames = np.random.default_rng(0).poisson(200, (6, 32, 40)).astype(np.uint16)
+    np.save(src, frames)
+    assert main(["denoise", str(src), str(dest), "--backend", "onnxruntime", "--self-ensemble", "4"]) == 0
+    with h5py.File(dest) as f:
+        assert f["denoised"].attrs["self_ensemble"] == "4" and f["denoised"].shape == frames.shape  # as every attr
+    assert "self-ensemble of 4" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["denoise", str(src), str(tmp_path / "o.npy"), "--self-ensemble", "3"])
+    assert "invalid choice: 3" in capsys.readouterr().err

@@ -1195,3 +1195,50 @@ def test_the_fast_slice_model_is_lighter_than_the_light_one_and_auto_runs_its_ir
     den = load_denoiser("tomogan-slice-fast", backend="openvino")
     assert den.precision == "int8" and den.session.float_precision == "f32"
     assert fast.ssim_drop("litert/int8", "worst") > 0.01 and fast.ssim_drop("openvino/bf16", "worst") > 0.003
+
+
+def _turned_copies_mean(den, frames: np.ndarray, n: int) -> np.ndarray:
+    """What a self-ensemble of ``n`` should be: ``den`` on each turned copy of the frames, turned back, averaged."""
+    from bluesky_tomogan.inference.self_ensemble import TRANSFORMS
+
+    outs = []
+    for turns, mirrored in TRANSFORMS[:n]:
+        copy = np.rot90(frames, turns, axes=(-2, -1))
+        copy = np.ascontiguousarray(copy[..., ::-1] if mirrored else copy)
+        out = den.denoise(copy)
+        outs.append(np.rot90(out[..., ::-1] if mirrored else out, -turns, axes=(-2, -1)))
+    return np.mean(outs, axis=0)
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+@pytest.mark.parametrize(("backend", "precision"), [("onnxruntime", "fp32"), ("litert", "int8")])
+def test_a_self_ensemble_is_the_denoiser_on_each_turned_copy_turned_back_and_averaged(n, backend, precision):
+    # not square, not a multiple of 8, and (LiteRT) smaller than its one fixed 256x256 tile, so the
+    # transposed copies are padded and tiled otherwise than the frame: each copy as a frame of its shape.
+    # The slice model: no despike, which would see a turned copy's spikes on its own (by a hair otherwise).
+    frames = np.random.default_rng(3).poisson(300, (4, 45, 70)).astype(np.uint16)
+    plain = load_denoiser("tomogan-slice", backend=backend, precision=precision)
+    ensemble = load_denoiser("tomogan-slice", backend=backend, precision=precision, self_ensemble=n)
+    out = ensemble.denoise(frames)
+    assert out.shape == frames.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, _turned_copies_mean(plain, frames, n), atol=1e-3)
+    assert not np.allclose(out, plain.denoise(frames), atol=0.1)  # the copies do differ: it is not the plain run
+    assert ensemble.provenance()["self_ensemble"] == n and plain.provenance()["self_ensemble"] == 1
+
+
+def test_a_self_ensemble_keeps_what_the_plain_denoiser_keeps(frames):
+    # the paths beside the network are the plain ones: a flat frame stays flat, a NaN pixel stays NaN
+    den = load_denoiser("tomogan-projection", backend="onnxruntime", self_ensemble=8)
+    flat = np.full((40, 56), 123, np.uint16)
+    assert np.array_equal(den.denoise(flat), flat.astype(np.float32))
+    holed = frames.astype(np.float32)
+    holed[2, 10, 20] = np.nan
+    out = den.denoise(holed)
+    assert np.isnan(out[2, 10, 20]) and np.isfinite(np.delete(out.ravel(), 2 * 64 * 64 + 10 * 64 + 20)).all()
+    assert den.denoise(frames, out_dtype="source").dtype == np.uint16
+
+
+@pytest.mark.parametrize("n", [0, 3, 16, True, 2.0, "8"])
+def test_a_self_ensemble_that_is_not_a_whole_group_of_turns_is_refused_before_loading(n):
+    with pytest.raises(ValueError, match=r"self_ensemble must be one of \(1, 2, 4, 8\)"):
+        load_denoiser("no-such-model", self_ensemble=n)

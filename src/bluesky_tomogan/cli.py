@@ -12,6 +12,7 @@ from typing import Any
 
 from .errors import TomoGANError
 from .inference.registry import PRECISIONS, backend_names, configurations
+from .inference.self_ensemble import SELF_ENSEMBLE_SIZES
 
 __all__ = ["main", "build_parser"]
 
@@ -226,7 +227,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     dest = check_output(args.output, args.input)  # before any work: a typo must not cost a long run
     with open_frames(args.input, args.key) as source:
         den = load_denoiser(args.model, backend=args.backend, precision=args.precision, threads=args.threads,
-                            ratio=args.ratio)
+                            ratio=args.ratio, self_ensemble=args.self_ensemble)
         with tqdm(total=source.shape[0], unit="frame", disable=None, desc="denoise") as bar:
             denoise_file(den, source, dest, keep_dtype=args.keep_dtype, frames_only=args.frames_only,
                          progress=bar.update)
@@ -243,9 +244,10 @@ def _cmd_reprocess(args: argparse.Namespace) -> int:
     from .reprocess import REPROCESSED_FROM, ReprocessError, reprocess
     from .storage import close_tiled, open_tiled
 
-    den = load_denoiser(args.model, backend=args.backend, precision=args.precision, threads=args.threads)
-    slices = (load_denoiser(args.slice_model, backend=args.backend, threads=args.threads)
-              if args.reconstruct else None)
+    den = load_denoiser(args.model, backend=args.backend, precision=args.precision, threads=args.threads,
+                        self_ensemble=args.self_ensemble)
+    slices = (load_denoiser(args.slice_model, backend=args.backend, threads=args.threads,
+                            self_ensemble=args.self_ensemble) if args.reconstruct else None)
     client = open_tiled(args.tiled, ReprocessError, create=False)
     try:
         before = set(client[args.uid]) if args.uid in client else set()
@@ -352,11 +354,15 @@ def _cmd_qc_ioc(args: argparse.Namespace) -> int:
 
 
 def _denoiser_arguments(s: argparse.ArgumentParser, model_help: str) -> None:
-    """``--model``, ``--backend``, ``--precision`` and ``--threads``: what ``load_denoiser`` takes."""
+    """``--model``, ``--backend``, ``--precision``, ``--threads`` and ``--self-ensemble``: what ``load_denoiser``
+    takes."""
     s.add_argument("--model", default=None, help=model_help)
     s.add_argument("--backend", default="auto", choices=backend_names())
     s.add_argument("--precision", default="auto", choices=PRECISIONS)
     s.add_argument("--threads", type=count(1), default=None)
+    s.add_argument("--self-ensemble", type=int, choices=SELF_ENSEMBLE_SIZES, default=1, metavar="N",
+                   help="run the network on N mirrored and turned copies of each frame and average: N times the "
+                        "time, less painted-in texture (1, 2, 4 or 8; default 1; docs/models.md, 'Self-ensemble')")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,6 +23,7 @@ from ..frames import context_indices, has_channel_axis, looks_like_colour
 from ..masked import fill_masked, missing_pixels
 from ..modelcard import ModelCard
 from ..normalise import no_spread_scale, normalise, robust_range
+from . import self_ensemble as ensemble
 from .backends.base import Session
 from .tiling import TileGrid, pad_to
 
@@ -98,6 +99,11 @@ class Denoiser:
         The default, 64, keeps a tiled frame within 0.1 % of the whole-frame result
         (0.05 % at 128-pixel tiles for the shipped projection model; 32 pixels left 1 %);
         frames of 512 or 1024 pixels need no more 256-pixel tiles for it than for 32.
+    self_ensemble : {1, 2, 4, 8}
+        How many mirrored and turned copies of each frame the network runs on, its outputs turned
+        back and averaged (:mod:`.self_ensemble`): that many times the compute, for less of the
+        texture a network paints in (most on slices and at low doses; docs/models.md,
+        "Self-ensemble"). Default 1: the network once.
 
     Notes
     -----
@@ -121,7 +127,7 @@ class Denoiser:
     """
 
     def __init__(self, session: Session, card: ModelCard, model_sha256: str = "", tile: int | None = None,
-                 overlap: int = DEFAULT_OVERLAP) -> None:
+                 overlap: int = DEFAULT_OVERLAP, self_ensemble: int = 1) -> None:
         self.session = session
         self.card = card
         self._model_sha256 = model_sha256
@@ -133,6 +139,7 @@ class Denoiser:
             raise InputShapeError(f"overlap must be >= 0, got {overlap}")
         self.tile = tile
         self.overlap = overlap
+        self.self_ensemble = ensemble.check_size(self_ensemble)
         # Exported models compute the correction; the centre frame is added here in
         # float32, so int8/bf16/fp16 rounding never touches the pass-through signal.
         self.residual_on_host = card.output == "correction"
@@ -188,6 +195,7 @@ class Denoiser:
             "precision": self.precision,
             "tile": list(self.session.fixed_shape or (self.tile or 0, self.tile or 0)),
             "overlap": self.overlap,
+            "self_ensemble": self.self_ensemble,
             "bluesky_tomogan": __version__,
             "runtime": runtime,
             "runtime_version": _distribution_version(runtime),
@@ -195,7 +203,8 @@ class Denoiser:
         } | extra
 
     def __repr__(self) -> str:
-        return f"<Denoiser {self.model_name} on {self.backend}/{self.precision}>"
+        ensemble = f", self-ensemble of {self.self_ensemble}" if self.self_ensemble > 1 else ""
+        return f"<Denoiser {self.model_name} on {self.backend}/{self.precision}{ensemble}>"
 
     # -- public API -----------------------------------------------------------------------
 
@@ -313,15 +322,21 @@ class Denoiser:
         x = normalise(context, offset, scale)
         if self.despike_sigmas is not None:
             remove_isolated_spikes(x, self.despike_sigmas)
+        grid, tiles = self._tiles(x)
+        centre = x[self.depth // 2]
+        if self.residual_on_host:
+            centre = self.session.input_as_seen(centre)
+        # a self-ensemble tiles each turned copy of the whole context when it runs it (one copy's tiles at a time)
+        return _Prepared(grid, tiles, centre, offset, scale, raw_masked, x if self.self_ensemble > 1 else None)
+
+    def _tiles(self, x: np.ndarray) -> tuple[TileGrid, np.ndarray]:
+        """The normalised context ``x`` padded to the tile grid, and split into its tiles."""
         h, w = x.shape[-2:]
         th, tw = self._tile_shape(h, w)
         padded = pad_to(x, max(h, th), max(w, tw))
         overlap = min(self.overlap, th // 2, tw // 2)
         grid = TileGrid(padded.shape[-2], padded.shape[-1], (th, tw), overlap, margin=overlap // 4)
-        centre = x[self.depth // 2]
-        if self.residual_on_host:
-            centre = self.session.input_as_seen(centre)
-        return _Prepared(grid, grid.split(padded), centre, offset, scale, raw_masked)
+        return grid, grid.split(padded)
 
     def _infer(self, prep: _Prepared) -> np.ndarray:
         """Run the tiles through the backend, blend, add the centre frame, map back."""
@@ -335,19 +350,33 @@ class Denoiser:
         return out
 
     def _run_tiles(self, prep: _Prepared, grid: TileGrid) -> np.ndarray:
-        outs = []
-        batch = tiles_per_call(self.session.max_batch, prep.tiles.shape[-2:], len(prep.tiles),
-                               equal=self.session.fixed_shape is None)
-        with self._lock:
-            for i in range(0, len(prep.tiles), batch):
-                outs.append(self.session.run(prep.tiles[i : i + batch]))
         h, w = prep.centre.shape
-        merged = grid.merge(outs[0] if len(outs) == 1 else np.concatenate(outs))[0, :h, :w]
+        if self.self_ensemble == 1:
+            merged = self._run_grid(grid, prep.tiles)[0, :h, :w]
+        else:
+            # each turned and mirrored copy of the frame is padded and tiled as the frame itself
+            # would be, so every member is this denoiser's output for that copy, turned back
+            merged = np.zeros((h, w), np.float32)
+            for turns, mirrored in ensemble.TRANSFORMS[: self.self_ensemble]:
+                assert prep.context is not None
+                g, tiles = (grid, prep.tiles) if (turns, mirrored) == (0, False) else \
+                    self._tiles(ensemble.apply(prep.context, turns, mirrored))
+                hh, ww = (w, h) if turns % 2 else (h, w)
+                merged += ensemble.undo(self._run_grid(g, tiles)[0, :hh, :ww], turns, mirrored)
+            merged *= np.float32(1 / self.self_ensemble)
         # a fresh array either way, so the mapping back runs in place (two passes fewer per frame)
         out = merged + prep.centre if self.residual_on_host else np.array(merged, np.float32)
         out *= np.float32(prep.scale)
         out += np.float32(prep.offset)
         return out
+
+    def _run_grid(self, grid: TileGrid, tiles: np.ndarray) -> np.ndarray:
+        """The network's output for ``tiles``, batched as the backend takes them, merged on ``grid``."""
+        batch = tiles_per_call(self.session.max_batch, tiles.shape[-2:], len(tiles),
+                               equal=self.session.fixed_shape is None)
+        with self._lock:
+            outs = [self.session.run(tiles[i : i + batch]) for i in range(0, len(tiles), batch)]
+        return grid.merge(outs[0] if len(outs) == 1 else np.concatenate(outs))
 
     def _denoise_context(self, context: np.ndarray, centre: np.ndarray) -> np.ndarray:
         return self._infer(self._prepare(context, centre))
@@ -360,6 +389,7 @@ class _Prepared(NamedTuple):
     offset: float
     scale: float
     raw_masked: tuple[np.ndarray, np.ndarray] | None = None  # the centre's masked pixels and raw values
+    context: np.ndarray | None = None  # the normalised context, unpadded: for a self-ensemble's turned copies
 
 
 def check_frames(frames: Any) -> np.ndarray:

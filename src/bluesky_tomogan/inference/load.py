@@ -44,6 +44,7 @@ from .registry import (
     resolve_alias,
     spec,
 )
+from .self_ensemble import check_size
 
 __all__ = ["load_denoiser", "load_card", "shipped_models", "shipped_weights_dir", "BACKENDS", "PRECISIONS",
            "DEFAULT_MODEL", "SSIM_TOLERANCE",
@@ -135,7 +136,7 @@ def _candidates(backend: str, precision: str) -> list[tuple[str, str]]:
 
 
 def _open(card: ModelCard, s: BackendSpec, precision: str, threads: int | None, tile: int | None,
-          overlap: int, asked_for: str | None) -> Denoiser:
+          overlap: int, asked_for: str | None, self_ensemble: int = 1) -> Denoiser:
     """One candidate: the measured quality, the runtime or device (the likelier thing missing), the card's file.
 
     ``asked_for`` names what the user asked for that makes this precision run even beyond
@@ -174,7 +175,7 @@ def _open(card: ModelCard, s: BackendSpec, precision: str, threads: int | None, 
         variant = s.variant(precision, card)
         where = f" on this CPU ({variant})" if variant else ""
         log.warning("%s/%s%s: %s; using it because %s was asked for", s.name, precision, where, reason, asked_for)
-    return Denoiser(session, card, model_sha256=file.sha256, tile=tile, overlap=overlap)
+    return Denoiser(session, card, model_sha256=file.sha256, tile=tile, overlap=overlap, self_ensemble=self_ensemble)
 
 
 def load_unchecked(model: str | os.PathLike[str], backend: str, precision: str, *,
@@ -205,6 +206,7 @@ def load_denoiser(
     threads: int | None = None,
     tile: int | None = None,
     overlap: int = DEFAULT_OVERLAP,
+    self_ensemble: int = 1,
 ) -> Denoiser:
     """Load a TomoGAN model on the best (or the requested) backend.
 
@@ -231,6 +233,10 @@ def load_denoiser(
     tile, overlap : int
         Tiling (see :class:`Denoiser`); ``tile`` also sets the engine shape of
         fixed-shape backends built at load time (TensorRT, default 512).
+    self_ensemble : {1, 2, 4, 8}
+        Run the network on that many mirrored and turned copies of each frame and average
+        (see :class:`Denoiser`): ``n`` times the time a frame, for scans denoised after the
+        fact or a live reconstruction's few slices.
 
     Returns
     -------
@@ -249,8 +255,9 @@ def load_denoiser(
         The named backend's runtime or device is absent; with ``auto``: no
         backend can run the model here (the message lists why, per backend).
     ValueError
-        ``threads`` below 1.
+        ``threads`` below 1, or a ``self_ensemble`` not in (1, 2, 4, 8).
     """
+    check_size(self_ensemble)
     if threads is not None and not (isinstance(threads, numbers.Integral) and threads >= 1):
         raise ValueError(f"threads must be a number of threads >= 1 (or None: the runtime's choice), got {threads!r}")
     if backend not in BACKENDS:
@@ -266,14 +273,15 @@ def load_denoiser(
     corrupt = False
     for b, p in candidates:
         try:
-            den = _open(card, spec(b), p, threads, tile, overlap,
+            den = _open(card, spec(b), p, threads, tile, overlap, self_ensemble=self_ensemble,
                         asked_for=None if precision == "auto" else f"precision={precision!r}")
         except PrecisionError as exc:
             if precision != "auto" and len(candidates) == 1:
                 raise  # the precision named is one this runtime or CPU cannot run at all: nothing to use anyway
             if backend != "auto" and (b, p) == candidates[-1]:
                 # The user named this backend: its last precision is what it runs, within tolerance or not.
-                return _open(card, spec(b), p, threads, tile, overlap, asked_for=f"backend={backend!r}")
+                return _open(card, spec(b), p, threads, tile, overlap, asked_for=f"backend={backend!r}",
+                             self_ensemble=self_ensemble)
             log.info("precision auto: not %s/%s: %s", b, p, exc)
             errors.append(f"{b}/{p}: {exc}")
             continue
