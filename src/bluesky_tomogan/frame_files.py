@@ -38,7 +38,7 @@ import numpy as np
 
 from .errors import TomoGANError
 from .frames import has_channel_axis, looks_like_colour, without_channel_axis
-from .nexus import find_nexus_scan, missing_frame_files
+from .nexus import missing_frame_files, nexus_frames
 
 __all__ = ["NPY", "HDF5", "TIFF", "PROJECTION_KEYS", "DENOISED_KEY", "FrameSource", "open_frames", "check_output",
            "denoise_file", "first_dataset", "hdf5_datasets"]
@@ -204,9 +204,9 @@ def _frames_key(f: Any, path: Path, key: str | None) -> str:
     usual = first_dataset(f, PROJECTION_KEYS)
     if usual is not None:
         return usual
-    nexus = find_nexus_scan(f)
+    nexus = nexus_frames(f)
     if nexus is not None:  # every frame, flats and darks too: each is denoised as the callback denoises them
-        return nexus.frames
+        return nexus
     missing = missing_frame_files(f)
     if missing:
         raise TomoGANError(f"{path}: its frames are in files that are not beside it ({'; '.join(missing)}): "

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["IMAGE_KEY", "NexusScan", "find_nexus_scan", "missing_frame_files"]
+__all__ = ["IMAGE_KEY", "NexusScan", "find_nexus_scan", "missing_frame_files", "nexus_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -69,22 +69,37 @@ def _dataset(f: Any, path: str) -> Any | None:
     return obj if isinstance(obj, h5py.Dataset) else None
 
 
-def _nxdata_signals(f: Any) -> list[tuple[str, str]]:
+class _Walk:
+    """What one walk through a file finds: its NXdata groups, and its datasets named ``image_key`` or
+    ``rotation_angle`` (where NXtomo keeps them when they are not beside the frames)."""
+
+    def __init__(self, f: Any) -> None:
+        import h5py
+
+        self.nxdata: list[str] = []
+        self.named: dict[str, list[str]] = {"image_key": [], "rotation_angle": []}
+
+        def visit(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Group):
+                if _nx_class(obj) == "NXdata":
+                    self.nxdata.append(name)
+            elif name.rsplit("/", 1)[-1] in self.named:
+                self.named[name.rsplit("/", 1)[-1]].append(name)
+
+        f.visititems(visit)
+
+
+def _nxdata_signals(f: Any, walk: _Walk) -> list[tuple[str, str]]:
     """``(group, signal)`` of every NXdata group that names its signal, in name order; the signal's path
     is ``group/signal``, in this file (a linked dataset's own name is its own file's)."""
-    import h5py
-
-    groups: list[str] = []
-    f.visititems(lambda name, obj: groups.append(name)
-                 if isinstance(obj, h5py.Group) and _nx_class(obj) == "NXdata" else None)
-    return [(g, _text(f[g].attrs["signal"])) for g in groups if f[g].attrs.get("signal") is not None]
+    return [(g, _text(f[g].attrs["signal"])) for g in walk.nxdata if f[g].attrs.get("signal") is not None]
 
 
-def _nxdata_frames(f: Any) -> list[tuple[str, str]]:
+def _nxdata_frames(f: Any, walk: _Walk) -> list[tuple[str, str]]:
     """``(group, frames)`` paths of every NXdata group whose signal is a stack of frames: first those
     that their parent names its ``default`` (NeXus's plot to show), then in name order."""
     found = []
-    for group, signal in _nxdata_signals(f):
+    for group, signal in _nxdata_signals(f, walk):
         stack = _dataset(f, f"{group}/{signal}")
         if stack is not None and stack.ndim in (3, 4):
             found.append((group, f"{group}/{signal}"))
@@ -103,15 +118,6 @@ def _per_frame(f: Any, paths: list[str], n: int) -> str | None:
         if ds is not None and ds.shape == (n,) and np.issubdtype(ds.dtype, np.number):
             return path
     return None
-
-
-def _named(f: Any, leaf: str) -> list[str]:
-    import h5py
-
-    found: list[str] = []
-    f.visititems(lambda name, obj: found.append(name)
-                 if isinstance(obj, h5py.Dataset) and name.rsplit("/", 1)[-1] == leaf else None)
-    return found
 
 
 def _angle_axes(f: Any, group: str) -> list[str]:
@@ -140,7 +146,8 @@ def find_nexus_scan(f: Any, frames: str | None = None) -> NexusScan | None:
     NexusScan or None
         ``None`` where ``frames`` is not given and no NXdata group holds frames.
     """
-    candidates = _nxdata_frames(f)
+    walk = _Walk(f)  # one walk through the file's metadata for everything below
+    candidates = _nxdata_frames(f, walk)
     if frames is None:
         if not candidates:
             return None
@@ -151,12 +158,19 @@ def find_nexus_scan(f: Any, frames: str | None = None) -> NexusScan | None:
     n = int(f[frames].shape[0])
     parent = frames.rpartition("/")[0]  # "" at the root: "/image_key" below
     # NXtomo keeps image_key beside the detector's frames and links it into its NXdata group
-    key_path = _per_frame(f, [f"{parent}/image_key", f"{group}/image_key", *_named(f, "image_key")], n)
-    angles = _per_frame(f, [f"{group}/rotation_angle", f"{parent}/rotation_angle", *_named(f, "rotation_angle"),
+    key_path = _per_frame(f, [f"{parent}/image_key", f"{group}/image_key", *walk.named["image_key"]], n)
+    angles = _per_frame(f, [f"{group}/rotation_angle", f"{parent}/rotation_angle", *walk.named["rotation_angle"],
                             *_angle_axes(f, group)], n)
     image_key = None if key_path is None else np.asarray(f[key_path][()]).astype(int)
     log.info("NeXus scan: frames %s, image_key %s, angles %s", frames, key_path, angles)
     return NexusScan(frames, image_key, angles)
+
+
+def nexus_frames(f: Any) -> str | None:
+    """The path of the frames :func:`find_nexus_scan` would take, without reading what each frame is
+    or its angle (for denoising every frame as it is); ``None`` where no NXdata group holds frames."""
+    candidates = _nxdata_frames(f, _Walk(f))
+    return candidates[0][1] if candidates else None
 
 
 def missing_frame_files(f: Any) -> list[str]:
@@ -165,7 +179,7 @@ def missing_frame_files(f: Any) -> list[str]:
     import h5py
 
     missing = []
-    for group, signal in _nxdata_signals(f):
+    for group, signal in _nxdata_signals(f, _Walk(f)):
         link = f[group].get(signal, getlink=True)
         if isinstance(link, h5py.ExternalLink) and _dataset(f, f"{group}/{signal}") is None:
             missing.append(f"{group}/{signal} -> {link.filename}")
