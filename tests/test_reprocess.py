@@ -144,3 +144,23 @@ def test_a_stored_run_without_a_stop_is_replayed_with_one_that_says_so(store, de
     assert store[new_uid].metadata["stop"]["exit_status"] == "fail"
     with pytest.raises(ReprocessError, match="has no stop document: it is still running, or it was interrupted"):
         reprocess(store, run.start_doc["uid"], denoiser)  # into a run that may still be written: refused
+
+
+def test_reprocess_with_a_self_ensemble_records_it_in_both_streams_configuration(RE, store, tmp_path, capsys):
+    client = store
+    uid = scan(RE, client, frames_directory(tmp_path / "store") / "raw")
+    assert main(["reprocess", server_of(client).uri, "--uid", uid, "--backend", "onnxruntime", "--into", "new",
+                 "--streams", "primary", "--reconstruct", "--self-ensemble", "2"]) == 0
+    assert "self-ensemble of 2" in capsys.readouterr().out
+    (new_uid,) = client.search(Key(f"start.{REPROCESSED_FROM}") == uid)
+    new = client[new_uid]
+    denoised = new["denoised"].metadata["configuration"]["tomogan"]["data"]  # the descriptor's, as Tiled keeps it
+    assert denoised["self_ensemble"] == 2
+    rec = new["reconstruction"].metadata["configuration"]["reconstruction"]["data"]
+    assert rec["slice_self_ensemble"] == "2"
+    plain = load_denoiser(backend="onnxruntime")
+    raw = np.asarray(new["primary"]["det_image"].read()).reshape(6, 40, 48)
+    ensemble = load_denoiser(backend="onnxruntime", self_ensemble=2)
+    np.testing.assert_allclose(np.asarray(new["denoised"]["det_image_denoised"].read())[3],
+                               ensemble.denoise_context(raw[1:6]), atol=1e-3)
+    assert not np.allclose(ensemble.denoise_context(raw[1:6]), plain.denoise_context(raw[1:6]), atol=0.1)
