@@ -335,7 +335,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                      state_dir=args.state_dir, share=args.share, grace=args.grace, prefix=args.prefix.encode(),
                      ioc_prefix=args.ioc_prefix, retry_after=args.retry_after, fallback=args.fallback,
                      warm_up=tuple(args.warm_up) if args.warm_up else None,
-                     abandon_after=args.abandon_after or None, root_map=dict(args.root_map))
+                     abandon_after=args.abandon_after or None, root_map=dict(args.root_map),
+                     slice_self_ensemble=args.slice_self_ensemble)
     except (ServeError, ValueError) as exc:
         log.error("%s", exc)
         print(f"bluesky-tomogan serve: error: {exc}", file=sys.stderr)
@@ -409,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "start-up, so that the first scan does not wait for it")
     s.add_argument("--reconstruct", action="store_true", help="reconstruct and denoise three slices live")
     s.add_argument("--every", type=count(0), default=0, help="progressive reconstruction every N projections")
+    s.add_argument("--slice-self-ensemble", type=int, choices=SELF_ENSEMBLE_SIZES, default=1, metavar="N",
+                   help="with --reconstruct: denoise each slice as the mean of the slice model on N turned copies "
+                        "(1, 2, 4 or 8; N times three slices' cost; docs/models.md, 'Self-ensemble')")
     s.add_argument("--directory", help="where derived frames are written (default: next to the raw frames)")
     s.add_argument("--root-map", nargs="+", type=_path_pair, default=[], metavar="THERE=HERE",
                    help="the detector's files written under THERE are read under HERE on this machine "
