@@ -250,6 +250,9 @@ def test_a_malformed_message_is_logged_recorded_in_the_run_and_the_stream_goes_o
     (["--zmq-in", "localhost:{out}", "--warm-up", "64", "64", "--store", "none"], "is for policy 'adaptive'"),
     (["--zmq-in", "localhost:{out}", "--abandon-after", "-5", "--store", "none"], "abandon_after must be"),
     (["--zmq-in", "localhost:{out}", "--slice-self-ensemble", "8", "--store", "none"], "is for the slices of"),
+    (["--zmq-in", "localhost:{out}", "--slice-model", "my-slice", "--store", "none"], "is for the slices of"),
+    (["--zmq-in", "localhost:{out}", "--reconstruct", "--slice-model", "no-such-model", "--store", "none"],
+     "no-such-model"),
 ])
 def test_bad_input_to_serve_is_a_clear_error_and_exit_status_2(proxy, tmp_path, args, message):
     closed = free_port()

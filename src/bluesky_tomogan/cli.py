@@ -336,7 +336,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                      ioc_prefix=args.ioc_prefix, retry_after=args.retry_after, fallback=args.fallback,
                      warm_up=tuple(args.warm_up) if args.warm_up else None,
                      abandon_after=args.abandon_after or None, root_map=dict(args.root_map),
-                     slice_self_ensemble=args.slice_self_ensemble)
+                     slice_model=args.slice_model, slice_self_ensemble=args.slice_self_ensemble)
     except (ServeError, ValueError) as exc:
         log.error("%s", exc)
         print(f"bluesky-tomogan serve: error: {exc}", file=sys.stderr)
@@ -410,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "start-up, so that the first scan does not wait for it")
     s.add_argument("--reconstruct", action="store_true", help="reconstruct and denoise three slices live")
     s.add_argument("--every", type=count(0), default=0, help="progressive reconstruction every N projections")
+    s.add_argument("--slice-model", default="tomogan-slice",
+                   help="with --reconstruct: the slice model (default tomogan-slice; or one fine-tuned on a scan "
+                        "of the sample, bluesky-tomogan finetune)")
     s.add_argument("--slice-self-ensemble", type=int, choices=SELF_ENSEMBLE_SIZES, default=1, metavar="N",
                    help="with --reconstruct: denoise each slice as the mean of the slice model on N turned copies "
                         "(1, 2, 4 or 8; N times three slices' cost; docs/models.md, 'Self-ensemble')")

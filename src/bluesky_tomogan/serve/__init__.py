@@ -36,7 +36,8 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
           grace: float = 60.0, prefix: bytes = b"", ioc_prefix: str | None = None,
           retry_after: float = 10.0, fallback: str | None = None,
           warm_up: tuple[int, int] | None = None, abandon_after: float | None = 86400.0,
-          root_map: dict[str, str] | None = None, slice_self_ensemble: int = 1) -> int:
+          root_map: dict[str, str] | None = None, slice_model: str = "tomogan-slice",
+          slice_self_ensemble: int = 1) -> int:
     """Serve the document stream at ``zmq_in`` (a ``bluesky-0MQ-proxy`` out port) until SIGTERM.
 
     Parameters
@@ -58,6 +59,9 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
         Also reconstruct slices live (:class:`~bluesky_tomogan.TomoReconstruction`).
     reconstruct_every : int
         Progressive reconstruction every N projections (0: at the end only).
+    slice_model : str
+        With ``reconstruct``: the slice model (a shipped name, or a card or directory, such as
+        one ``bluesky-tomogan finetune`` wrote for this sample).
     slice_self_ensemble : {1, 2, 4, 8}
         With ``reconstruct``: the slice model runs on that many turned copies of each slice
         (:func:`~bluesky_tomogan.load_denoiser`'s ``self_ensemble``): that many times the
@@ -111,6 +115,8 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
         raise ServeError(f"a fallback model ({fallback}) is for policy 'adaptive', not {policy!r}")
     if slice_self_ensemble != 1 and not reconstruct:
         raise ServeError(f"a slice self-ensemble ({slice_self_ensemble}) is for the slices of --reconstruct")
+    if slice_model != "tomogan-slice" and not reconstruct:
+        raise ServeError(f"a slice model ({slice_model}) is for the slices of --reconstruct")
     if warm_up is not None and policy != "adaptive":
         raise ServeError(f"--warm-up (a frame shape for the adaptive ladder) is for policy 'adaptive', not {policy!r}")
     run_share = RunShare.parse(share)
@@ -144,7 +150,7 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
     outlet: Any = callback
     wait = None
     if reconstruct:
-        slices = load_denoiser("tomogan-slice", backend=backend, self_ensemble=slice_self_ensemble)
+        slices = load_denoiser(slice_model, backend=backend, self_ensemble=slice_self_ensemble)
         rec = TomoReconstruction(slices, every=reconstruct_every, directory=directory, root_map=root_map)
         callback.subscribe(rec)
         outlet, wait = rec, rec.wait
