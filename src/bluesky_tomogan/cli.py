@@ -172,7 +172,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         print(f"  {kind:14s} {entry['path']}")
     where = str(result.card.parent)
     if args.domain == "slice":
-        print(f"use it: TomoReconstruction(load_denoiser({where!r})), or on a stored run: bluesky-tomogan "
+        print(f"use it: TomoReconstruction(load_denoiser({where!r})), in a 0MQ worker: bluesky-tomogan serve ... "
+              f"--reconstruct --slice-model {where}, or on a stored run: bluesky-tomogan "
               f"reprocess TILED --uid UID --into new --reconstruct --slice-model {where}")
     else:
         print(f"use it: TomoGANCallback(load_denoiser({where!r})), or on a stored run: bluesky-tomogan "
