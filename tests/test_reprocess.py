@@ -13,15 +13,18 @@ from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
 from bluesky_tomogan.frames import context_indices
 from bluesky_tomogan.plans import tomo_scan
 from bluesky_tomogan.reprocess import REPROCESSED_FROM, ReprocessError, as_new_run, reprocess, stored_documents
-from bluesky_tomogan.storage import derived_streams, frames_directory, server_of
+from bluesky_tomogan.storage import close_local_tiled, derived_streams, frames_directory, local_tiled, server_of
 
 
 def scan(RE, client, directory):
     """A short scan stored in ``client`` without the callback, raw frames under ``directory``; its uid."""
     stage = SimTomoStage(name="stage")
     det = SimTomoDetector(name="det", stage=stage, shape=(40, 48), directory=directory, simulate_timing=False)
-    RE.subscribe(TiledWriter(client))
-    (uid,) = RE(tomo_scan(det, stage, angles=range(0, 180, 30), n_darks=2, n_flats=2), sample="beads")
+    token = RE.subscribe(TiledWriter(client))
+    try:
+        (uid,) = RE(tomo_scan(det, stage, angles=range(0, 180, 30), n_darks=2, n_flats=2), sample="beads")
+    finally:
+        RE.unsubscribe(token)  # a later scan of the same test may go to another store
     return uid
 
 
@@ -164,3 +167,36 @@ def test_reprocess_with_a_self_ensemble_records_it_in_both_streams_configuration
     np.testing.assert_allclose(np.asarray(new["denoised"]["det_image_denoised"].read())[3],
                                ensemble.denoise_context(raw[1:6]), atol=1e-3)
     assert not np.allclose(ensemble.denoise_context(raw[1:6]), plain.denoise_context(raw[1:6]), atol=0.1)
+
+
+def test_a_store_moved_whole_opens_where_it_is_now_with_every_frame_and_goes_on(RE, tmp_path, caplog):
+    """Tiled's catalog names its files by absolute paths: a store moved to another disk (or copied
+    to another machine) is pointed at them where they are now, raw and derived frames alike."""
+    import shutil
+
+    first = tmp_path / "first"
+    client = local_tiled(first)
+    try:
+        uid = scan(RE, client, frames_directory(first) / "raw")
+        reprocess(client, uid, load_denoiser(backend="onnxruntime"))  # derived frames in files of the store
+        raw = np.asarray(client[uid]["primary"]["det_image"].read())
+        denoised = np.asarray(client[uid]["denoised"]["det_image_denoised"].read())
+    finally:
+        close_local_tiled(client)
+    moved = tmp_path / "other-disk" / "store"
+    moved.parent.mkdir()
+    shutil.move(first, moved)
+    client = local_tiled(moved)
+    try:
+        assert f"was written at {first}" in caplog.text
+        run = client[uid]
+        np.testing.assert_array_equal(np.asarray(run["primary"]["det_image"].read()), raw)
+        np.testing.assert_array_equal(np.asarray(run["denoised"]["det_image_denoised"].read()), denoised)
+        assert len(stored_documents(run)) > 20  # replayable: reprocess reads it so
+        later = scan(RE, client, frames_directory(moved) / "raw")  # and the moved store takes new runs
+        assert np.asarray(client[later]["primary"]["det_image"].read()).shape == raw.shape
+    finally:
+        close_local_tiled(client)
+    caplog.clear()
+    close_local_tiled(local_tiled(moved))  # where it was written: nothing to point anywhere
+    assert "was written at" not in caplog.text

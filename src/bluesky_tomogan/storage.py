@@ -54,6 +54,7 @@ def local_tiled(path: str | os.PathLike[str] = "~/tomogan-data") -> Any:
 
     _export_runs_as_documents()
     root = Path(path).expanduser().resolve()
+    _follow_a_moved_store(root)
     readable = [frames_directory(root), default_directory()]
     try:
         for d in readable:
@@ -65,6 +66,47 @@ def local_tiled(path: str | os.PathLike[str] = "~/tomogan-data") -> Any:
     client = from_uri(server.uri)  # the URI carries the generated API key
     _SERVERS[id(client)] = server
     return client
+
+
+def _follow_a_moved_store(root: Path) -> None:
+    """A store moved or copied whole (to another disk, another machine) opens where it is now.
+
+    Tiled's catalog names every file it reads by its absolute URI: its own tabular storage
+    (``<store>/tiled/storage.duckdb``) and each frame file, raw or derived. Where that tabular
+    storage's URI names another directory than ``root``, the store was written there; every URI
+    under that directory is pointed at the same path under ``root`` (files outside it, such as a
+    detector's, stay as they are). Without this, a moved store's reads fail (the old files are not
+    readable storage) or, worse, a copy reads and writes the original's tables.
+    """
+    import sqlite3
+    from contextlib import closing
+    from urllib.parse import urlsplit, urlunsplit
+
+    catalog = root / "tiled" / "catalog.db"
+    if not catalog.is_file():
+        return
+
+    def path_of(uri: str) -> str:  # "duckdb://localhost//a/b" and "file://localhost/a/b": "/a/b"
+        return "/" + urlsplit(uri).path.lstrip("/")
+
+    with closing(sqlite3.connect(catalog)) as con:
+        assets = con.execute("SELECT id, data_uri FROM assets").fetchall()
+        own = [path_of(uri) for _, uri in assets if uri.startswith("duckdb:") and uri.endswith("/tiled/storage.duckdb")]
+        old = own[0][: -len("/tiled/storage.duckdb")] if own else None
+        if old is None or Path(old) == root:
+            return
+        moved = []
+        for asset_id, uri in assets:
+            parts = urlsplit(uri)
+            path = path_of(uri)
+            if path.startswith(old + "/"):
+                lead = parts.path[: len(parts.path) - len(parts.path.lstrip("/"))]  # as many slashes as before
+                new_path = lead + (str(root) + path[len(old):]).lstrip("/")
+                moved.append((urlunsplit(parts._replace(path=new_path)), asset_id))
+        with con:
+            con.executemany("UPDATE assets SET data_uri = ? WHERE id = ?", moved)
+    log.warning("the store at %s was written at %s: %d file references in its catalog now point into %s",
+                root, old, len(moved), root)
 
 
 def _export_runs_as_documents() -> None:
