@@ -127,6 +127,23 @@ def test_a_server_that_does_not_export_documents_is_one_clear_error():
         stored_documents(_RunOfAServerWithoutTheExporter())
 
 
+def test_a_server_that_fails_to_read_a_run_is_not_said_to_lack_the_exporter():
+    import httpx
+
+    class RunWhoseFilesTheServerCannotRead:
+        metadata = {"start": {"uid": "abc"}}
+
+        def documents(self):
+            url = "http://127.0.0.1:1/api/v1/container/full/abc?format=application%2Fjson-seq"
+            request = httpx.Request("GET", url)
+            raise httpx.HTTPStatusError(f"Server error '500 Internal Server Error' for url '{url}'", request=request,
+                                        response=httpx.Response(500, request=request))
+            yield  # pragma: no cover
+
+    with pytest.raises(ReprocessError, match="run abc: cannot read its documents: HTTPStatusError: Server error '500"):
+        stored_documents(RunWhoseFilesTheServerCannotRead())
+
+
 def test_a_stored_run_without_a_stop_is_replayed_with_one_that_says_so(store, denoiser, caplog):
     """A scan that never finished (or whose writer stopped) is stored without a stop; the exporter
     then gives an empty one. The replay closes the new run with a stop that says why; into the stored

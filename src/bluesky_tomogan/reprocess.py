@@ -66,7 +66,10 @@ def stored_documents(run: Any, where: str = "") -> list[tuple[str, dict[str, Any
     try:
         return [(name, doc.to_dict() if hasattr(doc, "to_dict") else dict(doc)) for name, doc in run.documents()]
     except Exception as exc:  # tiled raises transport, HTTP and parsing errors of many types
-        if "406" in str(exc) or "json-seq" in str(exc):
+        # only "406 Not Acceptable" says the format is not served: a server failing to read the
+        # run's files answers 500 to the same json-seq request
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status == 406 or (status is None and "406" in str(exc) and "media type" in str(exc)):
             raise ReprocessError(
                 f"{where}: the Tiled server does not export runs as documents (application/json-seq); add "
                 "bluesky_tiled_plugins.exporters:json_seq_exporter to its media_types for BlueskyRun "
