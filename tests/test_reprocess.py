@@ -217,3 +217,30 @@ def test_a_store_moved_whole_opens_where_it_is_now_with_every_frame_and_goes_on(
     caplog.clear()
     close_local_tiled(local_tiled(moved))  # where it was written: nothing to point anywhere
     assert "was written at" not in caplog.text
+
+
+def test_a_replay_never_calls_its_frames_lagging(RE, store, tmp_path, monkeypatch):
+    """Replayed as fast as the queue takes it, a frame's latency is its wait in the queue: no detector
+    lagged. Every other flag keeps its live rule."""
+    import bluesky_tomogan.callbacks as callbacks
+    from bluesky_tomogan.qc.metrics import FrameMetrics
+    from bluesky_tomogan.qc.policy import QCPolicy
+    from bluesky_tomogan.reprocess import replay_qc_policy
+
+    used = []
+
+    class Recording(callbacks.TomoGANCallback):
+        def __init__(self, *args, **kwargs):
+            used.append(kwargs.get("qc"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(callbacks, "TomoGANCallback", Recording)
+    uid = scan(RE, store, frames_directory(tmp_path / "store") / "raw")
+    reprocess(store, uid, load_denoiser(backend="onnxruntime"), into="new")
+    (policy,) = used
+    assert policy == replay_qc_policy()
+    late = FrameMetrics(latency_s=1e6, snr=1.0)
+    assert "lagging" not in policy.evaluate(late) and "noisy" in policy.evaluate(late)
+    assert "lagging" in QCPolicy().evaluate(late)  # live, it would be
+    assert {k: v for k, v in policy.rules.items() if k != "lagging"} == \
+        {k: v for k, v in QCPolicy().rules.items() if k != "lagging"}

@@ -24,6 +24,7 @@ another Tiled server needs bluesky-tiled-plugins' exporter in its ``media_types`
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -33,6 +34,7 @@ from .callbacks.derived_stream import made_by_us
 from .callbacks.reconstruction import STREAM as RECONSTRUCTION
 from .callbacks.tomogan import SCAN_STREAMS
 from .errors import TomoGANError
+from .qc.policy import QCPolicy, Rule
 
 __all__ = ["ReprocessError", "REPROCESSED_FROM", "as_new_run", "derived_first", "read_run", "replay", "reprocess",
            "stored_documents"]
@@ -43,6 +45,13 @@ log = logging.getLogger(__name__)
 REPROCESSED_FROM = "tomogan_reprocessed_from"
 #: Seconds a replayed frame may wait for room in the queue, and the stop for the worker: offline, no frame is dropped.
 OFFLINE_TIMEOUT_S = 3600.0
+
+
+def replay_qc_policy() -> QCPolicy:
+    """The QC policy of a replay: the live defaults, except ``lagging``, which is never raised. A stored
+    run is fed as fast as the queue takes it, so a frame's latency is its wait in that queue, not a
+    detector outrunning the denoiser; ``latency_s`` is still recorded, for what it is."""
+    return QCPolicy({"lagging": Rule(math.inf, "ignore")})
 
 
 #: The stop document's ``reason`` of a replayed run that had none stored.
@@ -263,7 +272,7 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
         raise ReprocessError(f"run {uid} has no stop document: it is still running, or it was interrupted; "
                              "reprocess it into a new run (into='new', --into new)")
     callback = TomoGANCallback(denoiser, fields=fields, streams=None if streams is None else list(streams),
-                               policy="block", directory=directory, root_map=root_map,
+                               policy="block", directory=directory, root_map=root_map, qc=replay_qc_policy(),
                                block_timeout=OFFLINE_TIMEOUT_S, flush_timeout=OFFLINE_TIMEOUT_S)
     if into == "new":
         writer: Any = TiledWriter(client)
