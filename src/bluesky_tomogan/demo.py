@@ -209,6 +209,8 @@ def run_demo(
     report("    run['reconstruction']['slice'][-2]          # the middle slice, reconstructed and denoised live")
     report("denoise it again with another model (into a 'denoised_2' stream of the same run):")
     report(f"    bluesky-tomogan reprocess {str(root)!r} --uid {uid} --model tomogan-projection-light")
+    report("or with the mean over 8 turned copies of every frame and slice, into a new run (8x the time):")
+    report(f"    bluesky-tomogan reprocess {str(root)!r} --uid {uid} --into new --self-ensemble 8 --reconstruct")
     return metrics
 
 
