@@ -139,7 +139,7 @@ class Denoiser:
             raise InputShapeError(f"overlap must be >= 0, got {overlap}")
         self.tile = tile
         self.overlap = overlap
-        self.self_ensemble = ensemble.check_size(self_ensemble)
+        self._self_ensemble = ensemble.check_size(self_ensemble)
         # Exported models compute the correction; the centre frame is added here in
         # float32, so int8/bf16/fp16 rounding never touches the pass-through signal.
         self.residual_on_host = card.output == "correction"
@@ -172,6 +172,11 @@ class Denoiser:
     def ratio(self) -> float:
         """Pruning ratio of the network (percent of the full network's MACs removed; 0 = unpruned)."""
         return self.card.ratio
+
+    @property
+    def self_ensemble(self) -> int:
+        """How many turned copies of each frame the network runs on (1: the network once)."""
+        return self._self_ensemble
 
     @property
     def model_sha256(self) -> str:
@@ -356,9 +361,9 @@ class Denoiser:
         else:
             # each turned and mirrored copy of the frame is padded and tiled as the frame itself
             # would be, so every member is this denoiser's output for that copy, turned back
+            assert prep.context is not None  # _prepare keeps it for a self-ensemble
             merged = np.zeros((h, w), np.float32)
             for turns, mirrored in ensemble.TRANSFORMS[: self.self_ensemble]:
-                assert prep.context is not None
                 g, tiles = (grid, prep.tiles) if (turns, mirrored) == (0, False) else \
                     self._tiles(ensemble.apply(prep.context, turns, mirrored))
                 hh, ww = (w, h) if turns % 2 else (h, w)
