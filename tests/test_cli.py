@@ -566,3 +566,30 @@ def test_denoise_with_a_self_ensemble_records_it_with_the_frames(tmp_path, capsy
     with pytest.raises(SystemExit):
         main(["denoise", str(src), str(tmp_path / "o.npy"), "--self-ensemble", "3"])
     assert "invalid choice: 3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout, projections", [
+    ("data exchange", True), ("nexus image_key", True), ("slices", False)])
+def test_a_slice_model_given_a_files_projections_is_warned_about(tmp_path, caplog, layout, projections):
+    """A file that says its frames are a detector's (flat fields, an image_key) denoised with a slice
+    model: it runs, with the warning the live callback gives; a plain stack of slices gets none."""
+    import h5py
+    import numpy as np
+
+    frames = np.random.default_rng(5).poisson(500, (5, 24, 32)).astype(np.uint16)
+    src = tmp_path / "scan.h5"
+    with h5py.File(src, "w") as f:
+        if layout == "data exchange":
+            f["exchange/data"], f["exchange/data_white"] = frames, frames[:2]
+        elif layout == "nexus image_key":
+            data = f.create_group("entry/data")
+            data.attrs.update({"NX_class": "NXdata", "signal": "data"})
+            data["data"], data["image_key"] = frames, np.zeros(5, np.int32)
+        else:
+            f["exchange/data"] = frames  # a reconstructed volume, as dxchange writes it too
+    assert main(["denoise", str(src), str(tmp_path / "out.npy"), "--model", "tomogan-slice",
+                 "--backend", "onnxruntime"]) == 0
+    assert ("holds a detector's frames" in caplog.text and "is a slice model" in caplog.text) == projections
+    caplog.clear()
+    assert main(["denoise", str(src), str(tmp_path / "out2.npy"), "--backend", "onnxruntime"]) == 0
+    assert "is a projection model" not in caplog.text and "holds a detector's frames" not in caplog.text

@@ -229,6 +229,11 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     with open_frames(args.input, args.key) as source:
         den = load_denoiser(args.model, backend=args.backend, precision=args.precision, threads=args.threads,
                             ratio=args.ratio, self_ensemble=args.self_ensemble)
+        if source.projections:
+            from .callbacks.tomogan import warn_if_domain_is_not
+
+            warn_if_domain_is_not(den, "projection", f"{args.input} holds a detector's frames (flat fields or an "
+                                                     "image_key beside them)")
         with tqdm(total=source.shape[0], unit="frame", disable=None, desc="denoise") as bar:
             denoise_file(den, source, dest, keep_dtype=args.keep_dtype, frames_only=args.frames_only,
                          progress=bar.update)

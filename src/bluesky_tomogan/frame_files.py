@@ -47,6 +47,8 @@ NPY, HDF5, TIFF = (".npy",), (".h5", ".hdf5", ".hdf", ".nxs"), (".tif", ".tiff")
 #: Where the projections are in an HDF5 file when no key is given: Data Exchange first, as APS writes it
 #: (``bluesky-tomogan finetune`` looks in the same places).
 PROJECTION_KEYS = ("exchange/data", "projections", "data", "proj")
+#: Where a file of projections keeps its flat fields (Data Exchange's first).
+FLAT_KEYS = ("exchange/data_white", "flats", "flat", "data_white")
 #: Frames denoised per chunk (plus the neighbours its edge frames need, read but not denoised):
 #: 16 float32 frames of 2048 x 2048 are 256 MB.
 CHUNK = 16
@@ -66,7 +68,7 @@ class FrameSource:
     """Frames of one file: ``shape`` ``(N, H, W)`` (``single``: the file holds one ``(H, W)`` frame),
     ``dtype``, and ``read(start, stop)``; ``names``: a directory's file names, frame by frame;
     ``origin``: the file or directory read (an output there is refused); ``hdf5_key``: the
-    dataset read, in an HDF5 file."""
+    dataset read, in an HDF5 file; ``projections``: see below."""
 
     shape: tuple[int, ...]
     dtype: np.dtype
@@ -75,6 +77,8 @@ class FrameSource:
     names: tuple[str, ...] | None = None
     origin: Path | None = None
     hdf5_key: str | None = None
+    #: The file says these are a detector's frames, not slices: flat fields beside them, or an ``image_key``.
+    projections: bool = False
 
 
 def _source(array: Any) -> FrameSource:
@@ -144,9 +148,10 @@ def _open(p: Path, key: str | None, stack: contextlib.ExitStack) -> FrameSource:
                            lambda a, b: np.asarray(tif.asarray(key=range(a, b))).reshape(b - a, *shape))
     if h5py.is_hdf5(p):
         f = stack.enter_context(h5py.File(p, "r"))
-        frames_key = _frames_key(f, p, key)
+        frames_key, keyed = _frames_key(f, p, key)
         # the path in this file: a dataset reached through an external link (NeXus) has its own file's name
-        return dataclasses.replace(_source(f[frames_key]), hdf5_key="/" + frames_key.lstrip("/"))
+        return dataclasses.replace(_source(f[frames_key]), hdf5_key="/" + frames_key.lstrip("/"),
+                                   projections=keyed or first_dataset(f, FLAT_KEYS) is not None)
     raise TomoGANError(f"{p} is not a .npy, TIFF or HDF5 file (its suffix {suffix!r} and its contents say "
                        f"neither): give frames as {', '.join(NPY + HDF5 + TIFF)}")
 
@@ -193,17 +198,18 @@ def _tiff_frame(f: Path) -> np.ndarray:
         raise TomoGANError(f"cannot read frames from {f}: {exc}") from exc
 
 
-def _frames_key(f: Any, path: Path, key: str | None) -> str:
+def _frames_key(f: Any, path: Path, key: str | None) -> tuple[str, bool]:
+    """The frames' dataset, and whether a NeXus ``image_key`` says what each frame is."""
     import h5py
 
     if key is not None:
         if key not in f or not isinstance(f[key], h5py.Dataset):
             raise TomoGANError(f"{path} has no dataset {key!r} "
                                f"(its datasets: {', '.join(hdf5_datasets(f)[:12]) or 'none'})")
-        return key
+        return key, False
     usual = first_dataset(f, PROJECTION_KEYS)
     if usual is not None:
-        return usual
+        return usual, False
     nexus = nexus_frames(f)
     if nexus is not None:  # every frame, flats and darks too: each is denoised as the callback denoises them
         return nexus
@@ -215,7 +221,7 @@ def _frames_key(f: Any, path: Path, key: str | None) -> str:
     if len(found) != 1:
         raise TomoGANError(f"{path} holds {len(found)} datasets {found[:12]} and none of the usual names for "
                            f"projections ({', '.join(PROJECTION_KEYS)}); choose one with --key")
-    return found[0]
+    return found[0], False
 
 
 def first_dataset(f: Any, keys: tuple[str, ...]) -> str | None:

@@ -157,8 +157,7 @@ def find_nexus_scan(f: Any, frames: str | None = None) -> NexusScan | None:
         group = next((g for g, path in candidates if path == frames), frames.rpartition("/")[0] or "/")
     n = int(f[frames].shape[0])
     parent = frames.rpartition("/")[0]  # "" at the root: "/image_key" below
-    # NXtomo keeps image_key beside the detector's frames and links it into its NXdata group
-    key_path = _per_frame(f, [f"{parent}/image_key", f"{group}/image_key", *walk.named["image_key"]], n)
+    key_path = _image_key(f, walk, group, frames)
     angles = _per_frame(f, [f"{group}/rotation_angle", f"{parent}/rotation_angle", *walk.named["rotation_angle"],
                             *_angle_axes(f, group)], n)
     image_key = None if key_path is None else np.asarray(f[key_path][()]).astype(int)
@@ -166,11 +165,24 @@ def find_nexus_scan(f: Any, frames: str | None = None) -> NexusScan | None:
     return NexusScan(frames, image_key, angles)
 
 
-def nexus_frames(f: Any) -> str | None:
-    """The path of the frames :func:`find_nexus_scan` would take, without reading what each frame is
-    or its angle (for denoising every frame as it is); ``None`` where no NXdata group holds frames."""
-    candidates = _nxdata_frames(f, _Walk(f))
-    return candidates[0][1] if candidates else None
+def _image_key(f: Any, walk: _Walk, group: str, frames: str) -> str | None:
+    """The path of the frames' ``image_key``: NXtomo keeps it beside the detector's frames and links it
+    into its NXdata group; else any dataset of that name with a value per frame."""
+    parent = frames.rpartition("/")[0]  # "" at the root: "/image_key"
+    n = int(f[frames].shape[0])
+    return _per_frame(f, [f"{parent}/image_key", f"{group}/image_key", *walk.named["image_key"]], n)
+
+
+def nexus_frames(f: Any) -> tuple[str, bool] | None:
+    """The path of the frames :func:`find_nexus_scan` would take, and whether an ``image_key`` says
+    what each is (then they are a detector's frames: projections, flats, darks), without reading
+    it or the angles (for denoising every frame as it is); ``None`` where no NXdata group holds frames."""
+    walk = _Walk(f)
+    candidates = _nxdata_frames(f, walk)
+    if not candidates:
+        return None
+    group, frames = candidates[0]
+    return frames, _image_key(f, walk, group, frames) is not None
 
 
 def missing_frame_files(f: Any) -> list[str]:

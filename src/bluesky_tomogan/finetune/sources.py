@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ScanError
-from ..frame_files import PROJECTION_KEYS, first_dataset, hdf5_datasets
+from ..frame_files import FLAT_KEYS, PROJECTION_KEYS, first_dataset, hdf5_datasets
 from ..masked import fill_masked, missing_pixels
 from ..nexus import IMAGE_KEY, NexusScan, find_nexus_scan, missing_frame_files
 
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 #: Where projections, flats, darks and angles are looked for, first match wins:
 #: the APS Data Exchange layout (``/exchange/...``, read by tomopy and dxchange), then plain names.
-FLAT_KEYS = ("exchange/data_white", "flats", "flat", "data_white")
 DARK_KEYS = ("exchange/data_dark", "darks", "dark", "data_dark")
 ANGLE_KEYS = ("exchange/theta", "angles", "theta")
 
