@@ -244,3 +244,15 @@ def test_a_replay_never_calls_its_frames_lagging(RE, store, tmp_path, monkeypatc
     assert "lagging" in QCPolicy().evaluate(late)  # live, it would be
     assert {k: v for k, v in policy.rules.items() if k != "lagging"} == \
         {k: v for k, v in QCPolicy().rules.items() if k != "lagging"}
+
+
+def test_a_store_whose_catalog_cannot_be_pointed_elsewhere_is_said_so_not_a_crash(tmp_path, caplog):
+    import sqlite3
+
+    from bluesky_tomogan.storage import _follow_a_moved_store
+
+    catalog = tmp_path / "store" / "tiled" / "catalog.db"
+    catalog.parent.mkdir(parents=True)
+    sqlite3.connect(catalog).close()  # a catalog of another schema: no assets table
+    _follow_a_moved_store(tmp_path / "store")
+    assert "could not point the catalog" in caplog.text and "no such table: assets" in caplog.text

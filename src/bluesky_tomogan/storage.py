@@ -89,22 +89,28 @@ def _follow_a_moved_store(root: Path) -> None:
     def path_of(uri: str) -> str:  # "duckdb://localhost//a/b" and "file://localhost/a/b": "/a/b"
         return "/" + urlsplit(uri).path.lstrip("/")
 
-    with closing(sqlite3.connect(catalog)) as con:
-        assets = con.execute("SELECT id, data_uri FROM assets").fetchall()
-        own = [path_of(uri) for _, uri in assets if uri.startswith("duckdb:") and uri.endswith("/tiled/storage.duckdb")]
-        old = own[0][: -len("/tiled/storage.duckdb")] if own else None
-        if old is None or Path(old) == root:
-            return
-        moved = []
-        for asset_id, uri in assets:
-            parts = urlsplit(uri)
-            path = path_of(uri)
-            if path.startswith(old + "/"):
-                lead = parts.path[: len(parts.path) - len(parts.path.lstrip("/"))]  # as many slashes as before
-                new_path = lead + (str(root) + path[len(old):]).lstrip("/")
-                moved.append((urlunsplit(parts._replace(path=new_path)), asset_id))
-        with con:
-            con.executemany("UPDATE assets SET data_uri = ? WHERE id = ?", moved)
+    try:
+        with closing(sqlite3.connect(catalog)) as con:
+            assets = con.execute("SELECT id, data_uri FROM assets").fetchall()
+            own = [path_of(uri) for _, uri in assets
+                   if uri.startswith("duckdb:") and uri.endswith("/tiled/storage.duckdb")]
+            old = own[0][: -len("/tiled/storage.duckdb")] if own else None
+            if old is None or Path(old) == root:
+                return
+            moved = []
+            for asset_id, uri in assets:
+                parts = urlsplit(uri)
+                path = path_of(uri)
+                if path.startswith(old + "/"):
+                    lead = parts.path[: len(parts.path) - len(parts.path.lstrip("/"))]  # as many slashes as before
+                    new_path = lead + (str(root) + path[len(old):]).lstrip("/")
+                    moved.append((urlunsplit(parts._replace(path=new_path)), asset_id))
+            with con:
+                con.executemany("UPDATE assets SET data_uri = ? WHERE id = ?", moved)
+    except sqlite3.Error as exc:  # a read-only copy, another schema: open it as it is, saying why reads may fail
+        log.warning("could not point the catalog %s at where its files are now (%s); if the store was moved, its "
+                    "files are read where they were written", catalog, exc)
+        return
     log.warning("the store at %s was written at %s: %d file references in its catalog now point into %s",
                 root, old, len(moved), root)
 
