@@ -40,8 +40,8 @@ from .errors import TomoGANError
 from .frames import has_channel_axis, looks_like_colour, without_channel_axis
 from .nexus import missing_frame_files, nexus_frames
 
-__all__ = ["NPY", "HDF5", "TIFF", "PROJECTION_KEYS", "DENOISED_KEY", "FrameSource", "open_frames", "check_output",
-           "denoise_file", "first_dataset", "hdf5_datasets"]
+__all__ = ["NPY", "HDF5", "TIFF", "PROJECTION_KEYS", "FLAT_KEYS", "DENOISED_KEY", "FrameSource", "open_frames",
+           "check_output", "denoise_file", "first_dataset", "hdf5_datasets"]
 
 NPY, HDF5, TIFF = (".npy",), (".h5", ".hdf5", ".hdf", ".nxs"), (".tif", ".tiff")
 #: Where the projections are in an HDF5 file when no key is given: Data Exchange first, as APS writes it
