@@ -88,6 +88,9 @@ print(f"""bluesky-tomogan session
             det.inject_fault("saturation", frames=3)  # or "beam_dump", "motion"
             uid, = RE(qc_tomo_scan(det, stage, np.linspace(0, 180, 90, endpoint=False), feedback))
             client[uid]["qc_actions"].read()          # what the adaptive scan decided, and why
+            reconstruction.wait()                     # the run is stored whole once its final slices are
             reprocess(client, uid, load_denoiser("tomogan-projection-light"))  # again: a denoised_2 stream
+            reprocess(client, uid, load_denoiser(self_ensemble=8), into="new",  # 8 turned copies averaged:
+                      reconstruct=load_denoiser("tomogan-slice", self_ensemble=8))  # 8x the time, a new run
             (queue server: BPlan("tomo_scan_with_qc", "det", "stage", angles) is the same scan)
 """)
