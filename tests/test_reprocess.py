@@ -152,11 +152,12 @@ def test_a_stored_run_without_a_stop_is_replayed_with_one_that_says_so(store, de
 
     from bluesky_tomogan.reprocess import read_run
 
-    writer, run = TiledWriter(store), event_model.compose_run()
+    writer, run = TiledWriter(store, batch_size=1), event_model.compose_run()  # each event stored as it comes
     writer("start", run.start_doc)
     keys = {"x": {"source": "s", "dtype": "number", "shape": []}}
     descriptor = run.compose_descriptor(name="primary", data_keys=keys)
     writer("descriptor", descriptor.descriptor_doc)
+    writer("event", descriptor.compose_event(data={"x": 1.0}, timestamps={"x": 0.0}, seq_num=1))  # what it took
     stop = read_run(store, run.start_doc["uid"])[-1]
     assert stop[0] == "stop" and stop[1]["exit_status"] == "fail" and "has no stop document" in stop[1]["reason"]
     assert "has no stop document; replayed with one that says so" in caplog.text
@@ -256,3 +257,22 @@ def test_a_store_whose_catalog_cannot_be_pointed_elsewhere_is_said_so_not_a_cras
     sqlite3.connect(catalog).close()  # a catalog of another schema: no assets table
     _follow_a_moved_store(tmp_path / "store")
     assert "could not point the catalog" in caplog.text and "no such table: assets" in caplog.text
+
+
+def test_a_run_stored_without_a_frame_is_refused_not_replayed_into_an_empty_one(store, denoiser):
+    """A writer that batches events stores them with the stop (bluesky's TiledWriter), and a live
+    TomoReconstruction passes the stop on after its final slices: read right after RE(...) returns,
+    the run has a start and descriptors only. A new run without a frame would look like a result."""
+    import event_model
+
+    run = event_model.compose_run()
+    primary = run.compose_descriptor(name="primary", data_keys={
+        "det_image": {"source": "SIM:det", "dtype": "array", "shape": [8, 8], "dtype_numpy": "<u2"}})
+    writer = TiledWriter(store)
+    writer("start", run.start_doc)
+    writer("descriptor", primary.descriptor_doc)
+    uid = run.start_doc["uid"]
+    with pytest.raises(ReprocessError, match=r"holds no events in \['primary', 'flat'\]: nothing to denoise; it has "
+                                             r"no stop either: .* rec.wait\(\) first"):
+        reprocess(store, uid, denoiser, into="new")
+    assert list(store.search(Key(f"start.{REPROCESSED_FROM}") == uid)) == []  # no empty run left behind

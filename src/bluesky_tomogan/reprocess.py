@@ -194,6 +194,13 @@ def read_run(client: Any, uid: str) -> list[tuple[str, dict[str, Any]]]:
     return documents
 
 
+def _has_events(documents: Documents, streams: Sequence[str] | None) -> bool:
+    """Whether any event (or page of events) of ``streams`` (``None``: any stream) is among ``documents``."""
+    descriptors = {d["uid"] for n, d in documents
+                   if n == "descriptor" and (streams is None or d.get("name") in streams)}
+    return any(n in ("event", "event_page") and d.get("descriptor") in descriptors for n, d in documents)
+
+
 def replay(documents: list[tuple[str, dict[str, Any]]], callback: Callable[[str, Any], Any], *,
            into: Literal["run", "new"] = "new", extra_start: Mapping[str, Any] | None = None,
            progress: Callable[[int, int], Any] | None = None) -> str:
@@ -268,9 +275,18 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
     if into not in ("run", "new"):
         raise ReprocessError(f"into must be 'run' (the stored run) or 'new' (a new run), got {into!r}")
     documents = read_run(client, uid)
-    if into == "run" and documents[-1][1].get("exit_status") == "fail" and _NO_STOP in documents[-1][1]["reason"]:
+    no_stop = documents[-1][1].get("exit_status") == "fail" and _NO_STOP in documents[-1][1]["reason"]
+    if into == "run" and no_stop:
         raise ReprocessError(f"run {uid} has no stop document: it is still running, or it was interrupted; "
                              "reprocess it into a new run (into='new', --into new)")
+    if not _has_events(documents, streams):
+        # a new run without a frame would look like a result; a writer that batches events (TiledWriter)
+        # stores them with the stop, which a live TomoReconstruction passes on after its final slices
+        raise ReprocessError(f"run {uid} holds no events in {'any stream' if streams is None else list(streams)}: "
+                             "nothing to denoise" + ("; it has no stop either: if it has just run, its writer may "
+                                                     "not have stored it yet (a live TomoReconstruction passes "
+                                                     "the stop on after its final slices: rec.wait() first)"
+                                                     if no_stop else ""))
     callback = TomoGANCallback(denoiser, fields=fields, streams=None if streams is None else list(streams),
                                policy="block", directory=directory, root_map=root_map, qc=replay_qc_policy(),
                                block_timeout=OFFLINE_TIMEOUT_S, flush_timeout=OFFLINE_TIMEOUT_S)
