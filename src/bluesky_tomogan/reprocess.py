@@ -280,8 +280,9 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
         raise ReprocessError(f"run {uid} has no stop document: it is still running, or it was interrupted; "
                              "reprocess it into a new run (into='new', --into new)")
     if not _has_events(documents, streams):
-        # a new run without a frame would look like a result; a writer that batches events (TiledWriter)
-        # stores them with the stop, which a live TomoReconstruction passes on after its final slices
+        # a new run without a frame would look like a result; a writer that batches events (TiledWriter,
+        # 10,000 a batch) stores the last batch with the stop, which a live TomoReconstruction passes on
+        # after its final slices
         raise ReprocessError(f"run {uid} holds no events in {'any stream' if streams is None else list(streams)}: "
                              "nothing to denoise" + ("; it has no stop either: if it has just run, its writer may "
                                                      "not have stored it yet (a live TomoReconstruction passes "
