@@ -26,8 +26,9 @@ __all__ = ["Scan", "RowChoice", "read_scan", "read_scan_hdf5", "read_scan_tiled"
 
 log = logging.getLogger(__name__)
 
-#: Where projections, flats, darks and angles are looked for, first match wins:
-#: the APS Data Exchange layout (``/exchange/...``, read by tomopy and dxchange), then plain names.
+#: Where darks and angles are looked for (projections and flats: ``frame_files.PROJECTION_KEYS`` and
+#: ``FLAT_KEYS``, which ``denoise`` reads too), first match wins: the APS Data Exchange layout
+#: (``/exchange/...``, read by tomopy and dxchange), then plain names.
 DARK_KEYS = ("exchange/data_dark", "darks", "dark", "data_dark")
 ANGLE_KEYS = ("exchange/theta", "angles", "theta")
 
