@@ -37,6 +37,28 @@ def test_the_console_script_module_runs():
     assert "tomogan-projection: projection domain" in out
 
 
+def test_version_names_the_package_python_the_cpu_and_every_runtime_installed_or_not(capsys):
+    from bluesky_tomogan import __version__
+    from bluesky_tomogan.cli import REPORTED_PACKAGES
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"bluesky-tomogan {__version__}\n")
+    assert "\nPython 3." in out and "\nCPU: " in out
+    for names in REPORTED_PACKAGES.values():
+        for name in names:  # each with its version, or said to be missing (tensorrt on a machine without a GPU)
+            assert re.search(rf"[:,] {re.escape(name)} (\d|\(not installed\))", out), name
+    assert re.search(r"openvino \d{4}\.", out)  # a core dependency is always installed
+
+
+def test_python_dash_m_runs_the_command_line():
+    out = subprocess.run([sys.executable, "-m", "bluesky_tomogan", "--version"], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.startswith("bluesky-tomogan ")
+
+
 def test_models_lists_each_measured_loss_with_its_worst_frame_and_cpu_and_says_what_auto_runs_here(capsys):
     from bluesky_tomogan.inference.load import load_denoiser, shipped_models
 

@@ -14,9 +14,56 @@ from .errors import TomoGANError
 from .inference.registry import PRECISIONS, backend_names, configurations
 from .inference.self_ensemble import SELF_ENSEMBLE_SIZES
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "version_report", "REPORTED_PACKAGES"]
 
 log = logging.getLogger("bluesky_tomogan.cli")
+
+
+#: The packages whose versions decide what a run does, by what they do: ``--version`` prints them,
+#: for a bug report.
+REPORTED_PACKAGES: dict[str, tuple[str, ...]] = {
+    "Bluesky": ("bluesky", "event-model", "ophyd", "tiled"),
+    "inference": ("numpy", "openvino", "onnxruntime", "ai-edge-litert", "tensorrt"),
+    "training and export": ("torch", "tensorflow-cpu", "nncf"),
+}
+
+
+def version_report() -> str:
+    """``bluesky-tomogan --version``: this package's version, then Python, the CPU and its speed
+    instruction sets, and the version of each of :data:`REPORTED_PACKAGES` (or that it is not installed), a
+    line per group."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+    from .cpu import SPEED_FLAGS, cpu_flags, cpu_name
+
+    def installed(name: str) -> str:
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            return f"{name} (not installed)"
+
+    flags = " ".join(f for f in SPEED_FLAGS if f in cpu_flags()) or "none of " + " ".join(SPEED_FLAGS)
+    return "\n".join([
+        f"bluesky-tomogan {__version__}",
+        f"Python {platform.python_version()} on {platform.system()} {platform.machine()}",
+        f"CPU: {cpu_name()} ({flags})",
+        *(f"{group}: " + ", ".join(installed(name) for name in names) for group, names in REPORTED_PACKAGES.items()),
+    ])
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: print :func:`version_report` and exit (made only when asked: it reads package metadata)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:  # noqa: A002 (argparse's name)
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(version_report())
+        parser.exit()
 
 
 def _path_pair(text: str) -> tuple[str, str]:
@@ -376,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``bluesky-tomogan``."""
     p = argparse.ArgumentParser(prog="bluesky-tomogan", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    p.add_argument("--version", action=_VersionAction,
+                   help="print the version, Python, the CPU and the versions of the runtimes, and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("demo", help="a simulated low-dose scan denoised live and stored in Tiled, with a figure")
