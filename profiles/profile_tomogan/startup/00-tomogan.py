@@ -21,7 +21,8 @@ from bluesky.callbacks.tiled_writer import TiledWriter
 from bluesky.suspenders import SuspendFloor
 
 from bluesky_tomogan import TomoGANCallback, TomoReconstruction, load_denoiser
-from bluesky_tomogan.callbacks import ScanProgress
+from bluesky_tomogan.callbacks import LiveDenoisedView, ScanProgress
+from bluesky_tomogan.callbacks.live_view import shows_windows
 from bluesky_tomogan.devices import QCMonitor, SimBeamCurrent, SimTomoDetector, SimTomoStage
 from bluesky_tomogan.plans import qc_tomo_scan, qc_tomo_scan_with, tomo_scan  # noqa: F401
 from bluesky_tomogan.qc import QCFeedback, QCPolicy
@@ -70,6 +71,13 @@ tomogan.subscribe(reconstruction)
 reconstruction.subscribe(TiledWriter(client))
 RE.subscribe(tomogan)
 RE.subscribe(ScanProgress())
+# The newest denoised projection beside its raw one, with its QC flags, in a window: where this session can
+# show one (not in a queue server's worker, nor without a display; then `tomogan.subscribe(live_view)` after
+# `%matplotlib qt` shows it).
+live_view = LiveDenoisedView()
+LIVE_VIEW_SHOWN = shows_windows()
+if LIVE_VIEW_SHOWN:
+    tomogan.subscribe(live_view)
 # No beam, no data worth taking: suspend below 50 mA, resume 5 s after it is back.
 RE.install_suspender(SuspendFloor(ring_current, 50, resume_thresh=100, sleep=5))
 
@@ -79,6 +87,8 @@ print(f"""bluesky-tomogan session
   devices   det (simulated camera, {det.frame_shape[0]}x{det.frame_shape[1]}), stage.theta / stage.x, ring_current
   denoiser  {denoiser!r}, subscribed as `tomogan` (policy block)
   live      `reconstruction`: 3 slices, algotom + slice model, every 30 projections
+            `live_view`: the newest raw and denoised frame, {'in a window' if LIVE_VIEW_SHOWN else
+                         'not shown (no window here; %matplotlib qt, then tomogan.subscribe(live_view))'}
   QC        qc (QCMonitor; suspenders on {', '.join(f for f, r in policy.rules.items() if r.action == 'suspend')}),
             feedback (QCFeedback), interruptions recorded
   try       uid, = RE(tomo_scan(det, stage, np.linspace(0, 180, 90, endpoint=False)))

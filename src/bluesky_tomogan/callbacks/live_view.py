@@ -1,0 +1,355 @@
+"""``LiveDenoisedView``: the newest denoised frame of a run beside its raw frame, while the scan runs.
+
+A matplotlib display made like bluesky's own live plots (a ``QtAwareCallback``: with a Qt
+backend its documents are handed to the Qt thread, so it may be fed from any thread, a
+``serve`` worker's included; made safe with bluesky's ``make_class_safe``, so a display that
+fails is logged and never touches the scan). It reads documents only: subscribe it to a
+``TomoGANCallback`` (``cb.subscribe(LiveDenoisedView())``) or to anything that relays that
+callback's documents (bluesky's 0MQ ``RemoteDispatcher`` beside ``bluesky-tomogan serve``).
+
+The derived stream names its raw stream and field (its ``tomogan`` configuration) and each row
+its raw frame (``<field>_source_seq_num``); the denoised frame is read from the file its
+``StreamDatum`` names, and the raw one from its event (inline), its ``StreamResource`` file or
+its legacy ``Resource`` (through ``event_model.Filler``). Nothing is read for a row that is not
+drawn: at most one redraw per ``interval`` seconds, always the newest row, and the run's last
+row at its stop, so the cost does not grow with the frame rate. Memory is bounded: of the raw
+frames that travel inside events, only the newest ``keep`` are held (a derived row comes a few
+frames after its raw one); of files, only where each frame is.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import event_model
+import numpy as np
+from bluesky.callbacks.core import make_class_safe
+from bluesky.callbacks.mpl_plotting import QtAwareCallback
+
+from ..handlers import default_handler_registry
+from ..stream_readers import FrameReader, reader_for, remapped
+from .derived_stream import derived_from, exposures_per_event, image_fields
+
+__all__ = ["LiveDenoisedView", "ShownFrame", "shows_windows"]
+
+log = logging.getLogger(__name__)
+
+
+def shows_windows() -> bool:
+    """Whether matplotlib's backend here draws in a window that updates live (Qt, Tk, GTK, wx, macOS, a
+    notebook's ``nbagg``): not ``agg`` (no display, a queue server's worker) nor an inline backend, which
+    shows a figure only once its cell has finished."""
+    import matplotlib
+
+    backend = matplotlib.get_backend().lower()
+    try:
+        from matplotlib.backends import BackendFilter, backend_registry
+    except ImportError:  # matplotlib before 3.9
+        from matplotlib.rcsetup import interactive_bk as interactive  # type: ignore[attr-defined]
+    else:
+        interactive = backend_registry.list_builtin(BackendFilter.INTERACTIVE)
+    return backend in {b.lower() for b in interactive}
+
+
+@dataclass(frozen=True)
+class ShownFrame:
+    """What the view shows now: one derived row and its frames (``raw`` is ``None`` where it could not be had)."""
+
+    seq_num: int  # the raw frame's
+    raw: np.ndarray | None
+    denoised: np.ndarray | None
+    flags: str  # comma-separated QC flags
+    error: str  # why the frame was not denoised (empty if it was)
+    model: str
+
+
+class _Bounded(OrderedDict[Any, Any]):
+    """An insertion-ordered dict that forgets its oldest entries beyond ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
+@make_class_safe(logger=log)
+class LiveDenoisedView(QtAwareCallback):
+    """Show the newest denoised frame of a run beside its raw frame, with its QC flags, during the scan.
+
+    Parameters
+    ----------
+    stream : str
+        The raw stream whose derived stream is shown (``"primary"``: the projections).
+    field : str, optional
+        The image field (default: the first one the derived streams of ``stream`` denoise).
+    interval : float
+        Seconds between redraws at the most; rows in between are skipped, not read.
+    keep : int
+        Raw frames that travel inside events, held until their derived row comes (the newest
+        ones). A row whose raw frame was let go shows the denoised frame alone.
+    fig : matplotlib Figure, optional
+        Where to draw (default: a new figure).
+    root_map : dict, optional
+        Where this machine sees the files of other machines, as for ``TomoGANCallback``.
+    handler_registry : dict, optional
+        Spec -> handler for raw frames in legacy ``Resource``/``Datum`` files (default:
+        :func:`~bluesky_tomogan.handlers.default_handler_registry`).
+    use_teleporter : bool, optional
+        As for bluesky's live plots (default: with a Qt backend).
+
+    Examples
+    --------
+    >>> cb = TomoGANCallback(load_denoiser(), streams=["primary"])   # doctest: +SKIP
+    >>> cb.subscribe(LiveDenoisedView())                              # doctest: +SKIP
+    """
+
+    def __init__(self, stream: str = "primary", field: str | None = None, *, interval: float = 0.5,
+                 keep: int = 16, fig: Any = None, root_map: Mapping[str, str] | None = None,
+                 handler_registry: Mapping[str, Any] | None = None, use_teleporter: bool | None = None) -> None:
+        if interval < 0:
+            raise ValueError(f"interval must be >= 0 seconds, got {interval}")
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1 frame, got {keep}")
+        super().__init__(use_teleporter=use_teleporter)
+        self.stream, self.interval, self.keep = stream, interval, keep
+        self._asked_field = field
+        self.field = field  # the field shown in this run: the one asked for, else the first derived one
+        self.root_map = dict(root_map or {})
+        self._registry = dict(handler_registry) if handler_registry is not None else None
+        self._fig = fig
+        self._images: list[Any] = []
+        self.shown: ShownFrame | None = None
+        self.frames_shown = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._run = ""
+        self.field = self._asked_field
+        self._derived: dict[str, str] = {}  # derived descriptor uid -> field
+        self._raw: set[str] = set()  # raw descriptor uids of the stream
+        self._readers: dict[str, tuple[str, FrameReader]] = {}  # StreamResource uid -> (data key, reader)
+        self._denoised_at = _Bounded(4 * self.keep)  # seq_num of a derived row -> (reader, index)
+        self._raw_at = _Bounded(4 * self.keep)  # raw seq_num -> (reader, index) in a file
+        # (field, raw seq_num) -> frame that came inside its event, or its legacy datum id; of every
+        # image field until the derived stream (described before its first row) says which is shown
+        self._raw_inline = _Bounded(self.keep)
+        self._raw_datum = _Bounded(4 * self.keep)
+        self._raw_fields: set[str] = set()
+        self._raw_descriptor = ""
+        self._raw_keys: dict[str, Any] = {}  # the raw stream's data keys
+        self._filler: event_model.Filler | None = None  # made at each start: it must see the run's descriptors
+        self._unreadable: set[str] = set()  # what could not be read, said once a run
+        self._pending: dict[str, Any] | None = None  # the newest row not drawn yet
+        self._drawn_at = -np.inf
+
+    # -- documents -------------------------------------------------------------------------
+
+    def start(self, doc: Any) -> Any:
+        self._close_readers()
+        self._reset()
+        self._run = f"scan {doc.get('scan_id', '?')} ({str(doc.get('uid', ''))[:8]})"
+        registry = self._registry if self._registry is not None else default_handler_registry()
+        # one try, no waiting: a display never holds up the documents behind it
+        self._filler = event_model.Filler(registry, root_map=self.root_map, inplace=False, retry_intervals=[0])
+        self._filler("start", doc)
+        return doc
+
+    def descriptor(self, doc: Any) -> Any:
+        if self._filler is not None:
+            self._filler("descriptor", doc)
+        source = derived_from(doc)
+        if source is not None:
+            raw_stream, field = source
+            if raw_stream == self.stream and (self.field is None or field == self.field):
+                self.field = self.field or field
+                self._derived[doc["uid"]] = field
+        elif doc.get("name") == self.stream and image_fields(doc):
+            self._raw_fields.update(image_fields(doc) if self._asked_field is None else [self._asked_field])
+            self._raw.add(doc["uid"])
+            self._raw_descriptor, self._raw_keys = doc["uid"], dict(doc["data_keys"])
+        return doc
+
+    def stream_resource(self, doc: Any) -> Any:
+        try:
+            self._readers[doc["uid"]] = (doc.get("data_key", ""), reader_for(remapped(doc, self.root_map)))
+        except (ValueError, KeyError) as exc:  # a file this view cannot read: its frames are not shown
+            log.warning("live view: StreamResource %s: %s", doc.get("uid"), exc)
+        return doc
+
+    def stream_datum(self, doc: Any) -> Any:
+        reader = self._readers.get(doc.get("stream_resource", ""))
+        if reader is None:
+            return doc
+        key, read = reader
+        if doc.get("descriptor") in self._derived:
+            where = self._denoised_at
+        elif doc.get("descriptor") in self._raw and key == self.field:
+            where = self._raw_at
+        else:
+            return doc
+        first, seq = doc["indices"]["start"], doc["seq_nums"]["start"]
+        for k in range(doc["indices"]["stop"] - first):
+            where.put(seq + k, (read, first + k))
+        if where is self._denoised_at and self._pending is not None and self._pending["row"] in where:
+            self._maybe_draw()  # a derived row's StreamDatum comes right after its event page
+        return doc
+
+    def resource(self, doc: Any) -> Any:
+        if self._filler is not None:
+            self._filler("resource", doc)
+        return doc
+
+    def datum(self, doc: Any) -> Any:
+        if self._filler is not None:
+            self._filler("datum", doc)
+        return doc
+
+    def datum_page(self, doc: Any) -> Any:
+        if self._filler is not None:
+            self._filler("datum_page", doc)
+        return doc
+
+    def event_page(self, doc: Any) -> Any:
+        if doc["descriptor"] in self._raw:
+            for f in self._raw_fields if self.field is None else {self.field}:
+                for seq, value in zip(doc["seq_num"], doc["data"].get(f, ()), strict=False):
+                    if isinstance(value, str):  # a legacy datum id: read only if its row is drawn
+                        self._raw_datum.put((f, seq), value)
+                    else:
+                        self._raw_inline.put((f, seq), value)
+        field = self._derived.get(doc["descriptor"])
+        if field is not None and doc["seq_num"]:
+            data, i = doc["data"], len(doc["seq_num"]) - 1  # the newest row of the page
+            def column(name: str, default: Any = "") -> Any:
+                return data.get(f"{field}_{name}", [default] * (i + 1))[i]
+
+            self._pending = {"row": doc["seq_num"][i], "seq_num": int(column("source_seq_num")),
+                             "exposure": int(column("source_exposure", 0)), "flags": str(column("qc_flags")),
+                             "error": str(column("qc_error")), "model": str(column("model")),
+                             "inline": column("denoised", None)}
+            # a frame in a file is drawn when its StreamDatum (just after this page) says where it is;
+            # one inside the event, or a row without a frame (dropped, failed), now
+            if self._pending["inline"] is not None or self._pending["error"]:
+                self._maybe_draw()
+        return doc
+
+    def event(self, doc: Any) -> Any:
+        self.event_page(event_model.pack_event_page(doc))
+        return doc
+
+    def stop(self, doc: Any) -> Any:
+        self._draw_pending()  # the run's last row, however soon after the one before
+        self._close_readers()
+        return doc
+
+    # -- drawing ---------------------------------------------------------------------------
+
+    def _maybe_draw(self) -> None:
+        if time.monotonic() - self._drawn_at >= self.interval:
+            self._draw_pending()
+
+    def _draw_pending(self) -> None:
+        row, self._pending = self._pending, None
+        if row is None:
+            return
+        denoised = row["inline"]
+        if denoised is None and row["row"] in self._denoised_at:
+            denoised = self._read("denoised", lambda: self._from_file(self._denoised_at[row["row"]]))
+        raw = self._read("raw", lambda: self._raw_frame(row["seq_num"], row["exposure"]))
+        self.shown = ShownFrame(row["seq_num"], raw, None if denoised is None else np.asarray(denoised),
+                                row["flags"], row["error"], row["model"])
+        self._draw(self.shown)
+        self._drawn_at = time.monotonic()
+        self.frames_shown += 1
+
+    def _read(self, what: str, read: Any) -> np.ndarray | None:
+        """``read()``, or ``None`` where the file cannot be read (a moved file, another machine's path):
+        the view then shows what it has, and says why once a run."""
+        try:
+            frame: np.ndarray | None = read()
+            return frame
+        except Exception as exc:  # any reader's failure: the display goes on without this frame
+            if what not in self._unreadable:
+                self._unreadable.add(what)
+                cause: BaseException = exc
+                while cause.__cause__ is not None:  # event_model wraps a handler's own error: say that one
+                    cause = cause.__cause__
+                log.warning("live view: the %s frames of %s cannot be read (%s: %s); shown without them",
+                            what, self._run, type(cause).__name__, cause)
+            return None
+
+    @staticmethod
+    def _from_file(where: tuple[FrameReader, int]) -> np.ndarray:
+        read, index = where
+        return np.asarray(read(index, index + 1)[0])
+
+    def _raw_frame(self, seq_num: int, exposure: int) -> np.ndarray | None:
+        f = self.field or ""
+        if (f, seq_num) in self._raw_inline:
+            frame = self._raw_inline[f, seq_num]
+        elif seq_num in self._raw_at:
+            read, index = self._raw_at[seq_num]  # an event of N exposures is N frames of the file
+            key = self._raw_keys.get(f)
+            frame = read.event(index, exposures_per_event(key) if key else 1)
+        elif (f, seq_num) in self._raw_datum and self._filler is not None:
+            event = {"descriptor": self._raw_descriptor, "uid": "", "time": 0.0, "seq_num": seq_num,
+                     "data": {f: self._raw_datum[f, seq_num]}, "timestamps": {f: 0.0}, "filled": {f: False}}
+            frame = self._filler.fill_event(event, include=[f], inplace=False)["data"][f]
+        else:
+            return None
+        frame = np.asarray(frame)
+        if frame.ndim == 3:  # an event of several exposures (or [1, H, W]): the row's own
+            frame = frame[exposure] if exposure < len(frame) else frame[0]
+        return np.squeeze(frame) if frame.ndim >= 2 else None
+
+    def _draw(self, shown: ShownFrame) -> None:
+        import matplotlib.pyplot as plt
+
+        if self._fig is None:
+            self._fig = plt.figure(figsize=(10, 5))
+        fig = self._fig
+        frames = [shown.raw, shown.denoised]
+        # one intensity scale for both (the raw frame's robust range): what denoising removed shows
+        scale = next((f for f in frames if f is not None and np.isfinite(f).any()), None)
+        lo, hi = (np.nanpercentile(scale, [1, 99]) if scale is not None else (0.0, 1.0))
+        hi = hi if hi > lo else lo + 1
+        if not self._images:
+            axes = fig.subplots(1, 2, sharex=True, sharey=True)
+            for ax, title in zip(axes, ("raw", "denoised"), strict=True):
+                ax.set_title(title)
+                ax.set_axis_off()
+            self._images = [ax.imshow(np.zeros((2, 2)), cmap="gray") for ax in axes]
+        for image, frame, name in zip(self._images, frames, ("raw", "denoised"), strict=True):
+            shown_frame = frame if frame is not None else np.full((2, 2), np.nan)
+            image.set_data(shown_frame)
+            image.set_extent((-0.5, shown_frame.shape[1] - 0.5, shown_frame.shape[0] - 0.5, -0.5))
+            image.set_clim(lo, hi)
+            image.axes.set_title(name if frame is not None else f"{name}: not available")
+        state = shown.error or (f"QC: {shown.flags}" if shown.flags else "QC: no flags")
+        fig.suptitle(f"{self._run}  {self.stream}/{self.field} frame {shown.seq_num}  {shown.model}\n{state}",
+                     color="red" if shown.error or shown.flags else "black")
+        fig.canvas.draw_idle()
+        fig.canvas.flush_events()
+
+    # -- files -----------------------------------------------------------------------------
+
+    def _close_readers(self) -> None:
+        for _, read in self._readers.values():
+            try:
+                read.close()
+            except Exception:  # a file gone: nothing to close
+                log.debug("live view: closing a reader failed", exc_info=True)
+        self._readers = {}
+        if self._filler is not None:
+            self._filler.close()
+            self._filler = None

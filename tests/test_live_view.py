@@ -1,0 +1,157 @@
+"""LiveDenoisedView: the newest denoised frame beside its raw one, from the documents alone."""
+
+from __future__ import annotations
+
+import logging
+
+import bluesky.plans as bp
+import matplotlib
+import numpy as np
+import pytest
+from ophyd.sim import SynSignal
+
+from bluesky_tomogan.callbacks import LiveDenoisedView, TomoGANCallback
+from bluesky_tomogan.callbacks.live_view import shows_windows
+from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
+from bluesky_tomogan.hdf5_frames import StreamFrameReader
+
+matplotlib.use("Agg")
+
+
+def camera(values=None, shape=(40, 48)):
+    rng = np.random.default_rng(0)
+    return SynSignal(func=values or (lambda: rng.poisson(500, shape).astype(np.uint16)), name="cam")
+
+
+def detector(directory, asset_mode):
+    return SimTomoDetector(name="det", stage=SimTomoStage(name="stage"), shape=(40, 48), directory=directory,
+                           asset_mode=asset_mode, seed=3, simulate_timing=False)
+
+
+def scan(RE, cb, view, det=None, num=5):
+    """Run a scan through ``cb`` with ``view`` subscribed; the documents, for the expected frames."""
+    docs = []
+    cb.subscribe(lambda name, doc: docs.append((name, doc)))
+    cb.subscribe(view)
+    RE.subscribe(cb)
+    if det is None:
+        RE(bp.count([camera()], num=num))
+    else:
+        RE(bp.scan([det], det.sample_stage.theta, 0, 40, num))
+    return docs
+
+
+def raw_frame(docs, field, seq_num):
+    """The raw frame of ``seq_num`` as the documents announce it: inside the event or in the detector's file."""
+    for name, doc in docs:
+        if name == "event" and doc["seq_num"] == seq_num and field in doc["data"] and doc["filled"].get(field, True):
+            return np.asarray(doc["data"][field])
+    sres = [d for n, d in docs if n == "stream_resource" and d["data_key"] == field]
+    if sres:
+        return StreamFrameReader(sres[0])(seq_num - 1, seq_num)[0]
+    (res,) = [d for n, d in docs if n == "resource"]
+    read = StreamFrameReader({"mimetype": "application/x-hdf5", "uri": "file:///" + res["resource_path"],
+                              "parameters": res["resource_kwargs"]})
+    return read(seq_num - 1, seq_num)[0]
+
+
+def denoised_frame(docs, field, row):
+    """Derived row ``row``'s frame: inside its event page, or in the file its StreamDatum names."""
+    derived = {d["uid"] for n, d in docs if n == "descriptor" and d["name"] == "denoised"}
+    for name, doc in docs:
+        if name == "event_page" and doc["descriptor"] in derived and f"{field}_denoised" in doc["data"]:
+            return np.asarray(doc["data"][f"{field}_denoised"][doc["seq_num"].index(row)])
+    (sres,) = [d for n, d in docs if n == "stream_resource" and d["data_key"] == f"{field}_denoised"]
+    return StreamFrameReader(sres)(row - 1, row)[0]
+
+
+@pytest.mark.parametrize(("raw", "inline"), [("event", True), ("event", False), ("stream", False),
+                                             ("resource", False)])
+def test_each_page_shows_its_newest_rows_raw_and_denoised_frame_however_they_travel(RE, denoiser, tmp_path, raw,
+                                                                                     inline):
+    det = None if raw == "event" else detector(tmp_path, raw)
+    field = "cam" if det is None else "det_image"
+    view = LiveDenoisedView(interval=0, use_teleporter=False)
+    cb = TomoGANCallback(denoiser, streams=["primary"], inline=inline)
+    docs = scan(RE, cb, view, det)
+    assert cb.errors == []
+    derived = {d["uid"] for n, d in docs if n == "descriptor" and d["name"] == "denoised"}
+    pages = [d for n, d in docs if n == "event_page" and d["descriptor"] in derived]
+    assert view.frames_shown == len(pages) and view.field == field  # with no interval, every page's newest row
+    shown = view.shown
+    assert shown is not None and shown.seq_num == 5 and shown.error == "" and shown.model == "tomogan-projection"
+    np.testing.assert_array_equal(shown.raw, raw_frame(docs, field, 5))
+    np.testing.assert_array_equal(shown.denoised, denoised_frame(docs, field, 5))
+    fig = matplotlib.pyplot.gcf() if view._fig is None else view._fig
+    raw_image, denoised_image = (ax.images[0] for ax in fig.axes)
+    np.testing.assert_array_equal(np.asarray(denoised_image.get_array()), shown.denoised)
+    assert raw_image.get_clim() == denoised_image.get_clim()  # one scale: what denoising removed shows
+    assert "frame 5" in fig._suptitle.get_text() and "QC: " in fig._suptitle.get_text()
+
+
+def test_rows_closer_than_the_interval_are_skipped_and_the_last_is_shown_at_the_stop(RE, denoiser, tmp_path):
+    view = LiveDenoisedView(interval=3600, use_teleporter=False)
+    scan(RE, TomoGANCallback(denoiser, streams=["primary"]), view, detector(tmp_path, "stream"), num=6)
+    assert view.frames_shown <= 2  # the first page's newest row, then nothing until the stop drew the last
+    assert view.shown is not None and view.shown.seq_num == 6
+
+
+def test_a_frame_that_was_not_denoised_shows_why_in_red(RE, denoiser):
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    view = LiveDenoisedView(interval=0, fig=fig, use_teleporter=False)
+    cb = TomoGANCallback(denoiser, streams=["primary"])
+    cb.subscribe(view)
+    RE.subscribe(cb)
+    RE(bp.count([camera(lambda: np.zeros((40, 48), np.uint16))], num=3))
+    shown = view.shown
+    assert shown is not None and shown.denoised is None and "dead_pixels" in shown.error
+    assert shown.raw is not None and not shown.raw.any()
+    assert "dead_pixels" in fig._suptitle.get_text() and fig._suptitle.get_color() == "red"
+    assert fig.axes[1].get_title() == "denoised: not available"
+
+
+class BrokenHandler:
+    def __init__(self, path, **kwargs):
+        raise OSError(f"disk unplugged: {path}")
+
+
+def test_raw_frames_it_cannot_read_leave_the_denoised_ones_and_one_warning(RE, denoiser, tmp_path, caplog):
+    view = LiveDenoisedView(interval=0, handler_registry={"hdf5": BrokenHandler}, use_teleporter=False)
+    with caplog.at_level(logging.WARNING, logger="bluesky_tomogan.callbacks.live_view"):
+        docs = scan(RE, TomoGANCallback(denoiser, streams=["primary"]), view, detector(tmp_path, "resource"))
+    assert view.frames_shown >= 1 and view.shown is not None and view.shown.raw is None
+    np.testing.assert_array_equal(view.shown.denoised, denoised_frame(docs, "det_image", 5))
+    warnings = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert len(warnings) == 1 and "disk unplugged" in warnings[0]
+
+
+def test_only_the_newest_inline_raw_frames_are_held(RE, denoiser):
+    view = LiveDenoisedView(interval=3600, keep=2, use_teleporter=False)
+    scan(RE, TomoGANCallback(denoiser, streams=["primary"]), view, num=8)
+    assert len(view._raw_inline) <= 2
+    assert view.shown is not None and view.shown.seq_num == 8 and view.shown.raw is not None
+
+
+def test_a_new_run_starts_a_new_picture(RE, denoiser, tmp_path):
+    view = LiveDenoisedView(interval=0, use_teleporter=False)
+    cb = TomoGANCallback(denoiser, streams=["primary"])
+    scan(RE, cb, view, detector(tmp_path, "stream"), num=4)
+    RE(bp.count([camera()], num=2))  # another run, inline frames of another field
+    assert view.shown is not None and view.shown.seq_num == 2 and view.shown.raw.shape == (40, 48)
+    assert view.field == "cam"  # each run's own field, where none was asked for
+
+
+@pytest.mark.parametrize(("option", "message"), [({"interval": -1}, "interval"), ({"keep": 0}, "keep")])
+def test_settings_it_cannot_use_are_refused(option, message):
+    with pytest.raises(ValueError, match=message):
+        LiveDenoisedView(use_teleporter=False, **option)
+
+
+def test_a_backend_without_windows_is_told_apart_from_one_with_them(monkeypatch):
+    assert not shows_windows()  # agg: no display here
+    monkeypatch.setattr(matplotlib, "get_backend", lambda: "QtAgg")
+    assert shows_windows()
+    monkeypatch.setattr(matplotlib, "get_backend", lambda: "module://matplotlib_inline.backend_inline")
+    assert not shows_windows()  # a notebook's inline figures show only once the cell is done
