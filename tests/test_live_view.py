@@ -155,3 +155,15 @@ def test_a_backend_without_windows_is_told_apart_from_one_with_them(monkeypatch)
     assert shows_windows()
     monkeypatch.setattr(matplotlib, "get_backend", lambda: "module://matplotlib_inline.backend_inline")
     assert not shows_windows()  # a notebook's inline figures show only once the cell is done
+
+
+def test_documents_replayed_elsewhere_show_the_same_frames(RE, denoiser, tmp_path):
+    """As a consumer of the documents ``serve`` publishes gets them: in order, in another object, later."""
+    docs = scan(RE, TomoGANCallback(denoiser, streams=["primary"]), LiveDenoisedView(use_teleporter=False),
+                detector(tmp_path, "stream"))
+    remote = LiveDenoisedView(interval=0, use_teleporter=False)
+    for name, doc in docs:
+        remote(name, doc)
+    assert remote.shown is not None and remote.shown.seq_num == 5
+    np.testing.assert_array_equal(remote.shown.raw, raw_frame(docs, "det_image", 5))
+    np.testing.assert_array_equal(remote.shown.denoised, denoised_frame(docs, "det_image", 5))
