@@ -118,7 +118,7 @@ def test_run_stored_in_tiled_has_denoised_frames_and_qc_columns(RE, denoiser, st
     det = detector(frames_dir / "raw")
     cb = TomoGANCallback(denoiser, directory=frames_dir)
     cb.subscribe(TiledWriter(store))
-    RE.subscribe(cb)
+    token = RE.subscribe(cb)
     (uid,) = RE(bp.scan([det], det.sample_stage.theta, 0, 90, 4), sample="glass beads", operator="test")
     run = store[uid]
     assert set(run) == {"primary", "denoised"}
@@ -132,6 +132,12 @@ def test_run_stored_in_tiled_has_denoised_frames_and_qc_columns(RE, denoiser, st
     assert raw.shape == (4, 40, 48) and raw.dtype == np.uint16
     assert uid in store.search(Key("start.sample") == "glass beads")
     assert run.metadata["stop"]["num_events"] == {"primary": 4, "denoised": 4}
+    RE.unsubscribe(token)
+    RE.subscribe(TiledWriter(store))
+    (plain,) = RE(bp.count([det], num=1))  # a run stored without the callback
+    assert store[plain].metadata["stop"]["num_events"] == {"primary": 1}
+    # every run with denoised projections, by its stop document (docs/callback.md, "Reading the results")
+    assert list(store.search(Key("stop.num_events.denoised") > 0)) == [uid]
     assert derived_streams(run) == {("primary", "det_image"): "denoised"}  # found by what it denoises
 
 
