@@ -167,3 +167,16 @@ def test_documents_replayed_elsewhere_show_the_same_frames(RE, denoiser, tmp_pat
     assert remote.shown is not None and remote.shown.seq_num == 5
     np.testing.assert_array_equal(remote.shown.raw, raw_frame(docs, "det_image", 5))
     np.testing.assert_array_equal(remote.shown.denoised, denoised_frame(docs, "det_image", 5))
+
+
+def test_on_the_derived_only_stream_serve_publishes_it_shows_the_denoised_frames(RE, denoiser, tmp_path):
+    from bluesky_tomogan.serve.worker import DerivedOnly
+
+    docs = scan(RE, TomoGANCallback(denoiser, streams=["primary"]), LiveDenoisedView(use_teleporter=False),
+                detector(tmp_path, "stream"))
+    remote = LiveDenoisedView(interval=0, use_teleporter=False)
+    published = DerivedOnly(remote)  # what `serve --zmq-out` sends on
+    for name, doc in docs:
+        published(name, doc)
+    assert remote.shown is not None and remote.shown.seq_num == 5 and remote.shown.raw is None
+    np.testing.assert_array_equal(remote.shown.denoised, denoised_frame(docs, "det_image", 5))

@@ -139,7 +139,7 @@ class LiveDenoisedView(QtAwareCallback):
         self._raw: set[str] = set()  # raw descriptor uids of the stream
         self._readers: dict[str, tuple[str, FrameReader]] = {}  # StreamResource uid -> (data key, reader)
         self._denoised_at = _Bounded(4 * self.keep)  # seq_num of a derived row -> (reader, index)
-        self._raw_at = _Bounded(4 * self.keep)  # raw seq_num -> (reader, index) in a file
+        self._raw_at = _Bounded(4 * self.keep)  # (field, raw seq_num) -> (reader, index) in a file
         # (field, raw seq_num) -> frame that came inside its event, or its legacy datum id; of every
         # image field until the derived stream (described before its first row) says which is shown
         self._raw_inline = _Bounded(self.keep)
@@ -191,17 +191,16 @@ class LiveDenoisedView(QtAwareCallback):
         if reader is None:
             return doc
         key, read = reader
-        if doc.get("descriptor") in self._derived:
-            where = self._denoised_at
-        elif doc.get("descriptor") in self._raw and key == self.field:
-            where = self._raw_at
-        else:
-            return doc
         first, seq = doc["indices"]["start"], doc["seq_nums"]["start"]
-        for k in range(doc["indices"]["stop"] - first):
-            where.put(seq + k, (read, first + k))
-        if where is self._denoised_at and self._pending is not None and self._pending["row"] in where:
-            self._maybe_draw()  # a derived row's StreamDatum comes right after its event page
+        rows = range(doc["indices"]["stop"] - first)
+        if doc.get("descriptor") in self._derived:
+            for k in rows:
+                self._denoised_at.put(seq + k, (read, first + k))
+            if self._pending is not None and self._pending["row"] in self._denoised_at:
+                self._maybe_draw()  # a derived row's StreamDatum comes right after its event page
+        elif doc.get("descriptor") in self._raw and key in self._raw_fields:
+            for k in rows:  # of every image field: the derived descriptor may come after these
+                self._raw_at.put((key, seq + k), (read, first + k))
         return doc
 
     def resource(self, doc: Any) -> Any:
@@ -297,8 +296,8 @@ class LiveDenoisedView(QtAwareCallback):
         f = self.field or ""
         if (f, seq_num) in self._raw_inline:
             frame = self._raw_inline[f, seq_num]
-        elif seq_num in self._raw_at:
-            read, index = self._raw_at[seq_num]  # an event of N exposures is N frames of the file
+        elif (f, seq_num) in self._raw_at:
+            read, index = self._raw_at[f, seq_num]  # an event of N exposures is N frames of the file
             key = self._raw_keys.get(f)
             frame = read.event(index, exposures_per_event(key) if key else 1)
         elif (f, seq_num) in self._raw_datum and self._filler is not None:
