@@ -21,13 +21,12 @@ Fetch the files (or ``git show`` them from a clone of tomopy at that commit)::
       https://github.com/tomopy/tomopy/raw/193151fd5ddb35f4523d975b12cf448a6b55c2fe/test/test_tomopy/test_data/$f; done
     python benchmarks/real_specks.py data/test_chip00.xrm data/txrm_test_chip_tomo.txrm [--figure out.png]
 
-Reading XRM needs ``olefile`` (the ``bench`` extra).
+The files are read with :class:`bluesky_tomogan.xradia.XradiaFile`, as ``bluesky-tomogan denoise`` reads them.
 """
 
 from __future__ import annotations
 
 import argparse
-import struct
 import sys
 from pathlib import Path
 
@@ -37,25 +36,15 @@ from zinger_sweep import fp32_and_auto  # each model in fp32 and in auto
 
 from bluesky_tomogan.bench import cpu_name
 from bluesky_tomogan.qc.metrics import FrameMetrics, noise_sigma, residual_metrics
+from bluesky_tomogan.xradia import XradiaFile
 
 SIGMAS = 12.0
 
 
 def read_xrm(path: str | Path) -> np.ndarray:
-    """The images of a Zeiss XRM/TXRM file as ``(n, H, W)`` uint16 (an OLE2 compound file)."""
-    import olefile
-
-    with olefile.OleFileIO(str(path)) as ole:
-        def number(stream: str) -> int:
-            return int(struct.unpack("<i", ole.openstream(stream).read(4))[0])
-
-        width, height = number("ImageInfo/ImageWidth"), number("ImageInfo/ImageHeight")
-        n = number("ImageInfo/NoOfImages")
-        if number("ImageInfo/DataType") != 5:
-            raise ValueError(f"{path}: only 16-bit images (DataType 5) are read here")
-        frames = [np.frombuffer(ole.openstream(f"ImageData{(i - 1) // 100 + 1}/Image{i}").read(), "<u2")
-                  for i in range(1, n + 1)]
-    return np.stack(frames).reshape(n, height, width)
+    """The images of a Zeiss XRM/TXRM file as ``(n, H, W)``."""
+    with XradiaFile(path) as xrm:
+        return xrm.read(0, xrm.shape[0])
 
 
 def speck_counts(raw: np.ndarray, denoised: np.ndarray) -> dict[str, float]:

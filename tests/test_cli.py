@@ -414,7 +414,7 @@ def test_a_nexus_scan_with_its_frames_in_a_linked_file_is_denoised_in_place_of_t
 
 @pytest.mark.parametrize("case, message", [
     ("missing", "input file {src} does not exist"),
-    ("text", "is not a .npy, TIFF or HDF5 file"),
+    ("text", "is not a .npy, TIFF, HDF5 or Xradia file"),
     ("bad output", "must end in one of .npy"),
     ("mixed tiff", "is not a stack of frames: its pages are not all 2-D of one shape"),
     ("colour tiff", "look like one colour image (H, W, 3); only grey frames are denoised"),

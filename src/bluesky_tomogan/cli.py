@@ -683,8 +683,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("finetune", help="fine-tune a shipped model on your own noisy scan, no clean data "
                                         "(needs the export extra)")
-    s.add_argument("source", help="HDF5 of projections (Data Exchange, NeXus NXtomo or plain keys), or a Tiled "
-                                  "URI or the directory of an embedded store (the demo's, the profile's) with --uid")
+    s.add_argument("source", help="HDF5 of projections (Data Exchange, NeXus NXtomo or plain keys), a Zeiss "
+                                  ".txrm, or a Tiled URI or the directory of an embedded store (the demo's, the "
+                                  "profile's) with --uid")
     s.add_argument("--out", required=True, help="output directory (pairs, checkpoint, weights, exports, card)")
     s.add_argument("--domain", choices=["slice", "projection"], default="slice",
                    help="slice model (Noise2Inverse) or projection model (Neighbor2Neighbor); default slice")
@@ -718,12 +719,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(as openvino/int8 for an IR with 7-bit weights, whose int8 is the same on every CPU)")
     s.set_defaults(func=_cmd_quality)
 
-    s = sub.add_parser("denoise", help="denoise frames from a .npy, HDF5 (Data Exchange, NeXus too) or TIFF file, or a "
-                                       "directory of TIFF files")
-    s.add_argument("input", help="frames (H, W) or (N, H, W): .npy, .h5/.hdf5/.nxs, a (multi-page) .tif, or a "
-                                 "directory of .tif files, one frame each (in the order of their names' numbers)")
+    s = sub.add_parser("denoise", help="denoise frames from a .npy, HDF5 (Data Exchange, NeXus too), TIFF or Zeiss "
+                                       ".txrm/.xrm file, or a directory of TIFF files")
+    s.add_argument("input", help="frames (H, W) or (N, H, W): .npy, .h5/.hdf5/.nxs, a (multi-page) .tif, a Zeiss "
+                                 ".txrm/.xrm, or a directory of .tif files, one frame each (in the order of their "
+                                 "names' numbers)")
     s.add_argument("output", help=".npy, .h5 (dataset 'denoised', with the provenance; from an HDF5 input, a copy of "
-                                  "it with the frames denoised at their place), .tif, or a new or empty "
+                                  "it with the frames denoised at their place; from a Zeiss file, Data Exchange with "
+                                  "its angles and reference), .tif, or a new or empty "
                                   "directory: one .tif per frame, named as the input directory's files")
     s.add_argument("--key", help="HDF5 dataset (default: exchange/data or another usual name for projections, "
                                  "else the file's only dataset)")

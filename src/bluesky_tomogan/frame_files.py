@@ -9,8 +9,9 @@ the same context as if the whole stack had been denoised at once.
 
 Inputs: ``.npy`` (memory-mapped), HDF5 (``key``, else Data Exchange's
 ``exchange/data`` or another usual name for projections, else the file's only
-dataset), TIFF (one frame per page, or one page holding the stack) and a directory of TIFF
-files, one frame each, in the order of the numbers in their names. Outputs:
+dataset), TIFF (one frame per page, or one page holding the stack), a directory of TIFF
+files, one frame each, in the order of the numbers in their names, and a Zeiss Xradia
+``.txrm``/``.xrm`` file (:mod:`~bluesky_tomogan.xradia`). Outputs:
 ``.npy``, HDF5 (dataset ``denoised`` with the provenance as attributes), TIFF
 (one page per frame, the provenance as the first page's description) and a new or empty
 directory: one TIFF file per frame, named as the input directory's files (else
@@ -39,6 +40,7 @@ import numpy as np
 from .errors import TomoGANError
 from .frames import has_channel_axis, looks_like_colour, without_channel_axis
 from .nexus import missing_frame_files, nexus_frames
+from .xradia import XRADIA, XradiaFile, is_xradia
 
 __all__ = ["NPY", "HDF5", "TIFF", "PROJECTION_KEYS", "FLAT_KEYS", "DENOISED_KEY", "FrameSource", "open_frames",
            "check_output", "denoise_file", "first_dataset", "hdf5_datasets"]
@@ -79,6 +81,9 @@ class FrameSource:
     hdf5_key: str | None = None
     #: The file says these are a detector's frames, not slices: flat fields beside them, or an ``image_key``.
     projections: bool = False
+    #: Arrays of a file that is not HDF5, for an HDF5 output in the Data Exchange layout beside the denoised
+    #: frames (``exchange/data``): its angles (``exchange/theta``, degrees) and flat field (``exchange/data_white``).
+    beside: dict[str, np.ndarray] | None = None
 
 
 def _source(array: Any) -> FrameSource:
@@ -128,7 +133,7 @@ def _open(p: Path, key: str | None, stack: contextlib.ExitStack) -> FrameSource:
         with p.open("rb") as head:  # else NumPy calls any other file "pickled (object) data"
             if head.read(len(NPY_MAGIC)) != NPY_MAGIC:
                 raise TomoGANError(f"{p} is not a NumPy .npy file (it lacks the .npy header); "
-                                   f"give frames as {', '.join(NPY + HDF5 + TIFF)}")
+                                   f"give frames as {', '.join(NPY + HDF5 + TIFF + XRADIA)}")
         return _source(np.load(p, mmap_mode="r", allow_pickle=False))
     if suffix in TIFF:
         import tifffile
@@ -146,14 +151,20 @@ def _open(p: Path, key: str | None, stack: contextlib.ExitStack) -> FrameSource:
                                f"(the first is {shape})")
         return FrameSource((len(tif.pages), *shape), np.dtype(first.dtype),
                            lambda a, b: np.asarray(tif.asarray(key=range(a, b))).reshape(b - a, *shape))
+    if is_xradia(p):  # a Zeiss TXM scan: every image a projection, read one at a time
+        xrm = stack.enter_context(XradiaFile(p))
+        beside = {"exchange/theta": xrm.angles, "exchange/data_white": None if xrm.reference is None else
+                  xrm.reference[None]}
+        return FrameSource(xrm.shape, xrm.dtype, xrm.read, single=xrm.shape[0] == 1 and suffix == ".xrm",
+                           projections=True, beside={k: v for k, v in beside.items() if v is not None})
     if h5py.is_hdf5(p):
         f = stack.enter_context(h5py.File(p, "r"))
         frames_key, keyed = _frames_key(f, p, key)
         # the path in this file: a dataset reached through an external link (NeXus) has its own file's name
         return dataclasses.replace(_source(f[frames_key]), hdf5_key="/" + frames_key.lstrip("/"),
                                    projections=keyed or first_dataset(f, FLAT_KEYS) is not None)
-    raise TomoGANError(f"{p} is not a .npy, TIFF or HDF5 file (its suffix {suffix!r} and its contents say "
-                       f"neither): give frames as {', '.join(NPY + HDF5 + TIFF)}")
+    raise TomoGANError(f"{p} is not a .npy, TIFF, HDF5 or Xradia file (its suffix {suffix!r} and its contents "
+                       f"say neither): give frames as {', '.join(NPY + HDF5 + TIFF + XRADIA)}")
 
 
 def _natural_key(path: Path) -> list[Any]:
@@ -391,12 +402,13 @@ def _attach_scales(src: Any, dst: Any) -> None:
 
 @contextlib.contextmanager
 def _sink(path: Path, shape: tuple[int, ...], dtype: np.dtype, provenance: dict[str, Any],
-          names: tuple[str, ...] | None = None,
-          layout: tuple[Path, str] | None = None) -> Iterator[Callable[[int, np.ndarray], None]]:
+          names: tuple[str, ...] | None = None, layout: tuple[Path, str] | None = None,
+          beside: dict[str, np.ndarray] | None = None) -> Iterator[Callable[[int, np.ndarray], None]]:
     """``write(start, frames)`` into a new file of ``shape`` (``(N, H, W)``, or ``(H, W)`` for one frame),
     or into a directory, one TIFF file per frame (``names``: the input directory's). An HDF5
     output with ``layout`` (the input HDF5 file and its frames' dataset) is a copy of that
-    file with the frames at their place."""
+    file with the frames at their place; with ``beside`` (``FrameSource.beside``), a Data Exchange
+    file: the frames in ``exchange/data`` and those arrays beside them."""
     import h5py
 
     with contextlib.ExitStack() as stack:
@@ -433,6 +445,12 @@ def _sink(path: Path, shape: tuple[int, ...], dtype: np.dtype, provenance: dict[
                         src = stack.enter_context(h5py.File(layout[0], "r"))
                         raw = src[layout[1]]
                         places = _copy_hdf5_layout(src, f, raw) + places
+                    elif beside:  # what a reconstruction reads (tomopy, dxchange, `finetune`)
+                        places = [f"/{PROJECTION_KEYS[0]}", *places]
+                        for key, value in beside.items():
+                            f.create_dataset(key, data=value)
+                        if "exchange/theta" in f:
+                            f["exchange/theta"].attrs["units"] = "degrees"
                     target = f.create_dataset(places[0], shape=shape, dtype=dtype,
                                               chunks=(1, *shape[-2:]) if len(shape) == 3 else None)
                     if raw is not None:
@@ -482,9 +500,10 @@ def denoise_file(denoiser: _Denoiser, source: FrameSource, dest: str | os.PathLi
     chunk : int
         Frames per chunk.
     frames_only : bool
-        From an HDF5 file into one, write only the ``denoised`` dataset; by default the output
-        is a copy of the input file (flats, darks, angles, metadata) with the frames denoised
-        at their place and ``denoised`` a link to them.
+        Into HDF5, write only the ``denoised`` dataset; by default the output is a copy of an
+        HDF5 input (flats, darks, angles, metadata) with the frames denoised at their place and
+        ``denoised`` a link to them, and from a Zeiss Xradia scan a Data Exchange file (the
+        denoised frames in ``exchange/data``, its angles and reference image beside them).
     progress : callable, optional
         Called with the number of frames finished after each chunk.
 
@@ -501,7 +520,7 @@ def denoise_file(denoiser: _Denoiser, source: FrameSource, dest: str | os.PathLi
     if source.hdf5_key is not None and source.origin is not None and not frames_only:
         layout = (source.origin, source.hdf5_key)
     with _sink(path, (h, w) if source.single else (n, h, w), dtype, denoiser.provenance(), source.names,
-               layout) as write:
+               layout, None if frames_only else source.beside) as write:
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
             lo, hi = max(start - halo, 0), min(stop + halo, n)

@@ -1,4 +1,5 @@
-"""Read a user's scan to fine-tune on: an HDF5 file (Data Exchange, NeXus or plain keys) or a run stored in Tiled.
+"""Read a user's scan to fine-tune on: an HDF5 file (Data Exchange, NeXus or plain keys), a Zeiss Xradia
+``.txrm`` or a run stored in Tiled.
 
 Everything a fine-tune needs is checked here, before any reconstruction or training:
 the projections exist and are a finite 3-D stack (events of several exposures each are
@@ -13,16 +14,18 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
-from ..errors import ScanError
+from ..errors import ScanError, TomoGANError
 from ..frame_files import FLAT_KEYS, PROJECTION_KEYS, first_dataset, hdf5_datasets
 from ..masked import fill_masked, missing_pixels
 from ..nexus import IMAGE_KEY, NexusScan, find_nexus_scan, missing_frame_files
+from ..xradia import XradiaFile, is_xradia
 
-__all__ = ["Scan", "RowChoice", "read_scan", "read_scan_hdf5", "read_scan_tiled"]
+__all__ = ["Scan", "RowChoice", "read_scan", "read_scan_hdf5", "read_scan_tiled", "read_scan_xradia"]
 
 log = logging.getLogger(__name__)
 
@@ -333,6 +336,32 @@ def _scan_of_run(client: Any, uid: str, field: str | None, where: str, rows: Row
                      exposures=exposures, rows=picked)
 
 
+def read_scan_xradia(path: str | Path, rows: RowChoice | None = None) -> Scan:
+    """Read a Zeiss Xradia ``.txrm`` scan (:mod:`bluesky_tomogan.xradia`): its images are the projections,
+    ``ImageInfo/Angles`` their angles and its reference image, where it has one, the flat field; ``rows``
+    as for :func:`read_scan_hdf5` (each image is read whole, then cut to them).
+
+    Raises
+    ------
+    ScanError
+        Missing or unreadable file, images missing or of another size than the file says.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ScanError(f"scan file {p} does not exist")
+    try:
+        with XradiaFile(p) as xrm:
+            picked = _choose_rows(SimpleNamespace(shape=xrm.shape), rows)  # from its shape, as of a dataset
+            band = slice(None) if picked is None else picked
+            projections = np.stack([xrm.image(i)[band] for i in range(xrm.shape[0])])
+            flats = None if xrm.reference is None else xrm.reference[band]
+            return _assemble(projections, xrm.angles, flats, None, str(p), rows=picked)
+    except TomoGANError as exc:
+        if isinstance(exc, ScanError):
+            raise
+        raise ScanError(str(exc)) from exc
+
+
 def read_scan(source: str, uid: str | None = None, field: str | None = None, key: str | None = None,
               rows: RowChoice | None = None) -> Scan:
     """A scan from an HDF5 path, or from a Tiled URI (``http://`` or ``https://``) or the directory of
@@ -343,4 +372,6 @@ def read_scan(source: str, uid: str | None = None, field: str | None = None, key
         if not uid:
             raise ScanError(f"{source} is a Tiled {'store' if store else 'URI'}: name the run with its uid (--uid)")
         return read_scan_tiled(source, uid, field, rows)
+    if is_xradia(source):
+        return read_scan_xradia(source, rows)
     return read_scan_hdf5(source, key, rows)
