@@ -180,3 +180,15 @@ def test_on_the_derived_only_stream_serve_publishes_it_shows_the_denoised_frames
         published(name, doc)
     assert remote.shown is not None and remote.shown.seq_num == 5 and remote.shown.raw is None
     np.testing.assert_array_equal(remote.shown.denoised, denoised_frame(docs, "det_image", 5))
+
+
+def test_a_window_closed_between_runs_is_opened_again_at_the_next_run(RE, denoiser):
+    import matplotlib.pyplot as plt
+
+    view = LiveDenoisedView(interval=0, use_teleporter=False)
+    scan(RE, TomoGANCallback(denoiser, streams=["primary"]), view, num=3)
+    first = view._fig
+    plt.close(first)
+    RE(bp.count([camera()], num=3))
+    assert view._fig is not first and plt.fignum_exists(view._fig.number)
+    assert len(view._fig.axes) == 2 and view.shown is not None and view.shown.seq_num == 3

@@ -56,6 +56,13 @@ def shows_windows() -> bool:
     return backend in {b.lower() for b in interactive}
 
 
+def _is_open(fig: Any) -> bool:
+    """Whether pyplot still manages ``fig`` (its window has not been closed)."""
+    import matplotlib.pyplot as plt
+
+    return bool(plt.fignum_exists(fig.number))
+
+
 @dataclass(frozen=True)
 class ShownFrame:
     """What the view shows now: one derived row and its frames (``raw`` is ``None`` where it could not be had)."""
@@ -127,6 +134,7 @@ class LiveDenoisedView(QtAwareCallback):
         self.root_map = dict(root_map or {})
         self._registry = dict(handler_registry) if handler_registry is not None else None
         self._fig = fig
+        self._own_figure = fig is None  # one it made, it makes again if the window was closed
         self._images: list[Any] = []
         self.shown: ShownFrame | None = None
         self.frames_shown = 0
@@ -157,6 +165,8 @@ class LiveDenoisedView(QtAwareCallback):
     def start(self, doc: Any) -> Any:
         self._close_readers()
         self._reset()
+        if self._own_figure and self._fig is not None and not _is_open(self._fig):
+            self._fig, self._images = None, []  # its window was closed since the last run: a new one
         self._run = f"scan {doc.get('scan_id', '?')} ({str(doc.get('uid', ''))[:8]})"
         registry = self._registry if self._registry is not None else default_handler_registry()
         # one try, no waiting: a display never holds up the documents behind it
