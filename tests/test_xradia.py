@@ -153,3 +153,14 @@ def test_tomopys_real_zeiss_scan_reads_as_tomopy_reads_it():
         np.testing.assert_allclose(xrm.angles, [-45.018, -30.014, -15.014, -0.014, 14.986, 29.986, 44.986],
                                    atol=1e-3)
         assert xrm.reference is None and xrm.read(0, 7).std() > 0
+
+
+def test_a_reference_taken_with_another_exposure_is_scaled_to_the_images(tmp_path):
+    frames, angles, _ = scan(n=3)
+    reference = np.full(frames.shape[1:], 800.0)
+    streams = xradia_streams(frames, angles, reference / 4)  # a quarter of the exposure: a quarter of the counts
+    streams["ImageInfo/ExpTimes"] = np.full(3, 2.0, "<f4").tobytes()
+    streams["ReferenceData/ExpTime"] = np.float32(0.5).tobytes()
+    write_compound_file(tmp_path / "scan.txrm", streams)
+    with XradiaFile(tmp_path / "scan.txrm") as xrm:
+        np.testing.assert_allclose(xrm.reference, reference, rtol=1e-6)

@@ -59,7 +59,9 @@ class XradiaFile:
     angles : numpy.ndarray or None
         Each image's rotation angle, degrees (``None`` where the file has none for every image).
     reference : numpy.ndarray or None
-        The open-beam reference image (the flat field), ``(height, width)`` float32, where stored.
+        The open-beam reference image (the flat field), ``(height, width)`` float32, where stored;
+        scaled to the images' exposure (``ImageInfo/ExpTimes``) where it was taken with another
+        (``ReferenceData/ExpTime``).
 
     Raises
     ------
@@ -130,7 +132,22 @@ class XradiaFile:
             log.warning("%s: its reference image is %d bytes, not one %dx%d %s image; not used",
                         self.path, len(raw), h, w, dtype)
             return None
-        return np.frombuffer(raw, dtype).reshape(h, w).astype(np.float32)
+        reference = np.frombuffer(raw, dtype).reshape(h, w).astype(np.float32)
+        # a reference taken with another exposure than the images (shorter, not to saturate) is scaled to
+        # theirs, so that the flat-field correction divides like by like
+        images, taken = self._floats("ImageInfo/ExpTimes"), self._floats("ReferenceData/ExpTime")
+        exposure = float(np.median(images[: self.shape[0]])) if len(images) else 0.0
+        if len(taken) and taken[0] > 0 and exposure > 0 and not np.isclose(exposure, taken[0], rtol=1e-3):
+            log.info("%s: reference taken with %.4g s, images with %.4g s: reference scaled to the images'",
+                     self.path, taken[0], exposure)
+            reference *= np.float32(exposure / taken[0])
+        return reference
+
+    def _floats(self, stream: str) -> np.ndarray:
+        if not self._ole.exists(stream):
+            return np.empty(0)
+        raw = self._ole.openstream(stream).read()
+        return np.frombuffer(raw[: len(raw) // 4 * 4], "<f4").astype(np.float64)
 
     def image(self, i: int) -> np.ndarray:
         """Image ``i`` (0-based) as ``(height, width)``."""
