@@ -488,6 +488,30 @@ def test_demo_settings_it_cannot_run_are_one_error_line_before_anything_is_made(
     assert message in capsys.readouterr().err and not (tmp_path / "demo").exists()
 
 
+def test_demo_with_the_live_view_shows_frames_where_a_window_can_show_and_says_so_where_not(tmp_path,
+                                                                                           monkeypatch):
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from bluesky_tomogan.callbacks import live_view
+    from bluesky_tomogan.demo import run_demo
+
+    matplotlib.use("Agg")
+    settings = {"size": 32, "n_angles": 12, "exposure": 0.001, "backend": "onnxruntime", "live_view": True}
+    said: list[str] = []
+    run_demo(tmp_path / "headless", report=said.append, **settings)
+    assert any(line.startswith("live view: matplotlib's backend here (Agg) shows no window") for line in said)
+    plt.close("all")
+    monkeypatch.setattr(live_view, "shows_windows", lambda: True)  # as on a workstation with a display
+    said.clear()
+    metrics = run_demo(tmp_path / "shown", report=said.append, **settings)
+    assert metrics["exit_status"] == "success" and "the live view stays open until its window is closed" in said
+    (fig,) = [plt.figure(n) for n in plt.get_fignums()]
+    assert [ax.get_title() for ax in fig.axes] == ["raw", "denoised"]
+    assert "frame 12" in fig._suptitle.get_text()  # the scan's last projection, drawn at its stop
+    plt.close("all")
+
+
 def test_demo_with_the_adaptive_policy_counts_the_frames_of_each_network(tmp_path):
     out = tmp_path / "demo"
     done = subprocess.run([sys.executable, "-m", "bluesky_tomogan.cli", "demo", "--out", str(out), "--size", "64",

@@ -373,7 +373,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     metrics = run_demo(Path(args.out).expanduser(), size=args.size, n_angles=args.angles, photons=args.photons,
                        backend=args.backend, exposure=args.exposure, faults=args.faults, policy=args.policy,
-                       report=print)
+                       report=print, live_view=args.live_view)
     ok = metrics["exit_status"] == "success" and (args.faults or metrics["qc_errors"] == 0)
     return 0 if ok else 1
 
@@ -436,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", default="auto", choices=backend_names())
     s.add_argument("--faults", action="store_true",
                    help="lose the beam for 2 s and saturate three frames during the scan (see the QC timeline)")
+    s.add_argument("--live-view", action="store_true",
+                   help="show the newest raw and denoised projection in a window during the scan (needs a display)")
     s.add_argument("--policy", choices=["block", "adaptive"], default="block",
                    help="block: the full projection model denoises every frame and the scan waits for it (the "
                         "default); adaptive: the All-in-One ladder steps down to lighter networks while the "

@@ -73,6 +73,7 @@ def run_demo(
     faults: bool = False,
     policy: Literal["block", "adaptive"] = "block",
     report: Callable[[str], None] = log.info,
+    live_view: bool = False,
 ) -> dict[str, Any]:
     """Run the demo scan and return its measured numbers; see the module docstring.
 
@@ -104,6 +105,10 @@ def run_demo(
         summary counts the frames each network denoised.
     report : callable
         Receives the human-readable summary lines (the CLI passes ``print``).
+    live_view : bool
+        Show the newest raw and denoised projection in a window during the scan
+        (:class:`~bluesky_tomogan.callbacks.LiveDenoisedView`), and keep it open at the end
+        until it is closed; where matplotlib can show no window (no display), say so and go on.
     """
     from bluesky import RunEngine
     from bluesky.callbacks.tiled_writer import TiledWriter
@@ -154,6 +159,9 @@ def run_demo(
                                   directory=frames_directory(root))
         cb.subscribe(live)
         live.subscribe(TiledWriter(client))
+        view = _live_view(report) if live_view else None
+        if view is not None:
+            cb.subscribe(view)
         RE.subscribe(cb)
         RE.subscribe(ScanProgress())
         angles = angles_deg(n_angles)
@@ -211,7 +219,27 @@ def run_demo(
     report(f"    bluesky-tomogan reprocess {str(root)!r} --uid {uid} --model tomogan-projection-light")
     report("or with the mean over 8 turned copies of every frame and slice, into a new run (8x the time):")
     report(f"    bluesky-tomogan reprocess {str(root)!r} --uid {uid} --into new --self-ensemble 8 --reconstruct")
+    if view is not None:
+        import matplotlib.pyplot as plt
+
+        report("the live view stays open until its window is closed")
+        plt.show(block=True)
     return metrics
+
+
+def _live_view(report: Callable[[str], None]) -> Any:
+    """A :class:`~bluesky_tomogan.callbacks.LiveDenoisedView` where matplotlib can show a window; else ``None``,
+    said."""
+    import matplotlib
+
+    from .callbacks import LiveDenoisedView
+    from .callbacks.live_view import shows_windows
+
+    if not shows_windows():
+        report(f"live view: matplotlib's backend here ({matplotlib.get_backend()}) shows no window (no display?); "
+               "the scan goes on without it")
+        return None
+    return LiveDenoisedView()
 
 
 def _fault_injector(det: Any, beam: Any, n_angles: int, report: Callable[[str], None]) -> Callable[[str, Any], None]:
