@@ -72,8 +72,8 @@ reconstruction.subscribe(TiledWriter(client))
 RE.subscribe(tomogan)
 RE.subscribe(ScanProgress())
 # The newest denoised projection beside its raw one, with its QC flags, in a window: where this session can
-# show one (not in a queue server's worker, nor without a display; then `tomogan.subscribe(live_view)` after
-# `%matplotlib qt` shows it).
+# show one (not in a queue server's worker, nor without a display). A view made before `%matplotlib qt` would
+# draw from the RunEngine's thread, which Qt forbids: after it, subscribe a new one (the banner says how).
 live_view = LiveDenoisedView()
 LIVE_VIEW_SHOWN = shows_windows()
 if LIVE_VIEW_SHOWN:
@@ -88,7 +88,7 @@ print(f"""bluesky-tomogan session
   denoiser  {denoiser!r}, subscribed as `tomogan` (policy block)
   live      `reconstruction`: 3 slices, algotom + slice model, every 30 projections
             `live_view`: the newest raw and denoised frame, {'in a window' if LIVE_VIEW_SHOWN else
-                         'not shown (no window here; %matplotlib qt, then tomogan.subscribe(live_view))'}
+                         'not shown (no window here; %matplotlib qt, then tomogan.subscribe(LiveDenoisedView()))'}
   QC        qc (QCMonitor; suspenders on {', '.join(f for f, r in policy.rules.items() if r.action == 'suspend')}),
             feedback (QCFeedback), interruptions recorded
   try       uid, = RE(tomo_scan(det, stage, np.linspace(0, 180, 90, endpoint=False)))
