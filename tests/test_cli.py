@@ -505,10 +505,12 @@ def test_demo_with_the_live_view_shows_frames_where_a_window_can_show_and_says_s
     monkeypatch.setattr(live_view, "shows_windows", lambda: True)  # as on a workstation with a display
     said.clear()
     metrics = run_demo(tmp_path / "shown", report=said.append, **settings)
-    assert metrics["exit_status"] == "success" and "the live view stays open until its window is closed" in said
-    (fig,) = [plt.figure(n) for n in plt.get_fignums()]
-    assert [ax.get_title() for ax in fig.axes] == ["raw", "denoised"]
-    assert "frame 12" in fig._suptitle.get_text()  # the scan's last projection, drawn at its stop
+    assert metrics["exit_status"] == "success" and "the live views stay open until their windows are closed" in said
+    frames, slices = [plt.figure(n) for n in plt.get_fignums()]
+    assert [ax.get_title() for ax in frames.axes] == ["raw", "denoised"]
+    assert "frame 12" in frames._suptitle.get_text()  # the scan's last projection, drawn at its stop
+    assert [ax.get_title() for ax in slices.axes] == ["filtered back-projection", "denoised"]
+    assert "from 12 projections (final)" in slices._suptitle.get_text()
     plt.close("all")
 
 

@@ -82,7 +82,7 @@ def test_each_page_shows_its_newest_rows_raw_and_denoised_frame_however_they_tra
     assert shown is not None and shown.seq_num == 5 and shown.error == "" and shown.model == "tomogan-projection"
     np.testing.assert_array_equal(shown.raw, raw_frame(docs, field, 5))
     np.testing.assert_array_equal(shown.denoised, denoised_frame(docs, field, 5))
-    fig = matplotlib.pyplot.gcf() if view._fig is None else view._fig
+    fig = view.figure
     raw_image, denoised_image = (ax.images[0] for ax in fig.axes)
     np.testing.assert_array_equal(np.asarray(denoised_image.get_array()), shown.denoised)
     assert raw_image.get_clim() == denoised_image.get_clim()  # one scale: what denoising removed shows
@@ -187,8 +187,8 @@ def test_a_window_closed_between_runs_is_opened_again_at_the_next_run(RE, denois
 
     view = LiveDenoisedView(interval=0, use_teleporter=False)
     scan(RE, TomoGANCallback(denoiser, streams=["primary"]), view, num=3)
-    first = view._fig
+    first = view.figure
     plt.close(first)
     RE(bp.count([camera()], num=3))
-    assert view._fig is not first and plt.fignum_exists(view._fig.number)
-    assert len(view._fig.axes) == 2 and view.shown is not None and view.shown.seq_num == 3
+    assert view.figure is not first and plt.fignum_exists(view.figure.number)
+    assert len(view.figure.axes) == 2 and view.shown is not None and view.shown.seq_num == 3

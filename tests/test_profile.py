@@ -32,8 +32,9 @@ def test_profile_runs_a_tomography_scan_stored_with_its_denoised_stream(tmp_path
                           capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "bluesky-tomogan session" in done.stdout
-    assert "`live_view`: the newest raw and denoised frame, not shown (no window here" in done.stdout  # agg here
-    assert "then tomogan.subscribe(LiveDenoisedView())" in done.stdout
+    assert "`live_view`, `slice_view`: the newest raw and denoised frame, the newest slice, not shown (no window " \
+        "here; %matplotlib qt, then tomogan.subscribe(LiveDenoisedView()), " \
+        "reconstruction.subscribe(LiveSliceView()))" in done.stdout  # agg here
     assert ("STREAMS ['dark', 'denoised', 'flat', 'flat_denoised', 'interruptions', 'primary', 'reconstruction']"
             in done.stdout)
     assert "SHAPE (4, 512, 512)" in done.stdout

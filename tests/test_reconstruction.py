@@ -512,3 +512,27 @@ def test_fewer_than_three_angles_say_why_nothing_was_reconstructed(RE):
 def test_impossible_rows_or_centre_are_refused_when_made(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TomoReconstruction(**kwargs)
+
+
+def test_the_live_slice_view_shows_the_final_middle_slice_beside_its_back_projection(RE, store, tmp_path):
+    import matplotlib
+
+    from bluesky_tomogan.callbacks import LiveSliceView
+
+    matplotlib.use("Agg")
+    rec = TomoReconstruction(load_denoiser("tomogan-slice", backend="onnxruntime"), every=20)
+    view, row48 = LiveSliceView(interval=0, use_teleporter=False), LiveSliceView(row=48, use_teleporter=False)
+    rec.subscribe(view)
+    rec.subscribe(row48)
+    uid, docs, rec, det = scan(RE, tmp_path, store, rec=rec)
+    stored = store[uid]["reconstruction"]
+    updates = len(stored["row"].read()) // 3
+    assert view.slices_shown == updates  # every update (20, 40, 60 projections and the final one)
+    shown = view.shown
+    assert shown is not None and shown["row"] == 32 and shown["final"] and shown["projections"] == 60
+    np.testing.assert_array_equal(shown["slice"], stored["slice"].read()[-2])
+    np.testing.assert_array_equal(shown["fbp"], stored["slice_fbp"].read()[-2])
+    assert "slice of row 32 from 60 projections (final)" in view.figure._suptitle.get_text()
+    assert [ax.get_title() for ax in view.figure.axes] == ["filtered back-projection", "denoised"]
+    assert row48.shown is not None and row48.shown["row"] == 48 and row48.shown["final"]
+    np.testing.assert_array_equal(row48.shown["slice"], stored["slice"].read()[-1])

@@ -437,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--faults", action="store_true",
                    help="lose the beam for 2 s and saturate three frames during the scan (see the QC timeline)")
     s.add_argument("--live-view", action="store_true",
-                   help="show the newest raw and denoised projection in a window during the scan (needs a display)")
+                   help="show the newest raw and denoised projection and the newest live slice in windows during "
+                        "the scan (needs a display)")
     s.add_argument("--policy", choices=["block", "adaptive"], default="block",
                    help="block: the full projection model denoises every frame and the scan waits for it (the "
                         "default); adaptive: the All-in-One ladder steps down to lighter networks while the "

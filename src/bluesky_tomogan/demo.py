@@ -106,9 +106,10 @@ def run_demo(
     report : callable
         Receives the human-readable summary lines (the CLI passes ``print``).
     live_view : bool
-        Show the newest raw and denoised projection in a window during the scan
-        (:class:`~bluesky_tomogan.callbacks.LiveDenoisedView`), and keep it open at the end
-        until it is closed; where matplotlib can show no window (no display), say so and go on.
+        Show the newest raw and denoised projection and the newest middle slice in windows during
+        the scan (:class:`~bluesky_tomogan.callbacks.LiveDenoisedView`,
+        :class:`~bluesky_tomogan.callbacks.LiveSliceView`), and keep them open at the end until they
+        are closed; where matplotlib can show no window (no display), say so and go on.
     """
     from bluesky import RunEngine
     from bluesky.callbacks.tiled_writer import TiledWriter
@@ -159,9 +160,10 @@ def run_demo(
                                   directory=frames_directory(root))
         cb.subscribe(live)
         live.subscribe(TiledWriter(client))
-        view = _live_view(report) if live_view else None
-        if view is not None:
-            cb.subscribe(view)
+        views = _live_views(report) if live_view else None
+        if views is not None:
+            cb.subscribe(views[0])  # the newest raw and denoised projection
+            live.subscribe(views[1])  # the newest middle slice, back-projected and denoised
         RE.subscribe(cb)
         RE.subscribe(ScanProgress())
         angles = angles_deg(n_angles)
@@ -219,27 +221,27 @@ def run_demo(
     report(f"    bluesky-tomogan reprocess {str(root)!r} --uid {uid} --model tomogan-projection-light")
     report("or with the mean over 8 turned copies of every frame and slice, into a new run (8x the time):")
     report(f"    bluesky-tomogan reprocess {str(root)!r} --uid {uid} --into new --self-ensemble 8 --reconstruct")
-    if view is not None:
+    if views is not None:
         import matplotlib.pyplot as plt
 
-        report("the live view stays open until its window is closed")
+        report("the live views stay open until their windows are closed")
         plt.show(block=True)
     return metrics
 
 
-def _live_view(report: Callable[[str], None]) -> Any:
-    """A :class:`~bluesky_tomogan.callbacks.LiveDenoisedView` where matplotlib can show a window; else ``None``,
-    said."""
+def _live_views(report: Callable[[str], None]) -> tuple[Any, Any] | None:
+    """A :class:`~bluesky_tomogan.callbacks.LiveDenoisedView` and a :class:`~bluesky_tomogan.callbacks.LiveSliceView`
+    where matplotlib can show windows; else ``None``, said."""
     import matplotlib
 
-    from .callbacks import LiveDenoisedView
+    from .callbacks import LiveDenoisedView, LiveSliceView
     from .callbacks.live_view import shows_windows
 
     if not shows_windows():
         report(f"live view: matplotlib's backend here ({matplotlib.get_backend()}) shows no window (no display?); "
                "the scan goes on without it")
         return None
-    return LiveDenoisedView()
+    return LiveDenoisedView(), LiveSliceView()
 
 
 def _fault_injector(det: Any, beam: Any, n_angles: int, report: Callable[[str], None]) -> Callable[[str, Any], None]:

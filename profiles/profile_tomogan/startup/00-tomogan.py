@@ -21,7 +21,7 @@ from bluesky.callbacks.tiled_writer import TiledWriter
 from bluesky.suspenders import SuspendFloor
 
 from bluesky_tomogan import TomoGANCallback, TomoReconstruction, load_denoiser
-from bluesky_tomogan.callbacks import LiveDenoisedView, ScanProgress
+from bluesky_tomogan.callbacks import LiveDenoisedView, LiveSliceView, ScanProgress
 from bluesky_tomogan.callbacks.live_view import shows_windows
 from bluesky_tomogan.devices import QCMonitor, SimBeamCurrent, SimTomoDetector, SimTomoStage
 from bluesky_tomogan.plans import qc_tomo_scan, qc_tomo_scan_with, tomo_scan  # noqa: F401
@@ -74,10 +74,11 @@ RE.subscribe(ScanProgress())
 # The newest denoised projection beside its raw one, with its QC flags, in a window: where this session can
 # show one (not in a queue server's worker, nor without a display). A view made before `%matplotlib qt` would
 # draw from the RunEngine's thread, which Qt forbids: after it, subscribe a new one (the banner says how).
-live_view = LiveDenoisedView()
+live_view, slice_view = LiveDenoisedView(), LiveSliceView()  # the second: the newest middle slice, live
 LIVE_VIEW_SHOWN = shows_windows()
 if LIVE_VIEW_SHOWN:
     tomogan.subscribe(live_view)
+    reconstruction.subscribe(slice_view)
 # No beam, no data worth taking: suspend below 50 mA, resume 5 s after it is back.
 RE.install_suspender(SuspendFloor(ring_current, 50, resume_thresh=100, sleep=5))
 
@@ -87,8 +88,9 @@ print(f"""bluesky-tomogan session
   devices   det (simulated camera, {det.frame_shape[0]}x{det.frame_shape[1]}), stage.theta / stage.x, ring_current
   denoiser  {denoiser!r}, subscribed as `tomogan` (policy block)
   live      `reconstruction`: 3 slices, algotom + slice model, every 30 projections
-            `live_view`: the newest raw and denoised frame, {'in a window' if LIVE_VIEW_SHOWN else
-                         'not shown (no window here; %matplotlib qt, then tomogan.subscribe(LiveDenoisedView()))'}
+            `live_view`, `slice_view`: the newest raw and denoised frame, the newest slice, {'in windows'
+                if LIVE_VIEW_SHOWN else 'not shown (no window here; %matplotlib qt, then '
+                'tomogan.subscribe(LiveDenoisedView()), reconstruction.subscribe(LiveSliceView()))'}
   QC        qc (QCMonitor; suspenders on {', '.join(f for f, r in policy.rules.items() if r.action == 'suspend')}),
             feedback (QCFeedback), interruptions recorded
   try       uid, = RE(tomo_scan(det, stage, np.linspace(0, 180, 90, endpoint=False)))

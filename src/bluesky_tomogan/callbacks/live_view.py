@@ -1,4 +1,5 @@
-"""``LiveDenoisedView``: the newest denoised frame of a run beside its raw frame, while the scan runs.
+"""Live views: the newest denoised frame beside its raw one (``LiveDenoisedView``), and the newest slice of
+the live reconstruction beside its filtered back-projection (``LiveSliceView``), while the scan runs.
 
 A matplotlib display made like bluesky's own live plots (a ``QtAwareCallback``: with a Qt
 backend its documents are handed to the Qt thread, so it may be fed from any thread, a
@@ -33,11 +34,15 @@ from bluesky.callbacks.mpl_plotting import QtAwareCallback
 
 from ..handlers import default_handler_registry
 from ..stream_readers import FrameReader, reader_for, remapped
-from .derived_stream import derived_from, exposures_per_event, image_fields
+from .derived_stream import SOURCE, derived_from, exposures_per_event, image_fields
+from .reconstruction import STREAM as RECONSTRUCTION
 
-__all__ = ["LiveDenoisedView", "ShownFrame", "shows_windows"]
+__all__ = ["LiveDenoisedView", "LiveSliceView", "ShownFrame", "shows_windows"]
 
 log = logging.getLogger(__name__)
+
+#: The reconstruction stream's two slices of a row: the denoised one and its filtered back-projection.
+SLICE_KEYS = ("slice", "slice_fbp")
 
 
 def shows_windows() -> bool:
@@ -89,6 +94,47 @@ class _Bounded(OrderedDict[Any, Any]):
             self.popitem(last=False)
 
 
+class _Panels:
+    """Two images side by side on one intensity scale, with a title over both: what both views draw.
+
+    The figure is made at the first draw (or is the one given); one it made and whose window was
+    closed is made again at the next :meth:`new_run`."""
+
+    def __init__(self, fig: Any, names: tuple[str, str]) -> None:
+        self.fig, self.names = fig, names
+        self._own = fig is None
+        self._images: list[Any] = []
+
+    def new_run(self) -> None:
+        if self._own and self.fig is not None and not _is_open(self.fig):
+            self.fig, self._images = None, []  # its window was closed since the last run: a new one
+
+    def draw(self, frames: list[np.ndarray | None], scale: np.ndarray | None, title: str, alarm: bool) -> None:
+        """Show ``frames`` (``None``: "not available") on the robust range (1st-99th percentile) of ``scale``."""
+        import matplotlib.pyplot as plt
+
+        if self.fig is None:
+            self.fig = plt.figure(figsize=(10, 5))
+        lo, hi = (0.0, 1.0)
+        if scale is not None and np.isfinite(scale).any():
+            lo, hi = np.nanpercentile(scale, [1, 99])
+        hi = hi if hi > lo else lo + 1
+        if not self._images:
+            axes = self.fig.subplots(1, 2, sharex=True, sharey=True)
+            for ax in axes:
+                ax.set_axis_off()
+            self._images = [ax.imshow(np.zeros((2, 2)), cmap="gray") for ax in axes]
+        for image, frame, name in zip(self._images, frames, self.names, strict=True):
+            shown = frame if frame is not None else np.full((2, 2), np.nan)
+            image.set_data(shown)
+            image.set_extent((-0.5, shown.shape[1] - 0.5, shown.shape[0] - 0.5, -0.5))
+            image.set_clim(lo, hi)
+            image.axes.set_title(name if frame is not None else f"{name}: not available")
+        self.fig.suptitle(title, color="red" if alarm else "black")
+        self.fig.canvas.draw_idle()
+        self.fig.canvas.flush_events()
+
+
 @make_class_safe(logger=log)
 class LiveDenoisedView(QtAwareCallback):
     """Show the newest denoised frame of a run beside its raw frame, with its QC flags, during the scan.
@@ -133,9 +179,7 @@ class LiveDenoisedView(QtAwareCallback):
         self.field = field  # the field shown in this run: the one asked for, else the first derived one
         self.root_map = dict(root_map or {})
         self._registry = dict(handler_registry) if handler_registry is not None else None
-        self._fig = fig
-        self._own_figure = fig is None  # one it made, it makes again if the window was closed
-        self._images: list[Any] = []
+        self._panels = _Panels(fig, ("raw", "denoised"))
         self.shown: ShownFrame | None = None
         self.frames_shown = 0
         self._reset()
@@ -165,8 +209,7 @@ class LiveDenoisedView(QtAwareCallback):
     def start(self, doc: Any) -> Any:
         self._close_readers()
         self._reset()
-        if self._own_figure and self._fig is not None and not _is_open(self._fig):
-            self._fig, self._images = None, []  # its window was closed since the last run: a new one
+        self._panels.new_run()
         self._run = f"scan {doc.get('scan_id', '?')} ({str(doc.get('uid', ''))[:8]})"
         registry = self._registry if self._registry is not None else default_handler_registry()
         # one try, no waiting: a display never holds up the documents behind it
@@ -322,33 +365,16 @@ class LiveDenoisedView(QtAwareCallback):
         return np.squeeze(frame) if frame.ndim >= 2 else None
 
     def _draw(self, shown: ShownFrame) -> None:
-        import matplotlib.pyplot as plt
-
-        if self._fig is None:
-            self._fig = plt.figure(figsize=(10, 5))
-        fig = self._fig
-        frames = [shown.raw, shown.denoised]
-        # one intensity scale for both (the raw frame's robust range): what denoising removed shows
-        scale = next((f for f in frames if f is not None and np.isfinite(f).any()), None)
-        lo, hi = (np.nanpercentile(scale, [1, 99]) if scale is not None else (0.0, 1.0))
-        hi = hi if hi > lo else lo + 1
-        if not self._images:
-            axes = fig.subplots(1, 2, sharex=True, sharey=True)
-            for ax, title in zip(axes, ("raw", "denoised"), strict=True):
-                ax.set_title(title)
-                ax.set_axis_off()
-            self._images = [ax.imshow(np.zeros((2, 2)), cmap="gray") for ax in axes]
-        for image, frame, name in zip(self._images, frames, ("raw", "denoised"), strict=True):
-            shown_frame = frame if frame is not None else np.full((2, 2), np.nan)
-            image.set_data(shown_frame)
-            image.set_extent((-0.5, shown_frame.shape[1] - 0.5, shown_frame.shape[0] - 0.5, -0.5))
-            image.set_clim(lo, hi)
-            image.axes.set_title(name if frame is not None else f"{name}: not available")
+        # one intensity scale for both, the raw frame's: what denoising removed shows
         state = shown.error or (f"QC: {shown.flags}" if shown.flags else "QC: no flags")
-        fig.suptitle(f"{self._run}  {self.stream}/{self.field} frame {shown.seq_num}  {shown.model}\n{state}",
-                     color="red" if shown.error or shown.flags else "black")
-        fig.canvas.draw_idle()
-        fig.canvas.flush_events()
+        self._panels.draw([shown.raw, shown.denoised], shown.raw if shown.raw is not None else shown.denoised,
+                          f"{self._run}  {self.stream}/{self.field} frame {shown.seq_num}  {shown.model}\n{state}",
+                          alarm=bool(shown.error or shown.flags))
+
+    @property
+    def figure(self) -> Any:
+        """The matplotlib figure drawn on (``None`` before the first draw)."""
+        return self._panels.fig
 
     # -- files -----------------------------------------------------------------------------
 
@@ -362,3 +388,147 @@ class LiveDenoisedView(QtAwareCallback):
         if self._filler is not None:
             self._filler.close()
             self._filler = None
+
+
+@make_class_safe(logger=log)
+class LiveSliceView(QtAwareCallback):
+    """Show the newest slice of the live reconstruction: its filtered back-projection beside the denoised slice.
+
+    Subscribe it to a :class:`~bluesky_tomogan.callbacks.TomoReconstruction`
+    (``rec.subscribe(LiveSliceView())``), or to anything that relays its documents. Each update of the
+    ``reconstruction`` stream (every ``every`` projections, and the final one) is drawn, at most one per
+    ``interval`` seconds, and the last at the run's stop; the title says the detector row, how many
+    projections it was reconstructed from and whether it is the final one.
+
+    Parameters
+    ----------
+    row : int, optional
+        The detector row shown (default: the middle one of the rows reconstructed).
+    interval : float
+        Seconds between redraws at the most.
+    fig : matplotlib Figure, optional
+        Where to draw (default: a new figure).
+    root_map : dict, optional
+        Where this machine sees the files of other machines, as for ``TomoGANCallback``.
+    use_teleporter : bool, optional
+        As for bluesky's live plots (default: with a Qt backend).
+    """
+
+    def __init__(self, row: int | None = None, *, interval: float = 0.5, fig: Any = None,
+                 root_map: Mapping[str, str] | None = None, use_teleporter: bool | None = None) -> None:
+        if interval < 0:
+            raise ValueError(f"interval must be >= 0 seconds, got {interval}")
+        super().__init__(use_teleporter=use_teleporter)
+        self.row, self.interval = row, interval
+        self.root_map = dict(root_map or {})
+        self._panels = _Panels(fig, ("filtered back-projection", "denoised"))
+        self.shown: dict[str, Any] | None = None  # row, projections, final, fbp, slice of what is shown
+        self.slices_shown = 0
+        self._reset()
+
+    @property
+    def figure(self) -> Any:
+        """The matplotlib figure drawn on (``None`` before the first draw)."""
+        return self._panels.fig
+
+    def _reset(self) -> None:
+        self._run = ""
+        self._descriptor = ""
+        self._readers: dict[str, tuple[str, FrameReader]] = {}  # StreamResource uid -> (slice | slice_fbp, reader)
+        self._at = _Bounded(96)  # (slice key, seq_num) -> (reader, index): the newest updates' only
+        self._pending: dict[str, Any] | None = None
+        self._drawn_at = -np.inf
+        self._unreadable = False
+
+    def start(self, doc: Any) -> Any:
+        self._close_readers()
+        self._reset()
+        self._panels.new_run()
+        self._run = f"scan {doc.get('scan_id', '?')} ({str(doc.get('uid', ''))[:8]})"
+        return doc
+
+    def descriptor(self, doc: Any) -> Any:
+        keys = doc.get("data_keys") or {}
+        if doc.get("name") == RECONSTRUCTION and all(keys.get(k, {}).get("source") == SOURCE for k in SLICE_KEYS):
+            self._descriptor = doc["uid"]
+        return doc
+
+    def stream_resource(self, doc: Any) -> Any:
+        if doc.get("data_key") in SLICE_KEYS:
+            try:
+                self._readers[doc["uid"]] = (doc["data_key"], reader_for(remapped(doc, self.root_map)))
+            except (ValueError, KeyError) as exc:
+                log.warning("live slice view: StreamResource %s: %s", doc.get("uid"), exc)
+        return doc
+
+    def stream_datum(self, doc: Any) -> Any:
+        reader = self._readers.get(doc.get("stream_resource", ""))
+        if reader is None or doc.get("descriptor") != self._descriptor:
+            return doc
+        key, read = reader
+        first, seq = doc["indices"]["start"], doc["seq_nums"]["start"]
+        for k in range(doc["indices"]["stop"] - first):
+            self._at.put((key, seq + k), (read, first + k))
+        if self._pending is not None and all((k, self._pending["seq_num"]) in self._at for k in SLICE_KEYS):
+            if time.monotonic() - self._drawn_at >= self.interval:
+                self._draw_pending()
+        return doc
+
+    def event_page(self, doc: Any) -> Any:
+        if doc["descriptor"] != self._descriptor or not doc["seq_num"]:
+            return doc
+        rows = [int(r) for r in doc["data"]["row"]]
+        if self.row is not None and self.row not in rows:
+            return doc  # an update of other rows
+        i = len(rows) // 2 if self.row is None else rows.index(self.row)  # default: the middle row of those made
+        data = doc["data"]
+        self._pending = {"seq_num": int(doc["seq_num"][i]), "row": rows[i],
+                         "projections": int(data.get("projections", [0] * len(rows))[i]),
+                         "final": bool(data.get("final", [False] * len(rows))[i]),
+                         "note": str(data.get("note", [""] * len(rows))[i])}
+        return doc
+
+    def event(self, doc: Any) -> Any:
+        self.event_page(event_model.pack_event_page(doc))
+        return doc
+
+    def stop(self, doc: Any) -> Any:
+        self._draw_pending()
+        self._close_readers()
+        return doc
+
+    def _read(self, key: str, seq_num: int) -> np.ndarray | None:
+        where = self._at.get((key, seq_num))
+        if where is None:
+            return None
+        try:
+            return np.asarray(where[0](where[1], where[1] + 1)[0])
+        except Exception as exc:  # any reader's failure: the display goes on without this slice
+            if not self._unreadable:
+                self._unreadable = True
+                log.warning("live slice view: the slices of %s cannot be read (%s: %s); shown without them",
+                            self._run, type(exc).__name__, exc)
+            return None
+
+    def _draw_pending(self) -> None:
+        row, self._pending = self._pending, None
+        if row is None:
+            return
+        fbp, denoised = self._read("slice_fbp", row["seq_num"]), self._read("slice", row["seq_num"])
+        self.shown = dict(row, fbp=fbp, slice=denoised)
+        state = "final" if row["final"] else "so far"
+        note = f"\n{row['note']}" if row["note"] else ""
+        # one intensity scale for both, the denoised slice's: the back-projection's noise and streaks show
+        self._panels.draw([fbp, denoised], denoised if denoised is not None else fbp,
+                          f"{self._run}  slice of row {row['row']} from {row['projections']} projections ({state})"
+                          f"{note}", alarm=bool(row["note"]))
+        self._drawn_at = time.monotonic()
+        self.slices_shown += 1
+
+    def _close_readers(self) -> None:
+        for _, read in self._readers.values():
+            try:
+                read.close()
+            except Exception:  # a file gone: nothing to close
+                log.debug("live slice view: closing a reader failed", exc_info=True)
+        self._readers = {}
