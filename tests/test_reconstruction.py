@@ -529,10 +529,10 @@ def test_the_live_slice_view_shows_the_final_middle_slice_beside_its_back_projec
     updates = len(stored["row"].read()) // 3
     assert view.slices_shown == updates  # every update (20, 40, 60 projections and the final one)
     shown = view.shown
-    assert shown is not None and shown["row"] == 32 and shown["final"] and shown["projections"] == 60
-    np.testing.assert_array_equal(shown["slice"], stored["slice"].read()[-2])
-    np.testing.assert_array_equal(shown["fbp"], stored["slice_fbp"].read()[-2])
+    assert shown is not None and shown.row == 32 and shown.final and shown.projections == 60
+    np.testing.assert_array_equal(shown.slice, stored["slice"].read()[-2])
+    np.testing.assert_array_equal(shown.fbp, stored["slice_fbp"].read()[-2])
     assert "slice of row 32 from 60 projections (final)" in view.figure._suptitle.get_text()
     assert [ax.get_title() for ax in view.figure.axes] == ["filtered back-projection", "denoised"]
-    assert row48.shown is not None and row48.shown["row"] == 48 and row48.shown["final"]
-    np.testing.assert_array_equal(row48.shown["slice"], stored["slice"].read()[-1])
+    assert row48.shown is not None and row48.shown.row == 48 and row48.shown.final
+    np.testing.assert_array_equal(row48.shown.slice, stored["slice"].read()[-1])

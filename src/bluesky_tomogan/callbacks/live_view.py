@@ -37,7 +37,7 @@ from ..stream_readers import FrameReader, reader_for, remapped
 from .derived_stream import SOURCE, derived_from, exposures_per_event, image_fields
 from .reconstruction import STREAM as RECONSTRUCTION
 
-__all__ = ["LiveDenoisedView", "LiveSliceView", "ShownFrame", "shows_windows"]
+__all__ = ["LiveDenoisedView", "LiveSliceView", "ShownFrame", "ShownSlice", "shows_windows"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,19 @@ class ShownFrame:
     flags: str  # comma-separated QC flags
     error: str  # why the frame was not denoised (empty if it was)
     model: str
+
+
+@dataclass(frozen=True)
+class ShownSlice:
+    """What the slice view shows now: one update of one row (a slice is ``None`` where it could not be read)."""
+
+    seq_num: int  # the reconstruction stream's
+    row: int  # the detector row
+    projections: int  # how many it was reconstructed from
+    final: bool
+    note: str  # what the reconstruction said of it (a rotation centre probably wrong, ...)
+    fbp: np.ndarray | None
+    slice: np.ndarray | None  # denoised
 
 
 class _Bounded(OrderedDict[Any, Any]):
@@ -422,7 +435,7 @@ class LiveSliceView(QtAwareCallback):
         self.row, self.interval = row, interval
         self.root_map = dict(root_map or {})
         self._panels = _Panels(fig, ("filtered back-projection", "denoised"))
-        self.shown: dict[str, Any] | None = None  # row, projections, final, fbp, slice of what is shown
+        self.shown: ShownSlice | None = None
         self.slices_shown = 0
         self._reset()
 
@@ -515,7 +528,7 @@ class LiveSliceView(QtAwareCallback):
         if row is None:
             return
         fbp, denoised = self._read("slice_fbp", row["seq_num"]), self._read("slice", row["seq_num"])
-        self.shown = dict(row, fbp=fbp, slice=denoised)
+        self.shown = ShownSlice(**row, fbp=fbp, slice=denoised)
         state = "final" if row["final"] else "so far"
         note = f"\n{row['note']}" if row["note"] else ""
         # one intensity scale for both, the denoised slice's: the back-projection's noise and streaks show
