@@ -107,6 +107,15 @@ class _Bounded(OrderedDict[Any, Any]):
             self.popitem(last=False)
 
 
+def _close(readers: Mapping[str, tuple[str, FrameReader]]) -> None:
+    """Close a run's frame readers (a file already gone has nothing to close)."""
+    for _, read in readers.values():
+        try:
+            read.close()
+        except Exception:  # any reader's failure to close: the view goes on
+            log.debug("live view: closing a reader failed", exc_info=True)
+
+
 class _Panels:
     """Two images side by side on one intensity scale, with a title over both: what both views draw.
 
@@ -269,20 +278,20 @@ class LiveDenoisedView(QtAwareCallback):
                 self._raw_at.put((key, seq + k), (read, first + k))
         return doc
 
-    def resource(self, doc: Any) -> Any:
+    def _to_filler(self, name: str, doc: Any) -> Any:
+        """Legacy ``Resource``/``Datum`` documents go to the run's Filler, which reads a raw frame if it is drawn."""
         if self._filler is not None:
-            self._filler("resource", doc)
+            self._filler(name, doc)
         return doc
+
+    def resource(self, doc: Any) -> Any:
+        return self._to_filler("resource", doc)
 
     def datum(self, doc: Any) -> Any:
-        if self._filler is not None:
-            self._filler("datum", doc)
-        return doc
+        return self._to_filler("datum", doc)
 
     def datum_page(self, doc: Any) -> Any:
-        if self._filler is not None:
-            self._filler("datum_page", doc)
-        return doc
+        return self._to_filler("datum_page", doc)
 
     def event_page(self, doc: Any) -> Any:
         if doc["descriptor"] in self._raw:
@@ -392,11 +401,7 @@ class LiveDenoisedView(QtAwareCallback):
     # -- files -----------------------------------------------------------------------------
 
     def _close_readers(self) -> None:
-        for _, read in self._readers.values():
-            try:
-                read.close()
-            except Exception:  # a file gone: nothing to close
-                log.debug("live view: closing a reader failed", exc_info=True)
+        _close(self._readers)
         self._readers = {}
         if self._filler is not None:
             self._filler.close()
@@ -539,9 +544,5 @@ class LiveSliceView(QtAwareCallback):
         self.slices_shown += 1
 
     def _close_readers(self) -> None:
-        for _, read in self._readers.values():
-            try:
-                read.close()
-            except Exception:  # a file gone: nothing to close
-                log.debug("live slice view: closing a reader failed", exc_info=True)
+        _close(self._readers)
         self._readers = {}
