@@ -514,3 +514,40 @@ def test_a_run_a_killed_worker_left_is_recorded_when_its_stop_has_not_come_withi
     record = client[uid].metadata["bluesky_tomogan"]
     assert record["incomplete"] is True and "stopped before the run ended" in record["reason"]
     assert json.loads((state / "runs.json").read_text()) == {}
+
+
+def test_a_live_view_on_the_workers_republished_stream_shows_its_denoised_frames(RE, proxy, tiled, tmp_path):
+    """docs/deployment.md: a LiveDenoisedView on a RemoteDispatcher of the worker's ``--zmq-out`` stream."""
+    import threading
+
+    import matplotlib
+
+    from bluesky_tomogan.callbacks import LiveDenoisedView
+    from bluesky_tomogan.serve.transport import ZMQSource
+
+    matplotlib.use("Agg")
+    _, uri = tiled
+    out = free_port(), free_port()
+    second = subprocess.Popen([str(BIN / "bluesky-0MQ-proxy"), "--in-address", str(out[0]), "--out-address",
+                               str(out[1])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: listening(out[0]) and listening(out[1]), 20, "the second proxy")
+    view = LiveDenoisedView(interval=0, use_teleporter=False)
+    source = ZMQSource(f"localhost:{out[1]}")
+    source.subscribe(view)
+    viewer = threading.Thread(target=source.start, daemon=True)  # the view's own process, in a beamline
+    viewer.start()
+    worker = Worker(tmp_path, proxy[1], uri, "--store", "none", "--zmq-out", f"localhost:{out[0]}")
+    try:
+        publishing_RE(RE, None, proxy[0])
+        RE(make_scan(tmp_path, "viewed"))
+        wait_until(lambda: view.shown is not None and view.shown.seq_num == ANGLES, 90, "the view's last frame")
+    finally:
+        assert worker.stop() == 0, worker.text()
+        source.stop()
+        viewer.join(10)
+        second.terminate()
+        second.wait(10)
+    shown = view.shown
+    assert shown.denoised is not None and shown.denoised.shape == (64, 64) and np.isfinite(shown.denoised).all()
+    assert shown.model == "tomogan-projection" and shown.error == ""
+    assert shown.raw is None  # the worker republishes its derived documents only
