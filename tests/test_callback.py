@@ -823,3 +823,18 @@ def test_a_slow_storage_write_never_gives_a_frame_a_mirrored_context(RE, denoise
         return np.stack([np.asarray(f) for page in pages for f in page["cam_denoised"]])
 
     np.testing.assert_array_equal(frames_of(slow=True), frames_of(slow=False))
+
+
+def test_the_progress_bar_draws_on_a_terminal_not_into_a_log(RE):
+    import io
+
+    from bluesky_tomogan.callbacks import ScanProgress
+
+    log_file, forced = io.StringIO(), io.StringIO()  # not terminals
+    docs = []
+    RE.subscribe(ScanProgress(file=log_file))
+    RE.subscribe(ScanProgress(file=forced, disable=False))
+    RE.subscribe(lambda name, doc: docs.append(name))
+    RE(bp.count([camera()], num=5))
+    assert log_file.getvalue() == ""  # a queue server's log gets no line per frame
+    assert "5/5" in forced.getvalue() and docs.count("event") == 5

@@ -14,17 +14,24 @@ class ScanProgress(event_model.DocumentRouter):
     """Show a tqdm bar while a run takes its points (``num_points`` from the start document).
 
     Subscribe it to the RunEngine (``RE.subscribe(ScanProgress())``). It only
-    draws on the terminal (stderr) and passes documents on unchanged.
+    draws (on stderr) and passes documents on unchanged. By default it draws only on a
+    terminal or in a notebook, as tqdm's ``disable=None`` does: a queue server's worker or
+    a scan whose output goes to a log file would otherwise get a line per frame.
 
     Parameters
     ----------
     stream : str
         The stream whose events are counted.
+    file : file-like, optional
+        Where to draw (default: stderr).
+    disable : bool or None
+        ``None``: draw only where ``file`` is a terminal (or in a notebook); ``False``: always.
     """
 
-    def __init__(self, stream: str = "primary") -> None:
+    def __init__(self, stream: str = "primary", *, file: Any = None, disable: bool | None = None) -> None:
         super().__init__()
         self.stream = stream
+        self.file, self.disable = file, disable
         self._bar: Any = None
         self._descriptors: set[str] = set()
 
@@ -33,7 +40,8 @@ class ScanProgress(event_model.DocumentRouter):
 
         self._close()
         self._descriptors = set()
-        self._bar = tqdm(total=doc.get("num_points"), desc=str(doc.get("plan_name", "scan")), unit="frame")
+        self._bar = tqdm(total=doc.get("num_points"), desc=str(doc.get("plan_name", "scan")), unit="frame",
+                         file=self.file, disable=self.disable)
         return doc
 
     def descriptor(self, doc: EventDescriptor) -> EventDescriptor:
