@@ -14,7 +14,7 @@ from bluesky_tomogan.cli import main
 from .conftest import copy_of_shipped_model
 
 COMMANDS = ["demo", "merge", "simulate", "train", "finetune", "export", "quality", "denoise", "reprocess", "bench",
-            "models", "serve", "qc-ioc"]
+            "models", "serve", "qc-ioc", "view"]
 
 
 def test_every_command_parses_and_has_its_own_help(capsys):
@@ -35,6 +35,17 @@ def test_the_console_script_module_runs():
     out = subprocess.run([sys.executable, "-m", "bluesky_tomogan.cli", "models"], capture_output=True,
                          text=True, check=True).stdout
     assert "tomogan-projection: projection domain" in out
+
+
+def test_view_without_a_display_wants_a_directory_for_its_pictures(tmp_path, capsys):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    assert main(["view", "--zmq-in", "localhost:1"]) == 2  # refused before it looks for the stream
+    assert "shows no window (no display?)" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main(["view", "--zmq-in", "localhost:1", "--save", str(tmp_path / "file" / "views")]) == 2
+    assert "cannot make the directory" in capsys.readouterr().err
 
 
 def test_version_names_the_package_python_the_cpu_and_every_runtime_installed_or_not(capsys):

@@ -551,3 +551,35 @@ def test_a_live_view_on_the_workers_republished_stream_shows_its_denoised_frames
     assert shown.denoised is not None and shown.denoised.shape == (64, 64) and np.isfinite(shown.denoised).all()
     assert shown.model == "tomogan-projection" and shown.error == ""
     assert shown.raw is None  # the worker republishes its derived documents only
+
+
+def test_bluesky_tomogan_view_writes_the_workers_frames_and_slices_as_pictures(RE, proxy, tiled, tmp_path):
+    """A status page beside the worker: `view --save DIR` on its republished stream, with no display."""
+    _, uri = tiled
+    out = free_port(), free_port()
+    second = subprocess.Popen([str(BIN / "bluesky-0MQ-proxy"), "--in-address", str(out[0]), "--out-address",
+                               str(out[1])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: listening(out[0]) and listening(out[1]), 20, "the second proxy")
+    views = tmp_path / "views"
+    with open(tmp_path / "view.log", "w") as log:
+        viewer = subprocess.Popen([str(BIN / "bluesky-tomogan"), "-v", "view", "--zmq-in", f"localhost:{out[1]}",
+                                   "--save", str(views), "--interval", "0"], stdout=log, stderr=subprocess.STDOUT,
+                                  env=dict(os.environ, MPLBACKEND="Agg"))
+    wait_until(lambda: "viewing" in (tmp_path / "view.log").read_text() or viewer.poll() is not None, 60,
+               "the viewer to start")
+    worker = Worker(tmp_path, proxy[1], uri, "--store", "none", "--reconstruct", "--every", "12",
+                    "--zmq-out", f"localhost:{out[0]}")
+    try:
+        publishing_RE(RE, None, proxy[0])
+        RE(make_scan(tmp_path, "viewed"))
+        wait_until(lambda: (views / "frames.png").exists() and (views / "slices.png").exists(), 90, "both pictures")
+    finally:
+        assert worker.stop() == 0, worker.text()
+        viewer.send_signal(signal.SIGINT)
+        code = viewer.wait(30)
+        second.terminate()
+        second.wait(10)
+    assert code == 0, (tmp_path / "view.log").read_text()
+    for picture in ("frames.png", "slices.png"):
+        assert (views / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(views.glob(".*.part"))  # each replaced whole

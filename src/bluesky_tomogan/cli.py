@@ -1,4 +1,5 @@
-"""``bluesky-tomogan`` command line: simulate, train, export, denoise, reprocess, bench, demo, models, serve."""
+"""``bluesky-tomogan`` command line: simulate, train, export, denoise, reprocess, bench, demo, models, serve,
+view."""
 
 from __future__ import annotations
 
@@ -407,6 +408,18 @@ def _cmd_qc_ioc(args: argparse.Namespace) -> int:
         return 2
 
 
+def _cmd_view(args: argparse.Namespace) -> int:
+    from .serve.transport import Unreachable
+    from .serve.viewer import run_viewer
+
+    try:
+        return run_viewer(args.zmq_in, stream=args.stream, row=args.row, root_map=dict(args.root_map),
+                          save=args.save, interval=args.interval)
+    except (Unreachable, ValueError, TomoGANError) as exc:
+        print(f"bluesky-tomogan view: error: {exc}", file=sys.stderr)
+        return 2
+
+
 def _denoiser_arguments(s: argparse.ArgumentParser, model_help: str) -> None:
     """``--model``, ``--backend``, ``--precision``, ``--threads`` and ``--self-ensemble``: what ``load_denoiser``
     takes."""
@@ -498,6 +511,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--retry-after", type=float, default=10.0,
                    help="seconds after which a suspending QC flag clears and the next frame tests again")
     s.set_defaults(func=_cmd_qc_ioc)
+
+    s = sub.add_parser("view", help="the live views (denoised frames, live slices) of a 0MQ document stream, in "
+                                    "windows or as PNG files")
+    s.add_argument("--zmq-in", required=True, metavar="HOST:PORT",
+                   help="a proxy's out port carrying denoised streams (serve --zmq-out's proxy)")
+    s.add_argument("--stream", default="primary", help="the raw stream whose denoised frames are shown")
+    s.add_argument("--row", type=int, help="the detector row of the slice view (default: the middle one)")
+    s.add_argument("--root-map", nargs="+", type=_path_pair, default=[], metavar="THERE=HERE",
+                   help="where this machine sees the worker's files")
+    s.add_argument("--save", metavar="DIR", help="write the views to DIR/frames.png and DIR/slices.png after each "
+                                                 "draw (required without a display)")
+    s.add_argument("--interval", type=float, default=0.5, help="seconds between redraws at the most (default 0.5)")
+    s.set_defaults(func=_cmd_view)
 
     s = sub.add_parser("merge", help="one TomoGAN-style dataset of the frames of several (to train on all)")
     s.add_argument("out", help="output .h5 file")

@@ -21,10 +21,12 @@ frames after its raw one); of files, only where each frame is.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import event_model
@@ -122,8 +124,9 @@ class _Panels:
     The figure is made at the first draw (or is the one given); one it made and whose window was
     closed is made again at the next :meth:`new_run`."""
 
-    def __init__(self, fig: Any, names: tuple[str, str]) -> None:
+    def __init__(self, fig: Any, names: tuple[str, str], save: str | os.PathLike[str] | None = None) -> None:
         self.fig, self.names = fig, names
+        self.save = None if save is None else Path(save)
         self._own = fig is None
         self._images: list[Any] = []
 
@@ -155,6 +158,17 @@ class _Panels:
         self.fig.suptitle(title, color="red" if alarm else "black")
         self.fig.canvas.draw_idle()
         self.fig.canvas.flush_events()
+        if self.save is not None:
+            self._write_png(self.save)
+
+    def _write_png(self, path: Path) -> None:
+        """The figure as ``path``, replaced whole: a web page or logbook that shows it never reads half a file."""
+        part = path.with_name(f".{path.name}.part")
+        try:
+            self.fig.savefig(part, format="png", dpi=80)
+            os.replace(part, path)
+        except OSError as exc:  # a full disk, a directory gone: the view goes on without its file
+            log.warning("live view: cannot write %s: %s", path, exc)
 
 
 @make_class_safe(logger=log)
@@ -181,6 +195,9 @@ class LiveDenoisedView(QtAwareCallback):
         :func:`~bluesky_tomogan.handlers.default_handler_registry`).
     use_teleporter : bool, optional
         As for bluesky's live plots (default: with a Qt backend).
+    save : path-like, optional
+        Also write the figure to this PNG file after each draw, replaced whole (for a status web
+        page or a logbook; without a display, with matplotlib's ``agg`` backend).
 
     Examples
     --------
@@ -190,7 +207,8 @@ class LiveDenoisedView(QtAwareCallback):
 
     def __init__(self, stream: str = "primary", field: str | None = None, *, interval: float = 0.5,
                  keep: int = 16, fig: Any = None, root_map: Mapping[str, str] | None = None,
-                 handler_registry: Mapping[str, Any] | None = None, use_teleporter: bool | None = None) -> None:
+                 handler_registry: Mapping[str, Any] | None = None, use_teleporter: bool | None = None,
+                 save: str | os.PathLike[str] | None = None) -> None:
         if interval < 0:
             raise ValueError(f"interval must be >= 0 seconds, got {interval}")
         if keep < 1:
@@ -201,7 +219,7 @@ class LiveDenoisedView(QtAwareCallback):
         self.field = field  # the field shown in this run: the one asked for, else the first derived one
         self.root_map = dict(root_map or {})
         self._registry = dict(handler_registry) if handler_registry is not None else None
-        self._panels = _Panels(fig, ("raw", "denoised"))
+        self._panels = _Panels(fig, ("raw", "denoised"), save)
         self.shown: ShownFrame | None = None
         self.frames_shown = 0
         self._reset()
@@ -430,16 +448,19 @@ class LiveSliceView(QtAwareCallback):
         Where this machine sees the files of other machines, as for ``TomoGANCallback``.
     use_teleporter : bool, optional
         As for bluesky's live plots (default: with a Qt backend).
+    save : path-like, optional
+        Also write the figure to this PNG file after each draw, as ``LiveDenoisedView`` does.
     """
 
     def __init__(self, row: int | None = None, *, interval: float = 0.5, fig: Any = None,
-                 root_map: Mapping[str, str] | None = None, use_teleporter: bool | None = None) -> None:
+                 root_map: Mapping[str, str] | None = None, use_teleporter: bool | None = None,
+                 save: str | os.PathLike[str] | None = None) -> None:
         if interval < 0:
             raise ValueError(f"interval must be >= 0 seconds, got {interval}")
         super().__init__(use_teleporter=use_teleporter)
         self.row, self.interval = row, interval
         self.root_map = dict(root_map or {})
-        self._panels = _Panels(fig, ("filtered back-projection", "denoised"))
+        self._panels = _Panels(fig, ("filtered back-projection", "denoised"), save)
         self.shown: ShownSlice | None = None
         self.slices_shown = 0
         self._reset()

@@ -99,6 +99,12 @@ class ZMQSource:
     def subscribe(self, func: Subscriber) -> Any:
         return self._dispatcher.subscribe(func)
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop :meth:`start` runs (for a GUI's kicker)."""
+        loop: asyncio.AbstractEventLoop = self._dispatcher.loop
+        return loop
+
     def start(self) -> None:
         """Dispatch documents until :meth:`stop` (blocks; returns after a stop)."""
         try:

@@ -1,0 +1,92 @@
+"""``bluesky-tomogan view``: the live views of a 0MQ document stream, in windows or as PNG files.
+
+For a control room or a status page beside ``bluesky-tomogan serve``: the worker's
+republished stream (``serve --zmq-out``) carries its derived documents, so this shows the
+newest denoised frame with its QC flags (:class:`~bluesky_tomogan.callbacks.LiveDenoisedView`;
+the raw panel says "not available", the raw documents travel on the RunEngine's own stream)
+and, with ``serve --reconstruct``, each update of the live slice
+(:class:`~bluesky_tomogan.callbacks.LiveSliceView`). The frame files are read where the
+worker wrote them (``root_map`` where this machine mounts them elsewhere).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..errors import TomoGANError
+
+__all__ = ["run_viewer", "FRAMES_PNG", "SLICES_PNG"]
+
+log = logging.getLogger(__name__)
+
+#: The files ``save`` writes, replaced after each draw.
+FRAMES_PNG, SLICES_PNG = "frames.png", "slices.png"
+
+
+def run_viewer(zmq_in: str, *, stream: str = "primary", row: int | None = None,
+               root_map: Mapping[str, str] | None = None, save: str | os.PathLike[str] | None = None,
+               interval: float = 0.5) -> int:
+    """Show the live views of the stream at ``zmq_in`` until SIGTERM/SIGINT (or the windows are closed).
+
+    Parameters
+    ----------
+    zmq_in : str
+        ``host:port`` of a ``bluesky-0MQ-proxy`` out port (``serve --zmq-out``'s proxy).
+    stream : str
+        The raw stream whose denoised frames are shown.
+    row : int, optional
+        The detector row of the slice view (default: the middle one reconstructed).
+    root_map : mapping, optional
+        Where this machine sees the worker's files (``{"/there": "/here"}``).
+    save : path-like, optional
+        A directory: after each draw the views are written there as :data:`FRAMES_PNG` and
+        :data:`SLICES_PNG` (replaced whole). Without a display this is the only output, so it is
+        then required.
+    interval : float
+        Seconds between redraws of a view at the most.
+
+    Raises
+    ------
+    TomoGANError
+        No window can be shown here and no ``save`` directory was given, or it cannot be made.
+    """
+    import signal
+
+    import matplotlib
+
+    from ..callbacks.live_view import LiveDenoisedView, LiveSliceView, shows_windows
+    from .transport import ZMQSource, check_reachable
+
+    windows = shows_windows()
+    if not windows and save is None:
+        raise TomoGANError(f"matplotlib's backend here ({matplotlib.get_backend()}) shows no window (no display?): "
+                           "run it where a display is, or give --save DIR to write the views as PNG files")
+    directory = None if save is None else Path(save).expanduser()
+    if directory is not None:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TomoGANError(f"cannot make the directory {directory} for the views: {exc}") from exc
+    check_reachable(zmq_in)
+    source = ZMQSource(zmq_in)
+    views = (LiveDenoisedView(stream, interval=interval, root_map=root_map,
+                              save=None if directory is None else directory / FRAMES_PNG),
+             LiveSliceView(row, interval=interval, root_map=root_map,
+                           save=None if directory is None else directory / SLICES_PNG))
+    for view in views:
+        source.subscribe(view)
+    if windows:
+        from bluesky.utils import install_remote_qt_kicker
+
+        install_remote_qt_kicker(loop=source.loop)  # Qt's events run between the stream's (a no-op without Qt)
+    previous = {s: signal.signal(s, lambda *_: source.stop()) for s in (signal.SIGTERM, signal.SIGINT)}
+    log.info("viewing %s%s", zmq_in, f", writing {directory}/{FRAMES_PNG} and {SLICES_PNG}" if directory else "")
+    try:
+        source.start()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0
