@@ -192,3 +192,15 @@ def test_a_window_closed_between_runs_is_opened_again_at_the_next_run(RE, denois
     RE(bp.count([camera()], num=3))
     assert view.figure is not first and plt.fignum_exists(view.figure.number)
     assert len(view.figure.axes) == 2 and view.shown is not None and view.shown.seq_num == 3
+
+
+def test_a_large_frame_is_drawn_with_every_kth_pixel_in_detector_coordinates():
+    from bluesky_tomogan.callbacks.live_view import DISPLAY_PIXELS, _Panels
+
+    panels = _Panels(None, ("raw", "denoised"))
+    frame = np.arange(2000 * 3000, dtype=np.float32).reshape(2000, 3000)
+    panels.draw([frame, frame], frame, "a large detector", False)
+    image = panels.fig.axes[0].images[0]
+    drawn = np.asarray(image.get_array())
+    assert max(drawn.shape) <= DISPLAY_PIXELS and drawn[0, 1] == frame[0, 4]  # every 4th pixel of 3000
+    assert image.get_extent() == [-0.5, 2999.5, 1999.5, -0.5]  # the axes still count detector pixels

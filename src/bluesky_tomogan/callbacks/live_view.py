@@ -118,6 +118,17 @@ def _close(readers: Mapping[str, tuple[str, FrameReader]]) -> None:
             log.debug("live view: closing a reader failed", exc_info=True)
 
 
+#: The most pixels a side of a frame as it is drawn: a window shows no more, and a redraw then costs the
+#: same at any frame size (about 0.1 s; every pixel of a 4096x4096 pair: 2.3 s; benchmarks/live_view_draw.py).
+DISPLAY_PIXELS = 768
+
+
+def _for_display(frame: np.ndarray) -> np.ndarray:
+    """``frame`` with every k-th pixel a side, k the least that leaves at most :data:`DISPLAY_PIXELS` a side."""
+    step = -(-max(frame.shape) // DISPLAY_PIXELS)
+    return frame[::step, ::step] if step > 1 else frame
+
+
 class _Panels:
     """Two images side by side on one intensity scale, with a title over both: what both views draw.
 
@@ -142,7 +153,7 @@ class _Panels:
             self.fig = plt.figure(figsize=(10, 5))
         lo, hi = (0.0, 1.0)
         if scale is not None and np.isfinite(scale).any():
-            lo, hi = np.nanpercentile(scale, [1, 99])
+            lo, hi = np.nanpercentile(_for_display(scale), [1, 99])
         hi = hi if hi > lo else lo + 1
         if not self._images:
             axes = self.fig.subplots(1, 2, sharex=True, sharey=True)
@@ -151,8 +162,8 @@ class _Panels:
             self._images = [ax.imshow(np.zeros((2, 2)), cmap="gray") for ax in axes]
         for image, frame, name in zip(self._images, frames, self.names, strict=True):
             shown = frame if frame is not None else np.full((2, 2), np.nan)
-            image.set_data(shown)
-            image.set_extent((-0.5, shown.shape[1] - 0.5, shown.shape[0] - 0.5, -0.5))
+            image.set_data(_for_display(shown))
+            image.set_extent((-0.5, shown.shape[1] - 0.5, shown.shape[0] - 0.5, -0.5))  # in detector pixels
             image.set_clim(lo, hi)
             image.axes.set_title(name if frame is not None else f"{name}: not available")
         self.fig.suptitle(title, color="red" if alarm else "black")
