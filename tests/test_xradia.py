@@ -164,3 +164,16 @@ def test_a_reference_taken_with_another_exposure_is_scaled_to_the_images(tmp_pat
     write_compound_file(tmp_path / "scan.txrm", streams)
     with XradiaFile(tmp_path / "scan.txrm") as xrm:
         np.testing.assert_allclose(xrm.reference, reference, rtol=1e-6)
+
+
+def test_a_truncated_file_is_one_clear_error_in_denoise_and_finetune(tmp_path, capsys):
+    frames, angles, reference = scan(n=20, shape=(64, 64))  # images large enough to sit in sectors of their own
+    whole = tmp_path / "whole.txrm"
+    write_compound_file(whole, xradia_streams(frames, angles, reference))
+    cut = tmp_path / "cut.txrm"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])  # a copy that stopped part way
+    assert main(["denoise", str(cut), str(tmp_path / "out.h5")]) == 1
+    err = capsys.readouterr().err
+    assert str(cut) in err and "damaged" in err and "Traceback" not in err
+    with pytest.raises(ScanError, match="damaged"):
+        read_scan(str(cut))

@@ -76,9 +76,14 @@ class XradiaFile:
         except ImportError as exc:  # a core dependency; an environment without it says so, not a traceback
             raise TomoGANError("reading Zeiss .txrm/.xrm files needs olefile: pip install olefile") from exc
         self.path = Path(path)
+        if not self.path.is_file():
+            raise TomoGANError(f"{self.path} does not exist")
         if not olefile.isOleFile(str(self.path)):
             raise TomoGANError(f"{self.path} is not a Zeiss Xradia file (not an OLE2 compound file)")
-        self._ole = olefile.OleFileIO(str(self.path))
+        try:
+            self._ole = olefile.OleFileIO(str(self.path))
+        except Exception as exc:  # olefile's own errors for a damaged structure (OSError, others)
+            raise TomoGANError(f"{self.path} is damaged: it cannot be read as a compound file ({exc})") from exc
         try:
             width, height = self._int("ImageInfo/ImageWidth"), self._int("ImageInfo/ImageHeight")
             n = self._int("ImageInfo/NoOfImages", required=False)
@@ -99,7 +104,7 @@ class XradiaFile:
             if required:
                 raise TomoGANError(f"{self.path} has no {stream}: not an Xradia image file")
             return 0
-        raw = self._ole.openstream(stream).read(4)
+        raw = self._stream(stream)[:4]
         if len(raw) < 4:
             raise TomoGANError(f"{self.path}: {stream} is {len(raw)} bytes, not a 4-byte integer")
         return int(struct.unpack("<i", raw)[0])
@@ -115,7 +120,8 @@ class XradiaFile:
         stream = "ImageInfo/Angles"
         if not self._ole.exists(stream):
             return None
-        values = np.frombuffer(self._ole.openstream(stream).read(), "<f4").astype(np.float64)
+        raw = self._stream(stream)
+        values = np.frombuffer(raw[: len(raw) // 4 * 4], "<f4").astype(np.float64)
         if len(values) < self.shape[0]:
             log.warning("%s: %d angles for %d images; the angles are not used", self.path, len(values), self.shape[0])
             return None
@@ -126,7 +132,7 @@ class XradiaFile:
         if not self._ole.exists(stream):
             return None
         dtype = self._data_type("ReferenceData/DataType")
-        raw = self._ole.openstream(stream).read()
+        raw = self._stream(stream)
         h, w = self.shape[1:]
         if len(raw) != h * w * dtype.itemsize:
             log.warning("%s: its reference image is %d bytes, not one %dx%d %s image; not used",
@@ -146,8 +152,16 @@ class XradiaFile:
     def _floats(self, stream: str) -> np.ndarray:
         if not self._ole.exists(stream):
             return np.empty(0)
-        raw = self._ole.openstream(stream).read()
+        raw = self._stream(stream)
         return np.frombuffer(raw[: len(raw) // 4 * 4], "<f4").astype(np.float64)
+
+    def _stream(self, stream: str) -> bytes:
+        """The bytes of ``stream``; a damaged file (a stream past its end, a broken sector chain) is one error."""
+        try:
+            data: bytes = self._ole.openstream(stream).read()
+        except Exception as exc:  # olefile's errors for a damaged structure
+            raise TomoGANError(f"{self.path} is damaged: {stream} cannot be read ({exc})") from exc
+        return data
 
     def image(self, i: int) -> np.ndarray:
         """Image ``i`` (0-based) as ``(height, width)``."""
@@ -155,11 +169,11 @@ class XradiaFile:
         if not self._ole.exists(stream):
             raise TomoGANError(f"{self.path} has no {stream}: the file holds fewer images than its "
                                f"ImageInfo says ({self.shape[0]})")
-        raw = self._ole.openstream(stream).read()
+        raw = self._stream(stream)
         h, w = self.shape[1:]
         if len(raw) != h * w * self.dtype.itemsize:
             raise TomoGANError(f"{self.path}: {stream} is {len(raw)} bytes, not one {h}x{w} {self.dtype} image "
-                               f"({h * w * self.dtype.itemsize} bytes)")
+                               f"({h * w * self.dtype.itemsize} bytes): the file is damaged or cut short")
         return np.frombuffer(raw, self.dtype).reshape(h, w)
 
     def read(self, start: int, stop: int) -> np.ndarray:
