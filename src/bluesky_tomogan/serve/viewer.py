@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ..errors import TomoGANError
 
@@ -79,9 +80,7 @@ def run_viewer(zmq_in: str, *, stream: str = "primary", row: int | None = None,
     for view in views:
         source.subscribe(view)
     if windows:
-        from bluesky.utils import install_remote_qt_kicker
-
-        install_remote_qt_kicker(loop=source.loop)  # Qt's events run between the stream's (a no-op without Qt)
+        _kick_windows(source.loop)
     previous = {s: signal.signal(s, lambda *_: source.stop()) for s in (signal.SIGTERM, signal.SIGINT)}
     log.info("viewing %s%s", zmq_in, f", writing {directory}/{FRAMES_PNG} and {SLICES_PNG}" if directory else "")
     try:
@@ -90,3 +89,19 @@ def run_viewer(zmq_in: str, *, stream: str = "primary", row: int | None = None,
         for s, handler in previous.items():
             signal.signal(s, handler)
     return 0
+
+
+def _kick_windows(loop: Any, every: float = 0.05) -> None:
+    """Let the windows' GUI (Qt, Tk, GTK, wx...) handle its events between the stream's documents: the stream's
+    asyncio loop owns the thread, so without this a window would freeze between draws (bluesky's own kicker
+    does this for Qt only)."""
+    import matplotlib.pyplot as plt
+
+    plt.ion()  # a figure shows when it is made
+
+    def kick() -> None:
+        for number in plt.get_fignums():
+            plt.figure(number).canvas.flush_events()
+        loop.call_later(every, kick)
+
+    loop.call_soon(kick)
