@@ -253,6 +253,7 @@ def test_a_malformed_message_is_logged_recorded_in_the_run_and_the_stream_goes_o
     (["--zmq-in", "localhost:{out}", "--slice-model", "my-slice", "--store", "none"], "is for the slices of"),
     (["--zmq-in", "localhost:{out}", "--reconstruct", "--slice-model", "no-such-model", "--store", "none"],
      "no-such-model"),
+    (["--zmq-in", "localhost:{out}", "--republish", "all", "--store", "none"], "needs --zmq-out"),
 ])
 def test_bad_input_to_serve_is_a_clear_error_and_exit_status_2(proxy, tmp_path, args, message):
     closed = free_port()
@@ -516,7 +517,9 @@ def test_a_run_a_killed_worker_left_is_recorded_when_its_stop_has_not_come_withi
     assert json.loads((state / "runs.json").read_text()) == {}
 
 
-def test_a_live_view_on_the_workers_republished_stream_shows_its_denoised_frames(RE, proxy, tiled, tmp_path):
+@pytest.mark.parametrize("republish", ["derived", "all"])
+def test_a_live_view_on_the_workers_republished_stream_shows_its_denoised_frames(RE, proxy, tiled, tmp_path,
+                                                                                republish):
     """docs/deployment.md: a LiveDenoisedView on a RemoteDispatcher of the worker's ``--zmq-out`` stream."""
     import threading
 
@@ -536,9 +539,12 @@ def test_a_live_view_on_the_workers_republished_stream_shows_its_denoised_frames
     source.subscribe(view)
     viewer = threading.Thread(target=source.start, daemon=True)  # the view's own process, in a beamline
     viewer.start()
-    worker = Worker(tmp_path, proxy[1], uri, "--store", "none", "--zmq-out", f"localhost:{out[0]}")
+    worker = Worker(tmp_path, proxy[1], uri, "--store", "none", "--zmq-out", f"localhost:{out[0]}",
+                    "--republish", republish)
+    raw_docs = []
     try:
         publishing_RE(RE, None, proxy[0])
+        RE.subscribe(lambda name, doc: raw_docs.append((name, doc)))
         RE(make_scan(tmp_path, "viewed"))
         wait_until(lambda: view.shown is not None and view.shown.seq_num == ANGLES, 90, "the view's last frame")
     finally:
@@ -550,7 +556,17 @@ def test_a_live_view_on_the_workers_republished_stream_shows_its_denoised_frames
     shown = view.shown
     assert shown.denoised is not None and shown.denoised.shape == (64, 64) and np.isfinite(shown.denoised).all()
     assert shown.model == "tomogan-projection" and shown.error == ""
-    assert shown.raw is None  # the worker republishes its derived documents only
+    if republish == "derived":
+        assert shown.raw is None  # the worker republishes its derived documents only
+    else:  # the raw documents too: the raw frame, read from the detector's file they name
+        from bluesky_tomogan.hdf5_frames import StreamFrameReader
+
+        primary = next(d["uid"] for n, d in raw_docs if n == "descriptor" and d["name"] == "primary")
+        datum = next(d for n, d in raw_docs if n == "stream_datum" and d["descriptor"] == primary
+                     and d["seq_nums"]["start"] <= ANGLES < d["seq_nums"]["stop"])
+        sres = next(d for n, d in raw_docs if n == "stream_resource" and d["uid"] == datum["stream_resource"])
+        index = datum["indices"]["start"] + ANGLES - datum["seq_nums"]["start"]
+        np.testing.assert_array_equal(shown.raw, StreamFrameReader(sres)(index, index + 1)[0])
 
 
 def test_bluesky_tomogan_view_writes_the_workers_frames_and_slices_as_pictures(RE, proxy, tiled, tmp_path):

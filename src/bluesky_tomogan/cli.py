@@ -383,7 +383,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import ServeError, serve
 
     try:
-        return serve(args.zmq_in, tiled=args.tiled, store=args.store, zmq_out=args.zmq_out, model=args.model,
+        return serve(args.zmq_in, tiled=args.tiled, store=args.store, zmq_out=args.zmq_out,
+                     republish_raw=args.republish == "all", model=args.model,
                      backend=args.backend, streams=args.streams, fields=args.fields, policy=args.policy,
                      reconstruct=args.reconstruct, reconstruct_every=args.every, directory=args.directory,
                      state_dir=args.state_dir, share=args.share, grace=args.grace, prefix=args.prefix.encode(),
@@ -466,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="derived: add derived streams to the run the RunEngine host stores (default); "
                         "run: store the whole run here; none: store nothing")
     s.add_argument("--zmq-out", metavar="HOST:PORT", help="a second proxy's in port: republish derived documents")
+    s.add_argument("--republish", choices=["derived", "all"], default="derived",
+                   help="with --zmq-out: the derived documents only (default), or the raw ones too (one stream "
+                        "that `view` shows whole)")
     s.add_argument("--model", default="tomogan-projection")
     s.add_argument("--backend", default="auto", choices=backend_names())
     s.add_argument("--streams", nargs="+", help="streams to denoise (default: primary flat)")

@@ -29,6 +29,7 @@ class ServeError(RuntimeError):
 
 
 def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zmq_out: str | None = None,
+          republish_raw: bool = False,
           model: str = "tomogan-projection", backend: str = "auto", streams: list[str] | None = None,
           fields: list[str] | None = None, policy: str = "block", reconstruct: bool = False,
           reconstruct_every: int = 0, directory: str | os.PathLike[str] | None = None,
@@ -51,6 +52,8 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
         See :class:`DenoisingWorker`.
     zmq_out : str, optional
         ``host:port`` of a second proxy's in port: the derived documents are republished there.
+    republish_raw : bool
+        With ``zmq_out``: the raw documents too (see :class:`DenoisingWorker`).
     model, backend : str
         As :func:`~bluesky_tomogan.load_denoiser`.
     streams, fields, policy
@@ -117,6 +120,8 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
         raise ServeError(f"a slice self-ensemble ({slice_self_ensemble}) is for the slices of --reconstruct")
     if slice_model != "tomogan-slice" and not reconstruct:
         raise ServeError(f"a slice model ({slice_model}) is for the slices of --reconstruct")
+    if republish_raw and zmq_out is None:
+        raise ServeError("republishing the raw documents too (--republish all) needs --zmq-out: where to republish")
     if warm_up is not None and policy != "adaptive":
         raise ServeError(f"--warm-up (a frame shape for the adaptive ladder) is for policy 'adaptive', not {policy!r}")
     run_share = RunShare.parse(share)
@@ -155,7 +160,7 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
         callback.subscribe(rec)
         outlet, wait = rec, rec.wait
     worker = DenoisingWorker(ZMQSource(zmq_in, prefix=prefix), callback, outlet=outlet, client=client, store=store,
-                             republish=zmq_publisher(zmq_out) if zmq_out else None,
+                             republish=zmq_publisher(zmq_out) if zmq_out else None, republish_raw=republish_raw,
                              state_dir=Path(state_dir).expanduser(), share=run_share, grace=grace, wait=wait,
                              abandon_after=abandon_after)
     if ioc is not None:

@@ -3,8 +3,8 @@
 For a control room or a status page beside ``bluesky-tomogan serve``: the worker's
 republished stream (``serve --zmq-out``) carries its derived documents, so this shows the
 newest denoised frame with its QC flags (:class:`~bluesky_tomogan.callbacks.LiveDenoisedView`;
-the raw panel says "not available", the raw documents travel on the RunEngine's own stream)
-and, with ``serve --reconstruct``, each update of the live slice
+the raw panel says "not available" unless the worker republishes the raw documents too,
+``serve --republish all``) and, with ``serve --reconstruct``, each update of the live slice
 (:class:`~bluesky_tomogan.callbacks.LiveSliceView`). The frame files are read where the
 worker wrote them (``root_map`` where this machine mounts them elsewhere).
 """

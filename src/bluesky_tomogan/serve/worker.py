@@ -117,6 +117,9 @@ class DenoisingWorker:
     republish : callable, optional
         Gets every derived document (with the runs' start and stop), e.g.
         :func:`~bluesky_tomogan.serve.transport.zmq_publisher`.
+    republish_raw : bool
+        Republish the raw documents too, in their order among the derived ones: one stream
+        that a viewer (``bluesky-tomogan view``) shows whole, raw frames included.
     state_dir : path-like
         Where the journal of runs in flight is kept.
     share : RunShare
@@ -129,7 +132,7 @@ class DenoisingWorker:
     """
 
     def __init__(self, source: DocumentSource, callback: Subscriber, *, outlet: Any = None, client: Any = None,
-                 store: Store = "derived", republish: Subscriber | None = None,
+                 store: Store = "derived", republish: Subscriber | None = None, republish_raw: bool = False,
                  state_dir: str | os.PathLike[str] = ".", share: RunShare = RunShare(), grace: float = 60.0,
                  wait: Callable[[], Any] | None = None, abandon_after: float | None = None) -> None:
         if store not in ("derived", "run", "none"):
@@ -172,7 +175,7 @@ class DenoisingWorker:
         elif store == "derived":
             sinks.append(DerivedOnly(DerivedStreamsWriter(client)))
         if republish is not None:
-            sinks.append(DerivedOnly(republish))
+            sinks.append(republish if republish_raw else DerivedOnly(republish))
         for sink in sinks:
             outlet.subscribe(sink, storage=sink is sinks[0] and store != "none")
         source.subscribe(self._on_document)
