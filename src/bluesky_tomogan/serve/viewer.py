@@ -30,7 +30,7 @@ FRAMES_PNG, SLICES_PNG = "frames.png", "slices.png"
 def run_viewer(zmq_in: str, *, stream: str = "primary", row: int | None = None,
                root_map: Mapping[str, str] | None = None, save: str | os.PathLike[str] | None = None,
                interval: float = 0.5) -> int:
-    """Show the live views of the stream at ``zmq_in`` until SIGTERM/SIGINT (or the windows are closed).
+    """Show the live views of the stream at ``zmq_in`` until SIGTERM/SIGINT.
 
     Parameters
     ----------
@@ -73,9 +73,10 @@ def run_viewer(zmq_in: str, *, stream: str = "primary", row: int | None = None,
             raise TomoGANError(f"cannot make the directory {directory} for the views: {exc}") from exc
     check_reachable(zmq_in)
     source = ZMQSource(zmq_in)
-    views = (LiveDenoisedView(stream, interval=interval, root_map=root_map,
+    # documents are dispatched on this (the main) thread, the one a GUI draws on: nothing to hand over
+    views = (LiveDenoisedView(stream, interval=interval, root_map=root_map, use_teleporter=False,
                               save=None if directory is None else directory / FRAMES_PNG),
-             LiveSliceView(row, interval=interval, root_map=root_map,
+             LiveSliceView(row, interval=interval, root_map=root_map, use_teleporter=False,
                            save=None if directory is None else directory / SLICES_PNG))
     for view in views:
         source.subscribe(view)
