@@ -204,3 +204,56 @@ def test_a_large_frame_is_drawn_with_every_kth_pixel_in_detector_coordinates():
     drawn = np.asarray(image.get_array())
     assert max(drawn.shape) <= DISPLAY_PIXELS and drawn[0, 1] == frame[0, 4]  # every 4th pixel of 3000
     assert image.get_extent() == [-0.5, 2999.5, 1999.5, -0.5]  # the axes still count detector pixels
+
+
+QT_SCAN = """
+import threading
+import matplotlib
+matplotlib.use("QtAgg")
+import matplotlib.pyplot as plt
+from bluesky import RunEngine
+from bluesky_tomogan import TomoGANCallback, TomoReconstruction, load_denoiser
+from bluesky_tomogan.callbacks import LiveDenoisedView, LiveSliceView
+from bluesky_tomogan.callbacks.live_view import shows_windows
+from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
+from bluesky_tomogan.plans import tomo_scan
+from bluesky_tomogan.simulate.tomography import angles_deg
+
+plt.ion()
+stage = SimTomoStage(name="stage")
+det = SimTomoDetector(name="det", stage=stage, shape=(64, 64), directory={raw!r}, simulate_timing=False)
+cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="onnxruntime"), streams=["primary", "flat"])
+rec = TomoReconstruction(load_denoiser("tomogan-slice", backend="onnxruntime"), every=12)
+frames, slices = LiveDenoisedView(interval=0), LiveSliceView(interval=0)
+threads = set()
+draw = frames._draw
+frames._draw = lambda shown: (threads.add(threading.current_thread().name), draw(shown))
+cb.subscribe(frames)
+cb.subscribe(rec)
+rec.subscribe(slices)
+RE = RunEngine()
+RE.subscribe(cb)
+RE(tomo_scan(det, stage, list(angles_deg(24)), n_darks=1, n_flats=1))
+rec.wait()
+for _ in range(20):
+    plt.pause(0.05)  # the documents handed to the Qt thread, and their draws
+visible = [plt.figure(n).canvas.manager.window.isVisible() for n in plt.get_fignums()]
+print("RESULT", shows_windows(), frames.shown.seq_num, slices.shown.final, sorted(threads), visible)
+"""
+
+
+def test_in_a_qt_window_the_views_draw_on_the_gui_thread(tmp_path):
+    """With a display: Qt windows, documents handed from the RunEngine's thread to the Qt (main) thread."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("xvfb-run") is None:
+        pytest.skip("needs a virtual display: apt-get install xvfb libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 "
+                    "libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 libxcb-cursor0")
+    if subprocess.run([sys.executable, "-c", "import PyQt5.QtWidgets"], capture_output=True).returncode != 0:
+        pytest.skip("needs Qt bindings: pip install PyQt5")
+    done = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24", sys.executable, "-c",
+                           QT_SCAN.format(raw=str(tmp_path / "raw"))], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "RESULT True 24 True ['MainThread'] [True, True]" in done.stdout, done.stdout[-2000:]
