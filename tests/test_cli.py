@@ -517,7 +517,9 @@ def test_demo_with_the_live_view_shows_frames_where_a_window_can_show_and_says_s
     said.clear()
     metrics = run_demo(tmp_path / "shown", report=said.append, **settings)
     assert metrics["exit_status"] == "success" and "the live views stay open until their windows are closed" in said
-    frames, slices = [plt.figure(n) for n in plt.get_fignums()]
+    figures = {plt.figure(n).axes[0].get_title(): plt.figure(n) for n in plt.get_fignums()}  # made at first draws
+    assert sorted(figures) == ["filtered back-projection", "raw"]
+    frames, slices = figures["raw"], figures["filtered back-projection"]
     assert [ax.get_title() for ax in frames.axes] == ["raw", "denoised"]
     assert "frame 12" in frames._suptitle.get_text()  # the scan's last projection, drawn at its stop
     assert [ax.get_title() for ax in slices.axes] == ["filtered back-projection", "denoised"]
