@@ -18,6 +18,15 @@ from bluesky_tomogan.hdf5_frames import StreamFrameReader
 matplotlib.use("Agg")
 
 
+@pytest.fixture(autouse=True)
+def close_figures():
+    """Each view makes its figure with pyplot, which keeps it until closed."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 def camera(values=None, shape=(40, 48)):
     rng = np.random.default_rng(0)
     return SynSignal(func=values or (lambda: rng.poisson(500, shape).astype(np.uint16)), name="cam")

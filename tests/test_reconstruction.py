@@ -516,6 +516,7 @@ def test_impossible_rows_or_centre_are_refused_when_made(kwargs, message):
 
 def test_the_live_slice_view_shows_the_final_middle_slice_beside_its_back_projection(RE, store, tmp_path):
     import matplotlib
+    import matplotlib.pyplot
 
     from bluesky_tomogan.callbacks import LiveSliceView
 
@@ -536,3 +537,4 @@ def test_the_live_slice_view_shows_the_final_middle_slice_beside_its_back_projec
     assert [ax.get_title() for ax in view.figure.axes] == ["filtered back-projection", "denoised"]
     assert row48.shown is not None and row48.shown.row == 48 and row48.shown.final
     np.testing.assert_array_equal(row48.shown.slice, stored["slice"].read()[-1])
+    matplotlib.pyplot.close("all")
