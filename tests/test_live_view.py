@@ -266,3 +266,31 @@ def test_in_a_qt_window_the_views_draw_on_the_gui_thread(tmp_path):
                            QT_SCAN.format(raw=str(tmp_path / "raw"))], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "RESULT True 24 True ['MainThread'] [True, True]" in done.stdout, done.stdout[-2000:]
+
+
+def test_a_frame_announced_but_not_in_its_file_yet_is_not_waited_for(tmp_path, monkeypatch):
+    """A view reads on the thread that feeds it documents (the RunEngine's, in process): it never waits."""
+    import event_model
+
+    from bluesky_tomogan import hdf5_frames, stream_readers
+    from bluesky_tomogan.hdf5_frames import FrameFile
+
+    file = FrameFile(tmp_path / "det.h5", (8, 8), np.uint16)
+    file.append(np.ones((1, 8, 8), np.uint16))  # one frame written, three announced
+    bundle = event_model.compose_run()
+    resource = bundle.compose_stream_resource(mimetype="application/x-hdf5", uri=file.uri, data_key="det",
+                                              parameters={"dataset": file.dataset, "chunk_shape": [1, 8, 8]})
+    view = LiveDenoisedView(use_teleporter=False)
+    view("start", bundle.start_doc)
+    view("stream_resource", resource.stream_resource_doc)
+    (key, read), = view._readers.values()
+
+    def no_sleep(seconds):
+        raise AssertionError(f"a live view's reader slept {seconds} s")
+
+    monkeypatch.setattr(hdf5_frames.time, "sleep", no_sleep)
+    monkeypatch.setattr(stream_readers.time, "sleep", no_sleep)
+    with pytest.raises(IndexError, match="has 1 frames"):
+        read(2, 3)
+    np.testing.assert_array_equal(read(0, 1)[0], np.ones((8, 8)))
+    file.close()

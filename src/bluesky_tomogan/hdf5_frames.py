@@ -149,9 +149,12 @@ class StreamFrameReader:
     ----------
     stream_resource : dict
         The StreamResource document (mimetype ``application/x-hdf5``).
+    wait_s : float
+        Seconds to wait for frames announced but not in the file yet (see :meth:`_dataset`).
     """
 
-    def __init__(self, stream_resource: dict[str, Any]) -> None:
+    def __init__(self, stream_resource: dict[str, Any], wait_s: float = ANNOUNCED_FRAMES_WAIT_S) -> None:
+        self.wait_s = wait_s
         if stream_resource.get("mimetype") != MIMETYPE:
             raise ValueError(f"no reader for mimetype {stream_resource.get('mimetype')!r} "
                              f"(StreamResource {stream_resource.get('uid')}); only {MIMETYPE} is supported")
@@ -161,10 +164,10 @@ class StreamFrameReader:
         self._waited_in_vain: int | None = None  # the length the file had when a wait for more ran out
 
     def _dataset(self, frames: int = 0) -> h5py.Dataset:
-        """The dataset, refreshed; holding at least ``frames`` frames if they come within
-        :data:`ANNOUNCED_FRAMES_WAIT_S` (a file that stayed short before is not waited for again
+        """The dataset, refreshed; holding at least ``frames`` frames if they come within ``wait_s``
+        (:data:`ANNOUNCED_FRAMES_WAIT_S`; a file that stayed short before is not waited for again
         until it grows)."""
-        deadline = time.monotonic() + ANNOUNCED_FRAMES_WAIT_S
+        deadline = time.monotonic() + self.wait_s
         while True:
             if self._file is None:
                 self._file = _open(self.path)

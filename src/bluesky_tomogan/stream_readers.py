@@ -64,8 +64,10 @@ def remapped(stream_resource: dict[str, Any], root_map: Mapping[str, str]) -> di
     return stream_resource
 
 
-def reader_for(stream_resource: dict[str, Any]) -> FrameReader:
-    """The reader of a StreamResource's frames, by its mimetype.
+def reader_for(stream_resource: dict[str, Any], wait_s: float = ANNOUNCED_FRAMES_WAIT_S) -> FrameReader:
+    """The reader of a StreamResource's frames, by its mimetype; ``wait_s``: how long it may wait for
+    frames announced but not in the file yet (0 for a reader that must never hold up its thread, a
+    live display's).
 
     Raises
     ------
@@ -76,9 +78,9 @@ def reader_for(stream_resource: dict[str, Any]) -> FrameReader:
     """
     mimetype = stream_resource.get("mimetype")
     if mimetype in SEQUENCE_MIMETYPES:
-        return FileSequenceReader(stream_resource)
+        return FileSequenceReader(stream_resource, wait_s)
     if mimetype == MIMETYPE:
-        return StreamFrameReader(stream_resource)
+        return StreamFrameReader(stream_resource, wait_s)
     raise ValueError(f"no reader for mimetype {mimetype!r} (StreamResource {stream_resource.get('uid')}); "
                      f"supported: {', '.join([MIMETYPE, *SEQUENCE_MIMETYPES])}")
 
@@ -104,9 +106,12 @@ class FileSequenceReader:
     ----------
     stream_resource : dict
         The StreamResource document (a mimetype of :data:`SEQUENCE_MIMETYPES`).
+    wait_s : float
+        Seconds to wait for a file announced but not written yet (see :meth:`_frame`).
     """
 
-    def __init__(self, stream_resource: dict[str, Any]) -> None:
+    def __init__(self, stream_resource: dict[str, Any], wait_s: float = ANNOUNCED_FRAMES_WAIT_S) -> None:
+        self.wait_s = wait_s
         self.mimetype = stream_resource["mimetype"]
         params = dict(stream_resource.get("parameters") or {})
         if self.mimetype.endswith("x-npy"):  # ophyd.sim's NPY_SEQ: "<filename>_<i>.npy", as Tiled reads them
@@ -146,12 +151,12 @@ class FileSequenceReader:
             return np.asarray(image)
 
     def _frame(self, index: int) -> np.ndarray:
-        """Frame ``index``, waiting up to :data:`~.hdf5_frames.ANNOUNCED_FRAMES_WAIT_S` for a file that is
-        announced but not written (or not whole) yet: a detector's file plugin may write after the
-        counter that the StreamDatum follows has moved on."""
+        """Frame ``index``, waiting up to ``wait_s`` (:data:`~.hdf5_frames.ANNOUNCED_FRAMES_WAIT_S`) for a
+        file that is announced but not written (or not whole) yet: a detector's file plugin may write
+        after the counter that the StreamDatum follows has moved on."""
         path = self.path(index // self.frames_per_file)
         waits = not self._waited_in_vain and self.directory.is_dir()  # no directory: nothing is on its way
-        deadline = time.monotonic() + (ANNOUNCED_FRAMES_WAIT_S if waits else 0.0)
+        deadline = time.monotonic() + (self.wait_s if waits else 0.0)
         while True:
             try:
                 frame = self._load(path, index % self.frames_per_file)

@@ -285,7 +285,7 @@ class LiveDenoisedView(QtAwareCallback):
 
     def stream_resource(self, doc: Any) -> Any:
         try:
-            self._readers[doc["uid"]] = (doc.get("data_key", ""), reader_for(remapped(doc, self.root_map)))
+            self._readers[doc["uid"]] = (doc.get("data_key", ""), reader_for(remapped(doc, self.root_map), wait_s=0))
         except (ValueError, KeyError) as exc:  # a file this view cannot read: its frames are not shown
             log.warning("live view: StreamResource %s: %s", doc.get("uid"), exc)
         return doc
@@ -506,7 +506,7 @@ class LiveSliceView(QtAwareCallback):
     def stream_resource(self, doc: Any) -> Any:
         if doc.get("data_key") in SLICE_KEYS:
             try:
-                self._readers[doc["uid"]] = (doc["data_key"], reader_for(remapped(doc, self.root_map)))
+                self._readers[doc["uid"]] = (doc["data_key"], reader_for(remapped(doc, self.root_map), wait_s=0))
             except (ValueError, KeyError) as exc:
                 log.warning("live slice view: StreamResource %s: %s", doc.get("uid"), exc)
         return doc
