@@ -18,9 +18,11 @@ from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
+import numpy as np
+
 from .hdf5_frames import HANDLER_REGISTRY
 
-__all__ = ["ENTRY_POINT_GROUP", "AnnouncedHandler", "default_handler_registry"]
+__all__ = ["ENTRY_POINT_GROUP", "AnnouncedHandler", "default_handler_registry", "fill_datum"]
 
 log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "databroker.handlers"
@@ -87,3 +89,11 @@ def default_handler_registry() -> dict[str, Any]:
         A new dictionary, for :class:`event_model.Filler`'s ``handler_registry``.
     """
     return {**_discovered(), **HANDLER_REGISTRY}
+
+
+def fill_datum(filler: Any, descriptor_uid: str, field: str, datum_id: str) -> np.ndarray:
+    """What the legacy datum ``datum_id`` of ``field`` holds, read by an :class:`event_model.Filler` that has
+    seen the run's descriptor, resource and datum (the event of one field it fills stands in for the real one)."""
+    event = {"descriptor": descriptor_uid, "uid": "", "time": 0.0, "seq_num": 0, "data": {field: datum_id},
+             "timestamps": {field: 0.0}, "filled": {field: False}}
+    return np.asarray(filler.fill_event(event, include=[field], inplace=False)["data"][field])

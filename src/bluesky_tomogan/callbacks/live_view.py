@@ -34,7 +34,7 @@ import numpy as np
 from bluesky.callbacks.core import make_class_safe
 from bluesky.callbacks.mpl_plotting import QtAwareCallback
 
-from ..handlers import default_handler_registry
+from ..handlers import default_handler_registry, fill_datum
 from ..stream_readers import FrameReader, reader_for, remapped
 from .derived_stream import SOURCE, derived_from, exposures_per_event, image_fields
 from .reconstruction import STREAM as RECONSTRUCTION
@@ -405,9 +405,7 @@ class LiveDenoisedView(QtAwareCallback):
             key = self._raw_keys.get(f)
             frame = read.event(index, exposures_per_event(key) if key else 1)
         elif (f, seq_num) in self._raw_datum and self._filler is not None:
-            event = {"descriptor": self._raw_descriptor, "uid": "", "time": 0.0, "seq_num": seq_num,
-                     "data": {f: self._raw_datum[f, seq_num]}, "timestamps": {f: 0.0}, "filled": {f: False}}
-            frame = self._filler.fill_event(event, include=[f], inplace=False)["data"][f]
+            frame = fill_datum(self._filler, self._raw_descriptor, f, self._raw_datum[f, seq_num])
         else:
             return None
         frame = np.asarray(frame)

@@ -51,6 +51,7 @@ from event_model.documents import EventDescriptor, EventPage, RunStart, RunStop
 
 from ..errors import OutputPathError, TomoGANError
 from ..frames import centred, context_indices
+from ..handlers import fill_datum
 from ..inference.denoiser import Denoiser, check_frames
 from ..inference.ratios import RatioController, RatioDenoisers, network_name
 from ..qc.feedback import QCFeedback
@@ -377,9 +378,7 @@ class RunDenoiser(PassThroughRun):
         """Load a legacy-referenced frame through the Filler (worker thread); of a multi-frame
         event's datum, frame ``exposure`` (the datum is read once for all of them)."""
         def fill() -> np.ndarray:
-            event = {"descriptor": descriptor_uid, "uid": "", "time": 0.0, "seq_num": 0,
-                     "data": {f: datum_id}, "timestamps": {f: 0.0}, "filled": {f: False}}
-            return np.asarray(self._filler.fill_event(event, include=[f], inplace=False)["data"][f])
+            return fill_datum(self._filler, descriptor_uid, f, datum_id)
 
         if exposure is None:
             return fill()
