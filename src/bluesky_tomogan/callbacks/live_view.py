@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,6 +107,28 @@ class _Bounded(OrderedDict[Any, Any]):
         self.move_to_end(key)
         while len(self) > self.limit:
             self.popitem(last=False)
+
+
+def _from_file(where: tuple[FrameReader, int]) -> np.ndarray:
+    """Row ``index`` of a file, ``where`` being ``(reader, index)``."""
+    read, index = where
+    return np.asarray(read(index, index + 1)[0])
+
+
+def _read_or_none(read: Callable[[], np.ndarray | None], what: str, run: str, told: set[str]) -> np.ndarray | None:
+    """``read()``, or ``None`` where the file cannot be read (a moved file, another machine's path): a view then
+    shows what it has, and says why once a run for each ``what`` (``told``: those said)."""
+    try:
+        return read()
+    except Exception as exc:  # any reader's failure: the display goes on without this frame
+        if what not in told:
+            told.add(what)
+            cause: BaseException = exc
+            while cause.__cause__ is not None:  # event_model wraps a handler's own error: say that one
+                cause = cause.__cause__
+            log.warning("live view: the %s of %s cannot be read (%s: %s); shown without them",
+                        what, run, type(cause).__name__, cause)
+        return None
 
 
 def _close(readers: Mapping[str, tuple[str, FrameReader]]) -> None:
@@ -367,34 +389,15 @@ class LiveDenoisedView(QtAwareCallback):
             return
         denoised = row["inline"]
         if denoised is None and row["row"] in self._denoised_at:
-            denoised = self._read("denoised", lambda: self._from_file(self._denoised_at[row["row"]]))
-        raw = self._read("raw", lambda: self._raw_frame(row["seq_num"], row["exposure"]))
+            denoised = _read_or_none(lambda: _from_file(self._denoised_at[row["row"]]), "denoised frames",
+                                     self._run, self._unreadable)
+        raw = _read_or_none(lambda: self._raw_frame(row["seq_num"], row["exposure"]), "raw frames", self._run,
+                            self._unreadable)
         self.shown = ShownFrame(row["seq_num"], raw, None if denoised is None else np.asarray(denoised),
                                 row["flags"], row["error"], row["model"])
         self._draw(self.shown)
         self._drawn_at = time.monotonic()
         self.frames_shown += 1
-
-    def _read(self, what: str, read: Any) -> np.ndarray | None:
-        """``read()``, or ``None`` where the file cannot be read (a moved file, another machine's path):
-        the view then shows what it has, and says why once a run."""
-        try:
-            frame: np.ndarray | None = read()
-            return frame
-        except Exception as exc:  # any reader's failure: the display goes on without this frame
-            if what not in self._unreadable:
-                self._unreadable.add(what)
-                cause: BaseException = exc
-                while cause.__cause__ is not None:  # event_model wraps a handler's own error: say that one
-                    cause = cause.__cause__
-                log.warning("live view: the %s frames of %s cannot be read (%s: %s); shown without them",
-                            what, self._run, type(cause).__name__, cause)
-            return None
-
-    @staticmethod
-    def _from_file(where: tuple[FrameReader, int]) -> np.ndarray:
-        read, index = where
-        return np.asarray(read(index, index + 1)[0])
 
     def _raw_frame(self, seq_num: int, exposure: int) -> np.ndarray | None:
         f = self.field or ""
@@ -486,7 +489,7 @@ class LiveSliceView(QtAwareCallback):
         self._at = _Bounded(96)  # (slice key, seq_num) -> (reader, index): the newest updates' only
         self._pending: dict[str, Any] | None = None
         self._drawn_at = -np.inf
-        self._unreadable = False
+        self._unreadable: set[str] = set()  # what could not be read, said once a run
 
     def start(self, doc: Any) -> Any:
         self._close_readers()
@@ -547,16 +550,8 @@ class LiveSliceView(QtAwareCallback):
 
     def _read(self, key: str, seq_num: int) -> np.ndarray | None:
         where = self._at.get((key, seq_num))
-        if where is None:
-            return None
-        try:
-            return np.asarray(where[0](where[1], where[1] + 1)[0])
-        except Exception as exc:  # any reader's failure: the display goes on without this slice
-            if not self._unreadable:
-                self._unreadable = True
-                log.warning("live slice view: the slices of %s cannot be read (%s: %s); shown without them",
-                            self._run, type(exc).__name__, exc)
-            return None
+        return None if where is None else _read_or_none(lambda: _from_file(where), "slices", self._run,
+                                                        self._unreadable)
 
     def _draw_pending(self) -> None:
         row, self._pending = self._pending, None
