@@ -117,11 +117,9 @@ class XradiaFile:
         return DATA_TYPES[code]
 
     def _angles(self) -> np.ndarray | None:
-        stream = "ImageInfo/Angles"
-        if not self._ole.exists(stream):
+        if not self._ole.exists("ImageInfo/Angles"):
             return None
-        raw = self._stream(stream)
-        values = np.frombuffer(raw[: len(raw) // 4 * 4], "<f4").astype(np.float64)
+        values = self._floats("ImageInfo/Angles")
         if len(values) < self.shape[0]:
             log.warning("%s: %d angles for %d images; the angles are not used", self.path, len(values), self.shape[0])
             return None
