@@ -356,9 +356,9 @@ def read_scan_xradia(path: str | Path, rows: RowChoice | None = None) -> Scan:
             projections = np.stack([xrm.image(i)[band] for i in range(xrm.shape[0])])
             flats = None if xrm.reference is None else xrm.reference[band]
             return _assemble(projections, xrm.angles, flats, None, str(p), rows=picked)
-    except TomoGANError as exc:
-        if isinstance(exc, ScanError):
-            raise
+    except ScanError:
+        raise
+    except TomoGANError as exc:  # the file's own errors, as the scan's
         raise ScanError(str(exc)) from exc
 
 
