@@ -10,6 +10,7 @@ from bluesky import RunEngine
 
 from bluesky_tomogan import load_denoiser
 from bluesky_tomogan.callbacks.frame_writer import DATA_ENV
+from bluesky_tomogan.inference.catalogue import MODELS_ENV
 from bluesky_tomogan.simulate.datasets import PairSet, Recipe, simulate_pairs, write_dataset
 
 
@@ -61,6 +62,15 @@ def derived_frames_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
     path = tmp_path / "tomogan-data"
     monkeypatch.setenv(DATA_ENV, str(path))
     return path
+
+
+@pytest.fixture(autouse=True)
+def user_models_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Models are found by name in the per-user model directory (platformdirs: under ``$XDG_DATA_HOME`` on
+    Linux, so subprocesses see it too) and in ``$BLUESKY_TOMOGAN_MODELS``: neither is the user's in tests."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.delenv(MODELS_ENV, raising=False)
+    return tmp_path / "xdg-data" / "bluesky-tomogan" / "models"
 
 
 @pytest.fixture

@@ -434,7 +434,7 @@ def test_starting_weights_are_found_by_name_model_directory_or_file(tmp_path):
         shutil.copy2(shipped.with_suffix(suffix), tmp_path)
     assert resolve_weights(str(tmp_path)) == tmp_path / "tomogan-slice.pt"
     assert resolve_weights(str(tmp_path / "tomogan-slice.pt")) == tmp_path / "tomogan-slice.pt"
-    with pytest.raises(ModelLoadError, match="neither a file nor a shipped model"):
+    with pytest.raises(ModelLoadError, match="neither a file nor a shipped or installed model"):
         resolve_weights("no-such-model")
 
 

@@ -299,7 +299,7 @@ def test_a_missing_card_path_names_the_part_that_is_missing(tmp_path):
     """A typo in a path is not an unknown model name: the error names the first directory that is not there."""
     with pytest.raises(UnknownModelError, match=f"there is no '{tmp_path / 'run'}'"):
         load_denoiser(tmp_path / "run" / "tomogan.json")
-    with pytest.raises(UnknownModelError, match="'my-model.json' does not exist; shipped models: tomogan-projection"):
+    with pytest.raises(UnknownModelError, match="'my-model.json' does not exist; models by name: tomogan-projection"):
         load_denoiser("my-model.json")
 
 
@@ -318,7 +318,7 @@ def test_a_network_file_instead_of_its_card_says_what_to_give(tmp_path):
     network.write_bytes(b"\x08\x07")
     with pytest.raises(UnknownModelError, match="is not a model card: give the model card"):
         load_denoiser(network)
-    with pytest.raises(TypeError, match="shipped model's name"):
+    with pytest.raises(TypeError, match="a model's name"):
         load_denoiser(5)  # type: ignore[arg-type]
 
 

@@ -12,6 +12,9 @@ PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "profile_tomogan"
 
 
 def test_profile_runs_a_tomography_scan_stored_with_its_denoised_stream(tmp_path):
+    from bluesky_tomogan.inference.catalogue import install_model
+
+    install_model("tomogan-projection-light", "bm-session")  # a beamline's own model, chosen by TOMOGAN_MODEL
     ipython = Path(sys.executable).parent / "ipython"  # a core dependency
     profile = tmp_path / "profile_tomogan"  # a copy: IPython writes its history and logs into the profile
     shutil.copytree(PROFILE / "startup", profile / "startup")
@@ -22,10 +25,11 @@ def test_profile_runs_a_tomography_scan_stored_with_its_denoised_stream(tmp_path
             "print('SHAPE', run['denoised']['det_image_denoised'].shape); "
             "print('ERRORS', tomogan.errors, tomogan.dropped); "
             "print('QC', type(qc).__name__, [s._sig.name for s in feedback.suspenders], RE.record_interruptions); "
+            "print('MODEL', denoiser.provenance()['model'], reconstruction.slice_denoiser.provenance()['model']); "
             "print('QCCOLUMNS', len(run['denoised']['det_image_qc_flags'].read())); "
             "reprocess(client, uid, denoiser, streams=['primary']); "  # the session's stored run, denoised again
             "print('AGAIN', list(client[uid]['denoised_2']['det_image_denoised'].shape))")
-    env = {**os.environ, "TOMOGAN_DATA": str(tmp_path / "data")}
+    env = {**os.environ, "TOMOGAN_DATA": str(tmp_path / "data"), "TOMOGAN_MODEL": "bm-session"}
     env.pop("TOMOGAN_TILED_URI", None)
     done = subprocess.run([str(ipython), f"--profile-dir={profile}", "--no-banner", "--colors=nocolor", "-c", code],
                           stdin=subprocess.DEVNULL,
@@ -40,5 +44,6 @@ def test_profile_runs_a_tomography_scan_stored_with_its_denoised_stream(tmp_path
     assert "SHAPE (4, 512, 512)" in done.stdout
     assert "ERRORS [] 0" in done.stdout
     assert "QC QCMonitor ['qc_beam_lost'] True" in done.stdout  # QC monitor, its suspender, interruptions recorded
+    assert "MODEL bm-session tomogan-slice" in done.stdout
     assert "QCCOLUMNS 4" in done.stdout
     assert "AGAIN [4, 512, 512]" in done.stdout

@@ -208,10 +208,13 @@ def _cmd_quality(args: argparse.Namespace) -> int:
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from .finetune import FinetuneConfig, finetune
+    from .inference.catalogue import check_install, install_model
 
     cfg = FinetuneConfig(source=args.source, out_dir=args.out, domain=args.domain, uid=args.uid, field=args.field,
                          key=args.key, model=args.model, minutes=args.minutes, splits=args.splits,
                          threads=args.threads, formats=tuple(args.format), seed=args.seed, rows=args.rows)
+    if args.install is not None:  # a name that cannot be installed is said before the training, not after
+        check_install(args.install, force=args.force_install)
     result = finetune(cfg, resume=args.resume, progress=not args.no_progress)
     data = json.loads(result.card.read_text())
     print(f"stopped: {result.stopped} after {result.wall_time_s:.0f} s")
@@ -219,6 +222,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     for kind, entry in sorted(data["files"].items()):
         print(f"  {kind:14s} {entry['path']}")
     where = str(result.card.parent)
+    if args.install is not None:
+        installed = install_model(result.card, args.install, force=args.force_install)
+        print(f"installed as {installed.name!r} ({installed.card.parent})")
+        where = installed.name
     if args.domain == "slice":
         print(f"use it: TomoReconstruction(load_denoiser({where!r})), in a 0MQ worker: bluesky-tomogan serve ... "
               f"--reconstruct --slice-model {where}, or on a stored run: bluesky-tomogan "
@@ -336,18 +343,29 @@ def _quality_line(key: str, q: Mapping[str, Any]) -> str:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .inference.load import load_card, load_denoiser, shipped_models
+    from .inference.catalogue import installed_models, model_directories
+    from .inference.load import load_card, load_denoiser
 
-    for name in shipped_models():
-        card = load_card(name)
+    if args.models_command == "install":
+        return _cmd_models_install(args)
+    if args.models_command == "remove":
+        return _cmd_models_remove(args)
+    for entry in installed_models():
+        try:
+            card = load_card(entry.card)
+        except TomoGANError as exc:
+            print(f"{entry.name}: unreadable ({exc}) [{entry.source}: {entry.card}]")
+            continue
         m = card.metrics
-        print(f"{name}: {card.domain} domain, files {sorted(card.files)}, "
-              f"val SSIM {m.get('val_ssim', float('nan')):.4f} (raw {m.get('val_raw_ssim', float('nan')):.4f})")
+        where = "" if entry.source == "shipped" else f" [{entry.source}: {entry.card.parent}]"
+        print(f"{entry.name}: {card.domain} domain, files {sorted(card.files)}, "
+              f"val SSIM {m.get('val_ssim', float('nan')):.4f} (raw {m.get('val_raw_ssim', float('nan')):.4f})"
+              + where)
         for key, q in sorted(card.quantization.items()):
             print(_quality_line(key, q))
         if args.here:
             try:
-                den = load_denoiser(name)
+                den = load_denoiser(entry.card)
                 print(f"    auto here: {den.backend}/{den.precision}")
             except TomoGANError as exc:
                 print(f"    auto here: none ({str(exc).splitlines()[0]})")
@@ -357,6 +375,25 @@ def _cmd_models(args: argparse.Namespace) -> int:
             print(f"    ratio {key:>4s}%  {r.get('macs_per_pixel', float('nan')):8.0f} MACs/pixel "
                   f"({r.get('mac_fraction', float('nan')):.2f} of ratio 0)"
                   + (f", SSIM loss vs ratio 0 {loss:+.4f}" if loss is not None else ""))
+    print("models by name are looked up in: the shipped weights, then "
+          + ", ".join(f"{source} ({path})" for source, path in model_directories()))
+    return 0
+
+
+def _cmd_models_install(args: argparse.Namespace) -> int:
+    from .inference.catalogue import install_model
+
+    entry = install_model(args.model, args.name, into=args.into, force=args.force)
+    print(f"installed {entry.name!r} in {entry.card.parent}: load_denoiser({entry.name!r}), "
+          f"or --model {entry.name} on the command line")
+    return 0
+
+
+def _cmd_models_remove(args: argparse.Namespace) -> int:
+    from .inference.catalogue import remove_model
+
+    removed = remove_model(args.name, into=args.into)
+    print(f"removed {removed}")
     return 0
 
 
@@ -738,6 +775,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in OUT, or train on the pairs an earlier run made there")
     s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--install", metavar="NAME",
+                   help="when done, install the model under NAME (bluesky-tomogan models install), so that "
+                        "--model NAME and load_denoiser(NAME) find it anywhere on this account")
+    s.add_argument("--force-install", action="store_true", help="with --install: replace a model of that name")
     s.set_defaults(func=_cmd_finetune)
 
     s = sub.add_parser("quality", help="re-measure a model's quality and precision losses on a dataset, into its "
@@ -779,10 +820,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="also write results as JSON")
     s.set_defaults(func=_cmd_bench)
 
-    s = sub.add_parser("models", help="list shipped models with their measured quality")
+    s = sub.add_parser("models", help="list the models that load by name (shipped and installed) with their "
+                                      "measured quality; install or remove one of your own")
     s.add_argument("--here", action="store_true",
                    help="also load each model as precision='auto' does on this machine and say what it runs on")
-    s.set_defaults(func=_cmd_models)
+    s.set_defaults(func=_cmd_models, models_command=None)
+    models = s.add_subparsers(dest="models_command", metavar="{install,remove}")
+    m = models.add_parser("install", help="copy a model (a finetune/train/export output directory, or a card) "
+                                          "under a name, so that --model NAME and load_denoiser(NAME) find it")
+    m.add_argument("model", help="model directory, model card (*.json) or a model's name")
+    m.add_argument("--name", help="the name to load it by (default: the name in its card); shipped names are "
+                                  "reserved")
+    m.add_argument("--into", metavar="DIR", help="model directory to install into (default: the per-user one; "
+                                                 "a directory of $BLUESKY_TOMOGAN_MODELS shares it with the beamline)")
+    m.add_argument("--force", action="store_true", help="replace a model of that name installed there")
+    m = models.add_parser("remove", help="remove a model that `models install` installed")
+    m.add_argument("name")
+    m.add_argument("--into", metavar="DIR", help="the model directory it was installed into (default: the "
+                                                 "per-user one)")
     return p
 
 

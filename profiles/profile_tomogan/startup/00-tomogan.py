@@ -8,6 +8,9 @@ TOMOGAN_DATA       embedded store directory (default ~/tomogan-data)
 TOMOGAN_TILED_URI  use this Tiled server instead of the embedded one
                    (it must be able to read TOMOGAN_DATA/frames)
 TOMOGAN_BACKEND    denoiser backend (default auto)
+TOMOGAN_MODEL      projection model: a name (`bluesky-tomogan models` lists them), a model card or
+                   its directory (default tomogan-projection)
+TOMOGAN_SLICE_MODEL  slice model of the live reconstruction, the same way (default tomogan-slice)
 TOMOGAN_QC_POLICY  a QC policy file (TOML, see docs/qc.md; default: the built-in policy)
 """
 
@@ -59,14 +62,15 @@ feedback.install_suspenders(RE, sleep=1)
 # qc_tomo_scan with this session's feedback: the plan to queue (a queued item cannot name the feedback object)
 tomo_scan_with_qc = qc_tomo_scan_with(feedback)
 
-denoiser = load_denoiser(backend=os.environ.get("TOMOGAN_BACKEND", "auto"))
+BACKEND = os.environ.get("TOMOGAN_BACKEND", "auto")
+denoiser = load_denoiser(os.environ.get("TOMOGAN_MODEL") or None, backend=BACKEND)
 # Flats are denoised too: their noise is otherwise the strongest stripe (ring) in the live slices.
 tomogan = TomoGANCallback(denoiser, streams=["primary", "flat"], directory=frames_directory(DATA),
                           feedback=feedback)
 # Three slices reconstructed with algotom and denoised with the slice model, every 30 projections and at the end
 # (the final one finishes a second or two after RE returns; reconstruction.wait() waits for it).
-reconstruction = TomoReconstruction(load_denoiser("tomogan-slice", backend=os.environ.get("TOMOGAN_BACKEND", "auto")),
-                                    every=30, directory=frames_directory(DATA))
+reconstruction = TomoReconstruction(load_denoiser(os.environ.get("TOMOGAN_SLICE_MODEL") or "tomogan-slice",
+                                                  backend=BACKEND), every=30, directory=frames_directory(DATA))
 tomogan.subscribe(reconstruction)
 reconstruction.subscribe(TiledWriter(client))
 RE.subscribe(tomogan)

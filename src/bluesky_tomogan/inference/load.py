@@ -20,7 +20,6 @@ import logging
 import numbers
 import os
 from dataclasses import replace
-from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 
@@ -32,6 +31,7 @@ from ..errors import (
     UnknownModelError,
 )
 from ..modelcard import ModelCard, card_in_directory
+from .catalogue import find_model, installed_models, shipped_weights_dir
 from .denoiser import DEFAULT_OVERLAP, Denoiser
 from .registry import (
     AUTO_ORDER,
@@ -56,21 +56,22 @@ DEFAULT_MODEL = "tomogan-projection"
 BACKENDS = backend_names()
 
 
-def shipped_weights_dir() -> Path:
-    """Directory of the model files installed with the package."""
-    return Path(str(resources.files("bluesky_tomogan") / "weights"))
-
-
 def shipped_models() -> list[str]:
     """Names of the models installed with the package."""
     return sorted(p.stem for p in shipped_weights_dir().glob("*.json"))
 
 
 def load_card(model: str | os.PathLike[str] | None = None) -> ModelCard:
-    """Find and read the model card of a shipped model name, a card file or a directory."""
+    """Find and read the model card of a model's name, a card file or a model directory.
+
+    A name is looked up among the shipped models, then in the model directories of
+    :mod:`.catalogue` (``$BLUESKY_TOMOGAN_MODELS``, the per-user directory that
+    ``bluesky-tomogan models install`` fills, packages' entry points). A path that exists wins
+    over a name.
+    """
     name = DEFAULT_MODEL if model is None else model
     if not isinstance(name, (str, os.PathLike)):
-        raise TypeError(f"model must be a shipped model's name, a model card or its directory, got {name!r}")
+        raise TypeError(f"model must be a model's name, a model card or its directory, got {name!r}")
     path = Path(name).expanduser()
     if path.suffix == ".json" and path.is_file():
         return ModelCard.read(path)
@@ -79,17 +80,17 @@ def load_card(model: str | os.PathLike[str] | None = None) -> ModelCard:
     if path.is_file():  # a network file (.onnx, .xml, .tflite, ...): its card says how to run it
         raise UnknownModelError(f"{path} is not a model card: give the model card (the .json that "
                                 "`bluesky-tomogan export` writes beside the network files) or its directory")
-    shipped = shipped_weights_dir() / f"{name}.json"
-    if shipped.is_file():
-        return ModelCard.read(shipped)
+    entry = find_model(str(name))
+    if entry is not None:
+        return ModelCard.read(entry.card)
+    known = ", ".join(m.name for m in installed_models()) or "none installed"
     if path.suffix == ".json" or len(path.parts) > 1:  # a path, not a name: say which part is missing
         missing = next((p for p in reversed((path, *path.parents)) if not p.exists()), path)
         where = "" if missing == path else f" (there is no {str(missing)!r})"
-        raise UnknownModelError(f"model card {str(path)!r} does not exist{where}; "
-                                f"shipped models: {', '.join(shipped_models()) or 'none installed'}")
+        raise UnknownModelError(f"model card {str(path)!r} does not exist{where}; models by name: {known}")
     raise UnknownModelError(
-        f"unknown model {str(name)!r}: not a shipped model ({', '.join(shipped_models()) or 'none installed'}) "
-        "nor a model card file or directory"
+        f"unknown model {str(name)!r}: no model of that name ({known}; `bluesky-tomogan models` says where each "
+        "is) nor a model card file or directory"
     )
 
 

@@ -261,25 +261,26 @@ def load_generator(path: str | os.PathLike[str], arch: GeneratorConfig | None = 
 
 
 def resolve_weights(name_or_path: str) -> Path:
-    """The ``.pt`` file of a shipped model's name or of a model directory (its card's), or the path itself.
+    """The ``.pt`` file of a model's name (shipped or installed), of a model directory (its card's), or the path
+    itself.
 
     Raises
     ------
     ModelLoadError
-        Neither a readable file, a model directory with PyTorch weights, nor a shipped model's name.
+        Neither a readable file, a model directory with PyTorch weights, nor a model's name.
     """
-    from ..inference.load import load_card, shipped_weights_dir
+    from ..inference.catalogue import find_model
+    from ..inference.load import load_card
 
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
     if path.is_dir():
         return load_card(path).path("pytorch")
-
-    shipped = shipped_weights_dir() / f"{name_or_path}.pt"
-    if shipped.is_file():
-        return shipped
-    raise ModelLoadError(f"no weights file {name_or_path!r} (neither a file nor a shipped model's name)")
+    entry = find_model(name_or_path)
+    if entry is not None:
+        return load_card(entry.card).path("pytorch")
+    raise ModelLoadError(f"no weights file {name_or_path!r} (neither a file nor a shipped or installed model's name)")
 
 
 def _load_initial_weights(gen: TomoGANGenerator, name_or_path: str) -> PrunePlan | None:
