@@ -518,6 +518,42 @@ def test_a_field_that_disappears_mid_run_is_noted_and_the_run_goes_on(denoiser):
     assert "7 more event pages lack image field 'cam'" in cb.errors
 
 
+def test_documents_that_crossed_a_wire_are_denoised_and_a_ragged_value_costs_only_its_row(denoiser):
+    """Documents decoded from JSON or msgpack carry frames as nested lists; a value that is not even an
+    array (ragged lists) gets its row with the reason, and tiny frames (3 x 3) are frames, not a colour image."""
+    rng = np.random.default_rng(1)
+    run_bundle = event_model.compose_run()
+    raw = [("start", run_bundle.start_doc)]
+    for name, shape in (("big", [16, 16]), ("tiny", [3, 3])):
+        desc = run_bundle.compose_descriptor(name=name, data_keys={name: {"source": "sim", "dtype": "array",
+                                                                          "shape": shape}})
+        raw.append(("descriptor", desc.descriptor_doc))
+        values = [rng.poisson(300, shape).tolist() for _ in range(4)]
+        if name == "big":
+            values[2] = [[1, 2], [3]]
+        raw += [("event", desc.compose_event(data={name: v}, timestamps={name: 0}, seq_num=i + 1))
+                for i, v in enumerate(values)]
+    raw.append(("stop", run_bundle.compose_stop()))
+
+    cb = TomoGANCallback(denoiser)
+    out = []
+    cb.subscribe(lambda name, doc: out.append((name, doc)))
+    for name, doc in raw:
+        cb(name, doc)
+    validate(out)
+    stop = out[-1][1]
+    assert stop["num_events"]["big_denoised"] == 4 and stop["num_events"]["tiny_denoised"] == 4
+    errors = {}
+    for name, doc in out:
+        if name == "event_page":
+            for key, column in doc["data"].items():
+                if key.endswith("_qc_error"):
+                    errors.setdefault(key, []).extend(column)
+    assert errors["tiny_qc_error"] == ["", "", "", ""]
+    assert errors["big_qc_error"][2].startswith("cannot read frame: InputValueError: the event's 'big' is not an array")
+    assert [e for i, e in enumerate(errors["big_qc_error"]) if i != 2] == ["", "", ""]
+
+
 class FailingDenoiser(SlowDenoiser):
     """A model whose runtime fails on every ``every``-th frame (a device reset, a driver error)."""
 

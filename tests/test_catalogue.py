@@ -177,3 +177,12 @@ def test_finetune_refuses_a_name_it_could_not_install_before_training(tmp_path, 
     assert main(["finetune", str(tmp_path / "scan.h5"), "--out", str(out), "--install", "taken"]) == 1
     assert "installed in" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_directory_that_is_not_a_model_does_not_hide_the_model_of_its_name(tmp_path, monkeypatch):
+    install_model(LIGHT, "beads")
+    (tmp_path / "beads").mkdir()  # the sample's data, in the directory the session runs in
+    monkeypatch.chdir(tmp_path)
+    assert load_card("beads").name == "beads"
+    with pytest.raises(UnknownModelError, match="must hold exactly one model card"):
+        load_card("./beads/")  # ... but a path that names it is that path: a model directory's card is missing

@@ -73,7 +73,7 @@ def centred(context: Any, depth: int) -> Any:
 
 def looks_like_colour(shape: tuple[int, ...] | list[int]) -> bool:
     """``(H, W, 3)`` or ``(H, W, 4)``: an RGB(A) image, not H frames of ``W x 3`` pixels."""
-    return len(shape) == 3 and shape[-1] in (3, 4) and shape[0] > 4
+    return len(shape) == 3 and shape[-1] in (3, 4) and shape[0] > 4 and shape[1] > 4  # 5 frames of 3 x 3: frames
 
 
 def has_channel_axis(shape: tuple[int, ...] | list[int]) -> bool:

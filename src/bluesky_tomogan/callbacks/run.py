@@ -49,7 +49,7 @@ import event_model
 import numpy as np
 from event_model.documents import EventDescriptor, EventPage, RunStart, RunStop
 
-from ..errors import OutputPathError, TomoGANError
+from ..errors import InputValueError, OutputPathError, TomoGANError
 from ..frames import centred, context_indices
 from ..handlers import fill_datum
 from ..inference.denoiser import Denoiser, check_frames
@@ -368,8 +368,12 @@ class RunDenoiser(PassThroughRun):
                                for k in range(stream.exposures)] if stream.exposures > 1
                               else [functools.partial(self._fill, doc["descriptor"], f, value)])
                 else:
-                    array = np.asarray(value)
-                    frames = list(array) if stream.exposures > 1 and array.ndim == 3 else [array]
+                    try:
+                        array = np.asarray(value)
+                    except (ValueError, TypeError) as exc:  # ragged nested lists: the row records why, the scan goes on
+                        frames = [functools.partial(_unusable, f"the event's {f!r} is not an array ({exc})")]
+                    else:
+                        frames = list(array) if stream.exposures > 1 and array.ndim == 3 else [array]
                 for k, frame in enumerate(frames):
                     self._enqueue(stream, frame, doc["seq_num"][i], doc["uid"][i], exposure=k)
         return doc
@@ -898,6 +902,11 @@ def _frame_problem(frame: np.ndarray, declared: tuple[int, int]) -> str:
     except TomoGANError as exc:
         return f"{type(exc).__name__}: {exc}"
     return ""
+
+
+def _unusable(reason: str) -> np.ndarray:
+    """Stands in for an event's value that is no array: its frame's row records ``reason``."""
+    raise InputValueError(reason)
 
 
 def _as_frame(value: Any) -> np.ndarray:

@@ -76,7 +76,14 @@ def load_card(model: str | os.PathLike[str] | None = None) -> ModelCard:
     if path.suffix == ".json" and path.is_file():
         return ModelCard.read(path)
     if path.is_dir():
-        return ModelCard.read(card_in_directory(path, UnknownModelError))
+        try:
+            return ModelCard.read(card_in_directory(path, UnknownModelError))
+        except UnknownModelError:  # a directory of that name that is not a model (a sample's data): the name's model
+            entry = find_model(str(name))
+            if entry is None:
+                raise
+            log.info("%s is not a model directory: loading the model called %r (%s)", path, str(name), entry.card)
+            return ModelCard.read(entry.card)
     if path.is_file():  # a network file (.onnx, .xml, .tflite, ...): its card says how to run it
         raise UnknownModelError(f"{path} is not a model card: give the model card (the .json that "
                                 "`bluesky-tomogan export` writes beside the network files) or its directory")
