@@ -268,6 +268,91 @@ def test_in_a_qt_window_the_views_draw_on_the_gui_thread(tmp_path):
     assert "RESULT True 24 True ['MainThread'] [True, True]" in done.stdout, done.stdout[-2000:]
 
 
+TK_SCAN = QT_SCAN.replace('matplotlib.use("QtAgg")', 'matplotlib.use("TkAgg")').replace(
+    "RE = RunEngine()", "from bluesky_tomogan.callbacks.live_view import LiveViewDuringTask, _Panels\n"
+                        "RE = RunEngine(during_task=LiveViewDuringTask())").replace(
+    "draw = frames._draw\nframes._draw = lambda shown: (threads.add(threading.current_thread().name), draw(shown))",
+    "import bluesky_tomogan.callbacks.live_view as lv\ndraw_now = lv._Panels._draw_now\n"
+    "lv._Panels._draw_now = lambda self, *a: (threads.add(threading.current_thread().name), draw_now(self, *a))"
+).replace("window.isVisible()", "window.winfo_viewable() == 1") + """
+plt.figure(); plt.plot([0, 1]); plt.pause(0.05)  # the session's own plots still work on its main thread
+print("OWN PLOT", threading.current_thread().name)
+"""
+
+
+def test_in_a_tk_window_the_views_draw_on_the_main_thread(tmp_path):
+    """With a display and Tk (matplotlib's choice where no Qt bindings are installed): no teleporter, so the views
+    keep their newest picture for the main thread, which LiveViewDuringTask draws during the scan and each
+    window's timer after it; the session's own plots still work after the scan."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("xvfb-run") is None:
+        pytest.skip("needs a virtual display: apt-get install xvfb")
+    if subprocess.run([sys.executable, "-c", "import tkinter"], capture_output=True).returncode != 0:
+        pytest.skip("needs Tk: a Python built with tkinter (Debian: python3-tk)")
+    done = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24", sys.executable, "-c",
+                           TK_SCAN.format(raw=str(tmp_path / "raw"))], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "RESULT True 24 True ['MainThread'] [True, True]" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "OWN PLOT MainThread" in done.stdout
+    assert "main thread is not in main loop" not in done.stderr
+
+
+def test_off_the_main_thread_a_windowed_view_keeps_its_newest_picture_for_the_main_thread(monkeypatch, caplog):
+    """A GUI toolkit's windows (Tk, GTK, wx) are touched from the main thread only: a picture drawn from the
+    RunEngine's or the worker's thread waits there, the newest only, until LiveViewDuringTask draws it."""
+    import threading
+
+    from bluesky_tomogan.callbacks import live_view
+    from bluesky_tomogan.callbacks.live_view import LiveViewDuringTask, draw_deferred
+
+    monkeypatch.setattr(live_view, "shows_windows", lambda: True)  # agg here, standing in for Tk
+    monkeypatch.setattr(live_view, "_pumped", threading.Event())
+    monkeypatch.setattr(live_view, "_told_no_pump", threading.Event())
+    panels = live_view._Panels(None, ("raw", "denoised"))
+    drew_on = []
+    draw_now = panels._draw_now
+    panels._draw_now = lambda *a: (drew_on.append(threading.current_thread().name), draw_now(*a))
+
+    def from_the_worker(title):
+        worker = threading.Thread(target=panels.draw, args=([np.ones((4, 4)), None], None, title, False))
+        worker.start()
+        worker.join()
+
+    with caplog.at_level(logging.WARNING, logger="bluesky_tomogan.callbacks.live_view"):
+        from_the_worker("frame 1")
+        from_the_worker("frame 2")
+    assert panels.fig is None and drew_on == []
+    assert caplog.text.count("give the RunEngine during_task=LiveViewDuringTask()") == 1
+    assert draw_deferred() == 1 and drew_on == ["MainThread"]  # the newest picture only
+    assert panels.fig._suptitle.get_text() == "frame 2"
+    assert draw_deferred() == 0
+
+    done = threading.Event()
+
+    def plan():  # what the RunEngine's thread does while the main thread blocks in the during task
+        panels.draw([np.zeros((4, 4)), None], None, "frame 3", False)
+        done.set()
+
+    threading.Thread(target=plan).start()
+    LiveViewDuringTask(poll=0.01).block(done)
+    assert panels.fig._suptitle.get_text() == "frame 3" and drew_on == ["MainThread", "MainThread"]
+    failures = []
+
+    def drawing_off_the_main_thread():
+        try:
+            draw_deferred()
+        except RuntimeError as exc:
+            failures.append(str(exc))
+
+    worker = threading.Thread(target=drawing_off_the_main_thread)
+    worker.start()
+    worker.join()
+    assert failures == ["draw_deferred() draws windows: call it on the main thread"]
+
+
 def test_a_frame_announced_but_not_in_its_file_yet_is_not_waited_for(tmp_path, monkeypatch):
     """A view reads on the thread that feeds it documents (the RunEngine's, in process): it never waits."""
     import event_model

@@ -115,7 +115,8 @@ def run_demo(
     from bluesky.callbacks.tiled_writer import TiledWriter
     from bluesky.suspenders import SuspendFloor
 
-    from .callbacks import SCAN_STREAMS, ScanProgress, TomoGANCallback, TomoReconstruction
+    from .callbacks import SCAN_STREAMS, LiveViewDuringTask, ScanProgress, TomoGANCallback, TomoReconstruction
+    from .callbacks.live_view import draw_deferred
     from .devices import QCMonitor, SimBeamCurrent, SimTomoDetector, SimTomoStage
     from .inference import load_denoiser
     from .inference.ratios import load_ratios
@@ -147,7 +148,8 @@ def run_demo(
             den = load_denoiser("tomogan-projection", backend=backend)
         report(f"denoiser: {den!r}")
 
-        RE = RunEngine({})
+        # with Tk, GTK or wx windows the live views are drawn by the main thread while the plan runs (Qt: as bluesky)
+        RE = RunEngine({}, during_task=LiveViewDuringTask())
         RE.record_interruptions = True
         monitor = QCMonitor(name="qc", beam=beam, beam_ok=0.5 * beam.nominal)
         feedback = QCFeedback(QCPolicy(dark_level=det.model.dark_level), monitor=monitor, RE=RE)
@@ -176,6 +178,8 @@ def run_demo(
         (uid,) = result if isinstance(result, tuple) else result.run_start_uids
         wall = time.perf_counter() - t0
         live.wait()  # the final reconstruction finishes after the RunEngine returns
+        if views is not None:
+            draw_deferred()  # its slice, for windows drawn on the main thread only (Tk, GTK, wx)
         run = client[uid]
         metrics = _evaluate(run, det, angles, photons)
         metrics |= {"uid": uid, "scan_seconds": wall, "dropped": cb.dropped, "qc_errors": len(cb.errors),

@@ -24,7 +24,7 @@ from bluesky.callbacks.tiled_writer import TiledWriter
 from bluesky.suspenders import SuspendFloor
 
 from bluesky_tomogan import TomoGANCallback, TomoReconstruction, load_denoiser
-from bluesky_tomogan.callbacks import LiveDenoisedView, LiveSliceView, ScanProgress
+from bluesky_tomogan.callbacks import LiveDenoisedView, LiveSliceView, LiveViewDuringTask, ScanProgress
 from bluesky_tomogan.callbacks.live_view import shows_windows
 from bluesky_tomogan.devices import QCMonitor, SimBeamCurrent, SimTomoDetector, SimTomoStage
 from bluesky_tomogan.plans import qc_tomo_scan, qc_tomo_scan_with, tomo_scan  # noqa: F401
@@ -40,7 +40,8 @@ if os.environ.get("TOMOGAN_TILED_URI"):
 else:
     client = local_tiled(DATA)
 
-RE = RunEngine({})
+# Tk, GTK or wx windows of the live views are drawn by the main thread while a plan runs (with Qt: as bluesky does)
+RE = RunEngine({}, during_task=LiveViewDuringTask())
 RE.record_interruptions = True  # suspensions and pauses become an "interruptions" stream of the run
 
 stage = SimTomoStage(name="stage")

@@ -16,13 +16,23 @@ drawn: at most one redraw per ``interval`` seconds, always the newest row, and t
 row at its stop, so the cost does not grow with the frame rate. Memory is bounded: of the raw
 frames that travel inside events, only the newest ``keep`` are held (a derived row comes a few
 frames after its raw one); of files, only where each frame is.
+
+Windows of a GUI toolkit may be touched only from the main thread. With Qt, bluesky's teleporter
+hands the documents to it. Tk, GTK, wx and macOS windows have no such hand-over, so a view fed
+from another thread (the RunEngine's, the callback's worker) keeps its newest picture and leaves
+the drawing to the main thread: to :class:`LiveViewDuringTask` while a scan runs (give it to the
+RunEngine: ``RunEngine(during_task=LiveViewDuringTask())``), and to a timer on its window when the
+GUI's event loop runs (at the IPython prompt, in ``plt.pause``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,13 +43,15 @@ import event_model
 import numpy as np
 from bluesky.callbacks.core import make_class_safe
 from bluesky.callbacks.mpl_plotting import QtAwareCallback
+from bluesky.run_engine import DefaultDuringTask
 
 from ..handlers import default_handler_registry, fill_datum
 from ..stream_readers import FrameReader, reader_for, remapped
 from .derived_stream import SOURCE, derived_from, exposures_per_event, image_fields
 from .reconstruction import STREAM as RECONSTRUCTION
 
-__all__ = ["LiveDenoisedView", "LiveSliceView", "ShownFrame", "ShownSlice", "shows_windows"]
+__all__ = ["LiveDenoisedView", "LiveSliceView", "LiveViewDuringTask", "ShownFrame", "ShownSlice", "shows_windows",
+           "draw_deferred"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +73,111 @@ def shows_windows() -> bool:
     else:
         interactive = backend_registry.list_builtin(BackendFilter.INTERACTIVE)
     return backend in {b.lower() for b in interactive}
+
+
+def _is_qt(backend: str) -> bool:
+    return "qt" in backend.lower()
+
+
+def _needs_main_thread() -> bool:
+    """Whether drawing here must wait for the main thread: a window of a GUI toolkit, drawn from another thread
+    (Qt's are handed over by bluesky's teleporter before they get here)."""
+    return threading.current_thread() is not threading.main_thread() and shows_windows()
+
+
+#: Panels with a picture waiting for the main thread, and whether anything on the main thread has drawn them.
+_deferred: weakref.WeakSet[_Panels] = weakref.WeakSet()
+_deferred_lock = threading.Lock()
+_pumped = threading.Event()
+_told_no_pump = threading.Event()
+
+
+def draw_deferred() -> int:
+    """Draw every live view's picture that waits for the main thread; call it on the main thread.
+
+    :class:`LiveViewDuringTask` calls it while a scan runs and each view's window timer while the
+    GUI's event loop runs; a program with a loop of its own may call it there.
+
+    Returns
+    -------
+    int
+        How many pictures were drawn.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("draw_deferred() draws windows: call it on the main thread")
+    _pumped.set()
+    with _deferred_lock:
+        waiting = list(_deferred)
+        _deferred.clear()
+    drawn = 0
+    for panels in waiting:
+        drawn += panels.draw_waiting()
+    return drawn
+
+
+def _draw_deferred_by_timer() -> None:
+    """:func:`draw_deferred` for a matplotlib timer, which drops a callback that returns 0."""
+    try:
+        draw_deferred()
+    except Exception:  # a display's failure: logged, the timer goes on
+        log.exception("live view: drawing on the main thread failed")
+
+
+def _process_gui_events() -> None:
+    """Let every window of pyplot handle its events (moves, resizes, redraws) without blocking."""
+    import matplotlib.pyplot as plt
+
+    for number in plt.get_fignums():
+        try:
+            plt.figure(number).canvas.flush_events()
+        except Exception:  # a window closed meanwhile: the next call sees it gone
+            log.debug("live view: events of figure %s", number, exc_info=True)
+
+
+class LiveViewDuringTask(DefaultDuringTask):
+    """What the main thread does while the RunEngine runs a plan: keep the live views' windows drawn.
+
+    With Qt it is bluesky's :class:`~bluesky.run_engine.DefaultDuringTask` (its teleporter hands the
+    documents to the main thread). With any other GUI backend (Tk, GTK, wx, macOS) it draws the views'
+    waiting pictures (:func:`draw_deferred`) and handles the windows' events every ``poll`` seconds
+    until the plan is done. Without matplotlib, or with a backend without windows, it just waits.
+
+    Parameters
+    ----------
+    poll : float
+        Seconds between two rounds of drawing and window events.
+
+    Examples
+    --------
+    >>> RE = RunEngine({}, during_task=LiveViewDuringTask())   # doctest: +SKIP
+    """
+
+    def __init__(self, poll: float = 0.05) -> None:
+        if not poll > 0:
+            raise ValueError(f"poll must be > 0 seconds, got {poll}")
+        super().__init__()
+        self.poll = poll
+
+    def block(self, blocking_event: threading.Event) -> None:
+        """Wait for ``blocking_event`` (the plan is done), drawing the live views meanwhile."""
+        if "matplotlib" not in sys.modules or threading.current_thread() is not threading.main_thread():
+            return super().block(blocking_event)
+        import matplotlib
+
+        if _is_qt(matplotlib.get_backend()) or not shows_windows():
+            return super().block(blocking_event)
+        while not blocking_event.wait(self.poll):
+            self._round()
+        self._round()  # what the plan's last documents left
+        return None
+
+    @staticmethod
+    def _round() -> None:
+        try:
+            draw_deferred()
+            _process_gui_events()
+        except Exception:  # a display's failure must never reach the plan
+            log.exception("live view: drawing on the main thread failed")
 
 
 def _is_open(fig: Any) -> bool:
@@ -162,17 +279,50 @@ class _Panels:
         self.save = None if save is None else Path(save)
         self._own = fig is None
         self._images: list[Any] = []
+        self._waiting: tuple[Any, ...] | None = None  # the newest picture, off the main thread (under the lock)
+        self._timer: Any = None
 
     def new_run(self) -> None:
         if self._own and self.fig is not None and not _is_open(self.fig):
-            self.fig, self._images = None, []  # its window was closed since the last run: a new one
+            if self._timer is not None:
+                self._timer.stop()
+            self.fig, self._images, self._timer = None, [], None  # its window was closed since the last run: a new one
 
     def draw(self, frames: list[np.ndarray | None], scale: np.ndarray | None, title: str, alarm: bool) -> None:
-        """Show ``frames`` (``None``: "not available") on the robust range (1st-99th percentile) of ``scale``."""
+        """Show ``frames`` (``None``: "not available") on the robust range (1st-99th percentile) of ``scale``;
+        off the main thread with a GUI toolkit's windows, keep them for it (:func:`draw_deferred`)."""
+        if _needs_main_thread():
+            with _deferred_lock:
+                self._waiting = (frames, scale, title, alarm)  # the newest picture only: memory stays bounded
+                _deferred.add(self)
+            if not _pumped.is_set() and not _told_no_pump.is_set():
+                _told_no_pump.set()
+                log.warning("live view: windows of this matplotlib backend are drawn on the main thread only; "
+                            "give the RunEngine during_task=LiveViewDuringTask() to see them during the scan "
+                            "(bluesky_tomogan.callbacks.live_view), or use a Qt backend (%%matplotlib qt)")
+            return
+        self._draw_now(frames, scale, title, alarm)
+
+    def draw_waiting(self) -> int:
+        """Draw the picture kept for the main thread, if any (main thread); 1 if one was drawn."""
+        with _deferred_lock:
+            waiting, self._waiting = self._waiting, None
+        if waiting is None:
+            return 0
+        self._draw_now(*waiting)
+        return 1
+
+    def _draw_now(self, frames: list[np.ndarray | None], scale: np.ndarray | None, title: str, alarm: bool) -> None:
         import matplotlib.pyplot as plt
 
         if self.fig is None:
             self.fig = plt.figure(figsize=(10, 5))
+            if shows_windows() and not _is_qt(plt.get_backend()):
+                # pictures that come when no plan runs (a reconstruction's last update) are drawn by the window's
+                # own timer, whenever its toolkit's event loop runs (the IPython prompt's input hook, plt.pause)
+                self._timer = self.fig.canvas.new_timer(interval=250)
+                self._timer.add_callback(_draw_deferred_by_timer)
+                self._timer.start()
         lo, hi = (0.0, 1.0)
         if scale is not None and np.isfinite(scale).any():
             lo, hi = np.nanpercentile(_for_display(scale), [1, 99])
