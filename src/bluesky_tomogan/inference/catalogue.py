@@ -158,8 +158,8 @@ def _models_in(directory: Path) -> Iterator[tuple[str, Path]]:
     if not directory.is_dir():
         return
     for child in sorted(directory.iterdir()):
-        if child.name.startswith("."):  # an install under way (".<name>.partial-...")
-            continue
+        if child.name.startswith(".") or not _NAME.fullmatch(child.stem if child.is_file() else child.name):
+            continue  # an install under way (".<name>.partial-..."), or no name that find_model would take
         if child.suffix == ".json" and child.is_file():
             yield child.stem, child
         elif child.is_dir() and (card := _card_of(directory, child.name)) is not None:
