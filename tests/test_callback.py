@@ -30,6 +30,15 @@ def run(RE, cb, detectors, num=5):
     return docs
 
 
+def through(cb, docs):
+    """Feed ``docs`` to ``cb`` by hand (no RunEngine); what it passed on and emitted, in order."""
+    out = []
+    cb.subscribe(lambda name, doc: out.append((name, doc)))
+    for name, doc in docs:
+        cb(name, doc)
+    return out
+
+
 def validate(docs):
     for name, doc in docs:
         event_model.schema_validators[getattr(event_model.DocumentNames, name)].validate(doc)
@@ -508,10 +517,7 @@ def test_a_field_that_disappears_mid_run_is_noted_and_the_run_goes_on(denoiser):
     raw.append(("stop", run_bundle.compose_stop()))
 
     cb = TomoGANCallback(denoiser)
-    out = []
-    cb.subscribe(lambda name, doc: out.append((name, doc)))
-    for name, doc in raw:
-        cb(name, doc)
+    out = through(cb, raw)
     assert [d["uid"] for n, d in out if n == "event"] == [d["uid"] for n, d in raw if n == "event"]
     assert out[-1][0] == "stop" and out[-1][1]["num_events"]["denoised"] == 3
     assert sum("lacks image field 'cam'" in e for e in cb.errors) == 5  # five listed, then counted
@@ -536,10 +542,7 @@ def test_documents_that_crossed_a_wire_are_denoised_and_a_ragged_value_costs_onl
     raw.append(("stop", run_bundle.compose_stop()))
 
     cb = TomoGANCallback(denoiser)
-    out = []
-    cb.subscribe(lambda name, doc: out.append((name, doc)))
-    for name, doc in raw:
-        cb(name, doc)
+    out = through(cb, raw)
     validate(out)
     stop = out[-1][1]
     assert stop["num_events"]["big_denoised"] == 4 and stop["num_events"]["tiny_denoised"] == 4
@@ -747,10 +750,7 @@ def test_replaying_a_denoised_run_does_not_denoise_its_derived_streams_again(RE,
     first = TomoGANCallback(denoiser, inline=True)
     stored = run(RE, first, [camera()], num=3)  # the run as a store holds it: raw and derived streams
     again = TomoGANCallback(denoiser, inline=True)
-    out = []
-    again.subscribe(lambda name, doc: out.append((name, doc)))
-    for name, doc in stored:
-        again(name, doc)
+    out = through(again, stored)
     assert "denoised_denoised" not in _streams(out)
     assert any("made by bluesky-tomogan" in e and "not denoised again" in e for e in again.errors)
     assert any("replay the stored run with `bluesky-tomogan reprocess`" in e for e in again.errors)
