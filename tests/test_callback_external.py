@@ -8,6 +8,7 @@ import time
 
 import bluesky.plans as bp
 import event_model
+import h5py
 import numpy as np
 import pytest
 from bluesky.callbacks.tiled_writer import TiledWriter
@@ -162,6 +163,58 @@ def test_raw_stream_is_byte_identical_with_and_without_the_callback(RE, denoiser
     for key in keys:
         x, y = a[key].read(), b[key].read()
         assert x.dtype == y.dtype and np.asarray(x).tobytes() == np.asarray(y).tobytes(), key
+
+
+@pytest.mark.parametrize("frame_dtype, compression", [("source", "lz4"), ("uint16", "zstd"), ("float32", "gzip")])
+def test_derived_frames_stored_as_counts_or_compressed_are_the_float_ones_rounded_and_qc_is_the_same(
+        RE, denoiser, store, tmp_path, frame_dtype, compression):
+    """The same scan (same seeds) through a callback storing float32 and one storing counts or compressed
+    frames: the stored frames are the float ones rounded to the raw type, read back through Tiled; QC measured
+    the float frame either way."""
+    from bluesky_tomogan.callbacks.frame_writer import stored_as
+
+    frames_dir = frames_directory(tmp_path / "store")
+    runs = {}
+    for options in ({}, {"frame_dtype": frame_dtype, "compression": compression}):
+        cb = TomoGANCallback(denoiser, directory=frames_dir, **options)
+        cb.subscribe(TiledWriter(store))
+        token = RE.subscribe(cb)
+        det = detector(frames_dir / "raw", seed=3)
+        (runs[bool(options)],) = RE(bp.scan([det], det.sample_stage.theta, 0, 90, 4))
+        RE.unsubscribe(token)
+    plain, stored = store[runs[False]]["denoised"], store[runs[True]]["denoised"]
+    floats, kept = plain["det_image_denoised"].read(), stored["det_image_denoised"].read()
+    expected = np.dtype(np.float32) if frame_dtype == "float32" else np.dtype(np.uint16)  # the detector's
+    assert kept.dtype == expected and stored.metadata["data_keys"]["det_image_denoised"]["dtype_numpy"] == expected.str
+    np.testing.assert_array_equal(kept, stored_as(floats, expected))
+    for column in ("det_image_qc_snr", "det_image_qc_noise_sigma", "det_image_qc_flags"):
+        np.testing.assert_array_equal(stored[column].read(), plain[column].read())
+    (path,) = (frames_dir / runs[True]).glob("denoised*.h5")
+    with h5py.File(path) as f:  # what any HDF5 reader sees: each frame a chunk, through one filter
+        assert f["/data"].chunks == (1, 40, 48) and f["/data"].id.get_create_plist().get_nfilters() >= 1
+
+
+def test_counts_round_clip_and_mark_pixels_without_data_with_the_types_top():
+    from bluesky_tomogan.callbacks.frame_writer import stored_as, stored_dtype
+
+    frames = np.array([[-3.2, 0.49, 0.5, 1.5], [70000.0, np.nan, 65534.6, 12.0]], np.float32)
+    np.testing.assert_array_equal(stored_as(frames, np.dtype(np.uint16)), [[0, 0, 0, 2], [65535, 65535, 65535, 12]])
+    assert stored_as(frames, np.dtype(np.float32)) is not None and np.isnan(stored_as(frames, np.dtype("<f4"))[1, 1])
+    assert stored_dtype("source", "<u2") == np.uint16 and stored_dtype("source", "<i4") == np.int32
+    assert stored_dtype("source", "<f8") == np.float32 and stored_dtype("source", None) == np.float32
+    assert stored_dtype("source", [("a", "<u2")]) == np.float32  # a structured type is no count
+    assert stored_dtype("source", "<u8") == np.float32  # wider than a float32 frame needs
+    assert stored_dtype("uint8", None) == np.uint8
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"frame_dtype": "float64"}, "unknown frame_dtype 'float64'; choose from float32, source"),
+    ({"compression": "bz2"}, "unknown compression 'bz2'; choose from lz4, zstd, gzip or None"),
+    ({"compression": "lz4", "inline": True}, "inline=True writes none"),
+])
+def test_storage_options_it_cannot_use_are_refused_before_any_run(denoiser, options, message):
+    with pytest.raises(ValueError, match=message):
+        TomoGANCallback(denoiser, **options)
 
 
 def test_streams_option_leaves_darks_and_flats_alone(RE, denoiser, tmp_path):

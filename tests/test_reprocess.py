@@ -187,6 +187,14 @@ def test_reprocess_with_a_self_ensemble_records_it_in_both_streams_configuration
     assert not np.allclose(ensemble.denoise_context(raw[1:6]), plain.denoise_context(raw[1:6]), atol=0.1)
 
 
+def test_reprocess_stores_counts_compressed_where_asked(RE, store, tmp_path):
+    uid = scan(RE, store, frames_directory(tmp_path / "store") / "raw")
+    assert main(["reprocess", server_of(store).uri, "--uid", uid, "--backend", "onnxruntime", "--streams", "primary",
+                 "--frame-dtype", "source", "--compression", "zstd"]) == 0
+    frames = store[uid]["denoised"]["det_image_denoised"].read()
+    assert frames.dtype == np.uint16 and frames.shape == (6, 40, 48) and frames.mean() > 0
+
+
 def test_a_store_moved_whole_opens_where_it_is_now_with_every_frame_and_goes_on(RE, tmp_path, caplog):
     """Tiled's catalog names its files by absolute paths: a store moved to another disk (or copied
     to another machine) is pointed at them where they are now, raw and derived frames alike."""

@@ -320,7 +320,8 @@ def _cmd_reprocess(args: argparse.Namespace) -> int:
             # the callback's notes (streams renamed, frames that failed) are logged as they come
             written, _ = reprocess(client, args.uid, den, into=args.into, streams=args.streams or SCAN_STREAMS,
                                    fields=args.fields, directory=args.directory, root_map=dict(args.root_map),
-                                   reconstruct=slices, progress=progress)
+                                   reconstruct=slices, progress=progress, frame_dtype=args.frame_dtype,
+                                   compression=args.compression)
         if args.into == "run":
             added = sorted(set(client[written]) - before)
             print(f"run {args.uid} denoised with {den!r}; streams added to it: {added}")
@@ -428,7 +429,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                      ioc_prefix=args.ioc_prefix, retry_after=args.retry_after, fallback=args.fallback,
                      warm_up=tuple(args.warm_up) if args.warm_up else None,
                      abandon_after=args.abandon_after or None, root_map=dict(args.root_map),
-                     slice_model=args.slice_model, slice_self_ensemble=args.slice_self_ensemble)
+                     slice_model=args.slice_model, slice_self_ensemble=args.slice_self_ensemble,
+                     frame_dtype=args.frame_dtype, compression=args.compression)
     except (ServeError, ValueError) as exc:
         log.error("%s", exc)
         print(f"bluesky-tomogan serve: error: {exc}", file=sys.stderr)
@@ -456,6 +458,19 @@ def _cmd_view(args: argparse.Namespace) -> int:
     except (Unreachable, ValueError, TomoGANError) as exc:
         print(f"bluesky-tomogan view: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _storage_arguments(s: argparse.ArgumentParser) -> None:
+    """``--frame-dtype`` and ``--compression``: how derived frames are stored, as ``TomoGANCallback`` takes them."""
+    from .callbacks.frame_writer import FRAME_DTYPES
+    from .hdf5_frames import COMPRESSIONS
+
+    s.add_argument("--frame-dtype", choices=FRAME_DTYPES, default="float32",
+                   help="store derived frames as float32 (default), as the raw frames' integer type (source), or as "
+                        "an integer type: rounded, half the space of float32 for 16-bit detectors")
+    s.add_argument("--compression", choices=list(COMPRESSIONS), default=None,
+                   help="lossless compression of each derived frame (lz4, zstd: bit shuffle as Eiger files; gzip); "
+                        "default none")
 
 
 def _denoiser_arguments(s: argparse.ArgumentParser, model_help: str) -> None:
@@ -532,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--root-map", nargs="+", type=_path_pair, default=[], metavar="THERE=HERE",
                    help="the detector's files written under THERE are read under HERE on this machine "
                         "(e.g. /ioc/data=/mnt/beamline): StreamResource paths and Resource roots")
+    _storage_arguments(s)
     s.add_argument("--state-dir", default="~/.local/state/bluesky-tomogan", help="journal of runs in flight")
     s.add_argument("--share", default="0/1", metavar="K/N", help="serve share K of N runs (several workers)")
     s.add_argument("--grace", type=float, default=60.0, help="seconds runs in flight may take after SIGTERM")
@@ -745,6 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "the Tiled server must be able to read it")
     s.add_argument("--root-map", nargs="+", type=_path_pair, default=[], metavar="THERE=HERE",
                    help="the detector's files written under THERE are read under HERE on this machine")
+    _storage_arguments(s)
     s.add_argument("--reconstruct", action="store_true",
                    help="also reconstruct and denoise three slices, as TomoReconstruction does live")
     s.add_argument("--slice-model", default="tomogan-slice",

@@ -24,17 +24,19 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 import h5py
-import hdf5plugin  # noqa: F401  registers the compression filters detector files use (bitshuffle/LZ4, Blosc, ...)
+import hdf5plugin  # registers the compression filters detector files use (bitshuffle/LZ4, Blosc, ...)
 import numpy as np
 
 from .errors import OutputPathError
 
-__all__ = ["MIMETYPE", "SPEC", "FrameFile", "HDF5FrameHandler", "StreamFrameReader", "HANDLER_REGISTRY",
+__all__ = ["MIMETYPE", "SPEC", "COMPRESSIONS", "compression_filter",
+           "FrameFile", "HDF5FrameHandler", "StreamFrameReader", "HANDLER_REGISTRY",
            "path_from_uri", "open_for_reading"]
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,29 @@ def open_for_reading(path: str | os.PathLike[str], error: type[Exception], what:
         raise error(f"{p} is not a readable HDF5 file: {exc}") from exc
 
 
+#: Lossless compressions of :class:`FrameFile` (each frame a chunk): name -> h5py dataset options.
+COMPRESSIONS: dict[str, Callable[[], Mapping[str, Any]]] = {
+    "lz4": lambda: dict(hdf5plugin.Bitshuffle(cname="lz4")),
+    "zstd": lambda: dict(hdf5plugin.Bitshuffle(cname="zstd")),
+    "gzip": lambda: {"compression": "gzip", "compression_opts": 4},
+}
+
+
+def compression_filter(compression: str | None) -> Mapping[str, Any]:
+    """The h5py dataset options of ``compression`` (``None``: uncompressed).
+
+    Raises
+    ------
+    ValueError
+        An unknown compression.
+    """
+    if compression is None:
+        return {}
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"unknown compression {compression!r}; choose from {', '.join(COMPRESSIONS)} or None")
+    return COMPRESSIONS[compression]()
+
+
 class FrameFile:
     """An HDF5 file of frames that grows one batch at a time (SWMR, one frame per chunk).
 
@@ -71,19 +96,25 @@ class FrameFile:
         Stored dtype (``uint16`` for raw counts, ``float32`` for derived frames).
     dataset : str
         Path of the dataset inside the file.
+    compression : {None, "lz4", "zstd", "gzip"}
+        How each frame (chunk) is compressed, losslessly: ``lz4`` and ``zstd`` after a bit
+        shuffle (hdf5plugin's Bitshuffle filter, as Dectris' Eiger writes its frames; any reader
+        that imports ``hdf5plugin``, Tiled's included, reads them), ``gzip`` with HDF5's own
+        filter (level 4: any HDF5 reader, slower). See :data:`COMPRESSIONS`.
     """
 
     def __init__(self, path: str | os.PathLike[str], shape: tuple[int, int], dtype: Any,
-                 dataset: str = "/entry/data/data") -> None:
+                 dataset: str = "/entry/data/data", compression: str | None = None) -> None:
         self.path = Path(path).expanduser().resolve()
         self.dataset = dataset
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
+        filters = compression_filter(compression)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = h5py.File(self.path, "w", libver="latest")
             self._dset = self._file.create_dataset(dataset, shape=(0, *self.shape), maxshape=(None, *self.shape),
-                                                   chunks=(1, *self.shape), dtype=self.dtype)
+                                                   chunks=(1, *self.shape), dtype=self.dtype, **filters)
             self._file.swmr_mode = True
         except OSError as exc:
             raise OutputPathError(f"cannot write frames to {self.path}: {exc}") from exc

@@ -226,7 +226,8 @@ def replay(documents: list[tuple[str, dict[str, Any]]], callback: Callable[[str,
 def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new"] = "run",
               streams: Sequence[str] | None = SCAN_STREAMS, fields: list[str] | None = None, directory: Any = None,
               root_map: Mapping[str, str] | None = None, reconstruct: Any = None,
-              progress: Callable[[int, int], Any] | None = None) -> tuple[str, Any]:
+              progress: Callable[[int, int], Any] | None = None, frame_dtype: str = "float32",
+              compression: str | None = None) -> tuple[str, Any]:
     """Denoise the stored run ``uid`` with ``denoiser``, into that run or a new one of the same catalog.
 
     Parameters
@@ -256,6 +257,8 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
         :class:`~bluesky_tomogan.TomoReconstruction` does live.
     progress : callable, optional
         Called with the number of documents replayed and their total, after each.
+    frame_dtype, compression : str, optional
+        How the derived frames are stored, as :class:`~bluesky_tomogan.TomoGANCallback` takes them.
 
     Returns
     -------
@@ -290,7 +293,8 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
                                                      if no_stop else ""))
     callback = TomoGANCallback(denoiser, fields=fields, streams=None if streams is None else list(streams),
                                policy="block", directory=directory, root_map=root_map, qc=replay_qc_policy(),
-                               block_timeout=OFFLINE_TIMEOUT_S, flush_timeout=OFFLINE_TIMEOUT_S)
+                               block_timeout=OFFLINE_TIMEOUT_S, flush_timeout=OFFLINE_TIMEOUT_S,
+                               frame_dtype=frame_dtype, compression=compression)
     if into == "new":
         writer: Any = TiledWriter(client)
     else:

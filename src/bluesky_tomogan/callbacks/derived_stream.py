@@ -101,6 +101,7 @@ class DerivedStream:
     bundle: Any  # event_model.ComposeDescriptorBundle
     slot: str  # file name (data key, plus a suffix for a second shape)
     exposures: int = 1  # frames per raw event ([N, H, W]); each is denoised and gets a row of its own
+    dtype: str = "<f4"  # how its frames are stored (TomoGANCallback's frame_dtype)
     resource_error: str = ""  # why its frames cannot be written, once that is known
     resource_ready: bool = False
     reference: IntensityReference = dataclasses.field(default_factory=IntensityReference)  # worker only
@@ -207,12 +208,13 @@ def derived_from(descriptor: Mapping[str, Any]) -> tuple[str, str] | None:
     return ("primary" if name == "denoised" else name[: -len("_denoised")]), fields[0]
 
 
-def derived_data_keys(f: str, shape: tuple[int, int], external: bool, exposures: int = 1) -> dict[str, Any]:
-    """Data keys of the derived stream of image field ``f``: the frame (inline, or ``external`` in a file),
-    the network that made it, its QC metrics, flags and error, and the raw frame it came from (with
-    ``exposures`` > 1, one row per frame of an event: which one, ``source_exposure``)."""
+def derived_data_keys(f: str, shape: tuple[int, int], external: bool, exposures: int = 1,
+                      dtype_numpy: str = "<f4") -> dict[str, Any]:
+    """Data keys of the derived stream of image field ``f``: the frame (inline, or ``external`` in a file; stored
+    as ``dtype_numpy``), the network that made it, its QC metrics, flags and error, and the raw frame it came
+    from (with ``exposures`` > 1, one row per frame of an event: which one, ``source_exposure``)."""
     frame_key: dict[str, Any] = {"source": SOURCE, "dtype": "array", "shape": list(shape),
-                                 "dtype_numpy": "<f4", "object_name": "tomogan"}
+                                 "dtype_numpy": dtype_numpy, "object_name": "tomogan"}
     if external:  # written to HDF5, described by StreamResource/StreamDatum (ophyd-async convention)
         frame_key |= {"external": "STREAM:", "shape": [1, *shape]}
     keys: dict[str, Any] = {f"{f}_denoised": frame_key}

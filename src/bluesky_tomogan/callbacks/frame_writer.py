@@ -22,7 +22,8 @@ import platformdirs
 from ..errors import OutputPathError
 from ..hdf5_frames import MIMETYPE, FrameFile, path_from_uri
 
-__all__ = ["DerivedFrameWriter", "default_directory", "derived_directory", "DATA_ENV"]
+__all__ = ["DerivedFrameWriter", "default_directory", "derived_directory", "DATA_ENV", "stored_dtype",
+           "stored_as", "FRAME_DTYPES"]
 
 #: Environment variable naming the directory for derived frames when the raw frames are not files.
 DATA_ENV = "BLUESKY_TOMOGAN_DATA"
@@ -38,6 +39,45 @@ def default_directory() -> Path:
     env = os.environ.get(DATA_ENV)
     root = Path(env).expanduser() if env else platformdirs.user_data_path("bluesky-tomogan") / "derived"
     return root.resolve()
+
+
+#: What ``TomoGANCallback(frame_dtype=...)`` takes: float32 (as denoised), the raw frames' own integer type
+#: (``"source"``), or a named integer type.
+FRAME_DTYPES = ("float32", "source", "uint8", "uint16", "uint32", "int16", "int32")
+
+
+def stored_dtype(choice: str, declared: Any) -> np.dtype:
+    """The dtype derived frames are stored in, for ``frame_dtype=choice`` and a raw field that declares
+    ``declared`` (its data key's ``dtype_numpy``, or ``None``): ``"source"`` is the raw integer type, and
+    float32 for float frames or a field that declares none.
+
+    Raises
+    ------
+    ValueError
+        ``choice`` is not one of :data:`FRAME_DTYPES`.
+    """
+    if choice not in FRAME_DTYPES:
+        raise ValueError(f"unknown frame_dtype {choice!r}; choose from {', '.join(FRAME_DTYPES)}")
+    if choice != "source":
+        return np.dtype(choice)
+    try:
+        raw = np.dtype(declared) if declared else None
+    except (TypeError, ValueError):  # a structured or unknown type: not counts
+        raw = None
+    return raw if raw is not None and raw.kind in "iu" and raw.itemsize <= 4 else np.dtype(np.float32)
+
+
+def stored_as(frames: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Denoised ``frames`` in ``dtype``: unchanged as float32; for an integer type rounded to the nearest count
+    and clipped to its range, with pixels without data (NaN) at its largest value, as photon counters mark
+    their module gaps."""
+    if dtype.kind == "f":
+        return np.asarray(frames, dtype=dtype)
+    info = np.iinfo(dtype)
+    out = np.rint(np.asarray(frames, dtype=np.float64))
+    np.clip(out, info.min, info.max, out=out)
+    out[np.isnan(out)] = info.max
+    return out.astype(dtype)
 
 
 def derived_directory(directory: Path | None, raw_directory: Path | None) -> Path:
@@ -67,12 +107,17 @@ class DerivedFrameWriter:
         Root directory; files go to ``<directory>/<run uid>/<slot>.h5`` (see :meth:`add`).
     start : dict
         The run's start document.
+    fallback : path-like, optional
+        Where files go when ``directory`` cannot have them (see :meth:`for_run`).
+    compression : str, optional
+        Lossless compression of every frame (:data:`~bluesky_tomogan.hdf5_frames.COMPRESSIONS`).
     """
 
     def __init__(self, directory: str | os.PathLike[str], start: Any, *,
-                 fallback: str | os.PathLike[str] | None = None) -> None:
+                 fallback: str | os.PathLike[str] | None = None, compression: str | None = None) -> None:
         self.root = Path(directory).expanduser().resolve() / start["uid"]
         self.start = start
+        self.compression = compression
         self._fallback = None if fallback is None else Path(fallback).expanduser().resolve() / start["uid"]
         #: Why the files went to ``fallback`` instead (empty if they did not): for the run's notes.
         self.moved = ""
@@ -80,15 +125,16 @@ class DerivedFrameWriter:
         self._bundles: dict[str, Any] = {}
 
     @classmethod
-    def for_run(cls, directory: Path | None, raw_directory: Path | None, start: Any) -> DerivedFrameWriter:
+    def for_run(cls, directory: Path | None, raw_directory: Path | None, start: Any,
+                compression: str | None = None) -> DerivedFrameWriter:
         """The writer of a run's derived files in :func:`derived_directory`. Next to the raw frames (no
         ``directory`` given), it falls back to :func:`default_directory` if that is not writable: raw
         data are often on a read-only mount, and the derived frames must not be lost for it."""
         fallback = default_directory() if directory is None and raw_directory is not None else None
-        return cls(derived_directory(directory, raw_directory), start, fallback=fallback)
+        return cls(derived_directory(directory, raw_directory), start, fallback=fallback, compression=compression)
 
-    def add(self, slot: str, data_key: str, shape: tuple[int, int]) -> dict[str, Any]:
-        """Create the file ``<slot>.h5`` for ``data_key`` frames and return its StreamResource document.
+    def add(self, slot: str, data_key: str, shape: tuple[int, int], dtype: Any = "<f4") -> dict[str, Any]:
+        """Create the file ``<slot>.h5`` for ``data_key`` frames of ``dtype`` and return its StreamResource document.
 
         ``slot`` names the file: usually the data key, with a suffix when a
         re-emitted descriptor changes the frame shape within a run.
@@ -99,14 +145,14 @@ class DerivedFrameWriter:
             The directory or file cannot be created (unwritable, disk full).
         """
         try:
-            f = FrameFile(self.root / f"{slot}.h5", shape, "<f4", dataset="/data")
+            f = FrameFile(self.root / f"{slot}.h5", shape, dtype, dataset="/data", compression=self.compression)
         except OutputPathError as exc:
             if self._fallback is None or self._files:  # a directory chosen by the user, or files already there
                 raise
             self.moved = (f"derived frames cannot be written next to the raw frames ({exc}); they go to "
                           f"{self._fallback} (directory= chooses where)")
             self.root, self._fallback = self._fallback, None
-            f = FrameFile(self.root / f"{slot}.h5", shape, "<f4", dataset="/data")
+            f = FrameFile(self.root / f"{slot}.h5", shape, dtype, dataset="/data", compression=self.compression)
         self._files[slot] = f
         bundle = event_model.compose_stream_resource(
             mimetype=MIMETYPE, uri=f.uri, data_key=data_key,

@@ -76,7 +76,7 @@ from .derived_stream import (
     unsupported_image_fields,
     without_channel_axis,
 )
-from .frame_writer import DerivedFrameWriter, stream_resource_directory
+from .frame_writer import DerivedFrameWriter, stored_as, stored_dtype, stream_resource_directory
 from .passthrough import PassThroughRun, Turn
 from .queue import FrameQueue, Policy
 from .run_qc import DROPPED, RunQC
@@ -116,6 +116,8 @@ class RunOptions:
     feedback: QCFeedback
     high_water: int = 8
     low_water: int = 1
+    frame_dtype: str = "float32"  # how derived frames are stored (frame_writer.FRAME_DTYPES)
+    compression: str | None = None  # of each derived frame (hdf5_frames.COMPRESSIONS)
     #: Where each field's last frame was NaN (None: nowhere), kept across runs because a detector's
     #: NaN mask outlives a run: QC tells a mask from a fault by it (:class:`~.run_qc.RunQC`).
     known_nan: dict[str, np.ndarray | None] = dataclasses.field(default_factory=dict)
@@ -247,13 +249,14 @@ class RunDenoiser(PassThroughRun):
             h, w = frame_shape(doc["data_keys"][f])
             stream = self._by_name.get((raw_name, f, (h, w)))
             if stream is None:  # new, or a re-emitted descriptor with another frame shape
-                stream = self._new_stream(raw_name, f, len(wanted), (h, w), exposures_per_event(doc["data_keys"][f]))
+                stream = self._new_stream(raw_name, f, len(wanted), (h, w), exposures_per_event(doc["data_keys"][f]),
+                                          stored_dtype(o.frame_dtype, doc["data_keys"][f].get("dtype_numpy")).str)
             fields[f] = stream
         self._by_descriptor[doc["uid"]] = fields
         return doc
 
     def _new_stream(self, raw_name: str, f: str, n_fields: int, shape: tuple[int, int],
-                    exposures: int = 1) -> DerivedStream:
+                    exposures: int = 1, dtype: str = "<f4") -> DerivedStream:
         # One derived stream per image field keeps every row complete; with a single image
         # field in "primary" (the common case) the stream is simply "denoised". A re-emitted
         # raw descriptor with the same shape reuses it (its configuration is the raw one's).
@@ -269,13 +272,13 @@ class RunDenoiser(PassThroughRun):
             self._note(f"the run has a stream named {wanted!r} already (the plan's, or denoised before); "
                        f"the derived stream of {raw_name!r} "
                        f"field {f!r} is named {name!r}")
-        return self._compose_stream(raw_name, f, name, shape, exposures)
+        return self._compose_stream(raw_name, f, name, shape, exposures, dtype)
 
     def _compose_stream(self, raw_name: str, f: str, name: str, shape: tuple[int, int],
-                        exposures: int) -> DerivedStream:
+                        exposures: int, dtype: str) -> DerivedStream:
         """A derived stream and its descriptor, composed (either thread); the descriptor is published
         with the stream's first row (:meth:`_emit_rows`), or at the stop if no frame came."""
-        keys = derived_data_keys(f, shape, external=not self.options.inline, exposures=exposures)
+        keys = derived_data_keys(f, shape, external=not self.options.inline, exposures=exposures, dtype_numpy=dtype)
         assert self._start is not None
         with self._compose_lock:  # the worker composes streams too (frames of an undeclared shape)
             bundle = event_model.compose_descriptor(
@@ -285,7 +288,7 @@ class RunDenoiser(PassThroughRun):
             )
             earlier = sum(s.bundle.descriptor_doc["name"] == name for s in self._by_name.values())
             stream = DerivedStream(raw_name, f, shape, bundle, name + (f"-{earlier}" if earlier else ""),
-                                   exposures=exposures)
+                                   exposures=exposures, dtype=dtype)
             self._by_name[(raw_name, f, shape)] = stream
             stream.unpublished.append(("descriptor", bundle.descriptor_doc))
         return stream
@@ -310,7 +313,7 @@ class RunDenoiser(PassThroughRun):
         stream = self._by_name.get(key)
         if stream is None:
             stream = self._compose_stream(origin.raw_name, origin.field, origin.bundle.descriptor_doc["name"],
-                                          key[2], origin.exposures)
+                                          key[2], origin.exposures, origin.dtype)
             origin.redirected = True
             declared = "no frame size" if 0 in origin.shape else f"frames of {origin.shape}"
             self._note(f"{origin.field} of stream {origin.raw_name!r} declares {declared} but delivers frames of "
@@ -540,9 +543,10 @@ class RunDenoiser(PassThroughRun):
         ``_lock``); its StreamResource is published with the stream's rows."""
         try:
             if self._writer is None:
-                self._writer = DerivedFrameWriter.for_run(self.options.directory, self._raw_directory, self._start)
+                self._writer = DerivedFrameWriter.for_run(self.options.directory, self._raw_directory, self._start,
+                                                          compression=self.options.compression)
             stream.unpublished.append(("stream_resource", self._writer.add(stream.slot, f"{stream.field}_denoised",
-                                                                           stream.shape)))
+                                                                           stream.shape, stream.dtype)))
             stream.resource_ready = True
             if self._writer.moved and self._writer.moved not in self.summary.errors:
                 self._note(self._writer.moved)
@@ -728,9 +732,11 @@ class RunDenoiser(PassThroughRun):
             if self._closed and not after_stop:
                 return
             stream = result.item.stream
+            if result.denoised is not None:  # as the derived stream stores it (QC has seen the float frame)
+                result.denoised = stored_as(result.denoised, np.dtype(stream.dtype))
             if self.options.inline:
                 if result.denoised is None:
-                    result.denoised = np.zeros(stream.shape, np.float32)
+                    result.denoised = np.zeros(stream.shape, stream.dtype)
                 self._outbox.append(result)
                 return
             if not (stream.resource_ready or stream.resource_error) and all(stream.shape):

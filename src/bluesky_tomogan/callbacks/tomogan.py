@@ -37,10 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from ..handlers import default_handler_registry
+from ..hdf5_frames import compression_filter
 from ..inference.denoiser import Denoiser
 from ..inference.ratios import RatioDenoisers
 from ..qc.feedback import QCFeedback
 from ..qc.policy import QCPolicy
+from .frame_writer import stored_dtype
 from .passthrough import RunRouterFacade
 from .queue import POLICIES, Policy
 from .run import RunDenoiser, RunOptions, image_fields
@@ -129,6 +131,17 @@ class TomoGANCallback(RunRouterFacade):
         when ``qc`` is not given.
     high_water, low_water : int, optional
         Queue lengths of ``policy="adaptive"`` (default ``maxsize // 2`` and ``maxsize // 8``).
+    frame_dtype : str
+        How derived frames are stored: ``"float32"`` (as denoised; the default), ``"source"``
+        (the raw field's integer type, from its data key's ``dtype_numpy``; float32 for float
+        frames or a field that declares none), or an integer type (``"uint16"``, ...). Integer
+        frames are rounded to the nearest count and clipped to the type's range, pixels without
+        data (NaN) stored as its largest value. QC measures the float frame. A 16-bit detector's
+        frames take half the space of float32 and compress far better (docs/callback.md).
+    compression : {None, "lz4", "zstd", "gzip"}
+        Lossless compression of each derived frame in its HDF5 file (bit shuffle with LZ4 or
+        Zstandard, as Eiger detectors write theirs, read wherever ``hdf5plugin`` is, Tiled
+        included; or HDF5's gzip, read by any HDF5 reader, slower). Default: none.
 
     Examples
     --------
@@ -155,6 +168,8 @@ class TomoGANCallback(RunRouterFacade):
         feedback: QCFeedback | None = None,
         high_water: int | None = None,
         low_water: int | None = None,
+        frame_dtype: str = "float32",
+        compression: str | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown queue policy {policy!r}; choose from {', '.join(POLICIES)}")
@@ -164,6 +179,10 @@ class TomoGANCallback(RunRouterFacade):
             if not seconds >= 0:  # NaN too
                 raise ValueError(f"{name} must be a number of seconds >= 0, got {seconds}")
         fields, streams = _names("fields", fields), _names("streams", streams)
+        stored_dtype(frame_dtype, None)  # each raises ValueError, naming the choices, before any run
+        compression_filter(compression)
+        if inline and compression is not None:
+            raise ValueError("compression applies to the derived frames' files; inline=True writes none")
         _check_denoisers(denoiser)
         high = max(1, maxsize // 2) if high_water is None else high_water
         low = min(high - 1, max(0, maxsize // 8)) if low_water is None else low_water
@@ -191,7 +210,7 @@ class TomoGANCallback(RunRouterFacade):
             inline=inline,
             handler_registry=default_handler_registry() if handler_registry is None else dict(handler_registry),
             root_map=dict(root_map or {}),
-            feedback=feedback, high_water=high, low_water=low,
+            feedback=feedback, high_water=high, low_water=low, frame_dtype=frame_dtype, compression=compression,
         )
         super().__init__()
 

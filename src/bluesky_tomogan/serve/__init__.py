@@ -38,7 +38,7 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
           retry_after: float = 10.0, fallback: str | None = None,
           warm_up: tuple[int, int] | None = None, abandon_after: float | None = 86400.0,
           root_map: dict[str, str] | None = None, slice_model: str = "tomogan-slice",
-          slice_self_ensemble: int = 1) -> int:
+          slice_self_ensemble: int = 1, frame_dtype: str = "float32", compression: str | None = None) -> int:
     """Serve the document stream at ``zmq_in`` (a ``bluesky-0MQ-proxy`` out port) until SIGTERM.
 
     Parameters
@@ -99,6 +99,8 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
     root_map : dict, optional
         Where this machine sees the detector's files that its IOC wrote under another path
         (``{"/ioc/data": "/mnt/beamline"}``), as :class:`~bluesky_tomogan.TomoGANCallback` takes it.
+    frame_dtype, compression : str, optional
+        How the derived frames are stored, as :class:`~bluesky_tomogan.TomoGANCallback` takes them.
 
     Returns
     -------
@@ -151,7 +153,7 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
         ioc = QCIOC(monitor, ioc_prefix)
     callback = TomoGANCallback(denoiser, fields=fields, streams=streams or list(SCAN_STREAMS),
                                policy=policy, directory=directory, feedback=feedback,  # type: ignore[arg-type]
-                               root_map=root_map)
+                               root_map=root_map, frame_dtype=frame_dtype, compression=compression)
     outlet: Any = callback
     wait = None
     if reconstruct:
