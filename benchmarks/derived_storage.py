@@ -24,8 +24,8 @@ from bluesky import RunEngine
 
 from bluesky_tomogan import TomoGANCallback, load_denoiser
 from bluesky_tomogan.bench import cpu_name
-from bluesky_tomogan.callbacks.frame_writer import stored_as
 from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
+from bluesky_tomogan.frames import cast_frames
 from bluesky_tomogan.hdf5_frames import COMPRESSIONS, FrameFile  # registers the compression filters
 from bluesky_tomogan.metrics import psnr
 from bluesky_tomogan.plans import tomo_scan
@@ -64,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"CPU: {cpu_name()}; {len(floats)} denoised projections of {args.size}x{args.size} at "
               f"{args.photons:g} photons/pixel (values {floats.min():.0f}-{floats.max():.0f} counts)")
         print("PSNR against the noise-free projections: " + ", ".join(
-            f"{dtype} {psnr(clean, stored_as(floats, np.dtype(dtype))):.2f} dB" for dtype in ("float32", "uint16")))
+            f"{dtype} {psnr(clean, cast_frames(floats, np.dtype(dtype))):.2f} dB" for dtype in ("float32", "uint16")))
         print("| frame_dtype | compression | KiB per frame | x smaller than raw uint16 | write ms | read ms "
               "| largest difference |\n|---|---|---|---|---|---|---|")
         for dtype in (np.dtype(np.float32), np.dtype(np.uint16)):
-            frames = stored_as(floats, dtype)
+            frames = cast_frames(floats, dtype)
             for compression in (None, *COMPRESSIONS):
                 path = root / f"{dtype.name}-{compression}.h5"
                 file = FrameFile(path, frames.shape[1:], dtype, dataset="/data", compression=compression)

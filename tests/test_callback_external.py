@@ -171,7 +171,7 @@ def test_derived_frames_stored_as_counts_or_compressed_are_the_float_ones_rounde
     """The same scan (same seeds) through a callback storing float32 and one storing counts or compressed
     frames: the stored frames are the float ones rounded to the raw type, read back through Tiled; QC measured
     the float frame either way."""
-    from bluesky_tomogan.callbacks.frame_writer import stored_as
+    from bluesky_tomogan.frames import cast_frames
 
     frames_dir = frames_directory(tmp_path / "store")
     runs = {}
@@ -186,7 +186,7 @@ def test_derived_frames_stored_as_counts_or_compressed_are_the_float_ones_rounde
     floats, kept = plain["det_image_denoised"].read(), stored["det_image_denoised"].read()
     expected = np.dtype(np.float32) if frame_dtype == "float32" else np.dtype(np.uint16)  # the detector's
     assert kept.dtype == expected and stored.metadata["data_keys"]["det_image_denoised"]["dtype_numpy"] == expected.str
-    np.testing.assert_array_equal(kept, stored_as(floats, expected))
+    np.testing.assert_array_equal(kept, cast_frames(floats, expected))
     for column in ("det_image_qc_snr", "det_image_qc_noise_sigma", "det_image_qc_flags"):
         np.testing.assert_array_equal(stored[column].read(), plain[column].read())
     (path,) = (frames_dir / runs[True]).glob("denoised*.h5")
@@ -195,11 +195,12 @@ def test_derived_frames_stored_as_counts_or_compressed_are_the_float_ones_rounde
 
 
 def test_counts_round_clip_and_mark_pixels_without_data_with_the_types_top():
-    from bluesky_tomogan.callbacks.frame_writer import stored_as, stored_dtype
+    from bluesky_tomogan.callbacks.frame_writer import stored_dtype
+    from bluesky_tomogan.frames import cast_frames
 
     frames = np.array([[-3.2, 0.49, 0.5, 1.5], [70000.0, np.nan, 65534.6, 12.0]], np.float32)
-    np.testing.assert_array_equal(stored_as(frames, np.dtype(np.uint16)), [[0, 0, 0, 2], [65535, 65535, 65535, 12]])
-    assert stored_as(frames, np.dtype(np.float32)) is not None and np.isnan(stored_as(frames, np.dtype("<f4"))[1, 1])
+    np.testing.assert_array_equal(cast_frames(frames, np.dtype(np.uint16)), [[0, 0, 0, 2], [65535, 65535, 65535, 12]])
+    np.testing.assert_array_equal(cast_frames(frames, np.dtype(np.float32)), frames)  # NaN kept as NaN
     assert stored_dtype("source", "<u2") == np.uint16 and stored_dtype("source", "<i4") == np.int32
     assert stored_dtype("source", "<f8") == np.float32 and stored_dtype("source", None) == np.float32
     assert stored_dtype("source", [("a", "<u2")]) == np.float32  # a structured type is no count

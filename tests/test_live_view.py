@@ -67,8 +67,9 @@ def raw_frame(docs, field, seq_num):
 def denoised_frame(docs, field, row):
     """Derived row ``row``'s frame: inside its event page, or in the file its StreamDatum names."""
     derived = {d["uid"] for n, d in docs if n == "descriptor" and d["name"] == "denoised"}
-    for name, doc in docs:
-        if name == "event_page" and doc["descriptor"] in derived and f"{field}_denoised" in doc["data"]:
+    for name, doc in docs:  # rows come in as many pages as the worker's timing makes: the one holding ``row``
+        if (name == "event_page" and doc["descriptor"] in derived and f"{field}_denoised" in doc["data"]
+                and row in doc["seq_num"]):
             return np.asarray(doc["data"][f"{field}_denoised"][doc["seq_num"].index(row)])
     (sres,) = [d for n, d in docs if n == "stream_resource" and d["data_key"] == f"{field}_denoised"]
     return StreamFrameReader(sres)(row - 1, row)[0]

@@ -71,6 +71,19 @@ def centred(context: Any, depth: int) -> Any:
     return context[cut:len(context) - cut] if cut else context
 
 
+def cast_frames(frames: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``frames`` (float) as ``dtype``: converted to a float type; for an integer type rounded to the nearest
+    count and clipped to its range, with pixels without data (NaN) at its largest value, as photon counters
+    mark their module gaps."""
+    if dtype.kind not in "ui":
+        return np.asarray(frames).astype(dtype, copy=False)
+    info = np.iinfo(dtype)
+    out = np.rint(np.asarray(frames, dtype=np.float64))
+    np.clip(out, info.min, info.max, out=out)
+    out[np.isnan(out)] = info.max
+    return out.astype(dtype)
+
+
 def looks_like_colour(shape: tuple[int, ...] | list[int]) -> bool:
     """``(H, W, 3)`` or ``(H, W, 4)``: an RGB(A) image, not H frames of ``W x 3`` pixels."""
     return len(shape) == 3 and shape[-1] in (3, 4) and shape[0] > 4 and shape[1] > 4  # 5 frames of 3 x 3: frames

@@ -23,7 +23,7 @@ from ..errors import OutputPathError
 from ..hdf5_frames import MIMETYPE, FrameFile, path_from_uri
 
 __all__ = ["DerivedFrameWriter", "default_directory", "derived_directory", "DATA_ENV", "stored_dtype",
-           "stored_as", "FRAME_DTYPES"]
+           "FRAME_DTYPES"]
 
 #: Environment variable naming the directory for derived frames when the raw frames are not files.
 DATA_ENV = "BLUESKY_TOMOGAN_DATA"
@@ -65,19 +65,6 @@ def stored_dtype(choice: str, declared: Any) -> np.dtype:
     except (TypeError, ValueError):  # a structured or unknown type: not counts
         raw = None
     return raw if raw is not None and raw.kind in "iu" and raw.itemsize <= 4 else np.dtype(np.float32)
-
-
-def stored_as(frames: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Denoised ``frames`` in ``dtype``: unchanged as float32; for an integer type rounded to the nearest count
-    and clipped to its range, with pixels without data (NaN) at its largest value, as photon counters mark
-    their module gaps."""
-    if dtype.kind == "f":
-        return np.asarray(frames, dtype=dtype)
-    info = np.iinfo(dtype)
-    out = np.rint(np.asarray(frames, dtype=np.float64))
-    np.clip(out, info.min, info.max, out=out)
-    out[np.isnan(out)] = info.max
-    return out.astype(dtype)
 
 
 def derived_directory(directory: Path | None, raw_directory: Path | None) -> Path:

@@ -281,12 +281,19 @@ class _Panels:
         self._images: list[Any] = []
         self._waiting: tuple[Any, ...] | None = None  # the newest picture, off the main thread (under the lock)
         self._timer: Any = None
+        self._reopen = False
 
     def new_run(self) -> None:
+        """A new run: a window of its own that was closed since the last run opens again at the next draw (on
+        the thread that draws: the figure is never touched from another)."""
+        self._reopen = True
+
+    def _reopen_if_closed(self) -> None:
+        self._reopen = False
         if self._own and self.fig is not None and not _is_open(self.fig):
             if self._timer is not None:
                 self._timer.stop()
-            self.fig, self._images, self._timer = None, [], None  # its window was closed since the last run: a new one
+            self.fig, self._images, self._timer = None, [], None
 
     def draw(self, frames: list[np.ndarray | None], scale: np.ndarray | None, title: str, alarm: bool) -> None:
         """Show ``frames`` (``None``: "not available") on the robust range (1st-99th percentile) of ``scale``;
@@ -315,6 +322,8 @@ class _Panels:
     def _draw_now(self, frames: list[np.ndarray | None], scale: np.ndarray | None, title: str, alarm: bool) -> None:
         import matplotlib.pyplot as plt
 
+        if self._reopen:
+            self._reopen_if_closed()
         if self.fig is None:
             self.fig = plt.figure(figsize=(10, 5))
             if shows_windows() and not _is_qt(plt.get_backend()):

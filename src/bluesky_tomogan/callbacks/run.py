@@ -50,7 +50,7 @@ import numpy as np
 from event_model.documents import EventDescriptor, EventPage, RunStart, RunStop
 
 from ..errors import InputValueError, OutputPathError, TomoGANError
-from ..frames import centred, context_indices
+from ..frames import cast_frames, centred, context_indices
 from ..handlers import fill_datum
 from ..inference.denoiser import Denoiser, check_frames
 from ..inference.ratios import RatioController, RatioDenoisers, network_name
@@ -76,7 +76,7 @@ from .derived_stream import (
     unsupported_image_fields,
     without_channel_axis,
 )
-from .frame_writer import DerivedFrameWriter, stored_as, stored_dtype, stream_resource_directory
+from .frame_writer import DerivedFrameWriter, stored_dtype, stream_resource_directory
 from .passthrough import PassThroughRun, Turn
 from .queue import FrameQueue, Policy
 from .run_qc import DROPPED, RunQC
@@ -733,7 +733,7 @@ class RunDenoiser(PassThroughRun):
                 return
             stream = result.item.stream
             if result.denoised is not None:  # as the derived stream stores it (QC has seen the float frame)
-                result.denoised = stored_as(result.denoised, np.dtype(stream.dtype))
+                result.denoised = cast_frames(result.denoised, np.dtype(stream.dtype))
             if self.options.inline:
                 if result.denoised is None:
                     result.denoised = np.zeros(stream.shape, stream.dtype)

@@ -19,7 +19,7 @@ from ..context import gate_context
 from ..cpu import cpu_name
 from ..despike import remove_isolated_spikes
 from ..errors import InputShapeError, InputValueError
-from ..frames import context_indices, has_channel_axis, looks_like_colour
+from ..frames import cast_frames, context_indices, has_channel_axis, looks_like_colour
 from ..masked import fill_masked, missing_pixels
 from ..modelcard import ModelCard
 from ..normalise import no_spread_scale, normalise, robust_range
@@ -287,10 +287,7 @@ class Denoiser:
 
     @staticmethod
     def _cast(result: np.ndarray, dtype: np.dtype) -> np.ndarray:
-        if dtype.kind in "ui":
-            info = np.iinfo(dtype)
-            return np.clip(np.rint(result), info.min, info.max).astype(dtype)
-        return result.astype(dtype, copy=False)
+        return cast_frames(result, dtype)
 
     def _tile_shape(self, h: int, w: int) -> tuple[int, int]:
         if self.session.fixed_shape is not None:
