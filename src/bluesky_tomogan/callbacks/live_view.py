@@ -124,14 +124,15 @@ def _draw_deferred_by_timer() -> None:
 
 
 def _process_gui_events() -> None:
-    """Let every window of pyplot handle its events (moves, resizes, redraws) without blocking."""
-    import matplotlib.pyplot as plt
+    """Let every window of pyplot handle its events (moves, resizes, redraws) without blocking, and without
+    making any of them the current figure (the session's own ``plt.plot`` must not land in a live view)."""
+    from matplotlib._pylab_helpers import Gcf
 
-    for number in plt.get_fignums():
+    for manager in Gcf.get_all_fig_managers():
         try:
-            plt.figure(number).canvas.flush_events()
+            manager.canvas.flush_events()
         except Exception:  # a window closed meanwhile: the next call sees it gone
-            log.debug("live view: events of figure %s", number, exc_info=True)
+            log.debug("live view: events of figure %s", manager.num, exc_info=True)
 
 
 class LiveViewDuringTask(DefaultDuringTask):
