@@ -22,14 +22,15 @@ def test_profile_runs_a_tomography_scan_stored_with_its_denoised_stream(tmp_path
             "uid, = RE(tomo_scan(det, stage, [0, 45, 90, 135], n_darks=1, n_flats=1)); reconstruction.wait(); "
             "run = client[uid]; "
             "print('STREAMS', sorted(run)); "
-            "print('SHAPE', run['denoised']['det_image_denoised'].shape); "
+            "print('SHAPE', run['denoised']['det_image_denoised'].shape, run['denoised']['det_image_denoised'].dtype); "
             "print('ERRORS', tomogan.errors, tomogan.dropped); "
             "print('QC', type(qc).__name__, [s._sig.name for s in feedback.suspenders], RE.record_interruptions); "
             "print('MODEL', denoiser.provenance()['model'], reconstruction.slice_denoiser.provenance()['model']); "
             "print('QCCOLUMNS', len(run['denoised']['det_image_qc_flags'].read())); "
             "reprocess(client, uid, denoiser, streams=['primary']); "  # the session's stored run, denoised again
             "print('AGAIN', list(client[uid]['denoised_2']['det_image_denoised'].shape))")
-    env = {**os.environ, "TOMOGAN_DATA": str(tmp_path / "data"), "TOMOGAN_MODEL": "bm-session"}
+    env = {**os.environ, "TOMOGAN_DATA": str(tmp_path / "data"), "TOMOGAN_MODEL": "bm-session",
+           "TOMOGAN_FRAME_DTYPE": "source", "TOMOGAN_COMPRESSION": "lz4"}
     env.pop("TOMOGAN_TILED_URI", None)
     done = subprocess.run([str(ipython), f"--profile-dir={profile}", "--no-banner", "--colors=nocolor", "-c", code],
                           stdin=subprocess.DEVNULL,
@@ -41,7 +42,7 @@ def test_profile_runs_a_tomography_scan_stored_with_its_denoised_stream(tmp_path
         "reconstruction.subscribe(LiveSliceView()))" in done.stdout  # agg here
     assert ("STREAMS ['dark', 'denoised', 'flat', 'flat_denoised', 'interruptions', 'primary', 'reconstruction']"
             in done.stdout)
-    assert "SHAPE (4, 512, 512)" in done.stdout
+    assert "SHAPE (4, 512, 512) uint16" in done.stdout  # the detector's counts, compressed (TOMOGAN_FRAME_DTYPE)
     assert "ERRORS [] 0" in done.stdout
     assert "QC QCMonitor ['qc_beam_lost'] True" in done.stdout  # QC monitor, its suspender, interruptions recorded
     assert "MODEL bm-session tomogan-slice" in done.stdout

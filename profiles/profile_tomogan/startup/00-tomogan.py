@@ -11,6 +11,8 @@ TOMOGAN_BACKEND    denoiser backend (default auto)
 TOMOGAN_MODEL      projection model: a name (`bluesky-tomogan models` lists them), a model card or
                    its directory (default tomogan-projection)
 TOMOGAN_SLICE_MODEL  slice model of the live reconstruction, the same way (default tomogan-slice)
+TOMOGAN_FRAME_DTYPE  how denoised frames are stored: float32 (default), source (the detector's counts), ...
+TOMOGAN_COMPRESSION  lossless compression of each denoised frame: lz4, zstd or gzip (default none)
 TOMOGAN_QC_POLICY  a QC policy file (TOML, see docs/qc.md; default: the built-in policy)
 """
 
@@ -67,7 +69,8 @@ BACKEND = os.environ.get("TOMOGAN_BACKEND", "auto")
 denoiser = load_denoiser(os.environ.get("TOMOGAN_MODEL") or None, backend=BACKEND)
 # Flats are denoised too: their noise is otherwise the strongest stripe (ring) in the live slices.
 tomogan = TomoGANCallback(denoiser, streams=["primary", "flat"], directory=frames_directory(DATA),
-                          feedback=feedback)
+                          feedback=feedback, frame_dtype=os.environ.get("TOMOGAN_FRAME_DTYPE") or "float32",
+                          compression=os.environ.get("TOMOGAN_COMPRESSION") or None)
 # Three slices reconstructed with algotom and denoised with the slice model, every 30 projections and at the end
 # (the final one finishes a second or two after RE returns; reconstruction.wait() waits for it).
 reconstruction = TomoReconstruction(load_denoiser(os.environ.get("TOMOGAN_SLICE_MODEL") or "tomogan-slice",
