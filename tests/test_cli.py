@@ -307,6 +307,30 @@ def test_denoise_an_hdf5_stack_keeps_dtype_and_records_provenance(tmp_path, caps
     assert out.std() < frames.std()  # photon noise removed
 
 
+def test_denoise_compresses_each_frame_of_an_hdf5_output_and_refuses_it_elsewhere(tmp_path, capsys):
+    import h5py
+    import numpy as np
+
+    from bluesky_tomogan.frames import COMPRESSION_NAMES
+    from bluesky_tomogan.hdf5_frames import COMPRESSIONS
+
+    assert tuple(COMPRESSIONS) == COMPRESSION_NAMES  # what the command line offers is what the files can have
+    src = tmp_path / "in.h5"
+    frames = np.random.default_rng(0).poisson(800, (4, 40, 56)).astype(np.uint16)
+    with h5py.File(src, "w") as f:
+        f["frames"] = frames
+    plain, packed = tmp_path / "plain.h5", tmp_path / "packed.h5"
+    for dest, extra in ((plain, []), (packed, ["--compression", "lz4"])):
+        assert main(["denoise", str(src), str(dest), "--key", "frames", "--backend", "onnxruntime", "--keep-dtype",
+                     "--frames-only", *extra]) == 0
+    with h5py.File(plain) as a, h5py.File(packed) as b:
+        np.testing.assert_array_equal(a["denoised"][()], b["denoised"][()])  # lossless
+        assert b["denoised"].chunks == (1, 40, 56) and b["denoised"].id.get_create_plist().get_nfilters() == 1
+    assert main(["denoise", str(src), str(tmp_path / "out.tif"), "--key", "frames", "--compression", "lz4"]) == 1
+    assert "compression (lz4) is for an HDF5 output" in capsys.readouterr().err
+    assert not (tmp_path / "out.tif").exists()
+
+
 def test_denoise_names_the_missing_dataset(tmp_path, capsys):
     import h5py
 

@@ -403,13 +403,17 @@ def _attach_scales(src: Any, dst: Any) -> None:
 @contextlib.contextmanager
 def _sink(path: Path, shape: tuple[int, ...], dtype: np.dtype, provenance: dict[str, Any],
           names: tuple[str, ...] | None = None, layout: tuple[Path, str] | None = None,
-          beside: dict[str, np.ndarray] | None = None) -> Iterator[Callable[[int, np.ndarray], None]]:
+          beside: dict[str, np.ndarray] | None = None,
+          compression: str | None = None) -> Iterator[Callable[[int, np.ndarray], None]]:
     """``write(start, frames)`` into a new file of ``shape`` (``(N, H, W)``, or ``(H, W)`` for one frame),
     or into a directory, one TIFF file per frame (``names``: the input directory's). An HDF5
     output with ``layout`` (the input HDF5 file and its frames' dataset) is a copy of that
     file with the frames at their place; with ``beside`` (``FrameSource.beside``), a Data Exchange
-    file: the frames in ``exchange/data`` and those arrays beside them."""
+    file: the frames in ``exchange/data`` and those arrays beside them. ``compression``: of each frame of an
+    HDF5 output (:data:`~bluesky_tomogan.hdf5_frames.COMPRESSIONS`)."""
     import h5py
+
+    from .hdf5_frames import compression_filter
 
     with contextlib.ExitStack() as stack:
         try:
@@ -452,7 +456,8 @@ def _sink(path: Path, shape: tuple[int, ...], dtype: np.dtype, provenance: dict[
                         if "exchange/theta" in f:
                             f["exchange/theta"].attrs["units"] = "degrees"
                     target = f.create_dataset(places[0], shape=shape, dtype=dtype,
-                                              chunks=(1, *shape[-2:]) if len(shape) == 3 else None)
+                                              chunks=(1, *shape[-2:]) if len(shape) == 3 else (compression and shape),
+                                              **compression_filter(compression))
                     if raw is not None:
                         _copy_attrs(raw, target)  # the raw frames' own (units, axes, ...)
                     target.attrs.update({k: json.dumps(v) for k, v in provenance.items()})
@@ -480,7 +485,7 @@ def _sink(path: Path, shape: tuple[int, ...], dtype: np.dtype, provenance: dict[
 
 def denoise_file(denoiser: _Denoiser, source: FrameSource, dest: str | os.PathLike[str], *,
                  keep_dtype: bool = False, chunk: int = CHUNK, frames_only: bool = False,
-                 progress: Callable[[int], Any] | None = None) -> Path:
+                 progress: Callable[[int], Any] | None = None, compression: str | None = None) -> Path:
     """Denoise every frame of ``source`` into ``dest`` (.npy, HDF5 or TIFF), ``chunk`` frames at a time.
 
     Each chunk is read with the neighbours its edge frames need (``denoiser.depth // 2`` on
@@ -506,13 +511,23 @@ def denoise_file(denoiser: _Denoiser, source: FrameSource, dest: str | os.PathLi
         denoised frames in ``exchange/data``, its angles and reference image beside them).
     progress : callable, optional
         Called with the number of frames finished after each chunk.
+    compression : {None, "lz4", "zstd", "gzip"}
+        Lossless compression of each denoised frame, into HDF5 only
+        (:data:`~bluesky_tomogan.hdf5_frames.COMPRESSIONS`).
 
     Returns
     -------
     Path
         ``dest``.
+
+    Raises
+    ------
+    TomoGANError
+        ``dest`` cannot be written, or ``compression`` asked of an output that is not HDF5.
     """
     path = check_output(dest, source.origin)
+    if compression is not None and (path.is_dir() or path.suffix.lower() not in HDF5):
+        raise TomoGANError(f"compression ({compression}) is for an HDF5 output ({', '.join(HDF5)}), not {path}")
     n, h, w = source.shape
     halo = denoiser.depth // 2
     dtype = source.dtype if keep_dtype else np.dtype(np.float32)
@@ -520,7 +535,7 @@ def denoise_file(denoiser: _Denoiser, source: FrameSource, dest: str | os.PathLi
     if source.hdf5_key is not None and source.origin is not None and not frames_only:
         layout = (source.origin, source.hdf5_key)
     with _sink(path, (h, w) if source.single else (n, h, w), dtype, denoiser.provenance(), source.names,
-               layout, None if frames_only else source.beside) as write:
+               layout, None if frames_only else source.beside, compression) as write:
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
             lo, hi = max(start - halo, 0), min(stop + halo, n)

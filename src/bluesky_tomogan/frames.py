@@ -1,5 +1,6 @@
-"""What a frame is: which neighbouring frames form its context, and which array shapes hold one
-grey frame (shared by training, inference, the callback and the file reader)."""
+"""What a frame is: which neighbouring frames form its context, which array shapes hold one
+grey frame, and the types a denoised frame may be stored in (shared by training, inference, the
+callback and the file reader)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any, TypeVar, overload
 import numpy as np
 
 __all__ = ["centred", "context_indices", "context_offsets", "has_channel_axis", "looks_like_colour",
-           "without_channel_axis"]
+           "without_channel_axis", "cast_frames", "FRAME_DTYPES", "COMPRESSION_NAMES"]
 
 T = TypeVar("T")
 
@@ -69,6 +70,13 @@ def centred(context: Any, depth: int) -> Any:
     """
     cut = max((len(context) - depth) // 2, 0)
     return context[cut:len(context) - cut] if cut else context
+
+
+#: How derived frames may be stored (``TomoGANCallback(frame_dtype=)``): float32 (as denoised), the raw frames'
+#: own integer type (``"source"``), or a named integer type.
+FRAME_DTYPES = ("float32", "source", "uint8", "uint16", "uint32", "int16", "int32")
+#: Their lossless compressions, each frame a chunk (:data:`bluesky_tomogan.hdf5_frames.COMPRESSIONS` says how).
+COMPRESSION_NAMES = ("lz4", "zstd", "gzip")
 
 
 def cast_frames(frames: np.ndarray, dtype: np.dtype) -> np.ndarray:

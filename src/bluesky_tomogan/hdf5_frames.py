@@ -60,7 +60,8 @@ def open_for_reading(path: str | os.PathLike[str], error: type[Exception], what:
         raise error(f"{p} is not a readable HDF5 file: {exc}") from exc
 
 
-#: Lossless compressions of :class:`FrameFile` (each frame a chunk): name -> h5py dataset options.
+#: Lossless compressions of :class:`FrameFile` (each frame a chunk): name -> h5py dataset options
+#: (the names also in :data:`bluesky_tomogan.frames.COMPRESSION_NAMES`, which the command line offers).
 COMPRESSIONS: dict[str, Callable[[], Mapping[str, Any]]] = {
     "lz4": lambda: dict(hdf5plugin.Bitshuffle(cname="lz4")),
     "zstd": lambda: dict(hdf5plugin.Bitshuffle(cname="zstd")),

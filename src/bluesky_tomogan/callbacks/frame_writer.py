@@ -20,6 +20,7 @@ import numpy as np
 import platformdirs
 
 from ..errors import OutputPathError
+from ..frames import FRAME_DTYPES
 from ..hdf5_frames import MIMETYPE, FrameFile, path_from_uri
 
 __all__ = ["DerivedFrameWriter", "default_directory", "derived_directory", "DATA_ENV", "stored_dtype",
@@ -39,11 +40,6 @@ def default_directory() -> Path:
     env = os.environ.get(DATA_ENV)
     root = Path(env).expanduser() if env else platformdirs.user_data_path("bluesky-tomogan") / "derived"
     return root.resolve()
-
-
-#: What ``TomoGANCallback(frame_dtype=...)`` takes: float32 (as denoised), the raw frames' own integer type
-#: (``"source"``), or a named integer type.
-FRAME_DTYPES = ("float32", "source", "uint8", "uint16", "uint32", "int16", "int32")
 
 
 def stored_dtype(choice: str, declared: Any) -> np.dtype:
