@@ -393,8 +393,10 @@ def test_serve_with_an_embedded_tiled_server_stores_the_run(RE, proxy, tmp_path)
     from bluesky_tomogan.storage import local_tiled as open_store
 
     store = tmp_path / "worker-store"
-    # a root map that matches nothing here: the frames are read where the documents say
-    worker = Worker(tmp_path, proxy[1], str(store), "--store", "run", "--root-map", "/ioc/data=/mnt/beamline")
+    # a root map that matches nothing here: the frames are read where the documents say; the denoised frames
+    # stored as the detector's counts, compressed
+    worker = Worker(tmp_path, proxy[1], str(store), "--store", "run", "--root-map", "/ioc/data=/mnt/beamline",
+                    "--frame-dtype", "source", "--compression", "lz4")
     publishing_RE(RE, None, proxy[0])
     (uid,) = RE(make_scan(tmp_path, "embedded", store="worker-store"))
     time.sleep(3)  # the worker's last rows
@@ -402,6 +404,7 @@ def test_serve_with_an_embedded_tiled_server_stores_the_run(RE, proxy, tmp_path)
     client = open_store(store)
     try:
         assert derived_rows(client, uid) == ANGLES and client[uid].metadata["stop"]["exit_status"] == "success"
+        assert client[uid]["denoised"]["det_image_denoised"].read().dtype == np.uint16
     finally:
         close_local_tiled(client)
 
