@@ -184,6 +184,14 @@ def test_many_runs_in_one_session(RE, denoiser):
     assert [s["num_events"]["denoised"] for s in stops] == [3, 2]
 
 
+def test_its_repr_says_what_it_denoises_with_and_how_it_stores(denoiser):
+    cb = TomoGANCallback(denoiser, streams=["primary", "flat"], frame_dtype="source", compression="lz4")
+    assert repr(cb) == (f"<TomoGANCallback {denoiser!r} streams=['primary', 'flat'] policy=block maxsize=16 "
+                        "frames source+lz4>")
+    assert repr(TomoGANCallback({"cam": denoiser}, inline=True)) == (
+        f"<TomoGANCallback cam: {denoiser!r} streams=all fields=['cam'] policy=block maxsize=16 frames inline>")
+
+
 def test_image_fields_finds_2d_frames_only():
     desc = {"data_keys": {"img": {"dtype": "array", "shape": [1, 8, 8]}, "x": {"dtype": "number", "shape": []},
                           "line": {"dtype": "array", "shape": [8]}, "img2": {"dtype": "array", "shape": [4, 5]}}}

@@ -220,7 +220,16 @@ class TomoGANCallback(RunRouterFacade):
         return self.options.feedback
 
     def __repr__(self) -> str:
-        return f"<TomoGANCallback policy={self.options.policy} maxsize={self.options.maxsize}>"
+        o = self.options
+        what = (", ".join(f"{f}: {d!r}" for f, d in o.denoisers.items()) if o.denoisers is not None
+                else repr(o.default))
+        parts = [what, f"streams={o.streams if o.streams is not None else 'all'}"]
+        if o.fields is not None:
+            parts.append(f"fields={o.fields}")
+        parts.append(f"policy={o.policy} maxsize={o.maxsize}")
+        parts.append("frames inline" if o.inline else
+                     f"frames {o.frame_dtype}" + (f"+{o.compression}" if o.compression else ""))
+        return f"<TomoGANCallback {' '.join(parts)}>"
 
     def subscribe(self, func: Subscriber, *, storage: bool | None = None) -> int:
         """As :meth:`RunRouterFacade.subscribe <bluesky_tomogan.callbacks.passthrough.RunRouterFacade.subscribe>`.
