@@ -56,6 +56,21 @@ def copy_of_shipped_model(name: str, directory: Path) -> Path:
     return directory
 
 
+def installed_package(site: Path, name: str, entry_points: dict[str, dict[str, str]],
+                      modules: dict[str, str] | None = None) -> Path:
+    """A package as pip would leave it in ``site`` (put ``site`` on ``sys.path``): its ``.dist-info`` announcing
+    ``entry_points`` (group -> name -> value) and its ``modules`` (file name -> source)."""
+    dist = site / f"{name.replace('-', '_')}-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()) for group, points in entry_points.items()))
+    for file, source in (modules or {}).items():
+        (site / file).parent.mkdir(parents=True, exist_ok=True)
+        (site / file).write_text(source)
+    return site
+
+
 @pytest.fixture(autouse=True)
 def derived_frames_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Derived frames without a ``directory`` go to the per-user data directory: a temporary one in tests."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import textwrap
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ from bluesky_tomogan.inference.catalogue import (
 from bluesky_tomogan.inference.load import load_card
 from bluesky_tomogan.model.train import resolve_weights
 
-from .conftest import copy_of_shipped_model
+from .conftest import copy_of_shipped_model, installed_package
 
 LIGHT = "tomogan-projection-light"
 
@@ -125,18 +124,10 @@ def test_shared_directories_come_before_the_users_own(tmp_path, monkeypatch, cap
 
 
 def test_a_package_announces_its_models_through_an_entry_point(tmp_path, monkeypatch, caplog):
-    site = tmp_path / "site"
-    package = site / "facility_models"
-    copy_of_shipped_model(LIGHT, package / "bm2-foam")
-    (package / "__init__.py").write_text("")
-    dist = site / "facility_models-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: facility-models\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(textwrap.dedent(f"""\
-        [{ENTRY_POINT_GROUP}]
-        facility = facility_models
-        broken = no_such_package_of_models
-        """))
+    site = installed_package(tmp_path / "site", "facility-models", {
+        ENTRY_POINT_GROUP: {"facility": "facility_models", "broken": "no_such_package_of_models"}},
+        {"facility_models/__init__.py": ""})
+    copy_of_shipped_model(LIGHT, site / "facility_models" / "bm2-foam")
     monkeypatch.syspath_prepend(str(site))
     with caplog.at_level(logging.WARNING, logger="bluesky_tomogan.inference.catalogue"):
         entry = find_model("bm2-foam")

@@ -2,7 +2,7 @@
 
 Which backends exist, what each runs and from which model-card file is the
 registry's business (:mod:`.registry`); this module walks it. ``auto`` tries
-the registry's ``AUTO_ORDER``, fastest first, and goes past any backend whose
+the registry's :func:`~.registry.auto_order`, fastest first, and goes past any backend whose
 model file, runtime or device is missing here.
 
 Precision ``auto`` picks the fastest precision whose measured quality loss
@@ -27,20 +27,20 @@ from ..errors import (
     BackendUnavailableError,
     ModelLoadError,
     PrecisionError,
-    UnknownBackendError,
     UnknownModelError,
 )
 from ..modelcard import ModelCard, card_in_directory
 from .catalogue import find_model, installed_models, shipped_weights_dir
 from .denoiser import DEFAULT_OVERLAP, Denoiser
 from .registry import (
-    AUTO_ORDER,
+    ALIASES,
+    BUILTIN_BACKENDS,
     PRECISIONS,
     SSIM_TOLERANCE,
     SSIM_TOLERANCE_WORST,
     BackendSpec,
     OpenRequest,
-    backend_names,
+    auto_order,
     resolve_alias,
     spec,
 )
@@ -53,7 +53,8 @@ __all__ = ["load_denoiser", "load_card", "shipped_models", "shipped_weights_dir"
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "tomogan-projection"
-BACKENDS = backend_names()
+#: The built-in backends' names (``backend_names()`` adds those that installed packages announce).
+BACKENDS = ("auto", *ALIASES, *BUILTIN_BACKENDS)
 
 
 def shipped_models() -> list[str]:
@@ -133,10 +134,10 @@ def loss_beyond_tolerance(precision: str, mean: float, worst: float) -> str | No
 
 def _candidates(backend: str, precision: str) -> list[tuple[str, str]]:
     if backend == "auto":
-        return [(b, p) for b, p in AUTO_ORDER if precision in ("auto", p)]
+        return [(b, p) for b, p in auto_order() if precision in ("auto", p)]
     s = spec(backend)
     if precision == "auto":
-        return [(b, p) for b, p in AUTO_ORDER if b == backend] or [(backend, s.precisions[0])]
+        return [(b, p) for b, p in auto_order() if b == backend] or [(backend, s.precisions[0])]
     if precision not in s.precisions:
         only = " only" if len(s.precisions) == 1 else ""
         raise PrecisionError(f"{backend} runs {', '.join(s.precisions)}{only}, not {precision}")
@@ -221,12 +222,13 @@ def load_denoiser(
     Parameters
     ----------
     model : str or path, optional
-        Shipped model name (``tomogan-projection`` for detector frames, the
-        default; ``tomogan-slice`` for reconstructed slices), a model card
-        ``.json``, or a directory holding one.
+        A model's name (shipped: ``tomogan-projection`` for detector frames, the
+        default; ``tomogan-slice`` for reconstructed slices; or installed, see
+        :mod:`.catalogue`), a model card ``.json``, or a directory holding one.
     backend : str
         One of :data:`BACKENDS`: ``auto``, ``cpu`` (OpenVINO, else ONNX
-        Runtime), or a registry backend.
+        Runtime), or a registry backend, built in or added by an installed package
+        (:mod:`.registry`).
     precision : str
         One of :data:`PRECISIONS`; ``auto`` = fastest within tolerance. With a named
         ``backend`` none of whose precisions is within tolerance (LiteRT runs int8 only),
@@ -269,7 +271,7 @@ def load_denoiser(
     if threads is not None and not (isinstance(threads, numbers.Integral) and threads >= 1):
         raise ValueError(f"threads must be a number of threads >= 1 (or None: the runtime's choice), got {threads!r}")
     if backend not in BACKENDS:
-        raise UnknownBackendError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        spec(backend)  # a backend a package adds, or: unknown, or announced but unusable (each error says which)
     if precision not in PRECISIONS:
         raise PrecisionError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     card = load_card(model)

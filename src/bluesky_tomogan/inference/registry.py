@@ -7,12 +7,22 @@ precision from which file is decided here and nowhere else.
 
 ``AUTO_ORDER`` lists (backend, precision) pairs fastest first, as measured on
 x86 CPUs (docs/benchmarks.md), with GPUs and TPUs first when present.
+
+An installed package adds a backend (an accelerator this package does not know) by
+announcing a :class:`BackendSpec`, or a callable that returns one, as an entry point of
+the group ``bluesky_tomogan.backends`` named after the backend. It is found at the first
+use of the registry; ``auto`` tries its precisions just before the built-in backend its
+``auto_before`` names (:func:`auto_order`). A package that fails to load costs only its
+own backend, which then says why when asked for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import functools
+import logging
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -23,8 +33,13 @@ from .backends.base import Session
 from .backends.tensorrt import DEFAULT_TILE as TENSORRT_TILE  # numpy only at import; tensorrt loads on use
 
 __all__ = ["BackendSpec", "OpenRequest", "REGISTRY", "AUTO_ORDER", "ALIASES", "PRECISIONS", "SSIM_TOLERANCE",
-           "SSIM_TOLERANCE_WORST",
-           "backend_names", "configurations", "spec", "resolve_alias"]
+           "SSIM_TOLERANCE_WORST", "ENTRY_POINT_GROUP", "BUILTIN_BACKENDS",
+           "backend_names", "configurations", "spec", "resolve_alias", "auto_order"]
+
+log = logging.getLogger(__name__)
+
+#: Entry-point group through which an installed package adds a backend (a ``BackendSpec``, or a callable giving one).
+ENTRY_POINT_GROUP = "bluesky_tomogan.backends"
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 #: Largest mean SSIM drop vs fp32 a reduced precision may cost and still be chosen by ``precision="auto"``.
@@ -83,6 +98,10 @@ class BackendSpec:
         the cards were measured on, or ``None`` (OpenVINO int8 on an x86 CPU without VNNI:
         ``"no-vnni"``, unless the model's IR has 7-bit weights throughout). Its losses are the
         card's own ``quantization`` entry (:meth:`quality_entry`).
+    auto_before : str or None
+        For a backend an installed package adds: the built-in backend whose precisions ``auto``
+        tries just after this one's (``"openvino"``: before the CPU's). ``None``: tried only when
+        asked for by name.
     """
 
     name: str
@@ -96,6 +115,7 @@ class BackendSpec:
     speed_verdict: Callable[[str], str | None] | None = None
     preferred_files: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     numerics: Callable[[str, ModelCard | None], str | None] | None = None
+    auto_before: str | None = None
 
     @property
     def precisions(self) -> tuple[str, ...]:
@@ -219,7 +239,7 @@ def _seven_bit_weights(card: ModelCard) -> bool:
     return _int8_quantization(card).get("overflow_fix") == "enable"
 
 
-REGISTRY: Mapping[str, BackendSpec] = MappingProxyType({s.name: s for s in (
+_BUILTIN: Mapping[str, BackendSpec] = MappingProxyType({s.name: s for s in (
     BackendSpec("tensorrt", {"int8": "onnx", "fp16": "onnx", "fp32": "onnx"}, "tensorrt", _probe_tensorrt,
                 _open_tensorrt, quality_on_device=True, fixed_tile=TENSORRT_TILE),
     BackendSpec("edgetpu", {"int8": "edgetpu"}, "litert", _probe_edgetpu, _open_edgetpu),
@@ -234,7 +254,9 @@ REGISTRY: Mapping[str, BackendSpec] = MappingProxyType({s.name: s for s in (
                 preferred_files=MappingProxyType({"fp32": "onnx_resize"})),
 )})
 
-#: Fastest first; ``auto`` takes the first that this machine, this model card and the tolerance allow.
+#: The built-in backends' (backend, precision) pairs, fastest first; ``auto`` takes the first of
+#: :func:`auto_order` (these, with those of backends that packages add) that this machine, this model card
+#: and the tolerance allow.
 #: OpenVINO int8 is ahead of bf16 on every CPU measured once its float parts run in bf16
 #: where bf16 is fast (:func:`~.backends.openvino.int8_float_precision`): Xeon with AMX, 1024x1024,
 #: int8 179-267 ms against bf16 188-321 ms for the shipped models (2 threads, loaded CPU);
@@ -249,6 +271,75 @@ AUTO_ORDER: tuple[tuple[str, str], ...] = (
     ("openvino", "int8"), ("openvino", "bf16"), ("openvino", "fp32"),
     ("litert", "int8"), ("onnxruntime", "fp32"),
 )
+
+
+#: The names of the built-in backends (:data:`REGISTRY` adds those that installed packages announce).
+BUILTIN_BACKENDS: tuple[str, ...] = tuple(_BUILTIN)
+
+#: Why each backend that a package announces could not be had (its name -> the reason).
+_unloadable: dict[str, str] = {}
+
+
+@functools.cache
+def _plugins() -> Mapping[str, BackendSpec]:
+    """The backends installed packages announce (``bluesky_tomogan.backends`` entry points), loaded once."""
+    found: dict[str, BackendSpec] = {}
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if ep.name in _BUILTIN or ep.name in ALIASES or ep.name == "auto" or ep.name in found:
+            log.warning("entry point %r (%s) of group %s names a backend that exists already; not used",
+                        ep.name, ep.value, ENTRY_POINT_GROUP)
+            continue
+        try:
+            target = ep.load()
+            made = target() if callable(target) and not isinstance(target, BackendSpec) else target
+        except Exception as exc:  # any failure of someone else's package: its backend only
+            _unloadable[ep.name] = f"its package failed to load ({ep.value}): {type(exc).__name__}: {exc}"
+        else:
+            if not isinstance(made, BackendSpec) or made.name != ep.name:
+                _unloadable[ep.name] = (f"{ep.value} gives {type(made).__name__} "
+                                        f"{getattr(made, 'name', '')!r}, not a BackendSpec named {ep.name!r}")
+            elif made.auto_before is not None and made.auto_before not in _BUILTIN:
+                _unloadable[ep.name] = (f"its auto_before {made.auto_before!r} is not a built-in backend "
+                                        f"({', '.join(_BUILTIN)})")
+            else:
+                found[ep.name] = made
+                continue
+        log.warning("backend %r cannot be used: %s", ep.name, _unloadable[ep.name])
+    return MappingProxyType(found)
+
+
+class _Registry(Mapping[str, BackendSpec]):
+    """The built-in backends, then those that installed packages add (found at the first use)."""
+
+    def __getitem__(self, name: str) -> BackendSpec:
+        if name in _BUILTIN:
+            return _BUILTIN[name]
+        return _plugins()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from _BUILTIN
+        yield from _plugins()
+
+    def __len__(self) -> int:
+        return len(_BUILTIN) + len(_plugins())
+
+    def __repr__(self) -> str:
+        return f"<backend registry: {', '.join(self)}>"
+
+
+#: Every backend by name: the built-in ones and those installed packages add.
+REGISTRY: Mapping[str, BackendSpec] = _Registry()
+
+
+def auto_order() -> tuple[tuple[str, str], ...]:
+    """:data:`AUTO_ORDER` with the precisions of the backends packages add, each group just before the first
+    entry of the built-in backend its ``auto_before`` names."""
+    order = list(AUTO_ORDER)
+    for added in _plugins().values():
+        if added.auto_before is not None:
+            at = next(i for i, (b, _) in enumerate(order) if b == added.auto_before)
+            order[at:at] = [(added.name, p) for p in added.precisions]
+    return tuple(order)
 
 
 def _cpu() -> str:
@@ -284,11 +375,15 @@ def spec(name: str) -> BackendSpec:
     try:
         return REGISTRY[name]
     except KeyError:
+        if name in _unloadable:
+            raise BackendUnavailableError(f"backend {name!r}, which an installed package announces, cannot be "
+                                          f"used: {_unloadable[name]}") from None
         raise UnknownBackendError(f"unknown backend {name!r}; choose from {', '.join(backend_names())}") from None
 
 
 def configurations() -> list[tuple[str, str]]:
-    """Every (backend, precision) pair the registry knows, in ``AUTO_ORDER`` first, then the rest."""
-    rest = [(s.name, p) for s in REGISTRY.values() for p in s.precisions if (s.name, p) not in AUTO_ORDER]
-    return [*AUTO_ORDER, *rest]
+    """Every (backend, precision) pair the registry knows, in :func:`auto_order` first, then the rest."""
+    order = auto_order()
+    rest = [(s.name, p) for s in REGISTRY.values() for p in s.precisions if (s.name, p) not in order]
+    return [*order, *rest]
 
