@@ -728,12 +728,12 @@ class RunDenoiser(PassThroughRun):
             except Exception as exc:  # the row is kept, with what went wrong in QC
                 log.exception("TomoGAN: QC of %s seq %d failed", result.item.stream.field, result.item.seq_num)
                 result.error = result.error or f"internal error in QC: {type(exc).__name__}: {exc}"
+        stream = result.item.stream
+        if result.denoised is not None:  # as the derived stream stores it (QC has seen the float frame); not
+            result.denoised = cast_frames(result.denoised, np.dtype(stream.dtype))  # under the lock the RE shares
         with self._lock:
             if self._closed and not after_stop:
                 return
-            stream = result.item.stream
-            if result.denoised is not None:  # as the derived stream stores it (QC has seen the float frame)
-                result.denoised = cast_frames(result.denoised, np.dtype(stream.dtype))
             if self.options.inline:
                 if result.denoised is None:
                     result.denoised = np.zeros(stream.shape, stream.dtype)
