@@ -270,7 +270,7 @@ def test_in_a_qt_window_the_views_draw_on_the_gui_thread(tmp_path):
 
 
 TK_SCAN = QT_SCAN.replace('matplotlib.use("QtAgg")', 'matplotlib.use("TkAgg")').replace(
-    "RE = RunEngine()", "from bluesky_tomogan.callbacks.live_view import LiveViewDuringTask, _Panels\n"
+    "RE = RunEngine()", "from bluesky_tomogan.callbacks.live_view import LiveViewDuringTask\n"
                         "RE = RunEngine(during_task=LiveViewDuringTask())").replace(
     "draw = frames._draw\nframes._draw = lambda shown: (threads.add(threading.current_thread().name), draw(shown))",
     "import bluesky_tomogan.callbacks.live_view as lv\ndraw_now = lv._Panels._draw_now\n"
