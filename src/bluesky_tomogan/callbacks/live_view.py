@@ -115,12 +115,20 @@ def draw_deferred() -> int:
     return drawn
 
 
+#: Set while a window's timer draws: inside the toolkit's own event loop, a draw must not run that loop again
+#: (GTK's flush_events from a timer callback handled the timer's next tick inside itself, without end).
+_in_event_loop = threading.local()
+
+
 def _draw_deferred_by_timer() -> None:
     """:func:`draw_deferred` for a matplotlib timer, which drops a callback that returns 0."""
+    _in_event_loop.active = True
     try:
         draw_deferred()
     except Exception:  # a display's failure: logged, the timer goes on
         log.exception("live view: drawing on the main thread failed")
+    finally:
+        _in_event_loop.active = False
 
 
 def _process_gui_events() -> None:
@@ -350,7 +358,8 @@ class _Panels:
             image.axes.set_title(name if frame is not None else f"{name}: not available")
         self.fig.suptitle(title, color="red" if alarm else "black")
         self.fig.canvas.draw_idle()
-        self.fig.canvas.flush_events()
+        if not getattr(_in_event_loop, "active", False):  # the loop that called the timer draws it when it returns
+            self.fig.canvas.flush_events()
         if self.save is not None:
             self._write_png(self.save)
 
