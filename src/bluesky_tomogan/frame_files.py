@@ -455,8 +455,9 @@ def _sink(path: Path, shape: tuple[int, ...], dtype: np.dtype, provenance: dict[
                             f.create_dataset(key, data=value)
                         if "exchange/theta" in f:
                             f["exchange/theta"].attrs["units"] = "degrees"
-                    target = f.create_dataset(places[0], shape=shape, dtype=dtype,
-                                              chunks=(1, *shape[-2:]) if len(shape) == 3 else (compression and shape),
+                    # a chunk per frame (one frame: itself, where it is compressed)
+                    chunks = (1, *shape[-2:]) if len(shape) == 3 else (shape if compression else None)
+                    target = f.create_dataset(places[0], shape=shape, dtype=dtype, chunks=chunks,
                                               **compression_filter(compression))
                     if raw is not None:
                         _copy_attrs(raw, target)  # the raw frames' own (units, axes, ...)

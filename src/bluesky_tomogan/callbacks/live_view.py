@@ -75,8 +75,12 @@ def shows_windows() -> bool:
     return backend in {b.lower() for b in interactive}
 
 
-def _is_qt(backend: str) -> bool:
-    return "qt" in backend.lower()
+def _drawn_by_main_thread_only() -> bool:
+    """Windows of a GUI toolkit other than Qt (Tk, GTK, wx, macOS): no teleporter brings them their documents,
+    so the main thread draws them (:func:`draw_deferred`)."""
+    import matplotlib
+
+    return "qt" not in matplotlib.get_backend().lower() and shows_windows()
 
 
 def _needs_main_thread() -> bool:
@@ -115,18 +119,24 @@ def draw_deferred() -> int:
     return drawn
 
 
-#: Set while a window's timer draws: inside the toolkit's own event loop, a draw must not run that loop again
-#: (GTK's flush_events from a timer callback handled the timer's next tick inside itself, without end).
+#: Set while a window's timer draws: that draw runs inside the toolkit's own event loop, which shows it when
+#: the timer returns, so it does not run the loop again from inside itself (re-entrantly).
 _in_event_loop = threading.local()
 
 
-def _draw_deferred_by_timer() -> None:
-    """:func:`draw_deferred` for a matplotlib timer, which drops a callback that returns 0."""
-    _in_event_loop.active = True
+def _draw_deferred_safely() -> None:
+    """:func:`draw_deferred`, its failure logged: a display's failure never reaches a plan or a timer."""
     try:
         draw_deferred()
-    except Exception:  # a display's failure: logged, the timer goes on
+    except Exception:  # any failure of a display
         log.exception("live view: drawing on the main thread failed")
+
+
+def _draw_deferred_by_timer() -> None:
+    """:func:`draw_deferred` for a matplotlib timer (which drops a callback that returns 0), inside its loop."""
+    _in_event_loop.active = True
+    try:
+        _draw_deferred_safely()
     finally:
         _in_event_loop.active = False
 
@@ -169,11 +179,8 @@ class LiveViewDuringTask(DefaultDuringTask):
 
     def block(self, blocking_event: threading.Event) -> None:
         """Wait for ``blocking_event`` (the plan is done), drawing the live views meanwhile."""
-        if "matplotlib" not in sys.modules or threading.current_thread() is not threading.main_thread():
-            return super().block(blocking_event)
-        import matplotlib
-
-        if _is_qt(matplotlib.get_backend()) or not shows_windows():
+        if ("matplotlib" not in sys.modules or threading.current_thread() is not threading.main_thread()
+                or not _drawn_by_main_thread_only()):
             return super().block(blocking_event)
         while not blocking_event.wait(self.poll):
             self._round()
@@ -182,11 +189,8 @@ class LiveViewDuringTask(DefaultDuringTask):
 
     @staticmethod
     def _round() -> None:
-        try:
-            draw_deferred()
-            _process_gui_events()
-        except Exception:  # a display's failure must never reach the plan
-            log.exception("live view: drawing on the main thread failed")
+        _draw_deferred_safely()
+        _process_gui_events()  # each window's failure is its own, logged
 
 
 def _is_open(fig: Any) -> bool:
@@ -335,7 +339,7 @@ class _Panels:
             self._reopen_if_closed()
         if self.fig is None:
             self.fig = plt.figure(figsize=(10, 5))
-            if shows_windows() and not _is_qt(plt.get_backend()):
+            if _drawn_by_main_thread_only():
                 # pictures that come when no plan runs (a reconstruction's last update) are drawn by the window's
                 # own timer, whenever its toolkit's event loop runs (the IPython prompt's input hook, plt.pause)
                 self._timer = self.fig.canvas.new_timer(interval=250)
