@@ -418,11 +418,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _kafka_cluster(args: argparse.Namespace) -> Any:
+    """The ``KafkaCluster`` that ``--kafka-bootstrap`` and ``--kafka-config`` name, or None."""
+    if not (args.kafka_bootstrap or args.kafka_config):
+        return None
+    from .serve.kafka import KafkaCluster
+
+    if args.kafka_config:
+        return KafkaCluster.from_file(args.kafka_config, bootstrap_servers=args.kafka_bootstrap)
+    return KafkaCluster(args.kafka_bootstrap)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import ServeError, serve
 
     try:
-        return serve(args.zmq_in, tiled=args.tiled, store=args.store, zmq_out=args.zmq_out,
+        return serve(args.zmq_in, kafka=_kafka_cluster(args), kafka_in=args.kafka_in or (), kafka_out=args.kafka_out,
+                     kafka_group=args.kafka_group, tiled=args.tiled, store=args.store, zmq_out=args.zmq_out,
                      republish_raw=args.republish == "all", model=args.model,
                      backend=args.backend, streams=args.streams, fields=args.fields, policy=args.policy,
                      reconstruct=args.reconstruct, reconstruct_every=args.every, directory=args.directory,
@@ -443,7 +455,8 @@ def _cmd_qc_ioc(args: argparse.Namespace) -> int:
     from .serve.transport import Unreachable
 
     try:
-        return run_qc_ioc(args.zmq_in, args.prefix, retry_after=args.retry_after)
+        return run_qc_ioc(args.zmq_in, args.prefix, retry_after=args.retry_after, kafka=_kafka_cluster(args),
+                          kafka_in=args.kafka_in or (), kafka_group=args.kafka_group)
     except (Unreachable, ValueError) as exc:
         print(f"bluesky-tomogan qc-ioc: error: {exc}", file=sys.stderr)
         return 2
@@ -455,10 +468,25 @@ def _cmd_view(args: argparse.Namespace) -> int:
 
     try:
         return run_viewer(args.zmq_in, stream=args.stream, row=args.row, root_map=dict(args.root_map),
-                          save=args.save, interval=args.interval)
+                          save=args.save, interval=args.interval, kafka=_kafka_cluster(args),
+                          kafka_in=args.kafka_in or (), kafka_group=args.kafka_group)
     except (Unreachable, ValueError, TomoGANError) as exc:
         print(f"bluesky-tomogan view: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _stream_arguments(s: argparse.ArgumentParser, zmq_help: str, topics_help: str, group_help: str) -> None:
+    """Where a command reads documents: ``--zmq-in HOST:PORT`` or ``--kafka-in TOPIC...`` (with the brokers:
+    ``--kafka-bootstrap``, ``--kafka-config``) and ``--kafka-group``."""
+    where = s.add_mutually_exclusive_group(required=True)
+    where.add_argument("--zmq-in", metavar="HOST:PORT", help=zmq_help)
+    where.add_argument("--kafka-in", nargs="+", metavar="TOPIC", help=topics_help)
+    s.add_argument("--kafka-bootstrap", metavar="HOST:PORT[,HOST:PORT]",
+                   help="the Kafka brokers (or bootstrap_servers in --kafka-config)")
+    s.add_argument("--kafka-config", metavar="FILE",
+                   help="a beamline's Kafka YAML (as /etc/bluesky/kafka.yml: bootstrap_servers, "
+                        "producer_consumer_security_config, runengine_producer_config, consumer_config)")
+    s.add_argument("--kafka-group", metavar="ID", help=group_help)
 
 
 def _storage_arguments(s: argparse.ArgumentParser) -> None:
@@ -509,17 +537,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "denoiser falls behind this CPU")
     s.set_defaults(func=_cmd_demo)
 
-    s = sub.add_parser("serve", help="denoise runs from a bluesky 0MQ stream in this process (docs/deployment.md)")
-    s.add_argument("--zmq-in", required=True, metavar="HOST:PORT", help="bluesky-0MQ-proxy out port to read")
+    s = sub.add_parser("serve", help="denoise runs from a bluesky 0MQ or Kafka stream in this process "
+                                     "(docs/deployment.md)")
+    _stream_arguments(s, "bluesky-0MQ-proxy out port to read",
+                      "Kafka topics the RunEngine publishes to (bluesky_kafka.Publisher), e.g. "
+                      "tst.bluesky.runengine.documents",
+                      "Kafka consumer group (default bluesky-tomogan-serve-K-of-N for --share K/N); its offset is "
+                      "committed after each finished run, so a restarted worker goes on from there")
     s.add_argument("--tiled", metavar="URI|DIR",
                    help="Tiled server of the runs (URI with ?api_key= if needed), or a directory for an embedded one")
     s.add_argument("--store", choices=["derived", "run", "none"], default="derived",
                    help="derived: add derived streams to the run the RunEngine host stores (default); "
                         "run: store the whole run here; none: store nothing")
-    s.add_argument("--zmq-out", metavar="HOST:PORT", help="a second proxy's in port: republish derived documents")
+    out = s.add_mutually_exclusive_group()
+    out.add_argument("--zmq-out", metavar="HOST:PORT", help="a second proxy's in port: republish derived documents")
+    out.add_argument("--kafka-out", metavar="TOPIC", help="a Kafka topic to republish derived documents to")
     s.add_argument("--republish", choices=["derived", "all"], default="derived",
-                   help="with --zmq-out: the derived documents only (default), or the raw ones too (one stream "
-                        "that `view` shows whole)")
+                   help="with --zmq-out or --kafka-out: the derived documents only (default), or the raw ones too "
+                        "(one stream that `view` shows whole)")
     s.add_argument("--model", default="tomogan-projection")
     s.add_argument("--backend", default="auto", choices=backend_names())
     s.add_argument("--streams", nargs="+", help="streams to denoise (default: primary flat)")
@@ -559,18 +594,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds after which a suspending QC flag clears and the next frame tests again")
     s.set_defaults(func=_cmd_serve)
 
-    s = sub.add_parser("qc-ioc", help="QC flags and metrics of a 0MQ document stream as EPICS PVs (caproto IOC)")
-    s.add_argument("--zmq-in", required=True, metavar="HOST:PORT",
-                   help="a proxy's out port carrying denoised streams (e.g. serve --zmq-out's proxy)")
+    s = sub.add_parser("qc-ioc", help="QC flags and metrics of a 0MQ or Kafka document stream as EPICS PVs "
+                                      "(caproto IOC)")
+    _stream_arguments(s, "a proxy's out port carrying denoised streams (e.g. serve --zmq-out's proxy)",
+                      "Kafka topics carrying denoised streams (e.g. serve --kafka-out's)",
+                      "Kafka consumer group (default: one of its own; never committed, so a restarted IOC "
+                      "starts at the newest flags)")
     s.add_argument("--prefix", default="TOMOGAN:QC:", help="PV prefix (default TOMOGAN:QC:)")
     s.add_argument("--retry-after", type=float, default=10.0,
                    help="seconds after which a suspending QC flag clears and the next frame tests again")
     s.set_defaults(func=_cmd_qc_ioc)
 
-    s = sub.add_parser("view", help="the live views (denoised frames, live slices) of a 0MQ document stream, in "
-                                    "windows or as PNG files")
-    s.add_argument("--zmq-in", required=True, metavar="HOST:PORT",
-                   help="a proxy's out port carrying denoised streams (serve --zmq-out's proxy)")
+    s = sub.add_parser("view", help="the live views (denoised frames, live slices) of a 0MQ or Kafka document "
+                                    "stream, in windows or as PNG files")
+    _stream_arguments(s, "a proxy's out port carrying denoised streams (serve --zmq-out's proxy)",
+                      "Kafka topics carrying denoised streams (serve --kafka-out's)",
+                      "Kafka consumer group (default: one of its own, never committed)")
     s.add_argument("--stream", default="primary", help="the raw stream whose denoised frames are shown")
     s.add_argument("--row", type=int, help="the detector row of the slice view (default: the middle one)")
     s.add_argument("--root-map", nargs="+", type=_path_pair, default=[], metavar="THERE=HERE",

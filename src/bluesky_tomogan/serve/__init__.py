@@ -1,8 +1,8 @@
 """Out of the RunEngine's process: a denoising worker on bluesky's 0MQ document stream.
 
 ``bluesky-tomogan serve`` (:func:`serve`) is the command; :class:`DenoisingWorker`
-the object; :mod:`.transport` the one seam to the stream (0MQ here, Kafka by
-the same interface); :mod:`.tiled_derived` writes derived streams into runs that
+the object; :mod:`.transport` the one seam to the stream (bluesky's 0MQ, or Kafka
+through :mod:`.kafka`); :mod:`.tiled_derived` writes derived streams into runs that
 the RunEngine host stores. See docs/deployment.md.
 """
 
@@ -10,16 +10,25 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .tiled_derived import DerivedStreamsWriter, record_on_run
-from .transport import DocumentSource, Unreachable, ZMQSource, check_reachable, parse_address, zmq_publisher
+from .transport import (
+    DocumentSource,
+    Unreachable,
+    ZMQSource,
+    check_reachable,
+    document_source,
+    parse_address,
+    zmq_publisher,
+)
 from .worker import DenoisingWorker, DerivedOnly, RunShare, Store, WorkerStats
 
 __all__ = ["serve", "DenoisingWorker", "DerivedOnly", "RunShare", "WorkerStats", "DocumentSource", "ZMQSource",
            "zmq_publisher", "check_reachable", "parse_address", "Unreachable", "DerivedStreamsWriter",
-           "record_on_run", "ServeError"]
+           "record_on_run", "ServeError", "document_source"]
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +37,9 @@ class ServeError(RuntimeError):
     """The worker cannot start: a proxy or Tiled server it needs is not there (the message says which)."""
 
 
-def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zmq_out: str | None = None,
+def serve(zmq_in: str | None = None, *, kafka: Any = None, kafka_in: Sequence[str] = (),
+          kafka_out: str | None = None, kafka_group: str | None = None,
+          tiled: str | None = None, store: Store = "derived", zmq_out: str | None = None,
           republish_raw: bool = False,
           model: str = "tomogan-projection", backend: str = "auto", streams: list[str] | None = None,
           fields: list[str] | None = None, policy: str = "block", reconstruct: bool = False,
@@ -39,12 +50,24 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
           warm_up: tuple[int, int] | None = None, abandon_after: float | None = 86400.0,
           root_map: dict[str, str] | None = None, slice_model: str = "tomogan-slice",
           slice_self_ensemble: int = 1, frame_dtype: str = "float32", compression: str | None = None) -> int:
-    """Serve the document stream at ``zmq_in`` (a ``bluesky-0MQ-proxy`` out port) until SIGTERM.
+    """Serve the document stream at ``zmq_in`` (a ``bluesky-0MQ-proxy`` out port), or in the Kafka topics
+    ``kafka_in``, until SIGTERM.
 
     Parameters
     ----------
-    zmq_in : str
+    zmq_in : str, optional
         ``host:port`` of the proxy's out port, where the RunEngine's ``Publisher`` documents come from.
+    kafka : KafkaCluster, optional
+        The Kafka brokers (:class:`~bluesky_tomogan.serve.kafka.KafkaCluster`), for ``kafka_in`` and
+        ``kafka_out``.
+    kafka_in : sequence of str
+        Kafka topics the RunEngine publishes to (``bluesky_kafka.Publisher``), instead of ``zmq_in``.
+        The worker's consumer group commits after each run it finishes, so that a restarted
+        worker goes on from there (:mod:`~bluesky_tomogan.serve.kafka`).
+    kafka_out : str, optional
+        A Kafka topic to republish the derived documents to (instead of ``zmq_out``).
+    kafka_group : str, optional
+        The Kafka consumer group (default ``bluesky-tomogan-serve-K-of-N`` for ``share`` K/N).
     tiled : str, optional
         Tiled URI (with ``?api_key=`` if the server needs one) where the runs are stored, or a
         directory: an embedded Tiled server (:func:`~bluesky_tomogan.storage.local_tiled`) in the worker.
@@ -53,7 +76,7 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
     zmq_out : str, optional
         ``host:port`` of a second proxy's in port: the derived documents are republished there.
     republish_raw : bool
-        With ``zmq_out``: the raw documents too (see :class:`DenoisingWorker`).
+        With ``zmq_out`` or ``kafka_out``: the raw documents too (see :class:`DenoisingWorker`).
     model, backend : str
         As :func:`~bluesky_tomogan.load_denoiser`.
     streams, fields, policy
@@ -110,11 +133,13 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
     Raises
     ------
     ServeError
-        The proxy is unreachable or the Tiled server refuses.
+        The proxy or Kafka broker is unreachable, the Tiled server refuses, or the options
+        contradict each other.
     """
     from ..callbacks import SCAN_STREAMS, TomoGANCallback, TomoReconstruction
     from ..inference.load import load_denoiser
     from ..inference.ratios import load_ratios
+    from .kafka import group_id_for
 
     if fallback is not None and policy != "adaptive":
         raise ServeError(f"a fallback model ({fallback}) is for policy 'adaptive', not {policy!r}")
@@ -122,8 +147,13 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
         raise ServeError(f"a slice self-ensemble ({slice_self_ensemble}) is for the slices of --reconstruct")
     if slice_model != "tomogan-slice" and not reconstruct:
         raise ServeError(f"a slice model ({slice_model}) is for the slices of --reconstruct")
-    if republish_raw and zmq_out is None:
-        raise ServeError("republishing the raw documents too (--republish all) needs --zmq-out: where to republish")
+    if zmq_out is not None and kafka_out is not None:
+        raise ServeError("republish to one place: a 0MQ proxy (--zmq-out) or a Kafka topic (--kafka-out)")
+    if kafka_out is not None and kafka is None:
+        raise ServeError("a Kafka topic to republish to needs the brokers: --kafka-bootstrap or --kafka-config")
+    if republish_raw and zmq_out is None and kafka_out is None:
+        raise ServeError("republishing the raw documents too (--republish all) needs --zmq-out or --kafka-out: "
+                         "where to republish")
     if warm_up is not None and policy != "adaptive":
         raise ServeError(f"--warm-up (a frame shape for the adaptive ladder) is for policy 'adaptive', not {policy!r}")
     run_share = RunShare.parse(share)
@@ -133,9 +163,12 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
         log.info("store='run': runs without a stop are kept open (the worker is the only writer of their raw data)")
         abandon_after = None
     try:
-        check_reachable(zmq_in)
+        source = document_source(zmq_in, kafka=kafka, kafka_in=kafka_in, prefix=prefix, resume=True,
+                                  group_id=kafka_group or (group_id_for("serve", share) if kafka_in else None))
         if zmq_out is not None:
             check_reachable(zmq_out)
+        if kafka_out is not None and not kafka_in:
+            kafka.check_reachable([kafka_out])
     except (Unreachable, ValueError) as exc:
         raise ServeError(str(exc)) from exc
     client = _tiled_client(tiled) if store != "none" else None
@@ -161,18 +194,27 @@ def serve(zmq_in: str, *, tiled: str | None = None, store: Store = "derived", zm
         rec = TomoReconstruction(slices, every=reconstruct_every, directory=directory, root_map=root_map)
         callback.subscribe(rec)
         outlet, wait = rec, rec.wait
-    worker = DenoisingWorker(ZMQSource(zmq_in, prefix=prefix), callback, outlet=outlet, client=client, store=store,
-                             republish=zmq_publisher(zmq_out) if zmq_out else None, republish_raw=republish_raw,
+    republish: Any = None
+    if zmq_out is not None:
+        republish = zmq_publisher(zmq_out)
+    elif kafka_out is not None:
+        from .kafka import KafkaPublisher
+
+        republish = KafkaPublisher(kafka, kafka_out)
+    worker = DenoisingWorker(source, callback, outlet=outlet, client=client, store=store,
+                             republish=republish, republish_raw=republish_raw,
                              state_dir=Path(state_dir).expanduser(), share=run_share, grace=grace, wait=wait,
                              abandon_after=abandon_after)
     if ioc is not None:
         ioc.start()
-    log.info("bluesky-tomogan serve: %s from %s, store=%s%s, share %s%s", denoiser, zmq_in, store,
+    log.info("bluesky-tomogan serve: %s from %s, store=%s%s, share %s%s", denoiser, zmq_in or source, store,
              f" in {tiled.split('?')[0]}" if tiled else "", share,  # no API key in logs
              f", QC PVs under {ioc_prefix}" if ioc_prefix else "")
     try:
         return worker.run()
     finally:
+        if kafka_out is not None:
+            republish.close()  # what is still queued for the topic
         if ioc is not None:
             ioc.stop()
             ioc.monitor.cancel_timers()

@@ -172,21 +172,26 @@ class QCFromDocuments:
             self._fields = {d: v for d, v in self._fields.items() if v[0] != doc.get("run_start")}
 
 
-def run_qc_ioc(zmq_in: str, prefix: str = DEFAULT_PREFIX, *, retry_after: float = 10.0,
-               policy: QCPolicy | None = None, interfaces: Sequence[str] = ("0.0.0.0",)) -> int:
-    """The QC IOC on its own: PVs from the QC columns of a 0MQ document stream, until SIGTERM/SIGINT."""
+def run_qc_ioc(zmq_in: str | None = None, prefix: str = DEFAULT_PREFIX, *, retry_after: float = 10.0,
+               policy: QCPolicy | None = None, interfaces: Sequence[str] = ("0.0.0.0",), kafka: Any = None,
+               kafka_in: Sequence[str] = (), kafka_group: str | None = None) -> int:
+    """The QC IOC on its own: PVs from the QC columns of a document stream, until SIGTERM/SIGINT.
+
+    The stream is a 0MQ proxy's out port (``zmq_in``) or Kafka topics (``kafka_in`` on the
+    :class:`~bluesky_tomogan.serve.kafka.KafkaCluster` ``kafka``; a consumer group of its own unless
+    ``kafka_group``, which never commits: a restarted IOC starts at the newest flags, not at stale ones).
+    """
     import signal
 
-    from .transport import ZMQSource, check_reachable
+    from .transport import document_source
 
-    check_reachable(zmq_in)
+    source = document_source(zmq_in, kafka=kafka, kafka_in=kafka_in, group_id=kafka_group)
     monitor = QCMonitor(name="qc", retry_after=retry_after)
-    source = ZMQSource(zmq_in)
     source.subscribe(QCFromDocuments(QCFeedback(policy, monitor=monitor)))
     ioc = QCIOC(monitor, prefix, interfaces)
     ioc.start()
     previous = {s: signal.signal(s, lambda *_: source.stop()) for s in (signal.SIGTERM, signal.SIGINT)}
-    log.info("QC IOC on its own: %s from %s", prefix, zmq_in)
+    log.info("QC IOC on its own: %s from %s", prefix, zmq_in or source)
     try:
         source.start()
     finally:

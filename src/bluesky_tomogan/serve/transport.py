@@ -6,12 +6,10 @@ republishes what it makes. Here both are bluesky's own 0MQ pieces:
 ``bluesky.callbacks.zmq.RemoteDispatcher`` behind ``bluesky-0MQ-proxy``, and
 ``bluesky.callbacks.zmq.Publisher``.
 
-Kafka plugs in at the same seam: ``bluesky_kafka.RemoteDispatcher(topics,
-bootstrap_servers, group_id)`` has the same ``subscribe``/``start``/``stop``
-and ``bluesky_kafka.Publisher(topic, bootstrap_servers, key)`` is a
-``(name, doc)`` callable, so a Kafka deployment passes those to
-:class:`~bluesky_tomogan.serve.worker.DenoisingWorker` instead (docs/deployment.md).
-No Kafka code ships here: no broker installs on the machines this is tested on.
+Kafka (:mod:`.kafka`, the wire format of ``bluesky_kafka``) plugs in at the same
+seam: :class:`~.kafka.KafkaSource` has the same ``subscribe``/``start``/``stop``
+and :class:`~.kafka.KafkaPublisher` is a ``(name, doc)`` callable.
+:func:`document_source` opens either for the commands (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -20,10 +18,11 @@ import asyncio
 import logging
 import pickle
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-__all__ = ["DocumentSource", "ZMQSource", "zmq_publisher", "parse_address", "check_reachable", "Unreachable"]
+__all__ = ["DocumentSource", "ZMQSource", "zmq_publisher", "parse_address", "check_reachable", "Unreachable",
+           "document_source"]
 
 log = logging.getLogger(__name__)
 Subscriber = Callable[[str, Any], Any]
@@ -105,6 +104,19 @@ class ZMQSource:
         loop: asyncio.AbstractEventLoop = self._dispatcher.loop
         return loop
 
+    def every(self, seconds: float, func: Callable[[], Any]) -> None:
+        """Call ``func()`` about every ``seconds`` on the dispatching thread, between documents (a GUI's events)."""
+        loop = self.loop
+
+        def tick() -> None:
+            try:
+                func()
+            except Exception:
+                log.exception("a periodic task of the 0MQ reader raised")
+            loop.call_later(seconds, tick)
+
+        loop.call_soon(tick)
+
     def start(self) -> None:
         """Dispatch documents until :meth:`stop` (blocks; returns after a stop)."""
         try:
@@ -134,3 +146,34 @@ def zmq_publisher(address: str, *, prefix: bytes = b"") -> Subscriber:
     from bluesky.callbacks.zmq import Publisher
 
     return Publisher(parse_address(address), prefix=prefix)
+
+
+def document_source(zmq_in: str | None = None, *, kafka: Any = None, kafka_in: Sequence[str] = (),
+                    group_id: str | None = None, resume: bool = False, prefix: bytes = b"") -> Any:
+    """The stream a command reads: a 0MQ proxy's out port (``zmq_in``), or Kafka topics (``kafka_in`` on the
+    :class:`~.kafka.KafkaCluster` ``kafka``), checked to answer first.
+
+    ``group_id`` and ``resume`` are the Kafka reader's (:class:`~.kafka.KafkaSource`); a fresh group of
+    its own when not given. ``prefix`` is the 0MQ publisher's. Both sources also have ``every(seconds,
+    func)``, for work between documents on the reading thread (a GUI's events).
+
+    Raises
+    ------
+    Unreachable
+        Nothing answers where the stream should be.
+    ValueError
+        Neither or both streams named, or an address or setting is wrong.
+    """
+    if (zmq_in is None) == (not kafka_in):
+        raise ValueError("read documents from one stream: a 0MQ proxy (--zmq-in) or Kafka topics (--kafka-in)")
+    if zmq_in is not None:
+        check_reachable(zmq_in)
+        return ZMQSource(zmq_in, prefix=prefix)
+    from .kafka import KafkaConfigError, KafkaSource, group_id_for
+
+    if kafka is None:
+        raise KafkaConfigError("Kafka topics need the brokers: --kafka-bootstrap HOST:PORT or --kafka-config FILE")
+    if prefix:
+        raise ValueError("a publisher prefix is a 0MQ setting; Kafka topics separate streams")
+    kafka.check_reachable(kafka_in)
+    return KafkaSource(kafka, kafka_in, group_id or group_id_for("reader"), resume=resume)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +27,19 @@ log = logging.getLogger(__name__)
 FRAMES_PNG, SLICES_PNG = "frames.png", "slices.png"
 
 
-def run_viewer(zmq_in: str, *, stream: str = "primary", row: int | None = None,
+def run_viewer(zmq_in: str | None = None, *, stream: str = "primary", row: int | None = None,
                root_map: Mapping[str, str] | None = None, save: str | os.PathLike[str] | None = None,
-               interval: float = 0.5) -> int:
-    """Show the live views of the stream at ``zmq_in`` until SIGTERM/SIGINT.
+               interval: float = 0.5, kafka: Any = None, kafka_in: Sequence[str] = (),
+               kafka_group: str | None = None) -> int:
+    """Show the live views of the stream at ``zmq_in``, or in the Kafka topics ``kafka_in``, until SIGTERM/SIGINT.
 
     Parameters
     ----------
-    zmq_in : str
+    zmq_in : str, optional
         ``host:port`` of a ``bluesky-0MQ-proxy`` out port (``serve --zmq-out``'s proxy).
+    kafka, kafka_in, kafka_group : optional
+        Instead of ``zmq_in``: the :class:`~bluesky_tomogan.serve.kafka.KafkaCluster`, the topics
+        (``serve --kafka-out``'s) and a consumer group (default: one of its own, never committed).
     stream : str
         The raw stream whose denoised frames are shown.
     row : int, optional
@@ -59,7 +63,7 @@ def run_viewer(zmq_in: str, *, stream: str = "primary", row: int | None = None,
     import matplotlib
 
     from ..callbacks.live_view import LiveDenoisedView, LiveSliceView, shows_windows
-    from .transport import ZMQSource, check_reachable
+    from .transport import document_source
 
     windows = shows_windows()
     if not windows and save is None:
@@ -71,8 +75,7 @@ def run_viewer(zmq_in: str, *, stream: str = "primary", row: int | None = None,
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TomoGANError(f"cannot make the directory {directory} for the views: {exc}") from exc
-    check_reachable(zmq_in)
-    source = ZMQSource(zmq_in)
+    source = document_source(zmq_in, kafka=kafka, kafka_in=kafka_in, group_id=kafka_group)
     # documents are dispatched on this (the main) thread, the one a GUI draws on: nothing to hand over
     views = (LiveDenoisedView(stream, interval=interval, root_map=root_map, use_teleporter=False,
                               save=None if directory is None else directory / FRAMES_PNG),
@@ -81,9 +84,10 @@ def run_viewer(zmq_in: str, *, stream: str = "primary", row: int | None = None,
     for view in views:
         source.subscribe(view)
     if windows:
-        _kick_windows(source.loop)
+        _kick_windows(source)
     previous = {s: signal.signal(s, lambda *_: source.stop()) for s in (signal.SIGTERM, signal.SIGINT)}
-    log.info("viewing %s%s", zmq_in, f", writing {directory}/{FRAMES_PNG} and {SLICES_PNG}" if directory else "")
+    log.info("viewing %s%s", zmq_in or source,
+             f", writing {directory}/{FRAMES_PNG} and {SLICES_PNG}" if directory else "")
     try:
         source.start()
     finally:
@@ -92,9 +96,9 @@ def run_viewer(zmq_in: str, *, stream: str = "primary", row: int | None = None,
     return 0
 
 
-def _kick_windows(loop: Any, every: float = 0.05) -> None:
+def _kick_windows(source: Any, every: float = 0.05) -> None:
     """Let the windows' GUI (Qt, Tk, GTK, wx...) handle its events between the stream's documents: the stream's
-    asyncio loop owns the thread, so without this a window would freeze between draws (bluesky's own kicker
+    reader owns the thread, so without this a window would freeze between draws (bluesky's own kicker
     does this for Qt only)."""
     import matplotlib.pyplot as plt
 
@@ -103,6 +107,5 @@ def _kick_windows(loop: Any, every: float = 0.05) -> None:
     def kick() -> None:
         for number in plt.get_fignums():
             plt.figure(number).canvas.flush_events()
-        loop.call_later(every, kick)
 
-    loop.call_soon(kick)
+    source.every(every, kick)
