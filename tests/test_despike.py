@@ -129,6 +129,22 @@ def test_dense_specks_in_every_frame_of_the_context_leave_no_trace(rng, name):
     assert np.abs(alone - reference)[neighbours_only].max() > 2 * noise
 
 
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_hot_pixels_above_half_a_percent_leave_the_frames_range_and_its_denoising_alone(rng, precision):
+    """Hot pixels at 1 % of a 16-bit detector's pixels, at its top value in every frame: spikes come out before
+    the frame's range is taken. Taken with them, the top percentile was the hot pixels' value, the real
+    range a sliver of the network's input, and int8 lost it (SSIM 0.98 -> 0.70 at 1000 photons)."""
+    den = load_denoiser("tomogan-projection", backend="auto" if precision == "auto" else "onnxruntime",
+                        precision=precision)
+    clean = _frames(rng, n=den.depth, size=96)
+    hot = rng.random(clean.shape[-2:]) < 0.01
+    with_hot = clean.copy()
+    with_hot[:, hot] = 65535.0
+    reference, out = den.denoise_context(clean), den.denoise_context(with_hot)
+    assert np.abs(out - reference)[~hot].max() < 2 * np.sqrt(800)  # the noise is ~28 counts
+    assert out[hot].max() < 2 * 1100  # each hot pixel its neighbourhood's median, denoised
+
+
 def test_a_projection_model_is_exported_despiking_its_input_and_a_slice_model_is_not(tmp_path, tiny_dataset):
     import json
 
