@@ -145,6 +145,25 @@ def test_hot_pixels_above_half_a_percent_leave_the_frames_range_and_its_denoisin
     assert out[hot].max() < 2 * 1100  # each hot pixel its neighbourhood's median, denoised
 
 
+def test_dead_pixels_are_taken_out_and_a_small_dense_particles_corners_are_not(rng):
+    """Dead pixels (0 in every frame) where they stand out, 0.3 % of the pixels: the full-precision network smeared
+    each into its neighbours (held-out projections, 0.4 %: SSIM 0.984 -> 0.959 in fp32). A dark pixel counts only
+    below all but one of its eight neighbours: the corners of the small dense disc of ``_frames`` (radius 3) lie
+    below their neighbourhood's median but beside dark neighbours, and stay."""
+    den = load_denoiser("tomogan-projection", backend="onnxruntime", precision="fp32")
+    clean = _frames(rng, n=den.depth, size=96)
+    bright = clean.min(axis=0) > 600  # where 0 is far below the neighbours (12 robust sigmas)
+    dead = bright & (rng.random(bright.shape) < 0.003)
+    with_dead = clean.copy()
+    with_dead[:, dead] = 0.0
+    reference, out = den.denoise_context(clean), den.denoise_context(with_dead)
+    assert dead.sum() >= 10
+    assert np.abs(out - reference)[~dead].max() < 2 * np.sqrt(800)
+    den.despike_sigmas = None
+    assert np.abs(den.denoise_context(with_dead) - reference)[~dead].max() > 4 * np.sqrt(800)  # what it guards against
+    assert np.array_equal(remove_isolated_spikes(clean.copy(), 12.0), clean)  # the disc's corners included
+
+
 def test_a_projection_model_is_exported_despiking_its_input_and_a_slice_model_is_not(tmp_path, tiny_dataset):
     import json
 
