@@ -182,6 +182,23 @@ def test_a_reader_that_resumes_goes_on_after_the_last_run_it_finished(broker):
     assert [doc["uid"] for name, doc in got_fresh if name == "start"] == ["after"]
 
 
+def test_a_cooperative_assignor_gets_its_partitions_added_and_reads_from_their_end(broker):
+    """With ``partition.assignment.strategy: cooperative-sticky`` (a beamline's consumer_config) partitions
+    are added to what the reader has, not set, and where reading starts is still fixed when they come."""
+    address, owner = broker
+    make_topics(owner, "coop")
+    cluster = KafkaCluster(address, consumer={"partition.assignment.strategy": "cooperative-sticky"})
+    source = KafkaSource(cluster, ["coop"], "reader")
+    got, thread = collect(source)
+    publish = re_publisher("coop", address)
+    for name, doc in run_documents("r"):
+        publish(name, doc)
+    wait_until(lambda: len(got) == 5, 30, "the run")
+    source.stop()
+    thread.join(10)
+    assert [name for name, _ in got] == ["start", "descriptor", "event", "event", "stop"]
+
+
 def test_a_malformed_message_is_counted_and_the_stream_goes_on(broker, caplog):
     address, owner = broker
     make_topics(owner, "mixed")

@@ -253,6 +253,8 @@ class KafkaSource:
         config = {**cluster.client_config("consumer"), "group.id": group_id, "enable.auto.commit": False}
         config.setdefault("auto.offset.reset", "latest")
         self._reset = str(config["auto.offset.reset"])
+        # a cooperative assignor hands out partitions a few at a time: they are added, not set
+        self._cooperative = "cooperative" in str(config.get("partition.assignment.strategy", ""))
         self._consumer = confluent_kafka.Consumer(config, logger=logging.getLogger(f"{__name__}.librdkafka"))
         self._consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
 
@@ -272,18 +274,20 @@ class KafkaSource:
                     partition.offset = consumer.get_watermark_offsets(partition, timeout=10)[0]
                 else:
                     partition.offset = consumer.get_watermark_offsets(partition, timeout=10)[1]
-            consumer.assign(partitions)
+            (consumer.incremental_assign if self._cooperative else consumer.assign)(partitions)
         except self._kafka.KafkaException as exc:  # librdkafka then places them itself
             log.warning("Kafka: could not fix where group %s starts reading (%s); librdkafka places it", self.group_id,
                         exc)
-        self.assigned = [(p.topic, p.partition) for p in partitions]
+        given = [(p.topic, p.partition) for p in partitions]
+        self.assigned = [*self.assigned, *given] if self._cooperative else given
         log.info("Kafka: reading %s as group %s", ", ".join(f"{t}[{p}]" for t, p in self.assigned) or "nothing",
                  self.group_id)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         log.info("Kafka: partitions revoked from group %s: %s", self.group_id,
                  ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
-        self.assigned = []
+        gone = {(p.topic, p.partition) for p in partitions}
+        self.assigned = [tp for tp in self.assigned if tp not in gone]
 
     def subscribe(self, func: Subscriber) -> int:
         """Call ``func(name, doc)`` for every document; returns a token (its position)."""
