@@ -146,6 +146,18 @@ def test_every_document_of_a_run_is_keyed_by_its_start_uid(broker):
     assert keys == {"run-a": expected, "run-b": expected}
 
 
+def test_a_document_too_large_for_the_cluster_is_dropped_counted_and_the_run_goes_on(broker, caplog):
+    address, owner = broker
+    make_topics(owner, "small")
+    ours = KafkaPublisher(KafkaCluster(address), "small")
+    documents = list(run_documents("big"))
+    documents[2][1]["data"]["x"] = np.zeros((1024, 1024), np.uint16)  # 2 MB inline: over the 1 MB default
+    for name, doc in documents:
+        ours(name, doc)  # never raises
+    assert ours.dropped == 1 and ours.failed == 0
+    assert any("event document of" in r.getMessage() and "refused" in r.getMessage() for r in caplog.records)
+
+
 def test_a_reader_that_resumes_goes_on_after_the_last_run_it_finished(broker):
     """A worker restarted in the same group gets the runs that started while it was down; a reader that
     does not resume (QC IOC, viewer) starts at the newest documents."""

@@ -359,8 +359,9 @@ class KafkaPublisher:
     """``(name, doc)`` to a Kafka topic, as ``bluesky_kafka.Publisher`` writes them, each run under its start
     uid as key (its documents stay in one partition, in order).
 
-    Never blocks the caller for long: a document that finds the producer's local queue full after
-    one short wait is dropped and counted (:attr:`dropped`), and a delivery that fails is counted
+    Never blocks the caller for long, and never raises: a document that finds the producer's local
+    queue full after one short wait, or that the producer refuses (larger than ``message.max.bytes``,
+    1 MB by default), is dropped and counted (:attr:`dropped`), and a delivery that fails is counted
     (:attr:`failed`); both are logged, the first and then every 100th. At each stop document the
     producer is flushed for at most ``flush_timeout`` seconds.
     """
@@ -372,6 +373,7 @@ class KafkaPublisher:
         self.flush_timeout = flush_timeout
         self.dropped = 0
         self.failed = 0
+        self._kafka = confluent_kafka
         self._producer = confluent_kafka.Producer(cluster.client_config("producer"),
                                                   logger=logging.getLogger(f"{__name__}.librdkafka"))
         self._run_of: dict[str, str] = {}  # descriptor, resource and stream resource uids -> run uid
@@ -410,6 +412,9 @@ class KafkaPublisher:
                     self._count("dropped", f"the producer's queue to {self.topic} is full")
                     return
                 self._producer.poll(0.5)
+            except self._kafka.KafkaException as exc:  # refused at once: too large for the cluster, ...
+                self._count("dropped", f"a {name} document of {len(value)} bytes was refused: {exc.args[0]}")
+                return
         self._producer.poll(0)
         if name == "stop":
             self.flush()
