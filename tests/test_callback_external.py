@@ -218,6 +218,33 @@ def test_storage_options_it_cannot_use_are_refused_before_any_run(denoiser, opti
         TomoGANCallback(denoiser, **options)
 
 
+def test_a_camera_with_hot_and_dead_pixels_is_denoised_as_one_without_them_and_never_saturated(RE, tmp_path):
+    """0.6 % hot pixels stuck at 65535 and 0.3 % dead ones, in every frame: the working pixels' denoised values
+    are those of the same camera without defects (the same noise: within half its sigma), and no frame is
+    flagged ``saturated`` (whose ``adjust`` would shorten the exposure for nothing)."""
+    from bluesky import RunEngine
+
+    from bluesky_tomogan import load_denoiser
+
+    denoised = {}
+    for label, defects in (("plain", {}), ("defective", {"hot_pixels": 0.006, "dead_pixels": 0.003})):
+        det = SimTomoDetector(name="det", stage=SimTomoStage(name="stage"), shape=(64, 64), seed=3,
+                              directory=tmp_path / label, simulate_timing=False, **defects)
+        det.photon_flux.put(2e5)  # 2000 photons per pixel: a dead pixel stands far below its neighbours
+        cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="auto"), inline=True)
+        docs = collect(cb)
+        engine = RunEngine({})
+        engine.subscribe(cb)
+        engine(bp.scan([det], det.sample_stage.theta, 0, 40, 5))
+        pages = [d for n, d in docs if n == "event_page" and "det_image_denoised" in d["data"]]
+        denoised[label] = np.stack([f for p in pages for f in p["data"]["det_image_denoised"]])
+        flags = [f for p in pages for f in p["data"]["det_image_qc_flags"]]
+        assert len(flags) == 5 and not any("saturated" in f for f in flags), (label, flags)
+    working = ~(det.hot_map | det.dead_map)
+    difference = np.abs(denoised["defective"] - denoised["plain"])[:, working]
+    assert difference.max() < np.sqrt(2000) / 2, difference.max()
+
+
 def test_streams_option_leaves_darks_and_flats_alone(RE, denoiser, tmp_path):
     from bluesky_tomogan.plans import tomo_scan
 

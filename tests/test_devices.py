@@ -118,6 +118,27 @@ def test_faults_beam_dump_saturation_motion(RE, rig):
     np.testing.assert_allclose(after[:, 8:], before[:, :-8], atol=1e-5)  # the whole sample slid 8 pixels
 
 
+def test_hot_and_dead_pixels_are_the_same_pixels_in_every_frame_darks_included(RE, tmp_path):
+    det = SimTomoDetector(name="det", shape=(48, 64), directory=tmp_path / "a", simulate_timing=False,
+                          hot_pixels=0.02, dead_pixels=0.01)
+    plain = SimTomoDetector(name="det", shape=(48, 64), directory=tmp_path / "b", simulate_timing=False)
+    assert det.hot_map.mean() == pytest.approx(0.02, abs=0.01) and det.dead_map.mean() == pytest.approx(0.01, abs=0.006)
+    assert not (det.hot_map & det.dead_map).any()
+    lit = frames_of(scan(RE, bp.count([det], num=2)))
+    det.shutter.put("closed")
+    dark = frames_of(scan(RE, bp.count([det], num=1)))
+    for frame in (*lit, *dark):
+        assert (frame[det.hot_map] == 65535).all() and (frame[det.dead_map] == 0).all()
+    working = ~(det.hot_map | det.dead_map)
+    # the defects take nothing from the noise: the other pixels are the frames a camera without them gives
+    np.testing.assert_array_equal(lit[:, working], frames_of(scan(RE, bp.count([plain], num=2)))[:, working])
+    for bad in ({"hot_pixels": 0.2}, {"dead_pixels": -0.1}):
+        with pytest.raises(ValueError, match="fraction of the pixels"):
+            SimTomoDetector(name="x", **bad)
+    with pytest.raises(ValueError, match="projection mode only"):
+        SimTomoDetector(name="x", mode="slice", hot_pixels=0.01)
+
+
 def test_frames_at_one_angle_reuse_the_projection_until_the_sample_moves(RE, rig):
     det, _, _ = rig
     first, second = frames_of(scan(RE, bp.count([det], num=2))).astype(float)

@@ -127,6 +127,10 @@ class SimTomoDetector(Device):
         Frames per trigger (ophyd-async's ``exposures_per_event``): the image data key
         is ``[exposures, H, W]``, the frames are written one after the other and each
         event's ``StreamDatum`` covers one index. ``stream`` asset mode only.
+    hot_pixels, dead_pixels : float
+        Fractions of the pixels that are hot (stuck at 65535) or dead (0) in every frame,
+        darks and flats included: an ageing camera's defects, a fixed map drawn from
+        ``seed``. Projection mode only; below 0.1 each.
 
     Attributes
     ----------
@@ -134,6 +138,8 @@ class SimTomoDetector(Device):
         The sample in the beam.
     gain : numpy.ndarray
         Flat-field pattern (beam profile times optics), mean about 0.9.
+    hot_map, dead_map : numpy.ndarray
+        Where the hot and dead pixels are (boolean, the frame's shape).
     """
 
     exposure_time = Cpt(Signal, value=0.01, kind="config")
@@ -156,9 +162,16 @@ class SimTomoDetector(Device):
         seed: int = 0,
         simulate_timing: bool = True,
         exposures: int = 1,
+        hot_pixels: float = 0.0,
+        dead_pixels: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(name=name, **kwargs)
+        for what, fraction in (("hot_pixels", hot_pixels), ("dead_pixels", dead_pixels)):
+            if not 0 <= fraction < 0.1:
+                raise ValueError(f"{what} is a fraction of the pixels in [0, 0.1), got {fraction}")
+        if (hot_pixels or dead_pixels) and mode != "projection":
+            raise ValueError("hot and dead pixels are the camera's: projection mode only")
         if mode not in ("projection", "slice"):
             raise ValueError(f"mode must be 'projection' or 'slice', got {mode!r}")
         if asset_mode not in ("stream", "resource"):
@@ -184,6 +197,11 @@ class SimTomoDetector(Device):
         self._last_attenuation: tuple[SpherePack, float, np.ndarray] | None = None
         self._rng = np.random.default_rng(seed + 1)
         self.gain = gain_pattern((h, w), self.model.gain_variation, np.random.default_rng(seed + 2))
+        # the camera's own defects: the same pixels in every frame, darks and flats included (a stream of
+        # their own, so that a detector without them gives the frames it gave before they existed)
+        defects = np.random.default_rng(seed + 3).random((h, w)) if hot_pixels or dead_pixels else np.ones((h, w))
+        self.hot_map = defects < hot_pixels
+        self.dead_map = (defects >= hot_pixels) & (defects < hot_pixels + dead_pixels)
         self._faults: dict[str, int] = {}
         self._file: FrameFile | None = None
         self._pending: list[tuple[str, dict[str, Any]]] = []
@@ -349,10 +367,13 @@ class SimTomoDetector(Device):
         attenuation = self._attenuation(c["angle"]) if c["sample_in"] else 1.0
         frame = expose(c["photons"] * self.gain * attenuation + dark, self.model, self._rng)
         if self.dtype == np.uint16:
-            return np.clip(np.rint(frame), 0, _UINT16_MAX).astype(np.uint16)
-        frame = np.minimum(frame, _UINT16_MAX).astype(np.float32)  # the camera saturates either way
-        if c["nan"]:
-            frame[self._rng.random(frame.shape) < 0.02] = np.nan
+            frame = np.clip(np.rint(frame), 0, _UINT16_MAX).astype(np.uint16)
+        else:
+            frame = np.minimum(frame, _UINT16_MAX).astype(np.float32)  # the camera saturates either way
+            if c["nan"]:
+                frame[self._rng.random(frame.shape) < 0.02] = np.nan
+        frame[self.hot_map] = _UINT16_MAX
+        frame[self.dead_map] = 0
         return frame
 
     def _attenuation(self, angle: float) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..masked import fill_masked, masked_pixels, missing_pixels
 
-__all__ = ["FrameMetrics", "IntensityReference", "dead_fraction", "frame_metrics", "residual_metrics",
+__all__ = ["FrameMetrics", "IntensityReference", "beside_another", "dead_fraction", "frame_metrics", "residual_metrics",
            "noise_sigma", "shift_px", "registration_image", "registered_shift", "registered_offset",
            "rotation_allowance", "motion_px", "PreviousResidual", "UNITS"]
 
@@ -245,6 +245,9 @@ def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np
     # default level of a type narrower than 32 bits (no detector fills 32 bits; a photon
     # counter's saturation is set with saturation_level, below the mask value).
     clipped = masked if masked and saturation_level >= np.iinfo(f.dtype).max and f.dtype.itemsize < 4 else 0
+    if clipped:  # hot pixels stuck at the top are alone: not too much light (beside_another)
+        top = masked_pixels(f)
+        clipped = int(np.count_nonzero(beside_another(top))) if top is not None else 0
     if n_valid == 0:
         m.saturated_fraction = clipped / f.size if n_finite else math.nan
         return m
@@ -253,6 +256,8 @@ def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np
     # a level beyond a narrow float type's range (float16 frames) saturates nothing, and casting it would overflow
     beyond_type = f.dtype.kind == "f" and saturation_level > float(np.finfo(f.dtype).max)
     above = 0 if beyond_type else int(np.count_nonzero(values >= saturation_level))
+    if above:  # isolated pixels at the top are hot pixels or zingers, not too much light: not counted
+        above = int(np.count_nonzero(beside_another((f >= saturation_level) & valid)))
     m.saturated_fraction = float(clipped + above) / f.size
     m.dead_fraction = dead_fraction(np.where(valid, f, 1) if n_valid < f.size else f)
     m.intensity_ratio = reference.ratio(mean, dark_level)
@@ -261,6 +266,22 @@ def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np
     if previous is not None:  # no angle known here: all of the shift counts as motion
         m.shift_px = m.motion_px = shift_px(previous, f)
     return m
+
+
+def beside_another(mask: np.ndarray) -> np.ndarray:
+    """The pixels of a 2-D ``mask`` with another of its pixels directly above, below, left or right of them.
+
+    Too much light saturates areas (the open beam, a bright edge), and a row or a column of pixels at
+    the least; a hot pixel stuck at the camera's top value, or a zinger, is one pixel alone (or two).
+    Counting only these keeps a detector's hot pixels (0.5 % is not rare on an old camera) from
+    raising ``saturated`` on every frame, whose ``adjust`` would shorten the exposure for nothing.
+    """
+    near = np.zeros_like(mask)
+    near[1:] |= mask[:-1]
+    near[:-1] |= mask[1:]
+    near[:, 1:] |= mask[:, :-1]
+    near[:, :-1] |= mask[:, 1:]
+    return mask & near
 
 
 def dead_fraction(frame: np.ndarray) -> float:
