@@ -336,6 +336,24 @@ def test_neighbour_pairs_have_independent_noise_at_half_resolution():
     assert not np.array_equal(pairs.ns, pairs.gt)
 
 
+def test_neighbour_pairs_hold_no_hot_or_dead_pixel_and_keep_the_frames_range():
+    """A camera with 1 % hot pixels at 65535 and 0.3 % dead ones: the pairs are made of what the network sees at
+    inference (despiked), so no pair holds a defect and each frame's robust range is the camera's, not the hot
+    pixels' (which, from 0.5 % on, would set its top)."""
+    from bluesky_tomogan.normalise import robust_range
+
+    rng = np.random.default_rng(2)
+    frames = rng.poisson(800.0, (24, 96, 96)).astype(np.float32)
+    defects = rng.random((96, 96))
+    frames[:, defects < 0.01] = 65535.0
+    frames[:, (defects >= 0.01) & (defects < 0.013)] = 0.0
+    pairs, _ = neighbour_pairs(Scan(frames, np.arange(24.0), None, None, "test"))
+    for half in (pairs.ns, pairs.gt):
+        assert half.max() < 800 + 8 * np.sqrt(800) and half.min() > 800 - 8 * np.sqrt(800)
+        offset, scale = robust_range(half[0])
+        assert scale < 10 * np.sqrt(800)
+
+
 def test_noise2inverse_targets_are_subsets_and_inputs_their_complements(grains_scan):
     path, _ = grains_scan
     pairs, info = noise2inverse_pairs(read_scan(str(path)), splits=4, rows=slice(20, 40), progress=False)

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..despike import PROJECTION_DESPIKE_SIGMAS, remove_isolated_spikes
 from ..errors import ScanError
 from ..reconstruction import corrected_sinogram, fallback_center, find_center, reconstruct
 from ..simulate.datasets import PairSet
@@ -186,7 +187,13 @@ def _complement_pairs(sub: np.ndarray) -> PairSet:
 
 
 def neighbour_pairs(scan: Scan, seed: int = 0) -> tuple[PairSet, dict[str, float]]:
-    """Neighbor2Neighbor projection pairs at half resolution, consecutive angles kept adjacent."""
+    """Neighbor2Neighbor projection pairs at half resolution, consecutive angles kept adjacent.
+
+    Zingers, hot and dead pixels are taken out first, by the rule a projection model's input gets at
+    inference (:func:`~bluesky_tomogan.despike.remove_isolated_spikes`): the network never sees them
+    there, and in the pairs they would be targets that one half of a cell has and the other lacks, and
+    from 0.5 % of the pixels on they would set the frames' intensity range (``tests/test_finetune.py``).
+    """
     n, z, x = scan.shape
     if n < MIN_FRAMES:
         raise ScanError(f"{scan.source}: {n} projections are too few (need >= {MIN_FRAMES})")
@@ -195,7 +202,9 @@ def neighbour_pairs(scan: Scan, seed: int = 0) -> tuple[PairSet, dict[str, float
         raise ScanError(f"{scan.source}: frames of {z}x{x} are too small to split into neighbour pairs "
                         "(need at least 64x64)")
     rng = np.random.default_rng(seed)
-    cells = scan.projections[:, : 2 * h, : 2 * w].reshape(n, h, 2, w, 2).transpose(0, 1, 3, 2, 4).reshape(n, h, w, 4)
+    frames = remove_isolated_spikes(np.array(scan.projections[:, : 2 * h, : 2 * w], np.float32),
+                                    PROJECTION_DESPIKE_SIGMAS)
+    cells = frames.reshape(n, h, 2, w, 2).transpose(0, 1, 3, 2, 4).reshape(n, h, w, 4)
     # two different positions of the 2x2 cell for every cell of every frame
     first = rng.integers(0, 4, (n, h, w))
     second = (first + rng.integers(1, 4, (n, h, w))) % 4
