@@ -231,6 +231,26 @@ def test_a_malformed_message_is_counted_and_the_stream_goes_on(broker, caplog):
     assert "object array" in reasons
 
 
+def test_a_fatal_client_error_ends_reading_and_says_why_and_a_passing_one_does_not(broker):
+    address, owner = broker
+    make_topics(owner, "docs")
+    source = KafkaSource(KafkaCluster(address), ["docs"], "reader")
+
+    class Failed:  # what poll() returns for a client error (librdkafka's fatal ones cannot be caused here)
+        def __init__(self, fatal):
+            self.fatal = fatal
+
+        def error(self):
+            fatal = self.fatal
+            return type("KafkaError", (), {"fatal": lambda _: fatal, "__str__": lambda _: "fenced"})()
+
+    source._handle(Failed(False))
+    assert source.fatal_error is None
+    source._handle(Failed(True))
+    assert source.fatal_error == "fenced"
+    source.start()  # returns at once: reading has ended, and the consumer leaves its group
+
+
 def test_a_subscriber_that_raises_costs_only_its_own_call(broker):
     address, owner = broker
     make_topics(owner, "docs")

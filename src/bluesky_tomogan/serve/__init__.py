@@ -128,7 +128,8 @@ def serve(zmq_in: str | None = None, *, kafka: Any = None, kafka_in: Sequence[st
     Returns
     -------
     int
-        The exit status: 0 after a clean shutdown.
+        The exit status: 0 after a clean shutdown, 1 when reading the stream failed for good (a
+        fatal Kafka client error).
 
     Raises
     ------
@@ -167,8 +168,8 @@ def serve(zmq_in: str | None = None, *, kafka: Any = None, kafka_in: Sequence[st
                                   group_id=kafka_group or (group_id_for("serve", share) if kafka_in else None))
         if zmq_out is not None:
             check_reachable(zmq_out)
-        if kafka_out is not None and not kafka_in:
-            kafka.check_reachable([kafka_out])
+        if kafka_out is not None:
+            kafka.check_reachable([kafka_out])  # (again with --kafka-in: it warns if the topic is missing)
     except (Unreachable, ValueError) as exc:
         raise ServeError(str(exc)) from exc
     client = _tiled_client(tiled) if store != "none" else None
@@ -211,7 +212,12 @@ def serve(zmq_in: str | None = None, *, kafka: Any = None, kafka_in: Sequence[st
              f" in {tiled.split('?')[0]}" if tiled else "", share,  # no API key in logs
              f", QC PVs under {ioc_prefix}" if ioc_prefix else "")
     try:
-        return worker.run()
+        status = worker.run()
+        fatal = getattr(source, "fatal_error", None)
+        if fatal:  # not a clean shutdown: a service manager should restart the worker
+            log.error("reading the stream failed: %s", fatal)
+            return 1
+        return status
     finally:
         if kafka_out is not None:
             republish.close()  # what is still queued for the topic

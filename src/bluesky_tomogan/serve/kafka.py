@@ -231,7 +231,9 @@ class KafkaSource:
         Seconds one poll waits for a message: how soon :meth:`stop` and :meth:`every` act.
 
     A message that cannot be decoded is logged (topic, partition, offset, size and why) and counted
-    in :attr:`malformed`, and the stream goes on.
+    in :attr:`malformed`, and the stream goes on. A fatal client error (librdkafka's word: the client
+    cannot go on, e.g. a fenced or unauthorised consumer) ends :meth:`start`, and is kept in
+    :attr:`fatal_error`.
     """
 
     def __init__(self, cluster: KafkaCluster, topics: Sequence[str], group_id: str, *, resume: bool = True,
@@ -245,6 +247,7 @@ class KafkaSource:
         self.resume = resume
         self.poll_interval = poll_interval
         self.malformed = 0
+        self.fatal_error: str | None = None  # why reading stopped on its own (the client cannot go on)
         self.assigned: list[tuple[str, int]] = []  # (topic, partition) pairs this reader has been given
         self._subscribers: list[Subscriber] = []
         self._timers: list[list[Any]] = []  # [period, next due (monotonic), func]
@@ -321,6 +324,7 @@ class KafkaSource:
         if error is not None:
             if error.fatal():
                 log.error("Kafka consumer error (fatal; reading stops): %s", error)
+                self.fatal_error = str(error)
                 self._stopped.set()
             else:
                 log.warning("Kafka consumer: %s", error)
