@@ -79,6 +79,18 @@ def collect(source: KafkaSource) -> tuple[list, threading.Thread]:
     return got, thread
 
 
+def one_run_through(source: KafkaSource, address: str, topic: str) -> list[str]:
+    """Publish a small run to ``topic`` as the RunEngine host does, read it with ``source``: the names read."""
+    got, thread = collect(source)
+    publish = re_publisher(topic, address)
+    for name, doc in run_documents("r"):
+        publish(name, doc)
+    wait_until(lambda: len(got) == 5, 30, "the run's documents")
+    source.stop()
+    thread.join(10)
+    return [name for name, _ in got]
+
+
 def run_documents(uid: str, frames: int = 2):
     """A small run's documents, with an array in each event, as a RunEngine would emit them."""
     yield "start", {"uid": uid, "time": 1.0, "scan_id": 1}
@@ -201,14 +213,7 @@ def test_a_cooperative_assignor_gets_its_partitions_added_and_reads_from_their_e
     make_topics(owner, "coop")
     cluster = KafkaCluster(address, consumer={"partition.assignment.strategy": "cooperative-sticky"})
     source = KafkaSource(cluster, ["coop"], "reader")
-    got, thread = collect(source)
-    publish = re_publisher("coop", address)
-    for name, doc in run_documents("r"):
-        publish(name, doc)
-    wait_until(lambda: len(got) == 5, 30, "the run")
-    source.stop()
-    thread.join(10)
-    assert [name for name, _ in got] == ["start", "descriptor", "event", "event", "stop"]
+    assert one_run_through(source, address, "coop") == ["start", "descriptor", "event", "event", "stop"]
 
 
 def test_a_malformed_message_is_counted_and_the_stream_goes_on(broker, caplog):
@@ -260,13 +265,7 @@ def test_a_subscriber_that_raises_costs_only_its_own_call(broker):
         raise RuntimeError("a viewer bug")
 
     source.subscribe(broken)
-    got, thread = collect(source)
-    publish = re_publisher("docs", address)
-    for name, doc in run_documents("r"):
-        publish(name, doc)
-    wait_until(lambda: len(got) == 5, 30, "every document")
-    source.stop()
-    thread.join(10)
+    assert len(one_run_through(source, address, "docs")) == 5  # every document reached the next subscriber
 
 
 def test_the_cluster_settings_read_a_beamline_kafka_yml_and_hide_secrets(tmp_path):
