@@ -28,7 +28,7 @@ brighter one (two independent hits side by side) fails that test, so the direct
 neighbours of every spike found are judged by the median rule as well.
 
 Dead pixels (0, or far below their neighbours, in every frame) are holes that a full-precision
-network smears into their neighbours (held-out projections with 0.4 % of them: SSIM 0.984 -> 0.959
+network smears into their neighbours (held-out projections with 0.4 % of them: SSIM 0.984 -> 0.958
 in fp32, ``benchmarks/hot_pixel_range.py --kind dead``). A dark pixel is taken out by the same
 rule, mirrored, with one more condition: it must lie that far below all but one of its eight
 neighbours (a dead pixel, or two side by side), not only below their median, because the corner

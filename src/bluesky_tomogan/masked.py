@@ -89,17 +89,33 @@ def fill_masked(frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
     flat_out, flat_mask = out.reshape(-1, *out.shape[-2:]), mask.reshape(-1, *mask.shape[-2:])
     for frame, where in zip(flat_out, flat_mask, strict=True):
         if where.any() and not where.all():
-            frame[where] = frame[_nearest_unmasked(where)]
-            _median_of_neighbours(frame, where)
+            nearest, (rows, cols) = _fill_plan(where)
+            frame[where] = frame[nearest]
+            if rows.size:
+                around = np.stack([frame[rows + dy, cols + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
+                frame[rows, cols] = np.median(around, axis=0)
     return out
 
 
-def _median_of_neighbours(frame: np.ndarray, where: np.ndarray) -> None:
-    """Give each masked pixel of ``where`` with no masked pixel among its eight neighbours (edges excluded)
-    their median, in place."""
+#: Masks whose fill plans are kept: a detector's mask is the same in every frame, and the distance
+#: transform that finds the nearest unmasked pixels costs ~90 ms at 1024x1024, for every frame of a context.
+MASKS_KEPT = 8
+_Plan = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+_plans: OrderedDict[tuple[tuple[int, ...], bytes], _Plan] = OrderedDict()
+_plans_lock = threading.Lock()
+
+
+def _fill_plan(where: np.ndarray) -> _Plan:
+    """Row and column of the nearest unmasked pixel of each masked pixel of ``where`` (in mask order), and
+    the rows and columns of the lone masked pixels: no masked pixel among their eight neighbours, not on the
+    frame's edge."""
+    key = (where.shape, hashlib.blake2b(np.packbits(where).tobytes(), digest_size=16).digest())
+    with _plans_lock:
+        if key in _plans:
+            _plans.move_to_end(key)
+            return _plans[key]
+    rows, cols = ndimage.distance_transform_edt(where, return_distances=False, return_indices=True)
     h, w = where.shape
-    if h < 3 or w < 3:
-        return
     padded = np.pad(where, 1)
     crowded = np.zeros_like(where)
     for dy in range(3):
@@ -108,31 +124,10 @@ def _median_of_neighbours(frame: np.ndarray, where: np.ndarray) -> None:
                 crowded |= padded[dy:dy + h, dx:dx + w]
     lone = where & ~crowded
     lone[0], lone[-1], lone[:, 0], lone[:, -1] = False, False, False, False
-    rows, cols = np.nonzero(lone)
-    if rows.size == 0:
-        return
-    around = np.stack([frame[rows + dy, cols + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
-    frame[rows, cols] = np.median(around, axis=0)
-
-
-#: Masks whose nearest-pixel sources are kept: a detector's mask is the same in every frame, and
-#: the distance transform that finds them costs ~90 ms at 1024x1024, for every frame of a context.
-MASKS_KEPT = 8
-_sources: OrderedDict[tuple[tuple[int, ...], bytes], tuple[np.ndarray, np.ndarray]] = OrderedDict()
-_sources_lock = threading.Lock()
-
-
-def _nearest_unmasked(where: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column of the nearest unmasked pixel of each masked pixel of ``where`` (in mask order)."""
-    key = (where.shape, hashlib.blake2b(np.packbits(where).tobytes(), digest_size=16).digest())
-    with _sources_lock:
-        if key in _sources:
-            _sources.move_to_end(key)
-            return _sources[key]
-    rows, cols = ndimage.distance_transform_edt(where, return_distances=False, return_indices=True)
-    found = (rows[where], cols[where])
-    with _sources_lock:
-        _sources[key] = found
-        while len(_sources) > MASKS_KEPT:
-            _sources.popitem(last=False)
-    return found
+    lone_rows, lone_cols = np.nonzero(lone)
+    plan = ((rows[where], cols[where]), (lone_rows, lone_cols))
+    with _plans_lock:
+        _plans[key] = plan
+        while len(_plans) > MASKS_KEPT:
+            _plans.popitem(last=False)
+    return plan
