@@ -167,6 +167,27 @@ def test_the_reconstruction_stream_is_stored_in_the_same_run_before_its_stop(RE,
     assert ssim(clean, slices[-2]) > ssim(clean, stored["slice_fbp"].read()[-2]) - 0.05  # the slice model helps
 
 
+def test_dead_and_hot_pixels_are_filled_along_the_row_instead_of_making_rings(store, tmp_path):
+    """A camera with 2 % dead and 0.5 % hot pixels (float32 frames, so the hot ones are no mask): corrected as they
+    are, a dead pixel's 0 / 0 is full attenuation at every angle and a hot pixel's dark is thousands of counts: a
+    ring each, and the FBP slices of rows 16, 32 and 48 agree with the plain camera's at SSIM 0.71-0.72 (the same
+    noise in both). Judged on the raw flats and darks and filled along the row: 0.94-0.95."""
+    from bluesky import RunEngine
+
+    fbp_slices, notes = {}, {}
+    for label, defects in (("plain", {}), ("defective", {"dead_pixels": 0.02, "hot_pixels": 0.005})):
+        uid, _, rec, det = scan(RunEngine({}), tmp_path, store, det_kw={"dtype": "float32", **defects})
+        run = store[uid]["reconstruction"]
+        assert list(run["row"].read()[-3:]) == [16, 32, 48]
+        fbp_slices[label], notes[label] = run["slice_fbp"].read()[-3:], run["note"].read()[-1]
+        assert rec.errors == ([notes[label]] if defects else [])  # the note is said in the errors too
+    # every reconstructed row has a dead pixel, rows 16 and 32 a hot one too
+    assert det.dead_map[[16, 32, 48]].any(axis=1).all() and det.hot_map[[16, 32]].any(axis=1).all()
+    assert "dead or hot in the flats and darks" in notes["defective"] and "dead or hot" not in notes["plain"]
+    for plain, defective in zip(fbp_slices["plain"], fbp_slices["defective"], strict=True):
+        assert ssim(plain, defective) > 0.9
+
+
 def test_a_detector_that_declares_no_frame_size_is_reconstructed_from_its_denoised_stream(RE, tmp_path,
                                                                                          monkeypatch):
     """The size comes from the frames (the callback's derived stream declares it), not the raw descriptor."""

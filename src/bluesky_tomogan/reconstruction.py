@@ -26,8 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter, median_filter
 
-__all__ = ["stripe_metric", "corrected_sinogram", "fill_row_gaps", "estimate_center", "fallback_center",
-           "find_center", "reconstruct", "reconstruct_rows", "check_angles", "SliceResult", "background_thread"]
+__all__ = ["stripe_metric", "corrected_sinogram", "defective_pixels", "fill_row_gaps", "estimate_center",
+           "fallback_center", "find_center", "reconstruct", "reconstruct_rows", "check_angles", "SliceResult",
+           "background_thread"]
 
 log = logging.getLogger(__name__)
 #: Width (columns) of the median filter that separates a stripe from the object's own column profile.
@@ -68,6 +69,40 @@ def corrected_sinogram(rows: np.ndarray, flat: np.ndarray | None, dark: np.ndarr
             f = np.nanmax(r, axis=0)
     t = (r - d) / np.maximum(f - d, 1e-3)  # NaN stays NaN
     return np.clip(fill_row_gaps(t), 1e-4, 2.0)
+
+
+#: A pixel whose dark stands this many robust sigmas of its row's darks away from them is hot (or cold).
+DARK_OUTLIER_SIGMAS = 12.0
+#: A pixel whose response to the open beam (flat minus dark) is below this share of its row's median is dead.
+DEAD_RESPONSE = 0.1
+
+
+def defective_pixels(flat: np.ndarray | None, dark: np.ndarray | None) -> np.ndarray | None:
+    """Pixels of the raw mean ``flat`` and ``dark`` rows ``(rows, columns)`` that cannot be flat/dark-corrected.
+
+    A dead pixel reads (about) nothing, open beam or not: its response, flat minus dark, is a small
+    share of its row's (:data:`DEAD_RESPONSE`). A hot pixel reads far above its row in the dark
+    (:data:`DARK_OUTLIER_SIGMAS` robust sigmas of the row's darks). Corrected as they are, both give a
+    transmission that is wrong at every angle (a dead pixel's 0 / 0 is clipped to full attenuation):
+    a ring in every slice. Their transmission is better interpolated along the row
+    (:func:`fill_row_gaps`), as a masked pixel's is. ``None`` if there is nothing to judge or nothing
+    defective; NaN pixels (masked already) are left out.
+    """
+    reference = flat if flat is not None else dark
+    if reference is None:
+        return None
+    bad = np.zeros(np.shape(reference), bool)
+    with warnings.catch_warnings():  # rows without data: NaN medians, nothing flagged
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if dark is not None:
+            d = np.asarray(dark, np.float64)
+            centre = np.nanmedian(d, axis=-1, keepdims=True)
+            sigma = 1.4826 * np.nanmedian(np.abs(d - centre), axis=-1, keepdims=True)
+            bad |= np.abs(d - centre) > DARK_OUTLIER_SIGMAS * np.maximum(sigma, 1e-6)
+        if flat is not None:
+            response = np.asarray(flat, np.float64) - (0.0 if dark is None else np.asarray(dark, np.float64))
+            bad |= response < DEAD_RESPONSE * np.nanmedian(response, axis=-1, keepdims=True)
+    return bad if bad.any() else None
 
 
 def fill_row_gaps(transmission: np.ndarray) -> np.ndarray:

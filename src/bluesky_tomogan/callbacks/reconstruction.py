@@ -565,6 +565,15 @@ class _RunReconstruction(PassThroughRun):
         if masked:
             notes.append(f"{masked} detector pixels of the reconstructed rows hold no data (module gaps, flagged "
                          "pixels): filled from their neighbours along the row")
+        # dead and hot pixels, judged on the raw flats and darks (the denoised ones have them despiked)
+        bad = recon.defective_pixels(flat if source == "raw" or "flat_denoised" not in self._frames
+                                     else self._mean_rows("flat", wanted), dark)
+        if bad is not None:
+            sino = np.where(bad[None], np.float32(np.nan), sino)
+            count = int(bad[[wanted.index(r) for r in rows]].sum())
+            if count:
+                notes.append(f"{count} detector pixels of the reconstructed rows are dead or hot in the flats and "
+                             "darks: filled from their neighbours along the row")
         angle_problem = recon.check_angles(angles)
         if angle_problem and final:  # while the scan runs, a partial rotation is expected
             notes.append(angle_problem)
