@@ -41,9 +41,6 @@ log = logging.getLogger(__name__)
 #: The document names a message may carry (event-model's); anything else is malformed.
 DOCUMENT_NAMES = frozenset({"start", "descriptor", "event", "event_page", "bulk_events", "resource", "datum",
                             "datum_page", "bulk_datum", "stream_resource", "stream_datum", "stop"})
-#: librdkafka properties that hold secrets: never logged or shown.
-SECRET_PROPERTIES = frozenset({"sasl.password", "ssl.key.password", "ssl.keystore.password",
-                               "sasl.oauthbearer.client.secret", "ssl.key.pem"})
 INSTALL_HINT = "Kafka needs confluent-kafka and msgpack-numpy: pip install 'bluesky-tomogan[kafka]'"
 
 
@@ -381,6 +378,8 @@ class KafkaPublisher:
         self._producer = confluent_kafka.Producer(cluster.client_config("producer"),
                                                   logger=logging.getLogger(f"{__name__}.librdkafka"))
         self._run_of: dict[str, str] = {}  # descriptor, resource and stream resource uids -> run uid
+        # the raw documents (the reading thread) and the derived ones (the callback's worker) may come at once
+        self._keys_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"KafkaPublisher({self.cluster.bootstrap_servers!r}, {self.topic!r})"
@@ -406,7 +405,8 @@ class KafkaPublisher:
         except Exception as exc:
             self._count("dropped", f"a {name} document could not be encoded ({type(exc).__name__}: {exc})")
             return
-        key = self._key(name, doc) or None
+        with self._keys_lock:
+            key = self._key(name, doc) or None
         for attempt in range(2):
             try:
                 self._producer.produce(self.topic, value=value, key=key, on_delivery=self._delivered)
