@@ -21,6 +21,7 @@ starts at the topic's end, as a 0MQ subscriber does. Readers of QC flags and vie
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -48,6 +49,7 @@ class KafkaConfigError(TomoGANError, ValueError):
     """A Kafka configuration file or setting is missing, unreadable or wrong (the message says which)."""
 
 
+@functools.cache
 def _modules() -> tuple[Any, Any, Any]:
     """confluent_kafka, msgpack and msgpack_numpy, or a :class:`KafkaConfigError` saying how to install them."""
     try:
@@ -57,6 +59,24 @@ def _modules() -> tuple[Any, Any, Any]:
     except ImportError as exc:
         raise KafkaConfigError(f"{INSTALL_HINT} ({exc})") from exc
     return confluent_kafka, msgpack, msgpack_numpy
+
+
+@functools.cache
+def _unpackb() -> Callable[..., Any]:
+    """msgpack's own ``unpackb``: importing bluesky_kafka patches ``msgpack.unpackb`` to run msgpack-numpy's
+    decoding (which unpickles) before any hook of ours; the original is taken once, whatever is imported later."""
+    _, msgpack, msgpack_numpy = _modules()
+    unpackb: Callable[..., Any] = getattr(msgpack_numpy, "_unpackb", msgpack.unpackb)
+    if getattr(unpackb, "__module__", "") == "msgpack_numpy":
+        unpackb = msgpack.fallback.unpackb
+    return unpackb
+
+
+def _numpy_or_dict(obj: dict[Any, Any]) -> Any:
+    """msgpack-numpy's decoding of a map, except of an object array: it would unpickle code from the network."""
+    if obj.get(b"nd") is True and obj.get(b"kind") == b"O":
+        raise ValueError("an object array (msgpack-numpy would unpickle it) is refused")
+    return _modules()[2].decode(obj)
 
 
 def encode(name: str, doc: Mapping[str, Any]) -> bytes:
@@ -72,21 +92,8 @@ def decode(payload: bytes) -> tuple[str, dict[str, Any]]:
     Arrays of Python objects are refused: msgpack-numpy stores them pickled, and unpickling a
     message from the network would run whatever code it names.
     """
-    _, msgpack, msgpack_numpy = _modules()
-
-    def numpy_or_dict(obj: dict[Any, Any]) -> Any:
-        # msgpack-numpy unpickles object arrays: code from the network would run here
-        if obj.get(b"nd") is True and obj.get(b"kind") == b"O":
-            raise ValueError("an object array (msgpack-numpy would unpickle it) is refused")
-        return msgpack_numpy.decode(obj)
-
-    # msgpack's own unpackb: importing bluesky_kafka patches msgpack.unpackb to run msgpack-numpy's decoding
-    # (which unpickles) before any hook of ours
-    unpackb = getattr(msgpack_numpy, "_unpackb", msgpack.unpackb)
-    if getattr(unpackb, "__module__", "") == "msgpack_numpy":
-        unpackb = msgpack.fallback.unpackb
     try:
-        message = unpackb(payload, object_hook=numpy_or_dict, strict_map_key=False)
+        message = _unpackb()(payload, object_hook=_numpy_or_dict, strict_map_key=False)
     except Exception as exc:
         raise ValueError(f"not msgpack: {type(exc).__name__}: {exc}") from exc
     if not isinstance(message, (list, tuple)) or len(message) != 2:
