@@ -31,6 +31,7 @@ from bluesky_tomogan.qc.metrics import (
     noise_sigma,
     registration_image,
     residual_metrics,
+    residual_specks,
     rotation_allowance,
     shift_px,
 )
@@ -197,6 +198,29 @@ def test_a_residual_that_repeats_in_the_next_frame_is_signal_even_when_it_is_whi
     other = FrameMetrics()
     residual_metrics(frames[0][:50], structure[:50], other, previous=last)
     assert math.isnan(other.residual_repeat)  # a frame of another shape repeats nothing
+
+
+def test_a_cameras_despiked_specks_leave_the_residual_metrics_as_without_them(rng):
+    """Hot and dead pixels (1 %, some side by side), which the despike takes out, are thousands of counts in
+    raw minus denoised: counted, they made every residual look white (a blurring denoiser on such a camera read
+    ``residual_correlation`` 0.00, against 0.38 without the defects: ``benchmarks/residual_specks.py``)."""
+    from scipy.ndimage import uniform_filter
+
+    structure = ramp((128, 128)) + 300 * (np.indices((128, 128)).sum(0) // 16 % 2)
+    raw = structure + rng.normal(0, 10, structure.shape).astype(np.float32)
+    defective = raw.copy()
+    defects = rng.random(raw.shape)
+    defective[defects < 0.006] = 65535  # hot
+    defective[defects > 0.996] = 0  # dead
+    defective[60, 60:63] = 65535  # three side by side
+    for denoised in (structure, uniform_filter(structure, 9)):  # the noise removed; the edges removed too
+        plain = residual_metrics(raw, denoised, FrameMetrics())
+        specks = residual_metrics(defective, denoised, FrameMetrics())
+        assert specks.residual_correlation == pytest.approx(plain.residual_correlation, abs=0.01)
+        assert specks.removed_sigma == pytest.approx(plain.removed_sigma, rel=0.02)
+    assert specks.residual_correlation > QCPolicy().rules["out_of_distribution"].threshold
+    edges = np.flatnonzero(np.abs(raw - uniform_filter(structure, 9)) > 80)
+    assert edges.size and residual_specks(raw - uniform_filter(structure, 9)).size < edges.size / 20  # runs stay
 
 
 def test_residual_correlation_does_not_shrink_with_pixels_without_data(rng):
