@@ -7,6 +7,7 @@ import logging
 import math
 import threading
 import time
+from types import SimpleNamespace
 
 import bluesky.plans as bp
 import numpy as np
@@ -110,11 +111,42 @@ def test_masked_detector_pixels_are_neither_saturated_nor_noise(rng):
     assert frame_metrics(clipped, ref, None, 4095).saturated_fraction == 0
 
 
+def test_a_camera_narrower_than_its_integer_type_saturates_at_its_own_top(rng):
+    """A 12-bit camera in ``uint16`` reads 4095 where it saturates; with no level set, QC finds that top
+    in the frame (a flat of readings at ``2**k - 1``), so an over-exposed frame is flagged ``saturated``
+    (whose ``adjust`` shortens the exposure), while frames that merely reach such a value on a pixel or
+    two, hot pixels at it, and a level the user set stay as they were."""
+    from bluesky_tomogan.callbacks.run_qc import RunQC
+
+    ref = IntensityReference()
+    ref.add(2000.0)
+    frame = rng.poisson(2000, (100, 100)).astype(np.uint16)
+    over = frame.copy()
+    over[:, :20] = 4095  # the open beam beside the sample, clipped: a fifth of the frame
+    at_top = frame.copy()
+    at_top.flat[rng.choice(frame.size, 30, replace=False)] = 4095  # hot pixels at the camera's top, alone
+    at_top[50, 50] = 4095
+    gaps = over.copy()
+    gaps[:, 60:62] = 65535  # and a 16-bit photon counter's gap value: a mask, not a reading, for a 12-bit camera
+
+    def saturated(f, **policy):
+        qc = RunQC(QCFeedback(QCPolicy(**policy)))
+        stream = SimpleNamespace(reference=ref, shape=f.shape, field="cam")
+        item = SimpleNamespace(stream=stream, frame=f, metrics=None)
+        qc.measure(item)
+        return item.metrics.saturated_fraction, "saturated" in QCPolicy(**policy).evaluate(item.metrics)
+
+    assert saturated(over) == (pytest.approx(0.2), True)
+    assert saturated(gaps) == (pytest.approx(0.2), True)
+    assert saturated(frame) == (0.0, False) and saturated(at_top) == (0.0, False)
+    assert saturated(over, saturation_level=65535) == (0.0, False)  # the user's level is the level
+    assert saturated(over.astype(np.float32)) == (0.0, False)  # floats have no camera top to find
+    assert frame_metrics(over, ref, None, 65535).saturated_fraction == 0  # only where asked (no level set)
+
+
 def test_a_frame_with_no_intensities_leaves_the_beam_loss_reference_alone():
     """A frame masked everywhere has no mean: kept out of the reference, whose median a NaN would poison
     (no beam loss could be seen after it)."""
-    from types import SimpleNamespace
-
     from bluesky_tomogan.callbacks.run_qc import RunQC
 
     qc = RunQC(QCFeedback())

@@ -98,7 +98,8 @@ class RunQC:
             return []
         nan = np.isnan(frame) if frame.dtype.kind == "f" and frame.ndim == 2 else None
         item.metrics = frame_metrics(frame, stream.reference, None, level, self.policy.dark_level,
-                                     known_nan=self._known_nan.get(stream.field))
+                                     known_nan=self._known_nan.get(stream.field),
+                                     narrower_camera=self.policy.saturation_level is None)
         self._known_nan[stream.field] = nan if nan is not None and nan.any() else None
         unusable = sorted(UNUSABLE & set(self.policy.evaluate(item.metrics)))
         mean = item.metrics.mean

@@ -26,7 +26,7 @@ from ..masked import fill_masked, masked_pixels, missing_pixels
 
 __all__ = ["FrameMetrics", "IntensityReference", "beside_another", "dead_fraction", "frame_metrics", "residual_metrics",
            "noise_sigma", "shift_px", "registration_image", "registered_shift", "registered_offset",
-           "rotation_allowance", "motion_px", "PreviousResidual", "residual_specks", "UNITS"]
+           "rotation_allowance", "motion_px", "PreviousResidual", "residual_specks", "narrower_top", "UNITS"]
 
 #: Units of each metric, for the data keys of the derived stream.
 UNITS: dict[str, str] = {
@@ -230,7 +230,7 @@ def motion_px(down: float, right: float, allowance: float) -> float:
 
 def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np.ndarray | None,
                   saturation_level: float, dark_level: float = 0.0, *,
-                  known_nan: np.ndarray | None = None) -> FrameMetrics:
+                  known_nan: np.ndarray | None = None, narrower_camera: bool = False) -> FrameMetrics:
     """Raw-frame metrics of ``frame``; ``previous`` is the last good frame of the same stream (or ``None``).
 
     ``dark_level`` is the camera's dark offset: the intensity ratio compares signal above it.
@@ -238,6 +238,9 @@ def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np
     detector's mask (pixels without data, the same in every frame), not a fault: it is left
     out of the metrics like a masked pixel and does not count in ``nonfinite_fraction``
     (unless the frame has no finite pixel at all).
+    ``narrower_camera``: ``saturation_level`` is only the integer type's top, not the camera's
+    (no level was set): where the frame's highest reading is the top of a narrower camera
+    (:func:`narrower_top`: 4095 for a 12-bit camera in ``uint16``), that is the level.
     """
     f = np.asarray(frame)
     m = FrameMetrics()
@@ -249,6 +252,9 @@ def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np
         nonfinite -= int(np.count_nonzero(known_nan & np.isnan(f)))
     m.nonfinite_fraction = nonfinite / f.size
     n_valid = int(valid.sum())
+    values = (f[valid] if n_valid < f.size else f.ravel()) if n_valid else None
+    if narrower_camera and values is not None:
+        saturation_level = narrower_top(values, f.dtype) or saturation_level
     # Masked pixels count as saturated only where the top value can be a clipped reading: at the
     # default level of a type narrower than 32 bits (no detector fills 32 bits; a photon
     # counter's saturation is set with saturation_level, below the mask value).
@@ -256,10 +262,9 @@ def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np
     if clipped:  # hot pixels stuck at the top are alone: not too much light (beside_another)
         top = masked_pixels(f)
         clipped = int(np.count_nonzero(beside_another(top))) if top is not None else 0
-    if n_valid == 0:
+    if values is None:
         m.saturated_fraction = clipped / f.size if n_finite else math.nan
         return m
-    values = f[valid] if n_valid < f.size else f.ravel()
     m.mean = mean = float(values.mean(dtype=np.float64))
     # a level beyond a narrow float type's range (float16 frames) saturates nothing, and casting it would overflow
     beyond_type = f.dtype.kind == "f" and saturation_level > float(np.finfo(f.dtype).max)
@@ -316,6 +321,24 @@ def dead_fraction(frame: np.ndarray) -> float:
     for dy in range(3):
         covered[dy:dy + h - 2] |= across
     return float(np.count_nonzero(covered)) / zero.size
+
+
+def narrower_top(values: np.ndarray, dtype: np.dtype) -> float | None:
+    """The top reading of a camera narrower than its integer type, where ``values`` (the frame's pixels
+    with data) reach it: their highest value, when that is ``2**k - 1`` (k from 8 up) below the type's
+    own top; else ``None``.
+
+    Many cameras digitise 10, 12 or 14 bits and store them in ``uint16``: a 12-bit camera reads 4095
+    where it saturates, and a level at 65535 never sees that. A frame that does not saturate has its
+    highest value on a pixel or two, and it is rarely such a number; when it is, only pixels at it
+    with another beside them count (:func:`beside_another`), which photon noise does not give.
+    """
+    if dtype.kind not in "ui" or dtype.itemsize < 2 or values.size == 0:
+        return None
+    top = int(values.max())
+    if top < 255 or top >= np.iinfo(dtype).max or (top + 1) & top:
+        return None
+    return float(top)
 
 
 def _valid_pixels(f: np.ndarray) -> tuple[np.ndarray, int, int]:

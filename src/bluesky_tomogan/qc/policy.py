@@ -136,7 +136,9 @@ class QCPolicy:
         Rules that replace the defaults (the others keep theirs).
     saturation_level : float, optional
         Pixel value counted as saturated (default: the top of an integer
-        frame's dtype, 65535 for floating-point frames).
+        frame's dtype, or of a narrower camera where the frame reaches it, e.g.
+        4095 for a 12-bit camera in ``uint16``: :func:`~.metrics.narrower_top`;
+        65535 for floating-point frames).
     exposure_step : float
         Factor by which ``adjust`` changes the exposure time (down for
         saturation, up for noise).
