@@ -131,7 +131,7 @@ def test_a_camera_narrower_than_its_integer_type_saturates_at_its_own_top(rng):
 
     def saturated(f, **policy):
         qc = RunQC(QCFeedback(QCPolicy(**policy)))
-        stream = SimpleNamespace(reference=ref, shape=f.shape, field="cam")
+        stream = SimpleNamespace(reference=ref, shape=f.shape, field="cam", raw_name="primary")
         item = SimpleNamespace(stream=stream, frame=f, metrics=None)
         qc.measure(item)
         return item.metrics.saturated_fraction, "saturated" in QCPolicy(**policy).evaluate(item.metrics)
@@ -150,7 +150,7 @@ def test_a_frame_with_no_intensities_leaves_the_beam_loss_reference_alone():
     from bluesky_tomogan.callbacks.run_qc import RunQC
 
     qc = RunQC(QCFeedback())
-    stream = SimpleNamespace(reference=IntensityReference(), shape=(8, 8), field="cam")
+    stream = SimpleNamespace(reference=IntensityReference(), shape=(8, 8), field="cam", raw_name="primary")
     for value in (np.iinfo(np.uint32).max, 500, 500, 20):
         item = SimpleNamespace(stream=stream, frame=np.full((8, 8), value, np.uint32), metrics=None)
         unusable = qc.measure(item)
@@ -563,6 +563,38 @@ def test_beam_dump_suspends_and_resumes_and_every_angle_has_a_good_frame(RE, den
     good = {theta for seq, theta in events if any(s == seq and "beam_lost" not in f for s, f in rows)}
     assert good == set(map(float, angles))
     assert all(name != "bluesky-run-engine" for _, name in puts)  # flags are never set on the RunEngine's loop
+
+
+@pytest.mark.parametrize("camera", ["offset", "counter"])
+@pytest.mark.parametrize("streams", [None, ["primary"]])
+def test_the_cameras_dark_level_comes_from_the_runs_darks(RE, denoiser, tmp_path, camera, streams):
+    """No ``dark_level`` set: a camera's offset (100 counts) is most of a low-dose frame's mean, and a frame
+    without beam still reads it (intensity ratio 0.8: no ``beam_lost`` before). QC takes the offset from
+    the run's dark frames, read for that alone where ``streams=`` leaves them out; and a photon counter's
+    dark frames, all zeros, are not ``dead_pixels`` or ``noisy``: they are dark by design."""
+    import dataclasses
+
+    det, stage, _ = sim_rig(tmp_path, simulate_timing=False)
+    if camera == "counter":
+        det.model = dataclasses.replace(det.model, dark_level=0.0, read_noise=0.0)
+    det.photon_flux.put(80 / 0.03)  # 80 photons/pixel in the open beam
+    cb = TomoGANCallback(denoiser, streams=streams, feedback=QCFeedback(QCPolicy(), RE=RE))
+    docs = collect(RE, cb)
+    RE.subscribe(lambda name, doc: det.inject_fault("beam_dump", frames=1)
+                 if name == "event" and doc.get("seq_num") == 3 and "stage_theta" in doc["data"] else None)
+    RE(tomo_scan(det, stage, range(0, 16, 2), n_darks=3, n_flats=2))
+    names = {d["uid"]: d["name"] for n, d in docs if n == "descriptor"}
+    rows: dict[str, list[tuple[str, float]]] = {}
+    for n, d in docs:
+        if n == "event_page" and "det_image_qc_flags" in d["data"]:
+            rows.setdefault(names[d["descriptor"]], []).extend(
+                zip(d["data"]["det_image_qc_flags"], d["data"]["det_image_qc_intensity_ratio"], strict=True))
+    projections = rows["denoised"]
+    lost = [i for i, (flags, _) in enumerate(projections) if "beam_lost" in flags]
+    assert lost == [3] and projections[3][1] < 0.05, projections  # the frame without beam, and no other
+    assert all(ratio > 0.5 for i, (_, ratio) in enumerate(projections) if i != 3)
+    if streams is None:  # the darks denoised too: their rows raise nothing that presumes a beam
+        assert [flags for flags, _ in rows["dark_denoised"]] == [""] * 3
 
 
 def test_a_frame_only_beam_loss_suspends_through_the_qc_monitor(RE, denoiser, tmp_path):

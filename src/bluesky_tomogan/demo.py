@@ -152,7 +152,7 @@ def run_demo(
         RE = RunEngine({}, during_task=LiveViewDuringTask())
         RE.record_interruptions = True
         monitor = QCMonitor(name="qc", beam=beam, beam_ok=0.5 * beam.nominal)
-        feedback = QCFeedback(QCPolicy(dark_level=det.model.dark_level), monitor=monitor, RE=RE)
+        feedback = QCFeedback(QCPolicy(), monitor=monitor, RE=RE)  # the dark level from the run's darks
         feedback.install_suspenders(RE, sleep=0.5)
         RE.install_suspender(SuspendFloor(beam, 0.25 * beam.nominal, resume_thresh=0.5 * beam.nominal, sleep=0.5))
         # Flats are denoised too: the flat's own noise is the strongest stripe in the sinogram.

@@ -58,7 +58,7 @@ det.photon_flux.put(1e4)  # 500 photons per pixel per frame: low dose
 if os.environ.get("TOMOGAN_QC_POLICY"):
     policy = QCPolicy.from_file(os.environ["TOMOGAN_QC_POLICY"])
 else:
-    policy = QCPolicy(dark_level=det.model.dark_level)
+    policy = QCPolicy()  # the camera's dark level from each run's darks (tomo_scan's "dark" stream)
 qc = QCMonitor(name="qc", beam=ring_current, beam_ok=100)
 feedback = QCFeedback(policy, monitor=qc, RE=RE)
 feedback.install_suspenders(RE, sleep=1)

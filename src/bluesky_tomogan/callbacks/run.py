@@ -79,7 +79,7 @@ from .derived_stream import (
 from .frame_writer import DerivedFrameWriter, stored_dtype, stream_resource_directory
 from .passthrough import PassThroughRun, Turn
 from .queue import FrameQueue, Policy
-from .run_qc import DROPPED, RunQC
+from .run_qc import DROPPED, RunQC, is_dark_stream
 
 __all__ = ["RunOptions", "RunDenoiser", "image_fields"]
 
@@ -95,6 +95,18 @@ CONTEXT_WAIT = 2.0
 FRAMES_LISTED_PER_PROBLEM = 5
 #: Distinct problems listed per run; frames (and events lacking their image field) with others are counted together.
 PROBLEMS_LISTED = 20
+#: Frames of a dark stream that the callback does not denoise (``streams=`` leaves it out) read per field and
+#: run for QC's dark level only (:meth:`~.run_qc.RunQC.add_dark`): a few give the median; each is queued
+#: as a control item (never dropped), so they are bounded here.
+DARK_SAMPLES = 16
+
+
+@dataclass
+class _DarkSample:
+    """A frame of a dark stream that is not denoised, for QC's dark level (a queued control item)."""
+
+    field: str
+    frame: Any  # the array, or a function that reads it (worker thread)
 
 
 @dataclass(frozen=True)
@@ -121,6 +133,8 @@ class RunOptions:
     #: Where each field's last frame was NaN (None: nowhere), kept across runs because a detector's
     #: NaN mask outlives a run: QC tells a mask from a fault by it (:class:`~.run_qc.RunQC`).
     known_nan: dict[str, np.ndarray | None] = dataclasses.field(default_factory=dict)
+    #: Each field's dark level from the last run's dark frames, for runs without darks of their own.
+    dark_levels: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def qc(self) -> QCPolicy:
@@ -187,7 +201,9 @@ class RunDenoiser(PassThroughRun):
         self._stream_readers: dict[str, tuple[str, FrameReader]] = {}  # StreamResource uid -> (key, reader)
         # The frames of the last multi-frame event read (worker thread): its N rows read it once.
         self._last_event: tuple[Any, np.ndarray] | None = None
-        self._qc = RunQC(options.feedback, options.known_nan)
+        self._qc = RunQC(options.feedback, options.known_nan, options.dark_levels)
+        self._dark_fields: dict[str, list[str]] = {}  # descriptor uid of a dark stream not denoised -> its images
+        self._dark_samples: dict[str, int] = {}  # field -> its dark frames queued for the dark level
         self._controllers: dict[str, RatioController] = {}  # field -> ratio policy (policy "adaptive")
         # Seconds spent inside this run's document calls (the RunEngine, or the 0MQ dispatcher, waits on
         # them: subscribers such as a storage writer run there), and since when the current call runs.
@@ -231,6 +247,9 @@ class RunDenoiser(PassThroughRun):
             self._check_name_is_free(doc, ours)
         self._raw_streams.setdefault(raw_name, set()).update(() if ours else images)
         if self._start is None or (o.streams is not None and raw_name not in o.streams):
+            if self._start is not None and is_dark_stream(raw_name) and not ours and o.qc.dark_level is None:
+                # not denoised, but its frames are the camera's dark level for QC (intensity ratio, SNR)
+                self._dark_fields[doc["uid"]] = [f for f in images if o.fields is None or f in o.fields]
             return doc
         if o.streams is None and ours:  # not asked for by name: never denoise a derived stream
             if first_of_name:
@@ -351,6 +370,9 @@ class RunDenoiser(PassThroughRun):
         }}
 
     def event_page(self, doc: EventPage) -> EventPage:
+        if doc["descriptor"] in self._dark_fields:
+            self._sample_dark_events(doc)
+            return doc
         fields = self._by_descriptor.get(doc["descriptor"], {})
         if fields:
             self._qc.keep_positions(next(iter(fields.values())).raw_name, doc)
@@ -380,6 +402,28 @@ class RunDenoiser(PassThroughRun):
                 for k, frame in enumerate(frames):
                     self._enqueue(stream, frame, doc["seq_num"][i], doc["uid"][i], exposure=k)
         return doc
+
+    def _sample_dark_events(self, doc: EventPage) -> None:
+        """Queue the first ``DARK_SAMPLES`` frames of each image field of a dark stream that is not denoised."""
+        for f in self._dark_fields[doc["descriptor"]]:
+            column = doc["data"].get(f)
+            if column is None:
+                continue  # STREAM: frames come in StreamDatum documents (stream_datum)
+            filled = doc.get("filled", {}).get(f, True)
+            for i, value in enumerate(column):
+                unfilled = filled is False or (isinstance(filled, list) and filled[i] is False)
+                frame = (functools.partial(self._fill, doc["descriptor"], f, value)
+                         if unfilled or isinstance(value, str) else value)
+                if not self._queue_dark(f, frame):
+                    break
+
+    def _queue_dark(self, f: str, frame: Any) -> bool:
+        """Queue one dark frame of ``f`` for QC's dark level; ``False`` once the field has had its share."""
+        if self._dark_samples.get(f, 0) >= DARK_SAMPLES:
+            return False
+        self._dark_samples[f] = self._dark_samples.get(f, 0) + 1
+        self._queue.put_control(_DarkSample(f, frame))
+        return True
 
     def _fill(self, descriptor_uid: str, f: str, datum_id: str, exposure: int | None = None) -> np.ndarray:
         """Load a legacy-referenced frame through the Filler (worker thread); of a multi-frame
@@ -414,6 +458,7 @@ class RunDenoiser(PassThroughRun):
         if self._raw_directory is None:  # None if not a local file: derived frames go to the default directory
             self._raw_directory = stream_resource_directory(here)
         wanted = {s.field for fields in self._by_descriptor.values() for s in fields.values()}
+        wanted.update(*self._dark_fields.values())
         if doc.get("data_key") in wanted or self.options.fields is None:
             try:
                 self._stream_readers[doc["uid"]] = (doc["data_key"], reader_for(here))
@@ -426,6 +471,11 @@ class RunDenoiser(PassThroughRun):
         if reader is None:
             return doc
         key, read = reader
+        if key in self._dark_fields.get(doc["descriptor"], ()):
+            for i in range(doc["indices"]["start"], doc["indices"]["stop"]):
+                if not self._queue_dark(key, functools.partial(_read_row, read, i)):
+                    break
+            return doc
         stream = self._by_descriptor.get(doc["descriptor"], {}).get(key)
         if stream is None:
             return doc
@@ -585,6 +635,9 @@ class RunDenoiser(PassThroughRun):
             if self._closed:  # the stop gave up on this worker: its rows are recorded, stop working
                 return
             is_frame, item = got
+            if isinstance(item, _DarkSample):
+                self._take_dark(item)
+                continue
             if not is_frame and not isinstance(item, Dropped):  # end of run: each stream's last frame, mirrored
                 for window in windows.values():
                     self._denoise_last(window)
@@ -597,6 +650,16 @@ class RunDenoiser(PassThroughRun):
                 if not frame.recorded:
                     self._finish(FrameResult(frame, None, f"internal error: {type(exc).__name__}: {exc}",
                                              finished=time.time()), judge=False)
+
+    def _take_dark(self, sample: _DarkSample) -> None:
+        """A dark frame that is not denoised, into QC's dark level (worker thread); one that cannot be read is
+        logged and left out."""
+        try:
+            frame = sample.frame() if callable(sample.frame) else sample.frame
+            self._qc.add_dark(sample.field, np.asarray(frame))
+        except Exception as exc:  # an unreadable dark frame costs only its share of the dark level
+            log.warning("QC: dark frame of %s not read for the dark level: %s: %s", sample.field,
+                        type(exc).__name__, exc)
 
     def _handle(self, item: QueuedFrame | Dropped, windows: dict[int, list[QueuedFrame]]) -> None:
         """One frame off the queue: record it if dropped or unusable, else denoise it once its context is in."""
@@ -908,6 +971,11 @@ def _frame_problem(frame: np.ndarray, declared: tuple[int, int]) -> str:
     except TomoGANError as exc:
         return f"{type(exc).__name__}: {exc}"
     return ""
+
+
+def _read_row(read: FrameReader, index: int) -> np.ndarray:
+    """Row ``index`` of a StreamResource's frames (all of its exposures)."""
+    return read(index, index + 1)[0]
 
 
 def _unusable(reason: str) -> np.ndarray:

@@ -14,17 +14,26 @@ import logging
 import math
 import queue
 import threading
+from collections import deque
 from typing import Any
 
 import numpy as np
 from event_model.documents import EventPage, RunStart
 
 from ..qc.feedback import QCFeedback, Verdict
-from ..qc.metrics import frame_metrics, motion_px, registered_offset, registration_image, rotation_allowance
+from ..qc.metrics import (
+    FrameMetrics,
+    IntensityReference,
+    frame_metrics,
+    motion_px,
+    registered_offset,
+    registration_image,
+    rotation_allowance,
+)
 from ..qc.policy import UNUSABLE, QCPolicy
 from .derived_stream import FrameResult, QueuedFrame
 
-__all__ = ["RunQC", "DROPPED"]
+__all__ = ["RunQC", "DROPPED", "is_dark_stream", "BEAM_FLAGS"]
 
 log = logging.getLogger(__name__)
 DROPPED = "dropped"  # start of the qc_error of a frame the queue policy dropped
@@ -32,6 +41,17 @@ DROPPED = "dropped"  # start of the qc_error of a frame the queue policy dropped
 FEEDBACK_QUEUE = 256
 #: Scalar readings of so many recent raw events are kept, so a recommendation can say where to re-acquire.
 POSITIONS_KEPT = 4096
+#: Flags that presume a beam: a dark frame (shutter closed) has none by design, and a photon counter's dark
+#: frame is all zeros, which is not a readout failure.
+BEAM_FLAGS = frozenset({"beam_lost", "noisy", "dead_pixels"})
+#: The dark level is the median of the means of a field's last so many dark frames.
+DARK_FRAMES_KEPT = 64
+
+
+def is_dark_stream(name: str) -> bool:
+    """Whether a raw stream holds dark frames (shutter closed): ``tomo_scan``'s ``dark``, and the names
+    other plans give them (``darks``, ``dark_field``, ...)."""
+    return name.lower().startswith("dark")
 
 
 class RunQC:
@@ -45,13 +65,20 @@ class RunQC:
         Field name -> where its last frame was NaN, shared with the facade's other runs (a
         detector that marks pixels without data with NaN does so in every frame: those pixels
         are its mask, not ``nonfinite``; the first frame that shows them is flagged).
+    dark_levels : dict, optional
+        Field name -> its camera's dark level as the last run's dark frames gave it, shared with
+        the facade's other runs (a run without darks of its own uses it): see :meth:`dark_level`.
     """
 
-    def __init__(self, feedback: QCFeedback, known_nan: dict[str, np.ndarray | None] | None = None) -> None:
+    def __init__(self, feedback: QCFeedback, known_nan: dict[str, np.ndarray | None] | None = None,
+                 dark_levels: dict[str, float] | None = None) -> None:
         self.feedback = feedback
         # field -> where its last frame was NaN: a NaN pixel that was NaN in the detector's previous frame
         # too (in any stream, in an earlier run) is its mask, not a fault. Shared by the facade's runs.
         self._known_nan = {} if known_nan is None else known_nan
+        self._dark_levels = {} if dark_levels is None else dark_levels
+        self._dark_means: dict[str, deque[float]] = {}  # field -> means of this run's dark frames
+        self._dark_said: set[str] = set()  # fields whose learnt dark level was logged
         self.uid = ""
         self._motor: str | None = None
         self._positions: dict[tuple[str, int], dict[str, Any]] = {}  # (raw stream, seq_num) -> scalar readings
@@ -89,6 +116,47 @@ class RunQC:
 
     # -- worker thread ----------------------------------------------------------------------
 
+    def dark_level(self, field: str) -> float:
+        """The dark level of ``field``'s camera: the policy's ``dark_level`` where it sets one, else the median
+        mean of this run's dark frames (:func:`is_dark_stream`), else of the last run's that had any, else 0."""
+        if self.policy.dark_level is not None:
+            return float(self.policy.dark_level)
+        level = self._dark_levels.get(field)
+        if level is None:
+            return 0.0
+        if field not in self._dark_said:
+            self._dark_said.add(field)
+            log.info("QC: dark level of %s is %.4g counts, from %s dark frames (QCPolicy(dark_level=...) "
+                     "sets it)", field, level,
+                     f"this run's {len(self._dark_means[field])}" if field in self._dark_means else "an earlier run's")
+        return level
+
+    def add_dark(self, field: str, frame: np.ndarray) -> None:
+        """Take a dark frame of ``field`` into its dark level (worker thread): a frame of a dark stream
+        that is not denoised (the callback's ``streams=`` leaves it out) comes here alone."""
+        frame = np.asarray(frame)
+        if frame.ndim == 3 and len(frame):  # several exposures per event: one is enough
+            frame = frame[0]
+        if frame.ndim != 2 or frame.dtype.kind not in "uif":
+            return
+        metrics = frame_metrics(frame, IntensityReference(), None, self.policy.saturation_for(frame.dtype))
+        if not self.evaluate(metrics, dark=True) & UNUSABLE:
+            self._take_dark(field, metrics.mean)
+
+    def _take_dark(self, field: str, mean: float) -> None:
+        if not math.isfinite(mean):
+            return
+        means = self._dark_means.get(field)
+        if means is None:  # this run's first dark frame: an earlier run's level no longer counts
+            means = self._dark_means[field] = deque(maxlen=DARK_FRAMES_KEPT)
+        means.append(mean)
+        self._dark_levels[field] = float(np.median(means))
+
+    def evaluate(self, metrics: FrameMetrics, *, dark: bool) -> set[str]:
+        """The flags ``metrics`` raise; a dark frame's without those that presume a beam (``BEAM_FLAGS``)."""
+        flags = set(self.policy.evaluate(metrics))
+        return flags - BEAM_FLAGS if dark else flags
+
     def measure(self, item: QueuedFrame) -> list[str]:
         """Raw-frame QC metrics of ``item``; returns the flags that make it unusable."""
         stream, frame = item.stream, np.asarray(item.frame)
@@ -96,15 +164,19 @@ class RunQC:
             level = self.policy.saturation_for(frame.dtype)
         except (TypeError, ValueError):  # not a number dtype: check_frames flags it
             return []
+        dark = is_dark_stream(stream.raw_name)
         nan = np.isnan(frame) if frame.dtype.kind == "f" and frame.ndim == 2 else None
-        item.metrics = frame_metrics(frame, stream.reference, None, level, self.policy.dark_level,
+        item.metrics = frame_metrics(frame, stream.reference, None, level,
+                                     0.0 if dark else self.dark_level(stream.field),
                                      known_nan=self._known_nan.get(stream.field),
                                      narrower_camera=self.policy.saturation_level is None)
         self._known_nan[stream.field] = nan if nan is not None and nan.any() else None
-        unusable = sorted(UNUSABLE & set(self.policy.evaluate(item.metrics)))
+        unusable = sorted(UNUSABLE & self.evaluate(item.metrics, dark=dark))
         mean = item.metrics.mean
         if not unusable and frame.shape == stream.shape and math.isfinite(mean):  # a NaN would poison the median
             stream.reference.add(mean)
+            if dark:
+                self._take_dark(stream.field, mean)
         return unusable
 
     def register(self, item: QueuedFrame) -> None:
@@ -146,7 +218,9 @@ class RunQC:
         """Evaluate the QC policy on a finished frame and hand the verdict to the feedback thread."""
         item = result.item
         item.metrics.latency_s = result.finished - item.received
-        result.flags = dict(self.policy.evaluate(item.metrics))
+        dark = is_dark_stream(item.stream.raw_name)
+        result.flags = {flag: action for flag, action in self.policy.evaluate(item.metrics).items()
+                        if not (dark and flag in BEAM_FLAGS)}
         reasons = {}
         if result.error.startswith(DROPPED):  # dropped means the denoiser fell behind
             result.flags["lagging"] = self.policy.rules["lagging"].action

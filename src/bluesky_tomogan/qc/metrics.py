@@ -233,7 +233,7 @@ def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np
                   known_nan: np.ndarray | None = None, narrower_camera: bool = False) -> FrameMetrics:
     """Raw-frame metrics of ``frame``; ``previous`` is the last good frame of the same stream (or ``None``).
 
-    ``dark_level`` is the camera's dark offset: the intensity ratio compares signal above it.
+    ``dark_level`` is the camera's dark offset: the intensity ratio and the SNR take the signal above it.
     ``known_nan``: where the detector's previous frame was NaN. A NaN pixel there too is the
     detector's mask (pixels without data, the same in every frame), not a fault: it is left
     out of the metrics like a masked pixel and does not count in ``nonfinite_fraction``
@@ -275,7 +275,8 @@ def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np
     m.dead_fraction = dead_fraction(np.where(valid, f, 1) if n_valid < f.size else f)
     m.intensity_ratio = reference.ratio(mean, dark_level)
     m.noise_sigma = noise_sigma(np.where(valid, f, mean) if n_valid < f.size else f)
-    m.snr = mean / m.noise_sigma if m.noise_sigma > 0 else (math.inf if mean > 0 else 0.0)
+    signal = mean - dark_level  # a camera's offset is no signal: at low dose it is most of the mean
+    m.snr = signal / m.noise_sigma if m.noise_sigma > 0 else (math.inf if signal > 0 else 0.0)
     if previous is not None:  # no angle known here: all of the shift counts as motion
         m.shift_px = m.motion_px = shift_px(previous, f)
     return m

@@ -81,8 +81,9 @@ DEFAULT_REASONS: Mapping[str, str] = {
     "dead_pixels": "a quarter of the pixels at zero is a readout failure or a dropped frame, not the sample; "
                    "the angle is worth taking again, so reacquire",
     "nonfinite": "any NaN/inf pixel breaks reconstruction; reacquire the angle",
-    "noisy": "an SNR under 5 (about 25 photons per pixel) is below what the denoiser was trained for; a "
-             "longer exposure is the cure, so adjust",
+    "noisy": "an SNR under 5 is about 25 photons per pixel above the dark level, where even the denoised "
+             "frame scores 0.07-0.18 SSIM below what it does at 1000 photons; a longer exposure is the cure, "
+             "so adjust",
     "motion": "a shift over 3 pixels against the previous angle, beyond the sideways shift that rotation "
               "makes between neighbouring angles on this scan, is the sample or the stage moving; a false "
               "pause costs beam time, so warn and let the scientist decide (set pause for a fine angular step)",
@@ -142,11 +143,13 @@ class QCPolicy:
     exposure_step : float
         Factor by which ``adjust`` changes the exposure time (down for
         saturation, up for noise).
-    dark_level : float
+    dark_level : float, optional
         The camera's dark offset in counts, subtracted from a frame's mean and
-        from the reference before their ratio (``intensity_ratio``): at low
-        dose the offset is a large part of the signal, and a frame without beam
-        still reads it.
+        from the reference before their ratio (``intensity_ratio``) and from
+        the mean over the noise (``snr``): at low dose the offset is a large
+        part of the signal, and a frame without beam still reads it. Default:
+        the median mean of the run's dark frames (a stream named ``dark...``),
+        or of the last run's that had any, else 0.
 
     Examples
     --------
@@ -158,7 +161,7 @@ class QCPolicy:
     rules: Mapping[str, Rule] = field(default_factory=_default_rules)
     saturation_level: float | None = None
     exposure_step: float = 2.0
-    dark_level: float = 0.0
+    dark_level: float | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.rules) - set(FLAGS))
