@@ -597,6 +597,29 @@ def test_the_cameras_dark_level_comes_from_the_runs_darks(RE, denoiser, tmp_path
         assert [flags for flags, _ in rows["dark_denoised"]] == [""] * 3
 
 
+def test_darks_taken_with_the_shutter_open_are_not_taken_for_the_dark_level(RE, denoiser, tmp_path, caplog):
+    """A shutter that did not close makes dark frames as bright as the projections: taken for the dark
+    level, every projection would read an intensity ratio of noise around 0 (``beam_lost``: the scan
+    suspended frame after frame). QC keeps 0 for them, as without darks, and says why."""
+    det, stage, _ = sim_rig(tmp_path, simulate_timing=False)
+    det.photon_flux.put(80 / 0.03)
+    conditions = det._conditions
+
+    def leaky_shutter():
+        c = conditions()
+        c["photons"] = float(det.photon_flux.get()) * float(det.exposure_time.get())
+        return c
+
+    det._conditions = leaky_shutter
+    cb = TomoGANCallback(denoiser, streams=["primary"], feedback=QCFeedback(QCPolicy(), RE=RE))
+    docs = collect(RE, cb)
+    with caplog.at_level(logging.WARNING, logger="bluesky_tomogan.callbacks.run_qc"):
+        RE(tomo_scan(det, stage, range(0, 16, 2), n_darks=3, n_flats=2))
+    assert column(docs, "det_image_qc_flags") == [""] * 8
+    assert min(column(docs, "det_image_qc_intensity_ratio")) > 0.5
+    assert "not darker than its 'primary' frames" in caplog.text
+
+
 def test_a_frame_only_beam_loss_suspends_through_the_qc_monitor(RE, denoiser, tmp_path):
     RE.record_interruptions = True
     det, stage, _ = sim_rig(tmp_path)

@@ -46,6 +46,9 @@ POSITIONS_KEPT = 4096
 BEAM_FLAGS = frozenset({"beam_lost", "noisy", "dead_pixels"})
 #: The dark level is the median of the means of a field's last so many dark frames.
 DARK_FRAMES_KEPT = 64
+#: Dark frames are trusted only where a stream's frames stand at least this share of their level above them:
+#: darks taken with the shutter open (as bright as the projections) would make every frame look beam-lost.
+DARK_TRUST = 0.05
 
 
 def is_dark_stream(name: str) -> bool:
@@ -79,6 +82,7 @@ class RunQC:
         self._dark_levels = {} if dark_levels is None else dark_levels
         self._dark_means: dict[str, deque[float]] = {}  # field -> means of this run's dark frames
         self._dark_said: set[str] = set()  # fields whose learnt dark level was logged
+        self._dark_doubted: set[tuple[str, str]] = set()  # (raw stream, field) whose darks were not trusted
         self.uid = ""
         self._motor: str | None = None
         self._positions: dict[tuple[str, int], dict[str, Any]] = {}  # (raw stream, seq_num) -> scalar readings
@@ -131,6 +135,27 @@ class RunQC:
                      f"this run's {len(self._dark_means[field])}" if field in self._dark_means else "an earlier run's")
         return level
 
+    def _dark_for(self, stream: Any, frame: np.ndarray) -> float:
+        """The dark level for a frame of ``stream``: :meth:`dark_level`, unless it came from dark frames that
+        the stream's frames (its intensity reference, else this frame) do not stand clearly above: then 0,
+        as without darks, and a warning (a shutter left open during the darks)."""
+        level = self.dark_level(stream.field)
+        if self.policy.dark_level is not None or level == 0.0:
+            return level
+        if stream.reference.means:
+            typical = float(np.median(stream.reference.means))
+        else:
+            finite = frame[np.isfinite(frame)] if frame.dtype.kind == "f" else frame
+            typical = float(finite.mean(dtype=np.float64)) if finite.size else math.nan
+        if typical - level >= DARK_TRUST * abs(typical):
+            return level
+        if (stream.raw_name, stream.field) not in self._dark_doubted and math.isfinite(typical):
+            self._dark_doubted.add((stream.raw_name, stream.field))
+            log.warning("QC: the dark frames of %s (mean %.4g) are not darker than its %r frames (%.4g): a shutter "
+                        "open during the darks? QC takes the dark level as 0 for them (QCPolicy(dark_level=...) "
+                        "sets it)", stream.field, level, stream.raw_name, typical)
+        return 0.0
+
     def add_dark(self, field: str, frame: np.ndarray) -> None:
         """Take a dark frame of ``field`` into its dark level (worker thread): a frame of a dark stream
         that is not denoised (the callback's ``streams=`` leaves it out) comes here alone."""
@@ -166,8 +191,8 @@ class RunQC:
             return []
         dark = is_dark_stream(stream.raw_name)
         nan = np.isnan(frame) if frame.dtype.kind == "f" and frame.ndim == 2 else None
-        item.metrics = frame_metrics(frame, stream.reference, None, level,
-                                     0.0 if dark else self.dark_level(stream.field),
+        dark_level = 0.0 if dark else self._dark_for(stream, frame)
+        item.metrics = frame_metrics(frame, stream.reference, None, level, dark_level,
                                      known_nan=self._known_nan.get(stream.field),
                                      narrower_camera=self.policy.saturation_level is None)
         self._known_nan[stream.field] = nan if nan is not None and nan.any() else None
