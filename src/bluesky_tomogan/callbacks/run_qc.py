@@ -29,6 +29,7 @@ from ..qc.metrics import (
     registered_offset,
     registration_image,
     rotation_allowance,
+    signal_to_noise,
 )
 from ..qc.policy import UNUSABLE, QCPolicy
 from .derived_stream import FrameResult, QueuedFrame
@@ -135,26 +136,18 @@ class RunQC:
                      f"this run's {len(self._dark_means[field])}" if field in self._dark_means else "an earlier run's")
         return level
 
-    def _dark_for(self, stream: Any, frame: np.ndarray) -> float:
-        """The dark level for a frame of ``stream``: :meth:`dark_level`, unless it came from dark frames that
-        the stream's frames (its intensity reference, else this frame) do not stand clearly above: then 0,
-        as without darks, and a warning (a shutter left open during the darks)."""
-        level = self.dark_level(stream.field)
-        if self.policy.dark_level is not None or level == 0.0:
-            return level
-        if stream.reference.means:
-            typical = float(np.median(stream.reference.means))
-        else:
-            finite = frame[np.isfinite(frame)] if frame.dtype.kind == "f" else frame
-            typical = float(finite.mean(dtype=np.float64)) if finite.size else math.nan
-        if typical - level >= DARK_TRUST * abs(typical):
-            return level
-        if (stream.raw_name, stream.field) not in self._dark_doubted and math.isfinite(typical):
+    def _trust_darks(self, stream: Any, metrics: FrameMetrics, level: float) -> bool:
+        """Whether the stream's frames (its intensity reference, else this frame) stand clearly above the dark
+        level ``level`` learnt from dark frames; if not (a shutter open during the darks), warn once."""
+        typical = float(np.median(stream.reference.means)) if stream.reference.means else metrics.mean
+        if not math.isfinite(typical) or typical - level >= DARK_TRUST * abs(typical):
+            return True
+        if (stream.raw_name, stream.field) not in self._dark_doubted:
             self._dark_doubted.add((stream.raw_name, stream.field))
             log.warning("QC: the dark frames of %s (mean %.4g) are not darker than its %r frames (%.4g): a shutter "
-                        "open during the darks? QC takes the dark level as 0 for them (QCPolicy(dark_level=...) "
-                        "sets it)", stream.field, level, stream.raw_name, typical)
-        return 0.0
+                        "open during the darks, or no beam on those frames? QC takes the dark level as 0 for them "
+                        "(QCPolicy(dark_level=...) sets it)", stream.field, level, stream.raw_name, typical)
+        return False
 
     def add_dark(self, field: str, frame: np.ndarray) -> None:
         """Take a dark frame of ``field`` into its dark level (worker thread): a frame of a dark stream
@@ -191,11 +184,14 @@ class RunQC:
             return []
         dark = is_dark_stream(stream.raw_name)
         nan = np.isnan(frame) if frame.dtype.kind == "f" and frame.ndim == 2 else None
-        dark_level = 0.0 if dark else self._dark_for(stream, frame)
-        item.metrics = frame_metrics(frame, stream.reference, None, level, dark_level,
-                                     known_nan=self._known_nan.get(stream.field),
-                                     narrower_camera=self.policy.saturation_level is None)
+        dark_level = 0.0 if dark else self.dark_level(stream.field)
+        item.metrics = m = frame_metrics(frame, stream.reference, None, level, dark_level,
+                                         known_nan=self._known_nan.get(stream.field),
+                                         narrower_camera=self.policy.saturation_level is None)
         self._known_nan[stream.field] = nan if nan is not None and nan.any() else None
+        if dark_level and self.policy.dark_level is None and not self._trust_darks(stream, m, dark_level):
+            m.intensity_ratio = stream.reference.ratio(m.mean, 0.0)  # judged as without darks
+            m.snr = signal_to_noise(m.mean, m.noise_sigma)
         unusable = sorted(UNUSABLE & self.evaluate(item.metrics, dark=dark))
         mean = item.metrics.mean
         if not unusable and frame.shape == stream.shape and math.isfinite(mean):  # a NaN would poison the median

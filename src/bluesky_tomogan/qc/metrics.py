@@ -26,7 +26,8 @@ from ..masked import fill_masked, masked_pixels, missing_pixels
 
 __all__ = ["FrameMetrics", "IntensityReference", "beside_another", "dead_fraction", "frame_metrics", "residual_metrics",
            "noise_sigma", "shift_px", "registration_image", "registered_shift", "registered_offset",
-           "rotation_allowance", "motion_px", "PreviousResidual", "residual_specks", "narrower_top", "UNITS"]
+           "rotation_allowance", "motion_px", "PreviousResidual", "residual_specks", "narrower_top", "signal_to_noise",
+           "UNITS"]
 
 #: Units of each metric, for the data keys of the derived stream.
 UNITS: dict[str, str] = {
@@ -275,11 +276,17 @@ def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np
     m.dead_fraction = dead_fraction(np.where(valid, f, 1) if n_valid < f.size else f)
     m.intensity_ratio = reference.ratio(mean, dark_level)
     m.noise_sigma = noise_sigma(np.where(valid, f, mean) if n_valid < f.size else f)
-    signal = mean - dark_level  # a camera's offset is no signal: at low dose it is most of the mean
-    m.snr = signal / m.noise_sigma if m.noise_sigma > 0 else (math.inf if signal > 0 else 0.0)
+    m.snr = signal_to_noise(mean, m.noise_sigma, dark_level)
     if previous is not None:  # no angle known here: all of the shift counts as motion
         m.shift_px = m.motion_px = shift_px(previous, f)
     return m
+
+
+def signal_to_noise(mean: float, noise: float, dark_level: float = 0.0) -> float:
+    """A frame's SNR: its mean above the dark level over its noise sigma (a camera's offset is no signal:
+    at low dose it is most of the mean); infinite for a noiseless frame with signal, 0 without."""
+    signal = mean - dark_level
+    return signal / noise if noise > 0 else (math.inf if signal > 0 else 0.0)
 
 
 def beside_another(mask: np.ndarray) -> np.ndarray:
