@@ -636,7 +636,7 @@ class RunDenoiser(PassThroughRun):
                 return
             is_frame, item = got
             if isinstance(item, _DarkSample):
-                self._take_dark(item)
+                self._measure_dark(item)
                 continue
             if not is_frame and not isinstance(item, Dropped):  # end of run: each stream's last frame, mirrored
                 for window in windows.values():
@@ -651,7 +651,7 @@ class RunDenoiser(PassThroughRun):
                     self._finish(FrameResult(frame, None, f"internal error: {type(exc).__name__}: {exc}",
                                              finished=time.time()), judge=False)
 
-    def _take_dark(self, sample: _DarkSample) -> None:
+    def _measure_dark(self, sample: _DarkSample) -> None:
         """A dark frame that is not denoised, into QC's dark level (worker thread); one that cannot be read is
         logged and left out."""
         try:
@@ -974,7 +974,7 @@ def _frame_problem(frame: np.ndarray, declared: tuple[int, int]) -> str:
 
 
 def _read_row(read: FrameReader, index: int) -> np.ndarray:
-    """Row ``index`` of a StreamResource's frames (all of its exposures)."""
+    """Frame ``index`` of a StreamResource's frames (of a dark stream, any frame is a dark frame)."""
     return read(index, index + 1)[0]
 
 
