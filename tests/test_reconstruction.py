@@ -249,6 +249,46 @@ def test_the_denoised_stream_is_found_by_what_it_denoises_not_by_its_name(RE, st
                                            ("flat", "det_image"): "flat_denoised"}
 
 
+def test_darks_and_flats_are_found_by_the_names_other_plans_give_them(RE, tmp_path):
+    """``darks`` and ``flat_field`` (other plans' names for ``tomo_scan``'s ``dark`` and ``flat``) are read as
+    darks and flats: the same slices as with ``tomo_scan``'s names, and QC's dark level from the darks."""
+    import bluesky.preprocessors as bpp
+
+    from bluesky_tomogan.qc import QCFeedback, QCPolicy
+
+    renamed = {"dark": "darks", "flat": "flat_field"}
+
+    def rename(msg):
+        if msg.command == "create" and msg.kwargs.get("name") in renamed:
+            return msg._replace(kwargs={**msg.kwargs, "name": renamed[msg.kwargs["name"]]})
+        return msg
+
+    centres, levels = {}, {}
+    for names in ("tomo_scan", "other"):
+        stage = SimTomoStage(name="stage")
+        det = SimTomoDetector(name="det", stage=stage, shape=(48, 48), directory=tmp_path / names,
+                              simulate_timing=False, seed=7)
+        det.photon_flux.put(2e4)
+        feedback = QCFeedback(QCPolicy())
+        cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="onnxruntime"), streams=["primary"],
+                             feedback=feedback, inline=True)
+        rec = TomoReconstruction(source="raw")
+        cb.subscribe(rec)
+        docs = []
+        rec.subscribe(lambda name, doc, docs=docs: docs.append((name, doc)))
+        token = RE.subscribe(cb)
+        scan = tomo_scan(det, stage, list(angles_deg(40)), n_darks=3, n_flats=3)
+        RE(scan if names == "tomo_scan" else bpp.msg_mutator(scan, rename))
+        assert rec.wait(timeout=60)
+        (page,) = [d for n, d in docs if n == "event_page" and "row" in d["data"] and d["data"]["final"][0]][-1:]
+        assert not any("no flat" in note or "no dark" in note for note in page["data"]["note"])
+        centres[names] = (page["data"]["center"], page["data"]["stripe_metric"])
+        levels[names] = cb.options.dark_levels["det_image"]
+        RE.unsubscribe(token)
+    assert centres["other"] == centres["tomo_scan"] and levels["other"] == pytest.approx(levels["tomo_scan"])
+    assert levels["other"] == pytest.approx(100, abs=1)  # the simulated camera's offset
+
+
 def test_three_exposures_per_angle_are_denoised_one_by_one_and_reconstructed(RE, store, tmp_path):
     """A camera taking 3 exposures per trigger ([3, H, W] per event, ophyd-async's exposures_per_event):
     every exposure is denoised into a row of its own, and the reconstruction reads the events (darks

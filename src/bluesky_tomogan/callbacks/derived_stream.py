@@ -24,7 +24,7 @@ from ..qc.metrics import SIDEWAYS_HISTORY, UNITS, FrameMetrics, IntensityReferen
 from ..qc.policy import Action
 
 __all__ = ["DerivedStream", "Dropped", "FrameResult", "QueuedFrame", "declared_shape", "derived_data_keys",
-           "derived_from", "derived_name", "made_by_us",
+           "derived_from", "derived_name", "made_by_us", "scan_role", "SCAN_ROLE_NAMES",
            "exposures_per_event", "frame_shape", "image_fields", "row_columns", "unsupported_image_fields",
            "without_channel_axis"]
 
@@ -180,6 +180,21 @@ def made_by_us(descriptor: Mapping[str, Any]) -> bool:
     """Whether a descriptor is one this package made: every data key has ``source`` :data:`SOURCE`."""
     keys = descriptor.get("data_keys") or {}
     return bool(keys) and all(k.get("source") == SOURCE for k in keys.values())
+
+
+#: What tomography plans name their dark- and flat-field streams (``tomo_scan``: ``dark``, ``flat``), by role.
+SCAN_ROLE_NAMES: dict[str, frozenset[str]] = {
+    "dark": frozenset({"dark", "darks", "dark_field", "dark_fields", "darkfield", "darkfields", "dark_frames"}),
+    "flat": frozenset({"flat", "flats", "flat_field", "flat_fields", "flatfield", "flatfields", "flat_frames",
+                       "white", "whites", "white_field", "white_fields", "bright", "bright_field"}),
+}
+
+
+def scan_role(stream: str) -> str | None:
+    """``"dark"`` or ``"flat"`` for a raw stream of dark or flat fields by its name (any case: ``darks``,
+    ``flat_field``, ``white``, ...: :data:`SCAN_ROLE_NAMES`), ``None`` for the others."""
+    name = stream.lower()
+    return next((role for role, names in SCAN_ROLE_NAMES.items() if name in names), None)
 
 
 def derived_name(raw_stream: str) -> str:

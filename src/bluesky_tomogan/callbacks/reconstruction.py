@@ -69,6 +69,7 @@ from .derived_stream import (
     exposures_per_event,
     frame_shape,
     made_by_us,
+    scan_role,
     without_channel_axis,
 )
 from .frame_writer import DerivedFrameWriter, stream_resource_directory
@@ -81,10 +82,14 @@ log = logging.getLogger(__name__)
 #: A given centre further than this (pixels) from the one found is noted as probably wrong.
 CENTER_TOLERANCE = 5.0
 STREAM = "reconstruction"
-#: The raw streams a reconstruction reads (each may have a derived, denoised counterpart).
-RAW_ROLES = ("primary", "dark", "flat")
 #: Documents that may wait behind a run's final reconstruction; when full, the RunEngine waits.
 BACKLOG_LIMIT = 10_000
+
+
+def _raw_role(stream: str) -> str | None:
+    """``primary``, ``dark`` or ``flat`` for the raw streams a reconstruction reads (darks and flats by any of
+    the names plans give them: ``darks``, ``flat_field``, ``white``, ...), ``None`` for the others."""
+    return "primary" if stream == "primary" else scan_role(stream)
 
 
 class TomoReconstruction(RunRouterFacade):
@@ -358,12 +363,13 @@ class _RunReconstruction(PassThroughRun):
         ``None`` for the rest."""
         source = derived_from(doc)
         if source is None:
-            name = doc.get("name", "primary")
-            return name if name in RAW_ROLES and not made_by_us(doc) else None
+            role = _raw_role(doc.get("name", "primary"))
+            return role if role is not None and not made_by_us(doc) else None
         raw_stream, raw_field = source
-        if raw_stream not in RAW_ROLES or raw_field != self._image_key.get(raw_stream, raw_field):
+        raw_role = _raw_role(raw_stream)
+        if raw_role is None or raw_field != self._image_key.get(raw_role, raw_field):
             return None  # another stream, or the derived stream of another detector's field
-        role = derived_name(raw_stream)  # the name it has when nothing clashes
+        role = derived_name(raw_role)  # the name it has when nothing clashes
         taken = self._role_stream.setdefault(role, doc.get("name", ""))
         return role if taken == doc.get("name", "") else None
 

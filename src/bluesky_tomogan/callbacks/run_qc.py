@@ -32,7 +32,7 @@ from ..qc.metrics import (
     signal_to_noise,
 )
 from ..qc.policy import UNUSABLE, QCPolicy
-from .derived_stream import FrameResult, QueuedFrame
+from .derived_stream import FrameResult, QueuedFrame, scan_role
 
 __all__ = ["RunQC", "DROPPED", "is_dark_stream", "BEAM_FLAGS"]
 
@@ -54,8 +54,8 @@ DARK_TRUST = 0.05
 
 def is_dark_stream(name: str) -> bool:
     """Whether a raw stream holds dark frames (shutter closed): ``tomo_scan``'s ``dark``, and the names
-    other plans give them (``darks``, ``dark_field``, ...)."""
-    return name.lower().startswith("dark")
+    other plans give them (``darks``, ``dark_field``, ...: :func:`~.derived_stream.scan_role`)."""
+    return scan_role(name) == "dark"
 
 
 class RunQC:

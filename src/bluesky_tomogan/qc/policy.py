@@ -148,7 +148,7 @@ class QCPolicy:
         from the reference before their ratio (``intensity_ratio``) and from
         the mean over the noise (``snr``): at low dose the offset is a large
         part of the signal, and a frame without beam still reads it. Default:
-        the median mean of the run's dark frames (a stream named ``dark...``),
+        the median mean of the run's dark frames (``tomo_scan``'s ``dark`` stream, ``darks``, ...),
         or of the last run's that had any, else 0.
 
     Examples
