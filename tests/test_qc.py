@@ -132,7 +132,7 @@ def test_a_camera_narrower_than_its_integer_type_saturates_at_its_own_top(rng):
     def saturated(f, **policy):
         qc = RunQC(QCFeedback(QCPolicy(**policy)))
         stream = SimpleNamespace(reference=ref, shape=f.shape, field="cam", raw_name="primary")
-        item = SimpleNamespace(stream=stream, frame=f, metrics=None)
+        item = SimpleNamespace(stream=stream, frame=f, metrics=None, exposure_s=None)
         qc.measure(item)
         return item.metrics.saturated_fraction, "saturated" in QCPolicy(**policy).evaluate(item.metrics)
 
@@ -152,7 +152,8 @@ def test_a_frame_with_no_intensities_leaves_the_beam_loss_reference_alone():
     qc = RunQC(QCFeedback())
     stream = SimpleNamespace(reference=IntensityReference(), shape=(8, 8), field="cam", raw_name="primary")
     for value in (np.iinfo(np.uint32).max, 500, 500, 20):
-        item = SimpleNamespace(stream=stream, frame=np.full((8, 8), value, np.uint32), metrics=None)
+        item = SimpleNamespace(stream=stream, frame=np.full((8, 8), value, np.uint32), metrics=None,
+                               exposure_s=None)
         unusable = qc.measure(item)
     assert list(stream.reference.means) == [500.0, 500.0] and unusable == ["beam_lost"]
 
@@ -740,6 +741,48 @@ def test_adaptive_plan_lowers_the_exposure_on_saturation_and_the_store_keeps_it(
     assert len(primary_descriptors) >= 2  # the exposure change re-described the detector
     assert [d["exit_status"] for n, d in docs if n == "stop"] == ["success"]
     assert store[uid]["denoised"]["det_image_denoised"].shape[0] == len(column(docs, "det_image_qc_flags"))
+
+
+def test_the_intensity_ratio_is_per_second_of_exposure_so_lowering_it_is_no_beam_loss(RE, denoiser, tmp_path):
+    """Each ``adjust`` halves the exposure of a saturating scan; against a reference of frames taken at the
+    exposures before, the ratio fell to 0.37 after five halvings (0.2 is ``beam_lost``). The reference is per
+    second of exposure (the detector's ``exposure_time`` in each descriptor's configuration)."""
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(48, 64), directory=tmp_path, simulate_timing=False)
+    det.photon_flux.put(2e8)  # 2,000,000 photons per pixel at 0.01 s: six halvings to come below 65535
+    feedback = QCFeedback(QCPolicy(), RE=RE)
+    cb = TomoGANCallback(denoiser, streams=["primary"], feedback=feedback)
+    docs = collect(RE, cb)
+    RE(qc_tomo_scan(det, stage, [float(a) for a in range(0, 40, 2)], feedback, n_darks=2, n_flats=1,
+                    exposure_limits=(1e-5, 0.1), max_qc_lag=0))
+    assert det.exposure_time.get() <= 0.01 / 2**5
+    ratios = [r for r in column(docs, "det_image_qc_intensity_ratio") if math.isfinite(r)]
+    assert len(ratios) > 10 and min(ratios) > 0.9, ratios
+    assert "beam_lost" not in ",".join(column(docs, "det_image_qc_flags"))
+
+
+def test_the_intensity_reference_and_exposure_times_from_descriptors():
+    ref = IntensityReference()
+    for _ in range(5):
+        ref.add(1100.0, 0.01)
+    assert ref.ratio(225.0, 100.0, 0.01 / 8) == pytest.approx(1.0)  # an eighth of the exposure, the same beam
+    assert ref.ratio(225.0, 100.0, 0.01) == pytest.approx(0.125)  # the same exposure: a beam loss
+    plain = IntensityReference()
+    plain.add(1100.0)
+    assert plain.ratio(225.0, 100.0) == pytest.approx(0.125)  # exposure not known: as before
+
+    from bluesky_tomogan.callbacks.derived_stream import exposure_time
+
+    def descriptor(config):
+        return {"object_keys": {"det": ["det_image"], "other": ["x"]},
+                "configuration": {"det": {"data": config}, "other": {"data": {"other_exposure_time": 9.0}}}}
+
+    assert exposure_time(descriptor({"det_exposure_time": 0.01, "det_photon_flux": 5e4}), "det_image") == 0.01
+    assert exposure_time(descriptor({"det_cam_acquire_period": 0.2, "det_cam_acquire_time": 0.1}), "det_image") == 0.1
+    assert exposure_time(descriptor({"det-driver-acquire_time": 0.05}), "det_image") == 0.05
+    assert exposure_time(descriptor({"det_cam_num_images": 1}), "det_image") is None  # not another device's
+    assert exposure_time(descriptor({"det_exposure_time": 0}), "det_image") is None
+    assert exposure_time({}, "det_image") is None
 
 
 def test_the_plan_paced_by_qc_acts_within_the_lag_it_was_given(RE, denoiser, tmp_path):

@@ -24,7 +24,7 @@ from ..qc.metrics import SIDEWAYS_HISTORY, UNITS, FrameMetrics, IntensityReferen
 from ..qc.policy import Action
 
 __all__ = ["DerivedStream", "Dropped", "FrameResult", "QueuedFrame", "declared_shape", "derived_data_keys",
-           "derived_from", "derived_name", "made_by_us", "scan_role", "SCAN_ROLE_NAMES",
+           "derived_from", "derived_name", "exposure_time", "made_by_us", "scan_role", "SCAN_ROLE_NAMES",
            "exposures_per_event", "frame_shape", "image_fields", "row_columns", "unsupported_image_fields",
            "without_channel_axis"]
 
@@ -135,6 +135,7 @@ class QueuedFrame:
     received: float
     token: int
     exposure: int = 0  # which of its event's frames (events of an [N, H, W] field hold N)
+    exposure_s: float | None = None  # its exposure time, from its descriptor's configuration (exposure_time)
     # The derived stream of the raw descriptor that announced it (``stream`` until the worker finds the
     # frame's shape to differ from the declared one; it then moves to the stream of its real shape).
     # Frames are emitted in their origin's order. Always a stream: __post_init__ sets it to ``stream``.
@@ -195,6 +196,25 @@ def scan_role(stream: str) -> str | None:
     ``flat_field``, ``white``, ...: :data:`SCAN_ROLE_NAMES`), ``None`` for the others."""
     name = stream.lower()
     return next((role for role, names in SCAN_ROLE_NAMES.items() if name in names), None)
+
+
+#: Configuration keys that hold a camera's exposure time, by how they end: ophyd's ``det_cam_acquire_time``,
+#: ophyd-async's ``det-driver-acquire_time``, this package's ``det_exposure_time``.
+EXPOSURE_KEYS = ("acquire_time", "exposure_time", "exposure")
+
+
+def exposure_time(descriptor: Mapping[str, Any], field_name: str) -> float | None:
+    """The exposure time (s) of the device that gives ``field_name``, from the descriptor's configuration
+    (a key ending in one of :data:`EXPOSURE_KEYS`); ``None`` where it does not say."""
+    owner = next((obj for obj, keys in (descriptor.get("object_keys") or {}).items() if field_name in keys), None)
+    configuration = (descriptor.get("configuration") or {}).get(owner) or {}
+    data = configuration.get("data") or {}
+    for ending in EXPOSURE_KEYS:
+        for key, value in data.items():
+            if (key.lower().endswith(ending) and isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and value > 0 and math.isfinite(value)):
+                return float(value)
+    return None
 
 
 def derived_name(raw_stream: str) -> str:

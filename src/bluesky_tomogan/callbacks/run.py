@@ -68,6 +68,7 @@ from .derived_stream import (
     QueuedFrame,
     derived_data_keys,
     derived_name,
+    exposure_time,
     exposures_per_event,
     frame_shape,
     image_fields,
@@ -171,6 +172,7 @@ class RunDenoiser(PassThroughRun):
         self._by_name: dict[tuple[str, str, tuple[int, int]], DerivedStream] = {}  # (raw stream, field, shape)
         self._by_descriptor: dict[str, dict[str, DerivedStream]] = {}  # raw descriptor uid -> field -> stream
         self._stream_keys: dict[str, set[str]] = {}  # raw descriptor uid -> its "STREAM:" data keys
+        self._exposures: dict[str, dict[str, float | None]] = {}  # raw descriptor uid -> field -> exposure (s)
         self._unsupported_logged: set[tuple[str, str]] = set()  # (raw stream, field) said not to be denoised
         self._problems_listed: dict[tuple[str, str], int] = {}  # (field, problem) -> times noted (_note_repeated)
         self._problems_unlisted: dict[tuple[str, str], tuple[int, str]] = {}  # ... -> (times counted, summary)
@@ -264,6 +266,7 @@ class RunDenoiser(PassThroughRun):
         if not wanted:
             return doc
         fields: dict[str, DerivedStream] = {}
+        self._exposures[doc["uid"]] = {f: exposure_time(doc, f) for f in wanted}
         for f in wanted:
             h, w = frame_shape(doc["data_keys"][f])
             stream = self._by_name.get((raw_name, f, (h, w)))
@@ -400,7 +403,8 @@ class RunDenoiser(PassThroughRun):
                     else:
                         frames = list(array) if stream.exposures > 1 and array.ndim == 3 else [array]
                 for k, frame in enumerate(frames):
-                    self._enqueue(stream, frame, doc["seq_num"][i], doc["uid"][i], exposure=k)
+                    self._enqueue(stream, frame, doc["seq_num"][i], doc["uid"][i], exposure=k,
+                                  exposure_s=self._exposures.get(doc["descriptor"], {}).get(f))
         return doc
 
     def _sample_dark_events(self, doc: EventPage) -> None:
@@ -487,7 +491,7 @@ class RunDenoiser(PassThroughRun):
                           strict=True):
             for k in range(stream.exposures):
                 self._enqueue(stream, functools.partial(self._read_exposure, read, i, k, stream.exposures), seq,
-                              doc["uid"], exposure=k)
+                              doc["uid"], exposure=k, exposure_s=self._exposures.get(doc["descriptor"], {}).get(key))
         return doc
 
     def _read_exposure(self, read: FrameReader, index: int, exposure: int, exposures: int) -> np.ndarray:
@@ -564,9 +568,10 @@ class RunDenoiser(PassThroughRun):
     def _tombstone(item: QueuedFrame) -> Dropped:
         return Dropped(dataclasses.replace(item, frame=None))
 
-    def _enqueue(self, stream: DerivedStream, frame: Any, seq_num: int, uid: str, exposure: int = 0) -> None:
+    def _enqueue(self, stream: DerivedStream, frame: Any, seq_num: int, uid: str, exposure: int = 0,
+                 exposure_s: float | None = None) -> None:
         item = QueuedFrame(stream, frame, seq_num, uid, time.time(), next(self._tokens), exposure,
-                           busy_at_receipt=self.busy_clock())
+                           exposure_s=exposure_s, busy_at_receipt=self.busy_clock())
         stream.latest_token = item.token
         self._pending[item.token] = item
         if self._worker_error:  # nobody will take frames off the queue: their rows say why, now

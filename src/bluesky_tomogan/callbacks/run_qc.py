@@ -187,15 +187,16 @@ class RunQC:
         dark_level = 0.0 if dark else self.dark_level(stream.field)
         item.metrics = m = frame_metrics(frame, stream.reference, None, level, dark_level,
                                          known_nan=self._known_nan.get(stream.field),
-                                         narrower_camera=self.policy.saturation_level is None)
+                                         narrower_camera=self.policy.saturation_level is None,
+                                         exposure=item.exposure_s)
         self._known_nan[stream.field] = nan if nan is not None and nan.any() else None
         if dark_level and self.policy.dark_level is None and not self._trust_darks(stream, m, dark_level):
-            m.intensity_ratio = stream.reference.ratio(m.mean, 0.0)  # judged as without darks
+            m.intensity_ratio = stream.reference.ratio(m.mean, 0.0, item.exposure_s)  # judged as without darks
             m.snr = signal_to_noise(m.mean, m.noise_sigma)
         unusable = sorted(UNUSABLE & self.evaluate(item.metrics, dark=dark))
         mean = item.metrics.mean
         if not unusable and frame.shape == stream.shape and math.isfinite(mean):  # a NaN would poison the median
-            stream.reference.add(mean)
+            stream.reference.add(mean, item.exposure_s)
             if dark:
                 self._take_dark(stream.field, mean)
         return unusable

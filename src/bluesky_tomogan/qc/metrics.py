@@ -85,22 +85,29 @@ class FrameMetrics:
 
 @dataclass
 class IntensityReference:
-    """Median mean intensity of the last good frames of one stream (the beam-loss reference)."""
+    """Median mean intensity of the last good frames of one stream (the beam-loss reference), per second of
+    exposure where the frames' exposure times are known: a plan that halves the exposure of a saturated
+    frame (``adjust``) three times over does not make the next frame look like a beam loss."""
 
     size: int = REFERENCE_FRAMES
     means: deque[float] = field(default_factory=deque)
+    exposures: deque[float] = field(default_factory=deque)  # each mean's exposure time (1.0: not known)
 
-    def ratio(self, mean: float, dark: float = 0.0) -> float:
-        """``mean`` over the reference, both above the dark offset ``dark``; 1.0 while there is no reference."""
+    def ratio(self, mean: float, dark: float = 0.0, exposure: float | None = None) -> float:
+        """``mean`` over the reference, both above the dark offset ``dark`` and per unit of exposure time
+        (``exposure``, s; ``None``: not known); 1.0 while there is no reference."""
         if not self.means:
             return 1.0
-        ref = float(np.median(self.means)) - dark
-        return (mean - dark) / ref if ref > 0 else 1.0
+        rates = [(m - dark) / t for m, t in zip(self.means, self.exposures, strict=True)]
+        ref = float(np.median(rates))
+        return (mean - dark) / (exposure or 1.0) / ref if ref > 0 else 1.0
 
-    def add(self, mean: float) -> None:
+    def add(self, mean: float, exposure: float | None = None) -> None:
         self.means.append(mean)
+        self.exposures.append(exposure or 1.0)
         while len(self.means) > self.size:
             self.means.popleft()
+            self.exposures.popleft()
 
 
 def noise_sigma(frame: np.ndarray) -> float:
@@ -231,7 +238,8 @@ def motion_px(down: float, right: float, allowance: float) -> float:
 
 def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np.ndarray | None,
                   saturation_level: float, dark_level: float = 0.0, *,
-                  known_nan: np.ndarray | None = None, narrower_camera: bool = False) -> FrameMetrics:
+                  known_nan: np.ndarray | None = None, narrower_camera: bool = False,
+                  exposure: float | None = None) -> FrameMetrics:
     """Raw-frame metrics of ``frame``; ``previous`` is the last good frame of the same stream (or ``None``).
 
     ``dark_level`` is the camera's dark offset: the intensity ratio and the SNR take the signal above it.
@@ -242,6 +250,7 @@ def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np
     ``narrower_camera``: ``saturation_level`` is only the integer type's top, not the camera's
     (no level was set): where the frame's highest reading is the top of a narrower camera
     (:func:`narrower_top`: 4095 for a 12-bit camera in ``uint16``), that is the level.
+    ``exposure``: the frame's exposure time (s), where known: the intensity ratio is per unit of it.
     """
     f = np.asarray(frame)
     m = FrameMetrics()
@@ -274,7 +283,7 @@ def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np
         above = int(np.count_nonzero(beside_another((f >= saturation_level) & valid)))
     m.saturated_fraction = float(clipped + above) / f.size
     m.dead_fraction = dead_fraction(np.where(valid, f, 1) if n_valid < f.size else f)
-    m.intensity_ratio = reference.ratio(mean, dark_level)
+    m.intensity_ratio = reference.ratio(mean, dark_level, exposure)
     m.noise_sigma = noise_sigma(np.where(valid, f, mean) if n_valid < f.size else f)
     m.snr = signal_to_noise(mean, m.noise_sigma, dark_level)
     if previous is not None:  # no angle known here: all of the shift counts as motion
