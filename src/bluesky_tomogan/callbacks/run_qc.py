@@ -31,7 +31,7 @@ from ..qc.metrics import (
     rotation_allowance,
     signal_to_noise,
 )
-from ..qc.policy import UNUSABLE, QCPolicy
+from ..qc.policy import UNUSABLE, Action, QCPolicy
 from .derived_stream import FrameResult, QueuedFrame, scan_role
 
 __all__ = ["RunQC", "DROPPED", "is_dark_stream", "BEAM_FLAGS"]
@@ -158,7 +158,7 @@ class RunQC:
         if frame.ndim != 2 or frame.dtype.kind not in "uif":
             return
         metrics = frame_metrics(frame, IntensityReference(), None, self.policy.saturation_for(frame.dtype))
-        if not self.evaluate(metrics, dark=True) & UNUSABLE:
+        if not UNUSABLE & self.evaluate(metrics, dark=True).keys():
             self._take_dark(field, metrics.mean)
 
     def _take_dark(self, field: str, mean: float) -> None:
@@ -170,10 +170,11 @@ class RunQC:
         means.append(mean)
         self._dark_levels[field] = float(np.median(means))
 
-    def evaluate(self, metrics: FrameMetrics, *, dark: bool) -> set[str]:
-        """The flags ``metrics`` raise; a dark frame's without those that presume a beam (``BEAM_FLAGS``)."""
-        flags = set(self.policy.evaluate(metrics))
-        return flags - BEAM_FLAGS if dark else flags
+    def evaluate(self, metrics: FrameMetrics, *, dark: bool) -> dict[str, Action]:
+        """The flags ``metrics`` raise, with their actions; a dark frame's without those that presume a beam
+        (``BEAM_FLAGS``)."""
+        return {flag: action for flag, action in self.policy.evaluate(metrics).items()
+                if not (dark and flag in BEAM_FLAGS)}
 
     def measure(self, item: QueuedFrame) -> list[str]:
         """Raw-frame QC metrics of ``item``; returns the flags that make it unusable."""
@@ -193,7 +194,7 @@ class RunQC:
         if dark_level and self.policy.dark_level is None and not self._trust_darks(stream, m, dark_level):
             m.intensity_ratio = stream.reference.ratio(m.mean, 0.0, item.exposure_s)  # judged as without darks
             m.snr = signal_to_noise(m.mean, m.noise_sigma)
-        unusable = sorted(UNUSABLE & self.evaluate(item.metrics, dark=dark))
+        unusable = sorted(UNUSABLE & self.evaluate(item.metrics, dark=dark).keys())
         mean = item.metrics.mean
         if not unusable and frame.shape == stream.shape and math.isfinite(mean):  # a NaN would poison the median
             stream.reference.add(mean, item.exposure_s)
@@ -240,9 +241,7 @@ class RunQC:
         """Evaluate the QC policy on a finished frame and hand the verdict to the feedback thread."""
         item = result.item
         item.metrics.latency_s = result.finished - item.received
-        dark = is_dark_stream(item.stream.raw_name)
-        result.flags = {flag: action for flag, action in self.policy.evaluate(item.metrics).items()
-                        if not (dark and flag in BEAM_FLAGS)}
+        result.flags = self.evaluate(item.metrics, dark=is_dark_stream(item.stream.raw_name))
         reasons = {}
         if result.error.startswith(DROPPED):  # dropped means the denoiser fell behind
             result.flags["lagging"] = self.policy.rules["lagging"].action
