@@ -598,6 +598,35 @@ def test_the_cameras_dark_level_comes_from_the_runs_darks(RE, denoiser, tmp_path
         assert [flags for flags, _ in rows["dark_denoised"]] == [""] * 3
 
 
+@pytest.mark.parametrize("streams", [None, ["primary"]])
+def test_a_scan_that_starts_without_beam_is_flagged_from_its_first_projection(RE, denoiser, tmp_path, streams):
+    """The beam is gone when the projections start (a shutter that did not open again after the flats, a
+    beam still dumped): frames compared with each other read an intensity ratio of 1. Against the run's
+    flats (the open beam, read for this alone where ``streams=`` leaves them out) they read under 1 %:
+    ``beam_lost`` from the first projection on, and none once the beam is back. (These frames at the dark
+    level make QC doubt the darks, so the camera's offset counts as signal: 100 counts under flats of
+    20,000 photons/pixel.)"""
+    det, stage, _ = sim_rig(tmp_path, simulate_timing=False)
+    det.photon_flux.put(20000 / 0.03)
+    conditions, taken = det._conditions, []
+
+    def no_beam_at_first():  # 3 darks, 2 flats, then the first 3 projections without photons
+        c = conditions()
+        taken.append(c)
+        if 6 <= len(taken) <= 8:
+            c["photons"] = 0.0
+        return c
+
+    det._conditions = no_beam_at_first
+    cb = TomoGANCallback(denoiser, streams=streams, feedback=QCFeedback(QCPolicy(), RE=RE))
+    docs = collect(RE, cb)
+    RE(tomo_scan(det, stage, range(0, 16, 2), n_darks=3, n_flats=2))
+    names = {d["uid"]: d["name"] for n, d in docs if n == "descriptor"}
+    flags = [f for n, d in docs if n == "event_page" and names[d["descriptor"]] == "denoised"
+             for f in d["data"]["det_image_qc_flags"]]
+    assert ["beam_lost" in f for f in flags] == [True] * 3 + [False] * 5, flags
+
+
 def test_darks_taken_with_the_shutter_open_are_not_taken_for_the_dark_level(RE, denoiser, tmp_path, caplog):
     """A shutter that did not close makes dark frames as bright as the projections: taken for the dark
     level, every projection would read an intensity ratio of noise around 0 (``beam_lost``: the scan

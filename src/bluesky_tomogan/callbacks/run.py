@@ -74,13 +74,14 @@ from .derived_stream import (
     image_fields,
     made_by_us,
     row_columns,
+    scan_role,
     unsupported_image_fields,
     without_channel_axis,
 )
 from .frame_writer import DerivedFrameWriter, stored_dtype, stream_resource_directory
 from .passthrough import PassThroughRun, Turn
 from .queue import FrameQueue, Policy
-from .run_qc import DROPPED, RunQC, is_dark_stream
+from .run_qc import DROPPED, RunQC
 
 __all__ = ["RunOptions", "RunDenoiser", "image_fields"]
 
@@ -96,18 +97,20 @@ CONTEXT_WAIT = 2.0
 FRAMES_LISTED_PER_PROBLEM = 5
 #: Distinct problems listed per run; frames (and events lacking their image field) with others are counted together.
 PROBLEMS_LISTED = 20
-#: Frames of a dark stream that the callback does not denoise (``streams=`` leaves it out) read per field and
-#: run for QC's dark level only (:meth:`~.run_qc.RunQC.add_dark`): a few give the median; each is queued
-#: as a control item (never dropped), so they are bounded here.
-DARK_SAMPLES = 16
+#: Frames of a dark or flat stream that the callback does not denoise (``streams=`` leaves it out) read per
+#: field and run for QC alone (its dark level and open beam: :meth:`~.run_qc.RunQC.add_scan_frame`): a few
+#: give the median; each is queued as a control item (never dropped), so they are bounded here.
+SCAN_SAMPLES = 16
 
 
 @dataclass
-class _DarkSample:
-    """A frame of a dark stream that is not denoised, for QC's dark level (a queued control item)."""
+class _ScanSample:
+    """A frame of a dark or flat stream that is not denoised, for QC (a queued control item)."""
 
+    role: str  # "dark" or "flat" (derived_stream.scan_role)
     field: str
     frame: Any  # the array, or a function that reads it (worker thread)
+    exposure_s: float | None = None  # from its descriptor's configuration
 
 
 @dataclass(frozen=True)
@@ -204,8 +207,9 @@ class RunDenoiser(PassThroughRun):
         # The frames of the last multi-frame event read (worker thread): its N rows read it once.
         self._last_event: tuple[Any, np.ndarray] | None = None
         self._qc = RunQC(options.feedback, options.known_nan, options.dark_levels)
-        self._dark_fields: dict[str, list[str]] = {}  # descriptor uid of a dark stream not denoised -> its images
-        self._dark_samples: dict[str, int] = {}  # field -> its dark frames queued for the dark level
+        # descriptor uid of a dark or flat stream not denoised -> (its role, its images), read for QC alone
+        self._sampled: dict[str, tuple[str, list[str]]] = {}
+        self._samples: dict[tuple[str, str], int] = {}  # (role, field) -> frames queued for QC
         self._controllers: dict[str, RatioController] = {}  # field -> ratio policy (policy "adaptive")
         # Seconds spent inside this run's document calls (the RunEngine, or the 0MQ dispatcher, waits on
         # them: subscribers such as a storage writer run there), and since when the current call runs.
@@ -249,9 +253,12 @@ class RunDenoiser(PassThroughRun):
             self._check_name_is_free(doc, ours)
         self._raw_streams.setdefault(raw_name, set()).update(() if ours else images)
         if self._start is None or (o.streams is not None and raw_name not in o.streams):
-            if self._start is not None and is_dark_stream(raw_name) and not ours and o.qc.dark_level is None:
-                # not denoised, but its frames are the camera's dark level for QC (intensity ratio, SNR)
-                self._dark_fields[doc["uid"]] = [f for f in images if o.fields is None or f in o.fields]
+            role = scan_role(raw_name)
+            if self._start is not None and role is not None and not ours:
+                # not denoised, but its frames are the camera's dark level or open beam for QC
+                sampled = [f for f in images if o.fields is None or f in o.fields]
+                self._sampled[doc["uid"]] = (role, sampled)
+                self._exposures[doc["uid"]] = {f: exposure_time(doc, f) for f in sampled}
             return doc
         if o.streams is None and ours:  # not asked for by name: never denoise a derived stream
             if first_of_name:
@@ -373,8 +380,8 @@ class RunDenoiser(PassThroughRun):
         }}
 
     def event_page(self, doc: EventPage) -> EventPage:
-        if doc["descriptor"] in self._dark_fields:
-            self._sample_dark_events(doc)
+        if doc["descriptor"] in self._sampled:
+            self._sample_events(doc)
             return doc
         fields = self._by_descriptor.get(doc["descriptor"], {})
         if fields:
@@ -407,9 +414,10 @@ class RunDenoiser(PassThroughRun):
                                   exposure_s=self._exposures.get(doc["descriptor"], {}).get(f))
         return doc
 
-    def _sample_dark_events(self, doc: EventPage) -> None:
-        """Queue the first ``DARK_SAMPLES`` frames of each image field of a dark stream that is not denoised."""
-        for f in self._dark_fields[doc["descriptor"]]:
+    def _sample_events(self, doc: EventPage) -> None:
+        """Queue the first ``SCAN_SAMPLES`` frames of each image field of a dark or flat stream not denoised."""
+        role, fields = self._sampled[doc["descriptor"]]
+        for f in fields:
             column = doc["data"].get(f)
             if column is None:
                 continue  # STREAM: frames come in StreamDatum documents (stream_datum)
@@ -418,15 +426,17 @@ class RunDenoiser(PassThroughRun):
                 unfilled = filled is False or (isinstance(filled, list) and filled[i] is False)
                 frame = (functools.partial(self._fill, doc["descriptor"], f, value)
                          if unfilled or isinstance(value, str) else value)
-                if not self._queue_dark(f, frame):
+                if not self._queue_sample(role, f, frame, doc["descriptor"]):
                     break
 
-    def _queue_dark(self, f: str, frame: Any) -> bool:
-        """Queue one dark frame of ``f`` for QC's dark level; ``False`` once the field has had its share."""
-        if self._dark_samples.get(f, 0) >= DARK_SAMPLES:
+    def _queue_sample(self, role: str, f: str, frame: Any, descriptor: str) -> bool:
+        """Queue one dark or flat frame of ``f`` (of raw ``descriptor``) for QC; ``False`` once the field has had
+        its share."""
+        taken = self._samples.get((role, f), 0)
+        if taken >= SCAN_SAMPLES:
             return False
-        self._dark_samples[f] = self._dark_samples.get(f, 0) + 1
-        self._queue.put_control(_DarkSample(f, frame))
+        self._samples[(role, f)] = taken + 1
+        self._queue.put_control(_ScanSample(role, f, frame, self._exposures.get(descriptor, {}).get(f)))
         return True
 
     def _fill(self, descriptor_uid: str, f: str, datum_id: str, exposure: int | None = None) -> np.ndarray:
@@ -462,7 +472,7 @@ class RunDenoiser(PassThroughRun):
         if self._raw_directory is None:  # None if not a local file: derived frames go to the default directory
             self._raw_directory = stream_resource_directory(here)
         wanted = {s.field for fields in self._by_descriptor.values() for s in fields.values()}
-        wanted.update(*self._dark_fields.values())
+        wanted.update(*(fields for _, fields in self._sampled.values()))
         if doc.get("data_key") in wanted or self.options.fields is None:
             try:
                 self._stream_readers[doc["uid"]] = (doc["data_key"], reader_for(here))
@@ -475,9 +485,10 @@ class RunDenoiser(PassThroughRun):
         if reader is None:
             return doc
         key, read = reader
-        if key in self._dark_fields.get(doc["descriptor"], ()):
+        role, sampled = self._sampled.get(doc["descriptor"], ("", []))
+        if key in sampled:
             for i in range(doc["indices"]["start"], doc["indices"]["stop"]):
-                if not self._queue_dark(key, functools.partial(_read_row, read, i)):
+                if not self._queue_sample(role, key, functools.partial(_read_row, read, i), doc["descriptor"]):
                     break
             return doc
         stream = self._by_descriptor.get(doc["descriptor"], {}).get(key)
@@ -640,8 +651,8 @@ class RunDenoiser(PassThroughRun):
             if self._closed:  # the stop gave up on this worker: its rows are recorded, stop working
                 return
             is_frame, item = got
-            if isinstance(item, _DarkSample):
-                self._measure_dark(item)
+            if isinstance(item, _ScanSample):
+                self._measure_sample(item)
                 continue
             if not is_frame and not isinstance(item, Dropped):  # end of run: each stream's last frame, mirrored
                 for window in windows.values():
@@ -656,15 +667,14 @@ class RunDenoiser(PassThroughRun):
                     self._finish(FrameResult(frame, None, f"internal error: {type(exc).__name__}: {exc}",
                                              finished=time.time()), judge=False)
 
-    def _measure_dark(self, sample: _DarkSample) -> None:
-        """A dark frame that is not denoised, into QC's dark level (worker thread); one that cannot be read is
+    def _measure_sample(self, sample: _ScanSample) -> None:
+        """A dark or flat frame that is not denoised, into QC (worker thread); one that cannot be read is
         logged and left out."""
         try:
             frame = sample.frame() if callable(sample.frame) else sample.frame
-            self._qc.add_dark(sample.field, np.asarray(frame))
-        except Exception as exc:  # an unreadable dark frame costs only its share of the dark level
-            log.warning("QC: dark frame of %s not read for the dark level: %s: %s", sample.field,
-                        type(exc).__name__, exc)
+            self._qc.add_scan_frame(sample.role, sample.field, np.asarray(frame), sample.exposure_s)
+        except Exception as exc:  # an unreadable frame costs only its share of the dark level or open beam
+            log.warning("QC: %s frame of %s not read: %s: %s", sample.role, sample.field, type(exc).__name__, exc)
 
     def _handle(self, item: QueuedFrame | Dropped, windows: dict[int, list[QueuedFrame]]) -> None:
         """One frame off the queue: record it if dropped or unusable, else denoise it once its context is in."""

@@ -34,7 +34,7 @@ from ..qc.metrics import (
 from ..qc.policy import UNUSABLE, Action, QCPolicy
 from .derived_stream import FrameResult, QueuedFrame, scan_role
 
-__all__ = ["RunQC", "DROPPED", "is_dark_stream", "BEAM_FLAGS"]
+__all__ = ["RunQC", "DROPPED", "is_dark_stream", "BEAM_FLAGS", "OPEN_BEAM_FLOOR"]
 
 log = logging.getLogger(__name__)
 DROPPED = "dropped"  # start of the qc_error of a frame the queue policy dropped
@@ -47,6 +47,10 @@ POSITIONS_KEPT = 4096
 BEAM_FLAGS = frozenset({"beam_lost", "noisy", "dead_pixels"})
 #: The dark level is the median of the means of a field's last so many dark frames.
 DARK_FRAMES_KEPT = 64
+#: A frame whose intensity above the dark level, per second of exposure, is under this share of the run's
+#: flats' (the open beam) had no beam, whatever the frames before it had: a scan that starts without beam
+#: compares its frames with each other (ratio 1). No tomography sample stops 99 % of the beam over a frame.
+OPEN_BEAM_FLOOR = 0.01
 #: Dark frames are trusted only where a stream's frames stand at least this share of their level above them:
 #: darks taken with the shutter open (as bright as the projections) would make every frame look beam-lost.
 DARK_TRUST = 0.05
@@ -82,6 +86,7 @@ class RunQC:
         self._known_nan = {} if known_nan is None else known_nan
         self._dark_levels = {} if dark_levels is None else dark_levels
         self._dark_means: dict[str, deque[float]] = {}  # field -> means of this run's dark frames
+        self._flat_means: dict[str, deque[tuple[float, float | None]]] = {}  # field -> its flats' (mean, exposure)
         self._dark_said: set[str] = set()  # fields whose learnt dark level was logged
         self._dark_doubted: set[tuple[str, str]] = set()  # (raw stream, field) whose darks were not trusted
         self.uid = ""
@@ -149,17 +154,35 @@ class RunQC:
                         "(QCPolicy(dark_level=...) sets it)", stream.field, level, stream.raw_name, typical)
         return False
 
-    def add_dark(self, field: str, frame: np.ndarray) -> None:
-        """Take a dark frame of ``field`` into its dark level (worker thread): a frame of a dark stream
-        that is not denoised (the callback's ``streams=`` leaves it out) comes here alone."""
+    def add_scan_frame(self, role: str, field: str, frame: np.ndarray, exposure: float | None = None) -> None:
+        """Take a dark frame of ``field`` into its dark level, or a flat one into its open beam (worker thread):
+        a frame of a dark or flat stream that is not denoised (the callback's ``streams=`` leaves it out) comes
+        here alone."""
         frame = np.asarray(frame)
         if frame.ndim == 3 and len(frame):  # several exposures per event: one is enough
             frame = frame[0]
         if frame.ndim != 2 or frame.dtype.kind not in "uif":
             return
         metrics = frame_metrics(frame, IntensityReference(), None, self.policy.saturation_for(frame.dtype))
-        if not UNUSABLE & self.evaluate(metrics, dark=True).keys():
+        if UNUSABLE & self.evaluate(metrics, dark=role == "dark").keys():
+            return
+        if role == "dark":
             self._take_dark(field, metrics.mean)
+        elif role == "flat":
+            self._take_flat(field, metrics.mean, exposure)
+
+    def _take_flat(self, field: str, mean: float, exposure: float | None) -> None:
+        if math.isfinite(mean):
+            self._flat_means.setdefault(field, deque(maxlen=DARK_FRAMES_KEPT)).append((mean, exposure))
+
+    def open_beam_share(self, field: str, mean: float, exposure: float | None, dark: float) -> float:
+        """A frame's intensity above ``dark`` per second of ``exposure``, over the median of this run's flats'
+        (NaN without flats or where they stand no higher than ``dark``)."""
+        flats = self._flat_means.get(field)
+        if not flats:
+            return math.nan
+        beam = float(np.median([(m - dark) / (t or 1.0) for m, t in flats]))
+        return (mean - dark) / (exposure or 1.0) / beam if beam > 0 else math.nan
 
     def _take_dark(self, field: str, mean: float) -> None:
         if not math.isfinite(mean):
@@ -183,9 +206,9 @@ class RunQC:
             level = self.policy.saturation_for(frame.dtype)
         except (TypeError, ValueError):  # not a number dtype: check_frames flags it
             return []
-        dark = is_dark_stream(stream.raw_name)
+        role = scan_role(stream.raw_name)  # "dark", "flat" or None (projections)
         nan = np.isnan(frame) if frame.dtype.kind == "f" and frame.ndim == 2 else None
-        dark_level = 0.0 if dark else self.dark_level(stream.field)
+        dark_level = 0.0 if role == "dark" else self.dark_level(stream.field)
         item.metrics = m = frame_metrics(frame, stream.reference, None, level, dark_level,
                                          known_nan=self._known_nan.get(stream.field),
                                          narrower_camera=self.policy.saturation_level is None,
@@ -194,12 +217,19 @@ class RunQC:
         if dark_level and self.policy.dark_level is None and not self._trust_darks(stream, m, dark_level):
             m.intensity_ratio = stream.reference.ratio(m.mean, 0.0, item.exposure_s)  # judged as without darks
             m.snr = signal_to_noise(m.mean, m.noise_sigma)
-        unusable = sorted(UNUSABLE & self.evaluate(item.metrics, dark=dark).keys())
+            dark_level = 0.0
+        if role is None:  # a projection: against the open beam too, where the run's flats give it
+            share = self.open_beam_share(stream.field, m.mean, item.exposure_s, dark_level)
+            if share < OPEN_BEAM_FLOOR:  # (NaN compares False)
+                m.intensity_ratio = min(m.intensity_ratio, share)
+        unusable = sorted(UNUSABLE & self.evaluate(m, dark=role == "dark").keys())
         mean = item.metrics.mean
         if not unusable and frame.shape == stream.shape and math.isfinite(mean):  # a NaN would poison the median
             stream.reference.add(mean, item.exposure_s)
-            if dark:
+            if role == "dark":
                 self._take_dark(stream.field, mean)
+            elif role == "flat":
+                self._take_flat(stream.field, mean, item.exposure_s)
         return unusable
 
     def register(self, item: QueuedFrame) -> None:
