@@ -254,7 +254,8 @@ class RunDenoiser(PassThroughRun):
         self._raw_streams.setdefault(raw_name, set()).update(() if ours else images)
         if self._start is None or (o.streams is not None and raw_name not in o.streams):
             role = scan_role(raw_name)
-            if self._start is not None and role is not None and not ours:
+            if (self._start is not None and role is not None and not ours
+                    and not (role == "dark" and o.qc.dark_level is not None)):  # a level set needs no darks
                 # not denoised, but its frames are the camera's dark level or open beam for QC
                 sampled = [f for f in images if o.fields is None or f in o.fields]
                 self._sampled[doc["uid"]] = (role, sampled)
