@@ -45,8 +45,8 @@ POSITIONS_KEPT = 4096
 #: Flags that presume a beam: a dark frame (shutter closed) has none by design, and a photon counter's dark
 #: frame is all zeros, which is not a readout failure.
 BEAM_FLAGS = frozenset({"beam_lost", "noisy", "dead_pixels"})
-#: The dark level is the median of the means of a field's last so many dark frames.
-DARK_FRAMES_KEPT = 64
+#: The dark level (open beam) is the median of the means of a field's last so many dark (flat) frames.
+SCAN_FRAMES_KEPT = 64
 #: A frame whose intensity above the dark level, per second of exposure, is under this share of the run's
 #: flats' (the open beam) had no beam, whatever the frames before it had: a scan that starts without beam
 #: compares its frames with each other (ratio 1). No tomography sample stops 99 % of the beam over a frame.
@@ -173,7 +173,7 @@ class RunQC:
 
     def _take_flat(self, field: str, mean: float, exposure: float | None) -> None:
         if math.isfinite(mean):
-            self._flat_means.setdefault(field, deque(maxlen=DARK_FRAMES_KEPT)).append((mean, exposure))
+            self._flat_means.setdefault(field, deque(maxlen=SCAN_FRAMES_KEPT)).append((mean, exposure))
 
     def open_beam_share(self, field: str, mean: float, exposure: float | None, dark: float) -> float:
         """A frame's intensity above ``dark`` per second of ``exposure``, over the median of this run's flats'
@@ -189,7 +189,7 @@ class RunQC:
             return
         means = self._dark_means.get(field)
         if means is None:  # this run's first dark frame: an earlier run's level no longer counts
-            means = self._dark_means[field] = deque(maxlen=DARK_FRAMES_KEPT)
+            means = self._dark_means[field] = deque(maxlen=SCAN_FRAMES_KEPT)
         means.append(mean)
         self._dark_levels[field] = float(np.median(means))
 
