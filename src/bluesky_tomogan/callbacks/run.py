@@ -395,11 +395,9 @@ class RunDenoiser(PassThroughRun):
                 self._note_repeated((f, "lacks image field"), f"event page {doc['uid'][:8]} lacks image field {f!r}",
                                     f"{{n}} more event pages lack image field {f!r}")
                 continue
-            filled = doc.get("filled", {}).get(f, True)
             for i, value in enumerate(column):
-                unfilled = filled is False or (isinstance(filled, list) and filled[i] is False)
                 frames: list[np.ndarray | Callable[[], np.ndarray]]
-                if unfilled or isinstance(value, str):  # a datum id: load it on the worker
+                if _a_reference(doc, f, i, value):  # a datum id: load it on the worker
                     frames = ([functools.partial(self._fill, doc["descriptor"], f, value, k)
                                for k in range(stream.exposures)] if stream.exposures > 1
                               else [functools.partial(self._fill, doc["descriptor"], f, value)])
@@ -422,11 +420,9 @@ class RunDenoiser(PassThroughRun):
             column = doc["data"].get(f)
             if column is None:
                 continue  # STREAM: frames come in StreamDatum documents (stream_datum)
-            filled = doc.get("filled", {}).get(f, True)
             for i, value in enumerate(column):
-                unfilled = filled is False or (isinstance(filled, list) and filled[i] is False)
                 frame = (functools.partial(self._fill, doc["descriptor"], f, value)
-                         if unfilled or isinstance(value, str) else value)
+                         if _a_reference(doc, f, i, value) else value)
                 if not self._queue_sample(role, f, frame, doc["descriptor"]):
                     break
 
@@ -987,6 +983,12 @@ def _frame_problem(frame: np.ndarray, declared: tuple[int, int]) -> str:
     except TomoGANError as exc:
         return f"{type(exc).__name__}: {exc}"
     return ""
+
+
+def _a_reference(doc: EventPage, f: str, i: int, value: Any) -> bool:
+    """Whether row ``i`` of event page ``doc`` holds a datum id for ``f`` (the frame is in a file), not the frame."""
+    filled = doc.get("filled", {}).get(f, True)
+    return filled is False or (isinstance(filled, list) and filled[i] is False) or isinstance(value, str)
 
 
 def _read_row(read: FrameReader, index: int) -> np.ndarray:

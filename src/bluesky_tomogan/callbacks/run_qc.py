@@ -34,7 +34,7 @@ from ..qc.metrics import (
 from ..qc.policy import UNUSABLE, Action, QCPolicy
 from .derived_stream import FrameResult, QueuedFrame, scan_role
 
-__all__ = ["RunQC", "DROPPED", "is_dark_stream", "BEAM_FLAGS", "OPEN_BEAM_FLOOR"]
+__all__ = ["RunQC", "DROPPED", "BEAM_FLAGS", "OPEN_BEAM_FLOOR"]
 
 log = logging.getLogger(__name__)
 DROPPED = "dropped"  # start of the qc_error of a frame the queue policy dropped
@@ -54,12 +54,6 @@ OPEN_BEAM_FLOOR = 0.01
 #: Dark frames are trusted only where a stream's frames stand at least this share of their level above them:
 #: darks taken with the shutter open (as bright as the projections) would make every frame look beam-lost.
 DARK_TRUST = 0.05
-
-
-def is_dark_stream(name: str) -> bool:
-    """Whether a raw stream holds dark frames (shutter closed): ``tomo_scan``'s ``dark``, and the names
-    other plans give them (``darks``, ``dark_field``, ...: :func:`~.derived_stream.scan_role`)."""
-    return scan_role(name) == "dark"
 
 
 class RunQC:
@@ -128,7 +122,8 @@ class RunQC:
 
     def dark_level(self, field: str) -> float:
         """The dark level of ``field``'s camera: the policy's ``dark_level`` where it sets one, else the median
-        mean of this run's dark frames (:func:`is_dark_stream`), else of the last run's that had any, else 0."""
+        mean of this run's dark frames (:func:`~.derived_stream.scan_role`), else of the last run's that had
+        any, else 0."""
         if self.policy.dark_level is not None:
             return float(self.policy.dark_level)
         level = self._dark_levels.get(field)
@@ -271,7 +266,7 @@ class RunQC:
         """Evaluate the QC policy on a finished frame and hand the verdict to the feedback thread."""
         item = result.item
         item.metrics.latency_s = result.finished - item.received
-        result.flags = self.evaluate(item.metrics, dark=is_dark_stream(item.stream.raw_name))
+        result.flags = self.evaluate(item.metrics, dark=scan_role(item.stream.raw_name) == "dark")
         reasons = {}
         if result.error.startswith(DROPPED):  # dropped means the denoiser fell behind
             result.flags["lagging"] = self.policy.rules["lagging"].action
