@@ -429,12 +429,10 @@ def residual_specks(residual: np.ndarray, valid: np.ndarray | None = None) -> np
     them, which stay. ``valid`` (optional) marks the pixels that hold data; the others are never specks.
     """
     values = residual if valid is None else residual[valid]
-    # a coarser subsample than residual_repeat's: an 8-sigma cut does not need the sigma to 1 %
-    sample = values.ravel()[:: max(1, values.size // _SPECK_SAMPLES)]
-    if sample.size == 0:
+    if values.size == 0:
         return np.empty(0, np.intp)
-    centre = float(np.median(sample))
-    sigma = 1.4826 * float(np.median(np.abs(sample - centre)))
+    # a coarser subsample than residual_repeat's: an 8-sigma cut does not need the sigma to 1 %
+    centre, sigma = _median_and_sigma(values, _SPECK_SAMPLES)
     if not sigma > 0:
         return np.empty(0, np.intp)
     # two comparisons, no temporary of |residual - centre|; NaN compares False
@@ -476,10 +474,16 @@ class PreviousResidual:
 
 def _robust(residual: np.ndarray) -> np.ndarray:
     """``residual`` minus its median, clipped at ``REPEAT_CLIP`` robust sigmas (from a subsample)."""
-    sample = residual.ravel()[:: max(1, residual.size // _REPEAT_SAMPLES)]
-    centre = float(np.median(sample))
-    sigma = 1.4826 * float(np.median(np.abs(sample - centre)))
+    centre, sigma = _median_and_sigma(residual, _REPEAT_SAMPLES)
     out = residual - np.float32(centre)
     if sigma > 0:
         np.clip(out, -REPEAT_CLIP * sigma, REPEAT_CLIP * sigma, out=out)
     return out
+
+
+def _median_and_sigma(values: np.ndarray, samples: int) -> tuple[float, float]:
+    """The median of ``values`` (not empty) and their robust sigma (1.4826 times the median absolute
+    deviation), from an even subsample of about ``samples`` of them."""
+    sample = values.ravel()[:: max(1, values.size // samples)]
+    centre = float(np.median(sample))
+    return centre, 1.4826 * float(np.median(np.abs(sample - centre)))
