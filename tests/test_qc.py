@@ -18,6 +18,7 @@ from bluesky.utils import RunEngineInterrupted
 from ophyd.sim import SynSignal
 
 from bluesky_tomogan import TomoGANCallback
+from bluesky_tomogan.callbacks.derived_stream import RoleState
 from bluesky_tomogan.devices import QCMonitor, SimBeamCurrent, SimTomoDetector, SimTomoStage
 from bluesky_tomogan.plans import qc_tomo_scan, tomo_scan
 from bluesky_tomogan.qc import QCFeedback, QCPolicy, QCPolicyError, Rule
@@ -37,6 +38,8 @@ from bluesky_tomogan.qc.metrics import (
     shift_px,
 )
 from bluesky_tomogan.storage import frames_directory
+
+from .keyed_scan import keyed_tomo_scan
 
 # -- metrics with known answers ----------------------------------------------------------------
 
@@ -131,8 +134,9 @@ def test_a_camera_narrower_than_its_integer_type_saturates_at_its_own_top(rng):
 
     def saturated(f, **policy):
         qc = RunQC(QCFeedback(QCPolicy(**policy)))
-        stream = SimpleNamespace(reference=ref, shape=f.shape, field="cam", raw_name="primary")
-        item = SimpleNamespace(stream=stream, frame=f, metrics=None, exposure_s=None)
+        stream = SimpleNamespace(of={None: RoleState(reference=ref)}.get, shape=f.shape, field="cam",
+                                 raw_name="primary")
+        item = SimpleNamespace(stream=stream, frame=f, metrics=None, exposure_s=None, role=None)
         qc.measure(item)
         return item.metrics.saturated_fraction, "saturated" in QCPolicy(**policy).evaluate(item.metrics)
 
@@ -150,12 +154,12 @@ def test_a_frame_with_no_intensities_leaves_the_beam_loss_reference_alone():
     from bluesky_tomogan.callbacks.run_qc import RunQC
 
     qc = RunQC(QCFeedback())
-    stream = SimpleNamespace(reference=IntensityReference(), shape=(8, 8), field="cam", raw_name="primary")
+    stream = SimpleNamespace(of={None: RoleState()}.get, shape=(8, 8), field="cam", raw_name="primary")
     for value in (np.iinfo(np.uint32).max, 500, 500, 20):
         item = SimpleNamespace(stream=stream, frame=np.full((8, 8), value, np.uint32), metrics=None,
-                               exposure_s=None)
+                               exposure_s=None, role=None)
         unusable = qc.measure(item)
-    assert list(stream.reference.means) == [500.0, 500.0] and unusable == ["beam_lost"]
+    assert list(stream.of(None).reference.means) == [500.0, 500.0] and unusable == ["beam_lost"]
 
 
 def test_registration_is_not_pinned_by_detector_gaps(rng):
@@ -890,3 +894,47 @@ def test_a_detector_without_an_exposure_time_holds_the_exposure_and_the_scan_com
     assert "adjust" not in [r["qc_action"] for r in rows] and det.exposure_time.get() == exposure
     assert all(math.isnan(r["qc_exposure_time"]) for r in rows)
     assert [d["exit_status"] for n, d in docs if n == "stop"] == ["success"]
+
+
+@pytest.mark.parametrize("kind", ["image_key", "frame_type"])
+def test_darks_flats_and_projections_in_one_stream_are_told_apart_by_their_events(RE, denoiser, tmp_path, kind):
+    """A plan that takes every frame in ``primary``, each event saying what its frame is (NXtomo's
+    ``image_key``, or an area detector's ``frame_type`` with a beamline's own state names): its darks are
+    not ``beam_lost`` (they would suspend the scan at its start), they give QC the camera's dark level,
+    and darks, flats and projections are each denoised among their own kind. Frame for frame the same
+    denoised frames and flags as ``tomo_scan``'s three streams, in one derived stream in the raw order."""
+    results = {}
+    for plan in ("tomo_scan", kind):
+        det, stage, _ = sim_rig(tmp_path / plan, simulate_timing=False, seed=3)
+        det.photon_flux.put(80 / 0.03)  # low dose: the camera's offset (100 counts) is most of a frame
+        cb = TomoGANCallback(denoiser, inline=True, feedback=QCFeedback(QCPolicy(), RE=RE))
+        docs = []
+        cb.subscribe(lambda name, doc, docs=docs: docs.append((name, doc)))
+        before = 3 if plan == "tomo_scan" else 8  # the third projection: the beam is lost for the fourth
+        tokens = [RE.subscribe(cb), RE.subscribe(
+            lambda name, doc, det=det, seq=before: det.inject_fault("beam_dump", frames=1)
+            if name == "event" and doc["seq_num"] == seq and "stage_theta" in doc["data"] else None)]
+        angles = range(0, 16, 2)
+        RE(tomo_scan(det, stage, angles, n_darks=3, n_flats=2) if plan == "tomo_scan"
+           else keyed_tomo_scan(det, stage, angles, kind))
+        for token in tokens:
+            RE.unsubscribe(token)
+        names = {d["uid"]: d["name"] for n, d in docs if n == "descriptor"}
+        rows = {}
+        for n, d in docs:
+            if n == "event_page" and "det_image_qc_flags" in d["data"]:
+                stream = rows.setdefault(names[d["descriptor"]], {})
+                for k in ("det_image_denoised", "det_image_qc_flags", "det_image_source_seq_num"):
+                    stream.setdefault(k, []).extend(d["data"][k])
+        results[plan] = rows, cb.options.dark_levels["det_image"]
+        assert len(cb.errors) == 1 and cb.errors[0].endswith("not denoised: unusable frame (beam_lost)")
+
+    (three, level), (one, keyed_level) = results["tomo_scan"], results[kind]
+    assert list(one) == ["denoised"] and list(one["denoised"]["det_image_source_seq_num"]) == list(range(1, 14))
+    expected = {k: [v for s in ("dark_denoised", "flat_denoised", "denoised") for v in three[s][k]]
+                for k in ("det_image_denoised", "det_image_qc_flags")}
+    assert one["denoised"]["det_image_qc_flags"] == expected["det_image_qc_flags"]
+    assert ["beam_lost" in f for f in expected["det_image_qc_flags"]] == [False] * 8 + [True] + [False] * 4
+    np.testing.assert_allclose(np.array(one["denoised"]["det_image_denoised"]),
+                               np.array(expected["det_image_denoised"]), rtol=1e-5, atol=1e-3)
+    assert keyed_level == level == pytest.approx(100, abs=2)

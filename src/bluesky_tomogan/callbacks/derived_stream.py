@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from ..frame_roles import DARK, FLAT, INVALID, SCAN_ROLE_NAMES, scan_role
 from ..frames import has_channel_axis, looks_like_colour, without_channel_axis
 from ..qc.metrics import SIDEWAYS_HISTORY, UNITS, FrameMetrics, IntensityReference, PreviousResidual
 from ..qc.policy import Action
 
-__all__ = ["DerivedStream", "Dropped", "FrameResult", "QueuedFrame", "declared_shape", "derived_data_keys",
+__all__ = ["DerivedStream", "Dropped", "FRAME_ROLES", "RoleState", "FrameResult", "QueuedFrame", "declared_shape",
+           "derived_data_keys",
            "derived_from", "derived_name", "exposure_time", "made_by_us", "scan_role", "SCAN_ROLE_NAMES",
            "exposures_per_event", "frame_shape", "image_fields", "row_columns", "unsupported_image_fields",
            "without_channel_axis"]
@@ -91,6 +93,28 @@ def unsupported_image_fields(descriptor: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+#: The roles a frame can have (:mod:`bluesky_tomogan.frame_roles`; ``None``: a projection).
+FRAME_ROLES: tuple[str | None, ...] = (None, DARK, FLAT, INVALID)
+
+
+@dataclass
+class RoleState:
+    """What a derived stream keeps of one kind of its frames (projections, darks or flats)."""
+
+    reference: IntensityReference = dataclasses.field(default_factory=IntensityReference)  # worker only
+    # Recent usable frames as (angle or None, registration image), and angular steps seen (worker only)
+    history: deque[tuple[float | None, np.ndarray]] = dataclasses.field(
+        default_factory=lambda: deque(maxlen=REGISTRATION_HISTORY))
+    steps: deque[float] = dataclasses.field(default_factory=lambda: deque(maxlen=32))
+    # Recent sideways shifts between neighbouring frames, in pixels: what rotation does on this scan (worker only)
+    sideways: deque[float] = dataclasses.field(default_factory=lambda: deque(maxlen=SIDEWAYS_HISTORY))
+    # What the denoiser removed from the last frame: signal if the next repeats it (worker only)
+    previous_residual: PreviousResidual = dataclasses.field(default_factory=PreviousResidual)
+    # Token of the newest frame of this role handed to the queue (set by the RunEngine's thread): a frame
+    # whose successor is already queued waits for it, however far behind the worker runs.
+    latest_token: int = -1
+
+
 @dataclass
 class DerivedStream:
     """One derived stream (raw stream name, image field, frame shape) and its composed descriptor."""
@@ -104,24 +128,20 @@ class DerivedStream:
     dtype: str = "<f4"  # how its frames are stored (TomoGANCallback's frame_dtype)
     resource_error: str = ""  # why its frames cannot be written, once that is known
     resource_ready: bool = False
-    reference: IntensityReference = dataclasses.field(default_factory=IntensityReference)  # worker only
-    # Recent usable frames as (angle or None, registration image), and angular steps seen (worker only)
-    history: deque[tuple[float | None, np.ndarray]] = dataclasses.field(
-        default_factory=lambda: deque(maxlen=REGISTRATION_HISTORY))
-    steps: deque[float] = dataclasses.field(default_factory=lambda: deque(maxlen=32))
-    # Recent sideways shifts between neighbouring frames, in pixels: what rotation does on this scan (worker only)
-    sideways: deque[float] = dataclasses.field(default_factory=lambda: deque(maxlen=SIDEWAYS_HISTORY))
-    interval: float | None = None  # typical seconds between frames (worker only)
-    # What the denoiser removed from the last frame: signal if the next repeats it (worker only)
-    previous_residual: PreviousResidual = dataclasses.field(default_factory=PreviousResidual)
-    # Token of this stream's newest frame handed to the queue (set by the RunEngine's thread): a frame
-    # whose successor is already queued waits for it, however far behind the worker runs.
-    latest_token: int = -1
+    interval: float | None = None  # typical seconds between frames of one role (worker only)
+    # What QC and the context windows keep of each kind of frame: a stream whose events say what each
+    # frame is (frame_roles) holds darks, flats and projections, each judged and denoised among its own
+    roles: dict[str | None, RoleState] = dataclasses.field(
+        default_factory=lambda: {role: RoleState() for role in FRAME_ROLES})  # fixed keys: read by both threads
     matched: bool = False  # a frame of the declared shape has come (worker only)
     redirected: bool = False  # frames came in another shape and went to a stream of their own (worker only)
     # Its descriptor and StreamResource, composed but not yet published: the RunEngine's thread publishes
     # them before the stream's first rows (or, for a stream that got none, its descriptor at the stop)
     unpublished: list[tuple[str, Any]] = dataclasses.field(default_factory=list)
+
+    def of(self, role: str | None) -> RoleState:
+        """What this stream keeps of its frames of ``role``."""
+        return self.roles[role]
 
 
 @dataclass
@@ -136,6 +156,7 @@ class QueuedFrame:
     token: int
     exposure: int = 0  # which of its event's frames (events of an [N, H, W] field hold N)
     exposure_s: float | None = None  # its exposure time, from its descriptor's configuration (exposure_time)
+    role: str | None = None  # "dark", "flat", "invalid" or None (a projection): frame_roles
     # The derived stream of the raw descriptor that announced it (``stream`` until the worker finds the
     # frame's shape to differ from the declared one; it then moves to the stream of its real shape).
     # Frames are emitted in their origin's order. Always a stream: __post_init__ sets it to ``stream``.
@@ -181,21 +202,6 @@ def made_by_us(descriptor: Mapping[str, Any]) -> bool:
     """Whether a descriptor is one this package made: every data key has ``source`` :data:`SOURCE`."""
     keys = descriptor.get("data_keys") or {}
     return bool(keys) and all(k.get("source") == SOURCE for k in keys.values())
-
-
-#: What tomography plans name their dark- and flat-field streams (``tomo_scan``: ``dark``, ``flat``), by role.
-SCAN_ROLE_NAMES: dict[str, frozenset[str]] = {
-    "dark": frozenset({"dark", "darks", "dark_field", "dark_fields", "darkfield", "darkfields", "dark_frames"}),
-    "flat": frozenset({"flat", "flats", "flat_field", "flat_fields", "flatfield", "flatfields", "flat_frames",
-                       "white", "whites", "white_field", "white_fields", "bright", "bright_field"}),
-}
-
-
-def scan_role(stream: str) -> str | None:
-    """``"dark"`` or ``"flat"`` for a raw stream of dark or flat fields by its name (any case: ``darks``,
-    ``flat_field``, ``white``, ...: :data:`SCAN_ROLE_NAMES`), ``None`` for the others."""
-    name = stream.lower()
-    return next((role for role, names in SCAN_ROLE_NAMES.items() if name in names), None)
 
 
 #: Configuration keys that hold a camera's exposure time, by how they end: ophyd's ``det_cam_acquire_time``,

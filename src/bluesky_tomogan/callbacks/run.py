@@ -22,6 +22,9 @@ arrives, with (k-1, k, k+1) as context (a network that reads 5 frames waits for
 (``bluesky_tomogan.frames.context_indices``), and so do frames whose next frame
 is overdue (their stream's phase ended). A flagged frame is
 kept out of its neighbours' context. Rows are emitted in the raw frames' order.
+In a stream whose events say what each frame is (an ``image_key`` or ``frame_type``
+field: :mod:`bluesky_tomogan.frame_roles`), darks, flats and projections are each
+denoised and judged among their own kind, and "next frame" means the next of that kind.
 
 QC (:class:`~.run_qc.RunQC`, one per run): the worker measures every frame
 (:mod:`bluesky_tomogan.qc.metrics`), the policy turns the metrics into flags, and a
@@ -50,6 +53,7 @@ import numpy as np
 from event_model.documents import EventDescriptor, EventPage, RunStart, RunStop
 
 from ..errors import InputValueError, OutputPathError, TomoGANError
+from ..frame_roles import DARK, FLAT, INVALID, FrameRoles
 from ..frames import cast_frames, centred, context_indices
 from ..handlers import fill_datum
 from ..inference.denoiser import Denoiser, check_frames
@@ -74,7 +78,6 @@ from .derived_stream import (
     image_fields,
     made_by_us,
     row_columns,
-    scan_role,
     unsupported_image_fields,
     without_channel_axis,
 )
@@ -101,6 +104,9 @@ PROBLEMS_LISTED = 20
 #: field and run for QC alone (its dark level and open beam: :meth:`~.run_qc.RunQC.add_scan_frame`): a few
 #: give the median; each is queued as a control item (never dropped), so they are bounded here.
 SCAN_SAMPLES = 16
+#: StreamDatum frames that may wait for the events saying what they are (:class:`~..frame_roles.FrameRoles`);
+#: beyond this (events that never say), they are queued as their stream's default role, with a note.
+PARKED_LIMIT = 256
 
 
 @dataclass
@@ -176,6 +182,10 @@ class RunDenoiser(PassThroughRun):
         self._by_descriptor: dict[str, dict[str, DerivedStream]] = {}  # raw descriptor uid -> field -> stream
         self._stream_keys: dict[str, set[str]] = {}  # raw descriptor uid -> its "STREAM:" data keys
         self._exposures: dict[str, dict[str, float | None]] = {}  # raw descriptor uid -> field -> exposure (s)
+        self._roles: dict[str, FrameRoles] = {}  # raw descriptor uid -> what its frames are (frame_roles)
+        # StreamDatum frames of a stream whose events say what each frame is wait for their event (bluesky
+        # emits a frame's StreamDatum before its event): descriptor uid -> seq_num -> their _enqueue arguments
+        self._parked: dict[str, dict[int, list[Callable[..., None]]]] = {}
         self._unsupported_logged: set[tuple[str, str]] = set()  # (raw stream, field) said not to be denoised
         self._problems_listed: dict[tuple[str, str], int] = {}  # (field, problem) -> times noted (_note_repeated)
         self._problems_unlisted: dict[tuple[str, str], tuple[int, str]] = {}  # ... -> (times counted, summary)
@@ -252,9 +262,10 @@ class RunDenoiser(PassThroughRun):
         if first_of_name:
             self._check_name_is_free(doc, ours)
         self._raw_streams.setdefault(raw_name, set()).update(() if ours else images)
+        roles = self._roles[doc["uid"]] = FrameRoles(doc)
         if self._start is None or (o.streams is not None and raw_name not in o.streams):
-            role = scan_role(raw_name)
-            if (self._start is not None and role is not None and not ours
+            role = None if roles.per_event else roles.default
+            if (self._start is not None and role in (DARK, FLAT) and not ours
                     and not (role == "dark" and o.qc.dark_level is not None)):  # a level set needs no darks
                 # not denoised, but its frames are the camera's dark level or open beam for QC
                 sampled = [f for f in images if o.fields is None or f in o.fields]
@@ -387,6 +398,7 @@ class RunDenoiser(PassThroughRun):
         fields = self._by_descriptor.get(doc["descriptor"], {})
         if fields:
             self._qc.keep_positions(next(iter(fields.values())).raw_name, doc)
+        roles = self._roles[doc["descriptor"]].of_page(doc["data"], len(doc["seq_num"])) if fields else []
         for f, stream in fields.items():
             column = doc["data"].get(f)
             if column is None:
@@ -410,8 +422,27 @@ class RunDenoiser(PassThroughRun):
                         frames = list(array) if stream.exposures > 1 and array.ndim == 3 else [array]
                 for k, frame in enumerate(frames):
                     self._enqueue(stream, frame, doc["seq_num"][i], doc["uid"][i], exposure=k,
-                                  exposure_s=self._exposures.get(doc["descriptor"], {}).get(f))
+                                  exposure_s=self._exposures.get(doc["descriptor"], {}).get(f), role=roles[i])
+        parked = self._parked.get(doc["descriptor"]) or {}
+        for seq, role in zip(doc["seq_num"], roles, strict=True) if parked else ():
+            for enqueue in parked.pop(seq, ()):
+                enqueue(role=role)
         return doc
+
+    def _release_parked(self) -> None:
+        """Queue the StreamDatum frames still waiting for an event that says what they are (at the stop, or
+        when too many wait): as their stream's default, with a note."""
+        for descriptor, parked in self._parked.items():
+            if not parked:
+                continue
+            roles = self._roles[descriptor]
+            self._note(f"{sum(map(len, parked.values()))} frames of stream {roles.stream!r} came with no event "
+                       f"saying what they are ({roles.key.name if roles.key else 'no role field'}); "
+                       f"taken as {roles.default or 'projections'}")
+            for seq in sorted(parked):
+                for enqueue in parked[seq]:
+                    enqueue(role=roles.default)
+            parked.clear()
 
     def _sample_events(self, doc: EventPage) -> None:
         """Queue the first ``SCAN_SAMPLES`` frames of each image field of a dark or flat stream not denoised."""
@@ -495,11 +526,20 @@ class RunDenoiser(PassThroughRun):
         if seq_nums["stop"] - seq_nums["start"] != indices["stop"] - indices["start"]:
             self._note(f"StreamDatum {doc['uid']} has seq_nums {seq_nums} for indices {indices}; not denoised")
             return doc
+        roles = self._roles[doc["descriptor"]]
+        parked = self._parked.setdefault(doc["descriptor"], {}) if roles.per_event else None
         for i, seq in zip(range(indices["start"], indices["stop"]), range(seq_nums["start"], seq_nums["stop"]),
                           strict=True):
             for k in range(stream.exposures):
-                self._enqueue(stream, functools.partial(self._read_exposure, read, i, k, stream.exposures), seq,
-                              doc["uid"], exposure=k, exposure_s=self._exposures.get(doc["descriptor"], {}).get(key))
+                enqueue = functools.partial(
+                    self._enqueue, stream, functools.partial(self._read_exposure, read, i, k, stream.exposures),
+                    seq, doc["uid"], exposure=k, exposure_s=self._exposures.get(doc["descriptor"], {}).get(key))
+                if parked is None:
+                    enqueue(role=roles.default)
+                else:  # its event, which says what the frame is, comes next
+                    parked.setdefault(seq, []).append(enqueue)
+        if parked is not None and len(parked) > PARKED_LIMIT:
+            self._release_parked()
         return doc
 
     def _read_exposure(self, read: FrameReader, index: int, exposure: int, exposures: int) -> np.ndarray:
@@ -526,6 +566,7 @@ class RunDenoiser(PassThroughRun):
 
     def stop(self, doc: RunStop) -> RunStop:
         self._note_options_that_matched_nothing()
+        self._release_parked()
         self._queue.put_control(_END)
         finished = self._worker is None or self._done.wait(self.options.flush_timeout)
         with self._lock:  # from here on a late worker's results are discarded
@@ -577,10 +618,10 @@ class RunDenoiser(PassThroughRun):
         return Dropped(dataclasses.replace(item, frame=None))
 
     def _enqueue(self, stream: DerivedStream, frame: Any, seq_num: int, uid: str, exposure: int = 0,
-                 exposure_s: float | None = None) -> None:
+                 exposure_s: float | None = None, role: str | None = None) -> None:
         item = QueuedFrame(stream, frame, seq_num, uid, time.time(), next(self._tokens), exposure,
-                           exposure_s=exposure_s, busy_at_receipt=self.busy_clock())
-        stream.latest_token = item.token
+                           exposure_s=exposure_s, role=role, busy_at_receipt=self.busy_clock())
+        stream.of(role).latest_token = item.token
         self._pending[item.token] = item
         if self._worker_error:  # nobody will take frames off the queue: their rows say why, now
             self._record_unfinished(f"not denoised: the worker stopped early ({self._worker_error})")
@@ -637,7 +678,9 @@ class RunDenoiser(PassThroughRun):
             self._done.set()
 
     def _work_loop(self) -> None:
-        windows: dict[int, list[QueuedFrame]] = {}  # id of a derived stream -> its context window
+        # (id of a derived stream, role) -> its context window: darks, flats and projections of a stream whose
+        # events say what each frame is are each denoised among their own kind
+        windows: dict[tuple[int, str | None], list[QueuedFrame]] = {}
         while True:
             got = self._queue.get(timeout=0.5)
             self._flush_stale(windows)
@@ -673,7 +716,7 @@ class RunDenoiser(PassThroughRun):
         except Exception as exc:  # an unreadable frame costs only its share of the dark level or open beam
             log.warning("QC: %s frame of %s not read: %s: %s", sample.role, sample.field, type(exc).__name__, exc)
 
-    def _handle(self, item: QueuedFrame | Dropped, windows: dict[int, list[QueuedFrame]]) -> None:
+    def _handle(self, item: QueuedFrame | Dropped, windows: dict[tuple[int, str | None], list[QueuedFrame]]) -> None:
         """One frame off the queue: record it if dropped or unusable, else denoise it once its context is in."""
         began = time.perf_counter()
         if isinstance(item, Dropped):  # recorded as a row with no frame, in its place
@@ -689,13 +732,17 @@ class RunDenoiser(PassThroughRun):
                                      finished=time.time()))
             return
         item.stream = self._stream_of_frame(item, np.shape(item.frame))
+        if item.role == INVALID:  # NXtomo's image_key 3: the plan says the frame is not to be used
+            self._finish(FrameResult(item, None, "not denoised: its event marks it invalid (image_key 3)",
+                                     finished=time.time()), judge=False)
+            return
         problem = _frame_problem(item.frame, item.stream.shape)
         unusable = self._qc.measure(item)
         if problem or unusable:  # flagged, and kept out of its neighbours' context: they are denoised as usual
             self._finish(FrameResult(item, None, problem or f"not denoised: unusable frame ({', '.join(unusable)})",
                                      finished=time.time()))
             return
-        window = windows.setdefault(id(item.stream), [])
+        window = windows.setdefault((id(item.stream), item.role), [])
         if window:  # how often this stream's frames come, for _flush_stale
             gap = item.received - window[-1].received
             item.stream.interval = gap if item.stream.interval is None else 0.8 * item.stream.interval + 0.2 * gap
@@ -723,14 +770,15 @@ class RunDenoiser(PassThroughRun):
             if not item.done:
                 self._denoise(item, _context(window, i, depth))
 
-    def _flush_stale(self, windows: dict[int, list[QueuedFrame]]) -> None:
+    def _flush_stale(self, windows: dict[tuple[int, str | None], list[QueuedFrame]]) -> None:
         """A stream whose next frame is overdue (``CONTEXT_WAIT`` s, or three of its usual intervals if longer:
         its phase ended, as the flats of a tomography scan do before the projections) gets its newest frame
         denoised now, with mirrored context, not at the stop. A next frame that has arrived but waits in the
         queue is not overdue: a worker that runs behind keeps the full context.
 
         A stream's first frame is never overdue on time alone: it waits for its next frame, for a
-        frame of another stream (the run has moved on) or for the stop. Its context would otherwise
+        frame of another stream or role (the run has moved on: from its darks to its flats) or for the
+        stop (a stream whose events say what each frame is keeps a window per role). Its context would otherwise
         depend on how fast documents happen to arrive (a storage write on the callback thread, a
         loaded machine), and with no neighbour at all it is the worst context there is.
 
@@ -740,10 +788,12 @@ class RunDenoiser(PassThroughRun):
         now, busy = time.time(), self.busy_clock()
         streams = list(self._by_name.values())  # a snapshot: the callback thread may add a stream
         for window in windows.values():
-            if not window or window[-1].done or window[-1].origin.latest_token > window[-1].token:
+            if not window or window[-1].done or window[-1].origin.of(window[-1].role).latest_token > window[-1].token:
                 continue
-            if len(window) == 1 and not any(s.latest_token > window[0].token for s in streams
-                                            if s is not window[0].origin):
+            first = window[0]
+            if len(window) == 1 and not any(state.latest_token > first.token for s in streams
+                                            for role, state in s.roles.items()
+                                            if s is not first.origin or role != first.role):
                 continue
             wait = max(CONTEXT_WAIT, 3 * (window[-1].stream.interval or 0.0))
             newest = window[-1]
@@ -763,7 +813,8 @@ class RunDenoiser(PassThroughRun):
             if item.stream.field in self._controllers:
                 self._controllers[item.stream.field].record(time.perf_counter() - began)
             self._qc.register(item)
-            residual_metrics(np.asarray(item.frame), out, item.metrics, previous=item.stream.previous_residual)
+            residual_metrics(np.asarray(item.frame), out, item.metrics,
+                             previous=item.stream.of(item.role).previous_residual)
             # a denoiser of the user's own (duck-typed) has no ratio: an unpruned network
             self._finish(FrameResult(item, out, "", time.time(), ratio=float(getattr(den, "ratio", 0.0)),
                                  model=network_name(den)))

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from event_model.documents import EventPage, RunStart
 
+from ..frame_roles import DARK, FLAT
 from ..qc.feedback import QCFeedback, Verdict
 from ..qc.metrics import (
     FrameMetrics,
@@ -32,7 +33,7 @@ from ..qc.metrics import (
     signal_to_noise,
 )
 from ..qc.policy import UNUSABLE, Action, QCPolicy
-from .derived_stream import FrameResult, QueuedFrame, scan_role
+from .derived_stream import DerivedStream, FrameResult, QueuedFrame
 
 __all__ = ["RunQC", "DROPPED", "BEAM_FLAGS", "OPEN_BEAM_FLOOR"]
 
@@ -122,7 +123,7 @@ class RunQC:
 
     def dark_level(self, field: str) -> float:
         """The dark level of ``field``'s camera: the policy's ``dark_level`` where it sets one, else the median
-        mean of this run's dark frames (:func:`~.derived_stream.scan_role`), else of the last run's that had
+        mean of this run's dark frames (:mod:`~bluesky_tomogan.frame_roles`), else of the last run's that had
         any, else 0."""
         if self.policy.dark_level is not None:
             return float(self.policy.dark_level)
@@ -136,10 +137,11 @@ class RunQC:
                      f"this run's {len(self._dark_means[field])}" if field in self._dark_means else "an earlier run's")
         return level
 
-    def _trust_darks(self, stream: Any, metrics: FrameMetrics, level: float) -> bool:
-        """Whether the stream's frames (its intensity reference, else this frame) stand clearly above the dark
-        level ``level`` learnt from dark frames; if not (a shutter open during the darks), warn once."""
-        typical = float(np.median(stream.reference.means)) if stream.reference.means else metrics.mean
+    def _trust_darks(self, stream: DerivedStream, role: str | None, metrics: FrameMetrics, level: float) -> bool:
+        """Whether the stream's frames of ``role`` (their intensity reference, else this frame) stand clearly above
+        the dark level ``level`` learnt from dark frames; if not (a shutter open during the darks), warn once."""
+        reference = stream.of(role).reference
+        typical = float(np.median(reference.means)) if reference.means else metrics.mean
         if not math.isfinite(typical) or typical - level >= DARK_TRUST * abs(typical):
             return True
         if (stream.raw_name, stream.field) not in self._dark_doubted:
@@ -159,11 +161,11 @@ class RunQC:
         if frame.ndim != 2 or frame.dtype.kind not in "uif":
             return
         metrics = frame_metrics(frame, IntensityReference(), None, self.policy.saturation_for(frame.dtype))
-        if UNUSABLE & self.evaluate(metrics, dark=role == "dark").keys():
+        if UNUSABLE & self.evaluate(metrics, dark=role == DARK).keys():
             return
-        if role == "dark":
+        if role == DARK:
             self._take_dark(field, metrics.mean)
-        elif role == "flat":
+        elif role == FLAT:
             self._take_flat(field, metrics.mean, exposure)
 
     def _take_flat(self, field: str, mean: float, exposure: float | None) -> None:
@@ -201,29 +203,29 @@ class RunQC:
             level = self.policy.saturation_for(frame.dtype)
         except (TypeError, ValueError):  # not a number dtype: check_frames flags it
             return []
-        role = scan_role(stream.raw_name)  # "dark", "flat" or None (projections)
+        role, state = item.role, stream.of(item.role)  # "dark", "flat" or None (projections): frame_roles
         nan = np.isnan(frame) if frame.dtype.kind == "f" and frame.ndim == 2 else None
-        dark_level = 0.0 if role == "dark" else self.dark_level(stream.field)
-        item.metrics = m = frame_metrics(frame, stream.reference, None, level, dark_level,
+        dark_level = 0.0 if role == DARK else self.dark_level(stream.field)
+        item.metrics = m = frame_metrics(frame, state.reference, None, level, dark_level,
                                          known_nan=self._known_nan.get(stream.field),
                                          narrower_camera=self.policy.saturation_level is None,
                                          exposure=item.exposure_s)
         self._known_nan[stream.field] = nan if nan is not None and nan.any() else None
-        if dark_level and self.policy.dark_level is None and not self._trust_darks(stream, m, dark_level):
-            m.intensity_ratio = stream.reference.ratio(m.mean, 0.0, item.exposure_s)  # judged as without darks
+        if dark_level and self.policy.dark_level is None and not self._trust_darks(stream, role, m, dark_level):
+            m.intensity_ratio = state.reference.ratio(m.mean, 0.0, item.exposure_s)  # judged as without darks
             m.snr = signal_to_noise(m.mean, m.noise_sigma)
             dark_level = 0.0
         if role is None:  # a projection: against the open beam too, where the run's flats give it
             share = self.open_beam_share(stream.field, m.mean, item.exposure_s, dark_level)
             if share < OPEN_BEAM_FLOOR:  # (NaN compares False)
                 m.intensity_ratio = min(m.intensity_ratio, share)
-        unusable = sorted(UNUSABLE & self.evaluate(m, dark=role == "dark").keys())
+        unusable = sorted(UNUSABLE & self.evaluate(m, dark=role == DARK).keys())
         mean = item.metrics.mean
         if not unusable and frame.shape == stream.shape and math.isfinite(mean):  # a NaN would poison the median
-            stream.reference.add(mean, item.exposure_s)
-            if role == "dark":
+            state.reference.add(mean, item.exposure_s)
+            if role == DARK:
                 self._take_dark(stream.field, mean)
-            elif role == "flat":
+            elif role == FLAT:
                 self._take_flat(stream.field, mean, item.exposure_s)
         return unusable
 
@@ -238,35 +240,36 @@ class RunQC:
         shift that rotation makes between the two angles (:func:`~..qc.metrics.rotation_allowance`).
         """
         stream = item.stream
+        state = stream.of(item.role)  # darks and flats are registered among their own kind
         frame = np.asarray(item.frame)
         angle = self._angle(stream.raw_name, item.seq_num)
         image = registration_image(frame)
         neighbour, step = None, None
         if angle is None:
-            neighbour = stream.history[-1][1] if stream.history else None
+            neighbour = state.history[-1][1] if state.history else None
         else:
-            known = [(abs(a - angle), img) for a, img in stream.history if a is not None]
+            known = [(abs(a - angle), img) for a, img in state.history if a is not None]
             if known:
                 step, img = min(known, key=lambda t: t[0])
-                tolerance = 1.5 * float(np.median(stream.steps)) if stream.steps else math.inf
+                tolerance = 1.5 * float(np.median(state.steps)) if state.steps else math.inf
                 neighbour = img if step <= tolerance else None
-            last = stream.history[-1][0] if stream.history else None
+            last = state.history[-1][0] if state.history else None
             if last is not None and abs(angle - last) > 0:
-                stream.steps.append(abs(angle - last))
+                state.steps.append(abs(angle - last))
         if neighbour is not None:
             down, right = registered_offset(neighbour, image)
             item.metrics.shift_px = math.hypot(down, right)
-            allowance = rotation_allowance(stream.sideways, step, frame.shape[-1])
+            allowance = rotation_allowance(state.sideways, step, frame.shape[-1])
             item.metrics.motion_px = motion_px(down, right, allowance)
             if math.isfinite(right) and step != 0:  # frames at one angle say nothing about rotation
-                stream.sideways.append(abs(right))
-        stream.history.append((angle, image))
+                state.sideways.append(abs(right))
+        state.history.append((angle, image))
 
     def judge(self, result: FrameResult) -> None:
         """Evaluate the QC policy on a finished frame and hand the verdict to the feedback thread."""
         item = result.item
         item.metrics.latency_s = result.finished - item.received
-        result.flags = self.evaluate(item.metrics, dark=scan_role(item.stream.raw_name) == "dark")
+        result.flags = self.evaluate(item.metrics, dark=item.role == DARK)
         reasons = {}
         if result.error.startswith(DROPPED):  # dropped means the denoiser fell behind
             result.flags["lagging"] = self.policy.rules["lagging"].action
