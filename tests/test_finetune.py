@@ -573,3 +573,36 @@ def test_the_rows_fine_tuned_on_are_recorded_with_the_pairs(tmp_path):
     _, _, info = make_pairs(read_scan(str(path), rows=lambda shape: slice(8, 72)), "projection")
     assert info["detector_rows"] == [8, 72] and info["half_size"] == 32
     assert "detector_rows" not in make_pairs(read_scan(str(path)), "projection")[2]
+
+
+@pytest.mark.parametrize("kind", ["image_key", "frame_type"])
+def test_a_stored_run_of_darks_flats_and_projections_in_one_stream_is_read_by_its_key(RE, store, tmp_path, kind):
+    """A run that took every frame in ``primary``, each event saying what its frame is: the same projections,
+    angles, flats and darks as ``tomo_scan``'s three streams give; one that marks no projection is refused."""
+    from bluesky.callbacks.tiled_writer import TiledWriter
+
+    from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
+    from bluesky_tomogan.plans import tomo_scan
+    from bluesky_tomogan.simulate.tomography import angles_deg
+    from bluesky_tomogan.storage import frames_directory, server_of
+
+    from .keyed_scan import keyed_tomo_scan
+
+    RE.subscribe(TiledWriter(store))
+    angles, scans = list(angles_deg(12)), {}
+    for plan in ("tomo_scan", kind, "darks only"):
+        stage = SimTomoStage(name="stage")
+        det = SimTomoDetector(name="det", stage=stage, shape=(16, 24), seed=1, simulate_timing=False,
+                              directory=frames_directory(tmp_path / "store") / plan.replace(" ", "_"))
+        (uid,) = RE(tomo_scan(det, stage, angles, n_darks=2, n_flats=3) if plan == "tomo_scan" else
+                    keyed_tomo_scan(det, stage, angles if plan == kind else [], kind, n_darks=2, n_flats=3))
+        if plan == "darks only":
+            with pytest.raises(ScanError, match=f"primary stream's .*{kind}.* marks no frame as a projection "
+                                                r"\(2 dark, 3 flat\)"):
+                read_scan(server_of(store).uri, uid)
+        else:
+            scans[plan] = read_scan(server_of(store).uri, uid)
+    three, one = scans["tomo_scan"], scans[kind]
+    for got, want in ((one.projections, three.projections), (one.angles, three.angles),
+                      (one.flats, three.flats), (one.darks, three.darks)):
+        np.testing.assert_allclose(got, want)

@@ -29,6 +29,8 @@ from bluesky_tomogan.reconstruction import (
 from bluesky_tomogan.simulate.tomography import angles_deg, fbp
 from bluesky_tomogan.storage import derived_streams, frames_directory
 
+from .keyed_scan import keyed_tomo_scan
+
 pytest.importorskip("algotom", reason="live reconstruction needs algotom (a core dependency)")
 
 
@@ -249,9 +251,12 @@ def test_the_denoised_stream_is_found_by_what_it_denoises_not_by_its_name(RE, st
                                            ("flat", "det_image"): "flat_denoised"}
 
 
-def test_darks_and_flats_are_found_by_the_names_other_plans_give_them(RE, tmp_path):
+@pytest.mark.parametrize("source", ["raw", "denoised"])
+def test_darks_and_flats_are_found_by_the_names_other_plans_give_them(RE, tmp_path, source):
     """``darks`` and ``flat_field`` (other plans' names for ``tomo_scan``'s ``dark`` and ``flat``) are read as
-    darks and flats: the same slices as with ``tomo_scan``'s names, and QC's dark level from the darks."""
+    darks and flats, and so are frames of ``primary`` whose events' ``image_key`` says they are (the
+    NXtomo way: one stream): the same slices as with ``tomo_scan``'s streams, from the raw frames or
+    the denoised ones (denoised flats too), and QC's dark level from the darks."""
     import bluesky.preprocessors as bpp
 
     from bluesky_tomogan.qc import QCFeedback, QCPolicy
@@ -264,29 +269,33 @@ def test_darks_and_flats_are_found_by_the_names_other_plans_give_them(RE, tmp_pa
         return msg
 
     centres, levels = {}, {}
-    for names in ("tomo_scan", "other"):
+    for names in ("tomo_scan", "other", "image_key"):
         stage = SimTomoStage(name="stage")
         det = SimTomoDetector(name="det", stage=stage, shape=(48, 48), directory=tmp_path / names,
                               simulate_timing=False, seed=7)
         det.photon_flux.put(2e4)
         feedback = QCFeedback(QCPolicy())
-        cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="onnxruntime"), streams=["primary"],
-                             feedback=feedback, inline=True)
-        rec = TomoReconstruction(source="raw")
+        cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="onnxruntime"), feedback=feedback,
+                             inline=True)
+        rec = TomoReconstruction(source=source)
         cb.subscribe(rec)
         docs = []
         rec.subscribe(lambda name, doc, docs=docs: docs.append((name, doc)))
         token = RE.subscribe(cb)
         scan = tomo_scan(det, stage, list(angles_deg(40)), n_darks=3, n_flats=3)
-        RE(scan if names == "tomo_scan" else bpp.msg_mutator(scan, rename))
+        if names == "image_key":
+            scan = keyed_tomo_scan(det, stage, list(angles_deg(40)), n_darks=3, n_flats=3)
+        RE(bpp.msg_mutator(scan, rename) if names == "other" else scan)
         assert rec.wait(timeout=60)
         (page,) = [d for n, d in docs if n == "event_page" and "row" in d["data"] and d["data"]["final"][0]][-1:]
         assert not any("no flat" in note or "no dark" in note for note in page["data"]["note"])
-        centres[names] = (page["data"]["center"], page["data"]["stripe_metric"])
+        assert page["data"]["projections"][0] == 40
+        centres[names] = page["data"]["center"] + page["data"]["stripe_metric"]
         levels[names] = cb.options.dark_levels["det_image"]
         RE.unsubscribe(token)
-    assert centres["other"] == centres["tomo_scan"] and levels["other"] == pytest.approx(levels["tomo_scan"])
-    assert levels["other"] == pytest.approx(100, abs=1)  # the simulated camera's offset
+    for names in ("other", "image_key"):
+        assert centres[names] == pytest.approx(centres["tomo_scan"], rel=1e-5), names
+        assert levels[names] == pytest.approx(levels["tomo_scan"]) == pytest.approx(100, abs=1)  # the camera's offset
 
 
 def test_three_exposures_per_angle_are_denoised_one_by_one_and_reconstructed(RE, store, tmp_path):

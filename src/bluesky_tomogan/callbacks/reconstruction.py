@@ -56,6 +56,7 @@ import numpy as np
 
 from .. import reconstruction as recon
 from ..errors import OutputPathError
+from ..frame_roles import FrameRoles
 from ..frames import context_indices
 from ..inference.denoiser import Denoiser
 from ..masked import masked_pixels
@@ -312,6 +313,10 @@ class _RunReconstruction(PassThroughRun):
         self._readers: dict[str, tuple[str, FrameReader]] = {}  # StreamResource uid -> (data key, reader)
         self._angles: dict[int, float] = {}  # primary seq_num -> angle
         self._source_seq: dict[int, int] = {}  # denoised seq_num -> primary seq_num
+        # primary seq_num -> "dark", "flat" or "invalid", where the primary stream's events say what each frame
+        # is (an image_key or frame_type field: frame_roles); its projections are the others
+        self._seq_roles: dict[int, str] = {}
+        self._frame_roles: dict[str, FrameRoles] = {}  # primary descriptor uid -> what its frames are
         self._unusable: set[int] = set()  # primary seq_nums whose frame QC called unusable
         self._raw_directory: Path | None = None
         # a background thread: progressive updates use the CPU that the RunEngine and the denoiser leave
@@ -378,6 +383,8 @@ class _RunReconstruction(PassThroughRun):
         if role is None:
             return doc
         self._names[doc["uid"]] = role
+        if role == "primary":
+            self._frame_roles[doc["uid"]] = FrameRoles(doc)
         keys = image_fields(doc)
         if role.endswith("denoised"):
             keys = [k for k in keys if k.endswith("_denoised")]
@@ -418,8 +425,12 @@ class _RunReconstruction(PassThroughRun):
         if name is None:
             return doc
         data = doc["data"]
-        if name == "primary" and self._motor is not None and self._motor in data:
-            self._angles.update(zip(doc["seq_num"], map(float, data[self._motor]), strict=True))
+        if name == "primary":
+            roles = self._frame_roles[doc["descriptor"]].of_page(data, len(doc["seq_num"]))
+            self._seq_roles.update((seq, role) for seq, role in zip(doc["seq_num"], roles, strict=True) if role)
+            if self._motor is not None and self._motor in data:  # the angles of its projections
+                self._angles.update((seq, float(angle)) for seq, angle, role
+                                    in zip(doc["seq_num"], data[self._motor], roles, strict=True) if role is None)
         if name == "denoised":
             key = self._image_key.get(name, "")
             field = key[: -len("_denoised")]
@@ -560,9 +571,8 @@ class _RunReconstruction(PassThroughRun):
         angles = np.array(sorted(by_angle))
         seqs = [by_angle[a] for a in angles]
         sino = frames.rows(seqs, wanted, self._raw_dtype)  # (angles, rows, W), NaN where masked
-        flat = self._mean_rows("flat_denoised" if source == "denoised" and "flat_denoised" in self._frames else "flat",
-                               wanted)
-        dark = self._mean_rows("dark", wanted)
+        flat_name = "flat_denoised" if source == "denoised" and self._of_role("flat_denoised")[1] else "flat"
+        flat, dark = self._mean_rows(flat_name, wanted), self._mean_rows("dark", wanted)
         if flat is None:
             notes.append("no flat frames: flat field taken as each column's brightest value")
         if dark is None:
@@ -572,8 +582,7 @@ class _RunReconstruction(PassThroughRun):
             notes.append(f"{masked} detector pixels of the reconstructed rows hold no data (module gaps, flagged "
                          "pixels): filled from their neighbours along the row")
         # dead and hot pixels, judged on the raw flats and darks (the denoised ones have them despiked)
-        bad = recon.defective_pixels(flat if source == "raw" or "flat_denoised" not in self._frames
-                                     else self._mean_rows("flat", wanted), dark)
+        bad = recon.defective_pixels(flat if flat_name == "flat" else self._mean_rows("flat", wanted), dark)
         if bad is not None:
             sino = np.where(bad[None], np.float32(np.nan), sino)
             count = int(bad[[wanted.index(r) for r in rows]].sum())
@@ -623,11 +632,29 @@ class _RunReconstruction(PassThroughRun):
         middle = rows[len(rows) // 2]
         return middle if seen[middle] >= 0.1 * max(seen.values()) else max(seen, key=seen.__getitem__)
 
-    def _mean_rows(self, name: str, rows: Sequence[int]) -> np.ndarray | None:
+    def _of_role(self, name: str) -> tuple[_Frames | None, list[int]]:
+        """The frames of ``name`` (``dark``, ``flat``, ``flat_denoised``) and their seq_nums: its own stream's,
+        else those of ``primary`` (``denoised``) whose events say they are darks or flats."""
         frames = self._frames.get(name)
-        if frames is None or len(frames) == 0:
+        if frames is not None and len(frames):
+            return frames, sorted(frames.seqs)
+        role = name.removesuffix("_denoised")
+        roles = dict(self._seq_roles)  # a copy made at once: the callback thread adds to it meanwhile
+        if name == role:
+            mixed, seqs = self._frames.get("primary"), [s for s, r in roles.items() if r == role]
+        else:
+            mixed = self._frames.get("denoised")
+            seqs = [s for s, raw in list(self._source_seq.items()) if roles.get(raw) == role]
+        if mixed is None:
+            return None, []
+        known = mixed.seqs
+        return mixed, sorted(s for s in seqs if s in known)
+
+    def _mean_rows(self, name: str, rows: Sequence[int]) -> np.ndarray | None:
+        frames, seqs = self._of_role(name)
+        if frames is None or not seqs:
             return None
-        stack = frames.rows(sorted(frames.seqs), rows, self._raw_dtype)
+        stack = frames.rows(seqs, rows, self._raw_dtype)
         with warnings.catch_warnings():  # a pixel masked in every frame stays NaN (filled in the transmission)
             warnings.simplefilter("ignore", RuntimeWarning)
             return np.nanmean(stack, axis=0)

@@ -113,7 +113,7 @@ PARKED_LIMIT = 256
 class _ScanSample:
     """A frame of a dark or flat stream that is not denoised, for QC (a queued control item)."""
 
-    role: str  # "dark" or "flat" (derived_stream.scan_role)
+    role: str  # "dark" or "flat" (frame_roles)
     field: str
     frame: Any  # the array, or a function that reads it (worker thread)
     exposure_s: float | None = None  # from its descriptor's configuration
@@ -266,7 +266,7 @@ class RunDenoiser(PassThroughRun):
         if self._start is None or (o.streams is not None and raw_name not in o.streams):
             role = None if roles.per_event else roles.default
             if (self._start is not None and role in (DARK, FLAT) and not ours
-                    and not (role == "dark" and o.qc.dark_level is not None)):  # a level set needs no darks
+                    and not (role == DARK and o.qc.dark_level is not None)):  # a level set needs no darks
                 # not denoised, but its frames are the camera's dark level or open beam for QC
                 sampled = [f for f in images if o.fields is None or f in o.fields]
                 self._sampled[doc["uid"]] = (role, sampled)

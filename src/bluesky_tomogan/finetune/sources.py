@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import ScanError, TomoGANError
 from ..frame_files import FLAT_KEYS, PROJECTION_KEYS, first_dataset, hdf5_datasets
+from ..frame_roles import DARK, FLAT, FrameRoles, scan_role
 from ..masked import fill_masked, missing_pixels
 from ..nexus import IMAGE_KEY, NexusScan, find_nexus_scan, missing_frame_files
 from ..xradia import XradiaFile, is_xradia
@@ -284,9 +285,11 @@ def read_scan_tiled(uri: str, uid: str, field: str | None = None, rows: RowChoic
 
     Projections are the run's ``primary`` stream image field, angles the column of
     the plan's first dimension hint (``stage_theta`` for :func:`~bluesky_tomogan.plans.tomo_scan`)
-    or the start document's ``angles``; flats and darks come from the ``flat`` and
-    ``dark`` streams when the run has them. ``rows`` as for :func:`read_scan_hdf5`: only those
-    rows are fetched from the server.
+    or the start document's ``angles``; flats and darks come from the run's dark and flat
+    streams (``dark``, ``flat``, or any name :data:`~bluesky_tomogan.frame_roles.SCAN_ROLE_NAMES`
+    lists), or from ``primary`` itself where its events say what each frame is (an ``image_key``
+    or ``frame_type`` field: :mod:`bluesky_tomogan.frame_roles`). ``rows`` as for
+    :func:`read_scan_hdf5`: only those rows are fetched from the server.
 
     Raises
     ------
@@ -325,15 +328,46 @@ def _scan_of_run(client: Any, uid: str, field: str | None, where: str, rows: Row
 
     picked = _choose_rows(primary[name], rows)
 
-    def stream_frames(stream: str) -> Any:
-        return _read(run[stream][name], picked) if stream in run and name in run[stream] else None
+    def stream_frames(role: str) -> Any:  # a stream of darks or flats, by any name plans give it (frame_roles)
+        stream = next((s for s in run if scan_role(s) == role and name in run[s]), None)
+        return None if stream is None else _read(run[stream][name], picked)
 
     # a key declared [N, rows, columns] holds N exposures per event; TiledWriter may store them as one
     # flat stack of frames (ophyd-async writes them one after the other)
     shape = [s for s in primary.metadata.get("data_keys", {}).get(name, {}).get("shape") or [] if s]
     exposures = int(shape[0]) if len(shape) == 3 and shape[-1] != 1 else 1
-    return _assemble(_read(primary[name], picked), angles, stream_frames("flat"), stream_frames("dark"), where,
-                     exposures=exposures, rows=picked)
+    frames, flats, darks = _read(primary[name], picked), stream_frames("flat"), stream_frames("dark")
+    roles = FrameRoles({"name": "primary", "data_keys": primary.metadata.get("data_keys") or {}})
+    if roles.key is not None and roles.key.name in primary:  # darks and flats among the projections (NXtomo's way)
+        frames, angles, flats, darks = _split_by_role(frames, angles, flats, darks, roles,
+                                                      primary[roles.key.name].read(), where)
+    return _assemble(frames, angles, flats, darks, where, exposures=exposures, rows=picked)
+
+
+def _split_by_role(frames: Any, angles: Any, flats: Any, darks: Any, roles: FrameRoles, values: Any,
+                   where: str) -> tuple[np.ndarray, Any, Any, Any]:
+    """The projections, their angles, flats and darks of a stream whose events say what each frame is
+    (``values``: its role field, one per event); the run's own dark and flat streams where the stream holds
+    none. Invalid frames (NXtomo's ``image_key`` 3) are left out."""
+    assert roles.key is not None
+    key = roles.key.name
+    of_event = roles.of_page({key: list(np.asarray(values))}, len(values))
+    frames = np.asarray(frames)
+    exposures = len(frames) // len(of_event) if len(of_event) and len(frames) % len(of_event) == 0 else 0
+    if not exposures:
+        raise ScanError(f"{where}: {len(of_event)} values of {key} for {len(frames)} frames")
+    per_frame = [r for r in of_event for _ in range(exposures)]  # a flat stack of N exposures per event
+    if all(r is not None for r in per_frame):
+        held = ", ".join(f"{of_event.count(r)} {r}" for r in dict.fromkeys(of_event))
+        raise ScanError(f"{where}: the primary stream's {key} marks no frame as a projection ({held})")
+    if angles is not None and np.size(angles) == len(of_event):  # read with every event: the projections' own
+        angles = np.asarray(angles, float).ravel()[[r is None for r in of_event]]
+
+    def of(role: str | None, elsewhere: Any = None) -> Any:
+        chosen = np.array([r == role for r in per_frame])
+        return frames[chosen] if chosen.any() else elsewhere
+
+    return of(None), angles, of(FLAT, flats), of(DARK, darks)
 
 
 def read_scan_xradia(path: str | Path, rows: RowChoice | None = None) -> Scan:
