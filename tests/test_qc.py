@@ -938,3 +938,34 @@ def test_darks_flats_and_projections_in_one_stream_are_told_apart_by_their_event
     np.testing.assert_allclose(np.array(one["denoised"]["det_image_denoised"]),
                                np.array(expected["det_image_denoised"]), rtol=1e-5, atol=1e-3)
     assert keyed_level == level == pytest.approx(100, abs=2)
+
+
+def test_a_run_of_darks_known_by_the_cameras_frame_type_gives_the_next_run_its_dark_level(RE, denoiser, tmp_path):
+    """A plan that takes darks, flats and projections as runs of their own sets the camera's frame type for
+    each (areaDetector's ``FrameType``, a configuration signal): the run of darks is known as darks by its
+    configuration (no ``beam_lost`` on it) and its dark level serves the next run, whose frame without
+    beam is then ``beam_lost`` (read against 0, the camera's offset would keep it at 0.8 of the others)."""
+    from ophyd import Component, Signal
+
+    class FrameTypeCamera(SimTomoDetector):
+        frame_type = Component(Signal, value=0, kind="config")
+
+    stage = SimTomoStage(name="stage")
+    det = FrameTypeCamera(name="det", stage=stage, shape=(48, 64), directory=tmp_path / "raw",
+                          simulate_timing=False)
+    det.photon_flux.put(80 / 0.03)
+    det.exposure_time.put(0.03)
+    cb = TomoGANCallback(denoiser, inline=True, feedback=QCFeedback(QCPolicy(), RE=RE))
+    docs = collect(RE, cb)
+    det.shutter.put("closed")
+    det.frame_type.put(1)  # Background
+    RE(bp.count([det], num=3))
+    assert column(docs, "det_image_qc_flags") == [""] * 3
+    assert cb.options.dark_levels["det_image"] == pytest.approx(100, abs=2)
+    del docs[:]
+    det.shutter.put("open")
+    det.frame_type.put(0)  # Normal
+    RE.subscribe(lambda name, doc: det.inject_fault("beam_dump", frames=1)
+                 if name == "event" and doc.get("seq_num") == 3 else None)
+    RE(bp.count([det], num=6))
+    assert ["beam_lost" in f for f in column(docs, "det_image_qc_flags")] == [False] * 3 + [True] + [False] * 2
