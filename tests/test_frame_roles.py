@@ -86,3 +86,12 @@ def test_an_unknown_value_counts_as_the_streams_frames_and_is_logged_a_few_times
 
 def test_stream_names_any_case():
     assert scan_role("Darks") == "dark" and scan_role("flat_field") == "flat" and scan_role("primary") is None
+
+
+def test_a_field_written_to_a_file_is_not_taken_for_one_that_comes_in_events(caplog):
+    """An area detector's NDAttribute written beside a fly scan's frames never comes in an event."""
+    with caplog.at_level(logging.WARNING, logger="bluesky_tomogan.frame_roles"):
+        roles = FrameRoles(descriptor("primary", {"det-image_key": {"dtype": "integer", "shape": [],
+                                                                    "external": "STREAM:"}}))
+    assert not roles.per_event and roles.default is None
+    assert "det-image_key says what each frame is but is written to a file" in caplog.text

@@ -122,11 +122,19 @@ class RoleKey:
 
 def find_role_key(data_keys: Mapping[str, Any]) -> RoleKey | None:
     """The first scalar field among ``data_keys`` (a descriptor's, or a device's configuration's) whose name
-    ends in one of :data:`ROLE_KEY_ENDINGS`; ``None`` if there is none."""
+    ends in one of :data:`ROLE_KEY_ENDINGS`; ``None`` if there is none.
+
+    A field written to a file beside the frames (``external``, such as an area detector's NDAttribute in
+    a fly scan's HDF5 file) never comes in an event: it is not read, with a warning, and the stream's
+    frames are what its name says."""
     for name, key in data_keys.items():
         lowered = name.lower()
         ending = next((e for e in ROLE_KEY_ENDINGS if lowered.endswith(e)), None)
         if ending is None or not isinstance(key, Mapping) or [s for s in key.get("shape") or [] if s != 1]:
+            continue
+        if key.get("external"):
+            log.warning("%s says what each frame is but is written to a file (external %r), which is not read "
+                        "for it: the stream's frames count as what its name says", name, key["external"])
             continue
         choices = key.get("choices") or key.get("enum_strs") or ()
         return RoleKey(name, tuple(str(c) for c in choices), nxtomo=ending.startswith("image"))

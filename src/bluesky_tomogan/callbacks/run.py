@@ -39,6 +39,7 @@ import dataclasses
 import functools
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -104,8 +105,9 @@ PROBLEMS_LISTED = 20
 #: field and run for QC alone (its dark level and open beam: :meth:`~.run_qc.RunQC.add_scan_frame`): a few
 #: give the median; each is queued as a control item (never dropped), so they are bounded here.
 SCAN_SAMPLES = 16
-#: StreamDatum frames that may wait for the events saying what they are (:class:`~..frame_roles.FrameRoles`);
-#: beyond this (events that never say), they are queued as their stream's default role, with a note.
+#: Events (seq_nums) whose StreamDatum frames may wait per stream for the event that says what they are
+#: (:class:`~..frame_roles.FrameRoles`); beyond this (events that never come), those of earlier StreamDatums
+#: are queued as their stream's default role, with a note.
 PARKED_LIMIT = 256
 
 
@@ -429,20 +431,23 @@ class RunDenoiser(PassThroughRun):
                 enqueue(role=role)
         return doc
 
-    def _release_parked(self) -> None:
-        """Queue the StreamDatum frames still waiting for an event that says what they are (at the stop, or
-        when too many wait): as their stream's default, with a note."""
+    def _release_parked(self, before: float = math.inf) -> None:
+        """Queue the StreamDatum frames still waiting for an event that says what they are (of events before
+        seq_num ``before``; at the stop, all): as their stream's default role, with a note."""
         for descriptor, parked in self._parked.items():
-            if not parked:
+            released = sorted(seq for seq in parked if seq < before)
+            if not released:
                 continue
             roles = self._roles[descriptor]
-            self._note(f"{sum(map(len, parked.values()))} frames of stream {roles.stream!r} came with no event "
-                       f"saying what they are ({roles.key.name if roles.key else 'no role field'}); "
-                       f"taken as {roles.default or 'projections'}")
-            for seq in sorted(parked):
-                for enqueue in parked[seq]:
+            self._note_repeated(("", f"no event says what frames of {roles.stream!r} are"),
+                                f"{len(released)} frames of stream {roles.stream!r} came with no event saying what "
+                                f"they are ({roles.key.name if roles.key else ''}); taken as "
+                                f"{roles.default or 'projections'}",
+                                f"{{n}} more times frames of stream {roles.stream!r} came with no event saying what "
+                                "they are")
+            for seq in released:
+                for enqueue in parked.pop(seq):
                     enqueue(role=roles.default)
-            parked.clear()
 
     def _sample_events(self, doc: EventPage) -> None:
         """Queue the first ``SCAN_SAMPLES`` frames of each image field of a dark or flat stream not denoised."""
@@ -538,8 +543,8 @@ class RunDenoiser(PassThroughRun):
                     enqueue(role=roles.default)
                 else:  # its event, which says what the frame is, comes next
                     parked.setdefault(seq, []).append(enqueue)
-        if parked is not None and len(parked) > PARKED_LIMIT:
-            self._release_parked()
+        if parked is not None and len(parked) > PARKED_LIMIT:  # events that never come: not for ever
+            self._release_parked(before=seq_nums["start"])
         return doc
 
     def _read_exposure(self, read: FrameReader, index: int, exposure: int, exposures: int) -> np.ndarray:
