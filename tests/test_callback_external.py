@@ -666,8 +666,9 @@ def test_derived_frames_go_to_the_data_directory_when_the_raw_ones_cannot_have_t
 
 def test_frames_announced_before_the_event_that_says_what_they_are_wait_for_it(denoiser, tmp_path):
     """bluesky emits a frame's StreamDatum before its event: in a stream whose events carry an ``image_key``,
-    the frames wait for the event that says what they are (darks, then flats, then projections: the darks
-    give QC its dark level). Events that never come cost a note, not the rows: every frame gets its row."""
+    the frames wait for the event that says what they are (darks, then flats, then projections, one of them
+    invalid: the darks give QC its dark level). Events that never come cost a note, not the rows: every
+    frame gets its row."""
     from bluesky_tomogan.hdf5_frames import FrameFile
     from bluesky_tomogan.qc import QCFeedback, QCPolicy
 
@@ -699,7 +700,7 @@ def test_frames_announced_before_the_event_that_says_what_they_are_wait_for_it(d
                 seq_nums={"start": start + 1, "stop": stop + 1}, descriptor=desc.descriptor_doc))
             if events:
                 cb("event_page", desc.compose_event_page(
-                    data={"image_key": [2, 2, 1, 1, 0, 0, 0, 0][start:stop]},
+                    data={"image_key": [2, 2, 1, 1, 0, 3, 0, 0][start:stop]},
                     timestamps={"image_key": [0.0] * (stop - start)}, seq_num=list(range(start + 1, stop + 1)),
                     time=[0.0] * (stop - start)))
         cb("stop", run_bundle.compose_stop())
@@ -707,7 +708,8 @@ def test_frames_announced_before_the_event_that_says_what_they_are_wait_for_it(d
                     for r in zip(d["data"]["det_source_seq_num"], d["data"]["det_qc_flags"], strict=True)]
 
     cb, rows = run(events=True)
-    assert rows == [(i, "") for i in range(1, 9)] and cb.errors == []  # no dark is beam_lost
+    assert rows == [(i, "") for i in range(1, 9)]  # no dark is beam_lost
+    assert cb.errors == ["det seq 6: not denoised: its event marks the frame invalid"]  # NXtomo's image_key 3
     assert cb.options.dark_levels["det"] == pytest.approx(100, abs=2)
     cb, rows = run(events=False)
     assert [seq for seq, _ in rows] == list(range(1, 301))

@@ -738,7 +738,7 @@ class RunDenoiser(PassThroughRun):
             return
         item.stream = self._stream_of_frame(item, np.shape(item.frame))
         if item.role == INVALID:  # NXtomo's image_key 3: the plan says the frame is not to be used
-            self._finish(FrameResult(item, None, "not denoised: its event marks it invalid (image_key 3)",
+            self._finish(FrameResult(item, None, "not denoised: its event marks the frame invalid",
                                      finished=time.time()), judge=False)
             return
         problem = _frame_problem(item.frame, item.stream.shape)
