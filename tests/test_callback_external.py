@@ -667,8 +667,9 @@ def test_derived_frames_go_to_the_data_directory_when_the_raw_ones_cannot_have_t
 def test_frames_announced_before_the_event_that_says_what_they_are_wait_for_it(denoiser, tmp_path):
     """bluesky emits a frame's StreamDatum before its event: in a stream whose events carry an ``image_key``,
     the frames wait for the event that says what they are (darks, then flats, then projections, one of them
-    invalid: the darks give QC its dark level). Events that never come cost a note, not the rows: every
-    frame gets its row."""
+    invalid: the darks give QC its dark level). A stored run replayed (``reprocess``) brings all its events
+    first and its StreamDatums after them: the same rows. Events that never come cost a note, not the
+    rows: every frame gets its row."""
     from bluesky_tomogan.hdf5_frames import FrameFile
     from bluesky_tomogan.qc import QCFeedback, QCPolicy
 
@@ -678,8 +679,9 @@ def test_frames_announced_before_the_event_that_says_what_they_are_wait_for_it(d
     file = FrameFile(tmp_path / "det.h5", (16, 24), np.uint16)
     file.append(frames)
     file.close()
+    keys = [2, 2, 1, 1, 0, 3, 0, 0]
 
-    def run(events: bool):
+    def run(order: str):
         run_bundle = event_model.compose_run()
         desc = run_bundle.compose_descriptor(name="primary", data_keys={
             "det": {"source": "sim", "dtype": "array", "shape": [16, 24], "external": "STREAM:", "dtype_numpy": "<u2"},
@@ -692,26 +694,32 @@ def test_frames_announced_before_the_event_that_says_what_they_are_wait_for_it(d
         for name, doc in (("start", run_bundle.start_doc), ("descriptor", desc.descriptor_doc),
                           ("stream_resource", resource.stream_resource_doc)):
             cb(name, doc)
-        n = 8 if events else 300
-        for start in range(0, n, 4 if events else 100):  # a StreamDatum of 4 (100) frames, then their events
-            stop = min(start + (4 if events else 100), n)
-            cb("stream_datum", resource.compose_stream_datum(
-                indices={"start": start, "stop": stop} if events else {"start": 0, "stop": 100},
-                seq_nums={"start": start + 1, "stop": stop + 1}, descriptor=desc.descriptor_doc))
-            if events:
-                cb("event_page", desc.compose_event_page(
-                    data={"image_key": [2, 2, 1, 1, 0, 3, 0, 0][start:stop]},
-                    timestamps={"image_key": [0.0] * (stop - start)}, seq_num=list(range(start + 1, stop + 1)),
-                    time=[0.0] * (stop - start)))
+
+        def datum(start, stop, index=0):
+            return "stream_datum", resource.compose_stream_datum(
+                indices={"start": index, "stop": index + stop - start},
+                seq_nums={"start": start + 1, "stop": stop + 1}, descriptor=desc.descriptor_doc)
+
+        def events(start, stop):
+            return "event_page", desc.compose_event_page(
+                data={"image_key": keys[start:stop]}, timestamps={"image_key": [0.0] * (stop - start)},
+                seq_num=list(range(start + 1, stop + 1)), time=[0.0] * (stop - start))
+
+        docs = {"live": [datum(0, 4, 0), events(0, 4), datum(4, 8, 4), events(4, 8)],
+                "replayed": [events(0, 4), events(4, 8), datum(0, 4, 0), datum(4, 8, 4)],
+                "no events": [datum(0, 100), datum(100, 200), datum(200, 300)]}[order]
+        for name, doc in docs:
+            cb(name, doc)
         cb("stop", run_bundle.compose_stop())
         return cb, [r for n_, d in out if n_ == "event_page" and "det_qc_flags" in d["data"]
                     for r in zip(d["data"]["det_source_seq_num"], d["data"]["det_qc_flags"], strict=True)]
 
-    cb, rows = run(events=True)
-    assert rows == [(i, "") for i in range(1, 9)]  # no dark is beam_lost
-    assert cb.errors == ["det seq 6: not denoised: its event marks the frame invalid"]  # NXtomo's image_key 3
-    assert cb.options.dark_levels["det"] == pytest.approx(100, abs=2)
-    cb, rows = run(events=False)
+    for order in ("live", "replayed"):
+        cb, rows = run(order)
+        assert rows == [(i, "") for i in range(1, 9)], order  # no dark is beam_lost
+        assert cb.errors == ["det seq 6: not denoised: its event marks the frame invalid"]  # NXtomo's image_key 3
+        assert cb.options.dark_levels["det"] == pytest.approx(100, abs=2)
+    cb, rows = run("no events")
     assert [seq for seq, _ in rows] == list(range(1, 301))
     notes = [e for e in cb.errors if "came with no event" in e]  # (and the darks, taken as projections, beam_lost)
     assert notes == [f"{n} frames of stream 'primary' came with no event saying what they are (image_key); taken "

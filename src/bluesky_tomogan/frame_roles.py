@@ -155,8 +155,9 @@ class FrameRoles:
         #: The field of its events that says what each frame is (``None``: the stream has none).
         self.key = find_role_key(descriptor.get("data_keys") or {})
         named = scan_role(self.stream)
-        #: The role of a frame whose event does not say (by the stream's name, else its configuration).
-        self.default = named if named is not None else _configured_role(descriptor)
+        #: The role of a frame whose event does not say: by the stream's name, else, in a stream without such a
+        #: field, by its configuration (a signal read with every event reports its first value there too).
+        self.default = named if named is not None or self.key is not None else _configured_role(descriptor)
         self.unknown: list[str] = []  # values that said nothing known (for a note; the frames count as default)
 
     @property

@@ -67,6 +67,7 @@ from ..qc.policy import QCPolicy
 from ..stream_readers import FrameReader, reader_for, remapped
 from .consumers import Consumers
 from .derived_stream import (
+    FRAME_ROLES,
     DerivedStream,
     Dropped,
     FrameResult,
@@ -109,6 +110,8 @@ SCAN_SAMPLES = 16
 #: (:class:`~..frame_roles.FrameRoles`); beyond this (events that never come), those of earlier StreamDatums
 #: are queued as their stream's default role, with a note.
 PARKED_LIMIT = 256
+#: Events whose role is kept (1 byte each) for StreamDatums that come after them (:meth:`RunDenoiser._match_streamed`).
+SAID_LIMIT = 1 << 24
 
 
 @dataclass
@@ -188,6 +191,9 @@ class RunDenoiser(PassThroughRun):
         # StreamDatum frames of a stream whose events say what each frame is wait for their event (bluesky
         # emits a frame's StreamDatum before its event): descriptor uid -> seq_num -> their _enqueue arguments
         self._parked: dict[str, dict[int, list[Callable[..., None]]]] = {}
+        # ... and where the events came first (a stored run replayed: its StreamDatums follow all its events),
+        # what each said, by seq_num (1 + its place in FRAME_ROLES; 0: not said): descriptor uid -> codes
+        self._said: dict[str, bytearray] = {}
         self._unsupported_logged: set[tuple[str, str]] = set()  # (raw stream, field) said not to be denoised
         self._problems_listed: dict[tuple[str, str], int] = {}  # (field, problem) -> times noted (_note_repeated)
         self._problems_unlisted: dict[tuple[str, str], tuple[int, str]] = {}  # ... -> (times counted, summary)
@@ -425,11 +431,22 @@ class RunDenoiser(PassThroughRun):
                 for k, frame in enumerate(frames):
                     self._enqueue(stream, frame, doc["seq_num"][i], doc["uid"][i], exposure=k,
                                   exposure_s=self._exposures.get(doc["descriptor"], {}).get(f), role=roles[i])
-        parked = self._parked.get(doc["descriptor"]) or {}
-        for seq, role in zip(doc["seq_num"], roles, strict=True) if parked else ():
-            for enqueue in parked.pop(seq, ()):
-                enqueue(role=role)
+        if fields and self._roles[doc["descriptor"]].per_event and self._stream_keys.get(doc["descriptor"]):
+            self._match_streamed(doc["descriptor"], doc["seq_num"], roles)
         return doc
+
+    def _match_streamed(self, descriptor: str, seq_nums: list[int], roles: list[str | None]) -> None:
+        """Queue the StreamDatum frames that waited for these events, with the role each says; of the others,
+        whose StreamDatums come later (a stored run replayed: its StreamDatums follow all its events), keep it."""
+        parked = self._parked.setdefault(descriptor, {})
+        said = self._said.setdefault(descriptor, bytearray())
+        for seq, role in zip(seq_nums, roles, strict=True):
+            if seq in parked:
+                for enqueue in parked.pop(seq):
+                    enqueue(role=role)
+            elif 0 <= seq < SAID_LIMIT:
+                said.extend(bytes(max(seq + 1 - len(said), 0)))
+                said[seq] = FRAME_ROLES.index(role) + 1
 
     def _release_parked(self, before: float = math.inf) -> None:
         """Queue the StreamDatum frames still waiting for an event that says what they are (of events before
@@ -533,6 +550,7 @@ class RunDenoiser(PassThroughRun):
             return doc
         roles = self._roles[doc["descriptor"]]
         parked = self._parked.setdefault(doc["descriptor"], {}) if roles.per_event else None
+        said = self._said.get(doc["descriptor"], b"")
         for i, seq in zip(range(indices["start"], indices["stop"]), range(seq_nums["start"], seq_nums["stop"]),
                           strict=True):
             for k in range(stream.exposures):
@@ -541,6 +559,8 @@ class RunDenoiser(PassThroughRun):
                     seq, doc["uid"], exposure=k, exposure_s=self._exposures.get(doc["descriptor"], {}).get(key))
                 if parked is None:
                     enqueue(role=roles.default)
+                elif 0 <= seq < len(said) and said[seq]:  # its event came first
+                    enqueue(role=FRAME_ROLES[said[seq] - 1])
                 else:  # its event, which says what the frame is, comes next
                     parked.setdefault(seq, []).append(enqueue)
         if parked is not None and len(parked) > PARKED_LIMIT:  # events that never come: not for ever
