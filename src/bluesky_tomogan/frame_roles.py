@@ -1,7 +1,7 @@
 """What each frame of a tomography scan is: a projection, a dark field or a flat (open-beam) field.
 
-Plans say it in one of three ways, and the callback, its QC and the live reconstruction read all
-three:
+Plans say it in one of three ways, and the callback, its QC, the live reconstruction and ``finetune``
+(a stored run) read all three:
 
 - **by stream name**: darks and flats in streams of their own (``tomo_scan``'s ``dark`` and ``flat``;
   ``darks``, ``flat_field``, ``white``, ... elsewhere: :data:`SCAN_ROLE_NAMES`);
@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from .nexus import IMAGE_KEY
+
 __all__ = ["DARK", "FLAT", "INVALID", "ROLE_KEY_ENDINGS", "SCAN_ROLE_NAMES", "FrameRoles", "RoleKey",
            "find_role_key", "role_of_text", "scan_role"]
 
@@ -46,8 +48,9 @@ SCAN_ROLE_NAMES: dict[str, frozenset[str]] = {
 #: Scalar fields that say what a frame is, by how their names end (any case): ophyd's ``det_cam_frame_type``,
 #: ophyd-async's ``det-image_key``, a plan's own ``image_key``.
 ROLE_KEY_ENDINGS = ("image_key", "imagekey", "frame_type", "frametype")
-#: NXtomo's ``image_key`` numbers.
-NXTOMO_KEYS: dict[int, str | None] = {0: None, 1: FLAT, 2: DARK, 3: INVALID}
+#: NXtomo's ``image_key`` numbers (as :mod:`bluesky_tomogan.nexus` reads them in files; 3 is an invalid frame).
+NXTOMO_KEYS: dict[int, str | None] = {number: None if kind == "projection" else kind
+                                      for kind, number in IMAGE_KEY.items()} | {3: INVALID}
 #: areaDetector's ``FrameType`` numbers (``ADFrameType``: Normal, Background, FlatField, DblCorrelation).
 AREA_DETECTOR_FRAME_TYPES: dict[int, str | None] = {0: None, 1: DARK, 2: FLAT, 3: None}
 #: Words in a frame type's text, by the role they mean; checked in this order (``/exchange/data_white``
