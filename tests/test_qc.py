@@ -969,3 +969,24 @@ def test_a_run_of_darks_known_by_the_cameras_frame_type_gives_the_next_run_its_d
                  if name == "event" and doc.get("seq_num") == 3 else None)
     RE(bp.count([det], num=6))
     assert ["beam_lost" in f for f in column(docs, "det_image_qc_flags")] == [False] * 3 + [True] + [False] * 2
+
+
+def test_float_frames_saturate_only_on_a_clipped_plateau_not_above_a_number(rng):
+    """Float frames have no type's top: with no level set, 65535 was the level, so a sum of four exposures
+    (or counts scaled by a gain) read as saturated wherever it was bright. Now only a plateau at exactly
+    the frame's highest reading saturates: a 16-bit camera's clipped counts as floats, or any float
+    detector clipping at 65535 or above."""
+    ref = IntensityReference()
+    summed = rng.poisson(30000, (64, 64)).astype(np.float32) * 4  # four exposures summed: up to ~121,000
+    clipped = rng.poisson(30000, (64, 64)).astype(np.float32)  # a 16-bit camera's counts as floats,
+    clipped[:, :16] = np.minimum(rng.poisson(90000, (64, 16)), 65535)  # a quarter of the frame clipped
+    high = np.minimum(summed, 120500.0)  # a float detector clipping at its own level
+
+    def saturated(f, level=None):
+        m = frame_metrics(f, ref, None, QCPolicy(saturation_level=level).saturation_for(f.dtype),
+                          narrower_camera=level is None)
+        return m.saturated_fraction
+
+    assert summed.max() > 110000 and saturated(summed) == 0
+    assert saturated(clipped) == pytest.approx(0.25)
+    assert 0 < saturated(high) < 0.5 and saturated(summed, level=100000) > 0.5  # a level set is a level

@@ -249,7 +249,9 @@ def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np
     (unless the frame has no finite pixel at all).
     ``narrower_camera``: ``saturation_level`` is only the integer type's top, not the camera's
     (no level was set): where the frame's highest reading is the top of a narrower camera
-    (:func:`narrower_top`: 4095 for a 12-bit camera in ``uint16``), that is the level.
+    (:func:`narrower_top`: 4095 for a 12-bit camera in ``uint16``), that is the level. A float
+    frame (whose type has no top) saturates then only on a plateau at exactly its highest reading,
+    from the level up: summed or scaled frames pass 65535 without saturating.
     ``exposure``: the frame's exposure time (s), where known: the intensity ratio is per unit of it.
     """
     f = np.asarray(frame)
@@ -280,7 +282,10 @@ def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np
     beyond_type = f.dtype.kind == "f" and saturation_level > float(np.finfo(f.dtype).max)
     above = 0 if beyond_type else int(np.count_nonzero(values >= saturation_level))
     if above:  # isolated pixels at the top are hot pixels or zingers, not too much light: not counted
-        above = int(np.count_nonzero(beside_another((f >= saturation_level) & valid)))
+        at_top = f >= saturation_level
+        if narrower_camera and f.dtype.kind == "f":  # no level set, and a float type has no top of its own:
+            at_top = f == values.max()  # only a clipped reading saturates (a plateau at exactly the highest)
+        above = int(np.count_nonzero(beside_another(at_top & valid)))
     m.saturated_fraction = float(clipped + above) / f.size
     m.dead_fraction = dead_fraction(np.where(valid, f, 1) if n_valid < f.size else f)
     m.intensity_ratio = reference.ratio(mean, dark_level, exposure)

@@ -139,7 +139,8 @@ class QCPolicy:
         Pixel value counted as saturated (default: the top of an integer
         frame's dtype, or of a narrower camera where the frame reaches it, e.g.
         4095 for a 12-bit camera in ``uint16``: :func:`~.metrics.narrower_top`;
-        65535 for floating-point frames).
+        65535 for floating-point frames, where only pixels at exactly the frame's
+        highest reading count: a clipped camera's plateau, not a sum of exposures).
     exposure_step : float
         Factor by which ``adjust`` changes the exposure time (down for
         saturation, up for noise).
