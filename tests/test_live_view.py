@@ -380,3 +380,30 @@ def test_a_frame_announced_but_not_in_its_file_yet_is_not_waited_for(tmp_path, m
         read(2, 3)
     np.testing.assert_array_equal(read(0, 1)[0], np.ones((8, 8)))
     file.close()
+
+
+def test_a_frame_its_event_calls_a_dark_or_flat_is_titled_so(RE, denoiser, tmp_path):
+    """Darks and flats among the projections (an ``image_key`` per event): a black frame in the view is
+    said to be a dark, not left for the scientist to wonder about. (The run's documents are replayed
+    with one derived row per event, so that every row is drawn.)"""
+    import event_model
+
+    from .keyed_scan import keyed_tomo_scan
+
+    det = detector(tmp_path, "stream")
+    cb = TomoGANCallback(denoiser, inline=True)
+    docs = []
+    cb.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE.subscribe(cb)
+    RE(keyed_tomo_scan(det, det.sample_stage, [0, 20, 40], n_darks=2, n_flats=2))
+    view = LiveDenoisedView(interval=0, use_teleporter=False)
+    titles = {}
+    for name, doc in docs:
+        for one in event_model.unpack_event_page(doc) if name == "event_page" else [doc]:
+            view("event" if name == "event_page" else name, one)
+            if view.shown is not None and view.shown.seq_num not in titles:
+                titles[view.shown.seq_num] = view.figure._suptitle.get_text().split("  ")[1]
+    assert titles == {1: "primary/det_image frame 1 (dark)", 2: "primary/det_image frame 2 (dark)",
+                      3: "primary/det_image frame 3 (flat)", 4: "primary/det_image frame 4 (flat)",
+                      5: "primary/det_image frame 5", 6: "primary/det_image frame 6",
+                      7: "primary/det_image frame 7"}

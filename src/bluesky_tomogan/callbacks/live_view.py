@@ -45,6 +45,7 @@ from bluesky.callbacks.core import make_class_safe
 from bluesky.callbacks.mpl_plotting import QtAwareCallback
 from bluesky.run_engine import DefaultDuringTask
 
+from ..frame_roles import FrameRoles
 from ..handlers import default_handler_registry, fill_datum
 from ..stream_readers import FrameReader, reader_for, remapped
 from .derived_stream import SOURCE, derived_from, exposures_per_event, image_fields
@@ -210,6 +211,7 @@ class ShownFrame:
     flags: str  # comma-separated QC flags
     error: str  # why the frame was not denoised (empty if it was)
     model: str
+    role: str | None = None  # "dark", "flat", "invalid" where the raw event says so (frame_roles); else None
 
 
 @dataclass(frozen=True)
@@ -445,6 +447,8 @@ class LiveDenoisedView(QtAwareCallback):
         self._raw_fields: set[str] = set()
         self._raw_descriptor = ""
         self._raw_keys: dict[str, Any] = {}  # the raw stream's data keys
+        self._raw_roles: dict[str, FrameRoles] = {}  # raw descriptor uid -> what its frames are (frame_roles)
+        self._role_of = _Bounded(4 * self.keep)  # raw seq_num -> "dark", "flat" or "invalid", where an event says
         self._filler: event_model.Filler | None = None  # made at each start: it must see the run's descriptors
         self._unreadable: set[str] = set()  # what could not be read, said once a run
         self._pending: dict[str, Any] | None = None  # the newest row not drawn yet
@@ -476,6 +480,7 @@ class LiveDenoisedView(QtAwareCallback):
             self._raw_fields.update(image_fields(doc) if self._asked_field is None else [self._asked_field])
             self._raw.add(doc["uid"])
             self._raw_descriptor, self._raw_keys = doc["uid"], dict(doc["data_keys"])
+            self._raw_roles[doc["uid"]] = FrameRoles(doc)
         return doc
 
     def stream_resource(self, doc: Any) -> Any:
@@ -519,6 +524,11 @@ class LiveDenoisedView(QtAwareCallback):
 
     def event_page(self, doc: Any) -> Any:
         if doc["descriptor"] in self._raw:
+            roles = self._raw_roles[doc["descriptor"]]
+            if roles.per_event:  # darks and flats among the projections: the title says which a frame is
+                for seq, role in zip(doc["seq_num"], roles.of_page(doc["data"], len(doc["seq_num"])), strict=True):
+                    if role is not None:
+                        self._role_of.put(seq, role)
             for f in self._raw_fields if self.field is None else {self.field}:
                 for seq, value in zip(doc["seq_num"], doc["data"].get(f, ()), strict=False):
                     if isinstance(value, str):  # a legacy datum id: read only if its row is drawn
@@ -567,7 +577,7 @@ class LiveDenoisedView(QtAwareCallback):
         raw = _read_or_none(lambda: self._raw_frame(row["seq_num"], row["exposure"]), "raw frames", self._run,
                             self._unreadable)
         self.shown = ShownFrame(row["seq_num"], raw, None if denoised is None else np.asarray(denoised),
-                                row["flags"], row["error"], row["model"])
+                                row["flags"], row["error"], row["model"], self._role_of.get(row["seq_num"]))
         self._draw(self.shown)
         self._drawn_at = time.monotonic()
         self.frames_shown += 1
@@ -593,7 +603,8 @@ class LiveDenoisedView(QtAwareCallback):
         # one intensity scale for both, the raw frame's: what denoising removed shows
         state = shown.error or (f"QC: {shown.flags}" if shown.flags else "QC: no flags")
         self._panels.draw([shown.raw, shown.denoised], shown.raw if shown.raw is not None else shown.denoised,
-                          f"{self._run}  {self.stream}/{self.field} frame {shown.seq_num}  {shown.model}\n{state}",
+                          f"{self._run}  {self.stream}/{self.field} frame {shown.seq_num}"
+                          f"{f' ({shown.role})' if shown.role else ''}  {shown.model}\n{state}",
                           alarm=bool(shown.error or shown.flags))
 
     @property
