@@ -990,3 +990,25 @@ def test_float_frames_saturate_only_on_a_clipped_plateau_not_above_a_number(rng)
     assert summed.max() > 110000 and saturated(summed) == 0
     assert saturated(clipped) == pytest.approx(0.25)
     assert 0 < saturated(high) < 0.5 and saturated(summed, level=100000) > 0.5  # a level set is a level
+
+
+def test_a_photon_counter_beyond_the_beams_footprint_is_not_dead_but_a_readout_that_fails_is(RE, denoiser, rng):
+    """A fan beam 40 rows tall on a 96-row photon counter: 59 % of its pixels never get a photon. Read as
+    ``dead_pixels`` (a readout failure, a quarter of the frame) every frame was unusable: not denoised, and
+    re-acquisition asked for at every angle. A region dead in the detector's frame before too is where no
+    photon falls; only the first frame of a session has none before it. A readout that zeroes half of
+    the beam (a fifth of the detector) is ``dead_pixels``: half of the pixels that had light are dead
+    now. The frame after it is not."""
+    yy, xx = np.mgrid[:96, :128]
+    clean = 300 * (np.abs(yy - 48) < 20) * np.exp(-1.0 * (((yy - 48) ** 2 + (xx - 64) ** 2) < 15 ** 2))
+    frames = [rng.poisson(clean).astype(np.uint32) for _ in range(7)]
+    frames[4][:, :64] = 0  # half the detector read out as zeros
+    cb = TomoGANCallback(denoiser, feedback=QCFeedback(QCPolicy()))
+    docs = collect(RE, cb)
+    RE(bp.count([scripted_camera(frames)], num=7))
+    dead = column(docs, "cam_qc_dead_fraction")
+    assert dead[0] == pytest.approx(0.59, abs=0.01) and dead[1:4] == [0.0] * 3 and dead[5:] == [0.0] * 2
+    assert column(docs, "cam_qc_flags") == ["dead_pixels", "", "", "", "dead_pixels", "", ""]
+    assert dead[4] == pytest.approx(0.5, abs=0.02)  # half of the pixels that see the beam read out dead
+    RE(bp.count([scripted_camera(frames[1:3])], num=2))  # the next run: the footprint is known
+    assert column(docs, "cam_qc_flags")[7:] == ["", ""]

@@ -60,9 +60,7 @@ from ..handlers import fill_datum
 from ..inference.denoiser import Denoiser, check_frames
 from ..inference.ratios import RatioController, RatioDenoisers, network_name
 from ..qc.feedback import QCFeedback
-from ..qc.metrics import (
-    residual_metrics,
-)
+from ..qc.metrics import DeadBefore, residual_metrics
 from ..qc.policy import QCPolicy
 from ..stream_readers import FrameReader, reader_for, remapped
 from .consumers import Consumers
@@ -150,6 +148,9 @@ class RunOptions:
     known_nan: dict[str, np.ndarray | None] = dataclasses.field(default_factory=dict)
     #: Each field's dark level from the last run's dark frames, for runs without darks of their own.
     dark_levels: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: Where each field's last frame was dead, kept across runs: a region dead frame after frame is where no
+    #: photon falls (a photon counter beyond the beam's footprint), not a readout failure (:class:`~.run_qc.RunQC`).
+    dead_before: dict[str, DeadBefore] = dataclasses.field(default_factory=dict)
 
     @property
     def qc(self) -> QCPolicy:
@@ -224,7 +225,7 @@ class RunDenoiser(PassThroughRun):
         self._stream_readers: dict[str, tuple[str, FrameReader]] = {}  # StreamResource uid -> (key, reader)
         # The frames of the last multi-frame event read (worker thread): its N rows read it once.
         self._last_event: tuple[Any, np.ndarray] | None = None
-        self._qc = RunQC(options.feedback, options.known_nan, options.dark_levels)
+        self._qc = RunQC(options.feedback, options.known_nan, options.dark_levels, options.dead_before)
         # descriptor uid of a dark or flat stream not denoised -> (its role, its images), read for QC alone
         self._sampled: dict[str, tuple[str, list[str]]] = {}
         self._samples: dict[tuple[str, str], int] = {}  # (role, field) -> frames queued for QC

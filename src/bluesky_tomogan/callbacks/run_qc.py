@@ -23,6 +23,7 @@ from event_model.documents import EventPage, RunStart
 from ..frame_roles import DARK, FLAT
 from ..qc.feedback import QCFeedback, Verdict
 from ..qc.metrics import (
+    DeadBefore,
     FrameMetrics,
     IntensityReference,
     frame_metrics,
@@ -71,15 +72,21 @@ class RunQC:
     dark_levels : dict, optional
         Field name -> its camera's dark level as the last run's dark frames gave it, shared with
         the facade's other runs (a run without darks of its own uses it): see :meth:`dark_level`.
+    dead_before : dict, optional
+        Field name -> where its last frame was dead (:class:`~bluesky_tomogan.qc.metrics.DeadBefore`),
+        shared with the facade's other runs: a region dead in the frame before too (a photon counter
+        beyond the beam's footprint) is not ``dead_pixels``; one that died now is.
     """
 
     def __init__(self, feedback: QCFeedback, known_nan: dict[str, np.ndarray | None] | None = None,
-                 dark_levels: dict[str, float] | None = None) -> None:
+                 dark_levels: dict[str, float] | None = None,
+                 dead_before: dict[str, DeadBefore] | None = None) -> None:
         self.feedback = feedback
         # field -> where its last frame was NaN: a NaN pixel that was NaN in the detector's previous frame
         # too (in any stream, in an earlier run) is its mask, not a fault. Shared by the facade's runs.
         self._known_nan = {} if known_nan is None else known_nan
         self._dark_levels = {} if dark_levels is None else dark_levels
+        self._dead_before = {} if dead_before is None else dead_before
         self._dark_means: dict[str, deque[float]] = {}  # field -> means of this run's dark frames
         self._flat_means: dict[str, deque[tuple[float, float | None]]] = {}  # field -> its flats' (mean, exposure)
         self._dark_said: set[str] = set()  # fields whose learnt dark level was logged
@@ -209,7 +216,8 @@ class RunQC:
         item.metrics = m = frame_metrics(frame, state.reference, None, level, dark_level,
                                          known_nan=self._known_nan.get(stream.field),
                                          narrower_camera=self.policy.saturation_level is None,
-                                         exposure=item.exposure_s)
+                                         exposure=item.exposure_s,
+                                         dead_before=self._dead_before.setdefault(stream.field, DeadBefore()))
         self._known_nan[stream.field] = nan if nan is not None and nan.any() else None
         if dark_level and self.policy.dark_level is None and not self._trust_darks(stream, role, m, dark_level):
             m.intensity_ratio = state.reference.ratio(m.mean, 0.0, item.exposure_s)  # judged as without darks
