@@ -78,8 +78,8 @@ DEFAULT_REASONS: Mapping[str, str] = {
                  "useful can be measured until the beam is back and the scan should resume by itself",
     "saturated": "0.1 % clipped pixels already bias the flat-field correction in the brightest region; the "
                  "cure is a shorter exposure, so adjust",
-    "dead_pixels": "a quarter of the pixels at zero is a readout failure or a dropped frame, not the sample; "
-                   "the angle is worth taking again, so reacquire",
+    "dead_pixels": "a quarter of the pixels that had light at zero is a readout failure or a dropped frame, not "
+                   "the sample; the angle is worth taking again, so reacquire",
     "nonfinite": "any NaN/inf pixel breaks reconstruction; reacquire the angle",
     "noisy": "an SNR under 5 is about 25 photons per pixel above the dark level, where even the denoised "
              "frame scores 0.07-0.18 SSIM below what it does at 1000 photons; a longer exposure is the cure, "
