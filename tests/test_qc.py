@@ -1012,3 +1012,18 @@ def test_a_photon_counter_beyond_the_beams_footprint_is_not_dead_but_a_readout_t
     assert dead[4] == pytest.approx(0.5, abs=0.02)  # half of the pixels that see the beam read out dead
     RE(bp.count([scripted_camera(frames[1:3])], num=2))  # the next run: the footprint is known
     assert column(docs, "cam_qc_flags")[7:] == ["", ""]
+
+
+def test_a_dark_frame_does_not_hide_where_the_light_falls():
+    """A photon counter's dark frame is all zeros: the frame after it is compared with the last frame with
+    light, so a scan's first flat after its darks does not read its beam's footprint as dead."""
+    from bluesky_tomogan.qc.metrics import DeadBefore, dead_fraction
+
+    footprint = np.zeros((32, 32), np.uint32)
+    footprint[8:24] = 50
+    broken = footprint.copy()
+    broken[8:24, :16] = 0
+    before = DeadBefore()
+    assert dead_fraction(footprint, before) == 0.5  # a session's first frame: of all pixels
+    assert dead_fraction(np.zeros_like(footprint), before) == 1.0  # a dark (judged without dead_pixels)
+    assert dead_fraction(footprint, before) == 0.0 and dead_fraction(broken, before) == 0.5

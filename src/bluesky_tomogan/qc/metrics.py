@@ -56,8 +56,8 @@ PEAK_MARGIN = 3.5
 SIDEWAYS_HISTORY = 16
 #: A sideways shift up to this many times the median of the recent ones is what rotation does on this scan.
 ROTATION_SPREAD = 3.0
-#: A frame before with fewer pixels alive than this share of the detector (a photon counter's dark frame) says
-#: nothing of where the light falls: :func:`dead_fraction` then counts over all pixels.
+#: A frame with fewer pixels alive than this share of the detector (a photon counter's dark frame) says nothing
+#: of where the light falls: :func:`dead_fraction` keeps the last frame with light to compare with.
 LIVE_FLOOR = 0.01
 
 
@@ -352,31 +352,32 @@ def dead_pixels(frame: np.ndarray) -> np.ndarray:
 
 
 class DeadBefore:
-    """Where a detector's last frame was dead (:func:`dead_pixels`), for :func:`dead_fraction`: a region dead
-    in the frame before too is where no photon falls (a photon counter beyond the beam's footprint, outside
-    an aperture, a dead module), not a readout that failed now. One per image field, kept across runs."""
+    """Where a detector's last frame with light was dead (:func:`dead_pixels`), for :func:`dead_fraction`: a
+    region dead in that frame too is where no photon falls (a photon counter beyond the beam's footprint,
+    outside an aperture, a dead module), not a readout that failed now. One per image field, kept across
+    runs."""
 
     def __init__(self) -> None:
         self.mask: np.ndarray | None = None
 
 
 def dead_fraction(frame: np.ndarray, before: DeadBefore | None = None) -> float:
-    """Fraction of the pixels that had light in the frame before (``before``, which then holds this frame's
-    dead pixels) that are dead now (:func:`dead_pixels`): a readout that zeroes half of a fan beam is half dead,
-    however little of the detector the beam covers. Without a frame before (of this shape), or after one with
-    hardly any pixel alive (under :data:`LIVE_FLOOR`: a photon counter's dark frame), of all pixels."""
+    """Fraction of the pixels that had light in the detector's last frame with light (``before``, which then
+    holds this frame's dead pixels, unless it has hardly any light: under :data:`LIVE_FLOOR` of its pixels
+    alive, a photon counter's dark frame) that are dead now (:func:`dead_pixels`): a readout that zeroes half of
+    a fan beam is half dead, however little of the detector the beam covers. Without such a frame before (of
+    this shape), of all pixels."""
     frame = np.asarray(frame)
     if frame.size == 0:
         return math.nan
     dead = dead_pixels(frame)
     known = before.mask if before is not None else None
-    if before is not None:
+    if before is not None and dead.size - np.count_nonzero(dead) >= LIVE_FLOOR * dead.size:
         before.mask = dead
-    live = None if known is None or known.shape != dead.shape else ~known
-    n_live = 0 if live is None else int(np.count_nonzero(live))
-    if live is None or n_live < LIVE_FLOOR * dead.size:
+    if known is None or known.shape != dead.shape:
         return float(np.count_nonzero(dead)) / dead.size
-    return float(np.count_nonzero(dead & live)) / n_live
+    live = ~known
+    return float(np.count_nonzero(dead & live)) / max(int(np.count_nonzero(live)), 1)
 
 
 def narrower_top(values: np.ndarray, dtype: np.dtype) -> float | None:
