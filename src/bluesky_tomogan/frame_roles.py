@@ -31,12 +31,14 @@ import numpy as np
 
 from .nexus import IMAGE_KEY
 
-__all__ = ["DARK", "FLAT", "INVALID", "ROLE_KEY_ENDINGS", "SCAN_ROLE_NAMES", "FrameRoles", "RoleKey",
+__all__ = ["DARK", "FLAT", "FRAME_ROLES", "INVALID", "ROLE_KEY_ENDINGS", "SCAN_ROLE_NAMES", "FrameRoles", "RoleKey",
            "find_role_key", "role_of_text", "scan_role"]
 
 log = logging.getLogger(__name__)
 
 DARK, FLAT, INVALID = "dark", "flat", "invalid"
+#: The roles a frame can have (``None``: a projection).
+FRAME_ROLES: tuple[str | None, ...] = (None, DARK, FLAT, INVALID)
 
 #: What tomography plans name their dark- and flat-field streams (``tomo_scan``: ``dark``, ``flat``), by role.
 SCAN_ROLE_NAMES: dict[str, frozenset[str]] = {

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from ..frame_roles import DARK, FLAT, INVALID, SCAN_ROLE_NAMES, scan_role
+from ..frame_roles import FRAME_ROLES, SCAN_ROLE_NAMES, scan_role
 from ..frames import has_channel_axis, looks_like_colour, without_channel_axis
 from ..qc.metrics import SIDEWAYS_HISTORY, UNITS, FrameMetrics, IntensityReference, PreviousResidual
 from ..qc.policy import Action
 
-__all__ = ["DerivedStream", "Dropped", "FRAME_ROLES", "RoleState", "FrameResult", "QueuedFrame", "declared_shape",
+__all__ = ["DerivedStream", "Dropped", "RoleState", "FrameResult", "QueuedFrame", "declared_shape",
            "derived_data_keys",
            "derived_from", "derived_name", "exposure_time", "made_by_us", "scan_role", "SCAN_ROLE_NAMES",
            "exposures_per_event", "frame_shape", "image_fields", "row_columns", "unsupported_image_fields",
@@ -91,10 +91,6 @@ def unsupported_image_fields(descriptor: Mapping[str, Any]) -> dict[str, str]:
         elif len(shape) > 3:
             out[key] = f"shape {shape} has more than three dimensions"
     return out
-
-
-#: The roles a frame can have (:mod:`bluesky_tomogan.frame_roles`; ``None``: a projection).
-FRAME_ROLES: tuple[str | None, ...] = (None, DARK, FLAT, INVALID)
 
 
 @dataclass

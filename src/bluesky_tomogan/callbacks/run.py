@@ -54,7 +54,7 @@ import numpy as np
 from event_model.documents import EventDescriptor, EventPage, RunStart, RunStop
 
 from ..errors import InputValueError, OutputPathError, TomoGANError
-from ..frame_roles import DARK, FLAT, INVALID, FrameRoles
+from ..frame_roles import DARK, FLAT, FRAME_ROLES, INVALID, FrameRoles
 from ..frames import cast_frames, centred, context_indices
 from ..handlers import fill_datum
 from ..inference.denoiser import Denoiser, check_frames
@@ -65,7 +65,6 @@ from ..qc.policy import QCPolicy
 from ..stream_readers import FrameReader, reader_for, remapped
 from .consumers import Consumers
 from .derived_stream import (
-    FRAME_ROLES,
     DerivedStream,
     Dropped,
     FrameResult,
