@@ -57,7 +57,7 @@ def test_noise_sigma_of_gaussian_noise_on_a_ramp(rng):
 
 def test_snr_saturation_dead_and_nonfinite_fractions(rng):
     frame = rng.poisson(400, (100, 100)).astype(np.uint16)
-    frame.flat[:100] = 65535  # 1 % saturated
+    frame[:10, 50:60] = 65535  # 1 % saturated, in a patch as light saturates (not a lone stuck row: below)
     frame[10:30, 10:20] = 0  # 2 % dead, in a block as a failed readout leaves them
     m = frame_metrics(frame, IntensityReference(), None, 65535)
     assert m.saturated_fraction == pytest.approx(0.01) and m.dead_fraction == pytest.approx(0.02)
@@ -1027,3 +1027,24 @@ def test_a_dark_frame_does_not_hide_where_the_light_falls():
     assert dead_fraction(footprint, before) == 0.5  # a session's first frame: of all pixels
     assert dead_fraction(np.zeros_like(footprint), before) == 1.0  # a dark (judged without dead_pixels)
     assert dead_fraction(footprint, before) == 0.0 and dead_fraction(broken, before) == 0.5
+
+
+def test_a_stuck_column_or_row_is_a_defect_not_too_much_light(rng):
+    """A CCD column (or a CMOS row) stuck at the top reads it from edge to edge, one pixel wide: 0.2 % of a
+    512-pixel-wide frame, over the ``saturated`` threshold, so every frame asked for a shorter exposure.
+    Light saturates areas: a band of the open beam still counts, and so do two stuck lines side by side."""
+    ref = IntensityReference()
+    level = QCPolicy().saturation_for(np.uint16)
+
+    def saturated(f):
+        return frame_metrics(f, ref, None, level, narrower_camera=True).saturated_fraction
+
+    frame = rng.poisson(2000, (512, 512)).astype(np.uint16)
+    column, row, band = frame.copy(), frame.copy(), frame.copy()
+    column[:, 100] = 65535
+    row[300] = 65535
+    band[:, :8] = 65535
+    assert saturated(frame) == saturated(column) == saturated(row) == 0
+    assert saturated(band) == pytest.approx(8 / 512)
+    column[:, 101] = 65535
+    assert saturated(column) == pytest.approx(2 / 512)

@@ -310,19 +310,45 @@ def signal_to_noise(mean: float, noise: float, dark_level: float = 0.0) -> float
 
 
 def beside_another(mask: np.ndarray) -> np.ndarray:
-    """The pixels of a 2-D ``mask`` with another of its pixels directly above, below, left or right of them.
+    """The pixels of a 2-D ``mask`` with another of its pixels directly above, below, left or right of them,
+    leaving out a whole row or column of the detector in the mask alone (neither line beside it is).
 
     Too much light saturates areas (the open beam, a bright edge), and a row or a column of pixels at
     the least; a hot pixel stuck at the camera's top value, or a zinger, is one pixel alone (or two).
     Counting only these keeps a detector's hot pixels (0.5 % is not rare on an old camera) from
-    raising ``saturated`` on every frame, whose ``adjust`` would shorten the exposure for nothing.
+    raising ``saturated`` on every frame, whose ``adjust`` would shorten the exposure for nothing. A
+    CCD's stuck column (or a CMOS's row) is at the top from one edge of the detector to the other, one
+    pixel wide, which no light gives (0.2 % of a 512-pixel-wide frame: over the ``saturated`` threshold).
     """
+    mask = _without_lone_lines(mask)
     near = np.zeros_like(mask)
     near[1:] |= mask[:-1]
     near[:-1] |= mask[1:]
     near[:, 1:] |= mask[:, :-1]
     near[:, :-1] |= mask[:, 1:]
     return mask & near
+
+
+def _without_lone_lines(mask: np.ndarray) -> np.ndarray:
+    """``mask`` without its whole rows and columns that lie alone (the lines beside them are not whole)."""
+    if mask.ndim != 2 or min(mask.shape) < 3:
+        return mask
+    out = mask
+    for axis in (0, 1):
+        whole = np.asarray(mask.all(axis=axis))  # axis 0: whole columns
+        if not whole.any():
+            continue
+        beside = np.zeros_like(whole)
+        beside[1:] |= whole[:-1]
+        beside[:-1] |= whole[1:]
+        lone = whole & ~beside
+        if lone.any():
+            out = out.copy() if out is mask else out
+            if axis == 0:
+                out[:, lone] = False
+            else:
+                out[lone, :] = False
+    return out
 
 
 def dead_pixels(frame: np.ndarray) -> np.ndarray:
