@@ -70,6 +70,7 @@ def test_an_events_field_outranks_the_streams_name_which_outranks_the_configurat
     assert keyed.per_event and keyed.default == "dark"
     assert keyed.of_page({"image_key": [0, 1, 2]}, 3) == [None, "flat", "dark"]
     assert keyed.of_page({}, 2) == ["dark", "dark"]  # an event page without the field: the stream's role
+    assert keyed.of_page({"image_key": [0]}, 2) == ["dark", "dark"]  # a malformed page: the same
     # a signal read with every event reports its first value in the configuration too: that says nothing
     assert FrameRoles(descriptor("primary", {"image_key": {"dtype": "integer", "shape": []}}, config)).default is None
     # a run of darks only (a plan taking darks, flats and projections as separate runs): its configuration says

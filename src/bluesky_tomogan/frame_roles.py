@@ -163,7 +163,7 @@ class FrameRoles:
         #: The role of a frame whose event does not say: by the stream's name, else, in a stream without such a
         #: field, by its configuration (a signal read with every event reports its first value there too).
         self.default = named if named is not None or self.key is not None else _configured_role(descriptor)
-        self.unknown: list[str] = []  # values that said nothing known (for a note; the frames count as default)
+        self.unknown: list[str] = []  # values that said nothing known, the first five (logged; those frames: default)
 
     @property
     def per_event(self) -> bool:
@@ -174,6 +174,10 @@ class FrameRoles:
         """The role of each of the ``n`` events of an event page's ``data``."""
         column = data.get(self.key.name) if self.key is not None else None
         if column is None:
+            return [self.default] * n
+        if len(column) != n:  # a malformed page: its frames count as the stream's
+            log.warning("stream %r: an event page of %d events holds %d values of %s; its frames count as %s",
+                        self.stream, n, len(column), self.key.name if self.key else "", self.default or "projections")
             return [self.default] * n
         return [self.of_value(v) for v in column]
 
