@@ -211,13 +211,13 @@ class RunQC:
         except (TypeError, ValueError):  # not a number dtype: check_frames flags it
             return []
         role, state = item.role, stream.of(item.role)  # "dark", "flat" or None (projections): frame_roles
+        dead_before = self._dead_before.setdefault(stream.field, DeadBefore())
         nan = np.isnan(frame) if frame.dtype.kind == "f" and frame.ndim == 2 else None
         dark_level = 0.0 if role == DARK else self.dark_level(stream.field)
         item.metrics = m = frame_metrics(frame, state.reference, None, level, dark_level,
                                          known_nan=self._known_nan.get(stream.field),
                                          narrower_camera=self.policy.saturation_level is None,
-                                         exposure=item.exposure_s,
-                                         dead_before=self._dead_before.setdefault(stream.field, DeadBefore()))
+                                         exposure=item.exposure_s, dead_before=dead_before)
         self._known_nan[stream.field] = nan if nan is not None and nan.any() else None
         if dark_level and self.policy.dark_level is None and not self._trust_darks(stream, role, m, dark_level):
             m.intensity_ratio = state.reference.ratio(m.mean, 0.0, item.exposure_s)  # judged as without darks
@@ -227,7 +227,10 @@ class RunQC:
             share = self.open_beam_share(stream.field, m.mean, item.exposure_s, dark_level)
             if share < OPEN_BEAM_FLOOR:  # (NaN compares False)
                 m.intensity_ratio = min(m.intensity_ratio, share)
-        unusable = sorted(UNUSABLE & self.evaluate(m, dark=role == DARK).keys())
+        flags = self.evaluate(m, dark=role == DARK)
+        unusable = sorted(UNUSABLE & flags.keys())
+        if "dead_pixels" not in flags or dead_before.mask is None:  # a failed readout is not where light falls
+            dead_before.accept()
         mean = item.metrics.mean
         if not unusable and frame.shape == stream.shape and math.isfinite(mean):  # a NaN would poison the median
             state.reference.add(mean, item.exposure_s)

@@ -381,25 +381,32 @@ class DeadBefore:
     """Where a detector's last frame with light was dead (:func:`dead_pixels`), for :func:`dead_fraction`: a
     region dead in that frame too is where no photon falls (a photon counter beyond the beam's footprint,
     outside an aperture, a dead module), not a readout that failed now. One per image field, kept across
-    runs."""
+    runs. :func:`dead_fraction` leaves each frame's map ``pending``; the caller :meth:`accept` s it unless
+    the frame was judged a readout failure, so that a failure that repeats is flagged again."""
 
     def __init__(self) -> None:
         self.mask: np.ndarray | None = None
+        self.pending: np.ndarray | None = None
+
+    def accept(self) -> None:
+        """Take the last frame's map (if it had light) as the one the next frame is compared with."""
+        if self.pending is not None:
+            self.mask, self.pending = self.pending, None
 
 
 def dead_fraction(frame: np.ndarray, before: DeadBefore | None = None) -> float:
-    """Fraction of the pixels that had light in the detector's last frame with light (``before``, which then
-    holds this frame's dead pixels, unless it has hardly any light: under :data:`LIVE_FLOOR` of its pixels
-    alive, a photon counter's dark frame) that are dead now (:func:`dead_pixels`): a readout that zeroes half of
-    a fan beam is half dead, however little of the detector the beam covers. Without such a frame before (of
-    this shape), of all pixels."""
+    """Fraction of the pixels that had light in the detector's last frame with light (``before``; this frame's
+    dead pixels are left ``pending`` there, unless it has hardly any light: under :data:`LIVE_FLOOR` of its
+    pixels alive, a photon counter's dark frame) that are dead now (:func:`dead_pixels`): a readout that zeroes
+    half of a fan beam is half dead, however little of the detector the beam covers. Without such a frame
+    before (of this shape), of all pixels."""
     frame = np.asarray(frame)
     if frame.size == 0:
         return math.nan
     dead = dead_pixels(frame)
     known = before.mask if before is not None else None
-    if before is not None and dead.size - np.count_nonzero(dead) >= LIVE_FLOOR * dead.size:
-        before.mask = dead
+    if before is not None:
+        before.pending = dead if dead.size - np.count_nonzero(dead) >= LIVE_FLOOR * dead.size else None
     if known is None or known.shape != dead.shape:
         return float(np.count_nonzero(dead)) / dead.size
     live = ~known
