@@ -88,7 +88,7 @@ class RunQC:
         self._dark_levels = {} if dark_levels is None else dark_levels
         self._dead_before = {} if dead_before is None else dead_before
         self._dark_means: dict[str, deque[float]] = {}  # field -> means of this run's dark frames
-        self._flat_means: dict[str, deque[tuple[float, float | None]]] = {}  # field -> its flats' (mean, exposure)
+        self._flats: dict[str, IntensityReference] = {}  # field -> this run's flats (the open beam), per second
         self._dark_said: set[str] = set()  # fields whose learnt dark level was logged
         self._dark_doubted: set[tuple[str, str]] = set()  # (raw stream, field) whose darks were not trusted
         self.uid = ""
@@ -177,16 +177,13 @@ class RunQC:
 
     def _take_flat(self, field: str, mean: float, exposure: float | None) -> None:
         if math.isfinite(mean):
-            self._flat_means.setdefault(field, deque(maxlen=SCAN_FRAMES_KEPT)).append((mean, exposure))
+            self._flats.setdefault(field, IntensityReference(SCAN_FRAMES_KEPT)).add(mean, exposure)
 
     def open_beam_share(self, field: str, mean: float, exposure: float | None, dark: float) -> float:
         """A frame's intensity above ``dark`` per second of ``exposure``, over the median of this run's flats'
-        (NaN without flats or where they stand no higher than ``dark``)."""
-        flats = self._flat_means.get(field)
-        if not flats:
-            return math.nan
-        beam = float(np.median([(m - dark) / (t or 1.0) for m, t in flats]))
-        return (mean - dark) / (exposure or 1.0) / beam if beam > 0 else math.nan
+        (:meth:`IntensityReference.ratio`: 1.0 where they stand no higher than ``dark``; NaN without flats)."""
+        flats = self._flats.get(field)
+        return flats.ratio(mean, dark, exposure) if flats is not None else math.nan
 
     def _take_dark(self, field: str, mean: float) -> None:
         if not math.isfinite(mean):
