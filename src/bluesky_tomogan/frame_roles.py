@@ -163,7 +163,7 @@ class FrameRoles:
         #: The role of a frame whose event does not say: by the stream's name, else, in a stream without such a
         #: field, by its configuration (a signal read with every event reports its first value there too).
         self.default = named if named is not None or self.key is not None else _configured_role(descriptor)
-        self.unknown: list[str] = []  # values that said nothing known, the first five (logged; those frames: default)
+        self._warned = 0  # values that said nothing known, logged (the first five; those frames count as default)
 
     @property
     def per_event(self) -> bool:
@@ -187,8 +187,8 @@ class FrameRoles:
         try:
             return self.key.role_of(value)
         except (ValueError, TypeError) as exc:
-            if len(self.unknown) < 5:
-                self.unknown.append(str(exc))
+            if self._warned < 5:
+                self._warned += 1
                 log.warning("stream %r: %s; the frame counts as %s", self.stream, exc, self.default or "a projection")
             return self.default
 

@@ -147,7 +147,7 @@ class RunOptions:
     known_nan: dict[str, np.ndarray | None] = dataclasses.field(default_factory=dict)
     #: Each field's dark level from the last run's dark frames, for runs without darks of their own.
     dark_levels: dict[str, float] = dataclasses.field(default_factory=dict)
-    #: Where each field's last frame was dead, kept across runs: a region dead frame after frame is where no
+    #: Where each field's last frame with light was dead, kept across runs: a region dead frame after frame is where no
     #: photon falls (a photon counter beyond the beam's footprint), not a readout failure (:class:`~.run_qc.RunQC`).
     dead_before: dict[str, DeadBefore] = dataclasses.field(default_factory=dict)
 

@@ -73,9 +73,10 @@ class RunQC:
         Field name -> its camera's dark level as the last run's dark frames gave it, shared with
         the facade's other runs (a run without darks of its own uses it): see :meth:`dark_level`.
     dead_before : dict, optional
-        Field name -> where its last frame was dead (:class:`~bluesky_tomogan.qc.metrics.DeadBefore`),
-        shared with the facade's other runs: a region dead in the frame before too (a photon counter
-        beyond the beam's footprint) is not ``dead_pixels``; one that died now is.
+        Field name -> where its last frame with light was dead (:class:`~bluesky_tomogan.qc.metrics.DeadBefore`;
+        a frame flagged ``dead_pixels`` does not replace it), shared with the facade's other runs: a region
+        dead there too (a photon counter beyond the beam's footprint) is not ``dead_pixels``; one that died
+        now is.
     """
 
     def __init__(self, feedback: QCFeedback, known_nan: dict[str, np.ndarray | None] | None = None,

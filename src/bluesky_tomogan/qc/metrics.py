@@ -257,8 +257,9 @@ def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np
     frame (whose type has no top) saturates then only on a plateau at exactly its highest reading,
     from the level up: summed or scaled frames pass 65535 without saturating.
     ``exposure``: the frame's exposure time (s), where known: the intensity ratio is per unit of it.
-    ``dead_before``: where the detector's frame before was dead; regions dead there too do not count in
-    ``dead_fraction`` (:class:`DeadBefore`, which then holds this frame's).
+    ``dead_before``: where the detector's last frame with light was dead; regions dead there too do not
+    count in ``dead_fraction`` (:class:`DeadBefore`: this frame's map is left pending, for the caller to
+    accept).
     """
     f = np.asarray(frame)
     m = FrameMetrics()
