@@ -29,6 +29,7 @@ from bluesky_tomogan.reconstruction import (
 from bluesky_tomogan.simulate.tomography import angles_deg, fbp
 from bluesky_tomogan.storage import derived_streams, frames_directory
 
+from .fly_scan import ANGLE_KEY, as_fly_scan
 from .keyed_scan import keyed_tomo_scan
 
 pytest.importorskip("algotom", reason="live reconstruction needs algotom (a core dependency)")
@@ -317,6 +318,46 @@ def test_three_exposures_per_angle_are_denoised_one_by_one_and_reconstructed(RE,
     assert bool(run["reconstruction"]["final"].read()[-1]) and np.isfinite(slices).all()
     clean = fbp(det.sample.sinogram(32, angles), angles)
     assert ssim(clean, slices[-2]) > 0.5, ssim(clean, slices[-2])
+
+
+def test_a_fly_scan_whose_angles_are_written_to_a_file_is_reconstructed_as_the_same_scan_stepped(RE, tmp_path):
+    """A fly scan as ophyd-async records one (tests/fly_scan.py: each projection's angle a PandA's encoder
+    capture, written to an HDF5 file and announced by StreamDatum like the frames; no event in the projections'
+    stream, no ``motors`` in the start document): ``TomoReconstruction(angle_field=...)`` reads the angles from
+    their file (on its worker thread) and makes the same slices as of the same frames stepped, with their angles
+    in events, updates during the scan included. Naming no field, or one that never comes, is said in a note."""
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(64, 64), directory=frames_directory(tmp_path / "store"),
+                          simulate_timing=False, seed=7)
+    det.photon_flux.put(5e4)
+    raw = []
+    RE.subscribe(lambda name, doc: raw.append((name, doc)))
+    RE(tomo_scan(det, stage, list(angles_deg(60)), n_darks=3, n_flats=3))
+    fly = as_fly_scan(raw, tmp_path)
+
+    def reconstruct(docs, **options):
+        cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="onnxruntime"), streams=["primary", "flat"])
+        rec = TomoReconstruction(load_denoiser("tomogan-slice", backend="onnxruntime"), **options)
+        out = []
+        cb.subscribe(rec)
+        rec.subscribe(lambda name, doc: out.append((name, doc)))
+        for name, doc in docs:
+            cb(name, doc)
+        assert rec.wait(timeout=60)
+        pages = [d["data"] for n, d in out if n == "event_page" and "row" in d["data"]]
+        assert not options.get("every") or any(not p["final"][0] for p in pages)  # updates during the scan too
+        return rec, pages[-1] if pages else None
+
+    stepped_rec, stepped = reconstruct(raw)
+    fly_rec, flown = reconstruct(fly, angle_field=ANGLE_KEY, every=20)
+    assert stepped_rec.errors == fly_rec.errors == []
+    assert flown["final"][0] and flown["projections"][0] == stepped["projections"][0] == 60
+    assert flown["center"] + flown["stripe_metric"] == pytest.approx(stepped["center"] + stepped["stripe_metric"],
+                                                                     rel=1e-5)
+    rec, page = reconstruct(fly)
+    assert page is None and any("angle_field" in e and "not a tomography scan" in e for e in rec.errors)
+    rec, page = reconstruct(fly, angle_field="stage_theta")
+    assert page is None and any("no projection came with its angle 'stage_theta'" in e for e in rec.errors)
 
 
 def test_a_scan_without_rotation_axis_is_noted_and_left_alone(RE, tmp_path):

@@ -15,6 +15,8 @@ from bluesky_tomogan.plans import tomo_scan
 from bluesky_tomogan.reprocess import REPROCESSED_FROM, ReprocessError, as_new_run, reprocess, stored_documents
 from bluesky_tomogan.storage import close_local_tiled, derived_streams, frames_directory, local_tiled, server_of
 
+from .fly_scan import ANGLE_KEY, as_fly_scan
+
 
 def scan(RE, client, directory):
     """A short scan stored in ``client`` without the callback, raw frames under ``directory``; its uid."""
@@ -265,6 +267,35 @@ def test_a_store_whose_catalog_cannot_be_pointed_elsewhere_is_said_so_not_a_cras
     sqlite3.connect(catalog).close()  # a catalog of another schema: no assets table
     _follow_a_moved_store(tmp_path / "store")
     assert "could not point the catalog" in caplog.text and "no such table: assets" in caplog.text
+
+
+def test_a_stored_fly_scan_is_denoised_and_reconstructed_with_its_angles_from_their_file(RE, store, tmp_path,
+                                                                                         capsys):
+    """A fly scan (tests/fly_scan.py: frames and angles only in files, announced by StreamDatum; no event in
+    ``primary``) stored by TiledWriter: every frame is denoised into a new run and the slices reconstructed
+    with the angles read from their file (``--angle-field``). Before, such a run was refused as holding no
+    events."""
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(40, 48), directory=frames_directory(tmp_path / "store"),
+                          simulate_timing=False)
+    raw = []
+    token = RE.subscribe(lambda name, doc: raw.append((name, doc)))
+    RE(tomo_scan(det, stage, angles=range(0, 180, 15), n_darks=2, n_flats=2))
+    RE.unsubscribe(token)
+    writer = TiledWriter(store)
+    for name, doc in as_fly_scan(raw, tmp_path):
+        writer(name, doc)
+    uid = raw[0][1]["uid"]
+    assert main(["reprocess", server_of(store).uri, "--uid", uid, "--backend", "onnxruntime", "--into", "new",
+                 "--reconstruct", "--angle-field", ANGLE_KEY]) == 0
+    new_uid = capsys.readouterr().out.split("into the new run ")[1].split()[0]
+    with pytest.raises(ReprocessError, match="is for the slices of a reconstruction"):
+        reprocess(store, uid, load_denoiser(backend="onnxruntime"), into="new", angle_field=ANGLE_KEY)
+    new = store[new_uid]
+    assert list(new["denoised"]["det_image_qc_error"].read()) == [""] * 12
+    assert np.asarray(new["denoised"]["det_image_denoised"].read()).shape == (12, 40, 48)
+    assert int(new["reconstruction"]["projections"].read()[-1]) == 12
+    assert list(new["reconstruction"]["note"].read()) == [""] * 3
 
 
 def test_a_run_stored_without_a_frame_is_refused_not_replayed_into_an_empty_one(store, denoiser):

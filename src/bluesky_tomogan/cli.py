@@ -19,6 +19,8 @@ from .inference.self_ensemble import SELF_ENSEMBLE_SIZES
 __all__ = ["main", "build_parser", "version_report", "REPORTED_PACKAGES"]
 
 log = logging.getLogger("bluesky_tomogan.cli")
+ANGLE_FIELD_HELP = ("with --reconstruct: the data key of each projection's angle, where it is not the start document's "
+                    "first 'motors' entry (a fly scan's encoder capture, such as panda-inenc-1-val)")
 
 
 #: The packages whose versions decide what a run does, by what they do: ``--version`` prints them,
@@ -322,7 +324,7 @@ def _cmd_reprocess(args: argparse.Namespace) -> int:
             written, _ = reprocess(client, args.uid, den, into=args.into, streams=args.streams or SCAN_STREAMS,
                                    fields=args.fields, directory=args.directory, root_map=dict(args.root_map),
                                    reconstruct=slices, progress=progress, frame_dtype=args.frame_dtype,
-                                   compression=args.compression)
+                                   compression=args.compression, angle_field=args.angle_field)
         if args.into == "run":
             added = sorted(set(client[written]) - before)
             print(f"run {args.uid} denoised with {den!r}; streams added to it: {added}")
@@ -443,7 +445,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                      warm_up=tuple(args.warm_up) if args.warm_up else None,
                      abandon_after=args.abandon_after or None, root_map=dict(args.root_map),
                      slice_model=args.slice_model, slice_self_ensemble=args.slice_self_ensemble,
-                     frame_dtype=args.frame_dtype, compression=args.compression)
+                     frame_dtype=args.frame_dtype, compression=args.compression, angle_field=args.angle_field)
     except (ServeError, ValueError) as exc:
         log.error("%s", exc)
         print(f"bluesky-tomogan serve: error: {exc}", file=sys.stderr)
@@ -573,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--slice-model", default="tomogan-slice",
                    help="with --reconstruct: the slice model (default tomogan-slice; or one fine-tuned on a scan "
                         "of the sample, bluesky-tomogan finetune)")
+    s.add_argument("--angle-field", metavar="KEY", help=ANGLE_FIELD_HELP)
     s.add_argument("--slice-self-ensemble", type=int, choices=SELF_ENSEMBLE_SIZES, default=1, metavar="N",
                    help="with --reconstruct: denoise each slice as the mean of the slice model on N turned copies "
                         "(1, 2, 4 or 8; N times three slices' cost; docs/models.md, 'Self-ensemble')")
@@ -803,6 +806,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also reconstruct and denoise three slices, as TomoReconstruction does live")
     s.add_argument("--slice-model", default="tomogan-slice",
                    help="with --reconstruct: the slice model (default tomogan-slice; or one fine-tuned on the scan)")
+    s.add_argument("--angle-field", metavar="KEY", help=ANGLE_FIELD_HELP)
     s.set_defaults(func=_cmd_reprocess)
 
     s = sub.add_parser("finetune", help="fine-tune a shipped model on your own noisy scan, no clean data "

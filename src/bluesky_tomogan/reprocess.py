@@ -195,10 +195,12 @@ def read_run(client: Any, uid: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _has_events(documents: Documents, streams: Sequence[str] | None) -> bool:
-    """Whether any event (or page of events) of ``streams`` (``None``: any stream) is among ``documents``."""
+    """Whether any event (or page of events) of ``streams`` (``None``: any stream) is among ``documents``, or
+    a StreamDatum of theirs (a fly scan's stream may have nothing else)."""
     descriptors = {d["uid"] for n, d in documents
                    if n == "descriptor" and (streams is None or d.get("name") in streams)}
-    return any(n in ("event", "event_page") and d.get("descriptor") in descriptors for n, d in documents)
+    return any(n in ("event", "event_page", "stream_datum") and d.get("descriptor") in descriptors
+               for n, d in documents)
 
 
 def replay(documents: list[tuple[str, dict[str, Any]]], callback: Callable[[str, Any], Any], *,
@@ -227,7 +229,7 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
               streams: Sequence[str] | None = SCAN_STREAMS, fields: list[str] | None = None, directory: Any = None,
               root_map: Mapping[str, str] | None = None, reconstruct: Any = None,
               progress: Callable[[int, int], Any] | None = None, frame_dtype: str = "float32",
-              compression: str | None = None) -> tuple[str, Any]:
+              compression: str | None = None, angle_field: str | None = None) -> tuple[str, Any]:
     """Denoise the stored run ``uid`` with ``denoiser``, into that run or a new one of the same catalog.
 
     Parameters
@@ -255,6 +257,9 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
         Also reconstruct three slices and denoise them with this slice model (``load_denoiser(
         "tomogan-slice")``) into a ``reconstruction`` stream, as
         :class:`~bluesky_tomogan.TomoReconstruction` does live.
+    angle_field : str, optional
+        With ``reconstruct``: the data key of each projection's angle, where it is not the start
+        document's first ``motors`` entry (a fly scan's encoder capture).
     progress : callable, optional
         Called with the number of documents replayed and their total, after each.
     frame_dtype, compression : str, optional
@@ -277,6 +282,9 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
 
     if into not in ("run", "new"):
         raise ReprocessError(f"into must be 'run' (the stored run) or 'new' (a new run), got {into!r}")
+    if angle_field is not None and reconstruct is None:
+        raise ReprocessError(f"an angle field ({angle_field}) is for the slices of a reconstruction (reconstruct=, "
+                             "--reconstruct)")
     documents = read_run(client, uid)
     no_stop = documents[-1][1].get("exit_status") == "fail" and _NO_STOP in documents[-1][1]["reason"]
     if into == "run" and no_stop:
@@ -311,7 +319,7 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
         from .callbacks import TomoReconstruction
 
         outlet = TomoReconstruction(reconstruct, directory=directory, root_map=root_map, timeout=OFFLINE_TIMEOUT_S,
-                                    background=False)
+                                    background=False, angle_field=angle_field)
         callback.subscribe(_WithoutStoredDerived(outlet, documents))
         outlet.subscribe(writer, storage=True)
     else:

@@ -9,8 +9,8 @@ Subscribe it downstream of :class:`~bluesky_tomogan.callbacks.TomoGANCallback`
     rec.subscribe(TiledWriter(client))
     RE.subscribe(cb)
 
-For a run with a rotation axis (the start document's first ``motors`` entry)
-it collects a few sinogram rows (default: the centre and the quarters, each
+For a run with a rotation axis (the start document's first ``motors`` entry, or
+the field ``angle_field`` names) it collects a few sinogram rows (default: the centre and the quarters, each
 with its neighbours as the slice model's context) from the ``denoised``
 frames (or the raw ones), flat/dark-corrects them with the run's ``flat`` and
 ``dark`` streams (denoised flats when the callback made them: the flat's
@@ -19,7 +19,9 @@ finds the rotation centre and reconstructs with algotom
 (:mod:`bluesky_tomogan.reconstruction`), denoises each slice with the slice
 model, and emits a ``reconstruction`` stream in the same run, before its stop:
 every ``every`` projections while the scan runs (on a worker thread, emitted
-at the next document), and once more at the end. Slices are written to HDF5
+at the next document), and once more at the end. Each projection's angle comes
+in its event (a step scan) or, in a fly scan, from the file it was written to
+(``STREAM:``: a PandA's or the detector's HDF5 dataset, read on the worker thread). Slices are written to HDF5
 and announced by StreamResource/StreamDatum, like the denoised frames.
 
 The final reconstruction does not hold the RunEngine: the stop returns at
@@ -109,6 +111,11 @@ class TomoReconstruction(RunRouterFacade):
         Which projections: the ``denoised`` stream (default) or the raw ``primary`` frames.
     center : float, optional
         Rotation centre in pixels (default: found with algotom's ``find_center_vo``).
+    angle_field : str, optional
+        The data key of each projection's rotation angle in degrees (default: the start document's
+        first ``motors`` entry, as bluesky's step plans and ``tomo_scan`` write it). A fly scan's
+        angles are often another device's reading (a PandA's encoder capture, ``panda-inenc-1-val``),
+        which may come in events or be written to a file beside the frames (``STREAM:``).
     remove_stripes : bool
         Remove stripes (algotom's sorting-based filter) before back-projecting.
     every : int
@@ -128,7 +135,7 @@ class TomoReconstruction(RunRouterFacade):
 
     def __init__(self, slice_denoiser: Denoiser | None = None, *, rows: Sequence[int] | None = None,
                  source: Literal["denoised", "raw"] = "denoised", center: float | None = None,
-                 remove_stripes: bool = True, every: int = 0,
+                 angle_field: str | None = None, remove_stripes: bool = True, every: int = 0,
                  directory: str | os.PathLike[str] | None = None, timeout: float = 120.0,
                  background: bool = True, root_map: Mapping[str, str] | None = None) -> None:
         if source not in ("denoised", "raw"):
@@ -146,6 +153,9 @@ class TomoReconstruction(RunRouterFacade):
         self.rows = None if rows is None else [int(r) for r in rows]
         self.source = source
         self.center = None if center is None else float(center)
+        if angle_field is not None and (not isinstance(angle_field, str) or not angle_field):
+            raise ValueError(f"angle_field must be a data key's name, got {angle_field!r}")
+        self.angle_field = angle_field
         self.remove_stripes = remove_stripes
         self.every = int(every)
         self.directory = None if directory is None else Path(directory).expanduser().resolve()
@@ -286,6 +296,18 @@ def _picked_rows(frame: Any, rows: Sequence[int], raw_dtype: np.dtype | None) ->
         return np.nanmean(out, axis=0)
 
 
+def _runs(seqs: Sequence[int], located: Mapping[int, tuple[FrameReader, int]]) -> list[tuple[int, int]]:
+    """``[start, stop)`` positions in ``seqs`` whose rows lie one after the other in one reader: one read each."""
+    runs: list[tuple[int, int]] = []
+    start = 0
+    for i in range(1, len(seqs) + 1):
+        if i == len(seqs) or located[seqs[i]][0] is not located[seqs[i - 1]][0] \
+                or located[seqs[i]][1] != located[seqs[i - 1]][1] + 1:
+            runs.append((start, i))
+            start = i
+    return runs
+
+
 def _numpy_dtype(text: Any) -> np.dtype | None:
     """The descriptor's ``dtype_numpy`` as a dtype (``None`` where it has none or it is not a plain type)."""
     try:
@@ -301,7 +323,7 @@ class _RunReconstruction(PassThroughRun):
         super().__init__(consumers, turn)
         self.o = options
         self._start: Any = None
-        self._motor: str | None = None
+        self._axis: str | None = None  # the data key of each projection's angle
         self._names: dict[str, str] = {}  # descriptor uid -> the stream's role (:meth:`_role`)
         self._role_stream: dict[str, str] = {}  # derived role -> the name of the stream that has it
         self._image_key: dict[str, str] = {}  # role -> its frame data key
@@ -311,7 +333,12 @@ class _RunReconstruction(PassThroughRun):
         self._raw_dtype: np.dtype | None = None
         self._frames: dict[str, _Frames] = {}  # role -> frames
         self._readers: dict[str, tuple[str, FrameReader]] = {}  # StreamResource uid -> (data key, reader)
-        self._angles: dict[int, float] = {}  # primary seq_num -> angle
+        self._angles: dict[int, float] = {}  # primary seq_num -> angle, from its event
+        # a fly scan's angles, written to a file (STREAM:): StreamResource uid -> reader, primary seq_num -> where
+        # its angle is, and (worker thread) the angles read so far
+        self._angle_readers: dict[str, FrameReader] = {}
+        self._angle_rows: dict[int, tuple[FrameReader, int]] = {}
+        self._angles_read: dict[int, float] = {}
         self._source_seq: dict[int, int] = {}  # denoised seq_num -> primary seq_num
         # primary seq_num -> "dark", "flat" or "invalid", where the primary stream's events say what each frame
         # is (an image_key or frame_type field: frame_roles); its projections are the others
@@ -331,7 +358,7 @@ class _RunReconstruction(PassThroughRun):
         self._found_at = 0  # with how many projections it was found
 
     def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
-        if name == "stop" and self.o.background and self._motor is not None and not self.summary.finished:
+        if name == "stop" and self.o.background and self._axis is not None and not self.summary.finished:
             self._turn.passed = True  # published by the finishing thread, after the reconstruction rows
             # not a daemon (threads inherit it from the RunEngine's daemon loop thread): a script that ends
             # right after its scan still stores the final reconstruction and the stop before Python exits
@@ -358,7 +385,7 @@ class _RunReconstruction(PassThroughRun):
         self._start = doc
         self.summary.uid = doc["uid"]
         motors = list(doc.get("motors") or [])
-        self._motor = str(motors[0]) if motors else None
+        self._axis = self.o.angle_field or (str(motors[0]) if motors else None)
         return doc
 
     def _role(self, doc: Any) -> str | None:
@@ -402,6 +429,11 @@ class _RunReconstruction(PassThroughRun):
         here = remapped(doc, self.o.root_map)  # the document itself passes on unchanged
         if self._raw_directory is None:
             self._raw_directory = stream_resource_directory(here)
+        if self._axis is not None and doc.get("data_key") == self._axis:  # a fly scan's angles, in a file
+            try:
+                self._angle_readers[doc["uid"]] = reader_for(here)
+            except (ValueError, KeyError) as exc:
+                self._note(f"StreamResource {doc.get('uid')} of the angles {self._axis!r}: {exc}; they are not read")
         if doc.get("data_key") in self._image_key.values():
             try:
                 self._readers[doc["uid"]] = (doc["data_key"], reader_for(here))
@@ -410,6 +442,15 @@ class _RunReconstruction(PassThroughRun):
         return doc
 
     def stream_datum(self, doc: Any) -> Any:
+        angles = self._angle_readers.get(doc["stream_resource"])
+        if angles is not None:
+            if self._names.get(doc["descriptor"]) == "primary":  # read on the worker thread (_projection_angles)
+                start, stop = doc["indices"]["start"], doc["indices"]["stop"]
+                for i, seq in zip(range(start, stop), range(doc["seq_nums"]["start"], doc["seq_nums"]["stop"]),
+                                  strict=True):
+                    self._angle_rows[seq] = (angles, i)
+                self._update_now_and_then()
+            return doc
         found = self._readers.get(doc["stream_resource"])
         name = self._names.get(doc["descriptor"])
         if found is None or name is None or name not in self._frames:
@@ -428,9 +469,9 @@ class _RunReconstruction(PassThroughRun):
         if name == "primary":
             roles = self._frame_roles[doc["descriptor"]].of_page(data, len(doc["seq_num"]))
             self._seq_roles.update((seq, role) for seq, role in zip(doc["seq_num"], roles, strict=True) if role)
-            if self._motor is not None and self._motor in data:  # the angles of its projections
+            if self._axis is not None and self._axis in data:  # the angles of its projections
                 self._angles.update((seq, float(angle)) for seq, angle, role
-                                    in zip(doc["seq_num"], data[self._motor], roles, strict=True) if role is None)
+                                    in zip(doc["seq_num"], data[self._axis], roles, strict=True) if role is None)
         if name == "denoised":
             key = self._image_key.get(name, "")
             field = key[: -len("_denoised")]
@@ -447,15 +488,25 @@ class _RunReconstruction(PassThroughRun):
                 if self._raw_dtype is None and not name.endswith("denoised"):  # a descriptor without dtype_numpy
                     self._raw_dtype = np.asarray(frame).dtype
                 self._frames[name].add_inline(seq, frame, self._wanted(), self._raw_dtype)
-        if name == "primary" and self.o.every and len(self._angles) - self._last_update >= self.o.every \
-                and len(self._angles) < self._expected():
-            self._submit(final=False)  # not at the last projection: the final reconstruction follows it
+        if name == "primary":
+            self._update_now_and_then()
         return doc
 
+    def _update_now_and_then(self) -> None:
+        """Reconstruct while the scan runs, every ``every`` projections with an angle (not at the last one: the
+        final reconstruction follows it)."""
+        seen = self._angles_seen()
+        if self.o.every and seen - self._last_update >= self.o.every and seen < self._expected():
+            self._submit(final=False)
+
+    def _angles_seen(self) -> int:
+        """Frames of ``primary`` whose angle came so far: in their events or, in a fly scan, announced in a file."""
+        return len(self._angles) + len(self._angle_rows)
+
     def stop(self, doc: Any) -> Any:
-        if self._motor is None:
-            self._note("not a tomography scan (the start document names no rotation axis in 'motors'); "
-                       "nothing reconstructed")
+        if self._axis is None:
+            self._note("not a tomography scan (the start document names no rotation axis in 'motors', and "
+                       "TomoReconstruction(angle_field=...) names none); nothing reconstructed")
             return doc
         if self._pending is not None:
             self._collect(wait=self.o.timeout)
@@ -473,7 +524,7 @@ class _RunReconstruction(PassThroughRun):
         if self._pending is not None and not self._pending.done():
             return  # one at a time: an update waits for the one before it
         self._collect(wait=0)
-        self._last_update = len(self._angles)
+        self._last_update = self._angles_seen()
         try:
             self._pending = self._pool.submit(self._reconstruct, final)
         except RuntimeError:  # the interpreter is exiting (a scan, then exit): finish on this thread instead
@@ -560,14 +611,21 @@ class _RunReconstruction(PassThroughRun):
                     "nothing reconstructed") if final else None
         # the last usable frame of each angle
         by_angle: dict[float, int] = {}
+        projection_angles = self._projection_angles(notes if final else [])
         for seq in sorted(frames.seqs):
             raw_seq = self._source_seq.get(seq, seq) if source == "denoised" else seq
-            if raw_seq in self._angles and raw_seq not in self._unusable:
-                by_angle[self._angles[raw_seq]] = seq
+            if raw_seq in projection_angles and raw_seq not in self._unusable:
+                by_angle[projection_angles[raw_seq]] = seq
+        if len(by_angle) < 3 and not final:
+            return None
+        if not projection_angles:
+            return "; ".join([*notes, f"no projection came with its angle {self._axis!r} (in its event, or in a file "
+                              "announced for it): nothing reconstructed (TomoReconstruction(angle_field=...) names "
+                              "the field that holds it)"])
         if len(by_angle) < 3:  # no slice can be made of fewer
-            return (f"projection angles: {len(by_angle)} usable in {len(frames)} frames (frames flagged unusable "
-                    "are left out, a repeated angle counts once), at least 3 needed: nothing reconstructed"
-                    ) if final else None
+            return "; ".join([*notes, f"projection angles: {len(by_angle)} usable in {len(frames)} frames (frames "
+                              "flagged unusable are left out, a repeated angle counts once), at least 3 needed: "
+                              "nothing reconstructed"])
         angles = np.array(sorted(by_angle))
         seqs = [by_angle[a] for a in angles]
         sino = frames.rows(seqs, wanted, self._raw_dtype)  # (angles, rows, W), NaN where masked
@@ -623,6 +681,28 @@ class _RunReconstruction(PassThroughRun):
         return {"rows": rows, "fbp": out_fbp, "slice": out_den, "center": float(center), "found": found,
                 "projections": len(angles), "stripe": stripes, "note": "; ".join(notes), "final": final,
                 "source": source}
+
+    def _projection_angles(self, notes: list[str]) -> dict[int, float]:
+        """The angle of each projection by its ``primary`` seq_num (worker thread): those of their events, and
+        those a fly scan wrote to a file, read here (once each; what cannot be read is added to ``notes``)."""
+        located = dict(self._angle_rows)  # copies made at once: the callback thread adds to them meanwhile
+        roles = dict(self._seq_roles)
+        unread = sorted(s for s in located if s not in self._angles_read)
+        failed: list[str] = []
+        for start, stop in _runs(unread, located):
+            reader, first = located[unread[start]]
+            try:
+                values = np.asarray(reader(first, first + stop - start), dtype=np.float64).reshape(stop - start, -1)
+            except Exception as exc:  # a missing or short file: those angles stay unknown, the rest count
+                failed.append(f"{stop - start} from row {first} ({type(exc).__name__}: {exc})")
+                continue
+            self._angles_read.update(zip(unread[start:stop], values[:, 0].tolist(), strict=True))
+        if failed:
+            notes.append(f"angles {self._axis!r} not read: {'; '.join(failed[:3])}"
+                         + (f" and {len(failed) - 3} more" if len(failed) > 3 else ""))
+        angles = {s: a for s, a in self._angles_read.items() if roles.get(s) is None and math.isfinite(a)}
+        angles.update(self._angles)
+        return angles
 
     @staticmethod
     def _center_row(rows: Sequence[int], transmission: dict[int, np.ndarray]) -> int:
@@ -723,4 +803,7 @@ class _RunReconstruction(PassThroughRun):
             self._writer.close()
         for _, reader in self._readers.values():
             reader.close()
+        for reader in self._angle_readers.values():
+            reader.close()
         self._readers.clear()
+        self._angle_readers.clear()

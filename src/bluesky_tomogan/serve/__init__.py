@@ -49,7 +49,8 @@ def serve(zmq_in: str | None = None, *, kafka: Any = None, kafka_in: Sequence[st
           retry_after: float = 10.0, fallback: str | None = None,
           warm_up: tuple[int, int] | None = None, abandon_after: float | None = 86400.0,
           root_map: dict[str, str] | None = None, slice_model: str = "tomogan-slice",
-          slice_self_ensemble: int = 1, frame_dtype: str = "float32", compression: str | None = None) -> int:
+          slice_self_ensemble: int = 1, frame_dtype: str = "float32", compression: str | None = None,
+          angle_field: str | None = None) -> int:
     """Serve the document stream at ``zmq_in`` (a ``bluesky-0MQ-proxy`` out port), or in the Kafka topics
     ``kafka_in``, until SIGTERM.
 
@@ -92,6 +93,9 @@ def serve(zmq_in: str | None = None, *, kafka: Any = None, kafka_in: Sequence[st
         With ``reconstruct``: the slice model runs on that many turned copies of each slice
         (:func:`~bluesky_tomogan.load_denoiser`'s ``self_ensemble``): that many times the
         cost of three slices, for less painted-in texture.
+    angle_field : str, optional
+        With ``reconstruct``: the data key of each projection's angle, where it is not the start
+        document's first ``motors`` entry (a fly scan's encoder capture; :class:`~bluesky_tomogan.TomoReconstruction`).
     directory : path-like, optional
         Where derived frames are written (default: next to the raw frames).
     state_dir : path-like
@@ -146,6 +150,8 @@ def serve(zmq_in: str | None = None, *, kafka: Any = None, kafka_in: Sequence[st
         raise ServeError(f"a fallback model ({fallback}) is for policy 'adaptive', not {policy!r}")
     if slice_self_ensemble != 1 and not reconstruct:
         raise ServeError(f"a slice self-ensemble ({slice_self_ensemble}) is for the slices of --reconstruct")
+    if angle_field is not None and not reconstruct:
+        raise ServeError(f"an angle field ({angle_field}) is for the slices of --reconstruct")
     if slice_model != "tomogan-slice" and not reconstruct:
         raise ServeError(f"a slice model ({slice_model}) is for the slices of --reconstruct")
     if zmq_out is not None and kafka_out is not None:
@@ -192,7 +198,8 @@ def serve(zmq_in: str | None = None, *, kafka: Any = None, kafka_in: Sequence[st
     wait = None
     if reconstruct:
         slices = load_denoiser(slice_model, backend=backend, self_ensemble=slice_self_ensemble)
-        rec = TomoReconstruction(slices, every=reconstruct_every, directory=directory, root_map=root_map)
+        rec = TomoReconstruction(slices, every=reconstruct_every, directory=directory, root_map=root_map,
+                                 angle_field=angle_field)
         callback.subscribe(rec)
         outlet, wait = rec, rec.wait
     republish: Any = None
