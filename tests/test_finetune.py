@@ -415,6 +415,48 @@ def test_a_scan_stored_in_tiled_is_read_with_its_angles_flats_and_darks(RE, stor
         read_scan(str(tmp_path / "store"))
 
 
+def test_a_fly_scan_stored_in_tiled_is_read_with_the_angles_its_angle_field_names(RE, store, tmp_path):
+    """A fly scan's angles are another device's capture written to a file (tests/fly_scan.py): ``angle_field``
+    (``--angle-field``) names them; the scan read is the same as stepped. A field the run lacks, or one given
+    for a file, is refused before any work."""
+    from bluesky.callbacks.tiled_writer import TiledWriter
+
+    from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
+    from bluesky_tomogan.hdf5_frames import path_from_uri
+    from bluesky_tomogan.plans import tomo_scan
+    from bluesky_tomogan.simulate.tomography import angles_deg
+    from bluesky_tomogan.storage import frames_directory, server_of
+
+    from .fly_scan import ANGLE_KEY, as_fly_scan
+
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(32, 48), seed=1, simulate_timing=False,
+                          directory=frames_directory(tmp_path / "store") / "fly")
+    raw = []
+    RE.subscribe(lambda name, doc: raw.append((name, doc)))
+    angles = list(angles_deg(40))[::-1]  # in any order: the scan comes back sorted by the angles read
+    RE(tomo_scan(det, stage, angles, n_darks=2, n_flats=3))
+    fly = [(n, {k: v for k, v in d.items() if k not in ("angles", "hints")} if n == "start" else d)
+           for n, d in as_fly_scan(raw, det.directory)]  # a fly plan's start document: no angles, no hints
+    writer = TiledWriter(store)
+    for name, doc in fly:
+        writer(name, doc)
+    uri, uid = server_of(store).uri, raw[0][1]["uid"]
+    flown = read_scan(uri, uid, angle_field=ANGLE_KEY)
+    np.testing.assert_allclose(flown.angles, sorted(angles))
+    (primary,) = [d["uid"] for n, d in raw if n == "descriptor" and d["name"] == "primary"]
+    (resource,) = {d["stream_resource"] for n, d in raw if n == "stream_datum" and d["descriptor"] == primary}
+    (file,) = [d for n, d in raw if n == "stream_resource" and d["uid"] == resource]
+    with h5py.File(path_from_uri(file["uri"]), "r") as f:
+        frames = f[file["parameters"]["dataset"]][()].reshape(40, 32, 48)
+    np.testing.assert_array_equal(flown.projections, frames[::-1].astype(np.float32))  # sorted by angle
+    assert flown.flats.shape == flown.darks.shape == (32, 48) and flown.flats.mean() > flown.darks.mean()
+    with pytest.raises(ScanError, match="the primary stream has no 'stage_theta'"):
+        read_scan(uri, uid, angle_field="stage_theta")
+    with pytest.raises(ScanError, match="is for a run stored in Tiled"):
+        read_scan(str(det.directory / "panda.h5"), angle_field=ANGLE_KEY)
+
+
 def test_a_run_of_several_exposures_per_event_gives_one_projection_per_exposure(RE, store, tmp_path):
     """ophyd-async's ``exposures_per_event`` (data key ``[N, rows, columns]``): each exposure
     is a projection at its event's angle (as the live callback denoises them), flats and darks averaged."""

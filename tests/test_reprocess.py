@@ -283,7 +283,7 @@ def test_a_stored_fly_scan_is_denoised_and_reconstructed_with_its_angles_from_th
     RE(tomo_scan(det, stage, angles=range(0, 180, 15), n_darks=2, n_flats=2))
     RE.unsubscribe(token)
     writer = TiledWriter(store)
-    for name, doc in as_fly_scan(raw, tmp_path):
+    for name, doc in as_fly_scan(raw, det.directory):  # where the store may read it
         writer(name, doc)
     uid = raw[0][1]["uid"]
     assert main(["reprocess", server_of(store).uri, "--uid", uid, "--backend", "onnxruntime", "--into", "new",

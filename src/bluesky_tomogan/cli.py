@@ -214,8 +214,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from .inference.catalogue import check_install, install_model
 
     cfg = FinetuneConfig(source=args.source, out_dir=args.out, domain=args.domain, uid=args.uid, field=args.field,
-                         key=args.key, model=args.model, minutes=args.minutes, splits=args.splits,
-                         threads=args.threads, formats=tuple(args.format), seed=args.seed, rows=args.rows)
+                         key=args.key, angle_field=args.angle_field, model=args.model, minutes=args.minutes,
+                         splits=args.splits, threads=args.threads, formats=tuple(args.format), seed=args.seed,
+                         rows=args.rows)
     if args.install is not None:  # a name that cannot be installed is said before the training, not after
         check_install(args.install, force=args.force_install)
     result = finetune(cfg, resume=args.resume, progress=not args.no_progress)
@@ -818,6 +819,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--domain", choices=["slice", "projection"], default="slice",
                    help="slice model (Noise2Inverse) or projection model (Neighbor2Neighbor); default slice")
     s.add_argument("--uid", help="run uid (with a Tiled URI)")
+    s.add_argument("--angle-field", metavar="KEY",
+                   help="with --uid: the data key of the projections' angles, where it is not the plan's rotation "
+                        "axis (a fly scan's encoder capture, such as panda-inenc-1-val)")
     s.add_argument("--field", help="image field of the run's primary stream (default: its only image field)")
     s.add_argument("--key", help="HDF5 dataset of the projections (default: exchange/data, projections, data)")
     s.add_argument("--model", help="starting weights: a shipped model or a .pt (default tomogan-<domain>)")

@@ -65,6 +65,9 @@ class FinetuneConfig:
         Which model to fine-tune: ``slice`` (Noise2Inverse) or ``projection`` (Neighbor2Neighbor).
     uid, field, key : str, optional
         Run uid and image field (Tiled), or dataset key (HDF5) of the projections.
+    angle_field : str, optional
+        The data key of the projections' angles in a run stored in Tiled, where it is not the plan's
+        rotation axis (a fly scan's encoder capture; :func:`~bluesky_tomogan.finetune.sources.read_scan_tiled`).
     model : str, optional
         Starting weights: a shipped model's name or a ``.pt`` (default ``tomogan-<domain>``).
     minutes : float
@@ -92,6 +95,7 @@ class FinetuneConfig:
     uid: str | None = None
     field: str | None = None
     key: str | None = None
+    angle_field: str | None = None
     model: str | None = None
     minutes: float = 15.0
     splits: int = 4
@@ -355,7 +359,8 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
         log.info("resuming %s with the pairs of %s, %s", name, pairs_path,
                  f"from {checkpoint}" if checkpoint.exists() else "training from the start (no checkpoint yet)")
     else:
-        scan = read_scan(config.source, config.uid, config.field, config.key, row_choice(config))
+        scan = read_scan(config.source, config.uid, config.field, config.key, row_choice(config),
+                         config.angle_field)
         train_pairs, test_pairs, info = make_pairs(scan, config.domain, config.splits, config.seed, progress)
         partial = pairs_path.with_name(pairs_path.name + ".partial")  # an interrupted write is never taken for pairs
         write_dataset(partial, train_pairs, test_pairs, {"self_supervised": info, "source": scan.source,

@@ -280,33 +280,36 @@ def _image_field(stream: Any, field: str | None, where: str) -> str:
     return str(fields[0])
 
 
-def read_scan_tiled(uri: str, uid: str, field: str | None = None, rows: RowChoice | None = None) -> Scan:
+def read_scan_tiled(uri: str, uid: str, field: str | None = None, rows: RowChoice | None = None,
+                    angle_field: str | None = None) -> Scan:
     """Read a scan from a run stored in Tiled (bluesky's TiledWriter layout).
 
-    Projections are the run's ``primary`` stream image field, angles the column of
-    the plan's first dimension hint (``stage_theta`` for :func:`~bluesky_tomogan.plans.tomo_scan`)
-    or the start document's ``angles``; flats and darks come from the run's dark and flat
-    streams (``dark``, ``flat``, or any name :data:`~bluesky_tomogan.frame_roles.SCAN_ROLE_NAMES`
-    lists), or from ``primary`` itself where its events say what each frame is (an ``image_key``
-    or ``frame_type`` field: :mod:`bluesky_tomogan.frame_roles`). ``rows`` as for
-    :func:`read_scan_hdf5`: only those rows are fetched from the server.
+    Projections are the run's ``primary`` stream image field, angles the column ``angle_field``
+    names (a fly scan's encoder capture, ``panda-inenc-1-val``), else that of the plan's first
+    dimension hint (``stage_theta`` for :func:`~bluesky_tomogan.plans.tomo_scan`) or of the start
+    document's first ``motors`` entry, else the start document's ``angles``; flats and darks come
+    from the run's dark and flat streams (``dark``, ``flat``, or any name
+    :data:`~bluesky_tomogan.frame_roles.SCAN_ROLE_NAMES` lists), or from ``primary`` itself where its
+    events say what each frame is (an ``image_key`` or ``frame_type`` field: :mod:`bluesky_tomogan.frame_roles`).
+    ``rows`` as for :func:`read_scan_hdf5`: only those rows are fetched from the server.
 
     Raises
     ------
     ScanError
-        Tiled unreachable, no such run, no primary stream or image field.
+        Tiled unreachable, no such run, no primary stream or image field, an ``angle_field`` it does not have.
     """
     from ..storage import close_tiled, open_tiled
 
     where = f"run {uid} at {uri.split('?')[0]}"  # no API key in messages
     client = open_tiled(uri, ScanError, create=False)
     try:
-        return _scan_of_run(client, uid, field, where, rows)
+        return _scan_of_run(client, uid, field, where, rows, angle_field)
     finally:
         close_tiled(client)
 
 
-def _scan_of_run(client: Any, uid: str, field: str | None, where: str, rows: RowChoice | None = None) -> Scan:
+def _scan_of_run(client: Any, uid: str, field: str | None, where: str, rows: RowChoice | None = None,
+                 angle_field: str | None = None) -> Scan:
     from ..storage import stored_run
 
     run = stored_run(client, uid, ScanError, where)
@@ -316,9 +319,12 @@ def _scan_of_run(client: Any, uid: str, field: str | None, where: str, rows: Row
     name = _image_field(primary, field, where)
     start = dict(run.metadata.get("start", {}))
     angles = None
+    if angle_field is not None and angle_field not in primary:
+        raise ScanError(f"{where}: the primary stream has no {angle_field!r} (its fields: {sorted(primary)})")
     try:
         dims = start.get("hints", {}).get("dimensions", [])
-        axis = dims[0][0][0] if dims else None
+        motors = start.get("motors") or []
+        axis = angle_field or (dims[0][0][0] if dims else None) or (motors[0] if motors else None)
         if axis is not None and axis in primary:
             angles = primary[axis].read()
     except (IndexError, TypeError):
@@ -397,15 +403,19 @@ def read_scan_xradia(path: str | Path, rows: RowChoice | None = None) -> Scan:
 
 
 def read_scan(source: str, uid: str | None = None, field: str | None = None, key: str | None = None,
-              rows: RowChoice | None = None) -> Scan:
+              rows: RowChoice | None = None, angle_field: str | None = None) -> Scan:
     """A scan from an HDF5 path, or from a Tiled URI (``http://`` or ``https://``) or the directory of
-    an embedded Tiled store (as the demo and the profile make) and a run ``uid``; ``rows`` picks the
-    detector rows to read (:func:`read_scan_hdf5`)."""
+    an embedded Tiled store (as the demo and the profile make) and a run ``uid`` (``angle_field``: the
+    data key of its angles, :func:`read_scan_tiled`); ``rows`` picks the detector rows to read
+    (:func:`read_scan_hdf5`)."""
     store = Path(source).expanduser().is_dir() and (Path(source).expanduser() / "tiled").is_dir()
     if source.startswith(("http://", "https://")) or store or (uid is not None and Path(source).is_dir()):
         if not uid:
             raise ScanError(f"{source} is a Tiled {'store' if store else 'URI'}: name the run with its uid (--uid)")
-        return read_scan_tiled(source, uid, field, rows)
+        return read_scan_tiled(source, uid, field, rows, angle_field)
+    if angle_field is not None:
+        raise ScanError(f"{source}: an angle field ({angle_field}) is for a run stored in Tiled; a file's angles "
+                        "are found in it")
     if is_xradia(source):
         return read_scan_xradia(source, rows)
     return read_scan_hdf5(source, key, rows)
