@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import h5py
 import numpy as np
 import pytest
@@ -416,8 +418,9 @@ def test_a_scan_stored_in_tiled_is_read_with_its_angles_flats_and_darks(RE, stor
 
 
 def test_a_fly_scan_stored_in_tiled_is_read_with_the_angles_its_angle_field_names(RE, store, tmp_path):
-    """A fly scan's angles are another device's capture written to a file (tests/fly_scan.py): ``angle_field``
-    (``--angle-field``) names them; the scan read is the same as stepped. A field the run lacks, or one given
+    """A fly scan's angles are another device's capture written to a file (tests/fly_scan.py), here in
+    milliradians (its data key's ``units``): ``angle_field`` (``--angle-field``) names them; the scan read is
+    the same as stepped (its start document has no angles, no hints). A field the run lacks, or one given
     for a file, is refused before any work."""
     from bluesky.callbacks.tiled_writer import TiledWriter
 
@@ -437,7 +440,7 @@ def test_a_fly_scan_stored_in_tiled_is_read_with_the_angles_its_angle_field_name
     angles = list(angles_deg(40))[::-1]  # in any order: the scan comes back sorted by the angles read
     RE(tomo_scan(det, stage, angles, n_darks=2, n_flats=3))
     fly = [(n, {k: v for k, v in d.items() if k not in ("angles", "hints")} if n == "start" else d)
-           for n, d in as_fly_scan(raw, det.directory)]  # a fly plan's start document: no angles, no hints
+           for n, d in as_fly_scan(raw, det.directory, units="mrad", per_degree=1000 * math.pi / 180)]
     writer = TiledWriter(store)
     for name, doc in fly:
         writer(name, doc)

@@ -360,6 +360,46 @@ def test_a_fly_scan_whose_angles_are_written_to_a_file_is_reconstructed_as_the_s
     assert page is None and any("no projection came with its angle 'stage_theta'" in e for e in rec.errors)
 
 
+def test_angles_in_radians_are_converted_by_the_units_their_data_key_gives(RE, tmp_path):
+    """A rotation stage that reports radians (its data key's ``units``: an EPICS motor's EGU) gives the same slices
+    as one reporting degrees; units that are no angle's are taken as degrees, with a note."""
+    import math
+
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(64, 64), directory=frames_directory(tmp_path / "store"),
+                          simulate_timing=False, seed=7)
+    det.photon_flux.put(5e4)
+    raw = []
+    RE.subscribe(lambda name, doc: raw.append((name, doc)))
+    RE(tomo_scan(det, stage, list(angles_deg(40)), n_darks=3, n_flats=3))
+    (primary,) = [d for n, d in raw if n == "descriptor" and d["name"] == "primary"]
+
+    def in_units(units, scale):
+        keys = {k: dict(v, units=units) if k == "stage_theta" else v for k, v in primary["data_keys"].items()}
+        return [(n, dict(d, data_keys=keys)) if d is primary else
+                (n, dict(d, data=dict(d["data"], stage_theta=d["data"]["stage_theta"] * scale)))
+                if n == "event" and d["descriptor"] == primary["uid"] else (n, d) for n, d in raw]
+
+    results = {}
+    for units, scale in (("deg", 1.0), ("rad", math.pi / 180), ("mrad", 1000 * math.pi / 180), ("counts", 1.0)):
+        cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="onnxruntime"), streams=["primary", "flat"])
+        rec = TomoReconstruction(load_denoiser("tomogan-slice", backend="onnxruntime"))
+        out = []
+        cb.subscribe(rec)
+        rec.subscribe(lambda name, doc, out=out: out.append((name, doc)))
+        for name, doc in in_units(units, scale):
+            cb(name, doc)
+        assert rec.wait(timeout=60)
+        (page,) = [d["data"] for n, d in out if n == "event_page" and "row" in d["data"]]
+        results[units] = (page["center"][1] + page["stripe_metric"][1], page["note"][1], rec.errors)
+    assert results["deg"][1:] == ("", [])
+    for units in ("rad", "mrad"):
+        assert results[units][0] == pytest.approx(results["deg"][0], rel=1e-6) and results[units][1:] == ("", [])
+    assert results["counts"][0] == results["deg"][0]
+    assert results["counts"][2] == ["the angles 'stage_theta' are in 'counts', which is not an angle's unit: taken "
+                                    "as degrees"]
+
+
 def test_a_scan_without_rotation_axis_is_noted_and_left_alone(RE, tmp_path):
     stage = SimTomoStage(name="stage")
     det = SimTomoDetector(name="det", stage=stage, shape=(32, 32), directory=tmp_path, simulate_timing=False)

@@ -28,13 +28,24 @@ from scipy.ndimage import gaussian_filter, median_filter
 
 __all__ = ["stripe_metric", "corrected_sinogram", "defective_pixels", "fill_row_gaps", "estimate_center",
            "fallback_center", "find_center", "reconstruct", "reconstruct_rows", "check_angles", "SliceResult",
-           "background_thread"]
+           "background_thread", "degrees_per_unit"]
 
 log = logging.getLogger(__name__)
 #: Width (columns) of the median filter that separates a stripe from the object's own column profile.
 STRIPE_WINDOW = 21
 #: Smallest angular span (degrees) over which a centre-of-mass sinusoid is fitted.
 MIN_SPAN_FOR_ESTIMATE = 60.0
+#: Degrees per unit of a rotation angle, by the units its data key gives (EPICS motors' EGU, ophyd's ``units``).
+_DEGREES_PER_UNIT = {**dict.fromkeys(("deg", "degree", "degrees", "°"), 1.0),
+                     **dict.fromkeys(("rad", "radian", "radians"), 180.0 / math.pi),
+                     **dict.fromkeys(("mrad", "milliradian", "milliradians"), 0.18 / math.pi),
+                     **dict.fromkeys(("urad", "µrad", "microradian", "microradians"), 1.8e-4 / math.pi)}
+
+
+def degrees_per_unit(units: object) -> float | None:
+    """Degrees per unit of an angle given in ``units`` (a data key's ``units``: ``deg``, ``rad``, ``mrad``,
+    any case); ``None`` for units that are none of these (or none at all)."""
+    return _DEGREES_PER_UNIT.get(units.strip().lower()) if isinstance(units, str) else None
 
 
 def stripe_metric(sinogram: np.ndarray) -> float:

@@ -324,6 +324,8 @@ class _RunReconstruction(PassThroughRun):
         self.o = options
         self._start: Any = None
         self._axis: str | None = None  # the data key of each projection's angle
+        self._degrees_per_unit = 1.0  # of its readings, by the units its data key gives (rad, mrad: converted)
+        self._units_noted = False  # units that are not an angle's were said
         self._names: dict[str, str] = {}  # descriptor uid -> the stream's role (:meth:`_role`)
         self._role_stream: dict[str, str] = {}  # derived role -> the name of the stream that has it
         self._image_key: dict[str, str] = {}  # role -> its frame data key
@@ -412,6 +414,7 @@ class _RunReconstruction(PassThroughRun):
         self._names[doc["uid"]] = role
         if role == "primary":
             self._frame_roles[doc["uid"]] = FrameRoles(doc)
+            self._take_angle_units(doc)
         keys = image_fields(doc)
         if role.endswith("denoised"):
             keys = [k for k in keys if k.endswith("_denoised")]
@@ -470,7 +473,7 @@ class _RunReconstruction(PassThroughRun):
             roles = self._frame_roles[doc["descriptor"]].of_page(data, len(doc["seq_num"]))
             self._seq_roles.update((seq, role) for seq, role in zip(doc["seq_num"], roles, strict=True) if role)
             if self._axis is not None and self._axis in data:  # the angles of its projections
-                self._angles.update((seq, float(angle)) for seq, angle, role
+                self._angles.update((seq, float(angle) * self._degrees_per_unit) for seq, angle, role
                                     in zip(doc["seq_num"], data[self._axis], roles, strict=True) if role is None)
         if name == "denoised":
             key = self._image_key.get(name, "")
@@ -491,6 +494,19 @@ class _RunReconstruction(PassThroughRun):
         if name == "primary":
             self._update_now_and_then()
         return doc
+
+    def _take_angle_units(self, doc: Any) -> None:
+        """Degrees per unit of the angles, by the units ``primary``'s descriptor gives them (degrees where it gives
+        none; units it cannot convert are noted, once, and taken as degrees)."""
+        key = (doc.get("data_keys") or {}).get(self._axis or "")
+        if key is None:
+            return
+        units = key.get("units")
+        per_unit = recon.degrees_per_unit(units)
+        if per_unit is None and units and not self._units_noted:
+            self._units_noted = True
+            self._note(f"the angles {self._axis!r} are in {units!r}, which is not an angle's unit: taken as degrees")
+        self._degrees_per_unit = per_unit or 1.0
 
     def _update_now_and_then(self) -> None:
         """Reconstruct while the scan runs, every ``every`` projections with an angle (not at the last one: the
@@ -696,7 +712,8 @@ class _RunReconstruction(PassThroughRun):
             except Exception as exc:  # a missing or short file: those angles stay unknown, the rest count
                 failed.append(f"{stop - start} from row {first} ({type(exc).__name__}: {exc})")
                 continue
-            self._angles_read.update(zip(unread[start:stop], values[:, 0].tolist(), strict=True))
+            self._angles_read.update(zip(unread[start:stop], (values[:, 0] * self._degrees_per_unit).tolist(),
+                                         strict=True))
         if failed:
             notes.append(f"angles {self._axis!r} not read: {'; '.join(failed[:3])}"
                          + (f" and {len(failed) - 3} more" if len(failed) > 3 else ""))

@@ -24,6 +24,7 @@ from ..frame_files import FLAT_KEYS, PROJECTION_KEYS, first_dataset, hdf5_datase
 from ..frame_roles import DARK, FLAT, FrameRoles, scan_role
 from ..masked import fill_masked, missing_pixels
 from ..nexus import IMAGE_KEY, NexusScan, find_nexus_scan, missing_frame_files
+from ..reconstruction import degrees_per_unit
 from ..xradia import XradiaFile, is_xradia
 
 __all__ = ["Scan", "RowChoice", "read_scan", "read_scan_hdf5", "read_scan_tiled", "read_scan_xradia"]
@@ -126,7 +127,9 @@ def _mean_frame(stack: Any, shape: tuple[int, int], what: str, where: str) -> np
     return arr.mean(axis=0)
 
 
-def _angles_in_degrees(angles: Any, n: int, where: str) -> np.ndarray:
+def _angles_in_degrees(angles: Any, n: int, where: str, per_unit: float | None = None) -> np.ndarray:
+    """The angles in degrees: ``per_unit`` degrees per unit where their units are known, else radians where they
+    span no more than a turn in radians."""
     if angles is None:
         log.warning("%s: no rotation angles stored; assuming %d angles evenly over [0, 180) degrees", where, n)
         return np.arange(n) * (180.0 / n)
@@ -135,6 +138,8 @@ def _angles_in_degrees(angles: Any, n: int, where: str) -> np.ndarray:
         raise ScanError(f"{where}: {len(a)} angles for {n} projections")
     if not np.isfinite(a).all():
         raise ScanError(f"{where}: the rotation angles hold NaN/inf")
+    if per_unit is not None:
+        return a * per_unit
     span = float(a.max() - a.min())
     if 0 < span <= 2 * math.pi + 1e-6 and n > 8:
         # a span of a few degrees would make no tomogram; it is radians
@@ -157,7 +162,7 @@ def _choose_rows(stack: Any, choose: RowChoice | None) -> slice | None:
 
 
 def _assemble(projections: Any, angles: Any, flats: Any, darks: Any, where: str, exposures: int = 1,
-              rows: slice | None = None) -> Scan:
+              rows: slice | None = None, per_unit: float | None = None) -> Scan:
     stored = np.asarray(projections)
     proj = _frames_stack(stored)
     if proj.ndim != 3:
@@ -182,7 +187,7 @@ def _assemble(projections: Any, angles: Any, flats: Any, darks: Any, where: str,
             raise ScanError(f"{where}: projections are NaN everywhere")
     proj = _unmasked(proj)
     shape = proj.shape[1:]
-    a = _angles_in_degrees(angles, len(proj), where)
+    a = _angles_in_degrees(angles, len(proj), where, per_unit)
     order = np.argsort(a, kind="stable")
     return Scan(proj[order], a[order], _mean_frame(flats, shape, "flats", where),
                 _mean_frame(darks, shape, "darks", where), where,
@@ -318,7 +323,8 @@ def _scan_of_run(client: Any, uid: str, field: str | None, where: str, rows: Row
     primary = run["primary"]
     name = _image_field(primary, field, where)
     start = dict(run.metadata.get("start", {}))
-    angles = None
+    angles, per_unit = None, None
+    keys = primary.metadata.get("data_keys") or {}
     if angle_field is not None and angle_field not in primary:
         raise ScanError(f"{where}: the primary stream has no {angle_field!r} (its fields: {sorted(primary)})")
     try:
@@ -327,6 +333,7 @@ def _scan_of_run(client: Any, uid: str, field: str | None, where: str, rows: Row
         axis = angle_field or (dims[0][0][0] if dims else None) or (motors[0] if motors else None)
         if axis is not None and axis in primary:
             angles = primary[axis].read()
+            per_unit = degrees_per_unit((keys.get(axis) or {}).get("units"))  # an EPICS motor's EGU: deg, rad
     except (IndexError, TypeError):
         pass
     if angles is None and "angles" in start:
@@ -343,11 +350,11 @@ def _scan_of_run(client: Any, uid: str, field: str | None, where: str, rows: Row
     shape = [s for s in primary.metadata.get("data_keys", {}).get(name, {}).get("shape") or [] if s]
     exposures = int(shape[0]) if len(shape) == 3 and shape[-1] != 1 else 1
     frames, flats, darks = _read(primary[name], picked), stream_frames("flat"), stream_frames("dark")
-    roles = FrameRoles({"name": "primary", "data_keys": primary.metadata.get("data_keys") or {}})
+    roles = FrameRoles({"name": "primary", "data_keys": keys})
     if roles.key is not None and roles.key.name in primary:  # darks and flats among the projections (NXtomo's way)
         frames, angles, flats, darks = _split_by_role(frames, angles, flats, darks, roles,
                                                       primary[roles.key.name].read(), where)
-    return _assemble(frames, angles, flats, darks, where, exposures=exposures, rows=picked)
+    return _assemble(frames, angles, flats, darks, where, exposures=exposures, rows=picked, per_unit=per_unit)
 
 
 def _split_by_role(frames: Any, angles: Any, flats: Any, darks: Any, roles: FrameRoles, values: Any,
