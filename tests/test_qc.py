@@ -421,18 +421,32 @@ def test_rotation_allowance_learns_what_rotation_does_on_the_scan():
     assert math.isnan(motion_px(math.nan, math.nan, allowance=1.0))  # no match: no motion measured
 
 
-@pytest.mark.parametrize("exposures", [1, 3])
-def test_rotation_at_coarse_steps_is_not_motion_but_a_vertical_slip_is(RE, denoiser, tmp_path, exposures):
+def in_radians(cb, axis="stage_theta"):
+    """``cb`` behind a stage that reports its angle in radians (its data key's ``units``, as an EPICS motor's EGU)."""
+    def convert(name, doc):
+        if name == "descriptor" and axis in doc["data_keys"]:
+            doc = dict(doc, data_keys=doc["data_keys"] | {axis: dict(doc["data_keys"][axis], units="rad")})
+        elif name == "event" and axis in doc["data"]:
+            doc = dict(doc, data=dict(doc["data"], **{axis: math.radians(doc["data"][axis])}))
+        return cb(name, doc)
+    return convert
+
+
+@pytest.mark.parametrize("exposures, units", [(1, "deg"), (3, "deg"), (1, "rad")])
+def test_rotation_at_coarse_steps_is_not_motion_but_a_vertical_slip_is(RE, denoiser, tmp_path, exposures, units):
     # At 4 degrees per projection, rotation shifts these projections sideways by more than the
     # 3-pixel threshold (shift_px); only the sample slipping 6 pixels up is motion. With several
-    # exposures per angle, the frames of one angle do not teach the rotation allowance anything.
+    # exposures per angle, the frames of one angle do not teach the rotation allowance anything. A stage
+    # reporting radians rotates as far.
     stage = SimTomoStage(name="stage")
     det = SimTomoDetector(name="det", stage=stage, shape=(192, 192), directory=tmp_path, seed=7,
                           simulate_timing=False, exposures=exposures)
     det.exposure_time.put(0.1)
     det.photon_flux.put(5000.0)
     cb = TomoGANCallback(denoiser)
-    docs = collect(RE, cb)
+    docs = []
+    cb.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE.subscribe(cb if units == "deg" else in_radians(cb))
     events = itertools.count(1)
     RE.subscribe(lambda name, doc: setattr(det, "sample", det.sample.moved(0.0, -6.0))
                  if name == "event" and next(events) == 12 else None)

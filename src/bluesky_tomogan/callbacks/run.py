@@ -271,6 +271,7 @@ class RunDenoiser(PassThroughRun):
             self._check_name_is_free(doc, ours)
         self._raw_streams.setdefault(raw_name, set()).update(() if ours else images)
         roles = self._roles[doc["uid"]] = FrameRoles(doc)
+        self._qc.take_angle_units(doc)
         if self._start is None or (o.streams is not None and raw_name not in o.streams):
             role = None if roles.per_event else roles.default
             if (self._start is not None and role in (DARK, FLAT) and not ours

@@ -18,7 +18,7 @@ from collections import deque
 from typing import Any
 
 import numpy as np
-from event_model.documents import EventPage, RunStart
+from event_model.documents import EventDescriptor, EventPage, RunStart
 
 from ..frame_roles import DARK, FLAT
 from ..qc.feedback import QCFeedback, Verdict
@@ -34,6 +34,7 @@ from ..qc.metrics import (
     signal_to_noise,
 )
 from ..qc.policy import UNUSABLE, Action, QCPolicy
+from ..reconstruction import degrees_per_unit
 from .derived_stream import DerivedStream, FrameResult, QueuedFrame
 
 __all__ = ["RunQC", "DROPPED", "BEAM_FLAGS", "OPEN_BEAM_FLOOR"]
@@ -95,6 +96,7 @@ class RunQC:
         self.uid = ""
         self._motor: str | None = None
         self._positions: dict[tuple[str, int], dict[str, Any]] = {}  # (raw stream, seq_num) -> scalar readings
+        self._degrees_per_unit: dict[str, float] = {}  # raw stream -> of its angle readings (rad, mrad converted)
         self._verdicts: queue.Queue[Verdict | None] = queue.Queue(FEEDBACK_QUEUE)
         self._thread: threading.Thread | None = None
 
@@ -118,6 +120,13 @@ class RunQC:
             log.warning("QC feedback of run %s is stuck; its thread is left to end on its own", self.uid)
 
     # -- callback thread --------------------------------------------------------------------
+
+    def take_angle_units(self, descriptor: EventDescriptor) -> None:
+        """The units of the scanned axis in a raw stream (its data key's ``units``: ``deg``, ``rad``, ``mrad``), so
+        that registration knows how far apart two angles are in degrees (degrees where it gives none)."""
+        key = descriptor.get("data_keys", {}).get(self._motor or "")
+        per_unit = degrees_per_unit(key.get("units")) if key is not None else None
+        self._degrees_per_unit[descriptor.get("name", "primary")] = per_unit or 1.0
 
     def keep_positions(self, raw_name: str, doc: EventPage) -> None:
         """Scalar readings (angle, positions) of each raw event: where a recommendation re-acquires."""
@@ -299,7 +308,7 @@ class RunQC:
         if self._motor is None:
             return None
         value = self._position(raw_name, seq_num).get(self._motor)
-        return None if value is None else float(value)
+        return None if value is None else float(value) * self._degrees_per_unit.get(raw_name, 1.0)
 
     # -- feedback thread --------------------------------------------------------------------
 
