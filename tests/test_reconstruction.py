@@ -320,44 +320,51 @@ def test_three_exposures_per_angle_are_denoised_one_by_one_and_reconstructed(RE,
     assert ssim(clean, slices[-2]) > 0.5, ssim(clean, slices[-2])
 
 
-def test_a_fly_scan_whose_angles_are_written_to_a_file_is_reconstructed_as_the_same_scan_stepped(RE, tmp_path):
-    """A fly scan as ophyd-async records one (tests/fly_scan.py: each projection's angle a PandA's encoder
-    capture, written to an HDF5 file and announced by StreamDatum like the frames; no event in the projections'
-    stream, no ``motors`` in the start document): ``TomoReconstruction(angle_field=...)`` reads the angles from
-    their file (on its worker thread) and makes the same slices as of the same frames stepped, with their angles
-    in events, updates during the scan included. Naming no field, or one that never comes, is said in a note."""
+def recorded_scan(RE, tmp_path, n_angles):
+    """The raw documents of a ``tomo_scan`` of the simulated camera (64 x 64, 3 darks, 3 flats), frames in files."""
     stage = SimTomoStage(name="stage")
     det = SimTomoDetector(name="det", stage=stage, shape=(64, 64), directory=frames_directory(tmp_path / "store"),
                           simulate_timing=False, seed=7)
     det.photon_flux.put(5e4)
     raw = []
     RE.subscribe(lambda name, doc: raw.append((name, doc)))
-    RE(tomo_scan(det, stage, list(angles_deg(60)), n_darks=3, n_flats=3))
+    RE(tomo_scan(det, stage, list(angles_deg(n_angles)), n_darks=3, n_flats=3))
+    return raw
+
+
+def reconstructed(docs, **options):
+    """``docs`` through the callback and a ``TomoReconstruction(**options)``: it, and its rows' pages."""
+    cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="onnxruntime"), streams=["primary", "flat"])
+    rec = TomoReconstruction(load_denoiser("tomogan-slice", backend="onnxruntime"), **options)
+    out = []
+    cb.subscribe(rec)
+    rec.subscribe(lambda name, doc: out.append((name, doc)))
+    for name, doc in docs:
+        cb(name, doc)
+    assert rec.wait(timeout=60)
+    return rec, [d["data"] for n, d in out if n == "event_page" and "row" in d["data"]]
+
+
+def test_a_fly_scan_whose_angles_are_written_to_a_file_is_reconstructed_as_the_same_scan_stepped(RE, tmp_path):
+    """A fly scan as ophyd-async records one (tests/fly_scan.py: each projection's angle a PandA's encoder
+    capture, written to an HDF5 file and announced by StreamDatum like the frames; no event in the projections'
+    stream, no ``motors`` in the start document): ``TomoReconstruction(angle_field=...)`` reads the angles from
+    their file (on its worker thread) and makes the same slices as of the same frames stepped, with their angles
+    in events, updates during the scan included. Naming no field, or one that never comes, is said in a note."""
+    raw = recorded_scan(RE, tmp_path, 60)
     fly = as_fly_scan(raw, tmp_path)
-
-    def reconstruct(docs, **options):
-        cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="onnxruntime"), streams=["primary", "flat"])
-        rec = TomoReconstruction(load_denoiser("tomogan-slice", backend="onnxruntime"), **options)
-        out = []
-        cb.subscribe(rec)
-        rec.subscribe(lambda name, doc: out.append((name, doc)))
-        for name, doc in docs:
-            cb(name, doc)
-        assert rec.wait(timeout=60)
-        pages = [d["data"] for n, d in out if n == "event_page" and "row" in d["data"]]
-        assert not options.get("every") or any(not p["final"][0] for p in pages)  # updates during the scan too
-        return rec, pages[-1] if pages else None
-
-    stepped_rec, stepped = reconstruct(raw)
-    fly_rec, flown = reconstruct(fly, angle_field=ANGLE_KEY, every=20)
+    stepped_rec, (*_, stepped) = reconstructed(raw)
+    fly_rec, pages = reconstructed(fly, angle_field=ANGLE_KEY, every=20)
+    flown = pages[-1]
+    assert any(not p["final"][0] for p in pages)  # updates during the scan too
     assert stepped_rec.errors == fly_rec.errors == []
     assert flown["final"][0] and flown["projections"][0] == stepped["projections"][0] == 60
     assert flown["center"] + flown["stripe_metric"] == pytest.approx(stepped["center"] + stepped["stripe_metric"],
                                                                      rel=1e-5)
-    rec, page = reconstruct(fly)
-    assert page is None and any("angle_field" in e and "not a tomography scan" in e for e in rec.errors)
-    rec, page = reconstruct(fly, angle_field="stage_theta")
-    assert page is None and any("no projection came with its angle 'stage_theta'" in e for e in rec.errors)
+    rec, pages = reconstructed(fly)
+    assert pages == [] and any("angle_field" in e and "not a tomography scan" in e for e in rec.errors)
+    rec, pages = reconstructed(fly, angle_field="stage_theta")
+    assert pages == [] and any("no projection came with its angle 'stage_theta'" in e for e in rec.errors)
 
 
 def test_angles_in_radians_are_converted_by_the_units_their_data_key_gives(RE, tmp_path):
@@ -365,13 +372,7 @@ def test_angles_in_radians_are_converted_by_the_units_their_data_key_gives(RE, t
     as one reporting degrees; units that are no angle's are taken as degrees, with a note."""
     import math
 
-    stage = SimTomoStage(name="stage")
-    det = SimTomoDetector(name="det", stage=stage, shape=(64, 64), directory=frames_directory(tmp_path / "store"),
-                          simulate_timing=False, seed=7)
-    det.photon_flux.put(5e4)
-    raw = []
-    RE.subscribe(lambda name, doc: raw.append((name, doc)))
-    RE(tomo_scan(det, stage, list(angles_deg(40)), n_darks=3, n_flats=3))
+    raw = recorded_scan(RE, tmp_path, 40)
     (primary,) = [d for n, d in raw if n == "descriptor" and d["name"] == "primary"]
 
     def in_units(units, scale):
@@ -382,15 +383,7 @@ def test_angles_in_radians_are_converted_by_the_units_their_data_key_gives(RE, t
 
     results = {}
     for units, scale in (("deg", 1.0), ("rad", math.pi / 180), ("mrad", 1000 * math.pi / 180), ("counts", 1.0)):
-        cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="onnxruntime"), streams=["primary", "flat"])
-        rec = TomoReconstruction(load_denoiser("tomogan-slice", backend="onnxruntime"))
-        out = []
-        cb.subscribe(rec)
-        rec.subscribe(lambda name, doc, out=out: out.append((name, doc)))
-        for name, doc in in_units(units, scale):
-            cb(name, doc)
-        assert rec.wait(timeout=60)
-        (page,) = [d["data"] for n, d in out if n == "event_page" and "row" in d["data"]]
+        rec, (page,) = reconstructed(in_units(units, scale))
         results[units] = (page["center"][1] + page["stripe_metric"][1], page["note"][1], rec.errors)
     assert results["deg"][1:] == ("", [])
     for units in ("rad", "mrad"):
