@@ -10,8 +10,8 @@ Subscribe it downstream of :class:`~bluesky_tomogan.callbacks.TomoGANCallback`
     RE.subscribe(cb)
 
 For a run with a rotation axis (the start document's first ``motors`` entry, or
-the field ``angle_field`` names) it collects a few sinogram rows (default: the centre and the quarters, each
-with its neighbours as the slice model's context) from the ``denoised``
+the field ``angle_field`` names) it collects a few sinogram rows (default: the
+centre and the quarters, each with its neighbours as the slice model's context) from the ``denoised``
 frames (or the raw ones), flat/dark-corrects them with the run's ``flat`` and
 ``dark`` streams (denoised flats when the callback made them: the flat's
 noise is otherwise the strongest stripe in the sinogram), removes stripes,
@@ -21,8 +21,10 @@ model, and emits a ``reconstruction`` stream in the same run, before its stop:
 every ``every`` projections while the scan runs (on a worker thread, emitted
 at the next document), and once more at the end. Each projection's angle comes
 in its event (a step scan) or, in a fly scan, from the file it was written to
-(``STREAM:``: a PandA's or the detector's HDF5 dataset, read on the worker thread). Slices are written to HDF5
-and announced by StreamResource/StreamDatum, like the denoised frames.
+(``STREAM:``: a PandA's or the detector's HDF5 dataset, read on the worker
+thread), in degrees or the ``rad``/``mrad`` its data key's ``units`` say. Slices
+are written to HDF5 and announced by StreamResource/StreamDatum, like the
+denoised frames.
 
 The final reconstruction does not hold the RunEngine: the stop returns at
 once, and a thread finishes the reconstruction and then passes the stop on, so
@@ -112,8 +114,9 @@ class TomoReconstruction(RunRouterFacade):
     center : float, optional
         Rotation centre in pixels (default: found with algotom's ``find_center_vo``).
     angle_field : str, optional
-        The data key of each projection's rotation angle in degrees (default: the start document's
-        first ``motors`` entry, as bluesky's step plans and ``tomo_scan`` write it). A fly scan's
+        The data key of each projection's rotation angle (default: the start document's first
+        ``motors`` entry, as bluesky's step plans and ``tomo_scan`` write it), in degrees unless its
+        ``units`` say ``rad`` or ``mrad``. A fly scan's
         angles are often another device's reading (a PandA's encoder capture, ``panda-inenc-1-val``),
         which may come in events or be written to a file beside the frames (``STREAM:``).
     remove_stripes : bool
