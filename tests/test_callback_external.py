@@ -717,10 +717,66 @@ def test_frames_announced_before_the_event_that_says_what_they_are_wait_for_it(d
     for order in ("live", "replayed"):
         cb, rows = run(order)
         assert rows == [(i, "") for i in range(1, 9)], order  # no dark is beam_lost
-        assert cb.errors == ["det seq 6: not denoised: its event marks the frame invalid"]  # NXtomo's image_key 3
+        assert cb.errors == ["det seq 6: not denoised: image_key marks the frame invalid"]  # NXtomo's image_key 3
         assert cb.options.dark_levels["det"] == pytest.approx(100, abs=2)
     cb, rows = run("no events")
     assert [seq for seq, _ in rows] == list(range(1, 301))
     notes = [e for e in cb.errors if "came with no event" in e]  # (and the darks, taken as projections, beam_lost)
     assert notes == [f"{n} frames of stream 'primary' came with no event saying what they are (image_key); taken "
                      "as projections" for n in (200, 100)]
+
+
+@pytest.mark.parametrize("order", ["frames first", "keys first"])
+def test_what_each_frame_is_written_beside_it_in_a_fly_scans_file_is_read_from_there(denoiser, tmp_path, order):
+    """A fly scan whose ``image_key`` is an area detector's NDAttribute, written to the HDF5 file beside the
+    frames and announced by StreamDatum (ophyd-async's way), with no event at all: what each frame is is read
+    from the file, so the darks give QC its dark level and are not beam_lost, and the invalid frame is said
+    so, whichever StreamDatum comes first. A key that cannot be read costs a note, and its frames count as
+    projections."""
+    from bluesky_tomogan.hdf5_frames import FrameFile
+    from bluesky_tomogan.qc import QCFeedback, QCPolicy
+
+    rng = np.random.default_rng(0)
+    keys = [2, 2, 1, 1, 0, 3, 0, 0]
+    levels = {2: 100, 1: 1000, 0: 600, 3: 600}
+    frames = np.stack([rng.poisson(levels[k], (16, 24)) for k in keys]).astype(np.uint16)
+    file = FrameFile(tmp_path / "det.h5", (16, 24), np.uint16)
+    file.append(frames)
+    file.close()
+    with h5py.File(tmp_path / "det.h5", "a") as f:
+        f["entry/instrument/NDAttributes/det-image_key"] = np.asarray(keys, np.int32)
+
+    def run(dataset):
+        bundle = event_model.compose_run()
+        desc = bundle.compose_descriptor(name="primary", data_keys={
+            "det": {"source": "sim", "dtype": "array", "shape": [1, 16, 24], "external": "STREAM:",
+                    "dtype_numpy": "<u2"},
+            "det-image_key": {"source": "sim", "dtype": "integer", "shape": [], "external": "STREAM:",
+                              "dtype_numpy": "<i4"}})
+        image = bundle.compose_stream_resource(mimetype="application/x-hdf5", uri=file.uri, data_key="det",
+                                               parameters={"dataset": file.dataset, "chunk_shape": [1, 16, 24]})
+        key = bundle.compose_stream_resource(mimetype="application/x-hdf5", uri=file.uri, data_key="det-image_key",
+                                             parameters={"dataset": dataset, "chunk_shape": [16384]})
+        cb = TomoGANCallback(denoiser, inline=True, feedback=QCFeedback(QCPolicy()))
+        out = collect(cb)
+        for name, doc in (("start", bundle.start_doc), ("descriptor", desc.descriptor_doc),
+                          ("stream_resource", image.stream_resource_doc), ("stream_resource", key.stream_resource_doc)):
+            cb(name, doc)
+        for start, stop in ((0, 4), (4, 8)):
+            datums = [resource.compose_stream_datum(indices={"start": start, "stop": stop},
+                                                    seq_nums={"start": start + 1, "stop": stop + 1},
+                                                    descriptor=desc.descriptor_doc) for resource in (image, key)]
+            for datum in datums if order == "frames first" else datums[::-1]:
+                cb("stream_datum", datum)
+        cb("stop", bundle.compose_stop())
+        return cb, [r for n, d in out if n == "event_page" and "det_qc_flags" in d["data"]
+                    for r in zip(d["data"]["det_source_seq_num"], d["data"]["det_qc_flags"], strict=True)]
+
+    cb, rows = run("entry/instrument/NDAttributes/det-image_key")
+    assert rows == [(i, "") for i in range(1, 9)]  # no dark is beam_lost
+    assert cb.errors == ["det seq 6: not denoised: det-image_key marks the frame invalid"]
+    assert cb.options.dark_levels["det"] == pytest.approx(100, abs=2)
+    cb, rows = run("entry/instrument/NDAttributes/no-such-key")
+    assert [seq for seq, _ in rows] == list(range(1, 9))
+    assert any("det-image_key of frames 1-4 not read from its file (KeyError" in e for e in cb.errors), cb.errors
+    assert "det" not in cb.options.dark_levels  # no frame was taken for a dark

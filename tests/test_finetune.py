@@ -460,6 +460,34 @@ def test_a_fly_scan_stored_in_tiled_is_read_with_the_angles_its_angle_field_name
         read_scan(str(det.directory / "panda.h5"), angle_field=ANGLE_KEY)
 
 
+def test_a_stored_fly_scan_whose_image_key_is_written_beside_its_frames_is_split_by_it(RE, store, tmp_path):
+    """Darks, flats and projections in one fly-scan stream, the ``image_key`` an NDAttribute written to a file
+    (tests/fly_scan.py): Tiled serves it as a column, and the run is split by it as by the key in events."""
+    from bluesky.callbacks.tiled_writer import TiledWriter
+
+    from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
+    from bluesky_tomogan.simulate.tomography import angles_deg
+    from bluesky_tomogan.storage import frames_directory, server_of
+
+    from .fly_scan import ANGLE_KEY, as_fly_scan
+    from .keyed_scan import keyed_tomo_scan
+
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(16, 24), seed=1, simulate_timing=False,
+                          directory=frames_directory(tmp_path / "store") / "keyed-fly")
+    raw = []
+    RE.subscribe(lambda name, doc: raw.append((name, doc)))
+    angles = list(angles_deg(12))
+    RE(keyed_tomo_scan(det, stage, angles, n_darks=2, n_flats=3))
+    writer = TiledWriter(store)
+    for name, doc in as_fly_scan(raw, det.directory, moved={"image_key": "det-image_key"}):
+        writer(name, doc)
+    scan = read_scan(server_of(store).uri, raw[0][1]["uid"], angle_field=ANGLE_KEY)
+    assert scan.shape == (12, 16, 24)
+    np.testing.assert_allclose(scan.angles, angles)
+    assert scan.flats.mean() > 2 * scan.darks.mean() and scan.projections.mean() > 2 * scan.darks.mean()
+
+
 def test_a_run_of_several_exposures_per_event_gives_one_projection_per_exposure(RE, store, tmp_path):
     """ophyd-async's ``exposures_per_event`` (data key ``[N, rows, columns]``): each exposure
     is a projection at its event's angle (as the live callback denoises them), flats and darks averaged."""

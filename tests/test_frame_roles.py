@@ -91,10 +91,17 @@ def test_stream_names_any_case():
     assert scan_role("Darks") == "dark" and scan_role("flat_field") == "flat" and scan_role("primary") is None
 
 
-def test_a_field_written_to_a_file_is_not_taken_for_one_that_comes_in_events(caplog):
-    """An area detector's NDAttribute written beside a fly scan's frames never comes in an event."""
+def test_a_field_written_to_a_file_is_read_from_there_not_taken_for_one_that_comes_in_events(caplog):
+    """An area detector's NDAttribute written beside a fly scan's frames (``STREAM:``) never comes in an event:
+    its values come from the file (the callback reads them), and a page of events says nothing about them. One
+    announced through a legacy Resource (``FILESTORE:``) is not read, with a warning."""
+    roles = FrameRoles(descriptor("primary", {"det-image_key": {"dtype": "integer", "shape": [],
+                                                                "external": "STREAM:"}}))
+    assert roles.per_event and roles.in_file and roles.key == RoleKey("det-image_key", external=True)
+    assert roles.of_page({"det": ["datum-id"] * 3}, 3) == [None] * 3 and roles.default is None
+    assert roles.of_page({"det-image_key": [2, 1, 0]}, 3) == ["dark", "flat", None]  # the values read from the file
     with caplog.at_level(logging.WARNING, logger="bluesky_tomogan.frame_roles"):
-        roles = FrameRoles(descriptor("primary", {"det-image_key": {"dtype": "integer", "shape": [],
-                                                                    "external": "STREAM:"}}))
-    assert not roles.per_event and roles.default is None
-    assert "det-image_key says what each frame is but is written to a file" in caplog.text
+        roles = FrameRoles(descriptor("flat", {"det-image_key": {"dtype": "integer", "shape": [],
+                                                                 "external": "FILESTORE:"}}))
+    assert not roles.per_event and not roles.in_file and roles.default == "flat"
+    assert "det-image_key says what each frame is but is written to a file through a Resource" in caplog.text

@@ -320,15 +320,16 @@ def test_three_exposures_per_angle_are_denoised_one_by_one_and_reconstructed(RE,
     assert ssim(clean, slices[-2]) > 0.5, ssim(clean, slices[-2])
 
 
-def recorded_scan(RE, tmp_path, n_angles):
-    """The raw documents of a ``tomo_scan`` of the simulated camera (64 x 64, 3 darks, 3 flats), frames in files."""
+def recorded_scan(RE, tmp_path, n_angles, plan=tomo_scan):
+    """The raw documents of a ``plan`` (``tomo_scan``, ``keyed_tomo_scan``) of the simulated camera (64 x 64,
+    3 darks, 3 flats), frames in files."""
     stage = SimTomoStage(name="stage")
     det = SimTomoDetector(name="det", stage=stage, shape=(64, 64), directory=frames_directory(tmp_path / "store"),
                           simulate_timing=False, seed=7)
     det.photon_flux.put(5e4)
     raw = []
     RE.subscribe(lambda name, doc: raw.append((name, doc)))
-    RE(tomo_scan(det, stage, list(angles_deg(n_angles)), n_darks=3, n_flats=3))
+    RE(plan(det, stage, list(angles_deg(n_angles)), n_darks=3, n_flats=3))
     return raw
 
 
@@ -365,6 +366,22 @@ def test_a_fly_scan_whose_angles_are_written_to_a_file_is_reconstructed_as_the_s
     assert pages == [] and any("angle_field" in e and "not a tomography scan" in e for e in rec.errors)
     rec, pages = reconstructed(fly, angle_field="stage_theta")
     assert pages == [] and any("no projection came with its angle 'stage_theta'" in e for e in rec.errors)
+
+
+def test_a_fly_scan_whose_image_key_is_written_beside_its_frames_is_corrected_with_its_darks_and_flats(RE, tmp_path):
+    """Darks, flats and projections in one fly-scan stream, what each is an NDAttribute written to the file beside
+    the frames (tests/fly_scan.py), the angles a PandA's: the callback and the reconstruction read both from
+    their files, and the slices are those of the same scan stepped, with the key in its events."""
+    raw = recorded_scan(RE, tmp_path, 40, plan=keyed_tomo_scan)
+    fly = as_fly_scan(raw, tmp_path, moved={"image_key": "det-image_key"})
+    assert not any(n == "event" and "image_key" in d["data"] for n, d in fly)
+    stepped_rec, (*_, stepped) = reconstructed(raw)
+    fly_rec, (*_, flown) = reconstructed(fly, angle_field=ANGLE_KEY)
+    assert stepped_rec.errors == fly_rec.errors == []
+    assert flown["note"] == stepped["note"] == [""] * 3  # darks and flats found: no "no flat" or "no dark" note
+    assert flown["projections"][0] == stepped["projections"][0] == 40
+    assert flown["center"] + flown["stripe_metric"] == pytest.approx(stepped["center"] + stepped["stripe_metric"],
+                                                                     rel=1e-5)
 
 
 def test_angles_in_radians_are_converted_by_the_units_their_data_key_gives(RE, tmp_path):

@@ -9,7 +9,8 @@ Plans say it in one of three ways, and the callback, its QC, the live reconstruc
   files do: an ``image_key`` (NXtomo's numbers: 0 projection, 1 flat, 2 dark, 3 invalid) or an
   area detector's ``frame_type`` (``cam.frame_type`` read with the frame: its enum strings where the
   descriptor gives them, such as APS's ``/exchange/data_dark``, else areaDetector's numbers: 0 Normal,
-  1 Background, 2 FlatField);
+  1 Background, 2 FlatField); in its events, or written to a file beside the frames (``STREAM:``: an
+  area detector's NDAttribute in a fly scan's HDF5 file, announced by StreamDatum like the frames);
 - **run by run**: the same field in the detector's configuration, for plans that take darks, flats
   and projections as separate runs (the configuration is read afresh at each run's first event).
 
@@ -87,11 +88,14 @@ class RoleKey:
         a number is read as the string at that index.
     nxtomo : bool
         Numbers are NXtomo's ``image_key`` (else areaDetector's ``FrameType``).
+    external : bool
+        Its values are written to a file (``STREAM:``) and announced by StreamDatum, not carried by events.
     """
 
     name: str
     choices: tuple[str, ...] = ()
     nxtomo: bool = True
+    external: bool = False
 
     def role_of(self, value: Any) -> str | None:
         """``"dark"``, ``"flat"``, ``"invalid"`` or ``None`` (a projection) for one value of the field.
@@ -129,20 +133,21 @@ def find_role_key(data_keys: Mapping[str, Any]) -> RoleKey | None:
     """The first scalar field among ``data_keys`` (a descriptor's, or a device's configuration's) whose name
     ends in one of :data:`ROLE_KEY_ENDINGS`; ``None`` if there is none.
 
-    A field written to a file beside the frames (``external``, such as an area detector's NDAttribute in
-    a fly scan's HDF5 file) never comes in an event: it is not read, with a warning, and the stream's
-    frames are what its name says."""
+    A field written to a file beside the frames (``external: "STREAM:"``, such as an area detector's
+    NDAttribute in a fly scan's HDF5 file) is read from there (``RoleKey.external``); one announced otherwise
+    (a legacy ``FILESTORE:`` Resource) is not, with a warning, and the stream's frames are what its name says."""
     for name, key in data_keys.items():
         lowered = name.lower()
         ending = next((e for e in ROLE_KEY_ENDINGS if lowered.endswith(e)), None)
         if ending is None or not isinstance(key, Mapping) or [s for s in key.get("shape") or [] if s != 1]:
             continue
-        if key.get("external"):
-            log.warning("%s says what each frame is but is written to a file (external %r), which is not read "
-                        "for it: the stream's frames count as what its name says", name, key["external"])
+        external = key.get("external")
+        if external and external != "STREAM:":
+            log.warning("%s says what each frame is but is written to a file through a Resource (external %r), "
+                        "which is not read for it: the stream's frames count as what its name says", name, external)
             continue
         choices = key.get("choices") or key.get("enum_strs") or ()
-        return RoleKey(name, tuple(str(c) for c in choices), nxtomo=ending.startswith("image"))
+        return RoleKey(name, tuple(str(c) for c in choices), nxtomo=ending.startswith("image"), external=bool(external))
     return None
 
 
@@ -167,8 +172,13 @@ class FrameRoles:
 
     @property
     def per_event(self) -> bool:
-        """Whether its events say, one by one, what their frames are."""
+        """Whether each frame is said to be what it is, one by one: by its event, or in a file (:attr:`in_file`)."""
         return self.key is not None
+
+    @property
+    def in_file(self) -> bool:
+        """Whether what each frame is is written to a file (``STREAM:``), not carried by its event."""
+        return self.key is not None and self.key.external
 
     def of_page(self, data: Mapping[str, Sequence[Any]], n: int) -> list[str | None]:
         """The role of each of the ``n`` events of an event page's ``data``."""

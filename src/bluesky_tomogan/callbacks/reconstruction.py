@@ -340,10 +340,14 @@ class _RunReconstruction(PassThroughRun):
         self._readers: dict[str, tuple[str, FrameReader]] = {}  # StreamResource uid -> (data key, reader)
         self._angles: dict[int, float] = {}  # primary seq_num -> angle, from its event
         # a fly scan's angles, written to a file (STREAM:): StreamResource uid -> reader, primary seq_num -> where
-        # its angle is, and (worker thread) the angles read so far
+        # its angle is, and (worker thread) the readings read so far (in the units of its data key)
         self._angle_readers: dict[str, FrameReader] = {}
         self._angle_rows: dict[int, tuple[FrameReader, int]] = {}
-        self._angles_read: dict[int, float] = {}
+        self._angles_read: dict[int, Any] = {}
+        # ... and the same of a field that says what each frame is, written to a file (an NDAttribute: frame_roles)
+        self._role_readers: dict[str, FrameReader] = {}
+        self._role_rows: dict[int, tuple[FrameReader, int]] = {}
+        self._roles_read: dict[int, Any] = {}
         self._source_seq: dict[int, int] = {}  # denoised seq_num -> primary seq_num
         # primary seq_num -> "dark", "flat" or "invalid", where the primary stream's events say what each frame
         # is (an image_key or frame_type field: frame_roles); its projections are the others
@@ -435,11 +439,16 @@ class _RunReconstruction(PassThroughRun):
         here = remapped(doc, self.o.root_map)  # the document itself passes on unchanged
         if self._raw_directory is None:
             self._raw_directory = stream_resource_directory(here)
-        if self._axis is not None and doc.get("data_key") == self._axis:  # a fly scan's angles, in a file
+        role_keys = {r.key.name for r in self._frame_roles.values() if r.in_file and r.key is not None}
+        for readers, key, what in ((self._angle_readers, self._axis, "the angles"),
+                                   (self._role_readers, doc.get("data_key") if doc.get("data_key") in role_keys
+                                    else None, "what each frame is")):
+            if key is None or doc.get("data_key") != key:  # a fly scan's angles, or its frames' roles, in a file
+                continue
             try:
-                self._angle_readers[doc["uid"]] = reader_for(here)
+                readers[doc["uid"]] = reader_for(here)
             except (ValueError, KeyError) as exc:
-                self._note(f"StreamResource {doc.get('uid')} of the angles {self._axis!r}: {exc}; they are not read")
+                self._note(f"StreamResource {doc.get('uid')} of {key!r} ({what}): {exc}; not read")
         if doc.get("data_key") in self._image_key.values():
             try:
                 self._readers[doc["uid"]] = (doc["data_key"], reader_for(here))
@@ -448,13 +457,15 @@ class _RunReconstruction(PassThroughRun):
         return doc
 
     def stream_datum(self, doc: Any) -> Any:
-        angles = self._angle_readers.get(doc["stream_resource"])
-        if angles is not None:
-            if self._names.get(doc["descriptor"]) == "primary":  # read on the worker thread (_projection_angles)
+        for readers, rows in ((self._angle_readers, self._angle_rows), (self._role_readers, self._role_rows)):
+            values = readers.get(doc["stream_resource"])
+            if values is None:
+                continue
+            if self._names.get(doc["descriptor"]) == "primary":  # read on the worker thread (_read_from_files)
                 start, stop = doc["indices"]["start"], doc["indices"]["stop"]
                 for i, seq in zip(range(start, stop), range(doc["seq_nums"]["start"], doc["seq_nums"]["stop"]),
                                   strict=True):
-                    self._angle_rows[seq] = (angles, i)
+                    rows[seq] = (values, i)
                 self._update_now_and_then()
             return doc
         found = self._readers.get(doc["stream_resource"])
@@ -630,7 +641,8 @@ class _RunReconstruction(PassThroughRun):
                     "nothing reconstructed") if final else None
         # the last usable frame of each angle
         by_angle: dict[float, int] = {}
-        projection_angles = self._projection_angles(notes if final else [])
+        roles = self._primary_roles(notes if final else [])
+        projection_angles = self._projection_angles(roles, notes if final else [])
         for seq in sorted(frames.seqs):
             raw_seq = self._source_seq.get(seq, seq) if source == "denoised" else seq
             if raw_seq in projection_angles and raw_seq not in self._unusable:
@@ -648,8 +660,8 @@ class _RunReconstruction(PassThroughRun):
         angles = np.array(sorted(by_angle))
         seqs = [by_angle[a] for a in angles]
         sino = frames.rows(seqs, wanted, self._raw_dtype)  # (angles, rows, W), NaN where masked
-        flat_name = "flat_denoised" if source == "denoised" and self._of_role("flat_denoised")[1] else "flat"
-        flat, dark = self._mean_rows(flat_name, wanted), self._mean_rows("dark", wanted)
+        flat_name = "flat_denoised" if source == "denoised" and self._of_role("flat_denoised", roles)[1] else "flat"
+        flat, dark = self._mean_rows(flat_name, wanted, roles), self._mean_rows("dark", wanted, roles)
         if flat is None:
             notes.append("no flat frames: flat field taken as each column's brightest value")
         if dark is None:
@@ -659,7 +671,7 @@ class _RunReconstruction(PassThroughRun):
             notes.append(f"{masked} detector pixels of the reconstructed rows hold no data (module gaps, flagged "
                          "pixels): filled from their neighbours along the row")
         # dead and hot pixels, judged on the raw flats and darks (the denoised ones have them despiked)
-        bad = recon.defective_pixels(flat if flat_name == "flat" else self._mean_rows("flat", wanted), dark)
+        bad = recon.defective_pixels(flat if flat_name == "flat" else self._mean_rows("flat", wanted, roles), dark)
         if bad is not None:
             sino = np.where(bad[None], np.float32(np.nan), sino)
             count = int(bad[[wanted.index(r) for r in rows]].sum())
@@ -701,28 +713,47 @@ class _RunReconstruction(PassThroughRun):
                 "projections": len(angles), "stripe": stripes, "note": "; ".join(notes), "final": final,
                 "source": source}
 
-    def _projection_angles(self, notes: list[str]) -> dict[int, float]:
-        """The angle of each projection by its ``primary`` seq_num (worker thread): those of their events, and
-        those a fly scan wrote to a file, read here (once each; what cannot be read is added to ``notes``)."""
-        located = dict(self._angle_rows)  # copies made at once: the callback thread adds to them meanwhile
-        roles = dict(self._seq_roles)
-        unread = sorted(s for s in located if s not in self._angles_read)
+    def _primary_roles(self, notes: list[str]) -> dict[int, str]:
+        """What the frames of ``primary`` that are no projections are, by seq_num (worker thread): as their events
+        said, or as the file a fly scan wrote it to says, read here."""
+        roles = dict(self._seq_roles)  # a copy made at once: the callback thread adds to it meanwhile
+        in_file = [r for r in self._frame_roles.values() if r.in_file and r.key is not None]
+        if in_file:  # (a descriptor re-emitted: the latest says how to read them)
+            primary = in_file[-1]
+            self._read_from_files(self._role_rows, self._roles_read, repr(primary.key.name if primary.key else ""),
+                                  notes)
+            said = ((s, primary.of_value(v)) for s, v in list(self._roles_read.items()))
+            roles.update((s, r) for s, r in said if r is not None)
+        return roles
+
+    def _projection_angles(self, roles: Mapping[int, str], notes: list[str]) -> dict[int, float]:
+        """The angle of each projection (no seq_num of ``roles``) by its ``primary`` seq_num, in degrees (worker
+        thread): those of their events, and those a fly scan wrote to a file, read here."""
+        self._read_from_files(self._angle_rows, self._angles_read, f"the angles {self._axis!r}", notes)
+        angles = {s: float(a) * self._degrees_per_unit for s, a in self._angles_read.items() if s not in roles}
+        angles = {s: a for s, a in angles.items() if math.isfinite(a)}
+        angles.update(self._angles)
+        return angles
+
+    @staticmethod
+    def _read_from_files(located: Mapping[int, tuple[FrameReader, int]], into: dict[int, Any], what: str,
+                         notes: list[str]) -> None:
+        """Read into ``into`` the values of the seq_nums ``located`` in files that it lacks (worker thread; one read
+        per run of rows that lie one after the other); rows that cannot be read are added to ``notes``."""
+        located = dict(located)  # a copy made at once: the callback thread adds to it meanwhile
+        unread = sorted(s for s in located if s not in into)
         failed: list[str] = []
         for start, stop in _runs(unread, located):
             reader, first = located[unread[start]]
             try:
-                values = np.asarray(reader(first, first + stop - start), dtype=np.float64).reshape(stop - start, -1)
-            except Exception as exc:  # a missing or short file: those angles stay unknown, the rest count
+                values = np.asarray(reader(first, first + stop - start)).reshape(stop - start, -1)[:, 0].tolist()
+            except Exception as exc:  # a missing or short file: those values stay unknown, the rest count
                 failed.append(f"{stop - start} from row {first} ({type(exc).__name__}: {exc})")
                 continue
-            self._angles_read.update(zip(unread[start:stop], (values[:, 0] * self._degrees_per_unit).tolist(),
-                                         strict=True))
+            into.update(zip(unread[start:stop], values, strict=True))
         if failed:
-            notes.append(f"angles {self._axis!r} not read: {'; '.join(failed[:3])}"
+            notes.append(f"{what} not read: {'; '.join(failed[:3])}"
                          + (f" and {len(failed) - 3} more" if len(failed) > 3 else ""))
-        angles = {s: a for s, a in self._angles_read.items() if roles.get(s) is None and math.isfinite(a)}
-        angles.update(self._angles)
-        return angles
 
     @staticmethod
     def _center_row(rows: Sequence[int], transmission: dict[int, np.ndarray]) -> int:
@@ -732,14 +763,13 @@ class _RunReconstruction(PassThroughRun):
         middle = rows[len(rows) // 2]
         return middle if seen[middle] >= 0.1 * max(seen.values()) else max(seen, key=seen.__getitem__)
 
-    def _of_role(self, name: str) -> tuple[_Frames | None, list[int]]:
+    def _of_role(self, name: str, roles: Mapping[int, str]) -> tuple[_Frames | None, list[int]]:
         """The frames of ``name`` (``dark``, ``flat``, ``flat_denoised``) and their seq_nums: its own stream's,
-        else those of ``primary`` (``denoised``) whose events say they are darks or flats."""
+        else those of ``primary`` (``denoised``) that ``roles`` (:meth:`_primary_roles`) says are darks or flats."""
         frames = self._frames.get(name)
         if frames is not None and len(frames):
             return frames, sorted(frames.seqs)
         role = name.removesuffix("_denoised")
-        roles = dict(self._seq_roles)  # a copy made at once: the callback thread adds to it meanwhile
         if name == role:
             mixed, seqs = self._frames.get("primary"), [s for s, r in roles.items() if r == role]
         else:
@@ -750,8 +780,8 @@ class _RunReconstruction(PassThroughRun):
         known = mixed.seqs
         return mixed, sorted(s for s in seqs if s in known)
 
-    def _mean_rows(self, name: str, rows: Sequence[int]) -> np.ndarray | None:
-        frames, seqs = self._of_role(name)
+    def _mean_rows(self, name: str, rows: Sequence[int], roles: Mapping[int, str]) -> np.ndarray | None:
+        frames, seqs = self._of_role(name, roles)
         if frames is None or not seqs:
             return None
         stack = frames.rows(seqs, rows, self._raw_dtype)
@@ -823,7 +853,8 @@ class _RunReconstruction(PassThroughRun):
             self._writer.close()
         for _, reader in self._readers.values():
             reader.close()
-        for reader in self._angle_readers.values():
+        for reader in [*self._angle_readers.values(), *self._role_readers.values()]:
             reader.close()
         self._readers.clear()
         self._angle_readers.clear()
+        self._role_readers.clear()

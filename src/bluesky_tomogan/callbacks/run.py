@@ -188,6 +188,7 @@ class RunDenoiser(PassThroughRun):
         self._stream_keys: dict[str, set[str]] = {}  # raw descriptor uid -> its "STREAM:" data keys
         self._exposures: dict[str, dict[str, float | None]] = {}  # raw descriptor uid -> field -> exposure (s)
         self._roles: dict[str, FrameRoles] = {}  # raw descriptor uid -> what its frames are (frame_roles)
+        self._role_fields: dict[str, str] = {}  # raw stream -> the field that says what each frame is, if any
         # StreamDatum frames of a stream whose events say what each frame is wait for their event (bluesky
         # emits a frame's StreamDatum before its event): descriptor uid -> seq_num -> their _enqueue arguments
         self._parked: dict[str, dict[int, list[Callable[..., None]]]] = {}
@@ -222,6 +223,9 @@ class RunDenoiser(PassThroughRun):
                                           root_map=dict(options.root_map), handler_cache=self._handlers,
                                           retry_intervals=[0.01, 0.05, 0.1, 0.25, 0.5, 1.0])
         self._stream_readers: dict[str, tuple[str, FrameReader]] = {}  # StreamResource uid -> (key, reader)
+        # ... of a field that says what each frame is, written to a file (frame_roles: RoleKey.external); read on
+        # this thread when its StreamDatum comes, never waiting for rows not written yet
+        self._role_readers: dict[str, FrameReader] = {}
         # The frames of the last multi-frame event read (worker thread): its N rows read it once.
         self._last_event: tuple[Any, np.ndarray] | None = None
         self._qc = RunQC(options.feedback, options.known_nan, options.dark_levels, options.dead_before)
@@ -271,6 +275,8 @@ class RunDenoiser(PassThroughRun):
             self._check_name_is_free(doc, ours)
         self._raw_streams.setdefault(raw_name, set()).update(() if ours else images)
         roles = self._roles[doc["uid"]] = FrameRoles(doc)
+        if roles.key is not None:
+            self._role_fields[raw_name] = roles.key.name
         self._qc.take_angle_units(doc)
         if self._start is None or (o.streams is not None and raw_name not in o.streams):
             role = None if roles.per_event else roles.default
@@ -432,7 +438,8 @@ class RunDenoiser(PassThroughRun):
                 for k, frame in enumerate(frames):
                     self._enqueue(stream, frame, doc["seq_num"][i], doc["uid"][i], exposure=k,
                                   exposure_s=self._exposures.get(doc["descriptor"], {}).get(f), role=roles[i])
-        if fields and self._roles[doc["descriptor"]].per_event and self._stream_keys.get(doc["descriptor"]):
+        in_events = self._roles[doc["descriptor"]].per_event and not self._roles[doc["descriptor"]].in_file
+        if fields and in_events and self._stream_keys.get(doc["descriptor"]):
             self._match_streamed(doc["descriptor"], doc["seq_num"], roles)
         return doc
 
@@ -457,11 +464,12 @@ class RunDenoiser(PassThroughRun):
             if not released:
                 continue
             roles = self._roles[descriptor]
-            self._note_repeated(("", f"no event says what frames of {roles.stream!r} are"),
-                                f"{len(released)} frames of stream {roles.stream!r} came with no event saying what "
+            said_by = "nothing in its file" if roles.in_file else "no event"
+            self._note_repeated(("", f"{said_by} says what frames of {roles.stream!r} are"),
+                                f"{len(released)} frames of stream {roles.stream!r} came with {said_by} saying what "
                                 f"they are ({roles.key.name if roles.key else ''}); taken as "
                                 f"{roles.default or 'projections'}",
-                                f"{{n}} more times frames of stream {roles.stream!r} came with no event saying what "
+                                f"{{n}} more times frames of stream {roles.stream!r} came with {said_by} saying what "
                                 "they are")
             for seq in released:
                 for enqueue in parked.pop(seq):
@@ -522,6 +530,13 @@ class RunDenoiser(PassThroughRun):
         here = remapped(doc, self.options.root_map)  # the raw document passes on unchanged
         if self._raw_directory is None:  # None if not a local file: derived frames go to the default directory
             self._raw_directory = stream_resource_directory(here)
+        if any(r.in_file and r.key is not None and r.key.name == doc.get("data_key") for r in self._roles.values()):
+            try:  # what each frame is: read as its StreamDatum comes (stream_datum), so never waited for
+                self._role_readers[doc["uid"]] = reader_for(here, wait_s=0)
+            except (ValueError, KeyError) as exc:
+                self._note(f"StreamResource {doc.get('uid')} of {doc.get('data_key')!r}: {exc}; what each frame is "
+                           "is not read from it")
+            return doc
         wanted = {s.field for fields in self._by_descriptor.values() for s in fields.values()}
         wanted.update(*(fields for _, fields in self._sampled.values()))
         if doc.get("data_key") in wanted or self.options.fields is None:
@@ -532,6 +547,9 @@ class RunDenoiser(PassThroughRun):
         return doc
 
     def stream_datum(self, doc: Any) -> Any:
+        if doc["stream_resource"] in self._role_readers:
+            self._roles_from_file(doc, self._role_readers[doc["stream_resource"]])
+            return doc
         reader = self._stream_readers.get(doc["stream_resource"])
         if reader is None:
             return doc
@@ -567,6 +585,30 @@ class RunDenoiser(PassThroughRun):
         if parked is not None and len(parked) > PARKED_LIMIT:  # events that never come: not for ever
             self._release_parked(before=seq_nums["start"])
         return doc
+
+    def _roles_from_file(self, doc: Any, read: FrameReader) -> None:
+        """What the frames of a StreamDatum of a role field written to a file are (an area detector's NDAttribute):
+        read now, as the frames' events would say it (:meth:`_match_streamed`); rows not readable yet, or at all,
+        are their stream's default role, with a note."""
+        roles = self._roles.get(doc["descriptor"])
+        if roles is None or doc["descriptor"] not in self._by_descriptor:
+            return
+        (first, stop), (seq, seq_stop) = ((doc["indices"]["start"], doc["indices"]["stop"]),
+                                          (doc["seq_nums"]["start"], doc["seq_nums"]["stop"]))
+        if stop - first != seq_stop - seq or roles.key is None:
+            self._note(f"StreamDatum {doc['uid']} has seq_nums {doc['seq_nums']} for indices {doc['indices']}; "
+                       "what its frames are is not read")
+            return
+        try:
+            values = np.asarray(read(first, stop)).reshape(stop - first, -1)[:, 0].tolist()
+            said = roles.of_page({roles.key.name: values}, stop - first)
+        except Exception as exc:  # a file not readable (yet): its frames count as the stream's
+            self._note_repeated((roles.key.name, "not read"),
+                                f"{roles.key.name} of frames {seq}-{seq_stop - 1} not read from its file "
+                                f"({type(exc).__name__}: {exc}); they count as {roles.default or 'projections'}",
+                                f"{{n}} more times {roles.key.name} was not read from its file")
+            said = [roles.default] * (stop - first)
+        self._match_streamed(doc["descriptor"], list(range(seq, seq_stop)), said)
 
     def _read_exposure(self, read: FrameReader, index: int, exposure: int, exposures: int) -> np.ndarray:
         """Frame ``exposure`` of StreamDatum row ``index`` (worker thread; a multi-frame row is read once)."""
@@ -759,7 +801,8 @@ class RunDenoiser(PassThroughRun):
             return
         item.stream = self._stream_of_frame(item, np.shape(item.frame))
         if item.role == INVALID:  # NXtomo's image_key 3: the plan says the frame is not to be used
-            self._finish(FrameResult(item, None, "not denoised: its event marks the frame invalid",
+            said_by = self._role_fields.get(item.stream.raw_name, "its event")
+            self._finish(FrameResult(item, None, f"not denoised: {said_by} marks the frame invalid",
                                      finished=time.time()), judge=False)
             return
         problem = _frame_problem(item.frame, item.stream.shape)
@@ -1016,6 +1059,9 @@ class RunDenoiser(PassThroughRun):
         for _, reader in self._stream_readers.values():
             reader.close()
         self._stream_readers.clear()
+        for role_reader in self._role_readers.values():
+            role_reader.close()
+        self._role_readers.clear()
         for handler in self._handlers.values():
             if hasattr(handler, "close"):
                 handler.close()
