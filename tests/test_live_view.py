@@ -382,12 +382,15 @@ def test_a_frame_announced_but_not_in_its_file_yet_is_not_waited_for(tmp_path, m
     file.close()
 
 
-def test_a_frame_its_event_calls_a_dark_or_flat_is_titled_so(RE, denoiser, tmp_path):
-    """Darks and flats among the projections (an ``image_key`` per event): a black frame in the view is
-    said to be a dark, not left for the scientist to wonder about. (The run's documents are replayed
-    with one derived row per event, so that every row is drawn.)"""
+@pytest.mark.parametrize("said_in", ["events", "file"])
+def test_a_frame_its_event_calls_a_dark_or_flat_is_titled_so(RE, denoiser, tmp_path, said_in):
+    """Darks and flats among the projections (an ``image_key`` per event, or in the file beside the frames as
+    a fly scan writes it: tests/fly_scan.py): a black frame in the view is said to be a dark, not left for
+    the scientist to wonder about. (The run's documents are replayed with one derived row per event, so
+    that every row is drawn.)"""
     import event_model
 
+    from .fly_scan import as_fly_scan
     from .keyed_scan import keyed_tomo_scan
 
     det = detector(tmp_path, "stream")
@@ -396,6 +399,8 @@ def test_a_frame_its_event_calls_a_dark_or_flat_is_titled_so(RE, denoiser, tmp_p
     cb.subscribe(lambda name, doc: docs.append((name, doc)))
     RE.subscribe(cb)
     RE(keyed_tomo_scan(det, det.sample_stage, [0, 20, 40], n_darks=2, n_flats=2))
+    if said_in == "file":
+        docs = as_fly_scan(docs, tmp_path, angle=det.sample_stage.theta.name, moved={"image_key": "det-image_key"})
     view = LiveDenoisedView(interval=0, use_teleporter=False)
     titles = {}
     for name, doc in docs:

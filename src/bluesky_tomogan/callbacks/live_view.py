@@ -505,7 +505,24 @@ class LiveDenoisedView(QtAwareCallback):
         elif doc.get("descriptor") in self._raw and key in self._raw_fields:
             for k in rows:  # of every image field: the derived descriptor may come after these
                 self._raw_at.put((key, seq + k), (read, first + k))
+        elif doc.get("descriptor") in self._raw:
+            self._take_roles_in_file(self._raw_roles[doc["descriptor"]], key, read, first, seq, len(rows))
         return doc
+
+    def _take_roles_in_file(self, roles: FrameRoles, key: str, read: FrameReader, first: int, seq: int,
+                            n: int) -> None:
+        """What ``n`` frames from ``seq`` are, where a fly scan writes it to a file (``key``, from row ``first``):
+        read now, a few values, for their titles; rows not in the file yet are left untitled."""
+        if not roles.in_file or roles.key is None or key != roles.key.name:
+            return
+        try:
+            values = np.asarray(read(first, first + n)).reshape(n, -1)[:, 0].tolist()
+        except Exception as exc:  # the frames are still drawn, without "(dark)" or "(flat)"
+            log.debug("live view: %s not read: %s", key, exc)
+            return
+        for k, role in enumerate(roles.of_page({key: values}, n)):
+            if role is not None:
+                self._role_of.put(seq + k, role)
 
     def _to_filler(self, name: str, doc: Any) -> Any:
         """Legacy ``Resource``/``Datum`` documents go to the run's Filler, which reads a raw frame if it is drawn."""
