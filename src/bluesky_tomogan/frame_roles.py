@@ -180,6 +180,11 @@ class FrameRoles:
         """Whether what each frame is is written to a file (``STREAM:``), not carried by its event."""
         return self.key is not None and self.key.external
 
+    @property
+    def in_events(self) -> bool:
+        """Whether each event says what its frame is."""
+        return self.key is not None and not self.key.external
+
     def of_page(self, data: Mapping[str, Sequence[Any]], n: int) -> list[str | None]:
         """The role of each of the ``n`` events of an event page's ``data``."""
         column = data.get(self.key.name) if self.key is not None else None

@@ -30,7 +30,7 @@ import numpy as np
 
 from .hdf5_frames import ANNOUNCED_FRAMES_WAIT_S, MIMETYPE, StreamFrameReader, path_from_uri
 
-__all__ = ["FrameReader", "FileSequenceReader", "SEQUENCE_MIMETYPES", "reader_for", "remapped"]
+__all__ = ["FrameReader", "FileSequenceReader", "SEQUENCE_MIMETYPES", "reader_for", "remapped", "scalar_rows"]
 
 #: Mimetypes of a directory of files, one (or a few) frames each.
 SEQUENCE_MIMETYPES = ("multipart/related;type=image/tiff", "multipart/related;type=image/jpeg",
@@ -83,6 +83,12 @@ def reader_for(stream_resource: dict[str, Any], wait_s: float = ANNOUNCED_FRAMES
         return StreamFrameReader(stream_resource, wait_s)
     raise ValueError(f"no reader for mimetype {mimetype!r} (StreamResource {stream_resource.get('uid')}); "
                      f"supported: {', '.join([MIMETYPE, *SEQUENCE_MIMETYPES])}")
+
+
+def scalar_rows(read: FrameReader, start: int, stop: int) -> list[Any]:
+    """Rows ``[start, stop)`` of a StreamResource of one scalar per row (an encoder's angle, an NDAttribute such
+    as an ``image_key``), as Python values (a row stored as ``[v]`` gives ``v``)."""
+    return list(np.asarray(read(start, stop)).reshape(stop - start, -1)[:, 0].tolist())
 
 
 def new_style_template(template: str, filename: str = "") -> str:

@@ -47,7 +47,7 @@ from bluesky.run_engine import DefaultDuringTask
 
 from ..frame_roles import FrameRoles
 from ..handlers import default_handler_registry, fill_datum
-from ..stream_readers import FrameReader, reader_for, remapped
+from ..stream_readers import FrameReader, reader_for, remapped, scalar_rows
 from .derived_stream import SOURCE, derived_from, exposures_per_event, image_fields
 from .reconstruction import STREAM as RECONSTRUCTION
 
@@ -516,7 +516,7 @@ class LiveDenoisedView(QtAwareCallback):
         if not roles.in_file or roles.key is None or key != roles.key.name:
             return
         try:
-            values = np.asarray(read(first, first + n)).reshape(n, -1)[:, 0].tolist()
+            values = scalar_rows(read, first, first + n)
         except Exception as exc:  # the frames are still drawn, without "(dark)" or "(flat)"
             log.debug("live view: %s not read: %s", key, exc)
             return
@@ -542,7 +542,7 @@ class LiveDenoisedView(QtAwareCallback):
     def event_page(self, doc: Any) -> Any:
         if doc["descriptor"] in self._raw:
             roles = self._raw_roles[doc["descriptor"]]
-            if roles.per_event:  # darks and flats among the projections: the title says which a frame is
+            if roles.in_events:  # darks and flats among the projections: the title says which a frame is
                 for seq, role in zip(doc["seq_num"], roles.of_page(doc["data"], len(doc["seq_num"])), strict=True):
                     if role is not None:
                         self._role_of.put(seq, role)

@@ -65,7 +65,7 @@ from ..frames import context_indices
 from ..inference.denoiser import Denoiser
 from ..masked import masked_pixels
 from ..qc.policy import UNUSABLE
-from ..stream_readers import FrameReader, reader_for, remapped
+from ..stream_readers import FrameReader, reader_for, remapped, scalar_rows
 from .consumers import Consumers
 from .derived_stream import (
     SOURCE,
@@ -439,16 +439,14 @@ class _RunReconstruction(PassThroughRun):
         here = remapped(doc, self.o.root_map)  # the document itself passes on unchanged
         if self._raw_directory is None:
             self._raw_directory = stream_resource_directory(here)
+        key = doc.get("data_key")  # a fly scan's angles, or what its frames are, in a file
         role_keys = {r.key.name for r in self._frame_roles.values() if r.in_file and r.key is not None}
-        for readers, key, what in ((self._angle_readers, self._axis, "the angles"),
-                                   (self._role_readers, doc.get("data_key") if doc.get("data_key") in role_keys
-                                    else None, "what each frame is")):
-            if key is None or doc.get("data_key") != key:  # a fly scan's angles, or its frames' roles, in a file
-                continue
+        readers = self._angle_readers if key == self._axis else self._role_readers if key in role_keys else None
+        if key is not None and readers is not None:
             try:
                 readers[doc["uid"]] = reader_for(here)
             except (ValueError, KeyError) as exc:
-                self._note(f"StreamResource {doc.get('uid')} of {key!r} ({what}): {exc}; not read")
+                self._note(f"StreamResource {doc.get('uid')} of {key!r}: {exc}; not read")
         if doc.get("data_key") in self._image_key.values():
             try:
                 self._readers[doc["uid"]] = (doc["data_key"], reader_for(here))
@@ -746,7 +744,7 @@ class _RunReconstruction(PassThroughRun):
         for start, stop in _runs(unread, located):
             reader, first = located[unread[start]]
             try:
-                values = np.asarray(reader(first, first + stop - start)).reshape(stop - start, -1)[:, 0].tolist()
+                values = scalar_rows(reader, first, first + stop - start)
             except Exception as exc:  # a missing or short file: those values stay unknown, the rest count
                 failed.append(f"{stop - start} from row {first} ({type(exc).__name__}: {exc})")
                 continue

@@ -62,7 +62,7 @@ from ..inference.ratios import RatioController, RatioDenoisers, network_name
 from ..qc.feedback import QCFeedback
 from ..qc.metrics import DeadBefore, residual_metrics
 from ..qc.policy import QCPolicy
-from ..stream_readers import FrameReader, reader_for, remapped
+from ..stream_readers import FrameReader, reader_for, remapped, scalar_rows
 from .consumers import Consumers
 from .derived_stream import (
     DerivedStream,
@@ -438,8 +438,7 @@ class RunDenoiser(PassThroughRun):
                 for k, frame in enumerate(frames):
                     self._enqueue(stream, frame, doc["seq_num"][i], doc["uid"][i], exposure=k,
                                   exposure_s=self._exposures.get(doc["descriptor"], {}).get(f), role=roles[i])
-        in_events = self._roles[doc["descriptor"]].per_event and not self._roles[doc["descriptor"]].in_file
-        if fields and in_events and self._stream_keys.get(doc["descriptor"]):
+        if fields and self._roles[doc["descriptor"]].in_events and self._stream_keys.get(doc["descriptor"]):
             self._match_streamed(doc["descriptor"], doc["seq_num"], roles)
         return doc
 
@@ -600,8 +599,7 @@ class RunDenoiser(PassThroughRun):
                        "what its frames are is not read")
             return
         try:
-            values = np.asarray(read(first, stop)).reshape(stop - first, -1)[:, 0].tolist()
-            said = roles.of_page({roles.key.name: values}, stop - first)
+            said = roles.of_page({roles.key.name: scalar_rows(read, first, stop)}, stop - first)
         except Exception as exc:  # a file not readable (yet): its frames count as the stream's
             self._note_repeated((roles.key.name, "not read"),
                                 f"{roles.key.name} of frames {seq}-{seq_stop - 1} not read from its file "
