@@ -364,8 +364,34 @@ def test_a_fly_scan_whose_angles_are_written_to_a_file_is_reconstructed_as_the_s
                                                                      rel=1e-5)
     rec, pages = reconstructed(fly)
     assert pages == [] and any("angle_field" in e and "not a tomography scan" in e for e in rec.errors)
-    rec, pages = reconstructed(fly, angle_field="stage_theta")
+    without_nominal = [(n, {k: v for k, v in d.items() if k != "angles"} if n == "start" else d) for n, d in fly]
+    rec, pages = reconstructed(without_nominal, angle_field="stage_theta")
     assert pages == [] and any("no projection came with its angle 'stage_theta'" in e for e in rec.errors)
+
+
+def test_a_fly_scan_without_position_capture_is_reconstructed_at_its_plans_nominal_angles(RE, tmp_path):
+    """A fly scan of a motor alone (no encoder captured per frame: ``tomo_fly_scan`` without ``capture``) records
+    no angle with any frame; the reconstruction takes the nominal angle of each projection, in order, from the start
+    document's ``angles`` (here the stepped scan's own angles) and makes the stepped scan's slices, updates during
+    the scan included, with a note that says so."""
+    raw = recorded_scan(RE, tmp_path, 60)
+    fly = as_fly_scan(raw, tmp_path, key=None)
+    start = next(d for n, d in fly if n == "start")
+    assert start["motors"] == ["stage_theta"] and len(start["angles"]) == 60
+    assert not any(n == "event" and "stage_theta" in d["data"] for n, d in fly)
+    stepped_rec, (*_, stepped) = reconstructed(raw)
+    fly_rec, pages = reconstructed(fly, every=20)
+    flown = pages[-1]
+    assert any(not p["final"][0] for p in pages)  # its frames count as angles seen: updates during the scan
+    assert flown["final"][0] and flown["projections"][0] == stepped["projections"][0] == 60
+    assert flown["center"] + flown["stripe_metric"] == pytest.approx(stepped["center"] + stepped["stripe_metric"],
+                                                                     rel=1e-5)
+    assert stepped_rec.errors == [] and stepped["note"][0] == ""
+    assert "the plan's nominal angle" in flown["note"][0] and fly_rec.errors == [flown["note"][0]]
+    # fewer nominal angles than projections: those beyond the last are left out, and said
+    short = [(n, dict(d, angles=d["angles"][:50]) if n == "start" else d) for n, d in fly]
+    _, (*_, cut) = reconstructed(short)
+    assert cut["projections"][0] == 50 and "60 projections for 50 angles" in cut["note"][0]
 
 
 def test_a_fly_scan_whose_image_key_is_written_beside_its_frames_is_corrected_with_its_darks_and_flats(RE, tmp_path):

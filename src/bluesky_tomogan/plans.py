@@ -1,8 +1,10 @@
 """Tomography plans: darks, flats, then projections over the rotation, in one run.
 
-Written against ophyd's protocols, not the simulated classes: any detector with
+Written against bluesky's protocols, not the simulated classes: any detector with
 a shutter signal and any stage with ``theta`` and ``x`` positioners works,
 so the same plan runs on the simulated beamline and on hardware.
+:func:`tomo_fly_scan` flies the rotation instead: an ophyd-async detector takes
+frames at a fixed rate while a flyable motor turns at constant speed.
 
 Every point starts at a checkpoint, so a suspender (beam lost) rewinds to the
 point it interrupted and takes it again. :func:`qc_tomo_scan` also reads the
@@ -24,13 +26,13 @@ from typing import Any
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
-from bluesky.protocols import Readable
-from bluesky.utils import Msg
+from bluesky.protocols import Collectable, Flyable, Movable, Preparable, Readable
+from bluesky.utils import Msg, short_uid
 
 from .devices.qc_monitor import QCDecision
 from .qc.feedback import QCFeedback, Recommendation
 
-__all__ = ["tomo_scan", "qc_tomo_scan", "qc_tomo_scan_with", "QCDecision"]
+__all__ = ["tomo_scan", "tomo_fly_scan", "qc_tomo_scan", "qc_tomo_scan_with", "QCDecision"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,172 @@ def tomo_scan(
     def inner() -> Generator[Msg, Any, None]:
         yield from _darks_and_flats(detector, stage, n_darks, n_flats, out_position)
         yield from bpp.stage_wrapper(_points(detector, stage, "primary", angles), [detector])
+
+    yield from inner()
+
+
+def tomo_fly_scan(
+    detector: Flyable,
+    motor: Flyable,
+    start: float,
+    stop: float,
+    num: int,
+    *,
+    exposure: float,
+    deadtime: float = 0.0,
+    shutter: Movable | None = None,
+    sample_x: Movable | None = None,
+    out_position: float = 10.0,
+    n_darks: int = 10,
+    n_flats: int = 10,
+    shutter_open: Any = "open",
+    shutter_closed: Any = "closed",
+    capture: Sequence[Flyable] = (),
+    flush_period: float = 0.5,
+    md: dict[str, Any] | None = None,
+) -> Generator[Msg, Any, None]:
+    """Fly the rotation: darks (``dark`` stream), flats (``flat``), then ``num`` projections (``primary``)
+    taken while ``motor`` turns from ``start`` to ``stop`` at constant speed.
+
+    Each stream is flown: the detector is prepared for its number of frames at a fixed
+    period (``exposure + deadtime``), kicked off, and its frames collected while it runs
+    (every ``flush_period``), as ophyd-async records them: frames in a file,
+    announced by StreamResource/StreamDatum, no event per frame. For the projections the
+    motor is prepared to reach its speed before ``start`` (its run-up), kicked off, and the
+    detector kicked off when it is at speed, so that frame ``i`` is exposed over
+    ``start + i * (stop - start) / num`` onwards. Those nominal angles (each exposure's
+    middle) are the start document's ``angles``; the live reconstruction uses them when no
+    angle is recorded per frame.
+
+    A position capture (a PandA's encoder and HDF writer) records each frame's real angle:
+    pass it in ``capture``; it is prepared with the detector's trigger information, flown
+    beside it and collected into the same stream, and its encoder's data key is what
+    ``TomoReconstruction(angle_field=...)`` and ``serve --angle-field`` name.
+
+    Parameters
+    ----------
+    detector : ophyd-async StandardDetector
+        Preparable with ``TriggerInfo``, flyable and collectable (an area detector with an
+        HDF writer, ``ophyd_async.sim.SimBlobDetector``).
+    motor : flyable motor
+        Preparable with ``FlyMotorInfo`` (``ophyd_async.epics.motor.Motor``,
+        ``ophyd_async.sim.SimMotor``), moving in degrees.
+    start, stop : float
+        Rotation range of the projections in degrees: 0 and 180 for a parallel-beam scan
+        (the frames' nominal angles then cover it without its end, like
+        ``np.linspace(0, 180, num, endpoint=False)``).
+    num : int
+        Projections in the rotation.
+    exposure : float
+        Exposure of each frame in seconds (``TriggerInfo.livetime``).
+    deadtime : float
+        Time between the end of one exposure and the start of the next, in seconds; 0 (default)
+        takes the least the detector needs (the period is then the exposure, as far as the
+        detector allows).
+    shutter : movable, optional
+        Set to ``shutter_closed`` for the darks and to ``shutter_open`` after them. Needed
+        for ``n_darks > 0``.
+    sample_x : movable, optional
+        Moved to ``out_position`` for the flats and back after them. Needed for ``n_flats > 0``.
+    out_position : float
+        ``sample_x`` position that takes the sample out of the beam.
+    n_darks, n_flats : int
+        Dark and flat frames before the projections, each flown as one stream.
+    shutter_open, shutter_closed : object
+        The shutter's values for open and closed (``"open"``/``"closed"`` by default; an
+        EPICS shutter may take 1 and 0).
+    capture : sequence of flyable devices
+        Devices flown and collected beside the detector during the projections (position
+        capture).
+    flush_period : float
+        Seconds between two collections while a stream is flown: how often StreamDatums reach
+        the callbacks, and so how live the denoising of a fly scan is.
+    md : dict, optional
+        Extra start-document metadata.
+
+    Raises
+    ------
+    TypeError
+        Darks without a ``shutter``, flats without a ``sample_x``, or a detector or motor that
+        cannot be flown; raised before any run is opened.
+    ValueError
+        ``num`` below 1, ``exposure`` not above 0, ``deadtime`` below 0 or ``start == stop``.
+
+    Notes
+    -----
+    A flight cannot be rewound: each stream starts at a checkpoint (a suspension while the
+    shutter or the sample moves rewinds to it, as in :func:`tomo_scan`), and is flown not
+    rewindable, so a suspender (beam lost) that trips during a flight holds the plan where it
+    is while the motor and detector fly on; when it releases, every frame is collected and the
+    scan goes on. QC flags the frames taken without beam (``beam_lost``): take that range again
+    with a second ``tomo_fly_scan``. Give the detector a path provider that names a new file
+    for each staging (``UUIDFilenameProvider``): each stream is a staging.
+
+    Examples
+    --------
+    >>> RE(tomo_fly_scan(det, rot, 0, 180, 900, exposure=0.02, shutter=shutter, sample_x=x))  # doctest: +SKIP
+    """
+    _require_flyable(detector, motor, shutter, sample_x, n_darks, n_flats, capture)
+    if num < 1 or not exposure > 0 or deadtime < 0 or start == stop:
+        raise ValueError(f"tomo_fly_scan: needs num >= 1, exposure > 0, deadtime >= 0 and start != stop; got "
+                         f"num={num}, exposure={exposure}, deadtime={deadtime}, start={start}, stop={stop}")
+    trigger_info, fly_info = _fly_types()
+    step = (stop - start) / num
+    # The middle of each exposure, where the detector runs at its nominal period; where the detector
+    # needs more deadtime than asked for, the frames come later and these angles are a little early.
+    middle = exposure / 2 / (exposure + deadtime)
+    angles = [start + (i + middle) * step for i in range(num)]
+    period = exposure + deadtime
+    _md = {
+        "plan_name": "tomo_fly_scan",
+        "detectors": [detector.name],  # type: ignore[attr-defined]
+        "motors": [motor.name],  # type: ignore[attr-defined]
+        "num_points": num,
+        "num_intervals": max(num - 1, 0),
+        "plan_args": {"start": start, "stop": stop, "num": num, "exposure": exposure, "deadtime": deadtime,
+                      "n_darks": n_darks, "n_flats": n_flats,
+                      "capture": [getattr(c, "name", repr(c)) for c in capture]},
+        "angles": angles,
+        **(md or {}),
+    }
+
+    def fly(stream: str, n: int, flyers: Sequence[Any] = ()) -> Generator[Msg, Any, None]:
+        collected = [detector, *capture] if flyers else [detector]
+        info = trigger_info(number_of_events=n, livetime=exposure, deadtime=deadtime)
+        group = short_uid("prepare")
+        for device in collected:
+            yield from bps.prepare(device, info, group=group)
+        if flyers:
+            yield from bps.prepare(motor, fly_info(start_position=start, end_position=stop,
+                                                   time_for_move=num * period), group=group)
+        yield from bps.wait(group=group)
+        yield from bps.declare_stream(*collected, name=stream, collect=True)
+        if flyers:
+            yield from bps.kickoff(motor, wait=True)  # done when the motor is at speed, at ``start``
+        yield from bps.kickoff_all(*collected, wait=True)
+        yield from _collect_until_complete([*flyers, *collected], collected, stream, flush_period)
+
+    def staged(stream: str, n: int, flyers: Sequence[Any] = ()) -> Generator[Msg, Any, None]:
+        # One staging per stream, as tomo_scan: a staging is one file (one StreamResource per data key), and
+        # a StreamResource belongs to one stream. A suspension before the flight rewinds to the checkpoint; one
+        # during it waits where the plan is (not rewindable: a flight cannot be taken again from its middle,
+        # and without a checkpoint at all bluesky would fail the run) while the devices fly on.
+        yield from bps.checkpoint()
+        flight = bpp.rewindable_wrapper(fly(stream, n, flyers), False)
+        yield from bpp.stage_wrapper(flight, [detector, *capture] if flyers else [detector])
+
+    @bpp.run_decorator(md=_md)
+    def inner() -> Generator[Msg, Any, None]:
+        if n_darks:
+            yield from bps.mv(shutter, shutter_closed)
+            yield from staged("dark", n_darks)
+            yield from bps.mv(shutter, shutter_open)
+        if n_flats:
+            x0 = yield from bps.rd(sample_x)
+            yield from bps.mv(sample_x, out_position)
+            yield from staged("flat", n_flats)
+            yield from bps.mv(sample_x, x0)
+        yield from staged("primary", num, [motor])
 
     yield from inner()
 
@@ -287,6 +455,61 @@ def _require(detector: Any, stage: Any, plan: str, *detector_signals: str) -> No
                                               if detector_signals else "")
                         + " and a stage with 'theta' (degrees) and 'x' positioners: give the device those "
                         "components (an ophyd Device subclass, or Signals that alias the existing ones)")
+
+
+def _collect_until_complete(flyers: Sequence[Any], collected: Sequence[Any], stream: str,
+                            flush_period: float) -> Generator[Msg, Any, None]:
+    """``bps.collect_while_completing``, that a suspension does not cut short.
+
+    bluesky's waits on its ``complete`` group, and a suspension that interrupts that wait drops
+    the group's statuses: after it the wait finds nothing to wait for, one last collect runs and
+    the frames taken after it are never collected. Here the statuses are kept and polled, and
+    the group is waited on once they are done (which raises a failed one's error).
+    """
+    group = short_uid("complete")
+    statuses = []
+    for device in flyers:
+        statuses.append((yield from bps.complete(device, group=group, wait=False)))
+    while not all(status.done for status in statuses):
+        yield from bps.sleep(flush_period)
+        yield from bps.collect(*collected, name=stream)
+    yield from bps.wait(group=group)
+    yield from bps.collect(*collected, name=stream)
+
+
+def _require_flyable(detector: Any, motor: Any, shutter: Any, sample_x: Any, n_darks: int, n_flats: int,
+                     capture: Sequence[Any]) -> None:
+    missing = [f"{role} {getattr(device, 'name', device)!r} is not {kind} (no {method!r})"
+               for role, device, kind, methods in (("detector", detector, "a flyable, collectable detector",
+                                                    (Preparable, Flyable, Collectable)),
+                                                   ("motor", motor, "a flyable motor", (Preparable, Flyable)),
+                                                   *(("capture device", c, "flyable and collectable",
+                                                      (Preparable, Flyable, Collectable)) for c in capture))
+               for method in _missing_methods(device, methods)]
+    if n_darks and shutter is None:
+        missing.append(f"{n_darks} darks need a shutter (shutter=...), or n_darks=0")
+    if n_flats and sample_x is None:
+        missing.append(f"{n_flats} flats need a sample_x that takes the sample out of the beam, or n_flats=0")
+    if missing:
+        raise TypeError("tomo_fly_scan: " + "; ".join(missing))
+
+
+def _missing_methods(device: Any, protocols: Sequence[type]) -> list[str]:
+    # The protocols' methods the device lacks (bluesky's protocols are runtime-checkable, but an isinstance
+    # says no more than "no"; a user needs to know which method).
+    methods = {"Preparable": ("prepare",), "Flyable": ("kickoff", "complete"),
+               "Collectable": ("describe_collect",)}
+    return [m for p in protocols for m in methods[p.__name__] if not callable(getattr(device, m, None))]
+
+
+def _fly_types() -> tuple[Any, Any]:
+    """ophyd-async's ``TriggerInfo`` and ``FlyMotorInfo``: what its detectors and motors are prepared with."""
+    try:
+        from ophyd_async.core import FlyMotorInfo, TriggerInfo
+    except ImportError as err:  # a core dependency it is not: only fly scans need it
+        raise ImportError("tomo_fly_scan flies ophyd-async devices: install ophyd-async "
+                          "(pip install 'ophyd-async>=0.10')") from err
+    return TriggerInfo, FlyMotorInfo
 
 
 def _exposure_signal(detector: Any) -> Any:

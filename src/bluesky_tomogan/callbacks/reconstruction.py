@@ -22,7 +22,9 @@ every ``every`` projections while the scan runs (on a worker thread, emitted
 at the next document), and once more at the end. Each projection's angle comes
 in its event (a step scan) or, in a fly scan, from the file it was written to
 (``STREAM:``: a PandA's or the detector's HDF5 dataset, read on the worker
-thread), in degrees or the ``rad``/``mrad`` its data key's ``units`` say. Slices
+thread), in degrees or the ``rad``/``mrad`` its data key's ``units`` say; a fly
+scan that records none (no position capture) uses the nominal angles its plan
+wrote to the start document (``tomo_fly_scan``'s ``angles``). Slices
 are written to HDF5 and announced by StreamResource/StreamDatum, like the
 denoised frames.
 
@@ -118,7 +120,9 @@ class TomoReconstruction(RunRouterFacade):
         ``motors`` entry, as bluesky's step plans and ``tomo_scan`` write it), in degrees unless its
         ``units`` say ``rad`` or ``mrad``. A fly scan's
         angles are often another device's reading (a PandA's encoder capture, ``panda-inenc-1-val``),
-        which may come in events or be written to a file beside the frames (``STREAM:``).
+        which may come in events or be written to a file beside the frames (``STREAM:``). Where no
+        projection comes with its angle, the start document's ``angles`` (degrees, one per projection
+        in order, as ``tomo_fly_scan`` writes each exposure's nominal angle) stand in, noted.
     remove_stripes : bool
         Remove stripes (algotom's sorting-based filter) before back-projecting.
     every : int
@@ -474,6 +478,8 @@ class _RunReconstruction(PassThroughRun):
         start, stop = doc["indices"]["start"], doc["indices"]["stop"]
         for i, seq in zip(range(start, stop), range(doc["seq_nums"]["start"], doc["seq_nums"]["stop"]), strict=True):
             self._frames[name].located[seq] = (reader, i)
+        if name == "primary":  # a fly scan's frames may be all that comes of it
+            self._update_now_and_then()
         return doc
 
     def event_page(self, doc: Any) -> Any:
@@ -528,8 +534,12 @@ class _RunReconstruction(PassThroughRun):
             self._submit(final=False)
 
     def _angles_seen(self) -> int:
-        """Frames of ``primary`` whose angle came so far: in their events or, in a fly scan, announced in a file."""
-        return len(self._angles) + len(self._angle_rows)
+        """Frames of ``primary`` whose angle came so far: in their events or, in a fly scan, announced in a file;
+        without either, its frames, where the start document has their nominal angles."""
+        seen = len(self._angles) + len(self._angle_rows)
+        if not seen and self._nominal() is not None and "primary" in self._frames:  # nominal angles, one a frame
+            return len(self._frames["primary"])
+        return seen
 
     def stop(self, doc: Any) -> Any:
         if self._axis is None:
@@ -731,7 +741,34 @@ class _RunReconstruction(PassThroughRun):
         angles = {s: float(a) * self._degrees_per_unit for s, a in self._angles_read.items() if s not in roles}
         angles = {s: a for s, a in angles.items() if math.isfinite(a)}
         angles.update(self._angles)
+        if not angles and not self._angle_rows:  # no angle recorded with any frame: the plan's, if it said them
+            return self._nominal_angles(roles, notes)
         return angles
+
+    def _nominal(self) -> list[float] | None:
+        """The start document's ``angles`` (degrees, one per projection in order: what ``tomo_fly_scan`` and
+        ``tomo_scan`` write), or None where it has none."""
+        nominal = self._start.get("angles") if self._start is not None else None
+        if not isinstance(nominal, list | tuple) or not nominal:
+            return None
+        try:
+            return [float(a) for a in nominal]
+        except (TypeError, ValueError):
+            return None
+
+    def _nominal_angles(self, roles: Mapping[int, str], notes: list[str]) -> dict[int, float]:
+        """A fly scan without position capture: the plan's nominal angle of each projection of ``primary``, in the
+        order they were taken (worker thread)."""
+        nominal = self._nominal()
+        frames = self._frames.get("primary")
+        if nominal is None or frames is None:
+            return {}
+        seqs = sorted(s for s in frames.seqs if s not in roles)
+        notes.append(f"no projection came with its angle {self._axis!r}: each took the plan's nominal angle (the "
+                     "start document's 'angles', in order)"
+                     + ("" if len(seqs) == len(nominal) else f"; {len(seqs)} projections for {len(nominal)} angles"
+                        + (": those beyond the last angle left out" if len(seqs) > len(nominal) else "")))
+        return dict(zip(seqs, nominal, strict=False))
 
     @staticmethod
     def _read_from_files(located: Mapping[int, tuple[FrameReader, int]], into: dict[int, Any], what: str,
