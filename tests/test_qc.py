@@ -432,12 +432,27 @@ def in_radians(cb, axis="stage_theta"):
     return convert
 
 
-@pytest.mark.parametrize("exposures, units", [(1, "deg"), (3, "deg"), (1, "rad")])
+def without_angles(cb, axis="stage_theta"):
+    """``cb`` behind a fly scan without position capture: no stream records the angle, the start document keeps the
+    nominal ``angles`` (as ``tomo_fly_scan`` writes them)."""
+    def strip(name, doc):
+        if name == "descriptor" and axis in doc["data_keys"]:
+            doc = dict(doc, data_keys={k: v for k, v in doc["data_keys"].items() if not k.startswith(axis)},
+                       object_keys={k: [f for f in v if not f.startswith(axis)] for k, v in doc["object_keys"].items()})
+        elif name == "event" and axis in doc["data"]:
+            doc = dict(doc, data={k: v for k, v in doc["data"].items() if not k.startswith(axis)},
+                       timestamps={k: v for k, v in doc["timestamps"].items() if not k.startswith(axis)})
+        return cb(name, doc)
+    return strip
+
+
+@pytest.mark.parametrize("exposures, units", [(1, "deg"), (3, "deg"), (1, "rad"), (1, "nominal")])
 def test_rotation_at_coarse_steps_is_not_motion_but_a_vertical_slip_is(RE, denoiser, tmp_path, exposures, units):
     # At 4 degrees per projection, rotation shifts these projections sideways by more than the
     # 3-pixel threshold (shift_px); only the sample slipping 6 pixels up is motion. With several
     # exposures per angle, the frames of one angle do not teach the rotation allowance anything. A stage
-    # reporting radians rotates as far.
+    # reporting radians rotates as far. A scan that records no angle (a fly scan without position capture)
+    # rotates by its plan's nominal angles (before, its first frames were judged as a count's: motion).
     stage = SimTomoStage(name="stage")
     det = SimTomoDetector(name="det", stage=stage, shape=(192, 192), directory=tmp_path, seed=7,
                           simulate_timing=False, exposures=exposures)
@@ -446,7 +461,7 @@ def test_rotation_at_coarse_steps_is_not_motion_but_a_vertical_slip_is(RE, denoi
     cb = TomoGANCallback(denoiser)
     docs = []
     cb.subscribe(lambda name, doc: docs.append((name, doc)))
-    RE.subscribe(cb if units == "deg" else in_radians(cb))
+    RE.subscribe({"deg": cb, "rad": in_radians(cb), "nominal": without_angles(cb)}[units])
     events = itertools.count(1)
     RE.subscribe(lambda name, doc: setattr(det, "sample", det.sample.moved(0.0, -6.0))
                  if name == "event" and next(events) == 12 else None)

@@ -22,13 +22,14 @@ import warnings
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.ndimage import gaussian_filter, median_filter
 
 __all__ = ["stripe_metric", "corrected_sinogram", "defective_pixels", "fill_row_gaps", "estimate_center",
            "fallback_center", "find_center", "reconstruct", "reconstruct_rows", "check_angles", "SliceResult",
-           "background_thread", "degrees_per_unit"]
+           "background_thread", "degrees_per_unit", "nominal_angles"]
 
 log = logging.getLogger(__name__)
 #: Width (columns) of the median filter that separates a stripe from the object's own column profile.
@@ -46,6 +47,19 @@ def degrees_per_unit(units: object) -> float | None:
     """Degrees per unit of an angle given in ``units`` (a data key's ``units``: ``deg``, ``rad``, ``mrad``,
     any case); ``None`` for units that are none of these (or none at all)."""
     return _DEGREES_PER_UNIT.get(units.strip().lower()) if isinstance(units, str) else None
+
+
+def nominal_angles(start: Mapping[str, Any]) -> list[float]:
+    """The nominal angle of each projection, in the order taken, that a plan wrote to its start document's
+    ``angles`` (degrees: :func:`~bluesky_tomogan.plans.tomo_fly_scan`, :func:`~bluesky_tomogan.plans.tomo_scan`);
+    empty where it has none, or ``angles`` that are not a list of numbers (another plan's own meaning)."""
+    nominal = start.get("angles")
+    if not isinstance(nominal, list | tuple):
+        return []
+    try:
+        return [float(a) for a in nominal]
+    except (TypeError, ValueError):
+        return []
 
 
 def stripe_metric(sinogram: np.ndarray) -> float:

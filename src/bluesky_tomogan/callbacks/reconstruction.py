@@ -537,7 +537,7 @@ class _RunReconstruction(PassThroughRun):
         """Frames of ``primary`` whose angle came so far: in their events or, in a fly scan, announced in a file;
         without either, its frames, where the start document has their nominal angles."""
         seen = len(self._angles) + len(self._angle_rows)
-        if not seen and self._nominal() is not None and "primary" in self._frames:  # nominal angles, one a frame
+        if not seen and recon.nominal_angles(self._start or {}) and "primary" in self._frames:  # one a frame
             return len(self._frames["primary"])
         return seen
 
@@ -745,23 +745,12 @@ class _RunReconstruction(PassThroughRun):
             return self._nominal_angles(roles, notes)
         return angles
 
-    def _nominal(self) -> list[float] | None:
-        """The start document's ``angles`` (degrees, one per projection in order: what ``tomo_fly_scan`` and
-        ``tomo_scan`` write), or None where it has none."""
-        nominal = self._start.get("angles") if self._start is not None else None
-        if not isinstance(nominal, list | tuple) or not nominal:
-            return None
-        try:
-            return [float(a) for a in nominal]
-        except (TypeError, ValueError):
-            return None
-
     def _nominal_angles(self, roles: Mapping[int, str], notes: list[str]) -> dict[int, float]:
         """A fly scan without position capture: the plan's nominal angle of each projection of ``primary``, in the
         order they were taken (worker thread)."""
-        nominal = self._nominal()
+        nominal = recon.nominal_angles(self._start or {})
         frames = self._frames.get("primary")
-        if nominal is None or frames is None:
+        if not nominal or frames is None:
             return {}
         seqs = sorted(s for s in frames.seqs if s not in roles)
         notes.append(f"no projection came with its angle {self._axis!r}: each took the plan's nominal angle (the "

@@ -277,7 +277,7 @@ class RunDenoiser(PassThroughRun):
         roles = self._roles[doc["uid"]] = FrameRoles(doc)
         if roles.key is not None:
             self._role_fields[raw_name] = roles.key.name
-        self._qc.take_angle_units(doc)
+        self._qc.take_angles(doc, roles)
         if self._start is None or (o.streams is not None and raw_name not in o.streams):
             role = None if roles.per_event else roles.default
             if (self._start is not None and role in (DARK, FLAT) and not ours

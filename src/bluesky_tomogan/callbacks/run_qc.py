@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from event_model.documents import EventDescriptor, EventPage, RunStart
 
-from ..frame_roles import DARK, FLAT
+from ..frame_roles import DARK, FLAT, FrameRoles
 from ..qc.feedback import QCFeedback, Verdict
 from ..qc.metrics import (
     DeadBefore,
@@ -34,7 +34,7 @@ from ..qc.metrics import (
     signal_to_noise,
 )
 from ..qc.policy import UNUSABLE, Action, QCPolicy
-from ..reconstruction import degrees_per_unit
+from ..reconstruction import degrees_per_unit, nominal_angles
 from .derived_stream import DerivedStream, FrameResult, QueuedFrame
 
 __all__ = ["RunQC", "DROPPED", "BEAM_FLAGS", "OPEN_BEAM_FLOOR"]
@@ -97,6 +97,10 @@ class RunQC:
         self._motor: str | None = None
         self._positions: dict[tuple[str, int], dict[str, Any]] = {}  # (raw stream, seq_num) -> scalar readings
         self._degrees_per_unit: dict[str, float] = {}  # raw stream -> of its angle readings (rad, mrad converted)
+        # a fly scan without position capture records no angle: the nominal ones of its plan (the start document's
+        # ``angles``, one per projection in order) stand in, in a ``primary`` stream of projections alone
+        self._nominal: list[float] = []
+        self._nominal_streams: set[str] = set()  # raw streams whose frame seq_num - 1 indexes ``_nominal``
         self._verdicts: queue.Queue[Verdict | None] = queue.Queue(FEEDBACK_QUEUE)
         self._thread: threading.Thread | None = None
 
@@ -109,6 +113,7 @@ class RunQC:
         self.uid = doc["uid"]
         motors: list[Any] = list(doc.get("motors") or [])  # type: ignore[call-overload]
         self._motor = str(motors[0]) if motors else None
+        self._nominal = nominal_angles(doc)
         self._thread = threading.Thread(target=self._feed, name=f"tomogan-qc-{self.uid[:8]}", daemon=True)
         self._thread.start()
 
@@ -121,12 +126,19 @@ class RunQC:
 
     # -- callback thread --------------------------------------------------------------------
 
-    def take_angle_units(self, descriptor: EventDescriptor) -> None:
-        """The units of the scanned axis in a raw stream (its data key's ``units``: ``deg``, ``rad``, ``mrad``), so
-        that registration knows how far apart two angles are in degrees (degrees where it gives none)."""
+    def take_angles(self, descriptor: EventDescriptor, roles: FrameRoles) -> None:
+        """How a raw stream gives its frames' angles, so that registration knows how far apart two are in degrees:
+        the units of the scanned axis (its data key's ``units``: ``deg``, ``rad``, ``mrad``; degrees where it gives
+        none) or, where the axis is no data key of the stream, a ``primary`` stream of projections only (``roles``
+        says what its frames are), and the start document lists them: the plan's nominal angles."""
+        name = descriptor.get("name", "primary")
         key = descriptor.get("data_keys", {}).get(self._motor or "")
         per_unit = degrees_per_unit(key.get("units")) if key is not None else None
-        self._degrees_per_unit[descriptor.get("name", "primary")] = per_unit or 1.0
+        self._degrees_per_unit[name] = per_unit or 1.0
+        if key is None and name == "primary" and roles.key is None and roles.default is None and self._nominal:
+            self._nominal_streams.add(name)
+        else:
+            self._nominal_streams.discard(name)
 
     def keep_positions(self, raw_name: str, doc: EventPage) -> None:
         """Scalar readings (angle, positions) of each raw event: where a recommendation re-acquires."""
@@ -308,7 +320,11 @@ class RunQC:
         if self._motor is None:
             return None
         value = self._position(raw_name, seq_num).get(self._motor)
-        return None if value is None else float(value) * self._degrees_per_unit.get(raw_name, 1.0)
+        if value is not None:
+            return float(value) * self._degrees_per_unit.get(raw_name, 1.0)
+        if raw_name in self._nominal_streams and 0 < seq_num <= len(self._nominal):
+            return self._nominal[seq_num - 1]
+        return None
 
     # -- feedback thread --------------------------------------------------------------------
 
