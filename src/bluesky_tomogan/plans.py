@@ -508,7 +508,7 @@ def _fly_types() -> tuple[Any, Any]:
         from ophyd_async.core import FlyMotorInfo, TriggerInfo
     except ImportError as err:  # a core dependency it is not: only fly scans need it
         raise ImportError("tomo_fly_scan flies ophyd-async devices: install ophyd-async "
-                          "(pip install 'ophyd-async>=0.10')") from err
+                          "(pip install 'bluesky-tomogan[fly]')") from err
     return TriggerInfo, FlyMotorInfo
 
 

@@ -32,6 +32,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -340,13 +341,20 @@ class SimTomoDetector(Device):
 
     # -- physics -----------------------------------------------------------------------------
 
-    def _conditions(self) -> dict[str, Any]:
-        exposure = float(self.exposure_time.get())
+    def open_beam_photons(self, exposure: float) -> float:
+        """Photons per pixel of open beam in an exposure of ``exposure`` seconds that starts now: the flux times
+        the ring current's share of its nominal one; none in a ``beam_dump`` fault's frames, 300 times as many
+        in a ``saturation`` fault's (each such frame takes one of the fault's frames)."""
         dumped = self._take_fault("beam_dump")
         current_ratio = 1.0 if self.beam is None else float(self.beam.get()) / self.beam.nominal
         photons = 0.0 if dumped else float(self.photon_flux.get()) * exposure * current_ratio
         if self._take_fault("saturation"):
             photons *= 300.0
+        return photons
+
+    def _conditions(self) -> dict[str, Any]:
+        exposure = float(self.exposure_time.get())
+        photons = self.open_beam_photons(exposure)
         x = 0.0 if self.sample_stage is None else float(self.sample_stage.x.readback.get())
         index = int(self.slice_index.get())
         if self.mode == "slice":
@@ -363,14 +371,23 @@ class SimTomoDetector(Device):
     def _frame(self, c: dict[str, Any]) -> np.ndarray:
         if self.mode == "slice":
             return self._slice(c)
+        return self.projection([c["angle"]], c["photons"], c["sample_in"], nan=c["nan"])
+
+    def projection(self, angles: Sequence[float], photons: float, sample_in: bool = True, *,
+                   nan: bool = False) -> np.ndarray:
+        """One projection frame as this camera exposes it, of the sample turning through ``angles`` (degrees)
+        during the exposure: their mean transmission (a fly scan's motion blur; one angle for a step scan),
+        ``photons`` per pixel of open beam, flat-field pattern, Poisson noise, dark offset, read noise and
+        saturation, the camera's hot and dead pixels. ``sample_in`` False gives a flat frame, ``photons`` 0 a
+        dark one; ``nan`` marks 2 % of a float frame's pixels NaN (the ``nan`` fault)."""
         dark = self.model.dark_level
-        attenuation = self._attenuation(c["angle"]) if c["sample_in"] else 1.0
-        frame = expose(c["photons"] * self.gain * attenuation + dark, self.model, self._rng)
+        attenuation = np.mean([self._attenuation(a) for a in angles], axis=0) if sample_in else 1.0
+        frame = expose(photons * self.gain * attenuation + dark, self.model, self._rng)
         if self.dtype == np.uint16:
             frame = np.clip(np.rint(frame), 0, _UINT16_MAX).astype(np.uint16)
         else:
             frame = np.minimum(frame, _UINT16_MAX).astype(np.float32)  # the camera saturates either way
-            if c["nan"]:
+            if nan:
                 frame[self._rng.random(frame.shape) < 0.02] = np.nan
         frame[self.hot_map] = _UINT16_MAX
         frame[self.dead_map] = 0
