@@ -580,6 +580,34 @@ def test_demo_with_faults_suspends_on_the_beam_dump_and_shows_the_qc_timeline(tm
     assert (out / "demo.png").stat().st_size > 10_000
 
 
+def test_demo_fly_flies_the_simulated_ophyd_async_beamline_through_its_faults(tmp_path):
+    """``demo --fly``: ``tomo_fly_scan`` of the simulated ophyd-async beamline, its frames (no event) denoised and
+    reconstructed live at the plan's nominal angles, the faults injected as frames reach them, all stored."""
+    pytest.importorskip("bluesky_tomogan.devices.fly", reason="demo --fly needs ophyd-async >= 0.21")
+    out = tmp_path / "demo"
+    done = subprocess.run([sys.executable, "-m", "bluesky_tomogan.cli", "demo", "--out", str(out), "--size", "64",
+                           "--angles", "30", "--exposure", "0.05", "--backend", "onnxruntime", "--fly", "--faults"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "scanning on the fly: 30 projections" in done.stdout and "0 frames dropped" in done.stdout
+    assert "fault: the ring loses the beam for 2 s" in done.stdout and "fault: three saturated frames" in done.stdout
+    assert "run['primary']['det'][10]" in done.stdout
+
+    from bluesky_tomogan.storage import close_local_tiled, local_tiled
+
+    client = local_tiled(out)
+    try:
+        (uid,) = list(client)
+        run = client[uid]
+        assert run.metadata["start"]["plan_name"] == "tomo_fly_scan" and len(run.metadata["start"]["angles"]) == 30
+        assert run["primary"]["det"].shape == (30, 64, 64) and run["denoised"]["det_denoised"].shape == (30, 64, 64)
+        assert "beam_lost" in ",".join(run["denoised"]["det_qc_flags"].read())  # frames flown without beam
+        notes = [str(n) for n in run["reconstruction"]["note"].read()]
+        assert "the plan's nominal angle" in notes[-1]
+    finally:
+        close_local_tiled(client)
+
+
 def test_quality_remeasures_mean_and_worst_frame_losses_into_a_copied_card(tmp_path, capsys):
     import json
 

@@ -416,7 +416,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     metrics = run_demo(Path(args.out).expanduser(), size=args.size, n_angles=args.angles, photons=args.photons,
                        backend=args.backend, exposure=args.exposure, faults=args.faults, policy=args.policy,
-                       report=print, live_view=args.live_view)
+                       report=print, live_view=args.live_view, fly=args.fly)
     ok = metrics["exit_status"] == "success" and (args.faults or metrics["qc_errors"] == 0)
     return 0 if ok else 1
 
@@ -538,6 +538,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="block: the full projection model denoises every frame and the scan waits for it (the "
                         "default); adaptive: the All-in-One ladder steps down to lighter networks while the "
                         "denoiser falls behind this CPU")
+    s.add_argument("--fly", action="store_true",
+                   help="a fly scan (tomo_fly_scan) of the simulated ophyd-async beamline: the sample turns at "
+                        "constant speed while the camera takes a frame every --exposure seconds (needs the fly "
+                        "extra: pip install -e '.[fly]')")
     s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("serve", help="denoise runs from a bluesky 0MQ or Kafka stream in this process "

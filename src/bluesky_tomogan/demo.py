@@ -74,6 +74,7 @@ def run_demo(
     policy: Literal["block", "adaptive"] = "block",
     report: Callable[[str], None] = log.info,
     live_view: bool = False,
+    fly: bool = False,
 ) -> dict[str, Any]:
     """Run the demo scan and return its measured numbers; see the module docstring.
 
@@ -110,6 +111,11 @@ def run_demo(
         the scan (:class:`~bluesky_tomogan.callbacks.LiveDenoisedView`,
         :class:`~bluesky_tomogan.callbacks.LiveSliceView`), and keep them open at the end until they
         are closed; where matplotlib can show no window (no display), say so and go on.
+    fly : bool
+        A fly scan instead (:func:`~bluesky_tomogan.plans.tomo_fly_scan` of the simulated ophyd-async beamline,
+        :mod:`bluesky_tomogan.devices.fly`; needs the ``fly`` extra): the sample turns at constant speed while
+        the camera takes a frame every ``exposure`` seconds, each blurred over its angular step; no angle is
+        recorded per frame, so the reconstruction takes the plan's nominal ones.
     """
     from bluesky import RunEngine
     from bluesky.callbacks.tiled_writer import TiledWriter
@@ -128,6 +134,7 @@ def run_demo(
     if policy not in _POLICIES:
         raise ValueError(f"policy must be one of {_POLICIES}, got {policy!r}")
     _check_settings(size, n_angles, photons, exposure)
+    fly_devices = _fly_devices() if fly else None  # before any store is made: a missing extra is said first
     root = Path(out).expanduser().resolve()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -136,11 +143,7 @@ def run_demo(
     report(f"starting an embedded Tiled server in {root} ...")
     client = local_tiled(root)
     try:
-        stage, beam = SimTomoStage(name="stage"), SimBeamCurrent()
-        det = SimTomoDetector(name="det", stage=stage, beam=beam, shape=(size, size),
-                              directory=frames_directory(root) / "raw", seed=seed)
-        det.exposure_time.put(exposure)
-        det.photon_flux.put(photons / exposure)
+        beam = SimBeamCurrent()
         if policy == "adaptive":  # every network loaded and warmed now: no compile during the scan
             den: Any = load_ratios("tomogan-projection-aio", backend=backend,
                                    fallback="tomogan-projection-s2d-aio", warm_up=(size, size))
@@ -151,6 +154,18 @@ def run_demo(
         # with Tk, GTK or wx windows the live views are drawn by the main thread while the plan runs (Qt: as bluesky)
         RE = RunEngine({}, during_task=LiveViewDuringTask())
         RE.record_interruptions = True
+        md = {"sample": "glass beads (simulated)", "purpose": "bluesky-tomogan demo"}
+        if fly_devices is None:
+            stage = SimTomoStage(name="stage")
+            det: Any = SimTomoDetector(name="det", stage=stage, beam=beam, shape=(size, size),
+                                       directory=frames_directory(root) / "raw", seed=seed)
+            det.exposure_time.put(exposure)
+            det.photon_flux.put(photons / exposure)
+            camera, key = det, det.image_key
+            plan = tomo_scan(det, stage, list(angles_deg(n_angles)), md=md)
+        else:  # ophyd-async devices connect in the RunEngine's event loop: made after it
+            det, plan = _fly_beamline(fly_devices, root, size, photons, exposure, seed, beam, n_angles, md)
+            camera, key = det.camera, det.name
         monitor = QCMonitor(name="qc", beam=beam, beam_ok=0.5 * beam.nominal)
         feedback = QCFeedback(QCPolicy(), monitor=monitor, RE=RE)  # the dark level from the run's darks
         feedback.install_suspenders(RE, sleep=0.5)
@@ -168,26 +183,27 @@ def run_demo(
             live.subscribe(views[1])  # the newest middle slice, back-projected and denoised
         RE.subscribe(cb)
         RE.subscribe(ScanProgress())
-        angles = angles_deg(n_angles)
         if faults:
-            RE.subscribe(_fault_injector(det, beam, n_angles, report))
-        report(f"scanning: {n_angles} projections of {size}x{size} at {photons:g} photons/pixel ...")
+            RE.subscribe(_fault_injector(camera, beam, n_angles, report))
+        report(f"scanning{' on the fly' if fly else ''}: {n_angles} projections of {size}x{size} at {photons:g} "
+               "photons/pixel ...")
         t0 = time.perf_counter()
-        result = RE(tomo_scan(det, stage, list(angles), md={"sample": "glass beads (simulated)",
-                                                            "purpose": "bluesky-tomogan demo"}))
+        result = RE(plan)
         (uid,) = result if isinstance(result, tuple) else result.run_start_uids
         wall = time.perf_counter() - t0
         live.wait()  # the final reconstruction finishes after the RunEngine returns
         if views is not None:
             draw_deferred()  # its slice, for windows drawn on the main thread only (Tk, GTK, wx)
         run = client[uid]
-        metrics = _evaluate(run, det, angles, photons)
+        # the angles each projection was reconstructed at: the stage's, or a fly scan's nominal ones
+        angles = np.asarray(run.metadata["start"]["angles"], float) if fly else angles_deg(n_angles)
+        metrics = _evaluate(run, camera, key, angles, photons, blur=180.0 / n_angles if fly else 0.0)
         metrics |= {"uid": uid, "scan_seconds": wall, "dropped": cb.dropped, "qc_errors": len(cb.errors),
                     "denoiser": repr(den), "exit_status": run.metadata["stop"]["exit_status"]}
-        timeline = _qc_timeline(run)
+        timeline = _qc_timeline(run, key)
         metrics |= {"suspensions": len(timeline["suspensions"]), "flagged_frames": len(timeline["flags"]),
                     "lagging_frames": sum(flag == "lagging" for _, flag in timeline["flags"]),
-                    "networks": _networks(run)}
+                    "networks": _networks(run, key)}
         figure = root / "demo.png"
         _figure(figure, metrics.pop("_panels"), den, metrics, timeline)
         monitor.cancel_timers()
@@ -217,9 +233,10 @@ def run_demo(
     report(f"    client = local_tiled({str(root)!r})")
     report(f"    run = client[{uid!r}]")
     k = min(10, n_angles - 1)  # a projection the run has
-    report(f"    run['primary']['det_image'][{k}]{' ' * (15 - len(str(k)))}# raw projection {k} (uint16)")
-    report(f"    run['denoised']['det_image_denoised'][{k}]{' ' * (5 - len(str(k)))}# the same projection, denoised")
-    report("    run['denoised']['det_image_qc_flags'].read()  # per-frame QC flags (and _qc_snr, _qc_shift_px, ...)")
+    report(f"    run['primary']['{key}'][{k}]".ljust(48) + f"# raw projection {k} (uint16)")
+    report(f"    run['denoised']['{key}_denoised'][{k}]".ljust(48) + "# the same projection, denoised")
+    report(f"    run['denoised']['{key}_qc_flags'].read()".ljust(48)
+           + "# per-frame QC flags (and _qc_snr, _qc_shift_px, ...)")
     report("    run['reconstruction']['slice'][-2]          # the middle slice, reconstructed and denoised live")
     report("denoise it again with another model (into a 'denoised_2' stream of the same run):")
     report(f"    bluesky-tomogan reprocess {str(root)!r} --uid {uid} --model tomogan-projection-light")
@@ -248,18 +265,58 @@ def _live_views(report: Callable[[str], None]) -> tuple[Any, Any] | None:
     return LiveDenoisedView(), LiveSliceView()
 
 
-def _fault_injector(det: Any, beam: Any, n_angles: int, report: Callable[[str], None]) -> Callable[[str, Any], None]:
-    """A document callback that loses the beam a third of the way in and saturates frames two thirds in."""
+def _fly_devices() -> Any:
+    """:mod:`bluesky_tomogan.devices.fly`, or an error that says how to install what it needs."""
+    try:
+        from .devices import fly
+    except ImportError as exc:
+        raise InputValueError(f"demo --fly needs ophyd-async 0.21 or later ({exc}): pip install -e '.[fly]' "
+                              "(or .venv/bin/pip install -e '.[fly]' beside `make demo`)") from exc
+    return fly
 
-    def inject(name: str, doc: Any) -> None:
-        if name != "event" or "stage_theta" not in doc.get("data", {}):
-            return
-        if doc["seq_num"] == n_angles // 3:
+
+def _fly_beamline(fly: Any, root: Path, size: int, photons: float, exposure: float, seed: int, beam: Any,
+                  n_angles: int, md: dict[str, Any]) -> tuple[Any, Any]:
+    """The simulated ophyd-async beamline's camera and a ``tomo_fly_scan`` of it over 180 degrees."""
+    from ophyd_async.core import init_devices, soft_signal_rw
+    from ophyd_async.sim import SimMotor
+
+    from .plans import tomo_fly_scan
+    from .storage import frames_directory
+
+    with init_devices():
+        rot = fly.SimFlyRotation(name="rot")
+        x = SimMotor(name="x")
+        shutter = soft_signal_rw(str, "open", name="shutter")
+        det = fly.SimFlyTomoDetector(frames_directory(root) / "raw", rot, x, shutter, shape=(size, size),
+                                     photon_flux=photons / exposure, beam=beam, seed=seed, name="det")
+    return det, tomo_fly_scan(det, rot, 0.0, 180.0, n_angles, exposure=exposure, shutter=shutter, sample_x=x,
+                              md=md)
+
+
+def _fault_injector(camera: Any, beam: Any, n_angles: int, report: Callable[[str], None]) -> Callable[[str, Any], None]:
+    """A document callback that loses the beam a third of the way in and saturates frames two thirds in: at those
+    projections' events (a step scan) or, in a fly scan, at the first StreamDatum that reaches them."""
+    primary: set[str] = set()
+    done: set[str] = set()
+
+    def at(seq_nums: range) -> None:
+        if n_angles // 3 in seq_nums and "dump" not in done:
+            done.add("dump")
             report("fault: the ring loses the beam for 2 s")
             threading.Timer(0.0, beam.dump, args=(2.0,)).start()  # from the ring's side, not the RunEngine's
-        elif doc["seq_num"] == 2 * n_angles // 3:
+        if 2 * n_angles // 3 in seq_nums and "saturation" not in done:  # a fly scan's StreamDatum may reach both
+            done.add("saturation")
             report("fault: three saturated frames")
-            det.inject_fault("saturation", frames=3)
+            camera.inject_fault("saturation", frames=3)
+
+    def inject(name: str, doc: Any) -> None:
+        if name == "descriptor" and doc.get("name") == "primary":
+            primary.add(doc["uid"])
+        elif name == "event" and "stage_theta" in doc.get("data", {}):
+            at(range(doc["seq_num"], doc["seq_num"] + 1))
+        elif name == "stream_datum" and doc["descriptor"] in primary:
+            at(range(doc["seq_nums"]["start"], doc["seq_nums"]["stop"]))
 
     return inject
 
@@ -271,52 +328,65 @@ _BAD = ("beam_lost", "dead_pixels", "nonfinite", "saturated")
 _POLICIES = ("block", "adaptive")
 
 
-def _networks(run: Any) -> dict[str, int]:
+def _networks(run: Any, key: str) -> dict[str, int]:
     """How many projections each network denoised (its ``_model`` column; empty: not denoised)."""
-    names = [str(n) or "(not denoised)" for n in run["denoised"]["det_image_model"].read()]
+    names = [str(n) or "(not denoised)" for n in run["denoised"][f"{key}_model"].read()]
     return {name: names.count(name) for name in dict.fromkeys(names)}
 
 
-def _best_rows(run: Any, angles: np.ndarray) -> list[int]:
-    """For each angle, the last primary row without a disqualifying QC flag (else its last row)."""
+def _best_rows(run: Any, key: str, angles: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """The primary rows to reconstruct and their angles: for each angle, the last row without a disqualifying QC
+    flag (else its last row); a fly scan has one frame per angle, in order, and cannot take one again: its rows
+    without such a flag."""
+    flags = [set(str(f).split(",")) for f in run["denoised"][f"{key}_qc_flags"].read()]
+    if "stage_theta" not in run["primary"]:
+        good = [i for i in range(len(angles)) if not set(_BAD) & flags[i]]
+        return good, np.asarray(angles)[good]
     theta = np.asarray(run["primary"]["stage_theta"].read(), float)
-    flags = [str(f) for f in run["denoised"]["det_image_qc_flags"].read()]
     rows = []
     for a in angles:
         mine = [i for i in range(len(theta)) if abs(theta[i] - a) < 1e-6]
-        good = [i for i in mine if not any(b in flags[i].split(",") for b in _BAD)]
+        good = [i for i in mine if not set(_BAD) & flags[i]]
         rows.append((good or mine)[-1])
-    return rows
+    return rows, np.asarray(angles)
 
 
-def _evaluate(run: Any, det: Any, angles: np.ndarray, photons: float) -> dict[str, Any]:
+def _evaluate(run: Any, det: Any, key: str, angles: np.ndarray, photons: float, blur: float = 0.0) -> dict[str, Any]:
     """Metrics read back from Tiled: one projection; the middle slice from the raw frames, and as reconstructed
-    (and denoised) live; the stripe metric of the raw and the denoised sinogram."""
+    (and denoised) live; the stripe metric of the raw and the denoised sinogram. ``det`` is the camera's physics
+    (:class:`~bluesky_tomogan.devices.SimTomoDetector`), ``key`` its frames' data key, ``blur`` the degrees a
+    fly scan's sample turns in one exposure (its noise-free projection is their mean)."""
     from .reconstruction import corrected_sinogram, reconstruct, stripe_metric
     from .simulate.tomography import fbp
 
     size = det.frame_shape[1]
-    rows = _best_rows(run, angles)
-    k, z = len(angles) // 3, size // 2
-    raw_k = run["primary"]["det_image"][rows[k]].astype(np.float32)
-    den_k = run["denoised"]["det_image_denoised"][rows[k]]
+    rows, used = _best_rows(run, key, angles)
+    # the projection shown: a third of the way in, or the next one QC raised nothing on (a fly scan cannot take
+    # again the frames it took without beam, and the frames beside those lack good neighbours)
+    flags = [str(f) for f in run["denoised"][f"{key}_qc_flags"].read()]
+    k = next((i for i, row in enumerate(rows) if row >= len(angles) // 3 and not flags[row]), len(rows) // 3)
+    z = size // 2
+    raw_k = run["primary"][key][rows[k]].astype(np.float32)
+    den_k = run["denoised"][f"{key}_denoised"][rows[k]]
     dark_level = det.model.dark_level
-    clean_k = photons * det.gain * np.exp(-det.sample.line_integrals(float(angles[k]))) + dark_level
-    flat = run["flat"]["det_image"][:, z, :].astype(np.float32).mean(0)
-    flat_den = run["flat_denoised"]["det_image_denoised"][:, z, :].mean(0)
-    dark = run["dark"]["det_image"][:, z, :].astype(np.float32).mean(0)
-    raw_t = corrected_sinogram(run["primary"]["det_image"][:, z, :].astype(np.float32)[rows], flat, dark)
-    den_t = corrected_sinogram(run["denoised"]["det_image_denoised"][:, z, :][rows], flat_den, dark)
+    turned = [float(used[k]) + blur * t for t in (-0.5, 0.0, 0.5)] if blur else [float(used[k])]
+    transmission_k = np.mean([np.exp(-det.sample.line_integrals(a)) for a in turned], axis=0)
+    clean_k = photons * det.gain * transmission_k + dark_level
+    flat = run["flat"][key][:, z, :].astype(np.float32).mean(0)
+    flat_den = run["flat_denoised"][f"{key}_denoised"][:, z, :].mean(0)
+    dark = run["dark"][key][:, z, :].astype(np.float32).mean(0)
+    raw_t = corrected_sinogram(run["primary"][key][:, z, :].astype(np.float32)[rows], flat, dark)
+    den_t = corrected_sinogram(run["denoised"][f"{key}_denoised"][:, z, :][rows], flat_den, dark)
     live = run["reconstruction"]
     last = [i for i, (r, f) in enumerate(zip(live["row"].read(), live["final"].read(), strict=True)) if f and r == z]
     center = float(live["center"].read()[last[-1]])
-    rec = {"raw": reconstruct(raw_t, angles, center, remove_stripes=False).slice,
+    rec = {"raw": reconstruct(raw_t, used, center, remove_stripes=False).slice,
            "fbp": live["slice_fbp"][last[-1]], "live": live["slice"][last[-1]],
            "clean": fbp(det.sample.sinogram(z, angles), angles)}
     stripes = {"raw": -np.log(raw_t), "denoised": -np.log(den_t)}
     # the denoised projections divided by the raw flats: how much of the stripe the flats' noise makes
-    den_raw_flats = -np.log(corrected_sinogram(run["denoised"]["det_image_denoised"][:, z, :][rows], flat, dark))
-    latency = np.asarray(run["denoised"]["det_image_qc_latency_s"].read())
+    den_raw_flats = -np.log(corrected_sinogram(run["denoised"][f"{key}_denoised"][:, z, :][rows], flat, dark))
+    latency = np.asarray(run["denoised"][f"{key}_qc_latency_s"].read())
     return {
         "frame_psnr_raw": psnr(clean_k, raw_k), "frame_psnr_denoised": psnr(clean_k, den_k),
         "frame_ssim_raw": ssim(clean_k, raw_k), "frame_ssim_denoised": ssim(clean_k, den_k),
@@ -325,19 +395,21 @@ def _evaluate(run: Any, det: Any, angles: np.ndarray, photons: float) -> dict[st
         "stripe_raw": stripe_metric(stripes["raw"]), "stripe_denoised": stripe_metric(stripes["denoised"]),
         "stripe_denoised_raw_flats": stripe_metric(den_raw_flats),
         "latency_median_s": float(np.median(latency)), "latency_p99_s": float(np.percentile(latency, 99)),
-        "_panels": {"k": k, "raw": raw_k, "denoised": den_k, "clean": clean_k, "rec": rec, "stripes": stripes},
+        "_panels": {"k": rows[k], "raw": raw_k, "denoised": den_k, "clean": clean_k, "rec": rec, "stripes": stripes},
     }
 
 
-def _qc_timeline(run: Any) -> dict[str, Any]:
+def _qc_timeline(run: Any, key: str) -> dict[str, Any]:
     """QC flags per derived row (seconds from the start) and the suspensions, read back from Tiled."""
     t0 = float(run.metadata["start"]["time"])
     times = np.asarray(run["denoised"]["time"].read(), float) - t0
-    flags = [str(f) for f in run["denoised"]["det_image_qc_flags"].read()]
+    flags = [str(f) for f in run["denoised"][f"{key}_qc_flags"].read()]
     raised = [(float(t), flag) for t, fs in zip(times, flags, strict=True) for flag in fs.split(",") if flag]
     # bluesky records when a suspension starts (its justification) and when a pause is resumed, not
-    # when a suspension ends: that is when the scan takes its next projection.
-    frames = np.sort(np.asarray(run["primary"]["time"].read(), float) - t0)
+    # when a suspension ends: that is when the scan takes its next projection (a fly scan's frames have no
+    # time of their own in the run: their denoised rows' times stand in).
+    taken = run["primary"]["time"].read() if "time" in run["primary"] else run["denoised"]["time"].read()
+    frames = np.sort(np.asarray(taken, float) - t0)
     end = float(max(times.max() if len(times) else 0.0, frames.max() if len(frames) else 0.0, 1e-3))
     spans: list[tuple[float, float, str]] = []
     try:  # the stream exists from the start of a run that records interruptions, its columns from the first
