@@ -63,9 +63,12 @@ assert status["worker_environment_exists"], status
 RM.item_add(BPlan("tomo_scan", "det", "stage", [0, 45, 90, 135], n_darks=1, n_flats=1))
 # the adaptive plan with the session's QC feedback (the profile's qc_tomo_scan_with(feedback))
 RM.item_add(BPlan("tomo_scan_with_qc", "det", "stage", [0, 60, 120], n_darks=1, n_flats=1, final_wait=5))
+# a fly scan of the ophyd-async devices, each named as the others are
+RM.item_add(BPlan("tomo_fly_scan", "fly_det", "rot", 0, 180, 8, exposure=0.02, shutter="shutter",
+                  sample_x="sample_x", n_darks=1, n_flats=1))
 RM.queue_start()
 RM.wait_for_idle(timeout=240)
-items = RM.history_get()["items"][-2:]
+items = RM.history_get()["items"][-3:]
 RM.environment_close()
 RM.wait_for_idle(timeout=60)
 RM.close()
@@ -93,7 +96,7 @@ def test_a_queued_tomography_plan_runs_and_its_denoised_stream_is_in_tiled(redis
         done = subprocess.run([sys.executable, "-c", CLIENT, f"tcp://127.0.0.1:{control}",
                                f"tcp://127.0.0.1:{info}"], capture_output=True, text=True, timeout=400)
         assert done.returncode == 0, done.stderr[-3000:] + (tmp_path / "re-manager.log").read_text()[-3000:]
-        result, qc_result = json.loads(done.stdout.split("RESULT", 1)[1])
+        result, qc_result, fly_result = json.loads(done.stdout.split("RESULT", 1)[1])
         assert result["exit_status"] == "completed", result
         assert qc_result["exit_status"] == "completed", qc_result
         (uid,) = result["run_uids"]
@@ -106,6 +109,11 @@ def test_a_queued_tomography_plan_runs_and_its_denoised_stream_is_in_tiled(redis
         qc_run = wait_until(lambda: "stop" in client[qc_uid].metadata and client[qc_uid], 60, "the QC run's stop")
         assert qc_run.metadata["start"]["plan_name"] == "qc_tomo_scan"
         assert qc_run["denoised"]["det_image_denoised"].shape[0] >= 3  # and any angle QC had re-taken
+        assert fly_result["exit_status"] == "completed", fly_result
+        (fly_uid,) = fly_result["run_uids"]
+        fly_run = wait_until(lambda: "stop" in client[fly_uid].metadata and client[fly_uid], 60, "the fly run's stop")
+        assert fly_run.metadata["start"]["plan_name"] == "tomo_fly_scan"
+        assert fly_run["denoised"]["fly_det_denoised"].shape == (8, 512, 512)
     finally:
         manager.terminate()
         try:

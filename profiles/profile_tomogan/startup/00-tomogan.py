@@ -29,7 +29,7 @@ from bluesky_tomogan import TomoGANCallback, TomoReconstruction, load_denoiser
 from bluesky_tomogan.callbacks import LiveDenoisedView, LiveSliceView, LiveViewDuringTask, ScanProgress
 from bluesky_tomogan.callbacks.live_view import shows_windows
 from bluesky_tomogan.devices import QCMonitor, SimBeamCurrent, SimTomoDetector, SimTomoStage
-from bluesky_tomogan.plans import qc_tomo_scan, qc_tomo_scan_with, tomo_scan  # noqa: F401
+from bluesky_tomogan.plans import qc_tomo_scan, qc_tomo_scan_with, tomo_fly_scan, tomo_scan  # noqa: F401
 from bluesky_tomogan.qc import QCFeedback, QCPolicy
 from bluesky_tomogan.reprocess import reprocess  # noqa: F401  (a stored run denoised afterwards)
 from bluesky_tomogan.storage import frames_directory, local_tiled
@@ -52,6 +52,24 @@ det = SimTomoDetector(name="det", stage=stage, beam=ring_current, shape=(512, 51
                       directory=frames_directory(DATA) / "raw")
 det.exposure_time.put(0.05)
 det.photon_flux.put(1e4)  # 500 photons per pixel per frame: low dose
+
+# A fly-scan beamline too, in ophyd-async (the `fly` extra): tomo_fly_scan turns `rot` at constant speed while
+# `fly_det` takes a frame every exposure. Its devices connect in the RunEngine's event loop, so after RE.
+try:
+    from ophyd_async.core import init_devices, soft_signal_rw
+    from ophyd_async.sim import SimMotor
+
+    from bluesky_tomogan.devices.fly import SimFlyRotation, SimFlyTomoDetector
+except ImportError as exc:  # ophyd-async missing, or older than the simulated beamline needs
+    FLY = f"no fly-scan devices ({exc}; pip install 'bluesky-tomogan[fly]')"
+else:
+    with init_devices():
+        rot = SimFlyRotation(name="rot")
+        sample_x = SimMotor(name="sample_x")
+        shutter = soft_signal_rw(str, "open", name="shutter")
+        fly_det = SimFlyTomoDetector(frames_directory(DATA) / "raw", rot, sample_x, shutter, shape=(512, 512),
+                                     photon_flux=1e4, beam=ring_current, name="fly_det")
+    FLY = "fly_det (ophyd-async camera, 512x512), rot, sample_x, shutter: tomo_fly_scan"
 
 # QC: flags on the QC monitor's signals, suspenders on the "suspend" flags. beam_lost clears from the
 # ring current, which keeps updating while the scan is suspended (no frames are taken then).
@@ -94,6 +112,7 @@ print(f"""bluesky-tomogan session
   storage   client  ({'Tiled at ' + os.environ['TOMOGAN_TILED_URI'] if 'TOMOGAN_TILED_URI' in os.environ
                       else 'embedded Tiled in ' + DATA})
   devices   det (simulated camera, {det.frame_shape[0]}x{det.frame_shape[1]}), stage.theta / stage.x, ring_current
+            {FLY}
   denoiser  {denoiser!r}, subscribed as `tomogan` (policy block)
   live      `reconstruction`: 3 slices, algotom + slice model, every 30 projections
             `live_view`, `slice_view`: the newest raw and denoised frame, the newest slice, {'in windows'
@@ -113,4 +132,5 @@ print(f"""bluesky-tomogan session
             reprocess(client, uid, load_denoiser(self_ensemble=8), into="new",  # 8 turned copies averaged:
                       reconstruct=load_denoiser("tomogan-slice", self_ensemble=8))  # 8x the time, a new run
             (queue server: BPlan("tomo_scan_with_qc", "det", "stage", angles) is the same scan)
+            uid, = RE(tomo_fly_scan(fly_det, rot, 0, 180, 90, exposure=0.05, shutter=shutter, sample_x=sample_x))
 """)
