@@ -185,3 +185,24 @@ def test_a_suspension_during_the_flight_holds_the_plan_and_every_frame_is_collec
     assert stop["exit_status"] == "success"
     assert stop["num_events"]["primary"] == 60
     assert stop["num_events"].get("interruptions") == 1  # the suspension was recorded
+
+
+def test_a_detector_that_needs_time_between_frames_slows_the_motor_to_its_period(RE, beamline):
+    """A camera that reads out for 5 ms between exposures (what ophyd-async's ``get_trigger_deadtime`` says): its
+    frames come every 15 ms, not 10, so the motor takes 10 x 15 ms over the range and the nominal angles are
+    those of that period."""
+    det, rot, x, shutter = beamline
+
+    async def readout(settings=None):
+        return {ophyd_async_core.DetectorTrigger.INTERNAL}, 0.005
+
+    det.get_trigger_deadtime = readout
+    messages, docs = [], []
+    RE.msg_hook = messages.append
+    RE(tomo_fly_scan(det, rot, 0, 180, 10, exposure=0.01, shutter=shutter, sample_x=x, n_darks=0, n_flats=0,
+                     flush_period=0.05), lambda name, doc: docs.append((name, doc)))
+    (motion,) = [m.args[0] for m in messages if m.command == "prepare" and m.obj is rot]
+    (trigger,) = [m.args[0] for m in messages if m.command == "prepare" and m.obj is det]
+    assert motion.time_for_move == pytest.approx(10 * 0.015) and trigger.deadtime == pytest.approx(0.005)
+    start = next(d for n, d in docs if n == "start")
+    assert start["angles"][0] == pytest.approx(18 * 0.01 / 2 / 0.015) and start["plan_args"]["deadtime"] == 0.005

@@ -140,9 +140,9 @@ def tomo_fly_scan(
     exposure : float
         Exposure of each frame in seconds (``TriggerInfo.livetime``).
     deadtime : float
-        Time between the end of one exposure and the start of the next, in seconds; 0 (default)
-        takes the least the detector needs (the period is then the exposure, as far as the
-        detector allows).
+        Time between the end of one exposure and the start of the next, in seconds. Where the
+        detector says it needs more (ophyd-async's ``get_trigger_deadtime``: a camera's readout),
+        that is used, so that the motor turns as long as the frames take.
     shutter : movable, optional
         Set to ``shutter_closed`` for the darks and to ``shutter_open`` after them. Needed
         for ``n_darks > 0``.
@@ -191,12 +191,16 @@ def tomo_fly_scan(
         raise ValueError(f"tomo_fly_scan: needs num >= 1, exposure > 0, deadtime >= 0 and start != stop; got "
                          f"num={num}, exposure={exposure}, deadtime={deadtime}, start={start}, stop={stop}")
     trigger_info, fly_info = _fly_types()
-    step = (stop - start) / num
-    # The middle of each exposure, where the detector runs at its nominal period; where the detector
-    # needs more deadtime than asked for, the frames come later and these angles are a little early.
-    middle = exposure / 2 / (exposure + deadtime)
-    angles = [start + (i + middle) * step for i in range(num)]
+    # A camera that reads out between frames needs that time: the motor must take as long as the frames do.
+    needed = yield from _least_deadtime(detector)
+    if needed > deadtime:
+        log.info("tomo_fly_scan: %s needs %g s between exposures; deadtime %g s -> %g s", detector.name,  # type: ignore[attr-defined]
+                 needed, deadtime, needed)
+        deadtime = needed
     period = exposure + deadtime
+    step = (stop - start) / num
+    middle = exposure / 2 / period  # of each exposure, in periods from its start
+    angles = [start + (i + middle) * step for i in range(num)]
     _md = {
         "plan_name": "tomo_fly_scan",
         "detectors": [detector.name],  # type: ignore[attr-defined]
@@ -475,6 +479,22 @@ def _collect_until_complete(flyers: Sequence[Any], collected: Sequence[Any], str
         yield from bps.collect(*collected, name=stream)
     yield from bps.wait(group=group)
     yield from bps.collect(*collected, name=stream)
+
+
+def _least_deadtime(detector: Any) -> Generator[Msg, Any, float]:
+    """The least time (s) the detector needs between two exposures, where it says (ophyd-async's
+    ``StandardDetector.get_trigger_deadtime``), else 0."""
+    ask = getattr(detector, "get_trigger_deadtime", None)
+    if not callable(ask):
+        return 0.0
+    try:
+        (done,) = yield from bps.wait_for([ask])
+        _, needed = done.result()
+    except Exception as exc:  # a detector that cannot say: the deadtime given stands
+        log.warning("tomo_fly_scan: %s did not say its deadtime (%s: %s); the deadtime given is used",
+                    getattr(detector, "name", detector), type(exc).__name__, exc)
+        return 0.0
+    return float(needed or 0.0)
 
 
 def _require_flyable(detector: Any, motor: Any, shutter: Any, sample_x: Any, n_darks: int, n_flats: int,
