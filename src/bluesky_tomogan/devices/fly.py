@@ -70,7 +70,8 @@ class SimFlyRotation(StandardReadable):
     name : str
         Device name; its readback's data key.
     acceleration_time : float
-        Seconds of run-up before ``start_position`` and of run-down after ``end_position``.
+        Seconds a real axis takes to reach its speed: the run-up and run-down distances are speed x
+        ``acceleration_time`` / 2 (as ``FlyMotorInfo`` computes them), which this one covers at speed.
     """
 
     def __init__(self, name: str = "", acceleration_time: float = 0.05) -> None:
