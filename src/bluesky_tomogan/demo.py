@@ -233,11 +233,13 @@ def run_demo(
     report(f"    client = local_tiled({str(root)!r})")
     report(f"    run = client[{uid!r}]")
     k = min(10, n_angles - 1)  # a projection the run has
-    report(f"    run['primary']['{key}'][{k}]".ljust(48) + f"# raw projection {k} (uint16)")
-    report(f"    run['denoised']['{key}_denoised'][{k}]".ljust(48) + "# the same projection, denoised")
-    report(f"    run['denoised']['{key}_qc_flags'].read()".ljust(48)
-           + "# per-frame QC flags (and _qc_snr, _qc_shift_px, ...)")
-    report("    run['reconstruction']['slice'][-2]          # the middle slice, reconstructed and denoised live")
+    lines = [(f"    run['primary']['{key}'][{k}]", f"# raw projection {k} (uint16)"),
+             (f"    run['denoised']['{key}_denoised'][{k}]", "# the same projection, denoised"),
+             (f"    run['denoised']['{key}_qc_flags'].read()", "# per-frame QC flags (and _qc_snr, _qc_shift_px, ...)"),
+             ("    run['reconstruction']['slice'][-2]", "# the middle slice, reconstructed and denoised live")]
+    width = max(len(code) for code, _ in lines) + 1
+    for code, comment in lines:
+        report(code.ljust(width) + comment)
     report("denoise it again with another model (into a 'denoised_2' stream of the same run):")
     report(f"    bluesky-tomogan reprocess {str(root)!r} --uid {uid} --model tomogan-projection-light")
     report("or with the mean over 8 turned copies of every frame and slice, into a new run (8x the time):")
