@@ -199,7 +199,8 @@ def run_demo(
         angles = np.asarray(run.metadata["start"]["angles"], float) if fly else angles_deg(n_angles)
         metrics = _evaluate(run, camera, key, angles, photons, blur=180.0 / n_angles if fly else 0.0)
         metrics |= {"uid": uid, "scan_seconds": wall, "dropped": cb.dropped, "qc_errors": len(cb.errors),
-                    "denoiser": repr(den), "exit_status": run.metadata["stop"]["exit_status"]}
+                    "denoiser": repr(den), "exit_status": run.metadata["stop"]["exit_status"],
+                    "plan": run.metadata["start"]["plan_name"]}
         timeline = _qc_timeline(run, key)
         metrics |= {"suspensions": len(timeline["suspensions"]), "flagged_frames": len(timeline["flags"]),
                     "lagging_frames": sum(flag == "lagging" for _, flag in timeline["flags"]),
@@ -457,7 +458,7 @@ def _figure(path: Path, p: dict[str, Any], den: Any, m: dict[str, Any], timeline
     _draw_stripes(ax[1, 3], p["stripes"], m)
     _draw_timeline(fig.add_subplot(grid[2, :]), timeline)
     runs = ("adaptive ladder" if hasattr(den, "ladder") else f"on {den.backend}/{den.precision}")
-    fig.suptitle(f"bluesky-tomogan demo: live scan, {den.model_name} {runs}, "
+    fig.suptitle(f"bluesky-tomogan demo: live {m['plan']}, {den.model_name} {runs}, "
                  f"median latency {m['latency_median_s'] * 1e3:.0f} ms/frame")
     try:
         fig.savefig(path, dpi=90)
