@@ -209,11 +209,42 @@ def test_plans_refuse_devices_without_what_they_move_before_any_run(RE):
     names = []
     RE.subscribe(lambda name, doc: names.append(name))
     cam = SynSignal(func=lambda: np.zeros((8, 8)), name="cam")
-    with pytest.raises(TypeError, match="detector 'cam' has no 'shutter'; stage 'motor' has no 'theta'"):
+    with pytest.raises(TypeError, match=r"detector 'cam' has no 'shutter' and none is given \(shutter=...\); "
+                                        "stage 'motor' has no 'theta'"):
         RE(tomo_scan(cam, motor, [0, 90]))
     with pytest.raises(TypeError, match="qc_tomo_scan: .*stage 'motor' has no 'x'"):
         RE(qc_tomo_scan(cam, motor, [0, 90], QCFeedback()))
     assert names == []
+
+
+def test_a_beamline_shutter_of_its_own_closes_for_the_darks_and_opens_for_the_rest(RE, tmp_path):
+    """A camera without a shutter signal (an area detector) and the beamline's shutter given as ``shutter=``, with
+    its own values: closed for the darks only. Without darks no shutter is needed, without flats no stage ``x``;
+    a shutter that is known is opened all the same (a scan must not take its projections behind it)."""
+    from ophyd import Component, Device, Signal
+    from ophyd.sim import SynAxis
+
+    from bluesky_tomogan.plans import tomo_scan
+
+    class Rotation(Device):  # a stage with a rotation only: no way out of the beam
+        theta = Component(SynAxis)
+
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(8, 8), directory=tmp_path, simulate_timing=False)
+    shutter = Signal(name="fe_shutter", value=1)
+    moves = []
+    RE.msg_hook = lambda msg: moves.append(msg.args[0]) if msg.command == "set" and msg.obj is shutter else None
+    docs = []
+    RE(tomo_scan(det, stage, [0, 90], n_darks=2, n_flats=1, shutter=shutter, shutter_open=1, shutter_closed=0),
+       lambda name, doc: docs.append((name, doc)))
+    assert moves == [0, 1] and det.shutter.get() == "open"  # the camera's own signal left alone
+    assert docs[-1][1]["num_events"] == {"dark": 2, "flat": 1, "primary": 2}
+    shutter.put(0)
+    moves.clear()
+    RE(tomo_scan(det, Rotation(name="rot"), [0, 90], n_darks=0, n_flats=0, shutter=shutter, shutter_open=1),
+       lambda name, doc: docs.append((name, doc)))
+    assert moves == [1] and shutter.get() == 1
+    assert docs[-1][1]["num_events"] == {"primary": 2}
 
 
 def test_unstaging_during_a_write_waits_for_it_instead_of_closing_the_file_under_it(tmp_path, monkeypatch):

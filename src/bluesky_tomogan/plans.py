@@ -45,6 +45,9 @@ def tomo_scan(
     n_darks: int = 10,
     n_flats: int = 10,
     out_position: float = 10.0,
+    shutter: Movable | None = None,
+    shutter_open: Any = "open",
+    shutter_closed: Any = "closed",
     md: dict[str, Any] | None = None,
 ) -> Generator[Msg, Any, None]:
     """Acquire darks (``dark`` stream), flats (``flat``) and projections (``primary``).
@@ -52,34 +55,41 @@ def tomo_scan(
     Parameters
     ----------
     detector : ophyd device
-        Triggerable camera with a ``shutter`` signal (``"open"``/``"closed"``).
+        Triggerable camera (with a ``shutter`` signal where no ``shutter`` is given).
     stage : ophyd device
-        With ``theta`` (degrees) and ``x`` (moves the sample out of the beam).
+        With ``theta`` (degrees) and ``x`` (moves the sample out of the beam; needed for flats).
     angles : sequence of float
         Projection angles in degrees, in acquisition order.
     n_darks, n_flats : int
-        Dark frames (shutter closed) and flat frames (sample out) before the projections.
+        Dark frames (shutter closed) and flat frames (sample out) before the projections;
+        0 takes none (and needs no shutter, or no ``x``).
     out_position : float
         ``x`` position that takes the sample out of the beam.
+    shutter : movable, optional
+        The beamline's shutter, set to ``shutter_closed`` for the darks and ``shutter_open``
+        after them (default: the detector's ``shutter`` signal, as the simulated camera has).
+    shutter_open, shutter_closed : object
+        The shutter's values (``"open"``/``"closed"``; an EPICS shutter may take 1 and 0).
     md : dict, optional
         Extra start-document metadata.
 
     Raises
     ------
     TypeError
-        The detector has no ``shutter`` or the stage no ``theta`` or ``x``; raised before
-        any run is opened.
+        Darks without a shutter, flats without a stage ``x``, a stage without ``theta``;
+        raised before any run is opened.
 
     Examples
     --------
     >>> RE(tomo_scan(det, stage, np.linspace(0, 180, 180, endpoint=False)))  # doctest: +SKIP
     """
-    _require(detector, stage, "tomo_scan")
+    closer = _require(detector, stage, "tomo_scan", shutter, n_darks, n_flats)
     angles = [float(a) for a in angles]
 
     @bpp.run_decorator(md=_metadata("tomo_scan", detector, stage, angles, n_darks, n_flats, md))
     def inner() -> Generator[Msg, Any, None]:
-        yield from _darks_and_flats(detector, stage, n_darks, n_flats, out_position)
+        yield from _darks_and_flats(detector, stage, n_darks, n_flats, out_position,
+                                    (closer, shutter_open, shutter_closed))
         yield from bpp.stage_wrapper(_points(detector, stage, "primary", angles), [detector])
 
     yield from inner()
@@ -244,6 +254,7 @@ def tomo_fly_scan(
         if n_darks:
             yield from bps.mv(shutter, shutter_closed)
             yield from staged("dark", n_darks)
+        if shutter is not None:  # open for the flats and projections, darks or not
             yield from bps.mv(shutter, shutter_open)
         if n_flats:
             x0 = yield from bps.rd(sample_x)
@@ -264,6 +275,9 @@ def qc_tomo_scan(
     n_darks: int = 10,
     n_flats: int = 10,
     out_position: float = 10.0,
+    shutter: Movable | None = None,
+    shutter_open: Any = "open",
+    shutter_closed: Any = "closed",
     max_retries: int = 2,
     exposure_limits: tuple[float, float] = (1e-4, 10.0),
     stream: str = "denoised",
@@ -293,7 +307,7 @@ def qc_tomo_scan(
 
     Parameters
     ----------
-    detector, stage, angles, n_darks, n_flats, out_position, md
+    detector, stage, angles, n_darks, n_flats, out_position, shutter, shutter_open, shutter_closed, md
         As for :func:`tomo_scan`. Without an ``exposure_time`` signal on ``detector``,
         exposure recommendations are recorded as ``hold`` and the exposure is left alone.
     feedback : QCFeedback
@@ -321,7 +335,7 @@ def qc_tomo_scan(
     TypeError
         As :func:`tomo_scan`, before any run is opened.
     """
-    _require(detector, stage, "qc_tomo_scan")
+    closer = _require(detector, stage, "qc_tomo_scan", shutter, n_darks, n_flats)
     has_exposure = _exposure_signal(detector) is not None
     angles = [float(a) for a in angles]
     decision = QCDecision(name="qc")
@@ -410,7 +424,8 @@ def qc_tomo_scan(
 
     @bpp.run_decorator(md=_md)
     def inner() -> Generator[Msg, Any, None]:
-        yield from _darks_and_flats(detector, stage, n_darks, n_flats, out_position)
+        yield from _darks_and_flats(detector, stage, n_darks, n_flats, out_position,
+                                    (closer, shutter_open, shutter_closed))
         yield from bpp.stage_wrapper(projections(), [detector])
 
     yield from inner()
@@ -446,19 +461,23 @@ def qc_tomo_scan_with(feedback: QCFeedback) -> Callable[..., Generator[Msg, Any,
     return tomo_scan_with_qc
 
 
-def _require(detector: Any, stage: Any, plan: str, *detector_signals: str) -> None:
+def _require(detector: Any, stage: Any, plan: str, shutter: Any, n_darks: int, n_flats: int) -> Any:
     """Refuse devices that lack what ``plan`` moves or reads, before any run is opened (a plan that failed
-    half way would leave a run of darks only, and the stage out of the beam)."""
-    missing = [f"detector {getattr(detector, 'name', detector)!r} has no {attr!r}"
-               for attr in ("shutter", *detector_signals) if not hasattr(detector, attr)]
+    half way would leave a run of darks only, and the stage out of the beam); return the shutter the darks
+    close and open (``shutter``, else the detector's, else None)."""
+    closer = shutter if shutter is not None else getattr(detector, "shutter", None)
+    missing = []
+    if n_darks and closer is None:
+        missing.append(f"detector {getattr(detector, 'name', detector)!r} has no 'shutter' and none is given "
+                       "(shutter=...)")
     missing += [f"stage {getattr(stage, 'name', stage)!r} has no {attr!r}"
-                for attr in ("theta", "x") if not hasattr(stage, attr)]
+                for attr in ("theta", "x") if not hasattr(stage, attr) and (attr == "theta" or n_flats)]
     if missing:
-        raise TypeError(f"{plan}: {'; '.join(missing)}. It needs a detector with a 'shutter' signal "
-                        "('open'/'closed')" + (f" and {', '.join(repr(a) for a in detector_signals)}"
-                                              if detector_signals else "")
-                        + " and a stage with 'theta' (degrees) and 'x' positioners: give the device those "
-                        "components (an ophyd Device subclass, or Signals that alias the existing ones)")
+        raise TypeError(f"{plan}: {'; '.join(missing)}. Darks need a shutter (shutter=..., or the detector's "
+                        "'shutter' signal), flats a stage 'x' that takes the sample out, and every projection "
+                        "the stage's 'theta' (degrees): give the devices those components (an ophyd Device "
+                        "subclass, or Signals that alias the existing ones), or n_darks=0 / n_flats=0")
+    return closer
 
 
 def _collect_until_complete(flyers: Sequence[Any], collected: Sequence[Any], stream: str,
@@ -561,13 +580,18 @@ def _points(detector: Any, stage: Any, stream: str, points: Sequence[float | Non
         yield from bps.trigger_and_read([detector] if angle is None else [detector, stage.theta], name=stream)
 
 
-def _darks_and_flats(detector: Any, stage: Any, n_darks: int, n_flats: int,
-                     out_position: float) -> Generator[Msg, Any, None]:
+def _darks_and_flats(detector: Any, stage: Any, n_darks: int, n_flats: int, out_position: float,
+                     shutter: tuple[Any, Any, Any]) -> Generator[Msg, Any, None]:
     # One staging per stream: a detector opens one file (one StreamResource) per staging,
     # and a StreamResource belongs to one stream (TiledWriter stores it under that stream).
-    x0 = yield from bps.rd(stage.x)
-    yield from bps.mv(detector.shutter, "closed")
-    yield from bpp.stage_wrapper(_points(detector, stage, "dark", [None] * n_darks), [detector])
-    yield from bps.mv(detector.shutter, "open", stage.x, out_position)
-    yield from bpp.stage_wrapper(_points(detector, stage, "flat", [None] * n_flats), [detector])
-    yield from bps.mv(stage.x, x0)
+    closer, opened, closed = shutter
+    if n_darks:
+        yield from bps.mv(closer, closed)
+        yield from bpp.stage_wrapper(_points(detector, stage, "dark", [None] * n_darks), [detector])
+    if closer is not None:  # open for the flats and projections, darks or not
+        yield from bps.mv(closer, opened)
+    if n_flats:
+        x0 = yield from bps.rd(stage.x)
+        yield from bps.mv(stage.x, out_position)
+        yield from bpp.stage_wrapper(_points(detector, stage, "flat", [None] * n_flats), [detector])
+        yield from bps.mv(stage.x, x0)
