@@ -12,9 +12,11 @@ What a beamline session does, end to end, on simulated hardware:
 4. live QC: every frame's flags go to a ``QCMonitor`` whose ``beam_lost``
    flag a suspender watches, beside a ring-current suspender; suspensions are
    recorded in the run (``interruptions``);
-5. ``tomo_scan``: darks, flats, then the projections, with a progress bar;
-   with ``faults=True`` the ring loses the beam for 2 s a third of the way in
-   and three frames saturate two thirds of the way in;
+5. ``tomo_scan``: darks, flats, then the projections, with a progress bar
+   (``fly=True``: ``tomo_fly_scan`` of the simulated ophyd-async beamline,
+   :mod:`bluesky_tomogan.devices.fly`, the sample turning while the camera takes
+   frames); with ``faults=True`` the ring loses the beam for 2 s a third of the
+   way in and three frames saturate two thirds of the way in;
 6. afterwards, everything is read back *from Tiled* (as an analyst would):
    one slice is reconstructed from the raw and from the denoised projections
    (the last good frame of each angle) and compared with the noise-free answer;
