@@ -49,8 +49,8 @@ def test_the_rotation_flies_from_its_run_up_through_start_and_stop_at_constant_s
 
 def test_a_fly_scan_of_the_simulated_beamline_is_reconstructed_near_the_noise_free_slice(RE, store, tmp_path):
     """60 projections over 180 degrees at 500 photons per pixel, each exposed while the sample turns through its
-    whole 3-degree step: darks at the camera's offset, flats bright; the frames' true angles within a small
-    fraction of a step of the plan's nominal ones; the live reconstruction from those nominal angles finds the
+    whole 3-degree step: darks at the camera's offset, flats bright; the frames' true angles those of the plan,
+    give or take the moment between the motor's kickoff and the detector's; the live reconstruction from those nominal angles finds the
     rotation centre and its denoised middle slice stands near the noise-free one."""
     size, n, exposure = 96, 60, 0.03
     frames = frames_directory(tmp_path / "store")
@@ -72,7 +72,10 @@ def test_a_fly_scan_of_the_simulated_beamline_is_reconstructed_near_the_noise_fr
     dark, flat = run["dark"]["det"].read(), run["flat"]["det"].read()
     assert dark.mean() == pytest.approx(det.camera.model.dark_level, abs=2) and flat.mean() > dark.mean() + 300
     taken, nominal = np.asarray(det.angles_taken), np.asarray(run.metadata["start"]["angles"])
-    assert len(taken) == n and np.abs(taken - nominal).max() < 0.25 * 180 / n
+    # evenly spaced as planned; late, all by the same little, by the time the RunEngine took from the motor's
+    # kickoff to the detector's (about a millisecond here: 0.1 degree; a step is 30 ms)
+    offset = taken - nominal
+    assert len(taken) == n and np.ptp(offset) < 1e-6 and abs(offset.mean()) < 180 / n
     assert cb.errors == [] and all(not f for f in run["denoised"]["det_qc_flags"].read())
     live = run["reconstruction"]
     final = [i for i, (r, f) in enumerate(zip(live["row"].read(), live["final"].read(), strict=True))
