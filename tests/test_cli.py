@@ -586,7 +586,7 @@ def test_demo_fly_flies_the_simulated_ophyd_async_beamline_through_its_faults(tm
     pytest.importorskip("bluesky_tomogan.devices.fly", reason="demo --fly needs ophyd-async >= 0.21")
     out = tmp_path / "demo"
     done = subprocess.run([sys.executable, "-m", "bluesky_tomogan.cli", "demo", "--out", str(out), "--size", "64",
-                           "--angles", "30", "--exposure", "0.05", "--backend", "onnxruntime", "--fly", "--faults"],
+                           "--angles", "30", "--exposure", "0.1", "--backend", "onnxruntime", "--fly", "--faults"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "scanning on the fly: 30 projections" in done.stdout and "0 frames dropped" in done.stdout
