@@ -331,6 +331,7 @@ class _RunReconstruction(PassThroughRun):
         self.o = options
         self._start: Any = None
         self._axis: str | None = None  # the data key of each projection's angle
+        self._nominal: list[float] = []  # the plan's angle of each projection, in order (the start's ``angles``)
         self._degrees_per_unit = 1.0  # of its readings, by the units its data key gives (rad, mrad: converted)
         self._units_noted = False  # units that are not an angle's were said
         self._names: dict[str, str] = {}  # descriptor uid -> the stream's role (:meth:`_role`)
@@ -399,6 +400,7 @@ class _RunReconstruction(PassThroughRun):
         self.summary.uid = doc["uid"]
         motors = list(doc.get("motors") or [])
         self._axis = self.o.angle_field or (str(motors[0]) if motors else None)
+        self._nominal = recon.nominal_angles(doc)
         return doc
 
     def _role(self, doc: Any) -> str | None:
@@ -537,7 +539,7 @@ class _RunReconstruction(PassThroughRun):
         """Frames of ``primary`` whose angle came so far: in their events or, in a fly scan, announced in a file;
         without either, its frames, where the start document has their nominal angles."""
         seen = len(self._angles) + len(self._angle_rows)
-        if not seen and recon.nominal_angles(self._start or {}) and "primary" in self._frames:  # one a frame
+        if not seen and self._nominal and "primary" in self._frames:  # one a frame
             return len(self._frames["primary"])
         return seen
 
@@ -748,8 +750,7 @@ class _RunReconstruction(PassThroughRun):
     def _nominal_angles(self, roles: Mapping[int, str], notes: list[str]) -> dict[int, float]:
         """A fly scan without position capture: the plan's nominal angle of each projection of ``primary``, in the
         order they were taken (worker thread)."""
-        nominal = recon.nominal_angles(self._start or {})
-        frames = self._frames.get("primary")
+        nominal, frames = self._nominal, self._frames.get("primary")
         if not nominal or frames is None:
             return {}
         seqs = sorted(s for s in frames.seqs if s not in roles)
