@@ -51,7 +51,7 @@ def test_external_frames_are_read_and_denoised_with_their_neighbours(RE, denoise
     cb = TomoGANCallback(denoiser, inline=True)
     docs = collect(cb)
     RE.subscribe(cb)
-    RE(bp.scan([det], det.sample_stage.theta, 0, 40, 5))
+    RE(bp.scan([det], det.sample_stage.theta, 0, 4, 5))  # 1 degree apart: every neighbour is near
     for name, doc in docs:
         event_model.schema_validators[event_model.DocumentNames(name)].validate(doc)
     assert cb.errors == []
@@ -235,7 +235,7 @@ def test_a_camera_with_hot_and_dead_pixels_is_denoised_as_one_without_them_and_n
         docs = collect(cb)
         engine = RunEngine({})
         engine.subscribe(cb)
-        engine(bp.scan([det], det.sample_stage.theta, 0, 40, 5))
+        engine(bp.scan([det], det.sample_stage.theta, 0, 4, 5))  # 1 degree apart: denoised with its neighbours
         pages = [d for n, d in docs if n == "event_page" and "det_image_denoised" in d["data"]]
         denoised[label] = np.stack([f for p in pages for f in p["data"]["det_image_denoised"]])
         flags = [f for p in pages for f in p["data"]["det_image_qc_flags"]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import h5py
 import numpy as np
 import pytest
 
@@ -129,3 +130,55 @@ def test_the_denoiser_gives_a_frame_only_neighbours_that_show_the_same_thing(sca
     for i in range(3):
         np.testing.assert_array_equal(out[i], gated.denoise(stack[i]))
     assert not np.allclose(plain.denoise(stack)[1], out[1])  # without the gate, the others' structure leaks in
+
+
+def _projections_in_the_order_taken(RE, tmp_path, angles):
+    """``tomo_scan`` of the simulated camera (128 px, 500 photons) at ``angles`` in that order, through the callback
+    (frames inline): each projection's raw frame and denoised frame, by its angle, and its QC flags."""
+    from bluesky_tomogan.callbacks import TomoGANCallback
+    from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
+    from bluesky_tomogan.inference import load_denoiser
+    from bluesky_tomogan.plans import tomo_scan
+
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(128, 128), directory=tmp_path, simulate_timing=False, seed=7)
+    det.exposure_time.put(0.1)
+    det.photon_flux.put(5000.0)
+    den = load_denoiser("tomogan-projection", backend="onnxruntime")
+    cb = TomoGANCallback(den, inline=True, maxsize=len(angles) + 8)
+    docs = []
+    cb.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE.subscribe(cb)
+    RE(tomo_scan(det, stage, angles, n_darks=2, n_flats=2))
+    (derived,) = [d["uid"] for n, d in docs if n == "descriptor" and d["name"] == "denoised"]
+    *_, projections = [d for n, d in docs if n == "stream_resource"]  # a file per stream: the last is primary's
+    with h5py.File(projections["uri"].removeprefix("file://"), "r") as f:
+        frames = f[projections["parameters"]["dataset"]][()]
+    out = {}
+    for name, doc in docs:
+        if name == "event_page" and doc["descriptor"] == derived:
+            for seq, frame, flags in zip(doc["data"]["det_image_source_seq_num"], doc["data"]["det_image_denoised"],
+                                         doc["data"]["det_image_qc_flags"], strict=True):
+                out[angles[int(seq) - 1]] = (frames[int(seq) - 1], np.asarray(frame), flags)
+    return den, out
+
+
+def test_neighbours_far_in_angle_are_left_out_of_a_projections_context(RE, tmp_path):
+    """A golden-angle scan in the order taken: a frame's neighbours are views 30-70 degrees away, which the
+    network paints in (SSIM 0.87 against 0.96 alone on the demo's sample at 256 px, 500 photons; QC then flags
+    ``out_of_distribution``). The callback leaves a neighbour more than ``NEIGHBOUR_DEGREES`` away out, as at a
+    scan's end: each frame is denoised as it would be alone. In a fine regular scan the neighbours stay."""
+    from bluesky_tomogan.callbacks.run import NEIGHBOUR_DEGREES
+
+    golden = [float(a) for a in (np.arange(12) * 111.246117975) % 180]
+    den, out = _projections_in_the_order_taken(RE, tmp_path / "golden", golden)
+    assert len(out) == 12
+    for raw, denoised, flags in out.values():
+        alone = den.denoise_context(np.stack([raw] * den.depth))
+        assert np.allclose(denoised, alone, atol=1e-3), np.abs(denoised - alone).max()
+        assert "out_of_distribution" not in flags
+    fine = [2.0 * i for i in range(8)]
+    assert 2 * fine[1] <= NEIGHBOUR_DEGREES  # both neighbours on each side are near
+    den, out = _projections_in_the_order_taken(RE, tmp_path / "fine", fine)
+    raw, denoised, _ = out[fine[4]]
+    assert not np.allclose(denoised, den.denoise_context(np.stack([raw] * den.depth)), atol=1e-3)

@@ -352,14 +352,16 @@ def test_a_fly_scan_whose_angles_are_written_to_a_file_is_reconstructed_as_the_s
     stream, no ``motors`` in the start document): ``TomoReconstruction(angle_field=...)`` reads the angles from
     their file (on its worker thread) and makes the same slices as of the same frames stepped, with their angles
     in events, updates during the scan included. Naming no field, or one that never comes, is said in a note."""
-    raw = recorded_scan(RE, tmp_path, 60)
+    # 1.5 degrees apart: the callback keeps every neighbour in both (it knows the stepped scan's angles, not those
+    # in the fly scan's file)
+    raw = recorded_scan(RE, tmp_path, 120)
     fly = as_fly_scan(raw, tmp_path)
     stepped_rec, (*_, stepped) = reconstructed(raw)
-    fly_rec, pages = reconstructed(fly, angle_field=ANGLE_KEY, every=20)
+    fly_rec, pages = reconstructed(fly, angle_field=ANGLE_KEY, every=40)
     flown = pages[-1]
     assert any(not p["final"][0] for p in pages)  # updates during the scan too
     assert stepped_rec.errors == fly_rec.errors == []
-    assert flown["final"][0] and flown["projections"][0] == stepped["projections"][0] == 60
+    assert flown["final"][0] and flown["projections"][0] == stepped["projections"][0] == 120
     assert flown["center"] + flown["stripe_metric"] == pytest.approx(stepped["center"] + stepped["stripe_metric"],
                                                                      rel=1e-5)
     rec, pages = reconstructed(fly)
@@ -398,14 +400,14 @@ def test_a_fly_scan_whose_image_key_is_written_beside_its_frames_is_corrected_wi
     """Darks, flats and projections in one fly-scan stream, what each is an NDAttribute written to the file beside
     the frames (tests/fly_scan.py), the angles a PandA's: the callback and the reconstruction read both from
     their files, and the slices are those of the same scan stepped, with the key in its events."""
-    raw = recorded_scan(RE, tmp_path, 40, plan=keyed_tomo_scan)
+    raw = recorded_scan(RE, tmp_path, 90, plan=keyed_tomo_scan)  # 2 degrees apart: every neighbour kept in both
     fly = as_fly_scan(raw, tmp_path, moved={"image_key": "det-image_key"})
     assert not any(n == "event" and "image_key" in d["data"] for n, d in fly)
     stepped_rec, (*_, stepped) = reconstructed(raw)
     fly_rec, (*_, flown) = reconstructed(fly, angle_field=ANGLE_KEY)
     assert stepped_rec.errors == fly_rec.errors == []
     assert flown["note"] == stepped["note"] == [""] * 3  # darks and flats found: no "no flat" or "no dark" note
-    assert flown["projections"][0] == stepped["projections"][0] == 40
+    assert flown["projections"][0] == stepped["projections"][0] == 90
     assert flown["center"] + flown["stripe_metric"] == pytest.approx(stepped["center"] + stepped["stripe_metric"],
                                                                      rel=1e-5)
 

@@ -313,6 +313,11 @@ class RunQC:
             log.warning("QC feedback queue full (%d); verdict of %s seq %d dropped", FEEDBACK_QUEUE,
                         verdict.stream, verdict.seq_num)
 
+    def angle_of(self, item: QueuedFrame) -> float | None:
+        """The rotation angle of a frame in degrees (its event's reading of the scanned axis, or its plan's
+        nominal angle), or None where none is known."""
+        return self._angle(item.stream.raw_name, item.seq_num)
+
     def _position(self, raw_name: str, seq_num: int) -> dict[str, Any]:
         return self._positions.get((raw_name, seq_num), {})
 
