@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .frames import context_offsets
+from .frames import context_offsets, usable_reach
 from .normalise import robust_range
 
 __all__ = ["BLOCK", "DEFAULT_THRESHOLD", "context_distance", "gate_context", "usable_neighbours"]
@@ -128,14 +128,7 @@ def usable_neighbours(context: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
     stopping at the first that is not. ``centre_range``: the centre's robust range, if known."""
     half = context.shape[0] // 2
     centre = _Centre(context[half], *(centre_range or (None, None)))
-
-    def reach(step: int) -> int:
-        k = 0
-        while k < half and centre.distance(context[half + step * (k + 1)]) <= threshold:
-            k += 1
-        return k
-
-    return reach(-1), reach(1)
+    return usable_reach(half, lambda o: centre.distance(context[half + o]) <= threshold)
 
 
 def gate_context(context: np.ndarray, threshold: float = DEFAULT_THRESHOLD,

@@ -4,11 +4,12 @@ callback and the file reader)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 import numpy as np
 
-__all__ = ["centred", "context_indices", "context_offsets", "has_channel_axis", "looks_like_colour",
+__all__ = ["centred", "context_indices", "context_offsets", "usable_reach", "has_channel_axis", "looks_like_colour",
            "without_channel_axis", "cast_frames", "FRAME_DTYPES", "COMPRESSION_NAMES"]
 
 T = TypeVar("T")
@@ -32,6 +33,20 @@ def context_offsets(depth: int, left: int, right: int) -> list[int]:
     return [o if usable(o) else -o if usable(-o) else 0 for o in range(-half, half + 1)]
 
 
+def usable_reach(half: int, usable: Callable[[int], bool]) -> tuple[int, int]:
+    """How many neighbours before and after a context's centre may serve (at most ``half`` a side): counting
+    outwards on each side, up to the first at an offset ``o`` from the centre for which ``usable(o)`` is false.
+    What :func:`context_offsets` takes as ``left`` and ``right``."""
+
+    def reach(step: int) -> int:
+        k = 0
+        while k < half and usable(step * (k + 1)):
+            k += 1
+        return k
+
+    return reach(-1), reach(1)
+
+
 def context_indices(group: np.ndarray, index: int, depth: int = 3) -> list[int]:
     """Indices of the ``depth`` frames centred on ``index`` within its scan.
 
@@ -41,16 +56,9 @@ def context_indices(group: np.ndarray, index: int, depth: int = 3) -> list[int]:
     inference and the live callback all use this rule, so edge frames look the
     same to the network everywhere.
     """
-    half = depth // 2
     n = len(group)
-
-    def reach(step: int) -> int:  # usable neighbours on one side: same scan, inside the stack
-        k = 0
-        while k < half and 0 <= index + step * (k + 1) < n and group[index + step * (k + 1)] == group[index]:
-            k += 1
-        return k
-
-    return [index + o for o in context_offsets(depth, reach(-1), reach(1))]
+    left, right = usable_reach(depth // 2, lambda o: 0 <= index + o < n and group[index + o] == group[index])
+    return [index + o for o in context_offsets(depth, left, right)]
 
 
 @overload

@@ -55,7 +55,7 @@ from event_model.documents import EventDescriptor, EventPage, RunStart, RunStop
 
 from ..errors import InputValueError, OutputPathError, TomoGANError
 from ..frame_roles import DARK, FLAT, FRAME_ROLES, INVALID, FrameRoles
-from ..frames import cast_frames, centred, context_indices, context_offsets
+from ..frames import cast_frames, centred, context_indices, context_offsets, usable_reach
 from ..handlers import fill_datum
 from ..inference.denoiser import Denoiser, check_frames
 from ..inference.ratios import RatioController, RatioDenoisers, network_name
@@ -906,17 +906,11 @@ class RunDenoiser(PassThroughRun):
         if centre is None or half == 0:
             return context
 
-        def near(k: int) -> bool:
-            angle = self._qc.angle_of(context[half + k])
+        def near(o: int) -> bool:
+            angle = self._qc.angle_of(context[half + o])
             return angle is None or abs((angle - centre + 180.0) % 360.0 - 180.0) <= NEIGHBOUR_DEGREES
 
-        def reach(step: int) -> int:
-            k = 0
-            while k < half and near(step * (k + 1)):
-                k += 1
-            return k
-
-        left, right = reach(-1), reach(1)
+        left, right = usable_reach(half, near)
         if left == right == half:
             return context
         return [context[half + o] for o in context_offsets(len(context), left, right)]
