@@ -96,8 +96,9 @@ CONTEXT_WAIT = 2.0
 #: Degrees between a projection and a neighbour beyond which the neighbour is left out of its context (stand-ins
 #: instead, :func:`~..frames.context_offsets`): the shipped projection model denoises a frame better alone than
 #: with neighbours 5 degrees apart or more (SSIM against the noise-free frame, bead pack at 500 photons, 256 px:
-#: alone 0.960; neighbours 3 degrees apart 0.973, 5: 0.955, 20: 0.890; 60 photons and 512 px alike), the
-#: neighbours of a golden-angle or interlaced scan in the order taken, of a sparse scan, or of a coarse fly scan.
+#: alone 0.960; neighbours 3 degrees apart 0.973, 5: 0.955, 20: 0.890; 60 photons and 512 px alike:
+#: ``python benchmarks/angle_context.py --spacing [--photons 60] [--size 512]``), the neighbours of a golden-angle
+#: or interlaced scan in the order taken, of a sparse scan, or of a coarse fly scan.
 NEIGHBOUR_DEGREES = 4.0
 #: Frames of a run with one problem (the same ``qc_error``) listed one by one in ``cb.errors`` and the
 #: log; later ones are counted and summed up at the stop, so that a detector that is wrong for a whole
