@@ -100,6 +100,9 @@ CONTEXT_WAIT = 2.0
 #: ``python benchmarks/angle_context.py --spacing [--photons 60] [--size 512]``), the neighbours of a golden-angle
 #: or interlaced scan in the order taken, of a sparse scan, or of a coarse fly scan.
 NEIGHBOUR_DEGREES = 4.0
+#: Seconds the worker waits for the event (with its angle) of a frame in a context, where the stream's events carry
+#: the angle: it comes right after the frame's StreamDatum, and the context must not depend on which came first.
+ANGLE_WAIT = 1.0
 #: Frames of a run with one problem (the same ``qc_error``) listed one by one in ``cb.errors`` and the
 #: log; later ones are counted and summed up at the stop, so that a detector that is wrong for a whole
 #: scan gives a few lines, not one per frame. Their rows say why, each.
@@ -902,13 +905,13 @@ class RunDenoiser(PassThroughRun):
         """``context`` with the neighbours more than :data:`NEIGHBOUR_DEGREES` from ``item``'s angle, and those
         beyond them, replaced by stand-ins (the rule of a scan's ends). Frames whose angle is not known (a count,
         a fly scan's capture in a file) are kept, as frames of the same view."""
-        centre = self._qc.angle_of(item)
+        centre = self._qc.angle_of(item, wait=ANGLE_WAIT)
         half = len(context) // 2
         if centre is None or half == 0:
             return context
 
         def near(o: int) -> bool:
-            angle = self._qc.angle_of(context[half + o])
+            angle = self._qc.angle_of(context[half + o], wait=ANGLE_WAIT)
             return angle is None or abs((angle - centre + 180.0) % 360.0 - 180.0) <= NEIGHBOUR_DEGREES
 
         left, right = usable_reach(half, near)

@@ -14,6 +14,7 @@ import logging
 import math
 import queue
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -101,6 +102,7 @@ class RunQC:
         # ``angles``, one per projection in order) stand in, in a ``primary`` stream of projections alone
         self._nominal: list[float] = []
         self._nominal_streams: set[str] = set()  # raw streams whose frame seq_num - 1 indexes ``_nominal``
+        self._axis_streams: set[str] = set()  # raw streams whose events carry the scanned axis
         self._verdicts: queue.Queue[Verdict | None] = queue.Queue(FEEDBACK_QUEUE)
         self._thread: threading.Thread | None = None
 
@@ -135,6 +137,10 @@ class RunQC:
         key = descriptor.get("data_keys", {}).get(self._motor or "")
         per_unit = degrees_per_unit(key.get("units")) if key is not None else None
         self._degrees_per_unit[name] = per_unit or 1.0
+        if key is not None:
+            self._axis_streams.add(name)
+        else:
+            self._axis_streams.discard(name)
         if key is None and name == "primary" and roles.key is None and roles.default is None and self._nominal:
             self._nominal_streams.add(name)
         else:
@@ -313,10 +319,18 @@ class RunQC:
             log.warning("QC feedback queue full (%d); verdict of %s seq %d dropped", FEEDBACK_QUEUE,
                         verdict.stream, verdict.seq_num)
 
-    def angle_of(self, item: QueuedFrame) -> float | None:
+    def angle_of(self, item: QueuedFrame, wait: float = 0.0) -> float | None:
         """The rotation angle of a frame in degrees (its event's reading of the scanned axis, or its plan's
-        nominal angle), or None where none is known."""
-        return self._angle(item.stream.raw_name, item.seq_num)
+        nominal angle), or None where none is known. ``wait``: seconds to wait for the event of a frame whose
+        stream's events carry the axis (bluesky emits a frame's StreamDatum before its event, and the worker may
+        take the frame first), so that the answer does not depend on which thread ran first."""
+        angle = self._angle(item.stream.raw_name, item.seq_num)
+        if angle is None and wait > 0 and item.stream.raw_name in self._axis_streams:
+            deadline = time.monotonic() + wait
+            while angle is None and time.monotonic() < deadline:
+                time.sleep(0.001)
+                angle = self._angle(item.stream.raw_name, item.seq_num)
+        return angle
 
     def _position(self, raw_name: str, seq_num: int) -> dict[str, Any]:
         return self._positions.get((raw_name, seq_num), {})
