@@ -182,3 +182,26 @@ def test_neighbours_far_in_angle_are_left_out_of_a_projections_context(RE, tmp_p
     den, out = _projections_in_the_order_taken(RE, tmp_path / "fine", fine)
     raw, denoised, _ = out[fine[4]]
     assert not np.allclose(denoised, den.denoise_context(np.stack([raw] * den.depth)), atol=1e-3)
+
+
+def test_the_angle_rule_does_not_depend_on_when_the_events_come(RE, tmp_path, monkeypatch):
+    """bluesky emits a frame's StreamDatum before its event, and the worker may take the frame before the callback
+    thread has seen the event with its angle. Events seen late (50 ms each) give the same denoised frames: the
+    worker waits for a neighbour's angle where its stream's events carry one (3 degrees apart, the neighbour after
+    next is the first far one; before, it was kept whenever its angle was not known yet: up to 13 counts apart)."""
+    import time
+
+    from bluesky_tomogan.callbacks import run_qc
+
+    angles = [3.0 * i for i in range(7)]
+    _, prompt = _projections_in_the_order_taken(RE, tmp_path / "prompt", angles)
+    keep = run_qc.RunQC.keep_positions
+
+    def late(self, raw_name, doc):
+        time.sleep(0.05)
+        keep(self, raw_name, doc)
+
+    monkeypatch.setattr(run_qc.RunQC, "keep_positions", late)
+    _, delayed = _projections_in_the_order_taken(RE, tmp_path / "late", angles)
+    for a in angles:
+        np.testing.assert_allclose(delayed[a][1], prompt[a][1], atol=1e-3)
