@@ -89,6 +89,21 @@ def user_models_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
+def patient_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The live callback's two waits, for a stream's next frame (``CONTEXT_WAIT``: after it, a frame is denoised
+    with mirrored context) and for a frame's event (``ANGLE_WAIT``: after it, its angle counts as unknown), made
+    longer than any stall of a loaded machine, for tests that compare two runs of the same documents frame for
+    frame. The waits are latency bounds of a live scan: where the thread that hands over documents gets no CPU
+    for longer than 2 s (a CI machine runs two workers on two cores), a frame mid-scan is denoised without its
+    next neighbour (a 2.5 s pause before one document of a fly scan moved its reconstruction's centre by 0.0003
+    px). Not for scans paced by QC verdicts: a stream's last frame gets its verdict only after ``CONTEXT_WAIT``."""
+    from bluesky_tomogan.callbacks import run as run_module
+
+    monkeypatch.setattr(run_module, "CONTEXT_WAIT", 60.0)
+    monkeypatch.setattr(run_module, "ANGLE_WAIT", 60.0)
+
+
+@pytest.fixture
 def RE():
     """A fresh RunEngine per test, halted at teardown (as bluesky's own tests do)."""
     re = RunEngine({})

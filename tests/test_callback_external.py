@@ -45,6 +45,7 @@ def raw_frames(docs):
     return read(0, sum(n == "datum" for n, _ in docs))
 
 
+@pytest.mark.usefixtures("patient_waits")
 @pytest.mark.parametrize("asset_mode", ["stream", "resource"])
 def test_external_frames_are_read_and_denoised_with_their_neighbours(RE, denoiser, tmp_path, asset_mode):
     det = detector(tmp_path, asset_mode)
@@ -165,6 +166,7 @@ def test_raw_stream_is_byte_identical_with_and_without_the_callback(RE, denoiser
         assert x.dtype == y.dtype and np.asarray(x).tobytes() == np.asarray(y).tobytes(), key
 
 
+@pytest.mark.usefixtures("patient_waits")
 @pytest.mark.parametrize("frame_dtype, compression", [("source", "lz4"), ("uint16", "zstd"), ("float32", "gzip")])
 def test_derived_frames_stored_as_counts_or_compressed_are_the_float_ones_rounded_and_qc_is_the_same(
         RE, denoiser, store, tmp_path, frame_dtype, compression):

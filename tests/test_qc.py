@@ -925,6 +925,7 @@ def test_a_detector_without_an_exposure_time_holds_the_exposure_and_the_scan_com
     assert [d["exit_status"] for n, d in docs if n == "stop"] == ["success"]
 
 
+@pytest.mark.usefixtures("patient_waits")
 @pytest.mark.parametrize("kind", ["image_key", "frame_type"])
 def test_darks_flats_and_projections_in_one_stream_are_told_apart_by_their_events(RE, denoiser, tmp_path, kind):
     """A plan that takes every frame in ``primary``, each event saying what its frame is (NXtomo's

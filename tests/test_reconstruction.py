@@ -346,6 +346,7 @@ def reconstructed(docs, **options):
     return rec, [d["data"] for n, d in out if n == "event_page" and "row" in d["data"]]
 
 
+@pytest.mark.usefixtures("patient_waits")
 def test_a_fly_scan_whose_angles_are_written_to_a_file_is_reconstructed_as_the_same_scan_stepped(RE, tmp_path):
     """A fly scan as ophyd-async records one (tests/fly_scan.py: each projection's angle a PandA's encoder
     capture, written to an HDF5 file and announced by StreamDatum like the frames; no event in the projections'
@@ -371,6 +372,7 @@ def test_a_fly_scan_whose_angles_are_written_to_a_file_is_reconstructed_as_the_s
     assert pages == [] and any("no projection came with its angle 'stage_theta'" in e for e in rec.errors)
 
 
+@pytest.mark.usefixtures("patient_waits")
 def test_a_fly_scan_without_position_capture_is_reconstructed_at_its_plans_nominal_angles(RE, tmp_path):
     """A fly scan of a motor alone (no encoder captured per frame: ``tomo_fly_scan`` without ``capture``) records
     no angle with any frame; the reconstruction takes the nominal angle of each projection, in order, from the start
@@ -396,6 +398,7 @@ def test_a_fly_scan_without_position_capture_is_reconstructed_at_its_plans_nomin
     assert cut["projections"][0] == 50 and "60 projections for 50 angles" in cut["note"][0]
 
 
+@pytest.mark.usefixtures("patient_waits")
 def test_a_fly_scan_whose_image_key_is_written_beside_its_frames_is_corrected_with_its_darks_and_flats(RE, tmp_path):
     """Darks, flats and projections in one fly-scan stream, what each is an NDAttribute written to the file beside
     the frames (tests/fly_scan.py), the angles a PandA's: the callback and the reconstruction read both from
@@ -412,6 +415,7 @@ def test_a_fly_scan_whose_image_key_is_written_beside_its_frames_is_corrected_wi
                                                                      rel=1e-5)
 
 
+@pytest.mark.usefixtures("patient_waits")
 def test_angles_in_radians_are_converted_by_the_units_their_data_key_gives(RE, tmp_path):
     """A rotation stage that reports radians (its data key's ``units``: an EPICS motor's EGU) gives the same slices
     as one reporting degrees; units that are no angle's are taken as degrees, with a note."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -47,6 +48,16 @@ SPEC = "hdf5"
 #: which ophyd-async's StreamDatum follows, has moved on. A file that stays short is waited for once.
 ANNOUNCED_FRAMES_WAIT_S = 2.0
 _POLL_S = 0.05
+
+#: Taken by every HDF5 call of this module's writers and readers of frames. HDF5 (1.14.6 here) gives wrong
+#: frames, silently, when a file open for SWMR reading more than once in a process (the callback's reader of
+#: the raw frames, the reconstruction's of the darks and flats, each on its own thread) is refreshed through one
+#: handle while another reads: 16-251 wrong frames in 14,000 reads from two threads (file written by
+#: :class:`FrameFile`), and with two live objects of one dataset wrong frames even from one thread
+#: (``tests/test_hdf5_frames.py``). h5py's own lock covers one call, not a refresh and the read after it. So
+#: readers of a file share one handle and one object per dataset (:class:`_SharedFile`), and a refresh and its
+#: read, or a writer's append and flush, are one step under this lock.
+_HDF5_LOCK = threading.RLock()
 
 
 def open_for_reading(path: str | os.PathLike[str], error: type[Exception], what: str) -> h5py.File:
@@ -113,13 +124,22 @@ class FrameFile:
         filters = compression_filter(compression)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = h5py.File(self.path, "w", libver="latest")
-            self._dset = self._file.create_dataset(dataset, shape=(0, *self.shape), maxshape=(None, *self.shape),
-                                                   chunks=(1, *self.shape), dtype=self.dtype, **filters)
-            self._file.swmr_mode = True
+            with _HDF5_LOCK:
+                self._file, self._dset = self._create(dataset, filters)
         except OSError as exc:
             raise OutputPathError(f"cannot write frames to {self.path}: {exc}") from exc
         self.count = 0
+
+    def _create(self, dataset: str, filters: Mapping[str, Any]) -> tuple[h5py.File, h5py.Dataset]:
+        f = h5py.File(self.path, "w", libver="latest")
+        try:
+            dset = f.create_dataset(dataset, shape=(0, *self.shape), maxshape=(None, *self.shape),
+                                    chunks=(1, *self.shape), dtype=self.dtype, **filters)
+            f.swmr_mode = True
+        except BaseException:
+            f.close()
+            raise
+        return f, dset
 
     @property
     def uri(self) -> str:
@@ -133,9 +153,10 @@ class FrameFile:
         if frames.shape[1:] != self.shape:
             raise ValueError(f"frames of shape {frames.shape[1:]} do not fit {self.path} ({self.shape})")
         start = self.count
-        self._dset.resize(start + len(frames), axis=0)
-        self._dset[start:] = frames.astype(self.dtype, copy=False)
-        self._dset.flush()  # SWMR readers see the frames as soon as the document announcing them is out
+        with _HDF5_LOCK:
+            self._dset.resize(start + len(frames), axis=0)
+            self._dset[start:] = frames.astype(self.dtype, copy=False)
+            self._dset.flush()  # SWMR readers see the frames as soon as the document announcing them is out
         self.count = start + len(frames)
         return start, self.count
 
@@ -146,15 +167,17 @@ class FrameFile:
         HDF5 leaves unwritten chunks unallocated, so this costs no disk space.
         """
         start = self.count
-        self._dset.resize(start + n, axis=0)
-        self._dset.flush()
+        with _HDF5_LOCK:
+            self._dset.resize(start + n, axis=0)
+            self._dset.flush()
         self.count = start + n
         return start, self.count
 
     def close(self) -> None:
         """Close the file; never raises (it runs at the end of scans)."""
         try:
-            self._file.close()
+            with _HDF5_LOCK:
+                self._file.close()
         except Exception:
             log.exception("closing %s failed", self.path)
 
@@ -167,11 +190,46 @@ def path_from_uri(uri: str) -> Path:
     return Path(unquote(parsed.path))
 
 
-def _open(path: Path) -> h5py.File:
-    try:
-        return h5py.File(path, "r", swmr=True)
-    except OSError as exc:
-        raise FileNotFoundError(f"cannot open frame file {path}: {exc}") from exc
+class _SharedFile:
+    """The one read-only SWMR handle of a file of frames in this process, and one object per dataset of it, for
+    every :class:`StreamFrameReader` of the file (see :data:`_HDF5_LOCK`); closed when its last reader closes."""
+
+    _open: dict[Path, _SharedFile] = {}  # guarded by _HDF5_LOCK
+
+    def __init__(self, path: Path) -> None:
+        self.path = path  # resolved: one handle whatever the spelling of the path
+        try:
+            self.file = h5py.File(path, "r", swmr=True)
+        except OSError as exc:
+            raise FileNotFoundError(f"cannot open frame file {path}: {exc}") from exc
+        self.datasets: dict[str, h5py.Dataset] = {}
+        self.readers = 0
+
+    @classmethod
+    def acquire(cls, path: Path) -> _SharedFile:
+        """The file's shared handle, opened if no reader has it open (call with :data:`_HDF5_LOCK` held)."""
+        key = path.resolve()
+        shared = cls._open.get(key)
+        if shared is None:
+            shared = cls._open[key] = cls(key)
+        shared.readers += 1
+        return shared
+
+    def dataset(self, name: str) -> h5py.Dataset:
+        """The dataset ``name``, refreshed: the frames appended since (call with :data:`_HDF5_LOCK` held)."""
+        dset = self.datasets.get(name)
+        if dset is None:
+            dset = self.datasets[name] = self.file[name]
+        dset.refresh()
+        return dset
+
+    def release(self) -> None:
+        """One reader fewer; the last closes the file (call with :data:`_HDF5_LOCK` held)."""
+        self.readers -= 1
+        if self.readers <= 0:
+            self._open.pop(self.path, None)
+            self.datasets.clear()
+            self.file.close()
 
 
 class StreamFrameReader:
@@ -192,25 +250,24 @@ class StreamFrameReader:
                              f"(StreamResource {stream_resource.get('uid')}); only {MIMETYPE} is supported")
         self.path = path_from_uri(stream_resource["uri"])
         self.dataset = stream_resource["parameters"]["dataset"]
-        self._file: h5py.File | None = None
+        self._file: _SharedFile | None = None
         self._waited_in_vain: int | None = None  # the length the file had when a wait for more ran out
 
-    def _dataset(self, frames: int = 0) -> h5py.Dataset:
-        """The dataset, refreshed; holding at least ``frames`` frames if they come within ``wait_s``
-        (:data:`ANNOUNCED_FRAMES_WAIT_S`; a file that stayed short before is not waited for again
-        until it grows)."""
+    def _read(self, need: Callable[[h5py.Dataset], int], read: Callable[[h5py.Dataset], np.ndarray]) -> np.ndarray:
+        """``read(dataset)`` of the dataset, refreshed and holding at least ``need(dataset)`` frames if they come within
+        ``wait_s`` (:data:`ANNOUNCED_FRAMES_WAIT_S`; a file that stayed short before is not waited for again
+        until it grows). The refresh and the read are one step under :data:`_HDF5_LOCK`; the wait is not."""
         deadline = time.monotonic() + self.wait_s
         while True:
-            if self._file is None:
-                self._file = _open(self.path)
-            dset = self._file[self.dataset]
-            dset.refresh()  # SWMR: see frames appended since the file was opened
-            n = dset.shape[0]
-            if n >= frames or n == self._waited_in_vain:
-                return dset
-            if time.monotonic() >= deadline:
-                self._waited_in_vain = n
-                return dset
+            with _HDF5_LOCK:
+                if self._file is None:
+                    self._file = _SharedFile.acquire(self.path)
+                dset = self._file.dataset(self.dataset)
+                n, frames = dset.shape[0], need(dset)
+                if n >= frames or n == self._waited_in_vain or time.monotonic() >= deadline:
+                    if n < frames:
+                        self._waited_in_vain = n
+                    return read(dset)
             time.sleep(_POLL_S)
 
     def _frames(self, dset: h5py.Dataset, start: int, stop: int) -> np.ndarray:
@@ -220,7 +277,7 @@ class StreamFrameReader:
 
     def __call__(self, start: int, stop: int) -> np.ndarray:
         """Frames ``[start, stop)`` as ``(N, H, W)``."""
-        return self._frames(self._dataset(stop), start, stop)
+        return self._read(lambda dset: stop, lambda dset: self._frames(dset, start, stop))
 
     def event(self, index: int, exposures: int) -> np.ndarray:
         """The ``exposures`` frames of StreamDatum row ``index`` of a multi-frame data key (``[N, H, W]``),
@@ -228,21 +285,22 @@ class StreamFrameReader:
         3-D one (how ophyd-async writes ``exposures_per_event`` frames: one after the other). Of a
         3-D dataset cut short, the frames it holds (the caller flags the missing ones)."""
         first = index * exposures
-        dset = self._dataset()  # refreshed once for the event's frames
-        want = index + 1 if dset.ndim == 4 else first + exposures
-        if dset.shape[0] < want:  # not all shown yet: wait for them (see ANNOUNCED_FRAMES_WAIT_S)
-            dset = self._dataset(want)
-        if dset.ndim == 4:
-            return self._frames(dset, index, index + 1)[0]
-        stop = max(min(first + exposures, dset.shape[0]), first + 1)
-        # one frame (one chunk) per read: a read across chunks of a file that this process also has
-        # open for SWMR writing failed in HDF5 ("can't insert duplicate key"); single frames do not
-        return np.stack([self._frames(dset, i, i + 1)[0] for i in range(first, stop)])
+
+        def rows(dset: h5py.Dataset) -> np.ndarray:
+            if dset.ndim == 4:
+                return self._frames(dset, index, index + 1)[0]
+            stop = max(min(first + exposures, dset.shape[0]), first + 1)
+            # one frame (one chunk) per read: a read across chunks of a file that this process also has
+            # open for SWMR writing failed in HDF5 ("can't insert duplicate key"); single frames do not
+            return np.stack([self._frames(dset, i, i + 1)[0] for i in range(first, stop)])
+
+        return self._read(lambda dset: index + 1 if dset.ndim == 4 else first + exposures, rows)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        with _HDF5_LOCK:
+            if self._file is not None:
+                self._file.release()
+                self._file = None
 
 
 class HDF5FrameHandler:
