@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/angle_context.py [--size 256] [--angles 90] [--photons 500] [--json out.json]
     python benchmarks/angle_context.py --spacing [--size 256] [--photons 500]
+    python benchmarks/angle_context.py --offline [--size 256] [--angles 90] [--photons 500]
 
 A ``tomo_scan`` of the simulated camera (the demo's bead pack) through ``TomoGANCallback`` (the shipped
 projection model on ONNX Runtime fp32, the same numbers on every CPU), its angles in four orders: a regular
@@ -17,6 +18,9 @@ scan's mean and lowest SSIM of the denoised projections and how many QC flagged 
 neighbours 0.5 to 20 degrees apart, and alone (its own context), at three angles, mean SSIM against the
 noise-free frame; and the content gate's distance (``context.context_distance``) of a view 2 to 171 degrees
 away, which the gate withholds above 0.35.
+
+``--offline``: the same four scans as stacks in the order taken, denoised by ``Denoiser.denoise`` (what
+``bluesky-tomogan denoise`` does with a file) without and with each frame's angle (a file's ``exchange/theta``).
 """
 
 from __future__ import annotations
@@ -31,8 +35,7 @@ from typing import Any
 import numpy as np
 from bluesky import RunEngine
 
-from bluesky_tomogan import TomoGANCallback, load_denoiser
-from bluesky_tomogan.callbacks import run as callback_run
+from bluesky_tomogan import TomoGANCallback, frames, load_denoiser
 from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
 from bluesky_tomogan.metrics import ssim
 from bluesky_tomogan.plans import tomo_scan
@@ -52,7 +55,7 @@ def orders(n: int) -> dict[str, list[float]]:
 
 
 def one_scan(angles: list[float], args: argparse.Namespace, den: Any, limit: float) -> dict[str, float]:
-    callback_run.NEIGHBOUR_DEGREES = limit
+    frames.NEIGHBOUR_DEGREES = limit
     RE = RunEngine({})
     stage = SimTomoStage(name="stage")
     det = SimTomoDetector(name="det", stage=stage, shape=(args.size, args.size), seed=7, simulate_timing=False,
@@ -109,21 +112,49 @@ def spacing(args: argparse.Namespace, den: Any) -> dict[str, Any]:
     return {"ssim_by_spacing": scores, "gate_distance_by_spacing": distances}
 
 
+def offline(args: argparse.Namespace, den: Any) -> list[dict[str, Any]]:
+    """Mean (lowest) SSIM of each scan's projections denoised as one stack in the order taken, by order and by
+    angle."""
+    cam = SimTomoDetector(name="cam", shape=(args.size, args.size), seed=7, simulate_timing=False)
+    rows = []
+    print(f"{args.size}x{args.size}, {args.photons:g} photons/pixel, {den!r}; Denoiser.denoise of the stack, "
+          "SSIM mean (lowest)")
+    print(f"{'scan':<16}{'frames':>7}  {'neighbours by order':>20}  {'by angle':>20}")
+    for label, angles in orders(args.angles).items():
+        stack = np.stack([cam.projection([a], args.photons) for a in angles]).astype(np.float32)
+        clean = [args.photons * cam.gain * np.exp(-cam.sample.line_integrals(a)) + cam.model.dark_level
+                 for a in angles]
+        row: dict[str, Any] = {"scan": label, "frames": len(angles)}
+        for how, given in (("by_order", None), ("by_angle", np.asarray(angles))):
+            scores = [ssim(c, d) for c, d in zip(clean, den.denoise(stack, angles=given), strict=True)]
+            row[how] = {"mean": float(np.mean(scores)), "lowest": float(np.min(scores))}
+        rows.append(row)
+        by_order, by_angle = ("{mean:.4f} ({lowest:.4f})".format(**row[k]) for k in ("by_order", "by_angle"))
+        print(f"{label:<16}{len(angles):>7}  {by_order:>20}  {by_angle:>20}")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--angles", type=int, default=90)
     ap.add_argument("--photons", type=float, default=500.0)
     ap.add_argument("--spacing", action="store_true", help="SSIM by the neighbours' spacing, and the gate's distance")
+    ap.add_argument("--offline", action="store_true", help="stacks denoised by Denoiser.denoise, by order and by angle")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     den = load_denoiser("tomogan-projection", backend="onnxruntime")
+    if args.offline:
+        scans = offline(args, den)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"args": vars(args), "scans": scans}, indent=2))
+        return 0
     if args.spacing:
         result = spacing(args, den)
         if args.json:
             Path(args.json).write_text(json.dumps({"args": vars(args), **result}, indent=2))
         return 0
-    rule = callback_run.NEIGHBOUR_DEGREES
+    rule = frames.NEIGHBOUR_DEGREES
     rows = []
     print(f"{args.size}x{args.size}, {args.photons:g} photons/pixel, {den!r}; SSIM mean (lowest), "
           "frames flagged out_of_distribution")
@@ -133,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"scan": label, "frames": len(angles), "every_neighbour": before, "near_in_angle": after})
         cell = "{mean:.4f} ({lowest:.4f}), {out_of_distribution} flagged"
         print(f"{label:<16}{len(angles):>7}  {cell.format(**before):>28}  {cell.format(**after):>28}")
-    callback_run.NEIGHBOUR_DEGREES = rule
+    frames.NEIGHBOUR_DEGREES = rule
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "neighbour_degrees": rule, "scans": rows},
                                               indent=2))

@@ -415,6 +415,34 @@ def test_an_hdf5_scan_denoised_into_hdf5_keeps_its_layout_for_reconstruction(tmp
     assert src.read_bytes() == raw
 
 
+@pytest.mark.parametrize("stored", ["degrees", "radians", "units", "one short"])
+def test_denoise_gives_a_scan_stored_in_the_order_taken_the_context_of_its_angles(tmp_path, denoiser, stored):
+    """A golden-angle scan stored in the order taken, its angles in ``exchange/theta`` (in degrees, in radians
+    told by their span or by a ``units`` attribute): each frame's neighbours in the file are views 30-70 degrees
+    away, and each frame is denoised as it is alone, as the live callback does (before: with those views as
+    context). Angles that are not one per frame are not used: neighbours by order, as before."""
+    import h5py
+    import numpy as np
+
+    frames = np.random.default_rng(6).poisson(600, (9, 48, 48)).astype(np.uint16)
+    golden = (np.arange(9) * 111.246117975) % 180
+    theta = {"degrees": golden, "radians": np.deg2rad(golden), "units": np.deg2rad(golden) * 1000,
+             "one short": golden[:-1]}[stored]
+    src, dest = tmp_path / "golden.h5", tmp_path / "out.h5"
+    with h5py.File(src, "w") as f:
+        f["exchange/data"] = frames
+        f["exchange/theta"] = theta
+        if stored == "units":
+            f["exchange/theta"].attrs["units"] = b"mrad"
+    assert main(["denoise", str(src), str(dest), "--backend", "onnxruntime"]) == 0
+    with h5py.File(dest, "r") as f:
+        out = f["exchange/data"][()]
+    x = frames.astype(np.float32)
+    expected = (denoiser.denoise(x) if stored == "one short"
+                else np.stack([denoiser.denoise_context(np.stack([x[k]] * denoiser.depth)) for k in range(9)]))
+    np.testing.assert_allclose(out, expected, atol=1e-3)
+
+
 def test_a_nexus_scan_with_its_frames_in_a_linked_file_is_denoised_in_place_of_that_link(tmp_path, monkeypatch):
     """Diamond's .nxs: the frames are an external link into the detector's file, the angles another; the
     output's frames are the denoised ones, and its other links still resolve wherever it is written."""

@@ -168,7 +168,7 @@ def test_neighbours_far_in_angle_are_left_out_of_a_projections_context(RE, tmp_p
     network paints in (SSIM 0.87 against 0.96 alone on the demo's sample at 256 px, 500 photons; QC then flags
     ``out_of_distribution``). The callback leaves a neighbour more than ``NEIGHBOUR_DEGREES`` away out, as at a
     scan's end: each frame is denoised as it would be alone. In a fine regular scan the neighbours stay."""
-    from bluesky_tomogan.callbacks.run import NEIGHBOUR_DEGREES
+    from bluesky_tomogan.frames import NEIGHBOUR_DEGREES
 
     golden = [float(a) for a in (np.arange(12) * 111.246117975) % 180]
     den, out = _projections_in_the_order_taken(RE, tmp_path / "golden", golden)
@@ -205,3 +205,31 @@ def test_the_angle_rule_does_not_depend_on_when_the_events_come(RE, tmp_path, mo
     _, delayed = _projections_in_the_order_taken(RE, tmp_path / "late", angles)
     for a in angles:
         np.testing.assert_allclose(delayed[a][1], prompt[a][1], atol=1e-3)
+
+
+def test_offline_a_stack_gets_the_live_rule_by_its_angles_and_groups(denoiser):
+    """``Denoiser.denoise`` of a stack told each frame's angle (``bluesky-tomogan denoise`` of a file that stores
+    them) leaves neighbours more than ``NEIGHBOUR_DEGREES`` away out, as the live callback does: a golden-angle
+    scan in the order taken gives each frame as it is alone, a fine regular one the stack's own context. Told
+    each frame's group (an NXtomo ``image_key``), a neighbour of another group is no context."""
+    from bluesky_tomogan.errors import InputValueError
+
+    frames = np.random.default_rng(5).poisson(600, (7, 64, 64)).astype(np.float32)
+    golden = (np.arange(7) * 111.246117975) % 180
+    out = denoiser.denoise(frames, angles=golden)
+    for k in range(7):
+        alone = denoiser.denoise_context(np.stack([frames[k]] * denoiser.depth))
+        np.testing.assert_allclose(out[k], alone, atol=1e-3)
+    np.testing.assert_array_equal(denoiser.denoise(frames, angles=np.arange(7.0)), denoiser.denoise(frames))
+    unknown = np.full(7, np.nan)  # angles not known: neighbours by order
+    np.testing.assert_array_equal(denoiser.denoise(frames, angles=unknown), denoiser.denoise(frames))
+    groups = np.array([2, 2, 1, 1, 0, 0, 0])  # darks, flats, projections
+    out = denoiser.denoise(frames, groups=groups)
+    for k in range(7):
+        own = denoiser.denoise_context(frames[context_indices(groups, k, denoiser.depth)])
+        np.testing.assert_allclose(out[k], own, atol=1e-3)
+    assert context_indices(groups, 4, 5) == [6, 5, 4, 5, 6]  # the first projection: mirrored, no flat
+    with pytest.raises(InputValueError, match=r"angles must be one number per frame \(7\)"):
+        denoiser.denoise(frames, angles=[0.0, 1.0])
+    with pytest.raises(InputValueError, match=r"groups must be one number per frame \(7\)"):
+        denoiser.denoise(frames, groups=["dark"] * 7)

@@ -76,7 +76,8 @@ def test_denoise_a_txrm_into_a_data_exchange_file_with_its_angles_and_reference(
         np.testing.assert_allclose(f["exchange/theta"][()], angles, atol=1e-5)
         assert f["exchange/theta"].attrs["units"] == "degrees"
         np.testing.assert_array_equal(f["exchange/data_white"][()], reference[None])
-    np.testing.assert_allclose(got, denoiser.denoise(frames.astype(np.float32)), rtol=1e-5, atol=1e-2)
+    # each frame with the neighbours its angle allows (22.5 degrees apart: none), as the live callback gives them
+    np.testing.assert_allclose(got, denoiser.denoise(frames.astype(np.float32), angles=angles), rtol=1e-5, atol=1e-2)
     # and what a reconstruction (or a fine-tune) reads back from it: the denoised scan, in angle order
     back = read_scan(str(out))
     np.testing.assert_allclose(back.angles, np.sort(angles), atol=1e-5)

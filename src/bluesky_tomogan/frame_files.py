@@ -3,9 +3,12 @@
 A beamline scan is often larger than memory (1500 projections of 2048 x 2048 are
 12 GB as uint16, 24 GB denoised in float32), so a file is never read or written
 whole: :func:`denoise_file` reads a chunk of frames plus the neighbours that its
-first and last frames need as context, denoises it, and appends the result. The
-frames of a file are consecutive (adjacent angles or slices), so each frame gets
-the same context as if the whole stack had been denoised at once.
+first and last frames need as context, denoises it, and appends the result, so each
+frame gets the same context as if the whole stack had been denoised at once: its
+neighbours in the file, but (as the live callback does) not those more than
+:data:`~bluesky_tomogan.frames.NEIGHBOUR_DEGREES` away in angle where the file stores
+each frame's angle (a golden-angle or interlaced scan stored in the order taken), nor
+those of another ``image_key`` in a NeXus stack of darks, flats and projections.
 
 Inputs: ``.npy`` (memory-mapped), HDF5 (``key``, else Data Exchange's
 ``exchange/data`` or another usual name for projections, else the file's only
@@ -28,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -39,11 +43,14 @@ import numpy as np
 
 from .errors import TomoGANError
 from .frames import has_channel_axis, looks_like_colour, without_channel_axis
-from .nexus import missing_frame_files, nexus_frames
+from .nexus import find_nexus_scan, missing_frame_files, nexus_frames
+from .reconstruction import angles_in_degrees
 from .xradia import XRADIA, XradiaFile, is_xradia
 
-__all__ = ["NPY", "HDF5", "TIFF", "PROJECTION_KEYS", "FLAT_KEYS", "DENOISED_KEY", "FrameSource", "open_frames",
-           "check_output", "denoise_file", "first_dataset", "hdf5_datasets"]
+log = logging.getLogger(__name__)
+
+__all__ = ["NPY", "HDF5", "TIFF", "PROJECTION_KEYS", "FLAT_KEYS", "ANGLE_KEYS", "DENOISED_KEY", "FrameSource",
+           "open_frames", "check_output", "denoise_file", "first_dataset", "hdf5_datasets"]
 
 NPY, HDF5, TIFF = (".npy",), (".h5", ".hdf5", ".hdf", ".nxs"), (".tif", ".tiff")
 #: Where the projections are in an HDF5 file when no key is given: Data Exchange first, as APS writes it
@@ -51,6 +58,9 @@ NPY, HDF5, TIFF = (".npy",), (".h5", ".hdf5", ".hdf", ".nxs"), (".tif", ".tiff")
 PROJECTION_KEYS = ("exchange/data", "projections", "data", "proj")
 #: Where a file of projections keeps its flat fields (Data Exchange's first).
 FLAT_KEYS = ("exchange/data_white", "flats", "flat", "data_white")
+#: Where a file of projections keeps their rotation angles, one per frame (Data Exchange's first; a NeXus
+#: file's are found by :func:`~bluesky_tomogan.nexus.find_nexus_scan`).
+ANGLE_KEYS = ("exchange/theta", "angles", "theta")
 #: Frames denoised per chunk (plus the neighbours its edge frames need, read but not denoised):
 #: 16 float32 frames of 2048 x 2048 are 256 MB.
 CHUNK = 16
@@ -60,7 +70,8 @@ NPY_MAGIC = b"\x93NUMPY"
 class _Denoiser(Protocol):
     depth: int
 
-    def denoise(self, frames: np.ndarray, *, out_dtype: Any = ..., only: slice | None = ...) -> np.ndarray: ...
+    def denoise(self, frames: np.ndarray, *, out_dtype: Any = ..., only: slice | None = ..., angles: Any = ...,
+                groups: Any = ...) -> np.ndarray: ...
 
     def provenance(self) -> dict[str, Any]: ...
 
@@ -84,6 +95,13 @@ class FrameSource:
     #: Arrays of a file that is not HDF5, for an HDF5 output in the Data Exchange layout beside the denoised
     #: frames (``exchange/data``): its angles (``exchange/theta``, degrees) and flat field (``exchange/data_white``).
     beside: dict[str, np.ndarray] | None = None
+    #: Each frame's rotation angle in degrees, where the file stores one per frame (Data Exchange's
+    #: ``exchange/theta``, a NeXus scan's, a Zeiss scan's): a neighbour more than
+    #: :data:`~bluesky_tomogan.frames.NEIGHBOUR_DEGREES` away is no context (a golden-angle scan in the order taken).
+    angles: np.ndarray | None = None
+    #: Each frame's NXtomo ``image_key`` (projections, flats, darks in one stack): a neighbour of another kind is
+    #: no context.
+    groups: np.ndarray | None = None
 
 
 def _source(array: Any) -> FrameSource:
@@ -156,13 +174,17 @@ def _open(p: Path, key: str | None, stack: contextlib.ExitStack) -> FrameSource:
         beside = {"exchange/theta": xrm.angles, "exchange/data_white": None if xrm.reference is None else
                   xrm.reference[None]}
         return FrameSource(xrm.shape, xrm.dtype, xrm.read, single=xrm.shape[0] == 1 and suffix == ".xrm",
-                           projections=True, beside={k: v for k, v in beside.items() if v is not None})
+                           projections=True, beside={k: v for k, v in beside.items() if v is not None},
+                           angles=xrm.angles)
     if h5py.is_hdf5(p):
         f = stack.enter_context(h5py.File(p, "r"))
         frames_key, keyed = _frames_key(f, p, key)
+        source = _source(f[frames_key])
+        angles, groups = _frame_order(f, frames_key, source.shape[0])
         # the path in this file: a dataset reached through an external link (NeXus) has its own file's name
-        return dataclasses.replace(_source(f[frames_key]), hdf5_key="/" + frames_key.lstrip("/"),
-                                   projections=keyed or first_dataset(f, FLAT_KEYS) is not None)
+        return dataclasses.replace(source, hdf5_key="/" + frames_key.lstrip("/"),
+                                   projections=keyed or first_dataset(f, FLAT_KEYS) is not None,
+                                   angles=angles, groups=groups)
     raise TomoGANError(f"{p} is not a .npy, TIFF, HDF5 or Xradia file (its suffix {suffix!r} and its contents "
                        f"say neither): give frames as {', '.join(NPY + HDF5 + TIFF + XRADIA)}")
 
@@ -233,6 +255,24 @@ def _frames_key(f: Any, path: Path, key: str | None) -> tuple[str, bool]:
         raise TomoGANError(f"{path} holds {len(found)} datasets {found[:12]} and none of the usual names for "
                            f"projections ({', '.join(PROJECTION_KEYS)}); choose one with --key")
     return found[0], False
+
+
+def _frame_order(f: Any, frames_key: str, n: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Each frame's rotation angle (degrees) and NXtomo ``image_key``, where the open HDF5 file ``f`` stores
+    one of each per frame of ``frames_key`` (``n`` frames); ``None`` for what it does not (then the frames
+    are neighbours in the order stored, as before)."""
+    nexus = find_nexus_scan(f, frames_key)
+    where = nexus.angles if nexus is not None and nexus.angles is not None else first_dataset(f, ANGLE_KEYS)
+    angles = None
+    if where is not None:
+        stored = f[where]
+        if stored.shape != (n,) or stored.dtype.kind not in "uif":
+            log.info("%s holds %s of shape %s, not an angle per frame (%d): neighbours by order", where,
+                     stored.dtype, stored.shape, n)
+        else:
+            angles = angles_in_degrees(stored[()], stored.attrs.get("units"))
+    groups = nexus.image_key if nexus is not None and nexus.image_key is not None else None
+    return angles, (groups if groups is not None and groups.shape == (n,) else None)
 
 
 def first_dataset(f: Any, keys: tuple[str, ...]) -> str | None:
@@ -484,6 +524,13 @@ def _sink(path: Path, shape: tuple[int, ...], dtype: np.dtype, provenance: dict[
         yield write
 
 
+def _order_of(source: FrameSource, lo: int, hi: int) -> dict[str, np.ndarray]:
+    """The angles and groups of frames ``[lo, hi)`` of ``source`` that it knows, as :meth:`Denoiser.denoise`
+    takes them."""
+    known = {"angles": source.angles, "groups": source.groups}
+    return {k: v[lo:hi] for k, v in known.items() if v is not None and len(v) == source.shape[0]}
+
+
 def denoise_file(denoiser: _Denoiser, source: FrameSource, dest: str | os.PathLike[str], *,
                  keep_dtype: bool = False, chunk: int = CHUNK, frames_only: bool = False,
                  progress: Callable[[int], Any] | None = None, compression: str | None = None) -> Path:
@@ -541,7 +588,7 @@ def denoise_file(denoiser: _Denoiser, source: FrameSource, dest: str | os.PathLi
             stop = min(start + chunk, n)
             lo, hi = max(start - halo, 0), min(stop + halo, n)
             out = denoiser.denoise(source.read(lo, hi), out_dtype="source" if keep_dtype else "float32",
-                                   only=slice(start - lo, stop - lo))
+                                   only=slice(start - lo, stop - lo), **_order_of(source, lo, hi))
             write(start, out)
             if progress is not None:
                 progress(stop - start)

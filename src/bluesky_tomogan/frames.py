@@ -9,10 +9,26 @@ from typing import Any, TypeVar, overload
 
 import numpy as np
 
-__all__ = ["centred", "context_indices", "context_offsets", "usable_reach", "has_channel_axis", "looks_like_colour",
-           "without_channel_axis", "cast_frames", "FRAME_DTYPES", "COMPRESSION_NAMES"]
+__all__ = ["centred", "context_indices", "context_offsets", "usable_reach", "near_in_angle", "NEIGHBOUR_DEGREES",
+           "has_channel_axis", "looks_like_colour", "without_channel_axis", "cast_frames", "FRAME_DTYPES",
+           "COMPRESSION_NAMES"]
 
 T = TypeVar("T")
+
+#: Degrees between a projection and a neighbour beyond which the neighbour is left out of its context (stand-ins
+#: instead, :func:`context_offsets`), live (the callback) and offline (:func:`context_indices` given angles): the
+#: shipped projection model denoises a frame better alone than with neighbours 5 degrees apart or more (SSIM
+#: against the noise-free frame, bead pack at 500 photons, 256 px: alone 0.960; neighbours 3 degrees apart 0.973,
+#: 5: 0.955, 20: 0.890; 60 photons and 512 px alike: ``python benchmarks/angle_context.py --spacing [--photons 60]
+#: [--size 512]``), the neighbours of a golden-angle or interlaced scan in the order taken, of a sparse scan, or
+#: of a coarse fly scan.
+NEIGHBOUR_DEGREES = 4.0
+
+
+def near_in_angle(angle: float, centre: float) -> bool:
+    """Whether a view at ``angle`` may serve as context of one at ``centre`` (degrees, either way round the
+    circle): at most :data:`NEIGHBOUR_DEGREES` apart. A NaN angle (not known) is near: frames of one view."""
+    return not abs((angle - centre + 180.0) % 360.0 - 180.0) > NEIGHBOUR_DEGREES
 
 
 def context_offsets(depth: int, left: int, right: int) -> list[int]:
@@ -47,17 +63,24 @@ def usable_reach(half: int, usable: Callable[[int], bool]) -> tuple[int, int]:
     return reach(-1), reach(1)
 
 
-def context_indices(group: np.ndarray, index: int, depth: int = 3) -> list[int]:
+def context_indices(group: np.ndarray, index: int, depth: int = 3, angles: np.ndarray | None = None) -> list[int]:
     """Indices of the ``depth`` frames centred on ``index`` within its scan.
 
-    A neighbour that does not exist (first or last frame) or belongs to another
-    scan (``group`` differs) is replaced by its mirror image about ``index``, or
-    by ``index`` itself when the mirror is missing too. Training, offline
-    inference and the live callback all use this rule, so edge frames look the
-    same to the network everywhere.
+    A neighbour that does not exist (first or last frame), belongs to another
+    scan (``group`` differs) or, given each frame's rotation angle (``angles``, degrees;
+    NaN where not known), lies more than :data:`NEIGHBOUR_DEGREES` from ``index``'s (a
+    golden-angle, interlaced or sparse scan in the order taken), is replaced with those
+    beyond it by its mirror image about ``index``, or by ``index`` itself when the mirror
+    is missing too. Training, offline inference and the live callback all use this rule,
+    so edge frames look the same to the network everywhere.
     """
     n = len(group)
-    left, right = usable_reach(depth // 2, lambda o: 0 <= index + o < n and group[index + o] == group[index])
+
+    def usable(o: int) -> bool:
+        i = index + o
+        return 0 <= i < n and group[i] == group[index] and (angles is None or near_in_angle(angles[i], angles[index]))
+
+    left, right = usable_reach(depth // 2, usable)
     return [index + o for o in context_offsets(depth, left, right)]
 
 

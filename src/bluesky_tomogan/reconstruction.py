@@ -49,6 +49,19 @@ def degrees_per_unit(units: object) -> float | None:
     return _DEGREES_PER_UNIT.get(units.strip().lower()) if isinstance(units, str) else None
 
 
+def angles_in_degrees(values: Any, units: object = None) -> np.ndarray:
+    """Stored rotation angles in degrees: by ``units`` where they name an angle's unit (``deg``, ``rad``,
+    ``mrad``; bytes too, as HDF5 attributes hold them), else radians where more than 8 of them span no more than
+    a turn in radians (a scan of a few degrees makes no tomogram), else degrees."""
+    a = np.asarray(values, dtype=np.float64).ravel()
+    per_unit = degrees_per_unit(units.decode(errors="replace") if isinstance(units, bytes) else units)
+    if per_unit is not None:
+        return a * per_unit
+    finite = a[np.isfinite(a)]
+    span = float(finite.max() - finite.min()) if len(finite) else 0.0
+    return np.rad2deg(a) if 0 < span <= 2 * math.pi + 1e-6 and len(finite) > 8 else a
+
+
 def nominal_angles(start: Mapping[str, Any]) -> list[float]:
     """The nominal angle of each projection, in the order taken, that a plan wrote to its start document's
     ``angles`` (degrees: :func:`~bluesky_tomogan.plans.tomo_fly_scan`, :func:`~bluesky_tomogan.plans.tomo_scan`);

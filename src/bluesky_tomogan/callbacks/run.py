@@ -55,7 +55,7 @@ from event_model.documents import EventDescriptor, EventPage, RunStart, RunStop
 
 from ..errors import InputValueError, OutputPathError, TomoGANError
 from ..frame_roles import DARK, FLAT, FRAME_ROLES, INVALID, FrameRoles
-from ..frames import cast_frames, centred, context_indices, context_offsets, usable_reach
+from ..frames import cast_frames, centred, context_indices, context_offsets, near_in_angle, usable_reach
 from ..handlers import fill_datum
 from ..inference.denoiser import Denoiser, check_frames
 from ..inference.ratios import RatioController, RatioDenoisers, network_name
@@ -93,13 +93,6 @@ _END = "end-of-run"
 WORKER_NICENESS = 10
 #: Seconds a stream's newest frame waits for its next frame (its context) before it is denoised without it.
 CONTEXT_WAIT = 2.0
-#: Degrees between a projection and a neighbour beyond which the neighbour is left out of its context (stand-ins
-#: instead, :func:`~..frames.context_offsets`): the shipped projection model denoises a frame better alone than
-#: with neighbours 5 degrees apart or more (SSIM against the noise-free frame, bead pack at 500 photons, 256 px:
-#: alone 0.960; neighbours 3 degrees apart 0.973, 5: 0.955, 20: 0.890; 60 photons and 512 px alike:
-#: ``python benchmarks/angle_context.py --spacing [--photons 60] [--size 512]``), the neighbours of a golden-angle
-#: or interlaced scan in the order taken, of a sparse scan, or of a coarse fly scan.
-NEIGHBOUR_DEGREES = 4.0
 #: Seconds the worker waits for the event (with its angle) of a frame in a context, where the stream's events carry
 #: the angle: it comes right after the frame's StreamDatum, and the context must not depend on which came first.
 ANGLE_WAIT = 1.0
@@ -902,7 +895,7 @@ class RunDenoiser(PassThroughRun):
             self._finish(FrameResult(item, None, f"{type(exc).__name__}: {exc}", finished=time.time()))
 
     def _near_in_angle(self, item: QueuedFrame, context: list[QueuedFrame]) -> list[QueuedFrame]:
-        """``context`` with the neighbours more than :data:`NEIGHBOUR_DEGREES` from ``item``'s angle, and those
+        """``context`` with the neighbours more than NEIGHBOUR_DEGREES (frames.py) from ``item``'s angle, and those
         beyond them, replaced by stand-ins (the rule of a scan's ends). Frames whose angle is not known (a count,
         a fly scan's capture in a file) are kept, as frames of the same view."""
         centre = self._qc.angle_of(item, wait=ANGLE_WAIT)
@@ -912,7 +905,7 @@ class RunDenoiser(PassThroughRun):
 
         def near(o: int) -> bool:
             angle = self._qc.angle_of(context[half + o], wait=ANGLE_WAIT)
-            return angle is None or abs((angle - centre + 180.0) % 360.0 - 180.0) <= NEIGHBOUR_DEGREES
+            return angle is None or near_in_angle(angle, centre)
 
         left, right = usable_reach(half, near)
         if left == right == half:

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import ScanError, TomoGANError
-from ..frame_files import FLAT_KEYS, PROJECTION_KEYS, first_dataset, hdf5_datasets
+from ..frame_files import ANGLE_KEYS, FLAT_KEYS, PROJECTION_KEYS, first_dataset, hdf5_datasets
 from ..frame_roles import DARK, FLAT, FrameRoles, scan_role
 from ..masked import fill_masked, missing_pixels
 from ..nexus import IMAGE_KEY, NexusScan, find_nexus_scan, missing_frame_files
-from ..reconstruction import degrees_per_unit
+from ..reconstruction import angles_in_degrees, degrees_per_unit
 from ..xradia import XradiaFile, is_xradia
 
 __all__ = ["Scan", "RowChoice", "read_scan", "read_scan_hdf5", "read_scan_tiled", "read_scan_xradia"]
@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 #: ``FLAT_KEYS``, which ``denoise`` reads too), first match wins: the APS Data Exchange layout
 #: (``/exchange/...``, read by tomopy and dxchange), then plain names.
 DARK_KEYS = ("exchange/data_dark", "darks", "dark", "data_dark")
-ANGLE_KEYS = ("exchange/theta", "angles", "theta")
 
 #: Given the stored projections' ``(frames, rows, columns)``, the detector rows to read (``None``: all).
 RowChoice = Callable[[tuple[int, int, int]], "slice | None"]
@@ -140,12 +139,10 @@ def _angles_in_degrees(angles: Any, n: int, where: str, per_unit: float | None =
         raise ScanError(f"{where}: the rotation angles hold NaN/inf")
     if per_unit is not None:
         return a * per_unit
-    span = float(a.max() - a.min())
-    if 0 < span <= 2 * math.pi + 1e-6 and n > 8:
-        # a span of a few degrees would make no tomogram; it is radians
-        log.info("%s: angles span %.3f, taken as radians", where, span)
-        a = np.rad2deg(a)
-    return a
+    degrees = angles_in_degrees(a)
+    if not np.array_equal(degrees, a):
+        log.info("%s: angles span %.3f, taken as radians", where, float(a.max() - a.min()))
+    return degrees
 
 
 def _choose_rows(stack: Any, choose: RowChoice | None) -> slice | None:

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..context import gate_context
 from ..cpu import cpu_name
@@ -213,13 +214,17 @@ class Denoiser:
 
     # -- public API -----------------------------------------------------------------------
 
-    def denoise(self, frames: np.ndarray, *, out_dtype: OutDType = "float32", only: slice | None = None) -> np.ndarray:
+    def denoise(self, frames: np.ndarray, *, out_dtype: OutDType = "float32", only: slice | None = None,
+                angles: ArrayLike | None = None, groups: ArrayLike | None = None) -> np.ndarray:
         """Denoise one frame ``(H, W)`` or a stack of consecutive frames ``(N, H, W)``.
 
         In a stack, each frame's context is its neighbours (adjacent angles or
         slices); the first and last frames use mirrored neighbours. A single
         frame is its own context. Neighbours that do not show the same thing are
-        withheld the same way where the card asks for it (see the class notes).
+        withheld the same way where the card asks for it (see the class notes),
+        and so are, given the frames' angles, neighbours more than
+        :data:`~bluesky_tomogan.frames.NEIGHBOUR_DEGREES` away in angle, and, given
+        their groups, neighbours of another group (the rule of the live callback).
 
         Parameters
         ----------
@@ -232,6 +237,12 @@ class Denoiser:
         only : slice, optional
             Of a stack, denoise only ``frames[only]``; the frames around them still serve as their
             context (a long scan denoised a chunk at a time, each chunk read with its neighbours).
+        angles : array_like, optional
+            Each frame's rotation angle in degrees (NaN: not known), ``N`` of them: projections of a
+            golden-angle, interlaced or sparse scan stored in the order taken.
+        groups : array_like, optional
+            Each frame's group, ``N`` of them (an NXtomo ``image_key``: darks, flats and projections
+            in one stack): a neighbour of another group never serves as context.
 
         Returns
         -------
@@ -243,18 +254,19 @@ class Denoiser:
         InputShapeError
             Not 2-D or 3-D, empty, or one colour image ``(H, W, 3)`` / ``(H, W, 4)``.
         InputValueError
-            Non-numeric dtype, or NaN/inf values.
+            Non-numeric dtype, or NaN/inf values; ``angles`` or ``groups`` not one per frame.
         """
         if has_channel_axis(np.shape(frames)):
             return self.denoise(np.asarray(frames)[..., 0], out_dtype=out_dtype)[..., None]
         arr = check_frames(frames)
         stack = arr[None] if arr.ndim == 2 else arr
-        group = np.zeros(len(stack), np.int32)
+        group = np.zeros(len(stack), np.int32) if groups is None else _per_frame(groups, len(stack), "groups")
+        angle = None if angles is None else _per_frame(angles, len(stack), "angles").astype(np.float64)
         wanted = range(len(stack))[only] if only is not None and arr.ndim == 3 else range(len(stack))
         out = np.empty((len(wanted), *stack.shape[1:]), np.float32)
 
         def prepare(i: int) -> _Prepared:
-            return self._prepare(stack[context_indices(group, i, self.depth)], stack[i])
+            return self._prepare(stack[context_indices(group, i, self.depth, angle)], stack[i])
 
         if len(wanted) == 1:
             out[0] = self._infer(prepare(wanted[0]))
@@ -440,6 +452,14 @@ def check_frames(frames: Any) -> np.ndarray:
         if empty.size:
             raise InputValueError(f"frame {int(empty[0])} is NaN in all {arr.shape[-2] * arr.shape[-1]} pixels: "
                                   "no data to denoise")
+    return arr
+
+
+def _per_frame(values: ArrayLike, n: int, name: str) -> np.ndarray:
+    """``values`` as one number per frame of a stack of ``n``, or :class:`InputValueError` saying why not."""
+    arr = np.asarray(values)
+    if arr.shape != (n,) or arr.dtype.kind not in "uifb":
+        raise InputValueError(f"{name} must be one number per frame ({n}), got {arr.dtype} of shape {arr.shape}")
     return arr
 
 
