@@ -544,6 +544,51 @@ def test_a_lagging_denoiser_is_flagged_and_its_drops_recorded(RE, denoiser, capl
 # -- flags that act on the RunEngine ----------------------------------------------------------
 
 
+def test_a_suspending_flag_judged_after_the_runs_stop_trips_no_suspender(RE):
+    """The last frames of a scan are denoised and judged while the callback handles the run's stop: their
+    ``suspend`` flags raise no signal (nothing is left to suspend, and bluesky's RunEngine failed with "Cannot
+    transit from 'suspending' to 'idle'" when a suspender tripped while it closed the run: ``demo --fly --faults``,
+    1 run in 6 on a loaded machine). Before the stop, and in the next run, they do."""
+    monitor = QCMonitor(name="qc")
+    feedback = QCFeedback(QCPolicy({"saturated": Rule(0.001, "suspend")}), monitor=monitor)
+    seen = []
+    monitor.saturated.subscribe(lambda value, **kw: seen.append(value), run=False)
+
+    def saturated(run, seq):
+        feedback.act(Verdict(run, "denoised", seq, {"saturated_fraction": 0.2}, {"saturated": "suspend"}))
+
+    saturated("one", 1)
+    assert seen == [1]
+    monitor.clear_flag("saturated")
+    feedback.run_ended("one")
+    saturated("one", 2)  # the run's last frame, judged after its stop
+    assert seen == [1, 0] and monitor.saturated.get() == 0
+    saturated("two", 1)
+    assert seen == [1, 0, 1]
+    monitor.cancel_timers()
+
+
+def test_a_suspension_that_reaches_the_event_loop_after_the_runs_stop_is_not_requested(RE, monkeypatch):
+    """A suspender trips while the run is open, but its request reaches the RunEngine's event loop only after the
+    stop (the loop was busy delivering it): the QC suspenders do not pass it on (bluesky would fail the run
+    while closing it); a request while the run is open is passed on."""
+    monitor = QCMonitor(name="qc")
+    feedback = QCFeedback(QCPolicy({"saturated": Rule(0.001, "suspend")}), monitor=monitor)
+    (suspender,) = [s for s in feedback.install_suspenders(RE) if s._sig is monitor.saturated]
+    asked = []
+    monkeypatch.setattr(RE, "request_suspend", lambda fut, **kwargs: asked.append(kwargs.get("justification")))
+    feedback.run_started("one")
+    suspender.RE.request_suspend(None, justification="while open")
+    feedback.run_ended("one")
+    suspender.RE.request_suspend(None, justification="after the stop")
+    feedback.run_started("two")
+    suspender.RE.request_suspend(None, justification="the next run")
+    assert asked == ["while open", "the next run"]
+    assert suspender.RE.state == RE.state and suspender.RE._loop is RE._loop  # the rest is the RunEngine's
+    RE.clear_suspenders()
+
+
+
 def sim_rig(tmp_path, shape=(48, 64), **kw):
     """A small simulated beamline whose camera takes its 0.03 s exposure, as a real one does: QC acts
     while the scan runs, not after a scan that took no time at all."""

@@ -634,6 +634,7 @@ class RunDenoiser(PassThroughRun):
                            f"(their image fields: {sorted(fields)})")
 
     def stop(self, doc: RunStop) -> RunStop:
+        self._qc.ended()  # before the last frames are judged: they must not suspend a run being closed
         self._note_options_that_matched_nothing()
         self._release_parked()
         self._queue.put_control(_END)

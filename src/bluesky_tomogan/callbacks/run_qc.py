@@ -113,11 +113,16 @@ class RunQC:
     def start(self, doc: RunStart) -> None:
         """Take the run's uid and scanned axis (the rotation in ``tomo_scan``) and start the feedback thread."""
         self.uid = doc["uid"]
+        self.feedback.run_started(self.uid)
         motors: list[Any] = list(doc.get("motors") or [])  # type: ignore[call-overload]
         self._motor = str(motors[0]) if motors else None
         self._nominal = nominal_angles(doc)
         self._thread = threading.Thread(target=self._feed, name=f"tomogan-qc-{self.uid[:8]}", daemon=True)
         self._thread.start()
+
+    def ended(self) -> None:
+        """The run's stop has come: verdicts acted on from now on trip no suspender (:meth:`QCFeedback.run_ended`)."""
+        self.feedback.run_ended(self.uid)
 
     def close(self) -> None:
         """End the feedback thread after the verdicts before it; never waits for it (see :meth:`_feed`)."""

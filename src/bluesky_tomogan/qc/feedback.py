@@ -56,6 +56,8 @@ TRIP_RETRY_S = 30.0
 WARN_INTERVAL_S = 10.0
 #: (run, stream, flag) warning times kept; the oldest is forgotten first.
 WARNED_KEPT = 256
+#: Uids of ended runs kept (:meth:`QCFeedback.run_ended`); the oldest is forgotten first.
+RUNS_KEPT = 64
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,8 @@ class QCFeedback:
         self._lock = threading.Lock()
         self._up: dict[tuple[str, str], set[str]] = {}  # (run, stream) -> flags raised on its last frame
         self._aborted: dict[str, str] = {}  # run uid -> why QC aborted it
+        self._ended: dict[str, None] = {}  # uids of runs whose stop has come (the newest RUNS_KEPT), see run_ended
+        self._newest: str | None = None  # uid of the run that started last
         self.log: deque[tuple[float, int, str, str]] = deque(maxlen=10_000)  # (time, seq_num, flag, action) done
         self._judged: Counter[str] = Counter()  # verdicts acted on, per derived stream name
         self._lookahead: dict[str, int] = {}  # derived stream name -> later frames its denoiser waits for
@@ -157,10 +161,36 @@ class QCFeedback:
                 s = SuspendBoolHigh(self.monitor.flag(flag), sleep=sleep,
                                     tripped_message=f"QC flag {flag}: {rule.action} until it clears")
                 RE.install_suspender(s)
+                s.RE = _WhileTheRunIsOpen(RE, self)  # what the suspender asks of the RunEngine, guarded
                 self.suspenders.append(s)
         return list(self.suspenders)
 
+    @property
+    def closing(self) -> bool:
+        """Whether the newest run this feedback saw start has had its stop (see :meth:`run_ended`)."""
+        with self._lock:
+            return self._newest is not None and self._newest in self._ended
+
+    def run_started(self, run_uid: str) -> None:
+        """A run whose frames this feedback will judge has started (its start document has come)."""
+        with self._lock:
+            self._newest = run_uid
+
     # -- called on a run's feedback thread ----------------------------------------------------
+
+    def run_ended(self, run_uid: str) -> None:
+        """The run's stop has come (its plan is over, or the RunEngine is closing it): a ``suspend`` flag on its frames
+        judged from now on (the last frames, denoised while the callback handles the stop) trips no suspender.
+        Nothing is left to suspend, and a suspension that bluesky's RunEngine gets while it closes a run fails
+        it ("Cannot transit from 'suspending' to 'idle'": the run's last documents not stored; `demo --fly
+        --faults`, beam lost on its last frames, failed so 1 run in 6 on a loaded machine). The flags are in the
+        derived stream all the same. A suspension that a suspender asked for earlier but that reaches the
+        RunEngine's event loop only now (it was busy with the stop) is not requested either
+        (:class:`_WhileTheRunIsOpen`)."""
+        with self._lock:
+            self._ended[run_uid] = None
+            while len(self._ended) > RUNS_KEPT:
+                del self._ended[next(iter(self._ended))]
 
     def act(self, v: Verdict) -> None:
         """Carry out the actions of ``v`` (on the run's feedback thread; never raises)."""
@@ -177,8 +207,13 @@ class QCFeedback:
         self._up[key] = set(v.flags)
         if self.monitor is not None:
             self.monitor.update(dict(v.metrics), v.seq_num)
+            with self._lock:
+                ended = v.run_uid in self._ended
             for flag in self.monitor.FLAGS:
-                if flag in v.flags:
+                if flag in v.flags and ended and v.flags[flag] == "suspend":
+                    log.info("QC: %s on %s seq %d, judged after the run's stop: no suspension", flag, v.stream,
+                             v.seq_num)
+                elif flag in v.flags:
                     self._raise(flag, v.flags[flag] == "suspend")
                 elif self.policy.rules[flag].action != "suspend" or flag in before:
                     self.monitor.clear_flag(flag)  # a good frame clears what the last frame raised
@@ -311,3 +346,25 @@ class QCFeedback:
         """Called by the run's worker: derived stream ``stream`` judges a frame once ``frames`` later ones came."""
         with self._lock:
             self._lookahead[stream] = frames
+
+
+class _WhileTheRunIsOpen:
+    """The RunEngine as a QC suspender sees it: every attribute the RunEngine's, but a suspension asked for once
+    the run's stop has come (:attr:`QCFeedback.closing`) is logged and not requested. bluesky's suspender checks
+    that the RunEngine runs when its signal trips, but the request reaches the event loop later; if the plan has
+    ended by then, the RunEngine fails the run while it closes it ("Cannot transit from 'suspending' to
+    'idle'"). The check here runs in the event loop's thread, which also delivers the stop."""
+
+    def __init__(self, RE: Any, feedback: QCFeedback) -> None:
+        self._RE = RE
+        self._feedback = feedback
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._RE, name)
+
+    def request_suspend(self, fut: Any, **kwargs: Any) -> None:
+        if self._feedback.closing:
+            log.info("QC: a suspension asked for after the run's stop is not requested (%s)",
+                     kwargs.get("justification") or "no reason given")
+            return
+        self._RE.request_suspend(fut, **kwargs)
