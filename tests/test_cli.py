@@ -443,6 +443,38 @@ def test_denoise_gives_a_scan_stored_in_the_order_taken_the_context_of_its_angle
     np.testing.assert_allclose(out, expected, atol=1e-3)
 
 
+def test_denoise_takes_the_angles_of_frames_stored_without_them_from_a_file(tmp_path, capsys, denoiser):
+    """A TIFF stack of a golden-angle scan, its angles in a text file (``--angles``): each frame is denoised as
+    it is alone, as from a Data Exchange file with ``exchange/theta``. A file that does not give one number per
+    frame is a clear error before any work."""
+    import numpy as np
+    import tifffile
+
+    frames = np.random.default_rng(7).poisson(600, (6, 48, 48)).astype(np.uint16)
+    golden = (np.arange(6) * 111.246117975) % 180
+    src, listed, dest = tmp_path / "golden.tif", tmp_path / "angles.txt", tmp_path / "out.npy"
+    tifffile.imwrite(src, frames, photometric="minisblack")
+    listed.write_text("# degrees, in the order taken\n" + "\n".join(f"{a:.6f}" for a in golden) + "\n")
+    assert main(["denoise", str(src), str(dest), "--backend", "onnxruntime", "--angles", str(listed)]) == 0
+    x = frames.astype(np.float32)
+    alone = np.stack([denoiser.denoise_context(np.stack([x[k]] * denoiser.depth)) for k in range(6)])
+    np.testing.assert_allclose(np.load(dest), alone, atol=1e-3)
+    np.save(tmp_path / "angles.npy", golden)  # the same from .npy, commas too
+    (tmp_path / "commas.txt").write_text(", ".join(f"{a:.6f}" for a in golden))
+    for other in ("angles.npy", "commas.txt"):
+        out = tmp_path / f"out-{other}.npy"
+        assert main(["denoise", str(src), str(out), "--backend", "onnxruntime", "--angles", str(tmp_path / other)]) == 0
+        np.testing.assert_allclose(np.load(out), alone, atol=1e-3)
+    listed.write_text("\n".join(f"{a:.6f}" for a in golden[:5]))
+    assert main(["denoise", str(src), str(tmp_path / "short.npy"), "--angles", str(listed)]) == 1
+    assert "holds 5 angles for 6 frames: give one per frame" in capsys.readouterr().err
+    listed.write_text("0 1 two")
+    assert main(["denoise", str(src), str(tmp_path / "text.npy"), "--angles", str(listed)]) == 1
+    assert f"cannot read angles from {listed}" in capsys.readouterr().err
+    assert main(["denoise", str(src), str(tmp_path / "none.npy"), "--angles", str(tmp_path / "missing.txt")]) == 1
+    assert "angles file" in capsys.readouterr().err and not (tmp_path / "none.npy").exists()
+
+
 def test_a_nexus_scan_with_its_frames_in_a_linked_file_is_denoised_in_place_of_that_link(tmp_path, monkeypatch):
     """Diamond's .nxs: the frames are an external link into the detector's file, the angles another; the
     output's frames are the denoised ones, and its other links still resolve wherever it is written."""

@@ -279,13 +279,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_denoise(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from tqdm.auto import tqdm
 
-    from .frame_files import check_output, denoise_file, open_frames
+    from .frame_files import check_output, denoise_file, open_frames, read_angles
     from .inference import load_denoiser
 
     dest = check_output(args.output, args.input)  # before any work: a typo must not cost a long run
     with open_frames(args.input, args.key) as source:
+        if args.angles is not None:
+            source = dataclasses.replace(source, angles=read_angles(args.angles, source.shape[0]))
         den = load_denoiser(args.model, backend=args.backend, precision=args.precision, threads=args.threads,
                             ratio=args.ratio, self_ensemble=args.self_ensemble)
         if source.projections:
@@ -870,6 +874,11 @@ def build_parser() -> argparse.ArgumentParser:
                                   "directory: one .tif per frame, named as the input directory's files")
     s.add_argument("--key", help="HDF5 dataset (default: exchange/data or another usual name for projections, "
                                  "else the file's only dataset)")
+    s.add_argument("--angles", metavar="FILE",
+                   help="each frame's rotation angle in degrees, one per frame (a text file, one a line, or .npy), "
+                        "for frames stored without them (.npy, TIFF): a neighbour more than 4 degrees away is no "
+                        "context (a golden-angle or interlaced scan in the order taken). Default: the angles the "
+                        "input stores (exchange/theta, a NeXus or Zeiss scan's), else neighbours by order")
     _denoiser_arguments(s, "shipped model name or model card path")
     s.add_argument("--keep-dtype", action="store_true", help="cast the result back to the input dtype")
     s.add_argument("--compression", choices=COMPRESSION_NAMES, default=None,

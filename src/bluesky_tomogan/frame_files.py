@@ -50,7 +50,7 @@ from .xradia import XRADIA, XradiaFile, is_xradia
 log = logging.getLogger(__name__)
 
 __all__ = ["NPY", "HDF5", "TIFF", "PROJECTION_KEYS", "FLAT_KEYS", "ANGLE_KEYS", "DENOISED_KEY", "FrameSource",
-           "open_frames", "check_output", "denoise_file", "first_dataset", "hdf5_datasets"]
+           "open_frames", "read_angles", "check_output", "denoise_file", "first_dataset", "hdf5_datasets"]
 
 NPY, HDF5, TIFF = (".npy",), (".h5", ".hdf5", ".hdf", ".nxs"), (".tif", ".tiff")
 #: Where the projections are in an HDF5 file when no key is given: Data Exchange first, as APS writes it
@@ -255,6 +255,35 @@ def _frames_key(f: Any, path: Path, key: str | None) -> tuple[str, bool]:
         raise TomoGANError(f"{path} holds {len(found)} datasets {found[:12]} and none of the usual names for "
                            f"projections ({', '.join(PROJECTION_KEYS)}); choose one with --key")
     return found[0], False
+
+
+def read_angles(path: str | os.PathLike[str], n: int) -> np.ndarray:
+    """Each of ``n`` frames' rotation angle in degrees from ``path``: a ``.npy`` array, or text (one a line, or
+    separated by spaces or commas; ``#`` starts a comment).
+
+    Raises
+    ------
+    TomoGANError
+        A missing or unreadable file, values that are not numbers, or not ``n`` of them.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise TomoGANError(f"angles file {p} does not exist")
+    try:
+        if p.suffix.lower() in NPY:
+            values = np.load(p, allow_pickle=False)
+        else:
+            lines = (line.split("#", 1)[0].replace(",", " ") for line in p.read_text().splitlines())
+            values = np.array([float(v) for line in lines for v in line.split()], dtype=np.float64)
+    except (OSError, ValueError) as exc:
+        raise TomoGANError(f"cannot read angles from {p}: {exc}") from exc
+    values = np.asarray(values)
+    if values.dtype.kind not in "uif":
+        raise TomoGANError(f"{p} holds {values.dtype} values, not angles in degrees")
+    values = values.astype(np.float64).ravel()
+    if len(values) != n:
+        raise TomoGANError(f"{p} holds {len(values)} angles for {n} frames: give one per frame, in their order")
+    return values
 
 
 def _frame_order(f: Any, frames_key: str, n: int) -> tuple[np.ndarray | None, np.ndarray | None]:
