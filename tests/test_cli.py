@@ -416,7 +416,7 @@ def test_an_hdf5_scan_denoised_into_hdf5_keeps_its_layout_for_reconstruction(tmp
 
 
 @pytest.mark.parametrize("stored", ["degrees", "radians", "units", "one short"])
-def test_denoise_gives_a_scan_stored_in_the_order_taken_the_context_of_its_angles(tmp_path, denoiser, stored):
+def test_denoise_gives_a_scan_stored_in_the_order_taken_the_context_of_its_angles(tmp_path, capsys, denoiser, stored):
     """A golden-angle scan stored in the order taken, its angles in ``exchange/theta`` (in degrees, in radians
     told by their span or by a ``units`` attribute): each frame's neighbours in the file are views 30-70 degrees
     away, and each frame is denoised as it is alone, as the live callback does (before: with those views as
@@ -435,6 +435,8 @@ def test_denoise_gives_a_scan_stored_in_the_order_taken_the_context_of_its_angle
         if stored == "units":
             f["exchange/theta"].attrs["units"] = b"mrad"
     assert main(["denoise", str(src), str(dest), "--backend", "onnxruntime"]) == 0
+    said = "neighbours in the order stored" if stored == "one short" else "neighbours within 4 degrees"
+    assert f"context: {said}" in capsys.readouterr().out
     with h5py.File(dest, "r") as f:
         out = f["exchange/data"][()]
     x = frames.astype(np.float32)

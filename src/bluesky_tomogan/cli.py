@@ -284,6 +284,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .frame_files import check_output, denoise_file, open_frames, read_angles
+    from .frames import NEIGHBOUR_DEGREES
     from .inference import load_denoiser
 
     dest = check_output(args.output, args.input)  # before any work: a typo must not cost a long run
@@ -301,7 +302,9 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
             denoise_file(den, source, dest, keep_dtype=args.keep_dtype, frames_only=args.frames_only,
                          progress=bar.update, compression=args.compression)
     shape = source.shape[1:] if source.single else source.shape
-    print(f"denoised {shape} with {den!r} -> {dest}")
+    context = ("" if source.single else f"; context: neighbours within {NEIGHBOUR_DEGREES:g} degrees of each frame's "
+               "angle" if source.angles is not None else "; context: neighbours in the order stored")
+    print(f"denoised {shape} with {den!r}{context} -> {dest}")
     return 0
 
 
