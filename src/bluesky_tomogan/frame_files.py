@@ -180,7 +180,12 @@ def _open(p: Path, key: str | None, stack: contextlib.ExitStack) -> FrameSource:
         f = stack.enter_context(h5py.File(p, "r"))
         frames_key, keyed = _frames_key(f, p, key)
         source = _source(f[frames_key])
-        angles, groups = _frame_order(f, frames_key, source.shape[0])
+        try:
+            angles, groups = _frame_order(f, frames_key, source.shape[0])
+        except Exception as exc:  # what serves the context only: never a reason not to denoise the frames
+            log.warning("%s: the frames' angles and image_key not read (%s: %s); neighbours by order", p,
+                        type(exc).__name__, exc)
+            angles, groups = None, None
         # the path in this file: a dataset reached through an external link (NeXus) has its own file's name
         return dataclasses.replace(source, hdf5_key="/" + frames_key.lstrip("/"),
                                    projections=keyed or first_dataset(f, FLAT_KEYS) is not None,
