@@ -588,7 +588,6 @@ def test_a_suspension_that_reaches_the_event_loop_after_the_runs_stop_is_not_req
     RE.clear_suspenders()
 
 
-
 def sim_rig(tmp_path, shape=(48, 64), **kw):
     """A small simulated beamline whose camera takes its 0.03 s exposure, as a real one does: QC acts
     while the scan runs, not after a scan that took no time at all."""
