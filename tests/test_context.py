@@ -233,3 +233,45 @@ def test_offline_a_stack_gets_the_live_rule_by_its_angles_and_groups(denoiser):
         denoiser.denoise(frames, angles=[0.0, 1.0])
     with pytest.raises(InputValueError, match=r"groups must be one number per frame \(7\)"):
         denoiser.denoise(frames, groups=["dark"] * 7)
+
+
+def test_a_ladder_of_pruning_ratios_denoises_a_file_by_the_same_rule(tmp_path):
+    """``denoise_file`` with the networks of several pruning ratios (``load_ratios``, what the adaptive policy
+    runs): the file is denoised a chunk at a time with its frames' angles, as one network does it (before, the
+    ladder took neither the chunk's bounds nor the angles: a TypeError)."""
+    from bluesky_tomogan.frame_files import denoise_file, open_frames
+    from bluesky_tomogan.inference.ratios import load_ratios
+
+    ratios = load_ratios("tomogan-projection-aio", backend="onnxruntime")
+    frames = np.random.default_rng(8).poisson(600, (7, 64, 64)).astype(np.uint16)
+    golden = (np.arange(7) * 111.246117975) % 180
+    src, out = tmp_path / "golden.h5", tmp_path / "out.npy"
+    with h5py.File(src, "w") as f:
+        f["exchange/data"] = frames
+        f["exchange/theta"] = golden
+    with open_frames(src) as source:
+        denoise_file(ratios, source, out, chunk=3)
+    expected = ratios.at(ratios.ratio).denoise(frames.astype(np.float32), angles=golden)
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-3)
+
+
+def test_a_file_whose_angles_cannot_be_read_is_denoised_by_order_with_a_warning(tmp_path, monkeypatch, caplog):
+    """The angles and image_key only shape the context: a failure reading them (a file laid out in a way the
+    NeXus reader trips on) is a warning, and the frames are denoised with their neighbours in the order stored."""
+    import logging
+
+    from bluesky_tomogan import frame_files
+
+    def broken(f, key, n):
+        raise ValueError("an image_key of strings")
+
+    monkeypatch.setattr(frame_files, "_frame_order", broken)
+    src = tmp_path / "scan.h5"
+    with h5py.File(src, "w") as f:
+        f["exchange/data"] = np.ones((3, 16, 16), np.uint16)
+        f["exchange/theta"] = [0.0, 120.0, 240.0]
+    caplog.set_level(logging.WARNING, logger="bluesky_tomogan")
+    with frame_files.open_frames(src) as source:
+        assert source.angles is None and source.groups is None and source.shape == (3, 16, 16)
+    assert any("angles and image_key not read (ValueError: an image_key of strings); neighbours by order"
+               in r.getMessage() for r in caplog.records)

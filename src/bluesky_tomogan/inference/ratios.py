@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import RatioError
 from ..frames import centred
@@ -133,9 +134,11 @@ class RatioDenoisers:
     def model_sha256(self) -> str:
         return self.at(self.ratio).model_sha256
 
-    def denoise(self, frames: np.ndarray, *, out_dtype: OutDType = "float32") -> np.ndarray:
-        """:meth:`Denoiser.denoise` at the current :attr:`ratio`."""
-        return self.at(self.ratio).denoise(frames, out_dtype=out_dtype)
+    def denoise(self, frames: np.ndarray, *, out_dtype: OutDType = "float32", only: slice | None = None,
+                angles: ArrayLike | None = None, groups: ArrayLike | None = None) -> np.ndarray:
+        """:meth:`Denoiser.denoise` at the current :attr:`ratio` (a file denoised a chunk at a time, its frames'
+        angles and groups: :func:`~bluesky_tomogan.frame_files.denoise_file`)."""
+        return self.at(self.ratio).denoise(frames, out_dtype=out_dtype, only=only, angles=angles, groups=groups)
 
     def denoise_context(self, context: np.ndarray, *, out_dtype: OutDType = "float32") -> np.ndarray:
         """:meth:`Denoiser.denoise_context` at the current :attr:`ratio`; a ``(depth, H, W)`` context
