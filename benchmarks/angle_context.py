@@ -5,6 +5,7 @@ Usage::
     python benchmarks/angle_context.py [--size 256] [--angles 90] [--photons 500] [--json out.json]
     python benchmarks/angle_context.py --spacing [--size 256] [--photons 500]
     python benchmarks/angle_context.py --offline [--size 256] [--angles 90] [--photons 500]
+    python benchmarks/angle_context.py --fly [--size 256] [--angles 90] [--photons 500]
 
 A ``tomo_scan`` of the simulated camera (the demo's bead pack) through ``TomoGANCallback`` (the shipped
 projection model on ONNX Runtime fp32, the same numbers on every CPU), its angles in four orders: a regular
@@ -21,6 +22,10 @@ away, which the gate withholds above 0.35.
 
 ``--offline``: the same four scans as stacks in the order taken, denoised by ``Denoiser.denoise`` (what
 ``bluesky-tomogan denoise`` does with a file) without and with each frame's angle (a file's ``exchange/theta``).
+
+``--fly``: the same four scans recorded as a fly scan records them (``tests/fly_scan.py``: each frame's angle a
+PandA's encoder capture written to a file, announced by StreamDatum; no event, no ``motors``), replayed through
+the callback without and with ``angle_field`` naming the capture. Also counts ``motion`` flags.
 """
 
 from __future__ import annotations
@@ -134,6 +139,53 @@ def offline(args: argparse.Namespace, den: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def fly(args: argparse.Namespace, den: Any) -> list[dict[str, Any]]:
+    """Mean (lowest) SSIM and flags of each scan's projections recorded as a fly scan with its angles captured to a
+    file, through the callback without and with ``angle_field``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.fly_scan import ANGLE_KEY, as_fly_scan
+
+    rows = []
+    print(f"{args.size}x{args.size}, {args.photons:g} photons/pixel, {den!r}; fly scan, angles in a PandA-like file; "
+          "SSIM mean (lowest), frames flagged out_of_distribution / motion")
+    print(f"{'scan':<16}{'frames':>7}  {'no angle_field':>36}  {'angle_field=' + ANGLE_KEY:>36}")
+    for label, angles in orders(args.angles).items():
+        directory = Path(tempfile.mkdtemp(prefix="tomogan-angle-context-fly-"))
+        stage = SimTomoStage(name="stage")
+        det = SimTomoDetector(name="det", stage=stage, shape=(args.size, args.size), seed=7, simulate_timing=False,
+                              directory=directory)
+        det.exposure_time.put(0.1)
+        det.photon_flux.put(args.photons / 0.1)
+        raw: list[tuple[str, Any]] = []
+        RunEngine({})(tomo_scan(det, stage, angles, n_darks=2, n_flats=2), lambda n, d, raw=raw: raw.append((n, d)))
+        flown = as_fly_scan(raw, directory)
+        row: dict[str, Any] = {"scan": label, "frames": len(angles)}
+        for how, field in (("without", None), ("with", ANGLE_KEY)):
+            cb = TomoGANCallback(den, inline=True, maxsize=len(angles) + 8, angle_field=field)
+            out: list[tuple[str, Any]] = []
+            cb.subscribe(lambda name, doc, out=out: out.append((name, doc)))
+            for name, doc in flown:
+                cb(name, doc)
+            (derived,) = [d["uid"] for n, d in out if n == "descriptor" and d["name"] == "denoised"]
+            scores, flagged = [], {"out_of_distribution": 0, "motion": 0}
+            for name, doc in out:
+                if name == "event_page" and doc["descriptor"] == derived:
+                    for seq, frame, flags in zip(doc["data"]["det_image_source_seq_num"],
+                                                 doc["data"]["det_image_denoised"], doc["data"]["det_image_qc_flags"],
+                                                 strict=True):
+                        angle = angles[int(seq) - 1]
+                        clean = (args.photons * det.gain * np.exp(-det.sample.line_integrals(angle))
+                                 + det.model.dark_level)
+                        scores.append(ssim(clean, np.asarray(frame)))
+                        for f in flagged:
+                            flagged[f] += f in str(flags).split(",")
+            row[how] = {"mean": float(np.mean(scores)), "lowest": float(np.min(scores)), **flagged}
+        rows.append(row)
+        cell = "{mean:.4f} ({lowest:.4f}), {out_of_distribution} / {motion} flagged"
+        print(f"{label:<16}{len(angles):>7}  {cell.format(**row['without']):>36}  {cell.format(**row['with']):>36}")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=256)
@@ -141,11 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--photons", type=float, default=500.0)
     ap.add_argument("--spacing", action="store_true", help="SSIM by the neighbours' spacing, and the gate's distance")
     ap.add_argument("--offline", action="store_true", help="stacks denoised by Denoiser.denoise, by order and by angle")
+    ap.add_argument("--fly", action="store_true",
+                    help="fly scans, angles captured to a file: the callback without and with angle_field")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     den = load_denoiser("tomogan-projection", backend="onnxruntime")
-    if args.offline:
-        scans = offline(args, den)
+    if args.offline or args.fly:
+        scans = offline(args, den) if args.offline else fly(args, den)
         if args.json:
             Path(args.json).write_text(json.dumps({"args": vars(args), "scans": scans}, indent=2))
         return 0

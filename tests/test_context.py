@@ -275,3 +275,104 @@ def test_a_file_whose_angles_cannot_be_read_is_denoised_by_order_with_a_warning(
         assert source.angles is None and source.groups is None and source.shape == (3, 16, 16)
     assert any("angles and image_key not read (ValueError: an image_key of strings); neighbours by order"
                in r.getMessage() for r in caplog.records)
+
+
+def _golden_angle_scan(RE, tmp_path, n=10):
+    """The raw documents of a golden-angle ``tomo_scan`` of the simulated camera (128 px, 500 photons, frames in
+    files) in the order taken, and its angles."""
+    from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
+    from bluesky_tomogan.plans import tomo_scan
+
+    angles = [float(a) for a in (np.arange(n) * 111.246117975) % 180]
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(128, 128), directory=tmp_path, simulate_timing=False, seed=7)
+    det.exposure_time.put(0.1)
+    det.photon_flux.put(5000.0)
+    raw = []
+    token = RE.subscribe(lambda name, doc: raw.append((name, doc)))
+    RE(tomo_scan(det, stage, angles, n_darks=2, n_flats=2))
+    RE.unsubscribe(token)
+    return raw, angles
+
+
+def _denoised_projections(docs, **options):
+    """``docs`` replayed through a TomoGANCallback (frames inline): each projection's denoised frame and QC flags by
+    seq_num, and the run's summary."""
+    from bluesky_tomogan.callbacks import TomoGANCallback
+    from bluesky_tomogan.inference import load_denoiser
+
+    cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="onnxruntime"), streams=["primary"],
+                         inline=True, maxsize=64, **options)
+    out = []
+    cb.subscribe(lambda name, doc: out.append((name, doc)))
+    for name, doc in docs:
+        cb(name, doc)
+    (derived,) = [d["uid"] for n, d in out if n == "descriptor" and d["name"] == "denoised"]
+    frames = {}
+    for name, doc in out:
+        if name == "event_page" and doc["descriptor"] == derived:
+            for seq, frame, flags in zip(doc["data"]["det_image_source_seq_num"], doc["data"]["det_image_denoised"],
+                                         doc["data"]["det_image_qc_flags"], strict=True):
+                frames[int(seq)] = (np.asarray(frame), flags)
+    return frames, cb.last_run
+
+
+@pytest.mark.usefixtures("patient_waits")
+@pytest.mark.parametrize(("units", "per_degree"), [(None, 1.0), ("mrad", 1000 * np.pi / 180)])
+def test_a_fly_scans_captured_angles_are_read_from_their_file_for_each_frames_context(RE, tmp_path, caplog,
+                                                                                      units, per_degree):
+    """A golden-angle fly scan as ophyd-async records one (tests/fly_scan.py: each frame's angle a PandA's encoder
+    capture written to a file and announced by StreamDatum, no event, no ``motors`` in the start document).
+    ``angle_field`` names the capture: the callback reads the angles from their file (on its worker thread, in
+    their ``units``) and denoises every frame as the same scan stepped, far neighbours left out, no
+    ``out_of_distribution``. Without it (before, the only way), a warning names the captured key, the neighbours
+    come by order, 30-70 degrees away, and QC flags the frames."""
+    from .fly_scan import ANGLE_KEY, as_fly_scan
+
+    raw, _ = _golden_angle_scan(RE, tmp_path)
+    fly = as_fly_scan(raw, tmp_path, units=units, per_degree=per_degree)
+    stepped, _ = _denoised_projections(raw)
+    flown, run = _denoised_projections(fly, angle_field=ANGLE_KEY)
+    assert sorted(flown) == sorted(stepped) == list(range(1, 11)) and run.errors == []
+    for seq, (frame, flags) in stepped.items():
+        np.testing.assert_allclose(flown[seq][0], frame, atol=1e-5)
+        assert flown[seq][1] == flags and "out_of_distribution" not in flags
+    assert "warning" not in caplog.text.lower()
+    blind, run = _denoised_projections(fly)
+    assert run.errors == []
+    assert f"with ['{ANGLE_KEY}'] written beside them" in caplog.text and "angle_field=" in caplog.text
+    assert sum("out_of_distribution" in flags for _, flags in blind.values()) >= 5
+    assert not np.allclose(blind[5][0], stepped[5][0], atol=1e-3)
+
+
+def test_angles_in_a_file_that_cannot_be_read_are_noted_and_every_frame_is_denoised(RE, tmp_path):
+    """The capture's file gone (or short of the rows announced): each frame is still denoised, its neighbours by
+    order; the run's summary says how many frames' angles were not read, and why."""
+    from .fly_scan import ANGLE_KEY, as_fly_scan
+
+    raw, _ = _golden_angle_scan(RE, tmp_path, n=6)
+    fly = as_fly_scan(raw, tmp_path)
+    (tmp_path / "panda.h5").unlink()
+    frames, run = _denoised_projections(fly, angle_field=ANGLE_KEY)
+    assert sorted(frames) == list(range(1, 7))
+    (note,) = run.errors
+    assert note.startswith("the angles of ") and "were not read from their file" in note and "panda.h5" in note
+
+
+def test_an_angle_field_that_no_stream_has_is_said_and_a_step_scan_keeps_its_motors_angles(RE, tmp_path):
+    """One ``angle_field`` for a beamline's fly scans leaves its step scans their motor's angles (the stepped golden
+    scan is denoised as without it); a fly scan whose frames have neither (no nominal ``angles`` either) gets a
+    note that names the field."""
+    from .fly_scan import as_fly_scan
+
+    raw, _ = _golden_angle_scan(RE, tmp_path, n=6)
+    plain, _ = _denoised_projections(raw)
+    with_field, run = _denoised_projections(raw, angle_field="panda-inenc-2-val")
+    assert run.errors == []
+    for seq, (frame, flags) in plain.items():
+        assert with_field[seq][1] == flags
+        np.testing.assert_allclose(with_field[seq][0], frame, atol=1e-5)
+    fly = [(n, {k: v for k, v in d.items() if k != "angles"} if n == "start" else d)
+           for n, d in as_fly_scan(raw, tmp_path)]
+    _, run = _denoised_projections(fly, angle_field="panda-inenc-2-val")
+    assert any("angle_field='panda-inenc-2-val' is no data key" in e for e in run.errors), run.errors

@@ -85,3 +85,52 @@ def test_a_fly_scan_of_the_simulated_beamline_is_reconstructed_near_the_noise_fr
     clean = fbp(det.camera.sample.sinogram(size // 2, angles), angles)
     assert ssim(clean, live["slice"][final]) > 0.6
     assert "the plan's nominal angle" in live["note"].read()[final]
+
+
+def test_a_position_capture_gives_each_frame_the_angle_it_was_taken_at(RE, store, tmp_path, monkeypatch, caplog):
+    """A simulated PandA (``SimPositionCapture``) flown beside the camera (``capture=``) records the rotation's angle
+    at the middle of each exposure into a file of its own, announced by StreamResource/StreamDatum as ophyd-async
+    announces a PandA's. With ``angle_field`` naming it, the callback (context and QC, reading the file on its worker
+    thread) and the reconstruction take each frame's captured angle, not the plan's nominal one; Tiled serves the
+    angles beside the frames."""
+    from bluesky_tomogan.callbacks import run_qc
+
+    size, n, exposure = 64, 20, 0.02
+    frames = frames_directory(tmp_path / "store")
+    with ophyd_async_core.init_devices():
+        rot = fly.SimFlyRotation(name="rot")
+        x = ophyd_async_sim.SimMotor(name="x")
+        shutter = ophyd_async_core.soft_signal_rw(str, "open", name="shutter")
+        det = fly.SimFlyTomoDetector(frames, rot, x, shutter, shape=(size, size), photon_flux=500 / exposure,
+                                     seed=7, name="det")
+        panda = fly.SimPositionCapture(frames, det, name="panda")
+    asked = {}
+    angle_of = run_qc.RunQC.angle_of
+
+    def recorded(self, item, wait=0.0):
+        angle = angle_of(self, item, wait)
+        if item.stream.raw_name == "primary":
+            asked[item.seq_num] = angle
+        return angle
+
+    monkeypatch.setattr(run_qc.RunQC, "angle_of", recorded)
+    key = "panda-inenc-1-val"
+    cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="onnxruntime"), streams=["primary", "flat"],
+                         angle_field=key)
+    rec = TomoReconstruction(load_denoiser("tomogan-slice", backend="onnxruntime"), angle_field=key)
+    cb.subscribe(rec)
+    rec.subscribe(TiledWriter(store))
+    RE.subscribe(cb)
+    (uid,) = RE(tomo_fly_scan(det, rot, 0, 180, n, exposure=exposure, shutter=shutter, sample_x=x, n_darks=2,
+                              n_flats=2, capture=[panda], flush_period=0.05))
+    assert rec.wait(timeout=60)
+    run = store[uid]
+    taken = np.asarray(det.angles_taken)
+    assert len(taken) == n
+    np.testing.assert_allclose(np.ravel(run["primary"][key].read()), taken)
+    assert sorted(asked) == list(range(1, n + 1))
+    np.testing.assert_allclose([asked[s] for s in range(1, n + 1)], taken)
+    assert cb.errors == [] and "written beside them" not in caplog.text
+    live = run["reconstruction"]
+    assert bool(live["final"].read()[-1]) and int(live["projections"].read()[-1]) == n
+    assert all(note == "" for note in live["note"].read())  # not "the plan's nominal angle"

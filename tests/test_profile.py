@@ -31,8 +31,9 @@ def test_profile_runs_a_tomography_scan_stored_with_its_denoised_stream(tmp_path
             "print('AGAIN', list(client[uid]['denoised_2']['det_image_denoised'].shape)); "
             # the fly-scan beamline (ophyd-async) of the same session, into the same store
             "fly, = RE(tomo_fly_scan(fly_det, rot, 0, 180, 6, exposure=0.01, shutter=shutter, sample_x=sample_x, "
-            "n_darks=1, n_flats=1)); reconstruction.wait(); "
-            "print('FLY', list(client[fly]['denoised']['fly_det_denoised'].shape), tomogan.errors)")
+            "n_darks=1, n_flats=1, capture=[panda])); reconstruction.wait(); "
+            "print('FLY', list(client[fly]['denoised']['fly_det_denoised'].shape), tomogan.errors, "
+            "reconstruction.errors)")
     env = {**os.environ, "TOMOGAN_DATA": str(tmp_path / "data"), "TOMOGAN_MODEL": "bm-session",
            "TOMOGAN_FRAME_DTYPE": "source", "TOMOGAN_COMPRESSION": "lz4"}
     env.pop("TOMOGAN_TILED_URI", None)
@@ -52,5 +53,6 @@ def test_profile_runs_a_tomography_scan_stored_with_its_denoised_stream(tmp_path
     assert "MODEL bm-session tomogan-slice" in done.stdout
     assert "QCCOLUMNS 4" in done.stdout
     assert "AGAIN [4, 512, 512]" in done.stdout
-    assert "fly_det (ophyd-async camera, 512x512), rot, sample_x, shutter: tomo_fly_scan" in done.stdout
-    assert "FLY [6, 512, 512] []" in done.stdout
+    assert ("fly_det (ophyd-async camera, 512x512), rot, sample_x, shutter, panda (position capture): "
+            "tomo_fly_scan" in done.stdout)
+    assert "FLY [6, 512, 512] [] []" in done.stdout  # the captured angles: no note of the plan's nominal ones

@@ -334,8 +334,10 @@ def recorded_scan(RE, tmp_path, n_angles, plan=tomo_scan):
 
 
 def reconstructed(docs, **options):
-    """``docs`` through the callback and a ``TomoReconstruction(**options)``: it, and its rows' pages."""
-    cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="onnxruntime"), streams=["primary", "flat"])
+    """``docs`` through the callback and a ``TomoReconstruction(**options)`` (its ``angle_field`` the callback's
+    too, as ``serve`` and ``reprocess`` give it): it, and its rows' pages."""
+    cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="onnxruntime"), streams=["primary", "flat"],
+                         angle_field=options.get("angle_field"))
     rec = TomoReconstruction(load_denoiser("tomogan-slice", backend="onnxruntime"), **options)
     out = []
     cb.subscribe(rec)
@@ -352,12 +354,13 @@ def test_a_fly_scan_whose_angles_are_written_to_a_file_is_reconstructed_as_the_s
     capture, written to an HDF5 file and announced by StreamDatum like the frames; no event in the projections'
     stream, no ``motors`` in the start document): ``TomoReconstruction(angle_field=...)`` reads the angles from
     their file (on its worker thread) and makes the same slices as of the same frames stepped, with their angles
-    in events, updates during the scan included. Naming no field, or one that never comes, is said in a note."""
-    # 1.5 degrees apart: the callback keeps every neighbour in both (it knows the stepped scan's angles, not those
-    # in the fly scan's file)
+    in events, updates during the scan included. Naming no field, or one that never comes, is said in a note. The
+    same ``angle_field`` leaves a step scan its motor's angles: one setting for a beamline's fly and step scans."""
     raw = recorded_scan(RE, tmp_path, 120)
     fly = as_fly_scan(raw, tmp_path)
     stepped_rec, (*_, stepped) = reconstructed(raw)
+    _, (*_, stepped_with_field) = reconstructed(raw, angle_field=ANGLE_KEY)
+    assert stepped_with_field["center"] == stepped["center"] and stepped_with_field["note"] == [""] * 3
     fly_rec, pages = reconstructed(fly, angle_field=ANGLE_KEY, every=40)
     flown = pages[-1]
     assert any(not p["final"][0] for p in pages)  # updates during the scan too

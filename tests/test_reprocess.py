@@ -274,7 +274,8 @@ def test_a_stored_fly_scan_is_denoised_and_reconstructed_with_its_angles_from_th
     """A fly scan (tests/fly_scan.py: frames and angles only in files, announced by StreamDatum; no event in
     ``primary``) stored by TiledWriter: every frame is denoised into a new run and the slices reconstructed
     with the angles read from their file (``--angle-field``). Before, such a run was refused as holding no
-    events."""
+    events. The angles give the denoising its context too, reconstruction or not: 15 degrees apart, each frame
+    is denoised alone (by order, with its neighbours, before)."""
     stage = SimTomoStage(name="stage")
     det = SimTomoDetector(name="det", stage=stage, shape=(40, 48), directory=frames_directory(tmp_path / "store"),
                           simulate_timing=False)
@@ -289,11 +290,19 @@ def test_a_stored_fly_scan_is_denoised_and_reconstructed_with_its_angles_from_th
     assert main(["reprocess", server_of(store).uri, "--uid", uid, "--backend", "onnxruntime", "--into", "new",
                  "--reconstruct", "--angle-field", ANGLE_KEY]) == 0
     new_uid = capsys.readouterr().out.split("into the new run ")[1].split()[0]
-    with pytest.raises(ReprocessError, match="is for the slices of a reconstruction"):
-        reprocess(store, uid, load_denoiser(backend="onnxruntime"), into="new", angle_field=ANGLE_KEY)
+    den = load_denoiser(backend="onnxruntime")
+    by_angle, _ = reprocess(store, uid, den, into="new", angle_field=ANGLE_KEY)
+    by_order, _ = reprocess(store, uid, den, into="new")
     new = store[new_uid]
     assert list(new["denoised"]["det_image_qc_error"].read()) == [""] * 12
-    assert np.asarray(new["denoised"]["det_image_denoised"].read()).shape == (12, 40, 48)
+    denoised = np.asarray(new["denoised"]["det_image_denoised"].read())
+    assert denoised.shape == (12, 40, 48)
+    np.testing.assert_allclose(np.asarray(store[by_angle]["denoised"]["det_image_denoised"].read()), denoised,
+                               atol=1e-5)
+    raw_frames = np.asarray(store[uid]["primary"]["det_image"].read())
+    np.testing.assert_allclose(denoised[5], den.denoise_context(np.stack([raw_frames[5]] * den.depth)), atol=1e-3)
+    assert not np.allclose(np.asarray(store[by_order]["denoised"]["det_image_denoised"].read())[5], denoised[5],
+                           atol=1e-3)
     assert int(new["reconstruction"]["projections"].read()[-1]) == 12
     assert list(new["reconstruction"]["note"].read()) == [""] * 3
 

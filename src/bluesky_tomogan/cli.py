@@ -19,8 +19,9 @@ from .inference.self_ensemble import SELF_ENSEMBLE_SIZES
 __all__ = ["main", "build_parser", "version_report", "REPORTED_PACKAGES"]
 
 log = logging.getLogger("bluesky_tomogan.cli")
-ANGLE_FIELD_HELP = ("with --reconstruct: the data key of each projection's angle, where it is not the start document's "
-                    "first 'motors' entry (a fly scan's encoder capture, such as panda-inenc-1-val)")
+ANGLE_FIELD_HELP = ("the data key of each frame's angle, where it is not the start document's first 'motors' entry "
+                    "(a fly scan's encoder capture, such as panda-inenc-1-val): for the denoising context, QC and, "
+                    "with --reconstruct, the slices")
 
 
 #: The packages whose versions decide what a run does, by what they do: ``--version`` prints them,

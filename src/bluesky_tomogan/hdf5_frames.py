@@ -103,7 +103,7 @@ class FrameFile:
     path : path-like
         File to create (parent directories are created).
     shape : tuple of int
-        Frame ``(H, W)``.
+        Frame ``(H, W)``, or ``()`` for a file of one number a row (a position capture's).
     dtype : numpy dtype
         Stored dtype (``uint16`` for raw counts, ``float32`` for derived frames).
     dataset : str
@@ -115,7 +115,7 @@ class FrameFile:
         filter (level 4: any HDF5 reader, slower). See :data:`COMPRESSIONS`.
     """
 
-    def __init__(self, path: str | os.PathLike[str], shape: tuple[int, int], dtype: Any,
+    def __init__(self, path: str | os.PathLike[str], shape: tuple[int, ...], dtype: Any,
                  dataset: str = "/entry/data/data", compression: str | None = None) -> None:
         self.path = Path(path).expanduser().resolve()
         self.dataset = dataset

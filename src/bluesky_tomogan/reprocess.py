@@ -258,8 +258,9 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
         "tomogan-slice")``) into a ``reconstruction`` stream, as
         :class:`~bluesky_tomogan.TomoReconstruction` does live.
     angle_field : str, optional
-        With ``reconstruct``: the data key of each projection's angle, where it is not the start
-        document's first ``motors`` entry (a fly scan's encoder capture).
+        The data key of each frame's angle, where it is not the start document's first ``motors``
+        entry (a fly scan's encoder capture): for the denoising context and QC, as for the
+        callback, and the slices of ``reconstruct``.
     progress : callable, optional
         Called with the number of documents replayed and their total, after each.
     frame_dtype, compression : str, optional
@@ -282,9 +283,6 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
 
     if into not in ("run", "new"):
         raise ReprocessError(f"into must be 'run' (the stored run) or 'new' (a new run), got {into!r}")
-    if angle_field is not None and reconstruct is None:
-        raise ReprocessError(f"an angle field ({angle_field}) is for the slices of a reconstruction (reconstruct=, "
-                             "--reconstruct)")
     documents = read_run(client, uid)
     no_stop = documents[-1][1].get("exit_status") == "fail" and _NO_STOP in documents[-1][1]["reason"]
     if into == "run" and no_stop:
@@ -302,7 +300,7 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
     callback = TomoGANCallback(denoiser, fields=fields, streams=None if streams is None else list(streams),
                                policy="block", directory=directory, root_map=root_map, qc=replay_qc_policy(),
                                block_timeout=OFFLINE_TIMEOUT_S, flush_timeout=OFFLINE_TIMEOUT_S,
-                               frame_dtype=frame_dtype, compression=compression)
+                               frame_dtype=frame_dtype, compression=compression, angle_field=angle_field)
     if into == "new":
         writer: Any = TiledWriter(client)
     else:

@@ -14,6 +14,9 @@ TOMOGAN_SLICE_MODEL  slice model of the live reconstruction, the same way (defau
 TOMOGAN_FRAME_DTYPE  how denoised frames are stored: float32 (default), source (the detector's counts), ...
 TOMOGAN_COMPRESSION  lossless compression of each denoised frame: lz4, zstd or gzip (default none)
 TOMOGAN_QC_POLICY  a QC policy file (TOML, see docs/qc.md; default: the built-in policy)
+TOMOGAN_ANGLE_FIELD  the data key of each frame's angle where it is not the plan's motor: a fly scan's
+                   encoder capture written beside the frames (default panda-inenc-1-val, the simulated
+                   PandA's; step scans keep their motor's angles)
 """
 
 import os
@@ -59,7 +62,7 @@ try:
     from ophyd_async.core import init_devices, soft_signal_rw
     from ophyd_async.sim import SimMotor
 
-    from bluesky_tomogan.devices.fly import SimFlyRotation, SimFlyTomoDetector
+    from bluesky_tomogan.devices.fly import SimFlyRotation, SimFlyTomoDetector, SimPositionCapture
 except ImportError as exc:  # ophyd-async missing, or older than the simulated beamline needs
     FLY = f"no fly-scan devices ({exc}; pip install 'bluesky-tomogan[fly]')"
 else:
@@ -69,7 +72,10 @@ else:
         shutter = soft_signal_rw(str, "open", name="shutter")
         fly_det = SimFlyTomoDetector(frames_directory(DATA) / "raw", rot, sample_x, shutter, shape=(512, 512),
                                      photon_flux=1e4, beam=ring_current, name="fly_det")
-    FLY = "fly_det (ophyd-async camera, 512x512), rot, sample_x, shutter: tomo_fly_scan"
+        # a PandA's encoder capture: each frame's angle, written beside the frames (tomo_fly_scan(capture=[panda]))
+        panda = SimPositionCapture(frames_directory(DATA) / "raw", fly_det, name="panda")
+    FLY = ("fly_det (ophyd-async camera, 512x512), rot, sample_x, shutter, panda (position capture): "
+           "tomo_fly_scan")
 
 # QC: flags on the QC monitor's signals, suspenders on the "suspend" flags. beam_lost clears from the
 # ring current, which keeps updating while the scan is suspended (no frames are taken then).
@@ -85,14 +91,17 @@ tomo_scan_with_qc = qc_tomo_scan_with(feedback)
 
 BACKEND = os.environ.get("TOMOGAN_BACKEND", "auto")
 denoiser = load_denoiser(os.environ.get("TOMOGAN_MODEL") or None, backend=BACKEND)
+# each frame's angle where the scan captures it (a fly scan's PandA); step scans still take theirs from the motor
+ANGLE_FIELD = os.environ.get("TOMOGAN_ANGLE_FIELD") or "panda-inenc-1-val"
 # Flats are denoised too: their noise is otherwise the strongest stripe (ring) in the live slices.
 tomogan = TomoGANCallback(denoiser, streams=["primary", "flat"], directory=frames_directory(DATA),
                           feedback=feedback, frame_dtype=os.environ.get("TOMOGAN_FRAME_DTYPE") or "float32",
-                          compression=os.environ.get("TOMOGAN_COMPRESSION") or None)
+                          compression=os.environ.get("TOMOGAN_COMPRESSION") or None, angle_field=ANGLE_FIELD)
 # Three slices reconstructed with algotom and denoised with the slice model, every 30 projections and at the end
 # (the final one finishes a second or two after RE returns; reconstruction.wait() waits for it).
 reconstruction = TomoReconstruction(load_denoiser(os.environ.get("TOMOGAN_SLICE_MODEL") or "tomogan-slice",
-                                                  backend=BACKEND), every=30, directory=frames_directory(DATA))
+                                                  backend=BACKEND), every=30, directory=frames_directory(DATA),
+                                   angle_field=ANGLE_FIELD)
 tomogan.subscribe(reconstruction)
 reconstruction.subscribe(TiledWriter(client))
 RE.subscribe(tomogan)
@@ -132,5 +141,6 @@ print(f"""bluesky-tomogan session
             reprocess(client, uid, load_denoiser(self_ensemble=8), into="new",  # 8 turned copies averaged:
                       reconstruct=load_denoiser("tomogan-slice", self_ensemble=8))  # 8x the time, a new run
             (queue server: BPlan("tomo_scan_with_qc", "det", "stage", angles) is the same scan)
-            uid, = RE(tomo_fly_scan(fly_det, rot, 0, 180, 90, exposure=0.05, shutter=shutter, sample_x=sample_x))
+            uid, = RE(tomo_fly_scan(fly_det, rot, 0, 180, 90, exposure=0.05, shutter=shutter, sample_x=sample_x,
+                                    capture=[panda]))  # each frame's angle captured (angle_field {ANGLE_FIELD})
 """)

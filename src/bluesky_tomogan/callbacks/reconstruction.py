@@ -116,9 +116,10 @@ class TomoReconstruction(RunRouterFacade):
     center : float, optional
         Rotation centre in pixels (default: found with algotom's ``find_center_vo``).
     angle_field : str, optional
-        The data key of each projection's rotation angle (default: the start document's first
-        ``motors`` entry, as bluesky's step plans and ``tomo_scan`` write it), in degrees unless its
-        ``units`` say ``rad`` or ``mrad``. A fly scan's
+        The data key of each projection's rotation angle, in a run whose ``primary`` stream has it;
+        otherwise (and by default) the start document's first ``motors`` entry, as bluesky's step
+        plans and ``tomo_scan`` write it, so that one setting serves a beamline's fly and step
+        scans. In degrees unless its ``units`` say ``rad`` or ``mrad``. A fly scan's
         angles are often another device's reading (a PandA's encoder capture, ``panda-inenc-1-val``),
         which may come in events or be written to a file beside the frames (``STREAM:``). Where no
         projection comes with its angle, the start document's ``angles`` (degrees, one per projection
@@ -331,6 +332,7 @@ class _RunReconstruction(PassThroughRun):
         self.o = options
         self._start: Any = None
         self._axis: str | None = None  # the data key of each projection's angle
+        self._motor: str | None = None  # the start document's first ``motors`` entry
         self._nominal: list[float] = []  # the plan's angle of each projection, in order (the start's ``angles``)
         self._degrees_per_unit = 1.0  # of its readings, by the units its data key gives (rad, mrad: converted)
         self._units_noted = False  # units that are not an angle's were said
@@ -399,7 +401,8 @@ class _RunReconstruction(PassThroughRun):
         self._start = doc
         self.summary.uid = doc["uid"]
         motors = list(doc.get("motors") or [])
-        self._axis = self.o.angle_field or (str(motors[0]) if motors else None)
+        self._motor = str(motors[0]) if motors else None
+        self._axis = self.o.angle_field or self._motor
         self._nominal = recon.nominal_angles(doc)
         return doc
 
@@ -518,7 +521,10 @@ class _RunReconstruction(PassThroughRun):
     def _take_angle_units(self, doc: Any) -> None:
         """Degrees per unit of the angles, by the units ``primary``'s descriptor gives them (degrees where it gives
         none; units it cannot convert are noted, once, and taken as degrees)."""
-        key = (doc.get("data_keys") or {}).get(self._axis or "")
+        keys = doc.get("data_keys") or {}
+        # angle_field where primary has it, else the plan's motor: one setting for a beamline's fly and step scans
+        self._axis = next((k for k in (self.o.angle_field, self._motor) if k is not None and k in keys), self._axis)
+        key = keys.get(self._axis or "")
         if key is None:
             return
         units = key.get("units")

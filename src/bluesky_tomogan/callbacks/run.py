@@ -145,6 +145,7 @@ class RunOptions:
     low_water: int = 1
     frame_dtype: str = "float32"  # how derived frames are stored (frame_writer.FRAME_DTYPES)
     compression: str | None = None  # of each derived frame (hdf5_frames.COMPRESSIONS)
+    angle_field: str | None = None  # each frame's angle, where it is not the start document's first motor
     #: Where each field's last frame was NaN (None: nowhere), kept across runs because a detector's
     #: NaN mask outlives a run: QC tells a mask from a fault by it (:class:`~.run_qc.RunQC`).
     known_nan: dict[str, np.ndarray | None] = dataclasses.field(default_factory=dict)
@@ -229,9 +230,15 @@ class RunDenoiser(PassThroughRun):
         # ... of a field that says what each frame is, written to a file (frame_roles: RoleKey.external); read on
         # this thread when its StreamDatum comes, never waiting for rows not written yet
         self._role_readers: dict[str, FrameReader] = {}
+        # ... of each frame's angle, written to a file (a fly scan's position capture): located on this thread,
+        # read on the worker's when a frame's angle is first asked for (RunQC.locate_angles)
+        self._angle_readers: dict[str, FrameReader] = {}
+        self._descriptor_names: dict[str, str] = {}  # descriptor uid -> its stream's name
+        self._hinted = False  # warned that frames come without a known angle beside captured scalars
         # The frames of the last multi-frame event read (worker thread): its N rows read it once.
         self._last_event: tuple[Any, np.ndarray] | None = None
-        self._qc = RunQC(options.feedback, options.known_nan, options.dark_levels, options.dead_before)
+        self._qc = RunQC(options.feedback, options.known_nan, options.dark_levels, options.dead_before,
+                         angle_field=options.angle_field)
         # descriptor uid of a dark or flat stream not denoised -> (its role, its images), read for QC alone
         self._sampled: dict[str, tuple[str, list[str]]] = {}
         self._samples: dict[tuple[str, str], int] = {}  # (role, field) -> frames queued for QC
@@ -271,7 +278,7 @@ class RunDenoiser(PassThroughRun):
     def descriptor(self, doc: EventDescriptor) -> EventDescriptor:
         self._filler("descriptor", dict(doc))
         self._stream_keys[doc["uid"]] = {k for k, dk in doc["data_keys"].items() if dk.get("external") == "STREAM:"}
-        raw_name = doc.get("name", "primary")
+        raw_name = self._descriptor_names[doc["uid"]] = doc.get("name", "primary")
         o = self.options
         first_of_name, ours, images = raw_name not in self._raw_streams, made_by_us(doc), image_fields(doc)
         if first_of_name:
@@ -312,7 +319,28 @@ class RunDenoiser(PassThroughRun):
                                           stored_dtype(o.frame_dtype, doc["data_keys"][f].get("dtype_numpy")).str)
             fields[f] = stream
         self._by_descriptor[doc["uid"]] = fields
+        self._hint_at_captured_angles(doc)
         return doc
+
+    def _hint_at_captured_angles(self, doc: EventDescriptor) -> None:
+        """Warn once per run where frames come without a known angle beside scalars written to a file: a fly scan
+        whose position capture the callback was not told of (``angle_field``). Its frames' context is then taken by
+        order, and QC's motion check allows no rotation between them."""
+        name = doc.get("name", "primary")
+        if self._qc.knows_angles_of(name) or self._hinted:
+            return
+        roles = self._roles[doc["uid"]]
+        captured = sorted(k for k, dk in doc["data_keys"].items() if dk.get("external") == "STREAM:"
+                          and list(dk.get("shape") or []) in ([], [1])  # ophyd-async: [1], one a row
+                          and (roles.key is None or k != roles.key.name))
+        if captured:
+            self._hinted = True
+            log.warning("frames of stream %r come with no angle that the callback knows (%s), but with %s written "
+                        "beside them: if one is each frame's rotation angle (a position capture), name it with "
+                        "TomoGANCallback(angle_field=...) (serve/reprocess --angle-field); until then each frame's "
+                        "neighbours are taken by order and QC's motion check allows no rotation", name,
+                        f"angle_field {self.options.angle_field!r} is no data key of it" if self.options.angle_field
+                        else "the start document names no motors", captured)
 
     def _new_stream(self, raw_name: str, f: str, n_fields: int, shape: tuple[int, int],
                     exposures: int = 1, dtype: str = "<f4") -> DerivedStream:
@@ -532,6 +560,13 @@ class RunDenoiser(PassThroughRun):
         here = remapped(doc, self.options.root_map)  # the raw document passes on unchanged
         if self._raw_directory is None:  # None if not a local file: derived frames go to the default directory
             self._raw_directory = stream_resource_directory(here)
+        if self._qc.is_angle_key(doc.get("data_key")):
+            try:  # each frame's angle (a PandA's position capture): never waited for, the worker retries
+                self._angle_readers[doc["uid"]] = reader_for(here, wait_s=0)
+            except (ValueError, KeyError) as exc:
+                self._note(f"StreamResource {doc.get('uid')} of the angles {doc.get('data_key')!r}: {exc}; the "
+                           "frames' angles are not read from it (neighbours by order, QC without rotation)")
+            return doc
         if any(r.in_file and r.key is not None and r.key.name == doc.get("data_key") for r in self._roles.values()):
             try:  # what each frame is: read as its StreamDatum comes (stream_datum), so never waited for
                 self._role_readers[doc["uid"]] = reader_for(here, wait_s=0)
@@ -549,6 +584,11 @@ class RunDenoiser(PassThroughRun):
         return doc
 
     def stream_datum(self, doc: Any) -> Any:
+        if doc["stream_resource"] in self._angle_readers:
+            raw_name = self._descriptor_names.get(doc["descriptor"])
+            if raw_name is not None:
+                self._qc.locate_angles(raw_name, self._angle_readers[doc["stream_resource"]], doc)
+            return doc
         if doc["stream_resource"] in self._role_readers:
             self._roles_from_file(doc, self._role_readers[doc["stream_resource"]])
             return doc
@@ -632,6 +672,10 @@ class RunDenoiser(PassThroughRun):
             if missing and fields:
                 self._note(f"fields={missing} named no image field of the streams denoised "
                            f"(their image fields: {sorted(fields)})")
+        if o.angle_field is not None and not any(self._qc.knows_angles_of(s) for s in streams):
+            self._note(f"angle_field={o.angle_field!r} is no data key of the streams with images ({streams}), and "
+                       "they have no other angle: their frames' neighbours were taken by order, and QC's motion "
+                       "check allowed no rotation")
 
     def stop(self, doc: RunStop) -> RunStop:
         self._qc.ended()  # before the last frames are judged: they must not suspend a run being closed
@@ -652,6 +696,10 @@ class RunDenoiser(PassThroughRun):
         self._record_unfinished(f"not denoised: the worker did not finish within {self.options.flush_timeout} s "
                                 "of the run's stop")
         self._sum_up_frame_problems()
+        unread, why = self._qc.unread_angles()
+        if unread:
+            self._note(f"the angles of {unread} frames were not read from their file ({why}); those frames' "
+                       "neighbours were taken by order")
         self._publish_streams_without_rows()
         if self.summary.dropped:
             log.warning("TomoGAN dropped %d frames (policy %s)", self.summary.dropped, self.options.policy)
@@ -1079,9 +1127,10 @@ class RunDenoiser(PassThroughRun):
         for _, reader in self._stream_readers.values():
             reader.close()
         self._stream_readers.clear()
-        for role_reader in self._role_readers.values():
+        for role_reader in (*self._role_readers.values(), *self._angle_readers.values()):
             role_reader.close()
         self._role_readers.clear()
+        self._angle_readers.clear()
         for handler in self._handlers.values():
             if hasattr(handler, "close"):
                 handler.close()

@@ -2,7 +2,8 @@
 
 :class:`~.run.RunDenoiser` owns one :class:`RunQC` per run. The worker thread measures
 and registers frames and judges finished ones; the callback thread records each raw
-event's scalar readings (the angle, where a recommendation re-acquires); a third thread
+event's scalar readings (the angle, where a recommendation re-acquires) and where a fly scan's
+angles lie in a file (read on the worker thread when a frame's angle is first asked for); a third thread
 per run acts on the verdicts (:class:`~bluesky_tomogan.qc.QCFeedback`), never the
 RunEngine's own thread.
 """
@@ -36,6 +37,7 @@ from ..qc.metrics import (
 )
 from ..qc.policy import UNUSABLE, Action, QCPolicy
 from ..reconstruction import degrees_per_unit, nominal_angles
+from ..stream_readers import FrameReader, scalar_rows
 from .derived_stream import DerivedStream, FrameResult, QueuedFrame
 
 __all__ = ["RunQC", "DROPPED", "BEAM_FLAGS", "OPEN_BEAM_FLOOR"]
@@ -46,6 +48,9 @@ DROPPED = "dropped"  # start of the qc_error of a frame the queue policy dropped
 FEEDBACK_QUEUE = 256
 #: Scalar readings of so many recent raw events are kept, so a recommendation can say where to re-acquire.
 POSITIONS_KEPT = 4096
+#: Seconds between two tries to read angles announced in a file but not readable yet (not flushed): the worker asks
+#: every millisecond while it waits for a frame's angle (:meth:`RunQC.angle_of`), and must not read the file as often.
+FILED_RETRY_S = 0.02
 #: Flags that presume a beam: a dark frame (shutter closed) has none by design, and a photon counter's dark
 #: frame is all zeros, which is not a readout failure.
 BEAM_FLAGS = frozenset({"beam_lost", "noisy", "dead_pixels"})
@@ -79,11 +84,14 @@ class RunQC:
         a frame flagged ``dead_pixels`` does not replace it), shared with the facade's other runs: a region
         dead there too (a photon counter beyond the beam's footprint) is not ``dead_pixels``; one that died
         now is.
+    angle_field : str, optional
+        The data key of each frame's rotation angle, in the streams that have it; in the others, the start
+        document's first ``motors`` entry.
     """
 
     def __init__(self, feedback: QCFeedback, known_nan: dict[str, np.ndarray | None] | None = None,
                  dark_levels: dict[str, float] | None = None,
-                 dead_before: dict[str, DeadBefore] | None = None) -> None:
+                 dead_before: dict[str, DeadBefore] | None = None, angle_field: str | None = None) -> None:
         self.feedback = feedback
         # field -> where its last frame was NaN: a NaN pixel that was NaN in the detector's previous frame
         # too (in any stream, in an earlier run) is its mask, not a fault. Shared by the facade's runs.
@@ -95,20 +103,32 @@ class RunQC:
         self._dark_said: set[str] = set()  # fields whose learnt dark level was logged
         self._dark_doubted: set[tuple[str, str]] = set()  # (raw stream, field) whose darks were not trusted
         self.uid = ""
-        self._motor: str | None = None
+        self._angle_field = angle_field
+        self._motor: str | None = None  # the start document's first ``motors`` entry
+        self._axis_keys: dict[str, str] = {}  # raw stream -> the data key of its frames' angles
         self._positions: dict[tuple[str, int], dict[str, Any]] = {}  # (raw stream, seq_num) -> scalar readings
         self._degrees_per_unit: dict[str, float] = {}  # raw stream -> of its angle readings (rad, mrad converted)
         # a fly scan without position capture records no angle: the nominal ones of its plan (the start document's
         # ``angles``, one per projection in order) stand in, in a ``primary`` stream of projections alone
         self._nominal: list[float] = []
         self._nominal_streams: set[str] = set()  # raw streams whose frame seq_num - 1 indexes ``_nominal``
-        self._axis_streams: set[str] = set()  # raw streams whose events carry the scanned axis
+        self._axis_streams: set[str] = set()  # raw streams whose events, or files, carry the scanned axis
+        self._filed: dict[tuple[str, int], _FiledAngles] = {}  # (raw stream, seq_num) -> where its angle lies
+        self._angle_files: dict[int, _AngleFile] = {}  # id of a reader -> the file it reads
         self._verdicts: queue.Queue[Verdict | None] = queue.Queue(FEEDBACK_QUEUE)
         self._thread: threading.Thread | None = None
 
     @property
     def policy(self) -> QCPolicy:
         return self.feedback.policy
+
+    def is_angle_key(self, data_key: str | None) -> bool:
+        """Whether ``data_key`` holds the angles of a stream's frames (:meth:`take_angles`)."""
+        return data_key is not None and data_key in self._axis_keys.values()
+
+    def knows_angles_of(self, raw_name: str) -> bool:
+        """Whether the frames of stream ``raw_name`` have angles: their own, or their plan's nominal ones."""
+        return raw_name in self._axis_streams or raw_name in self._nominal_streams
 
     def start(self, doc: RunStart) -> None:
         """Take the run's uid and scanned axis (the rotation in ``tomo_scan``) and start the feedback thread."""
@@ -135,21 +155,50 @@ class RunQC:
 
     def take_angles(self, descriptor: EventDescriptor, roles: FrameRoles) -> None:
         """How a raw stream gives its frames' angles, so that registration knows how far apart two are in degrees:
-        the units of the scanned axis (its data key's ``units``: ``deg``, ``rad``, ``mrad``; degrees where it gives
-        none) or, where the axis is no data key of the stream, a ``primary`` stream of projections only (``roles``
-        says what its frames are), and the start document lists them: the plan's nominal angles."""
+        the data key ``angle_field`` where the stream has it, else the start document's first ``motors`` entry, in
+        events or in a file (``external: "STREAM:"``), in its ``units`` (``deg``, ``rad``, ``mrad``; degrees where
+        it gives none); or, where the stream has neither, a ``primary`` stream of projections only (``roles`` says
+        what its frames are), and the start document lists them: the plan's nominal angles."""
         name = descriptor.get("name", "primary")
-        key = descriptor.get("data_keys", {}).get(self._motor or "")
-        per_unit = degrees_per_unit(key.get("units")) if key is not None else None
-        self._degrees_per_unit[name] = per_unit or 1.0
-        if key is not None:
+        keys = descriptor.get("data_keys", {})
+        axis = next((k for k in (self._angle_field, self._motor) if k is not None and k in keys), None)
+        if axis is not None:
+            self._axis_keys[name] = axis
+            self._degrees_per_unit[name] = degrees_per_unit(keys[axis].get("units")) or 1.0
             self._axis_streams.add(name)
         else:
+            self._axis_keys.pop(name, None)
             self._axis_streams.discard(name)
-        if key is None and name == "primary" and roles.key is None and roles.default is None and self._nominal:
+        named = self._motor is not None or self._angle_field is not None  # the run says it turns something
+        if (axis is None and named and name == "primary" and roles.key is None and roles.default is None
+                and self._nominal):
             self._nominal_streams.add(name)
         else:
             self._nominal_streams.discard(name)
+
+    def locate_angles(self, raw_name: str, read: FrameReader, doc: Any) -> None:
+        """Where the angles of the frames of StreamDatum ``doc`` of stream ``raw_name`` lie: rows of the file
+        ``read`` reads (a fly scan's position capture, ``external: "STREAM:"``). Read by the worker thread when
+        first asked for, never here: the RunEngine's thread does not read files."""
+        (row, stop), seq = (doc["indices"]["start"], doc["indices"]["stop"]), doc["seq_nums"]["start"]
+        if doc["seq_nums"]["stop"] - seq != stop - row:
+            log.warning("StreamDatum %s has seq_nums %s for indices %s; the angles in it are not read",
+                        doc.get("uid"), doc["seq_nums"], doc["indices"])
+            return
+        source = self._angle_files.get(id(read))
+        if source is None or source.read is not read:
+            source = self._angle_files[id(read)] = _AngleFile(read)
+        block = _FiledAngles(source, row, seq, stop - row)
+        for s in range(seq, seq + stop - row):
+            self._filed[(raw_name, s)] = block
+        while len(self._filed) > POSITIONS_KEPT:
+            del self._filed[next(iter(self._filed))]
+
+    def unread_angles(self) -> tuple[int, str]:
+        """Frames whose angle was asked for and could not be read from its file, and the last reason (callback
+        thread, at the stop)."""
+        failed = {id(b): b for b in list(self._filed.values()) if b.error and b.values is None}
+        return sum(b.count for b in failed.values()), next((b.error for b in reversed(failed.values())), "")
 
     def keep_positions(self, raw_name: str, doc: EventPage) -> None:
         """Scalar readings (angle, positions) of each raw event: where a recommendation re-acquires."""
@@ -325,14 +374,18 @@ class RunQC:
                         verdict.stream, verdict.seq_num)
 
     def angle_of(self, item: QueuedFrame, wait: float = 0.0) -> float | None:
-        """The rotation angle of a frame in degrees (its event's reading of the scanned axis, or its plan's
-        nominal angle), or None where none is known. ``wait``: seconds to wait for the event of a frame whose
-        stream's events carry the axis (bluesky emits a frame's StreamDatum before its event, and the worker may
-        take the frame first), so that the answer does not depend on which thread ran first."""
+        """The rotation angle of a frame in degrees (its event's reading of the scanned axis, the row of a file
+        that a fly scan's position capture wrote it to, or its plan's nominal angle), or None where none is known.
+        ``wait``: seconds to wait for the event (or StreamDatum) of a frame whose stream carries the axis (bluesky
+        emits a frame's StreamDatum before its event, and the worker may take the frame first), so that the
+        answer does not depend on which thread ran first."""
         angle = self._angle(item.stream.raw_name, item.seq_num)
         if angle is None and wait > 0 and item.stream.raw_name in self._axis_streams:
             deadline = time.monotonic() + wait
-            while angle is None and time.monotonic() < deadline:
+            while angle is None and (now := time.monotonic()) < deadline:
+                block = self._filed.get((item.stream.raw_name, item.seq_num))
+                if block is not None and block.source.failed_for(now) >= wait:  # its file fails: it will not come
+                    break
                 time.sleep(0.001)
                 angle = self._angle(item.stream.raw_name, item.seq_num)
         return angle
@@ -341,9 +394,11 @@ class RunQC:
         return self._positions.get((raw_name, seq_num), {})
 
     def _angle(self, raw_name: str, seq_num: int) -> float | None:
-        if self._motor is None:
-            return None
-        value = self._position(raw_name, seq_num).get(self._motor)
+        axis = self._axis_keys.get(raw_name)
+        value = None if axis is None else self._position(raw_name, seq_num).get(axis)
+        if value is None:
+            block = self._filed.get((raw_name, seq_num))
+            value = block.value(seq_num) if block is not None else None
         if value is not None:
             return float(value) * self._degrees_per_unit.get(raw_name, 1.0)
         if raw_name in self._nominal_streams and 0 < seq_num <= len(self._nominal):
@@ -363,3 +418,48 @@ class RunQC:
             if verdict is None:
                 return
             self.feedback.act(verdict)
+
+
+class _AngleFile:
+    """A file of angles (one StreamResource's reader) and since when reading it fails: a frame's angle is not
+    waited for in a file that has failed for as long as the wait (missing, unreadable), or every frame would wait."""
+
+    def __init__(self, read: FrameReader) -> None:
+        self.read = read
+        self.failing_since: float | None = None
+
+    def failed_for(self, now: float) -> float:
+        return 0.0 if self.failing_since is None else now - self.failing_since
+
+
+class _FiledAngles:
+    """The angles of one StreamDatum's rows, in a file (a PandA's position capture): read all at once when the
+    first is asked for (worker thread); a read that fails (rows announced, not flushed yet) is tried again, at
+    most every ``FILED_RETRY_S``."""
+
+    def __init__(self, source: _AngleFile, row: int, seq: int, count: int) -> None:
+        self.source, self.row, self.seq, self.count = source, row, seq, count
+        self.values: list[Any] | None = None
+        self.error = ""
+        self._tried = -math.inf
+
+    def value(self, seq: int) -> float | None:
+        if self.values is None:
+            now = time.monotonic()
+            if now - self._tried < FILED_RETRY_S:
+                return None
+            self._tried = now
+            try:
+                self.values = scalar_rows(self.source.read, self.row, self.row + self.count)
+            except Exception as exc:  # a file short of these rows, gone or unreadable: no angle, the frame goes on
+                self.error = f"{type(exc).__name__}: {exc}"
+                if self.source.failing_since is None:
+                    self.source.failing_since = now
+                return None
+            self.source.failing_since = None
+        value = self.values[seq - self.seq]
+        try:
+            angle = float(value)
+        except (TypeError, ValueError):
+            return None
+        return angle if math.isfinite(angle) else None

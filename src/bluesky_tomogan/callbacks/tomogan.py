@@ -142,6 +142,18 @@ class TomoGANCallback(RunRouterFacade):
         Lossless compression of each derived frame in its HDF5 file (bit shuffle with LZ4 or
         Zstandard, as Eiger detectors write theirs, read wherever ``hdf5plugin`` is, Tiled
         included; or HDF5's gzip, read by any HDF5 reader, slower). Default: none.
+    angle_field : str, optional
+        The data key of each frame's rotation angle, in the streams that have it; in the others
+        (and by default) the start document's first ``motors`` entry, as bluesky's step plans and
+        ``tomo_scan`` write it, so one setting serves a beamline's fly and step scans. In degrees
+        unless its ``units`` say ``rad`` or ``mrad``. A fly scan's angles are often another device's
+        reading, written to a file beside the frames (a PandA's encoder capture,
+        ``panda-inenc-1-val``, ``external: "STREAM:"``): name it here, as for
+        :class:`~.reconstruction.TomoReconstruction`; the file is read on the worker thread.
+        The angles decide which neighbours a frame's context keeps (those within
+        :data:`~bluesky_tomogan.frames.NEIGHBOUR_DEGREES`) and how much sideways shift QC's motion
+        check puts down to rotation. Where a run gives none (a fly scan without position capture
+        whose start document lists its nominal ``angles`` uses those), neighbours are taken by order.
 
     Examples
     --------
@@ -170,6 +182,7 @@ class TomoGANCallback(RunRouterFacade):
         low_water: int | None = None,
         frame_dtype: str = "float32",
         compression: str | None = None,
+        angle_field: str | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown queue policy {policy!r}; choose from {', '.join(POLICIES)}")
@@ -183,6 +196,8 @@ class TomoGANCallback(RunRouterFacade):
         compression_filter(compression)
         if inline and compression is not None:
             raise ValueError("compression applies to the derived frames' files; inline=True writes none")
+        if angle_field is not None and (not isinstance(angle_field, str) or not angle_field):
+            raise ValueError(f"angle_field must be a data key's name, got {angle_field!r}")
         _check_denoisers(denoiser)
         high = max(1, maxsize // 2) if high_water is None else high_water
         low = min(high - 1, max(0, maxsize // 8)) if low_water is None else low_water
@@ -211,6 +226,7 @@ class TomoGANCallback(RunRouterFacade):
             handler_registry=default_handler_registry() if handler_registry is None else dict(handler_registry),
             root_map=dict(root_map or {}),
             feedback=feedback, high_water=high, low_water=low, frame_dtype=frame_dtype, compression=compression,
+            angle_field=angle_field,
         )
         super().__init__()
 
@@ -229,6 +245,8 @@ class TomoGANCallback(RunRouterFacade):
         parts.append(f"policy={o.policy} maxsize={o.maxsize}")
         parts.append("frames inline" if o.inline else
                      f"frames {o.frame_dtype}" + (f"+{o.compression}" if o.compression else ""))
+        if o.angle_field is not None:
+            parts.append(f"angle_field={o.angle_field}")
         return f"<TomoGANCallback {' '.join(parts)}>"
 
     def subscribe(self, func: Subscriber, *, storage: bool | None = None) -> int:

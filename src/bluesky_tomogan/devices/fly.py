@@ -19,7 +19,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ from ophyd_async.core import StandardReadableFormat as Format
 from ..hdf5_frames import MIMETYPE, FrameFile
 from .detector import SimBeamCurrent, SimTomoDetector, SimTomoStage
 
-__all__ = ["SimFlyRotation", "SimFlyTomoDetector"]
+__all__ = ["SimFlyRotation", "SimFlyTomoDetector", "SimPositionCapture"]
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,9 @@ class _Exposures:
         self.file: FrameFile | None = None
         self.written, self._set_written = soft_signal_r_and_setter(int, 0)
         self.angles: list[float] = []  # the angle at the middle of each exposure written to ``file``
+        # called with the angle at the middle of each exposure as its frame is written: a position capture's
+        self.listeners: list[Callable[[float], None]] = []
+        self.takes_done = 0  # acquisitions ended (done, cancelled or failed): a capture waits for no more
 
     def open(self, path: Path) -> FrameFile:
         self.close()
@@ -177,6 +180,12 @@ class _Exposures:
 
     async def take(self) -> None:
         """The frames, one each period from now, each exposed over the angles it passes through."""
+        try:
+            await self._take()
+        finally:
+            self.takes_done += 1
+
+    async def _take(self) -> None:
         t0 = time.monotonic()
         for i in range(self.number):
             begin = t0 + i * self.period
@@ -191,7 +200,10 @@ class _Exposures:
             if self.file is None:  # unstaged meanwhile (the run was aborted): the frame is discarded
                 return
             _, count = self.file.append(frame)
-            self.angles.append(self.rotation.angle_at(begin + self.exposure / 2))
+            middle = self.rotation.angle_at(begin + self.exposure / 2)
+            self.angles.append(middle)
+            for listener in self.listeners:  # the capture's row before the frame's: a PandA's is written first
+                listener(middle)
             self._set_written(count)
             await asyncio.sleep(max(0.0, begin + self.period - time.monotonic()))
 
@@ -299,3 +311,114 @@ class SimFlyTomoDetector(StandardDetector):
         """The true angle (degrees) at the middle of each exposure of the last staging's frames: what a position
         capture would have recorded, to compare with a plan's nominal angles."""
         return list(self._exposures.angles)
+
+
+class _Capture:
+    """What a position capture records: the angle at the middle of each of a camera's exposures, to its file."""
+
+    def __init__(self, exposures: _Exposures) -> None:
+        self.exposures = exposures
+        self.number = 1
+        self.file: FrameFile | None = None
+        self.written, self._set_written = soft_signal_r_and_setter(int, 0)
+        self._takes_before = 0
+        exposures.listeners.append(self.record)
+
+    def open(self, path: Path) -> FrameFile:
+        self.close()
+        self.file = FrameFile(path, (), np.float64, dataset="/entry/inenc1")
+        self._set_written(0)
+        return self.file
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def record(self, angle: float) -> None:
+        if self.file is not None and self.file.count < self.number:
+            _, count = self.file.append(np.asarray([angle]))
+            self._set_written(count)
+
+    def started(self) -> None:
+        self._takes_before = self.exposures.takes_done
+
+    async def wait_for_idle(self) -> None:
+        """Until every exposure asked for is recorded, or the camera's acquisition has ended (aborted)."""
+        while ((self.file is not None and self.file.count < self.number)
+               and self.exposures.takes_done == self._takes_before):
+            await asyncio.sleep(0.005)
+
+
+class _CaptureTriggerLogic(DetectorTriggerLogic):
+    def __init__(self, capture: _Capture) -> None:
+        self.capture = capture
+
+    async def prepare_internal(self, num: int, livetime: float, deadtime: float) -> None:
+        self.capture.number = num
+
+    async def default_trigger_info(self) -> TriggerInfo:
+        return TriggerInfo(livetime=self.capture.exposures.exposure)
+
+
+class _CaptureAcquireLogic(DetectorAcquireLogic):
+    def __init__(self, capture: _Capture) -> None:
+        self.capture = capture
+
+    async def start_acquiring(self) -> None:
+        self.capture.started()
+
+    async def wait_for_idle(self) -> None:
+        await self.capture.wait_for_idle()
+
+    async def ensure_stopped(self) -> None:
+        return None
+
+
+class _CaptureDataLogic(DetectorDataLogic):
+    datakey_suffix = "-inenc-1-val"  # a PandA's first encoder, as ophyd-async's PandA names its capture
+
+    def __init__(self, capture: _Capture, directory: Path) -> None:
+        self.capture = capture
+        self.directory = directory
+
+    async def prepare_unbounded(self, datakey_name: str) -> StreamableDataProvider:
+        angles = self.capture.open(self.directory / f"{datakey_name}_{uuid.uuid4().hex[:12]}.h5")
+        return StreamResourceDataProvider(
+            uri=angles.uri, mimetype=MIMETYPE, collections_written_signal=self.capture.written,
+            resources=[StreamResourceInfo(data_key=datakey_name, shape=(), chunk_shape=(1,),
+                                          dtype_numpy=np.dtype(np.float64).str,
+                                          parameters={"dataset": angles.dataset})])
+
+    async def stop(self) -> None:
+        self.capture.close()
+
+    def get_hinted_fields(self, datakey_name: str) -> Sequence[str]:
+        return [datakey_name]
+
+
+class SimPositionCapture(StandardDetector):
+    """A simulated PandA's position capture for :func:`~bluesky_tomogan.plans.tomo_fly_scan` (``capture=``).
+
+    It records the rotation's angle (degrees) at the middle of each exposure of ``detector``, as a PandA
+    captures its encoder on the camera's trigger, into an HDF5 file per staging (one float a row), announced by
+    StreamResource/StreamDatum as a PandA's HDF writer announces its datasets. Its data key is
+    ``<name>-inenc-1-val`` (``panda-inenc-1-val``): what ``TomoGANCallback(angle_field=...)`` and
+    ``TomoReconstruction(angle_field=...)`` take, so that each frame has the angle it was taken at, not the
+    plan's nominal one.
+
+    Parameters
+    ----------
+    directory : path-like
+        Where its HDF5 files go (one per staging, a new name each time).
+    detector : SimFlyTomoDetector
+        The camera whose exposures it records the angle of.
+    name : str
+        Device name (``panda``).
+    """
+
+    def __init__(self, directory: str | Path, detector: SimFlyTomoDetector, *, name: str = "") -> None:
+        capture = _Capture(detector._exposures)
+        self.add_detector_logics(_CaptureTriggerLogic(capture), _CaptureAcquireLogic(capture),
+                                 _CaptureDataLogic(capture, Path(directory)))
+        super().__init__(name=name)

@@ -94,8 +94,10 @@ def serve(zmq_in: str | None = None, *, kafka: Any = None, kafka_in: Sequence[st
         (:func:`~bluesky_tomogan.load_denoiser`'s ``self_ensemble``): that many times the
         cost of three slices, for less painted-in texture.
     angle_field : str, optional
-        With ``reconstruct``: the data key of each projection's angle, where it is not the start
-        document's first ``motors`` entry (a fly scan's encoder capture; :class:`~bluesky_tomogan.TomoReconstruction`).
+        The data key of each frame's angle, where it is not the start document's first ``motors``
+        entry (a fly scan's encoder capture, written to a file beside the frames): for the
+        denoising context and QC (:class:`~bluesky_tomogan.TomoGANCallback`) and, with
+        ``reconstruct``, the slices (:class:`~bluesky_tomogan.TomoReconstruction`).
     directory : path-like, optional
         Where derived frames are written (default: next to the raw frames).
     state_dir : path-like
@@ -150,8 +152,6 @@ def serve(zmq_in: str | None = None, *, kafka: Any = None, kafka_in: Sequence[st
         raise ServeError(f"a fallback model ({fallback}) is for policy 'adaptive', not {policy!r}")
     if slice_self_ensemble != 1 and not reconstruct:
         raise ServeError(f"a slice self-ensemble ({slice_self_ensemble}) is for the slices of --reconstruct")
-    if angle_field is not None and not reconstruct:
-        raise ServeError(f"an angle field ({angle_field}) is for the slices of --reconstruct")
     if slice_model != "tomogan-slice" and not reconstruct:
         raise ServeError(f"a slice model ({slice_model}) is for the slices of --reconstruct")
     if zmq_out is not None and kafka_out is not None:
@@ -193,7 +193,8 @@ def serve(zmq_in: str | None = None, *, kafka: Any = None, kafka_in: Sequence[st
         ioc = QCIOC(monitor, ioc_prefix)
     callback = TomoGANCallback(denoiser, fields=fields, streams=streams or list(SCAN_STREAMS),
                                policy=policy, directory=directory, feedback=feedback,  # type: ignore[arg-type]
-                               root_map=root_map, frame_dtype=frame_dtype, compression=compression)
+                               root_map=root_map, frame_dtype=frame_dtype, compression=compression,
+                               angle_field=angle_field)
     outlet: Any = callback
     wait = None
     if reconstruct:
