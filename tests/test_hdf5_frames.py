@@ -101,3 +101,48 @@ def test_a_file_whose_readers_all_closed_is_closed_and_can_be_written_again(tmp_
     r = StreamFrameReader(resource(path))
     assert np.array_equal(r(0, 3), frames[::-1])
     r.close()
+
+
+def test_an_embedded_tiled_server_reading_a_file_gives_no_reader_of_this_process_a_wrong_frame(RE, store, tmp_path):
+    """The embedded Tiled server (``local_tiled``: the demo's, the profile's) opens a frame file for every request,
+    on its own threads. A client reading a stored run's frames from it while the callback's reader reads the same
+    file (a viewer during the next scan): before, that reader got wrong frames, silently (475 in 20 s, and the
+    client one), now none on either side: the server's HDF5 adapter takes this process's HDF5 lock
+    (``tiled_hdf5``)."""
+    from bluesky.callbacks.tiled_writer import TiledWriter
+
+    from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
+    from bluesky_tomogan.plans import tomo_scan
+    from bluesky_tomogan.storage import frames_directory, server_of
+    from bluesky_tomogan.tiled_hdf5 import SerialHDF5Adapter
+
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(64, 64), simulate_timing=False,
+                          directory=frames_directory(tmp_path / "store"))
+    docs = []
+    RE.subscribe(TiledWriter(store))
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    (uid,) = RE(tomo_scan(det, stage, list(range(0, 180, 6)), n_darks=1, n_flats=1))
+    assert server_of(store).catalog.context.adapters_by_mimetype[MIMETYPE] is SerialHDF5Adapter
+    *_, projections = [d for n, d in docs if n == "stream_resource"]
+    reader = StreamFrameReader(projections)
+    truth = reader(0, 30).copy()
+    done = threading.Event()
+    wrong: list[int] = []
+
+    def read():
+        while not done.is_set():
+            for i in range(30):
+                if not np.array_equal(reader(i, i + 1)[0], truth[i]):
+                    wrong.append(i)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    served = store[uid]["primary"]["det_image"]
+    try:
+        served_wrong = [i for i in list(range(30)) * 2 if not np.array_equal(np.asarray(served[i]), truth[i])]
+    finally:
+        done.set()
+        thread.join()
+        reader.close()
+    assert wrong == [] and served_wrong == []

@@ -38,7 +38,7 @@ from .errors import OutputPathError
 
 __all__ = ["MIMETYPE", "SPEC", "COMPRESSIONS", "compression_filter",
            "FrameFile", "HDF5FrameHandler", "StreamFrameReader", "HANDLER_REGISTRY",
-           "path_from_uri", "open_for_reading"]
+           "path_from_uri", "open_for_reading", "HDF5_LOCK"]
 
 log = logging.getLogger(__name__)
 MIMETYPE = "application/x-hdf5"
@@ -57,7 +57,7 @@ _POLL_S = 0.05
 #: (``tests/test_hdf5_frames.py``). h5py's own lock covers one call, not a refresh and the read after it. So
 #: readers of a file share one handle and one object per dataset (:class:`_SharedFile`), and a refresh and its
 #: read, or a writer's append and flush, are one step under this lock.
-_HDF5_LOCK = threading.RLock()
+HDF5_LOCK = threading.RLock()
 
 
 def open_for_reading(path: str | os.PathLike[str], error: type[Exception], what: str) -> h5py.File:
@@ -124,7 +124,7 @@ class FrameFile:
         filters = compression_filter(compression)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with _HDF5_LOCK:
+            with HDF5_LOCK:
                 self._file, self._dset = self._create(dataset, filters)
         except OSError as exc:
             raise OutputPathError(f"cannot write frames to {self.path}: {exc}") from exc
@@ -153,7 +153,7 @@ class FrameFile:
         if frames.shape[1:] != self.shape:
             raise ValueError(f"frames of shape {frames.shape[1:]} do not fit {self.path} ({self.shape})")
         start = self.count
-        with _HDF5_LOCK:
+        with HDF5_LOCK:
             self._dset.resize(start + len(frames), axis=0)
             self._dset[start:] = frames.astype(self.dtype, copy=False)
             self._dset.flush()  # SWMR readers see the frames as soon as the document announcing them is out
@@ -167,7 +167,7 @@ class FrameFile:
         HDF5 leaves unwritten chunks unallocated, so this costs no disk space.
         """
         start = self.count
-        with _HDF5_LOCK:
+        with HDF5_LOCK:
             self._dset.resize(start + n, axis=0)
             self._dset.flush()
         self.count = start + n
@@ -176,7 +176,7 @@ class FrameFile:
     def close(self) -> None:
         """Close the file; never raises (it runs at the end of scans)."""
         try:
-            with _HDF5_LOCK:
+            with HDF5_LOCK:
                 self._file.close()
         except Exception:
             log.exception("closing %s failed", self.path)
@@ -192,9 +192,9 @@ def path_from_uri(uri: str) -> Path:
 
 class _SharedFile:
     """The one read-only SWMR handle of a file of frames in this process, and one object per dataset of it, for
-    every :class:`StreamFrameReader` of the file (see :data:`_HDF5_LOCK`); closed when its last reader closes."""
+    every :class:`StreamFrameReader` of the file (see :data:`HDF5_LOCK`); closed when its last reader closes."""
 
-    _open: dict[Path, _SharedFile] = {}  # guarded by _HDF5_LOCK
+    _open: dict[Path, _SharedFile] = {}  # guarded by HDF5_LOCK
 
     def __init__(self, path: Path) -> None:
         self.path = path  # resolved: one handle whatever the spelling of the path
@@ -207,7 +207,7 @@ class _SharedFile:
 
     @classmethod
     def acquire(cls, path: Path) -> _SharedFile:
-        """The file's shared handle, opened if no reader has it open (call with :data:`_HDF5_LOCK` held)."""
+        """The file's shared handle, opened if no reader has it open (call with :data:`HDF5_LOCK` held)."""
         key = path.resolve()
         shared = cls._open.get(key)
         if shared is None:
@@ -216,7 +216,7 @@ class _SharedFile:
         return shared
 
     def dataset(self, name: str) -> h5py.Dataset:
-        """The dataset ``name``, refreshed: the frames appended since (call with :data:`_HDF5_LOCK` held)."""
+        """The dataset ``name``, refreshed: the frames appended since (call with :data:`HDF5_LOCK` held)."""
         dset = self.datasets.get(name)
         if dset is None:
             dset = self.datasets[name] = self.file[name]
@@ -224,7 +224,7 @@ class _SharedFile:
         return dset
 
     def release(self) -> None:
-        """One reader fewer; the last closes the file (call with :data:`_HDF5_LOCK` held)."""
+        """One reader fewer; the last closes the file (call with :data:`HDF5_LOCK` held)."""
         self.readers -= 1
         if self.readers <= 0:
             self._open.pop(self.path, None)
@@ -256,10 +256,10 @@ class StreamFrameReader:
     def _read(self, need: Callable[[h5py.Dataset], int], read: Callable[[h5py.Dataset], np.ndarray]) -> np.ndarray:
         """``read(dataset)`` of the dataset, refreshed and holding at least ``need(dataset)`` frames if they come within
         ``wait_s`` (:data:`ANNOUNCED_FRAMES_WAIT_S`; a file that stayed short before is not waited for again
-        until it grows). The refresh and the read are one step under :data:`_HDF5_LOCK`; the wait is not."""
+        until it grows). The refresh and the read are one step under :data:`HDF5_LOCK`; the wait is not."""
         deadline = time.monotonic() + self.wait_s
         while True:
-            with _HDF5_LOCK:
+            with HDF5_LOCK:
                 if self._file is None:
                     self._file = _SharedFile.acquire(self.path)
                 dset = self._file.dataset(self.dataset)
@@ -297,7 +297,7 @@ class StreamFrameReader:
         return self._read(lambda dset: index + 1 if dset.ndim == 4 else first + exposures, rows)
 
     def close(self) -> None:
-        with _HDF5_LOCK:
+        with HDF5_LOCK:
             if self._file is not None:
                 self._file.release()
                 self._file = None

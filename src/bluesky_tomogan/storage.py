@@ -51,6 +51,8 @@ def local_tiled(path: str | os.PathLike[str] = "~/tomogan-data") -> Any:
     from tiled.server import SimpleTiledServer
 
     from .callbacks.frame_writer import default_directory
+    from .hdf5_frames import MIMETYPE
+    from .tiled_hdf5 import SerialHDF5Adapter
 
     _export_runs_as_documents()
     root = Path(path).expanduser().resolve()
@@ -63,6 +65,8 @@ def local_tiled(path: str | os.PathLike[str] = "~/tomogan-data") -> Any:
         raise OutputPathError(f"cannot create the data directory {exc.filename}: {exc}") from exc
     server = _start_daemon(lambda: SimpleTiledServer(directory=root / "tiled", readable_storage=readable,
                                                      api_key=_PROCESS_API_KEY))
+    # its reads of the frame files share this process's HDF5 lock with the callback's (tiled_hdf5)
+    server.catalog.context.adapters_by_mimetype[MIMETYPE] = SerialHDF5Adapter
     client = from_uri(server.uri)  # the URI carries the generated API key
     _SERVERS[id(client)] = server
     return client

@@ -1,0 +1,64 @@
+"""Tiled's HDF5 adapters for a Tiled server embedded in the process that reads and writes the frame files.
+
+HDF5 (1.14.6 here) gives wrong data, silently, when a file is open more than once in one process and one handle
+reads while another is refreshed or opened: this package's readers share one SWMR handle per file and take
+:data:`~bluesky_tomogan.hdf5_frames.HDF5_LOCK` (see there), but an embedded Tiled server
+(:func:`~bluesky_tomogan.storage.local_tiled`, the demo's and the profile's) opens each file again for every
+request, on its own threads. A client reading a run from it while a scan runs (a second process, a viewer) made
+the callback read wrong frames, and got wrong frames itself: 14 and 8 in 4,200 reads of one file, from a reader
+of ours and a Tiled-like open-read-close on two threads (0 and 0 with the lock). The adapters here are Tiled's
+own, with their construction and each read one step under that lock. A Tiled server in a process of its own
+(``tiled serve``) needs none of this: HDF5 keeps processes apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tiled.adapters.hdf5 import HDF5Adapter, HDF5ArrayAdapter
+from tiled.structures.core import StructureFamily
+
+from .hdf5_frames import HDF5_LOCK
+
+__all__ = ["SerialHDF5Adapter", "SerialHDF5ArrayAdapter"]
+
+
+class SerialHDF5ArrayAdapter(HDF5ArrayAdapter):
+    """Tiled's :class:`~tiled.adapters.hdf5.HDF5ArrayAdapter`, its files opened and read under ``HDF5_LOCK``.
+
+    A read computes its Dask graph (each task opens, reads and closes the file) while the lock is held, so this
+    process's frame readers and writers wait for it, and it for them.
+    """
+
+    @classmethod
+    def from_catalog(cls, *args: Any, **kwargs: Any) -> HDF5ArrayAdapter:
+        with HDF5_LOCK:
+            return super().from_catalog(*args, **kwargs)
+
+    @classmethod
+    def from_uris(cls, *args: Any, **kwargs: Any) -> HDF5ArrayAdapter:
+        with HDF5_LOCK:
+            return super().from_uris(*args, **kwargs)
+
+    def read(self, *args: Any, **kwargs: Any) -> Any:
+        with HDF5_LOCK:
+            return super().read(*args, **kwargs)
+
+    def read_block(self, *args: Any, **kwargs: Any) -> Any:
+        with HDF5_LOCK:
+            return super().read_block(*args, **kwargs)
+
+
+class SerialHDF5Adapter(HDF5Adapter):
+    """Tiled's adapter of the ``application/x-hdf5`` mimetype: a dataset (the frames of a stream, what TiledWriter
+    registers) through :class:`SerialHDF5ArrayAdapter`, a whole file's tree read under ``HDF5_LOCK``."""
+
+    @classmethod
+    def from_catalog(cls, data_source: Any, node: Any, /, *args: Any, **kwargs: Any) -> Any:
+        if data_source.structure_family == StructureFamily.array:
+            dataset = kwargs.pop("dataset", "/")
+            if not isinstance(dataset, str):
+                dataset = "/".join(dataset)
+            return SerialHDF5ArrayAdapter.from_catalog(data_source, node, *args, dataset=dataset, **kwargs)
+        with HDF5_LOCK:
+            return super().from_catalog(data_source, node, *args, **kwargs)
