@@ -255,6 +255,19 @@ def test_a_ladder_of_pruning_ratios_denoises_a_file_by_the_same_rule(tmp_path):
     np.testing.assert_allclose(np.load(out), expected, atol=1e-3)
 
 
+def test_a_frame_source_takes_angles_and_image_keys_only_one_a_frame():
+    """A FrameSource made by hand (``denoise_file``'s input) with angles or groups that are not one per frame is an
+    error where it is made: before, they were left out without a word, and the frames denoised by order."""
+    from bluesky_tomogan.frame_files import FrameSource
+
+    stack = np.zeros((4, 8, 8), np.float32)
+    made = FrameSource(stack.shape, stack.dtype, lambda a, b: stack[a:b], angles=np.arange(4.0), groups=np.zeros(4))
+    assert made.angles is not None and made.groups is not None
+    for wrong in ({"angles": np.arange(3.0)}, {"groups": np.zeros((4, 1))}):
+        with pytest.raises(ValueError, match="one value per frame"):
+            FrameSource(stack.shape, stack.dtype, lambda a, b: stack[a:b], **wrong)
+
+
 def test_a_file_whose_angles_cannot_be_read_is_denoised_by_order_with_a_warning(tmp_path, monkeypatch, caplog):
     """The angles and image_key only shape the context: a failure reading them (a file laid out in a way the
     NeXus reader trips on) is a warning, and the frames are denoised with their neighbours in the order stored."""

@@ -103,6 +103,14 @@ class FrameSource:
     #: no context.
     groups: np.ndarray | None = None
 
+    def __post_init__(self) -> None:
+        # one a frame, or none: a count that is not would be the wrong frames' angles, or ignored without a word
+        for what in ("angles", "groups"):
+            given = getattr(self, what)
+            if given is not None and np.shape(given) != (self.shape[0],):
+                raise ValueError(f"FrameSource {what} must hold one value per frame ({self.shape[0]}), "
+                                 f"got shape {np.shape(given)}")
+
 
 def _source(array: Any) -> FrameSource:
     """A source over an array-like that slices lazily (a memory map, an HDF5 dataset)."""
@@ -175,7 +183,7 @@ def _open(p: Path, key: str | None, stack: contextlib.ExitStack) -> FrameSource:
                   xrm.reference[None]}
         return FrameSource(xrm.shape, xrm.dtype, xrm.read, single=xrm.shape[0] == 1 and suffix == ".xrm",
                            projections=True, beside={k: v for k, v in beside.items() if v is not None},
-                           angles=xrm.angles)
+                           angles=xrm.angles if xrm.angles is not None and len(xrm.angles) == xrm.shape[0] else None)
     if h5py.is_hdf5(p):
         f = stack.enter_context(h5py.File(p, "r"))
         frames_key, keyed = _frames_key(f, p, key)
@@ -561,8 +569,8 @@ def _sink(path: Path, shape: tuple[int, ...], dtype: np.dtype, provenance: dict[
 def _order_of(source: FrameSource, lo: int, hi: int) -> dict[str, np.ndarray]:
     """The angles and groups of frames ``[lo, hi)`` of ``source`` that it knows, as :meth:`Denoiser.denoise`
     takes them."""
-    known = {"angles": source.angles, "groups": source.groups}
-    return {k: v[lo:hi] for k, v in known.items() if v is not None and len(v) == source.shape[0]}
+    known = {"angles": source.angles, "groups": source.groups}  # one a frame where given (FrameSource checks)
+    return {k: v[lo:hi] for k, v in known.items() if v is not None}
 
 
 def denoise_file(denoiser: _Denoiser, source: FrameSource, dest: str | os.PathLike[str], *,
