@@ -372,10 +372,10 @@ def test_angles_in_a_file_that_cannot_be_read_are_noted_and_every_frame_is_denoi
     assert note.startswith("the angles of ") and "were not read from their file" in note and "panda.h5" in note
 
 
-def test_an_angle_field_that_no_stream_has_is_said_and_a_step_scan_keeps_its_motors_angles(RE, tmp_path):
+def test_one_angle_field_for_fly_scans_leaves_step_scans_their_motors_angles(RE, tmp_path, caplog):
     """One ``angle_field`` for a beamline's fly scans leaves its step scans their motor's angles (the stepped golden
-    scan is denoised as without it); a fly scan whose frames have neither (no nominal ``angles`` either) gets a
-    note that names the field."""
+    scan is denoised as without it, and nothing is said); a fly scan whose capture has another data key (and no
+    nominal ``angles``) gets a warning that names both."""
     from .fly_scan import as_fly_scan
 
     raw, _ = _golden_angle_scan(RE, tmp_path, n=6)
@@ -387,5 +387,8 @@ def test_an_angle_field_that_no_stream_has_is_said_and_a_step_scan_keeps_its_mot
         np.testing.assert_allclose(with_field[seq][0], frame, atol=1e-5)
     fly = [(n, {k: v for k, v in d.items() if k != "angles"} if n == "start" else d)
            for n, d in as_fly_scan(raw, tmp_path)]
+    assert "angle" not in caplog.text
     _, run = _denoised_projections(fly, angle_field="panda-inenc-2-val")
-    assert any("angle_field='panda-inenc-2-val' is no data key" in e for e in run.errors), run.errors
+    assert run.errors == []
+    assert ("(angle_field 'panda-inenc-2-val' is no data key of it), but with ['panda-inenc-1-val'] written beside "
+            "them" in caplog.text)

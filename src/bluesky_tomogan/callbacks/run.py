@@ -672,10 +672,6 @@ class RunDenoiser(PassThroughRun):
             if missing and fields:
                 self._note(f"fields={missing} named no image field of the streams denoised "
                            f"(their image fields: {sorted(fields)})")
-        if o.angle_field is not None and not any(self._qc.knows_angles_of(s) for s in streams):
-            self._note(f"angle_field={o.angle_field!r} is no data key of the streams with images ({streams}), and "
-                       "they have no other angle: their frames' neighbours were taken by order, and QC's motion "
-                       "check allowed no rotation")
 
     def stop(self, doc: RunStop) -> RunStop:
         self._qc.ended()  # before the last frames are judged: they must not suspend a run being closed
