@@ -21,6 +21,20 @@ ophyd_async_core = pytest.importorskip("ophyd_async.core")
 ophyd_async_sim = pytest.importorskip("ophyd_async.sim")
 
 
+def fly_beamline(tmp_path, size, exposure, capture=False):
+    """The simulated fly beamline (its frames in the store under ``tmp_path``): rotation, sample stage, shutter, a
+    ``size``-pixel camera at 500 photons per pixel a frame, and with ``capture`` a simulated PandA (else None)."""
+    frames = frames_directory(tmp_path / "store")
+    with ophyd_async_core.init_devices():
+        rot = fly.SimFlyRotation(name="rot")
+        x = ophyd_async_sim.SimMotor(name="x")
+        shutter = ophyd_async_core.soft_signal_rw(str, "open", name="shutter")
+        det = fly.SimFlyTomoDetector(frames, rot, x, shutter, shape=(size, size), photon_flux=500 / exposure,
+                                     seed=7, name="det")
+        panda = fly.SimPositionCapture(frames, det, name="panda") if capture else None
+    return rot, x, shutter, det, panda
+
+
 def test_the_rotation_flies_from_its_run_up_through_start_and_stop_at_constant_speed(RE):
     with ophyd_async_core.init_devices():
         rot = fly.SimFlyRotation(name="rot", acceleration_time=0.1)
@@ -53,13 +67,7 @@ def test_a_fly_scan_of_the_simulated_beamline_is_reconstructed_near_the_noise_fr
     give or take the moment between the motor's kickoff and the detector's; the live reconstruction from those
     nominal angles finds the rotation centre and its denoised middle slice stands near the noise-free one."""
     size, n, exposure = 96, 60, 0.03
-    frames = frames_directory(tmp_path / "store")
-    with ophyd_async_core.init_devices():
-        rot = fly.SimFlyRotation(name="rot")
-        x = ophyd_async_sim.SimMotor(name="x")
-        shutter = ophyd_async_core.soft_signal_rw(str, "open", name="shutter")
-        det = fly.SimFlyTomoDetector(frames, rot, x, shutter, shape=(size, size), photon_flux=500 / exposure,
-                                     seed=7, name="det")
+    rot, x, shutter, det, _ = fly_beamline(tmp_path, size, exposure)
     cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="onnxruntime"), streams=["primary", "flat"])
     rec = TomoReconstruction(load_denoiser("tomogan-slice", backend="onnxruntime"))
     cb.subscribe(rec)
@@ -96,14 +104,7 @@ def test_a_position_capture_gives_each_frame_the_angle_it_was_taken_at(RE, store
     from bluesky_tomogan.callbacks import run_qc
 
     size, n, exposure = 64, 20, 0.02
-    frames = frames_directory(tmp_path / "store")
-    with ophyd_async_core.init_devices():
-        rot = fly.SimFlyRotation(name="rot")
-        x = ophyd_async_sim.SimMotor(name="x")
-        shutter = ophyd_async_core.soft_signal_rw(str, "open", name="shutter")
-        det = fly.SimFlyTomoDetector(frames, rot, x, shutter, shape=(size, size), photon_flux=500 / exposure,
-                                     seed=7, name="det")
-        panda = fly.SimPositionCapture(frames, det, name="panda")
+    rot, x, shutter, det, panda = fly_beamline(tmp_path, size, exposure, capture=True)
     asked = {}
     angle_of = run_qc.RunQC.angle_of
 

@@ -244,21 +244,22 @@ class _AcquireLogic(DetectorAcquireLogic):
 
 
 class _DataLogic(DetectorDataLogic):
-    def __init__(self, exposures: _Exposures, directory: Path) -> None:
-        self.exposures = exposures
+    """A new HDF5 file of ``source`` (the camera's frames, or a capture's angles) per staging, its rows announced by
+    StreamResource/StreamDatum as ``source.written`` counts them."""
+
+    def __init__(self, source: _Exposures | _Capture, directory: Path) -> None:
+        self.source = source
         self.directory = directory
 
     async def prepare_unbounded(self, datakey_name: str) -> StreamableDataProvider:
-        frames = self.exposures.open(self.directory / f"{datakey_name}_{uuid.uuid4().hex[:12]}.h5")
-        shape = self.exposures.camera.frame_shape
+        rows = self.source.open(self.directory / f"{datakey_name}_{uuid.uuid4().hex[:12]}.h5")
         return StreamResourceDataProvider(
-            uri=frames.uri, mimetype=MIMETYPE, collections_written_signal=self.exposures.written,
-            resources=[StreamResourceInfo(data_key=datakey_name, shape=shape, chunk_shape=(1, *shape),
-                                          dtype_numpy=np.dtype(np.uint16).str,
-                                          parameters={"dataset": frames.dataset})])
+            uri=rows.uri, mimetype=MIMETYPE, collections_written_signal=self.source.written,
+            resources=[StreamResourceInfo(data_key=datakey_name, shape=rows.shape, chunk_shape=(1, *rows.shape),
+                                          dtype_numpy=rows.dtype.str, parameters={"dataset": rows.dataset})])
 
     async def stop(self) -> None:
-        self.exposures.close()
+        self.source.close()
 
     def get_hinted_fields(self, datakey_name: str) -> Sequence[str]:
         return [datakey_name]
@@ -375,26 +376,8 @@ class _CaptureAcquireLogic(DetectorAcquireLogic):
         return None
 
 
-class _CaptureDataLogic(DetectorDataLogic):
+class _CaptureDataLogic(_DataLogic):
     datakey_suffix = "-inenc-1-val"  # a PandA's first encoder, as ophyd-async's PandA names its capture
-
-    def __init__(self, capture: _Capture, directory: Path) -> None:
-        self.capture = capture
-        self.directory = directory
-
-    async def prepare_unbounded(self, datakey_name: str) -> StreamableDataProvider:
-        angles = self.capture.open(self.directory / f"{datakey_name}_{uuid.uuid4().hex[:12]}.h5")
-        return StreamResourceDataProvider(
-            uri=angles.uri, mimetype=MIMETYPE, collections_written_signal=self.capture.written,
-            resources=[StreamResourceInfo(data_key=datakey_name, shape=(), chunk_shape=(1,),
-                                          dtype_numpy=np.dtype(np.float64).str,
-                                          parameters={"dataset": angles.dataset})])
-
-    async def stop(self) -> None:
-        self.capture.close()
-
-    def get_hinted_fields(self, datakey_name: str) -> Sequence[str]:
-        return [datakey_name]
 
 
 class SimPositionCapture(StandardDetector):
