@@ -392,3 +392,39 @@ def test_one_angle_field_for_fly_scans_leaves_step_scans_their_motors_angles(RE,
     assert run.errors == []
     assert ("(angle_field 'panda-inenc-2-val' is no data key of it), but with ['panda-inenc-1-val'] written beside "
             "them" in caplog.text)
+
+
+def test_a_stream_datum_of_thousands_of_captured_angles_gives_every_frame_its_angle():
+    """A PandA flushed seldom (a fast camera: one StreamDatum of 6,000 rows) and then StreamDatums of a few rows:
+    every frame's angle is found in its StreamDatum's rows (read once per StreamDatum), in the data key's units;
+    a frame whose StreamDatum has not come has none."""
+    from types import SimpleNamespace
+
+    from bluesky_tomogan.callbacks.run_qc import RunQC
+    from bluesky_tomogan.frame_roles import FrameRoles
+    from bluesky_tomogan.qc import QCFeedback
+
+    angles = np.linspace(0, np.pi, 6010)  # radians, as the data key's units say
+    reads = []
+
+    def read(start, stop):
+        reads.append((start, stop))
+        return angles[start:stop]
+
+    descriptor = {"uid": "d", "name": "primary", "data_keys": {
+        "det": {"shape": [1, 8, 8], "dtype": "array", "source": "", "external": "STREAM:"},
+        "enc": {"shape": [1], "dtype": "number", "source": "", "external": "STREAM:", "units": "rad"}}}
+    qc = RunQC(QCFeedback(), angle_field="enc")
+    qc.start({"uid": "run", "time": 0.0})
+    try:
+        qc.take_angles(descriptor, FrameRoles(descriptor))
+        for first, stop in ((0, 6000), (6000, 6004), (6004, 6010)):
+            qc.locate_angles("primary", read, {"uid": f"sd{first}", "indices": {"start": first, "stop": stop},
+                                               "seq_nums": {"start": first + 1, "stop": stop + 1}})
+        found = [qc.angle_of(SimpleNamespace(stream=SimpleNamespace(raw_name="primary"), seq_num=s))
+                 for s in range(1, 6011)]
+        np.testing.assert_allclose(found, np.rad2deg(angles))
+        assert sorted(reads) == [(0, 6000), (6000, 6004), (6004, 6010)]
+        assert qc.angle_of(SimpleNamespace(stream=SimpleNamespace(raw_name="primary"), seq_num=6011)) is None
+    finally:
+        qc.close()

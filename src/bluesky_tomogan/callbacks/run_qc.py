@@ -10,6 +10,7 @@ RunEngine's own thread.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import math
@@ -51,6 +52,9 @@ POSITIONS_KEPT = 4096
 #: Seconds between two tries to read angles announced in a file but not readable yet (not flushed): the worker asks
 #: every millisecond while it waits for a frame's angle (:meth:`RunQC.angle_of`), and must not read the file as often.
 FILED_RETRY_S = 0.02
+#: StreamDatums of a fly scan's angles kept per stream (each any number of frames): a frame's angle is asked for
+#: within a few frames of its StreamDatum, never thousands of StreamDatums later.
+FILED_BLOCKS_KEPT = 1024
 #: Flags that presume a beam: a dark frame (shutter closed) has none by design, and a photon counter's dark
 #: frame is all zeros, which is not a readout failure.
 BEAM_FLAGS = frozenset({"beam_lost", "noisy", "dead_pixels"})
@@ -113,7 +117,8 @@ class RunQC:
         self._nominal: list[float] = []
         self._nominal_streams: set[str] = set()  # raw streams whose frame seq_num - 1 indexes ``_nominal``
         self._axis_streams: set[str] = set()  # raw streams whose events, or files, carry the scanned axis
-        self._filed: dict[tuple[str, int], _FiledAngles] = {}  # (raw stream, seq_num) -> where its angle lies
+        # raw stream -> where its frames' angles lie, a block per StreamDatum, in seq_num order
+        self._filed: dict[str, list[_FiledAngles]] = {}
         self._angle_files: dict[int, _AngleFile] = {}  # id of a reader -> the file it reads
         self._verdicts: queue.Queue[Verdict | None] = queue.Queue(FEEDBACK_QUEUE)
         self._thread: threading.Thread | None = None
@@ -188,17 +193,16 @@ class RunQC:
         source = self._angle_files.get(id(read))
         if source is None or source.read is not read:
             source = self._angle_files[id(read)] = _AngleFile(read)
-        block = _FiledAngles(source, row, seq, stop - row)
-        for s in range(seq, seq + stop - row):
-            self._filed[(raw_name, s)] = block
-        while len(self._filed) > POSITIONS_KEPT:
-            del self._filed[next(iter(self._filed))]
+        blocks = self._filed.setdefault(raw_name, [])
+        bisect.insort(blocks, _FiledAngles(source, row, seq, stop - row), key=lambda b: b.seq)
+        if len(blocks) > FILED_BLOCKS_KEPT:  # the oldest: their frames were denoised long ago
+            del blocks[: len(blocks) - FILED_BLOCKS_KEPT]
 
     def unread_angles(self) -> tuple[int, str]:
         """Frames whose angle was asked for and could not be read from its file, and the last reason (callback
         thread, at the stop)."""
-        failed = {id(b): b for b in list(self._filed.values()) if b.error and b.values is None}
-        return sum(b.count for b in failed.values()), next((b.error for b in reversed(failed.values())), "")
+        failed = [b for blocks in list(self._filed.values()) for b in list(blocks) if b.error and b.values is None]
+        return sum(b.count for b in failed), failed[-1].error if failed else ""
 
     def keep_positions(self, raw_name: str, doc: EventPage) -> None:
         """Scalar readings (angle, positions) of each raw event: where a recommendation re-acquires."""
@@ -383,12 +387,18 @@ class RunQC:
         if angle is None and wait > 0 and item.stream.raw_name in self._axis_streams:
             deadline = time.monotonic() + wait
             while angle is None and (now := time.monotonic()) < deadline:
-                block = self._filed.get((item.stream.raw_name, item.seq_num))
+                block = self._block(item.stream.raw_name, item.seq_num)
                 if block is not None and block.source.failed_for(now) >= wait:  # its file fails: it will not come
                     break
                 time.sleep(0.001)
                 angle = self._angle(item.stream.raw_name, item.seq_num)
         return angle
+
+    def _block(self, raw_name: str, seq_num: int) -> _FiledAngles | None:
+        """The StreamDatum whose rows hold the angle of frame ``seq_num`` of ``raw_name``, if one came."""
+        blocks = list(self._filed.get(raw_name, ()))  # a copy: the callback thread adds to it
+        i = bisect.bisect_right(blocks, seq_num, key=lambda b: b.seq) - 1
+        return blocks[i] if i >= 0 and seq_num < blocks[i].seq + blocks[i].count else None
 
     def _position(self, raw_name: str, seq_num: int) -> dict[str, Any]:
         return self._positions.get((raw_name, seq_num), {})
@@ -397,7 +407,7 @@ class RunQC:
         axis = self._axis_keys.get(raw_name)
         value = None if axis is None else self._position(raw_name, seq_num).get(axis)
         if value is None:
-            block = self._filed.get((raw_name, seq_num))
+            block = self._block(raw_name, seq_num)
             value = block.value(seq_num) if block is not None else None
         if value is not None:
             return float(value) * self._degrees_per_unit.get(raw_name, 1.0)
