@@ -642,6 +642,38 @@ def test_demo_with_faults_suspends_on_the_beam_dump_and_shows_the_qc_timeline(tm
     assert (out / "demo.png").stat().st_size > 10_000
 
 
+def test_demo_fly_capture_reconstructs_at_the_angles_a_simulated_panda_captured(tmp_path):
+    """``demo --fly --capture``: a simulated PandA flown beside the camera records each exposure's angle into the
+    run (``panda-inenc-1-val``), and the callback and the live reconstruction take those: no note of the plan's
+    nominal angles. ``--capture`` without ``--fly`` is an error before any store is made."""
+    import numpy as np
+
+    pytest.importorskip("bluesky_tomogan.devices.fly", reason="demo --fly needs ophyd-async >= 0.21")
+    out = tmp_path / "demo"
+    done = subprocess.run([sys.executable, "-m", "bluesky_tomogan.cli", "demo", "--out", str(out), "--size", "48",
+                           "--angles", "20", "--exposure", "0.05", "--backend", "onnxruntime", "--fly", "--capture"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "each frame's angle captured (panda-inenc-1-val)" in done.stdout and "0 frames dropped" in done.stdout
+
+    from bluesky_tomogan.storage import close_local_tiled, local_tiled
+
+    client = local_tiled(out)
+    try:
+        (uid,) = list(client)
+        run = client[uid]
+        captured = np.ravel(run["primary"]["panda-inenc-1-val"].read())
+        nominal = np.asarray(run.metadata["start"]["angles"])
+        assert captured.shape == (20,) and np.all(np.diff(captured) > 0)
+        np.testing.assert_allclose(captured, nominal, atol=180 / 20)  # late by the kickoffs' little, within a step
+        assert all("nominal" not in str(n) for n in run["reconstruction"]["note"].read())
+    finally:
+        close_local_tiled(client)
+    refused = subprocess.run([sys.executable, "-m", "bluesky_tomogan.cli", "demo", "--out", str(tmp_path / "no"),
+                              "--capture"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "add --fly" in refused.stderr and not (tmp_path / "no").exists()
+
+
 def test_demo_fly_flies_the_simulated_ophyd_async_beamline_through_its_faults(tmp_path):
     """``demo --fly``: ``tomo_fly_scan`` of the simulated ophyd-async beamline, its frames (no event) denoised and
     reconstructed live at the plan's nominal angles, the faults injected as frames reach them, all stored."""

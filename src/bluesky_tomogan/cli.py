@@ -424,7 +424,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     metrics = run_demo(Path(args.out).expanduser(), size=args.size, n_angles=args.angles, photons=args.photons,
                        backend=args.backend, exposure=args.exposure, faults=args.faults, policy=args.policy,
-                       report=print, live_view=args.live_view, fly=args.fly)
+                       report=print, live_view=args.live_view, fly=args.fly, capture=args.capture)
     ok = metrics["exit_status"] == "success" and (args.faults or metrics["qc_errors"] == 0)
     return 0 if ok else 1
 
@@ -550,6 +550,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a fly scan (tomo_fly_scan) of the simulated ophyd-async beamline: the sample turns at "
                         "constant speed while the camera takes a frame every --exposure seconds (needs the fly "
                         "extra: pip install -e '.[fly]')")
+    s.add_argument("--capture", action="store_true",
+                   help="with --fly: a simulated PandA captures each frame's angle beside the frames, and the "
+                        "callback and the reconstruction take those (angle_field panda-inenc-1-val), not the plan's "
+                        "nominal ones")
     s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("serve", help="denoise runs from a bluesky 0MQ or Kafka stream in this process "

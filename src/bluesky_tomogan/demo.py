@@ -41,6 +41,8 @@ from .metrics import psnr, ssim
 __all__ = ["run_demo"]
 
 log = logging.getLogger(__name__)
+#: The data key of the simulated PandA's capture (``demo --fly --capture``), as ophyd-async's PandA names one.
+CAPTURE_KEY = "panda-inenc-1-val"
 
 
 #: The demo's frame sizes: the smallest that reconstructs three slices with neighbours, the largest whose
@@ -77,6 +79,7 @@ def run_demo(
     report: Callable[[str], None] = log.info,
     live_view: bool = False,
     fly: bool = False,
+    capture: bool = False,
 ) -> dict[str, Any]:
     """Run the demo scan and return its measured numbers; see the module docstring.
 
@@ -118,6 +121,11 @@ def run_demo(
         :mod:`bluesky_tomogan.devices.fly`; needs the ``fly`` extra): the sample turns at constant speed while
         the camera takes a frame every ``exposure`` seconds, each blurred over its angular step; no angle is
         recorded per frame, so the reconstruction takes the plan's nominal ones.
+    capture : bool
+        With ``fly``: a simulated PandA (:class:`~bluesky_tomogan.devices.fly.SimPositionCapture`) records
+        the angle at the middle of each exposure beside the frames, and the callback (context, QC) and the
+        reconstruction take those (``angle_field="panda-inenc-1-val"``), as at a fly beamline with position
+        capture.
     """
     from bluesky import RunEngine
     from bluesky.callbacks.tiled_writer import TiledWriter
@@ -136,6 +144,8 @@ def run_demo(
     if policy not in _POLICIES:
         raise ValueError(f"policy must be one of {_POLICIES}, got {policy!r}")
     _check_settings(size, n_angles, photons, exposure)
+    if capture and not fly:
+        raise InputValueError("demo: a position capture (--capture) records a fly scan's angles: add --fly")
     fly_devices = _fly_devices() if fly else None  # before any store is made: a missing extra is said first
     root = Path(out).expanduser().resolve()
     try:
@@ -166,17 +176,18 @@ def run_demo(
             camera, key = det, det.image_key
             plan = tomo_scan(det, stage, list(angles_deg(n_angles)), md=md)
         else:  # ophyd-async devices connect in the RunEngine's event loop: made after it
-            det, plan = _fly_beamline(fly_devices, root, size, photons, exposure, seed, beam, n_angles, md)
+            det, plan = _fly_beamline(fly_devices, root, size, photons, exposure, seed, beam, n_angles, md, capture)
             camera, key = det.camera, det.name
         monitor = QCMonitor(name="qc", beam=beam, beam_ok=0.5 * beam.nominal)
         feedback = QCFeedback(QCPolicy(), monitor=monitor, RE=RE)  # the dark level from the run's darks
         feedback.install_suspenders(RE, sleep=0.5)
         RE.install_suspender(SuspendFloor(beam, 0.25 * beam.nominal, resume_thresh=0.5 * beam.nominal, sleep=0.5))
         # Flats are denoised too: the flat's own noise is the strongest stripe in the sinogram.
+        angle_field = CAPTURE_KEY if capture else None  # each frame's angle, where a PandA captures it
         cb = TomoGANCallback(den, streams=list(SCAN_STREAMS), directory=frames_directory(root), policy=policy,
-                             feedback=feedback)
+                             feedback=feedback, angle_field=angle_field)
         live = TomoReconstruction(load_denoiser("tomogan-slice", backend=backend), every=max(n_angles // 3, 1),
-                                  directory=frames_directory(root))
+                                  directory=frames_directory(root), angle_field=angle_field)
         cb.subscribe(live)
         live.subscribe(TiledWriter(client))
         views = _live_views(report) if live_view else None
@@ -188,7 +199,7 @@ def run_demo(
         if faults:
             RE.subscribe(_fault_injector(camera, beam, n_angles, report))
         report(f"scanning{' on the fly' if fly else ''}: {n_angles} projections of {size}x{size} at {photons:g} "
-               "photons/pixel ...")
+               "photons/pixel" + (f", each frame's angle captured ({CAPTURE_KEY})" if capture else "") + " ...")
         t0 = time.perf_counter()
         result = RE(plan)
         (uid,) = result if isinstance(result, tuple) else result.run_start_uids
@@ -197,8 +208,9 @@ def run_demo(
         if views is not None:
             draw_deferred()  # its slice, for windows drawn on the main thread only (Tk, GTK, wx)
         run = client[uid]
-        # the angles each projection was reconstructed at: the stage's, or a fly scan's nominal ones
-        angles = np.asarray(run.metadata["start"]["angles"], float) if fly else angles_deg(n_angles)
+        # the angles each projection was reconstructed at: the stage's, a fly scan's captured or nominal ones
+        angles = (np.ravel(run["primary"][CAPTURE_KEY].read()).astype(float) if capture
+                  else np.asarray(run.metadata["start"]["angles"], float) if fly else angles_deg(n_angles))
         metrics = _evaluate(run, camera, key, angles, photons, blur=180.0 / n_angles if fly else 0.0)
         metrics |= {"uid": uid, "scan_seconds": wall, "dropped": cb.dropped, "qc_errors": len(cb.errors),
                     "denoiser": repr(den), "exit_status": run.metadata["stop"]["exit_status"],
@@ -281,8 +293,9 @@ def _fly_devices() -> Any:
 
 
 def _fly_beamline(fly: Any, root: Path, size: int, photons: float, exposure: float, seed: int, beam: Any,
-                  n_angles: int, md: dict[str, Any]) -> tuple[Any, Any]:
-    """The simulated ophyd-async beamline's camera and a ``tomo_fly_scan`` of it over 180 degrees."""
+                  n_angles: int, md: dict[str, Any], capture: bool = False) -> tuple[Any, Any]:
+    """The simulated ophyd-async beamline's camera and a ``tomo_fly_scan`` of it over 180 degrees (with ``capture``,
+    its simulated PandA flown beside the camera)."""
     from ophyd_async.core import init_devices, soft_signal_rw
     from ophyd_async.sim import SimMotor
 
@@ -295,8 +308,9 @@ def _fly_beamline(fly: Any, root: Path, size: int, photons: float, exposure: flo
         shutter = soft_signal_rw(str, "open", name="shutter")
         det = fly.SimFlyTomoDetector(frames_directory(root) / "raw", rot, x, shutter, shape=(size, size),
                                      photon_flux=photons / exposure, beam=beam, seed=seed, name="det")
+        panda = fly.SimPositionCapture(frames_directory(root) / "raw", det, name="panda") if capture else None
     return det, tomo_fly_scan(det, rot, 0.0, 180.0, n_angles, exposure=exposure, shutter=shutter, sample_x=x,
-                              md=md)
+                              md=md, capture=[panda] if panda is not None else ())
 
 
 def _fault_injector(camera: Any, beam: Any, n_angles: int, report: Callable[[str], None]) -> Callable[[str, Any], None]:
