@@ -143,6 +143,47 @@ def test_run_stored_in_tiled_has_denoised_frames_and_qc_columns(RE, denoiser, st
     assert derived_streams(run) == {("primary", "det_image"): "denoised"}  # found by what it denoises
 
 
+def test_each_stored_denoised_row_holds_its_own_frame_when_frames_finish_out_of_order(RE, denoiser, store, tmp_path):
+    """Two frames without beam mid-scan are flagged at once, while the frame before them waits for its next
+    neighbour: frames finish out of order. Tiled reads a derived stream's frames by file row, so each row must be
+    where its frame's row is emitted: every stored denoised frame is the one the callback denoised for that row
+    (the same as frames kept inside events), and the unusable frames' rows are zeros. Before, the file's rows
+    followed the order frames finished: the two frames before the fault read as zeros, and the unusable frames'
+    rows held their neighbours' denoised frames."""
+    from bluesky_tomogan.plans import tomo_scan
+
+    frames_dir = frames_directory(tmp_path / "store")
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(48, 48), directory=frames_dir / "raw",
+                          simulate_timing=False)
+    docs = []
+
+    def lose_the_beam(name, doc):
+        if name == "event" and doc["seq_num"] == 5 and "stage_theta" in doc["data"]:
+            det.inject_fault("beam_dump", frames=2)
+
+    RE.subscribe(lose_the_beam)
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    cb = TomoGANCallback(denoiser, streams=["primary"], directory=frames_dir)
+    cb.subscribe(TiledWriter(store))
+    RE.subscribe(cb)
+    (uid,) = RE(tomo_scan(det, stage, list(range(0, 36, 3)), n_darks=1, n_flats=1))
+    denoised = store[uid]["denoised"]
+    errors = list(denoised["det_image_qc_error"].read())
+    assert [i for i, e in enumerate(errors) if e] == [5, 6]  # seq 6 and 7: no beam
+    inline = TomoGANCallback(denoiser, streams=["primary"], inline=True)
+    rows = []
+    inline.subscribe(lambda name, doc: rows.extend(doc["data"]["det_image_denoised"])
+                     if name == "event_page" and "det_image_denoised" in doc["data"] else None)
+    for name, doc in docs:
+        inline(name, doc)
+    stored = denoised["det_image_denoised"].read()
+    assert len(rows) == len(stored) == 12
+    for i, (mine, theirs) in enumerate(zip(stored, rows, strict=True)):
+        np.testing.assert_allclose(mine, np.asarray(theirs), atol=1e-3, err_msg=f"row {i}")
+    assert not stored[5].any() and not stored[6].any() and stored[4].mean() > 100
+
+
 def test_raw_stream_is_byte_identical_with_and_without_the_callback(RE, denoiser, store, tmp_path):
     """The same scan (same seeds) stored once directly and once through the callback."""
     frames_dir = frames_directory(tmp_path / "store")

@@ -330,14 +330,14 @@ def test_an_unwritable_directory_records_every_row_and_the_scan_goes_on(RE, deno
 
 
 def test_a_full_disk_records_the_frames_it_could_not_write(RE, denoiser, tmp_path, monkeypatch):
-    real_append = FrameFile.append
+    real_put = FrameFile.put  # how the callback writes each derived frame, at its row
 
-    def append(self, frames):
-        if self.count >= 2 and self.dtype == np.float32:
+    def put(self, index, frame):
+        if index >= 2 and self.dtype == np.float32:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_append(self, frames)
+        return real_put(self, index, frame)
 
-    monkeypatch.setattr(FrameFile, "append", append)
+    monkeypatch.setattr(FrameFile, "put", put)
     cb = TomoGANCallback(denoiser, directory=tmp_path / "frames")
     rec = Recorder(RE, cb)
     RE(bp.count([camera()], num=5))

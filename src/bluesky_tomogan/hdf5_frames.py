@@ -173,6 +173,27 @@ class FrameFile:
         self.count = start + n
         return start, self.count
 
+    def put(self, index: int, frame: np.ndarray | None) -> int:
+        """Write ``frame`` ``(H, W)`` at row ``index``, the file grown to hold it (rows between stay zeros until
+        written); ``None`` writes nothing (a frame dropped or failed: its row holds zeros). Returns ``index``.
+
+        For rows taken in one order and finished in another (a frame that waits for its neighbours finishes after
+        one flagged at once): each frame keeps the row of its place.
+        """
+        if index < 0:
+            raise ValueError(f"row index must be >= 0, got {index}")
+        with HDF5_LOCK:
+            if index >= self.count:
+                self._dset.resize(index + 1, axis=0)
+                self.count = index + 1
+            if frame is not None:
+                frame = np.asarray(frame)
+                if frame.shape != self.shape:
+                    raise ValueError(f"a frame of shape {frame.shape} does not fit {self.path} ({self.shape})")
+                self._dset[index] = frame.astype(self.dtype, copy=False)
+            self._dset.flush()
+        return index
+
     def close(self) -> None:
         """Close the file; never raises (it runs at the end of scans)."""
         try:

@@ -163,6 +163,9 @@ class QueuedFrame:
     metrics: FrameMetrics = field(default_factory=FrameMetrics)
     done: bool = False  # denoised (its row is on its way)
     recorded: bool = False  # its result was handed to the row writer (denoised or not)
+    # its row in its derived stream's file, taken in the order frames are handled (RunDenoiser._take_row), so that
+    # file rows follow the rows emitted whatever order frames finish in
+    row: int | None = None
 
     def __post_init__(self) -> None:
         if self.origin is None:

@@ -155,6 +155,11 @@ class DerivedFrameWriter:
             return self._files[slot].skip(1)
         return self._files[slot].append(frames)
 
+    def write_at(self, slot: str, index: int, frame: np.ndarray | None) -> int:
+        """Write one ``(H, W)`` frame (``None``: a row of zeros, not written) at row ``index`` of ``slot``'s file,
+        growing it as needed; return ``index``. Worker thread, as :meth:`write`."""
+        return self._files[slot].put(index, frame)
+
     def datum(self, slot: str, start: int, stop: int, first_seq_num: int, descriptor: Any) -> dict[str, Any]:
         """The StreamDatum of rows ``[start, stop)``, for events from ``first_seq_num`` on."""
         doc = self._bundles[slot].compose_stream_datum(

@@ -211,6 +211,7 @@ class RunDenoiser(PassThroughRun):
         self._tokens = itertools.count()
         self._pending: dict[int, QueuedFrame] = {}  # queued, not yet emitted, in arrival order (callback thread only)
         self._ready: dict[int, FrameResult] = {}  # finished, waiting for earlier frames of their stream
+        self._rows_taken: dict[int, int] = {}  # id of a derived stream -> rows of its file taken (_take_row)
         self._outbox: deque[FrameResult] = deque()
         self._lock = threading.Lock()  # guards _closed against the worker's writes
         self._compose_lock = threading.Lock()  # guards composing derived streams (both threads)
@@ -846,6 +847,7 @@ class RunDenoiser(PassThroughRun):
                                      finished=time.time()))
             return
         item.stream = self._stream_of_frame(item, np.shape(item.frame))
+        self._take_row(item)  # now, in the order handled: it may finish after frames handled after it
         if item.role == INVALID:  # NXtomo's image_key 3: the plan says the frame is not to be used
             said_by = self._role_fields.get(item.stream.raw_name, "its event")
             self._finish(FrameResult(item, None, f"not denoised: {said_by} marks the frame invalid",
@@ -988,6 +990,7 @@ class RunDenoiser(PassThroughRun):
                 log.exception("TomoGAN: QC of %s seq %d failed", result.item.stream.field, result.item.seq_num)
                 result.error = result.error or f"internal error in QC: {type(exc).__name__}: {exc}"
         stream = result.item.stream
+        row = self._take_row(result.item)  # (taken when the worker handled it, unless it never did)
         if result.denoised is not None:  # as the derived stream stores it (QC has seen the float frame); not
             result.denoised = cast_frames(result.denoised, np.dtype(stream.dtype))  # under the lock the RE shares
         with self._lock:
@@ -1005,12 +1008,27 @@ class RunDenoiser(PassThroughRun):
                 result.denoised = None
             elif self._writer is not None and stream.resource_ready:
                 try:
-                    result.index, _ = self._writer.write(stream.slot, result.denoised)
+                    result.index = self._writer.write_at(stream.slot, row, result.denoised)
                 except Exception as exc:  # a full disk must not stop the scan
                     log.exception("writing the denoised %s seq %d failed", stream.field, result.item.seq_num)
                     result.error = result.error or f"cannot write the denoised frame: {type(exc).__name__}: {exc}"
                 result.denoised = None  # on disk now (or lost, with the reason): keep the outbox small
             self._outbox.append(result)
+
+    def _take_row(self, item: QueuedFrame) -> int:
+        """``item``'s row in its derived stream's file: the next one, taken once.
+
+        Rows are emitted in the raw frames' order (:meth:`_emit_finished`), and Tiled reads a derived stream's
+        frames by file row; the worker handles frames in that order, but finishes them in another (a frame that
+        waits for its next neighbour finishes after one flagged at once). So each frame takes its row when the
+        worker handles it (or, never handled, when it is recorded), and is written there when it finishes.
+        """
+        with self._lock:
+            if item.row is None:
+                key = id(item.stream)
+                item.row = self._rows_taken.get(key, 0)
+                self._rows_taken[key] = item.row + 1
+            return item.row
 
     # -- emitting (callback thread) ---------------------------------------------------------
 
