@@ -135,3 +135,50 @@ def test_a_position_capture_gives_each_frame_the_angle_it_was_taken_at(RE, store
     live = run["reconstruction"]
     assert bool(live["final"].read()[-1]) and int(live["projections"].read()[-1]) == n
     assert all(note == "" for note in live["note"].read())  # not "the plan's nominal angle"
+
+
+def test_projections_qc_found_unusable_are_flown_again_with_their_angles_captured(RE, store, tmp_path):
+    """``tomo_fly_scan(..., feedback=feedback)`` with a position capture: three frames flown without beam (flagged
+    ``beam_lost``) are flown again after the rotation, into ``primary`` with their captured angles; each retake is a
+    ``qc_actions`` row, and the live reconstruction takes the retaken frames instead of the lost ones: every angle
+    of the scan has a usable projection. Without a capture, retakes are refused before any run."""
+    from bluesky_tomogan.qc import QCFeedback, QCPolicy
+
+    size, n, exposure = 48, 24, 0.02
+    rot, x, shutter, det, panda = fly_beamline(tmp_path, size, exposure, capture=True)
+    key = "panda-inenc-1-val"
+    feedback = QCFeedback(QCPolicy())
+    cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="onnxruntime"), streams=["primary", "flat"],
+                         feedback=feedback, angle_field=key)
+    rec = TomoReconstruction(load_denoiser("tomogan-slice", backend="onnxruntime"), angle_field=key)
+    cb.subscribe(rec)
+    rec.subscribe(TiledWriter(store))
+    RE.subscribe(cb)
+    primary: set[str] = set()
+
+    def lose_the_beam(name, doc):  # on the first projections collected: the next three frames get no photons
+        if name == "descriptor" and doc["name"] == "primary":
+            primary.add(doc["uid"])
+        elif name == "stream_datum" and doc["descriptor"] in primary and not primary & {"lost"}:
+            primary.add("lost")
+            det.camera.inject_fault("beam_dump", frames=3)
+
+    RE.subscribe(lose_the_beam)
+    (uid,) = RE(tomo_fly_scan(det, rot, 0, 180, n, exposure=exposure, shutter=shutter, sample_x=x, n_darks=2,
+                              n_flats=2, capture=[panda], flush_period=0.05, feedback=feedback))
+    assert rec.wait(timeout=60)
+    run = store[uid]
+    flags = list(run["denoised"]["det_qc_flags"].read())
+    lost = [i for i, f in enumerate(flags[:n]) if "beam_lost" in f]
+    assert len(lost) == 3 and len(flags) == n + 3
+    assert not any("beam_lost" in f for f in flags[n:])  # the retakes had beam
+    actions = run["qc_actions"]
+    assert list(actions["qc_action"].read()) == ["retake"] * 3
+    assert list(actions["qc_source_seq_num"].read()) == [i + 1 for i in lost]
+    nominal = np.asarray(run.metadata["start"]["angles"])
+    captured = np.ravel(run["primary"][key].read())
+    np.testing.assert_allclose(captured[n:], nominal[lost], atol=180 / n / 2)  # each retake at its lost angle
+    live = run["reconstruction"]
+    assert bool(live["final"].read()[-1]) and int(live["projections"].read()[-1]) == n
+    with pytest.raises(ValueError, match="needs each frame's angle captured"):
+        RE(tomo_fly_scan(det, rot, 0, 180, n, exposure=exposure, shutter=shutter, sample_x=x, feedback=feedback))

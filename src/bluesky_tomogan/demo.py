@@ -125,7 +125,8 @@ def run_demo(
         With ``fly``: a simulated PandA (:class:`~bluesky_tomogan.devices.fly.SimPositionCapture`) records
         the angle at the middle of each exposure beside the frames, and the callback (context, QC) and the
         reconstruction take those (``angle_field="panda-inenc-1-val"``), as at a fly beamline with position
-        capture.
+        capture; the projections QC finds unusable (with ``faults``: flown without beam) are flown again
+        after the rotation (``tomo_fly_scan(..., feedback=...)``).
     """
     from bluesky import RunEngine
     from bluesky.callbacks.tiled_writer import TiledWriter
@@ -167,6 +168,8 @@ def run_demo(
         RE = RunEngine({}, during_task=LiveViewDuringTask())
         RE.record_interruptions = True
         md = {"sample": "glass beads (simulated)", "purpose": "bluesky-tomogan demo"}
+        monitor = QCMonitor(name="qc", beam=beam, beam_ok=0.5 * beam.nominal)
+        feedback = QCFeedback(QCPolicy(), monitor=monitor, RE=RE)  # the dark level from the run's darks
         if fly_devices is None:
             stage = SimTomoStage(name="stage")
             det: Any = SimTomoDetector(name="det", stage=stage, beam=beam, shape=(size, size),
@@ -176,10 +179,10 @@ def run_demo(
             camera, key = det, det.image_key
             plan = tomo_scan(det, stage, list(angles_deg(n_angles)), md=md)
         else:  # ophyd-async devices connect in the RunEngine's event loop: made after it
-            det, plan = _fly_beamline(fly_devices, root, size, photons, exposure, seed, beam, n_angles, md, capture)
+            # with a capture, the frames QC finds unusable (flown without beam) are flown again after the rotation
+            det, plan = _fly_beamline(fly_devices, root, size, photons, exposure, seed, beam, n_angles, md,
+                                      feedback if capture else None)
             camera, key = det.camera, det.name
-        monitor = QCMonitor(name="qc", beam=beam, beam_ok=0.5 * beam.nominal)
-        feedback = QCFeedback(QCPolicy(), monitor=monitor, RE=RE)  # the dark level from the run's darks
         feedback.install_suspenders(RE, sleep=0.5)
         RE.install_suspender(SuspendFloor(beam, 0.25 * beam.nominal, resume_thresh=0.5 * beam.nominal, sleep=0.5))
         # Flats are denoised too: the flat's own noise is the strongest stripe in the sinogram.
@@ -211,14 +214,17 @@ def run_demo(
         # the angles each projection was reconstructed at: the stage's, a fly scan's captured or nominal ones
         angles = (np.ravel(run["primary"][CAPTURE_KEY].read()).astype(float) if capture
                   else np.asarray(run.metadata["start"]["angles"], float) if fly else angles_deg(n_angles))
-        metrics = _evaluate(run, camera, key, angles, photons, blur=180.0 / n_angles if fly else 0.0)
+        metrics = _evaluate(run, camera, key, angles, photons, blur=180.0 / n_angles if fly else 0.0,
+                            planned=n_angles)
         metrics |= {"uid": uid, "scan_seconds": wall, "dropped": cb.dropped, "qc_errors": len(cb.errors),
                     "denoiser": repr(den), "exit_status": run.metadata["stop"]["exit_status"],
                     "plan": run.metadata["start"]["plan_name"]}
         timeline = _qc_timeline(run, key)
         metrics |= {"suspensions": len(timeline["suspensions"]), "flagged_frames": len(timeline["flags"]),
                     "lagging_frames": sum(flag == "lagging" for _, flag in timeline["flags"]),
-                    "networks": _networks(run, key)}
+                    "networks": _networks(run, key),
+                    "retaken_frames": (sum(str(a) == "retake" for a in run["qc_actions"]["qc_action"].read())
+                                       if "qc_actions" in run else 0)}
         figure = root / "demo.png"
         _figure(figure, metrics.pop("_panels"), den, metrics, timeline)
         monitor.cancel_timers()
@@ -227,8 +233,9 @@ def run_demo(
 
     report(f"scan {uid} took {wall:.1f} s; {cb.dropped} frames dropped; "
            f"median latency {metrics['latency_median_s'] * 1e3:.0f} ms per frame")
-    report(f"QC: {metrics['flagged_frames']} frames flagged, {metrics['suspensions']} suspensions "
-           "(see the timeline in the figure)")
+    report(f"QC: {metrics['flagged_frames']} frames flagged, {metrics['suspensions']} suspensions"
+           + (f", {metrics['retaken_frames']} frames taken again" if metrics["retaken_frames"] else "")
+           + " (see the timeline in the figure)")
     m = metrics
     if policy == "adaptive":
         report("networks: " + ", ".join(f"{name} {n} frames" for name, n in m["networks"].items()))
@@ -293,9 +300,9 @@ def _fly_devices() -> Any:
 
 
 def _fly_beamline(fly: Any, root: Path, size: int, photons: float, exposure: float, seed: int, beam: Any,
-                  n_angles: int, md: dict[str, Any], capture: bool = False) -> tuple[Any, Any]:
-    """The simulated ophyd-async beamline's camera and a ``tomo_fly_scan`` of it over 180 degrees (with ``capture``,
-    its simulated PandA flown beside the camera)."""
+                  n_angles: int, md: dict[str, Any], retake: Any = None) -> tuple[Any, Any]:
+    """The simulated ophyd-async beamline's camera and a ``tomo_fly_scan`` of it over 180 degrees; with ``retake``
+    (a QCFeedback), its simulated PandA flown beside the camera and the frames QC finds unusable flown again."""
     from ophyd_async.core import init_devices, soft_signal_rw
     from ophyd_async.sim import SimMotor
 
@@ -308,9 +315,9 @@ def _fly_beamline(fly: Any, root: Path, size: int, photons: float, exposure: flo
         shutter = soft_signal_rw(str, "open", name="shutter")
         det = fly.SimFlyTomoDetector(frames_directory(root) / "raw", rot, x, shutter, shape=(size, size),
                                      photon_flux=photons / exposure, beam=beam, seed=seed, name="det")
-        panda = fly.SimPositionCapture(frames_directory(root) / "raw", det, name="panda") if capture else None
+        panda = fly.SimPositionCapture(frames_directory(root) / "raw", det, name="panda") if retake else None
     return det, tomo_fly_scan(det, rot, 0.0, 180.0, n_angles, exposure=exposure, shutter=shutter, sample_x=x,
-                              md=md, capture=[panda] if panda is not None else ())
+                              md=md, capture=[panda] if panda is not None else (), feedback=retake)
 
 
 def _fault_injector(camera: Any, beam: Any, n_angles: int, report: Callable[[str], None]) -> Callable[[str, Any], None]:
@@ -355,8 +362,8 @@ def _networks(run: Any, key: str) -> dict[str, int]:
 
 def _best_rows(run: Any, key: str, angles: np.ndarray) -> tuple[list[int], np.ndarray]:
     """The primary rows to reconstruct and their angles: for each angle, the last row without a disqualifying QC
-    flag (else its last row); a fly scan has one frame per angle, in order, and cannot take one again: its rows
-    without such a flag."""
+    flag (else its last row); a fly scan's rows without such a flag (retaken frames, with their captured angles,
+    are rows of their own after the first flight's)."""
     flags = [set(str(f).split(",")) for f in run["denoised"][f"{key}_qc_flags"].read()]
     if "stage_theta" not in run["primary"]:
         good = [i for i in range(len(angles)) if not set(_BAD) & flags[i]]
@@ -370,20 +377,24 @@ def _best_rows(run: Any, key: str, angles: np.ndarray) -> tuple[list[int], np.nd
     return rows, np.asarray(angles)
 
 
-def _evaluate(run: Any, det: Any, key: str, angles: np.ndarray, photons: float, blur: float = 0.0) -> dict[str, Any]:
+def _evaluate(run: Any, det: Any, key: str, angles: np.ndarray, photons: float, blur: float = 0.0,
+              planned: int | None = None) -> dict[str, Any]:
     """Metrics read back from Tiled: one projection; the middle slice from the raw frames, and as reconstructed
     (and denoised) live; the stripe metric of the raw and the denoised sinogram. ``det`` is the camera's physics
-    (:class:`~bluesky_tomogan.devices.SimTomoDetector`), ``key`` its frames' data key, ``blur`` the degrees a
-    fly scan's sample turns in one exposure (its noise-free projection is their mean)."""
+    (:class:`~bluesky_tomogan.devices.SimTomoDetector`), ``key`` its frames' data key, ``angles`` those of the
+    primary rows, ``blur`` the degrees a fly scan's sample turns in one exposure (its noise-free projection is
+    their mean), ``planned`` the scan's projections (the first ``planned`` angles; the rows after them are
+    retakes: the noise-free slice is of the planned ones)."""
     from .reconstruction import corrected_sinogram, reconstruct, stripe_metric
     from .simulate.tomography import fbp
 
     size = det.frame_shape[1]
     rows, used = _best_rows(run, key, angles)
-    # the projection shown: a third of the way in, or the next one QC raised nothing on (a fly scan cannot take
-    # again the frames it took without beam, and the frames beside those lack good neighbours)
+    # the projection shown: a third of the way in, or the next one QC raised nothing on (a fly scan without a
+    # capture cannot take again the frames it took without beam, and the frames beside those lack good neighbours)
     flags = [str(f) for f in run["denoised"][f"{key}_qc_flags"].read()]
-    k = next((i for i, row in enumerate(rows) if row >= len(angles) // 3 and not flags[row]), len(rows) // 3)
+    planned = len(angles) if planned is None else planned
+    k = next((i for i, row in enumerate(rows) if row >= planned // 3 and not flags[row]), len(rows) // 3)
     z = size // 2
     raw_k = run["primary"][key][rows[k]].astype(np.float32)
     den_k = run["denoised"][f"{key}_denoised"][rows[k]]
@@ -401,7 +412,7 @@ def _evaluate(run: Any, det: Any, key: str, angles: np.ndarray, photons: float, 
     center = float(live["center"].read()[last[-1]])
     rec = {"raw": reconstruct(raw_t, used, center, remove_stripes=False).slice,
            "fbp": live["slice_fbp"][last[-1]], "live": live["slice"][last[-1]],
-           "clean": fbp(det.sample.sinogram(z, angles), angles)}
+           "clean": fbp(det.sample.sinogram(z, angles[:planned]), angles[:planned])}
     stripes = {"raw": -np.log(raw_t), "denoised": -np.log(den_t)}
     # the denoised projections divided by the raw flats: how much of the stripe the flats' noise makes
     den_raw_flats = -np.log(corrected_sinogram(run["denoised"][f"{key}_denoised"][:, z, :][rows], flat, dark))

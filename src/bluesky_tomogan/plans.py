@@ -113,10 +113,15 @@ def tomo_fly_scan(
     shutter_closed: Any = "closed",
     capture: Sequence[Flyable] = (),
     flush_period: float = 0.5,
+    feedback: QCFeedback | None = None,
+    max_retakes: int = 1,
+    final_wait: float = 30.0,
+    stream: str = "denoised",
     md: dict[str, Any] | None = None,
 ) -> Generator[Msg, Any, None]:
     """Fly the rotation: darks (``dark`` stream), flats (``flat``), then ``num`` projections (``primary``)
-    taken while ``motor`` turns from ``start`` to ``stop`` at constant speed.
+    taken while ``motor`` turns from ``start`` to ``stop`` at constant speed; with ``feedback``, fly again
+    over the projections QC found unusable.
 
     Each stream is flown: the detector is prepared for its number of frames at a fixed
     period (``exposure + deadtime``), kicked off, and its frames collected while it runs
@@ -171,6 +176,24 @@ def tomo_fly_scan(
     flush_period : float
         Seconds between two collections while a stream is flown: how often StreamDatums reach
         the callbacks, and so how live the denoising of a fly scan is.
+    feedback : QCFeedback, optional
+        The callback's QC feedback (``TomoGANCallback(..., feedback=feedback)``). After the
+        projections' flight the plan waits (at most ``final_wait`` s) until QC has judged every
+        projection but the last, then flies the motor again over each run of neighbouring
+        projections QC found unusable (``beam_lost``, ``dead_pixels``, ``nonfinite``: its
+        ``reacquire`` recommendations), as many frames at the same period, into ``primary``
+        (seq_nums after the first flight's), at most ``max_retakes`` times per angle. Each
+        retaken frame is a row of the ``qc_actions`` stream (``retake``, or ``give-up`` when its
+        retakes are used). Needs ``capture``: a retaken frame's angle is known only from its
+        capture (the start document's nominal ``angles`` are the first flight's), and the
+        callback and the reconstruction must take the captured angles (``angle_field=``); the
+        reconstruction leaves the unusable frames out and takes the retaken ones.
+    max_retakes : int
+        Flights again over one angle at most.
+    final_wait : float
+        Longest wait for QC after a flight, in seconds.
+    stream : str
+        Derived stream whose recommendations count (``denoised`` for ``primary``).
     md : dict, optional
         Extra start-document metadata.
 
@@ -180,7 +203,8 @@ def tomo_fly_scan(
         Darks without a ``shutter``, flats without a ``sample_x``, or a detector or motor that
         cannot be flown; raised before any run is opened.
     ValueError
-        ``num`` below 1, ``exposure`` not above 0, ``deadtime`` below 0 or ``start == stop``.
+        ``num`` below 1, ``exposure`` not above 0, ``deadtime`` below 0, ``start == stop``, or
+        ``feedback`` without ``capture``.
 
     Notes
     -----
@@ -188,8 +212,8 @@ def tomo_fly_scan(
     shutter or the sample moves rewinds to it, as in :func:`tomo_scan`), and is flown not
     rewindable, so a suspender (beam lost) that trips during a flight holds the plan where it
     is while the motor and detector fly on; when it releases, every frame is collected and the
-    scan goes on. QC flags the frames taken without beam (``beam_lost``): take that range again
-    with a second ``tomo_fly_scan``. Give the detector a path provider that names a new file
+    scan goes on. QC flags the frames taken without beam (``beam_lost``): with ``feedback`` (and
+    ``capture``) the plan flies that range again. Give the detector a path provider that names a new file
     for each staging (``UUIDFilenameProvider``): each stream is a staging.
 
     Examples
@@ -200,6 +224,11 @@ def tomo_fly_scan(
     if num < 1 or not exposure > 0 or deadtime < 0 or start == stop:
         raise ValueError(f"tomo_fly_scan: needs num >= 1, exposure > 0, deadtime >= 0 and start != stop; got "
                          f"num={num}, exposure={exposure}, deadtime={deadtime}, start={start}, stop={stop}")
+    if feedback is not None and not capture:
+        raise ValueError("tomo_fly_scan: retaking unusable projections (feedback=...) needs each frame's angle "
+                         "captured (capture=[panda]): a retaken frame has no nominal angle")
+    if max_retakes < 0:
+        raise ValueError(f"tomo_fly_scan: max_retakes must be >= 0, got {max_retakes}")
     trigger_info, fly_info = _fly_types()
     # A camera that reads out between frames needs that time: the motor must take as long as the frames do.
     needed = yield from _least_deadtime(detector)
@@ -219,49 +248,101 @@ def tomo_fly_scan(
         "num_intervals": max(num - 1, 0),
         "plan_args": {"start": start, "stop": stop, "num": num, "exposure": exposure, "deadtime": deadtime,
                       "n_darks": n_darks, "n_flats": n_flats,
-                      "capture": [getattr(c, "name", repr(c)) for c in capture]},
+                      "capture": [getattr(c, "name", repr(c)) for c in capture],
+                      "max_retakes": max_retakes if feedback is not None else 0},
         "angles": angles,
         **(md or {}),
     }
 
-    def fly(stream: str, n: int, flyers: Sequence[Any] = ()) -> Generator[Msg, Any, None]:
+    def fly(name: str, n: int, flyers: Sequence[Any] = (), first: int = 0,
+            declare: bool = True) -> Generator[Msg, Any, None]:
+        # ``n`` frames into stream ``name``; with the motor (``flyers``), over projections first .. first + n - 1
         collected = [detector, *capture] if flyers else [detector]
         info = trigger_info(number_of_events=n, livetime=exposure, deadtime=deadtime)
         group = short_uid("prepare")
         for device in collected:
             yield from bps.prepare(device, info, group=group)
         if flyers:
-            yield from bps.prepare(motor, fly_info(start_position=start, end_position=stop,
-                                                   time_for_move=num * period), group=group)
+            yield from bps.prepare(motor, fly_info(start_position=start + first * step,
+                                                   end_position=start + (first + n) * step,
+                                                   time_for_move=n * period), group=group)
         yield from bps.wait(group=group)
-        yield from bps.declare_stream(*collected, name=stream, collect=True)
+        if declare:
+            yield from bps.declare_stream(*collected, name=name, collect=True)
         if flyers:
             yield from bps.kickoff(motor, wait=True)  # done when the motor is at speed, at ``start``
         yield from bps.kickoff_all(*collected, wait=True)
-        yield from _collect_until_complete([*flyers, *collected], collected, stream, flush_period)
+        yield from _collect_until_complete([*flyers, *collected], collected, name, flush_period)
 
-    def staged(stream: str, n: int, flyers: Sequence[Any] = ()) -> Generator[Msg, Any, None]:
+    decision = QCDecision(name="qc")
+    flown: list[int] = []  # the projection (index of ``angles``) of each frame of ``primary``, in order
+
+    def record(action: str, rec: Recommendation, index: int) -> Generator[Msg, Any, None]:
+        for sig, value in ((decision.action, action), (decision.flag, rec.flag), (decision.reason, rec.reason),
+                           (decision.angle, angles[index]), (decision.exposure_time, exposure),
+                           (decision.source_seq_num, rec.seq_num)):
+            sig.put(value)
+        yield from bps.trigger_and_read([decision], name="qc_actions")
+
+    def retake_unusable(judged_before: int) -> Generator[Msg, Any, None]:
+        # judged_before: QC's count of ``stream`` before this run's projections
+        assert feedback is not None
+        retakes: Counter[int] = Counter()
+        while True:
+            deadline = time.monotonic() + final_wait  # every projection judged but the last (denoised at the stop)
+            while feedback.judged(stream) - judged_before < len(flown) - 1 and time.monotonic() < deadline:
+                yield from bps.sleep(0.05)
+            lost: dict[int, Recommendation] = {}
+            for rec in feedback.take_recommendations():
+                if rec.stream == stream and rec.kind == "reacquire" and 0 < rec.seq_num <= len(flown):
+                    lost.setdefault(flown[rec.seq_num - 1], rec)
+            again = []
+            for index, rec in sorted(lost.items()):
+                if retakes[index] >= max_retakes:
+                    yield from record("give-up", replace(rec, reason=f"{rec.reason}; {max_retakes} retakes used"),
+                                      index)
+                    continue
+                retakes[index] += 1
+                again.append(index)
+                yield from record("retake", rec, index)
+            if not again:
+                return
+            for first, n in _runs_of(again):
+                log.info("tomo_fly_scan: flying projections %d-%d again (%d frames QC found unusable)", first,
+                         first + n - 1, n)
+                yield from fly("primary", n, [motor], first=first, declare=False)
+                flown.extend(range(first, first + n))
+
+    def projections() -> Generator[Msg, Any, None]:
+        judged_before = feedback.judged(stream) if feedback is not None else 0
+        if feedback is not None:
+            feedback.take_recommendations()  # an earlier run's, not this one's
+        yield from fly("primary", num, [motor])
+        flown.extend(range(num))
+        if feedback is not None:
+            yield from retake_unusable(judged_before)
+
+    def staged(flights: Generator[Msg, Any, None], devices: Sequence[Any]) -> Generator[Msg, Any, None]:
         # One staging per stream, as tomo_scan: a staging is one file (one StreamResource per data key), and
         # a StreamResource belongs to one stream. A suspension before the flight rewinds to the checkpoint; one
         # during it waits where the plan is (not rewindable: a flight cannot be taken again from its middle,
         # and without a checkpoint at all bluesky would fail the run) while the devices fly on.
         yield from bps.checkpoint()
-        flight = bpp.rewindable_wrapper(fly(stream, n, flyers), False)
-        yield from bpp.stage_wrapper(flight, [detector, *capture] if flyers else [detector])
+        yield from bpp.stage_wrapper(bpp.rewindable_wrapper(flights, False), devices)
 
     @bpp.run_decorator(md=_md)
     def inner() -> Generator[Msg, Any, None]:
         if n_darks:
             yield from bps.mv(shutter, shutter_closed)
-            yield from staged("dark", n_darks)
+            yield from staged(fly("dark", n_darks), [detector])
         if shutter is not None:  # open for the flats and projections, darks or not
             yield from bps.mv(shutter, shutter_open)
         if n_flats:
             x0 = yield from bps.rd(sample_x)
             yield from bps.mv(sample_x, out_position)
-            yield from staged("flat", n_flats)
+            yield from staged(fly("flat", n_flats), [detector])
             yield from bps.mv(sample_x, x0)
-        yield from staged("primary", num, [motor])
+        yield from staged(projections(), [detector, *capture])
 
     yield from inner()
 
@@ -478,6 +559,17 @@ def _require(detector: Any, stage: Any, plan: str, shutter: Any, n_darks: int, n
                         "the stage's 'theta' (degrees): give the devices those components (an ophyd Device "
                         "subclass, or Signals that alias the existing ones), or n_darks=0 / n_flats=0")
     return closer
+
+
+def _runs_of(indices: Sequence[int]) -> list[tuple[int, int]]:
+    """Sorted ``indices`` as runs of neighbours: ``(first, count)`` each (``[3, 4, 5, 9]``: ``[(3, 3), (9, 1)]``)."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and i == runs[-1][0] + runs[-1][1]:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((i, 1))
+    return runs
 
 
 def _collect_until_complete(flyers: Sequence[Any], collected: Sequence[Any], stream: str,

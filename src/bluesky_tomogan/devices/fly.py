@@ -323,13 +323,21 @@ class _Capture:
         self.file: FrameFile | None = None
         self.written, self._set_written = soft_signal_r_and_setter(int, 0)
         self._takes_before = 0
+        self._first = 0  # rows of the file before this flight's: a staging may fly more than once
         exposures.listeners.append(self.record)
 
     def open(self, path: Path) -> FrameFile:
         self.close()
         self.file = FrameFile(path, (), np.float64, dataset="/entry/inenc1")
+        self._first = 0
         self._set_written(0)
         return self.file
+
+    def prepare(self, number: int) -> None:
+        """The next flight's ``number`` exposures, recorded after the rows already in the file (set before the
+        kickoff, so that the camera's first exposure never comes before it)."""
+        self.number = number
+        self._first = self.file.count if self.file is not None else 0
 
     def close(self) -> None:
         if self.file is not None:
@@ -337,7 +345,7 @@ class _Capture:
             self.file = None
 
     def record(self, angle: float) -> None:
-        if self.file is not None and self.file.count < self.number:
+        if self.file is not None and self.file.count - self._first < self.number:
             _, count = self.file.append(np.asarray([angle]))
             self._set_written(count)
 
@@ -346,7 +354,7 @@ class _Capture:
 
     async def wait_for_idle(self) -> None:
         """Until every exposure asked for is recorded, or the camera's acquisition has ended (aborted)."""
-        while ((self.file is not None and self.file.count < self.number)
+        while ((self.file is not None and self.file.count - self._first < self.number)
                and self.exposures.takes_done == self._takes_before):
             await asyncio.sleep(0.005)
 
@@ -356,7 +364,7 @@ class _CaptureTriggerLogic(DetectorTriggerLogic):
         self.capture = capture
 
     async def prepare_internal(self, num: int, livetime: float, deadtime: float) -> None:
-        self.capture.number = num
+        self.capture.prepare(num)
 
     async def default_trigger_info(self) -> TriggerInfo:
         return TriggerInfo(livetime=self.capture.exposures.exposure)
