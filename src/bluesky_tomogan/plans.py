@@ -274,10 +274,11 @@ def tomo_fly_scan(
         yield from bps.kickoff_all(*collected, wait=True)
         yield from _collect_until_complete([*flyers, *collected], collected, name, flush_period)
 
-    decision = QCDecision(name="qc")
+    decision = QCDecision(name="qc") if feedback is not None else None  # the qc_actions stream's rows
     flown: list[int] = []  # the projection (index of ``angles``) of each frame of ``primary``, in order
 
     def record(action: str, rec: Recommendation, index: int) -> Generator[Msg, Any, None]:
+        assert decision is not None
         for sig, value in ((decision.action, action), (decision.flag, rec.flag), (decision.reason, rec.reason),
                            (decision.angle, angles[index]), (decision.exposure_time, exposure),
                            (decision.source_seq_num, rec.seq_num)):

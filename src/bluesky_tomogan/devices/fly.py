@@ -203,7 +203,10 @@ class _Exposures:
             middle = self.rotation.angle_at(begin + self.exposure / 2)
             self.angles.append(middle)
             for listener in self.listeners:  # the capture's row before the frame's: a PandA's is written first
-                listener(middle)
+                try:
+                    listener(middle)
+                except Exception:  # a capture that fails must not stop the camera: its rows stay short
+                    log.exception("%s: a position capture failed to record %.4g degrees", self.camera.name, middle)
             self._set_written(count)
             await asyncio.sleep(max(0.0, begin + self.period - time.monotonic()))
 
