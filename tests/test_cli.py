@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -649,57 +650,53 @@ def test_demo_fly_capture_reconstructs_at_the_angles_a_simulated_panda_captured(
     import numpy as np
 
     pytest.importorskip("bluesky_tomogan.devices.fly", reason="demo --fly needs ophyd-async >= 0.21")
-    out = tmp_path / "demo"
-    done = subprocess.run([sys.executable, "-m", "bluesky_tomogan.cli", "demo", "--out", str(out), "--size", "48",
-                           "--angles", "20", "--exposure", "0.05", "--backend", "onnxruntime", "--fly", "--capture"],
-                          capture_output=True, text=True, timeout=300)
+    done = demo_cli(tmp_path / "demo", "--size", "48", "--angles", "20", "--exposure", "0.05", "--fly", "--capture")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "each frame's angle captured (panda-inenc-1-val)" in done.stdout and "0 frames dropped" in done.stdout
-
-    from bluesky_tomogan.storage import close_local_tiled, local_tiled
-
-    client = local_tiled(out)
-    try:
-        (uid,) = list(client)
-        run = client[uid]
+    with the_demos_run(tmp_path / "demo") as run:
         captured = np.ravel(run["primary"]["panda-inenc-1-val"].read())
         nominal = np.asarray(run.metadata["start"]["angles"])
         assert captured.shape == (20,) and np.all(np.diff(captured) > 0)
         np.testing.assert_allclose(captured, nominal, atol=180 / 20)  # late by the kickoffs' little, within a step
         assert all("nominal" not in str(n) for n in run["reconstruction"]["note"].read())
+    refused = demo_cli(tmp_path / "no", "--capture")
+    assert refused.returncode != 0 and "add --fly" in refused.stderr and not (tmp_path / "no").exists()
+
+
+def demo_cli(out, *args):
+    """``bluesky-tomogan demo --out OUT --backend onnxruntime ARGS`` in a process of its own."""
+    return subprocess.run([sys.executable, "-m", "bluesky_tomogan.cli", "demo", "--out", str(out), "--backend",
+                           "onnxruntime", *args], capture_output=True, text=True, timeout=300)
+
+
+@contextlib.contextmanager
+def the_demos_run(out):
+    """The one run of the demo's store ``out``, its server closed after."""
+    from bluesky_tomogan.storage import close_local_tiled, local_tiled
+
+    client = local_tiled(out)
+    try:
+        (uid,) = list(client)
+        yield client[uid]
     finally:
         close_local_tiled(client)
-    refused = subprocess.run([sys.executable, "-m", "bluesky_tomogan.cli", "demo", "--out", str(tmp_path / "no"),
-                              "--capture"], capture_output=True, text=True, timeout=120)
-    assert refused.returncode != 0 and "add --fly" in refused.stderr and not (tmp_path / "no").exists()
 
 
 def test_demo_fly_flies_the_simulated_ophyd_async_beamline_through_its_faults(tmp_path):
     """``demo --fly``: ``tomo_fly_scan`` of the simulated ophyd-async beamline, its frames (no event) denoised and
     reconstructed live at the plan's nominal angles, the faults injected as frames reach them, all stored."""
     pytest.importorskip("bluesky_tomogan.devices.fly", reason="demo --fly needs ophyd-async >= 0.21")
-    out = tmp_path / "demo"
-    done = subprocess.run([sys.executable, "-m", "bluesky_tomogan.cli", "demo", "--out", str(out), "--size", "64",
-                           "--angles", "30", "--exposure", "0.1", "--backend", "onnxruntime", "--fly", "--faults"],
-                          capture_output=True, text=True, timeout=300)
+    done = demo_cli(tmp_path / "demo", "--size", "64", "--angles", "30", "--exposure", "0.1", "--fly", "--faults")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "scanning on the fly: 30 projections" in done.stdout and "0 frames dropped" in done.stdout
     assert "fault: the ring loses the beam for 2 s" in done.stdout and "fault: three saturated frames" in done.stdout
     assert "run['primary']['det'][10]" in done.stdout
-
-    from bluesky_tomogan.storage import close_local_tiled, local_tiled
-
-    client = local_tiled(out)
-    try:
-        (uid,) = list(client)
-        run = client[uid]
+    with the_demos_run(tmp_path / "demo") as run:
         assert run.metadata["start"]["plan_name"] == "tomo_fly_scan" and len(run.metadata["start"]["angles"]) == 30
         assert run["primary"]["det"].shape == (30, 64, 64) and run["denoised"]["det_denoised"].shape == (30, 64, 64)
         assert "beam_lost" in ",".join(run["denoised"]["det_qc_flags"].read())  # frames flown without beam
         notes = [str(n) for n in run["reconstruction"]["note"].read()]
         assert "the plan's nominal angle" in notes[-1]
-    finally:
-        close_local_tiled(client)
 
 
 def test_quality_remeasures_mean_and_worst_frame_losses_into_a_copied_card(tmp_path, capsys):
