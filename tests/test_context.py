@@ -428,3 +428,29 @@ def test_a_stream_datum_of_thousands_of_captured_angles_gives_every_frame_its_an
         assert qc.angle_of(SimpleNamespace(stream=SimpleNamespace(raw_name="primary"), seq_num=6011)) is None
     finally:
         qc.close()
+
+
+def test_a_captured_angle_that_is_not_a_number_is_not_waited_for(monkeypatch):
+    """A capture's row read and found NaN (an encoder that lost count) is an answer: the frame has no angle, and
+    the worker does not wait ``ANGLE_WAIT`` for one that will not come (it polls every millisecond while it waits)."""
+    from types import SimpleNamespace
+
+    from bluesky_tomogan.callbacks import run_qc
+    from bluesky_tomogan.frame_roles import FrameRoles
+    from bluesky_tomogan.qc import QCFeedback
+
+    descriptor = {"uid": "d", "name": "primary", "data_keys": {
+        "enc": {"shape": [1], "dtype": "number", "source": "", "external": "STREAM:"}}}
+    qc = run_qc.RunQC(QCFeedback(), angle_field="enc")
+    qc.start({"uid": "run", "time": 0.0})
+    naps = []
+    monkeypatch.setattr(run_qc.time, "sleep", lambda s: naps.append(s))
+    try:
+        qc.take_angles(descriptor, FrameRoles(descriptor))
+        qc.locate_angles("primary", lambda a, b: np.array([10.0, np.nan, 12.0])[a:b],
+                         {"uid": "sd", "indices": {"start": 0, "stop": 3}, "seq_nums": {"start": 1, "stop": 4}})
+        frame = SimpleNamespace(stream=SimpleNamespace(raw_name="primary"), seq_num=2)
+        assert qc.angle_of(frame, wait=60.0) is None and naps == []
+        assert qc.angle_of(SimpleNamespace(stream=frame.stream, seq_num=3), wait=60.0) == 12.0
+    finally:
+        qc.close()

@@ -388,7 +388,8 @@ class RunQC:
             deadline = time.monotonic() + wait
             while angle is None and (now := time.monotonic()) < deadline:
                 block = self._block(item.stream.raw_name, item.seq_num)
-                if block is not None and block.source.failed_for(now) >= wait:  # its file fails: it will not come
+                # read, and no angle (NaN), or its file fails: none will come
+                if block is not None and (block.values is not None or block.source.failed_for(now) >= wait):
                     break
                 time.sleep(0.001)
                 angle = self._angle(item.stream.raw_name, item.seq_num)
