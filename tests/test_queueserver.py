@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bluesky_tomogan.storage import close_local_tiled, local_tiled, server_of
@@ -63,12 +64,15 @@ assert status["worker_environment_exists"], status
 RM.item_add(BPlan("tomo_scan", "det", "stage", [0, 45, 90, 135], n_darks=1, n_flats=1))
 # the adaptive plan with the session's QC feedback (the profile's qc_tomo_scan_with(feedback))
 RM.item_add(BPlan("tomo_scan_with_qc", "det", "stage", [0, 60, 120], n_darks=1, n_flats=1, final_wait=5))
-# a fly scan of the ophyd-async devices, each named as the others are
+# a fly scan of the ophyd-async devices, each named as the others are, each frame's angle captured by the PandA
 RM.item_add(BPlan("tomo_fly_scan", "fly_det", "rot", 0, 180, 8, exposure=0.02, shutter="shutter",
-                  sample_x="sample_x", n_darks=1, n_flats=1))
+                  sample_x="sample_x", n_darks=1, n_flats=1, capture=["panda"]))
+# the same with the session's QC feedback: it would fly again over frames QC found unusable
+RM.item_add(BPlan("fly_scan_with_qc", "fly_det", "rot", 0, 180, 8, exposure=0.02, shutter="shutter",
+                  sample_x="sample_x", n_darks=1, n_flats=1, capture=["panda"], final_wait=5))
 RM.queue_start()
 RM.wait_for_idle(timeout=240)
-items = RM.history_get()["items"][-3:]
+items = RM.history_get()["items"][-4:]
 RM.environment_close()
 RM.wait_for_idle(timeout=60)
 RM.close()
@@ -96,7 +100,7 @@ def test_a_queued_tomography_plan_runs_and_its_denoised_stream_is_in_tiled(redis
         done = subprocess.run([sys.executable, "-c", CLIENT, f"tcp://127.0.0.1:{control}",
                                f"tcp://127.0.0.1:{info}"], capture_output=True, text=True, timeout=400)
         assert done.returncode == 0, done.stderr[-3000:] + (tmp_path / "re-manager.log").read_text()[-3000:]
-        result, qc_result, fly_result = json.loads(done.stdout.split("RESULT", 1)[1])
+        result, qc_result, fly_result, fly_qc_result = json.loads(done.stdout.split("RESULT", 1)[1])
         assert result["exit_status"] == "completed", result
         assert qc_result["exit_status"] == "completed", qc_result
         (uid,) = result["run_uids"]
@@ -114,6 +118,15 @@ def test_a_queued_tomography_plan_runs_and_its_denoised_stream_is_in_tiled(redis
         fly_run = wait_until(lambda: "stop" in client[fly_uid].metadata and client[fly_uid], 60, "the fly run's stop")
         assert fly_run.metadata["start"]["plan_name"] == "tomo_fly_scan"
         assert fly_run["denoised"]["fly_det_denoised"].shape == (8, 512, 512)
+        assert fly_run.metadata["start"]["plan_args"]["capture"] == ["panda"]
+        assert np.ravel(fly_run["primary"]["panda-inenc-1-val"].read()).shape == (8,)  # the profile's angle_field
+        assert all("nominal" not in str(n) for n in fly_run["reconstruction"]["note"].read())
+        assert fly_qc_result["exit_status"] == "completed", fly_qc_result
+        (fly_qc_uid,) = fly_qc_result["run_uids"]
+        fly_qc_run = wait_until(lambda: "stop" in client[fly_qc_uid].metadata and client[fly_qc_uid], 60,
+                                "the QC fly run's stop")
+        assert fly_qc_run.metadata["start"]["plan_args"]["max_retakes"] == 1  # the feedback was bound
+        assert fly_qc_run["denoised"]["fly_det_denoised"].shape[0] >= 8  # and any frame flown again
     finally:
         manager.terminate()
         try:

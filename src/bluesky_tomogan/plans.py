@@ -32,7 +32,7 @@ from bluesky.utils import Msg, short_uid
 from .devices.qc_monitor import QCDecision
 from .qc.feedback import QCFeedback, Recommendation
 
-__all__ = ["tomo_scan", "tomo_fly_scan", "qc_tomo_scan", "qc_tomo_scan_with", "QCDecision"]
+__all__ = ["tomo_scan", "tomo_fly_scan", "tomo_fly_scan_with", "qc_tomo_scan", "qc_tomo_scan_with", "QCDecision"]
 
 log = logging.getLogger(__name__)
 
@@ -541,6 +541,31 @@ def qc_tomo_scan_with(feedback: QCFeedback) -> Callable[..., Generator[Msg, Any,
                   for p in signature.parameters.values() if p.name != "feedback"]
     tomo_scan_with_qc.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
     return tomo_scan_with_qc
+
+
+def tomo_fly_scan_with(feedback: QCFeedback) -> Callable[..., Generator[Msg, Any, None]]:
+    """:func:`tomo_fly_scan` bound to a session's ``feedback``, as a plan the queue server can run: it flies
+    again over the projections QC found unusable (needs ``capture``), as ``qc_tomo_scan_with`` does for
+    :func:`qc_tomo_scan`.
+
+    Examples
+    --------
+    >>> fly_scan_with_qc = tomo_fly_scan_with(feedback)  # doctest: +SKIP
+    >>> RM.item_add(BPlan("fly_scan_with_qc", "fly_det", "rot", 0, 180, 900, exposure=0.02,
+    ...                   capture=["panda"], shutter="shutter", sample_x="sample_x"))  # doctest: +SKIP
+    """
+
+    def fly_scan_with_qc(detector: Flyable, motor: Flyable, start: float, stop: float, num: int,
+                         **kwargs: Any) -> Generator[Msg, Any, None]:
+        """:func:`bluesky_tomogan.plans.tomo_fly_scan` with the session's QC feedback (see its parameters)."""
+        yield from tomo_fly_scan(detector, motor, start, stop, num, feedback=feedback, **kwargs)
+
+    # The queue server validates an item's arguments against the plan's signature: show it tomo_fly_scan's
+    # (its devices annotated by their protocols already), less the feedback this binding gives.
+    signature = inspect.signature(tomo_fly_scan)
+    parameters = [p for p in signature.parameters.values() if p.name != "feedback"]
+    fly_scan_with_qc.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    return fly_scan_with_qc
 
 
 def _require(detector: Any, stage: Any, plan: str, shutter: Any, n_darks: int, n_flats: int) -> Any:

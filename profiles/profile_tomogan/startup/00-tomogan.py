@@ -32,7 +32,13 @@ from bluesky_tomogan import TomoGANCallback, TomoReconstruction, load_denoiser
 from bluesky_tomogan.callbacks import LiveDenoisedView, LiveSliceView, LiveViewDuringTask, ScanProgress
 from bluesky_tomogan.callbacks.live_view import shows_windows
 from bluesky_tomogan.devices import QCMonitor, SimBeamCurrent, SimTomoDetector, SimTomoStage
-from bluesky_tomogan.plans import qc_tomo_scan, qc_tomo_scan_with, tomo_fly_scan, tomo_scan  # noqa: F401
+from bluesky_tomogan.plans import (  # noqa: F401
+    qc_tomo_scan,
+    qc_tomo_scan_with,
+    tomo_fly_scan,
+    tomo_fly_scan_with,
+    tomo_scan,
+)
 from bluesky_tomogan.qc import QCFeedback, QCPolicy
 from bluesky_tomogan.reprocess import reprocess  # noqa: F401  (a stored run denoised afterwards)
 from bluesky_tomogan.storage import frames_directory, local_tiled
@@ -88,6 +94,8 @@ feedback = QCFeedback(policy, monitor=qc, RE=RE)
 feedback.install_suspenders(RE, sleep=1)
 # qc_tomo_scan with this session's feedback: the plan to queue (a queued item cannot name the feedback object)
 tomo_scan_with_qc = qc_tomo_scan_with(feedback)
+# tomo_fly_scan with it: flies again over the projections QC found unusable (needs capture=[panda])
+fly_scan_with_qc = tomo_fly_scan_with(feedback)
 
 BACKEND = os.environ.get("TOMOGAN_BACKEND", "auto")
 denoiser = load_denoiser(os.environ.get("TOMOGAN_MODEL") or None, backend=BACKEND)
@@ -143,4 +151,5 @@ print(f"""bluesky-tomogan session
             (queue server: BPlan("tomo_scan_with_qc", "det", "stage", angles) is the same scan)
             uid, = RE(tomo_fly_scan(fly_det, rot, 0, 180, 90, exposure=0.05, shutter=shutter, sample_x=sample_x,
                                     capture=[panda]))  # each frame's angle captured (angle_field {ANGLE_FIELD})
+            (fly_scan_with_qc(...): the same, flying again over the frames QC found unusable; queue it by name)
 """)
