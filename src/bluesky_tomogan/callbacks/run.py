@@ -320,14 +320,13 @@ class RunDenoiser(PassThroughRun):
                                           stored_dtype(o.frame_dtype, doc["data_keys"][f].get("dtype_numpy")).str)
             fields[f] = stream
         self._by_descriptor[doc["uid"]] = fields
-        self._hint_at_captured_angles(doc)
+        self._hint_at_captured_angles(raw_name, doc)
         return doc
 
-    def _hint_at_captured_angles(self, doc: EventDescriptor) -> None:
+    def _hint_at_captured_angles(self, name: str, doc: EventDescriptor) -> None:
         """Warn once per run where frames come without a known angle beside scalars written to a file: a fly scan
         whose position capture the callback was not told of (``angle_field``). Its frames' context is then taken by
         order, and QC's motion check allows no rotation between them."""
-        name = doc.get("name", "primary")
         if self._qc.knows_angles_of(name) or self._hinted:
             return
         roles = self._roles[doc["uid"]]

@@ -109,17 +109,17 @@ class RunQC:
         self.uid = ""
         self._angle_field = angle_field
         self._motor: str | None = None  # the start document's first ``motors`` entry
-        self._axis_keys: dict[str, str] = {}  # raw stream -> the data key of its frames' angles
+        # raw stream -> the data key of its frames' angles (in its events or in a file); streams without one absent
+        self._axis_keys: dict[str, str] = {}
         self._positions: dict[tuple[str, int], dict[str, Any]] = {}  # (raw stream, seq_num) -> scalar readings
         self._degrees_per_unit: dict[str, float] = {}  # raw stream -> of its angle readings (rad, mrad converted)
         # a fly scan without position capture records no angle: the nominal ones of its plan (the start document's
         # ``angles``, one per projection in order) stand in, in a ``primary`` stream of projections alone
         self._nominal: list[float] = []
         self._nominal_streams: set[str] = set()  # raw streams whose frame seq_num - 1 indexes ``_nominal``
-        self._axis_streams: set[str] = set()  # raw streams whose events, or files, carry the scanned axis
         # raw stream -> where its frames' angles lie, a block per StreamDatum, in seq_num order
         self._filed: dict[str, list[_FiledAngles]] = {}
-        self._angle_files: dict[int, _AngleFile] = {}  # id of a reader -> the file it reads
+        self._angle_files: dict[FrameReader, _AngleFile] = {}  # a StreamResource's reader -> whether it fails
         self._verdicts: queue.Queue[Verdict | None] = queue.Queue(FEEDBACK_QUEUE)
         self._thread: threading.Thread | None = None
 
@@ -133,7 +133,7 @@ class RunQC:
 
     def knows_angles_of(self, raw_name: str) -> bool:
         """Whether the frames of stream ``raw_name`` have angles: their own, or their plan's nominal ones."""
-        return raw_name in self._axis_streams or raw_name in self._nominal_streams
+        return raw_name in self._axis_keys or raw_name in self._nominal_streams
 
     def start(self, doc: RunStart) -> None:
         """Take the run's uid and scanned axis (the rotation in ``tomo_scan``) and start the feedback thread."""
@@ -170,10 +170,8 @@ class RunQC:
         if axis is not None:
             self._axis_keys[name] = axis
             self._degrees_per_unit[name] = degrees_per_unit(keys[axis].get("units")) or 1.0
-            self._axis_streams.add(name)
         else:
             self._axis_keys.pop(name, None)
-            self._axis_streams.discard(name)
         named = self._motor is not None or self._angle_field is not None  # the run says it turns something
         if (axis is None and named and name == "primary" and roles.key is None and roles.default is None
                 and self._nominal):
@@ -190,9 +188,7 @@ class RunQC:
             log.warning("StreamDatum %s has seq_nums %s for indices %s; the angles in it are not read",
                         doc.get("uid"), doc["seq_nums"], doc["indices"])
             return
-        source = self._angle_files.get(id(read))
-        if source is None or source.read is not read:
-            source = self._angle_files[id(read)] = _AngleFile(read)
+        source = self._angle_files.setdefault(read, _AngleFile(read))
         blocks = self._filed.setdefault(raw_name, [])
         bisect.insort(blocks, _FiledAngles(source, row, seq, stop - row), key=lambda b: b.seq)
         if len(blocks) > FILED_BLOCKS_KEPT:  # the oldest: their frames were denoised long ago
@@ -384,7 +380,7 @@ class RunQC:
         emits a frame's StreamDatum before its event, and the worker may take the frame first), so that the
         answer does not depend on which thread ran first."""
         angle = self._angle(item.stream.raw_name, item.seq_num)
-        if angle is None and wait > 0 and item.stream.raw_name in self._axis_streams:
+        if angle is None and wait > 0 and item.stream.raw_name in self._axis_keys:
             deadline = time.monotonic() + wait
             while angle is None and (now := time.monotonic()) < deadline:
                 block = self._block(item.stream.raw_name, item.seq_num)
