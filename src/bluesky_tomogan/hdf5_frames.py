@@ -160,22 +160,10 @@ class FrameFile:
         self.count = start + len(frames)
         return start, self.count
 
-    def skip(self, n: int = 1) -> tuple[int, int]:
-        """Add ``n`` rows holding the fill value (zeros) without writing them; return their indices.
-
-        For frames that exist in the record but have no data (dropped, failed):
-        HDF5 leaves unwritten chunks unallocated, so this costs no disk space.
-        """
-        start = self.count
-        with HDF5_LOCK:
-            self._dset.resize(start + n, axis=0)
-            self._dset.flush()
-        self.count = start + n
-        return start, self.count
-
     def put(self, index: int, frame: np.ndarray | None) -> int:
         """Write ``frame`` ``(H, W)`` at row ``index``, the file grown to hold it (rows between stay zeros until
-        written); ``None`` writes nothing (a frame dropped or failed: its row holds zeros). Returns ``index``.
+        written); ``None`` writes nothing (a frame dropped or failed: its row holds the fill value, zeros, and HDF5
+        leaves its chunk unallocated, so it costs no disk space). Returns ``index``.
 
         For rows taken in one order and finished in another (a frame that waits for its neighbours finishes after
         one flagged at once): each frame keeps the row of its place.

@@ -144,20 +144,18 @@ class DerivedFrameWriter:
         self._bundles[slot] = bundle
         return dict(bundle.stream_resource_doc)
 
-    def write(self, slot: str, frames: np.ndarray | None) -> tuple[int, int]:
-        """Append ``frames`` ``(N, H, W)`` or one ``(H, W)`` frame; return their ``[start, stop)`` rows.
-
-        ``None`` appends one row of zeros without writing it (a frame that was
-        dropped or failed). Called from the callback's worker thread, so the
-        RunEngine's thread never writes.
-        """
-        if frames is None:
-            return self._files[slot].skip(1)
+    def write(self, slot: str, frames: np.ndarray) -> tuple[int, int]:
+        """Append ``frames`` ``(N, H, W)`` or one ``(H, W)`` frame; return their ``[start, stop)`` rows (the live
+        reconstruction's slices: written in the order they are emitted)."""
         return self._files[slot].append(frames)
 
     def write_at(self, slot: str, index: int, frame: np.ndarray | None) -> int:
-        """Write one ``(H, W)`` frame (``None``: a row of zeros, not written) at row ``index`` of ``slot``'s file,
-        growing it as needed; return ``index``. Worker thread, as :meth:`write`."""
+        """Write one ``(H, W)`` frame at row ``index`` of ``slot``'s file, growing it as needed; return ``index``.
+
+        ``None`` writes nothing: the row of a frame that was dropped or failed holds zeros (HDF5 leaves unwritten
+        chunks unallocated, so it costs no disk space). Called from the callback's worker thread, so the
+        RunEngine's thread never writes.
+        """
         return self._files[slot].put(index, frame)
 
     def datum(self, slot: str, start: int, stop: int, first_seq_num: int, descriptor: Any) -> dict[str, Any]:
