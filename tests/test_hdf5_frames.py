@@ -106,9 +106,9 @@ def test_a_file_whose_readers_all_closed_is_closed_and_can_be_written_again(tmp_
 def test_an_embedded_tiled_server_reading_a_file_gives_no_reader_of_this_process_a_wrong_frame(RE, store, tmp_path):
     """The embedded Tiled server (``local_tiled``: the demo's, the profile's) opens a frame file for every request,
     on its own threads. A client reading a stored run's frames from it while the callback's reader reads the same
-    file (a viewer during the next scan): before, that reader got wrong frames, silently (475 in 20 s, and the
-    client one), now none on either side: the server's HDF5 adapter takes this process's HDF5 lock
-    (``tiled_hdf5``)."""
+    file (a viewer during the next scan): before, that reader got wrong frames, silently
+    (``benchmarks/tiled_hdf5_race.py``: 331-475 in 20 s, and the client 1-5), now none on either side: the
+    server's HDF5 adapter takes this process's HDF5 lock (``tiled_hdf5``)."""
     from bluesky.callbacks.tiled_writer import TiledWriter
 
     from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage

@@ -5,10 +5,10 @@ reads while another is refreshed or opened: this package's readers share one SWM
 :data:`~bluesky_tomogan.hdf5_frames.HDF5_LOCK` (see there), but an embedded Tiled server
 (:func:`~bluesky_tomogan.storage.local_tiled`, the demo's and the profile's) opens each file again for every
 request, on its own threads. A client reading a run from it while a scan runs (a second process, a viewer) made
-the callback read wrong frames, and got wrong frames itself: 14 and 8 in 4,200 reads of one file, from a reader
-of ours and a Tiled-like open-read-close on two threads (0 and 0 with the lock). The adapters here are Tiled's
-own, with their construction and each read one step under that lock. A Tiled server in a process of its own
-(``tiled serve``) needs none of this: HDF5 keeps processes apart.
+the callback read wrong frames, and got wrong frames itself (``python benchmarks/tiled_hdf5_race.py --adapter
+tiled``: 331 of 71,580 reads by a reader of ours in 20 s, 5 of 267 by the client; 0 and 0 with these adapters).
+The adapters here are Tiled's own, with their construction and each read one step under that lock. A Tiled
+server in a process of its own (``tiled serve``) needs none of this: HDF5 keeps processes apart.
 """
 
 from __future__ import annotations
