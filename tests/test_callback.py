@@ -882,3 +882,24 @@ def test_the_progress_bar_draws_on_a_terminal_not_into_a_log(RE):
     RE(bp.count([camera()], num=5))
     assert log_file.getvalue() == ""  # a queue server's log gets no line per frame
     assert "5/5" in forced.getvalue() and docs.count("event") == 5
+
+
+def test_each_frame_of_a_live_scan_is_despiked_once_and_denoised_as_a_stack_would_be(RE, monkeypatch):
+    """A frame is in five contexts of the shipped projection model; the callback names its frames to the
+    denoiser, which despikes each one once (benchmarks/stream_cost.py), and the frames come out as
+    ``Denoiser.denoise`` of the whole stack."""
+    import bluesky_tomogan.inference.denoiser as denoiser_module
+    from bluesky_tomogan import load_denoiser
+
+    den = load_denoiser("tomogan-projection", backend="onnxruntime")
+    calls = []
+    real = denoiser_module.remove_isolated_spikes
+    monkeypatch.setattr(denoiser_module, "remove_isolated_spikes",
+                        lambda frames, sigmas: calls.append(len(frames)) or real(frames, sigmas))
+    docs = run(RE, TomoGANCallback(den, inline=True), [camera()], num=7)
+    raw = np.stack([d["data"]["cam"] for n, d in docs if n == "event"])
+    derived = np.stack([f for n, d in docs if n == "event_page" for f in d["data"].get("cam_denoised", [])])
+    assert sum(calls) == 7
+    calls.clear()
+    np.testing.assert_array_equal(derived, den.denoise(raw))
+    assert sum(calls) == 7

@@ -8,6 +8,7 @@ from scipy.ndimage import median_filter
 
 from bluesky_tomogan import load_denoiser
 from bluesky_tomogan.despike import remove_isolated_spikes
+from bluesky_tomogan.errors import InputValueError
 
 from .conftest import copy_of_shipped_model
 
@@ -188,3 +189,38 @@ def test_despiking_changes_only_float32_values_in_place_and_keeps_the_shape(rng,
     before = frames.shape, frames.dtype
     remove_isolated_spikes(frames, sigmas)
     assert (frames.shape, frames.dtype) == before
+
+
+def test_a_stream_despikes_each_frame_once_and_gets_what_each_context_alone_gets(rng, monkeypatch):
+    """Each frame of a stream is in ``depth`` contexts; named by ``frame_keys`` (the live callback) or
+    in a stack (``denoise``), it is despiked once, and the output is the same as despiking every
+    context anew, masked pixels (a 16-bit detector's top value) included."""
+    import bluesky_tomogan.inference.denoiser as denoiser_module
+
+    den = load_denoiser("tomogan-projection-light", backend="onnxruntime")
+    n, depth = 9, den.depth
+    stack = _frames(rng, n=n, size=64)
+    stack[rng.random(stack.shape) < 3e-3] += 20 * 800  # zingers
+    stack = np.round(stack).astype(np.uint16)
+    stack[:, 5, 7] = np.iinfo(np.uint16).max  # a masked pixel in every frame
+    calls = []
+    real = denoiser_module.remove_isolated_spikes
+    monkeypatch.setattr(denoiser_module, "remove_isolated_spikes",
+                        lambda frames, sigmas: calls.append(len(frames)) or real(frames, sigmas))
+    half = depth // 2
+    windows = [np.clip(np.arange(i - half, i + half + 1), 0, n - 1) for i in range(half, n - half)]
+    alone = [den.denoise_context(stack[w]) for w in windows]
+    assert sum(calls) == depth * len(windows)
+    calls.clear()
+    keyed = [den.denoise_context(stack[w], frame_keys=[("run", int(j)) for j in w]) for w in windows]
+    assert sum(calls) == n  # each frame once
+    for a, k in zip(alone, keyed, strict=True):
+        np.testing.assert_array_equal(a, k)
+    assert keyed[0][5, 7] == np.iinfo(np.uint16).max  # the raw value where the detector has no data
+    assert len(den._conditioned_frames) <= denoiser_module.CONDITIONED_FRAMES_PER_DEPTH * depth  # bounded
+    calls.clear()
+    whole = den.denoise(stack)
+    assert sum(calls) == n
+    np.testing.assert_array_equal(whole[half : n - half], np.stack(alone))
+    with pytest.raises(InputValueError, match="one per frame of the context"):
+        den.denoise_context(stack[:depth], frame_keys=[1, 2])

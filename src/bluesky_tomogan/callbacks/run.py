@@ -209,6 +209,8 @@ class RunDenoiser(PassThroughRun):
         self._queue = FrameQueue(options.maxsize, options.policy, tombstone=self._tombstone)
         self._breaker_open = False
         self._tokens = itertools.count()
+        # names this run's frames to a denoiser's despiked-frame cache (with each frame's token): unique per run
+        self._frame_keys = object()
         self._pending: dict[int, QueuedFrame] = {}  # queued, not yet emitted, in arrival order (callback thread only)
         self._ready: dict[int, FrameResult] = {}  # finished, waiting for earlier frames of their stream
         self._rows_taken: dict[int, int] = {}  # id of a derived stream -> rows of its file taken (_take_row)
@@ -925,7 +927,11 @@ class RunDenoiser(PassThroughRun):
             began = time.perf_counter()
             # a lighter step of an adaptive ladder may read fewer frames than the stream's context
             frames = self._near_in_angle(item, centred(context, int(getattr(den, "depth", len(context)))))
-            out = den.denoise_context(np.stack([np.asarray(c.frame) for c in frames]))
+            context_frames = np.stack([np.asarray(c.frame) for c in frames])
+            if isinstance(den, Denoiser | RatioDenoisers):  # each frame despiked once, not in each of its contexts
+                out = den.denoise_context(context_frames, frame_keys=[(self._frame_keys, c.token) for c in frames])
+            else:  # a denoiser of the user's own takes the context alone
+                out = den.denoise_context(context_frames)
             if item.stream.field in self._controllers:
                 self._controllers[item.stream.field].record(time.perf_counter() - began)
             self._qc.register(item)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, NamedTuple
 
@@ -28,7 +30,7 @@ from . import self_ensemble as ensemble
 from .backends.base import Session
 from .tiling import TileGrid, pad_to
 
-__all__ = ["DEFAULT_OVERLAP", "Denoiser", "check_frames"]
+__all__ = ["CONDITIONED_FRAMES_PER_DEPTH", "DEFAULT_OVERLAP", "Denoiser", "check_frames"]
 
 #: Minimum overlap of neighbouring tiles, in pixels (:class:`Denoiser`, :func:`~bluesky_tomogan.load_denoiser`).
 DEFAULT_OVERLAP = 64
@@ -36,6 +38,11 @@ DEFAULT_OVERLAP = 64
 log = logging.getLogger(__name__)
 
 OutDType = Literal["float32", "source"]
+
+#: Despiked frames a :class:`Denoiser` keeps per frame of its context, for the contexts that follow
+#: (``denoise_context(..., frame_keys=...)`` and :meth:`Denoiser.denoise`): 2 covers a stream's window with room
+#: for a second stream's frames between (darks, flats); 40 MB at 1024x1024 for a 5-frame network.
+CONDITIONED_FRAMES_PER_DEPTH = 2
 
 # Largest side a dynamic-shape backend runs in one piece; beyond it, tiles keep
 # activation memory bounded (a 4096^2 frame would need ~10 GB of activations).
@@ -152,6 +159,9 @@ class Denoiser:
         self.context_gate: float = float(card.source.get("context_gate", {}).get("threshold", np.inf))
         self.contexts_gated = 0  # frames denoised with some neighbours withheld
         self._lock = threading.Lock()  # runtimes' requests are not re-entrant
+        # each frame of a stream is in `depth` contexts: its despiked copy is made once (_conditioned)
+        self._conditioned_frames: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._conditioned_lock = threading.Lock()
 
     # -- provenance -----------------------------------------------------------------------
 
@@ -264,9 +274,11 @@ class Denoiser:
         angle = None if angles is None else _per_frame(angles, len(stack), "angles").astype(np.float64)
         wanted = range(len(stack))[only] if only is not None and arr.ndim == 3 else range(len(stack))
         out = np.empty((len(wanted), *stack.shape[1:]), np.float32)
+        call = object()  # names this call's frames, so each is despiked once however many contexts hold it
 
         def prepare(i: int) -> _Prepared:
-            return self._prepare(stack[context_indices(group, i, self.depth, angle)], stack[i])
+            idx = context_indices(group, i, self.depth, angle)
+            return self._prepare(stack[idx], stack[i], [(call, int(j)) for j in idx])
 
         if len(wanted) == 1:
             out[0] = self._infer(prepare(wanted[0]))
@@ -282,17 +294,29 @@ class Denoiser:
         result = out[0] if arr.ndim == 2 else out
         return self._cast(result, arr.dtype) if out_dtype == "source" else result
 
-    def denoise_context(self, context: np.ndarray, *, out_dtype: OutDType = "float32") -> np.ndarray:
+    def denoise_context(self, context: np.ndarray, *, out_dtype: OutDType = "float32",
+                        frame_keys: Sequence[Hashable] | None = None) -> np.ndarray:
         """Denoise the centre frame of an explicit context ``(depth, H, W)``.
 
         ``depth`` is the network's (:attr:`depth`: 3 for the paper's TomoGAN, 5 for the
         shipped projection models). This is what a live stream uses: the caller keeps the
         ``depth // 2`` frames on each side of the current one and asks for the current one.
+
+        ``frame_keys``, one per frame of the context, name the frames (the live callback:
+        its run and each frame's place in it) for a model whose card asks for its input
+        despiked (:mod:`bluesky_tomogan.despike`, every shipped projection model): a frame
+        whose key was in one of the last calls is not despiked again, its despiked copy is
+        kept (at most :data:`CONDITIONED_FRAMES_PER_DEPTH` times :attr:`depth` frames). A
+        key must name one frame's pixels: the same key with other pixels gets the first
+        ones' copy. Without keys every frame is despiked in every context that holds it.
         """
         arr = check_frames(context)
         if arr.ndim != 3 or arr.shape[0] != self.depth:
             raise InputShapeError(f"context must be ({self.depth}, H, W), got shape {arr.shape}")
-        result = self._denoise_context(arr, arr[self.depth // 2])
+        if frame_keys is not None and len(frame_keys) != len(arr):
+            raise InputValueError(f"frame_keys must be one per frame of the context ({len(arr)}), "
+                                  f"got {len(frame_keys)}")
+        result = self._infer(self._prepare(arr, arr[self.depth // 2], frame_keys))
         return self._cast(result, arr.dtype) if out_dtype == "source" else result
 
     # -- internals ------------------------------------------------------------------------
@@ -309,21 +333,23 @@ class Denoiser:
             return self.tile, self.tile
         return whole_or_fewest_tiles(h, m, self.overlap), whole_or_fewest_tiles(w, m, self.overlap)
 
-    def _prepare(self, context: np.ndarray, centre: np.ndarray) -> _Prepared:
+    def _prepare(self, context: np.ndarray, centre: np.ndarray,
+                 keys: Sequence[Hashable] | None = None) -> _Prepared:
         """Normalise and tile one context (CPU work that can overlap another frame's inference)."""
         mask = missing_pixels(context)
         raw_masked = None
         if mask is not None:  # detector gaps, flagged pixels, NaN: see bluesky_tomogan.masked
             centre_mask = mask[self.depth // 2]
             raw_masked = (centre_mask, centre[centre_mask].astype(np.float32)) if centre_mask.any() else None
-            context = fill_masked(context, mask)
-            centre = context[self.depth // 2]
         if self.despike_sigmas is not None:
             # spikes out before the frame's range is taken (the rule is the same in any units): from 0.5 % of
             # the pixels on, hot pixels or zingers set the top percentile, the frame's real range is squashed
             # to a sliver of the network's input and int8 loses it (held-out projections at 1000 photons with
             # 0.6 % hot pixels: SSIM 0.98 -> 0.70 in OpenVINO int8, 0.95 in fp32; benchmarks/hot_pixel_range.py)
-            context = remove_isolated_spikes(context.astype(np.float32), self.despike_sigmas)
+            context = self._conditioned(context, mask, keys)
+            centre = context[self.depth // 2]
+        elif mask is not None:
+            context = fill_masked(context, mask)
             centre = context[self.depth // 2]
         offset, scale = robust_range(centre)
         if self.depth > 1 and self.context_gate < np.inf:
@@ -352,6 +378,32 @@ class Denoiser:
             centre = self.session.input_as_seen(centre)
         # a self-ensemble tiles each turned copy of the whole context when it runs it (one copy's tiles at a time)
         return _Prepared(grid, tiles, centre, offset, scale, raw_masked, x if self.self_ensemble > 1 else None)
+
+    def _conditioned(self, context: np.ndarray, mask: np.ndarray | None,
+                     keys: Sequence[Hashable] | None) -> np.ndarray:
+        """A float32 copy of ``context`` with each frame's masked pixels filled and its isolated spikes removed;
+        a frame whose key was despiked in one of the last calls is taken from then (each frame of a stream is in
+        ``depth`` contexts: the light projection model at 1024x1024, OpenVINO int8, Intel Xeon with AMX, took 140
+        ms per frame with every context despiked anew and 122 ms so, ``benchmarks/stream_cost.py``)."""
+        assert self.despike_sigmas is not None
+        out = np.empty(context.shape, np.float32)
+        kept = CONDITIONED_FRAMES_PER_DEPTH * self.depth
+        for j, key in enumerate(keys if keys is not None else [None] * len(context)):
+            with self._conditioned_lock:
+                done = self._conditioned_frames.get(key) if key is not None else None
+                if done is not None:
+                    self._conditioned_frames.move_to_end(key)
+            if done is None:
+                own = context[j : j + 1]
+                done = (fill_masked(own, mask[j : j + 1]) if mask is not None else own.astype(np.float32))[0]
+                remove_isolated_spikes(done[None], self.despike_sigmas)
+                if key is not None:
+                    with self._conditioned_lock:
+                        self._conditioned_frames[key] = done
+                        while len(self._conditioned_frames) > kept:
+                            self._conditioned_frames.popitem(last=False)
+            out[j] = done
+        return out
 
     def _tiles(self, x: np.ndarray) -> tuple[TileGrid, np.ndarray]:
         """The normalised context ``x`` padded to the tile grid, and split into its tiles."""
@@ -401,9 +453,6 @@ class Denoiser:
         with self._lock:
             outs = [self.session.run(tiles[i : i + batch]) for i in range(0, len(tiles), batch)]
         return grid.merge(outs[0] if len(outs) == 1 else np.concatenate(outs))
-
-    def _denoise_context(self, context: np.ndarray, centre: np.ndarray) -> np.ndarray:
-        return self._infer(self._prepare(context, centre))
 
 
 class _Prepared(NamedTuple):

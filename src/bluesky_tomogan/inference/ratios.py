@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -140,11 +140,14 @@ class RatioDenoisers:
         angles and groups: :func:`~bluesky_tomogan.frame_files.denoise_file`)."""
         return self.at(self.ratio).denoise(frames, out_dtype=out_dtype, only=only, angles=angles, groups=groups)
 
-    def denoise_context(self, context: np.ndarray, *, out_dtype: OutDType = "float32") -> np.ndarray:
+    def denoise_context(self, context: np.ndarray, *, out_dtype: OutDType = "float32",
+                        frame_keys: Sequence[Hashable] | None = None) -> np.ndarray:
         """:meth:`Denoiser.denoise_context` at the current :attr:`ratio`; a ``(depth, H, W)`` context
-        of this ladder's :attr:`depth`, whose middle frames a network that reads fewer gets."""
+        of this ladder's :attr:`depth`, whose middle frames (and their ``frame_keys``) a network that
+        reads fewer gets."""
         den = self.at(self.ratio)
-        return den.denoise_context(centred(np.asarray(context), den.depth), out_dtype=out_dtype)
+        keys = None if frame_keys is None else centred(list(frame_keys), den.depth)
+        return den.denoise_context(centred(np.asarray(context), den.depth), out_dtype=out_dtype, frame_keys=keys)
 
     def provenance(self) -> dict[str, Any]:
         """The heaviest ratio's provenance, plus every loaded ratio and what runs it."""
