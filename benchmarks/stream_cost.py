@@ -63,12 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         warm_up(lambda d=den, first=frames[contexts[0]]: d.denoise_context(first))
         times: dict[str, list[float]] = {"anew": [], "keyed": [], "stack": []}
         outputs: dict[str, np.ndarray] = {}
-        for r in range(args.rounds):
+        for _ in range(args.rounds):
+            run = object()  # keys unique to this round's stream
             t0 = time.perf_counter()
             outputs["anew"] = np.stack([den.denoise_context(frames[c]) for c in contexts])
             times["anew"].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            outputs["keyed"] = np.stack([den.denoise_context(frames[c], frame_keys=[(r, int(j)) for j in c])
+            outputs["keyed"] = np.stack([den.denoise_context(frames[c], frame_keys=[(run, int(j)) for j in c])
                                          for c in contexts])
             times["keyed"].append(time.perf_counter() - t0)
             t0 = time.perf_counter()

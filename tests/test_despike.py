@@ -212,12 +212,20 @@ def test_a_stream_despikes_each_frame_once_and_gets_what_each_context_alone_gets
     alone = [den.denoise_context(stack[w]) for w in windows]
     assert sum(calls) == depth * len(windows)
     calls.clear()
-    keyed = [den.denoise_context(stack[w], frame_keys=[("run", int(j)) for j in w]) for w in windows]
+    run = object()  # keys are the process's: unique to this stream
+    keyed = [den.denoise_context(stack[w], frame_keys=[(run, int(j)) for j in w]) for w in windows]
     assert sum(calls) == n  # each frame once
     for a, k in zip(alone, keyed, strict=True):
         np.testing.assert_array_equal(a, k)
     assert keyed[0][5, 7] == np.iinfo(np.uint16).max  # the raw value where the detector has no data
-    assert len(den._conditioned_frames) <= denoiser_module.CONDITIONED_FRAMES_PER_DEPTH * depth  # bounded
+    assert 0 < len(denoiser_module._despiked) <= denoiser_module.CONDITIONED_FRAMES  # bounded
+    frame_bytes = stack[0].astype(np.float32).nbytes
+    for frames, budget in ((3, 10 * frame_bytes), (10, 3 * frame_bytes)):  # by count, and by bytes
+        small = denoiser_module._FrameCache(frames, budget)
+        for j in range(5):
+            small.put(j, stack[j].astype(np.float32))
+        assert len(small) == 3 and small.nbytes == 3 * frame_bytes
+        assert small.get(1) is None and small.get(2) is not None  # the oldest went first
     calls.clear()
     whole = den.denoise(stack)
     assert sum(calls) == n

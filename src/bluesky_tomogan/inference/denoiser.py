@@ -30,7 +30,7 @@ from . import self_ensemble as ensemble
 from .backends.base import Session
 from .tiling import TileGrid, pad_to
 
-__all__ = ["CONDITIONED_FRAMES_PER_DEPTH", "DEFAULT_OVERLAP", "Denoiser", "check_frames"]
+__all__ = ["CONDITIONED_BYTES", "CONDITIONED_FRAMES", "DEFAULT_OVERLAP", "Denoiser", "check_frames"]
 
 #: Minimum overlap of neighbouring tiles, in pixels (:class:`Denoiser`, :func:`~bluesky_tomogan.load_denoiser`).
 DEFAULT_OVERLAP = 64
@@ -39,10 +39,13 @@ log = logging.getLogger(__name__)
 
 OutDType = Literal["float32", "source"]
 
-#: Despiked frames a :class:`Denoiser` keeps per frame of its context, for the contexts that follow
-#: (``denoise_context(..., frame_keys=...)`` and :meth:`Denoiser.denoise`): 2 covers a stream's window with room
-#: for a second stream's frames between (darks, flats); 40 MB at 1024x1024 for a 5-frame network.
-CONDITIONED_FRAMES_PER_DEPTH = 2
+#: Despiked frames kept for the contexts that follow (``denoise_context(..., frame_keys=...)`` and
+#: :meth:`Denoiser.denoise`), shared by every :class:`Denoiser` of the process (the steps of an adaptive ladder
+#: despike alike, and a switch finds the frames despiked), the oldest going first: at most this many frames
+#: (a 5-frame context needs the 4 frames before it; 16 leave room for a second stream, darks or flats) ...
+CONDITIONED_FRAMES = 16
+#: ... and at most this many bytes: 16 frames of 1024x1024 (64 MB), 8 of 2048x2048.
+CONDITIONED_BYTES = 128 * 2**20
 
 # Largest side a dynamic-shape backend runs in one piece; beyond it, tiles keep
 # activation memory bounded (a 4096^2 frame would need ~10 GB of activations).
@@ -159,9 +162,6 @@ class Denoiser:
         self.context_gate: float = float(card.source.get("context_gate", {}).get("threshold", np.inf))
         self.contexts_gated = 0  # frames denoised with some neighbours withheld
         self._lock = threading.Lock()  # runtimes' requests are not re-entrant
-        # each frame of a stream is in `depth` contexts: its despiked copy is made once (_conditioned)
-        self._conditioned_frames: OrderedDict[Hashable, np.ndarray] = OrderedDict()
-        self._conditioned_lock = threading.Lock()
 
     # -- provenance -----------------------------------------------------------------------
 
@@ -306,9 +306,11 @@ class Denoiser:
         its run and each frame's place in it) for a model whose card asks for its input
         despiked (:mod:`bluesky_tomogan.despike`, every shipped projection model): a frame
         whose key was in one of the last calls is not despiked again, its despiked copy is
-        kept (at most :data:`CONDITIONED_FRAMES_PER_DEPTH` times :attr:`depth` frames). A
-        key must name one frame's pixels: the same key with other pixels gets the first
-        ones' copy. Without keys every frame is despiked in every context that holds it.
+        kept (the newest, :data:`CONDITIONED_FRAMES` and :data:`CONDITIONED_BYTES` at most, for
+        every denoiser of the process). A key must name one frame's pixels, in this process: make it of an object
+        made for the stream (the callback: ``(object made for the run, frame number)``); the
+        same key with other pixels gets the first ones' copy. Without keys every frame is
+        despiked in every context that holds it.
         """
         arr = check_frames(context)
         if arr.ndim != 3 or arr.shape[0] != self.depth:
@@ -385,23 +387,17 @@ class Denoiser:
         a frame whose key was despiked in one of the last calls is taken from then (each frame of a stream is in
         ``depth`` contexts: the light projection model at 1024x1024, OpenVINO int8, Intel Xeon with AMX, took 140
         ms per frame with every context despiked anew and 122 ms so, ``benchmarks/stream_cost.py``)."""
-        assert self.despike_sigmas is not None
+        sigmas = self.despike_sigmas
+        assert sigmas is not None
         out = np.empty(context.shape, np.float32)
-        kept = CONDITIONED_FRAMES_PER_DEPTH * self.depth
         for j, key in enumerate(keys if keys is not None else [None] * len(context)):
-            with self._conditioned_lock:
-                done = self._conditioned_frames.get(key) if key is not None else None
-                if done is not None:
-                    self._conditioned_frames.move_to_end(key)
+            done = _despiked.get((sigmas, key)) if key is not None else None
             if done is None:
                 own = context[j : j + 1]
                 done = (fill_masked(own, mask[j : j + 1]) if mask is not None else own.astype(np.float32))[0]
-                remove_isolated_spikes(done[None], self.despike_sigmas)
+                remove_isolated_spikes(done[None], sigmas)
                 if key is not None:
-                    with self._conditioned_lock:
-                        self._conditioned_frames[key] = done
-                        while len(self._conditioned_frames) > kept:
-                            self._conditioned_frames.popitem(last=False)
+                    _despiked.put((sigmas, key), done)
             out[j] = done
         return out
 
@@ -453,6 +449,43 @@ class Denoiser:
         with self._lock:
             outs = [self.session.run(tiles[i : i + batch]) for i in range(0, len(tiles), batch)]
         return grid.merge(outs[0] if len(outs) == 1 else np.concatenate(outs))
+
+
+class _FrameCache:
+    """The newest frames put in, by key: at most ``frames`` of them and ``budget`` bytes in all (thread-safe)."""
+
+    def __init__(self, frames: int, budget: int) -> None:
+        self.frames, self.budget = frames, budget
+        self._frames: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> np.ndarray | None:
+        with self._lock:
+            frame = self._frames.get(key)
+            if frame is not None:
+                self._frames.move_to_end(key)
+            return frame
+
+    def put(self, key: Hashable, frame: np.ndarray) -> None:
+        with self._lock:
+            old = self._frames.pop(key, None)
+            self._bytes -= 0 if old is None else old.nbytes
+            self._frames[key] = frame
+            self._bytes += frame.nbytes
+            while (self._bytes > self.budget or len(self._frames) > self.frames) and self._frames:
+                self._bytes -= self._frames.popitem(last=False)[1].nbytes
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+
+#: The despiked frames of the process's streams (:meth:`Denoiser._conditioned`), by (sigmas, caller's key).
+_despiked = _FrameCache(CONDITIONED_FRAMES, CONDITIONED_BYTES)
 
 
 class _Prepared(NamedTuple):
