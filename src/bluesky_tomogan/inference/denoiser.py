@@ -385,8 +385,8 @@ class Denoiser:
                      keys: Sequence[Hashable] | None) -> np.ndarray:
         """A float32 copy of ``context`` with each frame's masked pixels filled and its isolated spikes removed;
         a frame whose key was despiked in one of the last calls is taken from then (each frame of a stream is in
-        ``depth`` contexts: the light projection model at 1024x1024, OpenVINO int8, Intel Xeon with AMX, took 140
-        ms per frame with every context despiked anew and 122 ms so, ``benchmarks/stream_cost.py``)."""
+        ``depth`` contexts: the light projection model at 1024x1024, OpenVINO int8, Intel Xeon with AMX, took 141
+        ms per frame with every context despiked anew and 120 ms so, ``benchmarks/stream_cost.py``)."""
         sigmas = self.despike_sigmas
         assert sigmas is not None
         out = np.empty(context.shape, np.float32)
