@@ -922,3 +922,25 @@ def test_each_runs_worker_gives_the_memory_it_freed_back_at_its_end(RE, denoiser
     for worker in [t for t in threading.enumerate() if t.name.startswith("tomogan-worker")]:
         worker.join(10)  # the trim comes after the stop was released
     assert len(trims) == 2
+
+
+def test_a_denoiser_subclass_whose_denoise_context_takes_no_frame_keys_still_denoises(RE):
+    """A subclass written against an earlier ``denoise_context(context, *, out_dtype)`` is called as it was."""
+    from bluesky_tomogan import load_denoiser
+    from bluesky_tomogan.inference.denoiser import Denoiser
+
+    class Mine(Denoiser):
+        def denoise_context(self, context, *, out_dtype="float32"):
+            return super().denoise_context(context, out_dtype=out_dtype)
+
+    from bluesky_tomogan.inference.ratios import RatioDenoisers
+
+    base = load_denoiser("tomogan-projection", backend="onnxruntime")
+    den = Mine(base.session, base.card, base.model_sha256)
+    for given in (den, RatioDenoisers({0.0: den})):  # alone, and as the step of a ladder
+        cb = TomoGANCallback(given, inline=True)
+        docs = run(RE, cb, [camera()], num=5)
+        raw = np.stack([d["data"]["cam"] for n, d in docs if n == "event"])
+        derived = np.stack([f for n, d in docs if n == "event_page" for f in d["data"].get("cam_denoised", [])])
+        assert not cb.errors
+        np.testing.assert_array_equal(derived, base.denoise(raw))

@@ -57,7 +57,7 @@ from ..errors import InputValueError, OutputPathError, TomoGANError
 from ..frame_roles import DARK, FLAT, FRAME_ROLES, INVALID, FrameRoles
 from ..frames import cast_frames, centred, context_indices, context_offsets, near_in_angle, usable_reach
 from ..handlers import fill_datum
-from ..inference.denoiser import Denoiser, check_frames
+from ..inference.denoiser import Denoiser, check_frames, takes_frame_keys
 from ..inference.ratios import RatioController, RatioDenoisers, network_name
 from ..qc.feedback import QCFeedback
 from ..qc.metrics import DeadBefore, residual_metrics
@@ -929,9 +929,9 @@ class RunDenoiser(PassThroughRun):
             # a lighter step of an adaptive ladder may read fewer frames than the stream's context
             frames = self._near_in_angle(item, centred(context, int(getattr(den, "depth", len(context)))))
             context_frames = np.stack([np.asarray(c.frame) for c in frames])
-            if isinstance(den, Denoiser | RatioDenoisers):  # each frame despiked once, not in each of its contexts
+            if takes_frame_keys(den):  # each frame despiked once, not in each of the contexts that hold it
                 out = den.denoise_context(context_frames, frame_keys=[(self._frame_keys, c.token) for c in frames])
-            else:  # a denoiser of the user's own takes the context alone
+            else:  # a denoiser of the user's own (or a subclass that overrides denoise_context) takes the context
                 out = den.denoise_context(context_frames)
             if item.stream.field in self._controllers:
                 self._controllers[item.stream.field].record(time.perf_counter() - began)

@@ -8,6 +8,7 @@ normalised float32 batches (see :mod:`.backends.base`).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections import OrderedDict
@@ -30,7 +31,8 @@ from . import self_ensemble as ensemble
 from .backends.base import Session
 from .tiling import TileGrid, pad_to
 
-__all__ = ["CONDITIONED_BYTES", "CONDITIONED_FRAMES", "DEFAULT_OVERLAP", "Denoiser", "check_frames"]
+__all__ = ["CONDITIONED_BYTES", "CONDITIONED_FRAMES", "DEFAULT_OVERLAP", "Denoiser", "check_frames",
+           "takes_frame_keys"]
 
 #: Minimum overlap of neighbouring tiles, in pixels (:class:`Denoiser`, :func:`~bluesky_tomogan.load_denoiser`).
 DEFAULT_OVERLAP = 64
@@ -535,6 +537,16 @@ def check_frames(frames: Any) -> np.ndarray:
             raise InputValueError(f"frame {int(empty[0])} is NaN in all {arr.shape[-2] * arr.shape[-1]} pixels: "
                                   "no data to denoise")
     return arr
+
+
+def takes_frame_keys(den: object) -> bool:
+    """Whether ``den.denoise_context`` takes ``frame_keys`` (:class:`Denoiser`'s does; a denoiser of the user's
+    own, or a subclass whose ``denoise_context`` was written for an earlier version, may not). About 20 us."""
+    try:
+        parameters = inspect.signature(den.denoise_context).parameters  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return "frame_keys" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def _per_frame(values: ArrayLike, n: int, name: str) -> np.ndarray:

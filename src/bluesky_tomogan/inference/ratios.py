@@ -30,7 +30,7 @@ from numpy.typing import ArrayLike
 from ..errors import RatioError
 from ..frames import centred
 from ..modelcard import ModelCard
-from .denoiser import DEFAULT_OVERLAP, Denoiser, OutDType
+from .denoiser import DEFAULT_OVERLAP, Denoiser, OutDType, takes_frame_keys
 from .load import load_card, load_denoiser
 
 __all__ = ["RatioDenoisers", "RatioController", "load_ratios", "network_name"]
@@ -146,8 +146,10 @@ class RatioDenoisers:
         of this ladder's :attr:`depth`, whose middle frames (and their ``frame_keys``) a network that
         reads fewer gets."""
         den = self.at(self.ratio)
-        keys = None if frame_keys is None else centred(list(frame_keys), den.depth)
-        return den.denoise_context(centred(np.asarray(context), den.depth), out_dtype=out_dtype, frame_keys=keys)
+        own = centred(np.asarray(context), den.depth)
+        if frame_keys is None or not takes_frame_keys(den):  # a step of the user's own takes the context alone
+            return den.denoise_context(own, out_dtype=out_dtype)
+        return den.denoise_context(own, out_dtype=out_dtype, frame_keys=centred(list(frame_keys), den.depth))
 
     def provenance(self) -> dict[str, Any]:
         """The heaviest ratio's provenance, plus every loaded ratio and what runs it."""
