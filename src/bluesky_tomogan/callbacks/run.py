@@ -1203,10 +1203,9 @@ def _give_back_freed_memory() -> None:
     A run allocates and frees thousands of frame-sized buffers (frames, contexts, the runtime's
     tensors, HDF5's chunks) on threads that live for the run; glibc keeps what they freed in its
     arenas, so one callback's process grew by 5-25 MB a run: +53 MB RSS over nine runs of 200
-    512x512 frames after a warm-up run, +88 MB with the despiked-frame cache of session 61 (more than
-    the 50 MB a long session may grow), and -15.5 MB (largest +8.1) with this at each worker's end
-    (``python benchmarks/soak.py``, Intel Xeon with AMX). It runs on the worker thread, after the
-    stop was released.
+    512x512 frames after a warm-up run (more than the 50 MB a long session may grow), and -15.5 MB
+    (largest +8.1) with this at each worker's end (``python benchmarks/soak.py``, Intel Xeon with AMX;
+    docs/benchmarks.md, "Soak"). It runs on the worker thread, after the stop was released.
     """
     trim = _malloc_trim()
     if trim is not None:
