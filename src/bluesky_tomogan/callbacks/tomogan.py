@@ -70,7 +70,8 @@ class TomoGANCallback(RunRouterFacade):
         current ratio, or with ``policy="adaptive"`` the ratio the queue calls for. An object of
         your own works too: ``denoise_context(context)``, ``provenance()`` and ``depth``, the
         number of adjacent frames in its context (3 if it has none); a ``denoise_context`` that
-        takes ``frame_keys`` is given them (a name for each frame, as :class:`Denoiser` takes).
+        takes ``frame_keys`` is given them (a name for each frame, as
+        :meth:`~bluesky_tomogan.inference.denoiser.Denoiser.denoise_context` takes).
     fields : str or list of str, optional
         Image fields to denoise (default: every 2-D field, or the mapping's keys); one
         name is one field.
