@@ -541,7 +541,8 @@ def check_frames(frames: Any) -> np.ndarray:
 
 def takes_frame_keys(den: object) -> bool:
     """Whether ``den.denoise_context`` takes ``frame_keys`` (:class:`Denoiser`'s does; a denoiser of the user's
-    own, or a subclass whose ``denoise_context`` was written for an earlier version, may not). About 20 us."""
+    own, or a subclass whose ``denoise_context`` was written for an earlier version, may not). 12 us for a
+    :class:`Denoiser` (timeit, Intel Xeon with AMX): asked per frame, beside its milliseconds of denoising."""
     try:
         parameters = inspect.signature(den.denoise_context).parameters  # type: ignore[attr-defined]
     except (AttributeError, TypeError, ValueError):
