@@ -232,3 +232,19 @@ def test_a_stream_despikes_each_frame_once_and_gets_what_each_context_alone_gets
     np.testing.assert_array_equal(whole[half : n - half], np.stack(alone))
     with pytest.raises(InputValueError, match="one per frame of the context"):
         den.denoise_context(stack[:depth], frame_keys=[1, 2])
+
+
+def test_a_thread_keeps_its_buffers_for_the_frames_and_the_binned_copies_it_despikes_in_turn(rng):
+    # the live worker despikes each frame for the network and a binned copy of it for QC's registration:
+    # a thread that kept one shape's buffers made fresh frame-sized ones at every turn
+    from bluesky_tomogan import despike
+
+    frames = [rng.poisson(300, (1, h, w)).astype(np.float32) for h, w in ((64, 96), (32, 48), (64, 96))]
+    expected = [remove_isolated_spikes(f.copy(), 12) for f in frames]
+    first = despike._scratch((64, 96), np.dtype(np.float32))
+    for f, want in zip(frames, expected, strict=True):
+        np.testing.assert_array_equal(remove_isolated_spikes(f, 12), want)
+    assert all(a is b for a, b in zip(despike._scratch((64, 96), np.dtype(np.float32)), first, strict=True))
+    for shape in [(8 + k, 8) for k in range(despike.SCRATCH_SHAPES)]:  # as many other shapes as it keeps
+        despike._scratch(shape, np.dtype(np.float32))
+    assert despike._scratch((64, 96), np.dtype(np.float32))[0] is not first[0]  # the least recently used went

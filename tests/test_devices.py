@@ -139,6 +139,27 @@ def test_hot_and_dead_pixels_are_the_same_pixels_in_every_frame_darks_included(R
         SimTomoDetector(name="x", mode="slice", hot_pixels=0.01)
 
 
+def test_zingers_are_new_bright_specks_in_every_lit_frame_and_leave_the_rest_alone(RE, tmp_path):
+    det = SimTomoDetector(name="det", shape=(64, 64), directory=tmp_path / "a", simulate_timing=False, zingers=5e-3)
+    plain = SimTomoDetector(name="det", shape=(64, 64), directory=tmp_path / "b", simulate_timing=False)
+    for camera in (det, plain):
+        camera.exposure_time.put(0.1)
+        camera.photon_flux.put(5000.0)
+    lit, without = (frames_of(scan(RE, bp.count([camera], num=3))).astype(np.int64) for camera in (det, plain))
+    hit = lit != without
+    # 3-30x the open beam's 500 photons above the frame a camera without zingers gives, elsewhere the same
+    assert all(0 < n < 0.02 * 64 * 64 for n in hit.sum(axis=(1, 2)))
+    assert ((lit - without)[hit] >= 0.5 * 3 * 500 * 0.5).all()
+    assert not (hit[0] == hit[1]).all()  # new specks in every frame
+    det.shutter.put("closed")
+    plain.shutter.put("closed")
+    np.testing.assert_array_equal(*(frames_of(scan(RE, bp.count([c], num=1))) for c in (det, plain)))  # none in darks
+    with pytest.raises(ValueError, match="fraction of the pixels"):
+        SimTomoDetector(name="x", zingers=0.5)
+    with pytest.raises(ValueError, match="projection mode only"):
+        SimTomoDetector(name="x", mode="slice", zingers=1e-3)
+
+
 def test_frames_at_one_angle_reuse_the_projection_until_the_sample_moves(RE, rig):
     det, _, _ = rig
     first, second = frames_of(scan(RE, bp.count([det], num=2))).astype(float)

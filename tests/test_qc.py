@@ -409,6 +409,34 @@ def test_motion_is_flagged_with_the_measured_shift(RE, denoiser, tmp_path):
     assert all(s < 1.0 for i, s in enumerate(shifts) if i != 3 and not math.isnan(s))
 
 
+@pytest.mark.parametrize("zingers", [1e-3, 1e-2])
+def test_zingers_are_neither_motion_nor_noise_and_a_slip_among_them_is_seen(RE, denoiser, tmp_path, zingers):
+    # Phase correlation weighs every spatial frequency alike: before the specks were taken out of the
+    # registration image, frames of a sample standing still matched wherever two pairs of zingers lay
+    # equally far apart (motion on every frame), and the zingers' responses doubled noise_sigma.
+    def scan(rate: float) -> list:
+        det = SimTomoDetector(name="det", stage=SimTomoStage(name="stage"), shape=(128, 128),
+                              directory=tmp_path, simulate_timing=False, zingers=rate)
+        det.exposure_time.put(0.1)
+        det.photon_flux.put(5000.0)
+        cb, docs = TomoGANCallback(denoiser), []
+        cb.subscribe(lambda name, doc: docs.append((name, doc)))
+        tokens = [RE.subscribe(cb), RE.subscribe(lambda name, doc: det.inject_fault("motion", pixels=6.0)
+                                                 if name == "event" and doc["seq_num"] == 5 else None)]
+        RE(bp.count([det], num=8))
+        for token in tokens:
+            RE.unsubscribe(token)
+        return docs
+
+    with_zingers, without = scan(zingers), scan(0.0)
+    flags, shifts = column(with_zingers, "det_image_qc_flags"), column(with_zingers, "det_image_qc_shift_px")
+    assert [i for i, f in enumerate(flags) if f] == [5]  # the first frame after the slip, nothing else
+    assert "motion" in flags[5] and shifts[5] == pytest.approx(6.0, abs=0.7)
+    assert all(s < 1.0 for i, s in enumerate(shifts) if i != 5 and not math.isnan(s))
+    noise, plain = column(with_zingers, "det_image_qc_noise_sigma"), column(without, "det_image_qc_noise_sigma")
+    assert noise == pytest.approx(plain, rel=0.05)
+
+
 def test_rotation_allowance_learns_what_rotation_does_on_the_scan():
     # no history: half of what rotation moves a point at the frame's edge, nothing without an angle
     assert rotation_allowance([], 2.0, 512) == pytest.approx(0.5 * 256 * math.radians(2.0))

@@ -112,20 +112,28 @@ def remove_isolated_spikes(frames: np.ndarray, sigmas: float) -> np.ndarray:
 
 
 _buffers = threading.local()
+#: Frame shapes whose buffers a thread keeps (the most recently used): the live callback's worker despikes each
+#: frame for the network and a binned copy of it for QC's registration (``qc.metrics.registration_image``).
+SCRATCH_SHAPES = 3
 
 
 def _scratch(shape: tuple[int, int], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """This thread's padded-frame and excess buffers for frames of ``shape``, kept between calls: a stream
     despikes one frame per call, and with two fresh frame-sized buffers each time (new pages for the allocator
     to map and the kernel to zero) a 1024x1024 frame took 10.2 ms, 5.2 ms with these (this function timed
-    inside ``benchmarks/stream_cost.py``'s stream, Intel Xeon with AMX). One shape per thread is kept, so at
-    most two frames' worth each."""
+    inside ``benchmarks/stream_cost.py``'s stream, Intel Xeon with AMX). Up to :data:`SCRATCH_SHAPES` shapes
+    per thread are kept, each at most two frames' worth."""
     key = (shape, np.dtype(dtype))
-    if getattr(_buffers, "key", None) != key:
-        _buffers.key = key
-        _buffers.pad = np.empty((shape[0] + 2, shape[1] + 2), dtype)
-        _buffers.excess = np.empty(shape, dtype)
-    return _buffers.pad, _buffers.excess
+    kept: dict[tuple[tuple[int, int], np.dtype], tuple[np.ndarray, np.ndarray]] | None = getattr(_buffers, "kept", None)
+    if kept is None:
+        kept = _buffers.kept = {}
+    found = kept.pop(key, None)
+    if found is None:
+        found = (np.empty((shape[0] + 2, shape[1] + 2), dtype), np.empty(shape, dtype))
+        while len(kept) >= SCRATCH_SHAPES:
+            del kept[next(iter(kept))]  # the least recently used
+    kept[key] = found  # now the most recently used
+    return found
 
 
 def _spikes_among(pixels: np.ndarray, frame: np.ndarray, pad: np.ndarray,

@@ -44,7 +44,7 @@ from ophyd.sim import SynAxis
 
 from ..hdf5_frames import MIMETYPE, SPEC, FrameFile
 from ..simulate.spheres import SpherePack
-from ..simulate.tomography import DetectorModel, angles_deg, expose, fbp, flat_field_correct, gain_pattern
+from ..simulate.tomography import DetectorModel, add_zingers, angles_deg, expose, fbp, flat_field_correct, gain_pattern
 
 __all__ = ["SimTomoDetector", "SimTomoStage", "SimBeamCurrent", "FAULTS"]
 
@@ -132,6 +132,10 @@ class SimTomoDetector(Device):
         Fractions of the pixels that are hot (stuck at 65535) or dead (0) in every frame,
         darks and flats included: an ageing camera's defects, a fixed map drawn from
         ``seed``. Projection mode only; below 0.1 each.
+    zingers : float
+        Probability per pixel and frame of a zinger (X-rays scattered into the scintillator: a
+        speck of 1-2 pixels, 3-30x the open beam's photons; none in dark frames), new in every
+        frame (``simulate.tomography.add_zingers``). Projection mode only; below 0.1.
 
     Attributes
     ----------
@@ -165,14 +169,15 @@ class SimTomoDetector(Device):
         exposures: int = 1,
         hot_pixels: float = 0.0,
         dead_pixels: float = 0.0,
+        zingers: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(name=name, **kwargs)
-        for what, fraction in (("hot_pixels", hot_pixels), ("dead_pixels", dead_pixels)):
+        for what, fraction in (("hot_pixels", hot_pixels), ("dead_pixels", dead_pixels), ("zingers", zingers)):
             if not 0 <= fraction < 0.1:
                 raise ValueError(f"{what} is a fraction of the pixels in [0, 0.1), got {fraction}")
-        if (hot_pixels or dead_pixels) and mode != "projection":
-            raise ValueError("hot and dead pixels are the camera's: projection mode only")
+        if (hot_pixels or dead_pixels or zingers) and mode != "projection":
+            raise ValueError("hot and dead pixels and zingers are the camera's: projection mode only")
         if mode not in ("projection", "slice"):
             raise ValueError(f"mode must be 'projection' or 'slice', got {mode!r}")
         if asset_mode not in ("stream", "resource"):
@@ -203,6 +208,8 @@ class SimTomoDetector(Device):
         defects = np.random.default_rng(seed + 3).random((h, w)) if hot_pixels or dead_pixels else np.ones((h, w))
         self.hot_map = defects < hot_pixels
         self.dead_map = (defects >= hot_pixels) & (defects < hot_pixels + dead_pixels)
+        self.zingers = float(zingers)
+        self._zinger_rng = np.random.default_rng(seed + 4)  # its own: a camera without zingers gives the same frames
         self._faults: dict[str, int] = {}
         self._file: FrameFile | None = None
         self._pending: list[tuple[str, dict[str, Any]]] = []
@@ -378,11 +385,13 @@ class SimTomoDetector(Device):
         """One projection frame as this camera exposes it, of the sample turning through ``angles`` (degrees)
         during the exposure: their mean transmission (a fly scan's motion blur; one angle for a step scan),
         ``photons`` per pixel of open beam, flat-field pattern, Poisson noise, dark offset, read noise and
-        saturation, the camera's hot and dead pixels. ``sample_in`` False gives a flat frame, ``photons`` 0 a
-        dark one; ``nan`` marks 2 % of a float frame's pixels NaN (the ``nan`` fault)."""
+        saturation, the camera's hot and dead pixels and zingers. ``sample_in`` False gives a flat frame,
+        ``photons`` 0 a dark one; ``nan`` marks 2 % of a float frame's pixels NaN (the ``nan`` fault)."""
         dark = self.model.dark_level
         attenuation = np.mean([self._attenuation(a) for a in angles], axis=0) if sample_in else 1.0
         frame = expose(photons * self.gain * attenuation + dark, self.model, self._rng)
+        if self.zingers and photons > 0:
+            frame = add_zingers(frame[None], photons, self.zingers, self._zinger_rng)[0]
         if self.dtype == np.uint16:
             frame = np.clip(np.rint(frame), 0, _UINT16_MAX).astype(np.uint16)
         else:
