@@ -14,12 +14,14 @@ pattern: the denoiser flattened them as if they were noise).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.fft
 from scipy.ndimage import label
 
 from ..despike import PROJECTION_DESPIKE_SIGMAS, remove_isolated_spikes
@@ -140,8 +142,16 @@ def noise_sigma(frame: np.ndarray) -> float:
     def at(dy: int, dx: int) -> np.ndarray:
         return f[dy : dy + h : k, dx : dx + w_ : k]
 
-    response = (at(0, 0) + at(0, 2) + at(2, 0) + at(2, 2)) - 2 * (at(0, 1) + at(2, 1) + at(1, 0) + at(1, 2)) \
-        + 4 * at(1, 1)
+    # corners - 2 x edges + 4 x centre, summed in place (a temporary per term cost a third of the time)
+    response = at(0, 0) + at(0, 2)
+    response += at(2, 0)
+    response += at(2, 2)
+    edges = at(0, 1) + at(2, 1)
+    edges += at(1, 0)
+    edges += at(1, 2)
+    edges *= np.float32(-2)
+    response += edges
+    response += np.multiply(at(1, 1), np.float32(4), out=edges)
     valid = np.isfinite(response)
     if not valid.all():
         if not valid.any():
@@ -217,12 +227,13 @@ def registered_offset(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     frame; NaN when they have no common structure to register (see :func:`shift_px`)."""
     if a.shape != b.shape or min(a.shape) < 4:
         return math.nan, math.nan
-    window = np.outer(np.hanning(a.shape[0]), np.hanning(a.shape[1])).astype(np.float32)
-    fa = np.fft.rfft2((a - a.mean()) * window)
-    fb = np.fft.rfft2((b - b.mean()) * window)
+    window = _hann(a.shape)
+    # scipy's FFTs in single precision: numpy's work in double, 4x the time (a 512x512 image: 4.3 against 1.0 ms)
+    fa = scipy.fft.rfft2((a - np.float32(a.mean())) * window, workers=1)
+    fb = scipy.fft.rfft2((b - np.float32(b.mean())) * window, workers=1)
     cross = fb * np.conj(fa)
-    cross /= np.maximum(np.abs(cross), 1e-12)
-    corr = np.fft.irfft2(cross, s=a.shape)
+    cross /= np.maximum(np.abs(cross), np.float32(1e-12))
+    corr = scipy.fft.irfft2(cross, s=a.shape, workers=1)
     peak = np.unravel_index(int(np.argmax(corr)), corr.shape)
     # Two frames of pure noise also have a highest correlation; it is only a match when it stands
     # out from the surface by more than the largest of N normal samples would (~sqrt(2 ln N) sigma).
@@ -241,6 +252,14 @@ def registered_offset(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
         q = p + sub
         offsets.append((q - n if q > n / 2 else q) * REGISTRATION_BIN)
     return offsets[0], offsets[1]
+
+
+@functools.lru_cache(maxsize=4)
+def _hann(shape: tuple[int, int]) -> np.ndarray:
+    """The 2-D Hann window of registration images of ``shape`` (float32, read only)."""
+    window = np.outer(np.hanning(shape[0]), np.hanning(shape[1])).astype(np.float32)
+    window.flags.writeable = False
+    return window
 
 
 def rotation_allowance(sideways: Sequence[float], step_deg: float | None, width: int) -> float:
