@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -470,6 +471,26 @@ def test_float16_frames_are_denoised_without_numpy_warnings(RE, denoiser):
         docs = run(RE, cb, [cam], num=3)
     pages = [d for n, d in docs if n == "event_page" and "cam_denoised" in d["data"]]
     assert [e for p in pages for e in p["data"]["cam_qc_error"]] == [""] * 3
+
+
+@pytest.mark.parametrize("scale", [3e38, 1e300])
+def test_frames_near_or_beyond_float32s_top_are_judged_without_numpy_warnings(RE, denoiser, scale):
+    # their sums overflow in QC (noise, registration) and in the despike: the metrics say inf or NaN,
+    # and a RuntimeWarning from the worker would only reach the user's console (here: the row's error)
+    import warnings
+
+    rng = np.random.default_rng(0)
+    frames = [rng.poisson(500, (40, 48)).astype(np.float64) * (scale / 500 if i in (1, 2) else 1.0) for i in range(4)]
+    it = itertools.chain(frames[:1], frames, itertools.repeat(frames[-1]))  # SynSignal calls func once when made
+    cam = SynSignal(func=lambda: next(it), name="cam")
+    cb = TomoGANCallback(denoiser, inline=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        docs = run(RE, cb, [cam], num=4)
+    page = next(d for n, d in docs if n == "event_page" and "cam_denoised" in d["data"])
+    assert not any("RuntimeWarning" in e for e in page["data"]["cam_qc_error"])
+    assert page["data"]["cam_qc_error"][0] == "" and page["data"]["cam_qc_flags"][0] == ""
+    assert all(page["data"]["cam_qc_flags"][i] or page["data"]["cam_qc_error"][i] for i in (1, 2))  # said, not silent
 
 
 def test_a_frame_of_another_shape_is_flagged_and_kept_out_of_the_context(RE, denoiser):

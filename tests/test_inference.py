@@ -229,6 +229,7 @@ def test_tile_grid_covers_the_frame_and_weights_sum_to_one():
     (np.zeros((0, 8, 8)), InputShapeError, "empty"),
     (np.full((8, 8), np.nan), InputValueError, "NaN in all 64 pixels"),
     (np.array([[np.inf, 1.0], [1.0, 1.0]]), InputValueError, "1 inf values"),
+    (np.array([[1e39, 1.0], [-1e300, 1.0]]), InputValueError, "2 values beyond float32's range"),
     (np.zeros((8, 8), bool), InputValueError, "dtype bool"),
     (np.zeros((8, 8), complex), InputValueError, "dtype complex"),
 ])

@@ -512,7 +512,8 @@ def check_frames(frames: Any) -> np.ndarray:
     Raises
     ------
     InputValueError
-        Another dtype (bool, complex, object), infinite values, or a frame that is NaN everywhere.
+        Another dtype (bool, complex, object), infinite values or values beyond float32's range, or a frame
+        that is NaN everywhere.
     InputShapeError
         Another number of dimensions, no pixels, or the shape of one colour image (``(H, W, 3)``
         or ``(H, W, 4)``: an RGB(A) picture, not ``H`` frames of ``W x 3`` pixels).
@@ -536,6 +537,12 @@ def check_frames(frames: Any) -> np.ndarray:
         if empty.size:
             raise InputValueError(f"frame {int(empty[0])} is NaN in all {arr.shape[-2] * arr.shape[-1]} pixels: "
                                   "no data to denoise")
+    if arr.dtype.kind == "f" and arr.dtype.itemsize > 4:  # the network and the host's steps compute in float32
+        top = float(np.finfo(np.float32).max)
+        beyond = int(np.count_nonzero((arr > top) | (arr < -top)))  # (NaN compares False)
+        if beyond:
+            raise InputValueError(f"frames hold {beyond} values beyond float32's range (|x| > {top:.3g}), which "
+                                  "the network computes in; scale them")
     return arr
 
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 import functools
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import scipy.fft
@@ -65,6 +66,23 @@ ROTATION_SPREAD = 3.0
 #: A frame with fewer pixels alive than this share of the detector (a photon counter's dark frame) says nothing
 #: of where the light falls: :func:`dead_fraction` keeps the last frame with light to compare with.
 LIVE_FLOOR = 0.01
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _quiet(func: _F) -> _F:
+    """``func`` without numpy's overflow and invalid-value warnings: frames near or beyond float32's top (a float
+    detector's 3e38 counts) overflow its sums and leave NaN in FFTs, and their metrics say so (inf, NaN: flagged);
+    the warnings would only reach the user's console. (A fresh ``np.errstate`` per call: numpy 1.x keeps a shared
+    one's state on the instance, which nested calls and threads would overwrite.)"""
+
+    @functools.wraps(func)
+    def quiet(*args: Any, **kwargs: Any) -> Any:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return func(*args, **kwargs)
+
+    return cast(_F, quiet)
 
 
 @dataclass
@@ -120,6 +138,7 @@ class IntensityReference:
             self.exposures.popleft()
 
 
+@_quiet
 def noise_sigma(frame: np.ndarray) -> float:
     """Noise standard deviation of ``frame`` by Immerkaer's method (1996).
 
@@ -177,6 +196,7 @@ def _bin(frame: np.ndarray, k: int) -> np.ndarray:
     return out / (k * k)
 
 
+@_quiet
 def registration_image(frame: np.ndarray) -> np.ndarray:
     """``frame`` as registration uses it: NaN-free, float32, binned by :data:`REGISTRATION_BIN`, without
     isolated spikes.
@@ -222,6 +242,7 @@ def registered_shift(a: np.ndarray, b: np.ndarray) -> float:
     return math.hypot(*registered_offset(a, b))
 
 
+@_quiet
 def registered_offset(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Translation ``(down, right)`` that maps registration image ``a`` onto ``b``, in pixels of the full
     frame; NaN when they have no common structure to register (see :func:`shift_px`)."""
@@ -291,6 +312,7 @@ def motion_px(down: float, right: float, allowance: float) -> float:
     return math.hypot(down, max(0.0, abs(right) - allowance))
 
 
+@_quiet
 def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np.ndarray | None,
                   saturation_level: float, dark_level: float = 0.0, *,
                   known_nan: np.ndarray | None = None, narrower_camera: bool = False,
@@ -494,6 +516,7 @@ def _valid_pixels(f: np.ndarray) -> tuple[np.ndarray, int, int]:
     return finite & ~masked, n_finite, int(masked.sum())
 
 
+@_quiet
 def residual_metrics(raw: np.ndarray, denoised: np.ndarray, m: FrameMetrics,
                      previous: PreviousResidual | None = None) -> FrameMetrics:
     """Add what the denoiser removed (its standard deviation and its structure) and the noise it left.
