@@ -580,10 +580,30 @@ def test_demo_runs_a_live_scan_stored_in_tiled_and_says_where(tmp_path):
     (["--angles", "1"], "angles must be at least 3"),
     (["--photons", "0"], "photons must be above 0 per pixel"),  # a lost beam: the scan stayed suspended
     (["--exposure", "0"], "exposure must be above 0 s"),       # a ZeroDivisionError
+    (["--zingers", "0.5"], "zingers must be a rate per pixel in [0, 0.1), got 0.5"),
 ])
 def test_demo_settings_it_cannot_run_are_one_error_line_before_anything_is_made(tmp_path, capsys, args, message):
     assert main(["demo", "--out", str(tmp_path / "demo"), *args]) == 1
     assert message in capsys.readouterr().err and not (tmp_path / "demo").exists()
+
+
+def test_demo_with_zingers_is_neither_motion_nor_noisy_to_qc_and_denoises_them_away(tmp_path):
+    """Zingers in every frame (40 in each 128x128 projection) are neither motion nor noise to QC, and the despike
+    takes them out of the denoised frames: before, every projection was flagged ``motion``."""
+    import numpy as np
+
+    out = tmp_path / "demo"
+    done = subprocess.run([sys.executable, "-m", "bluesky_tomogan.cli", "demo", "--out", str(out), "--size", "128",
+                           "--angles", "24", "--exposure", "0.001", "--backend", "onnxruntime", "--zingers", "2.5e-3"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    psnr = re.search(r"projection PSNR (-?[\d.]+) -> ([\d.]+) dB", done.stdout)
+    assert psnr and float(psnr[2]) > float(psnr[1]) + 20, done.stdout[-1500:]  # the zingers, gone
+    with the_demos_run(out) as run:
+        flags = [str(f) for f in np.ravel(run["denoised"]["det_image_qc_flags"].read())]
+        motion = np.ravel(run["denoised"]["det_image_qc_motion_px"].read())
+    assert len(flags) == 24 and not any("motion" in f or "noisy" in f for f in flags), flags
+    assert np.isfinite(motion).sum() >= 8, motion  # registered (7.5-degree steps: rotation, not motion)
 
 
 def test_demo_with_the_live_view_shows_frames_where_a_window_can_show_and_says_so_where_not(tmp_path,
