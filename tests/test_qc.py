@@ -28,6 +28,7 @@ from bluesky_tomogan.qc.metrics import (
     FrameMetrics,
     IntensityReference,
     PreviousResidual,
+    flat_noise_correlation,
     frame_metrics,
     motion_px,
     noise_sigma,
@@ -237,6 +238,58 @@ def test_a_residual_that_repeats_in_the_next_frame_is_signal_even_when_it_is_whi
     assert math.isnan(other.residual_repeat)  # a frame of another shape repeats nothing
 
 
+def test_the_noise_correlation_of_two_flats_is_the_cameras_blur_whatever_their_intensity(rng):
+    from scipy.ndimage import gaussian_filter
+
+    profile = 900 + 300 * np.cos(np.indices((256, 256))[1] / 40.0)  # a beam's profile, the same in both
+
+    def flat(scale, sigma):
+        return gaussian_filter(rng.poisson(profile * scale).astype(np.float32), sigma) if sigma else \
+            rng.poisson(profile * scale).astype(np.float32)
+
+    assert abs(flat_noise_correlation(flat(1.0, 0), flat(1.0, 0))) < 0.02  # white noise
+    # photon noise blurred by a Gaussian of sigma s correlates exp(-1 / (4 s**2)) with its neighbour
+    for sigma in (0.7, 1.0):
+        measured = flat_noise_correlation(flat(1.03, sigma), flat(1.0, sigma))  # the ring current moved 3 %
+        assert measured == pytest.approx(math.exp(-1 / (4 * sigma**2)), abs=0.03)
+    with_zingers = flat(1.0, 1.0)
+    with_zingers[rng.random(with_zingers.shape) < 1e-3] += 20000
+    assert flat_noise_correlation(with_zingers, flat(1.0, 1.0)) == pytest.approx(math.exp(-0.25), abs=0.05)
+    gapped = np.clip(flat(1.0, 1.0), 0, 60000).astype(np.uint16)
+    gapped[:, 100:104] = 65535  # a photon counter's gap between modules: no data
+    assert flat_noise_correlation(gapped, np.clip(flat(1.0, 1.0), 0, 60000).astype(np.uint16)) == \
+        pytest.approx(math.exp(-0.25), abs=0.04)
+    assert math.isnan(flat_noise_correlation(flat(1.0, 0), flat(1.0, 0)[:128]))  # not a pair
+    assert math.isnan(flat_noise_correlation(np.zeros((64, 64)), np.zeros((64, 64))))  # no light
+
+
+@pytest.mark.parametrize("blur", [0.0, 0.8])
+def test_a_blurring_cameras_noise_is_not_taken_for_structure_and_a_denoiser_out_of_its_depth_still_is(
+        RE, denoiser, tmp_path, blur):
+    # A scintillator spreads light over neighbouring pixels: the residual of noise alone correlates (0.6 here),
+    # and before, every frame of such a camera was flagged out_of_distribution. The run's flats say how much.
+    def scan(den):
+        stage = SimTomoStage(name="stage")
+        det = SimTomoDetector(name="det", stage=stage, shape=(128, 128), directory=tmp_path, seed=3,
+                              simulate_timing=False, blur=blur)
+        det.exposure_time.put(0.1)
+        det.photon_flux.put(10000.0)
+        cb, docs = TomoGANCallback(den, streams=["primary"]), []
+        cb.subscribe(lambda name, doc: docs.append((name, doc)))
+        token = RE.subscribe(cb)
+        RE(tomo_scan(det, stage, [0.5 * i for i in range(6)], n_darks=1, n_flats=3))
+        RE.unsubscribe(token)
+        return docs
+
+    good, bad = scan(denoiser), scan(Boxed(denoiser))
+    noise = column(good, "det_image_qc_noise_correlation")
+    assert len(noise) == 6 and all(n == pytest.approx(noise[0]) for n in noise)  # from the flats, before
+    assert noise[0] == (pytest.approx(0.0, abs=0.03) if blur == 0 else pytest.approx(0.64, abs=0.06))
+    assert (min(column(good, "det_image_qc_residual_correlation")) > 0.4) == (blur > 0)
+    assert not any("out_of_distribution" in f for f in column(good, "det_image_qc_flags"))
+    assert all("out_of_distribution" in f for f in column(bad, "det_image_qc_flags"))
+
+
 def test_a_cameras_despiked_specks_leave_the_residual_metrics_as_without_them(rng):
     """Hot and dead pixels (1 %, some side by side), which the despike takes out, are thousands of counts in
     raw minus denoised: counted, they made every residual look white (a blurring denoiser on such a camera read
@@ -377,6 +430,15 @@ def textured_plain_and_hot_frames(rng):
     hot = np.where(rng.random((64, 80)) < 0.01, np.float32(1500), np.float32(0))
     hot_pixels = [rng.poisson(500, (64, 80)).astype(np.float32) + hot for _ in range(5)]
     return textured + plain + hot_pixels
+
+
+class Boxed(Flattening):
+    """A denoiser out of its depth: a 9x9 box over the real model's output, which removes edges."""
+
+    def denoise_context(self, context):
+        from scipy.ndimage import uniform_filter
+
+        return uniform_filter(self.inner.denoise_context(context), 9, mode="nearest")
 
 
 def test_a_detector_texture_the_denoiser_flattens_is_flagged_as_signal_removed(RE, denoiser, rng):

@@ -154,6 +154,9 @@ class RunOptions:
     #: Where each field's last frame with light was dead, kept across runs: a region dead frame after frame is where no
     #: photon falls (a photon counter beyond the beam's footprint), not a readout failure (:class:`~.run_qc.RunQC`).
     dead_before: dict[str, DeadBefore] = dataclasses.field(default_factory=dict)
+    #: Each field's camera noise's lag-1 correlation (its blur) from the last run's flat fields, kept across runs:
+    #: for runs without flats (:class:`~.run_qc.RunQC`, :func:`~bluesky_tomogan.qc.metrics.flat_noise_correlation`).
+    noise_correlations: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def qc(self) -> QCPolicy:
@@ -241,7 +244,7 @@ class RunDenoiser(PassThroughRun):
         # The frames of the last multi-frame event read (worker thread): its N rows read it once.
         self._last_event: tuple[Any, np.ndarray] | None = None
         self._qc = RunQC(options.feedback, options.known_nan, options.dark_levels, options.dead_before,
-                         angle_field=options.angle_field)
+                         angle_field=options.angle_field, noise_correlations=options.noise_correlations)
         # descriptor uid of a dark or flat stream not denoised -> (its role, its images), read for QC alone
         self._sampled: dict[str, tuple[str, list[str]]] = {}
         self._samples: dict[tuple[str, str], int] = {}  # (role, field) -> frames queued for QC
@@ -937,7 +940,8 @@ class RunDenoiser(PassThroughRun):
                 self._controllers[item.stream.field].record(time.perf_counter() - began)
             self._qc.register(item)
             residual_metrics(np.asarray(item.frame), out, item.metrics,
-                             previous=item.stream.of(item.role).previous_residual)
+                             previous=item.stream.of(item.role).previous_residual,
+                             noise_correlation=self._qc.noise_correlation(item.stream.field))
             # a denoiser of the user's own (duck-typed) has no ratio: an unpruned network
             self._finish(FrameResult(item, out, "", time.time(), ratio=float(getattr(den, "ratio", 0.0)),
                                  model=network_name(den)))

@@ -29,6 +29,7 @@ from ..qc.metrics import (
     DeadBefore,
     FrameMetrics,
     IntensityReference,
+    flat_noise_correlation,
     frame_metrics,
     motion_px,
     registered_offset,
@@ -95,13 +96,19 @@ class RunQC:
 
     def __init__(self, feedback: QCFeedback, known_nan: dict[str, np.ndarray | None] | None = None,
                  dark_levels: dict[str, float] | None = None,
-                 dead_before: dict[str, DeadBefore] | None = None, angle_field: str | None = None) -> None:
+                 dead_before: dict[str, DeadBefore] | None = None, angle_field: str | None = None,
+                 noise_correlations: dict[str, float] | None = None) -> None:
         self.feedback = feedback
         # field -> where its last frame was NaN: a NaN pixel that was NaN in the detector's previous frame
         # too (in any stream, in an earlier run) is its mask, not a fault. Shared by the facade's runs.
         self._known_nan = {} if known_nan is None else known_nan
         self._dark_levels = {} if dark_levels is None else dark_levels
         self._dead_before = {} if dead_before is None else dead_before
+        # field -> its camera noise's lag-1 correlation, from the median of this run's pairs of consecutive flats
+        # (or an earlier run's): what a residual of noise alone correlates (out_of_distribution's baseline)
+        self._noise_correlations = {} if noise_correlations is None else noise_correlations
+        self._flat_noise: dict[str, deque[float]] = {}  # field -> this run's estimates from pairs of flats
+        self._last_flat: dict[str, np.ndarray] = {}  # field -> this run's last usable flat (one frame each)
         self._dark_means: dict[str, deque[float]] = {}  # field -> means of this run's dark frames
         self._flats: dict[str, IntensityReference] = {}  # field -> this run's flats (the open beam), per second
         self._dark_said: set[str] = set()  # fields whose learnt dark level was logged
@@ -255,11 +262,26 @@ class RunQC:
         if role == DARK:
             self._take_dark(field, metrics.mean)
         elif role == FLAT:
-            self._take_flat(field, metrics.mean, exposure)
+            self._take_flat(field, metrics.mean, exposure, frame)
 
-    def _take_flat(self, field: str, mean: float, exposure: float | None) -> None:
+    def _take_flat(self, field: str, mean: float, exposure: float | None, frame: np.ndarray) -> None:
         if math.isfinite(mean):
             self._flats.setdefault(field, IntensityReference(SCAN_FRAMES_KEPT)).add(mean, exposure)
+        last, self._last_flat[field] = self._last_flat.get(field), frame
+        if last is None or last.shape != frame.shape:
+            return
+        estimate = flat_noise_correlation(frame, last)
+        if math.isfinite(estimate):
+            estimates = self._flat_noise.get(field)
+            if estimates is None:  # this run's first pair: an earlier run's value no longer counts
+                estimates = self._flat_noise[field] = deque(maxlen=SCAN_FRAMES_KEPT)
+            estimates.append(estimate)
+            self._noise_correlations[field] = float(np.median(estimates))
+
+    def noise_correlation(self, field: str) -> float:
+        """The lag-1 correlation of ``field``'s camera noise, from its flats (this run's, else an earlier run's);
+        NaN where no flats were seen."""
+        return self._noise_correlations.get(field, math.nan)
 
     def open_beam_share(self, field: str, mean: float, exposure: float | None, dark: float) -> float:
         """A frame's intensity above ``dark`` per second of ``exposure``, over the median of this run's flats'
@@ -316,7 +338,7 @@ class RunQC:
             if role == DARK:
                 self._take_dark(stream.field, mean)
             elif role == FLAT:
-                self._take_flat(stream.field, mean, item.exposure_s)
+                self._take_flat(stream.field, mean, item.exposure_s, frame)
         return unusable
 
     def register(self, item: QueuedFrame) -> None:

@@ -136,6 +136,10 @@ class SimTomoDetector(Device):
         Probability per pixel and frame of a zinger (X-rays scattered into the scintillator: a
         speck of 1-2 pixels, 3-30x the open beam's photons; none in dark frames), new in every
         frame (``simulate.tomography.add_zingers``). Projection mode only; below 0.1.
+    blur : float
+        The camera's point-spread function, a Gaussian's sigma in pixels (a scintillator's and its
+        optics' blur: 0.5-1.5 at most micro-CT cameras), which spreads each photon's light, and so its
+        noise, over neighbouring pixels (``simulate.tomography.DetectorModel.psf_sigma``); 0: none.
 
     Attributes
     ----------
@@ -170,6 +174,7 @@ class SimTomoDetector(Device):
         hot_pixels: float = 0.0,
         dead_pixels: float = 0.0,
         zingers: float = 0.0,
+        blur: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(name=name, **kwargs)
@@ -198,7 +203,10 @@ class SimTomoDetector(Device):
             raise ValueError(f"projection frames are uint16 or float32, got {self.dtype}")
         self.directory = Path(directory or Path(tempfile.gettempdir()) / "bluesky-tomogan").expanduser()
         self.simulate_timing = simulate_timing
-        self.model = DetectorModel(photons=1.0)  # dark level and read noise; the dose is set per frame
+        if not 0 <= blur <= 10:
+            raise ValueError(f"blur is a Gaussian's sigma in pixels in [0, 10], got {blur}")
+        # dark level, read noise and blur; the dose is set per frame
+        self.model = DetectorModel(photons=1.0, psf_sigma=float(blur))
         self.sample = SpherePack.random((h, w), seed)
         self._last_attenuation: tuple[SpherePack, float, np.ndarray] | None = None
         self._rng = np.random.default_rng(seed + 1)

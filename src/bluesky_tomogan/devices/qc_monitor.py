@@ -79,6 +79,7 @@ class QCMonitor(Device):
     shift_px = Cpt(Signal, value=math.nan, kind="normal")
     motion_px = Cpt(Signal, value=math.nan, kind="normal")
     residual_correlation = Cpt(Signal, value=math.nan, kind="normal")
+    residual_structure = Cpt(Signal, value=math.nan, kind="normal")
     residual_repeat = Cpt(Signal, value=math.nan, kind="normal")
     latency_s = Cpt(Signal, value=math.nan, kind="normal")
     seq_num = Cpt(Signal, value=0, kind="normal")
@@ -86,7 +87,7 @@ class QCMonitor(Device):
     FLAGS = ("beam_lost", "saturated", "dead_pixels", "nonfinite", "noisy", "motion", "out_of_distribution",
              "signal_removed", "lagging")
     METRICS = ("intensity_ratio", "snr", "saturated_fraction", "dead_fraction", "shift_px", "motion_px",
-               "residual_correlation", "residual_repeat", "latency_s")
+               "residual_correlation", "residual_structure", "residual_repeat", "latency_s")
 
     def __init__(self, *, name: str = "qc", beam: Any = None, beam_ok: float | None = None,
                  retry_after: float = 10.0, **kwargs: Any) -> None:

@@ -29,7 +29,7 @@ from ..despike import PROJECTION_DESPIKE_SIGMAS, remove_isolated_spikes
 from ..masked import fill_masked, masked_pixels, missing_pixels
 
 __all__ = ["DeadBefore", "FrameMetrics", "IntensityReference", "beside_another", "dead_fraction", "dead_pixels",
-           "frame_metrics", "residual_metrics",
+           "frame_metrics", "residual_metrics", "flat_noise_correlation",
            "noise_sigma", "shift_px", "registration_image", "registered_shift", "registered_offset",
            "rotation_allowance", "motion_px", "PreviousResidual", "residual_specks", "narrower_top", "signal_to_noise",
            "UNITS"]
@@ -38,7 +38,8 @@ __all__ = ["DeadBefore", "FrameMetrics", "IntensityReference", "beside_another",
 UNITS: dict[str, str] = {
     "noise_sigma": "counts", "snr": "", "intensity_ratio": "", "saturated_fraction": "", "dead_fraction": "",
     "nonfinite_fraction": "", "shift_px": "pixel", "motion_px": "pixel", "removed_sigma": "counts",
-    "residual_correlation": "", "residual_repeat": "", "denoised_noise_sigma": "counts", "latency_s": "s",
+    "residual_correlation": "", "noise_correlation": "", "residual_structure": "", "residual_repeat": "",
+    "denoised_noise_sigma": "counts", "latency_s": "s",
 }
 #: ``residual_repeat`` clips each residual at so many robust sigmas (hot pixels: :class:`PreviousResidual`).
 REPEAT_CLIP = 3.0
@@ -99,6 +100,8 @@ class FrameMetrics:
     motion_px: float = math.nan
     removed_sigma: float = math.nan
     residual_correlation: float = math.nan
+    noise_correlation: float = math.nan
+    residual_structure: float = math.nan
     residual_repeat: float = math.nan
     denoised_noise_sigma: float = math.nan
     latency_s: float = math.nan
@@ -518,7 +521,7 @@ def _valid_pixels(f: np.ndarray) -> tuple[np.ndarray, int, int]:
 
 @_quiet
 def residual_metrics(raw: np.ndarray, denoised: np.ndarray, m: FrameMetrics,
-                     previous: PreviousResidual | None = None) -> FrameMetrics:
+                     previous: PreviousResidual | None = None, noise_correlation: float = math.nan) -> FrameMetrics:
     """Add what the denoiser removed (its standard deviation and its structure) and the noise it left.
 
     ``residual_correlation`` is the mean lag-1 autocorrelation of the residual
@@ -533,6 +536,13 @@ def residual_metrics(raw: np.ndarray, denoised: np.ndarray, m: FrameMetrics,
     despike took out) are left out of all three, as pixels without data are: they are not what the
     network removed, and a camera's hot pixels, thousands of counts each, would otherwise make any
     residual look white and its standard deviation that of the specks.
+    ``noise_correlation`` is the camera's noise's own lag-1 autocorrelation, where known (the argument:
+    :func:`flat_noise_correlation` of the run's flat fields). A scintillator and its optics spread each photon's
+    light over neighbouring pixels, so a real camera's noise correlates, and so does a residual of noise
+    alone: ``residual_structure``, the flag ``out_of_distribution``'s metric, is how far
+    ``residual_correlation`` goes beyond it towards 1, as a share of that way (``(c - n) / (1 - n)``; ``n``
+    taken as 0 where it is below 0 or not known: then ``residual_correlation`` itself).
+
     """
     m.denoised_noise_sigma = noise_sigma(denoised)
     r = np.asarray(raw, np.float32) - np.asarray(denoised, np.float32)
@@ -551,12 +561,13 @@ def residual_metrics(raw: np.ndarray, denoised: np.ndarray, m: FrameMetrics,
         r = r - r.mean()
     else:  # NaN where the detector has no data (kept in the derived frame), specks: out of the sums
         r = np.where(finite, r - r[finite].mean(), np.float32(0))
+    m.noise_correlation = noise_correlation
     if previous is not None:
         m.residual_repeat = previous.repeat(r)
     var = float(np.sum(r * r)) / max(int(np.count_nonzero(finite)), 1)
     m.removed_sigma = math.sqrt(var)
     if var <= 0 or r.shape[0] < 2 or r.shape[1] < 2:
-        m.residual_correlation = 0.0
+        m.residual_correlation = m.residual_structure = 0.0
         return m
     # a pixel without data is 0 in r, so the sums hold only pairs of two pixels with data; each is
     # divided by the number of such pairs (the mean over all pairs would shrink it by the masked share)
@@ -565,7 +576,16 @@ def residual_metrics(raw: np.ndarray, denoised: np.ndarray, m: FrameMetrics,
     rx = float(np.sum(r[:, 1:] * r[:, :-1])) / pairs_x / var
     ry = float(np.sum(r[1:, :] * r[:-1, :])) / pairs_y / var
     m.residual_correlation = 0.5 * (rx + ry)
+    m.residual_structure = _beyond(m.residual_correlation, m.noise_correlation)
     return m
+
+
+def _beyond(correlation: float, noise: float) -> float:
+    """How far ``correlation`` goes from the noise's own correlation ``noise`` (taken as 0 below 0 or unknown,
+    at most 0.95) towards 1, as a share of that way: noise alone reads 0 however much it correlates, and a
+    residual holding structure reads as high on a blurring camera as on one with white noise."""
+    base = min(max(noise, 0.0), 0.95) if math.isfinite(noise) else 0.0
+    return (correlation - base) / (1.0 - base)
 
 
 def residual_specks(residual: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
@@ -618,6 +638,48 @@ class PreviousResidual:
         a, b = robust.ravel(), last.ravel()
         norm = math.sqrt(float(np.dot(a, a)) * float(np.dot(b, b)))
         return float(np.dot(a, b)) / norm if norm > 0 else math.nan
+
+
+#: :func:`flat_noise_correlation` reads every so many pairs of rows of a frame this many rows high or more.
+_NOISE_ROWS = 256
+
+
+@_quiet
+def flat_noise_correlation(flat: np.ndarray, previous_flat: np.ndarray) -> float:
+    """The lag-1 autocorrelation of a camera's noise (the mean of its horizontal and vertical ones), from two
+    consecutive flat fields (open beam, no sample) of the same shape; NaN where they cannot tell it.
+
+    A scintillator and its optics spread each photon's light over neighbouring pixels, so a real camera's
+    noise correlates (a Gaussian blur of sigma 0.8 pixel: about 0.6 at 1000 photons/pixel, less where white
+    read noise weighs more). The difference of two flats, the second scaled to the first's mean (the ring
+    current moves), is that noise alone: the beam's profile is the same in both. It is centred on its median
+    and clipped at :data:`REPEAT_CLIP` robust sigmas (zingers), pixels without data left out; every pair of
+    neighbouring rows is read up to :data:`_NOISE_ROWS` rows, evenly spread pairs beyond.
+    """
+    a, b = np.asarray(flat, np.float32), np.asarray(previous_flat, np.float32)
+    if a.shape != b.shape or a.ndim != 2 or min(a.shape) < 2:
+        return math.nan
+    gaps = [m for m in (missing_pixels(np.asarray(flat)), missing_pixels(np.asarray(previous_flat))) if m is not None]
+    valid = ~np.logical_or.reduce(gaps) if gaps else None
+    mean_a = float(a[valid].mean()) if valid is not None and valid.any() else float(a.mean())
+    mean_b = float(b[valid].mean()) if valid is not None and valid.any() else float(b.mean())
+    if not (mean_a > 0 and mean_b > 0 and math.isfinite(mean_a) and math.isfinite(mean_b)):
+        return math.nan
+    difference = a - b * np.float32(mean_a / mean_b)
+    if valid is not None:
+        difference[~valid] = np.float32(np.median(difference[valid])) if valid.any() else np.float32(0)
+    noise = _robust(difference)
+    if valid is not None:
+        noise[~valid] = 0  # no pairs with a pixel without data
+    h = noise.shape[0]
+    step = max(1, h // _NOISE_ROWS)
+    upper, lower = noise[0 : h - 1 : step], noise[1:h:step]
+    var_upper, var_lower = float(np.mean(upper * upper)), float(np.mean(lower * lower))
+    if not (var_upper > 0 and var_lower > 0):
+        return math.nan
+    across = float(np.mean(upper[:, 1:] * upper[:, :-1])) / var_upper
+    down = float(np.mean(upper * lower)) / math.sqrt(var_upper * var_lower)
+    return 0.5 * (across + down)
 
 
 def _robust(residual: np.ndarray) -> np.ndarray:

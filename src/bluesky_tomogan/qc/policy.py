@@ -12,7 +12,7 @@ flag                   metric                      threshold  action
 ``nonfinite``          ``nonfinite_fraction`` above 0.0       reacquire
 ``noisy``              ``snr`` below               5.0        adjust
 ``motion``             ``motion_px`` above         3.0        warn
-``out_of_distribution`` ``residual_correlation`` above 0.15   warn
+``out_of_distribution`` ``residual_structure`` above 0.15     warn
 ``signal_removed``     ``residual_repeat`` above   0.5        warn
 ``lagging``            ``latency_s`` above         5.0        warn
 =====================  ==========================  =========  ===========
@@ -65,7 +65,7 @@ FLAGS: Mapping[str, tuple[str, Literal["below", "above"]]] = {
     "nonfinite": ("nonfinite_fraction", "above"),
     "noisy": ("snr", "below"),
     "motion": ("motion_px", "above"),
-    "out_of_distribution": ("residual_correlation", "above"),
+    "out_of_distribution": ("residual_structure", "above"),
     "signal_removed": ("residual_repeat", "above"),
     "lagging": ("latency_s", "above"),
 }
@@ -87,8 +87,9 @@ DEFAULT_REASONS: Mapping[str, str] = {
     "motion": "a shift over 3 pixels against the previous angle, beyond the sideways shift that rotation "
               "makes between neighbouring angles on this scan, is the sample or the stage moving; a false "
               "pause costs beam time, so warn and let the scientist decide (set pause for a fine angular step)",
-    "out_of_distribution": "a residual whose neighbouring pixels correlate above 0.15 holds structure, so the "
-                           "denoiser removed signal; warn, since the raw frame is still good",
+    "out_of_distribution": "a residual whose neighbouring pixels correlate 0.15 above what the camera's own noise "
+                           "does (its blur) holds structure, so the denoiser removed signal; warn, since the raw "
+                           "frame is still good",
     "signal_removed": "photon noise is new in every frame, so a residual that correlates above 0.5 with the "
                       "previous frame's is something both frames show (a sample's fine texture, a detector's "
                       "fixed pattern) that the denoiser flattened as noise; on simulated scans it stays under "
