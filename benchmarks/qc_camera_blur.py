@@ -17,7 +17,9 @@ neighbours) and by a "denoiser" out of its depth (a 9x9 box blur, which removes 
 ``residual_metrics`` runs on each as the live callback's QC does. Prints, per camera, dose and
 denoiser, the ranges of ``residual_correlation`` and ``residual_structure`` over the frames, the
 flats' ``noise_correlation``, and how many frames each metric flags at the policy's threshold:
-``residual_correlation`` (the flag's metric before) and ``residual_structure`` (now).
+``residual_correlation`` (the flag's metric before) and ``residual_structure`` (now). Then, per camera and
+dose, what ``noise_sigma`` (Immerkaer's estimator, which assumes white noise) reads on a flat against the
+flat's pixel noise (the standard deviation of two flats' difference over sqrt 2).
 """
 
 from __future__ import annotations
@@ -32,7 +34,13 @@ from bluesky_tomogan import load_denoiser
 from bluesky_tomogan.bench import cpu_name
 from bluesky_tomogan.despike import PROJECTION_DESPIKE_SIGMAS, remove_isolated_spikes
 from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
-from bluesky_tomogan.qc.metrics import FrameMetrics, PreviousResidual, flat_noise_correlation, residual_metrics
+from bluesky_tomogan.qc.metrics import (
+    FrameMetrics,
+    PreviousResidual,
+    flat_noise_correlation,
+    noise_sigma,
+    residual_metrics,
+)
 from bluesky_tomogan.qc.policy import QCPolicy
 
 
@@ -82,6 +90,16 @@ def main() -> None:
                 now = sum(s > threshold for s in structure)
                 print(f"| {blur:g} | {dose:g} | {noise:.2f} | {name} | {span(corr)} | {span(structure)} | "
                       f"{before} / {now} of {len(ms)} |", flush=True)
+    print("\n| camera blur (px) | photons | `noise_sigma` of a flat | its pixel noise | `snr` (dark level 100) |")
+    print("|---|---|---|---|---|")
+    for blur in args.blurs:
+        det = SimTomoDetector(name="det", shape=(args.size, args.size), directory=tempfile.mkdtemp(), seed=3,
+                              simulate_timing=False, blur=blur)
+        for dose in (25.0, *args.doses):
+            a, b = (det.projection([0.0], dose, sample_in=False).astype(np.float32) for _ in range(2))
+            sigma = noise_sigma(a)
+            print(f"| {blur:g} | {dose:g} | {sigma:.1f} | {float(np.std(a - b)) / np.sqrt(2):.1f} | "
+                  f"{(float(a.mean()) - det.model.dark_level) / sigma:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
