@@ -164,7 +164,7 @@ def noise_sigma(frame: np.ndarray) -> float:
     def at(dy: int, dx: int) -> np.ndarray:
         return f[dy : dy + h : k, dx : dx + w_ : k]
 
-    # corners - 2 x edges + 4 x centre, summed in place (a temporary per term cost a third of the time)
+    # corners - 2 x edges + 4 x centre, summed in place: two temporaries, not one per term
     response = at(0, 0) + at(0, 2)
     response += at(2, 0)
     response += at(2, 2)
@@ -252,7 +252,8 @@ def registered_offset(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     if a.shape != b.shape or min(a.shape) < 4:
         return math.nan, math.nan
     window = _hann(a.shape)
-    # scipy's FFTs in single precision: numpy's work in double, 4x the time (a 512x512 image: 4.3 against 1.0 ms)
+    # scipy's FFTs in single precision (numpy's work in double, at several times the cost): with them, QC costs per
+    # frame what it cost before the registration image was despiked (benchmarks/qc_feedback.py, docs/benchmarks.md)
     fa = scipy.fft.rfft2((a - np.float32(a.mean())) * window, workers=1)
     fb = scipy.fft.rfft2((b - np.float32(b.mean())) * window, workers=1)
     cross = fb * np.conj(fa)
@@ -536,13 +537,13 @@ def residual_metrics(raw: np.ndarray, denoised: np.ndarray, m: FrameMetrics,
     despike took out) are left out of all three, as pixels without data are: they are not what the
     network removed, and a camera's hot pixels, thousands of counts each, would otherwise make any
     residual look white and its standard deviation that of the specks.
+
     ``noise_correlation`` is the camera's noise's own lag-1 autocorrelation, where known (the argument:
     :func:`flat_noise_correlation` of the run's flat fields). A scintillator and its optics spread each photon's
     light over neighbouring pixels, so a real camera's noise correlates, and so does a residual of noise
     alone: ``residual_structure``, the flag ``out_of_distribution``'s metric, is how far
     ``residual_correlation`` goes beyond it towards 1, as a share of that way (``(c - n) / (1 - n)``; ``n``
     taken as 0 where it is below 0 or not known: then ``residual_correlation`` itself).
-
     """
     m.denoised_noise_sigma = noise_sigma(denoised)
     r = np.asarray(raw, np.float32) - np.asarray(denoised, np.float32)
@@ -650,11 +651,12 @@ def flat_noise_correlation(flat: np.ndarray, previous_flat: np.ndarray) -> float
     consecutive flat fields (open beam, no sample) of the same shape; NaN where they cannot tell it.
 
     A scintillator and its optics spread each photon's light over neighbouring pixels, so a real camera's
-    noise correlates (a Gaussian blur of sigma 0.8 pixel: about 0.6 at 1000 photons/pixel, less where white
-    read noise weighs more). The difference of two flats, the second scaled to the first's mean (the ring
-    current moves), is that noise alone: the beam's profile is the same in both. It is centred on its median
-    and clipped at :data:`REPEAT_CLIP` robust sigmas (zingers), pixels without data left out; every pair of
-    neighbouring rows is read up to :data:`_NOISE_ROWS` rows, evenly spread pairs beyond.
+    noise correlates (a Gaussian blur of sigma 0.8 pixel: 0.64 at 1000 photons/pixel, 0.50 at 100, where the
+    camera's white read noise weighs more; ``benchmarks/qc_camera_blur.py``). The difference of two flats, the
+    second scaled to the first's mean (the ring current moves), is that noise alone: the beam's profile is the
+    same in both. It is centred on its median and clipped at :data:`REPEAT_CLIP` robust sigmas (zingers), pixels
+    without data left out; every pair of neighbouring rows is read up to :data:`_NOISE_ROWS` rows, evenly
+    spread pairs beyond.
     """
     a, b = np.asarray(flat, np.float32), np.asarray(previous_flat, np.float32)
     if a.shape != b.shape or a.ndim != 2 or min(a.shape) < 2:
