@@ -9,7 +9,14 @@ import h5py
 import numpy as np
 import pytest
 
-from bluesky_tomogan.context import DEFAULT_THRESHOLD, context_distance, gate_context, usable_neighbours
+from bluesky_tomogan.context import (
+    DEFAULT_THRESHOLD,
+    context_distance,
+    context_gains,
+    gate_context,
+    neighbour_gains,
+    usable_neighbours,
+)
 from bluesky_tomogan.frames import context_indices, context_offsets
 from bluesky_tomogan.simulate.datasets import Recipe, simulate_pairs
 
@@ -97,6 +104,40 @@ def test_context_dropout_withholds_neighbours_at_its_rate_and_keeps_the_full_con
     assert 0.15 < single.mean() < 0.45  # half of the withheld ones get no neighbour at all
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
         PatchSampler(scans, 32, depth=5, context_dropout=1.5)
+
+
+def test_neighbours_the_beam_lit_brighter_or_dimmer_are_denoised_on_the_frames_intensity(scans, denoiser,
+                                                                                         tmp_path):
+    """A projection network reads its neighbours' intensities as evidence of the frame's: neighbours 5 %
+    brighter (a top-up, a flickering monochromator) made the denoised frame 3.1 % brighter
+    (``benchmarks/beam_flicker.py``). Such neighbours are scaled to the frame's intensity first; neighbouring
+    projections without a change of the beam are left as they are."""
+    from bluesky_tomogan.devices import SimTomoDetector
+
+    det = SimTomoDetector(name="det", shape=(128, 128), directory=tmp_path, seed=5, simulate_timing=False)
+    angles = [0.5 * i for i in range(5)]
+    clean = 1000 * det.gain * np.exp(-det.sample.line_integrals(angles[2]))  # above the dark offset (100)
+    centre = det.projection([angles[2]], 1000).astype(np.float32)
+
+    def context(beam):
+        return np.stack([centre if i == 2 else det.projection([a], 1000 * beam).astype(np.float32)
+                         for i, a in enumerate(angles)])
+
+    def bias(out):
+        return float((out - 100).mean() / clean.mean()) - 1
+
+    steady, brighter, dimmer = context(1.0), context(1.05), context(0.95)
+    assert context_gains(steady) is None
+    rescaled = denoiser.contexts_rescaled  # (a fixture other tests share)
+    gains = context_gains(brighter)
+    assert gains[2] == 1.0 and all(1 / 1.05 - 0.01 < g < 1 / 1.05 + 0.01 for g in np.delete(gains, 2))
+    assert abs(bias(denoiser.denoise_context(steady))) < 0.003
+    assert abs(bias(denoiser.denoise_context(brighter))) < 0.005 and abs(bias(denoiser.denoise_context(dimmer))) < 0.005
+    assert denoiser.contexts_rescaled == rescaled + 2
+    # neighbouring views of a scan without a change of the beam, 20 photons/pixel with blur and zingers: none
+    denoiser.denoise(scans.ns, groups=scans.group)
+    assert denoiser.contexts_rescaled == rescaled + 2
+    assert neighbour_gains(np.stack([centre - 500] * 3)) is None  # a slice's values at or below 0: no gain
 
 
 @pytest.fixture(scope="module")

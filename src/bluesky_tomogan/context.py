@@ -25,7 +25,8 @@ import numpy as np
 from .frames import context_offsets, usable_reach
 from .normalise import robust_range
 
-__all__ = ["BLOCK", "DEFAULT_THRESHOLD", "context_distance", "gate_context", "usable_neighbours"]
+__all__ = ["BLOCK", "DEFAULT_THRESHOLD", "GAIN_TOLERANCE", "context_distance", "context_gains", "gate_context",
+           "neighbour_gains", "usable_neighbours"]
 
 BLOCK = 8
 """Edge of the small blocks whose means are compared (pixels); the large ones are twice as wide."""
@@ -35,6 +36,12 @@ DEFAULT_THRESHOLD = 0.35
 neighbour may have. Measured on simulated scans (docs/models.md, "Context that is not a
 neighbour"): neighbours up to 7.5 degrees apart stay below it at 20-5000 photons/pixel, with
 detector blur and zingers; views of other samples lie above."""
+
+GAIN_TOLERANCE = 0.01
+"""How far a neighbour's gain (:func:`neighbour_gains`) may stand from 1 before :func:`context_gains` brings it
+to the centre's intensity: in the held-out scans of the dose sweeps (15 cells, 20-5000 photons/pixel, up to
+strongly absorbing samples) it stays within 0.35 % (``benchmarks/beam_flicker.py``), so only a change of the
+beam (a top-up, a flickering monochromator) goes beyond it."""
 
 _MIN_LARGE_BLOCKS = 64  # fewer (a frame under 128 x 128 pixels) give too unsteady an estimate to judge by
 _BANDS = 8  # bands of large blocks compared: an eighth of a 1024-row frame, 512 blocks, enough to decide
@@ -161,3 +168,46 @@ def gate_context(context: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
     if left == right == half:
         return context, (left, right)
     return context[[half + o for o in context_offsets(depth, left, right)]], (left, right)
+
+
+def neighbour_gains(context: np.ndarray) -> np.ndarray | None:
+    """Per frame of ``context`` ``(depth, H, W)``, the factor by which the centre frame is brighter: the median,
+    over the large blocks :func:`gate_context` compares, of the ratio of the centre's block mean to the frame's
+    (the beam scales every block alike, while rotation brightens some and darkens others). ``None`` where a
+    block mean is not above 0 (a reconstructed slice, a dark frame)."""
+    blocks = [_large_block_means(frame) for frame in context]
+    centre = blocks[context.shape[0] // 2]
+    if not all(np.all(b > 0) for b in blocks):
+        return None
+    return np.array([float(np.median(centre / b)) for b in blocks])
+
+
+def context_gains(context: np.ndarray) -> np.ndarray | None:
+    """:func:`neighbour_gains`, where a neighbour's differs from 1 by more than :data:`GAIN_TOLERANCE` (the
+    others set to 1); ``None`` where none does.
+
+    A projection network reads its neighbours' intensities as evidence of the centre's: given neighbours 5 %
+    brighter (the beam brighter for them), the shipped projection model returned the centre 3.1-3.5 % brighter
+    (``benchmarks/beam_flicker.py``). The beam's intensity scales a whole frame, so each such neighbour is
+    scaled by its gain. The camera's dark offset is scaled too, and it holds the blocks behind a dense sample
+    near their offset: at a low dose the gain measured falls short of the beam's change (at 100
+    photons/pixel over an offset of 100 counts, 3.5 % of bias is left at 0.7 %, and a 2 % change is not seen).
+    """
+    if context.shape[0] == 1:
+        return None
+    gains = neighbour_gains(context)
+    if gains is None or np.all(np.abs(gains - 1) <= GAIN_TOLERANCE):
+        return None
+    gains[np.abs(gains - 1) <= GAIN_TOLERANCE] = 1.0
+    return gains
+
+
+def _large_block_means(frame: np.ndarray) -> np.ndarray:
+    """Means of the ``2 * BLOCK``-wide blocks of :func:`_sampled_bands` (of the whole frame, one block, if it is
+    smaller), float64."""
+    big = 2 * BLOCK
+    if min(frame.shape) < big:
+        return np.array([float(np.mean(frame, dtype=np.float64))])
+    bands = _sampled_bands(frame)
+    n, _, w = bands.shape
+    return bands.reshape(n, big, w // big, big).mean(axis=(1, 3), dtype=np.float64).ravel()

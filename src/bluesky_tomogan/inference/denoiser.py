@@ -19,7 +19,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ..context import gate_context
+from ..context import context_gains, gate_context
 from ..cpu import cpu_name
 from ..despike import remove_isolated_spikes
 from ..errors import InputShapeError, InputValueError
@@ -137,6 +137,11 @@ class Denoiser:
     belong to it, instead of with their structure painted in. :attr:`context_gate` holds
     the threshold (``inf``: every neighbour is used) and :attr:`contexts_gated` counts the
     frames denoised with neighbours withheld.
+
+    A projection model's neighbours whose mean intensity stands more than 1 % from the frame's
+    (the beam brighter or dimmer for them: a top-up, a flickering monochromator) are brought to
+    the frame's intensity first (:func:`bluesky_tomogan.context.context_gains`), since the network
+    reads theirs as evidence of its own; :attr:`contexts_rescaled` counts such frames.
     """
 
     def __init__(self, session: Session, card: ModelCard, model_sha256: str = "", tile: int | None = None,
@@ -163,6 +168,7 @@ class Denoiser:
         # largest distance its card allows; inf (keep every neighbour) for the others.
         self.context_gate: float = float(card.source.get("context_gate", {}).get("threshold", np.inf))
         self.contexts_gated = 0  # frames denoised with some neighbours withheld
+        self.contexts_rescaled = 0  # frames denoised with some neighbours brought to their intensity
         self._lock = threading.Lock()  # runtimes' requests are not re-entrant
 
     # -- provenance -----------------------------------------------------------------------
@@ -370,12 +376,23 @@ class Denoiser:
             # network would add its own faint pattern to it
             flat = np.broadcast_to(np.float32(0), centre.shape)
             return _Prepared(None, np.empty((0,)), flat, float(centre.flat[0]), 1.0, raw_masked)
+        gains = context_gains(context) if self.card.domain == "projection" else None
         if self.despike_sigmas is None:
             x = normalise(context, offset, scale)
         else:  # a float32 copy of our own already (despiked): normalised in place
             x = context
             x -= np.float32(offset)
             x /= np.float32(scale)
+        if gains is not None:  # neighbours the beam lit brighter or dimmer, on the centre's intensity
+            self.contexts_rescaled += 1
+            log.log(logging.INFO if self.contexts_rescaled == 1 else logging.DEBUG,
+                    "%s: neighbours brighter or dimmer than the frame by up to %.1f %% (the beam's intensity "
+                    "changed) are brought to its intensity (bluesky_tomogan.context; %d frame(s) so far)",
+                    self.card.name, 100 * float(np.max(np.abs(1 / gains - 1))), self.contexts_rescaled)
+            for frame, gain in zip(x, gains, strict=True):
+                if gain != 1.0:  # (c * g - o) / s = g * (c - o) / s + (g - 1) * o / s
+                    frame *= np.float32(gain)
+                    frame += np.float32((gain - 1) * offset / scale)
         grid, tiles = self._tiles(x)
         centre = x[self.depth // 2]
         if self.residual_on_host:
