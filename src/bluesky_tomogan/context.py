@@ -187,11 +187,11 @@ def context_gains(context: np.ndarray) -> np.ndarray | None:
     others set to 1); ``None`` where none does.
 
     A projection network reads its neighbours' intensities as evidence of the centre's: given neighbours 5 %
-    brighter (the beam brighter for them), the shipped projection model returned the centre 3.1-3.5 % brighter
+    brighter (the beam brighter for them), the shipped projection model returned the centre 3.1-3.4 % brighter
     (``benchmarks/beam_flicker.py``). The beam's intensity scales a whole frame, so each such neighbour is
     scaled by its gain. The camera's dark offset is scaled too, and it holds the blocks behind a dense sample
     near their offset: at a low dose the gain measured falls short of the beam's change (at 100
-    photons/pixel over an offset of 100 counts, 3.5 % of bias is left at 0.7 %, and a 2 % change is not seen).
+    photons/pixel over an offset of 100 counts, 3.4 % of bias is left at 0.4 %, and a 2 % change is not seen).
     """
     if context.shape[0] == 1:
         return None

@@ -138,8 +138,8 @@ class SimTomoDetector(Device):
         frame (``simulate.tomography.add_zingers``). Projection mode only; below 0.1.
     blur : float
         The camera's point-spread function, a Gaussian's sigma in pixels (a scintillator's and its
-        optics' blur: 0.5-1.5 at most micro-CT cameras), which spreads each photon's light, and so its
-        noise, over neighbouring pixels (``simulate.tomography.DetectorModel.psf_sigma``); 0: none.
+        optics' blur), which spreads each photon's light, and so its noise, over neighbouring pixels
+        (``simulate.tomography.DetectorModel.psf_sigma``); 0: none.
 
     Attributes
     ----------

@@ -87,9 +87,9 @@ DEFAULT_REASONS: Mapping[str, str] = {
     "motion": "a shift over 3 pixels against the previous angle, beyond the sideways shift that rotation "
               "makes between neighbouring angles on this scan, is the sample or the stage moving; a false "
               "pause costs beam time, so warn and let the scientist decide (set pause for a fine angular step)",
-    "out_of_distribution": "a residual whose neighbouring pixels correlate 0.15 above what the camera's own noise "
-                           "does (its blur) holds structure, so the denoiser removed signal; warn, since the raw "
-                           "frame is still good",
+    "out_of_distribution": "a residual whose neighbouring pixels correlate beyond what the camera's own noise does "
+                           "(its blur), by 0.15 of the way to 1, holds structure, so the denoiser removed signal; "
+                           "warn, since the raw frame is still good",
     "signal_removed": "photon noise is new in every frame, so a residual that correlates above 0.5 with the "
                       "previous frame's is something both frames show (a sample's fine texture, a detector's "
                       "fixed pattern) that the denoiser flattened as noise; on simulated scans it stays under "
