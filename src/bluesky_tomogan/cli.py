@@ -425,7 +425,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     metrics = run_demo(Path(args.out).expanduser(), size=args.size, n_angles=args.angles, photons=args.photons,
                        backend=args.backend, exposure=args.exposure, faults=args.faults, policy=args.policy,
                        report=print, live_view=args.live_view, fly=args.fly, capture=args.capture,
-                       zingers=args.zingers)
+                       zingers=args.zingers, blur=args.blur)
     ok = metrics["exit_status"] == "success" and (args.faults or metrics["qc_errors"] == 0)
     return 0 if ok else 1
 
@@ -558,6 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--zingers", type=float, default=0.0, metavar="RATE",
                    help="zingers per pixel and frame (e.g. 1e-3): specks of X-rays scattered into the scintillator, "
                         "new in every frame, which the despike and QC take out (default 0)")
+    s.add_argument("--blur", type=float, default=0.0, metavar="SIGMA",
+                   help="the camera's blur, a Gaussian's sigma in pixels (e.g. 0.8): a scintillator's, which "
+                        "correlates the noise of neighbouring pixels (default 0)")
     s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("serve", help="denoise runs from a bluesky 0MQ or Kafka stream in this process "

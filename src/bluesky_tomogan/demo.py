@@ -50,7 +50,8 @@ CAPTURE_KEY = "panda-inenc-1-val"
 DEMO_SIZES = (16, 2048)
 
 
-def _check_settings(size: int, n_angles: int, photons: float, exposure: float, zingers: float = 0.0) -> None:
+def _check_settings(size: int, n_angles: int, photons: float, exposure: float, zingers: float = 0.0,
+                    blur: float = 0.0) -> None:
     """Refuse settings the demo cannot run, before its store or server is made."""
     problems = []
     if not DEMO_SIZES[0] <= size <= DEMO_SIZES[1]:
@@ -64,6 +65,8 @@ def _check_settings(size: int, n_angles: int, photons: float, exposure: float, z
         problems.append(f"exposure must be above 0 s, got {exposure}")
     if not 0 <= zingers < 0.1:
         problems.append(f"zingers must be a rate per pixel in [0, 0.1), got {zingers}")
+    if not 0 <= blur <= 10:
+        problems.append(f"blur must be a Gaussian's sigma in pixels in [0, 10], got {blur}")
     if problems:
         raise InputValueError("demo: " + "; ".join(problems))
 
@@ -83,6 +86,7 @@ def run_demo(
     fly: bool = False,
     capture: bool = False,
     zingers: float = 0.0,
+    blur: float = 0.0,
 ) -> dict[str, Any]:
     """Run the demo scan and return its measured numbers; see the module docstring.
 
@@ -133,6 +137,9 @@ def run_demo(
     zingers : float
         Zingers per pixel and frame (X-rays scattered into the scintillator: specks of 1-2 pixels, new in every
         frame; :class:`~bluesky_tomogan.devices.SimTomoDetector`'s ``zingers``), below 0.1.
+    blur : float
+        The camera's blur, a Gaussian's sigma in pixels (a scintillator's and its optics': correlated noise;
+        ``SimTomoDetector``'s ``blur``), 0-10.
     """
     from bluesky import RunEngine
     from bluesky.callbacks.tiled_writer import TiledWriter
@@ -150,7 +157,7 @@ def run_demo(
 
     if policy not in _POLICIES:
         raise ValueError(f"policy must be one of {_POLICIES}, got {policy!r}")
-    _check_settings(size, n_angles, photons, exposure, zingers)
+    _check_settings(size, n_angles, photons, exposure, zingers, blur)
     if capture and not fly:
         raise InputValueError("demo: a position capture (--capture) records a fly scan's angles: add --fly")
     fly_devices = _fly_devices() if fly else None  # before any store is made: a missing extra is said first
@@ -179,7 +186,8 @@ def run_demo(
         if fly_devices is None:
             stage = SimTomoStage(name="stage")
             det: Any = SimTomoDetector(name="det", stage=stage, beam=beam, shape=(size, size),
-                                       directory=frames_directory(root) / "raw", seed=seed, zingers=zingers)
+                                       directory=frames_directory(root) / "raw", seed=seed, zingers=zingers,
+                                       blur=blur)
             det.exposure_time.put(exposure)
             det.photon_flux.put(photons / exposure)
             camera, key = det, det.image_key
@@ -187,7 +195,7 @@ def run_demo(
         else:  # ophyd-async devices connect in the RunEngine's event loop: made after it
             # with a capture, the frames QC finds unusable (flown without beam) are flown again after the rotation
             det, plan = _fly_beamline(fly_devices, root, size, photons, exposure, seed, beam, n_angles, md,
-                                      feedback if capture else None, zingers)
+                                      feedback if capture else None, zingers, blur)
             camera, key = det.camera, det.name
         feedback.install_suspenders(RE, sleep=0.5)
         RE.install_suspender(SuspendFloor(beam, 0.25 * beam.nominal, resume_thresh=0.5 * beam.nominal, sleep=0.5))
@@ -306,7 +314,8 @@ def _fly_devices() -> Any:
 
 
 def _fly_beamline(fly: Any, root: Path, size: int, photons: float, exposure: float, seed: int, beam: Any,
-                  n_angles: int, md: dict[str, Any], retake: Any = None, zingers: float = 0.0) -> tuple[Any, Any]:
+                  n_angles: int, md: dict[str, Any], retake: Any = None, zingers: float = 0.0,
+                  blur: float = 0.0) -> tuple[Any, Any]:
     """The simulated ophyd-async beamline's camera and a ``tomo_fly_scan`` of it over 180 degrees; with ``retake``
     (a QCFeedback), its simulated PandA flown beside the camera and the frames QC finds unusable flown again."""
     from ophyd_async.core import init_devices, soft_signal_rw
@@ -321,7 +330,7 @@ def _fly_beamline(fly: Any, root: Path, size: int, photons: float, exposure: flo
         shutter = soft_signal_rw(str, "open", name="shutter")
         det = fly.SimFlyTomoDetector(frames_directory(root) / "raw", rot, x, shutter, shape=(size, size),
                                      photon_flux=photons / exposure, beam=beam, seed=seed, zingers=zingers,
-                                     name="det")
+                                     blur=blur, name="det")
         panda = fly.SimPositionCapture(frames_directory(root) / "raw", det, name="panda") if retake else None
     return det, tomo_fly_scan(det, rot, 0.0, 180.0, n_angles, exposure=exposure, shutter=shutter, sample_x=x,
                               md=md, capture=[panda] if panda is not None else (), feedback=retake)
