@@ -704,6 +704,49 @@ def test_a_late_beam_lost_verdict_after_the_refill_raises_nothing():
     assert monitor.saturated.get() == 1
 
 
+def test_a_beam_back_between_qcs_reading_and_its_raise_still_clears_beam_lost():
+    """QC reads the ring current (no beam), and the ring refills before it raises ``beam_lost``: the refill's
+    callback found nothing to clear, so the flag, raised after it, would hold the scan suspended for good."""
+    beam = SimBeamCurrent(name="ring")
+    monitor = QCMonitor(name="qc", beam=beam, beam_ok=100)
+    beam.put(0.0)
+    read = beam.get
+
+    def read_then_refill(*args, **kwargs):
+        value = read(*args, **kwargs)
+        beam.put(200.0)  # the refill lands after QC's reading
+        return value
+
+    beam.get = read_then_refill
+    monitor.raise_flag("beam_lost", suspending=True)
+    beam.get = read
+    assert beam.get() == 200.0 and monitor.beam_lost.get() == 0
+
+
+@pytest.mark.parametrize("cleared_by", ["beam", "retry_after"])
+def test_a_flag_cleared_while_qc_waits_for_a_busy_event_loop_is_not_raised_again(monkeypatch, cleared_by):
+    """The event loop is too busy to take the suspenders' request, so QC raises the flag again every 0.1 s;
+    meanwhile the beam comes back (or ``retry_after`` passes) and clears it. QC must not raise it once more:
+    nothing would clear it again, and the scan would stay suspended (``demo --fly --faults`` timed out so
+    in CI, its last frames taken without beam)."""
+    import bluesky_tomogan.qc.feedback as feedback_module
+
+    monkeypatch.setattr(feedback_module, "TRIP_RETRY_S", 1.0)
+    beam = SimBeamCurrent(name="ring")
+    beam.put(0.0)
+    monitor = (QCMonitor(name="qc", beam=beam, beam_ok=100) if cleared_by == "beam"
+               else QCMonitor(name="qc", retry_after=0.3))
+    feedback = QCFeedback(QCPolicy(), monitor=monitor)
+    feedback.RE = SimpleNamespace(state=SimpleNamespace(is_running=True))
+    busy = SimpleNamespace(_sig=monitor.beam_lost, _ev=None)  # a suspender that never got its event
+    feedback.suspenders.append(busy)
+    if cleared_by == "beam":
+        threading.Timer(0.3, beam.put, args=(200.0,)).start()
+    feedback.act(Verdict("one", "denoised", 5, {"intensity_ratio": 0.0}, {"beam_lost": "suspend"}))
+    assert monitor.beam_lost.get() == 0
+    monitor.cancel_timers()
+
+
 def test_beam_dump_suspends_and_resumes_and_every_angle_has_a_good_frame(RE, denoiser, tmp_path):
     RE.record_interruptions = True
     det, stage, beam = sim_rig(tmp_path)

@@ -98,7 +98,8 @@ class QCMonitor(Device):
         self.beam_ok = beam_ok
         self.retry_after = retry_after
         self._timers: dict[str, threading.Timer] = {}
-        self._lock = threading.Lock()
+        # Held while a flag is set or cleared (re-entrant: a signal's callback may clear what was just set).
+        self._lock = threading.RLock()
         if beam is not None:
             beam.subscribe(self._beam_changed, run=False)
 
@@ -110,12 +111,15 @@ class QCMonitor(Device):
 
     def raise_flag(self, name: str, *, suspending: bool = False) -> None:
         """Set flag ``name``; a suspending flag also gets its way of clearing (see the module docstring)."""
-        if name == "beam_lost" and self.beam is not None and self._beam_back():
-            log.info("QC: beam_lost of an earlier frame, but %s reads the beam back; not raised", self.beam.name)
-            return
-        self.flag(name).put(1)
-        if suspending and not (name == "beam_lost" and self.beam is not None):
-            with self._lock:
+        # Raising and clearing hold one lock, and beam_lost reads the beam again once raised: a refill that
+        # lands between the reading and the raise (its callback then found nothing to clear) still clears it.
+        with self._lock:
+            if name == "beam_lost" and self.beam is not None and self._beam_back():
+                log.info("QC: beam_lost of an earlier frame, but %s reads the beam back; not raised",
+                         self.beam.name)
+                return
+            self.flag(name).put(1)
+            if suspending and not (name == "beam_lost" and self.beam is not None):
                 old = self._timers.pop(name, None)
                 if old is not None:
                     old.cancel()
@@ -124,11 +128,26 @@ class QCMonitor(Device):
                 timer.name = f"qc-retry-{name}"
                 self._timers[name] = timer
                 timer.start()
+            if name == "beam_lost" and self.beam is not None and self._beam_back():
+                self.clear_flag(name)
+
+    def raise_again(self, name: str) -> bool:
+        """Set flag ``name`` once more, for suspenders that missed it, if it is still raised; False if it has
+        cleared meanwhile (the beam came back, ``retry_after`` passed): raised again, nothing would clear it."""
+        with self._lock:
+            if not self.flag(name).get():
+                return False
+            self.flag(name).put(1)
+            if name == "beam_lost" and self.beam is not None and self._beam_back():
+                self.clear_flag(name)
+                return False
+            return True
 
     def clear_flag(self, name: str) -> None:
         """Clear flag ``name`` (a suspender watching it lets the scan resume)."""
-        if self.flag(name).get():
-            self.flag(name).put(0)
+        with self._lock:
+            if self.flag(name).get():
+                self.flag(name).put(0)
 
     def update(self, metrics: dict[str, float], seq_num: int) -> None:
         """Publish the latest frame's metrics."""

@@ -267,14 +267,16 @@ class QCFeedback:
             return
         # A suspender asks the event loop for an asyncio.Event and gives up after 0.1 s when the loop is
         # busy (e.g. in the callback, waiting for room in a full queue). Raise the flag again until every
-        # suspender watching it holds its event, or the scan is no longer running.
+        # suspender watching it holds its event, the flag has cleared (the beam came back: raised again, nothing
+        # would clear it, and the scan would stay suspended), or the scan is no longer running.
         watching = [s for s in self.suspenders if getattr(s, "_sig", None) is self.monitor.flag(flag)]
         deadline = time.monotonic() + TRIP_RETRY_S
         while watching and any(getattr(s, "_ev", True) is None for s in watching) and time.monotonic() < deadline:
             if self.RE is None or not self.RE.state.is_running:
                 return
             time.sleep(0.1)
-            self.monitor.flag(flag).put(1)
+            if not self.monitor.raise_again(flag):
+                return
 
     def _pause(self, v: Verdict, flag: str) -> None:
         if self.RE is None:
