@@ -84,7 +84,10 @@ def test_a_fly_scan_of_the_simulated_beamline_is_reconstructed_near_the_noise_fr
     # kickoff to the detector's (about a millisecond here: 0.1 degree; a step is 30 ms)
     offset = taken - nominal
     assert len(taken) == n and np.ptp(offset) < 1e-6 and abs(offset.mean()) < 180 / n
-    assert cb.errors == [] and all(not f for f in run["denoised"]["det_qc_flags"].read())
+    # no flag on any frame; ``lagging`` (latency over 5 s) says how loaded the machine is, not what the frames
+    # are: raised here only with several such suites on two cores (tests do not time the machine)
+    assert cb.errors == [] and all(set(str(f).split(",")) <= {"", "lagging"}
+                                   for f in run["denoised"]["det_qc_flags"].read())
     live = run["reconstruction"]
     final = [i for i, (r, f) in enumerate(zip(live["row"].read(), live["final"].read(), strict=True))
              if f and r == size // 2][-1]
