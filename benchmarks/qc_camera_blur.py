@@ -18,14 +18,17 @@ neighbours) and by a "denoiser" out of its depth (a 9x9 box blur, which removes 
 denoiser, the ranges of ``residual_correlation`` and ``residual_structure`` over the frames, the
 flats' ``noise_correlation``, and how many frames each metric flags at the policy's threshold:
 ``residual_correlation`` (the flag's metric before) and ``residual_structure`` (now). Then, per camera and
-dose, what ``noise_sigma`` (Immerkaer's estimator, which assumes white noise) reads on a flat against the
-flat's pixel noise (the standard deviation of two flats' difference over sqrt 2).
+dose, a projection's SNR: on ``noise_sigma`` alone (Immerkaer's estimator, which assumes white noise and reads
+low on a camera that blurs) and with the camera's photon transfer curve from ten darks and ten flats
+(``qc.metrics.PhotonTransfer``, as the callback's QC takes it since session 63), and how much one pair of
+flats' ``white_noise_variance`` scatters (standard deviation over mean, of the nine pairs).
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+from itertools import pairwise
 
 import numpy as np
 from scipy.ndimage import uniform_filter
@@ -36,10 +39,13 @@ from bluesky_tomogan.despike import PROJECTION_DESPIKE_SIGMAS, remove_isolated_s
 from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
 from bluesky_tomogan.qc.metrics import (
     FrameMetrics,
+    IntensityReference,
+    PhotonTransfer,
     PreviousResidual,
     flat_noise_correlation,
-    noise_sigma,
+    frame_metrics,
     residual_metrics,
+    white_noise_variance,
 )
 from bluesky_tomogan.qc.policy import QCPolicy
 
@@ -90,17 +96,42 @@ def main() -> None:
                 now = sum(s > threshold for s in structure)
                 print(f"| {blur:g} | {dose:g} | {noise:.2f} | {name} | {span(corr)} | {span(structure)} | "
                       f"{before} / {now} of {len(ms)} |", flush=True)
-    print("\n| camera blur (px) | photons | `noise_sigma` of a flat | its pixel noise | `snr` (dark level 100) |")
-    print("|---|---|---|---|---|")
+    print(f"\n{TRANSFER_FRAMES} darks and {TRANSFER_FRAMES} flats, then a projection at 30 degrees (dark level "
+          "100, read noise 2 counts); `snr` before: on `noise_sigma` alone; now: with the camera's photon transfer "
+          "curve from the flats' and darks' pairs (`qc.metrics.PhotonTransfer`), as the callback's QC takes it")
+    print("| camera blur (px) | photons | flats' `noise_correlation` | `noise_sigma` | `camera_noise_sigma` | "
+          "`snr` before | `snr` now | a flat pair's variance: scatter |")
+    print("|---|---|---|---|---|---|---|---|")
     for blur in args.blurs:
-        det = SimTomoDetector(name="det", shape=(args.size, args.size), directory=tempfile.mkdtemp(), seed=3,
-                              simulate_timing=False, blur=blur)
         for dose in (25.0, *args.doses):
-            a, b = (det.projection([0.0], dose, sample_in=False).astype(np.float32) for _ in range(2))
-            sigma = noise_sigma(a)
-            print(f"| {blur:g} | {dose:g} | {sigma:.1f} | {float(np.std(a - b)) / np.sqrt(2):.1f} | "
-                  f"{(float(a.mean()) - det.model.dark_level) / sigma:.1f} |", flush=True)
+            print(transfer_row(args.size, blur, dose), flush=True)
 
+
+#: Darks and flats a run takes before its projections (``tomo_scan``'s default).
+TRANSFER_FRAMES = 10
+
+
+def transfer_row(size: int, blur: float, dose: float) -> str:
+    """One row of the second table: a projection's SNR before and with the camera's photon transfer curve."""
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(size, size), directory=tempfile.mkdtemp(), seed=3,
+                          simulate_timing=False, blur=blur)
+    dark = det.model.dark_level
+    darks = [det.projection([0.0], 0.0, sample_in=False) for _ in range(TRANSFER_FRAMES)]
+    flats = [det.projection([0.0], dose, sample_in=False) for _ in range(TRANSFER_FRAMES)]
+    read = float(np.median([white_noise_variance(b, a) for a, b in pairwise(darks)]))
+    powers = [white_noise_variance(b, a, dark) for a, b in pairwise(flats)]
+    correlation = float(np.median([flat_noise_correlation(b, a) for a, b in pairwise(flats)]))
+    signal = float(np.median([f.mean() for f in flats[1:]])) - dark
+    curve = PhotonTransfer.from_levels(signal, float(np.median(powers)), read, correlation)
+    stage.theta.set(30.0).wait()
+    frame = det.projection([30.0], dose)
+    level = QCPolicy().saturation_for(frame.dtype)
+    before = frame_metrics(frame, IntensityReference(), None, level, dark)
+    now = frame_metrics(frame, IntensityReference(), None, level, dark, transfer=curve)
+    scatter = float(np.std(powers) / np.mean(powers))
+    return (f"| {blur:g} | {dose:g} | {correlation:.2f} | {now.noise_sigma:.1f} | {now.camera_noise_sigma:.1f} | "
+            f"{before.snr:.1f} | {now.snr:.1f} | {100 * scatter:.0f} % |")
 
 if __name__ == "__main__":
     main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -27,6 +28,7 @@ from bluesky_tomogan.qc.metrics import (
     REGISTRATION_BIN,
     FrameMetrics,
     IntensityReference,
+    PhotonTransfer,
     PreviousResidual,
     flat_noise_correlation,
     frame_metrics,
@@ -37,6 +39,7 @@ from bluesky_tomogan.qc.metrics import (
     residual_specks,
     rotation_allowance,
     shift_px,
+    white_noise_variance,
 )
 from bluesky_tomogan.storage import frames_directory
 
@@ -261,6 +264,88 @@ def test_the_noise_correlation_of_two_flats_is_the_cameras_blur_whatever_their_i
         pytest.approx(math.exp(-0.25), abs=0.04)
     assert math.isnan(flat_noise_correlation(flat(1.0, 0), flat(1.0, 0)[:128]))  # not a pair
     assert math.isnan(flat_noise_correlation(np.zeros((64, 64)), np.zeros((64, 64))))  # no light
+
+
+def test_the_white_noise_variance_of_two_flats_is_their_photons_whatever_the_cameras_blur(rng):
+    """A blur spreads each photon's noise over neighbouring pixels: their own variance falls (what Immerkaer's
+    ``noise_sigma`` reads), the noise's power at large scales does not. Two flats tell it per camera, two
+    darks its read noise; zingers and pixels without data are left out."""
+    from scipy.ndimage import gaussian_filter
+
+    profile = 900 + 300 * np.cos(np.indices((256, 256))[1] / 40.0)  # a beam's profile, the same in both
+    photons = float(profile.mean())
+
+    def flat(scale, sigma, dark=100.0):
+        counts = rng.poisson(profile * scale).astype(np.float32)
+        return (gaussian_filter(counts, sigma) if sigma else counts) + np.float32(dark)
+
+    def median_of_pairs(make, offset=100.0):  # as a run's QC takes it: one pair scatters by about 5 %
+        return float(np.median([white_noise_variance(make(1.0), make(1.03), offset) for _ in range(5)]))
+
+    for sigma in (0.0, 0.8, 1.2):  # (the ring current moved 3 % between the two flats of each pair)
+        assert median_of_pairs(functools.partial(flat, sigma=sigma)) == pytest.approx(photons, rel=0.08)
+        if sigma:  # what the pixels show of it: a fraction
+            assert noise_sigma(flat(1.0, sigma)) ** 2 < 0.25 * photons
+
+    def with_zingers(scale):
+        frame = flat(scale, 1.0)
+        frame[rng.random(frame.shape) < 1e-3] += 20000
+        return frame
+
+    def gapped(scale):
+        frame = np.clip(flat(scale, 1.0), 0, 60000).astype(np.uint16)
+        frame[:, 100:104] = 65535  # a photon counter's gap between modules: no data
+        return frame
+
+    assert median_of_pairs(with_zingers) == pytest.approx(photons, rel=0.08)
+    assert median_of_pairs(gapped) == pytest.approx(photons, rel=0.08)
+    read = median_of_pairs(lambda _: np.float32(100) + rng.normal(0, 2.0, (256, 256)).astype(np.float32), None)
+    assert read == pytest.approx(4.0, rel=0.08)  # two darks: the read noise, 2 counts
+    darks = [np.float32(100) + rng.normal(0, 2.0, (64, 64)).astype(np.float32) for _ in range(2)]
+    assert math.isnan(white_noise_variance(darks[0], darks[1], 100.0))  # no light above the offset to scale by
+    assert math.isnan(white_noise_variance(darks[0], darks[1][:32]))  # not a pair
+
+
+def test_a_photon_transfer_curve_is_the_read_noise_plus_the_photons():
+    curve = PhotonTransfer.from_levels(flat_signal=1000.0, flat_variance=1004.0, read_variance=4.0,
+                                       noise_correlation=0.6)
+    assert curve is not None and curve.gain == pytest.approx(1.0) and curve.blurs
+    assert curve.noise_sigma(21.0) == pytest.approx(5.0) and curve.noise_sigma(-3.0) == pytest.approx(2.0)
+    assert not PhotonTransfer.from_levels(1000.0, 1004.0, 4.0, 0.01).blurs  # white noise
+    assert not PhotonTransfer.from_levels(1000.0, 1004.0, 4.0).blurs  # not known: as white
+    assert PhotonTransfer.from_levels(0.0, 10.0, 4.0) is None  # flats no brighter than the darks
+    assert PhotonTransfer.from_levels(1000.0, 3.0, 4.0) is None  # flats no noisier
+    assert PhotonTransfer.from_levels(1000.0, math.nan, 4.0) is None
+
+
+@pytest.mark.parametrize("blur", [0.0, 0.8])
+def test_a_blurring_cameras_low_dose_frames_are_noisy_as_a_white_cameras_are(RE, denoiser, tmp_path, blur):
+    """Immerkaer's ``noise_sigma`` reads little more than the read noise on a camera whose scintillator blurs (2.0
+    counts of 4.7 at 40 photons per pixel): its SNR came out twice too high, and a low-dose scan was never
+    ``noisy``. The run's flats and darks give the camera's photon transfer curve, and the SNR its noise."""
+
+    def scan(photons):
+        stage = SimTomoStage(name="stage")
+        det = SimTomoDetector(name="det", stage=stage, shape=(128, 128), directory=tmp_path, seed=3,
+                              simulate_timing=False, blur=blur)
+        det.exposure_time.put(0.1)
+        det.photon_flux.put(photons / 0.1)
+        cb, docs = TomoGANCallback(denoiser, streams=["primary"]), []
+        cb.subscribe(lambda name, doc: docs.append((name, doc)))
+        token = RE.subscribe(cb)
+        RE(tomo_scan(det, stage, [0.5 * i for i in range(6)], n_darks=3, n_flats=3))
+        RE.unsubscribe(token)
+        return docs
+
+    low, high = scan(40), scan(1000)
+    assert all("noisy" in f for f in column(low, "det_image_qc_flags"))
+    assert not any("noisy" in f for f in column(high, "det_image_qc_flags"))
+    snr = column(low, "det_image_qc_snr")
+    assert len(snr) == 6 and all(2.5 < v < 5 for v in snr), snr
+    camera = column(low, "det_image_qc_camera_noise_sigma")  # the curve's noise at each frame's mean
+    assert all(4.0 < v < 6.0 for v in camera), camera
+    if blur:
+        assert all(n < 0.6 * c for n, c in zip(column(low, "det_image_qc_noise_sigma"), camera, strict=True))
 
 
 @pytest.mark.parametrize("blur", [0.0, 0.8])

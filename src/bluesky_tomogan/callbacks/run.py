@@ -60,7 +60,7 @@ from ..handlers import fill_datum
 from ..inference.denoiser import Denoiser, check_frames, takes_frame_keys
 from ..inference.ratios import RatioController, RatioDenoisers, network_name
 from ..qc.feedback import QCFeedback
-from ..qc.metrics import DeadBefore, residual_metrics
+from ..qc.metrics import DeadBefore, PhotonTransfer, residual_metrics
 from ..qc.policy import QCPolicy
 from ..stream_readers import FrameReader, reader_for, remapped, scalar_rows
 from .consumers import Consumers
@@ -157,6 +157,9 @@ class RunOptions:
     #: Each field's camera noise's lag-1 correlation (its blur) from the last run's flat fields, kept across runs:
     #: for runs without flats (:class:`~.run_qc.RunQC`, :func:`~bluesky_tomogan.qc.metrics.flat_noise_correlation`).
     noise_correlations: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: Each field's camera photon transfer curve (noise against signal) from the last run's flats and darks, kept
+    #: across runs: the SNR of a camera that blurs, in runs without flats (:class:`~.run_qc.RunQC`).
+    photon_transfers: dict[str, PhotonTransfer] = dataclasses.field(default_factory=dict)
 
     @property
     def qc(self) -> QCPolicy:
@@ -244,7 +247,8 @@ class RunDenoiser(PassThroughRun):
         # The frames of the last multi-frame event read (worker thread): its N rows read it once.
         self._last_event: tuple[Any, np.ndarray] | None = None
         self._qc = RunQC(options.feedback, options.known_nan, options.dark_levels, options.dead_before,
-                         angle_field=options.angle_field, noise_correlations=options.noise_correlations)
+                         angle_field=options.angle_field, noise_correlations=options.noise_correlations,
+                         photon_transfers=options.photon_transfers)
         # descriptor uid of a dark or flat stream not denoised -> (its role, its images), read for QC alone
         self._sampled: dict[str, tuple[str, list[str]]] = {}
         self._samples: dict[tuple[str, str], int] = {}  # (role, field) -> frames queued for QC

@@ -29,6 +29,7 @@ from ..qc.metrics import (
     DeadBefore,
     FrameMetrics,
     IntensityReference,
+    PhotonTransfer,
     flat_noise_correlation,
     frame_metrics,
     motion_px,
@@ -36,6 +37,7 @@ from ..qc.metrics import (
     registration_image,
     rotation_allowance,
     signal_to_noise,
+    white_noise_variance,
 )
 from ..qc.policy import UNUSABLE, Action, QCPolicy
 from ..reconstruction import degrees_per_unit, nominal_angles
@@ -92,12 +94,19 @@ class RunQC:
     angle_field : str, optional
         The data key of each frame's rotation angle, in the streams that have it; in the others, the start
         document's first ``motors`` entry.
+    noise_correlations : dict, optional
+        Field name -> the lag-1 correlation of its camera's noise, from the last run's flats, shared with the
+        facade's other runs (a run without flats uses it): see :meth:`noise_correlation`.
+    photon_transfers : dict, optional
+        Field name -> its camera's photon transfer curve from the last run's flats and darks, shared with the
+        facade's other runs: see :meth:`photon_transfer`.
     """
 
     def __init__(self, feedback: QCFeedback, known_nan: dict[str, np.ndarray | None] | None = None,
                  dark_levels: dict[str, float] | None = None,
                  dead_before: dict[str, DeadBefore] | None = None, angle_field: str | None = None,
-                 noise_correlations: dict[str, float] | None = None) -> None:
+                 noise_correlations: dict[str, float] | None = None,
+                 photon_transfers: dict[str, PhotonTransfer] | None = None) -> None:
         self.feedback = feedback
         # field -> where its last frame was NaN: a NaN pixel that was NaN in the detector's previous frame
         # too (in any stream, in an earlier run) is its mask, not a fault. Shared by the facade's runs.
@@ -109,6 +118,12 @@ class RunQC:
         self._noise_correlations = {} if noise_correlations is None else noise_correlations
         self._flat_noise: dict[str, deque[float]] = {}  # field -> this run's estimates from pairs of flats
         self._last_flat: dict[str, np.ndarray] = {}  # field -> this run's last usable flat (one frame each)
+        # field -> its camera's noise against its signal, from this run's pairs of flats and darks (or an earlier
+        # run's): the SNR of a camera that blurs
+        self._photon_transfers = {} if photon_transfers is None else photon_transfers
+        self._flat_powers: dict[str, deque[tuple[float, float]]] = {}  # field -> (mean, noise variance) per flat pair
+        self._dark_powers: dict[str, deque[float]] = {}  # field -> noise variance per pair of this run's darks
+        self._last_dark: dict[str, np.ndarray] = {}  # field -> this run's last usable dark
         self._dark_means: dict[str, deque[float]] = {}  # field -> means of this run's dark frames
         self._flats: dict[str, IntensityReference] = {}  # field -> this run's flats (the open beam), per second
         self._dark_said: set[str] = set()  # fields whose learnt dark level was logged
@@ -260,7 +275,7 @@ class RunQC:
         if UNUSABLE & self.evaluate(metrics, dark=role == DARK).keys():
             return
         if role == DARK:
-            self._take_dark(field, metrics.mean)
+            self._take_dark(field, metrics.mean, frame)
         elif role == FLAT:
             self._take_flat(field, metrics.mean, exposure, frame)
 
@@ -277,11 +292,37 @@ class RunQC:
                 estimates = self._flat_noise[field] = deque(maxlen=SCAN_FRAMES_KEPT)
             estimates.append(estimate)
             self._noise_correlations[field] = float(np.median(estimates))
+        power = white_noise_variance(frame, last, self.dark_level(field))
+        if math.isfinite(power) and math.isfinite(mean):
+            self._flat_powers.setdefault(field, deque(maxlen=SCAN_FRAMES_KEPT)).append((mean, power))
+            self._fit_photon_transfer(field)
 
     def noise_correlation(self, field: str) -> float:
         """The lag-1 correlation of ``field``'s camera noise, from its flats (this run's, else an earlier run's);
         NaN where no flats were seen."""
         return self._noise_correlations.get(field, math.nan)
+
+    def photon_transfer(self, field: str) -> PhotonTransfer | None:
+        """``field``'s camera noise against its signal, from pairs of consecutive flats and darks (this run's, else
+        an earlier run's; the read noise 0 where no two darks were seen); None where no two flats were seen."""
+        return self._photon_transfers.get(field)
+
+    def _fit_photon_transfer(self, field: str) -> None:
+        """The curve through the median of this run's pairs of flats and of darks (an earlier run's read noise
+        where this run has no darks), at the dark level known now."""
+        flats = self._flat_powers.get(field)
+        if not flats:
+            return
+        darks = self._dark_powers.get(field)
+        earlier = self._photon_transfers.get(field)
+        read = float(np.median(darks)) if darks else earlier.read_variance if earlier is not None else 0.0
+        means, powers = zip(*flats, strict=True)
+        fitted = PhotonTransfer.from_levels(float(np.median(means)) - self.dark_level(field),
+                                            float(np.median(powers)), read, self.noise_correlation(field))
+        if fitted is None:  # flats no brighter or noisier than the darks: no curve, rather than an earlier run's
+            self._photon_transfers.pop(field, None)
+        else:
+            self._photon_transfers[field] = fitted
 
     def open_beam_share(self, field: str, mean: float, exposure: float | None, dark: float) -> float:
         """A frame's intensity above ``dark`` per second of ``exposure``, over the median of this run's flats'
@@ -289,7 +330,7 @@ class RunQC:
         flats = self._flats.get(field)
         return flats.ratio(mean, dark, exposure) if flats is not None else math.nan
 
-    def _take_dark(self, field: str, mean: float) -> None:
+    def _take_dark(self, field: str, mean: float, frame: np.ndarray) -> None:
         if not math.isfinite(mean):
             return
         means = self._dark_means.get(field)
@@ -297,6 +338,13 @@ class RunQC:
             means = self._dark_means[field] = deque(maxlen=SCAN_FRAMES_KEPT)
         means.append(mean)
         self._dark_levels[field] = float(np.median(means))
+        last, self._last_dark[field] = self._last_dark.get(field), frame
+        if last is None or last.shape != frame.shape:
+            return
+        power = white_noise_variance(frame, last)  # the read noise (darks are not scaled: no beam to move)
+        if math.isfinite(power):
+            self._dark_powers.setdefault(field, deque(maxlen=SCAN_FRAMES_KEPT)).append(power)
+            self._fit_photon_transfer(field)
 
     def evaluate(self, metrics: FrameMetrics, *, dark: bool) -> dict[str, Action]:
         """The flags ``metrics`` raise, with their actions; a dark frame's without those that presume a beam
@@ -318,11 +366,13 @@ class RunQC:
         item.metrics = m = frame_metrics(frame, state.reference, None, level, dark_level,
                                          known_nan=self._known_nan.get(stream.field),
                                          narrower_camera=self.policy.saturation_level is None,
-                                         exposure=item.exposure_s, dead_before=dead_before)
+                                         exposure=item.exposure_s, dead_before=dead_before,
+                                         transfer=None if role == DARK else self.photon_transfer(stream.field))
         self._known_nan[stream.field] = nan if nan is not None and nan.any() else None
         if dark_level and self.policy.dark_level is None and not self._trust_darks(stream, role, m, dark_level):
             m.intensity_ratio = state.reference.ratio(m.mean, 0.0, item.exposure_s)  # judged as without darks
-            m.snr = signal_to_noise(m.mean, m.noise_sigma)
+            m.snr = signal_to_noise(m.mean, m.noise_sigma)  # (the photon transfer's read noise is of those darks)
+            m.camera_noise_sigma = math.nan
             dark_level = 0.0
         if role is None:  # a projection: against the open beam too, where the run's flats give it
             share = self.open_beam_share(stream.field, m.mean, item.exposure_s, dark_level)
@@ -336,7 +386,7 @@ class RunQC:
         if not unusable and frame.shape == stream.shape and math.isfinite(mean):  # a NaN would poison the median
             state.reference.add(mean, item.exposure_s)
             if role == DARK:
-                self._take_dark(stream.field, mean)
+                self._take_dark(stream.field, mean, frame)
             elif role == FLAT:
                 self._take_flat(stream.field, mean, item.exposure_s, frame)
         return unusable

@@ -29,7 +29,7 @@ from ..despike import PROJECTION_DESPIKE_SIGMAS, remove_isolated_spikes
 from ..masked import fill_masked, masked_pixels, missing_pixels
 
 __all__ = ["DeadBefore", "FrameMetrics", "IntensityReference", "beside_another", "dead_fraction", "dead_pixels",
-           "frame_metrics", "residual_metrics", "flat_noise_correlation",
+           "frame_metrics", "residual_metrics", "flat_noise_correlation", "white_noise_variance", "PhotonTransfer",
            "noise_sigma", "shift_px", "registration_image", "registered_shift", "registered_offset",
            "rotation_allowance", "motion_px", "PreviousResidual", "residual_specks", "narrower_top", "signal_to_noise",
            "UNITS"]
@@ -39,7 +39,7 @@ UNITS: dict[str, str] = {
     "noise_sigma": "counts", "snr": "", "intensity_ratio": "", "saturated_fraction": "", "dead_fraction": "",
     "nonfinite_fraction": "", "shift_px": "pixel", "motion_px": "pixel", "removed_sigma": "counts",
     "residual_correlation": "", "noise_correlation": "", "residual_structure": "", "residual_repeat": "",
-    "denoised_noise_sigma": "counts", "latency_s": "s",
+    "denoised_noise_sigma": "counts", "camera_noise_sigma": "counts", "latency_s": "s",
 }
 #: ``residual_repeat`` clips each residual at so many robust sigmas (hot pixels: :class:`PreviousResidual`).
 REPEAT_CLIP = 3.0
@@ -54,6 +54,17 @@ _SPECK_SAMPLES = 16384
 #: :func:`noise_sigma` leaves out responses this many robust sigmas from 0: specks (zingers, hot pixels), not noise.
 NOISE_OUTLIER_SIGMAS = 8.0
 _NOISE_SAMPLES = 16384
+#: :func:`white_noise_variance` sums a camera noise's autocovariance over lags up to this many pixels each way: a
+#: scintillator's blur spreads each photon's light over a few pixels (a Gaussian of sigma 1.2 pixel correlates
+#: the noise over a Gaussian of sigma 1.7, all but 0.3 % of it within 5 pixels each way).
+NOISE_LAGS = 5
+#: :func:`white_noise_variance` reads at most this many rows and columns, from the middle of the frames.
+_TRANSFER_CROP = 512
+#: A camera whose noise correlates this much between neighbouring pixels (lag 1, :func:`flat_noise_correlation`)
+#: blurs: :func:`noise_sigma` reads its noise low, and the SNR takes the photon transfer's too (white noise reads
+#: -0.01 to 0.01 on simulated 64x64 flats; a blur of sigma 0.4 pixel 0.07-0.09 at 25-1000 photons per pixel, one
+#: of 0.35 pixel 0.03-0.04, where :func:`noise_sigma` reads up to 15 % low: ``benchmarks/qc_camera_blur.py``).
+BLURRING_CORRELATION = 0.05
 #: Mean intensity of so many recent good frames is the reference for beam loss.
 REFERENCE_FRAMES = 10
 #: Frames are binned by this factor before registration: a fraction of the cost, sub-pixel shifts still seen.
@@ -104,6 +115,9 @@ class FrameMetrics:
     residual_structure: float = math.nan
     residual_repeat: float = math.nan
     denoised_noise_sigma: float = math.nan
+    #: The noise a frame of this mean has on this camera, from its flats' and darks' photon transfer
+    #: (:class:`PhotonTransfer`); NaN where the run gave none.
+    camera_noise_sigma: float = math.nan
     latency_s: float = math.nan
     #: Mean of the pixels that hold intensities (finite, not masked): what the beam-loss reference
     #: keeps. Not a column of the derived stream (not in :data:`UNITS`).
@@ -139,6 +153,52 @@ class IntensityReference:
         while len(self.means) > self.size:
             self.means.popleft()
             self.exposures.popleft()
+
+
+@dataclass(frozen=True)
+class PhotonTransfer:
+    """A camera's noise against its signal (its photon transfer curve), from pairs of flats and of darks.
+
+    The variance is that of white noise of the same power at large scales (:func:`white_noise_variance`):
+    ``read_variance + gain * signal``, ``signal`` in counts above the dark level. On a camera whose
+    scintillator blurs, the pixel-to-pixel noise that :func:`noise_sigma` reads is a fraction of it (a
+    sigma of 0.8 pixel: 2.4 counts of 21.4 on a projection at 1000 photons per pixel, docs/qc.md), while
+    what sets how well a frame can be denoised, and how long to expose, is the photons behind it.
+
+    Parameters
+    ----------
+    read_variance : float
+        The darks' variance (counts squared): the camera's read noise; 0 where no darks were seen.
+    gain : float
+        Variance per count of signal: 1 for a camera that counts each photon once.
+    noise_correlation : float
+        The lag-1 autocorrelation of the flats' noise (:func:`flat_noise_correlation`); NaN if not known.
+    """
+
+    read_variance: float
+    gain: float
+    noise_correlation: float = math.nan
+
+    @classmethod
+    def from_levels(cls, flat_signal: float, flat_variance: float, read_variance: float,
+                    noise_correlation: float = math.nan) -> PhotonTransfer | None:
+        """The curve through the darks' variance and the flats' (``flat_variance`` at ``flat_signal`` counts
+        above the dark level); None where they do not make one (flats no brighter than the darks, or no
+        noisier)."""
+        values = (flat_signal, flat_variance, read_variance)
+        if not all(math.isfinite(v) for v in values) or flat_signal <= 0 or flat_variance <= read_variance:
+            return None
+        read = max(read_variance, 0.0)
+        return cls(read, (flat_variance - read) / flat_signal, noise_correlation)
+
+    @property
+    def blurs(self) -> bool:
+        """Whether the camera's noise correlates between neighbours (:data:`BLURRING_CORRELATION`)."""
+        return self.noise_correlation >= BLURRING_CORRELATION  # (NaN compares False)
+
+    def noise_sigma(self, signal: float) -> float:
+        """The noise sigma (counts) of a frame ``signal`` counts above the dark level."""
+        return math.sqrt(self.read_variance + self.gain * max(signal, 0.0)) if math.isfinite(signal) else math.nan
 
 
 @_quiet
@@ -320,7 +380,8 @@ def motion_px(down: float, right: float, allowance: float) -> float:
 def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np.ndarray | None,
                   saturation_level: float, dark_level: float = 0.0, *,
                   known_nan: np.ndarray | None = None, narrower_camera: bool = False,
-                  exposure: float | None = None, dead_before: DeadBefore | None = None) -> FrameMetrics:
+                  exposure: float | None = None, dead_before: DeadBefore | None = None,
+                  transfer: PhotonTransfer | None = None) -> FrameMetrics:
     """Raw-frame metrics of ``frame``; ``previous`` is the last good frame of the same stream (or ``None``).
 
     ``dark_level`` is the camera's dark offset: the intensity ratio and the SNR take the signal above it.
@@ -337,6 +398,13 @@ def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np
     ``dead_before``: where the detector's last frame with light was dead; regions dead there too do not
     count in ``dead_fraction`` (:class:`DeadBefore`: this frame's map is left pending, for the caller to
     accept).
+    ``transfer``: the camera's photon transfer curve, where the run's flats and darks gave it; it gives
+    ``camera_noise_sigma``, the noise of a frame of this mean. On a camera that blurs (``transfer.blurs``)
+    the SNR takes the larger of that and the noise the frame shows (:func:`noise_sigma`, which reads low
+    there); on one with white noise, :func:`noise_sigma` alone: the frame's own noise, right for white noise,
+    where the curve takes a projection's uneven light as its mean (5-6 % more noise on simulated projections)
+    and one pair of flats scatters (3-7 % of the variance on 256x256 flats, more on smaller ones): frames
+    would cross the ``noisy`` threshold that did not before (``benchmarks/qc_camera_blur.py``).
     """
     f = np.asarray(frame)
     m = FrameMetrics()
@@ -374,7 +442,12 @@ def frame_metrics(frame: np.ndarray, reference: IntensityReference, previous: np
     m.dead_fraction = dead_fraction(np.where(valid, f, 1) if n_valid < f.size else f, dead_before)
     m.intensity_ratio = reference.ratio(mean, dark_level, exposure)
     m.noise_sigma = noise_sigma(np.where(valid, f, mean) if n_valid < f.size else f)
-    m.snr = signal_to_noise(mean, m.noise_sigma, dark_level)
+    noise = m.noise_sigma
+    if transfer is not None:
+        m.camera_noise_sigma = transfer.noise_sigma(mean - dark_level)
+        if transfer.blurs and math.isfinite(noise):
+            noise = max(noise, m.camera_noise_sigma)
+    m.snr = signal_to_noise(mean, noise, dark_level)
     if previous is not None:  # no angle known here: all of the shift counts as motion
         m.shift_px = m.motion_px = shift_px(previous, f)
     return m
@@ -658,18 +731,10 @@ def flat_noise_correlation(flat: np.ndarray, previous_flat: np.ndarray) -> float
     without data left out; every pair of neighbouring rows is read up to :data:`_NOISE_ROWS` rows, evenly
     spread pairs beyond.
     """
-    a, b = np.asarray(flat, np.float32), np.asarray(previous_flat, np.float32)
-    if a.shape != b.shape or a.ndim != 2 or min(a.shape) < 2:
+    found = _scene_difference(flat, previous_flat, 0.0)
+    if found is None:
         return math.nan
-    gaps = [m for m in (missing_pixels(np.asarray(flat)), missing_pixels(np.asarray(previous_flat))) if m is not None]
-    valid = ~np.logical_or.reduce(gaps) if gaps else None
-    mean_a = float(a[valid].mean()) if valid is not None and valid.any() else float(a.mean())
-    mean_b = float(b[valid].mean()) if valid is not None and valid.any() else float(b.mean())
-    if not (mean_a > 0 and mean_b > 0 and math.isfinite(mean_a) and math.isfinite(mean_b)):
-        return math.nan
-    difference = a - b * np.float32(mean_a / mean_b)
-    if valid is not None:
-        difference[~valid] = np.float32(np.median(difference[valid])) if valid.any() else np.float32(0)
+    difference, valid, _ = found
     noise = _robust(difference)
     if valid is not None:
         noise[~valid] = 0  # no pairs with a pixel without data
@@ -682,6 +747,77 @@ def flat_noise_correlation(flat: np.ndarray, previous_flat: np.ndarray) -> float
     across = float(np.mean(upper[:, 1:] * upper[:, :-1])) / var_upper
     down = float(np.mean(upper * lower)) / math.sqrt(var_upper * var_lower)
     return 0.5 * (across + down)
+
+
+@_quiet
+def white_noise_variance(frame: np.ndarray, previous: np.ndarray, offset: float | None = None) -> float:
+    """The variance of a camera's noise, per pixel of one frame, as white noise of the same power at large scales,
+    from two consecutive frames of one scene (two flats, or two darks); NaN where they cannot tell it.
+
+    A camera that blurs (a scintillator) spreads each photon's noise over its neighbours: the pixel-to-pixel
+    variance falls, the noise's power at large scales does not. That power is the sum of the noise's
+    autocovariance over all lags (the noise power spectrum at zero frequency), summed here up to
+    :data:`NOISE_LAGS` pixels each way; for white noise it is the variance itself. The noise is the two frames'
+    difference, the second scaled to the first's level above ``offset`` (flats: the dark level; the ring
+    current moves) or not scaled (``None``: darks), with pixels without data and specks beyond
+    :data:`NOISE_OUTLIER_SIGMAS` robust sigmas (zingers) left out; at most :data:`_TRANSFER_CROP` rows and
+    columns from the middle are read.
+    """
+    found = _scene_difference(frame, previous, offset)
+    if found is None:
+        return math.nan
+    difference, valid, scale = found
+    h, w = difference.shape
+    top, left = max(0, (h - _TRANSFER_CROP) // 2), max(0, (w - _TRANSFER_CROP) // 2)
+    rows, cols = slice(top, top + _TRANSFER_CROP), slice(left, left + _TRANSFER_CROP)
+    noise = difference[rows, cols]
+    keep = np.ones(noise.shape, bool) if valid is None else valid[rows, cols].copy()
+    centre, sigma = _median_and_sigma(noise[keep] if valid is not None else noise, _REPEAT_SAMPLES)
+    noise = noise - np.float32(centre)
+    if sigma > 0:
+        keep &= np.abs(noise) <= np.float32(NOISE_OUTLIER_SIGMAS * sigma)
+    noise[~keep] = 0
+    lags = min(NOISE_LAGS, noise.shape[0] - 1, noise.shape[1] - 1)
+    if lags < 1 or not keep.any():
+        return math.nan
+    # autocovariance by FFT, padded against wrap-around, over the pairs of pixels both kept (the mask's own)
+    padded = (noise.shape[0] + lags, noise.shape[1] + lags)
+
+    def autocorrelation(x: np.ndarray) -> np.ndarray:
+        spectrum = scipy.fft.rfft2(x, s=padded)
+        return scipy.fft.irfft2(spectrum * spectrum.conj(), s=padded)
+
+    products, pairs = autocorrelation(noise), autocorrelation(keep.astype(np.float32))
+    window = np.r_[0 : lags + 1, -lags:0]
+    products, pairs = products[np.ix_(window, window)], np.rint(pairs[np.ix_(window, window)])
+    if pairs.min() < 1:
+        return math.nan
+    power = float(np.sum(products / pairs))
+    return power / (1.0 + scale * scale) if power > 0 else math.nan
+
+
+def _scene_difference(frame: np.ndarray, previous: np.ndarray,
+                      offset: float | None) -> tuple[np.ndarray, np.ndarray | None, float] | None:
+    """``frame`` minus ``previous`` scaled to its mean above ``offset`` (``None``: not scaled), pixels without data
+    in either set to the difference's median; with where the pixels hold data (``None``: all) and the scale. None
+    where the two are not 2-D frames of one shape, or a mean is not above ``offset``."""
+    a, b = np.asarray(frame, np.float32), np.asarray(previous, np.float32)
+    if a.shape != b.shape or a.ndim != 2 or min(a.shape) < 2:
+        return None
+    gaps = [m for m in (missing_pixels(np.asarray(frame)), missing_pixels(np.asarray(previous))) if m is not None]
+    valid = ~np.logical_or.reduce(gaps) if gaps else None
+    scale = 1.0
+    if offset is not None:
+        mean_a = float(a[valid].mean()) if valid is not None and valid.any() else float(a.mean())
+        mean_b = float(b[valid].mean()) if valid is not None and valid.any() else float(b.mean())
+        above_a, above_b = mean_a - offset, mean_b - offset
+        if not (above_a > 0 and above_b > 0 and math.isfinite(above_a) and math.isfinite(above_b)):
+            return None
+        scale = above_a / above_b
+    difference = a - b * np.float32(scale) if scale != 1.0 else a - b
+    if valid is not None:
+        difference[~valid] = np.float32(np.median(difference[valid])) if valid.any() else np.float32(0)
+    return difference, valid, scale
 
 
 def _robust(residual: np.ndarray) -> np.ndarray:
