@@ -32,7 +32,7 @@ from dose_sweep import DOSES, held_out
 
 from bluesky_tomogan.bench import cpu_name
 from bluesky_tomogan.inference import Denoiser, load_denoiser
-from bluesky_tomogan.qc.metrics import FrameMetrics, PreviousResidual, residual_metrics
+from bluesky_tomogan.qc.metrics import FrameMetrics, PreviousResidual, fixed_pattern, residual_metrics
 
 SAMPLES = {"ordinary": (1.2, 3.5), "medium": (0.4, 1.2), "faint": (0.1, 0.5)}
 
@@ -42,23 +42,25 @@ def repeats(den: Denoiser, frames: np.ndarray) -> list[float]:
     return repeats_of(frames, den.denoise(frames))
 
 
-def repeats_of(frames: np.ndarray, denoised: np.ndarray) -> list[float]:
-    """:func:`repeats` of frames already denoised."""
+def repeats_of(frames: np.ndarray, denoised: np.ndarray, pattern: np.ndarray | None = None) -> list[float]:
+    """:func:`repeats` of frames already denoised; ``pattern``: the camera's fixed pattern, left out as the
+    callback leaves it out where the run has flats (``qc.metrics.fixed_pattern``)."""
     previous = PreviousResidual()
-    metrics = [residual_metrics(raw, out, FrameMetrics(), previous=previous)
+    metrics = [residual_metrics(raw, out, FrameMetrics(), previous=previous, fixed_pattern=pattern)
                for raw, out in zip(frames, denoised, strict=True)]
     return [m.residual_repeat for m in metrics[1:]]
 
 
-def read_diad(imaging: str, nxs: str, n: int) -> np.ndarray:
-    """The first ``n`` projections (raw counts) of HTTomo's DIAD test scan: its image keys are in the NeXus file."""
+def read_diad(imaging: str, nxs: str, n: int, key_value: int = 0) -> np.ndarray:
+    """The first ``n`` projections (raw counts) of HTTomo's DIAD test scan: its image keys are in the NeXus file
+    (``key_value`` 1: its flats, 2: its darks)."""
     import h5py
 
     with h5py.File(imaging, "r") as f:
         frames = f["entry/detector/detector"][:]
     with h5py.File(nxs, "r") as f:
         key = f["entry/instrument/imaging/image_key"][:]
-    return np.asarray(frames[key == 0][:n])
+    return np.asarray(frames[key == key_value][:n])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,9 +84,15 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
     if args.diad:
         projections = read_diad(args.diad[0], args.diad[1], args.frames)
-        values = repeats(den, projections)
+        denoised = den.denoise(projections)
+        values = repeats_of(projections, denoised)
         print(f"| DIAD (K11), {len(projections)} projections of {projections.shape[1]}x{projections.shape[2]} | "
               f"{np.median(values):.3f} | {np.max(values):.3f} |")
+        flats, darks = (read_diad(args.diad[0], args.diad[1], 1000, key) for key in (1, 2))
+        pattern = fixed_pattern(flats.astype(np.float32).sum(axis=0), len(flats), float(darks.mean()))
+        values = repeats_of(projections, denoised, pattern)
+        print(f"| the same, the camera's fixed pattern from its {len(flats)} flats left out (rms "
+              f"{float(np.std(pattern)):.3f}) | {np.median(values):.3f} | {np.max(values):.3f} |")
     if args.xrm:
         from real_specks import read_xrm
 

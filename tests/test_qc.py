@@ -541,6 +541,34 @@ def test_a_detector_texture_the_denoiser_flattens_is_flagged_as_signal_removed(R
     assert desc["data_keys"]["cam_qc_residual_repeat"]["units"] == ""
 
 
+@pytest.mark.parametrize("pattern_of", ["camera", "sample"])
+def test_a_cameras_fixed_pattern_in_its_flats_is_no_signal_removed_and_a_samples_texture_still_is(
+        RE, denoiser, tmp_path, pattern_of):
+    """A scintillator's grain, a 2 % pixel gain pattern, is in every frame, flats included: on well-exposed frames
+    (20,000 photons per pixel, photon noise 0.7 %) it outweighs the noise, the denoiser removes it, and QC
+    flagged ``signal_removed`` on 9 of 14 frames. The run's flats show it, so it is the camera's: left out of the
+    residual's repeat. The same pattern in the sample (not in the flats) is still flagged."""
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(128, 128), directory=tmp_path, seed=3,
+                          simulate_timing=False)
+    pattern = (1 + 0.02 * np.random.default_rng(5).standard_normal(det.gain.shape)).astype(np.float32)
+    if pattern_of == "camera":
+        det.gain = det.gain * pattern
+    else:
+        attenuation = det._attenuation
+        det._attenuation = lambda angle: attenuation(angle) * pattern
+    det.exposure_time.put(0.1)
+    det.photon_flux.put(20000 / 0.1)
+    docs = collect(RE, TomoGANCallback(denoiser, streams=["primary"]))
+    RE(tomo_scan(det, stage, [0.5 * i for i in range(8)], n_darks=3, n_flats=10))
+    flags, repeats = column(docs, "det_image_qc_flags"), column(docs, "det_image_qc_residual_repeat")
+    assert len(flags) == 8 and math.isnan(repeats[0])
+    if pattern_of == "camera":
+        assert not any("signal_removed" in f for f in flags) and all(r < 0.5 for r in repeats[1:]), repeats
+    else:
+        assert all("signal_removed" in f for f in flags[1:]) and all(r > 0.5 for r in repeats[1:]), repeats
+
+
 def test_motion_is_flagged_with_the_measured_shift(RE, denoiser, tmp_path):
     det = SimTomoDetector(name="det", stage=SimTomoStage(name="stage"), shape=(64, 96), directory=tmp_path,
                           simulate_timing=False)

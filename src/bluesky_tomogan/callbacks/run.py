@@ -945,7 +945,8 @@ class RunDenoiser(PassThroughRun):
             self._qc.register(item)
             residual_metrics(np.asarray(item.frame), out, item.metrics,
                              previous=item.stream.of(item.role).previous_residual,
-                             noise_correlation=self._qc.noise_correlation(item.stream.field))
+                             noise_correlation=self._qc.noise_correlation(item.stream.field),
+                             fixed_pattern=self._qc.fixed_pattern(item.stream.field))
             # a denoiser of the user's own (duck-typed) has no ratio: an unpruned network
             self._finish(FrameResult(item, out, "", time.time(), ratio=float(getattr(den, "ratio", 0.0)),
                                  model=network_name(den)))

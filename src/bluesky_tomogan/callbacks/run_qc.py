@@ -30,6 +30,7 @@ from ..qc.metrics import (
     FrameMetrics,
     IntensityReference,
     PhotonTransfer,
+    fixed_pattern,
     flat_noise_correlation,
     frame_metrics,
     motion_px,
@@ -124,6 +125,9 @@ class RunQC:
         self._flat_powers: dict[str, deque[tuple[float, float]]] = {}  # field -> (mean, noise variance) per flat pair
         self._dark_powers: dict[str, deque[float]] = {}  # field -> noise variance per pair of this run's darks
         self._last_dark: dict[str, np.ndarray] = {}  # field -> this run's last usable dark
+        # field -> this run's usable flats summed (float32) and counted: the camera's fixed pattern (fixed_pattern)
+        self._flat_sums: dict[str, tuple[np.ndarray, int]] = {}
+        self._patterns: dict[str, tuple[int, np.ndarray | None]] = {}  # field -> (flats in it, the pattern)
         self._dark_means: dict[str, deque[float]] = {}  # field -> means of this run's dark frames
         self._flats: dict[str, IntensityReference] = {}  # field -> this run's flats (the open beam), per second
         self._dark_said: set[str] = set()  # fields whose learnt dark level was logged
@@ -282,6 +286,12 @@ class RunQC:
     def _take_flat(self, field: str, mean: float, exposure: float | None, frame: np.ndarray) -> None:
         if math.isfinite(mean):
             self._flats.setdefault(field, IntensityReference(SCAN_FRAMES_KEPT)).add(mean, exposure)
+        summed = self._flat_sums.get(field)
+        if summed is None or summed[0].shape != frame.shape:
+            summed = (np.zeros(frame.shape, np.float32), 0)
+        total, count = summed
+        total += np.nan_to_num(np.asarray(frame, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        self._flat_sums[field] = (total, count + 1)
         last, self._last_flat[field] = self._last_flat.get(field), frame
         if last is None or last.shape != frame.shape:
             return
@@ -301,6 +311,17 @@ class RunQC:
         """The lag-1 correlation of ``field``'s camera noise, from its flats (this run's, else an earlier run's);
         NaN where no flats were seen."""
         return self._noise_correlations.get(field, math.nan)
+
+    def fixed_pattern(self, field: str) -> np.ndarray | None:
+        """``field``'s camera's pixel-to-pixel gain pattern, from this run's usable flats (worker thread; computed
+        again when a flat has come since); None before any."""
+        summed = self._flat_sums.get(field)
+        if summed is None:
+            return None
+        cached = self._patterns.get(field)
+        if cached is None or cached[0] != summed[1]:
+            cached = self._patterns[field] = (summed[1], fixed_pattern(summed[0], summed[1], self.dark_level(field)))
+        return cached[1]
 
     def photon_transfer(self, field: str) -> PhotonTransfer | None:
         """``field``'s camera noise against its signal, from pairs of consecutive flats and darks (this run's, else

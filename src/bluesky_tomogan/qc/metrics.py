@@ -23,13 +23,14 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 import scipy.fft
-from scipy.ndimage import label
+from scipy.ndimage import label, uniform_filter
 
 from ..despike import PROJECTION_DESPIKE_SIGMAS, remove_isolated_spikes
 from ..masked import fill_masked, masked_pixels, missing_pixels
 
 __all__ = ["DeadBefore", "FrameMetrics", "IntensityReference", "beside_another", "dead_fraction", "dead_pixels",
            "frame_metrics", "residual_metrics", "flat_noise_correlation", "white_noise_variance", "PhotonTransfer",
+           "fixed_pattern",
            "noise_sigma", "shift_px", "registration_image", "registered_shift", "registered_offset",
            "rotation_allowance", "motion_px", "PreviousResidual", "residual_specks", "narrower_top", "signal_to_noise",
            "UNITS"]
@@ -65,6 +66,11 @@ _TRANSFER_CROP = 512
 #: -0.01 to 0.01 on simulated 64x64 flats; a blur of sigma 0.4 pixel 0.07-0.09 at 25-1000 photons per pixel, one
 #: of 0.35 pixel 0.03-0.04, where :func:`noise_sigma` reads up to 15 % low: ``benchmarks/qc_camera_blur.py``).
 BLURRING_CORRELATION = 0.05
+#: :func:`fixed_pattern` takes a flat's local mean over this many pixels square: the pixel-scale pattern is what
+#: stands out of it.
+PATTERN_WINDOW = 5
+#: :func:`fixed_pattern` clips the pattern at this share of the local mean either way: a hot or dead pixel is no gain.
+PATTERN_CLIP = 0.5
 #: Mean intensity of so many recent good frames is the reference for beam loss.
 REFERENCE_FRAMES = 10
 #: Frames are binned by this factor before registration: a fraction of the cost, sub-pixel shifts still seen.
@@ -595,7 +601,8 @@ def _valid_pixels(f: np.ndarray) -> tuple[np.ndarray, int, int]:
 
 @_quiet
 def residual_metrics(raw: np.ndarray, denoised: np.ndarray, m: FrameMetrics,
-                     previous: PreviousResidual | None = None, noise_correlation: float = math.nan) -> FrameMetrics:
+                     previous: PreviousResidual | None = None, noise_correlation: float = math.nan,
+                     fixed_pattern: np.ndarray | None = None) -> FrameMetrics:
     """Add what the denoiser removed (its standard deviation and its structure) and the noise it left.
 
     ``residual_correlation`` is the mean lag-1 autocorrelation of the residual
@@ -617,6 +624,15 @@ def residual_metrics(raw: np.ndarray, denoised: np.ndarray, m: FrameMetrics,
     alone: ``residual_structure``, the flag ``out_of_distribution``'s metric, is how far
     ``residual_correlation`` goes beyond it towards 1, as a share of that way (``(c - n) / (1 - n)``; ``n``
     taken as 0 where it is below 0 or not known: then ``residual_correlation`` itself).
+
+    ``fixed_pattern`` is the camera's pixel-to-pixel gain pattern, where known (:func:`fixed_pattern` of the
+    run's flats). A scintillator's grain and the pixels' own response make every frame, flats included, a few
+    per cent brighter or darker pixel by pixel; the denoiser takes that pattern for noise, and on a
+    well-exposed frame, where it outweighs the photon noise, it is most of the residual and the same in every
+    frame. The part of the residual it explains (the pattern times the denoised frame, fitted) is left out of
+    ``residual_correlation`` and ``residual_repeat``: it is the camera's, not the sample's, and flat-field
+    correction takes it out of the raw frames (denoised flats have it taken out too). ``removed_sigma`` keeps
+    it: it is what the denoiser removed.
     """
     m.denoised_noise_sigma = noise_sigma(denoised)
     r = np.asarray(raw, np.float32) - np.asarray(denoised, np.float32)
@@ -636,10 +652,13 @@ def residual_metrics(raw: np.ndarray, denoised: np.ndarray, m: FrameMetrics,
     else:  # NaN where the detector has no data (kept in the derived frame), specks: out of the sums
         r = np.where(finite, r - r[finite].mean(), np.float32(0))
     m.noise_correlation = noise_correlation
+    count = max(int(np.count_nonzero(finite)), 1)
+    m.removed_sigma = math.sqrt(float(np.sum(r * r)) / count)
+    if fixed_pattern is not None and fixed_pattern.shape == r.shape:
+        r = _without_fixed_pattern(r, fixed_pattern, denoised, None if all_finite else finite)
     if previous is not None:
         m.residual_repeat = previous.repeat(r)
-    var = float(np.sum(r * r)) / max(int(np.count_nonzero(finite)), 1)
-    m.removed_sigma = math.sqrt(var)
+    var = float(np.sum(r * r)) / count
     if var <= 0 or r.shape[0] < 2 or r.shape[1] < 2:
         m.residual_correlation = m.residual_structure = 0.0
         return m
@@ -652,6 +671,43 @@ def residual_metrics(raw: np.ndarray, denoised: np.ndarray, m: FrameMetrics,
     m.residual_correlation = 0.5 * (rx + ry)
     m.residual_structure = _beyond(m.residual_correlation, m.noise_correlation)
     return m
+
+
+def _without_fixed_pattern(residual: np.ndarray, pattern: np.ndarray, denoised: np.ndarray,
+                           valid: np.ndarray | None) -> np.ndarray:
+    """``residual`` (centred, 0 where ``valid`` is False) less its least-squares fit by ``pattern`` times
+    ``denoised``: what a camera's fixed pattern leaves in it, at this frame's light."""
+    expected = np.multiply(pattern, np.asarray(denoised, np.float32), dtype=np.float32)
+    if valid is not None:
+        expected = np.where(valid, expected, np.float32(0))
+    expected -= np.float32(expected.mean() if valid is None else expected[valid].mean())
+    if valid is not None:
+        expected[~valid] = 0
+    power = float(np.sum(expected * expected))
+    if not power > 0 or not math.isfinite(power):
+        return residual
+    fit = float(np.sum(residual * expected)) / power
+    return residual - np.float32(fit) * expected
+
+
+def fixed_pattern(flat_sum: np.ndarray, count: int, dark_level: float) -> np.ndarray | None:
+    """A camera's pixel-to-pixel gain pattern (photo-response non-uniformity: a scintillator's grain, its pixels'
+    own response) from ``count`` flats summed into ``flat_sum``: their mean above ``dark_level``, over its local
+    mean (:data:`PATTERN_WINDOW` pixels square), less 1; clipped at :data:`PATTERN_CLIP` (a hot or dead pixel is
+    a speck, not a gain). None without light above the dark level. Each flat's photon noise is in it too,
+    divided by the square root of ``count``.
+    """
+    if count < 1 or flat_sum.ndim != 2:
+        return None
+    signal = np.asarray(flat_sum, np.float64) / count - dark_level
+    local = uniform_filter(signal, PATTERN_WINDOW, mode="nearest")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pattern = signal / local - 1.0
+    lit = np.isfinite(pattern) & (local > 0)
+    if not lit.any():
+        return None
+    pattern = np.where(lit, pattern, 0.0)
+    return np.clip(pattern, -PATTERN_CLIP, PATTERN_CLIP).astype(np.float32)
 
 
 def _beyond(correlation: float, noise: float) -> float:
