@@ -38,7 +38,15 @@ from bluesky_tomogan.bench import cpu_name
 from bluesky_tomogan.devices import QCMonitor, SimTomoDetector, SimTomoStage
 from bluesky_tomogan.plans import qc_tomo_scan
 from bluesky_tomogan.qc import QCFeedback, QCPolicy, Rule
-from bluesky_tomogan.qc.metrics import IntensityReference, frame_metrics, residual_metrics
+from bluesky_tomogan.qc.metrics import (
+    IntensityReference,
+    PhotonTransfer,
+    PreviousResidual,
+    fixed_pattern,
+    frame_metrics,
+    residual_metrics,
+    white_noise_variance,
+)
 
 #: action -> (fault to inject, policy rule that maps its flag to the action)
 CASES: dict[str, tuple[str, dict[str, Rule]]] = {
@@ -60,6 +68,14 @@ def cost(size: int, repeats: int = 20) -> dict[str, float]:
     for angle in range(den.depth + 1):  # two contexts of the network's depth, one frame apart
         stage.theta.set(float(angle)).wait()
         frames.append(det._frame(det._conditions()))
+    # the camera's fixed pattern and photon transfer curve, from flats, as the callback's QC takes them
+    stage.x.set(SimTomoStage.OUT).wait()
+    flats = [det._frame(det._conditions()) for _ in range(3)]
+    stage.x.set(0.0).wait()
+    dark = det.model.dark_level
+    pattern = fixed_pattern(np.sum(flats, axis=0, dtype=np.float32), len(flats), dark)
+    transfer = PhotonTransfer.from_levels(float(flats[1].mean()) - dark,
+                                          white_noise_variance(flats[1], flats[0], dark), 0.0, 0.5)
     first, second = np.stack(frames[:-1]), np.stack(frames[1:])
     ref = IntensityReference()
     ref.add(float(frames[0].mean()))
@@ -67,11 +83,13 @@ def cost(size: int, repeats: int = 20) -> dict[str, float]:
     for _ in range(3):  # warm up
         den.denoise_context(first)
     t_qc, t_den = [], []
+    previous = PreviousResidual()
     centre = den.depth // 2  # the frame ``out`` denoised, and the one before it
     for _ in range(repeats):
         t0 = time.perf_counter()
-        m = frame_metrics(frames[centre], ref, frames[centre - 1] if centre else None, 65535.0, 100.0)
-        residual_metrics(frames[centre], out, m)
+        m = frame_metrics(frames[centre], ref, frames[centre - 1] if centre else None, 65535.0, dark,
+                          transfer=transfer)
+        residual_metrics(frames[centre], out, m, previous=previous, fixed_pattern=pattern)
         t_qc.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         den.denoise_context(second)

@@ -676,18 +676,19 @@ def residual_metrics(raw: np.ndarray, denoised: np.ndarray, m: FrameMetrics,
 def _without_fixed_pattern(residual: np.ndarray, pattern: np.ndarray, denoised: np.ndarray,
                            valid: np.ndarray | None) -> np.ndarray:
     """``residual`` (centred, 0 where ``valid`` is False) less its least-squares fit by ``pattern`` times
-    ``denoised``: what a camera's fixed pattern leaves in it, at this frame's light."""
+    ``denoised``: what a camera's fixed pattern leaves in it, at this frame's light. (The pattern averages 0 over
+    any few pixels, so its product with the frame needs no centring of its own.)"""
     expected = np.multiply(pattern, np.asarray(denoised, np.float32), dtype=np.float32)
     if valid is not None:
-        expected = np.where(valid, expected, np.float32(0))
-    expected -= np.float32(expected.mean() if valid is None else expected[valid].mean())
-    if valid is not None:
         expected[~valid] = 0
-    power = float(np.sum(expected * expected))
+    flat = expected.ravel()
+    power = float(np.dot(flat, flat))
     if not power > 0 or not math.isfinite(power):
         return residual
-    fit = float(np.sum(residual * expected)) / power
-    return residual - np.float32(fit) * expected
+    fit = float(np.dot(np.ascontiguousarray(residual).ravel(), flat)) / power
+    expected *= np.float32(-fit)
+    expected += residual
+    return expected
 
 
 def fixed_pattern(flat_sum: np.ndarray, count: int, dark_level: float) -> np.ndarray | None:
