@@ -266,6 +266,26 @@ def test_the_noise_correlation_of_two_flats_is_the_cameras_blur_whatever_their_i
     assert math.isnan(flat_noise_correlation(np.zeros((64, 64)), np.zeros((64, 64))))  # no light
 
 
+def camera_scan(RE, denoiser, tmp_path, photons, *, blur=0.0, n_darks=1, n_flats=3, angles=6, camera=None,
+                streams=("primary",)):
+    """The documents of a ``tomo_scan`` (``angles`` projections 0.5 degrees apart) of a 128x128 simulated camera
+    with a blur of ``blur`` pixel at ``photons`` per pixel of open beam, its ``streams`` denoised; ``camera``
+    (optional) changes the detector first."""
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(128, 128), directory=tmp_path, seed=3,
+                          simulate_timing=False, blur=blur)
+    if camera is not None:
+        camera(det)
+    det.exposure_time.put(0.1)
+    det.photon_flux.put(photons / 0.1)
+    cb, docs = TomoGANCallback(denoiser, streams=list(streams)), []
+    cb.subscribe(lambda name, doc: docs.append((name, doc)))
+    token = RE.subscribe(cb)
+    RE(tomo_scan(det, stage, [0.5 * i for i in range(angles)], n_darks=n_darks, n_flats=n_flats))
+    RE.unsubscribe(token)
+    return docs
+
+
 def test_the_white_noise_variance_of_two_flats_is_their_photons_whatever_the_cameras_blur(rng):
     """A blur spreads each photon's noise over neighbouring pixels: their own variance falls (what Immerkaer's
     ``noise_sigma`` reads), the noise's power at large scales does not. Two flats tell it per camera, two
@@ -324,20 +344,7 @@ def test_a_blurring_cameras_low_dose_frames_are_noisy_as_a_white_cameras_are(RE,
     counts of 4.7 at 40 photons per pixel): its SNR came out twice too high, and a low-dose scan was never
     ``noisy``. The run's flats and darks give the camera's photon transfer curve, and the SNR its noise."""
 
-    def scan(photons):
-        stage = SimTomoStage(name="stage")
-        det = SimTomoDetector(name="det", stage=stage, shape=(128, 128), directory=tmp_path, seed=3,
-                              simulate_timing=False, blur=blur)
-        det.exposure_time.put(0.1)
-        det.photon_flux.put(photons / 0.1)
-        cb, docs = TomoGANCallback(denoiser, streams=["primary"]), []
-        cb.subscribe(lambda name, doc: docs.append((name, doc)))
-        token = RE.subscribe(cb)
-        RE(tomo_scan(det, stage, [0.5 * i for i in range(6)], n_darks=3, n_flats=3))
-        RE.unsubscribe(token)
-        return docs
-
-    low, high = scan(40), scan(1000)
+    low, high = (camera_scan(RE, denoiser, tmp_path, photons, blur=blur, n_darks=3) for photons in (40, 1000))
     assert all("noisy" in f for f in column(low, "det_image_qc_flags"))
     assert not any("noisy" in f for f in column(high, "det_image_qc_flags"))
     snr = column(low, "det_image_qc_snr")
@@ -353,20 +360,7 @@ def test_a_blurring_cameras_noise_is_not_taken_for_structure_and_a_denoiser_out_
         RE, denoiser, tmp_path, blur):
     # A scintillator spreads light over neighbouring pixels: the residual of noise alone correlates (0.6 here),
     # and before, every frame of such a camera was flagged out_of_distribution. The run's flats say how much.
-    def scan(den):
-        stage = SimTomoStage(name="stage")
-        det = SimTomoDetector(name="det", stage=stage, shape=(128, 128), directory=tmp_path, seed=3,
-                              simulate_timing=False, blur=blur)
-        det.exposure_time.put(0.1)
-        det.photon_flux.put(10000.0)
-        cb, docs = TomoGANCallback(den, streams=["primary"]), []
-        cb.subscribe(lambda name, doc: docs.append((name, doc)))
-        token = RE.subscribe(cb)
-        RE(tomo_scan(det, stage, [0.5 * i for i in range(6)], n_darks=1, n_flats=3))
-        RE.unsubscribe(token)
-        return docs
-
-    good, bad = scan(denoiser), scan(Boxed(denoiser))
+    good, bad = (camera_scan(RE, den, tmp_path, 1000, blur=blur) for den in (denoiser, Boxed(denoiser)))
     noise = column(good, "det_image_qc_noise_correlation")
     assert len(noise) == 6 and all(n == pytest.approx(noise[0]) for n in noise)  # from the flats, before
     assert noise[0] == (pytest.approx(0.0, abs=0.03) if blur == 0 else pytest.approx(0.64, abs=0.06))
@@ -548,25 +542,31 @@ def test_a_cameras_fixed_pattern_in_its_flats_is_no_signal_removed_and_a_samples
     (20,000 photons per pixel, photon noise 0.7 %) it outweighs the noise, the denoiser removes it, and QC
     flagged ``signal_removed`` on 9 of 14 frames. The run's flats show it, so it is the camera's: left out of the
     residual's repeat. The same pattern in the sample (not in the flats) is still flagged."""
-    stage = SimTomoStage(name="stage")
-    det = SimTomoDetector(name="det", stage=stage, shape=(128, 128), directory=tmp_path, seed=3,
-                          simulate_timing=False)
-    pattern = (1 + 0.02 * np.random.default_rng(5).standard_normal(det.gain.shape)).astype(np.float32)
-    if pattern_of == "camera":
-        det.gain = det.gain * pattern
-    else:
-        attenuation = det._attenuation
-        det._attenuation = lambda angle: attenuation(angle) * pattern
-    det.exposure_time.put(0.1)
-    det.photon_flux.put(20000 / 0.1)
-    docs = collect(RE, TomoGANCallback(denoiser, streams=["primary"]))
-    RE(tomo_scan(det, stage, [0.5 * i for i in range(8)], n_darks=3, n_flats=10))
-    flags, repeats = column(docs, "det_image_qc_flags"), column(docs, "det_image_qc_residual_repeat")
+    def grainy(det):
+        pattern = (1 + 0.02 * np.random.default_rng(5).standard_normal(det.gain.shape)).astype(np.float32)
+        if pattern_of == "camera":
+            det.gain = det.gain * pattern
+        else:
+            attenuation = det._attenuation
+            det._attenuation = lambda angle: attenuation(angle) * pattern
+
+    docs = camera_scan(RE, denoiser, tmp_path, 20000, n_darks=3, n_flats=10, angles=8, camera=grainy,
+                       streams=("primary", "flat"))
+    names = {d["uid"]: d["name"] for n, d in docs if n == "descriptor"}
+
+    def rows(stream, key):
+        return [v for n, d in docs if n == "event_page" and names[d["descriptor"]] == stream for v in d["data"][key]]
+
+    flags, repeats = rows("denoised", "det_image_qc_flags"), rows("denoised", "det_image_qc_residual_repeat")
     assert len(flags) == 8 and math.isnan(repeats[0])
     if pattern_of == "camera":
         assert not any("signal_removed" in f for f in flags) and all(r < 0.5 for r in repeats[1:]), repeats
     else:
         assert all("signal_removed" in f for f in flags[1:]) and all(r > 0.5 for r in repeats[1:]), repeats
+    # the flats, denoised too: each one's residual is fitted by the pattern of the others (its own noise is not in it)
+    flat_repeats = rows("flat_denoised", "det_image_qc_residual_repeat")
+    assert len(flat_repeats) == 10 and all(abs(r) < 0.5 for r in flat_repeats[1:]), flat_repeats
+    assert not any("signal_removed" in f for f in rows("flat_denoised", "det_image_qc_flags"))
 
 
 def test_motion_is_flagged_with_the_measured_shift(RE, denoiser, tmp_path):

@@ -166,6 +166,9 @@ class QueuedFrame:
     # its row in its derived stream's file, taken in the order frames are handled (RunDenoiser._take_row), so that
     # file rows follow the rows emitted whatever order frames finish in
     row: int | None = None
+    # a flat taken into its run's sum of flats (the camera's fixed pattern, RunQC.fixed_pattern): its own
+    # residual is fitted by the pattern of the others, which does not hold its own noise
+    in_flat_sum: bool = False
 
     def __post_init__(self) -> None:
         if self.origin is None:

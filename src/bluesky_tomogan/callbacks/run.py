@@ -946,7 +946,8 @@ class RunDenoiser(PassThroughRun):
             residual_metrics(np.asarray(item.frame), out, item.metrics,
                              previous=item.stream.of(item.role).previous_residual,
                              noise_correlation=self._qc.noise_correlation(item.stream.field),
-                             fixed_pattern=self._qc.fixed_pattern(item.stream.field))
+                             fixed_pattern=self._qc.fixed_pattern(
+                                 item.stream.field, leave_out=np.asarray(item.frame) if item.in_flat_sum else None))
             # a denoiser of the user's own (duck-typed) has no ratio: an unpruned network
             self._finish(FrameResult(item, out, "", time.time(), ratio=float(getattr(den, "ratio", 0.0)),
                                  model=network_name(den)))

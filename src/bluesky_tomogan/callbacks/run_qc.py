@@ -312,12 +312,19 @@ class RunQC:
         NaN where no flats were seen."""
         return self._noise_correlations.get(field, math.nan)
 
-    def fixed_pattern(self, field: str) -> np.ndarray | None:
+    def fixed_pattern(self, field: str, leave_out: np.ndarray | None = None) -> np.ndarray | None:
         """``field``'s camera's pixel-to-pixel gain pattern, from this run's usable flats (worker thread; computed
-        again when a flat has come since); None before any."""
+        again when a flat has come since); None before any. ``leave_out``: a flat in the sum, whose residual the
+        pattern is for: the pattern of the others (each flat's noise is in the pattern it makes, and would be
+        fitted away from its own residual)."""
         summed = self._flat_sums.get(field)
         if summed is None:
             return None
+        if leave_out is not None:
+            if summed[1] < 2 or leave_out.shape != summed[0].shape:
+                return None
+            others = summed[0] - np.nan_to_num(np.asarray(leave_out, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+            return fixed_pattern(others, summed[1] - 1, self.dark_level(field))
         cached = self._patterns.get(field)
         if cached is None or cached[0] != summed[1]:
             cached = self._patterns[field] = (summed[1], fixed_pattern(summed[0], summed[1], self.dark_level(field)))
@@ -410,6 +417,7 @@ class RunQC:
                 self._take_dark(stream.field, mean, frame)
             elif role == FLAT:
                 self._take_flat(stream.field, mean, item.exposure_s, frame)
+                item.in_flat_sum = True
         return unusable
 
     def register(self, item: QueuedFrame) -> None:
