@@ -535,17 +535,20 @@ def test_a_detector_texture_the_denoiser_flattens_is_flagged_as_signal_removed(R
     assert desc["data_keys"]["cam_qc_residual_repeat"]["units"] == ""
 
 
-@pytest.mark.parametrize("pattern_of", ["camera", "sample"])
+@pytest.mark.parametrize("pattern_of", ["camera", "camera with gaps", "sample"])
 def test_a_cameras_fixed_pattern_in_its_flats_is_no_signal_removed_and_a_samples_texture_still_is(
         RE, denoiser, tmp_path, pattern_of):
     """A scintillator's grain, a 2 % pixel gain pattern, is in every frame, flats included: on well-exposed frames
     (20,000 photons per pixel, photon noise 0.7 %) it outweighs the noise, the denoiser removes it, and QC
     flagged ``signal_removed`` on 9 of 14 frames. The run's flats show it, so it is the camera's: left out of the
-    residual's repeat. The same pattern in the sample (not in the flats) is still flagged."""
+    residual's repeat, also where the detector has gaps between its modules (columns without data). The same
+    pattern in the sample (not in the flats) is still flagged."""
     def grainy(det):
         pattern = (1 + 0.02 * np.random.default_rng(5).standard_normal(det.gain.shape)).astype(np.float32)
-        if pattern_of == "camera":
+        if pattern_of.startswith("camera"):
             det.gain = det.gain * pattern
+            if pattern_of == "camera with gaps":
+                det.hot_map[:, 60:63] = True  # read at the type's top in every frame: no data
         else:
             attenuation = det._attenuation
             det._attenuation = lambda angle: attenuation(angle) * pattern
@@ -559,7 +562,7 @@ def test_a_cameras_fixed_pattern_in_its_flats_is_no_signal_removed_and_a_samples
 
     flags, repeats = rows("denoised", "det_image_qc_flags"), rows("denoised", "det_image_qc_residual_repeat")
     assert len(flags) == 8 and math.isnan(repeats[0])
-    if pattern_of == "camera":
+    if pattern_of.startswith("camera"):
         assert not any("signal_removed" in f for f in flags) and all(r < 0.5 for r in repeats[1:]), repeats
     else:
         assert all("signal_removed" in f for f in flags[1:]) and all(r > 0.5 for r in repeats[1:]), repeats

@@ -24,6 +24,7 @@ import numpy as np
 from event_model.documents import EventDescriptor, EventPage, RunStart
 
 from ..frame_roles import DARK, FLAT, FrameRoles
+from ..masked import missing_pixels
 from ..qc.feedback import QCFeedback, Verdict
 from ..qc.metrics import (
     DeadBefore,
@@ -127,6 +128,7 @@ class RunQC:
         self._last_dark: dict[str, np.ndarray] = {}  # field -> this run's last usable dark
         # field -> this run's usable flats summed (float32) and counted: the camera's fixed pattern (fixed_pattern)
         self._flat_sums: dict[str, tuple[np.ndarray, int]] = {}
+        self._flat_gaps: dict[str, np.ndarray] = {}  # field -> pixels without data in any of those flats
         self._patterns: dict[str, tuple[int, np.ndarray | None]] = {}  # field -> (flats in it, the pattern)
         self._dark_means: dict[str, deque[float]] = {}  # field -> means of this run's dark frames
         self._flats: dict[str, IntensityReference] = {}  # field -> this run's flats (the open beam), per second
@@ -289,9 +291,13 @@ class RunQC:
         summed = self._flat_sums.get(field)
         if summed is None or summed[0].shape != frame.shape:
             summed = (np.zeros(frame.shape, np.float32), 0)
+            self._flat_gaps.pop(field, None)
         total, count = summed
         total += np.nan_to_num(np.asarray(frame, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
         self._flat_sums[field] = (total, count + 1)
+        gaps = missing_pixels(np.asarray(frame))
+        if gaps is not None:  # pixels without data in any flat: out of the pattern
+            self._flat_gaps[field] = gaps | self._flat_gaps[field] if field in self._flat_gaps else gaps
         last, self._last_flat[field] = self._last_flat.get(field), frame
         if last is None or last.shape != frame.shape:
             return
@@ -324,10 +330,11 @@ class RunQC:
             if summed[1] < 2 or leave_out.shape != summed[0].shape:
                 return None
             others = summed[0] - np.nan_to_num(np.asarray(leave_out, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-            return fixed_pattern(others, summed[1] - 1, self.dark_level(field))
+            return fixed_pattern(others, summed[1] - 1, self.dark_level(field), self._flat_gaps.get(field))
         cached = self._patterns.get(field)
         if cached is None or cached[0] != summed[1]:
-            cached = self._patterns[field] = (summed[1], fixed_pattern(summed[0], summed[1], self.dark_level(field)))
+            pattern = fixed_pattern(summed[0], summed[1], self.dark_level(field), self._flat_gaps.get(field))
+            cached = self._patterns[field] = (summed[1], pattern)
         return cached[1]
 
     def photon_transfer(self, field: str) -> PhotonTransfer | None:

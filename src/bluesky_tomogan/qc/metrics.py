@@ -691,23 +691,30 @@ def _without_fixed_pattern(residual: np.ndarray, pattern: np.ndarray, denoised: 
     return expected
 
 
-def fixed_pattern(flat_sum: np.ndarray, count: int, dark_level: float) -> np.ndarray | None:
+def fixed_pattern(flat_sum: np.ndarray, count: int, dark_level: float,
+                  missing: np.ndarray | None = None) -> np.ndarray | None:
     """A camera's pixel-to-pixel gain pattern (photo-response non-uniformity: a scintillator's grain, its pixels'
     own response) from ``count`` flats summed into ``flat_sum``: their mean above ``dark_level``, over its local
     mean (:data:`PATTERN_WINDOW` pixels square), less 1; clipped at :data:`PATTERN_CLIP` (a hot or dead pixel is
-    a speck, not a gain). None without light above the dark level. Each flat's photon noise is in it too,
-    divided by the square root of ``count``.
+    a speck, not a gain). Pixels without data in any of the flats (``missing``: a detector's module gaps, its
+    mask) and pixels without light are 0 and left out of their neighbours' local means. None without light
+    above the dark level. Each flat's photon noise is in it too, divided by the square root of ``count``.
     """
     if count < 1 or flat_sum.ndim != 2:
         return None
     signal = np.asarray(flat_sum, np.float64) / count - dark_level
-    local = uniform_filter(signal, PATTERN_WINDOW, mode="nearest")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        pattern = signal / local - 1.0
-    lit = np.isfinite(pattern) & (local > 0)
+    lit = np.isfinite(signal) & (signal > 0)
+    if missing is not None and missing.shape == signal.shape:
+        lit &= ~missing
     if not lit.any():
         return None
-    pattern = np.where(lit, pattern, 0.0)
+    signal = np.where(lit, signal, 0.0)
+    # the local mean of the lit pixels alone (a normalised convolution): a gap does not darken its neighbours'
+    weight = uniform_filter(lit.astype(np.float64), PATTERN_WINDOW, mode="nearest")
+    local = uniform_filter(signal, PATTERN_WINDOW, mode="nearest")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pattern = signal * weight / local - 1.0
+    pattern = np.where(lit & np.isfinite(pattern), pattern, 0.0)
     return np.clip(pattern, -PATTERN_CLIP, PATTERN_CLIP).astype(np.float32)
 
 
