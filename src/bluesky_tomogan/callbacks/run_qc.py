@@ -293,7 +293,7 @@ class RunQC:
             summed = (np.zeros(frame.shape, np.float32), 0)
             self._flat_gaps.pop(field, None)
         total, count = summed
-        total += np.nan_to_num(np.asarray(frame, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        total += _flat_sum_term(frame)
         self._flat_sums[field] = (total, count + 1)
         gaps = missing_pixels(np.asarray(frame))
         if gaps is not None:  # pixels without data in any flat: out of the pattern
@@ -329,7 +329,7 @@ class RunQC:
         if leave_out is not None:
             if summed[1] < 2 or leave_out.shape != summed[0].shape:
                 return None
-            others = summed[0] - np.nan_to_num(np.asarray(leave_out, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+            others = summed[0] - _flat_sum_term(leave_out)
             return fixed_pattern(others, summed[1] - 1, self.dark_level(field), self._flat_gaps.get(field))
         cached = self._patterns.get(field)
         if cached is None or cached[0] != summed[1]:
@@ -545,6 +545,12 @@ class _AngleFile:
 
     def failed_for(self, now: float) -> float:
         return 0.0 if self.failing_since is None else now - self.failing_since
+
+
+def _flat_sum_term(frame: np.ndarray) -> np.ndarray:
+    """What a flat adds to its run's sum of flats (:meth:`RunQC.fixed_pattern`), and what leaving it out takes
+    away: float32, a pixel without a finite value 0."""
+    return np.nan_to_num(np.asarray(frame, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
 
 
 class _FiledAngles:
