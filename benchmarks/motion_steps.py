@@ -2,14 +2,15 @@
 
 Usage::
 
-    python benchmarks/motion_steps.py [--size 512] [--photons 500] [--frames 24] [--json out.json]
+    python benchmarks/motion_steps.py [--size 512] [--photons 500] [--frames 24] [--blur 0] [--json out.json]
 
 For each angular step, a ``tomo_scan`` of the simulated bead pack (no darks or flats)
 through ``TomoGANCallback``; after the 16th projection the sample slips sideways by 6
 pixels (the detector's ``motion`` fault), and in a second scan at the same step it slips
 6 pixels up instead. Reported per step, read from the derived stream: the largest
 ``shift_px`` of the frames before the slip (what rotation alone does), the frames flagged
-``motion`` other than the slip's (false flags), and ``motion_px`` at the slip.
+``motion`` other than the slip's (false flags), and ``motion_px`` at the slip. ``--blur``: the
+camera's blur (a Gaussian's sigma in pixels), which correlates neighbouring pixels' noise.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 from bluesky import RunEngine
 
 from bluesky_tomogan import TomoGANCallback, load_denoiser
+from bluesky_tomogan.cpu import cpu_name
 from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
 from bluesky_tomogan.plans import tomo_scan
 
@@ -32,12 +34,13 @@ SLIP_AT = 16  # projections before the slip
 SLIP_PX = 6.0
 
 
-def scan(step: float, size: int, photons: float, frames: int, direction: str, den: Any) -> dict[str, Any]:
+def scan(step: float, size: int, photons: float, frames: int, direction: str, den: Any,
+         blur: float = 0.0) -> dict[str, Any]:
     """One scan at ``step`` degrees with a slip (``sideways`` or ``up``); the derived stream's columns."""
     with tempfile.TemporaryDirectory() as tmp:
         stage = SimTomoStage(name="stage")
         det = SimTomoDetector(name="det", stage=stage, shape=(size, size), directory=Path(tmp), seed=7,
-                              simulate_timing=False)
+                              simulate_timing=False, blur=blur)
         det.exposure_time.put(0.1)
         det.photon_flux.put(photons / 0.1)
         cb = TomoGANCallback(den, directory=Path(tmp) / "derived", policy="block")
@@ -71,17 +74,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--photons", type=float, default=500.0)
     p.add_argument("--frames", type=int, default=24)
     p.add_argument("--steps", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0, 4.0])
+    p.add_argument("--blur", type=float, default=0.0, help="the camera's blur, sigma in pixels")
     p.add_argument("--json")
     args = p.parse_args(argv)
     den = load_denoiser("tomogan-projection")
     results = []
-    print(f"{args.size}x{args.size}, {args.photons:g} photons/pixel, {args.frames} projections, "
-          f"{SLIP_PX:g}-pixel slip after projection {SLIP_AT}")
+    blur = f", camera blur {args.blur:g} px" if args.blur else ""
+    print(f"CPU: {cpu_name()}; {args.size}x{args.size}, {args.photons:g} photons/pixel, {args.frames} projections, "
+          f"{SLIP_PX:g}-pixel slip after projection {SLIP_AT}{blur}")
     print("step (deg) | largest shift_px before the slip | false motion flags | motion_px at a sideways slip "
           "| at an upward slip")
     for step in args.steps:
-        side = scan(step, args.size, args.photons, args.frames, "sideways", den)
-        up = scan(step, args.size, args.photons, args.frames, "up", den)
+        side = scan(step, args.size, args.photons, args.frames, "sideways", den, args.blur)
+        up = scan(step, args.size, args.photons, args.frames, "up", den, args.blur)
         before = [s for s in side["shift"][:SLIP_AT] if np.isfinite(s)]
         false = sum("motion" in f for i, f in enumerate(side["flags"] + up["flags"])
                     if i % args.frames != SLIP_AT)

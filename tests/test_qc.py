@@ -34,6 +34,7 @@ from bluesky_tomogan.qc.metrics import (
     frame_metrics,
     motion_px,
     noise_sigma,
+    registered_offset,
     registration_image,
     residual_metrics,
     residual_specks,
@@ -203,6 +204,27 @@ def test_registration_measures_a_known_shift(rng):
     moved = np.roll(base, (3, 4), axis=(0, 1))
     assert shift_px(base, moved) == pytest.approx(5.0, abs=0.5)
     assert shift_px(base, base) == pytest.approx(0.0, abs=0.2)
+
+
+@pytest.mark.parametrize("photons", [10, 25])
+def test_low_dose_projections_register_and_a_slip_among_them_is_seen(tmp_path, photons):
+    # At tens of photons per pixel the high spatial frequencies are noise alone. Weighed like the sample's,
+    # they hid the match (most neighbouring pairs unregistered: a slip went unseen) or moved its peak
+    # (`demo --photons 25`: shifts of 3-6 pixels on a sample standing still).
+    det = SimTomoDetector(name="det", shape=(256, 256), directory=tmp_path, seed=3, simulate_timing=False)
+    frames = [det.projection([30.0 + i], photons) for i in range(40)]
+    det.sample = det.sample.moved(0.0, -6.0)  # slips 6 pixels up
+    frames += [det.projection([70.0 + i], photons) for i in range(5)]
+    images = [registration_image(f) for f in frames]
+    sideways, motion = [], []
+    for a, b in itertools.pairwise(images):
+        down, right = registered_offset(a, b)
+        motion.append(motion_px(down, right, rotation_allowance(sideways[-16:], 1.0, 256)))
+        sideways.append(abs(right))
+    assert not any(math.isnan(m) for m in motion)  # every pair registered
+    slip = 39  # the pair of the last frame before the slip and the first after it
+    assert motion[slip] == pytest.approx(6.0, abs=1.0)
+    assert max(m for i, m in enumerate(motion) if i != slip) < 2.0  # well under the flag's 3 pixels
 
 
 def test_residual_correlation_tells_removed_noise_from_removed_structure(rng):
@@ -572,6 +594,42 @@ def test_a_cameras_fixed_pattern_in_its_flats_is_no_signal_removed_and_a_samples
     assert not any("signal_removed" in f for f in rows("flat_denoised", "det_image_qc_flags"))
 
 
+def test_a_flat_field_that_moves_is_no_sample_motion(RE, denoiser, tmp_path):
+    # Flats are registered among themselves (shift_px), but no sample is in the beam to move: the beam's
+    # profile, with the shadows of specks on a window in it, drifting 5 rows per flat is no `motion`.
+    def drifting_beam(det):
+        project, flats = det.projection, itertools.count()
+        specks = np.ones(det.gain.shape, np.float32)
+        for y, x in np.random.default_rng(5).integers(8, 120, (30, 2)):
+            specks[y - 2 : y + 2, x - 2 : x + 2] = 0.7
+        beam = det.gain * specks
+
+        def projection(angles, photons, sample_in=True, **kwargs):
+            if sample_in or not photons:
+                return project(angles, photons, sample_in, **kwargs)
+            gain, det.gain = det.gain, np.roll(beam, 5 * next(flats), axis=0)
+            try:
+                return project(angles, photons, sample_in, **kwargs)
+            finally:
+                det.gain = gain
+
+        det.projection = projection
+
+    docs = camera_scan(RE, denoiser, tmp_path, 500, n_darks=2, n_flats=6, angles=4, camera=drifting_beam,
+                       streams=("primary", "flat", "dark"))
+    names = {d["uid"]: d["name"] for n, d in docs if n == "descriptor"}
+
+    def rows(stream, key):
+        return [v for n, d in docs if n == "event_page" and names[d["descriptor"]] == stream for v in d["data"][key]]
+
+    shifts = rows("flat_denoised", "det_image_qc_shift_px")
+    assert len(shifts) == 6 and all(s == pytest.approx(5.0, abs=1.0) for s in shifts[1:]), shifts
+    for stream in ("flat_denoised", "dark_denoised"):
+        assert all(math.isnan(m) for m in rows(stream, "det_image_qc_motion_px"))
+        assert not any("motion" in f for f in rows(stream, "det_image_qc_flags"))
+    assert not any("motion" in f for f in rows("denoised", "det_image_qc_flags"))
+
+
 def test_motion_is_flagged_with_the_measured_shift(RE, denoiser, tmp_path):
     det = SimTomoDetector(name="det", stage=SimTomoStage(name="stage"), shape=(64, 96), directory=tmp_path,
                           simulate_timing=False)
@@ -654,8 +712,10 @@ def without_angles(cb, axis="stage_theta"):
 
 @pytest.mark.parametrize("exposures, units", [(1, "deg"), (3, "deg"), (1, "rad"), (1, "nominal")])
 def test_rotation_at_coarse_steps_is_not_motion_but_a_vertical_slip_is(RE, denoiser, tmp_path, exposures, units):
-    # At 4 degrees per projection, rotation shifts these projections sideways by more than the
-    # 3-pixel threshold (shift_px); only the sample slipping 6 pixels up is motion. With several
+    # At 8 degrees per projection, rotation shifts these projections sideways by more than the
+    # 3-pixel threshold (shift_px); only the sample slipping 6 pixels up is motion. (At 4 degrees it did
+    # too while registration weighed every spatial frequency alike; weighed by their coherence, the
+    # resin cylinder that holds the beads, which rotation does not move, keeps the shift under 1 pixel.) With several
     # exposures per angle, the frames of one angle do not teach the rotation allowance anything. A stage
     # reporting radians rotates as far. A scan that records no angle (a fly scan without position capture)
     # rotates by its plan's nominal angles (before, its first frames were judged as a count's: motion).
@@ -671,7 +731,7 @@ def test_rotation_at_coarse_steps_is_not_motion_but_a_vertical_slip_is(RE, denoi
     events = itertools.count(1)
     RE.subscribe(lambda name, doc: setattr(det, "sample", det.sample.moved(0.0, -6.0))
                  if name == "event" and next(events) == 12 else None)
-    RE(tomo_scan(det, stage, list(30.0 + 4.0 * np.arange(16)), n_darks=0, n_flats=0))
+    RE(tomo_scan(det, stage, list(30.0 + 8.0 * np.arange(16)), n_darks=0, n_flats=0))
     flags, shifts = column(docs, "det_image_qc_flags"), column(docs, "det_image_qc_shift_px")
     motion = column(docs, "det_image_qc_motion_px")
     slip = 12 * exposures  # the first frame after the slip

@@ -435,7 +435,9 @@ class RunQC:
         neighbour; with one, the nearest recent angle within 1.5 angular steps, so that a
         re-acquired or rewound angle is not compared with a far one. ``shift_px`` is the
         whole shift; ``motion_px`` (the ``motion`` flag's metric) leaves out the sideways
-        shift that rotation makes between the two angles (:func:`~..qc.metrics.rotation_allowance`).
+        shift that rotation makes between the two angles (:func:`~..qc.metrics.rotation_allowance`), on
+        projections only: a flat's shift is its beam profile's, whose few coarse features place a match no
+        closer than a few pixels (shifts of 2-7 pixels between flats of the ``make demo`` scan).
         """
         stream = item.stream
         state = stream.of(item.role)  # darks and flats are registered among their own kind
@@ -457,8 +459,9 @@ class RunQC:
         if neighbour is not None:
             down, right = registered_offset(neighbour, image)
             item.metrics.shift_px = math.hypot(down, right)
-            allowance = rotation_allowance(state.sideways, step, frame.shape[-1])
-            item.metrics.motion_px = motion_px(down, right, allowance)
+            if item.role is None:  # a flat has no sample in the beam to move, a dark no light
+                allowance = rotation_allowance(state.sideways, step, frame.shape[-1])
+                item.metrics.motion_px = motion_px(down, right, allowance)
             if math.isfinite(right) and step != 0:  # frames at one angle say nothing about rotation
                 state.sideways.append(abs(right))
         state.history.append((angle, image))

@@ -75,6 +75,9 @@ PATTERN_CLIP = 0.5
 REFERENCE_FRAMES = 10
 #: Frames are binned by this factor before registration: a fraction of the cost, sub-pixel shifts still seen.
 REGISTRATION_BIN = 2
+#: Rings of spatial frequency (from 0 to the Nyquist frequency along an axis) over which registration averages
+#: two images' power to weigh each frequency by the coherence their signal allows.
+REGISTRATION_RINGS = 64
 #: Standard deviations above the noise maximum a correlation peak needs to count as a match.
 PEAK_MARGIN = 3.5
 #: Recent sideways shifts between neighbouring frames that :func:`rotation_allowance` learns from.
@@ -275,8 +278,8 @@ def registration_image(frame: np.ndarray) -> np.ndarray:
 
     Zingers, and hot or dead pixels short of the type's top, are taken out of the binned image
     (:func:`~bluesky_tomogan.despike.remove_isolated_spikes`, at the projection models' threshold):
-    phase correlation weighs every spatial frequency alike, and a few dozen sharp specks per frame
-    outweigh a sample's structure, so two frames of a sample standing still matched wherever two
+    phase correlation weighs every spatial frequency that stands above the noise alike, and a few dozen
+    sharp specks per frame outweigh a sample's structure, so two frames of a sample standing still matched wherever two
     pairs of zingers lay the same distance apart (simulated 512x512 scans at 100-5000 photons/pixel
     with zingers at 1e-4 or 1e-3 per pixel: ``motion`` on 15 of 15 frames, ``motion_px`` up to 96-189,
     a real 6-pixel slip among them not told apart; with the specks out, as without zingers: at most
@@ -299,8 +302,9 @@ def shift_px(previous: np.ndarray, frame: np.ndarray) -> float:
     """Length in pixels of the translation that best maps ``previous`` onto ``frame`` (phase correlation).
 
     Both are binned by :data:`REGISTRATION_BIN` and their means removed; the
-    peak of the normalised cross-power spectrum is refined to a fraction of a
-    binned pixel by a parabola through its neighbours. NaN when the frames have
+    peak of the normalised cross-power spectrum, each frequency weighted by the
+    coherence the two frames' signal and noise allow there (:func:`registered_offset`),
+    is refined to a fraction of a binned pixel by a parabola through its neighbours. NaN when the frames have
     no common structure to register (the peak does not stand out of the noise).
     """
     return registered_shift(registration_image(previous), registration_image(frame))
@@ -314,7 +318,16 @@ def registered_shift(a: np.ndarray, b: np.ndarray) -> float:
 @_quiet
 def registered_offset(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Translation ``(down, right)`` that maps registration image ``a`` onto ``b``, in pixels of the full
-    frame; NaN when they have no common structure to register (see :func:`shift_px`)."""
+    frame; NaN when they have no common structure to register (see :func:`shift_px`).
+
+    Phase correlation, each spatial frequency weighted by the coherence the two images can have there
+    (:func:`_expected_coherence`). Plain phase correlation weighs every frequency alike; at low dose the
+    high ones are noise alone, so the true peak sank into the surface (no match: at 25 photons per pixel
+    most neighbouring projections of ``make demo``'s scan read NaN) or became a cluster a few binned pixels
+    wide whose highest point noise picked (a few spurious shifts of 3-6 pixels per scan). Where every
+    frequency stands well above the noise the weights are about 1: phase correlation as before
+    (``benchmarks/motion_steps.py``, docs/qc.md).
+    """
     if a.shape != b.shape or min(a.shape) < 4:
         return math.nan, math.nan
     window = _hann(a.shape)
@@ -322,13 +335,20 @@ def registered_offset(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     # frame what it cost before the registration image was despiked (benchmarks/qc_feedback.py, docs/benchmarks.md)
     fa = scipy.fft.rfft2((a - np.float32(a.mean())) * window, workers=1)
     fb = scipy.fft.rfft2((b - np.float32(b.mean())) * window, workers=1)
+    power_a = np.square(fa.real) + np.square(fa.imag)
+    power_b = np.square(fb.real) + np.square(fb.imag)
+    scale = np.reciprocal(np.maximum(np.sqrt(power_a * power_b), np.float32(1e-12)))  # whitened: phase only
+    weight = _expected_coherence(power_a, power_b, noise_sigma(a), noise_sigma(b), a.shape)
+    if weight is not None:
+        scale *= weight
     cross = fb * np.conj(fa)
-    cross /= np.maximum(np.abs(cross), np.float32(1e-12))
+    cross *= scale
     corr = scipy.fft.irfft2(cross, s=a.shape, workers=1)
     peak = np.unravel_index(int(np.argmax(corr)), corr.shape)
     # Two frames of pure noise also have a highest correlation; it is only a match when it stands
     # out from the surface by more than the largest of N normal samples would (~sqrt(2 ln N) sigma).
-    if float(corr[peak]) < float(corr.std()) * (math.sqrt(2 * math.log(corr.size)) + PEAK_MARGIN):
+    spread = float(corr.std())
+    if not spread > 0 or float(corr[peak]) < spread * (math.sqrt(2 * math.log(corr.size)) + PEAK_MARGIN):
         return math.nan, math.nan
     offsets = []
     for axis, p in enumerate(peak):
@@ -343,6 +363,43 @@ def registered_offset(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
         q = p + sub
         offsets.append((q - n if q > n / 2 else q) * REGISTRATION_BIN)
     return offsets[0], offsets[1]
+
+
+def _expected_coherence(power_a: np.ndarray, power_b: np.ndarray, sigma_a: float, sigma_b: float,
+                        shape: tuple[int, int]) -> np.ndarray | None:
+    """Per frequency of two windowed images' spectra (``rfft2`` powers), the coherence their signal allows.
+
+    White noise of sigma ``s`` (:func:`noise_sigma`) has the same power at every frequency, ``s**2`` times
+    the window's energy; a sample's power falls with the frequency's radius. Averaged over rings of
+    :data:`REGISTRATION_RINGS` radii, what each image's power exceeds its noise's by is its signal, and
+    ``(S / (S + N))**2`` (``S`` the two signals' geometric mean, ``N`` the noises') the magnitude-squared
+    coherence of two images of one scene with independent noise: near 1 where the sample stands out, 0
+    where noise is all there is. (Not its square root, the Wiener weight: on a camera that blurs,
+    :func:`noise_sigma` reads the noise low, and the square leaves less weight where the noise is near the
+    signal.) None (weigh every frequency alike) without a noise estimate or where no noise shows.
+    """
+    if not (math.isfinite(sigma_a) and math.isfinite(sigma_b)) or sigma_a <= 0 or sigma_b <= 0:
+        return None
+    rings, counts, energy = _frequency_rings(shape)
+    flat_rings = rings.ravel()
+    ring_a = np.bincount(flat_rings, power_a.ravel(), counts.size) / counts
+    ring_b = np.bincount(flat_rings, power_b.ravel(), counts.size) / counts
+    noise_a, noise_b = sigma_a * sigma_a * energy, sigma_b * sigma_b * energy
+    signal = np.sqrt(np.maximum(ring_a - noise_a, 0.0) * np.maximum(ring_b - noise_b, 0.0))
+    coherence = np.square(signal / (signal + math.sqrt(noise_a * noise_b)))
+    return coherence.astype(np.float32)[rings]
+
+
+@functools.lru_cache(maxsize=4)
+def _frequency_rings(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, float]:
+    """For ``rfft2`` spectra of images of ``shape``: each frequency's ring, the frequencies per ring (at least
+    1) and the energy of the registration window (the power of unit white noise behind it)."""
+    radius = np.hypot(np.fft.fftfreq(shape[0])[:, None], np.fft.rfftfreq(shape[1])[None, :])
+    rings = np.minimum(radius * (2 * REGISTRATION_RINGS), 2 * REGISTRATION_RINGS).astype(np.intp)
+    rings.flags.writeable = False
+    counts = np.maximum(np.bincount(rings.ravel(), minlength=int(rings.max()) + 1), 1).astype(np.float64)
+    energy = float(np.square(_hann(shape), dtype=np.float64).sum())
+    return rings, counts, energy
 
 
 @functools.lru_cache(maxsize=4)
