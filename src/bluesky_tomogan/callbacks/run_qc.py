@@ -437,7 +437,7 @@ class RunQC:
         whole shift; ``motion_px`` (the ``motion`` flag's metric) leaves out the sideways
         shift that rotation makes between the two angles (:func:`~..qc.metrics.rotation_allowance`), on
         projections only: a flat's shift is its beam profile's, whose few coarse features place a match no
-        closer than a few pixels (shifts of 2-7 pixels between flats of the ``make demo`` scan).
+        closer than a few pixels (shifts of 0.9-6.4 pixels between flats of the ``make demo`` scan).
         """
         stream = item.stream
         state = stream.of(item.role)  # darks and flats are registered among their own kind
