@@ -36,6 +36,7 @@ from bluesky_tomogan.qc.metrics import (
     noise_sigma,
     registered_offset,
     registration_image,
+    registration_noise,
     residual_metrics,
     residual_specks,
     rotation_allowance,
@@ -225,6 +226,44 @@ def test_low_dose_projections_register_and_a_slip_among_them_is_seen(tmp_path, p
     slip = 39  # the pair of the last frame before the slip and the first after it
     assert motion[slip] == pytest.approx(6.0, abs=1.0)
     assert max(m for i, m in enumerate(motion) if i != slip) < 2.0  # well under the flag's 3 pixels
+
+
+def test_registration_takes_the_photon_transfer_noise_of_a_blurring_camera_only():
+    metrics = FrameMetrics(camera_noise_sigma=8.0)
+    assert registration_noise(metrics, PhotonTransfer(4.0, 1.0, noise_correlation=0.3)) == 8.0 / REGISTRATION_BIN
+    assert registration_noise(metrics, PhotonTransfer(4.0, 1.0, noise_correlation=0.01)) is None  # white noise
+    assert registration_noise(metrics, None) is None  # no flats: no curve
+    assert registration_noise(FrameMetrics(), PhotonTransfer(4.0, 1.0, noise_correlation=0.3)) is None
+
+
+@pytest.mark.parametrize("seed", [6, 7, 9])
+def test_a_blurring_cameras_noise_from_its_flats_keeps_low_dose_registration_honest(RE, denoiser, tmp_path, seed):
+    # A camera's blur takes the high frequencies out of its noise, where Immerkaer's noise_sigma looks: it reads
+    # the noise low, and frequencies where noise is all there is kept their weight in the registration. The
+    # photon transfer curve from the run's darks and flats gives the noise at large scales. (With noise_sigma
+    # alone these scans read 1.2-1.8 px of motion on a sample standing still, and the slip 5.2-7.4.)
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(256, 256), directory=tmp_path, seed=seed,
+                          simulate_timing=False, blur=0.8)
+    det.exposure_time.put(0.1)
+    det.photon_flux.put(25 / 0.1)
+    cb, docs = TomoGANCallback(denoiser, streams=["primary"]), []
+    cb.subscribe(lambda name, doc: docs.append((name, doc)))
+    RE.subscribe(cb)
+    primary, events = set(), itertools.count(1)
+
+    def slip(name, doc):
+        if name == "descriptor" and doc["name"] == "primary":
+            primary.add(doc["uid"])
+        if name == "event" and doc["descriptor"] in primary and next(events) == 16:
+            det.sample = det.sample.moved(0.0, -6.0)
+
+    RE.subscribe(slip)
+    RE(tomo_scan(det, stage, list(30.0 + 4.0 * np.arange(19)), n_darks=2, n_flats=2))
+    motion, flags = column(docs, "det_image_qc_motion_px"), column(docs, "det_image_qc_flags")
+    assert len(flags) == 19 and [i for i, f in enumerate(flags) if "motion" in f] == [16], motion
+    assert motion[16] == pytest.approx(6.0, abs=0.5)
+    assert max(m for i, m in enumerate(motion) if i not in (0, 16)) < 1.0
 
 
 def test_residual_correlation_tells_removed_noise_from_removed_structure(rng):

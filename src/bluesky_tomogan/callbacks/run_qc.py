@@ -37,6 +37,7 @@ from ..qc.metrics import (
     motion_px,
     registered_offset,
     registration_image,
+    registration_noise,
     rotation_allowance,
     signal_to_noise,
     white_noise_variance,
@@ -444,27 +445,29 @@ class RunQC:
         frame = np.asarray(item.frame)
         angle = self._angle(stream.raw_name, item.seq_num)
         image = registration_image(frame)
+        noise = registration_noise(item.metrics, self.photon_transfer(stream.field))
         neighbour, step = None, None
         if angle is None:
-            neighbour = state.history[-1][1] if state.history else None
+            neighbour = state.history[-1] if state.history else None
         else:
-            known = [(abs(a - angle), img) for a, img in state.history if a is not None]
+            known = [(abs(a - angle), kept) for kept in state.history if (a := kept[0]) is not None]
             if known:
-                step, img = min(known, key=lambda t: t[0])
+                step, kept = min(known, key=lambda t: t[0])
                 tolerance = 1.5 * float(np.median(state.steps)) if state.steps else math.inf
-                neighbour = img if step <= tolerance else None
+                neighbour = kept if step <= tolerance else None
             last = state.history[-1][0] if state.history else None
             if last is not None and abs(angle - last) > 0:
                 state.steps.append(abs(angle - last))
         if neighbour is not None:
-            down, right = registered_offset(neighbour, image)
+            _, neighbour_image, neighbour_noise = neighbour
+            down, right = registered_offset(neighbour_image, image, (neighbour_noise, noise))
             item.metrics.shift_px = math.hypot(down, right)
             if item.role is None:  # a flat has no sample in the beam to move, a dark no light
                 allowance = rotation_allowance(state.sideways, step, frame.shape[-1])
                 item.metrics.motion_px = motion_px(down, right, allowance)
             if math.isfinite(right) and step != 0:  # frames at one angle say nothing about rotation
                 state.sideways.append(abs(right))
-        state.history.append((angle, image))
+        state.history.append((angle, image, noise))
 
     def judge(self, result: FrameResult) -> None:
         """Evaluate the QC policy on a finished frame and hand the verdict to the feedback thread."""

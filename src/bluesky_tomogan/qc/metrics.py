@@ -30,7 +30,7 @@ from ..masked import fill_masked, masked_pixels, missing_pixels
 
 __all__ = ["DeadBefore", "FrameMetrics", "IntensityReference", "beside_another", "dead_fraction", "dead_pixels",
            "frame_metrics", "residual_metrics", "flat_noise_correlation", "white_noise_variance", "PhotonTransfer",
-           "fixed_pattern",
+           "fixed_pattern", "registration_noise",
            "noise_sigma", "shift_px", "registration_image", "registered_shift", "registered_offset",
            "rotation_allowance", "motion_px", "PreviousResidual", "residual_specks", "narrower_top", "signal_to_noise",
            "UNITS"]
@@ -316,9 +316,14 @@ def registered_shift(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @_quiet
-def registered_offset(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+def registered_offset(a: np.ndarray, b: np.ndarray,
+                      noise: tuple[float | None, float | None] = (None, None)) -> tuple[float, float]:
     """Translation ``(down, right)`` that maps registration image ``a`` onto ``b``, in pixels of the full
     frame; NaN when they have no common structure to register (see :func:`shift_px`).
+
+    ``noise``: each image's noise sigma as white noise of the same power at large scales, where known
+    (:func:`registration_noise`: a blurring camera's photon transfer curve); else :func:`noise_sigma` of the
+    image, which reads a blurring camera's noise low.
 
     Phase correlation, each spatial frequency weighted by the coherence the two images can have there
     (:func:`_expected_coherence`). Plain phase correlation weighs every frequency alike; at low dose the
@@ -338,7 +343,9 @@ def registered_offset(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     power_a = np.square(fa.real) + np.square(fa.imag)
     power_b = np.square(fb.real) + np.square(fb.imag)
     scale = np.reciprocal(np.maximum(np.sqrt(power_a * power_b), np.float32(1e-12)))  # whitened: phase only
-    weight = _expected_coherence(power_a, power_b, noise_sigma(a), noise_sigma(b), a.shape)
+    sigma_a = noise[0] if noise[0] is not None else noise_sigma(a)
+    sigma_b = noise[1] if noise[1] is not None else noise_sigma(b)
+    weight = _expected_coherence(power_a, power_b, sigma_a, sigma_b, a.shape)
     if weight is not None:
         scale *= weight
     cross = fb * np.conj(fa)
@@ -363,6 +370,18 @@ def registered_offset(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
         q = p + sub
         offsets.append((q - n if q > n / 2 else q) * REGISTRATION_BIN)
     return offsets[0], offsets[1]
+
+
+def registration_noise(metrics: FrameMetrics, transfer: PhotonTransfer | None) -> float | None:
+    """The noise sigma of a frame's :func:`registration_image` for :func:`registered_offset`, where its camera's
+    photon transfer curve knows it better than the image shows it: on a camera that blurs (``transfer.blurs``),
+    the white noise of the same power at large scales (``metrics.camera_noise_sigma``), binned by
+    :data:`REGISTRATION_BIN`. Immerkaer's :func:`noise_sigma` reads such noise low (it sees the high
+    frequencies, which the blur takes out), so frequencies where noise is all there is kept their weight
+    (``benchmarks/motion_steps.py --photons 25 --blur 0.8 --flats 5``, docs/qc.md). None elsewhere."""
+    if transfer is None or not transfer.blurs or not math.isfinite(metrics.camera_noise_sigma):
+        return None
+    return metrics.camera_noise_sigma / REGISTRATION_BIN
 
 
 def _expected_coherence(power_a: np.ndarray, power_b: np.ndarray, sigma_a: float, sigma_b: float,
