@@ -228,12 +228,13 @@ def test_low_dose_projections_register_and_a_slip_among_them_is_seen(tmp_path, p
     assert max(m for i, m in enumerate(motion) if i != slip) < 2.0  # well under the flag's 3 pixels
 
 
-def test_registration_takes_the_photon_transfer_noise_of_a_blurring_camera_only():
-    metrics = FrameMetrics(camera_noise_sigma=8.0)
-    assert registration_noise(metrics, PhotonTransfer(4.0, 1.0, noise_correlation=0.3)) == 8.0 / REGISTRATION_BIN
-    assert registration_noise(metrics, PhotonTransfer(4.0, 1.0, noise_correlation=0.01)) is None  # white noise
-    assert registration_noise(metrics, None) is None  # no flats: no curve
-    assert registration_noise(FrameMetrics(), PhotonTransfer(4.0, 1.0, noise_correlation=0.3)) is None
+def test_registration_takes_the_photon_transfer_noise_of_a_blurring_camera_only(rng):
+    image, metrics = rng.normal(100, 3, (64, 64)).astype(np.float32), FrameMetrics(camera_noise_sigma=8.0)
+    blurring, white = PhotonTransfer(4.0, 1.0, noise_correlation=0.3), PhotonTransfer(4.0, 1.0, noise_correlation=0.01)
+    assert registration_noise(image, metrics, blurring) == 8.0 / REGISTRATION_BIN
+    assert registration_noise(image, metrics, white) == noise_sigma(image) == pytest.approx(3.0, rel=0.05)
+    assert registration_noise(image, metrics, None) == noise_sigma(image)  # no flats: no curve
+    assert registration_noise(image, FrameMetrics(), blurring) == noise_sigma(image)  # darks not trusted: no level
 
 
 @pytest.mark.parametrize("seed", [6, 7, 9])

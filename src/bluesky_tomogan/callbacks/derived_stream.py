@@ -98,9 +98,9 @@ class RoleState:
     """What a derived stream keeps of one kind of its frames (projections, darks or flats)."""
 
     reference: IntensityReference = dataclasses.field(default_factory=IntensityReference)  # worker only
-    # Recent usable frames as (angle or None, registration image, its noise where the camera's photon transfer
-    # curve knows it: registration_noise), and angular steps seen (worker only)
-    history: deque[tuple[float | None, np.ndarray, float | None]] = dataclasses.field(
+    # Recent usable frames as (angle or None, registration image, its noise: registration_noise), and angular
+    # steps seen (worker only)
+    history: deque[tuple[float | None, np.ndarray, float]] = dataclasses.field(
         default_factory=lambda: deque(maxlen=REGISTRATION_HISTORY))
     steps: deque[float] = dataclasses.field(default_factory=lambda: deque(maxlen=32))
     # Recent sideways shifts between neighbouring frames, in pixels: what rotation does on this scan (worker only)

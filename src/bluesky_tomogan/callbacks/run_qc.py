@@ -445,7 +445,7 @@ class RunQC:
         frame = np.asarray(item.frame)
         angle = self._angle(stream.raw_name, item.seq_num)
         image = registration_image(frame)
-        noise = registration_noise(item.metrics, self.photon_transfer(stream.field))
+        noise = registration_noise(image, item.metrics, self.photon_transfer(stream.field))
         neighbour, step = None, None
         if angle is None:
             neighbour = state.history[-1] if state.history else None

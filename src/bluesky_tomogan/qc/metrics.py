@@ -321,9 +321,8 @@ def registered_offset(a: np.ndarray, b: np.ndarray,
     """Translation ``(down, right)`` that maps registration image ``a`` onto ``b``, in pixels of the full
     frame; NaN when they have no common structure to register (see :func:`shift_px`).
 
-    ``noise``: each image's noise sigma as white noise of the same power at large scales, where known
-    (:func:`registration_noise`: a blurring camera's photon transfer curve); else :func:`noise_sigma` of the
-    image, which reads a blurring camera's noise low.
+    ``noise``: each image's noise sigma (:func:`registration_noise`, which knows a blurring camera's from its
+    photon transfer curve), where known; else :func:`noise_sigma` of the image.
 
     Phase correlation, each spatial frequency weighted by the coherence the two images can have there
     (:func:`_expected_coherence`). Plain phase correlation weighs every frequency alike; at low dose the
@@ -372,16 +371,19 @@ def registered_offset(a: np.ndarray, b: np.ndarray,
     return offsets[0], offsets[1]
 
 
-def registration_noise(metrics: FrameMetrics, transfer: PhotonTransfer | None) -> float | None:
-    """The noise sigma of a frame's :func:`registration_image` for :func:`registered_offset`, where its camera's
-    photon transfer curve knows it better than the image shows it: on a camera that blurs (``transfer.blurs``),
-    the white noise of the same power at large scales (``metrics.camera_noise_sigma``), binned by
-    :data:`REGISTRATION_BIN`. Immerkaer's :func:`noise_sigma` reads such noise low (it sees the high
-    frequencies, which the blur takes out), so frequencies where noise is all there is kept their weight
-    (``benchmarks/motion_steps.py --photons 25 --blur 0.8 --flats 5``, docs/qc.md). None elsewhere."""
-    if transfer is None or not transfer.blurs or not math.isfinite(metrics.camera_noise_sigma):
-        return None
-    return metrics.camera_noise_sigma / REGISTRATION_BIN
+def registration_noise(image: np.ndarray, metrics: FrameMetrics, transfer: PhotonTransfer | None) -> float:
+    """The noise sigma of a frame's :func:`registration_image` ``image``, for :func:`registered_offset`.
+
+    On a camera that blurs (``transfer.blurs``, its photon transfer curve known), the white noise of the same
+    power at large scales (``metrics.camera_noise_sigma``), binned by :data:`REGISTRATION_BIN`: Immerkaer's
+    :func:`noise_sigma` reads such noise low (it sees the high frequencies, which the blur takes out), so
+    frequencies where noise is all there is kept their weight (``benchmarks/motion_steps.py --photons 25
+    --blur 0.8 --flats 5``, docs/qc.md). Elsewhere :func:`noise_sigma` of the image. Computed once per frame:
+    the callback keeps it beside the image for the next frame's registration.
+    """
+    if transfer is not None and transfer.blurs and math.isfinite(metrics.camera_noise_sigma):
+        return metrics.camera_noise_sigma / REGISTRATION_BIN
+    return noise_sigma(image)
 
 
 def _expected_coherence(power_a: np.ndarray, power_b: np.ndarray, sigma_a: float, sigma_b: float,
