@@ -525,6 +525,12 @@ def column(docs, key):
     return [v for n, d in docs if n == "event_page" and key in d["data"] for v in d["data"][key]]
 
 
+def stream_column(docs, stream, key):
+    """Column ``key`` of the (derived) stream named ``stream``, over all its event pages."""
+    names = {d["uid"]: d["name"] for n, d in docs if n == "descriptor"}
+    return [v for n, d in docs if n == "event_page" and names[d["descriptor"]] == stream for v in d["data"][key]]
+
+
 def test_nan_zero_and_dead_frames_are_flagged_and_kept_by_a_plain_plan(RE, denoiser, rng):
     good = [rng.poisson(500, (32, 40)).astype(np.float32) for _ in range(7)]
     nan, zero, dead = good[2].copy(), np.zeros((32, 40), np.float32), good[5].copy()
@@ -617,11 +623,7 @@ def test_a_cameras_fixed_pattern_in_its_flats_is_no_signal_removed_and_a_samples
 
     docs = camera_scan(RE, denoiser, tmp_path, 20000, n_darks=3, n_flats=10, angles=8, camera=grainy,
                        streams=("primary", "flat"))
-    names = {d["uid"]: d["name"] for n, d in docs if n == "descriptor"}
-
-    def rows(stream, key):
-        return [v for n, d in docs if n == "event_page" and names[d["descriptor"]] == stream for v in d["data"][key]]
-
+    rows = functools.partial(stream_column, docs)
     flags, repeats = rows("denoised", "det_image_qc_flags"), rows("denoised", "det_image_qc_residual_repeat")
     assert len(flags) == 8 and math.isnan(repeats[0])
     if pattern_of.startswith("camera"):
@@ -657,11 +659,7 @@ def test_a_flat_field_that_moves_is_no_sample_motion(RE, denoiser, tmp_path):
 
     docs = camera_scan(RE, denoiser, tmp_path, 500, n_darks=2, n_flats=6, angles=4, camera=drifting_beam,
                        streams=("primary", "flat", "dark"))
-    names = {d["uid"]: d["name"] for n, d in docs if n == "descriptor"}
-
-    def rows(stream, key):
-        return [v for n, d in docs if n == "event_page" and names[d["descriptor"]] == stream for v in d["data"][key]]
-
+    rows = functools.partial(stream_column, docs)
     shifts = rows("flat_denoised", "det_image_qc_shift_px")
     assert len(shifts) == 6 and all(s == pytest.approx(5.0, abs=1.0) for s in shifts[1:]), shifts
     for stream in ("flat_denoised", "dark_denoised"):

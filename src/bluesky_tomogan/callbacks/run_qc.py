@@ -450,7 +450,7 @@ class RunQC:
         if angle is None:
             neighbour = state.history[-1] if state.history else None
         else:
-            known = [(abs(a - angle), kept) for kept in state.history if (a := kept[0]) is not None]
+            known = [(abs(kept[0] - angle), kept) for kept in state.history if kept[0] is not None]
             if known:
                 step, kept = min(known, key=lambda t: t[0])
                 tolerance = 1.5 * float(np.median(state.steps)) if state.steps else math.inf
@@ -465,8 +465,8 @@ class RunQC:
             if item.role is None:  # a flat has no sample in the beam to move, a dark no light
                 allowance = rotation_allowance(state.sideways, step, frame.shape[-1])
                 item.metrics.motion_px = motion_px(down, right, allowance)
-            if math.isfinite(right) and step != 0:  # frames at one angle say nothing about rotation
-                state.sideways.append(abs(right))
+                if math.isfinite(right) and step != 0:  # frames at one angle say nothing about rotation
+                    state.sideways.append(abs(right))
         state.history.append((angle, image, noise))
 
     def judge(self, result: FrameResult) -> None:

@@ -416,7 +416,7 @@ def _frequency_rings(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, fl
     """For ``rfft2`` spectra of images of ``shape``: each frequency's ring, the frequencies per ring (at least
     1) and the energy of the registration window (the power of unit white noise behind it)."""
     radius = np.hypot(np.fft.fftfreq(shape[0])[:, None], np.fft.rfftfreq(shape[1])[None, :])
-    rings = np.minimum(radius * (2 * REGISTRATION_RINGS), 2 * REGISTRATION_RINGS).astype(np.intp)
+    rings = (radius * (2 * REGISTRATION_RINGS)).astype(np.intp)  # the corners' rings go on past the axes' last
     rings.flags.writeable = False
     counts = np.maximum(np.bincount(rings.ravel(), minlength=int(rings.max()) + 1), 1).astype(np.float64)
     energy = float(np.square(_hann(shape), dtype=np.float64).sum())
