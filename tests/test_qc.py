@@ -32,6 +32,7 @@ from bluesky_tomogan.qc.metrics import (
     PreviousResidual,
     flat_noise_correlation,
     frame_metrics,
+    large_scale_noise,
     motion_px,
     noise_sigma,
     registered_offset,
@@ -232,17 +233,30 @@ def test_registration_takes_the_photon_transfer_noise_of_a_blurring_camera_only(
     image, metrics = rng.normal(100, 3, (64, 64)).astype(np.float32), FrameMetrics(camera_noise_sigma=8.0)
     blurring, white = PhotonTransfer(4.0, 1.0, noise_correlation=0.3), PhotonTransfer(4.0, 1.0, noise_correlation=0.01)
     assert registration_noise(image, metrics, blurring) == 8.0 / REGISTRATION_BIN
-    assert registration_noise(image, metrics, white) == noise_sigma(image) == pytest.approx(3.0, rel=0.05)
-    assert registration_noise(image, metrics, None) == noise_sigma(image)  # no flats: no curve
-    assert registration_noise(image, FrameMetrics(), blurring) == noise_sigma(image)  # darks not trusted: no level
+    assert registration_noise(image, metrics, white) == large_scale_noise(image) == pytest.approx(3.0, rel=0.05)
+    assert registration_noise(image, metrics, None) == large_scale_noise(image)  # no flats: no curve
+    assert registration_noise(image, FrameMetrics(), blurring) == large_scale_noise(image)  # darks not trusted
 
 
-@pytest.mark.parametrize("seed", [6, 7, 9])
-def test_a_blurring_cameras_noise_from_its_flats_keeps_low_dose_registration_honest(RE, denoiser, tmp_path, seed):
-    # A camera's blur takes the high frequencies out of its noise, where Immerkaer's noise_sigma looks: it reads
-    # the noise low, and frequencies where noise is all there is kept their weight in the registration. The
-    # photon transfer curve from the run's darks and flats gives the noise at large scales. (With noise_sigma
-    # alone these scans read 1.2-1.8 px of motion on a sample standing still, and the slip 5.2-7.4.)
+def test_the_large_scale_noise_of_a_blurring_camera_reads_more_of_it_than_noise_sigma(rng):
+    from scipy.ndimage import gaussian_filter
+
+    # White noise of sigma 4 blurred by a Gaussian keeps its power at large scales (the filter's gain at 0 is 1)
+    # and loses it at small ones, where Immerkaer's filter looks. Binned 2x2 the noise is whiter: more of it is
+    # seen, never more than there is.
+    for blur in (0.4, 0.5, 0.6):
+        image = gaussian_filter(rng.normal(0, 4, (256, 256)), blur).astype(np.float32)
+        assert noise_sigma(image) * 1.1 < large_scale_noise(image) < 4.0
+    white = rng.normal(0, 4, (256, 256)).astype(np.float32)
+    assert large_scale_noise(white) == pytest.approx(noise_sigma(white), rel=0.05) == pytest.approx(4.0, rel=0.05)
+    assert large_scale_noise(white[:5]) == noise_sigma(white[:5])  # too few rows to bin
+    assert math.isnan(large_scale_noise(np.full((8, 8), np.nan, np.float32)))
+
+
+def blurring_camera_slip(RE, denoiser, tmp_path, seed, n_darks_flats):
+    """A 256x256 scan at 4-degree steps on a camera blurring by 0.8 pixel, 25 photons per pixel, ``n_darks_flats``
+    darks and flats first; the sample slips 6 pixels up after the 16th projection. The derived stream's
+    ``motion_px`` and flags."""
     stage = SimTomoStage(name="stage")
     det = SimTomoDetector(name="det", stage=stage, shape=(256, 256), directory=tmp_path, seed=seed,
                           simulate_timing=False, blur=0.8)
@@ -260,11 +274,31 @@ def test_a_blurring_cameras_noise_from_its_flats_keeps_low_dose_registration_hon
             det.sample = det.sample.moved(0.0, -6.0)
 
     RE.subscribe(slip)
-    RE(tomo_scan(det, stage, list(30.0 + 4.0 * np.arange(19)), n_darks=2, n_flats=2))
-    motion, flags = column(docs, "det_image_qc_motion_px"), column(docs, "det_image_qc_flags")
+    RE(tomo_scan(det, stage, list(30.0 + 4.0 * np.arange(19)), n_darks=n_darks_flats, n_flats=n_darks_flats))
+    return column(docs, "det_image_qc_motion_px"), column(docs, "det_image_qc_flags")
+
+
+@pytest.mark.parametrize("seed", [6, 7, 9])
+def test_a_blurring_cameras_noise_from_its_flats_keeps_low_dose_registration_honest(RE, denoiser, tmp_path, seed):
+    # A camera's blur takes the high frequencies out of its noise, where Immerkaer's noise_sigma looks: it reads
+    # the noise low, and frequencies where noise is all there is kept their weight in the registration. The
+    # photon transfer curve from the run's darks and flats gives the noise at large scales. (With noise_sigma
+    # alone these scans read 1.2-1.8 px of motion on a sample standing still, and the slip 5.2-7.4.)
+    motion, flags = blurring_camera_slip(RE, denoiser, tmp_path, seed, 2)
     assert len(flags) == 19 and [i for i, f in enumerate(flags) if "motion" in f] == [16], motion
     assert motion[16] == pytest.approx(6.0, abs=0.5)
     assert max(m for i, m in enumerate(motion) if i not in (0, 16)) < 1.0
+
+
+@pytest.mark.parametrize("seed", [6, 7, 9])
+def test_a_blurring_camera_without_flats_registers_on_its_noise_at_large_scales(RE, denoiser, tmp_path, seed):
+    # Without darks and flats there is no photon transfer curve: large_scale_noise reads the blurred noise from
+    # the image binned 2x2 again, where it is whiter, and more of it than noise_sigma does. (With noise_sigma
+    # 4-6 of the 17 pairs of these scans read more than 1 px of motion on a sample standing still, up to 2.8.)
+    motion, flags = blurring_camera_slip(RE, denoiser, tmp_path, seed, 0)
+    assert len(flags) == 19 and [i for i, f in enumerate(flags) if "motion" in f] == [16], motion
+    assert motion[16] == pytest.approx(6.0, abs=1.1)
+    assert sum(m > 1.0 for i, m in enumerate(motion) if i not in (0, 16)) <= 1, motion
 
 
 def test_residual_correlation_tells_removed_noise_from_removed_structure(rng):
