@@ -314,7 +314,11 @@ def _frame_order(f: Any, frames_key: str, n: int) -> tuple[np.ndarray | None, np
         else:
             angles = angles_in_degrees(stored[()], stored.attrs.get("units"))
     groups = nexus.image_key if nexus is not None and nexus.image_key is not None else None
-    return angles, (groups if groups is not None and groups.shape == (n,) else None)
+    groups = groups if groups is not None and groups.shape == (n,) else None
+    log.info("%s: %d frames; angles %s; image_key %s", frames_key, n,
+             f"from {where}" if angles is not None else "none (neighbours by order)",
+             "from the NeXus tree" if groups is not None else "none (every frame a projection)")
+    return angles, groups
 
 
 def first_dataset(f: Any, keys: tuple[str, ...]) -> str | None:

@@ -161,7 +161,7 @@ def find_nexus_scan(f: Any, frames: str | None = None) -> NexusScan | None:
     angles = _per_frame(f, [f"{group}/rotation_angle", f"{parent}/rotation_angle", *walk.named["rotation_angle"],
                             *_angle_axes(f, group)], n)
     image_key = None if key_path is None else np.asarray(f[key_path][()]).astype(int)
-    log.info("NeXus scan: frames %s, image_key %s, angles %s", frames, key_path, angles)
+    log.debug("NeXus lookup: frames %s, image_key %s, angles %s", frames, key_path, angles)
     return NexusScan(frames, image_key, angles)
 
 
