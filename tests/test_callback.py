@@ -853,6 +853,72 @@ def test_a_run_that_began_before_the_callback_was_subscribed_passes_through_with
     assert 1 <= len(said) <= 3 and not any(r.exc_info for r in caplog.records)
 
 
+@pytest.mark.parametrize("idle_s", [0.0, 3600.0])
+def test_runs_without_their_stop_are_ended_when_too_many_are_open(denoiser, caplog, monkeypatch, idle_s):
+    """A RunEngine killed during a run never sends its stop; a callback that lives on (``serve``) kept each such
+    run's worker thread and frames for ever (two threads per run). Beyond MAX_OPEN_RUNS open runs, the one
+    idle longest is ended, once it has had no document for ABANDON_IDLE_S: every frame gets its row, no stop is
+    made up, and the runs after it go on. Runs that sent a document more recently are all kept (live ones)."""
+    import bluesky_tomogan.callbacks.passthrough as passthrough
+    from bluesky_tomogan.callbacks.passthrough import MAX_OPEN_RUNS
+
+    monkeypatch.setattr(passthrough, "ABANDON_IDLE_S", idle_s)  # replayed at once: 0 s stands for a dead run
+
+    def unstopped_run(seed):
+        bundle = event_model.compose_run()
+        desc = bundle.compose_descriptor(name="primary", data_keys={"cam": {
+            "source": "X", "dtype": "array", "shape": [16, 16], "dtype_numpy": "<u2"}})
+        rng = np.random.default_rng(seed)
+        events = [desc.compose_event(data={"cam": rng.poisson(400, (16, 16)).astype(np.uint16)},
+                                     timestamps={"cam": 0.0}) for _ in range(3)]
+        return bundle, [("start", bundle.start_doc), ("descriptor", desc.descriptor_doc),
+                        *[("event", e) for e in events]]
+
+    runs = [unstopped_run(seed) for seed in range(MAX_OPEN_RUNS + 3)]
+    last_bundle, last_docs = runs[-1]
+    fed = [d for _, docs in runs for d in docs] + [("stop", last_bundle.compose_stop())]
+    cb = TomoGANCallback(denoiser, inline=True)
+    with caplog.at_level("WARNING"):
+        out = through(cb, fed)
+    fed_ids = {id(d) for _, d in fed}
+    assert [id(d) for _, d in out if id(d) in fed_ids] == [id(d) for _, d in fed[:-1]]  # each raw document once
+    stops = [d for n, d in out if n == "stop"]
+    assert len(stops) == 1 and stops[0]["run_start"] == last_bundle.start_doc["uid"]  # no stop made up
+    derived_runs = {d["uid"]: d["run_start"] for n, d in out if n == "descriptor" and d["name"] == "denoised"}
+    rows: dict[str, list[str]] = {}
+    for n, d in out:
+        if n in ("event", "event_page") and d["descriptor"] in derived_runs:
+            errors = d["data"]["cam_qc_error"]
+            rows.setdefault(derived_runs[d["descriptor"]], []).extend(errors if n == "event_page" else [errors])
+    if idle_s:  # none idle long enough: all kept, each run whole at its stop
+        assert not any("without its stop" in r.getMessage() for r in caplog.records)
+        assert not any(s.finished for s in list(cb.runs)[:-1]) and stops[0]["num_events"]["denoised"] == 3
+        later = [through(cb, [("stop", bundle.compose_stop())])[-1][1] for bundle, _ in runs[:-1]]
+        assert [stop["num_events"]["denoised"] for stop in later] == [3] * (len(runs) - 1)
+        assert all(s.finished and not s.errors for s in cb.runs)
+        return
+    late_stop = runs[0][0].compose_stop()
+    with caplog.at_level("WARNING"):
+        assert through(cb, [("stop", late_stop)])[-1] == ("stop", late_stop)  # passed on as it is
+    ended = [b.start_doc["uid"] for b, _ in runs[:3]]  # idle longest when runs 5, 6 and 7 started
+    # every frame of the ended runs and of the stopped one has its row; the open ones get theirs at their next document
+    assert [len(rows.get(uid, [])) for uid in [*ended, last_bundle.start_doc["uid"]]] == [3] * 4
+    summaries = {s.uid: s for s in cb.runs}
+    for uid in ended:
+        assert summaries[uid].finished and any("without its stop" in e for e in summaries[uid].errors)
+        assert all(e in ("", "not denoised: the run ended without its stop document") for e in rows[uid])
+    assert all(e == "" for e in rows[runs[-1][0].start_doc["uid"]])
+    assert stops[0]["num_events"]["denoised"] == 3  # the run with a stop: whole
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and sum(t.name.startswith("tomogan-worker-") for t in threading.enumerate()) > (
+            MAX_OPEN_RUNS - 1):
+        time.sleep(0.05)
+    # the open runs (4 to 6) keep their workers until their stop; the ended ones and the stopped one do not
+    assert sum(t.name.startswith("tomogan-worker-") for t in threading.enumerate()) <= MAX_OPEN_RUNS - 1
+    assert sum("ended without its stop" in r.getMessage() for r in caplog.records) >= 3
+    assert not any(r.exc_info for r in caplog.records)
+
+
 def test_one_stream_or_field_name_is_a_name_not_its_letters(RE, denoiser):
     """``streams="primary"`` (a common slip for ``["primary"]``) denoises the primary stream; it matched
     nothing before (the letters 'p', 'r', ...). Timeouts below 0 and names that are not strings are refused."""

@@ -10,6 +10,7 @@ with, and their own documents before or after it.
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,12 +20,22 @@ import event_model
 
 from .consumers import ConsumerFailures, Consumers
 
-__all__ = ["Turn", "RunSummary", "PassThroughRun", "RunRouterFacade", "KEEP_RUNS"]
+__all__ = ["Turn", "RunSummary", "PassThroughRun", "RunRouterFacade", "KEEP_RUNS", "MAX_OPEN_RUNS", "ABANDON_IDLE_S"]
 
 log = logging.getLogger(__name__)
 Subscriber = Callable[[str, Any], Any]
 #: Summaries of this many recent runs are kept (``runs``).
 KEEP_RUNS = 32
+#: Runs open at once (started, not stopped). A RunEngine runs one run at a time, or a few nested ones (run keys);
+#: a RunEngine killed during a run (a kernel that died, a process stopped) never sends that run's stop, and a
+#: callback that lives on (``serve``, one fed by a ``RemoteDispatcher``) would keep its worker thread, files and
+#: frames for ever. At a start beyond this many, the open run that has had no document for longest is ended
+#: without its stop (:meth:`PassThroughRun.abandon`), if it has had none for :data:`ABANDON_IDLE_S`.
+MAX_OPEN_RUNS = 4
+#: Seconds without a document before an open run may be ended for a new one (:data:`MAX_OPEN_RUNS`): a live run
+#: sends a document per frame, so several RunEngines' live runs served by one callback are not ended; a dead
+#: one sends none again.
+ABANDON_IDLE_S = 60.0
 
 
 @dataclass
@@ -76,8 +87,14 @@ class PassThroughRun(event_model.DocumentRouter):
         self._turn = turn
         self.summary = RunSummary(uid="")
         self._follow: list[tuple[str, Any]] = []
+        #: When this run last had a document (``time.monotonic()``).
+        self.last_document = time.monotonic()
+        self._abandoned = False
 
     def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
+        if self._abandoned:  # ended without its stop: the RunRouter's own stop for it, or a late document
+            return name, doc
+        self.last_document = time.monotonic()
         self._follow = []
         try:
             self._before()
@@ -112,6 +129,21 @@ class PassThroughRun(event_model.DocumentRouter):
         """End the run's threads and close its files; idempotent."""
         self.summary.finished = True
 
+    def abandon(self, why: str) -> None:
+        """End a run whose stop document will not come (``why``): publish what it owes (:meth:`_end_unstopped`),
+        end its threads and close its files. Its documents from here on, if any, pass through unprocessed."""
+        self._note(f"run ended without its stop document: {why}")
+        try:
+            self._end_unstopped(why)
+        except Exception:
+            log.exception("%s failed to end run %s", self.label, self.summary.uid)
+        finally:
+            self._abandoned = True
+            self._release()
+
+    def _end_unstopped(self, why: str) -> None:
+        """Publish what the run owes its subscribers when it ends without a stop (callback thread)."""
+
     def _stop_reasons(self) -> list[str]:
         """Sentences this run adds to its stop document's ``reason``."""
         return []
@@ -132,6 +164,8 @@ class RunRouterFacade:
         self._orphans = ConsumerFailures()  # consumer failures on documents of no known run
         self._unknown: OrderedDict[str, None] = OrderedDict()  # starts/descriptors of no known run, said once
         self.runs: deque[RunSummary] = deque(maxlen=KEEP_RUNS)
+        self._open: dict[str, PassThroughRun] = {}  # by start uid, until their stop (or abandon)
+        self._runs_abandoned = 0
         self._router = event_model.RunRouter([self._factory], filler_class=_NoFill)  # type: ignore[arg-type]
 
     def subscribe(self, func: Subscriber, *, storage: bool | None = None) -> int:
@@ -152,6 +186,8 @@ class RunRouterFacade:
         self._consumers.remove(token)
 
     def __call__(self, name: str, doc: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        if name == "start":
+            self._end_runs_beyond(MAX_OPEN_RUNS - 1)
         self._turn.begin(name, doc)
         try:
             self._router(name, doc)
@@ -171,14 +207,37 @@ class RunRouterFacade:
         if len(self._unknown) >= KEEP_RUNS:
             self._unknown.popitem(last=False)
         self._unknown[key] = None
+        ended = " (or one it ended without its stop, as logged before)" if self._runs_abandoned else ""
         log.warning("%s document refers to %s, which this callback has not seen: a run whose start came "
-                    "before it was subscribed; its documents are passed on as they are, not processed",
-                    name.capitalize().replace("_", " "), key)
+                    "before it was subscribed%s; its documents are passed on as they are, not processed",
+                    name.capitalize().replace("_", " "), key, ended)
 
     def _factory(self, name: str, start_doc: Any) -> tuple[list[PassThroughRun], list[Any]]:
         run = self._make_run(start_doc)
         self.runs.append(run.summary)
+        self._open[start_doc["uid"]] = run
         return [run], []
+
+    def _end_runs_beyond(self, keep: int) -> None:
+        """Abandon the open runs that have had no document for longest, until ``keep`` are left open (before a
+        start; :data:`MAX_OPEN_RUNS`); only runs without a document for :data:`ABANDON_IDLE_S`."""
+        for uid, run in list(self._open.items()):
+            if run.summary.finished:  # stopped (or released) since
+                del self._open[uid]
+        while len(self._open) > keep:
+            uid, run = min(self._open.items(), key=lambda item: item[1].last_document)
+            idle = time.monotonic() - run.last_document
+            if idle < ABANDON_IDLE_S:  # every open run is live: more runs open at once than usual, not dead ones
+                return
+            del self._open[uid]
+            self._runs_abandoned += 1
+            run.abandon(f"{len(self._open) + 1} runs were open when another started, and this one had had no "
+                        f"document for {idle:.0f} s: its RunEngine stopped without a stop document?")
+            try:  # the RunRouter forgets the run on its stop; the abandoned run ignores it, and nobody else sees it
+                self._router("stop", {"run_start": uid, "uid": f"abandoned-{uid}", "time": time.time(),
+                                      "exit_status": "abort", "reason": "abandoned"})
+            except Exception:
+                log.exception("could not drop abandoned run %s from the router", uid)
 
     def _make_run(self, start_doc: Any) -> PassThroughRun:
         raise NotImplementedError

@@ -716,6 +716,19 @@ class RunDenoiser(PassThroughRun):
         out.setdefault("num_events", {}).update({k: v - 1 for k, v in self._counters.items()})
         return out  # published by __call__, after the derived documents emitted above
 
+    def _end_unstopped(self, why: str) -> None:
+        """Without its stop (:meth:`abandon`): the rows of frames denoised by now, and of the others, each saying
+        why it has no denoised frame. Waits for nothing: a new run is starting on this thread."""
+        self._qc.ended()
+        self._queue.put_control(_END)
+        with self._lock:  # from here on a late worker's results are discarded
+            self._closed = True
+        self._emit_finished()
+        if self._pending:
+            self._note(f"{len(self._pending)} frames recorded as not denoised: the run ended without its stop")
+        self._record_unfinished("not denoised: the run ended without its stop document")
+        self._publish_streams_without_rows()
+
     def _publish_streams_without_rows(self) -> None:
         """At the stop: the descriptor of each derived stream that got no row (its raw stream had no
         frames), as the raw stream has one; not of a stream whose frames all came in another shape."""
