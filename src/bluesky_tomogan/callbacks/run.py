@@ -720,6 +720,7 @@ class RunDenoiser(PassThroughRun):
         """Without its stop (:meth:`abandon`): the rows of frames denoised by now, and of the others, each saying
         why it has no denoised frame. Waits for nothing: a new run is starting on this thread."""
         self._qc.ended()
+        self._release_parked()  # frames whose event never came: queued, so that they get their rows below
         self._queue.put_control(_END)
         with self._lock:  # from here on a late worker's results are discarded
             self._closed = True
