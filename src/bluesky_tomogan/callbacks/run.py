@@ -718,7 +718,8 @@ class RunDenoiser(PassThroughRun):
 
     def _end_unstopped(self, why: str) -> None:
         """Without its stop (:meth:`abandon`): the rows of frames denoised by now, and of the others, each saying
-        why it has no denoised frame. Waits for nothing: a new run is starting on this thread."""
+        why it has no denoised frame. Waits for no frame to be denoised: a new run is starting on this thread
+        (only, under ``block``, for room in the queue for frames parked waiting for their event, as at a stop)."""
         self._qc.ended()
         self._release_parked()  # frames whose event never came: queued, so that they get their rows below
         self._queue.put_control(_END)
