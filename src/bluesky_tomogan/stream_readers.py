@@ -21,6 +21,7 @@ Detectors write frames in one of two ways, and both reach the callback as
 from __future__ import annotations
 
 import re
+import struct
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -166,9 +167,12 @@ class FileSequenceReader:
         while True:
             try:
                 frame = self._load(path, index % self.frames_per_file)
+                if frame.size == 0:  # a TIFF whose header is written and its image not yet reads as no pixels
+                    raise ValueError(f"no pixels in it yet (shape {frame.shape})")
                 self._waited_in_vain = False
                 return frame
-            except (OSError, ValueError, IndexError, EOFError) as exc:  # missing, half-written, too few pages
+            except (OSError, ValueError, IndexError, EOFError, struct.error) as exc:  # missing, half-written, too
+                # few pages (a TIFF cut short raises any of these, struct.error where a tag's bytes are missing)
                 if time.monotonic() >= deadline:
                     self._waited_in_vain = True
                     raise FileNotFoundError(f"cannot read frame {index} from {path}: {exc}") from exc
