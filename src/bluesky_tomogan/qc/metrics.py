@@ -392,13 +392,13 @@ def large_scale_noise(image: np.ndarray) -> float:
 
     The larger of :func:`noise_sigma` of the image and twice that of the image binned 2x2. A camera's blur
     correlates neighbouring pixels' noise and takes it out of the high frequencies that Immerkaer's filter
-    sees, so :func:`noise_sigma` reads it low; two pixels apart, beyond a blur's reach, the noise is white
-    again, and binning 2x2 halves white noise's sigma. Structure adds more to the coarser reading (an upper
+    sees, so :func:`noise_sigma` reads it low; two pixels apart, beyond most of a blur's reach, the noise is
+    whiter, and binning 2x2 halves white noise's sigma. Structure adds more to the coarser reading (an upper
     estimate, as :func:`noise_sigma` is on busy frames); on white noise the two agree and the finer one is
     the steadier. Without darks and flats, on a camera with a blur of 0.8 pixel at 25 photons per pixel:
     4 false ``motion`` flags at 4-degree steps and 8 of 10 slips flagged with :func:`noise_sigma`, none
     and 9 of 10 with this (``benchmarks/motion_steps.py --photons 25 --blur 0.8``, docs/qc.md); without
-    blur the same as :func:`noise_sigma` to 0.1 pixel.
+    blur the same shifts as with :func:`noise_sigma`, to 0.1 pixel.
     """
     fine = noise_sigma(image)
     if min(image.shape) < 6:  # (noise_sigma needs 3x3 pixels)
