@@ -554,6 +554,29 @@ def test_a_field_that_disappears_mid_run_is_noted_and_the_run_goes_on(denoiser):
     assert "7 more event pages lack image field 'cam'" in cb.errors
 
 
+@pytest.mark.parametrize("values", [2, 6])
+def test_an_event_page_whose_image_column_does_not_match_its_events_is_noted(denoiser, values):
+    """Not a valid page: a column of 2 values for 4 events went without a word (2 rows), one of 6 raised an
+    IndexError, logged with its traceback as an internal error. The frames paired with an event are denoised, and
+    cb.errors says what the page held."""
+    run_bundle = event_model.compose_run()
+    desc = run_bundle.compose_descriptor(name="primary", data_keys={"cam": {"source": "sim", "dtype": "array",
+                                                                            "shape": [16, 16]}})
+    rng = np.random.default_rng(0)
+    events = [desc.compose_event(data={"cam": rng.poisson(400, (16, 16)).astype(np.uint16)}, timestamps={"cam": 0})
+              for _ in range(4)]
+    page = event_model.pack_event_page(*events)
+    page["data"]["cam"] = [rng.poisson(400, (16, 16)).astype(np.uint16) for _ in range(values)]
+    cb = TomoGANCallback(denoiser, inline=True)
+    out = through(cb, [("start", run_bundle.start_doc), ("descriptor", desc.descriptor_doc), ("event_page", page),
+                       ("stop", run_bundle.compose_stop())])
+    assert out[-1][0] == "stop" and out[-1][1]["num_events"]["denoised"] == min(values, 4)
+    assert [e for e in cb.errors if "holds" in e] == [
+        f"event page {page['uid'][0][:8]}: image field 'cam' holds {values} values for 4 events; only the first "
+        f"{min(values, 4)} are denoised"]
+    assert not any("internal error" in e for e in cb.errors)
+
+
 def test_documents_that_crossed_a_wire_are_denoised_and_a_ragged_value_costs_only_its_row(denoiser):
     """Documents decoded from JSON or msgpack carry frames as nested lists; a value that is not even an
     array (ragged lists) gets its row with the reason, and tiny frames (3 x 3) are frames, not a colour image."""

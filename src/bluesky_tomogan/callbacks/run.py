@@ -462,6 +462,13 @@ class RunDenoiser(PassThroughRun):
                 self._note_repeated((f, "lacks image field"), f"event page {doc['uid'][:8]} lacks image field {f!r}",
                                     f"{{n}} more event pages lack image field {f!r}")
                 continue
+            if len(column) != len(doc["seq_num"]):  # not a valid page: the frames it pairs with an event are taken
+                events, page = len(doc["seq_num"]), str(doc["uid"][0])[:8] if doc["uid"] else "?"
+                self._note_repeated((f, "column length"),
+                                    f"event page {page}: image field {f!r} holds {len(column)} values for {events} "
+                                    f"events; only the first {min(len(column), events)} are denoised",
+                                    f"{{n}} more event pages whose image field {f!r} does not hold one value per event")
+                column = column[:events]
             for i, value in enumerate(column):
                 frames: list[np.ndarray | Callable[[], np.ndarray]]
                 if _a_reference(doc, f, i, value):  # a datum id: load it on the worker
