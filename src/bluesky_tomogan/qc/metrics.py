@@ -411,14 +411,14 @@ def _expected_coherence(power_a: np.ndarray, power_b: np.ndarray, sigma_a: float
                         shape: tuple[int, int]) -> np.ndarray | None:
     """Per frequency of two windowed images' spectra (``rfft2`` powers), the coherence their signal allows.
 
-    White noise of sigma ``s`` (:func:`noise_sigma`) has the same power at every frequency, ``s**2`` times
-    the window's energy; a sample's power falls with the frequency's radius. Averaged over rings of
-    :data:`REGISTRATION_RINGS` radii, what each image's power exceeds its noise's by is its signal, and
-    ``(S / (S + N))**2`` (``S`` the two signals' geometric mean, ``N`` the noises') the magnitude-squared
-    coherence of two images of one scene with independent noise: near 1 where the sample stands out, 0
-    where noise is all there is. (Not its square root, the Wiener weight: on a camera that blurs,
-    :func:`noise_sigma` reads the noise low, and the square leaves less weight where the noise is near the
-    signal.) None (weigh every frequency alike) without a noise estimate or where no noise shows.
+    White noise of sigma ``s`` (``sigma_a``, ``sigma_b``: :func:`registration_noise`) has the same power at every
+    frequency, ``s**2`` times the window's energy; a sample's power falls with the frequency's radius. Averaged over
+    rings of :data:`REGISTRATION_RINGS` radii, what each image's power exceeds its noise's by is its signal, and
+    ``(S / (S + N))**2`` (``S`` the two signals' geometric mean, ``N`` the noises') the magnitude-squared coherence
+    of two images of one scene with independent noise: near 1 where the sample stands out, 0 where noise is all
+    there is. (Not its square root, the Wiener weight: on a camera that blurs, :func:`noise_sigma` reads the noise
+    low, and the square leaves less weight where the noise is near the signal.) None (weigh every frequency alike)
+    without a noise estimate or where no noise shows.
     """
     if not (math.isfinite(sigma_a) and math.isfinite(sigma_b)) or sigma_a <= 0 or sigma_b <= 0:
         return None
