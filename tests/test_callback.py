@@ -222,6 +222,68 @@ def test_colour_and_higher_rank_images_are_said_not_to_be_denoised(RE, denoiser,
     assert [d["name"] for n, d in docs if n == "descriptor"] == ["primary"]  # raw only: nothing invented
 
 
+def _scan_of(data_key, values, fields=None):
+    """A run whose primary stream's field ``cam`` is declared as ``data_key`` and holds ``values``."""
+    bundle = event_model.compose_run()
+    desc = bundle.compose_descriptor(name="primary", data_keys={"cam": {"source": "X", **data_key}})
+    events = [desc.compose_event(data={"cam": v}, timestamps={"cam": 0.0}, seq_num=i + 1) for i, v in enumerate(values)]
+    return [("start", bundle.start_doc), ("descriptor", desc.descriptor_doc), *[("event", e) for e in events],
+            ("stop", bundle.compose_stop())]
+
+
+def test_which_fields_may_hold_frames_and_why_a_named_one_does_not():
+    from bluesky_tomogan.callbacks.derived_stream import frame_shape, not_a_frame, shapeless_arrays
+
+    keys = {"none": {"dtype": "array", "shape": []}, "unknown": {"dtype": "array", "shape": [None]},
+            "line": {"dtype": "array", "shape": [4096]}, "x": {"dtype": "number", "shape": []},
+            "img": {"dtype": "array", "shape": [4, 5]}}
+    assert shapeless_arrays({"data_keys": keys}) == ["none", "unknown"]
+    assert frame_shape(keys["none"]) == frame_shape(keys["unknown"]) == (0, 0)
+    assert not_a_frame(keys["none"]) == not_a_frame(keys["unknown"]) == not_a_frame(keys["img"]) == ""
+    assert "1-D array of 4096 values" in not_a_frame(keys["line"])
+    assert "dtype 'number'" in not_a_frame(keys["x"])
+
+
+@pytest.mark.parametrize("shape", [[], [None]])
+def test_an_array_of_no_declared_shape_is_denoised_when_named_and_said_of_when_not(denoiser, tmp_path, shape):
+    """A device that describes before it knows its frame size declares ``"array"`` of shape ``[]`` (event-model's
+    scalar) or ``[None]``: not taken for frames unasked (a spectrum may be such an array), but the callback says
+    how to ask; named in ``fields=``, its frames are denoised at the size they come in."""
+    frames = [np.random.default_rng(i).poisson(400, (32, 40)).astype(np.uint16) for i in range(3)]
+    unasked = TomoGANCallback(denoiser, inline=True)
+    out = through(unasked, _scan_of({"dtype": "array", "shape": shape}, frames))
+    assert [d["name"] for n, d in out if n == "descriptor"] == ["primary"]
+    assert unasked.errors == [f"field 'cam' of stream 'primary' is not denoised: it is an array of no declared "
+                              f"shape ({shape}); if it holds frames, name it: TomoGANCallback(fields=['cam']) "
+                              "(serve, reprocess: --fields cam)"]
+
+    asked = TomoGANCallback(denoiser, inline=True, fields=["cam"], directory=tmp_path)
+    out = through(asked, _scan_of({"dtype": "array", "shape": shape}, frames))
+    validate(out)
+    (desc,) = [d for n, d in out if n == "descriptor" and d["name"] == "denoised"]
+    assert desc["data_keys"]["cam_denoised"]["shape"] == [32, 40]
+    rows = [d for n, d in out if n == "event_page" and d["descriptor"] == desc["uid"]]
+    assert [s for p in rows for s in p["data"]["cam_source_seq_num"]] == [1, 2, 3]
+    assert [e for p in rows for e in p["data"]["cam_qc_error"]] == [""] * 3
+    assert next(d for n, d in out if n == "stop")["num_events"]["denoised"] == 3
+
+
+def test_a_field_named_to_be_denoised_that_declares_no_frames_is_said_why(denoiser):
+    """``fields=`` naming a flattened image (an area detector's ArrayData waveform, 1-D) or a scalar: no derived
+    stream, and one note naming what the field declares (it was silent: the run had no image field)."""
+    flat = [np.full(4096, 400, np.uint16)] * 2
+    cb = TomoGANCallback(denoiser, inline=True, fields=["cam"])
+    out = through(cb, _scan_of({"dtype": "array", "shape": [4096]}, flat))
+    assert [d["name"] for n, d in out if n == "descriptor"] == ["primary"]
+    assert cb.errors == ["field 'cam' of stream 'primary' is not denoised: its data key declares a 1-D array of 4096 "
+                         "values, not a 2-D frame; a flattened image (an area detector's ArrayData waveform) is "
+                         "denoised once its device declares [height, width]"]
+    cb = TomoGANCallback(denoiser, inline=True, fields=["cam"])
+    through(cb, _scan_of({"dtype": "number", "shape": []}, [1.0, 2.0]))
+    assert cb.errors == ["field 'cam' of stream 'primary' is not denoised: its data key declares dtype 'number' with "
+                         "shape [], not an image"]
+
+
 def test_several_frames_per_event_get_a_row_each(RE, denoiser):
     """A detector taking 4 exposures per point gives [4, H, W] per event: each frame is denoised
     (its neighbours are the event's other frames) and gets its own row, in order."""

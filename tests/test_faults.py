@@ -448,3 +448,44 @@ def test_a_worker_that_dies_releases_the_stop_at_once_and_names_why(RE, denoiser
     assert all(e == "not denoised: the worker stopped early (RuntimeError: loop bug)" for e in errors)
     assert "the worker stopped early" in " ".join(cb.errors)
     no_leftovers(tmp_path, cb)
+
+
+def test_a_run_ended_without_its_stop_sums_up_the_frames_it_did_not_list(denoiser, tmp_path, monkeypatch):
+    """A run ended for want of its stop (too many runs open, :mod:`~bluesky_tomogan.callbacks.passthrough`) lists
+    the first frames of each problem one by one, as a stopped run does, and then, as a stopped run does, sums up
+    the rest in one line (before, they were counted and never said)."""
+    import bluesky_tomogan.callbacks.passthrough as passthrough
+
+    monkeypatch.setattr(passthrough, "ABANDON_IDLE_S", 0)  # replayed at once: 0 s stands for a dead run
+
+    def unstopped_run(frames):
+        bundle = event_model.compose_run()
+        desc = bundle.compose_descriptor(name="primary", data_keys={"cam": {
+            "source": "X", "dtype": "array", "shape": [32, 40], "dtype_numpy": "<u2"}})
+        rng = np.random.default_rng(frames)
+        return bundle, [("start", bundle.start_doc), ("descriptor", desc.descriptor_doc),
+                        *[("event", desc.compose_event(data={"cam": rng.poisson(400, (32, 40)).astype(np.uint16)},
+                                                       timestamps={"cam": 0.0}, seq_num=i + 1))
+                          for i in range(frames)]]
+
+    runs = [unstopped_run(12), *[unstopped_run(1) for _ in range(passthrough.MAX_OPEN_RUNS)]]
+    cb = TomoGANCallback(Slow(denoiser, 0.5), directory=tmp_path, inline=True)  # the first run's frames wait
+    out = []
+    cb.subscribe(lambda name, doc: out.append((name, doc)))
+    for _, docs in runs:  # the last start ends the first run
+        for name, doc in docs:
+            cb(name, doc)
+    first = runs[0][0].start_doc["uid"]
+    (summary,) = [s for s in cb.runs if s.uid == first]
+    (desc,) = [d for n, d in out if n == "descriptor" and d["name"] == "denoised" and d["run_start"] == first]
+    pages = [d for n, d in out if n == "event_page" and d["descriptor"] == desc["uid"]]
+    errors = [e for page in pages for e in page["data"]["cam_qc_error"]]
+    unfinished = "not denoised: the run ended without its stop document"
+    more = f"more frames not denoised: {unfinished}"
+    assert len(errors) == 12 and errors.count(unfinished) > 5  # at most a frame or two denoised in time
+    listed = [e for e in summary.errors if e.startswith("cam seq ") and e.endswith(unfinished)]
+    summed = [e for e in summary.errors if e.startswith("cam: ") and e.endswith(more)]
+    assert len(listed) == 5 and summed == [f"cam: {errors.count(unfinished) - 5} {more}"]
+    for bundle, _ in runs[1:]:
+        cb("stop", bundle.compose_stop())
+    no_leftovers(tmp_path, cb)

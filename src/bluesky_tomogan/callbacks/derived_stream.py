@@ -27,8 +27,8 @@ from ..qc.policy import Action
 __all__ = ["DerivedStream", "Dropped", "RoleState", "FrameResult", "QueuedFrame", "declared_shape",
            "derived_data_keys",
            "derived_from", "derived_name", "exposure_time", "made_by_us", "scan_role", "SCAN_ROLE_NAMES",
-           "exposures_per_event", "frame_shape", "image_fields", "row_columns", "unsupported_image_fields",
-           "without_channel_axis"]
+           "exposures_per_event", "frame_shape", "image_fields", "not_a_frame", "row_columns", "shapeless_arrays",
+           "unsupported_image_fields", "without_channel_axis"]
 
 #: Recent usable frames per stream (binned) among which registration looks for a neighbouring angle.
 REGISTRATION_HISTORY = 8
@@ -63,9 +63,32 @@ def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def shapeless_arrays(descriptor: Mapping[str, Any]) -> list[str]:
+    """Data keys of a descriptor whose dtype is ``"array"`` but whose shape says nothing: ``[]`` (event-model's
+    scalar) or a single size left unknown, as a device declares before it knows its frame size. They may hold
+    frames: the callback denoises one when asked to by name (``fields=``), at the size its frames come in."""
+    return [key for key, dk in descriptor.get("data_keys", {}).items()
+            if dk.get("dtype") == "array" and declared_shape(dk) in ([], [0])]
+
+
+def not_a_frame(data_key: Mapping[str, Any]) -> str:
+    """Why a data key named to be denoised does not declare frames (empty if it does, or may: an array of no
+    declared shape, :func:`shapeless_arrays`)."""
+    shape, dtype = declared_shape(data_key), data_key.get("dtype")
+    if dtype != "array":
+        return f"its data key declares dtype {dtype!r} with shape {list(data_key.get('shape') or [])}, not an image"
+    if len(shape) == 1 and shape != [0]:
+        return (f"its data key declares a 1-D array of {shape[0]} values, not a 2-D frame; a flattened image (an "
+                "area detector's ArrayData waveform) is denoised once its device declares [height, width]")
+    return ""
+
+
 def frame_shape(data_key: Mapping[str, Any]) -> tuple[int, int]:
-    """``(H, W)`` of an image data key's frames (0 where the key leaves a dimension unknown)."""
+    """``(H, W)`` of an image data key's frames (0 where the key leaves a dimension unknown, both where it
+    declares no shape: :func:`shapeless_arrays`)."""
     shape = declared_shape(data_key)
+    if len(shape) < 2:
+        return (0, 0)
     return (shape[0], shape[1]) if has_channel_axis(shape) else (shape[-2], shape[-1])
 
 

@@ -76,7 +76,9 @@ from .derived_stream import (
     frame_shape,
     image_fields,
     made_by_us,
+    not_a_frame,
     row_columns,
+    shapeless_arrays,
     unsupported_image_fields,
     without_channel_axis,
 )
@@ -291,6 +293,8 @@ class RunDenoiser(PassThroughRun):
         raw_name = self._descriptor_names[doc["uid"]] = doc.get("name", "primary")
         o = self.options
         first_of_name, ours, images = raw_name not in self._raw_streams, made_by_us(doc), image_fields(doc)
+        if o.fields is not None and not ours:  # named, an array of no declared shape is taken at its frames' size
+            images += [f for f in shapeless_arrays(doc) if f in o.fields]
         if first_of_name:
             self._check_name_is_free(doc, ours)
         self._raw_streams.setdefault(raw_name, set()).update(() if ours else images)
@@ -312,10 +316,7 @@ class RunDenoiser(PassThroughRun):
                 self._note(f"stream {raw_name!r} was made by bluesky-tomogan (a stored run replayed?); "
                            "it is not denoised again")
             return doc
-        for f, reason in unsupported_image_fields(doc).items():
-            if (o.fields is None or f in o.fields) and (raw_name, f) not in self._unsupported_logged:
-                self._unsupported_logged.add((raw_name, f))
-                self._note(f"field {f!r} of stream {raw_name!r} is not denoised: {reason}")
+        self._note_fields_not_denoised(raw_name, doc, images)
         wanted = [f for f in images if o.fields is None or f in o.fields]
         if not wanted:
             return doc
@@ -331,6 +332,24 @@ class RunDenoiser(PassThroughRun):
         self._by_descriptor[doc["uid"]] = fields
         self._hint_at_captured_angles(raw_name, doc)
         return doc
+
+    def _note_fields_not_denoised(self, raw_name: str, doc: EventDescriptor, images: list[str]) -> None:
+        """Say, once per stream and field, why a field that may hold frames is not denoised: one whose shape is
+        not a single-channel 2-D frame, one named in ``fields=`` that declares no frames, and an array of no
+        declared shape that was not named (it may hold frames; a device that describes before it knows its frame
+        size declares ``[]``)."""
+        o = self.options
+        reasons = {f: why for f, why in unsupported_image_fields(doc).items() if o.fields is None or f in o.fields}
+        for f in sorted(set(o.fields or ()) & set(doc["data_keys"]) - set(images) - set(reasons)):
+            reasons[f] = not_a_frame(doc["data_keys"][f])
+        if o.fields is None:
+            for f in shapeless_arrays(doc):
+                reasons[f] = (f"it is an array of no declared shape ({doc['data_keys'][f].get('shape')}); if it holds "
+                              f"frames, name it: TomoGANCallback(fields=[{f!r}]) (serve, reprocess: --fields {f})")
+        for f, reason in reasons.items():
+            if reason and (raw_name, f) not in self._unsupported_logged:
+                self._unsupported_logged.add((raw_name, f))
+                self._note(f"field {f!r} of stream {raw_name!r} is not denoised: {reason}")
 
     def _hint_at_captured_angles(self, name: str, doc: EventDescriptor) -> None:
         """Warn once per run where frames come without a known angle beside scalars written to a file: a fly scan
@@ -684,35 +703,19 @@ class RunDenoiser(PassThroughRun):
                        f"(its streams with images: {streams}); nothing was denoised")
         if o.fields is not None:
             fields = set().union(*(seen[s] for s in streams if o.streams is None or s in o.streams))
-            missing = sorted(set(o.fields) - fields)
+            explained = {f for _, f in self._unsupported_logged}  # said at its descriptor
+            missing = sorted(set(o.fields) - fields - explained)
             if missing and fields:
                 self._note(f"fields={missing} named no image field of the streams denoised "
                            f"(their image fields: {sorted(fields)})")
 
     def stop(self, doc: RunStop) -> RunStop:
-        self._qc.ended()  # before the last frames are judged: they must not suspend a run being closed
-        self._note_options_that_matched_nothing()
-        self._release_parked()
-        self._queue.put_control(_END)
-        finished = self._worker is None or self._done.wait(self.options.flush_timeout)
-        with self._lock:  # from here on a late worker's results are discarded
-            self._closed = True
-        self._emit_finished()
-        if self._worker_error:
-            self._note(f"the worker stopped early ({self._worker_error}); {len(self._pending)} frames recorded "
-                       "as not denoised")
-            self._record_unfinished(f"not denoised: the worker stopped early ({self._worker_error})")
+        finished = self._wind_up(self.options.flush_timeout)
         if not finished:
             self._note(f"worker did not finish within {self.options.flush_timeout} s of the stop; "
                        f"{len(self._pending)} frames recorded as not denoised")
-        self._record_unfinished(f"not denoised: the worker did not finish within {self.options.flush_timeout} s "
-                                "of the run's stop")
-        self._sum_up_frame_problems()
-        unread, why = self._qc.unread_angles()
-        if unread:
-            self._note(f"the angles of {unread} frames were not read from their file ({why}); those frames' "
-                       "neighbours were taken by order")
-        self._publish_streams_without_rows()
+        self._account_for_every_frame(f"not denoised: the worker did not finish within {self.options.flush_timeout} "
+                                      "s of the run's stop")
         if self.summary.dropped:
             log.warning("TomoGAN dropped %d frames (policy %s)", self.summary.dropped, self.options.policy)
         if finished and self._worker is not None:
@@ -727,15 +730,39 @@ class RunDenoiser(PassThroughRun):
         """Without its stop (:meth:`abandon`): the rows of frames denoised by now, and of the others, each saying
         why it has no denoised frame. Waits for no frame to be denoised: a new run is starting on this thread
         (only, under ``block``, for room in the queue for frames parked waiting for their event, as at a stop)."""
-        self._qc.ended()
-        self._release_parked()  # frames whose event never came: queued, so that they get their rows below
+        self._wind_up(None)
+        if self._pending:
+            self._note(f"{len(self._pending)} frames recorded as not denoised: the run ended without its stop")
+        self._account_for_every_frame("not denoised: the run ended without its stop document")
+
+    def _wind_up(self, wait_s: float | None) -> bool:
+        """The first half of ending a run, with or without its stop: QC raises no more feedback, frames parked
+        waiting for their event are queued, the worker is told to finish and given up to ``wait_s`` seconds
+        (``None``: none), late results are discarded from here on, and the rows of frames denoised by then are
+        published. Whether the worker finished."""
+        self._qc.ended()  # before the last frames are judged: they must not suspend a run being closed
+        self._note_options_that_matched_nothing()
+        self._release_parked()  # frames whose event never came: queued, so that they get their rows
         self._queue.put_control(_END)
+        finished = self._worker is None or (wait_s is not None and self._done.wait(wait_s))
         with self._lock:  # from here on a late worker's results are discarded
             self._closed = True
         self._emit_finished()
-        if self._pending:
-            self._note(f"{len(self._pending)} frames recorded as not denoised: the run ended without its stop")
-        self._record_unfinished("not denoised: the run ended without its stop document")
+        if self._worker_error:
+            self._note(f"the worker stopped early ({self._worker_error}); {len(self._pending)} frames recorded "
+                       "as not denoised")
+            self._record_unfinished(f"not denoised: the worker stopped early ({self._worker_error})")
+        return finished
+
+    def _account_for_every_frame(self, unfinished: str) -> None:
+        """The second half: a row for each frame still without one (``unfinished``: why), the run's frame problems
+        and unread angles summed up, and the descriptors of derived streams that got no row."""
+        self._record_unfinished(unfinished)
+        self._sum_up_frame_problems()
+        unread, why = self._qc.unread_angles()
+        if unread:
+            self._note(f"the angles of {unread} frames were not read from their file ({why}); those frames' "
+                       "neighbours were taken by order")
         self._publish_streams_without_rows()
 
     def _publish_streams_without_rows(self) -> None:
