@@ -197,6 +197,40 @@ def test_a_directory_of_tiff_files_is_denoised_as_one_stack_in_the_order_of_thei
     np.testing.assert_array_equal(np.load(tmp_path / "from-dir.npy"), np.load(tmp_path / "from-npy.npy"))
 
 
+def test_a_pattern_of_tiff_names_picks_the_projections_from_a_directory_that_holds_flats_and_darks_too(
+        tmp_path, capsys):
+    """Many beamlines write projections, flats and darks side by side (proj_0001.tif, flat_0001.tif, ...): a
+    quoted pattern of names denoises the projections alone, in the order of their numbers, and an output that is
+    one of the files it matches is refused."""
+    import numpy as np
+    import tifffile
+
+    frames = np.random.default_rng(2).poisson(300, (10, 24, 32)).astype(np.uint16)
+    scan = tmp_path / "scan"
+    scan.mkdir()
+    for i, frame in enumerate(frames):
+        tifffile.imwrite(scan / f"proj_{i}.tif", frame, photometric="minisblack")
+    for i in range(3):
+        tifffile.imwrite(scan / f"flat_{i}.tif", np.full((24, 32), 900, np.uint16), photometric="minisblack")
+        tifffile.imwrite(scan / f"dark_{i}.tif", np.full((24, 32), 10, np.uint16), photometric="minisblack")
+    np.save(tmp_path / "stack.npy", frames)
+    for src, dest in ((f"{scan}/proj_*.tif", tmp_path / "from-pattern.npy"),
+                      (tmp_path / "stack.npy", tmp_path / "from-npy.npy")):
+        assert main(["denoise", str(src), str(dest), "--backend", "onnxruntime"]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "from-pattern.npy"), np.load(tmp_path / "from-npy.npy"))
+    assert main(["denoise", f"{scan}/proj_*.tif", str(tmp_path / "dn"), "--backend", "onnxruntime"]) == 0
+    assert sorted(p.name for p in (tmp_path / "dn").iterdir()) == sorted(f"proj_{i}.tif" for i in range(10))
+    raw = (scan / "proj_3.tif").read_bytes()
+    capsys.readouterr()
+    assert main(["denoise", f"{scan}/proj_*.tif", str(scan / "proj_3.tif"), "--backend", "onnxruntime"]) == 1
+    assert "is the input or one of its files" in capsys.readouterr().err
+    assert (scan / "proj_3.tif").read_bytes() == raw
+    assert main(["denoise", f"{scan}/proj_9*.tiff", str(tmp_path / "none.npy")]) == 1
+    assert "holds no TIFF files" in capsys.readouterr().err
+    assert main(["denoise", f"{tmp_path}/nowhere/proj_*.tif", str(tmp_path / "none.npy")]) == 1
+    assert "nowhere of the pattern 'proj_*.tif' does not exist" in capsys.readouterr().err
+
+
 def test_a_directory_of_tiff_files_is_denoised_into_a_directory_of_the_same_names_and_never_over_raw_files(
         tmp_path, capsys):
     import json

@@ -238,6 +238,110 @@ def test_projections_named_by_key_in_a_data_exchange_file_keep_its_flats_darks_a
     assert read_scan(str(path), key="mine").shape == (8, 16, 20)
 
 
+def _stored_alone(tmp_path, rng, n=24):
+    """Projections as one TIFF per angle (in an order their names' numbers give, not the angles'), their angles in a
+    text file, flats as a directory of TIFF files and darks as a .npy; the same scan in a Data Exchange file."""
+    import tifffile
+
+    frames = rng.poisson(800, (n, 16, 20)).astype(np.uint16)
+    angles = rng.permutation(np.linspace(0, 180, n, endpoint=False))
+    flats, darks = rng.poisson(900, (3, 16, 20)).astype(np.uint16), rng.poisson(10, (2, 16, 20)).astype(np.uint16)
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "flat").mkdir()
+    for i, frame in enumerate(frames):
+        tifffile.imwrite(tmp_path / "proj" / f"proj_{i}.tif", frame)  # proj_2 before proj_10
+    for i, frame in enumerate(flats):
+        tifffile.imwrite(tmp_path / "flat" / f"flat_{i}.tif", frame)
+    np.save(tmp_path / "darks.npy", darks)
+    (tmp_path / "angles.txt").write_text("# degrees\n" + "\n".join(f"{a:.6f}" for a in angles) + "\n")
+    with h5py.File(tmp_path / "dx.h5", "w") as f:
+        f["exchange/data"], f["exchange/theta"] = frames, np.round(angles, 6)
+        f["exchange/data_white"], f["exchange/data_dark"] = flats, darks
+    return tmp_path / "dx.h5"
+
+
+def test_projections_stored_alone_are_read_with_their_angles_flats_and_darks_files(tmp_path):
+    """A directory of TIFF files (how many beamlines store a scan) and a .npy stack: the scan a Data Exchange file
+    of the same frames gives, sorted by angle, with the averaged flats and darks."""
+    dx = read_scan(str(_stored_alone(tmp_path, np.random.default_rng(3))))
+    kind = {"angles": str(tmp_path / "angles.txt"), "flats": str(tmp_path / "flat"),
+            "darks": str(tmp_path / "darks.npy")}
+    scan = read_scan(str(tmp_path / "proj"), **kind)
+    for got, want in ((scan.projections, dx.projections), (scan.angles, dx.angles), (scan.flats, dx.flats),
+                      (scan.darks, dx.darks)):
+        np.testing.assert_array_equal(got, want)
+    assert scan.source == str(tmp_path / "proj")
+    with h5py.File(tmp_path / "dx.h5") as f:
+        np.save(tmp_path / "proj.npy", f["exchange/data"][()])
+    np.testing.assert_array_equal(read_scan(str(tmp_path / "proj.npy"), **kind).projections, dx.projections)
+    band = read_scan(str(tmp_path / "proj.npy"), rows=lambda shape: slice(4, 12), **kind)
+    assert band.rows == (4, 12) and band.flats.shape == band.darks.shape == (8, 20)
+    np.testing.assert_array_equal(band.projections, dx.projections[:, 4:12])
+
+
+def test_projections_flats_and_darks_side_by_side_in_one_directory_are_told_apart_by_patterns(tmp_path):
+    import tifffile
+
+    dx = read_scan(str(_stored_alone(tmp_path, np.random.default_rng(5))))
+    mixed = tmp_path / "proj"  # the projections' directory gets the flats and darks too
+    for i, frame in enumerate(read_scan_h5_stack(tmp_path / "dx.h5", "exchange/data_white")):
+        tifffile.imwrite(mixed / f"flat_{i}.tif", frame)
+    for i, frame in enumerate(read_scan_h5_stack(tmp_path / "dx.h5", "exchange/data_dark")):
+        tifffile.imwrite(mixed / f"dark_{i}.tif", frame)
+    scan = read_scan(f"{mixed}/proj_*.tif", angles=str(tmp_path / "angles.txt"), flats=f"{mixed}/flat_*.tif",
+                     darks=f"{mixed}/dark_*.tif")
+    for got, want in ((scan.projections, dx.projections), (scan.angles, dx.angles), (scan.flats, dx.flats),
+                      (scan.darks, dx.darks)):
+        np.testing.assert_array_equal(got, want)
+
+
+def read_scan_h5_stack(path, key):
+    with h5py.File(path) as f:
+        return f[key][()]
+
+
+def test_projections_stored_alone_without_angles_are_taken_evenly_over_half_a_turn(tmp_path, caplog):
+    np.save(tmp_path / "proj.npy", np.random.default_rng(0).poisson(500, (64, 8, 8)).astype(np.uint16))
+    with caplog.at_level("WARNING"):
+        scan = read_scan(str(tmp_path / "proj.npy"))
+    np.testing.assert_allclose(scan.angles, np.arange(64) * 180 / 64)
+    assert "no rotation angles stored; assuming 64 angles evenly over [0, 180) degrees" in caplog.text
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("angles-count", "holds 23 angles for 24 frames"),
+    ("angles-text", "cannot read angles"),
+    ("flats-shape", "flats have shape (1, 16, 10), expected (k, 16, 20)"),
+    ("no-tiffs", "holds no TIFF files"),
+    ("missing", "does not exist"),
+    ("hdf5-with-angles", "angles files are for frames stored alone"),
+    ("key", "a dataset key (exchange/data) is for an HDF5 file"),
+])
+def test_bad_files_beside_projections_stored_alone_are_clear_errors_before_any_training(tmp_path, case, expected):
+    dx = _stored_alone(tmp_path, np.random.default_rng(4))
+    source, options = str(tmp_path / "proj"), {"angles": str(tmp_path / "angles.txt")}
+    if case == "angles-count":
+        (tmp_path / "angles.txt").write_text("\n".join(map(str, range(23))))
+    elif case == "angles-text":
+        (tmp_path / "angles.txt").write_text("0\n1\nninety\n")
+    elif case == "flats-shape":
+        np.save(tmp_path / "narrow.npy", np.ones((16, 10), np.uint16))
+        options["flats"] = str(tmp_path / "narrow.npy")
+    elif case == "no-tiffs":
+        source = str(tmp_path / "empty")
+        (tmp_path / "empty").mkdir()
+    elif case == "missing":
+        source = str(tmp_path / "nope.npy")
+    elif case == "hdf5-with-angles":
+        source = str(dx)
+    elif case == "key":
+        options["key"] = "exchange/data"
+    out = tmp_path / "out"
+    with pytest.raises(ScanError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        finetune(FinetuneConfig(source=source, out_dir=str(out), formats=("onnx",), **options), progress=False)
+    assert not (out / "pairs.h5").exists()
+
+
 def test_a_diamond_nexus_file_with_frames_and_angles_in_linked_files_is_read(tmp_path):
     """As DIAD (Diamond K11) writes: the frames and angles in files beside the .nxs, an axis whose file is absent."""
     key, frames, angles = _nexus_frames()

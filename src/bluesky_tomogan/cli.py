@@ -217,7 +217,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     cfg = FinetuneConfig(source=args.source, out_dir=args.out, domain=args.domain, uid=args.uid, field=args.field,
                          key=args.key, angle_field=args.angle_field, model=args.model, minutes=args.minutes,
                          splits=args.splits, threads=args.threads, formats=tuple(args.format), seed=args.seed,
-                         rows=args.rows)
+                         rows=args.rows, angles=args.angles, flats=args.flats, darks=args.darks)
     if args.install is not None:  # a name that cannot be installed is said before the training, not after
         check_install(args.install, force=args.force_install)
     result = finetune(cfg, resume=args.resume, progress=not args.no_progress)
@@ -836,8 +836,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("finetune", help="fine-tune a shipped model on your own noisy scan, no clean data "
                                         "(needs the export extra)")
     s.add_argument("source", help="HDF5 of projections (Data Exchange, NeXus NXtomo or plain keys), a Zeiss "
-                                  ".txrm, or a Tiled URI or the directory of an embedded store (the demo's, the "
-                                  "profile's) with --uid")
+                                  ".txrm, projections stored alone (a .npy stack, a multi-page TIFF, a directory "
+                                  "of TIFF files, one projection each, or a quoted pattern of their names: --angles, "
+                                  "--flats, --darks), or a Tiled URI "
+                                  "or the directory of an embedded store (the demo's, the profile's) with --uid")
     s.add_argument("--out", required=True, help="output directory (pairs, checkpoint, weights, exports, card)")
     s.add_argument("--domain", choices=["slice", "projection"], default="slice",
                    help="slice model (Noise2Inverse) or projection model (Neighbor2Neighbor); default slice")
@@ -847,6 +849,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "axis (a fly scan's encoder capture, such as panda-inenc-1-val)")
     s.add_argument("--field", help="image field of the run's primary stream (default: its only image field)")
     s.add_argument("--key", help="HDF5 dataset of the projections (default: exchange/data, projections, data)")
+    s.add_argument("--angles", metavar="FILE",
+                   help="projections stored alone: their rotation angles in degrees, one per projection in their "
+                        "order (a text file, one a line, or .npy); default: evenly over [0, 180), with a warning")
+    s.add_argument("--flats", metavar="PATH", help="projections stored alone: open-beam frames (a .npy, TIFF, "
+                                                   "directory of TIFF files or quoted pattern of their names, "
+                                                   "'scan/flat_*.tif'; averaged)")
+    s.add_argument("--darks", metavar="PATH", help="projections stored alone: dark frames (as --flats)")
     s.add_argument("--model", help="starting weights: a shipped model or a .pt (default tomogan-<domain>)")
     s.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget, export included (default 15)")
     s.add_argument("--splits", type=count(2), default=4, help="Noise2Inverse angle subsets (default 4)")
@@ -882,7 +891,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        ".txrm/.xrm file, or a directory of TIFF files")
     s.add_argument("input", help="frames (H, W) or (N, H, W): .npy, .h5/.hdf5/.nxs, a (multi-page) .tif, a Zeiss "
                                  ".txrm/.xrm, or a directory of .tif files, one frame each (in the order of their "
-                                 "names' numbers)")
+                                 "names' numbers), or a quoted pattern of such files' names ('scan/proj_*.tif')")
     s.add_argument("output", help=".npy, .h5 (dataset 'denoised', with the provenance; from an HDF5 input, a copy of "
                                   "it with the frames denoised at their place; from a Zeiss file, Data Exchange with "
                                   "its angles and reference), .tif, or a new or empty "

@@ -50,7 +50,8 @@ from .xradia import XRADIA, XradiaFile, is_xradia
 log = logging.getLogger(__name__)
 
 __all__ = ["NPY", "HDF5", "TIFF", "PROJECTION_KEYS", "FLAT_KEYS", "ANGLE_KEYS", "DENOISED_KEY", "FrameSource",
-           "open_frames", "read_angles", "check_output", "denoise_file", "first_dataset", "hdf5_datasets"]
+           "open_frames", "read_angles", "check_output", "denoise_file", "first_dataset", "hdf5_datasets",
+           "is_file_pattern", "pattern_files"]
 
 NPY, HDF5, TIFF = (".npy",), (".h5", ".hdf5", ".hdf", ".nxs"), (".tif", ".tiff")
 #: Where the projections are in an HDF5 file when no key is given: Data Exchange first, as APS writes it
@@ -141,6 +142,9 @@ def open_frames(path: str | os.PathLike[str], key: str | None = None) -> Iterato
     if p.is_dir():
         yield dataclasses.replace(_directory(p), origin=p)
         return
+    if is_file_pattern(path):
+        yield dataclasses.replace(_tiff_stack(pattern_files(path), f"pattern {path}"), origin=p)
+        return
     if not p.is_file():
         raise TomoGANError(f"input file {p} does not exist")
     with contextlib.ExitStack() as stack:
@@ -207,24 +211,46 @@ def _natural_key(path: Path) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
+def is_file_pattern(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a pattern of file names (``scan/proj_*.tif``: ``*``, ``?`` or ``[``) and not a file or
+    directory of that name: the TIFF files it matches are the frames (a directory that holds projections,
+    flats and darks side by side, told apart by their names)."""
+    text = os.fspath(path)
+    return any(c in Path(text).name for c in "*?[") and not Path(text).exists()
+
+
+def pattern_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The TIFF files a file name pattern (:func:`is_file_pattern`) matches, in the order of the numbers in
+    their names. Only the last part of ``path`` may be a pattern."""
+    p = Path(os.fspath(path)).expanduser()
+    if not p.parent.is_dir():
+        raise TomoGANError(f"directory {p.parent} of the pattern {p.name!r} does not exist")
+    return sorted((f for f in p.parent.glob(p.name) if f.suffix.lower() in TIFF and f.is_file()), key=_natural_key)
+
+
 def _directory(p: Path) -> FrameSource:
     """The frames of a directory of TIFF files, one grey frame each (how many beamlines and area
     detector TIFF plugins store a scan), in the order of the numbers in their names."""
     files = sorted((f for f in p.iterdir() if f.suffix.lower() in TIFF and f.is_file()), key=_natural_key)
+    return _tiff_stack(files, f"directory {p}")
+
+
+def _tiff_stack(files: list[Path], where: str) -> FrameSource:
+    """The frames of TIFF ``files``, one grey frame each, in their order (``where``: what they are, for errors)."""
     if not files:
-        raise TomoGANError(f"directory {p} holds no TIFF files ({', '.join(TIFF)}); give a directory of "
-                           "one frame per file, or a file")
+        raise TomoGANError(f"{where} holds no TIFF files ({', '.join(TIFF)}); give a directory of one frame per "
+                           "file, a pattern of their names (quoted: 'scan/proj_*.tif'), or a file")
     first = _tiff_frame(files[0])
     if first.ndim != 2 or 0 in first.shape:
         raise TomoGANError(f"{files[0]} holds an array of {first.shape}, not one grey frame (a colour image?); "
-                           "a directory's files must hold one grey frame each")
+                           f"the files of a {where.split()[0]} must hold one grey frame each")
 
     def read(a: int, b: int) -> np.ndarray:
         frames = [_tiff_frame(f) for f in files[a:b]]
         for f, frame in zip(files[a:b], frames, strict=True):
             if frame.shape != first.shape:
                 raise TomoGANError(f"{f} holds a frame of {frame.shape}, not {first.shape} as {files[0].name}: "
-                                   "the files of a directory must be frames of one shape")
+                                   f"the files of a {where.split()[0]} must be frames of one shape")
         return np.stack(frames)
 
     return FrameSource((len(files), *first.shape), np.dtype(first.dtype), read, names=tuple(f.name for f in files))
@@ -349,7 +375,10 @@ def _is_source(output: Path, source: Path) -> bool:
     (links and other spellings of the same file included)."""
     if not output.exists():
         return False
-    read = [f for f in source.iterdir() if f.is_file()] if source.is_dir() else [source]
+    if is_file_pattern(source):
+        read = pattern_files(source) if source.parent.is_dir() else []
+    else:
+        read = [f for f in source.iterdir() if f.is_file()] if source.is_dir() else [source]
     return any(output.samefile(f) for f in read if f.exists())
 
 
@@ -364,7 +393,8 @@ def check_output(path: str | os.PathLike[str], source: str | os.PathLike[str] | 
     """
     p = Path(path)
     if source is not None and _is_source(p, Path(source)):
-        raise TomoGANError(f"output {p} is the input {'or one of its files ' if Path(source).is_dir() else ''}"
+        several = Path(source).is_dir() or is_file_pattern(source)
+        raise TomoGANError(f"output {p} is the input {'or one of its files ' if several else ''}"
                            f"({source}); give another output: raw frames are never overwritten")
     if is_directory_output(path):
         if p.is_dir() and any(p.iterdir()):

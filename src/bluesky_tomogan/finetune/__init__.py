@@ -58,7 +58,8 @@ class FinetuneConfig:
     Parameters
     ----------
     source : str
-        HDF5 file of projections, or a Tiled URI (then ``uid`` names the run).
+        HDF5 file of projections, a Zeiss Xradia file, frames stored alone (a ``.npy`` stack, a multi-page
+        TIFF or a directory of TIFF files), or a Tiled URI (then ``uid`` names the run).
     out_dir : str
         Where pairs, checkpoint, weights, exports and the card go.
     domain : {"slice", "projection"}
@@ -82,6 +83,10 @@ class FinetuneConfig:
         Export formats.
     seed : int
         Seed of the pair sampling and training.
+    angles, flats, darks : str, optional
+        For frames stored alone: a file of their rotation angles in degrees (text or ``.npy``, one per
+        projection; default: evenly over [0, 180) degrees, with a warning), and files or directories of
+        open-beam and dark frames (:func:`~bluesky_tomogan.finetune.sources.read_scan_frames`).
     rows : (int, int), optional
         Detector rows ``[first, stop)`` to fine-tune on (slices of a slab for the slice model, a
         band of each projection for the projection model). By default all of them if the pairs
@@ -104,6 +109,9 @@ class FinetuneConfig:
     formats: tuple[str, ...] = ("onnx", "tflite", "openvino")
     seed: int = 0
     rows: tuple[int, int] | None = None
+    angles: str | None = None
+    flats: str | None = None
+    darks: str | None = None
 
     def __post_init__(self) -> None:
         if self.rows is not None and not 0 <= self.rows[0] < self.rows[1]:
@@ -290,9 +298,13 @@ def row_choice(config: FinetuneConfig, available: int | None = None,
 
 def _pairs_identity(config: FinetuneConfig) -> dict[str, Any]:
     """What makes a fine-tune's pairs: the scan (a URI without its query, where an API key may be), rows and split."""
-    return {"source": config.source.split("?")[0], "uid": config.uid, "field": config.field, "key": config.key,
-            "rows": list(config.rows) if config.rows is not None else None, "domain": config.domain,
-            "splits": config.splits, "seed": config.seed}
+    identity = {"source": config.source.split("?")[0], "uid": config.uid, "field": config.field, "key": config.key,
+                "rows": list(config.rows) if config.rows is not None else None, "domain": config.domain,
+                "splits": config.splits, "seed": config.seed}
+    # files beside frames stored alone, where given (pairs made without them keep the identity they had)
+    identity.update({k: v for k, v in (("angles", config.angles), ("flats", config.flats), ("darks", config.darks))
+                     if v is not None})
+    return identity
 
 
 def _check_pairs_made_for(made_for: dict[str, Any] | None, config: FinetuneConfig, pairs_path: Path) -> None:
@@ -360,7 +372,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, progress: bool = True
                  f"from {checkpoint}" if checkpoint.exists() else "training from the start (no checkpoint yet)")
     else:
         scan = read_scan(config.source, config.uid, config.field, config.key, row_choice(config),
-                         config.angle_field)
+                         config.angle_field, angles=config.angles, flats=config.flats, darks=config.darks)
         train_pairs, test_pairs, info = make_pairs(scan, config.domain, config.splits, config.seed, progress)
         partial = pairs_path.with_name(pairs_path.name + ".partial")  # an interrupted write is never taken for pairs
         write_dataset(partial, train_pairs, test_pairs, {"self_supervised": info, "source": scan.source,

@@ -1,5 +1,6 @@
 """Read a user's scan to fine-tune on: an HDF5 file (Data Exchange, NeXus or plain keys), a Zeiss Xradia
-``.txrm`` or a run stored in Tiled.
+``.txrm``, frames stored alone (a ``.npy`` stack, a multi-page TIFF or a directory of TIFF files, with their
+angles, flats and darks in files of their own) or a run stored in Tiled.
 
 Everything a fine-tune needs is checked here, before any reconstruction or training:
 the projections exist and are a finite 3-D stack (events of several exposures each are
@@ -20,14 +21,26 @@ from typing import Any
 import numpy as np
 
 from ..errors import ScanError, TomoGANError
-from ..frame_files import ANGLE_KEYS, FLAT_KEYS, PROJECTION_KEYS, first_dataset, hdf5_datasets
+from ..frame_files import (
+    ANGLE_KEYS,
+    FLAT_KEYS,
+    NPY,
+    PROJECTION_KEYS,
+    TIFF,
+    first_dataset,
+    hdf5_datasets,
+    is_file_pattern,
+    open_frames,
+    read_angles,
+)
 from ..frame_roles import DARK, FLAT, FrameRoles, scan_role
 from ..masked import fill_masked, missing_pixels
 from ..nexus import IMAGE_KEY, NexusScan, find_nexus_scan, missing_frame_files
 from ..reconstruction import angles_in_degrees, degrees_per_unit
 from ..xradia import XradiaFile, is_xradia
 
-__all__ = ["Scan", "RowChoice", "read_scan", "read_scan_hdf5", "read_scan_tiled", "read_scan_xradia"]
+__all__ = ["Scan", "RowChoice", "read_scan", "read_scan_frames", "read_scan_hdf5", "read_scan_tiled",
+           "read_scan_xradia"]
 
 log = logging.getLogger(__name__)
 
@@ -406,20 +419,98 @@ def read_scan_xradia(path: str | Path, rows: RowChoice | None = None) -> Scan:
         raise ScanError(str(exc)) from exc
 
 
+def read_scan_frames(path: str | Path, angles: str | Path | None = None, flats: str | Path | None = None,
+                     darks: str | Path | None = None, rows: RowChoice | None = None) -> Scan:
+    """Read a scan stored as frames alone: a ``.npy`` stack, a multi-page TIFF, or TIFF files of one projection
+    each, in the order of the numbers in their names (how many beamlines and area detector TIFF plugins store a
+    scan): a directory that holds the projections only, or a pattern of their names (``scan/proj_*.tif``) where
+    flats and darks lie beside them (``flats="scan/flat_*.tif"``).
+
+    Parameters
+    ----------
+    path : str or Path
+        The projections.
+    angles : str or Path, optional
+        Their rotation angles in degrees, one per projection in their order: a text file (one a line, or
+        separated by spaces or commas) or a ``.npy``. Without it, ``n`` angles evenly over [0, 180) degrees,
+        with a warning (as for an HDF5 file without angles).
+    flats, darks : str or Path, optional
+        Open-beam and dark frames, each a file, directory or pattern as ``path`` (averaged).
+    rows : callable, optional
+        As for :func:`read_scan_hdf5`.
+
+    Raises
+    ------
+    ScanError
+        Missing or unreadable files, frames that are not a stack of grey frames, angles that are not one per
+        projection, flats or darks of another frame size.
+    """
+    p = Path(path).expanduser()
+    if not p.exists() and not is_file_pattern(p):
+        raise ScanError(f"scan file {p} does not exist")
+    try:
+        with open_frames(p) as source:
+            picked = _choose_rows(SimpleNamespace(shape=source.shape), rows)
+            band = slice(None) if picked is None else picked
+            # a chunk at a time, each cut to the rows: a memory-mapped .npy is never read whole for a band
+            step = 16
+            projections = np.concatenate([source.read(i, min(i + step, source.shape[0]))[:, band]
+                                          for i in range(0, source.shape[0], step)])
+            stored_angles = source.angles
+        degrees = read_angles(angles, len(projections)) if angles is not None else stored_angles
+        flat, dark = (_frames_of(f, band) for f in (flats, darks))
+    except ScanError:
+        raise
+    except TomoGANError as exc:  # the files' own errors, as the scan's
+        raise ScanError(str(exc)) from exc
+    return _assemble(projections, degrees, flat, dark, str(p), rows=picked,
+                     per_unit=1.0 if degrees is not None else None)  # angles given in files are degrees
+
+
+def _frames_of(path: str | Path | None, band: slice) -> np.ndarray | None:
+    """The frames of a flats' or darks' file or directory (:func:`read_scan_frames`), cut to ``band``."""
+    if path is None:
+        return None
+    with open_frames(Path(path).expanduser()) as source:
+        return source.read(0, source.shape[0])[:, band]
+
+
+def is_frame_file(source: str) -> bool:
+    """Whether ``source`` is frames stored alone (:func:`read_scan_frames`): a ``.npy`` or TIFF file, a pattern
+    of TIFF file names (``scan/proj_*.tif``), or a directory (that is not an embedded Tiled store)."""
+    p = Path(source).expanduser()
+    if p.is_dir():
+        return not (p / "tiled").is_dir()
+    return p.suffix.lower() in NPY + TIFF or is_file_pattern(p)
+
+
 def read_scan(source: str, uid: str | None = None, field: str | None = None, key: str | None = None,
-              rows: RowChoice | None = None, angle_field: str | None = None) -> Scan:
-    """A scan from an HDF5 path, or from a Tiled URI (``http://`` or ``https://``) or the directory of
-    an embedded Tiled store (as the demo and the profile make) and a run ``uid`` (``angle_field``: the
-    data key of its angles, :func:`read_scan_tiled`); ``rows`` picks the detector rows to read
-    (:func:`read_scan_hdf5`)."""
+              rows: RowChoice | None = None, angle_field: str | None = None, *, angles: str | None = None,
+              flats: str | None = None, darks: str | None = None) -> Scan:
+    """A scan from an HDF5 path or a Zeiss Xradia file, from frames stored alone (a ``.npy``, TIFF, or a
+    directory of TIFF files, with ``angles``, ``flats`` and ``darks`` files of their own: :func:`read_scan_frames`),
+    or from a Tiled URI (``http://`` or ``https://``) or the directory of an embedded Tiled store (as the demo and
+    the profile make) and a run ``uid`` (``angle_field``: the data key of its angles, :func:`read_scan_tiled`);
+    ``rows`` picks the detector rows to read (:func:`read_scan_hdf5`)."""
     store = Path(source).expanduser().is_dir() and (Path(source).expanduser() / "tiled").is_dir()
+    beside = {k: v for k, v in (("angles", angles), ("flats", flats), ("darks", darks)) if v is not None}
     if source.startswith(("http://", "https://")) or store or (uid is not None and Path(source).is_dir()):
         if not uid:
             raise ScanError(f"{source} is a Tiled {'store' if store else 'URI'}: name the run with its uid (--uid)")
+        if beside:
+            raise ScanError(f"{source}: {', '.join(beside)} files are for frames stored alone (.npy, TIFF); a "
+                            "stored run's are found in it")
         return read_scan_tiled(source, uid, field, rows, angle_field)
     if angle_field is not None:
         raise ScanError(f"{source}: an angle field ({angle_field}) is for a run stored in Tiled; a file's angles "
                         "are found in it")
+    if is_frame_file(source):
+        if key is not None:
+            raise ScanError(f"{source}: a dataset key ({key}) is for an HDF5 file")
+        return read_scan_frames(source, angles, flats, darks, rows)
+    if beside:
+        raise ScanError(f"{source}: {', '.join(beside)} files are for frames stored alone (.npy, TIFF, a directory "
+                        "of TIFF files); an HDF5 or Zeiss file's are found in it")
     if is_xradia(source):
         return read_scan_xradia(source, rows)
     return read_scan_hdf5(source, key, rows)
