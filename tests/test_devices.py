@@ -118,6 +118,21 @@ def test_faults_beam_dump_saturation_motion(RE, rig):
     np.testing.assert_allclose(after[:, 8:], before[:, :-8], atol=1e-5)  # the whole sample slid 8 pixels
 
 
+@pytest.mark.parametrize("photons", [20.0, 40.0, 500.0])
+def test_the_saturation_fault_saturates_at_any_dose(RE, rig, photons):
+    """``demo --photons 40 --faults`` announced three saturated frames that reached 12,000 counts: 300x the flux
+    of a low dose does not fill the camera. The open beam clips now at any dose, and a lost beam stays dark."""
+    det, stage, beam = rig
+    det.photon_flux.put(photons / det.exposure_time.get())
+    det.inject_fault("saturation", frames=2)
+    stage.x.set(SimTomoStage.OUT).wait()  # open beam
+    saturated, after = frames_of(scan(RE, bp.count([det], num=3)))[1:]
+    assert (saturated == 65535).mean() > 0.9 and (after == 65535).mean() == 0
+    det.inject_fault("beam_dump")
+    det.inject_fault("saturation")
+    assert frames_of(scan(RE, bp.count([det], num=1)))[0].astype(float).mean() < det.model.dark_level + 1
+
+
 def test_hot_and_dead_pixels_are_the_same_pixels_in_every_frame_darks_included(RE, tmp_path):
     det = SimTomoDetector(name="det", shape=(48, 64), directory=tmp_path / "a", simulate_timing=False,
                           hot_pixels=0.02, dead_pixels=0.01)

@@ -330,7 +330,8 @@ class SimTomoDetector(Device):
             ``beam_dump``: no photons reach the camera for ``frames`` frames
             (beam lost upstream; only the frames show it). To lose the beam
             in the ring, where suspenders see it, use :meth:`SimBeamCurrent.dump`.
-            ``saturation``: 300x the flux, so the open beam clips at 65535.
+            ``saturation``: 300x the flux, and at least twice what fills the camera, so the open beam clips
+            at 65535 at any dose (at 40 photons/pixel, 300x alone left it at 12,000 counts: not saturated).
             ``nan``: 2% of the pixels are NaN (``float32`` frames only).
             ``motion``: the sample slips sideways by ``pixels`` and stays there.
         frames : int
@@ -359,12 +360,13 @@ class SimTomoDetector(Device):
     def open_beam_photons(self, exposure: float) -> float:
         """Photons per pixel of open beam in an exposure of ``exposure`` seconds that starts now: the flux times
         the ring current's share of its nominal one; none in a ``beam_dump`` fault's frames, 300 times as many
-        in a ``saturation`` fault's (each such frame takes one of the fault's frames)."""
+        in a ``saturation`` fault's, and at least twice the camera's top (each such frame takes one of the fault's
+        frames)."""
         dumped = self._take_fault("beam_dump")
         current_ratio = 1.0 if self.beam is None else float(self.beam.get()) / self.beam.nominal
         photons = 0.0 if dumped else float(self.photon_flux.get()) * exposure * current_ratio
-        if self._take_fault("saturation"):
-            photons *= 300.0
+        if self._take_fault("saturation") and photons > 0:  # (the beam lost too: no light to saturate)
+            photons = max(300.0 * photons, 2.0 * _UINT16_MAX / float(self.gain.min()))
         return photons
 
     def _conditions(self) -> dict[str, Any]:
