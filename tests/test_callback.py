@@ -95,6 +95,51 @@ def test_drop_oldest_counts_every_dropped_frame():
         FrameQueue(policy="sometimes")  # type: ignore[arg-type]
 
 
+def test_a_delivery_of_frames_in_a_file_is_queued_whole_beyond_maxsize():
+    """At most maxsize frames wait besides the delivery being put; the backlog is what waits beyond it."""
+    q = FrameQueue(maxsize=4, policy="drop-oldest")
+    q.put("single")
+    with q.delivery(10):
+        for i in range(10):
+            q.put(i)
+    assert len(q) == 11 and q.dropped == [] and q.backlog() == 1  # the frame before it is what is behind
+    for _ in range(8):
+        q.get()
+    with q.delivery(10):  # 3 left of the last one: within maxsize besides this one
+        for i in range(10, 20):
+            q.put(i)
+    assert len(q) == 13 and q.dropped == [] and q.backlog() == 3
+    with q.delivery(10):  # 13 waiting: more than maxsize besides this delivery, the oldest go
+        for i in range(20, 30):
+            q.put(i)
+    assert q.dropped == list(range(7, 17)) and len(q) == 13 and q.backlog() == 3
+    q.put("alone")  # on its own: one frame in, the oldest out, and all that waits is behind
+    assert q.dropped[-1] == 17 and len(q) == 13 and q.backlog() == 13
+    latest = FrameQueue(maxsize=4, policy="latest-only")
+    with latest.delivery(3):
+        for i in range(3):
+            latest.put(i)
+    assert len(latest) == 1  # live display: one frame, deliveries or not
+    block = FrameQueue(maxsize=2, policy="block")  # paces the producer at maxsize, deliveries or not
+    with block.delivery(3):
+        assert [block.put(i, timeout=0.01) for i in range(3)] == [True, True, False]
+
+
+def test_the_frame_rate_of_deliveries_is_frames_per_second_between_them():
+    from bluesky_tomogan.callbacks.derived_stream import ArrivalRate
+
+    rate = ArrivalRate()
+    assert rate.interval is None
+    for delivery in range(4):  # 20 frames every 0.6 s: 30 ms per frame, whatever the gaps within a batch
+        for _ in range(20):
+            rate.add(0.6 * delivery, delivery)
+    assert rate.interval == pytest.approx(0.030)
+    single = ArrivalRate()
+    for k in range(30):  # one at a time, 100 ms apart: the last DELIVERIES of them
+        single.add(0.1 * k, k)
+    assert single.interval == pytest.approx(0.1)
+
+
 def test_a_raising_subscriber_does_not_stop_the_scan_or_other_subscribers(RE, denoiser):
     cb = TomoGANCallback(denoiser)
 

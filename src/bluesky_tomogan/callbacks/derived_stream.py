@@ -116,6 +116,38 @@ def unsupported_image_fields(descriptor: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+class ArrivalRate:
+    """How often a stream's frames come: the time between frames over its last :attr:`DELIVERIES` deliveries.
+
+    A delivery is the document that brought frames (an event, an event page, a StreamDatum). A fly scan's camera
+    writes its frames to a file and announces them every flush period, tens at once: the gaps between frames are
+    0 within a delivery and the whole period between deliveries, so their moving average swung with the phase of
+    the batch and mostly read a rate several times the real one (``policy="adaptive"`` then took every network
+    for too slow). Frames per second between the first and the last delivery of the window is the rate whatever
+    the batches."""
+
+    DELIVERIES = 9  # a window of as many frames one at a time as the moving average of weight 0.2 it replaces
+
+    def __init__(self) -> None:
+        self._deliveries: deque[list[float]] = deque(maxlen=self.DELIVERIES)  # [received, delivery id, frames]
+
+    def add(self, received: float, delivery: int) -> None:
+        """A frame received at ``received`` (seconds) in delivery ``delivery``."""
+        last = self._deliveries[-1] if self._deliveries else None
+        if last is not None and last[1] == delivery:
+            last[2] += 1
+        else:
+            self._deliveries.append([received, float(delivery), 1.0])
+
+    @property
+    def interval(self) -> float | None:
+        """Seconds between frames; ``None`` until frames of two deliveries have come."""
+        if len(self._deliveries) < 2:
+            return None
+        after_first = sum(d[2] for d in list(self._deliveries)[1:])
+        return max(self._deliveries[-1][0] - self._deliveries[0][0], 0.0) / after_first
+
+
 @dataclass
 class RoleState:
     """What a derived stream keeps of one kind of its frames (projections, darks or flats)."""
@@ -133,6 +165,9 @@ class RoleState:
     # Token of the newest frame of this role handed to the queue (set by the RunEngine's thread): a frame
     # whose successor is already queued waits for it, however far behind the worker runs.
     latest_token: int = -1
+    # How often usable frames of this role come (worker only): the adaptive policy's frame rate, and how long a
+    # frame waits for its next neighbour
+    arrivals: ArrivalRate = dataclasses.field(default_factory=ArrivalRate)
 
 
 @dataclass
@@ -148,7 +183,6 @@ class DerivedStream:
     dtype: str = "<f4"  # how its frames are stored (TomoGANCallback's frame_dtype)
     resource_error: str = ""  # why its frames cannot be written, once that is known
     resource_ready: bool = False
-    interval: float | None = None  # typical seconds between frames of one role (worker only)
     # What QC and the context windows keep of each kind of frame: a stream whose events say what each
     # frame is (frame_roles) holds darks, flats and projections, each judged and denoised among its own
     roles: dict[str | None, RoleState] = dataclasses.field(
@@ -175,6 +209,7 @@ class QueuedFrame:
     received: float
     token: int
     exposure: int = 0  # which of its event's frames (events of an [N, H, W] field hold N)
+    delivery: int = 0  # the document call that delivered it (frames of one StreamDatum share it): ArrivalRate
     exposure_s: float | None = None  # its exposure time, from its descriptor's configuration (exposure_time)
     role: str | None = None  # "dark", "flat", "invalid" or None (a projection): frame_roles
     # The derived stream of the raw descriptor that announced it (``stream`` until the worker finds the

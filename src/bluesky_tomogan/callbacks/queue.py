@@ -19,6 +19,16 @@ Policies
     (:class:`~bluesky_tomogan.inference.ratios.RatioController`). A frame is
     dropped only when even the lightest ratio cannot keep up.
 
+Deliveries. A detector that writes its frames to a file announces them in batches (ophyd-async's
+StreamDatum, every flush period of a fly scan: tens to hundreds of frames at once). Frames put within
+:meth:`FrameQueue.delivery` are such a batch of references (no pixels: the worker reads each from the
+file): under ``drop-oldest`` and ``adaptive`` the whole batch is queued beyond ``maxsize``, so that at
+most ``maxsize`` frames wait besides the delivery being put. A full queue otherwise dropped part of
+every batch larger than ``maxsize`` although a worker that keeps up on average clears it before the
+next one. (``block`` drops nothing and keeps pacing the producer at ``maxsize``; ``latest-only`` keeps
+one frame.) :meth:`FrameQueue.backlog` is what waits beyond the latest such delivery: what the worker
+did not clear before it came.
+
 Control items (end-of-stream markers) are never dropped. A dropped frame leaves a
 *tombstone* (by default the item itself; the callback passes a function that keeps
 the frame's identity without its pixels) both in ``dropped`` and in the queue at
@@ -28,12 +38,16 @@ bounded by ``maxsize`` frames.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
-__all__ = ["FrameQueue", "POLICIES", "Policy"]
+__all__ = ["FrameQueue", "POLICIES", "Policy", "MAX_DELIVERY"]
+
+#: Most frames of one delivery queued beyond ``maxsize`` (references of about a kilobyte each, not frames).
+MAX_DELIVERY = 4096
 
 Policy = Literal["block", "drop-oldest", "latest-only", "adaptive"]
 POLICIES: tuple[str, ...] = ("block", "drop-oldest", "latest-only", "adaptive")
@@ -67,11 +81,32 @@ class FrameQueue:
         self._cond = threading.Condition()
         self._tombstone = tombstone
         self._closed = False
+        self._extra = 0  # room beyond maxsize while a delivery is put
+        self.last_delivery = 1  # frames of the latest delivery (1: a frame put on its own)
         self.dropped: list[Any] = []  # a tombstone of every dropped frame, for the record
 
     def __len__(self) -> int:
         with self._cond:
             return self._frames
+
+    def backlog(self) -> int:
+        """Frames waiting beyond the latest delivery of several (:meth:`delivery`): what the consumer did not
+        clear before it came. Without deliveries, every frame waiting."""
+        with self._cond:
+            return max(self._frames - (self.last_delivery if self.last_delivery > 1 else 0), 0)
+
+    @contextlib.contextmanager
+    def delivery(self, frames: int) -> Iterator[None]:
+        """Put the ``frames`` frames of one delivery within: references to frames in a file that came at once
+        (see the module docstring), queued whole beyond ``maxsize`` (up to :data:`MAX_DELIVERY` of them) under
+        ``drop-oldest`` and ``adaptive``."""
+        with self._cond:
+            self._extra, self.last_delivery = min(max(frames, 1), MAX_DELIVERY) - 1, max(frames, 1)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._extra = 0
 
     def put(self, item: Any, timeout: float | None = None) -> bool:
         """Queue a frame, applying the policy when full.
@@ -83,8 +118,13 @@ class FrameQueue:
         with self._cond:
             if self._closed:
                 return False
+            if not self._extra:  # a frame on its own
+                self.last_delivery = 1
+            # block loses nothing and paces the producer (a stored run replayed by hand, whose one StreamDatum may
+            # hold a whole scan, must not be queued whole for a stop that waits flush_timeout): maxsize alone
+            limit = self.maxsize + (self._extra if self.policy != "block" else 0)
             if self.policy == "block":
-                if not self._cond.wait_for(lambda: self._closed or self._frames < self.maxsize, timeout):
+                if not self._cond.wait_for(lambda: self._closed or self._frames < limit, timeout):
                     tomb = self._drop(item)
                     if self._tombstone is not None:
                         self._items.append((False, tomb))
@@ -94,7 +134,7 @@ class FrameQueue:
                     return False
             elif self.policy == "latest-only":
                 self._drop_frames(self._frames)
-            elif self._frames >= self.maxsize:
+            elif self._frames >= limit:
                 self._drop_frames(1)
             self._items.append((True, item))
             self._frames += 1

@@ -34,6 +34,7 @@ RunEngine's own thread.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -259,11 +260,13 @@ class RunDenoiser(PassThroughRun):
         # them: subscribers such as a storage writer run there), and since when the current call runs.
         self._busy_s = 0.0
         self._busy_since: float | None = None
+        self._deliveries = 0  # document calls so far: which delivery a frame came in
 
     # -- the router -------------------------------------------------------------------------
 
     def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
         self._busy_since = time.time()
+        self._deliveries += 1  # the frames this document brings are one delivery (ArrivalRate)
         try:
             return super().__call__(name, doc, validate)
         finally:  # added before the current call is cleared: the worker may overcount an instant, never undercount
@@ -488,25 +491,30 @@ class RunDenoiser(PassThroughRun):
                                     f"events; only the first {min(len(column), events)} are denoised",
                                     f"{{n}} more event pages whose image field {f!r} does not hold one value per event")
                 column = column[:events]
-            for i, value in enumerate(column):
-                frames: list[np.ndarray | Callable[[], np.ndarray]]
-                if _a_reference(doc, f, i, value):  # a datum id: load it on the worker
-                    frames = ([functools.partial(self._fill, doc["descriptor"], f, value, k)
-                               for k in range(stream.exposures)] if stream.exposures > 1
-                              else [functools.partial(self._fill, doc["descriptor"], f, value)])
-                else:
-                    try:
-                        array = np.asarray(value)
-                    except (ValueError, TypeError) as exc:  # ragged nested lists: the row records why, the scan goes on
-                        frames = [functools.partial(_unusable, f"the event's {f!r} is not an array ({exc})")]
-                    else:
-                        frames = list(array) if stream.exposures > 1 and array.ndim == 3 else [array]
-                for k, frame in enumerate(frames):
-                    self._enqueue(stream, frame, doc["seq_num"][i], doc["uid"][i], exposure=k,
-                                  exposure_s=self._exposures.get(doc["descriptor"], {}).get(f), role=roles[i])
+            # a page of datum ids (a stored run replayed): references to frames in files, queued whole
+            in_files = all(_a_reference(doc, f, i, value) for i, value in enumerate(column))
+            with self._queue.delivery(len(column) * stream.exposures) if in_files else contextlib.nullcontext():
+                for i, value in enumerate(column):
+                    for k, frame in enumerate(self._frames_of_value(doc, f, i, value, stream.exposures)):
+                        self._enqueue(stream, frame, doc["seq_num"][i], doc["uid"][i], exposure=k,
+                                      exposure_s=self._exposures.get(doc["descriptor"], {}).get(f), role=roles[i])
         if fields and self._roles[doc["descriptor"]].in_events and self._stream_keys.get(doc["descriptor"]):
             self._match_streamed(doc["descriptor"], doc["seq_num"], roles)
         return doc
+
+    def _frames_of_value(self, doc: EventPage, f: str, i: int, value: Any,
+                         exposures: int) -> list[np.ndarray | Callable[[], np.ndarray]]:
+        """The frames of row ``i`` of an event page's image field ``f`` (``exposures`` per event): arrays, or
+        loaders of frames in files (a datum id: loaded on the worker)."""
+        if _a_reference(doc, f, i, value):
+            if exposures > 1:
+                return [functools.partial(self._fill, doc["descriptor"], f, value, k) for k in range(exposures)]
+            return [functools.partial(self._fill, doc["descriptor"], f, value)]
+        try:
+            array = np.asarray(value)
+        except (ValueError, TypeError) as exc:  # ragged nested lists: the row records why, the scan goes on
+            return [functools.partial(_unusable, f"the event's {f!r} is not an array ({exc})")]
+        return list(array) if exposures > 1 and array.ndim == 3 else [array]
 
     def _match_streamed(self, descriptor: str, seq_nums: list[int], roles: list[str | None]) -> None:
         """Queue the StreamDatum frames that waited for these events, with the role each says; of the others,
@@ -647,18 +655,20 @@ class RunDenoiser(PassThroughRun):
         roles = self._roles[doc["descriptor"]]
         parked = self._parked.setdefault(doc["descriptor"], {}) if roles.per_event else None
         said = self._said.get(doc["descriptor"], b"")
-        for i, seq in zip(range(indices["start"], indices["stop"]), range(seq_nums["start"], seq_nums["stop"]),
-                          strict=True):
-            for k in range(stream.exposures):
-                enqueue = functools.partial(
-                    self._enqueue, stream, functools.partial(self._read_exposure, read, i, k, stream.exposures),
-                    seq, doc["uid"], exposure=k, exposure_s=self._exposures.get(doc["descriptor"], {}).get(key))
-                if parked is None:
-                    enqueue(role=roles.default)
-                elif 0 <= seq < len(said) and said[seq]:  # its event came first
-                    enqueue(role=FRAME_ROLES[said[seq] - 1])
-                else:  # its event, which says what the frame is, comes next
-                    parked.setdefault(seq, []).append(enqueue)
+        # references to frames in a file that came at once: queued whole (FrameQueue.delivery)
+        with self._queue.delivery((indices["stop"] - indices["start"]) * stream.exposures):
+            for i, seq in zip(range(indices["start"], indices["stop"]), range(seq_nums["start"], seq_nums["stop"]),
+                              strict=True):
+                for k in range(stream.exposures):
+                    enqueue = functools.partial(
+                        self._enqueue, stream, functools.partial(self._read_exposure, read, i, k, stream.exposures),
+                        seq, doc["uid"], exposure=k, exposure_s=self._exposures.get(doc["descriptor"], {}).get(key))
+                    if parked is None:
+                        enqueue(role=roles.default)
+                    elif 0 <= seq < len(said) and said[seq]:  # its event came first
+                        enqueue(role=FRAME_ROLES[said[seq] - 1])
+                    else:  # its event, which says what the frame is, comes next
+                        parked.setdefault(seq, []).append(enqueue)
         if parked is not None and len(parked) > PARKED_LIMIT:  # events that never come: not for ever
             self._release_parked(before=seq_nums["start"])
         return doc
@@ -792,7 +802,8 @@ class RunDenoiser(PassThroughRun):
     def _enqueue(self, stream: DerivedStream, frame: Any, seq_num: int, uid: str, exposure: int = 0,
                  exposure_s: float | None = None, role: str | None = None) -> None:
         item = QueuedFrame(stream, frame, seq_num, uid, time.time(), next(self._tokens), exposure,
-                           exposure_s=exposure_s, role=role, busy_at_receipt=self.busy_clock())
+                           delivery=self._deliveries, exposure_s=exposure_s, role=role,
+                           busy_at_receipt=self.busy_clock())
         stream.of(role).latest_token = item.token
         self._pending[item.token] = item
         if self._worker_error:  # nobody will take frames off the queue: their rows say why, now
@@ -918,9 +929,7 @@ class RunDenoiser(PassThroughRun):
                                      finished=time.time()))
             return
         window = windows.setdefault((id(item.stream), item.role), [])
-        if window:  # how often this stream's frames come, for _flush_stale
-            gap = item.received - window[-1].received
-            item.stream.interval = gap if item.stream.interval is None else 0.8 * item.stream.interval + 0.2 * gap
+        item.stream.of(item.role).arrivals.add(item.received, item.delivery)  # how often they come: _flush_stale
         window.append(item)
         half = self._depth(item.stream.field) // 2
         self._qc.feedback.note_lookahead(item.stream.bundle.descriptor_doc["name"], half)  # what a plan can wait for
@@ -970,7 +979,7 @@ class RunDenoiser(PassThroughRun):
                                             for role, state in s.roles.items()
                                             if s is not first.origin or role != first.role):
                 continue
-            wait = max(CONTEXT_WAIT, 3 * (window[-1].stream.interval or 0.0))
+            wait = max(CONTEXT_WAIT, 3 * (window[-1].stream.of(window[-1].role).arrivals.interval or 0.0))
             newest = window[-1]
             if (now - newest.received) - (busy - newest.busy_at_receipt) > wait:
                 self._denoise_last(window)
@@ -980,7 +989,7 @@ class RunDenoiser(PassThroughRun):
             return
         item.done = True
         try:
-            den = self._network(item.stream)
+            den = self._network(item)
             began = time.perf_counter()
             # a lighter step of an adaptive ladder may read fewer frames than the stream's context
             frames = self._near_in_angle(item, centred(context, int(getattr(den, "depth", len(context)))))
@@ -1024,9 +1033,10 @@ class RunDenoiser(PassThroughRun):
             return context
         return [context[half + o] for o in context_offsets(len(context), left, right)]
 
-    def _network(self, stream: DerivedStream) -> Denoiser:
-        """The denoiser for the next frame of ``stream``: with ``policy="adaptive"``, at the ratio the
-        queue's length and the frame rate call for (worker thread)."""
+    def _network(self, item: QueuedFrame) -> Denoiser:
+        """The denoiser for ``item``: with ``policy="adaptive"``, at the ratio the queue's backlog and the frame
+        rate of its stream call for (worker thread)."""
+        stream = item.stream
         f = stream.field
         den = self.options.denoiser_for(f)
         if not isinstance(den, RatioDenoisers):
@@ -1037,7 +1047,7 @@ class RunDenoiser(PassThroughRun):
             costs = den.warm_up(stream.shape)
             self._controllers[f] = RatioController(den, self.options.high_water, self.options.low_water,
                                                    costs=costs)
-        return self._controllers[f].next_denoiser(len(self._queue), stream.interval)
+        return self._controllers[f].next_denoiser(self._queue.backlog(), stream.of(item.role).arrivals.interval)
 
     def _finish(self, result: FrameResult, *, after_stop: bool = False, judge: bool = True) -> None:
         """Write the result's frame (worker thread) and hand the result to the callback thread.

@@ -82,7 +82,8 @@ class TomoGANCallback(RunRouterFacade):
         What to do when ``maxsize`` frames are waiting (see :mod:`.queue`).
         Every dropped frame keeps its row in the derived stream, with the reason.
         ``adaptive`` needs a ``RatioDenoisers`` of two or more ratios for every field:
-        when ``high_water`` frames wait, the next frames are denoised at a lighter
+        when ``high_water`` frames wait (beyond the latest batch of frames in a file that
+        came at once: a fly scan's StreamDatum), the next frames are denoised at a lighter
         pruning ratio, and at a heavier one again once the queue has drained to
         ``low_water``; the scan is never blocked (a full queue drops its oldest frame,
         which happens only if the lightest ratio cannot keep up). After the lightest
@@ -91,7 +92,9 @@ class TomoGANCallback(RunRouterFacade):
         the ``<field>_model`` column, its pruning ratio ``<field>_ratio`` (percent of
         MACs removed).
     maxsize : int
-        Queue bound.
+        Queue bound: frames waiting; under ``drop-oldest`` and ``adaptive``, besides a batch of frames
+        in a file announced at once (a StreamDatum, a page of datum ids), which is queued whole
+        (references, not pixels).
     flush_timeout : float
         Seconds ``stop`` waits for the worker before passing the stop document
         on; frames not denoised by then get rows that say so.
@@ -132,7 +135,8 @@ class TomoGANCallback(RunRouterFacade):
         ``warn`` still logs and the rest is only recorded. Its policy is used
         when ``qc`` is not given.
     high_water, low_water : int, optional
-        Queue lengths of ``policy="adaptive"`` (default ``maxsize // 2`` and ``maxsize // 8``).
+        Backlogs of ``policy="adaptive"`` (default ``maxsize // 2`` and ``maxsize // 8``): frames waiting
+        beyond the latest batch (:meth:`~bluesky_tomogan.callbacks.queue.FrameQueue.backlog`).
     frame_dtype : str
         How derived frames are stored: ``"float32"`` (as denoised; the default), ``"source"``
         (the raw field's integer type, from its data key's ``dtype_numpy``; float32 for float
