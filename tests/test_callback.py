@@ -282,18 +282,20 @@ def test_which_fields_may_hold_frames_and_why_a_named_one_does_not():
     keys = {"none": {"dtype": "array", "shape": []}, "unknown": {"dtype": "array", "shape": [None]},
             "line": {"dtype": "array", "shape": [4096]}, "x": {"dtype": "number", "shape": []},
             "img": {"dtype": "array", "shape": [4, 5]}}
-    assert shapeless_arrays({"data_keys": keys}) == ["none", "unknown"]
-    assert frame_shape(keys["none"]) == frame_shape(keys["unknown"]) == (0, 0)
-    assert not_a_frame(keys["none"]) == not_a_frame(keys["unknown"]) == not_a_frame(keys["img"]) == ""
+    assert shapeless_arrays({"data_keys": keys}) == ["none"]  # [None]: a 1-D array (ophyd-async's Array1D: [0])
+    assert frame_shape(keys["none"]) == (0, 0)
+    assert not_a_frame(keys["none"]) == not_a_frame(keys["img"]) == ""
     assert "1-D array of 4096 values" in not_a_frame(keys["line"])
+    assert "1-D array of values (of no declared length)" in not_a_frame(keys["unknown"])
     assert "dtype 'number'" in not_a_frame(keys["x"])
 
 
-@pytest.mark.parametrize("shape", [[], [None]])
-def test_an_array_of_no_declared_shape_is_denoised_when_named_and_said_of_when_not(denoiser, tmp_path, shape):
-    """A device that describes before it knows its frame size declares ``"array"`` of shape ``[]`` (event-model's
-    scalar) or ``[None]``: not taken for frames unasked (a spectrum may be such an array), but the callback says
-    how to ask; named in ``fields=``, its frames are denoised at the size they come in."""
+def test_an_array_of_no_declared_shape_is_denoised_when_named_and_said_of_when_not(denoiser, tmp_path):
+    """A device that describes before it knows its frame size may declare ``"array"`` of shape ``[]``
+    (event-model's scalar): not taken for frames unasked (a spectrum may be such an array), but the callback says
+    how to ask; named in ``fields=``, its frames are denoised at the size they come in. A 1-D array of unknown
+    length (ophyd-async's ``Array1D``: ``[0]``) is not said of: it declares what it is."""
+    shape: list = []
     frames = [np.random.default_rng(i).poisson(400, (32, 40)).astype(np.uint16) for i in range(3)]
     unasked = TomoGANCallback(denoiser, inline=True)
     out = through(unasked, _scan_of({"dtype": "array", "shape": shape}, frames))
@@ -311,6 +313,10 @@ def test_an_array_of_no_declared_shape_is_denoised_when_named_and_said_of_when_n
     assert [s for p in rows for s in p["data"]["cam_source_seq_num"]] == [1, 2, 3]
     assert [e for p in rows for e in p["data"]["cam_qc_error"]] == [""] * 3
     assert next(d for n, d in out if n == "stop")["num_events"]["denoised"] == 3
+    for line in ([0], [None]):
+        quiet = TomoGANCallback(denoiser, inline=True)
+        through(quiet, _scan_of({"dtype": "array", "shape": line}, [np.arange(5.0)] * 2))
+        assert quiet.errors == []
 
 
 def test_a_field_named_to_be_denoised_that_declares_no_frames_is_said_why(denoiser):

@@ -64,11 +64,12 @@ def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
 
 
 def shapeless_arrays(descriptor: Mapping[str, Any]) -> list[str]:
-    """Data keys of a descriptor whose dtype is ``"array"`` but whose shape says nothing: ``[]`` (event-model's
-    scalar) or a single size left unknown, as a device declares before it knows its frame size. They may hold
-    frames: the callback denoises one when asked to by name (``fields=``), at the size its frames come in."""
+    """Data keys of a descriptor whose dtype is ``"array"`` but whose shape is ``[]`` (event-model's scalar), as a
+    device may declare before it knows its frame size. They may hold frames: the callback denoises one when asked
+    to by name (``fields=``), at the size its frames come in. (A 1-D array of unknown length, ``[None]`` or
+    ophyd-async's ``[0]`` for an ``Array1D`` signal, declares what it is: not frames.)"""
     return [key for key, dk in descriptor.get("data_keys", {}).items()
-            if dk.get("dtype") == "array" and declared_shape(dk) in ([], [0])]
+            if dk.get("dtype") == "array" and declared_shape(dk) == []]
 
 
 def not_a_frame(data_key: Mapping[str, Any]) -> str:
@@ -77,9 +78,10 @@ def not_a_frame(data_key: Mapping[str, Any]) -> str:
     shape, dtype = declared_shape(data_key), data_key.get("dtype")
     if dtype != "array":
         return f"its data key declares dtype {dtype!r} with shape {list(data_key.get('shape') or [])}, not an image"
-    if len(shape) == 1 and shape != [0]:
-        return (f"its data key declares a 1-D array of {shape[0]} values, not a 2-D frame; a flattened image (an "
-                "area detector's ArrayData waveform) is denoised once its device declares [height, width]")
+    if len(shape) == 1:
+        values = f"{shape[0]} values" if shape[0] else "values (of no declared length)"
+        return (f"its data key declares a 1-D array of {values}, not a 2-D frame; a flattened image (an area "
+                "detector's ArrayData waveform) is denoised once its device declares [height, width]")
     return ""
 
 
