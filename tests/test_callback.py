@@ -241,8 +241,10 @@ def test_its_repr_says_what_it_denoises_with_and_how_it_stores(denoiser):
 
 def test_image_fields_finds_2d_frames_only():
     desc = {"data_keys": {"img": {"dtype": "array", "shape": [1, 8, 8]}, "x": {"dtype": "number", "shape": []},
-                          "line": {"dtype": "array", "shape": [8]}, "img2": {"dtype": "array", "shape": [4, 5]}}}
-    assert image_fields(desc) == ["img", "img2"]
+                          "line": {"dtype": "array", "shape": [8]}, "img2": {"dtype": "array", "shape": [4, 5]},
+                          # the elements' type, as some devices declare it: the shape says it is an array
+                          "counts": {"dtype": "integer", "shape": [4, 5]}, "n": {"dtype": "integer", "shape": [3]}}}
+    assert image_fields(desc) == ["img", "img2", "counts"]
 
 
 def test_colour_and_higher_rank_images_are_said_not_to_be_denoised(RE, denoiser, caplog):

@@ -51,6 +51,13 @@ def declared_shape(data_key: Mapping[str, Any]) -> list[int]:
     return shape
 
 
+def _an_array(data_key: Mapping[str, Any], shape: list[int]) -> bool:
+    """Whether a data key declares arrays: dtype ``"array"``, or a number type (the elements' type, as some
+    devices declare it) with a shape of two or more dimensions, which no scalar has."""
+    dtype = data_key.get("dtype")
+    return dtype == "array" or (dtype in ("integer", "number") and len(shape) >= 2)
+
+
 def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
     """Data keys of a descriptor that hold 2-D frames: one per event (shape ``[H, W]``, ``[1, H, W]`` or
     ``[H, W, 1]``) or several (``[N, H, W]``: a detector taking N exposures per event,
@@ -58,7 +65,7 @@ def image_fields(descriptor: Mapping[str, Any]) -> list[str]:
     out = []
     for key, dk in descriptor.get("data_keys", {}).items():
         shape = declared_shape(dk)
-        if dk.get("dtype") == "array" and (len(shape) == 2 or (len(shape) == 3 and not looks_like_colour(shape))):
+        if _an_array(dk, shape) and (len(shape) == 2 or (len(shape) == 3 and not looks_like_colour(shape))):
             out.append(key)
     return out
 
@@ -76,7 +83,7 @@ def not_a_frame(data_key: Mapping[str, Any]) -> str:
     """Why a data key named to be denoised does not declare frames (empty if it does, or may: an array of no
     declared shape, :func:`shapeless_arrays`)."""
     shape, dtype = declared_shape(data_key), data_key.get("dtype")
-    if dtype != "array":
+    if not _an_array(data_key, shape):
         return f"its data key declares dtype {dtype!r} with shape {list(data_key.get('shape') or [])}, not an image"
     if len(shape) == 1:
         values = f"{shape[0]} values" if shape[0] else "values (of no declared length)"
@@ -109,7 +116,7 @@ def unsupported_image_fields(descriptor: Mapping[str, Any]) -> dict[str, str]:
     out = {}
     for key, dk in descriptor.get("data_keys", {}).items():
         shape = declared_shape(dk)
-        if dk.get("dtype") != "array" or len(shape) < 3:
+        if not _an_array(dk, shape) or len(shape) < 3:
             continue
         if looks_like_colour(shape):
             out[key] = f"shape {shape} looks like a colour image; only single-channel frames are denoised"
