@@ -475,6 +475,37 @@ def test_frames_delivered_in_batches_are_not_dropped_by_a_worker_that_keeps_up_o
     assert rows["cam_model"].count("timed-r0") >= 90, collections.Counter(rows["cam_model"])
 
 
+class Mirrored:
+    """A real denoiser that counts the contexts whose later neighbours were mirrored (not yet come)."""
+
+    def __init__(self, inner):
+        self.inner, self.depth, self.mirrored = inner, inner.depth, 0
+
+    def denoise_context(self, context):
+        half = len(context) // 2
+        self.mirrored += all(np.array_equal(context[half + k], context[half - k]) for k in range(1, half + 1))
+        return self.inner.denoise_context(context)
+
+    def provenance(self):
+        return self.inner.provenance()
+
+
+def test_the_last_frames_of_a_batch_wait_for_the_next_batch_not_for_a_mirrored_context(tmp_path, denoiser,
+                                                                                       monkeypatch):
+    """A frame's next neighbours of a fly scan's batch come with the next batch, a flush period later: a frame is
+    overdue after three of the stream's usual waits between deliveries, not between frames (120 ms here, within
+    a batch), else the last frames of every batch were denoised with mirrored neighbours."""
+    import bluesky_tomogan.callbacks.run as run
+
+    monkeypatch.setattr(run, "CONTEXT_WAIT", 0.2)  # shorter than the 1.2 s between batches, as 2 s is than 5 s
+    den = Mirrored(denoiser)
+    cb, rows = _fly_scan_in_batches(tmp_path, "block", den, batches=4, batch=10, period=1.2)
+    assert rows["cam_qc_error"] == [""] * 40
+    # the scan's first and last frames, and the last of the first batch, which waits CONTEXT_WAIT while the time
+    # between deliveries is not known yet (at 77eb44f, three times the time between frames: the last of every batch, 5)
+    assert den.mirrored == 3
+
+
 def test_every_ratio_of_the_shipped_projection_model_has_an_int8_ir_that_auto_accepts():
     """Re-exported in session 20: input range from the calibration percentiles, the worst frame guarded."""
     from bluesky_tomogan.inference import load_card

@@ -133,11 +133,11 @@ def test_the_frame_rate_of_deliveries_is_frames_per_second_between_them():
     for delivery in range(4):  # 20 frames every 0.6 s: 30 ms per frame, whatever the gaps within a batch
         for _ in range(20):
             rate.add(0.6 * delivery, delivery)
-    assert rate.interval == pytest.approx(0.030)
+    assert rate.interval == pytest.approx(0.030) and rate.between_deliveries == pytest.approx(0.6)
     single = ArrivalRate()
     for k in range(30):  # one at a time, 100 ms apart: the last DELIVERIES of them
         single.add(0.1 * k, k)
-    assert single.interval == pytest.approx(0.1)
+    assert single.interval == pytest.approx(0.1) == single.between_deliveries
 
 
 def test_a_raising_subscriber_does_not_stop_the_scan_or_other_subscribers(RE, denoiser):

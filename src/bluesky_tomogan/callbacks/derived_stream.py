@@ -156,6 +156,14 @@ class ArrivalRate:
         after_first = sum(d[2] for d in list(self._deliveries)[1:])
         return max(self._deliveries[-1][0] - self._deliveries[0][0], 0.0) / after_first
 
+    @property
+    def between_deliveries(self) -> float | None:
+        """Seconds between deliveries (:attr:`interval` where frames come one at a time): how long a frame at
+        the end of a batch waits for its next neighbour. ``None`` until two deliveries have come."""
+        if len(self._deliveries) < 2:
+            return None
+        return max(self._deliveries[-1][0] - self._deliveries[0][0], 0.0) / (len(self._deliveries) - 1)
+
 
 @dataclass
 class RoleState:

@@ -955,7 +955,8 @@ class RunDenoiser(PassThroughRun):
                 self._denoise(item, _context(window, i, depth))
 
     def _flush_stale(self, windows: dict[tuple[int, str | None], list[QueuedFrame]]) -> None:
-        """A stream whose next frame is overdue (``CONTEXT_WAIT`` s, or three of its usual intervals if longer:
+        """A stream whose next frame is overdue (``CONTEXT_WAIT`` s, or three of its usual intervals between
+        deliveries if longer, so that the last frames of a fly scan's batch wait for the next batch:
         its phase ended, as the flats of a tomography scan do before the projections) gets its newest frame
         denoised now, with mirrored context, not at the stop. A next frame that has arrived but waits in the
         queue is not overdue: a worker that runs behind keeps the full context.
@@ -979,7 +980,8 @@ class RunDenoiser(PassThroughRun):
                                             for role, state in s.roles.items()
                                             if s is not first.origin or role != first.role):
                 continue
-            wait = max(CONTEXT_WAIT, 3 * (window[-1].stream.of(window[-1].role).arrivals.interval or 0.0))
+            # three of the stream's usual waits for its next frame: between deliveries, where frames come in batches
+            wait = max(CONTEXT_WAIT, 3 * (window[-1].stream.of(window[-1].role).arrivals.between_deliveries or 0.0))
             newest = window[-1]
             if (now - newest.received) - (busy - newest.busy_at_receipt) > wait:
                 self._denoise_last(window)
