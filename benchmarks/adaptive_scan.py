@@ -5,6 +5,7 @@ Usage::
     python benchmarks/adaptive_scan.py [--model tomogan-projection-aio] [--size 512] [--frames 150]
                                        [--speed 1.5] [--backend auto] [--json out.json]
                                        [--fallback tomogan-projection-s2d-aio [--fallback-ratios 0 50]]
+                                       [--batch 20]
 
 1. Loads every pruning ratio of the All-in-One model (``load_ratios``) and measures each
    one's time per frame at ``--size`` through ``Denoiser.denoise_context`` (median of 15
@@ -19,6 +20,10 @@ Usage::
    network alone under ``policy="drop-oldest"``. Reports dropped frames, how many frames
    each network denoised (the derived stream's ``<field>_model`` column) and the latency.
    With ``--fallback``, the adaptive ladder goes on into that lighter model's ratios.
+   With ``--batch N``, the frames come as a fly scan's camera delivers them: written to an HDF5
+   file and announced N at a time in one StreamDatum (ophyd-async, every flush period), every N
+   frame periods, fed to the callback by hand at that pace (the same frames, from the simulated
+   camera).
 
 All numbers are of this CPU, named in the output.
 """
@@ -111,6 +116,57 @@ def scan(den: Any, policy: str, args: argparse.Namespace, exposure: float, root:
             "max_latency_s": max(latency) if latency else None}
 
 
+def batched_scan(den: Any, policy: str, args: argparse.Namespace, period: float, root: Path) -> dict[str, Any]:
+    """As :func:`scan`, the frames written to a file first and announced ``args.batch`` at a time, one StreamDatum
+    every ``args.batch * period`` seconds."""
+    import event_model
+    import h5py
+
+    root.mkdir(parents=True, exist_ok=True)
+    det = SimTomoDetector(name="det", shape=(args.size, args.size), directory=root / "raw")
+    angles = np.linspace(0.0, 180.0, args.frames, endpoint=False)
+    path = root / "fly.h5"
+    with h5py.File(path, "w") as f:
+        data = f.create_dataset("/entry/data/data", (args.frames, args.size, args.size), np.uint16)
+        for i, angle in enumerate(angles):
+            data[i] = det.projection([angle], 500.0)
+    bundle = event_model.compose_run()
+    desc = bundle.compose_descriptor(name="primary", data_keys={"det_image": {
+        "source": "sim", "dtype": "array", "shape": [args.size, args.size], "external": "STREAM:",
+        "dtype_numpy": "<u2"}})
+    resource = bundle.compose_stream_resource(mimetype="application/x-hdf5", uri=path.as_uri(), data_key="det_image",
+                                              parameters={"dataset": "/entry/data/data"})
+    cb = TomoGANCallback(den, policy=policy, maxsize=args.maxsize, directory=root / "derived")
+    rows: dict[str, list[Any]] = collections.defaultdict(list)
+
+    def collect(name: str, doc: dict[str, Any]) -> None:
+        if name == "event_page":
+            for key, values in doc["data"].items():
+                rows[key].extend(values)
+
+    cb.subscribe(collect)
+    t0 = time.perf_counter()
+    for name, doc in (("start", bundle.start_doc), ("descriptor", desc.descriptor_doc),
+                      ("stream_resource", resource.stream_resource_doc)):
+        cb(name, doc)
+    for first in range(0, args.frames, args.batch):
+        last = min(first + args.batch, args.frames)
+        time.sleep(max(t0 + last * period - time.perf_counter(), 0.0))  # the camera has taken them
+        cb("stream_datum", resource.compose_stream_datum(indices={"start": first, "stop": last},
+                                                         seq_nums={"start": first + 1, "stop": last + 1},
+                                                         descriptor=desc.descriptor_doc))
+    cb("stop", bundle.compose_stop())
+    wall = time.perf_counter() - t0
+    field = "det_image"
+    ratios = [r for r, e in zip(rows[f"{field}_model"], rows[f"{field}_qc_error"], strict=True) if not e]
+    latency = [x for x, e in zip(rows[f"{field}_qc_latency_s"], rows[f"{field}_qc_error"], strict=True) if not e]
+    return {"policy": policy, "frames": len(rows[f"{field}_ratio"]), "dropped": cb.dropped, "wall_s": wall,
+            "s_per_frame": wall / len(rows[f"{field}_ratio"]), "batch": args.batch,
+            "frames_per_network": dict(sorted(collections.Counter(ratios).items())),
+            "median_latency_s": statistics.median(latency) if latency else None,
+            "max_latency_s": max(latency) if latency else None}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tomogan-projection-aio")
@@ -121,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--fallback", help="a lighter All-in-One model the adaptive ladder steps down to")
     ap.add_argument("--fallback-ratios", type=float, nargs="+", help="which of the fallback's ratios")
+    ap.add_argument("--batch", type=int, default=0,
+                    help="frames per StreamDatum, as a fly scan's camera delivers them (default: one event per frame)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
 
@@ -140,12 +198,20 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         camera = camera_only(args, Path(tmp) / "camera")
         sustained = scan(full, "block", args, 0.001, Path(tmp) / "sustained", frames=args.frames // 3)["s_per_frame"]
-        exposure = exposure_for(sustained / args.speed, args, Path(tmp))
-        print(f"camera alone {1000 * camera:.1f} ms per frame; the full network sustains {1000 * sustained:.1f} ms "
-              f"per frame through the callback (policy block); exposure {1000 * exposure:.1f} ms for "
-              f"{args.speed}x that rate, {args.frames} frames\n")
-        results = [scan(ratios, "adaptive", args, exposure, Path(tmp) / "adaptive"),
-                   scan(full, "drop-oldest", args, exposure, Path(tmp) / "full")]
+        if args.batch:
+            exposure = sustained / args.speed  # the period between frames; they come args.batch at a time
+            print(f"the full network sustains {1000 * sustained:.1f} ms per frame through the callback (policy "
+                  f"block); {args.frames} frames written to a file and announced {args.batch} at a time, one every "
+                  f"{1000 * exposure:.1f} ms on average ({args.speed}x that rate)\n")
+            results = [batched_scan(ratios, "adaptive", args, exposure, Path(tmp) / "adaptive"),
+                       batched_scan(full, "drop-oldest", args, exposure, Path(tmp) / "full")]
+        else:
+            exposure = exposure_for(sustained / args.speed, args, Path(tmp))
+            print(f"camera alone {1000 * camera:.1f} ms per frame; the full network sustains "
+                  f"{1000 * sustained:.1f} ms per frame through the callback (policy block); exposure "
+                  f"{1000 * exposure:.1f} ms for {args.speed}x that rate, {args.frames} frames\n")
+            results = [scan(ratios, "adaptive", args, exposure, Path(tmp) / "adaptive"),
+                       scan(full, "drop-oldest", args, exposure, Path(tmp) / "full")]
     print("| policy | networks | frames | frame rate / full network's | dropped | frames per network "
           "| median / max latency (s) |")
     print("|---|---|---|---|---|---|---|")

@@ -283,6 +283,28 @@ class Counting(RatioDenoisers):
         return super().warm_up(shape)
 
 
+def test_the_warm_up_runs_every_network_of_the_ladder_and_times_it(denoiser, monkeypatch):
+    """Each network runs (compiles at the shape, allocates) and is timed at the warm-up: its context is frames
+    with noise. A context of ones came back as it was without the network (a frame of one value has nothing to
+    denoise), so the warm-up compiled nothing and timed 3-4 ms for every network."""
+    from bluesky_tomogan.inference.denoiser import Denoiser
+
+    runs: list[int] = []
+    real = Denoiser._run_tiles
+
+    def counted(self, *args, **kwargs):  # the network itself: a frame of one value never gets here
+        runs.append(id(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Denoiser, "_run_tiles", counted)
+    other = load_denoiser("tomogan-projection-light", backend="onnxruntime")
+    ladder = RatioDenoisers({0: denoiser, 50: other})
+    costs = ladder.warm_up((64, 48))
+    assert runs.count(id(denoiser)) == 2 and runs.count(id(other)) == 2  # each ran, twice: the second one timed
+    assert len(costs) == 2 and all(c > 0 for c in costs)
+    assert ladder.warm_up((64, 48)) == costs and len(runs) == 4  # kept per shape
+
+
 def test_the_controller_steps_lighter_above_high_water_and_back_after_calm(denoiser):
     ratios = RatioDenoisers({r: Timed(denoiser, 0, r) for r in RATIOS})
     c = RatioController(ratios, high_water=4, low_water=1, calm=3, settle=2)

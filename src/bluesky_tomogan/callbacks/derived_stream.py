@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -139,30 +140,34 @@ class ArrivalRate:
 
     def __init__(self) -> None:
         self._deliveries: deque[list[float]] = deque(maxlen=self.DELIVERIES)  # [received, delivery id, frames]
+        self._lock = threading.Lock()  # added to by the RunEngine's thread as frames come, read by the worker
 
     def add(self, received: float, delivery: int) -> None:
         """A frame received at ``received`` (seconds) in delivery ``delivery``."""
-        last = self._deliveries[-1] if self._deliveries else None
-        if last is not None and last[1] == delivery:
-            last[2] += 1
-        else:
-            self._deliveries.append([received, float(delivery), 1.0])
+        with self._lock:
+            last = self._deliveries[-1] if self._deliveries else None
+            if last is not None and last[1] == delivery:
+                last[2] += 1
+            else:
+                self._deliveries.append([received, float(delivery), 1.0])
 
     @property
     def interval(self) -> float | None:
         """Seconds between frames; ``None`` until frames of two deliveries have come."""
-        if len(self._deliveries) < 2:
-            return None
-        after_first = sum(d[2] for d in list(self._deliveries)[1:])
-        return max(self._deliveries[-1][0] - self._deliveries[0][0], 0.0) / after_first
+        with self._lock:
+            if len(self._deliveries) < 2:
+                return None
+            after_first = sum(d[2] for d in list(self._deliveries)[1:])
+            return max(self._deliveries[-1][0] - self._deliveries[0][0], 0.0) / after_first
 
     @property
     def between_deliveries(self) -> float | None:
         """Seconds between deliveries (:attr:`interval` where frames come one at a time): how long a frame at
         the end of a batch waits for its next neighbour. ``None`` until two deliveries have come."""
-        if len(self._deliveries) < 2:
-            return None
-        return max(self._deliveries[-1][0] - self._deliveries[0][0], 0.0) / (len(self._deliveries) - 1)
+        with self._lock:
+            if len(self._deliveries) < 2:
+                return None
+            return max(self._deliveries[-1][0] - self._deliveries[0][0], 0.0) / (len(self._deliveries) - 1)
 
 
 @dataclass
@@ -182,8 +187,9 @@ class RoleState:
     # Token of the newest frame of this role handed to the queue (set by the RunEngine's thread): a frame
     # whose successor is already queued waits for it, however far behind the worker runs.
     latest_token: int = -1
-    # How often usable frames of this role come (worker only): the adaptive policy's frame rate, and how long a
-    # frame waits for its next neighbour
+    # How often frames of this role come, as they reach the queue (the RunEngine's thread; a worker that runs
+    # behind knows the rate as soon as the second delivery comes): the adaptive policy's frame rate, and how long
+    # a frame waits for its next neighbour
     arrivals: ArrivalRate = dataclasses.field(default_factory=ArrivalRate)
 
 

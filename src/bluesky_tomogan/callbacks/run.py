@@ -805,6 +805,7 @@ class RunDenoiser(PassThroughRun):
                            delivery=self._deliveries, exposure_s=exposure_s, role=role,
                            busy_at_receipt=self.busy_clock())
         stream.of(role).latest_token = item.token
+        stream.of(role).arrivals.add(item.received, item.delivery)  # how often they come, known as they come
         self._pending[item.token] = item
         if self._worker_error:  # nobody will take frames off the queue: their rows say why, now
             self._record_unfinished(f"not denoised: the worker stopped early ({self._worker_error})")
@@ -929,7 +930,6 @@ class RunDenoiser(PassThroughRun):
                                      finished=time.time()))
             return
         window = windows.setdefault((id(item.stream), item.role), [])
-        item.stream.of(item.role).arrivals.add(item.received, item.delivery)  # how often they come: _flush_stale
         window.append(item)
         half = self._depth(item.stream.field) // 2
         self._qc.feedback.note_lookahead(item.stream.bundle.descriptor_doc["name"], half)  # what a plan can wait for
