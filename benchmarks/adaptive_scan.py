@@ -93,6 +93,16 @@ def scan(den: Any, policy: str, args: argparse.Namespace, exposure: float, root:
     det.exposure_time.put(exposure)
     det.photon_flux.put(500 / exposure)
     RE(bp.count([det], num=1))  # the sample's projection, reused by every later frame, before the timed scan
+    cb, rows = recording_callback(den, policy, args, root)
+    RE.subscribe(cb)
+    t0 = time.perf_counter()
+    RE(bp.count([det], num=frames or args.frames))
+    return summary(policy, cb, rows, time.perf_counter() - t0)
+
+
+def recording_callback(den: Any, policy: str, args: argparse.Namespace,
+                       root: Path) -> tuple[TomoGANCallback, dict[str, list[Any]]]:
+    """The callback of a scan, and the derived stream's columns it fills as its rows come."""
     cb = TomoGANCallback(den, policy=policy, maxsize=args.maxsize, directory=root / "derived")
     rows: dict[str, list[Any]] = collections.defaultdict(list)
 
@@ -102,10 +112,11 @@ def scan(den: Any, policy: str, args: argparse.Namespace, exposure: float, root:
                 rows[key].extend(values)
 
     cb.subscribe(collect)
-    RE.subscribe(cb)
-    t0 = time.perf_counter()
-    RE(bp.count([det], num=frames or args.frames))
-    wall = time.perf_counter() - t0
+    return cb, rows
+
+
+def summary(policy: str, cb: TomoGANCallback, rows: dict[str, list[Any]], wall: float) -> dict[str, Any]:
+    """Frames, drops, the network of each frame denoised and its latency, of a scan that took ``wall`` seconds."""
     field = next(k.removesuffix("_source_uid") for k in rows if k.endswith("_source_uid"))
     ratios = [r for r, e in zip(rows[f"{field}_model"], rows[f"{field}_qc_error"], strict=True) if not e]
     latency = [x for x, e in zip(rows[f"{field}_qc_latency_s"], rows[f"{field}_qc_error"], strict=True) if not e]
@@ -136,15 +147,7 @@ def batched_scan(den: Any, policy: str, args: argparse.Namespace, period: float,
         "dtype_numpy": "<u2"}})
     resource = bundle.compose_stream_resource(mimetype="application/x-hdf5", uri=path.as_uri(), data_key="det_image",
                                               parameters={"dataset": "/entry/data/data"})
-    cb = TomoGANCallback(den, policy=policy, maxsize=args.maxsize, directory=root / "derived")
-    rows: dict[str, list[Any]] = collections.defaultdict(list)
-
-    def collect(name: str, doc: dict[str, Any]) -> None:
-        if name == "event_page":
-            for key, values in doc["data"].items():
-                rows[key].extend(values)
-
-    cb.subscribe(collect)
+    cb, rows = recording_callback(den, policy, args, root)
     t0 = time.perf_counter()
     for name, doc in (("start", bundle.start_doc), ("descriptor", desc.descriptor_doc),
                       ("stream_resource", resource.stream_resource_doc)):
@@ -156,15 +159,7 @@ def batched_scan(den: Any, policy: str, args: argparse.Namespace, period: float,
                                                          seq_nums={"start": first + 1, "stop": last + 1},
                                                          descriptor=desc.descriptor_doc))
     cb("stop", bundle.compose_stop())
-    wall = time.perf_counter() - t0
-    field = "det_image"
-    ratios = [r for r, e in zip(rows[f"{field}_model"], rows[f"{field}_qc_error"], strict=True) if not e]
-    latency = [x for x, e in zip(rows[f"{field}_qc_latency_s"], rows[f"{field}_qc_error"], strict=True) if not e]
-    return {"policy": policy, "frames": len(rows[f"{field}_ratio"]), "dropped": cb.dropped, "wall_s": wall,
-            "s_per_frame": wall / len(rows[f"{field}_ratio"]), "batch": args.batch,
-            "frames_per_network": dict(sorted(collections.Counter(ratios).items())),
-            "median_latency_s": statistics.median(latency) if latency else None,
-            "max_latency_s": max(latency) if latency else None}
+    return {**summary(policy, cb, rows, time.perf_counter() - t0), "batch": args.batch}
 
 
 def main(argv: list[str] | None = None) -> int:

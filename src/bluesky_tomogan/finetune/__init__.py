@@ -59,7 +59,8 @@ class FinetuneConfig:
     ----------
     source : str
         HDF5 file of projections, a Zeiss Xradia file, frames stored alone (a ``.npy`` stack, a multi-page
-        TIFF or a directory of TIFF files), or a Tiled URI (then ``uid`` names the run).
+        TIFF, a directory of TIFF files or a pattern of their names), or a Tiled URI (then ``uid`` names the
+        run).
     out_dir : str
         Where pairs, checkpoint, weights, exports and the card go.
     domain : {"slice", "projection"}
@@ -85,8 +86,9 @@ class FinetuneConfig:
         Seed of the pair sampling and training.
     angles, flats, darks : str, optional
         For frames stored alone: a file of their rotation angles in degrees (text or ``.npy``, one per
-        projection; default: evenly over [0, 180) degrees, with a warning), and files or directories of
-        open-beam and dark frames (:func:`~bluesky_tomogan.finetune.sources.read_scan_frames`).
+        projection; default: evenly over [0, 180) degrees, with a warning), and files, directories or quoted
+        patterns of TIFF names (``scan/flat_*.tif``) of open-beam and dark frames
+        (:func:`~bluesky_tomogan.finetune.sources.read_scan_frames`).
     rows : (int, int), optional
         Detector rows ``[first, stop)`` to fine-tune on (slices of a slab for the slice model, a
         band of each projection for the projection model). By default all of them if the pairs

@@ -105,7 +105,7 @@ class RatioDenoisers:
         # frames with noise, as a scan's: a frame of one value everywhere comes back as it is, without the network
         # (Denoiser: nothing to denoise), so a context of ones neither compiled nor timed anything (since b17f69b
         # the ladder's costs read 3-4 ms for every network at 512x512, and each lighter one's first real call,
-        # 60-160 ms, fell in the scan)
+        # with its compile, fell in the scan)
         context = np.random.default_rng(0).standard_normal((self.depth, *key), dtype=np.float32)
         context *= np.float32(20.0)
         context += np.float32(500.0)
