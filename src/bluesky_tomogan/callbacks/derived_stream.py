@@ -232,7 +232,6 @@ class QueuedFrame:
     received: float
     token: int
     exposure: int = 0  # which of its event's frames (events of an [N, H, W] field hold N)
-    delivery: int = 0  # the document call that delivered it (frames of one StreamDatum share it): ArrivalRate
     exposure_s: float | None = None  # its exposure time, from its descriptor's configuration (exposure_time)
     role: str | None = None  # "dark", "flat", "invalid" or None (a projection): frame_roles
     # The derived stream of the raw descriptor that announced it (``stream`` until the worker finds the

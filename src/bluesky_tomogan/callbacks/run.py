@@ -802,10 +802,9 @@ class RunDenoiser(PassThroughRun):
     def _enqueue(self, stream: DerivedStream, frame: Any, seq_num: int, uid: str, exposure: int = 0,
                  exposure_s: float | None = None, role: str | None = None) -> None:
         item = QueuedFrame(stream, frame, seq_num, uid, time.time(), next(self._tokens), exposure,
-                           delivery=self._deliveries, exposure_s=exposure_s, role=role,
-                           busy_at_receipt=self.busy_clock())
+                           exposure_s=exposure_s, role=role, busy_at_receipt=self.busy_clock())
         stream.of(role).latest_token = item.token
-        stream.of(role).arrivals.add(item.received, item.delivery)  # how often they come, known as they come
+        stream.of(role).arrivals.add(item.received, self._deliveries)  # how often they come, known as they come
         self._pending[item.token] = item
         if self._worker_error:  # nobody will take frames off the queue: their rows say why, now
             self._record_unfinished(f"not denoised: the worker stopped early ({self._worker_error})")
