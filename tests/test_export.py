@@ -973,3 +973,30 @@ def test_an_int8_ir_that_bf16_float_parts_put_beyond_tolerance_is_recorded_with_
     entry = json.loads(card_path.read_text())["quantization"]["openvino/int8"]
     assert entry["float_precision"] == "bf16" and entry["ssim_drop_worst"] > 0.01
     assert load_module.load_denoiser(card_path, backend="openvino", precision="auto").precision != "int8"
+
+
+
+def test_frames_whose_size_is_not_the_networks_multiple_are_exported_to_openvino_int8(tmp_path):
+    """A fine-tune of a 135x160 detector trains on 67x80 pairs; NNCF's accuracy control runs the IR on
+    whole test frames, which the network's graph cannot take (it failed after the whole fine-tune)."""
+    pytest.importorskip("nncf", reason="the OpenVINO int8 export needs the export extra")
+    from bluesky_tomogan.export.pipeline import export_model
+    from bluesky_tomogan.inference import load_card, load_denoiser
+    from bluesky_tomogan.model.train import TrainConfig, train
+    from bluesky_tomogan.simulate.datasets import PairSet, write_dataset
+
+    def odd(pairs: PairSet) -> PairSet:  # 37x45 frames
+        return PairSet(pairs.ns[:, :37, :45].copy(), pairs.gt[:, :37, :45].copy(), pairs.group)
+
+    data = write_dataset(tmp_path / "odd.h5", odd(_smooth_pairs(6, 48, 0)), odd(_smooth_pairs(6, 48, 1)),
+                         {"domain": "projection"})
+    config = TrainConfig(data=str(data), out_dir=str(tmp_path / "run"), name="odd", patch=32, batch=4,
+                         steps_per_epoch=2, max_epochs=1, adv_weight=0.0, feat_weight=0.0, precision="fp32",
+                         threads=1, val_frames=2, arch=GeneratorConfig(width=0.25))
+    run = train(config, progress=False)
+    card_path = export_model(run.weights.parent, tmp_path / "out", data, formats=("openvino",))
+    card = load_card(card_path)
+    assert card.quantization["openvino/int8"]["frames"] == 6  # measured on every test frame
+    assert card.metrics["val_frame_shape"] == [32, 40]  # the frames NNCF validated on: their centre, cut to 8s
+    den = load_denoiser(card_path, backend="openvino", precision="int8")
+    assert np.isfinite(den.denoise_context(np.ones((3, 37, 45), np.float32) * 0.5 + 0.01)).all()

@@ -14,7 +14,9 @@ from bluesky_tomogan.model.data import PatchSampler  # noqa: E402
 from bluesky_tomogan.model.losses import pixel_loss  # noqa: E402
 from bluesky_tomogan.model.network import GeneratorConfig, TomoGANGenerator  # noqa: E402
 from bluesky_tomogan.model.train import TrainConfig, load_generator, train  # noqa: E402
-from bluesky_tomogan.simulate.datasets import read_dataset  # noqa: E402
+from bluesky_tomogan.simulate.datasets import read_dataset, write_dataset  # noqa: E402
+
+from .conftest import pairs_of  # noqa: E402
 
 
 def _config(data, out, **kw):
@@ -236,6 +238,19 @@ def test_fake_quantisation_is_removed_after_the_block():
         after = gen(x)
     assert torch.equal(before, after)
     assert not torch.equal(before, rounded)
+
+
+def test_frames_of_any_size_are_validated_whole(tmp_path):
+    """A fine-tune's pairs are half a detector's size (67x80 from 135x160 frames): validation pads them to the
+    network's multiple of 8, as inference does, instead of failing after the first epoch."""
+    data = write_dataset(tmp_path / "odd.h5", pairs_of(12, 36, 44), pairs_of(4, 37, 45))
+    result = train(_config(data, tmp_path / "out", max_epochs=1, steps_per_epoch=2), progress=False)
+    (epoch,) = result.history
+    assert np.isfinite([epoch["val_psnr"], epoch["val_ssim"]]).all()
+    gen = load_generator(result.weights)
+    x = torch.from_numpy(np.stack([read_dataset(data).split("test").ns[i] for i in (0, 0, 1)]))[None]
+    with pytest.raises(ValueError, match="multiples of 8"):  # what validation met before
+        gen(x)
 
 
 def test_unwritable_output_directory_is_a_clear_error(tiny_dataset, tmp_path):

@@ -187,14 +187,19 @@ QUALITY_FRAMES = 48
 MEASURE_EDGE = 256
 
 
-def centre_crop(pairs: PairSet, edge: int = MEASURE_EDGE) -> PairSet:
+def centre_crop(pairs: PairSet, edge: int = MEASURE_EDGE, multiple: int = 1) -> PairSet:
     """``pairs`` with every frame cut to its centre ``edge`` x ``edge`` (views: nothing is copied).
 
-    A side no longer than ``edge`` stays whole.
+    A side no longer than ``edge`` stays whole, but for its last pixels beyond a ``multiple`` (the
+    network's :attr:`~bluesky_tomogan.model.network.GeneratorConfig.size_multiple`, for frames that
+    a network's graph takes whole: a fine-tune's half-resolution pairs of a 135-row detector are 67
+    rows).
     """
     h, w = pairs.ns.shape[1:]
-    r, c = max(0, (h - edge) // 2), max(0, (w - edge) // 2)
-    window = (slice(None), slice(r, r + edge), slice(c, c + edge))
+    keep_h, keep_w = min(h, edge), min(w, edge)
+    keep_h, keep_w = keep_h - keep_h % multiple, keep_w - keep_w % multiple
+    r, c = (h - keep_h) // 2, (w - keep_w) // 2
+    window = (slice(None), slice(r, r + keep_h), slice(c, c + keep_w))
     return PairSet(pairs.ns[window], pairs.gt[window], pairs.group)
 
 
@@ -538,7 +543,8 @@ def export_model(
         check_activation_copies(gen.correction_network(), openvino_copies)
     dataset = read_dataset(data)
     # the frames the card's quality is measured on, which NNCF's accuracy control validates on too
-    train, test = dataset.split("train"), centre_crop(dataset.split("test"))
+    # (NNCF runs the IR itself, on whole frames: cut to the network's multiple)
+    train, test = dataset.split("train"), centre_crop(dataset.split("test"), multiple=gen.config.size_multiple)
     # the card lists what lies in `out`: the files this export leaves there from an earlier one (in
     # place: the source's own), never the source's entries for files that were not written
     files = _files_kept(out / f"{name}.json", formats)

@@ -34,6 +34,7 @@ from .. import __version__
 from ..context import DEFAULT_THRESHOLD
 from ..cpu import dispatch_cpu_flags as current_cpu_flags
 from ..errors import ModelLoadError, OutputPathError
+from ..inference.tiling import pad_to
 from ..metrics import psnr, ssim
 from ..modelcard import sha256_of, write_card
 from ..simulate.datasets import PairSet, read_dataset
@@ -222,11 +223,16 @@ def _validate(gen: TomoGANGenerator, pairs: PairSet, n_frames: int) -> dict[str,
     idx = np.unique(np.linspace(0, len(pairs.ns) - 1, min(n_frames, len(pairs.ns))).astype(int))
     depth = gen.config.in_channels
     out: dict[str, list[float]] = {"psnr": [], "ssim": [], "raw_psnr": [], "raw_ssim": []}
+    m = gen.config.size_multiple
     gen.eval()
     with torch.no_grad():
         for i in idx:
             x, y = normalised_frames(pairs, int(i), depth)
-            pred = gen(torch.from_numpy(x[None]))[0, 0].numpy()
+            # frames of any size (a fine-tune's half-resolution pairs of a 135-row detector are 67 rows):
+            # padded by reflection to the network's multiple, as the inference tiles pad, and cropped back
+            h, w = x.shape[-2:]
+            padded = np.ascontiguousarray(pad_to(x, -(-h // m) * m, -(-w // m) * m))
+            pred = gen(torch.from_numpy(padded[None]))[0, 0, :h, :w].numpy()
             out["psnr"].append(psnr(y[0], pred))
             out["ssim"].append(ssim(y[0], pred))
             out["raw_psnr"].append(psnr(y[0], x[depth // 2]))
