@@ -45,6 +45,28 @@ def test_context_offsets_stand_in_with_the_mirror_then_the_centre():
     assert context_indices(group, 3, 3) == [4, 3, 4]
 
 
+
+def test_a_mirror_stands_in_only_near_the_view_it_stands_for():
+    """Under rotation a mirrored neighbour moves the wrong way: it stands for a view twice as far from the missing
+    one as from the centre. Given angles, a mirror stands in only within half of NEIGHBOUR_DEGREES, else the frame
+    itself (``benchmarks/stand_ins.py``: at steps of 1.9 degrees and more the ends scored higher so)."""
+    from bluesky_tomogan.frames import NEIGHBOUR_DEGREES, context_offsets, mirror_stands_in
+
+    group = np.zeros(6, np.int32)
+    fine, two, four = np.arange(6) * 0.9, np.arange(6) * 2.0, np.arange(6) * 3.75
+    assert context_indices(group, 0, 5, fine) == [2, 1, 0, 1, 2]  # as without angles: mirrors near enough
+    assert context_indices(group, 0, 5, two) == [0, 1, 0, 1, 2]  # the mirror 4 degrees out is too far
+    assert context_indices(group, 0, 5, four) == [0, 0, 0, 1, 0]  # the +2 neighbour 7.5 degrees away is no context
+    assert context_indices(group, 5, 5, two) == [3, 4, 5, 4, 5]
+    assert context_offsets(5, 2, 1, mirror=lambda o: abs(o) < 2) == [-2, -1, 0, 1, 0]
+    assert context_offsets(5, 2, 1) == [-2, -1, 0, 1, -2]
+    assert mirror_stands_in(NEIGHBOUR_DEGREES / 2, 0.0) and not mirror_stands_in(NEIGHBOUR_DEGREES / 2 + 0.1, 0.0)
+    # recorded angles jitter: a real scan of 2-degree steps recorded 43.7999 and 47.8 (4.0001 apart)
+    jittered = np.array([39.8, 41.8, 43.7999, 45.8, 47.8, 49.8])
+    assert context_indices(group, 2, 5, jittered) == [0, 1, 2, 3, 4]
+    assert context_indices(group, 0, 5, jittered - 0.0001 * np.arange(6)) == [0, 1, 0, 1, 2]
+    assert context_indices(group, 0, 5, np.full(6, np.nan)) == [2, 1, 0, 1, 2]  # angles not known: mirrored
+
 def test_a_nearby_view_is_close_and_another_sample_is_far(scans):
     a, b = scans.ns[:6], scans.ns[6:]
     for scan in (a, b):
@@ -224,6 +246,20 @@ def test_neighbours_far_in_angle_are_left_out_of_a_projections_context(RE, tmp_p
     raw, denoised, _ = out[fine[4]]
     assert not np.allclose(denoised, den.denoise_context(np.stack([raw] * den.depth)), atol=1e-3)
 
+
+def test_live_a_mirror_stands_in_only_near_the_view_it_stands_for_and_angles_may_jitter(RE, tmp_path):
+    """The callback's stand-ins at a stream's start follow ``context_indices`` given the angles: with 2-degree steps
+    the first projection's farther neighbours' stand-ins are the frame itself (mirrored, before: on a real I12 scan
+    of 2-degree steps the first and last frames were flagged ``out_of_distribution``). A neighbour 4.0001 degrees
+    away, as recorded angles jitter, is context as one 4 degrees away is (before: left out, its mirror in)."""
+    angles = [0.0, 2.0, 4.0, 6.0, 8.0001, 10.0, 12.0]
+    den, out = _projections_in_the_order_taken(RE, tmp_path, angles)
+    raw = np.stack([out[a][0] for a in angles])
+    first = den.denoise_context(raw[[0, 1, 0, 1, 2]])
+    np.testing.assert_allclose(out[0.0][1], first, atol=1e-3)
+    assert not np.allclose(first, den.denoise_context(raw[[2, 1, 0, 1, 2]]), atol=1e-3)
+    np.testing.assert_allclose(out[4.0][1], den.denoise_context(raw[[0, 1, 2, 3, 4]]), atol=1e-3)
+    np.testing.assert_allclose(out[12.0][1], den.denoise_context(raw[[4, 5, 6, 5, 6]]), atol=1e-3)
 
 def test_the_angle_rule_does_not_depend_on_when_the_events_come(RE, tmp_path, monkeypatch):
     """bluesky emits a frame's StreamDatum before its event, and the worker may take the frame before the callback

@@ -56,7 +56,15 @@ from event_model.documents import EventDescriptor, EventPage, RunStart, RunStop
 
 from ..errors import InputValueError, OutputPathError, TomoGANError
 from ..frame_roles import DARK, FLAT, FRAME_ROLES, INVALID, FrameRoles
-from ..frames import cast_frames, centred, context_indices, context_offsets, near_in_angle, usable_reach
+from ..frames import (
+    cast_frames,
+    centred,
+    context_indices,
+    context_offsets,
+    mirror_stands_in,
+    near_in_angle,
+    usable_reach,
+)
 from ..handlers import fill_datum
 from ..inference.denoiser import Denoiser, check_frames, takes_frame_keys
 from ..inference.ratios import RatioController, RatioDenoisers, network_name
@@ -1018,21 +1026,34 @@ class RunDenoiser(PassThroughRun):
 
     def _near_in_angle(self, item: QueuedFrame, context: list[QueuedFrame]) -> list[QueuedFrame]:
         """``context`` with the neighbours more than NEIGHBOUR_DEGREES (frames.py) from ``item``'s angle, and those
-        beyond them, replaced by stand-ins (the rule of a scan's ends). Frames whose angle is not known (a count,
-        a fly scan's capture in a file) are kept, as frames of the same view."""
+        beyond them, replaced by stand-ins (the rule of a scan's ends); a mirrored stand-in, here or at a scan's
+        end, only where it lies near the view it stands for (``mirror_stands_in``), else the frame itself. Frames
+        whose angle is not known (a count, a fly scan's capture in a file) are kept, as frames of the same view."""
         centre = self._qc.angle_of(item, wait=ANGLE_WAIT)
         half = len(context) // 2
         if centre is None or half == 0:
             return context
 
+        def angle(o: int) -> float | None:
+            return self._qc.angle_of(context[half + o], wait=ANGLE_WAIT)
+
         def near(o: int) -> bool:
-            angle = self._qc.angle_of(context[half + o], wait=ANGLE_WAIT)
-            return angle is None or near_in_angle(angle, centre)
+            # a neighbour taken before the centre frame stands before it (frames come in order): else it is a
+            # stand-in that a stream's end put there (_context), to be judged as one
+            token = context[half + o].token
+            if not (token > item.token if o > 0 else token < item.token):
+                return False
+            a = angle(o)
+            return a is None or near_in_angle(a, centre)
+
+        def mirror(o: int) -> bool:
+            a = angle(o)
+            return a is None or mirror_stands_in(a, centre)
 
         left, right = usable_reach(half, near)
         if left == right == half:
             return context
-        return [context[half + o] for o in context_offsets(len(context), left, right)]
+        return [context[half + o] for o in context_offsets(len(context), left, right, mirror)]
 
     def _network(self, item: QueuedFrame) -> Denoiser:
         """The denoiser for ``item``: with ``policy="adaptive"``, at the ratio the queue's backlog and the frame
