@@ -14,8 +14,9 @@ training), the shipped projection model (ONNX Runtime fp32: the same numbers on 
 - each scan's first and last frames with mirrored stand-ins (the rule before), with the rule of
   :func:`bluesky_tomogan.frames.context_indices` given the angles (a mirror only within half of
   ``NEIGHBOUR_DEGREES``, else the frame itself), and alone;
-- a frame inside the scan with all its neighbours, and with its second neighbour after it missing (its
-  stand-in mirrored, or the frame itself).
+- a frame inside the scan with all its neighbours, by the rule (neighbours more than ``NEIGHBOUR_DEGREES``
+  away left out), alone, and with its second neighbour after it missing (its stand-in mirrored, or the
+  frame itself).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def one_case(den: Any, size: int, n_angles: int, photons: float, scans: int) -> 
         "ends, by the rule": [(end, context_indices(group, end, den.depth, angles)) for end in mirrored],
         "ends, alone": [(end, [end] * den.depth) for end in mirrored],
         "inside, all neighbours": [(inside, list(range(inside - 2, inside + 3)))],
+        "inside, by the rule": [(inside, context_indices(group, inside, den.depth, angles))],
+        "inside, alone": [(inside, [inside] * den.depth)],
         "inside, +2 missing, mirrored": [(inside, [inside - 2, inside - 1, inside, inside + 1, inside - 2])],
         "inside, +2 missing, itself": [(inside, [inside - 2, inside - 1, inside, inside + 1, inside])],
     }
