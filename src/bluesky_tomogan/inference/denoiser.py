@@ -241,8 +241,9 @@ class Denoiser:
         frame is its own context. Neighbours that do not show the same thing are
         withheld the same way where the card asks for it (see the class notes),
         and so are, given the frames' angles, neighbours more than
-        :data:`~bluesky_tomogan.frames.NEIGHBOUR_DEGREES` away in angle, and, given
-        their groups, neighbours of another group (the rule of the live callback).
+        :data:`~bluesky_tomogan.frames.NEIGHBOUR_DEGREES` away in angle (and a mirror stands in
+        only near the view it stands for: :func:`~bluesky_tomogan.frames.mirror_stands_in`), and,
+        given their groups, neighbours of another group (the rule of the live callback).
 
         Parameters
         ----------
