@@ -45,7 +45,6 @@ def test_context_offsets_stand_in_with_the_mirror_then_the_centre():
     assert context_indices(group, 3, 3) == [4, 3, 4]
 
 
-
 def test_a_mirror_stands_in_only_near_the_view_it_stands_for():
     """Under rotation a mirrored neighbour moves the wrong way: it stands for a view twice as far from the missing
     one as from the centre. Given angles, a mirror stands in only within half of NEIGHBOUR_DEGREES, else the frame
@@ -64,8 +63,9 @@ def test_a_mirror_stands_in_only_near_the_view_it_stands_for():
     # recorded angles jitter: a real scan of 2-degree steps recorded 43.7999 and 47.8 (4.0001 apart)
     jittered = np.array([39.8, 41.8, 43.7999, 45.8, 47.8, 49.8])
     assert context_indices(group, 2, 5, jittered) == [0, 1, 2, 3, 4]
-    assert context_indices(group, 0, 5, jittered - 0.0001 * np.arange(6)) == [0, 1, 0, 1, 2]
+    assert context_indices(group, 0, 5, jittered - 0.0001 * np.arange(6)) == [0, 1, 0, 1, 2]  # mirror 1.9999 out
     assert context_indices(group, 0, 5, np.full(6, np.nan)) == [2, 1, 0, 1, 2]  # angles not known: mirrored
+
 
 def test_a_nearby_view_is_close_and_another_sample_is_far(scans):
     a, b = scans.ns[:6], scans.ns[6:]
