@@ -261,6 +261,37 @@ def test_live_a_mirror_stands_in_only_near_the_view_it_stands_for_and_angles_may
     np.testing.assert_allclose(out[4.0][1], den.denoise_context(raw[[0, 1, 2, 3, 4]]), atol=1e-3)
     np.testing.assert_allclose(out[12.0][1], den.denoise_context(raw[[4, 5, 6, 5, 6]]), atol=1e-3)
 
+def test_each_neighbours_angle_is_asked_once_per_context(RE, tmp_path, monkeypatch):
+    """The worker may wait up to a second for a neighbour's angle; the stand-in rule reads the angles the
+    neighbour rule read, without asking (and waiting) again."""
+    import threading
+
+    from bluesky_tomogan.callbacks import run, run_qc
+
+    contexts: list[list[int]] = []
+    inside = threading.local()  # the worker's questions while it builds a context, not QC's on other threads
+    angle_of, near_in_angle = run_qc.RunQC.angle_of, run.RunDenoiser._near_in_angle
+
+    def counting_angle_of(self, item, wait=0.0):
+        if getattr(inside, "calls", None) is not None:
+            inside.calls.append(item.seq_num)
+        return angle_of(self, item, wait)
+
+    def one_context(self, item, context):
+        inside.calls = []
+        try:
+            return near_in_angle(self, item, context)
+        finally:
+            contexts.append(inside.calls)
+            inside.calls = None
+
+    monkeypatch.setattr(run_qc.RunQC, "angle_of", counting_angle_of)
+    monkeypatch.setattr(run.RunDenoiser, "_near_in_angle", one_context)
+    _projections_in_the_order_taken(RE, tmp_path, [0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0])
+    assert any(len(c) > 3 for c in contexts)  # the ends asked about stand-ins too
+    for calls in contexts:
+        assert len(calls) == len(set(calls)), calls
+
 def test_the_angle_rule_does_not_depend_on_when_the_events_come(RE, tmp_path, monkeypatch):
     """bluesky emits a frame's StreamDatum before its event, and the worker may take the frame before the callback
     thread has seen the event with its angle. Events seen late (50 ms each) give the same denoised frames: the

@@ -1034,8 +1034,12 @@ class RunDenoiser(PassThroughRun):
         if centre is None or half == 0:
             return context
 
-        def angle(o: int) -> float | None:
-            return self._qc.angle_of(context[half + o], wait=ANGLE_WAIT)
+        angles: dict[int, float | None] = {}
+
+        def angle(o: int) -> float | None:  # asked once per neighbour: a neighbour's angle may be waited for
+            if o not in angles:
+                angles[o] = self._qc.angle_of(context[half + o], wait=ANGLE_WAIT)
+            return angles[o]
 
         def near(o: int) -> bool:
             # a neighbour taken before the centre frame stands before it (frames come in order): else it is a
