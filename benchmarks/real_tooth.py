@@ -16,6 +16,13 @@ Usage::
 
     python benchmarks/real_tooth.py data/tooth.h5 [--every 4] [--models tomogan-slice before=runs/x] [--figure f.png]
 
+Any other scan that ``bluesky-tomogan finetune`` reads is checked the same way (frames stored alone take
+``--angles/--flats/--darks``; ``--row-step k`` reconstructs every k-th detector row), for example
+Diamond I12's scan in Savu's test data (docs/benchmarks.md, "Real data: a Diamond I12 scan")::
+
+    python benchmarks/real_tooth.py image_test/tiffs --angles angles91.txt --flats image_test/flat_00001.tiff \
+        --darks image_test/dark_00001.tiff --row-step 8
+
 A model runs in fp32 in ONNX Runtime; ``MODEL:PRECISION`` (``tomogan-slice-light:auto``,
 ``tomogan-slice:int8``) runs it as ``load_denoiser(MODEL, precision=PRECISION)`` does, on the
 backend that picks; ``MODEL:PRECISION:N`` (``tomogan-slice:fp32:8``) with a self-ensemble of ``N``.
@@ -61,17 +68,23 @@ def main(argv: list[str] | None = None) -> int:
                     help="shipped names, cards or directories; LABEL=MODEL names a model's row and panel; "
                          "MODEL:PRECISION (auto, int8, bf16, fp32) runs it on the backend load_denoiser picks "
                          "instead of ONNX Runtime fp32; MODEL:PRECISION:N with a self-ensemble of N (1, 2, 4, 8)")
+    ap.add_argument("--angles", help="the projections' angles in degrees, a file (as `finetune --angles` reads)")
+    ap.add_argument("--flats", help="flat fields: a file or directory (as `finetune --flats` reads)")
+    ap.add_argument("--darks", help="dark fields: a file or directory (as `finetune --darks` reads)")
+    ap.add_argument("--key", help="the projections' dataset in an HDF5 file")
+    ap.add_argument("--row-step", type=int, default=1,
+                    help="reconstruct every k-th detector row (default 1: all; the figure shows the first)")
     ap.add_argument("--figure")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
-    scan = read_scan(args.path)
+    scan = read_scan(args.path, key=args.key, angles=args.angles, flats=args.flats, darks=args.darks)
     center = rotation_center(scan)
     sparse = np.arange(0, len(scan.angles), args.every)
     named = dict(m.split("=", 1) if "=" in m else (m, m) for m in args.models)
     denoisers = {label: _denoiser(model) for label, model in named.items()}
     results: dict[str, list[float]] = {}
     images: dict[str, np.ndarray] = {}
-    for row in range(scan.shape[1]):
+    for row in range(0, scan.shape[1], args.row_step):
         t = corrected_sinogram(scan.projections[:, row, :], scan.flats[row], scan.darks[row])
         reference = reconstruct(t, scan.angles, center).slice
         noisy = reconstruct(t[sparse], scan.angles[sparse], center).slice
@@ -92,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             outputs[f"{method} (oracle-tuned)"] = best
         for label, img in outputs.items():
             results.setdefault(label, []).append(scaled_ssim(reference, img, mask))
-        if row == 0:
+        if not images:
             images = outputs | {"full-view FBP (reference)": reference}
     summary = {k: float(np.mean(v)) for k, v in results.items()}
     print(f"rotation centre {center:.2f}; {len(sparse)} of {len(scan.angles)} projections")
@@ -110,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         ref = images["full-view FBP (reference)"]
         lo, hi = np.percentile(ref, [1, 99])
         c = ref.shape[0] // 2
-        crop = slice(c - 160, c + 160)
+        crop = slice(c - min(c, 160), c + min(c, 160))
         fig, axes = plt.subplots(1, len(images), figsize=(3.2 * len(images), 3.6))
         for ax, (label, img) in zip(axes, images.items(), strict=True):
             ax.imshow(img[crop, crop], cmap="gray", vmin=lo, vmax=hi)

@@ -95,6 +95,10 @@ def test_simulate_writes_a_dataset_the_trainer_reads(tmp_path, capsys):
     assert read_dataset(grain).recipe["sample_grain"] == [0.2, 0.3]
     assert main(["simulate", str(tmp_path / "x.h5"), "--sample-grain", "0.2", "0.9"]) == 2
     assert "sample_grain is a relative RMS of at most 0.5" in capsys.readouterr().err
+    wide = tmp_path / "w.h5"
+    assert main(["simulate", str(wide), "--size", "32", "--n-train", "1", "--n-test", "1",
+                 "--beyond-view", "1", "--beyond-width", "1.5", "2"]) == 0
+    assert read_dataset(wide).recipe["beyond_view"] == 1 and read_dataset(wide).recipe["beyond_width"] == [1.5, 2]
 
 
 def test_train_on_a_bad_file_is_one_clear_error_line(tmp_path, capsys):

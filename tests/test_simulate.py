@@ -219,3 +219,33 @@ def test_older_recipes_still_give_the_same_data(tiny_recipe):
     a = simulate_pairs(tiny_recipe, 1, seed=9)
     b = simulate_pairs(replace(tiny_recipe, realistic_fraction=1.0, psf_sigma=(0.0, 0.0)), 1, seed=9)
     np.testing.assert_array_equal(a.ns, b.ns)
+
+
+def test_a_sample_wider_than_the_field_of_view_leaves_no_column_of_open_beam():
+    # local tomography: the detector sees the middle of a sample that is wider at every angle
+    vol = make_phantom("foam", 64, 2)[30:34]
+    rng = np.random.default_rng(0)
+    whole = simulate_scan(vol, angles_deg(12), DetectorModel(photons=1e4), rng)
+    middle = simulate_scan(vol, angles_deg(12), DetectorModel(photons=1e4), rng, columns=32)
+    assert whole.frames.shape == (12, 4, 64) and middle.frames.shape == (12, 4, 32)
+    assert whole.sinogram_clean[..., 0].max() == 0  # the sample's edge is in view: open beam beside it
+    assert middle.sinogram_clean.min() > 0  # every column of every frame looks through the sample
+    np.testing.assert_array_equal(middle.sinogram_clean, whole.sinogram_clean[..., 16:48])
+
+
+def test_a_slice_of_a_sample_wider_than_the_field_of_view_fills_the_reconstruction_circle():
+    from dataclasses import replace
+
+    plain = Recipe(domain="slice", size=32, n_angles=48, view_fractions=(1 / 4,), families=("foam",))
+    wide = replace(plain, beyond_view=1.0, beyond_width=(2.0, 2.0))
+    a, b = simulate_pairs(plain, 1, seed=5), simulate_pairs(wide, 1, seed=5)
+    assert a.gt.shape == b.gt.shape == (32, 32, 32)
+    r = np.hypot(*(np.mgrid[:32, :32] - 15.5))
+    rim, centre = (r > 0.95 * 16) & (r < 15.5), r < 8  # beyond the in-view sample's cylinder; its middle
+    assert abs(a.gt[:, rim].mean()) < 0.1 * a.gt[:, centre].mean()
+    assert b.gt[:, rim].mean() > 0.5 * b.gt[:, centre].mean()  # truncation: the rim rises, in the target too
+    assert psnr(b.gt[16], b.ns[16]) < 30
+    with pytest.raises(ValueError, match="beyond_view"):
+        replace(plain, beyond_view=1.5)
+    with pytest.raises(ValueError, match="beyond_width"):
+        replace(plain, beyond_view=0.5, beyond_width=(0.8, 1.2))

@@ -131,7 +131,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         fringes=tuple(args.fringes), column_gain_error=tuple(args.column_gain_error), filters=tuple(args.filters),
         pixel_gain_error=tuple(args.pixel_gain_error), sample_grain=tuple(args.sample_grain),
         eight_bit=args.eight_bit,
-        realistic_fraction=args.realistic_fraction,
+        realistic_fraction=args.realistic_fraction, beyond_view=args.beyond_view,
+        beyond_width=tuple(args.beyond_width),
         view_fractions=tuple(args.view_fractions), n_angles=args.n_angles,
         )
     except ValueError as exc:
@@ -683,6 +684,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="slice domain: fraction of scans stored 8-bit, percentile-clipped (default 0)")
     s.add_argument("--realistic-fraction", type=float, default=1.0,
                    help="fraction of scans that get the detector and storage effects above (default 1)")
+    s.add_argument("--beyond-view", type=float, default=0.0,
+                   help="fraction of scans whose sample is wider than the field of view at every angle (local "
+                        "tomography; default 0)")
+    s.add_argument("--beyond-width", type=float, nargs=2, default=[1.3, 2.2], metavar=("LOW", "HIGH"),
+                   help="such a sample's phantom width over the field of view (default 1.3 2.2)")
     s.add_argument("--view-fractions", type=float, nargs="+", default=[0.5, 0.25, 0.125],
                    help="slice domain: sparse-view fractions drawn per scan (default 0.5 0.25 0.125)")
     s.add_argument("--n-angles", type=count(3), default=192, help="angles of the full scan (default 192)")

@@ -28,6 +28,7 @@ from .tomography import (
     DetectorModel,
     angles_deg,
     fbp,
+    middle_columns,
     project,
     scale_to_max_attenuation,
     simulate_scan,
@@ -107,6 +108,16 @@ class Recipe:
         Fraction of scans that get ``psf_sigma``, ``zinger_rate``, ``fringes``,
         ``column_gain_error``, ``pixel_gain_error``, ``sample_grain`` and ``eight_bit``; the others are
         ideal, so one dataset teaches both.
+    beyond_view : float
+        Fraction of scans whose sample is wider than the detector's field of view at every angle
+        (local or interior tomography: a beamline imaging part of a larger sample). Drawn for every
+        scan, ideal or not. The detector sees the middle ``size`` columns of the sample's
+        projections, so no column is open beam; a slice reconstructed from them fills the
+        reconstruction circle and rises towards its rim (truncation), in the targets too: the
+        model denoises, it does not undo the truncation.
+    beyond_width : tuple of float
+        Range (uniform) of such a sample's phantom width over the field of view; the phantom
+        fills 0.92 of its width, so 1.3-2.2 puts the sample's edge 1.2-2 fields of view apart.
     """
 
     domain: Domain = "slice"
@@ -126,6 +137,8 @@ class Recipe:
     filters: tuple[str, ...] = ("ramp",)
     eight_bit: float = 0.0
     realistic_fraction: float = 1.0
+    beyond_view: float = 0.0
+    beyond_width: tuple[float, float] = (1.3, 2.2)
 
     def __post_init__(self) -> None:
         if self.domain not in ("slice", "projection"):
@@ -147,8 +160,10 @@ class Recipe:
         bad = set(self.filters) - set(FILTERS)
         if bad or not self.filters:
             raise ValueError(f"unknown FBP filters {sorted(bad)}; choose from {FILTERS}")
-        if not (0 <= self.eight_bit <= 1 and 0 <= self.realistic_fraction <= 1):
-            raise ValueError("eight_bit and realistic_fraction are fractions in [0, 1]")
+        if not (0 <= self.eight_bit <= 1 and 0 <= self.realistic_fraction <= 1 and 0 <= self.beyond_view <= 1):
+            raise ValueError("eight_bit, realistic_fraction and beyond_view are fractions in [0, 1]")
+        if not 1.1 <= self.beyond_width[0] <= self.beyond_width[1] <= 4:
+            raise ValueError(f"beyond_width must be a range 1.1 <= low <= high <= 4, got {self.beyond_width}")
 
 
 @dataclass
@@ -160,15 +175,31 @@ class PairSet:
     group: np.ndarray
 
 
+def _wider_phantom(family: str, size: int, width: float, seed: int) -> np.ndarray:
+    """A phantom ``width`` times the field of view across, its middle ``size`` rows: ``(size, m, m)``."""
+    m = size + 2 * int(round(size * (width - 1) / 2))  # the same margin on both sides
+    first = (m - size) // 2
+    return np.ascontiguousarray(make_phantom(family, m, seed=seed)[first : first + size])
+
+
 def _one_scan(recipe: Recipe, seed: int, index: int) -> PairSet:
     rng = np.random.default_rng([seed, index])
     family = recipe.families[index % len(recipe.families)]
-    vol = make_phantom(family, recipe.size, seed=int(rng.integers(2**31)))
-    vol = scale_to_max_attenuation(vol, float(rng.uniform(*recipe.max_attenuation)))
+    phantom_seed = int(rng.integers(2**31))
+    max_attenuation = float(rng.uniform(*recipe.max_attenuation))
     lo, hi = np.log(recipe.photons[0]), np.log(recipe.photons[1])
     photons = float(np.exp(rng.uniform(lo, hi)))
     # Extra draws only when an option is on, so datasets of older recipes are reproduced exactly.
     realistic = recipe.realistic_fraction >= 1 or bool(rng.random() < recipe.realistic_fraction)
+    width = 1.0
+    if recipe.beyond_view > 0 and rng.random() < recipe.beyond_view:
+        width = float(rng.uniform(*recipe.beyond_width))
+    if width > 1:
+        vol = _wider_phantom(family, recipe.size, width, phantom_seed)
+    else:
+        vol = make_phantom(family, recipe.size, seed=phantom_seed)
+    vol = scale_to_max_attenuation(vol, max_attenuation)
+    columns = recipe.size if width > 1 else None
 
     def draw(bounds: tuple[float, float]) -> float:
         return float(rng.uniform(*bounds)) if realistic and bounds[1] > 0 else 0.0
@@ -187,20 +218,21 @@ def _one_scan(recipe: Recipe, seed: int, index: int) -> PairSet:
         if k and k < len(angles):
             start = int(rng.integers(0, len(angles) - k + 1))
             angles = angles[start : start + k]
-        scan = simulate_scan(vol, angles, detector, rng)
+        scan = simulate_scan(vol, angles, detector, rng, columns=columns)
         ns, gt = scan.frames, scan.expected
     else:
         frac = float(rng.choice(recipe.view_fractions))
         filt = str(rng.choice(recipe.filters)) if len(recipe.filters) > 1 else recipe.filters[0]
         sparse_angles = angles_deg(recipe.n_angles, frac)
-        scan = simulate_scan(vol, sparse_angles, detector, rng)
+        scan = simulate_scan(vol, sparse_angles, detector, rng, columns=columns)
         full = angles_deg(recipe.n_angles)
-        clean = -np.log(with_fringes(np.exp(-project(vol, full)), detector.fringes))
+        clean = -np.log(with_fringes(np.exp(-middle_columns(project(vol, full), columns)), detector.fringes))
         ns = np.stack([fbp(scan.sinogram_noisy[:, z], sparse_angles, filt) for z in range(recipe.size)])
         gt = np.stack([fbp(clean[:, z], full, filt) for z in range(recipe.size)])
         if recipe.eight_bit > 0 and realistic and rng.random() < recipe.eight_bit:
             ns, gt = stored_as_8bit(ns, gt)
-    log.debug("scan %d: %s, %.0f photons, sample grain %.3f", index, family, detector.photons, grain)
+    log.debug("scan %d: %s, %.0f photons, sample grain %.3f, %.2f fields of view wide", index, family,
+              detector.photons, grain, width)
     group = np.full(len(ns), index, np.int32)
     return PairSet(ns.astype(np.float32), gt.astype(np.float32), group)
 

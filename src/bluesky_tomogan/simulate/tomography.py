@@ -19,6 +19,7 @@ from skimage.transform import iradon, iradon_sart
 __all__ = [
     "angles_deg",
     "project",
+    "middle_columns",
     "scale_to_max_attenuation",
     "DetectorModel",
     "LowDoseScan",
@@ -101,6 +102,15 @@ def project(volume: np.ndarray, angles: np.ndarray) -> np.ndarray:
     for i, a in enumerate(angles):
         out[i] = (_projector(n, float(a)) @ flat).T
     return out
+
+
+def middle_columns(line: np.ndarray, columns: int | None) -> np.ndarray:
+    """The middle ``columns`` detector columns of projections ``(..., x_det)`` (all where ``None``): what a
+    detector narrower than the sample sees of it."""
+    if columns is None or columns >= line.shape[-1]:
+        return line
+    first = (line.shape[-1] - columns) // 2
+    return line[..., first : first + columns]
 
 
 def scale_to_max_attenuation(volume: np.ndarray, max_line_integral: float) -> np.ndarray:
@@ -225,6 +235,7 @@ def simulate_scan(
     angles: np.ndarray,
     detector: DetectorModel,
     rng: np.random.Generator,
+    columns: int | None = None,
 ) -> LowDoseScan:
     """Acquire a low-dose scan of ``volume``: Poisson photon noise, flat/dark, read noise.
 
@@ -238,8 +249,11 @@ def simulate_scan(
         Dose and detector parameters.
     rng : numpy.random.Generator
         Source of all noise.
+    columns : int, optional
+        Detector columns, the middle ones of the volume's projections (a sample wider than the
+        field of view); default: the volume's width.
     """
-    line = project(volume, angles)
+    line = middle_columns(project(volume, angles), columns)
     shape = line.shape[1:]
     flat_true = detector.photons * gain_pattern(shape, detector.gain_variation, rng)
     if detector.pixel_gain_error > 0:  # drawn only when on: older scans are reproduced exactly
