@@ -116,8 +116,8 @@ class Recipe:
         reconstruction circle and rises towards its rim (truncation), in the targets too: the
         model denoises, it does not undo the truncation.
     beyond_width : tuple of float
-        Range (uniform) of such a sample's phantom width over the field of view; the phantom
-        fills 0.92 of its width, so 1.3-2.2 puts the sample's edge 1.2-2 fields of view apart.
+        Range (uniform) of such a sample's phantom width over the field of view; the sample
+        fills 0.92 of its phantom's width, so 1.3-2.2 makes it 1.2-2 fields of view across.
     """
 
     domain: Domain = "slice"
