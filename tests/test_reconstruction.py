@@ -15,6 +15,7 @@ from bluesky_tomogan import TomoGANCallback, load_denoiser
 from bluesky_tomogan.callbacks import TomoReconstruction
 from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
 from bluesky_tomogan.hdf5_frames import StreamFrameReader
+from bluesky_tomogan.inference.load import load_card
 from bluesky_tomogan.metrics import ssim
 from bluesky_tomogan.plans import tomo_scan
 from bluesky_tomogan.reconstruction import (
@@ -25,6 +26,7 @@ from bluesky_tomogan.reconstruction import (
     reconstruct,
     reconstruct_rows,
     stripe_metric,
+    wider_than_view,
 )
 from bluesky_tomogan.simulate.tomography import angles_deg, fbp
 from bluesky_tomogan.storage import derived_streams, frames_directory
@@ -734,3 +736,47 @@ def test_the_live_slice_view_shows_the_final_middle_slice_beside_its_back_projec
     assert row48.shown is not None and row48.shown.row == 48 and row48.shown.final
     np.testing.assert_array_equal(row48.shown.slice, stored["slice"].read()[-1])
     matplotlib.pyplot.close("all")
+
+
+def test_a_row_without_open_beam_beside_the_sample_is_read_as_wider_than_the_view():
+    rng = np.random.default_rng(0)
+    inside = np.clip(1 + 0.1 * rng.standard_normal((90, 64)), 0.01, 2).astype(np.float32)  # noisy open beam
+    inside[:, 8:56] = 0.3
+    wider = inside.copy()
+    wider[:, :8] = 0.7  # every column looks through the sample
+    one_side = inside.copy()
+    one_side[:, 56:] = 0.8  # a sample off the axis, wider on one side
+    assert not wider_than_view([inside, inside])
+    assert wider_than_view([wider, wider]) and wider_than_view([one_side])
+    half = inside.copy()
+    half[:45, :8] = 0.7  # truncated at half the angles only: not enough to say
+    assert not wider_than_view([half]) and not wider_than_view([])
+    gap = wider.copy()
+    gap[:, :1] = np.nan  # a pixel without data at the edge: the edge's other columns still tell
+    assert wider_than_view([gap])
+
+
+def test_a_sample_wider_than_the_view_is_noted_unless_the_slice_model_was_trained_on_such_slices(RE, tmp_path):
+    """Session 68: slices of a sample wider than the field of view fill the reconstruction circle and rise
+    towards its rim, where a slice model never trained on them paints blobs; the final reconstruction's note
+    says so and names the model that was (docs/models.md, "tomogan-slice-local")."""
+    from dataclasses import replace
+
+    assert load_card("tomogan-slice-local").trained_wider_than_view
+    assert not load_card("tomogan-slice").trained_wider_than_view
+    notes = {}
+    for model in ("tomogan-slice", "tomogan-slice-local"):
+        stage = SimTomoStage(name="stage")
+        det = SimTomoDetector(name="det", stage=stage, shape=(32, 48), simulate_timing=False, seed=7,
+                              directory=frames_directory(tmp_path / model))
+        det.sample = replace(det.sample, cylinder_radius=40.0, cylinder_mu=det.sample.cylinder_mu / 4)
+        rec = TomoReconstruction(load_denoiser(model, backend="onnxruntime"), source="raw", rows=[16])
+        docs = []
+        rec.subscribe(lambda name, doc, docs=docs: docs.append((name, doc)))
+        token = RE.subscribe(rec)
+        RE(tomo_scan(det, stage, list(angles_deg(30)), n_darks=2, n_flats=2))
+        RE.unsubscribe(token)
+        assert rec.wait(timeout=60)
+        notes[model] = [d["data"]["note"][0] for n, d in docs if n == "event_page" and "note" in d["data"]][-1]
+    assert "wider than the field of view" in notes["tomogan-slice"] and "tomogan-slice-local" in notes["tomogan-slice"]
+    assert "wider than the field of view" not in notes["tomogan-slice-local"]

@@ -201,6 +201,18 @@ class ModelCard:
         return self.file(kind).verified(self.name)
 
     @property
+    def trained_wider_than_view(self) -> bool:
+        """Whether the training data held samples wider than the field of view (a simulated recipe with
+        ``beyond_view``, :class:`~bluesky_tomogan.simulate.datasets.Recipe`, or one merged into it)."""
+
+        def held(recipe: Any) -> bool:
+            if not isinstance(recipe, Mapping):
+                return False
+            return float(recipe.get("beyond_view", 0) or 0) > 0 or any(held(r) for r in recipe.get("merged", ()))
+
+        return held(self.source.get("data", {}).get("recipe"))
+
+    @property
     def ratio(self) -> float:
         """Pruning ratio of this network: percent of the full network's MACs removed (0 = unpruned)."""
         return float(self.source.get("pruning", {}).get("ratio", 0.0))

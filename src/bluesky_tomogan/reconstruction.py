@@ -19,7 +19,7 @@ import math
 import os
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -28,12 +28,16 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, median_filter
 
 __all__ = ["stripe_metric", "corrected_sinogram", "defective_pixels", "fill_row_gaps", "estimate_center",
-           "fallback_center", "find_center", "reconstruct", "reconstruct_rows", "check_angles", "SliceResult",
-           "background_thread", "degrees_per_unit", "nominal_angles"]
+           "fallback_center", "find_center", "reconstruct", "reconstruct_rows", "check_angles", "wider_than_view",
+           "SliceResult", "background_thread", "degrees_per_unit", "nominal_angles"]
 
 log = logging.getLogger(__name__)
 #: Width (columns) of the median filter that separates a stripe from the object's own column profile.
 STRIPE_WINDOW = 21
+#: Flat-corrected transmission below which a detector row's edge looks through the sample, not open beam.
+OPEN_BEAM = 0.9
+#: Share of the projections whose row edge looks through the sample, from which it is wider than the view.
+TRUNCATED_SHARE = 0.9
 #: Smallest angular span (degrees) over which a centre-of-mass sinusoid is fitted.
 MIN_SPAN_FOR_ESTIMATE = 60.0
 #: Degrees per unit of a rotation angle, by the units its data key gives (EPICS motors' EGU, ophyd's ``units``).
@@ -171,6 +175,30 @@ def check_angles(angles_deg: np.ndarray) -> str:
     if span + step < 180 - 1e-6:
         return f"the angles cover {span + step:.1f} degrees, not 180: the slice has missing-wedge artefacts"
     return ""
+
+
+def wider_than_view(transmission: Sequence[np.ndarray]) -> bool:
+    """Whether the sample is wider than the detector's field of view (local or region-of-interest tomography).
+
+    ``transmission`` holds flat-corrected rows ``(angles, columns)`` (:func:`corrected_sinogram` with real
+    flats: without them every column's brightest value is its open beam, and this cannot tell). It is, where
+    in at least :data:`TRUNCATED_SHARE` of the projections an edge of the rows (their outer 2 % of columns, at
+    least 2, the median over the rows) reads less than :data:`OPEN_BEAM`: no open beam beside the sample.
+    Filtered back-projection of such rows fills the reconstruction circle and rises towards its rim.
+    """
+    if not transmission:
+        return False
+    width = transmission[0].shape[1]
+    band = max(2, width // 50)
+    if width < 2 * band + 1:
+        return False
+    rows = np.stack([np.asarray(t, np.float32) for t in transmission])  # (rows, angles, columns)
+    with warnings.catch_warnings():  # a row edge without data (NaN) is no evidence either way
+        warnings.simplefilter("ignore", RuntimeWarning)
+        left = np.nanmedian(rows[:, :, :band], axis=(0, 2))
+        right = np.nanmedian(rows[:, :, -band:], axis=(0, 2))
+    covered = (left < OPEN_BEAM) | (right < OPEN_BEAM)
+    return bool(covered.mean() >= TRUNCATED_SHARE)
 
 
 def estimate_center(transmission: np.ndarray, angles_deg: np.ndarray) -> float:

@@ -699,6 +699,8 @@ class _RunReconstruction(PassThroughRun):
             notes.append(angle_problem)
         transmission = {r: recon.corrected_sinogram(sino[:, i], None if flat is None else flat[i],
                                                     None if dark is None else dark[i]) for i, r in enumerate(wanted)}
+        if final and flat is not None:
+            notes.extend(self._model_for_the_sample(transmission))
         middle = wanted.index(self._center_row(rows, transmission))
         found = self._found_center
         if not angle_problem and (found != found or self._found_at != len(angles)):
@@ -728,6 +730,18 @@ class _RunReconstruction(PassThroughRun):
         return {"rows": rows, "fbp": out_fbp, "slice": out_den, "center": float(center), "found": found,
                 "projections": len(angles), "stripe": stripes, "note": "; ".join(notes), "final": final,
                 "source": source}
+
+    def _model_for_the_sample(self, transmission: Mapping[int, np.ndarray]) -> list[str]:
+        """A note where the sample is wider than the field of view and the slice model was not trained on such
+        slices (worker thread): they fill the reconstruction circle and rise towards its rim, where such a model
+        paints blobs (docs/models.md, "tomogan-slice-local")."""
+        card = getattr(self.o.slice_denoiser, "card", None)
+        if card is None or card.domain != "slice" or card.trained_wider_than_view:
+            return []
+        if not recon.wider_than_view(list(transmission.values())):
+            return []
+        return [f"the sample is wider than the field of view (no open beam at the rows' edges): the slice model "
+                f"{card.name} was not trained on such slices, tomogan-slice-local was"]
 
     def _primary_roles(self, notes: list[str]) -> dict[int, str]:
         """What the frames of ``primary`` that are no projections are, by seq_num (worker thread): as their events
