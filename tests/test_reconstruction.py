@@ -764,13 +764,22 @@ def test_a_sample_wider_than_the_view_is_noted_unless_the_slice_model_was_traine
 
     assert load_card("tomogan-slice-local").trained_wider_than_view
     assert not load_card("tomogan-slice").trained_wider_than_view
+    shipped = load_denoiser("tomogan-slice", backend="onnxruntime")
+
+    class FineTuned:  # the shipped model as a card of bluesky-tomogan finetune says it: trained on a scan of its own
+        card = replace(shipped.card, source={**shipped.card.source, "finetune": {"source": "scan.h5"}})
+
+        def __getattr__(self, name):
+            return getattr(shipped, name)
+
     notes = {}
-    for model in ("tomogan-slice", "tomogan-slice-local"):
+    for model in ("tomogan-slice", "tomogan-slice-local", "finetuned"):
         stage = SimTomoStage(name="stage")
         det = SimTomoDetector(name="det", stage=stage, shape=(32, 48), simulate_timing=False, seed=7,
                               directory=frames_directory(tmp_path / model))
         det.sample = replace(det.sample, cylinder_radius=40.0, cylinder_mu=det.sample.cylinder_mu / 4)
-        rec = TomoReconstruction(load_denoiser(model, backend="onnxruntime"), source="raw", rows=[16])
+        slice_model = FineTuned() if model == "finetuned" else load_denoiser(model, backend="onnxruntime")
+        rec = TomoReconstruction(slice_model, source="raw", rows=[16])
         docs = []
         rec.subscribe(lambda name, doc, docs=docs: docs.append((name, doc)))
         token = RE.subscribe(rec)
@@ -780,3 +789,4 @@ def test_a_sample_wider_than_the_view_is_noted_unless_the_slice_model_was_traine
         notes[model] = [d["data"]["note"][0] for n, d in docs if n == "event_page" and "note" in d["data"]][-1]
     assert "wider than the field of view" in notes["tomogan-slice"] and "tomogan-slice-local" in notes["tomogan-slice"]
     assert "wider than the field of view" not in notes["tomogan-slice-local"]
+    assert "wider than the field of view" not in notes["finetuned"]

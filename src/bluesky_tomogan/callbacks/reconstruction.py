@@ -736,7 +736,8 @@ class _RunReconstruction(PassThroughRun):
         slices (worker thread): they fill the reconstruction circle and rise towards its rim, where such a model
         paints blobs (docs/models.md, "tomogan-slice-local")."""
         card = getattr(self.o.slice_denoiser, "card", None)
-        if card is None or card.domain != "slice" or card.trained_wider_than_view:
+        # a model fine-tuned on a scan (bluesky-tomogan finetune) learnt that scan's slices, truncated or not
+        if card is None or card.domain != "slice" or card.trained_wider_than_view or "finetune" in card.source:
             return []
         if not recon.wider_than_view(list(transmission.values())):
             return []
