@@ -176,7 +176,8 @@ class PairSet:
 
 
 def _wider_phantom(family: str, size: int, width: float, seed: int) -> np.ndarray:
-    """A phantom ``width`` times the field of view across, its middle ``size`` rows: ``(size, m, m)``."""
+    """A phantom ``width`` times the field of view across, its middle ``size`` rows: ``(size, m, m)`` (width 1:
+    the ``(size, size, size)`` phantom itself)."""
     m = size + 2 * int(round(size * (width - 1) / 2))  # the same margin on both sides
     first = (m - size) // 2
     return np.ascontiguousarray(make_phantom(family, m, seed=seed)[first : first + size])
@@ -194,12 +195,7 @@ def _one_scan(recipe: Recipe, seed: int, index: int) -> PairSet:
     width = 1.0
     if recipe.beyond_view > 0 and rng.random() < recipe.beyond_view:
         width = float(rng.uniform(*recipe.beyond_width))
-    if width > 1:
-        vol = _wider_phantom(family, recipe.size, width, phantom_seed)
-    else:
-        vol = make_phantom(family, recipe.size, seed=phantom_seed)
-    vol = scale_to_max_attenuation(vol, max_attenuation)
-    columns = recipe.size if width > 1 else None
+    vol = scale_to_max_attenuation(_wider_phantom(family, recipe.size, width, phantom_seed), max_attenuation)
 
     def draw(bounds: tuple[float, float]) -> float:
         return float(rng.uniform(*bounds)) if realistic and bounds[1] > 0 else 0.0
@@ -218,15 +214,15 @@ def _one_scan(recipe: Recipe, seed: int, index: int) -> PairSet:
         if k and k < len(angles):
             start = int(rng.integers(0, len(angles) - k + 1))
             angles = angles[start : start + k]
-        scan = simulate_scan(vol, angles, detector, rng, columns=columns)
+        scan = simulate_scan(vol, angles, detector, rng, columns=recipe.size)
         ns, gt = scan.frames, scan.expected
     else:
         frac = float(rng.choice(recipe.view_fractions))
         filt = str(rng.choice(recipe.filters)) if len(recipe.filters) > 1 else recipe.filters[0]
         sparse_angles = angles_deg(recipe.n_angles, frac)
-        scan = simulate_scan(vol, sparse_angles, detector, rng, columns=columns)
+        scan = simulate_scan(vol, sparse_angles, detector, rng, columns=recipe.size)
         full = angles_deg(recipe.n_angles)
-        clean = -np.log(with_fringes(np.exp(-middle_columns(project(vol, full), columns)), detector.fringes))
+        clean = -np.log(with_fringes(np.exp(-middle_columns(project(vol, full), recipe.size)), detector.fringes))
         ns = np.stack([fbp(scan.sinogram_noisy[:, z], sparse_angles, filt) for z in range(recipe.size)])
         gt = np.stack([fbp(clean[:, z], full, filt) for z in range(recipe.size)])
         if recipe.eight_bit > 0 and realistic and rng.random() < recipe.eight_bit:
