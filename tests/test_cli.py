@@ -14,7 +14,7 @@ from bluesky_tomogan.cli import main
 
 from .conftest import copy_of_shipped_model
 
-COMMANDS = ["demo", "merge", "simulate", "train", "finetune", "export", "quality", "denoise", "reprocess", "bench",
+COMMANDS = ["demo", "merge", "simulate", "train", "average", "finetune", "export", "quality", "denoise", "reprocess", "bench",
             "models", "serve", "qc-ioc", "view"]
 
 

@@ -1,5 +1,5 @@
-"""``bluesky-tomogan`` command line: simulate, train, export, denoise, reprocess, bench, demo, models, serve,
-view."""
+"""``bluesky-tomogan`` command line: simulate, merge, train, average, export, denoise, reprocess, bench,
+demo, models, serve, view."""
 
 from __future__ import annotations
 
@@ -148,6 +148,15 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
     path = merge_datasets(args.out, args.sources)
     print(f"wrote {path}")
+    return 0
+
+
+def _cmd_average(args: argparse.Namespace) -> int:
+    from .model.average import average_models
+
+    path = average_models(args.first, args.second, args.out, weight=args.weight, name=args.name)
+    print(f"wrote {path} and its weights; measure and export it: bluesky-tomogan export {path.parent} --data <a "
+          "dataset of its domain>")
     return 0
 
 
@@ -651,6 +660,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out", help="output .h5 file")
     s.add_argument("sources", nargs="+", help="datasets to merge (same domain and frame shape)")
     s.set_defaults(func=_cmd_merge)
+
+    s = sub.add_parser("average", help="one model between two fine-tunings of one network: their weights "
+                                       "averaged (a model soup; needs the train extra)")
+    s.add_argument("first", help="a model: shipped or installed name, model directory or card, with PyTorch "
+                                 "weights (typically the one a fine-tuning started from)")
+    s.add_argument("second", help="the other model (typically the fine-tuned one); its card is the new card's base")
+    s.add_argument("--out", required=True, help="output directory: <name>.pt and <name>.json, for export")
+    s.add_argument("--weight", type=float, default=0.5,
+                   help="the second model's share, 0 to 1 (default 0.5: the midpoint)")
+    s.add_argument("--name", help="the new model's name (default: the second's, with -avg)")
+    s.set_defaults(func=_cmd_average)
 
     s = sub.add_parser("simulate", help="write a simulated TomoGAN-style HDF5 dataset")
     s.add_argument("out", help="output .h5 file")
