@@ -773,6 +773,12 @@ def test_quality_remeasures_mean_and_worst_frame_losses_into_a_copied_card(tmp_p
         if not key.endswith("/fp32"):
             assert q["ssim_drop_worst"] >= q["ssim_drop"] - 1e-9  # the worst frame is at least the mean
     assert main(["quality", str(model), "--data", str(tmp_path / "missing.h5")]) == 1
+    card = json.loads((model / "tomogan-projection.json").read_text())
+    del card["files"]["onnx"]  # an export of another format alone: no fp32 reference to measure against
+    (model / "tomogan-projection.json").write_text(json.dumps(card))
+    capsys.readouterr()
+    assert main(["quality", str(model), "--data", str(data), "--frames", "2"]) == 1
+    assert "no fp32 ONNX model" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".h5", ".tif"])

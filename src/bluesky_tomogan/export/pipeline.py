@@ -256,7 +256,11 @@ def measure_quality(card_path: Path, pairs: PairSet, n_frames: int = QUALITY_FRA
         return {"ssim": float(s.mean()), "psnr": float(p.mean()), "ssim_min": float(s.min()), "frames": len(idx)}
 
     measured = score("onnxruntime", "fp32")
-    assert measured is not None, "the fp32 ONNX model must load"
+    if measured is None:  # every loss is against the fp32 network: nothing to measure without it
+        from ..errors import ModelLoadError
+
+        raise ModelLoadError(f"{card.name!r} ({card_path}) has no fp32 ONNX model that loads here, the reference "
+                             "every precision's loss is measured against: export it with --format onnx too")
     ref = measured[:2]
     raw = (np.array([ssim(pairs.gt[i], pairs.ns[i]) for i in idx]),
            np.array([psnr(pairs.gt[i], pairs.ns[i]) for i in idx]))
