@@ -14,8 +14,8 @@ from bluesky_tomogan.cli import main
 
 from .conftest import copy_of_shipped_model
 
-COMMANDS = ["demo", "merge", "simulate", "train", "average", "finetune", "export", "quality", "denoise", "reprocess", "bench",
-            "models", "serve", "qc-ioc", "view"]
+COMMANDS = ["demo", "merge", "simulate", "train", "average", "finetune", "export", "quality", "denoise", "reprocess",
+            "bench", "models", "serve", "qc-ioc", "view"]
 
 
 def test_every_command_parses_and_has_its_own_help(capsys):

@@ -840,7 +840,7 @@ def test_the_share_of_an_irs_work_in_float_counts_multiply_accumulates():
     full = openvino_core().read_model(str(weights / "tomogan-projection.int8.xml"))
     assert float_convolutions(full) == 1 and 0 < float_mac_share(full) < 0.001
     slice_ir = openvino_core().read_model(str(weights / "tomogan-slice.int8.xml"))  # full-resolution layers in float
-    assert float_convolutions(slice_ir) == 7 and float_mac_share(slice_ir) > 0.3
+    assert float_convolutions(slice_ir) == 8 and float_mac_share(slice_ir) > 0.3  # session 69: 8 of 16, as its card
     fp32 = openvino_core().read_model(str(weights / "tomogan-projection.onnx"))
     assert float_mac_share(fp32) == 1.0
     assert float_mac_share(fp32, 32) == pytest.approx(float_mac_share(fp32, 128))
@@ -858,14 +858,21 @@ def test_the_full_projection_models_edge_tpu_form_is_bias_corrected_and_within_a
     assert measured["ssim_drop_worst"] <= SSIM_TOLERANCE_WORST["int8"]  # so auto takes it on an Edge TPU
 
 
-def test_the_slice_models_edge_tpu_form_is_bias_corrected_and_loses_less_than_before():
+def test_the_slice_models_edge_tpu_form_is_bias_corrected_and_passed_over_by_auto():
     """Session 36 re-exported it with the correction: 0.0185 / 0.0543 -> 0.0103 / 0.0423 on its card's
-    beamline-like slices, still beyond auto's tolerance (so auto runs slices in fp32 beside an Edge TPU)."""
+    beamline-like slices, still beyond auto's tolerance (so auto runs slices in fp32 beside an Edge TPU).
+    Session 69's weights (the average with tomogan-slice-local) lose 0.0145 / 0.0681 in that form, calibrated
+    on the mixture they learnt from (0.0159 / 0.0812 on the older mixture, 0.0172 / 0.0763 on the beamline-like
+    slices: docs/models.md), and their OpenVINO int8 0.0012 / 0.0082, within the tolerance."""
+    from bluesky_tomogan.inference.load import precision_verdict
+    from bluesky_tomogan.inference.registry import spec
+
     card = load_card("tomogan-slice")
     bias = card.files["tflite_int8"].info["output_bias_correction"]
     assert abs(bias["output_bias_after"]) < 0.25 * abs(bias["output_bias_before"])
     measured = card.quantization["litert/int8"]
-    assert measured["ssim_drop"] < 0.0185 and measured["ssim_drop_worst"] < 0.0543
+    assert measured["ssim_drop"] < 0.0185 and measured["ssim_drop_worst"] < 0.07
+    assert precision_verdict(card, spec("litert"), "int8") is not None  # beyond the tolerance: auto passes it over
     assert load_denoiser("tomogan-slice", backend="litert").precision == "int8"  # the file runs as it is
     light = load_card("tomogan-slice-light")  # re-exported the same way: 0.0126 / 0.0729 -> 0.0104 / 0.0544
     assert "output_bias_correction" in light.files["tflite_int8"].info
@@ -1097,7 +1104,9 @@ def test_auto_reads_the_card_entry_of_this_cpus_int8_arithmetic(monkeypatch):
     # such a CPU) and within tolerance; the full slice model beyond it
     for ratio in (0, 25, 50, 75):
         assert load_denoiser("tomogan-slice-aio", backend="openvino", ratio=ratio).precision == "int8"
-    assert load_card("tomogan-slice").ssim_drop("openvino/int8@no-vnni", "worst") > 0.01
+    # the full slice model: its int8 on such a CPU is not measured (session 69's weights were exported on a CPU
+    # with VNNI; the weights before them lost 0.0193 on the worst frame there), and an unmeasured loss is not trusted
+    assert load_card("tomogan-slice").ssim_drop("openvino/int8@no-vnni", "worst") is None
     assert load_denoiser("tomogan-slice", backend="openvino").precision in ("bf16", "fp32")
     assert load_denoiser("tomogan-slice-light", backend="openvino").precision == "int8"  # since session 42
 
@@ -1133,11 +1142,14 @@ def test_int8_float_parts_run_in_bf16_where_amx_is_or_bf16_is_measured_faster():
     assert AUTO_ORDER.index(("openvino", "int8")) < AUTO_ORDER.index(("openvino", "bf16"))
     # on a CPU the Edge TPU's full-int8 form is no faster than OpenVINO fp32, and loses quality
     assert AUTO_ORDER.index(("openvino", "fp32")) < AUTO_ORDER.index(("litert", "int8"))
-    slice_int8 = load_denoiser("tomogan-slice", backend="openvino", precision="int8")  # full-resolution float layers
+    # full-resolution float layers, and a card that does not say what its int8 loss was measured with
+    slice_int8 = load_denoiser("tomogan-slice-aio", backend="openvino", precision="int8")
+    assert "float_precision" not in slice_int8.card.quantization["openvino/int8"]
     assert slice_int8.session.float_precision == int8_float_precision()  # what this CPU's int8 graph computes in
-    # only their output layers in float, and their cards' int8 losses measured with fp32 float parts: fp32 on
-    # every CPU, AMX included (where the IR alone would get bf16 ones: int8_float_precision(float_share=0.0))
-    for name in ("tomogan-projection", "tomogan-projection-light"):
+    # only their output layers in float (the projection models), or float layers kept for precision (the slice
+    # model since session 69), and their cards' int8 losses measured with fp32 float parts: fp32 on every CPU,
+    # AMX included (where the IR alone would get bf16 ones: int8_float_precision(float_share=0.0))
+    for name in ("tomogan-projection", "tomogan-projection-light", "tomogan-slice"):
         assert load_card(name).quantization["openvino/int8"]["float_precision"] == "f32"
         den = load_denoiser(name, backend="openvino", precision="int8")
         assert den.session.float_precision == "f32"
