@@ -51,6 +51,7 @@ def test_the_average_holds_the_weights_between_the_two_models_and_a_card_of_both
     assert card.name == "tomogan-slice-local-avg" and card.domain == "slice" and card.output == "correction"
     shares = {m["name"]: m["share"] for m in card.source["training"]["weight_average"]["models"]}
     assert shares == {"tomogan-slice": 0.75, "tomogan-slice-local": 0.25}
+    assert card.source["training"]["config"] == {"lr": 1e-4, "seed": 2}  # what export's int8-aware steps read
     assert not card.quantization and not card.metrics  # the second model's measurements are not the average's
     assert card.trained_wider_than_view  # the fine-tuning's data are in the average's card
     assert card.source["data"]["file"] == "tomogan-slice.h5 + tomogan-slice-local.h5"

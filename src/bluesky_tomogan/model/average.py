@@ -140,21 +140,28 @@ def _mix(x: torch.Tensor, y: torch.Tensor, weight: float) -> torch.Tensor:
 
 def _card(cards: list[ModelCard], weight: float, name: str, weights_path: Path) -> dict[str, Any]:
     """The second model's card, less what describes its own files and measurements, with the average's
-    ingredients in place of its training and the two models' training data merged."""
+    ingredients beside its training settings and the two models' training data merged."""
     a, b = cards
     card = {key: value for key, value in b.source.items() if key not in CARD_SECTIONS_DROPPED}
     card["name"] = name
     card["data"] = _merged_data(a.source.get("data"), b.source.get("data"))
-    card["training"] = {"weight_average": {
+    # the second model's training settings stay where export's int8-aware steps read them (batch, patch, loss,
+    # context dropout: a network trained to denoise without its neighbours keeps learning both)
+    card["training"] = {"config": _plain(b.source.get("training", {}).get("config", {})), "weight_average": {
         "method": "(1 - w) * first + w * second, parameter by parameter (bluesky_tomogan.model.average)",
         "models": [
             {"name": c.name, "share": share, "pytorch_sha256": c.file("pytorch").sha256,
-             "training": json.loads(json.dumps(c.source.get("training", {}).get("config", {})))}
+             "training": _plain(c.source.get("training", {}).get("config", {}))}
             for c, share in ((a, 1.0 - weight), (b, weight))
         ],
     }}
     card["files"] = {"pytorch": {"path": weights_path.name, "sha256": sha256_of(weights_path)}}
     return card
+
+
+def _plain(section: Any) -> Any:
+    """A card section as plain JSON values (a copy, not the read-only card's own)."""
+    return json.loads(json.dumps(section))
 
 
 def _merged_data(first: Any, second: Any) -> dict[str, Any]:
