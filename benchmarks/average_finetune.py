@@ -21,6 +21,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from bluesky_tomogan.bench import cpu_name
 from bluesky_tomogan.export.pipeline import export_model
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         exported = export_model(source.parent, out / f"avg{weight:g}", tuned / PAIRS_FILE, formats=("onnx",),
                                 measure=False)
         models[f"average, share {weight:g}"] = str(exported)
-    result: dict[str, object] = {"cpu": cpu_name(), "scan": f"{args.angles} x {args.size} x {args.size}",
+    result: dict[str, Any] = {"cpu": cpu_name(), "scan": f"{args.angles} x {args.size} x {args.size}",
                                  "photons": args.photons}
     for family, (path, clean) in scans.items():
         result[family] = slice_quality(read_scan(str(path)), clean, models)
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| model | grains (the scan fine-tuned on) | bead pack (the next sample) |")
     print("|---|---|---|")
     for label in ["raw", *models]:
-        cells = [result[family][label] for family in scans]  # type: ignore[index]
+        cells = [result[family][label] for family in scans]
         print(f"| {label} | " + " | ".join(f"{c['ssim']:.4f} / {c['psnr']:.2f} dB" for c in cells) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
