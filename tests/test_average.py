@@ -86,6 +86,26 @@ def test_a_share_outside_zero_to_one_is_refused(tmp_path, weight):
     assert not (tmp_path / "avg").exists()
 
 
+def test_a_training_runs_card_without_the_sections_export_derives_averages_with_an_exported_one(tmp_path):
+    """`train` writes no 'output' or 'input_despike' (export derives them from the weights), so a run's own card
+    (a checkpoint kept to continue from) and an exported card of the same network agree; a stated conflict
+    is still refused."""
+    run = _model(tmp_path / "run", "run", seed=1)
+    exported = _model(tmp_path / "exported", "exported", seed=2)
+    card = json.loads((run / "run.json").read_text())
+    del card["output"]
+    (run / "run.json").write_text(json.dumps(card))
+    card = json.loads((exported / "exported.json").read_text())
+    card["input_despike"] = {"sigmas": 12.0}
+    (exported / "exported.json").write_text(json.dumps(card))
+    written = json.loads(average_models(run, exported, tmp_path / "avg").read_text())
+    assert written["output"] == "correction" and written["input_despike"] == {"sigmas": 12.0}
+    card["output"] = "frame"
+    (exported / "exported.json").write_text(json.dumps(card))
+    with pytest.raises(ModelLoadError, match="'output'"):
+        average_models(tmp_path / "avg", exported, tmp_path / "avg2")
+
+
 def test_models_that_are_not_fine_tunings_of_one_network_are_refused_before_anything_is_written(tmp_path):
     start = _model(tmp_path / "start", "start", seed=1)
     wider = _model(tmp_path / "wider", "wider", seed=2, width=0.5)

@@ -126,7 +126,9 @@ def _check_compatible(cards: list[ModelCard], states: list[dict[str, Any]]) -> N
         raise ModelLoadError(f"{a.name!r} and {b.name!r} differ in the shapes of {shapes[:4]}: only fine-tunings "
                              "of one network average")
     for section in _INFERENCE_SECTIONS:
-        if a.source.get(section) != b.source.get(section):
+        # a training run's own card leaves out what export derives from the weights (output, input despike):
+        # only a section both cards state can disagree
+        if section in a.source and section in b.source and a.source[section] != b.source[section]:
             raise ModelLoadError(f"{a.name!r} and {b.name!r} differ in their cards' {section!r} "
                                  f"({a.source.get(section)!r} and {b.source.get(section)!r}): their networks read "
                                  "different inputs")
