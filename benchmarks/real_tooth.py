@@ -74,9 +74,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--key", help="the projections' dataset in an HDF5 file")
     ap.add_argument("--row-step", type=int, default=1,
                     help="reconstruct every k-th detector row (default 1: all; the figure shows the first)")
+    ap.add_argument("--reference-filter", metavar="METHOD:STRENGTH",
+                    help="compare with the full-view slice denoised by a classical filter (tv or bm3d, strength in "
+                         "multiples of its estimated noise, e.g. bm3d:1) instead of the full-view slice itself: a "
+                         "reference denoiser's output, whose noise a filter tuned on it cannot be rewarded for keeping")
     ap.add_argument("--figure")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    reference_filter = None
+    if args.reference_filter:
+        method, _, strength = args.reference_filter.partition(":")
+        reference_filter = classical(method, float(strength or 1))
     scan = read_scan(args.path, key=args.key, angles=args.angles, flats=args.flats, darks=args.darks)
     center = rotation_center(scan)
     sparse = np.arange(0, len(scan.angles), args.every)
@@ -87,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in range(0, scan.shape[1], args.row_step):
         t = corrected_sinogram(scan.projections[:, row, :], scan.flats[row], scan.darks[row])
         reference = reconstruct(t, scan.angles, center).slice
+        if reference_filter is not None:
+            reference = reference_filter(reference)
         noisy = reconstruct(t[sparse], scan.angles[sparse], center).slice
         n = reference.shape[0]
         yy, xx = np.mgrid[:n, :n] - (n - 1) / 2

@@ -19,6 +19,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ..circle import outside_to_fill
 from ..context import context_gains, gate_context
 from ..cpu import cpu_name
 from ..despike import remove_isolated_spikes
@@ -142,6 +143,13 @@ class Denoiser:
     (the beam brighter or dimmer for them: a top-up, a flickering monochromator) are brought to
     the frame's intensity first (:func:`bluesky_tomogan.context.context_gains`), since the network
     reads theirs as evidence of its own; :attr:`contexts_rescaled` counts such frames.
+
+    A slice model is given a slice whose reconstruction circle ends in a step from its rim (a
+    sample wider than the field of view) with the slice's nearest values outside the circle
+    instead of the stored value, which its output keeps there (:mod:`bluesky_tomogan.circle`;
+    held-out simulated slices of such samples: SSIM 0.8463 -> 0.8608, docs/models.md);
+    :attr:`fill_outside_circle` switches it (``True`` for slice models), and
+    :attr:`slices_rim_filled` counts such slices.
     """
 
     def __init__(self, session: Session, card: ModelCard, model_sha256: str = "", tile: int | None = None,
@@ -169,6 +177,9 @@ class Denoiser:
         self.context_gate: float = float(card.source.get("context_gate", {}).get("threshold", np.inf))
         self.contexts_gated = 0  # frames denoised with some neighbours withheld
         self.contexts_rescaled = 0  # frames denoised with some neighbours brought to their intensity
+        # a slice whose rim steps to the value outside its reconstruction circle (bluesky_tomogan.circle)
+        self.fill_outside_circle: bool = card.domain == "slice"
+        self.slices_rim_filled = 0  # slices denoised with the outside of their circle filled
         self._lock = threading.Lock()  # runtimes' requests are not re-entrant
 
     # -- provenance -----------------------------------------------------------------------
@@ -348,8 +359,17 @@ class Denoiser:
                  keys: Sequence[Hashable] | None = None) -> _Prepared:
         """Normalise and tile one context (CPU work that can overlap another frame's inference)."""
         mask = missing_pixels(context)
+        outside = outside_to_fill(context, self.depth // 2) if self.fill_outside_circle else None
+        if outside is not None:  # a sample wider than the field of view: see bluesky_tomogan.circle
+            mask = outside if mask is None else mask | outside
+            self.slices_rim_filled += 1
+            log.log(logging.INFO if self.slices_rim_filled == 1 else logging.DEBUG,
+                    "%s: the slice rises to the rim of its reconstruction circle (a sample wider than the field "
+                    "of view); the network is given the slice's nearest values outside the circle, the output "
+                    "keeps the stored ones (bluesky_tomogan.circle; %d slice(s) so far)", self.card.name,
+                    self.slices_rim_filled)
         raw_masked = None
-        if mask is not None:  # detector gaps, flagged pixels, NaN: see bluesky_tomogan.masked
+        if mask is not None:  # detector gaps, flagged pixels, NaN, outside the circle: see bluesky_tomogan.masked
             centre_mask = mask[self.depth // 2]
             raw_masked = (centre_mask, centre[centre_mask].astype(np.float32)) if centre_mask.any() else None
         if self.despike_sigmas is not None:
