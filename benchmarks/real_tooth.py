@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="compare with the full-view slice denoised by a classical filter (tv or bm3d, strength in "
                          "multiples of its estimated noise, e.g. bm3d:1) instead of the full-view slice itself: a "
                          "reference denoiser's output, whose noise a filter tuned on it cannot be rewarded for keeping")
+    ap.add_argument("--per-row", action="store_true", help="print each row's SSIM too")
     ap.add_argument("--figure")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     denoisers = {label: _denoiser(model) for label, model in named.items()}
     results: dict[str, list[float]] = {}
     images: dict[str, np.ndarray] = {}
-    for row in range(0, scan.shape[1], args.row_step):
+    rows = list(range(0, scan.shape[1], args.row_step))
+    for row in rows:
         t = corrected_sinogram(scan.projections[:, row, :], scan.flats[row], scan.darks[row])
         reference = reconstruct(t, scan.angles, center).slice
         if reference_filter is not None:
@@ -121,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rotation centre {center:.2f}; {len(sparse)} of {len(scan.angles)} projections")
     for k, v in summary.items():
         print(f"{k:45s} SSIM vs full view {v:.4f}")
+    if args.per_row:
+        print("| row | " + " | ".join(results) + " |")
+        print("|---" * (len(results) + 1) + "|")
+        for j, row in enumerate(rows):
+            print(f"| {row} | " + " | ".join(f"{v[j]:.4f}" for v in results.values()) + " |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)
