@@ -42,6 +42,17 @@ def test_the_circle_is_found_where_a_reconstruction_wrote_one_value_outside_it(s
     assert outside_circle(nan_outside[None]) is None
 
 
+def test_a_smaller_circle_is_found_too(slices):
+    """TomoPy's tutorials cut their slices with ``circ_mask(ratio=0.95)``: a circle inside the inscribed one."""
+    frame = slices["wider"].ns[16].copy()
+    n = frame.shape[0]
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    frame[np.hypot(yy, xx) > 0.95 * n / 2] = 0
+    outside = outside_circle(frame[None])
+    assert outside is not None
+    assert outside[0].sum() == np.count_nonzero(frame == 0) and rim_step(frame, outside[0]) > RIM_STEP
+
+
 def test_the_rim_steps_only_for_a_sample_wider_than_the_field_of_view(slices):
     for case, low, high in (("inside", 0, RIM_STEP / 2), ("wider", 2 * RIM_STEP, 1)):
         pairs = slices[case]

@@ -19,16 +19,21 @@ value are given to the network as they are: that is what it was trained on.
 from __future__ import annotations
 
 import functools
+import hashlib
+import threading
+from collections import OrderedDict
 
 import numpy as np
+from scipy import ndimage
 
 from .normalise import robust_range
 
 __all__ = ["RIM_STEP", "outside_circle", "rim_step", "outside_to_fill"]
 
 #: The rim's level minus the outside value, as a share of the slice's robust range, from which the outside is
-#: filled. Simulated slices of samples inside the field of view step by at most 0.019 (8-bit storage, rings,
-#: sparse views: ``data/sim_slice_real2.h5``), those of samples wider than it by 0.15-0.62 for most.
+#: filled. Simulated slices of samples inside the field of view step by at most 0.016 (8-bit storage, rings,
+#: sparse views: ``data/sim_slice_real2.h5``), three in four of those wider than it by 0.03-0.61
+#: (``python benchmarks/slice_sets.py --rim-steps``).
 RIM_STEP = 0.05
 
 #: Width of the band just inside the circle whose median is the rim's level, in pixels.
@@ -46,38 +51,99 @@ def _radius(h: int, w: int) -> np.ndarray:
 def outside_circle(slices: np.ndarray) -> np.ndarray | None:
     """Where each of ``slices`` (``(..., n, n)``) lies outside its reconstruction circle, or ``None``.
 
-    A slice has a reconstruction circle where every pixel beyond the inscribed circle (more than a
-    pixel out, for the rounding of the rim) holds the value of its corner, and the slice inside is
-    not that value for the most part; the mask is those pixels plus the ones at the rim that hold
-    the value too. ``None`` where any slice has no such circle, or is not square (a projection, a
-    cropped slice), or smaller than 16 pixels.
+    A slice has a reconstruction circle where the pixels at its corner's value that connect to its edge
+    cover everything beyond the inscribed circle (more than a pixel out, for the rounding of the rim) and
+    leave at least a quarter of the slice inside: the circle of algotom or scikit-image, or a smaller one
+    (TomoPy's ``circ_mask(ratio=0.95)``). The mask is those pixels. ``None`` where any slice has no such
+    circle, or is not square (a projection, a cropped slice), or is smaller than 16 pixels.
     """
     h, w = slices.shape[-2:]
     if h != w or h < 16 or not np.issubdtype(slices.dtype, np.number):
         return None
     frames = slices.reshape(-1, h, w)
-    radius = _radius(h, w)
-    beyond, inside = radius > h / 2 + 1.0, radius < h / 2 - 1.5
+    beyond = _radius(h, w) > h / 2 + 1.0
     masks = np.empty(frames.shape, bool)
     for frame, mask in zip(frames, masks, strict=True):
-        np.equal(frame, frame[0, 0], out=mask)
-        if not mask[beyond].all() or mask[inside].mean() > 0.5:
+        corner = frame[0, 0]
+        if not (frame[beyond] == corner).all():  # the cheap test first: most frames have values in their corners
             return None
-        mask &= ~inside
+        known = _known_circle(frame)
+        if known is not None:
+            mask[...] = known
+            continue
+        mask[...] = ~ndimage.binary_fill_holes(frame != corner)  # the corner's value, connected to the edge
+        if mask.mean() > 0.75:
+            return None
+        _remember(mask)
     return masks.reshape(slices.shape)
 
 
+#: Circles kept: a reconstruction's is the same in every slice, and finding one anew (a hole fill) costs ~30 ms
+#: per 1024x1024 slice, where checking a known one costs ~1 ms.
+CIRCLES_KEPT = 8
+_circles: OrderedDict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+_circles_lock = threading.Lock()
+
+
+def _known_circle(frame: np.ndarray) -> np.ndarray | None:
+    """A remembered circle that is exactly this frame's: its outside all at the corner's value, and no pixel at
+    that value beside it (else the frame's outside would reach further)."""
+    with _circles_lock:
+        circles = [c for c in _circles.values() if c[0].shape == frame.shape]
+    corner, flat = frame[0, 0], frame.reshape(-1)
+    for mask, outside, edge in circles:
+        if (flat[outside] == corner).all() and not (flat[edge] == corner).any():
+            return mask
+    return None
+
+
+def _remember(mask: np.ndarray) -> None:
+    key = _key(mask)
+    # the pixels beside the outside, as the hole fill connects them (edges, not corners)
+    edge = ndimage.binary_dilation(mask) & ~mask
+    kept = mask.copy()
+    kept.setflags(write=False)
+    with _circles_lock:
+        _circles[key] = (kept, np.flatnonzero(mask), np.flatnonzero(edge))
+        _circles.move_to_end(key)
+        while len(_circles) > CIRCLES_KEPT:
+            _circles.popitem(last=False)
+
+
+def _key(mask: np.ndarray) -> bytes:
+    return repr(mask.shape).encode() + hashlib.blake2b(np.packbits(mask).tobytes(), digest_size=16).digest()
+
+
 def rim_step(frame: np.ndarray, outside: np.ndarray) -> float:
-    """How far the rim of ``frame`` (the median of the band just inside its circle) stands from the value
-    outside it, as a share of the frame's robust range (:func:`bluesky_tomogan.normalise.robust_range`)."""
-    h, w = frame.shape
-    band = (_radius(h, w) > h / 2 - RIM_WIDTH) & ~outside
-    values = frame[band]
+    """How far the rim of ``frame`` (the median of the band of :data:`RIM_WIDTH` pixels just inside its circle)
+    stands from the value outside it, as a share of the frame's robust range
+    (:func:`bluesky_tomogan.normalise.robust_range`)."""
+    values = frame[_rim_band(outside)]
     values = values[np.isfinite(values)]
     if not values.size:
         return 0.0
     _, scale = robust_range(frame)
     return float(abs(np.median(values) - frame[outside].flat[0]) / scale)
+
+
+#: Rim bands kept, by mask: a reconstruction's circle is the same in every slice.
+BANDS_KEPT = 8
+_bands: OrderedDict[bytes, np.ndarray] = OrderedDict()
+_bands_lock = threading.Lock()
+
+
+def _rim_band(outside: np.ndarray) -> np.ndarray:
+    key = _key(outside)
+    with _bands_lock:
+        if key in _bands:
+            _bands.move_to_end(key)
+            return _bands[key]
+    band = ~outside & (ndimage.distance_transform_edt(~outside) <= RIM_WIDTH)
+    with _bands_lock:
+        _bands[key] = band
+        while len(_bands) > BANDS_KEPT:
+            _bands.popitem(last=False)
+    return band
 
 
 def outside_to_fill(context: np.ndarray, centre: int) -> np.ndarray | None:
