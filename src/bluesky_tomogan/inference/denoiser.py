@@ -364,9 +364,9 @@ class Denoiser:
             mask = outside if mask is None else mask | outside
             self.slices_rim_filled += 1
             log.log(logging.INFO if self.slices_rim_filled == 1 else logging.DEBUG,
-                    "%s: the slice rises to the rim of its reconstruction circle (a sample wider than the field "
-                    "of view); the network is given the slice's nearest values outside the circle, the output "
-                    "keeps the stored ones (bluesky_tomogan.circle; %d slice(s) so far)", self.card.name,
+                    "%s: the slice steps at the rim of its reconstruction circle (as a sample wider than the "
+                    "field of view makes it); the network is given the slice's nearest values outside the circle, "
+                    "the output keeps the stored ones (bluesky_tomogan.circle; %d slice(s) so far)", self.card.name,
                     self.slices_rim_filled)
         raw_masked = None
         if mask is not None:  # detector gaps, flagged pixels, NaN, outside the circle: see bluesky_tomogan.masked
