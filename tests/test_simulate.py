@@ -233,6 +233,25 @@ def test_a_sample_wider_than_the_field_of_view_leaves_no_column_of_open_beam():
     np.testing.assert_array_equal(middle.sinogram_clean, whole.sinogram_clean[..., 16:48])
 
 
+def test_a_scan_file_of_a_sample_wider_than_the_field_of_view_is_one_as_a_beamline_writes_it(tmp_path):
+    """``write_scan_file(width=...)``: a local-tomography scan to try ``finetune`` on; width 1 is the scan of before."""
+    import h5py
+
+    from bluesky_tomogan.reconstruction import wider_than_view
+    from bluesky_tomogan.simulate.datasets import write_scan_file
+
+    path, clean = write_scan_file(tmp_path / "wide.h5", "grains", 32, 24, 1000.0, seed=3, width=1.8)
+    plain, _ = write_scan_file(tmp_path / "plain.h5", "grains", 32, 24, 1000.0, seed=3)
+    assert clean.shape == (24, 32, 32) and clean.min() > 0  # every column looks through the sample
+    for file, wider in ((path, True), (plain, False)):
+        with h5py.File(file) as f:
+            counts, flat, dark = f["exchange/data"][()], f["exchange/data_white"][0], f["exchange/data_dark"][0]
+        transmission = (counts - dark) / (flat - dark)
+        assert counts.shape == (24, 32, 32) and wider_than_view(list(transmission.transpose(1, 0, 2))) == wider
+    with pytest.raises(ValueError, match="width"):
+        write_scan_file(tmp_path / "x.h5", width=0.5)
+
+
 def test_a_slice_of_a_sample_wider_than_the_field_of_view_fills_the_reconstruction_circle():
     from dataclasses import replace
 

@@ -431,12 +431,15 @@ def write_scan_file(
     photons: float = 300.0,
     seed: int = 0,
     max_attenuation: float = 2.5,
+    width: float = 1.0,
 ) -> tuple[Path, np.ndarray]:
     """Simulate one low-dose scan and write it as an APS Data Exchange HDF5 file.
 
     The file holds what a beamline writes: ``/exchange/data`` (uint16 counts, one frame
     per angle), ``/exchange/data_white`` and ``/exchange/data_dark`` (one averaged frame
     each) and ``/exchange/theta`` (degrees). Used to try ``bluesky-tomogan finetune``.
+    ``width`` > 1: a sample that many times the field of view across, of which the detector
+    sees the middle ``size`` columns (local tomography, as ``simulate --beyond-view`` makes them).
 
     Returns
     -------
@@ -445,10 +448,12 @@ def write_scan_file(
     clean_line_integrals : numpy.ndarray
         ``(n_angles, size, size)`` noise-free line integrals, the reference a real scan lacks.
     """
+    if not 1.0 <= width <= 4.0:
+        raise ValueError(f"width is the sample's width in fields of view, 1 to 4; got {width}")
     rng = np.random.default_rng(seed)
-    vol = scale_to_max_attenuation(make_phantom(family, size, seed=seed), max_attenuation)
+    vol = scale_to_max_attenuation(_wider_phantom(family, size, width, seed), max_attenuation)
     angles = angles_deg(n_angles)
-    scan = simulate_scan(vol, angles, DetectorModel(photons=photons), rng)
+    scan = simulate_scan(vol, angles, DetectorModel(photons=photons), rng, columns=size)
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
