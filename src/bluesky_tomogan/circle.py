@@ -78,9 +78,9 @@ def outside_circle(slices: np.ndarray) -> np.ndarray | None:
     return masks.reshape(slices.shape)
 
 
-#: Circles kept: a reconstruction's is the same in every slice, and finding one anew (a hole fill) costs ~30 ms
-#: per 1024x1024 slice, where checking a known one costs ~1 ms.
-CIRCLES_KEPT = 8
+#: Circles kept (~3 MB for a 1024x1024 slice's): a reconstruction's is the same in every slice, and finding one
+#: anew (a hole fill) costs ~30 ms per 1024x1024 slice, where checking a known one costs ~1 ms.
+CIRCLES_KEPT = 4
 _circles: OrderedDict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
 _circles_lock = threading.Lock()
 
@@ -127,7 +127,7 @@ def rim_step(frame: np.ndarray, outside: np.ndarray) -> float:
 
 
 #: Rim bands kept, by mask: a reconstruction's circle is the same in every slice.
-BANDS_KEPT = 8
+BANDS_KEPT = 4
 _bands: OrderedDict[bytes, np.ndarray] = OrderedDict()
 _bands_lock = threading.Lock()
 
