@@ -793,3 +793,38 @@ def test_a_sample_wider_than_the_view_is_noted_unless_the_slice_model_was_traine
     assert "wider than the field of view" not in notes["tomogan-slice-local"]
     assert "wider than the field of view" not in notes["tomogan-slice"]
     assert "wider than the field of view" not in notes["finetuned"]
+
+
+def test_a_live_reconstruction_of_a_sample_wider_than_the_view_keeps_its_slices_outside_the_circle(RE, tmp_path):
+    """Session 70: a camera that sees the middle of a wider sample (``SimTomoDetector(sample_width=...)``) gives
+    slices that rise to the rim of their reconstruction circle; the slice model is given them with the outside
+    filled (``bluesky_tomogan.circle``), and the denoised slices keep the stored 0 outside the circle."""
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(32, 48), simulate_timing=False, seed=7,
+                          sample_width=1.8, directory=frames_directory(tmp_path))
+    den = load_denoiser("tomogan-slice", backend="onnxruntime")
+    seen = []
+
+    class Watched:  # the slice model, with what the live reconstruction gave it and what came back
+        def denoise_context(self, context):
+            out = den.denoise_context(context)
+            seen.append((context[den.depth // 2].copy(), out))
+            return out
+
+        def __getattr__(self, name):
+            return getattr(den, name)
+
+    rec = TomoReconstruction(Watched(), source="raw", rows=[16])
+    docs = []
+    rec.subscribe(lambda name, doc: docs.append((name, doc)))
+    token = RE.subscribe(rec)
+    RE(tomo_scan(det, stage, list(angles_deg(30)), n_darks=2, n_flats=2))
+    RE.unsubscribe(token)
+    assert rec.wait(timeout=60)
+    assert seen and den.slices_rim_filled == len(seen)
+    fbp_slice, denoised = seen[-1]
+    outside = fbp_slice == 0
+    assert 0.15 < outside.mean() < 0.3 and (denoised[outside] == 0).all()
+    assert fbp_slice[~outside].mean() > 0  # the slice fills the circle: no air inside it
+    note = [d["data"]["note"][0] for n, d in docs if n == "event_page" and "note" in d["data"]][-1]
+    assert "wider than the field of view" not in note  # tomogan-slice learnt such slices

@@ -140,6 +140,11 @@ class SimTomoDetector(Device):
         The camera's point-spread function, a Gaussian's sigma in pixels (a scintillator's and its
         optics' blur), which spreads each photon's light, and so its noise, over neighbouring pixels
         (``simulate.tomography.DetectorModel.psf_sigma``); 0: none.
+    sample_width : float
+        The sample's width in fields of view, 1 to 4 (default 1: a bead pack the camera sees whole, with
+        open beam beside it). Above 1 the camera sees the middle of a wider pack at every angle (local
+        tomography): its reconstructed slices fill the reconstruction circle and rise towards its rim
+        (docs/models.md, "The rim of a sample wider than the field of view").
 
     Attributes
     ----------
@@ -175,6 +180,7 @@ class SimTomoDetector(Device):
         dead_pixels: float = 0.0,
         zingers: float = 0.0,
         blur: float = 0.0,
+        sample_width: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(name=name, **kwargs)
@@ -207,7 +213,7 @@ class SimTomoDetector(Device):
             raise ValueError(f"blur is a Gaussian's sigma in pixels in [0, 10], got {blur}")
         # dark level, read noise and blur; the dose is set per frame
         self.model = DetectorModel(photons=1.0, psf_sigma=float(blur))
-        self.sample = SpherePack.random((h, w), seed)
+        self.sample = SpherePack.random((h, w), seed, width=sample_width)
         self._last_attenuation: tuple[SpherePack, float, np.ndarray] | None = None
         self._rng = np.random.default_rng(seed + 1)
         self.gain = gain_pattern((h, w), self.model.gain_variation, np.random.default_rng(seed + 2))

@@ -52,15 +52,23 @@ class SpherePack:
     shift: tuple[float, float] = field(default=(0.0, 0.0))
 
     @classmethod
-    def random(cls, shape: tuple[int, int], seed: int = 0, max_line_integral: float = 2.0) -> SpherePack:
-        """A random bead pack filling a detector of ``shape``; the thickest ray sees ``max_line_integral``."""
+    def random(cls, shape: tuple[int, int], seed: int = 0, max_line_integral: float = 2.0,
+               width: float = 1.0) -> SpherePack:
+        """A random bead pack filling a detector of ``shape``; the thickest ray sees ``max_line_integral``.
+
+        ``width`` > 1: the cylinder is that many times the one that fills the view (0.84 of the detector's width)
+        across, with as many more beads as its section holds; the detector sees its middle (local tomography: no
+        open beam beside the sample at any angle). Width 1 gives the pack of before, bead for bead.
+        """
+        if not 1.0 <= width <= 4.0:
+            raise ValueError(f"width is the sample's width in fields of view, 1 to 4; got {width}")
         h, w = shape
         rng = np.random.default_rng(seed)
-        radius = 0.42 * w
+        radius = 0.42 * w * width
         centres: list[np.ndarray] = []
         radii: list[float] = []
         mus: list[float] = []
-        target = int(12 * (w / 64) * (h / 64)) + 4
+        target = int(12 * (w / 64) * (h / 64) * width**2) + 4
         for _ in range(target * 30):  # rejection sampling: beads do not overlap
             if len(radii) >= target:
                 break
