@@ -620,6 +620,7 @@ def test_demo_runs_a_live_scan_stored_in_tiled_and_says_where(tmp_path):
     (["--exposure", "0"], "exposure must be above 0 s"),       # a ZeroDivisionError
     (["--zingers", "0.5"], "zingers must be a rate per pixel in [0, 0.1), got 0.5"),
     (["--blur", "-1"], "blur must be a Gaussian's sigma in pixels in [0, 10], got -1.0"),
+    (["--sample-width", "0.5"], "sample width must be 1-4 fields of view, got 0.5"),
 ])
 def test_demo_settings_it_cannot_run_are_one_error_line_before_anything_is_made(tmp_path, capsys, args, message):
     assert main(["demo", "--out", str(tmp_path / "demo"), *args]) == 1

@@ -435,7 +435,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     metrics = run_demo(Path(args.out).expanduser(), size=args.size, n_angles=args.angles, photons=args.photons,
                        backend=args.backend, exposure=args.exposure, faults=args.faults, policy=args.policy,
                        report=print, live_view=args.live_view, fly=args.fly, capture=args.capture,
-                       zingers=args.zingers, blur=args.blur)
+                       zingers=args.zingers, blur=args.blur, sample_width=args.sample_width)
     ok = metrics["exit_status"] == "success" and (args.faults or metrics["qc_errors"] == 0)
     return 0 if ok else 1
 
@@ -571,6 +571,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--blur", type=float, default=0.0, metavar="SIGMA",
                    help="the camera's blur, a Gaussian's sigma in pixels (e.g. 0.8): a scintillator's, which "
                         "correlates the noise of neighbouring pixels (default 0)")
+    s.add_argument("--sample-width", type=float, default=1.0, metavar="W",
+                   help="the bead pack's width in fields of view (e.g. 1.8): the camera sees the middle of a wider "
+                        "sample at every angle (local tomography: no open beam beside it), whose slices fill the "
+                        "reconstruction circle (default 1: the whole sample in view)")
     s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("serve", help="denoise runs from a bluesky 0MQ or Kafka stream in this process "

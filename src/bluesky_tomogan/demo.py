@@ -51,7 +51,7 @@ DEMO_SIZES = (16, 2048)
 
 
 def _check_settings(size: int, n_angles: int, photons: float, exposure: float, zingers: float = 0.0,
-                    blur: float = 0.0) -> None:
+                    blur: float = 0.0, sample_width: float = 1.0) -> None:
     """Refuse settings the demo cannot run, before its store or server is made."""
     problems = []
     if not DEMO_SIZES[0] <= size <= DEMO_SIZES[1]:
@@ -67,6 +67,8 @@ def _check_settings(size: int, n_angles: int, photons: float, exposure: float, z
         problems.append(f"zingers must be a rate per pixel in [0, 0.1), got {zingers}")
     if not 0 <= blur <= 10:
         problems.append(f"blur must be a Gaussian's sigma in pixels in [0, 10], got {blur}")
+    if not 1 <= sample_width <= 4:
+        problems.append(f"sample width must be 1-4 fields of view, got {sample_width}")
     if problems:
         raise InputValueError("demo: " + "; ".join(problems))
 
@@ -87,6 +89,7 @@ def run_demo(
     capture: bool = False,
     zingers: float = 0.0,
     blur: float = 0.0,
+    sample_width: float = 1.0,
 ) -> dict[str, Any]:
     """Run the demo scan and return its measured numbers; see the module docstring.
 
@@ -140,6 +143,10 @@ def run_demo(
     blur : float
         The camera's blur, a Gaussian's sigma in pixels (a scintillator's and its optics': correlated noise;
         ``SimTomoDetector``'s ``blur``), 0-10.
+    sample_width : float
+        The bead pack's width in fields of view, 1-4 (``SimTomoDetector``'s ``sample_width``): above 1 the camera
+        sees the middle of a wider sample (local tomography), and the live reconstruction's slices fill their
+        circle and rise towards its rim.
     """
     from bluesky import RunEngine
     from bluesky.callbacks.tiled_writer import TiledWriter
@@ -157,7 +164,7 @@ def run_demo(
 
     if policy not in _POLICIES:
         raise ValueError(f"policy must be one of {_POLICIES}, got {policy!r}")
-    _check_settings(size, n_angles, photons, exposure, zingers, blur)
+    _check_settings(size, n_angles, photons, exposure, zingers, blur, sample_width)
     if capture and not fly:
         raise InputValueError("demo: a position capture (--capture) records a fly scan's angles: add --fly")
     fly_devices = _fly_devices() if fly else None  # before any store is made: a missing extra is said first
@@ -187,7 +194,7 @@ def run_demo(
             stage = SimTomoStage(name="stage")
             det: Any = SimTomoDetector(name="det", stage=stage, beam=beam, shape=(size, size),
                                        directory=frames_directory(root) / "raw", seed=seed, zingers=zingers,
-                                       blur=blur)
+                                       blur=blur, sample_width=sample_width)
             det.exposure_time.put(exposure)
             det.photon_flux.put(photons / exposure)
             camera, key = det, det.image_key
@@ -195,7 +202,7 @@ def run_demo(
         else:  # ophyd-async devices connect in the RunEngine's event loop: made after it
             # with a capture, the frames QC finds unusable (flown without beam) are flown again after the rotation
             det, plan = _fly_beamline(fly_devices, root, size, photons, exposure, seed, beam, n_angles, md,
-                                      feedback if capture else None, zingers, blur)
+                                      feedback if capture else None, zingers, blur, sample_width)
             camera, key = det.camera, det.name
         feedback.install_suspenders(RE, sleep=0.5)
         RE.install_suspender(SuspendFloor(beam, 0.25 * beam.nominal, resume_thresh=0.5 * beam.nominal, sleep=0.5))
@@ -315,7 +322,7 @@ def _fly_devices() -> Any:
 
 def _fly_beamline(fly: Any, root: Path, size: int, photons: float, exposure: float, seed: int, beam: Any,
                   n_angles: int, md: dict[str, Any], retake: Any = None, zingers: float = 0.0,
-                  blur: float = 0.0) -> tuple[Any, Any]:
+                  blur: float = 0.0, sample_width: float = 1.0) -> tuple[Any, Any]:
     """The simulated ophyd-async beamline's camera and a ``tomo_fly_scan`` of it over 180 degrees; with ``retake``
     (a QCFeedback), its simulated PandA flown beside the camera and the frames QC finds unusable flown again."""
     from ophyd_async.core import init_devices, soft_signal_rw
@@ -330,7 +337,7 @@ def _fly_beamline(fly: Any, root: Path, size: int, photons: float, exposure: flo
         shutter = soft_signal_rw(str, "open", name="shutter")
         det = fly.SimFlyTomoDetector(frames_directory(root) / "raw", rot, x, shutter, shape=(size, size),
                                      photon_flux=photons / exposure, beam=beam, seed=seed, zingers=zingers,
-                                     blur=blur, name="det")
+                                     blur=blur, sample_width=sample_width, name="det")
         panda = fly.SimPositionCapture(frames_directory(root) / "raw", det, name="panda") if retake else None
     return det, tomo_fly_scan(det, rot, 0.0, 180.0, n_angles, exposure=exposure, shutter=shutter, sample_x=x,
                               md=md, capture=[panda] if panda is not None else (), feedback=retake)
