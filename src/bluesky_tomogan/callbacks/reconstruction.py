@@ -699,8 +699,10 @@ class _RunReconstruction(PassThroughRun):
             notes.append(angle_problem)
         transmission = {r: recon.corrected_sinogram(sino[:, i], None if flat is None else flat[i],
                                                     None if dark is None else dark[i]) for i, r in enumerate(wanted)}
-        if final and flat is not None:
-            notes.extend(self._model_for_the_sample(transmission))
+        # with real flats only: without them every column's brightest value is its open beam
+        wider = final and flat is not None and recon.wider_than_view(list(transmission.values()))
+        if wider:
+            notes.extend(self._model_for_the_sample())
         middle = wanted.index(self._center_row(rows, transmission))
         found = self._found_center
         if not angle_problem and (found != found or self._found_at != len(angles)):
@@ -712,9 +714,16 @@ class _RunReconstruction(PassThroughRun):
             if final:
                 why = angle_problem or "Vo's search found no minimum inside its windows"
                 notes.append(f"rotation centre not found ({why}); using {how} {center:.2f}")
+        elif wider and self.o.center is None:
+            # Vo's method on rows that never show the sample's edges: off by up to 54 px on simulated ones
+            # (python benchmarks/center_wider.py)
+            notes.append(f"the rotation centre found ({found:.2f} px) is uncertain for a sample wider than the field "
+                         "of view; give TomoReconstruction(center=...) where it is known")
         elif self.o.center is not None and found == found and abs(found - self.o.center) > CENTER_TOLERANCE:
+            doubt = (", which is uncertain for a sample wider than the field of view" if wider
+                     else ": probably wrong")
             notes.append(f"the given rotation centre {self.o.center:g} is {abs(found - self.o.center):.1f} px from "
-                         f"the one found ({found:.2f}): probably wrong")
+                         f"the one found ({found:.2f}){doubt}")
         # the final reconstruction is what the stop (and wait()) waits for: it takes both cores
         slices = recon.reconstruct_rows({r: transmission[r] for r in wanted}, angles, center,
                                         remove_stripes=self.o.remove_stripes, threads=2 if final else 1)
@@ -731,15 +740,13 @@ class _RunReconstruction(PassThroughRun):
                 "projections": len(angles), "stripe": stripes, "note": "; ".join(notes), "final": final,
                 "source": source}
 
-    def _model_for_the_sample(self, transmission: Mapping[int, np.ndarray]) -> list[str]:
-        """A note where the sample is wider than the field of view and the slice model was not trained on such
+    def _model_for_the_sample(self) -> list[str]:
+        """A note, for a sample wider than the field of view, where the slice model was not trained on such
         slices (worker thread): they fill the reconstruction circle and rise towards its rim, where such a model
         paints blobs (docs/models.md, "tomogan-slice-local")."""
         card = getattr(self.o.slice_denoiser, "card", None)
         # a model fine-tuned on a scan (bluesky-tomogan finetune) learnt that scan's slices, truncated or not
         if card is None or card.domain != "slice" or card.trained_wider_than_view or "finetune" in card.source:
-            return []
-        if not recon.wider_than_view(list(transmission.values())):
             return []
         return [f"the sample is wider than the field of view (no open beam at the rows' edges): the slice model "
                 f"{card.name} was not trained on such slices, tomogan-slice-local was"]
