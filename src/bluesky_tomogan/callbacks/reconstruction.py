@@ -715,8 +715,8 @@ class _RunReconstruction(PassThroughRun):
                 why = angle_problem or "Vo's search found no minimum inside its windows"
                 notes.append(f"rotation centre not found ({why}); using {how} {center:.2f}")
         elif wider and self.o.center is None:
-            # Vo's method on rows that never show the sample's edges: off by up to 54 px on simulated ones
-            # (python benchmarks/center_wider.py)
+            # Vo's method on rows that never show the sample's edges: off by up to 21 px on simulated ones
+            # 2.5 fields of view across, even on rows extended by their ends (python benchmarks/center_wider.py)
             notes.append(f"the rotation centre found ({found:.2f} px) is uncertain for a sample wider than the field "
                          "of view; give TomoReconstruction(center=...) where it is known")
         elif self.o.center is not None and found == found and abs(found - self.o.center) > CENTER_TOLERANCE:
