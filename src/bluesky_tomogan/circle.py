@@ -19,13 +19,14 @@ value are given to the network as they are: that is what it was trained on.
 from __future__ import annotations
 
 import functools
-import hashlib
 import threading
 from collections import OrderedDict
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
 
+from .masked import mask_key
 from .normalise import robust_range
 
 __all__ = ["RIM_STEP", "outside_circle", "rim_step", "outside_to_fill"]
@@ -78,10 +79,19 @@ def outside_circle(slices: np.ndarray) -> np.ndarray | None:
     return masks.reshape(slices.shape)
 
 
-#: Circles kept (~3 MB for a 1024x1024 slice's): a reconstruction's is the same in every slice, and finding one
+#: Circles kept (~4 MB for a 1024x1024 slice's): a reconstruction's is the same in every slice, and finding one
 #: anew (a hole fill) costs ~30 ms per 1024x1024 slice, where checking a known one costs ~1 ms.
 CIRCLES_KEPT = 4
-_circles: OrderedDict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+
+
+class _Circle(NamedTuple):
+    mask: np.ndarray  # the outside, read-only
+    outside: np.ndarray  # its flat indices
+    edge: np.ndarray  # flat indices of the pixels beside it, as the hole fill connects them (edges, not corners)
+    band: np.ndarray  # the rim band: RIM_WIDTH pixels inside it
+
+
+_circles: OrderedDict[tuple[tuple[int, ...], bytes], _Circle] = OrderedDict()
 _circles_lock = threading.Lock()
 
 
@@ -89,61 +99,43 @@ def _known_circle(frame: np.ndarray) -> np.ndarray | None:
     """A remembered circle that is exactly this frame's: its outside all at the corner's value, and no pixel at
     that value beside it (else the frame's outside would reach further)."""
     with _circles_lock:
-        circles = [c for c in _circles.values() if c[0].shape == frame.shape]
+        circles = [c for c in _circles.values() if c.mask.shape == frame.shape]
     corner, flat = frame[0, 0], frame.reshape(-1)
-    for mask, outside, edge in circles:
-        if (flat[outside] == corner).all() and not (flat[edge] == corner).any():
-            return mask
+    for circle in circles:
+        if (flat[circle.outside] == corner).all() and not (flat[circle.edge] == corner).any():
+            return circle.mask
     return None
 
 
-def _remember(mask: np.ndarray) -> None:
-    key = _key(mask)
-    # the pixels beside the outside, as the hole fill connects them (edges, not corners)
-    edge = ndimage.binary_dilation(mask) & ~mask
+def _remember(mask: np.ndarray) -> _Circle:
+    """The circle of ``mask`` (an outside), kept for the next slices."""
+    key = mask_key(mask)
+    with _circles_lock:
+        if key in _circles:
+            _circles.move_to_end(key)
+            return _circles[key]
     kept = mask.copy()
     kept.setflags(write=False)
+    edge = ndimage.binary_dilation(mask) & ~mask
+    band = ~mask & (ndimage.distance_transform_edt(~mask) <= RIM_WIDTH)
+    circle = _Circle(kept, np.flatnonzero(mask), np.flatnonzero(edge), band)
     with _circles_lock:
-        _circles[key] = (kept, np.flatnonzero(mask), np.flatnonzero(edge))
-        _circles.move_to_end(key)
+        _circles[key] = circle
         while len(_circles) > CIRCLES_KEPT:
             _circles.popitem(last=False)
-
-
-def _key(mask: np.ndarray) -> bytes:
-    return repr(mask.shape).encode() + hashlib.blake2b(np.packbits(mask).tobytes(), digest_size=16).digest()
+    return circle
 
 
 def rim_step(frame: np.ndarray, outside: np.ndarray) -> float:
     """How far the rim of ``frame`` (the median of the band of :data:`RIM_WIDTH` pixels just inside its circle)
     stands from the value outside it, as a share of the frame's robust range
     (:func:`bluesky_tomogan.normalise.robust_range`)."""
-    values = frame[_rim_band(outside)]
+    values = frame[_remember(outside).band]
     values = values[np.isfinite(values)]
     if not values.size:
         return 0.0
     _, scale = robust_range(frame)
     return float(abs(np.median(values) - frame[outside].flat[0]) / scale)
-
-
-#: Rim bands kept, by mask: a reconstruction's circle is the same in every slice.
-BANDS_KEPT = 4
-_bands: OrderedDict[bytes, np.ndarray] = OrderedDict()
-_bands_lock = threading.Lock()
-
-
-def _rim_band(outside: np.ndarray) -> np.ndarray:
-    key = _key(outside)
-    with _bands_lock:
-        if key in _bands:
-            _bands.move_to_end(key)
-            return _bands[key]
-    band = ~outside & (ndimage.distance_transform_edt(~outside) <= RIM_WIDTH)
-    with _bands_lock:
-        _bands[key] = band
-        while len(_bands) > BANDS_KEPT:
-            _bands.popitem(last=False)
-    return band
 
 
 def outside_to_fill(context: np.ndarray, centre: int) -> np.ndarray | None:

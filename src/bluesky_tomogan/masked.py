@@ -105,11 +105,16 @@ _plans: OrderedDict[tuple[tuple[int, ...], bytes], _Plan] = OrderedDict()
 _plans_lock = threading.Lock()
 
 
+def mask_key(mask: np.ndarray) -> tuple[tuple[int, ...], bytes]:
+    """A boolean mask's shape and digest: the key of what is kept per mask (here and in :mod:`.circle`)."""
+    return mask.shape, hashlib.blake2b(np.packbits(mask).tobytes(), digest_size=16).digest()
+
+
 def _fill_plan(where: np.ndarray) -> _Plan:
     """Row and column of the nearest unmasked pixel of each masked pixel of ``where`` (in mask order), and
     the rows and columns of the lone masked pixels: no masked pixel among their eight neighbours, not on the
     frame's edge."""
-    key = (where.shape, hashlib.blake2b(np.packbits(where).tobytes(), digest_size=16).digest())
+    key = mask_key(where)
     with _plans_lock:
         if key in _plans:
             _plans.move_to_end(key)
