@@ -20,16 +20,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from bluesky_tomogan.bench import cpu_name
 from bluesky_tomogan.finetune import read_scan
-from bluesky_tomogan.finetune.evaluate import held_out_rows
-from bluesky_tomogan.finetune.pairs import _row, rotation_center
-from bluesky_tomogan.frames import context_indices
+from bluesky_tomogan.finetune.evaluate import held_out_rows, slice_quality
 from bluesky_tomogan.inference import load_denoiser
-from bluesky_tomogan.metrics import ssim
-from bluesky_tomogan.reconstruction import corrected_sinogram, reconstruct
 from bluesky_tomogan.simulate.datasets import write_scan_file
 
 
@@ -46,24 +40,20 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([sys.executable, "-m", "bluesky_tomogan.cli", "finetune", str(path), "--out", str(tuned),
                         "--minutes", str(args.minutes), "--format", "onnx", "--no-progress"], check=True)
     scan = read_scan(str(path))
-    rows, center = held_out_rows(scan), rotation_center(scan)
-    one_scan = np.zeros(scan.shape[1], np.int32)
-    noisy = {r: reconstruct(corrected_sinogram(scan.projections[:, r, :], _row(scan.flats, r), _row(scan.darks, r)),
-                            scan.angles, center, row=r).slice for r in range(scan.shape[1])}
-    truth = {r: reconstruct(np.exp(-clean[:, r, :]), scan.angles, center, row=r, remove_stripes=False).slice
-             for r in rows}
-    print(f"{len(rows)} held-out rows of a {args.width:g}x wide sample, SSIM against the clean slices ({cpu_name()}); "
-          f"sparse FBP {np.mean([ssim(truth[r], noisy[r]) for r in rows]):.4f}")
-    print("| model | outside as stored | outside filled |\n|---|---|---|")
-    for label, model in (("tomogan-slice", "tomogan-slice"), ("tomogan-slice-local", "tomogan-slice-local"),
-                         ("fine-tuned on this scan", str(tuned))):
-        den = load_denoiser(model, backend="onnxruntime", precision="fp32")
-        scores = []
+    labels = {"tomogan-slice": "tomogan-slice", "tomogan-slice-local": "tomogan-slice-local",
+              "fine-tuned on this scan": str(tuned)}
+    denoisers = {}
+    for label, model in labels.items():
         for fill in (False, True):
+            den = load_denoiser(model, backend="onnxruntime", precision="fp32")
             den.fill_outside_circle = fill
-            scores.append(np.mean([ssim(truth[r], den.denoise_context(np.stack(
-                [noisy[i] for i in context_indices(one_scan, r, den.depth)]))) for r in rows]))
-        print(f"| {label} | {scores[0]:.4f} | {scores[1]:.4f} |", flush=True)
+            denoisers[label, fill] = den
+    quality = slice_quality(scan, clean, {f"{label} {fill}": den for (label, fill), den in denoisers.items()})
+    print(f"{len(held_out_rows(scan))} held-out rows of a {args.width:g}x wide sample, SSIM against the clean "
+          f"slices ({cpu_name()}); sparse FBP {quality['raw']['ssim']:.4f}")
+    print("| model | outside as stored | outside filled |\n|---|---|---|")
+    for label in labels:
+        print(f"| {label} | {quality[f'{label} False']['ssim']:.4f} | {quality[f'{label} True']['ssim']:.4f} |")
     return 0
 
 

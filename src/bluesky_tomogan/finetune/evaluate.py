@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ..frames import context_indices
-from ..inference import load_denoiser
+from ..inference import Denoiser, load_denoiser
 from ..metrics import psnr, ssim
 from ..reconstruction import corrected_sinogram, reconstruct
 from .pairs import HOLDOUT_DEFAULT, _row, rotation_center
@@ -29,7 +29,7 @@ def held_out_rows(scan: Scan, fraction: float = HOLDOUT_DEFAULT) -> list[int]:
     return list(range(z - max(3, int(round(z * fraction))), z))
 
 
-def slice_quality(scan: Scan, clean_line_integrals: np.ndarray, models: Mapping[str, str],
+def slice_quality(scan: Scan, clean_line_integrals: np.ndarray, models: Mapping[str, str | Denoiser],
                   rows: Sequence[int] | None = None) -> dict[str, dict[str, float]]:
     """Mean SSIM/PSNR over ``rows`` of the raw slices and of each model's denoised slices vs the clean slices.
 
@@ -39,15 +39,16 @@ def slice_quality(scan: Scan, clean_line_integrals: np.ndarray, models: Mapping[
         The noisy scan (as the fine-tune read it).
     clean_line_integrals : numpy.ndarray
         ``(n_angles, rows, columns)`` noise-free line integrals of the same scan.
-    models : mapping of str to str
-        Label -> model (shipped name, card or directory), each run in fp32 on ONNX Runtime.
+    models : mapping of str to str or Denoiser
+        Label -> model (shipped name, card or directory), each run in fp32 on ONNX Runtime, or a denoiser
+        loaded as the caller wants it (another precision, or with one of its switches set).
     rows : sequence of int, optional
         Rows to score (default :func:`held_out_rows`); each needs its neighbours for context.
     """
     rows = list(rows if rows is not None else held_out_rows(scan))
     center = rotation_center(scan)
-    denoisers = {label: load_denoiser(model, backend="onnxruntime", precision="fp32")
-                 for label, model in models.items()}
+    denoisers = {label: load_denoiser(model, backend="onnxruntime", precision="fp32") if isinstance(model, str)
+                 else model for label, model in models.items()}
     one_scan = np.zeros(scan.shape[1], np.int32)
 
     def context(r: int, depth: int) -> list[int]:
