@@ -773,7 +773,7 @@ def test_a_sample_wider_than_the_view_is_noted_unless_the_slice_model_was_traine
         def __getattr__(self, name):
             return getattr(shipped, name)
 
-    notes = {}
+    notes, centers = {}, {}
     for model in ("tomogan-slice-light", "tomogan-slice", "tomogan-slice-local", "finetuned"):
         stage = SimTomoStage(name="stage")
         det = SimTomoDetector(name="det", stage=stage, shape=(32, 48), simulate_timing=False, seed=7,
@@ -788,12 +788,15 @@ def test_a_sample_wider_than_the_view_is_noted_unless_the_slice_model_was_traine
         RE.unsubscribe(token)
         assert rec.wait(timeout=60)
         notes[model] = [d["data"]["note"][0] for n, d in docs if n == "event_page" and "note" in d["data"]][-1]
+        centers[model] = [d["data"]["center"][0] for n, d in docs if n == "event_page" and "center" in d["data"]][-1]
     light = notes["tomogan-slice-light"]
     assert "wider than the field of view" in light and "tomogan-slice-local" in light
     for model in ("tomogan-slice-local", "tomogan-slice", "finetuned"):  # the model note: not for these
         assert "not trained on such slices" not in notes[model]
-    # the centre's note (session 70) is the sample's, whatever the model
-    assert all("rotation centre found" in note and "uncertain" in note for note in notes.values())
+    # the centre's note is the sample's, whatever the model: found where the projections 180 degrees apart agree
+    # (session 71; Vo's method, off for such samples, made the note call it uncertain in session 70)
+    assert all("180 degrees apart agree" in note for note in notes.values())
+    assert all(abs(c - 23.5) < 1.0 for c in centers.values()), centers  # the middle of 48 columns
 
 
 def test_a_live_reconstruction_of_a_sample_wider_than_the_view_keeps_its_slices_outside_the_circle(RE, tmp_path):
@@ -829,20 +832,61 @@ def test_a_live_reconstruction_of_a_sample_wider_than_the_view_keeps_its_slices_
     assert fbp_slice[~outside].mean() > 0  # the slice fills the circle: no air inside it
     note = [d["data"]["note"][0] for n, d in docs if n == "event_page" and "note" in d["data"]][-1]
     assert "not trained on such slices" not in note  # tomogan-slice learnt them
-    # Vo's method has less to go on without the sample's edges (benchmarks/center_wider.py): the note says so
-    assert "rotation centre found" in note and "uncertain" in note and "center=" in note
+    # the centre of such a sample: where the projections 180 degrees apart agree (benchmarks/center_wider.py)
+    assert "180 degrees apart agree" in note
+    center = [d["data"]["center"][0] for n, d in docs if n == "event_page" and "center" in d["data"]][-1]
+    assert abs(center - 23.5) < 1.0
 
 
-def test_the_rotation_centre_of_a_sample_wider_than_the_view_is_searched_on_rows_extended_by_their_ends():
-    """Session 70: rows that end in the sample (local tomography) made Vo's metric read their ends as
-    inconsistency: 143.7 px for an axis at 127.5 on row 64 of a bead pack 1.8 fields of view across; extended by
-    their end values, within 3 px on every row (benchmarks/center_wider.py). A sample inside the view is
-    searched as before."""
+def test_the_rotation_centre_of_a_sample_wider_than_the_view_is_where_the_projections_180_degrees_apart_agree():
+    """Session 71: rows that end in the sample (local tomography) mislead Vo's metric: 143.7 px for an axis at
+    127.5 on row 64 of a bead pack 1.8 fields of view across (session 70), within 3 px on rows extended by their
+    end values but 21 px off at 2.5 fields of view (benchmarks/center_wider.py). The 180-degree seam compares only
+    what both projections see: within 1 px at both widths. A sample inside the view is searched as before."""
+    from bluesky_tomogan.center import SEAM, VO, VO_EXTENDED, search_center
     from bluesky_tomogan.simulate.spheres import SpherePack
 
     angles = angles_deg(90)
-    wide = SpherePack.random((256, 256), 7, width=1.8)
-    found = [find_center(np.exp(-wide.sinogram(row, angles)), angles) for row in (64, 128, 192)]
-    assert max(abs(c - 127.5) for c in found) < 3, found
+    for width in (1.8, 2.5):
+        wide = SpherePack.random((256, 256), 7, width=width)
+        found = [search_center(np.exp(-wide.sinogram(row, angles)), angles) for row in (64, 128, 192)]
+        assert all(how == SEAM for _, how in found)
+        assert max(abs(c - 127.5) for c, _ in found) < 1.0, found
     whole = SpherePack.random((256, 256), 7)
-    assert find_center(np.exp(-whole.sinogram(128, angles)), angles) == pytest.approx(127.5, abs=1.0)
+    center, how = search_center(np.exp(-whole.sinogram(128, angles)), angles)
+    assert how == VO and center == pytest.approx(127.5, abs=1.0)
+    # angles that do not reach the seam (a 10-degree gap before 180): Vo's method on the extended rows
+    short = angles[angles < 170]
+    wide = SpherePack.random((256, 256), 7, width=1.8)
+    center, how = search_center(np.exp(-wide.sinogram(128, short)), short)
+    assert how == VO_EXTENDED and np.isfinite(center)
+
+
+def test_the_seam_pairs_of_a_scan_over_0_to_180_and_of_one_that_holds_both_ends():
+    from bluesky_tomogan.center import _seam_pairs
+
+    # [0, 180) in 2-degree steps: the first projection against the mirrored last (at -2) and the second, the last
+    # against the one before it and the mirrored first (at 180), each halfway
+    assert _seam_pairs(np.arange(0, 180, 2.0)) == [(0, (89, True), (1, False), 0.5), (89, (88, False), (0, True), 0.5)]
+    # [0, 180]: each end against the other's mirror image at its very angle
+    assert _seam_pairs(np.arange(0, 181, 2.0)) == [(0, (90, True), (90, True), 0.0), (90, (0, True), (0, True), 0.0)]
+    assert _seam_pairs(np.arange(0, 150, 2.0)) == []  # no seam: 150 degrees
+    assert _seam_pairs(np.array([0.0, 90.0])) == []
+
+
+@pytest.mark.parametrize("endpoint", [False, True])
+def test_the_seam_finds_an_off_centre_axis_of_a_cut_sample_and_ignores_missing_pixels(endpoint):
+    """An axis 9.3 px right of the middle of 128 columns, a sample wider than the view (two discs and a slab that
+    fills every row), the last row of pixels missing (NaN) in one projection: the seam within 0.3 px, over
+    [0, 180) and over [0, 180] (where the ends are compared directly)."""
+    from bluesky_tomogan.center import seam_center
+
+    angles = np.linspace(0, 180, 121, endpoint=endpoint)
+    cols, axis = np.arange(128), 63.5 + 9.3
+    sino = np.full((len(angles), len(cols)), 0.3)  # the slab: wider than the view at every angle
+    for radius, phase, size in ((30, 0.3, 9), (55, 2.0, 6), (12, 4.0, 4)):
+        pos = axis + radius * np.cos(np.deg2rad(angles) + phase)
+        sino += 2 * np.sqrt(np.clip(size**2 - (cols[None] - pos[:, None]) ** 2, 0, None)) * 0.03
+    transmission = np.exp(-sino)
+    transmission[-1, -6:] = np.nan
+    assert seam_center([transmission], angles) == pytest.approx(axis, abs=0.3)

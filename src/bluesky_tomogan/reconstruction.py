@@ -1,4 +1,5 @@
-"""Slices from sinogram rows, with algotom: flat/dark correction, stripe removal, rotation centre, FBP.
+"""Slices from sinogram rows, with algotom: flat/dark correction, stripe removal, FBP (the rotation centre:
+:mod:`bluesky_tomogan.center`, whose functions this module also offers).
 
 Why algotom: it installs from the package index with NumPy/SciPy/numba wheels (no
 CUDA, no compiler), it is maintained at Diamond Light Source for exactly this data
@@ -25,11 +26,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import gaussian_filter, median_filter
+from scipy.ndimage import median_filter
+
+from .center import estimate_center, fallback_center, find_center, search_center
 
 __all__ = ["stripe_metric", "corrected_sinogram", "defective_pixels", "fill_row_gaps", "estimate_center",
-           "fallback_center", "find_center", "reconstruct", "reconstruct_rows", "check_angles", "wider_than_view",
-           "SliceResult", "background_thread", "degrees_per_unit", "nominal_angles"]
+           "fallback_center", "find_center", "search_center", "reconstruct", "reconstruct_rows", "check_angles",
+           "wider_than_view", "SliceResult", "background_thread", "degrees_per_unit", "nominal_angles"]
 
 log = logging.getLogger(__name__)
 #: Width (columns) of the median filter that separates a stripe from the object's own column profile.
@@ -38,8 +41,6 @@ STRIPE_WINDOW = 21
 OPEN_BEAM = 0.9
 #: Share of the projections whose row edge looks through the sample, from which it is wider than the view.
 TRUNCATED_SHARE = 0.9
-#: Smallest angular span (degrees) over which a centre-of-mass sinusoid is fitted.
-MIN_SPAN_FOR_ESTIMATE = 60.0
 #: Degrees per unit of a rotation angle, by the units its data key gives (EPICS motors' EGU, ophyd's ``units``).
 _DEGREES_PER_UNIT = {**dict.fromkeys(("deg", "degree", "degrees", "°"), 1.0),
                      **dict.fromkeys(("rad", "radian", "radians"), 180.0 / math.pi),
@@ -199,148 +200,6 @@ def wider_than_view(transmission: Sequence[np.ndarray]) -> bool:
         right = np.nanmedian(rows[:, :, -band:], axis=(0, 2))
     covered = (left < OPEN_BEAM) | (right < OPEN_BEAM)
     return bool(covered.mean() >= TRUNCATED_SHARE)
-
-
-def estimate_center(transmission: np.ndarray, angles_deg: np.ndarray) -> float:
-    """Rotation centre (column) from the centre of mass of each projection row; NaN if it cannot be fitted.
-
-    In parallel-beam geometry the centre of mass of the object projects to
-    ``c + a cos(theta) + b sin(theta)``; a least-squares fit gives ``c`` from
-    any span of at least 60 degrees, in microseconds: the centre of the
-    progressive reconstructions before the rotation reaches 180 degrees. It is
-    biased when the object leaves the field of view; :func:`find_center` is
-    the one for a full rotation.
-    """
-    a = np.deg2rad(np.asarray(angles_deg, float))
-    if len(a) < 3 or np.rad2deg(a.max() - a.min()) < MIN_SPAN_FOR_ESTIMATE:
-        return float("nan")
-    attenuation = np.clip(-np.log(np.asarray(transmission, np.float64)), 0.0, None)
-    mass = attenuation.sum(axis=1)
-    ok = mass > 1e-6 * max(float(mass.max()), 1e-30)
-    if ok.sum() < 3:
-        return float("nan")
-    com = (attenuation[ok] @ np.arange(attenuation.shape[1])) / mass[ok]
-    design = np.stack([np.ones(int(ok.sum())), np.cos(a[ok]), np.sin(a[ok])], axis=1)
-    coef, *_ = np.linalg.lstsq(design, com, rcond=None)
-    return float(coef[0])
-
-
-def fallback_center(transmission: np.ndarray, angles_deg: np.ndarray) -> tuple[float, str]:
-    """The centre where :func:`find_center` cannot run, and how it was had: the centre-of-mass
-    estimate (:func:`estimate_center`), else the detector centre."""
-    center = estimate_center(transmission, angles_deg)
-    if math.isfinite(center):
-        return center, "the centre-of-mass estimate"
-    return (np.asarray(transmission).shape[1] - 1) / 2, "the detector centre"
-
-
-def find_center(transmission: np.ndarray, angles_deg: np.ndarray) -> float:
-    """Rotation centre (column) of a 180-degree transmission sinogram, by Vo's method in algotom; NaN if
-    its search finds no minimum inside any of its windows.
-
-    algotom's ``find_center_vo`` steps: a coarse search over a window an eighth
-    of the detector wide, then a quarter-pixel search around its result. When
-    the sample stays inside the field of view at every angle, the window is
-    centred on the centre-of-mass estimate (:func:`estimate_center`, unbiased
-    then), so that an axis outside the middle eighth is found too (Vo's metric
-    has only false minima inside a window that misses the axis). Otherwise, or
-    if the minimum lies at that window's edge, the middle eighth of the detector
-    (``find_center_vo``'s), and then the middle half: a minimum at a window's
-    edge is no minimum (algotom warns and returns the edge). Each window is at
-    least 16 pixels wide. Rows whose sample is not inside the field of view are first extended by a
-    quarter of their width at each end with their end values (see the comment below), and the
-    windows are the extended rows'. The coarse search runs on a copy downsampled to about
-    48 angles and 256 columns (``find_center_vo`` downsamples only above 900
-    angles or 1000 columns), which makes the whole search 4x cheaper at
-    180 x 512 with the same answer: the fine search on the full sinogram decides.
-    The fine search is ``fine_search_cor``'s quarter-pixel grid, refined by a
-    parabola through the lowest point and its two neighbours
-    (:func:`_fine_search`).
-    """
-    from algotom.prep.calculation import downsample_cor
-
-    inside = _inside_field_of_view(transmission)
-    # A sample wider than the field of view (local tomography) fills every row to its ends, and Vo's metric reads
-    # the rows' abrupt ends as inconsistency: off by up to 16 / 54 px on exact rows of a bead pack 1.8 / 2.5
-    # fields of view across. Rows extended by their end values (as filtered back-projection pads them) leave
-    # 2.6 / 21 px (python benchmarks/center_wider.py). A sample inside the field of view is searched as it is.
-    pad = 0 if inside else np.asarray(transmission).shape[1] // 4
-    if pad:
-        transmission = np.pad(np.asarray(transmission), ((0, 0), (pad, pad)), mode="edge")
-    sino = _sorted_180(-np.log(transmission), angles_deg)
-    nrow, ncol = sino.shape
-    dsp_row, dsp_col = max(nrow // 48, 1), max(ncol // 256, 1)
-    coarse = gaussian_filter(sino, (3, 1), mode="reflect")
-    coarse = downsample_cor(coarse, dsp_row, dsp_col)
-    half = max(ncol // 16, 8)  # a few pixels' error of the estimate must not put the axis at the edge
-    windows = [(ncol // 2 - half, ncol // 2 + half), (ncol // 4, ncol - ncol // 4)]
-    estimate = estimate_center(transmission, angles_deg) if inside else math.nan
-    if math.isfinite(estimate):
-        start = int(np.clip(round(estimate) - half, 0, max(ncol - 1 - 2 * half, 0)))
-        windows.insert(0, (start, start + 2 * half))
-    for start, stop in windows:
-        raw = _coarse_search(coarse, start // dsp_col, -(-stop // dsp_col))
-        if raw is not None:
-            return _fine_search(sino, raw * dsp_col + 0.5 * (dsp_col - 1), max(2, dsp_col)) - pad
-    return float("nan")
-
-
-def _fine_search(sino: np.ndarray, start: float, radius: float, step: float = 0.25) -> float:
-    """algotom's ``fine_search_cor`` (smoothing, mask and metric as its defaults), with the minimum refined
-    by a parabola through the lowest grid point and its two neighbours.
-
-    Why refine: on a grid, the answer jumps a whole step where two grid points score alike, so a change
-    of a few counts in a few columns (a filled detector gap, a retrained denoiser) moved a live slice by
-    a quarter pixel, about twice the slice's standard deviation at the sample's edge. The vertex moves
-    as little as the metric does. It stays within half a step of the grid point, where the metric is
-    close enough to a parabola; at the search's edge the grid point is returned.
-    """
-    smooth = gaussian_filter(sino, (2, 2), mode="reflect")
-    candidates = np.clip(start + np.arange(-radius, radius + step, step), 0.0, smooth.shape[1] - 1.0)
-    metric = _vo_metric(smooth, candidates)
-    best = int(np.argmin(metric))
-    if best in (0, len(candidates) - 1) or candidates[best - 1] == candidates[best + 1]:
-        return float(candidates[best])
-    left, mid, right = metric[best - 1], metric[best], metric[best + 1]
-    curvature = left - 2 * mid + right
-    offset = 0.5 * (left - right) / curvature if curvature > 0 else 0.0
-    return float(candidates[best] + step * np.clip(offset, -0.5, 0.5))
-
-
-def _coarse_search(sino: np.ndarray, start: int, stop: int) -> int | None:
-    """algotom's ``coarse_search_cor`` (integer shifts, its default mask), made of its public parts; None when
-    the minimum lies at the window's edge, where algotom warns and returns the edge (a warning to match by
-    its text, caught by changing the process's warnings filters from a worker thread)."""
-    ncol = sino.shape[1]
-    candidates = np.arange(int(np.clip(start, 0, ncol - 1)), int(np.clip(stop, 0, ncol - 1)) + 1)
-    best = int(np.argmin(_vo_metric(sino, candidates)))
-    return None if best in (0, len(candidates) - 1) else int(candidates[best])
-
-
-def _vo_metric(sino: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Vo's metric (algotom's ``calculate_center_metric``, its default mask) of each candidate centre."""
-    from algotom.prep.calculation import calculate_center_metric, make_inverse_double_wedge_mask
-
-    nrow, ncol = sino.shape
-    flipped, complement = np.fliplr(sino), np.flipud(sino)
-    mask = make_inverse_double_wedge_mask(2 * nrow, ncol, 0.25 * ncol, None, None)  # ratio 0.5, as algotom's
-    return np.array([calculate_center_metric(c, sino, flipped, complement, mask) for c in candidates])
-
-
-def _inside_field_of_view(transmission: np.ndarray) -> bool:
-    """Whether the sample leaves the outer columns of every projection clear (it stays in the field of view)."""
-    attenuation = np.clip(-np.log(np.clip(np.asarray(transmission, np.float64), 1e-6, None)), 0.0, None)
-    edge = max(2, attenuation.shape[1] // 50)
-    strongest = float(np.median(attenuation.max(axis=1)))
-    outer = max(float(np.percentile(attenuation[:, :edge].mean(axis=1), 95)),
-                float(np.percentile(attenuation[:, -edge:].mean(axis=1), 95)))
-    return strongest > 0 and outer < 0.05 * strongest
-
-
-def _sorted_180(sino: np.ndarray, angles_deg: np.ndarray) -> np.ndarray:
-    order = np.argsort(angles_deg)
-    a, s = np.asarray(angles_deg)[order], sino[order]
-    return s[a < a[0] + 180.0]
 
 
 @dataclass

@@ -61,6 +61,7 @@ import event_model
 import numpy as np
 
 from .. import reconstruction as recon
+from ..center import SEAM
 from ..errors import OutputPathError
 from ..frame_roles import FrameRoles
 from ..frames import context_indices
@@ -114,7 +115,8 @@ class TomoReconstruction(RunRouterFacade):
     source : {"denoised", "raw"}
         Which projections: the ``denoised`` stream (default) or the raw ``primary`` frames.
     center : float, optional
-        Rotation centre in pixels (default: found with algotom's ``find_center_vo``).
+        Rotation centre in pixels (default: found with algotom's ``find_center_vo``, or for a sample wider
+        than the field of view where the projections 180 degrees apart agree: :mod:`bluesky_tomogan.center`).
     angle_field : str, optional
         The data key of each projection's rotation angle, in a run whose ``primary`` stream has it;
         otherwise (and by default) the start document's first ``motors`` entry, as bluesky's step
@@ -372,6 +374,7 @@ class _RunReconstruction(PassThroughRun):
         self._counters: dict[str, int] = {}
         self._found_center = float("nan")  # from the last reconstruction that covered 180 degrees
         self._found_at = 0  # with how many projections it was found
+        self._found_how = ""  # and how (bluesky_tomogan.center: VO, SEAM or VO_EXTENDED)
 
     def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
         if name == "stop" and self.o.background and self._axis is not None and not self.summary.finished:
@@ -703,22 +706,28 @@ class _RunReconstruction(PassThroughRun):
         wider = final and flat is not None and recon.wider_than_view(list(transmission.values()))
         if wider:
             notes.extend(self._model_for_the_sample())
-        middle = wanted.index(self._center_row(rows, transmission))
+        middle, seeing = self._center_rows(rows, transmission)
         found = self._found_center
         if not angle_problem and (found != found or self._found_at != len(angles)):
-            found = self._found_center = recon.find_center(transmission[wanted[middle]], angles)
-            self._found_at = len(angles)
+            # the other rows that see the sample: the 180-degree seam (a wider sample) adds them up
+            found, self._found_how = recon.search_center(
+                transmission[middle], angles, other_rows=[transmission[r] for r in seeing if r != middle])
+            self._found_center, self._found_at = found, len(angles)
         center = self.o.center if self.o.center is not None else found
         if center != center:  # less than 180 degrees (yet): the centre-of-mass estimate, else the detector centre
-            center, how = recon.fallback_center(transmission[wanted[middle]], angles)
+            center, how = recon.fallback_center(transmission[middle], angles)
             if final:
                 why = angle_problem or "Vo's search found no minimum inside its windows"
                 notes.append(f"rotation centre not found ({why}); using {how} {center:.2f}")
+        elif wider and self.o.center is None and self._found_how == SEAM:
+            notes.append(f"rotation centre {found:.2f} px, found where the projections 180 degrees apart agree (the "
+                         "sample is wider than the field of view, which misleads Vo's method)")
         elif wider and self.o.center is None:
-            # Vo's method on rows that never show the sample's edges: off by up to 21 px on simulated ones
-            # 2.5 fields of view across, even on rows extended by their ends (python benchmarks/center_wider.py)
-            notes.append(f"the rotation centre found ({found:.2f} px) is uncertain for a sample wider than the field "
-                         "of view; give TomoReconstruction(center=...) where it is known")
+            # the seam not in the scan (or no minimum there), and Vo's method on rows that never show the sample's
+            # edges: off by up to 21 px on simulated ones 2.5 fields of view across, even on rows extended by their
+            # ends (python benchmarks/center_wider.py)
+            notes.append(f"the rotation centre found ({found:.2f} px, by {self._found_how}) is uncertain for a sample "
+                         "wider than the field of view; give TomoReconstruction(center=...) where it is known")
         elif self.o.center is not None and found == found and abs(found - self.o.center) > CENTER_TOLERANCE:
             doubt = (", which is uncertain for a sample wider than the field of view" if wider
                      else ": probably wrong")
@@ -809,12 +818,16 @@ class _RunReconstruction(PassThroughRun):
                          + (f" and {len(failed) - 3} more" if len(failed) > 3 else ""))
 
     @staticmethod
-    def _center_row(rows: Sequence[int], transmission: dict[int, np.ndarray]) -> int:
-        """The row the rotation centre is searched on: the middle one of ``rows``, unless it sees little of the
-        sample (an edge row above or below it), then the one that sees the most."""
-        seen = {r: float(np.sum(-np.log(np.clip(transmission[r], 1e-6, 1.0)))) for r in rows}
+    def _center_rows(rows: Sequence[int], transmission: dict[int, np.ndarray]) -> tuple[int, list[int]]:
+        """The row the rotation centre is searched on, and every row of ``transmission`` that sees the sample
+        (at least a tenth of the most that one sees). The first is the middle one of ``rows``, unless it sees
+        little of the sample (an edge row above or below it), then the one that sees the most."""
+        seen = {r: float(np.sum(-np.log(np.clip(t, 1e-6, 1.0)))) for r, t in transmission.items()}
+        most = max(seen.values())
         middle = rows[len(rows) // 2]
-        return middle if seen[middle] >= 0.1 * max(seen.values()) else max(seen, key=seen.__getitem__)
+        if seen[middle] < 0.1 * most:
+            middle = max(rows, key=seen.__getitem__)
+        return middle, [r for r, amount in seen.items() if amount >= 0.1 * most]
 
     def _of_role(self, name: str, roles: Mapping[int, str]) -> tuple[_Frames | None, list[int]]:
         """The frames of ``name`` (``dark``, ``flat``, ``flat_denoised``) and their seq_nums: its own stream's,
@@ -856,8 +869,9 @@ class _RunReconstruction(PassThroughRun):
                                       ("final", "boolean", ""), ("note", "string", "")):
                 data_keys[key] = {"source": SOURCE, "dtype": dtype, "shape": [], "units": units,
                                   "object_name": "reconstruction"}
-            config = {"algorithm": "algotom fbp_reconstruction (hann); centre: find_center_vo "
-                                   "(centre-of-mass fit before 180 degrees)",
+            config = {"algorithm": "algotom fbp_reconstruction (hann); centre: find_center_vo, or where the "
+                                   "sample is wider than the field of view the 180-degree seam "
+                                   "(bluesky_tomogan.center; centre-of-mass fit before 180 degrees)",
                       "stripe_removal": "algotom remove_stripe_based_sorting" if self.o.remove_stripes else "none",
                       "source": r["source"], "center_given": "" if self.o.center is None else str(self.o.center)}
             if self.o.slice_denoiser is not None:

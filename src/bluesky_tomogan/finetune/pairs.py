@@ -73,17 +73,24 @@ def _held_out(members: int, fraction: float) -> int:
 
 
 def rotation_center(scan: Scan) -> float:
-    """The rotation centre (column) from the middle detector row: Vo's method over 180 degrees, else a fit."""
+    """The rotation centre (column) from the middle detector row over 180 degrees (Vo's method; for a sample
+    wider than the field of view the 180-degree seam, over 8 more rows of the detector's middle half: see
+    :func:`bluesky_tomogan.center.search_center`), else a fit."""
     z = scan.shape[1]
-    row = corrected_sinogram(scan.projections[:, z // 2, :], _row(scan.flats, z // 2), _row(scan.darks, z // 2))
+
+    def corrected(r: int) -> np.ndarray:
+        return corrected_sinogram(scan.projections[:, r, :], _row(scan.flats, r), _row(scan.darks, r))
+
+    row = corrected(z // 2)
     try:
         if scan.angles.max() - scan.angles.min() >= 179.0:
-            center = find_center(row, scan.angles)
+            others = sorted({int(r) for r in np.linspace(z // 4, (3 * z) // 4, 9)} - {z // 2})
+            center = find_center(row, scan.angles, other_rows=[corrected(r) for r in others])
             if math.isfinite(center):
                 return center
-            log.warning("Vo's centre search found no minimum inside its windows")
+            log.warning("the rotation centre search found no minimum inside its windows")
     except Exception as exc:  # algotom fails in many ways on odd data; the fallback still works
-        log.warning("Vo's centre search failed (%s)", exc)
+        log.warning("the rotation centre search failed (%s)", exc)
     center, how = fallback_center(row, scan.angles)
     log.warning("rotation centre: %s, %.2f", how, center)
     return center

@@ -1,0 +1,328 @@
+"""The rotation centre of a parallel-beam scan, from flat-corrected sinogram rows.
+
+Three ways, each where it holds:
+
+- the centre of mass of each projection fits a sinusoid around the axis (:func:`estimate_center`): microseconds,
+  from 60 degrees of rotation on, unbiased while the sample stays inside the field of view; the centre of the
+  progressive reconstructions and the fallback;
+- Vo's Fourier method (algotom) over 180 degrees: the sinogram and its mirror image make a 360-degree sinogram
+  whose spectrum is empty in a double wedge at the right centre. The centre of a sample inside the field of view;
+- the 180-degree seam (:func:`seam_center`): the projection at ``theta + 180`` is the one at ``theta`` mirrored
+  about the axis, so where the scan's first and last projections meet, the right centre makes them agree. It
+  compares only what both see, so it holds for a sample wider than the field of view (local tomography), whose
+  rows end in the sample at every angle and mislead Vo's metric (off by up to 21 px at 2.5 fields of view even
+  on rows extended by their ends; ``python benchmarks/center_wider.py``).
+
+:func:`find_center` picks between the last two. No bluesky here; :mod:`bluesky_tomogan.reconstruction` and the
+live reconstruction (:mod:`bluesky_tomogan.callbacks.reconstruction`) use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.ndimage import gaussian_filter, gaussian_filter1d
+
+__all__ = ["estimate_center", "fallback_center", "find_center", "search_center", "seam_center", "VO", "SEAM",
+           "VO_EXTENDED"]
+
+log = logging.getLogger(__name__)
+#: Smallest angular span (degrees) over which a centre-of-mass sinusoid is fitted.
+MIN_SPAN_FOR_ESTIMATE = 60.0
+#: How :func:`search_center` found a centre: Vo's method on the rows as they are ...
+VO = "Vo's method"
+#: ... the 180-degree seam (a sample wider than the field of view) ...
+SEAM = "the projections 180 degrees apart"
+#: ... or, where the seam is not in the scan, Vo's method on rows extended by their end values.
+VO_EXTENDED = "Vo's method on rows extended by their ends"
+#: Gaussian smoothing (pixels, along the rows) of the seam's projections: noise adds the same to every
+#: candidate centre but makes false minima; structure is wider than this.
+SEAM_SMOOTH = 2.0
+#: Columns the seam's coarse search works on: wider rows are averaged down to this.
+SEAM_COARSE_COLUMNS = 512
+#: A seam comparison (:func:`_seam_pairs`): projection, its two neighbours (index, mirrored), the weight of the second.
+_Pair = tuple[int, tuple[int, bool], tuple[int, bool], float]
+
+
+def estimate_center(transmission: np.ndarray, angles_deg: np.ndarray) -> float:
+    """Rotation centre (column) from the centre of mass of each projection row; NaN if it cannot be fitted.
+
+    In parallel-beam geometry the centre of mass of the object projects to
+    ``c + a cos(theta) + b sin(theta)``; a least-squares fit gives ``c`` from
+    any span of at least 60 degrees, in microseconds: the centre of the
+    progressive reconstructions before the rotation reaches 180 degrees. It is
+    biased when the object leaves the field of view; :func:`find_center` is
+    the one for a full rotation.
+    """
+    a = np.deg2rad(np.asarray(angles_deg, float))
+    if len(a) < 3 or np.rad2deg(a.max() - a.min()) < MIN_SPAN_FOR_ESTIMATE:
+        return float("nan")
+    attenuation = np.clip(-np.log(np.asarray(transmission, np.float64)), 0.0, None)
+    mass = attenuation.sum(axis=1)
+    ok = mass > 1e-6 * max(float(mass.max()), 1e-30)
+    if ok.sum() < 3:
+        return float("nan")
+    com = (attenuation[ok] @ np.arange(attenuation.shape[1])) / mass[ok]
+    design = np.stack([np.ones(int(ok.sum())), np.cos(a[ok]), np.sin(a[ok])], axis=1)
+    coef, *_ = np.linalg.lstsq(design, com, rcond=None)
+    return float(coef[0])
+
+
+def fallback_center(transmission: np.ndarray, angles_deg: np.ndarray) -> tuple[float, str]:
+    """The centre where :func:`find_center` cannot run, and how it was had: the centre-of-mass
+    estimate (:func:`estimate_center`), else the detector centre."""
+    center = estimate_center(transmission, angles_deg)
+    if math.isfinite(center):
+        return center, "the centre-of-mass estimate"
+    return (np.asarray(transmission).shape[1] - 1) / 2, "the detector centre"
+
+
+def find_center(transmission: np.ndarray, angles_deg: np.ndarray, *,
+                other_rows: Sequence[np.ndarray] = ()) -> float:
+    """Rotation centre (column) of a 180-degree transmission sinogram; NaN if it is not found.
+
+    ``transmission`` is one flat-corrected row ``(angles, columns)``; ``other_rows``, more rows of the same scan
+    (the same angles), which the 180-degree seam adds up where it is used. See :func:`search_center`, which also
+    says how the centre was found.
+    """
+    return search_center(transmission, angles_deg, other_rows=other_rows)[0]
+
+
+def search_center(transmission: np.ndarray, angles_deg: np.ndarray, *,
+                  other_rows: Sequence[np.ndarray] = ()) -> tuple[float, str]:
+    """Rotation centre (column) of a 180-degree transmission sinogram and how it was found (:data:`VO`,
+    :data:`SEAM` or :data:`VO_EXTENDED`); NaN if it is not found.
+
+    A sample inside the field of view (its rows' outer columns clear at every angle): Vo's method
+    (:func:`_vo_center`). A sample wider than it: the 180-degree seam over ``transmission`` and ``other_rows``
+    (:func:`seam_center`), where the angles hold it (they reach 180 degrees from the first within 1.5 steps);
+    else Vo's method on the rows extended by their end values, which is off by up to 21 px on exact rows of a
+    bead pack 2.5 fields of view across (the seam: under 1 px; ``python benchmarks/center_wider.py``).
+    """
+    if _inside_field_of_view(transmission):
+        return _vo_center(transmission, angles_deg, inside=True), VO
+    center = seam_center([transmission, *other_rows], angles_deg)
+    if math.isfinite(center):
+        return center, SEAM
+    return _vo_center(transmission, angles_deg, inside=False), VO_EXTENDED
+
+
+def seam_center(rows: Sequence[np.ndarray], angles_deg: np.ndarray, smooth: float = SEAM_SMOOTH) -> float:
+    """Rotation centre (column) where the projections 180 degrees apart agree; NaN if the angles hold no such
+    pair or the best agreement lies at the edge of the search (the middle quarter of the detector, then its middle
+    half).
+
+    In parallel-beam geometry ``p(theta + 180, x) = p(theta, 2c - x)``. Each projection whose angle has a mirror
+    image (another projection at +-180 degrees, flipped about a candidate centre ``c``) beside it is compared
+    with the interpolation, along the angle, of its two nearest neighbours among the projections and the mirror
+    images (or with a mirror image at its very angle, where the scan holds both ends of 180 degrees): for a scan
+    over [0, 180) the first projection against the mirrored last one and the second, the last against the
+    one before it and the mirrored first. The mean squared difference over the columns both see, summed over
+    ``rows`` (flat-corrected rows of the same scan, each ``(angles, columns)``), is least at the axis. Only
+    those columns count, so the detector's edges, which cut a wider sample, do not matter: within 0.7 px on
+    exact rows of bead packs 1.8-3.5 fields of view across at 180 angles, where Vo's metric is off by up to
+    21 px (``python benchmarks/center_wider.py``). A coarse search (rows averaged down to at most
+    :data:`SEAM_COARSE_COLUMNS` columns, half-column steps) over the middle quarter, and where its lowest point is
+    at its edge over the middle half, then a quarter-pixel search, refined by a parabola fitted to the points
+    within a pixel of its lowest.
+    """
+    pairs = _seam_pairs(angles_deg)
+    if not pairs or not len(rows):
+        return math.nan
+    sinos = [gaussian_filter1d(-np.log(np.clip(np.asarray(r, np.float64), 1e-6, None)), smooth, axis=1)
+             for r in rows]
+    ncol = sinos[0].shape[1]
+    factor = max(1, -(-ncol // SEAM_COARSE_COLUMNS))
+    binned = [s[:, : ncol // factor * factor].reshape(len(s), -1, factor).mean(axis=2) for s in sinos]
+    nbin = binned[0].shape[1]
+    # the middle quarter first, then the middle half: near the edges of the search fewer columns are seen by
+    # both projections, and noise makes false minima there (one of 15 rows of 100 photons/pixel: 64 px off)
+    for lo, hi in ((3 * nbin / 8, 5 * nbin / 8), (nbin / 4, 3 * nbin / 4)):
+        coarse = np.arange(lo, hi + 0.25, 0.5)
+        best = int(np.argmin(_seam_metric(binned, pairs, coarse)))
+        if best not in (0, len(coarse) - 1):
+            break
+    else:
+        return math.nan
+    start = coarse[best] * factor + (factor - 1) / 2  # a binned column's centre in full columns
+    fine = start + np.arange(-(factor + 1), factor + 1 + 1e-9, 0.25)
+    metric = _seam_metric(sinos, pairs, fine)
+    low = int(np.argmin(metric))
+    near = np.abs(fine - fine[low]) <= 1.0 + 1e-9
+    curvature, slope, _ = np.polyfit(fine[near] - fine[low], metric[near], 2)
+    offset = -slope / (2 * curvature) if curvature > 0 else 0.0
+    return float(fine[low] + np.clip(offset, -0.5, 0.5))
+
+
+def _seam_pairs(angles_deg: np.ndarray) -> list[_Pair]:
+    """The seam's comparisons: ``(i, lo, hi, w)``, projection ``i`` against ``(1 - w) * lo + w * hi``, each of
+    ``lo`` and ``hi`` a projection's index and whether it is mirrored (at its angle +-180 degrees).
+
+    ``lo`` and ``hi`` are the nearest on either side of projection ``i``'s angle among the other projections and
+    all mirror images, each at most 1.5 steps away; at least one is mirrored (else the comparison does not
+    depend on the centre). A mirror image within a hundredth of a step of the angle is compared alone.
+    """
+    a = np.asarray(angles_deg, np.float64)
+    gaps = np.diff(np.unique(a))
+    if len(a) < 3 or not len(gaps):
+        return []
+    step = float(np.median(gaps))
+    same, reach = 0.01 * step, 1.5 * step
+    # every projection (not mirrored) and its mirror images, by angle
+    angle = np.concatenate([a, a - 180.0, a + 180.0])
+    index = np.concatenate([np.arange(len(a))] * 3)
+    mirrored = np.repeat([False, True, True], len(a))
+    pairs: list[_Pair] = []
+    for i in range(len(a)):
+        d = angle - a[i]
+        twin = np.flatnonzero(mirrored & (np.abs(d) <= same))
+        if len(twin):
+            j = int(index[twin[0]])
+            pairs.append((i, (j, True), (j, True), 0.0))
+            continue
+        below = np.flatnonzero((d < -same) & (d >= -reach))
+        above = np.flatnonzero((d > same) & (d <= reach))
+        if not len(below) or not len(above):
+            continue
+        lo, hi = below[np.argmax(d[below])], above[np.argmin(d[above])]
+        if mirrored[lo] or mirrored[hi]:
+            w = float(-d[lo] / (d[hi] - d[lo]))
+            pairs.append((i, (int(index[lo]), bool(mirrored[lo])), (int(index[hi]), bool(mirrored[hi])), w))
+    return pairs
+
+
+def _seam_metric(sinos: Sequence[np.ndarray], pairs: Sequence[_Pair], candidates: np.ndarray) -> np.ndarray:
+    """The seam's mean squared difference at each candidate centre, over the columns each comparison sees."""
+    ncol = sinos[0].shape[1]
+    x = np.arange(ncol, dtype=np.float64)
+    source = 2.0 * np.asarray(candidates, np.float64)[:, None] - x[None, :]  # (candidates, columns)
+    seen = (source >= 0) & (source <= ncol - 1)
+    left = np.clip(np.floor(source).astype(np.intp), 0, max(ncol - 2, 0))
+    frac = np.clip(source - left, 0.0, 1.0)
+    right = np.minimum(left + 1, ncol - 1)
+    total = np.zeros(len(candidates))
+    count = np.zeros(len(candidates))
+    for sino in sinos:
+        def projection(which: tuple[int, bool], sino: np.ndarray = sino) -> np.ndarray:
+            j, mirror = which
+            row = sino[j]
+            return row[left] * (1 - frac) + row[right] * frac if mirror else np.broadcast_to(row, source.shape)
+
+        for i, lo, hi, w in pairs:
+            predicted = projection(lo) if w == 0.0 else (1 - w) * projection(lo) + w * projection(hi)
+            residual = sino[i][None, :] - predicted
+            ok = seen & np.isfinite(residual)
+            total += (np.where(ok, residual, 0.0) ** 2).sum(axis=1)
+            count += ok.sum(axis=1)
+    return np.where(count > 0, total / np.maximum(count, 1), np.inf)
+
+
+def _vo_center(transmission: np.ndarray, angles_deg: np.ndarray, inside: bool) -> float:
+    """Vo's method in algotom on one 180-degree transmission sinogram; NaN if its search finds no minimum
+    inside any of its windows.
+
+    algotom's ``find_center_vo`` steps: a coarse search over a window an eighth
+    of the detector wide, then a quarter-pixel search around its result. When
+    the sample stays inside the field of view at every angle, the window is
+    centred on the centre-of-mass estimate (:func:`estimate_center`, unbiased
+    then), so that an axis outside the middle eighth is found too (Vo's metric
+    has only false minima inside a window that misses the axis). Otherwise, or
+    if the minimum lies at that window's edge, the middle eighth of the detector
+    (``find_center_vo``'s), and then the middle half: a minimum at a window's
+    edge is no minimum (algotom warns and returns the edge). Each window is at
+    least 16 pixels wide. Rows whose sample is not inside the field of view are first extended by a
+    quarter of their width at each end with their end values (see the comment below), and the
+    windows are the extended rows'. The coarse search runs on a copy downsampled to about
+    48 angles and 256 columns (``find_center_vo`` downsamples only above 900
+    angles or 1000 columns), which makes the whole search 4x cheaper at
+    180 x 512 with the same answer: the fine search on the full sinogram decides.
+    The fine search is ``fine_search_cor``'s quarter-pixel grid, refined by a
+    parabola through the lowest point and its two neighbours
+    (:func:`_fine_search`).
+    """
+    from algotom.prep.calculation import downsample_cor
+
+    # A sample wider than the field of view (local tomography) fills every row to its ends, and Vo's metric reads
+    # the rows' abrupt ends as inconsistency: off by up to 16 / 54 px on exact rows of a bead pack 1.8 / 2.5
+    # fields of view across. Rows extended by their end values (as filtered back-projection pads them) leave
+    # 2.6 / 21 px (python benchmarks/center_wider.py). A sample inside the field of view is searched as it is.
+    pad = 0 if inside else np.asarray(transmission).shape[1] // 4
+    if pad:
+        transmission = np.pad(np.asarray(transmission), ((0, 0), (pad, pad)), mode="edge")
+    sino = _sorted_180(-np.log(transmission), angles_deg)
+    nrow, ncol = sino.shape
+    dsp_row, dsp_col = max(nrow // 48, 1), max(ncol // 256, 1)
+    coarse = gaussian_filter(sino, (3, 1), mode="reflect")
+    coarse = downsample_cor(coarse, dsp_row, dsp_col)
+    half = max(ncol // 16, 8)  # a few pixels' error of the estimate must not put the axis at the edge
+    windows = [(ncol // 2 - half, ncol // 2 + half), (ncol // 4, ncol - ncol // 4)]
+    estimate = estimate_center(transmission, angles_deg) if inside else math.nan
+    if math.isfinite(estimate):
+        start = int(np.clip(round(estimate) - half, 0, max(ncol - 1 - 2 * half, 0)))
+        windows.insert(0, (start, start + 2 * half))
+    for start, stop in windows:
+        raw = _coarse_search(coarse, start // dsp_col, -(-stop // dsp_col))
+        if raw is not None:
+            return _fine_search(sino, raw * dsp_col + 0.5 * (dsp_col - 1), max(2, dsp_col)) - pad
+    return float("nan")
+
+
+def _fine_search(sino: np.ndarray, start: float, radius: float, step: float = 0.25) -> float:
+    """algotom's ``fine_search_cor`` (smoothing, mask and metric as its defaults), with the minimum refined
+    by a parabola through the lowest grid point and its two neighbours.
+
+    Why refine: on a grid, the answer jumps a whole step where two grid points score alike, so a change
+    of a few counts in a few columns (a filled detector gap, a retrained denoiser) moved a live slice by
+    a quarter pixel, about twice the slice's standard deviation at the sample's edge. The vertex moves
+    as little as the metric does. It stays within half a step of the grid point, where the metric is
+    close enough to a parabola; at the search's edge the grid point is returned.
+    """
+    smooth = gaussian_filter(sino, (2, 2), mode="reflect")
+    candidates = np.clip(start + np.arange(-radius, radius + step, step), 0.0, smooth.shape[1] - 1.0)
+    metric = _vo_metric(smooth, candidates)
+    best = int(np.argmin(metric))
+    if best in (0, len(candidates) - 1) or candidates[best - 1] == candidates[best + 1]:
+        return float(candidates[best])
+    left, mid, right = metric[best - 1], metric[best], metric[best + 1]
+    curvature = left - 2 * mid + right
+    offset = 0.5 * (left - right) / curvature if curvature > 0 else 0.0
+    return float(candidates[best] + step * np.clip(offset, -0.5, 0.5))
+
+
+def _coarse_search(sino: np.ndarray, start: int, stop: int) -> int | None:
+    """algotom's ``coarse_search_cor`` (integer shifts, its default mask), made of its public parts; None when
+    the minimum lies at the window's edge, where algotom warns and returns the edge (a warning to match by
+    its text, caught by changing the process's warnings filters from a worker thread)."""
+    ncol = sino.shape[1]
+    candidates = np.arange(int(np.clip(start, 0, ncol - 1)), int(np.clip(stop, 0, ncol - 1)) + 1)
+    best = int(np.argmin(_vo_metric(sino, candidates)))
+    return None if best in (0, len(candidates) - 1) else int(candidates[best])
+
+
+def _vo_metric(sino: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Vo's metric (algotom's ``calculate_center_metric``, its default mask) of each candidate centre."""
+    from algotom.prep.calculation import calculate_center_metric, make_inverse_double_wedge_mask
+
+    nrow, ncol = sino.shape
+    flipped, complement = np.fliplr(sino), np.flipud(sino)
+    mask = make_inverse_double_wedge_mask(2 * nrow, ncol, 0.25 * ncol, None, None)  # ratio 0.5, as algotom's
+    return np.array([calculate_center_metric(c, sino, flipped, complement, mask) for c in candidates])
+
+
+def _inside_field_of_view(transmission: np.ndarray) -> bool:
+    """Whether the sample leaves the outer columns of every projection clear (it stays in the field of view)."""
+    attenuation = np.clip(-np.log(np.clip(np.asarray(transmission, np.float64), 1e-6, None)), 0.0, None)
+    edge = max(2, attenuation.shape[1] // 50)
+    strongest = float(np.median(attenuation.max(axis=1)))
+    outer = max(float(np.percentile(attenuation[:, :edge].mean(axis=1), 95)),
+                float(np.percentile(attenuation[:, -edge:].mean(axis=1), 95)))
+    return strongest > 0 and outer < 0.05 * strongest
+
+
+def _sorted_180(sino: np.ndarray, angles_deg: np.ndarray) -> np.ndarray:
+    order = np.argsort(angles_deg)
+    a, s = np.asarray(angles_deg)[order], sino[order]
+    return s[a < a[0] + 180.0]
