@@ -132,7 +132,11 @@ def seam_center(rows: Sequence[np.ndarray], angles_deg: np.ndarray, smooth: floa
     pairs = _seam_pairs(angles_deg)
     if not pairs or not len(rows):
         return math.nan
-    sinos = [gaussian_filter1d(-np.log(np.clip(np.asarray(r, np.float64), 1e-6, None)), smooth, axis=1)
+    # only the projections the seam compares (a handful of a scan's hundreds), renumbered
+    used = sorted({j for i, lo, hi, _ in pairs for j in (i, lo[0], hi[0])})
+    at = {j: k for k, j in enumerate(used)}
+    pairs = [(at[i], (at[lo[0]], lo[1]), (at[hi[0]], hi[1]), w) for i, lo, hi, w in pairs]
+    sinos = [gaussian_filter1d(-np.log(np.clip(np.asarray(r, np.float64)[used], 1e-6, None)), smooth, axis=1)
              for r in rows]
     ncol = sinos[0].shape[1]
     factor = max(1, -(-ncol // SEAM_COARSE_COLUMNS))
