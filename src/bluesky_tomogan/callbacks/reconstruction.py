@@ -856,7 +856,7 @@ class _RunReconstruction(PassThroughRun):
         The rotation centre is found on these: a centre is the scan's geometry, and a denoiser changes each frame a
         little, most the first and last ones of a scan, whose neighbours on one side are stand-ins, and those are
         the very ones the 180-degree seam compares (``bluesky-tomogan demo --sample-width 1.8 --size 256 --angles
-        90``, axis at 127.5 px: 127.51 px from the raw frames, 126.56 from the denoised ones; the plain demo,
+        90``, axis at 127.5 px: 127.58 px from the raw frames, 126.53 from the denoised ones; the plain demo,
         Vo's method, axis at 255.5 px: 255.31 and 256.21).
         """
         primary = self._frames.get("primary")
