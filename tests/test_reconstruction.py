@@ -491,11 +491,14 @@ def test_a_scan_without_rotation_axis_is_noted_and_left_alone(RE, tmp_path):
     ("no darks", "no dark frames"),
     ("90 degrees", "not 180"),
     ("wrong centre", "probably wrong"),
+    # session 71: the seam finds a wider sample's centre, so a given one 20 px off is wrong there too
+    ("wrong centre of a wider sample", "probably wrong"),
 ])
 def test_problems_are_noted_in_the_stream_and_the_scan_completes(RE, tmp_path, case, message):
     kw: dict = {}
     angles = None
     rec = None
+    det_kw = {"sample_width": 1.8} if case == "wrong centre of a wider sample" else None
     if case == "no flats":
         kw["n_flats"] = 0
     elif case == "no darks":
@@ -504,7 +507,7 @@ def test_problems_are_noted_in_the_stream_and_the_scan_completes(RE, tmp_path, c
         angles = [float(a) for a in np.arange(0, 90, 1.5)]
     else:
         rec = TomoReconstruction(center=10.0)
-    uid, docs, rec, _ = scan(RE, tmp_path, angles=angles, rec=rec, **kw)
+    uid, docs, rec, _ = scan(RE, tmp_path, angles=angles, rec=rec, det_kw=det_kw, **kw)
     notes = [note for n, d in docs if n == "event_page" and "note" in d["data"] for note in d["data"]["note"]]
     assert any(message in note for note in notes) and any(message in e for e in rec.errors)
     assert docs[-1][1]["exit_status"] == "success"
