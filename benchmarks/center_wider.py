@@ -14,6 +14,7 @@ seam over all the rows for a sample wider than the view, Vo's method for one ins
 Usage::
 
     python benchmarks/center_wider.py [--widths 1 1.4 1.8 2.5 3.5] [--angles 90] [--photons 0] [--offset 0] [--rows 1]
+        [--without first|last]
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--photons", type=float, default=0.0, help="photons per pixel of open beam (0: exact rows)")
     ap.add_argument("--rows", type=int, default=1, help="adjacent rows per search")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--without", choices=["first", "last"], help="leave out the scan's first or last projection")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     angles = np.linspace(0.0, 180.0, args.angles, endpoint=False)
+    angles = {"first": angles[1:], "last": angles[:-1]}.get(args.without or "", angles)
     shift = int(round(args.offset))
     wide = args.columns + 2 * abs(shift)  # the detector the pack is projected on, cut to --columns
     start = (wide - args.columns) // 2 - shift

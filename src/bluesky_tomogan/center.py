@@ -41,6 +41,9 @@ VO_EXTENDED = "Vo's method on rows extended by their ends"
 #: Gaussian smoothing (pixels, along the rows) of the seam's projections: noise adds the same to every
 #: candidate centre but makes false minima; structure is wider than this.
 SEAM_SMOOTH = 2.0
+#: How far (in the scan's median steps) a projection's neighbours in the seam may be: 2.5, so that a scan whose
+#: first or last projection is missing (flagged unusable, a beam lost) still has its seam.
+SEAM_REACH = 2.5
 #: Columns the seam's coarse search works on: wider rows are averaged down to this.
 SEAM_COARSE_COLUMNS = 512
 #: A seam comparison (:func:`_seam_pairs`): projection, its two neighbours (index, mirrored), the weight of the second.
@@ -98,7 +101,7 @@ def search_center(transmission: np.ndarray, angles_deg: np.ndarray, *,
 
     A sample inside the field of view (its rows' outer columns clear at every angle): Vo's method
     (:func:`_vo_center`). A sample wider than it: the 180-degree seam over ``transmission`` and ``other_rows``
-    (:func:`seam_center`), where the angles hold it (they reach 180 degrees from the first within 1.5 steps);
+    (:func:`seam_center`), where the angles hold it (they reach 180 degrees from the first within 2.5 steps);
     else Vo's method on the rows extended by their end values, which is off by up to 21 px on exact rows of a
     bead pack 2.5 fields of view across (the seam: under 1 px; ``python benchmarks/center_wider.py``).
     """
@@ -167,15 +170,15 @@ def _seam_pairs(angles_deg: np.ndarray) -> list[_Pair]:
     ``lo`` and ``hi`` a projection's index and whether it is mirrored (at its angle +-180 degrees).
 
     ``lo`` and ``hi`` are the nearest on either side of projection ``i``'s angle among the other projections and
-    all mirror images, each at most 1.5 steps away; at least one is mirrored (else the comparison does not
-    depend on the centre). A mirror image within a hundredth of a step of the angle is compared alone.
+    all mirror images, each at most :data:`SEAM_REACH` steps away; at least one is mirrored (else the comparison
+    does not depend on the centre). A mirror image within a hundredth of a step of the angle is compared alone.
     """
     a = np.asarray(angles_deg, np.float64)
     gaps = np.diff(np.unique(a))
     if len(a) < 3 or not len(gaps):
         return []
     step = float(np.median(gaps))
-    same, reach = 0.01 * step, 1.5 * step
+    same, reach = 0.01 * step, SEAM_REACH * step
     # every projection (not mirrored) and its mirror images, by angle
     angle = np.concatenate([a, a - 180.0, a + 180.0])
     index = np.concatenate([np.arange(len(a))] * 3)
