@@ -719,7 +719,7 @@ class _RunReconstruction(PassThroughRun):
         if center != center:  # less than 180 degrees (yet): the centre-of-mass estimate, else the detector centre
             center, how = recon.fallback_center(transmission[middle], angles)
             if final:
-                why = angle_problem or "Vo's search found no minimum inside its windows"
+                why = angle_problem or f"{self._found_how} found no minimum inside its search windows"
                 notes.append(f"rotation centre not found ({why}); using {how} {center:.2f}")
         elif wider and self.o.center is None and self._found_how == SEAM:
             notes.append(f"rotation centre {found:.2f} px, found where the projections 180 degrees apart agree (the "
