@@ -176,7 +176,7 @@ def test_the_rotation_centre_of_denoised_projections_is_found_on_their_raw_frame
     """Session 71: the centre is the scan's geometry, and the denoiser changes the frames a little, most the first
     and last, whose neighbours on one side are stand-ins (the demo, axis 255.5 px: Vo's method 256.21 px on the
     denoised frames, 255.31 on the raw ones). A reconstruction of the denoised stream and one of the raw frames
-    of the same scan find the same centre; their slices differ."""
+    of the same scan find the same centre (31.638 and 31.605 px before)."""
     stage = SimTomoStage(name="stage")
     det = SimTomoDetector(name="det", stage=stage, shape=(64, 64), directory=frames_directory(tmp_path),
                           simulate_timing=False, seed=7)
@@ -908,7 +908,7 @@ def test_the_seam_pairs_of_a_scan_over_0_to_180_and_of_one_that_holds_both_ends(
 @pytest.mark.parametrize("endpoint", [False, True])
 def test_the_seam_finds_an_off_centre_axis_of_a_cut_sample_and_ignores_missing_pixels(endpoint):
     """An axis 9.3 px right of the middle of 128 columns, a sample wider than the view (two discs and a slab that
-    fills every row), the last row of pixels missing (NaN) in one projection: the seam within 0.3 px, over
+    fills every row), 6 pixels at the edge of the last projection missing (NaN): the seam within 0.3 px, over
     [0, 180) and over [0, 180] (where the ends are compared directly); the same with the first projection dimmer."""
     from bluesky_tomogan.center import seam_center
 
