@@ -15,7 +15,7 @@ from bluesky_tomogan.cli import main
 from .conftest import copy_of_shipped_model
 
 COMMANDS = ["demo", "merge", "simulate", "train", "average", "finetune", "export", "quality", "denoise", "reprocess",
-            "bench", "models", "serve", "qc-ioc", "view"]
+            "center", "bench", "models", "serve", "qc-ioc", "view"]
 
 
 def test_every_command_parses_and_has_its_own_help(capsys):
@@ -863,3 +863,22 @@ def test_a_slice_model_given_a_files_projections_is_warned_about(tmp_path, caplo
     caplog.clear()
     assert main(["denoise", str(src), str(tmp_path / "out2.npy"), "--backend", "onnxruntime"]) == 0
     assert "is a projection model" not in caplog.text and "holds a detector's frames" not in caplog.text
+
+
+def test_center_finds_the_rotation_centre_of_a_stored_scan_and_says_how(tmp_path, capsys):
+    """Session 71: `bluesky-tomogan center` on a simulated Data Exchange scan of a sample 1.8 fields of view across
+    (axis at the middle of 64 columns): the centre where the projections 180 degrees apart agree; on one inside the
+    view, Vo's method; a missing file and rows beyond the detector are one error line each."""
+    from bluesky_tomogan.simulate.datasets import write_scan_file
+
+    for width, how in ((1.8, "the projections 180 degrees apart"), (1.0, "Vo's method")):
+        path, _ = write_scan_file(tmp_path / f"scan{width}.h5", "grains", 64, 96, 1000.0, seed=3, width=width)
+        assert main(["center", str(path)]) == 0
+        out = capsys.readouterr().out
+        center = float(out.split("rotation centre ")[1].split(" px")[0])
+        assert f"by {how}" in out and abs(center - 31.5) < 1.0, out
+        assert f"TomoReconstruction(center={center:.2f})" in out
+    assert main(["center", str(tmp_path / "none.h5")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["center", str(path), "--rows", "70:80"]) == 1
+    assert "rows 70:80 hold none of the scan's 64 detector rows" in capsys.readouterr().err

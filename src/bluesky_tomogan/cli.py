@@ -1,4 +1,4 @@
-"""``bluesky-tomogan`` command line: simulate, merge, train, average, export, denoise, reprocess, bench,
+"""``bluesky-tomogan`` command line: simulate, merge, train, average, export, denoise, reprocess, center, bench,
 demo, models, serve, view."""
 
 from __future__ import annotations
@@ -248,6 +248,35 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     else:
         print(f"use it: TomoGANCallback(load_denoiser({where!r})), or on a stored run: bluesky-tomogan "
               f"reprocess TILED --uid UID --model {where}")
+    return 0
+
+
+#: Detector rows ``bluesky-tomogan center`` reads by default: the middle ones, at most this many.
+CENTER_ROWS = 64
+
+
+def _cmd_center(args: argparse.Namespace) -> int:
+    from .errors import ScanError
+    from .finetune import read_scan
+    from .finetune.pairs import scan_center
+
+    def band(shape: tuple[int, int, int]) -> slice:
+        rows = shape[1]
+        if args.rows is None:
+            keep = min(rows, CENTER_ROWS)
+            return slice((rows - keep) // 2, (rows - keep) // 2 + keep)
+        first, stop = args.rows
+        if not 0 <= first < min(stop, rows):
+            raise ScanError(f"rows {first}:{stop} hold none of the scan's {rows} detector rows (0..{rows - 1})")
+        return slice(first, min(stop, rows))
+
+    scan = read_scan(args.source, args.uid, args.field, args.key, band, args.angle_field, angles=args.angles,
+                     flats=args.flats, darks=args.darks)
+    center, how = scan_center(scan)
+    span = float(scan.angles.max() - scan.angles.min())
+    print(f"rotation centre {center:.2f} px, by {how} ({len(scan.angles)} projections over {span:.1f} degrees, "
+          f"{scan.shape[2]} columns, {scan.shape[1]} detector rows read)")
+    print(f"use it: TomoReconstruction(center={center:.2f}), or tomopy.recon(..., center={center:.2f})")
     return 0
 
 
@@ -904,6 +933,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "--model NAME and load_denoiser(NAME) find it anywhere on this account")
     s.add_argument("--force-install", action="store_true", help="with --install: replace a model of that name")
     s.set_defaults(func=_cmd_finetune)
+
+    s = sub.add_parser("center", help="the rotation centre of a stored scan (Vo's method; for a sample wider than "
+                                      "the field of view where the projections 180 degrees apart agree)")
+    s.add_argument("source", help="a scan as finetune reads it: HDF5 (Data Exchange, NeXus NXtomo or plain keys), a "
+                                  "Zeiss .txrm, projections stored alone (.npy, TIFF, a directory or quoted pattern "
+                                  "of TIFF files: --angles, --flats, --darks), or a Tiled URI or embedded store with "
+                                  "--uid")
+    s.add_argument("--uid", help="run uid (with a Tiled URI or store)")
+    s.add_argument("--angle-field", metavar="KEY", help="with --uid: the data key of the projections' angles")
+    s.add_argument("--field", help="image field of the run's primary stream (default: its only image field)")
+    s.add_argument("--key", help="HDF5 dataset of the projections (default: exchange/data, projections, data)")
+    s.add_argument("--angles", metavar="FILE", help="projections stored alone: their angles in degrees (as finetune)")
+    s.add_argument("--flats", metavar="PATH", help="projections stored alone: open-beam frames (as finetune)")
+    s.add_argument("--darks", metavar="PATH", help="projections stored alone: dark frames (as finetune)")
+    s.add_argument("--rows", type=row_range, metavar="FIRST:STOP",
+                   help=f"detector rows to read (default: the middle {CENTER_ROWS}); the search takes the middle "
+                        "one, and for a wider sample 8 more of their middle half")
+    s.set_defaults(func=_cmd_center)
 
     s = sub.add_parser("quality", help="re-measure a model's quality and precision losses on a dataset, into its "
                                        "card (and each pruning ratio's card)")

@@ -30,12 +30,12 @@ from tqdm.auto import tqdm
 
 from ..despike import PROJECTION_DESPIKE_SIGMAS, remove_isolated_spikes
 from ..errors import ScanError
-from ..reconstruction import corrected_sinogram, fallback_center, find_center, reconstruct
+from ..reconstruction import check_angles, corrected_sinogram, fallback_center, reconstruct, search_center
 from ..simulate.datasets import PairSet
 from .sources import Scan
 
 __all__ = ["HOLDOUT_DEFAULT", "MIN_ANGLES_PER_SPLIT", "noise2inverse_pairs", "noise2inverse_split", "neighbour_pairs",
-           "rotation_center", "holdout_split"]
+           "rotation_center", "scan_center", "holdout_split"]
 
 log = logging.getLogger(__name__)
 
@@ -73,27 +73,42 @@ def _held_out(members: int, fraction: float) -> int:
 
 
 def rotation_center(scan: Scan) -> float:
-    """The rotation centre (column) from the middle detector row over 180 degrees (Vo's method; for a sample
-    wider than the field of view the 180-degree seam, over 8 more rows of the detector's middle half: see
-    :func:`bluesky_tomogan.center.search_center`), else a fit."""
+    """The rotation centre (column) of ``scan``: :func:`scan_center`'s, without how it was found."""
+    return scan_center(scan)[0]
+
+
+def scan_center(scan: Scan) -> tuple[float, str]:
+    """The rotation centre (column) of ``scan`` and how it was found.
+
+    Over 180 degrees (:func:`~bluesky_tomogan.reconstruction.check_angles`),
+    :func:`bluesky_tomogan.center.search_center` on the middle detector row (Vo's method; for a sample wider than
+    the field of view the 180-degree seam, over 8 more rows of the middle half of the scan's rows); else, or where
+    that finds none, the centre-of-mass estimate or the detector centre
+    (:func:`~bluesky_tomogan.center.fallback_center`), logged as a warning.
+    """
     z = scan.shape[1]
 
     def corrected(r: int) -> np.ndarray:
         return corrected_sinogram(scan.projections[:, r, :], _row(scan.flats, r), _row(scan.darks, r))
 
     row = corrected(z // 2)
+    # 180 degrees as the live reconstruction counts them, with one step: until session 71 the angles had to span
+    # 179, which a scan over [0, 180) in steps above 1 degree does not (90 angles: 178), and got the fallback
+    too_few = check_angles(scan.angles)
     try:
-        if scan.angles.max() - scan.angles.min() >= 179.0:
+        if not too_few:
             others = sorted({int(r) for r in np.linspace(z // 4, (3 * z) // 4, 9)} - {z // 2})
-            center = find_center(row, scan.angles, other_rows=[corrected(r) for r in others])
+            center, how = search_center(row, scan.angles, other_rows=[corrected(r) for r in others])
             if math.isfinite(center):
-                return center
+                return center, how
             log.warning("the rotation centre search found no minimum inside its windows")
+        else:
+            log.warning("no rotation centre search: %s", too_few)
     except Exception as exc:  # algotom fails in many ways on odd data; the fallback still works
         log.warning("the rotation centre search failed (%s)", exc)
     center, how = fallback_center(row, scan.angles)
     log.warning("rotation centre: %s, %.2f", how, center)
-    return center
+    return center, how
 
 
 def _row(frame: np.ndarray | None, z: int) -> np.ndarray | None:
