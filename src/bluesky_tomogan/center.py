@@ -147,7 +147,7 @@ def seam_center(rows: Sequence[np.ndarray], angles_deg: np.ndarray, smooth: floa
     binned = [s[:, : ncol // factor * factor].reshape(len(s), -1, factor).mean(axis=2) for s in sinos]
     nbin = binned[0].shape[1]
     # the middle quarter first, then the middle half: near the edges of the search fewer columns are seen by
-    # both projections, and noise makes false minima there (one of 15 rows of 100 photons/pixel: 64 px off)
+    # both projections, and noise makes false minima there (a row of 100 photons/pixel, 2.5 fields of view: 64 px off)
     for lo, hi in ((3 * nbin / 8, 5 * nbin / 8), (nbin / 4, 3 * nbin / 4)):
         coarse = np.arange(lo, hi + 0.25, 0.5)
         best = int(np.argmin(_seam_metric(binned, pairs, coarse)))
