@@ -172,7 +172,7 @@ def test_reprocess_with_a_self_ensemble_records_it_in_both_streams_configuration
     client = store
     uid = scan(RE, client, frames_directory(tmp_path / "store") / "raw")
     assert main(["reprocess", server_of(client).uri, "--uid", uid, "--backend", "onnxruntime", "--into", "new",
-                 "--streams", "primary", "--reconstruct", "--self-ensemble", "2"]) == 0
+                 "--streams", "primary", "--reconstruct", "--self-ensemble", "2", "--center", "23.75"]) == 0
     assert "self-ensemble of 2" in capsys.readouterr().out
     (new_uid,) = client.search(Key(f"start.{REPROCESSED_FROM}") == uid)
     new = client[new_uid]
@@ -180,6 +180,8 @@ def test_reprocess_with_a_self_ensemble_records_it_in_both_streams_configuration
     assert denoised["self_ensemble"] == 2
     rec = new["reconstruction"].metadata["configuration"]["reconstruction"]["data"]
     assert rec["slice_self_ensemble"] == "2"
+    # --center (session 71): the given rotation centre, recorded and used for every slice
+    assert rec["center_given"] == "23.75" and set(np.asarray(new["reconstruction"]["center"].read())) == {23.75}
     plain = load_denoiser(backend="onnxruntime")
     raw = np.asarray(new["primary"]["det_image"].read()).reshape(6, 40, 48)
     ensemble = load_denoiser(backend="onnxruntime", self_ensemble=2)

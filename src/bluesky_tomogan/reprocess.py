@@ -229,7 +229,8 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
               streams: Sequence[str] | None = SCAN_STREAMS, fields: list[str] | None = None, directory: Any = None,
               root_map: Mapping[str, str] | None = None, reconstruct: Any = None,
               progress: Callable[[int, int], Any] | None = None, frame_dtype: str = "float32",
-              compression: str | None = None, angle_field: str | None = None) -> tuple[str, Any]:
+              compression: str | None = None, angle_field: str | None = None,
+              center: float | None = None) -> tuple[str, Any]:
     """Denoise the stored run ``uid`` with ``denoiser``, into that run or a new one of the same catalog.
 
     Parameters
@@ -257,6 +258,9 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
         Also reconstruct three slices and denoise them with this slice model (``load_denoiser(
         "tomogan-slice")``) into a ``reconstruction`` stream, as
         :class:`~bluesky_tomogan.TomoReconstruction` does live.
+    center : float, optional
+        With ``reconstruct``: the rotation centre in pixels (default: found, as
+        :class:`~bluesky_tomogan.TomoReconstruction` finds it; ``bluesky-tomogan center`` prints it).
     angle_field : str, optional
         The data key of each frame's angle, where it is not the start document's first ``motors``
         entry (a fly scan's encoder capture): for the denoising context and QC, as for the
@@ -317,7 +321,7 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
         from .callbacks import TomoReconstruction
 
         outlet = TomoReconstruction(reconstruct, directory=directory, root_map=root_map, timeout=OFFLINE_TIMEOUT_S,
-                                    background=False, angle_field=angle_field)
+                                    background=False, angle_field=angle_field, center=center)
         callback.subscribe(_WithoutStoredDerived(outlet, documents))
         outlet.subscribe(writer, storage=True)
     else:

@@ -50,7 +50,7 @@ def serve(zmq_in: str | None = None, *, kafka: Any = None, kafka_in: Sequence[st
           warm_up: tuple[int, int] | None = None, abandon_after: float | None = 86400.0,
           root_map: dict[str, str] | None = None, slice_model: str = "tomogan-slice",
           slice_self_ensemble: int = 1, frame_dtype: str = "float32", compression: str | None = None,
-          angle_field: str | None = None) -> int:
+          angle_field: str | None = None, center: float | None = None) -> int:
     """Serve the document stream at ``zmq_in`` (a ``bluesky-0MQ-proxy`` out port), or in the Kafka topics
     ``kafka_in``, until SIGTERM.
 
@@ -86,6 +86,9 @@ def serve(zmq_in: str | None = None, *, kafka: Any = None, kafka_in: Sequence[st
         Also reconstruct slices live (:class:`~bluesky_tomogan.TomoReconstruction`).
     reconstruct_every : int
         Progressive reconstruction every N projections (0: at the end only).
+    center : float, optional
+        With ``reconstruct``: the rotation centre in pixels of every run served (a beamline whose axis is
+        aligned); default: found for each run, as :class:`~bluesky_tomogan.TomoReconstruction` finds it.
     slice_model : str
         With ``reconstruct``: the slice model (a shipped name, or a card or directory, such as
         one ``bluesky-tomogan finetune`` wrote for this sample).
@@ -200,7 +203,7 @@ def serve(zmq_in: str | None = None, *, kafka: Any = None, kafka_in: Sequence[st
     if reconstruct:
         slices = load_denoiser(slice_model, backend=backend, self_ensemble=slice_self_ensemble)
         rec = TomoReconstruction(slices, every=reconstruct_every, directory=directory, root_map=root_map,
-                                 angle_field=angle_field)
+                                 angle_field=angle_field, center=center)
         callback.subscribe(rec)
         outlet, wait = rec, rec.wait
     republish: Any = None
