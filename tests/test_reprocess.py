@@ -183,6 +183,8 @@ def test_reprocess_with_a_self_ensemble_records_it_in_both_streams_configuration
     # --center (session 71): the given rotation centre, recorded and used for every slice
     assert rec["center_given"] == "23.75" and set(np.asarray(new["reconstruction"]["center"].read())) == {23.75}
     plain = load_denoiser(backend="onnxruntime")
+    with pytest.raises(ReprocessError, match=r"a rotation centre \(23.75 px\) is for the slices of reconstruct"):
+        reprocess(client, uid, plain, into="new", center=23.75)  # without reconstruct: said, nothing written
     raw = np.asarray(new["primary"]["det_image"].read()).reshape(6, 40, 48)
     ensemble = load_denoiser(backend="onnxruntime", self_ensemble=2)
     alone = np.stack([raw[3]] * ensemble.depth)  # 30 degrees from its neighbours: denoised alone, as live

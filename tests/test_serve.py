@@ -251,6 +251,7 @@ def test_a_malformed_message_is_logged_recorded_in_the_run_and_the_stream_goes_o
     (["--zmq-in", "localhost:{out}", "--abandon-after", "-5", "--store", "none"], "abandon_after must be"),
     (["--zmq-in", "localhost:{out}", "--slice-self-ensemble", "8", "--store", "none"], "is for the slices of"),
     (["--zmq-in", "localhost:{out}", "--slice-model", "my-slice", "--store", "none"], "is for the slices of"),
+    (["--zmq-in", "localhost:{out}", "--center", "255.4", "--store", "none"], "(255.4 px) is for the slices of"),
     (["--zmq-in", "localhost:{out}", "--reconstruct", "--slice-model", "no-such-model", "--store", "none"],
      "no-such-model"),
     (["--zmq-in", "localhost:{out}", "--republish", "all", "--store", "none"], "needs --zmq-out"),

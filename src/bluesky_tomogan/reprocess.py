@@ -287,6 +287,8 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
 
     if into not in ("run", "new"):
         raise ReprocessError(f"into must be 'run' (the stored run) or 'new' (a new run), got {into!r}")
+    if center is not None and reconstruct is None:
+        raise ReprocessError(f"a rotation centre ({center:g} px) is for the slices of reconstruct (--reconstruct)")
     documents = read_run(client, uid)
     no_stop = documents[-1][1].get("exit_status") == "fail" and _NO_STOP in documents[-1][1]["reason"]
     if into == "run" and no_stop:

@@ -157,6 +157,8 @@ def serve(zmq_in: str | None = None, *, kafka: Any = None, kafka_in: Sequence[st
         raise ServeError(f"a slice self-ensemble ({slice_self_ensemble}) is for the slices of --reconstruct")
     if slice_model != "tomogan-slice" and not reconstruct:
         raise ServeError(f"a slice model ({slice_model}) is for the slices of --reconstruct")
+    if center is not None and not reconstruct:
+        raise ServeError(f"a rotation centre ({center:g} px) is for the slices of --reconstruct")
     if zmq_out is not None and kafka_out is not None:
         raise ServeError("republish to one place: a 0MQ proxy (--zmq-out) or a Kafka topic (--kafka-out)")
     if kafka_out is not None and kafka is None:
