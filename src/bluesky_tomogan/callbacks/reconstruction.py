@@ -690,7 +690,8 @@ class _RunReconstruction(PassThroughRun):
             notes.append(f"{masked} detector pixels of the reconstructed rows hold no data (module gaps, flagged "
                          "pixels): filled from their neighbours along the row")
         # dead and hot pixels, judged on the raw flats and darks (the denoised ones have them despiked)
-        bad = recon.defective_pixels(flat if flat_name == "flat" else self._mean_rows("flat", wanted, roles), dark)
+        raw_flat = flat if flat_name == "flat" else self._mean_rows("flat", wanted, roles)
+        bad = recon.defective_pixels(raw_flat, dark)
         if bad is not None:
             sino = np.where(bad[None], np.float32(np.nan), sino)
             count = int(bad[[wanted.index(r) for r in rows]].sum())
@@ -709,7 +710,7 @@ class _RunReconstruction(PassThroughRun):
         middle, seeing = self._center_rows(rows, transmission)
         found = self._found_center
         if not angle_problem and (found != found or self._found_at != len(angles)):
-            raw = self._raw_transmission(seqs, wanted, roles, bad) if source == "denoised" else None
+            raw = self._raw_transmission(seqs, wanted, raw_flat, dark, bad) if source == "denoised" else None
             rows_for_center = transmission if raw is None else raw
             # the other rows that see the sample: the 180-degree seam (a wider sample) adds them up
             found, self._found_how = recon.search_center(
@@ -850,10 +851,11 @@ class _RunReconstruction(PassThroughRun):
         known = mixed.seqs
         return mixed, sorted(s for s in seqs if s in known)
 
-    def _raw_transmission(self, seqs: Sequence[int], wanted: Sequence[int], roles: Mapping[int, str],
-                          bad: np.ndarray | None) -> dict[int, np.ndarray] | None:
-        """The raw frames' rows of the denoised projections ``seqs``, corrected with the raw flats and darks; None
-        where ``primary`` does not hold every one of them.
+    def _raw_transmission(self, seqs: Sequence[int], wanted: Sequence[int], flat: np.ndarray | None,
+                          dark: np.ndarray | None, bad: np.ndarray | None) -> dict[int, np.ndarray] | None:
+        """The raw frames' rows of the denoised projections ``seqs``, corrected with the raw ``flat`` and ``dark``
+        (the mean rows :meth:`_reconstruct` read) and with the ``bad`` pixels left out; None where ``primary`` does
+        not hold every one of them.
 
         The rotation centre is found on these: a centre is the scan's geometry, and a denoiser changes each frame a
         little, most the first and last ones of a scan, whose neighbours on one side are stand-ins, and those are
@@ -868,7 +870,6 @@ class _RunReconstruction(PassThroughRun):
         sino = primary.rows(raw_seqs, wanted, self._raw_dtype)
         if bad is not None:
             sino = np.where(bad[None], np.float32(np.nan), sino)
-        flat, dark = self._mean_rows("flat", wanted, roles), self._mean_rows("dark", wanted, roles)
         return {r: recon.corrected_sinogram(sino[:, i], None if flat is None else flat[i],
                                             None if dark is None else dark[i]) for i, r in enumerate(wanted)}
 
