@@ -924,3 +924,117 @@ def test_the_seam_finds_an_off_centre_axis_of_a_cut_sample_and_ignores_missing_p
     assert found == pytest.approx(axis, abs=0.3)
     transmission[0] *= 0.8  # the beam 20 % dimmer at the scan's start (0.55 px off at 30 % before session 71's fix)
     assert seam_center([transmission], angles) == pytest.approx(found, abs=0.01)
+
+
+def _offset_axis_rows(axis: float, width: int = 128, angles=None, photons: float = 0.0, rows=(60, 62, 64)):
+    """Rows of a bead pack scanned over a full turn with its axis at ``axis`` on a detector of ``width`` columns:
+    the pack is projected onto a detector twice as wide as from the axis to the far edge, about its middle, and
+    cut (an offset-axis, half-acquisition scan); and the uncut line integrals of the middle row."""
+    from bluesky_tomogan.simulate.spheres import SpherePack
+
+    angles = np.linspace(0, 360, 240, endpoint=False) if angles is None else angles
+    right = axis > (width - 1) / 2
+    wide = int(round(2 * axis + 1)) if right else int(round(2 * (width - 1 - axis) + 1))
+    start = 0 if right else wide - width
+    pack = SpherePack.random((128, wide), 3)
+    rng = np.random.default_rng(0)
+    transmission = []
+    for row in rows:
+        t = np.exp(-pack.sinogram(row, angles))[:, start:start + width]
+        if photons:
+            t = np.clip(rng.poisson(t * photons) / photons, 1 / photons, None)
+        transmission.append(t)
+    return angles, transmission, pack.sinogram(rows[len(rows) // 2], angles)
+
+
+@pytest.mark.parametrize("axis", [121.5, 96.5, 20.5, 6.0])
+def test_the_rotation_centre_of_an_offset_axis_is_found_over_the_whole_detector(axis):
+    """Session 72: over a full turn every projection has its mirror image 180 degrees on, and the axis may lie
+    anywhere on the detector: near one edge in an offset-axis (half-acquisition) scan, outside the middle half that
+    the 180-degree seam searches (which put an axis at 235.5 px of 256 at 189.75). ``turn_center`` searches the
+    whole detector, its metric normalised by the structure both projections see; within 1 px for overlaps down to
+    13 columns (an axis 6 px from the edge), at 200 photons per pixel too."""
+    from bluesky_tomogan.center import TURN, search_center
+
+    for photons in (0.0, 200.0):
+        angles, rows, _ = _offset_axis_rows(axis, photons=photons)
+        center, how = search_center(rows[1], angles, other_rows=[rows[0], rows[2]])
+        assert how == TURN and center == pytest.approx(axis, abs=1.0), (photons, center)
+
+
+def test_a_turn_still_under_way_has_no_offset_axis_centre_before_it_holds_projections_180_degrees_apart():
+    from bluesky_tomogan.center import TURN, search_center
+
+    angles = np.linspace(0, 360, 240, endpoint=False)
+    _, rows, _ = _offset_axis_rows(110.5, angles=angles)
+    so_far = angles < 230  # 50 degrees past the half turn: 33 pairs
+    center, how = search_center(rows[1][so_far], angles[so_far], turn=True)
+    assert how == TURN and center == pytest.approx(110.5, abs=1.0)
+    so_far = angles < 180  # no projection has its mirror image yet: no centre, rather than a wrong one
+    center, how = search_center(rows[1][so_far], angles[so_far], turn=True)
+    assert how == TURN and np.isnan(center)
+
+
+@pytest.mark.parametrize("axis", [110.5, 17.0])
+def test_an_offset_axis_slice_is_made_over_the_doubled_field_of_view(axis):
+    """The projections weighted across the band both halves of the turn see and padded to the doubled view
+    (``extended_sinogram``) reconstruct what the uncut detector would have: against filtered back-projection of the
+    uncut rows over half the turn, SSIM 0.99 and the same mean; a slice as wide as the detector about the axis
+    (before session 72) shows the sample's middle only, with the cut's streaks."""
+    from bluesky_tomogan.reconstruction import extended_sinogram, offset_axis, reconstruct
+
+    angles, rows, uncut = _offset_axis_rows(axis)
+    half = angles < 180
+    reference = reconstruct(np.exp(-uncut[half]), angles[half], (uncut.shape[1] - 1) / 2, remove_stripes=False).slice
+    doubled = reconstruct(rows[1], angles, axis, remove_stripes=False, extend=True).slice
+    assert doubled.shape == reference.shape == (uncut.shape[1],) * 2
+    assert ssim(reference, doubled) > 0.99
+    assert doubled.mean() == pytest.approx(reference.mean(), rel=0.02)
+    plain = reconstruct(rows[1], angles, axis, remove_stripes=False).slice
+    cut = (reference.shape[0] - plain.shape[0]) // 2
+    assert ssim(reference[cut:cut + 128, cut:cut + 128], plain) < 0.9
+    # the weights of a column and its mirror image add up to 1 across the band both see
+    ones = np.ones((1, 128), np.float32)
+    weighted, at = extended_sinogram(ones, axis)
+    mirrored = np.interp(2 * at - np.arange(weighted.shape[1]), np.arange(weighted.shape[1]), weighted[0])
+    assert np.allclose(weighted[0] + mirrored, 1.0, atol=0.03)
+    assert offset_axis(True, axis, 128, wider=True)
+    assert not offset_axis(True, 64.5, 128, wider=True)  # an axis in the middle: the view as it is
+    assert not offset_axis(False, axis, 128, wider=True) and not offset_axis(True, axis, 128, wider=False)
+
+
+@pytest.mark.parametrize("every", [0, 30])
+def test_a_live_reconstruction_of_an_offset_axis_scan_shows_the_whole_sample(RE, tmp_path, every):
+    """A camera whose axis projects 40 px right of its middle (``SimTomoDetector(axis_offset=...)``), a sample
+    1.8 fields of view across, a full turn: the final slices span the doubled field of view about the centre found
+    over the full turn, and the note says so. With progressive updates, none before the turn holds projections
+    180 degrees apart (the centre, and so the slices' width, is not known before), and every slice of the stream
+    has the first ones' shape."""
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(32, 96), simulate_timing=False, seed=7,
+                          sample_width=1.8, axis_offset=40, directory=frames_directory(tmp_path))
+    det.photon_flux.put(5e4)
+    rec = TomoReconstruction(source="raw", rows=[16], every=every)
+    docs = []
+    rec.subscribe(lambda name, doc: docs.append((name, doc)))
+    token = RE.subscribe(rec)
+    RE(tomo_scan(det, stage, list(np.linspace(0, 360, 120, endpoint=False)), n_darks=2, n_flats=2))
+    RE.unsubscribe(token)
+    assert rec.wait(timeout=60)
+    (desc,) = [d for n, d in docs if n == "descriptor" and d["name"] == "reconstruction"]
+    pages = [d for n, d in docs if n == "event_page" and d["descriptor"] == desc["uid"]]
+    axis = 47.5 + 40
+    width = desc["data_keys"]["slice"]["shape"][-1]
+    assert abs(width - (2 * axis + 1)) <= 2  # the doubled view: 2 x 87.5 + 1 columns, not 96
+    assert pages[-1]["data"]["final"] == [True]
+    assert abs(pages[-1]["data"]["center"][0] - axis) < 1.0
+    note = pages[-1]["data"]["note"][0]
+    assert "offset axis" in note and "over the full turn" in note
+    if every:
+        assert len(pages) > 1 and all(p["data"]["projections"][0] > 60 for p in pages)  # past half the turn
+
+
+def test_the_simulated_camera_puts_its_axis_on_the_detector():
+    stage = SimTomoStage(name="stage")
+    with pytest.raises(ValueError, match="axis_offset"):
+        SimTomoDetector(name="det", stage=stage, shape=(32, 64), simulate_timing=False, axis_offset=32)

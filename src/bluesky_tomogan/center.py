@@ -12,8 +12,12 @@ Three ways, each where it holds:
   compares only what both see, so it holds for a sample wider than the field of view (local tomography), whose
   rows end in the sample at every angle and mislead Vo's metric (off by up to 21 px at 2.5 fields of view even
   on rows extended by their ends; ``python benchmarks/center_wider.py``).
+- over a full turn (360 degrees), every projection has its mirror image in the scan, and the seam is searched
+  over the whole detector (:func:`turn_center`): the centre of an offset-axis scan (half acquisition: the axis
+  near one edge of the detector, the field of view doubled), which lies outside the middle half that
+  :func:`seam_center` searches.
 
-:func:`find_center` picks between the last two. No bluesky here; :mod:`bluesky_tomogan.reconstruction` and the
+:func:`find_center` picks between the last three. No bluesky here; :mod:`bluesky_tomogan.reconstruction` and the
 live reconstruction (:mod:`bluesky_tomogan.callbacks.reconstruction`) use it.
 """
 
@@ -26,8 +30,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
 
-__all__ = ["estimate_center", "fallback_center", "find_center", "search_center", "seam_center", "VO", "SEAM",
-           "VO_EXTENDED"]
+__all__ = ["estimate_center", "fallback_center", "find_center", "search_center", "seam_center", "turn_center",
+           "full_turn", "VO", "SEAM", "TURN", "VO_EXTENDED"]
 
 log = logging.getLogger(__name__)
 #: Smallest angular span (degrees) over which a centre-of-mass sinusoid is fitted.
@@ -36,6 +40,8 @@ MIN_SPAN_FOR_ESTIMATE = 60.0
 VO = "Vo's method"
 #: ... the 180-degree seam (a sample wider than the field of view) ...
 SEAM = "the projections 180 degrees apart"
+#: ... the projections 180 degrees apart over a full turn, searched over the whole detector (an offset axis) ...
+TURN = "the projections 180 degrees apart over the full turn"
 #: ... or, where the seam is not in the scan, Vo's method on rows extended by their end values.
 VO_EXTENDED = "Vo's method on rows extended by their ends"
 #: Gaussian smoothing (pixels, along the rows) of the seam's projections: noise adds the same to every
@@ -46,6 +52,15 @@ SEAM_SMOOTH = 2.0
 SEAM_REACH = 2.5
 #: Columns the seam's coarse search works on: wider rows are averaged down to this.
 SEAM_COARSE_COLUMNS = 512
+#: Fewest columns that a candidate centre of :func:`turn_center` must have seen by both projections of a pair (and
+#: at least this share of the detector's width): fewer make false minima of noise.
+TURN_MIN_OVERLAP = 8
+TURN_MIN_OVERLAP_SHARE = 1 / 32
+#: Pairs :func:`turn_center` compares, evenly spread over the turn (a 3,600-projection scan has 1,800).
+TURN_PAIRS = 64
+#: A candidate whose compared columns hold less structure (variance) than this share of the most any candidate's
+#: hold is no candidate: open beam beside the sample matches open beam at any centre.
+TURN_MIN_STRUCTURE = 1e-4
 #: A seam comparison (:func:`_seam_pairs`): projection, its two neighbours (index, mirrored), the weight of the second.
 _Pair = tuple[int, tuple[int, bool], tuple[int, bool], float]
 
@@ -94,19 +109,24 @@ def find_center(transmission: np.ndarray, angles_deg: np.ndarray, *,
     return search_center(transmission, angles_deg, other_rows=other_rows)[0]
 
 
-def search_center(transmission: np.ndarray, angles_deg: np.ndarray, *,
-                  other_rows: Sequence[np.ndarray] = ()) -> tuple[float, str]:
+def search_center(transmission: np.ndarray, angles_deg: np.ndarray, *, other_rows: Sequence[np.ndarray] = (),
+                  turn: bool | None = None) -> tuple[float, str]:
     """Rotation centre (column) of a 180-degree transmission sinogram and how it was found (:data:`VO`,
     :data:`SEAM` or :data:`VO_EXTENDED`); NaN if it is not found.
 
     A sample inside the field of view (its rows' outer columns clear at every angle): Vo's method
-    (:func:`_vo_center`). A sample wider than it: the 180-degree seam over ``transmission`` and ``other_rows``
+    (:func:`_vo_center`). A sample wider than it: over a full turn the seam over the whole detector (:data:`TURN`,
+    :func:`turn_center`: an offset axis too), else the 180-degree seam over ``transmission`` and ``other_rows``
     (:func:`seam_center`), where the angles hold it (they reach 180 degrees from the first within 2.5 steps);
     else Vo's method on the rows extended by their end values, which is off by up to 21 px on exact rows of a
     bead pack 2.5 fields of view across (the seam: under 1 px; ``python benchmarks/center_wider.py``).
+    ``turn``: whether the scan is a full turn; ``None``: whether ``angles_deg`` cover one (a scan still turning
+    passes True to search over the whole detector with the pairs it has so far: NaN while it has none).
     """
     if _inside_field_of_view(transmission):
         return _vo_center(transmission, angles_deg, inside=True), VO
+    if full_turn(angles_deg) if turn is None else turn:  # the axis may be anywhere: no other search holds
+        return turn_center([transmission, *other_rows], angles_deg), TURN
     center = seam_center([transmission, *other_rows], angles_deg)
     if math.isfinite(center):
         return center, SEAM
@@ -163,6 +183,101 @@ def seam_center(rows: Sequence[np.ndarray], angles_deg: np.ndarray, smooth: floa
     curvature, slope, _ = np.polyfit(fine[near] - fine[low], metric[near], 2)
     offset = -slope / (2 * curvature) if curvature > 0 else 0.0
     return float(fine[low] + np.clip(offset, -0.5, 0.5))
+
+
+def full_turn(angles_deg: np.ndarray) -> bool:
+    """Whether the angles cover a full turn: their span and one step reach 360 degrees."""
+    a = np.unique(np.asarray(angles_deg, np.float64))
+    if len(a) < 3:
+        return False
+    span = float(a[-1] - a[0])
+    return span + span / (len(a) - 1) >= 360.0 - 1e-6
+
+
+def turn_center(rows: Sequence[np.ndarray], angles_deg: np.ndarray, smooth: float = SEAM_SMOOTH) -> float:
+    """Rotation centre (column) of a scan over a full turn where the projections 180 degrees apart agree, searched
+    over the whole detector; NaN if the angles hold no such pair or no candidate sees enough of the sample.
+
+    Over a full turn every projection has its mirror image in the scan, so the axis may lie anywhere on the
+    detector: near one of its edges in an offset-axis scan (half acquisition), which doubles the field of view of
+    a sample wider than the detector. A candidate ``c`` compares the columns both projections of a pair see
+    (``2c - x`` on the detector too: a narrow band about ``c`` near an edge), so unlike :func:`seam_center`, whose
+    candidates all share most columns, the metric is normalised: the variance of the differences over the sum of
+    the two projections' variances over those columns (0 where they agree, about 1 for unrelated ones), pooled
+    over up to :data:`TURN_PAIRS` pairs spread over the turn and the sum of ``rows`` (line integrals add up, the
+    axis is the same). Candidates see at least :data:`TURN_MIN_OVERLAP` columns (and
+    :data:`TURN_MIN_OVERLAP_SHARE` of the detector) and some of the sample (:data:`TURN_MIN_STRUCTURE`): open beam
+    matches open beam at any centre. A coarse search in half-column steps on rows averaged down to at most
+    :data:`SEAM_COARSE_COLUMNS` columns, then quarter-pixel steps with a parabola, as :func:`seam_center`.
+    """
+    pairs = [p for p in _seam_pairs(angles_deg) if p[3] == 0.0 and p[1][0] > p[0]]  # each exact pair once
+    if not pairs or not len(rows):
+        return math.nan
+    pairs = [pairs[k] for k in np.unique(np.linspace(0, len(pairs) - 1, min(TURN_PAIRS, len(pairs))).round()
+                                         .astype(int))]
+    used = sorted({j for i, lo, _, _ in pairs for j in (i, lo[0])})
+    at = {j: k for k, j in enumerate(used)}
+    compared = [(at[i], at[lo[0]]) for i, lo, _, _ in pairs]
+    total = sum(-np.log(np.clip(np.asarray(r, np.float64)[used], 1e-6, None)) for r in rows)
+    sino = gaussian_filter1d(np.nan_to_num(np.asarray(total), nan=0.0), smooth, axis=1)
+    ncol = sino.shape[1]
+    margin = max(TURN_MIN_OVERLAP, math.ceil(TURN_MIN_OVERLAP_SHARE * ncol)) / 2
+    if ncol - 1 - 2 * margin < 2:
+        return math.nan
+    factor = max(1, -(-ncol // SEAM_COARSE_COLUMNS))
+    binned = sino[:, : ncol // factor * factor].reshape(len(sino), -1, factor).mean(axis=2)
+    nbin = binned.shape[1]
+    coarse = np.arange(margin / factor, nbin - 1 - margin / factor + 1e-9, 0.5)
+    if len(coarse) < 3:
+        return math.nan
+    metric = _turn_metric(binned, compared, coarse, guard=2 * smooth / factor)
+    if not np.isfinite(metric).any():
+        return math.nan
+    best = int(np.argmin(metric))
+    start = coarse[best] * factor + (factor - 1) / 2
+    fine = np.clip(start + np.arange(-(factor + 1), factor + 1 + 1e-9, 0.25), margin, ncol - 1 - margin)
+    fine = np.unique(fine)
+    metric = _turn_metric(sino, compared, fine, guard=2 * smooth)
+    if not np.isfinite(metric).any():
+        return float(start)
+    low = int(np.argmin(metric))
+    near = (np.abs(fine - fine[low]) <= 1.0 + 1e-9) & np.isfinite(metric)
+    if near.sum() < 3:
+        return float(fine[low])
+    curvature, slope, _ = np.polyfit(fine[near] - fine[low], metric[near], 2)
+    offset = -slope / (2 * curvature) if curvature > 0 else 0.0
+    return float(fine[low] + np.clip(offset, -0.5, 0.5))
+
+
+def _turn_metric(sino: np.ndarray, pairs: Sequence[tuple[int, int]], candidates: np.ndarray,
+                 guard: float) -> np.ndarray:
+    """:func:`turn_center`'s normalised metric of each candidate centre (inf where it sees too little structure):
+    pooled variance of ``p_i(x) - p_j(2c - x)`` over pooled ``var p_i + var p_j`` on the columns both see, less
+    ``guard`` columns at each edge of the detector (where the smoothing met the edge: it biased an axis 12 px from
+    an edge by 2 px)."""
+    ncol = sino.shape[1]
+    x = np.arange(ncol, dtype=np.float64)
+    source = 2.0 * np.asarray(candidates, np.float64)[:, None] - x[None, :]
+    inner = (x >= guard) & (x <= ncol - 1 - guard)
+    seen = (source >= guard) & (source <= ncol - 1 - guard) & inner[None, :]
+    n = np.maximum(seen.sum(axis=1), 1)
+    left = np.clip(np.floor(source).astype(np.intp), 0, max(ncol - 2, 0))
+    frac = np.clip(source - left, 0.0, 1.0)
+    right = np.minimum(left + 1, ncol - 1)
+
+    def variance(v: np.ndarray) -> np.ndarray:
+        return (v**2).sum(axis=1) - v.sum(axis=1) ** 2 / n
+
+    differences = np.zeros(len(candidates))
+    structure = np.zeros(len(candidates))
+    for i, j in pairs:
+        direct = np.where(seen, sino[i][None, :], 0.0)
+        mirrored = np.where(seen, sino[j][left] * (1 - frac) + sino[j][right] * frac, 0.0)
+        differences += variance(direct - mirrored)
+        structure += variance(direct) + variance(mirrored)
+    per_column = structure / n
+    valid = per_column >= TURN_MIN_STRUCTURE * per_column.max() if per_column.max() > 0 else np.zeros_like(n, bool)
+    return np.where(valid, differences / np.maximum(structure, 1e-30), np.inf)
 
 
 def _seam_pairs(angles_deg: np.ndarray) -> list[_Pair]:

@@ -28,11 +28,12 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import median_filter
 
-from .center import estimate_center, fallback_center, find_center, search_center
+from .center import estimate_center, fallback_center, find_center, full_turn, search_center
 
 __all__ = ["stripe_metric", "corrected_sinogram", "defective_pixels", "fill_row_gaps", "estimate_center",
            "fallback_center", "find_center", "search_center", "reconstruct", "reconstruct_rows", "check_angles",
-           "wider_than_view", "SliceResult", "background_thread", "degrees_per_unit", "nominal_angles"]
+           "wider_than_view", "SliceResult", "background_thread", "degrees_per_unit", "nominal_angles", "full_turn",
+           "offset_axis", "extended_sinogram"]
 
 log = logging.getLogger(__name__)
 #: Width (columns) of the median filter that separates a stripe from the object's own column profile.
@@ -41,6 +42,9 @@ STRIPE_WINDOW = 21
 OPEN_BEAM = 0.9
 #: Share of the projections whose row edge looks through the sample, from which it is wider than the view.
 TRUNCATED_SHARE = 0.9
+#: Share of the detector's width by which the axis of a full turn must lie off its middle for the slice to be made
+#: over the doubled field of view (:func:`offset_axis`).
+OFFSET_AXIS_SHARE = 1 / 32
 #: Degrees per unit of a rotation angle, by the units its data key gives (EPICS motors' EGU, ophyd's ``units``).
 _DEGREES_PER_UNIT = {**dict.fromkeys(("deg", "degree", "degrees", "°"), 1.0),
                      **dict.fromkeys(("rad", "radian", "radians"), 180.0 / math.pi),
@@ -202,6 +206,43 @@ def wider_than_view(transmission: Sequence[np.ndarray]) -> bool:
     return bool(covered.mean() >= TRUNCATED_SHARE)
 
 
+def offset_axis(turn: bool, center: float, width: int, wider: bool) -> bool:
+    """Whether a scan is an offset-axis (half-acquisition) one, whose slice is made over the doubled field of view
+    (:func:`extended_sinogram`): a full ``turn`` (:func:`~bluesky_tomogan.center.full_turn`) of a sample ``wider``
+    than the detector's ``width`` (:func:`wider_than_view`), its axis at ``center`` more than
+    :data:`OFFSET_AXIS_SHARE` of the width off the middle. Over a full turn each half of the sample is seen on one
+    side of the axis; a slice of the detector's width centred on the axis shows only the half nearer the middle."""
+    return turn and wider and math.isfinite(center) and abs(center - (width - 1) / 2) > OFFSET_AXIS_SHARE * width
+
+
+def extended_sinogram(sinogram: np.ndarray, center: float) -> tuple[np.ndarray, float]:
+    """A sinogram ``(angles, columns)`` of -log transmission over a full turn with its axis at ``center`` off the
+    middle, widened to the doubled field of view: ``(sinogram, its centre)``, as wide as twice the distance from
+    the axis to the far edge of the detector.
+
+    Each projection is padded with zeros on the side of the axis the detector does not see and weighted across
+    the band about the axis that both halves of the turn see (``2c - x`` on the detector too): the weight falls
+    smoothly (cosine squared) from 1 at the band's inner edge to 0 at the detector's edge, so that the weights of
+    a column and its mirror image add up to 1 and the padded edge is smooth (displaced-detector weighting; the
+    stitching of algotom's ``convert_sinogram_360_to_180`` with a smooth ramp, for any angles). Back-projected over
+    the full turn and multiplied by 2 (:func:`reconstruct`), each line of the doubled field of view counts once.
+    """
+    s = np.asarray(sinogram, np.float32)
+    width = s.shape[1]
+    right = center > (width - 1) / 2  # the axis near the right edge: the missing half lies to the right
+    c = center if right else (width - 1) - center  # work as if it were on the right
+    far = 2 * c - (width - 1)  # the band both halves see: columns far .. width - 1
+    x = np.arange(width, dtype=np.float64)
+    ramp = np.clip((x - far) / max(width - 1 - far, 1e-6), 0.0, 1.0)
+    weight = np.cos(0.5 * np.pi * ramp) ** 2
+    pad = max(int(math.ceil(2 * c - 1e-3)) + 1 - width, 0)  # 2c a whole number: no column beyond it
+    rows = s if right else s[:, ::-1]
+    extended = np.pad(rows * weight[None, :].astype(np.float32), ((0, 0), (0, pad)))
+    if right:
+        return extended, float(center)
+    return np.ascontiguousarray(extended[:, ::-1]), float(center + pad)
+
+
 @dataclass
 class SliceResult:
     """One reconstructed row: the slice, the centre used, and the stripe metric before and after removal."""
@@ -214,11 +255,14 @@ class SliceResult:
 
 
 def reconstruct(transmission: np.ndarray, angles_deg: np.ndarray, center: float, *, row: int = 0,
-                remove_stripes: bool = True) -> SliceResult:
+                remove_stripes: bool = True, extend: bool = False) -> SliceResult:
     """Filtered back-projection of one transmission sinogram ``(angles, columns)`` at ``center``.
 
     Stripes are removed first (algotom's sorting-based filter) unless
-    ``remove_stripes`` is false; the result is cropped to the field of view. The
+    ``remove_stripes`` is false; the result is cropped to the field of view, a square as wide as the detector
+    centred on the axis. ``extend``: a full turn about an axis off the middle (:func:`offset_axis`), made over the
+    doubled field of view (:func:`extended_sinogram`), a square twice as wide as from the axis to the detector's
+    far edge. The
     calling thread is set to one numba thread (see :func:`_single_numba_thread`), so
     the same input gives the same slice on any thread; :func:`reconstruct_rows`
     reconstructs rows in parallel.
@@ -236,16 +280,21 @@ def reconstruct(transmission: np.ndarray, angles_deg: np.ndarray, center: float,
     after = stripe_metric(sino)
     if not math.isfinite(center) or not 0 < center < sino.shape[1]:
         raise ValueError(f"rotation centre {center} is outside the detector (0..{sino.shape[1]})")
-    rec = fbp_reconstruction(sino, center, angles=a, apply_log=False, gpu=False, ncore=1)
+    at = center
+    if extend:
+        sino, at = extended_sinogram(sino, center)
+    rec = fbp_reconstruction(sino, at, angles=a, apply_log=False, gpu=False, ncore=1)
+    if extend:  # algotom divides by the number of projections; each line of the doubled view is in half of them
+        rec = rec * 2.0
     return SliceResult(row, np.asarray(rec, np.float32), float(center), before, after)
 
 
 def reconstruct_rows(transmissions: Mapping[int, np.ndarray], angles_deg: np.ndarray, center: float, *,
-                     remove_stripes: bool = True, threads: int = 1) -> dict[int, SliceResult]:
+                     remove_stripes: bool = True, threads: int = 1, extend: bool = False) -> dict[int, SliceResult]:
     """:func:`reconstruct` for several rows, on ``threads`` threads (algotom's filters and back-projection
     release the GIL, so two rows take the time of one on two cores)."""
     def one(item: tuple[int, np.ndarray]) -> SliceResult:
-        return reconstruct(item[1], angles_deg, center, row=item[0], remove_stripes=remove_stripes)
+        return reconstruct(item[1], angles_deg, center, row=item[0], remove_stripes=remove_stripes, extend=extend)
 
     if threads > 1 and len(transmissions) > 1:
         try:

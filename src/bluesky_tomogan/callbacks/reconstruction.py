@@ -61,7 +61,7 @@ import event_model
 import numpy as np
 
 from .. import reconstruction as recon
-from ..center import SEAM
+from ..center import SEAM, TURN
 from ..errors import OutputPathError
 from ..frame_roles import FrameRoles
 from ..frames import context_indices
@@ -306,6 +306,16 @@ def _picked_rows(frame: Any, rows: Sequence[int], raw_dtype: np.dtype | None) ->
         return np.nanmean(out, axis=0)
 
 
+def _fit(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``image`` cut or padded (with zeros) to ``shape``, keeping its middle in the middle."""
+    out = np.zeros(shape, np.float32)
+    sizes = list(zip(image.shape, shape, strict=True))
+    src = tuple(slice(max((n - m) // 2, 0), max((n - m) // 2, 0) + min(n, m)) for n, m in sizes)
+    dst = tuple(slice(max((m - n) // 2, 0), max((m - n) // 2, 0) + min(n, m)) for n, m in sizes)
+    out[dst] = image[src]
+    return out
+
+
 def _runs(seqs: Sequence[int], located: Mapping[int, tuple[FrameReader, int]]) -> list[tuple[int, int]]:
     """``[start, stop)`` positions in ``seqs`` whose rows lie one after the other in one reader: one read each."""
     runs: list[tuple[int, int]] = []
@@ -374,7 +384,8 @@ class _RunReconstruction(PassThroughRun):
         self._counters: dict[str, int] = {}
         self._found_center = float("nan")  # from the last reconstruction that covered 180 degrees
         self._found_at = 0  # with how many projections it was found
-        self._found_how = ""  # and how (bluesky_tomogan.center: VO, SEAM or VO_EXTENDED)
+        self._found_how = ""  # and how (bluesky_tomogan.center: VO, SEAM, TURN or VO_EXTENDED)
+        self._slice_shape: tuple[int, ...] = ()  # of the stream's slices: the first ones emitted
 
     def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
         if name == "stop" and self.o.background and self._axis is not None and not self.summary.finished:
@@ -704,9 +715,13 @@ class _RunReconstruction(PassThroughRun):
         transmission = {r: recon.corrected_sinogram(sino[:, i], None if flat is None else flat[i],
                                                     None if dark is None else dark[i]) for i, r in enumerate(wanted)}
         # with real flats only: without them every column's brightest value is its open beam
-        wider = final and flat is not None and recon.wider_than_view(list(transmission.values()))
+        wider_than_view = flat is not None and recon.wider_than_view(list(transmission.values()))
+        wider = final and wider_than_view
         if wider:
             notes.extend(self._model_for_the_sample())
+        # a full turn, or a scan planned as one still turning: the centre may lie anywhere on the detector (an
+        # offset axis), and a sample wider than the view is made over the doubled field of view
+        turn = recon.full_turn(angles) or recon.full_turn(np.asarray(self._nominal))
         middle, seeing = self._center_rows(rows, transmission)
         found = self._found_center
         if not angle_problem and (found != found or self._found_at != len(angles)):
@@ -714,17 +729,26 @@ class _RunReconstruction(PassThroughRun):
             rows_for_center = transmission if raw is None else raw
             # the other rows that see the sample: the 180-degree seam (a wider sample) adds them up
             found, self._found_how = recon.search_center(
-                rows_for_center[middle], angles, other_rows=[rows_for_center[r] for r in seeing if r != middle])
+                rows_for_center[middle], angles, other_rows=[rows_for_center[r] for r in seeing if r != middle],
+                turn=turn)
             self._found_center, self._found_at = found, len(angles)
         center = self.o.center if self.o.center is not None else found
+        if not final and turn and wider_than_view and center != center:
+            return None  # a turn about an axis that may be offset: no slice before its centre (and width) is known
+        extend = recon.offset_axis(turn, center, self._shape[1], wider_than_view)
+        if extend and final:
+            notes.append(f"a full turn about an axis {abs(center - (self._shape[1] - 1) / 2):.1f} px off the "
+                         "detector's middle (an offset axis, half acquisition): slices over the doubled field of "
+                         "view")
         if center != center:  # less than 180 degrees (yet): the centre-of-mass estimate, else the detector centre
             center, how = recon.fallback_center(transmission[middle], angles)
             if final:
                 why = angle_problem or f"{self._found_how} found no minimum inside its search windows"
                 notes.append(f"rotation centre not found ({why}); using {how} {center:.2f}")
-        elif wider and self.o.center is None and self._found_how == SEAM:
-            notes.append(f"rotation centre {found:.2f} px, found where the projections 180 degrees apart agree (the "
-                         "sample is wider than the field of view, which misleads Vo's method)")
+        elif wider and self.o.center is None and self._found_how in (SEAM, TURN):
+            notes.append(f"rotation centre {found:.2f} px, found where the projections 180 degrees apart agree"
+                         f"{' over the full turn' if self._found_how == TURN else ''} (the sample is wider than the "
+                         "field of view, which misleads Vo's method)")
         elif wider and self.o.center is None:
             # the seam not in the scan (or no minimum there), and Vo's method on rows that never show the sample's
             # edges: off by up to 21 px on simulated ones 2.5 fields of view across, even on rows extended by their
@@ -735,12 +759,13 @@ class _RunReconstruction(PassThroughRun):
             # the seam is within 3.3 px on 15 rows of 100 photons/pixel up to 3.5 fields of view; Vo's method on the
             # extended rows of such a sample is off by up to 21 px (python benchmarks/center_wider.py)
             doubt = (", which is uncertain for a sample wider than the field of view"
-                     if wider and self._found_how != SEAM else ": probably wrong")
+                     if wider and self._found_how not in (SEAM, TURN) else ": probably wrong")
             notes.append(f"the given rotation centre {self.o.center:g} is {abs(found - self.o.center):.1f} px from "
                          f"the one found ({found:.2f}){doubt}")
         # the final reconstruction is what the stop (and wait()) waits for: it takes both cores
         slices = recon.reconstruct_rows({r: transmission[r] for r in wanted}, angles, center,
-                                        remove_stripes=self.o.remove_stripes, threads=2 if final else 1)
+                                        remove_stripes=self.o.remove_stripes, threads=2 if final else 1,
+                                        extend=extend)
         out_fbp, out_den, stripes = [], [], []
         for r in rows:
             out_fbp.append(slices[r].slice)
@@ -887,7 +912,19 @@ class _RunReconstruction(PassThroughRun):
     def _emit(self, r: dict[str, Any]) -> None:
         n = len(r["rows"])
         w = r["slice"][0].shape
+        if self._bundle is not None and w != self._slice_shape:
+            # the stream's slices keep the shape of its first ones: an update emitted before an offset axis was
+            # known (an axis given, a full turn reached) was as wide as the detector; both are centred on the axis
+            if r["final"] and max(abs(a - b) for a, b in zip(w, self._slice_shape, strict=True)) > 2:
+                r["note"] = "; ".join(filter(None, [r["note"], (
+                    f"slices of {w[0]} x {w[1]} px cut or padded about the axis to the {self._slice_shape[0]} x "
+                    f"{self._slice_shape[1]} px of this stream's first ones (TomoReconstruction(every=0), or "
+                    "center= for an offset axis, keeps them whole)")]))
+            r = dict(r, slice=[_fit(a, self._slice_shape) for a in r["slice"]],
+                     fbp=[_fit(a, self._slice_shape) for a in r["fbp"]])
+            w = self._slice_shape
         if self._bundle is None:
+            self._slice_shape = w
             data_keys: dict[str, Any] = {
                 key: {"source": SOURCE, "dtype": "array", "shape": [1, *w], "dtype_numpy": "<f4",
                       "external": "STREAM:", "object_name": "reconstruction"} for key in ("slice", "slice_fbp")}
@@ -898,7 +935,9 @@ class _RunReconstruction(PassThroughRun):
                                   "object_name": "reconstruction"}
             config = {"algorithm": "algotom fbp_reconstruction (hann); centre: find_center_vo, or where the "
                                    "sample is wider than the field of view the 180-degree seam "
-                                   "(bluesky_tomogan.center; centre-of-mass fit before 180 degrees)",
+                                   "(bluesky_tomogan.center; centre-of-mass fit before 180 degrees); a full turn "
+                                   "about an offset axis over the doubled field of view "
+                                   "(bluesky_tomogan.reconstruction.extended_sinogram)",
                       "stripe_removal": "algotom remove_stripe_based_sorting" if self.o.remove_stripes else "none",
                       "source": r["source"], "center_given": "" if self.o.center is None else str(self.o.center)}
             if self.o.slice_denoiser is not None:
