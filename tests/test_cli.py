@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from bluesky_tomogan.cli import main
@@ -882,3 +883,34 @@ def test_center_finds_the_rotation_centre_of_a_stored_scan_and_says_how(tmp_path
     assert "does not exist" in capsys.readouterr().err
     assert main(["center", str(path), "--rows", "70:80"]) == 1
     assert "rows 70:80 hold none of the scan's 64 detector rows" in capsys.readouterr().err
+
+
+def _offset_axis_scan_file(path, axis_offset: float = 20.0, columns: int = 64, rows: int = 16, n_angles: int = 240):
+    """A Data Exchange file of a full turn about an axis ``axis_offset`` px right of the detector's middle: a bead
+    pack 1.8 fields of view across, 2,000 photons per pixel (an offset-axis, half-acquisition scan)."""
+    import h5py
+
+    from bluesky_tomogan.simulate.spheres import SpherePack
+
+    pack = SpherePack.random((rows, columns), 5, width=1.8).moved(axis_offset)
+    angles = np.linspace(0, 360, n_angles, endpoint=False)
+    rng = np.random.default_rng(1)
+    flat = np.full((rows, columns), 2000.0)
+    counts = np.stack([rng.poisson(flat * np.exp(-pack.line_integrals(a))) for a in angles]).astype(np.uint16)
+    with h5py.File(path, "w") as f:
+        f["exchange/data"] = counts
+        f["exchange/data_white"] = flat[None].astype(np.uint16)
+        f["exchange/data_dark"] = np.zeros((1, rows, columns), np.uint16)
+        f["exchange/theta"] = angles
+    return path, columns / 2 + axis_offset - 0.5
+
+
+def test_center_of_an_offset_axis_scan_says_its_slices_take_the_doubled_field_of_view(tmp_path, capsys):
+    """Session 72: a full turn about an axis 20 px right of the middle of 64 columns: the centre over the whole
+    detector, and the width of the doubled field of view that the live reconstruction and finetune use."""
+    path, axis = _offset_axis_scan_file(tmp_path / "half.h5")
+    assert main(["center", str(path)]) == 0
+    out = capsys.readouterr().out
+    center = float(out.split("rotation centre ")[1].split(" px")[0])
+    assert "over the full turn" in out and abs(center - axis) < 1.0, out
+    assert "an offset axis (half acquisition)" in out and "doubled field of view, 104 px wide" in out

@@ -783,3 +783,18 @@ def test_a_stored_run_of_darks_flats_and_projections_in_one_stream_is_read_by_it
     for got, want in ((one.projections, three.projections), (one.angles, three.angles),
                       (one.flats, three.flats), (one.darks, three.darks)):
         np.testing.assert_allclose(got, want)
+
+
+def test_noise2inverse_slices_of_an_offset_axis_scan_take_the_doubled_field_of_view(tmp_path):
+    """Session 72: each angle subset of a full turn about an offset axis is a full turn too, reconstructed over
+    the doubled field of view about the scan's centre (as the live reconstruction does); the info says so."""
+    from bluesky_tomogan.finetune.pairs import noise2inverse_pairs
+    from bluesky_tomogan.finetune.sources import read_scan_hdf5
+
+    from .test_cli import _offset_axis_scan_file
+
+    path, axis = _offset_axis_scan_file(tmp_path / "half.h5")
+    scan = read_scan_hdf5(path)
+    pairs, info = noise2inverse_pairs(scan, splits=2, progress=False)
+    assert info["offset_axis"] == 1.0 and abs(info["center"] - axis) < 1.0
+    assert pairs.ns.shape[-2:] == pairs.gt.shape[-2:] == (104, 104)

@@ -258,7 +258,8 @@ CENTER_ROWS = 64
 def _cmd_center(args: argparse.Namespace) -> int:
     from .errors import ScanError
     from .finetune import read_scan
-    from .finetune.pairs import scan_center
+    from .finetune.pairs import scan_center, scan_offset_axis
+    from .reconstruction import extended_width
 
     def band(shape: tuple[int, int, int]) -> slice:
         rows = shape[1]
@@ -276,6 +277,10 @@ def _cmd_center(args: argparse.Namespace) -> int:
     span = float(scan.angles.max() - scan.angles.min())
     print(f"rotation centre {center:.2f} px, by {how} ({len(scan.angles)} projections over {span:.1f} degrees, "
           f"{scan.shape[2]} columns, {scan.shape[1]} detector rows read)")
+    if scan_offset_axis(scan, center):
+        wide = extended_width(scan.shape[2], center)
+        print(f"an offset axis (half acquisition): {abs(center - (scan.shape[2] - 1) / 2):.1f} px off the middle; "
+              f"the live reconstruction and finetune make its slices over the doubled field of view, {wide} px wide")
     print(f"use it: TomoReconstruction(center={center:.2f}), or tomopy.recon(..., center={center:.2f})")
     return 0
 

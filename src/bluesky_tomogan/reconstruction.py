@@ -33,7 +33,7 @@ from .center import estimate_center, fallback_center, find_center, full_turn, se
 __all__ = ["stripe_metric", "corrected_sinogram", "defective_pixels", "fill_row_gaps", "estimate_center",
            "fallback_center", "find_center", "search_center", "reconstruct", "reconstruct_rows", "check_angles",
            "wider_than_view", "SliceResult", "background_thread", "degrees_per_unit", "nominal_angles", "full_turn",
-           "offset_axis", "extended_sinogram"]
+           "offset_axis", "extended_sinogram", "extended_width"]
 
 log = logging.getLogger(__name__)
 #: Width (columns) of the median filter that separates a stripe from the object's own column profile.
@@ -215,6 +215,13 @@ def offset_axis(turn: bool, center: float, width: int, wider: bool) -> bool:
     return turn and wider and math.isfinite(center) and abs(center - (width - 1) / 2) > OFFSET_AXIS_SHARE * width
 
 
+def extended_width(width: int, center: float) -> int:
+    """Columns of the doubled field of view of a detector ``width`` wide with its axis at ``center``: twice the
+    distance from the axis to the far edge, and one (:func:`extended_sinogram`)."""
+    c = max(center, (width - 1) - center)
+    return max(int(math.ceil(2 * c - 1e-3)) + 1, width)  # 2c a whole number: no column beyond it
+
+
 def extended_sinogram(sinogram: np.ndarray, center: float) -> tuple[np.ndarray, float]:
     """A sinogram ``(angles, columns)`` of -log transmission over a full turn with its axis at ``center`` off the
     middle, widened to the doubled field of view: ``(sinogram, its centre)``, as wide as twice the distance from
@@ -235,7 +242,7 @@ def extended_sinogram(sinogram: np.ndarray, center: float) -> tuple[np.ndarray, 
     x = np.arange(width, dtype=np.float64)
     ramp = np.clip((x - far) / max(width - 1 - far, 1e-6), 0.0, 1.0)
     weight = np.cos(0.5 * np.pi * ramp) ** 2
-    pad = max(int(math.ceil(2 * c - 1e-3)) + 1 - width, 0)  # 2c a whole number: no column beyond it
+    pad = extended_width(width, center) - width
     rows = s if right else s[:, ::-1]
     extended = np.pad(rows * weight[None, :].astype(np.float32), ((0, 0), (0, pad)))
     if right:

@@ -30,12 +30,21 @@ from tqdm.auto import tqdm
 
 from ..despike import PROJECTION_DESPIKE_SIGMAS, remove_isolated_spikes
 from ..errors import ScanError
-from ..reconstruction import check_angles, corrected_sinogram, fallback_center, reconstruct, search_center
+from ..reconstruction import (
+    check_angles,
+    corrected_sinogram,
+    fallback_center,
+    full_turn,
+    offset_axis,
+    reconstruct,
+    search_center,
+    wider_than_view,
+)
 from ..simulate.datasets import PairSet
 from .sources import Scan
 
 __all__ = ["HOLDOUT_DEFAULT", "MIN_ANGLES_PER_SPLIT", "noise2inverse_pairs", "noise2inverse_split", "neighbour_pairs",
-           "rotation_center", "scan_center", "holdout_split"]
+           "rotation_center", "scan_center", "scan_offset_axis", "holdout_split"]
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +120,17 @@ def scan_center(scan: Scan) -> tuple[float, str]:
     return center, how
 
 
+def scan_offset_axis(scan: Scan, center: float) -> bool:
+    """Whether ``scan`` is an offset-axis (half-acquisition) one about ``center``, whose slices are made over the
+    doubled field of view (:func:`~bluesky_tomogan.reconstruction.offset_axis`: a full turn of a sample wider than
+    the view, judged on the middle row with the scan's flats, its axis off the middle)."""
+    if scan.flats is None or not full_turn(scan.angles):
+        return False
+    z = scan.shape[1] // 2
+    row = corrected_sinogram(scan.projections[:, z, :], _row(scan.flats, z), _row(scan.darks, z))
+    return offset_axis(True, center, scan.shape[2], wider_than_view([row]))
+
+
 def _row(frame: np.ndarray | None, z: int) -> np.ndarray | None:
     return None if frame is None else frame[z]
 
@@ -170,13 +190,14 @@ def _noise2inverse(scan: Scan, splits: int, rows: slice | None, threads: int, pr
         raise ScanError(f"{scan.source}: {len(picked)} detector rows are too few to split into training and "
                         f"held-out slices (need >= {MIN_FRAMES})")
     center = rotation_center(scan)
+    extend = scan_offset_axis(scan, center)  # each subset is a full turn too, thinned
     subsets = [np.arange(j, n, splits) for j in range(splits)]
     cut = len(picked) if holdout is None else len(picked) - _held_out(len(picked), holdout)
     parts = [(0, cut)] + ([] if holdout is None else [(cut, len(picked))])
 
     def one_row(r: int) -> np.ndarray:
         trans = corrected_sinogram(scan.projections[:, r, :], _row(scan.flats, r), _row(scan.darks, r))
-        return np.stack([reconstruct(trans[s], scan.angles[s], center, row=r).slice for s in subsets])
+        return np.stack([reconstruct(trans[s], scan.angles[s], center, row=r, extend=extend).slice for s in subsets])
 
     # Filled in place, one (K, rows of the part, n, n) array per part (training, held out), and the targets
     # are views of them: one copy of the sub-reconstructions and one of the inputs (for 512 rows of 512 x 512,
@@ -191,7 +212,8 @@ def _noise2inverse(scan: Scan, splits: int, rows: slice | None, threads: int, pr
             subs[part][:, i - parts[part][0]] = rec
     if not subs:  # not reached: picked holds MIN_FRAMES rows or more
         raise ScanError(f"{scan.source}: no detector row was reconstructed")
-    info = {"center": float(center), "angles_per_split": float(n / splits), "rows": float(len(picked))}
+    info = {"center": float(center), "angles_per_split": float(n / splits), "rows": float(len(picked)),
+            "offset_axis": float(extend)}
     return tuple(_complement_pairs(sub) for sub in subs), info
 
 
