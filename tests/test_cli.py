@@ -622,10 +622,31 @@ def test_demo_runs_a_live_scan_stored_in_tiled_and_says_where(tmp_path):
     (["--zingers", "0.5"], "zingers must be a rate per pixel in [0, 0.1), got 0.5"),
     (["--blur", "-1"], "blur must be a Gaussian's sigma in pixels in [0, 10], got -1.0"),
     (["--sample-width", "0.5"], "sample width must be 1-4 fields of view, got 0.5"),
+    (["--size", "64", "--axis-offset", "40"], "axis offset must put the axis on the detector (under 32 px from its "
+                                              "middle), got 40.0"),
 ])
 def test_demo_settings_it_cannot_run_are_one_error_line_before_anything_is_made(tmp_path, capsys, args, message):
     assert main(["demo", "--out", str(tmp_path / "demo"), *args]) == 1
     assert message in capsys.readouterr().err and not (tmp_path / "demo").exists()
+
+
+def test_demo_of_an_offset_axis_over_a_full_turn_shows_the_whole_sample_in_its_slices(tmp_path):
+    """Session 72: `demo --turn 360 --axis-offset ...` scans a sample 1.8 fields of view across about an axis 20 px
+    right of the middle of 64 columns over a full turn (half acquisition): the live slices span the doubled field
+    of view, about the centre found over the full turn, and are compared with the noise-free slice made so."""
+    out = tmp_path / "demo"
+    done = subprocess.run([sys.executable, "-m", "bluesky_tomogan.cli", "demo", "--out", str(out), "--size", "64",
+                           "--angles", "120", "--exposure", "0.001", "--backend", "onnxruntime", "--turn", "360",
+                           "--sample-width", "1.8", "--axis-offset", "20"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "an offset axis, half acquisition" in done.stdout + done.stderr
+    center = float(re.search(r"rotation centre ([\d.]+) px", done.stdout)[1])
+    assert abs(center - 51.5) < 1.0  # 31.5 + 20
+    live = float(re.search(r"live reconstruction ([\d.]+)", done.stdout)[1])
+    assert live > 0.5, done.stdout[-1500:]
+    with the_demos_run(out) as run:
+        assert run["reconstruction"]["slice"].shape[1:] == (104, 104)  # 2 x 51.5 + 1 columns, not 64
+        assert len(run["primary"]["det_image"]) == 120
 
 
 def test_demo_with_zingers_is_neither_motion_nor_noisy_to_qc_and_denoises_them_away(tmp_path):

@@ -469,7 +469,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     metrics = run_demo(Path(args.out).expanduser(), size=args.size, n_angles=args.angles, photons=args.photons,
                        backend=args.backend, exposure=args.exposure, faults=args.faults, policy=args.policy,
                        report=print, live_view=args.live_view, fly=args.fly, capture=args.capture,
-                       zingers=args.zingers, blur=args.blur, sample_width=args.sample_width)
+                       zingers=args.zingers, blur=args.blur, sample_width=args.sample_width, turn=args.turn,
+                       axis_offset=args.axis_offset)
     ok = metrics["exit_status"] == "success" and (args.faults or metrics["qc_errors"] == 0)
     return 0 if ok else 1
 
@@ -580,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="tomogan-demo", help="store and figure directory (default: ./tomogan-demo)")
     s.add_argument("--size", type=int, default=512, help="frame size (default 512)")
     s.add_argument("--exposure", type=float, default=0.1, help="simulated exposure per frame, s (default 0.1)")
-    s.add_argument("--angles", type=int, default=180, help="projections over 180 degrees")
+    s.add_argument("--angles", type=int, default=180, help="projections over the turn (default 180)")
     s.add_argument("--photons", type=float, default=500.0, help="incident photons per pixel (dose)")
     s.add_argument("--backend", default="auto", choices=backend_names())
     s.add_argument("--faults", action="store_true",
@@ -610,6 +611,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the bead pack's width in fields of view (e.g. 1.8): the camera sees the middle of a wider "
                         "sample at every angle (local tomography: no open beam beside it), whose slices fill the "
                         "reconstruction circle (default 1: the whole sample in view)")
+    s.add_argument("--turn", type=float, choices=[180.0, 360.0], default=180.0, metavar="DEGREES",
+                   help="degrees the sample turns over the scan: 180 (default) or 360")
+    s.add_argument("--axis-offset", type=float, default=0.0, metavar="PX",
+                   help="where the rotation axis projects, in pixels right of the camera's middle (default 0); "
+                        "with --turn 360 and --sample-width about 2, an offset-axis (half-acquisition) scan whose "
+                        "live slices span the doubled field of view (e.g. --size 256 --turn 360 --angles 360 "
+                        "--sample-width 1.8 --axis-offset 100)")
     s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("serve", help="denoise runs from a bluesky 0MQ or Kafka stream in this process "

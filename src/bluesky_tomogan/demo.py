@@ -48,10 +48,13 @@ CAPTURE_KEY = "panda-inenc-1-val"
 #: The demo's frame sizes: the smallest that reconstructs three slices with neighbours, the largest whose
 #: 180 frames the demo's store and this package's tests have held (2048 x 2048 is 1.5 GB raw).
 DEMO_SIZES = (16, 2048)
+#: Degrees a demo scan may turn the sample: half a turn, or a full one (an offset axis: ``axis_offset``).
+TURNS = (180.0, 360.0)
 
 
 def _check_settings(size: int, n_angles: int, photons: float, exposure: float, zingers: float = 0.0,
-                    blur: float = 0.0, sample_width: float = 1.0) -> None:
+                    blur: float = 0.0, sample_width: float = 1.0, turn: float = 180.0,
+                    axis_offset: float = 0.0) -> None:
     """Refuse settings the demo cannot run, before its store or server is made."""
     problems = []
     if not DEMO_SIZES[0] <= size <= DEMO_SIZES[1]:
@@ -69,8 +72,18 @@ def _check_settings(size: int, n_angles: int, photons: float, exposure: float, z
         problems.append(f"blur must be a Gaussian's sigma in pixels in [0, 10], got {blur}")
     if not 1 <= sample_width <= 4:
         problems.append(f"sample width must be 1-4 fields of view, got {sample_width}")
+    if turn not in TURNS:
+        problems.append(f"turn must be one of {TURNS} degrees, got {turn}")
+    if not (math.isfinite(axis_offset) and abs(axis_offset) < size / 2):
+        problems.append(f"axis offset must put the axis on the detector (under {size / 2:g} px from its middle), "
+                        f"got {axis_offset}")
     if problems:
         raise InputValueError("demo: " + "; ".join(problems))
+
+
+def scan_angles(n_angles: int, turn: float = 180.0) -> np.ndarray:
+    """The demo's ``n_angles`` projection angles, evenly spaced over ``[0, turn)`` degrees."""
+    return np.linspace(0.0, float(turn), int(n_angles), endpoint=False)
 
 
 def run_demo(
@@ -90,6 +103,8 @@ def run_demo(
     zingers: float = 0.0,
     blur: float = 0.0,
     sample_width: float = 1.0,
+    turn: float = 180.0,
+    axis_offset: float = 0.0,
 ) -> dict[str, Any]:
     """Run the demo scan and return its measured numbers; see the module docstring.
 
@@ -100,7 +115,7 @@ def run_demo(
     size : int
         Frame size (``size x size``).
     n_angles : int
-        Projections over 180 degrees.
+        Projections over the ``turn``.
     photons : float
         Incident photons per pixel per frame in the open beam (the dose).
     backend : str
@@ -147,6 +162,13 @@ def run_demo(
         The bead pack's width in fields of view, 1-4 (``SimTomoDetector``'s ``sample_width``): above 1 the camera
         sees the middle of a wider sample (local tomography), and the live reconstruction's slices fill their
         circle and rise towards its rim.
+    turn : float
+        Degrees the sample turns over the scan: 180 (default) or 360.
+    axis_offset : float
+        Where the rotation axis projects, in pixels right of the camera's middle (``SimTomoDetector``'s
+        ``axis_offset``). With ``turn=360`` and a sample about twice the field of view across: an offset-axis
+        (half-acquisition) scan, whose live slices span the doubled field of view (docs/callback.md, "An offset
+        axis").
     """
     from bluesky import RunEngine
     from bluesky.callbacks.tiled_writer import TiledWriter
@@ -159,12 +181,11 @@ def run_demo(
     from .inference.ratios import load_ratios
     from .plans import tomo_scan
     from .qc import QCFeedback, QCPolicy
-    from .simulate.tomography import angles_deg
     from .storage import close_local_tiled, frames_directory, local_tiled
 
     if policy not in _POLICIES:
         raise ValueError(f"policy must be one of {_POLICIES}, got {policy!r}")
-    _check_settings(size, n_angles, photons, exposure, zingers, blur, sample_width)
+    _check_settings(size, n_angles, photons, exposure, zingers, blur, sample_width, turn, axis_offset)
     if capture and not fly:
         raise InputValueError("demo: a position capture (--capture) records a fly scan's angles: add --fly")
     fly_devices = _fly_devices() if fly else None  # before any store is made: a missing extra is said first
@@ -194,15 +215,15 @@ def run_demo(
             stage = SimTomoStage(name="stage")
             det: Any = SimTomoDetector(name="det", stage=stage, beam=beam, shape=(size, size),
                                        directory=frames_directory(root) / "raw", seed=seed, zingers=zingers,
-                                       blur=blur, sample_width=sample_width)
+                                       blur=blur, sample_width=sample_width, axis_offset=axis_offset)
             det.exposure_time.put(exposure)
             det.photon_flux.put(photons / exposure)
             camera, key = det, det.image_key
-            plan = tomo_scan(det, stage, list(angles_deg(n_angles)), md=md)
+            plan = tomo_scan(det, stage, list(scan_angles(n_angles, turn)), md=md)
         else:  # ophyd-async devices connect in the RunEngine's event loop: made after it
             # with a capture, the frames QC finds unusable (flown without beam) are flown again after the rotation
             det, plan = _fly_beamline(fly_devices, root, size, photons, exposure, seed, beam, n_angles, md,
-                                      feedback if capture else None, zingers, blur, sample_width)
+                                      feedback if capture else None, zingers, blur, sample_width, turn, axis_offset)
             camera, key = det.camera, det.name
         feedback.install_suspenders(RE, sleep=0.5)
         RE.install_suspender(SuspendFloor(beam, 0.25 * beam.nominal, resume_thresh=0.5 * beam.nominal, sleep=0.5))
@@ -234,8 +255,8 @@ def run_demo(
         run = client[uid]
         # the angles each projection was reconstructed at: the stage's, a fly scan's captured or nominal ones
         angles = (np.ravel(run["primary"][CAPTURE_KEY].read()).astype(float) if capture
-                  else np.asarray(run.metadata["start"]["angles"], float) if fly else angles_deg(n_angles))
-        metrics = _evaluate(run, camera, key, angles, photons, blur=180.0 / n_angles if fly else 0.0,
+                  else np.asarray(run.metadata["start"]["angles"], float) if fly else scan_angles(n_angles, turn))
+        metrics = _evaluate(run, camera, key, angles, photons, blur=turn / n_angles if fly else 0.0,
                             planned=n_angles)
         metrics |= {"uid": uid, "scan_seconds": wall, "dropped": cb.dropped, "qc_errors": len(cb.errors),
                     "denoiser": repr(den), "exit_status": run.metadata["stop"]["exit_status"],
@@ -322,8 +343,9 @@ def _fly_devices() -> Any:
 
 def _fly_beamline(fly: Any, root: Path, size: int, photons: float, exposure: float, seed: int, beam: Any,
                   n_angles: int, md: dict[str, Any], retake: Any = None, zingers: float = 0.0,
-                  blur: float = 0.0, sample_width: float = 1.0) -> tuple[Any, Any]:
-    """The simulated ophyd-async beamline's camera and a ``tomo_fly_scan`` of it over 180 degrees; with ``retake``
+                  blur: float = 0.0, sample_width: float = 1.0, turn: float = 180.0,
+                  axis_offset: float = 0.0) -> tuple[Any, Any]:
+    """The simulated ophyd-async beamline's camera and a ``tomo_fly_scan`` of it over ``turn`` degrees; with ``retake``
     (a QCFeedback), its simulated PandA flown beside the camera and the frames QC finds unusable flown again."""
     from ophyd_async.core import init_devices, soft_signal_rw
     from ophyd_async.sim import SimMotor
@@ -337,9 +359,9 @@ def _fly_beamline(fly: Any, root: Path, size: int, photons: float, exposure: flo
         shutter = soft_signal_rw(str, "open", name="shutter")
         det = fly.SimFlyTomoDetector(frames_directory(root) / "raw", rot, x, shutter, shape=(size, size),
                                      photon_flux=photons / exposure, beam=beam, seed=seed, zingers=zingers,
-                                     blur=blur, sample_width=sample_width, name="det")
+                                     blur=blur, sample_width=sample_width, axis_offset=axis_offset, name="det")
         panda = fly.SimPositionCapture(frames_directory(root) / "raw", det, name="panda") if retake else None
-    return det, tomo_fly_scan(det, rot, 0.0, 180.0, n_angles, exposure=exposure, shutter=shutter, sample_x=x,
+    return det, tomo_fly_scan(det, rot, 0.0, float(turn), n_angles, exposure=exposure, shutter=shutter, sample_x=x,
                               md=md, capture=[panda] if panda is not None else (), feedback=retake)
 
 
@@ -408,7 +430,7 @@ def _evaluate(run: Any, det: Any, key: str, angles: np.ndarray, photons: float, 
     primary rows, ``blur`` the degrees a fly scan's sample turns in one exposure (its noise-free projection is
     their mean), ``planned`` the scan's projections (the first ``planned`` angles; the rows after them are
     retakes: the noise-free slice is of the planned ones)."""
-    from .reconstruction import corrected_sinogram, reconstruct, stripe_metric
+    from .reconstruction import centered, corrected_sinogram, reconstruct, stripe_metric
 
     size = det.frame_shape[1]
     rows, used = _best_rows(run, key, angles)
@@ -432,13 +454,18 @@ def _evaluate(run: Any, det: Any, key: str, angles: np.ndarray, photons: float, 
     live = run["reconstruction"]
     last = [i for i, (r, f) in enumerate(zip(live["row"].read(), live["final"].read(), strict=True)) if f and r == z]
     center = float(live["center"].read()[last[-1]])
-    rec = {"raw": reconstruct(raw_t, used, center, remove_stripes=False).slice,
+    # the slices of an offset axis over a full turn span the doubled field of view: so do the ones compared
+    extend = live["slice"][last[-1]].shape[-1] > size
+    rec = {"raw": reconstruct(raw_t, used, center, remove_stripes=False, extend=extend).slice,
            "fbp": live["slice_fbp"][last[-1]], "live": live["slice"][last[-1]],
            # the noise-free slice reconstructed as the live one is (algotom, Hann filter) about the simulated axis
            # (line integrals' u = 0). Until session 71 scikit-image's FBP, whose axis is column n // 2: its
            # slice matched algotom's about 256.3 px, not the axis at 255.5, and rewarded centres that far off
            "clean": reconstruct(np.exp(-det.sample.sinogram(z, angles[:planned])), angles[:planned],
-                                (det.sample.shape[1] - 1) / 2 + det.sample.shift[0], remove_stripes=False).slice}
+                                (det.sample.shape[1] - 1) / 2 + det.sample.shift[0], remove_stripes=False,
+                                extend=extend).slice}
+    shape = rec["live"].shape  # a doubled view about a centre a little off is a column wider or narrower
+    rec = {name: image if image.shape == shape else centered(image, shape) for name, image in rec.items()}
     stripes = {"raw": -np.log(raw_t), "denoised": -np.log(den_t)}
     # the denoised projections divided by the raw flats: how much of the stripe the flats' noise makes
     den_raw_flats = -np.log(corrected_sinogram(run["denoised"][f"{key}_denoised"][:, z, :][rows], flat, dark))

@@ -33,7 +33,7 @@ from .center import estimate_center, fallback_center, find_center, full_turn, se
 __all__ = ["stripe_metric", "corrected_sinogram", "defective_pixels", "fill_row_gaps", "estimate_center",
            "fallback_center", "find_center", "search_center", "reconstruct", "reconstruct_rows", "check_angles",
            "wider_than_view", "SliceResult", "background_thread", "degrees_per_unit", "nominal_angles", "full_turn",
-           "offset_axis", "extended_sinogram", "extended_width"]
+           "offset_axis", "extended_sinogram", "extended_width", "centered"]
 
 log = logging.getLogger(__name__)
 #: Width (columns) of the median filter that separates a stripe from the object's own column profile.
@@ -248,6 +248,17 @@ def extended_sinogram(sinogram: np.ndarray, center: float) -> tuple[np.ndarray, 
     if right:
         return extended, float(center)
     return np.ascontiguousarray(extended[:, ::-1]), float(center + pad)
+
+
+def centered(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """``image`` cut or padded (with zeros) to ``shape``, its middle kept in the middle: slices about an axis whose
+    doubled field of view came out a column wider or narrower (:func:`extended_width` of a centre a little off)."""
+    out = np.zeros(tuple(shape), np.float32)
+    sizes = list(zip(image.shape, shape, strict=True))
+    src = tuple(slice(max((n - m) // 2, 0), max((n - m) // 2, 0) + min(n, m)) for n, m in sizes)
+    dst = tuple(slice(max((m - n) // 2, 0), max((m - n) // 2, 0) + min(n, m)) for n, m in sizes)
+    out[dst] = image[src]
+    return out
 
 
 @dataclass

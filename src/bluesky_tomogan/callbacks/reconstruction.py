@@ -306,16 +306,6 @@ def _picked_rows(frame: Any, rows: Sequence[int], raw_dtype: np.dtype | None) ->
         return np.nanmean(out, axis=0)
 
 
-def _fit(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """``image`` cut or padded (with zeros) to ``shape``, keeping its middle in the middle."""
-    out = np.zeros(shape, np.float32)
-    sizes = list(zip(image.shape, shape, strict=True))
-    src = tuple(slice(max((n - m) // 2, 0), max((n - m) // 2, 0) + min(n, m)) for n, m in sizes)
-    dst = tuple(slice(max((m - n) // 2, 0), max((m - n) // 2, 0) + min(n, m)) for n, m in sizes)
-    out[dst] = image[src]
-    return out
-
-
 def _runs(seqs: Sequence[int], located: Mapping[int, tuple[FrameReader, int]]) -> list[tuple[int, int]]:
     """``[start, stop)`` positions in ``seqs`` whose rows lie one after the other in one reader: one read each."""
     runs: list[tuple[int, int]] = []
@@ -920,8 +910,8 @@ class _RunReconstruction(PassThroughRun):
                     f"slices of {w[0]} x {w[1]} px cut or padded about the axis to the {self._slice_shape[0]} x "
                     f"{self._slice_shape[1]} px of this stream's first ones (TomoReconstruction(every=0), or "
                     "center= for an offset axis, keeps them whole)")]))
-            r = dict(r, slice=[_fit(a, self._slice_shape) for a in r["slice"]],
-                     fbp=[_fit(a, self._slice_shape) for a in r["fbp"]])
+            r = dict(r, slice=[recon.centered(a, self._slice_shape) for a in r["slice"]],
+                     fbp=[recon.centered(a, self._slice_shape) for a in r["fbp"]])
             w = self._slice_shape
         if self._bundle is None:
             self._slice_shape = w

@@ -289,9 +289,9 @@ class SimFlyTomoDetector(StandardDetector):
         Ring current scaling the flux (its ``dump`` loses the beam; default: constant nominal current).
     seed : int
         Seed of the sample, the flat-field pattern and the noise (as :class:`SimTomoDetector`'s).
-    zingers, blur, sample_width : float
-        Zingers per pixel and frame, the camera's blur and the sample's width in fields of view (as
-        :class:`SimTomoDetector`'s).
+    zingers, blur, sample_width, axis_offset : float
+        Zingers per pixel and frame, the camera's blur, the sample's width in fields of view and where the axis
+        projects, right of the middle (as :class:`SimTomoDetector`'s).
     name : str
         Device name; the frames' data key.
 
@@ -305,9 +305,10 @@ class SimFlyTomoDetector(StandardDetector):
     def __init__(self, directory: str | Path, rotation: SimFlyRotation, sample_x: Any, shutter: SignalR, *,
                  shape: tuple[int, int] = (256, 256), photon_flux: float = 5e4, beam: SimBeamCurrent | None = None,
                  seed: int = 0, zingers: float = 0.0, blur: float = 0.0, sample_width: float = 1.0,
-                 name: str = "") -> None:
+                 axis_offset: float = 0.0, name: str = "") -> None:
         self.camera = SimTomoDetector(name=f"{name or 'det'}_physics", shape=shape, beam=beam, seed=seed,
-                                      simulate_timing=False, zingers=zingers, blur=blur, sample_width=sample_width)
+                                      simulate_timing=False, zingers=zingers, blur=blur, sample_width=sample_width,
+                                      axis_offset=axis_offset)
         self.camera.photon_flux.put(photon_flux)
         self._exposures = _Exposures(self.camera, rotation, getattr(sample_x, "user_readback", sample_x), shutter)
         self.add_detector_logics(_TriggerLogic(self._exposures), _AcquireLogic(self._exposures),
