@@ -15,10 +15,15 @@ over the doubled field of view (``reconstruct(..., extend=True)``), both over th
 slice over all of it. (With noise, the SSIM of such unfiltered slices against a noise-free one measures their noise
 more than their geometry: points outside the band that both halves see are in half the projections.)
 
+``--time COLUMNS ANGLES`` instead times one row's ``reconstruct`` (one thread, as the live reconstruction's each)
+of a full turn: as wide as the camera, and over the doubled view about an axis 20.5 px from the edge, with each
+projection folded onto the one half a turn before it (what ``reconstruct(..., extend=True)`` does) and without.
+
 Usage::
 
     python benchmarks/offset_axis.py [--columns 256] [--angles 360] [--photons 0 1000 100] [--rows 5]
         [--axes 250.5 235.5 199.5 160.5 127.5 39.5 11.5]
+    python benchmarks/offset_axis.py --time 1024 720
 """
 
 from __future__ import annotations
@@ -43,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=5, help="adjacent rows per search")
     ap.add_argument("--axes", type=float, nargs="+", default=[250.5, 235.5, 199.5, 160.5, 127.5, 39.5, 11.5])
     ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--time", type=int, nargs=2, metavar=("COLUMNS", "ANGLES"), help="time one row's reconstruction")
     args = ap.parse_args(argv)
+    if args.time:
+        return _time(*args.time)
     w = args.columns
     angles = np.linspace(0.0, 360.0, args.angles, endpoint=False)
     half = angles < 180.0
@@ -95,6 +103,36 @@ def main(argv: list[str] | None = None) -> int:
             slices = slices or "|"
             print(f"| {axis:g} ({overlap:g}) | {photons:g} | {_largest(before, axis)} | {_largest(now, axis)} "
                   f"({np.median(took):.0f}) | {slices} |", flush=True)
+    return 0
+
+
+def _time(columns: int, n_angles: int, repeats: int = 3) -> int:
+    from algotom.rec.reconstruction import fbp_reconstruction
+
+    from bluesky_tomogan.reconstruction import extended_sinogram
+
+    rng = np.random.default_rng(0)
+    transmission = np.exp(-0.1 * rng.random((n_angles, columns))).astype(np.float32)
+    angles = np.linspace(0.0, 360.0, n_angles, endpoint=False)
+    axis = columns - 21.0 + 0.5
+
+    def unfolded() -> None:
+        sino, at = extended_sinogram(-np.log(transmission), axis)
+        fbp_reconstruction(sino, at, angles=np.deg2rad(angles), apply_log=False, gpu=False, ncore=1)
+
+    cases = {"as wide as the camera": lambda: reconstruct(transmission, angles, columns / 2, remove_stripes=False),
+             "doubled view, folded": lambda: reconstruct(transmission, angles, axis, remove_stripes=False,
+                                                         extend=True),
+             "doubled view, not folded": unfolded}
+    reconstruct(transmission[:8], angles[:8], columns / 2)  # numba compiles once
+    for name, run in cases.items():
+        took = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run()
+            took.append(time.perf_counter() - t0)
+        print(f"{columns} columns x {n_angles} angles over a full turn, {name}: {np.median(took):.2f} s "
+              f"(median of {repeats})", flush=True)
     return 0
 
 

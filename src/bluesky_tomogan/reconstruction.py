@@ -298,13 +298,41 @@ def reconstruct(transmission: np.ndarray, angles_deg: np.ndarray, center: float,
     after = stripe_metric(sino)
     if not math.isfinite(center) or not 0 < center < sino.shape[1]:
         raise ValueError(f"rotation centre {center} is outside the detector (0..{sino.shape[1]})")
-    at = center
+    at, scale = center, 1.0
     if extend:
         sino, at = extended_sinogram(sino, center)
+        taken = len(sino)
+        sino, a = _fold_turn(sino, a, at)
+        # algotom divides by the number of projections; each line of the doubled view is in half of those taken
+        scale = 2.0 * len(sino) / taken
     rec = fbp_reconstruction(sino, at, angles=a, apply_log=False, gpu=False, ncore=1)
-    if extend:  # algotom divides by the number of projections; each line of the doubled view is in half of them
-        rec = rec * 2.0
-    return SliceResult(row, np.asarray(rec, np.float32), float(center), before, after)
+    return SliceResult(row, np.asarray(rec * scale, np.float32), float(center), before, after)
+
+
+def _fold_turn(sinogram: np.ndarray, angles_rad: np.ndarray, center: float) -> tuple[np.ndarray, np.ndarray]:
+    """The weighted projections of a full turn (:func:`extended_sinogram`, angles ascending) with each one 180
+    degrees on from another (within a hundredth of a step) added, mirrored about ``center``, to that one: the same
+    back-projection (the projection at ``theta + 180`` is the one at ``theta`` mirrored), from half the projections,
+    so in half the time. Projections without such a partner (a scan with an odd number of them, one left out) stay."""
+    n, width = sinogram.shape
+    if n < 3:
+        return sinogram, angles_rad
+    step = float(np.median(np.diff(angles_rad)))
+    before = angles_rad - math.pi
+    above = np.clip(np.searchsorted(angles_rad, before), 0, n - 1)  # the projection half a turn before, if any
+    below = np.clip(above - 1, 0, n - 1)
+    partner = np.where(np.abs(angles_rad[below] - before) < np.abs(angles_rad[above] - before), below, above)
+    near = np.abs(angles_rad[partner] - before) <= 0.01 * step
+    x = np.arange(width, dtype=np.float64)
+    out = sinogram.astype(np.float32, copy=True)
+    folded = np.zeros(n, bool)
+    for i in np.flatnonzero(near & (angles_rad >= angles_rad[0] + math.pi - 0.01 * step)):
+        j = int(partner[i])
+        if folded[j] or folded[i]:
+            continue
+        out[j] += np.interp(2 * center - x, x, sinogram[i], left=0.0, right=0.0).astype(np.float32)
+        folded[i] = True
+    return out[~folded], angles_rad[~folded]
 
 
 def reconstruct_rows(transmissions: Mapping[int, np.ndarray], angles_deg: np.ndarray, center: float, *,
