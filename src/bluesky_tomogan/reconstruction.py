@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from scipy.ndimage import median_filter
@@ -182,14 +182,15 @@ def check_angles(angles_deg: np.ndarray) -> str:
     return ""
 
 
-def wider_than_view(transmission: Sequence[np.ndarray]) -> bool:
+def wider_than_view(transmission: Sequence[np.ndarray], edge: Literal["either", "left", "right"] = "either") -> bool:
     """Whether the sample is wider than the detector's field of view (local or region-of-interest tomography).
 
     ``transmission`` holds flat-corrected rows ``(angles, columns)`` (:func:`corrected_sinogram` with real
     flats: without them every column's brightest value is its open beam, and this cannot tell). It is, where
     in at least :data:`TRUNCATED_SHARE` of the projections an edge of the rows (their outer 2 % of columns, at
     least 2, the median over the rows) reads less than :data:`OPEN_BEAM`: no open beam beside the sample.
-    Filtered back-projection of such rows fills the reconstruction circle and rises towards its rim.
+    Filtered back-projection of such rows fills the reconstruction circle and rises towards its rim. ``edge``:
+    only that edge counts (the one far from an offset axis: whether the sample is wider than the doubled view).
     """
     if not transmission:
         return False
@@ -202,7 +203,8 @@ def wider_than_view(transmission: Sequence[np.ndarray]) -> bool:
         warnings.simplefilter("ignore", RuntimeWarning)
         left = np.nanmedian(rows[:, :, :band], axis=(0, 2))
         right = np.nanmedian(rows[:, :, -band:], axis=(0, 2))
-    covered = (left < OPEN_BEAM) | (right < OPEN_BEAM)
+    covered = {"either": (left < OPEN_BEAM) | (right < OPEN_BEAM), "left": left < OPEN_BEAM,
+               "right": right < OPEN_BEAM}[edge]
     return bool(covered.mean() >= TRUNCATED_SHARE)
 
 

@@ -707,8 +707,6 @@ class _RunReconstruction(PassThroughRun):
         # with real flats only: without them every column's brightest value is its open beam
         wider_than_view = flat is not None and recon.wider_than_view(list(transmission.values()))
         wider = final and wider_than_view
-        if wider:
-            notes.extend(self._model_for_the_sample())
         # a full turn, or a scan planned as one still turning: the centre may lie anywhere on the detector (an
         # offset axis), and a sample wider than the view is made over the doubled field of view
         turn = recon.full_turn(angles) or recon.full_turn(np.asarray(self._nominal))
@@ -730,6 +728,10 @@ class _RunReconstruction(PassThroughRun):
             notes.append(f"a full turn about an axis {abs(center - (self._shape[1] - 1) / 2):.1f} px off the "
                          "detector's middle (an offset axis, half acquisition): slices over the doubled field of "
                          "view")
+        # the doubled view of an offset axis holds the whole sample unless the detector's far edge never sees past it
+        if wider and (not extend or recon.wider_than_view(
+                list(transmission.values()), edge="left" if center > (self._shape[1] - 1) / 2 else "right")):
+            notes.extend(self._model_for_the_sample())
         if center != center:  # less than 180 degrees (yet): the centre-of-mass estimate, else the detector centre
             center, how = recon.fallback_center(transmission[middle], angles)
             if final:
