@@ -121,12 +121,16 @@ def search_center(transmission: np.ndarray, angles_deg: np.ndarray, *, other_row
     else Vo's method on the rows extended by their end values, which is off by up to 21 px on exact rows of a
     bead pack 2.5 fields of view across (the seam: under 1 px; ``python benchmarks/center_wider.py``).
     ``turn``: whether the scan is a full turn; ``None``: whether ``angles_deg`` cover one (a scan still turning
-    passes True to search over the whole detector with the pairs it has so far: NaN while it has none).
+    passes True to search over the whole detector with the pairs it has so far: NaN while it has none). Where the
+    whole-detector search finds nothing over a full turn, the 180-degree seam and Vo's method are tried as above.
     """
     if _inside_field_of_view(transmission):
         return _vo_center(transmission, angles_deg, inside=True), VO
-    if full_turn(angles_deg) if turn is None else turn:  # the axis may be anywhere: no other search holds
-        return turn_center([transmission, *other_rows], angles_deg), TURN
+    covers = full_turn(angles_deg)
+    if covers or turn:  # the axis may be anywhere: over a full turn, look everywhere
+        center = turn_center([transmission, *other_rows], angles_deg)
+        if math.isfinite(center) or not covers:  # a turn still under way without pairs yet: no centre yet
+            return center, TURN
     center = seam_center([transmission, *other_rows], angles_deg)
     if math.isfinite(center):
         return center, SEAM
@@ -186,12 +190,14 @@ def seam_center(rows: Sequence[np.ndarray], angles_deg: np.ndarray, smooth: floa
 
 
 def full_turn(angles_deg: np.ndarray) -> bool:
-    """Whether the angles cover a full turn: their span and one step reach 360 degrees."""
+    """Whether the angles cover a full turn: their span and one step reach 360 degrees, within half a step (a fly
+    scan's captured angles are not quite evenly spaced)."""
     a = np.unique(np.asarray(angles_deg, np.float64))
     if len(a) < 3:
         return False
     span = float(a[-1] - a[0])
-    return span + span / (len(a) - 1) >= 360.0 - 1e-6
+    step = span / (len(a) - 1)
+    return span + step >= 360.0 - 0.5 * step
 
 
 def turn_center(rows: Sequence[np.ndarray], angles_deg: np.ndarray, smooth: float = SEAM_SMOOTH) -> float:
@@ -210,14 +216,14 @@ def turn_center(rows: Sequence[np.ndarray], angles_deg: np.ndarray, smooth: floa
     matches open beam at any centre. A coarse search in half-column steps on rows averaged down to at most
     :data:`SEAM_COARSE_COLUMNS` columns, then quarter-pixel steps with a parabola, as :func:`seam_center`.
     """
-    pairs = [p for p in _seam_pairs(angles_deg) if p[3] == 0.0 and p[1][0] > p[0]]  # each exact pair once
+    pairs = _turn_pairs(angles_deg)
     if not pairs or not len(rows):
         return math.nan
     pairs = [pairs[k] for k in np.unique(np.linspace(0, len(pairs) - 1, min(TURN_PAIRS, len(pairs))).round()
                                          .astype(int))]
-    used = sorted({j for i, lo, _, _ in pairs for j in (i, lo[0])})
+    used = sorted({j for i, lo, hi, _ in pairs for j in (i, lo, hi)})
     at = {j: k for k, j in enumerate(used)}
-    compared = [(at[i], at[lo[0]]) for i, lo, _, _ in pairs]
+    compared = [(at[i], at[lo], at[hi], w) for i, lo, hi, w in pairs]
     total = sum(-np.log(np.clip(np.asarray(r, np.float64)[used], 1e-6, None)) for r in rows)
     sino = gaussian_filter1d(np.nan_to_num(np.asarray(total), nan=0.0), smooth, axis=1)
     ncol = sino.shape[1]
@@ -249,10 +255,37 @@ def turn_center(rows: Sequence[np.ndarray], angles_deg: np.ndarray, smooth: floa
     return float(fine[low] + np.clip(offset, -0.5, 0.5))
 
 
-def _turn_metric(sino: np.ndarray, pairs: Sequence[tuple[int, int]], candidates: np.ndarray,
+def _turn_pairs(angles_deg: np.ndarray) -> list[tuple[int, int, int, float]]:
+    """:func:`turn_center`'s comparisons ``(i, lo, hi, w)``: projection ``i`` against ``(1 - w) * lo + w * hi``
+    mirrored, ``lo`` and ``hi`` the projections on either side of its angle + 180 degrees (at most
+    :data:`SEAM_REACH` steps apart; ``w = 0``, ``lo = hi`` where one is within a hundredth of a step of it): a fly
+    scan's angles need not hold exact pairs."""
+    a = np.asarray(angles_deg, np.float64)
+    order = np.argsort(a)
+    s = a[order]
+    gaps = np.diff(np.unique(s))
+    if len(s) < 3 or not len(gaps):
+        return []
+    step = float(np.median(gaps))
+    pairs = []
+    for k, angle in enumerate(s):
+        target = angle + 180.0
+        hi = int(np.searchsorted(s, target))
+        if hi < len(s) and abs(s[hi] - target) <= 0.01 * step:
+            pairs.append((int(order[k]), int(order[hi]), int(order[hi]), 0.0))
+        elif hi > 0 and abs(s[hi - 1] - target) <= 0.01 * step:
+            pairs.append((int(order[k]), int(order[hi - 1]), int(order[hi - 1]), 0.0))
+        elif 0 < hi < len(s) and s[hi] - s[hi - 1] <= SEAM_REACH * step:
+            pairs.append((int(order[k]), int(order[hi - 1]), int(order[hi]),
+                          float((target - s[hi - 1]) / (s[hi] - s[hi - 1]))))
+    return pairs
+
+
+def _turn_metric(sino: np.ndarray, pairs: Sequence[tuple[int, int, int, float]], candidates: np.ndarray,
                  guard: float) -> np.ndarray:
     """:func:`turn_center`'s normalised metric of each candidate centre (inf where it sees too little structure):
-    pooled variance of ``p_i(x) - p_j(2c - x)`` over pooled ``var p_i + var p_j`` on the columns both see, less
+    pooled variance of ``p_i(x) - p_j(2c - x)`` over pooled ``var p_i + var p_j`` on the columns both see (``p_j``
+    interpolated along the angle between two projections, :func:`_turn_pairs`), less
     ``guard`` columns at each edge of the detector (where the smoothing met the edge: it biased an axis 12 px from
     an edge by 2 px)."""
     ncol = sino.shape[1]
@@ -270,9 +303,10 @@ def _turn_metric(sino: np.ndarray, pairs: Sequence[tuple[int, int]], candidates:
 
     differences = np.zeros(len(candidates))
     structure = np.zeros(len(candidates))
-    for i, j in pairs:
+    for i, lo, hi, w in pairs:
+        row = sino[lo] if w == 0.0 else (1 - w) * sino[lo] + w * sino[hi]
         direct = np.where(seen, sino[i][None, :], 0.0)
-        mirrored = np.where(seen, sino[j][left] * (1 - frac) + sino[j][right] * frac, 0.0)
+        mirrored = np.where(seen, row[left] * (1 - frac) + row[right] * frac, 0.0)
         differences += variance(direct - mirrored)
         structure += variance(direct) + variance(mirrored)
     per_column = structure / n
