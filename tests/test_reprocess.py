@@ -172,7 +172,8 @@ def test_reprocess_with_a_self_ensemble_records_it_in_both_streams_configuration
     client = store
     uid = scan(RE, client, frames_directory(tmp_path / "store") / "raw")
     assert main(["reprocess", server_of(client).uri, "--uid", uid, "--backend", "onnxruntime", "--into", "new",
-                 "--streams", "primary", "--reconstruct", "--self-ensemble", "2", "--center", "23.75"]) == 0
+                 "--streams", "primary", "--reconstruct", "--self-ensemble", "2", "--center", "23.75",
+                 "--binning", "2"]) == 0
     assert "self-ensemble of 2" in capsys.readouterr().out
     (new_uid,) = client.search(Key(f"start.{REPROCESSED_FROM}") == uid)
     new = client[new_uid]
@@ -182,9 +183,15 @@ def test_reprocess_with_a_self_ensemble_records_it_in_both_streams_configuration
     assert rec["slice_self_ensemble"] == "2"
     # --center (session 71): the given rotation centre, recorded and used for every slice
     assert rec["center_given"] == "23.75" and set(np.asarray(new["reconstruction"]["center"].read())) == {23.75}
+    # --binning (session 72): 48 columns averaged in pairs, the centre still in detector pixels
+    assert rec["binning"] == "2" and new["reconstruction"]["slice"].shape[1:] == (24, 24)
     plain = load_denoiser(backend="onnxruntime")
     with pytest.raises(ReprocessError, match=r"a rotation centre \(23.75 px\) is for the slices of reconstruct"):
         reprocess(client, uid, plain, into="new", center=23.75)  # without reconstruct: said, nothing written
+    with pytest.raises(ReprocessError, match=r"a binning \(2\) is for the slices of reconstruct"):
+        reprocess(client, uid, plain, into="new", binning=2)
+    with pytest.raises(ReprocessError, match="binning must be a whole number of columns, at least 1; got 0"):
+        reprocess(client, uid, plain, into="new", reconstruct=plain, binning=0)
     raw = np.asarray(new["primary"]["det_image"].read()).reshape(6, 40, 48)
     ensemble = load_denoiser(backend="onnxruntime", self_ensemble=2)
     alone = np.stack([raw[3]] * ensemble.depth)  # 30 degrees from its neighbours: denoised alone, as live

@@ -252,6 +252,8 @@ def test_a_malformed_message_is_logged_recorded_in_the_run_and_the_stream_goes_o
     (["--zmq-in", "localhost:{out}", "--slice-self-ensemble", "8", "--store", "none"], "is for the slices of"),
     (["--zmq-in", "localhost:{out}", "--slice-model", "my-slice", "--store", "none"], "is for the slices of"),
     (["--zmq-in", "localhost:{out}", "--center", "255.4", "--store", "none"], "(255.4 px) is for the slices of"),
+    (["--zmq-in", "localhost:{out}", "--binning", "2", "--store", "none"], "a binning (2) is for the slices of"),
+    (["--zmq-in", "localhost:{out}", "--reconstruct", "--binning", "0", "--store", "none"], "binning must be"),
     (["--zmq-in", "localhost:{out}", "--reconstruct", "--slice-model", "no-such-model", "--store", "none"],
      "no-such-model"),
     (["--zmq-in", "localhost:{out}", "--republish", "all", "--store", "none"], "needs --zmq-out"),

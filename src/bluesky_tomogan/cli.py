@@ -377,7 +377,8 @@ def _cmd_reprocess(args: argparse.Namespace) -> int:
             written, _ = reprocess(client, args.uid, den, into=args.into, streams=args.streams or SCAN_STREAMS,
                                    fields=args.fields, directory=args.directory, root_map=dict(args.root_map),
                                    reconstruct=slices, progress=progress, frame_dtype=args.frame_dtype,
-                                   compression=args.compression, angle_field=args.angle_field, center=args.center)
+                                   compression=args.compression, angle_field=args.angle_field, center=args.center,
+                                   binning=args.binning)
         if args.into == "run":
             added = sorted(set(client[written]) - before)
             print(f"run {args.uid} denoised with {den!r}; streams added to it: {added}")
@@ -501,7 +502,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                      abandon_after=args.abandon_after or None, root_map=dict(args.root_map),
                      slice_model=args.slice_model, slice_self_ensemble=args.slice_self_ensemble,
                      frame_dtype=args.frame_dtype, compression=args.compression, angle_field=args.angle_field,
-                     center=args.center)
+                     center=args.center, binning=args.binning)
     except (ServeError, ValueError) as exc:
         log.error("%s", exc)
         print(f"bluesky-tomogan serve: error: {exc}", file=sys.stderr)
@@ -659,6 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--center", type=float, metavar="PX",
                    help="with --reconstruct: the rotation centre in pixels (default: found for each run; "
                         "bluesky-tomogan center prints it for a stored scan)")
+    s.add_argument("--binning", type=int, metavar="N",
+                   help="with --reconstruct: average N detector columns before reconstructing (default: none up to "
+                        "2048 columns, else to 2048; 1: full width)")
     s.add_argument("--angle-field", metavar="KEY", help=ANGLE_FIELD_HELP)
     s.add_argument("--slice-self-ensemble", type=int, choices=SELF_ENSEMBLE_SIZES, default=1, metavar="N",
                    help="with --reconstruct: denoise each slice as the mean of the slice model on N turned copies "
@@ -909,6 +913,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--center", type=float, metavar="PX",
                    help="with --reconstruct: the rotation centre in pixels (default: found; bluesky-tomogan "
                         "center prints it for a stored scan)")
+    s.add_argument("--binning", type=int, metavar="N",
+                   help="with --reconstruct: average N detector columns before reconstructing (default: none up to "
+                        "2048 columns, else to 2048; 1: full width)")
     s.add_argument("--angle-field", metavar="KEY", help=ANGLE_FIELD_HELP)
     s.set_defaults(func=_cmd_reprocess)
 

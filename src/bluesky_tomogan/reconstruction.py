@@ -33,7 +33,7 @@ from .center import estimate_center, fallback_center, find_center, full_turn, se
 __all__ = ["stripe_metric", "corrected_sinogram", "defective_pixels", "fill_row_gaps", "estimate_center",
            "fallback_center", "find_center", "search_center", "reconstruct", "reconstruct_rows", "check_angles",
            "wider_than_view", "SliceResult", "background_thread", "degrees_per_unit", "nominal_angles", "full_turn",
-           "offset_axis", "extended_sinogram", "extended_width", "centered"]
+           "offset_axis", "extended_sinogram", "extended_width", "centered", "auto_binning", "bin_columns"]
 
 log = logging.getLogger(__name__)
 #: Width (columns) of the median filter that separates a stripe from the object's own column profile.
@@ -45,6 +45,9 @@ TRUNCATED_SHARE = 0.9
 #: Share of the detector's width by which the axis of a full turn must lie off its middle for the slice to be made
 #: over the doubled field of view (:func:`offset_axis`).
 OFFSET_AXIS_SHARE = 1 / 32
+#: Widest detector (columns) the live reconstruction back-projects at full resolution by default: wider ones are
+#: binned (:func:`auto_binning`), as filtered back-projection's work grows with the square of the width.
+AUTO_BIN_WIDTH = 2048
 #: Degrees per unit of a rotation angle, by the units its data key gives (EPICS motors' EGU, ophyd's ``units``).
 _DEGREES_PER_UNIT = {**dict.fromkeys(("deg", "degree", "degrees", "°"), 1.0),
                      **dict.fromkeys(("rad", "radian", "radians"), 180.0 / math.pi),
@@ -206,6 +209,25 @@ def wider_than_view(transmission: Sequence[np.ndarray], edge: Literal["either", 
     covered = {"either": (left < OPEN_BEAM) | (right < OPEN_BEAM), "left": left < OPEN_BEAM,
                "right": right < OPEN_BEAM}[edge]
     return bool(covered.mean() >= TRUNCATED_SHARE)
+
+
+def auto_binning(width: int) -> int:
+    """The column binning that brings a detector ``width`` columns wide to at most :data:`AUTO_BIN_WIDTH`: the
+    smallest power of two that does (1 up to that width)."""
+    factor = 1
+    while width / factor > AUTO_BIN_WIDTH:
+        factor *= 2
+    return factor
+
+
+def bin_columns(rows: np.ndarray, factor: int) -> np.ndarray:
+    """The mean of each ``factor`` adjacent columns of ``rows`` (``(..., columns)``); columns left over at the right
+    edge are dropped. Binned column ``k`` lies at detector column ``factor * k + (factor - 1) / 2``."""
+    if factor == 1:
+        return rows
+    r = np.asarray(rows)
+    keep = r.shape[-1] // factor * factor
+    return r[..., :keep].reshape(*r.shape[:-1], keep // factor, factor).mean(axis=-1, dtype=np.float32)
 
 
 def offset_axis(turn: bool, center: float, width: int, wider: bool) -> bool:

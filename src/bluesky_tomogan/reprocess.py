@@ -230,7 +230,7 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
               root_map: Mapping[str, str] | None = None, reconstruct: Any = None,
               progress: Callable[[int, int], Any] | None = None, frame_dtype: str = "float32",
               compression: str | None = None, angle_field: str | None = None,
-              center: float | None = None) -> tuple[str, Any]:
+              center: float | None = None, binning: int | None = None) -> tuple[str, Any]:
     """Denoise the stored run ``uid`` with ``denoiser``, into that run or a new one of the same catalog.
 
     Parameters
@@ -261,6 +261,9 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
     center : float, optional
         With ``reconstruct``: the rotation centre in pixels (default: found, as
         :class:`~bluesky_tomogan.TomoReconstruction` finds it; ``bluesky-tomogan center`` prints it).
+    binning : int, optional
+        With ``reconstruct``: columns averaged before reconstructing (default: none up to 2048 columns, else to
+        2048; :class:`~bluesky_tomogan.TomoReconstruction`'s ``binning``).
     angle_field : str, optional
         The data key of each frame's angle, where it is not the start document's first ``motors``
         entry (a fly scan's encoder capture): for the denoising context and QC, as for the
@@ -289,6 +292,10 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
         raise ReprocessError(f"into must be 'run' (the stored run) or 'new' (a new run), got {into!r}")
     if center is not None and reconstruct is None:
         raise ReprocessError(f"a rotation centre ({center:g} px) is for the slices of reconstruct (--reconstruct)")
+    if binning is not None and reconstruct is None:
+        raise ReprocessError(f"a binning ({binning}) is for the slices of reconstruct (--reconstruct)")
+    if binning is not None and binning < 1:
+        raise ReprocessError(f"binning must be a whole number of columns, at least 1; got {binning}")
     documents = read_run(client, uid)
     no_stop = documents[-1][1].get("exit_status") == "fail" and _NO_STOP in documents[-1][1]["reason"]
     if into == "run" and no_stop:
@@ -323,7 +330,7 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
         from .callbacks import TomoReconstruction
 
         outlet = TomoReconstruction(reconstruct, directory=directory, root_map=root_map, timeout=OFFLINE_TIMEOUT_S,
-                                    background=False, angle_field=angle_field, center=center)
+                                    background=False, angle_field=angle_field, center=center, binning=binning)
         callback.subscribe(_WithoutStoredDerived(outlet, documents))
         outlet.subscribe(writer, storage=True)
     else:

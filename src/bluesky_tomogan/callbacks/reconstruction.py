@@ -141,13 +141,19 @@ class TomoReconstruction(RunRouterFacade):
     root_map : dict, optional
         Where this machine sees the raw frames' files that the detector wrote elsewhere: the leading
         part of a ``StreamResource``'s file path, as for :class:`~.tomogan.TomoGANCallback`.
+    binning : int, optional
+        Average this many adjacent detector columns before reconstructing: slices ``binning`` times smaller
+        each way, in a ``binning**2``-th of the time. Default: none up to 2048 columns, else the smallest power of
+        two that brings the detector to 2048 (:func:`~bluesky_tomogan.reconstruction.auto_binning`), so that a
+        4096-column camera's slices come in the time of a 2048-column one's. The centre is in detector pixels.
     """
 
     def __init__(self, slice_denoiser: Denoiser | None = None, *, rows: Sequence[int] | None = None,
                  source: Literal["denoised", "raw"] = "denoised", center: float | None = None,
                  angle_field: str | None = None, remove_stripes: bool = True, every: int = 0,
                  directory: str | os.PathLike[str] | None = None, timeout: float = 120.0,
-                 background: bool = True, root_map: Mapping[str, str] | None = None) -> None:
+                 background: bool = True, root_map: Mapping[str, str] | None = None,
+                 binning: int | None = None) -> None:
         if source not in ("denoised", "raw"):
             raise ValueError(f"source must be 'denoised' or 'raw', got {source!r}")
         if rows is not None and (not len(rows) or min(rows) < 0):
@@ -172,6 +178,10 @@ class TomoReconstruction(RunRouterFacade):
         self.timeout = timeout
         self.background = background
         self.root_map = dict(root_map or {})
+        if binning is not None and (isinstance(binning, bool) or not isinstance(binning, int) or binning < 1):
+            raise ValueError(f"binning must be a whole number of columns, at least 1, or None (automatic); got "
+                             f"{binning!r}")
+        self.binning = binning
         self._finishing: list[threading.Thread] = []  # threads finishing a run's stop
         # While a finishing thread owns delivery, later documents wait in the backlog, in order, and it
         # routes them after the stop it finished: subscribers get every run's documents in order and
@@ -702,8 +712,15 @@ class _RunReconstruction(PassThroughRun):
         angle_problem = recon.check_angles(angles)
         if angle_problem and final:  # while the scan runs, a partial rotation is expected
             notes.append(angle_problem)
-        transmission = {r: recon.corrected_sinogram(sino[:, i], None if flat is None else flat[i],
-                                                    None if dark is None else dark[i]) for i, r in enumerate(wanted)}
+        # a wide detector's columns binned (TomoReconstruction(binning=)): centres are searched and slices made in
+        # binned columns; the centres recorded and noted are detector pixels
+        b = self.o.binning or recon.auto_binning(self._shape[1])
+        if b > 1 and final:
+            notes.append(f"columns binned by {b} (the detector's {self._shape[1]}): slices of "
+                         f"{self._shape[1] // b} px across; TomoReconstruction(binning=1) makes them at full width")
+        transmission = {r: recon.bin_columns(recon.corrected_sinogram(
+            sino[:, i], None if flat is None else flat[i], None if dark is None else dark[i]), b)
+            for i, r in enumerate(wanted)}
         # with real flats only: without them every column's brightest value is its open beam
         wider_than_view = flat is not None and recon.wider_than_view(list(transmission.values()))
         wider = final and wider_than_view
@@ -713,17 +730,19 @@ class _RunReconstruction(PassThroughRun):
         middle, seeing = self._center_rows(rows, transmission)
         found = self._found_center
         if not angle_problem and (found != found or self._found_at != len(angles)):
-            raw = self._raw_transmission(seqs, wanted, raw_flat, dark, bad) if source == "denoised" else None
+            raw = self._raw_transmission(seqs, wanted, raw_flat, dark, bad, b) if source == "denoised" else None
             rows_for_center = transmission if raw is None else raw
             # the other rows that see the sample: the 180-degree seam (a wider sample) adds them up
             found, self._found_how = recon.search_center(
                 rows_for_center[middle], angles, other_rows=[rows_for_center[r] for r in seeing if r != middle],
                 turn=turn)
+            found = b * found + (b - 1) / 2  # binned column -> detector pixel (NaN stays NaN)
             self._found_center, self._found_at = found, len(angles)
         center = self.o.center if self.o.center is not None else found
         if not final and turn and wider_than_view and center != center:
             return None  # a turn about an axis that may be offset: no slice before its centre (and width) is known
-        extend = recon.offset_axis(turn, center, self._shape[1], wider_than_view)
+        width = transmission[middle].shape[1]
+        extend = recon.offset_axis(turn, (center - (b - 1) / 2) / b, width, wider_than_view)
         if extend and final:
             notes.append(f"a full turn about an axis {abs(center - (self._shape[1] - 1) / 2):.1f} px off the "
                          "detector's middle (an offset axis, half acquisition): slices over the doubled field of "
@@ -734,6 +753,7 @@ class _RunReconstruction(PassThroughRun):
             notes.extend(self._model_for_the_sample())
         if center != center:  # less than 180 degrees (yet): the centre-of-mass estimate, else the detector centre
             center, how = recon.fallback_center(transmission[middle], angles)
+            center = b * center + (b - 1) / 2
             if final:
                 why = angle_problem or f"{self._found_how} found no minimum inside its search windows"
                 notes.append(f"rotation centre not found ({why}); using {how} {center:.2f}")
@@ -755,7 +775,7 @@ class _RunReconstruction(PassThroughRun):
             notes.append(f"the given rotation centre {self.o.center:g} is {abs(found - self.o.center):.1f} px from "
                          f"the one found ({found:.2f}){doubt}")
         # the final reconstruction is what the stop (and wait()) waits for: it takes both cores
-        slices = recon.reconstruct_rows({r: transmission[r] for r in wanted}, angles, center,
+        slices = recon.reconstruct_rows({r: transmission[r] for r in wanted}, angles, (center - (b - 1) / 2) / b,
                                         remove_stripes=self.o.remove_stripes, threads=2 if final else 1,
                                         extend=extend)
         out_fbp, out_den, stripes = [], [], []
@@ -767,7 +787,7 @@ class _RunReconstruction(PassThroughRun):
                 out_den.append(self.o.slice_denoiser.denoise_context(context))
             else:
                 out_den.append(slices[r].slice)
-        return {"rows": rows, "fbp": out_fbp, "slice": out_den, "center": float(center), "found": found,
+        return {"rows": rows, "fbp": out_fbp, "slice": out_den, "center": float(center), "found": found, "binning": b,
                 "projections": len(angles), "stripe": stripes, "note": "; ".join(notes), "final": final,
                 "source": source}
 
@@ -869,10 +889,11 @@ class _RunReconstruction(PassThroughRun):
         return mixed, sorted(s for s in seqs if s in known)
 
     def _raw_transmission(self, seqs: Sequence[int], wanted: Sequence[int], flat: np.ndarray | None,
-                          dark: np.ndarray | None, bad: np.ndarray | None) -> dict[int, np.ndarray] | None:
+                          dark: np.ndarray | None, bad: np.ndarray | None,
+                          binning: int = 1) -> dict[int, np.ndarray] | None:
         """The raw frames' rows of the denoised projections ``seqs``, corrected with the raw ``flat`` and ``dark``
-        (the mean rows :meth:`_reconstruct` read) and with the ``bad`` pixels left out; None where ``primary`` does
-        not hold every one of them.
+        (the mean rows :meth:`_reconstruct` read) and with the ``bad`` pixels left out, columns binned by
+        ``binning``; None where ``primary`` does not hold every one of them.
 
         The rotation centre is found on these: a centre is the scan's geometry, and a denoiser changes each frame a
         little, most the first and last ones of a scan, whose neighbours on one side are stand-ins, and those are
@@ -887,8 +908,9 @@ class _RunReconstruction(PassThroughRun):
         sino = primary.rows(raw_seqs, wanted, self._raw_dtype)
         if bad is not None:
             sino = np.where(bad[None], np.float32(np.nan), sino)
-        return {r: recon.corrected_sinogram(sino[:, i], None if flat is None else flat[i],
-                                            None if dark is None else dark[i]) for i, r in enumerate(wanted)}
+        return {r: recon.bin_columns(recon.corrected_sinogram(sino[:, i], None if flat is None else flat[i],
+                                                              None if dark is None else dark[i]), binning)
+                for i, r in enumerate(wanted)}
 
     def _mean_rows(self, name: str, rows: Sequence[int], roles: Mapping[int, str]) -> np.ndarray | None:
         frames, seqs = self._of_role(name, roles)
@@ -931,7 +953,8 @@ class _RunReconstruction(PassThroughRun):
                                    "about an offset axis over the doubled field of view "
                                    "(bluesky_tomogan.reconstruction.extended_sinogram)",
                       "stripe_removal": "algotom remove_stripe_based_sorting" if self.o.remove_stripes else "none",
-                      "source": r["source"], "center_given": "" if self.o.center is None else str(self.o.center)}
+                      "source": r["source"], "center_given": "" if self.o.center is None else str(self.o.center),
+                      "binning": str(r["binning"])}
             if self.o.slice_denoiser is not None:
                 config |= {f"slice_{k}": str(v) for k, v in self.o.slice_denoiser.provenance().items()}
             now = time.time()

@@ -50,7 +50,7 @@ def serve(zmq_in: str | None = None, *, kafka: Any = None, kafka_in: Sequence[st
           warm_up: tuple[int, int] | None = None, abandon_after: float | None = 86400.0,
           root_map: dict[str, str] | None = None, slice_model: str = "tomogan-slice",
           slice_self_ensemble: int = 1, frame_dtype: str = "float32", compression: str | None = None,
-          angle_field: str | None = None, center: float | None = None) -> int:
+          angle_field: str | None = None, center: float | None = None, binning: int | None = None) -> int:
     """Serve the document stream at ``zmq_in`` (a ``bluesky-0MQ-proxy`` out port), or in the Kafka topics
     ``kafka_in``, until SIGTERM.
 
@@ -89,6 +89,9 @@ def serve(zmq_in: str | None = None, *, kafka: Any = None, kafka_in: Sequence[st
     center : float, optional
         With ``reconstruct``: the rotation centre in pixels of every run served (a beamline whose axis is
         aligned); default: found for each run, as :class:`~bluesky_tomogan.TomoReconstruction` finds it.
+    binning : int, optional
+        With ``reconstruct``: columns averaged before reconstructing (default: none up to 2048 columns, else
+        to 2048; :class:`~bluesky_tomogan.TomoReconstruction`'s ``binning``).
     slice_model : str
         With ``reconstruct``: the slice model (a shipped name, or a card or directory, such as
         one ``bluesky-tomogan finetune`` wrote for this sample).
@@ -159,6 +162,10 @@ def serve(zmq_in: str | None = None, *, kafka: Any = None, kafka_in: Sequence[st
         raise ServeError(f"a slice model ({slice_model}) is for the slices of --reconstruct")
     if center is not None and not reconstruct:
         raise ServeError(f"a rotation centre ({center:g} px) is for the slices of --reconstruct")
+    if binning is not None and not reconstruct:
+        raise ServeError(f"a binning ({binning}) is for the slices of --reconstruct")
+    if binning is not None and binning < 1:
+        raise ServeError(f"binning must be a whole number of columns, at least 1; got {binning}")
     if zmq_out is not None and kafka_out is not None:
         raise ServeError("republish to one place: a 0MQ proxy (--zmq-out) or a Kafka topic (--kafka-out)")
     if kafka_out is not None and kafka is None:
@@ -205,7 +212,7 @@ def serve(zmq_in: str | None = None, *, kafka: Any = None, kafka_in: Sequence[st
     if reconstruct:
         slices = load_denoiser(slice_model, backend=backend, self_ensemble=slice_self_ensemble)
         rec = TomoReconstruction(slices, every=reconstruct_every, directory=directory, root_map=root_map,
-                                 angle_field=angle_field, center=center)
+                                 angle_field=angle_field, center=center, binning=binning)
         callback.subscribe(rec)
         outlet, wait = rec, rec.wait
     republish: Any = None
