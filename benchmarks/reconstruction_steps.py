@@ -26,6 +26,7 @@ import numpy as np
 
 from bluesky_tomogan import reconstruction as recon
 from bluesky_tomogan.bench import cpu_name
+from bluesky_tomogan.center import _sorted_180
 from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
 from bluesky_tomogan.simulate.tomography import angles_deg
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                     .astype(np.float32) for r in rows}
     middle = transmission[args.width // 2]
 
-    vo_s, vo = timed(lambda: float(find_center_vo(recon._sorted_180(-np.log(middle), angles), ncore=1)),
+    vo_s, vo = timed(lambda: float(find_center_vo(_sorted_180(-np.log(middle), angles), ncore=1)),
                      args.repeats)
     ours_s, ours = timed(lambda: recon.find_center(middle, angles), args.repeats)
     one_s, _ = timed(lambda: recon.reconstruct_rows(transmission, angles, ours, threads=1), args.repeats)

@@ -444,6 +444,12 @@ def _fine_search(sino: np.ndarray, start: float, radius: float, step: float = 0.
     close enough to a parabola; at the search's edge the grid point is returned.
     """
     smooth = gaussian_filter(sino, (2, 2), mode="reflect")
+    if radius > 2:
+        # a wide detector's coarse search is 8x downsampled (2048 columns: +-8 px to search): whole pixels first,
+        # then quarters within 1.5 px of the best, 30 metrics instead of 65 (each a 2D FFT of the doubled
+        # sinogram; python benchmarks/reconstruction_steps.py --width 2048 --angles 720)
+        whole = np.clip(start + np.arange(-round(radius), round(radius) + 1), 0.0, smooth.shape[1] - 1.0)
+        start, radius = float(whole[int(np.argmin(_vo_metric(smooth, whole)))]), 1.5
     candidates = np.clip(start + np.arange(-radius, radius + step, step), 0.0, smooth.shape[1] - 1.0)
     metric = _vo_metric(smooth, candidates)
     best = int(np.argmin(metric))
