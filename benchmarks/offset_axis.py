@@ -37,7 +37,7 @@ import numpy as np
 from bluesky_tomogan.center import _vo_center, fallback_center, seam_center, turn_center
 from bluesky_tomogan.metrics import ssim
 from bluesky_tomogan.reconstruction import offset_axis, reconstruct
-from bluesky_tomogan.simulate.spheres import SpherePack
+from bluesky_tomogan.simulate.spheres import camera_rows, offset_axis_pack
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,10 +59,8 @@ def main(argv: list[str] | None = None) -> int:
           "before / now | now, over the doubled view (px) |")
     print("|---|---|---|---|---|---|")
     for axis in args.axes:
-        right = axis >= (w - 1) / 2
-        wide = int(round(2 * axis + 1)) if right else int(round(2 * (w - 1 - axis) + 1))
-        start = 0 if right else wide - w
-        pack = SpherePack.random((128, wide), args.seed)
+        pack, start = offset_axis_pack(axis, w, seed=args.seed)
+        wide = pack.shape[1]
         overlap = w - abs(2 * axis - (w - 1))
         for photons in args.photons:
             rng = np.random.default_rng(0)
@@ -70,12 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             slices = ""
             for middle in (32, 64, 96):
                 rows = [middle + d - args.rows // 2 for d in range(args.rows)]
-                transmission = []
-                for row in rows:
-                    t = np.exp(-pack.sinogram(row, angles))[:, start:start + w]
-                    if photons:
-                        t = np.clip(rng.poisson(t * photons) / photons, 1 / photons, None)
-                    transmission.append(t)
+                transmission = camera_rows(pack, start, w, rows, angles, photons, rng)
                 middle_row = transmission[args.rows // 2]
                 old = seam_center(transmission, angles)
                 old = old if np.isfinite(old) else _vo_center(middle_row, angles, False)

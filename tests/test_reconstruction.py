@@ -930,20 +930,11 @@ def _offset_axis_rows(axis: float, width: int = 128, angles=None, photons: float
     """Rows of a bead pack scanned over a full turn with its axis at ``axis`` on a detector of ``width`` columns:
     the pack is projected onto a detector twice as wide as from the axis to the far edge, about its middle, and
     cut (an offset-axis, half-acquisition scan); and the uncut line integrals of the middle row."""
-    from bluesky_tomogan.simulate.spheres import SpherePack
+    from bluesky_tomogan.simulate.spheres import camera_rows, offset_axis_pack
 
     angles = np.linspace(0, 360, 240, endpoint=False) if angles is None else angles
-    right = axis > (width - 1) / 2
-    wide = int(round(2 * axis + 1)) if right else int(round(2 * (width - 1 - axis) + 1))
-    start = 0 if right else wide - width
-    pack = SpherePack.random((128, wide), 3)
-    rng = np.random.default_rng(0)
-    transmission = []
-    for row in rows:
-        t = np.exp(-pack.sinogram(row, angles))[:, start:start + width]
-        if photons:
-            t = np.clip(rng.poisson(t * photons) / photons, 1 / photons, None)
-        transmission.append(t)
+    pack, start = offset_axis_pack(axis, width)
+    transmission = camera_rows(pack, start, width, rows, angles, photons)
     return angles, transmission, pack.sinogram(rows[len(rows) // 2], angles)
 
 
@@ -1103,8 +1094,8 @@ def test_wide_detectors_are_binned_for_the_live_reconstruction_and_the_centre_st
                               directory=frames_directory(tmp_path / str(offset)))
         det.photon_flux.put(5e4)
         rec = TomoReconstruction(source="raw", rows=[16], binning=2)
-        docs = []
-        rec.subscribe(lambda name, doc: docs.append((name, doc)))
+        docs: list[tuple[str, dict]] = []
+        rec.subscribe(lambda name, doc, docs=docs: docs.append((name, doc)))
         token = RE.subscribe(rec)
         angles = np.linspace(0, 360 if offset else 180, 120 if offset else 60, endpoint=False)
         RE(tomo_scan(det, stage, list(angles), n_darks=2, n_flats=2))

@@ -14,11 +14,12 @@ and column ``u``; the sample frame is ``(x, y, z)`` with ``z`` along ``v``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["SpherePack"]
+__all__ = ["SpherePack", "offset_axis_pack", "camera_rows"]
 
 
 @dataclass
@@ -118,6 +119,30 @@ class SpherePack:
     def sinogram(self, row: int, angles_deg: np.ndarray) -> np.ndarray:
         """Line integrals of one detector row at every angle, ``(n_angles, width)``."""
         return np.concatenate([self.line_integrals(a, slice(row, row + 1)) for a in angles_deg])
+
+
+def offset_axis_pack(axis: float, width: int, height: int = 128, seed: int = 3) -> tuple[SpherePack, int]:
+    """A bead pack for an offset-axis (half-acquisition) scan of a camera ``width`` columns wide whose axis is at
+    column ``axis``: the pack (width 1) of a detector twice as wide as from the axis to the camera's far edge, its
+    axis in that detector's middle, and the first of its columns the camera sees (``camera_rows``). The axis must
+    lie on a half or whole column of that detector: ``2 * axis`` a whole number."""
+    right = axis > (width - 1) / 2
+    wide = int(round(2 * axis + 1)) if right else int(round(2 * (width - 1 - axis) + 1))
+    return SpherePack.random((height, wide), seed), 0 if right else wide - width
+
+
+def camera_rows(pack: SpherePack, start: int, width: int, rows: Sequence[int], angles_deg: np.ndarray,
+                photons: float = 0.0, rng: np.random.Generator | None = None) -> list[np.ndarray]:
+    """Transmission ``(angles, width)`` of each detector row of ``rows`` that a camera sees from column ``start``
+    of ``pack``'s detector on: exact, or with Poisson noise of ``photons`` per pixel of open beam."""
+    rng = rng or np.random.default_rng(0)
+    out = []
+    for row in rows:
+        t = np.exp(-pack.sinogram(row, angles_deg))[:, start:start + width]
+        if photons:
+            t = np.clip(rng.poisson(t * photons) / photons, 1 / photons, None)
+        out.append(t)
+    return out
 
 
 def _chord(d: np.ndarray, r: float) -> np.ndarray:
