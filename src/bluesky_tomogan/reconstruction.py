@@ -256,7 +256,8 @@ def extended_sinogram(sinogram: np.ndarray, center: float) -> tuple[np.ndarray, 
     smoothly (cosine squared) from 1 at the band's inner edge to 0 at the detector's edge, so that the weights of
     a column and its mirror image add up to 1 and the padded edge is smooth (displaced-detector weighting; the
     stitching of algotom's ``convert_sinogram_360_to_180`` with a smooth ramp, for any angles). Back-projected over
-    the full turn and multiplied by 2 (:func:`reconstruct`), each line of the doubled field of view counts once.
+    the full turn, each line of the doubled field of view counts once, in half the projections (:func:`reconstruct`
+    folds each onto its partner half a turn before and scales for the rest).
     """
     s = np.asarray(sinogram, np.float32)
     width = s.shape[1]
