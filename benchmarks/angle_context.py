@@ -18,7 +18,7 @@ scan's mean and lowest SSIM of the denoised projections and how many QC flagged 
 ``--spacing``: what the rule rests on. A projection denoised (``Denoiser.denoise_context``) with its four
 neighbours 0.5 to 20 degrees apart, and alone (its own context), at three angles, mean SSIM against the
 noise-free frame; and the content gate's distance (``context.context_distance``) of a view 2 to 171 degrees
-away, which the gate withholds above 0.35.
+away, which the gate withholds above ``DEFAULT_THRESHOLD`` (0.35 until session 72, 0.2 since).
 
 ``--offline``: the same four scans as stacks in the order taken, denoised by ``Denoiser.denoise`` (what
 ``bluesky-tomogan denoise`` does with a file) without and with each frame's angle (a file's ``exchange/theta``).
@@ -41,6 +41,7 @@ import numpy as np
 from bluesky import RunEngine
 
 from bluesky_tomogan import TomoGANCallback, frames, load_denoiser
+from bluesky_tomogan.context import DEFAULT_THRESHOLD
 from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
 from bluesky_tomogan.metrics import ssim
 from bluesky_tomogan.plans import tomo_scan
@@ -113,7 +114,8 @@ def spacing(args: argparse.Namespace, den: Any) -> dict[str, Any]:
     print("neighbours apart (degrees; 0: alone)  " + "  ".join(f"{d:>6g}" for d in scores))
     print("SSIM against the noise-free frame     " + "  ".join(f"{v:>6.4f}" for v in scores.values()))
     print("view apart (degrees)                  " + "  ".join(f"{d:>6g}" for d in distances))
-    print("content gate's distance (limit 0.35)  " + "  ".join(f"{v:>6.3f}" for v in distances.values()))
+    print(f"content gate's distance (limit {DEFAULT_THRESHOLD:g})   "
+          + "  ".join(f"{v:>6.3f}" for v in distances.values()))
     return {"ssim_by_spacing": scores, "gate_distance_by_spacing": distances}
 
 
