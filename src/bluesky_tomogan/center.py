@@ -204,17 +204,18 @@ def turn_center(rows: Sequence[np.ndarray], angles_deg: np.ndarray, smooth: floa
     """Rotation centre (column) of a scan over a full turn where the projections 180 degrees apart agree, searched
     over the whole detector; NaN if the angles hold no such pair or no candidate sees enough of the sample.
 
-    Over a full turn every projection has its mirror image in the scan, so the axis may lie anywhere on the
-    detector: near one of its edges in an offset-axis scan (half acquisition), which doubles the field of view of
-    a sample wider than the detector. A candidate ``c`` compares the columns both projections of a pair see
-    (``2c - x`` on the detector too: a narrow band about ``c`` near an edge), so unlike :func:`seam_center`, whose
-    candidates all share most columns, the metric is normalised: the variance of the differences over the sum of
-    the two projections' variances over those columns (0 where they agree, about 1 for unrelated ones), pooled
-    over up to :data:`TURN_PAIRS` pairs spread over the turn and the sum of ``rows`` (line integrals add up, the
-    axis is the same). Candidates see at least :data:`TURN_MIN_OVERLAP` columns (and
-    :data:`TURN_MIN_OVERLAP_SHARE` of the detector) and some of the sample (:data:`TURN_MIN_STRUCTURE`): open beam
-    matches open beam at any centre. A coarse search in half-column steps on rows averaged down to at most
-    :data:`SEAM_COARSE_COLUMNS` columns, then quarter-pixel steps with a parabola, as :func:`seam_center`.
+    Over a full turn every projection has its mirror image in the scan (where no projection lies exactly 180 degrees
+    on, the interpolation along the angle of the two about it: :func:`_turn_pairs`), so the axis may lie anywhere on
+    the detector: near one of its edges in an offset-axis scan (half acquisition), which doubles the field of view
+    of a sample wider than the detector. A candidate ``c`` compares the columns both projections of a pair see (``2c
+    - x`` on the detector too: a narrow band about ``c`` near an edge), so unlike :func:`seam_center`, whose
+    candidates all share most columns, the metric is normalised: the variance of the differences over the sum of the
+    two projections' variances over those columns (0 where they agree, about 1 for unrelated ones), pooled over up
+    to :data:`TURN_PAIRS` pairs spread over the turn and the sum of ``rows`` (line integrals add up, the axis is the
+    same). Candidates see at least :data:`TURN_MIN_OVERLAP` columns (and :data:`TURN_MIN_OVERLAP_SHARE` of the
+    detector) and some of the sample (:data:`TURN_MIN_STRUCTURE`): open beam matches open beam at any centre. A
+    coarse search in half-column steps on rows averaged down to at most :data:`SEAM_COARSE_COLUMNS` columns, then
+    quarter-pixel steps with a parabola, as :func:`seam_center`.
     """
     pairs = _turn_pairs(angles_deg)
     if not pairs or not len(rows):
