@@ -207,8 +207,8 @@ def turn_center(rows: Sequence[np.ndarray], angles_deg: np.ndarray, smooth: floa
     Over a full turn every projection has its mirror image in the scan (where no projection lies exactly 180 degrees
     on, the interpolation along the angle of the two about it: :func:`_turn_pairs`), so the axis may lie anywhere on
     the detector: near one of its edges in an offset-axis scan (half acquisition), which doubles the field of view
-    of a sample wider than the detector. A candidate ``c`` compares the columns both projections of a pair see (``2c
-    - x`` on the detector too: a narrow band about ``c`` near an edge), so unlike :func:`seam_center`, whose
+    of a sample wider than the detector. A candidate ``c`` compares the columns both projections of a pair see
+    (``2c - x`` on the detector too: a narrow band about ``c`` near an edge), so unlike :func:`seam_center`, whose
     candidates all share most columns, the metric is normalised: the variance of the differences over the sum of the
     two projections' variances over those columns (0 where they agree, about 1 for unrelated ones), pooled over up
     to :data:`TURN_PAIRS` pairs spread over the turn and the sum of ``rows`` (line integrals add up, the axis is the
