@@ -25,7 +25,7 @@ import sys
 import numpy as np
 
 from bluesky_tomogan.center import _vo_center, search_center
-from bluesky_tomogan.simulate.spheres import SpherePack
+from bluesky_tomogan.simulate.spheres import SpherePack, camera_rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,12 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         before, now, how = [], [], set()
         for middle in (64, 128, 192):
             rows = [middle + d - args.rows // 2 for d in range(args.rows)]
-            transmission = []
-            for row in rows:
-                t = np.exp(-pack.sinogram(row, angles))[:, start:start + args.columns]
-                if args.photons:
-                    t = np.clip(rng.poisson(t * args.photons) / args.photons, 1 / args.photons, None)
-                transmission.append(t)
+            transmission = camera_rows(pack, start, args.columns, rows, angles, args.photons, rng)
             center_row = transmission[args.rows // 2]
             before.append(_vo_center(center_row, angles, inside=False))
             found, method = search_center(center_row, angles, other_rows=transmission[:args.rows // 2]

@@ -285,6 +285,17 @@ def _cmd_center(args: argparse.Namespace) -> int:
     return 0
 
 
+def _slice_geometry_arguments(s: argparse.ArgumentParser, found: str) -> None:
+    """``--center`` and ``--binning`` of ``serve`` and ``reprocess``: TomoReconstruction's ``center`` and ``binning``
+    (by default the centre is ``found``)."""
+    s.add_argument("--center", type=float, metavar="PX",
+                   help=f"with --reconstruct: the rotation centre in pixels (default: {found}; bluesky-tomogan "
+                        "center prints it for a stored scan)")
+    s.add_argument("--binning", type=int, metavar="N",
+                   help="with --reconstruct: average N detector columns before reconstructing (default: none up to "
+                        "2048 columns, else to 2048; 1: full width)")
+
+
 def _layer_copies(text: str) -> tuple[str, int]:
     name, sep, k = text.partition("=")
     if not sep or not name or not k.isdigit() or int(k) < 1:
@@ -657,12 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--slice-model", default="tomogan-slice",
                    help="with --reconstruct: the slice model (default tomogan-slice; or one fine-tuned on a scan "
                         "of the sample, bluesky-tomogan finetune)")
-    s.add_argument("--center", type=float, metavar="PX",
-                   help="with --reconstruct: the rotation centre in pixels (default: found for each run; "
-                        "bluesky-tomogan center prints it for a stored scan)")
-    s.add_argument("--binning", type=int, metavar="N",
-                   help="with --reconstruct: average N detector columns before reconstructing (default: none up to "
-                        "2048 columns, else to 2048; 1: full width)")
+    _slice_geometry_arguments(s, "found for each run")
     s.add_argument("--angle-field", metavar="KEY", help=ANGLE_FIELD_HELP)
     s.add_argument("--slice-self-ensemble", type=int, choices=SELF_ENSEMBLE_SIZES, default=1, metavar="N",
                    help="with --reconstruct: denoise each slice as the mean of the slice model on N turned copies "
@@ -910,12 +916,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also reconstruct and denoise three slices, as TomoReconstruction does live")
     s.add_argument("--slice-model", default="tomogan-slice",
                    help="with --reconstruct: the slice model (default tomogan-slice; or one fine-tuned on the scan)")
-    s.add_argument("--center", type=float, metavar="PX",
-                   help="with --reconstruct: the rotation centre in pixels (default: found; bluesky-tomogan "
-                        "center prints it for a stored scan)")
-    s.add_argument("--binning", type=int, metavar="N",
-                   help="with --reconstruct: average N detector columns before reconstructing (default: none up to "
-                        "2048 columns, else to 2048; 1: full width)")
+    _slice_geometry_arguments(s, "found")
     s.add_argument("--angle-field", metavar="KEY", help=ANGLE_FIELD_HELP)
     s.set_defaults(func=_cmd_reprocess)
 

@@ -316,6 +316,15 @@ def _picked_rows(frame: Any, rows: Sequence[int], raw_dtype: np.dtype | None) ->
         return np.nanmean(out, axis=0)
 
 
+def _corrected_rows(sino: np.ndarray, wanted: Sequence[int], flat: np.ndarray | None, dark: np.ndarray | None,
+                    binning: int) -> dict[int, np.ndarray]:
+    """Each detector row of ``wanted`` (the rows ``(angles, rows, W)`` of ``sino`` hold, in that order) as
+    flat-corrected transmission (with the mean ``flat`` and ``dark`` rows where there are), columns binned."""
+    return {r: recon.bin_columns(recon.corrected_sinogram(sino[:, i], None if flat is None else flat[i],
+                                                          None if dark is None else dark[i]), binning)
+            for i, r in enumerate(wanted)}
+
+
 def _runs(seqs: Sequence[int], located: Mapping[int, tuple[FrameReader, int]]) -> list[tuple[int, int]]:
     """``[start, stop)`` positions in ``seqs`` whose rows lie one after the other in one reader: one read each."""
     runs: list[tuple[int, int]] = []
@@ -718,9 +727,7 @@ class _RunReconstruction(PassThroughRun):
         if b > 1 and final:
             notes.append(f"columns binned by {b} (the detector's {self._shape[1]}): slices of "
                          f"{self._shape[1] // b} px across; TomoReconstruction(binning=1) makes them at full width")
-        transmission = {r: recon.bin_columns(recon.corrected_sinogram(
-            sino[:, i], None if flat is None else flat[i], None if dark is None else dark[i]), b)
-            for i, r in enumerate(wanted)}
+        transmission = _corrected_rows(sino, wanted, flat, dark, b)
         # with real flats only: without them every column's brightest value is its open beam
         wider_than_view = flat is not None and recon.wider_than_view(list(transmission.values()))
         wider = final and wider_than_view
@@ -908,9 +915,7 @@ class _RunReconstruction(PassThroughRun):
         sino = primary.rows(raw_seqs, wanted, self._raw_dtype)
         if bad is not None:
             sino = np.where(bad[None], np.float32(np.nan), sino)
-        return {r: recon.bin_columns(recon.corrected_sinogram(sino[:, i], None if flat is None else flat[i],
-                                                              None if dark is None else dark[i]), binning)
-                for i, r in enumerate(wanted)}
+        return _corrected_rows(sino, wanted, flat, dark, binning)
 
     def _mean_rows(self, name: str, rows: Sequence[int], roles: Mapping[int, str]) -> np.ndarray | None:
         frames, seqs = self._of_role(name, roles)
