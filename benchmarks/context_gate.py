@@ -4,7 +4,10 @@ For simulated scans (128x128, detector blur and zingers, the held-out seeds of `
 at 20, 250 and 5000 photons/pixel on ordinary, medium and faint samples, and angular steps of
 0.94-15 degrees, prints ``bluesky_tomogan.context.context_distance`` of the neighbours one and two
 frames away (largest) and of frames of other phantoms (smallest and median), against the gate's
-threshold; then the time ``gate_context`` takes for one 1024x1024 five-frame uint16 context
+threshold, and the same for ``change_to_noise`` against its ``noise_ratio`` (session 73; of the frames
+despiked as the ``Denoiser`` gives them to the gate, 12 robust sigmas, the shipped projection cards'
+``input_despike``); then the time
+``gate_context`` takes for one 1024x1024 five-frame uint16 context
 (median of 50, with the centre's robust range given, as the ``Denoiser`` gives it).
 
 Usage::
@@ -21,8 +24,15 @@ import numpy as np
 from dose_sweep import HELD_OUT_SEED
 from light_gap import SAMPLE_SETS
 
-from bluesky_tomogan.context import DEFAULT_THRESHOLD, context_distance, gate_context
+from bluesky_tomogan.context import (
+    DEFAULT_NOISE_RATIO,
+    DEFAULT_THRESHOLD,
+    change_to_noise,
+    context_distance,
+    gate_context,
+)
 from bluesky_tomogan.cpu import cpu_name
+from bluesky_tomogan.despike import remove_isolated_spikes
 from bluesky_tomogan.normalise import robust_range
 from bluesky_tomogan.simulate.datasets import Recipe, simulate_pairs
 
@@ -31,7 +41,7 @@ ANGLES = (192, 48, 24, 12)  # 0.94, 3.75, 7.5 and 15 degrees between frames
 
 
 def distances() -> None:
-    print(f"threshold {DEFAULT_THRESHOLD}")
+    print(f"threshold {DEFAULT_THRESHOLD}, noise_ratio {DEFAULT_NOISE_RATIO}; each cell: distance / change to noise")
     print("| samples | photons | step (deg) | next frame, largest | two frames on, largest | other phantoms, "
           "smallest | median |\n|---|---|---|---|---|---|---|")
     for set_name, opacity in SAMPLE_SETS.items():
@@ -41,12 +51,24 @@ def distances() -> None:
                                 frames_per_scan=6, n_angles=n_angles, psf_sigma=(0, 1.5), zinger_rate=5e-5)
                 p = simulate_pairs(recipe, 3, seed=HELD_OUT_SEED + int(dose), workers=2)
                 n = len(p.ns)
-                near = [[context_distance(p.ns[i + k], p.ns[i]) for i in range(n - k) if p.group[i] == p.group[i + k]]
-                        for k in (1, 2)]
-                others = [context_distance(p.ns[j], p.ns[i]) for i in range(0, n, 3) for j in range(0, n, 3)
-                          if p.group[i] != p.group[j]]
-                print(f"| {set_name} | {dose:g} | {180 / n_angles:.2f} | {max(near[0]):.3f} | {max(near[1]):.3f} | "
-                      f"{min(others):.3f} | {np.median(others):.3f} |", flush=True)
+                despiked = remove_isolated_spikes(p.ns.astype(np.float32), 12.0)
+                # five frames in a row of a scan (the centre and two each side); a frame of another phantom beside
+                # two of the centre's own neighbours on the other side (whose second differences measure the noise)
+                fives = [list(range(i - 2, i + 3)) for i in range(2, n - 2) if len(set(p.group[i - 2:i + 3])) == 1]
+                ratios = [change_to_noise(despiked[f]) for f in fives]
+                others_at = [(i, j) for i in range(0, n, 3) for j in range(0, n, 3) if p.group[i] != p.group[j]]
+                mixed = []
+                for i, j in others_at:
+                    after = i + 2 < n and p.group[i + 2] == p.group[i]
+                    context = despiked[[j, j, i, i + 1, i + 2] if after else [i - 2, i - 1, i, j, j]]
+                    mixed.append(change_to_noise(context)[1 if after else 3])
+                distances = ([context_distance(p.ns[f[3]], p.ns[f[2]]) for f in fives],
+                             [context_distance(p.ns[f[4]], p.ns[f[2]]) for f in fives],
+                             [context_distance(p.ns[j], p.ns[i]) for i, j in others_at])
+                cells = [(max(distances[0]), max(distances[1]), min(distances[2]), float(np.median(distances[2]))),
+                         (max(r[3] for r in ratios), max(r[4] for r in ratios), min(mixed), float(np.median(mixed)))]
+                print(f"| {set_name} | {dose:g} | {180 / n_angles:.2f} | "
+                      + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in zip(*cells, strict=True)) + " |", flush=True)
 
 
 def cost() -> float:

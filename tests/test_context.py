@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from bluesky_tomogan.context import (
+    DEFAULT_NOISE_RATIO,
     DEFAULT_THRESHOLD,
+    change_to_noise,
     context_distance,
     context_gains,
     gate_context,
@@ -583,5 +585,95 @@ def test_the_gate_withholds_neighbours_the_rotation_has_moved_and_the_frame_come
     clean = 1000.0 * det.gain * np.exp(-det.sample.line_integrals(angles[2])) + det.model.dark_level
     assert context_distance(raw[1], raw[2]) > DEFAULT_THRESHOLD
     gated = ssim(clean, den.denoise_context(raw))
-    den.context_gate = 0.35
+    den.context_gate, den.context_noise_ratio = 0.35, np.inf  # the gate before sessions 72 and 73
     assert ssim(clean, den.denoise_context(raw)) < gated - 0.02
+
+
+def _inside_sample_views(photons: float, angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Views of a bead pack inside a 256 x 256 camera's view at ``angles``, and the noise-free middle one."""
+    from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
+
+    det = SimTomoDetector(name="det", stage=SimTomoStage(name="stage"), shape=(256, 256), seed=11,
+                          simulate_timing=False, dtype="float32")
+    raw = np.stack([det.projection([a], photons) for a in angles]).astype(np.float32)
+    middle = angles[len(angles) // 2]
+    return raw, photons * det.gain * np.exp(-det.sample.line_integrals(middle)) + det.model.dark_level
+
+
+def test_the_change_to_noise_is_nil_for_the_same_view_and_grows_with_the_dose_for_a_turned_one():
+    """Session 73: exposures of one view differ by their photon noise alone, at any dose; views 4 degrees apart
+    differ by their moved features too, which the noise hides at 30 photons/pixel and not at 10,000. The noise is
+    measured in time (second differences of three distinct frames in a row): a context of stand-ins has no measure
+    (NaN), a frame under 128 x 128 pixels is not judged (0), a frame twice as bright is no neighbour (inf)."""
+    for photons in (30.0, 10_000.0):
+        same, _ = _inside_sample_views(photons, np.array([61.0, 61.0, 61.0]))
+        assert np.all(np.abs(change_to_noise(same)) < 0.03)
+    angles = 61.0 + 4.0 * np.arange(-2, 3)
+    low, _ = _inside_sample_views(30.0, angles)
+    high, _ = _inside_sample_views(10_000.0, angles)
+    assert np.all(change_to_noise(low) < 0.2 * DEFAULT_NOISE_RATIO)
+    ratios = change_to_noise(high)
+    assert np.all(ratios[[1, 3]] > DEFAULT_NOISE_RATIO) and np.all(ratios[[0, 4]] > 4 * DEFAULT_NOISE_RATIO)
+    assert context_distance(high[3], high[2]) < 0.1  # the structural distance alone cannot tell
+    assert np.all(change_to_noise(high[:, :100, :100]) == 0.0)
+    stand_ins = change_to_noise(high[[2, 2, 3]])
+    assert stand_ins[1] == 0.0 and np.isnan(stand_ins[[0, 2]]).all()
+    brighter = high.copy()
+    brighter[3] *= 2.5
+    assert change_to_noise(brighter)[3] == np.inf
+
+
+def test_a_detectors_blur_does_not_pass_for_a_change():
+    """Session 73: a camera whose blur (1.5 px) correlates the noise of neighbouring pixels, at 250 and 1000
+    photons/pixel, steps of 0.94 degrees: the nearest neighbours' change stays within what the noise hides (a
+    measure of the noise by its finest spatial scale alone takes blurred noise for change)."""
+    for photons in (250.0, 1000.0):
+        recipe = Recipe(domain="projection", size=128, photons=(photons, photons), max_attenuation=(0.4, 1.2),
+                        frames_per_scan=5, n_angles=192, psf_sigma=(1.5, 1.5))
+        pairs = simulate_pairs(recipe, 3, seed=90_100, workers=1)
+        for scan in range(3):
+            ratios = change_to_noise(pairs.ns[5 * scan:5 * scan + 5])
+            assert np.all(ratios[[1, 3]] < DEFAULT_NOISE_RATIO), (photons, ratios)
+
+
+def test_at_a_high_dose_the_gate_withholds_neighbours_whose_change_the_noise_does_not_hide():
+    """Session 73: a bead pack inside the view at 4-degree steps. At 10,000 photons/pixel the neighbours' moved
+    features cost more than their averaged noise gains: the gate withholds them and the frame comes out closer to
+    the noise-free one (``benchmarks/context_motion.py``: 0.9950 against 0.9681 with them). At 100 photons the
+    neighbours help, and are kept."""
+    from bluesky_tomogan.inference import load_denoiser
+    from bluesky_tomogan.metrics import ssim
+
+    den = load_denoiser("tomogan-projection", backend="onnxruntime", precision="fp32")
+    assert den.context_noise_ratio == DEFAULT_NOISE_RATIO
+    angles = 61.0 + 4.0 * np.arange(-2, 3)
+    raw, clean = _inside_sample_views(10_000.0, angles)
+    gated = ssim(clean, den.denoise_context(raw))
+    assert den.contexts_gated == 1
+    den.context_noise_ratio = np.inf
+    assert ssim(clean, den.denoise_context(raw)) < gated - 0.01
+    den.context_noise_ratio = DEFAULT_NOISE_RATIO
+    raw, _ = _inside_sample_views(100.0, angles)
+    den.denoise_context(raw)
+    assert den.contexts_gated == 1  # all four kept
+
+
+def test_a_card_may_set_its_own_noise_ratio_and_a_model_without_a_gate_has_none(tmp_path):
+    """The card's ``context_gate.noise_ratio`` where it has one; cards of gated models written before session 73
+    get the default; a model without a gate keeps every neighbour."""
+    from bluesky_tomogan import load_denoiser
+
+    model = copy_of_shipped_model("tomogan-projection", tmp_path)
+    card_path = model / "tomogan-projection.json"
+    card = json.loads(card_path.read_text())
+    load = {"backend": "onnxruntime", "precision": "fp32"}
+    card["context_gate"] = {"threshold": DEFAULT_THRESHOLD}
+    card_path.write_text(json.dumps(card))
+    assert load_denoiser(str(model), **load).context_noise_ratio == DEFAULT_NOISE_RATIO
+    card["context_gate"]["noise_ratio"] = 0.5
+    card_path.write_text(json.dumps(card))
+    assert load_denoiser(str(model), **load).context_noise_ratio == 0.5
+    card.pop("context_gate")
+    card_path.write_text(json.dumps(card))
+    plain = load_denoiser(str(model), **load)
+    assert plain.context_gate == plain.context_noise_ratio == np.inf

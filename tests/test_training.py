@@ -425,7 +425,7 @@ def test_a_teacher_that_cannot_teach_is_a_clear_error_before_training(tiny_datas
 
 def test_context_dropout_is_learnt_with_a_teacher_that_sees_every_neighbour_and_asks_for_the_gate(tiny_dataset,
                                                                                                    tmp_path):
-    from bluesky_tomogan.context import DEFAULT_THRESHOLD
+    from bluesky_tomogan.context import DEFAULT_NOISE_RATIO, DEFAULT_THRESHOLD
 
     plain = train(_config(tiny_dataset, tmp_path / "plain", max_epochs=1), progress=False)
     assert "context_gate" not in json.loads(plain.card.read_text())
@@ -433,6 +433,7 @@ def test_context_dropout_is_learnt_with_a_teacher_that_sees_every_neighbour_and_
                             teacher=str(plain.weights)), progress=False)
     card = json.loads(dropped.card.read_text())
     assert card["context_gate"]["threshold"] == DEFAULT_THRESHOLD
+    assert card["context_gate"]["noise_ratio"] == DEFAULT_NOISE_RATIO
     assert card["training"]["config"]["context_dropout"] == 0.5
     with pytest.raises(ValueError, match="context_dropout is a share of the patches"):
         _config(tiny_dataset, tmp_path / "bad", context_dropout=-0.1)

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..circle import outside_to_fill
-from ..context import context_gains, gate_context
+from ..context import DEFAULT_NOISE_RATIO, context_gains, gate_context
 from ..cpu import cpu_name
 from ..despike import remove_isolated_spikes
 from ..errors import InputShapeError, InputValueError
@@ -174,7 +174,11 @@ class Denoiser:
         # A network trained to denoise without its neighbours (train --context-dropout) is not
         # given neighbours that are not views of the same thing (bluesky_tomogan.context): the
         # largest distance its card allows; inf (keep every neighbour) for the others.
-        self.context_gate: float = float(card.source.get("context_gate", {}).get("threshold", np.inf))
+        gate = card.source.get("context_gate", {})
+        self.context_gate: float = float(gate.get("threshold", np.inf))
+        # and, where it has a gate, no neighbour that changed by more than the photon noise hides (a card may set
+        # its own limit; cards written before session 73 get the default)
+        self.context_noise_ratio: float = float(gate.get("noise_ratio", DEFAULT_NOISE_RATIO)) if gate else np.inf
         self.contexts_gated = 0  # frames denoised with some neighbours withheld
         self.contexts_rescaled = 0  # frames denoised with some neighbours brought to their intensity
         # a slice whose rim steps to the value outside its reconstruction circle (bluesky_tomogan.circle)
@@ -384,7 +388,7 @@ class Denoiser:
             centre = context[self.depth // 2]
         offset, scale = robust_range(centre)
         if self.depth > 1 and self.context_gate < np.inf:
-            context, kept = gate_context(context, self.context_gate, (offset, scale))
+            context, kept = gate_context(context, self.context_gate, (offset, scale), self.context_noise_ratio)
             if kept != (self.depth // 2, self.depth // 2):
                 self.contexts_gated += 1
                 log.log(logging.INFO if self.contexts_gated == 1 else logging.DEBUG,

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..context import DEFAULT_THRESHOLD
+from ..context import DEFAULT_NOISE_RATIO, DEFAULT_THRESHOLD
 from ..cpu import dispatch_cpu_flags as current_cpu_flags
 from ..errors import ModelLoadError, OutputPathError
 from ..inference.tiling import pad_to
@@ -740,8 +740,10 @@ def _card(config: TrainConfig, recipe: dict[str, Any], history: list[dict[str, f
     patches = len(history) * config.steps_per_epoch * config.batch
     gate = {"context_gate": {
         "threshold": DEFAULT_THRESHOLD,
+        "noise_ratio": DEFAULT_NOISE_RATIO,
         "method": "neighbours whose 8/16-px block means differ from the centre frame's by more than this share "
-                  "of its structure are withheld (bluesky_tomogan.context), as training withheld them",
+                  "of its structure are withheld (bluesky_tomogan.context), as training withheld them, and those "
+                  "that have changed by more than noise_ratio times the photon noise of the two, measured in time",
     }} if config.context_dropout > 0 and config.arch.in_channels > 1 else {}
     return gate | {
         "name": config.name,
