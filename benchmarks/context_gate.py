@@ -6,7 +6,8 @@ at 20, 250 and 5000 photons/pixel on ordinary, medium and faint samples, and ang
 frames away (largest) and of frames of other phantoms (smallest and median), against the gate's
 threshold, and the same for ``change_to_noise`` against its ``noise_ratio`` (session 73; of the frames
 despiked as the ``Denoiser`` gives them to the gate, 12 robust sigmas, the shipped projection cards'
-``input_despike``); then the time
+``input_despike``), and the largest ratio of the noise measured in time to the centre's fine-scale estimate over the
+scans' five-frame windows (``bluesky_tomogan.context._NOISE_CAP`` caps it at 3); then the time
 ``gate_context`` takes for one 1024x1024 five-frame uint16 context
 (median of 50, with the centre's robust range given, as the ``Denoiser`` gives it).
 
@@ -27,6 +28,9 @@ from light_gap import SAMPLE_SETS
 from bluesky_tomogan.context import (
     DEFAULT_NOISE_RATIO,
     DEFAULT_THRESHOLD,
+    _Centre,
+    _fine_noise,
+    _frame_noise,
     change_to_noise,
     context_distance,
     gate_context,
@@ -43,7 +47,7 @@ ANGLES = (192, 48, 24, 12)  # 0.94, 3.75, 7.5 and 15 degrees between frames
 def distances() -> None:
     print(f"threshold {DEFAULT_THRESHOLD}, noise_ratio {DEFAULT_NOISE_RATIO}; each cell: distance / change to noise")
     print("| samples | photons | step (deg) | next frame, largest | two frames on, largest | other phantoms, "
-          "smallest | median |\n|---|---|---|---|---|---|---|")
+          "smallest | median | noise in time / fine-scale, largest |\n|---|---|---|---|---|---|---|---|")
     for set_name, opacity in SAMPLE_SETS.items():
         for dose in DOSES:
             for n_angles in ANGLES:
@@ -68,7 +72,15 @@ def distances() -> None:
                 cells = [(max(distances[0]), max(distances[1]), min(distances[2]), float(np.median(distances[2]))),
                          (max(r[3] for r in ratios), max(r[4] for r in ratios), min(mixed), float(np.median(mixed)))]
                 print(f"| {set_name} | {dose:g} | {180 / n_angles:.2f} | "
-                      + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in zip(*cells, strict=True)) + " |", flush=True)
+                      + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in zip(*cells, strict=True))
+                      + f" | {max(_noise_in_time(despiked[f]) for f in fives):.2f} |", flush=True)
+
+
+def _noise_in_time(context: np.ndarray) -> float:
+    """The noise measured in time over the centre's fine-scale estimate (the gate's cap on it is 3)."""
+    centre = _Centre(context[2])
+    frames = [centre.x if o == 2 else centre.normalised(context[o]) for o in range(5)]
+    return (_frame_noise(frames, centre.x) or 0.0) / _fine_noise(centre.x)
 
 
 def cost() -> float:

@@ -743,7 +743,8 @@ def _card(config: TrainConfig, recipe: dict[str, Any], history: list[dict[str, f
         "noise_ratio": DEFAULT_NOISE_RATIO,
         "method": "neighbours whose 8/16-px block means differ from the centre frame's by more than this share "
                   "of its structure are withheld (bluesky_tomogan.context), as training withheld them, and those "
-                  "that have changed by more than noise_ratio times the photon noise of the two, measured in time",
+                  "whose change from it stands more than noise_ratio times above the photon noise of the two, "
+                  "measured in time",
     }} if config.context_dropout > 0 and config.arch.in_channels > 1 else {}
     return gate | {
         "name": config.name,
