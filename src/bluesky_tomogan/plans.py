@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
@@ -257,13 +257,15 @@ def tomo_fly_scan(
     def fly(name: str, n: int, flyers: Sequence[Any] = (), first: int = 0,
             declare: bool = True) -> Generator[Msg, Any, None]:
         # ``n`` frames into stream ``name``; with the motor (``flyers``), over projections first .. first + n - 1
-        collected = [detector, *capture] if flyers else [detector]
+        # Any: bluesky's message stubs take one capability each (Preparable, Readable or Collectable, ...),
+        # and a fly scan's camera, position capture and motor have several (bluesky 1.16 checks them)
+        collected: list[Any] = [detector, *capture] if flyers else [detector]
         info = trigger_info(number_of_events=n, livetime=exposure, deadtime=deadtime)
         group = short_uid("prepare")
         for device in collected:
             yield from bps.prepare(device, info, group=group)
         if flyers:
-            yield from bps.prepare(motor, fly_info(start_position=start + first * step,
+            yield from bps.prepare(cast(Any, motor), fly_info(start_position=start + first * step,
                                                    end_position=start + (first + n) * step,
                                                    time_for_move=n * period), group=group)
         yield from bps.wait(group=group)
@@ -339,7 +341,7 @@ def tomo_fly_scan(
         if shutter is not None:  # open for the flats and projections, darks or not
             yield from bps.mv(shutter, shutter_open)
         if n_flats:
-            x0 = yield from bps.rd(sample_x)
+            x0 = yield from bps.rd(cast(Any, sample_x))  # a motor: Movable and Readable
             yield from bps.mv(sample_x, out_position)
             yield from staged(fly("flat", n_flats), [detector])
             yield from bps.mv(sample_x, x0)
