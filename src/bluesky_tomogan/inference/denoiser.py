@@ -135,9 +135,12 @@ class Denoiser:
     only the neighbours that show the same thing as the frame it denoises
     (:func:`bluesky_tomogan.context.gate_context`): a stack of different samples, an
     interleaved scan or a frame after a jump is denoised without the frames that do not
-    belong to it, instead of with their structure painted in. :attr:`context_gate` holds
-    the threshold (``inf``: every neighbour is used) and :attr:`contexts_gated` counts the
-    frames denoised with neighbours withheld.
+    belong to it, instead of with their structure painted in; and, since session 73, neighbours
+    whose change from the frame stands out of their photon noise (high doses, coarse steps:
+    :func:`bluesky_tomogan.context.change_to_noise`). :attr:`context_gate` holds the distance's
+    threshold (``inf``: every neighbour is used), :attr:`context_noise_ratio` the largest change
+    to noise (``inf``: by the distance alone), and :attr:`contexts_gated` counts the frames
+    denoised with neighbours withheld.
 
     A projection model's neighbours whose mean intensity stands more than 1 % from the frame's
     (the beam brighter or dimmer for them: a top-up, a flickering monochromator) are brought to
