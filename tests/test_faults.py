@@ -189,6 +189,19 @@ def test_inline_frames_refuse_a_storage_consumer(denoiser, store):
         cb.subscribe(TiledWriter(store))
 
 
+def test_bluesky_tiled_plugins_writer_is_storage_too(denoiser, store):
+    """The TiledWriter that bluesky 1.16 tells users to import (from bluesky-tiled-plugins, a class of its own beside
+    bluesky 1.15's) is a storage consumer as bluesky's is: inline frames refuse it, a failure of it says the stored
+    run is incomplete (session 73)."""
+    plugins = pytest.importorskip("bluesky_tiled_plugins", reason="bluesky-tiled-plugins is not installed")
+    from bluesky_tomogan.callbacks.consumers import is_storage
+
+    assert is_storage(TiledWriter(store)) and is_storage(plugins.TiledWriter(store))
+    assert not is_storage(lambda name, doc: None)
+    with pytest.raises(ValueError, match="inline=True"):
+        TomoGANCallback(denoiser, inline=True).subscribe(plugins.TiledWriter(store))
+
+
 def test_a_late_worker_never_touches_the_next_run(RE, denoiser, tmp_path):
     cb = TomoGANCallback(Slow(denoiser, 0.3), flush_timeout=0.2)
     rec = Recorder(RE, cb)

@@ -8,14 +8,17 @@ like success: its sentence in the reason says the stored run is incomplete.
 
 Which consumers are storage
 ---------------------------
-An instance of bluesky's ``TiledWriter``, and any subscriber passed with
-``storage=True`` (a databroker ``insert``, a Kafka or 0MQ publisher that
-feeds storage, a suitcase serializer).
+An instance of bluesky's ``TiledWriter`` or of bluesky-tiled-plugins' (where installed: the one
+bluesky 1.16 points to), and any subscriber passed with ``storage=True`` (a databroker ``insert``,
+a Kafka or 0MQ publisher that feeds storage, a suitcase serializer).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,12 +31,25 @@ Subscriber = Callable[[str, Any], Any]
 
 
 def is_storage(func: Subscriber) -> bool:
-    """Whether ``func`` is known to store documents (bluesky's ``TiledWriter``)."""
-    try:
-        from bluesky.callbacks.tiled_writer import TiledWriter
-    except ImportError:  # bluesky without tiled support: nothing is recognised
-        return False
-    return isinstance(func, TiledWriter)
+    """Whether ``func`` is known to store documents (a ``TiledWriter``: bluesky's or bluesky-tiled-plugins')."""
+    return isinstance(func, _storage_classes())
+
+
+@functools.cache
+def _storage_classes() -> tuple[type, ...]:
+    """The ``TiledWriter`` classes importable here: bluesky-tiled-plugins' (what bluesky 1.16 re-exports and tells
+    users to import) and bluesky's own (1.14-1.15; a deprecated re-export of the first in 1.16)."""
+    classes: list[type] = []
+    for module in ("bluesky_tiled_plugins", "bluesky.callbacks.tiled_writer"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                writer = importlib.import_module(module).TiledWriter
+        except (ImportError, AttributeError):  # not installed (bluesky without tiled support: nothing recognised)
+            continue
+        if writer not in classes:
+            classes.append(writer)
+    return tuple(classes)
 
 
 def _name(func: Subscriber) -> str:
