@@ -28,9 +28,9 @@ from light_gap import SAMPLE_SETS
 from bluesky_tomogan.context import (
     DEFAULT_NOISE_RATIO,
     DEFAULT_THRESHOLD,
-    _Centre,
     _fine_noise,
     _frame_noise,
+    _normalised_context,
     change_to_noise,
     context_distance,
     gate_context,
@@ -78,8 +78,7 @@ def distances() -> None:
 
 def _noise_in_time(context: np.ndarray) -> float:
     """The noise measured in time over the centre's fine-scale estimate (the gate's cap on it is 3)."""
-    centre = _Centre(context[2])
-    frames = [centre.x if o == 2 else centre.normalised(context[o]) for o in range(5)]
+    centre, frames = _normalised_context(context, None)
     return (_frame_noise(frames, centre.x) or 0.0) / _fine_noise(centre.x)
 
 

@@ -224,6 +224,17 @@ def _structure(small: float, large: float) -> float:
     return (4 * large - small) / 3
 
 
+def _normalised_context(context: np.ndarray,
+                        centre_range: tuple[float, float] | None) -> tuple[_Centre, list[np.ndarray | None]]:
+    """The centre of ``context`` ``(depth, H, W)`` and every frame's :meth:`_Centre.normalised` bands (the centre's
+    own for it); no frames for a frame too small to judge."""
+    half = context.shape[0] // 2
+    centre = _Centre(context[half], *(centre_range or (None, None)))
+    if centre.small_frame:
+        return centre, []
+    return centre, [centre.x if o == half else centre.normalised(context[o]) for o in range(context.shape[0])]
+
+
 def change_to_noise(context: np.ndarray, centre_range: tuple[float, float] | None = None) -> np.ndarray:
     """For each frame of ``context`` ``(depth, H, W)``, how far it has changed from the centre frame against the
     photon noise: the variance of their difference beyond what the two frames' noise explains, over that noise.
@@ -235,17 +246,12 @@ def change_to_noise(context: np.ndarray, centre_range: tuple[float, float] | Non
     where the context holds no three distinct frames in a row to measure the noise by (stand-ins repeat frames),
     and inf for a frame half or twice as bright as the centre.
     """
-    half = context.shape[0] // 2
-    centre = _Centre(context[half], *(centre_range or (None, None)))
-    ratios = np.zeros(context.shape[0])
+    centre, frames = _normalised_context(context, centre_range)
     if centre.small_frame:
-        return ratios
-    frames = [centre.x if o == half else centre.normalised(context[o]) for o in range(context.shape[0])]
-    noise = _frame_noise(frames, centre.x)
-    for o, x in enumerate(frames):
-        if o != half:
-            ratios[o] = np.inf if x is None else _change_to_noise(x - centre.x, noise)
-    return ratios
+        return np.zeros(context.shape[0])
+    noise, half = _frame_noise(frames, centre.x), context.shape[0] // 2
+    return np.array([0.0 if o == half else np.inf if x is None else _change_to_noise(x - centre.x, noise)
+                     for o, x in enumerate(frames)])
 
 
 def usable_neighbours(context: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
@@ -256,17 +262,16 @@ def usable_neighbours(context: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
     ``noise_ratio``, where the context lets the noise be measured), counting outwards and stopping at the first
     that is not. ``centre_range``: the centre's robust range, if known."""
     half = context.shape[0] // 2
-    centre = _Centre(context[half], *(centre_range or (None, None)))
+    centre, frames = _normalised_context(context, centre_range)
     if centre.small_frame:
         return half, half
-    frames = [centre.x if o == half else centre.normalised(context[o]) for o in range(context.shape[0])]
     noise = _frame_noise(frames, centre.x) if noise_ratio < np.inf else None
 
     def close(offset: int) -> bool:
         x = frames[half + offset]
-        if centre.distance_of(x) > threshold:
+        if centre.distance_of(x) > threshold:  # (inf for a frame too unlike the centre to normalise: x None)
             return False
-        # without a measure of the noise (fewer than three distinct frames in a row), the distance alone decides
+        # without a measure of the noise (fewer than three distinct frames in a row) the distance alone decides
         return noise is None or x is None or not _change_to_noise(x - centre.x, noise) > noise_ratio
 
     return usable_reach(half, close)
