@@ -15,10 +15,8 @@ a Kafka or 0MQ publisher that feeds storage, a suitcase serializer).
 
 from __future__ import annotations
 
-import functools
-import importlib
 import logging
-import warnings
+import sys
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,19 +33,14 @@ def is_storage(func: Subscriber) -> bool:
     return isinstance(func, _storage_classes())
 
 
-@functools.cache
 def _storage_classes() -> tuple[type, ...]:
-    """The ``TiledWriter`` classes importable here: bluesky-tiled-plugins' (what bluesky 1.16 re-exports and tells
-    users to import) and bluesky's own (1.14-1.15; a deprecated re-export of the first in 1.16)."""
+    """The ``TiledWriter`` classes loaded in this process: bluesky-tiled-plugins' (what bluesky 1.16 re-exports and
+    tells users to import) and bluesky's own (1.14-1.15). A writer's class is loaded wherever one exists, so nothing
+    is imported here (bluesky-tiled-plugins is slow to import; bluesky 1.16's re-export warns)."""
     classes: list[type] = []
     for module in ("bluesky_tiled_plugins", "bluesky.callbacks.tiled_writer"):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                writer = importlib.import_module(module).TiledWriter
-        except (ImportError, AttributeError):  # not installed (bluesky without tiled support: nothing recognised)
-            continue
-        if writer not in classes:
+        writer = getattr(sys.modules.get(module), "TiledWriter", None)
+        if isinstance(writer, type) and writer not in classes:
             classes.append(writer)
     return tuple(classes)
 
