@@ -386,6 +386,19 @@ def _single_numba_thread() -> None:
     numba.set_num_threads(1)
 
 
+def import_algotom() -> None:
+    """Import the parts of algotom that the centre search and the back-projection use, now.
+
+    They are imported where first used, to keep ``import bluesky_tomogan`` light. A live reconstruction imports
+    them when it is made: its final slices may be made while the interpreter shuts down (a script that ends right
+    after its scan), and then algotom's joblib can no longer be imported (``concurrent.futures.process`` registers
+    an exit hook, which Python refuses after shutdown has begun: "can't register atexit after shutdown").
+    """
+    import algotom.prep.calculation  # noqa: F401
+    import algotom.prep.removal  # noqa: F401
+    import algotom.rec.reconstruction  # noqa: F401
+
+
 def background_thread(niceness: int = 10) -> None:
     """Make the calling thread a background one: lower CPU priority (Linux) and one numba thread.
 

@@ -156,6 +156,8 @@ class TomoReconstruction(RunRouterFacade):
                  binning: int | None = None) -> None:
         if source not in ("denoised", "raw"):
             raise ValueError(f"source must be 'denoised' or 'raw', got {source!r}")
+        # now, not in the final reconstruction, which may run while the interpreter shuts down
+        recon.import_algotom()
         if rows is not None and (not len(rows) or min(rows) < 0):
             raise ValueError(f"rows must be detector rows (0 is the top one), at least one, got {list(rows)}")
         if center is not None and not math.isfinite(center):
