@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bluesky import RunEngine
-from bluesky.callbacks.tiled_writer import TiledWriter
+from bluesky_tiled_plugins import TiledWriter
 
 from bluesky_tomogan import TomoGANCallback, TomoReconstruction, load_denoiser
 from bluesky_tomogan.bench import cpu_name

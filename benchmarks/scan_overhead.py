@@ -29,7 +29,7 @@ from typing import Any
 
 import bluesky.plans as bp
 from bluesky import RunEngine
-from bluesky.callbacks.tiled_writer import TiledWriter
+from bluesky_tiled_plugins import TiledWriter
 
 from bluesky_tomogan import TomoGANCallback, load_denoiser
 from bluesky_tomogan.devices import SimTomoDetector

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from bluesky import RunEngine
-from bluesky.callbacks.tiled_writer import TiledWriter
+from bluesky_tiled_plugins import TiledWriter
 
 from bluesky_tomogan import storage
 from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
         thread = threading.Thread(target=read)
         thread.start()
-        served, theirs = client[uid]["primary"]["det_image"], [0, 0]
+        served, theirs = storage.stored_frames(client[uid]["primary"]["det_image"]), [0, 0]
         while time.monotonic() < stop:
             i = theirs[0] % 60
             theirs[0] += 1

@@ -424,8 +424,9 @@ def test_external_mode_writes_frames_to_hdf5_described_by_stream_documents(RE, d
     validate(docs)
     desc = next(d for n, d in docs if n == "descriptor" and d["name"] == "denoised")
     assert desc["data_keys"]["cam_denoised"]["external"] == "STREAM:"
-    assert desc["data_keys"]["cam_denoised"]["shape"] == [1, 48, 64]
+    assert desc["data_keys"]["cam_denoised"]["shape"] == [48, 64]  # one frame a row, stacked
     (resource,) = [d for n, d in docs if n == "stream_resource"]
+    assert resource["parameters"]["join_method"] == "stack" and resource["parameters"]["chunk_shape"] == [1, 48, 64]
     datums = [d for n, d in docs if n == "stream_datum"]
     assert resource["mimetype"] == "application/x-hdf5" and resource["parameters"]["dataset"] == "/data"
     assert sum(d["indices"]["stop"] - d["indices"]["start"] for d in datums) == 4

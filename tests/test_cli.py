@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bluesky_tomogan.cli import main
+from bluesky_tomogan.storage import stored_frames
 
 from .conftest import copy_of_shipped_model
 
@@ -606,7 +607,8 @@ def test_demo_runs_a_live_scan_stored_in_tiled_and_says_where(tmp_path):
         (uid,) = list(client)
         run = client[uid]
         assert set(run) == {"dark", "flat", "primary", "denoised", "flat_denoised", "interruptions", "reconstruction"}
-        assert run["primary"]["det_image"].shape == (24, 64, 64)
+        assert run["primary"]["det_image"].shape == (24, 1, 64, 64)  # one frame an event, declared [1, H, W]
+        assert stored_frames(run["primary"]["det_image"]).shape == (24, 64, 64)
         assert run["denoised"]["det_image_denoised"].shape == (24, 64, 64)
         assert run["reconstruction"]["slice"].shape[1:] == (64, 64)  # reconstructed live, stored in the run
         assert run.metadata["start"]["plan_name"] == "tomo_scan"
@@ -772,10 +774,11 @@ def test_demo_fly_flies_the_simulated_ophyd_async_beamline_through_its_faults(tm
     assert done.returncode == 0, done.stderr[-2000:]
     assert "scanning on the fly: 30 projections" in done.stdout and "0 frames dropped" in done.stdout
     assert "fault: the ring loses the beam for 2 s" in done.stdout and "fault: three saturated frames" in done.stdout
-    assert "run['primary']['det'][10]" in done.stdout
+    assert "stored_frames(run['primary']['det'])[10]" in done.stdout
     with the_demos_run(tmp_path / "demo") as run:
         assert run.metadata["start"]["plan_name"] == "tomo_fly_scan" and len(run.metadata["start"]["angles"]) == 30
-        assert run["primary"]["det"].shape == (30, 64, 64) and run["denoised"]["det_denoised"].shape == (30, 64, 64)
+        assert stored_frames(run["primary"]["det"]).shape == (30, 64, 64)
+        assert run["denoised"]["det_denoised"].shape == (30, 64, 64)
         assert "beam_lost" in ",".join(run["denoised"]["det_qc_flags"].read())  # frames flown without beam
         notes = [str(n) for n in run["reconstruction"]["note"].read()]
         assert "the plan's nominal angle" in notes[-1]

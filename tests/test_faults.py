@@ -22,8 +22,8 @@ import bluesky.preprocessors as bpp
 import event_model
 import numpy as np
 import pytest
-from bluesky.callbacks.tiled_writer import TiledWriter
 from bluesky.utils import RunEngineInterrupted
+from bluesky_tiled_plugins import TiledWriter
 from ophyd.sim import SynSignal
 
 from bluesky_tomogan import TomoGANCallback, load_denoiser
@@ -410,7 +410,7 @@ def test_a_re_emitted_descriptor_with_another_shape_gets_its_own_file(denoiser, 
     for name, doc in out:
         event_model.schema_validators[getattr(event_model.DocumentNames, name)].validate(doc)
     derived = [d for n, d in out if n == "descriptor" and d["name"] == "denoised"]
-    assert [d["data_keys"]["cam_denoised"]["shape"] for d in derived] == [[1, 32, 40], [1, 24, 32]]
+    assert [d["data_keys"]["cam_denoised"]["shape"] for d in derived] == [[32, 40], [24, 32]]
     assert len({d["uri"] for n, d in out if n == "stream_resource"}) == 2
     assert out[-1][1]["num_events"]["denoised"] == 6
     datums = [d for n, d in out if n == "stream_datum"]

@@ -485,7 +485,7 @@ def test_the_split_noise2inverse_pairs_are_those_of_the_held_out_split_bit_for_b
 
 
 def test_a_scan_stored_in_tiled_is_read_with_its_angles_flats_and_darks(RE, store, tmp_path):
-    from bluesky.callbacks.tiled_writer import TiledWriter
+    from bluesky_tiled_plugins import TiledWriter
 
     from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
     from bluesky_tomogan.plans import tomo_scan
@@ -526,7 +526,7 @@ def test_a_fly_scan_stored_in_tiled_is_read_with_the_angles_its_angle_field_name
     milliradians (its data key's ``units``): ``angle_field`` (``--angle-field``) names them; the scan read is
     the same as stepped (its start document has no angles, no hints). A field the run lacks, or one given
     for a file, is refused before any work."""
-    from bluesky.callbacks.tiled_writer import TiledWriter
+    from bluesky_tiled_plugins import TiledWriter
 
     from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
     from bluesky_tomogan.hdf5_frames import path_from_uri
@@ -567,7 +567,7 @@ def test_a_fly_scan_stored_in_tiled_is_read_with_the_angles_its_angle_field_name
 def test_a_stored_fly_scan_whose_image_key_is_written_beside_its_frames_is_split_by_it(RE, store, tmp_path):
     """Darks, flats and projections in one fly-scan stream, the ``image_key`` an NDAttribute written to a file
     (tests/fly_scan.py): Tiled serves it as a column, and the run is split by it as by the key in events."""
-    from bluesky.callbacks.tiled_writer import TiledWriter
+    from bluesky_tiled_plugins import TiledWriter
 
     from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
     from bluesky_tomogan.simulate.tomography import angles_deg
@@ -595,7 +595,7 @@ def test_a_stored_fly_scan_whose_image_key_is_written_beside_its_frames_is_split
 def test_a_run_of_several_exposures_per_event_gives_one_projection_per_exposure(RE, store, tmp_path):
     """ophyd-async's ``exposures_per_event`` (data key ``[N, rows, columns]``): each exposure
     is a projection at its event's angle (as the live callback denoises them), flats and darks averaged."""
-    from bluesky.callbacks.tiled_writer import TiledWriter
+    from bluesky_tiled_plugins import TiledWriter
 
     from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
     from bluesky_tomogan.plans import tomo_scan
@@ -756,7 +756,7 @@ def test_the_rows_fine_tuned_on_are_recorded_with_the_pairs(tmp_path):
 def test_a_stored_run_of_darks_flats_and_projections_in_one_stream_is_read_by_its_key(RE, store, tmp_path, kind):
     """A run that took every frame in ``primary``, each event saying what its frame is: the same projections,
     angles, flats and darks as ``tomo_scan``'s three streams give; one that marks no projection is refused."""
-    from bluesky.callbacks.tiled_writer import TiledWriter
+    from bluesky_tiled_plugins import TiledWriter
 
     from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
     from bluesky_tomogan.plans import tomo_scan

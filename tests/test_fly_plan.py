@@ -6,7 +6,7 @@ from __future__ import annotations
 import bluesky.plan_stubs as bps
 import numpy as np
 import pytest
-from bluesky.callbacks.tiled_writer import TiledWriter
+from bluesky_tiled_plugins import TiledWriter
 
 from bluesky_tomogan.callbacks import TomoGANCallback, TomoReconstruction
 from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage

@@ -7,7 +7,7 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 import numpy as np
 import pytest
-from bluesky.callbacks.tiled_writer import TiledWriter
+from bluesky_tiled_plugins import TiledWriter
 
 from bluesky_tomogan import load_denoiser
 from bluesky_tomogan.callbacks import TomoGANCallback, TomoReconstruction

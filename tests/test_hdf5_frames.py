@@ -109,7 +109,7 @@ def test_an_embedded_tiled_server_reading_a_file_gives_no_reader_of_this_process
     file (a viewer during the next scan): before, that reader got wrong frames, silently
     (``benchmarks/tiled_hdf5_race.py``: 331-475 in 20 s, and the client 1-5), now none on either side: the
     server's HDF5 adapter takes this process's HDF5 lock (``tiled_hdf5``)."""
-    from bluesky.callbacks.tiled_writer import TiledWriter
+    from bluesky_tiled_plugins import TiledWriter
 
     from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
     from bluesky_tomogan.plans import tomo_scan
@@ -139,8 +139,9 @@ def test_an_embedded_tiled_server_reading_a_file_gives_no_reader_of_this_process
     thread = threading.Thread(target=read)
     thread.start()
     served = store[uid]["primary"]["det_image"]
+    assert served.shape == (30, 1, 64, 64)  # one frame an event, declared [1, rows, columns]: stacked
     try:
-        served_wrong = [i for i in list(range(30)) * 2 if not np.array_equal(np.asarray(served[i]), truth[i])]
+        served_wrong = [i for i in list(range(30)) * 2 if not np.array_equal(np.asarray(served[i, 0]), truth[i])]
     finally:
         done.set()
         thread.join()

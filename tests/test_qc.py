@@ -13,9 +13,9 @@ from types import SimpleNamespace
 import bluesky.plans as bp
 import numpy as np
 import pytest
-from bluesky.callbacks.tiled_writer import TiledWriter
 from bluesky.suspenders import SuspendFloor
 from bluesky.utils import RunEngineInterrupted
+from bluesky_tiled_plugins import TiledWriter
 from ophyd.sim import SynSignal
 
 from bluesky_tomogan import TomoGANCallback

@@ -9,7 +9,7 @@ import bluesky.plans as bp
 import event_model
 import numpy as np
 import pytest
-from bluesky.callbacks.tiled_writer import TiledWriter
+from bluesky_tiled_plugins import TiledWriter
 
 from bluesky_tomogan import TomoGANCallback, load_denoiser
 from bluesky_tomogan.callbacks import TomoReconstruction
@@ -232,7 +232,7 @@ def test_a_detector_that_declares_no_frame_size_is_reconstructed_from_its_denois
     assert [d["data_keys"]["det_image"]["shape"] for n, d in docs if n == "descriptor" and d["name"] == "primary"] \
         == [[None, None]]
     (desc,) = [d for n, d in docs if n == "descriptor" and d["name"] == "denoised"]
-    assert desc["data_keys"]["det_image_denoised"]["shape"] == [1, 64, 64]
+    assert desc["data_keys"]["det_image_denoised"]["shape"] == [64, 64]
     final = [d for n, d in docs if n == "event_page" and d["descriptor"] in
              {d["uid"] for n, d in docs if n == "descriptor" and d["name"] == "reconstruction"}][-1]
     assert list(final["data"]["row"][-3:]) == [16, 32, 48] and final["data"]["final"][-1]

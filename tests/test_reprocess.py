@@ -2,26 +2,38 @@
 
 from __future__ import annotations
 
+import importlib
+
+import bluesky
 import numpy as np
 import pytest
-from bluesky.callbacks.tiled_writer import TiledWriter
+from bluesky_tiled_plugins import TiledWriter
+from packaging.version import Version
 from tiled.queries import Key
 
-from bluesky_tomogan import load_denoiser
+from bluesky_tomogan import TomoGANCallback, load_denoiser
 from bluesky_tomogan.cli import main
 from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
 from bluesky_tomogan.plans import tomo_scan
 from bluesky_tomogan.reprocess import REPROCESSED_FROM, ReprocessError, as_new_run, reprocess, stored_documents
-from bluesky_tomogan.storage import close_local_tiled, derived_streams, frames_directory, local_tiled, server_of
+from bluesky_tomogan.storage import (
+    close_local_tiled,
+    derived_streams,
+    frames_directory,
+    local_tiled,
+    server_of,
+    stored_frames,
+)
 
 from .fly_scan import ANGLE_KEY, as_fly_scan
 
 
-def scan(RE, client, directory):
-    """A short scan stored in ``client`` without the callback, raw frames under ``directory``; its uid."""
+def scan(RE, client, directory, writer=TiledWriter):
+    """A short scan stored in ``client`` by ``writer`` without the callback, raw frames under ``directory``; its
+    uid."""
     stage = SimTomoStage(name="stage")
     det = SimTomoDetector(name="det", stage=stage, shape=(40, 48), directory=directory, simulate_timing=False)
-    token = RE.subscribe(TiledWriter(client))
+    token = RE.subscribe(writer(client))
     try:
         (uid,) = RE(tomo_scan(det, stage, angles=range(0, 180, 30), n_darks=2, n_flats=2), sample="beads")
     finally:
@@ -77,6 +89,84 @@ def test_a_stored_scan_gets_its_denoised_stream_and_another_models_then_a_new_ru
                                np.asarray(client[uid]["denoised_2"]["det_image_denoised"].read()), atol=1e-5)
     with pytest.raises(ReprocessError, match="run no-such-run: no such run"):
         reprocess(client, "no-such-run", light)
+
+
+#: bluesky 1.14-1.15's own Tiled writer, which RunEngine hosts not yet on bluesky 1.16 store with
+BLUESKY_OWN_WRITER = pytest.param("bluesky", marks=pytest.mark.skipif(
+    Version(bluesky.__version__) >= Version("1.16"),
+    reason=f"bluesky {bluesky.__version__} has no Tiled writer of its own: bluesky.callbacks.tiled_writer "
+           "re-exports bluesky-tiled-plugins'"))
+
+
+@pytest.mark.parametrize("host_writer", ["bluesky-tiled-plugins", BLUESKY_OWN_WRITER])
+def test_derived_streams_are_served_frame_by_frame_whichever_tiled_writer_stores_the_run(
+        RE, store, tmp_path, denoiser, host_writer):
+    """A RunEngine host stores with bluesky-tiled-plugins' ``TiledWriter`` (bluesky 1.16's) or bluesky 1.14-1.15's
+    own, whose default joins of a row's frames differ (stack, concatenate). The live callback's frames, stored by
+    that writer, and reprocess's frames and slices, added to the stored run by the derived-streams writer (serve's),
+    read back from Tiled as one frame a row: ``(N, H, W)``."""
+    if host_writer == "bluesky":
+        writer = importlib.import_module("bluesky.callbacks.tiled_writer").TiledWriter
+    else:
+        writer = TiledWriter
+    stage = SimTomoStage(name="stage")
+    det = SimTomoDetector(name="det", stage=stage, shape=(40, 48), simulate_timing=False,
+                          directory=frames_directory(tmp_path / "store") / "live")
+    cb = TomoGANCallback(denoiser)
+    cb.subscribe(writer(store))
+    token = RE.subscribe(cb)
+    try:
+        (live,) = RE(tomo_scan(det, stage, angles=range(0, 180, 30), n_darks=1, n_flats=1))
+    finally:
+        RE.unsubscribe(token)
+    assert cb.errors == []
+    frames = store[live]["denoised"]["det_image_denoised"]
+    assert frames.shape == (6, 40, 48) and np.isfinite(np.asarray(frames.read())).all()
+
+    stored = scan(RE, store, frames_directory(tmp_path / "store") / "raw", writer=writer)
+    slices = load_denoiser("tomogan-slice", backend="onnxruntime")
+    _, summary = reprocess(store, stored, denoiser, streams=["primary"], reconstruct=slices)
+    assert summary.errors == []
+    run = store[stored]
+    assert run["denoised"]["det_image_denoised"].shape == (6, 40, 48)
+    assert run["reconstruction"]["slice"].shape == (3, 48, 48)
+    raw = stored_frames(run["primary"]["det_image"])  # the detector declares [1, H, W] an event
+    assert raw.shape == (6, 40, 48) and raw[2].shape == (40, 48) and raw[:, 20, :].shape == (6, 48)
+    np.testing.assert_array_equal(raw[-1], np.asarray(raw)[5])
+
+
+class Node:
+    """A stored field as a Tiled array client gives it: indexed, or read whole; counts what it is asked for."""
+
+    def __init__(self, array):
+        self.array, self.shape, self.asked = array, array.shape, []
+
+    def __getitem__(self, index):
+        self.asked.append(index)
+        return self.array[index]
+
+    def read(self):
+        self.asked.append("all")
+        return self.array
+
+
+def test_stored_frames_are_one_stack_whichever_way_the_events_were_joined():
+    frames = np.arange(6 * 4 * 5, dtype=np.uint16).reshape(6, 4, 5)
+    for stored in (frames, frames[:, None], frames.reshape(3, 2, 4, 5)):  # concatenated; stacked, 1 or 2 an event
+        node = Node(stored)
+        view = stored_frames(node)
+        assert view.shape == (6, 4, 5) and len(view) == 6
+        np.testing.assert_array_equal(view[3], frames[3])
+        np.testing.assert_array_equal(view[-1, 2, :], frames[5, 2])
+        np.testing.assert_array_equal(view[:, 1, :], frames[:, 1])
+        np.testing.assert_array_equal(view[1:4], frames[1:4])
+        np.testing.assert_array_equal(view[..., 0], frames[..., 0])
+        np.testing.assert_array_equal(np.asarray(view, dtype=float), frames)
+        assert "all" not in node.asked[:2]  # one frame, one row of each: read from the store alone
+        with pytest.raises(IndexError):
+            view[6]
+    with pytest.raises(ValueError, match=r"\(N, H, W\) or \(N, k, H, W\), not \(6, 20\)"):
+        stored_frames(Node(frames.reshape(6, 20)))
 
 
 def test_a_replayed_run_has_new_uids_throughout_and_leaves_out_its_derived_streams():
@@ -310,7 +400,7 @@ def test_a_stored_fly_scan_is_denoised_and_reconstructed_with_its_angles_from_th
     assert denoised.shape == (12, 40, 48)
     np.testing.assert_allclose(np.asarray(store[by_angle]["denoised"]["det_image_denoised"].read()), denoised,
                                atol=1e-5)
-    raw_frames = np.asarray(store[uid]["primary"]["det_image"].read())
+    raw_frames = stored_frames(store[uid]["primary"]["det_image"]).read()
     np.testing.assert_allclose(denoised[5], den.denoise_context(np.stack([raw_frames[5]] * den.depth)), atol=1e-3)
     assert not np.allclose(np.asarray(store[by_order]["denoised"]["det_image_denoised"].read())[5], denoised[5],
                            atol=1e-3)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bluesky.callbacks.tiled_writer import TiledWriter
+from bluesky_tiled_plugins import TiledWriter
 
 from bluesky_tomogan import TomoGANCallback, load_denoiser
 from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
@@ -413,9 +413,9 @@ def test_serve_with_an_embedded_tiled_server_stores_the_run(RE, proxy, tmp_path)
 
 
 def test_a_bluesky_without_the_run_writer_the_derived_writer_extends_is_a_clear_start_up_error(monkeypatch):
-    """The derived-streams writer extends bluesky's private per-run Tiled writer: if a bluesky release
+    """The derived-streams writer extends bluesky-tiled-plugins' private per-run Tiled writer: if a release
     renames it, the worker must refuse to start with that said, not fail at the first run."""
-    from bluesky.callbacks import tiled_writer
+    from bluesky_tiled_plugins.writing import tiled_writer
 
     from bluesky_tomogan.serve import DerivedStreamsWriter, tiled_derived
 
@@ -426,7 +426,7 @@ def test_a_bluesky_without_the_run_writer_the_derived_writer_extends_is_a_clear_
         def include_data_sources(self):
             return self
 
-    with pytest.raises(ImportError, match="_RunWriter._write_internal_data.*pin bluesky"):
+    with pytest.raises(ImportError, match="_RunWriter._write_internal_data.*pin bluesky-tiled-plugins"):
         DerivedStreamsWriter(Client())
 
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from .errors import InputValueError, OutputPathError
 from .metrics import psnr, ssim
+from .storage import stored_frames
 
 __all__ = ["run_demo"]
 
@@ -171,8 +172,8 @@ def run_demo(
         axis").
     """
     from bluesky import RunEngine
-    from bluesky.callbacks.tiled_writer import TiledWriter
     from bluesky.suspenders import SuspendFloor
+    from bluesky_tiled_plugins import TiledWriter
 
     from .callbacks import SCAN_STREAMS, LiveViewDuringTask, ScanProgress, TomoGANCallback, TomoReconstruction
     from .callbacks.live_view import draw_deferred
@@ -293,11 +294,11 @@ def run_demo(
     report(f"figure: {figure}")
     report(f"data:   {root}  (Tiled catalog in tiled/, frame files in frames/)")
     report("read it back in Python:")
-    report("    from bluesky_tomogan.storage import local_tiled")
+    report("    from bluesky_tomogan.storage import local_tiled, stored_frames")
     report(f"    client = local_tiled({str(root)!r})")
     report(f"    run = client[{uid!r}]")
     k = min(10, n_angles - 1)  # a projection the run has
-    lines = [(f"    run['primary']['{key}'][{k}]", f"# raw projection {k} (uint16)"),
+    lines = [(f"    stored_frames(run['primary']['{key}'])[{k}]", f"# raw projection {k} (uint16)"),
              (f"    run['denoised']['{key}_denoised'][{k}]", "# the same projection, denoised"),
              (f"    run['denoised']['{key}_qc_flags'].read()", "# per-frame QC flags (and _qc_snr, _qc_shift_px, ...)"),
              ("    run['reconstruction']['slice'][-2]", "# the middle slice, reconstructed and denoised live")]
@@ -440,16 +441,17 @@ def _evaluate(run: Any, det: Any, key: str, angles: np.ndarray, photons: float, 
     planned = len(angles) if planned is None else planned
     k = next((i for i, row in enumerate(rows) if row >= planned // 3 and not flags[row]), len(rows) // 3)
     z = size // 2
-    raw_k = run["primary"][key][rows[k]].astype(np.float32)
+    raw = stored_frames(run["primary"][key])  # the detector declares [1, H, W] an event, as ophyd-async's do
+    raw_k = raw[rows[k]].astype(np.float32)
     den_k = run["denoised"][f"{key}_denoised"][rows[k]]
     dark_level = det.model.dark_level
     turned = [float(used[k]) + blur * t for t in (-0.5, 0.0, 0.5)] if blur else [float(used[k])]
     transmission_k = np.mean([np.exp(-det.sample.line_integrals(a)) for a in turned], axis=0)
     clean_k = photons * det.gain * transmission_k + dark_level
-    flat = run["flat"][key][:, z, :].astype(np.float32).mean(0)
+    flat = stored_frames(run["flat"][key])[:, z, :].astype(np.float32).mean(0)
     flat_den = run["flat_denoised"][f"{key}_denoised"][:, z, :].mean(0)
-    dark = run["dark"][key][:, z, :].astype(np.float32).mean(0)
-    raw_t = corrected_sinogram(run["primary"][key][:, z, :].astype(np.float32)[rows], flat, dark)
+    dark = stored_frames(run["dark"][key])[:, z, :].astype(np.float32).mean(0)
+    raw_t = corrected_sinogram(raw[:, z, :].astype(np.float32)[rows], flat, dark)
     den_t = corrected_sinogram(run["denoised"][f"{key}_denoised"][:, z, :][rows], flat_den, dark)
     live = run["reconstruction"]
     last = [i for i, (r, f) in enumerate(zip(live["row"].read(), live["final"].read(), strict=True)) if f and r == z]

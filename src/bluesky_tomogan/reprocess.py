@@ -284,7 +284,7 @@ def reprocess(client: Any, uid: str, denoiser: Any, *, into: Literal["run", "new
     ReprocessError
         No such run, its documents cannot be read, ``into`` is neither, or writing the result failed.
     """
-    from bluesky.callbacks.tiled_writer import TiledWriter
+    from bluesky_tiled_plugins import TiledWriter
 
     from .callbacks import TomoGANCallback
 

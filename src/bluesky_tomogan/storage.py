@@ -21,10 +21,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import OutputPathError
 
 __all__ = ["local_tiled", "open_tiled", "close_tiled", "stored_run", "frames_directory", "close_local_tiled",
-           "derived_streams", "server_of"]
+           "derived_streams", "server_of", "stored_frames", "StoredFrames"]
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +207,69 @@ def derived_streams(run: Any) -> dict[tuple[str, str], str]:
         if source is not None and (source not in out or copy_number(str(name)) > copy_number(out[source])):
             out[source] = str(name)
     return out
+
+
+class StoredFrames:
+    """The frames of a stored image field as one ``(N, H, W)`` stack, whichever Tiled writer stored them.
+
+    ophyd-async detectors (and :class:`~bluesky_tomogan.devices.SimTomoDetector`) declare an event's frames as
+    ``[k, H, W]``, ``k = 1`` for one frame an event. bluesky-tiled-plugins' ``TiledWriter`` (the one bluesky
+    1.16 uses) stacks the events: Tiled serves ``(N, k, H, W)``; bluesky 1.14-1.15's own writer concatenated
+    them into ``(N * k, H, W)``. Indexed as the ``(N * k, H, W)`` stack, this reads from Tiled only the frames
+    asked for where it can (an integer or a slice first, no ``...``); anything else reads the field whole.
+
+    Parameters
+    ----------
+    node : tiled ArrayClient, or array
+        The field as the run gives it: ``run["primary"]["det_image"]``.
+
+    Examples
+    --------
+    >>> projections = stored_frames(run["primary"]["det_image"])  # doctest: +SKIP
+    >>> projections.shape, projections[10].shape, projections[:, 256, :].shape  # doctest: +SKIP
+    ((180, 512, 512), (512, 512), (180, 512))
+    """
+
+    def __init__(self, node: Any) -> None:
+        shape = tuple(int(n) for n in node.shape)
+        if len(shape) not in (3, 4):
+            raise ValueError(f"a stored image field is (N, H, W) or (N, k, H, W), not {shape}")
+        self.node = node
+        self._per_event = shape[1] if len(shape) == 4 else 0
+        self.shape: tuple[int, int, int] = (shape[0] * max(self._per_event, 1), shape[-2], shape[-1])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        index = index if isinstance(index, tuple) else (index,)
+        first, rest = index[0], index[1:]
+        k = self._per_event
+        if not k:
+            return np.asarray(self.node[index])
+        if Ellipsis in index:
+            return self.read()[index]
+        if isinstance(first, (int, np.integer)):
+            if not -self.shape[0] <= first < self.shape[0]:
+                raise IndexError(f"frame {first} of {self.shape[0]}")
+            event, exposure = divmod(int(first) % self.shape[0], k)
+            return np.asarray(self.node[(event, exposure, *rest)])
+        if isinstance(first, slice) and k == 1:
+            return np.asarray(self.node[(first, 0, *rest)])
+        return self.read()[index]
+
+    def read(self) -> np.ndarray:
+        """Every frame: the ``(N * k, H, W)`` array."""
+        data = self.node.read() if hasattr(self.node, "read") else self.node[()]
+        return np.asarray(data).reshape(self.shape)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return self.read() if dtype is None else self.read().astype(dtype)
+
+
+def stored_frames(node: Any) -> StoredFrames:
+    """The frames of a stored image field as an ``(N, H, W)`` stack: :class:`StoredFrames`."""
+    return StoredFrames(node)
 
 
 def server_of(client: Any) -> Any:

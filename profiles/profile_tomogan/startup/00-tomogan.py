@@ -25,8 +25,8 @@ import bluesky.plan_stubs as bps  # noqa: F401  (for the user)
 import bluesky.plans as bp  # noqa: F401
 import numpy as np  # noqa: F401
 from bluesky import RunEngine
-from bluesky.callbacks.tiled_writer import TiledWriter
 from bluesky.suspenders import SuspendFloor
+from bluesky_tiled_plugins import TiledWriter
 
 from bluesky_tomogan import TomoGANCallback, TomoReconstruction, load_denoiser
 from bluesky_tomogan.callbacks import LiveDenoisedView, LiveSliceView, LiveViewDuringTask, ScanProgress

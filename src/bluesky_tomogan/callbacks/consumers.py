@@ -8,8 +8,8 @@ like success: its sentence in the reason says the stored run is incomplete.
 
 Which consumers are storage
 ---------------------------
-An instance of bluesky's ``TiledWriter`` or of bluesky-tiled-plugins' (where installed: the one
-bluesky 1.16 points to), and any subscriber passed with ``storage=True`` (a databroker ``insert``,
+An instance of bluesky-tiled-plugins' ``TiledWriter`` (the one bluesky 1.16 points to) or of bluesky
+1.14-1.15's own, and any subscriber passed with ``storage=True`` (a databroker ``insert``,
 a Kafka or 0MQ publisher that feeds storage, a suitcase serializer).
 """
 

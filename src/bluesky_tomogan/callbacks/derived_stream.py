@@ -339,8 +339,8 @@ def derived_data_keys(f: str, shape: tuple[int, int], external: bool, exposures:
     from (with ``exposures`` > 1, one row per frame of an event: which one, ``source_exposure``)."""
     frame_key: dict[str, Any] = {"source": SOURCE, "dtype": "array", "shape": list(shape),
                                  "dtype_numpy": dtype_numpy, "object_name": "tomogan"}
-    if external:  # written to HDF5, described by StreamResource/StreamDatum (ophyd-async convention)
-        frame_key |= {"external": "STREAM:", "shape": [1, *shape]}
+    if external:  # written to HDF5, described by StreamResource/StreamDatum (DerivedFrameWriter: one frame a row)
+        frame_key |= {"external": "STREAM:"}
     keys: dict[str, Any] = {f"{f}_denoised": frame_key}
     keys[f"{f}_ratio"] = {"source": SOURCE, "dtype": "number", "shape": [], "units": "%",
                           "object_name": "tomogan",

@@ -5,8 +5,13 @@ inline event data as a table; a 2-D array per row does not fit). Like an
 area detector, the callback writes the denoised frames to a file
 (:class:`~bluesky_tomogan.hdf5_frames.FrameFile`: SWMR, one frame per chunk)
 and emits a ``StreamResource`` (``application/x-hdf5``, ``parameters={"dataset":
-..., "chunk_shape": [1, H, W]}``) once per data key and a ``StreamDatum`` per
-batch of frames, both composed with event-model.
+..., "chunk_shape": [1, H, W], "join_method": "stack"}``) once per data key and a
+``StreamDatum`` per batch of frames, both composed with event-model.
+
+A row holds one frame, and its data key declares the frame's shape ``[H, W]``;
+``join_method: "stack"`` says so to Tiled's writers, whose default differs between
+releases (bluesky 1.14-1.15's own ``TiledWriter`` concatenates, bluesky-tiled-plugins'
+stacks), so that Tiled serves a derived stream as ``(N, H, W)`` whichever wrote it.
 """
 
 from __future__ import annotations
@@ -139,7 +144,8 @@ class DerivedFrameWriter:
         self._files[slot] = f
         bundle = event_model.compose_stream_resource(
             mimetype=MIMETYPE, uri=f.uri, data_key=data_key,
-            parameters={"dataset": f.dataset, "chunk_shape": [1, *f.shape]}, start=self.start,
+            parameters={"dataset": f.dataset, "chunk_shape": [1, *f.shape], "join_method": "stack"},
+            start=self.start,
         )
         self._bundles[slot] = bundle
         return dict(bundle.stream_resource_doc)

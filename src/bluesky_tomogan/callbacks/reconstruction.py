@@ -947,7 +947,7 @@ class _RunReconstruction(PassThroughRun):
         if self._bundle is None:
             self._slice_shape = w
             data_keys: dict[str, Any] = {
-                key: {"source": SOURCE, "dtype": "array", "shape": [1, *w], "dtype_numpy": "<f4",
+                key: {"source": SOURCE, "dtype": "array", "shape": list(w), "dtype_numpy": "<f4",
                       "external": "STREAM:", "object_name": "reconstruction"} for key in ("slice", "slice_fbp")}
             for key, dtype, units in (("row", "integer", "pixel"), ("center", "number", "pixel"),
                                       ("projections", "integer", ""), ("stripe_metric", "number", ""),

@@ -3,12 +3,14 @@
 In the split deployment the RunEngine host keeps storing its raw run with its
 own ``TiledWriter`` (so raw data are complete whatever happens to the worker),
 and the denoising worker adds its streams (``denoised``, ``reconstruction``...)
-to that same run container. This is bluesky's own per-run Tiled writer
-(``bluesky.callbacks.tiled_writer._RunWriter``, the class ``TiledWriter``
-routes each run to) with two changes: ``start`` attaches to the existing run
-instead of creating it, and ``stop`` flushes the derived streams and records
-the worker's summary on them, leaving the run's own ``stop`` metadata to the
-writer that owns it.
+to that same run container. This is bluesky-tiled-plugins' per-run Tiled writer
+(``bluesky_tiled_plugins.writing.tiled_writer._RunWriter``, the class its
+``TiledWriter`` routes each run to; bluesky 1.14-1.15 carried the same class as
+``bluesky.callbacks.tiled_writer._RunWriter``) with two changes: ``start``
+attaches to the existing run instead of creating it, and ``stop`` flushes the
+derived streams, records the worker's summary on them and closes their Tiled
+streams, leaving the run's own ``stop`` metadata and stream to the writer that
+owns the run.
 """
 
 from __future__ import annotations
@@ -59,18 +61,22 @@ def _attached_writer_class() -> Any:
     global _CLASS
     if _CLASS is not None:
         return _CLASS
-    import bluesky
-    from bluesky.callbacks import tiled_writer
+    from importlib.metadata import version
 
-    # bluesky has no public "append to a run another writer owns"; these private parts are
-    # what this subclass uses, checked here so that a bluesky that renamed them is a clear error.
-    needed = ("_write_internal_data", "_write_external_data", "descriptor", "event")
+    from bluesky_tiled_plugins.writing import tiled_writer
+
+    # Tiled has no public "append to a run another writer owns"; these private parts are what
+    # this subclass uses, checked here so that a release that renamed them is a clear error.
+    needed = ("_write_internal_data", "_write_external_data", "_internal_data_cache", "_external_data_cache",
+              "_desc_nodes", "_internal_arrays", "_internal_tables", "_sres_nodes", "_consolidators",
+              "descriptor", "event")
     base = getattr(tiled_writer, "_RunWriter", None)
-    missing = [n for n in needed if base is not None and not hasattr(base, n)]
+    missing = [n for n in needed if base is not None and not _has_member(base, n)]
     if base is None or missing:
-        raise ImportError(f"bluesky {bluesky.__version__} lacks bluesky.callbacks.tiled_writer._RunWriter"
+        raise ImportError(f"bluesky-tiled-plugins {version('bluesky-tiled-plugins')} lacks "
+                          f"bluesky_tiled_plugins.writing.tiled_writer._RunWriter"
                           f"{'.' + ', '.join(missing) if missing else ''}, which the derived-streams writer "
-                          "extends (tested with bluesky 1.14-1.15); pin bluesky to that range")
+                          f"extends (tested with {_TESTED}); pin bluesky-tiled-plugins to that range")
     _RunWriter = base
 
     class AttachedRunWriter(_RunWriter):  # type: ignore[misc,valid-type]
@@ -100,14 +106,46 @@ def _attached_writer_class() -> Any:
                     cache.clear()
             for stream_datum in self._external_data_cache.values():
                 self._write_external_data(stream_datum)
+            self._external_data_cache.clear()
+            # what a consolidator learnt (frames per point...), as the base's stop records it; each node once
+            # (the base keys every node and consolidator by resource uid and by stream and data key)
+            consolidated = {id(node): (node, self._consolidators[key]) for key, node in self._sres_nodes.items()}
+            for node, consolidator in consolidated.values():
+                if metadata := getattr(consolidator, "metadata", None):
+                    node.update_metadata(metadata=metadata, drop_revision=True)
             summary = {"rows": dict(self.derived), "reason": doc.get("reason", ""),
                        "num_events": {k: v for k, v in (doc.get("num_events") or {}).items() if k in self.derived}}
             for name in self.derived:
                 node = self._desc_nodes[name]
                 node.update_metadata(metadata={**dict(node.metadata), SUMMARY_KEY: summary}, drop_revision=True)
+            self._close_derived_streams()
+
+        def _close_derived_streams(self) -> None:
+            # the streams of the nodes this writer made; the run's own is closed by the writer that owns it
+            seen: set[str] = set()
+            nodes = [*self._internal_arrays.values(), *self._internal_tables.values(), *self._sres_nodes.values(),
+                     *(self._desc_nodes[name] for name in self.derived)]
+            for node in nodes:
+                if node.uri in seen or not hasattr(node, "close_stream"):
+                    continue
+                seen.add(node.uri)
+                try:
+                    node.close_stream()
+                except Exception:  # the rows are stored; a live subscriber is not told this stream ended
+                    log.warning("could not close the Tiled stream of %s", node.uri, exc_info=True)
 
     _CLASS = AttachedRunWriter
     return _CLASS
+
+
+#: The bluesky-tiled-plugins releases whose private per-run writer this module was tested against.
+_TESTED = "bluesky-tiled-plugins 2.0.12"
+
+
+def _has_member(cls: type, name: str) -> bool:
+    # the caches are instance attributes, set in __init__: look for them among the names its code assigns
+    init = getattr(vars(cls).get("__init__"), "__code__", None)
+    return hasattr(cls, name) or (init is not None and name in init.co_names)
 
 
 def wait_for_run(client: Any, uid: str, timeout: float) -> Any:

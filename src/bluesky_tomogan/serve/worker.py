@@ -169,7 +169,7 @@ class DenoisingWorker:
         outlet = callback if outlet is None else outlet
         sinks: list[Subscriber] = []
         if store == "run":
-            from bluesky.callbacks.tiled_writer import TiledWriter
+            from bluesky_tiled_plugins import TiledWriter
 
             sinks.append(TiledWriter(client, batch_size=1))
         elif store == "derived":
