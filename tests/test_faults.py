@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import copy
 import errno
+import importlib
 import logging
 import os
 import signal
 import threading
 import time
 
+import bluesky
 import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 import bluesky.preprocessors as bpp
@@ -25,6 +27,7 @@ import pytest
 from bluesky.utils import RunEngineInterrupted
 from bluesky_tiled_plugins import TiledWriter
 from ophyd.sim import SynSignal
+from packaging.version import Version
 
 from bluesky_tomogan import TomoGANCallback, load_denoiser
 from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
@@ -189,17 +192,22 @@ def test_inline_frames_refuse_a_storage_consumer(denoiser, store):
         cb.subscribe(TiledWriter(store))
 
 
-def test_bluesky_tiled_plugins_writer_is_storage_too(denoiser, store):
-    """The TiledWriter that bluesky 1.16 tells users to import (from bluesky-tiled-plugins, a class of its own beside
-    bluesky 1.15's) is a storage consumer as bluesky's is: inline frames refuse it, a failure of it says the stored
-    run is incomplete (session 73)."""
-    plugins = pytest.importorskip("bluesky_tiled_plugins", reason="bluesky-tiled-plugins is not installed")
+def test_every_tiled_writer_is_storage(denoiser, store):
+    """bluesky-tiled-plugins' TiledWriter (what bluesky 1.16 tells users to import), bluesky 1.14-1.15's own and
+    bluesky-tiled-plugins' TiledInserter (databroker's insert) are storage consumers: inline frames refuse them, a
+    failure of one says the stored run is incomplete (sessions 73-74)."""
+    from bluesky_tiled_plugins import TiledInserter
+
     from bluesky_tomogan.callbacks.consumers import is_storage
 
-    assert is_storage(TiledWriter(store)) and is_storage(plugins.TiledWriter(store))
+    writers = [TiledWriter(store), TiledInserter(store, "test")]
+    if Version(bluesky.__version__) < Version("1.16"):  # 1.16's bluesky.callbacks.tiled_writer re-exports the above
+        writers.append(importlib.import_module("bluesky.callbacks.tiled_writer").TiledWriter(store))
+    assert all(is_storage(w) for w in writers) and len({type(w) for w in writers}) == len(writers)
     assert not is_storage(lambda name, doc: None)
-    with pytest.raises(ValueError, match="inline=True"):
-        TomoGANCallback(denoiser, inline=True).subscribe(plugins.TiledWriter(store))
+    for writer in writers:
+        with pytest.raises(ValueError, match="inline=True"):
+            TomoGANCallback(denoiser, inline=True).subscribe(writer)
 
 
 def test_a_late_worker_never_touches_the_next_run(RE, denoiser, tmp_path):

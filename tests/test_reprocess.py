@@ -152,7 +152,8 @@ class Node:
 
 def test_stored_frames_are_one_stack_whichever_way_the_events_were_joined():
     frames = np.arange(6 * 4 * 5, dtype=np.uint16).reshape(6, 4, 5)
-    for stored in (frames, frames[:, None], frames.reshape(3, 2, 4, 5)):  # concatenated; stacked, 1 or 2 an event
+    # concatenated; stacked, 1 or 2 an event; a grey camera's channel axis
+    for stored in (frames, frames[:, None], frames.reshape(3, 2, 4, 5), frames[..., None]):
         node = Node(stored)
         view = stored_frames(node)
         assert view.shape == (6, 4, 5) and len(view) == 6

@@ -15,6 +15,7 @@ production server's ``media_types`` name it: replaying a stored run needs it
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import threading
@@ -215,13 +216,19 @@ class StoredFrames:
     ophyd-async detectors (and :class:`~bluesky_tomogan.devices.SimTomoDetector`) declare an event's frames as
     ``[k, H, W]``, ``k = 1`` for one frame an event. bluesky-tiled-plugins' ``TiledWriter`` (the one bluesky
     1.16 uses) stacks the events: Tiled serves ``(N, k, H, W)``; bluesky 1.14-1.15's own writer concatenated
-    them into ``(N * k, H, W)``. Indexed as the ``(N * k, H, W)`` stack, this reads from Tiled only the frames
-    asked for where it can (an integer or a slice first, no ``...``); anything else reads the field whole.
+    them into ``(N * k, H, W)``. A grey camera that declares a channel axis gives ``(N, H, W, 1)``. Indexed as
+    the ``(N * k, H, W)`` stack, this reads from Tiled only the frames asked for where it can (an integer or a
+    slice first, no ``...``); anything else reads the field whole.
 
     Parameters
     ----------
-    node : tiled ArrayClient, or array
+    node : tiled ArrayClient, h5py Dataset or array
         The field as the run gives it: ``run["primary"]["det_image"]``.
+
+    Raises
+    ------
+    ValueError
+        The field is not a stack of frames (not 3-D or 4-D).
 
     Examples
     --------
@@ -235,8 +242,12 @@ class StoredFrames:
         if len(shape) not in (3, 4):
             raise ValueError(f"a stored image field is (N, H, W) or (N, k, H, W), not {shape}")
         self.node = node
-        self._per_event = shape[1] if len(shape) == 4 else 0
-        self.shape: tuple[int, int, int] = (shape[0] * max(self._per_event, 1), shape[-2], shape[-1])
+        #: the axis of the detector's rows in the stored array
+        self.rows_axis = rows_axis(shape)
+        self._grey = len(shape) == 4 and self.rows_axis == 1
+        self._per_event = shape[1] if len(shape) == 4 and not self._grey else 0
+        self.shape: tuple[int, int, int] = (math.prod(shape[:self.rows_axis]), shape[self.rows_axis],
+                                            shape[self.rows_axis + 1])
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -245,10 +256,12 @@ class StoredFrames:
         index = index if isinstance(index, tuple) else (index,)
         first, rest = index[0], index[1:]
         k = self._per_event
+        if Ellipsis in index:
+            return self.read()[index] if self._grey or k else np.asarray(self.node[index])
+        if self._grey:
+            return np.asarray(self.node[(*index, *[slice(None)] * (3 - len(index)), 0)])
         if not k:
             return np.asarray(self.node[index])
-        if Ellipsis in index:
-            return self.read()[index]
         if isinstance(first, (int, np.integer)):
             if not -self.shape[0] <= first < self.shape[0]:
                 raise IndexError(f"frame {first} of {self.shape[0]}")
@@ -260,11 +273,17 @@ class StoredFrames:
 
     def read(self) -> np.ndarray:
         """Every frame: the ``(N * k, H, W)`` array."""
-        data = self.node.read() if hasattr(self.node, "read") else self.node[()]
-        return np.asarray(data).reshape(self.shape)
+        data = np.asarray(self.node.read() if hasattr(self.node, "read") else self.node[()])
+        return (data[..., 0] if self._grey else data).reshape(self.shape)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         return self.read() if dtype is None else self.read().astype(dtype)
+
+
+def rows_axis(shape: tuple[int, ...]) -> int:
+    """The axis of the detector's rows in a stored stack of frames (:class:`StoredFrames`): a grey camera's
+    ``(events, rows, columns, 1)`` has its channel last; every other layout ends in rows and columns."""
+    return 1 if len(shape) == 4 and shape[-1] == 1 and shape[1] > 1 else len(shape) - 2
 
 
 def stored_frames(node: Any) -> StoredFrames:

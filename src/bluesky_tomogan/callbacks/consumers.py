@@ -9,8 +9,9 @@ like success: its sentence in the reason says the stored run is incomplete.
 Which consumers are storage
 ---------------------------
 An instance of bluesky-tiled-plugins' ``TiledWriter`` (the one bluesky 1.16 points to) or of bluesky
-1.14-1.15's own, and any subscriber passed with ``storage=True`` (a databroker ``insert``,
-a Kafka or 0MQ publisher that feeds storage, a suitcase serializer).
+1.14-1.15's own, of bluesky-tiled-plugins' ``TiledInserter``, and any subscriber passed with
+``storage=True`` (a databroker ``insert``, a Kafka or 0MQ publisher that feeds storage, a suitcase
+serializer).
 """
 
 from __future__ import annotations
@@ -29,19 +30,22 @@ Subscriber = Callable[[str, Any], Any]
 
 
 def is_storage(func: Subscriber) -> bool:
-    """Whether ``func`` is known to store documents (a ``TiledWriter``: bluesky's or bluesky-tiled-plugins')."""
+    """Whether ``func`` is known to store documents (a ``TiledWriter``, bluesky-tiled-plugins' or bluesky
+    1.14-1.15's, or bluesky-tiled-plugins' ``TiledInserter``, databroker's ``insert`` into Tiled)."""
     return isinstance(func, _storage_classes())
 
 
 def _storage_classes() -> tuple[type, ...]:
-    """The ``TiledWriter`` classes loaded in this process: bluesky-tiled-plugins' (what bluesky 1.16 re-exports and
-    tells users to import) and bluesky's own (1.14-1.15). A writer's class is loaded wherever one exists, so nothing
-    is imported here (bluesky-tiled-plugins is slow to import; bluesky 1.16's re-export warns)."""
+    """The writer classes loaded in this process: bluesky-tiled-plugins' (what bluesky 1.16 re-exports and tells
+    users to import) and bluesky's own (1.14-1.15). A writer's class is loaded wherever one exists, so nothing is
+    imported here (bluesky-tiled-plugins is slow to import; bluesky 1.16's re-export warns)."""
     classes: list[type] = []
-    for module in ("bluesky_tiled_plugins", "bluesky.callbacks.tiled_writer"):
-        writer = getattr(sys.modules.get(module), "TiledWriter", None)
-        if isinstance(writer, type) and writer not in classes:
-            classes.append(writer)
+    for module, names in (("bluesky_tiled_plugins", ("TiledWriter", "TiledInserter")),
+                          ("bluesky.callbacks.tiled_writer", ("TiledWriter",))):
+        for name in names:
+            writer = getattr(sys.modules.get(module), name, None)
+            if isinstance(writer, type) and writer not in classes:
+                classes.append(writer)
     return tuple(classes)
 
 

@@ -11,7 +11,6 @@ and darks and flats (optional) have the frames' shape.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from ..frame_roles import DARK, FLAT, FrameRoles, scan_role
 from ..masked import fill_masked, missing_pixels
 from ..nexus import IMAGE_KEY, NexusScan, find_nexus_scan, missing_frame_files
 from ..reconstruction import angles_in_degrees, degrees_per_unit
+from ..storage import StoredFrames, rows_axis
 from ..xradia import XradiaFile, is_xradia
 
 __all__ = ["Scan", "RowChoice", "read_scan", "read_scan_frames", "read_scan_hdf5", "read_scan_tiled",
@@ -92,29 +92,17 @@ def _unmasked(frames: np.ndarray) -> np.ndarray:
 
 
 def _frames_stack(stack: Any) -> np.ndarray:
-    """``(k, rows, columns)`` frames of a stored stack: events of several exposures each (``(events, N, rows,
-    columns)``, ophyd-async's ``exposures_per_event``) become one frame per exposure, in order, and a grey
-    camera's trailing channel axis (``(events, rows, columns, 1)``) is dropped."""
+    """``(k, rows, columns)`` frames of a stored stack (:class:`~bluesky_tomogan.storage.StoredFrames`: events
+    of several exposures each become one frame per exposure, in order; a grey camera's trailing channel axis is
+    dropped); any other array as it is."""
     arr = np.asarray(stack)
-    if arr.ndim == 4 and arr.shape[-1] == 1 and arr.shape[1] > 1:
-        return arr[..., 0]
-    return arr.reshape(-1, *arr.shape[2:]) if arr.ndim == 4 else arr
-
-
-def _rows_axis(shape: tuple[int, ...]) -> int:
-    """The detector-row axis of a stored stack (see :func:`_frames_stack`): a grey camera's
-    ``(events, rows, columns, 1)`` has its channel last, every other layout ends in rows and columns."""
-    return 1 if len(shape) == 4 and shape[-1] == 1 and shape[1] > 1 else len(shape) - 2
+    return StoredFrames(arr).read() if arr.ndim in (3, 4) else arr
 
 
 def _stored_shape(stack: Any) -> tuple[int, int, int] | None:
     """``(frames, rows, columns)`` of a stored stack (an h5py dataset, a Tiled array) from its metadata,
     without reading it; ``None`` for one that is not a stack of frames (:func:`_assemble` names the problem)."""
-    shape = tuple(int(s) for s in stack.shape)
-    if len(shape) not in (3, 4):
-        return None
-    axis = _rows_axis(shape)
-    return math.prod(shape[:axis]), shape[axis], shape[axis + 1]
+    return StoredFrames(stack).shape if len(stack.shape) in (3, 4) else None
 
 
 def _read(stack: Any, rows: slice | None) -> Any:
@@ -124,7 +112,7 @@ def _read(stack: Any, rows: slice | None) -> Any:
     if rows is None:
         return stack.read() if hasattr(stack, "read") else stack[()]
     index = [slice(None)] * len(stack.shape)
-    index[_rows_axis(tuple(stack.shape))] = rows
+    index[rows_axis(tuple(stack.shape))] = rows
     return stack[tuple(index)]
 
 
