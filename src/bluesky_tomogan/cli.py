@@ -27,7 +27,7 @@ ANGLE_FIELD_HELP = ("the data key of each frame's angle, where it is not the sta
 #: The packages whose versions decide what a run does, by what they do: ``--version`` prints them,
 #: for a bug report.
 REPORTED_PACKAGES: dict[str, tuple[str, ...]] = {
-    "Bluesky": ("bluesky", "event-model", "ophyd", "tiled"),
+    "Bluesky": ("bluesky", "event-model", "ophyd", "ophyd-async", "tiled", "bluesky-tiled-plugins"),
     "inference": ("numpy", "openvino", "onnxruntime", "ai-edge-litert", "tensorrt"),
     "training and export": ("torch", "tensorflow-cpu", "nncf"),
 }
