@@ -217,8 +217,8 @@ class StoredFrames:
     ``[k, H, W]``, ``k = 1`` for one frame an event. bluesky-tiled-plugins' ``TiledWriter`` (the one bluesky
     1.16 uses) stacks the events: Tiled serves ``(N, k, H, W)``; bluesky 1.14-1.15's own writer concatenated
     them into ``(N * k, H, W)``. A grey camera that declares a channel axis gives ``(N, H, W, 1)``. Indexed as
-    the ``(N * k, H, W)`` stack, this reads from Tiled only the frames asked for where it can (an integer or a
-    slice first, no ``...``); anything else reads the field whole.
+    the ``(N * k, H, W)`` stack, this reads from Tiled only the events that hold the frames asked for (an
+    integer or a slice first, no ``...``); anything else reads the field whole.
 
     Parameters
     ----------
@@ -269,6 +269,11 @@ class StoredFrames:
             return np.asarray(self.node[(event, exposure, *rest)])
         if isinstance(first, slice) and k == 1:
             return np.asarray(self.node[(first, 0, *rest)])
+        if isinstance(first, slice) and len(picked := range(*first.indices(self.shape[0]))):
+            # the events that hold the frames asked for, every exposure of each, then those frames
+            lo, hi = min(picked) // k, max(picked) // k + 1
+            block = np.asarray(self.node[(slice(lo, hi), slice(None), *rest)])
+            return block.reshape(-1, *block.shape[2:])[[i - lo * k for i in picked]]
         return self.read()[index]
 
     def read(self) -> np.ndarray:
