@@ -87,7 +87,8 @@ def _attached_writer_class() -> Any:
 
         def start(self, doc: Any) -> None:
             self.root_node = wait_for_run(self.client, doc["uid"], self.attach_timeout)
-            self.access_tags = None
+            # the derived streams readable by whom the run is: the tags the host's writer gave it
+            self.access_tags = doc.get("tiled_access_tags")
 
         def descriptor(self, doc: Any) -> None:
             super().descriptor(doc)
