@@ -420,12 +420,14 @@ def _golden_angle_scan(RE, tmp_path, n=10):
 
 def _denoised_projections(docs, **options):
     """``docs`` replayed through a TomoGANCallback (frames inline): each projection's denoised frame and QC flags by
-    seq_num, and the run's summary."""
+    seq_num, and the run's summary. As ``reprocess`` replays, ``lagging`` is never raised: a replayed frame's
+    latency is its wait in the queue, longer on a busy machine, not a detector outrunning the denoiser."""
     from bluesky_tomogan.callbacks import TomoGANCallback
     from bluesky_tomogan.inference import load_denoiser
+    from bluesky_tomogan.reprocess import replay_qc_policy
 
     cb = TomoGANCallback(load_denoiser("tomogan-projection", backend="onnxruntime"), streams=["primary"],
-                         inline=True, maxsize=64, **options)
+                         inline=True, maxsize=64, qc=replay_qc_policy(), **options)
     out = []
     cb.subscribe(lambda name, doc: out.append((name, doc)))
     for name, doc in docs:

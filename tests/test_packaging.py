@@ -20,12 +20,16 @@ from packaging.requirements import Requirement
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "bluesky_tomogan"
 
-#: Modules of runtimes that exist only where their hardware is, so not installed here to be looked up.
-RUNTIME_ONLY = {
-    "tensorrt": "tensorrt",  # the tensorrt extra; Jetson images ship it
-    "cuda": "cuda-python",  # the tensorrt extra
+#: Import names whose distribution is named otherwise, looked up here rather than in the environment: the suite
+#: runs without the ``export`` extra (TensorFlow) and without the runtimes of hardware it does not have. A module
+#: neither here nor installed is taken to be its distribution's name.
+DISTRIBUTION_OF: dict[str, str | None] = {
+    "tensorflow": "tensorflow-cpu",  # the export extra
+    "cuda": "cuda-python",  # the tensorrt extra; "tensorrt" is its own name
     "tflite_runtime": None,  # Coral's Edge TPU runtime, from Coral's Debian repository (docs/backends.md)
+    "PIL": "pillow", "yaml": "pyyaml", "cv2": "opencv-python", "skimage": "scikit-image", "sklearn": "scikit-learn",
 }
+
 
 #: Modules that only an extra makes importable, with the extra: the core install (``make demo``) never
 #: imports them (``bluesky-tomogan`` says which extra a command needs).
@@ -76,10 +80,10 @@ def _third_party() -> list[tuple[str, str, str | None, bool]]:
         for module, top in _imports(path):
             if module in sys.stdlib_module_names or module in ("__future__", "bluesky_tomogan"):
                 continue
-            if module in RUNTIME_ONLY:
-                dist = RUNTIME_ONLY[module]
+            if module in DISTRIBUTION_OF:
+                dist = DISTRIBUTION_OF[module]
             else:
-                dist = _normal(distributions[module][0]) if module in distributions else "?" + module
+                dist = _normal(distributions[module][0] if module in distributions else module)
             found.append((path.relative_to(PACKAGE).as_posix(), module, dist, top))
     return found
 
