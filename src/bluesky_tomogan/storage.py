@@ -256,12 +256,12 @@ class StoredFrames:
         index = index if isinstance(index, tuple) else (index,)
         first, rest = index[0], index[1:]
         k = self._per_event
+        if not (k or self._grey):  # stored as (N, H, W) already
+            return np.asarray(self.node[index])
         if Ellipsis in index:
-            return self.read()[index] if self._grey or k else np.asarray(self.node[index])
+            return self.read()[index]
         if self._grey:
             return np.asarray(self.node[(*index, *[slice(None)] * (3 - len(index)), 0)])
-        if not k:
-            return np.asarray(self.node[index])
         if isinstance(first, (int, np.integer)):
             if not -self.shape[0] <= first < self.shape[0]:
                 raise IndexError(f"frame {first} of {self.shape[0]}")

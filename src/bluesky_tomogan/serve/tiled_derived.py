@@ -127,7 +127,7 @@ def _attached_writer_class() -> Any:
             nodes = [*self._internal_arrays.values(), *self._internal_tables.values(), *self._sres_nodes.values(),
                      *(self._desc_nodes[name] for name in self.derived)]
             for node in nodes:
-                if node.uri in seen or not hasattr(node, "close_stream"):
+                if node.uri in seen:
                     continue
                 seen.add(node.uri)
                 try:
