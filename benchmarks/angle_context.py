@@ -33,12 +33,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from bluesky import RunEngine
+from scratch import scratch_directory
 
 from bluesky_tomogan import TomoGANCallback, frames, load_denoiser
 from bluesky_tomogan.context import DEFAULT_THRESHOLD
@@ -65,7 +65,7 @@ def one_scan(angles: list[float], args: argparse.Namespace, den: Any, limit: flo
     RE = RunEngine({})
     stage = SimTomoStage(name="stage")
     det = SimTomoDetector(name="det", stage=stage, shape=(args.size, args.size), seed=7, simulate_timing=False,
-                          directory=Path(tempfile.mkdtemp(prefix="tomogan-angle-context-")))
+                          directory=scratch_directory("tomogan-angle-context-"))
     det.exposure_time.put(0.1)
     det.photon_flux.put(args.photons / 0.1)
     cb = TomoGANCallback(den, inline=True, maxsize=len(angles) + 8)
@@ -152,7 +152,7 @@ def fly(args: argparse.Namespace, den: Any) -> list[dict[str, Any]]:
           "SSIM mean (lowest), frames flagged out_of_distribution / motion")
     print(f"{'scan':<16}{'frames':>7}  {'no angle_field':>36}  {'angle_field=' + ANGLE_KEY:>36}")
     for label, angles in orders(args.angles).items():
-        directory = Path(tempfile.mkdtemp(prefix="tomogan-angle-context-fly-"))
+        directory = scratch_directory("tomogan-angle-context-fly-")
         stage = SimTomoStage(name="stage")
         det = SimTomoDetector(name="det", stage=stage, shape=(args.size, args.size), seed=7, simulate_timing=False,
                               directory=directory)

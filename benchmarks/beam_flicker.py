@@ -21,12 +21,12 @@ commits to compare (``PYTHONPATH=<worktree>/src``; part 1 needs this commit's ``
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 import h5py
 import numpy as np
 from dose_sweep import DOSES, held_out
+from scratch import scratch_directory
 
 from bluesky_tomogan import load_denoiser
 from bluesky_tomogan.cpu import cpu_name
@@ -80,7 +80,7 @@ def spread() -> None:
 
 def flicker(args: argparse.Namespace) -> None:
     """Part 2."""
-    det = SimTomoDetector(name="det", shape=(args.size, args.size), directory=tempfile.mkdtemp(), seed=5,
+    det = SimTomoDetector(name="det", shape=(args.size, args.size), directory=scratch_directory(), seed=5,
                           simulate_timing=False)
     dark = det.model.dark_level
     den = load_denoiser(args.model, backend="auto")

@@ -23,11 +23,11 @@ import hashlib
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import openvino as ov
+from scratch import scratch_directory
 
 from bluesky_tomogan.cpu import cpu_name
 from bluesky_tomogan.export.openvino_int8 import activation_grids, float_activations
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     card = json.loads(args.card.read_text())
     entry = card["files"]["openvino_int8"]
     ir = args.card.parent / entry["path"]
-    work = Path(tempfile.mkdtemp())
+    work = scratch_directory()
     for path in args.card.parent.glob(card["name"] + "*"):
         if path.is_file():
             shutil.copy(path, work / path.name)

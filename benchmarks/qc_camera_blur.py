@@ -27,11 +27,11 @@ flats' ``white_noise_variance`` scatters (standard deviation over mean, of the n
 from __future__ import annotations
 
 import argparse
-import tempfile
 from itertools import pairwise
 
 import numpy as np
 from scipy.ndimage import uniform_filter
+from scratch import scratch_directory
 
 from bluesky_tomogan import load_denoiser
 from bluesky_tomogan.bench import cpu_name
@@ -53,7 +53,7 @@ from bluesky_tomogan.qc.policy import QCPolicy
 def scan(size: int, n: int, step: float, photons: float, blur: float) -> tuple[np.ndarray, float]:
     """``n`` projections, and the noise correlation of the camera's two flats taken before them."""
     stage = SimTomoStage(name="stage")
-    det = SimTomoDetector(name="det", stage=stage, shape=(size, size), directory=tempfile.mkdtemp(), seed=3,
+    det = SimTomoDetector(name="det", stage=stage, shape=(size, size), directory=scratch_directory(), seed=3,
                           simulate_timing=False, blur=blur)
     flats = [det.projection([0.0], photons, sample_in=False) for _ in range(2)]
     out = []
@@ -114,7 +114,7 @@ TRANSFER_FRAMES = 10
 def transfer_row(size: int, blur: float, dose: float) -> str:
     """One row of the second table: a projection's SNR before and with the camera's photon transfer curve."""
     stage = SimTomoStage(name="stage")
-    det = SimTomoDetector(name="det", stage=stage, shape=(size, size), directory=tempfile.mkdtemp(), seed=3,
+    det = SimTomoDetector(name="det", stage=stage, shape=(size, size), directory=scratch_directory(), seed=3,
                           simulate_timing=False, blur=blur)
     dark = det.model.dark_level
     darks = [det.projection([0.0], 0.0, sample_in=False) for _ in range(TRANSFER_FRAMES)]

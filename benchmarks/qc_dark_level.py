@@ -18,9 +18,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import tempfile
 
 from bluesky import RunEngine
+from scratch import scratch_directory
 
 from bluesky_tomogan import TomoGANCallback, load_denoiser
 from bluesky_tomogan.bench import cpu_name
@@ -33,7 +33,7 @@ LOST = (6, 7)  # projections (1-based seq_num) taken without beam
 
 def scan(denoiser, camera: str, streams: list[str] | None, photons: float) -> dict[str, list]:
     stage = SimTomoStage(name="stage")
-    det = SimTomoDetector(name="det", stage=stage, shape=(128, 128), directory=tempfile.mkdtemp(),
+    det = SimTomoDetector(name="det", stage=stage, shape=(128, 128), directory=scratch_directory(),
                           simulate_timing=False)
     if camera == "counter":
         det.model = dataclasses.replace(det.model, dark_level=0.0, read_noise=0.0)

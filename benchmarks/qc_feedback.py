@@ -24,7 +24,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 from bluesky import RunEngine
 from bluesky.utils import RunEngineInterrupted
+from scratch import scratch_directory
 
 from bluesky_tomogan import TomoGANCallback, load_denoiser
 from bluesky_tomogan.bench import cpu_name
@@ -62,7 +62,7 @@ BAD_AT = 4  # the fourth projection is bad
 def cost(size: int, repeats: int = 20) -> dict[str, float]:
     den = load_denoiser()
     stage = SimTomoStage(name="stage")
-    det = SimTomoDetector(name="det", stage=stage, shape=(size, size), directory=tempfile.mkdtemp(),
+    det = SimTomoDetector(name="det", stage=stage, shape=(size, size), directory=scratch_directory(),
                           simulate_timing=False)
     frames = []
     for angle in range(den.depth + 1):  # two contexts of the network's depth, one frame apart
@@ -103,7 +103,7 @@ def latency(action: str, args: argparse.Namespace, den: Any) -> dict[str, Any]:
     RE = RunEngine({})
     RE.record_interruptions = True
     stage = SimTomoStage(name="stage")
-    det = SimTomoDetector(name="det", stage=stage, shape=(args.size, args.size), directory=tempfile.mkdtemp(),
+    det = SimTomoDetector(name="det", stage=stage, shape=(args.size, args.size), directory=scratch_directory(),
                           dtype="float32" if fault == "nan" else None)
     det.exposure_time.put(args.exposure)
     det.photon_flux.put(500 / args.exposure)

@@ -22,9 +22,9 @@ import argparse
 import json
 import math
 import sys
-import tempfile
 
 import numpy as np
+from scratch import scratch_directory
 
 from bluesky_tomogan.cpu import cpu_name
 from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
@@ -37,7 +37,7 @@ FRAMES, SLIP = 16, 10  # the slip comes before frame SLIP (0-based)
 
 def projections(size: int, step: float, photons: float) -> np.ndarray:
     stage = SimTomoStage(name="stage")
-    det = SimTomoDetector(name="det", stage=stage, shape=(size, size), directory=tempfile.mkdtemp(),
+    det = SimTomoDetector(name="det", stage=stage, shape=(size, size), directory=scratch_directory(),
                           simulate_timing=False)
     det.exposure_time.put(0.1)
     det.photon_flux.put(photons / 0.1)

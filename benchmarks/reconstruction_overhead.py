@@ -18,13 +18,13 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bluesky import RunEngine
 from bluesky_tiled_plugins import TiledWriter
+from scratch import scratch_directory
 
 from bluesky_tomogan import TomoGANCallback, TomoReconstruction, load_denoiser
 from bluesky_tomogan.bench import cpu_name
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     models = (load_denoiser(), load_denoiser("tomogan-slice"))
-    root = Path(tempfile.mkdtemp(prefix="tomogan-recon-bench-"))
+    root = scratch_directory("tomogan-recon-bench-")
     client = local_tiled(root)
     walls: dict[str, list[float]] = {"without": [], "denoise+reconstruct": []}
     stored: dict[str, list[float]] = {"without": [], "denoise+reconstruct": []}

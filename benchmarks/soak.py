@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import bluesky.plans as bp
 import psutil
 from bluesky import RunEngine
 from bluesky_tiled_plugins import TiledWriter
+from scratch import scratch_directory
 
 from bluesky_tomogan import TomoGANCallback, load_denoiser
 from bluesky_tomogan.bench import cpu_name
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     proc = psutil.Process()
-    root = Path(tempfile.mkdtemp(prefix="tomogan-soak-"))
+    root = scratch_directory("tomogan-soak-")
     client = local_tiled(root / "store") if args.tiled else None
     den = load_denoiser(backend=args.backend)
     cb = TomoGANCallback(den, streams=["primary"], policy="block")

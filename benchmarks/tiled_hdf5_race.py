@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 from bluesky import RunEngine
 from bluesky_tiled_plugins import TiledWriter
+from scratch import scratch_directory
 
 from bluesky_tomogan import storage
 from bluesky_tomogan.devices import SimTomoDetector, SimTomoStage
@@ -36,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--adapter", choices=["serial", "tiled"], default="serial")
     args = ap.parse_args(argv)
-    root = Path(tempfile.mkdtemp(prefix="tomogan-tiled-race-"))
+    root = scratch_directory("tomogan-tiled-race-")
     client = storage.local_tiled(root)
     if args.adapter == "tiled":
         from tiled.adapters.hdf5 import HDF5Adapter

@@ -27,7 +27,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 
 from bluesky import RunEngine
 from bluesky.callbacks.zmq import Publisher
+from scratch import scratch_directory
 
 from bluesky_tomogan import TomoGANCallback, load_denoiser
 from bluesky_tomogan.bench import cpu_name
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exposure", type=float, default=0.05, help="s per frame for the latency runs")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
-    root = Path(tempfile.mkdtemp(prefix="tomogan-zmq-bench-"))
+    root = scratch_directory("tomogan-zmq-bench-")
     ports = {k: free_port() for k in ("a_in", "a_out", "b_in", "b_out")}
     procs = [subprocess.Popen([str(BIN / "bluesky-0MQ-proxy"), "--in-address", str(ports[i]), "--out-address",
                                str(ports[o])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
