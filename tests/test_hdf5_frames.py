@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 
 from bluesky_tomogan.hdf5_frames import MIMETYPE, FrameFile, StreamFrameReader
 
@@ -147,3 +148,29 @@ def test_an_embedded_tiled_server_reading_a_file_gives_no_reader_of_this_process
         thread.join()
         reader.close()
     assert wrong == [] and served_wrong == []
+
+
+def test_a_file_grown_beyond_its_recorded_events_is_served_as_far_as_recorded(tmp_path):
+    """An ophyd-async detector's events of [1, H, W] are recorded as (N, 1, H, W) while its file holds (M, H, W):
+    with M > N (the detector ahead of the stored events, during every scan) Tiled's own reshape refused every
+    read of the field until the scan ended."""
+    import h5py
+    from tiled.adapters.hdf5 import HDF5ArrayAdapter
+    from tiled.structures.array import ArrayStructure
+
+    from bluesky_tomogan.tiled_hdf5 import SerialHDF5ArrayAdapter, _as_recorded
+
+    frames = np.arange(6 * 4 * 5, dtype=np.uint16).reshape(6, 4, 5)
+    with h5py.File(tmp_path / "det.h5", "w") as f:
+        f["data"] = frames
+    recorded = ArrayStructure.from_array(np.zeros((5, 1, 4, 5), np.uint16))  # five events stored so far
+    array = HDF5ArrayAdapter.lazy_load_hdf5_array(str(tmp_path / "det.h5"), dataset="data")
+    with pytest.raises(ValueError, match="Can not reshape"):
+        HDF5ArrayAdapter(array, recorded).read()  # what Tiled alone does
+    served = _as_recorded(SerialHDF5ArrayAdapter(array, recorded)).read()
+    np.testing.assert_array_equal(served, frames[:5, None])
+    # same rank (Tiled cuts those itself), and frames of another shape: left as they were
+    same_rank = ArrayStructure.from_array(np.zeros((5, 4, 5), np.uint16))
+    np.testing.assert_array_equal(_as_recorded(SerialHDF5ArrayAdapter(array, same_rank)).read(), frames[:5])
+    other = ArrayStructure.from_array(np.zeros((5, 1, 5, 4), np.uint16))
+    assert _as_recorded(SerialHDF5ArrayAdapter(array, other))._array.shape == (6, 4, 5)

@@ -35,13 +35,14 @@ def test_profile_runs_a_tomography_scan_stored_with_its_denoised_stream(tmp_path
             "print('FLY', list(client[fly]['denoised']['fly_det_denoised'].shape), tomogan.errors, "
             "reconstruction.errors)")
     env = {**os.environ, "TOMOGAN_DATA": str(tmp_path / "data"), "TOMOGAN_MODEL": "bm-session",
-           "TOMOGAN_FRAME_DTYPE": "source", "TOMOGAN_COMPRESSION": "lz4"}
+           "TOMOGAN_FRAME_DTYPE": "source", "TOMOGAN_COMPRESSION": "lz4", "TOMOGAN_TILED_BATCH": "1"}
     env.pop("TOMOGAN_TILED_URI", None)
     done = subprocess.run([str(ipython), f"--profile-dir={profile}", "--no-banner", "--colors=nocolor", "-c", code],
                           stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "bluesky-tomogan session" in done.stdout
+    assert f"embedded Tiled in {tmp_path / 'data'}; each row stored as it comes)" in done.stdout
     assert "`live_view`, `slice_view`: the newest raw and denoised frame, the newest slice, not shown (no window " \
         "here; %matplotlib qt, then tomogan.subscribe(LiveDenoisedView()), " \
         "reconstruction.subscribe(LiveSliceView()))" in done.stdout  # agg here

@@ -536,21 +536,33 @@ def _cmd_view(args: argparse.Namespace) -> int:
     from .serve.transport import Unreachable
     from .serve.viewer import run_viewer
 
+    if args.run is not None and args.tiled is None:
+        print("bluesky-tomogan view: error: --run picks a run of a Tiled catalog: give --tiled too", file=sys.stderr)
+        return 2
     try:
+        if args.tiled is not None:
+            from .serve.tiled_view import run_tiled_viewer
+
+            return run_tiled_viewer(args.tiled, run=args.run, stream=args.stream, row=args.row, save=args.save,
+                                    interval=1.0 if args.interval is None else args.interval)
         return run_viewer(args.zmq_in, stream=args.stream, row=args.row, root_map=dict(args.root_map),
-                          save=args.save, interval=args.interval, kafka=_kafka_cluster(args),
-                          kafka_in=args.kafka_in or (), kafka_group=args.kafka_group)
+                          save=args.save, interval=0.5 if args.interval is None else args.interval,
+                          kafka=_kafka_cluster(args), kafka_in=args.kafka_in or (), kafka_group=args.kafka_group)
     except (Unreachable, ValueError, TomoGANError) as exc:
         print(f"bluesky-tomogan view: error: {exc}", file=sys.stderr)
         return 2
 
 
-def _stream_arguments(s: argparse.ArgumentParser, zmq_help: str, topics_help: str, group_help: str) -> None:
+def _stream_arguments(s: argparse.ArgumentParser, zmq_help: str, topics_help: str, group_help: str,
+                      tiled_help: str | None = None) -> None:
     """Where a command reads documents: ``--zmq-in HOST:PORT`` or ``--kafka-in TOPIC...`` (with the brokers:
-    ``--kafka-bootstrap``, ``--kafka-config``) and ``--kafka-group``."""
+    ``--kafka-bootstrap``, ``--kafka-config``) and ``--kafka-group``; with ``tiled_help``, ``--tiled WHERE``
+    is a third choice."""
     where = s.add_mutually_exclusive_group(required=True)
     where.add_argument("--zmq-in", metavar="HOST:PORT", help=zmq_help)
     where.add_argument("--kafka-in", nargs="+", metavar="TOPIC", help=topics_help)
+    if tiled_help is not None:
+        where.add_argument("--tiled", metavar="URI|DIR", help=tiled_help)
     s.add_argument("--kafka-bootstrap", metavar="HOST:PORT[,HOST:PORT]",
                    help="the Kafka brokers (or bootstrap_servers in --kafka-config)")
     s.add_argument("--kafka-config", metavar="FILE",
@@ -706,14 +718,20 @@ def build_parser() -> argparse.ArgumentParser:
                                     "stream, in windows or as PNG files")
     _stream_arguments(s, "a proxy's out port carrying denoised streams (serve --zmq-out's proxy)",
                       "Kafka topics carrying denoised streams (serve --kafka-out's)",
-                      "Kafka consumer group (default: one of its own, never committed)")
+                      "Kafka consumer group (default: one of its own, never committed)",
+                      tiled_help="a Tiled server's URI (?api_key=KEY where it needs one) or an embedded store's "
+                                 "directory: poll the runs stored there while they are written (the newest run, or "
+                                 "--run)")
+    s.add_argument("--run", metavar="UID", help="with --tiled: show this run, and end once it has ended "
+                                                "(default: the newest run, followed from scan to scan)")
     s.add_argument("--stream", default="primary", help="the raw stream whose denoised frames are shown")
     s.add_argument("--row", type=int, help="the detector row of the slice view (default: the middle one)")
     s.add_argument("--root-map", nargs="+", type=_path_pair, default=[], metavar="THERE=HERE",
                    help="where this machine sees the worker's files")
     s.add_argument("--save", metavar="DIR", help="write the views to DIR/frames.png and DIR/slices.png after each "
                                                  "draw (required without a display)")
-    s.add_argument("--interval", type=float, default=0.5, help="seconds between redraws at the most (default 0.5)")
+    s.add_argument("--interval", type=float, default=None,
+                   help="seconds between redraws at the most (default 0.5); with --tiled, between polls (default 1)")
     s.set_defaults(func=_cmd_view)
 
     s = sub.add_parser("merge", help="one TomoGAN-style dataset of the frames of several (to train on all)")

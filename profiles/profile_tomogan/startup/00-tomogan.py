@@ -7,6 +7,9 @@ environment:
 TOMOGAN_DATA       embedded store directory (default ~/tomogan-data)
 TOMOGAN_TILED_URI  use this Tiled server instead of the embedded one
                    (it must be able to read TOMOGAN_DATA/frames)
+TOMOGAN_TILED_BATCH  rows the TiledWriter gathers before it writes them (default: bluesky-tiled-plugins' 10,000,
+                   the rest at each run's stop); 1 stores each row as it comes, so `bluesky-tomogan view --tiled`
+                   shows a run while it runs (a request a row on the RunEngine's thread: docs/callback.md)
 TOMOGAN_BACKEND    denoiser backend (default auto)
 TOMOGAN_MODEL      projection model: a name (`bluesky-tomogan models` lists them), a model card or
                    its directory (default tomogan-projection)
@@ -111,7 +114,14 @@ reconstruction = TomoReconstruction(load_denoiser(os.environ.get("TOMOGAN_SLICE_
                                                   backend=BACKEND), every=30, directory=frames_directory(DATA),
                                    angle_field=ANGLE_FIELD)
 tomogan.subscribe(reconstruction)
-reconstruction.subscribe(TiledWriter(client))
+try:  # 0 or unset: the writer's own batch (rows written at each stop); 1: each row as it comes
+    TILED_BATCH = int(os.environ.get("TOMOGAN_TILED_BATCH") or 0)
+    if TILED_BATCH < 0:
+        raise ValueError
+except ValueError:
+    raise SystemExit(f"TOMOGAN_TILED_BATCH={os.environ['TOMOGAN_TILED_BATCH']!r}: give a whole number of rows, "
+                     "1 to store each row as it comes, 0 for the writer's default") from None
+reconstruction.subscribe(TiledWriter(client, **({"batch_size": TILED_BATCH} if TILED_BATCH else {})))
 RE.subscribe(tomogan)
 RE.subscribe(ScanProgress())
 # The newest denoised projection beside its raw one, with its QC flags, in a window: where this session can
@@ -127,7 +137,8 @@ RE.install_suspender(SuspendFloor(ring_current, 50, resume_thresh=100, sleep=5))
 
 print(f"""bluesky-tomogan session
   storage   client  ({'Tiled at ' + os.environ['TOMOGAN_TILED_URI'] if 'TOMOGAN_TILED_URI' in os.environ
-                      else 'embedded Tiled in ' + DATA})
+                      else 'embedded Tiled in ' + DATA}; {'each row stored as it comes' if TILED_BATCH == 1
+                      else 'rows stored at each stop' if not TILED_BATCH else f'rows stored {TILED_BATCH} at a time'})
   devices   det (simulated camera, {det.frame_shape[0]}x{det.frame_shape[1]}), stage.theta / stage.x, ring_current
             {FLY}
   denoiser  {denoiser!r}, subscribed as `tomogan` (policy block)

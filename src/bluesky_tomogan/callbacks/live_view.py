@@ -91,7 +91,7 @@ def _needs_main_thread() -> bool:
 
 
 #: Panels with a picture waiting for the main thread, and whether anything on the main thread has drawn them.
-_deferred: weakref.WeakSet[_Panels] = weakref.WeakSet()
+_deferred: weakref.WeakSet[Panels] = weakref.WeakSet()
 _deferred_lock = threading.Lock()
 _pumped = threading.Event()
 _told_no_pump = threading.Event()
@@ -283,7 +283,7 @@ def _for_display(frame: np.ndarray) -> np.ndarray:
     return frame[::step, ::step] if step > 1 else frame
 
 
-class _Panels:
+class Panels:
     """Two images side by side on one intensity scale, with a title over both: what both views draw.
 
     The figure is made at the first draw (or is the one given); one it made and whose window was
@@ -379,6 +379,28 @@ class _Panels:
             log.warning("live view: cannot write %s: %s", path, exc)
 
 
+def draw_frame(panels: Panels, shown: ShownFrame, run: str, what: str) -> None:
+    """Draw a denoised frame beside its raw one, titled with the run, ``what`` (``stream/field``), the frame,
+    the network and its QC flags (red where flagged or not denoised)."""
+    # one intensity scale for both, the raw frame's: what denoising removed shows
+    state = shown.error or (f"QC: {shown.flags}" if shown.flags else "QC: no flags")
+    panels.draw([shown.raw, shown.denoised], shown.raw if shown.raw is not None else shown.denoised,
+                f"{run}  {what} frame {shown.seq_num}{f' ({shown.role})' if shown.role else ''}  {shown.model}\n"
+                f"{state}", alarm=bool(shown.error or shown.flags))
+
+
+def draw_slice(panels: Panels, shown: ShownSlice, run: str) -> None:
+    """Draw a live slice beside its filtered back-projection, titled with the run, the row, how many
+    projections it was made from and whether it is the final one (red where the reconstruction noted
+    something)."""
+    state = "final" if shown.final else "so far"
+    note = f"\n{shown.note}" if shown.note else ""
+    # one intensity scale for both, the denoised slice's: the back-projection's noise and streaks show
+    panels.draw([shown.fbp, shown.slice], shown.slice if shown.slice is not None else shown.fbp,
+                f"{run}  slice of row {shown.row} from {shown.projections} projections ({state}){note}",
+                alarm=bool(shown.note))
+
+
 @make_class_safe(logger=log)
 class LiveDenoisedView(QtAwareCallback):
     """Show the newest denoised frame of a run beside its raw frame, with its QC flags, during the scan.
@@ -427,7 +449,7 @@ class LiveDenoisedView(QtAwareCallback):
         self.field = field  # the field shown in this run: the one asked for, else the first derived one
         self.root_map = dict(root_map or {})
         self._registry = dict(handler_registry) if handler_registry is not None else None
-        self._panels = _Panels(fig, ("raw", "denoised"), save)
+        self._panels = Panels(fig, ("raw", "denoised"), save)
         self.shown: ShownFrame | None = None
         self.frames_shown = 0
         self._reset()
@@ -617,12 +639,7 @@ class LiveDenoisedView(QtAwareCallback):
         return np.squeeze(frame) if frame.ndim >= 2 else None
 
     def _draw(self, shown: ShownFrame) -> None:
-        # one intensity scale for both, the raw frame's: what denoising removed shows
-        state = shown.error or (f"QC: {shown.flags}" if shown.flags else "QC: no flags")
-        self._panels.draw([shown.raw, shown.denoised], shown.raw if shown.raw is not None else shown.denoised,
-                          f"{self._run}  {self.stream}/{self.field} frame {shown.seq_num}"
-                          f"{f' ({shown.role})' if shown.role else ''}  {shown.model}\n{state}",
-                          alarm=bool(shown.error or shown.flags))
+        draw_frame(self._panels, shown, self._run, f"{self.stream}/{self.field}")
 
     @property
     def figure(self) -> Any:
@@ -673,7 +690,7 @@ class LiveSliceView(QtAwareCallback):
         super().__init__(use_teleporter=use_teleporter)
         self.row, self.interval = row, interval
         self.root_map = dict(root_map or {})
-        self._panels = _Panels(fig, ("filtered back-projection", "denoised"), save)
+        self._panels = Panels(fig, ("filtered back-projection", "denoised"), save)
         self.shown: ShownSlice | None = None
         self.slices_shown = 0
         self._reset()
@@ -760,12 +777,7 @@ class LiveSliceView(QtAwareCallback):
             return
         fbp, denoised = self._read("slice_fbp", row["seq_num"]), self._read("slice", row["seq_num"])
         self.shown = ShownSlice(**row, fbp=fbp, slice=denoised)
-        state = "final" if row["final"] else "so far"
-        note = f"\n{row['note']}" if row["note"] else ""
-        # one intensity scale for both, the denoised slice's: the back-projection's noise and streaks show
-        self._panels.draw([fbp, denoised], denoised if denoised is not None else fbp,
-                          f"{self._run}  slice of row {row['row']} from {row['projections']} projections ({state})"
-                          f"{note}", alarm=bool(row["note"]))
+        draw_slice(self._panels, self.shown, self._run)
         self._drawn_at = time.monotonic()
         self.slices_shown += 1
 
