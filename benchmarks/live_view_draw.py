@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU: {cpu_name()}; {'every pixel' if args.full else f'at most {live_view.DISPLAY_PIXELS} a side'}")
     print("| frame | ms per redraw (two frames, rendered) |\n|---|---|")
     for n in args.sizes:
-        panels = live_view._Panels(None, ("raw", "denoised"))
+        panels = live_view.Panels(None, ("raw", "denoised"))
         a, b = rng.random((n, n), np.float32), rng.random((n, n), np.float32)
         panels.draw([a, b], a, "warm-up", False)
         t0 = time.perf_counter()

@@ -205,9 +205,9 @@ def test_a_window_closed_between_runs_is_opened_again_at_the_next_run(RE, denois
 
 
 def test_a_large_frame_is_drawn_with_every_kth_pixel_in_detector_coordinates():
-    from bluesky_tomogan.callbacks.live_view import DISPLAY_PIXELS, _Panels
+    from bluesky_tomogan.callbacks.live_view import DISPLAY_PIXELS, Panels
 
-    panels = _Panels(None, ("raw", "denoised"))
+    panels = Panels(None, ("raw", "denoised"))
     frame = np.arange(2000 * 3000, dtype=np.float32).reshape(2000, 3000)
     panels.draw([frame, frame], frame, "a large detector", False)
     image = panels.fig.axes[0].images[0]
@@ -273,8 +273,8 @@ TK_SCAN = QT_SCAN.replace('matplotlib.use("QtAgg")', 'matplotlib.use("TkAgg")').
     "RE = RunEngine()", "from bluesky_tomogan.callbacks.live_view import LiveViewDuringTask\n"
                         "RE = RunEngine(during_task=LiveViewDuringTask())").replace(
     "draw = frames._draw\nframes._draw = lambda shown: (threads.add(threading.current_thread().name), draw(shown))",
-    "import bluesky_tomogan.callbacks.live_view as lv\ndraw_now = lv._Panels._draw_now\n"
-    "lv._Panels._draw_now = lambda self, *a: (threads.add(threading.current_thread().name), draw_now(self, *a))"
+    "import bluesky_tomogan.callbacks.live_view as lv\ndraw_now = lv.Panels._draw_now\n"
+    "lv.Panels._draw_now = lambda self, *a: (threads.add(threading.current_thread().name), draw_now(self, *a))"
 ).replace("window.isVisible()", "window.winfo_viewable() == 1") + """
 plt.figure(); plt.plot([0, 1]); plt.pause(0.05)  # the session's own plots still work on its main thread
 print("OWN PLOT", threading.current_thread().name)
@@ -312,7 +312,7 @@ def test_off_the_main_thread_a_windowed_view_keeps_its_newest_picture_for_the_ma
     monkeypatch.setattr(live_view, "shows_windows", lambda: True)  # agg here, standing in for Tk
     monkeypatch.setattr(live_view, "_pumped", threading.Event())
     monkeypatch.setattr(live_view, "_told_no_pump", threading.Event())
-    panels = live_view._Panels(None, ("raw", "denoised"))
+    panels = live_view.Panels(None, ("raw", "denoised"))
     drew_on = []
     draw_now = panels._draw_now
     panels._draw_now = lambda *a: (drew_on.append(threading.current_thread().name), draw_now(*a))

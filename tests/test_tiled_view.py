@@ -164,7 +164,8 @@ def test_a_server_that_stops_answering_is_said_once_and_asked_again(tmp_path, ca
     # Tiled's client retries a refused request for up to 45 s (TILED_RETRY_TIMEOUT) before it raises
     monkeypatch.setattr(tiled.client.utils, "TILED_RETRY_TIMEOUT", 1.0)
     client = local_tiled(tmp_path / "gone")
-    views = TiledLiveViews(from_uri(server_of(client).uri))  # a viewer's own connection
+    viewers = from_uri(server_of(client).uri)  # a viewer's own connection
+    views = TiledLiveViews(viewers)
     assert views.poll() is False
     close_local_tiled(client)  # the server goes away (its open connections a moment later)
 
@@ -178,6 +179,7 @@ def test_a_server_that_stops_answering_is_said_once_and_asked_again(tmp_path, ca
             time.sleep(0.2)
         for _ in range(3):
             assert views.poll() is False
+    viewers.context.close()
     said = said()
     assert len(said) == 1 and "Tiled does not answer" in said[0] and "ConnectError" in said[0]
 
@@ -199,3 +201,43 @@ def test_view_tiled_writes_a_finished_runs_pictures_and_ends(RE, store, tmp_path
     assert "--run picks a run of a Tiled catalog" in capsys.readouterr().err
     assert main(["view", "--tiled", str(tmp_path / "nothing-here"), "--save", str(views)]) == 2
     assert "holds no embedded Tiled store" in capsys.readouterr().err
+
+
+def test_the_embedded_servers_tables_are_read_while_rows_are_appended_without_a_failure(RE, store):
+    """One DuckDB connection serves every thread of the embedded server: a reader of a stream's table beside
+    TiledWriter's appends got 500s, "No active transaction, cannot commit" and, in the end, a segmentation fault
+    of the process (``benchmarks/tiled_table_race.py --guard off``). ``local_tiled`` lends it one thread at a
+    time (``tiled_tables``)."""
+    import bluesky.plans as bp
+    from ophyd.sim import SynSignal
+    from tiled.client import from_uri
+
+    from bluesky_tomogan.tiled_tables import lends_one_at_a_time
+
+    assert lends_one_at_a_time(server_of(store).storage)  # a Tiled that changed its pool fails here, not in a scan
+    reader = from_uri(server_of(store).uri)
+    RE.subscribe(TiledWriter(store, batch_size=1))
+    done, reads, failures = threading.Event(), [0], []
+
+    def read():
+        while not done.is_set():
+            try:
+                runs = reader.values()
+                run = runs.last() if len(runs) else None
+                if run is not None and "primary" in run and "x" in run["primary"]:
+                    column = run["primary"]["x"]
+                    assert column[column.shape[0] - 1] == 1.0
+                    reads[0] += 1
+            except Exception as exc:  # noqa: PERF203 - each failure is the finding
+                failures.append(exc)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        (uid,) = RE(bp.count([SynSignal(func=lambda: 1.0, name="x")], num=150))
+    finally:
+        done.set()
+        thread.join(60)
+        reader.context.close()
+    assert not failures and reads[0] > 0
+    assert store[uid]["primary"]["x"].read().tolist() == [1.0] * 150  # every row once

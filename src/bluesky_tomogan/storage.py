@@ -56,6 +56,7 @@ def local_tiled(path: str | os.PathLike[str] = "~/tomogan-data") -> Any:
     from .callbacks.frame_writer import default_directory
     from .hdf5_frames import MIMETYPE
     from .tiled_hdf5 import SerialHDF5Adapter
+    from .tiled_tables import lend_one_at_a_time
 
     _export_runs_as_documents()
     root = Path(path).expanduser().resolve()
@@ -70,6 +71,8 @@ def local_tiled(path: str | os.PathLike[str] = "~/tomogan-data") -> Any:
                                                      api_key=_PROCESS_API_KEY))
     # its reads of the frame files share this process's HDF5 lock with the callback's (tiled_hdf5)
     server.catalog.context.adapters_by_mimetype[MIMETYPE] = SerialHDF5Adapter
+    # its threads take turns with the one DuckDB connection of the streams' tables (tiled_tables)
+    lend_one_at_a_time(server.storage)
     client = from_uri(server.uri)  # the URI carries the generated API key
     _SERVERS[id(client)] = server
     return client

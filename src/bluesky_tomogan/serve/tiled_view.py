@@ -180,6 +180,8 @@ class TiledLiveViews:
             return
         denoised = rows[f"{field}_denoised"]
         n = int(denoised.shape[0])
+        if f"{field}_source_seq_num" in rows:  # the rows' columns and their frames are written apart: both there
+            n = min(n, int(rows[f"{field}_source_seq_num"].shape[0]))
         if n <= self._rows_seen:
             return
         self._rows_seen = n
