@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     client = storage.local_tiled(scratch_directory("tomogan-table-race-"))
     server = storage.server_of(client)
     if args.guard == "off":
-        server.storage.__dict__["_connection_pool"] = server.storage._connection_pool.pool
+        del server.storage.__dict__["_connection_pool"]  # Tiled's own cached property again
     reader = from_uri(server.uri)
     RE = RunEngine({})
     RE.subscribe(TiledWriter(client, batch_size=1))

@@ -43,6 +43,7 @@ def test_profile_runs_a_tomography_scan_stored_with_its_denoised_stream(tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     assert "bluesky-tomogan session" in done.stdout
     assert f"embedded Tiled in {tmp_path / 'data'}; each row stored as it comes)" in done.stdout
+    assert "other processes (bluesky-tomogan view --tiled URI) reach it at server_of(client).uri" in done.stdout
     assert "`live_view`, `slice_view`: the newest raw and denoised frame, the newest slice, not shown (no window " \
         "here; %matplotlib qt, then tomogan.subscribe(LiveDenoisedView()), " \
         "reconstruction.subscribe(LiveSliceView()))" in done.stdout  # agg here

@@ -199,8 +199,8 @@ def test_view_tiled_writes_a_finished_runs_pictures_and_ends(RE, store, tmp_path
     assert "api_key" not in err  # the key stays out of what is printed
     assert main(["view", "--zmq-in", "localhost:1", "--run", uid, "--save", str(views)]) == 2
     assert "--run picks a run of a Tiled catalog" in capsys.readouterr().err
-    assert main(["view", "--tiled", str(tmp_path / "nothing-here"), "--save", str(views)]) == 2
-    assert "holds no embedded Tiled store" in capsys.readouterr().err
+    assert main(["view", "--tiled", str(tmp_path / "store"), "--save", str(views)]) == 2  # the store itself
+    assert "is a directory: watch a running server instead, by its URI" in capsys.readouterr().err
 
 
 def test_the_embedded_servers_tables_are_read_while_rows_are_appended_without_a_failure(RE, store):

@@ -562,7 +562,7 @@ def _stream_arguments(s: argparse.ArgumentParser, zmq_help: str, topics_help: st
     where.add_argument("--zmq-in", metavar="HOST:PORT", help=zmq_help)
     where.add_argument("--kafka-in", nargs="+", metavar="TOPIC", help=topics_help)
     if tiled_help is not None:
-        where.add_argument("--tiled", metavar="URI|DIR", help=tiled_help)
+        where.add_argument("--tiled", metavar="URI", help=tiled_help)
     s.add_argument("--kafka-bootstrap", metavar="HOST:PORT[,HOST:PORT]",
                    help="the Kafka brokers (or bootstrap_servers in --kafka-config)")
     s.add_argument("--kafka-config", metavar="FILE",
@@ -719,9 +719,9 @@ def build_parser() -> argparse.ArgumentParser:
     _stream_arguments(s, "a proxy's out port carrying denoised streams (serve --zmq-out's proxy)",
                       "Kafka topics carrying denoised streams (serve --kafka-out's)",
                       "Kafka consumer group (default: one of its own, never committed)",
-                      tiled_help="a Tiled server's URI (?api_key=KEY where it needs one) or an embedded store's "
-                                 "directory: poll the runs stored there while they are written (the newest run, or "
-                                 "--run)")
+                      tiled_help="a Tiled server's URI (?api_key=KEY where it needs one; a session's embedded "
+                                 "server: storage.server_of(client).uri there): poll the runs stored there while "
+                                 "they are written (the newest run, or --run)")
     s.add_argument("--run", metavar="UID", help="with --tiled: show this run, and end once it has ended "
                                                 "(default: the newest run, followed from scan to scan)")
     s.add_argument("--stream", default="primary", help="the raw stream whose denoised frames are shown")

@@ -305,8 +305,6 @@ def run_demo(
     width = max(len(code) for code, _ in lines) + 1
     for code, comment in lines:
         report(code.ljust(width) + comment)
-    report("its live views as a place that reaches Tiled only sees them (as PNG files; windows without --save):")
-    report(f"    bluesky-tomogan view --tiled {str(root)!r} --run {uid} --save {str(root / 'views')!r}")
     report("denoise it again with another model (into a 'denoised_2' stream of the same run):")
     report(f"    bluesky-tomogan reprocess {str(root)!r} --uid {uid} --model tomogan-projection-light")
     report("or with the mean over 8 turned copies of every frame and slice, into a new run (8x the time):")

@@ -17,8 +17,10 @@ real connections and needs none of this.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["lend_one_at_a_time", "lends_one_at_a_time"]
@@ -52,11 +54,23 @@ class _Lent:
 
 
 class _OneAtATime:
-    """A connection pool that lends its connection to one thread at a time (re-entrant for that thread)."""
+    """A connection pool that lends its connection to one thread at a time (re-entrant for that thread).
 
-    def __init__(self, pool: Any) -> None:
-        self.pool = pool
+    The pool itself (and with it the DuckDB connection, which locks the file against other processes) is made
+    at the first ``connect()``, as Tiled makes it: a process that never reads a table never holds the file.
+    """
+
+    def __init__(self, make_pool: Callable[[], Any]) -> None:
+        self._make_pool, self._pool = make_pool, None
         self._lock = threading.RLock()
+
+    @property
+    def pool(self) -> Any:
+        """Tiled's own pool (made now if it was not yet)."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = self._make_pool()
+            return self._pool
 
     def connect(self) -> _Lent:
         self._lock.acquire()
@@ -66,7 +80,12 @@ class _OneAtATime:
             self._lock.release()
             raise
 
-    def __getattr__(self, name: str) -> Any:  # dispose(), status(): the pool's own
+    def dispose(self) -> None:
+        """Tiled's ``Storage.dispose``: a pool never made has nothing to dispose of."""
+        if self._pool is not None:
+            self._pool.dispose()
+
+    def __getattr__(self, name: str) -> Any:  # status() and the rest: the pool's own
         return getattr(self.pool, name)
 
 
@@ -81,13 +100,15 @@ def lend_one_at_a_time(storage: Any) -> bool:
     """
     if lends_one_at_a_time(storage):
         return True
-    try:
-        pool = storage._connection_pool  # Tiled's cached property: the pool, made at its first use
-    except AttributeError:
+    made = getattr(type(storage), "_connection_pool", None)  # Tiled's cached property: the pool, at its first use
+    if not isinstance(made, functools.cached_property):
         log.warning("this Tiled's table storage has no connection pool that bluesky-tomogan knows: reads of a "
                     "stream's table during a scan may fail or crash the embedded server (tiled_tables)")
         return False
-    storage.__dict__["_connection_pool"] = _OneAtATime(pool)  # where the cached property keeps it
+    existing = storage.__dict__.get("_connection_pool")  # where the cached property keeps its value
+    # the pool as Tiled makes it, at the first connect(); or the one it has made already
+    storage.__dict__["_connection_pool"] = _OneAtATime(
+        (lambda: existing) if existing is not None else (lambda: made.func(storage)))
     return True
 
 

@@ -44,7 +44,7 @@ from bluesky_tomogan.plans import (  # noqa: F401
 )
 from bluesky_tomogan.qc import QCFeedback, QCPolicy
 from bluesky_tomogan.reprocess import reprocess  # noqa: F401  (a stored run denoised afterwards)
-from bluesky_tomogan.storage import frames_directory, local_tiled
+from bluesky_tomogan.storage import frames_directory, local_tiled, server_of  # noqa: F401
 
 DATA = os.path.expanduser(os.environ.get("TOMOGAN_DATA", "~/tomogan-data"))
 if os.environ.get("TOMOGAN_TILED_URI"):
@@ -139,6 +139,8 @@ print(f"""bluesky-tomogan session
   storage   client  ({'Tiled at ' + os.environ['TOMOGAN_TILED_URI'] if 'TOMOGAN_TILED_URI' in os.environ
                       else 'embedded Tiled in ' + DATA}; {'each row stored as it comes' if TILED_BATCH == 1
                       else 'rows stored at each stop' if not TILED_BATCH else f'rows stored {TILED_BATCH} at a time'})
+            {'' if 'TOMOGAN_TILED_URI' in os.environ else 'other processes (bluesky-tomogan view --tiled URI) '
+             'reach it at server_of(client).uri'}
   devices   det (simulated camera, {det.frame_shape[0]}x{det.frame_shape[1]}), stage.theta / stage.x, ring_current
             {FLY}
   denoiser  {denoiser!r}, subscribed as `tomogan` (policy block)

@@ -263,8 +263,9 @@ def run_tiled_viewer(where: str, *, run: str | None = None, stream: str = "prima
     Parameters
     ----------
     where : str
-        A Tiled server's URI (``?api_key=`` where it needs one), or the directory of an embedded store
-        (the demo's, the profile's).
+        A Tiled server's URI (``?api_key=`` where it needs one): a beamline's, or the embedded server of the
+        session that writes the runs (``storage.server_of(client).uri`` there). Not a store's directory: see
+        Raises.
     run : str, optional
         The run to show (its uid); the viewer ends once it has ended and its last rows are drawn.
         Default: always the newest run, until stopped.
@@ -279,7 +280,8 @@ def run_tiled_viewer(where: str, *, run: str | None = None, stream: str = "prima
     ------
     TomoGANError
         No window can be shown here and no ``save`` directory was given; the server cannot be reached at
-        the start; ``run`` is not in the catalog.
+        the start; ``run`` is not in the catalog; ``where`` is a directory (an embedded store's tables are one
+        DuckDB file that the first process to use it locks: a viewer would lock out the session writing it).
     """
     import signal
 
@@ -290,6 +292,13 @@ def run_tiled_viewer(where: str, *, run: str | None = None, stream: str = "prima
 
     if interval <= 0:
         raise TomoGANError(f"interval must be > 0 seconds, got {interval}")
+    if "://" not in where:
+        # an embedded store's tables are one DuckDB file, locked by the first process that reads or writes them:
+        # a viewer that opened it (reading an older run, say) would stop a session started later from storing rows
+        raise TomoGANError(
+            f"{where} is a directory: watch a running server instead, by its URI (the session's embedded one: "
+            "bluesky_tomogan.storage.server_of(client).uri there; the profile prints it). A viewer of the store "
+            "itself would lock its tables against the session that writes them")
     windows = shows_windows()
     if not windows and save is None:
         raise TomoGANError(f"matplotlib's backend here ({matplotlib.get_backend()}) shows no window (no display?): "
@@ -300,7 +309,7 @@ def run_tiled_viewer(where: str, *, run: str | None = None, stream: str = "prima
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TomoGANError(f"cannot make the directory {directory} for the views: {exc}") from exc
-    client = open_tiled(where, TomoGANError, create=False)
+    client = open_tiled(where, TomoGANError)
     if run is not None:
         try:
             stored_run(client, run, TomoGANError, f"run {run} in {where.split('?')[0]}")
