@@ -11,7 +11,7 @@ second client reads the newest row of the newest run's column again and again (a
 written. ``--guard off`` takes away ``tiled_tables.lend_one_at_a_time`` (Tiled's own pool: one DuckDB connection
 lent to every server thread at once), what the embedded server did before: appends then fail ("500 Internal
 Server Error", "No active transaction, cannot commit"; TiledWriter retries them and warns that rows may be
-duplicated), and the process may end in a segmentation fault (exit status 139), which is the point of the guard.
+duplicated), and the process may end in a segmentation fault (exit status 139) or hang, which is the point of the guard.
 """
 
 from __future__ import annotations
