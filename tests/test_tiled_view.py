@@ -130,7 +130,7 @@ def test_a_running_scan_with_nothing_stored_is_explained_once(RE, store, tmp_pat
 
 def test_a_run_asked_for_is_shown_until_it_ends_and_the_newest_is_followed_otherwise(RE, store, tmp_path,
                                                                                      denoiser):
-    det, stage, rec = wired(RE, store, tmp_path, denoiser)
+    det, stage, rec = wired(RE, store, tmp_path, denoiser, batch_size=10_000)  # viewed once ended
     (first,) = RE(tomo_scan(det, stage, list(angles_deg(16)), n_darks=1, n_flats=1))
     assert rec.wait(timeout=60)
     following, pinned = TiledLiveViews(store), TiledLiveViews(store, first)
@@ -185,7 +185,7 @@ def test_a_server_that_stops_answering_is_said_once_and_asked_again(tmp_path, ca
 
 
 def test_view_tiled_writes_a_finished_runs_pictures_and_ends(RE, store, tmp_path, denoiser, capsys):
-    det, stage, rec = wired(RE, store, tmp_path, denoiser)
+    det, stage, rec = wired(RE, store, tmp_path, denoiser, batch_size=10_000)  # viewed once ended
     (uid,) = RE(tomo_scan(det, stage, list(angles_deg(16)), n_darks=1, n_flats=1))
     assert rec.wait(timeout=60)
     uri = server_of(store).uri
@@ -234,10 +234,10 @@ def test_the_embedded_servers_tables_are_read_while_rows_are_appended_without_a_
     thread = threading.Thread(target=read)
     thread.start()
     try:
-        (uid,) = RE(bp.count([SynSignal(func=lambda: 1.0, name="x")], num=150))
+        (uid,) = RE(bp.count([SynSignal(func=lambda: 1.0, name="x")], num=80))
     finally:
         done.set()
         thread.join(60)
         reader.context.close()
     assert not failures and reads[0] > 0
-    assert store[uid]["primary"]["x"].read().tolist() == [1.0] * 150  # every row once
+    assert store[uid]["primary"]["x"].read().tolist() == [1.0] * 80  # every row once

@@ -35,7 +35,7 @@ from ..callbacks.live_view import Panels, ShownFrame, ShownSlice, draw_frame, dr
 from ..callbacks.reconstruction import STREAM as RECONSTRUCTION
 from ..errors import TomoGANError
 from ..storage import derived_streams, stored_frames
-from .viewer import FRAMES_PNG, SLICES_PNG
+from .viewer import FRAMES_PNG, SLICES_PNG, where_to_show
 
 __all__ = ["TiledLiveViews", "run_tiled_viewer"]
 
@@ -285,9 +285,6 @@ def run_tiled_viewer(where: str, *, run: str | None = None, stream: str = "prima
     """
     import signal
 
-    import matplotlib
-
-    from ..callbacks.live_view import shows_windows
     from ..storage import close_tiled, open_tiled, stored_run
 
     if interval <= 0:
@@ -299,16 +296,7 @@ def run_tiled_viewer(where: str, *, run: str | None = None, stream: str = "prima
             f"{where} is a directory: watch a running server instead, by its URI (the session's embedded one: "
             "bluesky_tomogan.storage.server_of(client).uri there; the profile prints it). A viewer of the store "
             "itself would lock its tables against the session that writes them")
-    windows = shows_windows()
-    if not windows and save is None:
-        raise TomoGANError(f"matplotlib's backend here ({matplotlib.get_backend()}) shows no window (no display?): "
-                           "run it where a display is, or give --save DIR to write the views as PNG files")
-    directory = None if save is None else Path(save).expanduser()
-    if directory is not None:
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise TomoGANError(f"cannot make the directory {directory} for the views: {exc}") from exc
+    windows, directory = where_to_show(save)
     client = open_tiled(where, TomoGANError)
     if run is not None:
         try:

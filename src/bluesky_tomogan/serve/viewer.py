@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import TomoGANError
 
-__all__ = ["run_viewer", "FRAMES_PNG", "SLICES_PNG"]
+__all__ = ["run_viewer", "where_to_show", "FRAMES_PNG", "SLICES_PNG"]
 
 log = logging.getLogger(__name__)
 
@@ -60,21 +60,10 @@ def run_viewer(zmq_in: str | None = None, *, stream: str = "primary", row: int |
     """
     import signal
 
-    import matplotlib
-
-    from ..callbacks.live_view import LiveDenoisedView, LiveSliceView, shows_windows
+    from ..callbacks.live_view import LiveDenoisedView, LiveSliceView
     from .transport import document_source
 
-    windows = shows_windows()
-    if not windows and save is None:
-        raise TomoGANError(f"matplotlib's backend here ({matplotlib.get_backend()}) shows no window (no display?): "
-                           "run it where a display is, or give --save DIR to write the views as PNG files")
-    directory = None if save is None else Path(save).expanduser()
-    if directory is not None:
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise TomoGANError(f"cannot make the directory {directory} for the views: {exc}") from exc
+    windows, directory = where_to_show(save)
     source = document_source(zmq_in, kafka=kafka, kafka_in=kafka_in, group_id=kafka_group)
     # documents are dispatched on this (the main) thread, the one a GUI draws on: nothing to hand over
     views = (LiveDenoisedView(stream, interval=interval, root_map=root_map, use_teleporter=False,
@@ -94,6 +83,31 @@ def run_viewer(zmq_in: str | None = None, *, stream: str = "primary", row: int |
         for s, handler in previous.items():
             signal.signal(s, handler)
     return 0
+
+
+def where_to_show(save: str | os.PathLike[str] | None) -> tuple[bool, Path | None]:
+    """Whether the views show in windows here, and the directory they are saved to (made now).
+
+    Raises
+    ------
+    TomoGANError
+        No window can be shown here and no ``save`` directory was given, or it cannot be made.
+    """
+    import matplotlib
+
+    from ..callbacks.live_view import shows_windows
+
+    windows = shows_windows()
+    if not windows and save is None:
+        raise TomoGANError(f"matplotlib's backend here ({matplotlib.get_backend()}) shows no window (no display?): "
+                           "run it where a display is, or give --save DIR to write the views as PNG files")
+    directory = None if save is None else Path(save).expanduser()
+    if directory is not None:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TomoGANError(f"cannot make the directory {directory} for the views: {exc}") from exc
+    return windows, directory
 
 
 def _kick_windows(source: Any, every: float = 0.05) -> None:
