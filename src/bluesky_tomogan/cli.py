@@ -556,7 +556,7 @@ def _cmd_view(args: argparse.Namespace) -> int:
 def _stream_arguments(s: argparse.ArgumentParser, zmq_help: str, topics_help: str, group_help: str,
                       tiled_help: str | None = None) -> None:
     """Where a command reads documents: ``--zmq-in HOST:PORT`` or ``--kafka-in TOPIC...`` (with the brokers:
-    ``--kafka-bootstrap``, ``--kafka-config``) and ``--kafka-group``; with ``tiled_help``, ``--tiled WHERE``
+    ``--kafka-bootstrap``, ``--kafka-config``) and ``--kafka-group``; with ``tiled_help``, ``--tiled URI``
     is a third choice."""
     where = s.add_mutually_exclusive_group(required=True)
     where.add_argument("--zmq-in", metavar="HOST:PORT", help=zmq_help)
