@@ -136,7 +136,7 @@ class TiledLiveViews:
         # the stop document first: a run that had ended before this poll read its rows has them all
         ended = _ended(run)
         try:
-            self._follow(run)
+            self._follow(run, ended)
         except Exception as exc:  # a request refused, a node the server cannot give: the next poll tries again
             self._say_once("run", f"cannot read run {self._uid[:8]} ({type(exc).__name__}: {exc}); trying again "
                                   "at each poll")
@@ -153,7 +153,7 @@ class TiledLiveViews:
                         exc)
         self._unreachable = True
 
-    def _follow(self, run: Any) -> None:
+    def _follow(self, run: Any, ended: bool) -> None:
         uid = str((run.metadata.get("start") or {}).get("uid", ""))
         if uid != self._uid:
             self._uid, self._rows_seen, self._slice_seen, self._told = uid, 0, 0, set()
@@ -163,7 +163,7 @@ class TiledLiveViews:
             log.info("live view: showing %s", _label(run))
         self._newest_frame(run)
         self._newest_slice(run)
-        if not self._rows_seen and not _ended(run) and time.monotonic() - self._seen_at > NOTHING_STORED_HINT_S:
+        if not self._rows_seen and not ended and time.monotonic() - self._seen_at > NOTHING_STORED_HINT_S:
             self._say_once("nothing stored", (
                 f"no denoised frame of {_label(run)} is stored after {NOTHING_STORED_HINT_S:.0f} s: nothing denoises "
                 f"its {self.stream!r} stream, or its TiledWriter writes rows in batches (bluesky-tiled-plugins: "
