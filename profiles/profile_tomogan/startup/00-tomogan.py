@@ -138,9 +138,9 @@ RE.install_suspender(SuspendFloor(ring_current, 50, resume_thresh=100, sleep=5))
 print(f"""bluesky-tomogan session
   storage   client  ({'Tiled at ' + os.environ['TOMOGAN_TILED_URI'] if 'TOMOGAN_TILED_URI' in os.environ
                       else 'embedded Tiled in ' + DATA}; {'each row stored as it comes' if TILED_BATCH == 1
-                      else 'rows stored at each stop' if not TILED_BATCH else f'rows stored {TILED_BATCH} at a time'})
-            {'' if 'TOMOGAN_TILED_URI' in os.environ else 'other processes (bluesky-tomogan view --tiled URI) '
-             'reach it at server_of(client).uri'}
+                      else 'rows stored at each stop' if not TILED_BATCH else f'rows stored {TILED_BATCH} at a time'}){
+            '' if 'TOMOGAN_TILED_URI' in os.environ else chr(10) + 12 * ' ' + 'other processes '
+            '(bluesky-tomogan view --tiled URI) reach it at server_of(client).uri'}
   devices   det (simulated camera, {det.frame_shape[0]}x{det.frame_shape[1]}), stage.theta / stage.x, ring_current
             {FLY}
   denoiser  {denoiser!r}, subscribed as `tomogan` (policy block)
