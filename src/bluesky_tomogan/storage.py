@@ -55,6 +55,7 @@ def local_tiled(path: str | os.PathLike[str] = "~/tomogan-data") -> Any:
 
     from .callbacks.frame_writer import default_directory
     from .hdf5_frames import MIMETYPE
+    from .tiled_catalog import catalogs_made_here
     from .tiled_hdf5 import SerialHDF5Adapter
     from .tiled_tables import lend_one_at_a_time
 
@@ -67,8 +68,12 @@ def local_tiled(path: str | os.PathLike[str] = "~/tomogan-data") -> Any:
             d.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputPathError(f"cannot create the data directory {exc.filename}: {exc}") from exc
-    server = _start_daemon(lambda: SimpleTiledServer(directory=root / "tiled", readable_storage=readable,
-                                                     api_key=_PROCESS_API_KEY))
+
+    def make() -> Any:  # its catalog checked (or made) in this process, not in a new Python (tiled_catalog)
+        with catalogs_made_here():
+            return SimpleTiledServer(directory=root / "tiled", readable_storage=readable, api_key=_PROCESS_API_KEY)
+
+    server = _start_daemon(make)
     # its reads of the frame files share this process's HDF5 lock with the callback's (tiled_hdf5)
     server.catalog.context.adapters_by_mimetype[MIMETYPE] = SerialHDF5Adapter
     # its threads take turns with the one DuckDB connection of the streams' tables (tiled_tables)
