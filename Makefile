@@ -24,7 +24,7 @@ $(STAMP_TEST): pyproject.toml | $(BIN)/python
 demo: $(STAMP_CORE)
 	$(BIN)/bluesky-tomogan demo --out tomogan-demo
 
-# The suite in TEST_WORKERS processes (pytest-xdist): 13-15 instead of 19-23 min on 2 cores, since much
+# The suite in TEST_WORKERS processes (pytest-xdist): 13-16 instead of 19-23 min on 2 cores, since much
 # of it waits on subprocesses, servers and threads. TEST_WORKERS=0 runs it in this process.
 TEST_WORKERS ?= 2
 
