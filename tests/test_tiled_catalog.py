@@ -93,3 +93,13 @@ def test_a_new_catalog_that_cannot_be_made_here_is_removed_and_left_to_tiled(tmp
     catalog = tmp_path / "catalog.db"
     assert prepare_catalog(str(catalog)) is False
     assert not catalog.exists()
+
+
+def test_a_catalog_locked_by_another_process_is_no_damaged_file_and_is_kept(tmp_path):
+    catalog = tmp_path / "catalog.db"
+    assert prepare_catalog(str(catalog))
+    with closing(sqlite3.connect(catalog, isolation_level=None)) as other:
+        other.execute("BEGIN EXCLUSIVE")  # another process writing it, for longer than SQLite waits
+        assert prepare_catalog(str(catalog)) is False  # left to Tiled, not called damaged
+        other.execute("ROLLBACK")
+    assert prepare_catalog(str(catalog)) is True  # kept as it was

@@ -96,18 +96,26 @@ def prepare_catalog(uri: str) -> bool:
     except DatabaseUpgradeNeeded as exc:
         raise OutputPathError(f"{exc} (it was written by another version of Tiled): back it up, then run "
                               f"`tiled catalog upgrade-database {uri}`") from exc
-    except sqlalchemy.exc.DatabaseError as exc:  # not a database, a damaged one: Tiled would fail the same way
+    except sqlalchemy.exc.DatabaseError as exc:
+        if isinstance(exc, sqlalchemy.exc.OperationalError):  # locked, unreachable: nothing wrong with the file
+            return _left_to_tiled(uri, exc, file if new_file else None)
+        # not a database, or a damaged one: Tiled would fail the same way
         raise OutputPathError(f"cannot open the Tiled catalog {file or uri}: {exc.orig} (a damaged or foreign "
                               "file: restore it from a backup, or move it away to start an empty catalog)"
                               ) from exc
     except Exception as exc:  # Tiled's own subprocess says what is wrong with it, in Tiled's words
-        log.warning("the catalog at %s is left to Tiled's own initialisation (%s: %s)", uri,
-                    type(exc).__name__, exc)
-        if new_file and file is not None:  # tables without their stamp would fail Tiled's own init too
-            for made in (file, file.with_name(file.name + "-wal"), file.with_name(file.name + "-shm")):
-                made.unlink(missing_ok=True)
-        return False
+        return _left_to_tiled(uri, exc, file if new_file else None)
     return True
+
+
+def _left_to_tiled(uri: str, exc: Exception, made: Path | None) -> bool:
+    """Log why the catalog goes to Tiled's own initialisation; remove the file this process began (``made``):
+    tables without their revision stamp would fail Tiled's own initialisation too."""
+    log.warning("the catalog at %s is left to Tiled's own initialisation (%s: %s)", uri, type(exc).__name__, exc)
+    if made is not None:
+        for path in (made, made.with_name(made.name + "-wal"), made.with_name(made.name + "-shm")):
+            path.unlink(missing_ok=True)
+    return False
 
 
 def _file_of(uri: str) -> Path | None:
@@ -119,11 +127,12 @@ def _file_of(uri: str) -> Path | None:
 
 @contextlib.contextmanager
 def catalogs_made_here() -> Iterator[None]:
-    """While inside, Tiled servers made on this thread open their catalogs through :func:`prepare_catalog`.
+    """While inside, Tiled servers made in this process open their SQLite catalogs through :func:`prepare_catalog`.
 
-    ``tiled.catalog.from_uri`` (which ``SimpleTiledServer`` looks up as it is made) is replaced by one that
-    prepares the catalog in this process and then asks Tiled for it without its init subprocess; a catalog
-    :func:`prepare_catalog` could not make ready is handed to Tiled as asked, subprocess and all.
+    ``tiled.catalog.from_uri`` (which ``SimpleTiledServer`` looks up as it is made) is replaced, for the
+    process, by one that prepares the catalog in this process and then asks Tiled for it without its init
+    subprocess; a catalog :func:`prepare_catalog` could not make ready is handed to Tiled as asked, subprocess
+    and all. One such block at a time (a lock): another thread's server made meanwhile gets the same treatment.
     """
     import tiled.catalog
 
