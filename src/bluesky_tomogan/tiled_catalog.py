@@ -119,7 +119,12 @@ def _left_to_tiled(uri: str, exc: Exception, made: Path | None) -> bool:
 
 
 def _file_of(uri: str) -> Path | None:
-    """The file of an ``sqlite`` URI (``sqlite+aiosqlite:////a/b.db``: ``/a/b.db``); None for any other."""
+    """The file of a catalog on this machine (a path, or an ``sqlite`` URI: ``sqlite+aiosqlite:////a/b.db`` is
+    ``/a/b.db``): the embedded server's. None for any other: a PostgreSQL catalog is a beamline's server's to
+    initialise, with its credentials, and is left to Tiled."""
+    from tiled.utils import ensure_specified_sql_driver
+
+    uri = ensure_specified_sql_driver(uri)
     if not uri.startswith("sqlite") or ":memory:" in uri:
         return None
     return Path(uri.split(":///", 1)[1]) if ":///" in uri else None
@@ -140,7 +145,7 @@ def catalogs_made_here() -> Iterator[None]:
         original: Callable[..., Any] = tiled.catalog.from_uri
 
         def from_uri(uri: Any, *args: Any, init_if_not_exists: bool = False, **kwargs: Any) -> Any:
-            if init_if_not_exists and _is_sqlite_file(uri) and prepare_catalog(str(uri)):
+            if init_if_not_exists and _file_of(str(uri)) is not None and prepare_catalog(str(uri)):
                 init_if_not_exists = False
             return original(uri, *args, init_if_not_exists=init_if_not_exists, **kwargs)
 
@@ -150,10 +155,3 @@ def catalogs_made_here() -> Iterator[None]:
         finally:
             tiled.catalog.from_uri = original
 
-
-def _is_sqlite_file(uri: Any) -> bool:
-    """A catalog that is a file on this machine (a path, or an ``sqlite`` URI): the embedded server's.
-
-    A PostgreSQL catalog is a beamline's server's to initialise, with its credentials: left to Tiled."""
-    text = str(uri)
-    return isinstance(uri, Path) or text.startswith("sqlite") or "://" not in text
